@@ -1,0 +1,1 @@
+"""Card applets: the on-card side of each protocol (adapters from card state to protocol state machines)."""

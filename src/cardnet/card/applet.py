@@ -1,0 +1,142 @@
+"""Applets and the context a step runs in.
+
+An applet owns some mtypes and a private key-value namespace on the card.
+``handle(ctx, msg, params)`` is a function of (card state, message, host time,
+card randomness): it reads and writes state through ``ctx``, and emits
+messages through ``ctx.emit``. Nothing it does is visible outside the card
+until the step's transaction commits; if it raises, nothing it did happened.
+
+Applets never see the card's private key: they ask the context to sign or to
+open an HPKE envelope with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cardnet.crypto import profile
+from cardnet.wire import Message, MType, Uid
+
+if TYPE_CHECKING:
+    from cardnet.card.runtime import Card
+
+# Sentinel for "deleted in this step" in overlays.
+DELETED: bytes | None = None
+# The system area (key, certificate, PIN, counters): not counted in the capacity.
+SYS = "sys"
+
+
+class Applet:
+    """Base class: set ``name`` (state namespace) and ``handles`` (mtypes)."""
+
+    name: ClassVar[str] = ""
+    handles: ClassVar[tuple[MType, ...]] = ()
+
+    def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class StepContext:
+    """What an applet may do during one step. Built by :class:`Card` per message."""
+
+    __slots__ = ("_after", "_card", "_out", "_overlay", "_table", "_used", "msg", "now")
+
+    def __init__(self, card: Card, table: str, msg: Message, now: float) -> None:
+        self._card = card
+        self._table = table
+        self._overlay: dict[tuple[str, bytes], bytes | None] = {}
+        self._out: list[Message] = []
+        self._after: list[Callable[[], None]] = []
+        self._used = 0  # bytes this step adds to the card's used memory (may be negative)
+        self.msg = msg
+        self.now = now
+
+    # -- identity and environment ---------------------------------------------
+    @property
+    def card_uid(self) -> Uid:
+        return self._card.uid
+
+    @property
+    def src(self) -> Uid:
+        return self.msg.src
+
+    def random(self, n: int) -> bytes:
+        """``n`` bytes of the card's randomness (seeded in the simulator)."""
+        return self._card._rng(n)
+
+    @property
+    def certificate_der(self) -> bytes:
+        """This card's own certificate (DER)."""
+        return self._card.certificate_der
+
+    @property
+    def roots_der(self) -> list[bytes]:
+        """The CA certificates this card trusts (DER), installed at personalisation."""
+        return self._card.roots_der
+
+    def is_authenticated(self, uid: Uid) -> bool:
+        return uid in self._card._authenticated
+
+    # -- state -----------------------------------------------------------------
+    def get(self, key: bytes, *, table: str | None = None) -> bytes | None:
+        tk = (table or self._table, key)
+        if tk in self._overlay:
+            return self._overlay[tk]
+        return self._card._read(tk)
+
+    def put(self, key: bytes, value: bytes, *, table: str | None = None) -> None:
+        tk = (table or self._table, key)
+        if tk[0] != SYS:
+            old = self.get(key, table=table)
+            delta = len(value) - (0 if old is None else len(old)) + (0 if old is not None else len(key))
+            self._card._reserve(self._used + delta)
+            self._used += delta
+        self._overlay[tk] = value
+
+    def delete(self, key: bytes, *, table: str | None = None) -> None:
+        tk = (table or self._table, key)
+        old = self.get(key, table=table)
+        if old is not None:
+            if tk[0] != SYS:
+                self._used -= len(old) + len(key)
+            self._overlay[tk] = DELETED
+
+    def scan(self, prefix: bytes = b"", *, table: str | None = None) -> list[tuple[bytes, bytes]]:
+        """Live entries with ``prefix``, in key order (this step's writes included)."""
+        tbl = table or self._table
+        merged = dict(self._card._scan(tbl, prefix))
+        for (t, k), v in self._overlay.items():
+            if t == tbl and k.startswith(prefix):
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+        return sorted(merged.items())
+
+    # -- output ----------------------------------------------------------------
+    def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:
+        """Queue a message from this card; it leaves only after the step commits."""
+        msg = mtype.make_from(self._card.uid, dst, fields)
+        delta = msg.size + 8  # an outbox entry: 8-byte seq + the encoded message
+        self._card._reserve(self._used + delta)
+        self._used += delta
+        self._out.append(msg)
+        return msg
+
+    def reply(self, mtype: MType, /, **fields: Any) -> Message:
+        return self.emit(mtype, self.msg.src, **fields)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the step is durable (for volatile card state)."""
+        self._after.append(fn)
+
+    # -- the card's key, used but never shown ----------------------------------
+    def sign(self, data: bytes) -> bytes:
+        return profile.sign(self._card._key(), data)
+
+    def hpke_open(self, sealed: bytes, info: bytes = b"") -> bytes:
+        return profile.hpke_open(self._card._key(), sealed, info)
+
+    def ecdh(self, peer: profile.PublicKey) -> bytes:
+        return profile.ecdh(self._card._key(), peer)

@@ -1,0 +1,33 @@
+"""Personalisation: a blank card gets a domain, a certificate for its own key and a PIN.
+
+The key pair is generated on the card when it is manufactured (first open);
+only the public key leaves it. The CA (the authority's issuing key) assigns
+the domain and certifies ``Uid(domain, 0)`` with the card's public key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cardnet.card.runtime import Card
+from cardnet.crypto import pki, profile
+from cardnet.wire import Uid
+from cardnet.wire.ids import DOMAIN_BYTES
+
+
+def personalise(
+    card: Card,
+    ca: pki.CertificateAuthority,
+    *,
+    pin: str,
+    now: datetime,
+    domain: bytes | None = None,
+    role: pki.Role = pki.Role.DEVICE,
+    valid_days: int = 3 * 365,
+    rng: profile.Rng = profile.system_rng,
+    name: str | None = None,
+) -> Uid:
+    """Certify ``card``'s key under ``ca`` with a (fresh or given) domain; return its Uid."""
+    uid = Uid.card(domain if domain is not None else rng(DOMAIN_BYTES))
+    cert = ca.issue(role, uid, card.public_key, now=now, valid_days=valid_days, name=name)
+    return card.personalise(pki.cert_to_der(cert), [pki.cert_to_der(ca.certificate)], pin)

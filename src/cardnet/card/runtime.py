@@ -1,0 +1,380 @@
+"""The card: a sealed object whose only way in is a message.
+
+Theory of operation
+-------------------
+``Card.step_many(msgs, now)`` handles each message with the applet registered
+for its mtype. Each applet call writes into a private overlay; if it raises,
+the overlay is dropped (the message had no effect) and the sender gets a
+``card.refused`` notice. The overlays of the successful messages and their
+outputs (the *transactional outbox*) are then written in **one** storage
+transaction. Only after it commits are outputs released, volatile effects
+applied, and the in-memory mirror of the card's state updated. A crash at any
+instant therefore leaves the card before or after the whole group of steps,
+never between, and nothing that left the card is forgotten.
+
+Outputs stay in the outbox until the host acknowledges them (``ack``); after
+a restart ``outbox()`` re-emits every unacknowledged output, so every protocol
+must tolerate duplicates. Acknowledgements are applied with the next
+transaction (or ``flush()``): an ack lost in a crash only causes a duplicate.
+
+The card's whole state is small (it has a capacity in bytes) and is mirrored
+in memory, so a step never reads the disk: one transaction = one write.
+Refusals (``card.refused``) are not stored: resending the message re-creates
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cardnet.card import mtypes as cm
+from cardnet.card.applet import SYS, Applet, StepContext
+from cardnet.card.errors import CardError
+from cardnet.card.manager import CardManager
+from cardnet.crypto import pki, profile
+from cardnet.store import Store, StoreError, open_store
+from cardnet.wire import DecodeError, Message, MType, Uid
+from cardnet.wire import mtypes as registry
+from cardnet.wire.cbor import dumps, loads_one
+
+log = logging.getLogger("cardnet.card")
+
+DEFAULT_CAPACITY = 256 * 1024
+DEFAULT_PIN_TRIES = 3
+STORE_TABLE = "card"
+OUT = "out"  # the outbox: 8-byte big-endian seq -> encoded message
+_SEP = b"\x00"
+
+TableKey = tuple[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message leaving the card. ``seq`` is its outbox number (ack it once
+    delivered), or None for a refusal notice that is not stored."""
+
+    seq: int | None
+    msg: Message
+
+
+def _skey(tk: TableKey) -> bytes:
+    return tk[0].encode() + _SEP + tk[1]
+
+
+def _split(raw: bytes) -> TableKey:
+    table, _, key = raw.partition(_SEP)
+    return table.decode(), key
+
+
+class Card:
+    """A card (secure element) whose EEPROM is a :class:`Store`.
+
+    In-process use is *trusted embedding*: Python cannot seal an object, so
+    untrusted applications must talk to a card through a host process (see
+    docs/host.md). No method returns the private key.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        rng: profile.Rng = profile.system_rng,
+        capacity_bytes: int = DEFAULT_CAPACITY,
+        applets: Iterable[Applet] = (),
+    ) -> None:
+        self._store = store
+        self._rng = rng
+        self.capacity_bytes = capacity_bytes
+        self._authenticated: set[Uid] = set()
+        self._applets: dict[int, tuple[Applet, str]] = {}
+        self._pending: dict[TableKey, bytes | None] = {}
+        self._pending_used = 0
+        self._acks: set[int] = set()
+        self._mem: dict[TableKey, bytes] = {}
+        with store.transaction() as txn:
+            for k, v in txn.scan(STORE_TABLE):
+                self._mem[_split(k)] = v
+            if (SYS, b"key") not in self._mem:  # manufacture: the key is born on the card
+                key = profile.generate_private_key(rng)
+                der = profile.private_to_der(key)
+                txn.put(STORE_TABLE, _skey((SYS, b"key")), der)
+                self._mem[(SYS, b"key")] = der
+        self._private = profile.private_from_der(self._mem[(SYS, b"key")])
+        self.public_key: profile.PublicKey = self._private.public_key()
+        self._used = sum(len(k) + len(v) for (t, k), v in self._mem.items() if t != SYS)
+        seqs = [int.from_bytes(k, "big") for (t, k) in self._mem if t == OUT]
+        stored_next = self._mem.get((SYS, b"next_seq"))
+        self._next_seq = max([*seqs, int.from_bytes(stored_next, "big") - 1 if stored_next else 0]) + 1
+        self._uid: Uid | None = None
+        if (SYS, b"uid") in self._mem:
+            self._uid = Uid.from_bytes(self._mem[(SYS, b"uid")])
+        self.install(CardManager())
+        for applet in applets:
+            self.install(applet)
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> Card:
+        """Open (or manufacture) the card whose EEPROM is the store at ``url``."""
+        return cls(open_store(url), **kwargs)
+
+    # -- identity ----------------------------------------------------------------
+    @property
+    def personalised(self) -> bool:
+        return self._uid is not None
+
+    @property
+    def uid(self) -> Uid:
+        if self._uid is None:
+            raise CardError("not_personalised", "this card has no identity yet: personalise it with a CA first")
+        return self._uid
+
+    @property
+    def certificate_der(self) -> bytes:
+        cert = self._mem.get((SYS, b"cert"))
+        if cert is None:
+            raise CardError("not_personalised", "this card has no certificate yet: personalise it with a CA first")
+        return cert
+
+    @property
+    def roots_der(self) -> list[bytes]:
+        raw = self._mem.get((SYS, b"roots"))
+        return [] if raw is None else _unpack_list(raw)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def personalise(self, certificate_der: bytes, roots_der: Sequence[bytes], pin: str, *, pin_tries: int = 3) -> Uid:
+        """Install the CA's certificate for this card's key, the trusted roots and the PIN.
+
+        The certificate must certify this card's own public key; its Uid
+        becomes the card's identity. A card is personalised once.
+        """
+        if self._uid is not None:
+            raise CardError("already_personalised", f"card {self._uid} is already personalised")
+        cert = pki.cert_from_der(certificate_der)
+        cert_key = cert.public_key()
+        if not isinstance(cert_key, ec.EllipticCurvePublicKey) or profile.public_bytes(
+            cert_key
+        ) != profile.public_bytes(self.public_key):
+            raise CardError("refused", "the certificate is for another key: certify this card's public_key")
+        uid = pki.uid_of(cert)
+        if not uid.is_card:
+            raise CardError("refused", f"a card's certificate must name port 0, got {uid}")
+        if not 1 <= len(pin.encode()) <= cm.PIN_MAX_BYTES:
+            raise CardError("bad_pin", f"a PIN is 1 to {cm.PIN_MAX_BYTES} bytes")
+        salt = self._rng(16)
+        rows = {
+            (SYS, b"uid"): bytes(uid),
+            (SYS, b"cert"): certificate_der,
+            (SYS, b"roots"): _pack_list(list(roots_der)),
+            (SYS, b"pin_salt"): salt,
+            (SYS, b"pin_mac"): profile.hmac_sha256(salt, pin.encode()),
+            (SYS, b"pin_max"): bytes([pin_tries]),
+            (SYS, b"pin_left"): bytes([pin_tries]),
+            (SYS, b"next_port"): (1).to_bytes(4, "big"),
+        }
+        with self._store.transaction() as txn:
+            for tk, v in rows.items():
+                txn.put(STORE_TABLE, _skey(tk), v)
+        self._mem.update(rows)
+        self._uid = uid
+        return uid
+
+    # -- applets -----------------------------------------------------------------
+    def install(self, applet: Applet) -> None:
+        """Register ``applet`` for its mtypes (applets are code: install them at every open)."""
+        table = "a." + applet.name if applet.name != "card" else SYS
+        for mt in applet.handles:
+            old = self._applets.get(mt.code)
+            if old is not None and old[0].name != applet.name:
+                raise CardError("refused", f"{mt.name} is already handled by applet {old[0].name}")
+            self._applets[mt.code] = (applet, table)
+
+    # -- stepping ----------------------------------------------------------------
+    def step(self, msg: Message, now: float) -> list[Outgoing]:
+        """Handle one message in its own durable transaction."""
+        return self.step_many([msg], now)[0]
+
+    def step_many(self, msgs: Sequence[Message], now: float) -> list[list[Outgoing]]:
+        """Group commit: handle ``msgs`` in order, all in one transaction.
+
+        Each message is all-or-nothing on its own (a refused message leaves no
+        trace); the group's outputs are released only after the commit.
+        """
+        results: list[list[Outgoing]] = []
+        after: list[Any] = []
+        new_out: dict[int, bytes] = {}
+        first_seq = self._next_seq
+        for msg in msgs:
+            ctx, refusal = self._run(msg, now)
+            if refusal is not None:
+                results.append([] if refusal is _SILENT else [Outgoing(None, refusal)])
+                continue
+            assert ctx is not None
+            outs = []
+            for out in ctx._out:
+                seq = self._next_seq
+                self._next_seq += 1
+                raw = out.encode()
+                ctx._overlay[(OUT, seq.to_bytes(8, "big"))] = raw
+                new_out[seq] = raw
+                outs.append(Outgoing(seq, out))
+            self._pending.update(ctx._overlay)
+            self._pending_used += ctx._used
+            after.extend(ctx._after)
+            results.append(outs)
+        if self._pending or self._acks:
+            try:
+                self._commit()
+            except BaseException:
+                self._pending.clear()
+                self._pending_used = 0
+                self._next_seq = first_seq
+                raise
+        for fn in after:
+            fn()
+        return results
+
+    def _run(self, msg: Message, now: float) -> tuple[StepContext | None, Message | None]:
+        """Run one message's applet into an overlay; return (ctx, None) or (None, refusal)."""
+        if msg.mtype == cm.REFUSED.code and msg.mtype not in self._applets:
+            return None, _SILENT  # never answer a refusal with a refusal
+        if self._uid is None:
+            return None, self._refusal(msg, "not_personalised", "the card has no identity yet")
+        if msg.dst != self._uid:
+            return None, self._refusal(msg, "not_for_this_card", f"this card is {self._uid}, not {msg.dst}")
+        entry = self._applets.get(msg.mtype)
+        if entry is None:
+            return None, self._refusal(msg, "no_applet", f"no applet on this card handles mtype 0x{msg.mtype:04x}")
+        applet, table = entry
+        mt = registry.lookup(msg.mtype)
+        if mt.privileged and msg.src not in self._authenticated:
+            return None, self._refusal(
+                msg, "privileged", f"{mt.name} is privileged: only an application that verified the PIN may send it"
+            )
+        try:
+            params = mt.schema.decode(msg.param)
+        except DecodeError as exc:
+            return None, self._refusal(msg, "bad_param", str(exc))
+        ctx = StepContext(self, table, msg, now)
+        try:
+            applet.handle(ctx, msg, params)
+        except CardError as exc:
+            return None, self._refusal(msg, exc.reason, str(exc))
+        except DecodeError as exc:
+            return None, self._refusal(msg, "bad_param", str(exc))
+        except Exception as exc:  # an applet bug must not take the card down
+            log.exception("applet %s failed on %s", applet.name, mt.name)
+            return None, self._refusal(msg, "applet_error", f"{type(exc).__name__}: {exc}")
+        return ctx, None
+
+    def _refusal(self, msg: Message, reason: str, detail: str) -> Message:
+        src = self._uid if self._uid is not None else Uid(msg.dst.domain, 0)
+        return cm.REFUSED.make(src, msg.src, mtype=msg.mtype, reason=reason[:64], detail=detail[:500])
+
+    def _commit(self) -> None:
+        puts: list[tuple[bytes, bytes]] = []
+        dels: list[bytes] = []
+        freed = 0
+        for seq in self._acks:
+            tk = (OUT, seq.to_bytes(8, "big"))
+            old = self._pending.get(tk, self._mem.get(tk))
+            if old is not None:
+                self._pending[tk] = None
+                freed += len(old) + 8
+        for tk, v in self._pending.items():
+            if v is None:
+                dels.append(_skey(tk))
+            else:
+                puts.append((_skey(tk), v))
+        puts.append((_skey((SYS, b"next_seq")), self._next_seq.to_bytes(8, "big")))
+        with self._store.transaction() as txn:
+            txn.put_many(STORE_TABLE, puts)
+            if dels:
+                txn.delete_many(STORE_TABLE, dels)
+        for tk, v in self._pending.items():
+            if v is None:
+                self._mem.pop(tk, None)
+            else:
+                self._mem[tk] = v
+        self._mem[(SYS, b"next_seq")] = self._next_seq.to_bytes(8, "big")
+        self._used += self._pending_used - freed
+        self._pending.clear()
+        self._pending_used = 0
+        self._acks.clear()
+
+    # -- outbox --------------------------------------------------------------------
+    def outbox(self) -> list[Outgoing]:
+        """Every stored output not yet acknowledged, oldest first (re-emit after a restart)."""
+        items = sorted((int.from_bytes(k, "big"), v) for (t, k), v in self._mem.items() if t == OUT)
+        return [Outgoing(seq, Message.decode(raw)) for seq, raw in items if seq not in self._acks]
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The host delivered these outputs; they leave the outbox with the next transaction."""
+        self._acks.update(seqs)
+
+    def flush(self) -> None:
+        """Write pending acknowledgements now (normally they ride on the next step)."""
+        if self._acks:
+            self._commit()
+
+    # -- internals for StepContext -----------------------------------------------------
+    def _key(self) -> profile.PrivateKey:
+        return self._private
+
+    def _read(self, tk: TableKey) -> bytes | None:
+        if tk in self._pending:
+            return self._pending[tk]
+        return self._mem.get(tk)
+
+    def _scan(self, table: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        merged = {k: v for (t, k), v in self._mem.items() if t == table and k.startswith(prefix)}
+        for (t, k), pv in self._pending.items():
+            if t == table and k.startswith(prefix):
+                if pv is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = pv
+        return list(merged.items())
+
+    def _reserve(self, step_delta: int) -> None:
+        total = self._used + self._pending_used + step_delta
+        if total > self.capacity_bytes:
+            raise CardError(
+                "out_of_memory",
+                f"the card would hold {total} bytes, its capacity is {self.capacity_bytes}: "
+                "free tokens or acknowledge outputs",
+            )
+
+    def pki_time(self, now: float) -> datetime:
+        return datetime.fromtimestamp(now, UTC)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except StoreError:
+            log.warning("could not write acknowledgements while closing the card")
+        self._store.close()
+
+
+_SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
+
+
+def _pack_list(items: list[bytes]) -> bytes:
+    return dumps(items)
+
+
+def _unpack_list(raw: bytes) -> list[bytes]:
+    obj = loads_one(raw)
+    assert isinstance(obj, list)
+    return [bytes(x) for x in obj]
+
+
+__all__ = ["Card", "MType", "Outgoing"]

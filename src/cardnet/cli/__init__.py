@@ -1,0 +1,1 @@
+"""The ``cardnet`` command line: one module per command group."""

@@ -1,0 +1,297 @@
+"""The host (TENeT 4.3): a dispatch table with a card proxy, a remote proxy and Guards.
+
+Theory of operation
+-------------------
+Everything that arrives — from a local application (through its capability
+or its socket connection), from a local card's outbox, or from a remote host —
+is submitted to the dispatch table, after the Guards have passed it. ``pump``
+empties the table:
+
+* a message for a local card (``domain|0``) is stepped on that card; all
+  messages queued for one card in one pump are stepped as one group commit;
+  the card's outputs go back into the table;
+* a message for a local application goes to its sink (a capability's inbox or
+  handlers, or a socket connection);
+* a message for a remote domain becomes a :class:`SendRemote` effect for the
+  driver (asyncio TCP, or the simulator's network) to carry;
+* anything else gets a ``host.undeliverable`` notice back to its sender.
+
+A card output is acknowledged to its card only once it has left the host
+(stepped by a local card, taken by an application sink, or handed to the
+transport via ``SendRemote.sent()``): a host crash before that loses nothing,
+because the reopened card re-emits its unacknowledged outbox.
+
+The host reads no clock: ``now`` is an argument of ``pump``. It does no I/O:
+remote traffic leaves as effects; the asyncio driver and the simulator feed
+arrivals in through ``receive_remote``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cardnet.card import Card, Outgoing
+from cardnet.card import mtypes as cm
+from cardnet.host import mtypes as hm
+from cardnet.host.errors import HostError
+from cardnet.host.guard import Guard, Verdict, forged_local_domain_guard
+from cardnet.host.library import Capability, Filter
+from cardnet.store import StoreError
+from cardnet.wire import Message, Uid
+
+log = logging.getLogger("cardnet.host")
+
+HOST_PORT = 0xFFFFFFFF  # the host itself, when it asks its card for a port
+DEFAULT_MAX_QUEUE = 100_000
+MAX_PUMP_ROUNDS = 10_000
+NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message entered the dispatch table."""
+
+    kind: Literal["app", "card", "remote", "host"]
+    peer: str | None = None
+
+
+APP = Origin("app")
+CARD = Origin("card")
+HOST = Origin("host")
+
+
+@dataclass
+class _Entry:
+    msg: Message
+    origin: Origin
+    ack: tuple[Card, int] | None = None  # (card, outbox seq) to acknowledge once the message left
+
+
+@dataclass
+class SendRemote:
+    """Effect: carry ``msg`` to the host at ``address``; call ``sent()`` once the transport took it."""
+
+    address: str
+    msg: Message
+    _ack: tuple[Card, int] | None = field(default=None, repr=False)
+
+    def sent(self) -> None:
+        if self._ack is not None:
+            card, seq = self._ack
+            card.ack([seq])
+            self._ack = None
+
+
+@dataclass
+class Held:
+    msg: Message
+    origin: Origin
+    guard: str
+    ack: tuple[Card, int] | None
+
+
+Sink = Callable[[Message], None]
+
+
+class Host:
+    """A host with local cards, a routing table (domain -> address) and Guards."""
+
+    def __init__(
+        self,
+        cards: Iterable[Card] = (),
+        *,
+        routes: dict[bytes, str] | None = None,
+        guards: Iterable[Guard] = (),
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        name: str = "host",
+    ) -> None:
+        self.name = name
+        self.cards: dict[bytes, Card] = {}
+        self.routes: dict[bytes, str] = dict(routes or {})
+        self.guards: list[Guard] = [forged_local_domain_guard(self.cards.keys), *guards]
+        self.max_queue = max_queue
+        self.held: dict[int, Held] = {}
+        self._held_ids = 0
+        self._queue: deque[_Entry] = deque()
+        self._sinks: dict[Uid, Sink] = {}
+        self._observers: list[tuple[Filter, Callable[[Message, Origin], None]]] = []
+        self._outgoing: list[SendRemote] = []
+        self.dropped = 0
+        for card in cards:
+            self.add_card(card)
+
+    # -- cards -----------------------------------------------------------------
+    def add_card(self, card: Card) -> None:
+        """Attach a (personalised) card; its unacknowledged outbox is re-emitted."""
+        self.cards[card.uid.domain] = card
+        for out in card.outbox():
+            self._enqueue(_Entry(out.msg, CARD, (card, out.seq) if out.seq is not None else None))
+
+    def replace_card(self, card: Card) -> None:
+        """A card was reopened (after a crash or tear): forget what the old object queued, re-emit."""
+        domain = card.uid.domain
+        self._queue = deque(e for e in self._queue if e.ack is None or e.ack[0].uid.domain != domain)
+        self.add_card(card)
+
+    def card(self, domain: bytes | None = None) -> Card:
+        if domain is None:
+            if len(self.cards) != 1:
+                raise HostError("no_card", "this host has several cards: name the card's domain")
+            return next(iter(self.cards.values()))
+        try:
+            return self.cards[domain]
+        except KeyError:
+            raise HostError("no_card", f"no card of domain {domain.hex()} on this host") from None
+
+    # -- messaging library -------------------------------------------------------
+    def acquire(self, domain: bytes | None = None, now: float = 0.0) -> Capability:
+        """Get a fresh port from a local card and a capability bound to it (trusted, in-process)."""
+        uid = self.allocate_port(domain, now)
+        cap = Capability(self, uid)
+        self._sinks[uid] = cap._deliver
+        return cap
+
+    def allocate_port(self, domain: bytes | None = None, now: float = 0.0) -> Uid:
+        card = self.card(domain)
+        outs = card.step(cm.PORT_REQUEST.make(Uid(card.uid.domain, HOST_PORT), card.uid), now)
+        for out in outs:
+            if out.seq is not None:
+                card.ack([out.seq])
+            if out.msg.mtype == cm.PORT_GRANT.code:
+                return Uid(card.uid.domain, cm.PORT_GRANT.parse(out.msg)["port"])
+        raise HostError("no_port", f"card {card.uid} gave no port")
+
+    def attach_app(self, uid: Uid, sink: Sink) -> None:
+        """Route messages for ``uid`` to ``sink`` (used by the socket server for app processes)."""
+        self._sinks[uid] = sink
+
+    def _detach_app(self, uid: Uid) -> None:
+        self._sinks.pop(uid, None)
+
+    def observe(self, fn: Callable[[Message, Origin], None], flt: Filter | None = None) -> None:
+        """Watch every message entering the dispatch table (hooks; cannot change or take it)."""
+        self._observers.append((flt or Filter(), fn))
+
+    def _submit_from_app(self, msg: Message) -> None:
+        if msg.src.domain not in self.cards or msg.src.port in (0, HOST_PORT):
+            raise HostError("forged_src", f"an application on this host cannot send as {msg.src}")
+        self.submit(msg, APP)
+
+    # -- arrivals ------------------------------------------------------------------
+    def submit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None = None) -> bool:
+        """Guard, then queue a message. Returns False if a guard dropped or held it."""
+        for obs_filter, fn in self._observers:
+            if obs_filter.matches(msg):
+                fn(msg, origin)
+        for guard in self.guards:
+            verdict = guard.check(msg, origin)
+            if verdict is Verdict.DROP:
+                self.dropped += 1
+                log.warning(
+                    "%s: guard %s dropped 0x%04x from %s (%s)", self.name, guard.name, msg.mtype, msg.src, origin.kind
+                )
+                if ack is not None:
+                    ack[0].ack([ack[1]])
+                return False
+            if verdict is Verdict.HOLD:
+                self._held_ids += 1
+                self.held[self._held_ids] = Held(msg, origin, guard.name, ack)
+                return False
+        self._enqueue(_Entry(msg, origin, ack))
+        return True
+
+    def receive_remote(self, msg: Message, peer: str) -> bool:
+        """A message arrived from a remote host (the default Guard applies)."""
+        return self.submit(msg, Origin("remote", peer))
+
+    def release(self, held_id: int) -> None:
+        """Let a held message continue (past every guard)."""
+        h = self.held.pop(held_id)
+        self._enqueue(_Entry(h.msg, h.origin, h.ack))
+
+    def discard(self, held_id: int) -> None:
+        h = self.held.pop(held_id)
+        if h.ack is not None:
+            h.ack[0].ack([h.ack[1]])
+
+    def _enqueue(self, entry: _Entry) -> None:
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            log.warning("%s: dispatch table full (%d): dropped 0x%04x", self.name, self.max_queue, entry.msg.mtype)
+            if entry.origin.kind == "app":
+                raise HostError("busy", "the host's dispatch table is full: retry later")
+            return
+        self._queue.append(entry)
+
+    # -- the pump ------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+    def pump(self, now: float) -> list[SendRemote]:
+        """Deliver everything queued (and what that produces locally); return remote sends."""
+        rounds = 0
+        while self._queue and rounds < MAX_PUMP_ROUNDS:
+            rounds += 1
+            entries = list(self._queue)
+            self._queue.clear()
+            for_cards: dict[bytes, list[_Entry]] = {}
+            for e in entries:
+                self._route(e, for_cards)
+            for domain, batch in for_cards.items():
+                self._step_card(self.cards[domain], batch, now)
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _route(self, e: _Entry, for_cards: dict[bytes, list[_Entry]]) -> None:
+        dst = e.msg.dst
+        if dst.domain in self.cards:
+            if dst.port == 0:
+                for_cards.setdefault(dst.domain, []).append(e)
+                return
+            sink = self._sinks.get(dst)
+            if sink is not None:
+                sink(e.msg)
+                self._done(e)
+            else:
+                self._undeliverable(e, f"no application {dst} on this host")
+            return
+        address = self.routes.get(dst.domain)
+        if address is not None:
+            self._outgoing.append(SendRemote(address, e.msg, e.ack))
+            return
+        self._undeliverable(e, f"no route to domain {dst.domain.hex()}")
+
+    def _step_card(self, card: Card, batch: list[_Entry], now: float) -> None:
+        try:
+            results = card.step_many([e.msg for e in batch], now)
+        except StoreError as exc:
+            log.error("%s: card %s could not step (%s): %d messages lost", self.name, card.uid, exc, len(batch))
+            return
+        for e, outs in zip(batch, results, strict=True):
+            self._done(e)
+            for out in outs:
+                self._from_card(card, out)
+
+    def _from_card(self, card: Card, out: Outgoing) -> None:
+        ack = (card, out.seq) if out.seq is not None else None
+        self.submit(out.msg, CARD, ack)
+
+    def _done(self, e: _Entry) -> None:
+        if e.ack is not None:
+            e.ack[0].ack([e.ack[1]])
+
+    def _undeliverable(self, e: _Entry, reason: str) -> None:
+        self._done(e)
+        msg = e.msg
+        if msg.mtype in NO_NOTICE:
+            return
+        log.info("%s: undeliverable 0x%04x to %s: %s", self.name, msg.mtype, msg.dst, reason)
+        notice = hm.UNDELIVERABLE.make_from(
+            msg.dst, msg.src, {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
+        )
+        self._enqueue(_Entry(notice, HOST))

@@ -1,0 +1,1 @@
+"""The deterministic simulator: a whole network in one process, a virtual clock, seeded faults."""

@@ -1,0 +1,332 @@
+"""The simulated world: hosts, cards and a faulty network on a virtual clock.
+
+Theory of operation
+-------------------
+One ``random.Random(seed)`` and one virtual clock drive everything. Hosts are
+the real :class:`cardnet.host.Host`, cards the real :class:`cardnet.card.Card`
+on in-memory SQLite stores; only the network and the clock are simulated. The
+network draws, per message, loss, duplication and latency (which reorders),
+and per tick, partitions (one direction or both) and host crashes; stores draw
+card tears at every commit (power lost just before the commit — nothing
+written — or just after it — written, but the outputs never left).
+
+A run has a safety phase under faults, then heals (faults off, partitions
+closed) and runs until the scenario is quiescent or a time bound passes.
+Invariants are checked after every event that touched a card and at the end.
+Every event is appended to a trace; the same seed gives the same trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cardnet.card import Applet, Card
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki
+from cardnet.host import Host, SendRemote
+from cardnet.host.core import APP
+from cardnet.sim.faults import FaultPlan
+from cardnet.store import SqliteStore, StoreError
+from cardnet.store.sqlite import SqliteTxn
+from cardnet.wire import Message, Uid
+from cardnet.wire import mtypes as registry
+
+SIM_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+TICK_S = 0.01
+_CA_CACHE: dict[str, pki.CertificateAuthority] = {}
+
+
+class Torn(StoreError):
+    """The card lost power during a commit (simulated)."""
+
+
+class TearingStore:
+    """An in-memory store whose commits may be torn, as the world's RNG decides."""
+
+    def __init__(self, world: World, label: str) -> None:
+        self.inner = SqliteStore(":memory:", durable=False)
+        self.url = f"sim://{label}"
+        self.world = world
+        self.label = label
+        self.armed = False
+        self.torn = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTxn]:
+        if self.torn:
+            raise Torn("io", f"card {self.label} is without power until reopened")
+        when = self.world.draw_tear(self.label) if self.armed else None
+        with self.inner.transaction() as txn:
+            yield txn
+            if when == "before":
+                self.torn = True
+                raise Torn("io", f"card {self.label} torn before commit")
+        if when == "after":
+            self.torn = True
+            raise Torn("io", f"card {self.label} torn after commit")
+
+    def close(self) -> None:
+        """A card closing its store does not destroy the simulated EEPROM."""
+
+
+@dataclass
+class SimCard:
+    label: str
+    store: TearingStore
+    applets: Callable[[], list[Applet]]
+    rng: random.Random
+    card: Card
+    capacity_bytes: int
+
+    def reopen(self) -> Card:
+        self.store.torn = False
+        self.card = Card(self.store, rng=self.rng.randbytes, applets=self.applets(), capacity_bytes=self.capacity_bytes)
+        return self.card
+
+
+@dataclass
+class SimHost:
+    address: str
+    cards: dict[bytes, SimCard]
+    routes: dict[bytes, str]
+    host: Host
+    apps: dict[Uid, Callable[[Message], None]] = field(default_factory=dict)
+    up: bool = True
+
+    def rebuild(self) -> None:
+        """A host restart: new host object, cards reopened from their stores, apps reconnect."""
+        self.host = Host([c.reopen() for c in self.cards.values()], routes=self.routes, name=self.address)
+        for uid, sink in self.apps.items():
+            self.host.attach_app(uid, sink)
+
+
+@dataclass(order=True)
+class _Event:
+    t: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+    label: str = field(compare=False, default="")
+
+
+class World:
+    """One simulated run. Scenarios build hosts and cards with ``add_host``/``add_card``."""
+
+    def __init__(self, seed: int, plan: FaultPlan, *, trace: bool = True) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.plan = plan
+        self.now = 0.0
+        self.healed = False
+        self.hosts: dict[str, SimHost] = {}
+        self.faults: Counter[str] = Counter()
+        self.trace: list[str] | None = [] if trace else None
+        self._events: list[_Event] = []
+        self._seq = itertools.count()
+        self._dirty: set[str] = set()
+        self._down_links: dict[tuple[str, str], float] = {}  # (from, to) -> until
+        self.violations: list[str] = []
+        self._last_arrival: dict[tuple[str, str], float] = {}
+        self.ca = _CA_CACHE.get("sim") or _CA_CACHE.setdefault(
+            "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH)
+        )
+
+    # -- building ----------------------------------------------------------------
+    def add_host(self, address: str) -> SimHost:
+        sh = SimHost(address, {}, {}, Host(name=address))
+        self.hosts[address] = sh
+        return sh
+
+    def add_card(
+        self, host: SimHost, label: str, applets: Callable[[], list[Applet]], capacity_bytes: int = 1 << 20
+    ) -> Card:
+        store = TearingStore(self, label)
+        card_rng = random.Random(self.rng.getrandbits(64))
+        card = Card(store, rng=card_rng.randbytes, applets=applets(), capacity_bytes=capacity_bytes)
+        domain = card_rng.randbytes(12)
+        personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes)
+        host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes)
+        host.host.add_card(card)
+        for other in self.hosts.values():  # everyone routes to everyone
+            for d in host.cards:
+                if other is not host:
+                    other.routes[d] = host.address
+                    other.host.routes[d] = host.address
+            for d in other.cards:
+                if other is not host:
+                    host.routes[d] = other.address
+                    host.host.routes[d] = other.address
+        return card
+
+    def attach_app(self, host: SimHost, sink: Callable[[Message], None]) -> Uid:
+        uid = host.host.allocate_port(None, self.now)
+        host.apps[uid] = sink
+        host.host.attach_app(uid, sink)
+        return uid
+
+    def card_of(self, domain: bytes) -> Card:
+        for h in self.hosts.values():
+            if domain in h.cards:
+                return h.cards[domain].card
+        raise KeyError(domain.hex())
+
+    # -- the clock and events ----------------------------------------------------
+    def at(self, t: float, action: Callable[[], None], label: str = "") -> None:
+        heapq.heappush(self._events, _Event(t, next(self._seq), action, label))
+
+    def log(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.now:9.4f} {text}")
+
+    # -- app -> host ---------------------------------------------------------------
+    def submit(self, address: str, msg: Message) -> None:
+        """An application on ``address`` sends ``msg`` (through its host)."""
+        sh = self.hosts[address]
+        if not sh.up:
+            return
+        self.log(f"{address} app sends {_describe(msg)}")
+        sh.host.submit(msg, APP)
+        self._dirty.add(address)
+
+    # -- faults ---------------------------------------------------------------------
+    def draw_tear(self, label: str) -> str | None:
+        if self.healed or self.plan.tear_p <= 0 or self.rng.random() >= self.plan.tear_p:
+            return None
+        when = "before" if self.rng.random() < 0.5 else "after"
+        self.faults["tear"] += 1
+        self.log(f"tear card {label} {when} commit")
+        return when
+
+    def _tick(self) -> None:
+        if not self.healed:
+            addrs = sorted(self.hosts)
+            if self.plan.partition_p > 0 and len(addrs) > 1 and self.rng.random() < self.plan.partition_p:
+                a, b = self.rng.sample(addrs, 2)
+                until = self.now + self.plan.partition_len_s
+                self._down_links[(a, b)] = until
+                both = self.rng.random() < 0.5
+                if both:
+                    self._down_links[(b, a)] = until
+                self.faults["partition"] += 1
+                self.log(f"partition {a}{'<->' if both else '->'}{b} until {until:.3f}")
+            if self.plan.crash_p > 0 and self.rng.random() < self.plan.crash_p:
+                victim = self.hosts[self.rng.choice(addrs)]
+                self.faults["crash"] += 1
+                self.log(f"crash host {victim.address}")
+                victim.rebuild()
+                self._dirty.add(victim.address)
+        self.at(self.now + TICK_S, self._tick, "tick")
+
+    def _carry(self, src: str, eff: SendRemote) -> None:
+        eff.sent()
+        if eff.address not in self.hosts:
+            return
+        plan = self.plan
+        copies = 1
+        if not self.healed:
+            if self._down_links.get((src, eff.address), -1.0) > self.now:
+                self.faults["drop"] += 1
+                self.log(f"partitioned {src}->{eff.address} {_describe(eff.msg)}")
+                return
+            if plan.drop_p and self.rng.random() < plan.drop_p:
+                self.faults["drop"] += 1
+                self.log(f"drop {src}->{eff.address} {_describe(eff.msg)}")
+                return
+            if plan.dup_p and self.rng.random() < plan.dup_p:
+                self.faults["duplicate"] += 1
+                copies = 2
+        for i in range(copies):
+            delay = plan.latency_s
+            if not self.healed and plan.delay_max_s:
+                extra = self.rng.uniform(0.0, plan.delay_max_s)
+                if extra > plan.latency_s:
+                    self.faults["delay"] += 1
+                delay += extra
+            arrival = self.now + delay
+            link = (src, eff.address)
+            if arrival < self._last_arrival.get(link, 0.0):
+                self.faults["reorder"] += 1
+            self._last_arrival[link] = max(arrival, self._last_arrival.get(link, 0.0))
+            self.at(self.now + delay, functools.partial(self._arrive, src, eff.address, eff.msg, i), "arrive")
+
+    def _arrive(self, src: str, dst: str, msg: Message, copy: int) -> None:
+        sh = self.hosts[dst]
+        self.log(f"{src}->{dst} deliver{' (dup)' if copy else ''} {_describe(msg)}")
+        sh.host.receive_remote(msg, src)
+        self._dirty.add(dst)
+
+    def _pump_dirty(self) -> None:
+        rounds = 0
+        while self._dirty and rounds < 100:
+            rounds += 1
+            for address in sorted(self._dirty):
+                self._dirty.discard(address)
+                sh = self.hosts[address]
+                for sc in sh.cards.values():
+                    sc.store.armed = True
+                try:
+                    effects = sh.host.pump(self.now)
+                finally:
+                    for sc in sh.cards.values():
+                        sc.store.armed = False
+                for sc in sh.cards.values():
+                    if sc.store.torn:
+                        self.log(f"reopen card {sc.label}")
+                        sh.host.replace_card(sc.reopen())
+                        self._dirty.add(address)
+                for eff in effects:
+                    self._carry(address, eff)
+
+    # -- running ---------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        safety_s: float,
+        heal_s: float,
+        check: Callable[[World, bool], list[str]],
+        quiescent: Callable[[World], bool],
+    ) -> None:
+        self.at(0.0, self._tick, "tick")
+        end_safety = safety_s
+        end_all = safety_s + heal_s
+        while self._events:
+            ev = heapq.heappop(self._events)
+            if ev.t > end_all:
+                break
+            if not self.healed and ev.t >= end_safety:
+                self.healed = True
+                self._down_links.clear()
+                self.log("heal: faults off")
+            self.now = ev.t
+            ev.action()
+            self._pump_dirty()
+            if ev.label != "tick":
+                bad = check(self, False)
+                if bad:
+                    self.violations.extend(bad)
+                    self.log(f"VIOLATION {bad[0]}")
+                    return
+            if self.healed and quiescent(self):
+                break
+        self.violations.extend(check(self, True))
+        if not quiescent(self):
+            self.violations.append(f"not quiescent {heal_s:.1f} s after healing (liveness)")
+
+
+def _describe(msg: Message) -> str:
+    try:
+        name = registry.lookup(msg.mtype).name
+    except Exception:
+        name = f"0x{msg.mtype:04x}"
+    return f"{name} {msg.src.short()}->{msg.dst.short()} {msg.param.hex()[:24]}"
+
+
+def plan_for(seed: int, calm: bool = False) -> FaultPlan:
+    return FaultPlan.draw(random.Random(seed ^ 0x5EED), calm=calm)

@@ -1,0 +1,81 @@
+"""The ``Store`` interface: transactions over key-value tables and append-only logs.
+
+Everything durable in cardnet (a card's EEPROM, an authority's movement
+records, a vendor's spent list) is written through this small interface, so
+that SQLite (the embedded default) and PostgreSQL (scale-out) are
+interchangeable and one conformance suite (``tests/unit/test_store.py``)
+checks both.
+
+* ``kv`` tables: ``get/put/insert/delete/scan`` on bytes keys and values,
+  named by a short table name. ``insert`` is first-wins (returns False when the
+  key exists): that is how TTP decisions and spent lists avoid double writes.
+* append-only ``log``s: ``append`` returns a sequence number that grows
+  within the store; ``read_log`` pages through a log; ``delete_log`` removes
+  entries up to a sequence number (an outbox after acknowledgement).
+* ``transaction()`` is all or nothing: on an exception nothing of it is kept.
+  When the store was opened durable, a transaction that returned is on disk
+  (``synchronous=FULL`` for SQLite) before ``transaction()`` exits.
+* ``Txn.savepoint()`` nests a sub-transaction that can fail alone, which
+  group commit uses to step several messages in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+
+class Txn(Protocol):
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None: ...
+
+    def delete_many(self, table: str, keys: list[bytes]) -> int: ...
+
+    def insert(self, table: str, key: bytes, value: bytes) -> bool:
+        """Insert if absent; False (and nothing written) if the key exists."""
+        ...
+
+    def delete(self, table: str, key: bytes) -> bool: ...
+
+    def scan(self, table: str, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Entries whose key starts with ``prefix``, in key order."""
+        ...
+
+    def count(self, table: str) -> int: ...
+
+    def append(self, log: str, value: bytes) -> int:
+        """Append to a log; returns its sequence number (increasing within the store)."""
+        ...
+
+    def read_log(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]: ...
+
+    def delete_log(self, log: str, seqs: list[int]) -> int: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested all-or-nothing scope inside the transaction."""
+        ...
+
+
+class Store(Protocol):
+    url: str
+
+    def transaction(self) -> AbstractContextManager[Txn]:
+        """A read-write transaction; durable on exit if the store is durable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def iter_pages(txn: Txn, log: str, page: int = 1000) -> Iterator[tuple[int, bytes]]:
+    """Every entry of a log, read in bounded pages."""
+    after = 0
+    while True:
+        rows = txn.read_log(log, after, page)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1][0]

@@ -1,0 +1,10 @@
+"""The storage layer's one error type."""
+
+from __future__ import annotations
+
+from cardnet.errors import CardnetError
+
+
+class StoreError(CardnetError):
+    """A store could not be opened, migrated or written; ``reason`` says why
+    (``bad_url``, ``unsupported``, ``newer_schema``, ``io``, ``closed``, ``busy``)."""

@@ -1,0 +1,208 @@
+"""SQLite implementation of :class:`cardnet.store.base.Store`.
+
+One file per card or service; WAL journal; ``synchronous=FULL`` unless the
+URL says ``?durable=0`` (then ``NORMAL``: a crash may lose the last
+transactions but never tears one). Writers take ``BEGIN IMMEDIATE``. The
+schema is versioned by ``PRAGMA user_version`` and migrated forward on open;
+a file written by a newer cardnet is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cardnet.store.errors import StoreError
+
+# Each entry migrates from version i to i + 1. Never edit a released entry: append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE kv (tbl TEXT NOT NULL, k BLOB NOT NULL, v BLOB NOT NULL, PRIMARY KEY (tbl, k))
+        WITHOUT ROWID;
+    CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, v BLOB NOT NULL);
+    CREATE INDEX log_by_name ON log (name, seq);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteTxn:
+    """A transaction on one connection; not used after its ``with`` block."""
+
+    __slots__ = ("_c", "_sp")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+        self._sp = 0
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        row = self._c.execute("SELECT v FROM kv WHERE tbl=? AND k=?", (table, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._c.execute("INSERT OR REPLACE INTO kv (tbl, k, v) VALUES (?, ?, ?)", (table, key, value))
+
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+        self._c.executemany("INSERT OR REPLACE INTO kv (tbl, k, v) VALUES (?, ?, ?)", [(table, k, v) for k, v in items])
+
+    def delete_many(self, table: str, keys: list[bytes]) -> int:
+        return self._c.executemany("DELETE FROM kv WHERE tbl=? AND k=?", [(table, k) for k in keys]).rowcount
+
+    def insert(self, table: str, key: bytes, value: bytes) -> bool:
+        cur = self._c.execute("INSERT OR IGNORE INTO kv (tbl, k, v) VALUES (?, ?, ?)", (table, key, value))
+        return cur.rowcount == 1
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return self._c.execute("DELETE FROM kv WHERE tbl=? AND k=?", (table, key)).rowcount == 1
+
+    def scan(self, table: str, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        lim = -1 if limit is None else limit
+        if prefix:
+            upper = _prefix_upper(prefix)
+            if upper is None:
+                rows = self._c.execute(
+                    "SELECT k, v FROM kv WHERE tbl=? AND k>=? ORDER BY k LIMIT ?", (table, prefix, lim)
+                )
+            else:
+                rows = self._c.execute(
+                    "SELECT k, v FROM kv WHERE tbl=? AND k>=? AND k<? ORDER BY k LIMIT ?",
+                    (table, prefix, upper, lim),
+                )
+        else:
+            rows = self._c.execute("SELECT k, v FROM kv WHERE tbl=? ORDER BY k LIMIT ?", (table, lim))
+        return [(bytes(k), bytes(v)) for k, v in rows]
+
+    def count(self, table: str) -> int:
+        return int(self._c.execute("SELECT count(*) FROM kv WHERE tbl=?", (table,)).fetchone()[0])
+
+    def append(self, log: str, value: bytes) -> int:
+        cur = self._c.execute("INSERT INTO log (name, v) VALUES (?, ?)", (log, value))
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
+    def read_log(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
+        rows = self._c.execute(
+            "SELECT seq, v FROM log WHERE name=? AND seq>? ORDER BY seq LIMIT ?",
+            (log, after, -1 if limit is None else limit),
+        )
+        return [(int(s), bytes(v)) for s, v in rows]
+
+    def delete_log(self, log: str, seqs: list[int]) -> int:
+        cur = self._c.executemany("DELETE FROM log WHERE name=? AND seq=?", [(log, s) for s in seqs])
+        return cur.rowcount
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._sp += 1
+        name = f"sp{self._sp}"
+        self._c.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._c.execute(f"ROLLBACK TO {name}")
+            self._c.execute(f"RELEASE {name}")
+            raise
+        else:
+            self._c.execute(f"RELEASE {name}")
+        finally:
+            self._sp -= 1
+
+
+def _prefix_upper(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+class SqliteStore:
+    """A store in one SQLite file (or in memory for ``sqlite://:memory:``)."""
+
+    def __init__(self, path: str, *, durable: bool = True, url: str | None = None) -> None:
+        self.path = path
+        self.durable = durable
+        self.url = url or f"sqlite:///{path}"
+        self._lock = threading.RLock()
+        self._closed = False
+        if path != ":memory:":
+            parent = Path(path).parent
+            if not parent.is_dir():
+                raise StoreError("io", f"cannot open store {path}: directory {parent} does not exist")
+        try:
+            self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            try:
+                self._c.execute("PRAGMA journal_mode=WAL")
+                self._c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._c.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+            except BaseException:
+                self._c.close()  # a refused file must not leak its connection
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)") from None
+
+    def _migrate(self) -> None:
+        version = int(self._c.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                "newer_schema",
+                f"{self.path} has schema version {version}, this cardnet knows {SCHEMA_VERSION}: upgrade cardnet",
+            )
+        while version < SCHEMA_VERSION:
+            self._c.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[version].split(";"):
+                    if stmt.strip():
+                        self._c.execute(stmt)
+                version += 1
+                self._c.execute(f"PRAGMA user_version={version}")
+                self._c.execute("COMMIT")
+            except BaseException:
+                self._c.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._c.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTxn]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("closed", f"store {self.url} is closed")
+            c = self._c
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError("busy", f"cannot start a transaction on {self.url}: {exc}") from None
+            try:
+                yield SqliteTxn(c)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            try:
+                c.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise StoreError("io", f"commit failed on {self.url}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._c.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,32 @@
+"""Open a store from a URL.
+
+* ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db``
+  (as SQLAlchemy writes them), ``sqlite://:memory:`` for a throwaway store;
+  ``?durable=0`` relaxes fsync to ``synchronous=NORMAL`` (tests, simulation).
+* ``postgresql://...`` is served by :mod:`cardnet.store.postgres` (scale-out).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from cardnet.store.base import Store
+from cardnet.store.errors import StoreError
+from cardnet.store.sqlite import SqliteStore
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        rest, _, query = rest.partition("?")
+        opts = parse_qs(query)
+        durable = opts.get("durable", ["1"])[0] not in ("0", "false", "no")
+        if rest in (":memory:", "/:memory:", ""):
+            return SqliteStore(":memory:", durable=durable, url=url)
+        if not rest.startswith("/") or rest == "/":
+            raise StoreError("bad_url", f"{url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
+        return SqliteStore(rest[1:], durable=durable, url=url)
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        raise StoreError("unsupported", "PostgreSQL stores arrive with the scale-out issue; use sqlite:/// for now")
+    raise StoreError("bad_url", f"{url!r} is not a store URL: use sqlite:///path.db")

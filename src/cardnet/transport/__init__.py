@@ -1,0 +1,44 @@
+"""Transport layer: framing, the Connection interface, in-memory and TCP(+TLS) transports, reconnecting links.
+
+See docs/transport.md. ``framing`` and ``backoff`` are sans-I/O; ``tcp`` and
+``link`` are the asyncio drivers; ``memory`` runs on the event loop alone.
+"""
+
+from cardnet.transport.backoff import Backoff, BackoffPolicy
+from cardnet.transport.base import DEFAULT_LIMITS, LOGGER_NAME, Connection, Dialer, Limits, OnConnection, PeerInfo
+from cardnet.transport.errors import BrokenError, ClosedError, TransportError
+from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, encode_frame
+from cardnet.transport.link import ReconnectingLink
+from cardnet.transport.memory import MemoryConnection, MemoryListener, MemoryNetwork, memory_pair
+from cardnet.transport.tcp import TcpConnection, TcpServer, dial, dialer
+from cardnet.transport.tls import tls_contexts
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_FRAME",
+    "LOGGER_NAME",
+    "MIN_FRAME",
+    "PREFIX_BYTES",
+    "Backoff",
+    "BackoffPolicy",
+    "BrokenError",
+    "ClosedError",
+    "Connection",
+    "Dialer",
+    "FrameDecoder",
+    "Limits",
+    "MemoryConnection",
+    "MemoryListener",
+    "MemoryNetwork",
+    "OnConnection",
+    "PeerInfo",
+    "ReconnectingLink",
+    "TcpConnection",
+    "TcpServer",
+    "TransportError",
+    "dial",
+    "dialer",
+    "encode_frame",
+    "memory_pair",
+    "tls_contexts",
+]

@@ -1,0 +1,287 @@
+"""What every transport offers: the :class:`Connection` interface, peer info and limits.
+
+A connection carries whole :class:`~cardnet.wire.Message` objects both ways,
+in order, with back-pressure and bounded buffers. The in-memory pair, TCP
+(optionally with mutual TLS) and later transports implement the same
+interface, and one conformance suite (``tests/unit/test_transport_conformance.py``)
+runs against all of them.
+
+Semantics shared by every implementation:
+
+- ``await send(msg)`` waits until the transport has room, then hands the
+  message over; returning means *accepted for sending*, not delivered.
+  At most ``Limits.max_pending_sends`` sends may wait at once; one more raises
+  ``TransportError('queue_full')`` instead of queueing without bound. A
+  cancelled send has sent nothing. A message above ``Limits.max_frame`` raises
+  ``TransportError('oversize')`` and leaves the connection open.
+- ``await recv()`` returns the next message; ``async for msg in conn`` does
+  the same and stops when the peer closed cleanly.
+- ``close()`` is this side's decision: every later call raises
+  :class:`ClosedError`. The peer then sees the end of the stream: ``recv()``
+  raises :class:`BrokenError` (messages already received are delivered first)
+  and ``send()`` raises :class:`BrokenError` once the loss is known.
+- Anything the world does — reset, bad frame, TLS failure — makes every later
+  call raise :class:`BrokenError` with the cause chained; a bad frame also
+  closes the connection and logs the reason on ``cardnet.transport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, runtime_checkable
+
+from cardnet.transport.errors import BrokenError, ClosedError, TransportError
+from cardnet.transport.framing import DEFAULT_MAX_FRAME, check_max_frame
+from cardnet.wire import Message
+
+LOGGER_NAME = "cardnet.transport"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerInfo:
+    """Who is at the other end, as far as the transport knows.
+
+    ``cert_der`` is the peer's TLS certificate (DER) when the connection uses
+    TLS, so a host can map it to an identity (a device certificate binds a
+    Uid); None otherwise. ``address`` is ``(host, port)`` for network
+    transports, None for in-memory ones. ``label`` is for logs.
+    """
+
+    transport: str  # "memory", "tcp" or "tls"
+    label: str
+    address: tuple[str, int] | None = None
+    cert_der: bytes | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """Bounds on one connection's buffers and waits (every one of them finite)."""
+
+    max_frame: int = DEFAULT_MAX_FRAME  # bytes of one message (header + param); bigger ones are refused
+    max_pending_sends: int = 1024  # sends allowed to wait for room; one more raises queue_full
+    write_buffer_bytes: int = 256 * 1024  # TCP: a send waits while the socket buffer is above this
+    read_chunk_bytes: int = 64 * 1024  # TCP: bytes read from the socket per read
+    inbox_messages: int = 256  # memory: messages waiting at the receiver before the sender waits
+    linger_s: float = 5.0  # a graceful close that has not finished by then is aborted
+    connect_timeout_s: float = 10.0  # TCP: connect + TLS handshake
+
+    def __post_init__(self) -> None:
+        check_max_frame(self.max_frame)
+        for name in ("max_pending_sends", "write_buffer_bytes", "read_chunk_bytes", "inbox_messages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TransportError("bad_config", f"Limits.{name} must be a positive int, got {value!r}")
+        for name in ("linger_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise TransportError("bad_config", f"Limits.{name} must be a positive number of seconds, got {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One end of a message connection; see the module docstring for the semantics."""
+
+    @property
+    def peer(self) -> PeerInfo: ...
+
+    @property
+    def closed(self) -> bool:
+        """True once this side closed it or it broke; the connection cannot be used again."""
+        ...
+
+    @property
+    def pending_sends(self) -> int:
+        """Sends waiting for room right now (at most ``Limits.max_pending_sends``)."""
+        ...
+
+    async def send(self, msg: Message) -> None: ...
+
+    async def recv(self) -> Message: ...
+
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+
+    def close(self) -> None:
+        """Start closing (idempotent); buffered outgoing data is still flushed for up to ``linger_s``."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (by either side) and its resources are released."""
+        ...
+
+    async def aclose(self) -> None:
+        """``close()`` then ``wait_closed()``."""
+        ...
+
+
+Dialer = Callable[[], Awaitable[Connection]]
+"""Opens a new connection to a fixed place; what :class:`ReconnectingLink` calls to (re)connect."""
+
+OnConnection = Callable[[Connection], Awaitable[None]]
+"""A server's handler for one accepted connection; the connection is closed when it returns."""
+
+
+class ConnectionBase:
+    """State and error rules shared by the concrete connections (not part of the public interface).
+
+    Subclasses call :meth:`_check` before every operation, :meth:`_break` when
+    the world breaks the connection, and bracket waiting sends with
+    :meth:`_enter_send` / :meth:`_leave_send`.
+    """
+
+    def __init__(self, peer: PeerInfo, limits: Limits) -> None:
+        self._peer = peer
+        self._limits = limits
+        self._closed_here = False
+        self._broken_why: str | None = None
+        self._broken_cause: BaseException | None = None
+        self._peer_finished = False  # the peer closed cleanly (end of stream at a frame boundary)
+        self._pending = 0
+        self._finished = asyncio.Event()
+
+    @property
+    def peer(self) -> PeerInfo:
+        return self._peer
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_here or self._broken_why is not None
+
+    @property
+    def pending_sends(self) -> int:
+        return self._pending
+
+    def _error(self) -> TransportError | None:
+        """The error every operation raises now, or None while the connection is usable."""
+        if self._closed_here:
+            return ClosedError(f"connection to {self._peer.label} was closed by this side; open a new one")
+        if self._broken_why is not None:
+            err = BrokenError(f"connection to {self._peer.label} is broken: {self._broken_why}; reconnect")
+            err.__cause__ = self._broken_cause
+            err.__suppress_context__ = True
+            return err
+        return None
+
+    def _check(self) -> None:
+        err = self._error()
+        if err is not None:
+            raise err
+
+    def _raise(self) -> NoReturn:
+        raise self._error() or BrokenError(f"connection to {self._peer.label} failed")
+
+    def _break(self, why: str, cause: BaseException | None = None, *, peer_finished: bool = False) -> None:
+        """Record that the world broke the connection (first reason wins)."""
+        if self._closed_here or self._broken_why is not None:
+            return
+        self._broken_why = why
+        self._broken_cause = cause
+        self._peer_finished = peer_finished
+        self._finished.set()
+
+    def _check_frame(self, msg: Message) -> None:
+        if msg.size > self._limits.max_frame:
+            raise TransportError(
+                "oversize",
+                f"message is {msg.size} bytes, the frame limit is {self._limits.max_frame}: "
+                "send large products in chunks",
+            )
+
+    def _enter_send(self) -> None:
+        if self._pending >= self._limits.max_pending_sends:
+            raise TransportError(
+                "queue_full",
+                f"{self._pending} sends to {self._peer.label} are already waiting for room "
+                f"(Limits.max_pending_sends): the peer is slow; retry later or send less",
+            )
+        self._pending += 1
+
+    def _leave_send(self) -> None:
+        self._pending -= 1
+
+    async def recv(self) -> Message:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except BrokenError:
+            if self._peer_finished:
+                raise StopAsyncIteration from None
+            raise
+
+
+class HandlerSet:
+    """Runs one handler per accepted connection and can stop them all (for servers and listeners)."""
+
+    def __init__(self, on_connection: OnConnection, logger: logging.Logger, what: str) -> None:
+        self._on_connection = on_connection
+        self._logger = logger
+        self._what = what
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: list[Connection] = []  # closed by close(), to wait for in wait_closed()
+        self._closing = False
+
+    @property
+    def active(self) -> int:
+        """Connections whose handler is still running."""
+        return len(self._connections)
+
+    async def run(self, conn: Connection) -> None:
+        """Run the handler for ``conn`` in the current task; close ``conn`` when it returns."""
+        if self._closing:
+            await conn.aclose()
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self._connections.add(conn)
+        try:
+            await self._on_connection(conn)
+        except TransportError as exc:
+            self._logger.debug("%s: connection %s ended: %s", self._what, conn.peer.label, exc)
+        except Exception:
+            self._logger.exception("%s: handler for %s failed", self._what, conn.peer.label)
+        finally:
+            self._connections.discard(conn)
+            if task is not None:
+                self._tasks.discard(task)
+            await conn.aclose()
+
+    def spawn(self, conn: Connection) -> None:
+        """Run the handler for ``conn`` in a new task."""
+        task = asyncio.get_running_loop().create_task(self.run(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Close every connection and cancel every handler."""
+        self._closing = True
+        for conn in self._connections:
+            self._closed.append(conn)
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait for the handlers to end and the connections closed by :meth:`close` to release their resources."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        closed, self._closed = self._closed, []
+        if closed:
+            await asyncio.gather(*(conn.wait_closed() for conn in closed), return_exceptions=True)

@@ -1,0 +1,176 @@
+"""Length-prefixed framing of eTP messages (sans-I/O).
+
+Theory of operation. A frame is a 4-byte big-endian length ``n`` followed by
+exactly ``n`` bytes that decode to one :class:`~cardnet.wire.Message` (its
+34-byte header and its param)::
+
+    +----------------+---------------------------------------------+
+    | n: uint32 (BE) | message: src(16) dst(16) mtype(2) param(n-34) |
+    +----------------+---------------------------------------------+
+
+:class:`FrameDecoder` takes bytes in whatever pieces the network delivers and
+hands out whole messages. It checks ``n`` as soon as the 4 prefix bytes are in,
+*before* it keeps a single byte of the body: ``n < 34`` or ``n > max_frame``
+fails at once, so a peer cannot make it allocate for a frame it will refuse.
+It never holds more than 3 prefix bytes plus one incomplete body
+(``< max_frame`` bytes); complete frames inside the data being fed are decoded
+straight from that data. Every failure is a :class:`~cardnet.wire.DecodeError`
+with a ``reason``; after one the decoder is dead and every further call raises
+(reason ``dead``), because a byte stream cannot be resynchronised after a bad
+length. Frames that were complete in the same ``feed`` as a bad one are
+discarded with it: the connection is going down and protocols above recover
+lost messages end to end.
+
+No I/O, no clock, no randomness: the asyncio driver (:mod:`.tcp`) and tests
+feed it bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cardnet.transport.errors import TransportError
+from cardnet.wire import HEADER_BYTES, DecodeError, Message
+
+PREFIX = struct.Struct(">I")
+PREFIX_BYTES = PREFIX.size  # 4
+MIN_FRAME = HEADER_BYTES  # a message is at least its header
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # bytes of message (header + param), prefix excluded
+MAX_FRAME_LIMIT = 2**32 - 1  # what a uint32 prefix can say
+
+
+def check_max_frame(max_frame: int) -> int:
+    """Validate a frame limit (``MIN_FRAME .. 2**32-1``) and return it."""
+    if isinstance(max_frame, bool) or not isinstance(max_frame, int) or not MIN_FRAME <= max_frame <= MAX_FRAME_LIMIT:
+        raise TransportError(
+            "bad_config", f"max_frame must be an int in {MIN_FRAME}..{MAX_FRAME_LIMIT} bytes, got {max_frame!r}"
+        )
+    return max_frame
+
+
+def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The frame for one message: length prefix + encoded message.
+
+    Raises :class:`TransportError` (reason ``oversize``) if the message is above
+    ``max_frame``: that is the sender's mistake, and nothing is sent.
+    """
+    body = msg.encode()
+    if len(body) > max_frame:
+        raise TransportError(
+            "oversize",
+            f"message is {len(body)} bytes, the frame limit is {max_frame}: send large products in chunks",
+        )
+    return PREFIX.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages; see the module docstring for the guarantees."""
+
+    __slots__ = ("_body", "_body_len", "_error", "_max_frame", "_prefix")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._max_frame = check_max_frame(max_frame)
+        self._prefix = bytearray()  # < PREFIX_BYTES bytes of an incomplete prefix
+        self._body_len: int | None = None  # length of the body being read, once its prefix is known
+        self._body = bytearray()  # < _body_len bytes of an incomplete body
+        self._error: DecodeError | None = None
+
+    @property
+    def max_frame(self) -> int:
+        return self._max_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame (always ``< PREFIX_BYTES + max_frame``)."""
+        return len(self._prefix) + len(self._body)
+
+    @property
+    def failed(self) -> DecodeError | None:
+        """The error that killed this decoder, or None while it is alive."""
+        return self._error
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for the stream to end)."""
+        return self._body_len is None and not self._prefix
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Take the next bytes of the stream; return the messages they complete, in order."""
+        self._check_alive()
+        try:
+            return self._feed(memoryview(data))
+        except DecodeError as exc:
+            self._error = exc
+            self._prefix.clear()
+            self._body.clear()
+            self._body_len = None
+            raise
+
+    def eof(self) -> None:
+        """The stream ended. Raises :class:`DecodeError` (``truncated``) if it ended inside a frame."""
+        self._check_alive()
+        if not self.at_boundary:
+            self._error = DecodeError(
+                "truncated",
+                f"the stream ended inside a frame ({self.buffered} bytes of it buffered): the peer went away mid-send",
+            )
+            self._prefix.clear()
+            self._body.clear()
+            self._body_len = None
+            raise self._error
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise DecodeError(
+                "dead",
+                f"this decoder already failed ({self._error.reason}): the stream cannot be resynchronised, "
+                "close the connection",
+            ) from self._error
+
+    def _feed(self, view: memoryview) -> list[Message]:
+        out: list[Message] = []
+        pos = 0
+        end = len(view)
+        while pos < end:
+            if self._body_len is None:
+                take = min(PREFIX_BYTES - len(self._prefix), end - pos)
+                if not self._prefix and take == PREFIX_BYTES:
+                    (length,) = PREFIX.unpack_from(view, pos)
+                else:
+                    self._prefix += view[pos : pos + take]
+                    if len(self._prefix) < PREFIX_BYTES:
+                        break
+                    (length,) = PREFIX.unpack(self._prefix)
+                    self._prefix.clear()
+                pos += take
+                self._body_len = self._check_length(length)
+                continue
+            need = self._body_len - len(self._body)
+            if not self._body and end - pos >= need:
+                raw = bytes(view[pos : pos + need])  # whole body in this chunk: no buffering
+                pos += need
+            else:
+                take = min(need, end - pos)
+                self._body += view[pos : pos + take]
+                pos += take
+                if take < need:
+                    break
+                raw = bytes(self._body)
+                self._body.clear()
+            self._body_len = None
+            out.append(Message.decode(raw, max_param=self._max_frame - HEADER_BYTES))
+        return out
+
+    def _check_length(self, length: int) -> int:
+        if length < MIN_FRAME:
+            raise DecodeError(
+                "bad_length",
+                f"frame length {length} is below the {MIN_FRAME}-byte message header: the peer is not speaking "
+                "cardnet framing",
+            )
+        if length > self._max_frame:
+            raise DecodeError(
+                "oversize",
+                f"frame length {length} is above the limit of {self._max_frame} bytes: refused before reading it",
+            )
+        return length

@@ -1,0 +1,298 @@
+"""A link that keeps a connection to one place: reconnects with backoff, queues while down.
+
+Theory of operation. :class:`ReconnectingLink` owns one supervisor task. It
+dials; while connected, a pump sends the outgoing queue in order through the
+connection and a reader moves incoming messages into a bounded inbox. When the
+connection breaks it is closed and the supervisor dials again after a delay
+from :class:`~.backoff.Backoff` (exponential, jittered by the injected
+``random.Random``). A connection that carried no message counts as a failed
+attempt, so a server that accepts and drops at once cannot cause a hot loop;
+one that carried a message resets the backoff. After
+``BackoffPolicy.max_attempts`` failures in a row the link gives up: every
+call then raises :class:`BrokenError` and :meth:`unsent` hands back what was
+queued (a host turns it into delivery-failure notices).
+
+Bounds: at most ``max_queue`` messages wait to be sent (one more raises
+``TransportError('queue_full')`` — the queue never grows past it, whether
+the link is down or the peer is slow) and at most ``max_inbox`` received
+messages wait for :meth:`recv` (beyond that the reader stops reading, which
+pushes back on the peer).
+
+Delivery: in order and without duplicates on one connection; a message is
+taken off the queue only when the connection accepted it, so the one being
+sent when a connection breaks is sent again on the next. Messages accepted by
+a connection that then breaks may be lost: the protocols above acknowledge
+end to end and resend (the card's outbox), and they tolerate duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from cardnet.transport.backoff import Backoff, BackoffPolicy
+from cardnet.transport.base import LOGGER_NAME, Connection, Dialer
+from cardnet.transport.errors import BrokenError, ClosedError, TransportError
+from cardnet.transport.framing import DEFAULT_MAX_FRAME, check_max_frame
+from cardnet.wire import Message
+
+log = logging.getLogger(LOGGER_NAME)
+
+DEFAULT_BACKOFF = BackoffPolicy()
+
+
+class ReconnectingLink:
+    """Keeps a connection made by ``dial`` alive; see the module docstring.
+
+    Use as ``async with ReconnectingLink(dial, rng=random.Random(seed)) as link:``
+    or call :meth:`start` and :meth:`aclose` yourself.
+    """
+
+    def __init__(
+        self,
+        dial: Dialer,
+        *,
+        rng: random.Random,
+        policy: BackoffPolicy = DEFAULT_BACKOFF,
+        max_queue: int = 1024,
+        max_inbox: int = 256,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        label: str = "link",
+    ) -> None:
+        if max_queue < 1 or max_inbox < 1:
+            raise TransportError("bad_config", f"max_queue and max_inbox must be >= 1, got {max_queue}, {max_inbox}")
+        self._dial = dial
+        self._backoff = Backoff(policy, rng)
+        self._max_queue = max_queue
+        self._max_inbox = max_inbox
+        self._max_frame = check_max_frame(max_frame)
+        self.label = label
+        self._outbox: deque[Message] = deque()
+        self._inbox: deque[Message] = deque()
+        self._has_out = asyncio.Event()
+        self._inbox_ready = asyncio.Event()
+        self._inbox_space = asyncio.Event()
+        self._state = asyncio.Event()  # set whenever connected/failed/closed changes
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._failed: BrokenError | None = None
+        self._connections = 0
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def connections(self) -> int:
+        """How many connections have been made so far (1 after the first connect)."""
+        return self._connections
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be sent."""
+        return len(self._outbox)
+
+    @property
+    def failed(self) -> BrokenError | None:
+        """Why the link gave up, or None."""
+        return self._failed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.label} was closed by this side; make a new link")
+        if self._failed is not None:
+            err = BrokenError(str(self._failed))
+            err.__cause__ = self._failed.__cause__
+            raise err
+
+    def _changed(self) -> None:
+        self._state.set()
+        self._inbox_ready.set()
+        self._has_out.set()
+
+    # -- API ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (needs a running event loop); idempotent."""
+        self._check()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"cardnet {self.label}")
+
+    async def wait_connected(self) -> None:
+        """Return once connected; raises if the link gives up or is closed first."""
+        while True:
+            self._check()
+            if self._conn is not None:
+                return
+            self._state.clear()
+            await self._state.wait()
+
+    async def send(self, msg: Message) -> None:
+        """Queue ``msg`` for sending (now if connected, after the reconnect if not).
+
+        Raises ``TransportError('queue_full')`` when ``max_queue`` messages are
+        already waiting, ``TransportError('oversize')`` above the frame limit.
+        """
+        self._check()
+        if msg.size > self._max_frame:
+            raise TransportError(
+                "oversize", f"message is {msg.size} bytes, the frame limit is {self._max_frame}: send it in chunks"
+            )
+        if len(self._outbox) >= self._max_queue:
+            state = "connected, the peer is slow" if self.connected else "disconnected"
+            raise TransportError(
+                "queue_full",
+                f"{self.label} already queues {len(self._outbox)} messages ({state}): retry later or send less",
+            )
+        self._outbox.append(msg)
+        self._has_out.set()
+
+    async def recv(self) -> Message:
+        """The next message from whichever connection is up; raises if closed or given up."""
+        while True:
+            if self._closed:
+                self._check()
+            if self._inbox:
+                msg = self._inbox.popleft()
+                self._inbox_space.set()
+                return msg
+            self._check()
+            self._inbox_ready.clear()
+            await self._inbox_ready.wait()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.recv()
+
+    def unsent(self) -> list[Message]:
+        """Take back every message still queued (e.g. after the link gave up)."""
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def close(self) -> None:
+        """Stop: close the connection, stop reconnecting, drop what is queued."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self._changed()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def __aenter__(self) -> ReconnectingLink:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- the supervisor ----------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = self._backoff
+        while True:
+            try:
+                conn = await self._dial()
+            except (TransportError, OSError) as exc:
+                if not await self._retry_after(backoff, exc):
+                    return
+                continue
+            except Exception as exc:
+                log.exception("%s: the dial function failed unexpectedly", self.label)
+                self._give_up(exc, backoff.failures + 1)
+                return
+            carried = await self._serve(conn)
+            if carried:
+                backoff.reset()
+            if not await self._retry_after(backoff, None):
+                return
+
+    async def _retry_after(self, backoff: Backoff, exc: BaseException | None) -> bool:
+        delay_s = backoff.next_delay()
+        if delay_s is None:
+            self._give_up(exc, backoff.failures)
+            return False
+        log.debug("%s: reconnecting in %.3f s (failure %d): %s", self.label, delay_s, backoff.failures, exc)
+        await asyncio.sleep(delay_s)
+        return True
+
+    def _give_up(self, exc: BaseException | None, failures: int) -> None:
+        err = BrokenError(
+            f"{self.label} gave up after {failures} failed attempts in a row"
+            + (f" (last: {exc})" if exc is not None else "")
+            + "; check the peer and make a new link"
+        )
+        err.__cause__ = exc
+        self._failed = err
+        log.warning("%s", err)
+        self._changed()
+
+    async def _serve(self, conn: Connection) -> bool:
+        """Run pump and reader on ``conn`` until it breaks; True if it carried a message."""
+        self._conn = conn
+        self._connections += 1
+        self._changed()
+        carried = [False]
+        pump = asyncio.get_running_loop().create_task(self._pump(conn, carried))
+        reader = asyncio.get_running_loop().create_task(self._read(conn, carried))
+        try:
+            done, _ = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, TransportError):
+                    log.info("%s: connection to %s ended: %s", self.label, conn.peer.label, exc)
+                elif exc is not None:
+                    log.error("%s: connection to %s failed", self.label, conn.peer.label, exc_info=exc)
+        finally:
+            pump.cancel()
+            reader.cancel()
+            await asyncio.gather(pump, reader, return_exceptions=True)
+            self._conn = None
+            self._changed()
+            await conn.aclose()
+        return carried[0]
+
+    async def _pump(self, conn: Connection, carried: list[bool]) -> None:
+        while True:
+            while not self._outbox:
+                self._has_out.clear()
+                await self._has_out.wait()
+            msg = self._outbox[0]
+            try:
+                await conn.send(msg)
+            except TransportError as exc:
+                if exc.reason != "oversize":
+                    raise
+                log.warning("%s: dropping a message the connection refuses: %s", self.label, exc)
+            if self._outbox and self._outbox[0] is msg:  # unless unsent() took it meanwhile
+                self._outbox.popleft()
+            carried[0] = True
+
+    async def _read(self, conn: Connection, carried: list[bool]) -> None:
+        while True:
+            msg = await conn.recv()
+            carried[0] = True
+            while len(self._inbox) >= self._max_inbox:
+                self._inbox_space.clear()
+                await self._inbox_space.wait()
+            self._inbox.append(msg)
+            self._inbox_ready.set()

@@ -1,0 +1,71 @@
+"""Fuzz the framing decoder: any bytes in any chunking raise only DecodeError and always terminate."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cardnet.transport import PREFIX_BYTES, FrameDecoder, encode_frame
+from cardnet.wire import DecodeError, Message, Uid
+
+MAX_FRAME = 4096
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in [*points, len(data)]:
+        out.append(data[last:p])
+        last = p
+    return out
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_arbitrary_stream_only_decode_error(data: bytes, cuts: list[int]) -> None:
+    dec = FrameDecoder(max_frame=MAX_FRAME)
+    got = 0
+    try:
+        for chunk in chunked(data, cuts):
+            got += len(dec.feed(chunk))
+            assert dec.buffered < PREFIX_BYTES + MAX_FRAME
+        dec.eof()
+    except DecodeError:
+        assert dec.failed is not None
+        assert dec.buffered == 0
+    assert got <= len(data) // (PREFIX_BYTES + 34)
+
+
+uids = st.builds(Uid, st.binary(min_size=12, max_size=12), st.integers(min_value=0, max_value=2**32 - 1))
+messages = st.builds(Message, uids, uids, st.integers(min_value=0, max_value=0xFFFF), st.binary(max_size=200))
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgs=st.lists(messages, max_size=10), cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_valid_stream_any_chunking_round_trips(msgs: list[Message], cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(m) for m in msgs)
+    dec = FrameDecoder(max_frame=MAX_FRAME)
+    out: list[Message] = []
+    for chunk in chunked(stream, cuts):
+        out += dec.feed(chunk)
+    dec.eof()
+    assert out == msgs
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msgs=st.lists(messages, min_size=1, max_size=5),
+    junk=st.binary(min_size=1, max_size=100),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=10),
+)
+def test_valid_prefix_then_junk(msgs: list[Message], junk: bytes, cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(m) for m in msgs) + junk
+    dec = FrameDecoder(max_frame=MAX_FRAME)
+    out: list[Message] = []
+    try:
+        for chunk in chunked(stream, cuts):
+            out += dec.feed(chunk)
+        dec.eof()
+    except DecodeError:
+        pass
+    assert out[: len(msgs)] == msgs[: len(out)]

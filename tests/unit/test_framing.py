@@ -1,0 +1,174 @@
+"""Sans-I/O framing: round trips, every split, limits enforced from the prefix, dead after an error."""
+
+from __future__ import annotations
+
+import pytest
+
+from cardnet.transport import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, TransportError, encode_frame
+from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
+
+A = Uid(b"\x01" * 12, 0)
+B = Uid(b"\x02" * 12, 7)
+
+
+def msg(i: int, size: int = 3) -> Message:
+    return Message(A, B, i % 65536, bytes([i % 256]) * size)
+
+
+def prefix(n: int) -> bytes:
+    return n.to_bytes(PREFIX_BYTES, "big")
+
+
+def test_frame_layout() -> None:
+    m = msg(5, 10)
+    frame = encode_frame(m)
+    assert frame[:PREFIX_BYTES] == prefix(HEADER_BYTES + 10)
+    assert frame[PREFIX_BYTES:] == m.encode()
+    assert len(frame) == PREFIX_BYTES + m.size
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 70_000])
+def test_round_trip(size: int) -> None:
+    m = msg(9, size)
+    dec = FrameDecoder()
+    assert dec.feed(encode_frame(m)) == [m]
+    assert dec.buffered == 0 and dec.at_boundary
+    dec.eof()
+
+
+def test_split_at_every_byte_boundary() -> None:
+    frames = [msg(1, 0), msg(2, 5), msg(3, 40)]
+    stream = b"".join(encode_frame(m) for m in frames)
+    for cut in range(len(stream) + 1):
+        dec = FrameDecoder()
+        out = dec.feed(stream[:cut]) + dec.feed(stream[cut:])
+        assert out == frames, cut
+    for cut1 in range(0, len(stream) + 1, 3):
+        for cut2 in range(cut1, len(stream) + 1, 5):
+            dec = FrameDecoder()
+            out = dec.feed(stream[:cut1]) + dec.feed(stream[cut1:cut2]) + dec.feed(stream[cut2:])
+            assert out == frames
+
+
+def test_one_byte_at_a_time() -> None:
+    frames = [msg(i, i) for i in range(20)]
+    dec = FrameDecoder()
+    out: list[Message] = []
+    for byte in b"".join(encode_frame(m) for m in frames):
+        out += dec.feed(bytes([byte]))
+        assert dec.buffered < PREFIX_BYTES + dec.max_frame
+    assert out == frames
+
+
+def test_many_frames_in_one_feed() -> None:
+    frames = [msg(i, i % 50) for i in range(2000)]
+    dec = FrameDecoder()
+    assert dec.feed(b"".join(encode_frame(m) for m in frames)) == frames
+    assert dec.buffered == 0
+
+
+def test_empty_feed() -> None:
+    assert FrameDecoder().feed(b"") == []
+
+
+def test_oversize_refused_from_prefix_alone() -> None:
+    dec = FrameDecoder()
+    with pytest.raises(DecodeError) as err:
+        dec.feed(prefix(0xFFFFFFFF))
+    assert err.value.reason == "oversize"
+    assert dec.buffered == 0  # nothing kept for the body
+
+
+def test_oversize_prefix_split_and_followed_by_body() -> None:
+    dec = FrameDecoder(max_frame=1000)
+    assert dec.feed(prefix(1001)[:2]) == []
+    with pytest.raises(DecodeError) as err:
+        dec.feed(prefix(1001)[2:] + b"x" * 5000)
+    assert err.value.reason == "oversize"
+    assert dec.buffered == 0
+
+
+def test_limit_is_inclusive() -> None:
+    dec = FrameDecoder(max_frame=HEADER_BYTES + 10)
+    assert dec.feed(encode_frame(msg(1, 10))) == [msg(1, 10)]
+    with pytest.raises(TransportError) as err:
+        encode_frame(msg(1, 11), max_frame=HEADER_BYTES + 10)
+    assert err.value.reason == "oversize"
+
+
+def test_default_limit_is_16_mib() -> None:
+    assert DEFAULT_MAX_FRAME == 16 * 1024 * 1024
+    dec = FrameDecoder()
+    assert dec.feed(prefix(DEFAULT_MAX_FRAME)) == []  # accepted, waiting for the body
+    assert dec.buffered == 0  # nothing allocated ahead of the body
+
+
+def test_encode_refuses_oversize() -> None:
+    with pytest.raises(TransportError) as err:
+        encode_frame(msg(1, 200), max_frame=100)
+    assert err.value.reason == "oversize"
+
+
+@pytest.mark.parametrize("length", [0, 1, MIN_FRAME - 1])
+def test_short_length_refused(length: int) -> None:
+    dec = FrameDecoder()
+    with pytest.raises(DecodeError) as err:
+        dec.feed(prefix(length) + b"\x00" * length)
+    assert err.value.reason == "bad_length"
+
+
+def test_garbage_refused() -> None:
+    with pytest.raises(DecodeError):
+        FrameDecoder().feed(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+
+
+def test_any_header_decodes_params_are_checked_later() -> None:
+    # At this level any body of >= 34 bytes is a Message (every 16 bytes are a Uid, every
+    # uint16 an mtype); param CBOR is checked by the mtype registry above the transport.
+    body = bytes(range(HEADER_BYTES)) + b"\xff\xff"
+    [m] = FrameDecoder().feed(prefix(len(body)) + body)
+    assert m.encode() == body
+
+
+def test_dead_after_error() -> None:
+    dec = FrameDecoder()
+    with pytest.raises(DecodeError):
+        dec.feed(prefix(3))
+    assert dec.failed is not None and dec.failed.reason == "bad_length"
+    with pytest.raises(DecodeError) as err:
+        dec.feed(encode_frame(msg(1)))
+    assert err.value.reason == "dead"
+    assert err.value.__cause__ is dec.failed
+    with pytest.raises(DecodeError):
+        dec.eof()
+
+
+def test_eof_inside_frame_is_truncated() -> None:
+    dec = FrameDecoder()
+    frame = encode_frame(msg(1, 10))
+    assert dec.feed(frame[:-1]) == []
+    with pytest.raises(DecodeError) as err:
+        dec.eof()
+    assert err.value.reason == "truncated"
+    dec2 = FrameDecoder()
+    dec2.feed(frame[:2])
+    with pytest.raises(DecodeError):
+        dec2.eof()
+
+
+def test_buffer_bounded_by_one_frame() -> None:
+    dec = FrameDecoder(max_frame=200)
+    frames = [msg(i, 150) for i in range(10)]
+    stream = b"".join(encode_frame(m) for m in frames)
+    out: list[Message] = []
+    for i in range(0, len(stream), 97):
+        out += dec.feed(stream[i : i + 97])
+        assert dec.buffered < PREFIX_BYTES + 200
+    assert out == frames
+
+
+@pytest.mark.parametrize("bad", [0, MIN_FRAME - 1, 2**32, -1, True, 1.5])
+def test_bad_limit(bad: object) -> None:
+    with pytest.raises(TransportError) as err:
+        FrameDecoder(max_frame=bad)  # type: ignore[arg-type]
+    assert err.value.reason == "bad_config"
