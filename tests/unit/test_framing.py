@@ -172,3 +172,21 @@ def test_bad_limit(bad: object) -> None:
     with pytest.raises(TransportError) as err:
         FrameDecoder(max_frame=bad)  # type: ignore[arg-type]
     assert err.value.reason == "bad_config"
+
+
+@pytest.mark.parametrize("module", ["cardnet.transport.framing", "cardnet.transport.backoff"])
+def test_sans_io_modules_import_no_io_or_clock(module: str) -> None:
+    import ast
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert mod.__file__ is not None
+    with open(mod.__file__, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "socket", "ssl", "time", "selectors", "os", "threading"}

@@ -374,10 +374,46 @@ def test_intermediate_chain(ca: CertificateAuthority, device_key: profile.Privat
 
 def test_path_length_is_enforced(ca: CertificateAuthority, device_key: profile.PrivateKey) -> None:
     sub = ca.create_subordinate("region", now=NOW)  # pathlen 0: may not certify CAs
-    subsub = sub.create_subordinate("branch", now=NOW)
-    assert subsub.intermediates == (subsub.certificate, sub.certificate)
-    leaf = subsub.issue(Role.DEVICE, uid(5), device_key.public_key(), now=NOW)
-    refused("wrong_usage", lambda: pki.verify_chain([leaf, *subsub.intermediates], [ca.certificate], now=LATER))
+    refused("wrong_usage", lambda: sub.create_subordinate("branch", now=NOW))
+    # A hand-made CA under a pathlen=0 root: the chain is refused.
+    root_key, inter_key = new_key(80), new_key(81)
+    root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+    signer_usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    root = build_cert(
+        subject=cn("strict root"),
+        issuer=cn("strict root"),
+        public_key=root_key.public_key(),
+        signer=root_key,
+        extensions=[(x509.BasicConstraints(ca=True, path_length=0), True), (signer_usage, True), (root_ski, False)],
+        days=3650,
+    )
+    inter = build_cert(
+        subject=cn("too deep"),
+        issuer=cn("strict root"),
+        public_key=inter_key.public_key(),
+        signer=root_key,
+        extensions=[
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (signer_usage, True),
+            (x509.SubjectKeyIdentifier.from_public_key(inter_key.public_key()), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), False),
+        ],
+        days=3650,
+    )
+    leaf = CertificateAuthority(inter, inter_key).issue(Role.DEVICE, uid(5), device_key.public_key(), now=NOW)
+    refused("wrong_usage", lambda: pki.verify_chain([leaf, inter], [root], now=LATER))
+    direct = CertificateAuthority(root, root_key).issue(Role.DEVICE, uid(5), device_key.public_key(), now=NOW)
+    assert pki.verify_chain([direct], [root], now=LATER).uid == uid(5)
 
 
 def test_bad_certificate_shapes(ca: CertificateAuthority, device_key: profile.PrivateKey) -> None:

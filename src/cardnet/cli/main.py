@@ -7,8 +7,10 @@ import logging
 import click
 
 from cardnet import __version__
+from cardnet.cli.admin import ca, card
 from cardnet.cli.bench import bench
 from cardnet.cli.demo import demo
+from cardnet.cli.host import host
 from cardnet.cli.sim import sim
 from cardnet.errors import CardnetError
 
@@ -34,6 +36,9 @@ def cli(verbose: int) -> None:
 cli.add_command(demo)
 cli.add_command(bench)
 cli.add_command(sim)
+cli.add_command(ca)
+cli.add_command(card)
+cli.add_command(host)
 
 
 def main() -> None:
@@ -43,3 +48,7 @@ def main() -> None:
         from cardnet.cli.output import fail
 
         fail(str(exc), hint=f"(reason: {exc.reason})")
+
+
+if __name__ == "__main__":
+    main()

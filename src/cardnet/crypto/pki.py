@@ -32,6 +32,7 @@ import functools
 import itertools
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from cardnet.crypto import profile
@@ -122,14 +122,15 @@ _UNDERSTOOD_EXTENSIONS = frozenset(
 # Low-level failures a certificate object may raise when one of its lazily
 # parsed parts is read; each becomes PkiError("bad_certificate") at one boundary.
 # Found by tests/fuzz/test_fuzz_pki.py: cryptography 48 raises KeyError for a
-# name attribute with an unknown ASN.1 string tag, and warns (an exception
-# where warnings are errors) about quirks it still accepts, such as negative
-# serial numbers; cardnet refuses a non-positive serial itself.
+# name attribute with an unknown ASN.1 string tag, and *warns* about quirks it
+# still accepts (negative serials, country names of the wrong length, ...).
+# _check_structure records those warnings and refuses the certificate, so the
+# outcome does not depend on the process's warning filters.
 _PARSE_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
     LookupError,
-    CryptographyDeprecationWarning,
+    Warning,
     UnsupportedAlgorithm,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
@@ -194,19 +195,30 @@ def _ext(cert: x509.Certificate, cls: type[_ExtT]) -> _ExtT | None:
 
 
 def _check_structure(cert: x509.Certificate) -> None:
-    """Every part cardnet reads parses, and no critical extension is unknown (RFC 5280 section 4.2)."""
-    try:
-        if cert.version is not x509.Version.v3:
-            _bad(cert, "is not an X.509 v3 certificate")
-        if cert.serial_number <= 0:
-            _bad(cert, "has a serial number that is not positive (RFC 5280 section 4.1.2.2)")
-        extensions = list(cert.extensions)
-        _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
-        cert.public_key()
-    except _PARSE_ERRORS as exc:
+    """Every part cardnet reads parses cleanly, and no critical extension is unknown (RFC 5280 section 4.2)."""
+    # catch_warnings swaps process-global state (not thread-safe before Python 3.14); at
+    # worst another thread's warning is recorded here or lost, never a check skipped.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            version = cert.version
+            serial = cert.serial_number
+            extensions = list(cert.extensions)
+            _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+            cert.public_key()
+        except _PARSE_ERRORS as exc:
+            raise PkiError(
+                "bad_certificate", f"a certificate cannot be parsed ({exc}): send it exactly as the CA issued it"
+            ) from None
+    if caught:
         raise PkiError(
-            "bad_certificate", f"a certificate cannot be parsed ({exc}): send it exactly as the CA issued it"
-        ) from None
+            "bad_certificate",
+            f"a certificate is malformed ({caught[0].message}): send it exactly as the CA issued it",
+        )
+    if version is not x509.Version.v3:
+        _bad(cert, "is not an X.509 v3 certificate")
+    if serial <= 0:
+        _bad(cert, "has a serial number that is not positive (RFC 5280 section 4.1.2.2)")
     for ext in extensions:
         if ext.critical and ext.oid not in _UNDERSTOOD_EXTENSIONS:
             _bad(cert, f"carries the critical extension {ext.oid.dotted_string}, which cardnet does not understand")
@@ -771,6 +783,12 @@ class CertificateAuthority:
         """A subordinate CA (``pathlen=0``) certified by this one, e.g. one per region or issuing site."""
         _check_label(name, "a CA name")
         _check_days(valid_days)
+        bc = _ext(self._certificate, x509.BasicConstraints)
+        if bc is not None and bc.path_length == 0:
+            raise PkiError(
+                "wrong_usage",
+                f"CA {self.name!r} has pathlen=0 and may not certify other CAs: create subordinates from the root",
+            )
         rng = rng or self._rng
         start = self._issuable_from(now)
         key = profile.generate_private_key(rng)

@@ -107,8 +107,8 @@ class TcpConnection(ConnectionBase):
                 except OSError as exc:
                     self._fail(f"receiving failed: {exc}", exc)
                     self._raise()
-                if self._closed_here:
-                    self._raise()
+                if self._closed_here or self._broken_why is not None:
+                    self._raise()  # closed or broken (e.g. by a failed send) while we waited
                 if not data:
                     try:
                         self._decoder.eof()

@@ -1,0 +1,25 @@
+"""Applets by name, for configuration files (``applets = ["echo", "notes"]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cardnet.applets.counter import CounterApplet
+from cardnet.applets.echo import EchoApplet
+from cardnet.applets.notes import NotesApplet
+from cardnet.applets.pingpong import PingPongApplet
+from cardnet.card import Applet
+
+APPLETS: dict[str, Callable[[], Applet]] = {
+    "counter": CounterApplet,
+    "echo": EchoApplet,
+    "notes": NotesApplet,
+    "pingpong": PingPongApplet,
+}
+
+
+def make_applets(names: list[str]) -> list[Applet]:
+    unknown = [n for n in names if n not in APPLETS]
+    if unknown:
+        raise KeyError(f"unknown applet(s) {', '.join(unknown)}: choose from {', '.join(sorted(APPLETS))}")
+    return [APPLETS[n]() for n in names]

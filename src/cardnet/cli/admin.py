@@ -1,0 +1,121 @@
+"""``cardnet ca`` and ``cardnet card``: create a CA and personalise cards (issuance, done once)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail
+
+
+@click.group()
+def ca() -> None:
+    """The certification authority that personalises cards (keep its file safe)."""
+
+
+@ca.command("create")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", default="cardnet CA", show_default=True, help="The CA's common name.")
+@click.option("--valid-days", default=3650, show_default=True, help="How long the CA certificate is valid.")
+@click.option("--json", "as_json", is_flag=True)
+def ca_create(path: Path, name: str, valid_days: int, as_json: bool) -> None:
+    """Create a CA and save it (certificate and private key, mode 0600) to PATH.
+
+    The certificate alone can be exported with `cardnet ca cert PATH`.
+    """
+    from cardnet.crypto import pki
+
+    if path.exists():
+        fail(f"{path} already exists", hint="choose another path; a CA is never overwritten")
+    authority = pki.CertificateAuthority.create(name, now=datetime.now(UTC), valid_days=valid_days)
+    authority.save(path)
+    info = {"path": str(path), "subject": authority.certificate.subject.rfc4514_string()}
+    if as_json:
+        emit_json(info)
+    else:
+        console.print(f"CA [bold]{info['subject']}[/] saved to {path} (private key inside: keep it safe)")
+
+
+@ca.command("cert")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def ca_cert(path: Path) -> None:
+    """Print the CA certificate (PEM) from a CA file, e.g. for `openssl verify -CAfile`."""
+    from cardnet.crypto import pki
+
+    click.echo(pki.chain_to_pem([pki.CertificateAuthority.load(path).certificate]), nl=False)
+
+
+@click.group()
+def card() -> None:
+    """Cards: manufacture and personalise them, and look inside."""
+
+
+@card.command("create")
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--store", required=True, help="Where the card's EEPROM lives, e.g. sqlite:///alice.card.db")
+@click.option("--pin", default=None, help="The card's PIN (1-16 bytes); default: $CARDNET_PIN, else asked for.")
+@click.option("--domain", default=None, help="24 hex digits; default: a random domain.")
+@click.option("--role", type=click.Choice(["device", "service"]), default="device", show_default=True)
+@click.option("--name", default=None, help="A human name put into the certificate.")
+@click.option("--json", "as_json", is_flag=True)
+def card_create(
+    ca_path: Path, store: str, pin: str | None, domain: str | None, role: str, name: str | None, as_json: bool
+) -> None:
+    """Manufacture a card in STORE (its key is generated on it) and personalise it under the CA."""
+    from cardnet.card import Card
+    from cardnet.card.personalise import personalise
+    from cardnet.crypto import pki
+
+    pin = pin or os.environ.get("CARDNET_PIN")
+    if pin is None:
+        pin = click.prompt("PIN for the new card", hide_input=True, confirmation_prompt=True)
+    dom = None
+    if domain is not None:
+        try:
+            dom = bytes.fromhex(domain)
+        except ValueError:
+            dom = b""
+        if len(dom) != 12:
+            fail(f"--domain {domain!r} is not 24 hex digits")
+    authority = pki.CertificateAuthority.load(ca_path)
+    c = Card.open(store)
+    try:
+        if c.personalised:
+            fail(f"the card in {store} is already personalised as {c.uid}", hint="use another --store")
+        uid = personalise(
+            c, authority, pin=pin, now=datetime.now(UTC), domain=dom, role=pki.Role[role.upper()], name=name
+        )
+    finally:
+        c.close()
+    if as_json:
+        emit_json({"uid": str(uid), "domain": uid.domain.hex(), "store": store})
+    else:
+        console.print(f"card [bold]{uid}[/] personalised in {store}")
+
+
+@card.command("show")
+@click.option("--store", required=True, help="The card's store URL.")
+@click.option("--json", "as_json", is_flag=True)
+def card_show(store: str, as_json: bool) -> None:
+    """Identity, memory use and pending outputs of a card (never its keys)."""
+    from cardnet.card import Card
+
+    c = Card.open(store)
+    try:
+        info = {
+            "uid": str(c.uid) if c.personalised else None,
+            "domain": c.uid.domain.hex() if c.personalised else None,
+            "used_bytes": c.used_bytes,
+            "capacity_bytes": c.capacity_bytes,
+            "outbox": len(c.outbox()),
+        }
+    finally:
+        c.close()
+    if as_json:
+        emit_json(info)
+    else:
+        for k, v in info.items():
+            console.print(f"{k:>15}: {v}")

@@ -1,0 +1,53 @@
+"""``cardnet host run``: run a host process (cards, app socket, remote peers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from cardnet.cli.output import console
+
+
+@click.group()
+def host() -> None:
+    """Hosts carry messages between applications, their cards and remote hosts (TENeT)."""
+
+
+@host.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def host_run(config_path: Path) -> None:
+    """Run a host as configured in a TOML file until SIGINT/SIGTERM.
+
+    \b
+    The file names the cards (their stores and applets), the Unix socket
+    applications connect to, the TCP address remote hosts connect to, the
+    routing table (card domain -> host:port) and optional mutual TLS.
+    See docs/host.md for the format. Prints "ready <name> <listen>" once
+    it accepts connections.
+    """
+    from cardnet.host.config import load_config
+    from cardnet.host.server import HostServer
+
+    config = load_config(config_path)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        server = HostServer(config)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        addr = server.listen_address
+        console.print(f"ready {config.name} {addr[0]}:{addr[1]}" if addr else f"ready {config.name} -", markup=False)
+        console.file.flush()
+        try:
+            await server.serve_forever()
+        finally:
+            await server.aclose()
+
+    asyncio.run(main())

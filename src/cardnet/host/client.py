@@ -1,0 +1,73 @@
+"""An application process's side of the host's Unix socket.
+
+::
+
+    async with await AppClient.connect("/run/cardnet/alice.sock") as app:
+        print(app.uid)                      # the Uid the host's card granted
+        await app.send(card_uid, ECHO_REQUEST, rid=1, body=b"hi")
+        reply = await app.recv()
+
+The host fixes ``src``: this client can only send as ``app.uid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from cardnet.host import mtypes as hm
+from cardnet.host.errors import HostError
+from cardnet.transport import DEFAULT_LIMITS, Limits, TcpConnection
+from cardnet.wire import Message, MType, Uid
+
+_NOBODY = Uid(bytes(12), 0)
+
+
+class AppClient:
+    def __init__(self, conn: TcpConnection, uid: Uid) -> None:
+        self.conn = conn
+        self.uid = uid
+
+    @classmethod
+    async def connect(cls, path: str, *, card: bytes | None = None, limits: Limits = DEFAULT_LIMITS) -> AppClient:
+        reader, writer = await asyncio.open_unix_connection(path, limit=limits.read_chunk_bytes)
+        conn = TcpConnection(reader, writer, limits)
+        fields: dict[str, Any] = {} if card is None else {"card": card}
+        await conn.send(hm.ACQUIRE.make_from(_NOBODY, _NOBODY, fields))
+        answer = await conn.recv()
+        if answer.mtype != hm.ACQUIRED.code:
+            await conn.aclose()
+            reason = hm.REFUSED.parse(answer)["reason"] if answer.mtype == hm.REFUSED.code else "no answer"
+            raise HostError("no_port", f"the host gave no port: {reason}")
+        return cls(conn, hm.ACQUIRED.parse(answer)["uid"])
+
+    async def send(self, dst: Uid, mtype: MType, /, **fields: Any) -> Message:
+        msg = mtype.make_from(self.uid, dst, fields)
+        await self.conn.send(msg)
+        return msg
+
+    async def send_message(self, msg: Message) -> None:
+        await self.conn.send(msg)
+
+    async def recv(self) -> Message:
+        return await self.conn.recv()
+
+    async def recv_type(self, mtype: MType, *, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The params of the next message of ``mtype`` (others are skipped)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await self.conn.recv()
+                if msg.mtype == mtype.code:
+                    return mtype.parse(msg)
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
+
+    async def __aenter__(self) -> AppClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

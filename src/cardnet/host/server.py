@@ -1,0 +1,239 @@
+"""The asyncio driver of a host process: ``cardnet host run --config FILE``.
+
+It owns the sockets and the clock; the :class:`~cardnet.host.core.Host` owns
+the logic. Three kinds of traffic:
+
+* **applications** connect to the Unix socket ``app_socket``. The first frame
+  must be ``host.acquire``; the host gets a port from a card and answers
+  ``host.acquired {uid}``. From then on the connection *is* that Uid: a frame
+  whose ``src`` is anything else is refused (``host.refused``) and logged —
+  this is where TENeT's capability lives for untrusted application processes.
+* **remote hosts** connect to ``listen`` (TCP, optionally mutual TLS); what
+  they send is submitted as remote traffic, so the default Guard applies.
+* **outgoing** remote traffic goes through one reconnecting link per address.
+
+Every arrival wakes one pump task; a pump steps each card once for everything
+queued for it (group commit), so the more traffic, the fewer fsyncs per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from cardnet.applets.registry import make_applets
+from cardnet.card import Card
+from cardnet.host import mtypes as hm
+from cardnet.host.config import HostConfig
+from cardnet.host.core import Host, Origin, SendRemote
+from cardnet.host.errors import HostError
+from cardnet.store import open_store
+from cardnet.transport import (
+    BrokenError,
+    ClosedError,
+    Limits,
+    ReconnectingLink,
+    TcpConnection,
+    TcpServer,
+    TransportError,
+    dialer,
+    tls_contexts,
+)
+from cardnet.wire import Message, Uid
+
+log = logging.getLogger("cardnet.host")
+
+APP_QUEUE = 4096  # messages waiting for a slow application before the host drops them
+
+
+def open_cards(config: HostConfig) -> list[Card]:
+    cards = []
+    for i, cc in enumerate(config.cards):
+        card = Card(open_store(cc.store), applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
+        if not card.personalised:
+            card.close()
+            raise HostError(
+                "bad_config",
+                f"cards[{i}].store: the card in {cc.store} is not personalised; run `cardnet card create` first",
+            )
+        cards.append(card)
+    return cards
+
+
+class HostServer:
+    def __init__(self, config: HostConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.cards = open_cards(config)
+        routes = {d: f"{h}:{p}" for d, (h, p) in config.routes.items()}
+        self.host = Host(self.cards, routes=routes, name=config.name)
+        self.limits = Limits(max_frame=config.max_frame)
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._links: dict[str, ReconnectingLink] = {}
+        self._tcp: TcpServer | None = None
+        self._unix: asyncio.Server | None = None
+        self._server_tls: ssl.SSLContext | None = None
+        self._client_tls: ssl.SSLContext | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        if config.tls is not None:
+            self._server_tls, self._client_tls = tls_contexts(
+                config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.ca.read_bytes()
+            )
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        return self._tcp.address if self._tcp is not None else None
+
+    async def start(self) -> None:
+        if self.config.listen is not None:
+            self._tcp = TcpServer(limits=self.limits)
+            h, p = self.config.listen
+            await self._tcp.start(h, p, self._serve_remote, self._server_tls)
+        sock = self.config.app_socket
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        self._unix = await asyncio.start_unix_server(
+            self._accept_app, path=str(sock), limit=self.limits.read_chunk_bytes
+        )
+        sock.chmod(0o600)
+        self._spawn(self._pump_loop())
+        self.wake()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the pump ----------------------------------------------------------------
+    async def _pump_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            for eff in self.host.pump(time.time()):
+                await self._send_remote(eff)
+            await asyncio.sleep(0)  # let arrivals accumulate into the next group commit
+
+    async def _send_remote(self, eff: SendRemote) -> None:
+        link = self._links.get(eff.address)
+        if link is None:
+            host, _, port = eff.address.rpartition(":")
+            link = ReconnectingLink(
+                dialer(host, int(port), self._client_tls, limits=self.limits),
+                rng=self._rng,
+                max_frame=self.config.max_frame,
+                label=f"{self.config.name}->{eff.address}",
+            )
+            link.start()
+            self._links[eff.address] = link
+            self._spawn(self._drain_link(link))
+        try:
+            await link.send(eff.msg)
+            eff.sent()
+        except TransportError as exc:
+            log.warning("%s: cannot send to %s: %s", self.config.name, eff.address, exc)
+
+    async def _drain_link(self, link: ReconnectingLink) -> None:
+        """Replies could come back on our outgoing connection too; accept them as remote traffic."""
+        with contextlib.suppress(ClosedError, BrokenError):
+            while True:
+                msg = await link.recv()
+                self.host.receive_remote(msg, link.label)
+                self.wake()
+
+    # -- remote hosts ---------------------------------------------------------------
+    async def _serve_remote(self, conn: TcpConnection) -> None:
+        label = f"{conn.peer.label}"
+        with contextlib.suppress(ClosedError, BrokenError):
+            async for msg in conn:
+                self.host.receive_remote(msg, label)
+                self.wake()
+
+    # -- applications -----------------------------------------------------------------
+    async def _accept_app(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = TcpConnection(reader, writer, self.limits)
+        uid: Uid | None = None
+        queue: asyncio.Queue[Message] = asyncio.Queue(APP_QUEUE)
+        writer_task: asyncio.Task[None] | None = None
+        try:
+            first = await conn.recv()
+            if first.mtype != hm.ACQUIRE.code:
+                await conn.send(
+                    hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason="send host.acquire first")
+                )
+                return
+            domain = hm.ACQUIRE.parse(first).get("card")
+            try:
+                uid = self.host.allocate_port(domain, time.time())
+            except HostError as exc:
+                await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=str(exc)[:200]))
+                return
+
+            def sink(msg: Message) -> None:
+                try:
+                    queue.put_nowait(msg)
+                except asyncio.QueueFull:
+                    log.warning("%s: application %s is not reading: dropped 0x%04x", self.config.name, uid, msg.mtype)
+
+            self.host.attach_app(uid, sink)
+            await conn.send(hm.ACQUIRED.make(uid.card_uid(), uid, uid=uid))
+            writer_task = asyncio.get_running_loop().create_task(self._app_writer(conn, queue))
+            async for msg in conn:
+                if msg.src != uid:
+                    log.warning("%s: application %s tried to send as %s: refused", self.config.name, uid, msg.src)
+                    queue.put_nowait(
+                        hm.REFUSED.make(uid.card_uid(), uid, mtype=msg.mtype, reason=f"this connection is {uid}")
+                    )
+                    continue
+                try:
+                    self.host.submit(msg, Origin("app", str(uid)))
+                except HostError as exc:
+                    queue.put_nowait(hm.REFUSED.make(uid.card_uid(), uid, mtype=msg.mtype, reason=str(exc)[:200]))
+                self.wake()
+        except (ClosedError, BrokenError):
+            pass
+        finally:
+            if uid is not None:
+                self.host._detach_app(uid)
+            if writer_task is not None:
+                writer_task.cancel()
+            await conn.aclose()
+
+    async def _app_writer(self, conn: TcpConnection, queue: asyncio.Queue[Message]) -> None:
+        with contextlib.suppress(ClosedError, BrokenError):
+            while True:
+                await conn.send(await queue.get())
+
+    # -- life cycle --------------------------------------------------------------------
+    async def serve_forever(self) -> None:
+        await self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self._tcp is not None:
+            await self._tcp.aclose()
+        if self._unix is not None:
+            self._unix.close()
+        for link in self._links.values():
+            await link.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for card in self.cards:
+            card.close()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.config.app_socket).unlink()
