@@ -225,3 +225,19 @@ def test_sha256_and_hkdf() -> None:
 
 def test_ecdh_agrees(key: profile.PrivateKey, other_key: profile.PrivateKey) -> None:
     assert profile.ecdh(key, other_key.public_key()) == profile.ecdh(other_key, key.public_key())
+
+
+def test_signatures_are_low_s_and_the_high_s_twin_is_refused() -> None:
+    from cardnet.crypto.profile import _ORDER
+
+    key = profile.generate_private_key()
+    for i in range(20):
+        data = b"msg %d" % i
+        sig = profile.sign(key, data)
+        s = int.from_bytes(sig[32:], "big")
+        assert s <= _ORDER // 2
+        profile.verify(key.public_key(), sig, data)
+        twin = sig[:32] + (_ORDER - s).to_bytes(32, "big")
+        with pytest.raises(CryptoError) as e:
+            profile.verify(key.public_key(), twin, data)
+        assert e.value.reason == "bad_signature"

@@ -108,7 +108,6 @@ DEFAULT_SUBORDINATE_DAYS: Final = 1825
 
 _MAX_NAME_CHARS = 64  # RFC 5280 ub-common-name / ub-organization-name
 _SERIAL_BYTES = 20
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _UNDERSTOOD_EXTENSIONS = frozenset(
     {
         ExtensionOID.BASIC_CONSTRAINTS,
@@ -255,19 +254,6 @@ def _check_p256(key: object) -> profile.PublicKey:
     if not isinstance(key.curve, ec.SECP256R1):
         raise ValueError(f"cardnet certifies P-256 public keys only, got curve {key.curve.name}")
     return key
-
-
-def _sign_low_s(key: profile.PrivateKey, data: bytes) -> bytes:
-    """:func:`profile.sign`, with ``s`` normalised to the lower half so the signature is unique.
-
-    ECDSA accepts both ``(r, s)`` and ``(r, n - s)``; taking the low one (Bitcoin's
-    LOW_S rule) makes a signed object's encoding non-malleable.
-    """
-    sig = profile.sign(key, data)
-    s = int.from_bytes(sig[32:], "big")
-    if s > _P256_ORDER // 2:
-        sig = sig[:32] + (_P256_ORDER - s).to_bytes(32, "big")
-    return sig
 
 
 # --- reading certificates -----------------------------------------------------
@@ -659,10 +645,6 @@ class Blocklist:
             raise PkiError("bad_certificate", f"the CA certificate's key cannot be read ({exc})") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise PkiError("bad_certificate", "a blocklist is verified with the CA's P-256 key; this is another key")
-        if int.from_bytes(self.signature[32:], "big") > _P256_ORDER // 2:
-            raise PkiError(
-                "bad_signature", "the blocklist signature is not in canonical (low-s) form: it was altered in transit"
-            )
         try:
             profile.verify(key, self.signature, self.signed_bytes())
         except CryptoError:
@@ -911,7 +893,7 @@ class CertificateAuthority:
             raise ValueError(f"a blocklist holds at most {MAX_BLOCKLIST_UIDS} Uids, got {len(blocked)}")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 2**64:
             raise ValueError(f"epoch must be an unsigned 64-bit int, got {epoch!r}")
-        signature = _sign_low_s(self.__key, Blocklist.signed_bytes_for(epoch, blocked, issued_at))
+        signature = profile.sign(self.__key, Blocklist.signed_bytes_for(epoch, blocked, issued_at))
         return Blocklist(epoch=epoch, uids=blocked, issued_at=issued_at, signature=signature)
 
     # -- persistence --

@@ -101,8 +101,15 @@ def private_from_der(raw: bytes) -> PrivateKey:
 
 
 def sign(key: PrivateKey, data: bytes) -> bytes:
-    """ECDSA P-256/SHA-256 (RFC 6979 deterministic), raw ``r || s``, 64 bytes."""
+    """ECDSA P-256/SHA-256 (RFC 6979 deterministic), raw ``r || s``, 64 bytes, low-s.
+
+    ECDSA also accepts ``(r, n - s)``; cardnet signs with the smaller ``s`` and
+    ``verify`` refuses the other one, so every signature has one encoding
+    (nothing can be made "new" by flipping ``s``).
+    """
     r, s = decode_dss_signature(key.sign(data, _ECDSA))
+    if s > _ORDER // 2:
+        s = _ORDER - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -110,7 +117,10 @@ def verify(key: PublicKey, signature: bytes, data: bytes) -> None:
     """Return None or raise :class:`CryptoError` (``bad_signature``)."""
     if len(signature) != SIGNATURE_BYTES:
         raise CryptoError("bad_signature", f"a signature is {SIGNATURE_BYTES} bytes")
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    if s > _ORDER // 2:
+        raise CryptoError("bad_signature", "high-s signature refused: cardnet signatures are low-s")
+    der = encode_dss_signature(r, s)
     try:
         key.verify(der, data, _ECDSA)
     except InvalidSignature:
