@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
-from cardnet.crypto import pki
+from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
@@ -88,7 +90,21 @@ class HostProc:
             self.proc.stdout.close()
 
 
-def make_hosts(tmp: Path, names: list[str], applets: list[str]) -> list[HostProc]:
+def write_host_tls(tmp: Path, authority: pki.CertificateAuthority, name: str, domain: bytes) -> str:
+    """Host key and certificate for mutual TLS; returns the config's [tls] section."""
+    key = profile.generate_private_key()
+    cert = authority.issue(
+        pki.Role.HOST, Uid(domain, 0xFFFFFFFF), key.public_key(), now=datetime.now(UTC), tls_names=["127.0.0.1"]
+    )
+    (tmp / f"{name}.pem").write_bytes(pki.chain_to_pem([cert]))
+    (tmp / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (tmp / "ca.pem").write_bytes(pki.chain_to_pem([authority.certificate]))
+    return f'\n[tls]\ncert = "{name}.pem"\nkey = "{name}.key"\nca = "ca.pem"\n'
+
+
+def make_hosts(tmp: Path, names: list[str], applets: list[str], *, tls: bool = False) -> list[HostProc]:
     now = datetime.now(UTC)
     authority = pki.CertificateAuthority.create("integration CA", now=now)
     hosts = []
@@ -103,5 +119,6 @@ def make_hosts(tmp: Path, names: list[str], applets: list[str]) -> list[HostProc
             f'name = "{h.name}"\nlisten = "127.0.0.1:{h.port}"\napp_socket = "{h.name}.sock"\n\n'
             f'[[cards]]\nstore = "sqlite:///{h.name}.card.db"\napplets = {applets!r}\n\n'.replace("'", '"')
             + f"[routes]\n{routes}\n"
+            + (write_host_tls(tmp, authority, h.name, h.domain) if tls else "")
         )
     return hosts

@@ -119,3 +119,60 @@ def card_show(store: str, as_json: bool) -> None:
     else:
         for k, v in info.items():
             console.print(f"{k:>15}: {v}")
+
+
+@ca.command("host-cert")
+@click.argument("ca_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--domain", required=True, help="The host's card domain (24 hex digits): the certificate names it.")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    default=["127.0.0.1"],
+    show_default=True,
+    help="IP address or DNS name the host is reached at (repeat for several).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Writes OUT.pem (certificate), OUT.key (private key, mode 0600) and OUT.ca.pem (the CA).",
+)
+@click.option("--valid-days", default=365, show_default=True)
+def ca_host_cert(ca_path: Path, domain: str, names: tuple[str, ...], out: Path, valid_days: int) -> None:
+    """Issue a host's TLS certificate (mutual TLS between host processes, [tls] in the host config)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cardnet.crypto import pki, profile
+    from cardnet.wire import Uid
+
+    try:
+        dom = bytes.fromhex(domain)
+    except ValueError:
+        dom = b""
+    if len(dom) != 12:
+        fail(f"--domain {domain!r} is not 24 hex digits", hint="use the domain `cardnet card create --json` printed")
+    authority = pki.CertificateAuthority.load(ca_path)
+    key = profile.generate_private_key()
+    try:
+        cert = authority.issue(
+            pki.Role.HOST,
+            Uid(dom, 0xFFFFFFFF),
+            key.public_key(),
+            now=datetime.now(UTC),
+            valid_days=valid_days,
+            tls_names=list(names),
+        )
+    except ValueError as exc:
+        fail(str(exc), hint="--name takes an IP address or a DNS name")
+    key_path = Path(f"{out}.key")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    Path(f"{out}.pem").write_bytes(pki.chain_to_pem([cert]))
+    Path(f"{out}.ca.pem").write_bytes(pki.chain_to_pem([authority.certificate]))
+    console.print(f"host certificate for domain {domain} written to {out}.pem, key to {key_path}")

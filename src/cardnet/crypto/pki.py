@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 import itertools
 import os
 import tempfile
@@ -43,7 +44,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError, PkiError
@@ -62,6 +63,7 @@ __all__ = [
     "MAX_CHAIN_CERTS",
     "ROLE_ARC",
     "SERVICE_OID",
+    "HOST_OID",
     "UID_URI_PREFIX",
     "Blocklist",
     "CertificateAuthority",
@@ -89,6 +91,7 @@ ROLE_ARC: Final = CARDNET_ARC + ".1"
 AGENT_OID: Final = x509.ObjectIdentifier(ROLE_ARC + ".2")
 DEVICE_OID: Final = x509.ObjectIdentifier(ROLE_ARC + ".3")
 SERVICE_OID: Final = x509.ObjectIdentifier(ROLE_ARC + ".4")
+HOST_OID: Final = x509.ObjectIdentifier(ROLE_ARC + ".5")
 
 #: SubjectAlternativeName URI prefix; the URI is this plus ``str(uid)``.
 UID_URI_PREFIX: Final = "urn:cardnet:uid:"
@@ -147,9 +150,10 @@ class Role(enum.Enum):
     AGENT = "agent"  #: a ticketing agent: creates and signs token objects
     DEVICE = "device"  #: a token device: card, wallet, gate
     SERVICE = "service"  #: a service device: authority, TTP, broker, vendor
+    HOST = "host"  #: a host process: its TLS identity towards other hosts (Uid = card domain | 0xffffffff)
 
 
-_ROLE_OIDS: Final = {Role.AGENT: AGENT_OID, Role.DEVICE: DEVICE_OID, Role.SERVICE: SERVICE_OID}
+_ROLE_OIDS: Final = {Role.AGENT: AGENT_OID, Role.DEVICE: DEVICE_OID, Role.SERVICE: SERVICE_OID, Role.HOST: HOST_OID}
 _OID_ROLES: Final = {oid: role for role, oid in _ROLE_OIDS.items()}
 
 _ExtT = TypeVar("_ExtT", bound=x509.ExtensionType)
@@ -671,6 +675,16 @@ class Blocklist:
 # --- the certification authority ---------------------------------------------
 
 
+def _tls_name(name: str) -> x509.GeneralName:
+    """An IP address or a DNS name for a TLS certificate's SAN."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        if not name or len(name) > 253 or not all(part.isalnum() or "-" in part for part in name.split(".")):
+            raise ValueError(f"{name!r} is neither an IP address nor a DNS name") from None
+        return x509.DNSName(name)
+
+
 def _key_usage(*, signer: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=not signer,
@@ -849,10 +863,14 @@ class CertificateAuthority:
         valid_days: int = DEFAULT_LEAF_DAYS,
         name: str | None = None,
         rng: profile.Rng | None = None,
+        tls_names: Sequence[str] = (),
     ) -> x509.Certificate:
         """Certify that ``uid`` in ``role`` holds ``public_key``, valid from ``now`` for ``valid_days``
         (cut at this CA's own expiry). ``name`` is an optional label placed in the subject's O attribute;
         keep personal data out of it (TRN section 4.2: devices are not tied to persons).
+
+        ``tls_names`` (IP addresses or DNS names) make the certificate usable for mutual TLS
+        between hosts: they go into the SAN and the EKU gains serverAuth and clientAuth.
         """
         if not isinstance(role, Role) or role is Role.CA:
             raise ValueError(
@@ -869,15 +887,18 @@ class CertificateAuthority:
         text = str(uid)
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)] if name is not None else []
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, text))
+        sans: list[x509.GeneralName] = [_tls_name(n) for n in tls_names]
+        tls_usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if tls_names else []
         return (
             self._builder(start, valid_days, rng)
             .subject_name(x509.Name(attrs))
             .public_key(key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(signer=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([_ROLE_OIDS[role]]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([_ROLE_OIDS[role], *tls_usages]), critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(UID_URI_PREFIX + text)]), critical=False
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(UID_URI_PREFIX + text), *sans]),
+                critical=False,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .sign(self.__key, hashes.SHA256(), ecdsa_deterministic=True)
