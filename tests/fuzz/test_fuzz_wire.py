@@ -14,7 +14,9 @@ the CBOR parser into the schema checks), and mutations of valid encodings
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -124,9 +126,9 @@ cbor_data = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=5) | st.dictionaries(st.integers(-2, 25) | st.text(max_size=2), inner, max_size=6)
     ),
-    max_leaves=30,
+    max_leaves=20,
 )
-cbor_maps = st.dictionaries(st.integers(0, 25), cbor_data, max_size=10)
+cbor_maps = st.dictionaries(st.integers(0, 25), cbor_data, max_size=8)
 
 
 @st.composite
@@ -152,6 +154,53 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
         elif op == "dup":
             buf[pos:pos] = buf[pos : pos + draw(st.integers(1, 16))]
     return bytes(buf)
+
+
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+
+
+def _head(draw: Draw, major: int, n: int) -> bytes:
+    """A CBOR head for ``n``, in the shortest form or (when drawn) any longer one."""
+    widths = [w for w, limit in ((1, 2**8), (2, 2**16), (4, 2**32), (8, 2**64)) if n < limit]
+    choices = ([0] if n < 24 else []) + widths
+    width = draw(st.sampled_from(choices))
+    if width == 0:
+        return bytes([major << 5 | n])
+    return bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[width]]) + n.to_bytes(width, "big")
+
+
+def _chunks(draw: Draw, value: Any) -> list[Any]:
+    cuts = sorted(draw(st.lists(st.integers(0, len(value)), max_size=3)))
+    bounds = [0, *cuts, len(value)]
+    return [value[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def loose_encode(draw: Draw, obj: Any) -> bytes:
+    """Any valid CBOR encoding of ``obj`` (ints, bools, bytes, text, lists, int-keyed maps):
+    heads of any width, definite or indefinite lengths, map keys in any order."""
+    if isinstance(obj, bool):
+        return b"\xf5" if obj else b"\xf4"
+    if isinstance(obj, int):
+        return _head(draw, 0, obj) if obj >= 0 else _head(draw, 1, -1 - obj)
+    if isinstance(obj, (bytes, str)):
+        major = 2 if isinstance(obj, bytes) else 3
+
+        def definite(v: bytes | str) -> bytes:
+            raw = v if isinstance(v, bytes) else v.encode()
+            return _head(draw, major, len(raw)) + raw
+
+        if draw(st.booleans()):
+            return definite(obj)
+        # Indefinite length: definite chunks of the same major type (text cut between characters).
+        return bytes([major << 5 | 31]) + b"".join(definite(c) for c in _chunks(draw, obj)) + b"\xff"
+    if isinstance(obj, list):
+        items = b"".join(loose_encode(draw, v) for v in obj)
+        return _head(draw, 4, len(obj)) + items if draw(st.booleans()) else b"\x9f" + items + b"\xff"
+    if isinstance(obj, dict):
+        keys = draw(st.permutations(list(obj)))
+        items = b"".join(loose_encode(draw, k) + loose_encode(draw, obj[k]) for k in keys)
+        return _head(draw, 5, len(obj)) + items if draw(st.booleans()) else b"\xbf" + items + b"\xff"
+    raise AssertionError(f"cannot encode {obj!r}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -283,6 +332,24 @@ def test_schema_decode_near_valid_maps(values: dict[str, Any], data: st.DataObje
 @given(mutated(valid_rich))
 def test_schema_decode_mutated(raw: bytes) -> None:
     rich_decodes_canonically(raw)
+
+
+@FUZZ
+@given(rich_values, st.data())
+def test_schema_decode_equivalent_encodings(values: dict[str, Any], data: st.DataObject) -> None:
+    """The same param in any other valid CBOR form is refused as not_deterministic."""
+    canonical = RICH.encode(values)
+    raw = loose_encode(data.draw, RICH.to_cbor(values, "fuzz"))
+    assert cbor2.loads(raw) == cbor2.loads(canonical)
+    if raw == canonical:
+        assert RICH.decode(raw) == values
+        return
+    try:
+        RICH.decode(raw)
+    except DecodeError as exc:
+        assert exc.reason == "not_deterministic", exc
+    else:
+        raise AssertionError(f"accepted a non-deterministic encoding: {raw.hex()}")
 
 
 @settings(max_examples=max(50, N // 3), deadline=timedelta(seconds=2))

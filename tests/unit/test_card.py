@@ -229,6 +229,11 @@ class FailingStore(SqliteStore):
             raise StoreError("io", "disk gone")
         return super().transaction()
 
+    def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        if self.fail:
+            raise StoreError("io", "disk gone")
+        super().write(table, puts, deletes)
+
 
 def test_no_output_leaves_before_commit(tmp_path: Any, ca: pki.CertificateAuthority) -> None:
     store = FailingStore(str(tmp_path / "f.db"))

@@ -90,9 +90,15 @@ def store(make_store: Stores) -> Store:
     return make_store()
 
 
-def needs_persistence(make_store: Stores) -> None:
-    if not make_store.persistent:
-        pytest.skip(f"{make_store.factory.name} cannot be reopened")
+PERSISTENT_FACTORIES = [f for f in STORE_FACTORIES if f.persistent]
+
+
+@pytest.fixture(params=PERSISTENT_FACTORIES, ids=[f.name for f in PERSISTENT_FACTORIES])
+def make_persistent_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    """Like make_store, but only stores that can be closed and opened again (files, databases)."""
+    stores = Stores(request.param, tmp_path)
+    yield stores
+    stores.close_all()
 
 
 class Boom(Exception):
@@ -163,9 +169,8 @@ def test_insert_is_first_wins(store: Store) -> None:
         assert t.get("spent", b"s1") == b"again"
 
 
-def test_insert_first_wins_across_connections(make_store: Stores) -> None:
-    needs_persistence(make_store)
-    a, b = make_store(), make_store()
+def test_insert_first_wins_across_connections(make_persistent_store: Stores) -> None:
+    a, b = make_persistent_store(), make_persistent_store()
     with a.transaction() as t:
         assert t.insert("ttp", b"x", b"abort")
     with b.transaction() as t:
@@ -478,9 +483,8 @@ def test_closed_store(make_store: Stores) -> None:
 # --------------------------------------------------------------------------- durability and sharing
 
 
-def test_durable_across_close_and_reopen(make_store: Stores) -> None:
-    needs_persistence(make_store)
-    s = make_store()
+def test_durable_across_close_and_reopen(make_persistent_store: Stores) -> None:
+    s = make_persistent_store()
     with s.transaction() as t:
         t.put("t", b"k", b"v")
         seq = t.append("out", b"entry")
@@ -488,16 +492,15 @@ def test_durable_across_close_and_reopen(make_store: Stores) -> None:
         t.put("t", b"lost", b"x")
         raise Boom
     s.close()
-    s2 = make_store()
+    s2 = make_persistent_store()
     with s2.transaction() as t:
         assert t.scan("t") == [(b"k", b"v")]
         assert t.read_log("out") == [(seq, b"entry")]
         assert t.append("out", b"next") > seq
 
 
-def test_commit_visible_to_another_connection(make_store: Stores) -> None:
-    needs_persistence(make_store)
-    a, b = make_store(), make_store()
+def test_commit_visible_to_another_connection(make_persistent_store: Stores) -> None:
+    a, b = make_persistent_store(), make_persistent_store()
     with a.transaction() as t:
         t.put("t", b"k", b"from a")
     with b.transaction() as t:
@@ -612,7 +615,7 @@ def test_refused_file_closes_its_connection(tmp_path: Path, monkeypatch: pytest.
     real_connect = sqlite3.connect
 
     def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)
+        conn: sqlite3.Connection = real_connect(*args, **kwargs)
         opened.append(conn)
         return conn
 

@@ -118,7 +118,7 @@ class StepContext:
     def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:
         """Queue a message from this card; it leaves only after the step commits."""
         msg = mtype.make_from(self._card.uid, dst, fields)
-        delta = msg.size + 8  # an outbox entry: 8-byte seq + the encoded message
+        delta = msg.size + 8  # its outbox share: the encoded message, a 4-byte length, part of the row key
         self._card._reserve(self._used + delta)
         self._used += delta
         self._out.append(msg)

@@ -40,7 +40,6 @@ from cardnet.card.manager import CardManager
 from cardnet.crypto import pki, profile
 from cardnet.store import Store, StoreError, open_store
 from cardnet.wire import DecodeError, Message, MType, Uid
-from cardnet.wire import mtypes as registry
 from cardnet.wire.cbor import dumps, loads_one
 
 log = logging.getLogger("cardnet.card")
@@ -49,6 +48,8 @@ DEFAULT_CAPACITY = 256 * 1024
 DEFAULT_PIN_TRIES = 3
 STORE_TABLE = "card"
 OUT = "out"  # the outbox: 8-byte big-endian seq -> encoded message
+NEXT = "outn"  # the next outbox seq; its store key sorts right after the outbox rows (same page: one WAL page a step)
+UNCOUNTED = (SYS, NEXT)  # system rows do not count against the capacity
 _SEP = b"\x00"
 
 TableKey = tuple[str, bytes]
@@ -63,8 +64,14 @@ class Outgoing:
     msg: Message
 
 
+_PREFIXES: dict[str, bytes] = {}
+
+
 def _skey(tk: TableKey) -> bytes:
-    return tk[0].encode() + _SEP + tk[1]
+    prefix = _PREFIXES.get(tk[0])
+    if prefix is None:
+        prefix = _PREFIXES.setdefault(tk[0], tk[0].encode() + _SEP)
+    return prefix + tk[1]
 
 
 def _split(raw: bytes) -> TableKey:
@@ -92,7 +99,7 @@ class Card:
         self._rng = rng
         self.capacity_bytes = capacity_bytes
         self._authenticated: set[Uid] = set()
-        self._applets: dict[int, tuple[Applet, str]] = {}
+        self._applets: dict[int, tuple[Applet, str, MType]] = {}
         self._pending: dict[TableKey, bytes | None] = {}
         self._pending_used = 0
         self._acks: set[int] = set()
@@ -107,10 +114,15 @@ class Card:
                 self._mem[(SYS, b"key")] = der
         self._private = profile.private_from_der(self._mem[(SYS, b"key")])
         self.public_key: profile.PublicKey = self._private.public_key()
-        self._used = sum(len(k) + len(v) for (t, k), v in self._mem.items() if t != SYS)
-        seqs = [int.from_bytes(k, "big") for (t, k) in self._mem if t == OUT]
-        stored_next = self._mem.get((SYS, b"next_seq"))
-        self._next_seq = max([*seqs, int.from_bytes(stored_next, "big") - 1 if stored_next else 0]) + 1
+        self._used = sum(len(k) + len(v) for (t, k), v in self._mem.items() if t not in UNCOUNTED)
+        # The outbox: one row per commit, holding that commit's outputs (consecutive seqs).
+        self._rows: dict[int, list[tuple[int, bytes]]] = {}  # first seq -> [(seq, encoded message)]
+        self._row_of: dict[int, int] = {}  # seq -> first seq of its row
+        for (t, k), v in self._mem.items():
+            if t == OUT:
+                self._load_row(int.from_bytes(k, "big"), v)
+        stored_next = self._mem.get((NEXT, b""))
+        self._next_seq = max([*self._row_of, int.from_bytes(stored_next, "big") - 1 if stored_next else 0]) + 1
         self._uid: Uid | None = None
         if (SYS, b"uid") in self._mem:
             self._uid = Uid.from_bytes(self._mem[(SYS, b"uid")])
@@ -195,7 +207,7 @@ class Card:
             old = self._applets.get(mt.code)
             if old is not None and old[0].name != applet.name:
                 raise CardError("refused", f"{mt.name} is already handled by applet {old[0].name}")
-            self._applets[mt.code] = (applet, table)
+            self._applets[mt.code] = (applet, table, mt)
 
     # -- stepping ----------------------------------------------------------------
     def step(self, msg: Message, now: float) -> list[Outgoing]:
@@ -210,8 +222,9 @@ class Card:
         """
         results: list[list[Outgoing]] = []
         after: list[Any] = []
-        new_out: dict[int, bytes] = {}
+        row: list[tuple[int, bytes]] = []
         first_seq = self._next_seq
+        reserved = 0
         for msg in msgs:
             ctx, refusal = self._run(msg, now)
             if refusal is not None:
@@ -222,17 +235,20 @@ class Card:
             for out in ctx._out:
                 seq = self._next_seq
                 self._next_seq += 1
-                raw = out.encode()
-                ctx._overlay[(OUT, seq.to_bytes(8, "big"))] = raw
-                new_out[seq] = raw
+                row.append((seq, out.encode()))
                 outs.append(Outgoing(seq, out))
+                reserved += out.size + _OUT_RESERVE
             self._pending.update(ctx._overlay)
             self._pending_used += ctx._used
             after.extend(ctx._after)
             results.append(outs)
+        if row:
+            value = _pack_row(row)
+            self._pending[(OUT, first_seq.to_bytes(8, "big"))] = value
+            self._pending_used += 8 + len(value) - reserved  # exact size instead of the per-output reservation
         if self._pending or self._acks:
             try:
-                self._commit()
+                self._commit(row)
             except BaseException:
                 self._pending.clear()
                 self._pending_used = 0
@@ -253,8 +269,7 @@ class Card:
         entry = self._applets.get(msg.mtype)
         if entry is None:
             return None, self._refusal(msg, "no_applet", f"no applet on this card handles mtype 0x{msg.mtype:04x}")
-        applet, table = entry
-        mt = registry.lookup(msg.mtype)
+        applet, table, mt = entry
         if mt.privileged and msg.src not in self._authenticated:
             return None, self._refusal(
                 msg, "privileged", f"{mt.name} is privileged: only an application that verified the PIN may send it"
@@ -279,46 +294,75 @@ class Card:
         src = self._uid if self._uid is not None else Uid(msg.dst.domain, 0)
         return cm.REFUSED.make(src, msg.src, mtype=msg.mtype, reason=reason[:64], detail=detail[:500])
 
-    def _commit(self) -> None:
-        puts: list[tuple[bytes, bytes]] = []
-        dels: list[bytes] = []
+    def _commit(self, row: list[tuple[int, bytes]] | None = None) -> None:
+        """Write the pending overlay, the new outbox row and the finished acknowledgements in one transaction."""
+        pending = self._pending
         freed = 0
-        for seq in self._acks:
-            tk = (OUT, seq.to_bytes(8, "big"))
-            old = self._pending.get(tk, self._mem.get(tk))
-            if old is not None:
-                self._pending[tk] = None
-                freed += len(old) + 8
-        for tk, v in self._pending.items():
+        done_rows: list[int] = []
+        if self._acks:
+            acks = self._acks
+            done_rows = [first for first, items in self._rows.items() if all(seq in acks for seq, _ in items)]
+            for first in done_rows:
+                tk = (OUT, first.to_bytes(8, "big"))
+                old = self._mem.get(tk)
+                if old is not None and tk not in pending:
+                    pending[tk] = None
+                    freed += len(old) + 8
+        next_raw = self._next_seq.to_bytes(8, "big")
+        puts = [(_skey(tk), v) for tk, v in pending.items() if v is not None]
+        puts.append((_NEXT_KEY, next_raw))
+        dels = [_skey(tk) for tk, v in pending.items() if v is None]
+        try:
+            self._store.write(STORE_TABLE, puts, dels)
+        except BaseException:
+            for first in done_rows:  # the deletions did not happen
+                pending.pop((OUT, first.to_bytes(8, "big")), None)
+            raise
+        # durable: now update the mirror
+        mem = self._mem
+        for tk, v in pending.items():
             if v is None:
-                dels.append(_skey(tk))
+                mem.pop(tk, None)
             else:
-                puts.append((_skey(tk), v))
-        puts.append((_skey((SYS, b"next_seq")), self._next_seq.to_bytes(8, "big")))
-        with self._store.transaction() as txn:
-            txn.put_many(STORE_TABLE, puts)
-            if dels:
-                txn.delete_many(STORE_TABLE, dels)
-        for tk, v in self._pending.items():
-            if v is None:
-                self._mem.pop(tk, None)
-            else:
-                self._mem[tk] = v
-        self._mem[(SYS, b"next_seq")] = self._next_seq.to_bytes(8, "big")
+                mem[tk] = v
+        mem[(NEXT, b"")] = next_raw
+        for first in done_rows:
+            for seq, _ in self._rows.pop(first):
+                self._acks.discard(seq)
+                del self._row_of[seq]
+        if row:
+            self._add_row(row)
         self._used += self._pending_used - freed
-        self._pending.clear()
+        pending.clear()
         self._pending_used = 0
-        self._acks.clear()
+
+    def _load_row(self, first: int, value: bytes) -> None:
+        self._add_row(_unpack_row(first, value))
+
+    def _add_row(self, row: list[tuple[int, bytes]]) -> None:
+        first = row[0][0]
+        self._rows[first] = row
+        for seq, _ in row:
+            self._row_of[seq] = first
 
     # -- outbox --------------------------------------------------------------------
     def outbox(self) -> list[Outgoing]:
         """Every stored output not yet acknowledged, oldest first (re-emit after a restart)."""
-        items = sorted((int.from_bytes(k, "big"), v) for (t, k), v in self._mem.items() if t == OUT)
-        return [Outgoing(seq, Message.decode(raw)) for seq, raw in items if seq not in self._acks]
+        return [
+            Outgoing(seq, Message.decode(raw))
+            for first in sorted(self._rows)
+            for seq, raw in self._rows[first]
+            if seq not in self._acks
+        ]
 
     def ack(self, seqs: Iterable[int]) -> None:
-        """The host delivered these outputs; they leave the outbox with the next transaction."""
-        self._acks.update(seqs)
+        """The host delivered these outputs; they leave the outbox with the next transaction.
+
+        A commit's outputs share one outbox row, deleted once all of them are
+        acknowledged; until then a crash re-emits the row's unacknowledged and
+        acknowledged outputs alike (duplicates, never losses).
+        """
+        self._acks.update(seq for seq in seqs if seq in self._row_of)
 
     def flush(self) -> None:
         """Write pending acknowledgements now (normally they ride on the next step)."""
@@ -365,6 +409,27 @@ class Card:
 
 
 _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
+
+
+_NEXT_KEY = _skey((NEXT, b""))
+_OUT_RESERVE = 8  # bytes reserved per output besides its size (its share of the row: 4-byte length, row key)
+
+
+def _pack_row(row: list[tuple[int, bytes]]) -> bytes:
+    """A commit's outputs: consecutive seqs, each message as 4-byte length + bytes."""
+    return b"".join(len(raw).to_bytes(4, "big") + raw for _, raw in row)
+
+
+def _unpack_row(first: int, value: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    pos = 0
+    seq = first
+    while pos < len(value):
+        n = int.from_bytes(value[pos : pos + 4], "big")
+        out.append((seq, value[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+        seq += 1
+    return out
 
 
 def _pack_list(items: list[bytes]) -> bytes:

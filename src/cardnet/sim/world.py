@@ -73,6 +73,18 @@ class TearingStore:
             self.torn = True
             raise Torn("io", f"card {self.label} torn after commit")
 
+    def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        if self.torn:
+            raise Torn("io", f"card {self.label} is without power until reopened")
+        when = self.world.draw_tear(self.label) if self.armed else None
+        if when == "before":
+            self.torn = True
+            raise Torn("io", f"card {self.label} torn before commit")
+        self.inner.write(table, puts, deletes)
+        if when == "after":
+            self.torn = True
+            raise Torn("io", f"card {self.label} torn after commit")
+
     def close(self) -> None:
         """A card closing its store does not destroy the simulated EEPROM."""
 

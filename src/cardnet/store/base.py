@@ -67,6 +67,10 @@ class Store(Protocol):
         """A read-write transaction; durable on exit if the store is durable."""
         ...
 
+    def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """One transaction that puts and deletes these rows of ``table`` (the card's hot path)."""
+        ...
+
     def close(self) -> None: ...
 
 
