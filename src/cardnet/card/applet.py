@@ -27,6 +27,19 @@ DELETED: bytes | None = None
 SYS = "sys"
 
 
+def overlay_scan(
+    base: dict[bytes, bytes], overlay: dict[tuple[str, bytes], bytes | None], table: str, prefix: bytes
+) -> dict[bytes, bytes]:
+    """``base`` (key -> value of one table) with ``overlay``'s writes and deletions of that table applied."""
+    for (t, k), v in overlay.items():
+        if t == table and k.startswith(prefix):
+            if v is None:
+                base.pop(k, None)
+            else:
+                base[k] = v
+    return base
+
+
 class Applet:
     """Base class: set ``name`` (state namespace) and ``handles`` (mtypes)."""
 
@@ -105,14 +118,7 @@ class StepContext:
     def scan(self, prefix: bytes = b"", *, table: str | None = None) -> list[tuple[bytes, bytes]]:
         """Live entries with ``prefix``, in key order (this step's writes included)."""
         tbl = table or self._table
-        merged = dict(self._card._scan(tbl, prefix))
-        for (t, k), v in self._overlay.items():
-            if t == tbl and k.startswith(prefix):
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-        return sorted(merged.items())
+        return sorted(overlay_scan(self._card._scan(tbl, prefix), self._overlay, tbl, prefix).items())
 
     # -- output ----------------------------------------------------------------
     def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:

@@ -173,16 +173,20 @@ class SqliteStore:
     def schema_version(self) -> int:
         return int(self._c.execute("PRAGMA user_version").fetchone()[0])
 
+    def _begin(self) -> sqlite3.Connection:
+        """BEGIN IMMEDIATE on the open connection (call with the lock held)."""
+        if self._closed:
+            raise StoreError("closed", f"store {self.url} is closed")
+        try:
+            self._c.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError("busy", f"cannot start a transaction on {self.url}: {exc}") from None
+        return self._c
+
     @contextmanager
     def transaction(self) -> Iterator[SqliteTxn]:
         with self._lock:
-            if self._closed:
-                raise StoreError("closed", f"store {self.url} is closed")
-            c = self._c
-            try:
-                c.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError("busy", f"cannot start a transaction on {self.url}: {exc}") from None
+            c = self._begin()
             try:
                 yield SqliteTxn(c)
             except BaseException:
@@ -198,13 +202,7 @@ class SqliteStore:
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """``transaction()`` with puts then deletes, without the context-manager machinery (hot path)."""
         with self._lock:
-            if self._closed:
-                raise StoreError("closed", f"store {self.url} is closed")
-            c = self._c
-            try:
-                c.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError("busy", f"cannot start a transaction on {self.url}: {exc}") from None
+            c = self._begin()
             try:
                 c.executemany(
                     "INSERT OR REPLACE INTO kv (tbl, k, v) VALUES (?, ?, ?)", [(table, k, v) for k, v in puts]
