@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cardnet.card import mtypes as cm
-from cardnet.card.applet import SYS, Applet, StepContext
+from cardnet.card.applet import SYS, Applet, StepContext, overlay_scan
 from cardnet.card.errors import CardError
 from cardnet.card.manager import CardManager
 from cardnet.crypto import pki, profile
@@ -292,7 +292,7 @@ class Card:
 
     def _refusal(self, msg: Message, reason: str, detail: str) -> Message:
         src = self._uid if self._uid is not None else Uid(msg.dst.domain, 0)
-        return cm.REFUSED.make(src, msg.src, mtype=msg.mtype, reason=reason[:64], detail=detail[:500])
+        return cm.REFUSED.make(src, msg.src, mtype=msg.mtype, reason=_clip(reason, 64), detail=_clip(detail, 500))
 
     def _commit(self, row: list[tuple[int, bytes]] | None = None) -> None:
         """Write the pending overlay, the new outbox row and the finished acknowledgements in one transaction."""
@@ -378,15 +378,10 @@ class Card:
             return self._pending[tk]
         return self._mem.get(tk)
 
-    def _scan(self, table: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        merged = {k: v for (t, k), v in self._mem.items() if t == table and k.startswith(prefix)}
-        for (t, k), pv in self._pending.items():
-            if t == table and k.startswith(prefix):
-                if pv is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = pv
-        return list(merged.items())
+    def _scan(self, table: str, prefix: bytes) -> dict[bytes, bytes]:
+        """Committed entries of ``table`` with ``prefix``, with this group's pending writes applied."""
+        base = {k: v for (t, k), v in self._mem.items() if t == table and k.startswith(prefix)}
+        return overlay_scan(base, self._pending, table, prefix)
 
     def _reserve(self, step_delta: int) -> None:
         total = self._used + self._pending_used + step_delta
@@ -413,6 +408,12 @@ _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 _NEXT_KEY = _skey((NEXT, b""))
 _OUT_RESERVE = 8  # bytes reserved per output besides its size (its share of the row: 4-byte length, row key)
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of UTF-8, cut at a character boundary: a refusal must always encode,
+    even when its text quotes a sender's non-ASCII garbage."""
+    return text.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
 
 
 def _pack_row(row: list[tuple[int, bytes]]) -> bytes:

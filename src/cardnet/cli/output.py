@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # never fold a path or a field name
 
 
 def emit_json(obj: Any) -> None:
