@@ -24,10 +24,14 @@ def personalise(
     domain: bytes | None = None,
     role: pki.Role = pki.Role.DEVICE,
     valid_days: int = 3 * 365,
-    rng: profile.Rng = profile.system_rng,
+    rng: profile.Rng | None = None,
     name: str | None = None,
 ) -> Uid:
-    """Certify ``card``'s key under ``ca`` with a (fresh or given) domain; return its Uid."""
-    uid = Uid.card(domain if domain is not None else rng(DOMAIN_BYTES))
-    cert = ca.issue(role, uid, card.public_key, now=now, valid_days=valid_days, name=name)
+    """Certify ``card``'s key under ``ca`` with a (fresh or given) domain; return its Uid.
+
+    ``rng`` (default: the OS) draws the domain and, when given, the
+    certificate's serial, so a seeded run personalises byte for byte alike.
+    """
+    uid = Uid.card(domain if domain is not None else (rng or profile.system_rng)(DOMAIN_BYTES))
+    cert = ca.issue(role, uid, card.public_key, now=now, valid_days=valid_days, name=name, rng=rng)
     return card.personalise(pki.cert_to_der(cert), [pki.cert_to_der(ca.certificate)], pin)

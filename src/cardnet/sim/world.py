@@ -147,8 +147,8 @@ class World:
         self.violations: list[str] = []
         self._last_arrival: dict[tuple[str, str], float] = {}
         self.ca = _CA_CACHE.get("sim") or _CA_CACHE.setdefault(
-            "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH)
-        )
+            "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH, rng=random.Random(0x5EED).randbytes)
+        )  # one fixed CA key for every run and process; serials come from each card's seeded rng
 
     # -- building ----------------------------------------------------------------
     def add_host(self, address: str) -> SimHost:

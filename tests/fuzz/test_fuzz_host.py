@@ -1,0 +1,145 @@
+"""Fuzzing the host with a real card: arbitrary messages from applications and remote hosts.
+
+The contract: whatever arrives, ``submit``/``receive_remote``/``send_message``
+raise nothing but :class:`HostError` (``busy`` when the dispatch table is
+full, ``forged_src`` when an application sends as someone else), ``pump()``
+never raises, and the card answers a param it cannot decode with
+``card.refused`` ``bad_param`` (never a crash, never a state change).
+
+Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import cbor2
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from cardnet.applets.counter import COUNT, CounterApplet
+from cardnet.applets.echo import EchoApplet
+from cardnet.applets.notes import NOTE, NOTE_ACK, NotesApplet
+from cardnet.card import Card
+from cardnet.card import mtypes as cm
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki
+from cardnet.host import Capability, Host, HostError, Origin
+from cardnet.host.core import HOST_PORT
+from cardnet.protocols.echo import REQUEST
+from cardnet.store import SqliteStore
+from cardnet.wire import DecodeError, Message, MType, Uid
+from cardnet.wire.mtypes import all_mtypes
+from conftest import NOW
+
+N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=N,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+T = NOW.timestamp()
+REMOTE = b"\x0b" * 12  # routed to another host
+STRANGER = b"\x0c" * 12  # no route
+MAX_QUEUE = 8  # small, so that bursts hit the bound
+
+
+def new_host(ca: pki.CertificateAuthority) -> tuple[Host, Card, Capability]:
+    card = Card(SqliteStore(":memory:", durable=False), applets=[EchoApplet(), NotesApplet(), CounterApplet()])
+    personalise(card, ca, pin="1234", now=NOW)
+    host = Host([card], routes={REMOTE: "remote"}, max_queue=MAX_QUEUE, name="fuzz")
+    return host, card, host.acquire()
+
+
+# Garbage params: raw bytes, CBOR of arbitrary values (to get past the CBOR parser into the schema checks).
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=40) | st.floats(),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.integers() | st.text(max_size=40), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+params = st.binary(max_size=200) | cbor_values.map(cbor2.dumps)
+
+UID_KINDS = ("card", "cap", "local_port", "host_port", "remote", "stranger")
+codes = st.sampled_from([m.code for m in all_mtypes()]) | st.integers(0, 0xFFFF)
+message_specs = st.tuples(
+    st.sampled_from(UID_KINDS),  # src
+    st.sampled_from(UID_KINDS),  # dst
+    st.integers(0, 2**32 - 1),  # a port for the kinds that take one
+    codes,
+    params,
+    st.sampled_from(["capability", "app", "remote"]),  # how it arrives
+)
+
+
+def uid_of(kind: str, port: int, card: Card, cap: Capability) -> Uid:
+    return {
+        "card": card.uid,
+        "cap": cap.uid,
+        "local_port": Uid(card.uid.domain, port),
+        "host_port": Uid(card.uid.domain, HOST_PORT),
+        "remote": Uid(REMOTE, port),
+        "stranger": Uid(STRANGER, port),
+    }[kind]
+
+
+@FUZZ
+@given(bursts=st.lists(st.lists(message_specs, min_size=1, max_size=12), min_size=1, max_size=4))
+@example(bursts=[[("cap", "card", 0, REQUEST.code, cbor2.dumps({"é" * 300: 1}), "capability")]])  # once crashed pump
+@example(bursts=[[("remote", "card", 1, cm.PIN_VERIFY.code, cbor2.dumps({0: "1234"}), "remote")] * 9])
+def test_arbitrary_messages_never_break_the_host(ca: pki.CertificateAuthority, bursts: list[list[Any]]) -> None:
+    host, card, cap = new_host(ca)
+    for burst in bursts:
+        for src_kind, dst_kind, port, mtype, param, how in burst:
+            msg = Message(uid_of(src_kind, port, card, cap), uid_of(dst_kind, port, card, cap), mtype, param)
+            try:
+                if how == "capability":
+                    cap.send_message(msg)
+                elif how == "app":
+                    host.submit(msg, Origin("app", str(cap.uid)))  # what the socket server does after its src check
+                else:
+                    host.receive_remote(msg, "remote")
+            except HostError as exc:
+                assert exc.reason in {"busy", "forged_src"}, exc
+                assert exc.reason != "forged_src" or (how == "capability" and msg.src != cap.uid)
+        effects = host.pump(T)
+        assert host.idle
+        for eff in effects:
+            assert eff.address == "remote" and eff.msg.dst.domain == REMOTE
+            eff.sent()
+        cap.receive_all()
+    assert host.held == {}
+
+
+# mtypes a card handles without privilege: it decodes their params
+DECODED: list[MType] = [REQUEST, COUNT, NOTE, NOTE_ACK, cm.PIN_VERIFY, cm.PORT_REQUEST, cm.LOGOUT]
+
+
+@FUZZ
+@given(mtype=st.sampled_from(DECODED), param=params)
+@example(mtype=REQUEST, param=cbor2.dumps({"é" * 300: 1}))  # a long non-ASCII key in the error text
+@example(mtype=COUNT, param=cbor2.dumps({0: 1, "\u2603" * 200: b""}))
+@example(mtype=cm.PIN_VERIFY, param=cbor2.dumps({0: "1234"}) + b"\x00")  # the right PIN and trailing bytes
+def test_the_card_refuses_garbage_params_with_bad_param(
+    ca: pki.CertificateAuthority, mtype: MType, param: bytes
+) -> None:
+    try:
+        mtype.schema.decode(param)
+    except DecodeError:
+        pass
+    else:
+        assume(False)  # a valid param by chance: not garbage
+    host, card, cap = new_host(ca)
+    card.flush()  # the port grant's ack, so the state below is what a refusal must leave alone
+    state = dict(card._mem)
+    cap.send_message(Message(cap.uid, card.uid, mtype.code, param))
+    host.pump(T)
+    [answer] = cap.receive_all()
+    assert answer.mtype == cm.REFUSED.code and answer.src == card.uid
+    refusal = cm.REFUSED.parse(answer)
+    assert (refusal["mtype"], refusal["reason"]) == (mtype.code, "bad_param")
+    assert card._mem == state and card.outbox() == []  # a refusal changes nothing and is not stored
+    assert cap.uid not in card._authenticated
