@@ -47,7 +47,7 @@ def main() -> None:
     except CardnetError as exc:
         from cardnet.cli.output import fail
 
-        fail(str(exc), hint=f"(reason: {exc.reason})")
+        fail(str(exc), reason=exc.reason)
 
 
 if __name__ == "__main__":

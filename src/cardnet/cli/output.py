@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)  # never fold a path or a field name
@@ -16,9 +17,10 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def fail(message: str, *, hint: str | None = None, code: int = 2) -> None:
-    """Print an error for a person and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}")
+def fail(message: str, *, hint: str | None = None, reason: str | None = None, code: int = 2) -> NoReturn:
+    """Print an error for a person (message taken literally, never as markup) and exit with ``code``."""
+    tail = f" [dim](reason: {escape(reason)})[/]" if reason else ""
+    err_console.print(f"[bold red]error:[/] {escape(message)}{tail}")
     if hint:
-        err_console.print(f"[yellow]what to do:[/] {hint}")
+        err_console.print(f"[yellow]what to do:[/] {escape(hint)}")
     raise SystemExit(code)
