@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cardnet.applets.authority import AuthorityApplet
 from cardnet.applets.counter import CounterApplet
 from cardnet.applets.echo import EchoApplet
 from cardnet.applets.notes import NotesApplet
 from cardnet.applets.pingpong import PingPongApplet
+from cardnet.applets.trn import TrnApplet
 from cardnet.card import Applet
 
 APPLETS: dict[str, Callable[[], Applet]] = {
@@ -15,6 +17,8 @@ APPLETS: dict[str, Callable[[], Applet]] = {
     "echo": EchoApplet,
     "notes": NotesApplet,
     "pingpong": PingPongApplet,
+    "trn": TrnApplet,
+    "authority": AuthorityApplet,
 }
 
 

@@ -1,0 +1,145 @@
+"""The authority applet: the trace registry on the authority's own service card.
+
+Cards open TRN sessions with the authority and send ``seekfor``; the applet
+checks the token's issuer (agents are registered by the operator), records the
+movement if it extends the chain (:mod:`cardnet.protocols.trace`), blocks the
+sender of a branch, and answers ``seeked`` with the issuer's certificate. The
+authority service signs blocklists with the CA and feeds them back with
+``trn.blocklist``; the applet then hands them to every card it meets.
+
+Operator commands (privileged): ``auth.add_agent {cert}``, ``auth.revoke
+{oid}``, ``auth.query {oid}`` -> ``auth.chain``, ``auth.blocked_list`` ->
+``auth.blocked``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cardnet.applets.sessions import SessionApplet
+from cardnet.applets.trn import BLOCKLIST, RESULT
+from cardnet.card import Refused, StepContext
+from cardnet.crypto import pki
+from cardnet.crypto.errors import PkiError
+from cardnet.protocols import trace
+from cardnet.protocols import transfer as tr
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import OID_BYTES, Token
+from cardnet.wire import Bytes, Field, ListOf, Message, Schema, UidType, register
+from cardnet.wire.cbor import dumps, loads_one
+from cardnet.wire.ids import Uid
+
+_OID = Bytes(OID_BYTES, OID_BYTES)
+ADD_AGENT = register(
+    0x0330, "auth.add_agent", "trace", Schema("auth.add_agent", [Field(0, "cert", Bytes(8192))]), privileged=True
+)
+REVOKE = register(0x0331, "auth.revoke", "trace", Schema("auth.revoke", [Field(0, "oid", _OID)]), privileged=True)
+QUERY = register(0x0332, "auth.query", "trace", Schema("auth.query", [Field(0, "oid", _OID)]), privileged=True)
+CHAIN = register(
+    0x0333,
+    "auth.chain",
+    "trace",
+    Schema(
+        "auth.chain",
+        [
+            Field(0, "oid", _OID),
+            Field(1, "issuer", UidType(), optional=True),
+            Field(2, "holders", ListOf(UidType(), 100_000)),
+            Field(3, "revoked", Bytes(1), optional=True),
+        ],
+    ),
+)
+BLOCKED_LIST = register(0x0334, "auth.blocked_list", "trace", Schema("auth.blocked_list", []), privileged=True)
+BLOCKED = register(
+    0x0335, "auth.blocked", "trace", Schema("auth.blocked", [Field(0, "uids", ListOf(UidType(), 65536))])
+)
+
+
+def _chain(ctx: StepContext, oid: bytes) -> tuple[Uid | None, list[trace.Movement]]:
+    raw = ctx.get(b"chain:" + oid)
+    if raw is None:
+        return None, []
+    data = loads_one(raw)
+    assert isinstance(data, list)
+    issuer = Uid.from_bytes(data[0])
+    return issuer, [trace.Movement(Uid.from_bytes(f), Uid.from_bytes(t), n) for f, t, n in data[1:]]
+
+
+def _save_chain(ctx: StepContext, oid: bytes, issuer: Uid, chain: list[trace.Movement]) -> None:
+    ctx.put(b"chain:" + oid, dumps([bytes(issuer), *[[bytes(m.frm), bytes(m.to), m.nonce] for m in chain]]))
+
+
+class AuthorityApplet(SessionApplet):
+    name = "authority"
+    handles = (*SessionApplet.handles, ADD_AGENT, REVOKE, QUERY, BLOCKED_LIST, BLOCKLIST)
+
+    def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
+        code = msg.mtype
+        if code in (c.code for c in SessionApplet.handles):
+            super().handle(ctx, msg, params)
+        elif code == ADD_AGENT.code:
+            self._add_agent(ctx, params["cert"])
+        elif code == REVOKE.code:
+            ctx.put(b"revoked:" + params["oid"], b"\x01")
+            ctx.reply(RESULT, ok=True, reason="revoked", oid=params["oid"])
+        elif code == QUERY.code:
+            issuer, chain = _chain(ctx, params["oid"])
+            fields: dict[str, Any] = {"oid": params["oid"], "holders": [m.to for m in chain]}
+            if issuer is not None:
+                fields["issuer"] = issuer
+            if ctx.get(b"revoked:" + params["oid"]) is not None:
+                fields["revoked"] = b"\x01"
+            ctx.reply(CHAIN, **fields)
+        elif code == BLOCKED_LIST.code:
+            ctx.reply(BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")])
+        else:
+            self.accept_blocklist(ctx, params["blocklist"])
+
+    def _add_agent(self, ctx: StepContext, cert_der: bytes) -> None:
+        try:
+            agent = pki.verify_chain(
+                [pki.cert_from_der(cert_der)], [pki.cert_from_der(r) for r in ctx.roots_der], now=ctx.now,
+                role=pki.Role.AGENT,
+            )  # fmt: skip
+        except PkiError as exc:
+            raise Refused(exc.reason, f"not an agent certificate of this CA: {exc}") from None
+        ctx.put(b"agent:" + bytes(agent.uid), cert_der)
+        ctx.reply(RESULT, ok=True, reason=f"agent {agent.uid} registered")
+
+    def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
+        code, p = tr.decode_inner(raw)
+        if code != tr.SEEKFOR:
+            raise ProtocolError("wrong_peer", f"the authority takes only seekfor, not {tr.NAMES[code]}")
+        oid = p["oid"]
+        verdict, cert = self._judge(ctx, peer, p)
+        for uid in verdict.block:
+            ctx.put(b"blocked:" + bytes(uid), dumps(["branch", oid]))
+        reply: dict[str, Any] = {"oid": oid, "ok": verdict.ok, "reason": verdict.reason[:200]}
+        if verdict.ok and cert is not None:
+            reply["issuer_cert"] = cert
+        self.send_inner(ctx, peer, tr.encode_inner(tr.SEEKED, reply))
+
+    def _judge(self, ctx: StepContext, peer: Uid, p: dict[str, Any]) -> tuple[trace.Verdict, bytes | None]:
+        oid = p["oid"]
+        try:
+            token = Token.decode(p["token"])
+        except ProtocolError as exc:
+            return trace.Verdict(False, str(exc)), None
+        if token.oid != oid:
+            return trace.Verdict(False, "the token does not carry this oid"), None
+        cert = ctx.get(b"agent:" + bytes(token.issuer))
+        if cert is None:
+            return trace.Verdict(False, f"unknown issuer {token.issuer}"), None
+        try:
+            token.verify(pki.cert_from_der(cert).public_key())  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            return trace.Verdict(False, f"forged or altered token: {exc}"), None
+        _, chain = _chain(ctx, oid)
+        blocked = {Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")}
+        claim = trace.Movement(p["from"], peer, p["nonce"])
+        verdict = trace.decide(
+            chain, claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked
+        )
+        if verdict.record is not None:
+            _save_chain(ctx, oid, token.issuer, [*chain, verdict.record])
+        return verdict, cert

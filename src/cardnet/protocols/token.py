@@ -1,0 +1,70 @@
+"""TRN token objects: ``[oid, issuer, [oid, h(body)]_issuer, body]`` (TRN Definition 4, DESIGN 6).
+
+The issuing agent's signature covers the oid **and** a hash of the body (the
+paper signs only the oid, which would let a holder rewrite the body) and the
+issuer's Uid, under a domain-separation label. Bodies are opaque to TRN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cardnet.crypto import profile
+from cardnet.crypto.errors import CryptoError
+from cardnet.protocols.errors import ProtocolError
+from cardnet.wire import Bytes, DecodeError, Field, Schema, UidType
+from cardnet.wire.cbor import dumps
+from cardnet.wire.ids import Uid
+
+OID_BYTES = 16
+MAX_BODY = 64 * 1024
+
+TOKEN = Schema(
+    "trn.token",
+    [
+        Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
+        Field(1, "issuer", UidType()),
+        Field(2, "sig", Bytes(64, 64)),
+        Field(3, "body", Bytes(MAX_BODY)),
+    ],
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    oid: bytes
+    issuer: Uid
+    sig: bytes
+    body: bytes
+
+    def encode(self) -> bytes:
+        return TOKEN.encode({"oid": self.oid, "issuer": self.issuer, "sig": self.sig, "body": self.body})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Token:
+        try:
+            return cls(**TOKEN.decode(raw))
+        except DecodeError as exc:
+            raise ProtocolError("bad_token", f"not a token object: {exc}") from None
+
+    def verify(self, issuer_key: profile.PublicKey) -> None:
+        try:
+            profile.verify(issuer_key, self.sig, signed_bytes(self.oid, self.issuer, self.body))
+        except CryptoError:
+            raise ProtocolError(
+                "bad_token", f"token {self.oid.hex()} is not signed by its issuer {self.issuer} (altered?)"
+            ) from None
+
+
+def signed_bytes(oid: bytes, issuer: Uid, body: bytes) -> bytes:
+    return dumps(["cardnet/trn-token/v1", oid, bytes(issuer), profile.sha256(body)])
+
+
+def mint(oid: bytes, issuer: Uid, body: bytes, sign: Callable[[bytes], bytes]) -> Token:
+    """A new token signed by the issuing agent (``sign`` is the agent card's key)."""
+    if len(oid) != OID_BYTES:
+        raise ProtocolError("bad_token", f"an oid is {OID_BYTES} bytes")
+    if len(body) > MAX_BODY:
+        raise ProtocolError("bad_token", f"a token body is at most {MAX_BODY} bytes")
+    return Token(oid, issuer, sign(signed_bytes(oid, issuer, body)), body)

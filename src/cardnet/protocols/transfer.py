@@ -1,0 +1,357 @@
+"""TRN two-phase-commit token transfer (TRN 3.3 and 4.1, DESIGN.md section 6).
+
+Theory of operation
+-------------------
+Every token a device knows of has one status (Table 2): ``enabled`` (usable),
+``disabled`` (leaving for ``peer``; the sender keeps the object O until the
+receiver copied it: phase (II)/(III); then only the status: (IV)/(V)),
+``trustless_disabled`` (arrived by ``copy``: neither movable nor traceable),
+``trustless`` (committed, waiting for the authority's trace), or none (t[null]).
+At most one of sender and receiver holds a *usable* (enabled or trustless)
+copy at any instant, and the object is always on at least one of them.
+
+The sender coordinates and resends: ``copy`` while it still has O, ``commit``
+after. Every message carries the transfer id ``(sender, receiver, nonce)``
+(sender and receiver are the session's two cards), so duplicates are answered
+idempotently and a token may come back to a device it once left. The receiver
+remembers every transfer it committed, so a resent ``commit`` gets
+``committed`` even after the token moved on (t[null]). ``copied=false``
+(refusal, out of memory, busy) rolls the sender back to ``enabled``. A sender
+may abort only before ``commit`` was sent; the receiver then discards its
+``trustless_disabled`` copy, which can never be enabled anyway.
+
+The legal moves are the table :data:`MOVES`: ``(state, event) -> handler``;
+any pair not in it is a :class:`ProtocolError` ``illegal_move``.
+
+Sans-I/O: :func:`apply` takes the holding and the event and returns the new
+holding and the inner messages to send; the applet stores and seals them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
+from cardnet.wire import Bool, Bytes, DecodeError, Field, Schema, Text, UidType, UInt
+from cardnet.wire.ids import Uid
+
+TRANSFER_NONCE_BYTES = 4
+MAX_TOKEN = MAX_BODY + 200
+
+
+class Status(enum.Enum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    TRUSTLESS_DISABLED = "trustless_disabled"
+    TRUSTLESS = "trustless"
+
+
+# -- inner messages: carried inside session records as one code byte + a CBOR map -------------
+
+_NONCE = Bytes(TRANSFER_NONCE_BYTES, TRANSFER_NONCE_BYTES)
+INNER: dict[int, Schema] = {
+    1: Schema(
+        "trn.copy", [Field(0, "nonce", _NONCE), Field(1, "token", Bytes(MAX_TOKEN)), Field(2, "traceable", Bool())]
+    ),
+    2: Schema(
+        "trn.copied", [Field(0, "nonce", _NONCE), Field(1, "ok", Bool()), Field(2, "reason", Text(64), optional=True)]
+    ),
+    3: Schema("trn.commit", [Field(0, "nonce", _NONCE), Field(1, "oid", Bytes(OID_BYTES, OID_BYTES))]),
+    4: Schema("trn.committed", [Field(0, "nonce", _NONCE), Field(1, "ok", Bool())]),
+    5: Schema("trn.abort", [Field(0, "nonce", _NONCE), Field(1, "oid", Bytes(OID_BYTES, OID_BYTES))]),
+    6: Schema("trn.aborted", [Field(0, "nonce", _NONCE)]),
+    7: Schema(
+        "trn.seekfor",
+        [
+            Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(1, "from", UidType()),
+            Field(2, "nonce", _NONCE),
+            Field(3, "token", Bytes(MAX_TOKEN)),
+        ],
+    ),
+    8: Schema(
+        "trn.seeked",
+        [
+            Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(1, "ok", Bool()),
+            Field(2, "reason", Text(200)),
+            Field(3, "issuer_cert", Bytes(8192), optional=True),
+        ],
+    ),
+}
+COPY, COPIED, COMMIT, COMMITTED, ABORT, ABORTED, SEEKFOR, SEEKED = range(1, 9)
+NAMES = {code: schema.name for code, schema in INNER.items()}
+
+
+def encode_inner(code: int, fields: dict[str, Any]) -> bytes:
+    return bytes([code]) + INNER[code].encode(fields)
+
+
+def decode_inner(raw: bytes) -> tuple[int, dict[str, Any]]:
+    if not raw or raw[0] not in INNER:
+        raise ProtocolError("bad_record", f"unknown inner TRN message {raw[:1].hex() or 'empty'}")
+    try:
+        return raw[0], INNER[raw[0]].decode(raw[1:])
+    except DecodeError as exc:
+        raise ProtocolError("bad_record", f"{NAMES[raw[0]]}: {exc}") from None
+
+
+# -- holdings ----------------------------------------------------------------------------------
+
+_HOLDING = Schema(
+    "trn.holding",
+    [
+        Field(0, "status", Text(24)),
+        Field(1, "peer", UidType(), optional=True),
+        Field(2, "nonce", _NONCE, optional=True),
+        Field(3, "token", Bytes(MAX_TOKEN), optional=True),
+        Field(4, "traceable", Bool()),
+        Field(5, "since", UInt(), optional=True),
+    ],
+)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a device holds of one oid (Table 2 plus the transfer id)."""
+
+    oid: bytes
+    status: Status
+    traceable: bool = True
+    peer: Uid | None = None  # to (disabled) or from (trustless*)
+    nonce: bytes | None = None
+    token: bytes | None = None  # the object O; None once a sender passed phase (III)
+
+    @property
+    def state(self) -> str:
+        """The row of :data:`MOVES` this holding is in."""
+        if self.status is Status.DISABLED:
+            return "disabled+O" if self.token is not None else "disabled"
+        return str(self.status.value)
+
+    @property
+    def usable(self) -> bool:
+        return self.status in (Status.ENABLED, Status.TRUSTLESS)
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {"status": self.status.value, "traceable": self.traceable}
+        for name in ("peer", "nonce", "token"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        return _HOLDING.encode(d)
+
+    @classmethod
+    def decode(cls, oid: bytes, raw: bytes) -> Holding:
+        d = _HOLDING.decode(raw)
+        d.pop("since", None)
+        return cls(oid=oid, status=Status(d.pop("status")), **d)
+
+
+# -- events and the move table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """An input to the machine. ``peer`` is the session peer (or the destination for START)."""
+
+    kind: str
+    peer: Uid
+    nonce: bytes = b""
+    token: bytes | None = None
+    ok: bool = True
+    traceable: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    holding: Holding | None  # None: t[null] (forget the oid)
+    send: list[tuple[int, dict[str, Any]]]  # inner messages to the peer
+    committed_transfer: bool = False  # the receiver must remember (peer, nonce) as committed
+    note: str = ""
+
+
+Handler = Callable[["Holding | None", Event, bytes], Outcome]
+NULL = "null"
+EVENTS = ("start", "cancel", "recover", "copy", "copied", "commit", "committed", "abort", "aborted", "traced")
+
+
+def _same(h: Holding, e: Event) -> bool:
+    return h.peer == e.peer and h.nonce == e.nonce
+
+
+def _keep(h: Holding | None, note: str = "") -> Outcome:
+    return Outcome(h, [], note=note)
+
+
+# sender side ---------------------------------------------------------------------------------
+
+
+def _start(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None and h.token is not None
+    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=e.traceable)
+    return Outcome(moving, [(COPY, {"nonce": e.nonce, "token": h.token, "traceable": e.traceable})])
+
+
+def _resend_copy(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None and h.token is not None and h.nonce is not None
+    return Outcome(h, [(COPY, {"nonce": h.nonce, "token": h.token, "traceable": h.traceable})])
+
+
+def _resend_commit(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None and h.nonce is not None
+    return Outcome(h, [(COMMIT, {"nonce": h.nonce, "oid": oid})])
+
+
+def _copied(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if not _same(h, e):
+        return _keep(h, "copied for another transfer: ignored")
+    if not e.ok:
+        return Outcome(replace(h, status=Status.ENABLED, peer=None, nonce=None), [], note=f"refused: {e.reason}")
+    return Outcome(replace(h, token=None), [(COMMIT, {"nonce": e.nonce, "oid": oid})])  # (III) -> (IV)
+
+
+def _copied_again(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e) and e.ok:
+        return _resend_commit(h, e, oid)
+    return _keep(h, "late copied: ignored")
+
+
+def _committed(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e) and e.ok:
+        return Outcome(None, [], note="transfer complete")  # (V) -> (VI): t[null]
+    return _keep(h, "committed for another transfer or refused: ignored")
+
+
+def _cancel(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None and h.nonce is not None and h.peer is not None
+    back = replace(h, status=Status.ENABLED, peer=None, nonce=None)
+    return Outcome(back, [(ABORT, {"nonce": h.nonce, "oid": oid})], note="aborted before commit")
+
+
+def _ignore(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    return _keep(h, f"{e.kind} ignored in {h.state if h else NULL}")
+
+
+# receiver side ----------------------------------------------------------------------------------
+
+
+def _copy_new(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert e.token is not None
+    held = Holding(oid, Status.TRUSTLESS_DISABLED, e.traceable, e.peer, e.nonce, e.token)
+    return Outcome(held, [(COPIED, {"nonce": e.nonce, "ok": True})])
+
+
+def _copy_pending(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e):
+        return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": True})], note="duplicate copy")
+    if h.peer == e.peer:  # the same sender started over: the newer transfer supersedes
+        return _copy_new(None, e, oid)
+    return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": "busy"})])
+
+
+def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e):  # we committed this very transfer already
+        return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": True})], note="duplicate copy after commit")
+    return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": "already held"})])
+
+
+def _commit(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if not _same(h, e):
+        return Outcome(h, [(COMMITTED, {"nonce": e.nonce, "ok": False})], note="commit for an unknown transfer")
+    status = Status.TRUSTLESS if h.traceable else Status.ENABLED
+    return Outcome(replace(h, status=status), [(COMMITTED, {"nonce": e.nonce, "ok": True})], committed_transfer=True)
+
+
+def _commit_known(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    """A resent commit: answered from the memory of committed transfers (the applet checks it)."""
+    return Outcome(h, [(COMMITTED, {"nonce": e.nonce, "ok": e.ok})], note="duplicate commit")
+
+
+def _abort(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e):
+        return Outcome(None, [(ABORTED, {"nonce": e.nonce})], note="copy discarded on abort")
+    return Outcome(h, [(ABORTED, {"nonce": e.nonce})])
+
+
+def _aborted_ack(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    return Outcome(h, [(ABORTED, {"nonce": e.nonce})])
+
+
+def _traced(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if e.ok:
+        return Outcome(replace(h, status=Status.ENABLED, peer=None, nonce=None), [], note="trace recorded: enabled")
+    return _keep(h, f"trace refused: {e.reason}")
+
+
+MOVES: dict[tuple[str, str], Handler] = {
+    # sender: (I) enabled -> (II) disabled+O -> (IV) disabled -> (VI) null
+    ("enabled", "start"): _start,
+    ("disabled+O", "recover"): _resend_copy,
+    ("disabled+O", "copied"): _copied,
+    ("disabled+O", "cancel"): _cancel,
+    ("disabled+O", "committed"): _ignore,
+    ("disabled", "recover"): _resend_commit,
+    ("disabled", "copied"): _copied_again,
+    ("disabled", "committed"): _committed,
+    ("enabled", "copied"): _ignore,  # a late answer to an aborted transfer
+    ("enabled", "committed"): _ignore,
+    ("enabled", "aborted"): _ignore,
+    ("disabled+O", "aborted"): _ignore,
+    ("disabled", "aborted"): _ignore,
+    (NULL, "copied"): _ignore,
+    (NULL, "committed"): _ignore,
+    (NULL, "aborted"): _ignore,
+    ("trustless", "copied"): _ignore,
+    ("trustless", "committed"): _ignore,
+    ("trustless", "aborted"): _ignore,
+    ("trustless_disabled", "copied"): _ignore,
+    ("trustless_disabled", "committed"): _ignore,
+    ("trustless_disabled", "aborted"): _ignore,
+    # receiver: null -> trustless_disabled -> trustless -> enabled (after the trace)
+    (NULL, "copy"): _copy_new,
+    ("trustless_disabled", "copy"): _copy_pending,
+    ("trustless", "copy"): _copy_held,
+    ("enabled", "copy"): _copy_held,
+    ("disabled+O", "copy"): _copy_held,
+    ("disabled", "copy"): _copy_held,
+    ("trustless_disabled", "commit"): _commit,
+    (NULL, "commit"): _commit_known,
+    ("trustless", "commit"): _commit_known,
+    ("enabled", "commit"): _commit_known,
+    ("disabled+O", "commit"): _commit_known,
+    ("disabled", "commit"): _commit_known,
+    ("trustless_disabled", "abort"): _abort,
+    (NULL, "abort"): _aborted_ack,
+    ("trustless", "abort"): _aborted_ack,
+    ("enabled", "abort"): _aborted_ack,
+    ("disabled+O", "abort"): _aborted_ack,
+    ("disabled", "abort"): _aborted_ack,
+    ("trustless", "traced"): _traced,
+}
+STATES = (NULL, "enabled", "disabled+O", "disabled", "trustless_disabled", "trustless")
+
+
+def apply(holding: Holding | None, event: Event, oid: bytes) -> Outcome:
+    """One move of the machine; an illegal (state, event) pair raises ``illegal_move``."""
+    state = holding.state if holding is not None else NULL
+    handler = MOVES.get((state, event.kind))
+    if handler is None:
+        raise ProtocolError("illegal_move", f"{event.kind} is not allowed for a token in state {state}")
+    return handler(holding, event, oid)
+
+
+def parse_token(raw: bytes) -> Token:
+    return Token.decode(raw)

@@ -1,0 +1,89 @@
+"""An in-process TRN world: an agent, wallets and the authority as cards on one host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
+from cardnet.applets.trn import LIST, MINT, RESULT, SEND, SET_AUTHORITY, TOKENS, TrnApplet
+from cardnet.card import Card
+from cardnet.card import mtypes as cm
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki
+from cardnet.host import Capability, Host
+from cardnet.store import SqliteStore
+from cardnet.wire import Message, MType, Uid
+from conftest import NOW
+
+PIN = "2468"
+T0 = NOW.timestamp()
+
+
+@dataclass
+class TrnWorld:
+    tmp: Path
+    ca: pki.CertificateAuthority
+    host: Host = field(default_factory=lambda: Host(name="trn"))
+    cards: dict[str, Card] = field(default_factory=dict)
+    apps: dict[str, Capability] = field(default_factory=dict)
+    now: float = T0
+
+    def card(self, name: str, role: pki.Role = pki.Role.DEVICE) -> Card:
+        applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
+        c = Card(SqliteStore(str(self.tmp / f"{name}.db")), applets=[applet])
+        personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name)
+        self.cards[name] = c
+        self.host.add_card(c)
+        app = self.host.acquire(c.uid.domain, self.now)
+        self.apps[name] = app
+        self.ask(name, cm.PIN_VERIFY, pin=PIN)
+        return c
+
+    def run(self, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            self.now += 0.01
+            self.host.pump(self.now)
+            if self.host.idle:
+                return
+
+    def ask(self, name: str, mtype: MType, **fields: Any) -> Message:
+        app = self.apps[name]
+        app.send(self.cards[name].uid, mtype, **fields)
+        self.run()
+        msgs = app.receive_all()
+        assert msgs, f"{name}'s card did not answer {mtype.name}"
+        return msgs[-1]
+
+    def result(self, name: str, mtype: MType, **fields: Any) -> dict[str, Any]:
+        reply = self.ask(name, mtype, **fields)
+        if reply.mtype == cm.REFUSED.code:
+            return {"ok": False, **cm.REFUSED.parse(reply)}
+        return RESULT.parse(reply)
+
+    def tokens(self, name: str) -> dict[bytes, dict[str, Any]]:
+        reply = self.ask(name, LIST)
+        return {t["oid"]: t for t in TOKENS.parse(reply)["tokens"]}
+
+
+def standard(tmp: Path, ca: pki.CertificateAuthority, wallets: tuple[str, ...] = ("alice", "bob")) -> TrnWorld:
+    w = TrnWorld(tmp, ca)
+    w.card("authority", pki.Role.SERVICE)
+    agent = w.card("agent", pki.Role.AGENT)
+    for name in wallets:
+        w.card(name)
+    assert w.result("authority", ADD_AGENT, cert=agent.certificate_der)["ok"]
+    for name in ("agent", *wallets):
+        assert w.result(name, SET_AUTHORITY, authority=w.cards["authority"].uid)["ok"]
+    return w
+
+
+def issue(w: TrnWorld, oid: bytes, to: str, body: bytes = b"seat 12A") -> None:
+    assert w.result("agent", MINT, oid=oid, body=body)["ok"]
+    assert w.result("agent", SEND, oid=oid, to=w.cards[to].uid)["ok"]
+    w.run(200)
+
+
+def uid(w: TrnWorld, name: str) -> Uid:
+    return w.cards[name].uid
