@@ -316,3 +316,24 @@ def test_only_own_domain_granted_ports_may_verify_the_pin(make_card: CardFactory
 def test_refused_is_a_card_error_with_a_reason() -> None:
     err = Refused("spent", "already spent")
     assert isinstance(err, CardError) and err.reason == "spent" and "already spent" in str(err)
+
+
+def test_pin_then_privileged_in_one_group_commit(make_card: CardFactory) -> None:
+    card = make_card(applets=[StoreApplet()])
+    app = Uid(card.uid.domain, port_of(card))
+    res = card.step_many([cm.PIN_VERIFY.make(app, card.uid, pin="1234"), SECRET.make(app, card.uid)], 0.0)
+    assert cm.PIN_RESULT.parse(res[0][0].msg)["ok"] is True
+    assert PUT_OK.parse(res[1][0].msg)["copied"] == 42  # the group's later message sees the login
+
+
+def test_a_login_whose_commit_failed_never_happened(tmp_path: Any, ca: pki.CertificateAuthority) -> None:
+    store = FailingStore(str(tmp_path / "f.db"))
+    card = Card(store, applets=[StoreApplet()])
+    personalise(card, ca, pin="1234", now=NOW)
+    app = Uid(card.uid.domain, port_of(card))
+    store.fail = True
+    with pytest.raises(StoreError):
+        card.step(cm.PIN_VERIFY.make(app, card.uid, pin="1234"), 0.0)
+    store.fail = False
+    assert refusal(card.step(SECRET.make(app, card.uid), 0.0))["reason"] == "privileged"
+    card.close()

@@ -26,6 +26,7 @@ from cardnet.wire import DecodeError, Message, MType, Uid
 from cardnet.wire.cbor import dumps, loads_one
 
 MAX_QUEUE = 64  # inner messages waiting for one peer's session
+QUIET = frozenset({"replay", "duplicate"})
 
 
 class SessionApplet(Applet):
@@ -95,6 +96,7 @@ class SessionApplet(Applet):
             self.start_session(ctx, peer)
 
     def start_session(self, ctx: StepContext, peer: Uid) -> None:
+        ctx.delete(b"stale:" + bytes(peer))
         state, hello = sess.initiate(peer, ctx.random(48), ctx.random(16), ctx.certificate_der)
         bl = self.blocklist(ctx)
         if bl is not None:
@@ -107,10 +109,16 @@ class SessionApplet(Applet):
         for key, _ in ctx.scan(b"q:"):
             peer = Uid.from_bytes(key[2:])
             state = self.session(ctx, peer)
-            if state is None or not state.open:
+            if state is None:
                 self.start_session(ctx, peer)
+            elif not state.open:  # a handshake under way: give it one recovery period before starting over
+                if ctx.get(b"stale:" + bytes(peer)) is not None:
+                    self.start_session(ctx, peer)
+                else:
+                    ctx.put(b"stale:" + bytes(peer), b"\x01")
 
     def _flush(self, ctx: StepContext, peer: Uid) -> None:
+        ctx.delete(b"stale:" + bytes(peer))
         queue = self.queued(ctx, peer)
         ctx.delete(b"q:" + bytes(peer))
         for raw in queue:
@@ -134,7 +142,10 @@ class SessionApplet(Applet):
             else:
                 self._failed(ctx, peer)
         except ProtocolError as exc:
-            if msg.mtype != sess.FAILED.code:
+            # A replayed or reordered record is normal on a lossy network: drop it quietly.
+            # Anything else tells the peer to start over (an unauthenticated hint: at worst a DoS,
+            # which any host can do anyway).
+            if msg.mtype != sess.FAILED.code and exc.reason not in QUIET:
                 ctx.emit(sess.FAILED, peer, reason=exc.reason[:64], detail=str(exc)[:300])
             self.on_refused(ctx, peer, exc)
 
@@ -143,6 +154,8 @@ class SessionApplet(Applet):
 
     def _hello(self, ctx: StepContext, peer: Uid, hello: dict[str, Any]) -> None:
         mine = self.session(ctx, peer)
+        if mine is not None and not mine.initiator and mine.nonce_a == hello["nonce"]:
+            raise ProtocolError("duplicate", "a hello this card already answered")
         if mine is not None and mine.phase == sess.WAIT_ACCEPT and bytes(ctx.card_uid) < bytes(peer):
             return  # both started: the smaller Uid stays initiator; the peer will answer our hello
         state, accept, verified = sess.respond(
@@ -164,6 +177,8 @@ class SessionApplet(Applet):
 
     def _accept(self, ctx: StepContext, peer: Uid, accept: dict[str, Any]) -> None:
         state = self.session(ctx, peer)
+        if state is not None and state.open and state.nonce_b == accept["nonce"]:
+            raise ProtocolError("duplicate", "an accept for a session already open")
         if state is None or state.phase != sess.WAIT_ACCEPT:
             raise ProtocolError("no_session", f"no handshake with {peer} is waiting for an accept")
         opened, fin, verified = sess.finish(
@@ -184,6 +199,8 @@ class SessionApplet(Applet):
 
     def _finish(self, ctx: StepContext, peer: Uid, fin: dict[str, Any]) -> None:
         state = self.session(ctx, peer)
+        if state is not None and state.open and not state.initiator:
+            raise ProtocolError("duplicate", "a finish for a session already open")
         if state is None or state.phase != sess.WAIT_FINISH:
             raise ProtocolError("no_session", f"no handshake with {peer} is waiting for a finish")
         key = sess.peer_key_of(state, ctx.roots_der, ctx.now)

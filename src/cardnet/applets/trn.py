@@ -251,3 +251,12 @@ class TrnApplet(SessionApplet):
                 ok, reason = False, f"issuer check failed: {exc}"
         out = tr.apply(h, tr.Event("traced", peer, ok=ok, reason=reason), oid)
         self._store(ctx, oid, out.holding)
+
+
+class SenderKeepsTokenApplet(TrnApplet):
+    """Broken on purpose (simulator self-test): the sender forgets to disable the token it sends."""
+
+    def _store(self, ctx: StepContext, oid: bytes, h: tr.Holding | None) -> None:
+        if h is not None and h.status is tr.Status.DISABLED and h.token is not None:
+            h = tr.Holding(oid, tr.Status.ENABLED, h.traceable, h.peer, h.nonce, h.token)
+        super()._store(ctx, oid, h)

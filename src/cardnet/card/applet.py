@@ -53,7 +53,7 @@ class Applet:
 class StepContext:
     """What an applet may do during one step. Built by :class:`Card` per message."""
 
-    __slots__ = ("_after", "_card", "_out", "_overlay", "_table", "_used", "msg", "now")
+    __slots__ = ("_after", "_auth", "_card", "_out", "_overlay", "_table", "_used", "msg", "now")
 
     def __init__(self, card: Card, table: str, msg: Message, now: float) -> None:
         self._card = card
@@ -61,6 +61,7 @@ class StepContext:
         self._overlay: dict[tuple[str, bytes], bytes | None] = {}
         self._out: list[Message] = []
         self._after: list[Callable[[], None]] = []
+        self._auth: dict[Uid, bool] = {}  # authenticated-set changes made by this step
         self._used = 0  # bytes this step adds to the card's used memory (may be negative)
         self.msg = msg
         self.now = now
@@ -89,7 +90,16 @@ class StepContext:
         return self._card.roots_der
 
     def is_authenticated(self, uid: Uid) -> bool:
-        return uid in self._card._authenticated
+        return self._auth.get(uid, self._card._is_authenticated(uid))
+
+    def set_authenticated(self, uid: Uid, member: bool) -> None:
+        """Add ``uid`` to (or remove it from) the volatile authenticated-ID set.
+
+        The change is seen by the later messages of the same group commit and
+        becomes the card's only once the group is durable; if the step fails
+        it never happened.
+        """
+        self._auth[uid] = member
 
     # -- state -----------------------------------------------------------------
     def get(self, key: bytes, *, table: str | None = None) -> bytes | None:

@@ -35,8 +35,7 @@ class CardManager(Applet):
         elif msg.mtype == cm.PIN_VERIFY.code:
             self._verify_pin(ctx, params["pin"])
         else:
-            src = msg.src
-            ctx.after_commit(lambda: ctx._card._authenticated.discard(src))
+            ctx.set_authenticated(msg.src, False)
 
     def _grant_port(self, ctx: StepContext) -> None:
         raw = ctx.get(b"next_port")
@@ -62,7 +61,7 @@ class CardManager(Applet):
             raise Refused("pin_locked", "the PIN is locked after too many wrong tries: the card must be reissued")
         if profile.hmac_sha256(salt, pin.encode()) == mac:
             ctx.put(b"pin_left", max_raw)
-            ctx.after_commit(lambda: ctx._card._authenticated.add(src))
+            ctx.set_authenticated(src, True)
             ctx.reply(cm.PIN_RESULT, ok=True, tries_left=max_raw[0])
         else:
             ctx.put(b"pin_left", bytes([left - 1]))

@@ -99,6 +99,7 @@ class Card:
         self._rng = rng
         self.capacity_bytes = capacity_bytes
         self._authenticated: set[Uid] = set()
+        self._auth_pending: dict[Uid, bool] = {}  # changes by this group's steps, applied at commit
         self._applets: dict[int, tuple[Applet, str, MType]] = {}
         self._pending: dict[TableKey, bytes | None] = {}
         self._pending_used = 0
@@ -240,6 +241,7 @@ class Card:
                 reserved += out.size + _OUT_RESERVE
             self._pending.update(ctx._overlay)
             self._pending_used += ctx._used
+            self._auth_pending.update(ctx._auth)
             after.extend(ctx._after)
             results.append(outs)
         if row:
@@ -252,8 +254,15 @@ class Card:
             except BaseException:
                 self._pending.clear()
                 self._pending_used = 0
+                self._auth_pending.clear()
                 self._next_seq = first_seq
                 raise
+        for uid, member in self._auth_pending.items():
+            if member:
+                self._authenticated.add(uid)
+            else:
+                self._authenticated.discard(uid)
+        self._auth_pending.clear()
         for fn in after:
             fn()
         return results
@@ -270,7 +279,7 @@ class Card:
         if entry is None:
             return None, self._refusal(msg, "no_applet", f"no applet on this card handles mtype 0x{msg.mtype:04x}")
         applet, table, mt = entry
-        if mt.privileged and msg.src not in self._authenticated:
+        if mt.privileged and not self._is_authenticated(msg.src):
             return None, self._refusal(
                 msg, "privileged", f"{mt.name} is privileged: only an application that verified the PIN may send it"
             )
@@ -372,6 +381,9 @@ class Card:
     # -- internals for StepContext -----------------------------------------------------
     def _key(self) -> profile.PrivateKey:
         return self._private
+
+    def _is_authenticated(self, uid: Uid) -> bool:
+        return self._auth_pending.get(uid, uid in self._authenticated)
 
     def _read(self, tk: TableKey) -> bytes | None:
         if tk in self._pending:

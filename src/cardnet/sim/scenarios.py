@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cardnet.applets.echo import EchoApplet, ForgetfulEchoApplet, request_key
+from cardnet.applets.trn import SenderKeepsTokenApplet
 from cardnet.card import Applet
 from cardnet.protocols.echo import EchoClient
+from cardnet.sim.trn_scenario import TransferScenario
 from cardnet.sim.world import World
 from cardnet.wire import Message, Uid
 
@@ -109,3 +111,11 @@ class EchoScenario:
 
 register("echo", EchoScenario)
 register("echo-broken", lambda: EchoScenario(name="echo-broken", applet=ForgetfulEchoApplet))
+
+
+def _transfer() -> Scenario:
+    return TransferScenario()
+
+
+register("transfer", _transfer)
+register("transfer-broken", lambda: TransferScenario(name="transfer-broken", wallet_applet=SenderKeepsTokenApplet))

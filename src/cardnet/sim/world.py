@@ -137,6 +137,7 @@ class World:
         self.plan = plan
         self.now = 0.0
         self.healed = False
+        self.faults_from = 0.0  # scenarios may set up calmly before faults start
         self.hosts: dict[str, SimHost] = {}
         self.faults: Counter[str] = Counter()
         self.trace: list[str] | None = [] if trace else None
@@ -157,13 +158,18 @@ class World:
         return sh
 
     def add_card(
-        self, host: SimHost, label: str, applets: Callable[[], list[Applet]], capacity_bytes: int = 1 << 20
+        self,
+        host: SimHost,
+        label: str,
+        applets: Callable[[], list[Applet]],
+        capacity_bytes: int = 1 << 20,
+        role: pki.Role = pki.Role.DEVICE,
     ) -> Card:
         store = TearingStore(self, label)
         card_rng = random.Random(self.rng.getrandbits(64))
         card = Card(store, rng=card_rng.randbytes, applets=applets(), capacity_bytes=capacity_bytes)
         domain = card_rng.randbytes(12)
-        personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes)
+        personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes, role=role)
         host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes)
         host.host.add_card(card)
         for other in self.hosts.values():  # everyone routes to everyone
@@ -177,8 +183,9 @@ class World:
                     host.host.routes[d] = other.address
         return card
 
-    def attach_app(self, host: SimHost, sink: Callable[[Message], None]) -> Uid:
-        uid = host.host.allocate_port(None, self.now)
+    def attach_app(self, host: SimHost, sink: Callable[[Message], None], card: bytes | None = None) -> Uid:
+        """An application on ``host`` with a port of ``card`` (the host's only card if None)."""
+        uid = host.host.allocate_port(card, self.wall)
         host.apps[uid] = sink
         host.host.attach_app(uid, sink)
         return uid
@@ -208,8 +215,18 @@ class World:
         self._dirty.add(address)
 
     # -- faults ---------------------------------------------------------------------
+    @property
+    def wall(self) -> float:
+        """The time hosts tell their cards: the simulation's epoch plus the virtual clock."""
+        return SIM_EPOCH.timestamp() + self.now
+
+    @property
+    def calm(self) -> bool:
+        """No faults now: before ``faults_from`` or after healing."""
+        return self.healed or self.now < self.faults_from
+
     def draw_tear(self, label: str) -> str | None:
-        if self.healed or self.plan.tear_p <= 0 or self.rng.random() >= self.plan.tear_p:
+        if self.calm or self.plan.tear_p <= 0 or self.rng.random() >= self.plan.tear_p:
             return None
         when = "before" if self.rng.random() < 0.5 else "after"
         self.faults["tear"] += 1
@@ -217,7 +234,7 @@ class World:
         return when
 
     def _tick(self) -> None:
-        if not self.healed:
+        if not self.calm:
             addrs = sorted(self.hosts)
             if self.plan.partition_p > 0 and len(addrs) > 1 and self.rng.random() < self.plan.partition_p:
                 a, b = self.rng.sample(addrs, 2)
@@ -242,7 +259,7 @@ class World:
             return
         plan = self.plan
         copies = 1
-        if not self.healed:
+        if not self.calm:
             if self._down_links.get((src, eff.address), -1.0) > self.now:
                 self.faults["drop"] += 1
                 self.log(f"partitioned {src}->{eff.address} {_describe(eff.msg)}")
@@ -256,7 +273,7 @@ class World:
                 copies = 2
         for i in range(copies):
             delay = plan.latency_s
-            if not self.healed and plan.delay_max_s:
+            if not self.calm and plan.delay_max_s:
                 extra = self.rng.uniform(0.0, plan.delay_max_s)
                 if extra > plan.latency_s:
                     self.faults["delay"] += 1
@@ -284,7 +301,7 @@ class World:
                 for sc in sh.cards.values():
                     sc.store.armed = True
                 try:
-                    effects = sh.host.pump(self.now)
+                    effects = sh.host.pump(self.wall)
                 finally:
                     for sc in sh.cards.values():
                         sc.store.armed = False
