@@ -36,6 +36,8 @@ class HostProc:
     domain: bytes
     proc: subprocess.Popen[str] | None = None
     log_lines: list[str] = field(default_factory=list)
+    command: tuple[str, ...] = ("host", "run")  # e.g. ("authority", "run", "--ca", path)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def card(self) -> Uid:
@@ -50,10 +52,10 @@ class HostProc:
         return self.dir / f"{self.name}.toml"
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.dir / f"{self.name}.log", "a") as log_file:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cardnet.cli.main", "host", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "cardnet.cli.main", *self.command, "--config", str(self.config)],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,

@@ -58,7 +58,13 @@ def card() -> None:
 @click.option("--store", required=True, help="Where the card's EEPROM lives, e.g. sqlite:///alice.card.db")
 @click.option("--pin", default=None, help="The card's PIN (1-16 bytes); default: $CARDNET_PIN, else asked for.")
 @click.option("--domain", default=None, help="24 hex digits; default: a random domain.")
-@click.option("--role", type=click.Choice(["device", "service"]), default="device", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["device", "service", "agent"]),
+    default="device",
+    show_default=True,
+    help="device: wallets and gates; service: the authority, brokers; agent: a ticketing agent.",
+)
 @click.option("--name", default=None, help="A human name put into the certificate.")
 @click.option("--json", "as_json", is_flag=True)
 def card_create(
@@ -99,11 +105,19 @@ def card_create(
 @card.command("show")
 @click.option("--store", required=True, help="The card's store URL.")
 @click.option("--json", "as_json", is_flag=True)
-def card_show(store: str, as_json: bool) -> None:
+@click.option("--cert", "show_cert", is_flag=True, help="Print the card's certificate (PEM) instead.")
+def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     """Identity, memory use and pending outputs of a card (never its keys)."""
     from cardnet.card import Card
+    from cardnet.crypto import pki
 
     c = Card.open(store)
+    if show_cert:
+        try:
+            click.echo(pki.chain_to_pem([pki.cert_from_der(c.certificate_der)]), nl=False)
+        finally:
+            c.close()
+        return
     try:
         info = {
             "uid": str(c.uid) if c.personalised else None,

@@ -8,10 +8,12 @@ import click
 
 from cardnet import __version__
 from cardnet.cli.admin import ca, card
+from cardnet.cli.authority import authority
 from cardnet.cli.bench import bench
 from cardnet.cli.demo import demo
 from cardnet.cli.host import host
 from cardnet.cli.sim import sim
+from cardnet.cli.trn import trn
 from cardnet.errors import CardnetError
 
 
@@ -39,6 +41,8 @@ cli.add_command(sim)
 cli.add_command(ca)
 cli.add_command(card)
 cli.add_command(host)
+cli.add_command(trn)
+cli.add_command(authority)
 
 
 def main() -> None:

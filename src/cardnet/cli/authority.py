@@ -1,0 +1,112 @@
+"""``cardnet authority``: run the TRN authority (trace registry + blocklist signer) and operate it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.trn import PIN, SOCKET, _oid, _result, _run
+
+
+@click.group()
+def authority() -> None:
+    """The TRN authority: traces every token movement, detects branches, blocks cloned devices."""
+
+
+@authority.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA file: the service signs blocklists with it.")  # fmt: skip
+@click.option("--every", "every_s", default=1.0, show_default=True, help="Seconds between blocklist checks.")
+def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
+    """Run the authority's host (its card has the `authority` applet) and the blocklist signer.
+
+    The operator PIN of the authority card comes from $CARDNET_PIN.
+    """
+    from cardnet.crypto import pki
+    from cardnet.host.config import load_config
+    from cardnet.host.server import HostServer
+    from cardnet.services.authority import BlocklistSigner
+
+    pin = os.environ.get("CARDNET_PIN")
+    if not pin:
+        fail("set CARDNET_PIN to the authority card's PIN", hint="the service logs in to its own card with it")
+    config = load_config(config_path)
+    ca = pki.CertificateAuthority.load(ca_path)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        server = HostServer(config)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def shutdown() -> None:
+            stop.set()
+            server.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, shutdown)
+        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s)
+        task = asyncio.create_task(signer.run(stop))
+        addr = server.listen_address
+        console.print(f"ready {config.name} {addr[0]}:{addr[1]}" if addr else f"ready {config.name} -", markup=False)
+        console.file.flush()
+        try:
+            await server.serve_forever()
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.aclose()
+
+    asyncio.run(main())
+
+
+@authority.command("add-agent")
+@SOCKET
+@PIN
+@click.option("--cert", "cert_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The agent card's certificate (PEM or DER), e.g. from `cardnet card show --cert`.")  # fmt: skip
+def authority_add_agent(socket: str, pin: str | None, cert_path: Path) -> None:
+    """Register a ticketing agent: tokens it issues can then be traced."""
+    from cardnet.applets.authority import ADD_AGENT
+    from cardnet.crypto import pki
+
+    raw = cert_path.read_bytes()
+    der = pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
+
+    async def work(app: Any) -> None:
+        await app.send(app.uid.card_uid(), ADD_AGENT, cert=der)
+        console.print((await _result(app))["reason"])
+
+    _run(socket, pin, work)
+
+
+@authority.command("chain")
+@SOCKET
+@PIN
+@click.option("--oid", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def authority_chain(socket: str, pin: str | None, oid: str, as_json: bool) -> None:
+    """The recorded movements of a token: issuer, then every holder in order."""
+    from cardnet.applets.authority import CHAIN, QUERY
+
+    async def work(app: Any) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), QUERY, oid=_oid(oid))
+        return dict(await app.recv_type(CHAIN))
+
+    chain = _run(socket, pin, work)
+    issuer = str(chain.get("issuer") or "")
+    holders = [str(h) for h in chain["holders"]]
+    if as_json:
+        emit_json({"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain})
+    else:
+        console.print(" -> ".join([issuer, *holders]) if issuer else "no movement recorded")

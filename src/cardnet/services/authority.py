@@ -1,0 +1,62 @@
+"""The authority service: the trace registry's host plus the blocklist signer.
+
+The authority's card (applet ``authority``) records movements and blocks the
+senders of branches. This service, as its operator, polls the card for the
+blocked set, signs a new blocklist epoch with the CA when it changed, and
+hands it to the card (``trn.blocklist``); the card passes it to every card it
+opens a session with, and cards refuse blocked peers from then on.
+
+It talks to its card like any application: over the host's Unix socket, after
+verifying the PIN — the service holds the CA key, never the card's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cardnet.applets.authority import BLOCKED, BLOCKED_LIST
+from cardnet.applets.trn import BLOCKLIST
+from cardnet.card import mtypes as cm
+from cardnet.crypto import pki
+from cardnet.host.client import AppClient
+from cardnet.wire import Uid
+
+log = logging.getLogger("cardnet.authority")
+
+
+@dataclass
+class BlocklistSigner:
+    """Signs a new blocklist epoch whenever the authority card's blocked set grows."""
+
+    ca: pki.CertificateAuthority
+    socket: str
+    pin: str
+    every_s: float = 1.0
+    epoch: int = 0
+    signed: frozenset[Uid] = frozenset()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with await AppClient.connect(self.socket) as app:
+            await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=self.pin)
+            if not (await app.recv_type(cm.PIN_RESULT))["ok"]:
+                raise PermissionError("the authority card refused the operator PIN")
+            while not stop.is_set():
+                await self.once(app)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.every_s)
+
+    async def once(self, app: AppClient) -> pki.Blocklist | None:
+        await app.send(app.uid.card_uid(), BLOCKED_LIST)
+        blocked = frozenset((await app.recv_type(BLOCKED))["uids"])
+        if blocked == self.signed:
+            return None
+        self.epoch += 1
+        bl = self.ca.sign_blocklist(self.epoch, blocked, now=datetime.now(UTC))
+        await app.send(app.uid.card_uid(), BLOCKLIST, blocklist=bl.encode())
+        self.signed = blocked
+        log.warning("blocklist epoch %d signed: %d blocked device(s)", self.epoch, len(blocked))
+        return bl
