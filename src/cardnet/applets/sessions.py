@@ -60,6 +60,9 @@ class SessionApplet(Applet):
         current = self.blocklist(ctx)
         if bl is not None and (current is None or bl.epoch > current.epoch):
             ctx.put(b"bl", bl.encode())
+            for key, _ in ctx.scan(b"s:"):  # a session opened before its peer was blocked ends now
+                if bl.is_blocked(Uid.from_bytes(key[2:])):
+                    ctx.delete(key)
             self.on_blocklist(ctx, bl)
 
     def accept_blocklist(self, ctx: StepContext, raw: bytes) -> None:

@@ -16,7 +16,7 @@ after. Every message carries the transfer id ``(sender, receiver, nonce)``
 idempotently and a token may come back to a device it once left. The receiver
 remembers every transfer it committed, so a resent ``commit`` gets
 ``committed`` even after the token moved on (t[null]). ``copied=false``
-(refusal, out of memory, busy) rolls the sender back to ``enabled``. A sender
+(refusal, out of memory, already held) rolls the sender back to ``enabled``. A sender
 may abort only before ``commit`` was sent; the receiver then discards its
 ``trustless_disabled`` copy, which can never be enabled anyway.
 
@@ -193,8 +193,11 @@ def _keep(h: Holding | None, note: str = "") -> Outcome:
 
 def _start(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None and h.token is not None
-    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=e.traceable)
-    return Outcome(moving, [(COPY, {"nonce": e.nonce, "token": h.token, "traceable": e.traceable})])
+    # Untraceable is sticky: once a hop went untraced the authority's chain stops at the last traced
+    # holder, so a later traced hop would look like a branch (and block its honest sender).
+    traceable = e.traceable and h.traceable
+    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=traceable)
+    return Outcome(moving, [(COPY, {"nonce": e.nonce, "token": h.token, "traceable": traceable})])
 
 
 def _resend_copy(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -253,9 +256,10 @@ def _copy_pending(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
     if _same(h, e):
         return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": True})], note="duplicate copy")
-    if h.peer == e.peer:  # the same sender started over: the newer transfer supersedes
-        return _copy_new(None, e, oid)
-    return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": "busy"})])
+    # The same sender started over, or another device sends this oid: either way the pending transfer is
+    # dead (another device can hold the oid usable only if this one's sender aborted, and an abort notice
+    # may have been lost), so the newer transfer supersedes; a "busy" refusal would block this oid forever.
+    return _copy_new(None, e, oid)
 
 
 def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:

@@ -1,0 +1,151 @@
+"""Fuzzing TRN's decoders and a TRN card: bad input gets a ProtocolError or a refusal, never a crash.
+
+Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cardnet.applets.authority import AuthorityApplet
+from cardnet.applets.trn import TrnApplet
+from cardnet.card import Card
+from cardnet.card import mtypes as cm
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki, profile
+from cardnet.protocols import session as sess
+from cardnet.protocols import transfer as tr
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import Token
+from cardnet.store import SqliteStore
+from cardnet.wire import DecodeError, Message, MType, Uid
+from conftest import NOW
+
+N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(max_examples=N, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
+T = NOW.timestamp()
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=80) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.integers(0, 6), kids, max_size=5),
+    max_leaves=12,
+)
+raw = st.binary(max_size=300) | cbor_values.map(cbor2.dumps)
+
+
+@FUZZ
+@given(st.integers(0, 255), raw)
+def test_inner_decoder(code: int, body: bytes) -> None:
+    try:
+        got, fields = tr.decode_inner(bytes([code]) + body)
+    except ProtocolError as exc:
+        assert exc.reason == "bad_record"
+    else:
+        assert tr.encode_inner(got, fields) == bytes([code]) + body  # strict: only canonical encodings pass
+
+
+@FUZZ
+@given(raw)
+def test_token_and_holding_decoders(body: bytes) -> None:
+    try:
+        Token.decode(body)
+    except ProtocolError as exc:
+        assert exc.reason == "bad_token"
+    with contextlib.suppress(DecodeError, ValueError):
+        tr.Holding.decode(b"\0" * 16, body)
+    with contextlib.suppress(DecodeError, ValueError):
+        sess.Session.decode(body)
+
+
+@pytest.fixture(scope="module")
+def pair(ca: pki.CertificateAuthority) -> tuple[sess.Session, Uid]:
+    key = profile.generate_private_key()
+    me, peer = Uid.card(b"\x01" * 12), Uid.card(b"\x02" * 12)
+    st_a, hello = sess.initiate(peer, b"\x03" * 48, b"\x04" * 16, b"cert")
+    peer_key = profile.generate_private_key()
+    peer_cert = pki.cert_to_der(ca.issue(pki.Role.DEVICE, peer, peer_key.public_key(), now=NOW))
+    my_cert = pki.cert_to_der(ca.issue(pki.Role.DEVICE, me, key.public_key(), now=NOW))
+    hello["cert"] = my_cert
+    _, acc, _ = sess.respond(
+        peer, me, hello, my_cert=peer_cert, roots=[pki.cert_to_der(ca.certificate)], now=T,
+        random48=b"\x05" * 48, random16=b"\x06" * 16, sign=lambda d: profile.sign(peer_key, d), blocklist=None,
+    )  # fmt: skip
+    opened, _, _ = sess.finish(
+        st_a, me, acc, my_cert=my_cert, roots=[pki.cert_to_der(ca.certificate)], now=T,
+        sign=lambda d: profile.sign(key, d), blocklist=None,
+    )  # fmt: skip
+    return opened, me
+
+
+@FUZZ
+@given(st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=200))
+def test_forged_records_are_refused(pair: tuple[sess.Session, Uid], ctr: int, ct: bytes) -> None:
+    state, me = pair
+    with pytest.raises(ProtocolError) as e:
+        sess.open_record(state, me, {"ctr": ctr, "ct": ct})
+    assert e.value.reason in ("bad_record", "replay")
+
+
+@FUZZ
+@given(st.fixed_dictionaries({"eph": st.binary(min_size=65, max_size=65), "cert": st.binary(max_size=600),
+                              "nonce": st.binary(min_size=16, max_size=16)}))  # fmt: skip
+def test_garbage_hello_is_refused(ca: pki.CertificateAuthority, hello: dict[str, Any]) -> None:
+    me, peer = Uid.card(b"\x01" * 12), Uid.card(b"\x02" * 12)
+    with pytest.raises(ProtocolError):
+        sess.respond(
+            me, peer, hello, my_cert=b"", roots=[pki.cert_to_der(ca.certificate)], now=T,
+            random48=b"\x05" * 48, random16=b"\x06" * 16, sign=lambda d: b"\0" * 64, blocklist=None,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cards(ca: pki.CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> list[Card]:
+    tmp: Path = tmp_path_factory.mktemp("fuzz-trn")
+    out = []
+    for i, (applet, role) in enumerate([(TrnApplet(), pki.Role.DEVICE), (AuthorityApplet(), pki.Role.SERVICE)]):
+        card = Card(SqliteStore(str(tmp / f"c{i}.db"), durable=False), applets=[applet])
+        personalise(card, ca, pin="1", now=NOW, role=role)
+        out.append(card)
+    return out
+
+
+SESSION_MTYPES = [sess.HELLO, sess.ACCEPT, sess.FINISH, sess.RECORD, sess.FAILED]
+
+
+@FUZZ
+@given(st.sampled_from(range(2)), st.sampled_from(SESSION_MTYPES), raw, st.booleans())
+def test_a_trn_card_never_crashes(cards: list[Card], which: int, mtype: MType, body: bytes, valid: bool) -> None:
+    """Arbitrary session messages from a stranger card: answered (failed or refused), never an applet error."""
+    card = cards[which]
+    stranger = Uid.card(b"\x0e" * 12)
+    if valid:  # well-formed params with random content
+        options: dict[int, dict[str, Any]] = {
+            sess.HELLO.code: {"eph": body[:65].ljust(65, b"\4"), "cert": body, "nonce": b"\1" * 16},
+            sess.ACCEPT.code: {
+                "eph": b"\4" * 65,
+                "cert": body,
+                "nonce": b"\1" * 16,
+                "sig": b"\0" * 64,
+                "confirm": b"\0" * 16,
+            },
+            sess.FINISH.code: {"sig": body[:64].ljust(64, b"\0"), "confirm": b"\0" * 16},
+            sess.RECORD.code: {"ctr": len(body), "ct": body.ljust(16, b"\0")},
+            sess.FAILED.code: {"reason": "x", "detail": body.hex()[:300]},
+        }
+        msg = mtype.make_from(stranger, card.uid, options[mtype.code])
+    else:
+        msg = Message(stranger, card.uid, mtype.code, body)
+    for out in card.step(msg, T):
+        if out.msg.mtype == cm.REFUSED.code:
+            assert cm.REFUSED.parse(out.msg)["reason"] != "applet_error"
+        else:
+            assert out.msg.mtype == sess.FAILED.code and out.msg.dst == stranger
