@@ -80,6 +80,11 @@ class HostProc:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 
+    def restart(self) -> None:
+        """Start the process again after kill() or stop(): same config, same stores, same log."""
+        assert self.proc is None or self.proc.poll() is not None, f"host {self.name} is still running"
+        self.start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -28,23 +28,24 @@ OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 class TrnNet:
     """auth host: authority card + agent card (run by `cardnet authority run`); wallet hosts a and b."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, wallets: tuple[str, ...] = ("a", "b")) -> None:
         now = datetime.now(UTC)
         self.tmp = tmp
+        self.wallets = wallets
         ca = pki.CertificateAuthority.create("trn CA", now=now)
         ca.save(tmp / "ca.cnca")
         self.uids: dict[str, Uid] = {}
         self.agent_cert = b""
-        for name, role in (("authority", pki.Role.SERVICE), ("agent", pki.Role.AGENT), ("a", pki.Role.DEVICE),
-                           ("b", pki.Role.DEVICE)):  # fmt: skip
+        roles = {"authority": pki.Role.SERVICE, "agent": pki.Role.AGENT} | {w: pki.Role.DEVICE for w in wallets}
+        for name, role in roles.items():
             card = Card(SqliteStore(str(tmp / f"{name}.card.db")))
             self.uids[name] = personalise(card, ca, pin=PIN, now=now, role=role)
             if name == "agent":
                 self.agent_cert = card.certificate_der
             card.close()
-        ports = {h: free_port() for h in ("auth", "a", "b")}
-        cards = {"auth": [("authority", "authority"), ("agent", "trn")], "a": [("a", "trn")], "b": [("b", "trn")]}
-        where = {"authority": "auth", "agent": "auth", "a": "a", "b": "b"}
+        ports = {h: free_port() for h in ("auth", *wallets)}
+        cards = {"auth": [("authority", "authority"), ("agent", "trn")]} | {w: [(w, "trn")] for w in wallets}
+        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets}
         self.hosts: dict[str, HostProc] = {}
         for h, port in ports.items():
             hp = HostProc(h, tmp, port, self.uids[cards[h][0][0]].domain)
@@ -61,6 +62,7 @@ class TrnNet:
             hp.config.write_text(f"{head}{card_sections}[routes]\n{routes}")
             self.hosts[h] = hp
         self.where = where
+        self.ports = ports
 
     def start(self) -> None:
         for hp in self.hosts.values():
@@ -88,9 +90,9 @@ class TrnNet:
         """Drive recovery until the token is enabled on ``expect`` alone."""
         async with asyncio.timeout(timeout_s):
             while True:
-                for card in ("agent", "a", "b"):
+                for card in ("agent", *self.wallets):
                     await self.ask(card, RECOVER)
-                views = {c: await self.tokens(c) for c in ("agent", "a", "b")}
+                views = {c: await self.tokens(c) for c in ("agent", *self.wallets)}
                 if views[expect].get(OID) == "enabled" and all(OID not in v for c, v in views.items() if c != expect):
                     return
                 await asyncio.sleep(0.1)

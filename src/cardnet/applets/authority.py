@@ -9,7 +9,7 @@ authority service signs blocklists with the CA and feeds them back with
 
 Operator commands (privileged): ``auth.add_agent {cert}``, ``auth.revoke
 {oid}``, ``auth.query {oid}`` -> ``auth.chain``, ``auth.blocked_list`` ->
-``auth.blocked``.
+``auth.blocked`` (the blocked Uids and the epoch of the blocklist the card holds).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import OID_BYTES, Token
-from cardnet.wire import Bytes, Field, ListOf, Message, Schema, UidType, register
+from cardnet.wire import Bytes, Field, ListOf, Message, Schema, UidType, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid
 
@@ -51,7 +51,10 @@ CHAIN = register(
 )
 BLOCKED_LIST = register(0x0334, "auth.blocked_list", "trace", Schema("auth.blocked_list", []), privileged=True)
 BLOCKED = register(
-    0x0335, "auth.blocked", "trace", Schema("auth.blocked", [Field(0, "uids", ListOf(UidType(), 65536))])
+    0x0335,
+    "auth.blocked",
+    "trace",
+    Schema("auth.blocked", [Field(0, "uids", ListOf(UidType(), 65536)), Field(1, "epoch", UInt(), optional=True)]),
 )
 
 
@@ -91,7 +94,10 @@ class AuthorityApplet(SessionApplet):
                 fields["revoked"] = b"\x01"
             ctx.reply(CHAIN, **fields)
         elif code == BLOCKED_LIST.code:
-            ctx.reply(BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")])
+            bl = self.blocklist(ctx)  # the epoch it holds: a restarted signer must sign above it
+            ctx.reply(
+                BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")], epoch=bl.epoch if bl else 0
+            )
         else:
             self.accept_blocklist(ctx, params["blocklist"])
 

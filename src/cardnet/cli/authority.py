@@ -55,8 +55,21 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown)
-        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s)
+        # The signer logs in to the authority card by name: the host may run other cards too (an agent).
+        cards = [c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if "authority" in cc.applets]
+        if len(cards) != 1:
+            server.stop()
+            await server.aclose()
+            fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
+        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=cards[0])
         task = asyncio.create_task(signer.run(stop))
+
+        def signer_done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:  # a silent signer would never block anyone
+                logging.getLogger("cardnet.authority").error("the blocklist signer failed", exc_info=t.exception())
+                shutdown()
+
+        task.add_done_callback(signer_done)
         addr = server.listen_address
         console.print(f"ready {config.name} {addr[0]}:{addr[1]}" if addr else f"ready {config.name} -", markup=False)
         console.file.flush()
@@ -66,6 +79,8 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)
             await server.aclose()
+        if not task.cancelled() and task.exception() is not None:
+            fail(f"the blocklist signer failed: {task.exception()}", hint="see the log above")
 
     asyncio.run(main())
 

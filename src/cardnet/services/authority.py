@@ -22,6 +22,7 @@ from cardnet.applets.authority import BLOCKED, BLOCKED_LIST
 from cardnet.applets.trn import BLOCKLIST
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
+from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
 from cardnet.wire import Uid
 
@@ -38,9 +39,22 @@ class BlocklistSigner:
     every_s: float = 1.0
     epoch: int = 0
     signed: frozenset[Uid] = frozenset()
+    card: bytes | None = None  # the authority card's domain (needed when its host runs several cards)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with await AppClient.connect(self.socket) as app:
+        """Poll until ``stop``; a slow or lost connection to the card is logged and retried."""
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except PermissionError:  # a wrong PIN: retrying would only use up the card's PIN tries
+                raise
+            except (CardnetError, OSError, TimeoutError) as exc:
+                log.warning("blocklist signer: %s: logging in again", exc or type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.every_s)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with await AppClient.connect(self.socket, card=self.card) as app:
             await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=self.pin)
             if not (await app.recv_type(cm.PIN_RESULT))["ok"]:
                 raise PermissionError("the authority card refused the operator PIN")
@@ -51,10 +65,13 @@ class BlocklistSigner:
 
     async def once(self, app: AppClient) -> pki.Blocklist | None:
         await app.send(app.uid.card_uid(), BLOCKED_LIST)
-        blocked = frozenset((await app.recv_type(BLOCKED))["uids"])
+        got = await app.recv_type(BLOCKED)
+        blocked = frozenset(got["uids"])
         if blocked == self.signed:
             return None
-        self.epoch += 1
+        # Epochs only grow: after a restart of the service, continue above what the card already holds
+        # (else cards that have a higher epoch would ignore every new blocklist).
+        self.epoch = max(self.epoch, got.get("epoch", 0)) + 1
         bl = self.ca.sign_blocklist(self.epoch, blocked, now=datetime.now(UTC))
         await app.send(app.uid.card_uid(), BLOCKLIST, blocklist=bl.encode())
         self.signed = blocked
