@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import click
 
 from cardnet.cli.output import console
+
+# The host process allocates a few short-lived objects per message. Collect the
+# young generation every GC_GEN0 net allocations rather than every 700, and keep
+# what exists at start-up (modules, keys, the cards' mirrors) out of full
+# collections: fewer, shorter collector pauses for the same garbage.
+GC_GEN0 = 10_000
 
 
 @click.group()
@@ -39,6 +46,9 @@ def host_run(config_path: Path) -> None:
     async def main() -> None:
         server = HostServer(config)
         await server.start()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0, 20, 20)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stop)

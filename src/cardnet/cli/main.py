@@ -12,6 +12,7 @@ from cardnet.cli.authority import authority
 from cardnet.cli.bench import bench
 from cardnet.cli.demo import demo
 from cardnet.cli.host import host
+from cardnet.cli.millicent import bench_millicent, millicent
 from cardnet.cli.sim import sim
 from cardnet.cli.trn import trn
 from cardnet.errors import CardnetError
@@ -41,6 +42,8 @@ cli.add_command(sim)
 cli.add_command(ca)
 cli.add_command(card)
 cli.add_command(host)
+cli.add_command(millicent)
+bench.add_command(bench_millicent)
 cli.add_command(trn)
 cli.add_command(authority)
 

@@ -8,8 +8,10 @@ is submitted to the dispatch table, after the Guards have passed it. ``pump``
 empties the table:
 
 * a message for a local card (``domain|0``) is stepped on that card; all
-  messages queued for one card in one pump are stepped as one group commit;
-  the card's outputs go back into the table;
+  messages queued for one card in one round of the pump are stepped as one
+  group commit (at most ``max_group`` of them if the driver asks: the rest wait
+  for the next round); the card's outputs pass the Guards and go back into the
+  table (those for a remote domain straight on to the remote proxy);
 * a message for a local application goes to its sink (a capability's inbox or
   handlers, or a socket connection);
 * a message for a remote domain becomes a :class:`SendRemote` effect for the
@@ -18,12 +20,13 @@ empties the table:
 
 A card output is acknowledged to its card only once it has left the host
 (stepped by a local card, taken by an application sink, or handed to the
-transport via ``SendRemote.sent()``): a host crash before that loses nothing,
-because the reopened card re-emits its unacknowledged outbox.
+transport: ``SendRemote.sent()``, or ``all_sent`` for a batch): a host crash
+before that loses nothing, because the reopened card re-emits its
+unacknowledged outbox.
 
 The host reads no clock: ``now`` is an argument of ``pump``. It does no I/O:
 remote traffic leaves as effects; the asyncio driver and the simulator feed
-arrivals in through ``receive_remote``.
+arrivals in through ``receive_remote`` (or ``receive_many`` for a batch).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cardnet.card import Card, Outgoing
+from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
@@ -49,6 +52,7 @@ HOST_PORT = 0xFFFFFFFF  # the host itself, when it asks its card for a port
 DEFAULT_MAX_QUEUE = 100_000
 MAX_PUMP_ROUNDS = 10_000
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
+_PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ CARD = Origin("card")
 HOST = Origin("host")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     msg: Message
     origin: Origin
@@ -84,6 +88,23 @@ class SendRemote:
             card, seq = self._ack
             card.ack([seq])
             self._ack = None
+
+
+def all_sent(effects: Iterable[SendRemote]) -> None:
+    """``sent()`` for each effect, with one acknowledgement per card (for drivers that hand over batches)."""
+    seqs: dict[Card, list[int]] = {}
+    for eff in effects:
+        ack = eff._ack
+        if ack is not None:
+            eff._ack = None
+            card, seq = ack
+            got = seqs.get(card)
+            if got is None:
+                seqs[card] = [seq]
+            else:
+                got.append(seq)
+    for card, done in seqs.items():
+        card.ack(done)
 
 
 @dataclass
@@ -184,12 +205,25 @@ class Host:
     # -- arrivals ------------------------------------------------------------------
     def submit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None = None) -> bool:
         """Guard, then queue a message. Returns False if a guard dropped or held it."""
-        for obs_filter, fn in self._observers:
-            if obs_filter.matches(msg):
-                fn(msg, origin)
+        if not self._admit(msg, origin, ack):
+            return False
+        if len(self._queue) < self.max_queue:
+            self._queue.append(_Entry(msg, origin, ack))
+        else:
+            self._enqueue(_Entry(msg, origin, ack))
+        return True
+
+    def _admit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None) -> bool:
+        """Show ``msg`` to the observers and the guards; False if a guard dropped or held it."""
+        if self._observers:
+            for obs_filter, fn in self._observers:
+                if obs_filter.matches(msg):
+                    fn(msg, origin)
         for guard in self.guards:
             verdict = guard.check(msg, origin)
-            if verdict is Verdict.DROP:
+            if verdict is _PASS:
+                continue
+            if verdict is _DROP:
                 self.dropped += 1
                 log.warning(
                     "%s: guard %s dropped 0x%04x from %s (%s)", self.name, guard.name, msg.mtype, msg.src, origin.kind
@@ -197,16 +231,21 @@ class Host:
                 if ack is not None:
                     ack[0].ack([ack[1]])
                 return False
-            if verdict is Verdict.HOLD:
+            if verdict is _HOLD:
                 self._held_ids += 1
                 self.held[self._held_ids] = Held(msg, origin, guard.name, ack)
                 return False
-        self._enqueue(_Entry(msg, origin, ack))
         return True
 
     def receive_remote(self, msg: Message, peer: str) -> bool:
         """A message arrived from a remote host (the default Guard applies)."""
         return self.submit(msg, Origin("remote", peer))
+
+    def receive_many(self, msgs: Iterable[Message], origin: Origin) -> None:
+        """Messages arrived together from one origin: ``submit`` each, in order (e.g. a remote host's batch)."""
+        submit = self.submit
+        for msg in msgs:
+            submit(msg, origin)
 
     def release(self, held_id: int) -> None:
         """Let a held message continue (past every guard)."""
@@ -232,18 +271,50 @@ class Host:
     def idle(self) -> bool:
         return not self._queue
 
-    def pump(self, now: float) -> list[SendRemote]:
-        """Deliver everything queued (and what that produces locally); return remote sends."""
+    def pump(self, now: float, *, max_group: int | None = None) -> list[SendRemote]:
+        """Deliver everything queued (and what that produces locally); return remote sends.
+
+        With ``max_group``, a card steps at most that many messages per
+        transaction (the rest stay queued, in order), and once the pump has
+        stepped a group it returns as soon as remote sends are ready while card
+        steps are still queued: the driver sends them and pumps again while not
+        :attr:`idle`, so one transaction's outputs travel while the next one is
+        stepped. Every such pump steps at least one group, so no card starves.
+        """
         rounds = 0
-        while self._queue and rounds < MAX_PUMP_ROUNDS:
+        stepped = False
+        queue = self._queue
+        while queue and rounds < MAX_PUMP_ROUNDS:
             rounds += 1
-            entries = list(self._queue)
-            self._queue.clear()
+            entries = list(queue)
+            queue.clear()
             for_cards: dict[bytes, list[_Entry]] = {}
+            cards = self.cards
             for e in entries:
-                self._route(e, for_cards)
+                dst = e.msg.dst
+                if dst.port == 0 and dst.domain in cards:  # the card proxy (the common case, inlined)
+                    batch = for_cards.get(dst.domain)
+                    if batch is None:
+                        for_cards[dst.domain] = [e]
+                    else:
+                        batch.append(e)
+                else:
+                    self._route(e, for_cards)
+            if max_group is None:
+                for domain, batch in for_cards.items():
+                    self._step_card(self.cards[domain], batch, now)
+                continue
+            if stepped and for_cards and self._outgoing:  # send first; these stay queued ahead of anything newer
+                queue.extendleft(reversed([e for batch in for_cards.values() for e in batch]))
+                break
+            later: list[_Entry] = []
             for domain, batch in for_cards.items():
-                self._step_card(self.cards[domain], batch, now)
+                if len(batch) > max_group:
+                    later += batch[max_group:]
+                self._step_card(self.cards[domain], batch[:max_group], now)
+                stepped = True
+            if later:
+                queue.extendleft(reversed(later))
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -272,14 +343,24 @@ class Host:
         except StoreError as exc:
             log.error("%s: card %s could not step (%s): %d messages lost", self.name, card.uid, exc, len(batch))
             return
+        admit = self._admit
+        cards = self.cards
+        routes = self.routes
+        outgoing = self._outgoing
         for e, outs in zip(batch, results, strict=True):
-            self._done(e)
-            for out in outs:
-                self._from_card(card, out)
-
-    def _from_card(self, card: Card, out: Outgoing) -> None:
-        ack = (card, out.seq) if out.seq is not None else None
-        self.submit(out.msg, CARD, ack)
+            if e.ack is not None:
+                e.ack[0].ack((e.ack[1],))
+            for out in outs:  # the card's outputs enter the table like any arrival
+                msg = out.msg
+                ack = None if out.seq is None else (card, out.seq)
+                if not admit(msg, CARD, ack):
+                    continue
+                domain = msg.dst.domain
+                address = None if domain in cards else routes.get(domain)
+                if address is not None:  # for a remote domain: straight to the remote proxy
+                    outgoing.append(SendRemote(address, msg, ack))
+                else:
+                    self._enqueue(_Entry(msg, CARD, ack))
 
     def _done(self, e: _Entry) -> None:
         if e.ack is not None:

@@ -41,9 +41,11 @@ class Guard:
 def forged_local_domain_guard(local_domains: Callable[[], Collection[bytes]]) -> Guard:
     """Drop remote messages that claim to come from a local card's domain."""
 
+    drop, ok = Verdict.DROP, Verdict.PASS  # looked up once: an Enum attribute lookup is slow
+
     def check(msg: Message, origin: Origin) -> Verdict:
         if origin.kind == "remote" and msg.src.domain in local_domains():
-            return Verdict.DROP
-        return Verdict.PASS
+            return drop
+        return ok
 
     return Guard("forged-local-domain", check)

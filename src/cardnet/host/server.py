@@ -10,10 +10,18 @@ the logic. Three kinds of traffic:
   this is where TENeT's capability lives for untrusted application processes.
 * **remote hosts** connect to ``listen`` (TCP, optionally mutual TLS); what
   they send is submitted as remote traffic, so the default Guard applies.
-* **outgoing** remote traffic goes through one reconnecting link per address.
+* **outgoing** remote traffic goes through one reconnecting link per address
+  (its queue holds ``LINK_QUEUE`` messages; what does not fit is logged and
+  stays unacknowledged in its card's outbox).
 
 Every arrival wakes one pump task; a pump steps each card once for everything
-queued for it (group commit), so the more traffic, the fewer fsyncs per message.
+queued for it, up to ``MAX_GROUP`` messages (group commit), so the more
+traffic, the fewer fsyncs per message. Traffic moves in batches: a remote
+connection hands over everything decoded from one read at once, and a link
+writes everything queued for it with one system call per batch. A group's
+remote sends are handed to the links before the next group is stepped, so two
+hosts exchanging many messages work on different groups at the same time
+instead of waiting for each other's whole batch.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from cardnet.applets.registry import make_applets
 from cardnet.card import Card
 from cardnet.host import mtypes as hm
 from cardnet.host.config import HostConfig
-from cardnet.host.core import Host, Origin, SendRemote
+from cardnet.host.core import Host, Origin, SendRemote, all_sent
 from cardnet.host.errors import HostError
 from cardnet.store import open_store
 from cardnet.transport import (
@@ -51,6 +59,8 @@ from cardnet.wire import Message, Uid
 log = logging.getLogger("cardnet.host")
 
 APP_QUEUE = 4096  # messages waiting for a slow application before the host drops them
+MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
+LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
 
 
 def open_cards(config: HostConfig) -> list[Card]:
@@ -120,28 +130,57 @@ class HostServer:
         while not self._stopping.is_set():
             await self._wake.wait()
             self._wake.clear()
-            for eff in self.host.pump(time.time()):
-                await self._send_remote(eff)
-            await asyncio.sleep(0)  # let arrivals accumulate into the next group commit
+            effects = self.host.pump(time.time(), max_group=MAX_GROUP)
+            if effects:
+                self._send_remote(effects)
+            if not self.host.idle:
+                # More card steps are queued: let the links write these sends first, then pump again.
+                # (When idle, waiting for the next wake lets the links write and arrivals gather.)
+                self._wake.set()
+                await asyncio.sleep(0)
 
-    async def _send_remote(self, eff: SendRemote) -> None:
-        link = self._links.get(eff.address)
+    def _link(self, address: str) -> ReconnectingLink:
+        link = self._links.get(address)
         if link is None:
-            host, _, port = eff.address.rpartition(":")
+            host, _, port = address.rpartition(":")
             link = ReconnectingLink(
                 dialer(host, int(port), self._client_tls, limits=self.limits),
                 rng=self._rng,
+                max_queue=LINK_QUEUE,
                 max_frame=self.config.max_frame,
-                label=f"{self.config.name}->{eff.address}",
+                label=f"{self.config.name}->{address}",
             )
             link.start()
-            self._links[eff.address] = link
+            self._links[address] = link
             self._spawn(self._drain_link(link))
-        try:
-            await link.send(eff.msg)
-            eff.sent()
-        except TransportError as exc:
-            log.warning("%s: cannot send to %s: %s", self.config.name, eff.address, exc)
+        return link
+
+    def _send_remote(self, effects: list[SendRemote]) -> None:
+        """Queue each message on its address's link (never waits); ack the ones the link took."""
+        by_address: dict[str, list[SendRemote]] = {}
+        for eff in effects:
+            got = by_address.get(eff.address)
+            if got is None:
+                by_address[eff.address] = [eff]
+            else:
+                got.append(eff)
+        for address, effs in by_address.items():
+            link = self._link(address)
+            try:
+                taken = link.send_many_nowait([eff.msg for eff in effs])
+            except TransportError:
+                taken = 0
+            all_sent(effs[:taken])
+            failed: dict[str, int] = {}
+            for eff in effs[taken:]:  # the link is full, closed or gave up, or a message is too big
+                try:
+                    link.send_nowait(eff.msg)
+                except TransportError as exc:
+                    failed[str(exc)] = failed.get(str(exc), 0) + 1
+                    continue
+                eff.sent()
+            for why, n in failed.items():
+                log.warning("%s: cannot send %d message(s) to %s: %s", self.config.name, n, address, why)
 
     async def _drain_link(self, link: ReconnectingLink) -> None:
         """Replies could come back on our outgoing connection too; accept them as remote traffic."""
@@ -153,10 +192,10 @@ class HostServer:
 
     # -- remote hosts ---------------------------------------------------------------
     async def _serve_remote(self, conn: TcpConnection) -> None:
-        label = f"{conn.peer.label}"
+        origin = Origin("remote", conn.peer.label)
         with contextlib.suppress(ClosedError, BrokenError):
-            async for msg in conn:
-                self.host.receive_remote(msg, label)
+            while True:
+                self.host.receive_many(await conn.recv_many(), origin)
                 self.wake()
 
     # -- applications -----------------------------------------------------------------

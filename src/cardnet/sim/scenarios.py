@@ -119,3 +119,7 @@ def _transfer() -> Scenario:
 
 register("transfer", _transfer)
 register("transfer-broken", lambda: TransferScenario(name="transfer-broken", wallet_applet=SenderKeepsTokenApplet))
+
+from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)
+
+del _millicent

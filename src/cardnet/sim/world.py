@@ -245,7 +245,7 @@ class World:
                     self._down_links[(b, a)] = until
                 self.faults["partition"] += 1
                 self.log(f"partition {a}{'<->' if both else '->'}{b} until {until:.3f}")
-            if self.plan.crash_p > 0 and self.rng.random() < self.plan.crash_p:
+            if addrs and self.plan.crash_p > 0 and self.rng.random() < self.plan.crash_p:
                 victim = self.hosts[self.rng.choice(addrs)]
                 self.faults["crash"] += 1
                 self.log(f"crash host {victim.address}")

@@ -39,6 +39,10 @@ class Txn(Protocol):
         """Insert if absent; False (and nothing written) if the key exists."""
         ...
 
+    def insert_many(self, table: str, items: list[tuple[bytes, bytes]]) -> int:
+        """``insert`` for each item (first-wins); returns how many were new."""
+        ...
+
     def delete(self, table: str, key: bytes) -> bool: ...
 
     def scan(self, table: str, prefix: bytes = b"", limit: int | None = None) -> list[tuple[bytes, bytes]]:

@@ -55,6 +55,10 @@ class SqliteTxn:
         cur = self._c.execute("INSERT OR IGNORE INTO kv (tbl, k, v) VALUES (?, ?, ?)", (table, key, value))
         return cur.rowcount == 1
 
+    def insert_many(self, table: str, items: list[tuple[bytes, bytes]]) -> int:
+        rows = [(table, k, v) for k, v in items]
+        return self._c.executemany("INSERT OR IGNORE INTO kv (tbl, k, v) VALUES (?, ?, ?)", rows).rowcount
+
     def delete(self, table: str, key: bytes) -> bool:
         return self._c.execute("DELETE FROM kv WHERE tbl=? AND k=?", (table, key)).rowcount == 1
 

@@ -14,8 +14,14 @@ Semantics shared by every implementation:
   ``TransportError('queue_full')`` instead of queueing without bound. A
   cancelled send has sent nothing. A message above ``Limits.max_frame`` raises
   ``TransportError('oversize')`` and leaves the connection open.
+- ``await send_many(msgs)`` is ``send`` for each message in order (one
+  pending send; a transport may write them together). An oversize message
+  raises ``oversize`` before any of them is sent; a cancelled ``send_many``
+  has sent a prefix of ``msgs`` (whole messages).
 - ``await recv()`` returns the next message; ``async for msg in conn`` does
-  the same and stops when the peer closed cleanly.
+  the same and stops when the peer closed cleanly. ``await recv_many()``
+  returns the next message and those already received after it (a batch,
+  never waiting for more).
 - ``close()`` is this side's decision: every later call raises
   :class:`ClosedError`. The peer then sees the end of the stream: ``recv()``
   raises :class:`BrokenError` (messages already received are delivered first)
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
@@ -102,7 +108,11 @@ class Connection(Protocol):
 
     async def send(self, msg: Message) -> None: ...
 
+    async def send_many(self, msgs: Sequence[Message]) -> None: ...
+
     async def recv(self) -> Message: ...
+
+    async def recv_many(self) -> list[Message]: ...
 
     def __aiter__(self) -> AsyncIterator[Message]: ...
 
@@ -208,8 +218,22 @@ class ConnectionBase:
     def _leave_send(self) -> None:
         self._pending -= 1
 
+    async def send(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    async def send_many(self, msgs: Sequence[Message]) -> None:
+        """``send`` each message in order (transports that can write several at once override this)."""
+        for msg in msgs:
+            self._check_frame(msg)
+        for msg in msgs:
+            await self.send(msg)
+
     async def recv(self) -> Message:
         raise NotImplementedError
+
+    async def recv_many(self) -> list[Message]:
+        """The next message, as a batch of one (transports that buffer several override this)."""
+        return [await self.recv()]
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self

@@ -19,7 +19,9 @@ with a ``reason``; after one the decoder is dead and every further call raises
 (reason ``dead``), because a byte stream cannot be resynchronised after a bad
 length. Frames that were complete in the same ``feed`` as a bad one are
 discarded with it: the connection is going down and protocols above recover
-lost messages end to end.
+lost messages end to end. A connection carries few distinct Uids, so the
+decoder keeps the last ``UID_CACHE`` it decoded (immutable, compared by
+value) instead of building the same two objects for every frame.
 
 No I/O, no clock, no randomness: the asyncio driver (:mod:`.tcp`) and tests
 feed it bytes.
@@ -30,13 +32,19 @@ from __future__ import annotations
 import struct
 
 from cardnet.transport.errors import TransportError
-from cardnet.wire import HEADER_BYTES, DecodeError, Message
+from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
+from cardnet.wire.ids import UID_BYTES
 
 PREFIX = struct.Struct(">I")
 PREFIX_BYTES = PREFIX.size  # 4
+_MTYPE = struct.Struct(">H")
+_FRAME_HEAD = struct.Struct(">I16s16sH")  # prefix + message header (src, dst, mtype)
 MIN_FRAME = HEADER_BYTES  # a message is at least its header
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # bytes of message (header + param), prefix excluded
 MAX_FRAME_LIMIT = 2**32 - 1  # what a uint32 prefix can say
+UID_CACHE = 256  # decoded Uids a FrameDecoder keeps for reuse
+_SRC = slice(0, UID_BYTES)
+_DST = slice(UID_BYTES, 2 * UID_BYTES)
 
 
 def check_max_frame(max_frame: int) -> int:
@@ -49,24 +57,28 @@ def check_max_frame(max_frame: int) -> int:
 
 
 def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
-    """The frame for one message: length prefix + encoded message.
+    """The frame for one message: length prefix + encoded message (``msg.encode()``).
 
     Raises :class:`TransportError` (reason ``oversize``) if the message is above
     ``max_frame``: that is the sender's mistake, and nothing is sent.
     """
-    body = msg.encode()
-    if len(body) > max_frame:
+    param = msg.param
+    size = HEADER_BYTES + len(param)
+    if size > max_frame:
         raise TransportError(
             "oversize",
-            f"message is {len(body)} bytes, the frame limit is {max_frame}: send large products in chunks",
+            f"message is {size} bytes, the frame limit is {max_frame}: send large products in chunks",
         )
-    return PREFIX.pack(len(body)) + body
+    src, dst = msg.src, msg.dst  # the 34-byte header (Uid = domain + big-endian port), packed with the prefix
+    src_raw = src.domain + src.port.to_bytes(4, "big")
+    dst_raw = dst.domain + dst.port.to_bytes(4, "big")
+    return _FRAME_HEAD.pack(size, src_raw, dst_raw, msg.mtype) + param
 
 
 class FrameDecoder:
     """Turns a byte stream into messages; see the module docstring for the guarantees."""
 
-    __slots__ = ("_body", "_body_len", "_error", "_max_frame", "_prefix")
+    __slots__ = ("_body", "_body_len", "_error", "_max_frame", "_prefix", "_uids")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._max_frame = check_max_frame(max_frame)
@@ -74,6 +86,7 @@ class FrameDecoder:
         self._body_len: int | None = None  # length of the body being read, once its prefix is known
         self._body = bytearray()  # < _body_len bytes of an incomplete body
         self._error: DecodeError | None = None
+        self._uids: dict[bytes, Uid] = {}  # at most UID_CACHE decoded Uids, by their 16 wire bytes
 
     @property
     def max_frame(self) -> int:
@@ -98,7 +111,9 @@ class FrameDecoder:
         """Take the next bytes of the stream; return the messages they complete, in order."""
         self._check_alive()
         try:
-            return self._feed(memoryview(data))
+            if type(data) is bytes and self._body_len is None and not self._prefix:
+                return self._feed_whole(data)
+            return self._feed(memoryview(data), [])
         except DecodeError as exc:
             self._error = exc
             self._prefix.clear()
@@ -127,8 +142,29 @@ class FrameDecoder:
                 "close the connection",
             ) from self._error
 
-    def _feed(self, view: memoryview) -> list[Message]:
+    def _feed_whole(self, data: bytes) -> list[Message]:
+        """At a frame boundary: decode the complete frames straight from ``data``, then buffer the rest."""
         out: list[Message] = []
+        pos = 0
+        end = len(data)
+        unpack = PREFIX.unpack_from
+        max_frame = self._max_frame
+        message = self._message
+        while end - pos >= PREFIX_BYTES:
+            (length,) = unpack(data, pos)
+            if length < MIN_FRAME or length > max_frame:
+                self._check_length(length)  # raises, before a byte of the body is kept
+            start = pos + PREFIX_BYTES
+            stop = start + length
+            if stop > end:
+                break
+            out.append(message(data[start:stop]))
+            pos = stop
+        if pos < end:
+            self._feed(memoryview(data)[pos:], out)
+        return out
+
+    def _feed(self, view: memoryview, out: list[Message]) -> list[Message]:
         pos = 0
         end = len(view)
         while pos < end:
@@ -158,8 +194,29 @@ class FrameDecoder:
                 raw = bytes(self._body)
                 self._body.clear()
             self._body_len = None
-            out.append(Message.decode(raw, max_param=self._max_frame - HEADER_BYTES))
+            out.append(self._message(raw))
         return out
+
+    def _message(self, raw: bytes) -> Message:
+        """``Message.decode(raw)``; its length checks hold already (``MIN_FRAME <= len(raw) <= max_frame``)."""
+        uids = self._uids
+        src_raw = raw[_SRC]
+        src = uids.get(src_raw)
+        if src is None:
+            src = self._uid(src_raw)
+        dst_raw = raw[_DST]
+        dst = uids.get(dst_raw)
+        if dst is None:
+            dst = self._uid(dst_raw)
+        (mtype,) = _MTYPE.unpack_from(raw, 2 * UID_BYTES)
+        return Message(src, dst, mtype, raw[HEADER_BYTES:])
+
+    def _uid(self, raw: bytes) -> Uid:
+        uid = Uid.from_bytes(raw)
+        if len(self._uids) >= UID_CACHE:
+            self._uids.clear()
+        self._uids[raw] = uid
+        return uid
 
     def _check_length(self, length: int) -> int:
         if length < MIN_FRAME:

@@ -2,7 +2,8 @@
 
 Theory of operation. :class:`ReconnectingLink` owns one supervisor task. It
 dials; while connected, a pump sends the outgoing queue in order through the
-connection and a reader moves incoming messages into a bounded inbox. When the
+connection (everything queued at once, up to ``SEND_BATCH`` messages a
+``send_many``) and a reader moves incoming messages into a bounded inbox. When the
 connection breaks it is closed and the supervisor dials again after a delay
 from :class:`~.backoff.Backoff` (exponential, jittered by the injected
 ``random.Random``). A connection that carried no message counts as a failed
@@ -19,8 +20,8 @@ messages wait for :meth:`recv` (beyond that the reader stops reading, which
 pushes back on the peer).
 
 Delivery: in order and without duplicates on one connection; a message is
-taken off the queue only when the connection accepted it, so the one being
-sent when a connection breaks is sent again on the next. Messages accepted by
+taken off the queue only when the connection accepted it, so the ones being
+sent when a connection breaks are sent again on the next. Messages accepted by
 a connection that then breaks may be lost: the protocols above acknowledge
 end to end and resend (the card's outbox), and they tolerate duplicates.
 """
@@ -28,10 +29,11 @@ end to end and resend (the card's outbox), and they tolerate duplicates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
 from cardnet.transport.backoff import Backoff, BackoffPolicy
@@ -43,6 +45,7 @@ from cardnet.wire import Message
 log = logging.getLogger(LOGGER_NAME)
 
 DEFAULT_BACKOFF = BackoffPolicy()
+SEND_BATCH = 1024  # messages handed to the connection in one send_many
 
 
 class ReconnectingLink:
@@ -140,6 +143,28 @@ class ReconnectingLink:
         Raises ``TransportError('queue_full')`` when ``max_queue`` messages are
         already waiting, ``TransportError('oversize')`` above the frame limit.
         """
+        self.send_nowait(msg)
+
+    def send_many_nowait(self, msgs: Sequence[Message]) -> int:
+        """Queue ``msgs`` in order, up to the first one :meth:`send_nowait` would refuse; return how many.
+
+        Raises like :meth:`send` if the link was closed or gave up (nothing queued).
+        """
+        self._check()
+        room = self._max_queue - len(self._outbox)
+        n = 0
+        max_frame = self._max_frame
+        for msg in msgs:
+            if n >= room or msg.size > max_frame:
+                break
+            n += 1
+        if n:
+            self._outbox.extend(msgs[:n] if n < len(msgs) else msgs)
+            self._has_out.set()
+        return n
+
+    def send_nowait(self, msg: Message) -> None:
+        """:meth:`send` for callers outside a coroutine: it never waits, and raises the same errors."""
         self._check()
         if msg.size > self._max_frame:
             raise TransportError(
@@ -276,16 +301,28 @@ class ReconnectingLink:
             while not self._outbox:
                 self._has_out.clear()
                 await self._has_out.wait()
-            msg = self._outbox[0]
+            outbox = self._outbox
+            batch = list(itertools.islice(outbox, SEND_BATCH))
+            try:
+                await conn.send_many(batch)
+            except TransportError as exc:
+                if exc.reason != "oversize":
+                    raise
+                await self._send_each(conn, batch)
+            if outbox and outbox[0] is batch[0]:  # unless unsent() took them meanwhile
+                for _ in batch:
+                    outbox.popleft()
+            carried[0] = True
+
+    async def _send_each(self, conn: Connection, batch: list[Message]) -> None:
+        """One by one, dropping the messages the connection refuses as oversize."""
+        for msg in batch:
             try:
                 await conn.send(msg)
             except TransportError as exc:
                 if exc.reason != "oversize":
                     raise
                 log.warning("%s: dropping a message the connection refuses: %s", self.label, exc)
-            if self._outbox and self._outbox[0] is msg:  # unless unsent() took it meanwhile
-                self._outbox.popleft()
-            carried[0] = True
 
     async def _read(self, conn: Connection, carried: list[bool]) -> None:
         while True:

@@ -4,12 +4,16 @@ Theory of operation. A :class:`TcpConnection` owns one asyncio stream pair and
 no background task. ``send`` waits (``writer.drain()``) until the socket's
 write buffer is below ``Limits.write_buffer_bytes`` and only then writes one
 whole frame, so our buffer never exceeds that mark plus one frame, and a
-cancelled send has written nothing. Sends that wait are the outgoing queue:
+cancelled send has written nothing. ``send_many`` does the same for several
+messages with one write per wait: as many whole frames as fit below the mark
+(at least one), so the same bound holds, and one system call carries many
+messages. Sends that wait are the outgoing queue:
 at most ``Limits.max_pending_sends`` of them, the next one raises
 ``queue_full``. ``recv`` reads ``Limits.read_chunk_bytes`` at a time into a
 :class:`~.framing.FrameDecoder` only when asked for a message, so a receiver
 that does not read stops reading the socket (the kernel then pushes back on
-the peer). A frame the decoder refuses is logged on ``cardnet.transport``
+the peer); ``recv_many`` hands out everything decoded from the chunks read
+so far at once. A frame the decoder refuses is logged on ``cardnet.transport``
 with its reason, the connection is aborted and the reader gets
 :class:`BrokenError` with the :class:`~cardnet.wire.DecodeError` chained;
 other connections are untouched. Closing is graceful — buffered frames are
@@ -26,7 +30,7 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -95,6 +99,58 @@ class TcpConnection(ConnectionBase):
                 self._writer.write(frame)
         finally:
             self._leave_send()
+
+    async def send_many(self, msgs: Sequence[Message]) -> None:
+        """Send ``msgs`` in order, writing as many whole frames at a time as fit below the mark.
+
+        Every frame is encoded (and checked against the frame limit) before
+        anything is written: ``oversize`` sends nothing. The call is one
+        pending send. Cancelled while waiting for room, it has written whole
+        frames of a prefix of ``msgs`` (possibly none).
+        """
+        self._check()
+        max_frame = self._limits.max_frame
+        frames = [encode_frame(msg, max_frame) for msg in msgs]
+        if not frames:
+            return
+        self._enter_send()
+        try:
+            async with self._send_lock:
+                writer = self._writer
+                transport = writer.transport
+                mark = self._limits.write_buffer_bytes
+                i, n = 0, len(frames)
+                while i < n:
+                    self._check()
+                    try:
+                        await writer.drain()  # wait for room below the high-water mark
+                    except OSError as exc:
+                        self._fail(f"sending failed: {exc}", exc)
+                        self._raise()
+                    self._check()
+                    if transport.is_closing():
+                        self._fail("the connection was lost")
+                        self._raise()
+                    room = mark - transport.get_write_buffer_size()
+                    size = len(frames[i])
+                    j = i + 1
+                    while j < n and size + len(frames[j]) <= room:
+                        size += len(frames[j])
+                        j += 1
+                    writer.write(frames[i] if j == i + 1 else b"".join(frames[i:j]))
+                    i = j
+        finally:
+            self._leave_send()
+
+    async def recv_many(self) -> list[Message]:
+        """The next message and every message already decoded after it (at most what one read chunk held)."""
+        first = await self.recv()
+        inbox = self._inbox
+        if not inbox:
+            return [first]
+        out = [first, *inbox]
+        inbox.clear()
+        return out
 
     async def recv(self) -> Message:
         if self._closed_here:

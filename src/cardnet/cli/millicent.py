@@ -1,0 +1,399 @@
+"""``cardnet millicent``: scrip micropayments — vendor and broker services, and a customer's wallet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cardnet.cli.output import console, emit_json, fail
+from cardnet.store import Store, open_store
+
+
+def _store(where: str) -> Store:
+    if "://" in where:
+        return open_store(where)
+    return open_store("sqlite:///" + str(Path(where).resolve()))
+
+
+def _hex(value: str, n: int, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != n:
+        fail(f"{what} must be {2 * n} hex digits, got {value!r}")
+    return raw
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        fail(f"--listen must be HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+STORE = click.option("--store", required=True, help="The service's store: a file path or a store URL.")
+WALLET = click.option(
+    "--wallet",
+    default=lambda: os.environ.get("CARDNET_WALLET", "wallet.db"),
+    show_default="$CARDNET_WALLET or wallet.db",
+    help="The wallet store (file path or URL).",
+)
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+@click.group()
+def millicent() -> None:
+    """Millicent scrip: vendor-specific micro-cash with brokers, spent lists and customer secrets.
+
+    \b
+    A whole story on one machine:
+      cardnet millicent vendor init --store v.db --id 00000000000000a1
+      cardnet millicent vendor add-page --store v.db --name hello --price 3 --text "hello, world"
+      cardnet millicent vendor licence --store v.db --broker bob --out lic.json
+      cardnet millicent broker add-licence --store b.db --file lic.json
+      cardnet millicent broker run --store b.db --listen 127.0.0.1:7100 &
+      cardnet millicent vendor run --store v.db --listen 127.0.0.1:7200 &
+      cardnet millicent open --broker 127.0.0.1:7100          # prints your customer id
+      cardnet millicent broker deposit --store b.db --customer ID --amount 1000
+      cardnet millicent buy --vendor 00000000000000a1 --value 100
+      cardnet millicent spend --vendor 00000000000000a1 --at 127.0.0.1:7200 --product hello --price 3
+      cardnet millicent list
+    """
+
+
+# --- vendor ---------------------------------------------------------------------------
+
+
+@millicent.group()
+def vendor() -> None:
+    """The vendor: validates scrip, keeps the spent list, sells pages."""
+
+
+@vendor.command("init")
+@STORE
+@click.option("--id", "vendor_id", required=True, help="Vendor id, 16 hex digits.")
+@click.option("--validity-days", default=7, show_default=True, help="How long change scrip stays valid.")
+@click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True, help="Lowest protection level.")
+def vendor_init(store: str, vendor_id: str, validity_days: int, level: int) -> None:
+    """Create a vendor: master scrip secret 0 and 256 customer master secrets."""
+    from cardnet.services.millicent_vendor import init_vendor
+
+    init_vendor(_store(store), _hex(vendor_id, 8, "--id"), validity_s=validity_days * 86400, min_level=level)
+    console.print(f"vendor {vendor_id} created in {store}")
+
+
+@vendor.command("add-page")
+@STORE
+@click.option("--name", required=True)
+@click.option("--price", type=click.IntRange(1), required=True, help="Price in scrip units.")
+@click.option("--text", default=None, help="The page's content.")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None, help="Content file.")
+def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None) -> None:
+    """Add (or replace) a product in the vendor's catalogue."""
+    from cardnet.services.millicent_vendor import add_product
+
+    if (text is None) == (path is None):
+        fail("give exactly one of --text and --file")
+    content = text.encode() if text is not None else Path(path or "").read_bytes()
+    add_product(_store(store), name, price, content)
+    console.print(f"{name}: {price}")
+
+
+@vendor.command("licence")
+@STORE
+@click.option("--broker", required=True, help="The broker's name (recorded with the licence).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Licence file to write (0600).")
+def vendor_licence(store: str, broker: str, out: str) -> None:
+    """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets)."""
+    from cardnet.services.millicent_vendor import export_licence
+
+    lic = export_licence(_store(store), broker)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(lic, fh)
+    console.print(f"licence for {broker} (index {lic['index']}) written to {out}: it holds secrets, move it safely")
+
+
+@vendor.command("rotate")
+@STORE
+def vendor_rotate(store: str) -> None:
+    """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires)."""
+    from cardnet.services.millicent_vendor import rotate_secret
+
+    console.print(f"new scrip is minted under index {rotate_secret(_store(store))}; restart the vendor")
+
+
+@vendor.command("run")
+@STORE
+@click.option("--listen", default="127.0.0.1:7200", show_default=True, help="HOST:PORT (port 0 picks one).")
+@click.option("--prune-every", default=60.0, show_default=True, help="Seconds between spent-list prunes.")
+@click.option("--failpoint", default=None, hidden=True, help="Test only: kill-after-commit.")
+def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | None) -> None:
+    """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening."""
+    from cardnet.services.millicent_vendor import VendorCore, VendorServer
+
+    host, port = _listen(listen)
+    core = VendorCore(_store(store))
+
+    async def main() -> None:
+        server = VendorServer(core, prune_every_s=prune_every, failpoint=failpoint)
+        addr = await server.start(host, port)
+        console.print(f"ready vendor {addr[0]}:{addr[1]}", markup=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@vendor.command("redeem")
+@STORE
+@click.option("--broker", "broker", required=True, help="The broker's HOST:PORT.")
+@JSON
+def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
+    """Send the broker-minted scrip received so far to the broker for payment."""
+    from cardnet.services.millicent_vendor import VendorCore, redeem_at_broker
+
+    host, port = _listen(broker)
+    r = asyncio.run(redeem_at_broker(VendorCore(_store(store)), host, port))
+    if as_json:
+        emit_json(r)
+    else:
+        console.print(f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
+
+
+@vendor.command("status")
+@STORE
+@JSON
+def vendor_status(store: str, as_json: bool) -> None:
+    """Spent-list size and redeemable scrip."""
+    from cardnet.services.millicent_vendor import VendorCore
+
+    core = VendorCore(_store(store))
+    r = {
+        "vendor": core.vendor_id.hex(),
+        "spent": core.spent_count(),
+        "redeemable": len(core.redeemable()),
+        "mint_index": core.vendor.mint_index,
+        "products": {k: p.price for k, p in core.vendor.catalogue.items()},
+    }
+    if as_json:
+        emit_json(r)
+    else:
+        for k, v in r.items():
+            console.print(f"{k}: {v}", markup=False)
+
+
+# --- broker ---------------------------------------------------------------------------
+
+
+@millicent.group()
+def broker() -> None:
+    """The broker: sells scrip of many vendors to customers, redeems what vendors received."""
+
+
+@broker.command("add-licence")
+@STORE
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--discount", default=10, show_default=True, help="Percent the broker keeps at redemption.")
+def broker_add_licence(store: str, path: str, discount: int) -> None:
+    """Keep a vendor's licence: the broker then mints that vendor's scrip."""
+    from cardnet.services.millicent_broker import add_licence
+
+    try:
+        lic = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the licence {path}: {exc}")
+    console.print(f"licensed for vendor {add_licence(_store(store), lic, discount_pct=discount).hex()}")
+
+
+@broker.command("deposit")
+@STORE
+@click.option("--customer", required=True, help="Customer id, 16 hex digits.")
+@click.option("--amount", type=click.IntRange(1), required=True)
+def broker_deposit(store: str, customer: str, amount: int) -> None:
+    """Credit a customer's prepaid balance."""
+    from cardnet.services.millicent_broker import deposit
+
+    console.print(f"balance {deposit(_store(store), _hex(customer, 8, '--customer'), amount)}")
+
+
+@broker.command("run")
+@STORE
+@click.option("--listen", default="127.0.0.1:7100", show_default=True, help="HOST:PORT (port 0 picks one).")
+def broker_run(store: str, listen: str) -> None:
+    """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"."""
+    from cardnet.services.millicent_broker import BrokerCore, BrokerServer
+
+    host, port = _listen(listen)
+    core = BrokerCore(_store(store))
+
+    async def main() -> None:
+        server = BrokerServer(core)
+        addr = await server.start(host, port)
+        console.print(f"ready broker {addr[0]}:{addr[1]}", markup=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@broker.command("status")
+@STORE
+@JSON
+def broker_status(store: str, as_json: bool) -> None:
+    """What the broker owes each vendor for redeemed scrip."""
+    from cardnet.services.millicent_broker import BrokerCore
+
+    r = {"owed_to_vendors": BrokerCore(_store(store)).vendors()}
+    if as_json:
+        emit_json(r)
+    else:
+        console.print(r, markup=False)
+
+
+# --- customer -------------------------------------------------------------------------
+
+
+def _wallet(where: str) -> Any:
+    from cardnet.services.millicent_wallet import Wallet
+
+    return Wallet(_store(where))
+
+
+@millicent.command("open")
+@WALLET
+@click.option("--broker", required=True, help="The broker's HOST:PORT.")
+def open_account(wallet: str, broker: str) -> None:
+    """Open an account at a broker (a key is made in the wallet); prints the customer id."""
+    cid = asyncio.run(_wallet(wallet).open_account(broker))
+    console.print(f"customer id {cid.hex()} (ask the broker to credit it)")
+
+
+@millicent.command("buy")
+@WALLET
+@click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
+@click.option("--value", type=click.IntRange(1), required=True)
+@JSON
+def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
+    """Buy scrip of a vendor from the broker (paid from the prepaid balance)."""
+    s = asyncio.run(_wallet(wallet).buy(_hex(vendor, 8, "--vendor"), value))
+    if as_json:
+        emit_json({"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry})
+    else:
+        console.print(f"scrip {s.scrip_id.hex()} worth {s.value}")
+
+
+@millicent.command("list")
+@WALLET
+@JSON
+def list_scrip(wallet: str, as_json: bool) -> None:
+    """The scrip in the wallet, per vendor, and pending requests."""
+    w = _wallet(wallet)
+    rows = [
+        {"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry}
+        for s in w.scrip()
+    ]
+    pending = len(w.pending())
+    if as_json:
+        emit_json({"scrip": rows, "pending": pending})
+        return
+    table = Table(title="scrip")
+    for col in ("vendor", "scrip_id", "value", "expiry"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["vendor"], r["scrip_id"], str(r["value"]), time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["expiry"]))
+        )
+    console.print(table)
+    if pending:
+        console.print(f"{pending} request(s) pending: cardnet millicent retry")
+
+
+@millicent.command("spend")
+@WALLET
+@click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
+@click.option("--at", "address", required=True, help="The vendor's HOST:PORT.")
+@click.option("--product", required=True)
+@click.option("--price", type=click.IntRange(1), required=True)
+@click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True)
+@click.option("--top-up", default=100, show_default=True, help="Scrip to buy from the broker when short.")
+@JSON
+def spend(
+    wallet: str, vendor: str, address: str, product: str, price: int, level: int, top_up: int, as_json: bool
+) -> None:
+    """Buy a product with scrip (change is kept; scrip is fetched from the broker when short)."""
+    from cardnet.protocols.millicent import Level
+
+    r = asyncio.run(
+        _wallet(wallet).spend(
+            _hex(vendor, 8, "--vendor"), address, product, price, int(time.time()), level=Level(level), top_up=top_up
+        )
+    )
+    if as_json:
+        emit_json(
+            {"status": r.status.name.lower(), "change": r.change, "content": r.content.decode("utf-8", "replace")}
+        )
+        return
+    if r.status != 0:
+        fail(f"the vendor refused: {r.detail}", reason=r.status.name.lower())
+    console.print(r.content.decode("utf-8", "replace"), markup=False, highlight=False)
+    console.print(f"[dim]change {r.change}[/]")
+
+
+@millicent.command("renew")
+@WALLET
+@click.option("--at", "address", required=True, help="The vendor's HOST:PORT.")
+def renew(wallet: str, address: str) -> None:
+    """Exchange scrip that expires within a day for new scrip."""
+    console.print(f"renewed {asyncio.run(_wallet(wallet).renew(address, int(time.time())))} scrip")
+
+
+@millicent.command("retry")
+@WALLET
+def retry(wallet: str) -> None:
+    """Send pending requests again (their replies were lost): the same bytes fetch the stored reply."""
+    for line in asyncio.run(_wallet(wallet).retry_pending()):
+        console.print(line, markup=False)
+
+
+# --- benchmark (added to `cardnet bench` by cli.main) -----------------------------------
+
+
+@click.command("millicent")
+@JSON
+@click.option("--seconds", default=3.0, show_default=True, help="Measuring time per figure (over all rounds).")
+@click.option("--customers", default=2, show_default=True, help="Customer processes for purchases_per_s.")
+@click.option("--window", default=64, show_default=True, help="Purchases in flight per customer process.")
+def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) -> None:
+    """Millicent: validations_per_s vs hmac_bound_per_s, purchases_per_s vs tcp_bound_rtt_per_s."""
+    from cardnet.bench import millicent as mb
+
+    if seconds <= 0 or customers < 1 or window < 1:
+        fail("--seconds > 0, --customers >= 1 and --window >= 1")
+    r = mb.run(seconds, customers=customers, window=window)
+    if as_json:
+        emit_json(r)
+        return
+    table = Table(title="cardnet bench millicent")
+    table.add_column("figure")
+    table.add_column("per second", justify="right")
+    for k in ("hmac_bound_per_s", "validations_per_s", "tcp_bound_rtt_per_s", "purchases_per_s"):
+        table.add_row(k, f"{r[k]:,}")
+    console.print(table)
+    for target, ok in r["targets"].items():
+        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")

@@ -1,0 +1,466 @@
+"""The ``millicent`` simulation: customers, a cheater and a thief against two vendors and a broker.
+
+Theory of operation
+-------------------
+The real :class:`~cardnet.services.millicent_vendor.VendorCore` (on a
+:class:`~cardnet.sim.world.TearingStore`: power lost before or after a
+commit) and the real :class:`~cardnet.services.millicent_broker.BrokerCore`
+run on the world's virtual clock; the network between customers and vendors
+is simulated here from the world's fault plan (loss, duplication, delay that
+reorders), and vendors crash (volatile inbox lost, core rebuilt from the
+store) at the plan's crash rate. Customers buy scrip from the broker (real
+signed purchases, customer secrets sealed to their keys), then buy pages at
+levels 2 and 3, renew scrip before it expires and resend a request until its
+reply arrives (a re-fetch). A cheater spends the same scrip twice at once and
+spends spent scrip again after it expired and was pruned. A thief sees every
+request on the network and spends the scrip in it with its own secret, at
+level 1, altered, at the other vendor, and replays requests verbatim.
+
+Invariants: a scrip id is accepted at most once per vendor (across tears and
+restarts), and every acceptance a customer sees is durable at the vendor; no
+request made by the thief is ever accepted; honest customers never see their
+scrip refused as spent, stolen or forged; at quiescence value is conserved:
+scrip issued by the broker = prices paid at vendors (from the vendors'
+durable spent lists) + value of the scrip the customers hold.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from cardnet.crypto import profile
+from cardnet.protocols import millicent as mc
+from cardnet.services import millicent_broker as mb
+from cardnet.services import millicent_vendor as mv
+from cardnet.sim.scenarios import register
+from cardnet.sim.world import TearingStore, World
+from cardnet.store import SqliteStore, StoreError
+from cardnet.wire import Message, Uid
+
+BASE = 1_800_000_000  # Unix seconds at virtual time 0
+SPEED = 4  # vendor clock seconds per simulated second (so scrip expires and is pruned within a run)
+VALIDITY_S = 6  # change scrip, in vendor seconds
+BROKER_VALIDITY_S = 5
+GRACE_S = 10  # vendor seconds a spent record outlives its scrip (re-fetch window): > the faulty phase
+SHOP_UNTIL_S = 5.0  # customers shop over this many simulated seconds (past the heal, so pruning happens)
+RENEW_WITHIN_S = 3
+RETRY_S = 0.1
+PRUNE_S = 0.5
+PRODUCTS = {"a": 1, "b": 2, "c": 3}
+VENDOR_IDS = (b"\x00" * 7 + b"\xa1", b"\x00" * 7 + b"\xb2")
+
+
+def _uid(n: int) -> Uid:
+    return Uid(b"\x00" * 12, n)
+
+
+class BrokenVendorCore(mv.VendorCore):
+    """A vendor that forgets its spent list (overwrites instead of first-wins): the invariant must catch it."""
+
+    def process_batch(self, requests: list[tuple[int, bytes]], now: int) -> list[tuple[int, bytes]]:
+        out = []
+        with self.store.transaction() as txn:
+            for mt, p in requests:
+                c = self.vendor.prepare(mt, p, now, self.pruned_through)
+                if not isinstance(c, mc.Candidate):
+                    out.append(mc.refusal(c))
+                    continue
+                if c.refusal is not None:
+                    out.append(self.vendor.refuse(c, *c.refusal))
+                    continue
+                serial = int.from_bytes(txn.get(mv.CFG, b"serial") or b"\x01", "big")
+                rmt, reply = self.vendor.accept(c, [serial, serial + 1], now)
+                txn.put(mv.CFG, b"serial", (serial + 2).to_bytes(8, "big"))
+                txn.put(mv.SPENT, c.spent_key, mc.spent_record(c.digest, rmt, reply))
+                out.append((rmt, reply))
+        return out
+
+
+@dataclass
+class VendorNode:
+    index: int
+    store: TearingStore
+    core: mv.VendorCore
+    broken: bool
+    inbox: list[Message] = field(default_factory=list)
+    scheduled: bool = False
+
+    def reopen(self) -> None:
+        self.store.torn = False
+        self.inbox.clear()
+        self.core = (BrokenVendorCore if self.broken else mv.VendorCore)(self.store)
+
+
+@dataclass
+class Pending:
+    vendor: int
+    msg: Message
+    scrip: mc.Scrip
+    level: mc.Level
+    secret: bytes | None
+    op: mc.Op
+    price: int
+
+
+@dataclass
+class Actor:
+    n: int
+    kind: str  # honest, cheater, thief
+    key: profile.PrivateKey
+    cid: bytes = b""
+    secrets: dict[bytes, bytes] = field(default_factory=dict)
+    wallet: dict[bytes, mc.Scrip] = field(default_factory=dict)  # scrip id (+vendor) -> scrip
+    pending: dict[bytes, Pending] = field(default_factory=dict)
+    todo: int = 0
+    rids: int = 0
+
+
+@dataclass
+class MillicentScenario:
+    name: str = "millicent"
+    broken: bool = False
+    purchases_per_customer: int = 4
+    vendors: list[VendorNode] = field(default_factory=list)
+    actors: list[Actor] = field(default_factory=list)
+    broker: Any = None
+    issued: int = 0
+    accepted: dict[tuple[int, bytes], set[bytes]] = field(default_factory=dict)  # (vendor, scrip id) -> rids
+    thief_rids: set[bytes] = field(default_factory=set)
+    prices: dict[bytes, int] = field(default_factory=dict)  # request digest -> price paid if accepted
+    bad: list[str] = field(default_factory=list)
+    cheats_left: int = 2
+    down: dict[tuple[int, bool], float] = field(default_factory=dict)  # (vendor, towards it) -> until
+    last_arrival: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+    minted: dict[bytes, int] = field(default_factory=dict)  # vendor + scrip id -> value (broker scrip and change)
+    pruned: dict[tuple[int, bytes], int] = field(default_factory=dict)  # (vendor, spent key) -> price paid
+
+    # -- building ---------------------------------------------------------------------
+    def build(self, world: World) -> None:
+        rng = world.rng
+        self.broker = mb.BrokerCore(
+            SqliteStore(":memory:", durable=False), rng=rng.randbytes, validity_s=BROKER_VALIDITY_S
+        )
+        for i, vid in enumerate(VENDOR_IDS):
+            store = TearingStore(world, f"vendor{i}")
+            mv.init_vendor(store, vid, rng=rng.randbytes, validity_s=VALIDITY_S, min_level=2, refetch_grace_s=GRACE_S)
+            for name, price in PRODUCTS.items():
+                mv.add_product(store, name, price, f"page {name} of vendor {i}".encode())
+            mb.add_licence(self.broker.store, mv.export_licence(store, "broker", rng=rng.randbytes))
+            core = (BrokenVendorCore if self.broken else mv.VendorCore)(store)
+            self.vendors.append(VendorNode(i, store, core, self.broken))
+        kinds = ["honest", "honest", "honest", "cheater", "thief"]
+        for n, kind in enumerate(kinds, start=1):
+            a = Actor(n, kind, profile.generate_private_key(rng.randbytes))
+            self.actors.append(a)
+            pub = profile.public_bytes(a.key.public_key())
+            a.cid = mc.OPENED_SCHEMA.decode(self.broker.open_account(pub))["customer_id"]
+            mb.deposit(self.broker.store, a.cid, 1000)
+            for vid in VENDOR_IDS:
+                self._buy(world, a, vid, rng.randint(6, 20))
+            if kind == "honest":
+                a.todo = self.purchases_per_customer
+                for _ in range(a.todo):
+                    world.at(rng.uniform(0.0, SHOP_UNTIL_S), functools.partial(self._shop, world, a), "shop")
+            elif kind == "cheater":
+                world.at(rng.uniform(0.0, 1.0), functools.partial(self._double_spend, world, a), "cheat")
+            world.at(RETRY_S, functools.partial(self._timer, world, a), "timer")
+        for v in self.vendors:
+            world.at(PRUNE_S, functools.partial(self._prune, world, v), "prune")
+        world.at(0.005, functools.partial(self._crashes, world), "crashes")
+
+    def _unix(self, world: World) -> int:
+        return BASE + int(world.now * SPEED)
+
+    def _buy(self, world: World, a: Actor, vendor: bytes, value: int) -> None:
+        """A real signed purchase at the broker (reliable channel); the customer secret comes sealed."""
+        rid = world.rng.randbytes(mc.RID_BYTES)
+        f: dict[str, Any] = {"customer_id": a.cid, "vendor": vendor, "value": value, "rid": rid}
+        f["want_secret"] = int(vendor not in a.secrets)
+        f["sig"] = profile.sign(a.key, mc.purchase_sig_input(f))
+        r = mc.PURCHASED_SCHEMA.decode(self.broker.purchase(mc.PURCHASE_SCHEMA.encode(f), self._unix(world)))
+        if r["status"] != 0:
+            self.bad.append(f"broker refused a purchase: {r.get('detail')}")
+            return
+        s = mc.Scrip.decode(r["scrip"])
+        if "secret_box" in r:
+            info = b"millicent customer secret" + vendor + a.cid
+            a.secrets[vendor] = profile.hpke_open(a.key, r["secret_box"], info=info)
+        a.wallet[s.scrip_id + s.vendor] = s
+        self.minted[s.vendor + s.scrip_id] = value
+        self.issued += value
+
+    # -- actors -------------------------------------------------------------------------
+    def _rid(self, a: Actor) -> bytes:
+        a.rids += 1
+        return bytes([a.n]) + a.rids.to_bytes(15, "big")
+
+    def _request(
+        self, world: World, a: Actor, vi: int, s: mc.Scrip, op: mc.Op, product: str, price: int, level: mc.Level
+    ) -> bytes:
+        secret = a.secrets.get(VENDOR_IDS[vi])
+        rid = self._rid(a)
+        mt, param = mc.make_request(s, rid=rid, level=level, secret=secret, price=price, product=product, op=op)
+        msg = Message(_uid(a.n), _uid(100 + vi), mt, param)
+        self.prices[profile.sha256(param if mt == mc.REQUEST.code else self._inner(a, vi, param))] = price
+        a.pending[rid] = Pending(vi, msg, s, level, secret, op, price)
+        self._send(world, msg, vi, to_vendor=True)
+        return rid
+
+    def _inner(self, a: Actor, vi: int, sealed: bytes) -> bytes:
+        outer = mc.SEALED_SCHEMA.decode(sealed)
+        secret = a.secrets[VENDOR_IDS[vi]]
+        box = mc._box_key(secret, outer["rid"], outer["customer_id"])
+        return box.open(0, outer["box"], outer["customer_id"] + outer["rid"])
+
+    def _shop(self, world: World, a: Actor) -> None:
+        vi = world.rng.randrange(len(self.vendors))
+        product = world.rng.choice(sorted(PRODUCTS))
+        price = PRODUCTS[product]
+        now = self._unix(world)
+        fit = [s for s in a.wallet.values() if s.vendor == VENDOR_IDS[vi] and s.value >= price and s.expiry > now]
+        if not fit:
+            if any(p.vendor == vi for p in a.pending.values()):  # change is on its way: shop a bit later
+                world.at(world.now + 0.2, functools.partial(self._shop, world, a), "shop")
+                return
+            self._buy(world, a, VENDOR_IDS[vi], 10)
+            fit = [s for s in a.wallet.values() if s.vendor == VENDOR_IDS[vi] and s.value >= price]
+        s = min(fit, key=lambda x: (x.value, x.scrip_id))
+        del a.wallet[s.scrip_id + s.vendor]
+        level = mc.Level.PRIVATE if world.rng.random() < 0.4 else mc.Level.THEFT
+        self._request(world, a, vi, s, mc.Op.BUY, product, price, level)
+        a.todo -= 1
+
+    def _double_spend(self, world: World, a: Actor) -> None:
+        """The cheater spends one scrip twice at the same time (two requests, maybe in one batch)."""
+        if self.cheats_left <= 0:
+            return
+        self.cheats_left -= 1
+        vi = world.rng.randrange(len(self.vendors))
+        mine = [s for s in a.wallet.values() if s.vendor == VENDOR_IDS[vi] and s.value >= 1]
+        if not mine:
+            return
+        s = mine[0]
+        del a.wallet[s.scrip_id + s.vendor]
+        for _ in range(2):
+            self._request(world, a, vi, s, mc.Op.BUY, "a", 1, mc.Level.THEFT)
+        world.at(world.now + world.rng.uniform(0.2, 1.0), functools.partial(self._double_spend, world, a), "cheat")
+        later = world.now + (s.expiry + GRACE_S - self._unix(world)) / SPEED + world.rng.uniform(0.0, 1.0)
+        a.todo += 1
+        world.at(later, functools.partial(self._respend, world, a, vi, s), "respend")
+
+    def _respend(self, world: World, a: Actor, vi: int, s: mc.Scrip) -> None:
+        """Spend spent scrip again after it expired (and the vendor may have pruned it)."""
+        a.todo -= 1  # (a positive todo kept the actor's retry timer running)
+        self._request(world, a, vi, s, mc.Op.BUY, "a", 1, mc.Level.THEFT)
+
+    def _observe(self, world: World, msg: Message, vi: int) -> None:
+        """The thief sees a request on the network and attacks with it."""
+        thief = self.actors[-1]
+        if msg.src.port == thief.n or world.rng.random() > 0.3 or msg.mtype != mc.REQUEST.code:
+            return
+        f = mc.REQUEST_SCHEMA.decode(msg.param)
+        raw = f["scrip"]
+        attack = world.rng.randrange(5)
+        tv = vi
+        if attack == 0:  # spend it with the thief's own secret (level 2)
+            scrip, level = raw, mc.Level.THEFT
+        elif attack == 1:  # level 1: no MAC at all
+            scrip, level = raw, mc.Level.VALIDATION
+        elif attack == 2:  # rewrite the customer id to the thief's
+            scrip, level = raw[:25] + thief.cid + raw[33:], mc.Level.THEFT
+        elif attack == 3:  # raise the value
+            scrip, level = raw[:9] + (10**6).to_bytes(8, "big") + raw[17:], mc.Level.THEFT
+        else:  # replay verbatim (must not buy anything new)
+            world.at(
+                world.now + world.rng.uniform(0.0, 0.5),
+                functools.partial(self._send, world, Message(_uid(thief.n), msg.dst, msg.mtype, msg.param), vi, True),
+                "replay",
+            )
+            return
+        if world.rng.random() < 0.3:
+            tv = 1 - vi  # at the other vendor
+        secret = thief.secrets.get(VENDOR_IDS[tv])
+        rid = self._rid(thief)
+        self.thief_rids.add(rid)
+        mt, param = mc.make_request(scrip, rid=rid, level=level, secret=secret, price=f["price"], product=f["product"])
+        self._send(world, Message(_uid(thief.n), _uid(100 + tv), mt, param), tv, to_vendor=True)
+
+    def _timer(self, world: World, a: Actor) -> None:
+        for p in list(a.pending.values()):
+            self._send(world, p.msg, p.vendor, to_vendor=True)  # the same bytes: a re-fetch if it was accepted
+        now = self._unix(world)
+        for key, s in list(a.wallet.items()):
+            if a.kind != "thief" and s.expiry - now <= RENEW_WITHIN_S and s.expiry > now:
+                del a.wallet[key]
+                vi = VENDOR_IDS.index(s.vendor)
+                self._request(world, a, vi, s, mc.Op.RENEW, "", 0, mc.Level.THEFT)
+        if not world.healed or a.pending or a.todo:
+            world.at(world.now + RETRY_S, functools.partial(self._timer, world, a), "timer")
+
+    def _reply(self, world: World, a: Actor, msg: Message) -> None:
+        rid = mc.SEALED_SCHEMA.decode(msg.param)["rid"] if msg.mtype == mc.SEALED_REPLY.code else msg.param[3:19]
+        if a.kind == "thief":
+            accepted = msg.mtype == mc.REPLY.code and mc.REPLY_SCHEMA.decode(msg.param)["status"] == mc.Status.OK
+            if rid in self.thief_rids and accepted:
+                self.bad.append(f"the thief's request {rid.hex()} was accepted: stolen scrip bought something")
+            return
+        p = a.pending.get(rid)
+        if p is None:
+            return  # a duplicate of a reply already applied
+        out = mc.open_reply(msg.mtype, msg.param, rid=rid, level=p.level, secret=p.secret)
+        if out.status == mc.Status.OK:
+            key = (p.vendor, p.scrip.scrip_id)
+            self.accepted.setdefault(key, set()).add(rid)
+            if out.change is not None:
+                a.wallet[out.change.scrip_id + out.change.vendor] = out.change
+                self.minted[out.change.vendor + out.change.scrip_id] = out.change.value
+            self._check_durable(p.vendor, p.scrip, rid)
+        elif out.status == mc.Status.SPENT:
+            if a.kind == "honest":
+                self.bad.append(f"honest customer {a.n}: own scrip {p.scrip.scrip_id.hex()} refused as spent")
+        elif out.status == mc.Status.EXPIRED:
+            if a.kind == "honest":
+                a.wallet[p.scrip.scrip_id + p.scrip.vendor] = p.scrip  # outstanding, now worthless to spend
+        else:
+            self.bad.append(f"customer {a.n}: refused {out.status.name}: {out.detail}")
+            a.wallet[p.scrip.scrip_id + p.scrip.vendor] = p.scrip
+        del a.pending[rid]
+
+    def _check_durable(self, vi: int, s: mc.Scrip, rid: bytes) -> None:
+        key = s.expiry.to_bytes(4, "big") + s.scrip_id
+        with self.vendors[vi].store.inner.transaction() as txn:
+            if txn.get(mv.SPENT, key) is None and s.expiry > self.vendors[vi].core.pruned_through:
+                self.bad.append(f"vendor {vi} accepted {s.scrip_id.hex()} (rid {rid.hex()}) without a durable record")
+
+    # -- network and vendors ------------------------------------------------------------------
+    def _send(self, world: World, msg: Message, vi: int, to_vendor: bool) -> None:
+        plan = world.plan
+        if to_vendor and self.actors and msg.src.port != self.actors[-1].n:
+            self._observe(world, msg, vi)
+        copies = 1
+        if not world.healed:
+            if self.down.get((vi, to_vendor), -1.0) > world.now:
+                world.faults["drop"] += 1
+                return
+            if plan.drop_p and world.rng.random() < plan.drop_p:
+                world.faults["drop"] += 1
+                return
+            if plan.dup_p and world.rng.random() < plan.dup_p:
+                world.faults["duplicate"] += 1
+                copies = 2
+        for _ in range(copies):
+            delay = plan.latency_s
+            if not world.healed and plan.delay_max_s:
+                delay += world.rng.uniform(0.0, plan.delay_max_s)
+                world.faults["delay"] += 1
+            link = (msg.src.port, msg.dst.port, to_vendor)
+            if world.now + delay < self.last_arrival.get(link, 0.0):
+                world.faults["reorder"] += 1
+            self.last_arrival[link] = max(world.now + delay, self.last_arrival.get(link, 0.0))
+            if to_vendor:
+                world.at(world.now + delay, functools.partial(self._arrive_vendor, world, vi, msg), "deliver")
+            else:
+                a = self.actors[msg.dst.port - 1]
+                world.at(world.now + delay, functools.partial(self._reply, world, a, msg), "deliver")
+
+    def _arrive_vendor(self, world: World, vi: int, msg: Message) -> None:
+        v = self.vendors[vi]
+        v.inbox.append(msg)
+        if not v.scheduled:
+            v.scheduled = True
+            world.at(world.now + 0.002, functools.partial(self._commit, world, v), "commit")
+
+    def _commit(self, world: World, v: VendorNode) -> None:
+        v.scheduled = False
+        batch, v.inbox = v.inbox, []
+        if not batch:
+            return
+        v.store.armed = True
+        try:
+            replies = v.core.process_batch([(m.mtype, m.param) for m in batch], self._unix(world))
+        except StoreError:
+            v.store.armed = False
+            world.log(f"vendor {v.index} torn: {len(batch)} requests lost")
+            v.reopen()
+            return
+        v.store.armed = False
+        for m, (mt, p) in zip(batch, replies, strict=True):
+            self._send(world, m.reply(mt, p), v.index, to_vendor=False)
+
+    def _prune(self, world: World, v: VendorNode) -> None:
+        now = self._unix(world)
+        with v.store.inner.transaction() as txn:
+            before = {k: row for k, row in txn.scan(mv.SPENT, b"", mv.PRUNE_PAGE) if mc.expiry_of_key(k) <= now}
+        v.store.armed = True
+        try:
+            v.core.prune(now)
+        except StoreError:
+            v.store.armed = False
+            world.log(f"vendor {v.index} torn while pruning")
+            v.reopen()
+        v.store.armed = False
+        with v.store.inner.transaction() as txn:
+            for k, row in before.items():
+                if txn.get(mv.SPENT, k) is None:
+                    self.pruned[(v.index, k)] = self.prices.get(mc.parse_spent(row)[0], -(10**9))
+        world.at(world.now + PRUNE_S, functools.partial(self._prune, world, v), "prune")
+
+    def _crashes(self, world: World) -> None:
+        """Per tick: vendor crashes, and partitions between a vendor and its customers (one way or both)."""
+        if not world.healed:
+            if world.plan.partition_p and world.rng.random() < world.plan.partition_p:
+                vi = world.rng.randrange(len(self.vendors))
+                until = world.now + world.plan.partition_len_s
+                ways = [True, False] if world.rng.random() < 0.5 else [world.rng.random() < 0.5]
+                for towards in ways:
+                    self.down[(vi, towards)] = until
+                world.faults["partition"] += 1
+                world.log(f"partition vendor {vi} {ways} until {until:.3f}")
+            if world.plan.crash_p and world.rng.random() < world.plan.crash_p:
+                v = world.rng.choice(self.vendors)
+                world.faults["crash"] += 1
+                world.log(f"crash vendor {v.index}")
+                v.reopen()
+            world.at(world.now + 0.01, functools.partial(self._crashes, world), "crashes")
+
+    # -- invariants ------------------------------------------------------------------------------
+    def check(self, world: World, final: bool) -> list[str]:
+        bad = list(self.bad)
+        for (vi, sid), rids in self.accepted.items():
+            if len(rids) > 1:
+                bad.append(f"vendor {vi} accepted scrip {sid.hex()} {len(rids)} times")
+        if final and not bad and self.quiescent(world):
+            bad.extend(self._conservation())
+        return bad
+
+    def _conservation(self) -> list[str]:
+        """Issued = paid + outstanding, from the vendors' durable spent lists (and what pruning removed)."""
+        bad = []
+        spent: dict[bytes, int] = {}  # vendor + scrip id -> price paid
+        for (vi, key), price in self.pruned.items():
+            spent[VENDOR_IDS[vi] + key[4:]] = price
+        for v in self.vendors:
+            with v.store.inner.transaction() as txn:
+                rows = txn.scan(mv.SPENT)
+            for key, row in rows:
+                digest = mc.parse_spent(row)[0]
+                if digest not in self.prices:
+                    bad.append(f"vendor {v.index} accepted a request no owner made")
+                spent[VENDOR_IDS[v.index] + key[4:]] = self.prices.get(digest, 0)
+        for k in spent:
+            if k not in self.minted:
+                bad.append(f"scrip {k.hex()} was accepted but never issued")
+        paid = sum(spent.values())
+        outstanding = sum(v for k, v in self.minted.items() if k not in spent)
+        if self.issued != paid + outstanding:
+            bad.append(f"value not conserved: issued {self.issued} != paid {paid} + outstanding {outstanding}")
+        return bad
+
+    def quiescent(self, world: World) -> bool:
+        return all(not a.pending and a.todo <= 0 for a in self.actors if a.kind != "thief")
+
+
+register("millicent", MillicentScenario)
+register("millicent-broken", lambda: MillicentScenario(name="millicent-broken", broken=True))

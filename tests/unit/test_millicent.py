@@ -1,0 +1,385 @@
+"""Millicent: scrip, secrets, the three levels, the vendor's checks and the attacks (in process, real stores)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cardnet.crypto import profile
+from cardnet.protocols import millicent as mc
+from cardnet.services import millicent_broker as mb
+from cardnet.services import millicent_vendor as mv
+from cardnet.store import SqliteStore
+
+VID = bytes.fromhex("00000000000000a1")
+OTHER = bytes.fromhex("00000000000000b2")
+NOW = 1_800_000_000
+ALICE = bytes.fromhex("0100000000000001")
+EVE = bytes.fromhex("0200000000000002")
+
+
+def rng(seed: int = 1) -> Any:
+    return random.Random(seed).randbytes
+
+
+@pytest.fixture
+def vendor(tmp_path: Path) -> mv.VendorCore:
+    store = SqliteStore(str(tmp_path / "vendor.db"))
+    mv.init_vendor(store, VID, rng=rng(), validity_s=3600)
+    mv.add_product(store, "page", 3, b"<p>hello</p>")
+    return mv.VendorCore(store)
+
+
+def scrip_for(core: mv.VendorCore, customer: bytes = ALICE, value: int = 10, serial: int = 7, **kw: Any) -> mc.Scrip:
+    args: dict[str, Any] = {"expiry": NOW + 100, **kw}
+    return mc.mint(
+        core.vendor.scrip_secrets,
+        index=0,
+        vendor=core.vendor_id,
+        value=value,
+        serial=serial,
+        customer_id=customer,
+        **args,
+    )
+
+
+def secret(core: mv.VendorCore, cid: bytes = ALICE) -> bytes:
+    return mc.customer_secret(core.vendor.customer_masters, cid)
+
+
+def buy(
+    core: mv.VendorCore,
+    s: mc.Scrip | bytes,
+    *,
+    rid: bytes = b"r" * 16,
+    level: mc.Level = mc.Level.THEFT,
+    key: bytes | None = None,
+    price: int = 3,
+    product: str = "page",
+    op: mc.Op = mc.Op.BUY,
+    now: int = NOW,
+) -> tuple[tuple[int, bytes], mc.Outcome]:
+    cid = (s.encode() if isinstance(s, mc.Scrip) else s)[25:33]
+    k = key if key is not None else secret(core, cid)
+    req = mc.make_request(s, rid=rid, level=level, secret=k, price=price, product=product, op=op)
+    [(mt, param)] = core.process_batch([req], now)
+    return req, mc.open_reply(mt, param, rid=rid, level=level, secret=k)
+
+
+# --- scrip --------------------------------------------------------------------------------
+
+
+def test_scrip_has_the_papers_fields_and_a_compact_encoding(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor, properties=b"tax=CH")
+    raw = s.encode()
+    assert len(raw) == mc.SCRIP_MIN_BYTES + 6 == 60
+    assert mc.SCRIP_MIN_BYTES == 54
+    assert mc.Scrip.decode(raw) == s
+    assert [f for f in mc.Scrip.__slots__] == [
+        "vendor",
+        "value",
+        "scrip_id",
+        "customer_id",
+        "expiry",
+        "properties",
+        "certificate",
+    ]
+    assert s.secret_index == 0 and s.serial == 7
+    assert s.certificate == profile.hmac_sha256(vendor.vendor.scrip_secrets[0], s.body(), 16)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "truncated"),
+        (b"\x02" + bytes(53), "bad_version"),
+        (b"\x01" + bytes(53) + b"x", "bad_length"),
+    ],
+)
+def test_scrip_decode_refuses_malformed(raw: bytes, reason: str) -> None:
+    with pytest.raises(mc.DecodeError) as err:
+        mc.Scrip.decode(raw)
+    assert err.value.reason == reason
+
+
+def test_master_secret_rotation_keeps_live_scrip_valid(vendor: mv.VendorCore) -> None:
+    old = scrip_for(vendor, serial=1)
+    new_index = mv.rotate_secret(vendor.store, rng=rng(2))
+    core = mv.VendorCore(vendor.store)
+    assert core.vendor.mint_index == new_index == 1
+    _, out = buy(core, old, rid=b"1" * 16)
+    assert out.status == mc.Status.OK and out.change is not None
+    assert out.change.secret_index == new_index  # change is made under the new secret
+    # Dropping a retired secret makes what is left under it unverifiable (after its scrip expired).
+    del core.vendor.scrip_secrets[0]
+    _, out = buy(core, scrip_for(vendor, serial=2), rid=b"2" * 16)
+    assert out.status == mc.Status.FORGED
+
+
+def test_customer_secret_is_hmac_of_the_selected_master() -> None:
+    masters = {1: b"a" * 32, 2: b"b" * 32}
+    s1 = mc.customer_secret(masters, ALICE)
+    assert s1 == profile.hmac_sha256(b"a" * 32, b"millicent customer secret\x00" + ALICE)
+    assert mc.customer_secret(masters, EVE) != s1
+    with pytest.raises(mc.MillicentError):
+        mc.customer_secret(masters, b"\x09" + bytes(7))
+
+
+# --- levels --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [mc.Level.THEFT, mc.Level.PRIVATE])
+def test_purchase_with_change_at_levels_2_and_3(vendor: mv.VendorCore, level: mc.Level) -> None:
+    (mt, param), out = buy(vendor, scrip_for(vendor), level=level)
+    assert out.status == mc.Status.OK
+    assert out.content == b"<p>hello</p>"
+    assert out.change is not None and out.change.value == 7 and out.change.customer_id == ALICE
+    assert out.change.expiry == NOW + 3600
+    if level == mc.Level.PRIVATE:
+        assert mt == mc.SEALED_REQUEST.code
+        assert scrip_for(vendor).encode() not in param  # the scrip is not visible on the wire
+
+
+def test_level_1_is_refused_by_a_level_2_vendor_but_accepted_by_a_level_1_vendor(vendor: mv.VendorCore) -> None:
+    _, out = buy(vendor, scrip_for(vendor), level=mc.Level.VALIDATION)
+    assert out.status == mc.Status.LEVEL_TOO_LOW
+    vendor.vendor.min_level = mc.Level.VALIDATION
+    _, out = buy(vendor, scrip_for(vendor), level=mc.Level.VALIDATION)
+    assert out.status == mc.Status.OK
+
+
+def test_renewal_exchanges_old_scrip_for_new(vendor: mv.VendorCore) -> None:
+    _, out = buy(vendor, scrip_for(vendor, expiry=NOW + 5), op=mc.Op.RENEW, price=0, product="")
+    assert out.status == mc.Status.OK and out.change is not None
+    assert out.change.value == 10 and out.change.expiry == NOW + 3600
+
+
+def test_level_2_reply_mac_is_checked_by_the_customer(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor)
+    req = mc.make_request(s, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor), price=3, product="page")
+    [(mt, param)] = vendor.process_batch([req], NOW)
+    f = mc.REPLY_SCHEMA.decode(param)
+    f["content"] = b"<p>evil</p>"  # a man in the middle rewrites the page
+    with pytest.raises(mc.MillicentError):
+        mc.open_reply(mt, mc.REPLY_SCHEMA.encode(f), rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor))
+
+
+# --- attacks --------------------------------------------------------------------------------
+
+
+def test_forged_certificate_is_refused(vendor: mv.VendorCore) -> None:
+    raw = bytearray(scrip_for(vendor).encode())
+    raw[-1] ^= 1
+    _, out = buy(vendor, bytes(raw))
+    assert out.status == mc.Status.FORGED
+
+
+def test_altered_value_is_refused_as_forged(vendor: mv.VendorCore) -> None:
+    raw = scrip_for(vendor).encode()
+    altered = raw[:9] + (1000).to_bytes(8, "big") + raw[17:]
+    _, out = buy(vendor, altered)
+    assert out.status == mc.Status.FORGED
+
+
+def test_altered_customer_id_is_refused_as_forged(vendor: mv.VendorCore) -> None:
+    raw = scrip_for(vendor).encode()
+    _, out = buy(vendor, raw[:25] + EVE + raw[33:], key=secret(vendor, EVE))
+    assert out.status == mc.Status.FORGED
+
+
+def test_thief_spending_someone_elses_scrip_is_refused_as_stolen(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor)
+    _, out = buy(vendor, s, key=secret(vendor, EVE))  # Eve MACs with her own secret
+    assert out.status == mc.Status.STOLEN
+    _, out = buy(vendor, s, key=secret(vendor, EVE), level=mc.Level.PRIVATE)
+    assert out.status == mc.Status.STOLEN
+    _, out = buy(vendor, s)  # Alice can still spend it: nothing was spent
+    assert out.status == mc.Status.OK
+
+
+def test_double_spend_sequential_is_refused(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor)
+    assert buy(vendor, s, rid=b"1" * 16)[1].status == mc.Status.OK
+    second = buy(vendor, s, rid=b"2" * 16)[1]
+    assert second.status == mc.Status.SPENT and second.change is None
+    assert vendor.spent_count() == 1
+
+
+def test_double_spend_in_one_group_commit_accepts_one(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor)
+    k = secret(vendor)
+    reqs = [
+        mc.make_request(s, rid=bytes([i]) * 16, level=mc.Level.THEFT, secret=k, price=3, product="page")
+        for i in range(5)
+    ]
+    replies = vendor.process_batch(reqs, NOW)
+    statuses = [
+        mc.open_reply(mt, p, rid=bytes([i]) * 16, level=mc.Level.THEFT, secret=k).status
+        for i, (mt, p) in enumerate(replies)
+    ]
+    assert statuses.count(mc.Status.OK) == 1 and statuses.count(mc.Status.SPENT) == 4
+
+
+def test_replayed_request_gets_the_stored_reply_and_spends_nothing_more(vendor: mv.VendorCore) -> None:
+    s = scrip_for(vendor)
+    req, first = buy(vendor, s)
+    again = vendor.process_batch([req, req], NOW + 50)  # replays, even after restarts
+    core = mv.VendorCore(vendor.store)
+    later = core.process_batch([req], NOW + 60)
+    for mt, p in [*again, *later]:
+        out = mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor))
+        assert out == first  # same change scrip: a re-fetch, never a second spend
+    assert core.spent_count() == 1
+    assert core.stats.refetched == 1
+
+
+def test_expired_scrip_is_refused(vendor: mv.VendorCore) -> None:
+    _, out = buy(vendor, scrip_for(vendor, expiry=NOW))
+    assert out.status == mc.Status.EXPIRED
+
+
+def test_scrip_of_another_vendor_is_refused(vendor: mv.VendorCore, tmp_path: Path) -> None:
+    other_store = SqliteStore(str(tmp_path / "other.db"))
+    mv.init_vendor(other_store, OTHER, rng=rng(3))
+    other = mv.VendorCore(other_store)
+    s = mc.mint(
+        other.vendor.scrip_secrets, index=0, vendor=OTHER, value=10, serial=1, customer_id=ALICE, expiry=NOW + 100
+    )
+    _, out = buy(vendor, s)
+    assert out.status == mc.Status.WRONG_VENDOR
+
+
+def test_pruning_is_safe_because_expired_scrip_is_refused_even_with_the_clock_set_back(
+    vendor: mv.VendorCore,
+) -> None:
+    vendor.vendor.refetch_grace_s = 20
+    s = scrip_for(vendor, expiry=NOW + 10)
+    req, first = buy(vendor, s)
+    # Expired but within the grace: the same request still fetches its reply; another one is refused.
+    [(mt, p)] = vendor.process_batch([req], NOW + 15)
+    assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)) == first
+    assert buy(vendor, s, rid=b"n" * 16, now=NOW + 15)[1].status == mc.Status.EXPIRED
+    assert vendor.prune(NOW + 25) == 0  # within the grace: kept
+    assert vendor.prune(NOW + 30) == 1
+    assert vendor.spent_count() == 0
+    core = mv.VendorCore(vendor.store)  # restarted, and its clock goes back
+    [(mt, p)] = core.process_batch([req], NOW + 1)
+    out = mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor))
+    assert out.status == mc.Status.EXPIRED
+    _, out = buy(core, scrip_for(vendor, expiry=NOW + 9, serial=99), rid=b"x" * 16, now=NOW + 1)
+    assert out.status == mc.Status.EXPIRED  # below the pruned mark
+
+
+def test_price_and_product_are_checked(vendor: mv.VendorCore) -> None:
+    assert buy(vendor, scrip_for(vendor), price=1)[1].status == mc.Status.MALFORMED
+    assert buy(vendor, scrip_for(vendor), product="nope")[1].status == mc.Status.UNKNOWN_PRODUCT
+    assert buy(vendor, scrip_for(vendor, value=2))[1].status == mc.Status.INSUFFICIENT
+    assert vendor.spent_count() == 0
+
+
+def test_a_refetch_still_works_after_the_price_changed(vendor: mv.VendorCore) -> None:
+    req, first = buy(vendor, scrip_for(vendor))
+    mv.add_product(vendor.store, "page", 4, b"<p>dearer</p>")
+    core = mv.VendorCore(vendor.store)
+    [(mt, p)] = core.process_batch([req], NOW)
+    assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)) == first
+    _, out = buy(core, scrip_for(vendor, serial=8), rid=b"o" * 16)  # a new request at the old price
+    assert out.status == mc.Status.MALFORMED and "price" in out.detail
+
+
+def test_validate_batch_checks_binding_and_spends_once(vendor: mv.VendorCore) -> None:
+    a = scrip_for(vendor, serial=1).encode()
+    b = scrip_for(vendor, serial=2).encode()
+    k = secret(vendor)
+    good = profile.hmac_sha256(k, b"x", 16)
+    bad = profile.hmac_sha256(secret(vendor, EVE), b"x", 16)
+    assert vendor.validate_batch([(a, b"x", good), (a, None, None), (b, b"x", bad)], NOW) == [
+        mc.Status.OK,
+        mc.Status.SPENT,
+        mc.Status.STOLEN,
+    ]
+    assert vendor.validate_batch([(a, None, None), (b, None, None)], NOW) == [mc.Status.SPENT, mc.Status.OK]
+
+
+def test_issue_for_another_customer_bulk_mode(vendor: mv.VendorCore) -> None:
+    """A broker holding bulk scrip pays with it for scrip bound to a customer, and learns her secret."""
+    broker_cid = bytes.fromhex("0300000000000003")
+    bulk = scrip_for(vendor, customer=broker_cid, value=100)
+    k = secret(vendor, broker_cid)
+    req = mc.make_request(
+        bulk, rid=b"i" * 16, level=mc.Level.THEFT, secret=k, price=30, op=mc.Op.ISSUE, for_customer=ALICE
+    )
+    [(mt, p)] = vendor.process_batch([req], NOW)
+    out = mc.open_reply(mt, p, rid=b"i" * 16, level=mc.Level.THEFT, secret=k)
+    assert out.status == mc.Status.OK and out.issued is not None and out.change is not None
+    assert out.issued.customer_id == ALICE and out.issued.value == 30 and out.change.value == 70
+    assert out.issued_secret == secret(vendor, ALICE)
+    assert buy(vendor, out.issued, rid=b"a" * 16)[1].status == mc.Status.OK
+
+
+# --- broker ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker(tmp_path: Path, vendor: mv.VendorCore) -> mb.BrokerCore:
+    store = SqliteStore(str(tmp_path / "broker.db"))
+    mb.add_licence(store, mv.export_licence(vendor.store, "bob", rng=rng(4)), discount_pct=10)
+    return mb.BrokerCore(store, rng=rng(5), validity_s=3600)
+
+
+def open_account(b: mb.BrokerCore) -> tuple[profile.PrivateKey, bytes]:
+    key = profile.generate_private_key(rng(6))
+    f = mc.OPENED_SCHEMA.decode(b.open_account(profile.public_bytes(key.public_key())))
+    return key, f["customer_id"]
+
+
+def purchase(b: mb.BrokerCore, key: profile.PrivateKey, cid: bytes, value: int, rid: bytes) -> dict[str, Any]:
+    f: dict[str, Any] = {"customer_id": cid, "vendor": VID, "value": value, "rid": rid, "want_secret": 1}
+    f["sig"] = profile.sign(key, mc.purchase_sig_input(f))
+    return mc.PURCHASED_SCHEMA.decode(b.purchase(mc.PURCHASE_SCHEMA.encode(f), NOW))
+
+
+def test_broker_sells_licensed_scrip_that_the_vendor_accepts_then_redeems_once(
+    broker: mb.BrokerCore, tmp_path: Path
+) -> None:
+    key, cid = open_account(broker)
+    assert purchase(broker, key, cid, 10, b"p" * 16)["status"] == 1  # no balance yet
+    mb.deposit(broker.store, cid, 50)
+    r = purchase(broker, key, cid, 10, b"q" * 16)
+    assert r["status"] == 0 and r["balance"] == 40
+    assert purchase(broker, key, cid, 10, b"q" * 16) == r  # the same purchase again: no second debit
+    assert broker.account(cid) == 40
+    s = mc.Scrip.decode(r["scrip"])
+    customer_secret = profile.hpke_open(key, r["secret_box"], info=b"millicent customer secret" + VID + cid)
+    vendor = mv.VendorCore(SqliteStore(str(tmp_path / "vendor.db")))  # reloads the licence
+    _, out = buy(vendor, s, key=customer_secret)
+    assert out.status == mc.Status.OK
+    [(seq, item)] = vendor.redeemable()
+    param, _seqs = vendor.redeem_request([(seq, item)], s.secret_index)
+    paid = mc.REDEEMED_SCHEMA.decode(broker.redeem(param))
+    assert paid["paid"] == 9 and paid["duplicates"] == 0  # 10 % discount
+    again = mc.REDEEMED_SCHEMA.decode(broker.redeem(param))
+    assert again["paid"] == 0 and again["duplicates"] == 1
+    assert broker.vendors() == {VID.hex(): 9}
+
+
+def test_broker_refuses_unsigned_purchases_and_forged_redemptions(broker: mb.BrokerCore) -> None:
+    _key, cid = open_account(broker)
+    mb.deposit(broker.store, cid, 50)
+    other = profile.generate_private_key(rng(9))
+    assert purchase(broker, other, cid, 10, b"z" * 16)["status"] == 1
+    assert broker.account(cid) == 50
+    fake = mc.REDEEM_SCHEMA.encode({"vendor": VID, "batch": b"b" * 16, "items": [bytes(16)], "mac": bytes(16)})
+    assert mc.REDEEMED_SCHEMA.decode(broker.redeem(fake))["status"] == 1
+
+
+def test_store_insert_many_is_first_wins(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    with store.transaction() as txn:
+        assert txn.insert_many("t", [(b"a", b"1"), (b"b", b"1")]) == 2
+        assert txn.insert_many("t", [(b"b", b"2"), (b"c", b"2")]) == 1
+        assert txn.get("t", b"b") == b"1" and txn.get("t", b"c") == b"2"
+    store.close()
