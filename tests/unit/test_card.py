@@ -10,6 +10,7 @@ from cardnet.applets.counter import COUNT, COUNTED, CounterApplet
 from cardnet.card import Applet, Card, CardError, Refused, StepContext
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
+from cardnet.card.runtime import DELETE_BATCH
 from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore, StoreError
 from cardnet.wire import Bytes, Field, Message, Schema, Uid, UInt, register
@@ -139,14 +140,35 @@ def test_an_ack_lost_in_a_crash_only_causes_a_duplicate(make_card: CardFactory, 
     again.close()
 
 
-def test_acks_ride_on_the_next_step(make_card: CardFactory, tmp_path: Any) -> None:
+def test_acked_outbox_rows_are_deleted_in_batches(make_card: CardFactory, tmp_path: Any) -> None:
     card = make_card("c")
-    a = card.step(COUNT.make(app_of(card), card.uid, n=1), 0.0)[0]
-    card.ack([a.seq])  # type: ignore[list-item]
-    b = card.step(COUNT.make(app_of(card), card.uid, n=2), 0.0)[0]
-    card._store.close()  # crash after the second step
+    seqs = []
+    for n in range(DELETE_BATCH + 5):
+        out = card.step(COUNT.make(app_of(card), card.uid, n=n), 0.0)[0]
+        assert out.seq is not None
+        card.ack([out.seq])
+        seqs.append(out.seq)
+    last = card.step(COUNT.make(app_of(card), card.uid, n=99), 0.0)[0]  # not acknowledged
+    card._store.close()  # crash: acks not yet written are lost, rows not yet deleted come back
     again = Card(SqliteStore(str(tmp_path / "c.db")), applets=[CounterApplet()])
-    assert [o.seq for o in again.outbox()] == [b.seq]
+    back = [o.seq for o in again.outbox()]
+    assert back[-1] == last.seq  # never lost
+    assert len(back) <= DELETE_BATCH + 1  # a batch was deleted: at most one batch comes back as duplicates
+    assert set(back[:-1]) <= set(seqs)
+    again.close()
+
+
+def test_flush_deletes_every_acknowledged_row(make_card: CardFactory, tmp_path: Any) -> None:
+    card = make_card("c")
+    for n in range(3):
+        out = card.step(COUNT.make(app_of(card), card.uid, n=n), 0.0)[0]
+        card.ack([out.seq])  # type: ignore[list-item]
+    card.flush()
+    card._store.close()
+    again = Card(SqliteStore(str(tmp_path / "c.db")), applets=[CounterApplet()])
+    assert again.outbox() == []
+    nxt = again.step(COUNT.make(app_of(again), again.uid, n=9), 0.0)[0]
+    assert nxt.seq == 4  # sequence numbers continue after the deleted rows
     again.close()
 
 

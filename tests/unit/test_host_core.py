@@ -225,15 +225,18 @@ def test_the_card_proxy_group_commits_everything_queued_for_a_card(
     for i, cap in enumerate(caps):
         assert [p["n"] for p in got[cap.uid]] == [10 * i + n for n in range(5)]
     assert sorted(p["total"] for ps in got.values() for p in ps) == list(range(1, 16))
-    # The 15 replies were delivered, so they are acknowledged; the acks ride on the next commit.
+    # The 15 replies were delivered, so they are acknowledged; finished rows are deleted in batches.
     assert card.outbox() == []
-    assert len(durable_outbox(tmp_path / "counted.db")) == 15
+    assert len(durable_outbox(tmp_path / "counted.db")) == 18  # 3 port grants + 15 replies, not deleted yet
     host.pump(T)
     assert store.transactions == before + 1  # nothing queued: no transaction just for acks
     caps[0].send(card.uid, COUNT, n=99)
     host.pump(T)
     assert store.transactions == before + 2
-    assert [COUNTED.parse(m)["n"] for m in durable_outbox(tmp_path / "counted.db")] == [99]
+    assert COUNTED.parse(durable_outbox(tmp_path / "counted.db")[-1])["n"] == 99
+    card.flush()  # deletes every acknowledged row at once
+    assert store.transactions == before + 3
+    assert durable_outbox(tmp_path / "counted.db") == []
 
 
 def _reply_waiting_for_b(two: Two) -> tuple[Any, SendRemote]:
@@ -263,7 +266,8 @@ def test_a_card_output_is_acknowledged_only_once_it_left_the_host(two: Two, tmp_
     assert rep.msg in durable_outbox(tmp_path / "a.db")  # the ack is not written yet...
     app_a.send(card_a.uid, COUNT, n=2)
     a.pump(T)
-    assert rep.msg not in durable_outbox(tmp_path / "a.db")  # ...it rode on the next commit
+    card_a.flush()  # finished outbox rows are deleted in batches; flush deletes them now
+    assert rep.msg not in durable_outbox(tmp_path / "a.db")
     assert two.b.receive_remote(rep.msg, "a") is True
     two.b.pump(T)
     assert [REPLY.parse(m)["body"] for m in app_b.receive_all()] == [b"across"]

@@ -119,6 +119,8 @@ class Card:
         # The outbox: one row per commit, holding that commit's outputs (consecutive seqs).
         self._rows: dict[int, list[tuple[int, bytes]]] = {}  # first seq -> [(seq, encoded message)]
         self._row_of: dict[int, int] = {}  # seq -> first seq of its row
+        self._row_left: dict[int, int] = {}  # first seq -> outputs of the row not yet acknowledged
+        self._done: set[int] = set()  # rows whose outputs are all acknowledged (deleted in batches)
         for (t, k), v in self._mem.items():
             if t == OUT:
                 self._load_row(int.from_bytes(k, "big"), v)
@@ -248,7 +250,7 @@ class Card:
             value = _pack_row(row)
             self._pending[(OUT, first_seq.to_bytes(8, "big"))] = value
             self._pending_used += 8 + len(value) - reserved  # exact size instead of the per-output reservation
-        if self._pending or self._acks:
+        if self._pending or self._done:
             try:
                 self._commit(row)
             except BaseException:
@@ -303,24 +305,37 @@ class Card:
         src = self._uid if self._uid is not None else Uid(msg.dst.domain, 0)
         return cm.REFUSED.make(src, msg.src, mtype=msg.mtype, reason=_clip(reason, 64), detail=_clip(detail, 500))
 
-    def _commit(self, row: list[tuple[int, bytes]] | None = None) -> None:
-        """Write the pending overlay, the new outbox row and the finished acknowledgements in one transaction."""
+    def _commit(self, row: list[tuple[int, bytes]] | None = None, *, force: bool = False) -> None:
+        """Write the pending overlay, the new outbox row and finished outbox rows' deletion in one transaction.
+
+        Fully acknowledged outbox rows are deleted in batches (``DELETE_BATCH`` of
+        them, or at once under memory pressure or when ``force``d by ``flush``):
+        most steps then write two rows and delete none. Until deleted, a finished
+        row still counts against the capacity and is re-emitted after a crash
+        (duplicates, never losses). The next sequence number is written with every
+        deletion, before the row holding the highest seq can disappear.
+        """
         pending = self._pending
         freed = 0
         done_rows: list[int] = []
-        if self._acks:
-            acks = self._acks
-            done_rows = [first for first, items in self._rows.items() if all(seq in acks for seq, _ in items)]
+        if self._done:
+            done_rows = sorted(self._done)
+            pressure = 2 * (self._used + self._pending_used) > self.capacity_bytes
+            if not (force or pressure or len(done_rows) >= DELETE_BATCH):
+                done_rows = []
             for first in done_rows:
                 tk = (OUT, first.to_bytes(8, "big"))
                 old = self._mem.get(tk)
                 if old is not None and tk not in pending:
                     pending[tk] = None
                     freed += len(old) + 8
+        if not pending:
+            return  # acknowledgements only, none due yet: nothing to write
         next_raw = self._next_seq.to_bytes(8, "big")
         puts = [(_skey(tk), v) for tk, v in pending.items() if v is not None]
-        puts.append((_NEXT_KEY, next_raw))
         dels = [_skey(tk) for tk, v in pending.items() if v is None]
+        if done_rows or (NEXT, b"") not in self._mem:
+            puts.append((_NEXT_KEY, next_raw))
         try:
             self._store.write(STORE_TABLE, puts, dels)
         except BaseException:
@@ -334,11 +349,14 @@ class Card:
                 mem.pop(tk, None)
             else:
                 mem[tk] = v
-        mem[(NEXT, b"")] = next_raw
+        if done_rows or (NEXT, b"") not in mem:
+            mem[(NEXT, b"")] = next_raw
         for first in done_rows:
             for seq, _ in self._rows.pop(first):
                 self._acks.discard(seq)
                 del self._row_of[seq]
+            del self._row_left[first]
+            self._done.discard(first)
         if row:
             self._add_row(row)
         self._used += self._pending_used - freed
@@ -351,6 +369,7 @@ class Card:
     def _add_row(self, row: list[tuple[int, bytes]]) -> None:
         first = row[0][0]
         self._rows[first] = row
+        self._row_left[first] = len(row)
         for seq, _ in row:
             self._row_of[seq] = first
 
@@ -371,12 +390,18 @@ class Card:
         acknowledged; until then a crash re-emits the row's unacknowledged and
         acknowledged outputs alike (duplicates, never losses).
         """
-        self._acks.update(seq for seq in seqs if seq in self._row_of)
+        for seq in seqs:
+            first = self._row_of.get(seq)
+            if first is not None and seq not in self._acks:
+                self._acks.add(seq)
+                self._row_left[first] -= 1
+                if self._row_left[first] == 0:
+                    self._done.add(first)
 
     def flush(self) -> None:
-        """Write pending acknowledgements now (normally they ride on the next step)."""
-        if self._acks:
-            self._commit()
+        """Delete every fully acknowledged outbox row now (normally done in batches with later steps)."""
+        if self._done:
+            self._commit(force=True)
 
     # -- internals for StepContext -----------------------------------------------------
     def _key(self) -> profile.PrivateKey:
@@ -419,6 +444,7 @@ _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 
 _NEXT_KEY = _skey((NEXT, b""))
+DELETE_BATCH = 32  # finished outbox rows deleted together (one delete per 32 steps, not one per step)
 _OUT_RESERVE = 8  # bytes reserved per output besides its size (its share of the row: 4-byte length, row key)
 
 
