@@ -721,3 +721,14 @@ def test_postgresql_unsupported_for_now(url: str) -> None:
     with pytest.raises(StoreError) as ei:
         open_store(url)
     assert ei.value.reason == "unsupported"
+
+
+@pytest.mark.parametrize("n_puts", [0, 1, 3, 8, 9, 40])
+def test_write_puts_then_deletes_in_one_transaction(tmp_path: Path, n_puts: int) -> None:
+    store = SqliteStore(str(tmp_path / "w.db"))
+    with store.transaction() as t:
+        t.put("t", b"old", b"x")
+    store.write("t", [(b"k%d" % i, b"v%d" % i) for i in range(n_puts)], [b"old"])
+    with store.transaction() as t:
+        assert t.scan("t") == sorted((b"k%d" % i, b"v%d" % i) for i in range(n_puts))
+    store.close()

@@ -217,7 +217,9 @@ class SqliteStore:
         with self._lock:
             c = self._begin()
             try:
-                if len(puts) <= _MULTI_ROWS:  # one statement for a few rows: cheaper than executemany
+                if not puts:
+                    pass
+                elif len(puts) <= _MULTI_ROWS:  # one statement for a few rows: cheaper than executemany
                     c.execute(_put_rows_sql(len(puts)), [x for k, v in puts for x in (table, k, v)])
                 else:
                     c.executemany(
