@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +145,7 @@ def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | Non
     host, port = _listen(listen)
     core = VendorCore(_store(store))
 
-    async def main() -> None:
-        server = VendorServer(core, prune_every_s=prune_every, failpoint=failpoint)
-        addr = await server.start(host, port)
-        console.print(f"ready vendor {addr[0]}:{addr[1]}", markup=False)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.aclose()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    _serve("vendor", lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint), host, port)
 
 
 @vendor.command("redeem")
@@ -239,17 +230,7 @@ def broker_run(store: str, listen: str) -> None:
     host, port = _listen(listen)
     core = BrokerCore(_store(store))
 
-    async def main() -> None:
-        server = BrokerServer(core)
-        addr = await server.start(host, port)
-        console.print(f"ready broker {addr[0]}:{addr[1]}", markup=False)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.aclose()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    _serve("broker", lambda: BrokerServer(core), host, port)
 
 
 @broker.command("status")
@@ -397,3 +378,19 @@ def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) 
     console.print(table)
     for target, ok in r["targets"].items():
         console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+
+
+def _serve(label: str, make: Callable[[], Any], host: str, port: int) -> None:
+    """Run a service server (``start(host, port)`` / ``aclose()``) until interrupted; print "ready" once listening."""
+
+    async def main() -> None:
+        server = make()
+        addr = await server.start(host, port)
+        console.print(f"ready {label} {addr[0]}:{addr[1]}", markup=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
