@@ -52,7 +52,13 @@ def test_bench_card_json_has_every_figure_beside_its_bound() -> None:
     r = cardnet("bench", "card", "--json", "--seconds", "0.5")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    for key in ("steps_per_s", "grouped_steps_per_s", "sqlite_commit_per_s", "fsync_per_s"):
+    for key in (
+        "steps_per_s",
+        "grouped_steps_per_s",
+        "sqlite_commit_per_s",
+        "sqlite_commit_exclusive_per_s",
+        "fsync_per_s",
+    ):
         assert isinstance(d[key], int) and d[key] > 0, key
     assert d["group"] == 32
     assert set(d["targets"]) == {

@@ -79,6 +79,7 @@ def test_a_host_with_a_certificate_from_another_ca_is_refused(tls_hosts: list[Ho
             data = b""
     assert data == b""
     time.sleep(0.5)
+    b.stop()  # the host owns its card's store while it runs: look inside once it has stopped
     card = Card.open(f"sqlite:///{b.dir / 'b.card.db'}", applets=[EchoApplet()])
     try:
         assert ("a.echo", request_key(rogue, 9)) not in card._mem, "the rogue host's message reached the card"

@@ -133,6 +133,21 @@ def test_the_broken_echo_is_caught_with_a_trace_ending_in_the_violation() -> Non
     assert run_seed("echo-broken", seed).trace == failure.trace  # and the failure replays
 
 
+def test_worker_processes_give_the_same_summary_as_one_process() -> None:
+    """Seeds are independent: --jobs changes the time taken, never the outcome."""
+    for protocol in ("echo", "echo-broken"):
+        serial = run_many(protocol, range(10, 70))
+        parallel = run_many(protocol, range(10, 70), jobs=2)
+        assert parallel.runs == serial.runs == 60
+        assert parallel.faults_injected == serial.faults_injected
+        assert parallel.failing_seeds == serial.failing_seeds
+        assert parallel.violations == serial.violations
+        assert (serial.violations > 0) == (protocol == "echo-broken")  # a failing run is compared too
+        if serial.first_failure is not None:
+            assert parallel.first_failure is not None
+            assert parallel.first_failure.trace == serial.first_failure.trace
+
+
 def test_the_echo_invariant_is_checked_against_the_cards_themselves() -> None:
     """A scenario's check reads the servers' state: corrupting it is a violation at once."""
     scenario = EchoScenario()

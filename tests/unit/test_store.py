@@ -732,3 +732,37 @@ def test_write_puts_then_deletes_in_one_transaction(tmp_path: Path, n_puts: int)
     with store.transaction() as t:
         assert t.scan("t") == sorted((b"k%d" % i, b"v%d" % i) for i in range(n_puts))
     store.close()
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("n_puts", [1, 2, 8, 9])
+@pytest.mark.parametrize("n_deletes", [0, 1, 32, 65])
+def test_write_every_shape_survives_reopen(tmp_path: Path, exclusive: bool, n_puts: int, n_deletes: int) -> None:
+    """Puts alone (one autocommit statement), with deletes (one IN statement, or many), either locking mode."""
+    path = str(tmp_path / "w.db")
+    store = SqliteStore(path, exclusive=exclusive)
+    store.write("t", [(b"old%03d" % i, b"x") for i in range(70)], [])
+    store.write("t", [(b"k%d" % i, b"v%d" % i) for i in range(n_puts)], [b"old%03d" % i for i in range(n_deletes)])
+    store.close()
+    again = SqliteStore(path, exclusive=exclusive)
+    with again.transaction() as t:
+        rows = dict(t.scan("t"))
+    again.close()
+    assert {k: v for k, v in rows.items() if k.startswith(b"k")} == {b"k%d" % i: b"v%d" % i for i in range(n_puts)}
+    assert sorted(k for k in rows if k.startswith(b"old")) == [b"old%03d" % i for i in range(n_deletes, 70)]
+
+
+def test_an_exclusive_store_has_one_owner(tmp_path: Path) -> None:
+    """A card's store is held by the host running the card: a second opener is refused, with what to do."""
+    url = f"sqlite:///{tmp_path / 'card.db'}"
+    owner = open_store(url, exclusive=True)
+    owner.write("t", [(b"k", b"v")], [])
+    for exclusive in (True, False):
+        with pytest.raises(StoreError) as ei:
+            open_store(url, exclusive=exclusive)
+        assert ei.value.reason == "in_use" and "stop that host" in str(ei.value)
+    owner.close()
+    reader = open_store(url)  # the owner let go: anyone may open it now
+    with reader.transaction() as t:
+        assert t.get("t", b"k") == b"v"
+    reader.close()

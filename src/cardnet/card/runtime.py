@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -55,8 +54,7 @@ _SEP = b"\x00"
 TableKey = tuple[str, bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """A message leaving the card. ``seq`` is its outbox number (ack it once
     delivered), or None for a refusal notice that is not stored."""
 
@@ -226,45 +224,50 @@ class Card:
         results: list[list[Outgoing]] = []
         after: list[Any] = []
         row: list[tuple[int, bytes]] = []
-        first_seq = self._next_seq
+        pending = self._pending
+        first_seq = seq = self._next_seq
         reserved = 0
         for msg in msgs:
             ctx, refusal = self._run(msg, now)
-            if refusal is not None:
-                results.append([] if refusal is _SILENT else [Outgoing(None, refusal)])
+            if ctx is None:
+                results.append([] if refusal is _SILENT or refusal is None else [Outgoing(None, refusal)])
                 continue
-            assert ctx is not None
             outs = []
             for out in ctx._out:
-                seq = self._next_seq
-                self._next_seq += 1
-                row.append((seq, out.encode()))
+                raw = out.encode()
+                row.append((seq, raw))
                 outs.append(Outgoing(seq, out))
-                reserved += out.size + _OUT_RESERVE
-            self._pending.update(ctx._overlay)
+                seq += 1
+                reserved += len(raw) + _OUT_RESERVE
+            if ctx._overlay:
+                pending.update(ctx._overlay)
             self._pending_used += ctx._used
-            self._auth_pending.update(ctx._auth)
-            after.extend(ctx._after)
+            if ctx._auth:
+                self._auth_pending.update(ctx._auth)
+            if ctx._after:
+                after.extend(ctx._after)
             results.append(outs)
+        self._next_seq = seq
         if row:
             value = _pack_row(row)
-            self._pending[(OUT, first_seq.to_bytes(8, "big"))] = value
+            pending[(OUT, first_seq.to_bytes(8, "big"))] = value
             self._pending_used += 8 + len(value) - reserved  # exact size instead of the per-output reservation
-        if self._pending or self._done:
+        if pending or self._done:
             try:
                 self._commit(row)
             except BaseException:
-                self._pending.clear()
+                pending.clear()
                 self._pending_used = 0
                 self._auth_pending.clear()
                 self._next_seq = first_seq
                 raise
-        for uid, member in self._auth_pending.items():
-            if member:
-                self._authenticated.add(uid)
-            else:
-                self._authenticated.discard(uid)
-        self._auth_pending.clear()
+        if self._auth_pending:
+            for uid, member in self._auth_pending.items():
+                if member:
+                    self._authenticated.add(uid)
+                else:
+                    self._authenticated.discard(uid)
+            self._auth_pending.clear()
         for fn in after:
             fn()
         return results
@@ -318,11 +321,10 @@ class Card:
         pending = self._pending
         freed = 0
         done_rows: list[int] = []
-        if self._done:
+        if self._done and (
+            force or len(self._done) >= DELETE_BATCH or 2 * (self._used + self._pending_used) > self.capacity_bytes
+        ):
             done_rows = sorted(self._done)
-            pressure = 2 * (self._used + self._pending_used) > self.capacity_bytes
-            if not (force or pressure or len(done_rows) >= DELETE_BATCH):
-                done_rows = []
             for first in done_rows:
                 tk = (OUT, first.to_bytes(8, "big"))
                 old = self._mem.get(tk)
@@ -331,10 +333,16 @@ class Card:
                     freed += len(old) + 8
         if not pending:
             return  # acknowledgements only, none due yet: nothing to write
-        next_raw = self._next_seq.to_bytes(8, "big")
-        puts = [(_skey(tk), v) for tk, v in pending.items() if v is not None]
-        dels = [_skey(tk) for tk, v in pending.items() if v is None]
-        if done_rows or (NEXT, b"") not in self._mem:
+        write_next = bool(done_rows) or _NEXT_TK not in self._mem
+        puts = []
+        dels = []
+        for tk, v in pending.items():
+            if v is None:
+                dels.append(_skey(tk))
+            else:
+                puts.append((_skey(tk), v))
+        if write_next:
+            next_raw = self._next_seq.to_bytes(8, "big")
             puts.append((_NEXT_KEY, next_raw))
         try:
             self._store.write(STORE_TABLE, puts, dels)
@@ -344,13 +352,16 @@ class Card:
             raise
         # durable: now update the mirror
         mem = self._mem
-        for tk, v in pending.items():
-            if v is None:
-                mem.pop(tk, None)
-            else:
-                mem[tk] = v
-        if done_rows or (NEXT, b"") not in mem:
-            mem[(NEXT, b"")] = next_raw
+        if dels:
+            for tk, v in pending.items():
+                if v is None:
+                    mem.pop(tk, None)
+                else:
+                    mem[tk] = v
+        else:
+            mem.update(pending)  # type: ignore[arg-type]  # no None values: no deletions
+        if write_next:
+            mem[_NEXT_TK] = next_raw
         for first in done_rows:
             for seq, _ in self._rows.pop(first):
                 self._acks.discard(seq)
@@ -443,7 +454,8 @@ class Card:
 _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 
-_NEXT_KEY = _skey((NEXT, b""))
+_NEXT_TK: TableKey = (NEXT, b"")
+_NEXT_KEY = _skey(_NEXT_TK)
 DELETE_BATCH = 32  # finished outbox rows deleted together (one delete per 32 steps, not one per step)
 _OUT_RESERVE = 8  # bytes reserved per output besides its size (its share of the row: 4-byte length, row key)
 

@@ -46,6 +46,11 @@ def bench_card(as_json: bool, seconds: float, group: int, directory: str | None)
     table.add_column("meaning")
     table.add_row("fsync_per_s", f"{r['fsync_per_s']:,}", "raw write+fsync on this disk (bound)")
     table.add_row("sqlite_commit_per_s", f"{r['sqlite_commit_per_s']:,}", "bare one-row durable commit (bound)")
+    table.add_row(
+        "sqlite_commit_exclusive_per_s",
+        f"{r['sqlite_commit_exclusive_per_s']:,}",
+        "the same, exclusive locking (as cards are held)",
+    )
     table.add_row("steps_per_s", f"{r['steps_per_s']:,}", "durable card steps, one transaction each")
     table.add_row("grouped_steps_per_s", f"{r['grouped_steps_per_s']:,}", f"group commit, {group} a transaction")
     console.print(table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 from rich.progress import Progress
 from rich.table import Table
@@ -20,7 +22,16 @@ from cardnet.cli.output import console, emit_json, fail
     "--json", "as_json", is_flag=True, help="Print one JSON object (runs, violations, faults_injected, seeds_per_s)."
 )
 @click.option("--list", "list_protocols", is_flag=True, help="List the registered scenarios and exit.")
-def sim(protocol: str, seeds: int, start: int, seed: int | None, as_json: bool, list_protocols: bool) -> None:
+@click.option(
+    "--jobs",
+    "-j",
+    default=1,
+    show_default=True,
+    help="Worker processes (0: one per CPU). Seeds are independent: the result is the same, only sooner.",
+)
+def sim(
+    protocol: str, seeds: int, start: int, seed: int | None, as_json: bool, list_protocols: bool, jobs: int
+) -> None:
     """Run a protocol among simulated hosts and cards under seeded faults, then check its invariants.
 
     Each seed draws its own fault plan (drops, duplicates, delays that reorder,
@@ -34,6 +45,7 @@ def sim(protocol: str, seeds: int, start: int, seed: int | None, as_json: bool, 
       cardnet sim --protocol echo --seeds 10000 --json
       cardnet sim --protocol echo-broken --seeds 1000     # a deliberately broken variant: caught
       cardnet sim --protocol echo --seed 42               # replay one seed with its trace
+      cardnet sim --protocol transfer --seeds 20000 -j 0  # every CPU
     """
     from cardnet.sim.runner import run_many, run_seed
     from cardnet.sim.scenarios import SCENARIOS
@@ -58,14 +70,17 @@ def sim(protocol: str, seeds: int, start: int, seed: int | None, as_json: bool, 
         raise SystemExit(1 if result.violations else 0)
     if seeds < 1:
         fail("--seeds must be at least 1")
+    if jobs < 0:
+        fail(f"--jobs must be 0 (one per CPU) or more, got {jobs}")
+    jobs = jobs or os.cpu_count() or 1
     seed_range = range(start, start + seeds)
     if as_json:
-        summary = run_many(protocol, seed_range)
+        summary = run_many(protocol, seed_range, jobs=jobs)
         emit_json(summary.as_dict())
     else:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"simulating {protocol}", total=seeds)
-            summary = run_many(protocol, seed_range, progress=lambda n: progress.advance(task, n))
+            summary = run_many(protocol, seed_range, progress=lambda n: progress.advance(task, n), jobs=jobs)
         d = summary.as_dict()
         table = Table(title=f"cardnet sim --protocol {protocol}")
         table.add_column("figure")

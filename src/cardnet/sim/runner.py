@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -68,22 +70,75 @@ def run_seed(protocol: str, seed: int, *, trace: bool = True) -> RunResult:
 
 
 def run_many(
-    protocol: str, seeds: range, *, progress: Callable[[int], None] | None = None, stop_at_first: bool = False
+    protocol: str,
+    seeds: range,
+    *,
+    progress: Callable[[int], None] | None = None,
+    stop_at_first: bool = False,
+    jobs: int = 1,
 ) -> Summary:
+    """Run every seed of ``seeds``; with ``jobs > 1`` in that many worker processes.
+
+    Each seed is deterministic on its own, so splitting the seeds among
+    processes changes nothing but the time taken: the summary is the same.
+    """
     summary = Summary(protocol)
     start = time.perf_counter()
-    for seed in seeds:
-        result = run_seed(protocol, seed, trace=False)
-        summary.runs += 1
-        summary.faults_injected.update(result.faults)
-        if result.violations:
-            summary.violations += 1
-            summary.failing_seeds.append(seed)
-            if summary.first_failure is None:
-                summary.first_failure = run_seed(protocol, seed, trace=True)  # replay with the trace on
-            if stop_at_first:
+    if jobs > 1 and len(seeds) > 1:
+        _run_parallel(summary, seeds, jobs, progress, stop_at_first)
+    else:
+        for seed in seeds:
+            if _count(summary, seed, run_seed(protocol, seed, trace=False)) and stop_at_first:
                 break
-        if progress is not None:
-            progress(1)
+            if progress is not None:
+                progress(1)
+    summary.failing_seeds.sort()
+    if summary.failing_seeds and summary.first_failure is None:
+        summary.first_failure = run_seed(protocol, summary.failing_seeds[0], trace=True)  # replay with the trace on
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _count(summary: Summary, seed: int, result: RunResult | tuple[list[str], Counter[str]]) -> bool:
+    """Add one seed's outcome to ``summary``; True if it violated an invariant."""
+    violations, faults = (result.violations, result.faults) if isinstance(result, RunResult) else result
+    summary.runs += 1
+    summary.faults_injected.update(faults)
+    if violations:
+        summary.violations += 1
+        summary.failing_seeds.append(seed)
+    return bool(violations)
+
+
+CHUNK = 25  # seeds a worker runs between reports: small enough for a smooth progress bar
+
+
+def _run_chunk(protocol: str, first: int, last: int) -> list[tuple[int, list[str], Counter[str]]]:
+    out = []
+    for seed in range(first, last):
+        r = run_seed(protocol, seed, trace=False)
+        out.append((seed, r.violations, r.faults))
+    return out
+
+
+def _run_parallel(
+    summary: Summary, seeds: range, jobs: int, progress: Callable[[int], None] | None, stop_at_first: bool
+) -> None:
+    if seeds.step != 1:
+        raise ValueError("parallel runs take a contiguous range of seeds")
+    chunks = [(s, min(s + CHUNK, seeds.stop)) for s in range(seeds.start, seeds.stop, CHUNK)]
+    ctx = multiprocessing.get_context("spawn")  # no forked copies of the caller's threads or event loop
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_run_chunk, summary.protocol, a, b) for a, b in chunks]
+        try:
+            for fut in cf.as_completed(futures):
+                bad = False
+                for seed, violations, faults in fut.result():
+                    bad |= _count(summary, seed, (violations, faults))
+                if progress is not None:
+                    progress(len(fut.result()))
+                if bad and stop_at_first:
+                    break
+        finally:
+            for f in futures:
+                f.cancel()

@@ -118,11 +118,24 @@ class SqliteTxn:
 
 
 _MULTI_ROWS = 8
+_MULTI_DELETE = 64
+OPEN_WAIT_S = 2.0  # how long an open waits for another owner to let go of the file
 
 
 @functools.cache
 def _put_rows_sql(n: int) -> str:
     return "INSERT OR REPLACE INTO kv (tbl, k, v) VALUES " + ", ".join(["(?, ?, ?)"] * n)
+
+
+@functools.cache
+def _delete_rows_sql(n: int) -> str:
+    return "DELETE FROM kv WHERE tbl=? AND k IN (" + ", ".join(["?"] * n) + ")"
+
+
+def _blob(b: bytes) -> bytearray:
+    """``b`` as a bytearray: the sqlite3 module binds a bytearray directly, but first asks a
+    bytes object for adapters (two failed attribute lookups a parameter, about 0.2 us each)."""
+    return bytearray(b)
 
 
 def _prefix_upper(prefix: bytes) -> bytes | None:
@@ -139,9 +152,10 @@ def _prefix_upper(prefix: bytes) -> bytes | None:
 class SqliteStore:
     """A store in one SQLite file (or in memory for ``sqlite://:memory:``)."""
 
-    def __init__(self, path: str, *, durable: bool = True, url: str | None = None) -> None:
+    def __init__(self, path: str, *, durable: bool = True, url: str | None = None, exclusive: bool = False) -> None:
         self.path = path
         self.durable = durable
+        self.exclusive = exclusive and path != ":memory:"
         self.url = url or f"sqlite:///{path}"
         self._lock = threading.RLock()
         self._closed = False
@@ -150,15 +164,31 @@ class SqliteStore:
             if not parent.is_dir():
                 raise StoreError("io", f"cannot open store {path}: directory {parent} does not exist")
         try:
-            self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
             try:
+                # One process owns a store (a card belongs to one host): hold the file's lock for the
+                # connection's life. WAL's index then lives in this process's memory, and a commit
+                # skips the shared-memory lock calls (about 4 us of system calls a transaction).
+                if self.exclusive:
+                    self._c.execute("PRAGMA locking_mode=EXCLUSIVE")
                 self._c.execute("PRAGMA journal_mode=WAL")
                 self._c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._c.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
+                if self.exclusive:
+                    self._c.execute("BEGIN IMMEDIATE")  # take the write lock now and keep it (exclusive mode)
+                    self._c.execute("COMMIT")
             except BaseException:
                 self._c.close()  # a refused file must not leak its connection
                 raise
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(
+                    "in_use",
+                    f"store {path} is open elsewhere, and a card's store has one owner (the host running the card): "
+                    "stop that host, then try again",
+                ) from None
+            raise StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)") from None
 
@@ -215,18 +245,23 @@ class SqliteStore:
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """``transaction()`` with puts then deletes, without the context-manager machinery (hot path)."""
         with self._lock:
+            if not deletes and 0 < len(puts) <= _MULTI_ROWS:
+                self._write_one_statement(table, puts)
+                return
             c = self._begin()
             try:
                 if not puts:
                     pass
                 elif len(puts) <= _MULTI_ROWS:  # one statement for a few rows: cheaper than executemany
-                    c.execute(_put_rows_sql(len(puts)), [x for k, v in puts for x in (table, k, v)])
+                    c.execute(_put_rows_sql(len(puts)), [x for k, v in puts for x in (table, _blob(k), _blob(v))])
                 else:
                     c.executemany(
                         "INSERT OR REPLACE INTO kv (tbl, k, v) VALUES (?, ?, ?)", [(table, k, v) for k, v in puts]
                     )
-                if deletes:
+                if len(deletes) > _MULTI_DELETE:
                     c.executemany("DELETE FROM kv WHERE tbl=? AND k=?", [(table, k) for k in deletes])
+                elif deletes:  # one statement: the card deletes its finished outbox rows 32 at a time
+                    c.execute(_delete_rows_sql(len(deletes)), [table, *map(_blob, deletes)])
                 c.execute("COMMIT")
             except BaseException as exc:
                 if c.in_transaction:
@@ -234,6 +269,16 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StoreError("io", f"write failed on {self.url}: {exc}") from None
                 raise
+
+    def _write_one_statement(self, table: str, puts: list[tuple[bytes, bytes]]) -> None:
+        """A few puts as one autocommit statement: SQLite makes a statement atomic and,
+        outside BEGIN, commits it durably on its own (same fsync, two fewer statements)."""
+        if self._closed:
+            raise StoreError("closed", f"store {self.url} is closed")
+        try:
+            self._c.execute(_put_rows_sql(len(puts)), [x for k, v in puts for x in (table, _blob(k), _blob(v))])
+        except sqlite3.DatabaseError as exc:
+            raise StoreError("io", f"write failed on {self.url}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

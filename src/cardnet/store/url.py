@@ -15,7 +15,9 @@ from cardnet.store.errors import StoreError
 from cardnet.store.sqlite import SqliteStore
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, exclusive: bool = False) -> Store:
+    """The store at ``url``. ``exclusive``: this connection alone may use the file while it is
+    open (a card's store: one host owns the card); a second opener is refused with ``in_use``."""
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         rest, _, query = rest.partition("?")
@@ -25,7 +27,7 @@ def open_store(url: str) -> Store:
             return SqliteStore(":memory:", durable=durable, url=url)
         if not rest.startswith("/") or rest == "/":
             raise StoreError("bad_url", f"{url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
-        return SqliteStore(rest[1:], durable=durable, url=url)
+        return SqliteStore(rest[1:], durable=durable, url=url, exclusive=exclusive)
     scheme = urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
         raise StoreError("unsupported", "PostgreSQL stores arrive with the scale-out issue; use sqlite:/// for now")
