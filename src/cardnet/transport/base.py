@@ -223,6 +223,7 @@ class ConnectionBase:
 
     async def send_many(self, msgs: Sequence[Message]) -> None:
         """``send`` each message in order (transports that can write several at once override this)."""
+        self._check()  # closed or broken wins over oversize, and an empty batch raises too (as TCP's does)
         for msg in msgs:
             self._check_frame(msg)
         for msg in msgs:
