@@ -1,100 +1,26 @@
-"""Two (or more) host processes on loopback, for integration and attack tests."""
+"""Two (or more) host processes on loopback, for integration and attack tests.
+
+The launcher itself (:class:`HostProc`, :func:`free_port`) is ``cardnet.bench.procs``, shared with the
+benchmarks; this module adds the test-only set-ups (cards under one CA, host configs, TLS files).
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from cardnet.bench.procs import HostProc, free_port
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
+__all__ = ["PINS", "HostProc", "free_port", "make_hosts", "write_host_tls"]
+
 PINS = {"a": "1111", "b": "2222", "c": "3333"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class HostProc:
-    name: str
-    dir: Path
-    port: int
-    domain: bytes
-    proc: subprocess.Popen[str] | None = None
-    log_lines: list[str] = field(default_factory=list)
-    command: tuple[str, ...] = ("host", "run")  # e.g. ("authority", "run", "--ca", path)
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def card(self) -> Uid:
-        return Uid.card(self.domain)
-
-    @property
-    def socket(self) -> str:
-        return str(self.dir / f"{self.name}.sock")
-
-    @property
-    def config(self) -> Path:
-        return self.dir / f"{self.name}.toml"
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        with open(self.dir / f"{self.name}.log", "a") as log_file:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cardnet.cli.main", *self.command, "--config", str(self.config)],
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                env=env,
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("ready") or not line:
-                break
-        assert line.startswith("ready"), f"host {self.name} did not start: {self.log()}"
-
-    def log(self) -> str:
-        return (self.dir / f"{self.name}.log").read_text()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def restart(self) -> None:
-        """Start the process again after kill() or stop(): same config, same stores, same log."""
-        assert self.proc is None or self.proc.poll() is not None, f"host {self.name} is still running"
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def write_host_tls(tmp: Path, authority: pki.CertificateAuthority, name: str, domain: bytes) -> str:

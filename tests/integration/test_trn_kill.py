@@ -51,13 +51,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostprocs import HostProc, free_port
-from test_trn_processes import OID, PIN, TrnNet
+from test_trn_processes import OID, TrnNet
 
-from cardnet.applets.authority import ADD_AGENT, BLOCKED, BLOCKED_LIST, CHAIN, QUERY
-from cardnet.applets.trn import CANCEL, MINT, RECOVER, SEND, SET_AUTHORITY
+from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
+from cardnet.applets.trn import CANCEL, MINT, RECOVER, SEND
+from cardnet.bench.procs import HostProc, free_port
 from cardnet.card import Card
-from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.host.client import AppClient
 from cardnet.protocols import session as sess
@@ -85,12 +84,10 @@ def stored_status(tmp: Path, card: str, oid: bytes = OID) -> str | None:
 
 
 async def setup(net: TrnNet, holder: str) -> None:
-    assert (await net.ask("authority", ADD_AGENT, cert=net.agent_cert))["ok"]
-    for c in ("agent", *net.wallets):
-        assert (await net.ask(c, SET_AUTHORITY, authority=net.uids["authority"]))["ok"]
+    await net.setup_trace()
     assert (await net.ask("agent", MINT, oid=OID, body=b"Final, seat 7"))["ok"]
     assert (await net.ask("agent", SEND, oid=OID, to=net.uids[holder]))["ok"]
-    await net.settle(holder)
+    await net.settle(holder, OID)
 
 
 async def status(net: TrnNet, card: str, oid: bytes = OID) -> str | None:
@@ -113,10 +110,7 @@ class KillNet:
 
     async def order_send(self, sender: str, receiver: str) -> AppClient:
         """Order trn.send without waiting for the card's answer; the caller closes the client."""
-        hp = self.net.hosts[self.net.where[sender]]
-        app = await AppClient.connect(hp.socket, card=self.net.uids[sender].domain)
-        await app.send(self.net.uids[sender], cm.PIN_VERIFY, pin=PIN)
-        await app.recv_type(cm.PIN_RESULT, timeout_s=20)
+        app = await self.net.app(sender)
         await app.send(self.net.uids[sender], SEND, oid=OID, to=self.net.uids[receiver])
         return app
 
@@ -271,7 +265,7 @@ def test_cloned_card_is_caught_and_blocked_across_processes(clone_net: TrnNet) -
 
         # The original spends the token first: b gets it, traced and enabled.
         assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]
-        await net.settle("b")
+        await net.settle("b", OID)
         # Then the clone spends the same token to c.
         assert (await net.ask("a2", SEND, oid=OID, to=net.uids["c"]))["ok"]
         c_seen: list[str | None] = []

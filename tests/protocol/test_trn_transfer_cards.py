@@ -53,10 +53,14 @@ def test_out_of_memory_receiver_answers_copied_false_and_sender_rolls_back(
 
 def test_receiver_already_holding_the_oid_refuses(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     w = world(tmp_path, ca)
-    # the agent mints the same oid again (its own copy left) and tries to send it to alice, who holds it
-    assert w.result("agent", MINT, oid=OID, body=b"seat 12A")["ok"]
-    send(w, "agent", "alice")
-    assert statuses(w, OID, "agent", "alice") == {"agent": "enabled", "alice": "enabled"}
+    # the agent's card refuses to mint the oid again (its own copy left: a replayed order would double it) ...
+    again = w.result("agent", MINT, oid=OID, body=b"seat 12A")
+    assert not again["ok"] and "already minted" in again["detail"]
+    # ... so another agent's card mints the same oid and tries to send it to alice, who holds it
+    w.card("agent2", pki.Role.AGENT)
+    assert w.result("agent2", MINT, oid=OID, body=b"seat 12A")["ok"]
+    send(w, "agent2", "alice")
+    assert statuses(w, OID, "agent2", "alice") == {"agent2": "enabled", "alice": "enabled"}
     assert holders(w) == [uid(w, "alice")]  # the refused copy was never traced
 
 

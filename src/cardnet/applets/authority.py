@@ -10,6 +10,16 @@ authority service signs blocklists with the CA and feeds them back with
 Operator commands (privileged): ``auth.add_agent {cert}``, ``auth.revoke
 {oid}``, ``auth.query {oid}`` -> ``auth.chain``, ``auth.blocked_list`` ->
 ``auth.blocked`` (the blocked Uids and the epoch of the blocklist the card holds).
+
+Reissue: an issuing agent's card sends ``reissue {oid, new_oid, body_hash,
+token?}`` over its session; the applet judges it (:func:`trace.decide_reissue`),
+and if granted durably revokes the old oid, records the new oid's issuer and
+the holder and body hash it is destined for, and answers ``reissued`` with that
+holder. A resend gets the same answer.
+
+State: ``agent:<uid>`` certificates, ``chain:<oid>`` issuer + movements,
+``revoked:<oid>``, ``blocked:<uid>``, ``reissued:<old oid>`` and
+``dest:<new oid>`` (the reissue, by either oid).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from typing import Any
 from cardnet.applets.sessions import SessionApplet
 from cardnet.applets.trn import BLOCKLIST, RESULT
 from cardnet.card import Refused, StepContext
-from cardnet.crypto import pki
+from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
@@ -46,6 +56,7 @@ CHAIN = register(
             Field(1, "issuer", UidType(), optional=True),
             Field(2, "holders", ListOf(UidType(), 100_000)),
             Field(3, "revoked", Bytes(1), optional=True),
+            Field(4, "reissued_as", _OID, optional=True),
         ],
     ),
 )
@@ -72,6 +83,19 @@ def _save_chain(ctx: StepContext, oid: bytes, issuer: Uid, chain: list[trace.Mov
     ctx.put(b"chain:" + oid, dumps([bytes(issuer), *[[bytes(m.frm), bytes(m.to), m.nonce] for m in chain]]))
 
 
+def _reissue_of(raw: bytes | None) -> trace.Reissue | None:
+    if raw is None:
+        return None
+    data = loads_one(raw)
+    assert isinstance(data, list)
+    old, new, holder, body_hash = data
+    return trace.Reissue(bytes(old), bytes(new), Uid.from_bytes(holder), bytes(body_hash))
+
+
+def _encode_reissue(r: trace.Reissue) -> bytes:
+    return dumps([r.old, r.new, bytes(r.holder), r.body_hash])
+
+
 class AuthorityApplet(SessionApplet):
     name = "authority"
     handles = (*SessionApplet.handles, ADD_AGENT, REVOKE, QUERY, BLOCKED_LIST, BLOCKLIST)
@@ -92,6 +116,9 @@ class AuthorityApplet(SessionApplet):
                 fields["issuer"] = issuer
             if ctx.get(b"revoked:" + params["oid"]) is not None:
                 fields["revoked"] = b"\x01"
+            reissue = _reissue_of(ctx.get(b"reissued:" + params["oid"]))
+            if reissue is not None:
+                fields["reissued_as"] = reissue.new
             ctx.reply(CHAIN, **fields)
         elif code == BLOCKED_LIST.code:
             bl = self.blocklist(ctx)  # the epoch it holds: a restarted signer must sign above it
@@ -114,8 +141,11 @@ class AuthorityApplet(SessionApplet):
 
     def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
         code, p = tr.decode_inner(raw)
+        if code == tr.REISSUE:
+            self._reissue(ctx, peer, p)
+            return
         if code != tr.SEEKFOR:
-            raise ProtocolError("wrong_peer", f"the authority takes only seekfor, not {tr.NAMES[code]}")
+            raise ProtocolError("wrong_peer", f"the authority takes only seekfor and reissue, not {tr.NAMES[code]}")
         oid = p["oid"]
         verdict, cert = self._judge(ctx, peer, p)
         for uid in verdict.block:
@@ -141,11 +171,68 @@ class AuthorityApplet(SessionApplet):
         except ProtocolError as exc:
             return trace.Verdict(False, f"forged or altered token: {exc}"), None
         _, chain = _chain(ctx, oid)
-        blocked = {Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")}
+        blocked = self._blocked(ctx)
         claim = trace.Movement(p["from"], peer, p["nonce"])
+        reissue = _reissue_of(ctx.get(b"dest:" + oid))
+        destined = None
+        if reissue is not None:
+            if profile.sha256(token.body) != reissue.body_hash:
+                return trace.Verdict(False, "the body differs from the one declared when this oid was reissued"), None
+            destined = reissue.holder if reissue.holder != token.issuer else None
         verdict = trace.decide(
-            chain, claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked
-        )
+            chain, claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked,
+            destined=destined,
+        )  # fmt: skip
         if verdict.record is not None:
             _save_chain(ctx, oid, token.issuer, [*chain, verdict.record])
         return verdict, cert
+
+    def _blocked(self, ctx: StepContext) -> set[Uid]:
+        return {Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")}
+
+    # -- reissue -------------------------------------------------------------------------------
+    def _reissue(self, ctx: StepContext, peer: Uid, p: dict[str, Any]) -> None:
+        old, new = p["oid"], p["new_oid"]
+        request = trace.Reissue(old, new, peer, p["body_hash"])
+        issuer, chain = _chain(ctx, old)
+        refusal = None
+        if ctx.get(b"agent:" + bytes(peer)) is None:
+            refusal = f"{peer} is not a registered agent (auth.add_agent)"
+        elif issuer is None and "token" in p:
+            issuer, refusal = self._minted_by(ctx, old, p["token"])
+        if refusal is not None:
+            verdict = trace.ReissueVerdict(False, refusal)
+        else:
+            in_use = any(ctx.get(k + new) is not None for k in (b"chain:", b"revoked:", b"reissued:", b"dest:"))
+            verdict = trace.decide_reissue(
+                request, peer, issuer=issuer, chain=chain, revoked=ctx.get(b"revoked:" + old) is not None,
+                previous=_reissue_of(ctx.get(b"reissued:" + old)), new_in_use=in_use, blocked=self._blocked(ctx),
+            )  # fmt: skip
+        grant = verdict.grant
+        if grant is not None and not verdict.again:
+            assert issuer is not None
+            ctx.put(b"revoked:" + old, b"\x01")
+            ctx.put(b"reissued:" + old, _encode_reissue(grant))
+            ctx.put(b"dest:" + new, _encode_reissue(grant))
+            _save_chain(ctx, new, issuer, [])
+            if not chain:  # (an oid it never traced: remember its issuer too)
+                _save_chain(ctx, old, issuer, [])
+        reply: dict[str, Any] = {"oid": old, "new_oid": new, "ok": verdict.ok, "reason": verdict.reason[:200]}
+        if grant is not None:
+            reply["holder"] = grant.holder
+        self.send_inner(ctx, peer, tr.encode_inner(tr.REISSUED, reply))
+
+    def _minted_by(self, ctx: StepContext, oid: bytes, raw: bytes) -> tuple[Uid | None, str | None]:
+        """The issuer of a never-traced oid, from the minted token its agent presents (checked)."""
+        try:
+            token = Token.decode(raw)
+        except ProtocolError as exc:
+            return None, str(exc)
+        cert = ctx.get(b"agent:" + bytes(token.issuer))
+        if token.oid != oid or cert is None:
+            return None, "the presented token is not a registered agent's token for this oid"
+        try:
+            token.verify(pki.cert_from_der(cert).public_key())  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            return None, f"forged or altered token: {exc}"
+        return token.issuer, None

@@ -131,8 +131,8 @@ class SessionApplet(Applet):
     # -- receiving -----------------------------------------------------------------------------
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         peer = msg.src
-        if not peer.is_card:
-            raise ProtocolError("wrong_peer", "sessions are between cards (port 0)")
+        if not peer.is_card:  # a clean refusal (card.refused), not an applet error
+            raise Refused("wrong_peer", f"sessions are between cards (port 0), not with {peer}")
         try:
             if msg.mtype == sess.HELLO.code:
                 self._hello(ctx, peer, params)

@@ -1,14 +1,26 @@
 """The TRN wallet applet: holds tokens and moves them with the 2PC transfer and the trace.
 
 Owner commands (privileged: from an application that verified the PIN):
-``trn.mint`` (agent cards only), ``trn.send``, ``trn.cancel``, ``trn.list``,
-``trn.set_authority``. ``trn.recover`` is not privileged: resending is
-harmless (every TRN message is idempotent), so the host can drive recovery
-on its own timer. ``trn.blocklist`` delivers an authority-signed blocklist.
+``trn.mint`` and ``trn.reissue`` (agent cards only), ``trn.send``,
+``trn.cancel``, ``trn.list``, ``trn.set_authority``. ``trn.recover`` is not
+privileged: resending is harmless (every TRN message is idempotent), so the
+host drives recovery on its own timer. ``trn.blocklist`` delivers an
+authority-signed blocklist.
+
+Reissue (agent cards): ``trn.reissue {oid, new_oid?, body?}`` asks the
+authority, over the card's session with it, to revoke ``oid`` and reissue it
+as ``new_oid`` (drawn by the card if not given) with ``body`` (default: the
+body of the token as this card minted it). When the authority grants it, the
+card mints the new token and starts a normal traced transfer to the holder the
+authority named (or keeps it, if that is this card). The command is idempotent
+and reports the state (``trn.reissue_state``); recovery resends a pending
+request.
 
 State: ``t:<oid>`` the holding (:class:`~cardnet.protocols.transfer.Holding`),
 ``d:<peer><nonce>`` transfers this card committed as receiver, ``a`` the
-authority's Uid, plus the session state of :class:`SessionApplet`.
+authority's Uid, ``m:<oid>`` every token this card minted (as minted; empty
+while reserved for a pending reissue), ``r:<old oid>`` reissues this card asked
+for, plus the session state of :class:`SessionApplet`.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from typing import Any
 
 from cardnet.applets.sessions import SessionApplet
 from cardnet.card import CardError, Refused, StepContext
-from cardnet.crypto import pki
+from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
@@ -73,6 +85,49 @@ _ITEM = Schema(
 TOKENS = register(
     0x0318, "trn.tokens", "transfer", Schema("trn.tokens", [Field(0, "tokens", ListOf(Nested(_ITEM), 4096))])
 )
+REISSUE = register(
+    0x0319,
+    "trn.reissue",
+    "transfer",
+    Schema(
+        "trn.reissue",
+        [
+            Field(0, "oid", _OID),
+            Field(1, "new_oid", _OID, optional=True),
+            Field(2, "body", Bytes(MAX_BODY), optional=True),
+        ],
+    ),
+    privileged=True,
+)
+REISSUE_STATE = register(
+    0x031A,
+    "trn.reissue_state",
+    "transfer",
+    Schema(
+        "trn.reissue_state",
+        [
+            Field(0, "oid", _OID),
+            Field(1, "new_oid", _OID),
+            Field(2, "state", Text(16)),  # pending, done, refused
+            Field(3, "reason", Text(200)),
+            Field(4, "holder", UidType(), optional=True),
+        ],
+    ),
+)
+_PENDING, _DONE, _REFUSED = "pending", "done", "refused"
+_REISSUE_REC = Schema(
+    "trn.reissue_record",
+    [
+        Field(0, "new_oid", _OID),
+        Field(1, "state", Text(16)),
+        Field(2, "reason", Text(200)),
+        Field(3, "holder", UidType(), optional=True),
+        Field(4, "body", Bytes(MAX_BODY), optional=True),  # kept until the new token is minted
+    ],
+)
+
+
+MAX_HINTS = 4096  # transfer -> oid hints a trn applet keeps in volatile memory
 
 
 def holding_of(ctx: StepContext, oid: bytes) -> tr.Holding | None:
@@ -82,7 +137,11 @@ def holding_of(ctx: StepContext, oid: bytes) -> tr.Holding | None:
 
 class TrnApplet(SessionApplet):
     name = "trn"
-    handles = (*SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST)
+    handles = (*SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST, REISSUE)
+    # (peer, nonce) -> oid of transfers this card stored, so that copied/committed/aborted (which name the
+    # transfer, not the oid) need not scan every holding. Volatile and only a hint: checked against the
+    # holding in the card's state before use (a refused step may have left a wrong one), rebuilt by scanning.
+    _hints: dict[tuple[bytes, bytes], bytes] | None = None
 
     # -- owner commands ----------------------------------------------------------------------
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
@@ -101,6 +160,8 @@ class TrnApplet(SessionApplet):
             self._list(ctx)
         elif code == MINT.code:
             self._mint(ctx, params["oid"], params["body"])
+        elif code == REISSUE.code:
+            self._reissue(ctx, params["oid"], params.get("new_oid"), params.get("body"))
         elif code == SET_AUTHORITY.code:
             ctx.put(b"a", bytes(params["authority"]))
             ctx.reply(RESULT, ok=True, reason="authority set")
@@ -127,9 +188,20 @@ class TrnApplet(SessionApplet):
             raise Refused("wrong_usage", "only a ticketing agent's card mints tokens")
         if holding_of(ctx, oid) is not None:
             raise Refused("refused", f"oid {oid.hex()} already exists on this card")
-        token = mint(oid, ctx.card_uid, body, ctx.sign)
-        self._store(ctx, oid, tr.Holding(oid, tr.Status.ENABLED, token=token.encode()))
+        minted = ctx.get(b"m:" + oid)
+        if minted == b"":
+            raise Refused("refused", f"oid {oid.hex()} is reserved for a pending reissue: pick another")
+        if minted is not None or ctx.get(b"r:" + oid) is not None:  # (r: it was reissued, so revoked)
+            # it left this card: minting it again (e.g. a replayed order) would double it
+            raise Refused("refused", f"oid {oid.hex()} was already minted by this card: pick another oid")
+        self._mint_token(ctx, oid, body)
         ctx.reply(RESULT, ok=True, reason="minted", oid=oid)
+
+    def _mint_token(self, ctx: StepContext, oid: bytes, body: bytes) -> None:
+        """Mint and hold a token; remember it as minted (the default body and the proof of issue of a reissue)."""
+        token = mint(oid, ctx.card_uid, body, ctx.sign).encode()
+        ctx.put(b"m:" + oid, token)
+        self._store(ctx, oid, tr.Holding(oid, tr.Status.ENABLED, token=token))
 
     def _recover(self, ctx: StepContext) -> None:
         for key, raw in ctx.scan(b"t:"):
@@ -141,6 +213,10 @@ class TrnApplet(SessionApplet):
                     self.send_inner(ctx, h.peer, tr.encode_inner(code, fields))
             elif h.status is tr.Status.TRUSTLESS:
                 self._trace(ctx, oid, h)
+        for key, raw in ctx.scan(b"r:"):
+            rec = _REISSUE_REC.decode(raw)
+            if rec["state"] == _PENDING:
+                self._ask_reissue(ctx, key[2:], rec)
         self.restart_sessions(ctx)
 
     def _list(self, ctx: StepContext) -> None:
@@ -161,7 +237,10 @@ class TrnApplet(SessionApplet):
         if code == tr.SEEKED:
             self._seeked(ctx, peer, p)
             return
-        if code == tr.SEEKFOR:
+        if code == tr.REISSUED:
+            self._reissued(ctx, peer, p)
+            return
+        if code in (tr.SEEKFOR, tr.REISSUE):
             raise ProtocolError("wrong_peer", "this card is not an authority")
         oid = p.get("oid")
         if oid is None:  # copy, copied, committed, aborted: find the oid by the transfer
@@ -204,9 +283,17 @@ class TrnApplet(SessionApplet):
     def _oid_of(self, ctx: StepContext, peer: Uid, code: int, p: dict[str, Any]) -> bytes | None:
         if code == tr.COPY:
             return Token.decode(p["token"]).oid
+        nonce = p["nonce"]
+        hint = self._hints.get((bytes(peer), nonce)) if self._hints is not None else None
+        if hint is not None:  # a volatile hint, trusted only if the card's state confirms it
+            h = holding_of(ctx, hint)
+            if h is not None and h.peer == peer and h.nonce == nonce:
+                return hint
         for key, raw in ctx.scan(b"t:"):
+            if nonce not in raw:  # cheap filter: that transfer's holding stores its nonce verbatim
+                continue
             h = tr.Holding.decode(key[2:], raw)
-            if h.peer == peer and h.nonce == p["nonce"]:
+            if h.peer == peer and h.nonce == nonce:
                 return key[2:]
         return None
 
@@ -218,6 +305,10 @@ class TrnApplet(SessionApplet):
             ctx.delete(b"t:" + oid)
         else:
             ctx.put(b"t:" + oid, h.encode())
+            if h.peer is not None and h.nonce is not None:  # answers name the transfer, not the oid: remember it
+                if self._hints is None or len(self._hints) >= MAX_HINTS:
+                    self._hints = {}
+                self._hints[(bytes(h.peer), h.nonce)] = oid
 
     # -- trace ------------------------------------------------------------------------------------
     def _trace(self, ctx: StepContext, oid: bytes, h: tr.Holding) -> None:
@@ -251,6 +342,97 @@ class TrnApplet(SessionApplet):
                 ok, reason = False, f"issuer check failed: {exc}"
         out = tr.apply(h, tr.Event("traced", peer, ok=ok, reason=reason), oid)
         self._store(ctx, oid, out.holding)
+
+    # -- reissue (agent cards) ------------------------------------------------------------------------
+    def _reissue(self, ctx: StepContext, old: bytes, new: bytes | None, body: bytes | None) -> None:
+        if pki.role_of(pki.cert_from_der(ctx.certificate_der)) is not pki.Role.AGENT:
+            raise Refused("wrong_usage", "only a ticketing agent's card reissues tokens")
+        raw = ctx.get(b"r:" + old)
+        if raw is not None:
+            rec = _REISSUE_REC.decode(raw)
+            if new is None or new == rec["new_oid"]:
+                self._reply_state(ctx, old, rec)  # a repeated command reports; recovery resends a pending request
+                return
+            if rec["state"] != _REFUSED:
+                raise Refused(
+                    "refused",
+                    f"{old.hex()} is already {'being ' if rec['state'] == _PENDING else ''}reissued as "
+                    f"{rec['new_oid'].hex()}: repeat the command without another new oid to see how it went",
+                )
+            # refused before: another new oid starts over (e.g. once the operator registered this agent)
+        authority = ctx.get(b"a")
+        if authority is None:
+            raise Refused("no_authority", "this card has no authority yet: set it first (trn.set_authority)")
+        new = new if new is not None else ctx.random(OID_BYTES)
+        if new == old or holding_of(ctx, new) is not None or ctx.get(b"m:" + new) is not None:
+            raise Refused("refused", f"new oid {new.hex()} already exists on this card: pick another")
+        minted = ctx.get(b"m:" + old) or None
+        if body is None:
+            if minted is None:
+                raise Refused(
+                    "need_body",
+                    f"this card does not remember the body of {old.hex()}: give the new token's body",
+                )
+            body = Token.decode(minted).body
+        rec = {"new_oid": new, "state": _PENDING, "reason": "waiting for the authority", "body": body}
+        ctx.put(b"r:" + old, _REISSUE_REC.encode(rec))
+        ctx.put(b"m:" + new, b"")  # reserved: no mint may take the new oid meanwhile
+        self._ask_reissue(ctx, old, rec)
+        self._reply_state(ctx, old, rec)
+
+    def _ask_reissue(self, ctx: StepContext, old: bytes, rec: dict[str, Any]) -> None:
+        authority = ctx.get(b"a")
+        if authority is None:
+            return
+        ask: dict[str, Any] = {"oid": old, "new_oid": rec["new_oid"], "body_hash": profile.sha256(rec["body"])}
+        minted = ctx.get(b"m:" + old)
+        if minted:
+            ask["token"] = minted  # lets the authority check who issued an oid it never traced
+        self.send_inner(ctx, Uid.from_bytes(authority), tr.encode_inner(tr.REISSUE, ask))
+
+    def _reply_state(self, ctx: StepContext, old: bytes, rec: dict[str, Any]) -> None:
+        fields = {"oid": old, "new_oid": rec["new_oid"], "state": rec["state"], "reason": rec["reason"]}
+        if "holder" in rec:
+            fields["holder"] = rec["holder"]
+        ctx.reply(REISSUE_STATE, **fields)
+
+    def _reissued(self, ctx: StepContext, peer: Uid, p: dict[str, Any]) -> None:
+        authority = ctx.get(b"a")
+        if authority is None or Uid.from_bytes(authority) != peer:
+            raise ProtocolError("wrong_peer", "a reissue answer from a device that is not this card's authority")
+        old, new = p["oid"], p["new_oid"]
+        raw = ctx.get(b"r:" + old)
+        rec = None if raw is None else _REISSUE_REC.decode(raw)
+        if rec is None or rec["state"] != _PENDING or rec["new_oid"] != new:
+            return  # a duplicate or late answer: already handled
+        body = rec.pop("body")
+        if not p["ok"] or "holder" not in p:
+            ctx.delete(b"m:" + new)  # the reservation
+            ctx.put(b"r:" + old, _REISSUE_REC.encode(rec | {"state": _REFUSED, "reason": p["reason"]}))
+            return
+        holder: Uid = p["holder"]
+        self._drop_old(ctx, old)
+        self._mint_token(ctx, new, body)
+        note = "kept: this card is the last recorded holder"
+        if holder != ctx.card_uid:
+            out = tr.apply(holding_of(ctx, new), tr.Event("start", holder, ctx.random(tr.TRANSFER_NONCE_BYTES)), new)
+            self._store(ctx, new, out.holding)
+            for code, fields in out.send:
+                self.send_inner(ctx, holder, tr.encode_inner(code, fields))
+            note = "sent to the last recorded holder"
+        ctx.put(b"r:" + old, _REISSUE_REC.encode(rec | {"state": _DONE, "reason": note, "holder": holder}))
+
+    def _drop_old(self, ctx: StepContext, old: bytes) -> None:
+        """The old oid is revoked: forget it as minted, and drop this card's own copy if it is still movable."""
+        ctx.delete(b"m:" + old)
+        h = holding_of(ctx, old)
+        if h is None:
+            return
+        if h.status is tr.Status.ENABLED or h.state == "disabled+O":
+            # (a transfer before its commit is aborted: its receiver discards the copy)
+            if h.peer is not None and h.nonce is not None:
+                self.send_inner(ctx, h.peer, tr.encode_inner(tr.ABORT, {"nonce": h.nonce, "oid": old}))
+            self._store(ctx, old, None)
 
 
 class SenderKeepsTokenApplet(TrnApplet):

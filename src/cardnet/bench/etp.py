@@ -38,10 +38,7 @@ Target: ``rtt_per_s >= 0.5 * tcp_bound_rtt_per_s``.
 from __future__ import annotations
 
 import asyncio
-import os
-import selectors
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -49,12 +46,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cardnet.applets.pingpong import BLAST, BLAST_DONE, MAX_BLAST, PING, PING_DONE, PING_START, PONG, STREAM
+from cardnet.bench.procs import HostProc, free_port, readline, stop_process
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
@@ -109,88 +106,6 @@ def message_sizes(a: Uid, b: Uid) -> dict[str, int]:
 # -- the two host processes -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """The child's next stdout line, or '' if it prints none within ``timeout_s``."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout_s):
-            return ""
-    return proc.stdout.readline()
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            stream.close()
-
-
-@dataclass
-class HostProc:
-    """One ``cardnet host run`` process with one personalised pingpong card."""
-
-    name: str
-    dir: Path
-    port: int
-    domain: bytes
-    proc: subprocess.Popen[str] | None = None
-
-    @property
-    def card(self) -> Uid:
-        return Uid.card(self.domain)
-
-    @property
-    def socket(self) -> str:
-        return str(self.dir / f"{self.name}.sock")
-
-    @property
-    def config(self) -> Path:
-        return self.dir / f"{self.name}.toml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / f"{self.name}.log"
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text()[-chars:]
-        except OSError:
-            return ""
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "a") as log_file:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cardnet.cli.main", "host", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                env=env,
-            )
-        if not _readline(self.proc, START_TIMEOUT_S).startswith("ready"):
-            self.stop()
-            raise BenchError(f"host {self.name} did not start; its log:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-            self.proc = None
-
-
 def make_hosts(directory: Path) -> tuple[HostProc, HostProc]:
     """A CA, two personalised cards (durable SQLite) and two host configs routing to each other."""
     now = datetime.now(UTC)
@@ -200,7 +115,7 @@ def make_hosts(directory: Path) -> tuple[HostProc, HostProc]:
         card = Card(SqliteStore(str(directory / f"{name}.card.db")))
         uid = personalise(card, authority, pin=pin, now=now)
         card.close()
-        hosts.append(HostProc(name, directory, _free_port(), uid.domain))
+        hosts.append(HostProc(name, directory, free_port(), uid.domain, start_timeout_s=START_TIMEOUT_S))
     a, b = hosts
     for h, other in ((a, b), (b, a)):
         h.config.write_text(
@@ -295,14 +210,14 @@ class Ponger:
             stdout=subprocess.PIPE,
             text=True,
         )
-        line = _readline(self.proc, START_TIMEOUT_S).strip()
+        line = readline(self.proc, START_TIMEOUT_S).strip()
         if not line.isdigit():
             self.stop()
             raise BenchError("the TCP ponger process did not start")
         self.port = int(line)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 async def tcp_rate(port: int, seconds: float, window: int, ping_bytes: int, pong_bytes: int) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail
-from cardnet.cli.trn import PIN, SOCKET, _oid, _result, _run
+from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run
 
 
 @click.group()
@@ -108,9 +108,10 @@ def authority_add_agent(socket: str, pin: str | None, cert_path: Path) -> None:
 @authority.command("chain")
 @SOCKET
 @PIN
+@CARD
 @click.option("--oid", required=True)
 @click.option("--json", "as_json", is_flag=True)
-def authority_chain(socket: str, pin: str | None, oid: str, as_json: bool) -> None:
+def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """The recorded movements of a token: issuer, then every holder in order."""
     from cardnet.applets.authority import CHAIN, QUERY
 
@@ -118,10 +119,17 @@ def authority_chain(socket: str, pin: str | None, oid: str, as_json: bool) -> No
         await app.send(app.uid.card_uid(), QUERY, oid=_oid(oid))
         return dict(await app.recv_type(CHAIN))
 
-    chain = _run(socket, pin, work)
+    chain = _run(socket, pin, work, _domain(card))
     issuer = str(chain.get("issuer") or "")
     holders = [str(h) for h in chain["holders"]]
     if as_json:
-        emit_json({"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain})
+        reissued = chain["reissued_as"].hex() if "reissued_as" in chain else None
+        emit_json(
+            {"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain, "reissued_as": reissued}
+        )
     else:
         console.print(" -> ".join([issuer, *holders]) if issuer else "no movement recorded")
+        if "reissued_as" in chain:
+            console.print(f"revoked: reissued as {chain['reissued_as'].hex()}")
+        elif "revoked" in chain:
+            console.print("revoked")

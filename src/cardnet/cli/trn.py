@@ -20,15 +20,18 @@ def _pin(pin: str | None) -> str:
     return value
 
 
-def _run(socket: str, pin: str | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
+def _run(socket: str, pin: str | None, work: Callable[[Any], Awaitable[Any]], card: bytes | None = None) -> Any:
     from cardnet.card import mtypes as cm
     from cardnet.host.client import AppClient
+    from cardnet.host.errors import HostError
 
     async def go() -> Any:
         try:
-            app = await AppClient.connect(socket)
+            app = await AppClient.connect(socket, card=card)
         except OSError as exc:
             fail(f"cannot reach the host at {socket}: {exc.strerror}", hint="is `cardnet host run` running there?")
+        except HostError as exc:
+            fail(f"the host refused: {exc}", reason=exc.reason, hint="a host with several cards needs --card DOMAIN")
         async with app:
             await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=_pin(pin))
             r = await app.recv_type(cm.PIN_RESULT)
@@ -62,6 +65,7 @@ def _oid(text: str) -> bytes:
 
 SOCKET = click.option("--socket", required=True, help="The host's application socket (app_socket in its config).")
 PIN = click.option("--pin", default=None, help="The card's PIN (default: $CARDNET_PIN, else asked for).")
+CARD = click.option("--card", "card", default=None, help="The card's domain (24 hex), if the host has several cards.")
 
 
 @click.group()
@@ -132,6 +136,105 @@ def trn_list(socket: str, pin: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["oid"], r["status"], r["peer"], r["body"])
     console.print(table)
+
+
+def _domain(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        raw = bytes.fromhex(text.split(":")[0])
+    except ValueError:
+        raw = b""
+    if len(raw) != 12:
+        raise click.BadParameter("a card domain is 24 hex digits (a card Uid <24 hex>:00000000 works too)")
+    return raw
+
+
+@trn.command("reissue")
+@SOCKET
+@PIN
+@click.option("--oid", required=True, help="The lost token's oid (it is revoked).")
+@click.option("--new-oid", default=None, help="32 hex digits for the new token (default: the card draws one).")
+@click.option("--body", default=None, help="The new token's body (default: the body the agent's card minted).")
+@CARD
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds to wait for the authority.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+def trn_reissue(
+    socket: str,
+    pin: str | None,
+    oid: str,
+    new_oid: str | None,
+    body: str | None,
+    card: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Revoke a lost token and reissue it to its last recorded holder (run by the issuing agent's owner).
+
+    The agent's card asks the authority, which revokes the old oid and names the
+    last holder it recorded; the card then mints the new token and sends it
+    there. Safe to repeat: the same command reports how the reissue went.
+    """
+    from cardnet.applets.trn import RECOVER, REISSUE, REISSUE_STATE
+    from cardnet.card import mtypes as cm
+
+    fields: dict[str, Any] = {"oid": _oid(oid)}
+    if new_oid is not None:
+        fields["new_oid"] = _oid(new_oid)
+    if body is not None:
+        fields["body"] = body.encode()
+
+    async def ask(app: Any) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), REISSUE, **fields)
+        msg = await app.recv()
+        if msg.mtype == cm.REFUSED.code:
+            p = cm.REFUSED.parse(msg)
+            hints = {
+                "need_body": "give the new token's body with --body",
+                "no_authority": "run `cardnet trn set-authority` on the agent's card first",
+                "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
+            }
+            fail(f"the card refused: {p['detail']}", reason=p["reason"], hint=hints.get(p["reason"]))
+        return dict(REISSUE_STATE.parse(msg))
+
+    async def work(app: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        state = await ask(app)
+        fields.pop("body", None)  # polling: the same old oid (and new oid, once known) reports the state
+        fields["new_oid"] = state["new_oid"]
+        polls = 0
+        while state["state"] == "pending" and loop.time() < deadline:
+            await asyncio.sleep(0.25)
+            polls += 1
+            if polls % 8 == 0:  # the host's timer resends too; this keeps a host without ticks moving
+                await app.send(app.uid.card_uid(), RECOVER)
+            state = await ask(app)
+        return state
+
+    state = _run(socket, pin, work, _domain(card))
+    out = {
+        "oid": oid,
+        "new_oid": state["new_oid"].hex(),
+        "state": state["state"],
+        "reason": state["reason"],
+        "holder": str(state.get("holder") or ""),
+    }
+    if state["state"] == "refused":
+        retry = "to try again once the cause is fixed, give another --new-oid"
+        fail(f"the authority refused to reissue {oid}: {state['reason']}", reason="refused", hint=retry)
+    if state["state"] == "pending":
+        later = "the card keeps the request and resends it; repeat this command to see the outcome"
+        fail(
+            f"no answer from the authority within {timeout_s:g} s ({oid} -> {out['new_oid']})",
+            reason="pending",
+            hint=later,
+        )
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"reissued {oid} as {out['new_oid']}: {out['reason']} ({out['holder']})", markup=False)
 
 
 @trn.command("set-authority")

@@ -6,11 +6,13 @@
     listen = "127.0.0.1:7101"           # optional: remote hosts connect here
     app_socket = "/run/cardnet/alice.sock"  # applications connect here (a Unix socket)
     max_frame = 16777216                # optional, bytes
+    resend_after_s = 5.0                # optional: re-emit card outputs the host could not pass on (0: never)
 
     [[cards]]                           # one or more personalised cards
     store = "sqlite:///alice.card.db"
-    applets = ["notes", "echo"]
+    applets = ["notes", "trn"]
     capacity_bytes = 262144             # optional
+    ticks = { "trn.recover" = 2.0 }     # optional: mtype -> seconds; the host sends it to the card that often
 
     [routes]                            # card domain (24 hex digits) -> "host:port"
     "0123456789abcdef01234567" = "127.0.0.1:7102"
@@ -22,6 +24,11 @@
 
 A bad file is refused with :class:`HostError` (``bad_config``) naming the
 field, e.g. ``cards[0].applets: unknown applet(s) ech``.
+
+``ticks`` default to :data:`DEFAULT_TICKS` of the card's applets (a card with
+the ``trn`` applet gets ``trn.recover`` every 2 s); ``ticks = {}`` turns them off.
+A tick must be a message type one of the card's applets handles, not
+privileged (the host has no PIN) and without required fields.
 """
 
 from __future__ import annotations
@@ -34,8 +41,17 @@ from typing import Any
 from cardnet.applets.registry import APPLETS
 from cardnet.host.errors import HostError
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
+from cardnet.wire import DecodeError
 
-KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "cards", "routes", "tls"}
+KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls"}
+KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks")
+DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
+    # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
+    "trn": (("trn.recover", 2.0),),
+}
+DEFAULT_RESEND_AFTER_S = 5.0
+MIN_PERIOD_S = 0.05
+MAX_PERIOD_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class CardConfig:
     store: str
     applets: tuple[str, ...]
     capacity_bytes: int
+    ticks: tuple[tuple[str, float], ...] = ()  # (mtype name, every seconds)
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class HostConfig:
     routes: dict[bytes, tuple[str, int]] = field(default_factory=dict)
     tls: TlsConfig | None = None
     max_frame: int = DEFAULT_MAX_FRAME
+    resend_after_s: float = DEFAULT_RESEND_AFTER_S  # 0: never re-emit (only when a card is reopened)
 
 
 def _bad(where: str, what: str) -> HostError:
@@ -90,6 +108,41 @@ def _int(d: dict[str, Any], key: str, where: str, default: int, lo: int, hi: int
     return v
 
 
+def _seconds(v: object, where: str, *, zero_ok: bool = False) -> float:
+    value = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else -1.0
+    if zero_ok and value == 0:
+        return 0.0
+    if not MIN_PERIOD_S <= value <= MAX_PERIOD_S:
+        off = " or 0 (off)" if zero_ok else ""
+        raise _bad(where, f"must be a number of seconds {MIN_PERIOD_S}..{MAX_PERIOD_S:g}{off}, got {v!r}")
+    return value
+
+
+def _ticks(c: dict[str, Any], applets: list[str], where: str) -> tuple[tuple[str, float], ...]:
+    if "ticks" not in c:
+        return tuple(t for a in applets for t in DEFAULT_TICKS.get(a, ()))
+    raw = c["ticks"]
+    if not isinstance(raw, dict):
+        example = '{ "trn.recover" = 2.0 }'
+        raise _bad(f"{where}ticks", f"must be a table of message type = seconds, e.g. {example}, got {raw!r}")
+    handled = {mt.name: mt for a in applets for mt in APPLETS[a]().handles}
+    ticks = []
+    for name, every in raw.items():
+        at = f"{where}ticks.{name}"
+        mt = handled.get(name)
+        if mt is None:
+            known = sorted(n for n, m in handled.items() if not m.privileged)
+            raise _bad(at, f"none of this card's applets handles {name!r}; e.g. {', '.join(known[:8]) or 'nothing'}")
+        if mt.privileged:
+            raise _bad(at, f"{name} is privileged (needs the PIN): a host cannot send it on a timer")
+        try:
+            mt.schema.encode({})
+        except DecodeError:
+            raise _bad(at, f"{name} has required fields: a tick carries none") from None
+        ticks.append((name, _seconds(every, at)))
+    return tuple(ticks)
+
+
 def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
     unknown = set(data) - KNOWN_TOP
     if unknown:
@@ -98,6 +151,7 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
     app_socket = base / _str(data, "app_socket", "")
     listen = parse_address(data["listen"], "listen") if "listen" in data else None
     max_frame = _int(data, "max_frame", "", DEFAULT_MAX_FRAME, MIN_FRAME, 1 << 30)
+    resend_after_s = _seconds(data.get("resend_after_s", DEFAULT_RESEND_AFTER_S), "resend_after_s", zero_ok=True)
     raw_cards = data.get("cards")
     if not isinstance(raw_cards, list) or not raw_cards:
         raise _bad("cards", 'list at least one card: [[cards]] with store = "sqlite:///..." and applets = [...]')
@@ -106,9 +160,9 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
         where = f"cards[{i}]."
         if not isinstance(c, dict):
             raise _bad(f"cards[{i}]", "must be a table with store and applets")
-        extra = set(c) - {"store", "applets", "capacity_bytes"}
+        extra = set(c) - set(KNOWN_CARD)
         if extra:
-            raise _bad(f"{where}{sorted(extra)[0]}", "unknown field; known: store, applets, capacity_bytes")
+            raise _bad(f"{where}{sorted(extra)[0]}", f"unknown field; known: {', '.join(KNOWN_CARD)}")
         store = _str(c, "store", where)
         if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
             store = "sqlite:///" + str(base / store[len("sqlite:///") :])
@@ -122,7 +176,7 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
                 f"unknown applet(s) {', '.join(unknown_applets)}; known: {', '.join(sorted(APPLETS))}",
             )
         capacity = _int(c, "capacity_bytes", where, 256 * 1024, 1024, 1 << 34)
-        cards.append(CardConfig(store, tuple(applets), capacity))
+        cards.append(CardConfig(store, tuple(applets), capacity, _ticks(c, applets, where)))
     routes: dict[bytes, tuple[str, int]] = {}
     raw_routes = data.get("routes", {})
     if not isinstance(raw_routes, dict):
@@ -147,7 +201,7 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
                 raise _bad(f"tls.{k}", f"file {p} does not exist")
             paths[k] = p
         tls = TlsConfig(paths["cert"], paths["key"], paths["ca"])
-    return HostConfig(name, app_socket, tuple(cards), listen, routes, tls, max_frame)
+    return HostConfig(name, app_socket, tuple(cards), listen, routes, tls, max_frame, resend_after_s)
 
 
 def load_config(path: Path) -> HostConfig:

@@ -27,6 +27,13 @@ unacknowledged outbox.
 The host reads no clock: ``now`` is an argument of ``pump``. It does no I/O:
 remote traffic leaves as effects; the asyncio driver and the simulator feed
 arrivals in through ``receive_remote`` (or ``receive_many`` for a batch).
+
+Timers are the driver's too: :class:`Schedule` says when periodic jobs are
+due (``deadline()``, ``due(now)``); for each, the driver calls ``tick`` (send
+a card a message such as ``trn.recover`` from the host port) or
+``resend_unacked`` (re-emit card outputs that are neither queued nor held:
+ones the driver could not pass on, e.g. a full link, and so never
+acknowledged).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from cardnet.host.errors import HostError
 from cardnet.host.guard import Guard, Verdict, forged_local_domain_guard
 from cardnet.host.library import Capability, Filter
 from cardnet.store import StoreError
-from cardnet.wire import Message, Uid
+from cardnet.wire import Message, MType, Uid
 
 log = logging.getLogger("cardnet.host")
 
@@ -141,6 +148,7 @@ class Host:
         self._sinks: dict[Uid, Sink] = {}
         self._observers: list[tuple[Filter, Callable[[Message, Origin], None]]] = []
         self._outgoing: list[SendRemote] = []
+        self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
         self.dropped = 0
         for card in cards:
             self.add_card(card)
@@ -376,3 +384,79 @@ class Host:
             msg.dst, msg.src, {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
         )
         self._enqueue(_Entry(notice, HOST))
+
+    # -- timers (the driver owns the clock: see Schedule) ---------------------------------------
+    def tick(self, domain: bytes, mtype: MType) -> None:
+        """Queue ``mtype`` (no fields) for the card of ``domain``, from the host port (e.g. ``trn.recover``).
+
+        Ticks skip the Guards, like the host's own notices. The card's answers to the host port, if any, are
+        taken by the host (a refusal is logged).
+        """
+        card = self.card(domain)
+        src = Uid(domain, HOST_PORT)
+        if src not in self._sinks:
+            self._sinks[src] = self._tick_answer
+        self._enqueue(_Entry(mtype.make(src, card.uid), HOST))
+
+    def _tick_answer(self, msg: Message) -> None:
+        if msg.mtype == cm.REFUSED.code:
+            log.warning("%s: card %s refused a tick: %r", self.name, msg.src, msg.param[:200])
+
+    def resend_unacked(self) -> int:
+        """Re-emit card outputs the host lost track of; returns how many.
+
+        An output that is unacknowledged but neither queued nor held was not
+        passed on (its link was full or gone, a card step failed, ...) and
+        would otherwise wait for the card to be reopened. Only outputs found so
+        at two sweeps in a row are re-emitted, so a ``SendRemote`` the driver
+        has not reported ``sent()`` yet gets a whole period first. Call it
+        every few seconds; protocols tolerate the duplicates.
+        """
+        live = {e.ack for e in self._queue if e.ack is not None}
+        live.update(h.ack for h in self.held.values() if h.ack is not None)
+        suspects: set[tuple[Card, int]] = set()
+        resent = 0
+        for card in self.cards.values():
+            for out in card.outbox():
+                key = (card, out.seq) if out.seq is not None else None
+                if key is None or key in live:
+                    continue
+                if key in self._suspects:
+                    self._enqueue(_Entry(out.msg, CARD, key))
+                    resent += 1
+                else:
+                    suspects.add(key)
+        self._suspects = suspects
+        if resent:
+            log.info("%s: re-emitted %d unacknowledged card output(s)", self.name, resent)
+        return resent
+
+
+@dataclass
+class Schedule:
+    """Periodic jobs, sans-I/O: the driver sleeps until :meth:`deadline` and then runs :meth:`due`.
+
+    ``jobs`` maps a key to its period in seconds; the first run of each is one period after ``now``. A late
+    driver runs a job once, not once per missed period (the next run is one period after the late one).
+    """
+
+    jobs: dict[object, float]
+    now: float
+    _next: dict[object, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for key, every_s in self.jobs.items():
+            if not every_s > 0:
+                raise HostError("bad_config", f"timer {key}: the period must be > 0 seconds, got {every_s}")
+        self._next = {key: self.now + every_s for key, every_s in self.jobs.items()}
+
+    def deadline(self) -> float | None:
+        """When the next job is due (the driver's clock), or None if there are no jobs."""
+        return min(self._next.values(), default=None)
+
+    def due(self, now: float) -> list[object]:
+        """The jobs due at ``now``, each scheduled again one period later."""
+        out = [key for key, at in self._next.items() if at <= now]
+        for key in out:
+            self._next[key] = now + self.jobs[key]
+        return out

@@ -14,6 +14,13 @@ the logic. Three kinds of traffic:
   (its queue holds ``LINK_QUEUE`` messages; what does not fit is logged and
   stays unacknowledged in its card's outbox).
 
+A timer task owns the host's periodic jobs (:class:`~cardnet.host.core.Schedule`
+on the event loop's monotonic clock): each card's ``ticks`` from the config
+(by default ``trn.recover`` every 2 s for a card with the ``trn`` applet, so
+unfinished transfers, traces and handshakes are resent without any
+application asking) and, every ``resend_after_s``, the re-emission of card
+outputs the host could not pass on (``Host.resend_unacked``).
+
 Every arrival wakes one pump task; a pump steps each card once for everything
 queued for it, up to ``MAX_GROUP`` messages (group commit), so the more
 traffic, the fewer fsyncs per message. Traffic moves in batches: a remote
@@ -33,6 +40,7 @@ import random
 import ssl
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,7 @@ from cardnet.applets.registry import make_applets
 from cardnet.card import Card
 from cardnet.host import mtypes as hm
 from cardnet.host.config import HostConfig
-from cardnet.host.core import Host, Origin, SendRemote, all_sent
+from cardnet.host.core import Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
 from cardnet.store import open_store
 from cardnet.transport import (
@@ -55,12 +63,22 @@ from cardnet.transport import (
     tls_contexts,
 )
 from cardnet.wire import Message, Uid
+from cardnet.wire.mtypes import by_name, lookup
 
 log = logging.getLogger("cardnet.host")
 
 APP_QUEUE = 4096  # messages waiting for a slow application before the host drops them
 MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
 LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
+_RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """The timer job that sends ``mtype`` to the card of ``domain``."""
+
+    domain: bytes
+    mtype: int  # the code (an MType's schema is not hashable)
 
 
 def open_cards(config: HostConfig) -> list[Card]:
@@ -93,6 +111,12 @@ class HostServer:
         self._client_tls: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._jobs: dict[object, float] = {}
+        for card, cc in zip(self.cards, config.cards, strict=True):
+            for name, every_s in cc.ticks:
+                self._jobs[_Tick(card.uid.domain, by_name(name).code)] = every_s
+        if config.resend_after_s > 0:
+            self._jobs[_RESEND] = config.resend_after_s
         if config.tls is not None:
             self._server_tls, self._client_tls = tls_contexts(
                 config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.ca.read_bytes()
@@ -115,6 +139,8 @@ class HostServer:
         )
         sock.chmod(0o600)
         self._spawn(self._pump_loop())
+        if self._jobs:
+            self._spawn(self._timer_loop())
         self.wake()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -138,6 +164,24 @@ class HostServer:
                 # (When idle, waiting for the next wake lets the links write and arrivals gather.)
                 self._wake.set()
                 await asyncio.sleep(0)
+
+    async def _timer_loop(self) -> None:
+        """Ticks and re-emission, on the loop's monotonic clock (the core reads none)."""
+        loop = asyncio.get_running_loop()
+        schedule = Schedule(self._jobs, loop.time())
+        while not self._stopping.is_set():
+            deadline = schedule.deadline()
+            assert deadline is not None
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            for job in schedule.due(loop.time()):
+                try:
+                    if isinstance(job, _Tick):
+                        self.host.tick(job.domain, lookup(job.mtype))
+                    else:
+                        self.host.resend_unacked()
+                except Exception:  # a failed job must not stop the others (it runs again next period)
+                    log.exception("%s: timer job %s failed", self.config.name, job)
+            self.wake()
 
     def _link(self, address: str) -> ReconnectingLink:
         link = self._links.get(address)

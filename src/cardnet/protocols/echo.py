@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cardnet.wire import Bytes, Field, Message, Schema, Uid, UInt, register
+from cardnet.wire import Bytes, DecodeError, Field, Message, Schema, Uid, UInt, register
 
 MAX_BODY = 1024
 
@@ -54,7 +54,10 @@ class EchoClient:
     def receive(self, msg: Message, now: float) -> None:
         if msg.mtype != REPLY.code or msg.src != self.dst:
             return
-        p = REPLY.parse(msg)
+        try:
+            p = REPLY.parse(msg)
+        except DecodeError:
+            return  # garbled on the way (a host may tamper with what it carries): the timer resends the request
         rid = p["rid"]
         if rid in self.pending and self.pending[rid][0] == p["body"]:
             del self.pending[rid]

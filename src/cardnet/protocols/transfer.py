@@ -82,8 +82,28 @@ INNER: dict[int, Schema] = {
             Field(3, "issuer_cert", Bytes(8192), optional=True),
         ],
     ),
+    # the issuing agent asks the authority to revoke ``oid`` and reissue it as ``new_oid`` (trace.py)
+    9: Schema(
+        "trn.reissue",
+        [
+            Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(1, "new_oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(2, "body_hash", Bytes(32, 32)),
+            Field(3, "token", Bytes(MAX_TOKEN), optional=True),  # the old token as minted, if the agent kept it
+        ],
+    ),
+    10: Schema(
+        "trn.reissued",
+        [
+            Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(1, "new_oid", Bytes(OID_BYTES, OID_BYTES)),
+            Field(2, "ok", Bool()),
+            Field(3, "reason", Text(200)),
+            Field(4, "holder", UidType(), optional=True),  # the last recorded holder: the new token goes there
+        ],
+    ),
 }
-COPY, COPIED, COMMIT, COMMITTED, ABORT, ABORTED, SEEKFOR, SEEKED = range(1, 9)
+COPY, COPIED, COMMIT, COMMITTED, ABORT, ABORTED, SEEKFOR, SEEKED, REISSUE, REISSUED = range(1, 11)
 NAMES = {code: schema.name for code, schema in INNER.items()}
 
 

@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "partition", "tear", "crash")
+FAULT_KINDS = ("drop", "duplicate", "reorder", "delay", "partition", "tear", "crash", "malicious")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class FaultPlan:
     tear_p: float  # per card commit: the card loses power before or after committing
     crash_p: float  # per tick: a host crashes (volatile state lost) and restarts
     latency_s: float = 0.005
+    # per message a malicious host carries (and per tick, per malicious host): it misbehaves (world.py's
+    # Malice: replay, tamper, forge src, reflect, redirect, inject). Drawn last, with a default, so the
+    # other kinds of every seed's plan are what they were before malicious hosts existed.
+    malicious_p: float = 0.0
 
     @classmethod
     def draw(cls, rng: random.Random, *, calm: bool = False) -> FaultPlan:
@@ -40,6 +44,7 @@ class FaultPlan:
             partition_len_s=rng.uniform(0.05, 1.0),
             tear_p=maybe(0.5, 0.1),
             crash_p=maybe(0.4, 0.02),
+            malicious_p=maybe(0.4, 0.2),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 An agent mints tokens and issues them to wallets; during the safety phase
 owners order random transfers between wallets on different hosts; every
-wallet's host orders ``trn.recover`` on a timer (as a real host does). The
-authority traces every movement.
+host ticks its TRN cards with ``trn.recover`` on its timer (``Host.tick``, on
+the virtual clock: ``World.add_timers``) and re-emits card outputs it lost
+track of (``Host.resend_unacked``), as the host process does; no application
+sends ``trn.recover``. The authority traces every movement.
 
 Invariants: for every oid, at most one *usable* (enabled or trustless) copy on
 all cards at every instant, and the object itself is always on some card (no
 loss). At the end, after healing and recovery: exactly one enabled copy, no
-transfer left half-done, and the authority's chain ends at that holder.
+transfer left half-done, and the authority's chain is consistent (it starts at
+the agent, every movement leaves the previous holder, no device was blocked)
+and ends at that holder.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.protocols import transfer as tr
-from cardnet.sim.world import SimHost, World
+from cardnet.sim.world import RESEND, SimHost, Tick, World
 from cardnet.wire import MType, Uid
+from cardnet.wire.cbor import loads_one
 
 SETUP_S = 0.5
-RECOVER_EVERY_S = 0.25
+_AUTH = "a.authority"  # the authority applet's table on its card
+RECOVER_EVERY_S = 0.25  # the hosts' trn.recover tick (a host process defaults to 2 s; the simulator hurries)
+RESEND_EVERY_S = 1.0  # the hosts' resend_after_s
 
 
 @dataclass
@@ -71,8 +78,10 @@ class TransferScenario:
             self._order(world, self.agent_domain, SEND, t=0.06, oid=oid, to=to)
         for _ in range(self.transfers):
             world.at(SETUP_S + world.rng.uniform(0.0, 1.5), functools.partial(self._random_transfer, world), "transfer")
-        for domain in [self.agent_domain, *(d for _, d in self.wallet_cards)]:
-            world.at(0.1, functools.partial(self._recover_loop, world, domain), "recover")
+        trn_cards = {self.agent_domain, *(d for _, d in self.wallet_cards)}
+        for sh in hosts:
+            ticks: dict[object, float] = {Tick(d, RECOVER): RECOVER_EVERY_S for d in sh.cards if d in trn_cards}
+            world.add_timers(sh, {**ticks, RESEND: RESEND_EVERY_S})
 
     def _app(self, world: World, sh: SimHost, card: Card) -> None:
         uid = world.attach_app(sh, lambda msg: None, card.uid.domain)  # owners read their cards' state directly
@@ -87,10 +96,6 @@ class TransferScenario:
         if mtype.privileged:
             world.submit(address, cm.PIN_VERIFY.make(app, card, pin="0000"))
         world.submit(address, mtype.make_from(app, card, fields))
-
-    def _recover_loop(self, world: World, domain: bytes) -> None:
-        self._send_order(world, domain, RECOVER, {})
-        world.at(world.now + RECOVER_EVERY_S, functools.partial(self._recover_loop, world, domain), "recover")
 
     def _random_transfer(self, world: World) -> None:
         holders = [
@@ -133,13 +138,41 @@ class TransferScenario:
                 leftovers = [h.state for _, h in held if h.status is not tr.Status.ENABLED]
                 if len(enabled) != 1 or leftovers:
                     bad.append(f"token {oid.hex()[:8]} ended as {[h.state for _, h in held]}")
+                else:
+                    bad.extend(self._chain_problems(world, oid, Uid.card(enabled[0])))
+        if final:
+            blocked = [k[8:].hex()[:8] for t, k in self._authority(world)._mem if t == _AUTH and k[:8] == b"blocked:"]
+            if blocked:
+                bad.append(f"the authority blocked {blocked}: it saw a token branch")
         return bad
+
+    def _authority(self, world: World) -> Card:
+        assert self.authority is not None
+        return world.card_of(self.authority.domain)
+
+    def _chain_problems(self, world: World, oid: bytes, holder: Uid) -> list[str]:
+        """The authority's chain for ``oid``: from the agent, each movement from the previous holder, to ``holder``."""
+        raw = self._authority(world)._mem.get((_AUTH, b"chain:" + oid))
+        if raw is None:
+            return [f"token {oid.hex()[:8]}: the authority has no chain for it"]
+        data = loads_one(raw)
+        assert isinstance(data, list)
+        at = Uid.from_bytes(data[0])
+        if at != Uid.card(self.agent_domain):
+            return [f"token {oid.hex()[:8]}: the authority records issuer {at.short()}, not the agent"]
+        for frm, to, _ in data[1:]:
+            if Uid.from_bytes(frm) != at:
+                return [f"token {oid.hex()[:8]}: the chain branches at {at.short()}"]
+            at = Uid.from_bytes(to)
+        if at != holder:
+            return [f"token {oid.hex()[:8]}: the chain ends at {at.short()}, the token is on {holder.short()}"]
+        return []
 
     def _minted(self, world: World, oid: bytes) -> bool:
         agent = world.card_of(self.agent_domain)
-        return agent._mem.get(("a.trn", b"t:" + oid)) is not None or any(
-            k == ("a.authority", b"chain:" + oid)
-            for k in world.card_of(self.authority.domain)._mem  # type: ignore[union-attr]
+        return (
+            agent._mem.get(("a.trn", b"t:" + oid)) is not None
+            or (_AUTH, b"chain:" + oid) in self._authority(world)._mem
         )
 
     def quiescent(self, world: World) -> bool:

@@ -8,7 +8,12 @@ on in-memory SQLite stores; only the network and the clock are simulated. The
 network draws, per message, loss, duplication and latency (which reorders),
 and per tick, partitions (one direction or both) and host crashes; stores draw
 card tears at every commit (power lost just before the commit — nothing
-written — or just after it — written, but the outputs never left).
+written — or just after it — written, but the outputs never left). Some seeds
+make some hosts malicious (:mod:`cardnet.sim.malice`): they replay, tamper
+with, forge, reflect, redirect and make up messages; the cards must stay safe.
+
+Hosts' periodic timers (``Host.tick``, ``Host.resend_unacked``) run on the
+virtual clock when a scenario asks for them (:meth:`World.add_timers`).
 
 A run has a safety phase under faults, then heals (faults off, partitions
 closed) and runs until the scenario is quiescent or a time bound passes.
@@ -23,24 +28,41 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cardnet.card import Applet, Card
+from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
-from cardnet.host import Host, SendRemote
-from cardnet.host.core import APP
+from cardnet.host import Filter, Host, Origin, SendRemote
+from cardnet.host.core import APP, HOST, Schedule
+from cardnet.protocols import session as sess
 from cardnet.sim.faults import FaultPlan
+from cardnet.sim.malice import Action, Malice
 from cardnet.store import SqliteStore, StoreError
 from cardnet.store.sqlite import SqliteTxn
-from cardnet.wire import Message, Uid
+from cardnet.wire import Message, MType, Uid
 from cardnet.wire import mtypes as registry
 
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 TICK_S = 0.01
+RESEND = "resend"  # a timer job: Host.resend_unacked
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A timer job: ``Host.tick(domain, mtype)`` (e.g. ``trn.recover`` for a TRN card)."""
+
+    domain: bytes
+    mtype: MType
+
+    def __hash__(self) -> int:  # (an MType's schema holds lists: hash by its code)
+        return hash((self.domain, self.mtype.code))
+
+
 _CA_CACHE: dict[str, pki.CertificateAuthority] = {}
 
 
@@ -112,12 +134,24 @@ class SimHost:
     host: Host
     apps: dict[Uid, Callable[[Message], None]] = field(default_factory=dict)
     up: bool = True
+    observers: list[tuple[Callable[[Message, Origin], None], Filter]] = field(default_factory=list)
+    timers: dict[object, float] = field(default_factory=dict)  # job (Tick or RESEND) -> period in seconds
+    schedule: Schedule | None = None
 
-    def rebuild(self) -> None:
-        """A host restart: new host object, cards reopened from their stores, apps reconnect."""
+    def observe(self, fn: Callable[[Message, Origin], None], flt: Filter | None = None) -> None:
+        """Watch this host's dispatch table (``Host.observe``), across restarts."""
+        self.observers.append((fn, flt or Filter()))
+        self.host.observe(fn, flt)
+
+    def rebuild(self, now: float) -> None:
+        """A host restart: new host object, cards reopened from their stores, apps reconnect, timers restart."""
         self.host = Host([c.reopen() for c in self.cards.values()], routes=self.routes, name=self.address)
         for uid, sink in self.apps.items():
             self.host.attach_app(uid, sink)
+        for fn, flt in self.observers:
+            self.host.observe(fn, flt)
+        if self.timers:
+            self.schedule = Schedule(self.timers, now)  # a restarted host process: first runs one period on
 
 
 @dataclass(order=True)
@@ -147,6 +181,9 @@ class World:
         self._down_links: dict[tuple[str, str], float] = {}  # (from, to) -> until
         self.violations: list[str] = []
         self._last_arrival: dict[tuple[str, str], float] = {}
+        self.malicious: dict[str, Malice] = {}  # drawn when the run starts, if the plan has malicious hosts
+        self._handles: dict[Uid, list[MType]] = {}  # card -> the mtypes its applets handle (for injections)
+        self._refusals_shown = False
         self.ca = _CA_CACHE.get("sim") or _CA_CACHE.setdefault(
             "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH, rng=random.Random(0x5EED).randbytes)
         )  # one fixed CA key for every run and process; serials come from each card's seeded rng
@@ -172,6 +209,7 @@ class World:
         personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes, role=role)
         host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes)
         host.host.add_card(card)
+        self._handles[card.uid] = [mt for applet in applets() for mt in applet.handles]
         for other in self.hosts.values():  # everyone routes to everyone
             for d in host.cards:
                 if other is not host:
@@ -189,6 +227,34 @@ class World:
         host.apps[uid] = sink
         host.host.attach_app(uid, sink)
         return uid
+
+    def add_timers(self, host: SimHost, jobs: Mapping[object, float]) -> None:
+        """Drive ``host``'s periodic timers from the virtual clock, as the host process does on its own clock.
+
+        ``jobs`` maps :class:`Tick` (``Host.tick``) or :data:`RESEND` (``Host.resend_unacked``) to a period in
+        seconds. The first run of each job is one period from now; a crash restarts the schedule.
+        """
+        host.timers.update(jobs)
+        host.schedule = Schedule(host.timers, self.now)
+        deadline = host.schedule.deadline()
+        if deadline is not None:
+            self.at(deadline, functools.partial(self._run_timers, host.address), "timer")
+
+    def _run_timers(self, address: str) -> None:
+        sh = self.hosts[address]
+        if sh.schedule is None:
+            return
+        for job in sh.schedule.due(self.now):
+            if isinstance(job, Tick):
+                sh.host.tick(job.domain, job.mtype)
+            elif job == RESEND:
+                n = sh.host.resend_unacked()
+                if n:
+                    self.log(f"{address} re-emits {n} unacknowledged card output(s)")
+            self._dirty.add(address)
+        deadline = sh.schedule.deadline()
+        if deadline is not None:  # (after a crash the schedule is new and its deadline later: nothing was due)
+            self.at(deadline, functools.partial(self._run_timers, address), "timer")
 
     def card_of(self, domain: bytes) -> Card:
         for h in self.hosts.values():
@@ -249,13 +315,67 @@ class World:
                 victim = self.hosts[self.rng.choice(addrs)]
                 self.faults["crash"] += 1
                 self.log(f"crash host {victim.address}")
-                victim.rebuild()
+                victim.rebuild(self.now)
                 self._dirty.add(victim.address)
+            for address, malice in self.malicious.items():
+                if self.rng.random() < self.plan.malicious_p:
+                    action = malice.injection(self._cards(), self._uids(), self._handles)
+                    if action is not None:  # its own event, so that the invariants are checked right after it
+                        self.at(self.now, functools.partial(self.inject, address, action), "malicious")
         self.at(self.now + TICK_S, self._tick, "tick")
+
+    # -- malicious hosts (sim/malice.py) -----------------------------------------------------------
+    def _choose_malicious(self) -> None:
+        """Some hosts (at least one) turn malicious for the whole run, if the plan says so."""
+        if self.plan.malicious_p <= 0 or not self.hosts or self.malicious:
+            return
+        addrs = sorted(self.hosts)
+        chosen = sorted(self.rng.sample(addrs, self.rng.randint(1, len(addrs))))
+        self.turn_malicious(*chosen)
+
+    def turn_malicious(self, *addresses: str) -> None:
+        """Make these hosts malicious for the rest of the run (the plan's ``malicious_p`` says how often they act;
+        a test may leave it at 0 and act through :meth:`inject`). With the trace on, the cards' refusals show."""
+        for address in addresses:
+            malice = Malice(self.rng)
+            self.malicious[address] = malice
+            self.hosts[address].observe(functools.partial(_remember, malice))
+        self.log(f"malicious hosts: {', '.join(addresses)}")
+        if self.trace is not None and not self._refusals_shown:
+            self._refusals_shown = True
+            for sh in self.hosts.values():
+                sh.observe(functools.partial(self._log_refusal, sh.address), Filter(mtype=cm.REFUSED.code))
+                sh.observe(functools.partial(self._log_refusal, sh.address), Filter(mtype=sess.FAILED.code))
+
+    def _log_refusal(self, address: str, msg: Message, origin: Origin) -> None:
+        if origin.kind == "card" and self.trace is not None:
+            self.log(f"{address} card refuses: {_describe_refusal(msg)}")
+
+    def _cards(self) -> list[Uid]:
+        return [Uid.card(d) for sh in self.hosts.values() for d in sh.cards]
+
+    def _uids(self) -> list[Uid]:
+        """The Uids a malicious host may claim or name: every card and application, and a stranger."""
+        apps = [uid for sh in self.hosts.values() for uid in sh.apps]
+        return [*self._cards(), *apps, Uid(bytes(range(12)), 7)]
+
+    def inject(self, address: str, action: Action | None) -> None:
+        """The malicious host at ``address`` hands its own dispatch table what it made (its own Guard is not in its
+        way): for a local card or application it is delivered, for a remote domain it goes out over the network
+        (where the receiving host's Guard and the network's faults apply)."""
+        if action is None:
+            return
+        self.faults["malicious"] += 1
+        self.log(f"malicious {address} {action.kind} {_describe(action.msg)}")
+        sh = self.hosts[address]
+        sh.host.submit(action.msg, HOST)
+        self._dirty.add(address)
 
     def _carry(self, src: str, eff: SendRemote) -> None:
         eff.sent()
         if eff.address not in self.hosts:
+            return
+        if not self._in_passing(src, eff.msg):
             return
         plan = self.plan
         copies = 1
@@ -288,8 +408,20 @@ class World:
     def _arrive(self, src: str, dst: str, msg: Message, copy: int) -> None:
         sh = self.hosts[dst]
         self.log(f"{src}->{dst} deliver{' (dup)' if copy else ''} {_describe(msg)}")
-        sh.host.receive_remote(msg, src)
+        if not self._in_passing(dst, msg):
+            return
+        if not sh.host.receive_remote(msg, src):
+            self.log(f"{dst} guard drops {_describe(msg)}: src claims a card of {dst}")
         self._dirty.add(dst)
+
+    def _in_passing(self, address: str, msg: Message) -> bool:
+        """A malicious host may misbehave with a message it carries; False if it swallows the original."""
+        malice = self.malicious.get(address)
+        if malice is None or self.calm or self.rng.random() >= self.plan.malicious_p:
+            return True
+        action = malice.in_passing(msg, self._cards(), self._uids())
+        self.inject(address, action)
+        return action is None or action.keep
 
     def _pump_dirty(self) -> None:
         rounds = 0
@@ -322,6 +454,7 @@ class World:
         check: Callable[[World, bool], list[str]],
         quiescent: Callable[[World], bool],
     ) -> None:
+        self._choose_malicious()
         self.at(0.0, self._tick, "tick")
         end_safety = safety_s
         end_all = safety_s + heal_s
@@ -355,6 +488,25 @@ def _describe(msg: Message) -> str:
     except Exception:
         name = f"0x{msg.mtype:04x}"
     return f"{name} {msg.src.short()}->{msg.dst.short()} {msg.param.hex()[:24]}"
+
+
+def _describe_refusal(msg: Message) -> str:
+    try:
+        p = registry.decode_param(msg)
+    except Exception:
+        return _describe(msg)
+    what = p.get("mtype")
+    try:
+        what = registry.lookup(what).name if isinstance(what, int) else what
+    except Exception:
+        what = f"0x{what:04x}"
+    head = f"{what} from {msg.dst.short()}: " if what is not None else f"session with {msg.dst.short()}: "
+    return head + str(p.get("reason", ""))
+
+
+def _remember(malice: Malice, msg: Message, origin: Origin) -> None:
+    if origin.kind != "host":  # (not its own injections)
+        malice.observe(msg, from_app=origin.kind == "app")
 
 
 def plan_for(seed: int, calm: bool = False) -> FaultPlan:

@@ -1,0 +1,160 @@
+"""One launcher for cardnet host processes (``cardnet host run``, ``cardnet authority run``).
+
+Used by the benchmarks (``cardnet bench etp``, ``cardnet bench transfer``) and
+by the integration tests that run real host processes on 127.0.0.1. A
+:class:`HostProc` is one OS process (``python -m cardnet.cli.main <command>
+--config <dir>/<name>.toml``) with its log in ``<dir>/<name>.log``; it is ready
+once it prints its ``ready`` line. It can be stopped (SIGTERM, then SIGKILL),
+killed (SIGKILL) and restarted with the same config, stores and log.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cardnet.errors import CardnetError
+from cardnet.wire import Uid
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ProcError(CardnetError):
+    """A host process did not start (its log says why) or was asked to start twice."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The child's next stdout line, or '' if it prints none within ``timeout_s`` (or exits)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            return ""
+    return proc.stdout.readline()
+
+
+def stop_process(proc: subprocess.Popen[str], *, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL if ``kill``), SIGKILL after ``STOP_TIMEOUT_S``; close our ends of its pipes."""
+    if proc.poll() is None:
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+@dataclass
+class HostProc:
+    """One host process: ``command`` (e.g. ``("authority", "run", "--ca", path)``) with ``<dir>/<name>.toml``.
+
+    ``domain`` is the domain of the host's first card (its ``card`` Uid is
+    where applications usually talk to); ``env`` is added to this process's
+    environment (e.g. ``CARDNET_PIN`` for the authority).
+    """
+
+    name: str
+    dir: Path
+    port: int
+    domain: bytes
+    command: tuple[str, ...] = ("host", "run")
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    start_timeout_s: float = START_TIMEOUT_S
+
+    @property
+    def card(self) -> Uid:
+        return Uid.card(self.domain)
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / f"{self.name}.sock")
+
+    @property
+    def config(self) -> Path:
+        return self.dir / f"{self.name}.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything the process (and its earlier runs) wrote to stderr."""
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log()[-chars:]
+
+    def start(self) -> None:
+        """Start the process and wait for its ``ready`` line; raise :class:`ProcError` with its log if none comes."""
+        if self.running:
+            raise ProcError("running", f"host {self.name} is already running: stop or kill it first")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "a") as log_file:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cardnet.cli.main", *self.command, "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                env=env,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            line = readline(self.proc, left)
+            if line.startswith("ready") or not line:
+                break
+        else:
+            line = ""
+        if not line.startswith("ready"):
+            self.stop()
+            raise ProcError(
+                "not_started",
+                f"host {self.name} did not print 'ready' within {self.start_timeout_s:g} s; "
+                f"see {self.log_path}, which ends:\n{self.log_tail()}",
+            )
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL if it hangs) and wait; a no-op if it is not running."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL and wait: the process gets no chance to clean up (a crash)."""
+        if self.proc is not None:
+            stop_process(self.proc, kill=True)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Start the process again after kill() or stop(): same config, same stores, same log."""
+        if self.running:
+            raise ProcError("running", f"host {self.name} is still running: stop or kill it before a restart")
+        self.start()

@@ -1,0 +1,145 @@
+"""A TRN network of real host processes on 127.0.0.1: the authority host and wallet hosts.
+
+Made in a directory (stores, configs, logs, the CA file):
+
+* a CA (``ca.cnca``), and cards personalised under it, each in its own durable
+  SQLite store: ``authority`` (role SERVICE, applet ``authority``), ``agent``
+  (role AGENT, applet ``trn``: it mints tokens) and one wallet card per name
+  in ``wallets`` (role DEVICE, applet ``trn``), all with the PIN :data:`PIN`;
+* host ``auth`` (``cardnet authority run``: the authority card, the agent card
+  and the blocklist signer) and one host per wallet (``cardnet host run``),
+  each routing every other card's domain to its host's TCP port.
+
+Used by ``cardnet bench transfer`` and by the integration tests
+(``tests/integration/test_trn_processes.py``, ``test_trn_kill.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cardnet.applets.authority import ADD_AGENT
+from cardnet.applets.trn import LIST, RECOVER, RESULT, SET_AUTHORITY, TOKENS
+from cardnet.bench.procs import HostProc, free_port
+from cardnet.card import Card
+from cardnet.card import mtypes as cm
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki
+from cardnet.errors import CardnetError
+from cardnet.host.client import AppClient
+from cardnet.store import SqliteStore
+from cardnet.wire import MType, Uid
+
+PIN = "1357"
+ASK_TIMEOUT_S = 20.0
+DEFAULT_CAPACITY_BYTES = 256 * 1024  # the host config's default
+
+
+class TrnNetError(CardnetError):
+    """A card of the network refused a set-up command (the hosts' logs say more)."""
+
+
+class TrnNet:
+    """auth host: authority card + agent card (run by ``cardnet authority run``); one host per wallet."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        wallets: tuple[str, ...] = ("a", "b"),
+        *,
+        capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
+        signer_every_s: float = 0.2,
+    ) -> None:
+        now = datetime.now(UTC)
+        self.tmp = tmp
+        self.wallets = wallets
+        ca = pki.CertificateAuthority.create("trn CA", now=now)
+        ca.save(tmp / "ca.cnca")
+        self.uids: dict[str, Uid] = {}
+        self.agent_cert = b""
+        roles = {"authority": pki.Role.SERVICE, "agent": pki.Role.AGENT} | {w: pki.Role.DEVICE for w in wallets}
+        for name, role in roles.items():
+            card = Card(SqliteStore(str(tmp / f"{name}.card.db")))
+            self.uids[name] = personalise(card, ca, pin=PIN, now=now, role=role)
+            if name == "agent":
+                self.agent_cert = card.certificate_der
+            card.close()
+        ports = {h: free_port() for h in ("auth", *wallets)}
+        cards = {"auth": [("authority", "authority"), ("agent", "trn")]} | {w: [(w, "trn")] for w in wallets}
+        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets}
+        self.hosts: dict[str, HostProc] = {}
+        for h, port in ports.items():
+            hp = HostProc(h, tmp, port, self.uids[cards[h][0][0]].domain)
+            if h == "auth":
+                hp.command = ("authority", "run", "--every", str(signer_every_s), "--ca", str(tmp / "ca.cnca"))
+                hp.env = {"CARDNET_PIN": PIN}
+            card_sections = "".join(
+                f'[[cards]]\nstore = "sqlite:///{c}.card.db"\napplets = ["{a}"]\ncapacity_bytes = {capacity_bytes}\n\n'
+                for c, a in cards[h]
+            )
+            routes = "".join(
+                f'"{self.uids[c].domain.hex()}" = "127.0.0.1:{ports[where[c]]}"\n' for c in where if where[c] != h
+            )
+            head = f'name = "{h}"\nlisten = "127.0.0.1:{port}"\napp_socket = "{h}.sock"\n\n'
+            hp.config.write_text(f"{head}{card_sections}[routes]\n{routes}")
+            self.hosts[h] = hp
+        self.where = where
+        self.ports = ports
+
+    def host_of(self, card: str) -> HostProc:
+        return self.hosts[self.where[card]]
+
+    def start(self) -> None:
+        for hp in self.hosts.values():
+            hp.start()
+
+    def stop(self) -> None:
+        for hp in self.hosts.values():
+            hp.stop()
+
+    def logs(self, chars: int = 1500) -> str:
+        """The end of every host's log, for an error message."""
+        return "\n".join(f"--- host {name}'s log:\n{hp.log_tail(chars)}" for name, hp in self.hosts.items())
+
+    async def app(self, card: str) -> AppClient:
+        """An application on ``card``'s host, logged in to it with the PIN (the caller closes it)."""
+        hp = self.host_of(card)
+        app = await AppClient.connect(hp.socket, card=self.uids[card].domain)
+        await app.send(self.uids[card], cm.PIN_VERIFY, pin=PIN)
+        await app.recv_type(cm.PIN_RESULT, timeout_s=ASK_TIMEOUT_S)
+        return app
+
+    async def ask(self, card: str, mtype: MType, reply: MType = RESULT, **fields: Any) -> dict[str, Any]:
+        """One command to ``card`` from a fresh, logged-in application; its reply (none for trn.recover)."""
+        async with await self.app(card) as app:
+            await app.send(self.uids[card], mtype, **fields)
+            if mtype is RECOVER:
+                return {}
+            return await app.recv_type(reply, timeout_s=ASK_TIMEOUT_S)
+
+    async def tokens(self, card: str) -> dict[bytes, str]:
+        """``trn.list`` of ``card``: oid -> status."""
+        got = await self.ask(card, LIST, TOKENS)
+        return {t["oid"]: t["status"] for t in got["tokens"]}
+
+    async def setup_trace(self) -> None:
+        """Register the agent at the authority and make the authority every trn card's authority."""
+        if not (await self.ask("authority", ADD_AGENT, cert=self.agent_cert))["ok"]:
+            raise TrnNetError("refused", f"the authority card refused to register the agent card; logs:\n{self.logs()}")
+        for c in ("agent", *self.wallets):
+            if not (await self.ask(c, SET_AUTHORITY, authority=self.uids["authority"]))["ok"]:
+                raise TrnNetError("refused", f"card {c} refused trn.set_authority; logs:\n{self.logs()}")
+
+    async def settle(self, expect: str, oid: bytes, timeout_s: float = 30.0) -> None:
+        """Drive recovery until token ``oid`` is enabled on ``expect`` alone (TimeoutError after ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for card in ("agent", *self.wallets):
+                    await self.ask(card, RECOVER)
+                views = {c: await self.tokens(c) for c in ("agent", *self.wallets)}
+                if views[expect].get(oid) == "enabled" and all(oid not in v for c, v in views.items() if c != expect):
+                    return
+                await asyncio.sleep(0.1)
