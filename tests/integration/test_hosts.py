@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +199,25 @@ def test_message_from_remote_is_stepped_once_even_if_duplicated(two_hosts: list[
             assert counts == [1, 1]
 
     asyncio.run(go())
+
+
+def _cardnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_second_host_on_the_same_card_is_refused_at_once(two_hosts: list[HostProc]) -> None:
+    """A card belongs to one host: a second `cardnet host run` (or `card show`) on its store is refused, not queued."""
+    a, _ = two_hosts
+    twin = HostProc("a-twin", a.dir, a.port + 1, a.domain)
+    twin.config.write_text(a.config.read_text().replace('app_socket = "a.sock"', 'app_socket = "a-twin.sock"'))
+    run = _cardnet("host", "run", "--config", str(twin.config))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "in_use" in run.stderr and "stop that host" in run.stderr, run.stderr
+    store = f"sqlite:///{a.dir / 'a.card.db'}"
+    show = _cardnet("card", "show", "--store", store)
+    assert show.returncode != 0 and "in_use" in show.stderr and "Traceback" not in show.stderr, show.stderr
+    a.stop()  # once the host is gone the card can be looked at
+    show = _cardnet("card", "show", "--store", store)
+    assert show.returncode == 0, show.stderr

@@ -239,7 +239,8 @@ def route_to(net: TrnNet, host: str, card: str, port: int) -> None:
 
 @pytest.fixture
 def clone_net(tmp_path: Path) -> Iterator[TrnNet]:
-    n = TrnNet(tmp_path, wallets=("a", "b", "c", "d"))
+    # exclusive=False: the test reads the authority's and d's stores while their hosts run
+    n = TrnNet(tmp_path, wallets=("a", "b", "c", "d"), exclusive=False)
     try:
         yield n
     finally:

@@ -110,6 +110,7 @@ BAD: list[tuple[str, str, str]] = [
     ("capacity too small", _replace("131072", "10"), "cards[0].capacity_bytes"),
     ("capacity not a number", _replace("131072", '"big"'), "cards[0].capacity_bytes"),
     ("capacity a boolean", _replace("131072", "true"), "cards[0].capacity_bytes"),
+    ("exclusive not a boolean", _replace("capacity_bytes = 131072", 'exclusive = "yes"'), "cards[0].exclusive"),
     (
         "bad capacity in the second card",
         _replace("applets = []", "applets = []\ncapacity_bytes = -1"),
@@ -196,3 +197,9 @@ def test_host_run_names_the_store_of_an_unpersonalised_card_on_one_line(tmp_path
     assert result.returncode != 0
     [first, *_] = result.stderr.splitlines()
     assert f"sqlite:///{tmp_path}/h.card.db is not personalised" in first
+
+
+def test_a_card_is_held_exclusively_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    assert all(c.exclusive for c in load_config(write(tmp_path, GOOD)).cards)
+    shared = load_config(write(tmp_path, _replace("capacity_bytes = 131072", "exclusive = false")))
+    assert [c.exclusive for c in shared.cards] == [False, True]

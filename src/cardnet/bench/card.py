@@ -82,7 +82,7 @@ _serial = itertools.count()
 def _bench_card(directory: str, name: str) -> tuple[Card, Uid]:
     now = datetime.now(UTC)
     ca = pki.CertificateAuthority.create("bench CA", now=now)
-    store = SqliteStore(os.path.join(directory, f"{name}.db"))
+    store = SqliteStore(os.path.join(directory, f"{name}.db"), exclusive=True)  # as a host holds its cards
     card = Card(store, applets=[CounterApplet()], capacity_bytes=1 << 20)
     personalise(card, ca, pin="0000", now=now)
     return card, Uid(card.uid.domain, 1)

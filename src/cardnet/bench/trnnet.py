@@ -52,6 +52,7 @@ class TrnNet:
         *,
         capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
         signer_every_s: float = 0.2,
+        exclusive: bool = True,
     ) -> None:
         now = datetime.now(UTC)
         self.tmp = tmp
@@ -77,7 +78,8 @@ class TrnNet:
                 hp.command = ("authority", "run", "--every", str(signer_every_s), "--ca", str(tmp / "ca.cnca"))
                 hp.env = {"CARDNET_PIN": PIN}
             card_sections = "".join(
-                f'[[cards]]\nstore = "sqlite:///{c}.card.db"\napplets = ["{a}"]\ncapacity_bytes = {capacity_bytes}\n\n'
+                f'[[cards]]\nstore = "sqlite:///{c}.card.db"\napplets = ["{a}"]\ncapacity_bytes = {capacity_bytes}\n'
+                f"exclusive = {'true' if exclusive else 'false'}\n\n"
                 for c, a in cards[h]
             )
             routes = "".join(

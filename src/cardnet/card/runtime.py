@@ -133,8 +133,9 @@ class Card:
 
     @classmethod
     def open(cls, url: str, **kwargs: Any) -> Card:
-        """Open (or manufacture) the card whose EEPROM is the store at ``url``."""
-        return cls(open_store(url), **kwargs)
+        """Open (or manufacture) the card whose EEPROM is the store at ``url``; the card holds
+        the store alone while it is open (a second opener is refused with ``in_use``)."""
+        return cls(open_store(url, exclusive=True), **kwargs)
 
     # -- identity ----------------------------------------------------------------
     @property

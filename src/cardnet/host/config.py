@@ -13,6 +13,7 @@
     applets = ["notes", "trn"]
     capacity_bytes = 262144             # optional
     ticks = { "trn.recover" = 2.0 }     # optional: mtype -> seconds; the host sends it to the card that often
+    exclusive = true                    # optional: the host holds the card's store alone while it runs
 
     [routes]                            # card domain (24 hex digits) -> "host:port"
     "0123456789abcdef01234567" = "127.0.0.1:7102"
@@ -24,6 +25,11 @@
 
 A bad file is refused with :class:`HostError` (``bad_config``) naming the
 field, e.g. ``cards[0].applets: unknown applet(s) ech``.
+
+``exclusive`` (default true) makes the host the only process that can open the
+card's store while it runs (a second host, or ``cardnet card show``, is refused
+with ``in_use``); ``exclusive = false`` lets tools read the store meanwhile, at
+the cost of SQLite's lock system calls on every commit.
 
 ``ticks`` default to :data:`DEFAULT_TICKS` of the card's applets (a card with
 the ``trn`` applet gets ``trn.recover`` every 2 s); ``ticks = {}`` turns them off.
@@ -44,7 +50,7 @@ from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
 from cardnet.wire import DecodeError
 
 KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls"}
-KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks")
+KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
     # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
     "trn": (("trn.recover", 2.0),),
@@ -60,6 +66,7 @@ class CardConfig:
     applets: tuple[str, ...]
     capacity_bytes: int
     ticks: tuple[tuple[str, float], ...] = ()  # (mtype name, every seconds)
+    exclusive: bool = True  # hold the store alone (docs/store.md); false lets others read it while the host runs
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,10 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
                 f"unknown applet(s) {', '.join(unknown_applets)}; known: {', '.join(sorted(APPLETS))}",
             )
         capacity = _int(c, "capacity_bytes", where, 256 * 1024, 1024, 1 << 34)
-        cards.append(CardConfig(store, tuple(applets), capacity, _ticks(c, applets, where)))
+        exclusive = c.get("exclusive", True)
+        if not isinstance(exclusive, bool):
+            raise _bad(f"{where}exclusive", f"must be true or false, got {exclusive!r}")
+        cards.append(CardConfig(store, tuple(applets), capacity, _ticks(c, applets, where), exclusive))
     routes: dict[bytes, tuple[str, int]] = {}
     raw_routes = data.get("routes", {})
     if not isinstance(raw_routes, dict):

@@ -84,7 +84,8 @@ class _Tick:
 def open_cards(config: HostConfig) -> list[Card]:
     cards = []
     for i, cc in enumerate(config.cards):
-        card = Card(open_store(cc.store), applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
+        store = open_store(cc.store, exclusive=cc.exclusive)  # the host owns its cards while it runs
+        card = Card(store, applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
         if not card.personalised:
             card.close()
             raise HostError(
