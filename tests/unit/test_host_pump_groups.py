@@ -21,7 +21,7 @@ from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.card.runtime import OUT, STORE_TABLE
 from cardnet.crypto import pki
-from cardnet.host import Guard, Host, Origin, SendRemote, Verdict
+from cardnet.host import Guard, Host, HostError, Origin, SendRemote, Verdict
 from cardnet.host import mtypes as hm
 from cardnet.host.core import all_sent
 from cardnet.store import SqliteStore
@@ -292,3 +292,19 @@ def test_receive_many_is_submit_for_each_in_order(make_card: CardFactory) -> Non
     assert [(x["mtype"], x["dst"]) for x in notices] == [(COUNT.code, Uid(NOWHERE, 0))]
     answers = [COUNTED.parse(e.msg) for e in sends_a if e.msg.mtype == COUNTED.code]
     assert [(a["n"], a["total"]) for a in answers] == [(0, 1), (2, 2), (4, 3)]  # stepped in arrival order
+
+
+@pytest.mark.parametrize("max_group", [0, -3])
+def test_a_max_group_below_one_is_refused_before_anything_is_stepped(
+    make_card: CardFactory, tmp_path: Path, max_group: int
+) -> None:
+    card = make_card("a")
+    host = Host([card])
+    cap = host.acquire()
+    cap.send(card.uid, COUNT, n=1)
+    with pytest.raises(HostError) as ei:
+        host.pump(T, max_group=max_group)
+    assert ei.value.reason == "bad_config" and "1 or more" in str(ei.value)
+    assert not host.idle and cap.receive_all() == []  # nothing stepped; the message still waits
+    host.pump(T, max_group=1)
+    assert [COUNTED.parse(x)["n"] for x in cap.receive_all()] == [1]

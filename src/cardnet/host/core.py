@@ -289,6 +289,10 @@ class Host:
         :attr:`idle`, so one transaction's outputs travel while the next one is
         stepped. Every such pump steps at least one group, so no card starves.
         """
+        if max_group is not None and max_group < 1:
+            raise HostError(
+                "bad_config", f"max_group is the most messages a card steps at once: 1 or more, got {max_group}"
+            )
         rounds = 0
         stepped = False
         queue = self._queue
