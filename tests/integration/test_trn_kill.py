@@ -174,12 +174,8 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TrnNet]:
-    n = TrnNet(tmp_path)
-    try:
-        n.start()
+    with TrnNet(tmp_path) as n:
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.mark.slow

@@ -22,12 +22,8 @@ OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TrnNet]:
-    n = TrnNet(tmp_path)
-    try:
-        n.start()
+    with TrnNet(tmp_path) as n:
         yield n
-    finally:
-        n.stop()
 
 
 def test_issue_transfer_and_trace_across_processes(net: TrnNet) -> None:

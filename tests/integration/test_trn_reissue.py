@@ -29,12 +29,8 @@ WAIT_S = 60.0
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TrnNet]:
-    n = TrnNet(tmp_path)
-    try:
-        n.start()
+    with TrnNet(tmp_path) as n:
         yield n
-    finally:
-        n.stop()
 
 
 async def until(net: TrnNet, card: str, oid: bytes, status: str | None) -> None:

@@ -94,6 +94,18 @@ class TrnNet:
     def host_of(self, card: str) -> HostProc:
         return self.hosts[self.where[card]]
 
+    def __enter__(self) -> TrnNet:
+        """Start every host; ``with TrnNet(tmp) as net:`` stops them all on the way out, whatever happened."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self) -> None:
         for hp in self.hosts.values():
             hp.start()

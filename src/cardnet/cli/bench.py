@@ -7,6 +7,25 @@ from rich.table import Table
 
 from cardnet.cli.output import console, emit_json
 
+Row = tuple[str, str, str]  # figure, value, meaning
+
+
+def _report(
+    title: str, rows: list[Row], targets: dict[str, bool], notes: tuple[str, ...] = (), value: str = "value"
+) -> None:
+    """A benchmark's figures as a table for people, then its notes and whether each target was met."""
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column(value, justify="right")
+    table.add_column("meaning")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    for target, ok in targets.items():
+        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+
 
 @click.group()
 def bench() -> None:
@@ -40,22 +59,18 @@ def bench_card(as_json: bool, seconds: float, group: int, directory: str | None)
         return
     with console.status("measuring fsync, SQLite commits and card steps…"):
         r = card.run(seconds, group, directory)
-    table = Table(title="cardnet bench card")
-    table.add_column("figure")
-    table.add_column("per second", justify="right")
-    table.add_column("meaning")
-    table.add_row("fsync_per_s", f"{r['fsync_per_s']:,}", "raw write+fsync on this disk (bound)")
-    table.add_row("sqlite_commit_per_s", f"{r['sqlite_commit_per_s']:,}", "bare one-row durable commit (bound)")
-    table.add_row(
-        "sqlite_commit_exclusive_per_s",
-        f"{r['sqlite_commit_exclusive_per_s']:,}",
-        "the same, exclusive locking (as cards are held)",
-    )
-    table.add_row("steps_per_s", f"{r['steps_per_s']:,}", "durable card steps, one transaction each")
-    table.add_row("grouped_steps_per_s", f"{r['grouped_steps_per_s']:,}", f"group commit, {group} a transaction")
-    console.print(table)
-    for target, ok in r["targets"].items():
-        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+    rows: list[Row] = [
+        ("fsync_per_s", f"{r['fsync_per_s']:,}", "raw write+fsync on this disk (bound)"),
+        ("sqlite_commit_per_s", f"{r['sqlite_commit_per_s']:,}", "bare one-row durable commit (bound)"),
+        (
+            "sqlite_commit_exclusive_per_s",
+            f"{r['sqlite_commit_exclusive_per_s']:,}",
+            "the same, exclusive locking (as cards are held)",
+        ),
+        ("steps_per_s", f"{r['steps_per_s']:,}", "durable card steps, one transaction each"),
+        ("grouped_steps_per_s", f"{r['grouped_steps_per_s']:,}", f"group commit, {group} a transaction"),
+    ]
+    _report("cardnet bench card", rows, r["targets"], value="per second")
 
 
 @bench.command("etp")
@@ -87,24 +102,22 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
         return
     with console.status("starting…") as status:
         r = etp.run(seconds, window, directory=directory, progress=status.update)
-    table = Table(title="cardnet bench etp")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("meaning")
-    table.add_row("header_bytes", str(r["header_bytes"]), "eTP header: src 16 + dst 16 + mtype 2")
-    table.add_row("msgs_per_s", f"{r['msgs_per_s']:,}", "one-way card A -> card B, durable steps on both")
-    table.add_row("rtt_per_s", f"{r['rtt_per_s']:,}", f"round trips card A -> B -> A, {window} in flight")
-    table.add_row(
-        "tcp_bound_rtt_per_s", f"{r['tcp_bound_rtt_per_s']:,}", "plain asyncio ping-pong, same sizes and window (bound)"
-    )
-    table.add_row("rtt_vs_tcp_bound", f"{r['rtt_vs_tcp_bound']:.3f}", "rtt_per_s / tcp_bound_rtt_per_s")
-    console.print(table)
-    console.print(
+    rows: list[Row] = [
+        ("header_bytes", str(r["header_bytes"]), "eTP header: src 16 + dst 16 + mtype 2"),
+        ("msgs_per_s", f"{r['msgs_per_s']:,}", "one-way card A -> card B, durable steps on both"),
+        ("rtt_per_s", f"{r['rtt_per_s']:,}", f"round trips card A -> B -> A, {window} in flight"),
+        (
+            "tcp_bound_rtt_per_s",
+            f"{r['tcp_bound_rtt_per_s']:,}",
+            "plain asyncio ping-pong, same sizes and window (bound)",
+        ),
+        ("rtt_vs_tcp_bound", f"{r['rtt_vs_tcp_bound']:.3f}", "rtt_per_s / tcp_bound_rtt_per_s"),
+    ]
+    note = (
         f"messages: ping {r['ping_bytes']} B, pong {r['pong_bytes']} B, stream {r['stream_bytes']} B "
         f"(+{r['frame_prefix_bytes']} B frame prefix); medians of {r['rounds']} interleaved rounds"
     )
-    for target, ok in r["targets"].items():
-        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+    _report("cardnet bench etp", rows, r["targets"], (note,))
 
 
 @bench.command("transfer")
@@ -137,30 +150,22 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
         return
     with console.status("starting…") as status:
         r = transfer.run(seconds, in_flight, directory=directory, progress=status.update)
-    table = Table(title="cardnet bench transfer")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("meaning")
-    table.add_row(
-        "transfers_per_s", f"{r['transfers_per_s']:,}", f"traced transfers a <-> b, {in_flight} in flight, durable"
-    )
-    table.add_row("untraced_transfers_per_s", f"{r['untraced_transfers_per_s']:,}", "the same, traceable=false")
-    table.add_row(
-        "bound_transfers_per_s",
-        f"{r['bound_transfers_per_s']:,}",
-        "1 / serial cost of one traced transfer's commits and crypto (bound)",
-    )
-    table.add_row("transfers_vs_bound", f"{r['transfers_vs_bound']:.3f}", "transfers_per_s / bound_transfers_per_s")
-    table.add_row("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "trn.send -> enabled at the receiver")
-    table.add_row("sqlite_commit_per_s", f"{r['sqlite_commit_per_s']:,}", "durable one-row commit, same disk")
-    table.add_row("ecdsa_verify_per_s", f"{r['ecdsa_verify_per_s']:,}", "P-256 verify of a token signature")
-    table.add_row(
-        "aead_seal_per_s / open", f"{r['aead_seal_per_s']:,} / {r['aead_open_per_s']:,}", "AES-256-GCM records"
-    )
-    table.add_row("copy_overhead_bytes", str(r["copy_overhead_bytes"]), "copy record above the token object")
-    table.add_row("ack_bytes", str(r["ack_bytes"]), "copied / committed record (each)")
-    console.print(table)
+    rows: list[Row] = [
+        ("transfers_per_s", f"{r['transfers_per_s']:,}", f"traced transfers a <-> b, {in_flight} in flight, durable"),
+        ("untraced_transfers_per_s", f"{r['untraced_transfers_per_s']:,}", "the same, traceable=false"),
+        (
+            "bound_transfers_per_s",
+            f"{r['bound_transfers_per_s']:,}",
+            "1 / serial cost of one traced transfer's commits and crypto (bound)",
+        ),
+        ("transfers_vs_bound", f"{r['transfers_vs_bound']:.3f}", "transfers_per_s / bound_transfers_per_s"),
+        ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "trn.send -> enabled at the receiver"),
+        ("sqlite_commit_per_s", f"{r['sqlite_commit_per_s']:,}", "durable one-row commit, same disk"),
+        ("ecdsa_verify_per_s", f"{r['ecdsa_verify_per_s']:,}", "P-256 verify of a token signature"),
+        ("aead_seal_per_s / open", f"{r['aead_seal_per_s']:,} / {r['aead_open_per_s']:,}", "AES-256-GCM records"),
+        ("copy_overhead_bytes", str(r["copy_overhead_bytes"]), "copy record above the token object"),
+        ("ack_bytes", str(r["ack_bytes"]), "copied / committed record (each)"),
+    ]
     ops = " + ".join(f"{n} {op}" for op, n in r["traced_ops_per_transfer"].items())
-    console.print(f"one traced transfer = {ops} (no group commit assumed); medians of {r['rounds']} rounds")
-    for target, ok in r["targets"].items():
-        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+    note = f"one traced transfer = {ops} (no group commit assumed); medians of {r['rounds']} rounds"
+    _report("cardnet bench transfer", rows, r["targets"], (note,))
