@@ -8,12 +8,14 @@ same bytes. Mutations of valid encodings reach past the first checks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_broker as mb
 from cardnet.store import SqliteStore
@@ -130,6 +132,8 @@ def test_broker_handles_garbage_with_a_refusal(mtype: int, data: bytes) -> None:
             mc.REDEEMED_SCHEMA,
             mc.OPEN_SCHEMA,
             mc.OPENED_SCHEMA,
+            mc.BULK_BUY_SCHEMA,
+            mc.BULK_SOLD_SCHEMA,
         ]
     ),
     st.binary(max_size=300),
@@ -141,3 +145,109 @@ def test_every_millicent_schema_decodes_strictly(schema: object, data: bytes) ->
     except DecodeError:
         return
     assert schema.encode(fields) == data  # type: ignore[attr-defined]
+
+
+# --- the hand-rolled fast paths agree with the schemas -------------------------------------------
+
+CODECS = [mc.REQUEST_CODEC, mc.REPLY_CODEC, mc.SEALED_CODEC]
+ACCEPT = VENDOR.accept(VENDOR.prepare(*VALID[mc.Level.THEFT], NOW), 5, NOW)[1]  # type: ignore[arg-type]
+SAMPLES = [VALID[mc.Level.VALIDATION][1], VALID[mc.Level.THEFT][1], VALID[mc.Level.PRIVATE][1], ACCEPT]
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(
+    st.sampled_from(CODECS),
+    st.binary(max_size=400)
+    | st.tuples(st.sampled_from(SAMPLES), st.integers(0, 2**32)).map(lambda t: mutate(t[0], random.Random(t[1]))),
+)
+def test_flat_codec_accepts_only_what_the_schema_accepts_and_decodes_the_same(codec: mc.FlatCodec, raw: bytes) -> None:
+    fast = codec.fast_decode(raw)
+    try:
+        slow = codec.schema.decode(raw)
+    except DecodeError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == slow
+        assert codec.encode(fast) == raw == codec.schema.encode(slow)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"rid": st.binary(min_size=16, max_size=16), "status": st.integers(0, 255)},
+        optional={
+            "scrip_id": st.binary(min_size=8, max_size=8),
+            "change": st.binary(min_size=54, max_size=300),
+            "content": st.binary(max_size=300),
+            "detail": st.text(max_size=40),
+            "mac": st.binary(min_size=16, max_size=16),
+        },
+    )
+)
+def test_flat_codec_encodes_like_the_schema(values: dict[str, object]) -> None:
+    try:
+        expected = mc.REPLY_SCHEMA.encode(values)
+    except DecodeError:
+        with contextlib.suppress(DecodeError):
+            mc.REPLY_CODEC.encode(values)
+            raise AssertionError("the fast encoder took what the schema refuses") from None
+        return
+    assert mc.REPLY_CODEC.encode(values) == expected
+    assert mc.REPLY_CODEC.decode(expected) == mc.REPLY_SCHEMA.decode(expected)
+
+
+def test_the_hot_reply_is_the_generic_reply() -> None:
+    c = VENDOR.prepare(*VALID[mc.Level.THEFT], NOW)
+    assert isinstance(c, mc.Candidate)
+    _, fast = VENDOR.accept(c, 5, NOW)
+    f = mc.REPLY_SCHEMA.decode(fast)
+    assert set(f) == {"rid", "status", "scrip_id", "change", "content", "mac"}
+    assert f["mac"] == mc.profile.hmac_sha256(SECRET, mc.reply_mac_input(f), mc.MAC_BYTES)
+    generic = {k: v for k, v in f.items() if k != "mac"}
+    generic["mac"] = mc.profile.hmac_sha256(SECRET, mc.reply_mac_input(generic), mc.MAC_BYTES)
+    assert mc.REPLY_SCHEMA.encode(generic) == fast
+    out = mc.open_reply(mc.REPLY.code, fast, rid=b"r" * 16, level=mc.Level.THEFT, secret=SECRET)
+    assert out.status == mc.Status.OK and out.change is not None and out.change.value == 7
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.binary(min_size=1, max_size=64), st.binary(max_size=200), st.integers(16, 32))
+def test_kept_hmac_states_give_the_profiles_hmac(key: bytes, data: bytes, length: int) -> None:
+    macs = profile.HmacKeys(limit=2)
+    expected = mc.profile.hmac_sha256(key, data, length)
+    assert macs.mac(key, data, length) == expected == macs.mac(key, data, length)
+    assert macs.check(key, data, expected) and not macs.check(key, data + b"x", expected)
+    assert not macs.check(key, data, expected[:15])
+
+
+REQUESTS = [
+    VALID[mc.Level.VALIDATION][1],
+    VALID[mc.Level.THEFT][1],
+    mc.make_request(
+        SCRIP, rid=b"i" * 16, level=mc.Level.THEFT, secret=SECRET, price=3, op=mc.Op.ISSUE, for_customer=b"c" * 8
+    )[1],
+    mc.make_request(SCRIP, rid=b"p" * 16, level=mc.Level.THEFT, secret=SECRET, price=30, product="é" * 11)[1],
+]
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.tuples(st.sampled_from(REQUESTS), st.integers(0, 2**32)).map(lambda t: mutate(t[0], random.Random(t[1])))
+)
+def test_the_fixed_offset_request_decoder_accepts_only_what_the_schema_accepts(raw: bytes) -> None:
+    fast = mc.decode_request_fast(raw)
+    try:
+        slow = mc.REQUEST_SCHEMA.decode(raw)
+    except DecodeError:
+        assert fast is None
+        return
+    assert fast is None or fast == slow
+
+
+def test_the_fixed_offset_request_decoder_takes_the_usual_requests() -> None:
+    for raw in REQUESTS[:3]:
+        assert mc.decode_request_fast(raw) == mc.REQUEST_SCHEMA.decode(raw)
+    assert mc.decode_request_fast(REQUESTS[3]) is None  # price 30 and a 22-byte product: the codec's path
+    assert profile.sha256(REQUESTS[0]) == hashlib.sha256(REQUESTS[0]).digest()  # the copied state: plain SHA-256

@@ -221,3 +221,74 @@ def _secret(wallet: str) -> bytes:
         store.close()
     assert s is not None
     return s
+
+
+def test_broker_buys_scrip_in_bulk_from_the_vendor_process_and_resells_it(tmp_path: Path) -> None:
+    """Bulk mode with real processes: the broker process buys stock from the vendor process over TCP.
+
+    A customer buys scrip from the broker (which first buys a batch from the
+    vendor at the agreed discount, then pays the vendor with a stock piece for
+    scrip bound to her) and spends it at the vendor. Value holds: what the
+    broker bought = its stock + what it sold; what the customer bought =
+    price paid + her change; and the vendor's ledger says what the broker owes.
+    """
+    v, b = str(tmp_path / "vendor.db"), str(tmp_path / "broker.db")
+    cardnet("millicent", "vendor", "init", "--store", v, "--id", VID)
+    cardnet(
+        "millicent", "vendor", "add-page", "--store", v, "--name", "hello", "--price", "3", "--text", "hello, world"
+    )
+    agreement = tmp_path / "bulk.json"
+    cardnet(
+        "millicent",
+        "vendor",
+        "bulk-agreement",
+        "--store",
+        v,
+        "--broker",
+        "bob",
+        "--discount",
+        "10",
+        "--out",
+        str(agreement),
+    )
+    assert agreement.stat().st_mode & 0o777 == 0o600
+    assert "scrip_secret" not in json.loads(agreement.read_text())  # bulk mode shares no master secret
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+    try:
+        at = vendor.start()
+        cardnet(
+            "millicent", "broker", "add-bulk", "--store", b, "--file", str(agreement), "--vendor-at", at,
+            "--denomination", "50", "--pieces", "4",
+        )  # fmt: skip
+        broker.start()
+        alice = customer({"tmp": tmp_path, "broker": broker, "broker_store": b}, "alice", deposit=100)
+        r = cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "20", "--json")
+        assert json.loads(r.stdout)["value"] == 20
+        args = ["millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello"]
+        r = cardnet(*args, "--price", "3", "--json")
+        assert json.loads(r.stdout) == {"status": "ok", "change": 17, "content": "hello, world"}
+        # An operator's bulk purchase from another process, while the broker runs.
+        r = cardnet("millicent", "broker", "bulk-buy", "--store", b, "--vendor", VID, "--value", "100", "--pieces", "2")
+        assert "bought 100 in 2 pieces for 90" in r.stdout
+
+        vstatus = json.loads(cardnet("millicent", "vendor", "status", "--store", v, "--json").stdout)
+        [sales] = vstatus["bulk_sales"].values()
+        assert sales == {"broker": "bob", "value": 300, "owed": 270}
+        assert vstatus["spent"] == 2  # the broker's stock piece (paid for alice's scrip), then alice's scrip
+        assert vstatus["redeemable"] == 0  # bulk scrip was paid for when bought: nothing to redeem
+        bstatus = json.loads(cardnet("millicent", "broker", "status", "--store", b, "--json").stdout)
+        stock = bstatus["bulk"][VID]
+        assert stock["bought_value"] == 300 and stock["owed"] == 270 and stock["pending_orders"] == 0
+        assert stock["stock_value"] + 20 == stock["bought_value"]  # what was bought = stock + sold to alice
+        listing = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+        assert [s["value"] for s in listing["scrip"]] == [17] and listing["pending"] == 0  # 20 = price 3 + 17
+        cid = json.loads(
+            cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "30", "--json").stdout
+        )
+        assert cid["value"] == 30  # a second sale, from stock (no new order)
+        bstatus = json.loads(cardnet("millicent", "broker", "status", "--store", b, "--json").stdout)
+        assert bstatus["bulk"][VID]["bought_value"] == 300 and bstatus["bulk"][VID]["stock_value"] == 250
+    finally:
+        broker.stop()
+        vendor.stop()

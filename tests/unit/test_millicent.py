@@ -13,6 +13,7 @@ from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_broker as mb
 from cardnet.services import millicent_vendor as mv
 from cardnet.store import SqliteStore
+from cardnet.wire import Message, Uid
 
 VID = bytes.fromhex("00000000000000a1")
 OTHER = bytes.fromhex("00000000000000b2")
@@ -383,3 +384,264 @@ def test_store_insert_many_is_first_wins(tmp_path: Path) -> None:
         assert txn.insert_many("t", [(b"b", b"2"), (b"c", b"2")]) == 1
         assert txn.get("t", b"b") == b"1" and txn.get("t", b"c") == b"2"
     store.close()
+
+
+# --- bulk mode -----------------------------------------------------------------------------------
+
+U = Uid(b"\x00" * 12, 1)
+
+
+def carry(core: mv.VendorCore, call: mb.VendorCall, now: int = NOW) -> Message:
+    """Hand a broker's vendor call to the (real, in-process) vendor core, as the server would over TCP."""
+    [(mt, p)] = core.process_batch([(call.mtype, call.param)], now)
+    return Message(U, U, mt, p)
+
+
+def bulk_order(agreement: dict[str, Any], order: bytes, value: int, pieces: int, discount: int = 10) -> bytes:
+    return mc.make_bulk_order(
+        bytes.fromhex(agreement["order_key"]),
+        vendor=VID,
+        broker=bytes.fromhex(agreement["customer_id"]),
+        order=order,
+        value=value,
+        pieces=pieces,
+        discount_pct=discount,
+    )
+
+
+def test_vendor_sells_scrip_in_bulk_only_on_an_authenticated_order_at_the_agreed_discount(
+    vendor: mv.VendorCore,
+) -> None:
+    agreement = mv.add_bulk_broker(vendor.store, "bob", discount_pct=10, rng=rng(7))
+    key, bcid = bytes.fromhex(agreement["order_key"]), bytes.fromhex(agreement["customer_id"])
+    param = bulk_order(agreement, b"o" * 16, 1001, 4)
+    [(mt, reply)] = vendor.process_batch([(mc.BULK_BUY.code, param)], NOW)
+    assert mt == mc.BULK_SOLD.code
+    sale = mc.open_bulk_sold(reply, key=key, vendor=VID, broker=bcid, order=b"o" * 16, value=1001, pieces=4)
+    assert sale.status == mc.Status.OK and sale.price == 901  # 1001 - 100 (10 %, rounded down)
+    assert [s.value for s in sale.scrip] == [251, 250, 250, 250]
+    assert all(s.customer_id == bcid and s.secret_index == vendor.vendor.mint_index for s in sale.scrip)
+    assert vendor.bulk_sales() == {bcid.hex(): {"broker": "bob", "value": 1001, "owed": 901}}
+    # The same order again (the broker lost the answer): the same scrip, nothing sold twice.
+    assert vendor.process_batch([(mc.BULK_BUY.code, param)], NOW + 5) == [(mt, reply)]
+    assert vendor.bulk_sales()[bcid.hex()]["value"] == 1001
+
+    def status(p: bytes) -> tuple[int, str]:
+        [(_, r)] = vendor.process_batch([(mc.BULK_BUY.code, p)], NOW)
+        f = mc.BULK_SOLD_SCHEMA.decode(r)
+        return f["status"], f.get("detail", "")
+
+    reused = status(bulk_order(agreement, b"o" * 16, 5, 1))
+    assert reused == (mc.Status.SPENT, "this order id was used for another order")
+    assert status(bulk_order(agreement, b"p" * 16, 100, 1, discount=50)) == (
+        mc.Status.MALFORMED,
+        "the agreed discount is 10 %",
+    )
+    forged = {**agreement, "order_key": (b"x" * 32).hex()}
+    assert status(bulk_order(forged, b"q" * 16, 100, 1))[0] == mc.Status.STOLEN
+    stranger = {**agreement, "customer_id": "0900000000000009"}
+    assert status(bulk_order(stranger, b"r" * 16, 100, 1))[0] == mc.Status.STOLEN
+    assert vendor.bulk_sales()[bcid.hex()]["value"] == 1001
+
+
+def test_a_bulk_agreement_shares_no_master_secret(vendor: mv.VendorCore) -> None:
+    agreement = mv.add_bulk_broker(vendor.store, "bob", discount_pct=5, rng=rng(8))
+    text = str(agreement)
+    masters = [*vendor.vendor.scrip_secrets.values(), *vendor.vendor.customer_masters.values()]
+    assert not any(m.hex() in text for m in masters)
+    assert set(agreement) == {"vendor", "broker", "customer_id", "customer_secret", "order_key", "discount_pct"}
+    assert agreement["customer_secret"] == secret(vendor, bytes.fromhex(agreement["customer_id"])).hex()
+
+
+@pytest.fixture
+def bulk_broker(tmp_path: Path, vendor: mv.VendorCore) -> mb.BrokerCore:
+    store = SqliteStore(str(tmp_path / "bulk-broker.db"))
+    agreement = mv.add_bulk_broker(vendor.store, "bob", discount_pct=10, rng=rng(9))
+    mb.add_bulk(store, agreement, vendor_at="127.0.0.1:7200", denomination=50, pieces=3)
+    return mb.BrokerCore(store, rng=rng(10), validity_s=3600, stock_margin_s=60)
+
+
+def signed_purchase(key: profile.PrivateKey, cid: bytes, value: int, rid: bytes, want_secret: int = 1) -> bytes:
+    f: dict[str, Any] = {"customer_id": cid, "vendor": VID, "value": value, "rid": rid, "want_secret": want_secret}
+    f["sig"] = profile.sign(key, mc.purchase_sig_input(f))
+    return mc.PURCHASE_SCHEMA.encode(f)
+
+
+def test_bulk_broker_buys_stock_sells_from_it_and_the_customer_spends_at_the_vendor(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    param = signed_purchase(key, cid, 20, b"q" * 16)
+    order = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order" and order.address == "127.0.0.1:7200"
+    assert bulk_broker.finish_order(order, carry(vendor, order)) == mb.OrderOutcome(
+        True, "bought 150 in 3 pieces for 135"
+    )
+    issue = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    assert bulk_broker.account(cid) == 80  # reserved with the stock piece, before the vendor is asked
+    assert bulk_broker.finish_issue(issue, None) is None  # the vendor's answer was lost ...
+    again = bulk_broker.begin_purchase(param, NOW)
+    assert again == issue  # ... so the very same request goes again
+    done = bulk_broker.finish_issue(again, carry(vendor, again))
+    assert done is not None
+    r = mc.PURCHASED_SCHEMA.decode(done)
+    assert r["status"] == 0 and r["balance"] == 80
+    s = mc.Scrip.decode(r["scrip"])
+    assert s.customer_id == cid and s.value == 20 and s.vendor == VID
+    customer_secret = profile.hpke_open(key, r["secret_box"], info=b"millicent customer secret" + VID + cid)
+    assert customer_secret == secret(vendor, cid)
+    assert bulk_broker.begin_purchase(param, NOW) == done  # the same purchase again: no second debit
+    assert bulk_broker.account(cid) == 80
+    _, out = buy(vendor, s, key=customer_secret)
+    assert out.status == mc.Status.OK and out.change is not None and out.change.value == 17
+    # Value: the broker bought 150 (owes 135); 20 went to the customer, 130 is in stock as 2 x 50 + 30 change.
+    assert bulk_broker.stock() == {
+        VID.hex(): {"pieces": 3, "stock_value": 130, "bought_value": 150, "owed": 135, "pending_orders": 0}
+    }
+    # A second sale comes out of the stock, without a new order.
+    call = bulk_broker.begin_purchase(signed_purchase(key, cid, 30, b"t" * 16, 0), NOW)
+    assert isinstance(call, mb.VendorCall) and call.kind == "issue"
+    r2 = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(call, carry(vendor, call)) or b"")
+    assert r2["status"] == 0 and "secret_box" not in r2 and r2["balance"] == 50
+    assert bulk_broker.stock()[VID.hex()]["stock_value"] == 100
+    [sales] = vendor.bulk_sales().values()
+    assert sales["value"] == 150 and sales["owed"] == 135
+
+
+def test_broker_mode_is_chosen_per_vendor(bulk_broker: mb.BrokerCore, vendor: mv.VendorCore) -> None:
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    with pytest.raises(mb.BrokerError, match="add-licence"):
+        mb.set_mode(bulk_broker.store, VID, "licence")
+    assert mc.PURCHASED_SCHEMA.decode(bulk_broker.purchase(signed_purchase(key, cid, 5, b"a" * 16), NOW))[
+        "detail"
+    ].startswith("this vendor's scrip is sold in bulk mode")
+    mb.add_licence(bulk_broker.store, mv.export_licence(vendor.store, "bob", rng=rng(11)))  # switches to licence
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.purchase(signed_purchase(key, cid, 5, b"b" * 16), NOW))
+    assert r["status"] == 0 and mc.Scrip.decode(r["scrip"]).secret_index >= 0x80  # minted by the broker
+    mb.set_mode(bulk_broker.store, VID, "bulk")
+    step = bulk_broker.begin_purchase(signed_purchase(key, cid, 5, b"c" * 16), NOW)
+    assert isinstance(step, mb.VendorCall) and step.kind == "order"
+    with pytest.raises(mb.BrokerError, match="the mode is"):
+        mb.set_mode(bulk_broker.store, VID, "mint")
+
+
+def test_a_refused_stock_piece_gives_the_customer_her_money_back(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    param = signed_purchase(key, cid, 10, b"q" * 16)
+    order = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall)
+    bulk_broker.finish_order(order, carry(vendor, order))
+    issue = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall)
+    # Someone spent the broker's piece first (say its store was copied): the vendor refuses it as spent.
+    rec = mc.REQUEST_SCHEMA.decode(issue.param)
+    thief = mc.make_request(
+        rec["scrip"],
+        rid=b"z" * 16,
+        level=mc.Level.THEFT,
+        secret=bytes.fromhex(_bulk_secret(bulk_broker)),
+        price=3,
+        product="page",
+    )
+    vendor.process_batch([thief], NOW)
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")
+    assert r["status"] == 1 and "refused the broker's stock" in r["detail"] and r["balance"] == 100
+    assert bulk_broker.account(cid) == 100
+
+
+def _bulk_secret(b: mb.BrokerCore) -> str:
+    import json
+
+    with b.store.transaction() as txn:
+        raw = txn.get(mb.BULK, VID)
+    assert raw is not None
+    return str(json.loads(raw)["customer_secret"])
+
+
+def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    param = signed_purchase(key, cid, 20, b"q" * 16)
+    order = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order"
+    answer = carry(vendor, order)  # the vendor sold it ...
+    assert not bulk_broker.finish_order(order, None).bought  # ... but the answer was lost
+    again = bulk_broker.begin_purchase(param, NOW)
+    assert again == order  # the pending order goes again, byte for byte
+    assert carry(vendor, again) == answer  # the vendor answers from its record: nothing sold twice
+    assert bulk_broker.finish_order(again, answer).bought
+    assert bulk_broker.finish_order(again, answer) == mb.OrderOutcome(True, "the order was already settled")
+    assert bulk_broker.stock()[VID.hex()]["stock_value"] == 150
+    [sales] = vendor.bulk_sales().values()
+    assert sales["value"] == 150 and sales["owed"] == 135
+    # A forged answer (not MACed with the order key) is not taken.
+    other = bulk_broker.order_stock(VID, 10, 1)
+    forged = mc.BULK_SOLD_SCHEMA.encode(
+        {"order": mc.BULK_BUY_SCHEMA.decode(other.param)["order"], "status": 0, "scrip": [], "price": 0}
+    )
+    assert not bulk_broker.finish_order(other, Message(U, U, mc.BULK_SOLD.code, forged)).bought
+    assert bulk_broker.stock()[VID.hex()]["pending_orders"] == 1
+
+
+def test_serial_blocks_are_reserved_durably_so_two_vendor_processes_never_share_one(vendor: mv.VendorCore) -> None:
+    other = mv.VendorCore(vendor.store)  # a second vendor process on the same store
+    changes = []
+    for n, core in enumerate([vendor, other, vendor, other]):
+        _, out = buy(core, scrip_for(vendor, serial=100 + n), rid=bytes([n]) * 16)
+        assert out.status == mc.Status.OK and out.change is not None
+        changes.append(out.change.serial)
+    assert len(set(changes)) == 4
+    with vendor.store.transaction() as txn:
+        mark = int.from_bytes(txn.get(mv.CFG, b"serial") or b"", "big")
+    assert mark > max(changes)  # a restart resumes above every serial handed out
+    assert mv.VendorCore(vendor.store)._serials(1) >= mark
+
+
+@pytest.mark.parametrize("slow_commit_s", [3600.0, -1.0], ids=["commits-on-the-loop", "commits-in-a-worker"])
+def test_vendor_server_over_tcp_in_both_commit_modes(vendor: mv.VendorCore, slow_commit_s: float) -> None:
+    """The real server: pipelined purchases on two connections, one scrip spent twice; both commit paths."""
+    import asyncio
+
+    from cardnet.transport import dial
+
+    scrips = [scrip_for(vendor, serial=500 + i) for i in range(40)]
+    reqs = [
+        mc.make_request(s, rid=bytes([i]) * 16, level=mc.Level.THEFT, secret=secret(vendor), price=3, product="page")
+        for i, s in enumerate(scrips)
+    ]
+    twice = mc.make_request(
+        scrips[0], rid=b"\xff" * 16, level=mc.Level.THEFT, secret=secret(vendor), price=3, product="page"
+    )
+
+    async def main() -> list[Message]:
+        server = mv.VendorServer(vendor, clock=lambda: float(NOW), slow_commit_s=slow_commit_s)
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            a, b = await dial(host, port), await dial(host, port)
+            await a.send_many([Message(U, U, mt, p) for mt, p in reqs[:20]])
+            await b.send_many([Message(U, U, mt, p) for mt, p in [*reqs[20:], twice]])
+            got: list[Message] = []
+            for conn, expected in ((a, 20), (b, 21)):
+                while len(got) < expected + (20 if conn is b else 0):
+                    got.extend(await conn.recv_many())
+            await a.aclose()
+            await b.aclose()
+            return got
+        finally:
+            await server.aclose()
+
+    replies = asyncio.run(main())
+    outcomes = {mc.REPLY_SCHEMA.decode(m.param)["rid"]: mc.REPLY_SCHEMA.decode(m.param)["status"] for m in replies}
+    assert len(outcomes) == 41
+    assert all(outcomes[bytes([i]) * 16] == mc.Status.OK for i in range(1, 40))
+    # The first scrip went out twice, on two connections: exactly one request was accepted.
+    assert sorted([outcomes[bytes(16)], outcomes[b"\xff" * 16]]) == [mc.Status.OK, mc.Status.SPENT]
+    assert vendor.spent_count() == 40

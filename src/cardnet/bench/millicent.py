@@ -287,6 +287,7 @@ def _drive(pipes: list[Connection], seconds: float) -> float:
 
 def run(seconds: float = 3.0, *, customers: int = 2, window: int = 64, rounds: int = 5) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="cardnet-bench-millicent-")
     per = seconds / rounds
     samples: dict[str, list[float]] = {k: [] for k in FIGURES}
@@ -369,6 +370,8 @@ def run(seconds: float = 3.0, *, customers: int = 2, window: int = 64, rounds: i
         request_bytes=req_bytes,
         reply_bytes=reply_bytes,
         cpus=os.cpu_count(),
+        load_avg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],  # before and after: others' work
+        samples={k: [round(x) for x in v] for k, v in samples.items()},
     )
     r["validations_vs_hmac_bound"] = round(r["validations_per_s"] / r["hmac_bound_per_s"], 3)
     r["validations_binding_vs_hmac_bound"] = round(r["validations_binding_per_s"] / r["hmac_bound_per_s"], 3)

@@ -124,6 +124,25 @@ def vendor_licence(store: str, broker: str, out: str) -> None:
     console.print(f"licence for {broker} (index {lic['index']}) written to {out}: it holds secrets, move it safely")
 
 
+@vendor.command("bulk-agreement")
+@STORE
+@click.option("--broker", required=True, help="The broker's name (recorded with the agreement).")
+@click.option("--discount", type=click.IntRange(0, 100), default=10, show_default=True, help="Percent off face value.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Agreement file to write (0600).")
+def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str) -> None:
+    """Agree to sell scrip in bulk to a broker at a discount (writes the broker's id, secret and order key)."""
+    from cardnet.services.millicent_vendor import add_bulk_broker
+
+    agreement = add_bulk_broker(_store(store), broker, discount_pct=discount)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(agreement, fh)
+    console.print(
+        f"bulk agreement with {broker} (customer id {agreement['customer_id']}, {discount} % off) written to {out}: "
+        "it holds secrets, move it safely"
+    )
+
+
 @vendor.command("rotate")
 @STORE
 def vendor_rotate(store: str) -> None:
@@ -178,6 +197,7 @@ def vendor_status(store: str, as_json: bool) -> None:
         "redeemable": len(core.redeemable()),
         "mint_index": core.vendor.mint_index,
         "products": {k: p.price for k, p in core.vendor.catalogue.items()},
+        "bulk_sales": core.bulk_sales(),
     }
     if as_json:
         emit_json(r)
@@ -209,6 +229,60 @@ def broker_add_licence(store: str, path: str, discount: int) -> None:
     console.print(f"licensed for vendor {add_licence(_store(store), lic, discount_pct=discount).hex()}")
 
 
+@broker.command("add-bulk")
+@STORE
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--vendor-at", required=True, help="The vendor's HOST:PORT (where the broker buys and issues).")
+@click.option("--denomination", type=click.IntRange(1), default=100, show_default=True, help="Value of a stock piece.")
+@click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True, help="Pieces per bulk order.")
+def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pieces: int) -> None:
+    """Keep a vendor's bulk agreement: the broker then buys that vendor's scrip in bulk and resells it."""
+    from cardnet.services.millicent_broker import BrokerError, add_bulk
+
+    try:
+        agreement = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the agreement {path}: {exc}")
+    try:
+        vid = add_bulk(_store(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
+    except BrokerError as exc:
+        fail(str(exc))
+    console.print(f"bulk mode for vendor {vid.hex()} (buys {pieces} x {denomination} at {vendor_at})")
+
+
+@broker.command("mode")
+@STORE
+@click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
+@click.option("--mode", type=click.Choice(["licence", "bulk"]), required=True)
+def broker_mode(store: str, vendor: str, mode: str) -> None:
+    """Choose how the broker gets a vendor's scrip: mint it under licence, or buy it in bulk."""
+    from cardnet.services.millicent_broker import BrokerError, set_mode
+
+    try:
+        set_mode(_store(store), _hex(vendor, 8, "--vendor"), mode)
+    except BrokerError as exc:
+        fail(str(exc))
+    console.print(f"vendor {vendor}: {mode}")
+
+
+@broker.command("bulk-buy")
+@STORE
+@click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
+@click.option("--value", type=click.IntRange(1), required=True, help="Face value to buy.")
+@click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True)
+def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int) -> None:
+    """Buy a vendor's scrip in bulk now (the running broker also buys by itself when its stock runs short)."""
+    from cardnet.services.millicent_broker import BrokerCore, BrokerError, buy_stock
+
+    try:
+        outcome = asyncio.run(buy_stock(BrokerCore(_store(store)), _hex(vendor, 8, "--vendor"), value, pieces))
+    except BrokerError as exc:
+        fail(str(exc))
+    if not outcome.bought:
+        fail(outcome.detail)
+    console.print(outcome.detail)
+
+
 @broker.command("deposit")
 @STORE
 @click.option("--customer", required=True, help="Customer id, 16 hex digits.")
@@ -237,10 +311,11 @@ def broker_run(store: str, listen: str) -> None:
 @STORE
 @JSON
 def broker_status(store: str, as_json: bool) -> None:
-    """What the broker owes each vendor for redeemed scrip."""
+    """What the broker owes each vendor (redeemed licence scrip; bulk purchases) and its bulk stock."""
     from cardnet.services.millicent_broker import BrokerCore
 
-    r = {"owed_to_vendors": BrokerCore(_store(store)).vendors()}
+    core = BrokerCore(_store(store))
+    r = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
     if as_json:
         emit_json(r)
     else:

@@ -19,6 +19,19 @@ vendor's customer master secrets and a redeem key. Vendors redeem the scrip
 they received (``millicent.redeem``, MACed with the redeem key): each scrip
 id is paid once (first-wins), at the broker's recorded value less the
 licence's discount, and only if this broker minted it.
+
+**Bulk mode** (:func:`add_bulk`, per vendor; the vendor's ``add_bulk_broker``
+makes the agreement): the broker holds no master secret of the vendor, only
+a customer id there, its customer secret and an order key. It buys scrip in
+bulk (``millicent.bulk_buy``, MACed with the order key, naming the agreed
+discount), keeps it as *stock*, and sells a customer scrip by paying the
+vendor with a stock piece for scrip bound to her (``Op.ISSUE``): the vendor
+returns the customer's scrip, the broker's change (back into stock) and the
+customer's secret sealed under the broker's secret. Every vendor call is
+recorded before it is sent and its reply applied in one transaction, so a
+lost reply is fetched again with the same bytes (the vendor keeps replies).
+The core does no I/O: a purchase that needs the vendor comes back as a
+:class:`VendorCall` for the server to carry.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cardnet.crypto import profile
@@ -37,13 +51,18 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store
-from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer
-from cardnet.wire import DecodeError, Message
+from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer, TransportError, dial
+from cardnet.wire import DecodeError, Message, Uid
 
 log = logging.getLogger("cardnet.millicent.broker")
 
 CFG, LICENCES, ACCOUNTS, KEYS, REQUESTS = "mb.cfg", "mb.lic", "mb.acct", "mb.pub", "mb.req"
 MINTED, REDEEMED, VENDORS = "mb.minted", "mb.red", "mb.vend"
+MODES, BULK, STOCK, ORDERS, ISSUES, BOUGHT = "mb.mode", "mb.bulk", "mb.stock", "mb.order", "mb.issue", "mb.bought"
+LICENCE_MODE, BULK_MODE = "licence", "bulk"
+STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
+VENDOR_TIMEOUT_S = 10.0
+MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; with a retry)
 
 OK, REFUSED = 0, 1
 
@@ -79,7 +98,59 @@ def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10
     }
     with store.transaction() as txn:
         txn.put(LICENCES, vendor, json.dumps(record).encode())
+        txn.put(MODES, vendor, LICENCE_MODE.encode())
     return vendor
+
+
+def add_bulk(
+    store: Store, agreement: dict[str, Any], *, vendor_at: str, denomination: int = 100, pieces: int = 10
+) -> bytes:
+    """Keep a vendor's bulk agreement (from ``cardnet millicent vendor bulk-agreement``): sell its scrip in bulk mode.
+
+    ``vendor_at``: the vendor's HOST:PORT. When the stock cannot cover a sale
+    the broker buys ``pieces`` pieces of ``denomination`` (or of the sale's
+    value, if larger). Returns the vendor id.
+    """
+    try:
+        vendor = bytes.fromhex(agreement["vendor"])
+        cid = bytes.fromhex(agreement["customer_id"])
+        secret = bytes.fromhex(agreement["customer_secret"])
+        key = bytes.fromhex(agreement["order_key"])
+        discount = int(agreement["discount_pct"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise BrokerError("bad_agreement", f"the file is not a Millicent bulk agreement: {exc}") from None
+    if len(vendor) != mc.VENDOR_BYTES or len(cid) != mc.CUSTOMER_ID_BYTES or len(key) != mc.BULK_KEY_BYTES:
+        raise BrokerError("bad_agreement", "the agreement has a bad vendor id, customer id or order key")
+    host, _, port = vendor_at.rpartition(":")
+    if not host or not port.isdigit():
+        raise BrokerError("bad_address", f"the vendor's address must be HOST:PORT, got {vendor_at!r}")
+    if denomination < 1 or not 1 <= pieces <= mc.MAX_PIECES:
+        raise BrokerError("bad_agreement", f"denomination >= 1 and 1..{mc.MAX_PIECES} pieces per order")
+    record = {
+        "customer_id": cid.hex(),
+        "customer_secret": secret.hex(),
+        "order_key": key.hex(),
+        "discount_pct": discount,
+        "vendor_at": vendor_at,
+        "denomination": denomination,
+        "pieces": pieces,
+    }
+    with store.transaction() as txn:
+        txn.put(BULK, vendor, json.dumps(record).encode())
+        txn.put(MODES, vendor, BULK_MODE.encode())
+    return vendor
+
+
+def set_mode(store: Store, vendor: bytes, mode: str) -> None:
+    """Choose how the broker gets ``vendor``'s scrip: ``licence`` (mint it) or ``bulk`` (buy it)."""
+    table = {LICENCE_MODE: LICENCES, BULK_MODE: BULK}.get(mode)
+    if table is None:
+        raise BrokerError("bad_mode", f"the mode is {LICENCE_MODE!r} or {BULK_MODE!r}, got {mode!r}")
+    with store.transaction() as txn:
+        if txn.get(table, vendor) is None:
+            what = "add-licence" if mode == LICENCE_MODE else "add-bulk"
+            raise BrokerError("no_agreement", f"no {mode} agreement with vendor {vendor.hex()}: run broker {what}")
+        txn.put(MODES, vendor, mode.encode())
 
 
 def deposit(store: Store, customer_id: bytes, amount: int) -> int:
@@ -105,15 +176,63 @@ class _Licence:
         self.discount_pct: int = d["discount_pct"]
 
 
+class _Bulk:
+    __slots__ = ("cid", "denomination", "discount_pct", "key", "pieces", "secret", "vendor_at")
+
+    def __init__(self, raw: bytes) -> None:
+        d = json.loads(raw)
+        self.cid = bytes.fromhex(d["customer_id"])
+        self.secret = bytes.fromhex(d["customer_secret"])
+        self.key = bytes.fromhex(d["order_key"])
+        self.discount_pct: int = d["discount_pct"]
+        self.vendor_at: str = d["vendor_at"]
+        self.denomination: int = d["denomination"]
+        self.pieces: int = d["pieces"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VendorCall:
+    """A message the broker must carry to a vendor; hand the reply (or None if none came) back to the core.
+
+    ``kind`` is ``order`` (a bulk purchase: :meth:`BrokerCore.finish_order`)
+    or ``issue`` (a sale from stock: :meth:`BrokerCore.finish_issue`). The
+    call is durable before it is returned: sending it again is always safe.
+    """
+
+    kind: str
+    vendor: bytes
+    address: str
+    mtype: int
+    param: bytes
+    key: bytes  # the pending record: vendor + order id, or customer id + purchase request id
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What became of a bulk order: ``bought`` (the stock grew), and a sentence for a person."""
+
+    bought: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 class BrokerCore:
     """The broker over its store (synchronous; the server runs it in a worker thread)."""
 
     def __init__(
-        self, store: Store, *, rng: Callable[[int], bytes] = os.urandom, validity_s: int = 7 * 24 * 3600
+        self,
+        store: Store,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        validity_s: int = 7 * 24 * 3600,
+        stock_margin_s: int = STOCK_MARGIN_S,
     ) -> None:
         self.store = store
         self.rng = rng
         self.validity_s = validity_s
+        self.stock_margin_s = stock_margin_s  # bulk stock expiring sooner than this is not sold
 
     def _licence(self, txn: Any, vendor: bytes) -> _Licence | None:
         raw = txn.get(LICENCES, vendor)
@@ -137,6 +256,14 @@ class BrokerCore:
         return mc.OPENED_SCHEMA.encode({"status": OK, "customer_id": cid})
 
     def purchase(self, param: bytes, now: int) -> bytes:
+        """A purchase that needs no vendor (licence mode, refusals, repeats); bulk mode needs :meth:`begin_purchase`."""
+        step = self.begin_purchase(param, now)
+        if isinstance(step, VendorCall):
+            return _purchased(_rid_of(param), "this vendor's scrip is sold in bulk mode: the broker server sells it")
+        return step
+
+    def begin_purchase(self, param: bytes, now: int) -> bytes | VendorCall:
+        """Decide a purchase: the reply, or the vendor call it needs first (bulk mode)."""
         try:
             f = mc.PURCHASE_SCHEMA.decode(param)
         except DecodeError as exc:
@@ -146,6 +273,9 @@ class BrokerCore:
             done = txn.get(REQUESTS, cid + rid)
             if done is not None:
                 return done  # the same purchase again: the same scrip, no second debit
+            pending = txn.get(ISSUES, cid + rid)
+            if pending is not None:
+                return _issue_call(cid + rid, json.loads(pending))  # its vendor reply was lost: ask again
             acct = txn.get(ACCOUNTS, cid)
             if acct is None:
                 return _purchased(rid, "no such account")
@@ -154,35 +284,239 @@ class BrokerCore:
                 profile.verify(profile.load_public(pub_raw), f["sig"], mc.purchase_sig_input(f))
             except CryptoError:
                 return _purchased(rid, "the purchase is not signed by the account's key")
-            lic = self._licence(txn, f["vendor"])
-            if lic is None:
-                return _purchased(rid, f"this broker does not sell scrip of vendor {f['vendor'].hex()}")
+            vendor = f["vendor"]
+            mode = (txn.get(MODES, vendor) or (b"licence" if txn.get(LICENCES, vendor) else b"")).decode()
             value = f["value"]
+            if mode not in (LICENCE_MODE, BULK_MODE):
+                return _purchased(rid, f"this broker does not sell scrip of vendor {vendor.hex()}")
             if value == 0 or value > balance:
                 return _purchased(rid, f"balance {balance} does not cover {value}", balance)
+            if mode == BULK_MODE:
+                bulk = self._bulk(txn, vendor)
+                if bulk is None:
+                    return _purchased(rid, f"no bulk agreement with vendor {vendor.hex()}")
+                return self._sell_from_stock(txn, f, bulk, pub_raw, balance, now)
+            lic = self._licence(txn, vendor)
+            if lic is None:
+                return _purchased(rid, f"no licence of vendor {vendor.hex()}")
             skey = b"serial" + bytes([lic.index])
             serial = int.from_bytes(txn.get(CFG, skey) or _u64(1), "big")
             scrip = mc.mint(
                 lic.secrets,
                 index=lic.index,
-                vendor=f["vendor"],
+                vendor=vendor,
                 value=value,
                 serial=serial,
                 customer_id=cid,
                 expiry=now + self.validity_s,
             )
             txn.put(CFG, skey, _u64(serial + 1))
-            txn.put(MINTED, f["vendor"] + scrip.scrip_id, _u64(value))
+            txn.put(MINTED, vendor + scrip.scrip_id, _u64(value))
             txn.put(ACCOUNTS, cid, pub_raw + _u64(balance - value))
             out: dict[str, Any] = {"rid": rid, "status": OK, "scrip": scrip.encode(), "balance": balance - value}
             if f["want_secret"]:
                 secret = mc.customer_secret(lic.cms, cid)
                 out["secret_box"] = profile.hpke_seal(
-                    profile.load_public(pub_raw), secret, info=b"millicent customer secret" + f["vendor"] + cid
+                    profile.load_public(pub_raw), secret, info=b"millicent customer secret" + vendor + cid
                 )
             reply = mc.PURCHASED_SCHEMA.encode(out)
             txn.put(REQUESTS, cid + rid, reply)
         return reply
+
+    # -- bulk mode --------------------------------------------------------------------------
+
+    def _bulk(self, txn: Any, vendor: bytes) -> _Bulk | None:
+        raw = txn.get(BULK, vendor)
+        return None if raw is None else _Bulk(raw)
+
+    def _sell_from_stock(
+        self, txn: Any, f: dict[str, Any], bulk: _Bulk, pub_raw: bytes, balance: int, now: int
+    ) -> VendorCall:
+        """Reserve a stock piece and the customer's money, record the vendor request: or order stock first."""
+        vendor, value, cid, rid = f["vendor"], f["value"], f["customer_id"], f["rid"]
+        piece: tuple[bytes, bytes] | None = None
+        for key, raw in txn.scan(STOCK, vendor):  # key order = expiry order: the oldest usable piece first
+            s = mc.Scrip.decode(raw)
+            if s.value >= value and s.expiry > now + self.stock_margin_s:
+                piece = (key, raw)
+                break
+        if piece is None:
+            return self._order_call(txn, vendor, bulk, max(bulk.denomination, value) * bulk.pieces)
+        issue_rid = self.rng(mc.RID_BYTES)
+        mtype, request = mc.make_request(
+            piece[1],
+            rid=issue_rid,
+            level=mc.Level.THEFT,
+            secret=bulk.secret,
+            price=value,
+            op=mc.Op.ISSUE,
+            for_customer=cid,
+        )
+        record = {
+            "vendor": vendor.hex(),
+            "address": bulk.vendor_at,
+            "mtype": mtype,
+            "request": request.hex(),
+            "issue_rid": issue_rid.hex(),
+            "piece": piece[1].hex(),
+            "value": value,
+            "want_secret": f["want_secret"],
+        }
+        txn.delete(STOCK, piece[0])
+        txn.put(ACCOUNTS, cid, pub_raw + _u64(balance - value))
+        txn.put(ISSUES, cid + rid, json.dumps(record).encode())
+        return _issue_call(cid + rid, record)
+
+    def _order_call(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
+        for key, param in txn.scan(ORDERS, vendor):  # an order whose reply was lost: ask again first
+            return VendorCall(
+                kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=key
+            )
+        order = self.rng(mc.RID_BYTES)
+        param = mc.make_bulk_order(
+            bulk.key,
+            vendor=vendor,
+            broker=bulk.cid,
+            order=order,
+            value=value,
+            pieces=bulk.pieces,
+            discount_pct=bulk.discount_pct,
+        )
+        txn.put(ORDERS, vendor + order, param)
+        return VendorCall(
+            kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=vendor + order
+        )
+
+    def order_stock(self, vendor: bytes, value: int, pieces: int) -> VendorCall:
+        """An operator's bulk purchase (``cardnet millicent broker bulk-buy``): the order to carry to the vendor."""
+        with self.store.transaction() as txn:
+            bulk = self._bulk(txn, vendor)
+            if bulk is None:
+                raise BrokerError("no_agreement", f"no bulk agreement with vendor {vendor.hex()}: run broker add-bulk")
+            if any(True for _ in txn.scan(ORDERS, vendor)):
+                return self._order_call(txn, vendor, bulk, value)  # finish the pending order first
+            order = self.rng(mc.RID_BYTES)
+            try:
+                param = mc.make_bulk_order(
+                    bulk.key,
+                    vendor=vendor,
+                    broker=bulk.cid,
+                    order=order,
+                    value=value,
+                    pieces=pieces,
+                    discount_pct=bulk.discount_pct,
+                )
+            except mc.MillicentError as exc:
+                raise BrokerError("bad_order", str(exc)) from None
+            txn.put(ORDERS, vendor + order, param)
+        return VendorCall(
+            kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=vendor + order
+        )
+
+    def finish_order(self, call: VendorCall, reply: Message | None) -> OrderOutcome:
+        """Apply the vendor's answer to a bulk order: the stock grows. Says what happened."""
+        if reply is None:
+            return OrderOutcome(False, "no answer from the vendor: the order stays pending and is sent again")
+        with self.store.transaction() as txn:
+            param = txn.get(ORDERS, call.key)
+            bulk = self._bulk(txn, call.vendor)
+            if bulk is None:
+                return OrderOutcome(False, f"no bulk agreement with vendor {call.vendor.hex()} any more")
+            if param is None:  # another process (say `broker bulk-buy`) applied the same answer
+                return OrderOutcome(True, "the order was already settled")
+            f = mc.BULK_BUY_SCHEMA.decode(param)
+            try:
+                if reply.mtype != mc.BULK_SOLD.code:
+                    raise mc.MillicentError("bad_reply", f"mtype 0x{reply.mtype:04x} is not a bulk reply")
+                sale = mc.open_bulk_sold(
+                    reply.param,
+                    key=bulk.key,
+                    vendor=call.vendor,
+                    broker=bulk.cid,
+                    order=f["order"],
+                    value=f["value"],
+                    pieces=f["pieces"],
+                )
+            except mc.MillicentError as exc:
+                log.warning("bulk order %s: %s", f["order"].hex(), exc)
+                return OrderOutcome(False, f"the vendor's answer does not check ({exc}): the order stays pending")
+            txn.delete(ORDERS, call.key)
+            if sale.status != mc.Status.OK:
+                log.warning("vendor %s refused bulk order: %s", call.vendor.hex(), sale.detail)
+                return OrderOutcome(False, f"the vendor refused the order: {sale.detail}")
+            for s in sale.scrip:
+                txn.put(STOCK, _stock_key(s), s.encode())
+            row = txn.get(BOUGHT, call.vendor) or bytes(16)
+            value = int.from_bytes(row[:8], "big") + f["value"]
+            owed = int.from_bytes(row[8:], "big") + sale.price
+            txn.put(BOUGHT, call.vendor, _u64(value) + _u64(owed))
+        return OrderOutcome(True, f"bought {f['value']} in {f['pieces']} pieces for {sale.price}")
+
+    def finish_issue(self, call: VendorCall, reply: Message | None) -> bytes | None:
+        """Apply the vendor's answer to a sale from stock: the customer's reply, or None if it must be asked again."""
+        if reply is None:
+            return None
+        cid, rid = call.key[: mc.CUSTOMER_ID_BYTES], call.key[mc.CUSTOMER_ID_BYTES :]
+        with self.store.transaction() as txn:
+            raw = txn.get(ISSUES, call.key)
+            if raw is None:
+                return txn.get(REQUESTS, call.key)  # settled already
+            rec = json.loads(raw)
+            bulk = self._bulk(txn, call.vendor)
+            if bulk is None:
+                return None
+            try:
+                out = mc.open_reply(
+                    reply.mtype,
+                    reply.param,
+                    rid=bytes.fromhex(rec["issue_rid"]),
+                    level=mc.Level.THEFT,
+                    secret=bulk.secret,
+                )
+            except mc.MillicentError as exc:
+                log.warning("sale %s: the vendor's answer does not check: %s", call.key.hex(), exc)
+                return None
+            acct = txn.get(ACCOUNTS, cid)
+            assert acct is not None  # accounts are never deleted
+            pub_raw, balance = acct[:65], int.from_bytes(acct[65:73], "big")
+            if out.change is not None:
+                txn.put(STOCK, _stock_key(out.change), out.change.encode())
+            if out.status != mc.Status.OK or out.issued is None or out.issued_secret is None:
+                # The piece is gone (e.g. expired or spent): give the money back; the customer may buy again.
+                log.warning("vendor %s refused a stock piece: %s %s", call.vendor.hex(), out.status.name, out.detail)
+                balance += rec["value"]
+                txn.put(ACCOUNTS, cid, pub_raw + _u64(balance))
+                reply_param = _purchased(
+                    rid, f"the vendor refused the broker's stock ({out.detail}): buy again", balance
+                )
+            else:
+                result: dict[str, Any] = {"rid": rid, "status": OK, "scrip": out.issued.encode(), "balance": balance}
+                if rec["want_secret"]:
+                    result["secret_box"] = profile.hpke_seal(
+                        profile.load_public(pub_raw),
+                        out.issued_secret,
+                        info=b"millicent customer secret" + call.vendor + cid,
+                    )
+                reply_param = mc.PURCHASED_SCHEMA.encode(result)
+            txn.put(REQUESTS, call.key, reply_param)
+            txn.delete(ISSUES, call.key)
+        return reply_param
+
+    def stock(self) -> dict[str, dict[str, int]]:
+        """Per bulk vendor: stock pieces and value, face value bought and what the broker owes for it."""
+        with self.store.transaction() as txn:
+            out: dict[str, dict[str, int]] = {}
+            for vendor, _ in txn.scan(BULK):
+                pieces = [mc.Scrip.decode(v).value for _, v in txn.scan(STOCK, vendor)]
+                row = txn.get(BOUGHT, vendor) or bytes(16)
+                out[vendor.hex()] = {
+                    "pieces": len(pieces),
+                    "stock_value": sum(pieces),
+                    "bought_value": int.from_bytes(row[:8], "big"),
+                    "owed": int.from_bytes(row[8:], "big"),
+                    "pending_orders": sum(1 for _ in txn.scan(ORDERS, vendor)),
+                }
+            return out
 
     def redeem(self, param: bytes) -> bytes:
         try:
@@ -235,6 +569,29 @@ class BrokerCore:
         )
 
 
+def _stock_key(s: mc.Scrip) -> bytes:
+    """Stock is keyed ``vendor || expiry || scrip id``: a scan is in expiry order."""
+    return s.vendor + s.expiry.to_bytes(4, "big") + s.scrip_id
+
+
+def _issue_call(key: bytes, rec: dict[str, Any]) -> VendorCall:
+    return VendorCall(
+        kind="issue",
+        vendor=bytes.fromhex(rec["vendor"]),
+        address=rec["address"],
+        mtype=rec["mtype"],
+        param=bytes.fromhex(rec["request"]),
+        key=key,
+    )
+
+
+def _rid_of(param: bytes) -> bytes:
+    try:
+        return bytes(mc.PURCHASE_SCHEMA.decode(param)["rid"])
+    except DecodeError:
+        return b"\x00" * 16
+
+
 def _purchased(rid: bytes, detail: str, balance: int | None = None) -> bytes:
     out: dict[str, Any] = {"rid": rid, "status": REFUSED, "detail": detail}
     if balance is not None:
@@ -242,8 +599,31 @@ def _purchased(rid: bytes, detail: str, balance: int | None = None) -> bytes:
     return mc.PURCHASED_SCHEMA.encode(out)
 
 
+async def call_vendor(call: VendorCall, *, timeout_s: float = VENDOR_TIMEOUT_S) -> Message | None:
+    """Carry ``call`` to its vendor over TCP: the reply, or None if none came (the call stays pending)."""
+    host, _, port = call.address.rpartition(":")
+    me = Uid(b"\x00" * 12, 1)
+    try:
+        async with asyncio.timeout(timeout_s), await dial(host, int(port)) as conn:
+            await conn.send(Message(me, Uid(b"\x00" * 12, 0), call.mtype, call.param))
+            return await conn.recv()
+    except (TransportError, TimeoutError, ValueError) as exc:
+        log.warning("vendor %s at %s did not answer: %s", call.vendor.hex(), call.address, exc)
+        return None
+
+
+async def buy_stock(core: BrokerCore, vendor: bytes, value: int, pieces: int) -> OrderOutcome:
+    """Buy ``value`` of ``vendor``'s scrip in ``pieces`` pieces now (finishing a pending order first)."""
+    call = await asyncio.to_thread(core.order_stock, vendor, value, pieces)
+    return await asyncio.to_thread(core.finish_order, call, await call_vendor(call))
+
+
 class BrokerServer:
-    """Serves :class:`BrokerCore` over TCP: one durable transaction per request, in a worker thread."""
+    """Serves :class:`BrokerCore` over TCP: one durable transaction per step, in a worker thread.
+
+    Requests are served one at a time (a lock), including a bulk-mode sale's
+    calls to the vendor: the broker's ledger sees one purchase at a time.
+    """
 
     def __init__(self, core: BrokerCore, *, clock: Callable[[], float] = time.time) -> None:
         self.core = core
@@ -263,5 +643,26 @@ class BrokerServer:
             while True:
                 msg = await conn.recv()
                 async with self._lock:
-                    reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
+                    if msg.mtype == mc.PURCHASE.code:
+                        reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
+                    else:
+                        reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
                 await conn.send(reply)
+
+    async def _purchase(self, param: bytes) -> bytes:
+        """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip)."""
+        for _ in range(MAX_VENDOR_CALLS):
+            step = await asyncio.to_thread(self.core.begin_purchase, param, int(self.clock()))
+            if isinstance(step, bytes):
+                return step
+            reply = await call_vendor(step)
+            if step.kind == "order":
+                outcome = await asyncio.to_thread(self.core.finish_order, step, reply)
+                if not outcome.bought:
+                    return _purchased(_rid_of(param), f"cannot buy stock from the vendor ({outcome}): try again later")
+                continue
+            done = await asyncio.to_thread(self.core.finish_issue, step, reply)
+            if done is None:
+                return _purchased(_rid_of(param), "the vendor did not answer: send the same purchase again")
+            return done
+        return _purchased(_rid_of(param), "the vendor's stock ran out while buying: send the same purchase again")
