@@ -367,11 +367,10 @@ class BrokerCore:
         txn.put(ISSUES, cid + rid, json.dumps(record).encode())
         return _issue_call(cid + rid, record)
 
-    def _order_call(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
-        for key, param in txn.scan(ORDERS, vendor):  # an order whose reply was lost: ask again first
-            return VendorCall(
-                kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=key
-            )
+    def _order_call(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int, pieces: int | None = None) -> VendorCall:
+        """The pending order to ``vendor`` (its reply was lost: ask again first), else a new one, recorded."""
+        for key, param in txn.scan(ORDERS, vendor):
+            return self._vendor_order(vendor, bulk, param, key)
         order = self.rng(mc.RID_BYTES)
         param = mc.make_bulk_order(
             bulk.key,
@@ -379,12 +378,16 @@ class BrokerCore:
             broker=bulk.cid,
             order=order,
             value=value,
-            pieces=bulk.pieces,
+            pieces=bulk.pieces if pieces is None else pieces,
             discount_pct=bulk.discount_pct,
         )
         txn.put(ORDERS, vendor + order, param)
+        return self._vendor_order(vendor, bulk, param, vendor + order)
+
+    @staticmethod
+    def _vendor_order(vendor: bytes, bulk: _Bulk, param: bytes, key: bytes) -> VendorCall:
         return VendorCall(
-            kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=vendor + order
+            kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=key
         )
 
     def order_stock(self, vendor: bytes, value: int, pieces: int) -> VendorCall:
@@ -393,25 +396,10 @@ class BrokerCore:
             bulk = self._bulk(txn, vendor)
             if bulk is None:
                 raise BrokerError("no_agreement", f"no bulk agreement with vendor {vendor.hex()}: run broker add-bulk")
-            if any(True for _ in txn.scan(ORDERS, vendor)):
-                return self._order_call(txn, vendor, bulk, value)  # finish the pending order first
-            order = self.rng(mc.RID_BYTES)
             try:
-                param = mc.make_bulk_order(
-                    bulk.key,
-                    vendor=vendor,
-                    broker=bulk.cid,
-                    order=order,
-                    value=value,
-                    pieces=pieces,
-                    discount_pct=bulk.discount_pct,
-                )
+                return self._order_call(txn, vendor, bulk, value, pieces)  # a pending order is finished first
             except mc.MillicentError as exc:
                 raise BrokerError("bad_order", str(exc)) from None
-            txn.put(ORDERS, vendor + order, param)
-        return VendorCall(
-            kind="order", vendor=vendor, address=bulk.vendor_at, mtype=mc.BULK_BUY.code, param=param, key=vendor + order
-        )
 
     def finish_order(self, call: VendorCall, reply: Message | None) -> OrderOutcome:
         """Apply the vendor's answer to a bulk order: the stock grows. Says what happened."""
