@@ -711,6 +711,7 @@ class Outcome:
     issued: Scrip | None = None
     issued_secret: bytes | None = None
     detail: str = ""
+    authentic: bool = False  # MACed with the customer secret (level 2/3): from the vendor; else only a hint
 
 
 def make_request(
@@ -757,17 +758,21 @@ def open_reply(mtype: int, param: bytes, *, rid: bytes, level: Level, secret: by
         raise MillicentError("bad_reply", f"the vendor's reply is unreadable: {exc}") from None
     if f["rid"] != rid:
         raise MillicentError("bad_reply", "the reply answers another request")
-    if level == Level.THEFT and Status(f["status"]) in (Status.OK, Status.SPENT):
-        if secret is None or "mac" not in f:
-            raise MillicentError("bad_reply", "a level-2 reply must be MACed")
-        try:
-            profile.hmac_verify(secret, reply_mac_input(f), f["mac"])
-        except CryptoError:
-            raise MillicentError("bad_reply", "the reply's MAC does not check: not from the vendor") from None
     try:
         status = Status(f["status"])
     except ValueError:
         raise MillicentError("bad_reply", f"unknown status {f['status']}") from None
+    authentic = False
+    if level >= Level.THEFT and (status in (Status.OK, Status.SPENT) or "mac" in f):
+        # Level 3 too: a plain (unsealed) reply to a sealed request is only believed if MACed, so whoever sees the
+        # request's rid on the wire cannot answer it with a made-up ``ok`` (change, page) or ``spent``.
+        if secret is None or "mac" not in f:
+            raise MillicentError("bad_reply", f"a level-{int(level)} reply must be MACed")
+        try:
+            profile.hmac_verify(secret, reply_mac_input(f), f["mac"])
+        except CryptoError:
+            raise MillicentError("bad_reply", "the reply's MAC does not check: not from the vendor") from None
+        authentic = True
     try:
         change = Scrip.decode(f["change"]) if "change" in f else None
         issued = Scrip.decode(f["issued"]) if "issued" in f else None
@@ -781,7 +786,7 @@ def open_reply(mtype: int, param: bytes, *, rid: bytes, level: Level, secret: by
             issued_secret = _box_key(secret, rid, b"issue\x00\x00\x00").open(2, f["issued_secret"], issued.customer_id)
         except CryptoError:
             raise MillicentError("bad_reply", "cannot open the issued customer secret") from None
-    return Outcome(status, change, f.get("content", b""), issued, issued_secret, f.get("detail", ""))
+    return Outcome(status, change, f.get("content", b""), issued, issued_secret, f.get("detail", ""), authentic)
 
 
 # --- vendor side ----------------------------------------------------------------------

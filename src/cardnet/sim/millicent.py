@@ -16,12 +16,23 @@ spends spent scrip again after it expired and was pruned. A thief sees every
 request on the network and spends the scrip in it with its own secret, at
 level 1, altered, at the other vendor, and replays requests verbatim.
 
+In seeds whose plan has ``malicious_p > 0`` the network itself is a malicious
+carrier (:class:`~cardnet.sim.malice.Malice`): it sees every byte on the wire
+between customers, vendors and the broker (requests, replies, purchases and
+their answers) but no secret; per message in flight it tampers, forges the
+claimed sender (the reply goes to whoever that is), reflects or redirects it,
+and per tick it replays something it saw (to the same or another party) or
+injects a made-up message. Customers then treat an unauthenticated (unMACed)
+refusal of a level-2/3 request as a hint and send the request again.
+
 Invariants: a scrip id is accepted at most once per vendor (across tears and
 restarts), and every acceptance a customer sees is durable at the vendor; no
-request made by the thief is ever accepted; honest customers never see their
-scrip refused as spent, stolen or forged; at quiescence value is conserved:
-scrip issued by the broker = prices paid at vendors (from the vendors'
-durable spent lists) + value of the scrip the customers hold.
+request made by the thief is ever accepted (read at the vendor); honest
+customers never see their scrip refused as spent, stolen or forged (under the
+carrier: never authentically); at quiescence value is conserved: scrip issued
+by the broker = prices paid at vendors (from the vendors' durable spent lists)
++ value of the scrip the customers hold, and the broker debited each customer
+exactly what she bought.
 """
 
 from __future__ import annotations
@@ -34,10 +45,11 @@ from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_broker as mb
 from cardnet.services import millicent_vendor as mv
+from cardnet.sim.malice import Action, Malice
 from cardnet.sim.scenarios import register
 from cardnet.sim.world import TearingStore, World
 from cardnet.store import SqliteStore, StoreError
-from cardnet.wire import Message, Uid
+from cardnet.wire import DecodeError, Message, MType, Uid
 
 BASE = 1_800_000_000  # Unix seconds at virtual time 0
 SPEED = 4  # vendor clock seconds per simulated second (so scrip expires and is pruned within a run)
@@ -50,10 +62,17 @@ RETRY_S = 0.1
 PRUNE_S = 0.5
 PRODUCTS = {"a": 1, "b": 2, "c": 3}
 VENDOR_IDS = (b"\x00" * 7 + b"\xa1", b"\x00" * 7 + b"\xb2")
+DEPOSIT = 1000
+VENDOR_PORT = 100  # vendor i is port 100 + i; customers are ports 1..5
+BROKER_PORT = 200
+STRANGER = Uid(bytes(range(12)), 7)  # a Uid the carrier may claim that is nobody on this network
 
 
 def _uid(n: int) -> Uid:
     return Uid(b"\x00" * 12, n)
+
+
+BROKER = _uid(BROKER_PORT)
 
 
 class BrokenVendorCore(mv.VendorCore):
@@ -135,6 +154,11 @@ class MillicentScenario:
     last_arrival: dict[tuple[int, int, bool], float] = field(default_factory=dict)
     minted: dict[bytes, int] = field(default_factory=dict)  # vendor + scrip id -> value (broker scrip and change)
     pruned: dict[tuple[int, bytes], int] = field(default_factory=dict)  # (vendor, spent key) -> price paid
+    thief_digests: set[bytes] = field(default_factory=set)  # sha256 of every request the thief made
+    bought: dict[int, int] = field(default_factory=dict)  # actor -> value bought at the broker
+    carrier: Malice | None = None  # the malicious network, in seeds whose plan has malicious_p > 0
+    endpoints: list[Uid] = field(default_factory=list)
+    handles: dict[Uid, list[MType]] = field(default_factory=dict)
 
     # -- building ---------------------------------------------------------------------
     def build(self, world: World) -> None:
@@ -156,7 +180,7 @@ class MillicentScenario:
             self.actors.append(a)
             pub = profile.public_bytes(a.key.public_key())
             a.cid = mc.OPENED_SCHEMA.decode(self.broker.open_account(pub))["customer_id"]
-            mb.deposit(self.broker.store, a.cid, 1000)
+            mb.deposit(self.broker.store, a.cid, DEPOSIT)
             for vid in VENDOR_IDS:
                 self._buy(world, a, vid, rng.randint(6, 20))
             if kind == "honest":
@@ -169,6 +193,13 @@ class MillicentScenario:
         for v in self.vendors:
             world.at(PRUNE_S, functools.partial(self._prune, world, v), "prune")
         world.at(0.005, functools.partial(self._crashes, world), "crashes")
+        self.endpoints = [*(_uid(a.n) for a in self.actors), *(_uid(VENDOR_PORT + i) for i in range(2)), BROKER]
+        self.handles = {_uid(a.n): [mc.REPLY, mc.SEALED_REPLY] for a in self.actors}
+        self.handles.update({_uid(VENDOR_PORT + i): [mc.REQUEST, mc.SEALED_REQUEST] for i in range(2)})
+        self.handles[BROKER] = [mc.PURCHASE, mc.OPEN, mc.REDEEM]
+        if world.plan.malicious_p > 0:  # no draw otherwise: seeds without it run exactly as before
+            self.carrier = Malice(world.rng)
+            world.log("malicious carrier: the network between customers, vendors and the broker")
 
     def _unix(self, world: World) -> int:
         return BASE + int(world.now * SPEED)
@@ -179,7 +210,12 @@ class MillicentScenario:
         f: dict[str, Any] = {"customer_id": a.cid, "vendor": vendor, "value": value, "rid": rid}
         f["want_secret"] = int(vendor not in a.secrets)
         f["sig"] = profile.sign(a.key, mc.purchase_sig_input(f))
-        r = mc.PURCHASED_SCHEMA.decode(self.broker.purchase(mc.PURCHASE_SCHEMA.encode(f), self._unix(world)))
+        param = mc.PURCHASE_SCHEMA.encode(f)
+        reply = self.broker.purchase(param, self._unix(world))
+        if self.carrier is not None:  # it sees both on the wire (their channel is modelled as reliable: see sim.md)
+            self.carrier.observe(Message(_uid(a.n), BROKER, mc.PURCHASE.code, param), from_app=False)
+            self.carrier.observe(Message(BROKER, _uid(a.n), mc.PURCHASED.code, reply), from_app=False)
+        r = mc.PURCHASED_SCHEMA.decode(reply)
         if r["status"] != 0:
             self.bad.append(f"broker refused a purchase: {r.get('detail')}")
             return
@@ -190,6 +226,7 @@ class MillicentScenario:
         a.wallet[s.scrip_id + s.vendor] = s
         self.minted[s.vendor + s.scrip_id] = value
         self.issued += value
+        self.bought[a.n] = self.bought.get(a.n, 0) + value
 
     # -- actors -------------------------------------------------------------------------
     def _rid(self, a: Actor) -> bytes:
@@ -202,10 +239,10 @@ class MillicentScenario:
         secret = a.secrets.get(VENDOR_IDS[vi])
         rid = self._rid(a)
         mt, param = mc.make_request(s, rid=rid, level=level, secret=secret, price=price, product=product, op=op)
-        msg = Message(_uid(a.n), _uid(100 + vi), mt, param)
+        msg = Message(_uid(a.n), _uid(VENDOR_PORT + vi), mt, param)
         self.prices[profile.sha256(param if mt == mc.REQUEST.code else self._inner(a, vi, param))] = price
         a.pending[rid] = Pending(vi, msg, s, level, secret, op, price)
-        self._send(world, msg, vi, to_vendor=True)
+        self._send(world, msg)
         return rid
 
     def _inner(self, a: Actor, vi: int, sealed: bytes) -> bytes:
@@ -260,7 +297,10 @@ class MillicentScenario:
         thief = self.actors[-1]
         if msg.src.port == thief.n or world.rng.random() > 0.3 or msg.mtype != mc.REQUEST.code:
             return
-        f = mc.REQUEST_SCHEMA.decode(msg.param)
+        try:
+            f = mc.REQUEST_SCHEMA.decode(msg.param)
+        except DecodeError:  # garbled by the carrier: nothing to steal
+            return
         raw = f["scrip"]
         attack = world.rng.randrange(5)
         tv = vi
@@ -275,7 +315,7 @@ class MillicentScenario:
         else:  # replay verbatim (must not buy anything new)
             world.at(
                 world.now + world.rng.uniform(0.0, 0.5),
-                functools.partial(self._send, world, Message(_uid(thief.n), msg.dst, msg.mtype, msg.param), vi, True),
+                functools.partial(self._send, world, Message(_uid(thief.n), msg.dst, msg.mtype, msg.param)),
                 "replay",
             )
             return
@@ -285,11 +325,12 @@ class MillicentScenario:
         rid = self._rid(thief)
         self.thief_rids.add(rid)
         mt, param = mc.make_request(scrip, rid=rid, level=level, secret=secret, price=f["price"], product=f["product"])
-        self._send(world, Message(_uid(thief.n), _uid(100 + tv), mt, param), tv, to_vendor=True)
+        self.thief_digests.add(profile.sha256(param))
+        self._send(world, Message(_uid(thief.n), _uid(VENDOR_PORT + tv), mt, param))
 
     def _timer(self, world: World, a: Actor) -> None:
         for p in list(a.pending.values()):
-            self._send(world, p.msg, p.vendor, to_vendor=True)  # the same bytes: a re-fetch if it was accepted
+            self._send(world, p.msg)  # the same bytes: a re-fetch if it was accepted
         now = self._unix(world)
         for key, s in list(a.wallet.items()):
             if a.kind != "thief" and s.expiry - now <= RENEW_WITHIN_S and s.expiry > now:
@@ -300,16 +341,33 @@ class MillicentScenario:
             world.at(world.now + RETRY_S, functools.partial(self._timer, world, a), "timer")
 
     def _reply(self, world: World, a: Actor, msg: Message) -> None:
-        rid = mc.SEALED_SCHEMA.decode(msg.param)["rid"] if msg.mtype == mc.SEALED_REPLY.code else msg.param[3:19]
-        if a.kind == "thief":
-            accepted = msg.mtype == mc.REPLY.code and mc.REPLY_SCHEMA.decode(msg.param)["status"] == mc.Status.OK
-            if rid in self.thief_rids and accepted:
-                self.bad.append(f"the thief's request {rid.hex()} was accepted: stolen scrip bought something")
+        if a.kind == "thief" or msg.mtype not in (mc.REPLY.code, mc.SEALED_REPLY.code):
+            return  # (whether the thief's requests were accepted is read at the vendors: see _commit)
+        try:
+            rid = (mc.SEALED_SCHEMA if msg.mtype == mc.SEALED_REPLY.code else mc.REPLY_SCHEMA).decode(msg.param)["rid"]
+        except DecodeError:
+            world.log(f"customer {a.n} ignores a garbled reply")
             return
         p = a.pending.get(rid)
         if p is None:
             return  # a duplicate of a reply already applied
-        out = mc.open_reply(msg.mtype, msg.param, rid=rid, level=p.level, secret=p.secret)
+        try:
+            out = mc.open_reply(msg.mtype, msg.param, rid=rid, level=p.level, secret=p.secret)
+        except mc.MillicentError as exc:
+            if self.carrier is None:
+                self.bad.append(f"customer {a.n}: a reply from the vendor does not check: {exc}")
+            else:
+                world.log(f"customer {a.n} ignores a reply that does not check: {exc}")
+            return  # the request stays pending and is sent again
+        pruned = out.status == mc.Status.EXPIRED and p.scrip.expiry + GRACE_S <= self._unix(world)
+        if self.carrier is not None and not out.authentic and out.status != mc.Status.OK and not pruned:
+            # Anyone on the wire can answer a level-2/3 request with an unMACed refusal: only a hint (the wallet
+            # would say so). The request stays pending and is sent again: the vendor's own answer is authentic.
+            # Except `expired` once the customer's own clock says the vendor has pruned the scrip (its expiry plus
+            # the re-fetch grace have passed): the vendor refuses it then before the binding, unMACed, and it is
+            # true whoever says it.
+            world.log(f"customer {a.n} ignores an unauthenticated {out.status.name} for rid {rid.hex()}")
+            return
         if out.status == mc.Status.OK:
             key = (p.vendor, p.scrip.scrip_id)
             self.accepted.setdefault(key, set()).add(rid)
@@ -335,13 +393,28 @@ class MillicentScenario:
                 self.bad.append(f"vendor {vi} accepted {s.scrip_id.hex()} (rid {rid.hex()}) without a durable record")
 
     # -- network and vendors ------------------------------------------------------------------
-    def _send(self, world: World, msg: Message, vi: int, to_vendor: bool) -> None:
+    def _vendor_index(self, uid: Uid) -> int | None:
+        i = uid.port - VENDOR_PORT
+        return i if uid.domain == BROKER.domain and 0 <= i < len(self.vendors) else None
+
+    def _send(self, world: World, msg: Message, carried: bool = True) -> None:
+        """Put ``msg`` on the network: the carrier (if any) may misbehave with it, then loss, duplication, delay."""
+        if carried and self.carrier is not None and not world.healed:
+            self.carrier.observe(msg, from_app=False)
+            if world.rng.random() < world.plan.malicious_p:
+                action = self.carrier.in_passing(msg, self.endpoints, [*self.endpoints, STRANGER])
+                self._malicious(world, action)
+                if action is not None and not action.keep:
+                    return  # swallowed
+        to_vendor = self._vendor_index(msg.dst) is not None
+        vi = self._vendor_index(msg.dst if to_vendor else msg.src)
         plan = world.plan
         if to_vendor and self.actors and msg.src.port != self.actors[-1].n:
+            assert vi is not None
             self._observe(world, msg, vi)
         copies = 1
         if not world.healed:
-            if self.down.get((vi, to_vendor), -1.0) > world.now:
+            if vi is not None and self.down.get((vi, to_vendor), -1.0) > world.now:
                 world.faults["drop"] += 1
                 return
             if plan.drop_p and world.rng.random() < plan.drop_p:
@@ -359,11 +432,38 @@ class MillicentScenario:
             if world.now + delay < self.last_arrival.get(link, 0.0):
                 world.faults["reorder"] += 1
             self.last_arrival[link] = max(world.now + delay, self.last_arrival.get(link, 0.0))
-            if to_vendor:
-                world.at(world.now + delay, functools.partial(self._arrive_vendor, world, vi, msg), "deliver")
-            else:
-                a = self.actors[msg.dst.port - 1]
-                world.at(world.now + delay, functools.partial(self._reply, world, a, msg), "deliver")
+            world.at(world.now + delay, functools.partial(self._deliver, world, msg), "deliver")
+
+    def _deliver(self, world: World, msg: Message) -> None:
+        """The network hands ``msg`` to whoever has its destination address (no one: it is lost)."""
+        vi = self._vendor_index(msg.dst)
+        if vi is not None:
+            self._arrive_vendor(world, vi, msg)
+        elif msg.dst == BROKER:
+            self._arrive_broker(world, msg)
+        elif msg.dst.domain == BROKER.domain and 1 <= msg.dst.port <= len(self.actors):
+            self._reply(world, self.actors[msg.dst.port - 1], msg)
+
+    def _malicious(self, world: World, action: Action | None) -> None:
+        """What the carrier made goes on the network (not carried again: it is the carrier's own)."""
+        if action is None:
+            return
+        world.faults["malicious"] += 1
+        m = action.msg
+        world.log(f"malicious carrier {action.kind} 0x{m.mtype:04x} {m.src.port}->{m.dst.port} {m.param[:24].hex()}")
+        self._send(world, m, carried=False)
+
+    def _arrive_broker(self, world: World, msg: Message) -> None:
+        """Only the carrier sends the broker messages over this network (customers' purchases are direct calls)."""
+        reply = self.broker.handle(msg, self._unix(world))
+        for a in self.actors:  # replayed or made-up purchases never debit anyone twice or at all
+            if self.broker.account(a.cid) != DEPOSIT - self.bought.get(a.n, 0):
+                self.bad.append(
+                    f"broker: customer {a.n}'s balance is {self.broker.account(a.cid)}, not "
+                    f"{DEPOSIT} - {self.bought.get(a.n, 0)} bought"
+                )
+        if self._vendor_index(reply.dst) is None and reply.dst != BROKER:  # servers do not answer servers
+            self._send(world, reply)
 
     def _arrive_vendor(self, world: World, vi: int, msg: Message) -> None:
         v = self.vendors[vi]
@@ -387,7 +487,16 @@ class MillicentScenario:
             return
         v.store.armed = False
         for m, (mt, p) in zip(batch, replies, strict=True):
-            self._send(world, m.reply(mt, p), v.index, to_vendor=False)
+            if self._thief_accepted(m, mt, p):
+                self.bad.append(f"vendor {v.index} accepted a request of the thief: stolen scrip bought something")
+            if self._vendor_index(m.src) is None and m.src != BROKER:  # servers do not answer servers
+                self._send(world, m.reply(mt, p))
+
+    def _thief_accepted(self, m: Message, mt: int, p: bytes) -> bool:
+        """Read at the vendor, so that no forged reply to the thief can fake it and no lost reply can hide it."""
+        if m.mtype != mc.REQUEST.code or profile.sha256(m.param) not in self.thief_digests:
+            return False
+        return mt == mc.REPLY.code and mc.REPLY_SCHEMA.decode(p)["status"] == mc.Status.OK
 
     def _prune(self, world: World, v: VendorNode) -> None:
         now = self._unix(world)
@@ -423,6 +532,10 @@ class MillicentScenario:
                 world.faults["crash"] += 1
                 world.log(f"crash vendor {v.index}")
                 v.reopen()
+            if self.carrier is not None and world.rng.random() < world.plan.malicious_p:
+                self._malicious(
+                    world, self.carrier.injection(self.endpoints, [*self.endpoints, STRANGER], self.handles)
+                )
             world.at(world.now + 0.01, functools.partial(self._crashes, world), "crashes")
 
     # -- invariants ------------------------------------------------------------------------------
@@ -452,6 +565,12 @@ class MillicentScenario:
         for k in spent:
             if k not in self.minted:
                 bad.append(f"scrip {k.hex()} was accepted but never issued")
+        for a in self.actors:
+            if self.broker.account(a.cid) != DEPOSIT - self.bought.get(a.n, 0):
+                bad.append(
+                    f"broker: customer {a.n} was debited {DEPOSIT - (self.broker.account(a.cid) or 0)}, "
+                    f"bought {self.bought.get(a.n, 0)}"
+                )
         paid = sum(spent.values())
         outstanding = sum(v for k, v in self.minted.items() if k not in spent)
         if self.issued != paid + outstanding:
