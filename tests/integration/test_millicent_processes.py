@@ -14,15 +14,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_wallet import SCRIP, SECRETS, Wallet
+from cardnet.services.millicent_wallet import SCRIP, SECRETS, Wallet, WalletError
 from cardnet.store import SqliteStore
-from cardnet.transport import dial
+from cardnet.transport import dial, encode_frame
 from cardnet.wire import Message, Uid
 
 VID = "00000000000000a1"
@@ -292,3 +293,72 @@ def test_broker_buys_scrip_in_bulk_from_the_vendor_process_and_resells_it(tmp_pa
     finally:
         broker.stop()
         vendor.stop()
+
+
+class ManInTheMiddle:
+    """On the customer's path to the vendor: forwards each request and, while ``forging``, swaps the vendor's
+    answer for a plain refusal of the same request (it saw the request id on the wire; it has no secret)."""
+
+    def __init__(self, vendor_at: str) -> None:
+        host, port = vendor_at.rsplit(":", 1)
+        self.vendor = (host, int(port))
+        self.forging = True
+        self.forged = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = int.from_bytes(await reader.readexactly(4), "big")
+        request = Message.decode(await reader.readexactly(n))
+        async with await dial(*self.vendor) as up:
+            await up.send(request)
+            reply = await up.recv()
+        if self.forging:
+            rid = mc.REPLY_SCHEMA.decode(reply.param)["rid"]
+            fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}
+            reply = Message(reply.src, reply.dst, mc.REPLY.code, mc.REPLY_SCHEMA.encode(fake))
+            self.forged += 1
+        writer.write(encode_frame(reply))
+        await writer.drain()
+        writer.close()
+
+
+def test_a_forged_plain_refusal_does_not_make_the_wallet_forget_an_accepted_purchase(
+    world: dict[str, object],
+) -> None:
+    """The vendor accepts; a man in the middle answers `stolen`. The wallet keeps the request pending (the answer
+    is not MACed) and learns the truth, change included, from the vendor's stored reply when it asks again."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice")
+    cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "10")
+
+    async def go() -> None:
+        mitm = ManInTheMiddle(at)
+        via = await mitm.start()
+        w = Wallet(SqliteStore(alice))
+        with pytest.raises(WalletError) as ei:
+            await w.spend(bytes.fromhex(VID), via, "hello", 3, int(time.time()))
+        assert ei.value.reason == "unauthenticated" and "stolen" in str(ei.value) and mitm.forged == 1
+        assert len(w.pending()) == 1 and w.scrip() == []  # neither forgotten nor spendable twice
+        [line] = await w.retry_pending()  # still forged: still pending
+        assert line.startswith("still pending") and len(w.pending()) == 1
+        mitm.forging = False
+        [line] = await w.retry_pending()  # the vendor's stored, MACed reply: accepted, change 7
+        assert line == "ok: change 7" and w.pending() == [] and [s.value for s in w.scrip()] == [7]
+        mitm.forging = True  # a second purchase, forged again: the owner gives it up explicitly
+        with pytest.raises(WalletError):
+            await w.spend(bytes.fromhex(VID), via, "hello", 3, int(time.time()))
+        [line] = await w.retry_pending(give_up=True)
+        assert line.startswith("gave up") and w.pending() == [] and w.scrip() == []
+        mitm.server.close()
+        w.store.close()
+
+    asyncio.run(go())
+    status = json.loads(
+        cardnet("millicent", "vendor", "status", "--store", str(world["vendor_store"]), "--json").stdout
+    )
+    assert status["spent"] == 2  # both purchases were accepted once by the vendor

@@ -421,9 +421,19 @@ def renew(wallet: str, address: str) -> None:
 
 @millicent.command("retry")
 @WALLET
-def retry(wallet: str) -> None:
-    """Send pending requests again (their replies were lost): the same bytes fetch the stored reply."""
-    for line in asyncio.run(_wallet(wallet).retry_pending()):
+@click.option(
+    "--give-up",
+    is_flag=True,
+    help="Forget spends that are refused again without the vendor's MAC (the scrip goes with them).",
+)
+def retry(wallet: str, give_up: bool) -> None:
+    """Send pending requests again (their replies were lost): the same bytes fetch the stored reply.
+
+    At levels 2 and 3 a refusal that is not MACed with your customer secret
+    could come from anyone on the network: such a spend stays pending until
+    the vendor's own answer arrives, or until you give it up.
+    """
+    for line in asyncio.run(_wallet(wallet).retry_pending(give_up=give_up)):
         console.print(line, markup=False)
 
 

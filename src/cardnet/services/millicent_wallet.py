@@ -214,6 +214,16 @@ class Wallet:
             out = mc.open_reply(reply.mtype, reply.param, rid=rid, level=mc.Level(record["level"]), secret=secret)
         except (mc.MillicentError, DecodeError) as exc:
             raise WalletError("bad_reply", f"{exc}; the request stays pending: cardnet millicent retry") from None
+        if record["level"] >= mc.Level.THEFT and out.status != mc.Status.OK and not out.authentic:
+            # Anyone who saw the request on the wire can answer it with a plain refusal; believing it would
+            # forget a purchase the vendor may have accepted (and its change). A vendor that accepted it
+            # answers a resend from its stored, MACed reply.
+            raise WalletError(
+                "unauthenticated",
+                f"the answer says {out.status.name.lower()} ({out.detail}) but is not MACed with your secret, so "
+                "anyone on the network could have sent it; the request stays pending: `cardnet millicent retry` "
+                "asks again, `cardnet millicent retry --give-up` forgets requests that are still refused that way",
+            )
         scrip = mc.Scrip.decode(bytes.fromhex(record["scrip"]))
         with self.store.transaction() as txn:
             if out.change is not None:
@@ -230,17 +240,32 @@ class Wallet:
         with self.store.transaction() as txn:
             return [(k, json.loads(v)) for k, v in txn.scan(PENDING)]
 
-    async def retry_pending(self) -> list[str]:
-        """Send every pending request again (the same bytes: the peer answers from its stored reply)."""
+    async def retry_pending(self, *, give_up: bool = False) -> list[str]:
+        """Send every pending request again (the same bytes: the peer answers from its stored reply).
+
+        A spend that is refused again without the vendor's MAC stays pending,
+        unless ``give_up``: then it is forgotten (its scrip with it).
+        """
         done = []
         for rid, rec in self.pending():
             if rec["kind"] == "buy":
                 s = await self._finish_buy(rid, rec["to"], bytes.fromhex(rec["param"]))
                 done.append(f"bought {s.value} of vendor {s.vendor.hex()}")
-            else:
-                scrip = mc.Scrip.decode(bytes.fromhex(rec["scrip"]))
-                with self.store.transaction() as txn:
-                    secret = txn.get(SECRETS, scrip.vendor)
+                continue
+            scrip = mc.Scrip.decode(bytes.fromhex(rec["scrip"]))
+            with self.store.transaction() as txn:
+                secret = txn.get(SECRETS, scrip.vendor)
+            try:
                 r = await self._finish_spend(rid, rec, secret)
-                done.append(f"{r.status.name.lower()}: change {r.change}")
+            except WalletError as exc:
+                if exc.reason != "unauthenticated":
+                    raise
+                if give_up:
+                    with self.store.transaction() as txn:
+                        txn.delete(PENDING, rid)
+                    done.append(f"gave up request {rid.hex()} (scrip {scrip.scrip_id.hex()}, value {scrip.value})")
+                else:
+                    done.append(f"still pending {rid.hex()}: refused without the vendor's MAC")
+                continue
+            done.append(f"{r.status.name.lower()}: change {r.change}")
         return done
