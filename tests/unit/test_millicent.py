@@ -555,6 +555,29 @@ def test_a_refused_stock_piece_gives_the_customer_her_money_back(
     assert bulk_broker.account(cid) == 100
 
 
+def test_a_forged_plain_refusal_of_a_stock_piece_refunds_nothing_and_the_vendors_answer_settles_it(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    param = signed_purchase(key, cid, 10, b"q" * 16)
+    order = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall)
+    bulk_broker.finish_order(order, carry(vendor, order))
+    issue = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall)
+    genuine = carry(vendor, issue)  # the vendor spends the piece and issues the customer's scrip ...
+    rid = mc.REQUEST_SCHEMA.decode(issue.param)["rid"]
+    fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}
+    forged = Message(U, U, mc.REPLY.code, mc.REPLY_SCHEMA.encode(fake))  # ... a man in the middle answers instead
+    assert bulk_broker.finish_issue(issue, forged) is None  # not believed: no refund, the sale stays open
+    assert bulk_broker.account(cid) == 90
+    again = bulk_broker.begin_purchase(param, NOW)  # the customer sends the same purchase again
+    assert isinstance(again, mb.VendorCall) and again.param == issue.param  # the very same vendor request
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(again, genuine) or b"")
+    assert r["status"] == 0 and r["balance"] == 90 and mc.Scrip.decode(r["scrip"]).value == 10
+
+
 def _bulk_secret(b: mb.BrokerCore) -> str:
     import json
 

@@ -464,6 +464,11 @@ class BrokerCore:
             except mc.MillicentError as exc:
                 log.warning("sale %s: the vendor's answer does not check: %s", call.key.hex(), exc)
                 return None
+            if out.status != mc.Status.OK and not out.authentic:
+                # Not MACed with the broker's secret: anyone on the wire could have refused the piece. Refunding
+                # would lose a piece the vendor may have spent; the same request again fetches the vendor's answer.
+                log.warning("sale %s: a refusal without the vendor's MAC (%s): ask again", call.key.hex(), out.detail)
+                return None
             acct = txn.get(ACCOUNTS, cid)
             assert acct is not None  # accounts are never deleted
             pub_raw, balance = acct[:65], int.from_bytes(acct[65:73], "big")
