@@ -398,6 +398,8 @@ def _notice(msg: Message) -> dict[str, Any]:
 def test_an_undeliverable_message_gets_a_notice_to_its_sender(two: Two, where: str, why: str) -> None:
     a = two.a
     app = a.acquire()
+    seen: list[tuple[int, str]] = []
+    a.observe(lambda m, o: seen.append((m.mtype, o.kind)))
     lost = Uid(NOWHERE, 3) if where == "no_route" else Uid(two.card_a.uid.domain, 999)
     app.send(lost, REQUEST, rid=1, body=b"")
     a.pump(T)
@@ -405,6 +407,7 @@ def test_an_undeliverable_message_gets_a_notice_to_its_sender(two: Two, where: s
     assert (notice.src, notice.dst) == (lost, app.uid)
     p = _notice(notice)
     assert (p["mtype"], p["dst"]) == (REQUEST.code, lost) and why in p["reason"]
+    assert seen == [(REQUEST.code, "app"), (hm.UNDELIVERABLE.code, "host")]  # observers see the host's notice too
 
 
 def test_no_notice_for_a_notice_or_a_refusal(two: Two) -> None:
@@ -437,13 +440,14 @@ def test_a_card_answer_to_nowhere_ends_without_a_loop(two: Two) -> None:
     assert a.receive_remote(REQUEST.make(stranger, card_a.uid, rid=1, body=b"?"), "x") is True
     assert a.pump(T) == []
     assert a.idle
-    # Observers watch arrivals (apps, cards, remote hosts); the host's own notice goes straight into the table.
+    # Observers watch arrivals (apps, cards, remote hosts) and the host's own notices.
     assert [(m.mtype, kind) for m, kind in entered] == [
         (REQUEST.code, "remote"),
-        (REPLY.code, "card"),  # no route back, so the card is told (host.undeliverable) ...
+        (REPLY.code, "card"),  # no route back, so the card is told ...
+        (hm.UNDELIVERABLE.code, "host"),  # ... (host.undeliverable) ...
         (cm.REFUSED.code, "card"),  # ... refuses the notice (no applet handles it), and that refusal gets no notice
     ]
-    refusal = cm.REFUSED.parse(entered[2][0])
+    refusal = cm.REFUSED.parse(entered[3][0])
     assert (refusal["mtype"], refusal["reason"]) == (hm.UNDELIVERABLE.code, "no_applet")
     assert outbox(card_a) == []  # the undeliverable answer was acknowledged: it will not come back
 
@@ -471,7 +475,7 @@ def test_the_dispatch_table_is_bounded(make_card: CardFactory) -> None:
         app.send(card.uid, COUNT, n=4)
     assert err.value.reason == "busy" and host.dropped == 1
     # a remote arrival that does not fit is dropped, as a lossy network would, and never raises
-    host.receive_remote(REQUEST.make(Uid(NOWHERE, 1), card.uid, rid=1, body=b""), "x")
+    assert not host.receive_remote(REQUEST.make(Uid(NOWHERE, 1), card.uid, rid=1, body=b""), "x")  # says so
     assert host.dropped == 2
     host.pump(T)
     assert [COUNTED.parse(m)["n"] for m in app.receive_all()] == [0, 1, 2, 3]

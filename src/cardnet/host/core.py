@@ -212,21 +212,18 @@ class Host:
 
     # -- arrivals ------------------------------------------------------------------
     def submit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None = None) -> bool:
-        """Guard, then queue a message. Returns False if a guard dropped or held it."""
+        """Guard, then queue a message. Returns False if a guard dropped or held it, or the table was full."""
         if not self._admit(msg, origin, ack):
             return False
         if len(self._queue) < self.max_queue:
             self._queue.append(_Entry(msg, origin, ack))
-        else:
-            self._enqueue(_Entry(msg, origin, ack))
-        return True
+            return True
+        return self._enqueue(_Entry(msg, origin, ack))
 
     def _admit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None) -> bool:
         """Show ``msg`` to the observers and the guards; False if a guard dropped or held it."""
         if self._observers:
-            for obs_filter, fn in self._observers:
-                if obs_filter.matches(msg):
-                    fn(msg, origin)
+            self._show(msg, origin)
         for guard in self.guards:
             verdict = guard.check(msg, origin)
             if verdict is _PASS:
@@ -244,6 +241,11 @@ class Host:
                 self.held[self._held_ids] = Held(msg, origin, guard.name, ack)
                 return False
         return True
+
+    def _show(self, msg: Message, origin: Origin) -> None:
+        for obs_filter, fn in self._observers:
+            if obs_filter.matches(msg):
+                fn(msg, origin)
 
     def receive_remote(self, msg: Message, peer: str) -> bool:
         """A message arrived from a remote host (the default Guard applies)."""
@@ -265,14 +267,16 @@ class Host:
         if h.ack is not None:
             h.ack[0].ack([h.ack[1]])
 
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: _Entry) -> bool:
+        """Queue ``entry``; False if the dispatch table is full (an application gets ``HostError('busy')``)."""
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             log.warning("%s: dispatch table full (%d): dropped 0x%04x", self.name, self.max_queue, entry.msg.mtype)
             if entry.origin.kind == "app":
                 raise HostError("busy", "the host's dispatch table is full: retry later")
-            return
+            return False
         self._queue.append(entry)
+        return True
 
     # -- the pump ------------------------------------------------------------------
     @property
@@ -387,6 +391,8 @@ class Host:
         notice = hm.UNDELIVERABLE.make_from(
             msg.dst, msg.src, {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
         )
+        if self._observers:
+            self._show(notice, HOST)  # observers see the host's own notices too; the Guards do not judge them
         self._enqueue(_Entry(notice, HOST))
 
     # -- timers (the driver owns the clock: see Schedule) ---------------------------------------
