@@ -528,17 +528,23 @@ def test_broker_mode_is_chosen_per_vendor(bulk_broker: mb.BrokerCore, vendor: mv
         mb.set_mode(bulk_broker.store, VID, "mint")
 
 
+def sale_from_fresh_stock(broker: mb.BrokerCore, vendor: mv.VendorCore) -> tuple[bytes, bytes, mb.VendorCall]:
+    """A customer with 100 buys 10 of scrip: the broker buys stock in bulk first, then asks the vendor to issue."""
+    key, cid = open_account(broker)
+    mb.deposit(broker.store, cid, 100)
+    param = signed_purchase(key, cid, 10, b"q" * 16)
+    order = broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall)
+    broker.finish_order(order, carry(vendor, order))
+    issue = broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall)
+    return cid, param, issue
+
+
 def test_a_refused_stock_piece_gives_the_customer_her_money_back(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
-    key, cid = open_account(bulk_broker)
-    mb.deposit(bulk_broker.store, cid, 100)
-    param = signed_purchase(key, cid, 10, b"q" * 16)
-    order = bulk_broker.begin_purchase(param, NOW)
-    assert isinstance(order, mb.VendorCall)
-    bulk_broker.finish_order(order, carry(vendor, order))
-    issue = bulk_broker.begin_purchase(param, NOW)
-    assert isinstance(issue, mb.VendorCall)
+    cid, _, issue = sale_from_fresh_stock(bulk_broker, vendor)
     # Someone spent the broker's piece first (say its store was copied): the vendor refuses it as spent.
     rec = mc.REQUEST_SCHEMA.decode(issue.param)
     thief = mc.make_request(
@@ -558,14 +564,7 @@ def test_a_refused_stock_piece_gives_the_customer_her_money_back(
 def test_a_forged_plain_refusal_of_a_stock_piece_refunds_nothing_and_the_vendors_answer_settles_it(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
-    key, cid = open_account(bulk_broker)
-    mb.deposit(bulk_broker.store, cid, 100)
-    param = signed_purchase(key, cid, 10, b"q" * 16)
-    order = bulk_broker.begin_purchase(param, NOW)
-    assert isinstance(order, mb.VendorCall)
-    bulk_broker.finish_order(order, carry(vendor, order))
-    issue = bulk_broker.begin_purchase(param, NOW)
-    assert isinstance(issue, mb.VendorCall)
+    cid, param, issue = sale_from_fresh_stock(bulk_broker, vendor)
     genuine = carry(vendor, issue)  # the vendor spends the piece and issues the customer's scrip ...
     rid = mc.REQUEST_SCHEMA.decode(issue.param)["rid"]
     fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}

@@ -8,6 +8,14 @@ from rich.table import Table
 from cardnet.cli.output import console, emit_json
 
 Row = tuple[str, str, str]  # figure, value, meaning
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+STORE_DIR = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Directory (disk) for the stores measured; default: the system temp directory.",
+)
 
 
 def _report(
@@ -38,16 +46,10 @@ def bench() -> None:
 
 
 @bench.command("card")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@AS_JSON
 @click.option("--seconds", default=2.0, show_default=True, help="How long to measure each figure.")
 @click.option("--group", default=32, show_default=True, help="Messages per transaction for grouped_steps_per_s.")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="Directory (disk) to measure on; default: the system temp directory.",
-)
+@STORE_DIR
 def bench_card(as_json: bool, seconds: float, group: int, directory: str | None) -> None:
     """Durable card steps vs. the disk: steps_per_s, grouped_steps_per_s, sqlite_commit_per_s, fsync_per_s."""
     from cardnet.bench import card
@@ -74,7 +76,7 @@ def bench_card(as_json: bool, seconds: float, group: int, directory: str | None)
 
 
 @bench.command("etp")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@AS_JSON
 @click.option("--seconds", default=3.0, show_default=True, help="How long to measure each figure (over all rounds).")
 @click.option(
     "--window",
@@ -82,13 +84,7 @@ def bench_card(as_json: bool, seconds: float, group: int, directory: str | None)
     default=None,
     help="Round trips in flight, card to card and in the bound. Default: two host groups (512).",
 )
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="Directory (disk) for the cards' stores; default: the system temp directory.",
-)
+@STORE_DIR
 def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str | None) -> None:
     """eTP card to card over TCP between two host processes: msgs_per_s, rtt_per_s vs tcp_bound_rtt_per_s."""
     from cardnet.bench import etp
@@ -121,7 +117,7 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
 
 
 @bench.command("transfer")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@AS_JSON
 @click.option("--seconds", default=6.0, show_default=True, help="How long to measure each figure (over all rounds).")
 @click.option(
     "--in-flight",
@@ -130,13 +126,7 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
     default=None,
     help="Tokens moving at once (an even number; half start at each wallet). Default: 32.",
 )
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="Directory (disk) for the cards' stores; default: the system temp directory.",
-)
+@STORE_DIR
 def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directory: str | None) -> None:
     """Durable TRN token transfers between host processes: transfers_per_s vs bound_transfers_per_s."""
     from cardnet.bench import transfer
