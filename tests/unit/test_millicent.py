@@ -470,10 +470,7 @@ def signed_purchase(key: profile.PrivateKey, cid: bytes, value: int, rid: bytes,
 def test_bulk_broker_buys_stock_sells_from_it_and_the_customer_spends_at_the_vendor(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
-    key, cid = open_account(bulk_broker)
-    mb.deposit(bulk_broker.store, cid, 100)
-    param = signed_purchase(key, cid, 20, b"q" * 16)
-    order = bulk_broker.begin_purchase(param, NOW)
+    key, cid, param, order = first_purchase(bulk_broker, 20)
     assert isinstance(order, mb.VendorCall) and order.kind == "order" and order.address == "127.0.0.1:7200"
     assert bulk_broker.finish_order(order, carry(vendor, order)) == mb.OrderOutcome(
         True, "bought 150 in 3 pieces for 135"
@@ -528,12 +525,17 @@ def test_broker_mode_is_chosen_per_vendor(bulk_broker: mb.BrokerCore, vendor: mv
         mb.set_mode(bulk_broker.store, VID, "mint")
 
 
-def sale_from_fresh_stock(broker: mb.BrokerCore, vendor: mv.VendorCore) -> tuple[bytes, bytes, mb.VendorCall]:
-    """A customer with 100 buys 10 of scrip: the broker buys stock in bulk first, then asks the vendor to issue."""
+def first_purchase(broker: mb.BrokerCore, value: int) -> tuple[profile.PrivateKey, bytes, bytes, mb.VendorCall | bytes]:
+    """A new customer with a balance of 100 asks the broker for ``value`` of scrip: (key, id, request, first step)."""
     key, cid = open_account(broker)
     mb.deposit(broker.store, cid, 100)
-    param = signed_purchase(key, cid, 10, b"q" * 16)
-    order = broker.begin_purchase(param, NOW)
+    param = signed_purchase(key, cid, value, b"q" * 16)
+    return key, cid, param, broker.begin_purchase(param, NOW)
+
+
+def sale_from_fresh_stock(broker: mb.BrokerCore, vendor: mv.VendorCore) -> tuple[bytes, bytes, mb.VendorCall]:
+    """A customer with 100 buys 10 of scrip: the broker buys stock in bulk first, then asks the vendor to issue."""
+    _, cid, param, order = first_purchase(broker, 10)
     assert isinstance(order, mb.VendorCall)
     broker.finish_order(order, carry(vendor, order))
     issue = broker.begin_purchase(param, NOW)
@@ -589,10 +591,7 @@ def _bulk_secret(b: mb.BrokerCore) -> str:
 def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
-    key, cid = open_account(bulk_broker)
-    mb.deposit(bulk_broker.store, cid, 100)
-    param = signed_purchase(key, cid, 20, b"q" * 16)
-    order = bulk_broker.begin_purchase(param, NOW)
+    _, _, param, order = first_purchase(bulk_broker, 20)
     assert isinstance(order, mb.VendorCall) and order.kind == "order"
     answer = carry(vendor, order)  # the vendor sold it ...
     assert not bulk_broker.finish_order(order, None).bought  # ... but the answer was lost
