@@ -172,6 +172,33 @@ def test_flush_deletes_every_acknowledged_row(make_card: CardFactory, tmp_path: 
     again.close()
 
 
+def test_a_partly_acknowledged_row_re_emits_every_unacknowledged_output(make_card: CardFactory, tmp_path: Any) -> None:
+    """One transaction commits several outputs (one outbox row); all but one are acknowledged, one of them twice.
+
+    The row must stay until its last output is acknowledged: flushing and closing the card, then reopening it,
+    re-emits the output not acknowledged (the acknowledged ones of the row may come back too, as duplicates).
+    """
+    card = make_card("c")
+    outs = [o for res in card.step_many([COUNT.make(app_of(card), card.uid, n=n) for n in range(4)], 0.0) for o in res]
+    seqs = [o.seq for o in outs]
+    assert len(outs) == 4 and None not in seqs
+    card.ack([seqs[0], seqs[2]])  # type: ignore[list-item]
+    card.ack([seqs[2]])  # type: ignore[list-item]  # acknowledged again: counts once
+    assert [o.seq for o in card.outbox()] == [seqs[1], seqs[3]]
+    card.ack([seqs[1]])  # type: ignore[list-item]
+    card.flush()
+    card.close()
+    again = Card(SqliteStore(str(tmp_path / "c.db")), applets=[CounterApplet()])
+    back = {o.seq: o.msg for o in again.outbox()}
+    assert back.get(seqs[3]) == outs[3].msg  # the one output never acknowledged is still to deliver
+    again.ack([o.seq for o in again.outbox()])  # type: ignore[misc]
+    again.flush()
+    again.close()
+    last = Card(SqliteStore(str(tmp_path / "c.db")), applets=[CounterApplet()])
+    assert last.outbox() == []  # all four acknowledged: the row is gone
+    last.close()
+
+
 def test_sequence_numbers_are_never_reused(make_card: CardFactory, tmp_path: Any) -> None:
     card = make_card("c")
     a = card.step(COUNT.make(app_of(card), card.uid, n=1), 0.0)[0]

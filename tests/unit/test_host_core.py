@@ -501,3 +501,66 @@ def test_a_privileged_mtype_from_a_remote_sender_is_refused_by_the_card(two: Two
     two.net.run()
     [refused] = app_b.receive_all()
     assert cm.REFUSED.parse(refused)["reason"] == "refused"
+
+
+# --------------------------------------------------------------------------- failures between cards
+
+
+def read_only(card: Card) -> None:
+    """The card's store refuses every write from now on (SQLite's query_only: a write raises, as on a locked EEPROM)."""
+    card._store._c.execute("PRAGMA query_only = ON")  # type: ignore[attr-defined]
+
+
+def writable(card: Card) -> None:
+    card._store._c.execute("PRAGMA query_only = OFF")  # type: ignore[attr-defined]
+
+
+def test_a_failed_step_of_the_receiving_card_leaves_the_senders_output_to_re_emit(make_card: CardFactory) -> None:
+    """Two cards on one host: the receiver's store fails, so the note stays in the sender's outbox and comes back."""
+    card_a = make_card("a", applets=applets(), pin=PIN_A)
+    card_b = make_card("b", applets=applets(), pin=PIN_B)
+    host = Host([card_a, card_b], name="one")
+    app_a, app_b = host.acquire(card_a.uid.domain), host.acquire(card_b.uid.domain)
+    for app, card, pin in ((app_a, card_a, PIN_A), (app_b, card_b, PIN_B)):
+        app.send(card.uid, cm.PIN_VERIFY, pin=pin)
+    host.pump(T)
+    read_only(card_b)
+    app_a.send(card_a.uid, SEND_NOTE, to=card_b.uid, text="through a failing store")
+    host.pump(T)  # card a steps and emits the note; card b's step raises a StoreError
+    assert host.idle
+    [note] = outbox(card_a)
+    assert note.dst == card_b.uid  # not acknowledged: card b never took it
+    writable(card_b)
+    assert host.resend_unacked() == 0  # first sweep: a suspect
+    assert host.resend_unacked() == 1  # second sweep: re-emitted
+    host.pump(T)
+    assert outbox(card_a) == []
+    app_b.send(card_b.uid, READ_NOTES)
+    host.pump(T)
+    texts = [n["text"] for m in app_b.receive_all() if m.mtype == NOTES.code for n in NOTES.parse(m)["notes"]]
+    assert texts == ["through a failing store"]
+
+
+def test_a_host_restart_re_emits_the_unsent_outputs_of_a_partly_sent_group(two: Two, tmp_path: Path) -> None:
+    """Card a answers three requests in one group commit; the transport takes two, then host a stops and restarts."""
+    app_b = two.b.acquire()
+    for rid in (1, 2, 3):
+        app_b.send(two.card_a.uid, REQUEST, rid=rid, body=b"r%d" % rid)
+    for req in two.b.pump(T):
+        req.sent()
+        two.a.receive_remote(req.msg, "b")
+    reps = two.a.pump(T)  # one group commit: three replies in one outbox row
+    assert [r.msg.mtype for r in reps] == [REPLY.code] * 3
+    reps[0].sent()
+    reps[2].sent()
+    two.card_a.close()  # host a stops (the card writes what it can) ...
+    reopened = Card(SqliteStore(str(tmp_path / "a.db")), applets=applets())
+    restarted = Host([reopened], routes=dict(two.a.routes), name="a")  # ... and restarts
+    again = restarted.pump(T)
+    assert reps[1].msg in [e.msg for e in again]  # the reply the transport never took comes back
+    for eff in again:
+        eff.sent()
+        two.b.receive_remote(eff.msg, "a")
+    two.b.pump(T)
+    assert {REPLY.parse(m)["rid"] for m in app_b.receive_all()} >= {2}
+    reopened.close()
