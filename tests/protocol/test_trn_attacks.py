@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from trnkit import recover, rewrite, status, statuses
+from trnkit import clear_guards, drop, recover, rewrite, status, statuses
 from trnworld import PIN, TrnWorld, issue, standard, uid
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY, REVOKE
@@ -86,6 +86,36 @@ def test_cloned_card_spending_twice_is_caught_and_blocked(tmp_path: Path, ca: pk
     recover(w, "bob")  # the clone has no session with bob (bob's old one was the original's): a new handshake
     assert any(sess.FAILED.parse(m)["reason"] == "blocked" for m in failed)
     assert status(w, "alice", OID) is None
+    original.close()
+
+
+def test_a_rolled_back_card_re_sending_an_old_transfer_never_enables_a_second_copy(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """A thief keeps an image of alice's EEPROM taken while her transfer to bob was pending, and writes it back
+    after the token went on from bob to carol: the old alice re-sends the very same transfer (same nonce) to bob.
+
+    Found by the simulator's rolled-back wallet (``cardnet sim --protocol transfer --seed 71``): bob took the copy
+    again, committed it and traced it; the authority answered "already recorded" (the movement is in the chain)
+    and bob's copy was enabled next to carol's. A movement claimed again after the token moved on is refused.
+    """
+    w = standard(tmp_path, ca, ("alice", "bob", "carol"))
+    issue(w, OID, "alice")
+    drop(w, "alice", "bob", *range(1, 1000))  # alice's records to bob are lost: the transfer stays pending
+    assert w.result("alice", SEND, oid=OID, to=uid(w, "bob"))["ok"]
+    w.run(300)
+    assert status(w, "alice", OID) == "disabled+O"
+    image = Card(SqliteStore(str(clone_store(w, "alice"))), applets=[TrnApplet()])
+    clear_guards(w)
+    recover(w, "alice", "bob")
+    assert statuses(w, OID, "alice", "bob") == {"alice": None, "bob": "enabled"}
+    send(w, "bob", "carol")
+    assert statuses(w, OID, "bob", "carol") == {"bob": None, "carol": "enabled"}
+    original = w.cards["alice"]
+    swap_in(w, "alice", image)  # the old alice, still sending OID to bob
+    recover(w, "alice", "bob", "carol")
+    assert status(w, "carol", OID) == "enabled"
+    assert status(w, "bob", OID) != "enabled"
     original.close()
 
 

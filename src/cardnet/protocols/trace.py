@@ -66,7 +66,12 @@ def decide(
         if who in blocked or who.card_uid() in blocked:
             return Verdict(False, f"blocked device {who}")
     if claim in chain:
-        return Verdict(True, "already recorded")
+        if claim == chain[-1]:
+            return Verdict(True, "already recorded")
+        # An old movement claimed again after the token moved on: its receiver holds it again only because the
+        # sender re-sent a transfer that already happened (a cloned or rolled-back card). Not a new branch to
+        # blame on anyone, but never a second enabled copy.
+        return Verdict(False, "stale: this movement was recorded, and the token has moved on since")
     if not chain and destined is not None and claim.to != destined:
         return Verdict(False, f"this token was reissued for {destined}: its first movement must go there")
     holder = chain[-1].to if chain else issuer
