@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_table, table, write_new_files
 
 
 @click.group()
@@ -20,7 +22,7 @@ def ca() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", default="cardnet CA", show_default=True, help="The CA's common name.")
 @click.option("--valid-days", default=3650, show_default=True, help="How long the CA certificate is valid.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def ca_create(path: Path, name: str, valid_days: int, as_json: bool) -> None:
     """Create a CA and save it (certificate and private key, mode 0600) to PATH.
 
@@ -31,21 +33,30 @@ def ca_create(path: Path, name: str, valid_days: int, as_json: bool) -> None:
     if path.exists():
         fail(f"{path} already exists", hint="choose another path; a CA is never overwritten")
     authority = pki.CertificateAuthority.create(name, now=datetime.now(UTC), valid_days=valid_days)
-    authority.save(path)
+    try:
+        authority.save(path)  # atomic: a temporary file beside PATH, renamed into place
+    except OSError as exc:
+        fail_os(exc, "write the CA to", path)
     info = {"path": str(path), "subject": authority.certificate.subject.rfc4514_string()}
     if as_json:
         emit_json(info)
     else:
-        console.print(f"CA [bold]{info['subject']}[/] saved to {path} (private key inside: keep it safe)")
+        console.print(f"CA {info['subject']} saved to {path} (private key inside: keep it safe)", markup=False)
 
 
 @ca.command("cert")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def ca_cert(path: Path) -> None:
+@json_option
+def ca_cert(path: Path, as_json: bool) -> None:
     """Print the CA certificate (PEM) from a CA file, e.g. for `openssl verify -CAfile`."""
     from cardnet.crypto import pki
 
-    click.echo(pki.chain_to_pem([pki.CertificateAuthority.load(path).certificate]), nl=False)
+    authority = pki.CertificateAuthority.load(path)
+    pem = pki.chain_to_pem([authority.certificate]).decode("ascii")
+    if as_json:
+        emit_json({"subject": authority.certificate.subject.rfc4514_string(), "pem": pem})
+    else:
+        click.echo(pem, nl=False)
 
 
 @click.group()
@@ -66,7 +77,7 @@ def card() -> None:
     help="device: wallets and gates; service: the authority, brokers; agent: a ticketing agent.",
 )
 @click.option("--name", default=None, help="A human name put into the certificate.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def card_create(
     ca_path: Path, store: str, pin: str | None, domain: str | None, role: str, name: str | None, as_json: bool
 ) -> None:
@@ -99,12 +110,12 @@ def card_create(
     if as_json:
         emit_json({"uid": str(uid), "domain": uid.domain.hex(), "store": store})
     else:
-        console.print(f"card [bold]{uid}[/] personalised in {store}")
+        console.print(f"card {uid} personalised in {store}", markup=False)
 
 
 @card.command("show")
 @click.option("--store", required=True, help="The card's store URL.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--cert", "show_cert", is_flag=True, help="Print the card's certificate (PEM) instead.")
 def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     """Identity, memory use and pending outputs of a card (never its keys)."""
@@ -114,12 +125,16 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     c = Card.open(store)
     if show_cert:
         try:
-            click.echo(pki.chain_to_pem([pki.cert_from_der(c.certificate_der)]), nl=False)
+            pem = pki.chain_to_pem([pki.cert_from_der(c.certificate_der)]).decode("ascii")
         finally:
             c.close()
+        if as_json:
+            emit_json({"pem": pem})
+        else:
+            click.echo(pem, nl=False)
         return
     try:
-        info = {
+        info: dict[str, Any] = {
             "uid": str(c.uid) if c.personalised else None,
             "domain": c.uid.domain.hex() if c.personalised else None,
             "used_bytes": c.used_bytes,
@@ -130,9 +145,15 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
         c.close()
     if as_json:
         emit_json(info)
-    else:
-        for k, v in info.items():
-            console.print(f"{k:>15}: {v}")
+        return
+    t = table("", "")
+    t.show_header = False
+    t.add_row("store", store)
+    t.add_row("uid", info["uid"] or "not personalised yet (cardnet card create)")
+    t.add_row("domain", info["domain"] or "-")
+    t.add_row("memory used", f"{info['used_bytes']:,} of {info['capacity_bytes']:,} bytes")
+    t.add_row("outbox", f"{info['outbox']} output(s) not yet acknowledged" if info["outbox"] else "empty")
+    print_table(t)
 
 
 @ca.command("host-cert")
@@ -152,8 +173,9 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Writes OUT.pem (certificate), OUT.key (private key, mode 0600) and OUT.ca.pem (the CA).",
 )
-@click.option("--valid-days", default=365, show_default=True)
-def ca_host_cert(ca_path: Path, domain: str, names: tuple[str, ...], out: Path, valid_days: int) -> None:
+@click.option("--valid-days", default=365, show_default=True, help="How long the certificate is valid.")
+@json_option
+def ca_host_cert(ca_path: Path, domain: str, names: tuple[str, ...], out: Path, valid_days: int, as_json: bool) -> None:
     """Issue a host's TLS certificate (mutual TLS between host processes, [tls] in the host config)."""
     from cryptography.hazmat.primitives import serialization
 
@@ -179,14 +201,28 @@ def ca_host_cert(ca_path: Path, domain: str, names: tuple[str, ...], out: Path, 
         )
     except ValueError as exc:
         fail(str(exc), hint="--name takes an IP address or a DNS name")
-    key_path = Path(f"{out}.key")
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    paths = {"cert": Path(f"{out}.pem"), "key": Path(f"{out}.key"), "ca": Path(f"{out}.ca.pem")}
+    for p in paths.values():
+        if p.exists():
+            fail(f"{p} already exists", reason="already_exists", hint="choose another --out; nothing was written")
+    try:
+        write_new_files(
+            {
+                paths["cert"]: (pki.chain_to_pem([cert]), 0o644),
+                paths["key"]: (key_pem, 0o600),
+                paths["ca"]: (pki.chain_to_pem([authority.certificate]), 0o644),
+            }
         )
-    Path(f"{out}.pem").write_bytes(pki.chain_to_pem([cert]))
-    Path(f"{out}.ca.pem").write_bytes(pki.chain_to_pem([authority.certificate]))
-    console.print(f"host certificate for domain {domain} written to {out}.pem, key to {key_path}")
+    except OSError as exc:
+        fail_os(exc, "write the host certificate to", exc.filename if exc.errno == errno.EEXIST else paths["cert"])
+    if as_json:
+        emit_json({"domain": domain, **{k: str(p) for k, p in paths.items()}})
+    else:
+        console.print(
+            f"host certificate for domain {domain} written to {paths['cert']}, key to {paths['key']}, "
+            f"CA to {paths['ca']}",
+            markup=False,
+        )

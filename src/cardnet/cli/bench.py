@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cardnet.cli.output import console, emit_json
+from cardnet.cli.output import console, emit_json, json_option
 
 Row = tuple[str, str, str]  # figure, value, meaning
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+AS_JSON = json_option
 STORE_DIR = click.option(
     "--dir",
     "directory",

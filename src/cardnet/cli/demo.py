@@ -33,7 +33,7 @@ from cardnet.applets.notes import NOTE, NOTES, READ_NOTES, SEND_NOTE, NotesApple
 from cardnet.card import Card, Outgoing
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
-from cardnet.cli.output import console, emit_json
+from cardnet.cli.output import console, emit_json, json_option
 from cardnet.crypto import pki
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, Uid
@@ -213,7 +213,7 @@ def run_demo(directory: Path, *, quiet: bool) -> list[dict[str, Any]]:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON instead of prose.")
+@json_option
 @click.option(
     "--dir",
     "directory",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cardnet.cli.output import console
+from cardnet.cli.output import console, emit_json, json_option
 
 # The host process allocates a few short-lived objects per message. Collect the
 # young generation every GC_GEN0 net allocations rather than every 700, and keep
@@ -26,7 +26,8 @@ def host() -> None:
 
 @host.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def host_run(config_path: Path) -> None:
+@json_option
+def host_run(config_path: Path, as_json: bool) -> None:
     """Run a host as configured in a TOML file until SIGINT/SIGTERM.
 
     \b
@@ -34,7 +35,7 @@ def host_run(config_path: Path) -> None:
     applications connect to, the TCP address remote hosts connect to, the
     routing table (card domain -> host:port) and optional mutual TLS.
     See docs/host.md for the format. Prints "ready <name> <listen>" once
-    it accepts connections.
+    it accepts connections (with --json: {"ready": {"name", "listen"}}).
     """
     from cardnet.host.config import load_config
     from cardnet.host.server import HostServer
@@ -53,8 +54,12 @@ def host_run(config_path: Path) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stop)
         addr = server.listen_address
-        console.print(f"ready {config.name} {addr[0]}:{addr[1]}" if addr else f"ready {config.name} -", markup=False)
-        console.file.flush()
+        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        if as_json:
+            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}})
+        else:
+            console.print(f"ready {config.name} {listen}", markup=False)
+            console.file.flush()
         try:
             await server.serve_forever()
         finally:

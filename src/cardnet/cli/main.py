@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 
 import click
 
@@ -48,13 +50,89 @@ cli.add_command(trn)
 cli.add_command(authority)
 
 
-def main() -> None:
-    try:
-        cli()
-    except CardnetError as exc:
-        from cardnet.cli.output import fail
+def _flag_in_argv(args: list[str], *names: str) -> bool:
+    """Whether a flag was given, for errors raised before click recorded it (e.g. an unknown option)."""
+    words = args[: args.index("--")] if "--" in args else args
+    return any(w in names for w in words)
 
-        fail(str(exc), reason=exc.reason)
+
+def _verbosity(args: list[str]) -> int:
+    words = args[: args.index("--")] if "--" in args else args
+    n = 0
+    for w in words:
+        if w == "--verbose":
+            n += 1
+        elif re.fullmatch(r"-v+", w):
+            n += len(w) - 1
+    return n
+
+
+def run(args: list[str]) -> int:
+    """Run ``cardnet ARGS`` and return its exit code; every error becomes one clean report.
+
+    A :class:`CardnetError`, a usage error, an ``OSError`` (a user's path) or any unexpected
+    exception is reported as one error (a JSON object on stdout when the command was given
+    ``--json``, else prose on stderr) with a non-zero exit code. A traceback is printed only
+    with ``-v``.
+    """
+    from cardnet.cli.output import JSON_KEY, err_console, os_reason, report_error
+
+    meta: dict[str, object] = {}
+    verbose = _verbosity(args)
+
+    def as_json() -> bool:
+        return bool(meta.get(JSON_KEY)) or _flag_in_argv(args, "--json")
+
+    try:
+        with cli.make_context("cardnet", list(args)) as ctx:
+            meta = ctx.meta
+            cli.invoke(ctx)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.exceptions.Abort:
+        report_error("aborted", reason="aborted", as_json=as_json())
+        return 1
+    except KeyboardInterrupt:
+        report_error("interrupted", reason="interrupted", as_json=as_json())
+        return 130
+    except click.ClickException as exc:
+        if not as_json():
+            exc.show()
+        else:
+            hint = None
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f"see `{exc.ctx.command_path} --help`"
+            report_error(exc.format_message(), reason="usage", hint=hint, as_json=True)
+        return exc.exit_code or 2
+    except CardnetError as exc:
+        report_error(str(exc), reason=exc.reason, hint=getattr(exc, "hint", None), as_json=as_json())
+        return 2
+    except OSError as exc:
+        reason, hint = os_reason(exc)
+        what = exc.strerror or str(exc)
+        where = exc.filename if exc.filename is not None else ""
+        message = f"{what}: {where}" if where else what
+        report_error(message, reason=reason, hint=hint, as_json=as_json())
+        if verbose:
+            err_console.print_exception()
+        return 1
+    except Exception as exc:
+        report_error(
+            f"unexpected internal error: {type(exc).__name__}: {exc}",
+            reason="internal",
+            hint="run with -v for details (cardnet -v ...), and report it",
+            as_json=as_json(),
+        )
+        if verbose:
+            err_console.print_exception()
+        return 1
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.output import console, emit_json, fail, json_option
 
 
 @click.command()
@@ -18,9 +18,7 @@ from cardnet.cli.output import console, emit_json, fail
 )
 @click.option("--start", default=0, show_default=True, help="First seed.")
 @click.option("--seed", type=int, default=None, help="Replay this one seed and print its full trace.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object (runs, violations, faults_injected, seeds_per_s)."
-)
+@json_option
 @click.option("--list", "list_protocols", is_flag=True, help="List the registered scenarios and exit.")
 @click.option(
     "--jobs",

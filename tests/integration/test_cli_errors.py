@@ -1,0 +1,147 @@
+"""Errors as a person and as a script meet them: real ``cardnet`` processes, real paths on disk.
+
+Every error is one clean report: with ``--json`` one JSON object ``{"error": {...}}`` on stdout and
+a non-zero exit, else prose on stderr; never a traceback (unless asked for with ``-v``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli.main import cli
+from cardnet.cli.output import _remember_json
+
+# Leaf commands that do not take --json through the shared ``json_option`` yet, each with its reason.
+# Keep this short and honest: a command listed here is a gap, not a design.
+NO_SHARED_JSON: dict[str, str] = {
+    "authority add-agent": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "authority chain": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "authority run": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "bench millicent": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker add-bulk": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker add-licence": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker bulk-buy": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker deposit": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker mode": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker run": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent broker status": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent buy": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent list": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent open": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent renew": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent retry": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent spend": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor add-page": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor bulk-agreement": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor init": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor licence": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor redeem": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor rotate": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor run": "cli/millicent.py (millicent): not yet on json_option",
+    "millicent vendor status": "cli/millicent.py (millicent): not yet on json_option",
+    "trn list": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "trn mint": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "trn recover": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "trn reissue": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "trn send": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+    "trn set-authority": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
+}
+
+
+def cardnet(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def json_error(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The error object a failing ``--json`` invocation printed: one JSON object, non-zero exit, no traceback."""
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    obj = json.loads(r.stdout)
+    assert set(obj) == {"error"}, obj
+    err: dict[str, Any] = obj["error"]
+    assert set(err) == {"reason", "message", "hint"} and err["reason"] and err["message"], err
+    return err
+
+
+def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    leaves: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            leaves.update(leaf_commands(command, (*path, name)))
+        else:
+            leaves[" ".join((*path, name))] = command
+    return leaves
+
+
+def test_every_command_takes_json_and_answers_errors_in_json() -> None:
+    leaves = leaf_commands()
+    assert {"ca create", "card show", "host run", "demo", "sim", "bench card"} <= set(leaves)
+    missing = sorted(
+        p for p, c in leaves.items() if not any(getattr(o, "callback", None) is _remember_json for o in c.params)
+    )
+    assert set(missing) <= set(NO_SHARED_JSON), "without the shared --json: " + ", ".join(
+        set(missing) - set(NO_SHARED_JSON)
+    )
+    # A real failing invocation of each command with --json: one JSON error on stdout, non-zero exit.
+    with_json = [p for p in leaves if p not in missing]
+    for start in range(0, len(with_json), 6):
+        batch = with_json[start : start + 6]
+        procs = {
+            p: subprocess.Popen(
+                [sys.executable, "-m", "cardnet.cli.main", *p.split(), "--json", "--no-such-option"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in batch
+        }
+        for p, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            e = json_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+            assert e["reason"] == "usage" and "--no-such-option" in e["message"], (p, e)
+            assert e["hint"] == f"see `cardnet {p} --help`", (p, e)
+
+
+def test_each_kind_of_error_is_one_json_object_with_json(tmp_path: Path) -> None:
+    # a CardnetError from the store layer
+    e = json_error(cardnet("card", "show", "--store", "mysql://nowhere", "--json"))
+    assert e["reason"] == "bad_url" and "store URL" in e["message"]
+    # an option click refuses after --json was seen (a required option missing)
+    e = json_error(cardnet("card", "show", "--json"))
+    assert e["reason"] == "usage" and "--store" in e["message"]
+    # a command's own check (BadParameter) and fail()
+    e = json_error(cardnet("bench", "card", "--json", "--group", "1"))
+    assert e["reason"] == "usage" and "--group" in e["message"]
+    e = json_error(cardnet("sim", "--protocol", "no-such-protocol", "--json"))
+    assert "no-such-protocol" in e["message"] and "echo" in e["hint"]
+    # an OSError on the person's path
+    e = json_error(cardnet("ca", "create", str(tmp_path / "no" / "such" / "ca.cnca"), "--json"))
+    assert e["reason"] == "not_found" and str(tmp_path / "no" / "such" / "ca.cnca") in e["message"]
+    # an unexpected exception (a ValueError no layer turned into its error type)
+    e = json_error(cardnet("ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0", "--json"))
+    assert e["reason"] == "internal" and "-v" in e["hint"]
+
+
+def test_unexpected_errors_are_one_line_and_the_traceback_only_with_v(tmp_path: Path) -> None:
+    r = cardnet("ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0")
+    assert r.returncode != 0 and r.stdout == ""
+    assert "Traceback" not in r.stderr and "unexpected internal error" in r.stderr and "-v" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 2, r.stderr  # the error and what to do
+    verbose = cardnet("-v", "ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0")
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    assert not (tmp_path / "ca.cnca").exists()
