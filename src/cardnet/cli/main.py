@@ -92,7 +92,7 @@ def run(args: list[str]) -> int:
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, EOFError):
         report_error("aborted", reason="aborted", as_json=as_json())
         return 1
     except KeyboardInterrupt:
