@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from trnkit import clear_guards, drop, recover, rewrite, status, statuses
 from trnworld import PIN, TrnWorld, issue, standard, uid
 
@@ -89,15 +90,18 @@ def test_cloned_card_spending_twice_is_caught_and_blocked(tmp_path: Path, ca: pk
     original.close()
 
 
+@pytest.mark.parametrize("carol_traced_first", [True, False])
 def test_a_rolled_back_card_re_sending_an_old_transfer_never_enables_a_second_copy(
-    tmp_path: Path, ca: pki.CertificateAuthority
+    tmp_path: Path, ca: pki.CertificateAuthority, carol_traced_first: bool
 ) -> None:
     """A thief keeps an image of alice's EEPROM taken while her transfer to bob was pending, and writes it back
     after the token went on from bob to carol: the old alice re-sends the very same transfer (same nonce) to bob.
 
-    Found by the simulator's rolled-back wallet (``cardnet sim --protocol transfer --seed 71``): bob took the copy
-    again, committed it and traced it; the authority answered "already recorded" (the movement is in the chain)
-    and bob's copy was enabled next to carol's. A movement claimed again after the token moved on is refused.
+    Found by the simulator's rolled-back wallet (``cardnet sim --protocol transfer``, seeds 71 and 197): bob took
+    the copy again, committed it and traced it, and the authority answered "already recorded" (the movement is
+    in the chain; seed 197: carol's trace had not arrived yet, so it was even the last one); bob's copy was
+    enabled next to carol's. Bob now answers a transfer he committed before as a duplicate without taking the
+    copy, and the authority refuses a movement claimed again after the token moved on.
     """
     w = standard(tmp_path, ca, ("alice", "bob", "carol"))
     issue(w, OID, "alice")
@@ -109,10 +113,14 @@ def test_a_rolled_back_card_re_sending_an_old_transfer_never_enables_a_second_co
     clear_guards(w)
     recover(w, "alice", "bob")
     assert statuses(w, OID, "alice", "bob") == {"alice": None, "bob": "enabled"}
+    if not carol_traced_first:
+        drop(w, "carol", "authority", *range(1, 1000))  # carol's trace is held up
     send(w, "bob", "carol")
-    assert statuses(w, OID, "bob", "carol") == {"bob": None, "carol": "enabled"}
+    assert status(w, "bob", OID) is None
     original = w.cards["alice"]
     swap_in(w, "alice", image)  # the old alice, still sending OID to bob
+    recover(w, "alice", "bob")
+    clear_guards(w)
     recover(w, "alice", "bob", "carol")
     assert status(w, "carol", OID) == "enabled"
     assert status(w, "bob", OID) != "enabled"

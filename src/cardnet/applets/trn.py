@@ -258,6 +258,11 @@ class TrnApplet(SessionApplet):
             event = tr.Event("commit", peer, p["nonce"], ok=self._committed_before(ctx, peer, p["nonce"]))
         if kind == "copy":
             event = self._check_copy(ctx, oid, event)
+            if (h is None or not tr._same(h, event)) and self._committed_before(ctx, peer, p["nonce"]):
+                # A transfer this card committed before, sent again by a cloned or rolled-back sender: it happened
+                # once. Taking the copy again would make a second copy of a token that has moved on since.
+                self.send_inner(ctx, peer, tr.encode_inner(tr.COPIED, {"nonce": p["nonce"], "ok": True}))
+                return
         out = tr.apply(h, event, oid)
         if out.committed_transfer:
             ctx.put(b"d:" + bytes(peer) + p["nonce"], oid)
