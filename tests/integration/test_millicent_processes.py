@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ def test_customers_buy_pages_and_double_spends_and_theft_are_refused(world: dict
     # Eve has no scrip of her own: spend buys some from the broker first (top-up).
     assert json.loads(cardnet(*args[:3], eve, *args[4:], "--json").stdout)["change"] == 97
     listing = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
-    assert [s["value"] for s in listing["scrip"]] == [14] and listing["pending"] == 0
+    assert [s["value"] for s in listing["scrip"]] == [14] and listing["pending"] == []
 
     # Alice's scrip, as a thief or a cheater would use it.
     astore, estore = SqliteStore(alice), SqliteStore(eve)
@@ -192,14 +193,13 @@ def test_vendor_killed_between_accepting_and_replying_spends_once_and_the_custom
     r = cardnet(*args, check=False)
     assert r.returncode != 0  # the reply never came
     assert vendor.proc is not None and vendor.proc.wait(10) == -9  # SIGKILLed after the commit
-    assert json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout) == {"scrip": [], "pending": 1}
+    listing = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+    assert listing["scrip"] == [] and [p["reason"] for p in listing["pending"]] == [f"no answer from {at}"]
     vendor.stop()
     at2 = vendor.start()  # restarted, on a new port: the pending request still names the old one
-    w = Wallet(SqliteStore(alice))
-    [(rid, rec)] = w.pending()
-    rec["to"] = at2
-    out = asyncio.run(w._finish_spend(rid, rec, _secret(alice)))
-    assert out.status == mc.Status.OK and out.change == 7 and out.content == b"hello, world"
+    [(_rid, rec)] = Wallet(SqliteStore(alice)).pending()
+    out = json.loads(cardnet("millicent", "retry", "--wallet", alice, "--at", at2, "--json").stdout)
+    assert [(q["outcome"], q["detail"]) for q in out["requests"]] == [("ok", "change 7")]
     status = json.loads(
         cardnet("millicent", "vendor", "status", "--store", str(world["vendor_store"]), "--json").stdout
     )
@@ -210,7 +210,7 @@ def test_vendor_killed_between_accepting_and_replying_spends_once_and_the_custom
     reply = asyncio.run(send_all(at2, [m]))[0]
     assert mc.REPLY_SCHEMA.decode(reply.param)["status"] == mc.Status.SPENT
     listing = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
-    assert [s["value"] for s in listing["scrip"]] == [7] and listing["pending"] == 0
+    assert [s["value"] for s in listing["scrip"]] == [7] and listing["pending"] == []
 
 
 def _secret(wallet: str) -> bytes:
@@ -283,7 +283,7 @@ def test_broker_buys_scrip_in_bulk_from_the_vendor_process_and_resells_it(tmp_pa
         assert stock["bought_value"] == 300 and stock["owed"] == 270 and stock["pending_orders"] == 0
         assert stock["stock_value"] + 20 == stock["bought_value"]  # what was bought = stock + sold to alice
         listing = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
-        assert [s["value"] for s in listing["scrip"]] == [17] and listing["pending"] == 0  # 20 = price 3 + 17
+        assert [s["value"] for s in listing["scrip"]] == [17] and listing["pending"] == []  # 20 = price 3 + 17
         cid = json.loads(
             cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "30", "--json").stdout
         )
@@ -296,12 +296,13 @@ def test_broker_buys_scrip_in_bulk_from_the_vendor_process_and_resells_it(tmp_pa
 
 
 class ManInTheMiddle:
-    """On the customer's path to the vendor: forwards each request and, while ``forging``, swaps the vendor's
-    answer for a plain refusal of the same request (it saw the request id on the wire; it has no secret)."""
+    """On a customer's path to a service: forwards each request and, while ``forging``, hands the customer
+    ``rewrite(request, reply)`` instead of the service's answer (it sees every byte; it has no secret)."""
 
-    def __init__(self, vendor_at: str) -> None:
-        host, port = vendor_at.rsplit(":", 1)
-        self.vendor = (host, int(port))
+    def __init__(self, upstream: str, rewrite: Callable[[Message, Message], Message]) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.rewrite = rewrite
         self.forging = True
         self.forged = 0
 
@@ -312,17 +313,22 @@ class ManInTheMiddle:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         n = int.from_bytes(await reader.readexactly(4), "big")
         request = Message.decode(await reader.readexactly(n))
-        async with await dial(*self.vendor) as up:
+        async with await dial(*self.upstream) as up:
             await up.send(request)
             reply = await up.recv()
         if self.forging:
-            rid = mc.REPLY_SCHEMA.decode(reply.param)["rid"]
-            fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}
-            reply = Message(reply.src, reply.dst, mc.REPLY.code, mc.REPLY_SCHEMA.encode(fake))
+            reply = self.rewrite(request, reply)
             self.forged += 1
         writer.write(encode_frame(reply))
         await writer.drain()
         writer.close()
+
+
+def plain_stolen(request: Message, reply: Message) -> Message:
+    """The vendor's answer swapped for a plain `stolen` refusal of the same request."""
+    rid = mc.REPLY_SCHEMA.decode(reply.param)["rid"]
+    fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}
+    return Message(reply.src, reply.dst, mc.REPLY.code, mc.REPLY_SCHEMA.encode(fake))
 
 
 def test_a_forged_plain_refusal_does_not_make_the_wallet_forget_an_accepted_purchase(
@@ -337,23 +343,29 @@ def test_a_forged_plain_refusal_does_not_make_the_wallet_forget_an_accepted_purc
     cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "10")
 
     async def go() -> None:
-        mitm = ManInTheMiddle(at)
+        mitm = ManInTheMiddle(at, plain_stolen)
         via = await mitm.start()
         w = Wallet(SqliteStore(alice))
         with pytest.raises(WalletError) as ei:
             await w.spend(bytes.fromhex(VID), via, "hello", 3, int(time.time()))
         assert ei.value.reason == "unauthenticated" and "stolen" in str(ei.value) and mitm.forged == 1
         assert len(w.pending()) == 1 and w.scrip() == []  # neither forgotten nor spendable twice
-        [line] = await w.retry_pending()  # still forged: still pending
-        assert line.startswith("still pending") and len(w.pending()) == 1
+        [row] = await w.retry_pending(int(time.time()))  # still forged: still pending
+        assert row["outcome"] == "pending" and len(w.pending()) == 1
         mitm.forging = False
-        [line] = await w.retry_pending()  # the vendor's stored, MACed reply: accepted, change 7
-        assert line == "ok: change 7" and w.pending() == [] and [s.value for s in w.scrip()] == [7]
+        [row] = await w.retry_pending(int(time.time()))  # the vendor's stored, MACed reply: accepted, change 7
+        assert row["outcome"] == "ok" and row["detail"] == "change 7"
+        assert w.pending() == [] and [s.value for s in w.scrip()] == [7]
         mitm.forging = True  # a second purchase, forged again: the owner gives it up explicitly
         with pytest.raises(WalletError):
             await w.spend(bytes.fromhex(VID), via, "hello", 3, int(time.time()))
-        [line] = await w.retry_pending(give_up=True)
-        assert line.startswith("gave up") and w.pending() == [] and w.scrip() == []
+        [row] = await w.retry_pending(int(time.time()), give_up=True)
+        # It reached the vendor (which accepted it): the scrip comes back, flagged as possibly spent.
+        assert row["outcome"] == "gave_up" and "if the vendor did accept" in row["detail"] and w.pending() == []
+        assert [s.value for s in w.scrip()] == [7]
+        mitm.forging = False
+        r = await w.spend(bytes.fromhex(VID), via, "hello", 3, int(time.time()))
+        assert r.status == mc.Status.SPENT  # the vendor's own, MACed word: that scrip is gone
         mitm.server.close()
         w.store.close()
 
@@ -362,3 +374,137 @@ def test_a_forged_plain_refusal_does_not_make_the_wallet_forget_an_accepted_purc
         cardnet("millicent", "vendor", "status", "--store", str(world["vendor_store"]), "--json").stdout
     )
     assert status["spent"] == 2  # both purchases were accepted once by the vendor
+
+
+def refused_plain(request: Message, reply: Message) -> Message:
+    """The broker's answer swapped for a plain refusal of the same purchase (no MAC: it has no key)."""
+    rid = mc.PURCHASED_SCHEMA.decode(reply.param)["rid"]
+    fake = {"rid": rid, "status": mc.PURCHASE_REFUSED, "detail": "balance 0 does not cover 10"}
+    return Message(reply.src, reply.dst, mc.PURCHASED.code, mc.PURCHASED_SCHEMA.encode(fake))
+
+
+def refused_keeping_the_mac(request: Message, reply: Message) -> Message:
+    """The broker's own answer with its status rewritten to `refused` and its scrip dropped (the MAC kept)."""
+    f = mc.PURCHASED_SCHEMA.decode(reply.param)
+    f.update(status=mc.PURCHASE_REFUSED, detail="no licence")
+    f.pop("scrip", None)
+    return Message(reply.src, reply.dst, mc.PURCHASED.code, mc.PURCHASED_SCHEMA.encode(f))
+
+
+@pytest.mark.parametrize("forge", [refused_plain, refused_keeping_the_mac])
+def test_a_rewritten_broker_answer_does_not_lose_a_paid_purchase(
+    world: dict[str, object], forge: Callable[[Message, Message], Message]
+) -> None:
+    """The broker debits and answers; a man in the middle turns the answer into a refusal. The wallet keeps the
+    purchase pending (the answer is not the broker's: no MAC, or a MAC that does not check) and `retry` fetches
+    the broker's stored answer: the scrip and the customer secret, debited once."""
+    broker = world["broker"]
+    assert isinstance(broker, Service)
+    alice = customer(world, "alice", deposit=30)
+
+    async def go() -> None:
+        mitm = ManInTheMiddle(broker.address, forge)
+        via = await mitm.start()
+        w = Wallet(SqliteStore(alice))
+        with pytest.raises(WalletError) as ei:
+            await w.buy(bytes.fromhex(VID), 10, via)
+        assert ei.value.reason == "unauthenticated" and mitm.forged == 1
+        [(_, rec)] = w.pending()
+        assert rec["kind"] == "buy" and "not the broker's" in rec["reason"] and w.scrip() == []
+        [row] = await w.retry_pending(int(time.time()))
+        assert row["outcome"] == "pending" and len(w.pending()) == 1  # forged again: still pending
+        mitm.forging = False
+        [row] = await w.retry_pending(int(time.time()))
+        assert row["outcome"] == "bought" and w.pending() == [] and [s.value for s in w.scrip()] == [10]
+        with SqliteStore(alice) as store, store.transaction() as txn:
+            assert txn.get(SECRETS, bytes.fromhex(VID)) is not None  # the sealed secret came with it
+        assert (await w.buy(bytes.fromhex(VID), 20, via)).value == 20  # 30 - 10 - 20: debited once
+        with pytest.raises(WalletError) as ei:
+            await w.buy(bytes.fromhex(VID), 1, via)
+        assert ei.value.reason == "refused" and "balance 0" in str(ei.value) and w.pending() == []
+        mitm.server.close()
+        w.store.close()
+
+    asyncio.run(go())
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_mistyped_vendor_address_is_re_pointed_and_never_buys_twice(world: dict[str, object]) -> None:
+    """A spend sent to a wrong address stays pending; a second attempt buys nothing more; `retry --at` sends it
+    to the vendor (change comes back); `--give-up` on a request that never left keeps its scrip."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice", deposit=10)
+    wrong = _closed_port()
+    r = cardnet("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", wrong, "--product", "hello",
+                "--price", "3", "--top-up", "10", check=False)  # fmt: skip
+    assert r.returncode != 0 and "cannot reach" in r.stderr + r.stdout
+    r = cardnet("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello",
+                "--price", "3", "--top-up", "10", check=False)  # fmt: skip
+    assert r.returncode != 0 and "still pending" in r.stderr + r.stdout  # and no second purchase:
+    listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+    assert listed["scrip"] == [] and len(listed["pending"]) == 1
+    out = json.loads(cardnet("millicent", "retry", "--wallet", alice, "--at", at, "--json").stdout)
+    assert [(q["outcome"], q["detail"]) for q in out["requests"]] == [("ok", "change 7")]
+    listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+    assert [s["value"] for s in listed["scrip"]] == [7] and listed["pending"] == []  # 10 bought once
+    # Scrip sent nowhere: giving up keeps it.
+    r = cardnet("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", wrong, "--product", "hello",
+                "--price", "3", check=False)  # fmt: skip
+    out = json.loads(cardnet("millicent", "retry", "--wallet", alice, "--give-up", "--json").stdout)
+    [q] = out["requests"]
+    assert q["outcome"] == "gave_up" and q["detail"].startswith("kept") and "never received" in q["detail"]
+    listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+    assert [s["value"] for s in listed["scrip"]] == [7] and listed["pending"] == []
+
+
+def test_renew_sends_each_vendors_scrip_to_that_vendor_and_goes_on_past_a_dead_one(tmp_path: Path) -> None:
+    """Scrip of two vendors, each last seen at its own address: renew exchanges each at its vendor; with one
+    vendor down, the other's scrip is still renewed and the dead one's is reported, not lost."""
+    b = str(tmp_path / "broker.db")
+    vids, vendors = ["00000000000000a1", "00000000000000b2"], []
+    for vid in vids:
+        v = str(tmp_path / f"{vid}.db")
+        cardnet("millicent", "vendor", "init", "--store", v, "--id", vid)
+        cardnet("millicent", "vendor", "add-page", "--store", v, "--name", "hello", "--price", "3", "--text", "hi")
+        lic = str(tmp_path / f"{vid}.json")
+        cardnet("millicent", "vendor", "licence", "--store", v, "--broker", "bob", "--out", lic)
+        cardnet("millicent", "broker", "add-licence", "--store", b, "--file", lic)
+        vendors.append(Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0"))
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+    try:
+        broker.start()
+        ats = [v.start() for v in vendors]
+        alice = customer({"tmp": tmp_path, "broker": broker, "broker_store": b}, "alice", deposit=40)
+
+        async def go() -> None:
+            w = Wallet(SqliteStore(alice))
+            now = int(time.time())
+            for vid, at in zip(vids, ats, strict=True):
+                r = await w.spend(bytes.fromhex(vid), at, "hello", 3, now, top_up=10)
+                assert r.status == mc.Status.OK and w.vendor_address(bytes.fromhex(vid)) == at
+            later = max(s.expiry for s in w.scrip()) - 3600  # within a day of expiry (by the wallet's clock)
+            rows = await w.renew(later)
+            assert sorted((r["vendor"], r["outcome"]) for r in rows) == [(vids[0], "renewed"), (vids[1], "renewed")]
+            assert sorted(s.value for s in w.scrip()) == [7, 7] and w.pending() == []
+            vendors[1].stop()
+            rows = await w.renew(max(s.expiry for s in w.scrip()) - 3600)
+            outcome = {r["vendor"]: (r["outcome"], r["detail"]) for r in rows}
+            assert outcome[vids[0]][0] == "renewed"
+            assert outcome[vids[1]][0] == "pending" and "cannot reach" in outcome[vids[1]][1]
+            [row] = await w.retry_pending(int(time.time()), give_up=True)  # never reached it: kept
+            assert row["outcome"] == "gave_up" and row["detail"].startswith("kept")
+            assert sorted(s.vendor.hex() for s in w.scrip()) == vids and w.pending() == []
+            w.store.close()
+
+        asyncio.run(go())
+    finally:
+        broker.stop()
+        for v in vendors:
+            v.stop()

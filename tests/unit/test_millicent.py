@@ -377,6 +377,33 @@ def test_broker_refuses_unsigned_purchases_and_forged_redemptions(broker: mb.Bro
     assert mc.REDEEMED_SCHEMA.decode(broker.redeem(fake))["status"] == 1
 
 
+def test_every_broker_answer_is_macd_over_the_purchase_and_a_refusal_is_final(broker: mb.BrokerCore) -> None:
+    """The reply key comes sealed to the account key; answers are MACed over the purchase's own bytes, so an
+    answer to another purchase under the same request id (say one a man in the middle sent unsigned) does not
+    check; and a refused purchase replayed after a deposit is refused again, never debited."""
+    key = profile.generate_private_key(rng(6))
+    opened = mc.OPENED_SCHEMA.decode(broker.open_account(profile.public_bytes(key.public_key())))
+    cid = opened["customer_id"]
+    rkey = profile.hpke_open(key, opened["key_box"], info=mc.REPLY_KEY_INFO + cid)
+    f: dict[str, Any] = {"customer_id": cid, "vendor": VID, "value": 10, "rid": b"r" * 16, "want_secret": 1}
+    f["sig"] = profile.sign(key, mc.purchase_sig_input(f))
+    mine = mc.PURCHASE_SCHEMA.encode(f)
+    refused = mc.open_purchased(mc.PURCHASED.code, broker.purchase(mine, NOW), purchase=mine, key=rkey)
+    assert refused.status == mc.PURCHASE_REFUSED and "does not cover" in refused.detail
+    mb.deposit(broker.store, cid, 50)
+    replayed = mc.open_purchased(mc.PURCHASED.code, broker.purchase(mine, NOW), purchase=mine, key=rkey)
+    assert replayed == refused and broker.account(cid) == 50
+    f["rid"] = b"s" * 16
+    f["sig"] = profile.sign(key, mc.purchase_sig_input(f))
+    mine = mc.PURCHASE_SCHEMA.encode(f)
+    unsigned = mc.PURCHASE_SCHEMA.encode({**f, "sig": bytes(len(f["sig"]))})
+    with pytest.raises(mc.MillicentError) as ei:  # MACed, but over the unsigned purchase: not an answer to mine
+        mc.open_purchased(mc.PURCHASED.code, broker.purchase(unsigned, NOW), purchase=mine, key=rkey)
+    assert ei.value.reason == "unauthenticated"
+    ok = mc.open_purchased(mc.PURCHASED.code, broker.purchase(mine, NOW), purchase=mine, key=rkey)
+    assert ok.status == mc.PURCHASE_OK and ok.scrip is not None and ok.balance == 40
+
+
 def test_store_insert_many_is_first_wins(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "s.db"))
     with store.transaction() as txn:

@@ -358,26 +358,31 @@ def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
 @WALLET
 @JSON
 def list_scrip(wallet: str, as_json: bool) -> None:
-    """The scrip in the wallet, per vendor, and pending requests."""
+    """The scrip in the wallet, per vendor, and pending requests (with why they are pending)."""
     w = _wallet(wallet)
     rows = [
         {"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry}
         for s in w.scrip()
     ]
-    pending = len(w.pending())
+    pending = [
+        {
+            "request": rid.hex(),
+            "kind": rec["kind"],
+            "vendor": rec.get("vendor", ""),
+            "to": rec["to"],
+            "reason": rec.get("reason", "not sent yet"),
+        }
+        for rid, rec in w.pending()
+    ]
     if as_json:
         emit_json({"scrip": rows, "pending": pending})
         return
-    table = Table(title="scrip")
-    for col in ("vendor", "scrip_id", "value", "expiry"):
-        table.add_column(col)
     for r in rows:
-        table.add_row(
-            r["vendor"], r["scrip_id"], str(r["value"]), time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["expiry"]))
-        )
-    console.print(table)
+        r["expiry"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r["expiry"]))
+    _rows_table("scrip", rows, ("vendor", "scrip_id", "value", "expiry"), "no scrip in the wallet")
     if pending:
-        console.print(f"{pending} request(s) pending: cardnet millicent retry")
+        _rows_table("pending requests", pending, ("request", "kind", "vendor", "to", "reason"), "")
+        console.print("send them again: cardnet millicent retry (--at HOST:PORT to send them elsewhere)")
 
 
 @millicent.command("spend")
@@ -411,30 +416,57 @@ def spend(
     console.print(f"[dim]change {r.change}[/]")
 
 
+def _rows_table(title: str, rows: list[dict[str, Any]], cols: tuple[str, ...], empty: str) -> None:
+    """Rows for a person: a table (ids whole), or a sentence when there are none."""
+    if not rows:
+        console.print(empty)
+        return
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(col.replace("_", " "), overflow="fold", no_wrap=col in ("vendor", "scrip_id", "request"))
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in cols))
+    console.print(table)
+
+
 @millicent.command("renew")
 @WALLET
-@click.option("--at", "address", required=True, help="The vendor's HOST:PORT.")
-def renew(wallet: str, address: str) -> None:
-    """Exchange scrip that expires within a day for new scrip."""
-    console.print(f"renewed {asyncio.run(_wallet(wallet).renew(address, int(time.time())))} scrip")
+@click.option("--vendor", "vendor_id", help="Only this vendor's scrip (16 hex digits).")
+@click.option("--at", "address", help="The vendor's HOST:PORT (default: where it last answered).")
+@JSON
+def renew(wallet: str, vendor_id: str | None, address: str | None, as_json: bool) -> None:
+    """Exchange scrip that expires within a day for new scrip, each vendor's at that vendor."""
+    vendor_b = _hex(vendor_id, 8, "--vendor") if vendor_id else None
+    rows = asyncio.run(_wallet(wallet).renew(int(time.time()), vendor=vendor_b, address=address))
+    if as_json:
+        emit_json({"renewals": rows})
+        return
+    _rows_table("renewals", rows, ("vendor", "scrip_id", "value", "outcome", "detail"), "no scrip expires within a day")
 
 
 @millicent.command("retry")
 @WALLET
+@click.option("--at", "address", help="Send the pending spends to this HOST:PORT from now on (a wrong address).")
+@click.option("--vendor", "vendor_id", help="With --at: whose pending spends (16 hex digits).")
 @click.option(
     "--give-up",
     is_flag=True,
-    help="Forget spends that are refused again without the vendor's MAC (the scrip goes with them).",
+    help="Forget requests that are still not settled, keeping what can be kept (unexpired scrip comes back).",
 )
-def retry(wallet: str, give_up: bool) -> None:
+@JSON
+def retry(wallet: str, address: str | None, vendor_id: str | None, give_up: bool, as_json: bool) -> None:
     """Send pending requests again (their replies were lost): the same bytes fetch the stored reply.
 
-    At levels 2 and 3 a refusal that is not MACed with your customer secret
-    could come from anyone on the network: such a spend stays pending until
-    the vendor's own answer arrives, or until you give it up.
+    An answer that is not MACed by the broker (or, at levels 2 and 3, by the
+    vendor) could come from anyone on the network: such a request stays
+    pending until the peer's own answer arrives, or until you give it up.
     """
-    for line in asyncio.run(_wallet(wallet).retry_pending(give_up=give_up)):
-        console.print(line, markup=False)
+    vendor_b = _hex(vendor_id, 8, "--vendor") if vendor_id else None
+    rows = asyncio.run(_wallet(wallet).retry_pending(int(time.time()), give_up=give_up, at=address, vendor=vendor_b))
+    if as_json:
+        emit_json({"requests": rows})
+        return
+    _rows_table("pending requests", rows, ("request", "kind", "vendor", "outcome", "detail"), "nothing is pending")
 
 
 # --- benchmark (added to `cardnet bench` by cli.main) -----------------------------------

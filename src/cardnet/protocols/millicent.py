@@ -259,6 +259,7 @@ OPENED_SCHEMA = Schema(
         Field(0, "customer_id", Bytes(CUSTOMER_ID_BYTES, CUSTOMER_ID_BYTES), optional=True),
         Field(1, "status", UInt(255)),
         Field(2, "detail", Text(200), optional=True),
+        Field(3, "key_box", Bytes(256), optional=True),  # the account's reply key, sealed (HPKE) to its key
     ],
 )
 PURCHASE_SCHEMA = Schema(
@@ -281,6 +282,7 @@ PURCHASED_SCHEMA = Schema(
         Field(3, "secret_box", Bytes(1024), optional=True),
         Field(4, "balance", UInt(MAX_VALUE), optional=True),
         Field(5, "detail", Text(200), optional=True),
+        Field(6, "mac", Bytes(MAC_BYTES, MAC_BYTES), optional=True),  # under the account's reply key
     ],
 )
 REDEEM_SCHEMA = Schema(
@@ -696,6 +698,75 @@ def purchase_sig_input(f: dict[str, Any]) -> bytes:
     return b"MCPU" + _lp(
         f["customer_id"], f["vendor"], f["value"].to_bytes(8, "big"), f["rid"], bytes([f["want_secret"]])
     )
+
+
+REPLY_KEY_BYTES = 32
+REPLY_KEY_INFO = b"millicent reply key"  # HPKE info when the reply key is sealed to the account key (+ customer id)
+
+
+def purchased_mac_input(digest: bytes, f: dict[str, Any]) -> bytes:
+    """What the broker MACs in ``millicent.purchased``: the purchase's digest and every field but the MAC."""
+    balance = f.get("balance")
+    return b"MCPD" + _lp(
+        digest,
+        f["rid"],
+        bytes([f["status"]]),
+        f.get("scrip") or b"",
+        f.get("secret_box") or b"",
+        b"" if balance is None else balance.to_bytes(8, "big"),
+        (f.get("detail") or "").encode("utf-8", "surrogatepass"),
+    )
+
+
+PURCHASE_OK, PURCHASE_REFUSED, PURCHASE_PENDING = 0, 1, 2  # ``millicent.purchased`` status
+
+
+def make_purchased(key: bytes | None, digest: bytes, out: dict[str, Any]) -> bytes:
+    """The broker's ``millicent.purchased`` param, MACed with the account's reply key over the purchase's
+    digest (:func:`profile.sha256` of its bytes). ``key`` None (no such account): a plain answer, a hint only.
+    """
+    if key is not None:
+        out["mac"] = profile.hmac_sha256(key, purchased_mac_input(digest, out), MAC_BYTES)
+    return PURCHASED_SCHEMA.encode(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Purchased:
+    """A checked broker answer to the customer's purchase (always the broker's own: it is MACed)."""
+
+    status: int  # PURCHASE_OK, PURCHASE_REFUSED (final) or PURCHASE_PENDING (ask again); ``detail`` says why
+    scrip: Scrip | None
+    secret_box: bytes | None
+    balance: int | None
+    detail: str
+
+
+def open_purchased(mtype: int, param: bytes, *, purchase: bytes, key: bytes) -> Purchased:
+    """Check the broker's answer to ``purchase`` (its exact bytes); raises :class:`MillicentError` unless it is
+    MACed with the account's reply key over this very purchase: anyone on the wire could have sent anything else.
+    """
+    if mtype != PURCHASED.code:
+        raise MillicentError("bad_reply", f"mtype 0x{mtype:04x} is not the broker's answer to a purchase")
+    try:
+        f = PURCHASED_SCHEMA.decode(param)
+        rid = PURCHASE_SCHEMA.decode(purchase)["rid"]
+    except DecodeError as exc:
+        raise MillicentError("bad_reply", f"the broker's answer is unreadable: {exc}") from None
+    if f["rid"] != rid:
+        raise MillicentError("bad_reply", "the answer is to another purchase")
+    if "mac" not in f:
+        raise MillicentError("unauthenticated", f"an answer without the broker's MAC ({f.get('detail', '')!r})")
+    try:
+        profile.hmac_verify(key, purchased_mac_input(profile.sha256(purchase), f), f["mac"])
+    except CryptoError:
+        raise MillicentError("unauthenticated", "the answer's MAC does not check: not the broker's answer") from None
+    try:
+        scrip = Scrip.decode(f["scrip"]) if "scrip" in f else None
+    except DecodeError as exc:
+        raise MillicentError("bad_reply", f"the broker's scrip is malformed: {exc}") from None
+    if f["status"] == PURCHASE_OK and scrip is None:
+        raise MillicentError("bad_reply", "an accepting answer without scrip")
+    return Purchased(f["status"], scrip, f.get("secret_box"), f.get("balance"), f.get("detail", ""))
 
 
 # --- customer side --------------------------------------------------------------------

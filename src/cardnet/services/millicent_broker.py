@@ -59,12 +59,13 @@ log = logging.getLogger("cardnet.millicent.broker")
 CFG, LICENCES, ACCOUNTS, KEYS, REQUESTS = "mb.cfg", "mb.lic", "mb.acct", "mb.pub", "mb.req"
 MINTED, REDEEMED, VENDORS = "mb.minted", "mb.red", "mb.vend"
 MODES, BULK, STOCK, ORDERS, ISSUES, BOUGHT = "mb.mode", "mb.bulk", "mb.stock", "mb.order", "mb.issue", "mb.bought"
+REPLY_KEYS = "mb.rkey"  # customer id -> the account's reply key (MACs every answer to its purchases)
 LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
 VENDOR_TIMEOUT_S = 10.0
 MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; with a retry)
 
-OK, REFUSED = 0, 1
+OK, REFUSED, PENDING = mc.PURCHASE_OK, mc.PURCHASE_REFUSED, mc.PURCHASE_PENDING
 
 
 class BrokerError(CardnetError):
@@ -253,13 +254,20 @@ class BrokerCore:
                     if txn.insert(ACCOUNTS, cid, pub + _u64(0)):
                         break
                 txn.put(KEYS, pub, cid)
-        return mc.OPENED_SCHEMA.encode({"status": OK, "customer_id": cid})
+            rkey = txn.get(REPLY_KEYS, cid)
+            if rkey is None:
+                rkey = self.rng(mc.REPLY_KEY_BYTES)
+                txn.put(REPLY_KEYS, cid, rkey)
+        box = profile.hpke_seal(profile.load_public(pub), rkey, info=mc.REPLY_KEY_INFO + cid)
+        return mc.OPENED_SCHEMA.encode({"status": OK, "customer_id": cid, "key_box": box})
 
     def purchase(self, param: bytes, now: int) -> bytes:
         """A purchase that needs no vendor (licence mode, refusals, repeats); bulk mode needs :meth:`begin_purchase`."""
         step = self.begin_purchase(param, now)
         if isinstance(step, VendorCall):
-            return _purchased(_rid_of(param), "this vendor's scrip is sold in bulk mode: the broker server sells it")
+            return _purchased(
+                _rid_of(param), "this vendor's scrip is sold in bulk mode: the broker server sells it", status=PENDING
+            )
         return step
 
     def begin_purchase(self, param: bytes, now: int) -> bytes | VendorCall:
@@ -269,6 +277,7 @@ class BrokerCore:
         except DecodeError as exc:
             return _purchased(b"\x00" * 16, f"malformed purchase: {exc.reason}")
         rid, cid = f["rid"], f["customer_id"]
+        digest = profile.sha256(param)
         with self.store.transaction() as txn:
             done = txn.get(REQUESTS, cid + rid)
             if done is not None:
@@ -280,25 +289,31 @@ class BrokerCore:
             if acct is None:
                 return _purchased(rid, "no such account")
             pub_raw, balance = acct[:65], int.from_bytes(acct[65:73], "big")
+            rkey = txn.get(REPLY_KEYS, cid)
             try:
                 profile.verify(profile.load_public(pub_raw), f["sig"], mc.purchase_sig_input(f))
             except CryptoError:
-                return _purchased(rid, "the purchase is not signed by the account's key")
+                return _purchased(rid, "the purchase is not signed by the account's key", key=rkey, digest=digest)
             vendor = f["vendor"]
             mode = (txn.get(MODES, vendor) or (b"licence" if txn.get(LICENCES, vendor) else b"")).decode()
             value = f["value"]
-            if mode not in (LICENCE_MODE, BULK_MODE):
-                return _purchased(rid, f"this broker does not sell scrip of vendor {vendor.hex()}")
-            if value == 0 or value > balance:
-                return _purchased(rid, f"balance {balance} does not cover {value}", balance)
-            if mode == BULK_MODE:
-                bulk = self._bulk(txn, vendor)
-                if bulk is None:
-                    return _purchased(rid, f"no bulk agreement with vendor {vendor.hex()}")
-                return self._sell_from_stock(txn, f, bulk, pub_raw, balance, now)
             lic = self._licence(txn, vendor)
-            if lic is None:
-                return _purchased(rid, f"no licence of vendor {vendor.hex()}")
+            bulk = self._bulk(txn, vendor)
+            refusal = None
+            if mode not in (LICENCE_MODE, BULK_MODE):
+                refusal = f"this broker does not sell scrip of vendor {vendor.hex()}"
+            elif value == 0 or value > balance:
+                refusal = f"balance {balance} does not cover {value}"
+            elif (bulk if mode == BULK_MODE else lic) is None:
+                refusal = f"no {mode} agreement with vendor {vendor.hex()}"
+            if refusal is not None:  # final: stored, so a replay of this purchase never succeeds later
+                reply = _purchased(rid, refusal, balance, key=rkey, digest=digest)
+                txn.put(REQUESTS, cid + rid, reply)
+                return reply
+            if mode == BULK_MODE:
+                assert bulk is not None
+                return self._sell_from_stock(txn, f, bulk, pub_raw, balance, now, digest)
+            assert lic is not None
             skey = b"serial" + bytes([lic.index])
             serial = int.from_bytes(txn.get(CFG, skey) or _u64(1), "big")
             scrip = mc.mint(
@@ -319,7 +334,7 @@ class BrokerCore:
                 out["secret_box"] = profile.hpke_seal(
                     profile.load_public(pub_raw), secret, info=b"millicent customer secret" + vendor + cid
                 )
-            reply = mc.PURCHASED_SCHEMA.encode(out)
+            reply = mc.make_purchased(rkey, digest, out)
             txn.put(REQUESTS, cid + rid, reply)
         return reply
 
@@ -330,7 +345,7 @@ class BrokerCore:
         return None if raw is None else _Bulk(raw)
 
     def _sell_from_stock(
-        self, txn: Any, f: dict[str, Any], bulk: _Bulk, pub_raw: bytes, balance: int, now: int
+        self, txn: Any, f: dict[str, Any], bulk: _Bulk, pub_raw: bytes, balance: int, now: int, digest: bytes
     ) -> VendorCall:
         """Reserve a stock piece and the customer's money, record the vendor request: or order stock first."""
         vendor, value, cid, rid = f["vendor"], f["value"], f["customer_id"], f["rid"]
@@ -361,6 +376,7 @@ class BrokerCore:
             "piece": piece[1].hex(),
             "value": value,
             "want_secret": f["want_secret"],
+            "digest": digest.hex(),  # of the customer's purchase: the answer's MAC covers it
         }
         txn.delete(STOCK, piece[0])
         txn.put(ACCOUNTS, cid, pub_raw + _u64(balance - value))
@@ -480,7 +496,11 @@ class BrokerCore:
                 balance += rec["value"]
                 txn.put(ACCOUNTS, cid, pub_raw + _u64(balance))
                 reply_param = _purchased(
-                    rid, f"the vendor refused the broker's stock ({out.detail}): buy again", balance
+                    rid,
+                    f"the vendor refused the broker's stock ({out.detail}): buy again",
+                    balance,
+                    key=txn.get(REPLY_KEYS, cid),
+                    digest=bytes.fromhex(rec["digest"]),
                 )
             else:
                 result: dict[str, Any] = {"rid": rid, "status": OK, "scrip": out.issued.encode(), "balance": balance}
@@ -490,7 +510,7 @@ class BrokerCore:
                         out.issued_secret,
                         info=b"millicent customer secret" + call.vendor + cid,
                     )
-                reply_param = mc.PURCHASED_SCHEMA.encode(result)
+                reply_param = mc.make_purchased(txn.get(REPLY_KEYS, cid), bytes.fromhex(rec["digest"]), result)
             txn.put(REQUESTS, call.key, reply_param)
             txn.delete(ISSUES, call.key)
         return reply_param
@@ -585,11 +605,23 @@ def _rid_of(param: bytes) -> bytes:
         return b"\x00" * 16
 
 
-def _purchased(rid: bytes, detail: str, balance: int | None = None) -> bytes:
-    out: dict[str, Any] = {"rid": rid, "status": REFUSED, "detail": detail}
+def _purchased(
+    rid: bytes,
+    detail: str,
+    balance: int | None = None,
+    *,
+    status: int = REFUSED,
+    key: bytes | None = None,
+    digest: bytes = b"",
+) -> bytes:
+    """An answer that sells nothing: MACed when the account's reply ``key`` is known (else a hint only).
+
+    ``status`` PENDING: not decided yet (the customer sends the same purchase again).
+    """
+    out: dict[str, Any] = {"rid": rid, "status": status, "detail": detail}
     if balance is not None:
         out["balance"] = balance
-    return mc.PURCHASED_SCHEMA.encode(out)
+    return mc.make_purchased(key, digest, out)
 
 
 async def call_vendor(call: VendorCall, *, timeout_s: float = VENDOR_TIMEOUT_S) -> Message | None:
@@ -652,10 +684,16 @@ class BrokerServer:
             if step.kind == "order":
                 outcome = await asyncio.to_thread(self.core.finish_order, step, reply)
                 if not outcome.bought:
-                    return _purchased(_rid_of(param), f"cannot buy stock from the vendor ({outcome}): try again later")
+                    return _purchased(
+                        _rid_of(param), f"cannot buy stock from the vendor ({outcome}): try again later", status=PENDING
+                    )
                 continue
             done = await asyncio.to_thread(self.core.finish_issue, step, reply)
             if done is None:
-                return _purchased(_rid_of(param), "the vendor did not answer: send the same purchase again")
+                return _purchased(
+                    _rid_of(param), "the vendor did not answer: send the same purchase again", status=PENDING
+                )
             return done
-        return _purchased(_rid_of(param), "the vendor's stock ran out while buying: send the same purchase again")
+        return _purchased(
+            _rid_of(param), "the vendor's stock ran out while buying: send the same purchase again", status=PENDING
+        )

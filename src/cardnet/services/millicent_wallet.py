@@ -36,13 +36,15 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store
-from cardnet.transport import dial
+from cardnet.transport import TransportError, dial
 from cardnet.wire import DecodeError, Message, Uid
 
-CFG, SECRETS, SCRIP, PENDING = "mw.cfg", "mw.sec", "mw.scrip", "mw.pend"
+CFG, SECRETS, SCRIP, PENDING, VENDORS = "mw.cfg", "mw.sec", "mw.scrip", "mw.pend", "mw.vaddr"
 ME = Uid(b"\x00" * 12, 1)
 RENEW_MARGIN_S = 24 * 3600
 TIMEOUT_S = 10.0
+# A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
+UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending")
 
 
 class WalletError(CardnetError):
@@ -62,14 +64,20 @@ def _addr(address: str) -> tuple[str, int]:
     try:
         return host or "127.0.0.1", int(port)
     except ValueError:
-        raise WalletError("bad_address", f"{address!r} is not host:port") from None
+        raise WalletError("bad_address", f"{address!r} is not HOST:PORT") from None
 
 
 async def _roundtrip(address: str, mtype: int, param: bytes) -> Message:
     host, port = _addr(address)
-    async with asyncio.timeout(TIMEOUT_S), await dial(host, port) as conn:
-        await conn.send(Message(ME, Uid(b"\x00" * 12, 0), mtype, param))
-        return await conn.recv()
+    try:
+        async with asyncio.timeout(TIMEOUT_S), await dial(host, port) as conn:
+            await conn.send(Message(ME, Uid(b"\x00" * 12, 0), mtype, param))
+            return await conn.recv()
+    except (TransportError, TimeoutError) as exc:
+        raise WalletError("unreachable", f"no answer from {address} ({exc}): is that the right HOST:PORT?") from None
+
+
+_STAYS = "the request stays pending: `cardnet millicent retry` asks again (`--at HOST:PORT` sends it elsewhere)"
 
 
 class Wallet:
@@ -92,15 +100,63 @@ class Wallet:
             return txn.get(CFG, b"cid")
 
     async def open_account(self, broker: str) -> bytes:
-        pub = profile.public_bytes(self._key().public_key())
+        """Open (or, with the same key, re-open) the account; keeps the key the broker MACs its answers with.
+
+        This first exchange is trusted as it comes (the paper asks for a secure channel here): the customer id
+        and the reply key are learnt from it.
+        """
+        key = self._key()
+        pub = profile.public_bytes(key.public_key())
         reply = await _roundtrip(broker, mc.OPEN.code, mc.OPEN_SCHEMA.encode({"pub": pub}))
-        f = mc.OPENED.parse(reply)
+        try:
+            f = mc.OPENED.parse(reply)
+        except DecodeError as exc:
+            raise WalletError(
+                "bad_reply", f"the broker's answer is unreadable ({exc}): open the account again"
+            ) from None
         if f["status"] != 0 or "customer_id" not in f:
             raise WalletError("refused", f"the broker refused the account: {f.get('detail', '')}")
+        cid = bytes(f["customer_id"])
+        try:
+            rkey = profile.hpke_open(key, f.get("key_box", b""), info=mc.REPLY_KEY_INFO + cid)
+        except CryptoError:
+            raise WalletError(
+                "bad_reply", "the broker sent no key of its own for its answers: open the account again"
+            ) from None
         with self.store.transaction() as txn:
-            txn.put(CFG, b"cid", f["customer_id"])
+            txn.put(CFG, b"cid", cid)
             txn.put(CFG, b"broker", broker.encode())
-        return bytes(f["customer_id"])
+            txn.put(CFG, b"rkey", rkey)
+        return cid
+
+    # -- requests in flight -------------------------------------------------------------
+    def _hold(self, rid: bytes, rec: dict[str, Any], reason: str) -> None:
+        """Keep ``rid`` pending, noting why (``list`` shows it)."""
+        rec["reason"] = reason
+        with self.store.transaction() as txn:
+            if txn.get(PENDING, rid) is not None:
+                txn.put(PENDING, rid, json.dumps(rec).encode())
+
+    async def _exchange(self, rid: bytes, rec: dict[str, Any], mtype: int, param: bytes) -> Message:
+        """Send a pending request to ``rec["to"]`` and wait for the answer; notes in the record once the
+        bytes may have reached the peer (``sent``: then what they asked for may have happened)."""
+        host, port = _addr(rec["to"])
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                conn = await dial(host, port)
+        except (TransportError, TimeoutError) as exc:
+            self._hold(rid, rec, f"cannot reach {rec['to']}")
+            raise WalletError("unreachable", f"cannot reach {rec['to']} ({exc}); {_STAYS}") from None
+        try:
+            if not rec.get("sent"):
+                rec["sent"] = True
+                self._hold(rid, rec, "sent, no answer yet")
+            async with asyncio.timeout(TIMEOUT_S), conn:
+                await conn.send(Message(ME, Uid(b"\x00" * 12, 0), mtype, param))
+                return await conn.recv()
+        except (TransportError, TimeoutError) as exc:
+            self._hold(rid, rec, f"no answer from {rec['to']}")
+            raise WalletError("no_answer", f"no answer from {rec['to']} ({exc}); {_STAYS}") from None
 
     # -- buying scrip at the broker -----------------------------------------------------
     async def buy(self, vendor: bytes, value: int, broker: str | None = None) -> mc.Scrip:
@@ -110,35 +166,57 @@ class Wallet:
         with self.store.transaction() as txn:
             broker = broker or (txn.get(CFG, b"broker") or b"").decode()
             want = 0 if txn.get(SECRETS, vendor) is not None else 1
+            if txn.get(CFG, b"rkey") is None:
+                raise WalletError(
+                    "no_reply_key",
+                    "this wallet does not have the key the broker MACs its answers with: "
+                    f"cardnet millicent open --broker {broker} (the same account, opened again)",
+                )
         rid = self.rng(mc.RID_BYTES)
         f: dict[str, Any] = {"customer_id": cid, "vendor": vendor, "value": value, "rid": rid, "want_secret": want}
         f["sig"] = profile.sign(self._key(), mc.purchase_sig_input(f))
         param = mc.PURCHASE_SCHEMA.encode(f)
+        rec = {"kind": "buy", "to": broker, "param": param.hex(), "vendor": vendor.hex(), "value": value}
         with self.store.transaction() as txn:
-            txn.put(PENDING, rid, json.dumps({"kind": "buy", "to": broker, "param": param.hex()}).encode())
-        return await self._finish_buy(rid, broker, param)
+            txn.put(PENDING, rid, json.dumps(rec).encode())
+        return await self._finish_buy(rid, rec)
 
-    async def _finish_buy(self, rid: bytes, broker: str, param: bytes) -> mc.Scrip:
-        reply = await _roundtrip(broker, mc.PURCHASE.code, param)
-        f = mc.PURCHASED.parse(reply)
-        if f["rid"] != rid:
-            raise WalletError("bad_reply", "the broker answered another request")
-        if f["status"] != 0 or "scrip" not in f:
+    async def _finish_buy(self, rid: bytes, rec: dict[str, Any]) -> mc.Scrip:
+        """Send a pending purchase; it ends only on the broker's own (MACed) answer."""
+        param = bytes.fromhex(rec["param"])
+        reply = await self._exchange(rid, rec, mc.PURCHASE.code, param)
+        with self.store.transaction() as txn:
+            rkey = txn.get(CFG, b"rkey") or b""
+        try:
+            p = mc.open_purchased(reply.mtype, reply.param, purchase=param, key=rkey)
+        except mc.MillicentError as exc:
+            # Anyone on the wire could have sent it: believing a refusal would forget a purchase the broker may
+            # have debited. The broker answers the same purchase again from its stored answer.
+            self._hold(rid, rec, f"an answer that is not the broker's: {exc}")
+            raise WalletError(
+                "unauthenticated" if exc.reason == "unauthenticated" else "bad_reply",
+                f"{exc}: the broker MACs its answers with this account's key, so anyone on the network could "
+                f"have sent this one; {_STAYS}",
+            ) from None
+        if p.status == mc.PURCHASE_PENDING:
+            self._hold(rid, rec, f"the broker says: {p.detail}")
+            raise WalletError("pending", f"the broker has not finished the purchase ({p.detail}); {_STAYS}")
+        if p.status != mc.PURCHASE_OK or p.scrip is None:
             with self.store.transaction() as txn:
                 txn.delete(PENDING, rid)
-            raise WalletError("refused", f"the broker refused: {f.get('detail', '')}")
-        scrip = mc.Scrip.decode(f["scrip"])
-        key = self._key()
+            raise WalletError("refused", f"the broker refused: {p.detail}")
+        scrip = p.scrip
+        secret = None
+        if p.secret_box is not None:
+            try:
+                secret = profile.hpke_open(
+                    self._key(), p.secret_box, info=b"millicent customer secret" + scrip.vendor + scrip.customer_id
+                )
+            except CryptoError as exc:
+                self._hold(rid, rec, "the customer secret does not open")
+                raise WalletError("bad_reply", f"cannot open the customer secret ({exc}); {_STAYS}") from None
         with self.store.transaction() as txn:
-            if "secret_box" in f:
-                try:
-                    secret = profile.hpke_open(
-                        key,
-                        f["secret_box"],
-                        info=b"millicent customer secret" + scrip.vendor + scrip.customer_id,
-                    )
-                except CryptoError as exc:
-                    raise WalletError("bad_reply", f"cannot open the customer secret: {exc}") from None
+            if secret is not None:
                 txn.put(SECRETS, scrip.vendor, secret)
             txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())
             txn.delete(PENDING, rid)
@@ -149,6 +227,12 @@ class Wallet:
         with self.store.transaction() as txn:
             rows = txn.scan(SCRIP, vendor or b"")
         return [mc.Scrip.decode(v) for _, v in rows]
+
+    def vendor_address(self, vendor: bytes) -> str | None:
+        """Where the vendor answered last (learnt from its accepting or MACed answers)."""
+        with self.store.transaction() as txn:
+            raw = txn.get(VENDORS, vendor)
+        return None if raw is None else raw.decode()
 
     def _pick(self, vendor: bytes, price: int, now: int) -> mc.Scrip | None:
         fit = [s for s in self.scrip(vendor) if s.value >= price and s.expiry > now + 60]
@@ -165,9 +249,21 @@ class Wallet:
         level: mc.Level = mc.Level.THEFT,
         top_up: int = 0,
     ) -> SpendResult:
-        """Buy ``product`` at ``price``; fetch scrip from the broker first when short (``top_up`` >= price)."""
+        """Buy ``product`` at ``price``; fetch scrip from the broker first when short (``top_up`` >= price).
+
+        Never buys while a request about this vendor is pending: its scrip may come back (as change, or
+        refused unspent), and a second attempt would otherwise pay twice.
+        """
         scrip = self._pick(vendor, price, now)
         if scrip is None:
+            waiting = [rid for rid, rec in self.pending() if rec.get("vendor") == vendor.hex()]
+            if waiting:
+                raise WalletError(
+                    "pending",
+                    f"{len(waiting)} request(s) about vendor {vendor.hex()} are still pending and may bring scrip "
+                    "back: run `cardnet millicent retry` first (`--at HOST:PORT` if the address was wrong); "
+                    "nothing was bought",
+                )
             if top_up < price:
                 raise WalletError(
                     "short", f"no scrip of vendor {vendor.hex()} worth {price}: buy some (cardnet millicent buy)"
@@ -177,18 +273,54 @@ class Wallet:
             assert scrip is not None
         return await self._send(scrip, address, mc.Op.BUY, price, product, level)
 
-    async def renew(self, address: str, now: int, *, level: mc.Level = mc.Level.THEFT) -> int:
-        """Exchange scrip that expires within a day for new scrip; returns how many were renewed."""
-        n = 0
-        for s in self.scrip():
+    async def renew(
+        self,
+        now: int,
+        *,
+        vendor: bytes | None = None,
+        address: str | None = None,
+        level: mc.Level = mc.Level.THEFT,
+    ) -> list[dict[str, Any]]:
+        """Exchange scrip that expires within a day for new scrip, each vendor's at that vendor.
+
+        The address is the one the vendor last answered from, or ``address`` for ``vendor`` (``address``
+        without ``vendor`` only when one vendor's scrip is due). A vendor that cannot be reached is reported
+        and the others are still renewed. Returns one row per scrip: vendor, scrip_id, outcome, detail.
+        """
+        due: dict[bytes, list[mc.Scrip]] = {}
+        for s in self.scrip(vendor):
             if s.expiry <= now + RENEW_MARGIN_S:
-                r = await self._send(s, address, mc.Op.RENEW, 0, "", level)
-                n += r.status == mc.Status.OK
-        return n
+                due.setdefault(s.vendor, []).append(s)
+        if address is not None and vendor is None:
+            if len(due) > 1:
+                raise WalletError(
+                    "ambiguous",
+                    f"scrip of {len(due)} vendors is due: say which vendor --at is with --vendor",
+                )
+            vendor = next(iter(due), None)
+        rows: list[dict[str, Any]] = []
+        for v, pieces in due.items():
+            at = address if v == vendor and address is not None else self.vendor_address(v)
+            for s in pieces:
+                row: dict[str, Any] = {"vendor": v.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value}
+                rows.append(row)
+                if at is None:
+                    row.update(outcome="skipped", detail="no address known: renew --vendor VENDOR --at HOST:PORT")
+                    continue
+                try:
+                    r = await self._send(s, at, mc.Op.RENEW, 0, "", level)
+                except WalletError as exc:
+                    row.update(outcome="pending" if exc.reason in UNSETTLED else "failed", detail=str(exc))
+                    if exc.reason in ("unreachable", "no_answer"):
+                        at = None  # the rest of this vendor's scrip stays in the wallet, not pending
+                    continue
+                row.update(outcome="renewed" if r.status == mc.Status.OK else r.status.name.lower(), detail=r.detail)
+        return rows
 
     async def _send(
         self, scrip: mc.Scrip, address: str, op: mc.Op, price: int, product: str, level: mc.Level
     ) -> SpendResult:
+        _addr(address)  # a malformed address is refused before anything is pending
         with self.store.transaction() as txn:
             secret = txn.get(SECRETS, scrip.vendor)
         if secret is None and level >= mc.Level.THEFT:
@@ -202,6 +334,7 @@ class Wallet:
             "param": param.hex(),
             "level": int(level),
             "scrip": scrip.encode().hex(),
+            "vendor": scrip.vendor.hex(),
         }
         with self.store.transaction() as txn:  # the scrip leaves the spendable set with the request
             txn.delete(SCRIP, scrip.vendor + scrip.scrip_id)
@@ -209,15 +342,17 @@ class Wallet:
         return await self._finish_spend(rid, record, secret)
 
     async def _finish_spend(self, rid: bytes, record: dict[str, Any], secret: bytes | None) -> SpendResult:
-        reply = await _roundtrip(record["to"], record["mtype"], bytes.fromhex(record["param"]))
+        reply = await self._exchange(rid, record, record["mtype"], bytes.fromhex(record["param"]))
         try:
             out = mc.open_reply(reply.mtype, reply.param, rid=rid, level=mc.Level(record["level"]), secret=secret)
         except (mc.MillicentError, DecodeError) as exc:
-            raise WalletError("bad_reply", f"{exc}; the request stays pending: cardnet millicent retry") from None
+            self._hold(rid, record, f"an answer that does not check: {exc}")
+            raise WalletError("bad_reply", f"{exc}; {_STAYS}") from None
         if record["level"] >= mc.Level.THEFT and out.status != mc.Status.OK and not out.authentic:
             # Anyone who saw the request on the wire can answer it with a plain refusal; believing it would
             # forget a purchase the vendor may have accepted (and its change). A vendor that accepted it
             # answers a resend from its stored, MACed reply.
+            self._hold(rid, record, f"refused ({out.status.name.lower()}) without the vendor's MAC")
             raise WalletError(
                 "unauthenticated",
                 f"the answer says {out.status.name.lower()} ({out.detail}) but is not MACed with your secret, so "
@@ -226,6 +361,8 @@ class Wallet:
             )
         scrip = mc.Scrip.decode(bytes.fromhex(record["scrip"]))
         with self.store.transaction() as txn:
+            if out.status == mc.Status.OK or out.authentic:
+                txn.put(VENDORS, scrip.vendor, record["to"].encode())  # the vendor answers there
             if out.change is not None:
                 txn.put(SCRIP, out.change.vendor + out.change.scrip_id, out.change.encode())
             if out.status in (mc.Status.INSUFFICIENT, mc.Status.UNKNOWN_PRODUCT, mc.Status.LEVEL_TOO_LOW):
@@ -240,32 +377,71 @@ class Wallet:
         with self.store.transaction() as txn:
             return [(k, json.loads(v)) for k, v in txn.scan(PENDING)]
 
-    async def retry_pending(self, *, give_up: bool = False) -> list[str]:
+    async def retry_pending(
+        self, now: int, *, give_up: bool = False, at: str | None = None, vendor: bytes | None = None
+    ) -> list[dict[str, Any]]:
         """Send every pending request again (the same bytes: the peer answers from its stored reply).
 
-        A spend that is refused again without the vendor's MAC stays pending,
-        unless ``give_up``: then it is forgotten (its scrip with it).
+        ``at``: send the pending spends of ``vendor`` (of the one vendor with pending spends, if not given)
+        there from now on (the address was wrong). A request that is still not settled stays pending, unless
+        ``give_up``: then it is forgotten, keeping what can be kept (see :meth:`_give_up`). Returns one row
+        per request: request, kind, vendor, outcome, detail.
         """
-        done = []
-        for rid, rec in self.pending():
-            if rec["kind"] == "buy":
-                s = await self._finish_buy(rid, rec["to"], bytes.fromhex(rec["param"]))
-                done.append(f"bought {s.value} of vendor {s.vendor.hex()}")
-                continue
-            scrip = mc.Scrip.decode(bytes.fromhex(rec["scrip"]))
-            with self.store.transaction() as txn:
-                secret = txn.get(SECRETS, scrip.vendor)
+        todo = self.pending()
+        if at is not None:
+            _addr(at)
+            if vendor is None:
+                vendors = {str(rec.get("vendor", "")) for _, rec in todo if rec["kind"] == "spend"}
+                if len(vendors) > 1:
+                    raise WalletError("ambiguous", f"spends at {len(vendors)} vendors are pending: say which --vendor")
+                vendor = bytes.fromhex(vendors.pop()) if vendors else None
+        rows: list[dict[str, Any]] = []
+        for rid, rec in todo:
+            row: dict[str, Any] = {"request": rid.hex(), "kind": rec["kind"], "vendor": rec.get("vendor", "")}
+            rows.append(row)
+            if at is not None and rec["kind"] == "spend" and vendor is not None and rec.get("vendor") == vendor.hex():
+                rec["to"] = at
+                self._hold(rid, rec, f"re-pointed to {at}")
             try:
+                if rec["kind"] == "buy":
+                    s = await self._finish_buy(rid, rec)
+                    row.update(outcome="bought", detail=f"scrip {s.scrip_id.hex()} worth {s.value}")
+                    continue
+                scrip = mc.Scrip.decode(bytes.fromhex(rec["scrip"]))
+                with self.store.transaction() as txn:
+                    secret = txn.get(SECRETS, scrip.vendor)
                 r = await self._finish_spend(rid, rec, secret)
             except WalletError as exc:
-                if exc.reason != "unauthenticated":
-                    raise
-                if give_up:
-                    with self.store.transaction() as txn:
-                        txn.delete(PENDING, rid)
-                    done.append(f"gave up request {rid.hex()} (scrip {scrip.scrip_id.hex()}, value {scrip.value})")
+                if exc.reason not in UNSETTLED:
+                    row.update(outcome=exc.reason, detail=str(exc))
+                elif give_up:
+                    row.update(outcome="gave_up", detail=self._give_up(rid, rec, now))
                 else:
-                    done.append(f"still pending {rid.hex()}: refused without the vendor's MAC")
+                    row.update(outcome="pending", detail=str(exc))
                 continue
-            done.append(f"{r.status.name.lower()}: change {r.change}")
-        return done
+            row.update(
+                outcome=r.status.name.lower(), detail=f"change {r.change}" + (f": {r.detail}" if r.detail else "")
+            )
+        return rows
+
+    def _give_up(self, rid: bytes, rec: dict[str, Any], now: int) -> str:
+        """Forget a pending request on the owner's word; keep what can be kept. Says what became of it."""
+        with self.store.transaction() as txn:
+            txn.delete(PENDING, rid)
+            if rec["kind"] == "buy":
+                if not rec.get("sent"):
+                    return f"forgotten; nothing was paid: the purchase of {rec['value']} never reached the broker"
+                return (
+                    f"forgotten; the broker may have debited {rec['value']} for it (ask its operator to check "
+                    f"request {rid.hex()})"
+                )
+            scrip = mc.Scrip.decode(bytes.fromhex(rec["scrip"]))
+            if scrip.expiry <= now:
+                return f"lost: scrip {scrip.scrip_id.hex()} worth {scrip.value} has expired"
+            txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())
+        if not rec.get("sent"):
+            return f"kept: scrip {scrip.scrip_id.hex()} worth {scrip.value} is back (the vendor never received it)"
+        return (
+            f"kept: scrip {scrip.scrip_id.hex()} worth {scrip.value} is back in the wallet; if the vendor did "
+            "accept the request, it will refuse the scrip as spent"
+        )

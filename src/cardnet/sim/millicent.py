@@ -129,6 +129,7 @@ class Actor:
     kind: str  # honest, cheater, thief
     key: profile.PrivateKey
     cid: bytes = b""
+    reply_key: bytes = b""  # the broker MACs its answers to her purchases with it
     secrets: dict[bytes, bytes] = field(default_factory=dict)
     wallet: dict[bytes, mc.Scrip] = field(default_factory=dict)  # scrip id (+vendor) -> scrip
     pending: dict[bytes, Pending] = field(default_factory=dict)
@@ -179,7 +180,9 @@ class MillicentScenario:
             a = Actor(n, kind, profile.generate_private_key(rng.randbytes))
             self.actors.append(a)
             pub = profile.public_bytes(a.key.public_key())
-            a.cid = mc.OPENED_SCHEMA.decode(self.broker.open_account(pub))["customer_id"]
+            opened = mc.OPENED_SCHEMA.decode(self.broker.open_account(pub))
+            a.cid = opened["customer_id"]
+            a.reply_key = profile.hpke_open(a.key, opened["key_box"], info=mc.REPLY_KEY_INFO + a.cid)
             mb.deposit(self.broker.store, a.cid, DEPOSIT)
             for vid in VENDOR_IDS:
                 self._buy(world, a, vid, rng.randint(6, 20))
@@ -215,14 +218,18 @@ class MillicentScenario:
         if self.carrier is not None:  # it sees both on the wire (their channel is modelled as reliable: see sim.md)
             self.carrier.observe(Message(_uid(a.n), BROKER, mc.PURCHASE.code, param), from_app=False)
             self.carrier.observe(Message(BROKER, _uid(a.n), mc.PURCHASED.code, reply), from_app=False)
-        r = mc.PURCHASED_SCHEMA.decode(reply)
-        if r["status"] != 0:
-            self.bad.append(f"broker refused a purchase: {r.get('detail')}")
+        try:
+            r = mc.open_purchased(mc.PURCHASED.code, reply, purchase=param, key=a.reply_key)
+        except mc.MillicentError as exc:
+            self.bad.append(f"the broker's answer to a purchase does not check: {exc}")
             return
-        s = mc.Scrip.decode(r["scrip"])
-        if "secret_box" in r:
+        if r.status != mc.PURCHASE_OK or r.scrip is None:
+            self.bad.append(f"broker refused a purchase: {r.detail}")
+            return
+        s = r.scrip
+        if r.secret_box is not None:
             info = b"millicent customer secret" + vendor + a.cid
-            a.secrets[vendor] = profile.hpke_open(a.key, r["secret_box"], info=info)
+            a.secrets[vendor] = profile.hpke_open(a.key, r.secret_box, info=info)
         a.wallet[s.scrip_id + s.vendor] = s
         self.minted[s.vendor + s.scrip_id] = value
         self.issued += value
