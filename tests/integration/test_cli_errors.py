@@ -7,13 +7,13 @@ a non-zero exit, else prose on stderr; never a traceback (unless asked for with 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from test_cli import cardnet
 
 from cardnet.cli.main import cli
 from cardnet.cli.output import _remember_json
@@ -53,18 +53,6 @@ NO_SHARED_JSON: dict[str, str] = {
     "trn send": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
     "trn set-authority": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
 }
-
-
-def cardnet(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def json_error(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -145,3 +133,41 @@ def test_unexpected_errors_are_one_line_and_the_traceback_only_with_v(tmp_path: 
     verbose = cardnet("-v", "ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
     assert not (tmp_path / "ca.cnca").exists()
+
+
+def _no_traceback_and_says(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def test_a_ca_or_host_certificate_to_a_bad_path_is_refused_cleanly_and_writes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "ca.cnca"
+    _no_traceback_and_says(cardnet("ca", "create", str(missing)), str(missing), "does not exist")
+    unwritable = Path("/sys/cardnet-test-ca.cnca")  # sysfs: nobody, root included, may create a file there
+    _no_traceback_and_says(cardnet("ca", "create", str(unwritable)), str(unwritable), "Permission denied")
+    assert not unwritable.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    _no_traceback_and_says(cardnet("ca", "create", str(a_file / "ca.cnca")), str(a_file / "ca.cnca"))
+
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    domain = "00112233445566778899aabb"
+    for out in (tmp_path / "no-such-folder" / "h", Path("/sys/cardnet-test-h")):
+        r = cardnet("ca", "host-cert", str(ca), "--domain", domain, "--out", str(out))
+        _no_traceback_and_says(r, f"{out}.pem")
+        assert not any(Path(f"{out}{ext}").exists() for ext in (".pem", ".key", ".ca.pem"))
+    # The third file's name is taken (a dangling link) after the first two could be written:
+    # all or nothing, so neither the key nor the certificate is left behind, and the link is untouched.
+    out = tmp_path / "h"
+    Path(f"{out}.ca.pem").symlink_to(tmp_path / "elsewhere" / "ca.pem")
+    r = cardnet("ca", "host-cert", str(ca), "--domain", domain, "--out", str(out))
+    _no_traceback_and_says(r, f"{out}.ca.pem", "exists")
+    assert sorted(p.name for p in tmp_path.glob("h*")) == ["h.ca.pem"] and Path(f"{out}.ca.pem").is_symlink()
+    assert not (tmp_path / "elsewhere").exists()
+    r = cardnet("ca", "host-cert", str(ca), "--domain", domain, "--out", str(tmp_path / "ok"), "--json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["key"] == f"{tmp_path / 'ok'}.key" and oct(Path(made["key"]).stat().st_mode & 0o777) == "0o600"
+    assert all(Path(made[k]).read_text().startswith("-----BEGIN ") for k in ("cert", "key", "ca"))

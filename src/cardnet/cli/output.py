@@ -105,7 +105,12 @@ def os_reason(exc: OSError) -> tuple[str, str]:
 def fail_os(exc: OSError, doing: str, path: str | os.PathLike[str]) -> NoReturn:
     """Fail for an ``OSError`` met while ``doing`` something to ``path`` (the person's path, not a temp file's)."""
     reason, hint = os_reason(exc)
-    fail(f"cannot {doing} {path}: {exc.strerror or exc}", reason=reason, hint=hint)
+    detail = exc.strerror or str(exc)
+    folder = Path(path).parent
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not folder.is_dir():
+        detail = f"the folder {folder} does not exist"
+        hint = "create the folder first, or choose another path"
+    fail(f"cannot {doing} {path}: {detail}", reason=reason, hint=hint)
 
 
 def write_new_files(files: dict[Path, tuple[bytes, int]]) -> None:
