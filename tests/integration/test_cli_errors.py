@@ -120,19 +120,56 @@ def test_each_kind_of_error_is_one_json_object_with_json(tmp_path: Path) -> None
     # an OSError on the person's path
     e = json_error(cardnet("ca", "create", str(tmp_path / "no" / "such" / "ca.cnca"), "--json"))
     assert e["reason"] == "not_found" and str(tmp_path / "no" / "such" / "ca.cnca") in e["message"]
-    # an unexpected exception (a ValueError no layer turned into its error type)
-    e = json_error(cardnet("ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0", "--json"))
-    assert e["reason"] == "internal" and "-v" in e["hint"]
+    # an unexpected exception (a bug: an error no layer turned into its error type)
+    e = json_error(with_a_buggy_command("--json"))
+    assert e["reason"] == "internal" and "ZeroDivisionError" in e["message"] and "-v" in e["hint"]
 
 
-def test_unexpected_errors_are_one_line_and_the_traceback_only_with_v(tmp_path: Path) -> None:
-    r = cardnet("ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0")
-    assert r.returncode != 0 and r.stdout == ""
+# A real cardnet process whose command tree has one more command with a real bug in it: what a
+# person sees when a command fails in a way nobody foresaw.
+BUGGY = """
+import sys
+import click
+from cardnet.cli.main import cli, run
+from cardnet.cli.output import json_option
+
+@cli.command("buggy")
+@json_option
+def buggy(as_json: bool) -> None:
+    print(1 / len(sys.argv[99:]))
+
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def with_a_buggy_command(*args: str, verbose: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", BUGGY, *(["-v"] if verbose else []), "buggy", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_unexpected_errors_are_one_line_and_the_traceback_only_with_v() -> None:
+    r = with_a_buggy_command()
+    assert r.returncode == 1 and r.stdout == ""
     assert "Traceback" not in r.stderr and "unexpected internal error" in r.stderr and "-v" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 2, r.stderr  # the error and what to do
-    verbose = cardnet("-v", "ca", "create", str(tmp_path / "ca.cnca"), "--valid-days", "0")
-    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
-    assert not (tmp_path / "ca.cnca").exists()
+    verbose = with_a_buggy_command(verbose=True)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "ZeroDivisionError" in verbose.stderr
+
+
+def test_bad_values_are_named_in_the_persons_words_and_nothing_is_made(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.cnca"
+    r = cardnet("ca", "create", str(ca), "--valid-days", "0")
+    _no_traceback_and_says(r, "--valid-days", "1<=x<=36600")
+    r = cardnet("ca", "create", str(ca), "--name", "")
+    _no_traceback_and_says(r, "--name must be 1..64 printable characters")
+    assert not ca.exists()
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    store = tmp_path / "c.db"
+    r = cardnet("card", "create", "--ca", str(ca), "--store", f"sqlite:///{store}", "--pin", "1" * 17)
+    _no_traceback_and_says(r, "PIN must be 1 to 16 bytes")
+    r = cardnet("card", "create", "--ca", str(ca), "--store", f"sqlite:///{store}", "--pin", "1", "--name", "x" * 65)
+    _no_traceback_and_says(r, "--name must be 1..64 printable characters")
+    assert not store.exists()  # no blank card left behind by a refused command
 
 
 def _no_traceback_and_says(r: subprocess.CompletedProcess[str], *words: str) -> None:

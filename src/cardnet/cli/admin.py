@@ -12,6 +12,8 @@ import click
 
 from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_table, table, write_new_files
 
+VALID_DAYS = click.IntRange(1, 36600)  # as pki.CertificateAuthority checks: at most about a century
+
 
 @click.group()
 def ca() -> None:
@@ -21,7 +23,9 @@ def ca() -> None:
 @ca.command("create")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", default="cardnet CA", show_default=True, help="The CA's common name.")
-@click.option("--valid-days", default=3650, show_default=True, help="How long the CA certificate is valid.")
+@click.option(
+    "--valid-days", default=3650, show_default=True, type=VALID_DAYS, help="How long the CA certificate is valid."
+)
 @json_option
 def ca_create(path: Path, name: str, valid_days: int, as_json: bool) -> None:
     """Create a CA and save it (certificate and private key, mode 0600) to PATH.
@@ -32,6 +36,10 @@ def ca_create(path: Path, name: str, valid_days: int, as_json: bool) -> None:
 
     if path.exists():
         fail(f"{path} already exists", hint="choose another path; a CA is never overwritten")
+    try:
+        pki._check_label(name, "--name")
+    except ValueError as exc:
+        fail(str(exc), reason="bad_name", hint='a short printable name, e.g. --name "Example Transit CA"')
     authority = pki.CertificateAuthority.create(name, now=datetime.now(UTC), valid_days=valid_days)
     try:
         authority.save(path)  # atomic: a temporary file beside PATH, renamed into place
@@ -83,12 +91,20 @@ def card_create(
 ) -> None:
     """Manufacture a card in STORE (its key is generated on it) and personalise it under the CA."""
     from cardnet.card import Card
+    from cardnet.card import mtypes as cm
     from cardnet.card.personalise import personalise
     from cardnet.crypto import pki
 
     pin = pin or os.environ.get("CARDNET_PIN")
     if pin is None:
         pin = click.prompt("PIN for the new card", hide_input=True, confirmation_prompt=True)
+    if not 1 <= len(pin.encode()) <= cm.PIN_MAX_BYTES:  # checked before a blank card is made in STORE
+        fail(f"the PIN must be 1 to {cm.PIN_MAX_BYTES} bytes, got {len(pin.encode())}", reason="bad_pin")
+    if name is not None:
+        try:
+            pki._check_label(name, "--name")
+        except ValueError as exc:
+            fail(str(exc), reason="bad_name", hint='a short printable name, e.g. --name "Alice\'s wallet"')
     dom = None
     if domain is not None:
         try:
@@ -173,7 +189,9 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Writes OUT.pem (certificate), OUT.key (private key, mode 0600) and OUT.ca.pem (the CA).",
 )
-@click.option("--valid-days", default=365, show_default=True, help="How long the certificate is valid.")
+@click.option(
+    "--valid-days", default=365, show_default=True, type=VALID_DAYS, help="How long the certificate is valid."
+)
 @json_option
 def ca_host_cert(ca_path: Path, domain: str, names: tuple[str, ...], out: Path, valid_days: int, as_json: bool) -> None:
     """Issue a host's TLS certificate (mutual TLS between host processes, [tls] in the host config)."""
