@@ -98,3 +98,19 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert r.returncode != 0 and "does not exist" in r.stderr
     r = cardnet("bench", "card", "--group", "1")
     assert r.returncode != 0 and "--group" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_card_show_is_a_table_that_never_cuts_what_a_person_copies(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 3)
+    deep.mkdir()
+    store = f"sqlite:///{deep / 'wallet.card.db'}"
+    made = cardnet("card", "create", "--ca", str(ca), "--store", store, "--json", env={"CARDNET_PIN": "1"})
+    uid = json.loads(made.stdout)["uid"]
+    for columns in ("60", "30"):
+        r = cardnet("card", "show", "--store", store, env={"COLUMNS": columns})
+        assert r.returncode == 0, r.stderr
+        rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in r.stdout.splitlines() if "│" in line}
+        assert rows["store"] == store and rows["uid"] == uid and rows["domain"] == uid.split(":")[0]
+        assert rows["outbox"] == "empty" and rows["memory used"].endswith(" bytes")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from cardnet.cli.output import console, emit_json, json_option
+from cardnet.cli.output import console, emit_json, json_option, print_table, table
 
 Row = tuple[str, str, str]  # figure, value, meaning
 AS_JSON = json_option
@@ -22,13 +21,11 @@ def _report(
     title: str, rows: list[Row], targets: dict[str, bool], notes: tuple[str, ...] = (), value: str = "value"
 ) -> None:
     """A benchmark's figures as a table for people, then its notes and whether each target was met."""
-    table = Table(title=title)
-    table.add_column("figure")
-    table.add_column(value, justify="right")
-    table.add_column("meaning")
+    t = table("figure", value, "meaning", title=title)
+    t.columns[1].justify = "right"
     for row in rows:
-        table.add_row(*row)
-    console.print(table)
+        t.add_row(*row)
+    print_table(t)
     for note in notes:
         console.print(note)
     for target, ok in targets.items():

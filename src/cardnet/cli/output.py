@@ -146,14 +146,15 @@ def write_new_files(files: dict[Path, tuple[bytes, int]]) -> None:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    """A table for people whose cells are never folded or cut: identifiers must stay copyable whole.
+    """A table for people whose cells are never wrapped: print it with :func:`print_table`.
 
     At a narrow terminal rich would squeeze columns (wrapping or ellipsizing a domain or a path);
-    here each column keeps its full width and the line may run past the edge instead.
+    :func:`print_table` gives each column its full width and lets the line run past the edge instead,
+    so identifiers stay copyable whole.
     """
     t = Table(title=title, expand=False)
     for name in columns:
-        t.add_column(name, overflow="ignore", no_wrap=True)
+        t.add_column(name, overflow="fold", no_wrap=True)
     return t
 
 

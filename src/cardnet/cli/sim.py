@@ -6,9 +6,8 @@ import os
 
 import click
 from rich.progress import Progress
-from rich.table import Table
 
-from cardnet.cli.output import console, emit_json, fail, json_option
+from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
 
 
 @click.command()
@@ -80,15 +79,14 @@ def sim(
             task = progress.add_task(f"simulating {protocol}", total=seeds)
             summary = run_many(protocol, seed_range, progress=lambda n: progress.advance(task, n), jobs=jobs)
         d = summary.as_dict()
-        table = Table(title=f"cardnet sim --protocol {protocol}")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        table.add_row("runs", str(d["runs"]))
-        table.add_row("violations", str(d["violations"]))
-        table.add_row("seeds_per_s", str(d["seeds_per_s"]))
+        t = table("figure", "value", title=f"cardnet sim --protocol {protocol}")
+        t.columns[1].justify = "right"
+        t.add_row("runs", str(d["runs"]))
+        t.add_row("violations", str(d["violations"]))
+        t.add_row("seeds_per_s", str(d["seeds_per_s"]))
         for kind, n in d["faults_injected"].items():
-            table.add_row(f"faults: {kind}", str(n))
-        console.print(table)
+            t.add_row(f"faults: {kind}", str(n))
+        print_table(t)
     if summary.first_failure is not None:
         ff = summary.first_failure
         err = console if not as_json else None
