@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from hostprocs import make_hosts
 from test_cli import cardnet
 
 from cardnet.cli.main import cli
@@ -208,3 +209,27 @@ def test_a_ca_or_host_certificate_to_a_bad_path_is_refused_cleanly_and_writes_no
     made = json.loads(r.stdout)
     assert made["key"] == f"{tmp_path / 'ok'}.key" and oct(Path(made["key"]).stat().st_mode & 0o777) == "0o600"
     assert all(Path(made[k]).read_text().startswith("-----BEGIN ") for k in ("cert", "key", "ca"))
+
+
+def test_host_run_with_json_says_ready_as_one_json_line_and_its_errors_as_json(tmp_path: Path) -> None:
+    (host,) = make_hosts(tmp_path, ["a"], ["echo"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cardnet.cli.main", "host", "run", "--config", str(host.config), "--json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready == {"ready": {"name": "a", "listen": f"127.0.0.1:{host.port}"}}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n')
+    e = json_error(cardnet("host", "run", "--config", str(bad), "--json"))
+    assert e["reason"] == "bad_config" and "app_socket" in e["message"]
+    assert json.loads(cardnet("sim", "--list", "--json").stdout)["protocols"][0]

@@ -35,7 +35,7 @@ def host_run(config_path: Path, as_json: bool) -> None:
     applications connect to, the TCP address remote hosts connect to, the
     routing table (card domain -> host:port) and optional mutual TLS.
     See docs/host.md for the format. Prints "ready <name> <listen>" once
-    it accepts connections (with --json: {"ready": {"name", "listen"}}).
+    it accepts connections (with --json: {"ready": {"name", "listen"}} on one line).
     """
     from cardnet.host.config import load_config
     from cardnet.host.server import HostServer
@@ -56,7 +56,7 @@ def host_run(config_path: Path, as_json: bool) -> None:
         addr = server.listen_address
         listen = f"{addr[0]}:{addr[1]}" if addr else "-"
         if as_json:
-            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}})
+            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}}, line=True)
         else:
             console.print(f"ready {config.name} {listen}", markup=False)
             console.file.flush()

@@ -54,8 +54,9 @@ def wants_json() -> bool:
     return bool(ctx is not None and ctx.meta.get(JSON_KEY))
 
 
-def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def emit_json(obj: Any, *, line: bool = False) -> None:
+    """Print one JSON object on stdout (``line``: on one line, for a stream of events such as ``ready``)."""
+    sys.stdout.write(json.dumps(obj, indent=None if line else 2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
 
 

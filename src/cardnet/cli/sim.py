@@ -48,8 +48,11 @@ def sim(
     from cardnet.sim.scenarios import SCENARIOS
 
     if list_protocols:
-        for name in sorted(SCENARIOS):
-            console.print(name)
+        if as_json:
+            emit_json({"protocols": sorted(SCENARIOS)})
+        else:
+            for name in sorted(SCENARIOS):
+                console.print(name, markup=False)
         return
     if protocol not in SCENARIOS:
         fail(f"unknown protocol {protocol!r}", hint=f"choose one of: {', '.join(sorted(SCENARIOS))}")
