@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +21,9 @@ from hypothesis import strategies as st
 from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_broker as mb
-from cardnet.store import SqliteStore
+from cardnet.services import millicent_vendor as mv
+from cardnet.services import millicent_wallet as mw
+from cardnet.store import SqliteStore, StoreError
 from cardnet.wire import DecodeError
 
 EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
@@ -251,3 +256,96 @@ def test_the_fixed_offset_request_decoder_takes_the_usual_requests() -> None:
         assert mc.decode_request_fast(raw) == mc.REQUEST_SCHEMA.decode(raw)
     assert mc.decode_request_fast(REQUESTS[3]) is None  # price 30 and a 22-byte product: the codec's path
     assert profile.sha256(REQUESTS[0]) == hashlib.sha256(REQUESTS[0]).digest()  # the copied state: plain SHA-256
+
+
+# --- records read back from the services' stores -------------------------------------------------------
+
+_LICENCE = {
+    "index": 128,
+    "scrip_secret": "ab" * 32,
+    "redeem_key": "cd" * 32,
+    "customer_masters": {"0": "ef" * 32},
+    "discount_pct": 10,
+}
+_AGREEMENT = {
+    "customer_id": "01" * 8,
+    "customer_secret": "02" * 32,
+    "order_key": "03" * 32,
+    "discount_pct": 10,
+    "vendor_at": "127.0.0.1:7200",
+    "denomination": 100,
+    "pieces": 10,
+}
+_SALE = {
+    "vendor": VID.hex(),
+    "address": "127.0.0.1:7200",
+    "mtype": mc.REQUEST.code,
+    "request": "00",
+    "issue_rid": "72" * 16,
+    "piece": SCRIP.encode().hex(),
+    "value": 3,
+    "want_secret": 1,
+    "digest": "64" * 32,
+}
+_SPEND = {
+    "kind": "spend",
+    "to": "127.0.0.1:7200",
+    "mtype": VALID[mc.Level.THEFT][0],
+    "param": VALID[mc.Level.THEFT][1].hex(),
+    "level": 2,
+    "scrip": SCRIP.encode().hex(),
+    "vendor": VID.hex(),
+}
+_BUY = {"kind": "buy", "to": "127.0.0.1:7100", "param": "00", "vendor": VID.hex(), "value": 10}
+# Each decoder of a stored record, with a valid record of its kind (a JSON object, or bytes).
+STORED: dict[str, tuple[Callable[[bytes], object], dict[str, Any] | bytes]] = {
+    "spent": (mv.parse_spent, mv.spent_record(b"d" * 32, mc.REPLY.code, b"reply")),
+    "account": (mb.parse_account, b"\x04" * 65 + (7).to_bytes(8, "big")),
+    "stock": (mv.stored_scrip, SCRIP.encode()),
+    "licence": (mb._Licence, _LICENCE),
+    "agreement": (mb._Bulk, _AGREEMENT),
+    "sale": (mb.parse_sale, _SALE),
+    "spend": (mw.parse_pending, _SPEND),
+    "buy": (mw.parse_pending, _BUY),
+}
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def damaged_records(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A kind of record and bytes for it: random, a mutated valid one, or (JSON kinds) a field replaced."""
+    kind = draw(st.sampled_from(sorted(STORED)))
+    _decode, valid = STORED[kind]
+    how = draw(st.sampled_from(["random", "mutated", "field"]))
+    raw = valid if isinstance(valid, bytes) else json.dumps(valid).encode()
+    if how == "random":
+        return kind, draw(st.binary(max_size=200))
+    if how == "mutated" or isinstance(valid, bytes):
+        return kind, mutate(raw, random.Random(draw(st.integers(0, 2**32))))
+    rec = dict(valid)
+    key = draw(st.sampled_from(sorted(rec)))
+    if draw(st.booleans()):
+        del rec[key]
+    else:
+        rec[key] = draw(_JSON)
+    return kind, json.dumps(rec).encode()
+
+
+def test_stored_record_examples_decode() -> None:
+    for decode, valid in STORED.values():
+        decode(valid if isinstance(valid, bytes) else json.dumps(valid).encode())
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(damaged_records())
+def test_stored_record_decoders_raise_only_the_stores_error(case: tuple[str, bytes]) -> None:
+    """Damaged bytes in a vendor's, broker's or wallet's store give ``StoreError("damaged")``, nothing else."""
+    kind, raw = case
+    try:
+        STORED[kind][0](raw)
+    except StoreError as exc:
+        assert exc.reason == "damaged" and "damaged" in str(exc)

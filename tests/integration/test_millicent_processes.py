@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_wallet import SCRIP, SECRETS, Wallet, WalletError
+from cardnet.services.millicent_wallet import CFG, SCRIP, SECRETS, Wallet, WalletError
 from cardnet.store import SqliteStore
 from cardnet.transport import dial, encode_frame
 from cardnet.wire import Message, Uid
@@ -147,7 +147,8 @@ def test_customers_buy_pages_and_double_spends_and_theft_are_refused(world: dict
         alice_secret = txn.get(SECRETS, bytes.fromhex(VID))
     with estore.transaction() as txn:
         eve_secret = txn.get(SECRETS, bytes.fromhex(VID))
-    assert alice_secret is not None and eve_secret is not None
+        eve_cid = txn.get(CFG, b"cid")
+    assert alice_secret is not None and eve_secret is not None and eve_cid is not None
     astore.close()
     estore.close()
 
@@ -156,6 +157,14 @@ def test_customers_buy_pages_and_double_spends_and_theft_are_refused(world: dict
 
     stolen = asyncio.run(send_all(at, [req(b"t" * 16, eve_secret)]))[0]
     assert mc.REPLY_SCHEMA.decode(stolen.param)["status"] == mc.Status.STOLEN
+    # Level 3: Eve seals Alice's scrip under her own customer id and secret (the vendor opens the box with
+    # Eve's secret, and the MAC inside checks under it too): refused as stolen, the scrip belongs to Alice.
+    rid = b"u" * 16
+    _, inner = req(rid, eve_secret)
+    box = mc._box_key(eve_secret, rid, eve_cid).seal(0, inner, eve_cid + rid)
+    sealed = mc.SEALED_SCHEMA.encode({"customer_id": eve_cid, "rid": rid, "box": box})
+    stolen = asyncio.run(send_all(at, [(mc.SEALED_REQUEST.code, sealed)]))[0]
+    assert stolen.mtype == mc.REPLY.code and mc.REPLY_SCHEMA.decode(stolen.param)["status"] == mc.Status.STOLEN
     # Double spending, concurrent, from eight connections: exactly one is accepted.
     reqs = [req(bytes([i]) * 16, alice_secret) for i in range(8)]
     replies = asyncio.run(send_all(at, reqs))

@@ -1183,19 +1183,7 @@ def refusal(prepared: tuple[bytes, bytes]) -> tuple[int, bytes]:
     return REPLY.code, prepared[1]
 
 
-# --- spent records ----------------------------------------------------------------------
-
-_SPENT_HEAD = struct.Struct(">32sH")
-
-
-def spent_record(digest: bytes, mtype: int, reply: bytes) -> bytes:
-    """What the spent list keeps per scrip: the request digest and the reply (for re-fetch)."""
-    return _SPENT_HEAD.pack(digest, mtype) + reply
-
-
-def parse_spent(raw: bytes) -> tuple[bytes, int, bytes]:
-    digest, mtype = _SPENT_HEAD.unpack_from(raw)
-    return digest, mtype, raw[_SPENT_HEAD.size :]
+# --- spent list keys ----------------------------------------------------------------------
 
 
 def expiry_of_key(key: bytes) -> int:

@@ -50,6 +50,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
+from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
 from cardnet.store import Store
 from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer, TransportError, dial
 from cardnet.wire import DecodeError, Message, Uid
@@ -160,35 +161,63 @@ def deposit(store: Store, customer_id: bytes, amount: int) -> int:
         row = txn.get(ACCOUNTS, customer_id)
         if row is None:
             raise BrokerError("no_account", f"no account {customer_id.hex()}: the customer opens one first")
-        balance = int.from_bytes(row[65:73], "big") + amount
-        txn.put(ACCOUNTS, customer_id, row[:65] + _u64(balance))
+        pub, balance = parse_account(row)
+        balance += amount
+        txn.put(ACCOUNTS, customer_id, pub + _u64(balance))
         return balance
+
+
+def parse_account(row: bytes) -> tuple[bytes, int]:
+    """``(account public key, balance)`` of an account record (65 + 8 bytes)."""
+    with stored("an account record"):
+        if len(row) != 73:
+            raise ValueError(f"{len(row)} bytes, not 73")
+    return row[:65], int.from_bytes(row[65:73], "big")
+
+
+_SALE_HEX = ("vendor", "request", "issue_rid", "piece", "digest")
+
+
+def parse_sale(raw: bytes) -> dict[str, Any]:
+    """A sale from stock waiting for the vendor's answer (see :meth:`BrokerCore._sell_from_stock`), checked."""
+    rec = stored_json(raw, "a pending sale")
+    with stored("a pending sale"):
+        for k in _SALE_HEX:
+            bytes.fromhex(rec[k])
+        for k in ("mtype", "value", "want_secret"):
+            if not isinstance(rec[k], int):
+                raise TypeError(f"{k} is not an integer")
+        if not isinstance(rec["address"], str):
+            raise TypeError("address is not text")
+    return rec
 
 
 class _Licence:
     __slots__ = ("cms", "discount_pct", "index", "redeem_key", "secrets")
 
     def __init__(self, raw: bytes) -> None:
-        d = json.loads(raw)
-        self.index: int = d["index"]
-        self.secrets = {self.index: bytes.fromhex(d["scrip_secret"])}
-        self.redeem_key = bytes.fromhex(d["redeem_key"])
-        self.cms = {int(k): bytes.fromhex(v) for k, v in d["customer_masters"].items()}
-        self.discount_pct: int = d["discount_pct"]
+        d = stored_json(raw, "a licence record")
+        with stored("a licence record"):
+            self.index: int = int(d["index"])
+            self.secrets = {self.index: bytes.fromhex(d["scrip_secret"])}
+            self.redeem_key = bytes.fromhex(d["redeem_key"])
+            self.cms = {int(k): bytes.fromhex(v) for k, v in d["customer_masters"].items()}
+            self.discount_pct: int = int(d["discount_pct"])
 
 
 class _Bulk:
     __slots__ = ("cid", "denomination", "discount_pct", "key", "pieces", "secret", "vendor_at")
 
     def __init__(self, raw: bytes) -> None:
-        d = json.loads(raw)
-        self.cid = bytes.fromhex(d["customer_id"])
-        self.secret = bytes.fromhex(d["customer_secret"])
-        self.key = bytes.fromhex(d["order_key"])
-        self.discount_pct: int = d["discount_pct"]
-        self.vendor_at: str = d["vendor_at"]
-        self.denomination: int = d["denomination"]
-        self.pieces: int = d["pieces"]
+        d = stored_json(raw, "a bulk agreement record")
+        with stored("a bulk agreement record"):
+            self.cid = bytes.fromhex(d["customer_id"])
+            self.secret = bytes.fromhex(d["customer_secret"])
+            self.key = bytes.fromhex(d["order_key"])
+            self.discount_pct: int = int(d["discount_pct"])
+            self.vendor_at: str = str(d["vendor_at"])
+            self.denomination: int = int(d["denomination"])
+            self.pieces: int = int(d["pieces"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,11 +313,11 @@ class BrokerCore:
                 return done  # the same purchase again: the same scrip, no second debit
             pending = txn.get(ISSUES, cid + rid)
             if pending is not None:
-                return _issue_call(cid + rid, json.loads(pending))  # its vendor reply was lost: ask again
+                return _issue_call(cid + rid, parse_sale(pending))  # its reply was lost: ask again
             acct = txn.get(ACCOUNTS, cid)
             if acct is None:
                 return _purchased(rid, "no such account")
-            pub_raw, balance = acct[:65], int.from_bytes(acct[65:73], "big")
+            pub_raw, balance = parse_account(acct)
             rkey = txn.get(REPLY_KEYS, cid)
             try:
                 profile.verify(profile.load_public(pub_raw), f["sig"], mc.purchase_sig_input(f))
@@ -351,7 +380,7 @@ class BrokerCore:
         vendor, value, cid, rid = f["vendor"], f["value"], f["customer_id"], f["rid"]
         piece: tuple[bytes, bytes] | None = None
         for key, raw in txn.scan(STOCK, vendor):  # key order = expiry order: the oldest usable piece first
-            s = mc.Scrip.decode(raw)
+            s = stored_scrip(raw, "a stock piece")
             if s.value >= value and s.expiry > now + self.stock_margin_s:
                 piece = (key, raw)
                 break
@@ -428,7 +457,8 @@ class BrokerCore:
                 return OrderOutcome(False, f"no bulk agreement with vendor {call.vendor.hex()} any more")
             if param is None:  # another process (say `broker bulk-buy`) applied the same answer
                 return OrderOutcome(True, "the order was already settled")
-            f = mc.BULK_BUY_SCHEMA.decode(param)
+            with stored("a pending bulk order"):
+                f = mc.BULK_BUY_SCHEMA.decode(param)
             try:
                 if reply.mtype != mc.BULK_SOLD.code:
                     raise mc.MillicentError("bad_reply", f"mtype 0x{reply.mtype:04x} is not a bulk reply")
@@ -465,7 +495,7 @@ class BrokerCore:
             raw = txn.get(ISSUES, call.key)
             if raw is None:
                 return txn.get(REQUESTS, call.key)  # settled already
-            rec = json.loads(raw)
+            rec = parse_sale(raw)
             bulk = self._bulk(txn, call.vendor)
             if bulk is None:
                 return None
@@ -487,7 +517,7 @@ class BrokerCore:
                 return None
             acct = txn.get(ACCOUNTS, cid)
             assert acct is not None  # accounts are never deleted
-            pub_raw, balance = acct[:65], int.from_bytes(acct[65:73], "big")
+            pub_raw, balance = parse_account(acct)
             if out.change is not None:
                 txn.put(STOCK, _stock_key(out.change), out.change.encode())
             if out.status != mc.Status.OK or out.issued is None or out.issued_secret is None:
@@ -520,7 +550,7 @@ class BrokerCore:
         with self.store.transaction() as txn:
             out: dict[str, dict[str, int]] = {}
             for vendor, _ in txn.scan(BULK):
-                pieces = [mc.Scrip.decode(v).value for _, v in txn.scan(STOCK, vendor)]
+                pieces = [stored_scrip(v, "a stock piece").value for _, v in txn.scan(STOCK, vendor)]
                 row = txn.get(BOUGHT, vendor) or bytes(16)
                 out[vendor.hex()] = {
                     "pieces": len(pieces),
@@ -560,7 +590,7 @@ class BrokerCore:
     def account(self, cid: bytes) -> int | None:
         with self.store.transaction() as txn:
             row = txn.get(ACCOUNTS, cid)
-        return None if row is None else int.from_bytes(row[65:73], "big")
+        return None if row is None else parse_account(row)[1]
 
     def vendors(self) -> dict[str, int]:
         with self.store.transaction() as txn:

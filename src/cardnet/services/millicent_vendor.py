@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
-from cardnet.store import Store
+from cardnet.store import Store, StoreError
 from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer, TransportError, dial
 from cardnet.wire import DecodeError, Message, Uid
 
@@ -198,6 +199,46 @@ class BatchStats:
     refused: int = 0
 
 
+@contextlib.contextmanager
+def stored(what: str) -> Iterator[None]:
+    """Decoding a record read from a store: any fault in its bytes is the store's error (``damaged``)."""
+    try:
+        yield
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, struct.error, CryptoError) as exc:
+        raise StoreError(
+            "damaged", f"{what} in the store is damaged ({type(exc).__name__}: {exc}): restore it from a backup"
+        ) from None
+
+
+def stored_json(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object kept in a store (``damaged`` unless it is one)."""
+    with stored(what):
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
+    return d
+
+
+def stored_scrip(raw: bytes, what: str = "a piece of scrip") -> mc.Scrip:
+    with stored(what):
+        return mc.Scrip.decode(raw)
+
+
+_SPENT_HEAD = struct.Struct(">32sH")
+
+
+def spent_record(digest: bytes, mtype: int, reply: bytes) -> bytes:
+    """What the spent list keeps per scrip: the request digest and the reply (for re-fetch)."""
+    return _SPENT_HEAD.pack(digest, mtype) + reply
+
+
+def parse_spent(raw: bytes) -> tuple[bytes, int, bytes]:
+    """``(request digest, reply mtype, reply)`` of a spent record; :class:`StoreError` (``damaged``) if short."""
+    with stored("a spent-list record"):
+        digest, mtype = _SPENT_HEAD.unpack_from(raw)
+    return digest, mtype, raw[_SPENT_HEAD.size :]
+
+
 @dataclass
 class Batch:
     """A batch prepared by :meth:`VendorCore.prepare_batch`, for :meth:`VendorCore.commit_batch`."""
@@ -217,7 +258,7 @@ class VendorCore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        with store.transaction() as txn:
+        with store.transaction() as txn, stored("the vendor's configuration"):
             vid = txn.get(CFG, b"id")
             if vid is None:
                 raise VendorError("no_vendor", "the store holds no vendor: run `cardnet millicent vendor init`")
@@ -287,7 +328,7 @@ class VendorCore:
             else:
                 rmt, reply = vendor.accept(c, self._serials(2), now)
                 b.fresh.append((i, c, rmt, reply))
-                b.rows.append((c.spent_key, mc.spent_record(c.digest, rmt, reply)))
+                b.rows.append((c.spent_key, spent_record(c.digest, rmt, reply)))
         return b
 
     def commit_batch(self, b: Batch, before_commit: Callable[[], None] | None = None) -> list[tuple[int, bytes]]:
@@ -333,7 +374,7 @@ class VendorCore:
         """The stored reply if this very request was accepted before (a re-fetch), else the refusal."""
         row = txn.get(SPENT, c.spent_key)
         if row is not None and len(row) > 34:
-            digest, smt, sreply = mc.parse_spent(row)
+            digest, smt, sreply = parse_spent(row)
             if digest == c.digest:
                 self.stats.refetched += 1
                 return smt, sreply
@@ -368,7 +409,8 @@ class VendorCore:
         agreement = txn.get(BULK, broker)
         if agreement is None:
             return refuse(order, mc.Status.STOLEN, "no bulk agreement with this broker id")
-        key, discount = agreement[: mc.BULK_KEY_BYTES], agreement[mc.BULK_KEY_BYTES]
+        with stored("a bulk agreement"):
+            key, discount = agreement[: mc.BULK_KEY_BYTES], agreement[mc.BULK_KEY_BYTES]
         try:
             profile.hmac_verify(key, mc.bulk_buy_mac_input(vid, f), f["mac"])
         except CryptoError:

@@ -35,6 +35,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
+from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
 from cardnet.store import Store
 from cardnet.transport import TransportError, dial
 from cardnet.wire import DecodeError, Message, Uid
@@ -77,6 +78,29 @@ async def _roundtrip(address: str, mtype: int, param: bytes) -> Message:
         raise WalletError("unreachable", f"no answer from {address} ({exc}): is that the right HOST:PORT?") from None
 
 
+def parse_pending(raw: bytes) -> dict[str, Any]:
+    """A pending request as the wallet keeps it (a purchase at the broker or a spend at a vendor), checked."""
+    rec = stored_json(raw, "a pending request")
+    with stored("a pending request"):
+        if rec["kind"] not in ("buy", "spend") or not isinstance(rec["to"], str):
+            raise ValueError(f"kind {rec['kind']!r} or address {rec['to']!r}")
+        bytes.fromhex(rec["param"])
+        bytes.fromhex(rec.get("vendor", ""))
+        if rec["kind"] == "spend":
+            mc.Level(rec["level"])
+            if not isinstance(rec["mtype"], int):
+                raise TypeError("mtype is not an integer")
+            stored_scrip(bytes.fromhex(rec["scrip"]), "a pending request's scrip")
+        elif not isinstance(rec["value"], int):
+            raise TypeError("value is not an integer")
+    return rec
+
+
+def stored_text(raw: bytes, what: str) -> str:
+    with stored(what):
+        return raw.decode()
+
+
 _STAYS = "the request stays pending: `cardnet millicent retry` asks again (`--at HOST:PORT` sends it elsewhere)"
 
 
@@ -92,7 +116,8 @@ class Wallet:
             if raw is None:
                 raw = profile.private_to_der(profile.generate_private_key(self.rng))
                 txn.put(CFG, b"key", raw)
-        return profile.private_from_der(raw)
+        with stored("the wallet's account key"):
+            return profile.private_from_der(raw)
 
     @property
     def customer_id(self) -> bytes | None:
@@ -164,7 +189,7 @@ class Wallet:
         if cid is None:
             raise WalletError("no_account", "open an account first: cardnet millicent open --broker HOST:PORT")
         with self.store.transaction() as txn:
-            broker = broker or (txn.get(CFG, b"broker") or b"").decode()
+            broker = broker or stored_text(txn.get(CFG, b"broker") or b"", "the broker's address")
             want = 0 if txn.get(SECRETS, vendor) is not None else 1
             if txn.get(CFG, b"rkey") is None:
                 raise WalletError(
@@ -226,13 +251,13 @@ class Wallet:
     def scrip(self, vendor: bytes | None = None) -> list[mc.Scrip]:
         with self.store.transaction() as txn:
             rows = txn.scan(SCRIP, vendor or b"")
-        return [mc.Scrip.decode(v) for _, v in rows]
+        return [stored_scrip(v) for _, v in rows]
 
     def vendor_address(self, vendor: bytes) -> str | None:
         """Where the vendor answered last (learnt from its accepting or MACed answers)."""
         with self.store.transaction() as txn:
             raw = txn.get(VENDORS, vendor)
-        return None if raw is None else raw.decode()
+        return None if raw is None else stored_text(raw, "a vendor's address")
 
     def _pick(self, vendor: bytes, price: int, now: int) -> mc.Scrip | None:
         fit = [s for s in self.scrip(vendor) if s.value >= price and s.expiry > now + 60]
@@ -375,7 +400,7 @@ class Wallet:
     # -- recovery -------------------------------------------------------------------------
     def pending(self) -> list[tuple[bytes, dict[str, Any]]]:
         with self.store.transaction() as txn:
-            return [(k, json.loads(v)) for k, v in txn.scan(PENDING)]
+            return [(k, parse_pending(v)) for k, v in txn.scan(PENDING)]
 
     async def retry_pending(
         self, now: int, *, give_up: bool = False, at: str | None = None, vendor: bytes | None = None

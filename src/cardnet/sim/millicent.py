@@ -92,7 +92,7 @@ class BrokenVendorCore(mv.VendorCore):
                 serial = int.from_bytes(txn.get(mv.CFG, b"serial") or b"\x01", "big")
                 rmt, reply = self.vendor.accept(c, [serial, serial + 1], now)
                 txn.put(mv.CFG, b"serial", (serial + 2).to_bytes(8, "big"))
-                txn.put(mv.SPENT, c.spent_key, mc.spent_record(c.digest, rmt, reply))
+                txn.put(mv.SPENT, c.spent_key, mv.spent_record(c.digest, rmt, reply))
                 out.append((rmt, reply))
         return out
 
@@ -520,7 +520,7 @@ class MillicentScenario:
         with v.store.inner.transaction() as txn:
             for k, row in before.items():
                 if txn.get(mv.SPENT, k) is None:
-                    self.pruned[(v.index, k)] = self.prices.get(mc.parse_spent(row)[0], -(10**9))
+                    self.pruned[(v.index, k)] = self.prices.get(mv.parse_spent(row)[0], -(10**9))
         world.at(world.now + PRUNE_S, functools.partial(self._prune, world, v), "prune")
 
     def _crashes(self, world: World) -> None:
@@ -565,7 +565,7 @@ class MillicentScenario:
             with v.store.inner.transaction() as txn:
                 rows = txn.scan(mv.SPENT)
             for key, row in rows:
-                digest = mc.parse_spent(row)[0]
+                digest = mv.parse_spent(row)[0]
                 if digest not in self.prices:
                     bad.append(f"vendor {v.index} accepted a request no owner made")
                 spent[VENDOR_IDS[v.index] + key[4:]] = self.prices.get(digest, 0)
