@@ -23,6 +23,8 @@ BODIES = (64, 256, 1024, 4096)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trn.md"
 PAPER_ACK = 48
 PAPER_SEND_OVER_N = 40
+# the sender's signed movement statement in commit (the trace rests on it; the paper has none): key 1 + head 2 + 64
+STATEMENT = 67
 
 
 def measure(w: TrnWorld, body: int, i: int, seen: list[tuple[Uid, Uid, int, int]]) -> dict[str, int]:
@@ -72,7 +74,7 @@ def test_sizes_within_the_paper_per_token_object_and_as_documented(
     for r in rows:
         # the paper's "n-byte token" is the token object O = [oid, [oid]_C, body]; here T = its encoded size
         assert r["copy"] <= r["token"] + PAPER_SEND_OVER_N, r
-        assert r["commit"] <= PAPER_ACK and r["copied"] <= PAPER_ACK and r["committed"] <= PAPER_ACK, r
+        assert r["commit"] <= PAPER_ACK + STATEMENT and r["copied"] <= PAPER_ACK and r["committed"] <= PAPER_ACK, r
     doc = DOC.read_text(encoding="utf-8")
     for line in table(rows):
         assert line in doc, f"docs/trn.md's size table is out of date; expected the row\n{line}"
@@ -83,8 +85,12 @@ def test_inner_message_sizes_do_not_depend_on_the_session() -> None:
     nonce = b"\0" * tr.TRANSFER_NONCE_BYTES
     assert len(tr.encode_inner(tr.COPIED, {"nonce": nonce, "ok": True})) == 10
     assert len(tr.encode_inner(tr.COMMITTED, {"nonce": nonce, "ok": True})) == 10
-    assert len(tr.encode_inner(tr.COMMIT, {"nonce": nonce, "oid": b"\0" * 16})) == 26
+    assert len(tr.encode_inner(tr.COMMIT, {"nonce": nonce, "oid": b"\0" * 16, "sig": b"\0" * 64})) == 26 + STATEMENT
     assert sess.RECORD.schema.encode({"ctr": 1, "ct": b"\0" * 26}) == bytes([0xA2, 0, 1, 1, 0x58, 26]) + b"\0" * 26
+    # seeked names the movement it answers: + from (Uid, 2 + 16) + nonce (2 + 4)
+    seeked = {"oid": b"\0" * 16, "ok": True, "reason": "recorded"}
+    uid0 = Uid.card(bytes(12))
+    assert len(tr.encode_inner(tr.SEEKED, seeked | {"from": uid0, "nonce": nonce})) == 56
     assert len(tr.encode_inner(tr.ABORT, {"nonce": nonce, "oid": b"\0" * 16})) == 26
     assert len(tr.encode_inner(tr.ABORTED, {"nonce": nonce})) == 8
     assert HEADER_BYTES == 34

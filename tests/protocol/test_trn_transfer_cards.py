@@ -40,7 +40,7 @@ def test_out_of_memory_receiver_answers_copied_false_and_sender_rolls_back(
     tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:
     w = standard(tmp_path, ca, ("alice",))
-    w.card("tiny", capacity_bytes=3000)
+    w.card("tiny", capacity_bytes=3400)  # room for a small token, its statement and two sessions
     assert w.result("tiny", SET_AUTHORITY, authority=uid(w, "authority"))["ok"]
     issue(w, OID, "alice", body=b"x" * 4000)
     assert send(w, "alice", "tiny")["ok"]

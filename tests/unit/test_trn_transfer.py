@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import example, given, settings
@@ -33,8 +33,13 @@ def holding(state: str, peer: Uid = P, nonce: bytes = N) -> tr.Holding | None:
     }[state]
 
 
+def sign(oid: bytes, to: Uid, nonce: bytes) -> bytes:
+    """A stand-in for the sender card's key: the move table only carries the signature."""
+    return bytes(to)[:12] + nonce + bytes(48)
+
+
 def event(kind: str, peer: Uid = P, nonce: bytes = N, ok: bool = True) -> tr.Event:
-    return tr.Event(kind, peer, nonce, token=TOKEN if kind == "copy" else None, ok=ok)
+    return tr.Event(kind, peer, nonce, token=TOKEN if kind == "copy" else None, ok=ok, sign=sign)
 
 
 def test_states_and_events_cover_the_table() -> None:
@@ -63,12 +68,12 @@ def test_every_state_event_pair(state: str, kind: str) -> None:
 
 def test_sender_path_i_to_vi() -> None:
     h = holding("enabled")
-    out = tr.apply(h, tr.Event("start", P, N), OID)
+    out = tr.apply(h, tr.Event("start", P, N, sign=sign), OID)
     assert out.holding is not None and out.holding.state == "disabled+O" and not out.holding.usable
     assert out.send == [(tr.COPY, {"nonce": N, "token": TOKEN, "traceable": True})]
     out = tr.apply(out.holding, event("copied"), OID)
     assert out.holding is not None and out.holding.state == "disabled"
-    assert out.send == [(tr.COMMIT, {"nonce": N, "oid": OID})]
+    assert out.send == [(tr.COMMIT, {"nonce": N, "oid": OID, "sig": sign(OID, P, N)})]
     assert tr.apply(out.holding, event("recover"), OID).send == out.send  # (IV)/(V): resend commit
     assert tr.apply(out.holding, event("copied"), OID).send == out.send  # a duplicate copied, too
     assert tr.apply(out.holding, event("committed"), OID).holding is None  # (VI)
@@ -129,8 +134,11 @@ def test_duplicate_copy_and_competing_copies() -> None:
     assert other.holding is not None and other.holding.peer == Q and other.send[0][1]["ok"] is True
     held = tr.apply(holding("enabled"), event("copy", peer=Q), OID)
     assert held.send[0][1] == {"nonce": N, "ok": False, "reason": "already held"}
-    # a commit for another transfer is refused
-    assert tr.apply(td, event("commit", nonce=b"\x00\x00\x00\x08"), OID).send[0][1]["ok"] is False
+    # a commit for another transfer is refused, unless it is a resend of one committed before (the applet
+    # looks that up and passes it as ``ok``): the earlier sender must not stay in (IV)/(V)
+    assert tr.apply(td, event("commit", nonce=b"\x00\x00\x00\x08", ok=False), OID).send[0][1]["ok"] is False
+    resent = tr.apply(td, event("commit", nonce=b"\x00\x00\x00\x08", ok=True), OID)
+    assert resent.send[0][1]["ok"] is True and resent.holding == td
 
 
 def test_resent_commit_at_null_is_answered_from_memory() -> None:
@@ -170,6 +178,7 @@ class Net:
 
     def step(self, d: Dev, e: tr.Event) -> None:
         """What the applet does (applets/trn.py on_inner and commands), around ``transfer.apply``."""
+        e = replace(e, sign=sign)  # the device's card key
         if e.kind in ("copied", "committed", "aborted") and (d.h is None or (d.h.peer, d.h.nonce) != (e.peer, e.nonce)):
             return  # an answer about a transfer the device no longer tracks
         if e.kind == "commit" and (

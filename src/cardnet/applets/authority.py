@@ -17,8 +17,12 @@ and if granted durably revokes the old oid, records the new oid's issuer and
 the holder and body hash it is destined for, and answers ``reissued`` with that
 holder. A resend gets the same answer.
 
-State: ``agent:<uid>`` certificates, ``chain:<oid>`` issuer + movements,
-``revoked:<oid>``, ``blocked:<uid>``, ``reissued:<old oid>`` and
+State: ``agent:<uid>`` certificates, ``chain:<oid>`` issuer + movements (each
+with its sender's signed statement), ``revoked:<oid>``, ``blocked:<uid>`` (with
+the statements that convict it), ``cert:<uid>`` the certificate each card
+presented in its own seekfor (to check its statements when it sends on),
+``suspect:<uid>`` (the last refused unproven
+claim of that receiver), ``reissued:<old oid>`` and
 ``dest:<new oid>`` (the reissue, by either oid).
 """
 
@@ -65,7 +69,15 @@ BLOCKED = register(
     0x0335,
     "auth.blocked",
     "trace",
-    Schema("auth.blocked", [Field(0, "uids", ListOf(UidType(), 65536)), Field(1, "epoch", UInt(), optional=True)]),
+    Schema(
+        "auth.blocked",
+        [
+            Field(0, "uids", ListOf(UidType(), 65536)),
+            Field(1, "epoch", UInt(), optional=True),
+            # claimants of refused unsigned/forged movement claims: reported to the operator, not blocked
+            Field(2, "suspects", ListOf(UidType(), 65536), optional=True),
+        ],
+    ),
 )
 
 
@@ -76,11 +88,19 @@ def _chain(ctx: StepContext, oid: bytes) -> tuple[Uid | None, list[trace.Movemen
     data = loads_one(raw)
     assert isinstance(data, list)
     issuer = Uid.from_bytes(data[0])
-    return issuer, [trace.Movement(Uid.from_bytes(f), Uid.from_bytes(t), n) for f, t, n in data[1:]]
+    return issuer, [_movement(m) for m in data[1:]]
+
+
+def _movement(m: list[bytes]) -> trace.Movement:
+    return trace.Movement(Uid.from_bytes(m[0]), Uid.from_bytes(m[1]), m[2], m[3] if len(m) > 3 else b"")
+
+
+def _moved(m: trace.Movement) -> list[bytes]:
+    return [bytes(m.frm), bytes(m.to), m.nonce, m.sig]
 
 
 def _save_chain(ctx: StepContext, oid: bytes, issuer: Uid, chain: list[trace.Movement]) -> None:
-    ctx.put(b"chain:" + oid, dumps([bytes(issuer), *[[bytes(m.frm), bytes(m.to), m.nonce] for m in chain]]))
+    ctx.put(b"chain:" + oid, dumps([bytes(issuer), *[_moved(m) for m in chain]]))
 
 
 def _reissue_of(raw: bytes | None) -> trace.Reissue | None:
@@ -123,8 +143,9 @@ class AuthorityApplet(SessionApplet):
         elif code == BLOCKED_LIST.code:
             bl = self.blocklist(ctx)  # the epoch it holds: a restarted signer must sign above it
             ctx.reply(
-                BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")], epoch=bl.epoch if bl else 0
-            )
+                BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")], epoch=bl.epoch if bl else 0,
+                suspects=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"suspect:")],
+            )  # fmt: skip
         else:
             self.accept_blocklist(ctx, params["blocklist"])
 
@@ -148,9 +169,13 @@ class AuthorityApplet(SessionApplet):
             raise ProtocolError("wrong_peer", f"the authority takes only seekfor and reissue, not {tr.NAMES[code]}")
         oid = p["oid"]
         verdict, cert = self._judge(ctx, peer, p)
-        for uid in verdict.block:
-            ctx.put(b"blocked:" + bytes(uid), dumps(["branch", oid]))
-        reply: dict[str, Any] = {"oid": oid, "ok": verdict.ok, "reason": verdict.reason[:200]}
+        for uid in verdict.block:  # with the signed statements that convict it
+            ctx.put(b"blocked:" + bytes(uid), dumps(["branch", oid, [_moved(m) for m in verdict.evidence]]))
+        if verdict.suspect is not None:  # recorded and reported (auth.blocked), never blocked on its own
+            ctx.put(b"suspect:" + bytes(verdict.suspect), dumps([verdict.reason[:200], oid]))
+        reply: dict[str, Any] = {
+            "oid": oid, "ok": verdict.ok, "reason": verdict.reason[:200], "from": p["from"], "nonce": p["nonce"],
+        }  # fmt: skip
         if verdict.ok and cert is not None:
             reply["issuer_cert"] = cert
         self.send_inner(ctx, peer, tr.encode_inner(tr.SEEKED, reply))
@@ -172,7 +197,11 @@ class AuthorityApplet(SessionApplet):
             return trace.Verdict(False, f"forged or altered token: {exc}"), None
         _, chain = _chain(ctx, oid)
         blocked = self._blocked(ctx)
-        claim = trace.Movement(p["from"], peer, p["nonce"])
+        claim = trace.Movement(p["from"], peer, p["nonce"], p.get("sig", b""))
+        roots, now = ctx.roots_der, ctx.now
+        known = ctx.get(b"cert:" + bytes(peer.card_uid()))
+        if "cert" in p and p["cert"] != known and trace.certifies(p["cert"], peer, roots, now):
+            ctx.put(b"cert:" + bytes(peer.card_uid()), p["cert"])  # to check this card's own statements later
         reissue = _reissue_of(ctx.get(b"dest:" + oid))
         destined = None
         if reissue is not None:
@@ -181,11 +210,15 @@ class AuthorityApplet(SessionApplet):
             destined = reissue.holder if reissue.holder != token.issuer else None
         verdict = trace.decide(
             chain, claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked,
-            destined=destined,
+            destined=destined, unproven=trace.check_statement(oid, claim, self._cert_of(ctx, claim.frm)),
         )  # fmt: skip
         if verdict.record is not None:
             _save_chain(ctx, oid, token.issuer, [*chain, verdict.record])
         return verdict, cert
+
+    def _cert_of(self, ctx: StepContext, sender: Uid) -> bytes | None:
+        """The sender's certificate: a registered agent's, or the one the sender presented when it traced."""
+        return ctx.get(b"agent:" + bytes(sender)) or ctx.get(b"cert:" + bytes(sender.card_uid()))
 
     def _blocked(self, ctx: StepContext) -> set[Uid]:
         return {Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")}

@@ -174,12 +174,11 @@ class TrnApplet(SessionApplet):
         h = holding_of(ctx, oid)
         nonce = ctx.random(tr.TRANSFER_NONCE_BYTES) if kind == "start" else b""
         try:
-            out = tr.apply(h, tr.Event(kind, peer, nonce, traceable=traceable), oid)
+            out = tr.apply(h, tr.Event(kind, peer, nonce, traceable=traceable, sign=self._signer(ctx)), oid)
         except ProtocolError as exc:
             raise Refused(exc.reason, str(exc)) from None
         self._store(ctx, oid, out.holding)
-        for code, fields in out.send:
-            self.send_inner(ctx, peer, tr.encode_inner(code, fields))
+        self._send_all(ctx, peer, oid, out.send)
         ctx.reply(RESULT, ok=True, reason=out.note or kind, oid=oid)
 
     def _mint(self, ctx: StepContext, oid: bytes, body: bytes) -> None:
@@ -208,9 +207,8 @@ class TrnApplet(SessionApplet):
             oid = key[2:]
             h = tr.Holding.decode(oid, raw)
             if h.status is tr.Status.DISABLED and h.peer is not None:
-                out = tr.apply(h, tr.Event("recover", h.peer), oid)
-                for code, fields in out.send:
-                    self.send_inner(ctx, h.peer, tr.encode_inner(code, fields))
+                out = tr.apply(h, tr.Event("recover", h.peer, sign=self._signer(ctx)), oid)
+                self._send_all(ctx, h.peer, oid, out.send)
             elif h.status is tr.Status.TRUSTLESS:
                 self._trace(ctx, oid, h)
         for key, raw in ctx.scan(b"r:"):
@@ -252,7 +250,8 @@ class TrnApplet(SessionApplet):
                 tr.ABORT: "abort", tr.ABORTED: "aborted"}[code]  # fmt: skip
         event = tr.Event(
             kind, peer, p["nonce"], token=p.get("token"), ok=p.get("ok", True),
-            traceable=p.get("traceable", True), reason=p.get("reason", ""),
+            traceable=p.get("traceable", True), reason=p.get("reason", ""), sig=p.get("sig"),
+            sign=self._signer(ctx),
         )  # fmt: skip
         if kind == "commit" and (h is None or h.state != "trustless_disabled" or not tr._same(h, event)):
             event = tr.Event("commit", peer, p["nonce"], ok=self._committed_before(ctx, peer, p["nonce"]))
@@ -272,10 +271,18 @@ class TrnApplet(SessionApplet):
             if exc.reason != "out_of_memory" or kind != "copy":
                 raise
             out = tr.Outcome(h, [(tr.COPIED, {"nonce": p["nonce"], "ok": False, "reason": "out of memory"})])
-        for c, fields in out.send:
-            self.send_inner(ctx, peer, tr.encode_inner(c, fields))
+        self._send_all(ctx, peer, oid, out.send)
         if out.holding is not None and out.holding.status is tr.Status.TRUSTLESS and kind == "commit":
             self._trace(ctx, oid, out.holding)
+
+    def _send_all(self, ctx: StepContext, peer: Uid, oid: bytes, sends: list[tuple[int, dict[str, Any]]]) -> None:
+        for code, fields in sends:
+            self.send_inner(ctx, peer, tr.encode_inner(code, fields))
+
+    @staticmethod
+    def _signer(ctx: StepContext) -> tr.Signer:
+        """This card's signature on a movement it commits (the statement the authority records and blames on)."""
+        return lambda oid, to, nonce: ctx.sign(tr.statement_bytes(oid, ctx.card_uid, to, nonce))
 
     def _check_copy(self, ctx: StepContext, oid: bytes, event: tr.Event) -> tr.Event:
         """A copy must carry a well-formed token for the oid it names."""
@@ -320,7 +327,9 @@ class TrnApplet(SessionApplet):
         authority = ctx.get(b"a")
         if authority is None or h.peer is None or h.nonce is None or h.token is None:
             return  # no authority configured yet: the token stays trustless
-        seek = {"oid": oid, "from": h.peer, "nonce": h.nonce, "token": h.token}
+        seek = {"oid": oid, "from": h.peer, "nonce": h.nonce, "token": h.token, "cert": ctx.certificate_der}
+        if h.sig is not None:
+            seek |= {"sig": h.sig}
         self.send_inner(ctx, Uid.from_bytes(authority), tr.encode_inner(tr.SEEKFOR, seek))
 
     def _seeked(self, ctx: StepContext, peer: Uid, p: dict[str, Any]) -> None:
@@ -331,6 +340,8 @@ class TrnApplet(SessionApplet):
         h = holding_of(ctx, oid)
         if h is None or h.status is not tr.Status.TRUSTLESS or h.token is None:
             return
+        if h.peer != p["from"] or h.nonce != p["nonce"]:
+            return  # an answer about an earlier movement of this oid (duplicated or delayed): not this copy's
         ok = p["ok"]
         reason = p["reason"]
         if ok:
@@ -420,10 +431,10 @@ class TrnApplet(SessionApplet):
         self._mint_token(ctx, new, body)
         note = "kept: this card is the last recorded holder"
         if holder != ctx.card_uid:
-            out = tr.apply(holding_of(ctx, new), tr.Event("start", holder, ctx.random(tr.TRANSFER_NONCE_BYTES)), new)
+            start = tr.Event("start", holder, ctx.random(tr.TRANSFER_NONCE_BYTES), sign=self._signer(ctx))
+            out = tr.apply(holding_of(ctx, new), start, new)
             self._store(ctx, new, out.holding)
-            for code, fields in out.send:
-                self.send_inner(ctx, holder, tr.encode_inner(code, fields))
+            self._send_all(ctx, holder, new, out.send)
             note = "sent to the last recorded holder"
         ctx.put(b"r:" + old, _REISSUE_REC.encode(rec | {"state": _DONE, "reason": note, "holder": holder}))
 

@@ -103,18 +103,21 @@ OTHER = {"a": "b", "b": "a"}  # the two wallets
 FIGURES = ("transfers_per_s", "untraced_transfers_per_s", "bound_transfers_per_s")
 
 # What one transfer costs, counted from the code paths (docs/trn.md, "Benchmark"):
-# steps 1 sender trn.send (seal copy) · 2 receiver copy (open; seal copied) · 3 sender copied (open; seal commit)
-# · 4 receiver commit (open; seal committed, seal seekfor) · 5 sender committed (open) · 6 authority seekfor
-# (open; verify the token's issuer signature; seal seeked) · 7 receiver seeked (open; verify the issuer
-# certificate's CA signature and the token's signature): every step one durable commit of its card.
-TRACED_OPS = {"sqlite_commit": 7, "aead_seal": 6, "aead_open": 6, "ecdsa_verify": 3}
-# untraced: steps 1-5 only; the receiver enables the token at commit (step 4)
-UNTRACED_OPS = {"sqlite_commit": 5, "aead_seal": 4, "aead_open": 4, "ecdsa_verify": 0}
+# steps 1 sender trn.send (seal copy) · 2 receiver copy (open; seal copied) · 3 sender copied (open; sign the
+# movement statement; seal commit) · 4 receiver commit (open; seal committed, seal seekfor) · 5 sender committed
+# (open) · 6 authority seekfor (open; verify the token's issuer signature and the sender's movement statement;
+# seal seeked; the asking card's certificate is verified only the first time it presents it) · 7 receiver
+# seeked (open; verify the issuer certificate's CA signature and the token's signature): every step one
+# durable commit of its card.
+TRACED_OPS = {"sqlite_commit": 7, "aead_seal": 6, "aead_open": 6, "ecdsa_verify": 4, "ecdsa_sign": 1}
+# untraced: steps 1-5 only; the receiver enables the token at commit (step 4); the sender still signs
+UNTRACED_OPS = {"sqlite_commit": 5, "aead_seal": 4, "aead_open": 4, "ecdsa_verify": 0, "ecdsa_sign": 1}
 RATE_OF = {
     "sqlite_commit": "sqlite_commit_per_s",
     "aead_seal": "aead_seal_per_s",
     "aead_open": "aead_open_per_s",
     "ecdsa_verify": "ecdsa_verify_per_s",
+    "ecdsa_sign": "ecdsa_sign_per_s",
 }
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _HOLDING_KEY = b"a.trn\x00t:"  # the card's store key of trn applet key t:<oid> (table "a.trn", runtime._skey)
@@ -152,15 +155,18 @@ def transfer_records(body_bytes: int, issuer_cert: bytes) -> dict[str, bytes]:
     token = _token(body_bytes).encode()
     nonce = bytes(tr.TRANSFER_NONCE_BYTES)
     oid = bytes(16)
+    seeked = {"oid": oid, "ok": True, "reason": "recorded", "issuer_cert": issuer_cert, "from": Uid(bytes(12))}
+    seeked["nonce"] = nonce
     return {
         "copy": tr.encode_inner(tr.COPY, {"nonce": nonce, "token": token, "traceable": True}),
         "copied": tr.encode_inner(tr.COPIED, {"nonce": nonce, "ok": True}),
-        "commit": tr.encode_inner(tr.COMMIT, {"nonce": nonce, "oid": oid}),
+        "commit": tr.encode_inner(tr.COMMIT, {"nonce": nonce, "oid": oid, "sig": bytes(64)}),
         "committed": tr.encode_inner(tr.COMMITTED, {"nonce": nonce, "ok": True}),
-        "seekfor": tr.encode_inner(tr.SEEKFOR, {"oid": oid, "from": Uid(bytes(12)), "nonce": nonce, "token": token}),
-        "seeked": tr.encode_inner(
-            tr.SEEKED, {"oid": oid, "ok": True, "reason": "recorded", "issuer_cert": issuer_cert}
+        "seekfor": tr.encode_inner(
+            tr.SEEKFOR,
+            {"oid": oid, "from": Uid(bytes(12)), "nonce": nonce, "token": token, "sig": bytes(64), "cert": issuer_cert},
         ),
+        "seeked": tr.encode_inner(tr.SEEKED, seeked),
     }
 
 
@@ -190,6 +196,7 @@ class CryptoBench:
     token: Token
     issuer_key: profile.PublicKey
     records: list[bytes]
+    key: profile.PrivateKey  # a card key: signs movement statements as the sender's card does
     aead: profile.CounterAead = field(default_factory=lambda: profile.CounterAead(bytes(32), b"A>B\x00"))
 
     @classmethod
@@ -201,13 +208,23 @@ class CryptoBench:
         cert = ca.issue(pki.Role.AGENT, issuer, key.public_key(), now=now)
         token = mint(bytes(16), issuer, b"x" * body_bytes, lambda data: profile.sign(key, data))
         records = list(transfer_records(body_bytes, pki.cert_to_der(cert)).values())
-        return cls(token, key.public_key(), records)
+        return cls(token, key.public_key(), records, key)
 
     def verify_rate(self, seconds: float) -> float:
         """ECDSA P-256 verifications per second: a token's issuer signature, as the authority and receiver check it."""
 
         def op() -> int:
             self.token.verify(self.issuer_key)  # SHA-256 of the body, then ECDSA P-256 / SHA-256 verify
+            return 1
+
+        return rate(op, seconds)
+
+    def sign_rate(self, seconds: float) -> float:
+        """ECDSA P-256 signatures per second: the sender's movement statement, as its card signs it at commit."""
+        statement = tr.statement_bytes(self.token.oid, self.token.issuer, Uid(bytes(12)), bytes(4))
+
+        def op() -> int:
+            profile.sign(self.key, statement)
             return 1
 
         return rate(op, seconds)
@@ -520,6 +537,7 @@ async def _run(tmp: Path, seconds: float, in_flight: int, rounds: int, progress:
             "sqlite_commit_per_s",
             "fsync_per_s",
             "ecdsa_verify_per_s",
+            "ecdsa_sign_per_s",
             "aead_seal_per_s",
             "aead_open_per_s",
         )
@@ -558,6 +576,7 @@ async def _run(tmp: Path, seconds: float, in_flight: int, rounds: int, progress:
             samples["sqlite_commit_per_s"].append(sqlite_commit_rate(str(tmp), per / 4))
             samples["fsync_per_s"].append(fsync_rate(str(tmp), per / 4))
             samples["ecdsa_verify_per_s"].append(crypto.verify_rate(per / 4))
+            samples["ecdsa_sign_per_s"].append(crypto.sign_rate(per / 8))
             samples["aead_seal_per_s"].append(crypto.seal_rate(per / 8))
             samples["aead_open_per_s"].append(crypto.open_rate(per / 8))
         traced_moves, untraced_moves = driver.done[True], driver.done[False]

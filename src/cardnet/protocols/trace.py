@@ -7,10 +7,17 @@ asks the authority (``seekfor``) before it may use a received token; the
 authority records ``(oid, from, to, nonce)`` only if it extends the chain:
 the first movement must leave the issuing agent, and every later one must
 leave the last recorded holder. ``to`` is the session peer that asked (the
-authority's own view), ``from`` the receiver's claim, checked against the
-chain. Anything else is a **branch** — the token left one holder twice, or
-left a device that does not hold it (a cloned card spending twice): the
-sender is blocked and the claim refused, so the second recipient never gets
+authority's own view); ``from`` rests on the **sender's own word**: the
+sender's card signed the movement statement (:func:`statement_bytes
+<cardnet.protocols.transfer.statement_bytes>`) when it committed, and the
+receiver forwards it with the sender's certificate. :func:`check_statement`
+verifies it; without a valid statement the claim is refused and the
+*claimant* (the receiver that asked) is suspected — recorded and reported,
+never blocked, and nobody else is blamed. With one, anything that does not
+extend the chain is a **branch** — the signer moved the token from a holding
+it had already moved on (two statements by one signer moving one oid from one
+holding to two devices: a cloned card), or moved a token it never held: the
+signer is blocked and the claim refused, so the second recipient never gets
 an enabled token. A repeated ``seekfor`` for a recorded movement is answered
 again (idempotent). Revoked oids and blocked devices are refused.
 
@@ -27,8 +34,12 @@ surviving copy of the old oid then fails its trace (revoked).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from cardnet.crypto import pki, profile
+from cardnet.crypto.errors import CryptoError, PkiError
+from cardnet.protocols.transfer import statement_bytes
 from cardnet.wire.ids import Uid
 
 
@@ -37,6 +48,7 @@ class Movement:
     frm: Uid
     to: Uid
     nonce: bytes
+    sig: bytes = field(default=b"", compare=False)  # the sender's statement (evidence kept with the chain)
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,47 @@ class Verdict:
     ok: bool
     reason: str
     record: Movement | None = None  # append this to the chain
-    block: tuple[Uid, ...] = ()  # block these devices
+    block: tuple[Uid, ...] = ()  # block these devices (each signed the statement that convicts it)
+    suspect: Uid | None = None  # the claimant of an unproven claim: recorded and reported, not blocked
+    evidence: tuple[Movement, ...] = ()  # the signed movements behind ``block``
+
+
+def _certified(cert_der: bytes, roots_der: Sequence[bytes], now: float) -> pki.VerifiedPeer:
+    return pki.verify_chain([pki.cert_from_der(cert_der)], [pki.cert_from_der(r) for r in roots_der], now=now)
+
+
+def certifies(cert_der: bytes, who: Uid, roots_der: Sequence[bytes], now: float) -> bool:
+    """Whether ``cert_der`` is a valid certificate (any role) of the card ``who``."""
+    try:
+        return _certified(cert_der, roots_der, now).uid.card_uid() == who.card_uid()
+    except PkiError:
+        return False
+
+
+def check_statement(oid: bytes, claim: Movement, cert_der: bytes | None) -> str | None:
+    """None if ``claim.sig`` is the sender's signed statement of this movement, else what is wrong with it.
+
+    ``cert_der`` is the sender's certificate as the authority knows it (None: it knows none): an agent's,
+    verified at ``auth.add_agent``, or the one the sender presented in its own seekfor, verified then
+    (:func:`certifies`); here only its key and Uid are read: one ECDSA verification.
+    """
+    if not claim.sig:
+        return "no movement statement signed by the sender"
+    if cert_der is None:
+        return f"no certificate known for the claimed sender {claim.frm} (it never held a traced token)"
+    try:
+        cert = pki.cert_from_der(cert_der)
+        signer = pki.uid_of(cert)
+        key = cert.public_key()
+    except PkiError as exc:
+        return f"the sender's certificate is unreadable: {exc}"
+    if signer.card_uid() != claim.frm.card_uid() or not isinstance(key, profile.PublicKey):
+        return f"the known certificate is {signer}'s, not the claimed sender {claim.frm}'s"
+    try:
+        profile.verify(key, claim.sig, statement_bytes(oid, claim.frm, claim.to, claim.nonce))
+    except CryptoError:
+        return f"the statement is not {claim.frm}'s signature on this movement"
+    return None
 
 
 def decide(
@@ -55,16 +107,20 @@ def decide(
     revoked: bool,
     blocked: set[Uid],
     destined: Uid | None = None,
+    unproven: str | None = None,
 ) -> Verdict:
     """Whether ``claim`` extends ``chain`` of a token issued by ``issuer``.
 
     ``destined``: the oid is a reissue for that holder, so its first movement must go there.
+    ``unproven``: why the claim's statement did not verify (:func:`check_statement`), None if it did.
     """
     if revoked:
         return Verdict(False, "revoked: this token was replaced by a reissue")
     for who in (claim.to, claim.frm):
         if who in blocked or who.card_uid() in blocked:
             return Verdict(False, f"blocked device {who}")
+    if unproven is not None:
+        return Verdict(False, f"claim refused: {unproven} (claimant {claim.to} suspected)", suspect=claim.to)
     if claim in chain:
         if claim == chain[-1]:
             return Verdict(True, "already recorded")
@@ -77,8 +133,11 @@ def decide(
     holder = chain[-1].to if chain else issuer
     if claim.frm == holder:
         return Verdict(True, "recorded", record=claim)
-    why = "left its holder twice" if any(m.frm == claim.frm for m in chain) else "left a device that does not hold it"
-    return Verdict(False, f"branch: the token {why} (sender {claim.frm} blocked)", block=(claim.frm,))
+    earlier = tuple(m for m in chain if m.frm == claim.frm)
+    why = "left its holder twice" if earlier else "left a device that does not hold it"
+    return Verdict(
+        False, f"branch: the token {why} (signer {claim.frm} blocked)", block=(claim.frm,), evidence=(*earlier, claim)
+    )
 
 
 def last_holder(chain: list[Movement], issuer: Uid) -> Uid:

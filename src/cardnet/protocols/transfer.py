@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
 from cardnet.wire import Bool, Bytes, DecodeError, Field, Schema, Text, UidType, UInt
+from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
 
 TRANSFER_NONCE_BYTES = 4
@@ -53,6 +54,8 @@ class Status(enum.Enum):
 # -- inner messages: carried inside session records as one code byte + a CBOR map -------------
 
 _NONCE = Bytes(TRANSFER_NONCE_BYTES, TRANSFER_NONCE_BYTES)
+_SIG = Bytes(64, 64)
+MAX_CERT = 8192
 INNER: dict[int, Schema] = {
     1: Schema(
         "trn.copy", [Field(0, "nonce", _NONCE), Field(1, "token", Bytes(MAX_TOKEN)), Field(2, "traceable", Bool())]
@@ -60,7 +63,12 @@ INNER: dict[int, Schema] = {
     2: Schema(
         "trn.copied", [Field(0, "nonce", _NONCE), Field(1, "ok", Bool()), Field(2, "reason", Text(64), optional=True)]
     ),
-    3: Schema("trn.commit", [Field(0, "nonce", _NONCE), Field(1, "oid", Bytes(OID_BYTES, OID_BYTES))]),
+    # the commit carries the sender's signed movement statement (:func:`statement_bytes`), which the receiver
+    # forwards in seekfor so the authority records and blames only on the sender's own word
+    3: Schema(
+        "trn.commit",
+        [Field(0, "nonce", _NONCE), Field(1, "oid", Bytes(OID_BYTES, OID_BYTES)), Field(2, "sig", _SIG)],
+    ),
     4: Schema("trn.committed", [Field(0, "nonce", _NONCE), Field(1, "ok", Bool())]),
     5: Schema("trn.abort", [Field(0, "nonce", _NONCE), Field(1, "oid", Bytes(OID_BYTES, OID_BYTES))]),
     6: Schema("trn.aborted", [Field(0, "nonce", _NONCE)]),
@@ -71,6 +79,10 @@ INNER: dict[int, Schema] = {
             Field(1, "from", UidType()),
             Field(2, "nonce", _NONCE),
             Field(3, "token", Bytes(MAX_TOKEN)),
+            Field(4, "sig", _SIG, optional=True),  # the sender's statement (from the commit)
+            # the asking card's own certificate: the authority keeps it to check this card's statements when
+            # it sends the token on (the first sender, the issuing agent, is registered there already)
+            Field(5, "cert", Bytes(MAX_CERT), optional=True),
         ],
     ),
     8: Schema(
@@ -79,7 +91,11 @@ INNER: dict[int, Schema] = {
             Field(0, "oid", Bytes(OID_BYTES, OID_BYTES)),
             Field(1, "ok", Bool()),
             Field(2, "reason", Text(200)),
-            Field(3, "issuer_cert", Bytes(8192), optional=True),
+            Field(3, "issuer_cert", Bytes(MAX_CERT), optional=True),
+            # the movement answered: (from, this card, nonce) is the transfer id, so a stale answer cannot
+            # enable a later copy of the same oid
+            Field(4, "from", UidType()),
+            Field(5, "nonce", _NONCE),
         ],
     ),
     # the issuing agent asks the authority to revoke ``oid`` and reissue it as ``new_oid`` (trace.py)
@@ -131,6 +147,7 @@ _HOLDING = Schema(
         Field(3, "token", Bytes(MAX_TOKEN), optional=True),
         Field(4, "traceable", Bool()),
         Field(5, "since", UInt(), optional=True),
+        Field(6, "sig", _SIG, optional=True),  # receiver: the sender's movement statement (from the commit)
     ],
 )
 
@@ -145,6 +162,7 @@ class Holding:
     peer: Uid | None = None  # to (disabled) or from (trustless*)
     nonce: bytes | None = None
     token: bytes | None = None  # the object O; None once a sender passed phase (III)
+    sig: bytes | None = None  # receiver, once committed: the sender's signed movement statement
 
     @property
     def state(self) -> str:
@@ -159,7 +177,7 @@ class Holding:
 
     def encode(self) -> bytes:
         d: dict[str, Any] = {"status": self.status.value, "traceable": self.traceable}
-        for name in ("peer", "nonce", "token"):
+        for name in ("peer", "nonce", "token", "sig"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return _HOLDING.encode(d)
@@ -174,6 +192,9 @@ class Holding:
 # -- events and the move table -----------------------------------------------------------------
 
 
+Signer = Callable[[bytes, Uid, bytes], bytes]  # (oid, to, nonce) -> the sender card's signature of the movement
+
+
 @dataclass(frozen=True)
 class Event:
     """An input to the machine. ``peer`` is the session peer (or the destination for START)."""
@@ -185,6 +206,25 @@ class Event:
     ok: bool = True
     traceable: bool = True
     reason: str = ""
+    sig: bytes | None = None  # commit: the sender's movement statement
+    # the sender's card key (start, copied, recover): signs ``statement_bytes(oid, me, to, nonce)`` for a commit
+    sign: Signer | None = field(default=None, compare=False)
+
+
+def _commit_msg(h: Holding, e: Event, oid: bytes) -> tuple[int, dict[str, Any]]:
+    """The commit of ``h``'s transfer, carrying the sender's signed movement statement."""
+    assert h.peer is not None and h.nonce is not None
+    if e.sign is None:
+        raise ProtocolError("no_signer", "a commit carries the sender's signed statement: give the event a signer")
+    return (COMMIT, {"nonce": h.nonce, "oid": oid, "sig": e.sign(oid, h.peer, h.nonce)})
+
+
+def statement_bytes(oid: bytes, frm: Uid, to: Uid, nonce: bytes) -> bytes:
+    """What the sender's card signs when it commits a movement: ``oid`` leaves ``frm`` for ``to`` (transfer ``nonce``).
+
+    The receiver forwards the signature in ``seekfor``; the authority records and blames only on it (trace.py).
+    """
+    return dumps(["cardnet/trn-move/v1", oid, bytes(frm), bytes(to), nonce])
 
 
 @dataclass(frozen=True)
@@ -216,7 +256,7 @@ def _start(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     # Untraceable is sticky: once a hop went untraced the authority's chain stops at the last traced
     # holder, so a later traced hop would look like a branch (and block its honest sender).
     traceable = e.traceable and h.traceable
-    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=traceable)
+    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=traceable, sig=None)
     return Outcome(moving, [(COPY, {"nonce": e.nonce, "token": h.token, "traceable": traceable})])
 
 
@@ -227,7 +267,7 @@ def _resend_copy(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 
 def _resend_commit(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None and h.nonce is not None
-    return Outcome(h, [(COMMIT, {"nonce": h.nonce, "oid": oid})])
+    return Outcome(h, [_commit_msg(h, e, oid)])
 
 
 def _copied(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -236,7 +276,7 @@ def _copied(h: Holding | None, e: Event, oid: bytes) -> Outcome:
         return _keep(h, "copied for another transfer: ignored")
     if not e.ok:
         return Outcome(replace(h, status=Status.ENABLED, peer=None, nonce=None), [], note=f"refused: {e.reason}")
-    return Outcome(replace(h, token=None), [(COMMIT, {"nonce": e.nonce, "oid": oid})])  # (III) -> (IV)
+    return Outcome(replace(h, token=None), [_commit_msg(h, e, oid)])  # (III) -> (IV)
 
 
 def _copied_again(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -292,9 +332,12 @@ def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 def _commit(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
     if not _same(h, e):
-        return Outcome(h, [(COMMITTED, {"nonce": e.nonce, "ok": False})], note="commit for an unknown transfer")
+        # a resent commit of an earlier transfer (the oid came back since and this copy is from another):
+        # answered from the memory of committed transfers, else the earlier sender would stay in (IV)/(V)
+        return _commit_known(h, e, oid)
     status = Status.TRUSTLESS if h.traceable else Status.ENABLED
-    return Outcome(replace(h, status=status), [(COMMITTED, {"nonce": e.nonce, "ok": True})], committed_transfer=True)
+    held = replace(h, status=status, sig=e.sig)
+    return Outcome(held, [(COMMITTED, {"nonce": e.nonce, "ok": True})], committed_transfer=True)
 
 
 def _commit_known(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -316,7 +359,8 @@ def _aborted_ack(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 def _traced(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
     if e.ok:
-        return Outcome(replace(h, status=Status.ENABLED, peer=None, nonce=None), [], note="trace recorded: enabled")
+        enabled = replace(h, status=Status.ENABLED, peer=None, nonce=None, sig=None)
+        return Outcome(enabled, [], note="trace recorded: enabled")
     return _keep(h, f"trace refused: {e.reason}")
 
 

@@ -160,7 +160,7 @@ class TransferScenario:
         at = Uid.from_bytes(data[0])
         if at != Uid.card(self.agent_domain):
             return [f"token {oid.hex()[:8]}: the authority records issuer {at.short()}, not the agent"]
-        for frm, to, _ in data[1:]:
+        for frm, to, *_ in data[1:]:  # (nonce, statement)
             if Uid.from_bytes(frm) != at:
                 return [f"token {oid.hex()[:8]}: the chain branches at {at.short()}"]
             at = Uid.from_bytes(to)
