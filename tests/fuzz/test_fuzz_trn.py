@@ -23,6 +23,7 @@ from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.protocols import session as sess
+from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import Token
@@ -64,6 +65,22 @@ def test_token_and_holding_decoders(body: bytes) -> None:
         tr.Holding.decode(b"\0" * 16, body)
     with contextlib.suppress(DecodeError, ValueError):
         sess.Session.decode(body)
+
+
+@FUZZ
+@given(st.binary(max_size=80), st.binary(max_size=700) | st.none(), st.booleans())
+def test_movement_statement_check_never_raises(sig: bytes, cert: bytes | None, real_cert: bool) -> None:
+    """The authority reads a statement and a certificate a card sent: garbage is a reason, never a crash."""
+    frm, to = Uid.card(b"\x01" * 12), Uid.card(b"\x02" * 12)
+    if real_cert:
+        key = profile.generate_private_key()
+        ca = pki.CertificateAuthority.create("fuzz", now=NOW)
+        cert = pki.cert_to_der(ca.issue(pki.Role.DEVICE, frm, key.public_key(), now=NOW))
+        assert trace.certifies(cert, frm, [pki.cert_to_der(ca.certificate)], T)
+    claim = trace.Movement(frm, to, b"\0" * 4, sig)
+    why = trace.check_statement(b"\0" * 16, claim, cert)
+    assert isinstance(why, str)  # (a random signature never verifies)
+    assert not trace.certifies(cert or b"", to, [], T)
 
 
 @pytest.fixture(scope="module")

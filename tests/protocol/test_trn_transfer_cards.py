@@ -264,3 +264,25 @@ def test_after_an_untraced_hop_the_token_stays_untraced(tmp_path: Path, ca: pki.
     assert statuses(w, OID, "alice", "bob", "carol") == {"alice": None, "bob": None, "carol": "enabled"}
     assert holders(w) == [uid(w, "alice")]
     assert BLOCKED.parse(w.ask("authority", BLOCKED_LIST))["uids"] == []
+
+
+def test_resent_commit_answered_while_the_receiver_holds_another_transfers_copy(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """bob committed alice's transfer, but alice never heard; the token went on to carol and is coming back to bob
+    (bob holds carol's uncommitted copy) when alice resends her commit: bob must answer it from memory."""
+    w = world(tmp_path, ca, "alice", "bob", "carol")
+    drop(w, "bob", "alice", 2)  # bob's committed is lost: alice stays in (IV)/(V)
+    send(w, "alice", "bob")
+    assert statuses(w, OID, "alice", "bob") == {"alice": "disabled", "bob": "enabled"}
+    send(w, "bob", "carol")
+    clear_guards(w)
+    drop(w, "carol", "bob", 2)  # carol's commit is lost: bob holds her copy, trustless_disabled
+    send(w, "carol", "bob")
+    assert statuses(w, OID, "bob", "carol") == {"bob": "trustless_disabled", "carol": "disabled"}
+    recover(w, "alice")  # alice resends her commit
+    assert status(w, "alice", OID) is None  # answered committed: alice is done (she was stuck before)
+    clear_guards(w)
+    recover(w, "carol")  # and carol's transfer still completes
+    assert statuses(w, OID, "alice", "bob", "carol") == {"alice": None, "bob": "enabled", "carol": None}
+    assert holders(w) == [uid(w, n) for n in ("alice", "bob", "carol", "bob")]
