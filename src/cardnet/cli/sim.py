@@ -60,7 +60,13 @@ def sim(
         result = run_seed(protocol, seed, trace=True)
         if as_json:
             emit_json(
-                {"seed": seed, "violations": result.violations, "faults": dict(result.faults), "trace": result.trace}
+                {
+                    "seed": seed,
+                    "violations": result.violations,
+                    "faults": dict(result.faults),
+                    "exercised": dict(result.exercised),
+                    "trace": result.trace,
+                }
             )
         else:
             for line in result.trace or []:
@@ -89,6 +95,8 @@ def sim(
         t.add_row("seeds_per_s", str(d["seeds_per_s"]))
         for kind, n in d["faults_injected"].items():
             t.add_row(f"faults: {kind}", str(n))
+        for what, n in d["exercised"].items():
+            t.add_row(f"exercised: {what}", str(n))
         print_table(t)
     if summary.first_failure is not None:
         ff = summary.first_failure

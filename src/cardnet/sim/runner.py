@@ -26,6 +26,7 @@ class RunResult:
     faults: Counter[str]
     trace: list[str] | None
     sim_time_s: float
+    exercised: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Summary:
     violations: int = 0
     failing_seeds: list[int] = field(default_factory=list)
     faults_injected: Counter[str] = field(default_factory=Counter)
+    exercised: Counter[str] = field(default_factory=Counter)  # protocol paths the runs took (EXERCISED)
     seconds: float = 0.0
     first_failure: RunResult | None = None
 
@@ -45,6 +47,7 @@ class Summary:
             "violations": self.violations,
             "failing_seeds": self.failing_seeds[:100],
             "faults_injected": {k: self.faults_injected.get(k, 0) for k in FAULT_KINDS},
+            "exercised": dict(sorted(self.exercised.items())),
             "seeds_per_s": round(self.runs / self.seconds, 1) if self.seconds else None,
             "seconds": round(self.seconds, 2),
         }
@@ -66,7 +69,7 @@ def run_seed(protocol: str, seed: int, *, trace: bool = True) -> RunResult:
         world.run(safety_s=SAFETY_S, heal_s=HEAL_S, check=scenario.check, quiescent=scenario.quiescent)
     finally:
         quiet.setLevel(old_level)
-    return RunResult(seed, world.violations, world.faults, world.trace, world.now)
+    return RunResult(seed, world.violations, world.faults, world.trace, world.now, world.exercised)
 
 
 def run_many(
@@ -99,11 +102,17 @@ def run_many(
     return summary
 
 
-def _count(summary: Summary, seed: int, result: RunResult | tuple[list[str], Counter[str]]) -> bool:
+_Outcome = tuple[list[str], Counter[str], Counter[str]]  # violations, faults, exercised
+
+
+def _count(summary: Summary, seed: int, result: RunResult | _Outcome) -> bool:
     """Add one seed's outcome to ``summary``; True if it violated an invariant."""
-    violations, faults = (result.violations, result.faults) if isinstance(result, RunResult) else result
+    violations, faults, exercised = (
+        (result.violations, result.faults, result.exercised) if isinstance(result, RunResult) else result
+    )
     summary.runs += 1
     summary.faults_injected.update(faults)
+    summary.exercised.update(exercised)
     if violations:
         summary.violations += 1
         summary.failing_seeds.append(seed)
@@ -113,11 +122,11 @@ def _count(summary: Summary, seed: int, result: RunResult | tuple[list[str], Cou
 CHUNK = 25  # seeds a worker runs between reports: small enough for a smooth progress bar
 
 
-def _run_chunk(protocol: str, first: int, last: int) -> list[tuple[int, list[str], Counter[str]]]:
+def _run_chunk(protocol: str, first: int, last: int) -> list[tuple[int, _Outcome]]:
     out = []
     for seed in range(first, last):
         r = run_seed(protocol, seed, trace=False)
-        out.append((seed, r.violations, r.faults))
+        out.append((seed, (r.violations, r.faults, r.exercised)))
     return out
 
 
@@ -133,8 +142,8 @@ def _run_parallel(
         try:
             for fut in cf.as_completed(futures):
                 bad = False
-                for seed, violations, faults in fut.result():
-                    bad |= _count(summary, seed, (violations, faults))
+                for seed, outcome in fut.result():
+                    bad |= _count(summary, seed, outcome)
                 if progress is not None:
                     progress(len(fut.result()))
                 if bad and stop_at_first:

@@ -18,7 +18,7 @@ from cardnet.applets.echo import EchoApplet, ForgetfulEchoApplet, request_key
 from cardnet.applets.trn import SenderKeepsTokenApplet
 from cardnet.card import Applet
 from cardnet.protocols.echo import EchoClient
-from cardnet.sim.trn_scenario import TransferScenario
+from cardnet.sim.trn_scenario import BlamesReceiverAuthority, IgnoresBlocklistAuthority, TransferScenario
 from cardnet.sim.world import World
 from cardnet.wire import Message, Uid
 
@@ -124,6 +124,14 @@ def _transfer() -> Scenario:
 
 register("transfer", _transfer)
 register("transfer-broken", lambda: TransferScenario(name="transfer-broken", wallet_applet=SenderKeepsTokenApplet))
+register(
+    "transfer-blocking-broken",
+    lambda: TransferScenario(name="transfer-blocking-broken", authority_applet=IgnoresBlocklistAuthority),
+)
+register(
+    "transfer-blame-broken",
+    lambda: TransferScenario(name="transfer-blame-broken", authority_applet=BlamesReceiverAuthority),
+)
 
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)
 

@@ -7,33 +7,87 @@ the virtual clock: ``World.add_timers``) and re-emits card outputs it lost
 track of (``Host.resend_unacked``), as the host process does; no application
 sends ``trn.recover``. The authority traces every movement.
 
+Beyond the happy path the workload draws, per seed: owners **cancelling**
+transfers (right after ordering them: a race with the copy, or any pending
+one later), and a **rolled-back wallet** (a thief restores an old image of one
+wallet's EEPROM: the card's key and Uid with old tokens enabled again, which
+its owner then spends: a branch the authority must refuse and block). The
+simulated authority service signs a new blocklist epoch whenever the blocked
+set grows and hands it to the authority's card, which spreads it in
+handshakes. ``world.exercised`` counts cancels, refused traces, blocks,
+blocklist epochs and rollbacks.
+
 Invariants: for every oid, at most one *usable* (enabled or trustless) copy on
 all cards at every instant, and the object itself is always on some card (no
 loss). At the end, after healing and recovery: exactly one enabled copy, no
 transfer left half-done, and the authority's chain is consistent (it starts at
-the agent, every movement leaves the previous holder, no device was blocked)
-and ends at that holder.
+the agent, every movement leaves the previous holder) and ends at that holder.
+A token the rolled-back wallet held or receives is *tainted*: the rollback
+is a physical attack, so only what the authority promises holds for it: at
+most one enabled copy on the honest cards. Always: no honest wallet (nor the
+agent) is ever blocked, and the authority never records a movement to a
+device after it blocked that device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
-from cardnet.applets.trn import MINT, RECOVER, SEND, SET_AUTHORITY, TrnApplet
-from cardnet.card import Card
+from cardnet.applets.trn import BLOCKLIST, CANCEL, MINT, RECOVER, RESULT, SEND, SET_AUTHORITY, TrnApplet
+from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
+from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
-from cardnet.sim.world import RESEND, SimHost, Tick, World
-from cardnet.wire import MType, Uid
+from cardnet.sim.world import RESEND, SIM_EPOCH, SimHost, Tick, World
+from cardnet.store import SqliteStore
+from cardnet.wire import Message, MType, Uid
 from cardnet.wire.cbor import loads_one
 
 SETUP_S = 0.5
 _AUTH = "a.authority"  # the authority applet's table on its card
 RECOVER_EVERY_S = 0.25  # the hosts' trn.recover tick (a host process defaults to 2 s; the simulator hurries)
 RESEND_EVERY_S = 1.0  # the hosts' resend_after_s
+SIGNER_EVERY_S = 0.25  # the authority service's blocklist signer looks at the blocked set this often
+CANCEL_P = 0.25  # an owner's transfer order is followed by a cancel (the sender aborts) this often
+ROLLBACK_P = 0.35  # seeds in which a thief restores an old image of one wallet's store
+
+
+class CountingAuthorityApplet(AuthorityApplet):
+    """The authority applet, counting its refused traces into the world (for the summary: ``exercised``)."""
+
+    world: World | None = None
+
+    def send_inner(self, ctx: Any, peer: Uid, raw: bytes) -> None:
+        if self.world is not None:
+            try:
+                code, p = tr.decode_inner(raw)
+            except Exception:
+                code, p = -1, {}
+            if code == tr.SEEKED and not p.get("ok", True):
+                self.world.exercised["refused_trace"] += 1
+        super().send_inner(ctx, peer, raw)
+
+
+class IgnoresBlocklistAuthority(CountingAuthorityApplet):
+    """Broken on purpose (``transfer-blocking-broken``): judges traces as if no device were blocked."""
+
+    def _blocked(self, ctx: Any) -> set[Uid]:
+        return set()
+
+
+class BlamesReceiverAuthority(CountingAuthorityApplet):
+    """Broken on purpose (``transfer-blame-broken``): on a branch it blocks the receiver who traced it too."""
+
+    def _judge(self, ctx: Any, peer: Uid, p: dict[str, Any]) -> tuple[trace.Verdict, bytes | None]:
+        verdict, cert = super()._judge(ctx, peer, p)
+        if verdict.block:
+            verdict = dataclasses.replace(verdict, block=(*verdict.block, peer))
+        return verdict, cert
 
 
 @dataclass
@@ -50,12 +104,29 @@ class TransferScenario:
     agent_domain: bytes = b""
     issued: int = 0
     wallet_applet: type[TrnApplet] = TrnApplet
+    authority_applet: type[CountingAuthorityApplet] = CountingAuthorityApplet
+    blocklist: bytes = b""  # the newest blocklist the authority service signed
+    victim: bytes | None = None  # the wallet whose store is rolled back (None: no rollback this seed)
+    snapshot: SqliteStore | None = None
+    rolled_back: bool = False
+    tainted: set[bytes] = field(default_factory=set)
+    blocked_seen: dict[bytes, dict[bytes, int]] = field(default_factory=dict)  # uid -> oid -> chain length then
+    epoch: int = 0
+    epoch_size: int = 0
+    cancelled: set[tuple[bytes, bytes]] = field(default_factory=set)  # (sender, oid) of every cancel ordered
 
     # -- building ---------------------------------------------------------------------------
     def build(self, world: World) -> None:
         world.faults_from = SETUP_S
         hosts = [world.add_host(f"h{i}") for i in range(self.hosts)]
-        auth = world.add_card(hosts[0], "authority", lambda: [AuthorityApplet()], role=pki.Role.SERVICE)
+        auth_cls = self.authority_applet
+
+        def authority_applets() -> list[Applet]:
+            applet = auth_cls()
+            applet.world = world
+            return [applet]
+
+        auth = world.add_card(hosts[0], "authority", authority_applets, role=pki.Role.SERVICE)
         agent = world.add_card(hosts[0], "agent", lambda: [TrnApplet()], role=pki.Role.AGENT)
         self.authority = auth.uid
         self.agent_domain = agent.uid.domain
@@ -78,13 +149,22 @@ class TransferScenario:
             self._order(world, self.agent_domain, SEND, t=0.06, oid=oid, to=to)
         for _ in range(self.transfers):
             world.at(SETUP_S + world.rng.uniform(0.0, 1.5), functools.partial(self._random_transfer, world), "transfer")
+        if world.rng.random() < ROLLBACK_P:
+            # a wallet that was issued a token: its image holds it enabled; its owner spends it after the copy
+            self.victim = self.wallet_cards[world.rng.randrange(min(self.tokens, self.wallets))][1]
+            t_snap = SETUP_S + world.rng.uniform(0.0, 0.3)
+            world.at(t_snap, functools.partial(self._snapshot, world), "snapshot")
+            world.at(t_snap + 0.01, functools.partial(self._random_transfer, world, self.victim), "transfer")
+            world.at(t_snap + world.rng.uniform(0.3, 1.2), functools.partial(self._rollback, world), "rollback")
+        world.at(SIGNER_EVERY_S, functools.partial(self._sign_blocklist, world), "signer")
         trn_cards = {self.agent_domain, *(d for _, d in self.wallet_cards)}
         for sh in hosts:
             ticks: dict[object, float] = {Tick(d, RECOVER): RECOVER_EVERY_S for d in sh.cards if d in trn_cards}
             world.add_timers(sh, {**ticks, RESEND: RESEND_EVERY_S})
 
     def _app(self, world: World, sh: SimHost, card: Card) -> None:
-        uid = world.attach_app(sh, lambda msg: None, card.uid.domain)  # owners read their cards' state directly
+        # owners read their cards' state directly; their sink only counts what their cancels did
+        uid = world.attach_app(sh, functools.partial(_owner_sink, world), card.uid.domain)
         self.apps[card.uid.domain] = (sh.address, uid)
 
     def _order(self, world: World, domain: bytes, mtype: MType, *, t: float, **fields: object) -> None:
@@ -97,18 +177,89 @@ class TransferScenario:
             world.submit(address, cm.PIN_VERIFY.make(app, card, pin="0000"))
         world.submit(address, mtype.make_from(app, card, fields))
 
-    def _random_transfer(self, world: World) -> None:
+    def _random_transfer(self, world: World, sender: bytes | None = None, to_domain: bytes | None = None) -> None:
+        """An owner sends a token she holds enabled (``sender``'s if given) to another wallet (``to_domain``)."""
         holders = [
             (d, oid) for oid in self.oids for d, h in self._holdings(world, oid) if h.status is tr.Status.ENABLED
         ]
-        holders = [(d, oid) for d, oid in holders if d != self.agent_domain]
+        holders = [(d, oid) for d, oid in holders if d != self.agent_domain and sender in (None, d)]
+        if to_domain is not None:
+            holders = [(d, oid) for d, oid in holders if d != to_domain and oid not in self.tainted]
         if not holders:
             return
         domain, oid = world.rng.choice(sorted(holders))
         others = [d for _, d in self.wallet_cards if d != domain]
-        to = Uid.card(world.rng.choice(others))
+        to = Uid.card(to_domain or world.rng.choice(others))
         world.log(f"owner of {domain.hex()[:8]} sends {oid.hex()[:8]} to {to.short()}")
         self._send_order(world, domain, SEND, {"oid": oid, "to": to})
+        if world.rng.random() < CANCEL_P:  # the owner changes her mind: soon (a race with the copy) or later
+            later = world.rng.choice((0.0, world.rng.uniform(0.0, 0.05), world.rng.uniform(0.05, 0.5)))
+            world.at(world.now + later, functools.partial(self._cancel, world, domain, oid), "cancel")
+
+    def _cancel(self, world: World, domain: bytes, oid: bytes) -> None:
+        world.log(f"owner of {domain.hex()[:8]} cancels {oid.hex()[:8]}")
+        world.exercised["cancel"] += 1
+        self.cancelled.add((domain, oid))
+        self._send_order(world, domain, CANCEL, {"oid": oid})
+
+    # -- the rolled-back wallet and the authority service's blocklist signer ---------------------------
+    def _sim_card(self, world: World, domain: bytes) -> tuple[SimHost, Any]:
+        for sh in world.hosts.values():
+            if domain in sh.cards:
+                return sh, sh.cards[domain]
+        raise KeyError(domain.hex())
+
+    def _snapshot(self, world: World) -> None:
+        assert self.victim is not None
+        _, sc = self._sim_card(world, self.victim)
+        copy = SqliteStore(":memory:", durable=False)
+        sc.store.inner._c.backup(copy._c)  # a consistent image of the EEPROM, as a thief reads it
+        self.snapshot = copy
+        world.log(f"thief copies the store of card {sc.label}")
+
+    def _rollback(self, world: World) -> None:
+        assert self.victim is not None and self.snapshot is not None
+        sh, sc = self._sim_card(world, self.victim)
+        self.tainted.update(oid for oid in self.oids if self._held_by(world, self.victim, oid))
+        sc.store.inner = self.snapshot  # the thief writes the old image back: same key and Uid, old tokens
+        sh.host.replace_card(sc.reopen())
+        self.rolled_back = True
+        self.tainted.update(oid for oid in self.oids if self._held_by(world, self.victim, oid))
+        world.exercised["rollback"] += 1
+        world.log(f"thief rolls card {sc.label} back to its old image")
+        world.at(world.now + 0.05, functools.partial(self._spend_again, world), "spend again")
+
+    def _spend_again(self, world: World, tries: int = 5) -> None:
+        assert self.victim is not None
+        enabled = [
+            oid for oid in self.oids if (h := self._holding(world, self.victim, oid)) and h.status is tr.Status.ENABLED
+        ]
+        if not enabled:
+            if tries > 1:  # (the owner's PIN, or the card, may not have been there: try again a little later)
+                world.at(world.now + 0.2, functools.partial(self._spend_again, world, tries - 1), "spend again")
+            return
+        oid = world.rng.choice(enabled)
+        to = Uid.card(world.rng.choice([d for _, d in self.wallet_cards if d != self.victim]))
+        world.log(f"thief spends {oid.hex()[:8]} again, to {to.short()}")
+        self._send_order(world, self.victim, SEND, {"oid": oid, "to": to})
+
+    def _sign_blocklist(self, world: World) -> None:
+        """The authority service: a new CA-signed blocklist epoch whenever the authority card's blocked set grew."""
+        blocked = self._blocked(world)
+        if len(blocked) > self.epoch_size:
+            self.epoch += 1
+            self.epoch_size = len(blocked)
+            bl = world.ca.sign_blocklist(self.epoch, [Uid.from_bytes(u) for u in blocked], now=SIM_EPOCH)
+            self.blocklist = bl.encode()
+            world.exercised["blocklist_epoch"] += 1
+            world.log(f"authority service signs blocklist epoch {self.epoch}: {len(blocked)} blocked")
+        assert self.authority is not None
+        if self.blocklist and self._authority(world)._mem.get((_AUTH, b"bl")) != self.blocklist:
+            self._send_order(world, self.authority.domain, BLOCKLIST, {"blocklist": self.blocklist})
+        world.at(world.now + SIGNER_EVERY_S, functools.partial(self._sign_blocklist, world), "signer")
+
+    def _blocked(self, world: World) -> list[bytes]:
+        return [k[8:] for t, k in self._authority(world)._mem if t == _AUTH and k[:8] == b"blocked:"]
 
     # -- the oracle --------------------------------------------------------------------------
     def _holdings(self, world: World, oid: bytes) -> list[tuple[bytes, tr.Holding]]:
@@ -120,10 +271,46 @@ class TransferScenario:
                     out.append((domain, tr.Holding.decode(oid, raw)))
         return out
 
+    def _holding(self, world: World, domain: bytes, oid: bytes) -> tr.Holding | None:
+        raw = world.card_of(domain)._mem.get(("a.trn", b"t:" + oid))
+        return None if raw is None else tr.Holding.decode(oid, raw)
+
+    def _stale_copy(self, world: World, h: tr.Holding) -> bool:
+        """A receiver's copy of a transfer its sender (who was told to cancel) aborted: the abort notice was lost,
+        or overtook the copy.
+
+        It can never be enabled, and nothing tells the receiver to discard it until another transfer of the oid
+        supersedes it (protocols/transfer.py, ``_copy_pending``): a leftover the invariants tolerate.
+        """
+        if (
+            h.status is not tr.Status.TRUSTLESS_DISABLED
+            or h.peer is None
+            or (h.peer.domain, h.oid) not in self.cancelled
+        ):
+            return False
+        try:
+            sender = self._holding(world, h.peer.domain, h.oid)
+        except KeyError:
+            return False
+        return sender is None or sender.status is not tr.Status.DISABLED or sender.nonce != h.nonce
+
+    def _held_by(self, world: World, domain: bytes, oid: bytes) -> bool:
+        return ("a.trn", b"t:" + oid) in world.card_of(domain)._mem
+
     def check(self, world: World, final: bool) -> list[str]:
-        bad = []
+        bad = self._check_blocking(world, final)
+        if self.rolled_back:
+            assert self.victim is not None
+            self.tainted.update(oid for oid in self.oids if self._held_by(world, self.victim, oid))
         for oid in self.oids:
             held = self._holdings(world, oid)
+            if self.rolled_back and any(h.peer is not None and h.peer.domain == self.victim for _, h in held):
+                self.tainted.add(oid)  # (e.g. sent by the victim before the rollback, traced after it was blocked)
+            if oid in self.tainted:  # only what the authority promises: one enabled copy on the honest cards
+                honest = [d.hex()[:8] for d, h in held if d != self.victim and h.status is tr.Status.ENABLED]
+                if len(honest) > 1:
+                    bad.append(f"token {oid.hex()[:8]} (rolled back) is enabled on {len(honest)} honest cards {honest}")
+                continue
             if not held:
                 if world.now > SETUP_S and self._minted(world, oid):
                     bad.append(f"token {oid.hex()[:8]} is lost: no card holds it")
@@ -134,17 +321,47 @@ class TransferScenario:
             if not any(h.token is not None for _, h in held):
                 bad.append(f"token {oid.hex()[:8]}: no card has the object any more")
             if final:
+                held = [(d, h) for d, h in held if not self._stale_copy(world, h)]
                 enabled = [d for d, h in held if h.status is tr.Status.ENABLED]
                 leftovers = [h.state for _, h in held if h.status is not tr.Status.ENABLED]
                 if len(enabled) != 1 or leftovers:
                     bad.append(f"token {oid.hex()[:8]} ended as {[h.state for _, h in held]}")
                 else:
                     bad.extend(self._chain_problems(world, oid, Uid.card(enabled[0])))
-        if final:
-            blocked = [k[8:].hex()[:8] for t, k in self._authority(world)._mem if t == _AUTH and k[:8] == b"blocked:"]
-            if blocked:
-                bad.append(f"the authority blocked {blocked}: it saw a token branch")
         return bad
+
+    def _check_blocking(self, world: World, final: bool) -> list[str]:
+        """No honest card is ever blocked; once blocked, a device is never recorded as receiving a token."""
+        bad = []
+        auth = self._authority(world)._mem
+        for uid in self._blocked(world):
+            if Uid.from_bytes(uid).domain != self.victim:
+                bad.append(f"the authority blocked honest card {uid.hex()[:8]}")
+                continue
+            seen = self.blocked_seen.get(uid)
+            lengths = {oid: len(self._chain(auth, oid)) for oid in self.oids}
+            if seen is None:
+                self.blocked_seen[uid] = lengths
+                world.exercised["block"] += 1
+                world.log(f"the authority has blocked {uid.hex()[:8]}")
+                # an owner who does not know sends the blocked device a token: it must never be recorded there
+                later = functools.partial(self._random_transfer, world, None, Uid.from_bytes(uid).domain)
+                world.at(world.now + 0.05, later, "transfer to blocked")
+                continue
+            for oid in self.oids:
+                for _frm, to, *_ in self._chain(auth, oid)[seen[oid] :]:
+                    if Uid.from_bytes(to).domain == Uid.from_bytes(uid).domain:
+                        bad.append(f"token {oid.hex()[:8]} was recorded moving to blocked device {uid.hex()[:8]}")
+        return bad
+
+    @staticmethod
+    def _chain(auth: dict[Any, bytes], oid: bytes) -> list[Any]:
+        raw = auth.get((_AUTH, b"chain:" + oid))
+        if raw is None:
+            return []
+        data = loads_one(raw)
+        assert isinstance(data, list)
+        return data[1:]
 
     def _authority(self, world: World) -> Card:
         assert self.authority is not None
@@ -179,7 +396,20 @@ class TransferScenario:
         if world.now < SETUP_S + 1.6:
             return False
         for oid in self.oids:
-            held = self._holdings(world, oid)
+            if oid in self.tainted:
+                continue
+            held = [(d, h) for d, h in self._holdings(world, oid) if not self._stale_copy(world, h)]
             if len(held) != 1 or held[0][1].status is not tr.Status.ENABLED or held[0][0] == self.agent_domain:
                 return False
-        return True
+        return not self.victim or self.rolled_back
+
+
+def _owner_sink(world: World, msg: Message) -> None:
+    """An owner's application: counts what its orders did (``exercised``), reads the cards' state directly."""
+    if msg.mtype == RESULT.code:
+        try:
+            p = RESULT.parse(msg)
+        except Exception:
+            return
+        if p.get("ok") and "abort" in str(p.get("reason", "")):
+            world.exercised["sender_abort"] += 1

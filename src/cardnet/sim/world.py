@@ -174,6 +174,7 @@ class World:
         self.faults_from = 0.0  # scenarios may set up calmly before faults start
         self.hosts: dict[str, SimHost] = {}
         self.faults: Counter[str] = Counter()
+        self.exercised: Counter[str] = Counter()  # protocol paths a run took (blocks, cancels, ...): EXERCISED
         self.trace: list[str] | None = [] if trace else None
         self._events: list[_Event] = []
         self._seq = itertools.count()
