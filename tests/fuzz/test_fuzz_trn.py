@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cardnet.applets.authority import AuthorityApplet
+from cardnet.applets.sessions import POLICY, POLICY_IS
 from cardnet.applets.trn import TrnApplet
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
+from cardnet.host.core import HOST_PORT
 from cardnet.protocols import session as sess
 from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
@@ -166,3 +168,38 @@ def test_a_trn_card_never_crashes(cards: list[Card], which: int, mtype: MType, b
             assert cm.REFUSED.parse(out.msg)["reason"] != "applet_error"
         else:
             assert out.msg.mtype == sess.FAILED.code and out.msg.dst == stranger
+
+
+@FUZZ
+@given(raw)
+def test_policy_decoder(body: bytes) -> None:
+    """A freshness policy (personalised or tightened) decodes strictly: only canonical encodings, else DecodeError."""
+    try:
+        policy = sess.Policy.decode(body)
+    except DecodeError:
+        return
+    assert not body or policy.encode() == body
+
+
+@pytest.fixture(scope="module")
+def policy_card(ca: pki.CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> Card:
+    card = Card(SqliteStore(str(tmp_path_factory.mktemp("fuzz-pol") / "c.db"), durable=False), applets=[TrnApplet()])
+    personalise(card, ca, pin="1", now=NOW, policy=sess.Policy(max_blocklist_age_s=50, lifetime_s=50).encode())
+    return card
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(list(sess.Policy().as_dict())), st.integers(0, 2**64 - 1)), raw, st.booleans())
+def test_session_policy_never_loosens(policy_card: Card, fields: dict[str, int], body: bytes, valid: bool) -> None:
+    """Random session.policy messages from the card's own host port: answered, and the policy only tightens."""
+    card = policy_card
+    src = Uid(card.uid.domain, HOST_PORT)
+    before = sess.Policy.decode(card._read(("a.trn", b"pol"))).tighter(sess.Policy(50, 0, 50, 0))
+    msg = POLICY.make_from(src, card.uid, fields) if valid else Message(src, card.uid, POLICY.code, body)
+    for out in card.step(msg, T):
+        if out.msg.mtype == cm.REFUSED.code:
+            assert cm.REFUSED.parse(out.msg)["reason"] in ("policy_loosened", "bad_param")
+        else:
+            assert out.msg.mtype == POLICY_IS.code
+    after = sess.Policy.decode(card._read(("a.trn", b"pol"))).tighter(sess.Policy(50, 0, 50, 0))
+    assert after == before.tighter(after)  # never looser than before

@@ -30,10 +30,12 @@ class TrnWorld:
     apps: dict[str, Capability] = field(default_factory=dict)
     now: float = T0
 
-    def card(self, name: str, role: pki.Role = pki.Role.DEVICE, *, capacity_bytes: int = 256 * 1024) -> Card:
+    def card(
+        self, name: str, role: pki.Role = pki.Role.DEVICE, *, capacity_bytes: int = 256 * 1024, policy: bytes = b""
+    ) -> Card:
         applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
         c = Card(SqliteStore(str(self.tmp / f"{name}.db")), applets=[applet], capacity_bytes=capacity_bytes)
-        personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name)
+        personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name, policy=policy)
         self.cards[name] = c
         self.host.add_card(c)
         app = self.host.acquire(c.uid.domain, self.now)

@@ -8,9 +8,21 @@ order. Incoming records are opened and handed to ``on_inner``. A peer that
 lost or replaced the session answers ``session.failed``; the card then drops
 its session and starts a new one, keeping the queue.
 
+Freshness (docs/trn.md, "Freshness"): the card's policy is the one written
+at personalisation (the system row ``policy``) tightened by any
+``session.policy`` message (tighten-only, from anyone: it can only make the
+card refuse more, which any host can make it do anyway). A session is re-keyed
+(dropped and handshaked again, its messages queued) once it is older than the
+policy's lifetime in host seconds or has carried its record count; a receiver
+refuses records of a session past twice those bounds (slack for messages in
+flight). While the card's own newest blocklist is too old for the policy,
+sessions with any peer but the authority (the card's ``a`` key) are refused
+(``blocklist_stale``) and open ones end, and recovery (``restart_sessions``)
+handshakes with the authority again to fetch a fresh one.
+
 State (in the applet's key-value space): ``s:<peer>`` the session,
 ``q:<peer>`` the queue (CBOR list of inner messages), ``bl`` the newest
-blocklist this card has seen.
+blocklist this card has seen, ``pol`` the tightenings received.
 """
 
 from __future__ import annotations
@@ -18,22 +30,32 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from cardnet.card import Applet, Refused, StepContext
+from cardnet.card.applet import SYS
 from cardnet.crypto import pki
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import session as sess
 from cardnet.protocols.errors import ProtocolError
-from cardnet.wire import DecodeError, Message, MType, Uid
+from cardnet.wire import DecodeError, Field, Message, MType, Schema, Text, Uid, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
 
 MAX_QUEUE = 64  # inner messages waiting for one peer's session
-QUIET = frozenset({"replay", "duplicate"})
+QUIET = frozenset({"replay", "duplicate", "rekeying"})
+POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA)
+POLICY_IS = register(
+    0x0207,
+    "session.policy_is",
+    "session",
+    Schema(
+        "session.policy_is",
+        [*(Field(i, n, UInt()) for i, n in enumerate(sess.Policy().as_dict())), Field(4, "note", Text(200))],
+    ),
+)
 
 
 class SessionApplet(Applet):
     """Base for applets that talk to other cards over TRN sessions."""
 
-    handles: ClassVar[tuple[MType, ...]] = (sess.HELLO, sess.ACCEPT, sess.FINISH, sess.RECORD, sess.FAILED)
-    min_epoch = 0  # refuse peers whose newest blocklist is older (0: no requirement)
+    handles: ClassVar[tuple[MType, ...]] = (sess.HELLO, sess.ACCEPT, sess.FINISH, sess.RECORD, sess.FAILED, POLICY)
 
     # -- to override -------------------------------------------------------------------
     def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:  # pragma: no cover
@@ -44,6 +66,44 @@ class SessionApplet(Applet):
 
     def on_blocklist(self, ctx: StepContext, bl: pki.Blocklist) -> None:
         """Called when a newer blocklist was adopted."""
+
+    # -- freshness policy ----------------------------------------------------------------------
+    def policy(self, ctx: StepContext) -> sess.Policy:
+        """The personalised policy tightened by every ``session.policy`` this card accepted."""
+        return sess.Policy.decode(ctx.get(b"policy", table=SYS)).tighter(sess.Policy.decode(ctx.get(b"pol")))
+
+    def authority(self, ctx: StepContext) -> Uid | None:
+        """The card's authority (exempt from the blocklist-age check: it is where fresh blocklists come from)."""
+        raw = ctx.get(b"a")
+        return None if raw is None else Uid.from_bytes(raw)
+
+    def _set_policy(self, ctx: StepContext, fields: dict[str, Any]) -> None:
+        current = self.policy(ctx)
+        wanted = current.tighter(sess.Policy.of(fields))
+        looser = [n for n in fields if getattr(wanted, n) != fields[n]]
+        if looser:
+            raise Refused(
+                "policy_loosened",
+                f"{', '.join(looser)} would loosen this card's freshness policy ({current.as_dict()}): "
+                "a policy can only be tightened (a new card is personalised with a looser one)",
+            )
+        if wanted != current:
+            ctx.put(b"pol", wanted.encode())
+        note = "tightened" if wanted != current else "unchanged"
+        ctx.reply(POLICY_IS, **wanted.as_dict(), note=note)
+
+    def _stale(self, ctx: StepContext, peer: Uid, bl: pki.Blocklist | None) -> None:
+        """Refuse a session with ``peer`` while this card's newest blocklist ``bl`` is too old for its policy."""
+        if peer != self.authority(ctx):
+            sess.fresh_enough(self.policy(ctx), bl, ctx.now)
+
+    def _due(self, ctx: StepContext, state: sess.Session, slack: int) -> str | None:
+        """Why the open session ``state`` must end now (lifetime, records, or a blocklist gone stale)."""
+        policy = self.policy(ctx)
+        why = policy.due(state, ctx.now, slack)
+        if why is None and state.peer != self.authority(ctx):
+            why = policy.blocklist_problem(self.blocklist(ctx), ctx.now)
+        return why
 
     # -- state helpers -----------------------------------------------------------------------
     def session(self, ctx: StepContext, peer: Uid) -> sess.Session | None:
@@ -86,6 +146,9 @@ class SessionApplet(Applet):
     # -- sending -----------------------------------------------------------------------------
     def send_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
         state = self.session(ctx, peer)
+        if state is not None and state.open and self._due(ctx, state, 1) is not None:
+            ctx.delete(b"s:" + bytes(peer))  # re-key: the message waits in the queue for the new session
+            state = None
         if state is not None and state.open:
             state, rec = sess.seal(state, ctx.card_uid, raw)
             self._save(ctx, state)
@@ -108,7 +171,16 @@ class SessionApplet(Applet):
         ctx.emit(sess.HELLO, peer, **hello)
 
     def restart_sessions(self, ctx: StepContext) -> None:
-        """Recovery: every peer with queued messages and no open session gets a new handshake."""
+        """Recovery: every peer with queued messages and no open session gets a new handshake.
+
+        If the card's blocklist is too old for its policy, the session with the authority is handshaked
+        again (unless a handshake is under way): its accept carries the authority's newest blocklist.
+        """
+        authority = self.authority(ctx)
+        if authority is not None and self.policy(ctx).blocklist_problem(self.blocklist(ctx), ctx.now) is not None:
+            state = self.session(ctx, authority)
+            if state is None or state.open:
+                self.start_session(ctx, authority)
         for key, _ in ctx.scan(b"q:"):
             peer = Uid.from_bytes(key[2:])
             state = self.session(ctx, peer)
@@ -131,6 +203,11 @@ class SessionApplet(Applet):
     # -- receiving -----------------------------------------------------------------------------
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         peer = msg.src
+        if msg.mtype == POLICY.code:
+            if peer.is_card or peer.domain != ctx.card_uid.domain:
+                raise Refused("wrong_peer", "a freshness policy comes from this card's own host or applications")
+            self._set_policy(ctx, params)
+            return
         if not peer.is_card:  # a clean refusal (card.refused), not an applet error
             raise Refused("wrong_peer", f"sessions are between cards (port 0), not with {peer}")
         try:
@@ -172,9 +249,10 @@ class SessionApplet(Applet):
             random16=ctx.random(16),
             sign=ctx.sign,
             blocklist=self.blocklist(ctx),
-            min_epoch=self.min_epoch,
+            min_epoch=self.policy(ctx).min_epoch,
         )
         self.adopt_blocklist(ctx, verified.blocklist)
+        self._stale(ctx, peer, verified.blocklist)
         self._save(ctx, state)
         ctx.emit(sess.ACCEPT, peer, **accept)
 
@@ -193,9 +271,10 @@ class SessionApplet(Applet):
             now=ctx.now,
             sign=ctx.sign,
             blocklist=self.blocklist(ctx),
-            min_epoch=self.min_epoch,
+            min_epoch=self.policy(ctx).min_epoch,
         )
         self.adopt_blocklist(ctx, verified.blocklist)
+        self._stale(ctx, peer, verified.blocklist)
         self._save(ctx, opened)
         ctx.emit(sess.FINISH, peer, **fin)
         self._flush(ctx, peer)
@@ -207,13 +286,21 @@ class SessionApplet(Applet):
         if state is None or state.phase != sess.WAIT_FINISH:
             raise ProtocolError("no_session", f"no handshake with {peer} is waiting for a finish")
         key = sess.peer_key_of(state, ctx.roots_der, ctx.now)
-        self._save(ctx, sess.complete(state, fin, key))
+        self._save(ctx, sess.complete(state, fin, key, ctx.now))
         self._flush(ctx, peer)
 
     def _record(self, ctx: StepContext, peer: Uid, rec: dict[str, Any]) -> None:
         state = self.session(ctx, peer)
+        if state is not None and state.phase == sess.WAIT_ACCEPT and state.initiator:
+            # this card is re-keying: a record of the old session is dropped (the peer gets our hello anyway,
+            # and recovery resends what mattered)
+            raise ProtocolError("rekeying", f"a record from {peer} while this card opens a new session with it")
         if state is None or not state.open:
             raise ProtocolError("no_session", f"no open session with {peer}: open a new one")
+        why = self._due(ctx, state, 2)
+        if why is not None:
+            ctx.delete(b"s:" + bytes(peer))
+            raise ProtocolError("session_expired", f"{why}: open a new session")
         state, inner = sess.open_record(state, ctx.card_uid, rec)
         self._save(ctx, state)
         self.on_inner(ctx, peer, inner)

@@ -26,12 +26,16 @@ def personalise(
     valid_days: int = 3 * 365,
     rng: profile.Rng | None = None,
     name: str | None = None,
+    policy: bytes = b"",
 ) -> Uid:
     """Certify ``card``'s key under ``ca`` with a (fresh or given) domain; return its Uid.
 
     ``rng`` (default: the OS) draws the domain and, when given, the
     certificate's serial, so a seeded run personalises byte for byte alike.
+    ``policy`` is the card's session freshness policy
+    (``cardnet.protocols.session.Policy(...).encode()``, docs/trn.md
+    "Freshness"): written once, it can later only be tightened.
     """
     uid = Uid.card(domain if domain is not None else (rng or profile.system_rng)(DOMAIN_BYTES))
     cert = ca.issue(role, uid, card.public_key, now=now, valid_days=valid_days, name=name, rng=rng)
-    return card.personalise(pki.cert_to_der(cert), [pki.cert_to_der(ca.certificate)], pin)
+    return card.personalise(pki.cert_to_der(cert), [pki.cert_to_der(ca.certificate)], pin, policy=policy)

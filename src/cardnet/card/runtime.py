@@ -164,11 +164,15 @@ class Card:
     def used_bytes(self) -> int:
         return self._used
 
-    def personalise(self, certificate_der: bytes, roots_der: Sequence[bytes], pin: str, *, pin_tries: int = 3) -> Uid:
+    def personalise(
+        self, certificate_der: bytes, roots_der: Sequence[bytes], pin: str, *, pin_tries: int = 3, policy: bytes = b""
+    ) -> Uid:
         """Install the CA's certificate for this card's key, the trusted roots and the PIN.
 
         The certificate must certify this card's own public key; its Uid
-        becomes the card's identity. A card is personalised once.
+        becomes the card's identity. A card is personalised once. ``policy``
+        (the system row ``policy``: an encoded session freshness policy,
+        docs/trn.md) is written once here; applets may only tighten it.
         """
         if self._uid is not None:
             raise CardError("already_personalised", f"card {self._uid} is already personalised")
@@ -194,6 +198,8 @@ class Card:
             (SYS, b"pin_left"): bytes([pin_tries]),
             (SYS, b"next_port"): (1).to_bytes(4, "big"),
         }
+        if policy:
+            rows[(SYS, b"policy")] = policy
         with self._store.transaction() as txn:
             for tk, v in rows.items():
                 txn.put(STORE_TABLE, _skey(tk), v)

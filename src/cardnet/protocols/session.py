@@ -120,8 +120,11 @@ _STATE = Schema(
         Field(11, "recv_ctr", UInt()),
         Field(12, "eph_a", Bytes(65)),
         Field(13, "cert_a", Bytes(MAX_CERT), optional=True),
+        Field(14, "opened", UInt(), optional=True),  # host time (whole seconds) the session opened
     ],
 )
+_POLICY_FIELDS = ("max_blocklist_age_s", "min_epoch", "lifetime_s", "max_records")
+POLICY_SCHEMA = Schema("session.policy", [Field(i, n, UInt(), optional=True) for i, n in enumerate(_POLICY_FIELDS)])
 
 WAIT_ACCEPT, WAIT_FINISH, OPEN = 0, 1, 2
 _DIR_AB = b"A>B\x00"
@@ -148,6 +151,7 @@ class Session:
     k_recv: bytes | None = None
     k_confirm: bytes | None = None
     cert_a: bytes | None = None
+    opened: int | None = None
 
     @property
     def open(self) -> bool:
@@ -163,7 +167,7 @@ class Session:
             "send_ctr": self.send_ctr,
             "recv_ctr": self.recv_ctr,
         }
-        for name in ("eph_secret", "nonce_b", "th", "k_send", "k_recv", "k_confirm", "cert_a"):
+        for name in ("eph_secret", "nonce_b", "th", "k_send", "k_recv", "k_confirm", "cert_a", "opened"):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
@@ -174,6 +178,92 @@ class Session:
         d = _STATE.decode(raw)
         d["initiator"] = bool(d["initiator"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A card's freshness policy; 0 turns a bound off (docs/trn.md, "Freshness").
+
+    ``max_blocklist_age_s``: the newest blocklist the card holds (after the
+    handshake) must have been signed at most this long before the host's
+    ``now``, or sessions with peers other than the authority are refused
+    (``blocklist_stale``). ``min_epoch``: that blocklist must be at least this
+    epoch (and a peer's own at least this epoch, ``stale_blocklist``).
+    ``lifetime_s`` and ``max_records``: a session is re-keyed (a new handshake,
+    so every check again) once it is this old or has sealed this many records.
+    """
+
+    max_blocklist_age_s: int = 0
+    min_epoch: int = 0
+    lifetime_s: int = 0
+    max_records: int = 0
+
+    def encode(self) -> bytes:
+        return POLICY_SCHEMA.encode({n: v for n in _POLICY_FIELDS if (v := getattr(self, n))})
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Policy:
+        return cls() if not raw else cls(**POLICY_SCHEMA.decode(raw))
+
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> Policy:
+        return cls(**{n: fields[n] for n in _POLICY_FIELDS if n in fields})
+
+    def as_dict(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in _POLICY_FIELDS}
+
+    def tighter(self, other: Policy) -> Policy:
+        """The policy that enforces both ``self`` and ``other``."""
+
+        def low(a: int, b: int) -> int:
+            return min(a, b) if a and b else a or b
+
+        return Policy(
+            low(self.max_blocklist_age_s, other.max_blocklist_age_s),
+            max(self.min_epoch, other.min_epoch),
+            low(self.lifetime_s, other.lifetime_s),
+            low(self.max_records, other.max_records),
+        )
+
+    def loosened(self, wanted: Policy) -> list[str]:
+        """The fields in which ``wanted`` is looser than ``self`` (empty if it only tightens)."""
+        both = self.tighter(wanted)
+        return [n for n in _POLICY_FIELDS if getattr(both, n) != getattr(wanted, n)]
+
+    def blocklist_problem(self, bl: pki.Blocklist | None, now: float) -> str | None:
+        """Why ``bl`` (the card's newest) is not fresh enough at host time ``now``, or None."""
+        epoch = -1 if bl is None else bl.epoch
+        if self.min_epoch and epoch < self.min_epoch:
+            return f"this card's newest blocklist is epoch {epoch}, its policy needs at least {self.min_epoch}"
+        if self.max_blocklist_age_s:
+            if bl is None:
+                return "this card holds no signed blocklist and its policy needs a fresh one"
+            age = now - bl.issued_at
+            if age > self.max_blocklist_age_s:
+                return (
+                    f"this card's newest blocklist (epoch {bl.epoch}) was signed {age:.0f} s ago, "
+                    f"its policy accepts at most {self.max_blocklist_age_s} s"
+                )
+        return None
+
+    def due(self, state: Session, now: float, slack: int = 1) -> str | None:
+        """Why the open session ``state`` must be re-keyed, or None. ``slack`` widens the bounds (receivers: 2)."""
+        if self.max_records and state.send_ctr >= self.max_records * slack:
+            return f"the session sealed {state.send_ctr} records, the policy allows {self.max_records}"
+        if self.max_records and state.recv_ctr >= self.max_records * slack:
+            return f"the session opened {state.recv_ctr} records, the policy allows {self.max_records}"
+        if self.lifetime_s and state.opened is not None and now - state.opened >= self.lifetime_s * slack:
+            return f"the session is {now - state.opened:.0f} s old, the policy allows {self.lifetime_s} s"
+        return None
+
+
+def fresh_enough(policy: Policy, bl: pki.Blocklist | None, now: float) -> None:
+    """Raise ``blocklist_stale`` if the card's newest blocklist ``bl`` does not meet ``policy`` at ``now``."""
+    problem = policy.blocklist_problem(bl, now)
+    if problem is not None:
+        raise ProtocolError(
+            "blocklist_stale", f"{problem}: the card must handshake with its authority (trn.recover) first"
+        )
 
 
 @dataclass(frozen=True)
@@ -373,13 +463,14 @@ def finish(
     except CryptoError:
         raise ProtocolError("bad_confirm", "the peer did not prove it holds the session key") from None
     opened = replace(
-        state, phase=OPEN, eph_secret=None, nonce_b=accept["nonce"], th=th, k_send=k_ab, k_recv=k_ba, k_confirm=k_conf
-    )
+        state, phase=OPEN, eph_secret=None, nonce_b=accept["nonce"], th=th, k_send=k_ab, k_recv=k_ba, k_confirm=k_conf,
+        opened=int(now),
+    )  # fmt: skip
     fields = {"sig": sign(b"finish" + th), "confirm": _confirm(k_conf, b"A", th)}
     return opened, fields, Verified(verified, newest)
 
 
-def complete(state: Session, fin: dict[str, Any], peer_key: profile.PublicKey) -> Session:
+def complete(state: Session, fin: dict[str, Any], peer_key: profile.PublicKey, now: float = 0.0) -> Session:
     """B checks A's signature and key confirmation; the session is open."""
     if state.phase != WAIT_FINISH or state.th is None or state.k_confirm is None:
         raise ProtocolError("no_session", f"no handshake with {state.peer} is waiting for a finish")
@@ -391,7 +482,7 @@ def complete(state: Session, fin: dict[str, Any], peer_key: profile.PublicKey) -
         profile.hmac_verify(state.k_confirm, b"A" + state.th, fin["confirm"])
     except CryptoError:
         raise ProtocolError("bad_confirm", "the peer did not prove it holds the session key") from None
-    return replace(state, phase=OPEN, cert_a=None)
+    return replace(state, phase=OPEN, cert_a=None, opened=int(now))
 
 
 def peer_key_of(state: Session, roots: Sequence[bytes], now: float) -> profile.PublicKey:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,6 +41,8 @@ class BlocklistSigner:
     epoch: int = 0
     signed: frozenset[Uid] = frozenset()
     card: bytes | None = None  # the authority card's domain (needed when its host runs several cards)
+    refresh_s: float = 0.0  # also re-sign an unchanged set this often (0: never), for cards with a max blocklist age
+    signed_at: float = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; a slow or lost connection to the card is logged and retried."""
@@ -67,7 +70,8 @@ class BlocklistSigner:
         await app.send(app.uid.card_uid(), BLOCKED_LIST)
         got = await app.recv_type(BLOCKED)
         blocked = frozenset(got["uids"])
-        if blocked == self.signed:
+        stale = self.refresh_s > 0 and time.time() - self.signed_at >= self.refresh_s
+        if blocked == self.signed and not stale:
             return None
         # Epochs only grow: after a restart of the service, continue above what the card already holds
         # (else cards that have a higher epoch would ignore every new blocklist).
@@ -75,5 +79,6 @@ class BlocklistSigner:
         bl = self.ca.sign_blocklist(self.epoch, blocked, now=datetime.now(UTC))
         await app.send(app.uid.card_uid(), BLOCKLIST, blocklist=bl.encode())
         self.signed = blocked
+        self.signed_at = time.time()
         log.warning("blocklist epoch %d signed: %d blocked device(s)", self.epoch, len(blocked))
         return bl
