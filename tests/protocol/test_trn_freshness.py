@@ -10,7 +10,7 @@ from trnkit import recover, status
 from trnworld import TrnWorld, uid
 
 from cardnet.applets.authority import ADD_AGENT
-from cardnet.applets.sessions import POLICY, POLICY_IS
+from cardnet.applets.sessions import POLICY, POLICY_IS, REKEY
 from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
@@ -207,4 +207,26 @@ def test_a_receiver_refuses_records_of_a_session_past_twice_its_lifetime(
     w.run(300)
     assert (uid(w, "alice"), "session_expired") in {(m.src, sess.FAILED.parse(m)["reason"]) for m in failed}
     recover(w, "alice", "bob", times=2)
+    all_at_alice(w)
+
+
+def test_the_host_cannot_set_the_policy_but_its_rekey_tick_ends_sessions(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """session.policy is the owner's (a host tightening could deny service for good); session.rekey, the host's
+    timer, only ends open sessions, which a host can do anyway: the next transfer handshakes again."""
+    w = rekey_world(tmp_path, ca, sess.Policy(lifetime_s=600), sess.Policy())
+    stranger = w.host.acquire(uid(w, "alice").domain, w.now)  # an application on alice's host, without the PIN
+    stranger.send(uid(w, "alice"), POLICY, lifetime_s=1)
+    w.run()
+    assert [cm.REFUSED.parse(m)["reason"] for m in stranger.receive_all()] == ["privileged"]
+    assert POLICY_IS.parse(w.ask("alice", POLICY))["lifetime_s"] == 600
+    issue_all(w)
+    seen = hellos(w, "alice", "bob")
+    ping_pong(w, 1)
+    assert len(seen) == 1
+    for _ in range(2):
+        w.host.tick(uid(w, "alice").domain, REKEY)
+        ping_pong(w, 1)
+    assert len(seen) == 3
     all_at_alice(w)

@@ -39,6 +39,17 @@ def test_ticks_and_resend_can_be_set_or_turned_off(tmp_path: Path) -> None:
     assert config.resend_after_s == 30.0 and config.cards[0].ticks == (("trn.recover", 10.0),)
 
 
+def test_a_rekey_timer_on_trn_and_authority_cards(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + card('["trn"]', 'ticks = { "trn.recover" = 2, "session.rekey" = 600 }')
+        + card('["authority"]', 'ticks = { "session.rekey" = 3600 }')
+    )
+    trn, authority = (c.ticks for c in load_config(_write(tmp_path, text)).cards)
+    assert trn == (("trn.recover", 2.0), ("session.rekey", 600.0))
+    assert authority == (("session.rekey", 3600.0),)
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "host.toml"
     path.write_text(text)
@@ -65,6 +76,19 @@ BAD = [
     ("resend negative", "resend_after_s = -5\n" + card('["trn"]'), "resend_after_s: must be a number of seconds"),
     ("resend too short", "resend_after_s = 0.001\n" + card('["trn"]'), "resend_after_s: must be a number"),
     ("resend a string", 'resend_after_s = "often"\n' + card('["trn"]'), "resend_after_s: must be a number"),
+    # session.rekey (docs/trn.md "Freshness"): the host's re-key timer; the freshness policy is the owner's
+    (
+        "policy is the owner's",
+        card('["trn"]', 'ticks = { "session.policy" = 60 }'),
+        "cards[0].ticks.session.policy: session.policy is privileged (needs the PIN)",
+    ),
+    (
+        "rekey without sessions",
+        card('["echo"]', 'ticks = { "session.rekey" = 60 }'),
+        "cards[0].ticks.session.rekey: none of this card's applets handles 'session.rekey'",
+    ),
+    ("rekey zero", card('["trn"]', 'ticks = { "session.rekey" = 0 }'), "cards[0].ticks.session.rekey: must be a"),
+    ("rekey a string", card('["trn"]', 'ticks = { "session.rekey" = "1h" }'), "cards[0].ticks.session.rekey: must"),
 ]
 
 

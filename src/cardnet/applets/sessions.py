@@ -9,9 +9,11 @@ lost or replaced the session answers ``session.failed``; the card then drops
 its session and starts a new one, keeping the queue.
 
 Freshness (docs/trn.md, "Freshness"): the card's policy is the one written
-at personalisation (the system row ``policy``) tightened by any
-``session.policy`` message (tighten-only, from anyone: it can only make the
-card refuse more, which any host can make it do anyway). A session is re-keyed
+at personalisation (the system row ``policy``) tightened by the owner's
+``session.policy`` (privileged, tighten-only: a host cannot loosen it, and
+cannot tighten it either, which would deny service for good). A host may end
+all open sessions with ``session.rekey`` (not privileged: it can end them
+anyway by dropping records), e.g. on a timer. A session is re-keyed
 (dropped and handshaked again, its messages queued) once it is older than the
 policy's lifetime in host seconds or has carried its record count; a receiver
 refuses records of a session past twice those bounds (slack for messages in
@@ -40,7 +42,7 @@ from cardnet.wire.cbor import dumps, loads_one
 
 MAX_QUEUE = 64  # inner messages waiting for one peer's session
 QUIET = frozenset({"replay", "duplicate", "rekeying"})
-POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA)
+POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA, privileged=True)
 POLICY_IS = register(
     0x0207,
     "session.policy_is",
@@ -50,12 +52,15 @@ POLICY_IS = register(
         [*(Field(i, n, UInt()) for i, n in enumerate(sess.Policy().as_dict())), Field(4, "note", Text(200))],
     ),
 )
+REKEY = register(0x0208, "session.rekey", "session", Schema("session.rekey", []))
 
 
 class SessionApplet(Applet):
     """Base for applets that talk to other cards over TRN sessions."""
 
-    handles: ClassVar[tuple[MType, ...]] = (sess.HELLO, sess.ACCEPT, sess.FINISH, sess.RECORD, sess.FAILED, POLICY)
+    handles: ClassVar[tuple[MType, ...]] = (
+        sess.HELLO, sess.ACCEPT, sess.FINISH, sess.RECORD, sess.FAILED, POLICY, REKEY,
+    )  # fmt: skip
 
     # -- to override -------------------------------------------------------------------
     def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:  # pragma: no cover
@@ -91,6 +96,16 @@ class SessionApplet(Applet):
             ctx.put(b"pol", wanted.encode())
         note = "tightened" if wanted != current else "unchanged"
         ctx.reply(POLICY_IS, **wanted.as_dict(), note=note)
+
+    def rekey(self, ctx: StepContext) -> None:
+        """End every open session: the next message to a peer opens a new one, with every check again.
+
+        Not privileged: a host can already end sessions (drop records, forge ``session.failed``); a host
+        timer (``ticks = { "session.rekey" = 600 }``) bounds session lifetimes in its own clock this way.
+        """
+        for key, raw in ctx.scan(b"s:"):
+            if sess.Session.decode(raw).open:
+                ctx.delete(key)
 
     def _stale(self, ctx: StepContext, peer: Uid, bl: pki.Blocklist | None) -> None:
         """Refuse a session with ``peer`` while this card's newest blocklist ``bl`` is too old for its policy."""
@@ -204,9 +219,10 @@ class SessionApplet(Applet):
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         peer = msg.src
         if msg.mtype == POLICY.code:
-            if peer.is_card or peer.domain != ctx.card_uid.domain:
-                raise Refused("wrong_peer", "a freshness policy comes from this card's own host or applications")
             self._set_policy(ctx, params)
+            return
+        if msg.mtype == REKEY.code:
+            self.rekey(ctx)
             return
         if not peer.is_card:  # a clean refusal (card.refused), not an applet error
             raise Refused("wrong_peer", f"sessions are between cards (port 0), not with {peer}")

@@ -14,7 +14,6 @@
     capacity_bytes = 262144             # optional
     ticks = { "trn.recover" = 2.0 }     # optional: mtype -> seconds; the host sends it to the card that often
     exclusive = true                    # optional: the host holds the card's store alone while it runs
-    freshness = { max_blocklist_age_s = 3600, lifetime_s = 600 }  # optional: tighten the card's policy
 
     [routes]                            # card domain (24 hex digits) -> "host:port"
     "0123456789abcdef01234567" = "127.0.0.1:7102"
@@ -36,13 +35,6 @@ the cost of SQLite's lock system calls on every commit.
 the ``trn`` applet gets ``trn.recover`` every 2 s); ``ticks = {}`` turns them off.
 A tick must be a message type one of the card's applets handles, not
 privileged (the host has no PIN) and without required fields.
-
-``freshness`` (cards with the ``trn`` or ``authority`` applet) tightens the
-card's session freshness policy when the host starts: ``max_blocklist_age_s``,
-``min_epoch``, ``lifetime_s``, ``max_records`` (whole numbers, 0 = no bound;
-docs/trn.md "Freshness"). The card keeps the tighter of this and what it was
-personalised with, and never loosens: a value looser than the card's policy is
-refused by the card (logged), not applied.
 """
 
 from __future__ import annotations
@@ -58,9 +50,7 @@ from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
 from cardnet.wire import DecodeError
 
 KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls"}
-KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive", "freshness")
-FRESHNESS_KEYS = ("max_blocklist_age_s", "min_epoch", "lifetime_s", "max_records")  # session.policy's fields
-FRESHNESS_APPLETS = ("trn", "authority")  # the applets that hold TRN sessions
+KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
     # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
     "trn": (("trn.recover", 2.0),),
@@ -77,7 +67,6 @@ class CardConfig:
     capacity_bytes: int
     ticks: tuple[tuple[str, float], ...] = ()  # (mtype name, every seconds)
     exclusive: bool = True  # hold the store alone (docs/store.md); false lets others read it while the host runs
-    freshness: tuple[tuple[str, int], ...] = ()  # session.policy fields sent to the card at start (tighten-only)
 
 
 @dataclass(frozen=True)
@@ -161,23 +150,6 @@ def _ticks(c: dict[str, Any], applets: list[str], where: str) -> tuple[tuple[str
     return tuple(ticks)
 
 
-def _freshness(c: dict[str, Any], applets: list[str], where: str) -> tuple[tuple[str, int], ...]:
-    if "freshness" not in c:
-        return ()
-    raw = c["freshness"]
-    at = f"{where}freshness"
-    if not isinstance(raw, dict):
-        raise _bad(at, f"must be a table, e.g. {{ max_blocklist_age_s = 3600, lifetime_s = 600 }}, got {raw!r}")
-    if not any(a in FRESHNESS_APPLETS for a in applets):
-        raise _bad(at, f"only a card with one of the applets {', '.join(FRESHNESS_APPLETS)} holds TRN sessions")
-    out = []
-    for key in raw:
-        if key not in FRESHNESS_KEYS:
-            raise _bad(f"{at}.{key}", f"unknown field; known: {', '.join(FRESHNESS_KEYS)}")
-        out.append((key, _int(raw, key, f"{at}.", 0, 0, 2**63 - 1)))
-    return tuple(out)
-
-
 def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
     unknown = set(data) - KNOWN_TOP
     if unknown:
@@ -214,11 +186,7 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
         exclusive = c.get("exclusive", True)
         if not isinstance(exclusive, bool):
             raise _bad(f"{where}exclusive", f"must be true or false, got {exclusive!r}")
-        cards.append(
-            CardConfig(
-                store, tuple(applets), capacity, _ticks(c, applets, where), exclusive, _freshness(c, applets, where)
-            )
-        )
+        cards.append(CardConfig(store, tuple(applets), capacity, _ticks(c, applets, where), exclusive))
     routes: dict[bytes, tuple[str, int]] = {}
     raw_routes = data.get("routes", {})
     if not isinstance(raw_routes, dict):

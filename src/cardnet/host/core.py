@@ -42,7 +42,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
@@ -396,10 +396,8 @@ class Host:
         self._enqueue(_Entry(notice, HOST))
 
     # -- timers (the driver owns the clock: see Schedule) ---------------------------------------
-    def tick(self, domain: bytes, mtype: MType, **fields: Any) -> None:
-        """Queue ``mtype`` (no fields, or ``fields``) for the card of ``domain``, from the host port.
-
-        E.g. ``trn.recover`` on a timer, or ``session.policy`` from the config at start.
+    def tick(self, domain: bytes, mtype: MType) -> None:
+        """Queue ``mtype`` (no fields) for the card of ``domain``, from the host port (e.g. ``trn.recover``).
 
         Ticks skip the Guards, like the host's own notices. The card's answers to the host port, if any, are
         taken by the host (a refusal is logged).
@@ -408,7 +406,7 @@ class Host:
         src = Uid(domain, HOST_PORT)
         if src not in self._sinks:
             self._sinks[src] = self._tick_answer
-        self._enqueue(_Entry(mtype.make(src, card.uid, **fields), HOST))
+        self._enqueue(_Entry(mtype.make(src, card.uid), HOST))
 
     def _tick_answer(self, msg: Message) -> None:
         if msg.mtype == cm.REFUSED.code:

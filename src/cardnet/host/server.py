@@ -139,9 +139,6 @@ class HostServer:
             self._accept_app, path=str(sock), limit=self.limits.read_chunk_bytes
         )
         sock.chmod(0o600)
-        for card, cc in zip(self.cards, self.config.cards, strict=True):
-            if cc.freshness:  # tighten-only: a looser value is refused by the card (and logged)
-                self.host.tick(card.uid.domain, by_name("session.policy"), **dict(cc.freshness))
         self._spawn(self._pump_loop())
         if self._jobs:
             self._spawn(self._timer_loop())
