@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cardnet.card import mtypes as cm
@@ -37,7 +38,9 @@ from cardnet.card.applet import SYS, Applet, StepContext, overlay_scan
 from cardnet.card.errors import CardError
 from cardnet.card.manager import CardManager
 from cardnet.crypto import pki, profile
+from cardnet.errors import CardnetError
 from cardnet.store import Store, StoreError, open_store
+from cardnet.store.base import claim_kind
 from cardnet.wire import DecodeError, Message, MType, Uid
 from cardnet.wire.cbor import dumps, loads_one
 
@@ -103,14 +106,20 @@ class Card:
         self._pending_used = 0
         self._acks: set[int] = set()
         self._mem: dict[TableKey, bytes] = {}
+        self._where = store.url
         with store.transaction() as txn:
-            for k, v in txn.scan(STORE_TABLE):
-                self._mem[_split(k)] = v
-            if (SYS, b"key") not in self._mem:  # manufacture: the key is born on the card
+            claim_kind(txn, STORE_KIND, STORE_VERSION, self._where)
+            rows = txn.scan(STORE_TABLE)
+            if rows:
+                self._mac = self._load(rows)
+            else:  # manufacture: the key and the store's integrity key are born on the card
                 key = profile.generate_private_key(rng)
-                der = profile.private_to_der(key)
-                txn.put(STORE_TABLE, _skey((SYS, b"key")), der)
-                self._mem[(SYS, b"key")] = der
+                mac_key = rng(32)
+                self._mac = profile.RecordMac(mac_key)
+                for tk, v in ((_MAC_TK, mac_key), ((SYS, b"key"), profile.private_to_der(key))):
+                    sk = _skey(tk)
+                    txn.put(STORE_TABLE, sk, self._mac.tag(sk, v) + v)
+                    self._mem[tk] = v
         self._private = profile.private_from_der(self._mem[(SYS, b"key")])
         self.public_key: profile.PublicKey = self._private.public_key()
         self._used = sum(len(k) + len(v) for (t, k), v in self._mem.items() if t not in UNCOUNTED)
@@ -124,18 +133,66 @@ class Card:
                 self._load_row(int.from_bytes(k, "big"), v)
         stored_next = self._mem.get((NEXT, b""))
         self._next_seq = max([*self._row_of, int.from_bytes(stored_next, "big") - 1 if stored_next else 0]) + 1
-        self._uid: Uid | None = None
-        if (SYS, b"uid") in self._mem:
-            self._uid = Uid.from_bytes(self._mem[(SYS, b"uid")])
+        self._uid: Uid | None = self._check_identity()
         self.install(CardManager())
         for applet in applets:
             self.install(applet)
 
     @classmethod
-    def open(cls, url: str, **kwargs: Any) -> Card:
+    def open(cls, url: str, *, create: bool = True, **kwargs: Any) -> Card:
         """Open (or manufacture) the card whose EEPROM is the store at ``url``; the card holds
-        the store alone while it is open (a second opener is refused with ``in_use``)."""
-        return cls(open_store(url, exclusive=True), **kwargs)
+        the store alone while it is open (a second opener is refused with ``in_use``).
+        ``create=False``: only an existing store (read-only commands make no files)."""
+        return cls(open_store(url, exclusive=True, create=create), **kwargs)
+
+    # -- integrity of the store ----------------------------------------------------
+    def _load(self, rows: list[tuple[bytes, bytes]]) -> profile.RecordMac:
+        """Check every record's tag under the card's integrity key and fill the mirror."""
+        raw_key = dict(rows).get(_MAC_KEY)
+        if raw_key is None or len(raw_key) <= _TAG:
+            raise self._damaged("its integrity key record is missing")
+        mac = profile.RecordMac(raw_key[_TAG:])
+        mem = self._mem
+        for sk, v in rows:
+            if len(v) < _TAG or not mac.check(sk, v[_TAG:], v[:_TAG]):
+                table, key = _split(sk)
+                raise self._damaged(f"its record {table}/{key.hex() or '-'} fails its integrity check")
+            mem[_split(sk)] = v[_TAG:]
+        if (SYS, b"key") not in mem:
+            raise self._damaged("its key record is missing")
+        return mac
+
+    def _check_identity(self) -> Uid | None:
+        """The card's Uid, checked against its certificate (None before personalisation)."""
+        raw_uid = self._mem.get((SYS, b"uid"))
+        raw_cert = self._mem.get((SYS, b"cert"))
+        if raw_uid is None and raw_cert is None:
+            return None
+        if raw_uid is None or raw_cert is None:
+            raise self._damaged("it has a Uid without a certificate or a certificate without a Uid")
+        try:
+            uid = Uid.from_bytes(raw_uid)
+            cert = pki.cert_from_der(raw_cert)
+            matches = pki.uid_of(cert) == uid and self._certifies_me(cert)
+        except (ValueError, DecodeError, CardnetError):
+            matches = False
+        if not matches:
+            raise self._damaged(f"its Uid record {raw_uid.hex()} does not match its certificate")
+        return uid
+
+    def _certifies_me(self, cert: x509.Certificate) -> bool:
+        """Is ``cert`` for this card's own public key?"""
+        key = cert.public_key()
+        return isinstance(key, ec.EllipticCurvePublicKey) and profile.public_bytes(key) == profile.public_bytes(
+            self.public_key
+        )
+
+    def _damaged(self, what: str) -> CardError:
+        return CardError(
+            "damaged",
+            f"card store {self._where}: {what}: the file was damaged or edited; "
+            "restore it from a backup (never personalise it again: the card's key is in it)",
+        )
 
     # -- identity ----------------------------------------------------------------
     @property
@@ -177,10 +234,7 @@ class Card:
         if self._uid is not None:
             raise CardError("already_personalised", f"card {self._uid} is already personalised")
         cert = pki.cert_from_der(certificate_der)
-        cert_key = cert.public_key()
-        if not isinstance(cert_key, ec.EllipticCurvePublicKey) or profile.public_bytes(
-            cert_key
-        ) != profile.public_bytes(self.public_key):
+        if not self._certifies_me(cert):
             raise CardError("refused", "the certificate is for another key: certify this card's public_key")
         uid = pki.uid_of(cert)
         if not uid.is_card:
@@ -202,7 +256,8 @@ class Card:
             rows[(SYS, b"policy")] = policy
         with self._store.transaction() as txn:
             for tk, v in rows.items():
-                txn.put(STORE_TABLE, _skey(tk), v)
+                sk = _skey(tk)
+                txn.put(STORE_TABLE, sk, self._mac.tag(sk, v) + v)
         self._mem.update(rows)
         self._uid = uid
         return uid
@@ -343,14 +398,16 @@ class Card:
         write_next = bool(done_rows) or _NEXT_TK not in self._mem
         puts = []
         dels = []
+        tag = self._mac.tag  # each written record carries its integrity tag (checked when the card loads)
         for tk, v in pending.items():
             if v is None:
                 dels.append(_skey(tk))
             else:
-                puts.append((_skey(tk), v))
+                sk = _skey(tk)
+                puts.append((sk, tag(sk, v) + v))
         if write_next:
             next_raw = self._next_seq.to_bytes(8, "big")
-            puts.append((_NEXT_KEY, next_raw))
+            puts.append((_NEXT_KEY, tag(_NEXT_KEY, next_raw) + next_raw))
         try:
             self._store.write(STORE_TABLE, puts, dels)
         except BaseException:
@@ -463,6 +520,11 @@ _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 _NEXT_TK: TableKey = (NEXT, b"")
 _NEXT_KEY = _skey(_NEXT_TK)
+_MAC_TK: TableKey = (SYS, b"mac")  # the store's integrity key: every record is tagged with it
+_MAC_KEY = _skey(_MAC_TK)
+_TAG = profile.RECORD_TAG_BYTES
+STORE_KIND = "card"
+STORE_VERSION = 1  # records are tag(16) || value
 DELETE_BATCH = 32  # finished outbox rows deleted together (one delete per 32 steps, not one per step)
 _OUT_RESERVE = 8  # bytes reserved per output besides its size (its share of the row: 4-byte length, row key)
 

@@ -138,7 +138,7 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     from cardnet.card import Card
     from cardnet.crypto import pki
 
-    c = Card.open(store)
+    c = Card.open(store, create=False)  # a read command makes no file at a mistyped path
     if show_cert:
         try:
             pem = pki.chain_to_pem([pki.cert_from_der(c.certificate_der)]).decode("ascii")

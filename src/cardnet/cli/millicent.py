@@ -18,10 +18,21 @@ from cardnet.cli.output import console, emit_json, fail
 from cardnet.store import Store, open_store
 
 
-def _store(where: str) -> Store:
-    if "://" in where:
-        return open_store(where)
-    return open_store("sqlite:///" + str(Path(where).resolve()))
+def _store(where: str, kind: str, *, create: bool) -> Store:
+    """The store at ``where`` (a path or a URL), which must be a ``kind`` store; ``create=False``: an
+    existing one only (a mistyped path is an error, not a new empty store)."""
+    url = where if "://" in where else "sqlite:///" + str(Path(where).resolve())
+    return open_store(url, kind=kind, create=create)
+
+
+def _vendor(where: str, *, create: bool = False) -> Store:
+    """A vendor's store: only ``vendor init`` makes one."""
+    return _store(where, "millicent-vendor", create=create)
+
+
+def _broker(where: str, *, create: bool = True) -> Store:
+    """A broker's store: its first licence or agreement makes it."""
+    return _store(where, "millicent-broker", create=create)
 
 
 def _hex(value: str, n: int, what: str) -> bytes:
@@ -88,7 +99,9 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int) -> N
     """Create a vendor: master scrip secret 0 and 256 customer master secrets."""
     from cardnet.services.millicent_vendor import init_vendor
 
-    init_vendor(_store(store), _hex(vendor_id, 8, "--id"), validity_s=validity_days * 86400, min_level=level)
+    init_vendor(
+        _vendor(store, create=True), _hex(vendor_id, 8, "--id"), validity_s=validity_days * 86400, min_level=level
+    )
     console.print(f"vendor {vendor_id} created in {store}")
 
 
@@ -105,7 +118,7 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
     if (text is None) == (path is None):
         fail("give exactly one of --text and --file")
     content = text.encode() if text is not None else Path(path or "").read_bytes()
-    add_product(_store(store), name, price, content)
+    add_product(_vendor(store), name, price, content)
     console.print(f"{name}: {price}")
 
 
@@ -117,7 +130,7 @@ def vendor_licence(store: str, broker: str, out: str) -> None:
     """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets)."""
     from cardnet.services.millicent_vendor import export_licence
 
-    lic = export_licence(_store(store), broker)
+    lic = export_licence(_vendor(store), broker)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(lic, fh)
@@ -133,7 +146,7 @@ def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str) -> N
     """Agree to sell scrip in bulk to a broker at a discount (writes the broker's id, secret and order key)."""
     from cardnet.services.millicent_vendor import add_bulk_broker
 
-    agreement = add_bulk_broker(_store(store), broker, discount_pct=discount)
+    agreement = add_bulk_broker(_vendor(store), broker, discount_pct=discount)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(agreement, fh)
@@ -149,7 +162,7 @@ def vendor_rotate(store: str) -> None:
     """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires)."""
     from cardnet.services.millicent_vendor import rotate_secret
 
-    console.print(f"new scrip is minted under index {rotate_secret(_store(store))}; restart the vendor")
+    console.print(f"new scrip is minted under index {rotate_secret(_vendor(store))}; restart the vendor")
 
 
 @vendor.command("run")
@@ -162,7 +175,7 @@ def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | Non
     from cardnet.services.millicent_vendor import VendorCore, VendorServer
 
     host, port = _listen(listen)
-    core = VendorCore(_store(store))
+    core = VendorCore(_vendor(store))
 
     _serve("vendor", lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint), host, port)
 
@@ -176,7 +189,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
     from cardnet.services.millicent_vendor import VendorCore, redeem_at_broker
 
     host, port = _listen(broker)
-    r = asyncio.run(redeem_at_broker(VendorCore(_store(store)), host, port))
+    r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
     if as_json:
         emit_json(r)
     else:
@@ -190,7 +203,7 @@ def vendor_status(store: str, as_json: bool) -> None:
     """Spent-list size and redeemable scrip."""
     from cardnet.services.millicent_vendor import VendorCore
 
-    core = VendorCore(_store(store))
+    core = VendorCore(_vendor(store))
     r = {
         "vendor": core.vendor_id.hex(),
         "spent": core.spent_count(),
@@ -226,7 +239,7 @@ def broker_add_licence(store: str, path: str, discount: int) -> None:
         lic = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         fail(f"cannot read the licence {path}: {exc}")
-    console.print(f"licensed for vendor {add_licence(_store(store), lic, discount_pct=discount).hex()}")
+    console.print(f"licensed for vendor {add_licence(_broker(store), lic, discount_pct=discount).hex()}")
 
 
 @broker.command("add-bulk")
@@ -244,7 +257,7 @@ def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pi
     except (OSError, ValueError) as exc:
         fail(f"cannot read the agreement {path}: {exc}")
     try:
-        vid = add_bulk(_store(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
+        vid = add_bulk(_broker(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
     except BrokerError as exc:
         fail(str(exc))
     console.print(f"bulk mode for vendor {vid.hex()} (buys {pieces} x {denomination} at {vendor_at})")
@@ -259,7 +272,7 @@ def broker_mode(store: str, vendor: str, mode: str) -> None:
     from cardnet.services.millicent_broker import BrokerError, set_mode
 
     try:
-        set_mode(_store(store), _hex(vendor, 8, "--vendor"), mode)
+        set_mode(_broker(store), _hex(vendor, 8, "--vendor"), mode)
     except BrokerError as exc:
         fail(str(exc))
     console.print(f"vendor {vendor}: {mode}")
@@ -275,7 +288,7 @@ def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int) -> None:
     from cardnet.services.millicent_broker import BrokerCore, BrokerError, buy_stock
 
     try:
-        outcome = asyncio.run(buy_stock(BrokerCore(_store(store)), _hex(vendor, 8, "--vendor"), value, pieces))
+        outcome = asyncio.run(buy_stock(BrokerCore(_broker(store)), _hex(vendor, 8, "--vendor"), value, pieces))
     except BrokerError as exc:
         fail(str(exc))
     if not outcome.bought:
@@ -291,7 +304,7 @@ def broker_deposit(store: str, customer: str, amount: int) -> None:
     """Credit a customer's prepaid balance."""
     from cardnet.services.millicent_broker import deposit
 
-    console.print(f"balance {deposit(_store(store), _hex(customer, 8, '--customer'), amount)}")
+    console.print(f"balance {deposit(_broker(store), _hex(customer, 8, '--customer'), amount)}")
 
 
 @broker.command("run")
@@ -302,7 +315,7 @@ def broker_run(store: str, listen: str) -> None:
     from cardnet.services.millicent_broker import BrokerCore, BrokerServer
 
     host, port = _listen(listen)
-    core = BrokerCore(_store(store))
+    core = BrokerCore(_broker(store))
 
     _serve("broker", lambda: BrokerServer(core), host, port)
 
@@ -314,7 +327,7 @@ def broker_status(store: str, as_json: bool) -> None:
     """What the broker owes each vendor (redeemed licence scrip; bulk purchases) and its bulk stock."""
     from cardnet.services.millicent_broker import BrokerCore
 
-    core = BrokerCore(_store(store))
+    core = BrokerCore(_broker(store, create=False))
     r = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
     if as_json:
         emit_json(r)
@@ -325,10 +338,10 @@ def broker_status(store: str, as_json: bool) -> None:
 # --- customer -------------------------------------------------------------------------
 
 
-def _wallet(where: str) -> Any:
+def _wallet(where: str, *, create: bool = True) -> Any:
     from cardnet.services.millicent_wallet import Wallet
 
-    return Wallet(_store(where))
+    return Wallet(_store(where, "millicent-wallet", create=create))
 
 
 @millicent.command("open")
@@ -359,7 +372,7 @@ def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
 @JSON
 def list_scrip(wallet: str, as_json: bool) -> None:
     """The scrip in the wallet, per vendor, and pending requests (with why they are pending)."""
-    w = _wallet(wallet)
+    w = _wallet(wallet, create=False)
     rows = [
         {"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry}
         for s in w.scrip()

@@ -211,6 +211,33 @@ class HmacKeys:
         return 16 <= len(tag) <= HMAC_BYTES and constant_time.bytes_eq(self.mac(key, data, len(tag)), tag)
 
 
+RECORD_TAG_BYTES = 16
+
+
+class RecordMac:
+    """A record's integrity tag: HMAC-SHA256 over (key, value) under one kept key state, truncated to
+    ``RECORD_TAG_BYTES`` (a card tags every record of its store with a key only it holds, docs/card.md).
+
+    The key is length-prefixed, so no byte can move between key and value unnoticed.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, key: bytes) -> None:
+        self._state = hmac.HMAC(key, _SHA256)
+
+    def tag(self, key: bytes, value: bytes) -> bytes:
+        h = self._state.copy()
+        h.update(len(key).to_bytes(4, "big"))
+        h.update(key)
+        h.update(value)
+        return h.finalize()[:RECORD_TAG_BYTES]
+
+    def check(self, key: bytes, value: bytes, tag: bytes) -> bool:
+        """Constant-time: is ``tag`` the record's tag?"""
+        return constant_time.bytes_eq(self.tag(key, value), tag)
+
+
 # --- AES-256-GCM with counter nonces ----------------------------------------
 
 

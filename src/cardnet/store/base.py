@@ -21,9 +21,15 @@ checks both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
+
+from cardnet.store.errors import StoreError
+
+META_TABLE = "_store"  # the kind record: which service's store this is, and its layout version
+META_KEY = b"meta"
 
 
 class Txn(Protocol):
@@ -87,3 +93,27 @@ def iter_pages(txn: Txn, log: str, page: int = 1000) -> Iterator[tuple[int, byte
         if len(rows) < page:
             return
         after = rows[-1][0]
+
+
+def claim_kind(txn: Txn, kind: str, version: int, where: str) -> None:
+    """Check that the store is a ``kind`` store of layout ``version``; a store without a kind record
+    (new, or made before kinds were recorded) gets one. Refuses ``foreign`` or ``unknown_version``."""
+    raw = txn.get(META_TABLE, META_KEY)
+    if raw is None:
+        txn.put(META_TABLE, META_KEY, json.dumps({"kind": kind, "version": version}).encode())
+        return
+    try:
+        meta = json.loads(raw)
+        found, found_version = str(meta["kind"]), int(meta["version"])
+    except (ValueError, TypeError, KeyError):
+        raise StoreError("damaged", f"store {where} has an unreadable kind record: restore it from a backup") from None
+    if found != kind:
+        raise StoreError(
+            "foreign", f"store {where} is a {found} store, not a {kind} store: check the store path you gave"
+        )
+    if found_version != version:
+        raise StoreError(
+            "unknown_version",
+            f"store {where} is a {kind} store of version {found_version}, this cardnet reads version {version}: "
+            "use the cardnet that made it",
+        )

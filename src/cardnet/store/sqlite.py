@@ -10,12 +10,14 @@ a file written by a newer cardnet is refused rather than guessed at.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cardnet.store.base import claim_kind
 from cardnet.store.errors import StoreError
 
 # Each entry migrates from version i to i + 1. Never edit a released entry: append.
@@ -149,10 +151,43 @@ def _prefix_upper(prefix: bytes) -> bytes | None:
     return bytes(p)
 
 
+def _prepare_file(path: str, create: bool) -> None:
+    """Before SQLite opens ``path``: refuse a missing file unless ``create`` (then make it 0600, so that
+    SQLite gives its -wal and -shm files the same mode), and refuse an existing empty one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if create else -1
+    except FileExistsError:
+        fd = -1
+    except OSError as exc:
+        raise StoreError("io", f"cannot create store {path}: {exc.strerror}") from None
+    if fd >= 0:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.close(fd)
+        return  # a new store: SQLite writes its header on open
+    if not os.path.exists(path):
+        raise StoreError("missing", f"there is no store {path}: check the path (this command creates no store)")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise StoreError(
+            "empty",
+            f"store {path} is empty (0 bytes): it was truncated or is not a cardnet store; "
+            "restore it from a backup, or delete it and create a new one",
+        )
+
+
 class SqliteStore:
     """A store in one SQLite file (or in memory for ``sqlite://:memory:``)."""
 
-    def __init__(self, path: str, *, durable: bool = True, url: str | None = None, exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        durable: bool = True,
+        url: str | None = None,
+        exclusive: bool = False,
+        kind: str | None = None,
+        version: int = 1,
+        create: bool = True,
+    ) -> None:
         self.path = path
         self.durable = durable
         self.exclusive = exclusive and path != ":memory:"
@@ -163,6 +198,7 @@ class SqliteStore:
             parent = Path(path).parent
             if not parent.is_dir():
                 raise StoreError("io", f"cannot open store {path}: directory {parent} does not exist")
+            _prepare_file(path, create)
         try:
             self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
             try:
@@ -175,6 +211,9 @@ class SqliteStore:
                 self._c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._c.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
+                if kind is not None:
+                    with self.transaction() as txn:
+                        claim_kind(txn, kind, version, path)
                 if self.exclusive:
                     self._c.execute("BEGIN IMMEDIATE")  # take the write lock now and keep it (exclusive mode)
                     self._c.execute("COMMIT")
