@@ -186,6 +186,7 @@ class CountingStore:
 
     def __init__(self, inner: SqliteStore) -> None:
         self.inner = inner
+        self.url = inner.url
         self.transactions = 0
 
     def transaction(self) -> AbstractContextManager[Any]:

@@ -19,7 +19,7 @@ import pytest
 from cardnet.applets.counter import COUNT, COUNTED, CounterApplet
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
-from cardnet.card.runtime import OUT, STORE_TABLE
+from cardnet.card.runtime import OUT, RECORD_TAG, STORE_TABLE
 from cardnet.crypto import pki
 from cardnet.host import Guard, Host, HostError, Origin, SendRemote, Verdict
 from cardnet.host import mtypes as hm
@@ -53,7 +53,8 @@ def commits(path: Path) -> list[list[dict[str, int]]]:
     finally:
         store.close()
     out: list[list[dict[str, int]]] = []
-    for _, value in sorted(rows):
+    for _, tagged in sorted(rows):
+        value = tagged[RECORD_TAG:]  # a stored card record is its integrity tag, then the value
         msgs: list[Message] = []
         pos = 0
         while pos < len(value):  # a row: each output as a 4-byte length and the encoded message

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cardnet import __file__ as cardnet_init
 from cardnet.applets.echo import EchoApplet
 from cardnet.sim.faults import FAULT_KINDS, FaultPlan
 from cardnet.sim.runner import run_many, run_seed
@@ -71,6 +72,7 @@ def test_the_same_seed_builds_the_same_cards_byte_for_byte() -> None:
     built = _build(11)
     assert built == _build(11) and built != _build(12)
     tests_unit = str(Path(__file__).parent)
+    src = str(Path(cardnet_init).parents[1])  # the cardnet under test, not whichever one is installed
     probe = subprocess.run(
         [sys.executable, "-c", WORLD_PROBE.format(seed=11)],
         capture_output=True,
@@ -78,7 +80,7 @@ def test_the_same_seed_builds_the_same_cards_byte_for_byte() -> None:
         timeout=120,
         check=False,
         cwd=tests_unit,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([tests_unit, str(Path(tests_unit).parent)])},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([src, tests_unit, str(Path(tests_unit).parent)])},
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == built  # in another process too

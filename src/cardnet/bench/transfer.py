@@ -76,7 +76,7 @@ from cardnet.bench.card import fsync_rate, sqlite_commit_rate
 from cardnet.bench.timing import rate
 from cardnet.bench.trnnet import TrnNet
 from cardnet.card import mtypes as cm
-from cardnet.card.runtime import STORE_TABLE
+from cardnet.card.runtime import RECORD_TAG, STORE_TABLE
 from cardnet.crypto import pki, profile
 from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
@@ -282,11 +282,12 @@ class StoreWatch:
             marks = ",".join("?" * len(chunk))
             keys = [_HOLDING_KEY + oid for oid in chunk]
             rows = self._db.execute(f"SELECT k, v FROM kv WHERE tbl=? AND k IN ({marks})", [STORE_TABLE, *keys])
-            for k, v in rows:
+            for k, tagged in rows:
                 oid = bytes(k[len(_HOLDING_KEY) :])
+                v = bytes(tagged[RECORD_TAG:])  # a stored card record is its integrity tag, then the value
                 last = self._last.get(oid)
                 if last is None or last[0] != v:  # decode only what changed since the last look
-                    last = (bytes(v), tr.Holding.decode(oid, bytes(v)).state)
+                    last = (v, tr.Holding.decode(oid, v).state)
                     self._last[oid] = last
                 found[oid] = last[1]
         return found

@@ -149,15 +149,15 @@ class Card:
     def _load(self, rows: list[tuple[bytes, bytes]]) -> profile.RecordMac:
         """Check every record's tag under the card's integrity key and fill the mirror."""
         raw_key = dict(rows).get(_MAC_KEY)
-        if raw_key is None or len(raw_key) <= _TAG:
+        if raw_key is None or len(raw_key) <= RECORD_TAG:
             raise self._damaged("its integrity key record is missing")
-        mac = profile.RecordMac(raw_key[_TAG:])
+        mac = profile.RecordMac(raw_key[RECORD_TAG:])
         mem = self._mem
         for sk, v in rows:
-            if len(v) < _TAG or not mac.check(sk, v[_TAG:], v[:_TAG]):
+            if len(v) < RECORD_TAG or not mac.check(sk, v[RECORD_TAG:], v[:RECORD_TAG]):
                 table, key = _split(sk)
                 raise self._damaged(f"its record {table}/{key.hex() or '-'} fails its integrity check")
-            mem[_split(sk)] = v[_TAG:]
+            mem[_split(sk)] = v[RECORD_TAG:]
         if (SYS, b"key") not in mem:
             raise self._damaged("its key record is missing")
         return mac
@@ -522,7 +522,7 @@ _NEXT_TK: TableKey = (NEXT, b"")
 _NEXT_KEY = _skey(_NEXT_TK)
 _MAC_TK: TableKey = (SYS, b"mac")  # the store's integrity key: every record is tagged with it
 _MAC_KEY = _skey(_MAC_TK)
-_TAG = profile.RECORD_TAG_BYTES
+RECORD_TAG = profile.RECORD_TAG_BYTES  # a stored card record is tag(RECORD_TAG) || value
 STORE_KIND = "card"
 STORE_VERSION = 1  # records are tag(16) || value
 DELETE_BATCH = 32  # finished outbox rows deleted together (one delete per 32 steps, not one per step)
