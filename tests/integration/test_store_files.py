@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_cli import cardnet
 
 from cardnet.card import Card
 from cardnet.store import SqliteStore, StoreError, open_store
-
-
-def cardnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def one_error_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
