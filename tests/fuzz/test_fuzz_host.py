@@ -27,6 +27,7 @@ from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.host import Capability, Host, HostError, Origin
+from cardnet.host import mtypes as hm
 from cardnet.host.core import HOST_PORT
 from cardnet.protocols.echo import REQUEST
 from cardnet.store import SqliteStore
@@ -90,6 +91,8 @@ def uid_of(kind: str, port: int, card: Card, cap: Capability) -> Uid:
 @given(bursts=st.lists(st.lists(message_specs, min_size=1, max_size=12), min_size=1, max_size=4))
 @example(bursts=[[("cap", "card", 0, REQUEST.code, cbor2.dumps({"é" * 300: 1}), "capability")]])  # once crashed pump
 @example(bursts=[[("remote", "card", 1, cm.PIN_VERIFY.code, cbor2.dumps({0: "1234"}), "remote")] * 9])
+@example(bursts=[[("cap", "host_port", 0, hm.ROUTE.code, cbor2.dumps({0: b"x"}), "capability")]])  # a bad domain
+@example(bursts=[[("remote", "card", 0, hm.UNDELIVERABLE.code, cbor2.dumps({0: 1, 1: "?"}), "remote")]])
 def test_arbitrary_messages_never_break_the_host(ca: pki.CertificateAuthority, bursts: list[list[Any]]) -> None:
     host, card, cap = new_host(ca)
     for burst in bursts:

@@ -22,9 +22,6 @@ from cardnet.cli.output import _remember_json
 # Leaf commands that do not take --json through the shared ``json_option`` yet, each with its reason.
 # Keep this short and honest: a command listed here is a gap, not a design.
 NO_SHARED_JSON: dict[str, str] = {
-    "authority add-agent": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "authority chain": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "authority run": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
     "bench millicent": "cli/millicent.py (millicent): not yet on json_option",
     "millicent broker add-bulk": "cli/millicent.py (millicent): not yet on json_option",
     "millicent broker add-licence": "cli/millicent.py (millicent): not yet on json_option",
@@ -47,12 +44,6 @@ NO_SHARED_JSON: dict[str, str] = {
     "millicent vendor rotate": "cli/millicent.py (millicent): not yet on json_option",
     "millicent vendor run": "cli/millicent.py (millicent): not yet on json_option",
     "millicent vendor status": "cli/millicent.py (millicent): not yet on json_option",
-    "trn list": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "trn mint": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "trn recover": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "trn reissue": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "trn send": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
-    "trn set-authority": "cli/trn.py or cli/authority.py (trncli): not yet on json_option",
 }
 
 

@@ -565,3 +565,36 @@ def test_a_host_restart_re_emits_the_unsent_outputs_of_a_partly_sent_group(two: 
     two.b.pump(T)
     assert {REPLY.parse(m)["rid"] for m in app_b.receive_all()} >= {2}
     reopened.close()
+
+
+def test_the_host_answers_where_a_domain_is_and_remembers_undeliverable_notices(two: Two) -> None:
+    """host.route: local card, routed, or nowhere; plus the last notice the asking app's card got about it."""
+    a, card_a, card_b = two.a, two.card_a, two.card_b
+    app = a.acquire()
+    host_port = Uid(card_a.uid.domain, HOST_PORT)
+
+    def where(domain: bytes) -> dict[str, Any]:
+        app.send(host_port, hm.ROUTE, domain=domain)
+        a.pump(T)
+        [answer] = app.receive_all()
+        assert answer.src == host_port
+        return hm.ROUTE_IS.parse(answer)
+
+    assert where(card_a.uid.domain)["where"] == "local"
+    assert where(card_b.uid.domain) == {"domain": card_b.uid.domain, "where": "route", "address": "b"}
+    assert where(NOWHERE) == {"domain": NOWHERE, "where": "none"}
+    # the card's own message to nowhere (as a TRN card's session.hello would be): remembered for that card
+    a.receive_remote(REQUEST.make(Uid(NOWHERE, 1), card_a.uid, rid=2, body=b""), "b")  # its reply goes nowhere
+    a.pump(T + 5)
+    got = where(NOWHERE)
+    assert got["where"] == "none" and "no route to domain" in got["undeliverable"]
+    assert got["undeliverable_at"] == int(T + 5)
+    # a remote host's notice about the card's message is remembered too
+    notice = hm.UNDELIVERABLE.make(Uid(card_b.uid.domain, 0), card_a.uid, mtype=REQUEST.code,
+                                   dst=card_b.uid, reason="no card here")  # fmt: skip
+    a.receive_remote(notice, "b")
+    a.pump(T + 6)
+    assert where(card_b.uid.domain)["undeliverable"] == "no card here"
+    # only the host's own applications ask: the same question from a remote host gets nothing back
+    a.receive_remote(hm.ROUTE.make(Uid(card_b.uid.domain, 3), host_port, domain=NOWHERE), "b")
+    assert all(e.msg.mtype != hm.ROUTE_IS.code for e in a.pump(T))

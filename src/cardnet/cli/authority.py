@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail
-from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run
+from cardnet.cli.output import console, emit_json, fail, json_option
+from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run, answer
 
 
 @click.group()
@@ -24,11 +24,17 @@ def authority() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA file: the service signs blocklists with it.")  # fmt: skip
-@click.option("--every", "every_s", default=1.0, show_default=True, help="Seconds between blocklist checks.")
-def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
+@click.option("--every", "every_s", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between blocklist checks.")  # fmt: skip
+@click.option("--refresh", "refresh_s", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Re-sign the blocklist this often (seconds) even when nothing changed, so that cards with a "
+              "maximum blocklist age (their freshness policy) keep accepting peers; 0: only on a change.")  # fmt: skip
+@json_option
+def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: float, as_json: bool) -> None:
     """Run the authority's host (its card has the `authority` applet) and the blocklist signer.
 
-    The operator PIN of the authority card comes from $CARDNET_PIN.
+    The operator PIN of the authority card comes from $CARDNET_PIN. The host may run other cards too (e.g. the
+    agent's): the signer logs in to the one card whose config lists the `authority` applet.
     """
     from cardnet.crypto import pki
     from cardnet.host.config import load_config
@@ -61,7 +67,7 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
             server.stop()
             await server.aclose()
             fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
-        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=cards[0])
+        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=cards[0], refresh_s=refresh_s)
         task = asyncio.create_task(signer.run(stop))
 
         def signer_done(t: asyncio.Task[None]) -> None:
@@ -71,7 +77,11 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
 
         task.add_done_callback(signer_done)
         addr = server.listen_address
-        console.print(f"ready {config.name} {addr[0]}:{addr[1]}" if addr else f"ready {config.name} -", markup=False)
+        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        if as_json:
+            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}}, line=True)
+        else:
+            console.print(f"ready {config.name} {listen}", markup=False)
         console.file.flush()
         try:
             await server.serve_forever()
@@ -88,9 +98,11 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float) -> None:
 @authority.command("add-agent")
 @SOCKET
 @PIN
+@CARD
 @click.option("--cert", "cert_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The agent card's certificate (PEM or DER), e.g. from `cardnet card show --cert`.")  # fmt: skip
-def authority_add_agent(socket: str, pin: str | None, cert_path: Path) -> None:
+@json_option
+def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_path: Path, as_json: bool) -> None:
     """Register a ticketing agent: tokens it issues can then be traced."""
     from cardnet.applets.authority import ADD_AGENT
     from cardnet.crypto import pki
@@ -98,11 +110,15 @@ def authority_add_agent(socket: str, pin: str | None, cert_path: Path) -> None:
     raw = cert_path.read_bytes()
     der = pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
 
-    async def work(app: Any) -> None:
+    async def work(app: Any) -> dict[str, Any]:
         await app.send(app.uid.card_uid(), ADD_AGENT, cert=der)
-        console.print((await _result(app))["reason"])
+        return await _result(app)
 
-    _run(socket, pin, work)
+    r = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"reason": r["reason"]})
+    else:
+        console.print(r["reason"], markup=False)
 
 
 @authority.command("chain")
@@ -110,14 +126,14 @@ def authority_add_agent(socket: str, pin: str | None, cert_path: Path) -> None:
 @PIN
 @CARD
 @click.option("--oid", required=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """The recorded movements of a token: issuer, then every holder in order."""
     from cardnet.applets.authority import CHAIN, QUERY
 
     async def work(app: Any) -> dict[str, Any]:
         await app.send(app.uid.card_uid(), QUERY, oid=_oid(oid))
-        return dict(await app.recv_type(CHAIN))
+        return await answer(app, CHAIN)
 
     chain = _run(socket, pin, work, _domain(card))
     issuer = str(chain.get("issuer") or "")
@@ -128,7 +144,7 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
             {"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain, "reissued_as": reissued}
         )
     else:
-        console.print(" -> ".join([issuer, *holders]) if issuer else "no movement recorded")
+        console.print(" -> ".join([issuer, *holders]) if issuer else "no movement recorded", markup=False)
         if "reissued_as" in chain:
             console.print(f"revoked: reissued as {chain['reissued_as'].hex()}")
         elif "revoked" in chain:

@@ -1,16 +1,25 @@
-"""``cardnet trn``: a card owner's commands for TRN tokens, through the host's application socket."""
+"""``cardnet trn``: a card owner's commands for TRN tokens, through the host's application socket.
+
+Every command takes ``--socket`` (the host's ``app_socket``) and ``--card DOMAIN`` (which card, when the host
+runs several). ``send`` asks the host first whether it can reach the destination (``host.route``) and refuses a
+Uid it cannot route before the token is disabled; ``list`` says, for each token on its way out, how the transfer
+stands (and what the host last reported about the destination); ``cancel`` takes a token back while its
+transfer cannot have been committed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
-from rich.table import Table
 
-from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
+
+ANSWER_TIMEOUT_S = 30.0
 
 
 def _pin(pin: str | None) -> str:
@@ -20,7 +29,15 @@ def _pin(pin: str | None) -> str:
     return value
 
 
-def _run(socket: str, pin: str | None, work: Callable[[Any], Awaitable[Any]], card: bytes | None = None) -> Any:
+def _run(
+    socket: str,
+    pin: str | None,
+    work: Callable[[Any], Awaitable[Any]],
+    card: bytes | None = None,
+    *,
+    login: bool = True,
+) -> Any:
+    """Connect to the host's socket (to ``card`` if given), verify the PIN unless ``login`` is off, run ``work``."""
     from cardnet.card import mtypes as cm
     from cardnet.host.client import AppClient
     from cardnet.host.errors import HostError
@@ -29,28 +46,57 @@ def _run(socket: str, pin: str | None, work: Callable[[Any], Awaitable[Any]], ca
         try:
             app = await AppClient.connect(socket, card=card)
         except OSError as exc:
-            fail(f"cannot reach the host at {socket}: {exc.strerror}", hint="is `cardnet host run` running there?")
+            fail(
+                f"cannot reach the host at {socket}: {exc.strerror or exc}",
+                reason="no_host",
+                hint="is `cardnet host run` (or `cardnet authority run`) running with that app_socket?",
+            )
         except HostError as exc:
-            fail(f"the host refused: {exc}", reason=exc.reason, hint="a host with several cards needs --card DOMAIN")
+            hint = "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)"
+            fail(f"the host refused: {exc}", reason=exc.reason, hint=hint)
         async with app:
-            await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=_pin(pin))
-            r = await app.recv_type(cm.PIN_RESULT)
-            if not r["ok"]:
-                fail(f"wrong PIN ({r['tries_left']} tries left)", hint="check the PIN; at 0 tries the card locks")
+            if login:
+                await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=_pin(pin))
+                r = await app.recv_type(cm.PIN_RESULT)
+                if not r["ok"]:
+                    fail(f"wrong PIN ({r['tries_left']} tries left)", reason="wrong_pin",
+                         hint="check the PIN; at 0 tries the card locks")  # fmt: skip
             return await work(app)
 
     return asyncio.run(go())
 
 
-async def _result(app: Any) -> dict[str, Any]:
-    from cardnet.applets.trn import RESULT
+async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> dict[str, Any]:
+    """The card's answer of ``mtype`` (other messages are skipped); a refusal fails with the card's words."""
     from cardnet.card import mtypes as cm
 
-    msg = await app.recv()
-    if msg.mtype == cm.REFUSED.code:
-        p = cm.REFUSED.parse(msg)
-        fail(f"the card refused: {p['detail']}", reason=p["reason"])
-    return dict(RESULT.parse(msg))
+    async with asyncio.timeout(ANSWER_TIMEOUT_S):
+        while True:
+            msg = await app.recv()
+            if msg.mtype == cm.REFUSED.code:
+                p = cm.REFUSED.parse(msg)
+                hint = (hints or {}).get(p["reason"])
+                if p["reason"] == "no_applet":
+                    hint = "is this the right card? name it with --card DOMAIN (the host runs it beside others)"
+                fail(f"the card refused: {p['detail']}", reason=p["reason"], hint=hint)
+            if msg.mtype == mtype.code:
+                return dict(mtype.parse(msg))
+
+
+async def _result(app: Any) -> dict[str, Any]:
+    from cardnet.applets.trn import RESULT
+
+    return await answer(app, RESULT)
+
+
+async def route(app: Any, domain: bytes) -> dict[str, Any]:
+    """What the host knows about reaching ``domain`` from this app's card (``host.route_is``)."""
+    from cardnet.host import mtypes as hm
+    from cardnet.host.core import HOST_PORT
+    from cardnet.wire import Uid
+
+    await app.send(Uid(app.uid.domain, HOST_PORT), hm.ROUTE, domain=domain)
+    return dict(await app.recv_type(hm.ROUTE_IS))
 
 
 def _oid(text: str) -> bytes:
@@ -59,83 +105,8 @@ def _oid(text: str) -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 16:
-        raise click.BadParameter("an oid is 32 hex digits (16 bytes)")
+        raise click.BadParameter(f"{text!r}: an oid is 32 hex digits (16 bytes)")
     return raw
-
-
-SOCKET = click.option("--socket", required=True, help="The host's application socket (app_socket in its config).")
-PIN = click.option("--pin", default=None, help="The card's PIN (default: $CARDNET_PIN, else asked for).")
-CARD = click.option("--card", "card", default=None, help="The card's domain (24 hex), if the host has several cards.")
-
-
-@click.group()
-def trn() -> None:
-    """TRN tokens: mint (agents), send, list, recover — atomic, traceable transfers between cards."""
-
-
-@trn.command("mint")
-@SOCKET
-@PIN
-@click.option("--oid", required=True, help="32 hex digits, unique per token.")
-@click.option("--body", required=True, help="The token's body (text), e.g. 'Olympic baseball, seat 12A'.")
-def trn_mint(socket: str, pin: str | None, oid: str, body: str) -> None:
-    """Create a token on an agent's card (the card signs oid and body)."""
-    from cardnet.applets.trn import MINT
-
-    async def work(app: Any) -> None:
-        await app.send(app.uid.card_uid(), MINT, oid=_oid(oid), body=body.encode())
-        console.print(f"minted {oid}: {(await _result(app))['reason']}")
-
-    _run(socket, pin, work)
-
-
-@trn.command("send")
-@SOCKET
-@PIN
-@click.option("--oid", required=True)
-@click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000).")
-@click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens).")
-def trn_send(socket: str, pin: str | None, oid: str, to: str, untraceable: bool) -> None:
-    """Start moving a token to another card (two-phase commit; the host carries it)."""
-    from cardnet.applets.trn import SEND
-    from cardnet.wire import Uid
-
-    dst = Uid.parse(to)
-
-    async def work(app: Any) -> None:
-        await app.send(app.uid.card_uid(), SEND, oid=_oid(oid), to=dst, traceable=not untraceable)
-        console.print(f"sending {oid} to {dst}: {(await _result(app))['reason']}")
-
-    _run(socket, pin, work)
-
-
-@trn.command("list")
-@SOCKET
-@PIN
-@click.option("--json", "as_json", is_flag=True)
-def trn_list(socket: str, pin: str | None, as_json: bool) -> None:
-    """The tokens on the card with their status (enabled, disabled, trustless, ...)."""
-    from cardnet.applets.trn import LIST, TOKENS
-
-    async def work(app: Any) -> list[dict[str, Any]]:
-        await app.send(app.uid.card_uid(), LIST)
-        return list((await app.recv_type(TOKENS))["tokens"])
-
-    tokens = _run(socket, pin, work)
-    rows = [
-        {"oid": t["oid"].hex(), "status": t["status"], "peer": str(t.get("peer") or ""),
-         "body": t.get("body", b"").decode("utf-8", "replace")}
-        for t in tokens
-    ]  # fmt: skip
-    if as_json:
-        emit_json({"tokens": rows})
-        return
-    table = Table(title="tokens on the card")
-    for col in ("oid", "status", "peer", "body"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["oid"], r["status"], r["peer"], r["body"])
-    console.print(table)
 
 
 def _domain(text: str | None) -> bytes | None:
@@ -146,8 +117,227 @@ def _domain(text: str | None) -> bytes | None:
     except ValueError:
         raw = b""
     if len(raw) != 12:
-        raise click.BadParameter("a card domain is 24 hex digits (a card Uid <24 hex>:00000000 works too)")
+        raise click.BadParameter(f"{text!r}: a card domain is 24 hex digits (a card Uid <24 hex>:00000000 works too)")
     return raw
+
+
+def _uid(text: str) -> Any:
+    from cardnet.wire import DecodeError, Uid
+
+    try:
+        return Uid.parse(text)
+    except DecodeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+SOCKET = click.option("--socket", required=True, help="The host's application socket (app_socket in its config).")
+PIN = click.option("--pin", default=None, help="The card's PIN (default: $CARDNET_PIN, else asked for).")
+CARD = click.option(
+    "--card", "card", default=None, help="The card's domain (24 hex), needed when the host runs several cards."
+)
+
+
+def _ago(at: int | None) -> str:
+    """``(N s ago)`` for a host time (the host process's clock is this machine's wall clock)."""
+    if at is None:
+        return ""
+    return f" ({max(0, int(time.time()) - at)} s ago)"
+
+
+def undeliverable_hint(oid: str, cancellable: bool) -> str:
+    if cancellable:
+        return f"check the receiver's Uid; `cardnet trn cancel --oid {oid}` takes the token back"
+    return "the commit was sent: the transfer ends when the receiver answers; fix the route so it can"
+
+
+@click.group()
+def trn() -> None:
+    """TRN tokens: mint (agents), send, list, cancel, recover, reissue: atomic, traceable transfers."""
+
+
+@trn.command("mint")
+@SOCKET
+@PIN
+@CARD
+@click.option("--oid", required=True, help="32 hex digits, unique per token.")
+@click.option("--body", required=True, help="The token's body (text), e.g. 'Olympic baseball, seat 12A'.")
+@json_option
+def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str, as_json: bool) -> None:
+    """Create a token on an agent's card (the card signs oid and body)."""
+    from cardnet.applets.trn import MINT
+
+    raw = _oid(oid)
+
+    async def work(app: Any) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), MINT, oid=raw, body=body.encode())
+        return await _result(app)
+
+    r = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"oid": oid, "reason": r["reason"]})
+    else:
+        console.print(f"minted {oid}: {r['reason']}", markup=False)
+
+
+@trn.command("send")
+@SOCKET
+@PIN
+@CARD
+@click.option("--oid", required=True)
+@click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000).")
+@click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens).")
+@json_option
+def trn_send(
+    socket: str, pin: str | None, card: str | None, oid: str, to: str, untraceable: bool, as_json: bool
+) -> None:
+    """Start moving a token to another card (two-phase commit; the host carries it).
+
+    The host is asked first whether it can reach the receiver: a Uid that is neither a card of this host nor
+    routed (`[routes]` in its config) is refused, and the token stays where it is.
+    """
+    from cardnet.applets.trn import SEND
+
+    raw, dst = _oid(oid), _uid(to)
+
+    async def work(app: Any) -> dict[str, Any]:
+        if dst.is_card and dst.domain != app.uid.domain:
+            where = await route(app, dst.domain)
+            if where["where"] == "none":
+                fail(
+                    f"this host cannot reach {dst}: no card of domain {dst.domain.hex()} here and no route to it; "
+                    f"{oid} was not sent",
+                    reason="no_route",
+                    hint="check the Uid (`cardnet card show --store ...` on the receiver prints it), or add "
+                    f'"{dst.domain.hex()}" = "HOST:PORT" to [routes] in the host\'s config and restart it',
+                )
+        await app.send(app.uid.card_uid(), SEND, oid=raw, to=dst, traceable=not untraceable)
+        return await _result(app)
+
+    r = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"oid": oid, "to": str(dst), "reason": r["reason"]})
+    else:
+        console.print(f"sending {oid} to {dst}: {r['reason']}", markup=False)
+        console.print("`cardnet trn list` shows how it goes; until the receiver copied it, `cardnet trn cancel` "
+                      "takes it back", markup=False)  # fmt: skip
+
+
+# What a status means for the card's owner, and what to do.
+STATUS_WORDS = {
+    "enabled": "yours: usable and movable",
+    "disabled+O": "leaving: waiting for the receiver's copy (cancel possible)",
+    "disabled": "leaving: committed, waiting for the receiver's acknowledgement",
+    "trustless_disabled": "arriving: waiting for the sender's commit",
+    "trustless": "arrived: waiting for the authority's trace",
+}
+
+
+async def _tokens(app: Any) -> list[dict[str, Any]]:
+    from cardnet.applets.trn import LIST, TOKENS
+
+    await app.send(app.uid.card_uid(), LIST)
+    return list((await answer(app, TOKENS))["tokens"])
+
+
+@trn.command("list")
+@SOCKET
+@PIN
+@CARD
+@json_option
+def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """The tokens on the card with their status; a transfer stuck on an unreachable receiver says so."""
+
+    async def work(app: Any) -> list[dict[str, Any]]:
+        rows = []
+        routes: dict[bytes, dict[str, Any]] = {}
+        for t in await _tokens(app):
+            oid = t["oid"].hex()
+            row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
+                   "body": t.get("body", b"").decode("utf-8", "replace"),
+                   "state": STATUS_WORDS.get(t["status"], t["status"])}  # fmt: skip
+            peer = t.get("peer")
+            if t["status"] in ("disabled+O", "disabled") and peer is not None:
+                if peer.domain not in routes:
+                    routes[peer.domain] = await route(app, peer.domain)
+                where = routes[peer.domain]
+                problem = where.get("undeliverable")
+                if where["where"] == "none" and problem is None:
+                    problem = f"no route to domain {peer.domain.hex()}"
+                if problem is not None:
+                    row["undeliverable"] = problem + _ago(where.get("undeliverable_at"))
+                    row["state"] = "undeliverable: " + row["undeliverable"]
+                    row["hint"] = undeliverable_hint(oid, t["status"] == "disabled+O")
+            rows.append(row)
+        return rows
+
+    rows = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"tokens": rows})
+        return
+    if not rows:
+        console.print("no tokens on this card")
+        return
+    t = table("oid", "status", "peer", "body", "state", title="tokens on the card")
+    for r in rows:
+        t.add_row(r["oid"], r["status"], r["peer"], r["body"], r["state"])
+    print_table(t)
+    for r in rows:
+        if "hint" in r:
+            console.print(f"{r['oid']}: {r['hint']}", markup=False)
+
+
+@trn.command("cancel")
+@SOCKET
+@PIN
+@CARD
+@click.option("--oid", required=True, help="The token being sent.")
+@json_option
+def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
+    """Take back a token being sent, while its transfer cannot have been committed (safe to repeat).
+
+    Possible until the receiver's copy arrived and the card sent the commit; after that the transfer can only
+    finish (the receiver may already hold the token), and this command says so.
+    """
+    from cardnet.applets.trn import CANCEL
+    from cardnet.card import mtypes as cm
+
+    raw = _oid(oid)
+
+    async def work(app: Any) -> tuple[str, str]:
+        held = {t["oid"]: t for t in await _tokens(app)}
+        t = held.get(raw)
+        if t is not None and t["status"] == "disabled+O":
+            await app.send(app.uid.card_uid(), CANCEL, oid=raw)
+            msg = await app.recv()
+            if msg.mtype != cm.REFUSED.code:
+                back = f"cancelled: {oid} is enabled again on this card (the receiver is told to drop its copy)"
+                return "cancelled", back
+            t = {t2["oid"]: t2 for t2 in await _tokens(app)}.get(raw)  # it moved on meanwhile: say how it is now
+        if t is None:
+            fail(f"this card does not hold token {oid}", reason="not_held",
+                 hint="`cardnet trn list` shows the tokens on this card (--card DOMAIN for another card)")  # fmt: skip
+        status, peer = t["status"], str(t.get("peer") or "")
+        if status == "enabled":
+            return "enabled", f"{oid} is not being sent: it is enabled on this card, nothing to cancel"
+        if status == "disabled":
+            fail(
+                f"too late to cancel {oid}: the receiver {peer} copied it and this card sent the commit, so the "
+                "receiver may already hold it",
+                reason="committed",
+                hint="the transfer ends when the receiver answers (`cardnet trn recover` resends the commit); if "
+                "that card is gone for good, the issuing agent can reissue the token (`cardnet trn reissue`)",
+            )
+        fail(
+            f"{oid} is arriving on this card ({STATUS_WORDS.get(status, status)}): only its sender can cancel",
+            reason="not_sender",
+            hint="wait for the transfer to finish, or ask the sender to cancel it",
+        )
+
+    state, message = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"oid": oid, "state": state, "message": message})
+    else:
+        console.print(message, markup=False)
 
 
 @trn.command("reissue")
@@ -159,7 +349,7 @@ def _domain(text: str | None) -> bytes | None:
 @CARD
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
               help="Seconds to wait for the authority.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def trn_reissue(
     socket: str,
     pin: str | None,
@@ -177,7 +367,6 @@ def trn_reissue(
     there. Safe to repeat: the same command reports how the reissue went.
     """
     from cardnet.applets.trn import RECOVER, REISSUE, REISSUE_STATE
-    from cardnet.card import mtypes as cm
 
     fields: dict[str, Any] = {"oid": _oid(oid)}
     if new_oid is not None:
@@ -187,16 +376,12 @@ def trn_reissue(
 
     async def ask(app: Any) -> dict[str, Any]:
         await app.send(app.uid.card_uid(), REISSUE, **fields)
-        msg = await app.recv()
-        if msg.mtype == cm.REFUSED.code:
-            p = cm.REFUSED.parse(msg)
-            hints = {
-                "need_body": "give the new token's body with --body",
-                "no_authority": "run `cardnet trn set-authority` on the agent's card first",
-                "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
-            }
-            fail(f"the card refused: {p['detail']}", reason=p["reason"], hint=hints.get(p["reason"]))
-        return dict(REISSUE_STATE.parse(msg))
+        hints = {
+            "need_body": "give the new token's body with --body",
+            "no_authority": "run `cardnet trn set-authority` on the agent's card first",
+            "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
+        }
+        return await answer(app, REISSUE_STATE, hints)
 
     async def work(app: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -240,32 +425,40 @@ def trn_reissue(
 @trn.command("set-authority")
 @SOCKET
 @PIN
+@CARD
 @click.option("--authority", required=True, help="The authority card's Uid.")
-def trn_set_authority(socket: str, pin: str | None, authority: str) -> None:
+@json_option
+def trn_set_authority(socket: str, pin: str | None, card: str | None, authority: str, as_json: bool) -> None:
     """Tell the card which authority traces its tokens."""
     from cardnet.applets.trn import SET_AUTHORITY
-    from cardnet.wire import Uid
 
-    uid = Uid.parse(authority)
+    uid = _uid(authority)
 
-    async def work(app: Any) -> None:
+    async def work(app: Any) -> dict[str, Any]:
         await app.send(app.uid.card_uid(), SET_AUTHORITY, authority=uid)
-        console.print((await _result(app))["reason"])
+        return await _result(app)
 
-    _run(socket, pin, work)
+    r = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"authority": str(uid), "reason": r["reason"]})
+    else:
+        console.print(f"{r['reason']}: {uid}", markup=False)
 
 
 @trn.command("recover")
 @SOCKET
-def trn_recover(socket: str) -> None:
-    """Resend whatever transfers and traces are unfinished (safe to repeat)."""
+@CARD
+@json_option
+def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
+    """Resend whatever transfers and traces are unfinished (safe to repeat; no PIN needed)."""
     from cardnet.applets.trn import RECOVER
-    from cardnet.host.client import AppClient
 
-    async def go() -> None:
-        async with await AppClient.connect(socket) as app:
-            await app.send(app.uid.card_uid(), RECOVER)
-            await asyncio.sleep(0.2)
+    async def work(app: Any) -> None:
+        await app.send(app.uid.card_uid(), RECOVER)
+        await asyncio.sleep(0.2)
 
-    asyncio.run(go())
-    console.print("recovery ordered")
+    _run(socket, None, work, _domain(card), login=False)
+    if as_json:
+        emit_json({"recovery": "ordered"})
+    else:
+        console.print("recovery ordered")

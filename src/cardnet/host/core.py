@@ -18,6 +18,15 @@ empties the table:
   driver (asyncio TCP, or the simulator's network) to carry;
 * anything else gets a ``host.undeliverable`` notice back to its sender.
 
+The host remembers, per local card and destination domain, the last
+undeliverable notice that card got (the host's own, or a remote host's on its
+way back to the card), logs it as a warning the first time, and answers an
+application's ``host.route {domain}`` (sent to its card's domain, port
+``HOST_PORT``) with ``host.route_is``: whether the domain is a local card, has a
+route, and that last notice. So ``cardnet trn send`` refuses a destination the
+host cannot reach before the token is disabled, and ``cardnet trn list`` shows a
+transfer stuck on an undeliverable destination.
+
 A card output is acknowledged to its card only once it has left the host
 (stepped by a local card, taken by an application sink, or handed to the
 transport: ``SendRemote.sent()``, or ``all_sent`` for a batch): a host crash
@@ -51,14 +60,16 @@ from cardnet.host.errors import HostError
 from cardnet.host.guard import Guard, Verdict, forged_local_domain_guard
 from cardnet.host.library import Capability, Filter
 from cardnet.store import StoreError
-from cardnet.wire import Message, MType, Uid
+from cardnet.wire import DecodeError, Message, MType, Uid
 
 log = logging.getLogger("cardnet.host")
 
 HOST_PORT = 0xFFFFFFFF  # the host itself, when it asks its card for a port
 DEFAULT_MAX_QUEUE = 100_000
 MAX_PUMP_ROUNDS = 10_000
+MAX_UNDELIVERABLE = 4096  # (card, destination domain) pairs remembered; forgotten all at once beyond
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
+_NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
 
 
@@ -149,6 +160,9 @@ class Host:
         self._observers: list[tuple[Filter, Callable[[Message, Origin], None]]] = []
         self._outgoing: list[SendRemote] = []
         self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
+        # (local card domain, destination domain) -> (reason, host time) of the last undeliverable notice
+        self.undeliverable: dict[tuple[bytes, bytes], tuple[str, float]] = {}
+        self._now = 0.0
         self.dropped = 0
         for card in cards:
             self.add_card(card)
@@ -249,13 +263,22 @@ class Host:
 
     def receive_remote(self, msg: Message, peer: str) -> bool:
         """A message arrived from a remote host (the default Guard applies)."""
+        if msg.mtype == _NOTICE:
+            self._remote_notice(msg)
         return self.submit(msg, Origin("remote", peer))
 
     def receive_many(self, msgs: Iterable[Message], origin: Origin) -> None:
         """Messages arrived together from one origin: ``submit`` each, in order (e.g. a remote host's batch)."""
         submit = self.submit
         for msg in msgs:
+            if msg.mtype == _NOTICE:
+                self._remote_notice(msg)
             submit(msg, origin)
+
+    def _remote_notice(self, msg: Message) -> None:
+        """A remote host's notice that a local card's message could not be delivered there: remember it."""
+        if msg.dst.port == 0 and msg.dst.domain in self.cards:
+            self._remember_undeliverable(msg)
 
     def release(self, held_id: int) -> None:
         """Let a held message continue (past every guard)."""
@@ -300,6 +323,7 @@ class Host:
         rounds = 0
         stepped = False
         queue = self._queue
+        self._now = now
         while queue and rounds < MAX_PUMP_ROUNDS:
             rounds += 1
             entries = list(queue)
@@ -339,6 +363,9 @@ class Host:
         if dst.domain in self.cards:
             if dst.port == 0:
                 for_cards.setdefault(dst.domain, []).append(e)
+                return
+            if dst.port == HOST_PORT and e.msg.mtype == _ROUTE and e.origin.kind == "app":
+                self._answer_route(e.msg)
                 return
             sink = self._sinks.get(dst)
             if sink is not None:
@@ -391,9 +418,47 @@ class Host:
         notice = hm.UNDELIVERABLE.make_from(
             msg.dst, msg.src, {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
         )
+        if msg.src.port == 0 and msg.src.domain in self.cards:
+            self._remember_undeliverable(notice)
         if self._observers:
             self._show(notice, HOST)  # observers see the host's own notices too; the Guards do not judge them
         self._enqueue(_Entry(notice, HOST))
+
+    def _remember_undeliverable(self, notice: Message) -> None:
+        """Keep the last notice per (card, destination domain); warn once per new reason (the ticks resend)."""
+        try:
+            p = hm.UNDELIVERABLE.parse(notice)
+        except DecodeError:
+            return
+        key = (notice.dst.domain, p["dst"].domain)
+        before = self.undeliverable.get(key)
+        if before is None or before[0] != p["reason"]:
+            log.warning(
+                "%s: card %s cannot reach %s: %s (a transfer to it waits; `cardnet trn list` shows it)",
+                self.name, notice.dst, p["dst"], p["reason"],
+            )  # fmt: skip
+        if len(self.undeliverable) >= MAX_UNDELIVERABLE and key not in self.undeliverable:
+            self.undeliverable.clear()
+        self.undeliverable[key] = (p["reason"], self._now)
+
+    def _answer_route(self, msg: Message) -> None:
+        """``host.route {domain}`` from a local application: can this host reach that domain, and how did it go."""
+        try:
+            domain = hm.ROUTE.parse(msg)["domain"]
+        except DecodeError as exc:
+            self._enqueue(_Entry(hm.REFUSED.make(msg.dst, msg.src, mtype=msg.mtype, reason=str(exc)[:200]), HOST))
+            return
+        fields: dict[str, object] = {"domain": domain}
+        if domain in self.cards:
+            fields["where"] = "local"
+        elif domain in self.routes:
+            fields |= {"where": "route", "address": self.routes[domain]}
+        else:
+            fields["where"] = "none"
+        last = self.undeliverable.get((msg.dst.domain, domain))
+        if last is not None:
+            fields |= {"undeliverable": last[0][:200], "undeliverable_at": max(0, int(last[1]))}
+        self._enqueue(_Entry(hm.ROUTE_IS.make_from(msg.dst, msg.src, fields), HOST))
 
     # -- timers (the driver owns the clock: see Schedule) ---------------------------------------
     def tick(self, domain: bytes, mtype: MType) -> None:

@@ -28,3 +28,24 @@ REFUSED = register(
     "host",
     Schema("host.refused", [Field(0, "mtype", UInt(0xFFFF)), Field(1, "reason", Text(200))]),
 )
+# An application asks its host (dst: its card's domain, port 0xffffffff) whether a card domain can be reached:
+# ``where`` is ``local`` (a card of this host), ``route`` (a configured route; ``address``) or ``none``; and
+# ``undeliverable``: the last host.undeliverable notice this card got about that domain (reason, host seconds).
+ROUTE = register(
+    0x0113, "host.route", "host", Schema("host.route", [Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES))])
+)
+ROUTE_IS = register(
+    0x0114,
+    "host.route_is",
+    "host",
+    Schema(
+        "host.route_is",
+        [
+            Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES)),
+            Field(1, "where", Text(8)),
+            Field(2, "address", Text(200), optional=True),
+            Field(3, "undeliverable", Text(200), optional=True),
+            Field(4, "undeliverable_at", UInt(), optional=True),
+        ],
+    ),
+)

@@ -1,0 +1,195 @@
+"""``cardnet trn`` and ``cardnet authority`` against real host processes (:class:`~cardnet.bench.trnnet.TrnNet`).
+
+A mistyped destination strands nothing: ``trn send`` refuses a Uid the host cannot route (the token stays
+enabled), a transfer whose receiver turns out to be unreachable is reported by the host (its log) and by
+``trn list``, and ``trn cancel`` takes the token back. Every command takes ``--card``: the authority's host
+runs two cards (the authority's and the agent's), and each command is run there against each card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cardnet.applets.trn import SEND
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.wire import Uid
+
+OID = "00112233445566778899aabbccddeeff"
+OID2 = "ffeeddccbbaa99887766554433221100"
+WAIT_S = 60.0
+GHOST = Uid(bytes.fromhex("0badc0de0badc0de0badc0de"), 0)  # a card nobody has (a mistyped Uid)
+ELSEWHERE = Uid(bytes.fromhex("e15e14e2e15e14e2e15e14e2"), 0)  # routed (to host b), but b has no such card
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CARDNET_PIN": PIN, "COLUMNS": "250"},
+        check=False,
+    )
+
+
+def ok_json(r: subprocess.CompletedProcess[str]) -> Any:
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return json.loads(r.stdout)
+
+
+def error_json(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    err: dict[str, Any] = json.loads(r.stdout)["error"]
+    return err
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[TrnNet]:
+    n = TrnNet(tmp_path)
+    a = n.hosts["a"]
+    # host a routes ELSEWHERE's domain to host b, which holds no such card: the host can tell only afterwards
+    a.config.write_text(a.config.read_text() + f'"{ELSEWHERE.domain.hex()}" = "127.0.0.1:{n.ports["b"]}"\n')
+    with n:
+        yield n
+
+
+def args(net: TrnNet, card: str) -> tuple[str, ...]:
+    """--socket and --card of ``card``'s host (the auth host runs two cards: authority and agent)."""
+    return ("--socket", net.host_of(card).socket, "--card", net.uids[card].domain.hex())
+
+
+async def until(net: TrnNet, card: str, oid: bytes, status: str | None) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while (await net.tokens(card)).get(oid) != status:
+            await asyncio.sleep(0.2)
+
+
+def tokens(net: TrnNet, card: str) -> dict[str, dict[str, Any]]:
+    return {t["oid"]: t for t in ok_json(cli("trn", "list", *args(net, card), "--json"))["tokens"]}
+
+
+def give_a_token(net: TrnNet, oid: str) -> None:
+    """The agent mints ``oid`` and sends it to wallet a; it is traced and enabled there (all by the CLI)."""
+    ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", oid, "--body", "Final, seat 7", "--json"))
+    ok_json(cli("trn", "send", *args(net, "agent"), "--oid", oid, "--to", str(net.uids["a"]), "--json"))
+    asyncio.run(until(net, "a", bytes.fromhex(oid), "enabled"))
+
+
+def setup(net: TrnNet) -> None:
+    """Register the agent and set every card's authority, with the CLI only (the auth host has two cards)."""
+    cert = net.tmp / "agent.der"  # (`cardnet card show --cert` prints it while no host runs the card)
+    cert.write_bytes(net.agent_cert)
+    ok_json(cli("authority", "add-agent", *args(net, "authority"), "--cert", str(cert), "--json"))
+    for card in ("agent", "a", "b"):
+        got = ok_json(
+            cli("trn", "set-authority", *args(net, card), "--authority", str(net.uids["authority"]), "--json")
+        )
+        assert got["authority"] == str(net.uids["authority"])
+
+
+def test_a_mistyped_destination_strands_nothing(net: TrnNet) -> None:
+    setup(net)
+    give_a_token(net, OID)
+
+    # 1. refused up front: no card of that domain on host a and no route to it; the token stays enabled
+    err = error_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(GHOST), "--json"))
+    assert err["reason"] == "no_route" and str(GHOST) in err["message"] and "[routes]" in err["hint"], err
+    human = cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(GHOST))
+    assert human.returncode != 0 and "cannot reach" in human.stderr and "Traceback" not in human.stderr
+    assert tokens(net, "a")[OID]["status"] == "enabled"
+
+    # 2. routed, but the host at the end of the route has no such card: host b's notice comes back to host a,
+    #    which logs it, and trn list reports the transfer as undeliverable with what to do
+    sent = ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(ELSEWHERE), "--json"))
+    assert sent["to"] == str(ELSEWHERE)
+
+    async def reported() -> dict[str, Any]:
+        async with asyncio.timeout(WAIT_S):
+            while "undeliverable" not in (row := tokens(net, "a")[OID]):
+                await asyncio.sleep(0.3)
+            return row
+
+    row = asyncio.run(reported())
+    assert row["status"] == "disabled+O" and row["peer"] == str(ELSEWHERE)
+    assert f"no route to domain {ELSEWHERE.domain.hex()}" in row["undeliverable"]
+    assert f"cardnet trn cancel --oid {OID}" in row["hint"]
+    human = cli("trn", "list", *args(net, "a"))
+    assert human.returncode == 0 and "undeliverable" in human.stdout and "trn cancel" in human.stdout
+    log = net.hosts["a"].log()
+    assert f"cannot reach {ELSEWHERE}" in log and "WARNING" in log, log[-2000:]
+
+    # 3. cancel: the token is enabled again, and a repeated cancel says there is nothing to cancel
+    got = ok_json(cli("trn", "cancel", *args(net, "a"), "--oid", OID, "--json"))
+    assert got["state"] == "cancelled", got
+    assert tokens(net, "a")[OID]["status"] == "enabled"
+    again = ok_json(cli("trn", "cancel", *args(net, "a"), "--oid", OID, "--json"))
+    assert again["state"] == "enabled" and "nothing to cancel" in again["message"]
+    err = error_json(cli("trn", "cancel", *args(net, "a"), "--oid", OID2, "--json"))
+    assert err["reason"] == "not_held" and "does not hold" in err["message"]
+
+    # an application other than the CLI may skip the check: host a itself has no route; list and cancel still work
+    asyncio.run(net.ask("a", SEND, oid=bytes.fromhex(OID), to=GHOST))
+    asyncio.run(until(net, "a", bytes.fromhex(OID), "disabled+O"))
+    row = tokens(net, "a")[OID]
+    assert row["status"] == "disabled+O" and "no route to domain" in row["undeliverable"], row
+    assert f"cannot reach {GHOST}" in net.hosts["a"].log()
+    assert ok_json(cli("trn", "cancel", *args(net, "a"), "--oid", OID, "--json"))["state"] == "cancelled"
+
+    # and the token still moves where it should
+    ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(net.uids["b"]), "--json"))
+    asyncio.run(until(net, "b", bytes.fromhex(OID), "enabled"))
+    chain = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", OID, "--json"))
+    assert chain["holders"] == [str(net.uids["a"]), str(net.uids["b"])]
+    # the receiver cannot cancel a transfer it is part of: only a token on its way out can be cancelled
+    err = error_json(cli("trn", "cancel", *args(net, "a"), "--oid", OID, "--json"))
+    assert err["reason"] == "not_held"
+
+
+def test_every_trn_and_authority_command_takes_card_on_a_host_with_two_cards(net: TrnNet) -> None:
+    auth = net.hosts["auth"].socket
+    # without --card, a host with two cards cannot tell which: one clear error naming --card, for every command
+    for cmd in (
+        ("trn", "mint", "--oid", OID, "--body", "x"),
+        ("trn", "send", "--oid", OID, "--to", str(net.uids["a"])),
+        ("trn", "list"),
+        ("trn", "cancel", "--oid", OID),
+        ("trn", "set-authority", "--authority", str(net.uids["authority"])),
+        ("trn", "recover"),
+        ("trn", "reissue", "--oid", OID),
+        ("authority", "chain", "--oid", OID),
+        ("authority", "add-agent", "--cert", str(net.hosts["auth"].config)),
+    ):
+        err = error_json(cli(*cmd, "--socket", auth, "--json"))
+        assert "--card" in err["hint"] and "several cards" in err["message"], (cmd, err)
+
+    # with --card, each command reaches the card it names on that one host
+    setup(net)  # authority add-agent --card authority; trn set-authority --card agent (and the wallets)
+    give_a_token(net, OID)  # trn mint / send --card agent
+    assert OID not in tokens(net, "agent") and tokens(net, "a")[OID]["status"] == "enabled"
+    ok_json(cli("trn", "recover", *args(net, "agent"), "--json"))
+    chain = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", OID, "--json"))
+    assert chain["issuer"] == str(net.uids["agent"]) and chain["holders"] == [str(net.uids["a"])]
+    # the authority's card is not a wallet: trn commands sent to it are refused by that card, cleanly
+    err = error_json(cli("trn", "list", *args(net, "authority"), "--json"))
+    assert "Traceback" not in err["message"]
+    # the agent's card holds no authority applet
+    err = error_json(cli("authority", "chain", *args(net, "agent"), "--oid", OID, "--json"))
+    assert "Traceback" not in err["message"]
+    # an agent's own token can be cancelled on the two-card host too
+    ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", OID2, "--body", "seat 8", "--json"))
+    asyncio.run(net.ask("agent", SEND, oid=bytes.fromhex(OID2), to=GHOST))
+    assert "no route" in tokens(net, "agent")[OID2]["undeliverable"]
+    assert ok_json(cli("trn", "cancel", *args(net, "agent"), "--oid", OID2, "--json"))["state"] == "cancelled"
+    got = ok_json(cli("trn", "reissue", *args(net, "agent"), "--oid", OID2, "--json"))
+    assert got["state"] == "done" and got["holder"] == str(net.uids["agent"])
