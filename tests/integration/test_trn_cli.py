@@ -193,3 +193,20 @@ def test_every_trn_and_authority_command_takes_card_on_a_host_with_two_cards(net
     assert ok_json(cli("trn", "cancel", *args(net, "agent"), "--oid", OID2, "--json"))["state"] == "cancelled"
     got = ok_json(cli("trn", "reissue", *args(net, "agent"), "--oid", OID2, "--json"))
     assert got["state"] == "done" and got["holder"] == str(net.uids["agent"])
+
+
+def test_authority_run_refresh_re_signs_an_unchanged_blocklist(tmp_path: Path) -> None:
+    """--refresh: cards with a maximum blocklist age need fresh epochs even when nobody new is blocked."""
+    net = TrnNet(tmp_path, wallets=())
+    auth = net.hosts["auth"]
+    auth.command = (*auth.command, "--refresh", "0.3")
+    with net:
+
+        async def epochs(n: int) -> None:
+            async with asyncio.timeout(WAIT_S):
+                while f"blocklist epoch {n} signed: 0 blocked" not in auth.log():
+                    await asyncio.sleep(0.2)
+
+        asyncio.run(epochs(3))  # nothing blocked, yet epochs 1, 2, 3 are signed
+    bad = cli("authority", "run", "--config", str(auth.config), "--ca", str(tmp_path / "ca.cnca"), "--refresh", "-1")
+    assert bad.returncode == 2 and "--refresh" in bad.stderr and "Traceback" not in bad.stderr
