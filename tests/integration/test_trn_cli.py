@@ -13,7 +13,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +213,90 @@ def test_authority_run_refresh_re_signs_an_unchanged_blocklist(tmp_path: Path) -
         asyncio.run(epochs(3))  # nothing blocked, yet epochs 1, 2, 3 are signed
     bad = cli("authority", "run", "--config", str(auth.config), "--ca", str(tmp_path / "ca.cnca"), "--refresh", "-1")
     assert bad.returncode == 2 and "--refresh" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cancel_after_the_commit_was_sent_says_it_is_too_late(tmp_path: Path) -> None:
+    """A real host (in this process, so a Guard can lose bob's `committed`), the real CLI against its socket."""
+    from cardnet.card import Card
+    from cardnet.card.personalise import personalise
+    from cardnet.crypto import pki
+    from cardnet.host import Guard, Verdict
+    from cardnet.host.config import load_config
+    from cardnet.host.server import HostServer
+    from cardnet.protocols import session as sess
+    from cardnet.store import SqliteStore
+
+    now = datetime.now(UTC)
+    ca = pki.CertificateAuthority.create("cancel CA", now=now)
+    uids = {}
+    for name, role in (("agent", pki.Role.AGENT), ("alice", pki.Role.DEVICE), ("bob", pki.Role.DEVICE)):
+        card = Card(SqliteStore(str(tmp_path / f"{name}.card.db")))
+        uids[name] = personalise(card, ca, pin=PIN, now=now, role=role)
+        card.close()
+    sections = "".join(f'[[cards]]\nstore = "sqlite:///{n}.card.db"\napplets = ["trn"]\n\n' for n in uids)
+    (tmp_path / "h.toml").write_text(f'name = "h"\napp_socket = "h.sock"\n\n{sections}')
+    lose = {"on": False, "records": 0}
+
+    def check(msg: Any, origin: Any) -> Verdict:  # bob's records to alice after the first (copied) are lost
+        if lose["on"] and msg.mtype == sess.RECORD.code and (msg.src, msg.dst) == (uids["bob"], uids["alice"]):
+            lose["records"] += 1
+            if lose["records"] >= 2:
+                return Verdict.DROP
+        return Verdict.PASS
+
+    started: list[tuple[asyncio.AbstractEventLoop, HostServer]] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            server = HostServer(load_config(tmp_path / "h.toml"))
+            server.host.guards.append(Guard("lose-committed", check))
+            await server.start()
+            started.append((asyncio.get_running_loop(), server))
+            ready.set()
+            try:
+                await server.serve_forever()
+            finally:
+                await server.aclose()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ready.wait(WAIT_S)
+        sock = str(tmp_path / "h.sock")
+
+        def on(name: str) -> tuple[str, ...]:
+            return ("--socket", sock, "--card", uids[name].domain.hex())
+
+        def status(name: str) -> str | None:
+            rows = ok_json(cli("trn", "list", *on(name), "--json"))["tokens"]
+            return next((r["status"] for r in rows if r["oid"] == OID), None)
+
+        def wait_status(name: str, want: str | None) -> None:
+            deadline = time.monotonic() + WAIT_S
+            while status(name) != want:
+                assert time.monotonic() < deadline, (name, want, status(name))
+                time.sleep(0.2)
+
+        ok_json(cli("trn", "mint", *on("agent"), "--oid", OID, "--body", "seat 9", "--json"))
+        ok_json(cli("trn", "send", *on("agent"), "--oid", OID, "--to", str(uids["alice"]), "--untraceable", "--json"))
+        wait_status("alice", "enabled")
+        lose["on"] = True
+        ok_json(cli("trn", "send", *on("alice"), "--oid", OID, "--to", str(uids["bob"]), "--untraceable", "--json"))
+        wait_status("bob", "enabled")  # bob committed; alice never hears of it
+        assert status("alice") == "disabled"
+        err = error_json(cli("trn", "cancel", *on("alice"), "--oid", OID, "--json"))
+        assert err["reason"] == "committed" and "too late" in err["message"] and "reissue" in err["hint"], err
+        assert status("alice") == "disabled" and status("bob") == "enabled"
+        assert ok_json(cli("trn", "cancel", *on("bob"), "--oid", OID, "--json"))["state"] == "enabled"  # his now
+        lose["on"] = False  # the host's recovery tick resends alice's commit; bob answers from memory
+        wait_status("alice", None)
+        err = error_json(cli("trn", "cancel", *on("alice"), "--oid", OID, "--json"))
+        assert err["reason"] == "not_held"
+    finally:
+        if started:
+            loop, server = started[0]
+            loop.call_soon_threadsafe(server.stop)
+        thread.join(WAIT_S)
