@@ -11,6 +11,7 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from typing import Any
@@ -146,3 +147,18 @@ def test_the_card_refuses_garbage_params_with_bad_param(
     assert (refusal["mtype"], refusal["reason"]) == (mtype.code, "bad_param")
     assert card._mem == state and card.outbox() == []  # a refusal changes nothing and is not stored
     assert cap.uid not in card._authenticated
+
+
+@FUZZ
+@given(param=params, domain=st.binary(min_size=12, max_size=12), where=st.sampled_from(["local", "route", "none"]),
+       reason=st.none() | st.text(max_size=200), at=st.integers(0, 2**40))  # fmt: skip
+def test_route_messages_decode_or_refuse(param: bytes, domain: bytes, where: str, reason: str | None, at: int) -> None:
+    """host.route and host.route_is: garbage raises DecodeError only; what the host sends decodes to itself."""
+    for mtype in (hm.ROUTE, hm.ROUTE_IS):
+        with contextlib.suppress(DecodeError):
+            mtype.schema.decode(param)
+    fields: dict[str, Any] = {"domain": domain, "where": where}
+    if reason is not None:
+        fields |= {"undeliverable": reason, "undeliverable_at": at}
+    assert hm.ROUTE_IS.schema.decode(hm.ROUTE_IS.schema.encode(fields)) == fields
+    assert hm.ROUTE.schema.decode(hm.ROUTE.schema.encode({"domain": domain})) == {"domain": domain}
