@@ -53,6 +53,39 @@ def _listen(value: str) -> tuple[str, int]:
 
 
 STORE = click.option("--store", required=True, help="The service's store: a file path or a store URL.")
+
+
+def _server_limits(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--max-connections, --max-per-peer, --handshake-timeout, --idle-timeout (docs/transport.md, Listening)."""
+    from cardnet.transport import DEFAULT_SERVER_LIMITS as D
+
+    for opt in reversed(
+        (
+            click.option("--max-connections", type=click.IntRange(1), default=D.max_connections, show_default=True,
+                         help="Connections held at once; more are closed at once."),
+            click.option("--max-per-peer", type=click.IntRange(1), default=D.max_per_peer, show_default=True,
+                         help="Connections held at once from one IP address."),
+            click.option("--handshake-timeout", type=click.FloatRange(0.05), default=D.handshake_timeout_s,
+                         show_default=True, help="Seconds from connect to the first whole request."),
+            click.option("--idle-timeout", type=click.FloatRange(0), default=D.idle_timeout_s, show_default=True,
+                         help="Seconds a connection may wait without a request (0: never)."),
+        )
+    ):  # fmt: skip
+        fn = opt(fn)
+    return fn
+
+
+def _limits_from(max_connections: int, max_per_peer: int, handshake_timeout: float, idle_timeout: float) -> Any:
+    from cardnet.transport import ServerLimits
+
+    return ServerLimits(
+        max_connections=max_connections,
+        max_per_peer=max_per_peer,
+        handshake_timeout_s=handshake_timeout,
+        idle_timeout_s=idle_timeout or None,
+    )
+
+
 WALLET = click.option(
     "--wallet",
     default=lambda: os.environ.get("CARDNET_WALLET", "wallet.db"),
@@ -170,14 +203,21 @@ def vendor_rotate(store: str) -> None:
 @click.option("--listen", default="127.0.0.1:7200", show_default=True, help="HOST:PORT (port 0 picks one).")
 @click.option("--prune-every", default=60.0, show_default=True, help="Seconds between spent-list prunes.")
 @click.option("--failpoint", default=None, hidden=True, help="Test only: kill-after-commit.")
-def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | None) -> None:
+@_server_limits
+def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | None, **limits: Any) -> None:
     """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening."""
     from cardnet.services.millicent_vendor import VendorCore, VendorServer
 
     host, port = _listen(listen)
     core = VendorCore(_vendor(store))
+    bounds = _limits_from(**limits)
 
-    _serve("vendor", lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint), host, port)
+    _serve(
+        "vendor",
+        lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint, server_limits=bounds),
+        host,
+        port,
+    )
 
 
 @vendor.command("redeem")
@@ -310,14 +350,16 @@ def broker_deposit(store: str, customer: str, amount: int) -> None:
 @broker.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7100", show_default=True, help="HOST:PORT (port 0 picks one).")
-def broker_run(store: str, listen: str) -> None:
+@_server_limits
+def broker_run(store: str, listen: str, **limits: Any) -> None:
     """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"."""
     from cardnet.services.millicent_broker import BrokerCore, BrokerServer
 
     host, port = _listen(listen)
     core = BrokerCore(_broker(store))
+    bounds = _limits_from(**limits)
 
-    _serve("broker", lambda: BrokerServer(core), host, port)
+    _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port)
 
 
 @broker.command("status")

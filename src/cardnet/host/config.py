@@ -23,6 +23,13 @@
     key = "alice-host.key"
     ca = "ca.pem"
 
+    [limits]                            # optional: bounds on the listening sockets (defaults shown)
+    max_connections = 512               # remote connections held at once on `listen`
+    max_per_peer = 64                   # ... from one IP address
+    handshake_timeout_s = 10.0          # accept -> TLS handshake and first frame, on `listen` and `app_socket`
+    idle_timeout_s = 600.0              # a remote connection sending no frame this long is closed (0: never)
+    app_max_connections = 256           # application connections held at once on `app_socket`
+
 A bad file is refused with :class:`HostError` (``bad_config``) naming the
 field, e.g. ``cards[0].applets: unknown applet(s) ech``.
 
@@ -46,16 +53,19 @@ from typing import Any
 
 from cardnet.applets.registry import APPLETS
 from cardnet.host.errors import HostError
+from cardnet.transport.base import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
 from cardnet.wire import DecodeError
 
-KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls"}
+KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls", "limits"}
+KNOWN_LIMITS = ("max_connections", "max_per_peer", "handshake_timeout_s", "idle_timeout_s", "app_max_connections")
 KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
     # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
     "trn": (("trn.recover", 2.0),),
 }
 DEFAULT_RESEND_AFTER_S = 5.0
+DEFAULT_APP_MAX_CONNECTIONS = 256
 MIN_PERIOD_S = 0.05
 MAX_PERIOD_S = 86_400.0
 
@@ -86,6 +96,8 @@ class HostConfig:
     tls: TlsConfig | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     resend_after_s: float = DEFAULT_RESEND_AFTER_S  # 0: never re-emit (only when a card is reopened)
+    server_limits: ServerLimits = DEFAULT_SERVER_LIMITS  # the `listen` socket's caps and timeouts
+    app_max_connections: int = DEFAULT_APP_MAX_CONNECTIONS  # the `app_socket`'s cap
 
 
 def _bad(where: str, what: str) -> HostError:
@@ -211,7 +223,39 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
                 raise _bad(f"tls.{k}", f"file {p} does not exist")
             paths[k] = p
         tls = TlsConfig(paths["cert"], paths["key"], paths["ca"])
-    return HostConfig(name, app_socket, tuple(cards), listen, routes, tls, max_frame, resend_after_s)
+    server_limits, app_max_connections = _limits(data)
+    return HostConfig(
+        name,
+        app_socket,
+        tuple(cards),
+        listen,
+        routes,
+        tls,
+        max_frame,
+        resend_after_s,
+        server_limits,
+        app_max_connections,
+    )
+
+
+def _limits(data: dict[str, Any]) -> tuple[ServerLimits, int]:
+    raw = data.get("limits", {})
+    if not isinstance(raw, dict):
+        raise _bad("limits", f"must be a table with {', '.join(KNOWN_LIMITS)}")
+    extra = set(raw) - set(KNOWN_LIMITS)
+    if extra:
+        raise _bad(f"limits.{sorted(extra)[0]}", f"unknown field; known: {', '.join(KNOWN_LIMITS)}")
+    d = DEFAULT_SERVER_LIMITS
+    idle = _seconds(raw.get("idle_timeout_s", d.idle_timeout_s), "limits.idle_timeout_s", zero_ok=True)
+    limits = ServerLimits(
+        max_connections=_int(raw, "max_connections", "limits.", d.max_connections, 1, 1 << 20),
+        max_per_peer=_int(raw, "max_per_peer", "limits.", d.max_per_peer, 1, 1 << 20),
+        handshake_timeout_s=_seconds(
+            raw.get("handshake_timeout_s", d.handshake_timeout_s), "limits.handshake_timeout_s"
+        ),
+        idle_timeout_s=idle or None,
+    )
+    return limits, _int(raw, "app_max_connections", "limits.", DEFAULT_APP_MAX_CONNECTIONS, 1, 1 << 20)
 
 
 def load_config(path: Path) -> HostConfig:

@@ -41,7 +41,6 @@ import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cardnet.applets.registry import make_applets
@@ -56,6 +55,7 @@ from cardnet.transport import (
     ClosedError,
     Limits,
     ReconnectingLink,
+    ServerLimits,
     TcpConnection,
     TcpServer,
     TransportError,
@@ -107,7 +107,7 @@ class HostServer:
         self._wake = asyncio.Event()
         self._links: dict[str, ReconnectingLink] = {}
         self._tcp: TcpServer | None = None
-        self._unix: asyncio.Server | None = None
+        self._unix: TcpServer | None = None
         self._server_tls: ssl.SSLContext | None = None
         self._client_tls: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,17 +128,36 @@ class HostServer:
         return self._tcp.address if self._tcp is not None else None
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
+        # The application socket first: a second host given a live host's socket stops here, having bound nothing.
+        sock = self.config.app_socket
+        app_limits = ServerLimits(
+            max_connections=self.config.app_max_connections,
+            max_per_peer=self.config.app_max_connections,
+            handshake_timeout_s=self.config.server_limits.handshake_timeout_s,
+            idle_timeout_s=None,  # applications wait for messages as long as they like; the socket is 0600
+        )
+        self._unix = TcpServer(limits=self.limits, server_limits=app_limits)
+        try:
+            await self._unix.start_unix(sock, self._accept_app)
+        except TransportError as exc:
+            if exc.reason != "in_use":
+                raise HostError("bad_config", f"app_socket: {exc}") from None
+            raise HostError(
+                "in_use",
+                f"app_socket {sock} is the socket of a running host: stop that host first, "
+                "or give this host another app_socket in its config",
+            ) from None
         if self.config.listen is not None:
-            self._tcp = TcpServer(limits=self.limits)
+            self._tcp = TcpServer(limits=self.limits, server_limits=self.config.server_limits)
             h, p = self.config.listen
             await self._tcp.start(h, p, self._serve_remote, self._server_tls)
-        sock = self.config.app_socket
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
-        self._unix = await asyncio.start_unix_server(
-            self._accept_app, path=str(sock), limit=self.limits.read_chunk_bytes
-        )
-        sock.chmod(0o600)
         self._spawn(self._pump_loop())
         if self._jobs:
             self._spawn(self._timer_loop())
@@ -244,8 +263,7 @@ class HostServer:
                 self.wake()
 
     # -- applications -----------------------------------------------------------------
-    async def _accept_app(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = TcpConnection(reader, writer, self.limits)
+    async def _accept_app(self, conn: TcpConnection) -> None:
         uid: Uid | None = None
         queue: asyncio.Queue[Message] = asyncio.Queue(APP_QUEUE)
         writer_task: asyncio.Task[None] | None = None
@@ -311,7 +329,7 @@ class HostServer:
         if self._tcp is not None:
             await self._tcp.aclose()
         if self._unix is not None:
-            self._unix.close()
+            await self._unix.aclose()  # removes the socket file if it is still this host's
         for link in self._links.values():
             await link.aclose()
         for task in list(self._tasks):
@@ -319,5 +337,3 @@ class HostServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for card in self.cards:
             card.close()
-        with contextlib.suppress(FileNotFoundError):
-            Path(self.config.app_socket).unlink()

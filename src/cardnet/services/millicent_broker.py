@@ -52,7 +52,16 @@ from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
 from cardnet.store import Store
-from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer, TransportError, dial
+from cardnet.transport import (
+    DEFAULT_SERVER_LIMITS,
+    BrokenError,
+    ClosedError,
+    ServerLimits,
+    TcpConnection,
+    TcpServer,
+    TransportError,
+    dial,
+)
 from cardnet.wire import DecodeError, Message, Uid
 
 log = logging.getLogger("cardnet.millicent.broker")
@@ -680,10 +689,16 @@ class BrokerServer:
     calls to the vendor: the broker's ledger sees one purchase at a time.
     """
 
-    def __init__(self, core: BrokerCore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        core: BrokerCore,
+        *,
+        clock: Callable[[], float] = time.time,
+        server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+    ) -> None:
         self.core = core
         self.clock = clock
-        self._server = TcpServer()
+        self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
         self._lock = asyncio.Lock()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:

@@ -48,7 +48,16 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store, StoreError
-from cardnet.transport import BrokenError, ClosedError, TcpConnection, TcpServer, TransportError, dial
+from cardnet.transport import (
+    DEFAULT_SERVER_LIMITS,
+    BrokenError,
+    ClosedError,
+    ServerLimits,
+    TcpConnection,
+    TcpServer,
+    TransportError,
+    dial,
+)
 from cardnet.wire import DecodeError, Message, Uid
 
 log = logging.getLogger("cardnet.millicent.vendor")
@@ -563,6 +572,7 @@ class VendorServer:
         prune_every_s: float = 60.0,
         failpoint: str | None = None,
         slow_commit_s: float = SLOW_COMMIT_S,
+        server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
     ) -> None:
         self.core = core
         self.clock = clock
@@ -573,7 +583,7 @@ class VendorServer:
         self._prepared: asyncio.Queue[tuple[Batch, list[_Item]]] = asyncio.Queue(maxsize=1)  # one waits, one commits
         self._quiet = asyncio.Event()  # set while no transaction is writing (see _preparer)
         self._quiet.set()
-        self._server = TcpServer()
+        self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
 

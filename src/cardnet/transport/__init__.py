@@ -5,7 +5,17 @@ See docs/transport.md. ``framing`` and ``backoff`` are sans-I/O; ``tcp`` and
 """
 
 from cardnet.transport.backoff import Backoff, BackoffPolicy
-from cardnet.transport.base import DEFAULT_LIMITS, LOGGER_NAME, Connection, Dialer, Limits, OnConnection, PeerInfo
+from cardnet.transport.base import (
+    DEFAULT_LIMITS,
+    DEFAULT_SERVER_LIMITS,
+    LOGGER_NAME,
+    Connection,
+    Dialer,
+    Limits,
+    OnConnection,
+    PeerInfo,
+    ServerLimits,
+)
 from cardnet.transport.errors import BrokenError, ClosedError, TransportError
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, encode_frame
 from cardnet.transport.link import ReconnectingLink
@@ -16,6 +26,7 @@ from cardnet.transport.tls import tls_contexts
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_FRAME",
+    "DEFAULT_SERVER_LIMITS",
     "LOGGER_NAME",
     "MIN_FRAME",
     "PREFIX_BYTES",
@@ -33,6 +44,7 @@ __all__ = [
     "OnConnection",
     "PeerInfo",
     "ReconnectingLink",
+    "ServerLimits",
     "TcpConnection",
     "TcpServer",
     "TransportError",

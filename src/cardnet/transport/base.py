@@ -89,6 +89,42 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerLimits:
+    """Bounds on what one listening socket accepts (every one of them finite, except an idle timeout of None).
+
+    A connection beyond ``max_connections`` in all, or beyond ``max_per_peer``
+    from one peer address, is closed as soon as it is accepted (before any TLS
+    handshake). A connection whose TLS handshake and first whole frame have
+    not arrived ``handshake_timeout_s`` after it was accepted is closed, and so
+    is one whose handler has waited ``idle_timeout_s`` for a whole frame
+    (None: never — for sockets whose clients legitimately wait, such as the
+    host's application socket).
+    """
+
+    max_connections: int = 512  # connections held at once on this socket
+    max_per_peer: int = 64  # connections held at once from one peer address (IP); Unix sockets: no per-peer cap
+    handshake_timeout_s: float = 10.0  # accept -> TLS handshake done and the first whole frame in
+    idle_timeout_s: float | None = 600.0  # a handler waiting this long for a whole frame is disconnected
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_per_peer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TransportError("bad_config", f"ServerLimits.{name} must be a positive int, got {value!r}")
+        for name in ("handshake_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if value is None and name == "idle_timeout_s":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise TransportError(
+                    "bad_config", f"ServerLimits.{name} must be a positive number of seconds, got {value!r}"
+                )
+
+
+DEFAULT_SERVER_LIMITS = ServerLimits()
+
+
 @runtime_checkable
 class Connection(Protocol):
     """One end of a message connection; see the module docstring for the semantics."""

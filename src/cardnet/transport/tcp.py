@@ -27,19 +27,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import socket
 import ssl
+import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from cardnet.transport.base import DEFAULT_LIMITS, LOGGER_NAME, ConnectionBase, HandlerSet, Limits, PeerInfo
+from cardnet.transport.base import (
+    DEFAULT_LIMITS,
+    DEFAULT_SERVER_LIMITS,
+    LOGGER_NAME,
+    ConnectionBase,
+    HandlerSet,
+    Limits,
+    PeerInfo,
+    ServerLimits,
+)
 from cardnet.transport.errors import BrokenError, TransportError
 from cardnet.transport.framing import FrameDecoder, encode_frame
 from cardnet.wire import DecodeError, Message
 
 log = logging.getLogger(LOGGER_NAME)
+
+REFUSAL_LOG_EVERY_S = 10.0  # a server logs connections refused over its caps at most this often (with a count)
+UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
 def _address(value: Any) -> tuple[str, int] | None:
@@ -73,6 +90,8 @@ class TcpConnection(ConnectionBase):
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
         self._closer: asyncio.Task[None] | None = None
+        self.waiting_since: float | None = None  # loop time recv() began waiting for a whole frame (None: not waiting)
+        self.got_frame = False  # recv() has returned a message (a server's handshake is over)
         writer.transport.set_write_buffer_limits(high=limits.write_buffer_bytes)
 
     @property
@@ -156,30 +175,42 @@ class TcpConnection(ConnectionBase):
         if self._closed_here:
             self._raise()
         async with self._recv_lock:
-            while not self._inbox:
-                self._check()
+            if not self._inbox:
+                self.waiting_since = self._loop.time()
+                await self._fill()
+                self.waiting_since = None
+            self.got_frame = True
+            return self._inbox.popleft()
+
+    async def _fill(self) -> None:
+        """Read until the inbox holds a message (or raise)."""
+        while not self._inbox:
+            self._check()
+            try:
+                data = await self._reader.read(self._limits.read_chunk_bytes)
+            except OSError as exc:
+                self._fail(f"receiving failed: {exc}", exc)
+                self._raise()
+            if self._closed_here or self._broken_why is not None:
+                self._raise()  # closed or broken (e.g. by a failed send) while we waited
+            if not data:
                 try:
-                    data = await self._reader.read(self._limits.read_chunk_bytes)
-                except OSError as exc:
-                    self._fail(f"receiving failed: {exc}", exc)
-                    self._raise()
-                if self._closed_here or self._broken_why is not None:
-                    self._raise()  # closed or broken (e.g. by a failed send) while we waited
-                if not data:
-                    try:
-                        self._decoder.eof()
-                    except DecodeError as exc:
-                        self._fail_bad_frame(exc)
-                    else:
-                        self._break("the peer closed the connection", peer_finished=True)
-                        self._release()
-                    self._raise()
-                try:
-                    self._inbox.extend(self._decoder.feed(data))
+                    self._decoder.eof()
                 except DecodeError as exc:
                     self._fail_bad_frame(exc)
-                    self._raise()
-            return self._inbox.popleft()
+                else:
+                    self._break("the peer closed the connection", peer_finished=True)
+                    self._release()
+                self._raise()
+            try:
+                self._inbox.extend(self._decoder.feed(data))
+            except DecodeError as exc:
+                self._fail_bad_frame(exc)
+                self._raise()
+
+    def expire(self, why: str) -> None:
+        """Disconnect now (a server's handshake or idle timeout): every later call raises :class:`BrokenError`."""
+        self._fail(why)
 
     def _fail_bad_frame(self, exc: DecodeError) -> None:
         log.warning("closing connection from %s: bad frame (%s): %s", self._peer.label, exc.reason, exc)
@@ -288,19 +319,50 @@ def dialer(
     return _dial
 
 
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One accepted connection counted against a server's caps, from accept until its handler ends."""
+
+    peer: str | None  # the peer's IP address (None on a Unix socket: no per-peer cap)
+    accepted_at: float  # loop time
+    writer: asyncio.StreamWriter
+    conn: TcpConnection | None = None  # made once the TLS handshake (if any) is done
+
+
 class TcpServer:
-    """Accepts TCP (or TLS) connections and runs ``on_connection(conn)`` for each, in its own task.
+    """Accepts TCP (or TLS, or Unix-socket) connections and runs ``on_connection(conn)`` for each, in its own task.
 
     The connection is closed when the handler returns; a handler that fails
     is logged and does not affect the others. ``close()`` stops listening,
     closes every connection and cancels the handlers.
+
+    Every accepted connection counts against ``server_limits``
+    (:class:`~.base.ServerLimits`): beyond ``max_connections`` in all or
+    ``max_per_peer`` from one IP address it is aborted at once, before any TLS
+    handshake (no TLS buffers are allocated for it); then the TLS handshake
+    and the first whole frame must arrive within ``handshake_timeout_s`` of
+    the accept, and a handler that waits ``idle_timeout_s`` for a whole frame
+    has its connection aborted. So a listening socket holds at most
+    ``max_connections`` connections, each with bounded buffers (:class:`Limits`
+    and one frame), and none of them for long unless it carries frames.
     """
 
-    def __init__(self, *, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
         self._limits = limits
+        self._server_limits = server_limits
         self._server: asyncio.Server | None = None
         self._handlers: HandlerSet | None = None
         self._address: tuple[str, int] | None = None
+        self._unix: tuple[str, int, int] | None = None  # (path, st_dev, st_ino) of the socket this server bound
+        self._what = "server"
+        self._slots: set[_Slot] = set()
+        self._per_peer: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._refused_unlogged = 0
+        self._refusal_logged_at = -1e9
+        self.refused = 0  # connections aborted at accept for being over a cap
+        self.expired = 0  # connections aborted by the handshake or idle timeout
 
     async def start(
         self,
@@ -310,28 +372,157 @@ class TcpServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Listen on ``host:port`` (port 0 picks a free one; read it from :attr:`address`)."""
-        if self._server is not None:
+        self._begin(on_connection, f"tcp server {host}:{port}")
+        try:
+            server = await asyncio.start_server(
+                self._accepter(ssl_context), host, port, limit=self._limits.read_chunk_bytes
+            )
+        except OSError as exc:
+            raise BrokenError(f"could not listen on {host}:{port}: {exc}; is the port in use?") from exc
+        self._listening(server)
+        self._address = _address(server.sockets[0].getsockname()) if server.sockets else None
+
+    async def start_unix(
+        self,
+        path: str | os.PathLike[str],
+        on_connection: Callable[[TcpConnection], Awaitable[None]],
+        *,
+        mode: int = 0o600,
+    ) -> None:
+        """Listen on the Unix socket ``path`` (file mode ``mode``), refusing to take over a live one.
+
+        A socket file at ``path`` that a process still listens on raises
+        ``TransportError('in_use')``; one nobody answers on (left by a process
+        that died) is replaced. On close the socket file is removed only if it
+        is still the one this server bound.
+        """
+        where = os.fspath(path)
+        self._begin(on_connection, f"unix server {where}")
+        await _claim_unix_path(where)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(where)  # fails if another process bound the path since the check: never replace it
+            os.chmod(where, mode)
+            st = os.stat(where)
+            self._unix = (where, st.st_dev, st.st_ino)
+            server = await asyncio.start_unix_server(
+                self._accepter(None), sock=sock, limit=self._limits.read_chunk_bytes
+            )
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise _in_use(where) from None
+            raise BrokenError(
+                f"could not listen on {where}: {exc.strerror or exc}; check the folder exists and is writable"
+            ) from exc
+        self._listening(server)
+
+    def _begin(self, on_connection: Callable[[TcpConnection], Awaitable[None]], what: str) -> None:
+        if self._handlers is not None:
             raise TransportError("bad_config", "this TcpServer was already started; make a new one")
 
         async def handle(conn: Any) -> None:
             await on_connection(conn)
 
-        handlers = HandlerSet(handle, log, f"tcp server {host}:{port}")
+        self._what = what
+        self._handlers = HandlerSet(handle, log, what)
 
+    def _listening(self, server: asyncio.Server) -> None:
+        self._server = server
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    def _accepter(
+        self, ssl_context: ssl.SSLContext | None
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
         def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             # A plain callback: the handler runs in a task we own (Python 3.11's start_server
             # logs a spurious error when its own handler task is cancelled).
-            handlers.spawn(TcpConnection(reader, writer, self._limits))
+            address = _address(writer.get_extra_info("peername"))
+            peer = address[0] if address is not None else None
+            limits = self._server_limits
+            if (
+                self._handlers is None
+                or len(self._slots) >= limits.max_connections
+                or (peer is not None and self._per_peer.get(peer, 0) >= limits.max_per_peer)
+            ):
+                writer.transport.abort()  # at once: an over-cap connection holds nothing
+                self._refused(peer)
+                return
+            slot = _Slot(peer, asyncio.get_running_loop().time(), writer)
+            self._slots.add(slot)
+            if peer is not None:
+                self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(slot, reader, ssl_context))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
+        return accept
+
+    async def _run(self, slot: _Slot, reader: asyncio.StreamReader, ssl_context: ssl.SSLContext | None) -> None:
         try:
-            server = await asyncio.start_server(
-                accept, host, port, ssl=ssl_context, limit=self._limits.read_chunk_bytes
+            if ssl_context is not None:
+                left = slot.accepted_at + self._server_limits.handshake_timeout_s - asyncio.get_running_loop().time()
+                try:
+                    await slot.writer.start_tls(ssl_context, ssl_handshake_timeout=max(left, 0.001))
+                except Exception as exc:  # a failed or timed-out handshake ends this connection only
+                    log.debug("%s: TLS handshake with %s failed: %s", self._what, slot.peer, exc)
+                    slot.writer.transport.abort()
+                    return
+            slot.conn = TcpConnection(reader, slot.writer, self._limits)
+            assert self._handlers is not None
+            await self._handlers.run(slot.conn)
+        finally:
+            self._slots.discard(slot)
+            if slot.peer is not None:
+                n = self._per_peer.get(slot.peer, 0) - 1
+                if n > 0:
+                    self._per_peer[slot.peer] = n
+                else:
+                    self._per_peer.pop(slot.peer, None)
+
+    def _refused(self, peer: str | None) -> None:
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S:
+            limits = self._server_limits
+            log.warning(
+                "%s: closed %d new connection(s) over the cap (%d held, max_connections=%d, max_per_peer=%d; "
+                "the last from %s)",
+                self._what,
+                self._refused_unlogged,
+                len(self._slots),
+                limits.max_connections,
+                limits.max_per_peer,
+                peer or "a local process",
             )
-        except OSError as exc:
-            raise BrokenError(f"could not listen on {host}:{port}: {exc}; is the port in use?") from exc
-        self._server = server
-        self._handlers = handlers
-        self._address = _address(server.sockets[0].getsockname()) if server.sockets else None
+            self._refused_unlogged = 0
+            self._refusal_logged_at = now
+
+    async def _sweep(self) -> None:
+        """Abort connections past their handshake or idle timeout (one pass every quarter of the shorter one)."""
+        limits = self._server_limits
+        handshake_s, idle_s = limits.handshake_timeout_s, limits.idle_timeout_s
+        period = min(max(min(handshake_s, idle_s or handshake_s) / 4, 0.05), 1.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for slot in list(self._slots):
+                conn = slot.conn
+                if conn is None or not conn.got_frame:
+                    if now - slot.accepted_at > handshake_s:
+                        self._expire(slot, f"no message within handshake_timeout_s={handshake_s:g}")
+                elif idle_s is not None and conn.waiting_since is not None and now - conn.waiting_since > idle_s:
+                    self._expire(slot, f"idle for idle_timeout_s={idle_s:g}")
+
+    def _expire(self, slot: _Slot, why: str) -> None:
+        self.expired += 1
+        log.debug("%s: closing the connection from %s: %s", self._what, slot.peer or "a local process", why)
+        if slot.conn is not None:
+            slot.conn.expire(why)
+        else:
+            slot.writer.transport.abort()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -349,15 +540,39 @@ class TcpServer:
         """Connections whose handler is still running."""
         return self._handlers.active if self._handlers is not None else 0
 
+    @property
+    def held(self) -> int:
+        """Connections counted against the caps right now (in the TLS handshake or with a running handler)."""
+        return len(self._slots)
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for slot in self._slots:
+            if slot.conn is None:
+                slot.writer.transport.abort()
         if self._handlers is not None:
             self._handlers.close()
+        for task in self._tasks:  # those still in the TLS handshake
+            task.cancel()
+        if self._unix is not None:
+            path, dev, ino = self._unix
+            self._unix = None
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):  # still ours: another process may have replaced it
+                    os.unlink(path)
 
     async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._handlers is not None:
             await self._handlers.wait_closed()
+        if self._sweeper is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -372,3 +587,40 @@ class TcpServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _in_use(path: str) -> TransportError:
+    return TransportError(
+        "in_use",
+        f"{path} is the socket of a running process (another host?): stop that process first, "
+        "or give this one another socket path",
+    )
+
+
+async def _claim_unix_path(path: str) -> None:
+    """Make way for binding ``path``: nothing there, or a stale socket (removed); a live one raises ``in_use``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BrokenError(f"cannot use {path}: {exc.strerror or exc}; check the folder exists and is readable") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        raise TransportError("in_use", f"{path} exists and is not a socket: remove it or choose another socket path")
+    try:
+        async with asyncio.timeout(UNIX_PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_unix_connection(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # stale: the process that bound it is gone
+            os.unlink(path)
+        return
+    except TimeoutError:
+        raise _in_use(path) from None  # a live listener with a full backlog
+    except OSError as exc:
+        raise TransportError(
+            "in_use", f"cannot tell whether {path} is in use ({exc.strerror or exc}): remove it if no process uses it"
+        ) from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise _in_use(path)
