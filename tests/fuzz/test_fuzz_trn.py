@@ -204,3 +204,52 @@ def test_session_policy_never_loosens(policy_card: Card, fields: dict[str, int],
             assert out.msg.mtype == POLICY_IS.code
     after = sess.Policy.decode(card._read(("a.trn", b"pol"))).tighter(sess.Policy(50, 0, 50, 0))
     assert after == before.tighter(after)  # never looser than before
+
+
+@FUZZ
+@given(raw)
+def test_accept_policy_decoder(body: bytes) -> None:
+    """A stored acceptance policy decodes strictly (else ProtocolError bad_policy) and round-trips."""
+    try:
+        policy = tr.AcceptPolicy.decode(body)
+    except ProtocolError as exc:
+        assert exc.reason == "bad_policy"
+        return
+    assert tr.AcceptPolicy.decode(policy.encode()) == policy
+
+
+uids = st.builds(Uid, st.binary(min_size=12, max_size=12), st.sampled_from([0, 0, 0, 1, HOST_PORT]))
+
+
+@FUZZ
+@given(st.lists(uids, max_size=70), st.booleans(), raw, st.sampled_from(["owner", "host", "stranger", "raw"]))
+def test_accept_policy_and_answer_messages(
+    policy_card: Card, issuers: list[Uid], ask: bool, body: bytes, who: str
+) -> None:
+    """Random trn.accept_policy / trn.answer from the owner, the host port or an app without the PIN: answered
+    cleanly; only the owner's well-formed policy is stored, exactly as sent."""
+    from cardnet.applets.trn import ACCEPT_POLICY, ACCEPT_POLICY_IS, ANSWER, RESULT
+
+    card = policy_card
+    port = {"owner": 1, "raw": 1, "host": HOST_PORT, "stranger": 9}[who]
+    src = Uid(card.uid.domain, port)
+    assert card.step(cm.PIN_VERIFY.make(Uid(card.uid.domain, 1), card.uid, pin="1"), T)
+    before = card._read(("a.trn", b"acc"))
+    if who == "raw":
+        msg = Message(src, card.uid, ACCEPT_POLICY.code if body[:1] != b"\1" else ANSWER.code, body)
+    else:
+        msg = ACCEPT_POLICY.make(src, card.uid, issuers=issuers, ask=ask) if len(issuers) <= 64 else None
+        if msg is None:
+            return
+    outs = card.step(msg, T)
+    for out in outs:
+        if out.msg.mtype == cm.REFUSED.code:
+            assert cm.REFUSED.parse(out.msg)["reason"] in ("bad_policy", "bad_param", "privileged", "no_offer")
+        else:
+            assert out.msg.mtype in (ACCEPT_POLICY_IS.code, RESULT.code)
+    after = card._read(("a.trn", b"acc"))
+    if who in ("host", "stranger"):
+        assert after == before
+    elif who == "owner" and after != before:
+        assert tr.AcceptPolicy.decode(after) == tr.AcceptPolicy(tuple(issuers), ask)
+    tr.AcceptPolicy.decode(after)  # whatever is stored decodes

@@ -2,7 +2,8 @@
 
 Owner commands (privileged: from an application that verified the PIN):
 ``trn.mint`` and ``trn.reissue`` (agent cards only), ``trn.send``,
-``trn.cancel``, ``trn.list``, ``trn.set_authority``. ``trn.recover`` is not
+``trn.cancel``, ``trn.list``, ``trn.set_authority``, ``trn.accept_policy`` and
+``trn.answer`` (below). ``trn.recover`` is not
 privileged: resending is harmless (every TRN message is idempotent), so the
 host drives recovery on its own timer. ``trn.blocklist`` delivers an
 authority-signed blocklist.
@@ -16,15 +17,28 @@ authority named (or keeps it, if that is this card). The command is idempotent
 and reports the state (``trn.reissue_state``); recovery resends a pending
 request.
 
+Refusing tokens (TRN 3.3.2, "owner's rejection"): ``trn.accept_policy
+{issuers?, ask?}`` sets the card's :class:`~cardnet.protocols.transfer.AcceptPolicy`
+(omitted fields are kept; no field: just report it). A copy of a token from an
+issuer not listed is answered ``copied false "issuer_not_accepted"``; with
+``ask`` a copy is held as ``offered`` (listed by ``trn.list``) until the owner's
+``trn.answer {oid, accept}``: accept answers ``copied ok`` and the transfer goes
+on, reject answers ``copied false "refused_by_owner"`` and keeps nothing. The
+sender then re-enables its token and ``trn.list`` shows why (``refused``). Both
+are privileged: a host can neither loosen nor tighten what its owner takes, nor
+accept in the owner's place.
+
 State: ``t:<oid>`` the holding (:class:`~cardnet.protocols.transfer.Holding`),
 ``d:<peer><nonce>`` transfers this card committed as receiver, ``a`` the
-authority's Uid, ``m:<oid>`` every token this card minted (as minted; empty
+authority's Uid, ``acc`` the acceptance policy, ``n:<peer><nonce>`` transfers
+the owner rejected (a resent copy gets the same answer), ``m:<oid>`` every token this card minted (as minted; empty
 while reserved for a pending reissue), ``r:<old oid>`` reissues this card asked
 for, plus the session state of :class:`SessionApplet`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cardnet.applets.sessions import SessionApplet
@@ -80,6 +94,8 @@ _ITEM = Schema(
         Field(1, "status", Text(24)),
         Field(2, "peer", UidType(), optional=True),
         Field(3, "body", Bytes(MAX_BODY), optional=True),
+        Field(4, "issuer", UidType(), optional=True),  # offered: who minted it (the owner decides on it)
+        Field(5, "refused", Text(64), optional=True),  # enabled after a refused transfer: the receiver's reason
     ],
 )
 TOKENS = register(
@@ -114,6 +130,27 @@ REISSUE_STATE = register(
         ],
     ),
 )
+_ISSUERS = ListOf(UidType(), tr.MAX_ISSUERS)
+ACCEPT_POLICY = register(
+    0x031B,
+    "trn.accept_policy",
+    "transfer",
+    Schema("trn.accept_policy", [Field(0, "issuers", _ISSUERS, optional=True), Field(1, "ask", Bool(), optional=True)]),
+    privileged=True,
+)
+ACCEPT_POLICY_IS = register(
+    0x031C,
+    "trn.accept_policy_is",
+    "transfer",
+    Schema("trn.accept_policy_is", [Field(0, "issuers", _ISSUERS), Field(1, "ask", Bool())]),
+)
+ANSWER = register(
+    0x031D,
+    "trn.answer",
+    "transfer",
+    Schema("trn.answer", [Field(0, "oid", _OID), Field(1, "accept", Bool())]),
+    privileged=True,
+)
 _PENDING, _DONE, _REFUSED = "pending", "done", "refused"
 _REISSUE_REC = Schema(
     "trn.reissue_record",
@@ -137,7 +174,10 @@ def holding_of(ctx: StepContext, oid: bytes) -> tr.Holding | None:
 
 class TrnApplet(SessionApplet):
     name = "trn"
-    handles = (*SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST, REISSUE)
+    handles = (
+        *SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST, REISSUE,
+        ACCEPT_POLICY, ANSWER,
+    )  # fmt: skip
     # (peer, nonce) -> oid of transfers this card stored, so that copied/committed/aborted (which name the
     # transfer, not the oid) need not scan every holding. Volatile and only a hint: checked against the
     # holding in the card's state before use (a refused step may have left a wrong one), rebuilt by scanning.
@@ -162,6 +202,10 @@ class TrnApplet(SessionApplet):
             self._mint(ctx, params["oid"], params["body"])
         elif code == REISSUE.code:
             self._reissue(ctx, params["oid"], params.get("new_oid"), params.get("body"))
+        elif code == ACCEPT_POLICY.code:
+            self._set_accept_policy(ctx, params)
+        elif code == ANSWER.code:
+            self._answer(ctx, params["oid"], params["accept"])
         elif code == SET_AUTHORITY.code:
             ctx.put(b"a", bytes(params["authority"]))
             ctx.reply(RESULT, ok=True, reason="authority set")
@@ -180,6 +224,37 @@ class TrnApplet(SessionApplet):
         self._store(ctx, oid, out.holding)
         self._send_all(ctx, peer, oid, out.send)
         ctx.reply(RESULT, ok=True, reason=out.note or kind, oid=oid)
+
+    # -- the owner's acceptance policy (TRN 3.3.2) ------------------------------------------------
+    @staticmethod
+    def accept_policy(ctx: StepContext) -> tr.AcceptPolicy:
+        try:
+            return tr.AcceptPolicy.decode(ctx.get(b"acc"))
+        except ProtocolError as exc:  # written only by _set_accept_policy: damage the store's integrity tag missed
+            raise CardError("bad_state", f"the stored acceptance policy is damaged: {exc}") from None
+
+    def _set_accept_policy(self, ctx: StepContext, params: dict[str, Any]) -> None:
+        current = self.accept_policy(ctx)
+        issuers = tuple(params.get("issuers", current.issuers))
+        try:
+            wanted = tr.AcceptPolicy(issuers, params.get("ask", current.ask))
+        except ProtocolError as exc:
+            raise Refused(exc.reason, str(exc)) from None
+        if wanted != current:
+            ctx.put(b"acc", wanted.encode())
+        ctx.reply(ACCEPT_POLICY_IS, issuers=list(wanted.issuers), ask=wanted.ask)
+
+    def _answer(self, ctx: StepContext, oid: bytes, accept: bool) -> None:
+        h = holding_of(ctx, oid)
+        if h is None or h.status is not tr.Status.OFFERED or h.peer is None:
+            raise Refused("no_offer", f"this card holds no offer of token {oid.hex()} (see the offered tokens)")
+        peer = h.peer
+        out = tr.apply(h, tr.Event("accept" if accept else "reject", peer, h.nonce or b""), oid)
+        self._store(ctx, oid, out.holding)
+        self._send_all(ctx, peer, oid, out.send)
+        if not accept:  # a resent copy of this transfer (the answer lost) gets the same answer, not a new offer
+            ctx.put(b"n:" + bytes(peer) + (h.nonce or b""), tr.REFUSED_BY_OWNER.encode())
+        ctx.reply(RESULT, ok=True, reason="accepted" if accept else tr.REFUSED_BY_OWNER, oid=oid)
 
     def _mint(self, ctx: StepContext, oid: bytes, body: bytes) -> None:
         role = pki.role_of(pki.cert_from_der(ctx.certificate_der))
@@ -225,7 +300,12 @@ class TrnApplet(SessionApplet):
             if h.peer is not None:
                 item["peer"] = h.peer
             if h.token is not None:
-                item["body"] = Token.decode(h.token).body
+                token = Token.decode(h.token)
+                item["body"] = token.body
+                if h.status is tr.Status.OFFERED:
+                    item["issuer"] = token.issuer
+            if h.refused is not None:
+                item["refused"] = h.refused
             items.append(item)
         ctx.reply(TOKENS, tokens=items)
 
@@ -290,7 +370,11 @@ class TrnApplet(SessionApplet):
         token = Token.decode(event.token)  # ProtocolError bad_token -> session.failed
         if token.oid != oid:
             raise ProtocolError("bad_token", "the token's oid does not match the transfer")
-        return event
+        rejected = ctx.get(b"n:" + bytes(event.peer) + event.nonce)
+        if rejected is not None:  # the owner rejected this very transfer: same answer
+            return replace(event, admit=rejected.decode("utf-8", "replace") or tr.REFUSED_BY_OWNER)
+        # the owner's policy names issuers: checked against the token's claim now, its signature at the trace
+        return replace(event, admit=self.accept_policy(ctx).verdict(token.issuer))
 
     def _oid_of(self, ctx: StepContext, peer: Uid, code: int, p: dict[str, Any]) -> bytes | None:
         if code == tr.COPY:

@@ -16,7 +16,14 @@ after. Every message carries the transfer id ``(sender, receiver, nonce)``
 idempotently and a token may come back to a device it once left. The receiver
 remembers every transfer it committed, so a resent ``commit`` gets
 ``committed`` even after the token moved on (t[null]). ``copied=false``
-(refusal, out of memory, already held) rolls the sender back to ``enabled``. A sender
+(refusal, out of memory, already held) rolls the sender back to ``enabled``
+and records the receiver's reason on the holding (``refused``) for its owner. A
+receiver's owner may refuse tokens (TRN 3.3.2, "owner's rejection"): an
+:class:`AcceptPolicy` (accepted issuers, "ask first") decides what a ``copy``
+event does (the applet puts the verdict in the event): take it, refuse it with
+``copied=false``, or hold it as ``offered`` (nothing answered) until the
+owner's ``accept`` (then ``trustless_disabled`` and ``copied ok``) or
+``reject`` (t[null] and ``copied false "refused_by_owner"``). A sender
 may abort only before ``commit`` was sent; the receiver then discards its
 ``trustless_disabled`` copy, which can never be enabled anyway.
 
@@ -36,7 +43,7 @@ from typing import Any
 
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
-from cardnet.wire import Bool, Bytes, DecodeError, Field, Schema, Text, UidType, UInt
+from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Text, UidType, UInt
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
 
@@ -49,6 +56,7 @@ class Status(enum.Enum):
     DISABLED = "disabled"
     TRUSTLESS_DISABLED = "trustless_disabled"
     TRUSTLESS = "trustless"
+    OFFERED = "offered"  # receiver: a copy held for the owner's answer (accept/reject), nothing answered yet
 
 
 # -- inner messages: carried inside session records as one code byte + a CBOR map -------------
@@ -148,6 +156,7 @@ _HOLDING = Schema(
         Field(4, "traceable", Bool()),
         Field(5, "since", UInt(), optional=True),
         Field(6, "sig", _SIG, optional=True),  # receiver: the sender's movement statement (from the commit)
+        Field(7, "refused", Text(64), optional=True),  # sender, rolled back: the receiver's reason (copied false)
     ],
 )
 
@@ -163,6 +172,7 @@ class Holding:
     nonce: bytes | None = None
     token: bytes | None = None  # the object O; None once a sender passed phase (III)
     sig: bytes | None = None  # receiver, once committed: the sender's signed movement statement
+    refused: str | None = None  # sender, back to enabled after copied=false: why the receiver refused
 
     @property
     def state(self) -> str:
@@ -177,7 +187,7 @@ class Holding:
 
     def encode(self) -> bytes:
         d: dict[str, Any] = {"status": self.status.value, "traceable": self.traceable}
-        for name in ("peer", "nonce", "token", "sig"):
+        for name in ("peer", "nonce", "token", "sig", "refused"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return _HOLDING.encode(d)
@@ -207,6 +217,9 @@ class Event:
     traceable: bool = True
     reason: str = ""
     sig: bytes | None = None  # commit: the sender's movement statement
+    # copy: the receiving card's acceptance policy's verdict (:meth:`AcceptPolicy.verdict`): "" takes the copy,
+    # ASK holds it as offered for the owner's answer, anything else is the reason of a copied=false refusal
+    admit: str = ""
     # the sender's card key (start, copied, recover): signs ``statement_bytes(oid, me, to, nonce)`` for a commit
     sign: Signer | None = field(default=None, compare=False)
 
@@ -235,9 +248,60 @@ class Outcome:
     note: str = ""
 
 
+# -- the receiving owner's acceptance policy (TRN 3.3.2: copied=false "because of owner's rejection") ------
+
+MAX_ISSUERS = 64
+ASK = "ask"
+REFUSED_BY_OWNER = "refused_by_owner"
+ISSUER_NOT_ACCEPTED = "issuer_not_accepted"
+ACCEPT_POLICY_SCHEMA = Schema(
+    "trn.accept_policy_record", [Field(0, "issuers", ListOf(UidType(), MAX_ISSUERS)), Field(1, "ask", Bool())]
+)
+
+
+@dataclass(frozen=True)
+class AcceptPolicy:
+    """Which incoming tokens a card takes: minted by one of ``issuers`` (empty: any), and, with ``ask``, only
+    once its owner accepted the offer. The default takes everything (the paper's plain 2PC)."""
+
+    issuers: tuple[Uid, ...] = ()
+    ask: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.issuers) > MAX_ISSUERS:
+            raise ProtocolError("bad_policy", f"at most {MAX_ISSUERS} accepted issuers")
+        if any(not u.is_card for u in self.issuers):
+            raise ProtocolError("bad_policy", "an accepted issuer is an agent card's Uid (port 0)")
+        if len(set(self.issuers)) != len(self.issuers):
+            raise ProtocolError("bad_policy", "an accepted issuer is listed twice")
+
+    def verdict(self, issuer: Uid) -> str:
+        """What a copy of a token minted by ``issuer`` gets: "" (take), :data:`ASK`, or a refusal reason."""
+        if self.issuers and issuer not in self.issuers:
+            return ISSUER_NOT_ACCEPTED
+        return ASK if self.ask else ""
+
+    def encode(self) -> bytes:
+        return ACCEPT_POLICY_SCHEMA.encode({"issuers": list(self.issuers), "ask": self.ask})
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> AcceptPolicy:
+        """The stored policy (None or empty: the default); bad bytes raise ``ProtocolError bad_policy``."""
+        if not raw:
+            return cls()
+        try:
+            d = ACCEPT_POLICY_SCHEMA.decode(raw)
+        except DecodeError as exc:
+            raise ProtocolError("bad_policy", f"not an acceptance policy: {exc}") from None
+        return cls(tuple(d["issuers"]), d["ask"])
+
+
 Handler = Callable[["Holding | None", Event, bytes], Outcome]
 NULL = "null"
-EVENTS = ("start", "cancel", "recover", "copy", "copied", "commit", "committed", "abort", "aborted", "traced")
+EVENTS = (
+    "start", "cancel", "recover", "copy", "copied", "commit", "committed", "abort", "aborted", "traced",
+    "accept", "reject",
+)  # fmt: skip
 
 
 def _same(h: Holding, e: Event) -> bool:
@@ -256,7 +320,7 @@ def _start(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     # Untraceable is sticky: once a hop went untraced the authority's chain stops at the last traced
     # holder, so a later traced hop would look like a branch (and block its honest sender).
     traceable = e.traceable and h.traceable
-    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=traceable, sig=None)
+    moving = replace(h, status=Status.DISABLED, peer=e.peer, nonce=e.nonce, traceable=traceable, sig=None, refused=None)
     return Outcome(moving, [(COPY, {"nonce": e.nonce, "token": h.token, "traceable": traceable})])
 
 
@@ -275,7 +339,9 @@ def _copied(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     if not _same(h, e):
         return _keep(h, "copied for another transfer: ignored")
     if not e.ok:
-        return Outcome(replace(h, status=Status.ENABLED, peer=None, nonce=None), [], note=f"refused: {e.reason}")
+        why = e.reason or "refused"
+        back = replace(h, status=Status.ENABLED, peer=None, nonce=None, refused=why)
+        return Outcome(back, [], note=f"refused: {why}")
     return Outcome(replace(h, token=None), [_commit_msg(h, e, oid)])  # (III) -> (IV)
 
 
@@ -308,6 +374,11 @@ def _ignore(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 
 def _copy_new(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert e.token is not None
+    if e.admit == ASK:  # held for the owner: answered by accept/reject (the sender waits in II/III, may cancel)
+        offer = Holding(oid, Status.OFFERED, e.traceable, e.peer, e.nonce, e.token)
+        return Outcome(offer, [], note="offered to the owner")
+    if e.admit:
+        return Outcome(None, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": e.admit})], note=e.admit)
     held = Holding(oid, Status.TRUSTLESS_DISABLED, e.traceable, e.peer, e.nonce, e.token)
     return Outcome(held, [(COPIED, {"nonce": e.nonce, "ok": True})])
 
@@ -319,7 +390,30 @@ def _copy_pending(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     # The same sender started over, or another device sends this oid: either way the pending transfer is
     # dead (another device can hold the oid usable only if this one's sender aborted, and an abort notice
     # may have been lost), so the newer transfer supersedes; a "busy" refusal would block this oid forever.
+    # A newer copy the policy refuses is answered, and leaves the (dead) pending one as it was.
+    if e.admit and e.admit != ASK:
+        return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": e.admit})], note=e.admit)
     return _copy_new(None, e, oid)
+
+
+def _copy_offered(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    assert h is not None
+    if _same(h, e):  # the sender's recovery resends the copy: the owner has not answered yet
+        return _keep(h, "duplicate copy: still waiting for the owner")
+    return _copy_pending(h, e, oid)  # as for a pending copy: the newer transfer supersedes
+
+
+def _accept(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    """The owner takes the offer: stored as a received copy, and the sender hears ``copied ok`` (TRN step 2)."""
+    assert h is not None and h.nonce is not None
+    return Outcome(replace(h, status=Status.TRUSTLESS_DISABLED), [(COPIED, {"nonce": h.nonce, "ok": True})])
+
+
+def _reject(h: Holding | None, e: Event, oid: bytes) -> Outcome:
+    """The owner refuses the offer: nothing kept, and the sender hears ``copied false`` and re-enables its token."""
+    assert h is not None and h.nonce is not None
+    why = e.reason or REFUSED_BY_OWNER
+    return Outcome(None, [(COPIED, {"nonce": h.nonce, "ok": False, "reason": why})], note=why)
 
 
 def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -388,6 +482,9 @@ MOVES: dict[tuple[str, str], Handler] = {
     ("trustless_disabled", "copied"): _ignore,
     ("trustless_disabled", "committed"): _ignore,
     ("trustless_disabled", "aborted"): _ignore,
+    ("offered", "copied"): _ignore,
+    ("offered", "committed"): _ignore,
+    ("offered", "aborted"): _ignore,
     # receiver: null -> trustless_disabled -> trustless -> enabled (after the trace)
     (NULL, "copy"): _copy_new,
     ("trustless_disabled", "copy"): _copy_pending,
@@ -408,8 +505,14 @@ MOVES: dict[tuple[str, str], Handler] = {
     ("disabled+O", "abort"): _aborted_ack,
     ("disabled", "abort"): _aborted_ack,
     ("trustless", "traced"): _traced,
+    # receiver with an "ask first" policy: null -> offered -> (accept) trustless_disabled | (reject) null
+    ("offered", "copy"): _copy_offered,
+    ("offered", "commit"): _commit_known,
+    ("offered", "abort"): _abort,
+    ("offered", "accept"): _accept,
+    ("offered", "reject"): _reject,
 }
-STATES = (NULL, "enabled", "disabled+O", "disabled", "trustless_disabled", "trustless")
+STATES = (NULL, "enabled", "disabled+O", "disabled", "trustless_disabled", "trustless", "offered")
 
 
 def apply(holding: Holding | None, event: Event, oid: bytes) -> Outcome:
