@@ -19,33 +19,6 @@ from test_cli import cardnet
 from cardnet.cli.main import cli
 from cardnet.cli.output import _remember_json
 
-# Leaf commands that do not take --json through the shared ``json_option`` yet, each with its reason.
-# Keep this short and honest: a command listed here is a gap, not a design.
-NO_SHARED_JSON: dict[str, str] = {
-    "bench millicent": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker add-bulk": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker add-licence": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker bulk-buy": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker deposit": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker mode": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker run": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent broker status": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent buy": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent list": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent open": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent renew": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent retry": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent spend": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor add-page": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor bulk-agreement": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor init": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor licence": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor redeem": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor rotate": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor run": "cli/millicent.py (millicent): not yet on json_option",
-    "millicent vendor status": "cli/millicent.py (millicent): not yet on json_option",
-}
-
 
 def json_error(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The error object a failing ``--json`` invocation printed: one JSON object, non-zero exit, no traceback."""
@@ -74,9 +47,7 @@ def test_every_command_takes_json_and_answers_errors_in_json() -> None:
     missing = sorted(
         p for p, c in leaves.items() if not any(getattr(o, "callback", None) is _remember_json for o in c.params)
     )
-    assert set(missing) <= set(NO_SHARED_JSON), "without the shared --json: " + ", ".join(
-        set(missing) - set(NO_SHARED_JSON)
-    )
+    assert not missing, "without the shared --json: " + ", ".join(missing)
     # A real failing invocation of each command with --json: one JSON error on stdout, non-zero exit.
     with_json = [p for p in leaves if p not in missing]
     for start in range(0, len(with_json), 6):

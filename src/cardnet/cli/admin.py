@@ -13,6 +13,18 @@ import click
 from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_table, table, write_new_files
 
 VALID_DAYS = click.IntRange(1, 36600)  # as pki.CertificateAuthority checks: at most about a century
+SECONDS = click.IntRange(0, 2**32 - 1)
+
+
+def _policy_words(policy: Any) -> str:
+    """A session freshness policy (``protocols.session.Policy``) for a person."""
+    parts = [
+        f"blocklist at most {policy.max_blocklist_age_s} s old" if policy.max_blocklist_age_s else "",
+        f"blocklist epoch at least {policy.min_epoch}" if policy.min_epoch else "",
+        f"sessions re-keyed after {policy.lifetime_s} s" if policy.lifetime_s else "",
+        f"sessions re-keyed after {policy.max_records} records" if policy.max_records else "",
+    ]
+    return "; ".join(p for p in parts if p) or "none (no bound)"
 
 
 @click.group()
@@ -85,15 +97,60 @@ def card() -> None:
     help="device: wallets and gates; service: the authority, brokers; agent: a ticketing agent.",
 )
 @click.option("--name", default=None, help="A human name put into the certificate.")
+@click.option(
+    "--max-blocklist-age",
+    "max_blocklist_age_s",
+    type=SECONDS,
+    default=0,
+    help="Freshness: refuse other cards (not the authority) while the newest blocklist is older than this "
+    "(seconds; 0: no bound).",
+)
+@click.option(
+    "--min-epoch",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    help="Freshness: accept no blocklist older than this epoch, the card's own or a peer's (0: any).",
+)
+@click.option(
+    "--session-lifetime",
+    "lifetime_s",
+    type=SECONDS,
+    default=0,
+    help="Freshness: re-key a session with another card once it is this old (seconds; 0: no bound).",
+)
+@click.option(
+    "--session-records",
+    "max_records",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    help="Freshness: re-key a session once it has carried this many records (0: no bound).",
+)
 @json_option
 def card_create(
-    ca_path: Path, store: str, pin: str | None, domain: str | None, role: str, name: str | None, as_json: bool
+    ca_path: Path,
+    store: str,
+    pin: str | None,
+    domain: str | None,
+    role: str,
+    name: str | None,
+    max_blocklist_age_s: int,
+    min_epoch: int,
+    lifetime_s: int,
+    max_records: int,
+    as_json: bool,
 ) -> None:
-    """Manufacture a card in STORE (its key is generated on it) and personalise it under the CA."""
+    """Manufacture a card in STORE (its key is generated on it) and personalise it under the CA.
+
+    The freshness options set the card's session freshness policy (docs/trn.md, "Freshness"): written
+    once here, it can later only be tightened (`session.policy`), never loosened.
+    """
     from cardnet.card import Card
     from cardnet.card import mtypes as cm
     from cardnet.card.personalise import personalise
     from cardnet.crypto import pki
+    from cardnet.protocols.session import Policy
+
+    policy = Policy(max_blocklist_age_s, min_epoch, lifetime_s, max_records)
 
     pin = pin or os.environ.get("CARDNET_PIN")
     if pin is None:
@@ -119,14 +176,23 @@ def card_create(
         if c.personalised:
             fail(f"the card in {store} is already personalised as {c.uid}", hint="use another --store")
         uid = personalise(
-            c, authority, pin=pin, now=datetime.now(UTC), domain=dom, role=pki.Role[role.upper()], name=name
+            c,
+            authority,
+            pin=pin,
+            now=datetime.now(UTC),
+            domain=dom,
+            role=pki.Role[role.upper()],
+            name=name,
+            policy=policy.encode(),
         )
     finally:
         c.close()
     if as_json:
-        emit_json({"uid": str(uid), "domain": uid.domain.hex(), "store": store})
+        emit_json({"uid": str(uid), "domain": uid.domain.hex(), "store": store, "policy": policy.as_dict()})
     else:
         console.print(f"card {uid} personalised in {store}", markup=False)
+        if policy != Policy():
+            console.print(f"freshness policy: {_policy_words(policy)}", markup=False)
 
 
 @card.command("show")

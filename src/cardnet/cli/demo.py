@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.text import Text
 
 from cardnet.applets.notes import NOTE, NOTES, READ_NOTES, SEND_NOTE, NotesApplet
 from cardnet.card import Card, Outgoing
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
-from cardnet.cli.output import console, emit_json, json_option
+from cardnet.cli.output import card_refusal, console, emit_json, json_option
 from cardnet.crypto import pki
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, Uid
@@ -114,9 +115,11 @@ class DemoWorld:
             o_name = registry.lookup(out.msg.mtype).name
             if out.msg.mtype == cm.REFUSED.code:
                 p = cm.REFUSED.parse(out.msg)
+                words, _ = card_refusal(p["reason"], p["detail"])
                 self.say(
                     here,
-                    f"[red]refused[/] {name} from {self.label(msg.src)}: {p['reason']} — {p['detail']}",
+                    f"[red]refused[/] {name} from {escape(self.label(msg.src))}: {escape(words)} "
+                    f"[dim]({escape(p['reason'])}: {escape(p['detail'])})[/]",
                     kind="refused",
                     reason=p["reason"],
                 )

@@ -12,9 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.output import (
+    console,
+    emit_json,
+    fail,
+    fail_os,
+    json_option,
+    new_file_then,
+    print_fields,
+    print_rows,
+    print_table,
+    spend_refusal,
+    table,
+)
 from cardnet.store import Store, open_store
 
 
@@ -92,7 +103,31 @@ WALLET = click.option(
     show_default="$CARDNET_WALLET or wallet.db",
     help="The wallet store (file path or URL).",
 )
-JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+JSON = json_option
+
+
+def _say(as_json: bool, result: dict[str, Any], text: str) -> None:
+    """The outcome of a command: ``result`` as one JSON object, or ``text`` for a person."""
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(text, markup=False)
+
+
+def _write_secret_file(out: str, what: str, record: Callable[[Callable[[dict[str, Any]], None]], Any]) -> Any:
+    """Record something in a store and write it to the new file ``out`` (0600), all or nothing.
+
+    ``record(deliver)`` calls ``deliver(obj)`` inside its store transaction: a path that cannot be
+    written refuses the command before anything is recorded, and a write that fails rolls it back.
+    """
+
+    def with_file(write: Callable[[bytes], None]) -> Any:
+        return record(lambda obj: write(json.dumps(obj).encode()))
+
+    try:
+        return new_file_then(Path(out), 0o600, with_file)
+    except OSError as exc:
+        fail_os(exc, f"write the {what} to", out)
 
 
 @click.group()
@@ -128,14 +163,14 @@ def vendor() -> None:
 @click.option("--id", "vendor_id", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--validity-days", default=7, show_default=True, help="How long change scrip stays valid.")
 @click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True, help="Lowest protection level.")
-def vendor_init(store: str, vendor_id: str, validity_days: int, level: int) -> None:
+@JSON
+def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_json: bool) -> None:
     """Create a vendor: master scrip secret 0 and 256 customer master secrets."""
     from cardnet.services.millicent_vendor import init_vendor
 
-    init_vendor(
-        _vendor(store, create=True), _hex(vendor_id, 8, "--id"), validity_s=validity_days * 86400, min_level=level
-    )
-    console.print(f"vendor {vendor_id} created in {store}")
+    vid = _hex(vendor_id, 8, "--id")
+    init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
+    _say(as_json, {"vendor": vid.hex(), "store": store}, f"vendor {vid.hex()} created in {store}")
 
 
 @vendor.command("add-page")
@@ -144,7 +179,8 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int) -> N
 @click.option("--price", type=click.IntRange(1), required=True, help="Price in scrip units.")
 @click.option("--text", default=None, help="The page's content.")
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None, help="Content file.")
-def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None) -> None:
+@JSON
+def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None, as_json: bool) -> None:
     """Add (or replace) a product in the vendor's catalogue."""
     from cardnet.services.millicent_vendor import add_product
 
@@ -152,50 +188,62 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
         fail("give exactly one of --text and --file")
     content = text.encode() if text is not None else Path(path or "").read_bytes()
     add_product(_vendor(store), name, price, content)
-    console.print(f"{name}: {price}")
+    _say(as_json, {"product": name, "price": price}, f"{name}: {price}")
 
 
 @vendor.command("licence")
 @STORE
 @click.option("--broker", required=True, help="The broker's name (recorded with the licence).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Licence file to write (0600).")
-def vendor_licence(store: str, broker: str, out: str) -> None:
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="New licence file to write (0600).")
+@JSON
+def vendor_licence(store: str, broker: str, out: str, as_json: bool) -> None:
     """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets)."""
     from cardnet.services.millicent_vendor import export_licence
 
-    lic = export_licence(_vendor(store), broker)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(lic, fh)
-    console.print(f"licence for {broker} (index {lic['index']}) written to {out}: it holds secrets, move it safely")
+    vendor_store = _vendor(store)
+    lic = _write_secret_file(out, "licence", lambda deliver: export_licence(vendor_store, broker, deliver=deliver))
+    _say(
+        as_json,
+        {"broker": broker, "index": lic["index"], "out": out},
+        f"licence for {broker} (index {lic['index']}) written to {out}: it holds secrets, move it safely",
+    )
 
 
 @vendor.command("bulk-agreement")
 @STORE
 @click.option("--broker", required=True, help="The broker's name (recorded with the agreement).")
 @click.option("--discount", type=click.IntRange(0, 100), default=10, show_default=True, help="Percent off face value.")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Agreement file to write (0600).")
-def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str) -> None:
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False), required=True, help="New agreement file to write (0600)."
+)
+@JSON
+def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str, as_json: bool) -> None:
     """Agree to sell scrip in bulk to a broker at a discount (writes the broker's id, secret and order key)."""
     from cardnet.services.millicent_vendor import add_bulk_broker
 
-    agreement = add_bulk_broker(_vendor(store), broker, discount_pct=discount)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(agreement, fh)
-    console.print(
+    vendor_store = _vendor(store)
+    agreement = _write_secret_file(
+        out,
+        "bulk agreement",
+        lambda deliver: add_bulk_broker(vendor_store, broker, discount_pct=discount, deliver=deliver),
+    )
+    _say(
+        as_json,
+        {"broker": broker, "customer_id": agreement["customer_id"], "discount_pct": discount, "out": out},
         f"bulk agreement with {broker} (customer id {agreement['customer_id']}, {discount} % off) written to {out}: "
-        "it holds secrets, move it safely"
+        "it holds secrets, move it safely",
     )
 
 
 @vendor.command("rotate")
 @STORE
-def vendor_rotate(store: str) -> None:
+@JSON
+def vendor_rotate(store: str, as_json: bool) -> None:
     """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires)."""
     from cardnet.services.millicent_vendor import rotate_secret
 
-    console.print(f"new scrip is minted under index {rotate_secret(_vendor(store))}; restart the vendor")
+    index = rotate_secret(_vendor(store))
+    _say(as_json, {"mint_index": index}, f"new scrip is minted under index {index}; restart the vendor")
 
 
 @vendor.command("run")
@@ -204,8 +252,12 @@ def vendor_rotate(store: str) -> None:
 @click.option("--prune-every", default=60.0, show_default=True, help="Seconds between spent-list prunes.")
 @click.option("--failpoint", default=None, hidden=True, help="Test only: kill-after-commit.")
 @_server_limits
-def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | None, **limits: Any) -> None:
-    """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening."""
+@JSON
+def vendor_run(
+    store: str, listen: str, prune_every: float, failpoint: str | None, as_json: bool, **limits: Any
+) -> None:
+    """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening
+    (with --json: {"ready": {"name": "vendor", "listen": "HOST:PORT"}} on one line)."""
     from cardnet.services.millicent_vendor import VendorCore, VendorServer
 
     host, port = _listen(listen)
@@ -217,6 +269,7 @@ def vendor_run(store: str, listen: str, prune_every: float, failpoint: str | Non
         lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint, server_limits=bounds),
         host,
         port,
+        as_json,
     )
 
 
@@ -230,10 +283,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
 
     host, port = _listen(broker)
     r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
-    if as_json:
-        emit_json(r)
-    else:
-        console.print(f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
+    _say(as_json, r, f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
 
 
 @vendor.command("status")
@@ -244,7 +294,7 @@ def vendor_status(store: str, as_json: bool) -> None:
     from cardnet.services.millicent_vendor import VendorCore
 
     core = VendorCore(_vendor(store))
-    r = {
+    r: dict[str, Any] = {
         "vendor": core.vendor_id.hex(),
         "spent": core.spent_count(),
         "redeemable": len(core.redeemable()),
@@ -254,9 +304,21 @@ def vendor_status(store: str, as_json: bool) -> None:
     }
     if as_json:
         emit_json(r)
-    else:
-        for k, v in r.items():
-            console.print(f"{k}: {v}", markup=False)
+        return
+    print_fields(
+        [
+            ("vendor", r["vendor"]),
+            ("spent list", f"{r['spent']} scrip"),
+            ("redeemable", f"{r['redeemable']} broker-minted scrip not yet redeemed"),
+            ("mint index", str(r["mint_index"])),
+        ],
+    )
+    products = [{"product": k, "price": v} for k, v in sorted(r["products"].items())]
+    print_rows(
+        products, ("product", "price"), title="catalogue", empty="no products (cardnet millicent vendor add-page)"
+    )
+    sales = [{"customer_id": cid, **row} for cid, row in sorted(r["bulk_sales"].items())]
+    print_rows(sales, ("broker", "customer_id", "value", "owed"), title="bulk sales", empty="no bulk sales")
 
 
 # --- broker ---------------------------------------------------------------------------
@@ -271,15 +333,17 @@ def broker() -> None:
 @STORE
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--discount", default=10, show_default=True, help="Percent the broker keeps at redemption.")
-def broker_add_licence(store: str, path: str, discount: int) -> None:
+@JSON
+def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> None:
     """Keep a vendor's licence: the broker then mints that vendor's scrip."""
     from cardnet.services.millicent_broker import add_licence
 
     try:
         lic = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        fail(f"cannot read the licence {path}: {exc}")
-    console.print(f"licensed for vendor {add_licence(_broker(store), lic, discount_pct=discount).hex()}")
+        fail(f"cannot read the licence {path}: {exc}", reason="bad_file", hint="give the file `vendor licence` wrote")
+    vid = add_licence(_broker(store), lic, discount_pct=discount).hex()
+    _say(as_json, {"vendor": vid, "mode": "licence"}, f"licensed for vendor {vid}")
 
 
 @broker.command("add-bulk")
@@ -288,34 +352,44 @@ def broker_add_licence(store: str, path: str, discount: int) -> None:
 @click.option("--vendor-at", required=True, help="The vendor's HOST:PORT (where the broker buys and issues).")
 @click.option("--denomination", type=click.IntRange(1), default=100, show_default=True, help="Value of a stock piece.")
 @click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True, help="Pieces per bulk order.")
-def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pieces: int) -> None:
+@JSON
+def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pieces: int, as_json: bool) -> None:
     """Keep a vendor's bulk agreement: the broker then buys that vendor's scrip in bulk and resells it."""
     from cardnet.services.millicent_broker import BrokerError, add_bulk
 
     try:
         agreement = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        fail(f"cannot read the agreement {path}: {exc}")
+        fail(
+            f"cannot read the agreement {path}: {exc}",
+            reason="bad_file",
+            hint="give the file `vendor bulk-agreement` wrote",
+        )
     try:
         vid = add_bulk(_broker(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
     except BrokerError as exc:
-        fail(str(exc))
-    console.print(f"bulk mode for vendor {vid.hex()} (buys {pieces} x {denomination} at {vendor_at})")
+        fail(str(exc), reason=exc.reason)
+    _say(
+        as_json,
+        {"vendor": vid.hex(), "mode": "bulk", "vendor_at": vendor_at, "denomination": denomination, "pieces": pieces},
+        f"bulk mode for vendor {vid.hex()} (buys {pieces} x {denomination} at {vendor_at})",
+    )
 
 
 @broker.command("mode")
 @STORE
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--mode", type=click.Choice(["licence", "bulk"]), required=True)
-def broker_mode(store: str, vendor: str, mode: str) -> None:
+@JSON
+def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
     """Choose how the broker gets a vendor's scrip: mint it under licence, or buy it in bulk."""
     from cardnet.services.millicent_broker import BrokerError, set_mode
 
     try:
         set_mode(_broker(store), _hex(vendor, 8, "--vendor"), mode)
     except BrokerError as exc:
-        fail(str(exc))
-    console.print(f"vendor {vendor}: {mode}")
+        fail(str(exc), reason=exc.reason)
+    _say(as_json, {"vendor": vendor, "mode": mode}, f"vendor {vendor}: {mode}")
 
 
 @broker.command("bulk-buy")
@@ -323,43 +397,48 @@ def broker_mode(store: str, vendor: str, mode: str) -> None:
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--value", type=click.IntRange(1), required=True, help="Face value to buy.")
 @click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True)
-def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int) -> None:
+@JSON
+def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: bool) -> None:
     """Buy a vendor's scrip in bulk now (the running broker also buys by itself when its stock runs short)."""
     from cardnet.services.millicent_broker import BrokerCore, BrokerError, buy_stock
 
     try:
         outcome = asyncio.run(buy_stock(BrokerCore(_broker(store)), _hex(vendor, 8, "--vendor"), value, pieces))
     except BrokerError as exc:
-        fail(str(exc))
+        fail(str(exc), reason=exc.reason)
     if not outcome.bought:
-        fail(outcome.detail)
-    console.print(outcome.detail)
+        fail(outcome.detail, reason="not_bought")
+    _say(as_json, {"vendor": vendor, "bought": True, "detail": outcome.detail}, outcome.detail)
 
 
 @broker.command("deposit")
 @STORE
 @click.option("--customer", required=True, help="Customer id, 16 hex digits.")
 @click.option("--amount", type=click.IntRange(1), required=True)
-def broker_deposit(store: str, customer: str, amount: int) -> None:
+@JSON
+def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> None:
     """Credit a customer's prepaid balance."""
     from cardnet.services.millicent_broker import deposit
 
-    console.print(f"balance {deposit(_broker(store), _hex(customer, 8, '--customer'), amount)}")
+    balance = deposit(_broker(store), _hex(customer, 8, "--customer"), amount)
+    _say(as_json, {"customer": customer, "balance": balance}, f"balance {balance}")
 
 
 @broker.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7100", show_default=True, help="HOST:PORT (port 0 picks one).")
 @_server_limits
-def broker_run(store: str, listen: str, **limits: Any) -> None:
-    """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"."""
+@JSON
+def broker_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
+    """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"
+    (with --json: {"ready": {"name": "broker", "listen": "HOST:PORT"}} on one line)."""
     from cardnet.services.millicent_broker import BrokerCore, BrokerServer
 
     host, port = _listen(listen)
     core = BrokerCore(_broker(store))
     bounds = _limits_from(**limits)
 
-    _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port)
+    _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port, as_json)
 
 
 @broker.command("status")
@@ -370,11 +449,19 @@ def broker_status(store: str, as_json: bool) -> None:
     from cardnet.services.millicent_broker import BrokerCore
 
     core = BrokerCore(_broker(store, create=False))
-    r = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
+    r: dict[str, Any] = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
     if as_json:
         emit_json(r)
-    else:
-        console.print(r, markup=False)
+        return
+    owed = [{"vendor": v, "owed": n} for v, n in sorted(r["owed_to_vendors"].items())]
+    print_rows(owed, ("vendor", "owed"), title="owed to vendors (redeemed licence scrip)", empty="nothing redeemed yet")
+    bulk = [{"vendor": v, **row} for v, row in sorted(r["bulk"].items())]
+    print_rows(
+        bulk,
+        ("vendor", "pieces", "stock_value", "bought_value", "owed", "pending_orders"),
+        title="bulk vendors",
+        empty="no bulk vendors",
+    )
 
 
 # --- customer -------------------------------------------------------------------------
@@ -389,10 +476,11 @@ def _wallet(where: str, *, create: bool = True) -> Any:
 @millicent.command("open")
 @WALLET
 @click.option("--broker", required=True, help="The broker's HOST:PORT.")
-def open_account(wallet: str, broker: str) -> None:
+@JSON
+def open_account(wallet: str, broker: str, as_json: bool) -> None:
     """Open an account at a broker (a key is made in the wallet); prints the customer id."""
     cid = asyncio.run(_wallet(wallet).open_account(broker))
-    console.print(f"customer id {cid.hex()} (ask the broker to credit it)")
+    _say(as_json, {"customer_id": cid.hex()}, f"customer id {cid.hex()} (ask the broker to credit it)")
 
 
 @millicent.command("buy")
@@ -403,10 +491,11 @@ def open_account(wallet: str, broker: str) -> None:
 def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
     """Buy scrip of a vendor from the broker (paid from the prepaid balance)."""
     s = asyncio.run(_wallet(wallet).buy(_hex(vendor, 8, "--vendor"), value))
-    if as_json:
-        emit_json({"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry})
-    else:
-        console.print(f"scrip {s.scrip_id.hex()} worth {s.value}")
+    _say(
+        as_json,
+        {"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry},
+        f"scrip {s.scrip_id.hex()} worth {s.value}",
+    )
 
 
 @millicent.command("list")
@@ -434,9 +523,9 @@ def list_scrip(wallet: str, as_json: bool) -> None:
         return
     for r in rows:
         r["expiry"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r["expiry"]))
-    _rows_table("scrip", rows, ("vendor", "scrip_id", "value", "expiry"), "no scrip in the wallet")
+    print_rows(rows, ("vendor", "scrip_id", "value", "expiry"), title="scrip", empty="no scrip in the wallet")
     if pending:
-        _rows_table("pending requests", pending, ("request", "kind", "vendor", "to", "reason"), "")
+        print_rows(pending, ("request", "kind", "vendor", "to", "reason"), title="pending requests", empty="")
         console.print("send them again: cardnet millicent retry (--at HOST:PORT to send them elsewhere)")
 
 
@@ -460,28 +549,16 @@ def spend(
             _hex(vendor, 8, "--vendor"), address, product, price, int(time.time()), level=Level(level), top_up=top_up
         )
     )
+    if r.status != 0:  # a refusal is an error, under --json too (non-zero exit)
+        message, hint = spend_refusal(r.status.name.lower(), r.detail, product=product, price=price)
+        fail(message, reason=r.status.name.lower(), hint=hint)
     if as_json:
         emit_json(
             {"status": r.status.name.lower(), "change": r.change, "content": r.content.decode("utf-8", "replace")}
         )
         return
-    if r.status != 0:
-        fail(f"the vendor refused: {r.detail}", reason=r.status.name.lower())
     console.print(r.content.decode("utf-8", "replace"), markup=False, highlight=False)
-    console.print(f"[dim]change {r.change}[/]")
-
-
-def _rows_table(title: str, rows: list[dict[str, Any]], cols: tuple[str, ...], empty: str) -> None:
-    """Rows for a person: a table (ids whole), or a sentence when there are none."""
-    if not rows:
-        console.print(empty)
-        return
-    table = Table(title=title)
-    for col in cols:
-        table.add_column(col.replace("_", " "), overflow="fold", no_wrap=col in ("vendor", "scrip_id", "request"))
-    for r in rows:
-        table.add_row(*(str(r.get(c, "")) for c in cols))
-    console.print(table)
+    console.print(f"change {r.change}", style="dim", markup=False)
 
 
 @millicent.command("renew")
@@ -496,7 +573,12 @@ def renew(wallet: str, vendor_id: str | None, address: str | None, as_json: bool
     if as_json:
         emit_json({"renewals": rows})
         return
-    _rows_table("renewals", rows, ("vendor", "scrip_id", "value", "outcome", "detail"), "no scrip expires within a day")
+    print_rows(
+        rows,
+        ("vendor", "scrip_id", "value", "outcome", "detail"),
+        title="renewals",
+        empty="no scrip expires within a day",
+    )
 
 
 @millicent.command("retry")
@@ -521,7 +603,9 @@ def retry(wallet: str, address: str | None, vendor_id: str | None, give_up: bool
     if as_json:
         emit_json({"requests": rows})
         return
-    _rows_table("pending requests", rows, ("request", "kind", "vendor", "outcome", "detail"), "nothing is pending")
+    print_rows(
+        rows, ("request", "kind", "vendor", "outcome", "detail"), title="pending requests", empty="nothing is pending"
+    )
 
 
 # --- benchmark (added to `cardnet bench` by cli.main) -----------------------------------
@@ -542,23 +626,26 @@ def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) 
     if as_json:
         emit_json(r)
         return
-    table = Table(title="cardnet bench millicent")
-    table.add_column("figure")
-    table.add_column("per second", justify="right")
+    t = table("figure", "per second", title="cardnet bench millicent")
     for k in ("hmac_bound_per_s", "validations_per_s", "tcp_bound_rtt_per_s", "purchases_per_s"):
-        table.add_row(k, f"{r[k]:,}")
-    console.print(table)
+        t.add_row(k, f"{r[k]:,}")
+    print_table(t)
     for target, ok in r["targets"].items():
         console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
 
 
-def _serve(label: str, make: Callable[[], Any], host: str, port: int) -> None:
+def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: bool) -> None:
     """Run a service server (``start(host, port)`` / ``aclose()``) until interrupted; print "ready" once listening."""
 
     async def main() -> None:
         server = make()
         addr = await server.start(host, port)
-        console.print(f"ready {label} {addr[0]}:{addr[1]}", markup=False)
+        listen = f"{addr[0]}:{addr[1]}"
+        if as_json:
+            emit_json({"ready": {"name": label, "listen": listen}}, line=True)
+        else:
+            console.print(f"ready {label} {listen}", markup=False)
+            console.file.flush()
         try:
             await asyncio.Event().wait()
         finally:

@@ -16,18 +16,23 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)  # never fold a path or a field name
+
+T = TypeVar("T")
 
 JSON_KEY = "cardnet.json"  # in click's ``ctx.meta`` (shared by every context of one invocation)
 
@@ -114,6 +119,76 @@ def fail_os(exc: OSError, doing: str, path: str | os.PathLike[str]) -> NoReturn:
     fail(f"cannot {doing} {path}: {detail}", reason=reason, hint=hint)
 
 
+# What a card's refusal (``card.refused``: a reason word and the card's own detail) means for its owner, and
+# what to do: every command that shows a refusal to a person words it through :func:`card_refusal`.
+CARD_REFUSALS: dict[str, tuple[str, str | None]] = {
+    "privileged": ("this needs the card's PIN first", "give --pin, or set CARDNET_PIN"),
+    "pin_locked": ("the card's PIN is locked after too many wrong tries", "the card must be personalised anew"),
+    "no_applet": (
+        "this card does not do that (no applet on it handles this request)",
+        "is this the right card? name it with --card DOMAIN (the host runs it beside others)",
+    ),
+    "not_personalised": ("this card is not personalised yet", "personalise it: cardnet card create"),
+    "not_for_this_card": ("the request was meant for another card", "name the card with --card DOMAIN"),
+    "bad_param": ("the card could not read the request", "check the values you gave"),
+    "applet_error": ("the card failed on this request and kept its state", "run with -v, and report it"),
+    "ports_exhausted": ("this card has handed out every port it has", "the card must be personalised anew"),
+    "wrong_usage": (
+        "this card's role cannot do that (only a ticketing agent's card mints or reissues tokens)",
+        "run it against the agent's card (--card DOMAIN)",
+    ),
+    "no_authority": ("this card has no authority yet", "set it first: cardnet trn set-authority"),
+    "blocked": ("the other card is on the authority's blocklist: this card will not deal with it", None),
+    "blocklist_stale": (
+        "this card's blocklist is older than its freshness policy allows, so it refuses other cards for now",
+        "let it reach its authority: cardnet trn recover",
+    ),
+    "no_session": ("this card has no session with the other card yet", "try again: the host opens one"),
+    "bad_signature": ("the card found a signature that does not verify", None),
+}
+
+# An ``illegal_move`` refusal names the token's state: what that state means for its owner.
+TOKEN_STATE_REFUSALS: dict[str, str] = {
+    "null": "this card does not hold that token",
+    "enabled": "this card holds that token and is not moving it",
+    "disabled+O": "that token is already being sent (waiting for the receiver's copy)",
+    "disabled": "that token was sent: this card committed the transfer",
+    "trustless_disabled": "that token is still arriving on this card (waiting for the sender's commit)",
+    "trustless": "that token arrived but waits for the authority's trace",
+}
+_ILLEGAL_MOVE = re.compile(r"^(\S+) is not allowed for a token in state (\S+)$")
+
+
+def card_refusal(reason: str, detail: str) -> tuple[str, str | None]:
+    """A card's refusal in its owner's words: ``(message, what to do)``; the card's detail when no words fit."""
+    if reason == "illegal_move" and (m := _ILLEGAL_MOVE.match(detail)) and m.group(2) in TOKEN_STATE_REFUSALS:
+        return TOKEN_STATE_REFUSALS[m.group(2)], "`cardnet trn list` shows the tokens on this card and how each stands"
+    if reason in CARD_REFUSALS:
+        return CARD_REFUSALS[reason]
+    return f"the card refused: {detail or reason}", None
+
+
+# A vendor's refusal of a Millicent spend (its status), in the customer's words.
+SPEND_REFUSALS: dict[str, tuple[str, str | None]] = {
+    "forged": ("the vendor does not recognise this scrip as its own", "buy scrip of this vendor from your broker"),
+    "stolen": ("the vendor says this scrip is not yours (it is bound to another customer's secret)", None),
+    "spent": ("this scrip was already spent at this vendor", "cardnet millicent list shows the scrip you hold"),
+    "expired": ("this scrip has expired", "renew scrip before it expires: cardnet millicent renew"),
+    "wrong_vendor": ("this scrip is another vendor's", "check --vendor"),
+    "insufficient": ("the scrip is worth less than the price", "check --price"),
+    "malformed": ("the vendor could not read the request", "check --price and --product"),
+    "unknown_product": ("the vendor does not sell {product}", "check --product"),
+    "level_too_low": ("the vendor requires a higher protection level", "give --level 3 (or 2)"),
+}
+
+
+def spend_refusal(status: str, detail: str, *, product: str, price: int) -> tuple[str, str | None]:
+    """A vendor's refusal of a purchase in the customer's words: ``(message, what to do)``."""
+    words, hint = SPEND_REFUSALS.get(status, (f"the vendor refused: {status}", None))
+    words = words.format(product=product, price=price)
+    return (f"{words} ({detail})" if detail else words), hint
+
+
 def write_new_files(files: dict[Path, tuple[bytes, int]]) -> None:
     """Write new files all or nothing: each ``path: (data, mode)``; none may exist yet.
 
@@ -146,6 +221,48 @@ def write_new_files(files: dict[Path, tuple[bytes, int]]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def new_file_then(path: Path, mode: int, record: Callable[[Callable[[bytes], None]], T]) -> T:
+    """Create the new file ``path`` (never overwritten) with what ``record`` makes, and nothing recorded if
+    the file cannot be written.
+
+    A temporary file is made beside ``path`` first, so a missing or unwritable folder fails before
+    anything is recorded. ``record(write)`` records (e.g. in a store transaction) and calls
+    ``write(data)`` before it commits: ``write`` fills the temporary file and links it into place, so if
+    writing fails the record is rolled back; if ``record`` fails after the file was placed, the file is
+    removed. An ``OSError`` names ``path``.
+    """
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    placed = False
+
+    def write(data: bytes) -> None:
+        nonlocal placed
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+        placed = True
+
+    try:
+        result = record(write)
+        if not placed:
+            raise RuntimeError(f"nothing was written to {path}")
+        return result
+    except BaseException:
+        if placed:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     """A table for people whose cells are never wrapped: print it with :func:`print_table`.
 
@@ -157,6 +274,26 @@ def table(*columns: str, title: str | None = None) -> Table:
     for name in columns:
         t.add_column(name, overflow="fold", no_wrap=True)
     return t
+
+
+def print_fields(fields: list[tuple[str, str]], *, title: str | None = None) -> None:
+    """A status for people: one ``name  value`` row per field, values never cut."""
+    t = table("", "", title=title)
+    t.show_header = False
+    for name, value in fields:
+        t.add_row(Text(name), Text(value))
+    print_table(t)
+
+
+def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, title: str, empty: str) -> None:
+    """A list for people: a table of ``columns`` (identifiers whole), or the sentence ``empty`` when there are none."""
+    if not rows:
+        console.print(empty, markup=False)
+        return
+    t = table(*(c.replace("_", " ") for c in columns), title=title)
+    for r in rows:
+        t.add_row(*(Text(str(r.get(c, ""))) for c in columns))
+    print_table(t)
 
 
 def print_table(t: Table) -> None:

@@ -132,7 +132,12 @@ def add_product(store: Store, name: str, price: int, content: bytes) -> None:
 
 
 def export_licence(
-    store: Store, broker: str, *, rng: Callable[[int], bytes] = os.urandom, index: int | None = None
+    store: Store,
+    broker: str,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+    index: int | None = None,
+    deliver: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """License a broker to mint scrip: a fresh master scrip secret under an index of its own.
 
@@ -140,6 +145,8 @@ def export_licence(
     master scrip secret (the broker can mint scrip only under its index), the
     customer master secrets (the broker hands each customer her customer
     secret), and a redeem key that MACs the vendor's redemption batches.
+    ``deliver(licence)`` (e.g. writing the licence file) runs before the licence is
+    recorded: if it raises, nothing is recorded.
     """
     with store.transaction() as txn:
         vid = txn.get(CFG, b"id")
@@ -157,18 +164,26 @@ def export_licence(
         txn.put(SECRETS, bytes([index]), secret)
         txn.put(LICENCES, bytes([index]), redeem_key + broker.encode())
         cms = {k[0]: v for k, v in txn.scan(CMASTERS)}
-    return {
-        "vendor": vid.hex(),
-        "index": index,
-        "scrip_secret": secret.hex(),
-        "customer_masters": {str(i): v.hex() for i, v in cms.items()},
-        "redeem_key": redeem_key.hex(),
-        "broker": broker,
-    }
+        licence = {
+            "vendor": vid.hex(),
+            "index": index,
+            "scrip_secret": secret.hex(),
+            "customer_masters": {str(i): v.hex() for i, v in cms.items()},
+            "redeem_key": redeem_key.hex(),
+            "broker": broker,
+        }
+        if deliver is not None:
+            deliver(licence)  # inside the transaction: a failed delivery records nothing
+    return licence
 
 
 def add_bulk_broker(
-    store: Store, broker: str, *, discount_pct: int, rng: Callable[[int], bytes] = os.urandom
+    store: Store,
+    broker: str,
+    *,
+    discount_pct: int,
+    rng: Callable[[int], bytes] = os.urandom,
+    deliver: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Agree to sell scrip in bulk to a broker, at ``discount_pct``: returns the agreement (it holds secrets).
 
@@ -176,7 +191,8 @@ def add_bulk_broker(
     customer secret (like any customer: it MACs the broker's requests when it
     pays with its bulk scrip) and an order key that MACs its bulk orders and
     this vendor's answers. No master scrip secret and no customer master
-    secret leaves the vendor.
+    secret leaves the vendor. ``deliver(agreement)`` (e.g. writing the agreement
+    file) runs before the agreement is recorded: if it raises, nothing is recorded.
     """
     if not 0 <= discount_pct <= 100:
         raise VendorError("bad_discount", f"the discount is 0..100 %, got {discount_pct}")
@@ -191,14 +207,17 @@ def add_bulk_broker(
                 break
         key = rng(mc.BULK_KEY_BYTES)
         txn.put(BULK, cid, key + bytes([discount_pct]) + broker.encode())
-    return {
-        "vendor": vid.hex(),
-        "broker": broker,
-        "customer_id": cid.hex(),
-        "customer_secret": mc.customer_secret(cms, cid).hex(),
-        "order_key": key.hex(),
-        "discount_pct": discount_pct,
-    }
+        agreement = {
+            "vendor": vid.hex(),
+            "broker": broker,
+            "customer_id": cid.hex(),
+            "customer_secret": mc.customer_secret(cms, cid).hex(),
+            "order_key": key.hex(),
+            "discount_pct": discount_pct,
+        }
+        if deliver is not None:
+            deliver(agreement)  # inside the transaction: a failed delivery records nothing
+    return agreement
 
 
 @dataclass

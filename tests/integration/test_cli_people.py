@@ -1,0 +1,192 @@
+"""The command line as a new user meets it (issue 10, items 13-15): real ``cardnet`` processes, real files.
+
+A write to a bad path records nothing; a host whose app socket cannot be made says which path; status
+commands print tables and say when a list is empty; refusals are in the person's words; the freshness
+policy can be set when a card is personalised.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hostprocs import make_hosts
+from test_cli import cardnet
+from test_cli_errors import json_error
+from test_millicent_processes import VID, Service, customer, world  # noqa: F401  (world: a pytest fixture)
+
+from cardnet.applets.sessions import POLICY, POLICY_IS
+from cardnet.applets.trn import SEND, TrnApplet
+from cardnet.card import Card
+from cardnet.card import mtypes as cm
+from cardnet.cli.output import card_refusal
+from cardnet.host import Host
+from cardnet.wire import Message, MType, Uid
+
+
+def _clean_failure(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def vendor_status(store: Path) -> dict[str, Any]:
+    r = cardnet("millicent", "vendor", "status", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+def test_a_licence_or_agreement_that_cannot_be_written_is_not_recorded(tmp_path: Path) -> None:
+    v = tmp_path / "v.db"
+    assert cardnet("millicent", "vendor", "init", "--store", str(v), "--id", VID).returncode == 0
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    for out in (tmp_path / "no-such-folder" / "x.json", Path("/sys/cardnet-test.json"), taken):
+        for cmd in (("licence",), ("bulk-agreement", "--discount", "5")):
+            r = cardnet("millicent", "vendor", *cmd, "--store", str(v), "--broker", "bob", "--out", str(out))
+            _clean_failure(r, str(out))
+            e = json_error(
+                cardnet("millicent", "vendor", *cmd, "--store", str(v), "--broker", "bob", "--out", str(out), "--json")
+            )
+            assert str(out) in e["message"] and e["hint"], e
+    assert taken.read_text() == "mine"  # never overwritten
+    assert not (tmp_path / "no-such-folder").exists() and not Path("/sys/cardnet-test.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json", "v.db"]  # no temporary file left
+    # nothing was recorded: no bulk broker, and the first licence written takes the first broker index
+    assert vendor_status(v)["bulk_sales"] == {}
+    lic = tmp_path / "lic.json"
+    r = cardnet("millicent", "vendor", "licence", "--store", str(v), "--broker", "bob", "--out", str(lic), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["index"] == 0x80 == json.loads(lic.read_text())["index"]
+    assert lic.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_host_whose_app_socket_folder_is_missing_says_so(tmp_path: Path) -> None:
+    (host,) = make_hosts(tmp_path, ["a"], ["echo"])
+    config = host.config.read_text().replace('app_socket = "a.sock"', 'app_socket = "gone/a.sock"')
+    assert "gone/a.sock" in config
+    host.config.write_text(config)
+    r = cardnet("host", "run", "--config", str(host.config), cwd=tmp_path)
+    _clean_failure(r, "app_socket", "gone/a.sock", "the folder", "does not exist")
+    e = json_error(cardnet("host", "run", "--config", str(host.config), "--json", cwd=tmp_path))
+    assert e["reason"] == "not_found" and "gone/a.sock" in e["message"], e
+
+
+def test_millicent_status_is_tables_and_empty_lists_say_so(tmp_path: Path) -> None:
+    v, b = tmp_path / "v.db", tmp_path / "b.db"
+    assert cardnet("millicent", "vendor", "init", "--store", str(v), "--id", VID).returncode == 0
+    r = cardnet("millicent", "vendor", "status", "--store", str(v), env={"COLUMNS": "30"})
+    assert r.returncode == 0, r.stderr
+    assert "{" not in r.stdout and "no products" in r.stdout and "no bulk sales" in r.stdout, r.stdout
+    assert VID in r.stdout  # whole, even at 30 columns
+    agreement = tmp_path / "bulk.json"
+    cmd = ("millicent", "vendor", "bulk-agreement", "--store", str(v), "--broker", "a-broker-with-a-long-name")
+    assert cardnet(*cmd, "--out", str(agreement)).returncode == 0
+    cid = json.loads(agreement.read_text())["customer_id"]
+    r = cardnet("millicent", "vendor", "status", "--store", str(v), env={"COLUMNS": "30"})
+    assert "{" not in r.stdout and cid in r.stdout and "a-broker-with-a-long-name" in r.stdout, r.stdout
+    lic = tmp_path / "lic.json"
+    assert (
+        cardnet("millicent", "vendor", "licence", "--store", str(v), "--broker", "b", "--out", str(lic)).returncode == 0
+    )
+    assert cardnet("millicent", "broker", "add-licence", "--store", str(b), "--file", str(lic)).returncode == 0
+    r = cardnet("millicent", "broker", "status", "--store", str(b))
+    assert r.returncode == 0 and "{" not in r.stdout, r.stdout
+    assert "nothing redeemed yet" in r.stdout and "no bulk vendors" in r.stdout, r.stdout
+
+
+def test_millicent_services_say_ready_as_one_json_line(tmp_path: Path) -> None:
+    v = tmp_path / "v.db"
+    assert cardnet("millicent", "vendor", "init", "--store", str(v), "--id", VID).returncode == 0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cardnet.cli.main",
+            *("millicent", "vendor", "run", "--store", str(v)),
+            *("--listen", "127.0.0.1:0", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())["ready"]
+        assert ready["name"] == "vendor" and ready["listen"].startswith("127.0.0.1:")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_refused_spend_is_an_error_in_the_customers_words(world: dict[str, object]) -> None:  # noqa: F811
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice")
+    args = ["millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--price", "3"]
+    e = json_error(cardnet(*args, "--product", "no-such-page", "--json"))
+    assert e["reason"] == "unknown_product" and "does not sell no-such-page" in e["message"], e
+    _clean_failure(cardnet(*args, "--product", "no-such-page"), "the vendor does not sell no-such-page")
+
+
+def test_card_create_sets_the_freshness_policy(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    freshness = ("--max-blocklist-age", "60", "--min-epoch", "3", "--session-lifetime", "600")
+    policies = {}
+    for name, extra in (("strict", (*freshness, "--session-records", "100")), ("plain", ())):
+        store = f"sqlite:///{tmp_path / name}.db"
+        r = cardnet("card", "create", "--ca", str(ca), "--store", store, "--pin", "1234", *extra, "--json")
+        assert r.returncode == 0, r.stderr
+        policies[name] = json.loads(r.stdout)["policy"]
+        # what the card itself enforces: its answer to an empty (tighten-nothing) session.policy
+        policies[name + " on the card"] = _ask_card(store, POLICY)
+    strict = {"max_blocklist_age_s": 60, "min_epoch": 3, "lifetime_s": 600, "max_records": 100}
+    assert policies["strict"] == strict
+    shown = POLICY_IS.parse(policies["strict on the card"])
+    assert {k: shown[k] for k in strict} == strict
+    plain = POLICY_IS.parse(policies["plain on the card"])
+    assert policies["plain"] == {k: plain[k] for k in strict} == dict.fromkeys(strict, 0)
+    r = cardnet(
+        "card", "create", "--ca", str(ca), "--store", f"sqlite:///{tmp_path}/x.db", "--pin", "1", "--min-epoch", "-1"
+    )
+    _clean_failure(r, "--min-epoch")
+    assert not (tmp_path / "x.db").exists()
+
+
+def _ask_card(store: str, mtype: MType, **fields: Any) -> Message:
+    """What the card in ``store`` answers an application that verified the PIN."""
+    card = Card.open(store, create=False, applets=[TrnApplet()])
+    try:
+        host = Host([card], name="test")
+        app = host.acquire(card.uid.domain, 0.0)
+        app.send(card.uid, cm.PIN_VERIFY, pin="1234")
+        app.send(card.uid, mtype, **fields)
+        for _ in range(20):
+            host.pump(1.0)
+        replies = app.receive_all()
+        assert cm.PIN_RESULT.parse(replies[0])["ok"], replies
+        return replies[-1]
+    finally:
+        card.close()
+
+
+def test_a_card_refusal_is_said_in_the_owners_words(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    store = f"sqlite:///{tmp_path}/a.db"
+    assert cardnet("card", "create", "--ca", str(ca), "--store", store, "--pin", "1234").returncode == 0
+    # the card's own refusal of sending a token it does not hold
+    reply = _ask_card(store, SEND, oid=b"\x01" * 16, to=Uid(b"\x02" * 12, 0), traceable=True)
+    refused = cm.REFUSED.parse(reply)
+    words, hint = card_refusal(refused["reason"], refused["detail"])
+    assert refused["reason"] == "illegal_move" and words == "this card does not hold that token", refused
+    assert hint is not None and "trn list" in hint
+    assert card_refusal("privileged", "x is privileged")[0] == "this needs the card's PIN first"
+    assert card_refusal("something_new", "the card's own words") == ("the card refused: the card's own words", None)
