@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail_os, json_option
+from cardnet.cli.output import console, emit_json, json_option
 
 # The host process allocates a few short-lived objects per message. Collect the
 # young generation every GC_GEN0 net allocations rather than every 700, and keep
@@ -46,11 +46,7 @@ def host_run(config_path: Path, as_json: bool) -> None:
 
     async def main() -> None:
         server = HostServer(config)
-        try:
-            await server.start()
-        except OSError as exc:  # the TCP port's errors are the transport's; what is left is the app socket
-            # (no aclose(): it would remove whatever is at app_socket, which this host never made)
-            fail_os(exc, "create the application socket (app_socket in the config) at", config.app_socket)
+        await server.start()
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0, 20, 20)
