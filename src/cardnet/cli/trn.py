@@ -152,7 +152,8 @@ def undeliverable_hint(oid: str, cancellable: bool) -> str:
 
 @click.group()
 def trn() -> None:
-    """TRN tokens: mint (agents), send, list, cancel, recover, reissue: atomic, traceable transfers."""
+    """TRN tokens: mint (agents), send, list, cancel, recover, reissue, and which tokens to take (policy, offers,
+    accept, reject): atomic, traceable transfers."""
 
 
 @trn.command("mint")
@@ -229,6 +230,7 @@ STATUS_WORDS = {
     "disabled": "leaving: committed, waiting for the receiver's acknowledgement",
     "trustless_disabled": "arriving: waiting for the sender's commit",
     "trustless": "arrived: waiting for the authority's trace",
+    "offered": "offered to you: `cardnet trn accept` or `reject` it",
 }
 
 
@@ -255,6 +257,9 @@ def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> N
             row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
                    "body": t.get("body", b"").decode("utf-8", "replace"),
                    "state": STATUS_WORDS.get(t["status"], t["status"])}  # fmt: skip
+            if "refused" in t:  # back after a refused transfer (docs/trn.md section 3.1)
+                row["refused"] = t["refused"]
+                row["state"] = f"{row['state']} (back: {refusal_words(t['refused'])})"
             peer = t.get("peer")
             if t["status"] in ("disabled+O", "disabled") and peer is not None:
                 if peer.domain not in routes:
@@ -462,3 +467,126 @@ def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
         emit_json({"recovery": "ordered"})
     else:
         console.print("recovery ordered")
+
+
+# -- the owner refuses tokens: acceptance policy and offers (docs/trn.md section 3.1) -------------------------
+
+# Why a receiving card refused a token (the reason in its copied=false), in the sender's owner's words.
+REFUSAL_WORDS = {
+    "refused_by_owner": "the receiver's owner refused it",
+    "issuer_not_accepted": "the receiving card does not take tokens of this issuer",
+    "already held": "the receiving card already holds this token",
+    "out of memory": "the receiving card is full",
+}
+
+
+def refusal_words(reason: str) -> str:
+    return REFUSAL_WORDS.get(reason, f"the receiving card refused it ({reason})")
+
+
+@trn.command("policy")
+@SOCKET
+@PIN
+@CARD
+@click.option("--issuer", "issuers", multiple=True, help="An agent card's Uid whose tokens this card takes "
+              "(repeat for several; replaces the list).")  # fmt: skip
+@click.option("--any-issuer", is_flag=True, help="Take tokens of any issuer (empties the list).")
+@click.option("--ask/--no-ask", default=None, help="Hold every incoming token until you accept or reject it.")
+@json_option
+def trn_policy(
+    socket: str, pin: str | None, card: str | None, issuers: tuple[str, ...], any_issuer: bool, ask: bool | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Show or set which incoming tokens this card takes (no option: show it)."""
+    from cardnet.applets.trn import ACCEPT_POLICY, ACCEPT_POLICY_IS
+
+    if issuers and any_issuer:
+        raise click.BadParameter("give --issuer or --any-issuer, not both", param_hint="--any-issuer")
+    fields: dict[str, Any] = {}
+    if issuers or any_issuer:
+        fields["issuers"] = [_uid(u) for u in issuers]
+    if ask is not None:
+        fields["ask"] = ask
+
+    async def work(app: Any) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), ACCEPT_POLICY, **fields)
+        return await answer(app, ACCEPT_POLICY_IS, {"bad_policy": "give agent cards' Uids (<24 hex>:00000000)"})
+
+    r = _run(socket, pin, work, _domain(card))
+    shown = {"issuers": [str(u) for u in r["issuers"]], "ask": r["ask"]}
+    if as_json:
+        emit_json(shown)
+        return
+    takes = ", ".join(shown["issuers"]) if shown["issuers"] else "any issuer"
+    console.print(f"this card takes tokens of: {takes}", markup=False)
+    console.print("incoming tokens wait for `cardnet trn accept` or `cardnet trn reject`" if r["ask"]
+                  else "incoming tokens are taken at once", markup=False)  # fmt: skip
+
+
+@trn.command("offers")
+@SOCKET
+@PIN
+@CARD
+@json_option
+def trn_offers(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """Tokens offered to this card, waiting for you to accept or reject them (with `policy --ask`)."""
+
+    async def work(app: Any) -> list[dict[str, Any]]:
+        return [t for t in await _tokens(app) if t["status"] == "offered"]
+
+    rows = []
+    for t in _run(socket, pin, work, _domain(card)):
+        frm, issuer = str(t.get("peer") or ""), str(t.get("issuer") or "")
+        body = t.get("body", b"").decode("utf-8", "replace")
+        rows.append({"oid": t["oid"].hex(), "from": frm, "issuer": issuer, "body": body})
+    if as_json:
+        emit_json({"offers": rows})
+        return
+    if not rows:
+        console.print("no tokens offered to this card")
+        return
+    t = table("oid", "from", "issuer", "body", title="tokens offered to this card")
+    for r in rows:
+        t.add_row(r["oid"], r["from"], r["issuer"], r["body"])
+    print_table(t)
+    console.print("`cardnet trn accept --oid OID` takes one; `cardnet trn reject --oid OID` gives it back")
+
+
+def _answer_offer(socket: str, pin: str | None, card: str | None, oid: str, accept: bool, as_json: bool) -> None:
+    from cardnet.applets.trn import ANSWER, RESULT
+
+    raw = _oid(oid)
+
+    async def work(app: Any) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), ANSWER, oid=raw, accept=accept)
+        return await answer(app, RESULT, {"no_offer": "`cardnet trn offers` lists what waits for an answer"})
+
+    r = _run(socket, pin, work, _domain(card))
+    if as_json:
+        emit_json({"oid": oid, "reason": r["reason"]})
+    elif accept:
+        console.print(f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive", markup=False)
+    else:
+        console.print(f"rejected {oid}: the sender's card takes it back", markup=False)
+
+
+@trn.command("accept")
+@SOCKET
+@PIN
+@CARD
+@click.option("--oid", required=True, help="The offered token (`cardnet trn offers`).")
+@json_option
+def trn_accept(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
+    """Take a token offered to this card."""
+    _answer_offer(socket, pin, card, oid, True, as_json)
+
+
+@trn.command("reject")
+@SOCKET
+@PIN
+@CARD
+@click.option("--oid", required=True, help="The offered token (`cardnet trn offers`).")
+@json_option
+def trn_reject(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
+    """Refuse a token offered to this card: it goes back to its sender, enabled."""
+    _answer_offer(socket, pin, card, oid, False, as_json)
