@@ -166,6 +166,8 @@ class Dev:
     uid: Uid
     h: tr.Holding | None = None
     committed: set[tuple[Uid, bytes]] = field(default_factory=set)  # the applet's d:<peer><nonce>
+    admit: str = ""  # the owner's acceptance policy's verdict on every copy: take, ASK, or a refusal
+    rejected: set[tuple[Uid, bytes]] = field(default_factory=set)  # the applet's n:<peer><nonce>
 
 
 @dataclass
@@ -186,6 +188,8 @@ class Net:
             d.h is None or d.h.state != "trustless_disabled" or (d.h.peer, d.h.nonce) != (e.peer, e.nonce)
         ):
             e = tr.Event("commit", e.peer, e.nonce, ok=(e.peer, e.nonce) in d.committed)
+        if e.kind == "copy":  # the applet's _check_copy: a rejected transfer gets the same answer, else the policy's
+            e = replace(e, admit=tr.REFUSED_BY_OWNER if (e.peer, e.nonce) in d.rejected else d.admit)
         out = tr.apply(d.h, e, OID)
         if out.committed_transfer:
             d.committed.add((e.peer, e.nonce))
@@ -213,6 +217,11 @@ class Net:
         elif kind == "recover":
             if d.h is not None and d.h.status is tr.Status.DISABLED and d.h.peer is not None:
                 self.step(d, tr.Event("recover", d.h.peer))
+        elif kind in ("accept", "reject"):  # the owner answers an offer (the applet's _answer)
+            assert d.h is not None and d.h.peer is not None and d.h.nonce is not None
+            if kind == "reject":
+                d.rejected.add((d.h.peer, d.h.nonce))
+            self.step(d, tr.Event(kind, d.h.peer, d.h.nonce))
         else:  # the authority answered the trace
             self.step(d, tr.Event("traced", d.uid))
 
@@ -222,17 +231,19 @@ class Net:
         assert any(d.h is not None and d.h.token is not None for d in self.devs), "the token object was lost"
 
 
-def fresh() -> Net:
-    net = Net([Dev(u) for u in DEVICES])
+def fresh(admits: tuple[str, ...] = ("", "", "")) -> Net:
+    net = Net([Dev(u, admit=a) for u, a in zip(DEVICES, admits, strict=True)])
     net.devs[0].h = tr.Holding(OID, tr.Status.ENABLED, token=TOKEN)
     return net
 
 
 ACTION = st.tuples(
-    st.sampled_from(["deliver", "duplicate", "drop", "start", "cancel", "recover", "traced"]),
+    st.sampled_from(["deliver", "duplicate", "drop", "start", "cancel", "recover", "traced", "accept", "reject"]),
     st.integers(0, 1000),
     st.integers(0, 2),
 )
+# each device's owner: takes everything, asks first, or refuses this issuer (docs/trn.md section 3.1)
+ADMITS = st.tuples(*[st.sampled_from(["", tr.ASK, tr.ISSUER_NOT_ACCEPTED])] * 3)
 
 
 def run(net: Net, actions: list[tuple[str, int, int]], *, fifo: bool) -> None:
@@ -252,33 +263,48 @@ def run(net: Net, actions: list[tuple[str, int, int]], *, fifo: bool) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ACTION, max_size=60))
-def test_no_move_doubles_or_loses_a_token_under_any_delivery(actions: list[tuple[str, int, int]]) -> None:
-    """Three devices; messages delivered in any order, duplicated or lost: never two usable copies,
-    never no copy of the object."""
-    run(fresh(), actions, fifo=False)
+@given(st.lists(ACTION, max_size=60), ADMITS)
+def test_no_move_doubles_or_loses_a_token_under_any_delivery(
+    actions: list[tuple[str, int, int]], admits: tuple[str, ...]
+) -> None:
+    """Three devices whose owners take, ask first (and accept or reject at any time) or refuse; messages
+    delivered in any order, duplicated or lost: never two usable copies, never no copy of the object."""
+    run(fresh(admits), actions, fifo=False)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ACTION, max_size=60))
-@example([("start", 2, 0), ("deliver", 0, 0), ("drop", 0, 0), ("cancel", 0, 0), ("drop", 0, 0)])  # abort lost
-@example([("start", 1, 0), ("deliver", 0, 0), ("deliver", 0, 0), ("drop", 0, 0), ("recover", 0, 0)])  # commit lost
-def test_recovery_finishes_with_exactly_one_enabled_copy(actions: list[tuple[str, int, int]]) -> None:
-    """Session-like channels (in order, lossy; resends are new messages): after the faults stop,
-    recovery and the trace leave exactly one enabled copy and no transfer half-done."""
-    net = fresh()
+@given(st.lists(ACTION, max_size=60), ADMITS, st.sampled_from(["accept", "reject"]))
+@example(
+    [("start", 2, 0), ("deliver", 0, 0), ("drop", 0, 0), ("cancel", 0, 0), ("drop", 0, 0)], ("",) * 3, "accept"
+)  # abort lost
+@example(
+    [("start", 1, 0), ("deliver", 0, 0), ("deliver", 0, 0), ("drop", 0, 0), ("recover", 0, 0)], ("",) * 3, "accept"
+)  # commit lost
+@example(
+    [("start", 1, 0), ("deliver", 0, 0), ("reject", 0, 1), ("drop", 0, 0), ("recover", 0, 0)], (tr.ASK,) * 3, "accept"
+)
+# (the rejection's answer is lost and recovery resends the copy: answered again from the memory of rejections)
+def test_recovery_finishes_with_exactly_one_enabled_copy(
+    actions: list[tuple[str, int, int]], admits: tuple[str, ...], answer: str
+) -> None:
+    """Session-like channels (in order, lossy; resends are new messages): after the faults stop and the owners
+    answer their offers, recovery and the trace leave exactly one enabled copy and no transfer half-done."""
+    net = fresh(admits)
     run(net, actions, fifo=True)
-    for _ in range(4):  # heal: everybody recovers, everything is delivered, traces answered
+    for _ in range(4):  # heal: everybody recovers, everything is delivered, offers and traces answered
         for d in net.devs:
             net.command(d, "recover", d.uid)
         while net.flight:
             net.deliver(0, keep=False)
             net.check()
         for d in net.devs:
+            net.command(d, answer, d.uid)
             net.command(d, "traced", d.uid)
     states = sorted(d.h.state for d in net.devs if d.h is not None)
     assert states.count("enabled") == 1, states
-    assert not {"disabled", "disabled+O", "trustless"} & set(states), states
+    assert not {"disabled", "disabled+O", "trustless", "offered"} & set(states), states
+    for d in net.devs:  # the owners now take everything
+        d.admit = ""
     # and the token can still go anywhere: no leftover (e.g. a copy whose abort notice was lost) blocks it
     for step in (1, 1, 1, -1, -1, -1):  # round the ring both ways: every device receives from both neighbours
         holder = next(d for d in net.devs if d.h is not None and d.h.state == "enabled")
