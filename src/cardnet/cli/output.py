@@ -155,6 +155,7 @@ TOKEN_STATE_REFUSALS: dict[str, str] = {
     "disabled": "that token was sent: this card committed the transfer",
     "trustless_disabled": "that token is still arriving on this card (waiting for the sender's commit)",
     "trustless": "that token arrived but waits for the authority's trace",
+    "offered": "that token is offered to this card and waits for its owner's answer",
 }
 _ILLEGAL_MOVE = re.compile(r"^(\S+) is not allowed for a token in state (\S+)$")
 
