@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
@@ -56,6 +57,7 @@ from cardnet.wire import DecodeError, Message
 log = logging.getLogger(LOGGER_NAME)
 
 REFUSAL_LOG_EVERY_S = 10.0  # a server logs connections refused over its caps at most this often (with a count)
+COLLECT_AFTER = 64  # a server runs a full garbage collection each time this many of its connections have ended
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
@@ -361,6 +363,7 @@ class TcpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._refused_unlogged = 0
         self._refusal_logged_at = -1e9
+        self._ended = 0  # connections ended since the last garbage collection (see _sweep)
         self.refused = 0  # connections aborted at accept for being over a cap
         self.expired = 0  # connections aborted by the handshake or idle timeout
 
@@ -462,17 +465,31 @@ class TcpServer:
         try:
             if ssl_context is not None:
                 left = slot.accepted_at + self._server_limits.handshake_timeout_s - asyncio.get_running_loop().time()
+                raw = slot.writer.transport
                 try:
                     await slot.writer.start_tls(ssl_context, ssl_handshake_timeout=max(left, 0.001))
+                    if slot.writer.transport is None:
+                        raise ConnectionResetError("the peer left during the TLS handshake")
                 except Exception as exc:  # a failed or timed-out handshake ends this connection only
                     log.debug("%s: TLS handshake with %s failed: %s", self._what, slot.peer, exc)
-                    slot.writer.transport.abort()
+                    raw.abort()
+                    # Python 3.11's StreamWriter.start_tls leaves no transport when the peer left mid-handshake,
+                    # and the writer's __del__ then fails: give it back the raw one (aborted).
+                    setattr(slot.writer, "_transport", raw)  # noqa: B010
                     return
             slot.conn = TcpConnection(reader, slot.writer, self._limits)
             assert self._handlers is not None
             await self._handlers.run(slot.conn)
         finally:
             self._slots.discard(slot)
+            self._ended += 1
+            if self._ended >= COLLECT_AFTER:
+                # A dead connection is a web of reference cycles (asyncio's protocol, transport and futures,
+                # with TLS a 256 KiB read buffer) that only the cyclic collector frees, and one that lived
+                # through two young collections waits for a full one, which may not come for a long time:
+                # without this, a flood's dead connections pile up far beyond max_connections.
+                self._ended = 0
+                gc.collect()
             if slot.peer is not None:
                 n = self._per_peer.get(slot.peer, 0) - 1
                 if n > 0:
