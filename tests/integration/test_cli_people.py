@@ -190,3 +190,13 @@ def test_a_card_refusal_is_said_in_the_owners_words(tmp_path: Path) -> None:
     assert hint is not None and "trn list" in hint
     assert card_refusal("privileged", "x is privileged")[0] == "this needs the card's PIN first"
     assert card_refusal("something_new", "the card's own words") == ("the card refused: the card's own words", None)
+
+
+def test_a_file_that_is_no_licence_or_agreement_makes_no_broker_store(tmp_path: Path) -> None:
+    b = tmp_path / "b.db"
+    for shape in ('{"a": 1}', "[1, 2]", '"text"'):
+        (tmp_path / "f.json").write_text(shape)
+        for cmd in (("add-licence",), ("add-bulk", "--vendor-at", "127.0.0.1:7200")):
+            r = cardnet("millicent", "broker", *cmd, "--store", str(b), "--file", str(tmp_path / "f.json"))
+            _clean_failure(r, "not a Millicent")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]

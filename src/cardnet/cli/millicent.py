@@ -336,12 +336,13 @@ def broker() -> None:
 @JSON
 def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> None:
     """Keep a vendor's licence: the broker then mints that vendor's scrip."""
-    from cardnet.services.millicent_broker import add_licence
+    from cardnet.services.millicent_broker import add_licence, licence_record
 
     try:
         lic = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         fail(f"cannot read the licence {path}: {exc}", reason="bad_file", hint="give the file `vendor licence` wrote")
+    licence_record(lic, discount_pct=discount)  # a file that is no licence makes no broker store
     vid = add_licence(_broker(store), lic, discount_pct=discount).hex()
     _say(as_json, {"vendor": vid, "mode": "licence"}, f"licensed for vendor {vid}")
 
@@ -355,7 +356,7 @@ def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> N
 @JSON
 def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pieces: int, as_json: bool) -> None:
     """Keep a vendor's bulk agreement: the broker then buys that vendor's scrip in bulk and resells it."""
-    from cardnet.services.millicent_broker import BrokerError, add_bulk
+    from cardnet.services.millicent_broker import BrokerError, add_bulk, bulk_record
 
     try:
         agreement = json.loads(Path(path).read_text())
@@ -366,6 +367,7 @@ def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pi
             hint="give the file `vendor bulk-agreement` wrote",
         )
     try:
+        bulk_record(agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)  # before any store
         vid = add_bulk(_broker(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
     except BrokerError as exc:
         fail(str(exc), reason=exc.reason)

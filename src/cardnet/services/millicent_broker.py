@@ -88,6 +88,15 @@ def _u64(v: int) -> bytes:
 
 def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10) -> bytes:
     """Keep a vendor's licence (from ``cardnet millicent vendor licence``); returns the vendor id."""
+    vendor, record = licence_record(licence, discount_pct=discount_pct)
+    with store.transaction() as txn:
+        txn.put(LICENCES, vendor, json.dumps(record).encode())
+        txn.put(MODES, vendor, LICENCE_MODE.encode())
+    return vendor
+
+
+def licence_record(licence: Any, *, discount_pct: int = 10) -> tuple[bytes, dict[str, Any]]:
+    """The vendor id and what the broker keeps of a licence; ``bad_licence`` if it is not one."""
     try:
         vendor = bytes.fromhex(licence["vendor"])
         index = int(licence["index"])
@@ -107,10 +116,7 @@ def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10
         "customer_masters": {str(k): v.hex() for k, v in cms.items()},
         "discount_pct": discount_pct,
     }
-    with store.transaction() as txn:
-        txn.put(LICENCES, vendor, json.dumps(record).encode())
-        txn.put(MODES, vendor, LICENCE_MODE.encode())
-    return vendor
+    return vendor, record
 
 
 def add_bulk(
@@ -122,6 +128,17 @@ def add_bulk(
     the broker buys ``pieces`` pieces of ``denomination`` (or of the sale's
     value, if larger). Returns the vendor id.
     """
+    vendor, record = bulk_record(agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
+    with store.transaction() as txn:
+        txn.put(BULK, vendor, json.dumps(record).encode())
+        txn.put(MODES, vendor, BULK_MODE.encode())
+    return vendor
+
+
+def bulk_record(
+    agreement: Any, *, vendor_at: str, denomination: int = 100, pieces: int = 10
+) -> tuple[bytes, dict[str, Any]]:
+    """The vendor id and what the broker keeps of a bulk agreement; ``bad_agreement`` if it is not one."""
     try:
         vendor = bytes.fromhex(agreement["vendor"])
         cid = bytes.fromhex(agreement["customer_id"])
@@ -146,10 +163,7 @@ def add_bulk(
         "denomination": denomination,
         "pieces": pieces,
     }
-    with store.transaction() as txn:
-        txn.put(BULK, vendor, json.dumps(record).encode())
-        txn.put(MODES, vendor, BULK_MODE.encode())
-    return vendor
+    return vendor, record
 
 
 def set_mode(store: Store, vendor: bytes, mode: str) -> None:
