@@ -109,7 +109,7 @@ def test_a_replayed_mint_of_a_reissued_oid_is_refused() -> None:
     owner's original ``trn.mint`` of the old oid: the card refuses, no second usable copy appears."""
     seed = 5
     world = World(seed, replace(plan_for(seed, calm=True), malicious_p=0.0))
-    scenario = TransferScenario(transfers=0)  # (a revoked oid that moves on stays trustless: not this test's point)
+    scenario = TransferScenario(transfers=0, forgeries=0)  # (a revoked oid that moves on stays trustless)
     scenario.build(world)
     world.turn_malicious("h0")
     old, new = scenario.oids[0], bytes(16)

@@ -65,7 +65,26 @@ VENDOR_IDS = (b"\x00" * 7 + b"\xa1", b"\x00" * 7 + b"\xb2")
 DEPOSIT = 1000
 VENDOR_PORT = 100  # vendor i is port 100 + i; customers are ports 1..5
 BROKER_PORT = 200
+THIEF_PORT = 5  # the last actor
 STRANGER = Uid(bytes(range(12)), 7)  # a Uid the carrier may claim that is nobody on this network
+
+
+REDEEM_S = 0.7  # a vendor redeems the licence scrip it received at the broker this often
+EXPIRY_SLACK_S = 3  # vendor seconds the broken vendor's stale clock lags (millicent-expiry-broken)
+DRIFT_P = 0.5  # seeds in which every party's clock drifts (rate and offset of its own)
+LIE_P = 0.3  # seeds in which one vendor's host sets its clock back during the faulty phase
+REPLAY_P = 0.5  # under the carrier: a purchase is replayed to the broker verbatim and altered
+
+
+@dataclass
+class Clock:
+    """A party's own clock: Unix seconds = BASE + SPEED * rate * t + offset (the host may set it back: ``lie``)."""
+
+    rate: float = 1.0
+    offset: float = 0.0
+
+    def unix(self, t: float) -> int:
+        return BASE + int(t * SPEED * self.rate + self.offset)
 
 
 def _uid(n: int) -> Uid:
@@ -97,19 +116,39 @@ class BrokenVendorCore(mv.VendorCore):
         return out
 
 
+class StaleClockVendorCore(mv.VendorCore):
+    """Broken on purpose (``millicent-expiry-broken``): judges expiry on a clock lagging its own by a few seconds."""
+
+    def process_batch(self, requests: list[tuple[int, bytes]], now: int) -> list[tuple[int, bytes]]:
+        return super().process_batch(requests, now - EXPIRY_SLACK_S)
+
+
+class PaysTwiceBrokerCore(mb.BrokerCore):
+    """Broken on purpose (``millicent-redeem-broken``): pays a redeemed scrip id again (no first-wins record)."""
+
+    def redeem(self, param: bytes) -> bytes:
+        with self.store.transaction() as txn:
+            for k, _ in txn.scan(mb.REDEEMED):
+                txn.delete(mb.REDEEMED, k)
+        return super().redeem(param)
+
+
 @dataclass
 class VendorNode:
     index: int
     store: TearingStore
     core: mv.VendorCore
-    broken: bool
+    cls: type[mv.VendorCore]
+    clock: Clock = field(default_factory=Clock)
     inbox: list[Message] = field(default_factory=list)
     scheduled: bool = False
+    redeeming: tuple[bytes, list[int]] | None = None  # the batch sent to the broker and its log rows (volatile)
 
     def reopen(self) -> None:
         self.store.torn = False
         self.inbox.clear()
-        self.core = (BrokenVendorCore if self.broken else mv.VendorCore)(self.store)
+        self.redeeming = None
+        self.core = self.cls(self.store)
 
 
 @dataclass
@@ -128,10 +167,12 @@ class Actor:
     n: int
     kind: str  # honest, cheater, thief
     key: profile.PrivateKey
+    clock: Clock = field(default_factory=Clock)
     cid: bytes = b""
     reply_key: bytes = b""  # the broker MACs its answers to her purchases with it
     secrets: dict[bytes, bytes] = field(default_factory=dict)
     wallet: dict[bytes, mc.Scrip] = field(default_factory=dict)  # scrip id (+vendor) -> scrip
+    renewed: set[bytes] = field(default_factory=set)  # scrip got by renewing: not renewed again (clocks differ)
     pending: dict[bytes, Pending] = field(default_factory=dict)
     todo: int = 0
     rids: int = 0
@@ -141,6 +182,10 @@ class Actor:
 class MillicentScenario:
     name: str = "millicent"
     broken: bool = False
+    vendor_cls: type[mv.VendorCore] = mv.VendorCore
+    broker_cls: type[mb.BrokerCore] = mb.BrokerCore
+    broker_clock: Clock = field(default_factory=Clock)
+    redeemable: dict[int, set[bytes]] = field(default_factory=dict)  # vendor -> scrip ids it ever asked paying for
     purchases_per_customer: int = 4
     vendors: list[VendorNode] = field(default_factory=list)
     actors: list[Actor] = field(default_factory=list)
@@ -164,7 +209,7 @@ class MillicentScenario:
     # -- building ---------------------------------------------------------------------
     def build(self, world: World) -> None:
         rng = world.rng
-        self.broker = mb.BrokerCore(
+        self.broker = self.broker_cls(
             SqliteStore(":memory:", durable=False), rng=rng.randbytes, validity_s=BROKER_VALIDITY_S
         )
         for i, vid in enumerate(VENDOR_IDS):
@@ -173,11 +218,14 @@ class MillicentScenario:
             for name, price in PRODUCTS.items():
                 mv.add_product(store, name, price, f"page {name} of vendor {i}".encode())
             mb.add_licence(self.broker.store, mv.export_licence(store, "broker", rng=rng.randbytes))
-            core = (BrokenVendorCore if self.broken else mv.VendorCore)(store)
-            self.vendors.append(VendorNode(i, store, core, self.broken))
+            cls = BrokenVendorCore if self.broken else self.vendor_cls
+            self.vendors.append(VendorNode(i, store, cls(store), cls))
+        drift = rng.random() < DRIFT_P
         kinds = ["honest", "honest", "honest", "cheater", "thief"]
         for n, kind in enumerate(kinds, start=1):
             a = Actor(n, kind, profile.generate_private_key(rng.randbytes))
+            if drift:
+                a.clock = _drifting(rng)
             self.actors.append(a)
             pub = profile.public_bytes(a.key.public_key())
             opened = mc.OPENED_SCHEMA.decode(self.broker.open_account(pub))
@@ -193,19 +241,71 @@ class MillicentScenario:
             elif kind == "cheater":
                 world.at(rng.uniform(0.0, 1.0), functools.partial(self._double_spend, world, a), "cheat")
             world.at(RETRY_S, functools.partial(self._timer, world, a), "timer")
+        if drift:
+            self.broker_clock = _drifting(rng)
+            for v in self.vendors:
+                v.clock = _drifting(rng)
+            world.log(f"clocks drift: vendors {[v.clock for v in self.vendors]}, broker {self.broker_clock}")
+        if rng.random() < LIE_P:  # the host of one vendor sets its clock back (a lying host), mid-run
+            liar = rng.choice(self.vendors)
+            when, back = rng.uniform(0.5, 1.9), rng.uniform(2.0, 12.0)  # vendor seconds
+            world.at(when, functools.partial(self._lie, world, liar, back), "clock lie")
         for v in self.vendors:
             world.at(PRUNE_S, functools.partial(self._prune, world, v), "prune")
+            world.at(REDEEM_S, functools.partial(self._redeem, world, v), "redeem")
         world.at(0.005, functools.partial(self._crashes, world), "crashes")
+        world.at(rng.uniform(0.1, 0.5), functools.partial(self._forge_orders, world), "forge")
         self.endpoints = [*(_uid(a.n) for a in self.actors), *(_uid(VENDOR_PORT + i) for i in range(2)), BROKER]
         self.handles = {_uid(a.n): [mc.REPLY, mc.SEALED_REPLY] for a in self.actors}
         self.handles.update({_uid(VENDOR_PORT + i): [mc.REQUEST, mc.SEALED_REQUEST] for i in range(2)})
         self.handles[BROKER] = [mc.PURCHASE, mc.OPEN, mc.REDEEM]
-        if world.plan.malicious_p > 0:  # no draw otherwise: seeds without it run exactly as before
+        if world.plan.malicious_p > 0:  # (after the first purchases: their signatures are not drawn from the seed)
             self.carrier = Malice(world.rng)
             world.log("malicious carrier: the network between customers, vendors and the broker")
 
-    def _unix(self, world: World) -> int:
-        return BASE + int(world.now * SPEED)
+    def _lie(self, world: World, v: VendorNode, back: float) -> None:
+        """The vendor's host sets its clock back: spent records it pruned must still refuse their scrip."""
+        v.clock = Clock(v.clock.rate, v.clock.offset - back)
+        world.exercised["clock_lie"] += 1
+        world.log(f"the host of vendor {v.index} sets its clock back {back:.1f} s")
+
+    def _replay_purchase(self, world: World, a: Actor, f: dict[str, Any]) -> None:
+        """The carrier saw a purchase: it replays it to the broker verbatim, and altered (signature kept)."""
+        verbatim = mc.PURCHASE_SCHEMA.encode(f)
+        g = dict(f)
+        alter = world.rng.randrange(4)
+        others = [b.cid for b in self.actors if b is not a]
+        if alter == 0 or (alter == 2 and not others):
+            g["value"] = f["value"] + world.rng.randint(1, 100)
+        elif alter == 1:
+            g["rid"] = world.rng.randbytes(mc.RID_BYTES)  # a fresh request id: a second debit if the broker erred
+        elif alter == 2:
+            g["customer_id"] = world.rng.choice(others)
+        else:
+            g["vendor"] = VENDOR_IDS[1 - VENDOR_IDS.index(f["vendor"])]
+        src = _uid(a.n) if world.rng.random() < 0.5 else _uid(THIEF_PORT)
+        for param in (verbatim, mc.PURCHASE_SCHEMA.encode(g)):
+            world.exercised["replay"] += 1
+            msg = Message(src, BROKER, mc.PURCHASE.code, param)
+            world.at(
+                world.now + world.rng.uniform(0.0, 1.0), functools.partial(self._send, world, msg, False), "replay"
+            )
+
+    def _forge_orders(self, world: World) -> None:
+        """The thief's application port forges privileged orders: another customer's purchase, a vendor's redeem."""
+        thief = self.actors[-1]
+        victim = world.rng.choice(self.actors[:-1])
+        world.exercised["forged_order"] += 2
+        f: dict[str, Any] = {"customer_id": victim.cid, "vendor": world.rng.choice(VENDOR_IDS), "value": 50}
+        f.update(rid=world.rng.randbytes(mc.RID_BYTES), want_secret=1)
+        f["sig"] = profile.sign(thief.key, mc.purchase_sig_input(f))  # her own key, in the victim's name
+        self._send(world, Message(_uid(thief.n), BROKER, mc.PURCHASE.code, mc.PURCHASE_SCHEMA.encode(f)), False)
+        seen = [k[len(VENDOR_IDS[0]) :] for k in self.minted if k[: len(VENDOR_IDS[0])] == VENDOR_IDS[0]]
+        items = [sid + bytes(8) for sid in seen[:5]]
+        g = {"vendor": VENDOR_IDS[0], "batch": world.rng.randbytes(16), "items": items, "mac": world.rng.randbytes(16)}
+        self._send(world, Message(_uid(thief.n), BROKER, mc.REDEEM.code, mc.REDEEM_SCHEMA.encode(g)), False)
+        if not world.healed:
+            world.at(world.now + world.rng.uniform(0.2, 0.8), functools.partial(self._forge_orders, world), "forge")
 
     def _buy(self, world: World, a: Actor, vendor: bytes, value: int) -> None:
         """A real signed purchase at the broker (reliable channel); the customer secret comes sealed."""
@@ -214,10 +314,12 @@ class MillicentScenario:
         f["want_secret"] = int(vendor not in a.secrets)
         f["sig"] = profile.sign(a.key, mc.purchase_sig_input(f))
         param = mc.PURCHASE_SCHEMA.encode(f)
-        reply = self.broker.purchase(param, self._unix(world))
+        reply = self.broker.purchase(param, self.broker_clock.unix(world.now))
         if self.carrier is not None:  # it sees both on the wire (their channel is modelled as reliable: see sim.md)
             self.carrier.observe(Message(_uid(a.n), BROKER, mc.PURCHASE.code, param), from_app=False)
             self.carrier.observe(Message(BROKER, _uid(a.n), mc.PURCHASED.code, reply), from_app=False)
+            if not world.healed and world.rng.random() < REPLAY_P:
+                self._replay_purchase(world, a, f)
         try:
             r = mc.open_purchased(mc.PURCHASED.code, reply, purchase=param, key=a.reply_key)
         except mc.MillicentError as exc:
@@ -262,7 +364,7 @@ class MillicentScenario:
         vi = world.rng.randrange(len(self.vendors))
         product = world.rng.choice(sorted(PRODUCTS))
         price = PRODUCTS[product]
-        now = self._unix(world)
+        now = a.clock.unix(world.now)
         fit = [s for s in a.wallet.values() if s.vendor == VENDOR_IDS[vi] and s.value >= price and s.expiry > now]
         if not fit:
             if any(p.vendor == vi for p in a.pending.values()):  # change is on its way: shop a bit later
@@ -290,7 +392,7 @@ class MillicentScenario:
         for _ in range(2):
             self._request(world, a, vi, s, mc.Op.BUY, "a", 1, mc.Level.THEFT)
         world.at(world.now + world.rng.uniform(0.2, 1.0), functools.partial(self._double_spend, world, a), "cheat")
-        later = world.now + (s.expiry + GRACE_S - self._unix(world)) / SPEED + world.rng.uniform(0.0, 1.0)
+        later = world.now + (s.expiry + GRACE_S - a.clock.unix(world.now)) / SPEED + world.rng.uniform(0.0, 1.0)
         a.todo += 1
         world.at(later, functools.partial(self._respend, world, a, vi, s), "respend")
 
@@ -338,9 +440,9 @@ class MillicentScenario:
     def _timer(self, world: World, a: Actor) -> None:
         for p in list(a.pending.values()):
             self._send(world, p.msg)  # the same bytes: a re-fetch if it was accepted
-        now = self._unix(world)
+        now = a.clock.unix(world.now)
         for key, s in list(a.wallet.items()):
-            if a.kind != "thief" and s.expiry - now <= RENEW_WITHIN_S and s.expiry > now:
+            if a.kind != "thief" and s.expiry - now <= RENEW_WITHIN_S and s.expiry > now and key not in a.renewed:
                 del a.wallet[key]
                 vi = VENDOR_IDS.index(s.vendor)
                 self._request(world, a, vi, s, mc.Op.RENEW, "", 0, mc.Level.THEFT)
@@ -366,7 +468,7 @@ class MillicentScenario:
             else:
                 world.log(f"customer {a.n} ignores a reply that does not check: {exc}")
             return  # the request stays pending and is sent again
-        pruned = out.status == mc.Status.EXPIRED and p.scrip.expiry + GRACE_S <= self._unix(world)
+        pruned = out.status == mc.Status.EXPIRED and p.scrip.expiry + GRACE_S <= a.clock.unix(world.now)
         if self.carrier is not None and not out.authentic and out.status != mc.Status.OK and not pruned:
             # Anyone on the wire can answer a level-2/3 request with an unMACed refusal: only a hint (the wallet
             # would say so). The request stays pending and is sent again: the vendor's own answer is authentic.
@@ -380,12 +482,15 @@ class MillicentScenario:
             self.accepted.setdefault(key, set()).add(rid)
             if out.change is not None:
                 a.wallet[out.change.scrip_id + out.change.vendor] = out.change
+                if p.op == mc.Op.RENEW:  # (a clock ahead of the vendor's would see it near expiry and renew for ever)
+                    a.renewed.add(out.change.scrip_id + out.change.vendor)
                 self.minted[out.change.vendor + out.change.scrip_id] = out.change.value
             self._check_durable(p.vendor, p.scrip, rid)
         elif out.status == mc.Status.SPENT:
             if a.kind == "honest":
                 self.bad.append(f"honest customer {a.n}: own scrip {p.scrip.scrip_id.hex()} refused as spent")
         elif out.status == mc.Status.EXPIRED:
+            world.exercised["expiry"] += 1
             if a.kind == "honest":
                 a.wallet[p.scrip.scrip_id + p.scrip.vendor] = p.scrip  # outstanding, now worthless to spend
         else:
@@ -444,7 +549,9 @@ class MillicentScenario:
     def _deliver(self, world: World, msg: Message) -> None:
         """The network hands ``msg`` to whoever has its destination address (no one: it is lost)."""
         vi = self._vendor_index(msg.dst)
-        if vi is not None:
+        if vi is not None and msg.mtype == mc.REDEEMED.code:
+            self._redeemed(world, self.vendors[vi], msg)
+        elif vi is not None:
             self._arrive_vendor(world, vi, msg)
         elif msg.dst == BROKER:
             self._arrive_broker(world, msg)
@@ -457,20 +564,26 @@ class MillicentScenario:
             return
         world.faults["malicious"] += 1
         m = action.msg
+        if m.dst == BROKER and m.mtype == mc.PURCHASE.code and action.kind in ("replay", "tamper"):
+            world.exercised["replay"] += 1  # a purchase it saw, verbatim or altered, at the broker
         world.log(f"malicious carrier {action.kind} 0x{m.mtype:04x} {m.src.port}->{m.dst.port} {m.param[:24].hex()}")
         self._send(world, m, carried=False)
 
     def _arrive_broker(self, world: World, msg: Message) -> None:
         """Only the carrier sends the broker messages over this network (customers' purchases are direct calls)."""
-        reply = self.broker.handle(msg, self._unix(world))
+        before = self._owed()
+        reply = self.broker.handle(msg, self.broker_clock.unix(world.now))
+        if msg.mtype == mc.REDEEM.code:
+            world.exercised["redemption"] += 1
+            self._check_paid_once(world, before)
         for a in self.actors:  # replayed or made-up purchases never debit anyone twice or at all
             if self.broker.account(a.cid) != DEPOSIT - self.bought.get(a.n, 0):
                 self.bad.append(
                     f"broker: customer {a.n}'s balance is {self.broker.account(a.cid)}, not "
                     f"{DEPOSIT} - {self.bought.get(a.n, 0)} bought"
                 )
-        if self._vendor_index(reply.dst) is None and reply.dst != BROKER:  # servers do not answer servers
-            self._send(world, reply)
+        if reply.mtype == mc.REDEEMED.code or (self._vendor_index(reply.dst) is None and reply.dst != BROKER):
+            self._send(world, reply)  # (servers do not answer servers, but a vendor is told what its redeem paid)
 
     def _arrive_vendor(self, world: World, vi: int, msg: Message) -> None:
         v = self.vendors[vi]
@@ -484,15 +597,25 @@ class MillicentScenario:
         batch, v.inbox = v.inbox, []
         if not batch:
             return
+        now = v.clock.unix(world.now)
+        with v.store.inner.transaction() as txn:
+            had = {k for k, _ in txn.scan(mv.SPENT)}
         v.store.armed = True
         try:
-            replies = v.core.process_batch([(m.mtype, m.param) for m in batch], self._unix(world))
+            replies = v.core.process_batch([(m.mtype, m.param) for m in batch], now)
         except StoreError:
             v.store.armed = False
             world.log(f"vendor {v.index} torn: {len(batch)} requests lost")
             v.reopen()
             return
         v.store.armed = False
+        with v.store.inner.transaction() as txn:
+            for k, _ in txn.scan(mv.SPENT):
+                if k not in had and mc.expiry_of_key(k) <= now:  # judged on the vendor's own clock
+                    self.bad.append(
+                        f"vendor {v.index} accepted scrip {k[4:].hex()} expired at {mc.expiry_of_key(k)} "
+                        f"when its own clock said {now}"
+                    )
         for m, (mt, p) in zip(batch, replies, strict=True):
             if self._thief_accepted(m, mt, p):
                 self.bad.append(f"vendor {v.index} accepted a request of the thief: stolen scrip bought something")
@@ -506,7 +629,7 @@ class MillicentScenario:
         return mt == mc.REPLY.code and mc.REPLY_SCHEMA.decode(p)["status"] == mc.Status.OK
 
     def _prune(self, world: World, v: VendorNode) -> None:
-        now = self._unix(world)
+        now = v.clock.unix(world.now)
         with v.store.inner.transaction() as txn:
             before = {k: row for k, row in txn.scan(mv.SPENT, b"", mv.PRUNE_PAGE) if mc.expiry_of_key(k) <= now}
         v.store.armed = True
@@ -522,6 +645,53 @@ class MillicentScenario:
                 if txn.get(mv.SPENT, k) is None:
                     self.pruned[(v.index, k)] = self.prices.get(mv.parse_spent(row)[0], -(10**9))
         world.at(world.now + PRUNE_S, functools.partial(self._prune, world, v), "prune")
+
+    # -- redemption and settlement -----------------------------------------------------------------
+    def _redeem(self, world: World, v: VendorNode) -> None:
+        """The vendor asks the broker to pay for the licence scrip it received (again, if no answer came)."""
+        rows = v.core.redeemable()
+        index = next(iter(v.core.redeem_keys), None)
+        if rows and index is not None:
+            param, seqs = v.core.redeem_request(rows, index)
+            if seqs:
+                v.redeeming = (mc.REDEEM_SCHEMA.decode(param)["batch"], seqs)
+                ids = self.redeemable.setdefault(v.index, set())
+                ids.update(item[:8] for _, item in rows if item[0] == index)
+                self._send(world, Message(_uid(VENDOR_PORT + v.index), BROKER, mc.REDEEM.code, param))
+        shopping = any(a.pending or a.todo > 0 for a in self.actors if a.kind != "thief")
+        if not world.healed or shopping or v.core.redeemable() or v.redeeming:
+            world.at(world.now + REDEEM_S, functools.partial(self._redeem, world, v), "redeem")
+
+    def _redeemed(self, world: World, v: VendorNode, msg: Message) -> None:
+        """The broker's answer: the vendor forgets the rows of the batch it paid (a settlement)."""
+        try:
+            f = mc.REDEEMED_SCHEMA.decode(msg.param)
+        except DecodeError:
+            return
+        if v.redeeming is None or f["batch"] != v.redeeming[0] or f["status"] != mb.OK:
+            return
+        v.core.forget_redeemed(v.redeeming[1])
+        v.redeeming = None
+        world.exercised["settlement"] += 1
+
+    def _owed(self) -> dict[bytes, int]:
+        return {bytes.fromhex(k): n for k, n in self.broker.vendors().items()}
+
+    def _due(self, vi: int) -> int:
+        """What the broker may owe vendor ``vi`` at most: each scrip id it asked paying for, once, less discount."""
+        vid = VENDOR_IDS[vi]
+        return sum(self.minted.get(vid + sid, 0) * 90 // 100 for sid in self.redeemable.get(vi, ()))
+
+    def _check_paid_once(self, world: World, before: dict[bytes, int]) -> None:
+        owed = self._owed()
+        for vi, vid in enumerate(VENDOR_IDS):
+            if owed.get(vid, 0) > self._due(vi):
+                self.bad.append(
+                    f"broker: vendor {vi} is owed {owed.get(vid, 0)}, more than the {self._due(vi)} its "
+                    f"{len(self.redeemable.get(vi, ()))} scrip redeemed are worth (paid twice)"
+                )
+        for vid in set(owed) - set(VENDOR_IDS):
+            self.bad.append(f"broker: a stranger {vid.hex()} is owed {owed[vid]}")
 
     def _crashes(self, world: World) -> None:
         """Per tick: vendor crashes, and partitions between a vendor and its customers (one way or both)."""
@@ -553,6 +723,11 @@ class MillicentScenario:
                 bad.append(f"vendor {vi} accepted scrip {sid.hex()} {len(rids)} times")
         if final and not bad and self.quiescent(world):
             bad.extend(self._conservation())
+            if self.carrier is None:  # (a carrier can forge the broker's answer: the vendor then forgets unpaid)
+                owed = self._owed()
+                for vi, vid in enumerate(VENDOR_IDS):
+                    if owed.get(vid, 0) != self._due(vi):
+                        bad.append(f"settlement: vendor {vi} is owed {owed.get(vid, 0)}, not {self._due(vi)}")
         return bad
 
     def _conservation(self) -> list[str]:
@@ -585,8 +760,23 @@ class MillicentScenario:
         return bad
 
     def quiescent(self, world: World) -> bool:
+        if any(v.redeeming or v.core.redeemable() for v in self.vendors):
+            return False
         return all(not a.pending and a.todo <= 0 for a in self.actors if a.kind != "thief")
+
+
+def _drifting(rng: Any) -> Clock:
+    """A clock of its own: up to 3 % fast or slow, up to 2 seconds off."""
+    return Clock(rng.uniform(0.97, 1.03), rng.uniform(-2.0, 2.0))
 
 
 register("millicent", MillicentScenario)
 register("millicent-broken", lambda: MillicentScenario(name="millicent-broken", broken=True))
+register(
+    "millicent-expiry-broken",
+    lambda: MillicentScenario(name="millicent-expiry-broken", vendor_cls=StaleClockVendorCore),
+)
+register(
+    "millicent-redeem-broken",
+    lambda: MillicentScenario(name="millicent-redeem-broken", broker_cls=PaysTwiceBrokerCore),
+)

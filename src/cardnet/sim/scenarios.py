@@ -18,7 +18,13 @@ from cardnet.applets.echo import EchoApplet, ForgetfulEchoApplet, request_key
 from cardnet.applets.trn import SenderKeepsTokenApplet
 from cardnet.card import Applet
 from cardnet.protocols.echo import EchoClient
-from cardnet.sim.trn_scenario import BlamesReceiverAuthority, IgnoresBlocklistAuthority, TransferScenario
+from cardnet.sim.trn_scenario import (
+    BlamesReceiverAuthority,
+    DomainOnlyCard,
+    EnablesBlockedAuthority,
+    IgnoresBlocklistAuthority,
+    TransferScenario,
+)
 from cardnet.sim.world import World
 from cardnet.wire import Message, Uid
 
@@ -131,6 +137,13 @@ register(
 register(
     "transfer-blame-broken",
     lambda: TransferScenario(name="transfer-blame-broken", authority_applet=BlamesReceiverAuthority),
+)
+register(
+    "transfer-enable-blocked-broken",
+    lambda: TransferScenario(name="transfer-enable-blocked-broken", authority_applet=EnablesBlockedAuthority),
+)
+register(
+    "transfer-privilege-broken", lambda: TransferScenario(name="transfer-privilege-broken", card_cls=DomainOnlyCard)
 )
 
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)

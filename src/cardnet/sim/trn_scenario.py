@@ -90,6 +90,24 @@ class BlamesReceiverAuthority(CountingAuthorityApplet):
         return verdict, cert
 
 
+class EnablesBlockedAuthority(CountingAuthorityApplet):
+    """Broken on purpose (``transfer-enable-blocked-broken``): answers a blocked device's trace ok, unrecorded."""
+
+    def _judge(self, ctx: Any, peer: Uid, p: dict[str, Any]) -> tuple[trace.Verdict, bytes | None]:
+        verdict, cert = super()._judge(ctx, peer, p)
+        blocked = self._blocked(ctx)
+        if not verdict.ok and (peer in blocked or peer.card_uid() in blocked) and cert is not None:
+            verdict = dataclasses.replace(verdict, ok=True, reason="ok")
+        return verdict, cert
+
+
+class DomainOnlyCard(Card):
+    """Broken on purpose (``transfer-privilege-broken``): any port of a domain that verified the PIN is trusted."""
+
+    def _is_authenticated(self, uid: Uid) -> bool:
+        return super()._is_authenticated(uid) or any(u.domain == uid.domain for u in self._authenticated)
+
+
 @dataclass
 class TransferScenario:
     name: str = "transfer"
@@ -97,6 +115,7 @@ class TransferScenario:
     wallets: int = 4
     tokens: int = 3
     transfers: int = 8
+    forgeries: int | None = None  # orders from a port that never verified the PIN (None: 1 to 3, drawn)
     oids: list[bytes] = field(default_factory=list)
     wallet_cards: list[tuple[str, bytes]] = field(default_factory=list)  # (host address, domain)
     apps: dict[bytes, tuple[str, Uid]] = field(default_factory=dict)  # domain -> (host address, app uid)
@@ -114,6 +133,10 @@ class TransferScenario:
     epoch: int = 0
     epoch_size: int = 0
     cancelled: set[tuple[bytes, bytes]] = field(default_factory=set)  # (sender, oid) of every cancel ordered
+    card_cls: type[Card] = Card
+    blocked_held: dict[bytes, dict[bytes, tuple[str, bytes | None]]] = field(default_factory=dict)  # at block time
+    strangers: dict[bytes, tuple[str, Uid]] = field(default_factory=dict)  # domain -> an app port that never verified
+    forged_ok: list[str] = field(default_factory=list)
 
     # -- building ---------------------------------------------------------------------------
     def build(self, world: World) -> None:
@@ -135,9 +158,12 @@ class TransferScenario:
         for i in range(self.wallets):
             sh = hosts[1 + i % (self.hosts - 1)]
             applet = self.wallet_applet
-            card = world.add_card(sh, f"w{i}", lambda applet=applet: [applet()])  # type: ignore[misc]
+            card = world.add_card(sh, f"w{i}", functools.partial(_one, applet), card_cls=self.card_cls)
             self.wallet_cards.append((sh.address, card.uid.domain))
             self._app(world, sh, card)
+            # another application on the same host, with a port of the same card, that never verifies the PIN
+            stranger = world.attach_app(sh, functools.partial(self._stranger_sink, world), card.uid.domain)
+            self.strangers[card.uid.domain] = (sh.address, stranger)
         self.oids = [world.rng.randbytes(16) for _ in range(self.tokens)]
         # calm set-up: register the agent, tell every card its authority, mint and issue
         self._order(world, auth.uid.domain, ADD_AGENT, t=0.01, cert=agent.certificate_der)
@@ -157,6 +183,8 @@ class TransferScenario:
             world.at(t_snap + 0.01, functools.partial(self._random_transfer, world, self.victim), "transfer")
             world.at(t_snap + world.rng.uniform(0.3, 1.2), functools.partial(self._rollback, world), "rollback")
         world.at(SIGNER_EVERY_S, functools.partial(self._sign_blocklist, world), "signer")
+        for _ in range(world.rng.randint(1, 3) if self.forgeries is None else self.forgeries):
+            world.at(SETUP_S + world.rng.uniform(0.0, 1.5), functools.partial(self._forge_order, world), "forge")
         trn_cards = {self.agent_domain, *(d for _, d in self.wallet_cards)}
         for sh in hosts:
             ticks: dict[object, float] = {Tick(d, RECOVER): RECOVER_EVERY_S for d in sh.cards if d in trn_cards}
@@ -195,6 +223,33 @@ class TransferScenario:
         if world.rng.random() < CANCEL_P:  # the owner changes her mind: soon (a race with the copy) or later
             later = world.rng.choice((0.0, world.rng.uniform(0.0, 0.05), world.rng.uniform(0.05, 0.5)))
             world.at(world.now + later, functools.partial(self._cancel, world, domain, oid), "cancel")
+
+    def _forge_order(self, world: World) -> None:
+        """An application port that never verified the PIN orders a wallet's card to send, cancel or mint."""
+        domain = world.rng.choice([d for _, d in self.wallet_cards])
+        address, stranger = self.strangers[domain]
+        held = [oid for oid in self.oids if self._held_by(world, domain, oid)] or self.oids
+        oid = world.rng.choice(held)
+        kind = world.rng.randrange(3)
+        if kind == 0:
+            to = Uid.card(world.rng.choice([d for _, d in self.wallet_cards if d != domain]))
+            msg = SEND.make(stranger, Uid.card(domain), oid=oid, to=to)
+        elif kind == 1:
+            msg = CANCEL.make(stranger, Uid.card(domain), oid=oid)
+        else:
+            msg = MINT.make(stranger, Uid.card(domain), oid=world.rng.randbytes(16), body=b"forged")
+        world.exercised["forged_order"] += 1
+        world.log(f"a stranger's port {stranger.short()} orders {msg.mtype:#06x} from card {domain.hex()[:8]}")
+        world.submit(address, msg)
+
+    def _stranger_sink(self, world: World, msg: Message) -> None:
+        if msg.mtype == RESULT.code:
+            try:
+                p = RESULT.parse(msg)
+            except Exception:
+                return
+            if p.get("ok"):
+                self.forged_ok.append(f"a card obeyed a privileged order from a port that never verified: {p}")
 
     def _cancel(self, world: World, domain: bytes, oid: bytes) -> None:
         world.log(f"owner of {domain.hex()[:8]} cancels {oid.hex()[:8]}")
@@ -298,7 +353,7 @@ class TransferScenario:
         return ("a.trn", b"t:" + oid) in world.card_of(domain)._mem
 
     def check(self, world: World, final: bool) -> list[str]:
-        bad = self._check_blocking(world, final)
+        bad = [*self.forged_ok, *self._check_blocking(world, final)]
         if self.rolled_back:
             assert self.victim is not None
             self.tainted.update(oid for oid in self.oids if self._held_by(world, self.victim, oid))
@@ -342,16 +397,45 @@ class TransferScenario:
             lengths = {oid: len(self._chain(auth, oid)) for oid in self.oids}
             if seen is None:
                 self.blocked_seen[uid] = lengths
+                self.blocked_held[uid] = {
+                    oid: (h.state, h.nonce)
+                    for oid in self.oids
+                    if (h := self._holding(world, Uid.from_bytes(uid).domain, oid)) is not None
+                }
                 world.exercised["block"] += 1
                 world.log(f"the authority has blocked {uid.hex()[:8]}")
                 # an owner who does not know sends the blocked device a token: it must never be recorded there
                 later = functools.partial(self._random_transfer, world, None, Uid.from_bytes(uid).domain)
                 world.at(world.now + 0.05, later, "transfer to blocked")
                 continue
+            bad.extend(self._gained(world, auth, uid, seen))
             for oid in self.oids:
                 for _frm, to, *_ in self._chain(auth, oid)[seen[oid] :]:
                     if Uid.from_bytes(to).domain == Uid.from_bytes(uid).domain:
                         bad.append(f"token {oid.hex()[:8]} was recorded moving to blocked device {uid.hex()[:8]}")
+        return bad
+
+    def _gained(self, world: World, auth: dict[Any, bytes], uid: bytes, seen: dict[bytes, int]) -> list[str]:
+        """A blocked device never gains an enabled token after the authority blocked it.
+
+        Allowed: what it held enabled then, and a movement to it the authority recorded before the block (its
+        answer may still be on its way).
+        """
+        bad = []
+        domain = Uid.from_bytes(uid).domain
+        for oid in self.oids:
+            h = self._holding(world, domain, oid)
+            if h is None or h.status is not tr.Status.ENABLED:
+                continue
+            then = self.blocked_held[uid].get(oid)
+            if then == (h.state, h.nonce):
+                continue
+            # (an enabled holding keeps no nonce: the copy it held then is the one a recorded movement names)
+            nonces = {h.nonce, None if then is None else then[1]} - {None}
+            recorded = self._chain(auth, oid)[: seen[oid]]
+            if any(Uid.from_bytes(to).domain == domain and nonce in nonces for _f, to, nonce, *_ in recorded):
+                continue
+            bad.append(f"blocked device {uid.hex()[:8]} gained an enabled copy of token {oid.hex()[:8]}")
         return bad
 
     @staticmethod
@@ -402,6 +486,10 @@ class TransferScenario:
             if len(held) != 1 or held[0][1].status is not tr.Status.ENABLED or held[0][0] == self.agent_domain:
                 return False
         return not self.victim or self.rolled_back
+
+
+def _one(cls: type[TrnApplet]) -> list[Applet]:
+    return [cls()]
 
 
 def _owner_sink(world: World, msg: Message) -> None:

@@ -119,10 +119,13 @@ class SimCard:
     rng: random.Random
     card: Card
     capacity_bytes: int
+    card_cls: type[Card] = Card
 
     def reopen(self) -> Card:
         self.store.torn = False
-        self.card = Card(self.store, rng=self.rng.randbytes, applets=self.applets(), capacity_bytes=self.capacity_bytes)
+        self.card = self.card_cls(
+            self.store, rng=self.rng.randbytes, applets=self.applets(), capacity_bytes=self.capacity_bytes
+        )
         return self.card
 
 
@@ -202,13 +205,14 @@ class World:
         applets: Callable[[], list[Applet]],
         capacity_bytes: int = 1 << 20,
         role: pki.Role = pki.Role.DEVICE,
+        card_cls: type[Card] = Card,
     ) -> Card:
         store = TearingStore(self, label)
         card_rng = random.Random(self.rng.getrandbits(64))
-        card = Card(store, rng=card_rng.randbytes, applets=applets(), capacity_bytes=capacity_bytes)
+        card = card_cls(store, rng=card_rng.randbytes, applets=applets(), capacity_bytes=capacity_bytes)
         domain = card_rng.randbytes(12)
         personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes, role=role)
-        host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes)
+        host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes, card_cls)
         host.host.add_card(card)
         self._handles[card.uid] = [mt for applet in applets() for mt in applet.handles]
         for other in self.hosts.values():  # everyone routes to everyone
