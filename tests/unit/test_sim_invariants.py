@@ -18,6 +18,8 @@ from cardnet.sim.runner import run_many, run_seed
         ("transfer-enable-blocked-broken", "transfer", 100, "gained an enabled copy of token"),
         # a privileged order from an application port that never verified the PIN moves nothing
         ("transfer-privilege-broken", "transfer", 30, "a card obeyed a privileged order from a port"),
+        # every card output is delivered or still in the outbox: none lost by a host
+        ("transfer-ack-early-broken", "transfer", 30, "lost by the host"),
         # nothing expired is accepted by a party that judges expiry on its own clock (the vendor)
         ("millicent-expiry-broken", "millicent", 30, "expired at"),
         # a vendor is paid at most once per scrip redeemed

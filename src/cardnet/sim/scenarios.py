@@ -19,6 +19,7 @@ from cardnet.applets.trn import SenderKeepsTokenApplet
 from cardnet.card import Applet
 from cardnet.protocols.echo import EchoClient
 from cardnet.sim.trn_scenario import (
+    AcksBeforeStepHost,
     BlamesReceiverAuthority,
     DomainOnlyCard,
     EnablesBlockedAuthority,
@@ -141,6 +142,10 @@ register(
 register(
     "transfer-enable-blocked-broken",
     lambda: TransferScenario(name="transfer-enable-blocked-broken", authority_applet=EnablesBlockedAuthority),
+)
+register(
+    "transfer-ack-early-broken",
+    lambda: TransferScenario(name="transfer-ack-early-broken", host_cls=AcksBeforeStepHost),
 )
 register(
     "transfer-privilege-broken", lambda: TransferScenario(name="transfer-privilege-broken", card_cls=DomainOnlyCard)

@@ -41,6 +41,8 @@ from cardnet.applets.trn import BLOCKLIST, CANCEL, MINT, RECOVER, RESULT, SEND, 
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
+from cardnet.host import Host
+from cardnet.host.core import _Entry
 from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
 from cardnet.sim.world import RESEND, SIM_EPOCH, SimHost, Tick, World
@@ -101,6 +103,17 @@ class EnablesBlockedAuthority(CountingAuthorityApplet):
         return verdict, cert
 
 
+class AcksBeforeStepHost(Host):
+    """Broken on purpose (``transfer-ack-early-broken``): acknowledges a card's output to the sending card before
+    the receiving card stepped it, so a receiving card whose step fails (a torn commit) loses it."""
+
+    def _step_card(self, card: Card, batch: list[_Entry], now: float) -> None:
+        for e in batch:
+            if e.ack is not None:
+                e.ack[0].ack((e.ack[1],))
+        super()._step_card(card, [dataclasses.replace(e, ack=None) for e in batch], now)
+
+
 class DomainOnlyCard(Card):
     """Broken on purpose (``transfer-privilege-broken``): any port of a domain that verified the PIN is trusted."""
 
@@ -137,10 +150,12 @@ class TransferScenario:
     blocked_held: dict[bytes, dict[bytes, tuple[str, bytes | None]]] = field(default_factory=dict)  # at block time
     strangers: dict[bytes, tuple[str, Uid]] = field(default_factory=dict)  # domain -> an app port that never verified
     forged_ok: list[str] = field(default_factory=list)
+    host_cls: type[Host] = Host
 
     # -- building ---------------------------------------------------------------------------
     def build(self, world: World) -> None:
         world.faults_from = SETUP_S
+        world.host_cls = self.host_cls
         hosts = [world.add_host(f"h{i}") for i in range(self.hosts)]
         auth_cls = self.authority_applet
 

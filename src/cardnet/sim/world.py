@@ -18,6 +18,12 @@ virtual clock when a scenario asks for them (:meth:`World.add_timers`).
 A run has a safety phase under faults, then heals (faults off, partitions
 closed) and runs until the scenario is quiescent or a time bound passes.
 Invariants are checked after every event that touched a card and at the end.
+Besides the scenario's own, the world checks one for every scenario: **no host
+loses a card output** (:class:`OutputLedger`). Every durable output a card
+emits is either still in its outbox or, once the host acknowledged it to the
+card, was delivered: stepped by a card, taken by an application, handed to
+the network (which may lose it: that is the network's fault, not the host's),
+or addressed where this host cannot deliver (no such card, port or route).
 Every event is appended to a trace; the same seed gives the same trace.
 """
 
@@ -28,17 +34,19 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
+from cardnet.card.runtime import Outgoing
 from cardnet.crypto import pki
 from cardnet.host import Filter, Host, Origin, SendRemote
-from cardnet.host.core import APP, HOST, Schedule
+from cardnet.host.core import APP, HOST, HOST_PORT, Schedule
 from cardnet.protocols import session as sess
 from cardnet.sim.faults import FaultPlan
 from cardnet.sim.malice import Action, Malice
@@ -68,6 +76,110 @@ _CA_CACHE: dict[str, pki.CertificateAuthority] = {}
 
 class Torn(StoreError):
     """The card lost power during a commit (simulated)."""
+
+
+_MsgKey = tuple[Uid, Uid, int, bytes]
+
+
+def _key(msg: Message) -> _MsgKey:
+    return (msg.src, msg.dst, msg.mtype, msg.param)
+
+
+class OutputLedger:
+    """What became of every durable card output: the invariant that no host loses one.
+
+    Cards tell it (:class:`LedgeredCard`) what they emit, what they stepped and what their host acknowledged;
+    the world tells it what applications took and what went onto the network. An output acknowledged to its
+    card must have been delivered by then, or be addressed where its host cannot deliver (the host's notice
+    tells the card so). Checked after every event (:meth:`problems`), so that what the host does within one
+    pump (acknowledge, then deliver) counts.
+    """
+
+    def __init__(self) -> None:
+        self.emitted: dict[tuple[bytes, int], Message] = {}  # (card domain, outbox seq) -> output, unacknowledged
+        self.delivered: set[_MsgKey] = set()
+        self.acked: list[tuple[bytes, int, Message]] = []  # acknowledged since the last check
+
+    def stepped(self, card: Card, msgs: Sequence[Message], results: list[list[Outgoing]]) -> None:
+        self.delivered.update(_key(m) for m in msgs)
+        domain = card.uid.domain
+        for outs in results:
+            for out in outs:
+                if out.seq is not None:
+                    self.emitted[(domain, out.seq)] = out.msg
+
+    def took(self, msg: Message) -> None:
+        """An application's sink, or the network, took ``msg``."""
+        self.delivered.add(_key(msg))
+
+    def acking(self, card: Card, seqs: Sequence[int]) -> None:
+        domain = card.uid.domain
+        for seq in seqs:
+            msg = self.emitted.pop((domain, seq), None)
+            if msg is not None:
+                self.acked.append((domain, seq, msg))
+
+    def reopened(self, card: Card) -> None:
+        """A card reopened from its store (crash, tear, or a store written back): its outbox is what it emitted."""
+        domain = card.uid.domain
+        for k in [k for k in self.emitted if k[0] == domain]:
+            del self.emitted[k]
+        for out in card.outbox():
+            if out.seq is not None:
+                self.emitted[(domain, out.seq)] = out.msg
+
+    def problems(self, hosts: Mapping[str, SimHost]) -> list[str]:
+        bad = []
+        for domain, seq, msg in self.acked:
+            if _key(msg) in self.delivered or msg.dst.port == HOST_PORT:
+                continue
+            sh = next((h for h in hosts.values() if domain in h.cards), None)
+            if sh is not None and _undeliverable_at(sh, msg.dst):
+                continue
+            bad.append(
+                f"card {domain.hex()[:8]}'s output {seq} ({_describe(msg)}) was acknowledged by its host "
+                "but never delivered: lost by the host"
+            )
+        self.acked.clear()
+        return bad
+
+
+def _undeliverable_at(sh: SimHost, dst: Uid) -> bool:
+    """The host cannot deliver to ``dst``: a local domain's port with no application, or a domain with no route."""
+    if dst.domain in sh.cards:
+        return dst.port != 0 and dst not in sh.apps
+    return dst.domain not in sh.host.routes
+
+
+class LedgeredCard(Card):
+    """A card that tells the world's :class:`OutputLedger` what it emitted, stepped and had acknowledged."""
+
+    ledger: OutputLedger | None = None
+
+    def step_many(self, msgs: Sequence[Message], now: float) -> list[list[Outgoing]]:
+        results = super().step_many(msgs, now)
+        if self.ledger is not None:  # (only a step that committed delivered its messages)
+            self.ledger.stepped(self, msgs, results)
+        return results
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        if self.ledger is not None:
+            self.ledger.acking(self, seqs)
+        super().ack(seqs)
+
+
+_LEDGERED: dict[type[Card], type[Card]] = {}
+
+
+def ledgered(cls: type[Card]) -> type[Card]:
+    """``cls`` with the ledger's hooks (a scenario's card class, e.g. a broken one, keeps its own behaviour)."""
+    if issubclass(cls, LedgeredCard):
+        return cls
+    sub = _LEDGERED.get(cls)
+    if sub is None:
+        sub = _LEDGERED[cls] = cast(type[Card], type(f"Ledgered{cls.__name__}", (LedgeredCard, cls), {}))
+    return sub
 
 
 class TearingStore:
@@ -126,6 +238,10 @@ class SimCard:
         self.card = self.card_cls(
             self.store, rng=self.rng.randbytes, applets=self.applets(), capacity_bytes=self.capacity_bytes
         )
+        ledger = self.store.world.ledger
+        if isinstance(self.card, LedgeredCard):
+            self.card.ledger = ledger
+            ledger.reopened(self.card)
         return self.card
 
 
@@ -140,6 +256,7 @@ class SimHost:
     observers: list[tuple[Callable[[Message, Origin], None], Filter]] = field(default_factory=list)
     timers: dict[object, float] = field(default_factory=dict)  # job (Tick or RESEND) -> period in seconds
     schedule: Schedule | None = None
+    host_cls: type[Host] = Host
 
     def observe(self, fn: Callable[[Message, Origin], None], flt: Filter | None = None) -> None:
         """Watch this host's dispatch table (``Host.observe``), across restarts."""
@@ -148,7 +265,7 @@ class SimHost:
 
     def rebuild(self, now: float) -> None:
         """A host restart: new host object, cards reopened from their stores, apps reconnect, timers restart."""
-        self.host = Host([c.reopen() for c in self.cards.values()], routes=self.routes, name=self.address)
+        self.host = self.host_cls([c.reopen() for c in self.cards.values()], routes=self.routes, name=self.address)
         for uid, sink in self.apps.items():
             self.host.attach_app(uid, sink)
         for fn, flt in self.observers:
@@ -188,13 +305,15 @@ class World:
         self.malicious: dict[str, Malice] = {}  # drawn when the run starts, if the plan has malicious hosts
         self._handles: dict[Uid, list[MType]] = {}  # card -> the mtypes its applets handle (for injections)
         self._refusals_shown = False
+        self.ledger = OutputLedger()
+        self.host_cls: type[Host] = Host  # a scenario may give its hosts a (broken) class of their own
         self.ca = _CA_CACHE.get("sim") or _CA_CACHE.setdefault(
             "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH, rng=random.Random(0x5EED).randbytes)
         )  # one fixed CA key for every run and process; serials come from each card's seeded rng
 
     # -- building ----------------------------------------------------------------
     def add_host(self, address: str) -> SimHost:
-        sh = SimHost(address, {}, {}, Host(name=address))
+        sh = SimHost(address, {}, {}, self.host_cls(name=address), host_cls=self.host_cls)
         self.hosts[address] = sh
         return sh
 
@@ -209,7 +328,10 @@ class World:
     ) -> Card:
         store = TearingStore(self, label)
         card_rng = random.Random(self.rng.getrandbits(64))
+        card_cls = ledgered(card_cls)
         card = card_cls(store, rng=card_rng.randbytes, applets=applets(), capacity_bytes=capacity_bytes)
+        if isinstance(card, LedgeredCard):
+            card.ledger = self.ledger
         domain = card_rng.randbytes(12)
         personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes, role=role)
         host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes, card_cls)
@@ -229,8 +351,14 @@ class World:
     def attach_app(self, host: SimHost, sink: Callable[[Message], None], card: bytes | None = None) -> Uid:
         """An application on ``host`` with a port of ``card`` (the host's only card if None)."""
         uid = host.host.allocate_port(card, self.wall)
-        host.apps[uid] = sink
-        host.host.attach_app(uid, sink)
+        took = self.ledger.took
+
+        def taken(msg: Message) -> None:
+            took(msg)
+            sink(msg)
+
+        host.apps[uid] = taken
+        host.host.attach_app(uid, taken)
         return uid
 
     def add_timers(self, host: SimHost, jobs: Mapping[object, float]) -> None:
@@ -377,6 +505,7 @@ class World:
         self._dirty.add(address)
 
     def _carry(self, src: str, eff: SendRemote) -> None:
+        self.ledger.took(eff.msg)  # handed to the network: what happens to it now is the network's doing
         eff.sent()
         if eff.address not in self.hosts:
             return
@@ -475,14 +604,14 @@ class World:
             ev.action()
             self._pump_dirty()
             if ev.label != "tick":
-                bad = check(self, False)
+                bad = [*self.ledger.problems(self.hosts), *check(self, False)]
                 if bad:
                     self.violations.extend(bad)
                     self.log(f"VIOLATION {bad[0]}")
                     return
             if self.healed and quiescent(self):
                 break
-        self.violations.extend(check(self, True))
+        self.violations.extend([*self.ledger.problems(self.hosts), *check(self, True)])
         if not quiescent(self):
             self.violations.append(f"not quiescent {heal_s:.1f} s after healing (liveness)")
 
