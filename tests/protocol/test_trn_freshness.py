@@ -3,6 +3,7 @@ talked to the authority since, once their personalised bound has passed (host ti
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from test_trn_attacks import deliver_blocklist
@@ -11,7 +12,7 @@ from trnworld import TrnWorld, uid
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.sessions import POLICY, POLICY_IS, REKEY
-from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY
+from cardnet.applets.trn import CANCEL, MINT, SEND, SET_AUTHORITY
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.protocols import session as sess
@@ -230,3 +231,32 @@ def test_the_host_cannot_set_the_policy_but_its_rekey_tick_ends_sessions(
         ping_pong(w, 1)
     assert len(seen) == 3
     all_at_alice(w)
+
+
+def test_a_session_ends_when_the_peers_certificate_expires(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    """alice's certificate expires while her sessions with bob are open: bob refuses her records in the old
+    session (session_expired), the new handshake refuses her certificate, and the token she sends after her
+    expiry is never enabled at bob (she keeps the right to cancel it: nothing is lost)."""
+    expires = NOW + timedelta(days=1)
+    w = TrnWorld(tmp_path, ca)
+    w.card("authority", pki.Role.SERVICE)
+    agent = w.card("agent", pki.Role.AGENT)
+    w.card("alice", valid_days=1)
+    w.card("bob")
+    assert w.result("authority", ADD_AGENT, cert=agent.certificate_der)["ok"]
+    for name in ("agent", "alice", "bob"):
+        assert w.result(name, SET_AUTHORITY, authority=uid(w, "authority"))["ok"]
+    issue_all(w)
+    ping_pong(w, 1)  # alice <-> bob: sessions open both ways, every token back at alice
+    failed = failures(w)
+    w.now = expires.timestamp() + 1
+    assert w.result("alice", SEND, oid=OIDS[0], to=uid(w, "bob"))["ok"]  # her card has no clock of its own
+    w.run(300)
+    recover(w, "alice", "bob", times=3)
+    reasons = {(m.src, sess.FAILED.parse(m)["reason"]) for m in failed}
+    assert (uid(w, "bob"), "session_expired") in reasons, reasons
+    assert (uid(w, "bob"), "expired") in reasons, reasons  # her new hello: the certificate itself
+    assert OIDS[0] not in w.tokens("bob")
+    assert w.tokens("alice")[OIDS[0]]["status"] != "enabled"  # sent, not lost: she can cancel
+    assert w.result("alice", CANCEL, oid=OIDS[0])["ok"]
+    assert w.tokens("alice")[OIDS[0]]["status"] == "enabled"

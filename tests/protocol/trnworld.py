@@ -31,11 +31,18 @@ class TrnWorld:
     now: float = T0
 
     def card(
-        self, name: str, role: pki.Role = pki.Role.DEVICE, *, capacity_bytes: int = 256 * 1024, policy: bytes = b""
+        self,
+        name: str,
+        role: pki.Role = pki.Role.DEVICE,
+        *,
+        capacity_bytes: int = 256 * 1024,
+        policy: bytes = b"",
+        valid_days: int = 3 * 365,
     ) -> Card:
+        """A personalised card; its certificate is valid from NOW for ``valid_days``."""
         applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
         c = Card(SqliteStore(str(self.tmp / f"{name}.db")), applets=[applet], capacity_bytes=capacity_bytes)
-        personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name, policy=policy)
+        personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name, policy=policy, valid_days=valid_days)
         self.cards[name] = c
         self.host.add_card(c)
         app = self.host.acquire(c.uid.domain, self.now)

@@ -121,6 +121,7 @@ _STATE = Schema(
         Field(12, "eph_a", Bytes(65)),
         Field(13, "cert_a", Bytes(MAX_CERT), optional=True),
         Field(14, "opened", UInt(), optional=True),  # host time (whole seconds) the session opened
+        Field(15, "peer_until", UInt(), optional=True),  # the peer's certificate's notAfter (Unix seconds)
     ],
 )
 _POLICY_FIELDS = ("max_blocklist_age_s", "min_epoch", "lifetime_s", "max_records")
@@ -152,6 +153,7 @@ class Session:
     k_confirm: bytes | None = None
     cert_a: bytes | None = None
     opened: int | None = None
+    peer_until: int | None = None  # the session ends when the peer's certificate does
 
     @property
     def open(self) -> bool:
@@ -167,7 +169,7 @@ class Session:
             "send_ctr": self.send_ctr,
             "recv_ctr": self.recv_ctr,
         }
-        for name in ("eph_secret", "nonce_b", "th", "k_send", "k_recv", "k_confirm", "cert_a", "opened"):
+        for name in ("eph_secret", "nonce_b", "th", "k_send", "k_recv", "k_confirm", "cert_a", "opened", "peer_until"):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
@@ -247,7 +249,13 @@ class Policy:
         return None
 
     def due(self, state: Session, now: float, slack: int = 1) -> str | None:
-        """Why the open session ``state`` must be re-keyed, or None. ``slack`` widens the bounds (receivers: 2)."""
+        """Why the open session ``state`` must be re-keyed, or None. ``slack`` widens the bounds (receivers: 2).
+
+        Whatever the policy, a session ends when the peer's certificate expires (no slack: the new handshake
+        then refuses the expired certificate).
+        """
+        if state.peer_until is not None and now > state.peer_until:
+            return f"the peer's certificate expired {now - state.peer_until:.0f} s ago"
         if self.max_records and state.send_ctr >= self.max_records * slack:
             return f"the session sealed {state.send_ctr} records, the policy allows {self.max_records}"
         if self.max_records and state.recv_ctr >= self.max_records * slack:
@@ -272,6 +280,10 @@ class Verified:
 
     peer: pki.VerifiedPeer
     blocklist: pki.Blocklist | None  # the newest blocklist either side presented
+
+
+def _until(peer: pki.VerifiedPeer) -> int:
+    return int(peer.certificate.not_valid_after_utc.timestamp())
 
 
 def _now(now: float) -> datetime:
@@ -414,6 +426,7 @@ def respond(
         k_recv=k_ab,
         k_confirm=k_conf,
         cert_a=hello["cert"],
+        peer_until=_until(verified),
     )
     fields: dict[str, Any] = {
         "eph": eph_b,
@@ -464,7 +477,7 @@ def finish(
         raise ProtocolError("bad_confirm", "the peer did not prove it holds the session key") from None
     opened = replace(
         state, phase=OPEN, eph_secret=None, nonce_b=accept["nonce"], th=th, k_send=k_ab, k_recv=k_ba, k_confirm=k_conf,
-        opened=int(now),
+        opened=int(now), peer_until=_until(verified),
     )  # fmt: skip
     fields = {"sig": sign(b"finish" + th), "confirm": _confirm(k_conf, b"A", th)}
     return opened, fields, Verified(verified, newest)
