@@ -86,3 +86,23 @@ def test_the_owner_refuses_and_accepts_tokens_from_the_command_line(net: TrnNet)
     chain = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", OID, "--json"))
     assert chain["holders"] == [a, b]
     assert "refused" not in tokens(net, "b")[OID]
+
+
+MARKUP_BODY = "[/] seat [b]9"  # rich markup: read as markup, it raises MarkupError (a closing tag with none open)
+
+
+def test_a_token_body_that_looks_like_markup_prints_literally_in_list_and_offers(net: TrnNet) -> None:
+    setup(net)
+    ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", OID, "--body", MARKUP_BODY, "--json"))
+    listed = cli("trn", "list", *args(net, "agent"))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert MARKUP_BODY in listed.stdout, listed.stdout
+
+    ok_json(cli("trn", "policy", *args(net, "b"), "--ask", "--json"))
+    ok_json(cli("trn", "send", *args(net, "agent"), "--oid", OID, "--to", str(net.uids["b"]), "--json"))
+    asyncio.run(until(net, "b", RAW, "offered"))
+    offered = cli("trn", "offers", *args(net, "b"))
+    assert offered.returncode == 0 and "Traceback" not in offered.stderr, offered.stderr
+    assert MARKUP_BODY in offered.stdout and OID in offered.stdout, offered.stdout
+    listed = cli("trn", "list", *args(net, "b"))
+    assert listed.returncode == 0 and MARKUP_BODY in listed.stdout, (listed.stdout, listed.stderr)

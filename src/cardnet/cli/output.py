@@ -8,7 +8,8 @@ Conventions for command authors (docs/cli.md):
 - report a problem with :func:`fail` (or raise a :class:`~cardnet.errors.CardnetError`): never
   ``print`` an error or let an exception escape; ``main()`` turns whatever escapes into one
   clean error either way;
-- print tables with :func:`table` (identifiers in them are never folded or cut).
+- print tables with :func:`table` (identifiers in them are never folded or cut, and no text in them is read as
+  rich markup: a token body `[/] seat [b]9` prints as it is).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
+from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
@@ -264,16 +266,30 @@ def new_file_then(path: Path, mode: int, record: Callable[[Callable[[bytes], Non
         Path(tmp).unlink(missing_ok=True)
 
 
+class LiteralTable(Table):
+    """A rich table whose text is printed as it is: a cell, header or title that is a ``str`` is never read as
+    markup (a token body such as ``[/] seat [b]9`` would otherwise raise ``MarkupError`` or change style)."""
+
+    def add_row(self, *renderables: RenderableType | None, style: StyleType | None = None,
+                end_section: bool = False) -> None:  # fmt: skip
+        super().add_row(*(_literal(r) for r in renderables), style=style, end_section=end_section)
+
+
+def _literal(cell: RenderableType | None) -> RenderableType | None:
+    return Text(cell) if isinstance(cell, str) else cell
+
+
 def table(*columns: str, title: str | None = None) -> Table:
-    """A table for people whose cells are never wrapped: print it with :func:`print_table`.
+    """A table for people whose cells are never wrapped and never read as markup: print it with
+    :func:`print_table`.
 
     At a narrow terminal rich would squeeze columns (wrapping or ellipsizing a domain or a path);
     :func:`print_table` gives each column its full width and lets the line run past the edge instead,
-    so identifiers stay copyable whole.
+    so identifiers stay copyable whole. Every ``str`` put in it (cells, headers, title) prints literally.
     """
-    t = Table(title=title, expand=False)
+    t = LiteralTable(title=None if title is None else Text(title), expand=False)
     for name in columns:
-        t.add_column(name, overflow="fold", no_wrap=True)
+        t.add_column(Text(name), overflow="fold", no_wrap=True)
     return t
 
 
@@ -282,7 +298,7 @@ def print_fields(fields: list[tuple[str, str]], *, title: str | None = None) -> 
     t = table("", "", title=title)
     t.show_header = False
     for name, value in fields:
-        t.add_row(Text(name), Text(value))
+        t.add_row(name, value)
     print_table(t)
 
 
@@ -293,7 +309,7 @@ def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, title: s
         return
     t = table(*(c.replace("_", " ") for c in columns), title=title)
     for r in rows:
-        t.add_row(*(Text(str(r.get(c, ""))) for c in columns))
+        t.add_row(*(str(r.get(c, "")) for c in columns))
     print_table(t)
 
 

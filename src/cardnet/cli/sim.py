@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+from rich.markup import escape
 from rich.progress import Progress
 
 from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
@@ -71,7 +72,9 @@ def sim(
         else:
             for line in result.trace or []:
                 console.print(line, markup=False, highlight=False)
-            verdict = "[red]VIOLATED[/]: " + "; ".join(result.violations) if result.violations else "[green]ok[/]"
+            verdict = (
+                "[red]VIOLATED[/]: " + escape("; ".join(result.violations)) if result.violations else "[green]ok[/]"
+            )
             console.print(f"seed {seed}: {verdict}")
         raise SystemExit(1 if result.violations else 0)
     if seeds < 1:
@@ -102,7 +105,7 @@ def sim(
         ff = summary.first_failure
         err = console if not as_json else None
         if err is not None:
-            console.print(f"[red]seed {ff.seed} violated:[/] {'; '.join(ff.violations)}")
+            console.print(f"[red]seed {ff.seed} violated:[/] {escape('; '.join(ff.violations))}")
             for line in (ff.trace or [])[-40:]:
                 console.print("  " + line, markup=False, highlight=False)
             console.print(f"reproduce with: cardnet sim --protocol {protocol} --seed {ff.seed}")
