@@ -20,6 +20,8 @@ from cardnet.sim.runner import run_many, run_seed
         ("transfer-privilege-broken", "transfer", 30, "a card obeyed a privileged order from a port"),
         # every card output is delivered or still in the outbox: none lost by a host
         ("transfer-ack-early-broken", "transfer", 30, "lost by the host"),
+        # nothing expired is accepted by a party that judges expiry on its own clock (a card on an honest host)
+        ("transfer-expiry-broken", "transfer", 30, "whose certificate expired at"),
         # nothing expired is accepted by a party that judges expiry on its own clock (the vendor)
         ("millicent-expiry-broken", "millicent", 30, "expired at"),
         # a vendor is paid at most once per scrip redeemed
@@ -39,6 +41,13 @@ def test_the_millicent_summary_counts_expiry_replays_forgeries_redemptions_and_s
     d = run_many("millicent", range(40)).as_dict()
     assert d["violations"] == 0
     for what in ("expiry", "clock_lie", "replay", "forged_order", "redemption", "settlement"):
+        assert d["exercised"].get(what, 0) > 0, (what, d["exercised"])
+
+
+def test_the_transfer_summary_counts_expiries_clock_lies_and_sends_to_an_expired_card() -> None:
+    d = run_many("transfer", range(30)).as_dict()
+    assert d["violations"] == 0
+    for what in ("expiry", "clock_lie", "send_to_expired", "cancel", "forged_order"):
         assert d["exercised"].get(what, 0) > 0, (what, d["exercised"])
 
 

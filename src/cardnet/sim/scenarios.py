@@ -24,6 +24,7 @@ from cardnet.sim.trn_scenario import (
     DomainOnlyCard,
     EnablesBlockedAuthority,
     IgnoresBlocklistAuthority,
+    IgnoresPeerExpiryApplet,
     TransferScenario,
 )
 from cardnet.sim.world import World
@@ -146,6 +147,10 @@ register(
 register(
     "transfer-ack-early-broken",
     lambda: TransferScenario(name="transfer-ack-early-broken", host_cls=AcksBeforeStepHost),
+)
+register(
+    "transfer-expiry-broken",
+    lambda: TransferScenario(name="transfer-expiry-broken", wallet_applet=IgnoresPeerExpiryApplet),
 )
 register(
     "transfer-privilege-broken", lambda: TransferScenario(name="transfer-privilege-broken", card_cls=DomainOnlyCard)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
@@ -43,6 +44,7 @@ from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.host import Host
 from cardnet.host.core import _Entry
+from cardnet.protocols import session as sess
 from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
 from cardnet.sim.world import RESEND, SIM_EPOCH, SimHost, Tick, World
@@ -57,6 +59,9 @@ RESEND_EVERY_S = 1.0  # the hosts' resend_after_s
 SIGNER_EVERY_S = 0.25  # the authority service's blocklist signer looks at the blocked set this often
 CANCEL_P = 0.25  # an owner's transfer order is followed by a cancel (the sender aborts) this often
 ROLLBACK_P = 0.35  # seeds in which a thief restores an old image of one wallet's store
+EXPIRE_P = 0.35  # seeds in which one wallet's certificate expires during the run (1 or 2 s after the epoch)
+DRIFT_P = 0.5  # seeds in which every host's clock drifts (a rate and an offset of its own)
+LIE_P = 0.5  # of the expiry seeds: another host sets its clock back around the expiry (its cards may be fooled)
 
 
 class CountingAuthorityApplet(AuthorityApplet):
@@ -114,6 +119,14 @@ class AcksBeforeStepHost(Host):
         super()._step_card(card, [dataclasses.replace(e, ack=None) for e in batch], now)
 
 
+class IgnoresPeerExpiryApplet(TrnApplet):
+    """Broken on purpose (``transfer-expiry-broken``): keeps using a session after the peer's certificate expired
+    (the new handshake still checks the certificate)."""
+
+    def _due(self, ctx: Any, state: Any, slack: int) -> str | None:
+        return super()._due(ctx, dataclasses.replace(state, peer_until=None), slack)
+
+
 class DomainOnlyCard(Card):
     """Broken on purpose (``transfer-privilege-broken``): any port of a domain that verified the PIN is trusted."""
 
@@ -151,6 +164,13 @@ class TransferScenario:
     strangers: dict[bytes, tuple[str, Uid]] = field(default_factory=dict)  # domain -> an app port that never verified
     forged_ok: list[str] = field(default_factory=list)
     host_cls: type[Host] = Host
+    expiring: bytes | None = None  # the wallet whose certificate expires during the run (None: none this seed)
+    expires_s: int = 0  # ... this many seconds after the epoch
+    affected: set[bytes] = field(default_factory=set)  # tokens the expiring wallet held or moved around its expiry
+    liars: set[str] = field(default_factory=set)  # hosts that set their clock back (their cards may be fooled)
+    expiry_bad: list[str] = field(default_factory=list)
+    _where: dict[bytes, str] = field(default_factory=dict)  # card domain -> host address
+    _pre: tuple[bytes, Any] | None = None  # (card domain, its session with the expiring wallet) before a step
 
     # -- building ---------------------------------------------------------------------------
     def build(self, world: World) -> None:
@@ -164,6 +184,13 @@ class TransferScenario:
             applet.world = world
             return [applet]
 
+        expiring = world.rng.randrange(self.wallets) if world.rng.random() < EXPIRE_P else None
+        if expiring is not None:
+            self.expires_s = world.rng.choice((1, 2))
+        if world.rng.random() < DRIFT_P:
+            for sh in hosts:
+                sh.rate, sh.offset = world.rng.uniform(0.98, 1.02), world.rng.uniform(0.0, 0.3)  # (never before
+                # the epoch, when every certificate starts)
         auth = world.add_card(hosts[0], "authority", authority_applets, role=pki.Role.SERVICE)
         agent = world.add_card(hosts[0], "agent", lambda: [TrnApplet()], role=pki.Role.AGENT)
         self.authority = auth.uid
@@ -173,8 +200,13 @@ class TransferScenario:
         for i in range(self.wallets):
             sh = hosts[1 + i % (self.hosts - 1)]
             applet = self.wallet_applet
-            card = world.add_card(sh, f"w{i}", functools.partial(_one, applet), card_cls=self.card_cls)
+            expires = self.expires_s if i == expiring else None
+            card = world.add_card(
+                sh, f"w{i}", functools.partial(_one, applet), card_cls=self.card_cls, expires_s=expires
+            )
             self.wallet_cards.append((sh.address, card.uid.domain))
+            if expires is not None:
+                self.expiring = card.uid.domain
             self._app(world, sh, card)
             # another application on the same host, with a port of the same card, that never verifies the PIN
             stranger = world.attach_app(sh, functools.partial(self._stranger_sink, world), card.uid.domain)
@@ -200,6 +232,8 @@ class TransferScenario:
         world.at(SIGNER_EVERY_S, functools.partial(self._sign_blocklist, world), "signer")
         for _ in range(world.rng.randint(1, 3) if self.forgeries is None else self.forgeries):
             world.at(SETUP_S + world.rng.uniform(0.0, 1.5), functools.partial(self._forge_order, world), "forge")
+        if self.expiring is not None:
+            self._plan_expiry(world, hosts)
         trn_cards = {self.agent_domain, *(d for _, d in self.wallet_cards)}
         for sh in hosts:
             ticks: dict[object, float] = {Tick(d, RECOVER): RECOVER_EVERY_S for d in sh.cards if d in trn_cards}
@@ -209,6 +243,70 @@ class TransferScenario:
         # owners read their cards' state directly; their sink only counts what their cancels did
         uid = world.attach_app(sh, functools.partial(_owner_sink, world), card.uid.domain)
         self.apps[card.uid.domain] = (sh.address, uid)
+
+    # -- a certificate that expires during the run ----------------------------------------------------
+    def _plan_expiry(self, world: World, hosts: list[SimHost]) -> None:
+        """The expiring wallet's owner spends after the expiry, another owner sends it a token, and perhaps a host
+        (not the expiring wallet's) sets its clock back around then. Every card on a host that did not lie must
+        refuse the expired card from the first step its host time is past the expiry (:meth:`before`/`after`)."""
+        assert self.expiring is not None
+        world.exercised["expiry"] += 1
+        self._where = {d: sh.address for sh in hosts for d in sh.cards}
+        world.ledger.watchers.append(self)
+        t = float(self.expires_s)
+        world.at(t + world.rng.uniform(0.0, 0.3), functools.partial(self._random_transfer, world, self.expiring),
+                 "transfer")  # fmt: skip
+        later = functools.partial(self._random_transfer, world, None, self.expiring)
+        world.at(t + world.rng.uniform(0.0, 0.3), later, "transfer")
+        if world.rng.random() < LIE_P:
+            liar = world.rng.choice([sh for sh in hosts if self.expiring not in sh.cards])
+            world.at(t + world.rng.uniform(0.0, 0.4), functools.partial(self._lie, world, liar), "clock lie")
+
+    def _lie(self, world: World, sh: SimHost) -> None:
+        """The host sets its clock back to a little before the expiry (not before the epoch: every certificate
+        would look not yet valid, and its cards would stop dealing with anyone)."""
+        target = SIM_EPOCH.timestamp() + max(0.05, self.expires_s - world.rng.uniform(0.1, 0.6))
+        back = sh.clock(world.now) - target
+        if back <= 0:
+            return
+        sh.offset -= back
+        self.liars.add(sh.address)
+        world.exercised["clock_lie"] += 1
+        world.log(f"host {sh.address} sets its clock back {back:.1f} s")
+
+    def _session_with_expiring(self, card: Card) -> Any:
+        assert self.expiring is not None
+        table = _AUTH if card.uid.domain == (self.authority.domain if self.authority else b"") else "a.trn"
+        raw = card._mem.get((table, b"s:" + bytes(Uid.card(self.expiring))))
+        return None if raw is None else sess.Session.decode(raw)
+
+    def _judged(self, card: Card) -> bool:
+        """Whether ``card`` judges the expiring wallet on an honest clock: another card, on a host that never lied."""
+        domain = card.uid.domain
+        return domain != self.expiring and self._where.get(domain) not in self.liars
+
+    def before(self, card: Card, now: float) -> None:
+        self._pre = (card.uid.domain, self._session_with_expiring(card)) if self._judged(card) else None
+
+    def after(self, card: Card, now: float) -> None:
+        if self._pre is None or self._pre[0] != card.uid.domain:
+            return
+        pre, self._pre = self._pre[1], None
+        until = (SIM_EPOCH + timedelta(seconds=self.expires_s)).timestamp()
+        if now <= until:
+            return
+        post = self._session_with_expiring(card)
+        if post is None or not post.open:
+            return
+        label = f"card {card.uid.domain.hex()[:8]} at host time +{now - SIM_EPOCH.timestamp():.2f} s"
+        if pre is None or not pre.open or pre.nonce_a != post.nonce_a:
+            self.expiry_bad.append(
+                f"{label} opened a session with a card whose certificate expired at +{self.expires_s} s"
+            )
+        elif post.recv_ctr > pre.recv_ctr:
+            self.expiry_bad.append(
+                f"{label} accepted record {post.recv_ctr} from a card whose certificate expired at +{self.expires_s} s"
+            )
 
     def _order(self, world: World, domain: bytes, mtype: MType, *, t: float, **fields: object) -> None:
         world.at(t, functools.partial(self._send_order, world, domain, mtype, fields), "order")
@@ -231,11 +329,17 @@ class TransferScenario:
         if not holders:
             return
         domain, oid = world.rng.choice(sorted(holders))
+        if domain == self.expiring and world.now >= self.expires_s:
+            world.exercised["expired_spend"] += 1
         others = [d for _, d in self.wallet_cards if d != domain]
         to = Uid.card(to_domain or world.rng.choice(others))
         world.log(f"owner of {domain.hex()[:8]} sends {oid.hex()[:8]} to {to.short()}")
         self._send_order(world, domain, SEND, {"oid": oid, "to": to})
-        if world.rng.random() < CANCEL_P:  # the owner changes her mind: soon (a race with the copy) or later
+        if to.domain == self.expiring and world.now >= self.expires_s - 0.5:  # it does not arrive: she cancels
+            world.exercised["send_to_expired"] += 1
+            world.at(world.now + world.rng.uniform(0.3, 1.0), functools.partial(self._cancel, world, domain, oid),
+                     "cancel")  # fmt: skip
+        elif world.rng.random() < CANCEL_P:  # the owner changes her mind: soon (a race with the copy) or later
             later = world.rng.choice((0.0, world.rng.uniform(0.0, 0.05), world.rng.uniform(0.05, 0.5)))
             world.at(world.now + later, functools.partial(self._cancel, world, domain, oid), "cancel")
 
@@ -368,7 +472,12 @@ class TransferScenario:
         return ("a.trn", b"t:" + oid) in world.card_of(domain)._mem
 
     def check(self, world: World, final: bool) -> list[str]:
-        bad = [*self.forged_ok, *self._check_blocking(world, final)]
+        bad = [*self.forged_ok, *self.expiry_bad, *self._check_blocking(world, final)]
+        if self.expiring is not None and world.now >= self.expires_s - 0.6:  # (host clocks differ a little)
+            for oid in self.oids:
+                if any(d == self.expiring or (h.peer is not None and h.peer.domain == self.expiring)
+                       for d, h in self._holdings(world, oid)):  # fmt: skip
+                    self.affected.add(oid)
         if self.rolled_back:
             assert self.victim is not None
             self.tainted.update(oid for oid in self.oids if self._held_by(world, self.victim, oid))
@@ -390,7 +499,7 @@ class TransferScenario:
                 bad.append(f"token {oid.hex()[:8]} is usable on {len(usable)} cards at once: {usable}")
             if not any(h.token is not None for _, h in held):
                 bad.append(f"token {oid.hex()[:8]}: no card has the object any more")
-            if final:
+            if final and oid not in self.affected:  # (a transfer to or from an expired card may never finish)
                 held = [(d, h) for d, h in held if not self._stale_copy(world, h)]
                 enabled = [d for d, h in held if h.status is tr.Status.ENABLED]
                 leftovers = [h.state for _, h in held if h.status is not tr.Status.ENABLED]
@@ -495,7 +604,7 @@ class TransferScenario:
         if world.now < SETUP_S + 1.6:
             return False
         for oid in self.oids:
-            if oid in self.tainted:
+            if oid in self.tainted or oid in self.affected:
                 continue
             held = [(d, h) for d, h in self._holdings(world, oid) if not self._stale_copy(world, h)]
             if len(held) != 1 or held[0][1].status is not tr.Status.ENABLED or held[0][0] == self.agent_domain:

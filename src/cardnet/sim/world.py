@@ -37,8 +37,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, cast
 
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
@@ -56,6 +56,7 @@ from cardnet.wire import Message, MType, Uid
 from cardnet.wire import mtypes as registry
 
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+CA_BEFORE = timedelta(days=30)  # the simulation's CA was made this long before the epoch
 TICK_S = 0.01
 RESEND = "resend"  # a timer job: Host.resend_unacked
 
@@ -99,8 +100,15 @@ class OutputLedger:
         self.emitted: dict[tuple[bytes, int], Message] = {}  # (card domain, outbox seq) -> output, unacknowledged
         self.delivered: set[_MsgKey] = set()
         self.acked: list[tuple[bytes, int, Message]] = []  # acknowledged since the last check
+        self.watchers: list[StepWatcher] = []  # a scenario's oracles that look at a card before and after a step
 
-    def stepped(self, card: Card, msgs: Sequence[Message], results: list[list[Outgoing]]) -> None:
+    def stepping(self, card: Card, now: float) -> None:
+        for w in self.watchers:
+            w.before(card, now)
+
+    def stepped(self, card: Card, msgs: Sequence[Message], results: list[list[Outgoing]], now: float) -> None:
+        for w in self.watchers:
+            w.after(card, now)
         self.delivered.update(_key(m) for m in msgs)
         domain = card.uid.domain
         for outs in results:
@@ -144,6 +152,14 @@ class OutputLedger:
         return bad
 
 
+class StepWatcher(Protocol):
+    """A scenario's oracle, shown each card around each committed step (``now``: the host time the card got)."""
+
+    def before(self, card: Card, now: float) -> None: ...
+
+    def after(self, card: Card, now: float) -> None: ...
+
+
 def _undeliverable_at(sh: SimHost, dst: Uid) -> bool:
     """The host cannot deliver to ``dst``: a local domain's port with no application, or a domain with no route."""
     if dst.domain in sh.cards:
@@ -157,9 +173,11 @@ class LedgeredCard(Card):
     ledger: OutputLedger | None = None
 
     def step_many(self, msgs: Sequence[Message], now: float) -> list[list[Outgoing]]:
+        if self.ledger is not None:
+            self.ledger.stepping(self, now)
         results = super().step_many(msgs, now)
         if self.ledger is not None:  # (only a step that committed delivered its messages)
-            self.ledger.stepped(self, msgs, results)
+            self.ledger.stepped(self, msgs, results, now)
         return results
 
     def ack(self, seqs: Iterable[int]) -> None:
@@ -257,6 +275,12 @@ class SimHost:
     timers: dict[object, float] = field(default_factory=dict)  # job (Tick or RESEND) -> period in seconds
     schedule: Schedule | None = None
     host_cls: type[Host] = Host
+    rate: float = 1.0  # the host's clock: SIM_EPOCH + rate * virtual time + offset (drift, or a host that lies)
+    offset: float = 0.0
+
+    def clock(self, now: float) -> float:
+        """The time this host tells its cards at virtual time ``now`` (Unix seconds)."""
+        return SIM_EPOCH.timestamp() + self.rate * now + self.offset
 
     def observe(self, fn: Callable[[Message, Origin], None], flt: Filter | None = None) -> None:
         """Watch this host's dispatch table (``Host.observe``), across restarts."""
@@ -308,7 +332,8 @@ class World:
         self.ledger = OutputLedger()
         self.host_cls: type[Host] = Host  # a scenario may give its hosts a (broken) class of their own
         self.ca = _CA_CACHE.get("sim") or _CA_CACHE.setdefault(
-            "sim", pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH, rng=random.Random(0x5EED).randbytes)
+            "sim",
+            pki.CertificateAuthority.create("sim CA", now=SIM_EPOCH - CA_BEFORE, rng=random.Random(0x5EED).randbytes),
         )  # one fixed CA key for every run and process; serials come from each card's seeded rng
 
     # -- building ----------------------------------------------------------------
@@ -325,7 +350,10 @@ class World:
         capacity_bytes: int = 1 << 20,
         role: pki.Role = pki.Role.DEVICE,
         card_cls: type[Card] = Card,
+        expires_s: int | None = None,
     ) -> Card:
+        """A personalised card on ``host``; its certificate is valid for years, or until ``expires_s`` seconds
+        after the epoch (issued one day before that)."""
         store = TearingStore(self, label)
         card_rng = random.Random(self.rng.getrandbits(64))
         card_cls = ledgered(card_cls)
@@ -333,7 +361,11 @@ class World:
         if isinstance(card, LedgeredCard):
             card.ledger = self.ledger
         domain = card_rng.randbytes(12)
-        personalise(card, self.ca, pin="0000", now=SIM_EPOCH, domain=domain, rng=card_rng.randbytes, role=role)
+        issued, days = SIM_EPOCH, 3 * 365
+        if expires_s is not None:
+            issued, days = SIM_EPOCH + timedelta(seconds=expires_s) - timedelta(days=1), 1
+        personalise(card, self.ca, pin="0000", now=issued, domain=domain, rng=card_rng.randbytes, role=role,
+                    valid_days=days)  # fmt: skip
         host.cards[domain] = SimCard(label, store, applets, card_rng, card, capacity_bytes, card_cls)
         host.host.add_card(card)
         self._handles[card.uid] = [mt for applet in applets() for mt in applet.handles]
@@ -350,7 +382,7 @@ class World:
 
     def attach_app(self, host: SimHost, sink: Callable[[Message], None], card: bytes | None = None) -> Uid:
         """An application on ``host`` with a port of ``card`` (the host's only card if None)."""
-        uid = host.host.allocate_port(card, self.wall)
+        uid = host.host.allocate_port(card, host.clock(self.now))
         took = self.ledger.took
 
         def taken(msg: Message) -> None:
@@ -416,7 +448,7 @@ class World:
     # -- faults ---------------------------------------------------------------------
     @property
     def wall(self) -> float:
-        """The time hosts tell their cards: the simulation's epoch plus the virtual clock."""
+        """The simulation's epoch plus the virtual clock (each host's own clock: :meth:`SimHost.clock`)."""
         return SIM_EPOCH.timestamp() + self.now
 
     @property
@@ -567,7 +599,7 @@ class World:
                 for sc in sh.cards.values():
                     sc.store.armed = True
                 try:
-                    effects = sh.host.pump(self.wall)
+                    effects = sh.host.pump(sh.clock(self.now))
                 finally:
                     for sc in sh.cards.values():
                         sc.store.armed = False
