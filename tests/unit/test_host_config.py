@@ -6,12 +6,14 @@ the field named on stderr and no traceback.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cardnet.card import Card
 from cardnet.host import HostError
 from cardnet.host.config import HostConfig, load_config
 from cardnet.transport.framing import DEFAULT_MAX_FRAME
@@ -184,6 +186,8 @@ def run_host(config: Path) -> subprocess.CompletedProcess[str]:
     ids=["unknown-field", "bad-applet", "not-toml", "unpersonalised-card"],
 )
 def test_host_run_with_a_bad_config_exits_cleanly(tmp_path: Path, text: str, field: str) -> None:
+    if text is MINIMAL:
+        blank_card(tmp_path)
     result = run_host(write(tmp_path, text))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
@@ -192,11 +196,50 @@ def test_host_run_with_a_bad_config_exits_cleanly(tmp_path: Path, text: str, fie
     assert not (tmp_path / "h.sock").exists()  # it never started serving
 
 
+def blank_card(tmp_path: Path) -> None:
+    """A store holding a card that was never personalised (MINIMAL's h.card.db)."""
+    Card.open(f"sqlite:///{tmp_path}/h.card.db").close()
+
+
 def test_host_run_names_the_store_of_an_unpersonalised_card_on_one_line(tmp_path: Path) -> None:
+    blank_card(tmp_path)
     result = run_host(write(tmp_path, MINIMAL))
     assert result.returncode != 0
     [first, *_] = result.stderr.splitlines()
     assert f"sqlite:///{tmp_path}/h.card.db is not personalised" in first
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_host_run_refuses_a_missing_card_store_and_creates_none(tmp_path: Path, as_json: bool) -> None:
+    """A mistyped cards[i].store is refused by name, not made into a new, empty card store."""
+    ca = tmp_path / "ca.cnca"
+    cardnet = [sys.executable, "-m", "cardnet.cli.main"]
+    subprocess.run([*cardnet, "ca", "create", str(ca)], check=True, capture_output=True, timeout=60)
+    made = subprocess.run(
+        [*cardnet, "card", "create", "--ca", str(ca), "--store", "sqlite:///alice.card.db", "--pin", "1234"],
+        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    config = write(tmp_path, 'app_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///alice.card.db"\n'
+                   '\n[[cards]]\nstore = "sqlite:///alcie.card.db"\n')  # fmt: skip
+    result = subprocess.run(
+        [*cardnet, "host", "run", "--config", str(config), *(["--json"] if as_json else [])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    missing = tmp_path / "alcie.card.db"
+    if as_json:
+        err = json.loads(result.stdout)["error"]
+        assert err["reason"] == "missing", err
+        assert f"cards[1].store: there is no card store {missing}" in err["message"], err
+        assert "cardnet card create" in err["hint"], err
+    else:
+        [first, what_to_do] = result.stderr.splitlines()
+        assert first.startswith(f"error: cards[1].store: there is no card store {missing}"), first
+        assert "check cards[1].store" in what_to_do and "cardnet card create" in what_to_do, what_to_do
+    assert not missing.exists() and sorted(p.name for p in tmp_path.glob("alcie*")) == []
+    assert not (tmp_path / "h.sock").exists()  # it never started serving
 
 
 def test_a_card_is_held_exclusively_unless_the_config_says_otherwise(tmp_path: Path) -> None:

@@ -46,10 +46,10 @@ from typing import Any
 from cardnet.applets.registry import make_applets
 from cardnet.card import Card
 from cardnet.host import mtypes as hm
-from cardnet.host.config import HostConfig
+from cardnet.host.config import CardConfig, HostConfig
 from cardnet.host.core import Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
-from cardnet.store import open_store
+from cardnet.store import StoreError, open_store
 from cardnet.transport import (
     BrokenError,
     ClosedError,
@@ -82,18 +82,40 @@ class _Tick:
 
 
 def open_cards(config: HostConfig) -> list[Card]:
-    cards = []
-    for i, cc in enumerate(config.cards):
-        store = open_store(cc.store, exclusive=cc.exclusive)  # the host owns its cards while it runs
-        card = Card(store, applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
-        if not card.personalised:
+    """Open the configured cards' stores, each of which must hold a personalised card: a missing store is
+    refused, never created (a mistyped ``cards[i].store`` would otherwise start an empty card)."""
+    cards: list[Card] = []
+    try:
+        for i, cc in enumerate(config.cards):
+            cards.append(_open_card(i, cc))
+    except BaseException:
+        for card in cards:
             card.close()
-            raise HostError(
-                "bad_config",
-                f"cards[{i}].store: the card in {cc.store} is not personalised; run `cardnet card create` first",
-            )
-        cards.append(card)
+        raise
     return cards
+
+
+def _open_card(i: int, cc: CardConfig) -> Card:
+    try:
+        store = open_store(cc.store, exclusive=cc.exclusive, create=False)  # the host owns its cards while it runs
+    except StoreError as exc:
+        if exc.reason == "missing":
+            path = cc.store.removeprefix("sqlite://")[1:] if cc.store.startswith("sqlite:///") else cc.store
+            raise HostError(
+                "missing",
+                f"cards[{i}].store: there is no card store {path} (the host created none)",
+                hint=f"check cards[{i}].store in the config; a new card is made first with "
+                f"`cardnet card create --ca CA --store {cc.store}`",
+            ) from None
+        raise HostError(exc.reason, f"cards[{i}].store: {exc}") from None
+    card = Card(store, applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
+    if not card.personalised:
+        card.close()
+        raise HostError(
+            "bad_config",
+            f"cards[{i}].store: the card in {cc.store} is not personalised; run `cardnet card create` first",
+        )
+    return card
 
 
 class HostServer:
