@@ -300,3 +300,30 @@ def test_cancel_after_the_commit_was_sent_says_it_is_too_late(tmp_path: Path) ->
             loop, server = started[0]
             loop.call_soon_threadsafe(server.stop)
         thread.join(WAIT_S)
+
+
+def test_authority_run_checks_its_pin_before_ready(tmp_path: Path) -> None:
+    """A wrong $CARDNET_PIN: no `ready`, no traceback, reason wrong_pin with the tries left; one JSON object."""
+    net = TrnNet(tmp_path, wallets=())
+    argv = [sys.executable, "-m", "cardnet.cli.main", "authority", "run", "--config", str(net.hosts["auth"].config),
+            "--ca", str(tmp_path / "ca.cnca")]  # fmt: skip
+
+    def run(pin: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CARDNET_PIN": pin}
+        return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    err = error_json(run("0000", "--json"))  # the whole of stdout is one JSON object: no `ready` line before it
+    assert err["reason"] == "wrong_pin" and "2 tries left" in err["message"] and "CARDNET_PIN" in err["hint"], err
+    human = run("0000")
+    assert human.returncode != 0 and "ready" not in human.stdout, human.stdout
+    assert "Traceback" not in human.stderr and "wrong PIN" in human.stderr and "1 try left" in human.stderr
+    # the right PIN: ready (each wrong PIN spent one try; the right one restores them all)
+    proc = subprocess.Popen([*argv, "--json"], env={**os.environ, "CARDNET_PIN": PIN}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["ready"]["name"] == "auth"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "2 tries left" in run("0000").stderr

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail, json_option
-from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run, answer
+from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run, answer, verify_pin
 
 
 @click.group()
@@ -33,10 +33,12 @@ def authority() -> None:
 def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: float, as_json: bool) -> None:
     """Run the authority's host (its card has the `authority` applet) and the blocklist signer.
 
-    The operator PIN of the authority card comes from $CARDNET_PIN. The host may run other cards too (e.g. the
+    The operator PIN of the authority card comes from $CARDNET_PIN and is checked before `ready` (a wrong one
+    exits with reason wrong_pin and the tries left). The host may run other cards too (e.g. the
     agent's): the signer logs in to the one card whose config lists the `authority` applet.
     """
     from cardnet.crypto import pki
+    from cardnet.host.client import AppClient
     from cardnet.host.config import load_config
     from cardnet.host.server import HostServer
     from cardnet.services.authority import BlocklistSigner
@@ -67,6 +69,13 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
             server.stop()
             await server.aclose()
             fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
+        try:  # the PIN is checked before `ready`: a wrong one stops here, once, and says how many tries remain
+            async with await AppClient.connect(str(config.app_socket), card=cards[0]) as app:
+                await verify_pin(app, pin, hint="set CARDNET_PIN to the authority card's PIN; at 0 tries it locks")
+        except BaseException:
+            server.stop()
+            await server.aclose()
+            raise
         signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=cards[0], refresh_s=refresh_s)
         task = asyncio.create_task(signer.run(stop))
 

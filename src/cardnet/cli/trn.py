@@ -38,7 +38,6 @@ def _run(
     login: bool = True,
 ) -> Any:
     """Connect to the host's socket (to ``card`` if given), verify the PIN unless ``login`` is off, run ``work``."""
-    from cardnet.card import mtypes as cm
     from cardnet.host.client import AppClient
     from cardnet.host.errors import HostError
 
@@ -56,14 +55,23 @@ def _run(
             fail(f"the host refused: {exc}", reason=exc.reason, hint=hint)
         async with app:
             if login:
-                await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=_pin(pin))
-                r = await app.recv_type(cm.PIN_RESULT)
-                if not r["ok"]:
-                    fail(f"wrong PIN ({r['tries_left']} tries left)", reason="wrong_pin",
-                         hint="check the PIN; at 0 tries the card locks")  # fmt: skip
+                await verify_pin(app, _pin(pin))
             return await work(app)
 
     return asyncio.run(go())
+
+
+async def verify_pin(app: Any, pin: str, *, hint: str = "check the PIN; at 0 tries the card locks") -> None:
+    """Log ``app`` in to its card with ``pin``; a wrong PIN fails with ``wrong_pin`` and the tries left (the
+    card counts the try: a person learns how many remain), a locked PIN with the card's refusal in words."""
+    from cardnet.card import mtypes as cm
+
+    await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=pin)
+    r = await answer(app, cm.PIN_RESULT)
+    if not r["ok"]:
+        left = r["tries_left"]
+        fail(f"wrong PIN: the card refused it ({left} {'try' if left == 1 else 'tries'} left)", reason="wrong_pin",
+             hint=hint)  # fmt: skip
 
 
 async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> dict[str, Any]:
