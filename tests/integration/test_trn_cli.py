@@ -327,3 +327,33 @@ def test_authority_run_checks_its_pin_before_ready(tmp_path: Path) -> None:
         proc.terminate()
         proc.communicate(timeout=30)
     assert "2 tries left" in run("0000").stderr
+
+
+def test_mint_send_and_refusals_speak_in_sentences(tmp_path: Path) -> None:
+    """Human output says what happened (not the card's note words), and a card's refusal is in its owner's words."""
+    with TrnNet(tmp_path, wallets=("a",)) as net:
+        setup_agent = ("authority", "add-agent", *args(net, "authority"), "--cert", str(tmp_path / "agent.der"))
+        (tmp_path / "agent.der").write_bytes(net.agent_cert)
+        ok_json(cli(*setup_agent, "--json"))
+        for card in ("agent", "a"):
+            ok_json(cli("trn", "set-authority", *args(net, card), "--authority", str(net.uids["authority"]), "--json"))
+        minted = cli("trn", "mint", *args(net, "agent"), "--oid", OID, "--body", "seat 7")
+        assert minted.returncode == 0 and minted.stdout.startswith(f"Minted token {OID} on this card"), minted
+        assert ": minted" not in minted.stdout
+        a = str(net.uids["a"])
+        sent = cli("trn", "send", *args(net, "agent"), "--oid", OID, "--to", a)
+        assert sent.returncode == 0 and sent.stdout.startswith(f"Sending token {OID} to {a}: "), sent
+        assert "the authority has recorded the move." in sent.stdout and ": start" not in sent.stdout, sent.stdout
+        asyncio.run(until(net, "a", bytes.fromhex(OID), "enabled"))
+
+        # a's card does not hold OID2: the card's refusal (illegal_move in state null) in the owner's words
+        agent = str(net.uids["agent"])
+        err = error_json(cli("trn", "send", *args(net, "a"), "--oid", OID2, "--to", agent, "--json"))
+        assert err["reason"] == "illegal_move" and err["message"] == "this card does not hold that token", err
+        assert "trn list" in err["hint"], err
+        human = cli("trn", "send", *args(net, "a"), "--oid", OID2, "--to", agent)
+        assert human.returncode != 0 and "this card does not hold that token" in human.stderr, human.stderr
+        assert "state null" not in human.stderr and "Traceback" not in human.stderr
+        # a wallet's card cannot mint: the role said in words, with this command's hint
+        err = error_json(cli("trn", "mint", *args(net, "a"), "--oid", OID2, "--body", "x", "--json"))
+        assert err["reason"] == "wrong_usage" and "only a ticketing agent's card" in err["message"], err

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
+from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_table, table
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -75,7 +75,8 @@ async def verify_pin(app: Any, pin: str, *, hint: str = "check the PIN; at 0 tri
 
 
 async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> dict[str, Any]:
-    """The card's answer of ``mtype`` (other messages are skipped); a refusal fails with the card's words."""
+    """The card's answer of ``mtype`` (other messages are skipped); a refusal fails in its owner's words
+    (:func:`~cardnet.cli.output.card_refusal`), with this command's hint for that reason if ``hints`` has one."""
     from cardnet.card import mtypes as cm
 
     async with asyncio.timeout(ANSWER_TIMEOUT_S):
@@ -83,10 +84,8 @@ async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> d
             msg = await app.recv()
             if msg.mtype == cm.REFUSED.code:
                 p = cm.REFUSED.parse(msg)
-                hint = (hints or {}).get(p["reason"])
-                if p["reason"] == "no_applet":
-                    hint = "is this the right card? name it with --card DOMAIN (the host runs it beside others)"
-                fail(f"the card refused: {p['detail']}", reason=p["reason"], hint=hint)
+                message, hint = card_refusal(p["reason"], p["detail"])
+                fail(message, reason=p["reason"], hint=(hints or {}).get(p["reason"], hint))
             if msg.mtype == mtype.code:
                 return dict(mtype.parse(msg))
 
@@ -185,7 +184,8 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     if as_json:
         emit_json({"oid": oid, "reason": r["reason"]})
     else:
-        console.print(f"minted {oid}: {r['reason']}", markup=False)
+        console.print(f"Minted token {oid} on this card: it is enabled here; `cardnet trn send --oid {oid} --to UID` "
+                      "gives it to another card.", markup=False)  # fmt: skip
 
 
 @trn.command("send")
@@ -225,10 +225,15 @@ def trn_send(
     r = _run(socket, pin, work, _domain(card))
     if as_json:
         emit_json({"oid": oid, "to": str(dst), "reason": r["reason"]})
-    else:
-        console.print(f"sending {oid} to {dst}: {r['reason']}", markup=False)
-        console.print("`cardnet trn list` shows how it goes; until the receiver copied it, `cardnet trn cancel` "
-                      "takes it back", markup=False)  # fmt: skip
+        return
+    # (untraceable is sticky: a token sent once untraceable is never traced again, so "for a traced token")
+    trace = " (untraceable: the authority is not told)" if untraceable else (
+        " and, for a traced token, the authority has recorded the move")  # fmt: skip
+    then = "this card has committed the transfer" + trace
+    console.print(f"Sending token {oid} to {dst}: this card has disabled it and is sending the receiver a copy; "
+                  f"it is enabled at the receiver once {then}.", markup=False)  # fmt: skip
+    console.print("`cardnet trn list` shows how it goes; until the receiver has copied it, `cardnet trn cancel` "
+                  "takes it back.", markup=False)  # fmt: skip
 
 
 # What a status means for the card's owner, and what to do.
