@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option
-from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _result, _run, answer, verify_pin
+from cardnet.cli.output import console, emit_json, fail, json_option, say
+from cardnet.cli.trn import _domain, _oid, _run, answer, card_command, run_order, verify_pin
 
 
 @click.group()
@@ -104,13 +104,17 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
     asyncio.run(main())
 
 
-@authority.command("add-agent")
-@SOCKET
-@PIN
-@CARD
-@click.option("--cert", "cert_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The agent card's certificate (PEM or DER), e.g. from `cardnet card show --cert`.")  # fmt: skip
-@json_option
+@card_command(
+    authority,
+    "add-agent",
+    click.option(
+        "--cert",
+        "cert_path",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The agent card's certificate (PEM or DER), e.g. from `cardnet card show --cert`.",
+    ),
+)
 def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_path: Path, as_json: bool) -> None:
     """Register a ticketing agent: tokens it issues can then be traced."""
     from cardnet.applets.authority import ADD_AGENT
@@ -119,23 +123,11 @@ def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_pat
     raw = cert_path.read_bytes()
     der = pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
 
-    async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), ADD_AGENT, cert=der)
-        return await _result(app)
-
-    r = _run(socket, pin, work, _domain(card))
-    if as_json:
-        emit_json({"reason": r["reason"]})
-    else:
-        console.print(r["reason"], markup=False)
+    r = run_order(socket, pin, card, ADD_AGENT, cert=der)
+    say(as_json, {"reason": r["reason"]}, r["reason"])
 
 
-@authority.command("chain")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True)
-@json_option
+@card_command(authority, "chain", click.option("--oid", required=True))
 def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """The recorded movements of a token: issuer, then every holder in order."""
     from cardnet.applets.authority import CHAIN, QUERY

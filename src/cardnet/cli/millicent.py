@@ -23,6 +23,7 @@ from cardnet.cli.output import (
     print_fields,
     print_rows,
     print_table,
+    say,
     spend_refusal,
     table,
 )
@@ -106,14 +107,6 @@ WALLET = click.option(
 JSON = json_option
 
 
-def _say(as_json: bool, result: dict[str, Any], text: str) -> None:
-    """The outcome of a command: ``result`` as one JSON object, or ``text`` for a person."""
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(text, markup=False)
-
-
 def _write_secret_file(out: str, what: str, record: Callable[[Callable[[dict[str, Any]], None]], Any]) -> Any:
     """Record something in a store and write it to the new file ``out`` (0600), all or nothing.
 
@@ -170,7 +163,7 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_j
 
     vid = _hex(vendor_id, 8, "--id")
     init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
-    _say(as_json, {"vendor": vid.hex(), "store": store}, f"vendor {vid.hex()} created in {store}")
+    say(as_json, {"vendor": vid.hex(), "store": store}, f"vendor {vid.hex()} created in {store}")
 
 
 @vendor.command("add-page")
@@ -188,7 +181,7 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
         fail("give exactly one of --text and --file")
     content = text.encode() if text is not None else Path(path or "").read_bytes()
     add_product(_vendor(store), name, price, content)
-    _say(as_json, {"product": name, "price": price}, f"{name}: {price}")
+    say(as_json, {"product": name, "price": price}, f"{name}: {price}")
 
 
 @vendor.command("licence")
@@ -202,7 +195,7 @@ def vendor_licence(store: str, broker: str, out: str, as_json: bool) -> None:
 
     vendor_store = _vendor(store)
     lic = _write_secret_file(out, "licence", lambda deliver: export_licence(vendor_store, broker, deliver=deliver))
-    _say(
+    say(
         as_json,
         {"broker": broker, "index": lic["index"], "out": out},
         f"licence for {broker} (index {lic['index']}) written to {out}: it holds secrets, move it safely",
@@ -227,7 +220,7 @@ def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str, as_j
         "bulk agreement",
         lambda deliver: add_bulk_broker(vendor_store, broker, discount_pct=discount, deliver=deliver),
     )
-    _say(
+    say(
         as_json,
         {"broker": broker, "customer_id": agreement["customer_id"], "discount_pct": discount, "out": out},
         f"bulk agreement with {broker} (customer id {agreement['customer_id']}, {discount} % off) written to {out}: "
@@ -243,7 +236,7 @@ def vendor_rotate(store: str, as_json: bool) -> None:
     from cardnet.services.millicent_vendor import rotate_secret
 
     index = rotate_secret(_vendor(store))
-    _say(as_json, {"mint_index": index}, f"new scrip is minted under index {index}; restart the vendor")
+    say(as_json, {"mint_index": index}, f"new scrip is minted under index {index}; restart the vendor")
 
 
 @vendor.command("run")
@@ -283,7 +276,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
 
     host, port = _listen(broker)
     r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
-    _say(as_json, r, f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
+    say(as_json, r, f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
 
 
 @vendor.command("status")
@@ -344,7 +337,7 @@ def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> N
         fail(f"cannot read the licence {path}: {exc}", reason="bad_file", hint="give the file `vendor licence` wrote")
     licence_record(lic, discount_pct=discount)  # a file that is no licence makes no broker store
     vid = add_licence(_broker(store), lic, discount_pct=discount).hex()
-    _say(as_json, {"vendor": vid, "mode": "licence"}, f"licensed for vendor {vid}")
+    say(as_json, {"vendor": vid, "mode": "licence"}, f"licensed for vendor {vid}")
 
 
 @broker.command("add-bulk")
@@ -371,7 +364,7 @@ def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pi
         vid = add_bulk(_broker(store), agreement, vendor_at=vendor_at, denomination=denomination, pieces=pieces)
     except BrokerError as exc:
         fail(str(exc), reason=exc.reason)
-    _say(
+    say(
         as_json,
         {"vendor": vid.hex(), "mode": "bulk", "vendor_at": vendor_at, "denomination": denomination, "pieces": pieces},
         f"bulk mode for vendor {vid.hex()} (buys {pieces} x {denomination} at {vendor_at})",
@@ -391,7 +384,7 @@ def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
         set_mode(_broker(store), _hex(vendor, 8, "--vendor"), mode)
     except BrokerError as exc:
         fail(str(exc), reason=exc.reason)
-    _say(as_json, {"vendor": vendor, "mode": mode}, f"vendor {vendor}: {mode}")
+    say(as_json, {"vendor": vendor, "mode": mode}, f"vendor {vendor}: {mode}")
 
 
 @broker.command("bulk-buy")
@@ -410,7 +403,7 @@ def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: b
         fail(str(exc), reason=exc.reason)
     if not outcome.bought:
         fail(outcome.detail, reason="not_bought")
-    _say(as_json, {"vendor": vendor, "bought": True, "detail": outcome.detail}, outcome.detail)
+    say(as_json, {"vendor": vendor, "bought": True, "detail": outcome.detail}, outcome.detail)
 
 
 @broker.command("deposit")
@@ -423,7 +416,7 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
     from cardnet.services.millicent_broker import deposit
 
     balance = deposit(_broker(store), _hex(customer, 8, "--customer"), amount)
-    _say(as_json, {"customer": customer, "balance": balance}, f"balance {balance}")
+    say(as_json, {"customer": customer, "balance": balance}, f"balance {balance}")
 
 
 @broker.command("run")
@@ -482,7 +475,7 @@ def _wallet(where: str, *, create: bool = True) -> Any:
 def open_account(wallet: str, broker: str, as_json: bool) -> None:
     """Open an account at a broker (a key is made in the wallet); prints the customer id."""
     cid = asyncio.run(_wallet(wallet).open_account(broker))
-    _say(as_json, {"customer_id": cid.hex()}, f"customer id {cid.hex()} (ask the broker to credit it)")
+    say(as_json, {"customer_id": cid.hex()}, f"customer id {cid.hex()} (ask the broker to credit it)")
 
 
 @millicent.command("buy")
@@ -493,7 +486,7 @@ def open_account(wallet: str, broker: str, as_json: bool) -> None:
 def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
     """Buy scrip of a vendor from the broker (paid from the prepaid balance)."""
     s = asyncio.run(_wallet(wallet).buy(_hex(vendor, 8, "--vendor"), value))
-    _say(
+    say(
         as_json,
         {"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry},
         f"scrip {s.scrip_id.hex()} worth {s.value}",

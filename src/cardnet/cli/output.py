@@ -67,6 +67,14 @@ def emit_json(obj: Any, *, line: bool = False) -> None:
     sys.stdout.flush()
 
 
+def say(as_json: bool, result: dict[str, Any], text: str) -> None:
+    """The outcome of a command: ``result`` as one JSON object, or ``text`` (printed literally) for a person."""
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(text, markup=False)
+
+
 def error_object(message: str, *, reason: str, hint: str | None = None) -> dict[str, Any]:
     """The JSON shape of every error: ``{"error": {"reason", "message", "hint"}}``."""
     return {"error": {"reason": reason, "message": message, "hint": hint}}

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_table, table
+from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_table, say, table
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -90,10 +90,20 @@ async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> d
                 return dict(mtype.parse(msg))
 
 
-async def _result(app: Any) -> dict[str, Any]:
+async def order(app: Any, mtype: Any, hints: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
+    """Send ``mtype`` with ``fields`` to this app's card and return its result (``trn.result``)."""
     from cardnet.applets.trn import RESULT
 
-    return await answer(app, RESULT)
+    await app.send(app.uid.card_uid(), mtype, **fields)
+    return await answer(app, RESULT, hints)
+
+
+def run_order(
+    socket: str, pin: str | None, card: str | None, mtype: Any, hints: dict[str, str] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Log in to the card ``card`` at ``socket`` and give it one :func:`order`: its result."""
+    result: dict[str, Any] = _run(socket, pin, lambda app: order(app, mtype, hints, **fields), _domain(card))
+    return result
 
 
 async def route(app: Any, domain: bytes) -> dict[str, Any]:
@@ -142,6 +152,22 @@ PIN = click.option("--pin", default=None, help="The card's PIN (default: $CARDNE
 CARD = click.option(
     "--card", "card", default=None, help="The card's domain (24 hex), needed when the host runs several cards."
 )
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def card_command(
+    group: click.Group, name: str, *options: Decorator, pin: bool = True
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """``group``'s command ``name``, run against a card through its host's socket: the options ``--socket``,
+    ``--pin`` (unless ``pin`` is off), ``--card``, then ``options`` in order, then ``--json``."""
+    stack = (SOCKET, *((PIN,) if pin else ()), CARD, *options, json_option)
+
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        for option in reversed(stack):
+            f = option(f)
+        return group.command(name)(f)
+
+    return wrap
 
 
 def _ago(at: int | None) -> str:
@@ -163,39 +189,28 @@ def trn() -> None:
     accept, reject): atomic, traceable transfers."""
 
 
-@trn.command("mint")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True, help="32 hex digits, unique per token.")
-@click.option("--body", required=True, help="The token's body (text), e.g. 'Olympic baseball, seat 12A'.")
-@json_option
+@card_command(
+    trn,
+    "mint",
+    click.option("--oid", required=True, help="32 hex digits, unique per token."),
+    click.option("--body", required=True, help="The token's body (text), e.g. 'Olympic baseball, seat 12A'."),
+)
 def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str, as_json: bool) -> None:
     """Create a token on an agent's card (the card signs oid and body)."""
     from cardnet.applets.trn import MINT
 
-    raw = _oid(oid)
-
-    async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), MINT, oid=raw, body=body.encode())
-        return await _result(app)
-
-    r = _run(socket, pin, work, _domain(card))
-    if as_json:
-        emit_json({"oid": oid, "reason": r["reason"]})
-    else:
-        console.print(f"Minted token {oid} on this card: it is enabled here; `cardnet trn send --oid {oid} --to UID` "
-                      "gives it to another card.", markup=False)  # fmt: skip
+    r = run_order(socket, pin, card, MINT, oid=_oid(oid), body=body.encode())
+    then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"
+    say(as_json, {"oid": oid, "reason": r["reason"]}, f"Minted token {oid} on this card: it is enabled here; {then}.")
 
 
-@trn.command("send")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True)
-@click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000).")
-@click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens).")
-@json_option
+@card_command(
+    trn,
+    "send",
+    click.option("--oid", required=True),
+    click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000)."),
+    click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens)."),
+)
 def trn_send(
     socket: str, pin: str | None, card: str | None, oid: str, to: str, untraceable: bool, as_json: bool
 ) -> None:
@@ -219,8 +234,7 @@ def trn_send(
                     hint="check the Uid (`cardnet card show --store ...` on the receiver prints it), or add "
                     f'"{dst.domain.hex()}" = "HOST:PORT" to [routes] in the host\'s config and restart it',
                 )
-        await app.send(app.uid.card_uid(), SEND, oid=raw, to=dst, traceable=not untraceable)
-        return await _result(app)
+        return await order(app, SEND, oid=raw, to=dst, traceable=not untraceable)
 
     r = _run(socket, pin, work, _domain(card))
     if as_json:
@@ -254,11 +268,7 @@ async def _tokens(app: Any) -> list[dict[str, Any]]:
     return list((await answer(app, TOKENS))["tokens"])
 
 
-@trn.command("list")
-@SOCKET
-@PIN
-@CARD
-@json_option
+@card_command(trn, "list")
 def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """The tokens on the card with their status; a transfer stuck on an unreachable receiver says so."""
 
@@ -304,12 +314,7 @@ def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> N
             console.print(f"{r['oid']}: {r['hint']}", markup=False)
 
 
-@trn.command("cancel")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True, help="The token being sent.")
-@json_option
+@card_command(trn, "cancel", click.option("--oid", required=True, help="The token being sent."))
 def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """Take back a token being sent, while its transfer cannot have been committed (safe to repeat).
 
@@ -352,22 +357,24 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
         )
 
     state, message = _run(socket, pin, work, _domain(card))
-    if as_json:
-        emit_json({"oid": oid, "state": state, "message": message})
-    else:
-        console.print(message, markup=False)
+    say(as_json, {"oid": oid, "state": state, "message": message}, message)
 
 
-@trn.command("reissue")
-@SOCKET
-@PIN
-@click.option("--oid", required=True, help="The lost token's oid (it is revoked).")
-@click.option("--new-oid", default=None, help="32 hex digits for the new token (default: the card draws one).")
-@click.option("--body", default=None, help="The new token's body (default: the body the agent's card minted).")
-@CARD
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
-              help="Seconds to wait for the authority.")  # fmt: skip
-@json_option
+@card_command(
+    trn,
+    "reissue",
+    click.option("--oid", required=True, help="The lost token's oid (it is revoked)."),
+    click.option("--new-oid", default=None, help="32 hex digits for the new token (default: the card draws one)."),
+    click.option("--body", default=None, help="The new token's body (default: the body the agent's card minted)."),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        default=30.0,
+        show_default=True,
+        type=click.FloatRange(0, 3600),
+        help="Seconds to wait for the authority.",
+    ),
+)
 def trn_reissue(
     socket: str,
     pin: str | None,
@@ -434,39 +441,20 @@ def trn_reissue(
             reason="pending",
             hint=later,
         )
-    if as_json:
-        emit_json(out)
-    else:
-        console.print(f"reissued {oid} as {out['new_oid']}: {out['reason']} ({out['holder']})", markup=False)
+    say(as_json, out, f"reissued {oid} as {out['new_oid']}: {out['reason']} ({out['holder']})")
 
 
-@trn.command("set-authority")
-@SOCKET
-@PIN
-@CARD
-@click.option("--authority", required=True, help="The authority card's Uid.")
-@json_option
+@card_command(trn, "set-authority", click.option("--authority", required=True, help="The authority card's Uid."))
 def trn_set_authority(socket: str, pin: str | None, card: str | None, authority: str, as_json: bool) -> None:
     """Tell the card which authority traces its tokens."""
     from cardnet.applets.trn import SET_AUTHORITY
 
     uid = _uid(authority)
-
-    async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), SET_AUTHORITY, authority=uid)
-        return await _result(app)
-
-    r = _run(socket, pin, work, _domain(card))
-    if as_json:
-        emit_json({"authority": str(uid), "reason": r["reason"]})
-    else:
-        console.print(f"{r['reason']}: {uid}", markup=False)
+    r = run_order(socket, pin, card, SET_AUTHORITY, authority=uid)
+    say(as_json, {"authority": str(uid), "reason": r["reason"]}, f"{r['reason']}: {uid}")
 
 
-@trn.command("recover")
-@SOCKET
-@CARD
-@json_option
+@card_command(trn, "recover", pin=False)
 def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
     """Resend whatever transfers and traces are unfinished (safe to repeat; no PIN needed)."""
     from cardnet.applets.trn import RECOVER
@@ -476,10 +464,7 @@ def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
         await asyncio.sleep(0.2)
 
     _run(socket, None, work, _domain(card), login=False)
-    if as_json:
-        emit_json({"recovery": "ordered"})
-    else:
-        console.print("recovery ordered")
+    say(as_json, {"recovery": "ordered"}, "recovery ordered")
 
 
 # -- the owner refuses tokens: acceptance policy and offers (docs/trn.md section 3.1) -------------------------
@@ -497,15 +482,18 @@ def refusal_words(reason: str) -> str:
     return REFUSAL_WORDS.get(reason, f"the receiving card refused it ({reason})")
 
 
-@trn.command("policy")
-@SOCKET
-@PIN
-@CARD
-@click.option("--issuer", "issuers", multiple=True, help="An agent card's Uid whose tokens this card takes "
-              "(repeat for several; replaces the list).")  # fmt: skip
-@click.option("--any-issuer", is_flag=True, help="Take tokens of any issuer (empties the list).")
-@click.option("--ask/--no-ask", default=None, help="Hold every incoming token until you accept or reject it.")
-@json_option
+@card_command(
+    trn,
+    "policy",
+    click.option(
+        "--issuer",
+        "issuers",
+        multiple=True,
+        help="An agent card's Uid whose tokens this card takes (repeat for several; replaces the list).",
+    ),
+    click.option("--any-issuer", is_flag=True, help="Take tokens of any issuer (empties the list)."),
+    click.option("--ask/--no-ask", default=None, help="Hold every incoming token until you accept or reject it."),
+)
 def trn_policy(
     socket: str, pin: str | None, card: str | None, issuers: tuple[str, ...], any_issuer: bool, ask: bool | None,
     as_json: bool,
@@ -536,11 +524,7 @@ def trn_policy(
                   else "incoming tokens are taken at once", markup=False)  # fmt: skip
 
 
-@trn.command("offers")
-@SOCKET
-@PIN
-@CARD
-@json_option
+@card_command(trn, "offers")
 def trn_offers(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """Tokens offered to this card, waiting for you to accept or reject them (with `policy --ask`)."""
 
@@ -565,41 +549,28 @@ def trn_offers(socket: str, pin: str | None, card: str | None, as_json: bool) ->
     console.print("`cardnet trn accept --oid OID` takes one; `cardnet trn reject --oid OID` gives it back")
 
 
+OFFERED_OID = click.option("--oid", required=True, help="The offered token (`cardnet trn offers`).")
+
+
 def _answer_offer(socket: str, pin: str | None, card: str | None, oid: str, accept: bool, as_json: bool) -> None:
-    from cardnet.applets.trn import ANSWER, RESULT
+    from cardnet.applets.trn import ANSWER
 
-    raw = _oid(oid)
-
-    async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), ANSWER, oid=raw, accept=accept)
-        return await answer(app, RESULT, {"no_offer": "`cardnet trn offers` lists what waits for an answer"})
-
-    r = _run(socket, pin, work, _domain(card))
-    if as_json:
-        emit_json({"oid": oid, "reason": r["reason"]})
-    elif accept:
-        console.print(f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive", markup=False)
+    hints = {"no_offer": "`cardnet trn offers` lists what waits for an answer"}
+    r = run_order(socket, pin, card, ANSWER, hints, oid=_oid(oid), accept=accept)
+    if accept:
+        done = f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive"
     else:
-        console.print(f"rejected {oid}: the sender's card takes it back", markup=False)
+        done = f"rejected {oid}: the sender's card takes it back"
+    say(as_json, {"oid": oid, "reason": r["reason"]}, done)
 
 
-@trn.command("accept")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True, help="The offered token (`cardnet trn offers`).")
-@json_option
+@card_command(trn, "accept", OFFERED_OID)
 def trn_accept(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """Take a token offered to this card."""
     _answer_offer(socket, pin, card, oid, True, as_json)
 
 
-@trn.command("reject")
-@SOCKET
-@PIN
-@CARD
-@click.option("--oid", required=True, help="The offered token (`cardnet trn offers`).")
-@json_option
+@card_command(trn, "reject", OFFERED_OID)
 def trn_reject(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """Refuse a token offered to this card: it goes back to its sender, enabled."""
     _answer_offer(socket, pin, card, oid, False, as_json)
