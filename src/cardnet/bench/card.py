@@ -25,6 +25,8 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +55,9 @@ def fsync_rate(directory: str, seconds: float) -> float:
         os.unlink(path)
 
 
-def sqlite_commit_rate(directory: str, seconds: float, *, exclusive: bool = False) -> float:
-    """A bare one-row durable commit; ``exclusive``: in the locking mode card stores use."""
+@contextmanager
+def bare_commit(directory: str, *, exclusive: bool = False) -> Iterator[Callable[[], int]]:
+    """An op doing one bare one-row durable commit; ``exclusive``: in the locking mode card stores use."""
     path = os.path.join(directory, "bare-x.db" if exclusive else "bare.db")
     c = sqlite3.connect(path, isolation_level=None)
     try:
@@ -71,9 +74,15 @@ def sqlite_commit_rate(directory: str, seconds: float, *, exclusive: bool = Fals
             c.execute("COMMIT")
             return 1
 
-        return rate(op, seconds)
+        yield op
     finally:
         c.close()
+
+
+def sqlite_commit_rate(directory: str, seconds: float, *, exclusive: bool = False) -> float:
+    """Bare one-row durable commits per second (see :func:`bare_commit`)."""
+    with bare_commit(directory, exclusive=exclusive) as op:
+        return rate(op, seconds)
 
 
 _serial = itertools.count()
@@ -88,7 +97,9 @@ def _bench_card(directory: str, name: str) -> tuple[Card, Uid]:
     return card, Uid(card.uid.domain, 1)
 
 
-def step_rate(directory: str, seconds: float, group: int) -> float:
+@contextmanager
+def card_steps(directory: str, group: int) -> Iterator[Callable[[], int]]:
+    """An op doing ``group`` card steps in one transaction (``group`` 1: ``Card.step``), acked by the host."""
     card, app = _bench_card(directory, f"card{group}-{next(_serial)}")
     # Inputs arrive encoded from the host; build them before timing (the card's work is what is measured).
     pool = [COUNT.make(app, card.uid, n=i) for i in range(4096)]
@@ -104,9 +115,15 @@ def step_rate(directory: str, seconds: float, group: int) -> float:
             card.ack([o.seq for outs in results for o in outs if o.seq is not None])
             return group
 
-        return rate(op, seconds)
+        yield op
     finally:
         card.close()
+
+
+def step_rate(directory: str, seconds: float, group: int) -> float:
+    """Card steps per second, ``group`` a transaction (see :func:`card_steps`)."""
+    with card_steps(directory, group) as op:
+        return rate(op, seconds)
 
 
 def run(seconds: float = 2.0, group: int = 32, directory: str | None = None, rounds: int = 5) -> dict[str, Any]:
