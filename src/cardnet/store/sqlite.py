@@ -315,7 +315,12 @@ class SqliteStore:
         if self._closed:
             raise StoreError("closed", f"store {self.url} is closed")
         try:
-            self._c.execute(_put_rows_sql(len(puts)), [x for k, v in puts for x in (table, _blob(k), _blob(v))])
+            if len(puts) == 2:  # a card step: its state row and its outbox row
+                (k1, v1), (k2, v2) = puts
+                params = [table, bytearray(k1), bytearray(v1), table, bytearray(k2), bytearray(v2)]
+            else:
+                params = [x for k, v in puts for x in (table, bytearray(k), bytearray(v))]
+            self._c.execute(_put_rows_sql(len(puts)), params)
         except sqlite3.DatabaseError as exc:
             raise StoreError("io", f"write failed on {self.url}: {exc}") from None
 

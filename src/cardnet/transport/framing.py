@@ -69,10 +69,8 @@ def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
             "oversize",
             f"message is {size} bytes, the frame limit is {max_frame}: send large products in chunks",
         )
-    src, dst = msg.src, msg.dst  # the 34-byte header (Uid = domain + big-endian port), packed with the prefix
-    src_raw = src.domain + src.port.to_bytes(4, "big")
-    dst_raw = dst.domain + dst.port.to_bytes(4, "big")
-    return _FRAME_HEAD.pack(size, src_raw, dst_raw, msg.mtype) + param
+    # the 34-byte header (Uid = domain + big-endian port), packed with the prefix
+    return _FRAME_HEAD.pack(size, msg.src.raw, msg.dst.raw, msg.mtype) + param
 
 
 class FrameDecoder:

@@ -9,7 +9,7 @@ through :meth:`Uid.parse`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cardnet.wire.errors import DecodeError
 
@@ -27,6 +27,7 @@ class Uid:
 
     domain: bytes
     port: int = CARD_PORT
+    raw: bytes = field(init=False, repr=False, compare=False)  # the 16-byte wire form, made once
 
     def __post_init__(self) -> None:
         if not isinstance(self.domain, bytes) or len(self.domain) != DOMAIN_BYTES:
@@ -35,6 +36,7 @@ class Uid:
             raise DecodeError("bad_uid", f"a Uid port is an int, got {type(self.port).__name__}")
         if not 0 <= self.port <= MAX_PORT:
             raise DecodeError("bad_uid", f"a Uid port is 0..{MAX_PORT}, got {self.port}")
+        object.__setattr__(self, "raw", self.domain + self.port.to_bytes(PORT_BYTES, "big"))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Uid:
@@ -68,7 +70,7 @@ class Uid:
         return cls(domain, CARD_PORT)
 
     def __bytes__(self) -> bytes:
-        return self.domain + self.port.to_bytes(PORT_BYTES, "big")
+        return self.raw
 
     @property
     def is_card(self) -> bool:

@@ -40,7 +40,7 @@ class Message:
             raise DecodeError("bad_mtype", f"mtype is a uint16, got {self.mtype}")
 
     def encode(self) -> bytes:
-        return HEADER.pack(bytes(self.src), bytes(self.dst), self.mtype) + self.param
+        return HEADER.pack(self.src.raw, self.dst.raw, self.mtype) + self.param
 
     @classmethod
     def decode(cls, raw: bytes, max_param: int = DEFAULT_MAX_PARAM) -> Message:
