@@ -23,7 +23,8 @@ Kinds:
 
 ``count`` runs ``run`` under ``valgrind --tool=callgrind`` twice, with N and 2N
 operations, and prints ``(I(2N) - I(N)) / N``: set-up, imports and the
-interpreter's start cancel out. Add ``--keep DIR`` to keep the callgrind
+interpreter's start cancel out (``PYTHONHASHSEED=0``: the same dict
+layouts in every run). Add ``--keep DIR`` to keep the callgrind
 files (open them with ``callgrind_annotate``).
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -145,7 +147,8 @@ def instructions(kind: str, n: int, keep: Path | None) -> int:
         "--n",
         str(n),
     ]
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts every run: repeatable counts
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     try:

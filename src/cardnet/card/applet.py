@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cardnet.crypto import profile
-from cardnet.wire import Message, MType, Uid
+from cardnet.wire import HEADER_BYTES, Message, MType, Uid
 
 if TYPE_CHECKING:
     from cardnet.card.runtime import Card
@@ -112,9 +112,11 @@ class StepContext:
         tk = (table or self._table, key)
         if tk[0] != SYS:
             old = self.get(key, table=table)
-            delta = len(value) - (0 if old is None else len(old)) + (0 if old is not None else len(key))
-            self._card._reserve(self._used + delta)
-            self._used += delta
+            used = self._used + len(value) - (-len(key) if old is None else len(old))
+            card = self._card
+            if card._used + card._pending_used + used > card.capacity_bytes:
+                card._reserve(used)  # raises out_of_memory
+            self._used = used
         self._overlay[tk] = value
 
     def delete(self, key: bytes, *, table: str | None = None) -> None:
@@ -133,10 +135,13 @@ class StepContext:
     # -- output ----------------------------------------------------------------
     def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:
         """Queue a message from this card; it leaves only after the step commits."""
-        msg = mtype.make_from(self._card.uid, dst, fields)
-        delta = msg.size + 8  # its outbox share: the encoded message, a 4-byte length, part of the row key
-        self._card._reserve(self._used + delta)
-        self._used += delta
+        card = self._card
+        msg = mtype.make_from(card.uid, dst, fields)
+        # its outbox share: the encoded message, a 4-byte length, part of the row key
+        used = self._used + HEADER_BYTES + len(msg.param) + 8
+        if card._used + card._pending_used + used > card.capacity_bytes:
+            card._reserve(used)  # raises out_of_memory
+        self._used = used
         self._out.append(msg)
         return msg
 

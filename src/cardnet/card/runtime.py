@@ -298,7 +298,7 @@ class Card:
             for out in ctx._out:
                 raw = out.encode()
                 row.append((seq, raw))
-                outs.append(Outgoing(seq, out))
+                outs.append(_outgoing(Outgoing, (seq, out)))  # Outgoing(seq, out) without its Python __new__
                 seq += 1
                 reserved += len(raw) + _OUT_RESERVE
             if ctx._overlay:
@@ -399,11 +399,13 @@ class Card:
         puts = []
         dels = []
         tag = self._mac.tag  # each written record carries its integrity tag (checked when the card loads)
+        prefixes = _PREFIXES
         for tk, v in pending.items():
+            prefix = prefixes.get(tk[0])
+            sk = _skey(tk) if prefix is None else prefix + tk[1]
             if v is None:
-                dels.append(_skey(tk))
+                dels.append(sk)
             else:
-                sk = _skey(tk)
                 puts.append((sk, tag(sk, v) + v))
         if write_next:
             next_raw = self._next_seq.to_bytes(8, "big")
@@ -515,6 +517,7 @@ class Card:
         self._store.close()
 
 
+_outgoing = tuple.__new__
 _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 

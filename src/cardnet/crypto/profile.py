@@ -228,9 +228,7 @@ class RecordMac:
 
     def tag(self, key: bytes, value: bytes) -> bytes:
         h = self._state.copy()
-        h.update(len(key).to_bytes(4, "big"))
-        h.update(key)
-        h.update(value)
+        h.update(len(key).to_bytes(4, "big") + key + value)  # one call: the same bytes as three updates
         return h.finalize()[:RECORD_TAG_BYTES]
 
     def check(self, key: bytes, value: bytes, tag: bytes) -> bool:

@@ -210,7 +210,7 @@ class UidType(FieldType):
         return SLOW
 
     def fast_out(self, value: object) -> Any:
-        return bytes(value) if type(value) is Uid else SLOW
+        return value.raw if type(value) is Uid else SLOW
 
     def check(self, value: object, path: str, depth: int) -> Uid:
         if isinstance(value, Uid):
