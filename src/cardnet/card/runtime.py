@@ -338,10 +338,11 @@ class Card:
         """Run one message's applet into an overlay; return (ctx, None) or (None, refusal)."""
         if msg.mtype == cm.REFUSED.code and msg.mtype not in self._applets:
             return None, _SILENT  # never answer a refusal with a refusal
-        if self._uid is None:
+        uid = self._uid
+        if uid is None:
             return None, self._refusal(msg, "not_personalised", "the card has no identity yet")
-        if msg.dst != self._uid:
-            return None, self._refusal(msg, "not_for_this_card", f"this card is {self._uid}, not {msg.dst}")
+        if msg.dst.raw != uid.raw:  # (the wire forms: a bytes comparison instead of the dataclass __eq__)
+            return None, self._refusal(msg, "not_for_this_card", f"this card is {uid}, not {msg.dst}")
         entry = self._applets.get(msg.mtype)
         if entry is None:
             return None, self._refusal(msg, "no_applet", f"no applet on this card handles mtype 0x{msg.mtype:04x}")
