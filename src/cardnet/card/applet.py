@@ -60,8 +60,8 @@ class StepContext:
         self._table = table
         self._overlay: dict[tuple[str, bytes], bytes | None] = {}
         self._out: list[Message] = []
-        self._after: list[Callable[[], None]] = []
-        self._auth: dict[Uid, bool] = {}  # authenticated-set changes made by this step
+        self._after: list[Callable[[], None]] | None = None  # made by the first after_commit (most steps have none)
+        self._auth: dict[Uid, bool] | None = None  # authenticated-set changes made by this step, if any
         self._used = 0  # bytes this step adds to the card's used memory (may be negative)
         self.msg = msg
         self.now = now
@@ -90,7 +90,10 @@ class StepContext:
         return self._card.roots_der
 
     def is_authenticated(self, uid: Uid) -> bool:
-        return self._auth.get(uid, self._card._is_authenticated(uid))
+        auth = self._auth
+        if auth is not None and uid in auth:
+            return auth[uid]
+        return self._card._is_authenticated(uid)
 
     def set_authenticated(self, uid: Uid, member: bool) -> None:
         """Add ``uid`` to (or remove it from) the volatile authenticated-ID set.
@@ -99,6 +102,8 @@ class StepContext:
         becomes the card's only once the group is durable; if the step fails
         it never happened.
         """
+        if self._auth is None:
+            self._auth = {}
         self._auth[uid] = member
 
     # -- state -----------------------------------------------------------------
@@ -150,6 +155,8 @@ class StepContext:
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the step is durable (for volatile card state)."""
+        if self._after is None:
+            self._after = []
         self._after.append(fn)
 
     # -- the card's key, used but never shown ----------------------------------
