@@ -86,8 +86,13 @@ def test_replaying_everything_a_host_saw_changes_no_token() -> None:
             world.inject("h0", Action("replay", msg))
         # a record claiming to come from a card of h1, sent to h1: h1's Guard drops it
         world.inject("h0", Action("forge", Message(h1_card, h1_card, sess.RECORD.code, flooded[-1].param)))
-        # the same claim towards a card of h2 passes h2's Guard; the card refuses the record
-        world.inject("h0", Action("forge", sess.RECORD.make(h1_card, h2_card, ctr=1, ct=bytes(32))))
+        # the same claim towards a card of h2 that has a session with h1's card passes h2's Guard; the card
+        # refuses the record (a counter past its own: not a quiet replay, but a record that fails authentication)
+        key = ("a.trn", b"s:" + bytes(h1_card))
+        with_h1 = [d for d, sc in world.hosts["h2"].cards.items() if (st := sess.decode_state(sc.card._mem.get(key)))
+                   and st.open]  # fmt: skip
+        to = Uid.card(with_h1[0]) if with_h1 else h2_card
+        world.inject("h0", Action("forge", sess.RECORD.make(h1_card, to, ctr=1 << 40, ct=bytes(32))))
 
     world.at(1.5, flood, "flood")
     world.run(safety_s=SAFETY_S, heal_s=HEAL_S, check=scenario.check, quiescent=scenario.quiescent)
