@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cardnet.applets.echo import EchoApplet, ForgetfulEchoApplet, request_key
 from cardnet.applets.trn import SenderKeepsTokenApplet
@@ -131,30 +131,18 @@ def _transfer() -> Scenario:
 
 
 register("transfer", _transfer)
-register("transfer-broken", lambda: TransferScenario(name="transfer-broken", wallet_applet=SenderKeepsTokenApplet))
-register(
-    "transfer-blocking-broken",
-    lambda: TransferScenario(name="transfer-blocking-broken", authority_applet=IgnoresBlocklistAuthority),
-)
-register(
-    "transfer-blame-broken",
-    lambda: TransferScenario(name="transfer-blame-broken", authority_applet=BlamesReceiverAuthority),
-)
-register(
-    "transfer-enable-blocked-broken",
-    lambda: TransferScenario(name="transfer-enable-blocked-broken", authority_applet=EnablesBlockedAuthority),
-)
-register(
-    "transfer-ack-early-broken",
-    lambda: TransferScenario(name="transfer-ack-early-broken", host_cls=AcksBeforeStepHost),
-)
-register(
-    "transfer-expiry-broken",
-    lambda: TransferScenario(name="transfer-expiry-broken", wallet_applet=IgnoresPeerExpiryApplet),
-)
-register(
-    "transfer-privilege-broken", lambda: TransferScenario(name="transfer-privilege-broken", card_cls=DomainOnlyCard)
-)
+# the broken variants of ``transfer``: each replaces one class of the scenario with a deliberately broken one
+_TRANSFER_VARIANTS: dict[str, dict[str, Any]] = {
+    "transfer-broken": {"wallet_applet": SenderKeepsTokenApplet},
+    "transfer-blocking-broken": {"authority_applet": IgnoresBlocklistAuthority},
+    "transfer-blame-broken": {"authority_applet": BlamesReceiverAuthority},
+    "transfer-enable-blocked-broken": {"authority_applet": EnablesBlockedAuthority},
+    "transfer-ack-early-broken": {"host_cls": AcksBeforeStepHost},
+    "transfer-expiry-broken": {"wallet_applet": IgnoresPeerExpiryApplet},
+    "transfer-privilege-broken": {"card_cls": DomainOnlyCard},
+}
+for _name, _classes in _TRANSFER_VARIANTS.items():
+    register(_name, functools.partial(TransferScenario, name=_name, **_classes))
 
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)
 
