@@ -447,11 +447,6 @@ class World:
 
     # -- faults ---------------------------------------------------------------------
     @property
-    def wall(self) -> float:
-        """The simulation's epoch plus the virtual clock (each host's own clock: :meth:`SimHost.clock`)."""
-        return SIM_EPOCH.timestamp() + self.now
-
-    @property
     def calm(self) -> bool:
         """No faults now: before ``faults_from`` or after healing."""
         return self.healed or self.now < self.faults_from
