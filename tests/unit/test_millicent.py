@@ -274,6 +274,34 @@ def test_pruning_is_safe_because_expired_scrip_is_refused_even_with_the_clock_se
     assert out.status == mc.Status.EXPIRED  # below the pruned mark
 
 
+def test_a_request_refused_as_expired_stays_refused_when_the_clock_goes_back_even_after_a_restart(
+    vendor: mv.VendorCore,
+) -> None:
+    """A delayed copy of a request the vendor refused as expired must not spend the scrip later.
+
+    The customer was told the scrip is worthless and dropped the request; were the copy accepted once the host's
+    clock was set back, the scrip would be spent and its change sent to no one (the simulator found this).
+    """
+    s = scrip_for(vendor, expiry=NOW + 10)
+    req, out = buy(vendor, s, now=NOW + 10)
+    assert out.status == mc.Status.EXPIRED
+    [(mt, p)] = vendor.process_batch([req], NOW + 5)  # the host's clock went back 5 s
+    assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)).status == (
+        mc.Status.EXPIRED
+    )
+    core = mv.VendorCore(vendor.store)  # restarted: the time it judged on is durable
+    assert core.judged_time(NOW) == NOW + 10
+    [(mt, p)] = core.process_batch([req], NOW)
+    assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)).status == (
+        mc.Status.EXPIRED
+    )
+    assert core.spent_count() == 0
+    # Forward again: scrip valid at the later time is accepted as usual.
+    assert buy(core, scrip_for(vendor, expiry=NOW + 100, serial=8), rid=b"f" * 16, now=NOW + 11)[1].status == (
+        mc.Status.OK
+    )
+
+
 def test_price_and_product_are_checked(vendor: mv.VendorCore) -> None:
     assert buy(vendor, scrip_for(vendor), price=1)[1].status == mc.Status.MALFORMED
     assert buy(vendor, scrip_for(vendor), product="nope")[1].status == mc.Status.UNKNOWN_PRODUCT

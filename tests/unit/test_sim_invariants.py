@@ -24,6 +24,8 @@ from cardnet.sim.runner import run_many, run_seed
         ("transfer-expiry-broken", "transfer", 30, "whose certificate expired at"),
         # nothing expired is accepted by a party that judges expiry on its own clock (the vendor)
         ("millicent-expiry-broken", "millicent", 30, "expired at"),
+        # ... nor by a vendor whose host set its clock back after it answered at a later time
+        ("millicent-clockback-broken", "millicent", 100, "its clock went back to"),
         # a vendor is paid at most once per scrip redeemed
         ("millicent-redeem-broken", "millicent", 30, "(paid twice)"),
     ],

@@ -19,6 +19,13 @@ order is expiry order) and raises the durable ``pruned_through`` mark: scrip
 expiring at or before it is refused even if the clock is set back, which is
 what makes pruning safe.
 
+Expiry is judged on :meth:`VendorCore.judged_time`: the host's clock, but never
+earlier than a time the vendor judged on before. That mark is kept durably
+with each batch, so a host whose clock is stepped back (a lying host, a bad
+NTP step) cannot make the vendor accept a request it already refused as
+expired: a customer's delayed copy of such a request would otherwise spend
+its scrip after the customer was told it was worthless (see docs/millicent.md).
+
 :class:`VendorServer` is the asyncio driver: connections feed one queue; a
 preparer drains it (everything queued, up to ``MAX_BATCH``) and does a
 batch's CPU work on the event loop (:meth:`VendorCore.prepare_batch`); a
@@ -300,6 +307,8 @@ class VendorCore:
             self.licensed = {k[0] for k, _ in txn.scan(LICENCES)}
             self.redeem_keys = {k[0]: v[:32] for k, v in txn.scan(LICENCES)}
             self.pruned_through = int.from_bytes(txn.get(CFG, b"pruned") or _u64(0), "big")
+            self.clock_mark = int.from_bytes(txn.get(CFG, b"now") or _u64(0), "big")
+        self._stored_mark = self.clock_mark  # the mark as the store holds it
         self._serial = self._serial_end = 0  # the reserved block not yet handed out: [_serial, _serial_end)
         self.vendor = mc.Vendor(vid, secrets, mint_index, cms, catalogue, validity, level, grace)
         self.stats = BatchStats()
@@ -307,6 +316,11 @@ class VendorCore:
     @property
     def vendor_id(self) -> bytes:
         return self.vendor.vendor_id
+
+    def judged_time(self, now: int) -> int:
+        """The time expiry is judged on: ``now``, or the latest time judged on before if the clock went back."""
+        self.clock_mark = max(self.clock_mark, now)
+        return self.clock_mark
 
     def process_batch(self, requests: list[tuple[int, bytes]], now: int) -> list[tuple[int, bytes]]:
         """Replies to ``requests`` (``(mtype, param)`` each), all decided in one durable transaction."""
@@ -338,6 +352,7 @@ class VendorCore:
         vendor = self.vendor
         pruned = self.pruned_through
         bulk = mc.BULK_BUY.code
+        now = self.judged_time(now)
         b = Batch(requests, [(0, b"")] * len(requests), now)
         for i, (mt, p) in enumerate(requests):
             if mt == bulk:
@@ -394,8 +409,11 @@ class VendorCore:
                 stats.accepted += 1
                 if licensed and c.secret_index in licensed:
                     txn.append(REDEEM_LOG, c.scrip_id + _u64(c.value))
+            if b.now > self._stored_mark:  # (at most once a second: batches within one second share it)
+                txn.put(CFG, b"now", _u64(b.now))
             if before_commit is not None:
                 before_commit()
+        self._stored_mark = max(self._stored_mark, b.now)
         return out
 
     def _stored_or(self, txn: Any, c: mc.Candidate, refusal: tuple[mc.Status, str]) -> tuple[int, bytes]:
@@ -505,6 +523,7 @@ class VendorCore:
         """
         vendor = self.vendor
         pruned = self.pruned_through
+        now = self.judged_time(now)
         out: list[mc.Status] = []
         fresh: dict[bytes, int] = {}
         ok = mc.Status.OK
@@ -532,11 +551,14 @@ class VendorCore:
                 for k, i in fresh.items():
                     if not txn.insert(SPENT, k, b""):
                         out[i] = mc.Status.SPENT
+            if now > self._stored_mark:
+                txn.put(CFG, b"now", _u64(now))
+        self._stored_mark = max(self._stored_mark, now)
         return out
 
     def prune(self, now: int, limit: int = PRUNE_PAGE) -> int:
         """Delete up to ``limit`` spent records of scrip expired more than the re-fetch grace ago."""
-        cutoff = now - self.vendor.refetch_grace_s
+        cutoff = self.judged_time(now) - self.vendor.refetch_grace_s
         with self.store.transaction() as txn:
             rows = txn.scan(SPENT, b"", limit)
             dead = [k for k, _ in rows if mc.expiry_of_key(k) <= cutoff]

@@ -123,6 +123,13 @@ class StaleClockVendorCore(mv.VendorCore):
         return super().process_batch(requests, now - EXPIRY_SLACK_S)
 
 
+class ClockBackVendorCore(mv.VendorCore):
+    """Broken on purpose (``millicent-clockback-broken``): judges expiry on its host's clock even when it went back."""
+
+    def judged_time(self, now: int) -> int:
+        return now
+
+
 class PaysTwiceBrokerCore(mb.BrokerCore):
     """Broken on purpose (``millicent-redeem-broken``): pays a redeemed scrip id again (no first-wins record)."""
 
@@ -143,6 +150,8 @@ class VendorNode:
     inbox: list[Message] = field(default_factory=list)
     scheduled: bool = False
     redeeming: tuple[bytes, list[int]] | None = None  # the batch sent to the broker and its log rows (volatile)
+    redeem_due: bool = False  # a redeem round is scheduled
+    answered_at: int = 0  # the latest clock reading of a batch the vendor answered (the sim's record, not its own)
 
     def reopen(self) -> None:
         self.store.torn = False
@@ -252,7 +261,7 @@ class MillicentScenario:
             world.at(when, functools.partial(self._lie, world, liar, back), "clock lie")
         for v in self.vendors:
             world.at(PRUNE_S, functools.partial(self._prune, world, v), "prune")
-            world.at(REDEEM_S, functools.partial(self._redeem, world, v), "redeem")
+            self._redeem_later(world, v, REDEEM_S)
         world.at(0.005, functools.partial(self._crashes, world), "crashes")
         world.at(rng.uniform(0.1, 0.5), functools.partial(self._forge_orders, world), "forge")
         self.endpoints = [*(_uid(a.n) for a in self.actors), *(_uid(VENDOR_PORT + i) for i in range(2)), BROKER]
@@ -616,6 +625,14 @@ class MillicentScenario:
                         f"vendor {v.index} accepted scrip {k[4:].hex()} expired at {mc.expiry_of_key(k)} "
                         f"when its own clock said {now}"
                     )
+                elif k not in had and mc.expiry_of_key(k) <= v.answered_at:  # its clock was set back since
+                    self.bad.append(
+                        f"vendor {v.index} accepted scrip {k[4:].hex()} expired at {mc.expiry_of_key(k)}, after "
+                        f"answering at {v.answered_at} (its clock went back to {now})"
+                    )
+        v.answered_at = max(v.answered_at, now)
+        if not v.redeem_due and v.core.redeemable():  # (a request accepted after its redeem rounds had stopped)
+            self._redeem_later(world, v, world.now + REDEEM_S)
         for m, (mt, p) in zip(batch, replies, strict=True):
             if self._thief_accepted(m, mt, p):
                 self.bad.append(f"vendor {v.index} accepted a request of the thief: stolen scrip bought something")
@@ -649,6 +666,7 @@ class MillicentScenario:
     # -- redemption and settlement -----------------------------------------------------------------
     def _redeem(self, world: World, v: VendorNode) -> None:
         """The vendor asks the broker to pay for the licence scrip it received (again, if no answer came)."""
+        v.redeem_due = False
         rows = v.core.redeemable()
         index = next(iter(v.core.redeem_keys), None)
         if rows and index is not None:
@@ -660,7 +678,11 @@ class MillicentScenario:
                 self._send(world, Message(_uid(VENDOR_PORT + v.index), BROKER, mc.REDEEM.code, param))
         shopping = any(a.pending or a.todo > 0 for a in self.actors if a.kind != "thief")
         if not world.healed or shopping or v.core.redeemable() or v.redeeming:
-            world.at(world.now + REDEEM_S, functools.partial(self._redeem, world, v), "redeem")
+            self._redeem_later(world, v, world.now + REDEEM_S)
+
+    def _redeem_later(self, world: World, v: VendorNode, t: float) -> None:
+        v.redeem_due = True
+        world.at(t, functools.partial(self._redeem, world, v), "redeem")
 
     def _redeemed(self, world: World, v: VendorNode, msg: Message) -> None:
         """The broker's answer: the vendor forgets the rows of the batch it paid (a settlement)."""
@@ -775,6 +797,10 @@ register("millicent-broken", lambda: MillicentScenario(name="millicent-broken", 
 register(
     "millicent-expiry-broken",
     lambda: MillicentScenario(name="millicent-expiry-broken", vendor_cls=StaleClockVendorCore),
+)
+register(
+    "millicent-clockback-broken",
+    lambda: MillicentScenario(name="millicent-clockback-broken", vendor_cls=ClockBackVendorCore),
 )
 register(
     "millicent-redeem-broken",
