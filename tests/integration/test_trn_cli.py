@@ -334,9 +334,12 @@ def test_mint_send_and_refusals_speak_in_sentences(tmp_path: Path) -> None:
     with TrnNet(tmp_path, wallets=("a",)) as net:
         setup_agent = ("authority", "add-agent", *args(net, "authority"), "--cert", str(tmp_path / "agent.der"))
         (tmp_path / "agent.der").write_bytes(net.agent_cert)
-        ok_json(cli(*setup_agent, "--json"))
+        added = cli(*setup_agent)
+        assert added.returncode == 0 and "registered: the tokens it issues can now be traced here" in added.stdout
+        auth = str(net.uids["authority"])
         for card in ("agent", "a"):
-            ok_json(cli("trn", "set-authority", *args(net, card), "--authority", str(net.uids["authority"]), "--json"))
+            told = cli("trn", "set-authority", *args(net, card), "--authority", auth)
+            assert told.returncode == 0 and told.stdout == f"the tokens on this card are now traced by {auth}\n", told
         minted = cli("trn", "mint", *args(net, "agent"), "--oid", OID, "--body", "seat 7")
         assert minted.returncode == 0 and minted.stdout.startswith(f"Minted token {OID} on this card"), minted
         assert ": minted" not in minted.stdout

@@ -124,7 +124,7 @@ def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_pat
     der = pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
 
     r = run_order(socket, pin, card, ADD_AGENT, cert=der)
-    say(as_json, {"reason": r["reason"]}, r["reason"])
+    say(as_json, {"reason": r["reason"]}, f"{r['reason']}: the tokens it issues can now be traced here")
 
 
 @card_command(authority, "chain", click.option("--oid", required=True))

@@ -451,7 +451,7 @@ def trn_set_authority(socket: str, pin: str | None, card: str | None, authority:
 
     uid = _uid(authority)
     r = run_order(socket, pin, card, SET_AUTHORITY, authority=uid)
-    say(as_json, {"authority": str(uid), "reason": r["reason"]}, f"{r['reason']}: {uid}")
+    say(as_json, {"authority": str(uid), "reason": r["reason"]}, f"the tokens on this card are now traced by {uid}")
 
 
 @card_command(trn, "recover", pin=False)
