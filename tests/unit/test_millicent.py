@@ -395,6 +395,38 @@ def test_broker_sells_licensed_scrip_that_the_vendor_accepts_then_redeems_once(
     assert broker.vendors() == {VID.hex(): 9}
 
 
+def test_the_brokers_answer_to_a_redemption_is_macd_and_a_forged_paid_is_refused(
+    broker: mb.BrokerCore, tmp_path: Path
+) -> None:
+    """A man in the middle who swallows a redemption and answers "paid" must not make the vendor forget its rows."""
+    key, cid = open_account(broker)
+    mb.deposit(broker.store, cid, 50)
+    s = mc.Scrip.decode(purchase(broker, key, cid, 10, b"q" * 16)["scrip"])
+    customer_secret = profile.hpke_open(
+        key, purchase(broker, key, cid, 10, b"q" * 16)["secret_box"], info=b"millicent customer secret" + VID + cid
+    )
+    vendor = mv.VendorCore(SqliteStore(str(tmp_path / "vendor.db")))
+    assert buy(vendor, s, key=customer_secret)[1].status == mc.Status.OK
+    rows = vendor.redeemable()
+    param, _seqs = vendor.redeem_request(rows, s.secret_index)
+    batch = mc.REDEEM_SCHEMA.decode(param)["batch"]
+    forged = {"batch": batch, "status": 0, "paid": 9, "duplicates": 0}
+    for fake in (forged, {**forged, "mac": bytes(16)}):
+        with pytest.raises(mc.MillicentError) as caught:
+            vendor.open_redeemed(mc.REDEEMED.code, mc.REDEEMED_SCHEMA.encode(fake), batch, s.secret_index)
+        assert caught.value.reason == "unauthenticated"
+    real = broker.redeem(param)
+    assert vendor.open_redeemed(mc.REDEEMED.code, real, batch, s.secret_index)["paid"] == 9
+    tampered = mc.REDEEMED_SCHEMA.encode({**mc.REDEEMED_SCHEMA.decode(real), "paid": 900})
+    with pytest.raises(mc.MillicentError, match="does not check"):
+        vendor.open_redeemed(mc.REDEEMED.code, tampered, batch, s.secret_index)
+    with pytest.raises(mc.MillicentError, match="another redemption batch"):
+        vendor.open_redeemed(mc.REDEEMED.code, real, b"x" * 16, s.secret_index)
+    bad_mac = mc.REDEEM_SCHEMA.encode({**mc.REDEEM_SCHEMA.decode(param), "mac": bytes(16)})
+    refused = vendor.open_redeemed(mc.REDEEMED.code, broker.redeem(bad_mac), batch, s.secret_index)
+    assert refused["status"] == mb.REFUSED and refused["detail"] == "bad MAC"  # a refusal is MACed too
+
+
 def test_broker_refuses_unsigned_purchases_and_forged_redemptions(broker: mb.BrokerCore) -> None:
     _key, cid = open_account(broker)
     mb.deposit(broker.store, cid, 50)

@@ -27,6 +27,8 @@ from cardnet.sim.runner import run_many, run_seed
         # ... nor by a vendor whose host set its clock back after it answered at a later time
         ("millicent-clockback-broken", "millicent", 100, "its clock went back to"),
         # a vendor is paid at most once per scrip redeemed
+        # ... and exactly once: it forgets a redeemed row only on the broker's authenticated answer
+        ("millicent-settle-broken", "millicent", 100, "settlement: vendor"),
         ("millicent-redeem-broken", "millicent", 30, "(paid twice)"),
     ],
 )
@@ -42,7 +44,7 @@ def test_each_new_invariant_catches_its_broken_variant(broken: str, honest: str,
 def test_the_millicent_summary_counts_expiry_replays_forgeries_redemptions_and_settlements() -> None:
     d = run_many("millicent", range(40)).as_dict()
     assert d["violations"] == 0
-    for what in ("expiry", "clock_lie", "replay", "forged_order", "redemption", "settlement"):
+    for what in ("expiry", "clock_lie", "replay", "forged_order", "redemption", "settlement", "forged_settlement"):
         assert d["exercised"].get(what, 0) > 0, (what, d["exercised"])
 
 

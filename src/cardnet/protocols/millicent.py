@@ -302,6 +302,7 @@ REDEEMED_SCHEMA = Schema(
         Field(2, "paid", UInt(MAX_VALUE), optional=True),
         Field(3, "duplicates", UInt(10_000), optional=True),
         Field(4, "detail", Text(200), optional=True),
+        Field(5, "mac", Bytes(MAC_BYTES, MAC_BYTES), optional=True),  # under the licence's redeem key
     ],
 )
 # Broker <-> vendor: bulk purchase of scrip (the broker pays the vendor out of band, at a discount).
@@ -595,6 +596,35 @@ def _box_key(secret: bytes, rid: bytes, customer_id: bytes) -> profile.CounterAe
 
 def redeem_mac_input(vendor: bytes, batch: bytes, items: list[bytes]) -> bytes:
     return b"MCRD" + _lp(vendor, batch, b"".join(items))
+
+
+def redeemed_mac_input(vendor: bytes, f: dict[str, Any]) -> bytes:
+    """What the broker MACs in its answer to a redemption: the vendor, the batch, the verdict and the sums."""
+    sums = struct.pack(">BQI", f["status"], f.get("paid", 0), f.get("duplicates", 0))
+    return b"MCRA" + _lp(vendor, f["batch"], sums, f.get("detail", "").encode())
+
+
+def open_redeemed(mtype: int, param: bytes, *, vendor: bytes, batch: bytes, key: bytes) -> dict[str, Any]:
+    """Check the broker's answer to the redemption ``batch``: its fields, if MACed with the licence's redeem key.
+
+    Raises :class:`MillicentError` otherwise: anyone on the wire could answer "paid", and a vendor that forgot
+    its redeemable rows on such an answer would never be paid for them.
+    """
+    if mtype != REDEEMED.code:
+        raise MillicentError("bad_reply", f"mtype 0x{mtype:04x} is not the broker's answer to a redemption")
+    try:
+        f = REDEEMED_SCHEMA.decode(param)
+    except DecodeError as exc:
+        raise MillicentError("bad_reply", f"the broker's answer is unreadable: {exc}") from None
+    if f["batch"] != batch:
+        raise MillicentError("bad_reply", "the answer is to another redemption batch")
+    if "mac" not in f:
+        raise MillicentError("unauthenticated", f"an answer without the broker's MAC ({f.get('detail', '')!r})")
+    try:
+        profile.hmac_verify(key, redeemed_mac_input(vendor, f), f["mac"])
+    except CryptoError:
+        raise MillicentError("unauthenticated", "the answer's MAC does not check: not the broker's answer") from None
+    return f
 
 
 # --- bulk purchase (broker <-> vendor) ----------------------------------------------------

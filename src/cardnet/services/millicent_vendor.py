@@ -588,6 +588,10 @@ class VendorCore:
         param = mc.REDEEM_SCHEMA.encode({"vendor": self.vendor_id, "batch": batch, "items": items, "mac": mac})
         return param, [s for s, _ in mine]
 
+    def open_redeemed(self, mtype: int, param: bytes, batch: bytes, index: int) -> dict[str, Any]:
+        """The broker's answer to the redemption ``batch`` under licence ``index``, if it checks (MillicentError)."""
+        return mc.open_redeemed(mtype, param, vendor=self.vendor_id, batch=batch, key=self.redeem_keys[index])
+
     def forget_redeemed(self, seqs: list[int]) -> None:
         with self.store.transaction() as txn:
             txn.delete_log(REDEEM_LOG, seqs)
@@ -798,7 +802,12 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
         async with await dial(host, port) as conn:
             await conn.send(Message(SERVICE_UID, SERVICE_UID, mc.REDEEM.code, param))
             reply = await conn.recv()
-        f = mc.REDEEMED.parse(reply)
+        try:
+            f = core.open_redeemed(reply.mtype, reply.param, mc.REDEEM_SCHEMA.decode(param)["batch"], index)
+        except mc.MillicentError as exc:  # nothing is forgotten: the next redeem asks again
+            raise VendorError(
+                "redeem_unanswered", f"the broker's answer does not check ({exc}): run `vendor redeem` again"
+            ) from None
         if f["status"] != 0:
             raise VendorError("redeem_refused", f"the broker refused the redemption: {f.get('detail', '')}")
         paid += f.get("paid", 0)

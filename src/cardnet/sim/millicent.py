@@ -72,6 +72,7 @@ STRANGER = Uid(bytes(range(12)), 7)  # a Uid the carrier may claim that is nobod
 REDEEM_S = 0.7  # a vendor redeems the licence scrip it received at the broker this often
 EXPIRY_SLACK_S = 3  # vendor seconds the broken vendor's stale clock lags (millicent-expiry-broken)
 DRIFT_P = 0.5  # seeds in which every party's clock drifts (rate and offset of its own)
+FAKE_BROKER_P = 0.3  # a redemption the carrier swallows and answers "paid" itself (in seeds with a carrier)
 LIE_P = 0.3  # seeds in which one vendor's host sets its clock back during the faulty phase
 REPLAY_P = 0.5  # under the carrier: a purchase is replayed to the broker verbatim and altered
 
@@ -130,6 +131,19 @@ class ClockBackVendorCore(mv.VendorCore):
         return now
 
 
+class BelievesAnyAnswerVendorCore(mv.VendorCore):
+    """Broken on purpose (``millicent-settle-broken``): forgets its redeemed rows on any readable answer."""
+
+    def open_redeemed(self, mtype: int, param: bytes, batch: bytes, index: int) -> dict[str, Any]:
+        try:
+            f: dict[str, Any] = mc.REDEEMED_SCHEMA.decode(param)
+        except DecodeError:
+            raise mc.MillicentError("bad_reply", "unreadable") from None
+        if f["batch"] != batch:
+            raise mc.MillicentError("bad_reply", "another batch")
+        return f
+
+
 class PaysTwiceBrokerCore(mb.BrokerCore):
     """Broken on purpose (``millicent-redeem-broken``): pays a redeemed scrip id again (no first-wins record)."""
 
@@ -149,7 +163,7 @@ class VendorNode:
     clock: Clock = field(default_factory=Clock)
     inbox: list[Message] = field(default_factory=list)
     scheduled: bool = False
-    redeeming: tuple[bytes, list[int]] | None = None  # the batch sent to the broker and its log rows (volatile)
+    redeeming: tuple[bytes, list[int], int] | None = None  # the batch sent to the broker, its log rows, its licence
     redeem_due: bool = False  # a redeem round is scheduled
     answered_at: int = 0  # the latest clock reading of a batch the vendor answered (the sim's record, not its own)
 
@@ -672,10 +686,14 @@ class MillicentScenario:
         if rows and index is not None:
             param, seqs = v.core.redeem_request(rows, index)
             if seqs:
-                v.redeeming = (mc.REDEEM_SCHEMA.decode(param)["batch"], seqs)
+                v.redeeming = (mc.REDEEM_SCHEMA.decode(param)["batch"], seqs, index)
                 ids = self.redeemable.setdefault(v.index, set())
                 ids.update(item[:8] for _, item in rows if item[0] == index)
-                self._send(world, Message(_uid(VENDOR_PORT + v.index), BROKER, mc.REDEEM.code, param))
+                msg = Message(_uid(VENDOR_PORT + v.index), BROKER, mc.REDEEM.code, param)
+                if self.carrier is not None and not world.healed and world.rng.random() < FAKE_BROKER_P:
+                    self._fake_broker(world, msg)
+                else:
+                    self._send(world, msg)
         shopping = any(a.pending or a.todo > 0 for a in self.actors if a.kind != "thief")
         if not world.healed or shopping or v.core.redeemable() or v.redeeming:
             self._redeem_later(world, v, world.now + REDEEM_S)
@@ -684,13 +702,25 @@ class MillicentScenario:
         v.redeem_due = True
         world.at(t, functools.partial(self._redeem, world, v), "redeem")
 
+    def _fake_broker(self, world: World, msg: Message) -> None:
+        """The carrier swallows a vendor's redemption and answers it itself: "paid" (without the redeem key)."""
+        f = mc.REDEEM_SCHEMA.decode(msg.param)
+        g = {"batch": f["batch"], "status": mb.OK, "paid": 9 * len(f["items"]), "duplicates": 0}
+        g["mac"] = world.rng.randbytes(mc.MAC_BYTES)
+        world.exercised["forged_settlement"] += 1
+        world.log(f"fake broker: the carrier swallows vendor {msg.src.port - VENDOR_PORT}'s redemption, answers paid")
+        self._send(world, msg.reply(mc.REDEEMED.code, mc.REDEEMED_SCHEMA.encode(g)), carried=False)
+
     def _redeemed(self, world: World, v: VendorNode, msg: Message) -> None:
         """The broker's answer: the vendor forgets the rows of the batch it paid (a settlement)."""
-        try:
-            f = mc.REDEEMED_SCHEMA.decode(msg.param)
-        except DecodeError:
+        if v.redeeming is None:
             return
-        if v.redeeming is None or f["batch"] != v.redeeming[0] or f["status"] != mb.OK:
+        try:
+            f = v.core.open_redeemed(msg.mtype, msg.param, v.redeeming[0], v.redeeming[2])
+        except mc.MillicentError as exc:
+            world.log(f"vendor {v.index} ignores a redeem answer that does not check: {exc}")
+            return
+        if f["status"] != mb.OK:
             return
         v.core.forget_redeemed(v.redeeming[1])
         v.redeeming = None
@@ -745,11 +775,10 @@ class MillicentScenario:
                 bad.append(f"vendor {vi} accepted scrip {sid.hex()} {len(rids)} times")
         if final and not bad and self.quiescent(world):
             bad.extend(self._conservation())
-            if self.carrier is None:  # (a carrier can forge the broker's answer: the vendor then forgets unpaid)
-                owed = self._owed()
-                for vi, vid in enumerate(VENDOR_IDS):
-                    if owed.get(vid, 0) != self._due(vi):
-                        bad.append(f"settlement: vendor {vi} is owed {owed.get(vid, 0)}, not {self._due(vi)}")
+            owed = self._owed()  # (the broker's answers are MACed: no carrier makes a vendor forget unpaid rows)
+            for vi, vid in enumerate(VENDOR_IDS):
+                if owed.get(vid, 0) != self._due(vi):
+                    bad.append(f"settlement: vendor {vi} is owed {owed.get(vid, 0)}, not {self._due(vi)}")
         return bad
 
     def _conservation(self) -> list[str]:
@@ -801,6 +830,10 @@ register(
 register(
     "millicent-clockback-broken",
     lambda: MillicentScenario(name="millicent-clockback-broken", vendor_cls=ClockBackVendorCore),
+)
+register(
+    "millicent-settle-broken",
+    lambda: MillicentScenario(name="millicent-settle-broken", vendor_cls=BelievesAnyAnswerVendorCore),
 )
 register(
     "millicent-redeem-broken",

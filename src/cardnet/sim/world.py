@@ -641,6 +641,8 @@ class World:
         self.violations.extend([*self.ledger.problems(self.hosts), *check(self, True)])
         if not quiescent(self):
             self.violations.append(f"not quiescent {heal_s:.1f} s after healing (liveness)")
+        if self.violations:
+            self.log(f"VIOLATION {self.violations[0]}")
 
 
 def _describe(msg: Message) -> str:
