@@ -199,4 +199,6 @@ def test_a_file_that_is_no_licence_or_agreement_makes_no_broker_store(tmp_path: 
         for cmd in (("add-licence",), ("add-bulk", "--vendor-at", "127.0.0.1:7200")):
             r = cardnet("millicent", "broker", *cmd, "--store", str(b), "--file", str(tmp_path / "f.json"))
             _clean_failure(r, "not a Millicent")
+            if shape.startswith("{"):  # a missing field is named in words, not as Python's bare 'vendor'
+                assert "it has no 'vendor' field" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]

@@ -95,6 +95,15 @@ def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10
     return vendor
 
 
+def _what_is_wrong(exc: Exception) -> str:
+    """A reading error of a JSON file in words: a missing field by name, not Python's bare ``'vendor'``."""
+    if isinstance(exc, KeyError):
+        return f"it has no {exc.args[0]!r} field"
+    if isinstance(exc, (TypeError, AttributeError)):
+        return "its fields are not of the right kinds"
+    return str(exc)
+
+
 def licence_record(licence: Any, *, discount_pct: int = 10) -> tuple[bytes, dict[str, Any]]:
     """The vendor id and what the broker keeps of a licence; ``bad_licence`` if it is not one."""
     try:
@@ -104,7 +113,8 @@ def licence_record(licence: Any, *, discount_pct: int = 10) -> tuple[bytes, dict
         redeem_key = bytes.fromhex(licence["redeem_key"])
         cms = {int(k): bytes.fromhex(v) for k, v in licence["customer_masters"].items()}
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise BrokerError("bad_licence", f"the licence file is not a Millicent licence: {exc}") from None
+        wrong = _what_is_wrong(exc)
+        raise BrokerError("bad_licence", f"the licence file is not a Millicent licence: {wrong}") from None
     if len(vendor) != mc.VENDOR_BYTES or len(secret) != mc.MASTER_SECRET_BYTES or not 0 <= index <= 255:
         raise BrokerError("bad_licence", "the licence has a bad vendor id, index or secret")
     if not 0 <= discount_pct <= 100:
@@ -146,7 +156,9 @@ def bulk_record(
         key = bytes.fromhex(agreement["order_key"])
         discount = int(agreement["discount_pct"])
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise BrokerError("bad_agreement", f"the file is not a Millicent bulk agreement: {exc}") from None
+        raise BrokerError(
+            "bad_agreement", f"the file is not a Millicent bulk agreement: {_what_is_wrong(exc)}"
+        ) from None
     if len(vendor) != mc.VENDOR_BYTES or len(cid) != mc.CUSTOMER_ID_BYTES or len(key) != mc.BULK_KEY_BYTES:
         raise BrokerError("bad_agreement", "the agreement has a bad vendor id, customer id or order key")
     host, _, port = vendor_at.rpartition(":")
