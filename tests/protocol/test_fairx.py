@@ -63,6 +63,7 @@ class Ttp:
             b_key=KB.public_key(),
             prior=self.decisions.get(req.xid),
             sign=signer(KT),
+            my_cert=b"cert of the ttp",
         )
         self.decisions.setdefault(req.xid, decision)
         return adm
@@ -70,10 +71,20 @@ class Ttp:
 
 def offer(n1: bytes = b"n" * 16) -> tuple[fx.Outcome, fx.Outcome]:
     """a starts; the offer reaches b: (a's outcome, b's outcome)."""
-    oa = fx.start(a=A, b=B, give_token=V1, want=OID2, n1=n1, peer_cert=b"cert of b", seal=sealer(KB), sign=signer(KA))
+    oa = fx.start(
+        a=A,
+        b=B,
+        my_cert=b"cert of a",
+        give_token=V1,
+        want=OID2,
+        n1=n1,
+        peer_cert=b"cert of b",
+        seal=sealer(KB),
+        sign=signer(KA),
+    )
     [(_, code, m1)] = oa.send
     assert code == fx.OFFER
-    ob = fx.on_offer(roundtrip(code, m1), me=B, peer=A, a_key=KA.public_key(), peer_cert=b"cert of a")
+    ob = fx.on_offer(roundtrip(code, m1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB))
     return oa, ob
 
 
@@ -88,7 +99,7 @@ def agreed(n2: bytes = b"m" * 16) -> tuple[fx.Exchange, fx.Outcome]:
     """a offered, b accepted: (a's record, b's outcome with m2)."""
     oa, ob = offer()
     assert oa.exchange is not None and ob.exchange is not None
-    ob2 = fx.accept(ob.exchange, n2=n2, open_=opener(KB), seal=sealer(KA), sign=signer(KB), want_token=V2)
+    ob2 = fx.accept(ob.exchange, n2=n2, seal=sealer(KA), sign=signer(KB), want_token=V2)
     return oa.exchange, ob2
 
 
@@ -102,9 +113,11 @@ def test_the_normal_flow_swaps_the_vouchers_with_statements_the_authority_can_ch
     oa, ob = offer()
     assert oa.lock == OID1 and oa.exchange is not None and oa.exchange.phase is fx.Phase.OFFERED
     assert ob.lock is None and ob.exchange is not None and ob.exchange.phase is fx.Phase.PROPOSED  # nothing locked
-    ob2 = fx.accept(ob.exchange, n2=b"m" * 16, open_=opener(KB), seal=sealer(KA), sign=signer(KB), want_token=V2)
+    ob2 = fx.accept(ob.exchange, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
     assert ob2.lock == OID2 and ob2.exchange is not None and ob2.exchange.phase is fx.Phase.AGREED
-    oa2 = fx.on_agree(oa.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        oa.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None and oa2.exchange.phase is fx.Phase.CONFIRMED and oa2.drop is None
     ob3 = fx.on_confirm(ob2.exchange, sent(oa2, fx.CONFIRM), a_key=KA.public_key())
     assert ob3.exchange is not None and ob3.exchange.phase is fx.Phase.DONE
@@ -128,9 +141,11 @@ def test_the_normal_flow_swaps_the_vouchers_with_statements_the_authority_can_ch
 def test_duplicates_are_answered_again_and_change_nothing() -> None:
     a, ob2 = agreed()
     m2 = sent(ob2, fx.AGREE)
-    oa2 = fx.on_agree(a, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(a, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
     assert oa2.exchange is not None and ob2.exchange is not None
-    again = fx.on_agree(oa2.exchange, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    again = fx.on_agree(
+        oa2.exchange, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert again.exchange == oa2.exchange and again.lock is again.drop is None and again.receive is None
     assert sent(again, fx.CONFIRM)["xid"] == sent(oa2, fx.CONFIRM)["xid"]  # m3 again (it was lost)
     m3 = sent(oa2, fx.CONFIRM)
@@ -146,17 +161,19 @@ def test_duplicates_are_answered_again_and_change_nothing() -> None:
 def test_m3_lost_the_initiator_resolves_and_the_responders_abort_gets_the_resolve() -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None and ob2.exchange is not None
     # m3 lost: a resolves
-    ra = fx.resolve(oa2.exchange, signer(KA))
+    ra = fx.resolve(oa2.exchange, signer(KA), b"cert of a")
     assert ra.exchange is not None
     adm = ttp.answer(A, sent(ra, fx.REQUEST))
     assert adm["decision"] == fx.RESOLVED
     oa3 = fx.on_admission(ra.exchange, roundtrip(fx.ADMISSION, adm), ttp_key=KT.public_key())
     assert oa3.drop == OID1 and oa3.receive is not None and oa3.receive.token == V2
     # b times out and asks to abort: the TTP decided already; b gets v1 with a's statement
-    rb = fx.abort(ob2.exchange, signer(KB))
+    rb = fx.abort(ob2.exchange, signer(KB), b"cert of b")
     assert rb.exchange is not None and rb.exchange.phase is fx.Phase.ABORTING
     adm_b = ttp.answer(B, sent(rb, fx.REQUEST))
     assert adm_b["decision"] == fx.RESOLVED
@@ -172,9 +189,11 @@ def test_m3_lost_the_initiator_resolves_and_the_responders_abort_gets_the_resolv
 def test_the_responder_aborts_first_then_ignores_m3_and_the_initiators_resolve_is_aborted() -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None and ob2.exchange is not None
-    rb = fx.abort(ob2.exchange, signer(KB))
+    rb = fx.abort(ob2.exchange, signer(KB), b"cert of b")
     assert rb.exchange is not None
     adm = ttp.answer(B, sent(rb, fx.REQUEST))
     assert adm["decision"] == fx.ABORTED
@@ -183,7 +202,7 @@ def test_the_responder_aborts_first_then_ignores_m3_and_the_initiators_resolve_i
     assert late == fx.Outcome(rb.exchange)
     ob3 = fx.on_admission(rb.exchange, roundtrip(fx.ADMISSION, adm), ttp_key=KT.public_key())
     assert ob3.unlock == OID2 and ob3.receive is None
-    ra = fx.resolve(oa2.exchange, signer(KA))
+    ra = fx.resolve(oa2.exchange, signer(KA), b"cert of a")
     assert ra.exchange is not None
     adm_a = ttp.answer(A, sent(ra, fx.REQUEST))
     assert adm_a["decision"] == fx.ABORTED  # first-wins
@@ -196,14 +215,18 @@ def test_an_initiator_that_gave_up_refuses_a_late_m2_and_asks_to_abort() -> None
     a, ob2 = agreed()
     g = fx.give_up(a)
     assert g.unlock == OID1 and g.exchange is not None and g.exchange.phase is fx.Phase.GAVE_UP
-    late = fx.on_agree(g.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    late = fx.on_agree(
+        g.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert late.exchange is not None and late.lock is late.drop is late.receive is None
     req = sent(late, fx.REQUEST)
     assert req["kind"] == "abort" and "st" not in req  # a never signed its movement: it cannot be resolved
     adm = ttp.answer(A, req)
     assert adm["decision"] == fx.ABORTED
     assert ob2.exchange is not None
-    ob3 = fx.on_admission(fx.abort(ob2.exchange, signer(KB)).exchange or ob2.exchange, adm, ttp_key=KT.public_key())
+    ob3 = fx.on_admission(
+        fx.abort(ob2.exchange, signer(KB), b"cert of b").exchange or ob2.exchange, adm, ttp_key=KT.public_key()
+    )
     assert ob3.unlock == OID2
     # a forged "resolved" for a given-up exchange is not followed: v1 came back already
     forged = {"xid": adm["xid"], "decision": fx.RESOLVED}
@@ -216,9 +239,11 @@ def test_an_initiator_that_gave_up_refuses_a_late_m2_and_asks_to_abort() -> None
 def test_resolve_and_abort_at_once_get_one_decision(first: str) -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None and ob2.exchange is not None
-    ra, rb = fx.resolve(oa2.exchange, signer(KA)), fx.abort(ob2.exchange, signer(KB))
+    ra, rb = fx.resolve(oa2.exchange, signer(KA), b"cert of a"), fx.abort(ob2.exchange, signer(KB), b"cert of b")
     asks = [(A, sent(ra, fx.REQUEST)), (B, sent(rb, fx.REQUEST))]
     if first == "abort":
         asks.reverse()
@@ -238,7 +263,7 @@ def test_an_answered_offer_cannot_be_accepted_again() -> None:
     _a, ob2 = agreed()
     assert ob2.exchange is not None
     with pytest.raises(ProtocolError, match="already answered"):
-        fx.accept(ob2.exchange, n2=b"z" * 16, open_=opener(KB), seal=sealer(KA), sign=signer(KB), want_token=V2)
+        fx.accept(ob2.exchange, n2=b"z" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
     # and an abort admission for another exchange name does not touch this one
     other = fx.xid_of(b"z" * 16)
     adm = {"xid": other, "decision": fx.ABORTED, "sig": profile.sign(KT, fx.admission_bytes(fx.ABORTED, other, None))}
@@ -265,7 +290,7 @@ def test_forged_or_altered_agreements_change_nothing() -> None:
     m2 = sent(ob2, fx.AGREE)
     for reason, bad in _m2_variants(m2):
         with pytest.raises(ProtocolError) as caught:
-            fx.on_agree(a, bad, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+            fx.on_agree(a, bad, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
         assert caught.value.reason == reason, (reason, caught.value)
     assert a.phase is fx.Phase.OFFERED  # (records are values: a refused step leaves the stored one)
 
@@ -273,7 +298,9 @@ def test_forged_or_altered_agreements_change_nothing() -> None:
 def test_forged_or_altered_confirmations_commitments_and_admissions_change_nothing() -> None:
     a, ob2 = agreed()
     assert ob2.exchange is not None
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None
     m3 = sent(oa2, fx.CONFIRM)
     xid = m3["xid"]
@@ -306,10 +333,12 @@ def test_the_ttp_refuses_what_it_cannot_attribute_to_a_party_of_that_exchange() 
     ttp = Ttp()
     a, ob2 = agreed()
     assert ob2.exchange is not None
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None
-    resolve = sent(fx.resolve(oa2.exchange, signer(KA)), fx.REQUEST)
-    abort = sent(fx.abort(ob2.exchange, signer(KB)), fx.REQUEST)
+    resolve = sent(fx.resolve(oa2.exchange, signer(KA), b"cert of a"), fx.REQUEST)
+    abort = sent(fx.abort(ob2.exchange, signer(KB), b"cert of b"), fx.REQUEST)
     cases: list[tuple[Uid, dict[str, Any], str]] = [
         (C, abort, "not_a_party"),  # a stranger replays b's abort
         (B, dict(resolve, sig=profile.sign(KB, fx.request_bytes("resolve", ob2.exchange.xid or b"", None))), ""),
@@ -326,24 +355,48 @@ def test_the_ttp_refuses_what_it_cannot_attribute_to_a_party_of_that_exchange() 
 
 
 def test_the_offer_must_come_from_the_session_peer_it_names() -> None:
-    oa = fx.start(a=A, b=B, give_token=V1, want=OID2, n1=b"n" * 16, peer_cert=b"", seal=sealer(KB), sign=signer(KA))
+    oa = fx.start(
+        a=A,
+        b=B,
+        my_cert=b"cert of a",
+        give_token=V1,
+        want=OID2,
+        n1=b"n" * 16,
+        peer_cert=b"",
+        seal=sealer(KB),
+        sign=signer(KA),
+    )
     m1 = sent(oa, fx.OFFER)
     with pytest.raises(ProtocolError, match="other cards"):
-        fx.on_offer(m1, me=B, peer=C, a_key=KA.public_key(), peer_cert=b"")
+        fx.on_offer(m1, me=B, peer=C, a_key=KA.public_key(), open_=opener(KB))
     with pytest.raises(ProtocolError, match="not signed"):
-        fx.on_offer(dict(m1, want=OID1), me=B, peer=A, a_key=KA.public_key(), peer_cert=b"")
+        fx.on_offer(dict(m1, want=OID1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB))
+    with pytest.raises(ProtocolError, match="not sealed to this card"):
+        fx.on_offer(m1, me=B, peer=A, a_key=KA.public_key(), open_=opener(KX))
     with pytest.raises(ProtocolError, match="two different vouchers"):
-        fx.start(a=A, b=B, give_token=V1, want=OID1, n1=b"n" * 16, peer_cert=b"", seal=sealer(KB), sign=signer(KA))
+        fx.start(
+            a=A,
+            b=B,
+            my_cert=b"cert of a",
+            give_token=V1,
+            want=OID1,
+            n1=b"n" * 16,
+            peer_cert=b"",
+            seal=sealer(KB),
+            sign=signer(KA),
+        )
 
 
 def test_recovery_orders_are_refused_in_the_wrong_phase() -> None:
     a, ob2 = agreed()
     assert ob2.exchange is not None
     with pytest.raises(ProtocolError, match="resolve is for a confirmed"):
-        fx.resolve(a, signer(KA))
+        fx.resolve(a, signer(KA), b"cert of a")
     with pytest.raises(ProtocolError, match="abort is for an agreed"):
-        fx.abort(a, signer(KA))
-    oa2 = fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+        fx.abort(a, signer(KA), b"cert of a")
+    oa2 = fx.on_agree(
+        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
+    )
     assert oa2.exchange is not None
     with pytest.raises(ProtocolError, match="only an offer not yet confirmed"):
         fx.give_up(oa2.exchange)
@@ -365,7 +418,15 @@ class World:
 class Explorer:
     def initial(self) -> World:
         oa = fx.start(
-            a=A, b=B, give_token=V1, want=OID2, n1=b"n" * 16, peer_cert=b"cb", seal=sealer(KB), sign=signer(KA)
+            a=A,
+            b=B,
+            my_cert=b"cert of a",
+            give_token=V1,
+            want=OID2,
+            n1=b"n" * 16,
+            peer_cert=b"cb",
+            seal=sealer(KB),
+            sign=signer(KA),
         )
         h = {("a", OID1.hex()): "enabled", ("b", OID2.hex()): "enabled"}
         return self._apply(World(None, None, (), frozenset(), ()), "a", oa, h)
@@ -401,12 +462,16 @@ class Explorer:
             if raw is None:
                 continue
             x = fx.Exchange.decode(raw)
-            for order in (fx.give_up, lambda x: fx.resolve(x, signer(KA)), lambda x: fx.abort(x, signer(KB))):
+            for order in (
+                fx.give_up,
+                lambda x: fx.resolve(x, signer(KA), b"ca"),
+                lambda x: fx.abort(x, signer(KB), b"cb"),
+            ):
                 with contextlib.suppress(ProtocolError):
                     out.append(self._apply(w, who, order(x)))
             if x.phase is fx.Phase.PROPOSED:
                 out.append(self._apply(w, who, fx.reject(x)))
-                acc = fx.accept(x, n2=b"m" * 16, open_=opener(KB), seal=sealer(KA), sign=signer(KB), want_token=V2)
+                acc = fx.accept(x, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
                 out.append(self._apply(w, who, acc))
         return out
 
@@ -424,6 +489,7 @@ class Explorer:
                 b_key=KB.public_key(),
                 prior=decisions.get(req.xid),
                 sign=signer(KT),
+                my_cert=b"ct",
             )
             decisions.setdefault(req.xid, decision)
             ttp = tuple(sorted((xid, v, st or b"") for xid, (v, st) in decisions.items()))
@@ -433,12 +499,12 @@ class Explorer:
         if code == fx.OFFER:
             if raw_x is not None:
                 raise ProtocolError("duplicate", "the card has this offer already")
-            return self._apply(w, to, fx.on_offer(f, me=B, peer=A, a_key=KA.public_key(), peer_cert=b"ca"))
+            return self._apply(w, to, fx.on_offer(f, me=B, peer=A, a_key=KA.public_key(), open_=opener(KB)))
         if raw_x is None:
             raise ProtocolError("no_exchange", "nothing to apply it to")
         x = fx.Exchange.decode(raw_x)
         if code == fx.AGREE:
-            o = fx.on_agree(x, f, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA))
+            o = fx.on_agree(x, f, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
         elif code == fx.CONFIRM:
             o = fx.on_confirm(x, f, a_key=KA.public_key())
         elif code == fx.COMMITMENT:
@@ -488,9 +554,9 @@ def _finish(ex: Explorer, w: World) -> World:
             elif x.phase is fx.Phase.OFFERED:
                 w = ex._apply(w, who, fx.give_up(x))
             elif x.phase in (fx.Phase.CONFIRMED, fx.Phase.RESOLVING):
-                w = ex._apply(w, who, fx.resolve(x, signer(KA)))
+                w = ex._apply(w, who, fx.resolve(x, signer(KA), b"ca"))
             elif x.phase in (fx.Phase.AGREED, fx.Phase.ABORTING):
-                w = ex._apply(w, who, fx.abort(x, signer(KB)))
+                w = ex._apply(w, who, fx.abort(x, signer(KB), b"cb"))
         if (w.a, w.b, w.ttp, w.holdings, w.wire) == (before.a, before.b, before.ttp, before.holdings, before.wire):
             return w
     raise AssertionError("recovery does not end")

@@ -8,7 +8,7 @@ from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import LIST, MINT, RESULT, SEND, SET_AUTHORITY, TOKENS, TrnApplet
-from cardnet.card import Card
+from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
@@ -38,9 +38,12 @@ class TrnWorld:
         capacity_bytes: int = 256 * 1024,
         policy: bytes = b"",
         valid_days: int = 3 * 365,
+        applet: Applet | None = None,
     ) -> Card:
-        """A personalised card; its certificate is valid from NOW for ``valid_days``."""
-        applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
+        """A personalised card (the authority's applet on a service card, else a wallet, unless ``applet``);
+        its certificate is valid from NOW for ``valid_days``."""
+        if applet is None:
+            applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
         c = Card(SqliteStore(str(self.tmp / f"{name}.db")), applets=[applet], capacity_bytes=capacity_bytes)
         personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name, policy=policy, valid_days=valid_days)
         self.cards[name] = c

@@ -31,6 +31,7 @@ def holding(state: str, peer: Uid = P, nonce: bytes = N) -> tr.Holding | None:
         "trustless_disabled": tr.Holding(OID, tr.Status.TRUSTLESS_DISABLED, True, peer, nonce, TOKEN),
         "trustless": tr.Holding(OID, tr.Status.TRUSTLESS, True, peer, nonce, TOKEN),
         "offered": tr.Holding(OID, tr.Status.OFFERED, True, peer, nonce, TOKEN),
+        "exchanging": tr.Holding(OID, tr.Status.EXCHANGING, True, peer, None, TOKEN),
     }[state]
 
 

@@ -24,7 +24,9 @@ handshakes with the authority again to fetch a fresh one.
 
 State (in the applet's key-value space): ``s:<peer>`` the session,
 ``q:<peer>`` the queue (CBOR list of inner messages), ``bl`` the newest
-blocklist this card has seen, ``pol`` the tightenings received.
+blocklist this card has seen, ``pol`` the tightenings received, and
+``c:<peer>`` a peer's certificate as its last handshake showed it, for the
+peers the applet :meth:`~SessionApplet.wants_cert` (none by default).
 """
 
 from __future__ import annotations
@@ -121,6 +123,19 @@ class SessionApplet(Applet):
         return why
 
     # -- state helpers -----------------------------------------------------------------------
+    def wants_cert(self, ctx: StepContext, peer: Uid) -> bool:
+        """Whether to keep ``peer``'s certificate when a handshake with it completes (``c:<peer>``)."""
+        return False
+
+    def _keep_cert(self, ctx: StepContext, peer: Uid, cert: bytes) -> None:
+        """Keep the certificate the handshake just checked, if the applet :meth:`wants_cert` it."""
+        if self.wants_cert(ctx, peer) and ctx.get(b"c:" + bytes(peer)) != cert:
+            ctx.put(b"c:" + bytes(peer), cert)
+
+    def peer_cert(self, ctx: StepContext, peer: Uid) -> bytes | None:
+        """``peer``'s certificate as a handshake showed it, if kept (:meth:`wants_cert`)."""
+        return ctx.get(b"c:" + bytes(peer))
+
     def session(self, ctx: StepContext, peer: Uid) -> sess.Session | None:
         return sess.decode_state(ctx.get(b"s:" + bytes(peer)))
 
@@ -293,6 +308,7 @@ class SessionApplet(Applet):
         self._stale(ctx, peer, verified.blocklist)
         self._save(ctx, opened)
         ctx.emit(sess.FINISH, peer, **fin)
+        self._keep_cert(ctx, peer, accept["cert"])
         self._flush(ctx, peer)
 
     def _finish(self, ctx: StepContext, peer: Uid, fin: dict[str, Any]) -> None:
@@ -303,6 +319,8 @@ class SessionApplet(Applet):
             raise ProtocolError("no_session", f"no handshake with {peer} is waiting for a finish")
         key = sess.peer_key_of(state, ctx.roots_der, ctx.now)
         self._save(ctx, sess.complete(state, fin, key, ctx.now))
+        if state.cert_a is not None:
+            self._keep_cert(ctx, peer, state.cert_a)
         self._flush(ctx, peer)
 
     def _record(self, ctx: StepContext, peer: Uid, rec: dict[str, Any]) -> None:

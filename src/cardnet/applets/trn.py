@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from cardnet.applets import fairx
 from cardnet.applets.sessions import SessionApplet
 from cardnet.card import CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
@@ -172,12 +173,13 @@ def holding_of(ctx: StepContext, oid: bytes) -> tr.Holding | None:
     return None if raw is None else tr.Holding.decode(oid, raw)
 
 
-class TrnApplet(SessionApplet):
+class TrnApplet(fairx.ExchangeWallet):
     name = "trn"
     handles = (
         *SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST, REISSUE,
-        ACCEPT_POLICY, ANSWER,
+        ACCEPT_POLICY, ANSWER, *fairx.ORDERS,
     )  # fmt: skip
+    _FAIRX_ORDERS = frozenset(m.code for m in fairx.ORDERS)
     # (peer, nonce) -> oid of transfers this card stored, so that copied/committed/aborted (which name the
     # transfer, not the oid) need not scan every holding. Volatile and only a hint: checked against the
     # holding in the card's state before use (a refused step may have left a wrong one), rebuilt by scanning.
@@ -206,6 +208,8 @@ class TrnApplet(SessionApplet):
             self._set_accept_policy(ctx, params)
         elif code == ANSWER.code:
             self._answer(ctx, params["oid"], params["accept"])
+        elif code in self._FAIRX_ORDERS:
+            self.fairx_order(ctx, code, params)
         elif code == SET_AUTHORITY.code:
             ctx.put(b"a", bytes(params["authority"]))
             ctx.reply(RESULT, ok=True, reason="authority set")
@@ -290,7 +294,11 @@ class TrnApplet(SessionApplet):
             rec = _REISSUE_REC.decode(raw)
             if rec["state"] == _PENDING:
                 self._ask_reissue(ctx, key[2:], rec)
+        self.fairx_recover(ctx)
         self.restart_sessions(ctx)
+
+    def on_session_open(self, ctx: StepContext, peer: Uid) -> None:
+        self.fairx_on_session_open(ctx, peer)
 
     def _list(self, ctx: StepContext) -> None:
         items = []
@@ -311,6 +319,9 @@ class TrnApplet(SessionApplet):
 
     # -- the transfer and trace protocol ----------------------------------------------------------
     def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
+        if raw and raw[0] in fairx.INNER_CODES:
+            self.fairx_inner(ctx, peer, raw)
+            return
         code, p = tr.decode_inner(raw)
         if code == tr.SEEKED:
             self._seeked(ctx, peer, p)

@@ -166,6 +166,7 @@ TOKEN_STATE_REFUSALS: dict[str, str] = {
     "trustless_disabled": "that token is still arriving on this card (waiting for the sender's commit)",
     "trustless": "that token arrived but waits for the authority's trace",
     "offered": "that token is offered to this card and waits for its owner's answer",
+    "exchanging": "that token is in a pending exchange (it moves only when the exchange ends)",
 }
 _ILLEGAL_MOVE = re.compile(r"^(\S+) is not allowed for a token in state (\S+)$")
 

@@ -105,6 +105,7 @@ OFFER_SCHEMA = Schema(
         Field(4, "want", _OID),
         Field(5, "box", _BOX),  # v1 sealed to b's card key
         Field(6, "sig", _SIG),  # a's, over offer_bytes
+        Field(7, "cert", Bytes(MAX_CERT)),  # a's certificate (b checks it against its CA and a's Uid)
     ],
 )
 AGREE_SCHEMA = Schema(
@@ -132,9 +133,10 @@ REQUEST_SCHEMA = Schema(
         Field(0, "kind", Text(8)),  # resolve | abort
         Field(1, "m1", Bytes(MAX_EVIDENCE)),
         Field(2, "m2", Bytes(MAX_EVIDENCE)),
-        Field(3, "peer_cert", Bytes(MAX_CERT)),  # the other party's certificate (the TTP knows the requester's)
+        Field(3, "peer_cert", Bytes(MAX_CERT)),  # the other party's certificate
         Field(4, "st", _SIG, optional=True),  # resolve: a's statement for v1, handed to b in the admission
         Field(5, "sig", _SIG),  # the requester's, over request_bytes
+        Field(6, "cert", Bytes(MAX_CERT)),  # the requester's certificate
     ],
 )
 ADMISSION_SCHEMA = Schema(
@@ -144,6 +146,7 @@ ADMISSION_SCHEMA = Schema(
         Field(1, "decision", Text(8)),  # resolved | aborted
         Field(2, "st", _SIG, optional=True),  # resolved: a's statement for v1
         Field(3, "sig", _SIG),  # the TTP's, over admission_bytes
+        Field(4, "cert", Bytes(MAX_CERT)),  # the TTP's certificate (the card checks it is its TTP's)
     ],
 )
 REFUSAL_SCHEMA = Schema("fairx.refusal", [Field(0, "n1", _NONCE), Field(1, "reason", Text(64))])
@@ -376,7 +379,16 @@ Sealer = Callable[[bytes, bytes], bytes]  # (plaintext, info) -> sealed to the p
 
 
 def start(
-    *, a: Uid, b: Uid, give_token: bytes, want: bytes, n1: bytes, peer_cert: bytes, seal: Sealer, sign: Signer
+    *,
+    a: Uid,
+    b: Uid,
+    give_token: bytes,
+    want: bytes,
+    n1: bytes,
+    my_cert: bytes,
+    peer_cert: bytes,
+    seal: Sealer,
+    sign: Signer,
 ) -> Outcome:
     """The owner's ``start``: offer ``give_token`` (held enabled: the applet checked) for ``want`` held by ``b``."""
     give = Token.decode(give_token).oid
@@ -387,12 +399,15 @@ def start(
     f: dict[str, Any] = {"a": a, "b": b, "n1": n1, "give": give, "want": want}
     f["box"] = seal(give_token, box_info(b"v1", n1))
     f["sig"] = sign(offer_bytes(f))
+    f["cert"] = my_cert
     m1 = OFFER_SCHEMA.encode(f)
     x = Exchange(INITIATOR, Phase.OFFERED, m1, peer_cert)
     return Outcome(x, [("peer", OFFER, f)], lock=give, note="offered")
 
 
-def on_agree(x: Exchange, m2: dict[str, Any], *, b_key: profile.PublicKey, open_: Opener, sign: Signer) -> Outcome:
+def on_agree(
+    x: Exchange, m2: dict[str, Any], *, b_key: profile.PublicKey, open_: Opener, sign: Signer, my_cert: bytes
+) -> Outcome:
     """m2 reached a. Offered: check it, give v1 up, confirm (m3). Gave up: refuse it and ask the TTP to abort."""
     if x.role != INITIATOR:
         raise ProtocolError("wrong_peer", "an agreement reached the responder of this exchange")
@@ -419,9 +434,9 @@ def on_agree(x: Exchange, m2: dict[str, Any], *, b_key: profile.PublicKey, open_
     if x.phase is Phase.GAVE_UP and x.m2 is None:
         # a gave up before m3: it refuses the late m2 and asks the TTP to abort (b then gets v2 back sooner)
         y = replace(x, m2=AGREE_SCHEMA.encode(m2))
-        return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign))], note="abort asked")
+        return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign, my_cert))], note="abort asked")
     if x.phase is Phase.GAVE_UP and x.xid == xid:
-        return Outcome(x, [("ttp", REQUEST, request(x, ABORTED, sign))])
+        return Outcome(x, [("ttp", REQUEST, request(x, ABORTED, sign, my_cert))])
     return Outcome(x)  # a duplicate or a stale m2: nothing to do
 
 
@@ -449,43 +464,47 @@ def give_up(x: Exchange) -> Outcome:
     return Outcome(replace(x, phase=Phase.GAVE_UP, why="gave up"), unlock=x.gives, note="gave up")
 
 
-def resolve(x: Exchange, sign: Signer) -> Outcome:
+def resolve(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
     """a's recovery after m3 without m4: ask the TTP to resolve (repeatable)."""
     if x.role != INITIATOR or x.phase not in (Phase.CONFIRMED, Phase.RESOLVING):
         raise ProtocolError(
             "refused", f"resolve is for a confirmed exchange waiting for b (this one is {x.phase.value})"
         )
     y = replace(x, phase=Phase.RESOLVING)
-    return Outcome(y, [("ttp", REQUEST, request(y, RESOLVED, sign))], note="resolve asked")
+    return Outcome(y, [("ttp", REQUEST, request(y, RESOLVED, sign, my_cert))], note="resolve asked")
 
 
 # -- the responder (b) -----------------------------------------------------------------------------
 
 
-def on_offer(m1: dict[str, Any], *, me: Uid, peer: Uid, a_key: profile.PublicKey, peer_cert: bytes) -> Outcome:
-    """m1 reached b from the session peer ``peer``: checked and held for the owner (nothing locked yet)."""
+def on_offer(m1: dict[str, Any], *, me: Uid, peer: Uid, a_key: profile.PublicKey, open_: Opener) -> Outcome:
+    """m1 reached b from the session peer ``peer``: checked (signature, the voucher opens to what it names) and
+    held for the owner, who sees the voucher offered. Nothing is locked yet."""
     if m1["b"] != me or m1["a"] != peer:
         raise ProtocolError("wrong_peer", "the offer names other cards than this session's")
     _verify(a_key, m1["sig"], offer_bytes(m1), "the offer")
-    return Outcome(Exchange(RESPONDER, Phase.PROPOSED, OFFER_SCHEMA.encode(m1), peer_cert), note="proposed")
+    try:
+        token_in = open_(m1["box"], box_info(b"v1", m1["n1"]))
+    except CryptoError:
+        raise ProtocolError("bad_offer", "the offered voucher is not sealed to this card") from None
+    if Token.decode(token_in).oid != m1["give"]:
+        raise ProtocolError("bad_offer", "the offered voucher is not the one the offer names")
+    x = Exchange(RESPONDER, Phase.PROPOSED, OFFER_SCHEMA.encode(m1), bytes(m1["cert"]), token_in=token_in)
+    return Outcome(x, note="proposed")
 
 
-def accept(x: Exchange, *, n2: bytes, open_: Opener, seal: Sealer, sign: Signer, want_token: bytes) -> Outcome:
+def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: bytes) -> Outcome:
     """b's owner accepts the offer; b holds ``want`` usable (``want_token``: the applet checked). Sends m2."""
     if x.role != RESPONDER or x.phase is not Phase.PROPOSED:
         raise ProtocolError("refused", f"this offer was already answered ({x.phase.value})")
-    try:
-        token_in = open_(x.offer["box"], box_info(b"v1", x.n1))
-    except CryptoError:
-        raise ProtocolError("bad_offer", "the offered voucher is not sealed to this card") from None
-    if Token.decode(token_in).oid != x.gets or Token.decode(want_token).oid != x.gives:
-        raise ProtocolError("bad_offer", "the offer's voucher does not match what it names")
+    if Token.decode(want_token).oid != x.gives:
+        raise ProtocolError("bad_offer", "the voucher given is not the one the offer wants")
     xid = xid_of(n2)
     box = seal(want_token, box_info(b"v2", xid))
     m1h = profile.sha256(x.m1)
     st_out = sign(statement_bytes(x.gives, x.b, x.a, move_nonce(xid)))
     f = {"xid": xid, "m1h": m1h, "box": box, "st": st_out, "sig": sign(agree_bytes(xid, m1h, box))}
-    y = replace(x, phase=Phase.AGREED, m2=AGREE_SCHEMA.encode(f), n2=n2, token_in=token_in, st_out=st_out)
+    y = replace(x, phase=Phase.AGREED, m2=AGREE_SCHEMA.encode(f), n2=n2, st_out=st_out)
     return Outcome(y, [("peer", AGREE, f)], lock=x.gives, note="agreed")
 
 
@@ -525,18 +544,18 @@ def _commitment(x: Exchange) -> dict[str, Any]:
     return {"xid": xid_of(x.n2), "n2": x.n2}
 
 
-def abort(x: Exchange, sign: Signer) -> Outcome:
+def abort(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
     """b's recovery after m2 without m3: ask the TTP to abort (repeatable); from now on m3 is ignored."""
     if x.role != RESPONDER or x.phase not in (Phase.AGREED, Phase.ABORTING):
         raise ProtocolError("refused", f"abort is for an agreed exchange waiting for a (this one is {x.phase.value})")
     y = replace(x, phase=Phase.ABORTING)
-    return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign))], note="abort asked")
+    return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign, my_cert))], note="abort asked")
 
 
 # -- requests, admissions ------------------------------------------------------------------------------
 
 
-def request(x: Exchange, kind: str, sign: Signer) -> dict[str, Any]:
+def request(x: Exchange, kind: str, sign: Signer, my_cert: bytes) -> dict[str, Any]:
     """The evidence and the signed request: ``resolve`` (a, with its statement) or ``abort``."""
     xid = x.xid
     assert xid is not None and x.m2 is not None
@@ -546,6 +565,7 @@ def request(x: Exchange, kind: str, sign: Signer) -> dict[str, Any]:
     if st is not None:
         f["st"] = st
     f["sig"] = sign(request_bytes(f["kind"], xid, st))
+    f["cert"] = my_cert
     return f
 
 
@@ -622,6 +642,7 @@ def ttp_decide(
     b_key: profile.PublicKey,
     prior: tuple[str, bytes | None] | None,
     sign: Signer,
+    my_cert: bytes,
 ) -> tuple[tuple[str, bytes | None], dict[str, Any]]:
     """The TTP's answer to ``req`` from ``requester``: ``((decision, a's statement), admission fields)``.
 
@@ -656,4 +677,5 @@ def ttp_decide(
     if verdict == RESOLVED and kept is not None:
         adm["st"] = kept
     adm["sig"] = sign(admission_bytes(verdict, req.xid, adm.get("st")))
+    adm["cert"] = my_cert
     return decision, adm

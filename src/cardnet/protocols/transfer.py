@@ -57,6 +57,7 @@ class Status(enum.Enum):
     TRUSTLESS_DISABLED = "trustless_disabled"
     TRUSTLESS = "trustless"
     OFFERED = "offered"  # receiver: a copy held for the owner's answer (accept/reject), nothing answered yet
+    EXCHANGING = "exchanging"  # locked by a pending fair exchange (protocols/fairx.py): neither movable nor usable
 
 
 # -- inner messages: carried inside session records as one code byte + a CBOR map -------------
@@ -485,6 +486,13 @@ MOVES: dict[tuple[str, str], Handler] = {
     ("offered", "copied"): _ignore,
     ("offered", "committed"): _ignore,
     ("offered", "aborted"): _ignore,
+    # locked by a fair exchange (protocols/fairx.py moves it): late answers ignored, copies of it refused
+    ("exchanging", "copied"): _ignore,
+    ("exchanging", "committed"): _ignore,
+    ("exchanging", "aborted"): _ignore,
+    ("exchanging", "copy"): _copy_held,
+    ("exchanging", "commit"): _commit_known,
+    ("exchanging", "abort"): _aborted_ack,
     # receiver: null -> trustless_disabled -> trustless -> enabled (after the trace)
     (NULL, "copy"): _copy_new,
     ("trustless_disabled", "copy"): _copy_pending,
@@ -512,7 +520,7 @@ MOVES: dict[tuple[str, str], Handler] = {
     ("offered", "accept"): _accept,
     ("offered", "reject"): _reject,
 }
-STATES = (NULL, "enabled", "disabled+O", "disabled", "trustless_disabled", "trustless", "offered")
+STATES = (NULL, "enabled", "disabled+O", "disabled", "trustless_disabled", "trustless", "offered", "exchanging")
 
 
 def apply(holding: Holding | None, event: Event, oid: bytes) -> Outcome:

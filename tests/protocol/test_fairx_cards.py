@@ -1,0 +1,164 @@
+"""fairx on real cards (in-process host, durable SQLite stores): the wallet applet's side and the TTP applet.
+
+Two wallets swap a traced ticket for a traced voucher: the vouchers are TRN tokens, locked while exchanged, and
+each is usable by its new holder only after the authority recorded the movement on the giver's own statement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trnkit import drop, recover, status
+from trnworld import TrnWorld, issue, standard, uid
+
+from cardnet.applets import fairx as fa
+from cardnet.applets.authority import CHAIN, QUERY
+from cardnet.applets.trn import SEND
+from cardnet.card import mtypes as cm
+from cardnet.crypto import pki
+from cardnet.wire import MType
+
+T1, T2 = b"\x01" * 16, b"\x02" * 16
+
+
+def world(tmp_path: Path, ca: pki.CertificateAuthority) -> TrnWorld:
+    w = standard(tmp_path, ca)
+    w.card("ttp", pki.Role.SERVICE, applet=fa.TtpApplet())
+    issue(w, T1, "alice", body=b"concert, seat 7")
+    issue(w, T2, "bob", body=b"one coffee")
+    for name in ("alice", "bob"):
+        assert fa.TTP_IS.parse(w.ask(name, fa.SET_TTP, ttp=uid(w, "ttp")))["ttp"] == uid(w, "ttp")
+    assert status(w, "alice", T1) == "enabled" and status(w, "bob", T2) == "enabled"
+    return w
+
+
+def order(w: TrnWorld, name: str, mtype: MType, **fields: Any) -> dict[str, Any]:
+    reply = w.ask(name, mtype, **fields)
+    if reply.mtype == cm.REFUSED.code:
+        return {"refused": True, **cm.REFUSED.parse(reply)}
+    return dict(fa.STATE.parse(reply))
+
+
+def exchanges(w: TrnWorld, name: str) -> dict[bytes, dict[str, Any]]:
+    return {x["n1"]: x for x in fa.EXCHANGES.parse(w.ask(name, fa.LIST))["exchanges"]}
+
+
+def holders(w: TrnWorld, oid: bytes) -> list[object]:
+    return list(CHAIN.parse(w.ask("authority", QUERY, oid=oid))["holders"])
+
+
+def offered(w: TrnWorld) -> bytes:
+    started = order(w, "alice", fa.START, give=T1, want=T2, to=uid(w, "bob"))
+    assert started["phase"] == "offered" and status(w, "alice", T1) == "exchanging"
+    w.run(300)
+    [x] = exchanges(w, "bob").values()
+    assert x["phase"] == "proposed" and x["body"] == b"concert, seat 7" and x["give"] == T2 and x["want"] == T1
+    assert status(w, "bob", T2) == "enabled"  # nothing locked before the owner accepts
+    return bytes(started["n1"])
+
+
+def test_two_wallets_swap_a_ticket_for_a_voucher_and_the_authority_records_both_movements(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    accepted = order(w, "bob", fa.ACCEPT, n1=n1)
+    assert accepted.get("phase") == "agreed", accepted
+    w.run(400)
+    assert exchanges(w, "alice")[n1]["phase"] == exchanges(w, "bob")[n1]["phase"] == "done"
+    assert (status(w, "alice", T1), status(w, "alice", T2)) == (None, "enabled")
+    assert (status(w, "bob", T1), status(w, "bob", T2)) == ("enabled", None)
+    assert holders(w, T1) == [uid(w, "alice"), uid(w, "bob")]
+    assert holders(w, T2) == [uid(w, "bob"), uid(w, "alice")]
+    # an exchanged voucher moves on by TRN like any token
+    assert w.result("bob", SEND, oid=T1, to=uid(w, "alice"))["ok"]
+    w.run(300)
+    assert status(w, "alice", T1) == "enabled"
+
+
+def test_a_token_in_an_exchange_cannot_be_sent_and_one_in_a_transfer_cannot_be_offered(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    w = world(tmp_path, ca)
+    offered(w)
+    sent = w.result("alice", SEND, oid=T1, to=uid(w, "bob"))
+    assert not sent["ok"] and sent["reason"] == "illegal_move" and "exchanging" in sent["detail"]
+    w.card("carol")
+    drop(w, "bob", "carol", 1, 2, 3, 4, 5, 6)  # bob's transfer to carol stays pending (the copy never arrives)
+    assert w.result("bob", SEND, oid=T2, to=uid(w, "carol"))["ok"]
+    w.run(100)
+    busy = order(w, "bob", fa.START, give=T2, want=T1, to=uid(w, "alice"))
+    assert busy["refused"] and busy["reason"] == "illegal_move" and "disabled" in busy["detail"]
+
+
+def test_the_owner_rejects_and_the_initiator_gets_its_voucher_back(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    assert order(w, "bob", fa.REJECT, n1=n1)["phase"] == "aborted"
+    w.run(200)
+    assert exchanges(w, "alice")[n1]["phase"] == "aborted" and status(w, "alice", T1) == "enabled"
+    assert status(w, "bob", T2) == "enabled"
+
+
+def test_m3_lost_the_initiator_resolves_and_the_responders_abort_brings_it_the_voucher(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    d = drop(w, "alice", "bob", 1)  # alice's next record to bob: the confirmation m3
+    order(w, "bob", fa.ACCEPT, n1=n1)
+    w.run(400)
+    assert d.dropped and exchanges(w, "alice")[n1]["phase"] == "confirmed" == exchanges(w, "alice")[n1]["phase"]
+    assert exchanges(w, "bob")[n1]["phase"] == "agreed"
+    # both time out: alice asks to resolve, then bob asks to abort; the TTP's first decision stands
+    assert order(w, "alice", fa.RESOLVE, n1=n1)["phase"] == "resolving"
+    w.run(400)
+    assert exchanges(w, "alice")[n1]["phase"] == "done" and status(w, "alice", T2) == "enabled"
+    assert order(w, "bob", fa.ABORT, n1=n1)["phase"] == "aborting"
+    w.run(400)
+    assert exchanges(w, "bob")[n1]["phase"] == "done"
+    assert (status(w, "bob", T1), status(w, "bob", T2)) == ("enabled", None)
+    assert holders(w, T1) == [uid(w, "alice"), uid(w, "bob")]
+
+
+def test_the_responder_aborts_first_and_both_vouchers_go_home(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    drop(w, "bob", "alice", 1, 2, 3, 4, 5, 6, 7, 8)  # the agreement m2 (and any resend) is lost
+    order(w, "bob", fa.ACCEPT, n1=n1)
+    w.run(300)
+    assert status(w, "bob", T2) == "exchanging"
+    assert order(w, "bob", fa.ABORT, n1=n1)["phase"] == "aborting"
+    w.run(400)
+    assert exchanges(w, "bob")[n1]["phase"] == "aborted" and status(w, "bob", T2) == "enabled"
+    # alice never got m2: she gives up and has T1 back
+    assert order(w, "alice", fa.GIVE_UP, n1=n1)["phase"] == "gave_up"
+    assert status(w, "alice", T1) == "enabled"
+
+
+def test_lost_messages_are_resent_by_recovery(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    m2 = drop(w, "bob", "alice", 1)  # the first m2
+    m3 = drop(w, "alice", "bob", 1)  # alice's next record to bob: a resent offer or the first m3
+    order(w, "bob", fa.ACCEPT, n1=n1)
+    w.run(300)
+    assert exchanges(w, "alice")[n1]["phase"] == "offered" and exchanges(w, "bob")[n1]["phase"] == "agreed"
+    recover(w, "alice", "bob")
+    assert len(m2.dropped) == len(m3.dropped) == 1
+    assert exchanges(w, "alice")[n1]["phase"] == exchanges(w, "bob")[n1]["phase"] == "done"
+    assert (status(w, "alice", T2), status(w, "bob", T1)) == ("enabled", "enabled")
+
+
+def test_the_exchange_orders_are_privileged(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = world(tmp_path, ca)
+    stranger = w.host.acquire(uid(w, "alice").domain, w.now)  # an application that never verified the PIN
+    for mtype, fields in ((fa.START, {"give": T1, "want": T2, "to": uid(w, "bob")}), (fa.ACCEPT, {"n1": b"n" * 16})):
+        stranger.send(uid(w, "alice"), mtype, **fields)
+        w.run()
+        [reply] = stranger.receive_all()
+        assert reply.mtype == cm.REFUSED.code and cm.REFUSED.parse(reply)["reason"] == "privileged"
+    assert status(w, "alice", T1) == "enabled"
