@@ -191,10 +191,8 @@ class ExchangeWallet(SessionApplet):
         p = _PENDING_START.decode(ctx.get(b"xs:" + n1) or b"")
         to: Uid = p["to"]
         cert = self.peer_cert(ctx, to)
-        if cert is None:
-            state = self.session(ctx, to)
-            if state is None or state.open:  # (open without a kept certificate: opened before this version)
-                self.start_session(ctx, to)
+        if cert is None:  # (a session open already did not keep it: a new handshake shows it)
+            self.nudge_session(ctx, to, rekey=True)
             return "waiting for a session with the other card"
         h = _holding(ctx, p["give"])
         assert h is not None and h.token is not None

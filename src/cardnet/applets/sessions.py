@@ -212,15 +212,19 @@ class SessionApplet(Applet):
             if state is None or state.open:
                 self.start_session(ctx, authority)
         for key, _ in ctx.scan(b"q:"):
-            peer = Uid.from_bytes(key[2:])
-            state = self.session(ctx, peer)
-            if state is None:
+            self.nudge_session(ctx, Uid.from_bytes(key[2:]))
+
+    def nudge_session(self, ctx: StepContext, peer: Uid, *, rekey: bool = False) -> None:
+        """Recovery for one peer: a handshake if there is no session (or ``rekey`` and it is open), a new one if
+        the one under way has outlived a recovery period."""
+        state = self.session(ctx, peer)
+        if state is None or (rekey and state.open):
+            self.start_session(ctx, peer)
+        elif not state.open:  # a handshake under way: give it one recovery period before starting over
+            if ctx.get(b"stale:" + bytes(peer)) is not None:
                 self.start_session(ctx, peer)
-            elif not state.open:  # a handshake under way: give it one recovery period before starting over
-                if ctx.get(b"stale:" + bytes(peer)) is not None:
-                    self.start_session(ctx, peer)
-                else:
-                    ctx.put(b"stale:" + bytes(peer), b"\x01")
+            else:
+                ctx.put(b"stale:" + bytes(peer), b"\x01")
 
     def _flush(self, ctx: StepContext, peer: Uid) -> None:
         ctx.delete(b"stale:" + bytes(peer))

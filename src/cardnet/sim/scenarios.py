@@ -144,6 +144,7 @@ _TRANSFER_VARIANTS: dict[str, dict[str, Any]] = {
 for _name, _classes in _TRANSFER_VARIANTS.items():
     register(_name, functools.partial(TransferScenario, name=_name, **_classes))
 
+from cardnet.sim import fairx as _fairx  # noqa: E402  (registers the fairx scenarios)
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)
 
-del _millicent
+del _fairx, _millicent
