@@ -7,6 +7,7 @@ from collections.abc import Callable
 from cardnet.applets.authority import AuthorityApplet
 from cardnet.applets.counter import CounterApplet
 from cardnet.applets.echo import EchoApplet
+from cardnet.applets.fairx import TtpApplet
 from cardnet.applets.notes import NotesApplet
 from cardnet.applets.pingpong import PingPongApplet
 from cardnet.applets.trn import TrnApplet
@@ -19,6 +20,7 @@ APPLETS: dict[str, Callable[[], Applet]] = {
     "pingpong": PingPongApplet,
     "trn": TrnApplet,
     "authority": AuthorityApplet,
+    "ttp": TtpApplet,
 }
 
 

@@ -6,8 +6,9 @@ Made in a directory (stores, configs, logs, the CA file):
   SQLite store: ``authority`` (role SERVICE, applet ``authority``), ``agent``
   (role AGENT, applet ``trn``: it mints tokens) and one wallet card per name
   in ``wallets`` (role DEVICE, applet ``trn``), all with the PIN :data:`PIN`;
-* host ``auth`` (``cardnet authority run``: the authority card, the agent card
-  and the blocklist signer) and one host per wallet (``cardnet host run``),
+* host ``auth`` (``cardnet authority run``: the authority card, the agent card,
+  with ``ttp`` a TTP card for fair exchanges (applet ``ttp``), and the
+  blocklist signer) and one host per wallet (``cardnet host run``),
   each routing every other card's domain to its host's TCP port.
 
 Used by ``cardnet bench transfer`` and by the integration tests
@@ -53,6 +54,7 @@ class TrnNet:
         capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
         signer_every_s: float = 0.2,
         exclusive: bool = True,
+        ttp: bool = False,
     ) -> None:
         now = datetime.now(UTC)
         self.tmp = tmp
@@ -62,6 +64,8 @@ class TrnNet:
         self.uids: dict[str, Uid] = {}
         self.agent_cert = b""
         roles = {"authority": pki.Role.SERVICE, "agent": pki.Role.AGENT} | {w: pki.Role.DEVICE for w in wallets}
+        if ttp:  # a TTP card for fair exchanges, run by the authority's host
+            roles["ttp"] = pki.Role.SERVICE
         for name, role in roles.items():
             card = Card(SqliteStore(str(tmp / f"{name}.card.db")))
             self.uids[name] = personalise(card, ca, pin=PIN, now=now, role=role)
@@ -69,8 +73,9 @@ class TrnNet:
                 self.agent_cert = card.certificate_der
             card.close()
         ports = {h: free_port() for h in ("auth", *wallets)}
-        cards = {"auth": [("authority", "authority"), ("agent", "trn")]} | {w: [(w, "trn")] for w in wallets}
-        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets}
+        auth_cards = [("authority", "authority"), ("agent", "trn"), *([("ttp", "ttp")] if ttp else [])]
+        cards = {"auth": auth_cards} | {w: [(w, "trn")] for w in wallets}
+        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets} | ({"ttp": "auth"} if ttp else {})
         self.hosts: dict[str, HostProc] = {}
         for h, port in ports.items():
             hp = HostProc(h, tmp, port, self.uids[cards[h][0][0]].domain)

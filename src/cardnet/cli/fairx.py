@@ -1,0 +1,194 @@
+"""``cardnet exchange``: swap a voucher on your card for one on another card, fairly (TENeT fair exchange).
+
+Built on the wallet library (:mod:`cardnet.services.wallet`). Every command takes ``--socket`` (the host's
+``app_socket``), ``--pin`` and ``--card DOMAIN`` like ``cardnet trn``. An exchange is named by the id
+``offer`` prints (32 hex digits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_rows, say, wants_json
+from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _pin, _uid
+
+WAIT_S = 30.0
+
+# What each phase means for the card's owner, and what may be done.
+PHASE_WORDS = {
+    "offered": "offered: waiting for the other owner (give-up takes your voucher back)",
+    "proposed": "offered to you: accept or reject it",
+    "agreed": "accepted: waiting for the other card's confirmation (abort asks the TTP)",
+    "confirmed": "confirmed: waiting for the other card's commitment (resolve asks the TTP)",
+    "resolving": "the TTP is asked to resolve",
+    "aborting": "the TTP is asked to abort",
+    "done": "swapped: you have the other voucher",
+    "aborted": "ended without a swap: your voucher is yours again",
+    "gave_up": "given up: your voucher is yours again",
+}
+
+
+def _id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise click.BadParameter(f"{text!r}: an exchange id is 32 hex digits (as `cardnet exchange offer` prints it)")
+    return raw
+
+
+ID = click.option("--id", "xid", required=True, help="The exchange's id (32 hex, from `offer` or `list`).")
+
+
+def wallet_command(name: str, *options: Callable[..., Any]) -> Callable[[Callable[..., Any]], click.Command]:
+    stack = (SOCKET, PIN, CARD, *options, json_option)
+
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        for option in reversed(stack):
+            f = option(f)
+        return exchange.command(name)(f)
+
+    return wrap
+
+
+def _with_wallet(socket: str, pin: str | None, card: str | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Open the wallet on ``card`` at ``socket`` with the PIN, run ``work``; a refusal fails in words."""
+    from cardnet.services.wallet import Wallet, WalletError
+
+    async def go() -> Any:
+        try:
+            wallet = await Wallet.open(socket, pin=_pin(pin), card=_domain(card))
+            async with wallet:
+                return await work(wallet)
+        except WalletError as exc:
+            if exc.reason == "no_host":
+                fail(str(exc), reason=exc.reason, hint="is `cardnet host run` running with that app_socket?")
+            message, hint = card_refusal(exc.reason, str(exc))
+            fail(message, reason=exc.reason, hint=HINTS.get(exc.reason, hint))
+        except TimeoutError:
+            fail("the card did not answer in time", reason="timeout", hint="is the host busy? try again")
+
+    return asyncio.run(go())
+
+
+HINTS = {
+    "no_ttp": "name the TTP first: cardnet exchange set-ttp --ttp UID",
+    "no_exchange": "`cardnet exchange list` shows this card's exchanges and their ids",
+    "illegal_move": "`cardnet trn list` shows your tokens: only an enabled one can be offered",
+}
+
+
+def _row(x: Any) -> dict[str, Any]:
+    row = {
+        "id": x.n1.hex(), "role": x.role, "phase": x.phase, "peer": str(x.peer), "give": x.give.hex(),
+        "want": x.want.hex(), "state": PHASE_WORDS.get(x.phase, x.phase),
+    }  # fmt: skip
+    if x.body is not None:
+        row["offered"] = x.body.decode("utf-8", "replace")
+    if x.why:
+        row["why"] = x.why
+    return row
+
+
+def _report(as_json: bool, x: Any, text: str) -> None:
+    say(as_json, _row(x), f"{text}\nexchange {x.n1.hex()}: {PHASE_WORDS.get(x.phase, x.phase)}")
+
+
+@click.group()
+def exchange() -> None:
+    """Fair exchange of vouchers between two cards: both swap, or neither loses anything (a TTP settles an
+    exchange interrupted half-way). One owner offers, the other accepts or rejects; `list` shows how each stands."""
+
+
+@wallet_command(
+    "offer",
+    click.option("--give", required=True, help="Your voucher (oid, 32 hex), held enabled on this card."),
+    click.option("--want", required=True, help="The voucher you want (oid, 32 hex), held by the other card."),
+    click.option("--to", "to", required=True, help="The other card's Uid (DOMAIN:00000000)."),
+    click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for the exchange to end."),
+)
+def exchange_offer(
+    socket: str, pin: str | None, card: str | None, give: str, want: str, to: str, wait_s: float, as_json: bool
+) -> None:
+    """Offer your voucher for theirs. Yours is locked until the exchange ends; the other owner accepts or
+    rejects (`cardnet exchange list` on their card shows the offer)."""
+    g, w, dst = _oid(give), _oid(want), _uid(to)
+
+    async def work(wallet: Any) -> Any:
+        x = await wallet.offer(g, w, dst)
+        return await _maybe_wait(wallet, x, wait_s)
+
+    x = _with_wallet(socket, pin, card, work)
+    _report(as_json, x, f"Offered {give} for {want} held by {dst}.")
+
+
+async def _maybe_wait(wallet: Any, x: Any, wait_s: float) -> Any:
+    if wait_s <= 0:
+        return x
+    if not wants_json():
+        console.print(f"waiting up to {wait_s:g} s for the exchange to end…", markup=False)
+    try:
+        return await wallet.wait(x.n1, timeout_s=wait_s)
+    except TimeoutError:
+        return await wallet.status(x.n1)
+
+
+@wallet_command("list")
+def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """This card's exchanges (offers made, offers received) and how each stands."""
+    xs = _with_wallet(socket, pin, card, lambda wallet: wallet.exchanges())
+    rows = [_row(x) for x in xs]
+    if as_json:
+        emit_json({"exchanges": rows})
+        return
+    print_rows(rows, ("id", "role", "peer", "give", "want", "state"), title="exchanges", empty="no exchanges")
+
+
+def _order(name: str, doc: str, method: str, done: str) -> None:
+    @wallet_command(name, ID, click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait."))
+    def command(socket: str, pin: str | None, card: str | None, xid: str, wait_s: float, as_json: bool) -> None:
+        n1 = _id(xid)
+
+        async def work(wallet: Any) -> Any:
+            x = await getattr(wallet, method)(n1)
+            return await _maybe_wait(wallet, x, wait_s)
+
+        _report(as_json, _with_wallet(socket, pin, card, work), done)
+
+    command.help = doc
+
+
+_order("accept", "Accept an offer made to this card: your voucher is locked and the swap goes ahead.", "accept",
+       "Accepted.")  # fmt: skip
+_order("reject", "Reject an offer made to this card: nothing of yours moves.", "reject", "Rejected.")
+_order("give-up", "Give up an offer you made, before the other card confirmed: your voucher is yours again.",
+       "give_up", "Given up.")  # fmt: skip
+_order("resolve", "After you confirmed and the other card went quiet: ask the TTP to settle (you get theirs, or "
+       "yours back).", "resolve", "Asked the TTP to resolve.")  # fmt: skip
+_order("abort", "After you accepted and the other card went quiet: ask the TTP to settle (yours back, or theirs).",
+       "abort", "Asked the TTP to abort.")  # fmt: skip
+
+
+@wallet_command("status", ID)
+def exchange_status(socket: str, pin: str | None, card: str | None, xid: str, as_json: bool) -> None:
+    """How one exchange stands."""
+    n1 = _id(xid)
+    x = _with_wallet(socket, pin, card, lambda wallet: wallet.status(n1))
+    _report(as_json, x, f"{x.role} of an exchange with {x.peer}.")
+
+
+@wallet_command("set-ttp", click.option("--ttp", required=True, help="The TTP card's Uid (DOMAIN:00000000)."))
+def exchange_set_ttp(socket: str, pin: str | None, card: str | None, ttp: str, as_json: bool) -> None:
+    """Name the TTP this card asks when an exchange is interrupted (resolve, abort)."""
+    uid = _uid(ttp)
+
+    async def work(wallet: Any) -> None:
+        await wallet.set_ttp(uid)
+
+    _with_wallet(socket, pin, card, work)
+    say(as_json, {"ttp": str(uid)}, f"this card now asks {uid} to settle interrupted exchanges")

@@ -1,0 +1,70 @@
+"""Two people swap vouchers over TCP with the CLI alone (`cardnet exchange`, on the wallet library): host
+processes for each wallet, and the authority's host running the authority, the agent and the TTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_trn_cli import args, cli, error_json, ok_json, setup, until
+
+from cardnet.bench.trnnet import TrnNet
+
+T1 = "00112233445566778899aabbccddeeff"
+T2 = "ffeeddccbbaa99887766554433221100"
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[TrnNet]:
+    with TrnNet(tmp_path, ttp=True) as n:
+        yield n
+
+
+def issue(net: TrnNet, oid: str, to: str, body: str) -> None:
+    ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", oid, "--body", body, "--json"))
+    ok_json(cli("trn", "send", *args(net, "agent"), "--oid", oid, "--to", str(net.uids[to]), "--json"))
+    asyncio.run(until(net, to, bytes.fromhex(oid), "enabled"))
+
+
+def exchanges(net: TrnNet, card: str) -> dict[str, dict[str, Any]]:
+    return {x["id"]: x for x in ok_json(cli("exchange", "list", *args(net, card), "--json"))["exchanges"]}
+
+
+def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> None:
+    setup(net)
+    issue(net, T1, "a", "Final, seat 7")
+    issue(net, T2, "b", "one coffee")
+    for card in ("a", "b"):
+        got = ok_json(cli("exchange", "set-ttp", *args(net, card), "--ttp", str(net.uids["ttp"]), "--json"))
+        assert got["ttp"] == str(net.uids["ttp"])
+    offered = ok_json(
+        cli("exchange", "offer", *args(net, "a"), "--give", T1, "--want", T2, "--to", str(net.uids["b"]), "--json")
+    )
+    assert offered["phase"] == "offered" and offered["role"] == "initiator"
+    xid = offered["id"]
+
+    # b's owner sees the offer (what is offered, in words) and accepts it, waiting for the end
+    async def proposed() -> None:
+        async with asyncio.timeout(60):
+            while exchanges(net, "b").get(xid, {}).get("phase") != "proposed":
+                await asyncio.sleep(0.2)
+
+    asyncio.run(proposed())
+    human = cli("exchange", "list", *args(net, "b"))
+    assert human.returncode == 0 and "offered to you: accept or reject it" in human.stdout, human
+    assert exchanges(net, "b")[xid]["offered"] == "Final, seat 7"
+    done = ok_json(cli("exchange", "accept", *args(net, "b"), "--id", xid, "--wait", "60", "--json"))
+    assert done["phase"] == "done", done
+    asyncio.run(until(net, "b", bytes.fromhex(T1), "enabled"))
+    asyncio.run(until(net, "a", bytes.fromhex(T2), "enabled"))
+    asyncio.run(until(net, "a", bytes.fromhex(T1), None))
+    status = cli("exchange", "status", *args(net, "a"), "--id", xid)
+    assert status.returncode == 0 and "swapped: you have the other voucher" in status.stdout, status
+    # a second accept of the same offer is refused in words, with no traceback
+    again = error_json(cli("exchange", "accept", *args(net, "b"), "--id", xid, "--json"))
+    assert again["reason"] == "refused" and "not an offer waiting" in again["message"], again
+    bad = error_json(cli("exchange", "status", *args(net, "a"), "--id", "1234", "--json"))
+    assert "32 hex digits" in bad["message"], bad
