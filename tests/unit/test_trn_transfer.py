@@ -315,3 +315,24 @@ def test_recovery_finishes_with_exactly_one_enabled_copy(
             net.deliver(0, keep=False)
         net.command(target, "traced", target.uid)
         assert target.h is not None and target.h.state == "enabled", (target.uid, target.h)
+
+
+def test_a_delayed_old_copy_does_not_lose_a_live_pending_one() -> None:
+    """Found by the simulator (transfer seed 2797): P sent the token, cancelled (its abort delayed), the token went
+    on and Q's transfer reached the receiver, which answered ``copied ok`` (Q dropped the object). Then P's old copy
+    arrives and supersedes Q's; then P's abort. The receiver must fall back to Q's copy, and take Q's commit."""
+    q_nonce, p_nonce = b"\x00\x00\x00\x09", N
+    live = tr.apply(None, event("copy", peer=Q, nonce=q_nonce), OID).holding
+    assert live is not None and live.state == "trustless_disabled"
+    old = tr.apply(live, event("copy", peer=P, nonce=p_nonce), OID)  # the delayed copy of the cancelled transfer
+    assert old.holding is not None and old.holding.peer == P and old.holding.also == ((Q, q_nonce),)
+    assert tr.Holding.decode(OID, old.holding.encode()) == old.holding
+    aborted = tr.apply(old.holding, event("abort", peer=P, nonce=p_nonce), OID)
+    assert aborted.holding is not None and (aborted.holding.peer, aborted.holding.nonce) == (Q, q_nonce)
+    committed = tr.apply(aborted.holding, tr.Event("commit", Q, q_nonce, sig=b"s" * 64), OID)
+    assert committed.holding is not None and committed.holding.state == "trustless"
+    assert committed.send == [(tr.COMMITTED, {"nonce": q_nonce, "ok": True})]
+    # Q's commit is taken even while the old copy still stands in front of it (its abort not yet arrived)
+    early = tr.apply(old.holding, tr.Event("commit", Q, q_nonce, sig=b"s" * 64), OID)
+    assert early.holding is not None and early.holding.state == "trustless" and early.holding.peer == Q
+    assert early.holding.also == ()

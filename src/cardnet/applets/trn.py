@@ -344,7 +344,7 @@ class TrnApplet(fairx.ExchangeWallet):
             traceable=p.get("traceable", True), reason=p.get("reason", ""), sig=p.get("sig"),
             sign=self._signer(ctx),
         )  # fmt: skip
-        if kind == "commit" and (h is None or h.state != "trustless_disabled" or not tr._same(h, event)):
+        if kind == "commit" and not tr.pending(h, peer, p["nonce"]):
             event = tr.Event("commit", peer, p["nonce"], ok=self._committed_before(ctx, peer, p["nonce"]))
         if kind == "copy":
             event = self._check_copy(ctx, oid, event)

@@ -48,6 +48,7 @@ from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
 
 TRANSFER_NONCE_BYTES = 4
+MAX_ALSO = 4  # superseded pending copies a receiver remembers for one oid
 MAX_TOKEN = MAX_BODY + 200
 
 
@@ -158,6 +159,9 @@ _HOLDING = Schema(
         Field(5, "since", UInt(), optional=True),
         Field(6, "sig", _SIG, optional=True),  # receiver: the sender's movement statement (from the commit)
         Field(7, "refused", Text(64), optional=True),  # sender, rolled back: the receiver's reason (copied false)
+        # receiver, trustless_disabled: earlier pending copies this one superseded, as [peer, nonce] pairs (one of
+        # them may still be live: its sender was told ``copied ok``); newest first
+        Field(8, "also", ListOf(ListOf(Bytes(64), 2), MAX_ALSO), optional=True),
     ],
 )
 
@@ -174,6 +178,7 @@ class Holding:
     token: bytes | None = None  # the object O; None once a sender passed phase (III)
     sig: bytes | None = None  # receiver, once committed: the sender's signed movement statement
     refused: str | None = None  # sender, back to enabled after copied=false: why the receiver refused
+    also: tuple[tuple[Uid, bytes], ...] = ()  # receiver: superseded pending copies (peer, nonce), newest first
 
     @property
     def state(self) -> str:
@@ -191,12 +196,15 @@ class Holding:
         for name in ("peer", "nonce", "token", "sig", "refused"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
+        if self.also:
+            d["also"] = [[bytes(peer), nonce] for peer, nonce in self.also]
         return _HOLDING.encode(d)
 
     @classmethod
     def decode(cls, oid: bytes, raw: bytes) -> Holding:
         d = _HOLDING.decode(raw)
         d.pop("since", None)
+        d["also"] = tuple((Uid.from_bytes(p), n) for p, n in d.get("also", ()))
         return cls(oid=oid, status=Status(d.pop("status")), **d)
 
 
@@ -309,6 +317,13 @@ def _same(h: Holding, e: Event) -> bool:
     return h.peer == e.peer and h.nonce == e.nonce
 
 
+def pending(h: Holding | None, peer: Uid, nonce: bytes) -> bool:
+    """Whether ``h`` is a received copy waiting for transfer ``(peer, nonce)``'s commit (or superseded it)."""
+    if h is None or h.status not in (Status.TRUSTLESS_DISABLED,):
+        return False
+    return (h.peer == peer and h.nonce == nonce) or (peer, nonce) in h.also
+
+
 def _keep(h: Holding | None, note: str = "") -> Outcome:
     return Outcome(h, [], note=note)
 
@@ -386,15 +401,31 @@ def _copy_new(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 
 def _copy_pending(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
-    if _same(h, e):
+    if _same(h, e) or (e.peer, e.nonce) in h.also:
         return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": True})], note="duplicate copy")
-    # The same sender started over, or another device sends this oid: either way the pending transfer is
-    # dead (another device can hold the oid usable only if this one's sender aborted, and an abort notice
-    # may have been lost), so the newer transfer supersedes; a "busy" refusal would block this oid forever.
-    # A newer copy the policy refuses is answered, and leaves the (dead) pending one as it was.
+    # The same sender started over, or another device sends this oid: normally the pending transfer is dead
+    # (another device can hold the oid usable only if this one's sender aborted, and an abort notice may have
+    # been lost), so the newer transfer supersedes; a "busy" refusal would block this oid for ever. But the
+    # arriving copy may instead be an *older* one, delayed (its sender cancelled it since), and the pending
+    # transfer live: its sender was told ``copied ok`` and may have dropped the object. So the pending transfer
+    # is remembered (``also``): if the newer one is aborted the pending one is back, and a commit of it is
+    # taken (the simulator found the loss: transfer seed 2797). A copy the policy refuses is answered, and
+    # leaves the pending one as it was.
     if e.admit and e.admit != ASK:
         return Outcome(h, [(COPIED, {"nonce": e.nonce, "ok": False, "reason": e.admit})], note=e.admit)
-    return _copy_new(None, e, oid)
+    out = _copy_new(None, e, oid)
+    if out.holding is not None and h.peer is not None and h.nonce is not None:
+        also = ((h.peer, h.nonce), *h.also)[:MAX_ALSO]
+        out = replace(out, holding=replace(out.holding, also=also))
+    return out
+
+
+def _revert(h: Holding) -> Holding | None:
+    """The pending copy a superseding one replaced, back (its transfer may be live), or nothing."""
+    if not h.also:
+        return None
+    (peer, nonce), *rest = h.also
+    return replace(h, status=Status.TRUSTLESS_DISABLED, peer=peer, nonce=nonce, also=tuple(rest))
 
 
 def _copy_offered(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -414,7 +445,7 @@ def _reject(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     """The owner refuses the offer: nothing kept, and the sender hears ``copied false`` and re-enables its token."""
     assert h is not None and h.nonce is not None
     why = e.reason or REFUSED_BY_OWNER
-    return Outcome(None, [(COPIED, {"nonce": h.nonce, "ok": False, "reason": why})], note=why)
+    return Outcome(_revert(h), [(COPIED, {"nonce": h.nonce, "ok": False, "reason": why})], note=why)
 
 
 def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:
@@ -426,12 +457,14 @@ def _copy_held(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 
 def _commit(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
+    if (e.peer, e.nonce) in h.also:  # the commit of a pending copy a (dead) newer one superseded: it was live
+        h = replace(h, peer=e.peer, nonce=e.nonce)
     if not _same(h, e):
         # a resent commit of an earlier transfer (the oid came back since and this copy is from another):
         # answered from the memory of committed transfers, else the earlier sender would stay in (IV)/(V)
         return _commit_known(h, e, oid)
     status = Status.TRUSTLESS if h.traceable else Status.ENABLED
-    held = replace(h, status=status, sig=e.sig)
+    held = replace(h, status=status, sig=e.sig, also=())
     return Outcome(held, [(COMMITTED, {"nonce": e.nonce, "ok": True})], committed_transfer=True)
 
 
@@ -443,7 +476,11 @@ def _commit_known(h: Holding | None, e: Event, oid: bytes) -> Outcome:
 def _abort(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
     if _same(h, e):
-        return Outcome(None, [(ABORTED, {"nonce": e.nonce})], note="copy discarded on abort")
+        return Outcome(_revert(h), [(ABORTED, {"nonce": e.nonce})], note="copy discarded on abort")
+    if (e.peer, e.nonce) in h.also:  # a superseded copy's abort: it is dead indeed
+        return Outcome(
+            replace(h, also=tuple(t for t in h.also if t != (e.peer, e.nonce))), [(ABORTED, {"nonce": e.nonce})]
+        )
     return Outcome(h, [(ABORTED, {"nonce": e.nonce})])
 
 

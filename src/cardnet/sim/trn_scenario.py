@@ -209,7 +209,8 @@ class TransferScenario:
                 self.expiring = card.uid.domain
             self._app(world, sh, card)
             # another application on the same host, with a port of the same card, that never verifies the PIN
-            stranger = world.attach_app(sh, functools.partial(self._stranger_sink, world), card.uid.domain)
+            sink = functools.partial(self._stranger_sink, world, card.uid.domain, sh.address)
+            stranger = world.attach_app(sh, sink, card.uid.domain)
             self.strangers[card.uid.domain] = (sh.address, stranger)
         self.oids = [world.rng.randbytes(16) for _ in range(self.tokens)]
         # calm set-up: register the agent, tell every card its authority, mint and issue
@@ -361,7 +362,13 @@ class TransferScenario:
         world.log(f"a stranger's port {stranger.short()} orders {msg.mtype:#06x} from card {domain.hex()[:8]}")
         world.submit(address, msg)
 
-    def _stranger_sink(self, world: World, msg: Message) -> None:
+    def _stranger_sink(self, world: World, domain: bytes, address: str, msg: Message) -> None:
+        """The stranger's port sees an accepting result of its card: the card obeyed it. Only the card's own result
+        counts, on a host that is not malicious: such a host can hand its applications anything (a result it saw
+        for another port, or one it made up), and another host cannot pass a message off as from this host's card
+        (its Guard drops a remote src claiming a local card)."""
+        if msg.src != Uid.card(domain) or address in world.malicious:
+            return
         if msg.mtype == RESULT.code:
             try:
                 p = RESULT.parse(msg)
