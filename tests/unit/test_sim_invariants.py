@@ -77,3 +77,17 @@ def test_forged_orders_in_the_transfer_workload_are_refused_as_privileged() -> N
             assert "a stranger's port" in trace
             return
     pytest.fail("no card refused a forged order as privileged in 10 seeds")
+
+
+@pytest.mark.parametrize(
+    ("seed", "what"),
+    [
+        (2797, "a delayed old copy superseded a live pending one, then its abort discarded the token"),
+        (13939, "a copy resent before its refusal arrived later and lingered, dead, at the receiver"),
+        (2045, "a blocked sender got its own copy back on a refusal (not a gain: the oracle allows it)"),
+        (6635, "a malicious host handed a stranger's port another card's result (not the card obeying)"),
+    ],
+)
+def test_the_transfer_seeds_the_20000_seed_run_found_stay_clean(seed: int, what: str) -> None:
+    """Each of these seeds failed in the 2026-12-06 20,000-seed transfer run, for the reason given."""
+    assert run_seed("transfer", seed, trace=False).violations == [], what

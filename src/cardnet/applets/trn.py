@@ -363,6 +363,11 @@ class TrnApplet(fairx.ExchangeWallet):
                 raise
             out = tr.Outcome(h, [(tr.COPIED, {"nonce": p["nonce"], "ok": False, "reason": "out of memory"})])
         self._send_all(ctx, peer, oid, out.send)
+        if kind == "copy":
+            for code, fields in out.send:  # a refused transfer is dead (its sender rolls back): a resent copy of
+                # it, overtaken by the refusal, gets the same answer instead of leaving a copy nothing will commit
+                if code == tr.COPIED and not fields["ok"] and ctx.get(b"n:" + bytes(peer) + p["nonce"]) is None:
+                    ctx.put(b"n:" + bytes(peer) + p["nonce"], str(fields.get("reason", "refused")).encode())
         if out.holding is not None and out.holding.status is tr.Status.TRUSTLESS and kind == "commit":
             self._trace(ctx, oid, out.holding)
 

@@ -549,8 +549,9 @@ class TransferScenario:
     def _gained(self, world: World, auth: dict[Any, bytes], uid: bytes, seen: dict[bytes, int]) -> list[str]:
         """A blocked device never gains an enabled token after the authority blocked it.
 
-        Allowed: what it held enabled then, and a movement to it the authority recorded before the block (its
-        answer may still be on its way).
+        Allowed: what it held enabled then, or held while sending it (``disabled+O``: a refusal or a cancel gives
+        the sender its copy back), and a movement to it the authority recorded before the block (its answer may
+        still be on its way).
         """
         bad = []
         domain = Uid.from_bytes(uid).domain
@@ -559,8 +560,8 @@ class TransferScenario:
             if h is None or h.status is not tr.Status.ENABLED:
                 continue
             then = self.blocked_held[uid].get(oid)
-            if then == (h.state, h.nonce):
-                continue
+            if then == (h.state, h.nonce) or (then is not None and then[0] == "disabled+O"):
+                continue  # (what it held then, or sent and got back on a refusal or cancel: its own copy, not gained)
             # (an enabled holding keeps no nonce: the copy it held then is the one a recorded movement names)
             nonces = {h.nonce, None if then is None else then[1]} - {None}
             recorded = self._chain(auth, oid)[: seen[oid]]
