@@ -103,6 +103,11 @@ def agreed(n2: bytes = b"m" * 16) -> tuple[fx.Exchange, fx.Outcome]:
     return oa.exchange, ob2
 
 
+def confirm(a: fx.Exchange, ob2: fx.Outcome) -> fx.Outcome:
+    """b's agreement (in ``ob2``) reaches a: a checks it and confirms."""
+    return fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"ca")
+
+
 def sent(o: fx.Outcome, code: int) -> dict[str, Any]:
     [(_, c, f)] = o.send
     assert c == code
@@ -115,9 +120,7 @@ def test_the_normal_flow_swaps_the_vouchers_with_statements_the_authority_can_ch
     assert ob.lock is None and ob.exchange is not None and ob.exchange.phase is fx.Phase.PROPOSED  # nothing locked
     ob2 = fx.accept(ob.exchange, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
     assert ob2.lock == OID2 and ob2.exchange is not None and ob2.exchange.phase is fx.Phase.AGREED
-    oa2 = fx.on_agree(
-        oa.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(oa.exchange, ob2)
     assert oa2.exchange is not None and oa2.exchange.phase is fx.Phase.CONFIRMED and oa2.drop is None
     ob3 = fx.on_confirm(ob2.exchange, sent(oa2, fx.CONFIRM), a_key=KA.public_key())
     assert ob3.exchange is not None and ob3.exchange.phase is fx.Phase.DONE
@@ -161,9 +164,7 @@ def test_duplicates_are_answered_again_and_change_nothing() -> None:
 def test_m3_lost_the_initiator_resolves_and_the_responders_abort_gets_the_resolve() -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None and ob2.exchange is not None
     # m3 lost: a resolves
     ra = fx.resolve(oa2.exchange, signer(KA), b"cert of a")
@@ -189,9 +190,7 @@ def test_m3_lost_the_initiator_resolves_and_the_responders_abort_gets_the_resolv
 def test_the_responder_aborts_first_then_ignores_m3_and_the_initiators_resolve_is_aborted() -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None and ob2.exchange is not None
     rb = fx.abort(ob2.exchange, signer(KB), b"cert of b")
     assert rb.exchange is not None
@@ -215,9 +214,7 @@ def test_an_initiator_that_gave_up_refuses_a_late_m2_and_asks_to_abort() -> None
     a, ob2 = agreed()
     g = fx.give_up(a)
     assert g.unlock == OID1 and g.exchange is not None and g.exchange.phase is fx.Phase.GAVE_UP
-    late = fx.on_agree(
-        g.exchange, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    late = confirm(g.exchange, ob2)
     assert late.exchange is not None and late.lock is late.drop is late.receive is None
     req = sent(late, fx.REQUEST)
     assert req["kind"] == "abort" and "st" not in req  # a never signed its movement: it cannot be resolved
@@ -239,9 +236,7 @@ def test_an_initiator_that_gave_up_refuses_a_late_m2_and_asks_to_abort() -> None
 def test_resolve_and_abort_at_once_get_one_decision(first: str) -> None:
     ttp = Ttp()
     a, ob2 = agreed()
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None and ob2.exchange is not None
     ra, rb = fx.resolve(oa2.exchange, signer(KA), b"cert of a"), fx.abort(ob2.exchange, signer(KB), b"cert of b")
     asks = [(A, sent(ra, fx.REQUEST)), (B, sent(rb, fx.REQUEST))]
@@ -298,9 +293,7 @@ def test_forged_or_altered_agreements_change_nothing() -> None:
 def test_forged_or_altered_confirmations_commitments_and_admissions_change_nothing() -> None:
     a, ob2 = agreed()
     assert ob2.exchange is not None
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None
     m3 = sent(oa2, fx.CONFIRM)
     xid = m3["xid"]
@@ -333,9 +326,7 @@ def test_the_ttp_refuses_what_it_cannot_attribute_to_a_party_of_that_exchange() 
     ttp = Ttp()
     a, ob2 = agreed()
     assert ob2.exchange is not None
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None
     resolve = sent(fx.resolve(oa2.exchange, signer(KA), b"cert of a"), fx.REQUEST)
     abort = sent(fx.abort(ob2.exchange, signer(KB), b"cert of b"), fx.REQUEST)
@@ -394,9 +385,7 @@ def test_recovery_orders_are_refused_in_the_wrong_phase() -> None:
         fx.resolve(a, signer(KA), b"cert of a")
     with pytest.raises(ProtocolError, match="abort is for an agreed"):
         fx.abort(a, signer(KA), b"cert of a")
-    oa2 = fx.on_agree(
-        a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+    oa2 = confirm(a, ob2)
     assert oa2.exchange is not None
     with pytest.raises(ProtocolError, match="only an offer not yet confirmed"):
         fx.give_up(oa2.exchange)

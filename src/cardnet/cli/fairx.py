@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_rows, say, wants_json
-from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _pin, _uid
+from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _pin, _uid, hex16
 
 WAIT_S = 30.0
 
@@ -33,13 +33,7 @@ PHASE_WORDS = {
 
 
 def _id(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 16:
-        raise click.BadParameter(f"{text!r}: an exchange id is 32 hex digits (as `cardnet exchange offer` prints it)")
-    return raw
+    return hex16(text, "an exchange id (as `cardnet exchange offer` prints it)")
 
 
 ID = click.option("--id", "xid", required=True, help="The exchange's id (32 hex, from `offer` or `list`).")

@@ -116,14 +116,19 @@ async def route(app: Any, domain: bytes) -> dict[str, Any]:
     return dict(await app.recv_type(hm.ROUTE_IS))
 
 
-def _oid(text: str) -> bytes:
+def hex16(text: str, what: str) -> bytes:
+    """``text`` as 16 bytes of hex (an oid, an exchange id), or a usage error naming ``what`` it must be."""
     try:
         raw = bytes.fromhex(text)
     except ValueError:
         raw = b""
     if len(raw) != 16:
-        raise click.BadParameter(f"{text!r}: an oid is 32 hex digits (16 bytes)")
+        raise click.BadParameter(f"{text!r}: {what} is 32 hex digits (16 bytes)")
     return raw
+
+
+def _oid(text: str) -> bytes:
+    return hex16(text, "an oid")
 
 
 def _domain(text: str | None) -> bytes | None:

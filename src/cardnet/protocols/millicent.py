@@ -618,13 +618,18 @@ def open_redeemed(mtype: int, param: bytes, *, vendor: bytes, batch: bytes, key:
         raise MillicentError("bad_reply", f"the broker's answer is unreadable: {exc}") from None
     if f["batch"] != batch:
         raise MillicentError("bad_reply", "the answer is to another redemption batch")
+    _broker_macd(key, redeemed_mac_input(vendor, f), f)
+    return f
+
+
+def _broker_macd(key: bytes, mac_input: bytes, f: dict[str, Any]) -> None:
+    """A broker's answer ``f`` carries a MAC over ``mac_input`` under ``key``, or :class:`MillicentError`."""
     if "mac" not in f:
         raise MillicentError("unauthenticated", f"an answer without the broker's MAC ({f.get('detail', '')!r})")
     try:
-        profile.hmac_verify(key, redeemed_mac_input(vendor, f), f["mac"])
+        profile.hmac_verify(key, mac_input, f["mac"])
     except CryptoError:
         raise MillicentError("unauthenticated", "the answer's MAC does not check: not the broker's answer") from None
-    return f
 
 
 # --- bulk purchase (broker <-> vendor) ----------------------------------------------------
@@ -784,12 +789,7 @@ def open_purchased(mtype: int, param: bytes, *, purchase: bytes, key: bytes) -> 
         raise MillicentError("bad_reply", f"the broker's answer is unreadable: {exc}") from None
     if f["rid"] != rid:
         raise MillicentError("bad_reply", "the answer is to another purchase")
-    if "mac" not in f:
-        raise MillicentError("unauthenticated", f"an answer without the broker's MAC ({f.get('detail', '')!r})")
-    try:
-        profile.hmac_verify(key, purchased_mac_input(profile.sha256(purchase), f), f["mac"])
-    except CryptoError:
-        raise MillicentError("unauthenticated", "the answer's MAC does not check: not the broker's answer") from None
+    _broker_macd(key, purchased_mac_input(profile.sha256(purchase), f), f)
     try:
         scrip = Scrip.decode(f["scrip"]) if "scrip" in f else None
     except DecodeError as exc:

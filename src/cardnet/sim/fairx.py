@@ -28,7 +28,6 @@ from cardnet.applets import fairx as fa
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import MINT, RECOVER, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.card import Card, StepContext
-from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.protocols import fairx as fx
 from cardnet.protocols import transfer as tr
@@ -118,11 +117,7 @@ class FairxScenario:
         world.at(t, functools.partial(self._send_order, world, domain, mtype, fields), "order")
 
     def _send_order(self, world: World, domain: bytes, mtype: MType, fields: dict[str, object]) -> None:
-        address, app = self.apps[domain]
-        card = Uid.card(domain)
-        if mtype.privileged:
-            world.submit(address, cm.PIN_VERIFY.make(app, card, pin="0000"))
-        world.submit(address, mtype.make_from(app, card, fields))
+        world.owner_order(*self.apps[domain], domain, mtype, fields)
 
     # -- the owners -------------------------------------------------------------------------------------
     def _start(self, world: World) -> None:

@@ -40,7 +40,6 @@ from typing import Any
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import BLOCKLIST, CANCEL, MINT, RECOVER, RESULT, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.card import Applet, Card
-from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.host import Host
 from cardnet.host.core import _Entry
@@ -313,11 +312,7 @@ class TransferScenario:
         world.at(t, functools.partial(self._send_order, world, domain, mtype, fields), "order")
 
     def _send_order(self, world: World, domain: bytes, mtype: MType, fields: dict[str, object]) -> None:
-        address, app = self.apps[domain]
-        card = Uid.card(domain)
-        if mtype.privileged:
-            world.submit(address, cm.PIN_VERIFY.make(app, card, pin="0000"))
-        world.submit(address, mtype.make_from(app, card, fields))
+        world.owner_order(*self.apps[domain], domain, mtype, fields)
 
     def _random_transfer(self, world: World, sender: bytes | None = None, to_domain: bytes | None = None) -> None:
         """An owner sends a token she holds enabled (``sender``'s if given) to another wallet (``to_domain``)."""

@@ -436,6 +436,14 @@ class World:
             self.trace.append(f"{self.now:9.4f} {text}")
 
     # -- app -> host ---------------------------------------------------------------
+    def owner_order(self, address: str, app: Uid, domain: bytes, mtype: MType, fields: dict[str, object]) -> None:
+        """The owner's application ``app`` on ``address`` gives card ``domain`` an order (after the PIN, if the
+        order is privileged; every simulated card's PIN is "0000")."""
+        card = Uid.card(domain)
+        if mtype.privileged:
+            self.submit(address, cm.PIN_VERIFY.make(app, card, pin="0000"))
+        self.submit(address, mtype.make_from(app, card, fields))
+
     def submit(self, address: str, msg: Message) -> None:
         """An application on ``address`` sends ``msg`` (through its host)."""
         sh = self.hosts[address]
