@@ -19,7 +19,7 @@ T2 = "ffeeddccbbaa99887766554433221100"
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TrnNet]:
-    with TrnNet(tmp_path, ttp=True) as n:
+    with TrnNet(tmp_path, ttp=True, ttp_host=True) as n:  # the TTP on a host of its own: `cardnet ttp run`
         yield n
 
 
@@ -68,3 +68,12 @@ def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> Non
     assert again["reason"] == "refused" and "not an offer waiting" in again["message"], again
     bad = error_json(cli("exchange", "status", *args(net, "a"), "--id", "1234", "--json"))
     assert "32 hex digits" in bad["message"], bad
+
+
+def test_ttp_run_refuses_a_config_without_a_ttp_card(tmp_path: Path) -> None:
+    config = tmp_path / "ttp.toml"
+    config.write_text('name = "ttp"\nlisten = "127.0.0.1:0"\napp_socket = "ttp.sock"\n\n[[cards]]\n'
+                      'store = "sqlite:///w.card.db"\napplets = ["trn"]\n')  # fmt: skip
+    err = error_json(cli("ttp", "run", "--config", str(config), "--json"))
+    assert err["reason"] == "no_ttp_card" and 'applets = ["ttp"]' in err["hint"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ttp.toml"]  # nothing created

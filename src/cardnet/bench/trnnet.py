@@ -7,7 +7,8 @@ Made in a directory (stores, configs, logs, the CA file):
   (role AGENT, applet ``trn``: it mints tokens) and one wallet card per name
   in ``wallets`` (role DEVICE, applet ``trn``), all with the PIN :data:`PIN`;
 * host ``auth`` (``cardnet authority run``: the authority card, the agent card,
-  with ``ttp`` a TTP card for fair exchanges (applet ``ttp``), and the
+  with ``ttp`` a TTP card for fair exchanges (applet ``ttp``; with
+  ``ttp_host`` on a host of its own, ``cardnet ttp run``), and the
   blocklist signer) and one host per wallet (``cardnet host run``),
   each routing every other card's domain to its host's TCP port.
 
@@ -55,6 +56,7 @@ class TrnNet:
         signer_every_s: float = 0.2,
         exclusive: bool = True,
         ttp: bool = False,
+        ttp_host: bool = False,
     ) -> None:
         now = datetime.now(UTC)
         self.tmp = tmp
@@ -72,16 +74,21 @@ class TrnNet:
             if name == "agent":
                 self.agent_cert = card.certificate_der
             card.close()
-        ports = {h: free_port() for h in ("auth", *wallets)}
-        auth_cards = [("authority", "authority"), ("agent", "trn"), *([("ttp", "ttp")] if ttp else [])]
+        ttp_at = ("ttp" if ttp_host else "auth") if ttp else None  # the TTP's host: its own, or the authority's
+        ports = {h: free_port() for h in ("auth", *wallets, *(["ttp"] if ttp_at == "ttp" else []))}
+        auth_cards = [("authority", "authority"), ("agent", "trn"), *([("ttp", "ttp")] if ttp_at == "auth" else [])]
         cards = {"auth": auth_cards} | {w: [(w, "trn")] for w in wallets}
-        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets} | ({"ttp": "auth"} if ttp else {})
+        if ttp_at == "ttp":
+            cards["ttp"] = [("ttp", "ttp")]
+        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets} | ({"ttp": ttp_at} if ttp_at else {})
         self.hosts: dict[str, HostProc] = {}
         for h, port in ports.items():
             hp = HostProc(h, tmp, port, self.uids[cards[h][0][0]].domain)
             if h == "auth":
                 hp.command = ("authority", "run", "--every", str(signer_every_s), "--ca", str(tmp / "ca.cnca"))
                 hp.env = {"CARDNET_PIN": PIN}
+            elif h == "ttp":
+                hp.command = ("ttp", "run")
             card_sections = "".join(
                 f'[[cards]]\nstore = "sqlite:///{c}.card.db"\napplets = ["{a}"]\ncapacity_bytes = {capacity_bytes}\n'
                 f"exclusive = {'true' if exclusive else 'false'}\n\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -186,3 +187,38 @@ def exchange_set_ttp(socket: str, pin: str | None, card: str | None, ttp: str, a
 
     _with_wallet(socket, pin, card, work)
     say(as_json, {"ttp": str(uid)}, f"this card now asks {uid} to settle interrupted exchanges")
+
+
+@click.group()
+def ttp() -> None:
+    """The trusted third party of fair exchanges: settles an exchange interrupted half-way (resolve or abort)."""
+
+
+@ttp.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='A host config (docs/host.md) with a card whose applets include "ttp".',
+)
+@json_option
+def ttp_run(config_path: Path, as_json: bool) -> None:
+    """Run the TTP's host: a host whose card has the `ttp` applet (a card personalised with role service).
+
+    \b
+    Its decisions are kept in that card's store (first-wins per exchange) and its
+    admissions are signed with the card's key. Wallets name it with
+    `cardnet exchange set-ttp --ttp UID`. Prints "ready <name> <listen>" like `cardnet host run`.
+    """
+    from cardnet.cli.host import run_host
+    from cardnet.host.config import load_config
+
+    config = load_config(config_path)
+    if not any("ttp" in c.applets for c in config.cards):
+        fail(
+            f"{config_path} runs no card with the ttp applet",
+            reason="no_ttp_card",
+            hint='add applets = ["ttp"] to the TTP card\'s [[cards]] section',
+        )
+    run_host(config, as_json)

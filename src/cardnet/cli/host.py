@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,9 +39,14 @@ def host_run(config_path: Path, as_json: bool) -> None:
     it accepts connections (with --json: {"ready": {"name", "listen"}} on one line).
     """
     from cardnet.host.config import load_config
+
+    run_host(load_config(config_path), as_json)
+
+
+def run_host(config: Any, as_json: bool) -> None:
+    """Run the host of a loaded ``config`` until SIGINT/SIGTERM; print ``ready`` once it accepts connections."""
     from cardnet.host.server import HostServer
 
-    config = load_config(config_path)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -13,7 +13,7 @@ from cardnet.cli.admin import ca, card
 from cardnet.cli.authority import authority
 from cardnet.cli.bench import bench
 from cardnet.cli.demo import demo
-from cardnet.cli.fairx import exchange
+from cardnet.cli.fairx import exchange, ttp
 from cardnet.cli.host import host
 from cardnet.cli.millicent import bench_millicent, millicent
 from cardnet.cli.sim import sim
@@ -50,6 +50,7 @@ bench.add_command(bench_millicent)
 cli.add_command(trn)
 cli.add_command(authority)
 cli.add_command(exchange)
+cli.add_command(ttp)
 
 
 def _flag_in_argv(args: list[str], *names: str) -> bool:
