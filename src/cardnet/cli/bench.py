@@ -156,3 +156,38 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
     ops = " + ".join(f"{n} {op}" for op, n in r["traced_ops_per_transfer"].items())
     note = f"one traced transfer = {ops} (no group commit assumed); medians of {r['rounds']} rounds"
     _report("cardnet bench transfer", rows, r["targets"], (note,))
+
+
+@bench.command("fairx")
+@AS_JSON
+@click.option("--in-flight", "in_flight", type=int, default=16, show_default=True, help="Exchanges at once.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds of in-flight exchanges (median).")
+@click.option("--idle", type=int, default=20, show_default=True, help="Single exchanges timed on an idle system.")
+def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
+    """Fair exchanges between wallet host processes: exchanges_per_s and p50/p99 vs the crypto and serial bounds."""
+    from cardnet.bench import fairx
+
+    if not 1 <= in_flight <= 128 or rounds < 1 or idle < 1:
+        raise click.BadParameter("--in-flight 1..128, --rounds >= 1, --idle >= 1")
+    if as_json:
+        emit_json(fairx.run(in_flight=in_flight, rounds=rounds, idle=idle))
+        return
+    with console.status("starting…") as status:
+        r = fairx.run(in_flight=in_flight, rounds=rounds, idle=idle, progress=status.update)
+    rows: list[Row] = [
+        ("exchanges_per_s", f"{r['exchanges_per_s']:,}", f"complete exchanges a <-> b, {in_flight} at once"),
+        ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "one exchange on an idle system, offer to complete"),
+        (
+            "crypto_bound_exchanges_per_s",
+            f"{r['crypto_bound_exchanges_per_s']:,}",
+            f"CPU of one exchange's crypto, over {r['cpus']} cores (bound)",
+        ),
+        (
+            "serial_bound_exchanges_per_s",
+            f"{r['serial_bound_exchanges_per_s']:,}",
+            "the same on one core, plus one durable commit per card step",
+        ),
+        ("paper_exchange_ms", str(r["paper_exchange_ms"]), "TENeT Table 2, for the record"),
+    ]
+    ops = " + ".join(f"{n} {op}" for op, n in r["ops_per_exchange"].items())
+    _report("cardnet bench fairx", rows, r["targets"], (f"one exchange (counted in process) = {ops}",))
