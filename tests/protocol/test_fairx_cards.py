@@ -6,9 +6,12 @@ each is usable by its new holder only after the authority recorded the movement 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from trnkit import drop, recover, status
 from trnworld import TrnWorld, issue, standard, uid
 
@@ -16,8 +19,10 @@ from cardnet.applets import fairx as fa
 from cardnet.applets.authority import CHAIN, QUERY
 from cardnet.applets.trn import SEND
 from cardnet.card import mtypes as cm
-from cardnet.crypto import pki
-from cardnet.wire import MType
+from cardnet.crypto import pki, profile
+from cardnet.protocols.errors import ProtocolError
+from cardnet.wire import MType, Uid
+from conftest import NOW
 
 T1, T2 = b"\x01" * 16, b"\x02" * 16
 
@@ -162,3 +167,22 @@ def test_the_exchange_orders_are_privileged(tmp_path: Path, ca: pki.CertificateA
         [reply] = stranger.receive_all()
         assert reply.mtype == cm.REFUSED.code and cm.REFUSED.parse(reply)["reason"] == "privileged"
     assert status(w, "alice", T1) == "enabled"
+
+
+def test_a_remembered_certificate_check_still_refuses_it_once_expired(ca: pki.CertificateAuthority) -> None:
+    """The wallet remembers which certificates it checked (an exchange names the same two on every message), but
+    never past their validity: an expired one is refused, the second time as the first."""
+    key = profile.generate_private_key()
+    uid = Uid(b"\x07" * 12, 0)
+    der = pki.cert_to_der(ca.issue(pki.Role.DEVICE, uid, key.public_key(), now=NOW, valid_days=1))
+    roots = [pki.cert_to_der(ca.certificate)]
+    today = SimpleNamespace(now=NOW.timestamp() + 60, roots_der=roots)
+    later = SimpleNamespace(now=(NOW + timedelta(days=2)).timestamp(), roots_der=roots)
+    for _ in range(2):
+        got = fa._peer_key(der, uid, today)  # type: ignore[arg-type]
+        assert profile.public_bytes(got) == profile.public_bytes(key.public_key())
+        with pytest.raises(ProtocolError) as caught:
+            fa._peer_key(der, uid, later)  # type: ignore[arg-type]
+        assert caught.value.reason == "expired"
+    with pytest.raises(ProtocolError, match=r"is .*'s"):
+        fa._peer_key(der, Uid(b"\x08" * 12, 0), today)  # type: ignore[arg-type]

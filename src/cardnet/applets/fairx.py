@@ -22,6 +22,7 @@ first-wins per exchange (``d:<xid>``, durable before the admission leaves) and s
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from cardnet.applets.sessions import SessionApplet
@@ -99,16 +100,37 @@ def _holding(ctx: StepContext, oid: bytes) -> tr.Holding | None:
     return None if raw is None else tr.Holding.decode(oid, raw)
 
 
+MAX_CHECKED = 256  # certificates whose chain check a card remembers (volatile: rebuilt after a restart)
+_checked: dict[bytes, tuple[Uid, profile.PublicKey, datetime, datetime]] = {}
+
+
 def _peer_key(cert: bytes | None, peer: Uid, ctx: StepContext) -> profile.PublicKey:
+    """``peer``'s key from its certificate ``cert``, checked against the card's CA (and the Uid it must be).
+
+    A certificate whose chain was checked before (the same bytes under the same roots) is not checked again,
+    only its validity period against the card's time now: an exchange's every message names the same two.
+    """
     if cert is None:
         raise ProtocolError("no_session", f"no certificate of {peer} kept: a session with it opens first")
-    try:
-        got = pki.verify_chain([pki.cert_from_der(cert)], [pki.cert_from_der(r) for r in ctx.roots_der], now=ctx.now)
-    except PkiError as exc:
-        raise ProtocolError(exc.reason, f"the certificate of {peer} is refused: {exc}") from None
-    if got.uid != peer:
-        raise ProtocolError("wrong_peer", f"the certificate kept for {peer} is {got.uid}'s")
-    return got.public_key
+    at = datetime.fromtimestamp(ctx.now, UTC)
+    memo = profile.sha256(cert + b"".join(ctx.roots_der))
+    hit = _checked.get(memo)
+    if hit is None or not hit[2] <= at <= hit[3]:
+        roots = [pki.cert_from_der(r) for r in ctx.roots_der]
+        try:
+            got = pki.verify_chain([pki.cert_from_der(cert)], roots, now=at)
+        except PkiError as exc:
+            raise ProtocolError(exc.reason, f"the certificate of {peer} is refused: {exc}") from None
+        if len(_checked) >= MAX_CHECKED:
+            _checked.clear()
+        valid = [got.certificate, *roots]  # (remembered only while the leaf and every root are valid)
+        since = max(c.not_valid_before_utc for c in valid)
+        until = min(c.not_valid_after_utc for c in valid)
+        hit = (got.uid, got.public_key, since, until)
+        _checked[memo] = hit
+    if hit[0] != peer:
+        raise ProtocolError("wrong_peer", f"the certificate kept for {peer} is {hit[0]}'s")
+    return hit[1]
 
 
 class ExchangeWallet(SessionApplet):
