@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail, json_option, say
-from cardnet.cli.trn import _domain, _oid, _run, answer, card_command, run_order, verify_pin
+from cardnet.cli.trn import answer, card_command, parse_domain, parse_oid, run_on_card, run_order, verify_pin
 
 
 @click.group()
@@ -133,10 +133,10 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
     from cardnet.applets.authority import CHAIN, QUERY
 
     async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), QUERY, oid=_oid(oid))
+        await app.send(app.uid.card_uid(), QUERY, oid=parse_oid(oid))
         return await answer(app, CHAIN)
 
-    chain = _run(socket, pin, work, _domain(card))
+    chain = run_on_card(socket, pin, work, parse_domain(card))
     issuer = str(chain.get("issuer") or "")
     holders = [str(h) for h in chain["holders"]]
     if as_json:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_rows, say, wants_json
-from cardnet.cli.trn import CARD, PIN, SOCKET, _domain, _oid, _pin, _uid, hex16
+from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, hex16, parse_domain, parse_oid, parse_uid
 
 WAIT_S = 30.0
 
@@ -57,7 +57,7 @@ def _with_wallet(socket: str, pin: str | None, card: str | None, work: Callable[
 
     async def go() -> Any:
         try:
-            wallet = await Wallet.open(socket, pin=_pin(pin), card=_domain(card))
+            wallet = await Wallet.open(socket, pin=card_pin(pin), card=parse_domain(card))
             async with wallet:
                 return await work(wallet)
         except WalletError as exc:
@@ -112,7 +112,7 @@ def exchange_offer(
 ) -> None:
     """Offer your voucher for theirs. Yours is locked until the exchange ends; the other owner accepts or
     rejects (`cardnet exchange list` on their card shows the offer)."""
-    g, w, dst = _oid(give), _oid(want), _uid(to)
+    g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
 
     async def work(wallet: Any) -> Any:
         x = await wallet.offer(g, w, dst)
@@ -180,7 +180,7 @@ def exchange_status(socket: str, pin: str | None, card: str | None, xid: str, as
 @wallet_command("set-ttp", click.option("--ttp", required=True, help="The TTP card's Uid (DOMAIN:00000000)."))
 def exchange_set_ttp(socket: str, pin: str | None, card: str | None, ttp: str, as_json: bool) -> None:
     """Name the TTP this card asks when an exchange is interrupted (resolve, abort)."""
-    uid = _uid(ttp)
+    uid = parse_uid(ttp)
 
     async def work(wallet: Any) -> None:
         await wallet.set_ttp(uid)

@@ -22,14 +22,14 @@ from cardnet.cli.output import card_refusal, console, emit_json, fail, json_opti
 ANSWER_TIMEOUT_S = 30.0
 
 
-def _pin(pin: str | None) -> str:
+def card_pin(pin: str | None) -> str:
     value = pin or os.environ.get("CARDNET_PIN")
     if value is None:
         value = click.prompt("card PIN", hide_input=True)
     return value
 
 
-def _run(
+def run_on_card(
     socket: str,
     pin: str | None,
     work: Callable[[Any], Awaitable[Any]],
@@ -55,7 +55,7 @@ def _run(
             fail(f"the host refused: {exc}", reason=exc.reason, hint=hint)
         async with app:
             if login:
-                await verify_pin(app, _pin(pin))
+                await verify_pin(app, card_pin(pin))
             return await work(app)
 
     return asyncio.run(go())
@@ -102,7 +102,9 @@ def run_order(
     socket: str, pin: str | None, card: str | None, mtype: Any, hints: dict[str, str] | None = None, **fields: Any
 ) -> dict[str, Any]:
     """Log in to the card ``card`` at ``socket`` and give it one :func:`order`: its result."""
-    result: dict[str, Any] = _run(socket, pin, lambda app: order(app, mtype, hints, **fields), _domain(card))
+    result: dict[str, Any] = run_on_card(
+        socket, pin, lambda app: order(app, mtype, hints, **fields), parse_domain(card)
+    )
     return result
 
 
@@ -127,11 +129,11 @@ def hex16(text: str, what: str) -> bytes:
     return raw
 
 
-def _oid(text: str) -> bytes:
+def parse_oid(text: str) -> bytes:
     return hex16(text, "an oid")
 
 
-def _domain(text: str | None) -> bytes | None:
+def parse_domain(text: str | None) -> bytes | None:
     if text is None:
         return None
     try:
@@ -143,7 +145,7 @@ def _domain(text: str | None) -> bytes | None:
     return raw
 
 
-def _uid(text: str) -> Any:
+def parse_uid(text: str) -> Any:
     from cardnet.wire import DecodeError, Uid
 
     try:
@@ -204,7 +206,7 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     """Create a token on an agent's card (the card signs oid and body)."""
     from cardnet.applets.trn import MINT
 
-    r = run_order(socket, pin, card, MINT, oid=_oid(oid), body=body.encode())
+    r = run_order(socket, pin, card, MINT, oid=parse_oid(oid), body=body.encode())
     then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"
     say(as_json, {"oid": oid, "reason": r["reason"]}, f"Minted token {oid} on this card: it is enabled here; {then}.")
 
@@ -226,7 +228,7 @@ def trn_send(
     """
     from cardnet.applets.trn import SEND
 
-    raw, dst = _oid(oid), _uid(to)
+    raw, dst = parse_oid(oid), parse_uid(to)
 
     async def work(app: Any) -> dict[str, Any]:
         if dst.is_card and dst.domain != app.uid.domain:
@@ -241,7 +243,7 @@ def trn_send(
                 )
         return await order(app, SEND, oid=raw, to=dst, traceable=not untraceable)
 
-    r = _run(socket, pin, work, _domain(card))
+    r = run_on_card(socket, pin, work, parse_domain(card))
     if as_json:
         emit_json({"oid": oid, "to": str(dst), "reason": r["reason"]})
         return
@@ -303,7 +305,7 @@ def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> N
             rows.append(row)
         return rows
 
-    rows = _run(socket, pin, work, _domain(card))
+    rows = run_on_card(socket, pin, work, parse_domain(card))
     if as_json:
         emit_json({"tokens": rows})
         return
@@ -329,7 +331,7 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
     from cardnet.applets.trn import CANCEL
     from cardnet.card import mtypes as cm
 
-    raw = _oid(oid)
+    raw = parse_oid(oid)
 
     async def work(app: Any) -> tuple[str, str]:
         held = {t["oid"]: t for t in await _tokens(app)}
@@ -361,7 +363,7 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
             hint="wait for the transfer to finish, or ask the sender to cancel it",
         )
 
-    state, message = _run(socket, pin, work, _domain(card))
+    state, message = run_on_card(socket, pin, work, parse_domain(card))
     say(as_json, {"oid": oid, "state": state, "message": message}, message)
 
 
@@ -398,9 +400,9 @@ def trn_reissue(
     """
     from cardnet.applets.trn import RECOVER, REISSUE, REISSUE_STATE
 
-    fields: dict[str, Any] = {"oid": _oid(oid)}
+    fields: dict[str, Any] = {"oid": parse_oid(oid)}
     if new_oid is not None:
-        fields["new_oid"] = _oid(new_oid)
+        fields["new_oid"] = parse_oid(new_oid)
     if body is not None:
         fields["body"] = body.encode()
 
@@ -428,7 +430,7 @@ def trn_reissue(
             state = await ask(app)
         return state
 
-    state = _run(socket, pin, work, _domain(card))
+    state = run_on_card(socket, pin, work, parse_domain(card))
     out = {
         "oid": oid,
         "new_oid": state["new_oid"].hex(),
@@ -454,7 +456,7 @@ def trn_set_authority(socket: str, pin: str | None, card: str | None, authority:
     """Tell the card which authority traces its tokens."""
     from cardnet.applets.trn import SET_AUTHORITY
 
-    uid = _uid(authority)
+    uid = parse_uid(authority)
     r = run_order(socket, pin, card, SET_AUTHORITY, authority=uid)
     say(as_json, {"authority": str(uid), "reason": r["reason"]}, f"the tokens on this card are now traced by {uid}")
 
@@ -468,7 +470,7 @@ def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
         await app.send(app.uid.card_uid(), RECOVER)
         await asyncio.sleep(0.2)
 
-    _run(socket, None, work, _domain(card), login=False)
+    run_on_card(socket, None, work, parse_domain(card), login=False)
     say(as_json, {"recovery": "ordered"}, "recovery ordered")
 
 
@@ -510,7 +512,7 @@ def trn_policy(
         raise click.BadParameter("give --issuer or --any-issuer, not both", param_hint="--any-issuer")
     fields: dict[str, Any] = {}
     if issuers or any_issuer:
-        fields["issuers"] = [_uid(u) for u in issuers]
+        fields["issuers"] = [parse_uid(u) for u in issuers]
     if ask is not None:
         fields["ask"] = ask
 
@@ -518,7 +520,7 @@ def trn_policy(
         await app.send(app.uid.card_uid(), ACCEPT_POLICY, **fields)
         return await answer(app, ACCEPT_POLICY_IS, {"bad_policy": "give agent cards' Uids (<24 hex>:00000000)"})
 
-    r = _run(socket, pin, work, _domain(card))
+    r = run_on_card(socket, pin, work, parse_domain(card))
     shown = {"issuers": [str(u) for u in r["issuers"]], "ask": r["ask"]}
     if as_json:
         emit_json(shown)
@@ -537,7 +539,7 @@ def trn_offers(socket: str, pin: str | None, card: str | None, as_json: bool) ->
         return [t for t in await _tokens(app) if t["status"] == "offered"]
 
     rows = []
-    for t in _run(socket, pin, work, _domain(card)):
+    for t in run_on_card(socket, pin, work, parse_domain(card)):
         frm, issuer = str(t.get("peer") or ""), str(t.get("issuer") or "")
         body = t.get("body", b"").decode("utf-8", "replace")
         rows.append({"oid": t["oid"].hex(), "from": frm, "issuer": issuer, "body": body})
@@ -561,7 +563,7 @@ def _answer_offer(socket: str, pin: str | None, card: str | None, oid: str, acce
     from cardnet.applets.trn import ANSWER
 
     hints = {"no_offer": "`cardnet trn offers` lists what waits for an answer"}
-    r = run_order(socket, pin, card, ANSWER, hints, oid=_oid(oid), accept=accept)
+    r = run_order(socket, pin, card, ANSWER, hints, oid=parse_oid(oid), accept=accept)
     if accept:
         done = f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive"
     else:
