@@ -54,6 +54,7 @@ from cardnet.store import SqliteStore
 from cardnet.wire import MType, Uid
 
 PAPER_EXCHANGE_MS = 1788
+CAPACITY_BYTES = 8 << 20  # finished exchange records (about 2.2 kB each) are not pruned yet: room for many rounds
 PIN = "1357"
 OPS = ("sign", "verify", "cert_verify", "hpke_seal", "hpke_open", "aead_seal", "aead_open")
 Progress = Callable[[str], None]
@@ -213,15 +214,20 @@ def bounds(ops: dict[str, int], rates: dict[str, float], commit_rate: float, cpu
 # -- exchanges between host processes --------------------------------------------------------------------------
 
 
-async def _complete(giver: Wallet, taker: Wallet, n1: bytes, gets: bytes) -> None:
-    """Until the exchange is done on both cards and the voucher got is enabled on the initiator ``giver``."""
-    while True:
-        x = await giver.status(n1)
-        if x.swapped and gets in {v.oid for v in await giver.vouchers() if v.status == "enabled"}:
-            return
-        if x.finished and not x.swapped:
-            raise BenchError("failed", f"exchange {n1.hex()} ended without a swap ({x.phase}: {x.why})")
-        await asyncio.sleep(0.0005)
+async def _complete(giver: Wallet, pending: dict[bytes, bytes]) -> None:
+    """Until every exchange of ``pending`` (n1 -> the voucher got) is done on the initiator ``giver`` and the
+    voucher got is enabled there (one wallet connection answers one order at a time: one poller)."""
+    while pending:
+        xs = {x.n1: x for x in await giver.exchanges()}
+        enabled = {v.oid for v in await giver.vouchers() if v.status == "enabled"}
+        for n1, gets in list(pending.items()):
+            x = xs[n1]
+            if x.finished and not x.swapped:
+                raise BenchError("failed", f"exchange {n1.hex()} ended without a swap ({x.phase}: {x.why})")
+            if x.swapped and gets in enabled:
+                del pending[n1]
+        if pending:
+            await asyncio.sleep(0.0005)
 
 
 async def _accepting(taker: Wallet, stop: asyncio.Event) -> None:
@@ -240,7 +246,7 @@ async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: 
     t0 = time.perf_counter()
     try:
         offers = [await w[first].offer(give, want, peer) for give, want in pairs]
-        await asyncio.gather(*(_complete(w[first], w[other], x.n1, x.want) for x in offers))
+        await _complete(w[first], {x.n1: x.want for x in offers})
     finally:
         stop.set()
         await taker
@@ -248,7 +254,7 @@ async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: 
 
 
 async def _run(tmp: Path, in_flight: int, rounds: int, samples_idle: int, progress: Progress) -> dict[str, Any]:
-    net = TrnNet(tmp, ("a", "b"), ttp=True)
+    net = TrnNet(tmp, ("a", "b"), ttp=True, capacity_bytes=CAPACITY_BYTES)
     progress("starting the hosts")
     net.start()
     w: dict[str, Wallet] = {}
