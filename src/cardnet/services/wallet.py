@@ -92,6 +92,7 @@ class Wallet:
 
     def __init__(self, app: AppClient) -> None:
         self.app = app
+        self._one_at_a_time = asyncio.Lock()  # a connection answers orders in turn: concurrent callers queue
 
     @classmethod
     async def open(cls, socket: str, *, pin: str, card: bytes | None = None) -> Wallet:
@@ -223,8 +224,9 @@ class Wallet:
         return Exchange.of(await self._ask(mtype, fa.STATE, n1=n1))
 
     async def _ask(self, mtype: MType, reply: MType, **fields: Any) -> dict[str, Any]:
-        await self.app.send(self.card, mtype, **fields)
-        got = await self._answer(reply)
+        async with self._one_at_a_time:
+            await self.app.send(self.card, mtype, **fields)
+            got = await self._answer(reply)
         if reply is RESULT and not got.get("ok", True):
             raise WalletError("refused", str(got.get("reason", "refused")))
         return got
