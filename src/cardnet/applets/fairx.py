@@ -208,13 +208,19 @@ class ExchangeWallet(SessionApplet):
         item = {"n1": n1, "role": fx.INITIATOR, "phase": fx.Phase.OFFERED.value, "peer": to}
         ctx.reply(STATE, **item, give=give, want=want, note=note)
 
-    def _send_offer(self, ctx: StepContext, n1: bytes) -> str:
-        """Turn a pending start into an offer once the peer's certificate is known (else open a session)."""
+    def _send_offer(self, ctx: StepContext, n1: bytes, *, recovering: bool = False) -> str:
+        """Turn a pending start into an offer once the peer's certificate is known: kept from a handshake, or in
+        an exchange with that card this card still keeps. Else a handshake shows it: one is started (or, in
+        recovery, one under way too long is restarted); a start while one is under way waits for it."""
         p = _PENDING_START.decode(ctx.get(b"xs:" + n1) or b"")
         to: Uid = p["to"]
-        cert = self.peer_cert(ctx, to)
-        if cert is None:  # (a session open already did not keep it: a new handshake shows it)
-            self.nudge_session(ctx, to, rekey=True)
+        cert = self.peer_cert(ctx, to) or self._cert_in_records(ctx, to)
+        if cert is None:
+            state = self.session(ctx, to)
+            if recovering:
+                self.nudge_session(ctx, to, rekey=True)
+            elif state is None or state.open:  # (an open session did not keep it: a new handshake shows it)
+                self.start_session(ctx, to)
             return "waiting for a session with the other card"
         h = _holding(ctx, p["give"])
         assert h is not None and h.token is not None
@@ -227,6 +233,14 @@ class ExchangeWallet(SessionApplet):
             ctx.delete(b"c:" + bytes(to))
         self._carry(ctx, replace(out, lock=None))  # (locked when the owner started it)
         return "offered"
+
+    @staticmethod
+    def _cert_in_records(ctx: StepContext, peer: Uid) -> bytes | None:
+        for _, raw in ctx.scan(b"x:"):
+            x = fx.Exchange.decode(raw)
+            if x.peer == peer:
+                return x.peer_cert
+        return None
 
     def _give_up_pending(self, ctx: StepContext, n1: bytes) -> None:
         p = _PENDING_START.decode(ctx.get(b"xs:" + n1) or b"")
@@ -345,7 +359,7 @@ class ExchangeWallet(SessionApplet):
     def fairx_recover(self, ctx: StepContext) -> None:
         """Resend what each unfinished exchange waits for (every fairx message is idempotent)."""
         for key, _ in ctx.scan(b"xs:"):
-            self._send_offer(ctx, key[3:])
+            self._send_offer(ctx, key[3:], recovering=True)
         ttp = ctx.get(b"ttp")
         for _, raw in ctx.scan(b"x:"):
             x = fx.Exchange.decode(raw)
