@@ -2,7 +2,7 @@
 
 **SIGKILL loops.** One token moves back and forth between wallet hosts a and b
 (traced by the authority process). For each transfer the test orders
-``trn.send`` on the holder's card, waits a random 0-80 ms and SIGKILLs one
+``trn.send`` on the holder's card, waits a random delay and SIGKILLs one
 process — wallet host a, wallet host b or the authority host, 100 times each —
 restarts it (same config, same stores) and drives recovery (``trn.recover``
 to both wallets) until the token is enabled on exactly one card and the
@@ -104,6 +104,36 @@ def check_pair(kill: int, sender: str, s_status: str | None, receiver: str, r_us
     assert s_status is not None or r_later is not None, f"{where}: lost token: {sender} and {receiver} hold nothing"
 
 
+class KillWindow:
+    """Where the next kill lands: a delay drawn from [0, width), the width steered by where past kills landed.
+
+    A transfer takes a few milliseconds on a fast machine and tens on a slow
+    one, so a fixed window lands most kills before or after it on one of them.
+    A kill that found the transfer not yet begun widens the window, one that
+    found it finished narrows it: the draws gather around the transfer itself.
+    """
+
+    def __init__(self, rng: random.Random, width_s: float = 0.03) -> None:
+        self.rng = rng
+        self.width_s = width_s
+
+    def draw(self) -> float:
+        return self.rng.uniform(0.0, self.width_s)
+
+    def saw(self, early: bool, late: bool) -> None:
+        if early:
+            self.width_s = min(0.5, self.width_s * 1.3)
+        elif late:
+            self.width_s = max(0.0005, self.width_s * 0.75)
+
+
+def landed(victim_is_sender: bool, seen: str | None) -> tuple[bool, bool]:
+    """(early, late) for a kill, from the status of the card it was judged on (the sender's when it was the victim)."""
+    if victim_is_sender:
+        return seen == "enabled", seen is None
+    return seen is None, seen == "enabled"
+
+
 class KillNet:
     def __init__(self, net: TrnNet) -> None:
         self.net = net
@@ -145,10 +175,11 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
     holder = "a"
     moved = 0
     in_flight = 0  # kills that found a transfer half done (seen in the dead store or right after restart)
+    window = KillWindow(rng)
     for kill in range(KILLS):
         sender, receiver = holder, ("b" if holder == "a" else "a")
         app = await kn.order_send(sender, receiver)
-        await asyncio.sleep(rng.uniform(0.0, 0.08))
+        await asyncio.sleep(window.draw())
         hp = net.hosts[victim]
         hp.kill()
         with contextlib.suppress(TransportError, OSError):
@@ -163,10 +194,15 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
         if victim not in ("a", "b"):
             half = (receiver, await status(net, receiver))
         in_flight += half[1] not in (None, "enabled")
+        window.saw(*landed(half[0] == sender, half[1]))
         holder = await kn.recover(kill, sender, receiver)
         moved += holder == receiver
     chain = await net.ask("authority", QUERY, CHAIN, oid=OID)
     assert len(chain["holders"]) == 1 + moved, "the chain does not count every completed transfer once"
+    print(
+        f"victim {victim}: {in_flight} of {KILLS} kills hit a transfer in flight, {moved} moved;"
+        f" kill window now {window.width_s * 1000:.1f} ms"
+    )
     # The kills must have hit transfers in flight, not only before or after them.
     assert in_flight >= KILLS // 10, f"only {in_flight} kills hit a transfer in flight"
     assert moved >= KILLS // 10, f"only {moved} transfers completed"
