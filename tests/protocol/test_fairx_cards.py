@@ -186,3 +186,32 @@ def test_a_remembered_certificate_check_still_refuses_it_once_expired(ca: pki.Ce
         assert caught.value.reason == "expired"
     with pytest.raises(ProtocolError, match=r"is .*'s"):
         fa._peer_key(der, Uid(b"\x08" * 12, 0), today)  # type: ignore[arg-type]
+
+
+def test_a_wallet_keeps_only_its_latest_finished_exchanges_and_goes_on_exchanging(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Each finished record is about 2 kB: a card that kept them all filled its 256 KiB after some 70 exchanges.
+    Older finished records (and their xid index entries) go; the latest KEEP_FINISHED stay listed."""
+    w = world(tmp_path, ca)
+    rounds = fa.KEEP_FINISHED + 6
+    mine = {"alice": T1, "bob": T2}
+    done: list[bytes] = []
+    for i in range(rounds):
+        first, other = ("alice", "bob") if i % 2 == 0 else ("bob", "alice")
+        started = order(w, first, fa.START, give=mine[first], want=mine[other], to=uid(w, other))
+        w.run(300)
+        n1 = bytes(started["n1"])
+        assert order(w, other, fa.ACCEPT, n1=n1)["phase"] == "agreed"
+        w.run(400)
+        assert exchanges(w, first)[n1]["phase"] == exchanges(w, other)[n1]["phase"] == "done", f"round {i}"
+        mine[first], mine[other] = mine[other], mine[first]
+        assert status(w, first, mine[first]) == "enabled" and status(w, other, mine[other]) == "enabled"
+        done.append(n1)
+    for name in ("alice", "bob"):
+        kept = exchanges(w, name)
+        assert list(sorted(kept)) == sorted(done[-fa.KEEP_FINISHED :]), f"{name} keeps the latest ones"
+        card = w.cards[name]
+        index = [k for t, k in card._mem if t == "a.trn" and k[:3] in (b"xi:", b"xh:")]
+        assert len(index) == fa.KEEP_FINISHED, f"{name}: the index follows the records"
+    assert holders(w, T1)[-1] == uid(w, "alice" if mine["alice"] == T1 else "bob")

@@ -38,6 +38,7 @@ from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid
 
 MAX_PROPOSED = 32  # offers held for the owner at once; more are refused ("busy")
+KEEP_FINISHED = 16  # finished exchanges a card keeps (to answer late resends and show the owner); older go
 _OID = Bytes(OID_BYTES, OID_BYTES)
 _N1 = Bytes(fx.NONCE_BYTES, fx.NONCE_BYTES)
 _BY_N1 = Schema("fairx.by_n1", [Field(0, "n1", _N1)])
@@ -315,17 +316,12 @@ class ExchangeWallet(SessionApplet):
     def _find(self, ctx: StepContext, code: int, p: dict[str, Any]) -> fx.Exchange | None:
         if code == fx.REFUSAL:
             return _exchange(ctx, p["n1"])
-        xid = p["xid"]
-        for _, raw in ctx.scan(b"x:"):  # (a hint index by xid would spare the scan; exchanges are few per card)
-            x = fx.Exchange.decode(raw)
-            if x.xid == xid:
-                return x
-        if code == fx.AGREE:  # the first m2 of an exchange: found by the offer it answers
-            for _, raw in ctx.scan(b"x:"):
-                x = fx.Exchange.decode(raw)
-                if x.role == fx.INITIATOR and x.m2 is None and profile.sha256(x.m1) == p["m1h"]:
-                    return x
-        return None
+        n1 = ctx.get(b"xi:" + p["xid"])
+        if n1 is None and code == fx.AGREE:  # the first m2 of an exchange: found by the offer it answers
+            n1 = ctx.get(b"xh:" + p["m1h"])
+        if n1 is None:
+            return None
+        return _exchange(ctx, n1)
 
     # -- carrying out what the protocol decided ----------------------------------------------------------
     def _carry(self, ctx: StepContext, out: fx.Outcome) -> None:
@@ -333,6 +329,7 @@ class ExchangeWallet(SessionApplet):
         if x is None:
             return
         ctx.put(b"x:" + x.n1, x.encode())
+        self._index(ctx, x)
         if out.lock is not None:
             h = _holding(ctx, out.lock)
             assert h is not None
@@ -349,6 +346,44 @@ class ExchangeWallet(SessionApplet):
         for to, code, fields in out.send:
             dst = x.peer if to == "peer" else self._ttp(ctx)
             self.send_inner(ctx, dst, fx.encode_inner(code, fields))
+
+    @staticmethod
+    def _index(ctx: StepContext, x: fx.Exchange) -> None:
+        """Keep the record findable by what later messages name (``xh:<h(m1)>`` until m2, ``xi:<xid>`` after),
+        and keep only the :data:`KEEP_FINISHED` latest finished exchanges (``xf``: their n1s, oldest first).
+
+        Dropping a finished record is safe: a late copy of its messages then finds nothing and is ignored (a
+        replayed m1 becomes a new offer, whose voucher this card can only get by a new m3 or admission, which
+        name a new xid); a peer still waiting for this card's last message gets its answer from the TTP.
+        """
+        xid = x.xid
+        if x.role == fx.INITIATOR and xid is None:
+            key = b"xh:" + profile.sha256(x.m1)
+            if ctx.get(key) is None:
+                ctx.put(key, x.n1)
+        elif xid is not None and ctx.get(b"xi:" + xid) is None:
+            ctx.put(b"xi:" + xid, x.n1)
+            if x.role == fx.INITIATOR:
+                ctx.delete(b"xh:" + profile.sha256(x.m1))
+        if x.phase not in fx.FINISHED:
+            return
+        raw = ctx.get(b"xf")
+        done = [] if raw is None else [raw[i : i + fx.NONCE_BYTES] for i in range(0, len(raw), fx.NONCE_BYTES)]
+        if x.n1 in done:
+            return
+        done.append(x.n1)
+        while len(done) > KEEP_FINISHED:
+            gone = _exchange(ctx, done.pop(0))
+            if gone is not None:
+                ExchangeWallet._forget(ctx, gone)
+        ctx.put(b"xf", b"".join(done))
+
+    @staticmethod
+    def _forget(ctx: StepContext, x: fx.Exchange) -> None:
+        ctx.delete(b"x:" + x.n1)
+        ctx.delete(b"xh:" + profile.sha256(x.m1))
+        if x.xid is not None:
+            ctx.delete(b"xi:" + x.xid)
 
     def _unlock(self, ctx: StepContext, oid: bytes) -> None:
         h = _holding(ctx, oid)
