@@ -33,7 +33,7 @@ from cardnet.protocols import fairx as fx
 from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import OID_BYTES, Token
-from cardnet.wire import Bytes, Field, ListOf, Nested, Schema, Text, UidType, register
+from cardnet.wire import Bytes, Field, ListOf, MType, Nested, Schema, Text, UidType, register
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid
 
@@ -79,7 +79,9 @@ SET_TTP = register(
     0x0509, "fairx.set_ttp", "fairx", Schema("fairx.set_ttp", [Field(0, "ttp", UidType())]), privileged=True
 )
 TTP_IS = register(0x050A, "fairx.ttp_is", "fairx", Schema("fairx.ttp_is", [Field(0, "ttp", UidType())]))
+CHANGED = register(0x050B, "fairx.changed", "fairx", _ITEM)  # pushed to the watching applications (trn.watch)
 ORDERS = (START, LIST, ACCEPT, REJECT, GIVE_UP, RESOLVE, ABORT, SET_TTP)
+MAX_WATCHERS = 8  # applications a wallet pushes its changes to (volatile; the oldest goes first)
 INNER_CODES = frozenset(fx.INNER)  # the fairx inner messages a wallet's sessions carry
 _PENDING_START = Schema(
     "fairx.pending_start", [Field(0, "give", _OID), Field(1, "want", _OID), Field(2, "to", UidType())]
@@ -136,6 +138,28 @@ def _peer_key(cert: bytes | None, peer: Uid, ctx: StepContext) -> profile.Public
 
 class ExchangeWallet(SessionApplet):
     """The wallet's side of fairx (mixed into the TRN wallet applet, which provides ``_store`` and ``_trace``)."""
+
+    # Applications that asked (``trn.watch``) to be told of every change of a token or an exchange, so that
+    # none has to poll the card. Volatile, like the authenticated set: an application's port dies with its
+    # connection, and after a restart the applications connect anew and ask again.
+    _watchers: list[Uid] | None = None
+
+    def watch(self, ctx: StepContext, on: bool) -> None:
+        app = ctx.src
+        watchers = [w for w in (self._watchers or []) if w != app]
+        if on:
+            watchers = [*watchers[-(MAX_WATCHERS - 1) :], app]
+
+        def adopt() -> None:
+            self._watchers = watchers or None
+
+        ctx.after_commit(adopt)
+
+    def notify(self, ctx: StepContext, mtype: MType, fields: dict[str, Any]) -> None:
+        """Push a change to the watching applications that are still privileged (it leaves with the step)."""
+        for app in self._watchers or ():
+            if ctx.is_authenticated(app):
+                ctx.emit(mtype, app, **fields)
 
     def wants_cert(self, ctx: StepContext, peer: Uid) -> bool:
         """The certificate of a card an exchange was started with: the offer's voucher is sealed to its key."""
@@ -248,7 +272,10 @@ class ExchangeWallet(SessionApplet):
         ctx.delete(b"xs:" + n1)
         self._unlock(ctx, p["give"])
         item = {"n1": n1, "role": fx.INITIATOR, "phase": fx.Phase.ABORTED.value, "peer": p["to"]}
-        ctx.reply(STATE, **item, give=p["give"], want=p["want"], why="gave up", note="gave up")
+        item |= {"give": p["give"], "want": p["want"], "why": "gave up", "note": "gave up"}
+        ctx.reply(STATE, **item)
+        if self._watchers:
+            self.notify(ctx, CHANGED, item)
 
     def _usable_token(self, ctx: StepContext, oid: bytes) -> bytes:
         h = _holding(ctx, oid)
@@ -330,6 +357,8 @@ class ExchangeWallet(SessionApplet):
             return
         ctx.put(b"x:" + x.n1, x.encode())
         self._index(ctx, x)
+        if self._watchers:
+            self.notify(ctx, CHANGED, self._item(x, out.note))
         if out.lock is not None:
             h = _holding(ctx, out.lock)
             assert h is not None

@@ -165,6 +165,16 @@ _REISSUE_REC = Schema(
 )
 
 
+WATCH = register(
+    0x031E,
+    "trn.watch",
+    "transfer",
+    Schema("trn.watch", [Field(0, "on", Bool())]),
+    privileged=True,
+)
+CHANGED = register(0x031F, "trn.changed", "transfer", _ITEM)  # pushed to the watching applications
+GONE = "gone"  # the status trn.changed gives a token that left the card
+
 MAX_HINTS = 4096  # transfer -> oid hints a trn applet keeps in volatile memory
 
 
@@ -177,7 +187,7 @@ class TrnApplet(fairx.ExchangeWallet):
     name = "trn"
     handles = (
         *SessionApplet.handles, MINT, SEND, CANCEL, RECOVER, LIST, SET_AUTHORITY, BLOCKLIST, REISSUE,
-        ACCEPT_POLICY, ANSWER, *fairx.ORDERS,
+        ACCEPT_POLICY, ANSWER, WATCH, *fairx.ORDERS,
     )  # fmt: skip
     _FAIRX_ORDERS = frozenset(m.code for m in fairx.ORDERS)
     # (peer, nonce) -> oid of transfers this card stored, so that copied/committed/aborted (which name the
@@ -210,6 +220,9 @@ class TrnApplet(fairx.ExchangeWallet):
             self._answer(ctx, params["oid"], params["accept"])
         elif code in self._FAIRX_ORDERS:
             self.fairx_order(ctx, code, params)
+        elif code == WATCH.code:
+            self.watch(ctx, params["on"])
+            ctx.reply(RESULT, ok=True, reason="watching" if params["on"] else "not watching")
         elif code == SET_AUTHORITY.code:
             ctx.put(b"a", bytes(params["authority"]))
             ctx.reply(RESULT, ok=True, reason="authority set")
@@ -301,21 +314,21 @@ class TrnApplet(fairx.ExchangeWallet):
         self.fairx_on_session_open(ctx, peer)
 
     def _list(self, ctx: StepContext) -> None:
-        items = []
-        for key, raw in ctx.scan(b"t:"):
-            h = tr.Holding.decode(key[2:], raw)
-            item: dict[str, Any] = {"oid": h.oid, "status": h.state}
-            if h.peer is not None:
-                item["peer"] = h.peer
-            if h.token is not None:
-                token = Token.decode(h.token)
-                item["body"] = token.body
-                if h.status is tr.Status.OFFERED:
-                    item["issuer"] = token.issuer
-            if h.refused is not None:
-                item["refused"] = h.refused
-            items.append(item)
-        ctx.reply(TOKENS, tokens=items)
+        ctx.reply(TOKENS, tokens=[self._token_item(tr.Holding.decode(key[2:], raw)) for key, raw in ctx.scan(b"t:")])
+
+    @staticmethod
+    def _token_item(h: tr.Holding) -> dict[str, Any]:
+        item: dict[str, Any] = {"oid": h.oid, "status": h.state}
+        if h.peer is not None:
+            item["peer"] = h.peer
+        if h.token is not None:
+            token = Token.decode(h.token)
+            item["body"] = token.body
+            if h.status is tr.Status.OFFERED:
+                item["issuer"] = token.issuer
+        if h.refused is not None:
+            item["refused"] = h.refused
+        return item
 
     # -- the transfer and trace protocol ----------------------------------------------------------
     def on_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
@@ -413,6 +426,8 @@ class TrnApplet(fairx.ExchangeWallet):
         return ctx.get(b"d:" + bytes(peer) + nonce) is not None
 
     def _store(self, ctx: StepContext, oid: bytes, h: tr.Holding | None) -> None:
+        if self._watchers:
+            self.notify(ctx, CHANGED, {"oid": oid, "status": GONE} if h is None else self._token_item(h))
         if h is None:
             ctx.delete(b"t:" + oid)
         else:

@@ -49,7 +49,7 @@ from cardnet.crypto import pki, profile
 from cardnet.errors import CardnetError
 from cardnet.host import Host
 from cardnet.protocols.token import mint
-from cardnet.services.wallet import Wallet
+from cardnet.services.wallet import Event, Wallet
 from cardnet.store import SqliteStore
 from cardnet.wire import MType, Uid
 
@@ -214,43 +214,54 @@ def bounds(ops: dict[str, int], rates: dict[str, float], commit_rate: float, cpu
 # -- exchanges between host processes --------------------------------------------------------------------------
 
 
-async def _complete(giver: Wallet, pending: dict[bytes, bytes]) -> None:
+async def _complete(giver: Wallet, changes: asyncio.Queue[Event], pending: dict[bytes, bytes]) -> None:
     """Until every exchange of ``pending`` (n1 -> the voucher got) is done on the initiator ``giver`` and the
-    voucher got is enabled there (one wallet connection answers one order at a time: one poller)."""
+    voucher got is enabled there, as the card pushes its changes (nothing polls)."""
+    done: set[bytes] = set()
+    arrived: set[bytes] = set()
     while pending:
-        xs = {x.n1: x for x in await giver.exchanges()}
-        enabled = {v.oid for v in await giver.vouchers() if v.status == "enabled"}
+        e = await changes.get()
+        if e.kind == "missed":  # (read too slowly: resync from the lists)
+            done |= {x.n1 for x in await giver.exchanges() if x.swapped}
+            arrived |= {v.oid for v in await giver.vouchers() if v.status == "enabled"}
+        elif e.exchange is not None and e.exchange.n1 in pending:
+            if e.exchange.swapped:
+                done.add(e.exchange.n1)
+            elif e.exchange.finished:
+                x = e.exchange
+                raise BenchError("failed", f"exchange {x.n1.hex()} ended without a swap ({x.phase}: {x.why})")
+        elif e.kind == "token_arrived" and e.voucher is not None:
+            arrived.add(e.voucher.oid)
         for n1, gets in list(pending.items()):
-            x = xs[n1]
-            if x.finished and not x.swapped:
-                raise BenchError("failed", f"exchange {n1.hex()} ended without a swap ({x.phase}: {x.why})")
-            if x.swapped and gets in enabled:
+            if n1 in done and gets in arrived:
                 del pending[n1]
-        if pending:
-            await asyncio.sleep(0.0005)
 
 
-async def _accepting(taker: Wallet, stop: asyncio.Event) -> None:
-    """The other owner: accepts every offer as soon as it is listed."""
-    while not stop.is_set():
-        for x in await taker.offers():
-            await taker.accept(x.n1)
-        await asyncio.sleep(0.0005)
+async def _accepting(taker: Wallet, changes: asyncio.Queue[Event]) -> None:
+    """The other owner: accepts every offer as soon as the card tells of it."""
+    while True:
+        e = await changes.get()
+        if e.kind == "offer_received" and e.exchange is not None:
+            await taker.accept(e.exchange.n1)
+        elif e.kind == "missed":
+            for x in await taker.offers():
+                await taker.accept(x.n1)
 
 
 async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: str, peer: Uid) -> float:
     """Every pair (``first``'s voucher, the other's) exchanged at once; exchanges per second."""
     other = "b" if first == "a" else "a"
-    stop = asyncio.Event()
-    taker = asyncio.create_task(_accepting(w[other], stop))
-    t0 = time.perf_counter()
-    try:
-        offers = [await w[first].offer(give, want, peer) for give, want in pairs]
-        await _complete(w[first], {x.n1: x.want for x in offers})
-    finally:
-        stop.set()
-        await taker
-    return len(pairs) / (time.perf_counter() - t0)
+    async with w[first].subscription() as mine, w[other].subscription() as theirs:
+        taker = asyncio.create_task(_accepting(w[other], theirs))
+        t0 = time.perf_counter()
+        try:
+            offers = [await w[first].offer(give, want, peer) for give, want in pairs]
+            await _complete(w[first], mine, {x.n1: x.want for x in offers})
+        finally:
+            taker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await taker
+        return len(pairs) / (time.perf_counter() - t0)
 
 
 async def _run(tmp: Path, in_flight: int, rounds: int, samples_idle: int, progress: Progress) -> dict[str, Any]:

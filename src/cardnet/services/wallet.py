@@ -5,8 +5,10 @@ An application opens a :class:`Wallet` on its host's application socket (``app_s
 the host runs several, and gives the PIN: the card then takes the owner's privileged orders from it. Every
 method sends one order to the card and returns its answer as a value (:class:`Voucher`, :class:`Exchange`); a
 refusal raises :class:`WalletError` with the card's reason. The card does the protocol; what the library adds
-is waiting (:meth:`Wallet.wait`, driving recovery meanwhile) and events (:meth:`Wallet.events`, by comparing
-what the card lists).
+is waiting (:meth:`Wallet.wait`, driving recovery meanwhile) and events (:meth:`Wallet.events`): the card
+pushes every change of a token or an exchange to the applications watching it (``trn.watch``), so nothing
+polls. One task reads the connection: answers go to the order waiting for them (orders are taken in turn),
+pushed changes to every subscriber.
 
 Operations and RFC 4154 (VTS-API): docs/wallet-api.md.
 """
@@ -14,19 +16,23 @@ Operations and RFC 4154 (VTS-API): docs/wallet-api.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from cardnet.applets import fairx as fa
+from cardnet.applets import trn
 from cardnet.applets.trn import LIST, RECOVER, RESULT, SEND, TOKENS
 from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
 from cardnet.protocols import fairx as fx
-from cardnet.wire import MType, Uid
+from cardnet.wire import Message, MType, Uid
 
 ANSWER_TIMEOUT_S = 30.0
+EVENT_QUEUE = 4096  # changes a subscriber may have unread; past that it is told it missed some (and resyncs)
+RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
 
 
@@ -79,12 +85,32 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Event:
-    """Something the application may want to react to: ``offer_received``, ``exchange_done``, ``aborted``,
-    ``token_arrived`` (a voucher became usable on the card)."""
+    """Something the application may want to react to: ``offer_received``, ``exchange_done``, ``resolved`` (done
+    by the TTP's decision), ``aborted``, ``token_arrived`` (a voucher became usable on the card), ``token_left``;
+    ``missed`` when the application read too slowly and changes were dropped (list again to resync)."""
 
     kind: str
     exchange: Exchange | None = None
     voucher: Voucher | None = None
+
+
+def event_of(msg_type: int, item: dict[str, Any]) -> Event | None:
+    """The event a pushed change means (None: a change no application needs to react to)."""
+    if msg_type == fa.CHANGED.code:
+        x = Exchange.of(item)
+        if x.phase == fx.Phase.PROPOSED.value:
+            return Event("offer_received", exchange=x)
+        if x.phase == fx.Phase.DONE.value:
+            return Event("resolved" if (x.note or "").startswith("resolved") else "exchange_done", exchange=x)
+        if x.phase in (fx.Phase.ABORTED.value, fx.Phase.GAVE_UP.value):
+            return Event("aborted", exchange=x)
+        return Event("exchange_changed", exchange=x)
+    v = Voucher.of(item)
+    if v.status == "enabled":
+        return Event("token_arrived", voucher=v)
+    if v.status == trn.GONE:
+        return Event("token_left", voucher=v)
+    return Event("token_changed", voucher=v)
 
 
 class Wallet:
@@ -93,6 +119,10 @@ class Wallet:
     def __init__(self, app: AppClient) -> None:
         self.app = app
         self._one_at_a_time = asyncio.Lock()  # a connection answers orders in turn: concurrent callers queue
+        self._answers: asyncio.Queue[Message | BaseException] = asyncio.Queue()
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._watching = False
+        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, socket: str, *, pin: str, card: bytes | None = None) -> Wallet:
@@ -103,19 +133,23 @@ class Wallet:
         except CardnetError as exc:
             raise WalletError(exc.reason, f"the host refused: {exc}") from None
         wallet = cls(app)
+        wallet._reader = asyncio.get_running_loop().create_task(wallet._read())
         try:
-            await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=pin)
-            r = await wallet._answer(cm.PIN_RESULT)
+            r = await wallet._ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=pin)
         except BaseException:
-            await app.aclose()
+            await wallet.close()
             raise
         if not r["ok"]:
-            await app.aclose()
+            await wallet.close()
             left = r["tries_left"]
             raise WalletError("wrong_pin", f"wrong PIN: the card refused it ({left} tries left)")
         return wallet
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
         await self.app.aclose()
 
     async def __aenter__(self) -> Wallet:
@@ -136,7 +170,7 @@ class Wallet:
         await self._ask(SEND, RESULT, oid=oid, to=to)
 
     async def recover(self) -> None:
-        """Resend whatever transfers and exchanges wait for (the host also does it on its timer)."""
+        """Resend whatever transfers and exchanges wait for (the host also does it on its timer; no answer)."""
         await self.app.send(self.card, RECOVER)
 
     # -- exchanges (fairx) -----------------------------------------------------------------------------
@@ -178,46 +212,48 @@ class Wallet:
     async def set_ttp(self, ttp: Uid) -> None:
         await self._ask(fa.SET_TTP, fa.TTP_IS, ttp=ttp)
 
-    async def wait(self, n1: bytes, *, timeout_s: float = 30.0, poll_s: float = 0.1) -> Exchange:
+    async def wait(self, n1: bytes, *, timeout_s: float = 30.0, recover_every_s: float = RECOVER_EVERY_S) -> Exchange:
         """The exchange once it ended (swapped, aborted or given up), resending what it waits for meanwhile.
 
         Raises TimeoutError after ``timeout_s``: the exchange then still waits; the recovery order its phase
         allows (:meth:`give_up`, :meth:`resolve`, :meth:`abort`) ends it with the TTP's help.
         """
-        async with asyncio.timeout(timeout_s):
-            polls = 0
-            while True:
-                x = await self.status(n1)
-                if x.finished:
-                    return x
-                polls += 1
-                if polls % 10 == 0:
+        async with asyncio.timeout(timeout_s), self.subscription() as changes:
+            x = await self.status(n1)
+            while not x.finished:
+                try:
+                    async with asyncio.timeout(recover_every_s):
+                        while True:
+                            e = await changes.get()
+                            if e.kind == "missed":
+                                x = await self.status(n1)
+                            elif e.exchange is not None and e.exchange.n1 == n1:
+                                x = e.exchange
+                            if x.finished:
+                                break
+                except TimeoutError:
                     await self.recover()
-                await asyncio.sleep(poll_s)
+                    x = await self.status(n1)
+            return x
 
-    async def events(self, *, poll_s: float = 0.2) -> AsyncIterator[Event]:
-        """What changes on the card, as events (polling its lists): new offers, exchanges that end, vouchers
-        that become usable. Runs until the caller stops iterating."""
-        seen_x = {x.n1: x for x in await self.exchanges()}
-        seen_v = {v.oid: v for v in await self.vouchers()}
-        while True:
-            await asyncio.sleep(poll_s)
-            for x in await self.exchanges():
-                before = seen_x.get(x.n1)
-                seen_x[x.n1] = x
-                if before is not None and before.phase == x.phase:
-                    continue
-                if x.phase == fx.Phase.PROPOSED.value:
-                    yield Event("offer_received", exchange=x)
-                elif x.phase == fx.Phase.DONE.value:
-                    yield Event("exchange_done", exchange=x)
-                elif x.phase in (fx.Phase.ABORTED.value, fx.Phase.GAVE_UP.value):
-                    yield Event("aborted", exchange=x)
-            for v in await self.vouchers():
-                before_v = seen_v.get(v.oid)
-                seen_v[v.oid] = v
-                if v.status == "enabled" and (before_v is None or before_v.status != "enabled"):
-                    yield Event("token_arrived", voucher=v)
+    async def events(self) -> AsyncIterator[Event]:
+        """What changes on the card, as events, as the card pushes them; runs until the caller stops iterating."""
+        async with self.subscription() as changes:
+            while True:
+                yield await changes.get()
+
+    @contextlib.asynccontextmanager
+    async def subscription(self) -> AsyncIterator[asyncio.Queue[Event]]:
+        """A queue of every :class:`Event` from now on (the card is asked to push its changes to this wallet)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE)
+        self._subscribers.append(queue)
+        try:
+            if not self._watching:
+                await self._ask(trn.WATCH, RESULT, on=True)
+                self._watching = True
+            yield queue
+        finally:
+            self._subscribers.remove(queue)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     async def _exchange_order(self, mtype: MType, n1: bytes) -> Exchange:
@@ -234,9 +270,39 @@ class Wallet:
     async def _answer(self, reply: MType) -> dict[str, Any]:
         async with asyncio.timeout(ANSWER_TIMEOUT_S):
             while True:
-                msg = await self.app.recv()
+                msg = await self._answers.get()
+                if isinstance(msg, BaseException):
+                    self._answers.put_nowait(msg)  # (every later order fails the same way)
+                    raise WalletError("no_host", f"the connection to the host is gone: {msg}")
                 if msg.mtype == cm.REFUSED.code:
                     p = cm.REFUSED.parse(msg)
                     raise WalletError(p["reason"], p["detail"] or p["reason"])
                 if msg.mtype == reply.code:
                     return dict(reply.parse(msg))
+
+    async def _read(self) -> None:
+        """The one reader of the connection: pushed changes to the subscribers, everything else to the orders."""
+        try:
+            while True:
+                msg = await self.app.recv()
+                if msg.mtype in (fa.CHANGED.code, trn.CHANGED.code):
+                    schema = fa.CHANGED if msg.mtype == fa.CHANGED.code else trn.CHANGED
+                    event = event_of(msg.mtype, dict(schema.parse(msg)))
+                    if event is not None:
+                        self._publish(event)
+                else:
+                    self._answers.put_nowait(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the host went away (or sent what no order understands): orders fail, not hang
+            self._answers.put_nowait(exc)
+
+    def _publish(self, event: Event) -> None:
+        for queue in self._subscribers:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(Event("missed"))
+            queue.put_nowait(event)
