@@ -7,15 +7,14 @@ Built on the wallet library (:mod:`cardnet.services.wallet`). Every command take
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_rows, say, wants_json
-from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, hex16, parse_domain, parse_oid, parse_uid
+from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, say, wants_json
+from cardnet.cli.trn import CARD, PIN, SOCKET, hex16, parse_oid, parse_uid, run_on_wallet
 
 WAIT_S = 30.0
 
@@ -53,22 +52,7 @@ def wallet_command(name: str, *options: Callable[..., Any]) -> Callable[[Callabl
 
 def _with_wallet(socket: str, pin: str | None, card: str | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Open the wallet on ``card`` at ``socket`` with the PIN, run ``work``; a refusal fails in words."""
-    from cardnet.services.wallet import Wallet, WalletError
-
-    async def go() -> Any:
-        try:
-            wallet = await Wallet.open(socket, pin=card_pin(pin), card=parse_domain(card))
-            async with wallet:
-                return await work(wallet)
-        except WalletError as exc:
-            if exc.reason == "no_host":
-                fail(str(exc), reason=exc.reason, hint="is `cardnet host run` running with that app_socket?")
-            message, hint = card_refusal(exc.reason, str(exc))
-            fail(message, reason=exc.reason, hint=HINTS.get(exc.reason, hint))
-        except TimeoutError:
-            fail("the card did not answer in time", reason="timeout", hint="is the host busy? try again")
-
-    return asyncio.run(go())
+    return run_on_wallet(socket, pin, card, work, HINTS)
 
 
 HINTS = {

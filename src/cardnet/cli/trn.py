@@ -61,6 +61,47 @@ def run_on_card(
     return asyncio.run(go())
 
 
+def run_on_wallet(
+    socket: str,
+    pin: str | None,
+    card: str | None,
+    work: Callable[[Any], Awaitable[Any]],
+    hints: dict[str, str] | None = None,
+    *,
+    login: bool = True,
+) -> Any:
+    """Open the wallet library (:class:`~cardnet.services.wallet.Wallet`) on ``card`` at ``socket``, logged in
+    with the PIN unless ``login`` is off, and run ``work`` on it; a refusal fails in its owner's words, with this
+    command's hint for that reason if ``hints`` has one."""
+    from cardnet.services.wallet import Wallet, WalletError
+
+    async def go() -> Any:
+        try:
+            wallet = await Wallet.open(socket, pin=card_pin(pin) if login else None, card=parse_domain(card))
+        except WalletError as exc:
+            opening = {
+                "no_host": "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?",
+                "wrong_pin": "check the PIN; at 0 tries the card locks",
+                "no_port": "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)",
+            }
+            if exc.reason in opening:
+                fail(str(exc), reason=exc.reason, hint=opening[exc.reason])
+            message, refusal_hint = card_refusal(exc.reason, str(exc))
+            fail(message, reason=exc.reason, hint=refusal_hint)
+        try:
+            async with wallet:
+                return await work(wallet)
+        except WalletError as exc:
+            if exc.reason == "no_host":
+                fail(str(exc), reason=exc.reason, hint="the host stopped: start it again and repeat the command")
+            message, hint = card_refusal(exc.reason, str(exc))
+            fail(message, reason=exc.reason, hint=(hints or {}).get(exc.reason, hint))
+        except TimeoutError:
+            fail("the card did not answer in time", reason="timeout", hint="is the host busy? try again")
+
+    return asyncio.run(go())
+
+
 async def verify_pin(app: Any, pin: str, *, hint: str = "check the PIN; at 0 tries the card locks") -> None:
     """Log ``app`` in to its card with ``pin``; a wrong PIN fails with ``wrong_pin`` and the tries left (the
     card counts the try: a person learns how many remain), a locked PIN with the card's refusal in words."""
@@ -204,11 +245,10 @@ def trn() -> None:
 )
 def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str, as_json: bool) -> None:
     """Create a token on an agent's card (the card signs oid and body)."""
-    from cardnet.applets.trn import MINT
-
-    r = run_order(socket, pin, card, MINT, oid=parse_oid(oid), body=body.encode())
+    raw = parse_oid(oid)
+    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.issue(raw, body.encode()))
     then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"
-    say(as_json, {"oid": oid, "reason": r["reason"]}, f"Minted token {oid} on this card: it is enabled here; {then}.")
+    say(as_json, {"oid": oid, "reason": reason}, f"Minted token {oid} on this card: it is enabled here; {then}.")
 
 
 @card_command(
@@ -226,13 +266,11 @@ def trn_send(
     The host is asked first whether it can reach the receiver: a Uid that is neither a card of this host nor
     routed (`[routes]` in its config) is refused, and the token stays where it is.
     """
-    from cardnet.applets.trn import SEND
-
     raw, dst = parse_oid(oid), parse_uid(to)
 
-    async def work(app: Any) -> dict[str, Any]:
-        if dst.is_card and dst.domain != app.uid.domain:
-            where = await route(app, dst.domain)
+    async def work(wallet: Any) -> str:
+        if dst.is_card and dst.domain != wallet.card.domain:
+            where = await wallet.route(dst.domain)
             if where["where"] == "none":
                 fail(
                     f"this host cannot reach {dst}: no card of domain {dst.domain.hex()} here and no route to it; "
@@ -241,11 +279,11 @@ def trn_send(
                     hint="check the Uid (`cardnet card show --store ...` on the receiver prints it), or add "
                     f'"{dst.domain.hex()}" = "HOST:PORT" to [routes] in the host\'s config and restart it',
                 )
-        return await order(app, SEND, oid=raw, to=dst, traceable=not untraceable)
+        return str(await wallet.transfer(raw, dst, traceable=not untraceable))
 
-    r = run_on_card(socket, pin, work, parse_domain(card))
+    reason = run_on_wallet(socket, pin, card, work)
     if as_json:
-        emit_json({"oid": oid, "to": str(dst), "reason": r["reason"]})
+        emit_json({"oid": oid, "to": str(dst), "reason": reason})
         return
     # (untraceable is sticky: a token sent once untraceable is never traced again, so "for a traced token")
     trace = " (untraceable: the authority is not told)" if untraceable else (
@@ -268,21 +306,27 @@ STATUS_WORDS = {
 }
 
 
-async def _tokens(app: Any) -> list[dict[str, Any]]:
-    from cardnet.applets.trn import LIST, TOKENS
+def _token(v: Any) -> dict[str, Any]:
+    """A :class:`~cardnet.services.wallet.Voucher` as the rows below read it."""
+    t: dict[str, Any] = {"oid": v.oid, "status": v.status}
+    for name in ("peer", "body", "issuer", "refused"):
+        if getattr(v, name) is not None:
+            t[name] = getattr(v, name)
+    return t
 
-    await app.send(app.uid.card_uid(), LIST)
-    return list((await answer(app, TOKENS))["tokens"])
+
+async def _tokens(wallet: Any) -> list[dict[str, Any]]:
+    return [_token(v) for v in await wallet.vouchers()]
 
 
 @card_command(trn, "list")
 def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """The tokens on the card with their status; a transfer stuck on an unreachable receiver says so."""
 
-    async def work(app: Any) -> list[dict[str, Any]]:
+    async def work(wallet: Any) -> list[dict[str, Any]]:
         rows = []
         routes: dict[bytes, dict[str, Any]] = {}
-        for t in await _tokens(app):
+        for t in await _tokens(wallet):
             oid = t["oid"].hex()
             row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
                    "body": t.get("body", b"").decode("utf-8", "replace"),
@@ -293,7 +337,7 @@ def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> N
             peer = t.get("peer")
             if t["status"] in ("disabled+O", "disabled") and peer is not None:
                 if peer.domain not in routes:
-                    routes[peer.domain] = await route(app, peer.domain)
+                    routes[peer.domain] = await wallet.route(peer.domain)
                 where = routes[peer.domain]
                 problem = where.get("undeliverable")
                 if where["where"] == "none" and problem is None:
@@ -305,7 +349,7 @@ def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> N
             rows.append(row)
         return rows
 
-    rows = run_on_card(socket, pin, work, parse_domain(card))
+    rows = run_on_wallet(socket, pin, card, work)
     if as_json:
         emit_json({"tokens": rows})
         return
@@ -328,21 +372,21 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
     Possible until the receiver's copy arrived and the card sent the commit; after that the transfer can only
     finish (the receiver may already hold the token), and this command says so.
     """
-    from cardnet.applets.trn import CANCEL
-    from cardnet.card import mtypes as cm
+    from cardnet.services.wallet import WalletError
 
     raw = parse_oid(oid)
 
-    async def work(app: Any) -> tuple[str, str]:
-        held = {t["oid"]: t for t in await _tokens(app)}
+    async def work(wallet: Any) -> tuple[str, str]:
+        held = {t["oid"]: t for t in await _tokens(wallet)}
         t = held.get(raw)
         if t is not None and t["status"] == "disabled+O":
-            await app.send(app.uid.card_uid(), CANCEL, oid=raw)
-            msg = await app.recv()
-            if msg.mtype != cm.REFUSED.code:
+            try:
+                await wallet.cancel(raw)
+            except WalletError:
+                t = {t2["oid"]: t2 for t2 in await _tokens(wallet)}.get(raw)  # it moved on: say how it is now
+            else:
                 back = f"cancelled: {oid} is enabled again on this card (the receiver is told to drop its copy)"
                 return "cancelled", back
-            t = {t2["oid"]: t2 for t2 in await _tokens(app)}.get(raw)  # it moved on meanwhile: say how it is now
         if t is None:
             fail(f"this card does not hold token {oid}", reason="not_held",
                  hint="`cardnet trn list` shows the tokens on this card (--card DOMAIN for another card)")  # fmt: skip
@@ -363,7 +407,7 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
             hint="wait for the transfer to finish, or ask the sender to cancel it",
         )
 
-    state, message = run_on_card(socket, pin, work, parse_domain(card))
+    state, message = run_on_wallet(socket, pin, card, work)
     say(as_json, {"oid": oid, "state": state, "message": message}, message)
 
 
@@ -398,39 +442,29 @@ def trn_reissue(
     last holder it recorded; the card then mints the new token and sends it
     there. Safe to repeat: the same command reports how the reissue went.
     """
-    from cardnet.applets.trn import RECOVER, REISSUE, REISSUE_STATE
+    old = parse_oid(oid)
+    new = None if new_oid is None else parse_oid(new_oid)
+    hints = {
+        "need_body": "give the new token's body with --body",
+        "no_authority": "run `cardnet trn set-authority` on the agent's card first",
+        "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
+    }
 
-    fields: dict[str, Any] = {"oid": parse_oid(oid)}
-    if new_oid is not None:
-        fields["new_oid"] = parse_oid(new_oid)
-    if body is not None:
-        fields["body"] = body.encode()
-
-    async def ask(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), REISSUE, **fields)
-        hints = {
-            "need_body": "give the new token's body with --body",
-            "no_authority": "run `cardnet trn set-authority` on the agent's card first",
-            "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
-        }
-        return await answer(app, REISSUE_STATE, hints)
-
-    async def work(app: Any) -> dict[str, Any]:
+    async def work(wallet: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        state = await ask(app)
-        fields.pop("body", None)  # polling: the same old oid (and new oid, once known) reports the state
-        fields["new_oid"] = state["new_oid"]
+        state: dict[str, Any] = await wallet.reissue(old, new_oid=new, body=None if body is None else body.encode())
         polls = 0
         while state["state"] == "pending" and loop.time() < deadline:
             await asyncio.sleep(0.25)
             polls += 1
             if polls % 8 == 0:  # the host's timer resends too; this keeps a host without ticks moving
-                await app.send(app.uid.card_uid(), RECOVER)
-            state = await ask(app)
+                await wallet.recover()
+            # polling: the same old oid (and new oid, once known) reports the state
+            state = await wallet.reissue(old, new_oid=state["new_oid"])
         return state
 
-    state = run_on_card(socket, pin, work, parse_domain(card))
+    state = run_on_wallet(socket, pin, card, work, hints)
     out = {
         "oid": oid,
         "new_oid": state["new_oid"].hex(),
@@ -454,23 +488,20 @@ def trn_reissue(
 @card_command(trn, "set-authority", click.option("--authority", required=True, help="The authority card's Uid."))
 def trn_set_authority(socket: str, pin: str | None, card: str | None, authority: str, as_json: bool) -> None:
     """Tell the card which authority traces its tokens."""
-    from cardnet.applets.trn import SET_AUTHORITY
-
     uid = parse_uid(authority)
-    r = run_order(socket, pin, card, SET_AUTHORITY, authority=uid)
-    say(as_json, {"authority": str(uid), "reason": r["reason"]}, f"the tokens on this card are now traced by {uid}")
+    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.set_authority(uid))
+    say(as_json, {"authority": str(uid), "reason": reason}, f"the tokens on this card are now traced by {uid}")
 
 
 @card_command(trn, "recover", pin=False)
 def trn_recover(socket: str, card: str | None, as_json: bool) -> None:
     """Resend whatever transfers and traces are unfinished (safe to repeat; no PIN needed)."""
-    from cardnet.applets.trn import RECOVER
 
-    async def work(app: Any) -> None:
-        await app.send(app.uid.card_uid(), RECOVER)
+    async def work(wallet: Any) -> None:
+        await wallet.recover()
         await asyncio.sleep(0.2)
 
-    run_on_card(socket, None, work, parse_domain(card), login=False)
+    run_on_wallet(socket, None, card, work, login=False)
     say(as_json, {"recovery": "ordered"}, "recovery ordered")
 
 
@@ -506,21 +537,11 @@ def trn_policy(
     as_json: bool,
 ) -> None:  # fmt: skip
     """Show or set which incoming tokens this card takes (no option: show it)."""
-    from cardnet.applets.trn import ACCEPT_POLICY, ACCEPT_POLICY_IS
-
     if issuers and any_issuer:
         raise click.BadParameter("give --issuer or --any-issuer, not both", param_hint="--any-issuer")
-    fields: dict[str, Any] = {}
-    if issuers or any_issuer:
-        fields["issuers"] = [parse_uid(u) for u in issuers]
-    if ask is not None:
-        fields["ask"] = ask
-
-    async def work(app: Any) -> dict[str, Any]:
-        await app.send(app.uid.card_uid(), ACCEPT_POLICY, **fields)
-        return await answer(app, ACCEPT_POLICY_IS, {"bad_policy": "give agent cards' Uids (<24 hex>:00000000)"})
-
-    r = run_on_card(socket, pin, work, parse_domain(card))
+    taken = [parse_uid(u) for u in issuers] if issuers or any_issuer else None
+    hints = {"bad_policy": "give agent cards' Uids (<24 hex>:00000000)"}
+    r = run_on_wallet(socket, pin, card, lambda wallet: wallet.policy(issuers=taken, ask=ask), hints)
     shown = {"issuers": [str(u) for u in r["issuers"]], "ask": r["ask"]}
     if as_json:
         emit_json(shown)
@@ -535,11 +556,11 @@ def trn_policy(
 def trn_offers(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """Tokens offered to this card, waiting for you to accept or reject them (with `policy --ask`)."""
 
-    async def work(app: Any) -> list[dict[str, Any]]:
-        return [t for t in await _tokens(app) if t["status"] == "offered"]
+    async def work(wallet: Any) -> list[dict[str, Any]]:
+        return [t for t in await _tokens(wallet) if t["status"] == "offered"]
 
     rows = []
-    for t in run_on_card(socket, pin, work, parse_domain(card)):
+    for t in run_on_wallet(socket, pin, card, work):
         frm, issuer = str(t.get("peer") or ""), str(t.get("issuer") or "")
         body = t.get("body", b"").decode("utf-8", "replace")
         rows.append({"oid": t["oid"].hex(), "from": frm, "issuer": issuer, "body": body})
@@ -560,15 +581,14 @@ OFFERED_OID = click.option("--oid", required=True, help="The offered token (`car
 
 
 def _answer_offer(socket: str, pin: str | None, card: str | None, oid: str, accept: bool, as_json: bool) -> None:
-    from cardnet.applets.trn import ANSWER
-
     hints = {"no_offer": "`cardnet trn offers` lists what waits for an answer"}
-    r = run_order(socket, pin, card, ANSWER, hints, oid=parse_oid(oid), accept=accept)
+    raw = parse_oid(oid)
+    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.answer_offer(raw, accept=accept), hints)
     if accept:
         done = f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive"
     else:
         done = f"rejected {oid}: the sender's card takes it back"
-    say(as_json, {"oid": oid, "reason": r["reason"]}, done)
+    say(as_json, {"oid": oid, "reason": reason}, done)
 
 
 @card_command(trn, "accept", OFFERED_OID)

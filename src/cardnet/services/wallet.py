@@ -26,7 +26,9 @@ from cardnet.applets import trn
 from cardnet.applets.trn import LIST, RECOVER, RESULT, SEND, TOKENS
 from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
+from cardnet.host import mtypes as hm
 from cardnet.host.client import AppClient
+from cardnet.host.core import HOST_PORT
 from cardnet.protocols import fairx as fx
 from cardnet.wire import Message, MType, Uid
 
@@ -47,11 +49,14 @@ class Voucher:
     oid: bytes
     status: str
     body: bytes | None = None
-    peer: Uid | None = None
+    peer: Uid | None = None  # the other card of a transfer under way
+    issuer: Uid | None = None  # offered (the card's policy asks the owner): the agent card that minted it
+    refused: str | None = None  # enabled again after a refused transfer: the receiver's reason
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> Voucher:
-        return cls(item["oid"], item["status"], item.get("body"), item.get("peer"))
+        return cls(item["oid"], item["status"], item.get("body"), item.get("peer"), item.get("issuer"),
+                   item.get("refused"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,9 @@ class Wallet:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, socket: str, *, pin: str, card: bytes | None = None) -> Wallet:
+    async def open(cls, socket: str, *, pin: str | None, card: bytes | None = None) -> Wallet:
+        """The wallet on ``card`` (the host's only card if None) at the host's application ``socket``, logged
+        in with ``pin`` (None: not logged in; the card then takes only its unprivileged orders)."""
         try:
             app = await AppClient.connect(socket, card=card)
         except OSError as exc:
@@ -134,6 +141,8 @@ class Wallet:
             raise WalletError(exc.reason, f"the host refused: {exc}") from None
         wallet = cls(app)
         wallet._reader = asyncio.get_running_loop().create_task(wallet._read())
+        if pin is None:
+            return wallet
         try:
             r = await wallet._ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=pin)
         except BaseException:
@@ -166,8 +175,49 @@ class Wallet:
     async def vouchers(self) -> list[Voucher]:
         return [Voucher.of(t) for t in (await self._ask(LIST, TOKENS))["tokens"]]
 
-    async def transfer(self, oid: bytes, to: Uid) -> None:
-        await self._ask(SEND, RESULT, oid=oid, to=to)
+    async def issue(self, oid: bytes, body: bytes) -> str:
+        """Mint a voucher (an agent card: the issuer); the card's answer in words."""
+        return str((await self._ask(trn.MINT, RESULT, oid=oid, body=body))["reason"])
+
+    async def transfer(self, oid: bytes, to: Uid, *, traceable: bool = True) -> str:
+        """Start moving voucher ``oid`` to card ``to`` (TRN); it is usable there once committed and traced."""
+        return str((await self._ask(SEND, RESULT, oid=oid, to=to, traceable=traceable))["reason"])
+
+    async def cancel(self, oid: bytes) -> str:
+        """Take back a voucher being sent, while its transfer cannot have been committed."""
+        return str((await self._ask(trn.CANCEL, RESULT, oid=oid))["reason"])
+
+    async def answer_offer(self, oid: bytes, *, accept: bool) -> str:
+        """Take (``accept``) or refuse a voucher offered to this card (when its policy asks the owner)."""
+        return str((await self._ask(trn.ANSWER, RESULT, oid=oid, accept=accept))["reason"])
+
+    async def policy(self, *, issuers: list[Uid] | None = None, ask: bool | None = None) -> dict[str, Any]:
+        """Set (or, with neither argument, show) which incoming vouchers this card takes: ``issuers`` (empty:
+        any) and whether it ``ask``s the owner first."""
+        fields: dict[str, Any] = {}
+        if issuers is not None:
+            fields["issuers"] = issuers
+        if ask is not None:
+            fields["ask"] = ask
+        return await self._ask(trn.ACCEPT_POLICY, trn.ACCEPT_POLICY_IS, **fields)
+
+    async def set_authority(self, authority: Uid) -> str:
+        return str((await self._ask(trn.SET_AUTHORITY, RESULT, authority=authority))["reason"])
+
+    async def reissue(self, oid: bytes, *, new_oid: bytes | None = None, body: bytes | None = None) -> dict[str, Any]:
+        """Ask the authority to revoke lost voucher ``oid`` and reissue it (an agent card); its state."""
+        fields: dict[str, Any] = {"oid": oid}
+        if new_oid is not None:
+            fields["new_oid"] = new_oid
+        if body is not None:
+            fields["body"] = body
+        return await self._ask(trn.REISSUE, trn.REISSUE_STATE, **fields)
+
+    async def route(self, domain: bytes) -> dict[str, Any]:
+        """What the host knows about reaching ``domain`` (``host.route_is``: where, and a recent failure)."""
+        async with self._one_at_a_time:
+            await self.app.send(Uid(self.app.uid.domain, HOST_PORT), hm.ROUTE, domain=domain)
+            return await self._answer(hm.ROUTE_IS)
 
     async def recover(self) -> None:
         """Resend whatever transfers and exchanges wait for (the host also does it on its timer; no answer)."""
