@@ -31,7 +31,7 @@ from cardnet.wire import Message, Uid
 
 T1, T2, T3, T4 = (bytes([i]) * 16 for i in (1, 2, 3, 4))
 WAIT_S = 30.0
-# The fairx messages' record sizes (ciphertext bytes; measured: m1 893, m2 419, m3 187, m4 71): a tap tells them
+# The fairx messages' record sizes (ciphertext bytes; about: m1 1,460, m2 960, m3 187, m4 71): a tap tells them
 # apart by size and direction, as any eavesdropper could.
 OFFER_MIN = 600  # a -> b: the offer m1 (it carries a's certificate and v1 sealed); the confirmation m3 is smaller
 AGREE_MIN = 300  # b -> a: the agreement m2 (v2 sealed); the commitment m4 is smaller

@@ -16,7 +16,7 @@ import pytest
 from cardnet.crypto import profile
 from cardnet.protocols import fairx as fx
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import mint
+from cardnet.protocols.token import Token, mint
 from cardnet.protocols.transfer import statement_bytes
 from cardnet.wire.ids import Uid
 
@@ -34,6 +34,14 @@ KA, KB, KT, KI, KX = (_key(s) for s in (1, 2, 3, 4, 5))  # a, b, the TTP, the vo
 ISSUER = Uid(bytes.fromhex("11" * 12), 0)
 V1 = mint(OID1, ISSUER, b"concert, seat 7", lambda d: profile.sign(KI, d)).encode()
 V2 = mint(OID2, ISSUER, b"voucher: one coffee", lambda d: profile.sign(KI, d)).encode()
+ISSUER_CERT = b"cert of the issuer"
+
+
+def issuer_key(cert: bytes, issuer: Uid) -> profile.PublicKey:
+    """The card's check of an issuer's certificate (here: the one issuer, KI)."""
+    if cert != ISSUER_CERT or issuer != ISSUER:
+        raise ProtocolError("unknown_ca", "not the issuer's certificate")
+    return KI.public_key()
 
 
 def signer(key: profile.PrivateKey) -> fx.Signer:
@@ -81,10 +89,11 @@ def offer(n1: bytes = b"n" * 16) -> tuple[fx.Outcome, fx.Outcome]:
         peer_cert=b"cert of b",
         seal=sealer(KB),
         sign=signer(KA),
+        issuer_cert=ISSUER_CERT,
     )
     [(_, code, m1)] = oa.send
     assert code == fx.OFFER
-    ob = fx.on_offer(roundtrip(code, m1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB))
+    ob = fx.on_offer(roundtrip(code, m1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
     return oa, ob
 
 
@@ -99,13 +108,21 @@ def agreed(n2: bytes = b"m" * 16) -> tuple[fx.Exchange, fx.Outcome]:
     """a offered, b accepted: (a's record, b's outcome with m2)."""
     oa, ob = offer()
     assert oa.exchange is not None and ob.exchange is not None
-    ob2 = fx.accept(ob.exchange, n2=n2, seal=sealer(KA), sign=signer(KB), want_token=V2)
+    ob2 = fx.accept(ob.exchange, n2=n2, seal=sealer(KA), sign=signer(KB), want_token=V2, issuer_cert=ISSUER_CERT)
     return oa.exchange, ob2
 
 
 def confirm(a: fx.Exchange, ob2: fx.Outcome) -> fx.Outcome:
     """b's agreement (in ``ob2``) reaches a: a checks it and confirms."""
-    return fx.on_agree(a, sent(ob2, fx.AGREE), b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"ca")
+    return fx.on_agree(
+        a,
+        sent(ob2, fx.AGREE),
+        b_key=KB.public_key(),
+        open_=opener(KA),
+        sign=signer(KA),
+        my_cert=b"ca",
+        issuer_key=issuer_key,
+    )
 
 
 def sent(o: fx.Outcome, code: int) -> dict[str, Any]:
@@ -118,7 +135,7 @@ def test_the_normal_flow_swaps_the_vouchers_with_statements_the_authority_can_ch
     oa, ob = offer()
     assert oa.lock == OID1 and oa.exchange is not None and oa.exchange.phase is fx.Phase.OFFERED
     assert ob.lock is None and ob.exchange is not None and ob.exchange.phase is fx.Phase.PROPOSED  # nothing locked
-    ob2 = fx.accept(ob.exchange, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
+    ob2 = fx.accept(ob.exchange, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2, issuer_cert=ISSUER_CERT)
     assert ob2.lock == OID2 and ob2.exchange is not None and ob2.exchange.phase is fx.Phase.AGREED
     oa2 = confirm(oa.exchange, ob2)
     assert oa2.exchange is not None and oa2.exchange.phase is fx.Phase.CONFIRMED and oa2.drop is None
@@ -144,11 +161,14 @@ def test_the_normal_flow_swaps_the_vouchers_with_statements_the_authority_can_ch
 def test_duplicates_are_answered_again_and_change_nothing() -> None:
     a, ob2 = agreed()
     m2 = sent(ob2, fx.AGREE)
-    oa2 = fx.on_agree(a, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
+    oa2 = fx.on_agree(
+        a, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a", issuer_key=issuer_key
+    )
     assert oa2.exchange is not None and ob2.exchange is not None
     again = fx.on_agree(
-        oa2.exchange, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a"
-    )
+        oa2.exchange, m2, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a",
+        issuer_key=issuer_key,
+    )  # fmt: skip
     assert again.exchange == oa2.exchange and again.lock is again.drop is None and again.receive is None
     assert sent(again, fx.CONFIRM)["xid"] == sent(oa2, fx.CONFIRM)["xid"]  # m3 again (it was lost)
     m3 = sent(oa2, fx.CONFIRM)
@@ -258,7 +278,7 @@ def test_an_answered_offer_cannot_be_accepted_again() -> None:
     _a, ob2 = agreed()
     assert ob2.exchange is not None
     with pytest.raises(ProtocolError, match="already answered"):
-        fx.accept(ob2.exchange, n2=b"z" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
+        fx.accept(ob2.exchange, n2=b"z" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2, issuer_cert=ISSUER_CERT)
     # and an abort admission for another exchange name does not touch this one
     other = fx.xid_of(b"z" * 16)
     adm = {"xid": other, "decision": fx.ABORTED, "sig": profile.sign(KT, fx.admission_bytes(fx.ABORTED, other, None))}
@@ -271,7 +291,15 @@ def _m2_variants(m2: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     other_box = profile.hpke_seal(KA.public_key(), V1, fx.box_info(b"v2", m2["xid"]))  # not the voucher wanted
     wrong_voucher = dict(m2, box=other_box, sig=profile.sign(KB, fx.agree_bytes(m2["xid"], m2["m1h"], other_box)))
     bad_st = dict(m2, st=profile.sign(KB, statement_bytes(OID2, B, C, fx.move_nonce(m2["xid"]))))
+    altered = Token.decode(V2)  # b's own voucher, body rewritten: b's signature on m2 holds, the issuer's does not
+    altered_box = profile.hpke_seal(
+        KA.public_key(), Token(altered.oid, altered.issuer, altered.sig, b"ten coffees").encode(),
+        fx.box_info(b"v2", m2["xid"]),
+    )  # fmt: skip
+    altered_voucher = dict(m2, box=altered_box, sig=profile.sign(KB, fx.agree_bytes(m2["xid"], m2["m1h"], altered_box)))
     return [
+        ("bad_agree", altered_voucher),
+        ("bad_agree", dict(m2, issuer_cert=b"a stranger's certificate")),
         ("bad_signature", forged_sig),
         ("bad_signature", dict(m2, box=m2["box"][:-1] + bytes([m2["box"][-1] ^ 1]))),
         ("bad_agree", dict(m2, m1h=b"\x00" * 32)),
@@ -285,7 +313,15 @@ def test_forged_or_altered_agreements_change_nothing() -> None:
     m2 = sent(ob2, fx.AGREE)
     for reason, bad in _m2_variants(m2):
         with pytest.raises(ProtocolError) as caught:
-            fx.on_agree(a, bad, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
+            fx.on_agree(
+                a,
+                bad,
+                b_key=KB.public_key(),
+                open_=opener(KA),
+                sign=signer(KA),
+                my_cert=b"cert of a",
+                issuer_key=issuer_key,
+            )
         assert caught.value.reason == reason, (reason, caught.value)
     assert a.phase is fx.Phase.OFFERED  # (records are values: a refused step leaves the stored one)
 
@@ -356,14 +392,27 @@ def test_the_offer_must_come_from_the_session_peer_it_names() -> None:
         peer_cert=b"",
         seal=sealer(KB),
         sign=signer(KA),
+        issuer_cert=ISSUER_CERT,
     )
     m1 = sent(oa, fx.OFFER)
     with pytest.raises(ProtocolError, match="other cards"):
-        fx.on_offer(m1, me=B, peer=C, a_key=KA.public_key(), open_=opener(KB))
+        fx.on_offer(m1, me=B, peer=C, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
     with pytest.raises(ProtocolError, match="not signed"):
-        fx.on_offer(dict(m1, want=OID1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB))
+        fx.on_offer(dict(m1, want=OID1), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
     with pytest.raises(ProtocolError, match="not sealed to this card"):
-        fx.on_offer(m1, me=B, peer=A, a_key=KA.public_key(), open_=opener(KX))
+        fx.on_offer(m1, me=B, peer=A, a_key=KA.public_key(), open_=opener(KX), issuer_key=issuer_key)
+    # a's own voucher with its body rewritten, sealed into an offer a signs: the issuer's signature does not hold
+    genuine = Token.decode(V1)
+    box = profile.hpke_seal(
+        KB.public_key(), Token(genuine.oid, genuine.issuer, genuine.sig, b"front row").encode(),
+        fx.box_info(b"v1", m1["n1"]),
+    )  # fmt: skip
+    altered = dict(m1, box=box)
+    altered["sig"] = profile.sign(KA, fx.offer_bytes(altered))
+    for bad in (altered, dict(m1, issuer_cert=b"a stranger's certificate")):
+        with pytest.raises(ProtocolError) as caught:
+            fx.on_offer(bad, me=B, peer=A, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
+        assert caught.value.reason == "bad_offer"
     with pytest.raises(ProtocolError, match="two different vouchers"):
         fx.start(
             a=A,
@@ -375,6 +424,7 @@ def test_the_offer_must_come_from_the_session_peer_it_names() -> None:
             peer_cert=b"",
             seal=sealer(KB),
             sign=signer(KA),
+            issuer_cert=ISSUER_CERT,
         )
 
 
@@ -416,6 +466,7 @@ class Explorer:
             peer_cert=b"cb",
             seal=sealer(KB),
             sign=signer(KA),
+            issuer_cert=ISSUER_CERT,
         )
         h = {("a", OID1.hex()): "enabled", ("b", OID2.hex()): "enabled"}
         return self._apply(World(None, None, (), frozenset(), ()), "a", oa, h)
@@ -460,7 +511,9 @@ class Explorer:
                     out.append(self._apply(w, who, order(x)))
             if x.phase is fx.Phase.PROPOSED:
                 out.append(self._apply(w, who, fx.reject(x)))
-                acc = fx.accept(x, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2)
+                acc = fx.accept(
+                    x, n2=b"m" * 16, seal=sealer(KA), sign=signer(KB), want_token=V2, issuer_cert=ISSUER_CERT
+                )
                 out.append(self._apply(w, who, acc))
         return out
 
@@ -488,12 +541,22 @@ class Explorer:
         if code == fx.OFFER:
             if raw_x is not None:
                 raise ProtocolError("duplicate", "the card has this offer already")
-            return self._apply(w, to, fx.on_offer(f, me=B, peer=A, a_key=KA.public_key(), open_=opener(KB)))
+            return self._apply(
+                w, to, fx.on_offer(f, me=B, peer=A, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
+            )
         if raw_x is None:
             raise ProtocolError("no_exchange", "nothing to apply it to")
         x = fx.Exchange.decode(raw_x)
         if code == fx.AGREE:
-            o = fx.on_agree(x, f, b_key=KB.public_key(), open_=opener(KA), sign=signer(KA), my_cert=b"cert of a")
+            o = fx.on_agree(
+                x,
+                f,
+                b_key=KB.public_key(),
+                open_=opener(KA),
+                sign=signer(KA),
+                my_cert=b"cert of a",
+                issuer_key=issuer_key,
+            )
         elif code == fx.CONFIRM:
             o = fx.on_confirm(x, f, a_key=KA.public_key())
         elif code == fx.COMMITMENT:

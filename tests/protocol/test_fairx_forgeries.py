@@ -353,12 +353,6 @@ def test_admissions_not_signed_by_the_ttp_are_refused_and_the_genuine_one_is_tak
 # -- a voucher altered under its holder's own signature ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a card checks only the oid of the voucher it opens from m1/m2 (its issuer's signature only at "
-    "the trace, after m3): a card running changed code with its owner's key swaps an altered voucher for a "
-    "genuine one (issue 11 item 6 finding; the fix needs the issuer's certificate to travel with the voucher)",
-)
 @pytest.mark.parametrize("rogue", ["alice", "bob"])
 def test_a_voucher_altered_under_its_holders_signature_is_refused_before_the_other_gives_anything(
     tmp_path: Path, ca: pki.CertificateAuthority, rogue: str
@@ -367,8 +361,10 @@ def test_a_voucher_altered_under_its_holders_signature_is_refused_before_the_oth
     signed m1 (alice) or m2 (bob) its voucher with the body rewritten ("front row", "ten coffees"): the
     issuer's signature no longer holds. The honest card must refuse it before it gives its own voucher away.
 
-    Today it checks only the oid, confirms, and is left with a voucher the authority refuses to trace (trustless
-    for good) while the rogue card's owner has the honest one, traced: the honest party loses its voucher.
+    Without the check (the card looked at the oid only) it confirmed and was left with a voucher the authority
+    refuses to trace (trustless for good) while the rogue card's owner had the honest one, traced: the honest
+    party lost its voucher. Now m1 and m2 carry the voucher's issuer's certificate and the card checks the
+    issuer's signature before it agrees or confirms.
     """
     applet = RogueWallet()
     w = world(tmp_path, ca, **{rogue: applet})

@@ -22,7 +22,6 @@ first-wins per exchange (``d:<xid>``, durable before the admission leaves) and s
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from cardnet.applets.sessions import SessionApplet
@@ -103,37 +102,21 @@ def _holding(ctx: StepContext, oid: bytes) -> tr.Holding | None:
     return None if raw is None else tr.Holding.decode(oid, raw)
 
 
-MAX_CHECKED = 256  # certificates whose chain check a card remembers (volatile: rebuilt after a restart)
-_checked: dict[bytes, tuple[Uid, profile.PublicKey, datetime, datetime]] = {}
-
-
 def _peer_key(cert: bytes | None, peer: Uid, ctx: StepContext) -> profile.PublicKey:
     """``peer``'s key from its certificate ``cert``, checked against the card's CA (and the Uid it must be).
 
-    A certificate whose chain was checked before (the same bytes under the same roots) is not checked again,
-    only its validity period against the card's time now: an exchange's every message names the same two.
+    The check is remembered while the certificates are valid (:func:`cardnet.crypto.pki.verified`): an
+    exchange's every message names the same two cards.
     """
     if cert is None:
         raise ProtocolError("no_session", f"no certificate of {peer} kept: a session with it opens first")
-    at = datetime.fromtimestamp(ctx.now, UTC)
-    memo = profile.sha256(cert + b"".join(ctx.roots_der))
-    hit = _checked.get(memo)
-    if hit is None or not hit[2] <= at <= hit[3]:
-        roots = [pki.cert_from_der(r) for r in ctx.roots_der]
-        try:
-            got = pki.verify_chain([pki.cert_from_der(cert)], roots, now=at)
-        except PkiError as exc:
-            raise ProtocolError(exc.reason, f"the certificate of {peer} is refused: {exc}") from None
-        if len(_checked) >= MAX_CHECKED:
-            _checked.clear()
-        valid = [got.certificate, *roots]  # (remembered only while the leaf and every root are valid)
-        since = max(c.not_valid_before_utc for c in valid)
-        until = min(c.not_valid_after_utc for c in valid)
-        hit = (got.uid, got.public_key, since, until)
-        _checked[memo] = hit
-    if hit[0] != peer:
-        raise ProtocolError("wrong_peer", f"the certificate kept for {peer} is {hit[0]}'s")
-    return hit[1]
+    try:
+        got = pki.verified(cert, ctx.roots_der, now=ctx.now)
+    except PkiError as exc:
+        raise ProtocolError(exc.reason, f"the certificate of {peer} is refused: {exc}") from None
+    if got.uid != peer:
+        raise ProtocolError("wrong_peer", f"the certificate kept for {peer} is {got.uid}'s")
+    return got.public_key
 
 
 class ExchangeWallet(SessionApplet):
@@ -207,7 +190,8 @@ class ExchangeWallet(SessionApplet):
             want_token = self._usable_token(ctx, x.gives)
             seal = self._sealer(ctx, x.peer, x.peer_cert)
             n2 = ctx.random(fx.NONCE_BYTES)
-            return fx.accept(x, n2=n2, seal=seal, sign=ctx.sign, want_token=want_token)
+            issuer_cert = self._issuer_cert(ctx, want_token)
+            return fx.accept(x, n2=n2, seal=seal, sign=ctx.sign, want_token=want_token, issuer_cert=issuer_cert)
         if code == REJECT.code:
             return fx.reject(x, "refused_by_owner")
         if code == GIVE_UP.code:
@@ -222,7 +206,7 @@ class ExchangeWallet(SessionApplet):
             raise Refused("refused", "exchange with another card (a Uid with port 0)")
         if give == want:
             raise Refused("refused", "an exchange swaps two different vouchers")
-        self._usable_token(ctx, give)
+        self._issuer_cert(ctx, self._usable_token(ctx, give))
         self._check_free(ctx, want, "get")
         n1 = ctx.random(fx.NONCE_BYTES)
         h = _holding(ctx, give)
@@ -252,6 +236,7 @@ class ExchangeWallet(SessionApplet):
         out = fx.start(
             a=ctx.card_uid, b=to, give_token=h.token, want=p["want"], n1=n1, my_cert=ctx.certificate_der,
             peer_cert=cert, seal=self._sealer(ctx, to, cert), sign=ctx.sign,
+            issuer_cert=self._issuer_cert(ctx, h.token),
         )  # fmt: skip
         ctx.delete(b"xs:" + n1)
         if not self.wants_cert(ctx, to):  # (the exchange keeps it; c: holds certificates still needed only)
@@ -285,6 +270,32 @@ class ExchangeWallet(SessionApplet):
         if not h.traceable:
             raise Refused("refused", f"token {oid.hex()} went untraced once: only traceable tokens are exchanged")
         return h.token
+
+    @staticmethod
+    def _issuer_cert(ctx: StepContext, token: bytes) -> bytes:
+        """The certificate of ``token``'s issuer, shown with it in an exchange: this card's own if it minted it,
+        else the one its authority named when it traced the token here (``ic:<issuer>``)."""
+        issuer = Token.decode(token).issuer
+        if issuer == ctx.card_uid:
+            return ctx.certificate_der
+        cert = ctx.get(b"ic:" + bytes(issuer))
+        if cert is None:
+            raise Refused(
+                "no_issuer_cert",
+                f"this card has no certificate of {issuer}, the voucher's issuer: it learns it when its authority "
+                "traces a voucher of that issuer here",
+            )
+        return cert
+
+    @staticmethod
+    def _issuer_key(ctx: StepContext) -> fx.IssuerKey:
+        def key(cert: bytes, issuer: Uid) -> profile.PublicKey:
+            try:
+                return pki.verified(cert, ctx.roots_der, now=ctx.now, role=pki.Role.AGENT, uid=issuer).public_key
+            except PkiError as exc:
+                raise ProtocolError(exc.reason, f"the certificate of the voucher's issuer is refused: {exc}") from None
+
+        return key
 
     def _check_free(self, ctx: StepContext, oid: bytes, what: str) -> None:
         if _holding(ctx, oid) is not None:
@@ -320,7 +331,10 @@ class ExchangeWallet(SessionApplet):
             raise ProtocolError("wrong_peer", "a message about an exchange with another card")
         elif code == fx.AGREE:
             key = _peer_key(x.peer_cert, peer, ctx)
-            out = fx.on_agree(x, p, b_key=key, open_=ctx.hpke_open, sign=ctx.sign, my_cert=ctx.certificate_der)
+            out = fx.on_agree(
+                x, p, b_key=key, open_=ctx.hpke_open, sign=ctx.sign, my_cert=ctx.certificate_der,
+                issuer_key=self._issuer_key(ctx),
+            )  # fmt: skip
         elif code == fx.CONFIRM:
             out = fx.on_confirm(x, p, a_key=_peer_key(x.peer_cert, peer, ctx))
         elif code == fx.COMMITMENT:
@@ -337,7 +351,9 @@ class ExchangeWallet(SessionApplet):
             self.send_inner(ctx, peer, fx.encode_inner(fx.REFUSAL, {"n1": n1, "reason": "busy"}))
             return
         a_key = _peer_key(m1["cert"], peer, ctx)
-        out = fx.on_offer(m1, me=ctx.card_uid, peer=peer, a_key=a_key, open_=ctx.hpke_open)
+        out = fx.on_offer(
+            m1, me=ctx.card_uid, peer=peer, a_key=a_key, open_=ctx.hpke_open, issuer_key=self._issuer_key(ctx)
+        )
         self._carry(ctx, out)
 
     def _find(self, ctx: StepContext, code: int, p: dict[str, Any]) -> fx.Exchange | None:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from cardnet.card import Applet, Refused, StepContext
@@ -89,9 +88,7 @@ class NotesApplet(Applet):
         key = b"in:" + bytes(msg.src) + params["seq"].to_bytes(8, "big")
         if ctx.get(key) is None:
             try:
-                cert = pki.cert_from_der(params["cert"])
-                roots = [pki.cert_from_der(r) for r in ctx.roots_der]
-                peer = pki.verify_chain([cert], roots, now=datetime.fromtimestamp(ctx.now, UTC), uid=msg.src)
+                peer = pki.verified(params["cert"], ctx.roots_der, now=ctx.now, uid=msg.src)
                 digest = note_digest(bytes(msg.src), bytes(msg.dst), params["seq"], params["text"])
                 profile.verify(peer.public_key, params["sig"], digest)
             except (PkiError, CryptoError) as exc:

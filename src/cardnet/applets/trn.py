@@ -461,14 +461,14 @@ class TrnApplet(fairx.ExchangeWallet):
         reason = p["reason"]
         if ok:
             try:
-                cert = pki.cert_from_der(p["issuer_cert"])
-                issuer = pki.verify_chain(
-                    [cert], [pki.cert_from_der(r) for r in ctx.roots_der], now=ctx.now, role=pki.Role.AGENT
-                )
+                issuer = pki.verified(p["issuer_cert"], ctx.roots_der, now=ctx.now, role=pki.Role.AGENT)
                 token = Token.decode(h.token)
                 if issuer.uid != token.issuer:
                     raise ProtocolError("bad_token", "the authority named another issuer")
                 token.verify(issuer.public_key)
+                key = b"ic:" + bytes(issuer.uid)  # kept: an exchange of this voucher shows its issuer's certificate
+                if ctx.get(key) != p["issuer_cert"]:
+                    ctx.put(key, bytes(p["issuer_cert"]))
             except (PkiError, ProtocolError, KeyError) as exc:
                 ok, reason = False, f"issuer check failed: {exc}"
         out = tr.apply(h, tr.Event("traced", peer, ok=ok, reason=reason), oid)

@@ -278,8 +278,15 @@ def cert_from_der(raw: bytes | bytearray | memoryview) -> x509.Certificate:
         raise PkiError("bad_certificate", f"a certificate is DER bytes, got {type(raw).__name__}")
     if len(raw) > MAX_CERT_BYTES:
         raise PkiError("bad_certificate", f"a certificate of {len(raw)} bytes is over the {MAX_CERT_BYTES}-byte limit")
+    return _parsed(bytes(raw))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(raw: bytes) -> x509.Certificate:
+    """The strict parse of :func:`cert_from_der`, remembered by DER bytes (a certificate object is immutable, and
+    cards parse the same few certificates, their roots above all, on every message). Failures are not kept."""
     try:
-        cert = x509.load_der_x509_certificate(bytes(raw))
+        cert = x509.load_der_x509_certificate(raw)
     except _PARSE_ERRORS as exc:
         raise PkiError(
             "bad_certificate", f"not a DER X.509 certificate ({exc}): send the certificate exactly as issued"
@@ -559,6 +566,48 @@ def verify_chain(
             f"{leaf_uid} is on the authority's blocklist (epoch {blocklist.epoch}): refuse this peer",
         )
     return VerifiedPeer(uid=leaf_uid, role=leaf_role, public_key=key, certificate=leaf)
+
+
+MAX_VERIFIED = 1024  # chain checks remembered (process-wide; cleared when full)
+_verified: dict[tuple[bytes, tuple[bytes, ...], Role | None, Uid | None], tuple[VerifiedPeer, datetime, datetime]] = {}
+
+
+def verified(
+    cert_der: bytes,
+    roots_der: Sequence[bytes],
+    *,
+    now: Instant,
+    role: Role | None = None,
+    uid: Uid | None = None,
+    blocklist: Blocklist | None = None,
+) -> VerifiedPeer:
+    """:func:`verify_chain` of one DER leaf certificate against DER roots, remembering the outcome.
+
+    A check made before (the same bytes, the same roots, the same expected role and Uid) is not made again
+    while every certificate involved is within its validity period at ``now``: a signature is a property of
+    the bytes, so only time and the blocklist (checked every time) can change the answer. Cards check the same
+    few peers on every message of an exchange or a trace. Refusals are not remembered.
+    """
+    at = _utc(now)
+    key = (bytes(cert_der), tuple(bytes(r) for r in roots_der), role, uid)
+    hit = _verified.get(key)
+    if hit is None or not hit[1] <= at <= hit[2]:
+        leaf = cert_from_der(cert_der)
+        roots = [cert_from_der(r) for r in roots_der]
+        got = verify_chain([leaf], roots, now=at, role=role, uid=uid)
+        every = [leaf, *roots]
+        since = max(c.not_valid_before_utc for c in every)
+        until = min(c.not_valid_after_utc for c in every)
+        if len(_verified) >= MAX_VERIFIED:
+            _verified.clear()
+        hit = (got, since, until)
+        _verified[key] = hit
+    peer = hit[0]
+    if blocklist is not None and blocklist.is_blocked(peer.uid):
+        raise PkiError(
+            "blocked", f"{peer.uid} is on the authority's blocklist (epoch {blocklist.epoch}): refuse this peer"
+        )
+    return peer
 
 
 # --- the blocklist ------------------------------------------------------------

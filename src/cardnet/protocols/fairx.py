@@ -82,7 +82,7 @@ NONCE_BYTES = 16  # n1, n2
 XID_BYTES = 32  # h(n2)
 SIG_BYTES = profile.SIGNATURE_BYTES
 MAX_BOX = MAX_TOKEN + profile.HPKE_OVERHEAD
-MAX_EVIDENCE = 2 * MAX_BOX + 1024  # an encoded m1 or m2
+MAX_EVIDENCE = MAX_BOX + 2 * MAX_CERT + 1024  # an encoded m1 (box, a's and v1's issuer's certificates) or m2
 
 _OID = Bytes(OID_BYTES, OID_BYTES)
 _NONCE = Bytes(NONCE_BYTES, NONCE_BYTES)
@@ -106,6 +106,7 @@ OFFER_SCHEMA = Schema(
         Field(5, "box", _BOX),  # v1 sealed to b's card key
         Field(6, "sig", _SIG),  # a's, over offer_bytes
         Field(7, "cert", Bytes(MAX_CERT)),  # a's certificate (b checks it against its CA and a's Uid)
+        Field(8, "issuer_cert", Bytes(MAX_CERT)),  # the certificate of v1's issuer (an agent card): b checks v1
     ],
 )
 AGREE_SCHEMA = Schema(
@@ -116,6 +117,7 @@ AGREE_SCHEMA = Schema(
         Field(2, "box", _BOX),  # v2 sealed to a's card key
         Field(3, "st", _SIG),  # b's movement statement: want leaves b for a (nonce xid[:4])
         Field(4, "sig", _SIG),  # b's, over agree_bytes
+        Field(5, "issuer_cert", Bytes(MAX_CERT)),  # the certificate of v2's issuer: a checks v2 before m3
     ],
 )
 CONFIRM_SCHEMA = Schema(
@@ -373,6 +375,21 @@ class Outcome:
 Signer = Callable[[bytes], bytes]  # this card's signature
 Opener = Callable[[bytes, bytes], bytes]  # (sealed, info) -> plaintext, with this card's key (HPKE)
 Sealer = Callable[[bytes, bytes], bytes]  # (plaintext, info) -> sealed to the peer card's key
+# (issuer certificate DER, the Uid it must name) -> the issuer's key, checked as an agent's under the card's CA;
+# raises ProtocolError
+IssuerKey = Callable[[bytes, Uid], profile.PublicKey]
+
+
+def checked_voucher(token: bytes, issuer_cert: bytes, issuer_key: IssuerKey, reason: str, what: str) -> Token:
+    """The voucher ``token`` once its issuer's signature is checked: a card gives its own voucher only for one
+    its issuer signed as it is (a card whose code was changed could otherwise seal an altered copy of its own
+    voucher under its own, genuine signature on the message)."""
+    got = Token.decode(token)
+    try:
+        got.verify(issuer_key(issuer_cert, got.issuer))
+    except ProtocolError as exc:
+        raise ProtocolError(reason, f"{what} is refused: {exc}") from None
+    return got
 
 
 # -- the initiator (a) -----------------------------------------------------------------------------
@@ -389,8 +406,10 @@ def start(
     peer_cert: bytes,
     seal: Sealer,
     sign: Signer,
+    issuer_cert: bytes,
 ) -> Outcome:
-    """The owner's ``start``: offer ``give_token`` (held enabled: the applet checked) for ``want`` held by ``b``."""
+    """The owner's ``start``: offer ``give_token`` (held enabled: the applet checked) for ``want`` held by ``b``;
+    ``issuer_cert`` is the certificate of its issuer, for ``b`` to check it."""
     give = Token.decode(give_token).oid
     if give == want:
         raise ProtocolError("refused", "an exchange swaps two different vouchers")
@@ -400,13 +419,21 @@ def start(
     f["box"] = seal(give_token, box_info(b"v1", n1))
     f["sig"] = sign(offer_bytes(f))
     f["cert"] = my_cert
+    f["issuer_cert"] = issuer_cert
     m1 = OFFER_SCHEMA.encode(f)
     x = Exchange(INITIATOR, Phase.OFFERED, m1, peer_cert)
     return Outcome(x, [("peer", OFFER, f)], lock=give, note="offered")
 
 
 def on_agree(
-    x: Exchange, m2: dict[str, Any], *, b_key: profile.PublicKey, open_: Opener, sign: Signer, my_cert: bytes
+    x: Exchange,
+    m2: dict[str, Any],
+    *,
+    b_key: profile.PublicKey,
+    open_: Opener,
+    sign: Signer,
+    my_cert: bytes,
+    issuer_key: IssuerKey,
 ) -> Outcome:
     """m2 reached a. Offered: check it, give v1 up, confirm (m3). Gave up: refuse it and ask the TTP to abort."""
     if x.role != INITIATOR:
@@ -421,7 +448,7 @@ def on_agree(
             token_in = open_(m2["box"], box_info(b"v2", xid))
         except CryptoError:
             raise ProtocolError("bad_agree", "the voucher in the agreement is not sealed to this card") from None
-        got = Token.decode(token_in)
+        got = checked_voucher(token_in, m2["issuer_cert"], issuer_key, "bad_agree", "the voucher in the agreement")
         if got.oid != x.gets:
             raise ProtocolError("bad_agree", "the agreement carries another voucher than the one wanted")
         _verify(b_key, m2["st"], statement_bytes(x.gets, x.b, x.a, move_nonce(xid)), "b's movement statement")
@@ -477,9 +504,11 @@ def resolve(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
 # -- the responder (b) -----------------------------------------------------------------------------
 
 
-def on_offer(m1: dict[str, Any], *, me: Uid, peer: Uid, a_key: profile.PublicKey, open_: Opener) -> Outcome:
-    """m1 reached b from the session peer ``peer``: checked (signature, the voucher opens to what it names) and
-    held for the owner, who sees the voucher offered. Nothing is locked yet."""
+def on_offer(
+    m1: dict[str, Any], *, me: Uid, peer: Uid, a_key: profile.PublicKey, open_: Opener, issuer_key: IssuerKey
+) -> Outcome:
+    """m1 reached b from the session peer ``peer``: checked (signature, the voucher opens to what it names and
+    its issuer signed it as it is) and held for the owner, who sees the voucher offered. Nothing is locked yet."""
     if m1["b"] != me or m1["a"] != peer:
         raise ProtocolError("wrong_peer", "the offer names other cards than this session's")
     _verify(a_key, m1["sig"], offer_bytes(m1), "the offer")
@@ -487,14 +516,15 @@ def on_offer(m1: dict[str, Any], *, me: Uid, peer: Uid, a_key: profile.PublicKey
         token_in = open_(m1["box"], box_info(b"v1", m1["n1"]))
     except CryptoError:
         raise ProtocolError("bad_offer", "the offered voucher is not sealed to this card") from None
-    if Token.decode(token_in).oid != m1["give"]:
+    if checked_voucher(token_in, m1["issuer_cert"], issuer_key, "bad_offer", "the offered voucher").oid != m1["give"]:
         raise ProtocolError("bad_offer", "the offered voucher is not the one the offer names")
     x = Exchange(RESPONDER, Phase.PROPOSED, OFFER_SCHEMA.encode(m1), bytes(m1["cert"]), token_in=token_in)
     return Outcome(x, note="proposed")
 
 
-def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: bytes) -> Outcome:
-    """b's owner accepts the offer; b holds ``want`` usable (``want_token``: the applet checked). Sends m2."""
+def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: bytes, issuer_cert: bytes) -> Outcome:
+    """b's owner accepts the offer; b holds ``want`` usable (``want_token``: the applet checked; ``issuer_cert``
+    its issuer's certificate, for a to check it). Sends m2."""
     if x.role != RESPONDER or x.phase is not Phase.PROPOSED:
         raise ProtocolError("refused", f"this offer was already answered ({x.phase.value})")
     if Token.decode(want_token).oid != x.gives:
@@ -504,6 +534,7 @@ def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: by
     m1h = profile.sha256(x.m1)
     st_out = sign(statement_bytes(x.gives, x.b, x.a, move_nonce(xid)))
     f = {"xid": xid, "m1h": m1h, "box": box, "st": st_out, "sig": sign(agree_bytes(xid, m1h, box))}
+    f["issuer_cert"] = issuer_cert
     y = replace(x, phase=Phase.AGREED, m2=AGREE_SCHEMA.encode(f), n2=n2, st_out=st_out)
     return Outcome(y, [("peer", AGREE, f)], lock=x.gives, note="agreed")
 

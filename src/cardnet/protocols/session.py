@@ -361,9 +361,7 @@ def check_peer(
 ) -> pki.VerifiedPeer:
     """The peer's certificate must chain to a root, name ``claimed``, and the peer must not be blocked."""
     try:
-        cert = pki.cert_from_der(cert_der)
-        roots = [pki.cert_from_der(r) for r in roots_der]
-        peer = pki.verify_chain([cert], roots, now=_now(now), uid=claimed)
+        peer = pki.verified(cert_der, roots_der, now=_now(now), uid=claimed)
     except PkiError as exc:
         raise ProtocolError(exc.reason, f"peer certificate refused: {exc}") from None
     if peer.role not in PEER_ROLES:
@@ -503,9 +501,7 @@ def peer_key_of(state: Session, roots: Sequence[bytes], now: float) -> profile.P
     if state.cert_a is None:
         raise ProtocolError("no_session", "no certificate kept for this handshake")
     try:
-        return pki.verify_chain(
-            [pki.cert_from_der(state.cert_a)], [pki.cert_from_der(r) for r in roots], now=_now(now)
-        ).public_key
+        return pki.verified(state.cert_a, roots, now=_now(now)).public_key
     except PkiError as exc:
         raise ProtocolError(exc.reason, f"peer certificate refused: {exc}") from None
 

@@ -62,7 +62,7 @@ class Verdict:
 
 
 def _certified(cert_der: bytes, roots_der: Sequence[bytes], now: float) -> pki.VerifiedPeer:
-    return pki.verify_chain([pki.cert_from_der(cert_der)], [pki.cert_from_der(r) for r in roots_der], now=now)
+    return pki.verified(cert_der, roots_der, now=now)
 
 
 def certifies(cert_der: bytes, who: Uid, roots_der: Sequence[bytes], now: float) -> bool:
