@@ -246,11 +246,9 @@ class ExchangeWallet(SessionApplet):
 
     @staticmethod
     def _cert_in_records(ctx: StepContext, peer: Uid) -> bytes | None:
-        for _, raw in ctx.scan(b"x:"):
-            x = fx.Exchange.decode(raw)
-            if x.peer == peer:
-                return x.peer_cert
-        return None
+        n1 = ctx.get(b"xc:" + bytes(peer))  # the latest exchange with that card (if still kept)
+        x = None if n1 is None else _exchange(ctx, n1)
+        return x.peer_cert if x is not None and x.peer == peer else None
 
     def _give_up_pending(self, ctx: StepContext, n1: bytes) -> None:
         p = _PENDING_START.decode(ctx.get(b"xs:" + n1) or b"")
@@ -347,7 +345,7 @@ class ExchangeWallet(SessionApplet):
         n1 = m1["n1"]
         if _exchange(ctx, n1) is not None:
             return  # a duplicate (or a replay): this offer was held or answered already
-        if sum(1 for _, raw in ctx.scan(b"x:") if fx.Exchange.decode(raw).phase is fx.Phase.PROPOSED) >= MAX_PROPOSED:
+        if len(ctx.scan(b"xo:")) >= MAX_PROPOSED:
             self.send_inner(ctx, peer, fx.encode_inner(fx.REFUSAL, {"n1": n1, "reason": "busy"}))
             return
         a_key = _peer_key(m1["cert"], peer, ctx)
@@ -394,13 +392,21 @@ class ExchangeWallet(SessionApplet):
 
     @staticmethod
     def _index(ctx: StepContext, x: fx.Exchange) -> None:
-        """Keep the record findable by what later messages name (``xh:<h(m1)>`` until m2, ``xi:<xid>`` after),
-        and keep only the :data:`KEEP_FINISHED` latest finished exchanges (``xf``: their n1s, oldest first).
+        """Keep the record findable by what later messages name (``xh:<h(m1)>`` until m2, ``xi:<xid>`` after), and
+        by what the card looks up itself (``xo:<n1>``: offers waiting for the owner; ``xc:<peer>``: the latest
+        exchange with a card, whose certificate a new start reuses), and keep only the :data:`KEEP_FINISHED`
+        latest finished exchanges (``xf``: their n1s, oldest first).
 
         Dropping a finished record is safe: a late copy of its messages then finds nothing and is ignored (a
         replayed m1 becomes a new offer, whose voucher this card can only get by a new m3 or admission, which
         name a new xid); a peer still waiting for this card's last message gets its answer from the TTP.
         """
+        if ctx.get(b"xc:" + bytes(x.peer)) != x.n1:
+            ctx.put(b"xc:" + bytes(x.peer), x.n1)
+        if x.phase is fx.Phase.PROPOSED:
+            ctx.put(b"xo:" + x.n1, b"")
+        else:
+            ctx.delete(b"xo:" + x.n1)
         xid = x.xid
         if x.role == fx.INITIATOR and xid is None:
             key = b"xh:" + profile.sha256(x.m1)
@@ -429,6 +435,9 @@ class ExchangeWallet(SessionApplet):
         ctx.delete(b"xh:" + profile.sha256(x.m1))
         if x.xid is not None:
             ctx.delete(b"xi:" + x.xid)
+        ctx.delete(b"xo:" + x.n1)
+        if ctx.get(b"xc:" + bytes(x.peer)) == x.n1:
+            ctx.delete(b"xc:" + bytes(x.peer))
 
     def _unlock(self, ctx: StepContext, oid: bytes) -> None:
         h = _holding(ctx, oid)

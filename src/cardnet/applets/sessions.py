@@ -118,7 +118,8 @@ class SessionApplet(Applet):
         """Why the open session ``state`` must end now (lifetime, records, or a blocklist gone stale)."""
         policy = self.policy(ctx)
         why = policy.due(state, ctx.now, slack)
-        if why is None and state.peer != self.authority(ctx):
+        wants_fresh = policy.min_epoch or policy.max_blocklist_age_s  # (else no blocklist can make it due)
+        if why is None and wants_fresh and state.peer != self.authority(ctx):
             why = policy.blocklist_problem(self.blocklist(ctx), ctx.now)
         return why
 
