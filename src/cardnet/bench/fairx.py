@@ -41,7 +41,7 @@ from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.bench.card import sqlite_commit_rate
 from cardnet.bench.timing import rate
-from cardnet.bench.trnnet import TrnNet
+from cardnet.bench.trnnet import DEFAULT_CAPACITY_BYTES, TrnNet
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
@@ -54,7 +54,7 @@ from cardnet.store import SqliteStore
 from cardnet.wire import MType, Uid
 
 PAPER_EXCHANGE_MS = 1788
-CAPACITY_BYTES = 8 << 20  # finished exchange records (about 2.2 kB each) are not pruned yet: room for many rounds
+CAPACITY_BYTES = DEFAULT_CAPACITY_BYTES  # the hosts' default: a wallet keeps its 16 latest finished exchanges
 PIN = "1357"
 OPS = ("sign", "verify", "cert_verify", "hpke_seal", "hpke_open", "aead_seal", "aead_open")
 Progress = Callable[[str], None]
