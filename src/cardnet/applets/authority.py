@@ -81,14 +81,30 @@ BLOCKED = register(
 )
 
 
+MAX_DECODED = 4096  # decoded chains remembered, by their stored bytes (volatile; cleared when full)
+_decoded: dict[bytes, tuple[Uid, tuple[trace.Movement, ...]]] = {}
+
+
 def _chain(ctx: StepContext, oid: bytes) -> tuple[Uid | None, list[trace.Movement]]:
+    """The issuer and the movements recorded for ``oid``. A chain grows with every movement of its token, and
+    each trace reads it: a decoding is remembered by the stored bytes (the same bytes decode the same way), so a
+    trace decodes only what it has not seen (usually nothing: the authority wrote it last)."""
     raw = ctx.get(b"chain:" + oid)
     if raw is None:
         return None, []
-    data = loads_one(raw)
-    assert isinstance(data, list)
-    issuer = Uid.from_bytes(data[0])
-    return issuer, [_movement(m) for m in data[1:]]
+    hit = _decoded.get(raw)
+    if hit is None:
+        data = loads_one(raw)
+        assert isinstance(data, list)
+        hit = (Uid.from_bytes(data[0]), tuple(_movement(m) for m in data[1:]))
+        _remember(raw, hit)
+    return hit[0], list(hit[1])
+
+
+def _remember(raw: bytes, decoded: tuple[Uid, tuple[trace.Movement, ...]]) -> None:
+    if len(_decoded) >= MAX_DECODED:
+        _decoded.clear()
+    _decoded[raw] = decoded
 
 
 def _movement(m: list[bytes]) -> trace.Movement:
@@ -100,7 +116,9 @@ def _moved(m: trace.Movement) -> list[bytes]:
 
 
 def _save_chain(ctx: StepContext, oid: bytes, issuer: Uid, chain: list[trace.Movement]) -> None:
-    ctx.put(b"chain:" + oid, dumps([bytes(issuer), *[_moved(m) for m in chain]]))
+    raw = dumps([bytes(issuer), *[_moved(m) for m in chain]])
+    ctx.put(b"chain:" + oid, raw)
+    _remember(raw, (issuer, tuple(chain)))
 
 
 def _reissue_of(raw: bytes | None) -> trace.Reissue | None:
