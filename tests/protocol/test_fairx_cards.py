@@ -16,10 +16,12 @@ from trnkit import drop, recover, status
 from trnworld import TrnWorld, issue, standard, uid
 
 from cardnet.applets import fairx as fa
+from cardnet.applets import sessions as sa
 from cardnet.applets.authority import CHAIN, QUERY
 from cardnet.applets.trn import SEND
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki, profile
+from cardnet.protocols import session as sess
 from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import MType, Uid
 from conftest import NOW
@@ -215,3 +217,45 @@ def test_a_wallet_keeps_only_its_latest_finished_exchanges_and_goes_on_exchangin
         index = [k for t, k in card._mem if t == "a.trn" and k[:3] in (b"xi:", b"xh:")]
         assert len(index) == fa.KEEP_FINISHED, f"{name}: the index follows the records"
     assert holders(w, T1)[-1] == uid(w, "alice" if mine["alice"] == T1 else "bob")
+
+
+def test_requests_resent_to_an_unreachable_ttp_do_not_fill_the_card(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """While the TTP cannot be reached (its handshake never completes), every recovery resends the waiting
+    request (m1, m2 and certificates: about 3.5 kB) into the session's queue. The queue kept every copy (up to
+    64): some 70 recoveries filled a 256 KiB card, whose every later step, the recovery that would reopen the
+    session included, was then refused. Now a copy of a queued message replaces it and the queue is bounded in
+    bytes too (found by the SIGKILL test, tests/integration/test_fairx_kill.py)."""
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    drop(w, "alice", "bob", 1)  # m3 is lost: alice stays confirmed
+    order(w, "bob", fa.ACCEPT, n1=n1)
+    w.run(400)
+    assert exchanges(w, "alice")[n1]["phase"] == "confirmed"
+    drop(w, "alice", "ttp", *range(1, 1000), mtype=sess.HELLO.code)  # the TTP is never reached
+    assert order(w, "alice", fa.RESOLVE, n1=n1)["phase"] == "resolving"
+    recover(w, "alice", times=90)
+    queued = w.cards["alice"]._mem.get(("a.trn", b"q:" + bytes(uid(w, "ttp"))))
+    assert queued is not None and len(queued) <= sa.MAX_QUEUE_BYTES + 4096
+    assert exchanges(w, "alice")[n1]["phase"] == "resolving"  # the card still answers its owner
+    # the TTP comes back: the one queued request gets the swap done
+    del w.host.guards[1:]
+    recover(w, "alice", "bob")
+    assert exchanges(w, "alice")[n1]["phase"] == "done" and status(w, "alice", T2) == "enabled"
+
+
+def test_given_up_offers_are_pruned_like_finished_ones(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    """An initiator that gave up has its voucher back for good: its record goes with the finished ones (kept
+    forever, given-up offers filled a card after some 80, found by the SIGKILL test)."""
+    w = world(tmp_path, ca)
+    for _ in range(fa.KEEP_FINISHED + 5):
+        started = order(w, "alice", fa.START, give=T1, want=T2, to=uid(w, "bob"))
+        assert order(w, "alice", fa.GIVE_UP, n1=bytes(started["n1"]))["phase"] == "gave_up"
+        assert status(w, "alice", T1) == "enabled"
+        w.run(100)
+        for n1, x in exchanges(w, "bob").items():  # bob's owner turns the stale offers down
+            if x["phase"] == "proposed":
+                order(w, "bob", fa.REJECT, n1=n1)
+        w.run(100)
+    assert len(exchanges(w, "alice")) <= fa.KEEP_FINISHED

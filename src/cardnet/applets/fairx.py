@@ -416,7 +416,9 @@ class ExchangeWallet(SessionApplet):
             ctx.put(b"xi:" + xid, x.n1)
             if x.role == fx.INITIATOR:
                 ctx.delete(b"xh:" + profile.sha256(x.m1))
-        if x.phase not in fx.FINISHED:
+        if x.phase not in fx.FINISHED and x.phase is not fx.Phase.GAVE_UP:
+            # (an initiator that gave up has its voucher back for good: its record is done with too, even while it
+            # still asks the TTP to abort for a late m2; kept forever, given-up offers filled a card after ~80)
             return
         raw = ctx.get(b"xf")
         done = [] if raw is None else [raw[i : i + fx.NONCE_BYTES] for i in range(0, len(raw), fx.NONCE_BYTES)]

@@ -43,6 +43,10 @@ from cardnet.wire import DecodeError, Field, Message, MType, Schema, Text, Uid, 
 from cardnet.wire.cbor import dumps, loads_one
 
 MAX_QUEUE = 64  # inner messages waiting for one peer's session
+# ... and their bytes: recovery resends a waiting exchange's request (m1, m2 and certificates: ~3.5 kB) on every
+# round, so while a handshake cannot finish (the peer down) copies pile up; 64 of them filled a 256 KiB card, whose
+# every later step (the recovery that would reopen the session, a mere list) was then refused: stuck for good.
+MAX_QUEUE_BYTES = 16 * 1024
 QUIET = frozenset({"replay", "duplicate", "rekeying"})
 POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA, privileged=True)
 POLICY_IS = register(
@@ -185,8 +189,8 @@ class SessionApplet(Applet):
             self._save(ctx, state)
             ctx.emit(sess.RECORD, peer, **rec)
             return
-        queue = self.queued(ctx, peer)
-        if len(queue) >= MAX_QUEUE:
+        queue = [m for m in self.queued(ctx, peer) if m != raw]  # (a copy of the same message: once is enough)
+        while queue and (len(queue) >= MAX_QUEUE or sum(map(len, queue)) + len(raw) > MAX_QUEUE_BYTES):
             queue = queue[1:]  # the sender's recovery resends what matters; keep the newest
         ctx.put(b"q:" + bytes(peer), dumps([*queue, raw]))
         if state is None:
