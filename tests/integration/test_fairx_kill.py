@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from killwindow import KillWindow
 
 from cardnet.applets import fairx as fa
 from cardnet.applets.authority import CHAIN, QUERY
@@ -182,29 +183,6 @@ def check_not_doubled(where: str, oid: bytes, getter: str, got_first: str | None
     assert not (got_first in USABLE and gave_later in USABLE), (
         f"{where}: voucher {oid.hex()[:8]} doubled: usable on {getter} ({got_first}), then on {giver} ({gave_later})"
     )
-
-
-class KillWindow:
-    """Where the next kill lands: a delay drawn from [0, width), the width steered by where past kills landed.
-
-    An exchange takes a few milliseconds on a fast machine and tens on a slow
-    one (hundreds right after a restart): a kill that found the exchange not
-    yet begun widens the window, one that found it over narrows it, so the
-    draws gather around the exchange.
-    """
-
-    def __init__(self, rng: random.Random, width_s: float = 0.03) -> None:
-        self.rng = rng
-        self.width_s = width_s
-
-    def draw(self) -> float:
-        return self.rng.uniform(0.0, self.width_s)
-
-    def saw(self, early: bool, late: bool) -> None:
-        if early:
-            self.width_s = min(0.2, self.width_s * 1.3)
-        elif late:
-            self.width_s = max(0.0005, self.width_s * 0.75)
 
 
 # -- the network and its applications ---------------------------------------------------------------------------
@@ -455,7 +433,7 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
     rng = random.Random(seed)
     fn = FairNet(net, rng)
     await fn.setup()
-    window = KillWindow(rng)
+    window = KillWindow(rng, max_s=0.2)
     ends: Counter[str] = Counter()
     in_flight = 0  # kills that found this exchange's record neither absent nor finished
     ttp_asked = 0  # kills after which a card waited for the TTP's answer

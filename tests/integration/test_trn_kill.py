@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from killwindow import KillWindow
 from test_trn_processes import OID, TrnNet
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
@@ -102,29 +103,6 @@ def check_pair(kill: int, sender: str, s_status: str | None, receiver: str, r_us
         f"{where}: doubled token: {receiver} {r_usable}, then {sender} {s_status}"
     )
     assert s_status is not None or r_later is not None, f"{where}: lost token: {sender} and {receiver} hold nothing"
-
-
-class KillWindow:
-    """Where the next kill lands: a delay drawn from [0, width), the width steered by where past kills landed.
-
-    A transfer takes a few milliseconds on a fast machine and tens on a slow
-    one, so a fixed window lands most kills before or after it on one of them.
-    A kill that found the transfer not yet begun widens the window, one that
-    found it finished narrows it: the draws gather around the transfer itself.
-    """
-
-    def __init__(self, rng: random.Random, width_s: float = 0.03) -> None:
-        self.rng = rng
-        self.width_s = width_s
-
-    def draw(self) -> float:
-        return self.rng.uniform(0.0, self.width_s)
-
-    def saw(self, early: bool, late: bool) -> None:
-        if early:
-            self.width_s = min(0.5, self.width_s * 1.3)
-        elif late:
-            self.width_s = max(0.0005, self.width_s * 0.75)
 
 
 def landed(victim_is_sender: bool, seen: str | None) -> tuple[bool, bool]:

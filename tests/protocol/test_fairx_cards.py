@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from trnkit import drop, recover, status
-from trnworld import TrnWorld, issue, standard, uid
+from trnworld import TrnWorld, fairx_world, uid
 
 from cardnet.applets import fairx as fa
 from cardnet.applets import sessions as sa
@@ -30,12 +30,7 @@ T1, T2 = b"\x01" * 16, b"\x02" * 16
 
 
 def world(tmp_path: Path, ca: pki.CertificateAuthority) -> TrnWorld:
-    w = standard(tmp_path, ca)
-    w.card("ttp", pki.Role.SERVICE, applet=fa.TtpApplet())
-    issue(w, T1, "alice", body=b"concert, seat 7")
-    issue(w, T2, "bob", body=b"one coffee")
-    for name in ("alice", "bob"):
-        assert fa.TTP_IS.parse(w.ask(name, fa.SET_TTP, ttp=uid(w, "ttp")))["ttp"] == uid(w, "ttp")
+    w = fairx_world(tmp_path, ca, {"alice": (T1, b"concert, seat 7"), "bob": (T2, b"one coffee")})
     assert status(w, "alice", T1) == "enabled" and status(w, "bob", T2) == "enabled"
     return w
 

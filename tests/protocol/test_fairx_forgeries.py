@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 from trnkit import drop, recover, status
-from trnworld import TrnWorld, issue, uid
+from trnworld import TrnWorld, fairx_world, uid
 
 from cardnet.applets import fairx as fa
-from cardnet.applets.authority import ADD_AGENT, CHAIN, QUERY
+from cardnet.applets.authority import CHAIN, QUERY
 from cardnet.applets.sessions import SessionApplet
-from cardnet.applets.trn import SET_AUTHORITY, TrnApplet
+from cardnet.applets.trn import TrnApplet
 from cardnet.card import Applet, StepContext
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki, profile
@@ -76,19 +76,7 @@ def only(code: int, make: Callable[[StepContext, dict[str, Any]], Sent]) -> Forg
 
 def world(tmp: Path, ca: pki.CertificateAuthority, **applets: Applet) -> TrnWorld:
     """authority, agent, TTP, alice (T1) and bob (T2), traced; ``applets`` replaces a card's genuine applet."""
-    w = TrnWorld(tmp, ca)
-    w.card("authority", pki.Role.SERVICE)
-    agent = w.card("agent", pki.Role.AGENT)
-    w.card("ttp", pki.Role.SERVICE, applet=applets.get("ttp", fa.TtpApplet()))
-    for name in ("alice", "bob"):
-        w.card(name, applet=applets.get(name, TrnApplet()))
-    assert w.result("authority", ADD_AGENT, cert=agent.certificate_der)["ok"]
-    for name in ("agent", "alice", "bob"):
-        assert w.result(name, SET_AUTHORITY, authority=uid(w, "authority"))["ok"]
-    issue(w, T1, "alice", body=b"concert, seat 7")
-    issue(w, T2, "bob", body=b"one coffee")
-    for name in ("alice", "bob"):
-        assert fa.TTP_IS.parse(w.ask(name, fa.SET_TTP, ttp=uid(w, "ttp")))["ttp"] == uid(w, "ttp")
+    w = fairx_world(tmp, ca, {"alice": (T1, b"concert, seat 7"), "bob": (T2, b"one coffee")}, **applets)
     assert status(w, "alice", T1) == "enabled" and status(w, "bob", T2) == "enabled"
     return w
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
+from cardnet.applets.fairx import SET_TTP, TTP_IS, TtpApplet
 from cardnet.applets.trn import LIST, MINT, RESULT, SEND, SET_AUTHORITY, TOKENS, TrnApplet
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
@@ -79,15 +80,33 @@ class TrnWorld:
         return {t["oid"]: t for t in TOKENS.parse(reply)["tokens"]}
 
 
-def standard(tmp: Path, ca: pki.CertificateAuthority, wallets: tuple[str, ...] = ("alice", "bob")) -> TrnWorld:
+def standard(
+    tmp: Path, ca: pki.CertificateAuthority, wallets: tuple[str, ...] = ("alice", "bob"), **applets: Applet
+) -> TrnWorld:
+    """The authority, the agent and ``wallets``, each wallet naming the authority; ``applets`` replaces a
+    wallet's genuine applet (changed card code, for attacks)."""
     w = TrnWorld(tmp, ca)
     w.card("authority", pki.Role.SERVICE)
     agent = w.card("agent", pki.Role.AGENT)
     for name in wallets:
-        w.card(name)
+        w.card(name, applet=applets.get(name))
     assert w.result("authority", ADD_AGENT, cert=agent.certificate_der)["ok"]
     for name in ("agent", *wallets):
         assert w.result(name, SET_AUTHORITY, authority=w.cards["authority"].uid)["ok"]
+    return w
+
+
+def fairx_world(
+    tmp: Path, ca: pki.CertificateAuthority, vouchers: dict[str, tuple[bytes, bytes]], **applets: Applet
+) -> TrnWorld:
+    """:func:`standard` with a TTP card (applet ``ttp``) that alice and bob name, and ``vouchers`` (card ->
+    (oid, body)) issued to them, traced; ``applets`` replaces a card's genuine applet (the TTP's too)."""
+    w = standard(tmp, ca, **applets)
+    w.card("ttp", pki.Role.SERVICE, applet=applets.get("ttp") or TtpApplet())
+    for name, (oid, body) in vouchers.items():
+        issue(w, oid, name, body=body)
+    for name in ("alice", "bob"):
+        assert TTP_IS.parse(w.ask(name, SET_TTP, ttp=uid(w, "ttp")))["ttp"] == uid(w, "ttp")
     return w
 
 
