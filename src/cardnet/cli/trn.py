@@ -149,16 +149,6 @@ def run_order(
     return result
 
 
-async def route(app: Any, domain: bytes) -> dict[str, Any]:
-    """What the host knows about reaching ``domain`` from this app's card (``host.route_is``)."""
-    from cardnet.host import mtypes as hm
-    from cardnet.host.core import HOST_PORT
-    from cardnet.wire import Uid
-
-    await app.send(Uid(app.uid.domain, HOST_PORT), hm.ROUTE, domain=domain)
-    return dict(await app.recv_type(hm.ROUTE_IS))
-
-
 def hex16(text: str, what: str) -> bytes:
     """``text`` as 16 bytes of hex (an oid, an exchange id), or a usage error naming ``what`` it must be."""
     try:
