@@ -1,0 +1,409 @@
+"""The broker's SAM applet: the purse master key, per-card keys, the SAM's side of S1/S2/S3 and loads, the daily log.
+
+The SAM is an applet on a card personalised like any other (the broker's card); the broker's host runs it and
+sends it privileged orders (only an application that verified the PIN):
+
+* ``sam.init``: draws the 32-byte master key once (later calls change nothing). No order returns it.
+* ``sam.issue_key {card_cert}``: checks the card's certificate against this card's CA (role device) and
+  answers the card's diversified key HPKE-sealed to the certificate's key (``sam.key {uid, sealed}``).
+* ``sam.debit_start {s1, poid, currency, amount}`` -> ``sam.s2 {s2}``: the broker says what is due; the SAM
+  checks S1 against it, records the debit (uid, n) it authorises and answers S2. The same S1 again gets the
+  same S2; the same (uid, n) with another order, or an order already authorised for another (uid, n), is
+  refused (``conflict``, ``already_paid``).
+* ``sam.debit_finish {s3}`` -> ``sam.debited {uid, n, poid, currency, amount, day}``: checks the proof of
+  debit against the debit authorised and appends it to the log of ``day = int(now // 86400)``. The same S3
+  again gets the same answer and logs nothing more.
+* ``sam.load_start {l1, currency, amount}`` -> ``sam.l2 {l2}`` and ``sam.load_finish {l3}`` ->
+  ``sam.loaded {uid, m, currency, amount, day}``: the same for loads (the broker has taken the money).
+* ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
+  (per currency, the debits and the loads logged that day: what settlement pays and collects).
+
+Records (table ``a.sam``): ``master``; ``d:<uid><n>`` (a debit authorised, with its ``day`` once logged),
+``o:<poid>`` (the (uid, n) an order was authorised for), ``l:<uid><m>`` (a load authorised), ``g:<day><seq>``
+(the log: kind, uid, counter), ``gseq``, ``t:<day><kind><currency>`` (the day's running totals).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cardnet.applets.speed.purse import KEY_INFO, SEALED_KEY_BYTES
+from cardnet.card import Applet, Refused, StepContext
+from cardnet.crypto import pki, profile
+from cardnet.crypto.errors import PkiError
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed import purse as pp
+from cardnet.protocols.transfer import MAX_CERT
+from cardnet.wire import (
+    Bool,
+    Bytes,
+    DecodeError,
+    Field,
+    ListOf,
+    Message,
+    Nested,
+    Schema,
+    Text,
+    Uid,
+    UidType,
+    UInt,
+    register,
+)
+from cardnet.wire.ids import UID_BYTES
+
+P = "speed"
+DAY_S = 86400
+MAX_ENTRIES = 256  # log entries in one sam.entries answer
+MAX_DAY = 2**32 - 1
+_CTR_BYTES = 4
+_DEBIT, _LOAD = b"d", b"l"
+
+_MSG = Bytes(pp.MAX_MESSAGE_BYTES, 1)
+_POID = Bytes(pp.POID_MAX_BYTES, pp.POID_MIN_BYTES)
+_CURRENCY = Text(pp.CURRENCY_BYTES)
+_AMOUNT = UInt(pp.MAX_AMOUNT)
+_NONCE = Bytes(pp.NONCE_BYTES, pp.NONCE_BYTES)
+_DAY = UInt(MAX_DAY)
+_SUM = Schema("sam.sum", [Field(0, "currency", _CURRENCY), Field(1, "amount", UInt())])
+_ENTRY = Schema(
+    "sam.entry",
+    [
+        Field(0, "kind", Text(5)),  # "debit" or "load"
+        Field(1, "uid", UidType()),
+        Field(2, "ctr", UInt(pp.MAX_COUNTER)),  # n for a debit, m for a load
+        Field(3, "poid", _POID, optional=True),
+        Field(4, "currency", _CURRENCY),
+        Field(5, "amount", _AMOUNT),
+    ],
+)
+
+INIT = register(0x0650, "sam.init", P, Schema("sam.init", []), privileged=True)
+READY = register(0x0651, "sam.ready", P, Schema("sam.ready", [Field(0, "fresh", Bool())]))
+ISSUE_KEY = register(
+    0x0652, "sam.issue_key", P, Schema("sam.issue_key", [Field(0, "card_cert", Bytes(MAX_CERT, 1))]), privileged=True
+)
+KEY = register(
+    0x0653,
+    "sam.key",
+    P,
+    Schema("sam.key", [Field(0, "uid", UidType()), Field(1, "sealed", Bytes(SEALED_KEY_BYTES, SEALED_KEY_BYTES))]),
+)
+DEBIT_START = register(
+    0x0654,
+    "sam.debit_start",
+    P,
+    Schema(
+        "sam.debit_start",
+        [Field(0, "s1", _MSG), Field(1, "poid", _POID), Field(2, "currency", _CURRENCY), Field(3, "amount", _AMOUNT)],
+    ),
+    privileged=True,
+)
+S2_IS = register(0x0655, "sam.s2", P, Schema("sam.s2", [Field(0, "s2", _MSG)]))
+DEBIT_FINISH = register(
+    0x0656, "sam.debit_finish", P, Schema("sam.debit_finish", [Field(0, "s3", _MSG)]), privileged=True
+)
+DEBITED = register(
+    0x0657,
+    "sam.debited",
+    P,
+    Schema(
+        "sam.debited",
+        [
+            Field(0, "uid", UidType()),
+            Field(1, "n", UInt(pp.MAX_COUNTER)),
+            Field(2, "poid", _POID),
+            Field(3, "currency", _CURRENCY),
+            Field(4, "amount", _AMOUNT),
+            Field(5, "day", _DAY),
+        ],
+    ),
+)
+LOAD_START = register(
+    0x0658,
+    "sam.load_start",
+    P,
+    Schema("sam.load_start", [Field(0, "l1", _MSG), Field(1, "currency", _CURRENCY), Field(2, "amount", _AMOUNT)]),
+    privileged=True,
+)
+L2_IS = register(0x0659, "sam.l2", P, Schema("sam.l2", [Field(0, "l2", _MSG)]))
+LOAD_FINISH = register(0x065A, "sam.load_finish", P, Schema("sam.load_finish", [Field(0, "l3", _MSG)]), privileged=True)
+LOADED = register(
+    0x065B,
+    "sam.loaded",
+    P,
+    Schema(
+        "sam.loaded",
+        [
+            Field(0, "uid", UidType()),
+            Field(1, "m", UInt(pp.MAX_COUNTER)),
+            Field(2, "currency", _CURRENCY),
+            Field(3, "amount", _AMOUNT),
+            Field(4, "day", _DAY),
+        ],
+    ),
+)
+LOG = register(
+    0x065C,
+    "sam.log",
+    P,
+    Schema("sam.log", [Field(0, "day", _DAY), Field(1, "start", UInt(), optional=True)]),
+    privileged=True,
+)
+ENTRIES = register(
+    0x065D,
+    "sam.entries",
+    P,
+    Schema(
+        "sam.entries",
+        [
+            Field(0, "day", _DAY),
+            Field(1, "entries", ListOf(Nested(_ENTRY), MAX_ENTRIES)),
+            Field(2, "next", UInt(), optional=True),  # where the next page starts, if there is one
+        ],
+    ),
+)
+TOTALS = register(0x065E, "sam.totals", P, Schema("sam.totals", [Field(0, "day", _DAY)]), privileged=True)
+SUMS = register(
+    0x065F,
+    "sam.sums",
+    P,
+    Schema(
+        "sam.sums",
+        [
+            Field(0, "day", _DAY),
+            Field(1, "debits", ListOf(Nested(_SUM), 256)),
+            Field(2, "loads", ListOf(Nested(_SUM), 256)),
+        ],
+    ),
+)
+ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS)
+
+# --- records ------------------------------------------------------------------------------------------------
+_DEBIT_REC = Schema(
+    "sam.debit_rec",
+    [
+        Field(0, "poid", _POID),
+        Field(1, "rc", _NONCE),
+        Field(2, "rs", _NONCE),
+        Field(3, "currency", _CURRENCY),
+        Field(4, "amount", _AMOUNT),
+        Field(5, "day", _DAY, optional=True),  # set when the S3 came and the debit was logged
+    ],
+)
+_LOAD_REC = Schema(
+    "sam.load_rec",
+    [
+        Field(0, "rc", _NONCE),
+        Field(1, "rs", _NONCE),
+        Field(2, "currency", _CURRENCY),
+        Field(3, "amount", _AMOUNT),
+        Field(4, "day", _DAY, optional=True),  # set when the L3 came and the load was logged
+    ],
+)
+
+
+def _ctr(value: int) -> bytes:
+    return value.to_bytes(_CTR_BYTES, "big")
+
+
+def _refused(exc: ProtocolError | DecodeError) -> Refused:
+    return Refused(exc.reason, str(exc))
+
+
+def _master(ctx: StepContext) -> bytes:
+    master = ctx.get(b"master")
+    if master is None:
+        raise Refused("not_initialised", "the SAM has no master key yet: send sam.init first")
+    return master
+
+
+def _today(ctx: StepContext) -> int:
+    if not math.isfinite(ctx.now) or not 0 <= ctx.now < (MAX_DAY + 1) * DAY_S:
+        raise Refused("bad_time", f"the host's time {ctx.now!r} is not a day this SAM can log under")
+    return int(ctx.now // DAY_S)
+
+
+def _log(ctx: StepContext, day: int, kind: bytes, uid: Uid, ctr: int, currency: str, amount: int) -> None:
+    """Append one entry to ``day``'s log and add it to that day's totals (all in the caller's step)."""
+    tkey = b"t:" + _ctr(day) + kind + currency.encode()
+    raw = ctx.get(tkey)
+    total = (0 if raw is None else int.from_bytes(raw, "big")) + amount
+    if total > pp.MAX_TOTAL:  # pragma: no cover - more than 2**11 maximal amounts in one day and currency
+        raise Refused("overflow", f"the {currency} total of day {day} is full: present this proof again tomorrow")
+    ctx.put(tkey, total.to_bytes(8, "big"))
+    seq_raw = ctx.get(b"gseq")
+    seq = 0 if seq_raw is None else int.from_bytes(seq_raw, "big")
+    ctx.put(b"gseq", (seq + 1).to_bytes(8, "big"))
+    ctx.put(b"g:" + _ctr(day) + seq.to_bytes(8, "big"), kind + bytes(uid) + _ctr(ctr))
+
+
+class SamApplet(Applet):
+    """The broker's SAM (see the module's docstring)."""
+
+    name = "sam"
+    handles = (*ORDERS,)
+
+    def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
+        code = msg.mtype
+        try:
+            if code == INIT.code:
+                self._init(ctx)
+            elif code == ISSUE_KEY.code:
+                self._issue_key(ctx, params["card_cert"])
+            elif code == DEBIT_START.code:
+                self._debit_start(ctx, params["s1"], params["poid"], params["currency"], params["amount"])
+            elif code == DEBIT_FINISH.code:
+                self._debit_finish(ctx, params["s3"])
+            elif code == LOAD_START.code:
+                self._load_start(ctx, params["l1"], params["currency"], params["amount"])
+            elif code == LOAD_FINISH.code:
+                self._load_finish(ctx, params["l3"])
+            elif code == LOG.code:
+                self._entries(ctx, params["day"], params.get("start", 0))
+            else:  # TOTALS
+                self._totals(ctx, params["day"])
+        except (ProtocolError, DecodeError) as exc:
+            raise _refused(exc) from None
+
+    def _init(self, ctx: StepContext) -> None:
+        if ctx.get(b"master") is not None:
+            ctx.reply(READY, fresh=False)
+            return
+        ctx.put(b"master", ctx.random(pp.KEY_BYTES))
+        ctx.reply(READY, fresh=True)
+
+    def _issue_key(self, ctx: StepContext, cert: bytes) -> None:
+        master = _master(ctx)
+        try:
+            peer = pki.verified(cert, ctx.roots_der, now=ctx.now, role=pki.Role.DEVICE)
+        except PkiError as exc:
+            raise Refused(exc.reason, f"not a card certificate of this SAM's CA: {exc}") from None
+        sealed = profile.hpke_seal(peer.public_key, pp.diversify(master, peer.uid), KEY_INFO)
+        ctx.reply(KEY, uid=peer.uid, sealed=sealed)
+
+    # -- debits ------------------------------------------------------------------------------------------------
+    def _debit_start(self, ctx: StepContext, raw: bytes, poid: bytes, currency: str, amount: int) -> None:
+        master = _master(ctx)
+        s1 = pp.S1.decode(raw)
+        key = pp.diversify(master, s1.uid)
+        rkey = b"d:" + bytes(s1.uid) + _ctr(s1.n)
+        old = ctx.get(rkey)
+        if old is not None:
+            rec = _DEBIT_REC.decode(old)
+            s2 = pp.sam_answer_s1(key, s1, poid=poid, currency=currency, amount=amount, rs=rec["rs"])
+            if (rec["poid"], rec["rc"], rec["currency"], rec["amount"]) != (poid, s1.rc, currency, amount):
+                raise Refused("conflict", f"debit {s1.n} of {s1.uid} was authorised for another order or amount")
+            ctx.reply(S2_IS, s2=s2.encode())
+            return
+        s2 = pp.sam_answer_s1(key, s1, poid=poid, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        owner = ctx.get(b"o:" + poid)
+        if owner is not None:
+            who = Uid.from_bytes(owner[:UID_BYTES])
+            raise Refused(
+                "already_paid",
+                f"order {poid.hex()} is authorised already, as debit "
+                f"{int.from_bytes(owner[UID_BYTES:], 'big')} of {who}",
+            )
+        ctx.put(
+            rkey, _DEBIT_REC.encode({"poid": poid, "rc": s1.rc, "rs": s2.rs, "currency": currency, "amount": amount})
+        )
+        ctx.put(b"o:" + poid, bytes(s1.uid) + _ctr(s1.n))
+        ctx.reply(S2_IS, s2=s2.encode())
+
+    def _debit_finish(self, ctx: StepContext, raw: bytes) -> None:
+        master = _master(ctx)
+        s3 = pp.S3.decode(raw)
+        key = pp.diversify(master, s3.uid)
+        rkey = b"d:" + bytes(s3.uid) + _ctr(s3.n)
+        old = ctx.get(rkey)
+        if old is None:
+            raise Refused("no_pending", f"this SAM authorised no debit {s3.n} of {s3.uid}")
+        rec = _DEBIT_REC.decode(old)
+        s2 = pp.S2.make(
+            key, poid=rec["poid"], n=s3.n, rc=rec["rc"], rs=rec["rs"], currency=rec["currency"], amount=rec["amount"]
+        )
+        pp.sam_check_s3(key, s3, uid=s3.uid, s2=s2)
+        day = rec.get("day")
+        if day is None:
+            day = _today(ctx)
+            _log(ctx, day, _DEBIT, s3.uid, s3.n, s3.currency, s3.amount)
+            ctx.put(rkey, _DEBIT_REC.encode({**rec, "day": day}))
+        ctx.reply(DEBITED, uid=s3.uid, n=s3.n, poid=s3.poid, currency=s3.currency, amount=s3.amount, day=day)
+
+    # -- loads -------------------------------------------------------------------------------------------------
+    def _load_start(self, ctx: StepContext, raw: bytes, currency: str, amount: int) -> None:
+        master = _master(ctx)
+        l1 = pp.L1.decode(raw)
+        key = pp.diversify(master, l1.uid)
+        rkey = b"l:" + bytes(l1.uid) + _ctr(l1.m)
+        old = ctx.get(rkey)
+        if old is not None:
+            rec = _LOAD_REC.decode(old)
+            l2 = pp.sam_answer_l1(key, l1, currency=currency, amount=amount, rs=rec["rs"])
+            if (rec["rc"], rec["currency"], rec["amount"]) != (l1.rc, currency, amount):
+                raise Refused("conflict", f"load {l1.m} of {l1.uid} was authorised for another amount")
+            ctx.reply(L2_IS, l2=l2.encode())
+            return
+        l2 = pp.sam_answer_l1(key, l1, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        ctx.put(rkey, _LOAD_REC.encode({"rc": l1.rc, "rs": l2.rs, "currency": currency, "amount": amount}))
+        ctx.reply(L2_IS, l2=l2.encode())
+
+    def _load_finish(self, ctx: StepContext, raw: bytes) -> None:
+        master = _master(ctx)
+        l3 = pp.L3.decode(raw)
+        key = pp.diversify(master, l3.uid)
+        rkey = b"l:" + bytes(l3.uid) + _ctr(l3.m)
+        old = ctx.get(rkey)
+        if old is None:
+            raise Refused("no_pending", f"this SAM authorised no load {l3.m} of {l3.uid}")
+        rec = _LOAD_REC.decode(old)
+        l2 = pp.L2.make(key, m=l3.m, rc=rec["rc"], rs=rec["rs"], currency=rec["currency"], amount=rec["amount"])
+        pp.sam_check_l3(key, l3, uid=l3.uid, l2=l2)
+        day = rec.get("day")
+        if day is None:
+            day = _today(ctx)
+            _log(ctx, day, _LOAD, l3.uid, l3.m, l3.currency, l3.amount)
+            ctx.put(rkey, _LOAD_REC.encode({**rec, "day": day}))
+        ctx.reply(LOADED, uid=l3.uid, m=l3.m, currency=l3.currency, amount=l3.amount, day=day)
+
+    # -- the log -----------------------------------------------------------------------------------------------
+    def _entries(self, ctx: StepContext, day: int, start: int) -> None:
+        rows = ctx.scan(b"g:" + _ctr(day))
+        page = rows[start : start + MAX_ENTRIES]
+        entries = []
+        for _, v in page:
+            kind, uid, ctr = v[:1], Uid.from_bytes(v[1 : 1 + UID_BYTES]), int.from_bytes(v[1 + UID_BYTES :], "big")
+            if kind == _DEBIT:
+                rec = _DEBIT_REC.decode(_must(ctx.get(b"d:" + bytes(uid) + _ctr(ctr))))
+                entries.append(
+                    {
+                        "kind": "debit",
+                        "uid": uid,
+                        "ctr": ctr,
+                        "poid": rec["poid"],
+                        "currency": rec["currency"],
+                        "amount": rec["amount"],
+                    }
+                )
+            else:
+                rec = _LOAD_REC.decode(_must(ctx.get(b"l:" + bytes(uid) + _ctr(ctr))))
+                entries.append(
+                    {"kind": "load", "uid": uid, "ctr": ctr, "currency": rec["currency"], "amount": rec["amount"]}
+                )
+        more = start + MAX_ENTRIES < len(rows)
+        ctx.reply(ENTRIES, day=day, entries=entries, next=start + MAX_ENTRIES if more else None)
+
+    def _totals(self, ctx: StepContext, day: int) -> None:
+        sums: dict[bytes, list[dict[str, Any]]] = {_DEBIT: [], _LOAD: []}
+        prefix = b"t:" + _ctr(day)
+        for k, v in ctx.scan(prefix):
+            kind, cur = k[len(prefix) : len(prefix) + 1], k[len(prefix) + 1 :].decode("ascii")
+            sums[kind].append({"currency": cur, "amount": int.from_bytes(v, "big")})
+        ctx.reply(SUMS, day=day, debits=sums[_DEBIT], loads=sums[_LOAD])
+
+
+def _must(raw: bytes | None) -> bytes:
+    if raw is None:  # pragma: no cover - a log entry is written with its record, in one step
+        raise Refused("bad_state", "a log entry names a record the SAM does not hold: its store is damaged")
+    return raw

@@ -1,0 +1,88 @@
+"""Fuzzing the e-purse decoders (S1, S2, S3, L1, L2, L3 of :mod:`cardnet.protocols.speed.purse`).
+
+Random bytes and mutated valid encodings get :class:`DecodeError` or :class:`ProtocolError`, never another
+exception; whatever decodes re-encodes to the same bytes, and its MAC check answers None or ``bad_mac``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed import purse as pp
+from cardnet.wire import DecodeError, Uid
+
+EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
+UID = Uid.card(b"\x05" * 12)
+KEY = pp.diversify(b"m" * 32, UID)
+VALID: dict[type[pp.Authenticated], pp.Authenticated] = {
+    pp.S1: pp.S1.make(KEY, uid=UID, n=41, rc=b"c" * 16, poid=b"PO-7", currency="EUR", amount=250),
+    pp.S2: pp.S2.make(KEY, poid=b"PO-7", n=41, rc=b"c" * 16, rs=b"s" * 16, currency="EUR", amount=250),
+    pp.S3: pp.S3.make(KEY, uid=UID, poid=b"PO-7", n=41, rs=b"s" * 16, currency="EUR", amount=250),
+    pp.L1: pp.L1.make(KEY, uid=UID, m=3, rc=b"c" * 16, currency="USD", amount=2**40),
+    pp.L2: pp.L2.make(KEY, m=3, rc=b"c" * 16, rs=b"s" * 16, currency="USD", amount=2**40),
+    pp.L3: pp.L3.make(KEY, uid=UID, m=3, rs=b"s" * 16, currency="USD", amount=2**40),
+}
+
+
+def mutate(data: bytes, r: random.Random) -> bytes:
+    b = bytearray(data)
+    for _ in range(r.randint(1, 4)):
+        op = r.randrange(5)
+        i = r.randrange(len(b) + 1)
+        if op == 0 and b:
+            b[i % len(b)] ^= 1 << r.randrange(8)
+        elif op == 1:
+            del b[i:]
+        elif op == 2:
+            b[i:i] = r.randbytes(r.randint(1, 4))
+        elif op == 3 and b:
+            b[i % len(b)] = r.choice([0x00, 0x17, 0x18, 0x1F, 0x40, 0x5F, 0x60, 0x7F, 0xA0, 0xBF, 0xC2, 0xF5, 0xFF])
+        elif b:
+            del b[i % len(b)]
+    return bytes(b)
+
+
+def decode_or_refuse(cls: type[pp.Authenticated], raw: bytes) -> None:
+    try:
+        msg = cls.decode(raw)
+    except (DecodeError, ProtocolError):
+        return
+    assert msg.encode() == raw  # one encoding per message
+    try:
+        msg.check(KEY)
+    except ProtocolError as exc:
+        assert exc.reason == "bad_mac"
+    else:
+        assert raw == VALID[cls].encode()  # only the genuine bytes pass the MAC
+
+
+@pytest.mark.parametrize("cls", list(VALID), ids=lambda c: c.NAME)
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_random_bytes_are_refused_cleanly(cls: type[pp.Authenticated], raw: bytes) -> None:
+    decode_or_refuse(cls, raw)
+
+
+@pytest.mark.parametrize("cls", list(VALID), ids=lambda c: c.NAME)
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_mutated_valid_messages_are_refused_cleanly(cls: type[pp.Authenticated], seed: int) -> None:
+    r = random.Random(seed)
+    source = VALID[r.choice(list(VALID))].encode()  # any kind's bytes, fed to every decoder
+    decode_or_refuse(cls, mutate(source, r))
+
+
+@pytest.mark.parametrize("cls", list(VALID), ids=lambda c: c.NAME)
+def test_every_valid_message_passes_its_own_decoder_and_no_other(cls: type[pp.Authenticated]) -> None:
+    raw = VALID[cls].encode()
+    assert cls.decode(raw) == VALID[cls]
+    for other in VALID:
+        if other is not cls:
+            with pytest.raises((DecodeError, ProtocolError)):
+                other.decode(raw).check(KEY)

@@ -1,0 +1,547 @@
+"""SPEED's e-purse on real cards (in-process, durable SQLite stores): the customer's purse and the broker's SAM.
+
+The SAM issues each purse its diversified key sealed to the card; value is loaded and spent through L1/L2/L3 and
+S1/S2/S3 carried by the hosts (here: the test), which may drop, duplicate, replay and restart; at the end the
+purses' debits and loads equal the SAM's log, and no balance ever went negative.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.card import Applet, Card, StepContext
+from cardnet.card import mtypes as cm
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki, profile
+from cardnet.protocols.speed import purse as pp
+from cardnet.store import SqliteStore
+from cardnet.wire import Bytes, Field, Message, MType, Schema, Text, Uid, UInt, lookup, register
+from conftest import NOW
+
+PIN = "2468"
+T0 = NOW.timestamp()
+DAY0 = int(T0 // 86400)
+POID = b"PO-2026-11-23-0001"
+
+
+# --- a conductor-like applet: pays from inside its own step with the purse's module functions -------------------
+PAY = register(
+    0x0F60,
+    "test.speed_pay",
+    "test",
+    Schema(
+        "test.speed_pay", [Field(0, "poid", Bytes(64, 1)), Field(1, "currency", Text(3)), Field(2, "amount", UInt())]
+    ),
+)
+PAYING = register(0x0F61, "test.speed_paying", "test", Schema("test.speed_paying", [Field(0, "s1", Bytes(200))]))
+SETTLE = register(0x0F62, "test.speed_settle", "test", Schema("test.speed_settle", [Field(0, "s2", Bytes(200))]))
+SETTLED = register(0x0F63, "test.speed_settled", "test", Schema("test.speed_settled", [Field(0, "s3", Bytes(200))]))
+
+
+class Conductor(Applet):
+    name = "conductor"
+    handles = (PAY, SETTLE)
+
+    def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
+        if msg.mtype == PAY.code:
+            s1 = pa.begin_debit(ctx, params["poid"], params["currency"], params["amount"])
+            ctx.put(b"paying", params["poid"])  # its own table, in the same step
+            ctx.reply(PAYING, s1=s1)
+        else:
+            s3 = pa.finish_debit(ctx, params["s2"])
+            ctx.delete(b"paying")
+            ctx.reply(SETTLED, s3=s3)
+
+
+# --- the world: cards stepped directly by their owners' applications ---------------------------------------------
+
+
+@dataclass
+class Slot:
+    path: Path
+    applets: Callable[[], list[Applet]]
+    card: Card
+    app: Uid = field(default_factory=lambda: Uid(b"\x00" * 12, 0))
+
+
+@dataclass
+class World:
+    tmp: Path
+    ca: pki.CertificateAuthority
+    now: float = T0
+    slots: dict[str, Slot] = field(default_factory=dict)
+    answers: list[Message] = field(default_factory=list)  # every answer any card gave
+
+    def add(self, name: str, applets: Callable[[], list[Applet]], role: pki.Role = pki.Role.DEVICE) -> Card:
+        path = self.tmp / f"{name}.db"
+        card = Card(SqliteStore(str(path)), applets=applets())
+        personalise(card, self.ca, pin=PIN, now=NOW, role=role, name=name)
+        self.slots[name] = Slot(path, applets, card)
+        self.login(name)
+        return card
+
+    def login(self, name: str) -> None:
+        """A fresh application port of ``name``'s card that verified the PIN."""
+        slot = self.slots[name]
+        grant = self._step(slot.card, cm.PORT_REQUEST.make(Uid(slot.card.uid.domain, 2**32 - 1), slot.card.uid))
+        slot.app = slot.card.uid.with_port(cm.PORT_GRANT.parse(grant)["port"])
+        assert cm.PIN_RESULT.parse(self._step(slot.card, cm.PIN_VERIFY.make(slot.app, slot.card.uid, pin=PIN)))["ok"]
+
+    def restart(self, name: str) -> None:
+        """The card's host crashes and restarts: the card is closed and opened again from its store."""
+        slot = self.slots[name]
+        slot.card.close()
+        slot.card = Card(SqliteStore(str(slot.path)), applets=slot.applets())
+        self.login(name)
+
+    def _step(self, card: Card, msg: Message) -> Message:
+        outs = card.step(msg, self.now)
+        card.ack([o.seq for o in outs if o.seq is not None])
+        assert len(outs) == 1, outs
+        self.answers.append(outs[0].msg)
+        return outs[0].msg
+
+    def ask(self, name: str, mtype: MType, /, **fields: Any) -> Message:
+        slot = self.slots[name]
+        return self._step(slot.card, mtype.make(slot.app, slot.card.uid, **fields))
+
+    def order(self, name: str, mtype: MType, /, **fields: Any) -> dict[str, Any]:
+        """The answer's fields, or ``{"refused": reason, "detail": ...}``."""
+        reply = self.ask(name, mtype, **fields)
+        if reply.mtype == cm.REFUSED.code:
+            r = cm.REFUSED.parse(reply)
+            return {"refused": r["reason"], "detail": r["detail"]}
+        return dict(lookup(reply.mtype).parse(reply))
+
+    def ok(self, name: str, mtype: MType, /, **fields: Any) -> dict[str, Any]:
+        got = self.order(name, mtype, **fields)
+        assert "refused" not in got, got
+        return got
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            slot.card.close()
+
+    # -- the protocol's moves, as the hosts carry them -------------------------------------------------------------
+    def issue(self, name: str) -> None:
+        key = self.ok("broker", sa.ISSUE_KEY, card_cert=self.slots[name].card.certificate_der)
+        assert key["uid"] == self.slots[name].card.uid
+        assert self.ok(name, pa.INSTALL_KEY, sealed=key["sealed"])["fresh"]
+
+    def load(self, name: str, currency: str, amount: int) -> dict[str, Any]:
+        l1 = self.ok(name, pa.LOAD_BEGIN, currency=currency, amount=amount)["l1"]
+        l2 = self.ok("broker", sa.LOAD_START, l1=l1, currency=currency, amount=amount)["l2"]
+        l3 = self.ok(name, pa.LOAD, l2=l2)["l3"]
+        return self.ok("broker", sa.LOAD_FINISH, l3=l3)
+
+    def s2_for(self, name: str, poid: bytes, currency: str, amount: int) -> bytes:
+        s1 = self.ok(name, pa.DEBIT_BEGIN, poid=poid, currency=currency, amount=amount)["s1"]
+        return bytes(self.ok("broker", sa.DEBIT_START, s1=s1, poid=poid, currency=currency, amount=amount)["s2"])
+
+    def pay(self, name: str, poid: bytes, currency: str, amount: int) -> dict[str, Any]:
+        s3 = self.ok(name, pa.DEBIT, s2=self.s2_for(name, poid, currency, amount))["s3"]
+        return self.ok("broker", sa.DEBIT_FINISH, s3=s3)
+
+    def accounts(self, name: str) -> dict[str, dict[str, int]]:
+        got = self.ok(name, pa.BALANCE)
+        return {a["currency"]: {k: a[k] for k in ("balance", "loaded", "debited")} for a in got["accounts"]}
+
+    def sums(self, day: int) -> tuple[dict[str, int], dict[str, int]]:
+        got = self.ok("broker", sa.TOTALS, day=day)
+        return {s["currency"]: s["amount"] for s in got["debits"]}, {s["currency"]: s["amount"] for s in got["loads"]}
+
+
+def purse_applets() -> list[Applet]:
+    return [pa.PurseApplet(), Conductor()]
+
+
+def sam_applets() -> list[Applet]:
+    return [sa.SamApplet()]
+
+
+def make_world(tmp: Path, ca: pki.CertificateAuthority, purses: tuple[str, ...] = ("alice",)) -> World:
+    w = World(tmp, ca)
+    w.add("broker", sam_applets, pki.Role.SERVICE)
+    assert w.ok("broker", sa.INIT)["fresh"]
+    for name in purses:
+        w.add(name, purse_applets)
+        w.issue(name)
+    return w
+
+
+@pytest.fixture
+def world(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
+    w = make_world(tmp_path, ca, ("alice", "bob"))
+    yield w
+    w.close()
+
+
+# --- the story --------------------------------------------------------------------------------------------------
+
+
+def test_load_and_debit_show_in_the_balances_and_in_the_sams_log_and_totals(world: World) -> None:
+    w = world
+    assert w.ok("broker", sa.INIT) == {"fresh": False}  # drawn once
+    assert w.load("alice", "EUR", 1000) == {
+        "uid": w.slots["alice"].card.uid,
+        "m": 0,
+        "currency": "EUR",
+        "amount": 1000,
+        "day": DAY0,
+    }
+    w.load("alice", "USD", 500)
+    debited = w.pay("alice", POID, "EUR", 250)
+    assert debited == {
+        "uid": w.slots["alice"].card.uid,
+        "n": 0,
+        "poid": POID,
+        "currency": "EUR",
+        "amount": 250,
+        "day": DAY0,
+    }
+    assert w.accounts("alice") == {
+        "EUR": {"balance": 750, "loaded": 1000, "debited": 250},
+        "USD": {"balance": 500, "loaded": 500, "debited": 0},
+    }
+    bal = w.ok("alice", pa.BALANCE)
+    assert (bal["n"], bal["m"], bal["pending_debits"], bal["pending_loads"], bal["kept"], bal["keyed"]) == (
+        1,
+        2,
+        0,
+        0,
+        1,
+        True,
+    )
+    log = w.ok("broker", sa.LOG, day=DAY0)
+    alice = w.slots["alice"].card.uid
+    assert log == {
+        "day": DAY0,
+        "entries": [
+            {"kind": "load", "uid": alice, "ctr": 0, "currency": "EUR", "amount": 1000},
+            {"kind": "load", "uid": alice, "ctr": 1, "currency": "USD", "amount": 500},
+            {"kind": "debit", "uid": alice, "ctr": 0, "poid": POID, "currency": "EUR", "amount": 250},
+        ],
+    }
+    assert w.sums(DAY0) == ({"EUR": 250}, {"EUR": 1000, "USD": 500})
+    assert w.sums(DAY0 + 1) == ({}, {})
+    assert w.ok("broker", sa.LOG, day=DAY0 - 1)["entries"] == []
+    # the next day's debit goes to the next day's log
+    w.now += 86400
+    assert w.pay("alice", b"PO-2", "USD", 125)["day"] == DAY0 + 1
+    assert w.sums(DAY0 + 1) == ({"USD": 125}, {})
+    assert w.sums(DAY0) == ({"EUR": 250}, {"EUR": 1000, "USD": 500})
+
+
+def test_a_replayed_s2_after_a_restart_gives_the_same_proof_and_debits_nothing(world: World) -> None:
+    w = world
+    w.load("alice", "EUR", 1000)
+    s2 = w.s2_for("alice", POID, "EUR", 250)
+    s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]  # the S3 is lost on the way, and alice's host crashes
+    w.restart("alice")
+    assert w.accounts("alice")["EUR"]["balance"] == 750  # the debit was durable with the step that made the S3
+    assert w.ok("alice", pa.PROOFS) == {"s3": [s3], "l3": [w.ok("alice", pa.PROOFS)["l3"][0]]}
+    again = w.ok("alice", pa.DEBIT, s2=s2)["s3"]  # the broker's host sends the S2 again
+    assert again == s3
+    assert w.accounts("alice")["EUR"] == {"balance": 750, "loaded": 1000, "debited": 250}
+    # the kept proof reaches the SAM: logged once, however often it comes
+    first = w.ok("broker", sa.DEBIT_FINISH, s3=s3)
+    w.restart("broker")
+    w.now += 86400  # even a day later: the same answer, nothing logged anew
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=s3) == first
+    assert first["day"] == DAY0
+    assert w.sums(DAY0)[0] == {"EUR": 250} and w.sums(DAY0 + 1) == ({}, {})
+    assert len(w.ok("broker", sa.LOG, day=DAY0)["entries"]) == 2
+
+
+def test_a_second_purse_cannot_use_the_first_cards_s2(world: World) -> None:
+    w = world
+    w.load("alice", "EUR", 1000)
+    w.load("bob", "EUR", 1000)
+    s2 = w.s2_for("alice", POID, "EUR", 250)
+    assert w.order("bob", pa.DEBIT, s2=s2)["refused"] == "bad_mac"  # no pending: still the MAC is the first check
+    assert "s1" in w.ok("bob", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=250)  # bob begins the same order
+    assert w.order("bob", pa.DEBIT, s2=s2)["refused"] == "bad_mac"
+    assert w.accounts("bob")["EUR"]["balance"] == 1000
+    # bob's S1 for that order is refused by the SAM: it is alice's debit
+    s1 = w.ok("bob", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=250)["s1"]
+    got = w.order("broker", sa.DEBIT_START, s1=s1, poid=POID, currency="EUR", amount=250)
+    assert got["refused"] == "already_paid"
+    assert w.ok("alice", pa.DEBIT, s2=s2)["s3"]
+    assert w.accounts("alice")["EUR"]["balance"] == 750
+
+
+def test_the_same_s3_or_l3_gives_the_same_answer_and_an_unknown_one_is_refused(world: World) -> None:
+    w = world
+    l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=1000)["l1"]
+    l2 = w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=1000)["l2"]
+    assert w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=1000)["l2"] == l2  # the same L1: the same L2
+    assert w.order("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=999)["refused"] == "not_due"
+    l3 = w.ok("alice", pa.LOAD, l2=l2)["l3"]
+    assert w.ok("alice", pa.LOAD, l2=l2)["l3"] == l3  # a duplicated L2 credits once
+    loaded = [w.ok("broker", sa.LOAD_FINISH, l3=l3) for _ in range(3)]
+    assert loaded[0] == loaded[1] == loaded[2]
+    assert w.accounts("alice")["EUR"]["balance"] == 1000 and w.sums(DAY0)[1] == {"EUR": 1000}
+    s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=250)["s1"]
+    assert w.ok("alice", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=250)["s1"] == s1  # begun again: same S1
+    s2 = w.ok("broker", sa.DEBIT_START, s1=s1, poid=POID, currency="EUR", amount=250)["s2"]
+    assert w.ok("broker", sa.DEBIT_START, s1=s1, poid=POID, currency="EUR", amount=250)["s2"] == s2
+    s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]
+    forged = pp.S3.decode(s3)
+    for bad, reason in (
+        (pp.S3.make(b"k" * 32, **{**forged.body(), "n": 9}).encode(), "no_pending"),
+        (pp.S3.make(b"k" * 32, **forged.body()).encode(), "bad_mac"),
+        (b"\xa0", "missing_key"),
+    ):
+        assert w.order("broker", sa.DEBIT_FINISH, s3=bad)["refused"] == reason
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=s3) == w.ok("broker", sa.DEBIT_FINISH, s3=s3)
+    assert len(w.ok("broker", sa.LOG, day=DAY0)["entries"]) == 2
+
+
+def test_a_debit_larger_than_the_balance_is_refused_on_the_card(world: World) -> None:
+    w = world
+    w.load("alice", "EUR", 300)
+    before = w.ok("alice", pa.BALANCE)
+    got = w.order("alice", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=301)
+    assert got["refused"] == "insufficient"
+    assert w.ok("alice", pa.BALANCE) == before
+    s2a = w.s2_for("alice", b"a", "EUR", 200)
+    s2b = w.s2_for("alice", b"b", "EUR", 200)
+    w.ok("alice", pa.DEBIT, s2=s2a)
+    before = w.ok("alice", pa.BALANCE)
+    assert w.order("alice", pa.DEBIT, s2=s2b)["refused"] == "insufficient"
+    assert w.ok("alice", pa.BALANCE) == before  # nothing changed: still pending
+    w.load("alice", "EUR", 100)
+    w.ok("alice", pa.DEBIT, s2=s2b)
+    assert w.accounts("alice")["EUR"] == {"balance": 0, "loaded": 400, "debited": 400}
+
+
+def test_unprivileged_orders_are_refused(world: World) -> None:
+    w = world
+    for name, orders in (("alice", pa.ORDERS), ("broker", sa.ORDERS)):
+        card = w.slots[name].card
+        grant = w._step(card, cm.PORT_REQUEST.make(Uid(card.uid.domain, 2**32 - 1), card.uid))
+        stranger = card.uid.with_port(cm.PORT_GRANT.parse(grant)["port"])  # a port, but no PIN
+        for mt in orders:
+            reply = w._step(card, Message(stranger, card.uid, mt.code, b"\xa0"))
+            assert cm.REFUSED.parse(reply)["reason"] == "privileged", mt.name
+
+
+def test_a_purse_takes_one_key_once(world: World) -> None:
+    w = world
+    alice = w.slots["alice"].card
+    sealed = w.ok("broker", sa.ISSUE_KEY, card_cert=alice.certificate_der)["sealed"]
+    assert w.ok("alice", pa.INSTALL_KEY, sealed=sealed) == {"fresh": False}  # the same key again
+    other = profile.hpke_seal(alice.public_key, b"x" * 32, pa.KEY_INFO)
+    assert w.order("alice", pa.INSTALL_KEY, sealed=other)["refused"] == "key_installed"
+    bob_sealed = w.ok("broker", sa.ISSUE_KEY, card_cert=w.slots["bob"].card.certificate_der)["sealed"]
+    assert w.order("alice", pa.INSTALL_KEY, sealed=bob_sealed)["refused"] == "bad_ciphertext"
+    wrong_info = profile.hpke_seal(alice.public_key, b"x" * 32, b"another use")
+    assert w.order("alice", pa.INSTALL_KEY, sealed=wrong_info)["refused"] == "bad_ciphertext"
+
+
+def test_a_purse_without_a_key_and_a_sam_without_a_master_refuse(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = World(tmp_path, ca)
+    try:
+        w.add("broker", sam_applets, pki.Role.SERVICE)
+        w.add("carol", purse_applets)
+        assert w.order("carol", pa.LOAD_BEGIN, currency="EUR", amount=1)["refused"] == "no_key"
+        assert w.ok("carol", pa.BALANCE)["keyed"] is False
+        cert = w.slots["carol"].card.certificate_der
+        assert w.order("broker", sa.ISSUE_KEY, card_cert=cert)["refused"] == "not_initialised"
+    finally:
+        w.close()
+
+
+def test_the_sam_issues_keys_only_to_cards_of_its_ca(world: World, ca: pki.CertificateAuthority) -> None:
+    w = world
+    broker_cert = w.slots["broker"].card.certificate_der  # a service card, not a purse
+    assert w.order("broker", sa.ISSUE_KEY, card_cert=broker_cert)["refused"] == "wrong_usage"
+    stranger_ca = pki.CertificateAuthority.create("another CA", now=NOW)
+    key = profile.generate_private_key()
+    cert = stranger_ca.issue(pki.Role.DEVICE, Uid.card(b"\x07" * 12), key.public_key(), now=NOW)
+    got = w.order("broker", sa.ISSUE_KEY, card_cert=pki.cert_to_der(cert))
+    assert "refused" in got and got["refused"] != "applet_error"
+    assert w.order("broker", sa.ISSUE_KEY, card_cert=b"not a certificate")["refused"] not in ("applet_error", None)
+
+
+def test_the_sam_refuses_the_same_debit_number_for_another_order(world: World, ca: pki.CertificateAuthority) -> None:
+    """A host that holds a genuine card's key (here: a key certified by the CA outside any card) forges S1s."""
+    w = world
+    w.load("alice", "EUR", 1000)
+    key = profile.generate_private_key()
+    uid = Uid.card(b"\x0e" * 12)
+    cert = ca.issue(pki.Role.DEVICE, uid, key.public_key(), now=NOW)
+    got = w.ok("broker", sa.ISSUE_KEY, card_cert=pki.cert_to_der(cert))
+    purse_key = profile.hpke_open(key, got["sealed"], pa.KEY_INFO)
+
+    def s1(n: int, poid: bytes, amount: int = 100) -> bytes:
+        return pp.S1.make(purse_key, uid=uid, n=n, rc=b"r" * 16, poid=poid, currency="EUR", amount=amount).encode()
+
+    assert w.ok("broker", sa.DEBIT_START, s1=s1(5, b"one"), poid=b"one", currency="EUR", amount=100)
+    assert w.order("broker", sa.DEBIT_START, s1=s1(5, b"two"), poid=b"two", currency="EUR", amount=100) == {
+        "refused": "conflict",
+        "detail": f"debit 5 of {uid} was authorised for another order or amount",
+    }
+    got = w.order("broker", sa.DEBIT_START, s1=s1(5, b"one", 99), poid=b"one", currency="EUR", amount=99)
+    assert got["refused"] == "conflict"
+    got = w.order("broker", sa.DEBIT_START, s1=s1(6, b"one"), poid=b"one", currency="EUR", amount=100)
+    assert got["refused"] == "already_paid"
+    got = w.order("broker", sa.DEBIT_START, s1=s1(7, b"three"), poid=b"three", currency="EUR", amount=101)
+    assert got["refused"] == "not_due"
+
+
+def test_the_master_key_never_leaves_the_sam(world: World) -> None:
+    w = world
+    w.load("alice", "EUR", 1000)
+    w.pay("alice", POID, "EUR", 250)
+    w.ok("broker", sa.LOG, day=DAY0)
+    w.ok("broker", sa.TOTALS, day=DAY0)
+    master = w.slots["broker"].card._read(("a.sam", b"master"))
+    assert master is not None and len(master) == 32
+    assert not [m for m in w.answers if master in m.param]
+
+
+def test_another_applet_pays_inside_its_own_step(world: World) -> None:
+    w = world
+    w.load("alice", "EUR", 1000)
+    s1 = w.ok("alice", PAY, poid=POID, currency="EUR", amount=250)["s1"]
+    assert w.ok("alice", pa.BALANCE)["pending_debits"] == 1
+    s2 = w.ok("broker", sa.DEBIT_START, s1=s1, poid=POID, currency="EUR", amount=250)["s2"]
+    s3 = w.ok("alice", SETTLE, s2=s2)["s3"]
+    assert w.ok("alice", pa.PROOFS)["s3"] == [s3]
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=s3)["amount"] == 250
+    assert w.accounts("alice")["EUR"]["balance"] == 750
+    assert w.order("alice", PAY, poid=POID, currency="EUR", amount=250)["refused"] == "already_paid"
+
+
+# --- the property: conservation under drops, duplicates, replays and restarts -------------------------------------
+
+FATE = st.sampled_from(["deliver", "drop", "dup"])
+OP = st.one_of(
+    st.tuples(st.just("load"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, FATE),
+    st.tuples(st.just("debit"), st.sampled_from(["EUR", "USD"]), st.integers(1, 600), FATE, FATE),
+    st.tuples(st.just("replay"), st.integers(0, 2**16), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("restart"), st.sampled_from(["alice", "broker"]), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("later"), st.integers(1, 40_000), st.just(""), st.just(""), st.just("")),
+)
+ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(OP, max_size=40))
+def test_purse_debits_and_loads_equal_the_sams_log_under_drops_duplicates_and_restarts(
+    ops: list[tuple[Any, ...]], ca: pki.CertificateAuthority
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = make_world(Path(tmp), ca)
+        try:
+            run_ops(w, ops)
+        finally:
+            w.close()
+
+
+def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
+    to_card: list[tuple[MType, str, bytes]] = []  # every S2 and L2 made, to replay
+    to_sam: list[tuple[MType, str, bytes]] = []  # every S3 and L3 made, to replay
+    debits: dict[int, tuple[str, int]] = {}  # n -> what the card debited (from the S3s it gave)
+    credits: dict[int, tuple[str, int]] = {}
+    days = {DAY0}
+
+    def to_purse(mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
+        """Deliver an S2 or L2 ``times`` times; the proof the card gave (the same each time), if any."""
+        out = None
+        for _ in range(times):
+            got = w.order("alice", mtype, **{field_name: raw})
+            if "refused" in got:
+                assert got["refused"] in ALLOWED, got
+                return None
+            proof_raw = bytes(got["s3"] if "s3" in got else got["l3"])
+            assert out is None or proof_raw == out
+            out = proof_raw
+            if "s3" in got:
+                s3 = pp.S3.decode(proof_raw)
+                assert debits.setdefault(s3.n, (s3.currency, s3.amount)) == (s3.currency, s3.amount)
+                to_sam.append((sa.DEBIT_FINISH, "s3", proof_raw))
+            else:
+                l3 = pp.L3.decode(proof_raw)
+                assert credits.setdefault(l3.m, (l3.currency, l3.amount)) == (l3.currency, l3.amount)
+                to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
+        return out
+
+    def finish(mtype: MType, raw: bytes, times: int) -> None:
+        field_name = "s3" if mtype is sa.DEBIT_FINISH else "l3"
+        for _ in range(times):
+            got = w.order("broker", mtype, **{field_name: raw})
+            assert "refused" not in got, got
+            days.add(got["day"])
+
+    reps = {"deliver": 1, "drop": 0, "dup": 2}
+    for i, (kind, a, b, fate1, fate2) in enumerate(ops):
+        if kind == "load":
+            l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
+            if "refused" in l1:
+                assert l1["refused"] == "overflow"
+                continue
+            l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
+            to_card.append((pa.LOAD, "l2", l2))
+            l3 = to_purse(pa.LOAD, "l2", l2, reps[fate1])
+            if l3 is not None:
+                finish(sa.LOAD_FINISH, l3, reps[fate2])
+        elif kind == "debit":
+            poid = b"po-%d" % i
+            s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
+            if "refused" in s1:
+                assert s1["refused"] == "insufficient"
+                continue
+            s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
+            to_card.append((pa.DEBIT, "s2", s2))
+            s3 = to_purse(pa.DEBIT, "s2", s2, reps[fate1])
+            if s3 is not None:
+                finish(sa.DEBIT_FINISH, s3, reps[fate2])
+        elif kind == "replay":
+            pool = to_card + to_sam
+            if pool:
+                mtype, field_name, raw = pool[a % len(pool)]
+                if mtype in (pa.LOAD, pa.DEBIT):
+                    to_purse(mtype, field_name, raw, 1)
+                else:
+                    finish(mtype, raw, 1)
+        elif kind == "restart":
+            w.restart(a)
+        else:
+            w.now += a
+        for acc in w.accounts("alice").values():  # the card's own books add up, never below zero
+            assert acc["balance"] >= 0 and acc["balance"] == acc["loaded"] - acc["debited"]
+        for cur, acc in w.accounts("alice").items():
+            model = sum(x for c, x in credits.values() if c == cur) - sum(x for c, x in debits.values() if c == cur)
+            assert acc["balance"] == model
+
+    # heal: the purse's host presents every kept proof again (what it does after a crash)
+    kept = w.ok("alice", pa.PROOFS)
+    for raw in kept["s3"]:
+        finish(sa.DEBIT_FINISH, raw, 1)
+    for raw in kept["l3"]:
+        finish(sa.LOAD_FINISH, raw, 1)
+    sam_debits: dict[str, int] = {}
+    sam_loads: dict[str, int] = {}
+    for day in days:
+        d, ld = w.sums(day)
+        for cur, x in d.items():
+            sam_debits[cur] = sam_debits.get(cur, 0) + x
+        for cur, x in ld.items():
+            sam_loads[cur] = sam_loads.get(cur, 0) + x
+    accounts = w.accounts("alice")
+    assert {c: a["debited"] for c, a in accounts.items() if a["debited"]} == sam_debits
+    assert {c: a["loaded"] for c, a in accounts.items() if a["loaded"]} == sam_loads
+    entries = sum(len(w.ok("broker", sa.LOG, day=day)["entries"]) for day in days)
+    assert entries == len(debits) + len(credits)
