@@ -1,0 +1,134 @@
+"""Fuzzing ``cms.verify`` with hypothesis.
+
+The contract: ``verify`` raises :class:`CryptoError` (``bad_cms``) and nothing else on any input; what it
+accepts always carries the signed content unchanged; and a changed SignedData never passes ``verify`` and then
+the chain check of the certificate it returns (``verify`` does not check the chain: a certificate whose
+unsigned-for fields were changed but whose key, issuer and serial were not still carries a good signature, and
+it is ``pki.verify_chain`` that refuses it; the fuzzer found exactly that). Inputs are
+random bytes, random DER-looking prefixes and mutations (flips, overwrites, truncations, insertions,
+deletions) of valid SignedData, with and without the embedded certificate. ``CARDNET_FUZZ_EXAMPLES`` sets the
+number of examples (default 200).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from cardnet.crypto import cms, pki, profile
+from cardnet.crypto.errors import CryptoError, PkiError
+from cardnet.crypto.pki import CertificateAuthority, Role
+from cardnet.wire.ids import Uid
+
+N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=N,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+LATER = NOW + timedelta(days=1)
+CA = CertificateAuthority.create("fuzz cms root", now=NOW, rng=random.Random(1).randbytes)
+KEY = profile.generate_private_key(random.Random(3).randbytes)
+CERT_DER = pki.cert_to_der(CA.issue(Role.DEVICE, Uid(bytes(range(12)), 0), KEY.public_key(), now=NOW))
+BILL = b"SPEED payment order: 12.00 to merchant 7"
+SIGNED = cms.sign(BILL, CERT_DER, lambda data: profile.sign(KEY, data))
+SIGNED_NO_CERT = cms.sign(BILL, CERT_DER, lambda data: profile.sign(KEY, data), with_cert=False)
+
+
+@st.composite
+def mutations(draw: st.DrawFn, original: bytes) -> bytes:
+    """``original`` with one to three random edits."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        if not data:
+            kind = "insert"
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        else:
+            del data[at : at + draw(st.integers(1, 4))]
+    return bytes(data)
+
+
+def _chain_refused(cert_der: bytes) -> bool:
+    try:
+        pki.verify_chain([pki.cert_from_der(cert_der)], [CA.certificate], now=LATER)
+    except PkiError:
+        return True
+    return False
+
+
+def _judge(raw: bytes, original: bytes, cert_der: bytes | None = None) -> None:
+    try:
+        signed = cms.verify(raw, cert_der=cert_der)
+    except CryptoError as err:
+        assert err.reason == "bad_cms"
+        assert str(err)
+        return
+    assert signed.content == BILL, "verify returned content that was never signed"
+    if signed.signer_cert_der != CERT_DER:  # a changed certificate: the chain check must refuse it
+        assert _chain_refused(signed.signer_cert_der), "a changed certificate passed verify and the chain check"
+    else:
+        assert raw == original, "a modified SignedData verified"
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+@example(b"")
+@example(b"\x30\x80\x00\x00")
+@example(b"\x30\x80" * 2000)
+@example(b"\x30\x84\xff\xff\xff\xff")
+@example(SIGNED[:-1])
+@example(SIGNED + b"\x00")
+def test_random_bytes_raise_only_crypto_error(raw: bytes) -> None:
+    _judge(raw, SIGNED)
+
+
+@FUZZ
+@given(st.sampled_from([b"\x30\x82", b"\x30\x81", b"\x30\x80", SIGNED[:19], SIGNED[:40]]), st.binary(max_size=600))
+def test_der_looking_prefixes(prefix: bytes, rest: bytes) -> None:
+    _judge(prefix + rest, SIGNED)
+
+
+@FUZZ
+@given(mutations(SIGNED))
+def test_mutated_signed_data_never_verifies(raw: bytes) -> None:
+    _judge(raw, SIGNED)
+
+
+@FUZZ
+@given(mutations(SIGNED_NO_CERT))
+def test_mutated_signed_data_without_certificate_never_verifies(raw: bytes) -> None:
+    _judge(raw, SIGNED_NO_CERT, cert_der=CERT_DER)
+
+
+@FUZZ
+@given(mutations(CERT_DER))
+def test_a_mutated_certificate_given_never_verifies(cert_der: bytes) -> None:
+    try:
+        signed = cms.verify(SIGNED_NO_CERT, cert_der=cert_der)
+    except CryptoError as err:
+        assert err.reason == "bad_cms"
+    else:
+        assert signed == cms.Signed(BILL, cert_der)
+        assert cert_der == CERT_DER or _chain_refused(cert_der)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_sign_then_verify(content: bytes) -> None:
+    der = cms.sign(content, CERT_DER, lambda data: profile.sign(KEY, data))
+    assert cms.verify(der) == cms.Signed(content, CERT_DER)
