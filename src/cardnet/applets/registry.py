@@ -10,6 +10,9 @@ from cardnet.applets.echo import EchoApplet
 from cardnet.applets.fairx import TtpApplet
 from cardnet.applets.notes import NotesApplet
 from cardnet.applets.pingpong import PingPongApplet
+from cardnet.applets.speed.conductor import ConductorApplet
+from cardnet.applets.speed.purse import PurseApplet
+from cardnet.applets.speed.sam import SamApplet
 from cardnet.applets.trn import TrnApplet
 from cardnet.card import Applet
 
@@ -21,6 +24,9 @@ APPLETS: dict[str, Callable[[], Applet]] = {
     "trn": TrnApplet,
     "authority": AuthorityApplet,
     "ttp": TtpApplet,
+    "purse": PurseApplet,
+    "speed": ConductorApplet,
+    "sam": SamApplet,
 }
 
 

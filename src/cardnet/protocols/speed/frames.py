@@ -1,0 +1,129 @@
+"""The eTP messages that carry SPEED between the customer's wallet, the vendor and the broker over TCP.
+
+Each carries one of the paper's messages (already signed, sealed or encrypted: see
+:mod:`cardnet.protocols.speed.messages`) with what the receiver needs to find its state (the NID, the
+PaymentOrderID). Every request gets exactly one answer frame except the delivery, which is a header, the
+ciphertext chunks and the sealed bill; a refusal is ``speed.refused {reason, detail}`` from either service.
+"""
+
+from __future__ import annotations
+
+from cardnet.protocols.speed import messages as sm
+from cardnet.protocols.speed.purse import MAX_MESSAGE_BYTES
+from cardnet.protocols.transfer import MAX_CERT
+from cardnet.wire import Bool, Bytes, Field, ListOf, Schema, Text, UInt, register
+
+P = "speed"
+_NID = Field(0, "nid", Bytes(sm.NID_BYTES, sm.NID_BYTES))
+_POID = Field(0, "poid", Bytes(sm.POID_BYTES, sm.POID_BYTES))
+_SEALED = Bytes(sm.MAX_SEALED_SIGNED + 2 * sm.MAX_SIGNED, 1)
+
+# --- customer <-> vendor ---------------------------------------------------------------------------------------
+CATALOGUE = register(0x0610, "speed.catalogue", P, Schema("speed.catalogue", []))
+ITEMS = register(
+    0x0611,
+    "speed.items",
+    P,
+    Schema(
+        "speed.items",
+        [
+            Field(0, "cert", Bytes(MAX_CERT, 1)),  # the vendor's certificate
+            Field(1, "entries", ListOf(Bytes(sm.MAX_SIGNED, 1), 1024)),  # signed catalogue entries
+        ],
+    ),
+)
+REQUEST = register(
+    0x0612,
+    "speed.request",
+    P,
+    Schema("speed.request", [Field(0, "mode", Text(16)), Field(1, "sealed", _SEALED)]),
+)
+STEP = register(0x0613, "speed.step", P, Schema("speed.step", [_NID, Field(1, "sealed", Bytes(1024, 1))]))
+HANDSHAKE = register(
+    0x0614, "speed.handshake_msg", P, Schema("speed.handshake_msg", [_NID, Field(1, "sealed", _SEALED)])
+)
+DELIVERY = register(
+    0x0615,
+    "speed.delivery",
+    P,
+    Schema(
+        "speed.delivery",
+        [
+            _NID,
+            Field(1, "sizes", ListOf(UInt(sm.MAX_PRODUCT_BYTES), sm.MAX_PRODUCTS)),
+            Field(2, "chunk", UInt(sm.MAX_PRODUCT_BYTES)),
+        ],
+    ),
+)
+CHUNK = register(
+    0x0616,
+    "speed.chunk",
+    P,
+    Schema(
+        "speed.chunk",
+        [
+            _NID,
+            Field(1, "product", UInt(sm.MAX_PRODUCTS - 1)),
+            Field(2, "index", UInt(sm.MAX_CHUNKS)),
+            Field(3, "data", Bytes(sm.CHUNK_BYTES + sm.TAG_BYTES, sm.TAG_BYTES)),
+        ],
+    ),
+)
+BILL = register(0x0617, "speed.bill_msg", P, Schema("speed.bill_msg", [_NID, Field(1, "sealed", _SEALED)]))
+ENDED = register(
+    0x0618, "speed.ended", P, Schema("speed.ended", [_NID, Field(1, "sealed", Bytes(1024), optional=True)])
+)
+REFUSED = register(
+    0x0619,
+    "speed.refused",
+    P,
+    Schema("speed.refused", [Field(0, "reason", Text(64)), Field(1, "detail", Text(1024))]),
+)
+RECEIPT_FOR_VENDOR = register(
+    0x061A,
+    "speed.vendor_receipts",
+    P,
+    Schema("speed.vendor_receipts", [Field(0, "after", UInt())]),
+)
+
+# --- customer <-> broker ---------------------------------------------------------------------------------------
+ORDER = register(0x0620, "speed.order_msg", P, Schema("speed.order_msg", [Field(0, "sealed", _SEALED)]))
+PURSE = register(0x0621, "speed.purse_msg", P, Schema("speed.purse_msg", [_POID, Field(1, "sealed", Bytes(512, 1))]))
+RECEIPT = register(
+    0x0622,
+    "speed.receipt_msg",
+    P,
+    Schema("speed.receipt_msg", [_POID, Field(1, "sealed", Bytes(sm.MAX_SIGNED + 64, 1))]),
+)
+RESEND = register(0x0623, "speed.resend", P, Schema("speed.resend", [_POID]))
+LOAD = register(
+    0x0624,
+    "speed.load",
+    P,
+    Schema(
+        "speed.load",
+        [Field(0, "l1", Bytes(MAX_MESSAGE_BYTES, 1)), Field(1, "account", Text(sm.MAX_ACCOUNT))],
+    ),
+)
+LOAD_STEP = register(
+    0x0625, "speed.load_step", P, Schema("speed.load_step", [Field(0, "l", Bytes(MAX_MESSAGE_BYTES, 1))])
+)
+LOADED = register(
+    0x0626, "speed.loaded", P, Schema("speed.loaded", [Field(0, "ok", Bool()), Field(1, "balance", UInt())])
+)
+RECEIPTS = register(
+    0x0627,
+    "speed.receipts",
+    P,
+    Schema(
+        "speed.receipts",
+        [
+            Field(0, "items", ListOf(Bytes(sm.MAX_SIGNED + 128, 1), 1024)),  # PURSE_STEP-like: poid + sealed receipt
+            Field(1, "last", UInt()),
+        ],
+    ),
+)
+ISSUE_KEY = register(
+    0x0628, "speed.issue_key", P, Schema("speed.issue_key", [Field(0, "card_cert", Bytes(MAX_CERT, 1))])
+)
+KEY = register(0x0629, "speed.key", P, Schema("speed.key", [Field(0, "sealed", Bytes(256, 1))]))

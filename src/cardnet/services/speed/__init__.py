@@ -1,0 +1,1 @@
+"""SPEED services: the vendor, the broker and the customer\x27s wallet side."""

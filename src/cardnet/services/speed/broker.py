@@ -1,0 +1,351 @@
+"""The SPEED broker: payment orders, the e-purse decrement through its SAM, accounts, receipts, served over TCP.
+
+Theory of operation
+-------------------
+:class:`BrokerCore` holds the broker's certified key, the accounts (vendors' and customers', per currency), the
+register of payment orders and the receipts, in a :class:`~cardnet.store.Store`; its SAM is a card applet on
+the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master key never leaves it.
+
+* ``speed.order_msg`` (the PaymentOrder, sealed to the broker): the broker opens it, checks the customer's
+  signature and certificate (role device), the vendor's bill inside (signature, role service, VendorID = the
+  vendor's key), opens ``{AccountNumber, K}_B`` and finds the vendor's account. The register decides what
+  happens to a PaymentOrderID seen before: paid -> the same receipt again (to the customer who paid), or
+  ``already_paid``; authorised with the same S1 -> the same S2 again. Purse mode: the SAM checks S1 and
+  answers S2, the order is recorded ``authorised`` and the broker answers ``| POID, S2 |`` under
+  BSignKey/BEncKey. Account mode: the customer's account (theirs: the owner is the card that signed) is
+  debited and the vendor's credited in one transaction, and the receipt answered.
+* ``speed.purse_msg`` (``| POID, S3 |``): the SAM checks the proof of debit and logs it; the broker marks the
+  order paid, credits the vendor and answers the receipt ``| {POID, Price, K}_B^-1 |_RecKey`` (kept: the same
+  bytes again for a retry or ``speed.resend``, paper 5.7).
+* ``speed.issue_key``, ``speed.load`` / ``speed.load_step``: a purse's key from the SAM; loading value paid
+  from the customer's account.
+* ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
+
+A crash between the SAM's step and the broker's transaction leaves the SAM ahead: the customer's retry (the
+same S1 or S3: the card keeps them) gets the SAM's same answer and the broker catches up; :meth:`settle`
+credits whatever the SAM logged that the register does not show paid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cardnet.applets.speed import sam as sa
+from cardnet.crypto import cms, pki, profile
+from cardnet.crypto.errors import CryptoError, PkiError
+from cardnet.errors import CardnetError
+from cardnet.host.errors import HostError
+from cardnet.host.local import LocalCard
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.protocols.speed import purse as pp
+from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, put, scan
+from cardnet.store import Store
+from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType
+
+log = logging.getLogger("cardnet.speed.broker")
+
+CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
+MAX_RECEIPTS_PAGE = 256
+
+_ACCOUNT = Schema(
+    "sb.account",
+    [
+        Field(0, "owner", Bytes(32)),  # a vendor's VendorID, or a customer card's Uid (16 bytes)
+        Field(1, "balances", ListOf(Nested(sm.PRICE), 16)),
+    ],
+)
+_ORDER = Schema(
+    "sb.order",
+    [
+        Field(0, "state", Text(16)),  # authorised | paid
+        Field(1, "customer", UidType()),
+        Field(2, "price", Nested(sm.PRICE)),
+        Field(3, "account", Text(sm.MAX_ACCOUNT)),  # the vendor's
+        Field(4, "k", Bytes(32, 32)),
+        Field(5, "rec_key", Bytes(32, 32)),
+        Field(6, "kind", Text(8)),
+        Field(7, "s1", Bytes(pp.MAX_MESSAGE_BYTES), optional=True),
+        Field(8, "answer", Bytes(1024), optional=True),  # the sealed | POID, S2 |
+        Field(9, "benc", Bytes(32, 32), optional=True),
+        Field(10, "bsign", Bytes(32, 32), optional=True),
+        Field(11, "receipt", Bytes(sm.MAX_SIGNED + 64), optional=True),
+    ],
+)
+
+
+class BrokerError(CardnetError):
+    """The broker cannot be set up or run as asked."""
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def init_broker(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_der: list[bytes]) -> None:
+    with store.transaction() as txn:
+        if not txn.insert(CFG, b"key", profile.private_to_der(key)):
+            raise BrokerError("exists", "this store already holds a broker")
+        txn.put(CFG, b"cert", cert_der)
+        txn.put(CFG, b"roots", ROOTS.encode({"roots": roots_der}))
+
+
+def add_vendor(store: Store, account: str, vendor_cert: bytes) -> None:
+    """Open ``account`` for the vendor of ``vendor_cert`` (its VendorID owns it)."""
+    _put_account(store, account, sm.vendor_id(vendor_cert), {}, create=True)
+
+
+def add_customer(store: Store, account: str, card: Uid, deposit: sm.Price | None = None) -> None:
+    """Open ``account`` for the customer card ``card`` (optionally with a first deposit)."""
+    _put_account(store, account, bytes(card), {deposit.currency: deposit.amount} if deposit else {}, create=True)
+
+
+def _put_account(store: Store, account: str, owner: bytes, balances: dict[str, int], *, create: bool) -> None:
+    rec = _ACCOUNT.encode(
+        {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(balances.items())]}
+    )
+    with store.transaction() as txn:
+        if create and not txn.insert(ACCOUNTS, account.encode(), rec):
+            raise BrokerError("exists", f"account {account!r} exists already")
+        if not create:
+            txn.put(ACCOUNTS, account.encode(), rec)
+
+
+def _cfg(store: Store, name: bytes) -> bytes:
+    raw = get(store, CFG, name)
+    if raw is None:
+        raise BrokerError("not_initialised", "this store holds no broker: run `cardnet speed broker init` first")
+    return raw
+
+
+def _balances(rec: dict[str, Any]) -> dict[str, int]:
+    return {b["currency"]: b["amount"] for b in rec["balances"]}
+
+
+class BrokerCore:
+    """The broker's decisions (see the module). Not thread-safe: one request at a time."""
+
+    def __init__(
+        self, store: Store, sam: LocalCard, *, clock: Callable[[], float], rng: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.store = store
+        self.sam = sam
+        self.clock = clock
+        self.rng = rng
+        self.key = profile.private_from_der(_cfg(store, b"key"))
+        self.cert = _cfg(store, b"cert")
+        self.roots = ROOTS.decode(_cfg(store, b"roots"))["roots"]
+        sam.ask(sa.INIT, sa.READY)
+
+    def handle(self, msg: Message) -> Message:
+        try:
+            return self._handle(msg)
+        except _Refusal as r:
+            return _refused(msg, r.reason, r.detail)
+        except HostError as exc:  # the SAM refused
+            return _refused(msg, exc.reason, f"the SAM refused: {exc}")
+        except (ProtocolError, DecodeError, CryptoError, PkiError) as exc:
+            return _refused(msg, getattr(exc, "reason", "refused"), str(exc))
+
+    def _handle(self, msg: Message) -> Message:
+        code = msg.mtype
+        if code == fr.ORDER.code:
+            return self._order(msg, fr.ORDER.parse(msg)["sealed"])
+        if code == fr.PURSE.code:
+            p = fr.PURSE.parse(msg)
+            return self._s3(msg, p["poid"], p["sealed"])
+        if code == fr.RESEND.code:
+            poid = fr.RESEND.parse(msg)["poid"]
+            o = self._get_order(poid)
+            if o is None or o["state"] != "paid":
+                raise _Refusal("not_paid", "no paid order has that PaymentOrderID: pay it first")
+            return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
+        if code == fr.ISSUE_KEY.code:
+            cert = fr.ISSUE_KEY.parse(msg)["card_cert"]
+            return _reply(msg, fr.KEY, sealed=self.sam.ask(sa.ISSUE_KEY, sa.KEY, card_cert=cert)["sealed"])
+        if code == fr.LOAD.code:
+            p = fr.LOAD.parse(msg)
+            return self._load(msg, p["l1"], p["account"])
+        if code == fr.LOAD_STEP.code:
+            got = self.sam.ask(sa.LOAD_FINISH, sa.LOADED, l3=fr.LOAD_STEP.parse(msg)["l"])
+            return _reply(msg, fr.LOADED, ok=True, balance=got["amount"])
+        if code == fr.RECEIPT_FOR_VENDOR.code:
+            after = fr.RECEIPT_FOR_VENDOR.parse(msg)["after"]
+            with self.store.transaction() as txn:
+                rows = txn.read_log(RECEIPTS, after, MAX_RECEIPTS_PAGE)
+            return _reply(msg, fr.RECEIPTS, items=[v for _, v in rows], last=rows[-1][0] if rows else after)
+        raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
+
+    def _get_order(self, poid: bytes) -> dict[str, Any] | None:
+        raw = get(self.store, ORDERS, poid)
+        return None if raw is None else dict(_ORDER.decode(raw))
+
+    def _account(self, txn: Any, account: str) -> dict[str, Any]:
+        raw = txn.get(ACCOUNTS, account.encode())
+        if raw is None:
+            raise _Refusal("unknown_account", f"the broker holds no account {account!r}")
+        return dict(_ACCOUNT.decode(raw))
+
+    def _order(self, msg: Message, sealed: bytes) -> Message:
+        now = self.clock()
+        raw = sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), sealed, sm.INFO_ORDER, "PaymentOrder")
+        po_signed = sm.signed(raw, "PaymentOrder")
+        customer = pki.verified(po_signed.signer_cert_der, self.roots, now=now, role=pki.Role.DEVICE).uid
+        po = sm.decode(sm.PAYMENT_ORDER, po_signed.content, "PaymentOrder")
+        bill_signed = sm.signed(po["bill"], "bill")
+        pki.verified(bill_signed.signer_cert_der, self.roots, now=now, role=pki.Role.SERVICE)
+        bill = sm.decode(sm.BILL, bill_signed.content, "bill")
+        vid, _ = sm.split_poid(bill["poid"])
+        if vid != sm.vendor_id(bill_signed.signer_cert_der):
+            raise _Refusal("wrong_vendor", "the bill's VendorID is not the key that signed it")
+        secret = sm.decode(
+            sm.BILL_SECRET,
+            sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), bill["secret"], sm.INFO_BILL_SECRET, "bill"),
+            "the bill's account and key",
+        )
+        with self.store.transaction() as txn:
+            vendor_acct = self._account(txn, secret["account"])
+        if vendor_acct["owner"] != vid:
+            raise _Refusal("unknown_vendor", "the bill's account is not that vendor's: refused (no payment made)")
+        poid, price, mode = bill["poid"], sm.Price.of(bill["price"]), po["mode"]
+        old = self._get_order(poid)
+        if old is not None:
+            if old["state"] == "paid":
+                if old["customer"] != customer:
+                    raise _Refusal("already_paid", "that PaymentOrderID is paid already (paper 5.3)")
+                return _reply(msg, fr.RECEIPT, poid=poid, sealed=old["receipt"])
+            if mode.get("s1") != old.get("s1"):
+                raise _Refusal("already_paid", "that PaymentOrderID is being paid with another S1")
+            return _reply(msg, fr.PURSE, poid=poid, sealed=old["answer"])
+        rec: dict[str, Any] = {
+            "state": "authorised", "customer": customer, "price": price.fields(), "account": secret["account"],
+            "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"],
+        }  # fmt: skip
+        if mode["kind"] == "account":
+            return self._pay_from_account(msg, poid, rec, mode.get("account"), customer, price)
+        if mode["kind"] != "purse" or not {"benc", "bsign", "s1"} <= mode.keys():
+            raise _Refusal("bad_mode", "a payment is by purse (BEncKey, BSignKey, S1) or by account")
+        s1 = pp.S1.decode(mode["s1"])
+        if s1.uid != customer:
+            raise _Refusal("not_your_purse", "the S1 is from another card than the one that signed the order")
+        s2 = self.sam.ask(sa.DEBIT_START, sa.S2_IS, s1=mode["s1"], poid=poid, currency=price.currency,
+                          amount=price.amount)["s2"]  # fmt: skip
+        answer = sm.sym_seal(mode["benc"], sm.NONCE_B_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s2}),
+                             sign_key=mode["bsign"])  # fmt: skip
+        rec.update(s1=mode["s1"], answer=answer, benc=mode["benc"], bsign=mode["bsign"])
+        put(self.store, ORDERS, poid, _ORDER.encode(rec))
+        return _reply(msg, fr.PURSE, poid=poid, sealed=answer)
+
+    def _receipt(self, poid: bytes, rec: dict[str, Any]) -> bytes:
+        content = sm.RECEIPT.encode({"poid": poid, "price": rec["price"], "k": rec["k"]})
+        signed = cms.sign(content, self.cert, lambda d: profile.sign(self.key, d))
+        return sm.sym_seal(rec["rec_key"], sm.NONCE_RECEIPT, 0, signed)
+
+    def _paid(self, txn: Any, poid: bytes, rec: dict[str, Any]) -> bytes:
+        """Mark ``rec`` paid, credit the vendor, keep the receipt (in ``txn``); the sealed receipt."""
+        price = sm.Price.of(rec["price"])
+        vendor = self._account(txn, rec["account"])
+        bal = _balances(vendor)
+        bal[price.currency] = bal.get(price.currency, 0) + price.amount
+        _put_txn(txn, rec["account"], vendor["owner"], bal)
+        rec["state"] = "paid"
+        rec["receipt"] = self._receipt(poid, rec)
+        txn.put(ORDERS, poid, _ORDER.encode(rec))
+        txn.append(RECEIPTS, fr.RECEIPT.schema.encode({"poid": poid, "sealed": rec["receipt"]}))
+        return bytes(rec["receipt"])
+
+    def _pay_from_account(self, msg: Message, poid: bytes, rec: dict[str, Any], account: str | None,
+                          customer: Uid, price: sm.Price) -> Message:  # fmt: skip
+        if account is None:
+            raise _Refusal("bad_mode", "account payment names the customer's account")
+        with self.store.transaction() as txn:
+            acct = self._account(txn, account)
+            if acct["owner"] != bytes(customer):
+                raise _Refusal("not_your_account", f"account {account!r} is not this customer's")
+            bal = _balances(acct)
+            if bal.get(price.currency, 0) < price.amount:
+                raise _Refusal("insufficient", f"account {account!r} holds less than {price}")
+            bal[price.currency] -= price.amount
+            _put_txn(txn, account, acct["owner"], bal)
+            sealed = self._paid(txn, poid, rec)
+        return _reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
+
+    def _s3(self, msg: Message, poid: bytes, sealed: bytes) -> Message:
+        o = self._get_order(poid)
+        if o is None or o["kind"] != "purse":
+            raise _Refusal("no_order", "no purse payment was authorised under that PaymentOrderID")
+        if o["state"] == "paid":
+            return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
+        step = sm.decode(sm.PURSE_STEP, sm.sym_open(o["benc"], sm.NONCE_C_PURSE, 0, sealed, sign_key=o["bsign"],
+                                                    what="S3 message"), "S3 message")  # fmt: skip
+        if step["poid"] != poid:
+            raise _Refusal("wrong_order", "the S3 message is for another PaymentOrderID")
+        self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
+        with self.store.transaction() as txn:
+            receipt = self._paid(txn, poid, o)
+        return _reply(msg, fr.RECEIPT, poid=poid, sealed=receipt)
+
+    def _load(self, msg: Message, l1_raw: bytes, account: str) -> Message:
+        l1 = pp.L1.decode(l1_raw)
+        key = bytes(l1.uid) + l1.m.to_bytes(4, "big")
+        with self.store.transaction() as txn:
+            done = txn.get(LOADS, key)
+            if done is not None:
+                return _reply(msg, fr.LOAD_STEP, l=done)
+            acct = self._account(txn, account)
+            if acct["owner"] != bytes(l1.uid):
+                raise _Refusal("not_your_account", f"account {account!r} is not this card's")
+            bal = _balances(acct)
+            if bal.get(l1.currency, 0) < l1.amount:
+                raise _Refusal("insufficient", f"account {account!r} holds less than {l1.amount} {l1.currency}")
+            l2 = self.sam.ask(sa.LOAD_START, sa.L2_IS, l1=l1_raw, currency=l1.currency, amount=l1.amount)["l2"]
+            bal[l1.currency] -= l1.amount
+            _put_txn(txn, account, acct["owner"], bal)
+            txn.put(LOADS, key, l2)
+        return _reply(msg, fr.LOAD_STEP, l=l2)
+
+    # -- what the operator reads -----------------------------------------------------------------------------
+    def balances(self) -> dict[str, dict[str, int]]:
+        return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(self.store, ACCOUNTS)}
+
+    def sam_totals(self, day: int) -> dict[str, int]:
+        got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
+        return {s["currency"]: s["amount"] for s in got["debits"]}
+
+
+def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:
+    txn.put(ACCOUNTS, account.encode(), _ACCOUNT.encode(
+        {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(bal.items())]}))  # fmt: skip
+
+
+class BrokerServer:
+    """:class:`BrokerCore` over TCP: one request at a time (a lock), in a worker thread."""
+
+    def __init__(self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
+        self.core = core
+        self._server = TcpServer(server_limits=server_limits)
+        self._lock = asyncio.Lock()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        await self._server.start(host, port, self._serve)
+        return self._server.address
+
+    async def aclose(self) -> None:
+        await self._server.aclose()
+
+    async def _serve(self, conn: TcpConnection) -> None:
+        with contextlib.suppress(BrokenError, ClosedError):
+            while True:
+                msg = await conn.recv()
+                async with self._lock:
+                    reply = await asyncio.to_thread(self.core.handle, msg)
+                await conn.send(reply)

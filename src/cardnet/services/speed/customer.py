@@ -1,0 +1,253 @@
+"""The customer's side of SPEED: a purchase driven by the wallet application, signed and paid by the card.
+
+The wallet application (untrusted by the card, trusted by its owner) carries the messages: it negotiates with
+the vendor under EnKey/SignKey (keys it draws), receives the ciphered product, and asks the card (the
+conductor, ``speed.*`` orders, and the purse) for everything that needs the customer's key or money: the
+signed NegotiationRequest or ProductRequest, the signed Handshake, the signed PaymentOrder with S1, and the
+S3. The card pays only the bill it agreed to, once. :meth:`Customer.buy` returns the decrypted products with
+the receipt; the product never enters the card.
+
+``card`` is anything with ``async ask(order_mtype, answer_mtype, **fields) -> dict`` that raises a
+:class:`~cardnet.errors.CardnetError` carrying the card's reason on a refusal: the wallet library's
+:class:`~cardnet.services.wallet.Wallet` over a host, or :class:`AsyncLocalCard` for a card in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cardnet.applets.speed import conductor as co
+from cardnet.applets.speed import purse as pa
+from cardnet.crypto import pki
+from cardnet.errors import CardnetError
+from cardnet.host.local import LocalCard
+from cardnet.protocols.speed import catalogue as cat
+from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.protocols.speed.negotiation import Agreed, CustomerNegotiation, Ended, LimitStrategy, Sent, Strategy
+from cardnet.services.speed.vendor import open_receipt
+from cardnet.transport import TransportError, dial
+from cardnet.wire import Message, MType, Uid
+
+TIMEOUT_S = 30.0
+ME = Uid(b"\x00" * 12, 0)
+
+
+class PurchaseError(CardnetError):
+    """A purchase did not happen (``reason``: the vendor's, the broker's or the card's) or cannot be finished."""
+
+
+class CardOrders(Protocol):
+    async def ask(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]: ...
+
+
+class AsyncLocalCard:
+    """A :class:`LocalCard` behind the async ``ask`` the purchase uses (steps run in a worker thread)."""
+
+    def __init__(self, card: LocalCard) -> None:
+        self.card = card
+
+    async def ask(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.card.ask, mtype, reply, **fields)
+
+
+@dataclass
+class Purchase:
+    """A finished purchase: what was bought, at what price, the products and the broker's receipt."""
+
+    poid: bytes
+    products: list[str]
+    price: sm.Price
+    contents: list[bytes]
+    receipt: bytes  # sealed under RecKey (as the broker sent it)
+    bill: bytes  # the vendor's signed bill (CMS)
+    payment_order: bytes  # the card's signed PaymentOrder (CMS)
+    steps: int = 0  # negotiation messages exchanged
+
+
+def _addr(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise PurchaseError("bad_address", f"{address!r} is not HOST:PORT") from None
+
+
+class _Link:
+    """One TCP connection to a vendor or broker; refusals become :class:`PurchaseError`."""
+
+    def __init__(self, address: str, who: str) -> None:
+        self.address, self.who = address, who
+        self.conn: Any = None
+
+    async def __aenter__(self) -> _Link:
+        host, port = _addr(self.address)
+        try:
+            self.conn = await asyncio.wait_for(dial(host, port), TIMEOUT_S)
+        except (OSError, TransportError, TimeoutError) as exc:
+            raise PurchaseError("unreachable", f"cannot reach the {self.who} at {self.address}: {exc}") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.aclose()
+
+    async def send(self, mtype: MType, /, **fields: Any) -> None:
+        await self.conn.send(mtype.make(ME, ME, **fields))
+
+    async def recv(self, *expected: MType) -> tuple[MType, dict[str, Any]]:
+        try:
+            msg: Message = await asyncio.wait_for(self.conn.recv(), TIMEOUT_S)
+        except (TransportError, TimeoutError) as exc:
+            raise PurchaseError("unreachable", f"the {self.who} did not answer ({exc or 'timeout'})") from None
+        if msg.mtype == fr.REFUSED.code:
+            p = fr.REFUSED.parse(msg)
+            raise PurchaseError(p["reason"], f"the {self.who} refused: {p['detail']}")
+        for m in expected:
+            if msg.mtype == m.code:
+                return m, m.parse(msg)
+        raise PurchaseError("bad_answer", f"the {self.who} answered mtype 0x{msg.mtype:04x}")
+
+    async def ask(self, mtype: MType, *expected: MType, **fields: Any) -> tuple[MType, dict[str, Any]]:
+        await self.send(mtype, **fields)
+        return await self.recv(*expected)
+
+
+@dataclass
+class Customer:
+    """Buys for the card behind ``card`` (see the module)."""
+
+    card: CardOrders
+    card_cert: bytes
+    roots: list[bytes]
+    rng: Callable[[int], bytes] = os.urandom
+    clock: Callable[[], float] = time.time
+
+    async def catalogue(self, vendor: str) -> tuple[bytes, list[dict[str, Any]]]:
+        """The vendor's certificate (checked: role service) and its signed catalogue entries, read."""
+        async with _Link(vendor, "vendor") as v:
+            _, items = await v.ask(fr.CATALOGUE, fr.ITEMS)
+        pki.verified(items["cert"], self.roots, now=self.clock(), role=pki.Role.SERVICE)
+        return items["cert"], [cat.read(e, items["cert"]) for e in items["entries"]]
+
+    async def buy(self, vendor: str, broker: str, products: list[str], *, broker_cert: bytes,
+                  strategy: Strategy | None = None, limit: sm.Price | None = None, mode: str = "normal",
+                  payment: str = "purse", account: str | None = None,
+                  vendor_cert: bytes | None = None) -> Purchase:  # fmt: skip
+        """Buy ``products`` from ``vendor`` (HOST:PORT) and pay through ``broker``.
+
+        Normal mode negotiates with ``strategy`` (default: accept at or below ``limit``); aggressive mode
+        buys at the vendor's list price, which must not exceed ``limit``.
+        """
+        if vendor_cert is None:
+            vendor_cert, entries = await self.catalogue(vendor)
+        else:
+            entries = []
+        vid = sm.vendor_id(vendor_cert)
+        nid = self.rng(sm.NID_BYTES)
+        async with _Link(vendor, "vendor") as v:
+            if mode == "normal":
+                if strategy is None:
+                    if limit is None:
+                        raise PurchaseError("no_limit", "say the most you will pay (a limit) or give a strategy")
+                    strategy = LimitStrategy(limit)
+                neg = CustomerNegotiation(nid=nid, enkey=self.rng(32), signkey=self.rng(32), strategy=strategy,
+                                          products=products, vendor_id=vid)  # fmt: skip
+                content = neg.request()
+                signed = (await self.card.ask(co.SIGN_REQUEST, co.SIGNED, mode="normal", content=content))["cms"]
+                _, got = await v.ask(fr.REQUEST, fr.STEP, fr.ENDED, mode="normal",
+                                     sealed=sm.seal_to(vendor_cert, signed, sm.INFO_REQUEST))  # fmt: skip
+                steps = 2
+                while True:
+                    if "sealed" not in got or got.get("nid") != nid:
+                        raise PurchaseError("no_agreement", "the vendor ended the negotiation")
+                    out = neg.on_step(got["sealed"])
+                    if isinstance(out, Agreed):
+                        break
+                    if isinstance(out, Ended):
+                        if out.sealed is not None:
+                            await v.send(fr.STEP, nid=nid, sealed=out.sealed)
+                        raise PurchaseError("no_agreement", f"no agreement on a price: {out.reason}")
+                    assert isinstance(out, Sent)
+                    _, got = await v.ask(fr.STEP, fr.STEP, fr.ENDED, nid=nid, sealed=out.sealed)
+                    steps += 2
+                hs = await self.card.ask(co.HANDSHAKE, co.SIGNED, nid=nid, vendor_id=vid, price=out.price.fields())
+                await v.send(fr.HANDSHAKE, nid=nid, sealed=neg.seal_handshake(hs["cms"]))
+                steps += 1
+            else:
+                price = self._list_price(entries, products)
+                if limit is not None and (price.currency != limit.currency or price.amount > limit.amount):
+                    raise PurchaseError("over_limit", f"the vendor's price {price} is over the limit {limit}")
+                content = sm.PRODUCT_REQUEST.encode(
+                    {"nid": nid, "products": products, "price": price.fields(), "vendor_id": vid}
+                )
+                signed = (await self.card.ask(co.SIGN_REQUEST, co.SIGNED, mode="aggressive", content=content))["cms"]
+                await v.send(fr.REQUEST, mode="aggressive",
+                             sealed=sm.seal_to(vendor_cert, signed, sm.INFO_PRODUCT_REQUEST))  # fmt: skip
+                neg, steps = None, 1
+            chunks, sealed_bill = await self._receive(v, nid)
+        bill_for_card = neg.open_bill(sealed_bill) if neg is not None else sealed_bill
+        return await self._pay(
+            broker, broker_cert, vendor_cert, bill_for_card, chunks, products, payment, account, steps
+        )
+
+    @staticmethod
+    def _list_price(entries: list[dict[str, Any]], products: list[str]) -> sm.Price:
+        by_name = {e["product"]: sm.Price.of(e["price"]) for e in entries}
+        missing = [p for p in products if p not in by_name]
+        if missing:
+            raise PurchaseError("unknown_product", f"the vendor's catalogue has no {', '.join(missing)}")
+        prices = [by_name[p] for p in products]
+        return sm.Price(prices[0].currency, sum(p.amount for p in prices))
+
+    async def _receive(self, v: _Link, nid: bytes) -> tuple[list[list[bytes]], bytes]:
+        _, head = await v.recv(fr.DELIVERY)
+        chunks: list[list[bytes]] = [[] for _ in head["sizes"]]
+        total = sum(sm.chunk_count(s, head["chunk"]) for s in head["sizes"])
+        for _ in range(total):
+            _, c = await v.recv(fr.CHUNK)
+            if c["product"] >= len(chunks) or c["index"] != len(chunks[c["product"]]):
+                raise PurchaseError("bad_delivery", "the vendor's chunks arrive out of order")
+            chunks[c["product"]].append(c["data"])
+        _, b = await v.recv(fr.BILL)
+        return chunks, b["sealed"]
+
+    async def _pay(self, broker: str, broker_cert: bytes, vendor_cert: bytes, bill_for_card: bytes,
+                   chunks: list[list[bytes]], products: list[str], payment: str, account: str | None,
+                   steps: int) -> Purchase:  # fmt: skip
+        benc, bsign = self.rng(32), self.rng(32)
+        fields: dict[str, Any] = {"bill": bill_for_card, "vendor_cert": vendor_cert, "kind": payment}
+        if payment == "purse":
+            fields.update(benc=benc, bsign=bsign)
+        elif account is not None:
+            fields["account"] = account
+        order = await self.card.ask(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
+        bill = sm.decode(sm.BILL, sm.signed(order["bill"], "bill", cert_der=vendor_cert).content, "bill")
+        h = sm.DeliveryHash()
+        for per in chunks:
+            for c in per:
+                h.update(c)
+        sm.check_layout(bill["sizes"], bill["chunk"], [len(p) for p in chunks])
+        if h.digest() != bill["hc"]:
+            raise PurchaseError("bad_delivery", "the ciphered product is not the one the bill names: not paying")
+        poid = order["poid"]
+        async with _Link(broker, "broker") as b:
+            kind, got = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
+                                    sealed=sm.seal_to(broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
+            if kind is fr.PURSE:
+                step = sm.decode(sm.PURSE_STEP, sm.sym_open(benc, sm.NONCE_B_PURSE, 0, got["sealed"], sign_key=bsign,
+                                                            what="S2 message"), "S2 message")  # fmt: skip
+                s3 = (await self.card.ask(pa.DEBIT, pa.S3_IS, s2=step["s"]))["s3"]
+                sealed_s3 = sm.sym_seal(benc, sm.NONCE_C_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s3}),
+                                        sign_key=bsign)  # fmt: skip
+                _, got = await b.ask(fr.PURSE, fr.RECEIPT, poid=poid, sealed=sealed_s3)
+        receipt = open_receipt(bill["rec_key"], got["sealed"], broker_cert, self.roots, self.clock())
+        if receipt["poid"] != poid:
+            raise PurchaseError("bad_receipt", "the broker's receipt is for another order")
+        contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(chunks)]
+        return Purchase(poid, products, sm.Price.of(bill["price"]), contents, got["sealed"], order["bill"],
+                        order["po"], steps)  # fmt: skip

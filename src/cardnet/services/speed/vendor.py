@@ -1,0 +1,362 @@
+"""The SPEED vendor: catalogue, negotiation, encrypted delivery and the signed bill, served over TCP.
+
+Theory of operation
+-------------------
+:class:`VendorCore` holds the vendor's certified key, its account number at the broker, the broker's
+certificate and the catalogue (each entry signed: product id, list price, floor, content hash), in a
+:class:`~cardnet.store.Store`. It answers one request frame with the frames to send back:
+
+* ``speed.catalogue`` -> ``speed.items`` (the vendor's certificate and the signed entries);
+* ``speed.request`` (normal): opens the NegotiationRequest (HPKE), checks the customer's signature and
+  certificate (role device, the vendor's CA), refuses a request meant for another vendor (VendorID, paper
+  5.4) and an NID it has seen (the register is durable: PaymentOrderIDs are unique), then answers the first
+  NegotiationStep (:class:`~cardnet.protocols.speed.negotiation.VendorNegotiation`, strategy
+  :class:`~cardnet.protocols.speed.negotiation.PriceList`);
+* ``speed.step``: the next step (negotiations live in memory: a vendor restart ends them, and the customer
+  starts again with a new NID; nothing was paid);
+* ``speed.handshake_msg``: checks the Handshake (the customer's signature, this vendor's last offer), records
+  it (a replayed Handshake is refused: no second delivery, paper 5.3), draws K and RecKey, and delivers:
+  ``speed.delivery`` (layout), ``speed.chunk`` for every ciphertext chunk of every product, and
+  ``speed.bill_msg`` (the signed bill under EnKey);
+* ``speed.request`` (aggressive): the ProductRequest at the list price, the same checks, and the delivery at
+  once with the bill sealed to the customer's card.
+
+The sale (K, RecKey, price) is kept so the vendor can open the broker's receipts (:meth:`take_receipt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cardnet.crypto import cms, pki, profile
+from cardnet.crypto.errors import CryptoError, PkiError
+from cardnet.errors import CardnetError
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed import catalogue as cat
+from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNegotiation
+from cardnet.store import Store
+from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, MType, Nested, Schema, Text
+
+log = logging.getLogger("cardnet.speed.vendor")
+
+CFG, CATALOGUE, REGISTER, SALES = "sv.cfg", "sv.cat", "sv.nid", "sv.sale"
+MAX_NEGOTIATIONS = 10_000  # open negotiations held in memory; the oldest is dropped past this
+
+_PRODUCT = Schema(
+    "sv.product",
+    [
+        Field(0, "price", Nested(sm.PRICE)),
+        Field(1, "floor", Nested(sm.PRICE)),
+        Field(2, "content", Bytes(sm.MAX_PRODUCT_BYTES)),
+        Field(3, "entry", Bytes(sm.MAX_SIGNED, 1)),
+    ],
+)
+_SALE = Schema(
+    "sv.sale",
+    [
+        Field(0, "k", Bytes(32, 32)),
+        Field(1, "rec_key", Bytes(32, 32)),
+        Field(2, "price", Nested(sm.PRICE)),
+        Field(3, "paid", Bytes(sm.MAX_SIGNED + 64), optional=True),  # the broker's sealed receipt, once taken
+    ],
+)
+_NID_REC = Schema(
+    "sv.nid_rec", [Field(0, "state", Text(16)), Field(1, "products", ListOf(Text(sm.MAX_PRODUCT_ID), sm.MAX_PRODUCTS))]
+)
+
+
+def get(store: Store, table: str, key: bytes) -> bytes | None:
+    with store.transaction() as txn:
+        return txn.get(table, key)
+
+
+def put(store: Store, table: str, key: bytes, value: bytes) -> None:
+    with store.transaction() as txn:
+        txn.put(table, key, value)
+
+
+def scan(store: Store, table: str) -> list[tuple[bytes, bytes]]:
+    with store.transaction() as txn:
+        return txn.scan(table)
+
+
+class VendorError(CardnetError):
+    """The vendor cannot be set up or run as asked (``reason`` says why)."""
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def init_vendor(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_der: list[bytes], *,
+                account: str, broker_cert: bytes) -> None:  # fmt: skip
+    """Make ``store`` a vendor's: its key and certificate (role service), the CA roots it trusts, its account
+    number at the broker and the broker's certificate."""
+    with store.transaction() as txn:
+        if not txn.insert(CFG, b"key", profile.private_to_der(key)):
+            raise VendorError("exists", "this store already holds a vendor")
+        txn.put(CFG, b"cert", cert_der)
+        txn.put(CFG, b"roots", cms_roots(roots_der))
+        txn.put(CFG, b"account", account.encode())
+        txn.put(CFG, b"broker", broker_cert)
+
+
+def cms_roots(roots_der: list[bytes]) -> bytes:
+    return ROOTS.encode({"roots": roots_der})
+
+
+ROOTS = Schema("speed.roots", [Field(0, "roots", ListOf(Bytes(8192, 1), 16))])
+
+
+def add_product(store: Store, product: str, price: sm.Price, content: bytes, *, floor: sm.Price | None = None) -> bytes:
+    """Put ``product`` in the catalogue at ``price`` (negotiable down to ``floor``); the signed entry."""
+    sm.check_products([product])
+    key = profile.private_from_der(_cfg(store, b"key"))
+    cert = _cfg(store, b"cert")
+    vid = sm.vendor_id(cert)
+    entry = cms.sign(cat.entry(product, price, content, vid), cert, lambda d: profile.sign(key, d))
+    rec = {"price": price.fields(), "floor": (floor or price).fields(), "content": content, "entry": entry}
+    put(store, CATALOGUE, product.encode(), _PRODUCT.encode(rec))
+    return entry
+
+
+def _cfg(store: Store, name: bytes) -> bytes:
+    raw = get(store, CFG, name)
+    if raw is None:
+        raise VendorError("not_initialised", "this store holds no vendor: run `cardnet speed vendor init` first")
+    return raw
+
+
+@dataclass
+class _Open:
+    neg: VendorNegotiation
+    products: list[str]
+
+
+class VendorCore:
+    """The vendor's decisions over its store (see the module). Not thread-safe: one request at a time."""
+
+    def __init__(self, store: Store, *, rng: Callable[[int], bytes] = os.urandom, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.rng = rng
+        self.clock = clock
+        self.key = profile.private_from_der(_cfg(store, b"key"))
+        self.cert = _cfg(store, b"cert")
+        self.roots = ROOTS.decode(_cfg(store, b"roots"))["roots"]
+        self.account = _cfg(store, b"account").decode()
+        self.broker_cert = _cfg(store, b"broker")
+        self.vendor_id = sm.vendor_id(self.cert)
+        self._open: OrderedDict[bytes, _Open] = OrderedDict()
+
+    def _sign(self, content: bytes) -> bytes:
+        return cms.sign(content, self.cert, lambda d: profile.sign(self.key, d))
+
+    # -- requests ----------------------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> Iterator[Message]:
+        """The frames that answer ``msg`` (a refusal is one ``speed.refused``)."""
+        try:
+            yield from self._handle(msg)
+        except _Refusal as r:
+            yield _refused(msg, r.reason, r.detail)
+        except (ProtocolError, DecodeError, CryptoError, PkiError) as exc:
+            yield _refused(msg, getattr(exc, "reason", "refused"), str(exc))
+
+    def frames(self, msg: Message) -> list[Message]:
+        return list(self.handle(msg))
+
+    def _handle(self, msg: Message) -> Iterator[Message]:
+        code = msg.mtype
+        if code == fr.CATALOGUE.code:
+            entries = [_PRODUCT.decode(v)["entry"] for _, v in scan(self.store, CATALOGUE)]
+            yield _reply(msg, fr.ITEMS, cert=self.cert, entries=entries)
+        elif code == fr.REQUEST.code:
+            p = fr.REQUEST.parse(msg)
+            if p["mode"] == "normal":
+                yield self._request(msg, p["sealed"])
+            elif p["mode"] == "aggressive":
+                yield from self._product_request(msg, p["sealed"])
+            else:
+                raise _Refusal("bad_mode", f"a purchase is normal or aggressive, not {p['mode']!r}")
+        elif code == fr.STEP.code:
+            p = fr.STEP.parse(msg)
+            o = self._negotiation(p["nid"])
+            yield self._sent(msg, p["nid"], o.neg.on_step(p["sealed"]))
+        elif code == fr.HANDSHAKE.code:
+            p = fr.HANDSHAKE.parse(msg)
+            o = self._negotiation(p["nid"])
+            price = o.neg.on_handshake(p["sealed"])
+            self._open.pop(p["nid"], None)
+            self._register(p["nid"], "handshake", o.products, first=False)
+            yield from self._deliver(msg, p["nid"], o.products, price, o.neg.seal_bill, "normal")
+        else:
+            raise _Refusal("bad_request", f"a SPEED vendor does not take mtype 0x{code:04x}")
+
+    def _negotiation(self, nid: bytes) -> _Open:
+        o = self._open.get(nid)
+        if o is None:
+            raise _Refusal("no_negotiation", "no negotiation open under that NID (over, or the vendor restarted)")
+        return o
+
+    def _signed_request(self, sealed: bytes, info: bytes, schema: Schema, what: str) -> tuple[dict[str, Any], bytes]:
+        raw = sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), sealed, info, what)
+        signed = sm.signed(raw, what)
+        pki.verified(signed.signer_cert_der, self.roots, now=self.clock(), role=pki.Role.DEVICE)
+        f = sm.decode(schema, signed.content, what)
+        if f["vendor_id"] != self.vendor_id:
+            raise _Refusal("not_for_me", f"the {what} names another vendor (VendorID): forwarded? (paper 5.4)")
+        return f, signed.signer_cert_der
+
+    def _prices(self, products: list[str]) -> tuple[sm.Price, sm.Price]:
+        total, floor, currency = 0, 0, None
+        for name in products:
+            raw = get(self.store, CATALOGUE, name.encode())
+            if raw is None:
+                raise _Refusal("unknown_product", f"this vendor sells no {name!r}: ask for its catalogue")
+            rec = _PRODUCT.decode(raw)
+            price, fl = sm.Price.of(rec["price"]), sm.Price.of(rec["floor"])
+            if currency not in (None, price.currency):
+                raise _Refusal("mixed_currencies", "those products are priced in different currencies: buy them apart")
+            currency = price.currency
+            total += price.amount
+            floor += fl.amount
+        assert currency is not None
+        return sm.Price(currency, total), sm.Price(currency, floor)
+
+    def _register(self, nid: bytes, state: str, products: list[str], *, first: bool) -> None:
+        rec = _NID_REC.encode({"state": state, "products": products})
+        with self.store.transaction() as txn:
+            old = txn.get(REGISTER, nid)
+            if first and old is not None:
+                raise _Refusal("nid_used", "this vendor has seen that NID: draw another (PaymentOrderIDs are unique)")
+            if not first and (old is None or _NID_REC.decode(old)["state"] != "open"):
+                raise _Refusal("handshake_seen", "that Handshake was taken already: no second delivery (paper 5.3)")
+            txn.put(REGISTER, nid, rec)
+
+    def _request(self, msg: Message, sealed: bytes) -> Message:
+        f, customer = self._signed_request(sealed, sm.INFO_REQUEST, sm.NEGOTIATION_REQUEST, "NegotiationRequest")
+        products = sm.check_products(f["products"])
+        list_price, floor = self._prices(products)
+        self._register(f["nid"], "open", products, first=True)
+        neg = VendorNegotiation(
+            nid=f["nid"], enkey=f["enkey"], signkey=f["signkey"], strategy=PriceList(list_price, floor),
+            products=products, customer_cert=customer, vendor_id=self.vendor_id,
+        )  # fmt: skip
+        self._open[f["nid"]] = _Open(neg, products)
+        while len(self._open) > MAX_NEGOTIATIONS:
+            self._open.popitem(last=False)
+        proposal = sm.Price.of(f["price"]) if "price" in f else None
+        return self._sent(msg, f["nid"], neg.first(proposal, f["last"]))
+
+    def _sent(self, msg: Message, nid: bytes, out: Sent | Ended) -> Message:
+        if isinstance(out, Sent):
+            return _reply(msg, fr.STEP, nid=nid, sealed=out.sealed)
+        self._open.pop(nid, None)
+        fields: dict[str, Any] = {"nid": nid}
+        if out.sealed is not None:
+            fields["sealed"] = out.sealed
+        return _reply(msg, fr.ENDED, **fields)
+
+    def _product_request(self, msg: Message, sealed: bytes) -> Iterator[Message]:
+        f, customer = self._signed_request(sealed, sm.INFO_PRODUCT_REQUEST, sm.PRODUCT_REQUEST, "ProductRequest")
+        products = sm.check_products(f["products"])
+        list_price, _ = self._prices(products)
+        if sm.Price.of(f["price"]) != list_price:
+            raise _Refusal(
+                "wrong_price", f"the price of that purchase is {list_price} (aggressive mode: no bargaining)"
+            )
+        self._register(f["nid"], "delivered", products, first=True)
+
+        def seal(signed_bill: bytes) -> bytes:
+            return sm.seal_to(customer, signed_bill, sm.INFO_BILL)
+
+        yield from self._deliver(msg, f["nid"], products, list_price, seal, "aggressive")
+
+    def _deliver(self, msg: Message, nid: bytes, products: list[str], price: sm.Price,
+                 seal: Callable[[bytes], bytes], mode: str) -> Iterator[Message]:  # fmt: skip
+        k, rec_key = self.rng(sm.KEY_BYTES), self.rng(sm.KEY_BYTES)
+        contents = [_PRODUCT.decode(get(self.store, CATALOGUE, p.encode()) or b"")["content"] for p in products]
+        sizes = [len(c) for c in contents]
+        poid = sm.make_poid(self.vendor_id, nid)
+        put(self.store, SALES, poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
+        yield _reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
+        h = sm.DeliveryHash()
+        for i, content in enumerate(contents):
+            for j, c in enumerate(sm.encrypt_chunks(k, i, content)):
+                h.update(c)
+                yield _reply(msg, fr.CHUNK, nid=nid, product=i, index=j, data=c)
+        secret = sm.seal_to(self.broker_cert, sm.BILL_SECRET.encode({"account": self.account, "k": k}),
+                            sm.INFO_BILL_SECRET)  # fmt: skip
+        bill = sm.BILL.encode({
+            "secret": secret, "hc": h.digest(), "hp": sm.products_hash(products), "poid": poid,
+            "price": price.fields(), "rec_key": rec_key, "sizes": sizes, "chunk": sm.CHUNK_BYTES, "mode": mode,
+        })  # fmt: skip
+        yield _reply(msg, fr.BILL, nid=nid, sealed=seal(self._sign(bill)))
+
+    # -- receipts ----------------------------------------------------------------------------------------------
+    def take_receipt(self, poid: bytes, sealed: bytes) -> sm.Price:
+        """Record the broker's receipt for one of this vendor's sales; the price paid."""
+        raw = get(self.store, SALES, poid)
+        if raw is None:
+            raise ProtocolError("unknown_sale", "no sale of this vendor has that PaymentOrderID")
+        sale = dict(_SALE.decode(raw))
+        receipt = open_receipt(sale["rec_key"], sealed, self.broker_cert, self.roots, self.clock())
+        if receipt["poid"] != poid or receipt["k"] != sale["k"]:
+            raise ProtocolError("bad_receipt", "the receipt is for another sale")
+        sale["paid"] = sealed
+        put(self.store, SALES, poid, _SALE.encode(sale))
+        return sm.Price.of(receipt["price"])
+
+    def paid_sales(self) -> int:
+        return sum(1 for _, v in scan(self.store, SALES) if "paid" in _SALE.decode(v))
+
+
+def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[bytes], now: float) -> dict[str, Any]:
+    """The receipt's content, checked: it opens under RecKey and the broker (role service) signed it."""
+    raw = sm.sym_open(rec_key, sm.NONCE_RECEIPT, 0, sealed, what="receipt")
+    pki.verified(broker_cert, roots, now=now, role=pki.Role.SERVICE)
+    return sm.decode(sm.RECEIPT, sm.signed(raw, "receipt", cert_der=broker_cert).content, "receipt")
+
+
+def _reply(msg: Message, mtype: MType, /, **fields: Any) -> Message:
+    return msg.reply(mtype.code, mtype.schema.encode(fields))
+
+
+def _refused(msg: Message, reason: str, detail: str) -> Message:
+    return _reply(msg, fr.REFUSED, reason=reason[:64], detail=detail[:1024])
+
+
+class VendorServer:
+    """:class:`VendorCore` over TCP: one request at a time per vendor (a lock), frames sent as they are made."""
+
+    def __init__(self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
+        self.core = core
+        self._server = TcpServer(server_limits=server_limits)
+        self._lock = asyncio.Lock()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        await self._server.start(host, port, self._serve)
+        return self._server.address
+
+    async def aclose(self) -> None:
+        await self._server.aclose()
+
+    async def _serve(self, conn: TcpConnection) -> None:
+        with contextlib.suppress(BrokenError, ClosedError):
+            while True:
+                msg = await conn.recv()
+                async with self._lock:
+                    frames = await asyncio.to_thread(self.core.frames, msg)
+                for f in frames:
+                    await conn.send(f)
