@@ -17,6 +17,7 @@ from cardnet.cli.fairx import exchange, ttp
 from cardnet.cli.host import host
 from cardnet.cli.millicent import bench_millicent, millicent
 from cardnet.cli.sim import sim
+from cardnet.cli.speed import speed
 from cardnet.cli.trn import trn
 from cardnet.errors import CardnetError
 
@@ -51,6 +52,7 @@ cli.add_command(trn)
 cli.add_command(authority)
 cli.add_command(exchange)
 cli.add_command(ttp)
+cli.add_command(speed)
 
 
 def _flag_in_argv(args: list[str], *names: str) -> bool:

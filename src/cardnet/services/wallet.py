@@ -309,6 +309,11 @@ class Wallet:
     async def _exchange_order(self, mtype: MType, n1: bytes) -> Exchange:
         return Exchange.of(await self._ask(mtype, fa.STATE, n1=n1))
 
+    async def ask(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
+        """Send any order to the card and wait for its answer ``reply`` (other protocols' libraries, such as
+        SPEED's customer side, drive the card through this); a refusal raises :class:`WalletError`."""
+        return await self._ask(mtype, reply, **fields)
+
     async def _ask(self, mtype: MType, reply: MType, **fields: Any) -> dict[str, Any]:
         async with self._one_at_a_time:
             await self.app.send(self.card, mtype, **fields)

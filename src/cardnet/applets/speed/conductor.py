@@ -8,6 +8,8 @@ verified the PIN):
   content the wallet built; the card checks it, remembers the negotiation (NID, VendorID, H(ProductIDs), the
   product count; in aggressive mode the price too: that request *is* the agreement) and answers its CMS
   signature with the card's certificate (``speed.signed {cms}``).
+* ``speed.certificate`` (not privileged) -> ``speed.cert {cert}``: the card's certificate, which the broker's
+  SAM needs to seal the purse key to this card.
 * ``speed.handshake {nid, vendor_id, price}``: the customer accepts the vendor's offer; the card records the
   price as agreed and answers the signed Handshake content ``{NID, Price, VendorID, H(ProductIDs)}``.
 * ``speed.pay {bill, vendor_cert, kind, benc?, bsign?, account?}``: ``bill`` is the vendor's signed bill
@@ -97,7 +99,9 @@ ORDER = register(
         ],
     ),
 )
-ORDERS = (SIGN_REQUEST, HANDSHAKE, PAY)
+CERTIFICATE = register(0x0606, "speed.certificate", P, Schema("speed.certificate", []))
+CERT = register(0x0607, "speed.cert", P, Schema("speed.cert", [Field(0, "cert", Bytes(MAX_CERT, 1))]))
+ORDERS = (SIGN_REQUEST, HANDSHAKE, PAY, CERTIFICATE)
 
 _AGREEMENT = Schema(
     "speed.c.agreement",
@@ -136,6 +140,8 @@ class ConductorApplet(Applet):
         try:
             if msg.mtype == SIGN_REQUEST.code:
                 self._sign_request(ctx, params["mode"], params["content"])
+            elif msg.mtype == CERTIFICATE.code:  # public: what the broker's SAM needs to seal the purse key
+                ctx.reply(CERT, cert=ctx.certificate_der)
             elif msg.mtype == HANDSHAKE.code:
                 self._handshake(ctx, params["nid"], params["vendor_id"], sm.Price.of(params["price"]))
             else:

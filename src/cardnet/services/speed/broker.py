@@ -315,11 +315,16 @@ class BrokerCore:
 
     # -- what the operator reads -----------------------------------------------------------------------------
     def balances(self) -> dict[str, dict[str, int]]:
-        return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(self.store, ACCOUNTS)}
+        return balances(self.store)
 
     def sam_totals(self, day: int) -> dict[str, int]:
         got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
         return {s["currency"]: s["amount"] for s in got["debits"]}
+
+
+def balances(store: Store) -> dict[str, dict[str, int]]:
+    """Every account's balances, by account number."""
+    return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(store, ACCOUNTS)}
 
 
 def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:

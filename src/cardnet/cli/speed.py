@@ -1,0 +1,473 @@
+"""``cardnet speed``: buy from a vendor and pay from your card's e-purse through a broker (SPEED).
+
+The vendor and the broker are services with a store each and a key certified by the cardnet CA (role service);
+the broker's SAM is a card of its own (``--sam-store``). The customer's card runs on a host (``cardnet host
+run`` with the applets ``purse`` and ``speed``); the ``purse`` and ``buy`` commands reach it through the host's
+application socket, like ``cardnet trn``. docs/speed.md walks through a purchase from the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
+from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, say
+from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
+from cardnet.store import Store
+
+STORE = click.option("--store", required=True, help="The service's store: a file path or a store URL.")
+CA = click.option(
+    "--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CA file (`cardnet ca init`): it certifies this service's new key.",
+)  # fmt: skip
+SAM_STORE = click.option("--sam-store", required=True, help="The SAM card's store (its EEPROM), e.g. sam.db.")
+BROKER = click.option("--broker", required=True, help="The broker's HOST:PORT.")
+HINTS = {
+    "no_key": "get the purse's key first: cardnet speed purse key --broker HOST:PORT ...",
+    "insufficient": "load the purse first: cardnet speed purse load --amount '10.00 EUR' ...",
+    "unknown_product": "`cardnet speed catalogue --vendor HOST:PORT` lists what the vendor sells",
+    "no_agreement": "raise --limit, or try again later",
+    "unreachable": "is the service running at that HOST:PORT?",
+}
+
+
+def _price(text: str, what: str) -> Any:
+    from cardnet.protocols.errors import ProtocolError
+    from cardnet.protocols.speed.messages import parse_price
+
+    try:
+        return parse_price(text)
+    except ProtocolError as exc:
+        fail(f"{what}: {exc}", reason=exc.reason, hint="write a price like '2.50 EUR'")
+
+
+def _pem_file(path: Path, what: str) -> bytes:
+    from cardnet.crypto import pki
+
+    try:
+        return pki.cert_to_der(pki.chain_from_pem(path.read_bytes())[0])
+    except OSError as exc:
+        fail(f"cannot read {what} {path}: {exc.strerror}", reason="unreadable")
+    except (ValueError, IndexError) as exc:
+        fail(f"{path} holds no PEM certificate ({exc})", reason="bad_certificate", hint=f"give {what} as PEM")
+
+
+def _pem(der: bytes) -> str:
+    from cardnet.crypto import pki
+
+    return pki.chain_to_pem([pki.cert_from_der(der)]).decode("ascii")
+
+
+def _service_identity(ca_path: Path, name: str) -> tuple[Any, bytes, list[bytes]]:
+    """A new key, certified by the CA as a service, and the CA's root certificate."""
+    from cardnet.crypto import pki, profile
+    from cardnet.wire import Uid
+
+    authority = pki.CertificateAuthority.load(ca_path)
+    key = profile.generate_private_key()
+    cert = authority.issue(pki.Role.SERVICE, Uid(os.urandom(12), 0), key.public_key(), now=datetime.now(UTC),
+                           name=name)  # fmt: skip
+    return key, pki.cert_to_der(cert), [pki.cert_to_der(c) for c in (authority.certificate, *authority.intermediates)]
+
+
+def _card_url(where: str) -> str:
+    return where if "://" in where else "sqlite:///" + str(Path(where).resolve())
+
+
+def _vendor_store(where: str, *, create: bool = False) -> Store:
+    return _store(where, "speed-vendor", create=create)
+
+
+def _broker_store(where: str, *, create: bool = False) -> Store:
+    return _store(where, "speed-broker", create=create)
+
+
+@click.group()
+def speed() -> None:
+    """SPEED: negotiate, receive the product encrypted, pay from the e-purse, get the key with the receipt."""
+
+
+# --- the vendor ------------------------------------------------------------------------------------------------
+@speed.group()
+def vendor() -> None:
+    """The vendor: a catalogue, negotiation and encrypted delivery."""
+
+
+@vendor.command("init")
+@STORE
+@CA
+@click.option("--account", required=True, help="The vendor's account number at the broker.")
+@click.option("--broker-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The broker's certificate (PEM, from `cardnet speed broker cert`).")  # fmt: skip
+@click.option("--name", default="vendor", show_default=True, help="A name put into the vendor's certificate.")
+@json_option
+def vendor_init(store: str, ca_path: Path, account: str, broker_cert: Path, name: str, as_json: bool) -> None:
+    """Make a vendor: a new key certified by the CA, its account at the broker, the broker's certificate."""
+    from cardnet.services.speed.vendor import VendorError, init_vendor
+
+    bcert = _pem_file(broker_cert, "the broker's certificate")
+    key, cert, roots = _service_identity(ca_path, name)
+    try:
+        init_vendor(_vendor_store(store, create=True), key, cert, roots, account=account, broker_cert=bcert)
+    except VendorError as exc:
+        fail(str(exc), reason=exc.reason, hint="use another --store")
+    say(as_json, {"store": store, "account": account}, f"vendor made in {store} (account {account} at the broker)")
+
+
+@vendor.command("cert")
+@STORE
+@json_option
+def vendor_cert(store: str, as_json: bool) -> None:
+    """Print the vendor's certificate (PEM): the broker needs it (`cardnet speed broker add-vendor`)."""
+    from cardnet.services.speed.vendor import CFG, get
+
+    pem = _pem(get(_vendor_store(store), CFG, b"cert") or b"")
+    say(as_json, {"pem": pem}, pem.rstrip("\n"))
+
+
+@vendor.command("add")
+@STORE
+@click.option("--product", required=True, help="The product id: a code and a description, e.g. 'song-17 Blue'.")
+@click.option("--price", required=True, help="The list price, e.g. '2.50 EUR'.")
+@click.option("--floor", default=None, help="The least the vendor takes when negotiating (default: the price).")
+@click.option("--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The product's content.")  # fmt: skip
+@json_option
+def vendor_add(store: str, product: str, price: str, floor: str | None, path: Path, as_json: bool) -> None:
+    """Put a product into the catalogue (its entry is signed: product id, price, content hash)."""
+    from cardnet.protocols.errors import ProtocolError
+    from cardnet.services.speed.vendor import add_product
+
+    p, f = _price(price, "--price"), _price(floor, "--floor") if floor else None
+    if f is not None and (f.currency != p.currency or f.amount > p.amount):
+        fail("--floor must be in the price's currency and not above it", reason="bad_floor")
+    try:
+        add_product(_vendor_store(store), product, p, path.read_bytes(), floor=f)
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason)
+    say(as_json, {"product": product, "price": str(p)}, f"{product!r} at {p} is in the catalogue")
+
+
+@vendor.command("run")
+@STORE
+@click.option("--listen", default="127.0.0.1:7300", show_default=True, help="HOST:PORT (port 0 picks one).")
+@_server_limits
+@json_option
+def vendor_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
+    """Serve negotiations and deliveries over TCP. Prints "ready vendor HOST:PORT" when listening."""
+    import time
+
+    from cardnet.services.speed.vendor import VendorCore, VendorServer
+
+    host, port = _listen(listen)
+    core = VendorCore(_vendor_store(store), clock=time.time)
+    bounds = _limits_from(**limits)
+    _serve("vendor", lambda: VendorServer(core, server_limits=bounds), host, port, as_json)
+
+
+# --- the broker ------------------------------------------------------------------------------------------------
+@speed.group()
+def broker() -> None:
+    """The broker: accounts, the SAM, payment orders and receipts."""
+
+
+@broker.command("init")
+@STORE
+@CA
+@SAM_STORE
+@click.option("--pin", default=None, help="The SAM card's new PIN (default: $CARDNET_PIN, else asked for).")
+@click.option("--name", default="broker", show_default=True, help="A name put into the broker's certificate.")
+@json_option
+def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name: str, as_json: bool) -> None:
+    """Make a broker (a new key certified by the CA) and its SAM card (personalised, master key drawn)."""
+    from cardnet.applets.speed.sam import INIT, READY, SamApplet
+    from cardnet.card import Card
+    from cardnet.card.personalise import personalise
+    from cardnet.crypto import pki
+    from cardnet.host.local import LocalCard
+    from cardnet.services.speed.broker import BrokerError, init_broker
+
+    pin = pin or os.environ.get("CARDNET_PIN") or click.prompt("PIN for the SAM card", hide_input=True,
+                                                                confirmation_prompt=True)  # fmt: skip
+    key, cert, roots = _service_identity(ca_path, name)
+    card = Card.open(_card_url(sam_store), applets=[SamApplet()])
+    try:
+        if card.personalised:
+            fail(f"the card in {sam_store} is personalised already", hint="use another --sam-store")
+        try:
+            init_broker(_broker_store(store, create=True), key, cert, roots)
+        except BrokerError as exc:
+            fail(str(exc), reason=exc.reason, hint="use another --store")
+        personalise(card, pki.CertificateAuthority.load(ca_path), pin=pin, now=datetime.now(UTC),
+                    role=pki.Role.SERVICE, name=f"{name} SAM")  # fmt: skip
+        LocalCard(card, pin).ask(INIT, READY)
+    finally:
+        card.close()
+    say(as_json, {"store": store, "sam_store": sam_store}, f"broker made in {store}, its SAM in {sam_store}")
+
+
+@broker.command("cert")
+@STORE
+@json_option
+def broker_cert(store: str, as_json: bool) -> None:
+    """Print the broker's certificate (PEM): vendors and customers need it."""
+    from cardnet.services.speed.broker import CFG
+    from cardnet.services.speed.vendor import get
+
+    pem = _pem(get(_broker_store(store), CFG, b"cert") or b"")
+    say(as_json, {"pem": pem}, pem.rstrip("\n"))
+
+
+@broker.command("add-vendor")
+@STORE
+@click.option("--account", required=True, help="The vendor's account number (what its bills name).")
+@click.option("--vendor-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The vendor's certificate (PEM, from `cardnet speed vendor cert`).")  # fmt: skip
+@json_option
+def broker_add_vendor(store: str, account: str, vendor_cert: Path, as_json: bool) -> None:
+    """Open an account for a vendor: payments for its bills are credited there."""
+    from cardnet.services.speed.broker import BrokerError, add_vendor
+
+    try:
+        add_vendor(_broker_store(store), account, _pem_file(vendor_cert, "the vendor's certificate"))
+    except BrokerError as exc:
+        fail(str(exc), reason=exc.reason)
+    say(as_json, {"account": account}, f"vendor account {account} opened")
+
+
+@broker.command("add-customer")
+@STORE
+@click.option("--account", required=True, help="The customer's account number.")
+@click.option("--card", "card", required=True, help="The customer card's domain (24 hex).")
+@click.option("--deposit", default=None, help="A first deposit, e.g. '100.00 EUR'.")
+@json_option
+def broker_add_customer(store: str, account: str, card: str, deposit: str | None, as_json: bool) -> None:
+    """Open an account for a customer's card: it pays purchases (account mode) and loads the purse."""
+    from cardnet.cli.trn import parse_domain
+    from cardnet.services.speed.broker import BrokerError, add_customer
+    from cardnet.wire import Uid
+
+    domain = parse_domain(card)
+    assert domain is not None
+    try:
+        add_customer(_broker_store(store), account, Uid(domain, 0), _price(deposit, "--deposit") if deposit else None)
+    except BrokerError as exc:
+        fail(str(exc), reason=exc.reason)
+    say(as_json, {"account": account}, f"customer account {account} opened")
+
+
+@broker.command("accounts")
+@STORE
+@json_option
+def broker_accounts(store: str, as_json: bool) -> None:
+    """Every account's balances (minor units)."""
+    from cardnet.services.speed.broker import balances
+
+    rows = [{"account": a, **{c: str(v) for c, v in b.items()}} for a, b in balances(_broker_store(store)).items()]
+    if as_json:
+        emit_json({"accounts": balances(_broker_store(store))})
+        return
+    cols = tuple(sorted({k for r in rows for k in r if k != "account"}))
+    print_rows(rows, ("account", *cols), title="broker accounts", empty="no accounts yet")
+
+
+@broker.command("run")
+@STORE
+@SAM_STORE
+@click.option("--pin", default=None, help="The SAM card's PIN (default: $CARDNET_PIN, else asked for).")
+@click.option("--listen", default="127.0.0.1:7400", show_default=True, help="HOST:PORT (port 0 picks one).")
+@_server_limits
+@json_option
+def broker_run(store: str, sam_store: str, pin: str | None, listen: str, as_json: bool, **limits: Any) -> None:
+    """Serve payment orders, purse keys and loads over TCP. Prints "ready broker HOST:PORT" when listening."""
+    import time
+
+    from cardnet.applets.speed.sam import SamApplet
+    from cardnet.card import Card
+    from cardnet.host.errors import HostError
+    from cardnet.host.local import LocalCard
+    from cardnet.services.speed.broker import BrokerCore, BrokerServer
+
+    host, port = _listen(listen)
+    card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()])
+    try:
+        sam = LocalCard(card, card_pin(pin))
+    except HostError as exc:
+        card.close()
+        fail(str(exc), reason=exc.reason, hint="check the SAM card's PIN")
+    core = BrokerCore(_broker_store(store), sam, clock=time.time)
+    bounds = _limits_from(**limits)
+    try:
+        _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port, as_json)
+    finally:
+        card.close()
+
+
+# --- the customer ------------------------------------------------------------------------------------------------
+def _customer_command(group: click.Group, name: str, *options: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        for option in reversed((SOCKET, PIN, CARD, *options, json_option)):
+            f = option(f)
+        command: click.Command = group.command(name)(f)
+        return command
+
+    return wrap
+
+
+@speed.group()
+def purse() -> None:
+    """Your card's e-purse: its key from the broker's SAM, loading, balances."""
+
+
+@_customer_command(purse, "key", BROKER)
+def purse_key(socket: str, pin: str | None, card: str | None, broker: str, as_json: bool) -> None:
+    """Get the purse's key from the broker's SAM (sealed to your card) and install it, once."""
+    from cardnet.applets.speed import conductor as co
+    from cardnet.applets.speed import purse as pa
+    from cardnet.protocols.speed import frames as fr
+    from cardnet.services.speed.customer import _Link
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        cert = (await wallet.ask(co.CERTIFICATE, co.CERT))["cert"]
+        async with _Link(broker, "broker") as b:
+            _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=cert)
+        return dict(await wallet.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"]))
+
+    got = _run(socket, pin, card, work)
+    say(as_json, got, "the purse has its key" if got["fresh"] else "the purse had that key already")
+
+
+@_customer_command(purse, "load", BROKER, click.option("--amount", required=True, help="e.g. '10.00 EUR'."),
+                   click.option("--account", required=True, help="Your account at the broker."))  # fmt: skip
+def purse_load(socket: str, pin: str | None, card: str | None, broker: str, amount: str, account: str,
+               as_json: bool) -> None:  # fmt: skip
+    """Load the purse from your account at the broker (the SAM authorises the credit)."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.protocols.speed import frames as fr
+    from cardnet.services.speed.customer import _Link
+
+    price = _price(amount, "--amount")
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        l1 = (await wallet.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=price.currency, amount=price.amount))["l1"]
+        async with _Link(broker, "broker") as b:
+            _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account=account)
+            l3 = (await wallet.ask(pa.LOAD, pa.L3_IS, l2=l2["l"]))["l3"]
+            await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
+        return await _balances(wallet)
+
+    got = _run(socket, pin, card, work)
+    say(as_json, got, f"loaded {price}; the purse holds " + _words(got))
+
+
+@_customer_command(purse, "balance")
+def purse_balance(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """The purse's balances."""
+    got = _run(socket, pin, card, _balances)
+    say(as_json, got, "the purse holds " + _words(got))
+
+
+async def _balances(wallet: Any) -> dict[str, Any]:
+    from cardnet.applets.speed import purse as pa
+
+    got = await wallet.ask(pa.BALANCE, pa.BALANCES)
+    return {"balances": {a["currency"]: a["balance"] for a in got["accounts"]}, "keyed": got["keyed"]}
+
+
+def _words(got: dict[str, Any]) -> str:
+    from cardnet.protocols.speed.messages import Price
+
+    return ", ".join(str(Price(c, a)) if a else f"0.00 {c}" for c, a in got["balances"].items()) or "nothing"
+
+
+def _run(socket: str, pin: str | None, card: str | None, work: Any) -> Any:
+    from cardnet.services.speed.customer import PurchaseError
+
+    async def guarded(wallet: Any) -> Any:
+        try:
+            return await work(wallet)
+        except PurchaseError as exc:
+            fail(str(exc), reason=exc.reason, hint=HINTS.get(exc.reason))
+
+    return run_on_wallet(socket, pin, card, guarded, HINTS)
+
+
+@speed.command("catalogue")
+@click.option("--vendor", "vendor_addr", required=True, help="The vendor's HOST:PORT.")
+@click.option("--ca-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA certificate (PEM, `cardnet ca cert`).")  # fmt: skip
+@json_option
+def catalogue(vendor_addr: str, ca_cert: Path, as_json: bool) -> None:
+    """What a vendor sells, from its signed catalogue."""
+    from cardnet.protocols.speed.messages import Price
+    from cardnet.services.speed.customer import Customer, PurchaseError
+
+    async def go() -> list[dict[str, Any]]:
+        c = Customer(None, b"", [_pem_file(ca_cert, "the CA certificate")])  # type: ignore[arg-type]
+        _, entries = await c.catalogue(vendor_addr)
+        return entries
+
+    try:
+        entries = asyncio.run(go())
+    except PurchaseError as exc:
+        fail(str(exc), reason=exc.reason, hint=HINTS.get(exc.reason))
+    rows = [{"product": e["product"], "price": str(Price.of(e["price"])), "bytes": e["size"]} for e in entries]
+    if as_json:
+        emit_json({"products": rows})
+    else:
+        print_rows(rows, ("product", "price", "bytes"), title=f"vendor {vendor_addr}", empty="nothing for sale")
+
+
+@_customer_command(
+    speed, "buy",
+    click.option("--vendor", "vendor_addr", required=True, help="The vendor's HOST:PORT."),
+    BROKER,
+    click.option("--broker-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="The broker's certificate (PEM, `cardnet speed broker cert`)."),
+    click.option("--ca-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="The CA certificate (PEM, `cardnet ca cert`)."),
+    click.option("--product", "products", required=True, multiple=True, help="A product id (repeat for several)."),
+    click.option("--limit", required=True, help="The most you pay, e.g. '3.00 EUR' (negotiation stays below)."),
+    click.option("--aggressive", is_flag=True, help="No negotiation: buy at the list price (small products)."),
+    click.option("--account", default=None, help="Pay from this account at the broker instead of the purse."),
+    click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="A directory: each product is written there, with the receipt."),
+)  # fmt: skip
+def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker: str, broker_cert: Path,
+        ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None, out: Path,
+        as_json: bool) -> None:  # fmt: skip
+    """Buy products: negotiate (or not), receive them encrypted, pay, and get the key with the receipt."""
+    from cardnet.services.speed.customer import Customer
+
+    cap = _price(limit, "--limit")
+    bcert = _pem_file(broker_cert, "the broker's certificate")
+    roots = [_pem_file(ca_cert, "the CA certificate")]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot make {out}: {exc.strerror}", reason="unwritable")
+    if not as_json:
+        console.print(f"buying {', '.join(products)} from {vendor_addr} (limit {cap}) ...", markup=False)
+
+    async def work(wallet: Any) -> Any:
+        return await Customer(wallet, b"", roots).buy(
+            vendor_addr, broker, list(products), broker_cert=bcert, limit=cap,
+            mode="aggressive" if aggressive else "normal", payment="account" if account else "purse", account=account,
+        )  # fmt: skip
+
+    got = _run(socket, pin, card, work)
+    files = []
+    for i, content in enumerate(got.contents):
+        path = out / f"{got.poid.hex()[-16:]}-{i}.bin"
+        path.write_bytes(content)
+        files.append(str(path))
+    (out / f"{got.poid.hex()[-16:]}.receipt").write_bytes(got.receipt)
+    result = {"poid": got.poid.hex(), "price": str(got.price), "files": files, "messages": got.steps}
+    say(as_json, result, f"paid {got.price}; {len(files)} product(s) in {out}: " + ", ".join(files))
