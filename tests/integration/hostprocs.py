@@ -6,6 +6,9 @@ benchmarks; this module adds the test-only set-ups (cards under one CA, host con
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
-__all__ = ["PINS", "HostProc", "free_port", "make_hosts", "write_host_tls"]
+__all__ = ["PINS", "HostProc", "Service", "cardnet", "free_port", "make_hosts", "write_host_tls"]
 
 PINS = {"a": "1111", "b": "2222", "c": "3333"}
 
@@ -55,3 +58,43 @@ def make_hosts(tmp: Path, names: list[str], applets: list[str], *, tls: bool = F
             + (write_host_tls(tmp, authority, h.name, h.domain) if tls else "")
         )
     return hosts
+
+
+def cardnet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check:
+        assert r.returncode == 0, f"cardnet {' '.join(args)} failed: {r.stdout}{r.stderr}"
+    return r
+
+
+class Service:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.args = args
+        self.log = tmp / f"{args[1]}.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self, *extra: str) -> str:
+        with open(self.log, "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cardnet.cli.main", *self.args, *extra],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), f"{self.args} did not start: {self.log.read_text()}"
+        self.address = line.split()[-1]
+        return self.address
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()

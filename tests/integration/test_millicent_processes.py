@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent_wallet import CFG, SCRIP, SECRETS, Wallet, WalletError
@@ -28,46 +26,6 @@ from cardnet.transport import dial, encode_frame
 from cardnet.wire import Message, Uid
 
 VID = "00000000000000a1"
-
-
-def cardnet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check:
-        assert r.returncode == 0, f"cardnet {' '.join(args)} failed: {r.stdout}{r.stderr}"
-    return r
-
-
-class Service:
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.args = args
-        self.log = tmp / f"{args[1]}.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self, *extra: str) -> str:
-        with open(self.log, "a") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cardnet.cli.main", *self.args, *extra],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), f"{self.args} did not start: {self.log.read_text()}"
-        self.address = line.split()[-1]
-        return self.address
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(10)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
 
 
 @pytest.fixture

@@ -1,0 +1,113 @@
+"""A SPEED network of real processes, set up with the `cardnet speed` commands alone: a CA, a broker (and its SAM
+card), a vendor with a catalogue, and customers whose cards run on `cardnet host run` hosts.
+
+Shared by the command-line walkthrough, the attack tests and the SIGKILL tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostprocs import HostProc, Service, cardnet, free_port
+
+PIN = "2580"
+SONG = "song-1 Blue in Green"
+NEWS = "news-1 Today's paper"
+KEY = "ppv-1 Match key"
+
+
+def run(*args: str, check: bool = True) -> Any:
+    """``cardnet ... --json`` with the PIN in the environment; the parsed JSON (or the error object)."""
+    os.environ["CARDNET_PIN"] = PIN
+    r = cardnet(*args, "--json", check=check)
+    return json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
+
+
+@dataclass
+class Customer:
+    name: str
+    host: HostProc
+    account: str
+
+    def buy(self, net: SpeedNet, *products: str, limit: str = "10.00 EUR", aggressive: bool = False,
+            account: bool = False, check: bool = True) -> Any:  # fmt: skip
+        args = ["speed", "buy", "--socket", self.host.socket, "--vendor", net.vendor.address, "--broker",
+                net.broker.address, "--broker-cert", str(net.tmp / "broker.pem"), "--ca-cert", str(net.tmp / "ca.pem"),
+                "--limit", limit, "--out", str(net.tmp / f"{self.name}-bought")]  # fmt: skip
+        for p in products:
+            args += ["--product", p]
+        if aggressive:
+            args.append("--aggressive")
+        if account:
+            args += ["--account", self.account]
+        return run(*args, check=check)
+
+    def balance(self) -> dict[str, int]:
+        return dict(run("speed", "purse", "balance", "--socket", self.host.socket)["balances"])
+
+
+@dataclass
+class SpeedNet:
+    tmp: Path
+    broker: Service
+    vendor: Service
+    customers: dict[str, Customer] = field(default_factory=dict)
+    song: bytes = b""
+
+    def accounts(self) -> dict[str, dict[str, int]]:
+        return dict(run("speed", "broker", "accounts", "--store", str(self.tmp / "broker.db"))["accounts"])
+
+    def stop(self) -> None:
+        for c in self.customers.values():
+            c.host.stop()
+        self.broker.stop()
+        self.vendor.stop()
+
+
+def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int = 300_000, load: str = "20.00 EUR",
+          deposit: str = "100.00 EUR") -> SpeedNet:  # fmt: skip
+    t = str(tmp)
+    run("ca", "create", f"{t}/ca.file")
+    (tmp / "ca.pem").write_text(run("ca", "cert", f"{t}/ca.file")["pem"])
+    run("speed", "broker", "init", "--store", f"{t}/broker.db", "--ca", f"{t}/ca.file", "--sam-store", f"{t}/sam.db")
+    (tmp / "broker.pem").write_text(run("speed", "broker", "cert", "--store", f"{t}/broker.db")["pem"])
+    run("speed", "vendor", "init", "--store", f"{t}/vendor.db", "--ca", f"{t}/ca.file", "--account", "V-1",
+        "--broker-cert", f"{t}/broker.pem")  # fmt: skip
+    (tmp / "vendor.pem").write_text(run("speed", "vendor", "cert", "--store", f"{t}/vendor.db")["pem"])
+    song = os.urandom(song_bytes)
+    (tmp / "song.bin").write_bytes(song)
+    (tmp / "news.txt").write_text("the news of the day\n" * 20)
+    (tmp / "key.bin").write_bytes(os.urandom(16))
+    for product, price, floor, path in ((SONG, "2.50 EUR", "2.00 EUR", "song.bin"), (NEWS, "0.80 EUR", None, "news.txt"),
+                                        (KEY, "4.99 EUR", None, "key.bin")):  # fmt: skip
+        extra = ["--floor", floor] if floor else []
+        run("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", product, "--price", price,
+            "--file", f"{t}/{path}", *extra)  # fmt: skip
+    run("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
+        f"{t}/vendor.pem")  # fmt: skip
+    broker = Service(tmp, "speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
+                     "--listen", "127.0.0.1:0")  # fmt: skip
+    vendor = Service(tmp, "speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", "127.0.0.1:0")
+    broker.start()
+    vendor.start()
+    net = SpeedNet(tmp, broker, vendor, song=song)
+    for i, name in enumerate(customers):
+        made = run("card", "create", "--ca", f"{t}/ca.file", "--store", f"sqlite:///{t}/{name}.card.db")
+        host = HostProc(name, tmp, free_port(), bytes.fromhex(made["domain"]))
+        host.config.write_text(
+            f'name = "{name}"\nlisten = "127.0.0.1:{host.port}"\napp_socket = "{name}.sock"\n\n'
+            f'[[cards]]\nstore = "sqlite:///{name}.card.db"\napplets = ["purse", "speed"]\n'
+        )
+        host.start()
+        account = f"C-{i + 1}"
+        run("speed", "broker", "add-customer", "--store", f"{t}/broker.db", "--account", account, "--card",
+            made["domain"], "--deposit", deposit)  # fmt: skip
+        run("speed", "purse", "key", "--socket", host.socket, "--broker", broker.address)
+        run("speed", "purse", "load", "--socket", host.socket, "--broker", broker.address, "--amount", load,
+            "--account", account)  # fmt: skip
+        net.customers[name] = Customer(name, host, account)
+    return net

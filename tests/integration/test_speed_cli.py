@@ -1,0 +1,58 @@
+"""SPEED from the command line alone (docs/speed.md, "From the command line"): a broker and a vendor process, a
+customer's card on a host process, and `cardnet speed buy` in both modes and both payment modes.
+
+What the customer receives is checked byte for byte against what the vendor sells, and the money against the
+broker's accounts and the purse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from speedprocs import NEWS, SONG, SpeedNet, build, run
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[SpeedNet]:
+    n = build(tmp_path)
+    yield n
+    n.stop()
+
+
+def test_buy_in_both_modes_and_both_payment_modes(net: SpeedNet) -> None:
+    alice = net.customers["alice"]
+    assert alice.balance() == {"EUR": 2000}
+    listed = run("speed", "catalogue", "--vendor", net.vendor.address, "--ca-cert", str(net.tmp / "ca.pem"))
+    assert {p["product"]: p["price"] for p in listed["products"]}[SONG] == "2.50 EUR"
+
+    got = alice.buy(net, SONG, limit="2.20 EUR")  # negotiated down from 2.50 (the floor is 2.00)
+    assert got["price"] == "2.20 EUR"
+    assert Path(got["files"][0]).read_bytes() == net.song
+    assert alice.balance() == {"EUR": 2000 - 220}
+
+    got = alice.buy(net, NEWS, SONG, limit="5.00 EUR", aggressive=True)
+    assert got["price"] == "3.30 EUR"
+    assert Path(got["files"][0]).read_text() == "the news of the day\n" * 20
+    assert Path(got["files"][1]).read_bytes() == net.song
+    assert alice.balance() == {"EUR": 2000 - 220 - 330}
+
+    got = alice.buy(net, NEWS, limit="1.00 EUR", account=True)
+    assert got["price"] == "0.80 EUR"
+    accounts = net.accounts()
+    assert accounts["V-1"] == {"EUR": 220 + 330 + 80}
+    assert accounts["C-1"] == {"EUR": 10_000 - 2000 - 80}
+
+
+def test_refusals_say_what_to_do(net: SpeedNet) -> None:
+    alice = net.customers["alice"]
+    low = alice.buy(net, SONG, limit="1.00 EUR", check=False)
+    assert low["error"]["reason"] == "no_agreement" and "limit" in low["error"]["hint"]
+    unknown = alice.buy(net, "no-such-thing", check=False)
+    assert unknown["error"]["reason"] == "unknown_product" and "catalogue" in unknown["error"]["hint"]
+    broke = alice.buy(net, "ppv-1 Match key", "ppv-1 Match key", "ppv-1 Match key", "ppv-1 Match key",
+                      "ppv-1 Match key", limit="30.00 EUR", aggressive=True, check=False)  # fmt: skip
+    assert broke["error"]["reason"] == "insufficient" and "load" in broke["error"]["hint"]
+    assert alice.balance() == {"EUR": 2000}  # nothing was paid
+    assert net.accounts()["V-1"] == {}
