@@ -120,7 +120,7 @@ class Price:
         return cls(f["currency"], f["amount"])
 
     def __str__(self) -> str:
-        return f"{self.amount / 100:.2f} {self.currency}"
+        return f"{self.amount // 100}.{self.amount % 100:02d} {self.currency}"  # exact: no float near 2^53
 
 
 def parse_price(text: str) -> Price:
