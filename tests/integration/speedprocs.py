@@ -83,8 +83,10 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
     (tmp / "news.txt").write_text("the news of the day\n" * 20)
     (tmp / "key.bin").write_bytes(os.urandom(16))
     catalogue = (
-        (SONG, "2.50 EUR", "2.00 EUR", "song.bin"), (NEWS, "0.80 EUR", None, "news.txt"), (KEY, "4.99 EUR", None, "key.bin")
-    )  # fmt: skip
+        (SONG, "2.50 EUR", "2.00 EUR", "song.bin"),
+        (NEWS, "0.80 EUR", None, "news.txt"),
+        (KEY, "4.99 EUR", None, "key.bin"),
+    )
     for product, price, floor, path in catalogue:
         extra = ["--floor", floor] if floor else []
         run("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", product, "--price", price,
