@@ -127,3 +127,28 @@ ISSUE_KEY = register(
     0x0628, "speed.issue_key", P, Schema("speed.issue_key", [Field(0, "card_cert", Bytes(MAX_CERT, 1))])
 )
 KEY = register(0x0629, "speed.key", P, Schema("speed.key", [Field(0, "sealed", Bytes(256, 1))]))
+
+COMPLAINT = register(
+    0x062A,
+    "speed.complaint",
+    P,
+    Schema(
+        "speed.complaint",
+        [
+            _POID,
+            Field(1, "products", ListOf(Text(sm.MAX_PRODUCT_ID), sm.MAX_PRODUCTS)),  # the ids the customer asked for
+            Field(2, "entries", ListOf(Bytes(sm.MAX_SIGNED, 1), sm.MAX_PRODUCTS)),  # the vendor's signed entries
+            Field(3, "contents", ListOf(Bytes(sm.MAX_COMPLAINT_BYTES), sm.MAX_PRODUCTS)),  # what was deciphered
+            Field(4, "refund_to", Text(sm.MAX_ACCOUNT)),  # the customer's account at the broker
+        ],
+    ),
+)
+VERDICT = register(
+    0x062B,
+    "speed.verdict",
+    P,
+    Schema(
+        "speed.verdict",
+        [_POID, Field(1, "upheld", Bool()), Field(2, "why", Text(1024)), Field(3, "refund", UInt())],
+    ),
+)

@@ -70,6 +70,7 @@ CHUNK_BYTES: Final = 256 * 1024  # plaintext bytes in one delivery chunk (the la
 MAX_PRODUCT_BYTES: Final = 2**40  # one product (1 TiB): far beyond the paper's 5 MB; chunked, never in one frame
 MAX_CHUNKS: Final = MAX_PRODUCT_BYTES // 1024
 TAG_BYTES: Final = 16
+MAX_COMPLAINT_BYTES: Final = 12 * 1024 * 1024  # the deciphered products one complaint may carry (one frame)
 MAX_SIGNED: Final = 8 * 1024  # one signed content with its embedded certificate
 MAX_SEALED_SIGNED: Final = MAX_SIGNED + profile.HPKE_OVERHEAD
 

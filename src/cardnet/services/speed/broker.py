@@ -42,13 +42,14 @@ from cardnet.errors import CardnetError
 from cardnet.host.errors import HostError
 from cardnet.host.local import LocalCard
 from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, put, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
 
 log = logging.getLogger("cardnet.speed.broker")
 
@@ -77,6 +78,12 @@ _ORDER = Schema(
         Field(9, "benc", Bytes(32, 32), optional=True),
         Field(10, "bsign", Bytes(32, 32), optional=True),
         Field(11, "receipt", Bytes(sm.MAX_SIGNED + 64), optional=True),
+        Field(12, "hp", Bytes(32, 32)),  # from the bill: what a complaint is checked against
+        Field(13, "hc", Bytes(32, 32)),
+        Field(14, "sizes", ListOf(UInt(sm.MAX_PRODUCT_BYTES), sm.MAX_PRODUCTS)),
+        Field(15, "chunk", UInt(sm.MAX_PRODUCT_BYTES)),
+        Field(16, "vendor_cert", Bytes(4096, 1)),
+        Field(17, "verdict", Text(1024), optional=True),  # a complaint upheld (the refund was made)
     ],
 )
 
@@ -169,6 +176,8 @@ class BrokerCore:
             if o is None or o["state"] != "paid":
                 raise _Refusal("not_paid", "no paid order has that PaymentOrderID: pay it first")
             return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
+        if code == fr.COMPLAINT.code:
+            return self._complaint(msg, fr.COMPLAINT.parse(msg))
         if code == fr.ISSUE_KEY.code:
             cert = fr.ISSUE_KEY.parse(msg)["card_cert"]
             return _reply(msg, fr.KEY, sealed=self.sam.ask(sa.ISSUE_KEY, sa.KEY, card_cert=cert)["sealed"])
@@ -228,7 +237,8 @@ class BrokerCore:
             return _reply(msg, fr.PURSE, poid=poid, sealed=old["answer"])
         rec: dict[str, Any] = {
             "state": "authorised", "customer": customer, "price": price.fields(), "account": secret["account"],
-            "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"],
+            "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"], "hp": bill["hp"], "hc": bill["hc"],
+            "sizes": bill["sizes"], "chunk": bill["chunk"], "vendor_cert": bill_signed.signer_cert_der,
         }  # fmt: skip
         if mode["kind"] == "account":
             return self._pay_from_account(msg, poid, rec, mode.get("account"), customer, price)
@@ -312,6 +322,53 @@ class BrokerCore:
             _put_txn(txn, account, acct["owner"], bal)
             txn.put(LOADS, key, l2)
         return _reply(msg, fr.LOAD_STEP, l=l2)
+
+    def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
+        """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the
+        product deciphered to. Upheld (the vendor's account pays the price back to the customer's) when the
+        evidence is the vendor's own and the content is not what its entry commits to."""
+        poid = c["poid"]
+        o = self._get_order(poid)
+        if o is None or o["state"] != "paid":
+            raise _Refusal("not_paid", "no paid order has that PaymentOrderID")
+        if "verdict" in o:
+            return _reply(msg, fr.VERDICT, poid=poid, upheld=True, why=o["verdict"], refund=0)
+        products, entries, contents = c["products"], c["entries"], c["contents"]
+        if sm.products_hash(products) != o["hp"]:
+            raise _Refusal("wrong_products", "those are not the products of that order (the bill's H(ProductIDs))")
+        if len(entries) != len(products) or len(contents) != len(products):
+            raise _Refusal("bad_complaint", "a complaint shows one catalogue entry and one content per product")
+        h = sm.DeliveryHash()
+        for i, content in enumerate(contents):
+            for chunk in sm.encrypt_chunks(o["k"], i, content, o["chunk"]):
+                h.update(chunk)
+        if [len(x) for x in contents] != o["sizes"] or h.digest() != o["hc"]:
+            raise _Refusal("not_delivered", "that is not what the vendor delivered (it does not match the bill)")
+        vid, _ = sm.split_poid(poid)
+        wrong = []
+        for name, entry, content in zip(products, entries, contents, strict=True):
+            e = cat.read(entry, o["vendor_cert"])
+            if e["product"] != name or e["vendor_id"] != vid:
+                raise _Refusal("bad_complaint", f"the catalogue entry shown for {name!r} is not that vendor's entry")
+            if e["content_hash"] != sm.content_hash(content):
+                wrong.append(name)
+        if not wrong:
+            return _reply(msg, fr.VERDICT, poid=poid, upheld=False, why="every product is the content its entry "
+                          "names", refund=0)  # fmt: skip
+        price = sm.Price.of(o["price"])
+        why = f"not the catalogued content: {', '.join(wrong)}"
+        with self.store.transaction() as txn:
+            customer = self._account(txn, c["refund_to"])
+            if customer["owner"] != bytes(o["customer"]):
+                raise _Refusal("not_your_account", "a refund goes to an account of the customer who paid")
+            vendor = self._account(txn, o["account"])
+            for acct, name, delta in ((vendor, o["account"], -price.amount), (customer, c["refund_to"], price.amount)):
+                bal = _balances(acct)
+                bal[price.currency] = bal.get(price.currency, 0) + delta
+                _put_txn(txn, name, acct["owner"], bal)
+            o["verdict"] = why
+            txn.put(ORDERS, poid, _ORDER.encode(o))
+        return _reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
     # -- what the operator reads -----------------------------------------------------------------------------
     def balances(self) -> dict[str, dict[str, int]]:

@@ -158,7 +158,7 @@ class Customer:
                 neg = CustomerNegotiation(nid=nid, enkey=self.rng(32), signkey=self.rng(32), strategy=strategy,
                                           products=products, vendor_id=vid)  # fmt: skip
                 content = neg.request()
-                signed = (await self.card.ask(co.SIGN_REQUEST, co.SIGNED, mode="normal", content=content))["cms"]
+                signed = (await self._card(co.SIGN_REQUEST, co.SIGNED, mode="normal", content=content))["cms"]
                 _, got = await v.ask(fr.REQUEST, fr.STEP, fr.ENDED, mode="normal",
                                      sealed=sm.seal_to(vendor_cert, signed, sm.INFO_REQUEST))  # fmt: skip
                 steps = 2
@@ -175,7 +175,7 @@ class Customer:
                     assert isinstance(out, Sent)
                     _, got = await v.ask(fr.STEP, fr.STEP, fr.ENDED, nid=nid, sealed=out.sealed)
                     steps += 2
-                hs = await self.card.ask(co.HANDSHAKE, co.SIGNED, nid=nid, vendor_id=vid, price=out.price.fields())
+                hs = await self._card(co.HANDSHAKE, co.SIGNED, nid=nid, vendor_id=vid, price=out.price.fields())
                 await v.send(fr.HANDSHAKE, nid=nid, sealed=neg.seal_handshake(hs["cms"]))
                 steps += 1
             else:
@@ -185,7 +185,7 @@ class Customer:
                 content = sm.PRODUCT_REQUEST.encode(
                     {"nid": nid, "products": products, "price": price.fields(), "vendor_id": vid}
                 )
-                signed = (await self.card.ask(co.SIGN_REQUEST, co.SIGNED, mode="aggressive", content=content))["cms"]
+                signed = (await self._card(co.SIGN_REQUEST, co.SIGNED, mode="aggressive", content=content))["cms"]
                 await v.send(fr.REQUEST, mode="aggressive",
                              sealed=sm.seal_to(vendor_cert, signed, sm.INFO_PRODUCT_REQUEST))  # fmt: skip
                 neg, steps = None, 1
@@ -194,6 +194,15 @@ class Customer:
         return await self._pay(
             broker, broker_cert, vendor_cert, bill_for_card, chunks, products, payment, account, steps
         )
+
+    async def _card(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
+        """An order to the card; its refusal becomes a :class:`PurchaseError` with the card's reason."""
+        try:
+            return await self.card.ask(mtype, reply, **fields)
+        except PurchaseError:
+            raise
+        except CardnetError as exc:
+            raise PurchaseError(exc.reason, f"the card refused: {exc}") from None
 
     @staticmethod
     def _list_price(entries: list[dict[str, Any]], products: list[str]) -> sm.Price:
@@ -225,7 +234,7 @@ class Customer:
             fields.update(benc=benc, bsign=bsign)
         elif account is not None:
             fields["account"] = account
-        order = await self.card.ask(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
+        order = await self._card(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
         bill = sm.decode(sm.BILL, sm.signed(order["bill"], "bill", cert_der=vendor_cert).content, "bill")
         h = sm.DeliveryHash()
         for per in chunks:
@@ -241,7 +250,7 @@ class Customer:
             if kind is fr.PURSE:
                 step = sm.decode(sm.PURSE_STEP, sm.sym_open(benc, sm.NONCE_B_PURSE, 0, got["sealed"], sign_key=bsign,
                                                             what="S2 message"), "S2 message")  # fmt: skip
-                s3 = (await self.card.ask(pa.DEBIT, pa.S3_IS, s2=step["s"]))["s3"]
+                s3 = (await self._card(pa.DEBIT, pa.S3_IS, s2=step["s"]))["s3"]
                 sealed_s3 = sm.sym_seal(benc, sm.NONCE_C_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s3}),
                                         sign_key=bsign)  # fmt: skip
                 _, got = await b.ask(fr.PURSE, fr.RECEIPT, poid=poid, sealed=sealed_s3)

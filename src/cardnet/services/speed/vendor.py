@@ -206,6 +206,9 @@ class VendorCore:
     def _negotiation(self, nid: bytes) -> _Open:
         o = self._open.get(nid)
         if o is None:
+            seen = get(self.store, REGISTER, nid)
+            if seen is not None and _NID_REC.decode(seen)["state"] != "open":
+                raise _Refusal("handshake_seen", "that negotiation ended in a delivery already: no second one (5.3)")
             raise _Refusal("no_negotiation", "no negotiation open under that NID (over, or the vendor restarted)")
         return o
 

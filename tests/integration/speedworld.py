@@ -1,0 +1,113 @@
+"""A SPEED network in this process over real loopback TCP: the real VendorServer and BrokerServer, the broker's
+SAM and the customer's card as durable SQLite cards, every party certified by one CA."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cardnet.applets.speed import conductor as co
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.card import Card
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki, profile
+from cardnet.host.local import LocalCard
+from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import broker as sb
+from cardnet.services.speed import vendor as sv
+from cardnet.services.speed.customer import AsyncLocalCard, Customer, _Link
+from cardnet.store import SqliteStore
+from cardnet.wire import Uid
+from conftest import NOW
+
+PIN = "1357"
+T0 = NOW.timestamp() + 60
+EUR = "EUR"
+SONG = os.urandom(3 * 1024 * 1024 + 17)  # more than one chunk
+
+
+def clock() -> float:
+    return T0
+
+
+def service(ca: pki.CertificateAuthority, name: str) -> tuple[profile.PrivateKey, bytes]:
+    key = profile.generate_private_key()
+    uid = Uid(os.urandom(12), 0)
+    cert = ca.issue(pki.Role.SERVICE, uid, key.public_key(), now=NOW, name=name)
+    return key, pki.cert_to_der(cert)
+
+
+@dataclass
+class World:
+    ca: pki.CertificateAuthority
+    vendor: sv.VendorCore
+    broker: sb.BrokerCore
+    customer: Customer
+    card: LocalCard
+    broker_cert: bytes
+    vendor_addr: str = ""
+    broker_addr: str = ""
+
+    def balance(self) -> int:
+        got = self.card.ask(pa.BALANCE, pa.BALANCES)
+        return {a["currency"]: a["balance"] for a in got["accounts"]}.get(EUR, 0)
+
+
+def build(tmp: Path, ca: pki.CertificateAuthority) -> World:
+    roots = [pki.cert_to_der(ca.certificate)]
+    bkey, bcert = service(ca, "broker")
+    vkey, vcert = service(ca, "vendor")
+    sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
+    personalise(sam_card, ca, pin=PIN, now=NOW, role=pki.Role.SERVICE, name="sam")
+    sam = LocalCard(sam_card, PIN, clock=clock)
+    bstore = SqliteStore(str(tmp / "broker.db"))
+    sb.init_broker(bstore, bkey, bcert, roots)
+    sb.add_vendor(bstore, "V-1", vcert)
+    broker = sb.BrokerCore(bstore, sam, clock=clock)
+    vstore = SqliteStore(str(tmp / "vendor.db"))
+    sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
+    sv.add_product(vstore, "song-1 Blue in Green", sm.Price(EUR, 250), SONG, floor=sm.Price(EUR, 200))
+    sv.add_product(vstore, "news-1 Today's paper", sm.Price(EUR, 80), b"the news of the day" * 10)
+    sv.add_product(vstore, "ppv-1 Match key", sm.Price(EUR, 499), os.urandom(16))
+    vendor = sv.VendorCore(vstore, clock=clock)
+    ccard = Card(SqliteStore(str(tmp / "customer.db")), applets=[pa.PurseApplet(), co.ConductorApplet()])
+    uid = personalise(ccard, ca, pin=PIN, now=NOW, name="alice")
+    card = LocalCard(ccard, PIN, clock=clock)
+    sb.add_customer(bstore, "C-1", uid, sm.Price(EUR, 10_000))
+    customer = Customer(AsyncLocalCard(card), card.certificate_der, roots, clock=clock)
+    return World(ca, vendor, broker, customer, card, bcert)
+
+
+@contextlib.contextmanager
+def opened(tmp: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
+    """:func:`build`, closed afterwards (each test module's ``world`` fixture)."""
+    w = build(tmp, ca)
+    try:
+        yield w
+    finally:
+        w.card.close()
+        w.broker.sam.close()
+
+
+async def serve(w: World) -> tuple[sv.VendorServer, sb.BrokerServer]:
+    vs, bs = sv.VendorServer(w.vendor), sb.BrokerServer(w.broker)
+    vh, vp = await vs.start()
+    bh, bp = await bs.start()
+    w.vendor_addr, w.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"
+    return vs, bs
+
+
+async def load_purse(w: World, amount: int) -> None:
+    """The purse gets its key from the SAM and is loaded from the customer's account, all through the broker."""
+    async with _Link(w.broker_addr, "broker") as b:
+        _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=w.card.certificate_der)
+        w.card.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"])
+        l1 = w.card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=amount)["l1"]
+        _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account="C-1")
+        l3 = w.card.ask(pa.LOAD, pa.L3_IS, l2=l2["l"])["l3"]
+        await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
