@@ -94,8 +94,8 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
     run("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
         f"{t}/vendor.pem")  # fmt: skip
     broker = Service(tmp, "speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
-                     "--listen", "127.0.0.1:0")  # fmt: skip
-    vendor = Service(tmp, "speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", "127.0.0.1:0")
+                     "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip  # a fixed port: it restarts there
+    vendor = Service(tmp, "speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}")
     broker.start()
     vendor.start()
     net = SpeedNet(tmp, broker, vendor, song=song)

@@ -28,6 +28,7 @@ CA = click.option(
     help="The CA file (`cardnet ca init`): it certifies this service's new key.",
 )  # fmt: skip
 SAM_STORE = click.option("--sam-store", required=True, help="The SAM card's store (its EEPROM), e.g. sam.db.")
+JOURNAL = ".purchases"  # under --out: the purchases under way (docs/speed.md, "Crashes")
 BROKER = click.option("--broker", required=True, help="The broker's HOST:PORT.")
 HINTS = {
     "no_key": "get the purse's key first: cardnet speed purse key --broker HOST:PORT ...",
@@ -444,7 +445,7 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None, out: Path,
         as_json: bool) -> None:  # fmt: skip
     """Buy products: negotiate (or not), receive them encrypted, pay, and get the key with the receipt."""
-    from cardnet.services.speed.customer import Customer
+    from cardnet.services.speed.customer import Customer, Journal
 
     cap = _price(limit, "--limit")
     bcert = _pem_file(broker_cert, "the broker's certificate")
@@ -457,17 +458,42 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         console.print(f"buying {', '.join(products)} from {vendor_addr} (limit {cap}) ...", markup=False)
 
     async def work(wallet: Any) -> Any:
-        return await Customer(wallet, b"", roots).buy(
+        return await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).buy(
             vendor_addr, broker, list(products), broker_cert=bcert, limit=cap,
             mode="aggressive" if aggressive else "normal", payment="account" if account else "purse", account=account,
         )  # fmt: skip
 
     got = _run(socket, pin, card, work)
+    result = _written(out, got)
+    say(as_json, result, f"paid {got.price}; {len(got.contents)} product(s) in {out}: " + ", ".join(result["files"]))
+
+
+def _written(out: Path, got: Any) -> dict[str, Any]:
+    """Write a purchase's products and receipt into ``out``; what was written."""
     files = []
     for i, content in enumerate(got.contents):
         path = out / f"{got.poid.hex()[-16:]}-{i}.bin"
         path.write_bytes(content)
         files.append(str(path))
     (out / f"{got.poid.hex()[-16:]}.receipt").write_bytes(got.receipt)
-    result = {"poid": got.poid.hex(), "price": str(got.price), "files": files, "messages": got.steps}
-    say(as_json, result, f"paid {got.price}; {len(files)} product(s) in {out}: " + ", ".join(files))
+    return {"poid": got.poid.hex(), "price": str(got.price), "files": files, "messages": got.steps}
+
+
+@_customer_command(
+    speed, "recover",
+    click.option("--ca-cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="The CA certificate (PEM, `cardnet ca cert`)."),
+    click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="The directory `buy` wrote to: its purchases under way are finished there."),
+)  # fmt: skip
+def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, as_json: bool) -> None:
+    """Finish the purchases a crash or a lost connection interrupted (paid once, whatever happened)."""
+    from cardnet.services.speed.customer import Customer, Journal
+
+    roots = [_pem_file(ca_cert, "the CA certificate")]
+
+    async def work(wallet: Any) -> Any:
+        return await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover()
+
+    done = [_written(out, got) for got in _run(socket, pin, card, work)]
+    say(as_json, {"finished": done}, f"{len(done)} purchase(s) finished" if done else "nothing was left to finish")

@@ -30,6 +30,8 @@ class LocalCard:
         self.card = card
         self._clock = clock
         self._lock = threading.Lock()  # one step at a time, whatever thread asks
+        # answers a crash left unacknowledged were for an application that is gone: nobody will read them
+        card.ack([o.seq for o in card.outbox() if o.seq is not None])
         grant = self._step(cm.PORT_REQUEST.make(Uid(card.uid.domain, HOST_PORT), card.uid))
         self.app = card.uid.with_port(cm.PORT_GRANT.parse(grant)["port"])
         r = cm.PIN_RESULT.parse(self._step(cm.PIN_VERIFY.make(self.app, card.uid, pin=pin)))

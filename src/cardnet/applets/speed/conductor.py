@@ -12,6 +12,8 @@ verified the PIN):
   SAM needs to seal the purse key to this card.
 * ``speed.handshake {nid, vendor_id, price}``: the customer accepts the vendor's offer; the card records the
   price as agreed and answers the signed Handshake content ``{NID, Price, VendorID, H(ProductIDs)}``.
+* ``speed.open_bill {sealed}`` -> ``speed.bill {bill}``: an aggressive-mode bill opened (it is sealed to this
+  card), so that the wallet can check the delivery against it before it asks the card to pay.
 * ``speed.pay {bill, vendor_cert, kind, benc?, bsign?, account?}``: ``bill`` is the vendor's signed bill
   (normal mode: the wallet took it out of its EnKey envelope) or the envelope sealed to this card (aggressive
   mode: only the card opens it). The card checks the vendor's signature and certificate (role service, this
@@ -22,7 +24,9 @@ verified the PIN):
   once); any other bill for a PaymentOrderID already paid is refused ``already_paid`` (paper 5.3).
 
 The S2/S3 exchange itself is the purse's (``purse.debit``). Records (table ``a.speed``): ``g:<poid>`` a
-negotiation or agreement, ``p:<poid>`` a PaymentOrder made (never deleted: the register of paid orders).
+negotiation or agreement (at most :data:`MAX_OPEN`), ``p:<poid>`` the register of paid orders (never deleted),
+``f:<poid>`` the whole PaymentOrder of the newest :data:`MAX_KEPT` paid orders and ``q:<seq>`` their order: an
+older paid order asked again is refused ``already_paid`` (its receipt comes from the broker's register).
 """
 
 from __future__ import annotations
@@ -101,7 +105,18 @@ ORDER = register(
 )
 CERTIFICATE = register(0x0606, "speed.certificate", P, Schema("speed.certificate", []))
 CERT = register(0x0607, "speed.cert", P, Schema("speed.cert", [Field(0, "cert", Bytes(MAX_CERT, 1))]))
-ORDERS = (SIGN_REQUEST, HANDSHAKE, PAY, CERTIFICATE)
+OPEN_BILL = register(
+    0x0608,
+    "speed.open_bill",
+    P,
+    Schema("speed.open_bill", [Field(0, "sealed", Bytes(sm.MAX_SEALED_SIGNED, 1))]),
+    privileged=True,
+)
+BILL = register(0x0609, "speed.bill", P, Schema("speed.bill", [Field(0, "bill", Bytes(sm.MAX_SIGNED, 1))]))
+ORDERS = (SIGN_REQUEST, HANDSHAKE, PAY, CERTIFICATE, OPEN_BILL)
+
+MAX_OPEN = 32  # negotiations signed and not yet paid; a 33rd drops the oldest (by key) of them
+MAX_KEPT = 16  # whole payment orders kept for recovery; older paid orders keep only their register entry
 
 _AGREEMENT = Schema(
     "speed.c.agreement",
@@ -142,6 +157,8 @@ class ConductorApplet(Applet):
                 self._sign_request(ctx, params["mode"], params["content"])
             elif msg.mtype == CERTIFICATE.code:  # public: what the broker's SAM needs to seal the purse key
                 ctx.reply(CERT, cert=ctx.certificate_der)
+            elif msg.mtype == OPEN_BILL.code:
+                ctx.reply(BILL, bill=sm.open_with(ctx.hpke_open, params["sealed"], sm.INFO_BILL, "bill"))
             elif msg.mtype == HANDSHAKE.code:
                 self._handshake(ctx, params["nid"], params["vendor_id"], sm.Price.of(params["price"]))
             else:
@@ -168,6 +185,9 @@ class ConductorApplet(Applet):
         rec: dict[str, Any] = {"hp": sm.products_hash(f["products"]), "count": len(f["products"]), "mode": mode}
         if price is not None:
             rec["price"] = price
+        open_ = ctx.scan(b"g:", table=TABLE)
+        if len(open_) >= MAX_OPEN:  # an abandoned negotiation (its vendor never delivered) makes room
+            ctx.delete(open_[0][0], table=TABLE)
         ctx.put(b"g:" + poid, _AGREEMENT.encode(rec), table=TABLE)
         ctx.reply(SIGNED, cms=_sign(ctx, content))
 
@@ -202,8 +222,11 @@ class ConductorApplet(Applet):
         if vid != sm.vendor_id(vendor_cert):
             raise Refused("wrong_vendor", "the bill's VendorID is not the key of the certificate that signed it")
         poid = bill["poid"]
-        paid = ctx.get(b"p:" + poid, table=TABLE)
-        if paid is not None:
+        if ctx.get(b"p:" + poid, table=TABLE) is not None:
+            paid = ctx.get(b"f:" + poid, table=TABLE)
+            if paid is None:
+                raise Refused("already_paid", "this card paid that PaymentOrderID long ago: ask the broker for its "
+                              "receipt again (speed.resend)")  # fmt: skip
             rec = dict(_PAID.decode(paid))
             if rec["bill"] != signed_bill:
                 raise Refused("already_paid", "this card paid that PaymentOrderID already: a bill is paid once")
@@ -229,9 +252,22 @@ class ConductorApplet(Applet):
         else:
             raise Refused("bad_mode", f"payment is by purse or account, not {p['kind']!r}")
         rec["po"] = _sign(ctx, sm.PAYMENT_ORDER.encode({"bill": signed_bill, "mode": mode}))
-        ctx.put(b"p:" + poid, _PAID.encode(rec), table=TABLE)
+        self._remember(ctx, poid, rec)
         ctx.delete(b"g:" + poid, table=TABLE)
         self._answer(ctx, rec, bill)
+
+    @staticmethod
+    def _remember(ctx: StepContext, poid: bytes, rec: dict[str, Any]) -> None:
+        """Register ``poid`` as paid for good (``p:``, a few bytes) and keep its whole payment order for the
+        newest :data:`MAX_KEPT` (``f:``, ~3 KB each, ordered by ``q:<seq>``): what a crash-recovery asks again."""
+        ctx.put(b"p:" + poid, b"", table=TABLE)
+        ctx.put(b"f:" + poid, _PAID.encode(rec), table=TABLE)
+        queue = ctx.scan(b"q:", table=TABLE)
+        seq = int.from_bytes(queue[-1][0][2:], "big") + 1 if queue else 0
+        ctx.put(b"q:" + seq.to_bytes(4, "big"), poid, table=TABLE)
+        for key, old in queue[: max(0, len(queue) + 1 - MAX_KEPT)]:
+            ctx.delete(key, table=TABLE)
+            ctx.delete(b"f:" + old, table=TABLE)
 
     def _answer(self, ctx: StepContext, rec: dict[str, Any], bill: dict[str, Any]) -> None:
         out: dict[str, Any] = {"po": rec["po"], "poid": bill["poid"], "price": bill["price"], "bill": rec["bill"]}

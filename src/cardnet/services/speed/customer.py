@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from cardnet.applets.speed import conductor as co
@@ -26,13 +27,15 @@ from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
 from cardnet.errors import CardnetError
 from cardnet.host.local import LocalCard
+from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Agreed, CustomerNegotiation, Ended, LimitStrategy, Sent, Strategy
 from cardnet.services.speed.vendor import open_receipt
 from cardnet.transport import TransportError, dial
-from cardnet.wire import Message, MType, Uid
+from cardnet.wire import DecodeError, Message, MType, Uid
+from cardnet.wire.cbor import dumps, loads_one
 
 TIMEOUT_S = 30.0
 ME = Uid(b"\x00" * 12, 0)
@@ -68,6 +71,105 @@ class Purchase:
     bill: bytes  # the vendor's signed bill (CMS)
     payment_order: bytes  # the card's signed PaymentOrder (CMS)
     steps: int = 0  # negotiation messages exchanged
+
+
+PERMANENT = frozenset(
+    {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
+     "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate"}
+)  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
+
+
+def check_delivery(bill: dict[str, Any], chunks: list[list[bytes]]) -> None:
+    """The ciphered products are what the bill names (layout and H(|Product|_K)), else ``bad_delivery``."""
+    try:
+        sm.check_layout(bill["sizes"], bill["chunk"], [len(p) for p in chunks])
+    except ProtocolError as exc:
+        raise PurchaseError("bad_delivery", str(exc)) from None
+    h = sm.DeliveryHash()
+    for per in chunks:
+        for c in per:
+            h.update(c)
+    if h.digest() != bill["hc"]:
+        raise PurchaseError("bad_delivery", "the ciphered product is not the one the bill names: not paying")
+
+
+@dataclass
+class Pending:
+    """A purchase agreed and delivered, about to be paid: everything needed to finish it after a crash."""
+
+    nid: bytes
+    vendor_cert: bytes
+    broker: str
+    broker_cert: bytes
+    bill: bytes  # the vendor's signed bill
+    chunks: list[list[bytes]]
+    products: list[str]
+    payment: str
+    benc: bytes
+    bsign: bytes
+    account: str | None = None
+    steps: int = 0
+    poid: bytes | None = None
+    receipt: bytes | None = None
+    dropped: str | None = None
+
+    def encode(self) -> bytes:
+        return dumps({k: v for k, v in self.__dict__.items() if v is not None})
+
+    @classmethod
+    def decode(cls, raw: bytes, where: str) -> Pending:
+        try:
+            f = loads_one(raw)
+            if not isinstance(f, dict):
+                raise TypeError("not a map")
+            return cls(**f)
+        except (DecodeError, TypeError) as exc:
+            raise PurchaseError("damaged_journal", f"{where} is damaged ({exc}): move it away") from None
+
+
+class Journal:
+    """Purchases under way, one file each in a directory (written whole: a temporary file, fsync, rename), so that
+    a purchase the card may have paid can always be finished: :meth:`Customer.recover`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, nid: bytes) -> Path:
+        return self.path / f"{nid.hex()}.purchase"
+
+    def save(self, rec: Pending) -> None:
+        tmp = self._file(rec.nid).with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(rec.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._file(rec.nid))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def load(self, nid: bytes) -> Pending:
+        path = self._file(nid)
+        return Pending.decode(path.read_bytes(), str(path))
+
+    def all(self) -> list[Pending]:
+        return [Pending.decode(p.read_bytes(), str(p)) for p in sorted(self.path.glob("*.purchase"))]
+
+    def pending(self) -> list[Pending]:
+        return [r for r in self.all() if r.receipt is None and r.dropped is None]
+
+    def paid(self, nid: bytes, poid: bytes, receipt: bytes) -> None:
+        rec = self.load(nid)
+        rec.poid, rec.receipt = poid, receipt
+        self.save(rec)
+
+    def drop(self, nid: bytes, reason: str) -> None:
+        rec = self.load(nid)
+        rec.dropped = reason
+        self.save(rec)
 
 
 def _addr(address: str) -> tuple[str, int]:
@@ -126,6 +228,7 @@ class Customer:
     roots: list[bytes]
     rng: Callable[[int], bytes] = os.urandom
     clock: Callable[[], float] = time.time
+    journal: Journal | None = None  # purchases under way, kept so that they can be finished after a crash
 
     async def catalogue(self, vendor: str) -> tuple[bytes, list[dict[str, Any]]]:
         """The vendor's certificate (checked: role service) and its signed catalogue entries, read."""
@@ -190,10 +293,41 @@ class Customer:
                              sealed=sm.seal_to(vendor_cert, signed, sm.INFO_PRODUCT_REQUEST))  # fmt: skip
                 neg, steps = None, 1
             chunks, sealed_bill = await self._receive(v, nid)
-        bill_for_card = neg.open_bill(sealed_bill) if neg is not None else sealed_bill
-        return await self._pay(
-            broker, broker_cert, vendor_cert, bill_for_card, chunks, products, payment, account, steps
-        )
+        if neg is not None:
+            signed_bill = neg.open_bill(sealed_bill)
+        else:  # aggressive mode: the bill is sealed to the card
+            signed_bill = (await self._card(co.OPEN_BILL, co.BILL, sealed=sealed_bill))["bill"]
+        bill = sm.decode(sm.BILL, sm.signed(signed_bill, "bill", cert_der=vendor_cert).content, "bill")
+        check_delivery(bill, chunks)  # every byte, before anything is paid
+        rec = Pending(nid=nid, vendor_cert=vendor_cert, broker=broker, broker_cert=broker_cert, bill=signed_bill,
+                      chunks=chunks, products=products, payment=payment, account=account, benc=self.rng(32),
+                      bsign=self.rng(32), steps=steps)  # fmt: skip
+        if self.journal is not None:
+            self.journal.save(rec)
+        return await self._pay(rec)
+
+    async def recover(self) -> list[Purchase]:
+        """Finish every purchase of the journal that was agreed and delivered but not yet paid and receipted
+        (after a crash of this program, the card's host, the broker or the network): the card answers the same
+        payment order again and the broker the same S2 or receipt, so nothing is paid twice."""
+        if self.journal is None:
+            return []
+        done = []
+        for rec in self.journal.pending():
+            try:
+                done.append(await self._pay(rec))
+            except PurchaseError as exc:
+                if exc.reason in PERMANENT:
+                    self.journal.drop(rec.nid, exc.reason)
+                else:
+                    raise
+        return done
+
+    async def _resent(self, rec: Pending, bill: dict[str, Any]) -> Purchase:
+        """The receipt of a purchase the card paid, from the broker's register (paper 5.7)."""
+        async with _Link(rec.broker, "broker") as b:
+            _, got = await b.ask(fr.RESEND, fr.RECEIPT, poid=bill["poid"])
+        return self._finish(rec, bill, bill["poid"], got["sealed"], rec.bill, b"")
 
     async def _card(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
         """An order to the card; its refusal becomes a :class:`PurchaseError` with the card's reason."""
@@ -225,28 +359,23 @@ class Customer:
         _, b = await v.recv(fr.BILL)
         return chunks, b["sealed"]
 
-    async def _pay(self, broker: str, broker_cert: bytes, vendor_cert: bytes, bill_for_card: bytes,
-                   chunks: list[list[bytes]], products: list[str], payment: str, account: str | None,
-                   steps: int) -> Purchase:  # fmt: skip
-        benc, bsign = self.rng(32), self.rng(32)
-        fields: dict[str, Any] = {"bill": bill_for_card, "vendor_cert": vendor_cert, "kind": payment}
-        if payment == "purse":
-            fields.update(benc=benc, bsign=bsign)
-        elif account is not None:
-            fields["account"] = account
-        order = await self._card(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
-        bill = sm.decode(sm.BILL, sm.signed(order["bill"], "bill", cert_der=vendor_cert).content, "bill")
-        h = sm.DeliveryHash()
-        for per in chunks:
-            for c in per:
-                h.update(c)
-        sm.check_layout(bill["sizes"], bill["chunk"], [len(p) for p in chunks])
-        if h.digest() != bill["hc"]:
-            raise PurchaseError("bad_delivery", "the ciphered product is not the one the bill names: not paying")
-        poid = order["poid"]
-        async with _Link(broker, "broker") as b:
+    async def _pay(self, rec: Pending) -> Purchase:
+        fields: dict[str, Any] = {"bill": rec.bill, "vendor_cert": rec.vendor_cert, "kind": rec.payment}
+        if rec.payment == "purse":
+            fields.update(benc=rec.benc, bsign=rec.bsign)
+        elif rec.account is not None:
+            fields["account"] = rec.account
+        bill = sm.decode(sm.BILL, sm.signed(rec.bill, "bill", cert_der=rec.vendor_cert).content, "bill")
+        try:
+            order = await self._card(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
+        except PurchaseError as exc:
+            if exc.reason != "already_paid" or self.journal is None:
+                raise
+            return await self._resent(rec, bill)  # paid long ago (the card keeps only the register entry)
+        poid, benc, bsign = order["poid"], rec.benc, rec.bsign
+        async with _Link(rec.broker, "broker") as b:
             kind, got = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
-                                    sealed=sm.seal_to(broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
+                                    sealed=sm.seal_to(rec.broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
             if kind is fr.PURSE:
                 step = sm.decode(sm.PURSE_STEP, sm.sym_open(benc, sm.NONCE_B_PURSE, 0, got["sealed"], sign_key=bsign,
                                                             what="S2 message"), "S2 message")  # fmt: skip
@@ -254,9 +383,15 @@ class Customer:
                 sealed_s3 = sm.sym_seal(benc, sm.NONCE_C_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s3}),
                                         sign_key=bsign)  # fmt: skip
                 _, got = await b.ask(fr.PURSE, fr.RECEIPT, poid=poid, sealed=sealed_s3)
-        receipt = open_receipt(bill["rec_key"], got["sealed"], broker_cert, self.roots, self.clock())
+        return self._finish(rec, bill, poid, got["sealed"], order["bill"], order["po"])
+
+    def _finish(self, rec: Pending, bill: dict[str, Any], poid: bytes, sealed_receipt: bytes, signed_bill: bytes,
+                po: bytes) -> Purchase:  # fmt: skip
+        receipt = open_receipt(bill["rec_key"], sealed_receipt, rec.broker_cert, self.roots, self.clock())
         if receipt["poid"] != poid:
             raise PurchaseError("bad_receipt", "the broker's receipt is for another order")
-        contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(chunks)]
-        return Purchase(poid, products, sm.Price.of(bill["price"]), contents, got["sealed"], order["bill"],
-                        order["po"], steps)  # fmt: skip
+        contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(rec.chunks)]
+        if self.journal is not None:
+            self.journal.paid(rec.nid, poid, sealed_receipt)
+        return Purchase(poid, rec.products, sm.Price.of(bill["price"]), contents, sealed_receipt, signed_bill, po,
+                        rec.steps)  # fmt: skip
