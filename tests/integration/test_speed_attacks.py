@@ -281,6 +281,7 @@ def test_a_product_that_is_not_its_catalogue_content_is_refunded_on_complaint(wo
     sv.put(w.vendor.store, sv.CATALOGUE, b"cd-1 Kind of Blue", sv._PRODUCT.encode(
         {"price": sm.Price(EUR, 300).fields(), "floor": sm.Price(EUR, 300).fields(), "content": b"a cheap copy",
          "entry": entry}))  # fmt: skip  # the vendor swaps the content behind its signed entry
+    w.vendor = sv.VendorCore(w.vendor.store, clock=clock)  # (a vendor reads its catalogue when it starts)
 
     async def body() -> None:
         got = await w.customer.buy(w.vendor_addr, w.broker_addr, ["cd-1 Kind of Blue"], broker_cert=w.broker_cert,

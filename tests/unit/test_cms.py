@@ -357,3 +357,18 @@ def test_what_openssl_signs_with_attributes_or_detached_is_refused(tmp_path: Pat
         made = subprocess.run([*base, *extra], capture_output=True, timeout=30, check=False)
         assert made.returncode == 0, made.stderr
         refused(lambda made=made: cms.verify(made.stdout), words)
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 127, 128, 255, 256, 300, 65_535, 65_536, 70_000])
+def test_the_spliced_template_is_exactly_what_asn1crypto_builds(length: int, with_cert: bool) -> None:
+    """sign and verify take the encoding from a cached template with the content and signature spliced in
+    (cms._encode): for every length around DER's length-encoding steps it is byte for byte asn1crypto's own."""
+    content = os.urandom(length)
+    for _ in range(3):  # signatures of 70, 71 and 72 bytes (DER drops leading zeros of r and s)
+        r, s = decode_dss_signature(encode_dss_signature(*[random.getrandbits(255) | 1 for _ in range(2)]))
+        sig = encode_dss_signature(r, s)
+        cert, _, _ = cms._asn1_cert(CERT_DER)
+        assert cms._encode(content, CERT_DER, sig, with_cert=with_cert) == cms._build(
+            content, cert, sig, with_cert=with_cert
+        )

@@ -30,8 +30,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,14 @@ from cardnet.applets import fairx as fa
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.bench.card import sqlite_commit_rate
-from cardnet.bench.timing import rate
+from cardnet.bench.crypto_ops import OPS, bounds, counting, op_rates
 from cardnet.bench.trnnet import DEFAULT_CAPACITY_BYTES, TrnNet
 from cardnet.card import Applet, Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
-from cardnet.crypto import pki, profile
+from cardnet.crypto import pki
 from cardnet.errors import CardnetError
 from cardnet.host import Host
-from cardnet.protocols.token import mint
 from cardnet.services.wallet import Event, Wallet
 from cardnet.store import SqliteStore
 from cardnet.wire import MType, Uid
@@ -56,7 +54,6 @@ from cardnet.wire import MType, Uid
 PAPER_EXCHANGE_MS = 1788
 CAPACITY_BYTES = DEFAULT_CAPACITY_BYTES  # the hosts' default: a wallet keeps its 16 latest finished exchanges
 PIN = "1357"
-OPS = ("sign", "verify", "cert_verify", "hpke_seal", "hpke_open", "aead_seal", "aead_open")
 Progress = Callable[[str], None]
 
 
@@ -65,37 +62,6 @@ class BenchError(CardnetError):
 
 
 # -- counting one exchange's operations, in process ------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _counting() -> Iterator[Counter[str]]:
-    """Count the crypto operations and durable card writes made in this process meanwhile."""
-    counts: Counter[str] = Counter()
-    saved: list[tuple[Any, str, Any]] = []
-
-    def wrap(owner: Any, name: str, key: str) -> None:
-        original = getattr(owner, name)
-        saved.append((owner, name, original))
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            counts[key] += 1
-            return original(*args, **kwargs)
-
-        setattr(owner, name, counted)
-
-    wrap(profile, "sign", "sign")
-    wrap(profile, "verify", "verify")
-    wrap(pki, "verify_chain", "cert_verify")
-    wrap(profile, "hpke_seal", "hpke_seal")
-    wrap(profile, "hpke_open", "hpke_open")
-    wrap(profile.CounterAead, "seal", "aead_seal")
-    wrap(profile.CounterAead, "open", "aead_open")
-    wrap(SqliteStore, "write", "commit")
-    try:
-        yield counts
-    finally:
-        for owner, name, original in reversed(saved):
-            setattr(owner, name, original)
 
 
 def ops_per_exchange(tmp: Path) -> dict[str, int]:
@@ -145,7 +111,7 @@ def ops_per_exchange(tmp: Path) -> dict[str, int]:
     order("a", fa.GIVE_UP, n1=_n1(apps["a"]))
     for app in apps.values():
         app.receive_all()
-    with _counting() as counts:
+    with counting() as counts:
         order("a", fa.START, give=b"\x01" * 16, want=b"\x02" * 16, to=cards["b"].uid)
         n1 = _n1(apps["a"])
         order("b", fa.ACCEPT, n1=n1)
@@ -160,55 +126,6 @@ def _n1(app: Any) -> bytes:
     if not got:
         raise BenchError("failed", "the card did not answer the exchange order")
     return bytes(got[-1]["n1"])
-
-
-# -- the rates of those operations, here ---------------------------------------------------------------------
-
-
-def op_rates(seconds: float) -> dict[str, float]:
-    """Operations per second on this machine (one core), on inputs of an exchange's sizes."""
-    now = datetime.now(UTC)
-    ca = pki.CertificateAuthority.create("bench fairx rates CA", now=now)
-    key = profile.generate_private_key()
-    cert = ca.issue(pki.Role.DEVICE, Uid(bytes(12)), key.public_key(), now=now)
-    roots = [ca.certificate]
-    data = b"x" * 200
-    sig = profile.sign(key, data)
-    voucher = mint(bytes(16), Uid(bytes(12)), b"x" * 64, lambda d: profile.sign(key, d)).encode()
-    sealed = profile.hpke_seal(key.public_key(), voucher, b"info")
-    aead = profile.CounterAead(bytes(32))
-    record = b"r" * 400
-    ctr = [0]
-
-    def once(fn: Callable[[], Any]) -> Callable[[], int]:
-        def op() -> int:
-            fn()
-            return 1
-
-        return op
-
-    def seal() -> int:
-        ctr[0] += 1
-        aead.seal(ctr[0], record)
-        return 1
-
-    boxed = aead.seal(1, record)
-    opener = profile.CounterAead(bytes(32))
-    return {
-        "sign": rate(once(lambda: profile.sign(key, data)), seconds),
-        "verify": rate(once(lambda: profile.verify(key.public_key(), sig, data)), seconds),
-        "cert_verify": rate(once(lambda: pki.verify_chain([cert], roots, now=now)), seconds),
-        "hpke_seal": rate(once(lambda: profile.hpke_seal(key.public_key(), voucher, b"info")), seconds),
-        "hpke_open": rate(once(lambda: profile.hpke_open(key, sealed, b"info")), seconds),
-        "aead_seal": rate(seal, seconds),
-        "aead_open": rate(once(lambda: opener.open(1, boxed)), seconds),
-    }
-
-
-def bounds(ops: dict[str, int], rates: dict[str, float], commit_rate: float, cpus: int) -> tuple[float, float]:
-    """(crypto bound, serial bound) in exchanges per second."""
-    crypto_s = sum(ops[op] / rates[op] for op in OPS if ops[op])
-    return cpus / crypto_s, 1.0 / (crypto_s + ops["commit"] / commit_rate)
 
 
 # -- exchanges between host processes --------------------------------------------------------------------------

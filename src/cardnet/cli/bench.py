@@ -191,3 +191,39 @@ def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
     ]
     ops = " + ".join(f"{n} {op}" for op, n in r["ops_per_exchange"].items())
     _report("cardnet bench fairx", rows, r["targets"], (f"one exchange (counted in process) = {ops}",))
+
+
+@bench.command("speed")
+@AS_JSON
+@click.option("--customers", type=click.IntRange(5, 256), default=64, show_default=True,
+              help="Customers buying at once in the busy round (the paper's 5 is always measured too).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Seconds per round.")
+@click.option("--idle", type=click.IntRange(1), default=30, show_default=True, help="Purchases timed one at a time.")
+def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> None:
+    """SPEED purchases: purchases_per_s, p50, delivery MB/s vs the crypto bound and the AES-GCM rate."""
+    from cardnet.bench import speed
+
+    if as_json:
+        emit_json(speed.run(seconds=seconds, customers=customers, idle=idle))
+        return
+    with console.status("starting…") as status:
+        r = speed.run(seconds=seconds, customers=customers, idle=idle, progress=status.update)
+    rows: list[Row] = [
+        ("purchases_per_s", f"{r['purchases_per_s']:,}", "complete purchases, normal mode, the better of 5 and "
+         f"{customers} customers"),
+        ("  normal 5 / " + str(customers),
+         f"{r['purchases_per_s_normal_5']} / {r[f'purchases_per_s_normal_{customers}']}",
+         "16-byte product, purse payment"),
+        ("  aggressive 5 / " + str(customers),
+         f"{r['purchases_per_s_aggressive_5']} / {r[f'purchases_per_s_aggressive_{customers}']}", "no negotiation"),
+        ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "one purchase on an idle system"),
+        ("crypto_bound_purchases_per_s", f"{r['crypto_bound_purchases_per_s']:,}",
+         f"CPU of one purchase's crypto over {r['cpus']} cores (bound)"),
+        ("serial_bound_purchases_per_s", f"{r['serial_bound_purchases_per_s']:,}",
+         "the same on one core, plus one durable commit per write"),
+        ("delivery_mb_per_s", ", ".join(f"{k} {v}" for k, v in r["delivery_mb_per_s"].items()),
+         f"against AES-GCM {r['aes_gcm_mb_per_s']} MB/s on one core"),
+        ("paper_purchases_per_s", str(r["paper_purchases_per_s"]), "SPEED section 6.1, for the record"),
+    ]  # fmt: skip
+    ops = " + ".join(f"{n} {op}" for op, n in r["ops_per_purchase"].items())
+    _report("cardnet bench speed", rows, r["targets"], (f"one purchase (counted in process) = {ops}",))

@@ -240,16 +240,16 @@ class Customer:
     async def buy(self, vendor: str, broker: str, products: list[str], *, broker_cert: bytes,
                   strategy: Strategy | None = None, limit: sm.Price | None = None, mode: str = "normal",
                   payment: str = "purse", account: str | None = None,
-                  vendor_cert: bytes | None = None) -> Purchase:  # fmt: skip
+                  vendor_cert: bytes | None = None, price: sm.Price | None = None) -> Purchase:  # fmt: skip
         """Buy ``products`` from ``vendor`` (HOST:PORT) and pay through ``broker``.
 
-        Normal mode negotiates with ``strategy`` (default: accept at or below ``limit``); aggressive mode
+        ``vendor_cert`` (the vendor's certificate) and ``price`` (the list price, aggressive mode) save asking the
+        vendor's catalogue first. Normal mode negotiates with ``strategy`` (default: accept at or below ``limit``); aggressive mode
         buys at the vendor's list price, which must not exceed ``limit``.
         """
-        if vendor_cert is None:
+        entries: list[dict[str, Any]] = []
+        if vendor_cert is None or (mode == "aggressive" and price is None):
             vendor_cert, entries = await self.catalogue(vendor)
-        else:
-            entries = []
         vid = sm.vendor_id(vendor_cert)
         nid = self.rng(sm.NID_BYTES)
         async with _Link(vendor, "vendor") as v:
@@ -282,7 +282,7 @@ class Customer:
                 await v.send(fr.HANDSHAKE, nid=nid, sealed=neg.seal_handshake(hs["cms"]))
                 steps += 1
             else:
-                price = self._list_price(entries, products)
+                price = price or self._list_price(entries, products)
                 if limit is not None and (price.currency != limit.currency or price.amount > limit.amount):
                     raise PurchaseError("over_limit", f"the vendor's price {price} is over the limit {limit}")
                 content = sm.PRODUCT_REQUEST.encode(

@@ -159,6 +159,8 @@ class VendorCore:
         self.broker_cert = _cfg(store, b"broker")
         self.vendor_id = sm.vendor_id(self.cert)
         self._open: OrderedDict[bytes, _Open] = OrderedDict()
+        # the catalogue, read once (products added while the vendor runs are sold after a restart)
+        self.catalogue = {k.decode(): dict(_PRODUCT.decode(v)) for k, v in scan(store, CATALOGUE)}
 
     def _sign(self, content: bytes) -> bytes:
         return cms.sign(content, self.cert, lambda d: profile.sign(self.key, d))
@@ -179,7 +181,7 @@ class VendorCore:
     def _handle(self, msg: Message) -> Iterator[Message]:
         code = msg.mtype
         if code == fr.CATALOGUE.code:
-            entries = [_PRODUCT.decode(v)["entry"] for _, v in scan(self.store, CATALOGUE)]
+            entries = [rec["entry"] for rec in self.catalogue.values()]
             yield _reply(msg, fr.ITEMS, cert=self.cert, entries=entries)
         elif code == fr.REQUEST.code:
             p = fr.REQUEST.parse(msg)
@@ -198,7 +200,6 @@ class VendorCore:
             o = self._negotiation(p["nid"])
             price = o.neg.on_handshake(p["sealed"])
             self._open.pop(p["nid"], None)
-            self._register(p["nid"], "handshake", o.products, first=False)
             yield from self._deliver(msg, p["nid"], o.products, price, o.neg.seal_bill, "normal")
         else:
             raise _Refusal("bad_request", f"a SPEED vendor does not take mtype 0x{code:04x}")
@@ -224,10 +225,9 @@ class VendorCore:
     def _prices(self, products: list[str]) -> tuple[sm.Price, sm.Price]:
         total, floor, currency = 0, 0, None
         for name in products:
-            raw = get(self.store, CATALOGUE, name.encode())
-            if raw is None:
+            rec = self.catalogue.get(name)
+            if rec is None:
                 raise _Refusal("unknown_product", f"this vendor sells no {name!r}: ask for its catalogue")
-            rec = _PRODUCT.decode(raw)
             price, fl = sm.Price.of(rec["price"]), sm.Price.of(rec["floor"])
             if currency not in (None, price.currency):
                 raise _Refusal("mixed_currencies", "those products are priced in different currencies: buy them apart")
@@ -237,7 +237,11 @@ class VendorCore:
         assert currency is not None
         return sm.Price(currency, total), sm.Price(currency, floor)
 
-    def _register(self, nid: bytes, state: str, products: list[str], *, first: bool) -> None:
+    def _register(
+        self, nid: bytes, state: str, products: list[str], *, first: bool, sale: tuple[bytes, bytes] | None = None
+    ) -> None:
+        """Record ``nid`` in the register (durable, first wins): ``open`` once, then ``delivered`` once, with
+        the sale (PaymentOrderID, record) in the same transaction."""
         rec = _NID_REC.encode({"state": state, "products": products})
         with self.store.transaction() as txn:
             old = txn.get(REGISTER, nid)
@@ -246,6 +250,8 @@ class VendorCore:
             if not first and (old is None or _NID_REC.decode(old)["state"] != "open"):
                 raise _Refusal("handshake_seen", "that Handshake was taken already: no second delivery (paper 5.3)")
             txn.put(REGISTER, nid, rec)
+            if sale is not None:
+                txn.put(SALES, *sale)
 
     def _request(self, msg: Message, sealed: bytes) -> Message:
         f, customer = self._signed_request(sealed, sm.INFO_REQUEST, sm.NEGOTIATION_REQUEST, "NegotiationRequest")
@@ -279,7 +285,7 @@ class VendorCore:
             raise _Refusal(
                 "wrong_price", f"the price of that purchase is {list_price} (aggressive mode: no bargaining)"
             )
-        self._register(f["nid"], "delivered", products, first=True)
+        self._register(f["nid"], "open", products, first=True)
 
         def seal(signed_bill: bytes) -> bytes:
             return sm.seal_to(customer, signed_bill, sm.INFO_BILL)
@@ -289,10 +295,11 @@ class VendorCore:
     def _deliver(self, msg: Message, nid: bytes, products: list[str], price: sm.Price,
                  seal: Callable[[bytes], bytes], mode: str) -> Iterator[Message]:  # fmt: skip
         k, rec_key = self.rng(sm.KEY_BYTES), self.rng(sm.KEY_BYTES)
-        contents = [_PRODUCT.decode(get(self.store, CATALOGUE, p.encode()) or b"")["content"] for p in products]
+        contents = [self.catalogue[p]["content"] for p in products]
         sizes = [len(c) for c in contents]
         poid = sm.make_poid(self.vendor_id, nid)
-        put(self.store, SALES, poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
+        sale = (poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
+        self._register(nid, "delivered", products, first=False, sale=sale)  # before anything is sent
         yield _reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
         h = sm.DeliveryHash()
         for i, content in enumerate(contents):
