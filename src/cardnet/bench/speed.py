@@ -104,10 +104,20 @@ class Net:
             sb.add_customer(bstore, f"C-{i}", uid, sm.Price("EUR", 10**12))
             self.cards.append(LocalCard(card, PIN))
         self.stores = (bstore, vstore)
+        self._customers: dict[int, Customer] = {}
         self.broker_addr = self.vendor_addr = ""
 
     def customer(self, i: int) -> Customer:
-        return Customer(AsyncLocalCard(self.cards[i]), b"", self.roots)
+        """Customer ``i``, who keeps its connections to the vendor and the broker between purchases."""
+        c = self._customers.get(i)
+        if c is None:
+            c = self._customers[i] = Customer(AsyncLocalCard(self.cards[i]), b"", self.roots, keep_links=True)
+        return c
+
+    async def forget_links(self) -> None:
+        for c in self._customers.values():
+            await c.close()
+        self._customers.clear()
 
     async def key_and_load(self, i: int) -> None:
         card = self.cards[i]
@@ -164,6 +174,7 @@ def ops_per_purchase(net: Net, mode: str) -> dict[str, int]:
                 await net.buy(0, SMALL, mode)
             return dict(counts)
         finally:
+            await net.forget_links()
             await vs.aclose()
             await bs.aclose()
 
@@ -234,6 +245,7 @@ async def _live(net: Net, seconds: float, idle: int, say: Progress) -> dict[str,
         out["delivery_mb_per_s"] = delivery
         return out
     finally:
+        await net.forget_links()
         broker.stop()
         vendor.stop()
 

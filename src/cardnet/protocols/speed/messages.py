@@ -38,6 +38,7 @@ sizes are in the bill).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -145,13 +146,24 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def vendor_id(cert_der: bytes) -> bytes:
-    """VendorID: SHA-256 of the (uncompressed SEC1) public key in the vendor's certificate."""
+@functools.lru_cache(maxsize=1024)
+def _public_key(cert_der: bytes) -> profile.PublicKey:
+    """The key of a certificate (parsed once: a party meets the same few certificates again and again)."""
     try:
         key = pki.cert_from_der(cert_der).public_key()
     except Exception as exc:  # a certificate that does not parse
-        raise _fail("bad_certificate", f"the vendor's certificate does not parse: {exc}") from None
-    return profile.sha256(profile.public_bytes(key))  # type: ignore[arg-type]
+        raise _fail("bad_certificate", f"the certificate does not parse: {exc}") from None
+    return key  # type: ignore[return-value]
+
+
+def vendor_id(cert_der: bytes) -> bytes:
+    """VendorID: SHA-256 of the (uncompressed SEC1) public key in the vendor's certificate."""
+    return _vendor_id(bytes(cert_der))
+
+
+@functools.lru_cache(maxsize=1024)
+def _vendor_id(cert_der: bytes) -> bytes:
+    return profile.sha256(profile.public_bytes(_public_key(cert_der)))
 
 
 def make_poid(vid: bytes, nid: bytes) -> bytes:
@@ -171,8 +183,8 @@ def check_products(products: object) -> list[str]:
     if not isinstance(products, list) or not 1 <= len(products) <= MAX_PRODUCTS:
         raise _fail("bad_products", f"a purchase names 1..{MAX_PRODUCTS} product ids")
     for p in products:
-        if not isinstance(p, str) or not 1 <= len(p) <= MAX_PRODUCT_ID or not p.isprintable():
-            raise _fail("bad_products", f"a product id is 1..{MAX_PRODUCT_ID} printable characters, got {p!r:.80}")
+        if not isinstance(p, str) or not 1 <= len(p.encode()) <= MAX_PRODUCT_ID or not p.isprintable():
+            raise _fail("bad_products", f"a product id is 1..{MAX_PRODUCT_ID} bytes of printable text, got {p!r:.80}")
     return products
 
 
@@ -327,7 +339,7 @@ def _mac(sign_key: bytes, prefix: bytes, counter: int, content: bytes) -> bytes:
 
 def seal_to(cert_der: bytes, content: bytes, info: bytes) -> bytes:
     """``{content}_X``: HPKE to the key in X's certificate."""
-    return profile.hpke_seal(pki.cert_from_der(cert_der).public_key(), content, info)  # type: ignore[arg-type]
+    return profile.hpke_seal(_public_key(bytes(cert_der)), content, info)
 
 
 def open_with(opener: Callable[[bytes, bytes], bytes], sealed: bytes, info: bytes, what: str) -> bytes:
@@ -360,6 +372,8 @@ def _product_counter(product: int, index: int) -> int:
 def encrypt_chunks(k: bytes, product: int, data: bytes, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     """``|Product|_K`` of product number ``product`` (0..15), one ciphertext per plaintext chunk."""
     aead = profile.CounterAead(k, NONCE_PRODUCT)
+    if chunk_count(len(data), chunk) >= 2**32:  # the chunk number is the low 32 bits of the nonce counter
+        raise _fail("too_large", "a product is at most 2^32 chunks")
     for i in range(chunk_count(len(data), chunk)):
         yield aead.seal(_product_counter(product, i), data[i * chunk : (i + 1) * chunk], NONCE_PRODUCT)
 

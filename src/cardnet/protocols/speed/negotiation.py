@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.messages import Price
+from cardnet.wire import DecodeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,11 @@ class _Side:
         except ProtocolError as exc:
             self.done = True  # an active attack (paper 5.3): the negotiation ends
             raise ProtocolError(exc.reason, f"{exc} (expected SeqN {counter}): negotiation ended") from None
-        step = sm.decode(sm.NEGOTIATION_STEP, raw, what)
+        try:
+            step = sm.decode(sm.NEGOTIATION_STEP, raw, what)
+        except DecodeError:
+            self.done = True  # authentic but malformed: only the other key holder could send it; it ends here
+            raise
         if step["nid"] != self.nid or step["seqn"] != counter:
             self.done = True
             raise ProtocolError("replayed", f"the {what} is not the next of this negotiation: negotiation ended")
@@ -170,9 +175,10 @@ class _Side:
         return step
 
     def _seal(self, prefix: bytes, price: Price, last: bool, end: bool = False) -> bytes:
-        self.seqn += 1
-        if self.seqn > sm.MAX_SEQN:
+        if self.seqn + 1 > sm.MAX_SEQN:
+            self.done = True
             raise ProtocolError("too_long", f"a negotiation takes at most {sm.MAX_SEQN} messages")
+        self.seqn += 1
         return sm.sym_seal(self.enkey, prefix, self.seqn, _step(self.nid, self.seqn, price, last, end),
                            sign_key=self.signkey)  # fmt: skip
 
@@ -231,7 +237,8 @@ class CustomerNegotiation(_Side):
 
 @dataclass(slots=True)
 class VendorNegotiation(_Side):
-    """The vendor's side, made from a NegotiationRequest it opened and checked (:func:`accept_request`)."""
+    """The vendor's side, made from a NegotiationRequest it opened and checked (the vendor service does:
+    :meth:`cardnet.services.speed.vendor.VendorCore._request`)."""
 
     products: list[str] = field(default_factory=list)
     offered: Price | None = None  # this vendor's last offer: the only price a Handshake may carry

@@ -15,9 +15,10 @@ the receipt; the product never enters the card.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,10 +230,39 @@ class Customer:
     rng: Callable[[int], bytes] = os.urandom
     clock: Callable[[], float] = time.time
     journal: Journal | None = None  # purchases under way, kept so that they can be finished after a crash
+    keep_links: bool = False  # keep the connections to vendors and brokers open between purchases (close())
+
+    def __post_init__(self) -> None:
+        self._links: dict[str, _Link] = {}
+
+    @contextlib.asynccontextmanager
+    async def _connected(self, address: str, who: str) -> AsyncIterator[_Link]:
+        """A connection to ``address``: a new one, or (``keep_links``) the one kept from an earlier purchase; a
+        connection that failed, or one left in the middle of an exchange, is closed and never reused."""
+        link = self._links.pop(address, None)
+        if link is None:
+            link = _Link(address, who)
+            await link.__aenter__()
+        try:
+            yield link
+        except BaseException:
+            await link.__aexit__()
+            raise
+        if self.keep_links:
+            self._links[address] = link
+        else:
+            await link.__aexit__()
+
+    async def close(self) -> None:
+        """Close the connections kept open (``keep_links``)."""
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            with contextlib.suppress(Exception):
+                await link.__aexit__()
 
     async def catalogue(self, vendor: str) -> tuple[bytes, list[dict[str, Any]]]:
         """The vendor's certificate (checked: role service) and its signed catalogue entries, read."""
-        async with _Link(vendor, "vendor") as v:
+        async with self._connected(vendor, "vendor") as v:
             _, items = await v.ask(fr.CATALOGUE, fr.ITEMS)
         pki.verified(items["cert"], self.roots, now=self.clock(), role=pki.Role.SERVICE)
         return items["cert"], [cat.read(e, items["cert"]) for e in items["entries"]]
@@ -244,15 +274,15 @@ class Customer:
         """Buy ``products`` from ``vendor`` (HOST:PORT) and pay through ``broker``.
 
         ``vendor_cert`` (the vendor's certificate) and ``price`` (the list price, aggressive mode) save asking the
-        vendor's catalogue first. Normal mode negotiates with ``strategy`` (default: accept at or below ``limit``); aggressive mode
-        buys at the vendor's list price, which must not exceed ``limit``.
+        vendor's catalogue first. Normal mode negotiates with ``strategy`` (default: accept at or below
+        ``limit``); aggressive mode buys at the vendor's list price, which must not exceed ``limit``.
         """
         entries: list[dict[str, Any]] = []
         if vendor_cert is None or (mode == "aggressive" and price is None):
             vendor_cert, entries = await self.catalogue(vendor)
         vid = sm.vendor_id(vendor_cert)
         nid = self.rng(sm.NID_BYTES)
-        async with _Link(vendor, "vendor") as v:
+        async with self._connected(vendor, "vendor") as v:
             if mode == "normal":
                 if strategy is None:
                     if limit is None:
@@ -325,7 +355,7 @@ class Customer:
 
     async def _resent(self, rec: Pending, bill: dict[str, Any]) -> Purchase:
         """The receipt of a purchase the card paid, from the broker's register (paper 5.7)."""
-        async with _Link(rec.broker, "broker") as b:
+        async with self._connected(rec.broker, "broker") as b:
             _, got = await b.ask(fr.RESEND, fr.RECEIPT, poid=bill["poid"])
         return self._finish(rec, bill, bill["poid"], got["sealed"], rec.bill, b"")
 
@@ -373,7 +403,7 @@ class Customer:
                 raise
             return await self._resent(rec, bill)  # paid long ago (the card keeps only the register entry)
         poid, benc, bsign = order["poid"], rec.benc, rec.bsign
-        async with _Link(rec.broker, "broker") as b:
+        async with self._connected(rec.broker, "broker") as b:
             kind, got = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
                                     sealed=sm.seal_to(rec.broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
             if kind is fr.PURSE:
