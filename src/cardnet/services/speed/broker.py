@@ -46,7 +46,7 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
-from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, put, scan
+from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
@@ -55,6 +55,7 @@ log = logging.getLogger("cardnet.speed.broker")
 
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
 MAX_RECEIPTS_PAGE = 256
+MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
 _ACCOUNT = Schema(
     "sb.account",
@@ -152,6 +153,7 @@ class BrokerCore:
         self.cert = _cfg(store, b"cert")
         self.roots = ROOTS.decode(_cfg(store, b"roots"))["roots"]
         sam.ask(sa.INIT, sa.READY)
+        self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
 
     def handle(self, msg: Message) -> Message:
         try:
@@ -195,8 +197,12 @@ class BrokerCore:
         raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
 
     def _get_order(self, poid: bytes) -> dict[str, Any] | None:
+        """A paid order (durable), or one authorised since this broker started (in memory: the SAM holds what
+        must survive a crash, and the customer's retry of the same order rebuilds it)."""
         raw = get(self.store, ORDERS, poid)
-        return None if raw is None else dict(_ORDER.decode(raw))
+        if raw is not None:
+            return dict(_ORDER.decode(raw))
+        return self._authorised.get(poid)
 
     def _account(self, txn: Any, account: str) -> dict[str, Any]:
         raw = txn.get(ACCOUNTS, account.encode())
@@ -252,7 +258,9 @@ class BrokerCore:
         answer = sm.sym_seal(mode["benc"], sm.NONCE_B_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s2}),
                              sign_key=mode["bsign"])  # fmt: skip
         rec.update(s1=mode["s1"], answer=answer, benc=mode["benc"], bsign=mode["bsign"])
-        put(self.store, ORDERS, poid, _ORDER.encode(rec))
+        self._authorised[poid] = rec
+        while len(self._authorised) > MAX_AUTHORISED:
+            self._authorised.pop(next(iter(self._authorised)))
         return _reply(msg, fr.PURSE, poid=poid, sealed=answer)
 
     def _receipt(self, poid: bytes, rec: dict[str, Any]) -> bytes:
@@ -292,7 +300,8 @@ class BrokerCore:
     def _s3(self, msg: Message, poid: bytes, sealed: bytes) -> Message:
         o = self._get_order(poid)
         if o is None or o["kind"] != "purse":
-            raise _Refusal("no_order", "no purse payment was authorised under that PaymentOrderID")
+            raise _Refusal("no_order", "no purse payment is authorised under that PaymentOrderID: send the payment "
+                           "order again (the broker may have restarted)")  # fmt: skip
         if o["state"] == "paid":
             return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
         step = sm.decode(sm.PURSE_STEP, sm.sym_open(o["benc"], sm.NONCE_C_PURSE, 0, sealed, sign_key=o["bsign"],
@@ -302,6 +311,7 @@ class BrokerCore:
         self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
         with self.store.transaction() as txn:
             receipt = self._paid(txn, poid, o)
+        self._authorised.pop(poid, None)
         return _reply(msg, fr.RECEIPT, poid=poid, sealed=receipt)
 
     def _load(self, msg: Message, l1_raw: bytes, account: str) -> Message:

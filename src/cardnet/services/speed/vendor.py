@@ -208,7 +208,7 @@ class VendorCore:
         o = self._open.get(nid)
         if o is None:
             seen = get(self.store, REGISTER, nid)
-            if seen is not None and _NID_REC.decode(seen)["state"] != "open":
+            if seen is not None:
                 raise _Refusal("handshake_seen", "that negotiation ended in a delivery already: no second one (5.3)")
             raise _Refusal("no_negotiation", "no negotiation open under that NID (over, or the vendor restarted)")
         return o
@@ -237,27 +237,24 @@ class VendorCore:
         assert currency is not None
         return sm.Price(currency, total), sm.Price(currency, floor)
 
-    def _register(
-        self, nid: bytes, state: str, products: list[str], *, first: bool, sale: tuple[bytes, bytes] | None = None
-    ) -> None:
-        """Record ``nid`` in the register (durable, first wins): ``open`` once, then ``delivered`` once, with
-        the sale (PaymentOrderID, record) in the same transaction."""
-        rec = _NID_REC.encode({"state": state, "products": products})
+    def _fresh_nid(self, nid: bytes) -> None:
+        """Refuse an NID this vendor has delivered under (the durable register) or is negotiating under now."""
+        if nid in self._open or get(self.store, REGISTER, nid) is not None:
+            raise _Refusal("nid_used", "this vendor has seen that NID: draw another (PaymentOrderIDs are unique)")
+
+    def _delivered(self, nid: bytes, products: list[str], sale: tuple[bytes, bytes]) -> None:
+        """Record the delivery under ``nid`` and its sale (PaymentOrderID, record) durably, first wins, before
+        anything of it is sent: a PaymentOrderID names one delivery, and a replayed Handshake gets none."""
         with self.store.transaction() as txn:
-            old = txn.get(REGISTER, nid)
-            if first and old is not None:
-                raise _Refusal("nid_used", "this vendor has seen that NID: draw another (PaymentOrderIDs are unique)")
-            if not first and (old is None or _NID_REC.decode(old)["state"] != "open"):
-                raise _Refusal("handshake_seen", "that Handshake was taken already: no second delivery (paper 5.3)")
-            txn.put(REGISTER, nid, rec)
-            if sale is not None:
-                txn.put(SALES, *sale)
+            if not txn.insert(REGISTER, nid, _NID_REC.encode({"state": "delivered", "products": products})):
+                raise _Refusal("handshake_seen", "that NID has had its delivery already: no second one (paper 5.3)")
+            txn.put(SALES, *sale)
 
     def _request(self, msg: Message, sealed: bytes) -> Message:
         f, customer = self._signed_request(sealed, sm.INFO_REQUEST, sm.NEGOTIATION_REQUEST, "NegotiationRequest")
         products = sm.check_products(f["products"])
         list_price, floor = self._prices(products)
-        self._register(f["nid"], "open", products, first=True)
+        self._fresh_nid(f["nid"])
         neg = VendorNegotiation(
             nid=f["nid"], enkey=f["enkey"], signkey=f["signkey"], strategy=PriceList(list_price, floor),
             products=products, customer_cert=customer, vendor_id=self.vendor_id,
@@ -285,7 +282,7 @@ class VendorCore:
             raise _Refusal(
                 "wrong_price", f"the price of that purchase is {list_price} (aggressive mode: no bargaining)"
             )
-        self._register(f["nid"], "open", products, first=True)
+        self._fresh_nid(f["nid"])
 
         def seal(signed_bill: bytes) -> bytes:
             return sm.seal_to(customer, signed_bill, sm.INFO_BILL)
@@ -299,7 +296,7 @@ class VendorCore:
         sizes = [len(c) for c in contents]
         poid = sm.make_poid(self.vendor_id, nid)
         sale = (poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
-        self._register(nid, "delivered", products, first=False, sale=sale)  # before anything is sent
+        self._delivered(nid, products, sale)
         yield _reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
         h = sm.DeliveryHash()
         for i, content in enumerate(contents):
