@@ -97,3 +97,64 @@ def test_aggressive_mode_several_products_paid_from_the_purse(world: World) -> N
             await bs.aclose()
 
     asyncio.run(go())
+
+
+def test_a_debit_the_broker_lost_is_settled_from_the_sams_log_and_the_customer_still_gets_the_receipt(
+    world: World, tmp_path: Path
+) -> None:
+    """The broker stops between the SAM's log of the proof of debit and its own record of the payment: the
+    purse was debited, the vendor not yet credited. Settlement credits the vendor from the SAM's log, once; the
+    customer who comes back with the same payment order gets the receipt, and nobody is paid twice."""
+    from cardnet.applets.speed import conductor as co
+    from cardnet.applets.speed import purse as pa
+    from cardnet.applets.speed import sam as sa
+    from cardnet.protocols.speed import frames as fr
+    from cardnet.services.speed import broker as sb
+    from cardnet.services.speed.customer import Journal
+    from cardnet.wire import Uid
+
+    w = world
+    w.customer.journal = Journal(tmp_path / "journal")
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            await load_purse(w, 1000)
+            with pytest.raises(PurchaseError) as e:  # the broker cannot be reached: the card has made its order
+                await w.customer.buy(w.vendor_addr, "127.0.0.1:1", ["news-1 Today's paper"],
+                                     broker_cert=w.broker_cert, limit=sm.Price(EUR, 100))  # fmt: skip
+            assert e.value.reason == "unreachable"
+            [rec] = w.customer.journal.pending()
+            order = w.card.ask(co.PAY, co.ORDER, bill=rec.bill, vendor_cert=rec.vendor_cert, kind="purse",
+                               benc=rec.benc, bsign=rec.bsign)  # fmt: skip
+            me = Uid(bytes(12), 0)
+            got = w.broker.handle(fr.ORDER.make(me, me, sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER)))
+            s2 = sm.decode(sm.PURSE_STEP, sm.sym_open(rec.benc, sm.NONCE_B_PURSE, 0, fr.PURSE.parse(got)["sealed"],
+                                                      sign_key=rec.bsign, what="S2"), "S2")["s"]  # fmt: skip
+            s3 = w.card.ask(pa.DEBIT, pa.S3_IS, s2=s2)["s3"]
+            w.broker.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=s3)  # ... and the broker stops here
+            assert w.balance() == 1000 - 80
+            assert w.broker.balances()["V-1"] == {}
+            restarted = sb.BrokerCore(w.broker.store, w.broker.sam, clock=w.broker.clock)
+            day = int(T0 // 86400)
+            assert restarted.settle(day) == 1
+            assert restarted.settle(day) == 0  # once
+            assert restarted.balances()["V-1"] == {EUR: 80} == restarted.sam_totals(day)
+            w.broker = restarted
+            await bs.aclose()
+            bs2 = sb.BrokerServer(restarted)
+            host, port = await bs2.start()
+            rec.broker = f"{host}:{port}"
+            w.customer.journal.save(rec)
+            try:
+                [done] = await w.customer.recover()  # the customer comes back: the same order, the receipt
+            finally:
+                await bs2.aclose()
+            assert done.contents == [b"the news of the day" * 10] and done.price == sm.Price(EUR, 80)
+            assert restarted.balances()["V-1"] == {EUR: 80}  # not credited twice
+            assert w.balance() == 1000 - 80
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())

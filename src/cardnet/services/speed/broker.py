@@ -54,6 +54,8 @@ from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Sch
 log = logging.getLogger("cardnet.speed.broker")
 
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
+SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
+SETTLE_EVERY_S = 60.0
 MAX_RECEIPTS_PAGE = 256
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
@@ -85,6 +87,17 @@ _ORDER = Schema(
         Field(15, "chunk", UInt(sm.MAX_PRODUCT_BYTES)),
         Field(16, "vendor_cert", Bytes(4096, 1)),
         Field(17, "verdict", Text(1024), optional=True),  # a complaint upheld (the refund was made)
+    ],
+)
+
+
+_SETTLED = Schema(
+    "sb.settled",
+    [
+        Field(0, "account", Text(sm.MAX_ACCOUNT)),
+        Field(1, "currency", Text(3)),
+        Field(2, "amount", UInt(pp.MAX_AMOUNT)),
+        Field(3, "day", UInt()),
     ],
 )
 
@@ -246,6 +259,12 @@ class BrokerCore:
             "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"], "hp": bill["hp"], "hc": bill["hc"],
             "sizes": bill["sizes"], "chunk": bill["chunk"], "vendor_cert": bill_signed.signer_cert_der,
         }  # fmt: skip
+        if mode["kind"] == "purse" and get(self.store, SETTLED, poid) is not None:
+            # settled from the SAM's log (the broker lost this payment between the SAM's log and its own record):
+            # the purse was debited and the vendor credited; the customer who comes back gets the receipt
+            with self.store.transaction() as txn:
+                sealed = self._paid(txn, poid, rec)
+            return _reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
         if mode["kind"] == "account":
             return self._pay_from_account(msg, poid, rec, mode.get("account"), customer, price)
         if mode["kind"] != "purse" or not {"benc", "bsign", "s1"} <= mode.keys():
@@ -269,12 +288,14 @@ class BrokerCore:
         return sm.sym_seal(rec["rec_key"], sm.NONCE_RECEIPT, 0, signed)
 
     def _paid(self, txn: Any, poid: bytes, rec: dict[str, Any]) -> bytes:
-        """Mark ``rec`` paid, credit the vendor, keep the receipt (in ``txn``); the sealed receipt."""
+        """Mark ``rec`` paid, credit the vendor (unless settlement did, from the SAM's log), keep the receipt (in
+        ``txn``); the sealed receipt."""
         price = sm.Price.of(rec["price"])
-        vendor = self._account(txn, rec["account"])
-        bal = _balances(vendor)
-        bal[price.currency] = bal.get(price.currency, 0) + price.amount
-        _put_txn(txn, rec["account"], vendor["owner"], bal)
+        if txn.get(SETTLED, poid) is None:
+            vendor = self._account(txn, rec["account"])
+            bal = _balances(vendor)
+            bal[price.currency] = bal.get(price.currency, 0) + price.amount
+            _put_txn(txn, rec["account"], vendor["owner"], bal)
         rec["state"] = "paid"
         rec["receipt"] = self._receipt(poid, rec)
         txn.put(ORDERS, poid, _ORDER.encode(rec))
@@ -380,6 +401,44 @@ class BrokerCore:
             txn.put(ORDERS, poid, _ORDER.encode(o))
         return _reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
+    # -- settlement ---------------------------------------------------------------------------------------------
+    def settle(self, day: int) -> int:
+        """Credit the vendor of every purse debit the SAM logged on ``day`` that the register does not show paid;
+        the number settled. That happens when the broker stopped between the SAM's log and its own transaction
+        and the customer has not come back: the purse was debited, so the vendor is paid (the SAM's log is the
+        evidence); a customer who comes back with the payment order gets the receipt, and nothing is paid twice.
+        """
+        settled = 0
+        start: int | None = None
+        while True:
+            page = self.sam.ask(sa.LOG, sa.ENTRIES, day=day, **({} if start is None else {"start": start}))
+            for e in page["entries"]:
+                if e["kind"] != "debit" or "poid" not in e:
+                    continue
+                poid = e["poid"]
+                with self.store.transaction() as txn:
+                    if txn.get(ORDERS, poid) is not None or txn.get(SETTLED, poid) is not None:
+                        continue
+                    vid, _ = sm.split_poid(poid)
+                    account = self._vendor_account(txn, vid)
+                    vendor = self._account(txn, account)
+                    bal = _balances(vendor)
+                    bal[e["currency"]] = bal.get(e["currency"], 0) + e["amount"]
+                    _put_txn(txn, account, vendor["owner"], bal)
+                    txn.put(SETTLED, poid, _SETTLED.encode({"account": account, "currency": e["currency"],
+                                                            "amount": e["amount"], "day": day}))  # fmt: skip
+                settled += 1
+            start = page.get("next")
+            if start is None:
+                return settled
+
+    @staticmethod
+    def _vendor_account(txn: Any, vid: bytes) -> str:
+        for k, v in txn.scan(ACCOUNTS):
+            if _ACCOUNT.decode(v)["owner"] == vid:
+                return str(k.decode())
+        raise _Refusal("unknown_vendor", f"no account belongs to the vendor {vid.hex()[:16]}...")
+
     # -- what the operator reads -----------------------------------------------------------------------------
     def balances(self) -> dict[str, dict[str, int]]:
         return balances(self.store)
@@ -406,13 +465,35 @@ class BrokerServer:
         self.core = core
         self._server = TcpServer(server_limits=server_limits)
         self._lock = asyncio.Lock()
+        self._settler: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        await self._settle()
         await self._server.start(host, port, self._serve)
+        self._settler = asyncio.get_running_loop().create_task(self._settling())
         return self._server.address
 
     async def aclose(self) -> None:
+        if self._settler is not None:
+            self._settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settler
         await self._server.aclose()
+
+    async def _settle(self) -> None:
+        """Settle yesterday and today (see :meth:`BrokerCore.settle`)."""
+        today = int(self.core.clock() // sa.DAY_S)
+        async with self._lock:
+            for day in (today - 1, today):
+                n = await asyncio.to_thread(self.core.settle, day)
+                if n:
+                    log.warning("settled %d purse debit(s) of day %d from the SAM's log", n, day)
+
+    async def _settling(self) -> None:
+        while True:
+            await asyncio.sleep(SETTLE_EVERY_S)
+            with contextlib.suppress(CardnetError, _Refusal):
+                await self._settle()
 
     async def _serve(self, conn: TcpConnection) -> None:
         with contextlib.suppress(BrokenError, ClosedError):
