@@ -83,7 +83,7 @@ RECEIPT_FOR_VENDOR = register(
     0x061A,
     "speed.vendor_receipts",
     P,
-    Schema("speed.vendor_receipts", [Field(0, "after", UInt())]),
+    Schema("speed.vendor_receipts", [Field(0, "after", UInt(2**63 - 1))]),  # a log position (SQLite: signed 64-bit)
 )
 
 # --- customer <-> broker ---------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ certificate and the catalogue (each entry signed: product id, list price, floor,
 * ``speed.catalogue`` -> ``speed.items`` (the vendor's certificate and the signed entries);
 * ``speed.request`` (normal): opens the NegotiationRequest (HPKE), checks the customer's signature and
   certificate (role device, the vendor's CA), refuses a request meant for another vendor (VendorID, paper
-  5.4) and an NID it has seen (the register is durable: PaymentOrderIDs are unique), then answers the first
+  5.4) and an NID it has delivered under or is negotiating under, then answers the first
   NegotiationStep (:class:`~cardnet.protocols.speed.negotiation.VendorNegotiation`, strategy
   :class:`~cardnet.protocols.speed.negotiation.PriceList`);
 * ``speed.step``: the next step (negotiations live in memory: a vendor restart ends them, and the customer
   starts again with a new NID; nothing was paid);
-* ``speed.handshake_msg``: checks the Handshake (the customer's signature, this vendor's last offer), records
-  it (a replayed Handshake is refused: no second delivery, paper 5.3), draws K and RecKey, and delivers:
+* ``speed.handshake_msg``: checks the Handshake (the customer's signature, this vendor's last offer), draws K
+  and RecKey, records the delivery under the NID durably, first wins (so a PaymentOrderID names one delivery
+  and a replayed Handshake gets none, paper 5.3) with the sale, and only then delivers:
   ``speed.delivery`` (layout), ``speed.chunk`` for every ciphertext chunk of every product, and
   ``speed.bill_msg`` (the signed bill under EnKey);
 * ``speed.request`` (aggressive): the ProductRequest at the list price, the same checks, and the delivery at
