@@ -58,10 +58,12 @@ def _hex(value: str, n: int, what: str) -> bytes:
 
 
 def _listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit():
+    from cardnet.transport import host_port
+
+    try:
+        return host_port(value)
+    except ValueError:
         fail(f"--listen must be HOST:PORT, got {value!r}")
-    return host or "127.0.0.1", int(port)
 
 
 STORE = click.option("--store", required=True, help="The service's store: a file path or a store URL.")

@@ -37,7 +37,7 @@ from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
 from cardnet.store import Store
-from cardnet.transport import TransportError, dial
+from cardnet.transport import TransportError, dial, host_port
 from cardnet.wire import DecodeError, Message, Uid
 
 CFG, SECRETS, SCRIP, PENDING, VENDORS = "mw.cfg", "mw.sec", "mw.scrip", "mw.pend", "mw.vaddr"
@@ -61,11 +61,10 @@ class SpendResult:
 
 
 def _addr(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
     try:
-        return host or "127.0.0.1", int(port)
-    except ValueError:
-        raise WalletError("bad_address", f"{address!r} is not HOST:PORT") from None
+        return host_port(address)
+    except ValueError as exc:
+        raise WalletError("bad_address", str(exc)) from None
 
 
 async def _roundtrip(address: str, mtype: int, param: bytes) -> Message:

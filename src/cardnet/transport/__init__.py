@@ -20,7 +20,7 @@ from cardnet.transport.errors import BrokenError, ClosedError, TransportError
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, encode_frame
 from cardnet.transport.link import ReconnectingLink
 from cardnet.transport.memory import MemoryConnection, MemoryListener, MemoryNetwork, memory_pair
-from cardnet.transport.tcp import TcpConnection, TcpServer, dial, dialer
+from cardnet.transport.tcp import TcpConnection, TcpServer, dial, dialer, host_port
 from cardnet.transport.tls import tls_contexts
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "TcpServer",
     "TransportError",
     "dial",
+    "host_port",
     "dialer",
     "encode_frame",
     "memory_pair",

@@ -61,6 +61,14 @@ COLLECT_AFTER = 64  # a server runs a full garbage collection each time this man
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); an empty host is 127.0.0.1. ``ValueError`` saying so if it is not."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
 def _address(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str) and isinstance(value[1], int):
         return (value[0], value[1])

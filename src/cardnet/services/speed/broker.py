@@ -46,9 +46,10 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
+from cardnet.services.serving import SerialServer
 from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, scan
 from cardnet.store import Store
-from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
+from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
 
 log = logging.getLogger("cardnet.speed.broker")
@@ -458,32 +459,32 @@ def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:
         {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(bal.items())]}))  # fmt: skip
 
 
-class BrokerServer:
-    """:class:`BrokerCore` over TCP: one request at a time (a lock), in a worker thread."""
+class BrokerServer(SerialServer):
+    """:class:`BrokerCore` over TCP: one request at a time, and settlement (see :meth:`BrokerCore.settle`) when it
+    starts and every :data:`SETTLE_EVERY_S` seconds."""
 
     def __init__(self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
+        super().__init__(lambda msg: [core.handle(msg)], server_limits=server_limits)
         self.core = core
-        self._server = TcpServer(server_limits=server_limits)
-        self._lock = asyncio.Lock()
         self._settler: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         await self._settle()
-        await self._server.start(host, port, self._serve)
+        address = await super().start(host, port)
         self._settler = asyncio.get_running_loop().create_task(self._settling())
-        return self._server.address
+        return address
 
     async def aclose(self) -> None:
         if self._settler is not None:
             self._settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._settler
-        await self._server.aclose()
+        await super().aclose()
 
     async def _settle(self) -> None:
-        """Settle yesterday and today (see :meth:`BrokerCore.settle`)."""
+        """Settle yesterday and today."""
         today = int(self.core.clock() // sa.DAY_S)
-        async with self._lock:
+        async with self.lock:
             for day in (today - 1, today):
                 n = await asyncio.to_thread(self.core.settle, day)
                 if n:
@@ -494,11 +495,3 @@ class BrokerServer:
             await asyncio.sleep(SETTLE_EVERY_S)
             with contextlib.suppress(CardnetError, _Refusal):
                 await self._settle()
-
-    async def _serve(self, conn: TcpConnection) -> None:
-        with contextlib.suppress(BrokenError, ClosedError):
-            while True:
-                msg = await conn.recv()
-                async with self._lock:
-                    reply = await asyncio.to_thread(self.core.handle, msg)
-                await conn.send(reply)

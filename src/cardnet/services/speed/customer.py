@@ -34,7 +34,7 @@ from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Agreed, CustomerNegotiation, Ended, LimitStrategy, Sent, Strategy
 from cardnet.services.speed.vendor import open_receipt
-from cardnet.transport import TransportError, dial
+from cardnet.transport import TransportError, dial, host_port
 from cardnet.wire import DecodeError, Message, MType, Uid
 from cardnet.wire.cbor import dumps, loads_one
 
@@ -174,11 +174,10 @@ class Journal:
 
 
 def _addr(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
     try:
-        return host or "127.0.0.1", int(port)
-    except ValueError:
-        raise PurchaseError("bad_address", f"{address!r} is not HOST:PORT") from None
+        return host_port(address)
+    except ValueError as exc:
+        raise PurchaseError("bad_address", str(exc)) from None
 
 
 class _Link:

@@ -27,8 +27,6 @@ The sale (K, RecKey, price) is kept so the vendor can open the broker's receipts
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -44,8 +42,9 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNegotiation
+from cardnet.services.serving import SerialServer
 from cardnet.store import Store
-from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
+from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, MType, Nested, Schema, Text
 
 log = logging.getLogger("cardnet.speed.vendor")
@@ -345,26 +344,9 @@ def _refused(msg: Message, reason: str, detail: str) -> Message:
     return _reply(msg, fr.REFUSED, reason=reason[:64], detail=detail[:1024])
 
 
-class VendorServer:
-    """:class:`VendorCore` over TCP: one request at a time per vendor (a lock), frames sent as they are made."""
+class VendorServer(SerialServer):
+    """:class:`VendorCore` over TCP: one request at a time per vendor, frames sent once made."""
 
     def __init__(self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
+        super().__init__(core.frames, server_limits=server_limits)
         self.core = core
-        self._server = TcpServer(server_limits=server_limits)
-        self._lock = asyncio.Lock()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        await self._server.start(host, port, self._serve)
-        return self._server.address
-
-    async def aclose(self) -> None:
-        await self._server.aclose()
-
-    async def _serve(self, conn: TcpConnection) -> None:
-        with contextlib.suppress(BrokenError, ClosedError):
-            while True:
-                msg = await conn.recv()
-                async with self._lock:
-                    frames = await asyncio.to_thread(self.core.frames, msg)
-                for f in frames:
-                    await conn.send(f)
