@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from speedworld import EUR, SONG, T0, World, load_purse, opened, serve
@@ -158,3 +159,50 @@ def test_a_debit_the_broker_lost_is_settled_from_the_sams_log_and_the_customer_s
             await bs.aclose()
 
     asyncio.run(go())
+
+
+def test_the_bill_the_payment_order_and_the_receipt_pass_openssl_cms_verify(
+    world: World, tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """An arbitrator with nothing but the CA certificate and openssl checks each party's evidence (item 5)."""
+    import subprocess
+
+    from conftest import openssl
+
+    w = world
+
+    async def go() -> Any:
+        vs, bs = await serve(w)
+        try:
+            await load_purse(w, 1000)
+            return await w.customer.buy(w.vendor_addr, w.broker_addr, ["ppv-1 Match key"], broker_cert=w.broker_cert,
+                                        limit=sm.Price(EUR, 1000))  # fmt: skip
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    got = asyncio.run(go())
+    bill = sm.decode(sm.BILL, cms.verify(got.bill).content, "bill")
+    receipt = sm.sym_open(bill["rec_key"], sm.NONCE_RECEIPT, 0, got.receipt, what="receipt")  # the signed receipt
+    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([ca.certificate]))
+    for name, der in (("bill", got.bill), ("payment-order", got.payment_order), ("receipt", receipt)):
+        (tmp_path / f"{name}.der").write_bytes(der)
+        out = tmp_path / f"{name}.content"
+        result = subprocess.run(
+            [openssl(), "cms", "-verify", "-inform", "DER", "-in", str(tmp_path / f"{name}.der"), "-CAfile",
+             str(tmp_path / "ca.pem"), "-purpose", "any", "-binary", "-attime", str(int(T0)), "-out", str(out)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert "Verification successful" in result.stderr
+        assert out.read_bytes() == cms.verify(der).content
+    assert sm.decode(sm.RECEIPT, cms.verify(receipt).content, "receipt")["poid"] == got.poid
+    # and a tampered one is refused by openssl too
+    bad = bytearray(got.bill)
+    bad[-10] ^= 1
+    (tmp_path / "bad.der").write_bytes(bytes(bad))
+    result = subprocess.run([openssl(), "cms", "-verify", "-inform", "DER", "-in", str(tmp_path / "bad.der"),
+                             "-CAfile", str(tmp_path / "ca.pem"), "-purpose", "any", "-binary",
+                             "-attime", str(int(T0)), "-out", str(tmp_path / "bad.content")],
+                            capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert result.returncode != 0

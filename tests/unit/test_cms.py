@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from cardnet.crypto import cms, pki, profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.crypto.pki import CertificateAuthority, Role
 from cardnet.wire.ids import Uid
+from conftest import openssl
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
@@ -287,18 +287,6 @@ def test_garbage_and_wrong_types() -> None:
 
 
 # --- the real openssl ---------------------------------------------------------------------------------
-
-
-def openssl() -> str:
-    """openssl's path; without it the test fails under CI (CI=true) and is skipped elsewhere."""
-    path = shutil.which("openssl")
-    if path is None:
-        reason = "openssl is not on PATH: the CMS interop tests need it (.ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " and CI=true, so this is a failure")
-        print(reason)
-        pytest.skip(reason)
-    return path
 
 
 def cms_verify(
