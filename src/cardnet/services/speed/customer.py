@@ -333,7 +333,7 @@ class Customer:
                       bsign=self.rng(32), steps=steps)  # fmt: skip
         if self.journal is not None:
             self.journal.save(rec)
-        return await self._pay(rec)
+        return await self._pay(rec, bill)
 
     async def recover(self) -> list[Purchase]:
         """Finish every purchase of the journal that was agreed and delivered but not yet paid and receipted
@@ -388,13 +388,15 @@ class Customer:
         _, b = await v.recv(fr.BILL)
         return chunks, b["sealed"]
 
-    async def _pay(self, rec: Pending) -> Purchase:
+    async def _pay(self, rec: Pending, bill: dict[str, Any] | None = None) -> Purchase:
+        """Pay ``rec`` (``bill``: its fields, when the caller has just checked them)."""
         fields: dict[str, Any] = {"bill": rec.bill, "vendor_cert": rec.vendor_cert, "kind": rec.payment}
         if rec.payment == "purse":
             fields.update(benc=rec.benc, bsign=rec.bsign)
         elif rec.account is not None:
             fields["account"] = rec.account
-        bill = sm.decode(sm.BILL, sm.signed(rec.bill, "bill", cert_der=rec.vendor_cert).content, "bill")
+        if bill is None:
+            bill = sm.decode(sm.BILL, sm.signed(rec.bill, "bill", cert_der=rec.vendor_cert).content, "bill")
         try:
             order = await self._card(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
         except PurchaseError as exc:
