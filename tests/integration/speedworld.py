@@ -16,11 +16,10 @@ from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.host.local import LocalCard
-from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
-from cardnet.services.speed.customer import AsyncLocalCard, Customer, _Link
+from cardnet.services.speed.customer import AsyncLocalCard, Customer, install_key, load
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 from conftest import NOW
@@ -104,10 +103,6 @@ async def serve(w: World) -> tuple[sv.VendorServer, sb.BrokerServer]:
 
 async def load_purse(w: World, amount: int) -> None:
     """The purse gets its key from the SAM and is loaded from the customer's account, all through the broker."""
-    async with _Link(w.broker_addr, "broker") as b:
-        _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=w.card.certificate_der)
-        w.card.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"])
-        l1 = w.card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=amount)["l1"]
-        _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account="C-1")
-        l3 = w.card.ask(pa.LOAD, pa.L3_IS, l2=l2["l"])["l3"]
-        await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
+    card = AsyncLocalCard(w.card)
+    assert await install_key(card, w.broker_addr)
+    assert await load(card, w.broker_addr, sm.Price(EUR, amount), "C-1") == 1

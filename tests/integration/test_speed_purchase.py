@@ -17,6 +17,7 @@ import pytest
 from speedworld import EUR, SONG, T0, World, load_purse, opened, serve
 
 from cardnet.crypto import cms, pki
+from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import PurchaseError
 
@@ -206,3 +207,34 @@ def test_the_bill_the_payment_order_and_the_receipt_pass_openssl_cms_verify(
                              "-attime", str(int(T0)), "-out", str(tmp_path / "bad.content")],
                             capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert result.returncode != 0
+
+
+def test_a_load_a_crash_interrupted_is_finished_once(world: World) -> None:
+    """The broker took the money and answered L2, and the customer's host crashed before the card took it: the
+    next load (or `finish_loads`) sends the card's pending L1 again, gets the same L2, and credits once."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.applets.speed import sam as sa
+    from cardnet.services.speed.customer import AsyncLocalCard, _Link, finish_loads, install_key, load
+
+    w = world
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            card = AsyncLocalCard(w.card)
+            await install_key(card, w.broker_addr)
+            l1 = w.card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500)["l1"]
+            async with _Link(w.broker_addr, "broker") as b:
+                await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account="C-1")  # ... and the host crashes here
+            assert w.balance() == 0 and w.broker.balances()["C-1"] == {EUR: 10_000 - 500}
+            assert await load(card, w.broker_addr, sm.Price(EUR, 100), "C-1") == 2  # the old one first
+            assert w.balance() == 600
+            assert await finish_loads(card, w.broker_addr, "C-1") == 0
+            assert w.broker.balances()["C-1"] == {EUR: 10_000 - 600}
+            sums = w.broker.sam.ask(sa.TOTALS, sa.SUMS, day=int(T0 // 86400))
+            assert {s["currency"]: s["amount"] for s in sums["loads"]} == {EUR: 600}
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())

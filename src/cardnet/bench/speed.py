@@ -48,11 +48,10 @@ from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.errors import CardnetError
 from cardnet.host.local import LocalCard
-from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
-from cardnet.services.speed.customer import AsyncLocalCard, Customer, _Link
+from cardnet.services.speed.customer import AsyncLocalCard, Customer, install_key, load
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
@@ -120,14 +119,9 @@ class Net:
         self._customers.clear()
 
     async def key_and_load(self, i: int) -> None:
-        card = self.cards[i]
-        async with _Link(self.broker_addr, "broker") as b:
-            _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=card.certificate_der)
-            await asyncio.to_thread(card.ask, pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"])
-            l1 = (await asyncio.to_thread(card.ask, pa.LOAD_BEGIN, pa.L1_IS, currency="EUR", amount=10**10))["l1"]
-            _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account=f"C-{i}")
-            l3 = (await asyncio.to_thread(card.ask, pa.LOAD, pa.L3_IS, l2=l2["l"]))["l3"]
-            await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
+        card = AsyncLocalCard(self.cards[i])
+        await install_key(card, self.broker_addr)
+        await load(card, self.broker_addr, sm.Price("EUR", 10**10), f"C-{i}")
 
     async def buy(self, i: int, product: str, mode: str = "normal") -> Any:
         return await self.customer(i).buy(self.vendor_addr, self.broker_addr, [product], broker_cert=self.broker_cert,

@@ -330,16 +330,10 @@ def purse() -> None:
 @_customer_command(purse, "key", BROKER)
 def purse_key(socket: str, pin: str | None, card: str | None, broker: str, as_json: bool) -> None:
     """Get the purse's key from the broker's SAM (sealed to your card) and install it, once."""
-    from cardnet.applets.speed import conductor as co
-    from cardnet.applets.speed import purse as pa
-    from cardnet.protocols.speed import frames as fr
-    from cardnet.services.speed.customer import _Link
+    from cardnet.services.speed.customer import install_key
 
     async def work(wallet: Any) -> dict[str, Any]:
-        cert = (await wallet.ask(co.CERTIFICATE, co.CERT))["cert"]
-        async with _Link(broker, "broker") as b:
-            _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=cert)
-        return dict(await wallet.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"]))
+        return {"fresh": await install_key(wallet, broker)}
 
     got = _run(socket, pin, card, work)
     say(as_json, got, "the purse has its key" if got["fresh"] else "the purse had that key already")
@@ -349,20 +343,15 @@ def purse_key(socket: str, pin: str | None, card: str | None, broker: str, as_js
                    click.option("--account", required=True, help="Your account at the broker."))  # fmt: skip
 def purse_load(socket: str, pin: str | None, card: str | None, broker: str, amount: str, account: str,
                as_json: bool) -> None:  # fmt: skip
-    """Load the purse from your account at the broker (the SAM authorises the credit)."""
-    from cardnet.applets.speed import purse as pa
-    from cardnet.protocols.speed import frames as fr
-    from cardnet.services.speed.customer import _Link
+    """Load the purse from your account at the broker (the SAM authorises the credit). A load a crash
+    interrupted is finished first."""
+    from cardnet.services.speed.customer import load
 
     price = _price(amount, "--amount")
 
     async def work(wallet: Any) -> dict[str, Any]:
-        l1 = (await wallet.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=price.currency, amount=price.amount))["l1"]
-        async with _Link(broker, "broker") as b:
-            _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account=account)
-            l3 = (await wallet.ask(pa.LOAD, pa.L3_IS, l2=l2["l"]))["l3"]
-            await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
-        return await _balances(wallet)
+        credited = await load(wallet, broker, price, account)
+        return {**await _balances(wallet), "loads": credited}
 
     got = _run(socket, pin, card, work)
     say(as_json, got, f"loaded {price}; the purse holds " + _words(got))

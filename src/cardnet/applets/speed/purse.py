@@ -9,6 +9,7 @@ that verified the PIN):
 * ``purse.load_begin {currency, amount}`` -> L1; ``purse.load {l2}`` -> the credit and L3.
 * ``purse.debit_begin {poid, currency, amount}`` -> S1; ``purse.debit {s2}`` -> the debit and S3.
 * ``purse.proofs``: the kept S3s and L3s (the newest 64 of each), to present to the SAM again after a crash.
+* ``purse.pending_loads``: the L1 of every load begun and not credited, to send the broker again after a crash.
 
 A step that debits (or credits) writes the balance, the pending record's removal and the kept proof together
 (one card step is one transaction), so a crash leaves the purse before or after the whole of it. Another applet
@@ -114,7 +115,9 @@ KEPT = register(
         [Field(0, "s3", ListOf(_MSG, pp.MAX_KEPT)), Field(1, "l3", ListOf(_MSG, pp.MAX_KEPT))],
     ),
 )
-ORDERS = (INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS)
+PENDING_LOADS = register(0x064E, "purse.pending_loads", P, Schema("purse.pending_loads", []), privileged=True)
+L1S = register(0x064F, "purse.l1s", P, Schema("purse.l1s", [Field(0, "l1", ListOf(_MSG, pp.MAX_PENDING))]))
+ORDERS = (INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS)
 
 # --- records ------------------------------------------------------------------------------------------------
 _CTR = Schema("purse.ctr", [Field(0, "n", UInt(pp.MAX_COUNTER + 1)), Field(1, "m", UInt(pp.MAX_COUNTER + 1))])
@@ -317,6 +320,9 @@ class PurseApplet(Applet):
             ctx.reply(S1_IS, s1=begin_debit(ctx, params["poid"], params["currency"], params["amount"]))
         elif code == DEBIT.code:
             ctx.reply(S3_IS, s3=finish_debit(ctx, params["s2"]))
+        elif code == PENDING_LOADS.code:
+            _, state = load_state(ctx)
+            ctx.reply(L1S, l1=[x.encode() for x in pp.pending_l1s(state, key=_key(ctx), uid=ctx.card_uid)])
         else:  # PROOFS
             _, state = load_state(ctx)
             s3s = sorted(state.proofs.values(), key=lambda s: s.n)

@@ -495,6 +495,16 @@ def begin_load(
     return replace(state, m=state.m + 1, loads=loads), l1
 
 
+def pending_l1s(state: PurseState, *, key: bytes, uid: Uid) -> list[L1]:
+    """The L1 of every load begun and not yet credited, oldest first: what a host sends the broker again after a
+    crash (the broker answers the L2 it gave for it, or gives one now). The same bytes as the first time: L1's MAC
+    is a function of its fields."""
+    return [
+        L1.make(key, uid=uid, m=m, rc=ld.rc, currency=ld.currency, amount=ld.amount)
+        for m, ld in sorted(state.loads.items())
+    ]
+
+
 def _check_credit(state: PurseState, currency: str, amount: int) -> Account:
     acc = state.accounts.get(currency)
     if acc is None:

@@ -219,6 +219,41 @@ class _Link:
         return await self.recv(*expected)
 
 
+async def install_key(card: CardOrders, broker: str) -> bool:
+    """Get the purse's key from the broker's SAM (sealed to the card) and install it; whether it was new."""
+    cert = (await card.ask(co.CERTIFICATE, co.CERT))["cert"]
+    async with _Link(broker, "broker") as b:
+        _, key = await b.ask(fr.ISSUE_KEY, fr.KEY, card_cert=cert)
+    return bool((await card.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"]))["fresh"])
+
+
+async def load(card: CardOrders, broker: str, price: sm.Price, account: str) -> int:
+    """Load ``price`` into the purse, paid from ``account`` at the broker (finishing first any load a crash
+    interrupted); the loads credited."""
+    l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=price.currency, amount=price.amount))["l1"]
+    return await finish_loads(card, broker, account, [l1])
+
+
+async def finish_loads(card: CardOrders, broker: str, account: str, extra: list[bytes] | None = None) -> int:
+    """Credit every load the purse has begun (its pending L1s): the broker answers the L2 it gave for an L1, or
+    takes the money and gives one now; the card credits once; the SAM logs the L3. The loads credited."""
+    new = list(extra or [])
+    pending = [x for x in (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] if x not in new]
+    done = 0
+    async with _Link(broker, "broker") as b:
+        for l1 in [*pending, *new]:
+            try:
+                _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account=account)
+            except PurchaseError as exc:
+                if l1 in new or exc.reason == "unreachable":
+                    raise
+                continue  # an old load the broker refuses (nothing moved for it): it stays refused
+            l3 = (await card.ask(pa.LOAD, pa.L3_IS, l2=l2["l"]))["l3"]
+            await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
+            done += 1
+    return done
+
+
 @dataclass
 class Customer:
     """Buys for the card behind ``card`` (see the module)."""
