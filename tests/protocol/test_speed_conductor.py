@@ -397,3 +397,32 @@ def test_an_account_payment_names_the_account_and_leaves_the_purse_alone(shop: S
     assert shop.alice.ask(pa.BALANCE, pa.BALANCES)["pending_debits"] == 0
     assert shop.pay(bill, kind="account", account="C-1") == order
     assert shop.pay_refused(shop.bill(nid, k=b"\x01" * 32), kind="account", account="C-1") == "already_paid"
+
+
+def test_past_its_bound_the_card_forgets_the_oldest_open_negotiation_not_a_random_one(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """33 negotiations signed and none paid: the first one opened is forgotten (its NID may be signed again), the
+    second and the newest are kept (their NIDs are refused as used)."""
+    c = Card(SqliteStore(str(tmp_path / "c.db")), applets=[pa.PurseApplet(), cd.ConductorApplet()])
+    personalise(c, ca, pin=PIN, now=NOW)
+    card = LocalCard(c, PIN, clock=NOW.timestamp)
+    vid = bytes(range(32))
+    nids = [i.to_bytes(8, "little") for i in range(cd.MAX_OPEN + 1)]  # opened in an order their keys do not sort in
+
+    def sign(nid: bytes) -> None:
+        content = sm.PRODUCT_REQUEST.encode(
+            {"nid": nid, "products": ["p"], "price": {"currency": "EUR", "amount": 1}, "vendor_id": vid}
+        )
+        card.ask(cd.SIGN_REQUEST, cd.SIGNED, mode="aggressive", content=content)
+
+    try:
+        for nid in nids:
+            sign(nid)
+        for kept in (nids[1], nids[-1]):
+            with pytest.raises(HostError) as e:
+                sign(kept)
+            assert e.value.reason == "nid_used"
+        sign(nids[0])  # forgotten: a new negotiation under it is taken (and now nids[1] is the oldest)
+    finally:
+        card.close()

@@ -24,9 +24,10 @@ verified the PIN):
   once); any other bill for a PaymentOrderID already paid is refused ``already_paid`` (paper 5.3).
 
 The S2/S3 exchange itself is the purse's (``purse.debit``). Records (table ``a.speed``): ``g:<poid>`` a
-negotiation or agreement (at most :data:`MAX_OPEN`), ``p:<poid>`` the register of paid orders (never deleted),
-``f:<poid>`` the whole PaymentOrder of the newest :data:`MAX_KEPT` paid orders and ``q:<seq>`` their order: an
-older paid order asked again is refused ``already_paid`` (its receipt comes from the broker's register).
+negotiation or agreement (at most :data:`MAX_OPEN`; ``h:<seq>`` their order, oldest first), ``p:<poid>`` the
+register of paid orders (never deleted), ``f:<poid>`` the whole PaymentOrder of the newest :data:`MAX_KEPT` paid
+orders and ``q:<seq>`` their order: an older paid order asked again is refused ``already_paid`` (its receipt
+comes from the broker's register).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ OPEN_BILL = register(
 BILL = register(0x0609, "speed.bill", P, Schema("speed.bill", [Field(0, "bill", Bytes(sm.MAX_SIGNED, 1))]))
 ORDERS = (SIGN_REQUEST, HANDSHAKE, PAY, CERTIFICATE, OPEN_BILL)
 
-MAX_OPEN = 32  # negotiations signed and not yet paid; a 33rd drops the oldest (by key) of them
+MAX_OPEN = 32  # negotiations signed and not yet paid; a 33rd drops the oldest of them
 MAX_KEPT = 16  # whole payment orders kept for recovery; older paid orders keep only their register entry
 
 _AGREEMENT = Schema(
@@ -125,6 +126,7 @@ _AGREEMENT = Schema(
         Field(1, "count", UInt(sm.MAX_PRODUCTS)),
         Field(2, "mode", Text(16)),
         Field(3, "price", Nested(_PRICE), optional=True),
+        Field(4, "seq", UInt(2**32 - 1)),  # its place in the order negotiations were opened (``h:<seq>``)
     ],
 )
 _PAID = Schema(
@@ -135,6 +137,11 @@ _PAID = Schema(
         Field(2, "s1", Bytes(MAX_MESSAGE_BYTES, 1), optional=True),
     ],
 )
+
+
+def _next_seq(rows: list[tuple[bytes, bytes]]) -> int:
+    """After the last of ``rows`` (keys ``x:<seq, 4 bytes>``, in order); a full counter starts again at 0."""
+    return (int.from_bytes(rows[-1][0][2:], "big") + 1) % 2**32 if rows else 0
 
 
 def _refused(exc: ProtocolError | DecodeError | CryptoError | PkiError) -> Refused:
@@ -185,9 +192,13 @@ class ConductorApplet(Applet):
         rec: dict[str, Any] = {"hp": sm.products_hash(f["products"]), "count": len(f["products"]), "mode": mode}
         if price is not None:
             rec["price"] = price
-        open_ = ctx.scan(b"g:", table=TABLE)
-        if len(open_) >= MAX_OPEN:  # an abandoned negotiation (its vendor never delivered) makes room
-            ctx.delete(open_[0][0], table=TABLE)
+        opened = ctx.scan(b"h:", table=TABLE)  # oldest first
+        if len(opened) >= MAX_OPEN:  # the oldest abandoned negotiation (its vendor never delivered) makes room
+            key, old = opened[0]
+            ctx.delete(key, table=TABLE)
+            ctx.delete(b"g:" + old, table=TABLE)
+        rec["seq"] = seq = _next_seq(opened)
+        ctx.put(b"h:" + seq.to_bytes(4, "big"), poid, table=TABLE)
         ctx.put(b"g:" + poid, _AGREEMENT.encode(rec), table=TABLE)
         ctx.reply(SIGNED, cms=_sign(ctx, content))
 
@@ -254,6 +265,7 @@ class ConductorApplet(Applet):
         rec["po"] = _sign(ctx, sm.PAYMENT_ORDER.encode({"bill": signed_bill, "mode": mode}))
         self._remember(ctx, poid, rec)
         ctx.delete(b"g:" + poid, table=TABLE)
+        ctx.delete(b"h:" + g["seq"].to_bytes(4, "big"), table=TABLE)
         self._answer(ctx, rec, bill)
 
     @staticmethod
@@ -263,7 +275,7 @@ class ConductorApplet(Applet):
         ctx.put(b"p:" + poid, b"", table=TABLE)
         ctx.put(b"f:" + poid, _PAID.encode(rec), table=TABLE)
         queue = ctx.scan(b"q:", table=TABLE)
-        seq = int.from_bytes(queue[-1][0][2:], "big") + 1 if queue else 0
+        seq = _next_seq(queue)
         ctx.put(b"q:" + seq.to_bytes(4, "big"), poid, table=TABLE)
         for key, old in queue[: max(0, len(queue) + 1 - MAX_KEPT)]:
             ctx.delete(key, table=TABLE)
