@@ -27,6 +27,7 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import CustomerNegotiation, LimitStrategy, Sent
+from cardnet.services.speed import stored
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import AsyncLocalCard, Customer, PurchaseError, _Link
 from cardnet.store import SqliteStore
@@ -278,7 +279,7 @@ def _rows(store: Any, table: str) -> list[tuple[bytes, bytes]]:
 def test_a_product_that_is_not_its_catalogue_content_is_refunded_on_complaint(world: World) -> None:
     w = world
     entry = sv.add_product(w.vendor.store, "cd-1 Kind of Blue", sm.Price(EUR, 300), b"the real album")
-    sv.put(w.vendor.store, sv.CATALOGUE, b"cd-1 Kind of Blue", sv._PRODUCT.encode(
+    stored.put(w.vendor.store, sv.CATALOGUE, b"cd-1 Kind of Blue", sv._PRODUCT.encode(
         {"price": sm.Price(EUR, 300).fields(), "floor": sm.Price(EUR, 300).fields(), "content": b"a cheap copy",
          "entry": entry}))  # fmt: skip  # the vendor swaps the content behind its signed entry
     w.vendor = sv.VendorCore(w.vendor.store, clock=clock)  # (a vendor reads its catalogue when it starts)

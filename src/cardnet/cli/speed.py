@@ -127,7 +127,8 @@ def vendor_init(store: str, ca_path: Path, account: str, broker_cert: Path, name
 @json_option
 def vendor_cert(store: str, as_json: bool) -> None:
     """Print the vendor's certificate (PEM): the broker needs it (`cardnet speed broker add-vendor`)."""
-    from cardnet.services.speed.vendor import CFG, get
+    from cardnet.services.speed.stored import get
+    from cardnet.services.speed.vendor import CFG
 
     pem = _pem(get(_vendor_store(store), CFG, b"cert") or b"")
     say(as_json, {"pem": pem}, pem.rstrip("\n"))
@@ -220,7 +221,7 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
 def broker_cert(store: str, as_json: bool) -> None:
     """Print the broker's certificate (PEM): vendors and customers need it."""
     from cardnet.services.speed.broker import CFG
-    from cardnet.services.speed.vendor import get
+    from cardnet.services.speed.stored import get
 
     pem = _pem(get(_broker_store(store), CFG, b"cert") or b"")
     say(as_json, {"pem": pem}, pem.rstrip("\n"))

@@ -47,7 +47,8 @@ from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.services.serving import SerialServer
-from cardnet.services.speed.vendor import ROOTS, _refused, _reply, get, scan
+from cardnet.services.speed.stored import Identity, get, save_identity, scan
+from cardnet.services.speed.vendor import _refused, _reply
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
@@ -115,10 +116,8 @@ class _Refusal(Exception):
 
 def init_broker(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_der: list[bytes]) -> None:
     with store.transaction() as txn:
-        if not txn.insert(CFG, b"key", profile.private_to_der(key)):
+        if not save_identity(txn, CFG, key, cert_der, roots_der):
             raise BrokerError("exists", "this store already holds a broker")
-        txn.put(CFG, b"cert", cert_der)
-        txn.put(CFG, b"roots", ROOTS.encode({"roots": roots_der}))
 
 
 def add_vendor(store: Store, account: str, vendor_cert: bytes) -> None:
@@ -142,13 +141,6 @@ def _put_account(store: Store, account: str, owner: bytes, balances: dict[str, i
             txn.put(ACCOUNTS, account.encode(), rec)
 
 
-def _cfg(store: Store, name: bytes) -> bytes:
-    raw = get(store, CFG, name)
-    if raw is None:
-        raise BrokerError("not_initialised", "this store holds no broker: run `cardnet speed broker init` first")
-    return raw
-
-
 def _balances(rec: dict[str, Any]) -> dict[str, int]:
     return {b["currency"]: b["amount"] for b in rec["balances"]}
 
@@ -163,9 +155,10 @@ class BrokerCore:
         self.sam = sam
         self.clock = clock
         self.rng = rng
-        self.key = profile.private_from_der(_cfg(store, b"key"))
-        self.cert = _cfg(store, b"cert")
-        self.roots = ROOTS.decode(_cfg(store, b"roots"))["roots"]
+        me = Identity.load(
+            store, CFG, BrokerError("not_initialised", "this store holds no broker: run `cardnet speed broker init`")
+        )
+        self.key, self.cert, self.roots = me.key, me.cert, me.roots
         sam.ask(sa.INIT, sa.READY)
         self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
 

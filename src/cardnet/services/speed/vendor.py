@@ -43,6 +43,7 @@ from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNegotiation
 from cardnet.services.serving import SerialServer
+from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, MType, Nested, Schema, Text
@@ -75,23 +76,11 @@ _NID_REC = Schema(
 )
 
 
-def get(store: Store, table: str, key: bytes) -> bytes | None:
-    with store.transaction() as txn:
-        return txn.get(table, key)
-
-
-def put(store: Store, table: str, key: bytes, value: bytes) -> None:
-    with store.transaction() as txn:
-        txn.put(table, key, value)
-
-
-def scan(store: Store, table: str) -> list[tuple[bytes, bytes]]:
-    with store.transaction() as txn:
-        return txn.scan(table)
-
-
 class VendorError(CardnetError):
     """The vendor cannot be set up or run as asked (``reason`` says why)."""
+
+
+_NOT_A_VENDOR = VendorError("not_initialised", "this store holds no vendor: run `cardnet speed vendor init` first")
 
 
 class _Refusal(Exception):
@@ -105,38 +94,24 @@ def init_vendor(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_de
     """Make ``store`` a vendor's: its key and certificate (role service), the CA roots it trusts, its account
     number at the broker and the broker's certificate."""
     with store.transaction() as txn:
-        if not txn.insert(CFG, b"key", profile.private_to_der(key)):
+        if not save_identity(txn, CFG, key, cert_der, roots_der):
             raise VendorError("exists", "this store already holds a vendor")
-        txn.put(CFG, b"cert", cert_der)
-        txn.put(CFG, b"roots", cms_roots(roots_der))
         txn.put(CFG, b"account", account.encode())
         txn.put(CFG, b"broker", broker_cert)
-
-
-def cms_roots(roots_der: list[bytes]) -> bytes:
-    return ROOTS.encode({"roots": roots_der})
-
-
-ROOTS = Schema("speed.roots", [Field(0, "roots", ListOf(Bytes(8192, 1), 16))])
 
 
 def add_product(store: Store, product: str, price: sm.Price, content: bytes, *, floor: sm.Price | None = None) -> bytes:
     """Put ``product`` in the catalogue at ``price`` (negotiable down to ``floor``); the signed entry."""
     sm.check_products([product])
-    key = profile.private_from_der(_cfg(store, b"key"))
-    cert = _cfg(store, b"cert")
-    vid = sm.vendor_id(cert)
-    entry = cms.sign(cat.entry(product, price, content, vid), cert, lambda d: profile.sign(key, d))
+    me = Identity.load(store, CFG, _NOT_A_VENDOR)
+    entry = cms.sign(cat.entry(product, price, content, sm.vendor_id(me.cert)), me.cert, me.sign)
     rec = {"price": price.fields(), "floor": (floor or price).fields(), "content": content, "entry": entry}
     put(store, CATALOGUE, product.encode(), _PRODUCT.encode(rec))
     return entry
 
 
 def _cfg(store: Store, name: bytes) -> bytes:
-    raw = get(store, CFG, name)
-    if raw is None:
-        raise VendorError("not_initialised", "this store holds no vendor: run `cardnet speed vendor init` first")
-    return raw
+    return required(store, CFG, name, _NOT_A_VENDOR)
 
 
 @dataclass
@@ -152,9 +127,8 @@ class VendorCore:
         self.store = store
         self.rng = rng
         self.clock = clock
-        self.key = profile.private_from_der(_cfg(store, b"key"))
-        self.cert = _cfg(store, b"cert")
-        self.roots = ROOTS.decode(_cfg(store, b"roots"))["roots"]
+        me = Identity.load(store, CFG, _NOT_A_VENDOR)
+        self.key, self.cert, self.roots = me.key, me.cert, me.roots
         self.account = _cfg(store, b"account").decode()
         self.broker_cert = _cfg(store, b"broker")
         self.vendor_id = sm.vendor_id(self.cert)
