@@ -277,7 +277,10 @@ def test_altered_agreement_confirmation_and_commitment_records_are_refused_and_t
         done = await asyncio.gather(s.a.wait(n1, timeout_s=WAIT_S), s.b.wait(n1, timeout_s=WAIT_S))
         assert [x.phase for x in done] == ["done", "done"]
         assert m2_m4.left == m3.left == []  # every alteration was made
-        assert failures(ab.seen, s.uid("a")).count("bad_record") >= 2  # a refused the altered m2 and m4
+        # a refused the altered m2 and m4: each with bad_record, or, when the first refusal had already closed the
+        # session, with no_session (the record reached a session that was gone: refused all the same)
+        refused_by_a = failures(ab.seen, s.uid("a"))
+        assert "bad_record" in refused_by_a and sum(r in ("bad_record", "no_session") for r in refused_by_a) >= 2
         assert failures(ba.seen, s.uid("b")).count("bad_record") >= 1  # b refused the altered m3
         await s.ends({T1: "b", T2: "a"})
 
