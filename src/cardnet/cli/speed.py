@@ -28,6 +28,7 @@ CA = click.option(
     help="The CA file (`cardnet ca init`): it certifies this service's new key.",
 )  # fmt: skip
 SAM_STORE = click.option("--sam-store", required=True, help="The SAM card's store (its EEPROM), e.g. sam.db.")
+SAM_CAPACITY = 64 * 1024 * 1024  # a security module's store, not a smartcard's 256 KiB (about 170 bytes a payment)
 JOURNAL = ".purchases"  # under --out: the purchases under way (docs/speed.md, "Crashes")
 BROKER = click.option("--broker", required=True, help="The broker's HOST:PORT.")
 HINTS = {
@@ -285,9 +286,12 @@ def broker_accounts(store: str, as_json: bool) -> None:
 @SAM_STORE
 @click.option("--pin", default=None, help="The SAM card's PIN (default: $CARDNET_PIN, else asked for).")
 @click.option("--listen", default="127.0.0.1:7400", show_default=True, help="HOST:PORT (port 0 picks one).")
+@click.option("--sam-capacity", type=click.IntRange(64 * 1024), default=SAM_CAPACITY, show_default=True,
+              help="Bytes the SAM card may hold (its daily log grows with each payment; not pruned yet).")  # fmt: skip
 @_server_limits
 @json_option
-def broker_run(store: str, sam_store: str, pin: str | None, listen: str, as_json: bool, **limits: Any) -> None:
+def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_capacity: int, as_json: bool,
+               **limits: Any) -> None:  # fmt: skip
     """Serve payment orders, purse keys and loads over TCP. Prints "ready broker HOST:PORT" when listening."""
     import time
 
@@ -298,7 +302,7 @@ def broker_run(store: str, sam_store: str, pin: str | None, listen: str, as_json
     from cardnet.services.speed.broker import BrokerCore, BrokerServer
 
     host, port = _listen(listen)
-    card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()])
+    card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
     try:
         sam = LocalCard(card, card_pin(pin))
     except HostError as exc:
