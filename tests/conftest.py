@@ -72,3 +72,23 @@ def make_card(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[CardFact
     yield make
     for card in opened:
         card.close()  # idempotent
+
+
+def mutate(data: bytes, r: random.Random) -> bytes:
+    """``data`` with 1-4 random edits a fuzzer makes: a bit flipped, cut short, bytes inserted, a byte set to a
+    CBOR edge value, a byte removed."""
+    b = bytearray(data)
+    for _ in range(r.randint(1, 4)):
+        op = r.randrange(5)
+        i = r.randrange(len(b) + 1)
+        if op == 0 and b:
+            b[i % len(b)] ^= 1 << r.randrange(8)
+        elif op == 1:
+            del b[i:]
+        elif op == 2:
+            b[i:i] = r.randbytes(r.randint(1, 4))
+        elif op == 3 and b:
+            b[i % len(b)] = r.choice([0x00, 0x17, 0x18, 0x1F, 0x40, 0x5F, 0x60, 0x7F, 0xA0, 0xBF, 0xC2, 0xF5, 0xFF])
+        elif b:
+            del b[i % len(b)]
+    return bytes(b)

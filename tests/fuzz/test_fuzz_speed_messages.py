@@ -38,7 +38,7 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.purse import MAX_AMOUNT
 from cardnet.store import SqliteStore
 from cardnet.wire import DecodeError, Message, MType, Schema, Uid
-from conftest import NOW
+from conftest import NOW, mutate
 
 EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
@@ -99,24 +99,6 @@ BILL_CHANGES: dict[str, st.SearchStrategy[Any]] = {
     "chunk": st.integers(0, sm.MAX_PRODUCT_BYTES),
     "mode": st.sampled_from(["normal", "aggressive", "", "other"]),
 }
-
-
-def mutate(data: bytes, r: random.Random) -> bytes:
-    b = bytearray(data)
-    for _ in range(r.randint(1, 4)):
-        op = r.randrange(5)
-        i = r.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[i % len(b)] ^= 1 << r.randrange(8)
-        elif op == 1:
-            del b[i:]
-        elif op == 2:
-            b[i:i] = r.randbytes(r.randint(1, 4))
-        elif op == 3 and b:
-            b[i % len(b)] = r.choice([0x00, 0x17, 0x18, 0x1F, 0x40, 0x5F, 0x60, 0x7F, 0xA0, 0xBF, 0xC2, 0xF5, 0xFF])
-        elif b:
-            del b[i % len(b)]
-    return bytes(b)
 
 
 def use(name: str, fields: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import purse as pp
 from cardnet.wire import DecodeError, Uid
+from conftest import mutate
 
 EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
 UID = Uid.card(b"\x05" * 12)
@@ -28,24 +29,6 @@ VALID: dict[type[pp.Authenticated], pp.Authenticated] = {
     pp.L2: pp.L2.make(KEY, m=3, rc=b"c" * 16, rs=b"s" * 16, currency="USD", amount=2**40),
     pp.L3: pp.L3.make(KEY, uid=UID, m=3, rs=b"s" * 16, currency="USD", amount=2**40),
 }
-
-
-def mutate(data: bytes, r: random.Random) -> bytes:
-    b = bytearray(data)
-    for _ in range(r.randint(1, 4)):
-        op = r.randrange(5)
-        i = r.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[i % len(b)] ^= 1 << r.randrange(8)
-        elif op == 1:
-            del b[i:]
-        elif op == 2:
-            b[i:i] = r.randbytes(r.randint(1, 4))
-        elif op == 3 and b:
-            b[i % len(b)] = r.choice([0x00, 0x17, 0x18, 0x1F, 0x40, 0x5F, 0x60, 0x7F, 0xA0, 0xBF, 0xC2, 0xF5, 0xFF])
-        elif b:
-            del b[i % len(b)]
-    return bytes(b)
 
 
 def decode_or_refuse(cls: type[pp.Authenticated], raw: bytes) -> None:
