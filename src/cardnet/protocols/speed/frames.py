@@ -8,10 +8,12 @@ ciphertext chunks and the sealed bill; a refusal is ``speed.refused {reason, det
 
 from __future__ import annotations
 
+from typing import Any
+
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.purse import MAX_MESSAGE_BYTES
 from cardnet.protocols.transfer import MAX_CERT
-from cardnet.wire import Bool, Bytes, Field, ListOf, Schema, Text, UInt, register
+from cardnet.wire import Bool, Bytes, Field, ListOf, Message, MType, Schema, Text, UInt, register
 
 P = "speed"
 _NID = Field(0, "nid", Bytes(sm.NID_BYTES, sm.NID_BYTES))
@@ -152,3 +154,13 @@ VERDICT = register(
         [_POID, Field(1, "upheld", Bool()), Field(2, "why", Text(1024)), Field(3, "refund", UInt())],
     ),
 )
+
+
+def reply(msg: Message, mtype: MType, /, **fields: Any) -> Message:
+    """The answer to ``msg``: an ``mtype`` frame with ``fields``."""
+    return msg.reply(mtype.code, mtype.schema.encode(fields))
+
+
+def refused(msg: Message, reason: str, detail: str) -> Message:
+    """``speed.refused`` answering ``msg`` (reason and detail cut to their bounds)."""
+    return reply(msg, REFUSED, reason=reason[:64], detail=detail[:1024])

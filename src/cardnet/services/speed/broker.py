@@ -48,7 +48,6 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.services.serving import SerialServer
 from cardnet.services.speed.stored import Identity, get, save_identity, scan
-from cardnet.services.speed.vendor import _refused, _reply
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
@@ -166,11 +165,11 @@ class BrokerCore:
         try:
             return self._handle(msg)
         except _Refusal as r:
-            return _refused(msg, r.reason, r.detail)
+            return fr.refused(msg, r.reason, r.detail)
         except HostError as exc:  # the SAM refused
-            return _refused(msg, exc.reason, f"the SAM refused: {exc}")
+            return fr.refused(msg, exc.reason, f"the SAM refused: {exc}")
         except (ProtocolError, DecodeError, CryptoError, PkiError) as exc:
-            return _refused(msg, getattr(exc, "reason", "refused"), str(exc))
+            return fr.refused(msg, getattr(exc, "reason", "refused"), str(exc))
 
     def _handle(self, msg: Message) -> Message:
         code = msg.mtype
@@ -184,23 +183,23 @@ class BrokerCore:
             o = self._get_order(poid)
             if o is None or o["state"] != "paid":
                 raise _Refusal("not_paid", "no paid order has that PaymentOrderID: pay it first")
-            return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
+            return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
         if code == fr.COMPLAINT.code:
             return self._complaint(msg, fr.COMPLAINT.parse(msg))
         if code == fr.ISSUE_KEY.code:
             cert = fr.ISSUE_KEY.parse(msg)["card_cert"]
-            return _reply(msg, fr.KEY, sealed=self.sam.ask(sa.ISSUE_KEY, sa.KEY, card_cert=cert)["sealed"])
+            return fr.reply(msg, fr.KEY, sealed=self.sam.ask(sa.ISSUE_KEY, sa.KEY, card_cert=cert)["sealed"])
         if code == fr.LOAD.code:
             p = fr.LOAD.parse(msg)
             return self._load(msg, p["l1"], p["account"])
         if code == fr.LOAD_STEP.code:
             got = self.sam.ask(sa.LOAD_FINISH, sa.LOADED, l3=fr.LOAD_STEP.parse(msg)["l"])
-            return _reply(msg, fr.LOADED, ok=True, balance=got["amount"])
+            return fr.reply(msg, fr.LOADED, ok=True, balance=got["amount"])
         if code == fr.RECEIPT_FOR_VENDOR.code:
             after = fr.RECEIPT_FOR_VENDOR.parse(msg)["after"]
             with self.store.transaction() as txn:
                 rows = txn.read_log(RECEIPTS, after, MAX_RECEIPTS_PAGE)
-            return _reply(msg, fr.RECEIPTS, items=[v for _, v in rows], last=rows[-1][0] if rows else after)
+            return fr.reply(msg, fr.RECEIPTS, items=[v for _, v in rows], last=rows[-1][0] if rows else after)
         raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
 
     def _get_order(self, poid: bytes) -> dict[str, Any] | None:
@@ -244,10 +243,10 @@ class BrokerCore:
             if old["state"] == "paid":
                 if old["customer"] != customer:
                     raise _Refusal("already_paid", "that PaymentOrderID is paid already (paper 5.3)")
-                return _reply(msg, fr.RECEIPT, poid=poid, sealed=old["receipt"])
+                return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=old["receipt"])
             if mode.get("s1") != old.get("s1"):
                 raise _Refusal("already_paid", "that PaymentOrderID is being paid with another S1")
-            return _reply(msg, fr.PURSE, poid=poid, sealed=old["answer"])
+            return fr.reply(msg, fr.PURSE, poid=poid, sealed=old["answer"])
         rec: dict[str, Any] = {
             "state": "authorised", "customer": customer, "price": price.fields(), "account": secret["account"],
             "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"], "hp": bill["hp"], "hc": bill["hc"],
@@ -258,7 +257,7 @@ class BrokerCore:
             # the purse was debited and the vendor credited; the customer who comes back gets the receipt
             with self.store.transaction() as txn:
                 sealed = self._paid(txn, poid, rec)
-            return _reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
+            return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
         if mode["kind"] == "account":
             return self._pay_from_account(msg, poid, rec, mode.get("account"), customer, price)
         if mode["kind"] != "purse" or not {"benc", "bsign", "s1"} <= mode.keys():
@@ -274,7 +273,7 @@ class BrokerCore:
         self._authorised[poid] = rec
         while len(self._authorised) > MAX_AUTHORISED:
             self._authorised.pop(next(iter(self._authorised)))
-        return _reply(msg, fr.PURSE, poid=poid, sealed=answer)
+        return fr.reply(msg, fr.PURSE, poid=poid, sealed=answer)
 
     def _receipt(self, poid: bytes, rec: dict[str, Any]) -> bytes:
         content = sm.RECEIPT.encode({"poid": poid, "price": rec["price"], "k": rec["k"]})
@@ -310,7 +309,7 @@ class BrokerCore:
             bal[price.currency] -= price.amount
             _put_txn(txn, account, acct["owner"], bal)
             sealed = self._paid(txn, poid, rec)
-        return _reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
+        return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
 
     def _s3(self, msg: Message, poid: bytes, sealed: bytes) -> Message:
         o = self._get_order(poid)
@@ -318,7 +317,7 @@ class BrokerCore:
             raise _Refusal("no_order", "no purse payment is authorised under that PaymentOrderID: send the payment "
                            "order again (the broker may have restarted)")  # fmt: skip
         if o["state"] == "paid":
-            return _reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
+            return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=o["receipt"])
         step = sm.decode(sm.PURSE_STEP, sm.sym_open(o["benc"], sm.NONCE_C_PURSE, 0, sealed, sign_key=o["bsign"],
                                                     what="S3 message"), "S3 message")  # fmt: skip
         if step["poid"] != poid:
@@ -327,7 +326,7 @@ class BrokerCore:
         with self.store.transaction() as txn:
             receipt = self._paid(txn, poid, o)
         self._authorised.pop(poid, None)
-        return _reply(msg, fr.RECEIPT, poid=poid, sealed=receipt)
+        return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=receipt)
 
     def _load(self, msg: Message, l1_raw: bytes, account: str) -> Message:
         l1 = pp.L1.decode(l1_raw)
@@ -335,7 +334,7 @@ class BrokerCore:
         with self.store.transaction() as txn:
             done = txn.get(LOADS, key)
             if done is not None:
-                return _reply(msg, fr.LOAD_STEP, l=done)
+                return fr.reply(msg, fr.LOAD_STEP, l=done)
             acct = self._account(txn, account)
             if acct["owner"] != bytes(l1.uid):
                 raise _Refusal("not_your_account", f"account {account!r} is not this card's")
@@ -346,7 +345,7 @@ class BrokerCore:
             bal[l1.currency] -= l1.amount
             _put_txn(txn, account, acct["owner"], bal)
             txn.put(LOADS, key, l2)
-        return _reply(msg, fr.LOAD_STEP, l=l2)
+        return fr.reply(msg, fr.LOAD_STEP, l=l2)
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
         """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the
@@ -357,7 +356,7 @@ class BrokerCore:
         if o is None or o["state"] != "paid":
             raise _Refusal("not_paid", "no paid order has that PaymentOrderID")
         if "verdict" in o:
-            return _reply(msg, fr.VERDICT, poid=poid, upheld=True, why=o["verdict"], refund=0)
+            return fr.reply(msg, fr.VERDICT, poid=poid, upheld=True, why=o["verdict"], refund=0)
         products, entries, contents = c["products"], c["entries"], c["contents"]
         if sm.products_hash(products) != o["hp"]:
             raise _Refusal("wrong_products", "those are not the products of that order (the bill's H(ProductIDs))")
@@ -378,7 +377,7 @@ class BrokerCore:
             if e["content_hash"] != sm.content_hash(content):
                 wrong.append(name)
         if not wrong:
-            return _reply(msg, fr.VERDICT, poid=poid, upheld=False, why="every product is the content its entry "
+            return fr.reply(msg, fr.VERDICT, poid=poid, upheld=False, why="every product is the content its entry "
                           "names", refund=0)  # fmt: skip
         price = sm.Price.of(o["price"])
         why = f"not the catalogued content: {', '.join(wrong)}"
@@ -393,7 +392,7 @@ class BrokerCore:
                 _put_txn(txn, name, acct["owner"], bal)
             o["verdict"] = why
             txn.put(ORDERS, poid, _ORDER.encode(o))
-        return _reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
+        return fr.reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
     # -- settlement ---------------------------------------------------------------------------------------------
     def settle(self, day: int) -> int:

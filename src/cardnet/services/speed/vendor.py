@@ -46,7 +46,7 @@ from cardnet.services.serving import SerialServer
 from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, MType, Nested, Schema, Text
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text
 
 log = logging.getLogger("cardnet.speed.vendor")
 
@@ -145,9 +145,9 @@ class VendorCore:
         try:
             yield from self._handle(msg)
         except _Refusal as r:
-            yield _refused(msg, r.reason, r.detail)
+            yield fr.refused(msg, r.reason, r.detail)
         except (ProtocolError, DecodeError, CryptoError, PkiError) as exc:
-            yield _refused(msg, getattr(exc, "reason", "refused"), str(exc))
+            yield fr.refused(msg, getattr(exc, "reason", "refused"), str(exc))
 
     def frames(self, msg: Message) -> list[Message]:
         return list(self.handle(msg))
@@ -156,7 +156,7 @@ class VendorCore:
         code = msg.mtype
         if code == fr.CATALOGUE.code:
             entries = [rec["entry"] for rec in self.catalogue.values()]
-            yield _reply(msg, fr.ITEMS, cert=self.cert, entries=entries)
+            yield fr.reply(msg, fr.ITEMS, cert=self.cert, entries=entries)
         elif code == fr.REQUEST.code:
             p = fr.REQUEST.parse(msg)
             if p["mode"] == "normal":
@@ -241,12 +241,12 @@ class VendorCore:
 
     def _sent(self, msg: Message, nid: bytes, out: Sent | Ended) -> Message:
         if isinstance(out, Sent):
-            return _reply(msg, fr.STEP, nid=nid, sealed=out.sealed)
+            return fr.reply(msg, fr.STEP, nid=nid, sealed=out.sealed)
         self._open.pop(nid, None)
         fields: dict[str, Any] = {"nid": nid}
         if out.sealed is not None:
             fields["sealed"] = out.sealed
-        return _reply(msg, fr.ENDED, **fields)
+        return fr.reply(msg, fr.ENDED, **fields)
 
     def _product_request(self, msg: Message, sealed: bytes) -> Iterator[Message]:
         f, customer = self._signed_request(sealed, sm.INFO_PRODUCT_REQUEST, sm.PRODUCT_REQUEST, "ProductRequest")
@@ -271,19 +271,19 @@ class VendorCore:
         poid = sm.make_poid(self.vendor_id, nid)
         sale = (poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
         self._delivered(nid, products, sale)
-        yield _reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
+        yield fr.reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
         h = sm.DeliveryHash()
         for i, content in enumerate(contents):
             for j, c in enumerate(sm.encrypt_chunks(k, i, content)):
                 h.update(c)
-                yield _reply(msg, fr.CHUNK, nid=nid, product=i, index=j, data=c)
+                yield fr.reply(msg, fr.CHUNK, nid=nid, product=i, index=j, data=c)
         secret = sm.seal_to(self.broker_cert, sm.BILL_SECRET.encode({"account": self.account, "k": k}),
                             sm.INFO_BILL_SECRET)  # fmt: skip
         bill = sm.BILL.encode({
             "secret": secret, "hc": h.digest(), "hp": sm.products_hash(products), "poid": poid,
             "price": price.fields(), "rec_key": rec_key, "sizes": sizes, "chunk": sm.CHUNK_BYTES, "mode": mode,
         })  # fmt: skip
-        yield _reply(msg, fr.BILL, nid=nid, sealed=seal(self._sign(bill)))
+        yield fr.reply(msg, fr.BILL, nid=nid, sealed=seal(self._sign(bill)))
 
     # -- receipts ----------------------------------------------------------------------------------------------
     def take_receipt(self, poid: bytes, sealed: bytes) -> sm.Price:
@@ -308,14 +308,6 @@ def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[
     raw = sm.sym_open(rec_key, sm.NONCE_RECEIPT, 0, sealed, what="receipt")
     pki.verified(broker_cert, roots, now=now, role=pki.Role.SERVICE)
     return sm.decode(sm.RECEIPT, sm.signed(raw, "receipt", cert_der=broker_cert).content, "receipt")
-
-
-def _reply(msg: Message, mtype: MType, /, **fields: Any) -> Message:
-    return msg.reply(mtype.code, mtype.schema.encode(fields))
-
-
-def _refused(msg: Message, reason: str, detail: str) -> Message:
-    return _reply(msg, fr.REFUSED, reason=reason[:64], detail=detail[:1024])
 
 
 class VendorServer(SerialServer):
