@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import random
 import shutil
@@ -18,6 +19,17 @@ from cardnet.crypto import pki
 from cardnet.store import SqliteStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+SRC = Path(__file__).resolve().parents[1] / "src" / "cardnet"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile cardnet's bytecode once, before any test starts a cardnet process.
+
+    Where PYTHONDONTWRITEBYTECODE is set (as on this machine), every process would
+    otherwise compile all the modules it imports from source: a host's start-up, which the SIGKILL
+    tests wait on once per kill, and every CLI command the tests run, took about 0.25 s longer.
+    """
+    compileall.compile_dir(SRC, quiet=1)
 
 
 def openssl() -> str:

@@ -16,7 +16,7 @@ import click
 from hostprocs import make_hosts
 from test_cli import cardnet
 
-from cardnet.cli.main import cli
+from cardnet.cli.main import cli, subcommands
 from cardnet.cli.output import _remember_json
 
 
@@ -33,7 +33,7 @@ def json_error(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
     leaves: dict[str, click.Command] = {}
-    for name, command in group.commands.items():
+    for name, command in subcommands(group).items():
         if isinstance(command, click.Group):
             leaves.update(leaf_commands(command, (*path, name)))
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 
-from cardnet.cli.main import cli
+from cardnet.cli.main import cli, subcommands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -64,9 +64,9 @@ def resolve(words: list[str]) -> tuple[str, click.Command, list[str]]:
     while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
         if "/" in rest[0]:  # `cardnet trn mint/send/list`: several commands at once, options not checked
             for alt in rest[0].split("/"):
-                assert alt in command.commands, f"`{' '.join(path)}` has no command {alt!r}"
+                assert alt in subcommands(command), f"`{' '.join(path)}` has no command {alt!r}"
             return " ".join(path), command, []
-        sub = command.commands.get(rest[0])
+        sub = subcommands(command).get(rest[0])
         assert sub is not None, f"`{' '.join(path)}` has no command {rest[0]!r}"
         command, path, rest = sub, [*path, rest[0]], rest[1:]
     return " ".join(path), command, rest

@@ -227,3 +227,13 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
     ]  # fmt: skip
     ops = " + ".join(f"{n} {op}" for op, n in r["ops_per_purchase"].items())
     _report("cardnet bench speed", rows, r["targets"], (f"one purchase (counted in process) = {ops}",))
+
+
+def _add_protocol_benches() -> None:
+    """Benchmarks whose commands live with their protocol's CLI."""
+    from cardnet.cli.millicent import bench_millicent
+
+    bench.add_command(bench_millicent)
+
+
+_add_protocol_benches()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import sys
@@ -9,20 +10,54 @@ import sys
 import click
 
 from cardnet import __version__
-from cardnet.cli.admin import ca, card
-from cardnet.cli.authority import authority
-from cardnet.cli.bench import bench
-from cardnet.cli.demo import demo
-from cardnet.cli.fairx import exchange, ttp
-from cardnet.cli.host import host
-from cardnet.cli.millicent import bench_millicent, millicent
-from cardnet.cli.sim import sim
-from cardnet.cli.speed import speed
-from cardnet.cli.trn import trn
 from cardnet.errors import CardnetError
 
+# Each command group's module is imported only when that group runs (or --help lists it): a host
+# started by `cardnet host run` does not load the simulator, the benchmarks and every other protocol's
+# CLI, which halves its start-up time (restarts after a crash, and every short command, wait on it).
+COMMANDS: dict[str, str] = {
+    "demo": "cardnet.cli.demo:demo",
+    "bench": "cardnet.cli.bench:bench",
+    "sim": "cardnet.cli.sim:sim",
+    "ca": "cardnet.cli.admin:ca",
+    "card": "cardnet.cli.admin:card",
+    "host": "cardnet.cli.host:host",
+    "millicent": "cardnet.cli.millicent:millicent",
+    "trn": "cardnet.cli.trn:trn",
+    "authority": "cardnet.cli.authority:authority",
+    "exchange": "cardnet.cli.fairx:exchange",
+    "ttp": "cardnet.cli.fairx:ttp",
+    "speed": "cardnet.cli.speed:speed",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _load(target: str) -> click.Command:
+    module, _, name = target.partition(":")
+    command = getattr(importlib.import_module(module), name)
+    assert isinstance(command, click.Command), target
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are named in :data:`COMMANDS` and imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.add_command(_load(COMMANDS[cmd_name]), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+def subcommands(group: click.Group) -> dict[str, click.Command]:
+    """Every subcommand of ``group`` by name, importing the lazy ones (for the tests that walk the tree)."""
+    ctx = click.Context(group)
+    found = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cardnet")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -38,21 +73,6 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-cli.add_command(demo)
-cli.add_command(bench)
-cli.add_command(sim)
-cli.add_command(ca)
-cli.add_command(card)
-cli.add_command(host)
-cli.add_command(millicent)
-bench.add_command(bench_millicent)
-cli.add_command(trn)
-cli.add_command(authority)
-cli.add_command(exchange)
-cli.add_command(ttp)
-cli.add_command(speed)
 
 
 def _flag_in_argv(args: list[str], *names: str) -> bool:

@@ -605,7 +605,7 @@ def retry(wallet: str, address: str | None, vendor_id: str | None, give_up: bool
     )
 
 
-# --- benchmark (added to `cardnet bench` by cli.main) -----------------------------------
+# --- benchmark (added to `cardnet bench` by cli.bench) -----------------------------------
 
 
 @click.command("millicent")
