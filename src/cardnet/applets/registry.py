@@ -10,6 +10,7 @@ from cardnet.applets.echo import EchoApplet
 from cardnet.applets.fairx import TtpApplet
 from cardnet.applets.notes import NotesApplet
 from cardnet.applets.pingpong import PingPongApplet
+from cardnet.applets.smc import SmcApplet
 from cardnet.applets.speed.conductor import ConductorApplet
 from cardnet.applets.speed.purse import PurseApplet
 from cardnet.applets.speed.sam import SamApplet
@@ -27,6 +28,7 @@ APPLETS: dict[str, Callable[[], Applet]] = {
     "purse": PurseApplet,
     "speed": ConductorApplet,
     "sam": SamApplet,
+    "smc": SmcApplet,
 }
 
 

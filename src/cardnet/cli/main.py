@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "exchange": "cardnet.cli.fairx:exchange",
     "ttp": "cardnet.cli.fairx:ttp",
     "speed": "cardnet.cli.speed:speed",
+    "smc": "cardnet.cli.smc:smc",
 }
 
 

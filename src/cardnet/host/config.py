@@ -23,6 +23,12 @@
     key = "alice-host.key"
     ca = "ca.pem"
 
+    [adversary]                         # optional, demonstrations only: drop this host's module messages
+    drop_out = 0.3                      # probability per message its cards send (1.0: all of them)
+    drop_in = 0.3                       # ... per message arriving for its cards
+    mtypes = ["smc.frame"]              # which message types (default shown)
+    seed = 7                            # optional
+
     [limits]                            # optional: bounds on the listening sockets (defaults shown)
     max_connections = 512               # remote connections held at once on `listen`
     max_per_peer = 64                   # ... from one IP address
@@ -52,12 +58,16 @@ from pathlib import Path
 from typing import Any
 
 from cardnet.applets.registry import APPLETS
+from cardnet.host.adversary import AdversaryConfig
 from cardnet.host.errors import HostError
 from cardnet.transport.base import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
-from cardnet.wire import DecodeError
+from cardnet.wire import DecodeError, by_name
 
-KNOWN_TOP = {"name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls", "limits"}
+KNOWN_TOP = {
+    "name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls", "limits", "adversary",
+}  # fmt: skip
+KNOWN_ADVERSARY = ("drop_out", "drop_in", "mtypes", "seed")
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "handshake_timeout_s", "idle_timeout_s", "app_max_connections")
 KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
@@ -98,6 +108,7 @@ class HostConfig:
     resend_after_s: float = DEFAULT_RESEND_AFTER_S  # 0: never re-emit (only when a card is reopened)
     server_limits: ServerLimits = DEFAULT_SERVER_LIMITS  # the `listen` socket's caps and timeouts
     app_max_connections: int = DEFAULT_APP_MAX_CONNECTIONS  # the `app_socket`'s cap
+    adversary: AdversaryConfig | None = None  # drops its own modules' messages (demonstrations)
 
 
 def _bad(where: str, what: str) -> HostError:
@@ -235,7 +246,37 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
         resend_after_s,
         server_limits,
         app_max_connections,
+        _adversary(data),
     )
+
+
+def _adversary(data: dict[str, Any]) -> AdversaryConfig | None:
+    raw = data.get("adversary")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad("adversary", f"must be a table with {', '.join(KNOWN_ADVERSARY)}")
+    extra = set(raw) - set(KNOWN_ADVERSARY)
+    if extra:
+        raise _bad(f"adversary.{sorted(extra)[0]}", f"unknown field; known: {', '.join(KNOWN_ADVERSARY)}")
+    probs = {}
+    for k in ("drop_out", "drop_in"):
+        v = raw.get(k, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+            raise _bad(f"adversary.{k}", f"a probability from 0.0 to 1.0, got {v!r}")
+        probs[k] = float(v)
+    mtypes = raw.get("mtypes", list(AdversaryConfig.mtypes))
+    if not isinstance(mtypes, list) or not mtypes or not all(isinstance(m, str) for m in mtypes):
+        raise _bad("adversary.mtypes", f'a list of message type names such as ["smc.frame"], got {mtypes!r}')
+    for m in mtypes:
+        try:
+            by_name(m)
+        except (KeyError, DecodeError):
+            raise _bad("adversary.mtypes", f"no message type is named {m!r}") from None
+    seed = raw.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad("adversary.seed", f"a whole number, got {seed!r}")
+    return AdversaryConfig(probs["drop_out"], probs["drop_in"], tuple(mtypes), seed)
 
 
 def _limits(data: dict[str, Any]) -> tuple[ServerLimits, int]:

@@ -46,6 +46,7 @@ from typing import Any
 from cardnet.applets.registry import make_applets
 from cardnet.card import Card
 from cardnet.host import mtypes as hm
+from cardnet.host.adversary import Adversary
 from cardnet.host.config import CardConfig, HostConfig
 from cardnet.host.core import Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
@@ -124,6 +125,14 @@ class HostServer:
         self.cards = open_cards(config)
         routes = {d: f"{h}:{p}" for d, (h, p) in config.routes.items()}
         self.host = Host(self.cards, routes=routes, name=config.name)
+        self.adversary: Adversary | None = None
+        if config.adversary is not None:
+            a = config.adversary
+            self.adversary = Adversary(
+                a, frozenset(by_name(m).code for m in a.mtypes), self.host.cards.keys, random.Random(a.seed)
+            )
+            self.host.guards.append(self.adversary.guard())
+            log.warning("%s: adversary on: drops %s (out %.2f, in %.2f)", config.name, a.mtypes, a.drop_out, a.drop_in)
         self.limits = Limits(max_frame=config.max_frame)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()

@@ -1,0 +1,227 @@
+"""``cardnet smc``: secure multiparty computation by security modules (TrustedPals).
+
+``cardnet smc run`` makes ``n`` security module cards under a fresh CA, starts one host process per module on
+127.0.0.1 (each with the Controller and Clock of :mod:`cardnet.services.smc.controller` in this process),
+gives each module its party's input, and prints the result every module computed, the rounds and the time.
+``--adversary`` makes up to ``t`` hosts drop their modules' frames (TrustedPals' Adversary).
+``cardnet smc functions`` lists what can be computed and the input each function takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, print_table, table
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.smc.functions import REGISTRY
+from cardnet.protocols.smc.run import DEFAULT_RHO_MAX, MAX_RHO
+
+
+@click.group()
+def smc() -> None:
+    """Secure multiparty computation by security modules (TrustedPals): n parties compute a function of their
+    private inputs (a median, an auction, a vote, a fair exchange) as a trusted third party would, because each
+    party's card does the work and the hosts can only drop messages.
+
+    \b
+    Start here:
+      cardnet smc functions                          what can be computed, and each function's input
+      cardnet smc run -f median -i 52 -i 61 -i 47     three parties' median, computed by three modules
+    """
+
+
+@smc.command("functions")
+@json_option
+def smc_functions(as_json: bool) -> None:
+    """The functions modules can compute, each with its input bound and code hash (every module of a run must
+    have the same)."""
+    rows = [
+        {"function": f.name, "summary": f.summary, "max_input_bytes": f.max_input_bytes, "code_hash": f.code_hash.hex()}
+        for f in REGISTRY
+    ]
+    if as_json:
+        emit_json({"functions": rows})
+        return
+    print_rows(rows, ("function", "summary", "max_input_bytes"), title="SMC functions", empty="none")
+
+
+def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list[int]:
+    k = t if faulty is None else faulty
+    if not 0 <= k <= n:
+        fail(f"--faulty {k} is not a number of hosts from 0 to {n}", reason="usage")
+    return sorted(rng.sample(range(n), k))
+
+
+@smc.command("run")
+@click.option("-f", "--function", "function", required=True, help="What to compute: see `cardnet smc functions`.")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    help="One party's input, once per party in order (e.g. -i 52 -i 61 -i 47; JSON for `exchange`).",
+)
+@click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
+@click.option("--round-ms", type=float, default=20.0, show_default=True, help="The Clock's round deadline.")
+@click.option(
+    "--rho-max",
+    type=click.IntRange(0, MAX_RHO),
+    default=DEFAULT_RHO_MAX,
+    show_default=True,
+    help="Fake rounds are 0..rho-max (drawn by the modules, hidden from the hosts).",
+)
+@click.option(
+    "--adversary",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Faulty hosts drop each of their modules' frames, in and out, with this probability (1: all).",
+)
+@click.option("--faulty", type=int, default=None, help="How many hosts the adversary controls (default: t).")
+@click.option("--seed", type=int, default=None, help="Which hosts are faulty, and their drops, repeatably.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the CA, cards, host configs and logs here (default: a temporary directory, removed).",
+)
+@json_option
+def smc_run(
+    function: str,
+    inputs: tuple[str, ...],
+    t: int | None,
+    round_ms: float,
+    rho_max: int,
+    adversary: float | None,
+    faulty: int | None,
+    seed: int | None,
+    directory: str | None,
+    as_json: bool,
+) -> None:
+    """Compute FUNCTION of the parties' inputs with one security module per party, each on a host process of
+    its own on 127.0.0.1, and print what every module computed.
+
+    The modules first agree on the terms (function and code hash, n, t, input bound), then take the inputs,
+    run rho fake rounds and t+1 rounds of Uniform Interactive Consistency, all in fixed-size encrypted frames,
+    and compute FUNCTION on the agreed vector: every module that decides has the same result, and an input
+    that did not arrive (a faulty host) counts as missing.
+    """
+    try:
+        fn = REGISTRY.get(function)
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason, hint="`cardnet smc functions` lists them")
+    n = len(inputs)
+    if n < 2:
+        fail(
+            f"give every party's input with -i, once per party (got {n})",
+            reason="usage",
+            hint=f"e.g. cardnet smc run -f {function} -i 52 -i 61 -i 47",
+        )
+    t = (n - 1) // 2 if t is None else t
+    try:
+        terms = REGISTRY.terms(function, n=n, t=t)
+        raws = [fn.encode_input(v, max_input_bytes=terms.max_input_bytes) for v in inputs]
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason)
+    if round_ms <= 0:
+        fail("--round-ms must be positive", reason="usage")
+    rng = random.Random(seed)
+    bad = _pick_faulty(n, t, faulty, rng) if adversary is not None else []
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        report = _run(Path(directory), fn, terms, raws, round_ms, rho_max, adversary, bad, rng, as_json)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cardnet-smc-") as tmp:
+            report = _run(Path(tmp), fn, terms, raws, round_ms, rho_max, adversary, bad, rng, as_json)
+    _print(report, fn, as_json)
+
+
+def _run(
+    tmp: Path,
+    fn: Any,
+    terms: Any,
+    raws: list[bytes],
+    round_ms: float,
+    rho_max: int,
+    adversary: float | None,
+    bad: list[int],
+    rng: random.Random,
+    as_json: bool,
+) -> dict[str, Any]:
+    from cardnet.bench.smcnet import SmcNet
+    from cardnet.host.adversary import AdversaryConfig
+    from cardnet.services.smc.controller import run_parties
+
+    n = len(raws)
+    drops = {i: AdversaryConfig(adversary or 0.0, adversary or 0.0, seed=rng.randrange(1 << 30)) for i in bad}
+    status = None if as_json else console.status(f"starting {n} module hosts…")
+    if status is not None:
+        status.start()
+    try:
+        t0 = time.perf_counter()
+        net = SmcNet(tmp, n, adversary=drops)
+        with net:
+            started = time.perf_counter() - t0
+
+            async def go() -> tuple[list[Any], float]:
+                modules = await net.modules()
+                try:
+                    spec = net.spec(terms, rho_max=rho_max)
+                    if status is not None:
+                        status.update(f"{n} modules: joining, then {spec.rounds} rounds of at most {round_ms:g} ms…")
+                    t1 = time.perf_counter()
+                    outcomes = await run_parties(net.parties(modules, spec), list(raws), round_s=round_ms / 1000)
+                    return outcomes, time.perf_counter() - t1
+                finally:
+                    for m in modules:
+                        await m.close()
+
+            outcomes, took = asyncio.run(go())
+    finally:
+        if status is not None:
+            status.stop()
+    results = {o.result for o in outcomes if o.result is not None}
+    if len(results) > 1:  # uniform agreement makes this impossible: say so loudly if it ever happens
+        fail("modules decided different results", reason="disagreement", hint=f"the host logs are in {tmp}")
+    result = next(iter(results), None)
+    return {
+        "function": fn.name,
+        "n": n,
+        "t": terms.t,
+        "rounds": outcomes[0].rounds,
+        "round_ms": round_ms,
+        "faulty_hosts": bad,
+        "adversary": adversary,
+        "modules": [{"module": i, "status": o.status} for i, o in enumerate(outcomes)],
+        "result": None if result is None else fn.to_json(result),
+        "result_text": None if result is None else fn.render(result),
+        "hosts_started_s": round(started, 3),
+        "smc_ms": round(took * 1000, 1),
+    }
+
+
+def _print(report: dict[str, Any], fn: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    t = table("module", "host", "status", title=f"cardnet smc run: {fn.name}, n={report['n']}, t={report['t']}")
+    for m in report["modules"]:
+        host = "faulty (adversary)" if m["module"] in report["faulty_hosts"] else "correct"
+        t.add_row(str(m["module"]), host, m["status"])
+    print_table(t)
+    if report["result"] is None:
+        console.print("no module decided: too many hosts failed (more than t), or the rounds were too short")
+    else:
+        console.print(f"result: {report['result_text']}", markup=False)
+    console.print(
+        f"{report['rounds']} rounds (deadline {report['round_ms']:g} ms each) in {report['smc_ms']:.1f} ms "
+        f"from joined to result; hosts started in {report['hosts_started_s']:.2f} s",
+        markup=False,
+    )

@@ -1,0 +1,439 @@
+"""One security module's part in an SMC run, sans-I/O: joins, rho fake rounds, UIC, a padded tail, then F(D).
+
+Theory of operation (TrustedPals section 5, DESIGN.md section 6):
+
+* A run is fixed by its :class:`RunSpec`: a fresh 16-byte run id, the members' card Uids in order (a module's
+  index is its place in that list), the :class:`~cardnet.protocols.smc.registry.Agreement` (function and code
+  hash, ``n``, ``t``, input bound) and ``rho_max``. Every host gives its module the same spec.
+* **Joins.** Before any round, each module sends every other one a :class:`Join` over the cards' authenticated,
+  encrypted TRN session (the applet's business): the spec's digest (so a module that was given other terms is
+  found out before any input is taken), a fresh AES-256-GCM key for the frames it will send to that module, and
+  a 16-byte random contribution to rho. A module is *ready* once it holds a matching join from every other
+  member; only then does it take its host's input.
+* **Rounds.** ``R = rho_max + t + 1`` rounds, each one :meth:`ModuleRun.tick` (the host's Clock drives them; a
+  tick completes the previous round with the frames that arrived and emits this round's). In every round every
+  module sends every other one exactly one frame of :func:`frame_bytes` bytes: a 2-byte length, the UIC payload
+  or nothing (a dummy), zero padding, all sealed under the pair's key with the round number as the GCM counter
+  and the run id, round and both indices as associated data (no replay across runs, rounds or directions).
+  ``rho`` (0..rho_max, from a hash of the run id and every member's contribution, so no host knows it) fake
+  rounds come first, then the ``t + 1`` UIC rounds, then ``rho_max - rho`` tail rounds: the number of rounds, the
+  frames and their sizes are the same whatever the inputs, and the end of the agreement does not show.
+* **Result.** At tick ``R + 1`` a module that decided computes ``F(D)``; one that halted (it found itself
+  faulty), never got ready, or was crashed out by its host has no result. A frame that fails authentication is
+  an omission; a module missing a key for a peer sends that peer noise of the frame's length (the applet's
+  randomness), which is also an omission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cardnet.crypto.errors import CryptoError
+from cardnet.crypto.profile import CounterAead
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.smc.registry import MAX_TERMS_BYTES, Agreement, FunctionSpec
+from cardnet.protocols.smc.uic import Uic, rounds_for
+from cardnet.protocols.smc.uic_wire import MAX_MODULES, UicPayload, decode_payload, encode_payload, max_payload_bytes
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Schema, Uid, UidType, UInt
+
+RUN_ID_BYTES: Final = 16
+KEY_BYTES: Final = 32
+CONTRIB_BYTES: Final = 16
+DIGEST_BYTES: Final = 32
+TAG_BYTES: Final = 16
+LENGTH_BYTES: Final = 2
+DEFAULT_RHO_MAX: Final = 3
+MAX_RHO: Final = 32
+_NONCE_PREFIX: Final = b"smc\x00"
+_RHO_LABEL: Final = b"cardnet/smc/rho/v1\x00"
+
+JOINING: Final = "joining"
+READY: Final = "ready"
+RUNNING: Final = "running"
+DECIDED: Final = "decided"
+HALTED: Final = "halted"
+DUMMY: Final = object()  # an authentic frame that carries no payload (fake, tail or after the module is done)
+OUT: Final = "out"  # never got ready (or its input) before the first round: it takes no part
+
+SPEC = Schema(
+    "smc.spec",
+    [
+        Field(0, "run", Bytes(RUN_ID_BYTES, RUN_ID_BYTES)),
+        Field(1, "members", ListOf(UidType(), MAX_MODULES)),
+        Field(2, "terms", Bytes(MAX_TERMS_BYTES, 1)),
+        Field(3, "rho_max", UInt(MAX_RHO)),
+    ],
+)
+JOIN = Schema(
+    "smc.join",
+    [
+        Field(0, "run", Bytes(RUN_ID_BYTES, RUN_ID_BYTES)),
+        Field(1, "spec", Bytes(DIGEST_BYTES, DIGEST_BYTES)),
+        Field(2, "key", Bytes(KEY_BYTES, KEY_BYTES)),
+        Field(3, "contrib", Bytes(CONTRIB_BYTES, CONTRIB_BYTES)),
+    ],
+)
+
+
+def _decode(schema: Schema, raw: bytes) -> dict[str, object]:
+    try:
+        return schema.decode(raw)
+    except DecodeError as exc:
+        raise ProtocolError(exc.reason, f"{schema.name}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What every module of one run is given: run id, members (index = place), terms and ``rho_max``."""
+
+    run: bytes
+    members: tuple[Uid, ...]
+    terms: Agreement
+    rho_max: int = DEFAULT_RHO_MAX
+
+    def __post_init__(self) -> None:
+        if type(self.run) is not bytes or len(self.run) != RUN_ID_BYTES:
+            raise ProtocolError("bad_spec", f"a run id is {RUN_ID_BYTES} random bytes")
+        if len(self.members) != self.terms.n:
+            raise ProtocolError(
+                "bad_spec", f"the terms say n={self.terms.n} but the run names {len(self.members)} members"
+            )
+        if len(set(self.members)) != len(self.members) or any(not m.is_card for m in self.members):
+            raise ProtocolError("bad_spec", "the members are distinct cards (port 0), one module each")
+        if type(self.rho_max) is not int or not 0 <= self.rho_max <= MAX_RHO:
+            raise ProtocolError("bad_spec", f"rho_max is 0..{MAX_RHO}, got {self.rho_max!r}")
+
+    @property
+    def n(self) -> int:
+        return self.terms.n
+
+    @property
+    def uic_rounds(self) -> int:
+        return rounds_for(self.terms.t)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds every module runs, whatever happens: ``rho_max + t + 1``."""
+        return self.rho_max + self.uic_rounds
+
+    def index(self, uid: Uid) -> int:
+        try:
+            return self.members.index(uid)
+        except ValueError:
+            raise ProtocolError("not_a_member", f"{uid} is not a member of run {self.run.hex()}") from None
+
+    def encode(self) -> bytes:
+        return SPEC.encode(
+            {"run": self.run, "members": list(self.members), "terms": self.terms.encode(), "rho_max": self.rho_max}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RunSpec:
+        f = _decode(SPEC, raw)
+        members = f["members"]
+        assert isinstance(members, list)
+        terms = f["terms"]
+        assert isinstance(terms, bytes)
+        rho_max = f["rho_max"]
+        assert isinstance(rho_max, int)
+        run = f["run"]
+        assert isinstance(run, bytes)
+        return cls(run, tuple(members), Agreement.decode(terms), rho_max)
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A module's join to one other member: the spec digest, its frame key for that member, its rho share."""
+
+    run: bytes
+    spec: bytes
+    key: bytes
+    contrib: bytes
+
+    def encode(self) -> bytes:
+        return JOIN.encode({"run": self.run, "spec": self.spec, "key": self.key, "contrib": self.contrib})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Join:
+        f = _decode(JOIN, raw)
+        run, spec, key, contrib = f["run"], f["spec"], f["key"], f["contrib"]
+        assert isinstance(run, bytes) and isinstance(spec, bytes) and isinstance(key, bytes)
+        assert isinstance(contrib, bytes)
+        return cls(run, spec, key, contrib)
+
+
+def plaintext_bytes(n: int, max_input_bytes: int) -> int:
+    """A frame's padded plaintext: the 2-byte length and room for the longest UIC payload."""
+    return LENGTH_BYTES + max_payload_bytes(n, max_input_bytes)
+
+
+def frame_bytes(n: int, max_input_bytes: int) -> int:
+    """Every frame's ciphertext length in a run among ``n`` modules with this input bound."""
+    return plaintext_bytes(n, max_input_bytes) + TAG_BYTES
+
+
+def _aad(run: bytes, r: int, sender: int, receiver: int) -> bytes:
+    return run + r.to_bytes(4, "big") + bytes((sender, receiver))
+
+
+def rho_of(run: bytes, contribs: Mapping[int, bytes], n: int, rho_max: int) -> int:
+    """The number of fake rounds, 0..rho_max, from every member's contribution (index order)."""
+    h = hashlib.sha256(_RHO_LABEL + run + b"".join(contribs[i] for i in range(n))).digest()
+    return int.from_bytes(h[:8], "big") % (rho_max + 1)
+
+
+class ModuleRun:
+    """Module ``me``'s run: :meth:`join_for` / :meth:`accept_join`, :meth:`give_input`, then :meth:`tick` 1..R+1.
+
+    ``keys`` holds this module's fresh frame key for each other member, ``contrib`` its rho share (both from the
+    card's randomness). ``fn`` is the function the terms name, already checked against the card's registry.
+    """
+
+    def __init__(self, spec: RunSpec, me: int, fn: FunctionSpec, keys: Mapping[int, bytes], contrib: bytes) -> None:
+        if set(keys) != set(range(spec.n)) - {me} or any(len(k) != KEY_BYTES for k in keys.values()):
+            raise ProtocolError("bad_keys", f"a module needs one {KEY_BYTES}-byte key for each other member")
+        if len(contrib) != CONTRIB_BYTES:
+            raise ProtocolError("bad_keys", f"a rho contribution is {CONTRIB_BYTES} bytes")
+        self.spec, self.me, self.fn = spec, me, fn
+        self._digest = spec.digest()
+        self._send = {j: CounterAead(k, _NONCE_PREFIX) for j, k in keys.items()}
+        self._keys = dict(keys)
+        self._contribs: dict[int, bytes] = {me: contrib}
+        self._recv: dict[int, CounterAead] = {}
+        self._inbox: dict[int, dict[int, object]] = {}  # round -> sender -> payload or DUMMY (authentic only)
+        self._peer_keys: dict[int, bytes] = {}
+        self._input: bytes | None = None
+        self._uic: Uic | None = None
+        self._rho = 0
+        self._ticks = 0
+        self._status = JOINING
+        self._result: bytes | None = None
+        self.plain = plaintext_bytes(spec.n, spec.terms.max_input_bytes)
+        self.frame = self.plain + TAG_BYTES
+
+    # --- joining -----------------------------------------------------------------------------------------------
+
+    def join_for(self, j: int) -> Join:
+        """The join this module sends member ``j`` (the same every time it is asked)."""
+        return Join(self.spec.run, self._digest, self._keys[j], self._contribs[self.me])
+
+    def accept_join(self, j: int, join: Join) -> None:
+        """Take member ``j``'s join; a second one must be the same (a resent copy)."""
+        if j == self.me or not 0 <= j < self.spec.n:
+            raise ProtocolError("not_a_member", f"module {j} is not another member of this run")
+        if join.run != self.spec.run:
+            raise ProtocolError("wrong_run", "the join is for another run")
+        if join.spec != self._digest:
+            raise ProtocolError(
+                "terms_differ",
+                f"member {j} was given other terms for run {self.spec.run.hex()} (function, code hash, n, t, bound, "
+                "members or rho_max): every host must start the run with the same spec",
+            )
+        known = self._recv.get(j)
+        if known is not None:
+            if self._contribs[j] != join.contrib or self._peer_keys[j] != join.key:
+                raise ProtocolError("join_changed", f"member {j} sent a different join for the same run")
+            return
+        self._recv[j] = CounterAead(join.key, _NONCE_PREFIX)
+        self._peer_keys[j] = join.key
+        self._contribs[j] = join.contrib
+        if self._status == JOINING and len(self._recv) == self.spec.n - 1:
+            self._status = READY
+            self._rho = rho_of(self.spec.run, self._contribs, self.spec.n, self.spec.rho_max)
+
+    @property
+    def joined(self) -> frozenset[int]:
+        """Members whose join arrived (this module included)."""
+        return frozenset({self.me, *self._recv})
+
+    @property
+    def ready(self) -> bool:
+        """Every other member's join arrived, with the same terms."""
+        return len(self._recv) == self.spec.n - 1
+
+    def give_input(self, raw: bytes) -> None:
+        """The host's input, taken only once every member agreed on the terms (and before the first round)."""
+        if self._status != READY:
+            raise ProtocolError(
+                "not_agreed" if self._status == JOINING else "too_late",
+                f"module {self.me} takes its input once every member joined with the same terms and before the "
+                f"first round; it is {self._status} ({len(self.joined)} of {self.spec.n} joined)",
+            )
+        if self._input is not None:
+            raise ProtocolError("input_given", "this module already has its input for this run")
+        bound = self.spec.terms.max_input_bytes
+        self.fn.check_input(raw, max_input_bytes=bound)
+        self._input = raw
+        self._uic = Uic(self.spec.n, self.spec.terms.t, self.me, raw, max_input_bytes=bound)
+
+    # --- rounds ------------------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def ticks(self) -> int:
+        """Ticks done: rounds emitted (and, from the second, the previous one completed)."""
+        return self._ticks
+
+    @property
+    def finished(self) -> bool:
+        return self._ticks == self.spec.rounds + 1
+
+    @property
+    def result(self) -> bytes | None:
+        """``F(D)`` once the last round is done, if this module decided."""
+        return self._result
+
+    @property
+    def my_input(self) -> bytes | None:
+        return self._input
+
+    def _phase(self, r: int) -> int | None:
+        """The UIC round that round ``r`` carries, or None for a fake or tail round."""
+        u = r - self._rho
+        return u if 1 <= u <= self.spec.uic_rounds else None
+
+    def offer(self, r: int, j: int, ct: bytes) -> bool:
+        """A frame from member ``j`` for round ``r`` arrived: kept if it opens under ``j``'s key for that round.
+
+        Only the round being collected (the last ticked) and the next are kept (a member whose clock runs a little
+        ahead); the first authentic frame per sender and round counts. A frame that does not open (forged by a
+        host, replayed from another run, round or direction) is dropped here, so it cannot crowd out the real one.
+        """
+        if self._status == OUT or not self._ticks <= r <= self._ticks + 1 or self.finished:
+            return False
+        if not 0 <= j < self.spec.n or j == self.me or j in self._inbox.get(r, {}):
+            return False
+        payload = self._open(r, j, ct)
+        if payload is None:
+            return False
+        u = self._phase(r) if self.ready else None  # (rho is known once every join is in)
+        if isinstance(payload, UicPayload):
+            if u is None or payload.round != u or payload.sender != j:
+                return False  # a payload where this module expects none, or for another UIC round
+            self._inbox.setdefault(r, {})[j] = payload
+        else:
+            self._inbox.setdefault(r, {})[j] = DUMMY
+        return True
+
+    @property
+    def round_full(self) -> bool:
+        """Every other member's frame for the round being collected is in: the round can end now.
+
+        The host's Clock ends a round at its deadline at the latest; a module whose frames have all arrived ends
+        it at once (a communication-closed round): without faults a run goes as fast as the frames travel. A
+        module is never more than one round ahead of another: it needs that one's frame of the current round.
+        """
+        if self._status == OUT or self.finished or self._ticks == 0:
+            return False
+        return len(self._inbox.get(self._ticks, ())) == self.spec.n - 1
+
+    def tick(self, r: int, arrived: Mapping[int, bytes], noise: Callable[[int], bytes]) -> dict[int, bytes]:
+        """Complete round ``r - 1`` with the frames offered (and those in ``arrived``), emit round ``r``'s.
+
+        ``noise(k)`` gives ``k`` random bytes (a frame to a member whose key never arrived). Tick ``R + 1`` emits
+        nothing and ends the run (:attr:`result`).
+        """
+        total = self.spec.rounds
+        if r != self._ticks + 1 or r > total + 1:
+            raise ProtocolError(
+                "wrong_round",
+                f"module {self.me} has done {self._ticks} of {total + 1} ticks: the next is {self._ticks + 1}, not {r}",
+            )
+        for j, ct in arrived.items():
+            self.offer(r - 1, j, ct)
+        if r == 1:
+            self._start()
+        else:
+            self._complete(r - 1, self._inbox.pop(r - 1, {}))
+        self._ticks = r
+        if r == total + 1:
+            self._finish()
+            return {}
+        return self._emit(r, noise)
+
+    def stop(self) -> None:
+        """The module takes no further part (its host crashed it out): no frames, no result."""
+        self._status = OUT
+        self._uic = None
+        self._result = None
+
+    def _start(self) -> None:
+        if self._status != READY or self._uic is None:
+            self._status = OUT  # not every member joined, or no input: it cannot take part
+            self._uic = None
+            return
+        self._status = RUNNING
+
+    def _open(self, r: int, j: int, ct: bytes) -> UicPayload | object | None:
+        """The payload (or :data:`DUMMY`) of an authentic frame, None if it does not open."""
+        aead = self._recv.get(j)
+        if aead is None or len(ct) != self.frame:
+            return None
+        try:
+            plain = aead.open(r, ct, _aad(self.spec.run, r, j, self.me))
+        except CryptoError:
+            return None  # forged, replayed or from another round: an omission
+        length = int.from_bytes(plain[:LENGTH_BYTES], "big")
+        if length == 0:
+            return DUMMY
+        if LENGTH_BYTES + length > len(plain):
+            return None
+        try:
+            return decode_payload(
+                plain[LENGTH_BYTES : LENGTH_BYTES + length],
+                n=self.spec.n,
+                max_input_bytes=self.spec.terms.max_input_bytes,
+            )
+        except ProtocolError:
+            return None
+
+    def _complete(self, r: int, inbox: Mapping[int, object]) -> None:
+        uic = self._uic
+        u = self._phase(r)
+        if self._status != RUNNING or uic is None or u is None or uic.done:
+            return
+        received = {j: p for j, p in inbox.items() if isinstance(p, UicPayload)}
+        try:
+            uic.receive_round(u, received)
+        except ProtocolError:
+            self._status = HALTED  # authenticated frames never disagree; if they do, stopping keeps agreement
+            return
+        if uic.halted:
+            self._status = HALTED
+        elif uic.decided is not None:
+            self._status = DECIDED
+
+    def _emit(self, r: int, noise: Callable[[int], bytes]) -> dict[int, bytes]:
+        payload = b""
+        uic, u = self._uic, self._phase(r)
+        if self._status == RUNNING and uic is not None and u is not None and not uic.done:
+            msgs = uic.messages_for_round(u)
+            if msgs:
+                payload = encode_payload(next(iter(msgs.values())), max_input_bytes=self.spec.terms.max_input_bytes)
+        plain = len(payload).to_bytes(LENGTH_BYTES, "big") + payload
+        plain += bytes(self.plain - len(plain))
+        out: dict[int, bytes] = {}
+        for j in range(self.spec.n):
+            if j == self.me:
+                continue
+            if self._status == OUT and j not in self._recv:
+                out[j] = noise(self.frame)
+            else:
+                out[j] = self._send[j].seal(r, plain, _aad(self.spec.run, r, self.me, j))
+        return out
+
+    def _finish(self) -> None:
+        uic = self._uic
+        if self._status == DECIDED and uic is not None and uic.decided is not None:
+            self._result = self.fn.evaluate(uic.decided)
+        elif self._status == RUNNING:
+            self._status = HALTED  # (cannot happen: UIC ends decided or halted within its rounds)

@@ -1,0 +1,92 @@
+"""TrustedPals across real processes: five security module hosts on loopback compute and agree, even when the
+adversary on two hosts drops every frame of their modules (general omission, t = 2 of n = 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cardnet.bench.smcnet import SmcNet
+from cardnet.host.adversary import AdversaryConfig
+from cardnet.protocols.smc.functions import AUCTION, AUCTION2, MEDIAN, REGISTRY
+from cardnet.protocols.smc.registry import FunctionSpec
+from cardnet.services.smc.controller import Outcome, run_parties
+
+FAULTY = (1, 3)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[SmcNet]:
+    with SmcNet(tmp_path, 5, adversary={i: AdversaryConfig(1.0, 1.0, seed=i) for i in FAULTY}) as n:
+        yield n
+
+
+@pytest.fixture
+def clean_net(tmp_path: Path) -> Iterator[SmcNet]:
+    with SmcNet(tmp_path, 5) as n:
+        yield n
+
+
+def compute(net: SmcNet, fn: FunctionSpec, values: list[int], *, round_s: float = 0.05) -> list[Outcome]:
+    async def go() -> list[Outcome]:
+        modules = await net.modules()
+        try:
+            spec = net.spec(REGISTRY.terms(fn.name, n=5, t=2))
+            return await run_parties(net.parties(modules, spec), [fn.encode_input(v) for v in values], round_s=round_s)
+        finally:
+            for m in modules:
+                await m.close()
+
+    return asyncio.run(go())
+
+
+def test_five_processes_compute_the_median_and_an_auction_despite_two_faulty_hosts(net: SmcNet) -> None:
+    for fn, values, check in (
+        (MEDIAN, [40, 10, 30, 50, 20], lambda r: r["median"] == 30 and r["missing"] == list(FAULTY)),
+        (AUCTION, [5, 99, 7, 98, 6], lambda r: r["winner"] == 2 and r["price"] == 7),
+        (AUCTION2, [5, 99, 7, 98, 6], lambda r: r["winner"] == 2 and r["price"] == 6),
+    ):
+        outcomes = compute(net, fn, values)
+        correct = [o for i, o in enumerate(outcomes) if i not in FAULTY]
+        assert [o.status for o in correct] == ["decided"] * 3, (fn.name, outcomes, net.logs())
+        assert all(outcomes[i].status == "halted" for i in FAULTY), outcomes  # cut off: they stay silent
+        (result,) = {o.result for o in correct}
+        assert result is not None and check(fn.to_json(result)), (fn.name, fn.to_json(result))
+    assert "adversary on" in net.hosts[FAULTY[0]].log()
+
+
+def test_without_faults_every_module_decides_the_same_and_the_run_outpaces_its_deadlines(clean_net: SmcNet) -> None:
+    outcomes = compute(clean_net, MEDIAN, [3, 1, 4, 1, 5], round_s=5.0)  # deadlines far away: the frames pace it
+    assert {o.status for o in outcomes} == {"decided"}
+    (result,) = {o.result for o in outcomes}
+    assert result is not None and MEDIAN.to_json(result)["median"] == 3
+    assert all(o.ticks == o.rounds + 1 for o in outcomes)
+
+
+def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args], check=False, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cardnet_smc_run_prints_the_result_and_refuses_bad_input_cleanly(tmp_path: Path) -> None:
+    cmd = ["smc", "run", "-f", "median", "--json"]
+    faults = ("--adversary", "1", "--faulty", "1", "--seed", "4", "--dir", str(tmp_path))
+    r = cardnet(*cmd, "-i", "7", "-i", "2", "-i", "9", *faults)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["n"] == 3 and report["t"] == 1 and len(report["faulty_hosts"]) == 1
+    statuses = [m["status"] for m in report["modules"]]
+    assert statuses.count("decided") == 2 and report["result"]["count"] == 2
+    bad = cardnet(*cmd, "-i", "7", "-i", "seven")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    err = json.loads(bad.stdout)["error"]
+    assert err["reason"] == "bad_input" and "seven" in err["message"]
+    few = cardnet(*cmd, "-i", "7")
+    assert json.loads(few.stdout)["error"]["reason"] == "usage"
