@@ -29,6 +29,7 @@ ones make room first) and :data:`MAX_KEPT` run ids are remembered.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Final
 
 from cardnet.applets.sessions import SessionApplet
@@ -273,6 +274,12 @@ class SmcApplet(SessionApplet):
             key = (join.run, peer)
             ctx.after_commit(lambda: self._keep_early(key, raw))
             return
+        if not join.have:  # the peer lacks our join (lost on the way): send it again
+            try:
+                j = live.run.spec.index(peer)
+            except ProtocolError:
+                return
+            self.send_inner(ctx, peer, replace(live.run.join_for(j), have=True).encode())
         ctx.after_commit(lambda: self._join(live, peer, raw))
 
     def _keep_early(self, key: tuple[bytes, Uid], raw: bytes) -> None:

@@ -37,7 +37,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.registry import MAX_TERMS_BYTES, Agreement, FunctionSpec
 from cardnet.protocols.smc.uic import Uic, rounds_for
 from cardnet.protocols.smc.uic_wire import MAX_MODULES, UicPayload, decode_payload, encode_payload, max_payload_bytes
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Schema, Uid, UidType, UInt
+from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Uid, UidType, UInt
 
 RUN_ID_BYTES: Final = 16
 KEY_BYTES: Final = 32
@@ -74,6 +74,7 @@ JOIN = Schema(
         Field(1, "spec", Bytes(DIGEST_BYTES, DIGEST_BYTES)),
         Field(2, "key", Bytes(KEY_BYTES, KEY_BYTES)),
         Field(3, "contrib", Bytes(CONTRIB_BYTES, CONTRIB_BYTES)),
+        Field(4, "have", Bool()),
     ],
 )
 
@@ -149,23 +150,28 @@ class RunSpec:
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    """A module's join to one other member: the spec digest, its frame key for that member, its rho share."""
+    """A module's join to one other member: the spec digest, its frame key for that member, its rho share, and
+    whether it has that member's join already (``have``: a member told False sends its join again, so a join lost
+    on the way is resent for as long as its addressee asks)."""
 
     run: bytes
     spec: bytes
     key: bytes
     contrib: bytes
+    have: bool = False
 
     def encode(self) -> bytes:
-        return JOIN.encode({"run": self.run, "spec": self.spec, "key": self.key, "contrib": self.contrib})
+        return JOIN.encode(
+            {"run": self.run, "spec": self.spec, "key": self.key, "contrib": self.contrib, "have": self.have}
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> Join:
         f = _decode(JOIN, raw)
-        run, spec, key, contrib = f["run"], f["spec"], f["key"], f["contrib"]
+        run, spec, key, contrib, have = f["run"], f["spec"], f["key"], f["contrib"], f["have"]
         assert isinstance(run, bytes) and isinstance(spec, bytes) and isinstance(key, bytes)
-        assert isinstance(contrib, bytes)
-        return cls(run, spec, key, contrib)
+        assert isinstance(contrib, bytes) and isinstance(have, bool)
+        return cls(run, spec, key, contrib, have)
 
 
 def plaintext_bytes(n: int, max_input_bytes: int) -> int:
@@ -220,8 +226,8 @@ class ModuleRun:
     # --- joining -----------------------------------------------------------------------------------------------
 
     def join_for(self, j: int) -> Join:
-        """The join this module sends member ``j`` (the same every time it is asked)."""
-        return Join(self.spec.run, self._digest, self._keys[j], self._contribs[self.me])
+        """The join this module sends member ``j`` (the same keys every time it is asked)."""
+        return Join(self.spec.run, self._digest, self._keys[j], self._contribs[self.me], j in self._recv)
 
     def accept_join(self, j: int, join: Join) -> None:
         """Take member ``j``'s join; a second one must be the same (a resent copy)."""

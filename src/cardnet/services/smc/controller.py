@@ -118,7 +118,10 @@ class Module:
 
     async def ask(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
         async with self._lock:
-            await self.app.send(self.card, mtype, **fields)
+            try:
+                await self.app.send(self.card, mtype, **fields)
+            except (CardnetError, OSError) as exc:
+                raise SmcError("no_host", f"the connection to the module's host is gone: {exc}") from None
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 while True:
                     msg = await self._answers.get()
