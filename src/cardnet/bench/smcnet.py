@@ -59,6 +59,7 @@ class SmcNet:
             a = (adversary or {}).get(i)
             if a is not None:
                 seed = "" if a.seed is None else f"seed = {a.seed}\n"
+                seed += "" if a.stop_round is None else f"stop_round = {a.stop_round}\n"
                 mtypes = ", ".join(f'"{m}"' for m in a.mtypes)
                 text += f"\n[adversary]\ndrop_out = {a.drop_out}\ndrop_in = {a.drop_in}\nmtypes = [{mtypes}]\n{seed}"
             hp.config.write_text(text)

@@ -84,6 +84,12 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
     help="Faulty hosts drop each of their modules' frames, in and out, with this probability (1: all).",
 )
 @click.option("--faulty", type=int, default=None, help="How many hosts the adversary controls (default: t).")
+@click.option(
+    "--stop-round",
+    type=click.IntRange(1),
+    default=None,
+    help="With --adversary: the faulty hosts also stop their modules at this round (drop everything after).",
+)
 @click.option("--seed", type=int, default=None, help="Which hosts are faulty, and their drops, repeatably.")
 @click.option(
     "--dir",
@@ -101,6 +107,7 @@ def smc_run(
     rho_max: int,
     adversary: float | None,
     faulty: int | None,
+    stop_round: int | None,
     seed: int | None,
     directory: str | None,
     as_json: bool,
@@ -133,13 +140,15 @@ def smc_run(
     if round_ms <= 0:
         fail("--round-ms must be positive", reason="usage")
     rng = random.Random(seed)
+    if stop_round is not None and adversary is None:
+        fail("--stop-round needs --adversary (the faulty hosts stop their modules)", reason="usage")
     bad = _pick_faulty(n, t, faulty, rng) if adversary is not None else []
     if directory is not None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        report = _run(Path(directory), fn, terms, raws, round_ms, rho_max, adversary, bad, rng, as_json)
+        report = _run(Path(directory), fn, terms, raws, round_ms, rho_max, adversary, stop_round, bad, rng, as_json)
     else:
         with tempfile.TemporaryDirectory(prefix="cardnet-smc-") as tmp:
-            report = _run(Path(tmp), fn, terms, raws, round_ms, rho_max, adversary, bad, rng, as_json)
+            report = _run(Path(tmp), fn, terms, raws, round_ms, rho_max, adversary, stop_round, bad, rng, as_json)
     _print(report, fn, as_json)
 
 
@@ -151,6 +160,7 @@ def _run(
     round_ms: float,
     rho_max: int,
     adversary: float | None,
+    stop_round: int | None,
     bad: list[int],
     rng: random.Random,
     as_json: bool,
@@ -160,7 +170,8 @@ def _run(
     from cardnet.services.smc.controller import run_parties
 
     n = len(raws)
-    drops = {i: AdversaryConfig(adversary or 0.0, adversary or 0.0, seed=rng.randrange(1 << 30)) for i in bad}
+    p = adversary or 0.0
+    drops = {i: AdversaryConfig(p, p, seed=rng.randrange(1 << 30), stop_round=stop_round) for i in bad}
     status = None if as_json else console.status(f"starting {n} module hosts…")
     if status is not None:
         status.start()

@@ -9,8 +9,10 @@ transiently or for good, or stop the module. This guard does that on purpose, fr
     drop_in = 0.3           # ... and each one that arrives for a local card
     mtypes = ["smc.frame"]  # which messages (default: the modules' round frames)
     seed = 7                # optional: the same drops every run
+    stop_round = 4          # optional: from this round of every run on, drop every frame: the module stops
 
-``1.0`` drops everything (a permanent omission: to the others the module has crashed). Drops are counted
+``1.0`` drops everything (a permanent omission: to the others the module has crashed); ``stop_round`` stops the
+module in the middle of each run (its frames carry the round number in clear). Drops are counted
 (:attr:`Adversary.dropped`) and logged at debug level.
 """
 
@@ -22,7 +24,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cardnet.host.guard import Guard, Verdict
-from cardnet.wire import Message
+from cardnet.wire import DecodeError, Message
+from cardnet.wire.mtypes import lookup
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class AdversaryConfig:
     drop_in: float = 0.0
     mtypes: tuple[str, ...] = ("smc.frame",)
     seed: int | None = None
+    stop_round: int | None = None
 
 
 @dataclass
@@ -52,6 +56,12 @@ class Adversary:
         if msg.mtype not in self.codes:
             return Verdict.PASS
         local = self.local_domains()
+        stop = self.config.stop_round
+        if stop is not None and (msg.src.domain in local) != (msg.dst.domain in local):
+            r = _round_of(msg)
+            if r is not None and r >= stop:
+                self.dropped += 1
+                return Verdict.DROP
         if msg.src.domain in local and msg.dst.domain not in local:
             p = self.config.drop_out
         elif msg.dst.domain in local and msg.src.domain not in local:
@@ -63,3 +73,13 @@ class Adversary:
             log.debug("adversary dropped 0x%04x %s -> %s", msg.mtype, msg.src, msg.dst)
             return Verdict.DROP
         return Verdict.PASS
+
+
+def _round_of(msg: Message) -> int | None:
+    """The round of an ``smc.frame`` (its cleartext ``round`` field), None for anything else."""
+    try:
+        fields = lookup(msg.mtype).parse(msg)
+    except (KeyError, DecodeError):
+        return None
+    r = fields.get("round")
+    return r if isinstance(r, int) else None

@@ -28,6 +28,7 @@
     drop_in = 0.3                       # ... per message arriving for its cards
     mtypes = ["smc.frame"]              # which message types (default shown)
     seed = 7                            # optional
+    stop_round = 4                      # optional: from this round of a run on, drop all: the module stops
 
     [limits]                            # optional: bounds on the listening sockets (defaults shown)
     max_connections = 512               # remote connections held at once on `listen`
@@ -67,7 +68,7 @@ from cardnet.wire import DecodeError, by_name
 KNOWN_TOP = {
     "name", "listen", "app_socket", "max_frame", "resend_after_s", "cards", "routes", "tls", "limits", "adversary",
 }  # fmt: skip
-KNOWN_ADVERSARY = ("drop_out", "drop_in", "mtypes", "seed")
+KNOWN_ADVERSARY = ("drop_out", "drop_in", "mtypes", "seed", "stop_round")
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "handshake_timeout_s", "idle_timeout_s", "app_max_connections")
 KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
@@ -276,7 +277,10 @@ def _adversary(data: dict[str, Any]) -> AdversaryConfig | None:
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _bad("adversary.seed", f"a whole number, got {seed!r}")
-    return AdversaryConfig(probs["drop_out"], probs["drop_in"], tuple(mtypes), seed)
+    stop = raw.get("stop_round")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
+        raise _bad("adversary.stop_round", f"a round number from 1, got {stop!r}")
+    return AdversaryConfig(probs["drop_out"], probs["drop_in"], tuple(mtypes), seed, stop)
 
 
 def _limits(data: dict[str, Any]) -> tuple[ServerLimits, int]:
