@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from cardnet.bench.smcnet import SmcNet
+from cardnet.bench.smcnet import PIN, SmcNet
 from cardnet.host.adversary import AdversaryConfig
 from cardnet.protocols.smc.functions import AUCTION, AUCTION2, MEDIAN, REGISTRY
 from cardnet.protocols.smc.registry import FunctionSpec
 from cardnet.services.smc.controller import Outcome, run_parties
 
 FAULTY = (1, 3)
+JOIN = (sys.executable, "-m", "cardnet.cli.main", "smc", "join")
 
 
 @pytest.fixture
@@ -90,3 +92,33 @@ def test_cardnet_smc_run_prints_the_result_and_refuses_bad_input_cleanly(tmp_pat
     assert err["reason"] == "bad_input" and "seven" in err["message"]
     few = cardnet(*cmd, "-i", "7")
     assert json.loads(few.stdout)["error"]["reason"] == "usage"
+
+
+def test_parties_on_hosts_of_their_own_join_a_planned_run(clean_net: SmcNet, tmp_path: Path) -> None:
+    """`cardnet smc plan` writes a run file; each party runs `cardnet smc join` against its own host in a
+    process of its own; they all print the same result."""
+    plan = tmp_path / "run.toml"
+    members = [a for u in clean_net.uids for a in ("-m", str(u))]
+    r = cardnet("smc", "plan", "-f", "median", *members, "--round-ms", "100", "--start-in", "6", "--out", str(plan))
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "CARDNET_PIN": PIN}
+    procs = [
+        subprocess.Popen(
+            [*JOIN, "--run", str(plan), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", str(v), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for hp, v in zip(clean_net.hosts, [8, 6, 7, 5, 3], strict=True)
+    ]
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        reports.append(json.loads(out))
+    assert [rep["module"] for rep in reports] == [0, 1, 2, 3, 4]
+    assert {rep["status"] for rep in reports} == {"decided"}
+    assert [rep["result"]["median"] for rep in reports] == [6] * 5
+    again = cardnet("smc", "plan", "-f", "median", *members, "--out", str(plan))
+    assert json.loads(again.stdout or "{}") == {} and again.returncode != 0 and "exists" in again.stderr

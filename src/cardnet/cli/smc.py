@@ -236,3 +236,181 @@ def _print(report: dict[str, Any], fn: Any, as_json: bool) -> None:
         f"from joined to result; hosts started in {report['hosts_started_s']:.2f} s",
         markup=False,
     )
+
+
+# --- parties on hosts of their own: a run file, then one `join` per party ----------------------------------
+
+RUN_FIELDS = ("run", "function", "code_hash", "t", "max_input_bytes", "rho_max", "round_ms", "start_at", "members")
+
+
+def _read_run(path: str) -> tuple[Any, float, float]:
+    """(spec, round_s, start_at) from a run file written by `cardnet smc plan`; a bad file fails by field."""
+    import tomllib
+
+    from cardnet.protocols.smc.registry import Agreement
+    from cardnet.protocols.smc.run import RunSpec
+    from cardnet.wire import DecodeError, Uid
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        fail(f"cannot read the run file {path}: {exc.strerror or exc}", reason="no_file")
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"the run file {path} is not TOML: {exc}", reason="bad_run", hint="write it with `cardnet smc plan`")
+    missing = [k for k in RUN_FIELDS if k not in data]
+    if missing:
+        fail(
+            f"the run file {path} lacks {', '.join(missing)}", reason="bad_run", hint="write it with `cardnet smc plan`"
+        )
+    try:
+        members = tuple(Uid.parse(m) for m in data["members"])
+        terms = Agreement(
+            function=data["function"],
+            code_hash=bytes.fromhex(data["code_hash"]),
+            n=len(members),
+            t=data["t"],
+            max_input_bytes=data["max_input_bytes"],
+        )
+        spec = RunSpec(bytes.fromhex(data["run"]), members, terms, data["rho_max"])
+        round_s, start_at = float(data["round_ms"]) / 1000, float(data["start_at"])
+    except (ValueError, TypeError, DecodeError, ProtocolError) as exc:
+        fail(f"the run file {path} is not valid: {exc}", reason="bad_run", hint="write it with `cardnet smc plan`")
+    if round_s <= 0:
+        fail(f"the run file {path}: round_ms must be positive", reason="bad_run")
+    return spec, round_s, start_at
+
+
+@smc.command("plan")
+@click.option("-f", "--function", "function", required=True, help="What to compute: see `cardnet smc functions`.")
+@click.option(
+    "-m", "--member", "members", multiple=True, required=True, help="A module card's Uid, once per party, in order."
+)
+@click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
+@click.option("--round-ms", type=float, default=100.0, show_default=True, help="The round deadline.")
+@click.option("--rho-max", type=click.IntRange(0, MAX_RHO), default=DEFAULT_RHO_MAX, show_default=True)
+@click.option(
+    "--start-in",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds from now to the first round: every party must have joined by then (clocks in sync).",
+)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The run file to write.")
+@json_option
+def smc_plan(
+    function: str,
+    members: tuple[str, ...],
+    t: int | None,
+    round_ms: float,
+    rho_max: int,
+    start_in: float,
+    out: str,
+    as_json: bool,
+) -> None:
+    """Write a run file for parties on hosts of their own: give it to every party, each then runs
+    `cardnet smc join --run FILE` against its own host. The hosts must route to each other's module cards
+    ([routes] in their configs) and their clocks must agree to well within a round."""
+    import os
+
+    from cardnet.cli.trn import parse_uid
+
+    uids = [parse_uid(m) for m in members]
+    n = len(uids)
+    t = (n - 1) // 2 if t is None else t
+    try:
+        terms = REGISTRY.terms(function, n=n, t=t)
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason, hint="`cardnet smc functions` lists the functions")
+    if round_ms <= 0 or start_in < 0:
+        fail("--round-ms must be positive and --start-in not negative", reason="usage")
+    run = os.urandom(16)
+    start_at = time.time() + start_in
+    text = (
+        f'run = "{run.hex()}"\nfunction = "{function}"\ncode_hash = "{terms.code_hash.hex()}"\nt = {t}\n'
+        f"max_input_bytes = {terms.max_input_bytes}\nrho_max = {rho_max}\nround_ms = {round_ms}\n"
+        f"start_at = {start_at:.3f}  # unix time of the first round\n"
+        f"members = [{', '.join(repr(str(u)).replace(chr(39), chr(34)) for u in uids)}]\n"
+    )
+    try:
+        with open(out, "x") as f:
+            f.write(text)
+    except FileExistsError:
+        fail(f"{out} exists: a run file is written once (each run has its own id)", reason="exists")
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}", reason="no_file")
+    report = {"run": run.hex(), "file": out, "n": n, "t": t, "start_at": round(start_at, 3)}
+    if as_json:
+        emit_json(report)
+    else:
+        console.print(f"run {run.hex()} ({function}, n={n}, t={t}) starts in {start_in:g} s: written to {out}")
+
+
+@smc.command("join")
+@click.option("--run", "run_file", required=True, type=click.Path(dir_okay=False), help="The run file (`smc plan`).")
+@click.option("--socket", required=True, help="Your host's application socket (app_socket in its config).")
+@click.option("--pin", default=None, help="Your module card's PIN (default: $CARDNET_PIN, else asked for).")
+@click.option("--card", "card", default=None, help="Your module card's domain, if the host runs several cards.")
+@click.option("-i", "--input", "value", required=True, help="Your input (e.g. 52; JSON for `exchange`).")
+@json_option
+def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, value: str, as_json: bool) -> None:
+    """Take part in a planned run with your module card: join (until the run starts), give your input, drive
+    the rounds, and print the result every module that decided computed."""
+    from cardnet.cli.trn import card_pin, parse_domain
+    from cardnet.services.smc.controller import Module, Party, SmcError
+
+    spec, round_s, start_at = _read_run(run_file)
+    fn = REGISTRY.get(spec.terms.function)
+    try:
+        raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason)
+    key = card_pin(pin)
+    domain = parse_domain(card)
+
+    async def go() -> tuple[Any, float]:
+        module = await Module.open(socket, pin=key, card=domain)
+        try:
+            party = Party(module, spec)
+            ready = await party.prepare(max(0.5, start_at - time.time() - round_s))
+            if ready:
+                await party.give_input(raw)
+            elif not as_json:
+                console.print(f"not every member joined by the start ({party.state.get('joined')} of {spec.n})")
+            t0 = time.perf_counter()
+            outcome = await party.run_rounds(start_at, round_s)
+            return outcome, time.perf_counter() - t0
+        finally:
+            await module.close()
+
+    status = None if as_json else console.status(f"joining run {spec.run.hex()}, then {spec.rounds} rounds…")
+    if status is not None:
+        status.start()
+    try:
+        outcome, took = asyncio.run(go())
+    except SmcError as exc:
+        hints = {
+            "no_host": "is `cardnet host run` running with that app_socket?",
+            "wrong_pin": "check the PIN; at 0 tries the card locks",
+            "not_a_member": "this card is not in the run file's members",
+            "restarted": "this module restarted during the run: it takes no further part; plan a new run",
+        }
+        fail(str(exc), reason=exc.reason, hint=hints.get(exc.reason))
+    finally:
+        if status is not None:
+            status.stop()
+    result = None if outcome.result is None else fn.to_json(outcome.result)
+    report = {
+        "run": spec.run.hex(),
+        "module": outcome.me,
+        "status": outcome.status,
+        "result": result,
+        "rounds": outcome.rounds,
+        "smc_ms": round(took * 1000, 1),
+    }
+    if as_json:
+        emit_json(report)
+    elif outcome.result is None:
+        console.print(f"module {outcome.me}: {outcome.status}, no result (its host failed, or more than t did)")
+    else:
+        console.print(f"module {outcome.me}: {fn.render(outcome.result)}", markup=False)
