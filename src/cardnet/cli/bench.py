@@ -229,6 +229,66 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
     _report("cardnet bench speed", rows, r["targets"], (f"one purchase (counted in process) = {ops}",))
 
 
+@bench.command("smc")
+@AS_JSON
+@click.option("--n", "ns", type=click.IntRange(3, 16), multiple=True, help="Parties (repeat; default: 3, 5 and 7).")
+@click.option(
+    "--reps",
+    type=click.IntRange(1, 100),
+    default=7,
+    show_default=True,
+    help="Repetitions of each function at each n, after one warm-up (medians and p90 reported).",
+)
+@click.option(
+    "--round-ms",
+    type=click.FloatRange(1.0, 10_000.0),
+    default=50.0,
+    show_default=True,
+    help="The Clock's round deadline (without faults the frames pace the rounds, not the deadline).",
+)
+@click.option("--seed", type=int, default=None, help="The inputs drawn, repeatably.")
+def bench_smc(as_json: bool, ns: tuple[int, ...], reps: int, round_ms: float, seed: int | None) -> None:
+    """TrustedPals SMC among n module host processes (median, auction at n = 3, 5, 7) vs MPyC's parties.
+
+    Needs MPyC: pip install 'cardnet[bench]'.
+    """
+    from cardnet.bench import smc
+
+    ns = tuple(dict.fromkeys(ns)) or smc.DEFAULT_NS
+    if as_json:
+        emit_json(smc.run(ns=ns, reps=reps, round_ms=round_ms, seed=seed))
+        return
+    with console.status("starting…") as status:
+        r = smc.run(ns=ns, reps=reps, round_ms=round_ms, seed=seed, progress=status.update)
+    t = table("function", "n", "t", "rounds x deadline", "join_ms", "smc_ms (p90)", "mpyc_ms (p90)", "smc / mpyc",
+              title="cardnet bench smc")  # fmt: skip
+    for column in t.columns[1:]:
+        column.justify = "right"
+    for f in r["figures"]:
+        t.add_row(f["function"], str(f["n"]), str(f["t"]), f"{f['rounds']} x {f['round_ms']:g} ms",
+                  f"{f['join_ms']:.1f}", f"{f['smc_ms']:.1f} ({f['smc_p90_ms']:.1f})",
+                  f"{f['mpyc_ms']:.1f} ({f['mpyc_p90_ms']:.1f})", f"{f['smc_vs_mpyc']:.3f}")  # fmt: skip
+    print_table(t)
+    setups = ", ".join(
+        f"n={s['n']}: hosts {s['hosts_start_ms']:.0f} ms, first join {s['first_join_ms']:.0f} ms, "
+        f"MPyC parties {s['mpyc_setup_ms']:.0f} ms"
+        for s in r["setup"]
+    )
+    m, p = r["mpyc"], r["paper"]
+    notes = (
+        f"smc_ms: inputs given to every module -> every result pushed back; join_ms (before the inputs) not in it. "
+        f"mpyc_ms: inputs written to every MPyC party -> every result read (MPyC {m['version']}, "
+        f"{m['bit_length']}-bit secint, gmpy2 {'on' if m['gmpy2'] else 'off'}). Medians of {r['reps']} repetitions.",
+        f"set-up, not in the figures: {setups}",
+        f"the paper: rounds of {p['round_ms']} ms, {p['rounds']} rounds, {p['smc_ms']} ms an SMC",
+        f"load average (1 min) before / after: {r['load_avg_1min'][0]} / {r['load_avg_1min'][1]} on {r['cpus']} cores",
+    )
+    for note in notes:
+        console.print(note, markup=False)
+    for target, ok in r["targets"].items():
+        console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+
+
 def _add_protocol_benches() -> None:
     """Benchmarks whose commands live with their protocol's CLI."""
     from cardnet.cli.millicent import bench_millicent
