@@ -10,14 +10,17 @@ killed (SIGKILL) and restarted with the same config, stores and log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from cardnet.errors import CardnetError
 from cardnet.wire import Uid
@@ -158,3 +161,37 @@ class HostProc:
         if self.running:
             raise ProcError("running", f"host {self.name} is still running: stop or kill it before a restart")
         self.start()
+
+
+class HostSet:
+    """Host processes started and stopped together: ``with net:`` starts them all at once and stops every one on
+    the way out, whatever happened. A subclass says which processes (:meth:`procs`)."""
+
+    def procs(self) -> list[HostProc]:  # pragma: no cover
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every host at once (each waits for its own ``ready`` line)."""
+        procs = self.procs()
+        with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
+            list(pool.map(HostProc.start, procs))
+
+    def stop(self) -> None:
+        for hp in self.procs():
+            with contextlib.suppress(Exception):
+                hp.stop()
+
+    def logs(self, chars: int = 1500) -> str:
+        """The end of every host's log, for an error message."""
+        return "\n".join(f"--- host {hp.name}'s log:\n{hp.log_tail(chars)}" for hp in self.procs())

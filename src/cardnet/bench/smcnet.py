@@ -11,13 +11,11 @@ Used by ``cardnet smc run``, ``cardnet bench smc`` and the integration tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cardnet.bench.procs import HostProc, free_port
+from cardnet.bench.procs import HostProc, HostSet, free_port
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
@@ -32,7 +30,7 @@ PIN = "2580"
 CAPACITY_BYTES = 4 << 20  # frames wait in the outbox until the host passed them on
 
 
-class SmcNet:
+class SmcNet(HostSet):
     """``n`` module hosts, ``m0`` .. ``m<n-1>``; ``start()`` them (or ``with``), then :meth:`parties`."""
 
     def __init__(self, tmp: Path, n: int, *, adversary: dict[int, AdversaryConfig] | None = None) -> None:
@@ -65,26 +63,8 @@ class SmcNet:
             hp.config.write_text(text)
             self.hosts.append(hp)
 
-    def __enter__(self) -> SmcNet:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start every host at once (each waits for its ``ready`` line)."""
-        with ThreadPoolExecutor(max_workers=self.n) as pool:
-            list(pool.map(HostProc.start, self.hosts))
-
-    def stop(self) -> None:
-        for hp in self.hosts:
-            with contextlib.suppress(Exception):
-                hp.stop()
+    def procs(self) -> list[HostProc]:
+        return self.hosts
 
     def spec(self, terms: Agreement, *, rho_max: int = DEFAULT_RHO_MAX) -> RunSpec:
         """A fresh run among every module of the network."""
@@ -96,6 +76,3 @@ class SmcNet:
 
     def parties(self, modules: list[Module], spec: RunSpec) -> list[Party]:
         return [Party(m, spec) for m in modules]
-
-    def logs(self, chars: int = 1500) -> str:
-        return "\n".join(f"--- host {hp.name}'s log:\n{hp.log_tail(chars)}" for hp in self.hosts)

@@ -25,7 +25,7 @@ from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.trn import LIST, RECOVER, RESULT, SET_AUTHORITY, TOKENS
-from cardnet.bench.procs import HostProc, free_port
+from cardnet.bench.procs import HostProc, HostSet, free_port
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
@@ -44,7 +44,7 @@ class TrnNetError(CardnetError):
     """A card of the network refused a set-up command (the hosts' logs say more)."""
 
 
-class TrnNet:
+class TrnNet(HostSet):
     """auth host: authority card + agent card (run by ``cardnet authority run``); one host per wallet."""
 
     def __init__(
@@ -106,29 +106,8 @@ class TrnNet:
     def host_of(self, card: str) -> HostProc:
         return self.hosts[self.where[card]]
 
-    def __enter__(self) -> TrnNet:
-        """Start every host; ``with TrnNet(tmp) as net:`` stops them all on the way out, whatever happened."""
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        for hp in self.hosts.values():
-            hp.start()
-
-    def stop(self) -> None:
-        for hp in self.hosts.values():
-            hp.stop()
-
-    def logs(self, chars: int = 1500) -> str:
-        """The end of every host's log, for an error message."""
-        return "\n".join(f"--- host {name}'s log:\n{hp.log_tail(chars)}" for name, hp in self.hosts.items())
+    def procs(self) -> list[HostProc]:
+        return list(self.hosts.values())
 
     async def app(self, card: str) -> AppClient:
         """An application on ``card``'s host, logged in to it with the PIN (the caller closes it)."""
