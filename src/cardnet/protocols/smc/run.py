@@ -418,15 +418,22 @@ class ModuleRun:
         elif uic.decided is not None:
             self._status = DECIDED
 
-    def _emit(self, r: int, noise: Callable[[int], bytes]) -> dict[int, bytes]:
-        payload = b""
+    def _payload(self, r: int) -> bytes:
+        """Round ``r``'s UIC payload, encoded; empty in a fake or tail round and once UIC is done (a dummy)."""
         uic, u = self._uic, self._phase(r)
         if self._status == RUNNING and uic is not None and u is not None and not uic.done:
             msgs = uic.messages_for_round(u)
             if msgs:
-                payload = encode_payload(next(iter(msgs.values())), max_input_bytes=self.spec.terms.max_input_bytes)
+                return encode_payload(next(iter(msgs.values())), max_input_bytes=self.spec.terms.max_input_bytes)
+        return b""
+
+    def _pad(self, payload: bytes) -> bytes:
+        """The frame's plaintext: the payload's 2-byte length, the payload, zeros to the run's one length."""
         plain = len(payload).to_bytes(LENGTH_BYTES, "big") + payload
-        plain += bytes(self.plain - len(plain))
+        return plain + bytes(self.plain - len(plain))
+
+    def _emit(self, r: int, noise: Callable[[int], bytes]) -> dict[int, bytes]:
+        plain = self._pad(self._payload(r))
         out: dict[int, bytes] = {}
         for j in range(self.spec.n):
             if j == self.me:
