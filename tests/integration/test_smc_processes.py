@@ -4,12 +4,14 @@ adversary on two hosts drops every frame of their modules (general omission, t =
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,31 +96,56 @@ def test_cardnet_smc_run_prints_the_result_and_refuses_bad_input_cleanly(tmp_pat
     assert json.loads(few.stdout)["error"]["reason"] == "usage"
 
 
-def test_parties_on_hosts_of_their_own_join_a_planned_run(clean_net: SmcNet, tmp_path: Path) -> None:
-    """`cardnet smc plan` writes a run file; each party runs `cardnet smc join` against its own host in a
-    process of its own; they all print the same result."""
-    plan = tmp_path / "run.toml"
-    members = [a for u in clean_net.uids for a in ("-m", str(u))]
-    r = cardnet("smc", "plan", "-f", "median", *members, "--round-ms", "100", "--start-in", "6", "--out", str(plan))
+def join_all(net: SmcNet, tmp_path: Path, function: str, inputs: list[str]) -> list[dict[str, Any]]:
+    """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports."""
+    plan = tmp_path / f"{function}.toml"
+    members = [a for u in net.uids for a in ("-m", str(u))]
+    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "100", "--start-in", "6", "--out", str(plan))
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "CARDNET_PIN": PIN}
     procs = [
         subprocess.Popen(
-            [*JOIN, "--run", str(plan), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", str(v), "--json"],
+            [*JOIN, "--run", str(plan), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", v, "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        for hp, v in zip(clean_net.hosts, [8, 6, 7, 5, 3], strict=True)
+        for hp, v in zip(net.hosts, inputs, strict=True)
     ]
     reports = []
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         reports.append(json.loads(out))
+    again = cardnet("smc", "plan", "-f", function, *members, "--out", str(plan))
+    assert again.returncode != 0 and "exists" in again.stderr
+    return reports
+
+
+def test_parties_on_hosts_of_their_own_join_a_planned_run(clean_net: SmcNet, tmp_path: Path) -> None:
+    """`cardnet smc plan` writes a run file; each party runs `cardnet smc join` against its own host in a
+    process of its own; they all print the same result."""
+    reports = join_all(clean_net, tmp_path, "median", ["8", "6", "7", "5", "3"])
     assert [rep["module"] for rep in reports] == [0, 1, 2, 3, 4]
     assert {rep["status"] for rep in reports} == {"decided"}
     assert [rep["result"]["median"] for rep in reports] == [6] * 5
-    again = cardnet("smc", "plan", "-f", "median", *members, "--out", str(plan))
-    assert json.loads(again.stdout or "{}") == {} and again.returncode != 0 and "exists" in again.stderr
+
+
+def test_five_parties_exchange_items_in_a_ring_each_opening_only_its_own(clean_net: SmcNet, tmp_path: Path) -> None:
+    items = [f"item of party {i}" for i in range(5)]
+    digests = [hashlib.sha256(x.encode()).hexdigest() for x in items]
+    inputs = [
+        json.dumps(
+            {"item": items[i], "to": [(i + 1) % 5], "expect": {str((i - 1) % 5): digests[(i - 1) % 5]}, "key": k}
+        )
+        for i, k in enumerate(os.urandom(32).hex() for _ in range(5))
+    ]
+    reports = join_all(clean_net, tmp_path, "exchange", inputs)
+    assert {rep["status"] for rep in reports} == {"decided"}
+    assert all(rep["result"]["ok"] for rep in reports)
+    for i, rep in enumerate(reports):
+        assert rep["received"] == [
+            {"from": (i - 1) % 5, "item": items[(i - 1) % 5], "item_hex": items[(i - 1) % 5].encode().hex()}
+        ]
+        assert all(items[j] not in json.dumps(rep["result"]) for j in range(5))  # the others see them sealed

@@ -400,7 +400,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         if status is not None:
             status.stop()
     result = None if outcome.result is None else fn.to_json(outcome.result)
-    report = {
+    report: dict[str, Any] = {
         "run": spec.run.hex(),
         "module": outcome.me,
         "status": outcome.status,
@@ -408,9 +408,30 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         "rounds": outcome.rounds,
         "smc_ms": round(took * 1000, 1),
     }
+    received = _my_items(fn.name, outcome.result, outcome.me, raw)
+    if received is not None:
+        report["received"] = received
     if as_json:
         emit_json(report)
     elif outcome.result is None:
         console.print(f"module {outcome.me}: {outcome.status}, no result (its host failed, or more than t did)")
     else:
         console.print(f"module {outcome.me}: {fn.render(outcome.result)}", markup=False)
+        for item in received or []:
+            console.print(f"received from party {item['from']}: {item['item']}", markup=False)
+
+
+def _my_items(function: str, result: bytes | None, me: int, my_input: bytes) -> list[dict[str, Any]] | None:
+    """For an exchange, the items this party received, opened with the key in its own input (others see them
+    only sealed); None for other functions or without a result."""
+    if function != "exchange" or result is None:
+        return None
+    from cardnet.protocols.smc.functions import open_exchange
+
+    try:
+        mine = open_exchange(result, me=me, my_input=my_input)
+    except ProtocolError as exc:
+        fail(str(exc), reason=exc.reason)
+    return [
+        {"from": source, "item": item.decode("utf-8", "replace"), "item_hex": item.hex()} for source, item in mine.items
+    ]
