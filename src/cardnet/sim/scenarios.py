@@ -146,6 +146,7 @@ for _name, _classes in _TRANSFER_VARIANTS.items():
 
 from cardnet.sim import fairx as _fairx  # noqa: E402  (registers the fairx scenarios)
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)
+from cardnet.sim import smc as _smc  # noqa: E402  (registers the smc scenarios)
 from cardnet.sim import speed as _speed  # noqa: E402  (registers the speed scenarios)
 
-del _fairx, _millicent, _speed
+del _fairx, _millicent, _smc, _speed
