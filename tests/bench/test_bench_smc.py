@@ -36,7 +36,7 @@ def test_bench_smc_json_is_complete_and_consistent() -> None:
     assert r["reps"] == REPS and r["round_ms"] > 0 and r["rho_max"] >= 0
     assert [(f["function"], f["n"]) for f in r["figures"]] == [("median", 3), ("auction", 3)]
     for f in r["figures"]:
-        assert f["t"] == 1 and f["rounds"] == r["rho_max"] + f["t"] + 1, f
+        assert f["t"] == 1 and f["rounds"] == r["rho_max"] + 2 * (f["t"] + 1), f
         assert f["round_ms"] == r["round_ms"] and f["deadline_ms"] == pytest.approx(f["rounds"] * f["round_ms"])
         for figure in ("smc_ms", "smc_p90_ms", "join_ms", "mpyc_ms", "mpyc_p90_ms", "smc_vs_mpyc"):
             assert f[figure] > 0, (figure, f)

@@ -80,7 +80,7 @@ def test_junk_frames_offered_to_a_running_module_change_nothing(seed: int) -> No
                 other.accept_join(i, m.join_for(j))
     for m, v in zip(mods, (3, 1, 2), strict=True):
         m.give_input(MEDIAN.encode_input(v))
-    out = {i: m.tick(1, {}, r.randbytes) for i, m in enumerate(mods)}
+    out = {i: m.tick(1) for i, m in enumerate(mods)}
     for rnd in range(2, sp.rounds + 2):
         for i, m in enumerate(mods):
             for j in range(3):
@@ -93,6 +93,6 @@ def test_junk_frames_offered_to_a_running_module_change_nothing(seed: int) -> No
                     assert not m.offer(rnd - 1, j, ct)
                 assert not m.offer(rnd - 1, (j + 1) % 3 if (j + 1) % 3 != i else (j + 2) % 3, real)
                 assert m.offer(rnd - 1, j, real)
-        out = {i: m.tick(rnd, {}, r.randbytes) for i, m in enumerate(mods)}
+        out = {i: m.tick(rnd) for i, m in enumerate(mods)}
     assert {m.status for m in mods} == {DECIDED}
     assert len({m.result for m in mods}) == 1

@@ -76,7 +76,7 @@ def run_rounds(
                 m.stop()
             if m.status == OUT and crash.get(i, total + 9) <= r:
                 continue  # a crashed module's host sends nothing more
-            frames = m.tick(r, inbox[i], rng.randbytes)
+            frames = m.tick(r, inbox[i])
             for j, ct in frames.items():
                 net.wire.append((r, i, j, len(ct)))
                 if not drop(r, i, j):
@@ -155,9 +155,9 @@ def test_rho_is_hidden_and_varies_but_the_round_count_does_not() -> None:
     rhos = set()
     for seed in range(30):
         net = run(MEDIAN, [1, 2, 3], t=1, seed=seed, rho_max=4)
-        rhos.add(net.modules[0]._rho)
-        assert {m._rho for m in net.modules} == {net.modules[0]._rho}  # every module computed the same rho
-        assert net.modules[0].spec.rounds == 4 + 2
+        rhos.add(net.modules[0].rho)
+        assert {m.rho for m in net.modules} == {net.modules[0].rho}  # every module computed the same rho
+        assert net.modules[0].spec.rounds == 4 + 2 * 2
     assert len(rhos) >= 4
 
 
@@ -168,11 +168,11 @@ def test_frames_replayed_from_another_round_or_run_count_as_omissions() -> None:
     join_all(net)
     for m, raw in zip(net.modules, inputs_for(MEDIAN, [4, 5, 6]), strict=True):
         m.give_input(raw)
-    first = {i: m.tick(1, {}, rng.randbytes) for i, m in enumerate(net.modules)}
+    first = {i: m.tick(1) for i, m in enumerate(net.modules)}
     # round 2 completes round 1: module 0 gets module 1's round-1 frame twice relabelled, and module 2's frame
     # to module 1 (another direction): neither opens, so module 0 hears only from itself and halts (quorum 2)
     arrived = {1: first[2][1], 2: first[1][2]}
-    net.modules[0].tick(2, arrived, rng.randbytes)
+    net.modules[0].tick(2, arrived)
     assert net.modules[0].status == HALTED
 
 
@@ -201,11 +201,26 @@ def test_a_second_different_join_is_refused_and_a_resent_one_is_fine() -> None:
     assert e.value.reason == "join_changed"
 
 
-def test_a_module_that_never_got_every_join_takes_no_part_and_the_others_decide_without_it() -> None:
+def test_a_join_withheld_by_a_faulty_host_holds_no_correct_module_back() -> None:
+    """Host 0 withholds its module's join to module 4: module 4 cannot open module 0's frames (module 0 is faulty
+    to it) but takes its input with n - 1 joins and decides with the others, the same vector."""
     rng = random.Random(9)
     spec = spec_for(MEDIAN, 5, 2, run=rng.randbytes(16))
     net = build(spec, MEDIAN, rng)
-    join_all(net, lost=lambda i, j: j == 4 and i == 0)  # module 4 never hears module 0's join
+    join_all(net, lost=lambda i, j: i == 0 and j == 4)
+    assert not net.modules[4].ready and net.modules[4].agreed
+    for m, raw in zip(net.modules, inputs_for(MEDIAN, [1, 2, 3, 4, 5]), strict=True):
+        m.give_input(raw)
+    run_rounds(net, rng)
+    assert {m.status for m in net.modules} == {DECIDED}
+    assert len({m.vector for m in net.modules}) == 1 and len({m.result for m in net.modules}) == 1
+
+
+def test_a_module_with_fewer_than_n_minus_t_joins_takes_no_input_and_no_part() -> None:
+    rng = random.Random(10)
+    spec = spec_for(MEDIAN, 5, 2, run=rng.randbytes(16))
+    net = build(spec, MEDIAN, rng)
+    join_all(net, lost=lambda i, j: j == 4 and i in (0, 1, 2))  # module 4 hears only module 3
     for i, (m, raw) in enumerate(zip(net.modules, inputs_for(MEDIAN, [1, 2, 3, 4, 5]), strict=True)):
         if i == 4:
             with pytest.raises(ProtocolError) as e:
@@ -218,7 +233,31 @@ def test_a_module_that_never_got_every_join_takes_no_part_and_the_others_decide_
     results = {m.result for m in net.modules[:4]}
     assert {m.status for m in net.modules[:4]} == {DECIDED} and len(results) == 1
     (result,) = results
-    assert result is not None and MEDIAN.to_json(result)["median"] in (2, 3)  # of 1..4 (module 4's input missing)
+    assert result is not None and MEDIAN.to_json(result)["missing"] == [4]
+
+
+def test_hosts_see_running_until_the_last_tick_whatever_happened_inside() -> None:
+    """A module that decided (or halted) before the padded tail still shows "running": the host cannot learn
+    where the real rounds ended, hence rho."""
+    net = run(MEDIAN, [4, 5, 6], t=1, seed=21, rho_max=4)
+    assert {m.status for m in net.modules} == {DECIDED}
+    rng = random.Random(21)
+    spec = spec_for(MEDIAN, 3, 1, rho_max=4, run=rng.randbytes(16))
+    net = build(spec, MEDIAN, rng)
+    join_all(net)
+    for m, raw in zip(net.modules, inputs_for(MEDIAN, [4, 5, 6]), strict=True):
+        m.give_input(raw)
+    seen: list[str] = []
+    inbox: dict[int, dict[int, bytes]] = {i: {} for i in range(3)}
+    for r in range(1, spec.rounds + 2):
+        nxt: dict[int, dict[int, bytes]] = {i: {} for i in range(3)}
+        for i, m in enumerate(net.modules):
+            for j, ct in m.tick(r, inbox[i]).items():
+                nxt[j][i] = ct
+            if i == 0:
+                seen.append(m.public_status)
+        inbox = nxt
+    assert seen == ["running"] * spec.rounds + ["decided"]
 
 
 def test_a_module_crashed_out_mid_run_never_decides_and_the_rest_agree() -> None:
@@ -235,11 +274,10 @@ def test_a_module_crashed_out_mid_run_never_decides_and_the_rest_agree() -> None
 
 
 def test_ticks_run_in_order_only() -> None:
-    rng = random.Random(12)
     net = run(MEDIAN, [1, 2, 3], t=1, seed=12)
     m = net.modules[0]
     with pytest.raises(ProtocolError) as e:
-        m.tick(m.ticks + 1, {}, rng.randbytes)  # the run is over
+        m.tick(m.ticks + 1)  # the run is over
     assert e.value.reason == "wrong_round"
 
 
@@ -256,7 +294,7 @@ def test_frames_offered_as_they_arrive_even_a_round_early_count() -> None:
         kept = 0
         for r in range(1, spec.rounds + 2):
             for i, m in enumerate(net.modules):  # module i ticks r while modules > i are still at r - 1
-                for j, ct in m.tick(r, {}, rng.randbytes).items():
+                for j, ct in m.tick(r).items():
                     kept += net.modules[j].offer(r, i, ct)
         assert kept == spec.rounds * 5 * 4  # every frame was authentic and in time
         assert {m.status for m in net.modules} == {DECIDED}

@@ -23,12 +23,13 @@ def test_smc_holds_its_invariants_for_every_n_and_t() -> None:
         assert ex[f"n{n}"] > 0, n
     for name in ("median", "sum", "auction", "auction2", "vote"):
         assert ex[f"fn_{name}"] > 0, name
-    # faulty modules that decide (so uniform agreement binds them), that halt, that never got ready, that crashed
+    # faulty modules that decide (so uniform agreement binds them), that halt, that never took an input, that crashed
     # before and after deciding; faulty inputs both kept in the decided vector and left out
     for what in (
         "faulty_decided",
         "faulty_halted",
-        "faulty_never_ready",
+        "faulty_out",
+        "correct_without_every_join",
         "crashed",
         "crashed_after_deciding",
         "faulty_input_kept",

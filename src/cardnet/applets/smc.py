@@ -222,7 +222,7 @@ class SmcApplet(SessionApplet):
 
     def _advance(self, ctx: StepContext, m: ModuleRun) -> None:
         r = m.ticks + 1
-        for j, ct in m.tick(r, {}, ctx.random).items():
+        for j, ct in m.tick(r).items():
             ctx.emit(FRAME, m.spec.members[j], run=m.spec.run, round=r, ct=ct)
 
     def _report(self, ctx: StepContext, live: _Live) -> None:
@@ -232,7 +232,7 @@ class SmcApplet(SessionApplet):
         m = live.run
         fields: dict[str, Any] = {
             "run": m.spec.run,
-            "status": m.status,
+            "status": m.public_status,
             "me": m.me,
             "joined": len(m.joined),
             "ticks": m.ticks,

@@ -15,10 +15,11 @@ inputs (one per party), interleaved: a cardnet run, then an MPyC run. Figures pe
 * ``join_ms``: a cardnet run's join (every Controller's ``smc.prepare`` until every module holds every other
   member's join over the cards' TRN sessions): the agreement on the terms, before any input. Not in ``smc_ms``.
 * ``smc_ms``: from giving the inputs (``smc.input`` to every module, at once) to every party's result in this
-  process (each module pushes ``smc.finished`` when its run ends): rho fake rounds, ``t + 1`` UIC rounds and the
-  padded tail (``rounds = rho_max + t + 1``), every frame encrypted, padded and carried host to host, every
-  card step durable, and ``F`` computed on every card. Round deadlines ``round_ms`` apart; without faults the
-  modules end each round as soon as its frames are in, so a run takes far less than ``rounds x round_ms``.
+  process (each module pushes ``smc.finished`` when its run ends): the ``t + 1`` rounds of the UIC on rho, rho
+  fake rounds, ``t + 1`` UIC rounds on the inputs and the padded tail (``rounds = 2 (t + 1) + rho_max``), every
+  frame encrypted, padded and carried host to host, every card step durable, and ``F`` computed on every card.
+  Round deadlines ``round_ms`` apart; without faults the modules end each round as soon as its frames are in,
+  so a run takes far less than ``rounds x round_ms``.
 * ``mpyc_ms``: from writing every party's input to its stdin to every party's result read from its stdout:
   secret sharing of the inputs, the secure computation, and the opening of the result to every party.
 * ``mpyc_setup_ms`` / ``hosts_start_ms`` (per ``n``): starting the processes until they are connected and

@@ -373,10 +373,10 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         try:
             party = Party(module, spec)
             ready = await party.prepare(max(0.5, start_at - time.time() - round_s))
-            if ready:
-                await party.give_input(raw)
-            elif not as_json:
+            if not ready and not as_json:
                 console.print(f"not every member joined by the start ({party.state.get('joined')} of {spec.n})")
+            if party.agreed:
+                await party.give_input(raw)
             t0 = time.perf_counter()
             outcome = await party.run_rounds(start_at, round_s)
             return outcome, time.perf_counter() - t0

@@ -4,20 +4,20 @@ Theory of operation. Each seed draws a run: ``n`` in 3..9, ``t`` < n/2, the func
 auction2, vote), ``rho_max`` in 0..4, which hosts are faulty (at most ``t``) and how, and two input vectors from two
 separate streams. The adversary is TrustedPals' host-side Adversary (section 7.2: "transient or permanent message
 omissions", a crash being permanent omission): each faulty host draws transient send and receive omissions, a
-permanent omission from some round on, a crash of its module in the middle of a round's sends, or a join to its
-module withheld so that the module never gets ready (:class:`Behaviour`); some draw none of these and are faulty in
-name only. Its :class:`Plan`, every dropped frame slot (round, sender, receiver), is drawn before any input, so both
-input vectors meet the same faults: the paper's random adversary is oblivious. Not drawn: a host withholding its own
-module's joins from the others, which keeps every module from getting ready (docs/sim.md, "The smc scenario").
+permanent omission from some round on, a crash of its module in the middle of a round's sends, some members' joins
+withheld from its module (with too many, the module never takes its input), or its module's joins withheld from
+some members (they cannot open its frames) (:class:`Behaviour`); some draw none of these and are faulty in name
+only. Its :class:`Plan`, every dropped frame slot (round, sender, receiver) and withheld join, is drawn before any
+input, so both input vectors meet the same faults: the paper's random adversary is oblivious.
 
 The modules are the protocol's own :class:`~cardnet.protocols.smc.run.ModuleRun` objects, run in lockstep rounds on
 the world's virtual clock (one event per round, ``ROUND_S`` apart): every frame a module's tick emits is carried to
 its receiver's next tick unless the plan drops it. The real applet on simulated cards (TRN sessions, SQLite stores,
 the world's hosts) costs about ten times as much per run, too slow for 20,000 seeds of two runs each in half an hour
 on one core (docs/sim.md). The setup runs twice, once per input vector (run A, run B), with the same members, keys
-and rho shares (so the same hidden rho) and the same adversary.
+and rho shares (so the same hidden rho, decided by the first UIC) and the same adversary.
 
-Invariants, for each run: every correct module decides and gets a result after all ``rho_max + t + 1`` rounds
+Invariants, for each run: every correct module decides and gets a result after all ``2 (t + 1) + rho_max`` rounds
 (termination); every decided vector holds each correct module's input, and each non-None entry is its owner's input
 (validity); every module that decides, faulty ones (crashed ones: at the moment of their crash) included, decides
 the same vector (uniform agreement); every result is ``F`` of its module's vector, and all results are equal (SMC
@@ -49,7 +49,6 @@ from cardnet.protocols.smc.run import (
     ModuleRun,
     RunSpec,
     frame_bytes,
-    rho_of,
 )
 from cardnet.protocols.smc.uic import Vector
 from cardnet.sim.scenarios import register
@@ -68,7 +67,8 @@ P_T_FAULTY: Final = 0.6  # exactly t hosts are faulty (else 0..t, uniformly)
 P_TRANSIENT: Final = 0.5  # a faulty host omits some sends (and, independently, some receipts) at random
 P_PERMANENT: Final = 0.3  # ... omits everything from some round on
 P_CRASH: Final = 0.3  # ... crashes its module
-P_STARVE: Final = 0.1  # ... keeps a join from its module
+P_STARVE: Final = 0.1  # ... keeps some members' joins from its module (too many: it never takes its input)
+P_WITHHOLD: Final = 0.1  # ... keeps its module's joins from some members (they cannot open its frames)
 
 Seen = tuple[str, int, int, int]
 """One thing a host sees: ("tick", round, -1, status index), ("send", round, receiver, size) or ("recv", round,
@@ -76,12 +76,7 @@ sender, size)."""
 
 
 class ObservedModuleRun(ModuleRun):
-    """A module whose UIC decision the simulator can read (the applet shows its host only the result)."""
-
-    @property
-    def vector(self) -> Vector | None:
-        uic = self._uic
-        return uic.decided if uic is not None else None
+    """The module the simulator runs (the real one: its decided vector is :attr:`ModuleRun.vector`)."""
 
 
 class UnpaddedModuleRun(ObservedModuleRun):
@@ -92,7 +87,7 @@ class UnpaddedModuleRun(ObservedModuleRun):
     def _pad(self, payload: bytes) -> bytes:
         return len(payload).to_bytes(LENGTH_BYTES, "big") + payload  # (the real module pads to self.plain here)
 
-    def _open(self, r: int, j: int, ct: bytes) -> object | None:
+    def _open(self, r: int, j: int, ct: bytes) -> bytes | None:
         padded, self.frame = self.frame, len(ct)  # (the real module refuses a frame of another size)
         try:
             return super()._open(r, j, ct)
@@ -113,7 +108,8 @@ class Behaviour:
     permanent: str = ""  # SEND, RECEIVE or BOTH
     crash_at: int | None = None  # the host crashes its module out at this round, after part of its sends
     crash_keep_p: float = 0.0  # each of that round's frames leaves with this probability
-    starved_by: int | None = None  # the join of this member to its module is withheld: the module never gets ready
+    starved_by: tuple[int, ...] = ()  # these members' joins to its module are withheld
+    withholds_to: tuple[int, ...] = ()  # its module's joins to these members are withheld
 
     def describe(self) -> str:
         parts = []
@@ -125,8 +121,10 @@ class Behaviour:
             parts.append(f"permanent {self.permanent} omission from round {self.permanent_from}")
         if self.crash_at is not None:
             parts.append(f"crash at round {self.crash_at} (each of its frames leaves with p={self.crash_keep_p:.2f})")
-        if self.starved_by is not None:
-            parts.append(f"withholds module {self.starved_by}'s join from its module (never ready)")
+        if self.starved_by:
+            parts.append(f"withholds the joins of modules {list(self.starved_by)} from its module")
+        if self.withholds_to:
+            parts.append(f"withholds its module's joins to modules {list(self.withholds_to)}")
         return "; ".join(parts) or "faulty in name only (drops nothing)"
 
 
@@ -139,8 +137,10 @@ def draw_behaviour(rng: random.Random, me: int, n: int, rounds: int) -> Behaviou
     crash_at, keep_p = None, 0.0
     if rng.random() < P_CRASH:
         crash_at, keep_p = rng.randint(1, rounds), rng.random()
-    starved_by = rng.choice([j for j in range(n) if j != me]) if rng.random() < P_STARVE else None
-    return Behaviour(send_p, recv_p, permanent_from, permanent, crash_at, keep_p, starved_by)
+    others = [j for j in range(n) if j != me]
+    starved_by = tuple(sorted(rng.sample(others, rng.randint(1, n - 1)))) if rng.random() < P_STARVE else ()
+    withholds_to = tuple(sorted(rng.sample(others, rng.randint(1, n - 1)))) if rng.random() < P_WITHHOLD else ()
+    return Behaviour(send_p, recv_p, permanent_from, permanent, crash_at, keep_p, starved_by, withholds_to)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,10 @@ def draw_plan(rng: random.Random, *, n: int, t: int, rounds: int, faulty_count: 
                 bj = faulty.get(j)
                 if (bi is not None and _drops_send(bi, r, rng)) or (bj is not None and _drops_receive(bj, r, rng)):
                     dropped.add((r, i, j))
-    withheld = frozenset((b.starved_by, i) for i, b in faulty.items() if b.starved_by is not None)
+    withheld = frozenset(
+        {(j, i) for i, b in faulty.items() for j in b.starved_by}
+        | {(i, j) for i, b in faulty.items() for j in b.withholds_to}
+    )
     return Plan(faulty, frozenset(dropped), withheld)
 
 
@@ -227,7 +230,7 @@ class Setup:
         s = self.spec
         lines = [
             f"smc: n={s.n} t={s.terms.t} function={self.fn.name} rho_max={s.rho_max} rounds={s.rounds} "
-            f"(UIC {s.uic_rounds} + rho_max), frames of {frame_bytes(s.n, s.terms.max_input_bytes)} bytes",
+            f"(UIC {s.uic_rounds} twice + rho_max), frames of {frame_bytes(s.n, s.terms.max_input_bytes)} bytes",
             f"inputs A: {list(self.values_a)}",
             f"inputs B: {list(self.values_b)}",
         ]
@@ -294,7 +297,7 @@ def start_run(
                 m.accept_join(i, other.join_for(j))
     inputs = [setup.fn.encode_input(v) for v in values]
     for m, raw in zip(mods, inputs, strict=True):
-        if m.ready:
+        if m.agreed:
             m.give_input(raw)
     return Run(label, inputs, mods, rng, [[] for _ in range(n)])
 
@@ -306,7 +309,7 @@ def step(run: Run, plan: Plan, r: int) -> None:
     for i, m in enumerate(run.modules):
         if i in run.crashed:
             continue
-        frames = m.tick(r, run.inbox.pop(i, {}), run.rng.randbytes)
+        frames = m.tick(r, run.inbox.pop(i, {}))
         seen = run.seen[i]
         seen.append(("tick", r, -1, _STATUS.index(m.status)))
         for j, ct in frames.items():
@@ -450,10 +453,9 @@ class SmcScenario:
         )
         m0 = self.runs[0].modules
         ready = [m for m in m0 if m.ready]
+        agreed = [m for m in m0 if m.agreed]
         if world.trace is not None:
-            contribs = {i: m.join_for((i + 1) % setup.n).contrib for i, m in enumerate(m0)}
-            rho = rho_of(setup.spec.run, contribs, setup.n, setup.spec.rho_max)
-            world.log(f"joins: {len(ready)} of {setup.n} modules ready; hidden rho = {rho}")
+            world.log(f"joins: {len(ready)} of {setup.n} modules have every join, {len(agreed)} at least n - t")
 
     def _round(self, world: World, r: int) -> None:
         setup = self.setup
@@ -515,7 +517,10 @@ class SmcScenario:
             elif m.status == HALTED:
                 ex["faulty_halted"] += 1
             elif m.status == OUT:
-                ex["faulty_never_ready"] += 1
+                ex["faulty_out"] += 1  # too few joins to take its input
+        ex["correct_without_every_join"] += sum(
+            not m.ready for i, m in enumerate(run.modules) if i not in setup.plan.faulty
+        )
         vectors = [m.vector for m in run.modules if m.vector is not None]
         if vectors:
             kept = sum(vectors[0][i] is not None for i in setup.plan.faulty)
@@ -541,7 +546,9 @@ class SmcScenario:
                 world.log(f"end {run.label}: {who} module {i} {what}{result}")
         s = setup.spec
         faulty = sorted(setup.plan.faulty)
+        rhos = sorted({m.rho for m in self.runs[0].modules if m.rho is not None})
         world.log(f"setup: n={s.n} t={s.terms.t} {setup.fn.name} rho_max={s.rho_max}, faulty hosts {faulty}")
+        world.log(f"hidden rho (as the modules that went past the first UIC computed it): {rhos}")
 
 
 register("smc", SmcScenario)

@@ -1,4 +1,4 @@
-"""One security module's part in an SMC run, sans-I/O: joins, rho fake rounds, UIC, a padded tail, then F(D).
+"""One security module's part in an SMC run, sans-I/O: joins, a UIC on rho, rho fake rounds, UIC, a padded tail.
 
 Theory of operation (TrustedPals section 5, DESIGN.md section 6):
 
@@ -6,28 +6,30 @@ Theory of operation (TrustedPals section 5, DESIGN.md section 6):
   index is its place in that list), the :class:`~cardnet.protocols.smc.registry.Agreement` (function and code
   hash, ``n``, ``t``, input bound) and ``rho_max``. Every host gives its module the same spec.
 * **Joins.** Before any round, each module sends every other one a :class:`Join` over the cards' authenticated,
-  encrypted TRN session (the applet's business): the spec's digest (so a module that was given other terms is
-  found out before any input is taken), a fresh AES-256-GCM key for the frames it will send to that module, and
-  a 16-byte random contribution to rho. A module is *ready* once it holds a matching join from every other
-  member; only then does it take its host's input.
-* **Rounds.** ``R = rho_max + t + 1`` rounds, each one :meth:`ModuleRun.tick` (the host's Clock drives them; a
+  encrypted TRN session (the applet's business): the spec's digest (a module that was given other terms is
+  found out before any input is taken) and a fresh AES-256-GCM key for the frames it will send to that module.
+  A module takes its host's input once at least ``n - t`` members (itself included) joined with the same terms
+  (:attr:`ModuleRun.agreed`); hosts wait for every join until the first round, but a faulty host that withholds
+  its module's joins cannot hold the others back: its frames just do not open (omissions).
+* **Rounds.** ``R = 2 (t + 1) + rho_max`` rounds, each one :meth:`ModuleRun.tick` (the host's Clock drives them; a
   tick completes the previous round with the frames that arrived and emits this round's). In every round every
-  module sends every other one exactly one frame of :func:`frame_bytes` bytes: a 2-byte length, the UIC payload
+  module sends every other one exactly one frame of :func:`frame_bytes` bytes: a 2-byte length, a UIC payload
   or nothing (a dummy), zero padding, all sealed under the pair's key with the round number as the GCM counter
   and the run id, round and both indices as associated data (no replay across runs, rounds or directions).
-  ``rho`` (0..rho_max, from a hash of the run id and every member's contribution, so no host knows it) fake
-  rounds come first, then the ``t + 1`` UIC rounds, then ``rho_max - rho`` tail rounds: the number of rounds, the
-  frames and their sizes are the same whatever the inputs, and the end of the agreement does not show.
+  Rounds ``1 .. t + 1`` run a first UIC on 16-byte random shares; ``rho`` (0..rho_max) is a hash of the vector
+  it decides, so every module that goes on has the same rho, and no host knows it (the shares travel sealed).
+  Then ``rho`` fake rounds, the ``t + 1`` rounds of the UIC on the inputs, and ``rho_max - rho`` tail rounds:
+  the number of rounds, the frames and their sizes are the same whatever the inputs, and where the real rounds
+  end does not show (:attr:`ModuleRun.public_status` says ``running`` until the last tick).
 * **Result.** At tick ``R + 1`` a module that decided computes ``F(D)``; one that halted (it found itself
-  faulty), never got ready, or was crashed out by its host has no result. A frame that fails authentication is
-  an omission; a module missing a key for a peer sends that peer noise of the frame's length (the applet's
-  randomness), which is also an omission.
+  faulty in either UIC) or had no input (``out``) has no result. A frame that fails authentication is an
+  omission.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,7 +37,7 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.crypto.profile import CounterAead
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.registry import MAX_TERMS_BYTES, Agreement, FunctionSpec
-from cardnet.protocols.smc.uic import Uic, rounds_for
+from cardnet.protocols.smc.uic import Uic, Vector, rounds_for
 from cardnet.protocols.smc.uic_wire import MAX_MODULES, UicPayload, decode_payload, encode_payload, max_payload_bytes
 from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Uid, UidType, UInt
 
@@ -55,7 +57,6 @@ READY: Final = "ready"
 RUNNING: Final = "running"
 DECIDED: Final = "decided"
 HALTED: Final = "halted"
-DUMMY: Final = object()  # an authentic frame that carries no payload (fake, tail or after the module is done)
 OUT: Final = "out"  # never got ready (or its input) before the first round: it takes no part
 
 SPEC = Schema(
@@ -117,8 +118,9 @@ class RunSpec:
 
     @property
     def rounds(self) -> int:
-        """Rounds every module runs, whatever happens: ``rho_max + t + 1``."""
-        return self.rho_max + self.uic_rounds
+        """Rounds every module runs, whatever happens: ``2 (t + 1) + rho_max`` (the rho UIC, the fake rounds and
+        the input UIC, then the tail)."""
+        return 2 * self.uic_rounds + self.rho_max
 
     def index(self, uid: Uid) -> int:
         try:
@@ -175,8 +177,9 @@ class Join:
 
 
 def plaintext_bytes(n: int, max_input_bytes: int) -> int:
-    """A frame's padded plaintext: the 2-byte length and room for the longest UIC payload."""
-    return LENGTH_BYTES + max_payload_bytes(n, max_input_bytes)
+    """A frame's padded plaintext: the 2-byte length and room for the longest UIC payload of either UIC (the
+    rho shares' or the inputs')."""
+    return LENGTH_BYTES + max_payload_bytes(n, max(max_input_bytes, CONTRIB_BYTES))
 
 
 def frame_bytes(n: int, max_input_bytes: int) -> int:
@@ -188,10 +191,12 @@ def _aad(run: bytes, r: int, sender: int, receiver: int) -> bytes:
     return run + r.to_bytes(4, "big") + bytes((sender, receiver))
 
 
-def rho_of(run: bytes, contribs: Mapping[int, bytes], n: int, rho_max: int) -> int:
-    """The number of fake rounds, 0..rho_max, from every member's contribution (index order)."""
-    h = hashlib.sha256(_RHO_LABEL + run + b"".join(contribs[i] for i in range(n))).digest()
-    return int.from_bytes(h[:8], "big") % (rho_max + 1)
+def rho_of(run: bytes, shares: Sequence[bytes | None], rho_max: int) -> int:
+    """The number of fake rounds, 0..rho_max, from the rho shares the first UIC decided (None: a share missing)."""
+    h = hashlib.sha256(_RHO_LABEL + run)
+    for share in shares:
+        h.update(b"\x00" if share is None else b"\x01" + share)
+    return int.from_bytes(h.digest()[:8], "big") % (rho_max + 1)
 
 
 class ModuleRun:
@@ -210,13 +215,14 @@ class ModuleRun:
         self._digest = spec.digest()
         self._send = {j: CounterAead(k, _NONCE_PREFIX) for j, k in keys.items()}
         self._keys = dict(keys)
-        self._contribs: dict[int, bytes] = {me: contrib}
+        self._contrib = contrib
         self._recv: dict[int, CounterAead] = {}
-        self._inbox: dict[int, dict[int, object]] = {}  # round -> sender -> payload or DUMMY (authentic only)
-        self._peer_keys: dict[int, bytes] = {}
+        self._joins: dict[int, Join] = {}
+        self._inbox: dict[int, dict[int, bytes]] = {}  # round -> sender -> payload (b"": a dummy), authentic only
         self._input: bytes | None = None
-        self._uic: Uic | None = None
-        self._rho = 0
+        self._setup: Uic | None = None  # the first UIC, on the rho shares
+        self._uic: Uic | None = None  # the second, on the inputs
+        self._rho: int | None = None
         self._ticks = 0
         self._status = JOINING
         self._result: bytes | None = None
@@ -227,7 +233,7 @@ class ModuleRun:
 
     def join_for(self, j: int) -> Join:
         """The join this module sends member ``j`` (the same keys every time it is asked)."""
-        return Join(self.spec.run, self._digest, self._keys[j], self._contribs[self.me], j in self._recv)
+        return Join(self.spec.run, self._digest, self._keys[j], self._contrib, j in self._recv)
 
     def accept_join(self, j: int, join: Join) -> None:
         """Take member ``j``'s join; a second one must be the same (a resent copy)."""
@@ -241,17 +247,16 @@ class ModuleRun:
                 f"member {j} was given other terms for run {self.spec.run.hex()} (function, code hash, n, t, bound, "
                 "members or rho_max): every host must start the run with the same spec",
             )
-        known = self._recv.get(j)
+        known = self._joins.get(j)
         if known is not None:
-            if self._contribs[j] != join.contrib or self._peer_keys[j] != join.key:
+            if (known.key, known.contrib) != (join.key, join.contrib):
                 raise ProtocolError("join_changed", f"member {j} sent a different join for the same run")
             return
-        self._recv[j] = CounterAead(join.key, _NONCE_PREFIX)
-        self._peer_keys[j] = join.key
-        self._contribs[j] = join.contrib
-        if self._status == JOINING and len(self._recv) == self.spec.n - 1:
-            self._status = READY
-            self._rho = rho_of(self.spec.run, self._contribs, self.spec.n, self.spec.rho_max)
+        self._joins[j] = join
+        if self._ticks == 0:  # (a join that comes after the first round is too late to count)
+            self._recv[j] = CounterAead(join.key, _NONCE_PREFIX)
+            if self._status == JOINING and self.ready:
+                self._status = READY
 
     @property
     def joined(self) -> frozenset[int]:
@@ -263,25 +268,44 @@ class ModuleRun:
         """Every other member's join arrived, with the same terms."""
         return len(self._recv) == self.spec.n - 1
 
+    @property
+    def agreed(self) -> bool:
+        """At least ``n - t`` members (this one included) joined with the same terms: enough to take the input.
+
+        A member whose join never came (its host withheld it, or it was not started) counts as faulty: its frames
+        do not open here. Hosts wait for every join until the start; a faulty host cannot hold the others back.
+        """
+        return len(self.joined) >= self.spec.n - self.spec.terms.t
+
     def give_input(self, raw: bytes) -> None:
-        """The host's input, taken only once every member agreed on the terms (and before the first round)."""
-        if self._status != READY:
+        """The host's input, taken only once enough members agreed on the terms, and before the first round."""
+        if self._ticks > 0:
+            raise ProtocolError("too_late", f"module {self.me} takes its input before the first round")
+        if not self.agreed:
             raise ProtocolError(
-                "not_agreed" if self._status == JOINING else "too_late",
-                f"module {self.me} takes its input once every member joined with the same terms and before the "
-                f"first round; it is {self._status} ({len(self.joined)} of {self.spec.n} joined)",
+                "not_agreed",
+                f"module {self.me} takes its input once at least n - t = {self.spec.n - self.spec.terms.t} members "
+                f"joined with the same terms; {len(self.joined)} of {self.spec.n} have",
             )
         if self._input is not None:
             raise ProtocolError("input_given", "this module already has its input for this run")
-        bound = self.spec.terms.max_input_bytes
-        self.fn.check_input(raw, max_input_bytes=bound)
+        self.fn.check_input(raw, max_input_bytes=self.spec.terms.max_input_bytes)
         self._input = raw
-        self._uic = Uic(self.spec.n, self.spec.terms.t, self.me, raw, max_input_bytes=bound)
 
-    # --- rounds ------------------------------------------------------------------------------------------------
+    # --- state -------------------------------------------------------------------------------------------------
 
     @property
     def status(self) -> str:
+        """What the module knows of itself (``running``, ``decided``, ``halted``, ...); see :attr:`public_status`."""
+        return self._status
+
+    @property
+    def public_status(self) -> str:
+        """The status a host may see: ``running`` from the first tick to the last round, whatever happened
+        inside (a ``decided`` or ``halted`` before the padded tail would tell the host where the real rounds
+        ended, hence rho); the true end state after the last tick."""
+        if 0 < self._ticks <= self.spec.rounds and self._status in (RUNNING, DECIDED, HALTED):
+            return RUNNING
         return self._status
 
     @property
@@ -299,13 +323,31 @@ class ModuleRun:
         return self._result
 
     @property
+    def vector(self) -> Vector | None:
+        """The input vector this module decided (it never leaves the module: only ``F`` of it does)."""
+        return self._uic.decided if self._uic is not None else None
+
+    @property
+    def rho(self) -> int | None:
+        """The fake rounds, once the first UIC decided them (hidden from the host)."""
+        return self._rho
+
+    @property
     def my_input(self) -> bytes | None:
         return self._input
 
-    def _phase(self, r: int) -> int | None:
-        """The UIC round that round ``r`` carries, or None for a fake or tail round."""
-        u = r - self._rho
-        return u if 1 <= u <= self.spec.uic_rounds else None
+    # --- rounds ------------------------------------------------------------------------------------------------
+
+    def _phase(self, r: int) -> tuple[Uic, int, int] | None:
+        """(the UIC, its round, its input bound) that round ``r`` carries, or None for a fake or tail round (or a
+        round this module cannot place yet: rho is known once the first UIC decided)."""
+        u = self.spec.uic_rounds
+        if 1 <= r <= u:
+            return (self._setup, r, CONTRIB_BYTES) if self._setup is not None else None
+        if self._rho is None or self._uic is None:
+            return None
+        k = r - u - self._rho
+        return (self._uic, k, self.spec.terms.max_input_bytes) if 1 <= k <= u else None
 
     def offer(self, r: int, j: int, ct: bytes) -> bool:
         """A frame from member ``j`` for round ``r`` arrived: kept if it opens under ``j``'s key for that round.
@@ -321,13 +363,7 @@ class ModuleRun:
         payload = self._open(r, j, ct)
         if payload is None:
             return False
-        u = self._phase(r) if self.ready else None  # (rho is known once every join is in)
-        if isinstance(payload, UicPayload):
-            if u is None or payload.round != u or payload.sender != j:
-                return False  # a payload where this module expects none, or for another UIC round
-            self._inbox.setdefault(r, {})[j] = payload
-        else:
-            self._inbox.setdefault(r, {})[j] = DUMMY
+        self._inbox.setdefault(r, {})[j] = payload
         return True
 
     @property
@@ -342,11 +378,10 @@ class ModuleRun:
             return False
         return len(self._inbox.get(self._ticks, ())) == self.spec.n - 1
 
-    def tick(self, r: int, arrived: Mapping[int, bytes], noise: Callable[[int], bytes]) -> dict[int, bytes]:
+    def tick(self, r: int, arrived: Mapping[int, bytes] | None = None) -> dict[int, bytes]:
         """Complete round ``r - 1`` with the frames offered (and those in ``arrived``), emit round ``r``'s.
 
-        ``noise(k)`` gives ``k`` random bytes (a frame to a member whose key never arrived). Tick ``R + 1`` emits
-        nothing and ends the run (:attr:`result`).
+        Tick ``R + 1`` emits nothing and ends the run (:attr:`result`).
         """
         total = self.spec.rounds
         if r != self._ticks + 1 or r > total + 1:
@@ -354,7 +389,7 @@ class ModuleRun:
                 "wrong_round",
                 f"module {self.me} has done {self._ticks} of {total + 1} ticks: the next is {self._ticks + 1}, not {r}",
             )
-        for j, ct in arrived.items():
+        for j, ct in (arrived or {}).items():
             self.offer(r - 1, j, ct)
         if r == 1:
             self._start()
@@ -364,23 +399,24 @@ class ModuleRun:
         if r == total + 1:
             self._finish()
             return {}
-        return self._emit(r, noise)
+        return self._emit(r)
 
     def stop(self) -> None:
         """The module takes no further part (its host crashed it out): no frames, no result."""
         self._status = OUT
-        self._uic = None
+        self._setup = self._uic = None
         self._result = None
 
     def _start(self) -> None:
-        if self._status != READY or self._uic is None:
-            self._status = OUT  # not every member joined, or no input: it cannot take part
-            self._uic = None
+        if self._input is None:
+            self._status = OUT  # no input (too few joins, or its host gave none): it cannot take part
             return
+        t = self.spec.terms.t
+        self._setup = Uic(self.spec.n, t, self.me, self._contrib, max_input_bytes=CONTRIB_BYTES)
         self._status = RUNNING
 
-    def _open(self, r: int, j: int, ct: bytes) -> UicPayload | object | None:
-        """The payload (or :data:`DUMMY`) of an authentic frame, None if it does not open."""
+    def _open(self, r: int, j: int, ct: bytes) -> bytes | None:
+        """The payload of an authentic frame (``b""``: a dummy), None if it does not open."""
         aead = self._recv.get(j)
         if aead is None or len(ct) != self.frame:
             return None
@@ -389,25 +425,27 @@ class ModuleRun:
         except CryptoError:
             return None  # forged, replayed or from another round: an omission
         length = int.from_bytes(plain[:LENGTH_BYTES], "big")
-        if length == 0:
-            return DUMMY
         if LENGTH_BYTES + length > len(plain):
             return None
-        try:
-            return decode_payload(
-                plain[LENGTH_BYTES : LENGTH_BYTES + length],
-                n=self.spec.n,
-                max_input_bytes=self.spec.terms.max_input_bytes,
-            )
-        except ProtocolError:
-            return None
+        return plain[LENGTH_BYTES : LENGTH_BYTES + length]
 
-    def _complete(self, r: int, inbox: Mapping[int, object]) -> None:
-        uic = self._uic
-        u = self._phase(r)
-        if self._status != RUNNING or uic is None or u is None or uic.done:
+    def _complete(self, r: int, inbox: Mapping[int, bytes]) -> None:
+        phase = self._phase(r)
+        if self._status != RUNNING or phase is None:
             return
-        received = {j: p for j, p in inbox.items() if isinstance(p, UicPayload)}
+        uic, u, bound = phase
+        if uic.done:
+            return
+        received: dict[int, UicPayload] = {}
+        for j, raw in inbox.items():
+            if not raw:
+                continue  # a dummy where a payload was due: that member is out (an omission)
+            try:
+                payload = decode_payload(raw, n=self.spec.n, max_input_bytes=bound)
+            except ProtocolError:
+                continue
+            if payload.round == u and payload.sender == j:
+                received[j] = payload
         try:
             uic.receive_round(u, received)
         except ProtocolError:
@@ -415,16 +453,22 @@ class ModuleRun:
             return
         if uic.halted:
             self._status = HALTED
-        elif uic.decided is not None:
+        elif uic is self._setup and uic.decided is not None:
+            self._rho = rho_of(self.spec.run, uic.decided, self.spec.rho_max)
+            assert self._input is not None
+            t = self.spec.terms.t
+            self._uic = Uic(self.spec.n, t, self.me, self._input, max_input_bytes=self.spec.terms.max_input_bytes)
+        elif uic is self._uic and uic.decided is not None:
             self._status = DECIDED
 
     def _payload(self, r: int) -> bytes:
         """Round ``r``'s UIC payload, encoded; empty in a fake or tail round and once UIC is done (a dummy)."""
-        uic, u = self._uic, self._phase(r)
-        if self._status == RUNNING and uic is not None and u is not None and not uic.done:
+        phase = self._phase(r)
+        if self._status == RUNNING and phase is not None and not phase[0].done:
+            uic, u, bound = phase
             msgs = uic.messages_for_round(u)
             if msgs:
-                return encode_payload(next(iter(msgs.values())), max_input_bytes=self.spec.terms.max_input_bytes)
+                return encode_payload(next(iter(msgs.values())), max_input_bytes=bound)
         return b""
 
     def _pad(self, payload: bytes) -> bytes:
@@ -432,17 +476,10 @@ class ModuleRun:
         plain = len(payload).to_bytes(LENGTH_BYTES, "big") + payload
         return plain + bytes(self.plain - len(plain))
 
-    def _emit(self, r: int, noise: Callable[[int], bytes]) -> dict[int, bytes]:
+    def _emit(self, r: int) -> dict[int, bytes]:
         plain = self._pad(self._payload(r))
-        out: dict[int, bytes] = {}
-        for j in range(self.spec.n):
-            if j == self.me:
-                continue
-            if self._status == OUT and j not in self._recv:
-                out[j] = noise(self.frame)
-            else:
-                out[j] = self._send[j].seal(r, plain, _aad(self.spec.run, r, self.me, j))
-        return out
+        run, me = self.spec.run, self.me
+        return {j: aead.seal(r, plain, _aad(run, r, me, j)) for j, aead in self._send.items()}
 
     def _finish(self) -> None:
         uic = self._uic

@@ -161,6 +161,12 @@ class Party:
                 return False
             await asyncio.sleep(REPREPARE_S)
 
+    @property
+    def agreed(self) -> bool:
+        """At least ``n - t`` members (this one included) joined with the same terms: the module takes its input
+        (a member whose join never came counts as faulty)."""
+        return int(self.state.get("joined", 0)) >= self.spec.n - self.spec.terms.t
+
     async def give_input(self, raw: bytes) -> None:
         await self._order(INPUT, run=self.spec.run, input=raw)
 
@@ -197,11 +203,12 @@ async def run_parties(
     join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
     start_margin_s: float = 0.01,
 ) -> list[Outcome]:
-    """Run every party of one process together: all join, those ready take their input (None: none given), then
-    the Clock starts for all at one instant. A module that never got ready or got no input takes no part."""
-    ready = await asyncio.gather(*(p.prepare(join_timeout_s) for p in parties))
-    for p, ok, raw in zip(parties, ready, inputs, strict=True):
-        if ok and raw is not None:
+    """Run every party of one process together: all join (until every join is in, or the join time is up), those
+    with at least ``n - t`` joins take their input (None: none given), then the Clock starts for all at one instant.
+    A module with fewer joins, or no input, takes no part."""
+    await asyncio.gather(*(p.prepare(join_timeout_s) for p in parties))
+    for p, raw in zip(parties, inputs, strict=True):
+        if p.agreed and raw is not None:
             await p.give_input(raw)
     start_at = time.time() + start_margin_s
     return list(await asyncio.gather(*(p.run_rounds(start_at, round_s) for p in parties)))
