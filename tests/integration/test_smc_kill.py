@@ -23,7 +23,7 @@ from cardnet.protocols.smc.functions import MEDIAN, REGISTRY
 from cardnet.services.smc.controller import Module, Party, SmcError
 
 RUNS = 10
-ROUND_S = 0.05
+ROUND_S = 0.2  # the deadline (fault-free rounds end sooner): generous, so a loaded machine misses none
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def clean_net(tmp_path: Path) -> Iterator[SmcNet]:
         yield n
 
 
-def compute(net: SmcNet, fn: FunctionSpec, values: list[int], *, round_s: float = 0.05) -> list[Outcome]:
+def compute(net: SmcNet, fn: FunctionSpec, values: list[int], *, round_s: float = 0.25) -> list[Outcome]:
     async def go() -> list[Outcome]:
         modules = await net.modules()
         try:
@@ -81,7 +81,7 @@ def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cardnet_smc_run_prints_the_result_and_refuses_bad_input_cleanly(tmp_path: Path) -> None:
     cmd = ["smc", "run", "-f", "median", "--json"]
-    faults = ("--adversary", "1", "--faulty", "1", "--seed", "4", "--dir", str(tmp_path))
+    faults = ("--adversary", "1", "--faulty", "1", "--seed", "4", "--round-ms", "250", "--dir", str(tmp_path))
     r = cardnet(*cmd, "-i", "7", "-i", "2", "-i", "9", *faults)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -100,7 +100,7 @@ def join_all(net: SmcNet, tmp_path: Path, function: str, inputs: list[str]) -> l
     """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports."""
     plan = tmp_path / f"{function}.toml"
     members = [a for u in net.uids for a in ("-m", str(u))]
-    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "100", "--start-in", "6", "--out", str(plan))
+    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "300", "--start-in", "6", "--out", str(plan))
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "CARDNET_PIN": PIN}
     procs = [

@@ -69,7 +69,13 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
     help="One party's input, once per party in order (e.g. -i 52 -i 61 -i 47; JSON for `exchange`).",
 )
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
-@click.option("--round-ms", type=float, default=20.0, show_default=True, help="The Clock's round deadline.")
+@click.option(
+    "--round-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="The Clock's round deadline (without faults a round ends as soon as its frames are in).",
+)
 @click.option(
     "--rho-max",
     type=click.IntRange(0, MAX_RHO),
