@@ -149,3 +149,24 @@ def test_five_parties_exchange_items_in_a_ring_each_opening_only_its_own(clean_n
             {"from": (i - 1) % 5, "item": items[(i - 1) % 5], "item_hex": items[(i - 1) % 5].encode().hex()}
         ]
         assert all(items[j] not in json.dumps(rep["result"]) for j in range(5))  # the others see them sealed
+
+
+def test_cardnet_smc_run_asks_each_party_for_its_input_when_given_n() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "smc", "run", "--function", "median", "--n", "3"],
+        input="5\n1\n9\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "median = 5 of 3 inputs" in r.stdout and "5\n1\n9" not in r.stdout  # (the inputs are not echoed)
+    mismatch = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "smc", "run", "-f", "median", "--n", "4", "-i", "1", "-i", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert mismatch.returncode != 0 and "4 parties but 2 inputs" in mismatch.stderr

@@ -68,6 +68,14 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
     multiple=True,
     help="One party's input, once per party in order (e.g. -i 52 -i 61 -i 47; JSON for `exchange`).",
 )
+@click.option(
+    "-n",
+    "--n",
+    "parties",
+    type=click.IntRange(2, 64),
+    default=None,
+    help="Parties (default: one per -i; without -i, each party's input is asked for).",
+)
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
 @click.option(
     "--round-ms",
@@ -108,6 +116,7 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
 def smc_run(
     function: str,
     inputs: tuple[str, ...],
+    parties: int | None,
     t: int | None,
     round_ms: float,
     rho_max: int,
@@ -130,12 +139,18 @@ def smc_run(
         fn = REGISTRY.get(function)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason, hint="`cardnet smc functions` lists them")
+    if parties is not None and not inputs:
+        if as_json:
+            fail("with --json, give every party's input with -i", reason="usage")
+        inputs = tuple(str(click.prompt(f"party {i}'s input", hide_input=True)) for i in range(parties))
     n = len(inputs)
+    if parties is not None and parties != n:
+        fail(f"--n {parties} parties but {n} inputs given with -i", reason="usage", hint="give one -i per party")
     if n < 2:
         fail(
             f"give every party's input with -i, once per party (got {n})",
             reason="usage",
-            hint=f"e.g. cardnet smc run -f {function} -i 52 -i 61 -i 47",
+            hint=f"e.g. cardnet smc run -f {function} -i 52 -i 61 -i 47, or --n 5 to be asked for each",
         )
     t = (n - 1) // 2 if t is None else t
     try:
