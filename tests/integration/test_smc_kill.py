@@ -22,8 +22,8 @@ from cardnet.bench.smcnet import PIN, SmcNet
 from cardnet.protocols.smc.functions import MEDIAN, REGISTRY
 from cardnet.services.smc.controller import Module, Party, SmcError
 
-RUNS = 10
-ROUND_S = 0.2  # the deadline (fault-free rounds end sooner): generous, so a loaded machine misses none
+RUNS = 8
+ROUND_S = 0.1  # the deadline (fault-free rounds end sooner): generous, so a loaded machine misses none
 
 
 @pytest.fixture
