@@ -88,15 +88,21 @@ def inputs_for(fn: FunctionSpec, values: Sequence[object]) -> list[bytes]:
     return [fn.encode_input(v) for v in values]
 
 
-def run(
-    fn: FunctionSpec, values: Sequence[object], t: int, *, seed: int = 0, drop: Drop = lambda r, i, j: False, **kw: int
-) -> Net:
-    rng = random.Random(seed)
+def prepared(rng: random.Random, fn: FunctionSpec, values: Sequence[object], t: int, **kw: int) -> Net:
+    """Modules of a fresh run that all joined and took their inputs, before the first tick."""
     spec = spec_for(fn, len(values), t, run=rng.randbytes(16), **kw)
     net = build(spec, fn, rng)
     join_all(net)
     for m, raw in zip(net.modules, inputs_for(fn, values), strict=True):
         m.give_input(raw)
+    return net
+
+
+def run(
+    fn: FunctionSpec, values: Sequence[object], t: int, *, seed: int = 0, drop: Drop = lambda r, i, j: False, **kw: int
+) -> Net:
+    rng = random.Random(seed)
+    net = prepared(rng, fn, values, t, **kw)
     run_rounds(net, rng, drop)
     return net
 
@@ -163,11 +169,7 @@ def test_rho_is_hidden_and_varies_but_the_round_count_does_not() -> None:
 
 def test_frames_replayed_from_another_round_or_run_count_as_omissions() -> None:
     rng = random.Random(5)
-    spec = spec_for(MEDIAN, 3, 1, rho_max=0, run=rng.randbytes(16))
-    net = build(spec, MEDIAN, rng)
-    join_all(net)
-    for m, raw in zip(net.modules, inputs_for(MEDIAN, [4, 5, 6]), strict=True):
-        m.give_input(raw)
+    net = prepared(rng, MEDIAN, [4, 5, 6], 1, rho_max=0)
     first = {i: m.tick(1) for i, m in enumerate(net.modules)}
     # round 2 completes round 1: module 0 gets module 1's round-1 frame twice relabelled, and module 2's frame
     # to module 1 (another direction): neither opens, so module 0 hears only from itself and halts (quorum 2)
@@ -239,14 +241,9 @@ def test_a_module_with_fewer_than_n_minus_t_joins_takes_no_input_and_no_part() -
 def test_hosts_see_running_until_the_last_tick_whatever_happened_inside() -> None:
     """A module that decided (or halted) before the padded tail still shows "running": the host cannot learn
     where the real rounds ended, hence rho."""
-    net = run(MEDIAN, [4, 5, 6], t=1, seed=21, rho_max=4)
-    assert {m.status for m in net.modules} == {DECIDED}
     rng = random.Random(21)
-    spec = spec_for(MEDIAN, 3, 1, rho_max=4, run=rng.randbytes(16))
-    net = build(spec, MEDIAN, rng)
-    join_all(net)
-    for m, raw in zip(net.modules, inputs_for(MEDIAN, [4, 5, 6]), strict=True):
-        m.give_input(raw)
+    net = prepared(rng, MEDIAN, [4, 5, 6], 1, rho_max=4)
+    spec = net.modules[0].spec
     seen: list[str] = []
     inbox: dict[int, dict[int, bytes]] = {i: {} for i in range(3)}
     for r in range(1, spec.rounds + 2):
@@ -262,11 +259,7 @@ def test_hosts_see_running_until_the_last_tick_whatever_happened_inside() -> Non
 
 def test_a_module_crashed_out_mid_run_never_decides_and_the_rest_agree() -> None:
     rng = random.Random(11)
-    spec = spec_for(MEDIAN, 5, 2, rho_max=1, run=rng.randbytes(16))
-    net = build(spec, MEDIAN, rng)
-    join_all(net)
-    for m, raw in zip(net.modules, inputs_for(MEDIAN, [5, 4, 3, 2, 1]), strict=True):
-        m.give_input(raw)
+    net = prepared(rng, MEDIAN, [5, 4, 3, 2, 1], 2, rho_max=1)
     run_rounds(net, rng, crash={0: 2, 1: 3})
     assert net.modules[0].result is None and net.modules[1].result is None
     assert {m.status for m in net.modules[2:]} == {DECIDED}
@@ -286,11 +279,8 @@ def test_frames_offered_as_they_arrive_even_a_round_early_count() -> None:
     before the receiver ticked r; the receiver keeps it for round r."""
     rng = random.Random(13)
     for rho_max in (0, 2):
-        spec = spec_for(MEDIAN, 5, 2, rho_max=rho_max, run=rng.randbytes(16))
-        net = build(spec, MEDIAN, rng)
-        join_all(net)
-        for m, raw in zip(net.modules, inputs_for(MEDIAN, [9, 8, 7, 6, 5]), strict=True):
-            m.give_input(raw)
+        net = prepared(rng, MEDIAN, [9, 8, 7, 6, 5], 2, rho_max=rho_max)
+        spec = net.modules[0].spec
         kept = 0
         for r in range(1, spec.rounds + 2):
             for i, m in enumerate(net.modules):  # module i ticks r while modules > i are still at r - 1
