@@ -25,6 +25,7 @@ from cardnet.services import millicent_vendor as mv
 from cardnet.services import millicent_wallet as mw
 from cardnet.store import SqliteStore, StoreError
 from cardnet.wire import DecodeError
+from conftest import mutate
 
 EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
 VID = bytes.fromhex("00000000000000a1")
@@ -38,22 +39,6 @@ VALID = {
     level: mc.make_request(SCRIP, rid=b"r" * 16, level=level, secret=SECRET, price=3, product="page")
     for level in mc.Level
 }
-
-
-def mutate(data: bytes, r: random.Random) -> bytes:
-    b = bytearray(data)
-    for _ in range(r.randint(1, 4)):
-        op = r.randrange(4)
-        i = r.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[i % len(b)] ^= 1 << r.randrange(8)
-        elif op == 1:
-            del b[i:]
-        elif op == 2:
-            b[i:i] = r.randbytes(r.randint(1, 4))
-        elif b:
-            del b[i % len(b)]
-    return bytes(b)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
