@@ -273,7 +273,7 @@ class Run:
     label: str
     inputs: list[bytes]
     modules: list[ObservedModuleRun]
-    rng: random.Random  # the cards' randomness: keys, rho shares, noise (the same stream in both runs)
+    rng: random.Random  # the cards' randomness: keys and rho shares (the same stream in both runs)
     seen: list[list[Seen]]
     inbox: dict[int, dict[int, bytes]] = field(default_factory=dict)  # receiver -> sender -> frame, next tick
     crashed: dict[int, Vector | None] = field(default_factory=dict)  # module -> what it had decided when crashed
