@@ -9,7 +9,11 @@ authority service signs blocklists with the CA and feeds them back with
 
 Operator commands (privileged): ``auth.add_agent {cert}``, ``auth.revoke
 {oid}``, ``auth.query {oid}`` -> ``auth.chain``, ``auth.blocked_list`` ->
-``auth.blocked`` (the blocked Uids and the epoch of the blocklist the card holds).
+``auth.blocked`` (the blocked Uids and the epoch of the blocklist the card holds),
+``auth.graph_q {oid?, at?, start?}`` -> ``auth.graph`` (one bounded page of the
+movement graph, or of one token's: chains with their transfer ids, the
+branches that blocked their signers, the suspects, the roles of the devices
+named; ``next``/``next_start`` resume it; the trace view draws it).
 
 Reissue: an issuing agent's card sends ``reissue {oid, new_oid, body_hash,
 token?}`` over its session; the applet judges it (:func:`trace.decide_reissue`),
@@ -39,7 +43,7 @@ from cardnet.protocols import trace
 from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import OID_BYTES, Token
-from cardnet.wire import Bytes, Field, ListOf, Message, Schema, UidType, UInt, register
+from cardnet.wire import Bool, Bytes, Field, ListOf, Message, Nested, Schema, Text, UidType, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid
 
@@ -76,6 +80,67 @@ BLOCKED = register(
             Field(1, "epoch", UInt(), optional=True),
             # claimants of refused unsigned/forged movement claims: reported to the operator, not blocked
             Field(2, "suspects", ListOf(UidType(), 65536), optional=True),
+        ],
+    ),
+)
+
+# The movement graph, a bounded page at a time (the reply is emitted through the card's outbox, within its capacity).
+GRAPH_PAGE_BYTES = 8192  # an estimate of one page's param size; a page holds at least one item
+MAX_EVIDENCE = 8  # a branch's signed statements sent (the last ones; the refused claim last)
+_KEY = Bytes(64)
+_MOVE = Schema("auth.move", [Field(0, "from", UidType()), Field(1, "to", UidType()), Field(2, "nonce", Bytes(64))])
+_PART = Schema(
+    "auth.chain_part",
+    [
+        Field(0, "oid", _OID),
+        Field(1, "issuer", UidType()),
+        Field(2, "start", UInt()),  # the chain index of ``moves[0]`` (a long chain comes in several parts)
+        Field(3, "moves", ListOf(Nested(_MOVE), 256)),
+        Field(4, "total", UInt()),  # the chain's length
+        Field(5, "revoked", Bool(), optional=True),
+        Field(6, "reissued_as", _OID, optional=True),
+        Field(7, "reissue_of", _OID, optional=True),
+    ],
+)
+_BRANCH = Schema(
+    "auth.branch",
+    [
+        Field(0, "signer", UidType()),
+        Field(1, "oid", _OID),
+        Field(2, "moves", ListOf(Nested(_MOVE), MAX_EVIDENCE)),  # its signed statements, the refused claim last
+        Field(3, "evidence", UInt()),  # how many statements convict it (``moves`` are the last of them)
+    ],
+)
+_SUSPECT = Schema("auth.suspect", [Field(0, "uid", UidType()), Field(1, "oid", _OID), Field(2, "reason", Text(256))])
+_ROLE = Schema("auth.role", [Field(0, "uid", UidType()), Field(1, "role", Text(16))])
+GRAPH_Q = register(
+    0x0336,
+    "auth.graph_q",
+    "trace",
+    Schema(
+        "auth.graph_q",
+        [
+            Field(0, "oid", _OID, optional=True),  # only this token's chain, branches and suspects
+            Field(1, "at", _KEY, optional=True),  # resume at this key (a previous page's ``next``)
+            Field(2, "start", UInt(), optional=True),  # ... at this movement of its chain (``next_start``)
+        ],
+    ),
+    privileged=True,
+)
+GRAPH = register(
+    0x0337,
+    "auth.graph",
+    "trace",
+    Schema(
+        "auth.graph",
+        [
+            Field(0, "authority", UidType()),
+            Field(1, "chains", ListOf(Nested(_PART), 256)),
+            Field(2, "branches", ListOf(Nested(_BRANCH), 256)),
+            Field(3, "suspects", ListOf(Nested(_SUSPECT), 256)),
+            Field(4, "roles", ListOf(Nested(_ROLE), 1024)),
+            Field(5, "next", _KEY, optional=True),  # more follows: ask again with ``at``/``start``
+            Field(6, "next_start", UInt(), optional=True),
         ],
     ),
 )
@@ -136,7 +201,7 @@ def _encode_reissue(r: trace.Reissue) -> bytes:
 
 class AuthorityApplet(SessionApplet):
     name = "authority"
-    handles = (*SessionApplet.handles, ADD_AGENT, REVOKE, QUERY, BLOCKED_LIST, BLOCKLIST)
+    handles = (*SessionApplet.handles, ADD_AGENT, REVOKE, QUERY, BLOCKED_LIST, GRAPH_Q, BLOCKLIST)
 
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         code = msg.mtype
@@ -164,6 +229,8 @@ class AuthorityApplet(SessionApplet):
                 BLOCKED, uids=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")], epoch=bl.epoch if bl else 0,
                 suspects=[Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"suspect:")],
             )  # fmt: skip
+        elif code == GRAPH_Q.code:
+            ctx.reply(GRAPH, **_graph_page(ctx, params.get("oid"), params.get("at", b""), params.get("start", 0)))
         else:
             self.accept_blocklist(ctx, params["blocklist"])
 
@@ -287,3 +354,94 @@ class AuthorityApplet(SessionApplet):
         except ProtocolError as exc:
             return None, f"forged or altered token: {exc}"
         return token.issuer, None
+
+
+# -- the movement graph, page by page (auth.graph_q) ------------------------------------------------------------
+def _graph_items(ctx: StepContext, only: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The entries a graph is drawn from, in key order: ``blocked:``, ``chain:``, ``suspect:`` (of ``only``)."""
+    if only is None:
+        return [*ctx.scan(b"blocked:"), *ctx.scan(b"chain:"), *ctx.scan(b"suspect:")]
+    raw = ctx.get(b"chain:" + only)
+    mine = [(k, v) for k, v in [*ctx.scan(b"blocked:"), *ctx.scan(b"suspect:")] if _entry(v)[1] == only]
+    return sorted([*mine, *([(b"chain:" + only, raw)] if raw is not None else [])])
+
+
+def _entry(raw: bytes) -> list[Any]:
+    """A ``blocked:`` entry (``["branch", oid, statements]``) or a ``suspect:`` one (``[reason, oid]``)."""
+    data = loads_one(raw)
+    assert isinstance(data, list)
+    return data
+
+
+def _graph_page(ctx: StepContext, only: bytes | None, at: bytes, start: int) -> dict[str, Any]:
+    """One page of ``auth.graph``: the items from key ``at`` (its chain from movement ``start``) while the page's
+    estimated size stays under :data:`GRAPH_PAGE_BYTES` (at least one item, or one part of a chain)."""
+    chains: list[dict[str, Any]] = []
+    branches: list[dict[str, Any]] = []
+    suspects: list[dict[str, Any]] = []
+    named: set[Uid] = set()
+    used = 0
+    page: dict[str, Any] = {}
+    for key, raw in _graph_items(ctx, only):
+        if key < at:
+            continue
+        first = start if key == at else 0
+        if used >= GRAPH_PAGE_BYTES:
+            page |= {"next": key, "next_start": first}
+            break
+        if key.startswith(b"chain:"):
+            oid = key[6:]
+            issuer, chain = _chain(ctx, oid)
+            assert issuer is not None
+            room = max(1, (GRAPH_PAGE_BYTES - used - 120) // 64)
+            moves = chain[first : first + min(room, 256)]
+            part: dict[str, Any] = {
+                "oid": oid, "issuer": issuer, "start": first, "total": len(chain),
+                "moves": [{"from": m.frm, "to": m.to, "nonce": m.nonce} for m in moves],
+            }  # fmt: skip
+            if ctx.get(b"revoked:" + oid) is not None:
+                part["revoked"] = True
+            if (old := _reissue_of(ctx.get(b"reissued:" + oid))) is not None:
+                part["reissued_as"] = old.new
+            if (new := _reissue_of(ctx.get(b"dest:" + oid))) is not None:
+                part["reissue_of"] = new.old
+            chains.append(part)
+            named.update([issuer, *(m.frm for m in moves), *(m.to for m in moves)])
+            used += 120 + 64 * len(moves)
+            if first + len(moves) < len(chain):
+                page |= {"next": key, "next_start": first + len(moves)}
+                break
+        elif key.startswith(b"blocked:"):
+            signer = Uid.from_bytes(key[8:])
+            _, oid, evidence = _entry(raw)
+            shown = [_movement(m) for m in evidence[-MAX_EVIDENCE:]]
+            moves_ = [{"from": m.frm, "to": m.to, "nonce": m.nonce} for m in shown]
+            branches.append({"signer": signer, "oid": oid, "moves": moves_, "evidence": len(evidence)})
+            named.update([signer, *(m.frm for m in shown), *(m.to for m in shown)])
+            used += 60 + 64 * len(shown)
+        else:
+            uid = Uid.from_bytes(key[8:])
+            reason, oid = _entry(raw)[:2]
+            assert isinstance(reason, str)
+            suspects.append({"uid": uid, "oid": oid, "reason": reason[:200]})
+            named.add(uid)
+            used += 60 + len(reason.encode())
+    roles = [{"uid": u, "role": r} for u in sorted(named, key=bytes) if (r := _role(ctx, u)) is not None]
+    return {"authority": ctx.card_uid, "chains": chains, "branches": branches, "suspects": suspects, "roles": roles,
+            **page}  # fmt: skip
+
+
+def _role(ctx: StepContext, uid: Uid) -> str | None:
+    """What the authority knows ``uid`` as: itself, a registered agent, or the role of the certificate that card
+    presented when it traced (None: it knows no certificate of it)."""
+    if uid.card_uid() == ctx.card_uid.card_uid():
+        return "authority"
+    if ctx.get(b"agent:" + bytes(uid)) is not None:
+        return "agent"
+    cert = ctx.get(b"cert:" + bytes(uid.card_uid()))
+    if cert is None:
+        return None
+    try:
+        return pki.role_of(pki.cert_from_der(cert)).value
+    except PkiError:
+        return None

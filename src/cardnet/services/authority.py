@@ -16,15 +16,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from cardnet.applets.authority import BLOCKED, BLOCKED_LIST
+from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, GRAPH, GRAPH_Q
 from cardnet.applets.trn import BLOCKLIST
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
+from cardnet.protocols import trace_view
 from cardnet.wire import Uid
 
 log = logging.getLogger("cardnet.authority")
@@ -82,3 +85,40 @@ class BlocklistSigner:
         self.signed_at = time.time()
         log.warning("blocklist epoch %d signed: %d blocked device(s)", self.epoch, len(blocked))
         return bl
+
+
+MAX_REISSUES = 16  # a token's trace follows at most this many reissues (old oid -> new oid)
+Ask = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # sends auth.graph_q with these fields: the auth.graph
+
+
+def app_ask(app: AppClient, timeout_s: float = 30.0) -> Ask:
+    """An :data:`Ask` through ``app`` (logged in to the authority card)."""
+
+    async def ask(fields: dict[str, Any]) -> dict[str, Any]:
+        await app.send(app.uid.card_uid(), GRAPH_Q, **fields)
+        return await app.recv_type(GRAPH, timeout_s=timeout_s)
+
+    return ask
+
+
+async def fetch_graph(ask: Ask, oid: bytes | None = None) -> trace_view.Graph:
+    """The authority's movement graph (``oid``: that token's, following its reissues), page by page."""
+    graphs = []
+    seen: set[bytes] = set()
+    while True:
+        builder = trace_view.GraphBuilder()
+        fields: dict[str, Any] = {} if oid is None else {"oid": oid}
+        while True:
+            cursor = builder.add(await ask(fields))
+            if cursor is None:
+                break
+            fields |= {"at": cursor[0], "start": cursor[1]}
+        graph = builder.graph()
+        graphs.append(graph)
+        if oid is None:
+            return graph
+        seen.add(oid)
+        chain = graph.chain(oid)
+        if chain is None or chain.reissued_as is None or chain.reissued_as in seen or len(seen) > MAX_REISSUES:
+            return trace_view.merge(graphs)
+        oid = chain.reissued_as
