@@ -90,8 +90,12 @@ def _peer_info(writer: asyncio.StreamWriter) -> PeerInfo:
 class TcpConnection(ConnectionBase):
     """A message connection over one TCP (or TLS) stream; made by :func:`dial` or :class:`TcpServer`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits, *, initial: bytes = b""
+    ) -> None:
+        """``initial``: stream bytes read already by someone else (an HTTP parser before an Upgrade), decoded first."""
         super().__init__(_peer_info(writer), limits)
+        self._initial = initial
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
@@ -196,11 +200,14 @@ class TcpConnection(ConnectionBase):
         """Read until the inbox holds a message (or raise)."""
         while not self._inbox:
             self._check()
-            try:
-                data = await self._reader.read(self._limits.read_chunk_bytes)
-            except OSError as exc:
-                self._fail(f"receiving failed: {exc}", exc)
-                self._raise()
+            if self._initial:
+                data, self._initial = self._initial, b""
+            else:
+                try:
+                    data = await self._reader.read(self._limits.read_chunk_bytes)
+                except OSError as exc:
+                    self._fail(f"receiving failed: {exc}", exc)
+                    self._raise()
             if self._closed_here or self._broken_why is not None:
                 self._raise()  # closed or broken (e.g. by a failed send) while we waited
             if not data:
