@@ -8,6 +8,7 @@ from cardnet.applets.authority import AuthorityApplet
 from cardnet.applets.counter import CounterApplet
 from cardnet.applets.echo import EchoApplet
 from cardnet.applets.fairx import TtpApplet
+from cardnet.applets.gate import GateApplet
 from cardnet.applets.notes import NotesApplet
 from cardnet.applets.pingpong import PingPongApplet
 from cardnet.applets.smc import SmcApplet
@@ -23,6 +24,7 @@ APPLETS: dict[str, Callable[[], Applet]] = {
     "notes": NotesApplet,
     "pingpong": PingPongApplet,
     "trn": TrnApplet,
+    "gate": GateApplet,
     "authority": AuthorityApplet,
     "ttp": TtpApplet,
     "purse": PurseApplet,

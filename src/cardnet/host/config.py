@@ -74,6 +74,8 @@ KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
     # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
     "trn": (("trn.recover", 2.0),),
+    # a gate also decides the admissions whose wait for the authority is over (docs/gate.md)
+    "gate": (("trn.recover", 2.0), ("gate.tick", 0.25)),
 }
 DEFAULT_RESEND_AFTER_S = 5.0
 DEFAULT_APP_MAX_CONNECTIONS = 256

@@ -1,0 +1,212 @@
+"""The gate's admission rule (TRN 5, the JIPDEC gate): pure decisions on one ticket at a time.
+
+Theory of operation
+-------------------
+A gate is a card that takes tickets by the ordinary TRN transfer and never
+gives them back: a ticket moved to the gate is **consumed**. The gate judges
+a ticket twice:
+
+* **at the copy** (before anything is committed), on what the gate card knows
+  by itself, so it works offline: the ticket is traceable, its issuer is one
+  of the gate's issuers and signed it (the gate holds their certificates), the
+  sender is not on the gate's last signed blocklist (the handshake already
+  refused a blocked peer), and the oid was never admitted here. A refused
+  copy is answered ``copied false <reason>``: the holder keeps the ticket;
+* **at the trace**: a committed ticket is *pending*; the gate card's trace of
+  the movement (``seekfor``: the holder's signed statement, as for any
+  receiver) is its **admission report**. If the authority answers within the
+  gate's ``wait_ms`` (host time), its verdict decides (``admitted``, or
+  ``refused`` for a revoked oid, a blocked device or a branch: the ticket
+  stays on the gate, dead); otherwise the gate admits on its own checks
+  (``admitted_offline``) and the report goes on being resent until the
+  authority answers; its answer is then recorded as the report's outcome
+  (``traced``, or ``refused`` with the authority's reason: an admission the
+  authority disowned, e.g. the second of two clones admitted at two gates).
+
+:func:`copy_refusal`, :func:`on_commit`, :func:`on_trace` and :func:`on_tick`
+are the rules; :class:`Admission` is the durable record the gate card keeps
+per admitted oid. Time is the host's (milliseconds), given as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cardnet.crypto import profile
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import OID_BYTES, Token
+from cardnet.protocols.transfer import ISSUER_NOT_ACCEPTED, TRANSFER_NONCE_BYTES
+from cardnet.wire import Bool, Bytes, DecodeError, Field, Schema, Text, UidType, UInt
+from cardnet.wire.ids import Uid
+
+# verdicts: what the gate decided about the person at the gate
+PENDING = "pending"  # taken, waiting (at most wait_ms) for the authority's answer
+ADMITTED = "admitted"  # the authority recorded the movement in time
+ADMITTED_OFFLINE = "admitted_offline"  # the authority did not answer in time: admitted on the gate's own checks
+REFUSED = "refused"  # refused: at the copy (the ticket went back) or by the authority in time (kept, dead)
+VERDICTS = (PENDING, ADMITTED, ADMITTED_OFFLINE, REFUSED)
+# reports: how the admission report (the gate's trace) stands
+WAITING = "waiting"  # sent (or queued while the authority is unreachable), resent by recovery
+TRACED = "traced"  # the authority recorded the movement to the gate
+DISOWNED = "disowned"  # the authority refused it (revoked, blocked, branch): nothing more to send
+REPORTS = (WAITING, TRACED, DISOWNED)
+
+# copy refusals (the reason in copied false: the holder's card shows it; at most 64 characters)
+ALREADY_ADMITTED = "already_admitted"
+REFUSED_BEFORE = "refused_before"  # the gate took this oid before and the authority disowned it
+FORGED = "forged"
+UNTRACEABLE = "untraceable"
+BLOCKED_DEVICE = "blocked_device"
+CONSUMED = "consumed"  # a gate's tickets never leave it (a send or an exchange from the gate card is refused)
+
+DEFAULT_WAIT_MS = 1500
+MAX_WAIT_MS = 60_000
+MAX_ISSUERS = 64
+
+ADMISSION = Schema(
+    "gate.admission",
+    [
+        Field(0, "from", UidType()),  # the holder's card
+        Field(1, "nonce", Bytes(TRANSFER_NONCE_BYTES, TRANSFER_NONCE_BYTES)),
+        Field(2, "at_ms", UInt()),  # host time of the commit
+        Field(3, "verdict", Text(24)),
+        Field(4, "reason", Text(200)),
+        Field(5, "report", Text(16)),
+        Field(6, "report_reason", Text(200), optional=True),
+    ],
+)
+SETTINGS = Schema("gate.settings", [Field(0, "wait_ms", UInt()), Field(1, "strict", Bool())])
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the gate card keeps for one oid it took (``adm:<oid>``)."""
+
+    oid: bytes
+    frm: Uid
+    nonce: bytes
+    at_ms: int
+    verdict: str = PENDING
+    reason: str = "waiting for the authority"
+    report: str = WAITING
+    report_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.oid) != OID_BYTES:
+            raise ProtocolError("bad_admission", f"an oid is {OID_BYTES} bytes")
+        if self.verdict not in VERDICTS or self.report not in REPORTS:
+            raise ProtocolError("bad_admission", f"unknown verdict or report {self.verdict!r}/{self.report!r}")
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict in (ADMITTED, ADMITTED_OFFLINE)
+
+    def fields(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "from": self.frm, "nonce": self.nonce, "at_ms": self.at_ms, "verdict": self.verdict,
+            "reason": self.reason[:200], "report": self.report,
+        }  # fmt: skip
+        if self.report_reason is not None:
+            d["report_reason"] = self.report_reason[:200]
+        return d
+
+    def encode(self) -> bytes:
+        return ADMISSION.encode(self.fields())
+
+    @classmethod
+    def decode(cls, oid: bytes, raw: bytes) -> Admission:
+        """The stored record; bad bytes raise ``ProtocolError bad_admission``."""
+        try:
+            d = ADMISSION.decode(raw)
+        except DecodeError as exc:
+            raise ProtocolError("bad_admission", f"not an admission record: {exc}") from None
+        return cls(oid, d["from"], d["nonce"], d["at_ms"], d["verdict"], d["reason"], d["report"],
+                   d.get("report_reason"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gate operator's settings: how long a person waits for the authority before the gate admits on its own
+    checks (``wait_ms``; 0: never wait), and ``strict``: never admit offline (refuse instead)."""
+
+    wait_ms: int = DEFAULT_WAIT_MS
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.wait_ms <= MAX_WAIT_MS:
+            raise ProtocolError("bad_settings", f"wait_ms is 0..{MAX_WAIT_MS}")
+
+    def encode(self) -> bytes:
+        return SETTINGS.encode({"wait_ms": self.wait_ms, "strict": self.strict})
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Settings:
+        if not raw:
+            return cls()
+        try:
+            d = SETTINGS.decode(raw)
+        except DecodeError as exc:
+            raise ProtocolError("bad_settings", f"not gate settings: {exc}") from None
+        return cls(d["wait_ms"], d["strict"])
+
+
+def copy_refusal(
+    token: Token,
+    sender: Uid,
+    *,
+    traceable: bool,
+    issuer_key: profile.PublicKey | None,
+    admitted: Admission | None,
+    blocked: bool,
+) -> str:
+    """Why the gate refuses a copy of ``token`` from ``sender`` ("" to take it).
+
+    ``issuer_key``: the key of the token's issuer if it is one of the gate's issuers (None: it is not);
+    ``admitted``: the gate's record of this oid, if it took it before; ``blocked``: the sender is on the gate's
+    newest blocklist.
+    """
+    if blocked:
+        return BLOCKED_DEVICE
+    if admitted is not None:
+        return REFUSED_BEFORE if admitted.verdict == REFUSED else ALREADY_ADMITTED
+    if issuer_key is None:
+        return ISSUER_NOT_ACCEPTED
+    try:
+        token.verify(issuer_key)
+    except ProtocolError:
+        return FORGED
+    if not traceable:
+        return UNTRACEABLE  # the gate reports every admission: an untraced ticket cannot be reported
+    return ""
+
+
+def on_commit(oid: bytes, sender: Uid, nonce: bytes, now_ms: int, settings: Settings, *, online: bool) -> Admission:
+    """The record of a ticket just committed to the gate: pending while an authority may answer in time."""
+    adm = Admission(oid, sender, nonce, now_ms)
+    if not online or settings.wait_ms == 0:
+        return _offline(adm, settings)
+    return adm
+
+
+def _offline(adm: Admission, settings: Settings) -> Admission:
+    if settings.strict:
+        return replace(adm, verdict=REFUSED, reason="the authority did not answer in time (strict gate)")
+    return replace(adm, verdict=ADMITTED_OFFLINE, reason="admitted on the gate's own checks; report pending")
+
+
+def on_tick(adm: Admission, now_ms: int, settings: Settings) -> Admission:
+    """A pending admission whose wait is over is decided on the gate's own checks."""
+    if adm.verdict == PENDING and now_ms >= adm.at_ms + settings.wait_ms:
+        return _offline(adm, settings)
+    return adm
+
+
+def on_trace(adm: Admission, ok: bool, reason: str) -> Admission:
+    """The authority's answer to the admission report (``seeked`` for this movement)."""
+    if adm.report != WAITING:
+        return adm  # answered before (a duplicate)
+    report = replace(adm, report=TRACED if ok else DISOWNED, report_reason=None if ok else reason[:200])
+    if adm.verdict == PENDING:
+        return replace(report, verdict=ADMITTED if ok else REFUSED, reason="traced by the authority" if ok else reason)
+    return report
