@@ -150,3 +150,70 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
             console.print(f"revoked: reissued as {chain['reissued_as'].hex()}")
         elif "revoked" in chain:
             console.print("revoked")
+
+
+_SVG = click.option("--svg", "svg_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                    help="Draw it to this SVG file (graphviz's dot).")  # fmt: skip
+_DOT = click.option("--dot", "dot_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                    help="Write the graphviz DOT document to this file.")  # fmt: skip
+
+
+def _fetch_graph(socket: str, pin: str | None, card: str | None, oid: bytes | None) -> Any:
+    from cardnet.applets.authority import GRAPH, GRAPH_Q
+    from cardnet.protocols.errors import ProtocolError
+    from cardnet.services.authority import fetch_graph
+
+    async def work(app: Any) -> Any:
+        async def ask(fields: dict[str, Any]) -> dict[str, Any]:
+            await app.send(app.uid.card_uid(), GRAPH_Q, **fields)
+            return await answer(app, GRAPH, {"no_applet": "name the authority card with --card DOMAIN"})
+
+        try:
+            return await fetch_graph(ask, oid)
+        except ProtocolError as exc:
+            fail(str(exc), reason=exc.reason, hint="try again; for a big graph, trace one token (trace OID)")
+
+    return run_on_card(socket, pin, work, parse_domain(card))
+
+
+@card_command(authority, "trace", click.argument("oid"), _SVG, _DOT)
+def authority_trace(
+    socket: str, pin: str | None, card: str | None, oid: str, svg_path: Path | None, dot_path: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """A token's movement chain (and its reissues'), with any clone branch and blocked device: printed, and drawn
+    with --svg FILE / --dot FILE."""
+    from cardnet.cli.trace_view import graph_json, print_graph, write_views
+
+    raw = parse_oid(oid)
+    graph = _fetch_graph(socket, pin, card, raw)
+    if not graph.chains and not graph.branches and not graph.suspects:
+        hint = "it learns of a token at its first trace: check the oid, or the authority (--socket, --card)"
+        fail(f"the authority has no record of token {oid}", reason="unknown_oid", hint=hint)
+    written = write_views(graph, f"cardnet trace of token {oid}", svg_path, dot_path)
+    if as_json:
+        emit_json({"oid": oid, **graph_json(graph), "written": written})
+        return
+    print_graph(graph)
+    for kind, path in written.items():
+        console.print(f"wrote {path} ({kind})", markup=False)
+
+
+@card_command(authority, "graph", _SVG, _DOT)
+def authority_graph(
+    socket: str, pin: str | None, card: str | None, svg_path: Path | None, dot_path: Path | None, as_json: bool
+) -> None:
+    """The whole movement graph: every traced token's chain, the clone branches, blocked and suspected devices;
+    printed, and drawn with --svg FILE / --dot FILE."""
+    from cardnet.cli.trace_view import graph_json, print_graph, write_views
+
+    graph = _fetch_graph(socket, pin, card, None)
+    written = write_views(graph, "cardnet movement graph", svg_path, dot_path)
+    if as_json:
+        emit_json({**graph_json(graph), "written": written})
+        return
+    if not graph.chains and not graph.branches:
+        console.print("no movement recorded yet", markup=False)
+    print_graph(graph)
+    for kind, path in written.items():
+        console.print(f"wrote {path} ({kind})", markup=False)

@@ -204,7 +204,8 @@ def move_id(oid: bytes, order: int) -> str:
 
 
 def branch_id(signer: Uid, oid: bytes, move: Move) -> str:
-    return f"br-{oid.hex()}-{bytes(signer.card_uid()).hex()}-{move.nonce.hex()}-{bytes(move.to.card_uid()).hex()}"
+    ends = "-".join(bytes(u.card_uid()).hex() for u in (signer, move.frm, move.to))
+    return f"br-{oid.hex()}-{ends}-{move.nonce.hex()}"
 
 
 RED = '"#c0392b"'
@@ -241,7 +242,7 @@ def to_dot(graph: Graph, *, title: str = "cardnet trace") -> str:
     for uid in sorted(devices, key=bytes):
         lines = [str(uid), roles.get(uid, "role unknown")]
         attrs = {"id": quote(node_id(uid))}
-        classes = ["device", roles.get(uid, "unknown")]
+        classes = ["device", "role-" + roles.get(uid, "unknown")]
         if uid in blocked:
             lines.append("BLOCKED (cloned or forged statements)")
             attrs |= {"style": '"rounded,filled"', "fillcolor": FILL_BLOCKED, "color": RED, "penwidth": "2"}
@@ -277,12 +278,13 @@ def to_dot(graph: Graph, *, title: str = "cardnet trace") -> str:
                 classes.append("revoked")
             attrs["class"] = quote(" ".join(classes))
             out.append(f"  {quote(node_id(m.frm))} -> {quote(node_id(m.to))} {_attrs(label=label(*lines), **attrs)};")
+    drawn: set[str] = set()
     for b in graph.branches:
         chain = graph.chain(b.oid)
         recorded = set(chain.moves) if chain is not None else set()
         for m in b.moves:
-            if m in recorded:
-                continue  # drawn with the chain, in red
+            if m in recorded or branch_id(b.signer, b.oid, m) in drawn:
+                continue  # drawn with the chain (in red), or already
             lines = [f"{short(b.oid)} BRANCH", f"tid {short(m.nonce)}", "refused; signer blocked"]
             attrs = {
                 "id": quote(branch_id(b.signer, b.oid, m)),
@@ -290,6 +292,7 @@ def to_dot(graph: Graph, *, title: str = "cardnet trace") -> str:
                 "color": RED, "fontcolor": RED, "style": '"bold,dashed"', "penwidth": "2",
                 "class": quote("branch refused"),
             }  # fmt: skip
+            drawn.add(branch_id(b.signer, b.oid, m))
             out.append(f"  {quote(node_id(m.frm))} -> {quote(node_id(m.to))} {_attrs(label=label(*lines), **attrs)};")
     out += _legend()
     out.append("}")
@@ -300,18 +303,20 @@ def _legend() -> list[str]:
     def node(name: str, text: str, **attrs: str) -> str:
         return f"    {quote(name)} {_attrs(label=label(text), id=quote(name), **{'class': quote('legend')}, **attrs)};"
 
-    def edge(a: str, b: str, text: str, **attrs: str) -> str:
-        return f"    {quote(a)} -> {quote(b)} {_attrs(label=label(text), **{'class': quote('legend')}, **attrs)};"
+    def edge(name: str, text: str, **attrs: str) -> list[str]:
+        ends = [node(f"{name}-{end}", "", shape="point", width="0.05") for end in ("from", "to")]
+        line = _attrs(label=label(text), id=quote(name), **{"class": quote("legend")}, **attrs)
+        return [*ends, f"    {quote(name + '-from')} -> {quote(name + '-to')} {line};"]
 
     return [
         "  subgraph cluster_legend {",
         '    label="legend"; fontname=Helvetica; fontsize=10; color=grey; id="legend";',
-        node("legend-device", "device (Uid, role)"),
+        node("legend-device", "device: Uid, role"),
         node("legend-blocked", "blocked device", style='"rounded,filled"', fillcolor=FILL_BLOCKED, color=RED),
         node("legend-suspect", "suspected claimant", color=ORANGE, penwidth="2"),
-        node("legend-to", "receiver"),
-        edge("legend-device", "legend-to", "recorded movement: oid #order, transfer id"),
-        edge("legend-blocked", "legend-to", "clone branch (refused statement)", color=RED, style='"bold,dashed"'),
-        edge("legend-suspect", "legend-to", "movement of a revoked oid", color=GREY, style="dashed"),
+        *edge("legend-movement", "recorded movement: oid #order, transfer id"),
+        *edge("legend-branch", "clone branch: the signer's recorded movement", color=RED, penwidth="2"),
+        *edge("legend-refused", "clone branch: its refused statement", color=RED, style='"bold,dashed"'),
+        *edge("legend-revoked", "movement of a revoked oid", color=GREY, style="dashed"),
         "  }",
     ]
