@@ -27,6 +27,7 @@ from cardnet.wire import Uid
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+READY = ("ready", '{"ready"')  # how a host's ready line starts (the second with --json)
 
 
 class ProcError(CardnetError):
@@ -132,11 +133,11 @@ class HostProc:
         deadline = time.monotonic() + self.start_timeout_s
         while (left := deadline - time.monotonic()) > 0:
             line = readline(self.proc, left)
-            if line.startswith("ready") or not line:
+            if line.startswith(READY) or not line:
                 break
         else:
             line = ""
-        if not line.startswith("ready"):
+        if not line.startswith(READY):
             self.stop()
             raise ProcError(
                 "not_started",

@@ -6,6 +6,8 @@ Made in a directory (stores, configs, logs, the CA file):
   SQLite store: ``authority`` (role SERVICE, applet ``authority``), ``agent``
   (role AGENT, applet ``trn``: it mints tokens) and one wallet card per name
   in ``wallets`` (role DEVICE, applet ``trn``), all with the PIN :data:`PIN`;
+* one gate card per name in ``gates`` (role DEVICE, applet ``gate``), each on a host of
+  its own run by ``cardnet gate run --json`` (its admission lines on the process's stdout);
 * host ``auth`` (``cardnet authority run``: the authority card, the agent card,
   with ``ttp`` a TTP card for fair exchanges (applet ``ttp``; with
   ``ttp_host`` on a host of its own, ``cardnet ttp run``), and the
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cardnet.applets.authority import ADD_AGENT
+from cardnet.applets.gate import SETUP, STATE
 from cardnet.applets.trn import LIST, RECOVER, RESULT, SET_AUTHORITY, TOKENS
 from cardnet.bench.procs import HostProc, HostSet, free_port
 from cardnet.card import Card
@@ -57,15 +60,19 @@ class TrnNet(HostSet):
         exclusive: bool = True,
         ttp: bool = False,
         ttp_host: bool = False,
+        gates: tuple[str, ...] = (),
+        gate_refresh_s: float = 0.5,
     ) -> None:
         now = datetime.now(UTC)
         self.tmp = tmp
         self.wallets = wallets
+        self.gates = gates
         ca = pki.CertificateAuthority.create("trn CA", now=now)
         ca.save(tmp / "ca.cnca")
         self.uids: dict[str, Uid] = {}
         self.agent_cert = b""
         roles = {"authority": pki.Role.SERVICE, "agent": pki.Role.AGENT} | {w: pki.Role.DEVICE for w in wallets}
+        roles |= {g: pki.Role.DEVICE for g in gates}
         if ttp:  # a TTP card for fair exchanges, run by the authority's host
             roles["ttp"] = pki.Role.SERVICE
         for name, role in roles.items():
@@ -75,12 +82,13 @@ class TrnNet(HostSet):
                 self.agent_cert = card.certificate_der
             card.close()
         ttp_at = ("ttp" if ttp_host else "auth") if ttp else None  # the TTP's host: its own, or the authority's
-        ports = {h: free_port() for h in ("auth", *wallets, *(["ttp"] if ttp_at == "ttp" else []))}
+        ports = {h: free_port() for h in ("auth", *wallets, *gates, *(["ttp"] if ttp_at == "ttp" else []))}
         auth_cards = [("authority", "authority"), ("agent", "trn"), *([("ttp", "ttp")] if ttp_at == "auth" else [])]
-        cards = {"auth": auth_cards} | {w: [(w, "trn")] for w in wallets}
+        cards = {"auth": auth_cards} | {w: [(w, "trn")] for w in wallets} | {g: [(g, "gate")] for g in gates}
         if ttp_at == "ttp":
             cards["ttp"] = [("ttp", "ttp")]
-        where = {"authority": "auth", "agent": "auth"} | {w: w for w in wallets} | ({"ttp": ttp_at} if ttp_at else {})
+        where = {"authority": "auth", "agent": "auth"} | {w: w for w in (*wallets, *gates)}
+        where |= {"ttp": ttp_at} if ttp_at else {}
         self.hosts: dict[str, HostProc] = {}
         for h, port in ports.items():
             hp = HostProc(h, tmp, port, self.uids[cards[h][0][0]].domain)
@@ -89,6 +97,9 @@ class TrnNet(HostSet):
                 hp.env = {"CARDNET_PIN": PIN}
             elif h == "ttp":
                 hp.command = ("ttp", "run")
+            elif h in gates:
+                hp.command = ("gate", "run", "--json", "--refresh", str(gate_refresh_s))
+                hp.env = {"CARDNET_PIN": PIN}
             card_sections = "".join(
                 f'[[cards]]\nstore = "sqlite:///{c}.card.db"\napplets = ["{a}"]\ncapacity_bytes = {capacity_bytes}\n'
                 f"exclusive = {'true' if exclusive else 'false'}\n\n"
@@ -137,6 +148,13 @@ class TrnNet(HostSet):
         for c in ("agent", *self.wallets):
             if not (await self.ask(c, SET_AUTHORITY, authority=self.uids["authority"]))["ok"]:
                 raise TrnNetError("refused", f"card {c} refused trn.set_authority; logs:\n{self.logs()}")
+
+    async def setup_gates(self, wait_ms: int = 1500) -> None:
+        """Every gate admits the agent's tickets, reports to the authority and waits ``wait_ms`` for its answer."""
+        for g in self.gates:
+            if not (await self.ask(g, SET_AUTHORITY, authority=self.uids["authority"]))["ok"]:
+                raise TrnNetError("refused", f"gate {g} refused trn.set_authority; logs:\n{self.logs()}")
+            await self.ask(g, SETUP, STATE, issuers=[self.agent_cert], wait_ms=wait_ms)
 
     async def settle(self, expect: str, oid: bytes, timeout_s: float = 30.0) -> None:
         """Drive recovery until token ``oid`` is enabled on ``expect`` alone (TimeoutError after ``timeout_s``)."""

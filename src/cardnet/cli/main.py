@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "millicent": "cardnet.cli.millicent:millicent",
     "trn": "cardnet.cli.trn:trn",
     "authority": "cardnet.cli.authority:authority",
+    "gate": "cardnet.cli.gate:gate",
     "exchange": "cardnet.cli.fairx:exchange",
     "ttp": "cardnet.cli.fairx:ttp",
     "speed": "cardnet.cli.speed:speed",

@@ -60,6 +60,18 @@ class Voucher:
 
 
 @dataclass(frozen=True)
+class Redemption:
+    """How a gate answered a voucher presented to it (:meth:`Wallet.redeem`): ``taken`` (the transfer committed:
+    the voucher left this card for good, and the gate's operator sees the verdict) or refused with the gate's
+    ``reason`` (the voucher is usable on this card again)."""
+
+    oid: bytes
+    gate: Uid
+    taken: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Exchange:
     """One exchange as the card sees it: ``role`` initiator (this card offered) or responder."""
 
@@ -182,6 +194,41 @@ class Wallet:
     async def transfer(self, oid: bytes, to: Uid, *, traceable: bool = True) -> str:
         """Start moving voucher ``oid`` to card ``to`` (TRN); it is usable there once committed and traced."""
         return str((await self._ask(SEND, RESULT, oid=oid, to=to, traceable=traceable))["reason"])
+
+    async def redeem(
+        self, oid: bytes, gate: Uid, *, timeout_s: float = 10.0, recover_every_s: float = RECOVER_EVERY_S
+    ) -> Redemption:
+        """Consume voucher ``oid`` at a gate (docs/gate.md): send it to the gate's card ``gate`` and wait for the
+        gate's answer, resending meanwhile. If the gate has not answered within ``timeout_s`` the transfer is
+        cancelled (the voucher is usable here again) and ``WalletError no_answer`` raised; once the gate copied
+        it, it is the gate's (``taken``): only the commit can follow."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with self.subscription() as changes:
+            await self.transfer(oid, gate)
+            while True:
+                mine = {v.oid: v for v in await self.vouchers()}.get(oid)
+                if mine is None:
+                    return Redemption(oid, gate, True, "taken by the gate")
+                if mine.status == "enabled":
+                    return Redemption(oid, gate, False, mine.refused or "refused")
+                if mine.status == "disabled":  # the gate copied it and the commit is sent: it is the gate's
+                    return Redemption(oid, gate, True, "taken by the gate (its acknowledgement is on its way)")
+                left = deadline - loop.time()
+                if left <= 0:
+                    with contextlib.suppress(WalletError):
+                        await self.cancel(oid)
+                    raise WalletError(
+                        "no_answer",
+                        f"the gate {gate} did not answer in {timeout_s:g} s: the voucher "
+                        "was taken back (check the gate's Uid and route; a blocked device is refused)",
+                    )
+                try:
+                    async with asyncio.timeout(min(left, recover_every_s)):
+                        while (e := await changes.get()).voucher is None or e.voucher.oid != oid:
+                            pass
+                except TimeoutError:
+                    await self.recover()
 
     async def cancel(self, oid: bytes) -> str:
         """Take back a voucher being sent, while its transfer cannot have been committed."""

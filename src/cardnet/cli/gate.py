@@ -1,0 +1,289 @@
+"""``cardnet gate``: run a gate (admits each ticket once, keeps it) and operate it (docs/gate.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
+from cardnet.cli.trn import card_command, parse_uid, run_on_wallet, verify_pin
+
+# What the gate decided, for the operator's screen: the word, and what it means.
+VERDICT_WORDS = {
+    "pending": ("WAIT", "asking the authority"),
+    "admitted": ("ADMITTED", "traced by the authority"),
+    "admitted_offline": ("ADMITTED", "offline: the authority did not answer in time; the report is sent when it does"),
+    "refused": ("REFUSED", ""),
+}
+# Why a presentation was refused, in the operator's words.
+REFUSAL_WORDS = {
+    "already_admitted": "this ticket was already admitted at this gate (a copy: a cloned card?)",
+    "refused_before": "this ticket was refused here before (the authority disowned it)",
+    "issuer_not_accepted": "not a ticket of this gate's issuers",
+    "forged": "the issuer's signature does not verify (a forged or altered ticket)",
+    "untraceable": "an untraceable ticket (the gate reports every admission)",
+    "blocked_device": "the presenting device is on the authority's blocklist",
+}
+
+
+def refusal_words(reason: str) -> str:
+    code, _, rest = reason.partition(":")
+    words = REFUSAL_WORDS.get(code)
+    if words is None:
+        return reason
+    return words + (f" ({rest.strip()})" if rest.strip() else "")
+
+
+def event_line(e: Any) -> str:
+    """One line for a person watching the gate: time, verdict, ticket, holder, why."""
+    clock = time.strftime("%H:%M:%S", time.localtime(e.at_ms / 1000))
+    oid = e.oid.hex() if e.oid is not None else "-" * 32
+    body = f' "{e.body.decode("utf-8", "replace")}"' if e.body else ""
+    who = f"from {e.holder}"
+    if e.kind == "refused":
+        return f"{clock} REFUSED  {oid}{body} {who}: {refusal_words(e.reason)}; the ticket stays with its holder"
+    if e.kind == "report":
+        if e.report == "traced":
+            return f"{clock} REPORTED {oid}{body} {who}: the authority recorded this offline admission"
+        return (f"{clock} FLAGGED  {oid}{body} {who}: the authority disowned this offline admission: "
+                f"{e.report_reason}")  # fmt: skip
+    word, meaning = VERDICT_WORDS.get(e.verdict, (e.verdict.upper(), ""))
+    if e.verdict == "refused":
+        meaning = f"{e.reason}; the ticket is kept by the gate (consumed)"
+    return f"{clock} {word:<8} {oid}{body} {who}: {meaning}"
+
+
+@click.group()
+def gate() -> None:
+    """A gate: admits each ticket once (it is transferred to the gate's card and consumed there), refuses copies,
+    revoked tickets and blocked devices, and keeps admitting while the authority is unreachable.
+
+    \b
+    Set up:   cardnet gate setup --socket S --issuer-cert agent.pem --authority UID
+    Run:      CARDNET_PIN=... cardnet gate run --config gate.toml
+    Look:     cardnet gate status --socket S;  cardnet gate admissions --socket S
+    A holder presents a ticket by sending it to the gate's card: cardnet trn send --oid OID --to GATE_UID
+    """
+
+
+@gate.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The gate host's config (docs/host.md): one card with applets = [\"gate\"].")  # fmt: skip
+@click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between fetches of the authority's newest blocklist (a new session with it).")  # fmt: skip
+@json_option
+def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
+    """Run the gate's host and show every admission and refusal as it happens (one line each; --json: JSON lines).
+
+    The operator PIN of the gate card comes from $CARDNET_PIN and is checked before `ready`. Admissions are
+    recorded on the gate card (durable); `cardnet gate admissions` lists them.
+    """
+    from cardnet.host.config import load_config
+    from cardnet.host.server import HostServer
+    from cardnet.services.gate import GateService
+
+    pin = os.environ.get("CARDNET_PIN")
+    if not pin:
+        fail("set CARDNET_PIN to the gate card's PIN", reason="no_pin", hint="the gate logs in to its own card with it")
+    config = load_config(config_path)
+    gates = [c for c in config.cards if "gate" in c.applets]
+    if len(gates) != 1:
+        fail(f"the config needs exactly one card with the `gate` applet, found {len(gates)}", reason="bad_config",
+             hint='add applets = ["gate"] to the gate card\'s [[cards]] section')  # fmt: skip
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def show(event: Any) -> None:
+        if as_json:
+            emit_json({"event": event.as_dict()}, line=True)
+        else:
+            console.print(event_line(event), markup=False, highlight=False)
+            console.file.flush()
+
+    async def main() -> None:
+        from cardnet.host.client import AppClient
+
+        server = HostServer(config)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def shutdown() -> None:
+            stop.set()
+            server.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, shutdown)
+        domain = next(c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if "gate" in cc.applets)
+        try:  # the PIN is checked before `ready`: a wrong one stops here, once, and says how many tries remain
+            async with await AppClient.connect(str(config.app_socket), card=domain) as app:
+                await verify_pin(app, pin, hint="set CARDNET_PIN to the gate card's PIN; at 0 tries it locks")
+        except BaseException:
+            server.stop()
+            await server.aclose()
+            raise
+        service = GateService(str(config.app_socket), pin, show, card=domain, refresh_s=refresh_s)
+        task = asyncio.create_task(service.run(stop))
+        task.add_done_callback(lambda t: shutdown() if not t.cancelled() and t.exception() is not None else None)
+        addr = server.listen_address
+        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        uid = f"{domain.hex()}:00000000"
+        if as_json:
+            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen, "gate": uid}},
+                      line=True)  # fmt: skip
+        else:
+            console.print(f"ready {config.name} {listen} gate {uid}", markup=False)
+        console.file.flush()
+        try:
+            await server.serve_forever()
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.aclose()
+        if not task.cancelled() and task.exception() is not None:
+            fail(f"the gate service stopped: {task.exception()}", reason="gate_failed", hint="see the log above")
+
+    asyncio.run(main())
+
+
+def _der(path: Path) -> bytes:
+    from cardnet.crypto import pki
+
+    raw = path.read_bytes()
+    return pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
+
+
+def _state_dict(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "issuers": [str(u) for u in s["issuers"]], "wait_s": s["wait_ms"] / 1000, "strict": s["strict"],
+        "authority": str(s["authority"]) if "authority" in s else None, "blocklist_epoch": s["epoch"],
+        "blocklist_at": s.get("blocklist_at"), "admitted": s["admitted"], "pending": s["pending"],
+        "reports_waiting": s["reports_waiting"], "disowned": s["disowned"], "refused": s["refused"],
+    }  # fmt: skip
+
+
+def _print_state(d: dict[str, Any]) -> None:
+    age = "" if d["blocklist_at"] is None else f", signed {max(0, int(time.time()) - d['blocklist_at'])} s ago"
+    lines = [
+        f"issuers: {', '.join(d['issuers']) or 'none (set them: cardnet gate setup --issuer-cert FILE)'}",
+        f"authority: {d['authority'] or 'none (set it: cardnet gate setup --authority UID)'}",
+        f"blocklist: epoch {d['blocklist_epoch']}{age}" if d["blocklist_epoch"] else "blocklist: none yet",
+        f"wait for the authority: {d['wait_s']:g} s, then "
+        + ("refuse (strict)" if d["strict"] else "admit on the gate's own checks (offline)"),
+        f"admitted: {d['admitted']} ({d['reports_waiting']} not yet reported to the authority, {d['disowned']} "
+        f"disowned by it); waiting now: {d['pending']}; refused presentations: {d['refused']}",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
+@card_command(
+    gate,
+    "setup",
+    click.option(
+        "--issuer-cert",
+        "issuer_certs",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="An agent card's certificate (PEM or DER) whose tickets this gate admits; repeat for several "
+        "(replaces the list).",
+    ),
+    click.option("--authority", default=None, help="The authority card's Uid: admissions are reported to it."),
+    click.option(
+        "--wait",
+        "wait_s",
+        default=None,
+        type=click.FloatRange(0, 60),
+        help="Seconds a person waits for the authority's answer before the gate decides alone.",
+    ),
+    click.option(
+        "--strict/--offline-ok",
+        default=None,
+        help="When the authority does not answer in time: refuse (strict) or admit on the gate's own checks "
+        "(the default).",
+    ),
+)
+def gate_setup(
+    socket: str, pin: str | None, card: str | None, issuer_certs: tuple[Path, ...], authority: str | None,
+    wait_s: float | None, strict: bool | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Set which issuers' tickets the gate admits, its authority, and the offline rule (no option: show them)."""
+    from cardnet.applets.gate import SETUP, STATE
+
+    fields: dict[str, Any] = {}
+    if issuer_certs:
+        fields["issuers"] = [_der(p) for p in issuer_certs]
+    if wait_s is not None:
+        fields["wait_ms"] = round(wait_s * 1000)
+    if strict is not None:
+        fields["strict"] = strict
+    auth = None if authority is None else parse_uid(authority)
+    hints = {"bad_issuer": "give the agent card's certificate (`cardnet card show --store AGENT.db --cert FILE`)"}
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        if auth is not None:
+            await wallet.set_authority(auth)
+        state: dict[str, Any] = await wallet.ask(SETUP, STATE, **fields)
+        return state
+
+    d = _state_dict(run_on_wallet(socket, pin, card, work, hints))
+    if as_json:
+        emit_json(d)
+    else:
+        _print_state(d)
+
+
+@card_command(gate, "status")
+def gate_status(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """How the gate stands: issuers, authority, blocklist, admissions and reports not yet answered."""
+    from cardnet.applets.gate import SETUP, STATE
+
+    d = _state_dict(run_on_wallet(socket, pin, card, lambda wallet: wallet.ask(SETUP, STATE)))
+    if as_json:
+        emit_json(d)
+    else:
+        _print_state(d)
+
+
+@card_command(gate, "admissions")
+def gate_admissions(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
+    """Every ticket the gate took: when, from which device, the verdict and the authority's answer to its report."""
+    from cardnet.applets.gate import ADMISSIONS, LIST
+
+    async def work(wallet: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        after: dict[str, Any] = {}
+        while True:
+            page = await wallet.ask(LIST, ADMISSIONS, **after)
+            items += page["items"]
+            if not page["more"] or not page["items"]:
+                return items
+            after = {"after": page["items"][-1]["oid"]}
+
+    rows = []
+    for it in run_on_wallet(socket, pin, card, work):
+        rows.append({
+            "oid": it["oid"].hex(), "holder": str(it["from"]), "at_ms": it["at_ms"], "verdict": it["verdict"],
+            "reason": it["reason"], "report": it.get("report"), "report_reason": it.get("report_reason"),
+            "body": it.get("body", b"").decode("utf-8", "replace"),
+        })  # fmt: skip
+    rows.sort(key=lambda r: r["at_ms"])
+    if as_json:
+        emit_json({"admissions": rows})
+        return
+    if not rows:
+        console.print("no ticket taken at this gate yet")
+        return
+    t = table("time", "oid", "body", "holder", "verdict", "report", title="tickets taken at this gate")
+    for r in rows:
+        clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at_ms"] / 1000))
+        report = r["report"] + (f": {r['report_reason']}" if r["report_reason"] else "")
+        t.add_row(clock, r["oid"], r["body"], r["holder"], r["verdict"], report)
+    print_table(t)

@@ -1,0 +1,37 @@
+"""What the gate operator reads: one line per event from ``cardnet gate run`` (human output), and its JSON."""
+
+from __future__ import annotations
+
+from cardnet.cli.gate import event_line
+from cardnet.services.gate import GateEvent
+from cardnet.wire import Uid
+
+HOLDER = Uid.card(bytes.fromhex("0123456789abcdef01234567"))
+OID = bytes(range(16))
+
+
+def line(**fields: object) -> str:
+    base: dict[str, object] = {"from": HOLDER, "at_ms": 0, "verdict": "admitted", "reason": "", "oid": OID}
+    return event_line(GateEvent.of(base | fields))
+
+
+def test_each_outcome_says_what_happened_and_why() -> None:
+    assert "ADMITTED" in line(kind="verdict", body=b"seat 7") and '"seat 7"' in line(kind="verdict", body=b"seat 7")
+    offline = line(kind="verdict", verdict="admitted_offline", report="waiting")
+    assert "ADMITTED" in offline and "offline" in offline
+    refused = line(kind="refused", verdict="refused", reason="already_admitted")
+    assert "REFUSED" in refused and "already admitted at this gate" in refused and "stays with its holder" in refused
+    blocked = line(kind="refused", verdict="refused", reason="blocked_device: device x is blocked", oid=None)
+    assert "on the authority's blocklist" in blocked and "device x is blocked" in blocked
+    revoked = line(kind="verdict", verdict="refused", reason="revoked: this token was replaced by a reissue")
+    assert "REFUSED" in revoked and "revoked" in revoked and "kept by the gate" in revoked
+    flagged = line(kind="report", verdict="admitted_offline", report="disowned", report_reason="branch: ...")
+    assert "FLAGGED" in flagged and "branch" in flagged
+    assert "REPORTED" in line(kind="report", verdict="admitted_offline", report="traced")
+    assert str(HOLDER) in refused and OID.hex() in refused
+
+
+def test_json_form_is_plain_text() -> None:
+    item = {"from": HOLDER, "at_ms": 5, "verdict": "refused", "reason": "forged", "kind": "refused"}
+    d = GateEvent.of(item).as_dict()
+    assert d["holder"] == str(HOLDER) and d["oid"] is None and d["body"] is None and d["kind"] == "refused"
