@@ -5,7 +5,8 @@ the agent issues OID to a; a's card is cloned (a second host process runs a copy
 ``test_trn_kill.py``); a sends OID to b, the clone sends it to c, and the authority blocks a. OID2 goes to b and
 is then reissued as NEW2 (OID2 revoked). The commands run as a person runs them (``python -m cardnet.cli.main``
 against the authority host's application socket); their SVG is read with an XML parser and compared with what
-the authority answers to ``auth.query`` and ``auth.blocked_list``.
+the authority answers to ``auth.query`` and ``auth.blocked_list``. ``cardnet authority web`` serves the same
+drawings over HTTP (read with httpx).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_trn_kill import add_clone, route_to, setup, status, wait_for
 from test_trn_processes import OID, TrnNet
@@ -28,7 +30,7 @@ from test_trn_reissue import reissued
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import MINT, RECOVER, SEND
-from cardnet.bench.procs import free_port
+from cardnet.bench.procs import free_port, readline, stop_process
 from cardnet.bench.trnnet import PIN
 from cardnet.protocols import trace_view as tv
 
@@ -164,3 +166,60 @@ def test_a_person_reads_the_trace_and_errors_say_what_to_do(net: TrnNet, tmp_pat
     err = json.loads(no_dot.stdout)["error"]
     assert err["reason"] == "no_graphviz" and "apt-get install graphviz" in err["hint"]
     assert not (tmp_path / "x.svg").exists()
+
+
+@pytest.fixture(scope="module")
+def web(net: TrnNet) -> Iterator[str]:
+    """``cardnet authority web`` on a free port of 127.0.0.1: its URL."""
+    where = ("--socket", net.hosts["auth"].socket, "--card", net.uids["authority"].domain.hex())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cardnet.cli.main", "authority", "web", *where, "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "CARDNET_PIN": PIN},
+    )  # fmt: skip
+    try:
+        line = readline(proc, 30)
+        assert line.startswith("ready http://127.0.0.1:"), (line, proc.poll())
+        yield line.split()[1]
+    finally:
+        stop_process(proc)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def svg_groups(data: bytes, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    (tmp_path / "got.svg").write_bytes(data)
+    return groups(tmp_path / "got.svg")
+
+
+def test_the_web_view_serves_the_graph_and_a_chain(net: TrnNet, web: str, tmp_path: Path) -> None:
+    with httpx.Client(base_url=web, timeout=30) as http:
+        page = http.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<img src='/graph.svg'" in page.text and f"/token/{OID.hex()}" in page.text
+        assert str(net.uids["a"]) in page.text  # listed as blocked
+        assert http.get("/").json()["blocked"] == [str(net.uids["a"])]  # a program gets JSON
+
+        graph = http.get("/graph.svg")
+        assert graph.headers["content-type"] == "image/svg+xml"
+        g = svg_groups(graph.content, tmp_path)
+        for oid in (OID, OID2, NEW2):
+            assert edges_of(g, oid) == recorded(net, oid)
+        assert "blocked" in g[tv.node_id(net.uids["a"])]["class"]
+        assert [v["title"] for k, v in g.items() if k.startswith("br-")] == [
+            f"{tv.node_id(net.uids['a'])}->{tv.node_id(net.uids['c'])}"
+        ]
+
+        chain = svg_groups(http.get(f"/token/{OID.hex()}/chain.svg").content, tmp_path)
+        assert edges_of(chain, OID) == recorded(net, OID) and not any(k.startswith(f"mv-{OID2.hex()}") for k in chain)
+        form = http.get("/token", params={"oid": OID2.hex()})
+        assert form.status_code == 303 and form.headers["location"] == f"/token/{OID2.hex()}"
+        token = http.get(f"/token/{OID2.hex()}", headers={"Accept": "text/html"})
+        assert token.status_code == 200 and f"/token/{OID2.hex()}/chain.svg" in token.text
+        assert http.get("/token/zz").json()["error"] == "bad_oid"
+        assert http.get(f"/token/{'11' * 16}").status_code == 404
+
+
+def test_the_web_view_listens_on_loopback_only(net: TrnNet) -> None:
+    r = cardnet(net, "web", "--listen", "0.0.0.0:8470")
+    assert r.returncode == 2 and "loopback" in r.stderr

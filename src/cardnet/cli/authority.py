@@ -217,3 +217,93 @@ def authority_graph(
     print_graph(graph)
     for kind, path in written.items():
         console.print(f"wrote {path} ({kind})", markup=False)
+
+
+def _loopback(listen: str) -> tuple[str, int]:
+    import ipaddress
+
+    host, _, port = listen.rpartition(":")
+    try:
+        ok = ipaddress.ip_address(host.strip("[]")).is_loopback and 0 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        why = "the view shows the authority's records to whoever connects: it listens on this host only"
+        raise click.BadParameter(f"{listen!r}: give a loopback address and a port, e.g. 127.0.0.1:8470 ({why})")
+    return host.strip("[]"), int(port)
+
+
+@card_command(
+    authority,
+    "web",
+    click.option(
+        "--listen",
+        default="127.0.0.1:8470",
+        show_default=True,
+        help="Where to serve the view: a loopback address and a port (0: any free one).",
+    ),
+)
+def authority_web(socket: str, pin: str | None, card: str | None, listen: str, as_json: bool) -> None:
+    """Serve the trace view on this host: the movement graph and each token's chain as SVG (graphviz), HTML for
+    a browser and JSON for programs. Runs until Ctrl-C; prints `ready URL` when it listens."""
+    from cardnet.card import mtypes as cm
+    from cardnet.cli.trace_view import TraceWeb
+    from cardnet.cli.trn import card_pin
+    from cardnet.host.client import AppClient
+    from cardnet.protocols.trace_view import Graph
+    from cardnet.services.authority import app_ask, fetch_graph
+    from cardnet.transport.errors import TransportError
+    from cardnet.transport.http import HttpLimits, HttpServer
+
+    host, port = _loopback(listen)
+    code = card_pin(pin)
+    domain = parse_domain(card)
+
+    async def main() -> None:
+        try:
+            first = await AppClient.connect(socket, card=domain)
+        except OSError as exc:
+            fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host",
+                 hint="is `cardnet authority run` running with that app_socket?")  # fmt: skip
+        await verify_pin(first, code)
+        apps: list[AppClient] = [first]
+        lock = asyncio.Lock()
+
+        async def fetch(oid: bytes | None) -> Graph:
+            async with lock:  # one query at a time on the one logged-in connection (made again if it broke)
+                if not apps:
+                    app = await AppClient.connect(socket, card=domain)
+                    await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=code)
+                    if not (await app.recv_type(cm.PIN_RESULT))["ok"]:
+                        await app.aclose()
+                        raise PermissionError("the authority card refused the PIN")
+                    apps.append(app)
+                try:
+                    return await fetch_graph(app_ask(apps[0]), oid)
+                except BaseException:
+                    await apps.pop().aclose()
+                    raise
+
+        server = HttpServer(TraceWeb(fetch).router(), limits=HttpLimits(max_connections=32, max_body_bytes=1024))
+        try:
+            where = await server.start(host, port)
+        except TransportError as exc:
+            fail(str(exc), reason="cannot_listen", hint="choose another port with --listen 127.0.0.1:PORT")
+        url = f"http://{where[0]}:{where[1]}/"
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if as_json:
+            emit_json({"ready": {"url": url}}, line=True)
+        else:
+            console.print(f"ready {url}", markup=False)
+        console.file.flush()
+        try:
+            await stop.wait()
+        finally:
+            await server.aclose()
+            for app in apps:
+                await app.aclose()
+
+    asyncio.run(main())

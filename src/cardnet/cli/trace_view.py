@@ -6,13 +6,17 @@ timeout and a clear error when graphviz is missing (docs/trace-view.md).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from cardnet.errors import CardnetError
 from cardnet.protocols.trace_view import Graph, to_dot
+from cardnet.transport.http import HttpError, Request, Response, Router
 from cardnet.wire import Uid
 
 RENDER_TIMEOUT_S = 60.0
@@ -130,3 +134,125 @@ def write_views(graph: Graph, title: str, svg: Path | None, dot: Path | None) ->
             fail_os(exc, f"write the {kind.upper()} file", path)
         written[kind] = str(path)
     return written
+
+
+# -- the authority's web view (cardnet authority web) ------------------------------------------------------------
+Fetch = Callable[[bytes | None], Awaitable[Graph]]  # the graph (None) or one token's (its oid), from the authority
+PAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'"
+SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+class TraceWeb:
+    """The pages of ``cardnet authority web``: the movement graph and a token's chain, as SVG drawn by ``dot``
+    (one drawing at a time, the last ones kept while the graph has not changed), HTML for people and JSON for
+    programs (``Accept``)."""
+
+    def __init__(self, fetch: Fetch, *, keep: int = 16) -> None:
+        self.fetch = fetch
+        self.keep = keep  # drawings kept, by their DOT text
+        self._drawn: dict[str, bytes] = {}
+        self._lock = asyncio.Lock()
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/", self.index)
+        r.add("GET", "/graph.svg", self.graph_svg)
+        r.add("GET", "/token", self.token_form)
+        r.add("GET", "/token/{oid}", self.token)
+        r.add("GET", "/token/{oid}/chain.svg", self.token_svg)
+        return r
+
+    async def _svg(self, graph: Graph, title: str) -> Response:
+        text = to_dot(graph, title=title)
+        async with self._lock:
+            svg = self._drawn.get(text)
+            if svg is None:
+                try:
+                    svg = await asyncio.to_thread(render_svg, text)
+                except RenderError as exc:
+                    raise HttpError(503, exc.reason, str(exc)) from None
+                if len(self._drawn) >= self.keep:
+                    self._drawn.clear()
+                self._drawn[text] = svg
+        return Response(200, svg, "image/svg+xml", (("Content-Security-Policy", SVG_CSP),))
+
+    async def _graph(self, oid: bytes | None) -> Graph:
+        try:
+            return await self.fetch(oid)
+        except (CardnetError, OSError, TimeoutError) as exc:
+            raise HttpError(502, "authority_unreachable", f"the authority card did not answer: {exc}") from None
+
+    @staticmethod
+    def _oid(text: str) -> bytes:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = b""
+        if len(raw) != 16:
+            raise HttpError(400, "bad_oid", f"{text[:40]!r} is not an oid: an oid is 32 hex digits")
+        return raw
+
+    @staticmethod
+    def _page(title: str, body: str) -> Response:
+        page = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:1.5em}img{max-width:100%;border:1px solid #ccc}"
+            "li{font-family:monospace}</style></head>"
+            f"<body><h1>{escape(title)}</h1>{body}</body></html>\n"
+        )
+        return Response.html(page, headers=(("Content-Security-Policy", PAGE_CSP),))
+
+    @staticmethod
+    def _form(value: str = "") -> str:
+        return (
+            "<form action='/token' method='get'><label>trace a token (oid, 32 hex): "
+            f"<input name='oid' value='{escape(value)}' size='34'></label> <button>trace</button></form>"
+        )
+
+    async def index(self, request: Request) -> Response:
+        graph = await self._graph(None)
+        if not request.wants_html:
+            return Response.json(graph_json(graph))
+        tokens = "".join(
+            f"<li><a href='/token/{c.oid.hex()}'>{c.oid.hex()}</a>: {len(c.moves)} movement(s)"
+            f"{' (revoked)' if c.revoked else ''}</li>"
+            for c in graph.chains
+        )
+        blocked = "".join(f"<li>{escape(str(u))}</li>" for u in sorted(graph.blocked, key=bytes))
+        body = (
+            f"{self._form()}<p><img src='/graph.svg' alt='the movement graph'></p>"
+            f"<h2>tokens</h2><ul>{tokens or '<li>none traced yet</li>'}</ul>"
+            f"<h2>blocked devices</h2><ul>{blocked or '<li>none</li>'}</ul>"
+        )
+        return self._page("cardnet authority: movement graph", body)
+
+    async def graph_svg(self, request: Request) -> Response:
+        return await self._svg(await self._graph(None), "cardnet movement graph")
+
+    async def token_form(self, request: Request) -> Response:
+        oid = self._oid(request.query.get("oid", "").strip())
+        return Response(303, b"", "text/plain", (("Location", f"/token/{oid.hex()}"),))
+
+    async def token(self, request: Request) -> Response:
+        oid = self._oid(request.params["oid"])
+        graph = await self._graph(oid)
+        if not graph.chains and not graph.branches and not graph.suspects:
+            raise HttpError(404, "unknown_oid", f"the authority has no record of token {oid.hex()}")
+        if not request.wants_html:
+            return Response.json({"oid": oid.hex(), **graph_json(graph)})
+        roles = {u.card_uid(): r for u, r in graph.roles.items()}
+        rows = "".join(
+            f"<li>{c.oid.hex()[:8]} #{i}: {escape(str(m.frm))} ({escape(roles.get(m.frm.card_uid(), '?'))}) -&gt; "
+            f"{escape(str(m.to))} ({escape(roles.get(m.to.card_uid(), '?'))}), nonce {m.nonce.hex()}</li>"
+            for c in graph.chains
+            for i, m in enumerate(c.moves, 1)
+        )
+        body = (
+            f"<p><a href='/'>the whole graph</a></p>{self._form(oid.hex())}"
+            f"<p><img src='/token/{oid.hex()}/chain.svg' alt='the chain of {oid.hex()}'></p><ul>{rows}</ul>"
+        )
+        return self._page(f"token {oid.hex()}", body)
+
+    async def token_svg(self, request: Request) -> Response:
+        oid = self._oid(request.params["oid"])
+        return await self._svg(await self._graph(oid), f"cardnet trace of token {oid.hex()}")

@@ -92,11 +92,18 @@ Ask = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # sends auth.graph_
 
 
 def app_ask(app: AppClient, timeout_s: float = 30.0) -> Ask:
-    """An :data:`Ask` through ``app`` (logged in to the authority card)."""
+    """An :data:`Ask` through ``app`` (logged in to the authority card); a refusal raises :class:`CardnetError`."""
 
     async def ask(fields: dict[str, Any]) -> dict[str, Any]:
         await app.send(app.uid.card_uid(), GRAPH_Q, **fields)
-        return await app.recv_type(GRAPH, timeout_s=timeout_s)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await app.recv()
+                if msg.mtype == cm.REFUSED.code:
+                    p = cm.REFUSED.parse(msg)
+                    raise CardnetError(p["reason"], f"the authority card refused the graph query: {p['detail']}")
+                if msg.mtype == GRAPH.code:
+                    return dict(GRAPH.parse(msg))
 
     return ask
 
