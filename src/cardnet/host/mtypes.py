@@ -49,3 +49,12 @@ ROUTE_IS = register(
         ],
     ),
 )
+# An application relays remote traffic (TRN paper 5.1: the buyer's program between an upgraded HTTP connection
+# and its host): its first frame asks the host to route ``domain`` (a remote card) over this connection; the host
+# answers ``host.relaying`` and from then on takes the connection's frames as remote traffic from that domain.
+RELAY = register(
+    0x0115, "host.relay", "host", Schema("host.relay", [Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES))])
+)
+RELAYING = register(
+    0x0116, "host.relaying", "host", Schema("host.relaying", [Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES))])
+)

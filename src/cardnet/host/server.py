@@ -39,7 +39,8 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ from cardnet.store import StoreError, open_store
 from cardnet.transport import (
     BrokenError,
     ClosedError,
+    Connection,
     Limits,
     ReconnectingLink,
     ServerLimits,
@@ -63,7 +65,7 @@ from cardnet.transport import (
     dialer,
     tls_contexts,
 )
-from cardnet.wire import Message, Uid
+from cardnet.wire import DecodeError, Message, Uid
 from cardnet.wire.mtypes import by_name, lookup
 
 log = logging.getLogger("cardnet.host")
@@ -119,6 +121,41 @@ def _open_card(i: int, cc: CardConfig) -> Card:
     return card
 
 
+class Carrier:
+    """Sends remote traffic over a connection this host did not dial (see :meth:`HostServer.carry`).
+
+    Like a link's queue: at most ``LINK_QUEUE`` messages wait; what does not fit stays unacknowledged in its card's
+    outbox and is re-emitted later (``resend_unacked``).
+    """
+
+    def __init__(self, conn: Connection, label: str) -> None:
+        self.conn = conn
+        self.label = label
+        self._queue: deque[Message] = deque()
+        self._ready = asyncio.Event()
+
+    def send_many_nowait(self, msgs: Sequence[Message]) -> int:
+        n = max(0, min(len(msgs), LINK_QUEUE - len(self._queue)))
+        self._queue.extend(msgs[:n])
+        if n:
+            self._ready.set()
+        return n
+
+    def send_nowait(self, msg: Message) -> None:
+        if self.send_many_nowait([msg]) != 1:
+            raise TransportError("queue_full", f"{self.label} already queues {len(self._queue)} messages")
+
+    async def write(self) -> None:
+        with contextlib.suppress(ClosedError, BrokenError):
+            while True:
+                while not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                batch = list(self._queue)
+                self._queue.clear()
+                await self.conn.send_many(batch)
+
+
 class HostServer:
     def __init__(self, config: HostConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
@@ -137,6 +174,8 @@ class HostServer:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._links: dict[str, ReconnectingLink] = {}
+        self._carriers: dict[str, Carrier] = {}
+        self._carried = 0
         self._tcp: TcpServer | None = None
         self._unix: TcpServer | None = None
         self._server_tls: ssl.SSLContext | None = None
@@ -260,7 +299,7 @@ class HostServer:
             else:
                 got.append(eff)
         for address, effs in by_address.items():
-            link = self._link(address)
+            link: Carrier | ReconnectingLink = self._carriers.get(address) or self._link(address)
             try:
                 taken = link.send_many_nowait([eff.msg for eff in effs])
             except TransportError:
@@ -293,6 +332,49 @@ class HostServer:
                 self.host.receive_many(await conn.recv_many(), origin)
                 self.wake()
 
+    async def carry(self, conn: Connection, domains: Iterable[bytes], *, label: str) -> None:
+        """Carry the remote traffic of ``domains`` over ``conn`` until it ends (TRN paper 5.1).
+
+        ``conn`` was made by someone else: an upgraded HTTP connection of the ticketing server, or an
+        application relaying one (``host.relay`` on the app socket). While it is open, messages for those
+        domains go out on it (the route wins over a configured one, which comes back afterwards) and what it
+        delivers is submitted as remote traffic (the Guards apply); a message from any other domain is dropped.
+        Messages still queued when it ends stay unacknowledged and are re-emitted later.
+        """
+        wanted = frozenset(domains)
+        local = wanted & self.host.cards.keys()
+        if local:
+            raise HostError("bad_route", f"domain {next(iter(local)).hex()} is a card of this host: nothing to carry")
+        self._carried += 1
+        key = f"carrier#{self._carried} ({label})"
+        carrier = Carrier(conn, key)
+        self._carriers[key] = carrier
+        previous = {d: self.host.routes.get(d) for d in wanted}
+        for d in wanted:
+            self.host.routes[d] = key
+        writer = asyncio.get_running_loop().create_task(carrier.write())
+        origin = Origin("remote", label)
+        try:
+            with contextlib.suppress(ClosedError, BrokenError):
+                while not writer.done():
+                    msgs = await conn.recv_many()
+                    good = [m for m in msgs if m.src.domain in wanted]
+                    if len(good) < len(msgs):
+                        log.warning("%s: %s sent %d message(s) from other domains: dropped", self.config.name,
+                                    label, len(msgs) - len(good))  # fmt: skip
+                    self.host.receive_many(good, origin)
+                    self.wake()
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            self._carriers.pop(key, None)
+            for d, before in previous.items():
+                if self.host.routes.get(d) == key:
+                    if before is None:
+                        self.host.routes.pop(d, None)
+                    else:
+                        self.host.routes[d] = before
+
     # -- applications -----------------------------------------------------------------
     async def _accept_app(self, conn: TcpConnection) -> None:
         uid: Uid | None = None
@@ -300,6 +382,9 @@ class HostServer:
         writer_task: asyncio.Task[None] | None = None
         try:
             first = await conn.recv()
+            if first.mtype == hm.RELAY.code:
+                await self._relay(conn, first)
+                return
             if first.mtype != hm.ACQUIRE.code:
                 await conn.send(
                     hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason="send host.acquire first")
@@ -341,6 +426,21 @@ class HostServer:
             if writer_task is not None:
                 writer_task.cancel()
             await conn.aclose()
+
+    async def _relay(self, conn: TcpConnection, first: Message) -> None:
+        """An application relays a remote card's traffic over its connection (``host.relay {domain}``)."""
+        try:
+            domain = hm.RELAY.parse(first)["domain"]
+        except DecodeError as exc:
+            await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=str(exc)[:200]))
+            return
+        if domain in self.host.cards:
+            why = "that domain is a card of this host: a relay carries a remote card's traffic"
+            await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=why))
+            return
+        await conn.send(hm.RELAYING.make(first.dst, first.src, domain=domain))
+        log.info("%s: an application relays domain %s", self.config.name, domain.hex())
+        await self.carry(conn, [domain], label=f"relay of {domain.hex()}")
 
     async def _app_writer(self, conn: TcpConnection, queue: asyncio.Queue[Message]) -> None:
         with contextlib.suppress(ClosedError, BrokenError):

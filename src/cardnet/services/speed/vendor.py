@@ -44,7 +44,7 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNegotiation
 from cardnet.services.serving import SerialServer
 from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
-from cardnet.store import Store
+from cardnet.store import Store, Txn
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text
 
@@ -74,6 +74,12 @@ _SALE = Schema(
 _NID_REC = Schema(
     "sv.nid_rec", [Field(0, "state", Text(16)), Field(1, "products", ListOf(Text(sm.MAX_PRODUCT_ID), sm.MAX_PRODUCTS))]
 )
+
+
+OnSale = Callable[[Txn, bytes, list[str], bytes], None]
+"""``on_sale(txn, poid, products, customer_cert)``: runs inside the transaction that records a delivery, before
+anything of it is sent (e.g. the ticketing server claims the seats, first wins); raising a
+:class:`~cardnet.protocols.errors.ProtocolError` refuses the purchase with its reason and records nothing."""
 
 
 class VendorError(CardnetError):
@@ -123,8 +129,17 @@ class _Open:
 class VendorCore:
     """The vendor's decisions over its store (see the module). Not thread-safe: one request at a time."""
 
-    def __init__(self, store: Store, *, rng: Callable[[int], bytes] = os.urandom, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float],
+        on_sale: OnSale | None = None,
+    ) -> None:
         self.store = store
+        self.on_sale = on_sale
+        self._customer = b""  # the certificate of the card buying in the request being answered (for on_sale)
         self.rng = rng
         self.clock = clock
         me = Identity.load(store, CFG, _NOT_A_VENDOR)
@@ -174,6 +189,7 @@ class VendorCore:
             o = self._negotiation(p["nid"])
             price = o.neg.on_handshake(p["sealed"])
             self._open.pop(p["nid"], None)
+            self._customer = o.neg.customer_cert
             yield from self._deliver(msg, p["nid"], o.products, price, o.neg.seal_bill, "normal")
         else:
             raise _Refusal("bad_request", f"a SPEED vendor does not take mtype 0x{code:04x}")
@@ -218,11 +234,14 @@ class VendorCore:
 
     def _delivered(self, nid: bytes, products: list[str], sale: tuple[bytes, bytes]) -> None:
         """Record the delivery under ``nid`` and its sale (PaymentOrderID, record) durably, first wins, before
-        anything of it is sent: a PaymentOrderID names one delivery, and a replayed Handshake gets none."""
+        anything of it is sent: a PaymentOrderID names one delivery, and a replayed Handshake gets none. The
+        ``on_sale`` hook runs in the same transaction (its refusal undoes the delivery)."""
         with self.store.transaction() as txn:
             if not txn.insert(REGISTER, nid, _NID_REC.encode({"state": "delivered", "products": products})):
                 raise _Refusal("handshake_seen", "that NID has had its delivery already: no second one (paper 5.3)")
             txn.put(SALES, *sale)
+            if self.on_sale is not None:
+                self.on_sale(txn, sale[0], products, self._customer)
 
     def _request(self, msg: Message, sealed: bytes) -> Message:
         f, customer = self._signed_request(sealed, sm.INFO_REQUEST, sm.NEGOTIATION_REQUEST, "NegotiationRequest")
@@ -261,6 +280,7 @@ class VendorCore:
         def seal(signed_bill: bytes) -> bytes:
             return sm.seal_to(customer, signed_bill, sm.INFO_BILL)
 
+        self._customer = customer
         yield from self._deliver(msg, f["nid"], products, list_price, seal, "aggressive")
 
     def _deliver(self, msg: Message, nid: bytes, products: list[str], price: sm.Price,
