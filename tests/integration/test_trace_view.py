@@ -130,7 +130,9 @@ def test_trace_draws_the_clone_branch_and_the_blocked_device(net: TrnNet, tmp_pa
     assert out["blocked"] == [str(net.uids["a"])]
     assert [m["to"] for m in out["tokens"][0]["movements"]] == [str(net.uids["a"]), str(net.uids["b"])]
     (branch,) = out["branches"]
-    assert branch["statements"][-1]["to"] == str(net.uids["c"])
+    assert branch["statements"][-1]["to"] == str(net.uids["c"]) and branch["evidence"] == 2
+    human = cardnet(net, "trace", OID.hex())
+    assert f"branch: {net.uids['a']} moved {OID.hex()} twice from one holding (a clone)" in human.stdout
 
 
 def test_graph_has_every_recorded_movement_and_the_reissue(net: TrnNet, tmp_path: Path) -> None:

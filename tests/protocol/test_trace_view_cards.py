@@ -7,7 +7,6 @@ same graph must come out, in many pages (a long chain split into parts), as with
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,10 +41,11 @@ def graph_of(w: TrnWorld, oid: bytes | None = None) -> tuple[tv.Graph, int]:
     return asyncio.run(fetch_graph(ask, oid)), pages
 
 
-@pytest.fixture
-def world(tmp_path: Path, ca: pki.CertificateAuthority) -> TrnWorld:
-    """alice's clone spends OID a second time (to carol); OID2 moves between bob and carol many times."""
-    w = standard(tmp_path, ca, ("alice", "bob", "carol"))
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, ca: pki.CertificateAuthority) -> TrnWorld:
+    """alice's clone spends OID a second time (to carol); OID2 moves between bob and carol many times. Shared by
+    the tests of this module: they only read the authority (auth.graph_q, auth.query change nothing)."""
+    w = standard(tmp_path_factory.mktemp("trace"), ca, ("alice", "bob", "carol"))
     issue(w, OID, "alice")
     clone = Card(SqliteStore(str(clone_store(w, "alice"))), applets=[TrnApplet()])
     send(w, "alice", "bob")

@@ -315,7 +315,9 @@ def test_upgrade_to_trn_carries_frames_both_ways_including_ones_sent_with_the_re
 
 def test_dial_trn_gets_a_message_connection_or_the_servers_refusal(srv: ThreadServer) -> None:
     async def go() -> None:
-        conn = await dial_trn(srv.host, srv.port, "POST", "/trn")
+        up = await dial_trn(srv.host, srv.port, "POST", "/trn")
+        assert up.headers["upgrade"] == "TRN"
+        conn = up.conn
         await conn.send(Message(B, A, 0x0103, b"hi"))
         assert await conn.recv() == Message(A, B, 0x0103, b"hi")
         await conn.aclose()

@@ -380,12 +380,14 @@ def _graph_page(ctx: StepContext, only: bytes | None, at: bytes, start: int) -> 
     branches: list[dict[str, Any]] = []
     suspects: list[dict[str, Any]] = []
     named: set[Uid] = set()
-    used = 0
+    used = counted = 0
     page: dict[str, Any] = {}
     for key, raw in _graph_items(ctx, only):
         if key < at:
             continue
         first = start if key == at else 0
+        used += 32 * (len(named) - counted)  # the roles of the devices named so far (about 32 bytes each)
+        counted = len(named)
         if used >= GRAPH_PAGE_BYTES:
             page |= {"next": key, "next_start": first}
             break

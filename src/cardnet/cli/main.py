@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "ttp": "cardnet.cli.fairx:ttp",
     "speed": "cardnet.cli.speed:speed",
     "smc": "cardnet.cli.smc:smc",
+    "ticketing": "cardnet.cli.ticketing:ticketing",
 }
 
 

@@ -105,7 +105,8 @@ def print_graph(graph: Graph) -> None:
     for b in graph.branches:
         refused = b.moves[-1] if b.moves else None
         to = f" (refused: -> {refused.to}, nonce {refused.nonce.hex()})" if refused else ""
-        console.print(f"branch: {b.signer} moved {b.oid.hex()} twice or without holding it{to}", markup=False)
+        how = "twice from one holding (a clone)" if b.evidence > 1 else "without holding it"
+        console.print(f"branch: {b.signer} moved {b.oid.hex()} {how}{to}", markup=False)
     for u in sorted(graph.blocked, key=bytes):
         console.print(f"blocked: {who(u)}", markup=False)
     for s in graph.suspects:

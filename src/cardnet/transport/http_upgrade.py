@@ -11,8 +11,8 @@ waiting for the ``101``.
   ``Upgrade(TRN, run)``; ``run`` gets an :class:`~.http.UpgradedStream` and
   calls :func:`trn_connection` on it.
 * Client side: :func:`dial_trn` sends one request with ``Connection: Upgrade``
-  and ``Upgrade: TRN`` (through h11) and returns the message connection on
-  ``101``; any other answer raises :class:`UpgradeRefused` carrying the
+  and ``Upgrade: TRN`` (through h11) and returns the message connection (and the
+  ``101``'s headers) on ``101``; any other answer raises :class:`UpgradeRefused` carrying the
   status and the server's message.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import h11
 
@@ -41,6 +42,14 @@ class UpgradeRefused(TransportError):
         self.status, self.error, self.body = status, error, body
 
 
+@dataclass(frozen=True, slots=True)
+class TrnUpgrade:
+    """What :func:`dial_trn` got: the message connection and the ``101``'s headers (names lower case)."""
+
+    conn: TcpConnection
+    headers: dict[str, str]
+
+
 def trn_connection(stream: UpgradedStream, limits: Limits = DEFAULT_LIMITS) -> TcpConnection:
     """The message connection on an upgraded HTTP connection (server side)."""
     return TcpConnection(stream.reader, stream.writer, limits, initial=stream.trailing)
@@ -56,7 +65,7 @@ async def dial_trn(
     body: bytes = b"",
     limits: Limits = DEFAULT_LIMITS,
     timeout_s: float = 30.0,
-) -> TcpConnection:
+) -> TrnUpgrade:
     """Send ``method target`` asking for ``Upgrade: TRN``; the message connection once the server says ``101``.
 
     Raises :class:`UpgradeRefused` for any other answer (the body's JSON ``error``/``message`` when it has
@@ -94,7 +103,8 @@ async def dial_trn(
                     continue
                 if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                     trailing, _ = conn.trailing_data
-                    return TcpConnection(reader, writer, limits, initial=bytes(trailing))
+                    got = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+                    return TrnUpgrade(TcpConnection(reader, writer, limits, initial=bytes(trailing)), got)
                 if isinstance(event, h11.Response):
                     answer = event
                 elif isinstance(event, h11.Data) and len(content) < MAX_ANSWER_BYTES:

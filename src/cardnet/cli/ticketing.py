@@ -1,0 +1,66 @@
+"""``cardnet ticketing run``: the ticketing server (TRN paper 5.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail, json_option
+
+
+@click.group()
+def ticketing() -> None:
+    """Sell seats over HTTP, take payment with SPEED, deliver tickets with TRN (docs/ticketing.md)."""
+
+
+@ticketing.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The server's TOML file: HTTP and SPEED addresses, vendor store, device host, events.")  # fmt: skip
+@json_option
+def run(config_path: Path, as_json: bool) -> None:
+    """Run the ticketing server until SIGINT/SIGTERM.
+
+    \b
+    Before the first run:
+      cardnet speed vendor init --store tickets.db ...   the SPEED vendor (its account at the broker)
+      cardnet card create ... --role agent               the device that mints the tickets (applet trn)
+    The device's PIN comes from $CARDNET_PIN. Every seat of every event is put in the vendor's catalogue.
+    People browse http://LISTEN/ (HTML); programs get JSON. Prints "ready NAME http://HOST:PORT speed HOST:PORT"
+    once it serves (with --json: {"ready": {"name", "http", "speed", "device"}} on one line).
+    """
+    from cardnet.services.ticketing.config import load_config
+    from cardnet.services.ticketing.server import TicketingServer
+
+    pin = os.environ.get("CARDNET_PIN")
+    if not pin:
+        fail("set CARDNET_PIN to the PIN of the server's device (its agent card)",
+             hint="the server logs in to its own card with it", reason="no_pin")  # fmt: skip
+    config = load_config(config_path)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        server = TicketingServer(config, pin=pin)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        http = "http://{}:{}".format(*server.http_address)
+        speed = "{}:{}".format(*server.speed_address)
+        if as_json:
+            ready = {"name": config.name, "http": http, "speed": speed, "device": server.device_domain.hex()}
+            emit_json({"ready": ready}, line=True)
+        else:
+            console.print(f"ready {config.name} {http} speed {speed}", markup=False)
+            console.file.flush()
+        try:
+            await server.serve_forever()
+        finally:
+            await server.aclose()
+
+    asyncio.run(main())

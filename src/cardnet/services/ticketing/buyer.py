@@ -1,0 +1,109 @@
+"""The buyer's side of a ticket's delivery: the untrusted program that relays between the ticketing server's
+upgraded connection and its own host (TRN paper 5.1, "the server and the wallet never trust the mediating PC").
+
+:func:`receive_ticket` asks ``POST /tickets/{poid}`` with ``Upgrade: TRN`` (and the broker's receipt, for a sale
+the server does not know paid yet). On ``101`` it opens its host's application socket as a relay for the
+device's domain (``host.relay``, the ``TRN-Device`` header) and moves frames both ways until the server closes
+the connection: the device's card and the buyer's card run the session and the transfer through it, and the
+buyer's card traces the ticket with the authority over its own host's routes. Any other answer raises
+:class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``, ``bad_receipt``,
+``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from cardnet.host import mtypes as hm
+from cardnet.host.errors import HostError
+from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection
+from cardnet.transport.http_upgrade import dial_trn
+from cardnet.wire import Uid
+
+TIMEOUT_S = 60.0
+_NOBODY = Uid(bytes(12), 0)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The upgraded connection ended: ``oid`` is the ticket's token; ``relayed`` frames passed each way."""
+
+    oid: bytes
+    device: bytes
+    to_card: int
+    to_server: int
+
+
+def server_address(url: str) -> tuple[str, int]:
+    """``http://host:port`` as (host, port)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// address of a ticketing server")
+    return parts.hostname, parts.port or 80
+
+
+async def receive_ticket(
+    url: str, poid: bytes, app_socket: str, *, receipt: bytes | None = None, timeout_s: float = TIMEOUT_S
+) -> Delivered:
+    """Relay the delivery of sale ``poid``'s ticket from the server at ``url`` to the card of ``app_socket``'s host."""
+    host, port = server_address(url)
+    body = json.dumps({} if receipt is None else {"receipt": base64.b64encode(receipt).decode()}).encode()
+    up = await dial_trn(
+        host, port, "POST", f"/tickets/{poid.hex()}", headers=[("Content-Type", "application/json")], body=body
+    )
+    server = up.conn
+    try:
+        device = bytes.fromhex(up.headers.get("trn-device", ""))
+        oid = bytes.fromhex(up.headers.get("trn-token", ""))
+        local = await _relay(app_socket, device)
+    except BaseException:
+        await server.aclose()
+        raise
+    counts = [0, 0]
+    try:
+        async with asyncio.timeout(timeout_s):
+            await _pump(server, local, counts)
+    finally:
+        await server.aclose()
+        await local.aclose()
+    return Delivered(oid, device, counts[0], counts[1])
+
+
+async def _relay(app_socket: str, domain: bytes) -> TcpConnection:
+    """The host's application socket, as the relay of ``domain``'s traffic."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(app_socket, limit=DEFAULT_LIMITS.read_chunk_bytes)
+    except OSError as exc:
+        raise HostError("no_host", f"cannot reach the host at {app_socket}: {exc.strerror or exc}") from None
+    conn = TcpConnection(reader, writer, DEFAULT_LIMITS)
+    await conn.send(hm.RELAY.make(_NOBODY, _NOBODY, domain=domain))
+    answer = await conn.recv()
+    if answer.mtype != hm.RELAYING.code:
+        await conn.aclose()
+        why = hm.REFUSED.parse(answer)["reason"] if answer.mtype == hm.REFUSED.code else "no answer"
+        raise HostError("refused", f"the host will not relay the ticketing server's device: {why}")
+    return conn
+
+
+async def _pump(server: Connection, local: Connection, counts: list[int]) -> None:
+    """Frames both ways until either side ends (the server closes once the ticket left its device)."""
+
+    async def move(src: Connection, dst: Connection, i: int) -> None:
+        with contextlib.suppress(ClosedError, BrokenError):
+            while True:
+                msgs = await src.recv_many()
+                counts[i] += len(msgs)
+                await dst.send_many(msgs)
+
+    tasks = [asyncio.create_task(move(server, local, 0)), asyncio.create_task(move(local, server, 1))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,164 @@
+"""The ticketing server's configuration file (TOML), validated field by field.
+
+::
+
+    name = "stadium"                       # for logs and pages
+    listen = "127.0.0.1:8080"              # HTTP (people and programs)
+    speed_listen = "127.0.0.1:8081"        # the SPEED vendor (payment)
+    store = "tickets.db"                   # the vendor's store (`cardnet speed vendor init`); sales live there too
+    host = "device.toml"                   # the host config of the server's device: an agent card, applet trn
+    transfer_timeout_s = 30.0              # optional: how long an upgraded connection waits for the transfer
+
+    [[events]]
+    id = "final"                           # letters, digits, '-' and '_'
+    name = "Cup final"
+    date = "2027-05-01 20:00"
+    price = "25.00 EUR"
+    seats = ["A1", "A2", "B1"]
+
+The device's PIN comes from the environment variable ``CARDNET_PIN``. Paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cardnet.errors import CardnetError
+from cardnet.protocols.speed.messages import Price
+
+KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "events"}
+KNOWN_EVENT = {"id", "name", "date", "price", "seats"}
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MAX_SEATS = 100_000  # seats of one event
+MAX_EVENTS = 1000
+
+
+class TicketingError(CardnetError):
+    """The ticketing server cannot be set up or run as asked (``reason`` says why)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    name: str
+    date: str
+    price: Price
+    seats: tuple[str, ...]
+
+    def product(self, seat: str) -> str:
+        """The SPEED product id of one seat."""
+        return f"{self.id}/{seat}"
+
+
+@dataclass(frozen=True)
+class TicketingConfig:
+    name: str
+    listen: tuple[str, int]
+    speed_listen: tuple[str, int]
+    store: str
+    host: Path
+    events: tuple[Event, ...]
+    transfer_timeout_s: float = 30.0
+
+    def event(self, event_id: str) -> Event | None:
+        return next((e for e in self.events if e.id == event_id), None)
+
+
+def _bad(where: str, what: str) -> TicketingError:
+    return TicketingError("bad_config", f"{where}: {what}")
+
+
+def _address(v: object, where: str) -> tuple[str, int]:
+    if not isinstance(v, str) or ":" not in v:
+        raise _bad(where, f'write host:port, e.g. "127.0.0.1:8080", got {v!r}')
+    host, _, port = v.rpartition(":")
+    if not port.isdigit() or int(port) > 65535 or not host:
+        raise _bad(where, f"write host:port with a port 0..65535, got {v!r}")
+    return host, int(port)
+
+
+def _text(d: dict[str, Any], key: str, where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v or not v.isprintable() or len(v) > 200:
+        raise _bad(f"{where}{key}", f"must be a non-empty line of text (at most 200 characters), got {v!r}")
+    return v
+
+
+def parse_price(text: str, where: str) -> Price:
+    """``"25.00 EUR"`` as a SPEED price (minor units)."""
+    parts = text.split()
+    if len(parts) != 2 or not re.fullmatch(r"\d+(\.\d{1,2})?", parts[0]) or not re.fullmatch(r"[A-Z]{3}", parts[1]):
+        raise _bad(where, f'write an amount and an ISO 4217 currency, e.g. "25.00 EUR", got {text!r}')
+    whole, _, cents = parts[0].partition(".")
+    amount = int(whole) * 100 + int((cents + "00")[:2])
+    if amount < 1:
+        raise _bad(where, "a price is more than zero")
+    return Price(parts[1], amount)
+
+
+def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
+    unknown = set(data) - KNOWN
+    if unknown:
+        raise _bad(", ".join(sorted(unknown)), f"unknown field(s); known: {', '.join(sorted(KNOWN))}")
+    store = _text(data, "store", "")
+    if "://" not in store:
+        store = "sqlite:///" + str((base / store).resolve())
+    timeout = data.get("transfer_timeout_s", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= 3600:
+        raise _bad("transfer_timeout_s", f"a number of seconds 0.1..3600, got {timeout!r}")
+    raw = data.get("events")
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_EVENTS:
+        raise _bad("events", f"list 1..{MAX_EVENTS} events: [[events]] with id, name, date, price, seats")
+    events: list[Event] = []
+    for i, e in enumerate(raw):
+        where = f"events[{i}]."
+        if not isinstance(e, dict):
+            raise _bad(f"events[{i}]", "must be a table")
+        extra = set(e) - KNOWN_EVENT
+        if extra:
+            raise _bad(f"{where}{sorted(extra)[0]}", f"unknown field; known: {', '.join(sorted(KNOWN_EVENT))}")
+        eid = e.get("id")
+        if not isinstance(eid, str) or not _ID.match(eid):
+            raise _bad(f"{where}id", f"1..32 letters, digits, '-' or '_', got {eid!r}")
+        if any(x.id == eid for x in events):
+            raise _bad(f"{where}id", f"two events are named {eid!r}")
+        seats = e.get("seats")
+        if (
+            not isinstance(seats, list)
+            or not 1 <= len(seats) <= MAX_SEATS
+            or not all(isinstance(s, str) and _ID.match(s) for s in seats)
+            or len(set(seats)) != len(seats)
+        ):
+            raise _bad(f"{where}seats", "a list of distinct seat names (1..32 letters, digits, '-' or '_')")
+        events.append(
+            Event(
+                eid,
+                _text(e, "name", where),
+                _text(e, "date", where),
+                parse_price(_text(e, "price", where), f"{where}price"),
+                tuple(seats),
+            )
+        )
+    return TicketingConfig(
+        name=_text(data, "name", ""),
+        listen=_address(data.get("listen"), "listen"),
+        speed_listen=_address(data.get("speed_listen"), "speed_listen"),
+        store=store,
+        host=base / _text(data, "host", ""),
+        events=tuple(events),
+        transfer_timeout_s=float(timeout),
+    )
+
+
+def load_config(path: Path) -> TicketingConfig:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise TicketingError("bad_config", f"cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TicketingError("bad_config", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path.parent)

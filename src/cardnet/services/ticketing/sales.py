@@ -1,0 +1,97 @@
+"""The ticketing server's durable records, in the SPEED vendor's store: which sale holds each seat, and each
+ticket's way from the sale to the buyer's card.
+
+Theory of operation. A seat is claimed by :func:`claim`, the vendor's ``on_sale`` hook: it runs inside the
+transaction that records the SPEED delivery (before the bill leaves the vendor), and ``insert`` on
+``tk.seat`` is first-wins, so of any number of concurrent buyers exactly one gets a bill for a seat; the others
+are refused ``seat_sold`` before they could pay anything. The ticket is then recorded under the
+PaymentOrderID with the buyer's card (the card that signed the purchase), so only that card can receive it.
+
+A ticket moves ``sold`` (billed, not known paid) -> ``paid`` (the broker's receipt, checked by the vendor) ->
+``minted`` (the device holds the token) -> ``sent`` (the TRN transfer to the buyer's card started) ->
+``delivered`` (the token left the device: the transfer committed). Every step is written before the next
+begins and each is idempotent, so a retry (keyed by the PaymentOrderID) resumes wherever a crash or a dropped
+connection stopped it; the token's oid is derived from the PaymentOrderID, so a repeated mint is recognised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cardnet.crypto import pki, profile
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import OID_BYTES
+from cardnet.store import Store, Txn
+from cardnet.wire import Uid
+from cardnet.wire.cbor import dumps, loads_one
+
+SEATS, TICKETS = "tk.seat", "tk.ticket"
+STATES = ("sold", "paid", "minted", "sent", "delivered")
+_OID_LABEL = b"cardnet/ticketing/oid/v1\x00"
+
+
+def ticket_oid(poid: bytes) -> bytes:
+    """The oid of the ticket a sale pays for (derived: a mint repeated after a crash names the same token)."""
+    return profile.sha256(_OID_LABEL + poid)[:OID_BYTES]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    poid: bytes
+    event: str
+    seat: str
+    card: Uid  # the buyer's card: the one that signed the purchase
+    state: str
+
+    @property
+    def oid(self) -> bytes:
+        return ticket_oid(self.poid)
+
+    def encode(self) -> bytes:
+        return dumps({"event": self.event, "seat": self.seat, "card": self.card.raw, "state": self.state})
+
+    @classmethod
+    def decode(cls, poid: bytes, raw: bytes) -> Ticket:
+        f = loads_one(raw)
+        assert isinstance(f, dict)
+        return cls(poid, f["event"], f["seat"], Uid.from_bytes(f["card"]), f["state"])
+
+    def public(self) -> dict[str, Any]:
+        return {"poid": self.poid.hex(), "event": self.event, "seat": self.seat, "card": str(self.card),
+                "oid": self.oid.hex(), "state": self.state}  # fmt: skip
+
+
+def claim(txn: Txn, poid: bytes, products: list[str], customer_cert: bytes) -> None:
+    """The vendor's ``on_sale`` hook: claim every seat of the purchase for this sale, first wins."""
+    seats = [p for p in products if "/" in p]
+    if len(seats) != 1 or len(products) != 1:
+        raise ProtocolError("one_seat", "a ticket purchase names exactly one seat (event/seat)")
+    event, _, seat = seats[0].partition("/")
+    if not txn.insert(SEATS, seats[0].encode(), poid):
+        raise ProtocolError("seat_sold", f"seat {seat} of {event} is sold: choose another seat")
+    card = pki.uid_of(pki.cert_from_der(customer_cert))
+    txn.put(TICKETS, poid, Ticket(poid, event, seat, card, "sold").encode())
+
+
+def sold_seats(store: Store, event: str) -> dict[str, bytes]:
+    """Seat -> the PaymentOrderID of the sale that holds it."""
+    prefix = f"{event}/".encode()
+    with store.transaction() as txn:
+        return {k[len(prefix) :].decode(): v for k, v in txn.scan(SEATS, prefix)}
+
+
+def ticket(store: Store, poid: bytes) -> Ticket | None:
+    with store.transaction() as txn:
+        raw = txn.get(TICKETS, poid)
+    return None if raw is None else Ticket.decode(poid, raw)
+
+
+def advance(store: Store, t: Ticket, state: str) -> Ticket:
+    """Record that ticket ``t`` reached ``state`` (never backwards)."""
+    if STATES.index(state) <= STATES.index(t.state):
+        return t
+    new = replace(t, state=state)
+    with store.transaction() as txn:
+        txn.put(TICKETS, t.poid, new.encode())
+    return new

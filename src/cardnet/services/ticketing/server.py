@@ -1,0 +1,349 @@
+"""The ticketing server process: HTTP pages and JSON, a SPEED vendor, and TRN delivery over ``Upgrade: TRN``.
+
+Theory of operation. One process runs four things on one event loop:
+
+* the **device's host** (:class:`~cardnet.host.server.HostServer`, from the ``host`` config): the agent card
+  that mints the tickets, its application socket and its routes (to the authority);
+* the **SPEED vendor** (:class:`~cardnet.services.speed.vendor.VendorServer`) on ``speed_listen``; its
+  catalogue holds one entry per seat (``event/seat``) and its ``on_sale`` hook
+  (:func:`~cardnet.services.ticketing.sales.claim`) claims the seat in the delivery's own transaction: first
+  wins, the others are refused before they pay;
+* the **ticketing application**: a :class:`~cardnet.services.wallet.Wallet` on the device (over the host's
+  socket, with the PIN), which mints and sends the tickets;
+* the **HTTP server** (:class:`~cardnet.transport.http.HttpServer`) on ``listen``: the pages and JSON, and
+  ``POST /tickets/{poid}`` which, once the sale is paid, answers ``101 Switching Protocols`` with
+  ``Upgrade: TRN`` and hands the connection to the device's host (:meth:`HostServer.carry`) as the route to
+  the buyer's card: the device's transfer runs over it, relayed by the buyer's program to its own host.
+
+The store is used only in worker threads under the vendor's lock, one call at a time, like the vendor's own
+requests. See docs/ticketing.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from html import escape
+from typing import Any, TypeVar
+
+from cardnet.crypto.errors import CryptoError, PkiError
+from cardnet.host.config import load_config as load_host_config
+from cardnet.host.server import HostServer
+from cardnet.protocols.errors import ProtocolError
+from cardnet.services.speed import vendor as sv
+from cardnet.services.speed.stored import scan
+from cardnet.services.ticketing import sales
+from cardnet.services.ticketing.config import Event, TicketingConfig, TicketingError
+from cardnet.services.wallet import Wallet, WalletError
+from cardnet.store import Store, StoreError, open_store
+from cardnet.transport import Limits
+from cardnet.transport.http import (
+    HttpError,
+    HttpLimits,
+    HttpServer,
+    Request,
+    Response,
+    Router,
+    Upgrade,
+    UpgradedStream,
+    upgrade_required,
+)
+from cardnet.transport.http_upgrade import TRN, trn_connection
+from cardnet.wire import DecodeError
+
+log = logging.getLogger("cardnet.ticketing")
+
+T = TypeVar("T")
+POLL_S = 0.05  # how often an upgraded connection checks whether the ticket left the device
+MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
+TRN_DEVICE, TRN_TOKEN = "TRN-Device", "TRN-Token"  # the 101's headers: the device's domain, the ticket's oid
+
+
+def seat_content(event: Event, seat: str) -> bytes:
+    """What a seat's SPEED product delivers (and its catalogue entry commits to): the seat, described."""
+    return json.dumps({"event": event.id, "name": event.name, "date": event.date, "seat": seat}).encode()
+
+
+class TicketingServer:
+    """See the module. ``start()``, then ``serve_forever()``; ``stop()`` from a signal; ``aclose()``."""
+
+    def __init__(self, config: TicketingConfig, *, pin: str, http_limits: HttpLimits | None = None) -> None:
+        self.config = config
+        self.pin = pin
+        self.http_limits = http_limits or HttpLimits()
+        self.store: Store | None = None
+        self.core: sv.VendorCore | None = None
+        self.vendor: sv.VendorServer | None = None
+        self.host: HostServer | None = None
+        self.wallet: Wallet | None = None
+        self.http: HttpServer | None = None
+        self.device_domain = b""
+        self._stopping = asyncio.Event()
+        self._transfers: set[asyncio.Task[Any]] = set()
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        try:
+            self.store = open_store(cfg.store, kind="speed-vendor", create=False)
+        except StoreError as exc:
+            hint = "make it first with `cardnet speed vendor init --store ...`" if exc.reason == "missing" else ""
+            raise TicketingError(exc.reason, f"store {cfg.store}: {exc} {hint}".strip()) from None
+        added = await asyncio.to_thread(self._catalogue)
+        if added:
+            log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
+        self.core = sv.VendorCore(self.store, clock=time.time, on_sale=sales.claim)
+        self.vendor = sv.VendorServer(self.core)
+        await self.vendor.start(*cfg.speed_listen)
+        host_config = load_host_config(cfg.host)
+        self.host = HostServer(host_config)
+        if len(self.host.cards) != 1:
+            raise TicketingError("bad_config", f"{cfg.host}: the device's host holds exactly one card (the agent)")
+        self.device_domain = self.host.cards[0].uid.domain
+        await self.host.start()
+        try:
+            self.wallet = await Wallet.open(str(host_config.app_socket), pin=self.pin, card=self.device_domain)
+        except WalletError as exc:
+            raise TicketingError(exc.reason, f"the device refused the ticketing server: {exc}") from None
+        self.http = HttpServer(self._router(), limits=self.http_limits, upgrades=[TRN])
+        await self.http.start(*cfg.listen)
+
+    def _catalogue(self) -> int:
+        """Put every configured seat into the vendor's catalogue (signed entries), once."""
+        assert self.store is not None
+        have = {k.decode() for k, _ in scan(self.store, sv.CATALOGUE)}
+        added = 0
+        for event in self.config.events:
+            for seat in event.seats:
+                if event.product(seat) not in have:
+                    sv.add_product(self.store, event.product(seat), event.price, seat_content(event, seat))
+                    added += 1
+        return added
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        assert self.http is not None
+        return self.http.address
+
+    @property
+    def speed_address(self) -> tuple[str, int]:
+        assert self.vendor is not None
+        return self.vendor._server.address
+
+    async def serve_forever(self) -> None:
+        await self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self.http is not None:
+            await self.http.aclose()
+        for task in list(self._transfers):
+            task.cancel()
+        if self.wallet is not None:
+            with contextlib.suppress(Exception):
+                await self.wallet.close()
+        if self.vendor is not None:
+            await self.vendor.aclose()
+        if self.host is not None:
+            await self.host.aclose()
+        if self.store is not None:
+            self.store.close()
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread under the vendor's lock (the store's one user at a time)."""
+        assert self.vendor is not None
+        async with self.vendor.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    def _event(self, request: Request) -> Event:
+        event = self.config.event(request.params["event"])
+        if event is None:
+            raise HttpError(404, "no_event", f"there is no event {request.params['event']!r}: see /")
+        return event
+
+    def _info(self) -> dict[str, Any]:
+        assert self.core is not None
+        return {
+            "name": self.config.name,
+            "device": self.device_domain.hex(),
+            "speed": "{}:{}".format(*self.speed_address),
+            "vendor_cert": base64.b64encode(self.core.cert).decode(),
+            "events": [self._event_summary(e) for e in self.config.events],
+        }
+
+    @staticmethod
+    def _event_summary(e: Event) -> dict[str, Any]:
+        return {"id": e.id, "name": e.name, "date": e.date, "price": str(e.price), "seats": len(e.seats)}
+
+    # -- routes -----------------------------------------------------------------------------------------------
+    def _router(self) -> Router:
+        r = Router()
+        r.add("GET", "/", self.index)
+        r.add("GET", "/events/{event}", self.event)
+        r.add("GET", "/tickets/{poid}", self.show_ticket)
+        r.add("POST", "/tickets/{poid}", self.deliver)
+        return r
+
+    async def index(self, request: Request) -> Response:
+        info = self._info()
+        if not request.wants_html:
+            return Response.json(info)
+        rows = "".join(
+            f'<tr><td><a href="/events/{escape(e.id)}">{escape(e.name)}</a></td><td>{escape(e.date)}</td>'
+            f"<td>{escape(str(e.price))}</td><td>{len(e.seats)}</td></tr>"
+            for e in self.config.events
+        )
+        return Response.html(
+            _page(
+                self.config.name,
+                "<table><tr><th>event</th><th>date</th><th>price</th><th>seats</th></tr>"
+                f"{rows}</table><p>Pay with SPEED at {escape(info['speed'])}; "
+                "your wallet receives the ticket over TRN.</p>",
+            )
+        )
+
+    async def event(self, request: Request) -> Response:
+        event = self._event(request)
+        assert self.store is not None
+        sold = await self._db(sales.sold_seats, self.store, event.id)
+        seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in event.seats]
+        data = self._event_summary(event) | {"seats": seats, "free": sum(1 for s in seats if s["free"])}
+        if not request.wants_html:
+            return Response.json(data)
+        rows = "".join(
+            f"<tr><td>{escape(str(s['seat']))}</td><td>{'free' if s['free'] else 'sold'}</td></tr>" for s in seats
+        )
+        return Response.html(
+            _page(
+                f"{event.name}, {event.date}",
+                f"<p>{escape(str(event.price))} a seat; {data['free']} free</p>"
+                f"<table><tr><th>seat</th><th></th></tr>{rows}</table>",
+            )
+        )
+
+    async def _ticket(self, request: Request) -> sales.Ticket:
+        try:
+            poid = bytes.fromhex(request.params["poid"])
+        except ValueError:
+            raise HttpError(400, "bad_poid", "a ticket is named by its PaymentOrderID in hex") from None
+        assert self.store is not None
+        t = await self._db(sales.ticket, self.store, poid)
+        if t is None:
+            raise HttpError(404, "no_sale", "no sale has that PaymentOrderID: buy a seat first (SPEED)")
+        return t
+
+    async def show_ticket(self, request: Request) -> Response:
+        t = await self._ticket(request)
+        if request.wants_html:
+            return Response.html(_page(f"ticket {t.event} {t.seat}", f"<p>{escape(t.state)}</p>"))
+        return Response.json(t.public())
+
+    async def deliver(self, request: Request) -> Response | Upgrade:
+        """Check the payment (the broker's receipt, once), then switch to TRN and send the ticket."""
+        t = await self._ticket(request)
+        if t.state == "sold":
+            t = await self._paid(t, request)
+        if t.state == "delivered":
+            return Response.json(t.public() | {"note": "the ticket left this server already"})
+        if request.upgrade != TRN:
+            return upgrade_required(TRN, "the ticket travels over TRN: ask with Connection: Upgrade, Upgrade: TRN")
+        headers = ((TRN_DEVICE, self.device_domain.hex()), (TRN_TOKEN, t.oid.hex()))
+
+        async def run(stream: UpgradedStream) -> None:
+            await self._transfer(t, stream)
+
+        return Upgrade(TRN, run, headers)
+
+    async def _paid(self, t: sales.Ticket, request: Request) -> sales.Ticket:
+        body = request.json() if request.body else {}
+        receipt = body.get("receipt") if isinstance(body, dict) else None
+        if not isinstance(receipt, str):
+            raise HttpError(402, "unpaid", "this sale is not paid: pay it (SPEED) and send the broker's receipt")
+        try:
+            sealed = base64.b64decode(receipt, validate=True)
+        except (binascii.Error, ValueError):
+            raise HttpError(400, "bad_receipt", "the receipt is base64 of the broker's sealed receipt") from None
+        if len(sealed) > MAX_RECEIPT:
+            raise HttpError(400, "bad_receipt", f"a receipt is at most {MAX_RECEIPT} bytes")
+        assert self.core is not None and self.store is not None
+        try:
+            await self._db(self.core.take_receipt, t.poid, sealed)
+        except (ProtocolError, CryptoError, PkiError, DecodeError) as exc:
+            raise HttpError(402, "bad_receipt", f"that receipt does not pay this sale: {exc}") from None
+        log.info("%s: sale %s paid (seat %s/%s)", self.config.name, t.poid.hex()[-16:], t.event, t.seat)
+        return await self._db(sales.advance, self.store, t, "paid")
+
+    async def _transfer(self, t: sales.Ticket, stream: UpgradedStream) -> None:
+        """Carry the device's traffic to the buyer's card over the upgraded connection until the ticket left."""
+        assert self.host is not None and self.wallet is not None and self.store is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._transfers.add(task)
+        conn = trn_connection(stream, Limits(max_frame=self.host.config.max_frame))
+        carry = asyncio.get_running_loop().create_task(
+            self.host.carry(conn, [t.card.domain], label=f"ticket {t.poid.hex()[-16:]} for {stream.peer}")
+        )
+        try:
+            async with asyncio.timeout(self.config.transfer_timeout_s):
+                t = await self._send(t)
+                await self.wallet.recover()  # a retry: resend at once what the transfer waits for
+                while not carry.done():
+                    held = {v.oid for v in await self.wallet.vouchers()}
+                    if t.oid not in held:
+                        t = await self._db(sales.advance, self.store, t, "delivered")
+                        log.info("%s: ticket %s/%s delivered to %s", self.config.name, t.event, t.seat, t.card)
+                        break
+                    await asyncio.sleep(POLL_S)
+        except TimeoutError:
+            log.info("%s: ticket %s/%s not delivered within %g s; a retry resumes it", self.config.name, t.event,
+                     t.seat, self.config.transfer_timeout_s)  # fmt: skip
+        except WalletError as exc:
+            log.warning("%s: ticket %s/%s: the device refused: %s", self.config.name, t.event, t.seat, exc)
+        finally:
+            conn.close()
+            await asyncio.gather(carry, return_exceptions=True)
+            if task is not None:
+                self._transfers.discard(task)
+
+    async def _send(self, t: sales.Ticket) -> sales.Ticket:
+        """Mint the ticket and start its transfer, each once (a retry resumes where the last try stopped)."""
+        assert self.wallet is not None and self.store is not None
+        if t.state == "paid":
+            held = {v.oid: v.status for v in await self.wallet.vouchers()}
+            if t.oid not in held:
+                body = json.dumps({"event": t.event, "seat": t.seat, "poid": t.poid.hex()}).encode()
+                await self.wallet.issue(t.oid, body)
+            t = await self._db(sales.advance, self.store, t, "minted")
+        if t.state == "minted":
+            try:
+                await self.wallet.transfer(t.oid, t.card)
+            except WalletError:
+                held = {v.oid: v.status for v in await self.wallet.vouchers()}
+                if held.get(t.oid) == "enabled":
+                    raise  # the device refused to send it at all
+            t = await self._db(sales.advance, self.store, t, "sent")
+        return t
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)}</title></head>"
+        f"<body><h1>{escape(title)}</h1>{body}</body></html>\n"
+    )

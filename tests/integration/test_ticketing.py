@@ -1,0 +1,282 @@
+"""The ticketing server through its real entry point (`cardnet ticketing run`, a process) with real sockets.
+
+The world: a TRN network of host processes (the authority's host and one host per buyer, each buyer's card with
+the trn, purse and speed applets), the ticketing server process (its device, an agent card, on its own host
+inside it; no buyer's host has a route to that device: the ticket can only travel over the upgraded HTTP
+connection) and a SPEED broker served by this test process (its SAM card in this process). The HTTP part is
+spoken with httpx, the upgrade and the relay by the buyer's library (services/ticketing/buyer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from cardnet.applets.authority import ADD_AGENT
+from cardnet.applets.registry import make_applets
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.applets.trn import RESULT as TRN_RESULT
+from cardnet.applets.trn import SET_AUTHORITY
+from cardnet.bench.procs import HostProc, free_port
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.card import Card
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki, profile
+from cardnet.host.local import LocalCard
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import broker as sb
+from cardnet.services.speed import vendor as sv
+from cardnet.services.speed.customer import Customer, PurchaseError, install_key, load
+from cardnet.services.ticketing.buyer import receive_ticket
+from cardnet.services.ticketing.sales import ticket_oid
+from cardnet.services.wallet import Wallet
+from cardnet.store import SqliteStore, open_store
+from cardnet.transport.http_upgrade import UpgradeRefused
+from cardnet.wire import Uid
+
+BUYERS = ("alice", "bob", "carol")  # carol's purse stays empty: her purchase is delivered and never paid
+PRICE = sm.Price("EUR", 2500)
+SEATS = ("A1", "A2", "B1", "B2")
+
+
+@dataclass
+class World:
+    net: TrnNet
+    tickets: HostProc
+    url: str
+    bstore: SqliteStore
+    sam: LocalCard
+    broker_cert: bytes
+    vendor_cert: bytes
+    roots: list[bytes]
+    broker_addr: str = ""
+
+
+def _service(ca: pki.CertificateAuthority, name: str, now: datetime) -> tuple[profile.PrivateKey, bytes]:
+    key = profile.generate_private_key()
+    cert = ca.issue(pki.Role.SERVICE, Uid(os.urandom(12), 0), key.public_key(), now=now, name=name)
+    return key, pki.cert_to_der(cert)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("ticketing")
+    now = datetime.now(UTC)
+    net = TrnNet(tmp, BUYERS)
+    for b in BUYERS:  # the buyers' cards pay with SPEED too
+        hp = net.hosts[b]
+        hp.config.write_text(hp.config.read_text().replace('applets = ["trn"]', 'applets = ["trn", "purse", "speed"]'))
+    ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
+    roots = [pki.cert_to_der(ca.certificate)]
+    # the ticketing server's device: an agent card, its authority set before the server runs
+    card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
+    device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
+    device_cert = card.certificate_der
+    local = LocalCard(card, PIN)
+    assert local.ask(SET_AUTHORITY, TRN_RESULT, authority=net.uids["authority"])["ok"]
+    local.close()
+    (tmp / "device.toml").write_text(
+        f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
+        f'applets = ["trn"]\n\n[routes]\n"{net.uids["authority"].domain.hex()}" = "127.0.0.1:{net.ports["auth"]}"\n'
+    )
+    # SPEED: the broker (served by the test) and the vendor's store, which the ticketing server sells from
+    bkey, bcert = _service(ca, "broker", now)
+    vkey, vcert = _service(ca, "tickets", now)
+    sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
+    personalise(sam_card, ca, pin=PIN, now=now, role=pki.Role.SERVICE, name="sam")
+    sam = LocalCard(sam_card, PIN)
+    bstore = SqliteStore(str(tmp / "broker.db"))
+    sb.init_broker(bstore, bkey, bcert, roots)
+    sb.add_vendor(bstore, "V-1", vcert)
+    for b in BUYERS:
+        sb.add_customer(bstore, f"C-{b}", net.uids[b], sm.Price("EUR", 100_000))
+    vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
+    sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
+    vstore.close()
+    http_port, speed_port = free_port(), free_port()
+    tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
+    seats = ", ".join(f'"{s}"' for s in SEATS)
+    tickets.config.write_text(
+        f'name = "Cup final tickets"\nlisten = "127.0.0.1:{http_port}"\nspeed_listen = "127.0.0.1:{speed_port}"\n'
+        f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = 20\n\n'
+        f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
+        f"seats = [{seats}]\n"
+    )
+    w = World(net, tickets, f"http://127.0.0.1:{http_port}", bstore, sam, bcert, vcert, roots)
+    with net:
+        tickets.start()
+        try:
+            asyncio.run(_setup(w, device_cert))
+            yield w
+        finally:
+            tickets.stop()
+            sam.close()
+            bstore.close()
+
+
+async def _setup(w: World, device_cert: bytes) -> None:
+    await w.net.setup_trace()
+    assert (await w.net.ask("authority", ADD_AGENT, cert=device_cert))["ok"]
+    async with Broker(w):
+        for b in BUYERS:
+            async with await _wallet(w, b) as wallet:
+                assert await install_key(wallet, w.broker_addr)
+                if b != "carol":
+                    assert await load(wallet, w.broker_addr, sm.Price("EUR", 10_000), f"C-{b}") == 1
+
+
+class Broker:
+    """The SPEED broker on this test's event loop, for one ``async with``."""
+
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.server: sb.BrokerServer | None = None
+
+    async def __aenter__(self) -> sb.BrokerServer:
+        import time
+
+        self.server = sb.BrokerServer(sb.BrokerCore(self.w.bstore, self.w.sam, clock=time.time))
+        h, p = await self.server.start()
+        self.w.broker_addr = f"{h}:{p}"
+        return self.server
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        await self.server.aclose()
+
+
+async def _wallet(w: World, buyer: str) -> Wallet:
+    return await Wallet.open(w.net.hosts[buyer].socket, pin=PIN, card=w.net.uids[buyer].domain)
+
+
+async def _buy(w: World, buyer: str, seat: str) -> bytes:
+    """Buy ``seat`` with SPEED (aggressive mode: the list price); the PaymentOrderID and the broker's receipt."""
+    async with await _wallet(w, buyer) as wallet:
+        got = await Customer(wallet, b"", w.roots).buy(
+            _speed(w), w.broker_addr, [f"final/{seat}"], broker_cert=w.broker_cert, mode="aggressive",
+            vendor_cert=w.vendor_cert, price=PRICE,
+        )  # fmt: skip
+    return got.poid + got.receipt
+
+
+def _speed(w: World) -> str:
+    return str(httpx.get(w.url + "/").json()["speed"])
+
+
+async def _balance(w: World, buyer: str) -> int:
+    async with await _wallet(w, buyer) as wallet:
+        got = await wallet.ask(pa.BALANCE, pa.BALANCES)
+    return int({a["currency"]: a["balance"] for a in got["accounts"]}.get("EUR", 0))
+
+
+async def _enabled(w: World, buyer: str, oid: bytes, timeout_s: float = 20.0) -> None:
+    """Wait until ``oid`` is enabled on ``buyer``'s card (committed and traced with the authority)."""
+    async with asyncio.timeout(timeout_s):
+        while (await w.net.tokens(buyer)).get(oid) != "enabled":
+            await asyncio.sleep(0.05)
+
+
+def test_pages_for_people_and_json_for_programs(world: World) -> None:
+    with httpx.Client(base_url=world.url) as c:
+        info = c.get("/").json()
+        assert info["name"] == "Cup final tickets" and info["events"][0]["id"] == "final"
+        assert base64.b64decode(info["vendor_cert"]) == world.vendor_cert
+        page = c.get("/", headers={"Accept": "text/html"})
+        assert page.headers["content-type"].startswith("text/html") and 'href="/events/final"' in page.text
+        seats = c.get("/events/final").json()
+        assert [s["seat"] for s in seats["seats"]] == list(SEATS) and seats["price"] == "25.00 EUR"
+        assert c.get("/events/nope").status_code == 404
+        assert c.get("/tickets/zz").status_code == 400
+        assert c.get("/tickets/" + "00" * 40).json()["error"] == "no_sale"
+        assert c.post("/events/final").status_code == 405
+        r = c.get("/", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_upgrade"
+
+
+def test_a_purchase_paid_with_speed_is_delivered_over_the_upgraded_connection(world: World) -> None:
+    async def go() -> None:
+        async with Broker(world):
+            before = await _balance(world, "alice")
+            got = await _buy(world, "alice", "A1")
+        poid, receipt = got[:40], got[40:]
+        assert await _balance(world, "alice") == before - PRICE.amount
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get("/events/final")).json()["seats"][0] == {"seat": "A1", "product": "final/A1",
+                                                                         "free": False}  # fmt: skip
+            r = await c.post(f"/tickets/{poid.hex()}")  # no receipt: the server does not know it is paid
+            assert r.status_code == 402 and r.json()["error"] == "unpaid"
+            body = {"receipt": base64.b64encode(receipt).decode()}
+            r = await c.post(f"/tickets/{poid.hex()}", json=body)  # paid now, but a ticket needs TRN
+            assert r.status_code == 426 and r.headers["upgrade"] == "TRN"
+            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "paid"
+        # the retry (keyed by the payment) needs no receipt any more; the buyer's program relays the frames
+        done = await receive_ticket(world.url, poid, world.net.hosts["alice"].socket)
+        assert done.oid == ticket_oid(poid) and done.to_card > 0 and done.to_server > 0
+        await _enabled(world, "alice", done.oid)
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
+            r = await c.post(f"/tickets/{poid.hex()}")  # asked again: delivered already, nothing more to send
+            assert r.status_code == 200 and r.json()["state"] == "delivered"
+
+    asyncio.run(go())
+
+
+def test_an_unpaid_sale_is_never_delivered(world: World) -> None:
+    async def go() -> None:
+        async with Broker(world):
+            paid = await _buy(world, "bob", "A2")
+            with pytest.raises(PurchaseError):  # carol's purse is empty: the seat is billed, never paid
+                await _buy(world, "carol", "B2")
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            sales = [t for t in (await c.get("/events/final")).json()["seats"] if t["seat"] == "B2"]
+            assert sales == [{"seat": "B2", "product": "final/B2", "free": False}]
+        carol_poid = await _poid_of_seat(world, "B2")
+        with pytest.raises(UpgradeRefused) as info:
+            await receive_ticket(world.url, carol_poid, world.net.hosts["carol"].socket)
+        assert info.value.status == 402 and info.value.error == "unpaid"
+        with pytest.raises(UpgradeRefused) as info:  # bob's receipt does not pay carol's sale
+            await receive_ticket(world.url, carol_poid, world.net.hosts["carol"].socket, receipt=paid[40:])
+        assert info.value.status == 402 and info.value.error == "bad_receipt"
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get(f"/tickets/{carol_poid.hex()}")).json()["state"] == "sold"
+        assert ticket_oid(carol_poid) not in await world.net.tokens("carol")
+
+    asyncio.run(go())
+
+
+async def _poid_of_seat(w: World, seat: str) -> bytes:
+    store = SqliteStore(str(w.net.tmp / "tickets.db"))
+    try:
+        with store.transaction() as txn:
+            got = txn.get("tk.seat", f"final/{seat}".encode())
+    finally:
+        store.close()
+    assert got is not None
+    return got
+
+
+def test_concurrent_buyers_of_one_seat_one_gets_it_the_other_pays_nothing(world: World) -> None:
+    async def go() -> None:
+        async with Broker(world):
+            before = {b: await _balance(world, b) for b in ("alice", "bob")}
+            results = await asyncio.gather(_buy(world, "alice", "B1"), _buy(world, "bob", "B1"), return_exceptions=True)
+            after = {b: await _balance(world, b) for b in ("alice", "bob")}
+        won = [b for b, r in zip(("alice", "bob"), results, strict=True) if isinstance(r, bytes)]
+        lost = [r for r in results if not isinstance(r, bytes)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert isinstance(lost[0], PurchaseError) and lost[0].reason == "seat_sold"
+        for b in ("alice", "bob"):
+            assert after[b] == before[b] - (PRICE.amount if b in won else 0)
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            b1 = [s for s in (await c.get("/events/final")).json()["seats"] if s["seat"] == "B1"]
+        assert b1 == [{"seat": "B1", "product": "final/B1", "free": False}]
+
+    asyncio.run(go())
