@@ -128,7 +128,7 @@ def test_gate_admits_once_refuses_a_clone_a_revoked_ticket_and_a_blocked_device_
 
 async def _online_then_offline(net: TrnNet, screen: Screen) -> None:
     await net.setup_trace()
-    await net.setup_gates(wait_ms=1000)
+    await net.setup_gates(wait_ms=2500)
     await give(net, T1, "a", b"Final, seat 7")
     await give(net, T3, "a", b"Final, seat 9")
     await give(net, T2, "b", b"Final, seat 8")
@@ -172,19 +172,20 @@ async def _online_then_offline(net: TrnNet, screen: Screen) -> None:
         await wait_until("a blocked and the gate holding a blocklist", blocked_at_the_gate)
         # ... and a blocked device presenting a ticket is refused at the gate's handshake: T3 never leaves it
         with pytest.raises(WalletError) as refused:
-            await redeem(net, clone, T3, "g", timeout_s=2.0)
+            await redeem(net, clone, T3, "g", timeout_s=1.5)
         assert refused.value.reason == "no_answer"
         e = await screen.wait("the blocked device refused", lambda e: e["kind"] == "refused" and e["oid"] is None)
         assert e["holder"] == str(net.uids["a"]) and e["reason"].startswith("blocked_device"), e
 
-        # 5. the authority goes down: the gate admits on its own checks, with its last blocklist
+        # 5. the authority goes down: the gate admits on its own checks (after a shorter wait), with its last blocklist
+        await net.ask("g", SETUP, STATE, wait_ms=400)
         net.hosts["auth"].stop()
         got = await redeem(net, net.hosts["b"], T4, "g")
         assert got.taken
         await screen.wait("T4 admitted offline", event("verdict", T4, verdict="admitted_offline", report="waiting"))
         refused_before = (await net.ask("g", SETUP, STATE))["refused"]
         with pytest.raises(WalletError):
-            await redeem(net, clone, T3, "g", timeout_s=1.5)  # still refused: the last blocklist holds
+            await redeem(net, clone, T3, "g", timeout_s=1.0)  # still refused: the last blocklist holds
         state = await net.ask("g", SETUP, STATE)
         assert state["refused"] > refused_before and state["reports_waiting"] == 1, state
 

@@ -9,7 +9,8 @@ strict?}`` (the agents' certificates whose tickets this gate admits, checked aga
 a person waits for the authority) -> ``gate.state``; ``gate.list {after?}`` -> ``gate.admissions`` (by oid, 256
 at a time); ``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
 ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
-new session with the authority, whose handshake brings its newest signed blocklist. Changes are pushed to the
+new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
+under way or an admission waits for the authority's answer). Changes are pushed to the
 watching applications as ``gate.event``.
 
 State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`),
@@ -113,13 +114,21 @@ class GateApplet(TrnApplet):
         elif code == TICK.code:
             self._tick(ctx)
         elif code == REFRESH.code:
-            authority = self.authority(ctx)
-            if authority is not None:
-                self.nudge_session(ctx, authority, rekey=True)
+            self._refresh(ctx)
         elif code == LIST.code:
             self._list_admissions(ctx, params.get("after"))
         else:
             super().handle(ctx, msg, params)
+
+    def _refresh(self, ctx: StepContext) -> None:
+        """A new session with the authority (its handshake brings the newest blocklist), unless a handshake is under
+        way or a person waits for the authority's answer (a new session would drop that answer in flight)."""
+        authority = self.authority(ctx)
+        if authority is None or ctx.scan(b"ap:"):
+            return
+        state = self.session(ctx, authority)
+        if state is None or state.open:
+            self.start_session(ctx, authority)
 
     # -- consumed: nothing leaves a gate -----------------------------------------------------------
     def _command(self, ctx: StepContext, oid: bytes, kind: str, peer: Uid, traceable: bool) -> None:
