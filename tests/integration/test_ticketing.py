@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,16 +36,17 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer, PurchaseError, install_key, load
-from cardnet.services.ticketing.buyer import receive_ticket
+from cardnet.services.ticketing.buyer import _relay, receive_ticket, server_address
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore, open_store
-from cardnet.transport.http_upgrade import UpgradeRefused
+from cardnet.transport import BrokenError, ClosedError
+from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
 
-BUYERS = ("alice", "bob", "carol")  # carol's purse stays empty: her purchase is delivered and never paid
+BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay")  # carol's purse stays empty: her bill is never paid
 PRICE = sm.Price("EUR", 2500)
-SEATS = ("A1", "A2", "B1", "B2")
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3")
 
 
 @dataclass
@@ -278,5 +280,59 @@ def test_concurrent_buyers_of_one_seat_one_gets_it_the_other_pays_nothing(world:
         async with httpx.AsyncClient(base_url=world.url) as c:
             b1 = [s for s in (await c.get("/events/final")).json()["seats"] if s["seat"] == "B1"]
         assert b1 == [{"seat": "B1", "product": "final/B1", "free": False}]
+
+    asyncio.run(go())
+
+
+async def _cut_relay(w: World, buyer: str, poid: bytes, frames_to_card: int) -> None:
+    """Like the buyer's program, but the connection drops once ``frames_to_card`` frames reached the card, and the
+    card's answers to the last of them are lost with it. With a fresh session the frames to the card are
+    session.hello, session.finish, the copy and the commit."""
+    up = await dial_trn(*server_address(w.url), "POST", f"/tickets/{poid.hex()}")
+    local = await _relay(w.net.hosts[buyer].socket, bytes.fromhex(up.headers["trn-device"]))
+    passed = 0
+
+    async def back() -> None:
+        with contextlib.suppress(BrokenError, ClosedError):
+            while True:
+                msgs = await local.recv_many()
+                if passed < frames_to_card:
+                    await up.conn.send_many(msgs)
+
+    task = asyncio.create_task(back())
+    try:
+        async with asyncio.timeout(10):
+            while passed < frames_to_card:
+                msg = await up.conn.recv()
+                passed += 1
+                await local.send(msg)
+            await asyncio.sleep(0.1)  # the card answers what it got (and the answer is lost)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await up.conn.aclose()
+        await local.aclose()
+
+
+@pytest.mark.parametrize("cut_after", [0, 3, 4])
+def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(world: World, cut_after: int) -> None:
+    """The connection drops after the receipt (before the session, after it, after the copy reached the card):
+    asking again with the same PaymentOrderID finishes the same transfer; the card ends with the one ticket."""
+
+    async def go() -> None:
+        buyer, seat = {0: ("dan", "C1"), 3: ("erin", "C2"), 4: ("fay", "C3")}[cut_after]  # fresh sessions
+        async with Broker(world):
+            got = await _buy(world, buyer, seat)
+        poid, receipt = got[:40], got[40:]
+        async with httpx.AsyncClient(base_url=world.url) as c:  # the receipt is recorded, no ticket yet
+            assert (await c.post(f"/tickets/{poid.hex()}", json={"receipt": base64.b64encode(receipt).decode()})
+                    ).status_code == 426  # fmt: skip
+        await _cut_relay(world, buyer, poid, cut_after)
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] in ("minted", "sent")
+        done = await receive_ticket(world.url, poid, world.net.hosts[buyer].socket)
+        await _enabled(world, buyer, done.oid)
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
 
     asyncio.run(go())
