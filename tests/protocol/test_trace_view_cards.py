@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from test_trn_attacks import blocked, clone_store, send, swap_in
+from test_trn_blame import NamesAnotherSender
 from trnkit import recover, status
 from trnworld import TrnWorld, issue, standard, uid
 
@@ -26,6 +27,7 @@ from cardnet.wire import Uid
 
 OID = bytes(range(16))
 OID2 = bytes(range(16, 32))
+OID3 = bytes(range(32, 48))
 ROUND_TRIPS = 6  # OID2 goes bob -> carol -> bob ... this many times: a chain longer than a tiny page
 
 
@@ -45,7 +47,8 @@ def graph_of(w: TrnWorld, oid: bytes | None = None) -> tuple[tv.Graph, int]:
 def world(tmp_path_factory: pytest.TempPathFactory, ca: pki.CertificateAuthority) -> TrnWorld:
     """alice's clone spends OID a second time (to carol); OID2 moves between bob and carol many times. Shared by
     the tests of this module: they only read the authority (auth.graph_q, auth.query change nothing)."""
-    w = standard(tmp_path_factory.mktemp("trace"), ca, ("alice", "bob", "carol"))
+    liar = NamesAnotherSender()  # dave's card names carol as the sender of what bob sends it: dave is suspected
+    w = standard(tmp_path_factory.mktemp("trace"), ca, ("alice", "bob", "carol", "dave"), dave=liar)
     issue(w, OID, "alice")
     clone = Card(SqliteStore(str(clone_store(w, "alice"))), applets=[TrnApplet()])
     send(w, "alice", "bob")
@@ -57,6 +60,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, ca: pki.CertificateAuthority
     for _ in range(ROUND_TRIPS):
         send(w, "bob", "carol", OID2)
         send(w, "carol", "bob", OID2)
+    issue(w, OID3, "bob")
+    liar.scapegoat = uid(w, "carol")
+    send(w, "bob", "dave", OID3)
+    recover(w, "dave")
+    assert status(w, "dave", OID3) == "trustless"
     return w
 
 
@@ -69,7 +77,7 @@ def test_the_graph_has_every_recorded_movement_the_branch_and_the_roles(world: T
     graph, pages = graph_of(w)
     assert pages == 1
     assert graph.authority == uid(w, "authority")
-    for oid in (OID, OID2):
+    for oid in (OID, OID2, OID3):
         chain = graph.chain(oid)
         assert chain is not None and chain.issuer == uid(w, "agent")
         assert [m.to for m in chain.moves] == holders(w, oid)  # what auth.query says, movement by movement
@@ -81,6 +89,9 @@ def test_the_graph_has_every_recorded_movement_the_branch_and_the_roles(world: T
     assert branch.moves[-1].frm == uid(w, "alice") and branch.moves[-1].to == uid(w, "carol")  # the refused one
     assert branch.moves[-1] not in graph.chain(OID).moves  # type: ignore[union-attr]
     assert graph.blocked == {uid(w, "alice")}
+    (suspect,) = graph.suspects
+    assert suspect.uid == uid(w, "dave") and suspect.oid == OID3 and "claim refused" in suspect.reason
+    assert [m.to for m in graph.chain(OID3).moves] == [uid(w, "bob")]  # type: ignore[union-attr]
     assert graph.roles[uid(w, "agent")] == "agent" and graph.roles[uid(w, "bob")] == "device"
 
 
@@ -91,7 +102,9 @@ def test_tiny_pages_give_the_same_graph(world: TrnWorld, monkeypatch: pytest.Mon
     assert pages > 6, "a tiny budget must take many pages"
     assert paged == whole
     one, _ = graph_of(world, OID2)
-    assert one.chains == (whole.chain(OID2),) and one.branches == ()
+    assert one.chains == (whole.chain(OID2),) and one.branches == () and one.suspects == ()
+    three, _ = graph_of(world, OID3)
+    assert three.suspects == whole.suspects and three.chains == (whole.chain(OID3),)
 
 
 def test_one_token_has_its_branch_and_no_other_token(world: TrnWorld) -> None:

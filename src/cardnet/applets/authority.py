@@ -425,9 +425,10 @@ def _graph_page(ctx: StepContext, only: bytes | None, at: bytes, start: int) -> 
             uid = Uid.from_bytes(key[8:])
             reason, oid = _entry(raw)[:2]
             assert isinstance(reason, str)
-            suspects.append({"uid": uid, "oid": oid, "reason": reason[:200]})
+            text = reason.encode()[:256].decode("utf-8", "ignore")  # the field's bound is in bytes
+            suspects.append({"uid": uid, "oid": oid, "reason": text})
             named.add(uid)
-            used += 60 + len(reason.encode())
+            used += 60 + len(text.encode())
     roles = [{"uid": u, "role": r} for u in sorted(named, key=bytes) if (r := _role(ctx, u)) is not None]
     return {"authority": ctx.card_uid, "chains": chains, "branches": branches, "suspects": suspects, "roles": roles,
             **page}  # fmt: skip
