@@ -27,6 +27,29 @@ def _policy_words(policy: Any) -> str:
     return "; ".join(p for p in parts if p) or "none (no bound)"
 
 
+def new_card_pin(pin: str | None) -> str:
+    """The PIN of a new card: ``pin``, else $CARDNET_PIN, else asked for twice; a PIN the card would refuse fails."""
+    from cardnet.card import mtypes as cm
+
+    pin = pin or os.environ.get("CARDNET_PIN")
+    if pin is None:
+        pin = click.prompt("PIN for the new card", hide_input=True, confirmation_prompt=True)
+    if not 1 <= len(pin.encode()) <= cm.PIN_MAX_BYTES:
+        fail(f"the PIN must be 1 to {cm.PIN_MAX_BYTES} bytes, got {len(pin.encode())}", reason="bad_pin")
+    return pin
+
+
+def check_card_name(name: str | None) -> None:
+    """A name for a card's certificate (--name) must be a short printable label."""
+    from cardnet.crypto import pki
+
+    if name is not None:
+        try:
+            pki._check_label(name, "--name")
+        except ValueError as exc:
+            fail(str(exc), reason="bad_name", hint='a short printable name, e.g. --name "Alice\'s wallet"')
+
+
 @click.group()
 def ca() -> None:
     """The certification authority that personalises cards (keep its file safe)."""
@@ -145,23 +168,14 @@ def card_create(
     once here, it can later only be tightened (`session.policy`), never loosened.
     """
     from cardnet.card import Card
-    from cardnet.card import mtypes as cm
     from cardnet.card.personalise import personalise
     from cardnet.crypto import pki
     from cardnet.protocols.session import Policy
 
     policy = Policy(max_blocklist_age_s, min_epoch, lifetime_s, max_records)
 
-    pin = pin or os.environ.get("CARDNET_PIN")
-    if pin is None:
-        pin = click.prompt("PIN for the new card", hide_input=True, confirmation_prompt=True)
-    if not 1 <= len(pin.encode()) <= cm.PIN_MAX_BYTES:  # checked before a blank card is made in STORE
-        fail(f"the PIN must be 1 to {cm.PIN_MAX_BYTES} bytes, got {len(pin.encode())}", reason="bad_pin")
-    if name is not None:
-        try:
-            pki._check_label(name, "--name")
-        except ValueError as exc:
-            fail(str(exc), reason="bad_name", hint='a short printable name, e.g. --name "Alice\'s wallet"')
+    pin = new_card_pin(pin)  # checked before a blank card is made in STORE
+    check_card_name(name)
     dom = None
     if domain is not None:
         try:

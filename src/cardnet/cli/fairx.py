@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, say, wants_json
+from cardnet.cli.output import emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, hex16, parse_oid, parse_uid, run_on_wallet
 
 WAIT_S = 30.0
@@ -62,7 +62,8 @@ HINTS = {
 }
 
 
-def _row(x: Any) -> dict[str, Any]:
+def exchange_row(x: Any) -> dict[str, Any]:
+    """An :class:`~cardnet.services.wallet.Exchange` as a row (JSON, tables), its phase in its owner's words."""
     row = {
         "id": x.n1.hex(), "role": x.role, "phase": x.phase, "peer": str(x.peer), "give": x.give.hex(),
         "want": x.want.hex(), "state": PHASE_WORDS.get(x.phase, x.phase),
@@ -74,8 +75,8 @@ def _row(x: Any) -> dict[str, Any]:
     return row
 
 
-def _report(as_json: bool, x: Any, text: str) -> None:
-    say(as_json, _row(x), f"{text}\nexchange {x.n1.hex()}: {PHASE_WORDS.get(x.phase, x.phase)}")
+def report_exchange(as_json: bool, x: Any, text: str) -> None:
+    say(as_json, exchange_row(x), f"{text}\nexchange {x.n1.hex()}: {PHASE_WORDS.get(x.phase, x.phase)}")
 
 
 @click.group()
@@ -98,30 +99,37 @@ def exchange_offer(
     rejects (`cardnet exchange list` on their card shows the offer)."""
     g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
 
-    async def work(wallet: Any) -> Any:
-        x = await wallet.offer(g, w, dst)
-        return await _maybe_wait(wallet, x, wait_s)
-
-    x = _with_wallet(socket, pin, card, work)
-    _report(as_json, x, f"Offered {give} for {want} held by {dst}.")
+    x = _with_wallet(socket, pin, card, lambda wallet: offer_exchange(wallet, g, w, dst, wait_s))
+    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}.")
 
 
-async def _maybe_wait(wallet: Any, x: Any, wait_s: float) -> Any:
+async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s: float) -> Any:
+    """Offer ``give`` for ``want`` held by card ``to``; the exchange (once ended, if ``wait_s`` allows)."""
+    return await wait_for_end(wallet, await wallet.offer(give, want, to), wait_s)
+
+
+async def order_exchange(wallet: Any, method: str, n1: bytes, wait_s: float) -> Any:
+    """Give exchange ``n1`` the wallet library's order ``method`` (accept, reject, give_up, resolve, abort); the
+    exchange (once ended, if ``wait_s`` allows)."""
+    return await wait_for_end(wallet, await getattr(wallet, method)(n1), wait_s)
+
+
+async def wait_for_end(wallet: Any, x: Any, wait_s: float) -> Any:
+    """Exchange ``x`` once ended, or as it stands after ``wait_s`` seconds (0: at once)."""
     if wait_s <= 0:
         return x
-    if not wants_json():
-        console.print(f"waiting up to {wait_s:g} s for the exchange to end…", markup=False)
-    try:
-        return await wallet.wait(x.n1, timeout_s=wait_s)
-    except TimeoutError:
-        return await wallet.status(x.n1)
+    with progress(f"waiting up to {wait_s:g} s for the exchange to end…"):
+        try:
+            return await wallet.wait(x.n1, timeout_s=wait_s)
+        except TimeoutError:
+            return await wallet.status(x.n1)
 
 
 @wallet_command("list")
 def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """This card's exchanges (offers made, offers received) and how each stands."""
     xs = _with_wallet(socket, pin, card, lambda wallet: wallet.exchanges())
-    rows = [_row(x) for x in xs]
+    rows = [exchange_row(x) for x in xs]
     if as_json:
         emit_json({"exchanges": rows})
         return
@@ -133,11 +141,8 @@ def _order(name: str, doc: str, method: str, done: str) -> None:
     def command(socket: str, pin: str | None, card: str | None, xid: str, wait_s: float, as_json: bool) -> None:
         n1 = _id(xid)
 
-        async def work(wallet: Any) -> Any:
-            x = await getattr(wallet, method)(n1)
-            return await _maybe_wait(wallet, x, wait_s)
-
-        _report(as_json, _with_wallet(socket, pin, card, work), done)
+        x = _with_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s))
+        report_exchange(as_json, x, done)
 
     command.help = doc
 
@@ -158,7 +163,7 @@ def exchange_status(socket: str, pin: str | None, card: str | None, xid: str, as
     """How one exchange stands."""
     n1 = _id(xid)
     x = _with_wallet(socket, pin, card, lambda wallet: wallet.status(n1))
-    _report(as_json, x, f"{x.role} of an exchange with {x.peer}.")
+    report_exchange(as_json, x, f"{x.role} of an exchange with {x.peer}.")
 
 
 @wallet_command("set-ttp", click.option("--ttp", required=True, help="The TTP card's Uid (DOMAIN:00000000)."))

@@ -23,6 +23,7 @@ from cardnet.cli.output import (
     print_fields,
     print_rows,
     print_table,
+    progress,
     say,
     spend_refusal,
     table,
@@ -539,16 +540,7 @@ def spend(
     wallet: str, vendor: str, address: str, product: str, price: int, level: int, top_up: int, as_json: bool
 ) -> None:
     """Buy a product with scrip (change is kept; scrip is fetched from the broker when short)."""
-    from cardnet.protocols.millicent import Level
-
-    r = asyncio.run(
-        _wallet(wallet).spend(
-            _hex(vendor, 8, "--vendor"), address, product, price, int(time.time()), level=Level(level), top_up=top_up
-        )
-    )
-    if r.status != 0:  # a refusal is an error, under --json too (non-zero exit)
-        message, hint = spend_refusal(r.status.name.lower(), r.detail, product=product, price=price)
-        fail(message, reason=r.status.name.lower(), hint=hint)
+    r = spend_scrip(wallet, vendor, address, product, price, level, top_up)
     if as_json:
         emit_json(
             {"status": r.status.name.lower(), "change": r.change, "content": r.content.decode("utf-8", "replace")}
@@ -556,6 +548,22 @@ def spend(
         return
     console.print(r.content.decode("utf-8", "replace"), markup=False, highlight=False)
     console.print(f"change {r.change}", style="dim", markup=False)
+
+
+def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int, level: int, top_up: int) -> Any:
+    """Buy ``product`` at ``price`` from ``vendor`` (16 hex) at ``address`` with the scrip of the wallet store
+    ``wallet``: the vendor's answer (:class:`~cardnet.services.millicent_wallet.SpendResult`); a refusal fails in
+    the customer's words, under --json too (non-zero exit)."""
+    from cardnet.protocols.millicent import Level
+
+    vid = _hex(vendor, 8, "--vendor")
+    with progress(f"buying {product} from vendor {vendor} at {address} …"):
+        r = asyncio.run(_wallet(wallet).spend(vid, address, product, price, int(time.time()), level=Level(level),
+                                              top_up=top_up))  # fmt: skip
+    if r.status != 0:
+        message, hint = spend_refusal(r.status.name.lower(), r.detail, product=product, price=price)
+        fail(message, reason=r.status.name.lower(), hint=hint)
+    return r
 
 
 @millicent.command("renew")

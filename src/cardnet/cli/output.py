@@ -14,13 +14,14 @@ Conventions for command authors (docs/cli.md):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -73,6 +74,28 @@ def say(as_json: bool, result: dict[str, Any], text: str) -> None:
         emit_json(result)
     else:
         console.print(text, markup=False)
+
+
+_progress_up: list[bool] = []  # a progress line is up (nested waits show the outer one only)
+
+
+@contextlib.contextmanager
+def progress(text: str) -> Iterator[None]:
+    """Show that the command waits (on the network, on another card) while the block runs: a spinner with ``text``
+    on stderr at a terminal, else ``text`` once on stderr; nothing under ``--json`` (stdout stays one object)."""
+    if wants_json() or _progress_up:
+        yield
+        return
+    _progress_up.append(True)
+    try:
+        if err_console.is_terminal:
+            with err_console.status(Text(text)):
+                yield
+        else:
+            err_console.print(text, markup=False, highlight=False)
+            yield
+    finally:
+        _progress_up.clear()
 
 
 def error_object(message: str, *, reason: str, hint: str | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
-from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, say
+from cardnet.cli.output import emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
 from cardnet.store import Store
 
@@ -350,39 +350,44 @@ def purse_load(socket: str, pin: str | None, card: str | None, broker: str, amou
                as_json: bool) -> None:  # fmt: skip
     """Load the purse from your account at the broker (the SAM authorises the credit). A load a crash
     interrupted is finished first."""
+    price = _price(amount, "--amount")
+    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, price, account))
+    say(as_json, got, f"loaded {price}; the purse holds " + balance_words(got))
+
+
+async def load_purse(wallet: Any, broker: str, price: Any, account: str) -> dict[str, Any]:
+    """Load ``price`` into the purse from ``account`` at ``broker`` (finishing first a load a crash interrupted):
+    the balances after it, and how many loads were credited."""
     from cardnet.services.speed.customer import load
 
-    price = _price(amount, "--amount")
-
-    async def work(wallet: Any) -> dict[str, Any]:
-        credited = await load(wallet, broker, price, account)
-        return {**await _balances(wallet), "loads": credited}
-
-    got = _run(socket, pin, card, work)
-    say(as_json, got, f"loaded {price}; the purse holds " + _words(got))
+    credited = await load(wallet, broker, price, account)
+    return {**await purse_balances(wallet), "loads": credited}
 
 
 @_customer_command(purse, "balance")
 def purse_balance(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """The purse's balances."""
-    got = _run(socket, pin, card, _balances)
-    say(as_json, got, "the purse holds " + _words(got))
+    got = _run(socket, pin, card, purse_balances)
+    say(as_json, got, "the purse holds " + balance_words(got))
 
 
-async def _balances(wallet: Any) -> dict[str, Any]:
+async def purse_balances(wallet: Any) -> dict[str, Any]:
+    """The purse's balances (currency -> minor units) and whether it has its key."""
     from cardnet.applets.speed import purse as pa
 
     got = await wallet.ask(pa.BALANCE, pa.BALANCES)
     return {"balances": {a["currency"]: a["balance"] for a in got["accounts"]}, "keyed": got["keyed"]}
 
 
-def _words(got: dict[str, Any]) -> str:
+def balance_words(got: dict[str, Any]) -> str:
+    """The purse's balances in words, e.g. ``17.80 EUR``."""
     from cardnet.protocols.speed.messages import Price
 
     return ", ".join(str(Price(c, a)) if a else f"0.00 {c}" for c, a in got["balances"].items()) or "nothing"
 
 
 def _run(socket: str, pin: str | None, card: str | None, work: Any) -> Any:
+    """Run ``work`` on the wallet at ``socket``; a purchase's or a card's refusal fails in words, with SPEED's hints."""
     from cardnet.services.speed.customer import PurchaseError
 
     async def guarded(wallet: Any) -> Any:
@@ -439,6 +444,18 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None, out: Path,
         as_json: bool) -> None:  # fmt: skip
     """Buy products: negotiate (or not), receive them encrypted, pay, and get the key with the receipt."""
+    result = purchase(socket, pin, card, vendor_addr, broker, broker_cert, ca_cert, products, limit, aggressive,
+                      account, out)  # fmt: skip
+    say(as_json, result, f"paid {result['price']}; {len(result['files'])} product(s) in {out}: "
+        + ", ".join(result["files"]))  # fmt: skip
+
+
+def purchase(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker: str, broker_cert: Path,
+             ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None,
+             out: Path) -> dict[str, Any]:  # fmt: skip
+    """Buy ``products`` from the vendor at ``vendor_addr`` (SPEED), paid through ``broker`` from the purse (or
+    ``account``), the purchase journalled under ``out`` and the products and receipt written there: what was
+    written (:func:`_written`). Refusals fail in the customer's words."""
     from cardnet.services.speed.customer import Customer, Journal
 
     cap = _price(limit, "--limit")
@@ -448,18 +465,16 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot make {out}: {exc.strerror}", reason="unwritable")
-    if not as_json:
-        console.print(f"buying {', '.join(products)} from {vendor_addr} (limit {cap}) ...", markup=False)
 
     async def work(wallet: Any) -> Any:
-        return await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).buy(
-            vendor_addr, broker, list(products), broker_cert=bcert, limit=cap,
-            mode="aggressive" if aggressive else "normal", payment="account" if account else "purse", account=account,
-        )  # fmt: skip
+        with progress(f"buying {', '.join(products)} from {vendor_addr} (limit {cap}) …"):
+            return await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).buy(
+                vendor_addr, broker, list(products), broker_cert=bcert, limit=cap,
+                mode="aggressive" if aggressive else "normal", payment="account" if account else "purse",
+                account=account,
+            )  # fmt: skip
 
-    got = _run(socket, pin, card, work)
-    result = _written(out, got)
-    say(as_json, result, f"paid {got.price}; {len(got.contents)} product(s) in {out}: " + ", ".join(result["files"]))
+    return _written(out, _run(socket, pin, card, work))
 
 
 def _written(out: Path, got: Any) -> dict[str, Any]:
@@ -482,12 +497,23 @@ def _written(out: Path, got: Any) -> dict[str, Any]:
 )  # fmt: skip
 def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, as_json: bool) -> None:
     """Finish the purchases a crash or a lost connection interrupted (paid once, whatever happened)."""
+    done = finish_purchases(socket, pin, card, ca_cert, out)
+    say(as_json, {"finished": done}, f"{len(done)} purchase(s) finished" if done else "nothing was left to finish")
+
+
+def finish_purchases(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path) -> list[dict[str, Any]]:
+    """Finish the purchases journalled under ``out`` that were agreed and delivered but not yet paid and receipted:
+    what each wrote (:func:`_written`)."""
+    roots = [_pem_file(ca_cert, "the CA certificate")]
+    done: list[dict[str, Any]] = _run(socket, pin, card, lambda wallet: finish_journal(wallet, roots, out))
+    return done
+
+
+async def finish_journal(wallet: Any, roots: list[bytes], out: Path) -> list[dict[str, Any]]:
+    """Finish, on ``wallet``'s card, the purchases journalled under ``out`` (:meth:`Customer.recover`): what each
+    wrote there (:func:`_written`). A refusal raises :class:`~cardnet.services.speed.customer.PurchaseError`."""
     from cardnet.services.speed.customer import Customer, Journal
 
-    roots = [_pem_file(ca_cert, "the CA certificate")]
-
-    async def work(wallet: Any) -> Any:
-        return await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover()
-
-    done = [_written(out, got) for got in _run(socket, pin, card, work)]
-    say(as_json, {"finished": done}, f"{len(done)} purchase(s) finished" if done else "nothing was left to finish")
+    with progress("finishing interrupted purchases …"):
+        finished = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover()
+    return [_written(out, got) for got in finished]

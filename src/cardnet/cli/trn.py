@@ -221,6 +221,22 @@ def undeliverable_hint(oid: str, cancellable: bool) -> str:
     return "the commit was sent: the transfer ends when the receiver answers; fix the route so it can"
 
 
+async def send_token(wallet: Any, oid: bytes, dst: Any, *, traceable: bool = True) -> str:
+    """Start moving token ``oid`` to card ``dst`` (the card's answer in words), after asking the host whether it
+    can reach ``dst``: a Uid it cannot route fails (``no_route``) and the token stays where it is."""
+    if dst.is_card and dst.domain != wallet.card.domain:
+        where = await wallet.route(dst.domain)
+        if where["where"] == "none":
+            fail(
+                f"this host cannot reach {dst}: no card of domain {dst.domain.hex()} here and no route to it; "
+                f"{oid.hex()} was not sent",
+                reason="no_route",
+                hint="check the Uid (`cardnet card show --store ...` on the receiver prints it), or add "
+                f'"{dst.domain.hex()}" = "HOST:PORT" to [routes] in the host\'s config and restart it',
+            )
+    return str(await wallet.transfer(oid, dst, traceable=traceable))
+
+
 @click.group()
 def trn() -> None:
     """TRN tokens: mint (agents), send, list, cancel, recover, reissue, and which tokens to take (policy, offers,
@@ -257,21 +273,7 @@ def trn_send(
     routed (`[routes]` in its config) is refused, and the token stays where it is.
     """
     raw, dst = parse_oid(oid), parse_uid(to)
-
-    async def work(wallet: Any) -> str:
-        if dst.is_card and dst.domain != wallet.card.domain:
-            where = await wallet.route(dst.domain)
-            if where["where"] == "none":
-                fail(
-                    f"this host cannot reach {dst}: no card of domain {dst.domain.hex()} here and no route to it; "
-                    f"{oid} was not sent",
-                    reason="no_route",
-                    hint="check the Uid (`cardnet card show --store ...` on the receiver prints it), or add "
-                    f'"{dst.domain.hex()}" = "HOST:PORT" to [routes] in the host\'s config and restart it',
-                )
-        return str(await wallet.transfer(raw, dst, traceable=not untraceable))
-
-    reason = run_on_wallet(socket, pin, card, work)
+    reason = run_on_wallet(socket, pin, card, lambda wallet: send_token(wallet, raw, dst, traceable=not untraceable))
     if as_json:
         emit_json({"oid": oid, "to": str(dst), "reason": reason})
         return
@@ -309,37 +311,39 @@ async def _tokens(wallet: Any) -> list[dict[str, Any]]:
     return [_token(v) for v in await wallet.vouchers()]
 
 
+async def token_rows(wallet: Any) -> list[dict[str, Any]]:
+    """The tokens on the card as rows for people and scripts: oid, status, peer, body, ``state`` (the status in
+    words) and, for a transfer stuck on an unreachable receiver, what the host reported and what to do."""
+    rows = []
+    routes: dict[bytes, dict[str, Any]] = {}
+    for t in await _tokens(wallet):
+        oid = t["oid"].hex()
+        row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
+               "body": t.get("body", b"").decode("utf-8", "replace"),
+               "state": STATUS_WORDS.get(t["status"], t["status"])}  # fmt: skip
+        if "refused" in t:  # back after a refused transfer (docs/trn.md section 3.1)
+            row["refused"] = t["refused"]
+            row["state"] = f"{row['state']} (back: {refusal_words(t['refused'])})"
+        peer = t.get("peer")
+        if t["status"] in ("disabled+O", "disabled") and peer is not None:
+            if peer.domain not in routes:
+                routes[peer.domain] = await wallet.route(peer.domain)
+            where = routes[peer.domain]
+            problem = where.get("undeliverable")
+            if where["where"] == "none" and problem is None:
+                problem = f"no route to domain {peer.domain.hex()}"
+            if problem is not None:
+                row["undeliverable"] = problem + _ago(where.get("undeliverable_at"))
+                row["state"] = "undeliverable: " + row["undeliverable"]
+                row["hint"] = undeliverable_hint(oid, t["status"] == "disabled+O")
+        rows.append(row)
+    return rows
+
+
 @card_command(trn, "list")
 def trn_list(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
     """The tokens on the card with their status; a transfer stuck on an unreachable receiver says so."""
-
-    async def work(wallet: Any) -> list[dict[str, Any]]:
-        rows = []
-        routes: dict[bytes, dict[str, Any]] = {}
-        for t in await _tokens(wallet):
-            oid = t["oid"].hex()
-            row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
-                   "body": t.get("body", b"").decode("utf-8", "replace"),
-                   "state": STATUS_WORDS.get(t["status"], t["status"])}  # fmt: skip
-            if "refused" in t:  # back after a refused transfer (docs/trn.md section 3.1)
-                row["refused"] = t["refused"]
-                row["state"] = f"{row['state']} (back: {refusal_words(t['refused'])})"
-            peer = t.get("peer")
-            if t["status"] in ("disabled+O", "disabled") and peer is not None:
-                if peer.domain not in routes:
-                    routes[peer.domain] = await wallet.route(peer.domain)
-                where = routes[peer.domain]
-                problem = where.get("undeliverable")
-                if where["where"] == "none" and problem is None:
-                    problem = f"no route to domain {peer.domain.hex()}"
-                if problem is not None:
-                    row["undeliverable"] = problem + _ago(where.get("undeliverable_at"))
-                    row["state"] = "undeliverable: " + row["undeliverable"]
-                    row["hint"] = undeliverable_hint(oid, t["status"] == "disabled+O")
-            rows.append(row)
-        return rows
-
-    rows = run_on_wallet(socket, pin, card, work)
+    rows = run_on_wallet(socket, pin, card, token_rows)
     if as_json:
         emit_json({"tokens": rows})
         return
