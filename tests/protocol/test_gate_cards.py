@@ -81,8 +81,13 @@ def test_a_ticket_is_admitted_once_and_consumed(tmp_path: Path, ca: pki.Certific
     assert refusal.mtype == cm.REFUSED.code and cm.REFUSED.parse(refusal)["reason"] == gate.CONSUMED
     # the clone presents the same oid: refused, and keeps it (nothing is taken)
     swap_in(w, "alice", clone)
+    answers: list[int] = []
+    w.host.observe(
+        lambda m, o: answers.append(len(m.param)) if m.mtype == sess.RECORD.code and m.src == uid(w, "gate") else None
+    )
     present(w, "alice", T1)
     assert refused_back(w, "alice", T1) == gate.ALREADY_ADMITTED
+    assert answers == [34 + len(gate.ALREADY_ADMITTED)] == [50]  # copied false "already_admitted" (docs/gate.md)
     assert len(admissions(w)) == 1
     assert STATE.parse(w.ask("gate", SETUP))["refused"] == 1
 
