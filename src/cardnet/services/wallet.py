@@ -35,7 +35,9 @@ from cardnet.wire import Message, MType, Uid
 ANSWER_TIMEOUT_S = 30.0
 EVENT_QUEUE = 4096  # changes a subscriber may have unread; past that it is told it missed some (and resyncs)
 RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
+UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
+MOVING = frozenset({"disabled+O", "disabled", "trustless_disabled", "trustless"})  # a voucher on its way in or out
 
 
 class WalletError(CardnetError):
@@ -130,6 +132,11 @@ def event_of(msg_type: int, item: dict[str, Any]) -> Event | None:
     return Event("token_changed", voucher=v)
 
 
+def _about(event: Event, oid: bytes) -> bool:
+    """Whether ``event`` may change how voucher ``oid`` stands (``missed``: any change may have been dropped)."""
+    return event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid)
+
+
 class Wallet:
     """A person's wallet over their card (see the module)."""
 
@@ -167,6 +174,11 @@ class Wallet:
         return wallet
 
     async def close(self) -> None:
+        if self._watching:  # the card stops pushing changes to this connection's port (best effort: it may be gone)
+            with contextlib.suppress(WalletError, TimeoutError):
+                async with asyncio.timeout(UNWATCH_TIMEOUT_S):
+                    await self._ask(trn.WATCH, RESULT, on=False)
+            self._watching = False
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -332,6 +344,23 @@ class Wallet:
                     await self.recover()
                     x = await self.status(n1)
             return x
+
+    async def wait_moved(self, oid: bytes, *, timeout_s: float = 30.0,
+                         recover_every_s: float = RECOVER_EVERY_S) -> Voucher | None:  # fmt: skip
+        """Voucher ``oid`` once it is no longer on its way: None if it left this card (the receiver has it), else
+        as it stands here (``enabled`` again after a refusal or a cancel), resending what its transfer waits for
+        meanwhile. Raises TimeoutError after ``timeout_s``: the transfer then still goes on (:meth:`recover`)."""
+        async with asyncio.timeout(timeout_s), self.subscription() as changes:
+            while True:
+                v = next((v for v in await self.vouchers() if v.oid == oid), None)
+                if v is None or v.status not in MOVING:
+                    return v
+                try:
+                    async with asyncio.timeout(recover_every_s):
+                        while not _about(await changes.get(), oid):
+                            pass
+                except TimeoutError:
+                    await self.recover()
 
     async def events(self) -> AsyncIterator[Event]:
         """What changes on the card, as events, as the card pushes them; runs until the caller stops iterating."""
