@@ -38,7 +38,9 @@ MAX_EVENTS = 1000
 
 
 class TicketingError(CardnetError):
-    """The ticketing server cannot be set up or run as asked (``reason`` says why)."""
+    """The ticketing server cannot be set up or run as asked (``reason`` says why; ``hint`` what to do)."""
+
+    hint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -100,8 +100,10 @@ class TicketingServer:
         try:
             self.store = open_store(cfg.store, kind="speed-vendor", create=False)
         except StoreError as exc:
-            hint = "make it first with `cardnet speed vendor init --store ...`" if exc.reason == "missing" else ""
-            raise TicketingError(exc.reason, f"store {cfg.store}: {exc} {hint}".strip()) from None
+            err = TicketingError(exc.reason, f"the config's store: {exc}")
+            if exc.reason == "missing":
+                err.hint = "make the vendor's store first: `cardnet speed vendor init --store ...`"
+            raise err from None
         added = await asyncio.to_thread(self._catalogue)
         if added:
             log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
