@@ -1,0 +1,774 @@
+"""``cardnet wallet``: one command group for a person with a card on their host (docs/wallet.md).
+
+Tickets and vouchers (TRN), fair exchanges, SPEED payments and the e-purse, Millicent scrip, and recovery of
+whatever was interrupted: each command is the protocol's own command-line code (``cardnet trn``, ``exchange``,
+``speed``, ``millicent``), reached without repeating ``--socket``, ``--card`` and the broker on every command:
+those come from the wallet config (:mod:`cardnet.cli.wallet_config`), which ``init`` writes. The PIN is never
+kept there (``--pin``, ``$CARDNET_PIN`` or a prompt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardnet.cli import wallet_config
+from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
+from cardnet.cli.fairx import PHASE_WORDS, exchange_row, offer_exchange, order_exchange, report_exchange
+from cardnet.cli.output import (
+    console,
+    emit_json,
+    fail,
+    fail_os,
+    json_option,
+    print_fields,
+    print_rows,
+    progress,
+    say,
+)
+from cardnet.cli.trn import PIN, STATUS_WORDS, hex16, parse_oid, parse_uid, run_on_wallet, token_rows
+from cardnet.services.wallet import MOVING
+
+APPLETS = ("trn", "purse", "speed")  # a person's card: tickets, vouchers and exchanges; the e-purse; SPEED payments
+OWNER_WAITS = ("offered", "proposed")  # an exchange that waits for a person, not for recovery
+TICKET_COLUMNS = ("oid", "body", "state", "peer")
+RECOVER_EVERY_S = 1.0
+NO_TICKETS = "no tickets or vouchers on this card"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which host, card and PIN a command works on: its options, else the wallet config."""
+
+    config: wallet_config.WalletConfig
+    socket_option: str | None
+    card_option: str | None
+    pin: str | None
+
+    @property
+    def socket(self) -> str:
+        value = self.socket_option or self.config.get("socket")
+        if value is None:
+            where = f"no wallet config at {self.config.path}" if not self.config.exists else f"{self.config.path}"
+            fail(
+                f"which host? no --socket given, and no socket in the wallet config ({where})",
+                reason="no_wallet",
+                hint="make a wallet with `cardnet wallet init --ca CA_FILE`, or give --socket (and --card)",
+            )
+        return value
+
+    @property
+    def card(self) -> str | None:
+        return self.card_option or self.config.get("card")
+
+    def run(self, work: Callable[[Any], Awaitable[Any]], hints: dict[str, str] | None = None) -> Any:
+        """Open the wallet library on the card (logged in with the PIN) and run ``work``; refusals in words."""
+        return run_on_wallet(self.socket, self.pin, self.card, work, {**HINTS, **(hints or {})})
+
+
+HINTS = {
+    **EXCHANGE_HINTS,
+    "no_exchange": "`cardnet wallet show` lists this card's exchanges and their ids",
+    "illegal_move": "`cardnet wallet list` shows your tickets and vouchers and how each stands",
+    "no_applet": "this card was not made for that: a wallet card has the applets trn, purse and speed "
+    "(`cardnet wallet init` makes one)",
+}
+
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The wallet config (default: $CARDNET_WALLET_CONFIG, else $CARDNET_HOME/wallet.toml or "
+    "~/.cardnet/wallet.toml).",
+)
+SOCKET = click.option("--socket", default=None, help="The host's application socket (default: the wallet config's).")
+CARD = click.option("--card", "card", default=None, help="The card's domain, 24 hex (default: the wallet config's).")
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+WAIT_S = click.FloatRange(0, 3600)
+
+
+def wallet_command(group: click.Group, name: str, *options: Decorator) -> Callable[[Callable[..., Any]], click.Command]:
+    """``group``'s command ``name`` on the person's card: ``--config``, ``--socket``, ``--card``, ``--pin``, then
+    ``options``, then ``--json``; the function gets a :class:`Target` as ``target`` instead of the first four."""
+
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        @functools.wraps(f)
+        def command(config_path: Path | None, socket: str | None, card: str | None, pin: str | None,
+                    **kwargs: Any) -> Any:  # fmt: skip
+            return f(target=Target(wallet_config.load(config_path), socket, card, pin), **kwargs)
+
+        g: Callable[..., Any] = command
+        stack: tuple[Decorator, ...] = (CONFIG, SOCKET, CARD, PIN, *options, json_option)
+        for option in reversed(stack):
+            g = option(g)
+        return group.command(name)(g)
+
+    return wrap
+
+
+@click.group()
+def wallet() -> None:
+    """Your card: tickets and vouchers, exchanges, payments and the e-purse, in one place.
+
+    \b
+    Start here:
+      cardnet wallet init --ca CA_FILE         a new card for this machine, and its host's config
+      cardnet host run --config ~/.cardnet/host.toml &
+      cardnet wallet show                      everything on the card, and what is under way
+      cardnet wallet send OID --to UID         give a ticket to another card
+      cardnet wallet recover                   finish whatever a crash or a lost network interrupted
+
+    The host, the card and the broker come from the wallet config (~/.cardnet/wallet.toml,
+    `cardnet wallet config`); the PIN never does: --pin, $CARDNET_PIN, or you are asked.
+    """
+
+
+# -- init and config ---------------------------------------------------------------------------------------------
+def _address(text: str, option: str) -> str:
+    """``text`` if it is a HOST:PORT, else a usage error naming ``option``."""
+    from cardnet.transport import host_port
+
+    try:
+        host_port(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option) from None
+    if '"' in text or "\\" in text:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option)
+    return text
+
+
+def _route(text: str) -> tuple[str, str]:
+    domain, sep, address = text.partition("=")
+    try:
+        ok = sep == "=" and len(bytes.fromhex(domain)) == 12
+    except ValueError:
+        ok = False
+    if not ok:
+        raise click.BadParameter(f"{text!r}: a route is DOMAIN=HOST:PORT (DOMAIN: 24 hex digits)", param_hint="--route")
+    return domain.lower(), _address(address, "--route")
+
+
+@wallet.command("init")
+@CONFIG
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA file you were given (`cardnet ca create`): it certifies the new card.")  # fmt: skip
+@click.option("--pin", default=None, help="The new card's PIN (default: $CARDNET_PIN, else asked for twice).")
+@click.option("--name", default=None, help="Your name, put into the card's certificate.")
+@click.option("--authority", default=None, help="The authority card's Uid: it traces your tickets.")
+@click.option("--ttp", default=None, help="The TTP card's Uid: it settles interrupted exchanges.")
+@click.option("--listen", default=None, help="HOST:PORT where other hosts reach yours (default: none).")
+@click.option("--route", "routes", multiple=True, help="DOMAIN=HOST:PORT: where another card's host is (repeat).")
+@click.option("--broker", default=None, help="SPEED: the broker's HOST:PORT (kept in the wallet config).")
+@click.option("--broker-cert", default=None, help="SPEED: the broker's certificate, PEM (kept in the config).")
+@click.option("--ca-cert", default=None, help="The CA certificate, PEM (kept in the config).")
+@click.option("--account", default=None, help="SPEED: your account at the broker (kept in the config).")
+@json_option
+def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: str | None, authority: str | None,
+                ttp: str | None, listen: str | None, routes: tuple[str, ...], broker: str | None,
+                broker_cert: str | None, ca_cert: str | None, account: str | None, as_json: bool) -> None:  # fmt: skip
+    """Make a new card for this machine, personalised under the CA you were given, with its host's config and the
+    wallet config beside it (in the wallet config's folder: card.db, host.toml, wallet.toml).
+
+    Then start the host (`cardnet host run --config FOLDER/host.toml`) and use the other `cardnet wallet` commands.
+    """
+    from cardnet.applets import fairx as fa
+    from cardnet.applets import trn
+    from cardnet.applets.registry import make_applets
+    from cardnet.card import Card
+    from cardnet.card.personalise import personalise
+    from cardnet.cli.admin import check_card_name, new_card_pin
+    from cardnet.crypto import pki
+    from cardnet.host.local import LocalCard
+
+    path = config_path or wallet_config.default_path()
+    folder = path.parent
+    store, host_config = folder / "card.db", folder / "host.toml"
+    for existing in (path, store, host_config):
+        if existing.exists():
+            fail(f"{existing} already exists: a wallet is already made there", reason="already_exists",
+                 hint="give another --config (its folder holds the new wallet), or use the one there")  # fmt: skip
+    route_pairs = [_route(r) for r in routes]
+    if listen is not None:
+        _address(listen, "--listen")
+    auth_uid = parse_uid(authority) if authority else None
+    ttp_uid = parse_uid(ttp) if ttp else None
+    pin = new_card_pin(pin)
+    check_card_name(name)
+    authority_ca = pki.CertificateAuthority.load(ca_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        fail_os(exc, "make the wallet's folder", folder)
+    card = Card.open("sqlite:///" + str(store.resolve()), applets=make_applets(list(APPLETS)))
+    try:
+        uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name)
+        local = LocalCard(card, pin)  # the card's first orders, before any host runs it
+        if auth_uid is not None:
+            local.ask(trn.SET_AUTHORITY, trn.RESULT, authority=auth_uid)
+        if ttp_uid is not None:
+            local.ask(fa.SET_TTP, fa.TTP_IS, ttp=ttp_uid)
+    finally:
+        card.close()
+    lines = ['name = "wallet"']
+    if listen:
+        lines.append(f'listen = "{listen}"')
+    lines += ['app_socket = "host.sock"', "", "[[cards]]", 'store = "sqlite:///card.db"',
+              f"applets = [{', '.join(f'{a!r}' for a in APPLETS)}]".replace("'", '"'), "", "[routes]",
+              *(f'"{d}" = "{a}"' for d, a in route_pairs)]  # fmt: skip
+    host_config.write_text("\n".join(lines) + "\n")
+    values = {"socket": "host.sock", "card": uid.domain.hex()}
+    for key, value in (("broker", broker), ("broker_cert", broker_cert), ("ca_cert", ca_cert), ("account", account)):
+        if value is not None:
+            values[key] = str(Path(value).resolve()) if key in wallet_config.PATHS else value
+    wallet_config.save(path, values)
+    result = {"uid": str(uid), "domain": uid.domain.hex(), "store": str(store), "host_config": str(host_config),
+              "config": str(path), "socket": str(folder / "host.sock")}  # fmt: skip
+    if as_json:
+        emit_json(result)
+        return
+    print_fields([("card", result["uid"]), ("card store", result["store"]), ("host config", result["host_config"]),
+                  ("wallet config", result["config"])], title="your new wallet")  # fmt: skip
+    console.print(f"next: start your host with `cardnet host run --config {host_config}`, then "
+                  "`cardnet wallet show`", markup=False)  # fmt: skip
+
+
+@wallet.command("config")
+@CONFIG
+@click.option("--set", "assignments", multiple=True, help="KEY=VALUE to keep in the wallet config (repeat).")
+@click.option("--unset", "removals", multiple=True, help="KEY to remove from the wallet config (repeat).")
+@json_option
+def wallet_config_command(config_path: Path | None, assignments: tuple[str, ...], removals: tuple[str, ...],
+                          as_json: bool) -> None:  # fmt: skip
+    """Show (or change) the wallet config: the host's socket, the card, the broker. Never the PIN."""
+    config = wallet_config.load(config_path)
+    values = dict(config.values)
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or key not in wallet_config.KEYS:
+            raise click.BadParameter(f"{text!r}: give KEY=VALUE, KEY one of {', '.join(wallet_config.KEYS)}",
+                                     param_hint="--set")  # fmt: skip
+        values[key] = str(Path(value).expanduser().resolve()) if key in wallet_config.PATHS else value
+    for key in removals:
+        values.pop(key, None)
+    if assignments or removals:
+        wallet_config.save(config.path, values)
+        config = wallet_config.load(config.path)
+    shown = {k: config.get(k) for k in wallet_config.KEYS}
+    if as_json:
+        emit_json({"config": str(config.path), "exists": config.exists, "values": shown})
+        return
+    if not config.exists:
+        console.print(f"no wallet config at {config.path} (`cardnet wallet init` makes one)", markup=False)
+        return
+    print_fields([(k, v if v is not None else "(not set)") for k, v in shown.items()], title=str(config.path))
+
+
+# -- what is on the card ------------------------------------------------------------------------------------------
+def _ticket(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("oid", "status", "body", "state", "peer", "refused", "hint") if k in row}
+
+
+@wallet_command(wallet, "list")
+def wallet_list(target: Target, as_json: bool) -> None:
+    """The tickets and vouchers on your card, and how each stands."""
+    rows = [_ticket(r) for r in target.run(token_rows)]
+    if as_json:
+        emit_json({"tickets": rows})
+        return
+    print_rows(rows, TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
+    for r in rows:
+        if "hint" in r:
+            console.print(f"{r['oid']}: {r['hint']}", markup=False)
+
+
+async def _balances(wallet: Any) -> dict[str, Any] | None:
+    """The e-purse's balances (None: this card has no e-purse)."""
+    from cardnet.cli.speed import purse_balances
+    from cardnet.services.wallet import WalletError
+
+    try:
+        return await purse_balances(wallet)
+    except WalletError as exc:
+        if exc.reason == "no_applet":
+            return None
+        raise
+
+
+async def _pending_loads(wallet: Any) -> list[bytes]:
+    from cardnet.applets.speed import purse as pa
+    from cardnet.services.wallet import WalletError
+
+    try:
+        return list((await wallet.ask(pa.PENDING_LOADS, pa.L1S))["l1"])
+    except WalletError as exc:
+        if exc.reason in ("no_applet", "no_key"):  # no e-purse, or one never loaded
+            return []
+        raise
+
+
+def _journal(config: wallet_config.WalletConfig) -> Path:
+    from cardnet.cli.speed import JOURNAL
+
+    return Path(config.get("purchases") or "purchases") / JOURNAL
+
+
+def _pending_purchases(config: wallet_config.WalletConfig) -> list[dict[str, Any]]:
+    from cardnet.services.speed.customer import Journal
+
+    if not _journal(config).is_dir():
+        return []
+    return [{"id": r.nid.hex(), "products": ", ".join(r.products), "broker": r.broker, "paid_by": r.payment}
+            for r in Journal(_journal(config)).pending()]  # fmt: skip
+
+
+def _millicent(config: wallet_config.WalletConfig) -> Any:
+    """The Millicent scrip wallet of this config (None: there is none yet)."""
+    from cardnet.cli.millicent import _wallet
+
+    where = config.get("millicent")
+    if where is None or not Path(where).exists():
+        return None
+    return _wallet(where, create=False)
+
+
+def _scrip(config: wallet_config.WalletConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    scrip_wallet = _millicent(config)
+    if scrip_wallet is None:
+        return None
+    scrip = [{"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value,
+              "expiry": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s.expiry))}
+             for s in scrip_wallet.scrip()]  # fmt: skip
+    pending = [{"request": rid.hex(), "kind": rec["kind"], "vendor": rec.get("vendor", ""), "to": rec["to"],
+                "reason": rec.get("reason", "not sent yet")} for rid, rec in scrip_wallet.pending()]  # fmt: skip
+    return scrip, pending
+
+
+@wallet_command(wallet, "show", click.argument("item", required=False, metavar="[OID|EXCHANGE_ID]"))
+def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
+    """Everything on your card and what is under way: tickets and vouchers, e-purse, exchanges, payments, scrip.
+
+    With an OID or an exchange id: that one ticket, voucher or exchange in full.
+    """
+    if item is not None:
+        _show_one(target, hex16(item, "a ticket's oid or an exchange id"), as_json)
+        return
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        tickets = [_ticket(r) for r in await token_rows(wallet)]
+        exchanges = [exchange_row(x) for x in await wallet.exchanges() if not x.finished]
+        return {"card": str(wallet.card), "tickets": tickets, "purse": await _balances(wallet),
+                "exchanges": exchanges, "loads_pending": len(await _pending_loads(wallet))}  # fmt: skip
+
+    got = target.run(work)
+    scrip = _scrip(target.config)
+    got["purchases_pending"] = _pending_purchases(target.config)
+    got["scrip"], got["scrip_pending"] = scrip if scrip is not None else (None, [])
+    if as_json:
+        emit_json(got)
+        return
+    _print_overview(target, got)
+
+
+def _print_overview(target: Target, got: dict[str, Any]) -> None:
+    from cardnet.cli.speed import balance_words
+
+    purse = got["purse"]
+    print_fields([("card", got["card"]), ("host", target.socket),
+                  ("e-purse", "this card has no e-purse" if purse is None else balance_words(purse)
+                   + ("" if purse["keyed"] else " (no key yet: `cardnet wallet load` gets it)"))],
+                 title="your wallet")  # fmt: skip
+    print_rows(got["tickets"], TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
+    print_rows(got["exchanges"], ("id", "role", "give", "want", "state"), title="exchanges under way",
+               empty="no exchanges under way")  # fmt: skip
+    if got["scrip"] is None:
+        console.print("no Millicent scrip wallet yet", markup=False)
+    else:
+        print_rows(got["scrip"], ("vendor", "scrip_id", "value", "expiry"), title="Millicent scrip",
+                   empty="no Millicent scrip")  # fmt: skip
+    pending = (
+        [{"what": "transfer", "id": t["oid"], "state": t["state"]} for t in got["tickets"] if t["status"] in MOVING]
+        + [{"what": "exchange", "id": x["id"], "state": x["state"]} for x in got["exchanges"]
+           if x["phase"] not in OWNER_WAITS]
+        + [{"what": "purchase", "id": p["id"], "state": f"{p['products']}: delivered, not yet paid"}
+           for p in got["purchases_pending"]]
+        + [{"what": "scrip request", "id": r["request"], "state": f"{r['kind']} at {r['to']}: {r['reason']}"}
+           for r in got["scrip_pending"]]
+    )  # fmt: skip
+    if got["loads_pending"]:
+        pending.append({"what": "e-purse load", "id": "-", "state": f"{got['loads_pending']} load(s) not credited"})
+    print_rows(pending, ("what", "id", "state"), title="under way", empty="nothing is under way")
+    if pending:
+        console.print("`cardnet wallet recover` finishes what was interrupted", markup=False)
+    for x in got["exchanges"]:
+        if x["phase"] == "proposed":
+            console.print(f"offered to you: `cardnet wallet exchange accept {x['id']}` takes it, `reject` refuses it",
+                          markup=False)  # fmt: skip
+
+
+def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
+    async def work(wallet: Any) -> tuple[str, dict[str, Any]] | None:
+        for row in await token_rows(wallet):
+            if row["oid"] == ident.hex():
+                return "ticket", _ticket(row)
+        for x in await wallet.exchanges():
+            if x.n1 == ident:
+                return "exchange", exchange_row(x)
+        return None
+
+    found = target.run(work)
+    if found is None:
+        fail(f"this card holds no ticket or voucher {ident.hex()} and has no exchange with that id",
+             reason="not_found", hint="`cardnet wallet list` shows your tickets and vouchers, `cardnet wallet show` "
+             "your exchanges")  # fmt: skip
+    kind, row = found
+    if as_json:
+        emit_json({kind: row})
+        return
+    print_fields([(k.replace("_", " "), str(v)) for k, v in row.items()], title=kind)
+
+
+# -- send ---------------------------------------------------------------------------------------------------------
+@wallet_command(
+    wallet,
+    "send",
+    click.argument("oid"),
+    click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000)."),
+    click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tickets)."),
+    click.option("--wait", "wait_s", type=WAIT_S, default=30.0, show_default=True,
+                 help="Seconds to wait for the receiver to take it (0: do not wait)."),
+)  # fmt: skip
+def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: float, as_json: bool) -> None:
+    """Give a ticket or voucher to another card (TRN: it is never on both, never lost on the way)."""
+    from cardnet.cli.trn import send_token
+
+    raw, dst = parse_oid(oid), parse_uid(to)
+
+    async def work(wallet: Any) -> str | None:
+        held = {v.oid: v for v in await wallet.vouchers()}
+        if raw not in held:
+            fail(f"this card does not hold ticket {raw.hex()}", reason="not_held",
+                 hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
+        if held[raw].status != "enabled":
+            words = STATUS_WORDS.get(held[raw].status, held[raw].status)
+            fail(f"ticket {raw.hex()} cannot be sent now: {words}", reason="not_movable",
+                 hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+        await send_token(wallet, raw, dst, traceable=not untraceable)
+        if wait_s <= 0:
+            return "disabled+O"
+        with progress(f"sending {raw.hex()} to {dst} (up to {wait_s:g} s) …"):
+            try:
+                v = await wallet.wait_moved(raw, timeout_s=wait_s)
+            except TimeoutError:
+                return str({v.oid: v for v in await wallet.vouchers()}[raw].status)
+        return None if v is None else str(v.status)
+
+    status = target.run(work)
+    out = {"oid": raw.hex(), "to": str(dst), "status": status or "sent", "delivered": status is None}
+    if status is None:
+        text = f"sent {raw.hex()} to {dst}: the receiving card has it now"
+    elif status == "enabled":
+        text = f"{raw.hex()} came back: the receiving card refused it"
+    else:
+        text = (f"sending {raw.hex()} to {dst}: {STATUS_WORDS.get(status, status)}; it goes on by itself while "
+                "both hosts run, and `cardnet wallet recover` finishes it")  # fmt: skip
+    say(as_json, out, text)
+
+
+# -- exchange -----------------------------------------------------------------------------------------------------
+@wallet.group("exchange")
+def wallet_exchange() -> None:
+    """Swap a voucher of yours for one on another card, fairly: both swap, or neither loses anything."""
+
+
+def _exchange_id(text: str) -> bytes:
+    return hex16(text, "an exchange id (as `cardnet wallet exchange offer` prints it)")
+
+
+WAIT = click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+                    help="Seconds to wait for the exchange to end (0: do not wait).")  # fmt: skip
+
+
+@wallet_command(
+    wallet_exchange,
+    "offer",
+    click.option("--give", required=True, help="Your voucher (oid, 32 hex), on this card."),
+    click.option("--want", required=True, help="The voucher you want (oid, 32 hex), on the other card."),
+    click.option("--to", "to", required=True, help="The other card's Uid (DOMAIN:00000000)."),
+    click.option("--wait", "wait_s", type=WAIT_S, default=0.0, show_default=True,
+                 help="Seconds to wait for the other owner's answer and the swap."),
+)  # fmt: skip
+def exchange_offer(target: Target, give: str, want: str, to: str, wait_s: float, as_json: bool) -> None:
+    """Offer your voucher for theirs: yours is locked until the other owner accepts (the swap) or rejects."""
+    g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
+    x = target.run(lambda wallet: offer_exchange(wallet, g, w, dst, wait_s))
+    then = f"the other owner accepts it with `cardnet wallet exchange accept {x.n1.hex()}`"
+    report_exchange(as_json, x, f"Offered {g.hex()} for {w.hex()} held by {dst}; {then}.")
+
+
+def _exchange_order(name: str, doc: str, method: str, done: str, *, wait: bool) -> None:
+    options = (click.argument("xid", metavar="EXCHANGE_ID"), *((WAIT,) if wait else ()))
+
+    @wallet_command(wallet_exchange, name, *options)
+    def command(target: Target, xid: str, as_json: bool, wait_s: float = 0.0) -> None:
+        n1 = _exchange_id(xid)
+        hints = {"refused": f"`cardnet wallet exchange status {n1.hex()}` shows how this exchange stands"}
+        x = target.run(lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
+        report_exchange(as_json, x, done)
+
+    command.help = doc
+
+
+_exchange_order("accept", "Accept an offer made to you: your voucher goes, theirs comes (both or neither).",
+                "accept", "Accepted.", wait=True)  # fmt: skip
+_exchange_order("reject", "Reject an offer made to you: nothing of yours moves.", "reject", "Rejected.", wait=False)
+
+
+@wallet_command(wallet_exchange, "status", click.argument("xid", metavar="EXCHANGE_ID"))
+def exchange_status(target: Target, xid: str, as_json: bool) -> None:
+    """How one exchange stands."""
+    n1 = _exchange_id(xid)
+    x = target.run(lambda wallet: wallet.status(n1))
+    report_exchange(as_json, x, f"{x.role} of an exchange with {x.peer}.")
+
+
+@wallet_command(wallet_exchange, "list")
+def exchange_list(target: Target, as_json: bool) -> None:
+    """Your exchanges (offers made, offers received) and how each stands."""
+    rows = [exchange_row(x) for x in target.run(lambda wallet: wallet.exchanges())]
+    if as_json:
+        emit_json({"exchanges": rows})
+        return
+    print_rows(rows, ("id", "role", "peer", "give", "want", "state"), title="exchanges", empty="no exchanges")
+
+
+# -- payments: SPEED, the e-purse, Millicent -------------------------------------------------------------------------
+@wallet.group("pay")
+def wallet_pay() -> None:
+    """Pay a vendor: SPEED (from the e-purse, through the broker) or Millicent (with scrip)."""
+
+
+@wallet_command(
+    wallet_pay,
+    "speed",
+    click.option("--vendor", "vendor_addr", required=True, help="The vendor's HOST:PORT."),
+    click.option("--product", "products", required=True, multiple=True, help="A product id (repeat for several)."),
+    click.option("--limit", required=True, help="The most you pay, e.g. '3.00 EUR'."),
+    click.option("--aggressive", is_flag=True, help="No negotiation: buy at the list price (small products)."),
+    click.option("--from-account", is_flag=True, help="Pay from your account at the broker, not the e-purse."),
+    click.option("--broker", default=None, help="The broker's HOST:PORT (default: the wallet config's)."),
+)
+def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit: str, aggressive: bool,
+              from_account: bool, broker: str | None, as_json: bool) -> None:  # fmt: skip
+    """Buy products from a SPEED vendor: negotiate, receive them encrypted, pay, get the key with the receipt.
+    They are written, with the receipt, to the wallet's purchases folder."""
+    from cardnet.cli.speed import purchase
+
+    cfg = target.config
+    broker = broker or cfg.need("broker", "--broker", "broker")
+    bcert = Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
+    ca_cert = Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
+    account = cfg.need("account", "--account", "account at the broker") if from_account else None
+    out = Path(cfg.get("purchases") or "purchases")
+    result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
+                      aggressive, account, out)  # fmt: skip
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"paid {result['price']} (receipt {result['poid']})", markup=False)
+    print_rows([{"product": p, "file": f} for p, f in zip(products, result["files"], strict=True)],
+               ("product", "file"), title="bought", empty="nothing bought")  # fmt: skip
+
+
+@wallet_command(
+    wallet_pay,
+    "millicent",
+    click.option("--vendor", required=True, help="The vendor's id, 16 hex digits."),
+    click.option("--at", "address", required=True, help="The vendor's HOST:PORT."),
+    click.option("--product", required=True),
+    click.option("--price", type=click.IntRange(1), required=True, help="In scrip units."),
+    click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True, help="Protection level."),
+    click.option("--top-up", default=100, show_default=True, help="Scrip to buy from the broker when short."),
+)
+def pay_millicent(target: Target, vendor: str, address: str, product: str, price: int, level: int, top_up: int,
+                  as_json: bool) -> None:  # fmt: skip
+    """Buy a product with Millicent scrip (change is kept; scrip is bought from your broker when short)."""
+    from cardnet.cli.millicent import spend_scrip
+
+    where = target.config.get("millicent")
+    if where is None or not Path(where).exists():
+        fail(f"no Millicent wallet at {where}: open an account at a broker first", reason="no_scrip_wallet",
+             hint=f"cardnet millicent open --wallet {where} --broker HOST:PORT")  # fmt: skip
+    r = spend_scrip(where, vendor, address, product, price, level, top_up)
+    content = r.content.decode("utf-8", "replace")
+    if as_json:
+        emit_json({"status": r.status.name.lower(), "change": r.change, "content": content})
+        return
+    console.print(content, markup=False, highlight=False)
+    console.print(f"paid {price}; change {r.change}", style="dim", markup=False)
+
+
+@wallet_command(
+    wallet,
+    "load",
+    click.option("--amount", required=True, help="e.g. '10.00 EUR'."),
+    click.option("--broker", default=None, help="The broker's HOST:PORT (default: the wallet config's)."),
+    click.option("--account", default=None, help="Your account at the broker (default: the wallet config's)."),
+)
+def wallet_load(target: Target, amount: str, broker: str | None, account: str | None, as_json: bool) -> None:
+    """Load your e-purse from your account at the broker (its key is fetched first, the first time)."""
+    from cardnet.cli.speed import _price, _run, balance_words, load_purse, purse_balances
+    from cardnet.services.speed.customer import install_key
+
+    cfg = target.config
+    broker = broker or cfg.need("broker", "--broker", "broker")
+    account = account or cfg.need("account", "--account", "account at the broker")
+    price = _price(amount, "--amount")
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        with progress(f"loading {price} from account {account} at {broker} …"):
+            if not (await purse_balances(wallet))["keyed"]:
+                await install_key(wallet, broker)
+            return await load_purse(wallet, broker, price, account)
+
+    got = _run(target.socket, target.pin, target.card, work)
+    say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
+
+
+# -- recover ------------------------------------------------------------------------------------------------------
+@wallet_command(
+    wallet,
+    "recover",
+    click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+                 help="Seconds to wait for transfers and exchanges to finish."),
+    click.option("--ttp-after", "ttp_after_s", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+                 help="Seconds of resending before an interrupted exchange is put to the TTP."),
+)  # fmt: skip
+def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: bool) -> None:
+    """Finish everything a crash or a lost network interrupted: transfers (resent), exchanges (resent, then settled
+    by the TTP), e-purse loads, SPEED purchases and Millicent requests. Safe to repeat."""
+    cfg = target.config
+
+    async def work(wallet: Any) -> list[dict[str, Any]]:
+        with progress(f"finishing what was interrupted (up to {wait_s:g} s) …"):
+            rows = await _recover_card(wallet, wait_s, ttp_after_s)
+            rows += await _recover_payments(wallet, cfg)
+        return rows
+
+    rows = target.run(work)
+    if as_json:
+        emit_json({"recovered": rows, "unfinished": sum(1 for r in rows if not r["finished"])})
+        return
+    print_rows(rows, ("what", "id", "outcome"), title="recovery", empty="nothing was left to finish")
+    if any(not r["finished"] for r in rows):
+        console.print("some things are still under way: repeat `cardnet wallet recover` once the other side is "
+                      "reachable", markup=False)  # fmt: skip
+
+
+async def _recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[dict[str, Any]]:
+    """Resend what every transfer and exchange of the card waits for until it ends (after ``ttp_after_s``, an
+    exchange is put to the TTP: resolve once confirmed, abort once agreed); one row each."""
+    tokens = {v.oid: v.status for v in await wallet.vouchers() if v.status in MOVING}
+    xs = {x.n1: x for x in await wallet.exchanges() if not x.finished and x.phase not in OWNER_WAITS}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    asked: set[bytes] = set()
+    now_tokens: dict[bytes, Any] = {}
+    now_xs: dict[bytes, Any] = {}
+    while tokens or xs:
+        await wallet.recover()
+        now_tokens = {v.oid: v.status for v in await wallet.vouchers()}
+        now_xs = {x.n1: x for x in await wallet.exchanges()}
+        moving = [o for o in tokens if now_tokens.get(o) in MOVING]
+        open_xs = [n for n in xs if n in now_xs and not now_xs[n].finished]
+        if not moving and not open_xs:
+            break
+        if loop.time() - start >= ttp_after_s:
+            for n1 in open_xs:
+                phase = now_xs[n1].phase
+                if n1 not in asked and phase in ("confirmed", "agreed"):
+                    await (wallet.resolve(n1) if phase == "confirmed" else wallet.abort(n1))
+                    asked.add(n1)
+        if loop.time() - start >= wait_s:
+            break
+        await asyncio.sleep(RECOVER_EVERY_S / 2)
+    rows = []
+    for oid, before in tokens.items():
+        status = now_tokens.get(oid)
+        if status is None:
+            outcome, finished = "finished: it left this card", True
+        elif status not in MOVING:
+            outcome, finished = "finished: it is on this card", True
+        else:
+            outcome, finished = f"still {STATUS_WORDS.get(status, status)}", False
+        rows.append({"what": "transfer", "id": oid.hex(), "before": before, "outcome": outcome, "finished": finished})
+    for n1, x in xs.items():
+        y = now_xs.get(n1, x)
+        words = PHASE_WORDS.get(y.phase, y.phase)
+        ttp = " (settled by the TTP)" if n1 in asked else ""
+        rows.append({"what": "exchange", "id": n1.hex(), "before": x.phase,
+                     "outcome": (f"finished: {words}{ttp}" if y.finished else f"still {words}"),
+                     "finished": y.finished})  # fmt: skip
+    return rows
+
+
+async def _recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
+    """Finish e-purse loads, SPEED purchases and Millicent requests a crash interrupted; one row each."""
+    from cardnet.cli.speed import _pem_file, finish_journal
+    from cardnet.services.millicent_wallet import WalletError as ScripError
+    from cardnet.services.speed.customer import PurchaseError, finish_loads
+
+    rows: list[dict[str, Any]] = []
+    loads = await _pending_loads(wallet)
+    if loads:
+        broker, account = cfg.get("broker"), cfg.get("account")
+        row: dict[str, Any] = {"what": "e-purse load", "id": f"{len(loads)} load(s)", "finished": False}
+        if broker is None or account is None:
+            row["outcome"] = "still pending: keep broker and account in the wallet config (`cardnet wallet config`)"
+        else:
+            try:
+                credited = await finish_loads(wallet, broker, account)
+                row.update(outcome=f"finished: {credited} credited", finished=True)
+            except PurchaseError as exc:
+                row["outcome"] = f"still pending: {exc}"
+        rows.append(row)
+    pending = _pending_purchases(cfg)
+    if pending:
+        ca_cert = cfg.get("ca_cert")
+        try:
+            if ca_cert is None:
+                raise PurchaseError("not_configured", "keep ca_cert in the wallet config (`cardnet wallet config`)")
+            finished = await finish_journal(wallet, [_pem_file(Path(ca_cert), "the CA certificate")],
+                                            Path(cfg.get("purchases") or "purchases"))  # fmt: skip
+            rows += [{"what": "purchase", "id": f["poid"], "outcome": f"finished: paid {f['price']}, "
+                      f"{len(f['files'])} product(s) written", "finished": True} for f in finished]  # fmt: skip
+        except PurchaseError as exc:
+            rows += [{"what": "purchase", "id": p["id"], "outcome": f"still pending: {exc}", "finished": False}
+                     for p in pending]  # fmt: skip
+    scrip_wallet = _millicent(cfg)
+    if scrip_wallet is not None and scrip_wallet.pending():
+        try:
+            answers = await scrip_wallet.retry_pending(int(time.time()), give_up=False, at=None, vendor=None)
+        except ScripError as exc:
+            answers = [{"request": rid.hex(), "outcome": "pending", "detail": str(exc)}
+                       for rid, _ in scrip_wallet.pending()]  # fmt: skip
+        for a in answers:
+            done = a.get("outcome") != "pending"  # a request still unsettled stays pending in the scrip wallet
+            rows.append({"what": "scrip request", "id": a.get("request", ""),
+                         "outcome": f"{'finished' if done else 'still pending'}: {a.get('outcome')} "
+                         f"{a.get('detail', '')}".rstrip(), "finished": done})  # fmt: skip
+    return rows
+
+
+# -- buy (issue 14 item 1) -----------------------------------------------------------------------------------------
+# `cardnet wallet buy URL`: buying a ticket from a ticketing server (HTTP, SPEED payment, then `Upgrade: TRN`) is
+# built with the ticketing server (services/ticketing, cli/ticketing.py); its command goes here, as
+# `@wallet_command(wallet, "buy", click.argument("url"), ...)` on a `Target`, like `pay speed` above.

@@ -1,0 +1,349 @@
+"""``cardnet wallet`` for people, through its real entry point (``cardnet.cli.main.run``, in this process, and one
+``cardnet`` process) against real host processes and real cards.
+
+One network for the module: the authority's host (authority, agent, TTP: :class:`~cardnet.bench.trnnet.TrnNet`),
+a SPEED broker and vendor (processes, set up with ``cardnet speed``), and three people whose cards, host configs and
+wallet configs are made by ``cardnet wallet init`` and run by ``cardnet host run``. Alice's host neither resends nor
+ticks by itself (``resend_after_s = 0``, ``ticks = {}``), so an interrupted transfer of hers is finished by
+``cardnet wallet recover`` or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostprocs import Service, cardnet, free_port
+
+from cardnet.applets.trn import MINT, SEND
+from cardnet.bench.procs import HostProc
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli.main import run
+from cardnet.wire import Uid
+
+SONG = "song-1 Blue in Green"
+WAIT_S = 30.0
+
+
+def call(*args: object) -> tuple[int, str, str]:
+    """``cardnet ARGS`` through its entry point, in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run([str(a) for a in args])
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    return code, out.getvalue(), err.getvalue()
+
+
+def ok(*args: object) -> Any:
+    code, out, err = call(*args, "--json")
+    assert code == 0, (out, err)
+    return json.loads(out)
+
+
+def refused(*args: object) -> dict[str, Any]:
+    code, out, _ = call(*args, "--json")
+    assert code != 0, out
+    obj = json.loads(out)
+    assert set(obj) == {"error"} and obj["error"]["message"] and obj["error"]["hint"], obj
+    error: dict[str, Any] = obj["error"]
+    return error
+
+
+def human(*args: object) -> str:
+    code, out, err = call(*args)
+    assert code == 0, (out, err)
+    return out
+
+
+@dataclass
+class Person:
+    name: str
+    config: Path
+    host: HostProc
+    uid: Uid
+
+    def cmd(self, *args: object) -> tuple[object, ...]:
+        """``wallet ARGS --config`` this person's wallet config."""
+        return ("wallet", *args, "--config", self.config)
+
+    def tickets(self) -> dict[str, str]:
+        return {t["oid"]: t["status"] for t in ok(*self.cmd("list"))["tickets"]}
+
+    def until(self, oid: str, status: str | None) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while (now := self.tickets().get(oid)) != status:
+            assert time.monotonic() < deadline, (self.name, oid, now, status)
+            time.sleep(0.1)
+
+
+@dataclass
+class World:
+    tmp: Path
+    net: TrnNet
+    people: dict[str, Person]
+    broker: Service
+    vendor: Service
+    song: bytes
+
+    def issue(self, oid: str, to: str, body: str) -> None:
+        """The agent mints a ticket and sends it to ``to``'s card; back once it is usable there."""
+
+        async def go() -> None:
+            assert (await self.net.ask("agent", MINT, oid=bytes.fromhex(oid), body=body.encode()))["ok"]
+            assert (await self.net.ask("agent", SEND, oid=bytes.fromhex(oid), to=self.people[to].uid))["ok"]
+
+        asyncio.run(go())
+        self.people[to].until(oid, "enabled")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("wallet")
+    saved_pin = os.environ.get("CARDNET_PIN")
+    os.environ["CARDNET_PIN"] = PIN
+    net = TrnNet(tmp, wallets=(), ttp=True)
+    auth = net.hosts["auth"]
+    service_routes = [f"{net.uids[c].domain.hex()}=127.0.0.1:{auth.port}" for c in ("authority", "agent", "ttp")]
+    people: dict[str, Person] = {}
+    for name in ("alice", "bob", "carol"):
+        port, config = free_port(), tmp / name / "wallet.toml"
+        made = ok("wallet", "init", "--config", config, "--ca", tmp / "ca.cnca", "--name", name, "--authority",
+                  net.uids["authority"], "--ttp", net.uids["ttp"], "--listen", f"127.0.0.1:{port}",
+                  *(x for r in service_routes for x in ("--route", r)))  # fmt: skip
+        people[name] = Person(name, config, HostProc("host", tmp / name, port, bytes.fromhex(made["domain"])),
+                              Uid.parse(made["uid"]))  # fmt: skip
+    for p in people.values():  # every host reaches the others' cards
+        routes = [f'"{o.uid.domain.hex()}" = "127.0.0.1:{o.host.port}"\n' for o in people.values() if o is not p]
+        p.host.config.write_text(p.host.config.read_text() + "".join(routes))
+        auth.config.write_text(auth.config.read_text() + f'"{p.uid.domain.hex()}" = "127.0.0.1:{p.host.port}"\n')
+    alice = people["alice"].host.config
+    alice.write_text("resend_after_s = 0.0\n" + alice.read_text().replace("\n[[cards]]\n", "\n[[cards]]\nticks = {}\n"))
+    # SPEED: a broker (with its SAM) and a vendor under the same CA, with ``cardnet speed``
+    t = str(tmp)
+    ok("speed", "broker", "init", "--store", f"{t}/broker.db", "--ca", f"{t}/ca.cnca", "--sam-store", f"{t}/sam.db")
+    (tmp / "broker.pem").write_text(ok("speed", "broker", "cert", "--store", f"{t}/broker.db")["pem"])
+    (tmp / "ca.pem").write_text(ok("ca", "cert", f"{t}/ca.cnca")["pem"])
+    ok("speed", "vendor", "init", "--store", f"{t}/vendor.db", "--ca", f"{t}/ca.cnca", "--account", "V-1",
+       "--broker-cert", f"{t}/broker.pem")  # fmt: skip
+    (tmp / "vendor.pem").write_text(ok("speed", "vendor", "cert", "--store", f"{t}/vendor.db")["pem"])
+    song = os.urandom(50_000)
+    (tmp / "song.bin").write_bytes(song)
+    ok("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", SONG, "--price", "2.50 EUR", "--floor",
+       "2.00 EUR", "--file", f"{t}/song.bin")  # fmt: skip
+    ok("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
+       f"{t}/vendor.pem")  # fmt: skip
+    broker_at = f"127.0.0.1:{free_port()}"
+    for i, p in enumerate(people.values()):
+        ok("speed", "broker", "add-customer", "--store", f"{t}/broker.db", "--account", f"C-{i}", "--card",
+           p.uid.domain.hex(), "--deposit", "100.00 EUR")  # fmt: skip
+        ok(*p.cmd("config", "--set", f"broker={broker_at}", "--set", f"broker_cert={t}/broker.pem", "--set",
+                  f"ca_cert={t}/ca.pem", "--set", f"account=C-{i}"))  # fmt: skip
+    broker = Service(tmp, "speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
+                     "--pin", PIN, "--listen", broker_at)  # fmt: skip
+    vendor = Service(tmp, "speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}")
+    hosts = [auth, *(p.host for p in people.values())]
+    try:
+        with ThreadPoolExecutor(len(hosts) + 2) as pool:
+            list(pool.map(lambda start: start(), [*(h.start for h in hosts), broker.start, vendor.start]))
+        asyncio.run(net.setup_trace())
+        yield World(tmp, net, people, broker, vendor, song)
+    finally:
+        for h in hosts:
+            h.stop()
+        broker.stop()
+        vendor.stop()
+        if saved_pin is None:
+            os.environ.pop("CARDNET_PIN", None)
+        else:
+            os.environ["CARDNET_PIN"] = saved_pin
+
+
+def test_a_new_wallet_is_made_by_init_and_says_what_it_holds(world: World) -> None:
+    carol = world.people["carol"]
+    assert "no tickets or vouchers on this card" in human(*carol.cmd("list"))
+    shown = ok(*carol.cmd("show"))
+    assert shown["card"] == str(carol.uid) and shown["tickets"] == [] and shown["exchanges"] == []
+    assert shown["purse"] == {"balances": {}, "keyed": False} and shown["purchases_pending"] == []
+    text = human(*carol.cmd("show"))
+    for words in ("no exchanges under way", "nothing is under way", str(carol.uid), "no Millicent scrip wallet yet"):
+        assert words in text, text
+    config = ok(*carol.cmd("config"))["values"]
+    assert config["card"] == carol.uid.domain.hex() and config["socket"] == carol.host.socket
+    kept = carol.config.read_text()
+    assert PIN not in kept and "pin =" not in kept and oct(carol.config.stat().st_mode & 0o777) == "0o600", kept
+    # a second init over the same wallet is refused and changes nothing
+    again = refused("wallet", "init", "--config", carol.config, "--ca", world.tmp / "ca.cnca")
+    assert again["reason"] == "already_exists" and str(carol.config) in again["message"], again
+
+
+def test_a_ticket_goes_from_one_wallet_to_another(world: World) -> None:
+    alice, bob = world.people["alice"], world.people["bob"]
+    oid = "5e1d000000000000000000000000000a"
+    world.issue(oid, "alice", "Final, block [B] seat 7")
+    listed = human(*alice.cmd("list"))
+    assert oid in listed and "Final, block [B] seat 7" in listed and "yours: usable and movable" in listed, listed
+    sent = ok(*alice.cmd("send", oid, "--to", bob.uid))
+    assert sent["delivered"] and sent["to"] == str(bob.uid), sent
+    assert oid not in alice.tickets()
+    bob.until(oid, "enabled")
+    one = ok(*bob.cmd("show", oid))["ticket"]
+    assert one["body"] == "Final, block [B] seat 7" and one["status"] == "enabled", one
+    # sending it again from alice: said in her words, nothing moves
+    gone = refused(*alice.cmd("send", oid, "--to", bob.uid))
+    assert gone["reason"] == "not_held" and gone["message"] == f"this card does not hold ticket {oid}", gone
+    assert "cardnet wallet list" in gone["hint"]
+    missing = refused(*alice.cmd("show", oid))
+    assert missing["reason"] == "not_found", missing
+    assert "32 hex digits" in refused(*alice.cmd("send", "1234", "--to", bob.uid))["message"]
+
+
+def test_an_exchange_offered_and_accepted(world: World) -> None:
+    alice, bob = world.people["alice"], world.people["bob"]
+    ticket, coffee = "e0c1000000000000000000000000000a", "e0c1000000000000000000000000000b"
+    world.issue(ticket, "alice", "Final, seat 9")
+    world.issue(coffee, "bob", "one coffee")
+    offered = ok(*alice.cmd("exchange", "offer", "--give", ticket, "--want", coffee, "--to", bob.uid))
+    assert offered["phase"] == "offered" and offered["role"] == "initiator", offered
+    xid = offered["id"]
+    deadline = time.monotonic() + WAIT_S
+    while not any(x["id"] == xid and x["phase"] == "proposed" for x in ok(*bob.cmd("show"))["exchanges"]):
+        assert time.monotonic() < deadline, "bob never saw the offer"
+        time.sleep(0.1)
+    text = human(*bob.cmd("show"))
+    assert xid in text and "offered to you: accept or reject it" in text, text
+    done = ok(*bob.cmd("exchange", "accept", xid, "--wait", WAIT_S))
+    assert done["phase"] == "done", done
+    bob.until(ticket, "enabled")
+    alice.until(coffee, "enabled")
+    assert ticket not in alice.tickets() and coffee not in bob.tickets()
+    status = human(*alice.cmd("exchange", "status", xid))
+    assert "swapped: you have the other voucher" in status, status
+    assert refused(*bob.cmd("exchange", "accept", xid))["reason"] == "refused"
+
+
+def test_the_purse_is_loaded_and_a_speed_purchase_paid_from_it(world: World) -> None:
+    carol = world.people["carol"]
+    loaded = ok(*carol.cmd("load", "--amount", "20.00 EUR"))
+    assert loaded["balances"] == {"EUR": 2000} and loaded["keyed"], loaded
+    bought = ok(*carol.cmd("pay", "speed", "--vendor", world.vendor.address, "--product", SONG, "--limit", "2.20 EUR"))
+    assert bought["price"] == "2.20 EUR", bought
+    assert Path(bought["files"][0]).read_bytes() == world.song
+    assert Path(bought["files"][0]).parent == carol.config.parent / "purchases"
+    assert ok(*carol.cmd("show"))["purse"]["balances"] == {"EUR": 2000 - 220}
+    accounts = ok("speed", "broker", "accounts", "--store", world.tmp / "broker.db")["accounts"]
+    assert accounts["V-1"] == {"EUR": 220} and accounts["C-2"] == {"EUR": 10_000 - 2000}, accounts
+    poor = refused(*carol.cmd("pay", "speed", "--vendor", world.vendor.address, "--product", SONG, "--limit",
+                              "1.00 EUR"))  # fmt: skip
+    assert poor["reason"] == "no_agreement" and "limit" in poor["hint"], poor
+    # the same as a person sees it, from a `cardnet` process
+    r = cardnet("wallet", "show", "--config", str(carol.config))
+    assert "17.80 EUR" in r.stdout and "Traceback" not in r.stderr, r
+
+
+class BlackHole:
+    """A listener on a host's port that takes every frame sent to it and does nothing with it: the network (or a
+    host that dies before stepping them) losing messages after the sender's host handed them over."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.server.settimeout(0.05)
+        self.frames = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conns: list[socket.socket] = []
+        buffers: dict[socket.socket, bytes] = {}
+        while not self.stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = self.server.accept()
+                conn.setblocking(False)
+                conns.append(conn)
+                buffers[conn] = b""
+            for conn in conns:
+                with contextlib.suppress(BlockingIOError):
+                    buffers[conn] += conn.recv(1 << 16)
+                buf = buffers[conn]
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    buf = buf[4 + int.from_bytes(buf[:4], "big") :]
+                    self.frames += 1
+                buffers[conn] = buf
+        for conn in conns:
+            conn.close()
+        self.server.close()
+
+    def swallowed(self, more_than: int) -> int:
+        """Wait until more than ``more_than`` frames were swallowed; how many."""
+        deadline = time.monotonic() + WAIT_S
+        while self.frames <= more_than:
+            assert time.monotonic() < deadline, "nothing reached the black hole"
+            time.sleep(0.02)
+        time.sleep(0.2)  # (and whatever came with them)
+        return self.frames
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def test_recover_finishes_a_transfer_whose_messages_were_lost(world: World) -> None:
+    """Bob's host is down and what alice's host sends him is lost on the way. Nothing resends it by itself (alice's
+    host has no ticks and resends nothing it handed over); `cardnet wallet recover` finishes the transfer."""
+    alice, bob = world.people["alice"], world.people["bob"]
+    oid = "7ec0000000000000000000000000000a"
+    world.issue(oid, "alice", "Opera, row 3")
+    bob.host.kill()
+    hole = BlackHole(bob.host.port)
+    try:
+        sent = ok(*alice.cmd("send", oid, "--to", bob.uid, "--wait", "0"))
+        assert not sent["delivered"] and sent["status"] == "disabled+O", sent
+        lost = hole.swallowed(0)
+        pending = human(*alice.cmd("show"))
+        assert oid in pending and "cardnet wallet recover" in pending, pending
+        stuck = ok(*alice.cmd("recover", "--wait", "0.3"))
+        assert stuck["unfinished"] == 1 and stuck["recovered"][0]["id"] == oid, stuck
+        hole.swallowed(lost)
+    finally:
+        hole.close()
+        bob.host.restart()
+    time.sleep(1.0)
+    assert alice.tickets()[oid] == "disabled+O"  # nothing finished it by itself
+    done = ok(*alice.cmd("recover", "--wait", WAIT_S))
+    assert done["unfinished"] == 0, done
+    assert done["recovered"] == [{"what": "transfer", "id": oid, "before": "disabled+O",
+                                  "outcome": "finished: it left this card", "finished": True}]  # fmt: skip
+    bob.until(oid, "enabled")
+    assert "nothing was left to finish" in human(*alice.cmd("recover"))
+
+
+def test_a_wallet_without_config_or_with_a_pin_in_it_says_what_to_do(tmp_path: Path) -> None:
+    nowhere = refused("wallet", "list", "--config", tmp_path / "none.toml")
+    assert nowhere["reason"] == "no_wallet" and "cardnet wallet init" in nowhere["hint"], nowhere
+    (tmp_path / "pin.toml").write_text('socket = "host.sock"\npin = "1357"\n')
+    pin = refused("wallet", "list", "--config", tmp_path / "pin.toml")
+    assert pin["reason"] == "pin_in_config" and "remove the pin line" in pin["hint"], pin
+    (tmp_path / "odd.toml").write_text('sockt = "host.sock"\n')
+    assert refused("wallet", "show", "--config", tmp_path / "odd.toml")["reason"] == "bad_config"
+    no_broker = refused("wallet", "load", "--amount", "1.00 EUR", "--config", tmp_path / "none.toml",
+                        "--socket", tmp_path / "x.sock")  # fmt: skip
+    assert no_broker["reason"] == "not_configured" and "broker=" in no_broker["hint"], no_broker
+    ok("ca", "create", tmp_path / "ca.cnca")
+    for bad in (("--route", "0123=127.0.0.1:7100"), ("--listen", 'x" = 1')):
+        usage = refused("wallet", "init", "--config", tmp_path / "w" / "wallet.toml", "--ca", tmp_path / "ca.cnca",
+                        "--pin", "1234", *bad)  # fmt: skip
+        assert usage["reason"] == "usage" and bad[0] in usage["message"], usage
+    assert not (tmp_path / "w").exists()  # nothing was made
