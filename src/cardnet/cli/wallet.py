@@ -9,9 +9,7 @@ kept there (``--pin``, ``$CARDNET_PIN`` or a prompt).
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +20,7 @@ import click
 
 from cardnet.cli import wallet_config
 from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
-from cardnet.cli.fairx import PHASE_WORDS, exchange_row, offer_exchange, order_exchange, report_exchange
+from cardnet.cli.fairx import exchange_row, offer_exchange, order_exchange, report_exchange
 from cardnet.cli.output import (
     console,
     emit_json,
@@ -35,12 +33,19 @@ from cardnet.cli.output import (
     say,
 )
 from cardnet.cli.trn import PIN, STATUS_WORDS, hex16, parse_oid, parse_uid, run_on_wallet, token_rows
+from cardnet.cli.wallet_pending import (
+    OWNER_WAITS,
+    balances,
+    pending_loads,
+    pending_purchases,
+    recover_card,
+    recover_payments,
+    scrip,
+)
 from cardnet.services.wallet import MOVING
 
 APPLETS = ("trn", "purse", "speed")  # a person's card: tickets, vouchers and exchanges; the e-purse; SPEED payments
-OWNER_WAITS = ("offered", "proposed")  # an exchange that waits for a person, not for recovery
 TICKET_COLUMNS = ("oid", "body", "state", "peer")
-RECOVER_EVERY_S = 1.0
 NO_TICKETS = "no tickets or vouchers on this card"
 
 
@@ -290,68 +295,6 @@ def wallet_list(target: Target, as_json: bool) -> None:
             console.print(f"{r['oid']}: {r['hint']}", markup=False)
 
 
-async def _balances(wallet: Any) -> dict[str, Any] | None:
-    """The e-purse's balances (None: this card has no e-purse)."""
-    from cardnet.cli.speed import purse_balances
-    from cardnet.services.wallet import WalletError
-
-    try:
-        return await purse_balances(wallet)
-    except WalletError as exc:
-        if exc.reason == "no_applet":
-            return None
-        raise
-
-
-async def _pending_loads(wallet: Any) -> list[bytes]:
-    from cardnet.applets.speed import purse as pa
-    from cardnet.services.wallet import WalletError
-
-    try:
-        return list((await wallet.ask(pa.PENDING_LOADS, pa.L1S))["l1"])
-    except WalletError as exc:
-        if exc.reason in ("no_applet", "no_key"):  # no e-purse, or one never loaded
-            return []
-        raise
-
-
-def _journal(config: wallet_config.WalletConfig) -> Path:
-    from cardnet.cli.speed import JOURNAL
-
-    return Path(config.get("purchases") or "purchases") / JOURNAL
-
-
-def _pending_purchases(config: wallet_config.WalletConfig) -> list[dict[str, Any]]:
-    from cardnet.services.speed.customer import Journal
-
-    if not _journal(config).is_dir():
-        return []
-    return [{"id": r.nid.hex(), "products": ", ".join(r.products), "broker": r.broker, "paid_by": r.payment}
-            for r in Journal(_journal(config)).pending()]  # fmt: skip
-
-
-def _millicent(config: wallet_config.WalletConfig) -> Any:
-    """The Millicent scrip wallet of this config (None: there is none yet)."""
-    from cardnet.cli.millicent import _wallet
-
-    where = config.get("millicent")
-    if where is None or not Path(where).exists():
-        return None
-    return _wallet(where, create=False)
-
-
-def _scrip(config: wallet_config.WalletConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    scrip_wallet = _millicent(config)
-    if scrip_wallet is None:
-        return None
-    scrip = [{"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value,
-              "expiry": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s.expiry))}
-             for s in scrip_wallet.scrip()]  # fmt: skip
-    pending = [{"request": rid.hex(), "kind": rec["kind"], "vendor": rec.get("vendor", ""), "to": rec["to"],
-                "reason": rec.get("reason", "not sent yet")} for rid, rec in scrip_wallet.pending()]  # fmt: skip
-    return scrip, pending
-
-
 @wallet_command(wallet, "show", click.argument("item", required=False, metavar="[OID|EXCHANGE_ID]"))
 def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
     """Everything on your card and what is under way: tickets and vouchers, e-purse, exchanges, payments, scrip.
@@ -365,13 +308,13 @@ def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
     async def work(wallet: Any) -> dict[str, Any]:
         tickets = [_ticket(r) for r in await token_rows(wallet)]
         exchanges = [exchange_row(x) for x in await wallet.exchanges() if not x.finished]
-        return {"card": str(wallet.card), "tickets": tickets, "purse": await _balances(wallet),
-                "exchanges": exchanges, "loads_pending": len(await _pending_loads(wallet))}  # fmt: skip
+        return {"card": str(wallet.card), "tickets": tickets, "purse": await balances(wallet),
+                "exchanges": exchanges, "loads_pending": len(await pending_loads(wallet))}  # fmt: skip
 
     got = target.run(work)
-    scrip = _scrip(target.config)
-    got["purchases_pending"] = _pending_purchases(target.config)
-    got["scrip"], got["scrip_pending"] = scrip if scrip is not None else (None, [])
+    held = scrip(target.config)
+    got["purchases_pending"] = pending_purchases(target.config)
+    got["scrip"], got["scrip_pending"] = held if held is not None else (None, [])
     if as_json:
         emit_json(got)
         return
@@ -659,8 +602,8 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
 
     async def work(wallet: Any) -> list[dict[str, Any]]:
         with progress(f"finishing what was interrupted (up to {wait_s:g} s) …"):
-            rows = await _recover_card(wallet, wait_s, ttp_after_s)
-            rows += await _recover_payments(wallet, cfg)
+            rows = await recover_card(wallet, wait_s, ttp_after_s)
+            rows += await recover_payments(wallet, cfg)
         return rows
 
     rows = target.run(work)
@@ -671,101 +614,6 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
     if any(not r["finished"] for r in rows):
         console.print("some things are still under way: repeat `cardnet wallet recover` once the other side is "
                       "reachable", markup=False)  # fmt: skip
-
-
-async def _recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[dict[str, Any]]:
-    """Resend what every transfer and exchange of the card waits for until it ends (after ``ttp_after_s``, an
-    exchange is put to the TTP: resolve once confirmed, abort once agreed); one row each."""
-    tokens = {v.oid: v.status for v in await wallet.vouchers() if v.status in MOVING}
-    xs = {x.n1: x for x in await wallet.exchanges() if not x.finished and x.phase not in OWNER_WAITS}
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    asked: set[bytes] = set()
-    now_tokens: dict[bytes, Any] = {}
-    now_xs: dict[bytes, Any] = {}
-    while tokens or xs:
-        await wallet.recover()
-        now_tokens = {v.oid: v.status for v in await wallet.vouchers()}
-        now_xs = {x.n1: x for x in await wallet.exchanges()}
-        moving = [o for o in tokens if now_tokens.get(o) in MOVING]
-        open_xs = [n for n in xs if n in now_xs and not now_xs[n].finished]
-        if not moving and not open_xs:
-            break
-        if loop.time() - start >= ttp_after_s:
-            for n1 in open_xs:
-                phase = now_xs[n1].phase
-                if n1 not in asked and phase in ("confirmed", "agreed"):
-                    await (wallet.resolve(n1) if phase == "confirmed" else wallet.abort(n1))
-                    asked.add(n1)
-        if loop.time() - start >= wait_s:
-            break
-        await asyncio.sleep(RECOVER_EVERY_S / 2)
-    rows = []
-    for oid, before in tokens.items():
-        status = now_tokens.get(oid)
-        if status is None:
-            outcome, finished = "finished: it left this card", True
-        elif status not in MOVING:
-            outcome, finished = "finished: it is on this card", True
-        else:
-            outcome, finished = f"still {STATUS_WORDS.get(status, status)}", False
-        rows.append({"what": "transfer", "id": oid.hex(), "before": before, "outcome": outcome, "finished": finished})
-    for n1, x in xs.items():
-        y = now_xs.get(n1, x)
-        words = PHASE_WORDS.get(y.phase, y.phase)
-        ttp = " (settled by the TTP)" if n1 in asked else ""
-        rows.append({"what": "exchange", "id": n1.hex(), "before": x.phase,
-                     "outcome": (f"finished: {words}{ttp}" if y.finished else f"still {words}"),
-                     "finished": y.finished})  # fmt: skip
-    return rows
-
-
-async def _recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
-    """Finish e-purse loads, SPEED purchases and Millicent requests a crash interrupted; one row each."""
-    from cardnet.cli.speed import _pem_file, finish_journal
-    from cardnet.services.millicent_wallet import WalletError as ScripError
-    from cardnet.services.speed.customer import PurchaseError, finish_loads
-
-    rows: list[dict[str, Any]] = []
-    loads = await _pending_loads(wallet)
-    if loads:
-        broker, account = cfg.get("broker"), cfg.get("account")
-        row: dict[str, Any] = {"what": "e-purse load", "id": f"{len(loads)} load(s)", "finished": False}
-        if broker is None or account is None:
-            row["outcome"] = "still pending: keep broker and account in the wallet config (`cardnet wallet config`)"
-        else:
-            try:
-                credited = await finish_loads(wallet, broker, account)
-                row.update(outcome=f"finished: {credited} credited", finished=True)
-            except PurchaseError as exc:
-                row["outcome"] = f"still pending: {exc}"
-        rows.append(row)
-    pending = _pending_purchases(cfg)
-    if pending:
-        ca_cert = cfg.get("ca_cert")
-        try:
-            if ca_cert is None:
-                raise PurchaseError("not_configured", "keep ca_cert in the wallet config (`cardnet wallet config`)")
-            finished = await finish_journal(wallet, [_pem_file(Path(ca_cert), "the CA certificate")],
-                                            Path(cfg.get("purchases") or "purchases"))  # fmt: skip
-            rows += [{"what": "purchase", "id": f["poid"], "outcome": f"finished: paid {f['price']}, "
-                      f"{len(f['files'])} product(s) written", "finished": True} for f in finished]  # fmt: skip
-        except PurchaseError as exc:
-            rows += [{"what": "purchase", "id": p["id"], "outcome": f"still pending: {exc}", "finished": False}
-                     for p in pending]  # fmt: skip
-    scrip_wallet = _millicent(cfg)
-    if scrip_wallet is not None and scrip_wallet.pending():
-        try:
-            answers = await scrip_wallet.retry_pending(int(time.time()), give_up=False, at=None, vendor=None)
-        except ScripError as exc:
-            answers = [{"request": rid.hex(), "outcome": "pending", "detail": str(exc)}
-                       for rid, _ in scrip_wallet.pending()]  # fmt: skip
-        for a in answers:
-            done = a.get("outcome") != "pending"  # a request still unsettled stays pending in the scrip wallet
-            rows.append({"what": "scrip request", "id": a.get("request", ""),
-                         "outcome": f"{'finished' if done else 'still pending'}: {a.get('outcome')} "
-                         f"{a.get('detail', '')}".rstrip(), "finished": done})  # fmt: skip
-    return rows
 
 
 # -- buy (issue 14 item 1) -----------------------------------------------------------------------------------------
