@@ -39,19 +39,22 @@ def test_a_relay_carries_one_remote_domain_both_ways_and_nothing_else(
     card = Card(SqliteStore(str(tmp_path / "c.card.db")))
     uid = personalise(card, ca, pin="1357", now=NOW)
     card.close()
+    remote, other, routed = Uid(os.urandom(12), 0), Uid(os.urandom(12), 0), Uid(os.urandom(12), 0)
     (tmp_path / "h.toml").write_text(
-        'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
+        'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
+        f'[routes]\n"{routed.domain.hex()}" = "127.0.0.1:9"\n'
     )
-    remote, other = Uid(os.urandom(12), 0), Uid(os.urandom(12), 0)
 
     async def go() -> None:
         server = HostServer(load_config(tmp_path / "h.toml"))
         await server.start()
         try:
-            own = await _open(tmp_path / "h.sock")  # a card of this host cannot be relayed
-            await own.send(hm.RELAY.make(NOBODY, NOBODY, domain=uid.domain))
-            assert (await own.recv()).mtype == hm.REFUSED.code
-            await own.aclose()
+            for refused in (uid, routed):  # a card of this host, a domain with a configured route (the authority's)
+                conn = await _open(tmp_path / "h.sock")
+                await conn.send(hm.RELAY.make(NOBODY, NOBODY, domain=refused.domain))
+                assert (await conn.recv()).mtype == hm.REFUSED.code
+                await conn.aclose()
+            assert server.host.routes[routed.domain] == "127.0.0.1:9"
 
             relay = await _open(tmp_path / "h.sock")
             await relay.send(hm.RELAY.make(NOBODY, NOBODY, domain=remote.domain))

@@ -305,7 +305,7 @@ def test_upgrade_to_trn_carries_frames_both_ways_including_ones_sent_with_the_re
         while b"\r\n\r\n" not in got:
             got += s.recv(4096)
         head, _, rest = got.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: trn" in head.lower()
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and b"upgrade: trn" in head.lower()
         s.sendall(frame(0x0102, b"later"))
         want = encode_frame(Message(A, B, 0x0101, b"early")) + encode_frame(Message(A, B, 0x0102, b"later"))
         while len(rest) < len(want):

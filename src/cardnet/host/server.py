@@ -434,8 +434,12 @@ class HostServer:
         except DecodeError as exc:
             await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=str(exc)[:200]))
             return
+        why = None
         if domain in self.host.cards:
             why = "that domain is a card of this host: a relay carries a remote card's traffic"
+        elif domain in self.config.routes:  # e.g. the authority: an application may not divert its traffic
+            why = "this host has a configured route to that domain: it is not relayed"
+        if why is not None:
             await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=why))
             return
         await conn.send(hm.RELAYING.make(first.dst, first.src, domain=domain))

@@ -429,7 +429,8 @@ class HttpServer:
                 await self._respond(conn, error(500, "internal", "the server answered wrongly", request), close=True)
                 return False
             headers = [("Upgrade", answer.protocol), ("Connection", "Upgrade"), *answer.headers]
-            await self._write(conn, conn.h11.send(h11.InformationalResponse(status_code=101, headers=headers)))
+            switching = h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
+            await self._write(conn, conn.h11.send(switching))
             trailing, _ = conn.h11.trailing_data
             stream = UpgradedStream(conn.reader, conn.writer, bytes(trailing), conn.peer)
             try:

@@ -40,6 +40,7 @@ from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.stored import scan
 from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.config import Event, TicketingConfig, TicketingError
+from cardnet.services.wallet import Event as WalletEvent
 from cardnet.services.wallet import Wallet, WalletError
 from cardnet.store import Store, StoreError, open_store
 from cardnet.transport import Limits
@@ -60,7 +61,7 @@ from cardnet.wire import DecodeError
 log = logging.getLogger("cardnet.ticketing")
 
 T = TypeVar("T")
-POLL_S = 0.05  # how often an upgraded connection checks whether the ticket left the device
+CHECK_EVERY_S = 1.0  # an upgraded connection checks the device's tokens at least this often (besides pushes)
 MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
 TRN_DEVICE, TRN_TOKEN = "TRN-Device", "TRN-Token"  # the 101's headers: the device's domain, the ticket's oid
 
@@ -86,6 +87,7 @@ class TicketingServer:
         self.device_domain = b""
         self._stopping = asyncio.Event()
         self._transfers: set[asyncio.Task[Any]] = set()
+        self._sending: dict[bytes, asyncio.Lock] = {}  # sales whose ticket a connection is minting or sending
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -303,16 +305,15 @@ class TicketingServer:
             self.host.carry(conn, [t.card.domain], label=f"ticket {t.poid.hex()[-16:]} for {stream.peer}")
         )
         try:
-            async with asyncio.timeout(self.config.transfer_timeout_s):
+            async with asyncio.timeout(self.config.transfer_timeout_s), self.wallet.subscription() as changes:
                 t = await self._send(t)
                 await self.wallet.recover()  # a retry: resend at once what the transfer waits for
                 while not carry.done():
-                    held = {v.oid for v in await self.wallet.vouchers()}
-                    if t.oid not in held:
+                    if t.oid not in {v.oid for v in await self.wallet.vouchers()}:
                         t = await self._db(sales.advance, self.store, t, "delivered")
                         log.info("%s: ticket %s/%s delivered to %s", self.config.name, t.event, t.seat, t.card)
                         break
-                    await asyncio.sleep(POLL_S)
+                    await _change_of(t.oid, changes, carry)
         except TimeoutError:
             log.info("%s: ticket %s/%s not delivered within %g s; a retry resumes it", self.config.name, t.event,
                      t.seat, self.config.transfer_timeout_s)  # fmt: skip
@@ -325,7 +326,19 @@ class TicketingServer:
                 self._transfers.discard(task)
 
     async def _send(self, t: sales.Ticket) -> sales.Ticket:
-        """Mint the ticket and start its transfer, each once (a retry resumes where the last try stopped)."""
+        """Mint the ticket and start its transfer, each once (a retry resumes where the last try stopped); one
+        connection at a time per sale (two retries at once must not both mint)."""
+        assert self.store is not None
+        lock = self._sending.setdefault(t.poid, asyncio.Lock())
+        try:
+            async with lock:
+                fresh = await self._db(sales.ticket, self.store, t.poid)
+                return await self._mint_and_send(fresh or t)
+        finally:
+            if not lock.locked():
+                self._sending.pop(t.poid, None)
+
+    async def _mint_and_send(self, t: sales.Ticket) -> sales.Ticket:
         assert self.wallet is not None and self.store is not None
         if t.state == "paid":
             held = {v.oid: v.status for v in await self.wallet.vouchers()}
@@ -342,6 +355,22 @@ class TicketingServer:
                     raise  # the device refused to send it at all
             t = await self._db(sales.advance, self.store, t, "sent")
         return t
+
+
+async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asyncio.Task[None]) -> None:
+    """Return once the device pushed a change of token ``oid`` (or may have missed one), the connection ended,
+    or ``CHECK_EVERY_S`` passed (a lost push costs a second, not the delivery)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CHECK_EVERY_S
+    while not carry.done() and (left := deadline - loop.time()) > 0:
+        got = loop.create_task(changes.get())
+        done, _ = await asyncio.wait({got, carry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if got not in done:
+            got.cancel()
+            return
+        event = got.result()
+        if event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid):
+            return
 
 
 def _page(title: str, body: str) -> str:
