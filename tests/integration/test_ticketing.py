@@ -46,7 +46,7 @@ from cardnet.wire import Uid
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay")  # carol's purse stays empty: her bill is never paid
 PRICE = sm.Price("EUR", 2500)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3")
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1")
 
 
 @dataclass
@@ -332,6 +332,36 @@ def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(worl
             assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] in ("minted", "sent")
         done = await receive_ticket(world.url, poid, world.net.hosts[buyer].socket)
         await _enabled(world, buyer, done.oid)
+        async with httpx.AsyncClient(base_url=world.url) as c:
+            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
+
+    asyncio.run(go())
+
+
+def test_a_ticket_the_buyers_card_refuses_comes_back_and_a_retry_sends_it_again(world: World) -> None:
+    """The buyer's card takes tokens of other issuers only: it answers the copy ``copied false``, the device
+    takes its ticket back, the server ends the connection and says why; once the owner accepts this issuer, the
+    retry delivers it."""
+
+    async def go() -> None:
+        async with Broker(world):
+            got = await _buy(world, "alice", "D1")
+        poid, receipt = got[:40], got[40:]
+        socket = world.net.hosts["alice"].socket
+        async with await _wallet(world, "alice") as wallet:
+            await wallet.policy(issuers=[world.net.uids["agent"]])  # not the ticketing server's device
+        try:
+            async with asyncio.timeout(10):  # ended by the refusal, not by the server's 20 s transfer timeout
+                relayed = await receive_ticket(world.url, poid, socket, receipt=receipt)
+            async with httpx.AsyncClient(base_url=world.url) as c:
+                shown = (await c.get(f"/tickets/{poid.hex()}")).json()
+            assert shown["state"] == "sent" and shown["refused"] == "issuer_not_accepted"
+            assert relayed.oid not in await world.net.tokens("alice")
+        finally:
+            async with await _wallet(world, "alice") as wallet:
+                await wallet.policy(issuers=[])  # any issuer again
+        relayed = await receive_ticket(world.url, poid, socket)
+        await _enabled(world, "alice", relayed.oid)
         async with httpx.AsyncClient(base_url=world.url) as c:
             assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
 

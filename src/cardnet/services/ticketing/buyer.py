@@ -30,8 +30,10 @@ _NOBODY = Uid(bytes(12), 0)
 
 
 @dataclass(frozen=True)
-class Delivered:
-    """The upgraded connection ended: ``oid`` is the ticket's token; ``relayed`` frames passed each way."""
+class Relayed:
+    """The upgraded connection ended (the server closes it once the ticket left its device, or gives up):
+    ``oid`` is the ticket's token, ``device`` the server's device; the frames relayed each way. Whether the
+    ticket arrived is the card's to say (``trn.list``), or the server's (``GET /tickets/{poid}``)."""
 
     oid: bytes
     device: bytes
@@ -49,7 +51,7 @@ def server_address(url: str) -> tuple[str, int]:
 
 async def receive_ticket(
     url: str, poid: bytes, app_socket: str, *, receipt: bytes | None = None, timeout_s: float = TIMEOUT_S
-) -> Delivered:
+) -> Relayed:
     """Relay the delivery of sale ``poid``'s ticket from the server at ``url`` to the card of ``app_socket``'s host."""
     host, port = server_address(url)
     body = json.dumps({} if receipt is None else {"receipt": base64.b64encode(receipt).decode()}).encode()
@@ -71,7 +73,7 @@ async def receive_ticket(
     finally:
         await server.aclose()
         await local.aclose()
-    return Delivered(oid, device, counts[0], counts[1])
+    return Relayed(oid, device, counts[0], counts[1])
 
 
 async def _relay(app_socket: str, domain: bytes) -> TcpConnection:

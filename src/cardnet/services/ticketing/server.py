@@ -41,7 +41,7 @@ from cardnet.services.speed.stored import scan
 from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.config import Event, TicketingConfig, TicketingError
 from cardnet.services.wallet import Event as WalletEvent
-from cardnet.services.wallet import Wallet, WalletError
+from cardnet.services.wallet import Voucher, Wallet, WalletError
 from cardnet.store import Store, StoreError, open_store
 from cardnet.transport import Limits
 from cardnet.transport.http import (
@@ -255,9 +255,15 @@ class TicketingServer:
 
     async def show_ticket(self, request: Request) -> Response:
         t = await self._ticket(request)
+        data = t.public()
+        if t.state == "sent":  # on its way, or back on the device because the buyer's card refused it
+            v = await self._device_token(t.oid)
+            if v is not None and v.status == "enabled" and v.refused:
+                data["refused"] = v.refused
         if request.wants_html:
-            return Response.html(_page(f"ticket {t.event} {t.seat}", f"<p>{escape(t.state)}</p>"))
-        return Response.json(t.public())
+            why = f" (your card refused it: {data['refused']})" if "refused" in data else ""
+            return Response.html(_page(f"ticket {t.event} {t.seat}", f"<p>{escape(t.state + why)}</p>"))
+        return Response.json(data)
 
     async def deliver(self, request: Request) -> Response | Upgrade:
         """Check the payment (the broker's receipt, once), then switch to TRN and send the ticket."""
@@ -309,9 +315,14 @@ class TicketingServer:
                 t = await self._send(t)
                 await self.wallet.recover()  # a retry: resend at once what the transfer waits for
                 while not carry.done():
-                    if t.oid not in {v.oid for v in await self.wallet.vouchers()}:
+                    v = await self._device_token(t.oid)
+                    if v is None:
                         t = await self._db(sales.advance, self.store, t, "delivered")
                         log.info("%s: ticket %s/%s delivered to %s", self.config.name, t.event, t.seat, t.card)
+                        break
+                    if v.status == "enabled" and v.refused:  # back on the device: the buyer's card refused it
+                        log.warning("%s: the buyer's card refused ticket %s/%s: %s (a retry sends it again)",
+                                    self.config.name, t.event, t.seat, v.refused)  # fmt: skip
                         break
                     await _change_of(t.oid, changes, carry)
         except TimeoutError:
@@ -338,6 +349,11 @@ class TicketingServer:
             if not lock.locked():
                 self._sending.pop(t.poid, None)
 
+    async def _device_token(self, oid: bytes) -> Voucher | None:
+        """The device's holding of ``oid`` (None: not there: never minted, or delivered)."""
+        assert self.wallet is not None
+        return next((v for v in await self.wallet.vouchers() if v.oid == oid), None)
+
     async def _mint_and_send(self, t: sales.Ticket) -> sales.Ticket:
         assert self.wallet is not None and self.store is not None
         if t.state == "paid":
@@ -346,6 +362,10 @@ class TicketingServer:
                 body = json.dumps({"event": t.event, "seat": t.seat, "poid": t.poid.hex()}).encode()
                 await self.wallet.issue(t.oid, body)
             t = await self._db(sales.advance, self.store, t, "minted")
+        if t.state == "sent":
+            v = await self._device_token(t.oid)
+            if v is not None and v.status == "enabled":  # refused by the buyer's card (or cancelled): again
+                await self.wallet.transfer(t.oid, t.card)
         if t.state == "minted":
             try:
                 await self.wallet.transfer(t.oid, t.card)
