@@ -27,6 +27,9 @@ def test_a_good_file() -> None:
     final = cfg.event("final")
     assert final is not None and final.price == Price("EUR", 2550) and final.product("A2") == "final/A2"
     assert cfg.event("other") is None
+    assert cfg.http_limits.max_connections == 256
+    tight = parse_config(GOOD | {"limits": {"max_connections": 8, "request_timeout_s": 2}}, Path("/srv"))
+    assert tight.http_limits.max_connections == 8 and tight.http_limits.request_timeout_s == 2.0
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,10 @@ def test_a_good_file() -> None:
         ({"events": [GOOD["events"][0] | {"seats": ["A/1"]}]}, "events[0].seats"),
         ({"events": [GOOD["events"][0] | {"when": 1}]}, "events[0].when: unknown field"),
         ({"events": [GOOD["events"][0], GOOD["events"][0]]}, "events[1].id: two events are named 'final'"),
+        ({"limits": {"max_body": 1}}, "limits.max_body: unknown field"),
+        ({"limits": {"max_connections": 0}}, "limits.max_connections: a positive whole number"),
+        ({"limits": {"idle_timeout_s": "1"}}, "limits.idle_timeout_s: a number of seconds"),
+        ({"limits": []}, "limits: must be a table"),
     ],
 )
 def test_a_bad_field_is_named(change: dict[str, Any], where: str) -> None:

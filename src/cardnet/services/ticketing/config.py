@@ -9,6 +9,14 @@
     host = "device.toml"                   # the host config of the server's device: an agent card, applet trn
     transfer_timeout_s = 30.0              # optional: how long an upgraded connection waits for the transfer
 
+    [limits]                               # optional: bounds on the HTTP port (defaults shown; docs/transport.md)
+    max_connections = 256
+    max_per_peer = 64
+    max_header_bytes = 16384
+    max_body_bytes = 65536
+    request_timeout_s = 10.0
+    idle_timeout_s = 30.0
+
     [[events]]
     id = "final"                           # letters, digits, '-' and '_'
     name = "Cup final"
@@ -29,8 +37,11 @@ from typing import Any
 
 from cardnet.errors import CardnetError
 from cardnet.protocols.speed.messages import Price
+from cardnet.transport.http import DEFAULT_HTTP_LIMITS, HttpLimits
 
-KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "events"}
+KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "events", "limits"}
+KNOWN_LIMITS = ("max_connections", "max_per_peer", "max_header_bytes", "max_body_bytes", "request_timeout_s",
+                "idle_timeout_s")  # fmt: skip
 KNOWN_EVENT = {"id", "name", "date", "price", "seats"}
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAX_SEATS = 100_000  # seats of one event
@@ -65,6 +76,7 @@ class TicketingConfig:
     host: Path
     events: tuple[Event, ...]
     transfer_timeout_s: float = 30.0
+    http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
 
     def event(self, event_id: str) -> Event | None:
         return next((e for e in self.events if e.id == event_id), None)
@@ -153,7 +165,25 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
         host=base / _text(data, "host", ""),
         events=tuple(events),
         transfer_timeout_s=float(timeout),
+        http_limits=_limits(data.get("limits", {})),
     )
+
+
+def _limits(raw: object) -> HttpLimits:
+    if not isinstance(raw, dict):
+        raise _bad("limits", f"must be a table with {', '.join(KNOWN_LIMITS)}")
+    extra = set(raw) - set(KNOWN_LIMITS)
+    if extra:
+        raise _bad(f"limits.{sorted(extra)[0]}", f"unknown field; known: {', '.join(KNOWN_LIMITS)}")
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        seconds = key.endswith("_s")
+        ok = isinstance(value, int | float) if seconds else isinstance(value, int)
+        if isinstance(value, bool) or not ok or not (0 < value <= (3600 if seconds else 1 << 30)):
+            what = "a number of seconds 0..3600" if seconds else "a positive whole number"
+            raise _bad(f"limits.{key}", f"{what}, got {value!r}")
+        fields[key] = float(value) if seconds else value
+    return HttpLimits(**fields)
 
 
 def load_config(path: Path) -> TicketingConfig:

@@ -46,7 +46,6 @@ from cardnet.store import Store, StoreError, open_store
 from cardnet.transport import Limits
 from cardnet.transport.http import (
     HttpError,
-    HttpLimits,
     HttpServer,
     Request,
     Response,
@@ -74,10 +73,9 @@ def seat_content(event: Event, seat: str) -> bytes:
 class TicketingServer:
     """See the module. ``start()``, then ``serve_forever()``; ``stop()`` from a signal; ``aclose()``."""
 
-    def __init__(self, config: TicketingConfig, *, pin: str, http_limits: HttpLimits | None = None) -> None:
+    def __init__(self, config: TicketingConfig, *, pin: str) -> None:
         self.config = config
         self.pin = pin
-        self.http_limits = http_limits or HttpLimits()
         self.store: Store | None = None
         self.core: sv.VendorCore | None = None
         self.vendor: sv.VendorServer | None = None
@@ -122,7 +120,7 @@ class TicketingServer:
             self.wallet = await Wallet.open(str(host_config.app_socket), pin=self.pin, card=self.device_domain)
         except WalletError as exc:
             raise TicketingError(exc.reason, f"the device refused the ticketing server: {exc}") from None
-        self.http = HttpServer(self._router(), limits=self.http_limits, upgrades=[TRN])
+        self.http = HttpServer(self._router(), limits=cfg.http_limits, upgrades=[TRN])
         await self.http.start(*cfg.listen)
 
     def _catalogue(self) -> int:
