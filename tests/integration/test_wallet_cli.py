@@ -330,6 +330,69 @@ def test_recover_finishes_a_transfer_whose_messages_were_lost(world: World) -> N
     assert "nothing was left to finish" in human(*alice.cmd("recover"))
 
 
+def test_recover_puts_an_exchange_cut_off_half_way_to_the_ttp(world: World) -> None:
+    """Bob accepts alice's offer while everything sent to alice is lost: bob's voucher is locked (agreed) and no
+    confirmation can come. `cardnet wallet recover` asks the TTP, which aborts: bob's voucher is his again; alice,
+    back, gives her offer up and has hers."""
+    alice, bob = world.people["alice"], world.people["bob"]
+    mine, theirs = "ab0e000000000000000000000000000a", "ab0e000000000000000000000000000b"
+    world.issue(mine, "alice", "Concert, row 1")
+    world.issue(theirs, "bob", "two coffees")
+    xid = ok(*alice.cmd("exchange", "offer", "--give", mine, "--want", theirs, "--to", bob.uid))["id"]
+    deadline = time.monotonic() + WAIT_S
+    while ok(*bob.cmd("exchange", "status", xid))["phase"] != "proposed":
+        assert time.monotonic() < deadline, "bob never saw the offer"
+        time.sleep(0.1)
+    alice.host.kill()
+    hole = BlackHole(alice.host.port)
+    try:
+        agreed = ok(*bob.cmd("exchange", "accept", xid, "--wait", "0"))
+        assert agreed["phase"] == "agreed", agreed
+        hole.swallowed(0)
+        settled = ok(*bob.cmd("recover", "--ttp-after", "0.5", "--wait", WAIT_S))
+        assert settled["unfinished"] == 0, settled
+        [row] = settled["recovered"]
+        assert row["what"] == "exchange" and row["id"] == xid and row["before"] == "agreed", row
+        assert row["outcome"] == "finished: ended without a swap: your voucher is yours again (settled by the TTP)"
+        assert bob.tickets()[theirs] == "enabled"
+    finally:
+        hole.close()
+        alice.host.restart()
+    back = ok(*alice.cmd("exchange", "give-up", xid, "--wait", WAIT_S))
+    assert back["phase"] in ("gave_up", "aborted"), back
+    alice.until(mine, "enabled")
+    assert theirs not in alice.tickets() and mine not in bob.tickets()
+
+
+def test_scrip_pays_a_millicent_vendor_and_shows_in_the_wallet(world: World, tmp_path: Path) -> None:
+    carol, vid = world.people["carol"], "00000000000000a1"
+    v, b = tmp_path / "vendor.db", tmp_path / "broker.db"
+    ok("millicent", "vendor", "init", "--store", v, "--id", vid)
+    ok("millicent", "vendor", "add-page", "--store", v, "--name", "hello", "--price", "3", "--text", "hello, world")
+    ok("millicent", "vendor", "licence", "--store", v, "--broker", "mb", "--out", tmp_path / "lic.json")
+    ok("millicent", "broker", "add-licence", "--store", b, "--file", tmp_path / "lic.json")
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", str(b), "--listen", "127.0.0.1:0")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", str(v), "--listen", "127.0.0.1:0")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(Service.start, (broker, vendor)))
+        none = refused(*carol.cmd("pay", "millicent", "--vendor", vid, "--at", vendor.address, "--product", "hello",
+                                  "--price", "3"))  # fmt: skip
+        assert none["reason"] == "no_scrip_wallet" and "cardnet millicent open" in none["hint"], none
+        scrip_store = ok(*carol.cmd("config"))["values"]["millicent"]
+        cid = ok("millicent", "open", "--wallet", scrip_store, "--broker", broker.address)["customer_id"]
+        ok("millicent", "broker", "deposit", "--store", b, "--customer", cid, "--amount", "100")
+        paid = ok(*carol.cmd("pay", "millicent", "--vendor", vid, "--at", vendor.address, "--product", "hello",
+                             "--price", "3"))  # fmt: skip
+        assert paid["content"] == "hello, world" and paid["status"] == "ok", paid
+        held = ok(*carol.cmd("show"))["scrip"]
+        assert [s["vendor"] for s in held] == [vid] and sum(s["value"] for s in held) == paid["change"], held
+        assert "Millicent scrip" in human(*carol.cmd("show"))
+    finally:
+        broker.stop()
+        vendor.stop()
+
+
 def test_a_wallet_without_config_or_with_a_pin_in_it_says_what_to_do(tmp_path: Path) -> None:
     nowhere = refused("wallet", "list", "--config", tmp_path / "none.toml")
     assert nowhere["reason"] == "no_wallet" and "cardnet wallet init" in nowhere["hint"], nowhere

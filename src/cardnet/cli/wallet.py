@@ -473,6 +473,8 @@ def _exchange_order(name: str, doc: str, method: str, done: str, *, wait: bool) 
 _exchange_order("accept", "Accept an offer made to you: your voucher goes, theirs comes (both or neither).",
                 "accept", "Accepted.", wait=True)  # fmt: skip
 _exchange_order("reject", "Reject an offer made to you: nothing of yours moves.", "reject", "Rejected.", wait=False)
+_exchange_order("give-up", "Take back an offer you made that the other owner has not answered: your voucher is "
+                "yours again (a late acceptance is refused).", "give_up", "Given up.", wait=True)  # fmt: skip
 
 
 @wallet_command(wallet_exchange, "status", click.argument("xid", metavar="EXCHANGE_ID"))
