@@ -3,8 +3,9 @@
 The world: a TRN network of host processes (the authority's host and one host per buyer, each buyer's card with
 the trn, purse and speed applets), the ticketing server process (its device, an agent card, on its own host
 inside it; no buyer's host has a route to that device: the ticket can only travel over the upgraded HTTP
-connection) and a SPEED broker served by this test process (its SAM card in this process). The HTTP part is
-spoken with httpx, the upgrade and the relay by the buyer's library (services/ticketing/buyer.py).
+connection) and the SPEED broker (`cardnet speed broker run`, its SAM card in it). The stores are made with the
+libraries (quicker than a command each). The HTTP part is spoken with httpx, the upgrade and the relay by the
+buyer's library (services/ticketing/buyer.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from hostprocs import Service
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.registry import make_applets
@@ -54,12 +56,14 @@ class World:
     net: TrnNet
     tickets: HostProc
     url: str
-    bstore: SqliteStore
-    sam: LocalCard
+    broker: Service
     broker_cert: bytes
     vendor_cert: bytes
     roots: list[bytes]
-    broker_addr: str = ""
+
+    @property
+    def broker_addr(self) -> str:
+        return self.broker.address
 
 
 def _service(ca: pki.CertificateAuthority, name: str, now: datetime) -> tuple[profile.PrivateKey, bytes]:
@@ -94,12 +98,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     vkey, vcert = _service(ca, "tickets", now)
     sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
     personalise(sam_card, ca, pin=PIN, now=now, role=pki.Role.SERVICE, name="sam")
-    sam = LocalCard(sam_card, PIN)
-    bstore = SqliteStore(str(tmp / "broker.db"))
+    sam_card.close()
+    bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
     sb.init_broker(bstore, bkey, bcert, roots)
     sb.add_vendor(bstore, "V-1", vcert)
     for b in BUYERS:
         sb.add_customer(bstore, f"C-{b}", net.uids[b], sm.Price("EUR", 100_000))
+    bstore.close()
+    broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
+                     str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
     vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
     sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
     vstore.close()
@@ -112,47 +119,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
         f"seats = [{seats}]\n"
     )
-    w = World(net, tickets, f"http://127.0.0.1:{http_port}", bstore, sam, bcert, vcert, roots)
+    w = World(net, tickets, f"http://127.0.0.1:{http_port}", broker, bcert, vcert, roots)
     with net:
-        tickets.start()
         try:
+            broker.start()
+            tickets.start()
             asyncio.run(_setup(w, device_cert))
             yield w
         finally:
             tickets.stop()
-            sam.close()
-            bstore.close()
+            broker.stop()
 
 
 async def _setup(w: World, device_cert: bytes) -> None:
     await w.net.setup_trace()
     assert (await w.net.ask("authority", ADD_AGENT, cert=device_cert))["ok"]
-    async with Broker(w):
-        for b in BUYERS:
-            async with await _wallet(w, b) as wallet:
-                assert await install_key(wallet, w.broker_addr)
-                if b != "carol":
-                    assert await load(wallet, w.broker_addr, sm.Price("EUR", 10_000), f"C-{b}") == 1
-
-
-class Broker:
-    """The SPEED broker on this test's event loop, for one ``async with``."""
-
-    def __init__(self, w: World) -> None:
-        self.w = w
-        self.server: sb.BrokerServer | None = None
-
-    async def __aenter__(self) -> sb.BrokerServer:
-        import time
-
-        self.server = sb.BrokerServer(sb.BrokerCore(self.w.bstore, self.w.sam, clock=time.time))
-        h, p = await self.server.start()
-        self.w.broker_addr = f"{h}:{p}"
-        return self.server
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        await self.server.aclose()
+    for b in BUYERS:
+        async with await _wallet(w, b) as wallet:
+            assert await install_key(wallet, w.broker_addr)
+            if b != "carol":
+                assert await load(wallet, w.broker_addr, sm.Price("EUR", 10_000), f"C-{b}") == 1
 
 
 async def _wallet(w: World, buyer: str) -> Wallet:
@@ -205,9 +191,8 @@ def test_pages_for_people_and_json_for_programs(world: World) -> None:
 
 def test_a_purchase_paid_with_speed_is_delivered_over_the_upgraded_connection(world: World) -> None:
     async def go() -> None:
-        async with Broker(world):
-            before = await _balance(world, "alice")
-            got = await _buy(world, "alice", "A1")
+        before = await _balance(world, "alice")
+        got = await _buy(world, "alice", "A1")
         poid, receipt = got[:40], got[40:]
         assert await _balance(world, "alice") == before - PRICE.amount
         async with httpx.AsyncClient(base_url=world.url) as c:
@@ -233,10 +218,9 @@ def test_a_purchase_paid_with_speed_is_delivered_over_the_upgraded_connection(wo
 
 def test_an_unpaid_sale_is_never_delivered(world: World) -> None:
     async def go() -> None:
-        async with Broker(world):
-            paid = await _buy(world, "bob", "A2")
-            with pytest.raises(PurchaseError):  # carol's purse is empty: the seat is billed, never paid
-                await _buy(world, "carol", "B2")
+        paid = await _buy(world, "bob", "A2")
+        with pytest.raises(PurchaseError):  # carol's purse is empty: the seat is billed, never paid
+            await _buy(world, "carol", "B2")
         async with httpx.AsyncClient(base_url=world.url) as c:
             sales = [t for t in (await c.get("/events/final")).json()["seats"] if t["seat"] == "B2"]
             assert sales == [{"seat": "B2", "product": "final/B2", "free": False}]
@@ -267,10 +251,9 @@ async def _poid_of_seat(w: World, seat: str) -> bytes:
 
 def test_concurrent_buyers_of_one_seat_one_gets_it_the_other_pays_nothing(world: World) -> None:
     async def go() -> None:
-        async with Broker(world):
-            before = {b: await _balance(world, b) for b in ("alice", "bob")}
-            results = await asyncio.gather(_buy(world, "alice", "B1"), _buy(world, "bob", "B1"), return_exceptions=True)
-            after = {b: await _balance(world, b) for b in ("alice", "bob")}
+        before = {b: await _balance(world, b) for b in ("alice", "bob")}
+        results = await asyncio.gather(_buy(world, "alice", "B1"), _buy(world, "bob", "B1"), return_exceptions=True)
+        after = {b: await _balance(world, b) for b in ("alice", "bob")}
         won = [b for b, r in zip(("alice", "bob"), results, strict=True) if isinstance(r, bytes)]
         lost = [r for r in results if not isinstance(r, bytes)]
         assert len(won) == 1 and len(lost) == 1, results
@@ -321,8 +304,7 @@ def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(worl
 
     async def go() -> None:
         buyer, seat = {0: ("dan", "C1"), 3: ("erin", "C2"), 4: ("fay", "C3")}[cut_after]  # fresh sessions
-        async with Broker(world):
-            got = await _buy(world, buyer, seat)
+        got = await _buy(world, buyer, seat)
         poid, receipt = got[:40], got[40:]
         async with httpx.AsyncClient(base_url=world.url) as c:  # the receipt is recorded, no ticket yet
             assert (await c.post(f"/tickets/{poid.hex()}", json={"receipt": base64.b64encode(receipt).decode()})
@@ -344,8 +326,7 @@ def test_a_ticket_the_buyers_card_refuses_comes_back_and_a_retry_sends_it_again(
     retry delivers it."""
 
     async def go() -> None:
-        async with Broker(world):
-            got = await _buy(world, "alice", "D1")
+        got = await _buy(world, "alice", "D1")
         poid, receipt = got[:40], got[40:]
         socket = world.net.hosts["alice"].socket
         async with await _wallet(world, "alice") as wallet:
