@@ -300,6 +300,32 @@ class BlackHole:
         self.thread.join()
 
 
+def test_recover_pays_a_purchase_and_credits_a_load_the_broker_missed(world: World) -> None:
+    bob = world.people["bob"]
+    assert ok(*bob.cmd("load", "--amount", "10.00 EUR"))["balances"] == {"EUR": 1000}
+    world.broker.stop()
+    try:
+        lost_load = refused(*bob.cmd("load", "--amount", "5.00 EUR"))
+        assert lost_load["reason"] == "unreachable" and "cardnet wallet recover" in lost_load["hint"], lost_load
+        unpaid = refused(*bob.cmd("pay", "speed", "--vendor", world.vendor.address, "--product", SONG, "--limit",
+                                  "3.00 EUR", "--aggressive"))  # fmt: skip
+        assert unpaid["reason"] == "unreachable" and "cardnet wallet recover" in unpaid["hint"], unpaid
+        shown = ok(*bob.cmd("show"))
+        assert shown["loads_pending"] == 1 and len(shown["purchases_pending"]) == 1, shown
+        assert shown["purse"]["balances"] == {"EUR": 1000}  # nothing paid, nothing credited yet
+        text = human(*bob.cmd("show"))
+        assert "e-purse load" in text and "delivered, not yet paid" in text, text
+    finally:
+        world.broker.start()
+    done = ok(*bob.cmd("recover"))
+    assert done["unfinished"] == 0 and [r["what"] for r in done["recovered"]] == ["e-purse load", "purchase"], done
+    assert done["recovered"][1]["outcome"].startswith("finished: paid 2.50 EUR"), done
+    assert ok(*bob.cmd("show"))["purse"]["balances"] == {"EUR": 1000 + 500 - 250}
+    [song] = [p for p in (bob.config.parent / "purchases").iterdir() if p.suffix == ".bin"]
+    assert song.read_bytes() == world.song
+    assert "nothing was left to finish" in human(*bob.cmd("recover"))
+
+
 def test_recover_finishes_a_transfer_whose_messages_were_lost(world: World) -> None:
     """Bob's host is down and what alice's host sends him is lost on the way. Nothing resends it by itself (alice's
     host has no ticks and resends nothing it handed over); `cardnet wallet recover` finishes the transfer."""

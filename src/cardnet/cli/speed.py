@@ -386,7 +386,7 @@ def balance_words(got: dict[str, Any]) -> str:
     return ", ".join(str(Price(c, a)) if a else f"0.00 {c}" for c, a in got["balances"].items()) or "nothing"
 
 
-def _run(socket: str, pin: str | None, card: str | None, work: Any) -> Any:
+def _run(socket: str, pin: str | None, card: str | None, work: Any, hints: dict[str, str] | None = None) -> Any:
     """Run ``work`` on the wallet at ``socket``; a purchase's or a card's refusal fails in words, with SPEED's hints."""
     from cardnet.services.speed.customer import PurchaseError
 
@@ -394,9 +394,9 @@ def _run(socket: str, pin: str | None, card: str | None, work: Any) -> Any:
         try:
             return await work(wallet)
         except PurchaseError as exc:
-            fail(str(exc), reason=exc.reason, hint=HINTS.get(exc.reason))
+            fail(str(exc), reason=exc.reason, hint={**HINTS, **(hints or {})}.get(exc.reason))
 
-    return run_on_wallet(socket, pin, card, guarded, HINTS)
+    return run_on_wallet(socket, pin, card, guarded, {**HINTS, **(hints or {})})
 
 
 @speed.command("catalogue")
@@ -452,7 +452,7 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
 
 def purchase(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker: str, broker_cert: Path,
              ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None,
-             out: Path) -> dict[str, Any]:  # fmt: skip
+             out: Path, hints: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Buy ``products`` from the vendor at ``vendor_addr`` (SPEED), paid through ``broker`` from the purse (or
     ``account``), the purchase journalled under ``out`` and the products and receipt written there: what was
     written (:func:`_written`). Refusals fail in the customer's words."""
@@ -474,7 +474,7 @@ def purchase(socket: str, pin: str | None, card: str | None, vendor_addr: str, b
                 account=account,
             )  # fmt: skip
 
-    return _written(out, _run(socket, pin, card, work))
+    return _written(out, _run(socket, pin, card, work, hints))
 
 
 def _written(out: Path, got: Any) -> dict[str, Any]:

@@ -523,8 +523,10 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
     ca_cert = Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
     account = cfg.need("account", "--account", "account at the broker") if from_account else None
     out = Path(cfg.get("purchases") or "purchases")
+    later = {"unreachable": "if the vendor delivered, the purchase waits in your wallet (`cardnet wallet show`): "
+             "`cardnet wallet recover` pays it once the broker is back, never twice"}  # fmt: skip
     result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
-                      aggressive, account, out)  # fmt: skip
+                      aggressive, account, out, later)  # fmt: skip
     if as_json:
         emit_json(result)
         return
@@ -584,7 +586,8 @@ def wallet_load(target: Target, amount: str, broker: str | None, account: str | 
                 await install_key(wallet, broker)
             return await load_purse(wallet, broker, price, account)
 
-    got = _run(target.socket, target.pin, target.card, work)
+    later = {"unreachable": "is the broker running? a load it did not answer is credited by `cardnet wallet recover`"}
+    got = _run(target.socket, target.pin, target.card, work, later)
     say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
 
 
