@@ -184,6 +184,11 @@ def test_a_new_wallet_is_made_by_init_and_says_what_it_holds(world: World) -> No
     assert config["card"] == carol.uid.domain.hex() and config["socket"] == carol.host.socket
     kept = carol.config.read_text()
     assert PIN not in kept and "pin =" not in kept and oct(carol.config.stat().st_mode & 0o777) == "0o600", kept
+    # --socket and --card win over the config: the agent's card (no e-purse) on the authority's host
+    agent = ("wallet", "show", "--config", world.tmp / "none.toml", "--socket", world.net.hosts["auth"].socket,
+             "--card", world.net.uids["agent"].domain.hex())  # fmt: skip
+    assert ok(*agent)["card"] == str(world.net.uids["agent"]) and ok(*agent)["purse"] is None
+    assert "this card has no e-purse" in human(*agent)
     # a second init over the same wallet is refused and changes nothing
     again = refused("wallet", "init", "--config", carol.config, "--ca", world.tmp / "ca.cnca")
     assert again["reason"] == "already_exists" and str(carol.config) in again["message"], again
