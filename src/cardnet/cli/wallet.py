@@ -242,6 +242,9 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
         return
     print_fields([("card", result["uid"]), ("card store", result["store"]), ("host config", result["host_config"]),
                   ("wallet config", result["config"])], title="your new wallet")  # fmt: skip
+    if not listen:
+        console.print("no --listen: other hosts cannot reach yours, so only cards on this host can send to you "
+                      f"(add listen = \"HOST:PORT\" to {host_config} to change that)", markup=False)  # fmt: skip
     console.print(f"next: start your host with `cardnet host run --config {host_config}`, then "
                   "`cardnet wallet show`", markup=False)  # fmt: skip
 
