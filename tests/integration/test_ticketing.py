@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer, PurchaseError, install_key, load
-from cardnet.services.ticketing.buyer import _relay, receive_ticket, server_address
+from cardnet.services.ticketing.buyer import TicketError, _relay, buy_ticket, receive_ticket, server_address
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore, open_store
@@ -48,7 +49,7 @@ from cardnet.wire import Uid
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay")  # carol's purse stays empty: her bill is never paid
 PRICE = sm.Price("EUR", 2500)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1")
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2")
 
 
 @dataclass
@@ -345,5 +346,27 @@ def test_a_ticket_the_buyers_card_refuses_comes_back_and_a_retry_sends_it_again(
         await _enabled(world, "alice", relayed.oid)
         async with httpx.AsyncClient(base_url=world.url) as c:
             assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
+
+    asyncio.run(go())
+
+
+def test_buy_ticket_does_the_whole_purchase_from_the_servers_pages(world: World) -> None:
+    """The buyer's library alone: the server's pages, SPEED at the list price, the upgrade and the relay."""
+
+    async def go() -> None:
+        async with await _wallet(world, "dan") as wallet:
+            how: dict[str, Any] = {
+                "card": wallet,
+                "app_socket": world.net.hosts["dan"].socket,
+                "broker": world.broker_addr,
+                "broker_cert": world.broker_cert,
+                "roots": world.roots,
+            }
+            with pytest.raises(TicketError) as info:
+                await buy_ticket(world.url, "final", "Z9", **how)
+            assert info.value.reason == "no_seat"
+            got = await buy_ticket(world.url, "final", "D2", **how)
+        assert got.price == "25.00 EUR" and got.oid == ticket_oid(got.poid)
+        await _enabled(world, "dan", got.oid)
 
     asyncio.run(go())

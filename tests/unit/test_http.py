@@ -25,6 +25,7 @@ from cardnet.transport.http import (
     Router,
     Upgrade,
     UpgradedStream,
+    request,
     upgrade_required,
 )
 from cardnet.transport.http import error as http_error
@@ -315,6 +316,9 @@ def test_upgrade_to_trn_carries_frames_both_ways_including_ones_sent_with_the_re
 
 def test_dial_trn_gets_a_message_connection_or_the_servers_refusal(srv: ThreadServer) -> None:
     async def go() -> None:
+        got = await request(srv.host, srv.port, "GET", "/?name=bo", headers=[("Accept", "application/json")])
+        assert got.status == 200 and got.json() == {"hello": "bo"} and got.stream is None
+        assert (await request(srv.host, srv.port, "GET", "/events/x")).json()["error"] == "no_event"
         up = await dial_trn(srv.host, srv.port, "POST", "/trn")
         assert up.headers["upgrade"] == "TRN"
         conn = up.conn

@@ -1,13 +1,15 @@
 """The buyer's side of a ticket's delivery: the untrusted program that relays between the ticketing server's
 upgraded connection and its own host (TRN paper 5.1, "the server and the wallet never trust the mediating PC").
 
-:func:`receive_ticket` asks ``POST /tickets/{poid}`` with ``Upgrade: TRN`` (and the broker's receipt, for a sale
-the server does not know paid yet). On ``101`` it opens its host's application socket as a relay for the
-device's domain (``host.relay``, the ``TRN-Device`` header) and moves frames both ways until the server closes
-the connection: the device's card and the buyer's card run the session and the transfer through it, and the
-buyer's card traces the ticket with the authority over its own host's routes. Any other answer raises
-:class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``, ``bad_receipt``,
-``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection interrupted.
+:func:`buy_ticket` does a whole purchase: the server's pages, the SPEED purchase of the seat (the card pays),
+then :func:`receive_ticket`, which asks ``POST /tickets/{poid}`` with ``Upgrade: TRN`` (and the broker's
+receipt, for a sale the server does not know paid yet). On ``101`` it opens its host's application socket as
+a relay for the device's domain (``host.relay``, the ``TRN-Device`` header) and moves frames both ways until
+the server closes the connection: the device's card and the buyer's card run the session and the transfer
+through it, and the buyer's card traces the ticket with the authority over its own host's routes. Any other
+answer raises :class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``,
+``bad_receipt``, ``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection
+interrupted.
 """
 
 from __future__ import annotations
@@ -17,15 +19,26 @@ import base64
 import contextlib
 import json
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
+from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
+from cardnet.services.speed.customer import CardOrders, Customer, Journal
+from cardnet.services.ticketing.config import parse_price
 from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection
+from cardnet.transport.http import request
 from cardnet.transport.http_upgrade import dial_trn
 from cardnet.wire import Uid
 
 TIMEOUT_S = 60.0
+
+
+class TicketError(CardnetError):
+    """The ticketing server refused (``reason`` is its word: ``no_event``, ``no_seat``, ...)."""
+
+
 _NOBODY = Uid(bytes(12), 0)
 
 
@@ -47,6 +60,58 @@ def server_address(url: str) -> tuple[str, int]:
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// address of a ticketing server")
     return parts.hostname, parts.port or 80
+
+
+@dataclass(frozen=True)
+class Bought:
+    """A ticket bought and relayed: the sale, the token, what was paid, the event's and seat's names."""
+
+    poid: bytes
+    oid: bytes
+    price: str
+    event: str
+    seat: str
+    receipt: bytes
+
+
+async def get_json(url: str, target: str, *, timeout_s: float = 30.0) -> Any:
+    """``GET target`` of the server at ``url``, as JSON; a refusal raises :class:`TicketError` with its words."""
+    host, port = server_address(url)
+    answer = await request(host, port, "GET", target, headers=[("Accept", "application/json")], timeout_s=timeout_s)
+    got = answer.json()
+    if answer.status != 200 or got is None:
+        err = got if isinstance(got, dict) else {}
+        raise TicketError(str(err.get("error", "refused")),
+                          f"{url}{target}: {err.get('message', f'the server answered {answer.status}')}")  # fmt: skip
+    return got
+
+
+async def buy_ticket(
+    url: str, event: str, seat: str, *, card: CardOrders, app_socket: str, broker: str, broker_cert: bytes,
+    roots: list[bytes], journal: Journal | None = None, timeout_s: float = TIMEOUT_S,
+) -> Bought:  # fmt: skip
+    """Buy ``seat`` of ``event`` from the ticketing server at ``url`` and bring the ticket to the card.
+
+    The server's page names its SPEED vendor and certificate; the seat is bought at the list price (SPEED
+    aggressive mode) from the card behind ``card`` (e.g. a :class:`~cardnet.services.wallet.Wallet`), paid
+    through ``broker``; the broker's receipt opens the upgraded connection, relayed to the host at
+    ``app_socket``. A purchase interrupted after the payment is finished by :func:`receive_ticket` with the
+    PaymentOrderID and the receipt (``journal`` keeps both). A sold seat raises ``PurchaseError('seat_sold')``
+    before anything is paid.
+    """
+    info = await get_json(url, "/")
+    shown = await get_json(url, f"/events/{quote(event, safe='')}")
+    seats = {s["seat"]: s for s in shown.get("seats", [])}
+    if seat not in seats:
+        raise TicketError("no_seat", f"{event} has no seat {seat!r}: choose one of {', '.join(list(seats)[:20])}")
+    vendor_cert = base64.b64decode(info["vendor_cert"])
+    price = parse_price(str(shown["price"]), "the server's price")
+    bought = await Customer(card, b"", roots, journal=journal).buy(
+        str(info["speed"]), broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
+        vendor_cert=vendor_cert, price=price, limit=price,
+    )  # fmt: skip
+    relayed = await receive_ticket(url, bought.poid, app_socket, receipt=bought.receipt, timeout_s=timeout_s)
+    return Bought(bought.poid, relayed.oid, str(bought.price), event, seat, bought.receipt)
 
 
 async def receive_ticket(
