@@ -322,6 +322,11 @@ class VendorCore:
     def paid_sales(self) -> int:
         return sum(1 for _, v in scan(self.store, SALES) if "paid" in _SALE.decode(v))
 
+    def is_paid(self, poid: bytes) -> bool:
+        """Whether this vendor took the broker's receipt for the sale ``poid`` (:meth:`take_receipt`)."""
+        raw = get(self.store, SALES, poid)
+        return raw is not None and "paid" in _SALE.decode(raw)
+
 
 def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[bytes], now: float) -> dict[str, Any]:
     """The receipt's content, checked: it opens under RecKey and the broker (role service) signed it."""
