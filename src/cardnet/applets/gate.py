@@ -10,12 +10,12 @@ a person waits for the authority) -> ``gate.state``; ``gate.list {after?}`` -> `
 at a time); ``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
 ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
 new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
-under way or an admission waits for the authority's answer). Changes are pushed to the
-watching applications as ``gate.event``.
+under way or an answer of the authority is awaited). Changes are pushed to the watching applications as
+``gate.event``.
 
 State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`),
-``ap:<oid>`` the pending ones, ``gi:<issuer uid>`` the issuers' certificates, ``gs`` the settings, ``nref``
-how many presentations were refused (8 bytes, big endian).
+``ap:<oid>`` the pending ones, ``rw:<oid>`` those whose report waits, ``gi:<issuer uid>`` the issuers'
+certificates, ``gs`` the settings, ``nref`` how many presentations were refused (8 bytes, big endian).
 """
 
 from __future__ import annotations
@@ -122,9 +122,10 @@ class GateApplet(TrnApplet):
 
     def _refresh(self, ctx: StepContext) -> None:
         """A new session with the authority (its handshake brings the newest blocklist), unless a handshake is under
-        way or a person waits for the authority's answer (a new session would drop that answer in flight)."""
+        way or an answer of the authority is awaited (a person waiting, or a report): a new session would drop the
+        answer in flight. (While reports wait the authority is unreachable or about to answer: no newer blocklist.)"""
         authority = self.authority(ctx)
-        if authority is None or ctx.scan(b"ap:"):
+        if authority is None or ctx.scan(b"ap:") or ctx.scan(b"rw:"):
             return
         state = self.session(ctx, authority)
         if state is None or state.open:
@@ -265,10 +266,11 @@ class GateApplet(TrnApplet):
 
     def _save_admission(self, ctx: StepContext, adm: gate.Admission, kind: str) -> None:
         ctx.put(b"adm:" + adm.oid, adm.encode())
-        if adm.verdict == gate.PENDING:
-            ctx.put(b"ap:" + adm.oid, b"")
-        else:
-            ctx.delete(b"ap:" + adm.oid)
+        for index, on in ((b"ap:", adm.verdict == gate.PENDING), (b"rw:", adm.report == gate.WAITING)):
+            if on:
+                ctx.put(index + adm.oid, b"")
+            else:
+                ctx.delete(index + adm.oid)
         if self._watchers:
             self.notify(ctx, EVENT, self._admission_item(ctx, adm) | {"kind": kind})
 
