@@ -42,8 +42,8 @@ def refusal_words(reason: str) -> str:
 
 
 def event_line(e: Any) -> str:
-    """One line for a person watching the gate: time, verdict, ticket, holder, why."""
-    clock = time.strftime("%H:%M:%S", time.localtime(e.at_ms / 1000))
+    """One line for a person watching the gate: the time it is shown, verdict, ticket, holder, why."""
+    clock = time.strftime("%H:%M:%S")
     oid = e.oid.hex() if e.oid is not None else "-" * 32
     body = f' "{e.body.decode("utf-8", "replace")}"' if e.body else ""
     who = f"from {e.holder}"
