@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "speed": "cardnet.cli.speed:speed",
     "smc": "cardnet.cli.smc:smc",
     "ticketing": "cardnet.cli.ticketing:ticketing",
-    "wallet": "cardnet.cli.wallet:wallet",
+    "wallet": "cardnet.cli.wallet_ui:wallet",  # the wallet group, with `ui` (the web wallet) added
 }
 
 

@@ -1,0 +1,84 @@
+"""``cardnet wallet ui``: the web wallet on 127.0.0.1 (the page itself is :mod:`cardnet.web.wallet`).
+
+This module adds the ``ui`` command to the ``cardnet wallet`` group of :mod:`cardnet.cli.wallet` (the entry point
+loads the group from here, docs/web-wallet.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import click
+
+from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.wallet import Target, wallet, wallet_command
+
+
+def _listen(text: str) -> tuple[str, int]:
+    from cardnet.web.session import loopback
+
+    host, sep, port = text.rpartition(":")
+    try:
+        number = int(port)
+        ok = bool(sep) and 0 <= number <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8471)", param_hint="--listen")
+    try:
+        return loopback(host), number
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+
+
+@wallet_command(
+    wallet,
+    "ui",
+    click.option("--listen", default="127.0.0.1:8471", show_default=True,
+                 help="Where to serve the page: a loopback address and a port (0: any free one)."),
+)  # fmt: skip
+def wallet_ui(target: Target, listen: str, as_json: bool) -> None:
+    """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; send, answer
+    exchange offers, recover. Prints a one-time login link: open it in your browser (it works once; every other
+    request needs the session it opens). Runs until Ctrl-C."""
+    from cardnet.cli.trn import card_pin, parse_domain
+    from cardnet.services.wallet import Wallet, WalletError
+    from cardnet.transport.errors import TransportError
+    from cardnet.web.wallet import WalletWeb
+
+    host, port = _listen(listen)
+    socket, card, pin = target.socket, parse_domain(target.card), card_pin(target.pin)
+
+    async def open_wallet() -> Wallet:
+        return await Wallet.open(socket, pin=pin, card=card)
+
+    async def main() -> None:
+        web = WalletWeb(open_wallet, target.config)
+        try:
+            served = await web.start(host, port)
+        except WalletError as exc:
+            hints = {"no_host": "is `cardnet host run` running with that app_socket?",
+                     "wrong_pin": "check the PIN; at 0 tries the card locks"}  # fmt: skip
+            fail(str(exc), reason=exc.reason, hint=hints.get(exc.reason))
+        except TransportError as exc:
+            await web.aclose()
+            fail(str(exc), reason="cannot_listen", hint="choose another port with --listen 127.0.0.1:PORT")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        ready: dict[str, Any] = {"url": served.url, "login": served.login_url}
+        if as_json:
+            emit_json({"ready": ready}, line=True)
+        else:
+            console.print(f"ready {served.url}", markup=False)
+            console.print(f"open {served.login_url} in your browser (the link works once)", markup=False)
+        console.file.flush()
+        try:
+            await stop.wait()
+        finally:
+            await web.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,189 @@
+// The web wallet's page (cardnet wallet ui, docs/web-wallet.md): polls /api/state every second, redraws when its
+// version moved, and sends each order as a POST with the page's CSRF token. Text from the card (ticket bodies)
+// is only ever set as textContent, never parsed as HTML.
+"use strict";
+
+const POLL_MS = 1000;
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+let shown = -1;
+let busy = false;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+async function api(path, body) {
+  const init = { credentials: "same-origin", cache: "no-store" };
+  if (body !== undefined) {
+    init.method = "POST";
+    init.headers = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
+    init.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (e) {
+    throw new Error("the wallet server does not answer: is `cardnet wallet ui` still running? Start it again and "
+      + "open the login link it prints.");
+  }
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  if (!r.ok) {
+    throw new Error((data && data.message) || `the wallet answered ${r.status}: reload the page`);
+  }
+  return data;
+}
+
+function say(text, ok) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = ok ? "ok" : "error";
+  m.hidden = false;
+}
+
+function short(uid) {
+  return uid ? uid : "";
+}
+
+function renderOffers(offers) {
+  const list = $("offers");
+  list.replaceChildren();
+  for (const o of offers) {
+    const item = el("li", { "data-kind": o.kind, "data-id": o.kind === "exchange" ? o.id : o.oid });
+    if (o.kind === "exchange") {
+      item.append(
+        el("p", {}, "Card ", el("code", {}, o.peer), " offers you ",
+          el("strong", { class: "get" }, o.get_body || "(no description)"), " (", el("code", {}, o.get_oid), ")"),
+        el("p", {}, "for your ", el("strong", { class: "give" }, o.give_body || "(not on this card)"),
+          " (", el("code", {}, o.give_oid), ")"),
+      );
+      if (!o.holds_it) {
+        item.append(el("p", { class: "help" }, "You do not hold that voucher usable now: accepting will be refused."));
+      }
+      item.append(
+        el("button", { type: "button", className: "accept", onclick: () => act("/api/exchange/accept", { id: o.id }) },
+          "Accept"),
+        el("button", { type: "button", className: "reject", onclick: () => act("/api/exchange/reject", { id: o.id }) },
+          "Reject"),
+      );
+    } else {
+      item.append(
+        el("p", {}, "Card ", el("code", {}, o.peer || "?"), " sends you ", el("strong", {}, o.body || "(no description)"),
+          " (", el("code", {}, o.oid), ")"),
+        el("button", { type: "button", className: "accept", onclick: () => act("/api/ticket/accept", { oid: o.oid }) },
+          "Accept"),
+        el("button", { type: "button", className: "reject", onclick: () => act("/api/ticket/reject", { oid: o.oid }) },
+          "Reject"),
+      );
+    }
+    list.append(item);
+  }
+  $("no-offers").hidden = offers.length > 0;
+}
+
+function renderTickets(tickets) {
+  const body = $("tickets").tBodies[0];
+  body.replaceChildren();
+  for (const t of tickets) {
+    const state = el("td", { class: "state" }, t.state);
+    if (t.hint) state.append(el("div", { class: "help" }, t.hint));
+    body.append(el("tr", { "data-oid": t.oid, "data-status": t.status },
+      el("td", { class: "id" }, t.oid), el("td", { class: "body" }, t.body), state));
+  }
+  $("tickets").hidden = tickets.length === 0;
+  $("no-tickets").hidden = tickets.length > 0;
+  const select = $("send-oid");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "" }, "choose a ticket"));
+  for (const t of tickets.filter((t) => t.movable)) {
+    select.append(el("option", { value: t.oid }, `${t.body || "(no description)"} (${t.oid.slice(0, 8)}…)`));
+  }
+  select.value = tickets.some((t) => t.movable && t.oid === chosen) ? chosen : "";
+}
+
+function renderUnderWay(rows) {
+  const body = $("under-way").tBodies[0];
+  body.replaceChildren();
+  for (const r of rows) {
+    body.append(el("tr", { "data-id": r.id },
+      el("td", {}, r.what), el("td", { class: "id" }, r.id), el("td", { class: "id" }, short(r.peer)),
+      el("td", {}, r.state)));
+  }
+  $("under-way").hidden = rows.length === 0;
+  $("nothing-under-way").hidden = rows.length > 0;
+}
+
+function render(s) {
+  $("card").textContent = s.card;
+  renderOffers(s.offers);
+  renderTickets(s.tickets);
+  renderUnderWay(s.under_way);
+  if (s.purse === null) $("purse").textContent = "This card has no e-purse.";
+  else if (!s.purse.keyed) $("purse").textContent = "Not loaded yet (`cardnet wallet load` loads it from your broker).";
+  else $("purse").textContent = s.purse.balances.length ? s.purse.balances.join(", ") : "empty";
+}
+
+async function poll() {
+  try {
+    const s = await api("/api/state");
+    $("link").textContent = "live";
+    $("link").className = "link live";
+    $("read-at").textContent = s.read_at;
+    if (s.version !== shown) {
+      shown = s.version;
+      render(s);
+    }
+  } catch (e) {
+    $("link").textContent = e.message;
+    $("link").className = "link down";
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+async function act(path, body) {
+  if (busy) return;
+  busy = true;
+  for (const b of document.querySelectorAll("button")) b.disabled = true;
+  try {
+    const got = await api(path, body);
+    say(got.message, true);
+    return got;
+  } catch (e) {
+    say(e.message, false);
+    return null;
+  } finally {
+    busy = false;
+    for (const b of document.querySelectorAll("button")) b.disabled = false;
+    shown = -1; // redraw with what the card says now
+  }
+}
+
+$("send-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const oid = $("send-oid").value;
+  const to = $("send-to").value.trim();
+  if (!oid) { say("Choose the ticket to send.", false); return; }
+  if (!to) { say("Give the receiving card's Uid (its owner sees it at the top of their wallet).", false); return; }
+  const got = await act("/api/send", { oid, to });
+  if (got) $("send-to").value = "";
+});
+
+$("recover-button").addEventListener("click", async () => {
+  say("Recovering: resending what is under way (this can take some seconds)…", true);
+  const got = await act("/api/recover", {});
+  const list = $("recovered");
+  list.replaceChildren();
+  for (const r of (got && got.recovered) || []) list.append(el("li", {}, `${r.what} ${r.id}: ${r.outcome}`));
+});
+
+poll();

@@ -1,0 +1,434 @@
+"""The web wallet's page and its small JSON API, over the wallet library (``cardnet wallet ui``, docs/web-wallet.md).
+
+Theory of operation. One process holds one logged-in :class:`~cardnet.services.wallet.Wallet` on the person's
+card (the PIN was given when it started; it is never sent to the browser) and serves, on a loopback address,
+behind the session of :mod:`.session`:
+
+* ``GET /`` the page (plain HTML; ``/static/wallet.js`` and ``/static/wallet.css`` from this package, no CDN);
+* ``GET /api/state`` what the card holds and what is under way, as JSON with a ``version`` that changes when
+  any of it changes. The page asks for it every second and redraws when the version moved. The server reads
+  the card again when the card pushed a change (the wallet library's events: a token or an exchange changed),
+  after every action, and otherwise every ``refresh_s`` (the e-purse's balance and the purchases are not
+  pushed); so a second's polling costs the card nothing when nothing happened;
+* ``POST /api/send``, ``/api/exchange/accept``, ``/api/exchange/reject``, ``/api/ticket/accept``,
+  ``/api/ticket/reject``, ``/api/recover``: one order each, answered ``{"message": ...}`` in words, or an error
+  ``{"error": reason, "message": what happened and what to do}`` the page shows as it is.
+
+An exchange offered to this card is held by the card as *proposed* (nothing locked, the offered voucher not
+taken) until the owner answers: the page is the prompt of TENeT's approach 2a, shown before the card takes the
+offer (docs/decisions.md says why it is not a host Guard). A host that went away is reconnected to on the next
+request (the page says so meanwhile). Every port is bounded (:data:`LIMITS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from importlib import resources
+from typing import Any
+
+from cardnet.cli.fairx import PHASE_WORDS
+from cardnet.cli.trn import STATUS_WORDS, token_rows
+from cardnet.cli.wallet_config import WalletConfig
+from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
+from cardnet.protocols.speed.messages import Price
+from cardnet.services.wallet import MOVING, Wallet, WalletError
+from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
+from cardnet.web.session import Session, loopback
+from cardnet.wire import DecodeError, Uid
+
+log = logging.getLogger("cardnet.web")
+
+# one person's browser: a few connections (a browser opens up to 6 to a host), small JSON bodies, prompt requests
+LIMITS = HttpLimits(max_connections=16, max_per_peer=16, max_header_bytes=8 * 1024, max_body_bytes=4 * 1024,
+                    request_timeout_s=10.0, idle_timeout_s=60.0, send_timeout_s=10.0)  # fmt: skip
+REFRESH_S = 3.0  # the card is read at least this often while the page polls (balances are not pushed)
+RECOVER_WAIT_S = 10.0  # how long the page's recover resends before it reports what is still under way
+TTP_AFTER_S = 5.0
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
+SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))  # fmt: skip
+STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css; charset=utf-8"}
+
+# what the person does about a card's refusal (the card's reason -> a sentence for the page)
+HINTS = {
+    "illegal_move": "the ticket or exchange is not in a state that allows this: the page shows how it stands",
+    "no_exchange": "that exchange is not on this card any more: the page shows the current offers",
+    "no_ttp": "this card has no TTP for exchanges: set one with `cardnet wallet init --ttp` or "
+    "`cardnet exchange set-ttp`",
+    "privileged": "the card no longer takes the owner's orders from this page: restart `cardnet wallet ui`",
+    "refused": "the card refused it: the page shows how the ticket or exchange stands now",
+}
+
+Opener = Callable[[], Awaitable[Wallet]]
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where the page is: ``url`` and the one-time ``login_url`` to open in the browser."""
+
+    url: str
+    login_url: str
+
+
+class WalletWeb:
+    """The web wallet of one card (see the module): :meth:`start` on a loopback address, :meth:`aclose`."""
+
+    def __init__(
+        self,
+        open_wallet: Opener,
+        config: WalletConfig | None = None,
+        *,
+        limits: HttpLimits = LIMITS,
+        refresh_s: float = REFRESH_S,
+        recover_wait_s: float = RECOVER_WAIT_S,
+        ttp_after_s: float = TTP_AFTER_S,
+    ) -> None:
+        self._open = open_wallet
+        self.config = config
+        self.limits = limits
+        self.refresh_s = refresh_s
+        self.recover_wait_s = recover_wait_s
+        self.ttp_after_s = ttp_after_s
+        self.session: Session | None = None
+        self._server: HttpServer | None = None
+        self._wallet: Wallet | None = None
+        self._opening = asyncio.Lock()
+        self._reading = asyncio.Lock()
+        self._state: dict[str, Any] | None = None
+        self._read_at = 0.0
+        self._stale = True
+        self.version = 0
+        self._watcher: asyncio.Task[None] | None = None
+        pkg = resources.files("cardnet.web") / "static"
+        self._static = {name: (pkg / name).read_bytes() for name in STATIC}
+        self._page = (pkg / "wallet.html").read_text("utf-8")
+
+    # -- life -----------------------------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Served:
+        """Open the wallet and listen on ``host:port`` (a loopback address, else :class:`ValueError`)."""
+        host = loopback(host)
+        await self._wallet_now()
+        self._server = HttpServer(self.router(), limits=self.limits)
+        bound = await self._server.start(host, port)
+        self.session = Session(host, bound[1])
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return Served(self.session.url, self.session.login_url)
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._server is not None:
+            await self._server.aclose()
+        if self._wallet is not None:
+            await self._wallet.close()
+            self._wallet = None
+
+    def router(self) -> Router:
+        r = _GuardedRouter(self._check)
+        r.add("GET", "/login/{token}", self.login)  # the one route without the session: it opens it
+        for method, path, handler in (
+            ("GET", "/", self.page),
+            ("GET", "/static/{name}", self.static),
+            ("GET", "/api/state", self.state),
+            ("POST", "/api/send", self.send),
+            ("POST", "/api/exchange/accept", self.accept_exchange),
+            ("POST", "/api/exchange/reject", self.reject_exchange),
+            ("POST", "/api/ticket/accept", self.accept_ticket),
+            ("POST", "/api/ticket/reject", self.reject_ticket),
+            ("POST", "/api/recover", self.recover),
+        ):
+            r.add(method, path, _guarded(self._check, handler))
+        return r
+
+    def _check(self, request: Request) -> None:
+        if self.session is None:
+            raise HttpError(503, "starting", "the wallet is starting: reload in a moment")
+        self.session.check(request)
+
+    # -- the card -------------------------------------------------------------------------------------------------
+    async def _wallet_now(self) -> Wallet:
+        async with self._opening:
+            if self._wallet is None:
+                self._wallet = await self._open()
+            return self._wallet
+
+    @contextlib.asynccontextmanager
+    async def _card(self) -> AsyncIterator[Wallet]:
+        """The wallet, its failures as HTTP errors a person can act on (a host gone: reconnected next time)."""
+        try:
+            wallet = await self._wallet_now()
+        except WalletError as exc:
+            raise HttpError(502, exc.reason, f"cannot open your card: {exc}; is `cardnet host run` running? "
+                            "the page tries again by itself") from None  # fmt: skip
+        try:
+            yield wallet
+        except WalletError as exc:
+            if exc.reason == "no_host":
+                await self._drop(wallet)
+                raise HttpError(502, "no_host", f"{exc}: is your host (`cardnet host run`) still running? the page "
+                                "reconnects by itself once it is back") from None  # fmt: skip
+            words = str(exc)
+            hint = HINTS.get(exc.reason, HINTS["refused"])
+            raise HttpError(409, exc.reason, f"the card refused: {words}; {hint}") from None
+        except TimeoutError:
+            raise HttpError(504, "timeout", "your card's host did not answer in time: try again; if it keeps "
+                            "happening, restart `cardnet host run`") from None  # fmt: skip
+        finally:
+            self._stale = True
+
+    async def _drop(self, wallet: Wallet) -> None:
+        async with self._opening:
+            if self._wallet is wallet:
+                self._wallet = None
+        with contextlib.suppress(Exception):
+            await wallet.close()
+
+    async def _watch(self) -> None:
+        """Mark the state stale whenever the card pushes a change (and follow a reconnected wallet)."""
+        while True:
+            wallet = self._wallet
+            if wallet is None:
+                await asyncio.sleep(self.refresh_s)
+                continue
+            try:
+                async with wallet.subscription() as changes:
+                    while self._wallet is wallet:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.refresh_s):
+                                await changes.get()
+                                self._stale = True
+            except (WalletError, TimeoutError, OSError) as exc:
+                log.info("web wallet: watching the card failed (%s); trying again", exc)
+                await asyncio.sleep(self.refresh_s)
+
+    async def _read(self, wallet: Wallet) -> dict[str, Any]:
+        rows = await token_rows(wallet)
+        xs = await wallet.exchanges()
+        purse = await balances(wallet)
+        loads = await pending_loads(wallet)
+        purchases = pending_purchases(self.config) if self.config is not None else []
+        mine = {r["oid"]: r for r in rows}
+        tickets = [_ticket(r) for r in rows if r["status"] != "offered"]
+        offers: list[dict[str, Any]] = []
+        under_way: list[dict[str, Any]] = []
+        for x in xs:
+            if x.finished:
+                continue
+            if x.role == "responder" and x.phase == "proposed":
+                yours = mine.get(x.give.hex(), {})
+                offers.append({
+                    "kind": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
+                    "get_oid": x.want.hex(), "get_body": _text(x.body),
+                    "give_oid": x.give.hex(), "give_body": yours.get("body", ""),
+                    "holds_it": yours.get("status") == "enabled",
+                })  # fmt: skip
+            else:
+                under_way.append({"what": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
+                                  "state": PHASE_WORDS.get(x.phase, x.phase)})  # fmt: skip
+        for r in rows:
+            if r["status"] == "offered":
+                offers.append({"kind": "ticket", "oid": r["oid"], "body": r["body"], "peer": r["peer"]})
+            elif r["status"] in MOVING:
+                under_way.append({"what": "transfer", "id": r["oid"], "peer": r["peer"], "state": r["state"]})
+        if loads:
+            under_way.append({"what": "e-purse load", "id": f"{len(loads)} load(s)",
+                              "state": "not credited yet: recover finishes it"})  # fmt: skip
+        for p in purchases:
+            under_way.append({"what": "purchase", "id": p["id"], "state": f"{p['products']}: delivered, not paid yet "
+                              "(recover pays it, never twice)"})  # fmt: skip
+        purse_view = None
+        if purse is not None:
+            purse_view = {"keyed": purse["keyed"],
+                          "balances": [str(Price(c, a)) for c, a in sorted(purse["balances"].items())]}  # fmt: skip
+        return {"card": str(wallet.card), "tickets": tickets, "offers": offers, "under_way": under_way,
+                "purse": purse_view}  # fmt: skip
+
+    async def current(self) -> dict[str, Any]:
+        """The state (read again if the card changed, after an action, or ``refresh_s`` after the last read)."""
+        loop = asyncio.get_running_loop()
+        async with self._reading:
+            if self._state is None or self._stale or loop.time() - self._read_at >= self.refresh_s:
+                self._stale = False
+                async with self._card() as wallet:
+                    fresh = await self._read(wallet)
+                self._stale = False
+                self._read_at = loop.time()
+                if fresh != self._state:
+                    self._state = fresh
+                    self.version += 1
+            assert self._state is not None
+            return {**self._state, "version": self.version,
+                    "read_at": datetime.now(UTC).strftime("%H:%M:%S")}  # fmt: skip
+
+    # -- pages ----------------------------------------------------------------------------------------------------
+    async def login(self, request: Request) -> Response:
+        if self.session is None:
+            raise HttpError(503, "starting", "the wallet is starting: reload in a moment")
+        cookie = self.session.login(request, request.params["token"])
+        return Response(303, b"", "text/plain", (("Location", "/"), ("Set-Cookie", cookie), *SECURITY_HEADERS))
+
+    async def page(self, request: Request) -> Response:
+        assert self.session is not None
+        text = self._page.replace("{{csrf}}", escape(self.session.csrf))
+        return Response.html(text, headers=(("Content-Security-Policy", PAGE_CSP), *SECURITY_HEADERS))
+
+    async def static(self, request: Request) -> Response:
+        name = request.params["name"]
+        if name not in self._static:
+            raise HttpError(404, "not_found", f"there is no /static/{name}")
+        return Response(200, self._static[name], STATIC[name], SECURITY_HEADERS)
+
+    async def state(self, request: Request) -> Response:
+        return _json(await self.current())
+
+    # -- actions --------------------------------------------------------------------------------------------------
+    async def send(self, request: Request) -> Response:
+        body = _body(request)
+        oid = _hex16(body.get("oid"), "the ticket to send (choose one in the list)")
+        to = _uid(body.get("to"))
+        async with self._card() as wallet:
+            held = {v.oid: v for v in await wallet.vouchers()}.get(oid)
+            if held is None:
+                raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows "
+                                "what it holds")  # fmt: skip
+            if held.status != "enabled":
+                words = STATUS_WORDS.get(held.status, held.status)
+                raise HttpError(409, "not_movable", f"{oid.hex()} cannot be sent now: {words}; wait for it, or "
+                                "press Recover")  # fmt: skip
+            if to.card_uid() == wallet.card:
+                raise HttpError(400, "to_self", "that Uid is this card: give the other card's Uid")
+            if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
+                raise HttpError(409, "no_route", f"your host cannot reach {to}: check the Uid, or add "
+                                f'"{to.domain.hex()}" = "HOST:PORT" to [routes] in your host\'s config and restart it; '
+                                "the ticket was not sent")  # fmt: skip
+            await wallet.transfer(oid, to)
+        return _json({"message": f"sending {oid.hex()} to {to}: it leaves your list once the other card has it"})
+
+    async def accept_exchange(self, request: Request) -> Response:
+        n1 = _hex16(_body(request).get("id"), "the exchange's id")
+        async with self._card() as wallet:
+            x = await wallet.accept(n1)
+        return _json({"message": f"accepted: {PHASE_WORDS.get(x.phase, x.phase)}; the swap finishes by itself",
+                      "phase": x.phase})  # fmt: skip
+
+    async def reject_exchange(self, request: Request) -> Response:
+        n1 = _hex16(_body(request).get("id"), "the exchange's id")
+        async with self._card() as wallet:
+            x = await wallet.reject(n1)
+        return _json({"message": "rejected: nothing of yours moved", "phase": x.phase})
+
+    async def accept_ticket(self, request: Request) -> Response:
+        return await self._answer_ticket(request, accept=True)
+
+    async def reject_ticket(self, request: Request) -> Response:
+        return await self._answer_ticket(request, accept=False)
+
+    async def _answer_ticket(self, request: Request, *, accept: bool) -> Response:
+        oid = _hex16(_body(request).get("oid"), "the offered ticket")
+        async with self._card() as wallet:
+            await wallet.answer_offer(oid, accept=accept)
+        done = "taken: it is yours once traced" if accept else "refused: it goes back to the sender"
+        return _json({"message": f"{oid.hex()} {done}"})
+
+    async def recover(self, request: Request) -> Response:
+        async with self._card() as wallet:
+            rows = await recover_card(wallet, self.recover_wait_s, self.ttp_after_s)
+            if self.config is not None:
+                try:
+                    rows += await recover_payments(wallet, self.config)
+                except SystemExit:  # a command-line helper failed (it printed why to this process's output)
+                    raise HttpError(500, "recover_failed", "finishing payments failed: see the output of "
+                                    "`cardnet wallet ui`, or run `cardnet wallet recover`") from None  # fmt: skip
+        left = sum(1 for r in rows if not r["finished"])
+        if not rows:
+            message = "nothing was left to finish"
+        elif left:
+            message = f"{left} of {len(rows)} still under way: press Recover again once the other side is reachable"
+        else:
+            message = f"finished {len(rows)}"
+        shown = [{"what": r["what"], "id": r["id"], "outcome": r["outcome"], "finished": r["finished"]} for r in rows]
+        return _json({"message": message, "recovered": shown})
+
+
+class _GuardedRouter(Router):
+    """A router whose unknown paths and methods are refused like every other request without the session (403),
+    and only then answered 404 or 405."""
+
+    def __init__(self, check: Callable[[Request], None]) -> None:
+        super().__init__()
+        self._check = check
+
+    def route(self, method: str, path: str) -> Any:
+        handler, found = super().route(method, path)
+        if handler is not None:
+            return handler, found
+        allowed = list(found) if isinstance(found, list) else []
+
+        async def refuse(request: Request) -> Response:
+            self._check(request)
+            if not allowed:
+                raise HttpError(404, "not_found", f"there is nothing at {request.path}: open / for the wallet")
+            raise HttpError(405, "method_not_allowed", f"{request.path} takes {', '.join(allowed)}",
+                            (("Allow", ", ".join(allowed)),))  # fmt: skip
+
+        return refuse, {}
+
+
+def _guarded(check: Callable[[Request], None], handler: Callable[[Request], Awaitable[Response]]) -> Any:
+    async def guarded(request: Request) -> Response:
+        check(request)
+        return await handler(request)
+
+    return guarded
+
+
+def _json(data: dict[str, Any], status: int = 200) -> Response:
+    return Response.json(data, status, SECURITY_HEADERS)
+
+
+def _body(request: Request) -> dict[str, Any]:
+    data = request.json()
+    if not isinstance(data, dict):
+        raise HttpError(400, "bad_request", "the wallet takes a JSON object (send with the page's buttons)")
+    return data
+
+
+def _hex16(value: Any, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise HttpError(400, "bad_id", f"{what}: 32 hex digits expected")
+    return raw
+
+
+def _uid(value: Any) -> Uid:
+    if not isinstance(value, str) or not value.strip():
+        raise HttpError(400, "bad_uid", "give the receiving card's Uid (its owner sees it at the top of their wallet)")
+    try:
+        return Uid.parse(value.strip())
+    except DecodeError:
+        raise HttpError(400, "bad_uid", f"{value.strip()[:80]!r} is not a card's Uid: it is 24 hex digits, a colon "
+                        "and 8 hex digits (e.g. 0123456789abcdef01234567:00000000)") from None  # fmt: skip
+
+
+def _text(body: bytes | None) -> str:
+    return "" if body is None else body.decode("utf-8", "replace")
+
+
+def _ticket(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: row[k] for k in ("oid", "status", "body", "state", "peer") if k in row}
+    out["movable"] = row["status"] == "enabled"
+    if "hint" in row:
+        out["hint"] = row["hint"]
+    return out

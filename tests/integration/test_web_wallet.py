@@ -1,0 +1,284 @@
+"""The web wallet (``cardnet wallet ui``) through its real entry point, against real host processes and cards.
+
+One network for the module (:class:`~cardnet.bench.trnnet.TrnNet`: the authority's host with the agent and the
+TTP, wallet hosts a and b) and two ``cardnet wallet ui`` processes: b's page is driven by headless Chromium
+(Debian's ``/usr/bin/chromium`` through Playwright: it sends a ticket and answers exchange offers a's card makes
+with the wallet library, and what it shows is compared with the card's own listing); a's is spoken to with httpx
+to check who may use it (the session, the CSRF checks, the Host check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+
+import click
+import httpx
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+
+from cardnet.applets.trn import MINT, SEND
+from cardnet.bench.procs import readline, stop_process
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli.main import run
+from cardnet.services.wallet import Wallet
+from cardnet.web.wallet import WalletWeb
+
+CHROMIUM = "/usr/bin/chromium"
+T1 = bytes.fromhex("a1" * 16)  # a's voucher: a offers it to b for T2
+T2 = bytes.fromhex("b2" * 16)  # b's voucher
+T3 = bytes.fromhex("b3" * 16)  # b's ticket: b's page sends it to a, then a offers it back for T1 (b rejects)
+T4 = bytes.fromhex("a4" * 16)  # a's ticket: the forged requests try to send it away
+BODIES = {T1: b"voucher: one coffee", T2: b"voucher: one tea", T3: b"Cup final, seat A1",
+          T4: b"Cup final, seat B2"}  # fmt: skip
+TIMEOUT_MS = 20_000
+
+
+@dataclass
+class Ui:
+    """One ``cardnet wallet ui`` process and the addresses its ready line gave."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    login: str
+
+
+def start_ui(net: TrnNet, card: str) -> Ui:
+    cmd = [sys.executable, "-m", "cardnet.cli.main", "wallet", "ui", "--config", str(net.tmp / f"{card}-wallet.toml"),
+           "--socket", net.hosts[card].socket, "--card", net.uids[card].domain.hex(), "--listen", "127.0.0.1:0",
+           "--json"]  # fmt: skip
+    with open(net.tmp / f"ui-{card}.log", "a") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, "CARDNET_PIN": PIN, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    line = readline(proc, 30.0)
+    if not line.startswith('{"ready"'):
+        stop_process(proc)
+        raise AssertionError(f"wallet ui did not start: {line!r}\n{(net.tmp / f'ui-{card}.log').read_text()}")
+    ready = json.loads(line)["ready"]
+    return Ui(proc, ready["url"], ready["login"])
+
+
+@dataclass
+class World:
+    net: TrnNet
+    ui_a: Ui
+    ui_b: Ui
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    net = TrnNet(tmp_path_factory.mktemp("web"), wallets=("a", "b"), ttp=True)
+    with net:
+        asyncio.run(_issue(net))
+        uis = [start_ui(net, "a"), start_ui(net, "b")]
+        try:
+            yield World(net, *uis)
+        finally:
+            for ui in uis:
+                stop_process(ui.proc)
+
+
+async def _issue(net: TrnNet) -> None:
+    await net.setup_trace()
+    for oid, to in ((T1, "a"), (T4, "a"), (T2, "b"), (T3, "b")):
+        assert (await net.ask("agent", MINT, oid=oid, body=BODIES[oid]))["ok"]
+        assert (await net.ask("agent", SEND, oid=oid, to=net.uids[to]))["ok"]
+    for oid, to in ((T1, "a"), (T4, "a"), (T2, "b"), (T3, "b")):
+        await net.settle(to, oid)
+    for card in ("a", "b"):
+        async with await _wallet(net, card) as w:
+            await w.set_ttp(net.uids["ttp"])
+
+
+async def _wallet(net: TrnNet, card: str) -> Wallet:
+    return await Wallet.open(net.hosts[card].socket, pin=PIN, card=net.uids[card].domain)
+
+
+async def _listing(net: TrnNet, card: str) -> dict[str, str]:
+    async with await _wallet(net, card) as w:
+        return {v.oid.hex(): v.status for v in await w.vouchers()}
+
+
+async def _page_tickets(page: Page) -> dict[str, str]:
+    rows = page.locator("#tickets tbody tr")
+    return {await r.get_attribute("data-oid") or "": await r.get_attribute("data-status") or ""
+            for r in await rows.all()}  # fmt: skip
+
+
+async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float = 20.0) -> dict[str, str]:
+    """The page's tickets once they equal the card's own listing (all settled: enabled); the listing."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            listing = await _listing(net, card)
+            if set(listing.values()) <= {"enabled"} and await _page_tickets(page) == listing:
+                return listing
+            await asyncio.sleep(0.2)
+
+
+def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> None:
+    net = world.net
+    a, b = str(net.uids["a"]), str(net.uids["b"])
+
+    async def go() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            page = await browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            await page.goto(world.ui_b.login)
+            assert page.url == world.ui_b.url  # the login link answered with the session and went to the page
+            await expect(page.locator("#card")).to_have_text(b)
+            await expect(page.locator("#link")).to_have_text("live")
+            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", T3.hex(): "enabled"}
+            assert await page.locator(f'#tickets tr[data-oid="{T3.hex()}"] td.body').inner_text() == BODIES[T3].decode()
+
+            # an error says what to do, and nothing moves
+            await page.select_option("#send-oid", T3.hex())
+            await page.fill("#send-to", "not a uid")
+            await page.click("#send-button")
+            await expect(page.locator("#message.error")).to_contain_text("is not a card's Uid: it is 24 hex digits")
+            assert (await _listing(net, "b"))[T3.hex()] == "enabled"
+
+            # send T3 to a
+            await page.fill("#send-to", a)
+            await page.click("#send-button")
+            await expect(page.locator("#message.ok")).to_contain_text(f"sending {T3.hex()} to {a}")
+            await expect(page.locator(f'#tickets tr[data-oid="{T3.hex()}"]')).to_have_count(0)
+            await net.settle("a", T3)
+            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled"}
+            assert (await _listing(net, "a"))[T3.hex()] == "enabled"
+
+            # a offers T1 for T2: b's page shows the offer before b's card takes anything
+            async with await _wallet(net, "a") as wa:
+                x = await wa.offer(T1, T2, net.uids["b"])
+                offer = page.locator(f'#offers li[data-id="{x.n1.hex()}"]')
+                await expect(offer).to_be_visible()
+                await expect(offer.locator("strong.get")).to_have_text(BODIES[T1].decode())
+                await expect(offer.locator("strong.give")).to_have_text(BODIES[T2].decode())
+                await expect(offer).to_contain_text(a)
+                async with await _wallet(net, "b") as wb:
+                    assert (await wb.status(x.n1)).phase == "proposed"
+                    assert {v.oid: v.status for v in await wb.vouchers()} == {T2: "enabled"}  # nothing taken yet
+                await offer.locator("button.accept").click()
+                await expect(page.locator("#message.ok")).to_contain_text("accepted")
+                assert (await wa.wait(x.n1, timeout_s=20)).swapped
+            await expect(offer).to_have_count(0)
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled"}
+            assert (await _listing(net, "a")) == {T2.hex(): "enabled", T3.hex(): "enabled", T4.hex(): "enabled"}
+
+            # a offers T3 for T1; b's page rejects: nothing moves, a's T3 is usable again
+            async with await _wallet(net, "a") as wa:
+                y = await wa.offer(T3, T1, net.uids["b"])
+                offer = page.locator(f'#offers li[data-id="{y.n1.hex()}"]')
+                await expect(offer.locator("strong.get")).to_have_text(BODIES[T3].decode())
+                await offer.locator("button.reject").click()
+                await expect(page.locator("#message.ok")).to_contain_text("rejected")
+                assert not (await wa.wait(y.n1, timeout_s=20)).swapped
+            await expect(offer).to_have_count(0)
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled"}
+            assert (await _listing(net, "a"))[T3.hex()] == "enabled"
+
+            # recover: nothing is left under way
+            await page.click("#recover-button")
+            await expect(page.locator("#message.ok")).to_have_text("nothing was left to finish")
+            await expect(page.locator("#nothing-under-way")).to_be_visible()
+            await browser.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def session_a(world: World) -> Iterator[tuple[httpx.Client, str]]:
+    """a's page logged in once (the login link works once): a client with the session cookie, and the CSRF token."""
+    with httpx.Client(base_url=world.ui_a.url, timeout=30) as c:
+        token = world.ui_a.login.rsplit("/", 1)[1]
+        r = c.get(f"/login/{token}")
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        page = c.get("/")
+        assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
+        found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+        assert found is not None
+        yield c, found.group(1)
+
+
+def test_requests_without_the_session_are_refused(world: World, session_a: tuple[httpx.Client, str]) -> None:
+    logged_in, _ = session_a
+    with httpx.Client(base_url=world.ui_a.url, timeout=30) as stranger:
+        for path in ("/", "/api/state", "/static/wallet.js", "/nothing-here", "/login"):
+            r = stranger.get(path)
+            assert r.status_code == 403, (path, r.status_code)
+        r = stranger.post("/api/send", json={"oid": T4.hex(), "to": str(world.net.uids["b"])})
+        assert r.status_code == 403 and r.json()["error"] == "no_session"
+        assert "cardnet wallet ui" in r.json()["message"]  # it says what to do
+        token = world.ui_a.login.rsplit("/", 1)[1]
+        r = stranger.get(f"/login/{token}")  # spent by the fixture's browser
+        assert r.status_code == 403 and r.json()["error"] == "bad_login"
+        assert stranger.get("/login/" + "x" * 43).status_code == 403
+        stranger.cookies.set("cardnet_wallet", "guessed")
+        assert stranger.get("/api/state").status_code == 403
+    # the session's own requests pass, but only under this server's name (no DNS rebinding)
+    state = logged_in.get("/api/state")
+    assert state.status_code == 200 and state.json()["card"] == str(world.net.uids["a"])
+    assert {t["oid"] for t in state.json()["tickets"]} >= {T4.hex()}
+    r = logged_in.get("/api/state", headers={"Host": f"evil.example:{world.ui_a.url.rsplit(':', 1)[1][:-1]}"})
+    assert r.status_code == 403 and r.json()["error"] == "wrong_host"
+
+
+def test_a_cross_site_post_is_refused(world: World, session_a: tuple[httpx.Client, str]) -> None:
+    c, csrf = session_a
+    send = {"oid": T4.hex(), "to": str(world.net.uids["b"])}
+    own = world.ui_a.url.rstrip("/")
+    forged = [
+        ({"Origin": "http://evil.example", "X-CSRF-Token": csrf}, "cross_site"),
+        ({"Origin": own, "Sec-Fetch-Site": "cross-site", "X-CSRF-Token": csrf}, "cross_site"),
+        ({"Origin": own}, "csrf"),  # no token: what a form on another site can send at most
+        ({"Origin": own, "X-CSRF-Token": "0" * len(csrf)}, "csrf"),
+    ]
+    for headers, reason in forged:
+        r = c.post("/api/send", json=send, headers=headers)
+        assert r.status_code == 403 and r.json()["error"] == reason, (headers, r.text)
+    r = c.post("/api/send", data={"oid": T4.hex(), "to": send["to"]}, headers={"X-CSRF-Token": csrf, "Origin": own})
+    assert r.status_code == 415  # a form's body
+    assert asyncio.run(_listing(world.net, "a"))[T4.hex()] == "enabled"  # nothing moved
+    # the page's own request passes every check (and the card's answer comes back in words)
+    r = c.post("/api/send", json={**send, "to": str(world.net.uids["a"])}, headers={"X-CSRF-Token": csrf,
+               "Origin": own})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"] == "to_self"
+
+
+def test_the_server_refuses_a_non_loopback_address(world: World) -> None:
+    opened: list[Wallet] = []
+
+    async def open_wallet() -> Wallet:
+        opened.append(await _wallet(world.net, "a"))
+        return opened[-1]
+
+    async def go() -> None:
+        for host in ("0.0.0.0", "192.0.2.1", "::", "localhost"):
+            web = WalletWeb(open_wallet)
+            with pytest.raises(ValueError, match="not a loopback address"):
+                await web.start(host, 0)
+            await web.aclose()
+        assert opened == []  # refused before the card was even opened
+
+    asyncio.run(go())
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = run(["wallet", "ui", "--socket", world.net.hosts["a"].socket, "--listen", "0.0.0.0:0", "--json"])
+    assert code == 2 and "not a loopback address" in json.loads(out.getvalue())["error"]["message"]
+
+
+def test_the_command_is_in_the_wallet_group() -> None:
+    from cardnet.cli.main import cli, subcommands
+
+    group = subcommands(cli)["wallet"]
+    assert isinstance(group, click.Group) and {"ui", "send", "show"} <= set(group.commands)
