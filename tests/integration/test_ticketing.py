@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hostprocs import Service
+from hostprocs import Service, cardnet
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.registry import make_applets
@@ -49,7 +50,7 @@ from cardnet.wire import Uid
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay")  # carol's purse stays empty: her bill is never paid
 PRICE = sm.Price("EUR", 2500)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2")
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4")
 
 
 @dataclass
@@ -368,7 +369,45 @@ def test_buy_ticket_does_the_whole_purchase_from_the_servers_pages(world: World)
                 await buy_ticket(world.url, "final", "Z9", **how)
             assert info.value.reason == "no_seat"
             got = await buy_ticket(world.url, "final", "D2", **how)
-        assert got.price == "25.00 EUR" and got.oid == ticket_oid(got.poid)
-        await _enabled(world, "dan", got.oid)
+            assert got.price == "25.00 EUR" and got.oid == ticket_oid(got.poid)
+            await _enabled(world, "dan", got.oid)
+            # paid, and then the delivery fails (here: no host at the relay's socket): the error names the sale
+            with pytest.raises(TicketError) as info:
+                await buy_ticket(world.url, "final", "D4", **(how | {"app_socket": str(world.net.tmp / "gone.sock")}))
+        assert info.value.reason == "not_delivered"
+        sale = bytes.fromhex(str(info.value).split("(sale ")[1].split(")")[0])
+        relayed = await receive_ticket(world.url, sale, world.net.hosts["dan"].socket)  # the retry brings it
+        await _enabled(world, "dan", relayed.oid)
 
     asyncio.run(go())
+
+
+def _wallet_config(w: World, buyer: str) -> str:
+    """A wallet config for ``buyer`` (what `cardnet wallet init` would write), beside the stores."""
+    tmp = w.net.tmp
+    (tmp / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(w.broker_cert)]))
+    (tmp / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(w.roots[0])]))
+    path = tmp / f"{buyer}-wallet.toml"
+    path.write_text(
+        f'socket = "{w.net.hosts[buyer].socket}"\ncard = "{w.net.uids[buyer].domain.hex()}"\n'
+        f'broker = "{w.broker_addr}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
+        f'purchases = "{buyer}-purchases"\n'
+    )
+    return str(path)
+
+
+def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: World) -> None:
+    erin = ("--config", _wallet_config(world, "erin"), "--pin", PIN, "--json")
+    got = json.loads(cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin).stdout)
+    assert got["state"] == "enabled" and got["price"] == "25.00 EUR" and got["seat"] == "D3"
+    assert asyncio.run(world.net.tokens("erin"))[bytes.fromhex(got["oid"])] == "enabled"
+    again = json.loads(cardnet("wallet", "buy", world.url, "--poid", got["poid"], *erin).stdout)
+    assert again["state"] == "enabled" and again["oid"] == got["oid"]  # delivered already: nothing more to do
+    fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")
+    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *fay, check=False)
+    assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "seat_sold"
+    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", "--limit", "5.00 EUR", *fay,
+                check=False)  # fmt: skip
+    assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"
+    r = cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
+    assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr

@@ -9,7 +9,7 @@ the server closes the connection: the device's card and the buyer's card run the
 through it, and the buyer's card traces the ticket with the authority over its own host's routes. Any other
 answer raises :class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``,
 ``bad_receipt``, ``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection
-interrupted.
+interrupted; for a ticket that left the server already it returns at once (no frames relayed).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cardnet.services.speed.customer import CardOrders, Customer, Journal
 from cardnet.services.ticketing.config import parse_price
 from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection
 from cardnet.transport.http import request
-from cardnet.transport.http_upgrade import dial_trn
+from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
 
 TIMEOUT_S = 60.0
@@ -96,8 +96,9 @@ async def buy_ticket(
     aggressive mode) from the card behind ``card`` (e.g. a :class:`~cardnet.services.wallet.Wallet`), paid
     through ``broker``; the broker's receipt opens the upgraded connection, relayed to the host at
     ``app_socket``. A purchase interrupted after the payment is finished by :func:`receive_ticket` with the
-    PaymentOrderID and the receipt (``journal`` keeps both). A sold seat raises ``PurchaseError('seat_sold')``
-    before anything is paid.
+    PaymentOrderID and the receipt (``journal`` keeps both): a delivery that fails after the payment raises
+    ``TicketError('not_delivered')`` naming the sale. A sold seat raises ``PurchaseError('seat_sold')`` before
+    anything is paid.
     """
     info = await get_json(url, "/")
     shown = await get_json(url, f"/events/{quote(event, safe='')}")
@@ -110,7 +111,13 @@ async def buy_ticket(
         str(info["speed"]), broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
         vendor_cert=vendor_cert, price=price, limit=price,
     )  # fmt: skip
-    relayed = await receive_ticket(url, bought.poid, app_socket, receipt=bought.receipt, timeout_s=timeout_s)
+    try:
+        relayed = await receive_ticket(url, bought.poid, app_socket, receipt=bought.receipt, timeout_s=timeout_s)
+    except (CardnetError, TimeoutError) as exc:  # paid: the ticket is owed, and a retry with the sale brings it
+        raise TicketError(
+            "not_delivered",
+            f"paid {bought.price} (sale {bought.poid.hex()}), but the ticket did not arrive: {exc or 'timed out'}",
+        ) from exc
     return Bought(bought.poid, relayed.oid, str(bought.price), event, seat, bought.receipt)
 
 
@@ -120,9 +127,15 @@ async def receive_ticket(
     """Relay the delivery of sale ``poid``'s ticket from the server at ``url`` to the card of ``app_socket``'s host."""
     host, port = server_address(url)
     body = json.dumps({} if receipt is None else {"receipt": base64.b64encode(receipt).decode()}).encode()
-    up = await dial_trn(
-        host, port, "POST", f"/tickets/{poid.hex()}", headers=[("Content-Type", "application/json")], body=body
-    )
+    try:
+        up = await dial_trn(
+            host, port, "POST", f"/tickets/{poid.hex()}", headers=[("Content-Type", "application/json")], body=body
+        )
+    except UpgradeRefused as exc:
+        shown = json.loads(exc.body) if exc.status == 200 else None
+        if isinstance(shown, dict) and shown.get("state") == "delivered":  # it left the server already
+            return Relayed(bytes.fromhex(str(shown["oid"])), b"", 0, 0)
+        raise
     server = up.conn
     try:
         device = bytes.fromhex(up.headers.get("trn-device", ""))
