@@ -83,6 +83,7 @@ class TicketingServer:
         self.wallet: Wallet | None = None
         self.http: HttpServer | None = None
         self.device_domain = b""
+        self._speed_address: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._transfers: set[asyncio.Task[Any]] = set()
         self._sending: dict[bytes, asyncio.Lock] = {}  # sales whose ticket a connection is minting or sending
@@ -109,7 +110,7 @@ class TicketingServer:
             log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
         self.core = sv.VendorCore(self.store, clock=time.time, on_sale=sales.claim)
         self.vendor = sv.VendorServer(self.core)
-        await self.vendor.start(*cfg.speed_listen)
+        self._speed_address = await self.vendor.start(*cfg.speed_listen)
         host_config = load_host_config(cfg.host)
         self.host = HostServer(host_config)
         if len(self.host.cards) != 1:
@@ -142,8 +143,8 @@ class TicketingServer:
 
     @property
     def speed_address(self) -> tuple[str, int]:
-        assert self.vendor is not None
-        return self.vendor._server.address
+        assert self._speed_address is not None
+        return self._speed_address
 
     async def serve_forever(self) -> None:
         await self._stopping.wait()
