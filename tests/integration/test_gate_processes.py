@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,11 @@ from cardnet.applets.gate import SETUP, STATE
 from cardnet.applets.trn import MINT, SEND
 from cardnet.bench.procs import HostProc, free_port
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.card import Card
+from cardnet.card.personalise import personalise
+from cardnet.crypto import pki
 from cardnet.services.wallet import Wallet, WalletError
+from cardnet.store import SqliteStore
 
 T1, T2, T3, T4 = (bytes([n]) * 16 for n in (0x11, 0x22, 0x33, 0x44))
 WAIT_S = 30.0
@@ -246,3 +251,29 @@ def test_a_clone_admitted_at_two_offline_gates_is_caught_when_they_report(tmp_pa
                 clone.stop()
 
         asyncio.run(go())
+
+
+def test_gate_run_refuses_a_missing_pin_a_config_without_a_gate_card_and_a_wrong_pin(tmp_path: Path) -> None:
+    """Errors an operator can meet before `ready`: one JSON error each (with --json), a hint, no traceback."""
+    now = datetime.now(UTC)
+    card = Card(SqliteStore(str(tmp_path / "g.card.db")))
+    personalise(card, pki.CertificateAuthority.create("gate CA", now=now), pin=PIN, now=now)
+    card.close()
+    head = 'name = "g"\napp_socket = "g.sock"\n\n[[cards]]\nstore = "sqlite:///g.card.db"\n'
+    (tmp_path / "gate.toml").write_text(head + 'applets = ["gate"]\n')
+    (tmp_path / "trn.toml").write_text(head + 'applets = ["trn"]\n')
+
+    def run(config: str, pin: str) -> dict[str, Any]:
+        r = subprocess.run(
+            [sys.executable, "-m", "cardnet.cli.main", "gate", "run", "--json", "--config", str(tmp_path / config)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "CARDNET_PIN": pin}, check=False,
+        )  # fmt: skip
+        assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout and "ready" not in r.stdout, r
+        err: dict[str, Any] = json.loads(r.stdout)["error"]
+        assert err["hint"], err
+        return err
+
+    assert run("gate.toml", "")["reason"] == "no_pin"
+    assert run("trn.toml", PIN)["reason"] == "bad_config"
+    wrong = run("gate.toml", "0000")
+    assert wrong["reason"] == "wrong_pin" and "tries left" in wrong["message"], wrong
