@@ -1,10 +1,13 @@
 """The web wallet (``cardnet wallet ui``) through its real entry point, against real host processes and cards.
 
 One network for the module (:class:`~cardnet.bench.trnnet.TrnNet`: the authority's host with the agent and the
-TTP, wallet hosts a and b) and two ``cardnet wallet ui`` processes: b's page is driven by headless Chromium
-(Debian's ``/usr/bin/chromium`` through Playwright: it sends a ticket and answers exchange offers a's card makes
-with the wallet library, and what it shows is compared with the card's own listing); a's is spoken to with httpx
-to check who may use it (the session, the CSRF checks, the Host check).
+TTP, wallet hosts a and b; b's card also has an e-purse), a ticketing server (``cardnet ticketing run``) and its
+SPEED broker (``cardnet speed broker run``), and two ``cardnet wallet ui`` processes: b's page is driven by
+headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright: it buys a ticket, sends one and answers
+exchange offers a's card makes with the wallet library, and what it shows is compared with the card's own
+listing); a's is spoken to with httpx to check who may use it (the session, the CSRF checks, the Host check).
+The stores of the broker, the vendor and the ticketing device are made with the libraries (as in
+``test_ticketing.py``).
 """
 
 from __future__ import annotations
@@ -17,20 +20,39 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import click
 import httpx
 import pytest
+from hostprocs import Service
 from playwright.async_api import Page, async_playwright, expect
 
-from cardnet.applets.trn import MINT, SEND
-from cardnet.bench.procs import readline, stop_process
+from cardnet.applets.authority import ADD_AGENT
+from cardnet.applets.registry import make_applets
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY
+from cardnet.applets.trn import RESULT as TRN_RESULT
+from cardnet.bench.procs import HostProc, free_port, readline, stop_process
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.card import Card
+from cardnet.card.personalise import personalise
 from cardnet.cli.main import run
+from cardnet.crypto import pki, profile
+from cardnet.host.local import LocalCard
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import broker as sb
+from cardnet.services.speed import vendor as sv
+from cardnet.services.speed.customer import install_key, load
+from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
+from cardnet.store import SqliteStore, open_store
 from cardnet.web.wallet import WalletWeb
+from cardnet.wire import Uid
 
 CHROMIUM = "/usr/bin/chromium"
 T1 = bytes.fromhex("a1" * 16)  # a's voucher: a offers it to b for T2
@@ -71,19 +93,83 @@ class World:
     net: TrnNet
     ui_a: Ui
     ui_b: Ui
+    tickets_url: str
+
+
+def _service(ca: pki.CertificateAuthority, name: str) -> tuple[profile.PrivateKey, bytes]:
+    key = profile.generate_private_key()
+    cert = ca.issue(pki.Role.SERVICE, Uid(os.urandom(12), 0), key.public_key(), now=datetime.now(UTC), name=name)
+    return key, pki.cert_to_der(cert)
+
+
+def _ticketing(net: TrnNet) -> tuple[HostProc, Service, bytes]:
+    """The ticketing server (its device an agent card on its own host inside it) and its SPEED broker, made with
+    the libraries; b's account at the broker. The processes are not started."""
+    tmp, now = net.tmp, datetime.now(UTC)
+    ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
+    roots = [pki.cert_to_der(ca.certificate)]
+    card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
+    device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
+    device_cert = card.certificate_der
+    local = LocalCard(card, PIN)
+    assert local.ask(SET_AUTHORITY, TRN_RESULT, authority=net.uids["authority"])["ok"]
+    local.close()
+    (tmp / "device.toml").write_text(
+        f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
+        f'applets = ["trn"]\n\n[routes]\n"{net.uids["authority"].domain.hex()}" = "127.0.0.1:{net.ports["auth"]}"\n'
+    )
+    bkey, bcert = _service(ca, "broker")
+    vkey, vcert = _service(ca, "tickets")
+    sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
+    personalise(sam_card, ca, pin=PIN, now=now, role=pki.Role.SERVICE, name="sam")
+    sam_card.close()
+    bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
+    sb.init_broker(bstore, bkey, bcert, roots)
+    sb.add_vendor(bstore, "V-1", vcert)
+    sb.add_customer(bstore, "C-b", net.uids["b"], sm.Price("EUR", 100_000))
+    bstore.close()
+    vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
+    sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
+    vstore.close()
+    broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
+                     str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
+    http_port, speed_port = free_port(), free_port()
+    tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
+    tickets.config.write_text(
+        f'name = "Cup final tickets"\nlisten = "127.0.0.1:{http_port}"\nspeed_listen = "127.0.0.1:{speed_port}"\n'
+        f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = 20\n\n'
+        f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
+        f'seats = ["A1", "A2", "B1"]\n'
+    )
+    (tmp / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(bcert)]))
+    (tmp / "ca.pem").write_bytes(pki.chain_to_pem([ca.certificate]))
+    return tickets, broker, device_cert
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     net = TrnNet(tmp_path_factory.mktemp("web"), wallets=("a", "b"), ttp=True)
-    with net:
-        asyncio.run(_issue(net))
-        uis = [start_ui(net, "a"), start_ui(net, "b")]
+    hb = net.hosts["b"]  # b's card pays with SPEED too
+    hb.config.write_text(hb.config.read_text().replace('applets = ["trn"]', 'applets = ["trn", "purse", "speed"]'))
+    tickets, broker, device_cert = _ticketing(net)
+    uis: list[Ui] = []
+    with net, ThreadPoolExecutor(2) as pool:
         try:
-            yield World(net, *uis)
+            started = [pool.submit(broker.start), pool.submit(tickets.start)]
+            asyncio.run(_issue(net))
+            broker_at = started[0].result()
+            started[1].result()
+            asyncio.run(_purse(net, broker_at, device_cert))
+            (net.tmp / "b-wallet.toml").write_text(
+                f'broker = "{broker_at}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\naccount = "C-b"\n'
+            )
+            uis += list(pool.map(lambda card: start_ui(net, card), ("a", "b")))
+            yield World(net, *uis, f"http://127.0.0.1:{tickets.port}")
         finally:
             for ui in uis:
                 stop_process(ui.proc)
+            tickets.stop()
+            broker.stop()
 
 
 async def _issue(net: TrnNet) -> None:
@@ -96,6 +182,14 @@ async def _issue(net: TrnNet) -> None:
     for card in ("a", "b"):
         async with await _wallet(net, card) as w:
             await w.set_ttp(net.uids["ttp"])
+
+
+async def _purse(net: TrnNet, broker_at: str, device_cert: bytes) -> None:
+    """The authority knows the ticketing device; b's e-purse is keyed and holds 100.00 EUR."""
+    assert (await net.ask("authority", ADD_AGENT, cert=device_cert))["ok"]
+    async with await _wallet(net, "b") as w:
+        assert await install_key(w, broker_at)
+        assert await load(w, broker_at, sm.Price("EUR", 10_000), "C-b") == 1
 
 
 async def _wallet(net: TrnNet, card: str) -> Wallet:
@@ -113,6 +207,16 @@ async def _page_tickets(page: Page) -> dict[str, str]:
             for r in await rows.all()}  # fmt: skip
 
 
+async def _body(page: Page, oid: str) -> str:
+    return await page.locator(f'#tickets tr[data-oid="{oid}"] td.body').inner_text()
+
+
+async def _balance(net: TrnNet, card: str) -> int:
+    async with await _wallet(net, card) as w:
+        got = await w.ask(pa.BALANCE, pa.BALANCES)
+    return int({a["currency"]: a["balance"] for a in got["accounts"]}.get("EUR", 0))
+
+
 async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float = 20.0) -> dict[str, str]:
     """The page's tickets once they equal the card's own listing (all settled: enabled); the listing."""
     async with asyncio.timeout(timeout_s):
@@ -123,7 +227,7 @@ async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float
             await asyncio.sleep(0.2)
 
 
-def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> None:
+def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
     net = world.net
     a, b = str(net.uids["a"]), str(net.uids["b"])
 
@@ -138,6 +242,29 @@ def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> No
             await expect(page.locator("#link")).to_have_text("live")
             assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", T3.hex(): "enabled"}
             assert await page.locator(f'#tickets tr[data-oid="{T3.hex()}"] td.body').inner_text() == BODIES[T3].decode()
+            await expect(page.locator("#purse")).to_have_text("100.00 EUR")
+
+            # buy seat A1 from the ticketing server: paid from the e-purse, the ticket relayed to b's card
+            await page.fill("#shop-url", f"http://127.0.0.1:{free_port()}")  # nobody there: the page says what to do
+            await page.click("#shop-button")
+            await expect(page.locator("#message.error")).to_contain_text("check the address and that it runs")
+            await page.fill("#shop-url", world.tickets_url)
+            await page.click("#shop-button")
+            await expect(page.locator("#buy-form")).to_be_visible()
+            await expect(page.locator("#buy-seat option")).to_have_text(["A1", "A2", "B1"])
+            await page.select_option("#buy-seat", "A1")
+            await expect(page.locator("#buy-price")).to_have_text("25.00 EUR")
+            await page.click("#buy-button")
+            await expect(page.locator("#message.ok")).to_contain_text("bought seat A1 of final for 25.00 EUR")
+            await expect(page.locator("#buy-seat option")).to_have_text(["A2", "B1"])
+            listing = await _until_page_shows(page, net, "b")
+            (ticket,) = set(listing) - {T2.hex(), T3.hex()}
+            shown = json.loads(await _body(page, ticket))  # the ticket's body, as the page shows it
+            assert shown["seat"] == "A1" and ticket_oid(bytes.fromhex(shown["poid"])) == bytes.fromhex(ticket)
+            async with httpx.AsyncClient(base_url=world.tickets_url) as c:  # the server's own word on the sale
+                assert (await c.get(f"/tickets/{shown['poid']}")).json()["state"] == "delivered"
+            await expect(page.locator("#purse")).to_have_text("75.00 EUR")
+            assert await _balance(net, "b") == 7_500
 
             # an error says what to do, and nothing moves
             await page.select_option("#send-oid", T3.hex())
@@ -152,7 +279,7 @@ def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> No
             await expect(page.locator("#message.ok")).to_contain_text(f"sending {T3.hex()} to {a}")
             await expect(page.locator(f'#tickets tr[data-oid="{T3.hex()}"]')).to_have_count(0)
             await net.settle("a", T3)
-            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # a offers T1 for T2: b's page shows the offer before b's card takes anything
@@ -165,12 +292,15 @@ def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> No
                 await expect(offer).to_contain_text(a)
                 async with await _wallet(net, "b") as wb:
                     assert (await wb.status(x.n1)).phase == "proposed"
-                    assert {v.oid: v.status for v in await wb.vouchers()} == {T2: "enabled"}  # nothing taken yet
+                    assert {v.oid.hex(): v.status for v in await wb.vouchers()} == {
+                        T2.hex(): "enabled",
+                        ticket: "enabled",
+                    }  # nothing taken
                 await offer.locator("button.accept").click()
                 await expect(page.locator("#message.ok")).to_contain_text("accepted")
                 assert (await wa.wait(x.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a")) == {T2.hex(): "enabled", T3.hex(): "enabled", T4.hex(): "enabled"}
 
             # a offers T3 for T1; b's page rejects: nothing moves, a's T3 is usable again
@@ -182,7 +312,7 @@ def test_the_page_sends_a_ticket_and_answers_exchange_offers(world: World) -> No
                 await expect(page.locator("#message.ok")).to_contain_text("rejected")
                 assert not (await wa.wait(y.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # recover: nothing is left under way

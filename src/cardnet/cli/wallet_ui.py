@@ -40,9 +40,9 @@ def _listen(text: str) -> tuple[str, int]:
                  help="Where to serve the page: a loopback address and a port (0: any free one)."),
 )  # fmt: skip
 def wallet_ui(target: Target, listen: str, as_json: bool) -> None:
-    """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; send, answer
-    exchange offers, recover. Prints a one-time login link: open it in your browser (it works once; every other
-    request needs the session it opens). Runs until Ctrl-C."""
+    """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; buy a ticket,
+    send one, answer exchange offers, recover. Prints a one-time login link: open it in your browser (it works
+    once; every other request needs the session it opens). Runs until Ctrl-C."""
     from cardnet.cli.trn import card_pin, parse_domain
     from cardnet.services.wallet import Wallet, WalletError
     from cardnet.transport.errors import TransportError
@@ -55,7 +55,7 @@ def wallet_ui(target: Target, listen: str, as_json: bool) -> None:
         return await Wallet.open(socket, pin=pin, card=card)
 
     async def main() -> None:
-        web = WalletWeb(open_wallet, target.config)
+        web = WalletWeb(open_wallet, target.config, app_socket=socket)
         try:
             served = await web.start(host, port)
         except WalletError as exc:

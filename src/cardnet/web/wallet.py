@@ -25,20 +25,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from importlib import resources
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cardnet.cli.fairx import PHASE_WORDS
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
+from cardnet.crypto import pki
 from cardnet.protocols.speed.messages import Price
+from cardnet.services.speed.customer import Journal, PurchaseError
+from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, server_address
 from cardnet.services.wallet import MOVING, Wallet, WalletError
+from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
+from cardnet.transport.http_upgrade import UpgradeRefused
 from cardnet.web.session import Session, loopback
 from cardnet.wire import DecodeError, Uid
 
@@ -54,6 +61,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
                     ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))  # fmt: skip
+MAX_EVENTS = 20  # a ticketing server's events the page lists
+JOURNAL = ".purchases"  # under the wallet's purchases folder: SPEED purchases under way (as cli/speed.py's)
 STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css; charset=utf-8"}
 
 # what the person does about a card's refusal (the card's reason -> a sentence for the page)
@@ -64,6 +73,20 @@ HINTS = {
     "`cardnet exchange set-ttp`",
     "privileged": "the card no longer takes the owner's orders from this page: restart `cardnet wallet ui`",
     "refused": "the card refused it: the page shows how the ticket or exchange stands now",
+}
+PAID = (
+    "if your card paid, nothing is lost: the server keeps the paid sale, and `cardnet wallet buy URL --poid POID` "
+    "finishes its delivery"
+)
+BUY_HINTS = {
+    "seat_sold": "someone bought that seat first (nothing was paid): choose another",
+    "no_seat": "choose a seat the list shows free (Show events reads it again)",
+    "no_event": "choose an event the list shows (Show events reads it again)",
+    "insufficient": "your e-purse holds too little: load it with `cardnet wallet load --amount '50.00 EUR'`",
+    "no_key": "your e-purse was never loaded: load it with `cardnet wallet load --amount '50.00 EUR'`",
+    "unpaid": "the payment did not reach the server: press Recover (it pays a delivered purchase, never twice), then "
+    "finish the delivery with `cardnet wallet buy URL --poid POID`",
+    "unreachable": "the broker does not answer: if your card paid, Recover finishes the purchase once it is back",
 }
 
 Opener = Callable[[], Awaitable[Wallet]]
@@ -85,6 +108,7 @@ class WalletWeb:
         open_wallet: Opener,
         config: WalletConfig | None = None,
         *,
+        app_socket: str | None = None,
         limits: HttpLimits = LIMITS,
         refresh_s: float = REFRESH_S,
         recover_wait_s: float = RECOVER_WAIT_S,
@@ -92,6 +116,7 @@ class WalletWeb:
     ) -> None:
         self._open = open_wallet
         self.config = config
+        self.app_socket = app_socket  # the host's application socket: the ticketing server's delivery is relayed there
         self.limits = limits
         self.refresh_s = refresh_s
         self.recover_wait_s = recover_wait_s
@@ -145,6 +170,8 @@ class WalletWeb:
             ("POST", "/api/ticket/accept", self.accept_ticket),
             ("POST", "/api/ticket/reject", self.reject_ticket),
             ("POST", "/api/recover", self.recover),
+            ("POST", "/api/shop", self.shop),
+            ("POST", "/api/buy", self.buy),
         ):
             r.add(method, path, _guarded(self._check, handler))
         return r
@@ -182,6 +209,13 @@ class WalletWeb:
         except TimeoutError:
             raise HttpError(504, "timeout", "your card's host did not answer in time: try again; if it keeps "
                             "happening, restart `cardnet host run`") from None  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _order(self) -> AsyncIterator[Wallet]:
+        """:meth:`_card` for an order that may change the card: the state is read again after it."""
+        try:
+            async with self._card() as wallet:
+                yield wallet
         finally:
             self._stale = True
 
@@ -257,10 +291,13 @@ class WalletWeb:
         loop = asyncio.get_running_loop()
         async with self._reading:
             if self._state is None or self._stale or loop.time() - self._read_at >= self.refresh_s:
-                self._stale = False
-                async with self._card() as wallet:
-                    fresh = await self._read(wallet)
-                self._stale = False
+                self._stale = False  # (a change pushed while the card is read makes it stale again)
+                try:
+                    async with self._card() as wallet:
+                        fresh = await self._read(wallet)
+                except BaseException:
+                    self._stale = True
+                    raise
                 self._read_at = loop.time()
                 if fresh != self._state:
                     self._state = fresh
@@ -295,7 +332,7 @@ class WalletWeb:
         body = _body(request)
         oid = _hex16(body.get("oid"), "the ticket to send (choose one in the list)")
         to = _uid(body.get("to"))
-        async with self._card() as wallet:
+        async with self._order() as wallet:
             held = {v.oid: v for v in await wallet.vouchers()}.get(oid)
             if held is None:
                 raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows "
@@ -315,14 +352,14 @@ class WalletWeb:
 
     async def accept_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
-        async with self._card() as wallet:
+        async with self._order() as wallet:
             x = await wallet.accept(n1)
         return _json({"message": f"accepted: {PHASE_WORDS.get(x.phase, x.phase)}; the swap finishes by itself",
                       "phase": x.phase})  # fmt: skip
 
     async def reject_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
-        async with self._card() as wallet:
+        async with self._order() as wallet:
             x = await wallet.reject(n1)
         return _json({"message": "rejected: nothing of yours moved", "phase": x.phase})
 
@@ -334,13 +371,13 @@ class WalletWeb:
 
     async def _answer_ticket(self, request: Request, *, accept: bool) -> Response:
         oid = _hex16(_body(request).get("oid"), "the offered ticket")
-        async with self._card() as wallet:
+        async with self._order() as wallet:
             await wallet.answer_offer(oid, accept=accept)
         done = "taken: it is yours once traced" if accept else "refused: it goes back to the sender"
         return _json({"message": f"{oid.hex()} {done}"})
 
     async def recover(self, request: Request) -> Response:
-        async with self._card() as wallet:
+        async with self._order() as wallet:
             rows = await recover_card(wallet, self.recover_wait_s, self.ttp_after_s)
             if self.config is not None:
                 try:
@@ -357,6 +394,57 @@ class WalletWeb:
             message = f"finished {len(rows)}"
         shown = [{"what": r["what"], "id": r["id"], "outcome": r["outcome"], "finished": r["finished"]} for r in rows]
         return _json({"message": message, "recovered": shown})
+
+    # -- buying a ticket from a ticketing server (services/ticketing/buyer.py) -----------------------------------------
+    async def shop(self, request: Request) -> Response:
+        """A ticketing server's events and their free seats (the page cannot ask another server itself)."""
+        url = _url(_body(request).get("url"))
+        with _ticketing(url):
+            info = await get_json(url, "/")
+            events = []
+            for e in list(info.get("events") or [])[:MAX_EVENTS]:
+                shown = await get_json(url, f"/events/{quote(str(e.get('id', '')), safe='')}")
+                free = [str(t.get("seat", "")) for t in shown.get("seats") or [] if t.get("free")]
+                events.append({"id": str(shown.get("id", "")), "name": str(shown.get("name", "")),
+                               "date": str(shown.get("date", "")), "price": str(shown.get("price", "")),
+                               "free": free})  # fmt: skip
+        return _json({"name": str(info.get("name", "")), "url": url, "events": events})
+
+    async def buy(self, request: Request) -> Response:
+        """Buy a seat: SPEED at the list price from the e-purse, then the ticket relayed to the card."""
+        body = _body(request)
+        url = _url(body.get("url"))
+        event, seat = body.get("event"), body.get("seat")
+        if not isinstance(event, str) or not event or not isinstance(seat, str) or not seat:
+            raise HttpError(400, "bad_request", "choose an event and a seat (Show events lists them)")
+        broker, broker_cert, ca_cert, journal = self._speed_settings()
+        if self.app_socket is None:
+            raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
+                            "`cardnet wallet ui` with --socket")  # fmt: skip
+        with _ticketing(url):
+            async with self._order() as wallet:
+                bought = await buy_ticket(url, event, seat, card=wallet, app_socket=self.app_socket, broker=broker,
+                                          broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+        return _json({"message": f"bought seat {bought.seat} of {bought.event} for {bought.price}: the ticket is on "
+                      "its way to your card (the list shows it once it is yours)", "oid": bought.oid.hex(),
+                      "poid": bought.poid.hex()})  # fmt: skip
+
+    def _speed_settings(self) -> tuple[str, bytes, bytes, Journal]:
+        cfg = self.config
+        values = {k: cfg.get(k) if cfg is not None else None for k in ("broker", "broker_cert", "ca_cert")}
+        missing = [k for k, v in values.items() if v is None]
+        if missing or cfg is None:
+            where = f" ({cfg.path})" if cfg is not None else ""
+            raise HttpError(409, "not_configured", f"to pay, the wallet config{where} needs {', '.join(missing)}: "
+                            f"`cardnet wallet config --set {missing[0]}=...`, then restart "
+                            "`cardnet wallet ui`")  # fmt: skip
+        certs = [_certificate(Path(str(values[k])), k) for k in ("broker_cert", "ca_cert")]
+        try:
+            journal = Journal(Path(cfg.get("purchases") or "purchases") / JOURNAL)
+        except OSError as exc:
+            raise HttpError(500, "no_journal", f"cannot keep the purchases folder: {exc}; check `purchases` in "
+                            f"{cfg.path}") from None  # fmt: skip
+        return str(values["broker"]), certs[0], certs[1], journal
 
 
 class _GuardedRouter(Router):
@@ -432,3 +520,43 @@ def _ticket(row: dict[str, Any]) -> dict[str, Any]:
     if "hint" in row:
         out["hint"] = row["hint"]
     return out
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise HttpError(400, "bad_url", "give the ticketing server's address, e.g. http://tickets.example:8080")
+    url = value.strip().rstrip("/")
+    try:
+        server_address(url)
+    except ValueError as exc:
+        raise HttpError(400, "bad_url", f"{exc}: give it as http://HOST:PORT") from None
+    return url if "://" in url else f"http://{url}"
+
+
+@contextlib.contextmanager
+def _ticketing(url: str) -> Iterator[None]:
+    """A ticketing server's or a purchase's failure as an error the page shows, with what to do."""
+    try:
+        yield
+    except TicketError as exc:
+        raise HttpError(409, exc.reason, f"{exc}; {BUY_HINTS.get(exc.reason, 'the server refused')}") from None
+    except PurchaseError as exc:
+        hint = BUY_HINTS.get(exc.reason, "nothing was paid unless the page shows a purchase under way")
+        raise HttpError(409, exc.reason, f"the purchase did not happen: {exc}; {hint}") from None
+    except UpgradeRefused as exc:
+        hint = BUY_HINTS.get(exc.error, PAID)
+        raise HttpError(502, exc.error, f"the ticketing server did not deliver: {exc}; {hint}") from None
+    except TransportError as exc:
+        raise HttpError(502, "unreachable", f"cannot talk to the ticketing server at {url}: {exc}; check the "
+                        f"address and that it runs; {PAID}") from None  # fmt: skip
+
+
+def _certificate(path: Path, key: str) -> bytes:
+    try:
+        return pki.cert_to_der(pki.chain_from_pem(path.read_bytes())[0])
+    except OSError as exc:
+        raise HttpError(409, "not_configured", f"cannot read {key} {path}: {exc.strerror or exc}; fix it with "
+                        f"`cardnet wallet config --set {key}=FILE`") from None  # fmt: skip
+    except (ValueError, IndexError):
+        raise HttpError(409, "not_configured", f"{path} ({key}) holds no PEM certificate: `cardnet wallet config "
+                        f"--set {key}=FILE`") from None  # fmt: skip

@@ -186,4 +186,42 @@ $("recover-button").addEventListener("click", async () => {
   for (const r of (got && got.recovered) || []) list.append(el("li", {}, `${r.what} ${r.id}: ${r.outcome}`));
 });
 
+let shop = null; // the ticketing server's events, as /api/shop read them
+
+function showSeats() {
+  const event = shop.events.find((e) => e.id === $("buy-event").value);
+  const seats = $("buy-seat");
+  seats.replaceChildren();
+  for (const seat of (event && event.free) || []) seats.append(el("option", { value: seat }, seat));
+  $("buy-price").textContent = event ? (event.free.length ? event.price : "sold out") : "";
+  $("buy-button").disabled = !event || event.free.length === 0;
+}
+
+$("shop-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const got = await act("/api/shop", { url: $("shop-url").value.trim() });
+  if (!got) return;
+  shop = got;
+  $("message").hidden = true;
+  $("shop-name").textContent = got.events.length ? got.name : `${got.name}: no events on sale`;
+  const events = $("buy-event");
+  events.replaceChildren();
+  for (const e of got.events) events.append(el("option", { value: e.id }, `${e.name} (${e.date})`));
+  $("buy-form").hidden = false;
+  showSeats();
+});
+
+$("buy-event").addEventListener("change", showSeats);
+
+$("buy-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  say("Buying: paying through your broker, then receiving the ticket…", true);
+  const got = await act("/api/buy", { url: shop.url, event: $("buy-event").value, seat: $("buy-seat").value });
+  if (got) {
+    const event = shop.events.find((e) => e.id === $("buy-event").value);
+    if (event) event.free = event.free.filter((s) => s !== $("buy-seat").value);
+    showSeats();
+  }
+});
+
 poll();
