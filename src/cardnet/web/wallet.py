@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cardnet.cli.fairx import PHASE_WORDS
+from cardnet.cli.speed import JOURNAL
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
@@ -62,7 +63,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
                     ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))  # fmt: skip
 MAX_EVENTS = 20  # a ticketing server's events the page lists
-JOURNAL = ".purchases"  # under the wallet's purchases folder: SPEED purchases under way (as cli/speed.py's)
+SHOP_TIMEOUT_S = 20.0  # reading a ticketing server's events and seats
 STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css; charset=utf-8"}
 
 # what the person does about a card's refusal (the card's reason -> a sentence for the page)
@@ -400,15 +401,24 @@ class WalletWeb:
         """A ticketing server's events and their free seats (the page cannot ask another server itself)."""
         url = _url(_body(request).get("url"))
         with _ticketing(url):
-            info = await get_json(url, "/")
-            events = []
+            async with asyncio.timeout(SHOP_TIMEOUT_S):
+                return await self._shop(url)
+
+    async def _shop(self, url: str) -> Response:
+        info = await get_json(url, "/")
+        events = []
+        try:
             for e in list(info.get("events") or [])[:MAX_EVENTS]:
-                shown = await get_json(url, f"/events/{quote(str(e.get('id', '')), safe='')}")
-                free = [str(t.get("seat", "")) for t in shown.get("seats") or [] if t.get("free")]
-                events.append({"id": str(shown.get("id", "")), "name": str(shown.get("name", "")),
+                shown = await get_json(url, f"/events/{quote(str(e['id']), safe='')}")
+                free = [str(t["seat"]) for t in shown.get("seats") or [] if t.get("free")]
+                events.append({"id": str(shown["id"]), "name": str(shown.get("name", "")),
                                "date": str(shown.get("date", "")), "price": str(shown.get("price", "")),
                                "free": free})  # fmt: skip
-        return _json({"name": str(info.get("name", "")), "url": url, "events": events})
+            name = str(info.get("name", ""))
+        except (AttributeError, KeyError, TypeError):
+            raise HttpError(502, "not_ticketing", f"{url} does not answer like a cardnet ticketing server (its events "
+                            "and seats are not there): check the address") from None  # fmt: skip
+        return _json({"name": name, "url": url, "events": events})
 
     async def buy(self, request: Request) -> Response:
         """Buy a seat: SPEED at the list price from the e-purse, then the ticket relayed to the card."""
@@ -546,6 +556,9 @@ def _ticketing(url: str) -> Iterator[None]:
     except UpgradeRefused as exc:
         hint = BUY_HINTS.get(exc.error, PAID)
         raise HttpError(502, exc.error, f"the ticketing server did not deliver: {exc}; {hint}") from None
+    except TimeoutError:
+        raise HttpError(504, "timeout", f"the ticketing server at {url} is too slow to answer: try again later; "
+                        f"{PAID}") from None  # fmt: skip
     except TransportError as exc:
         raise HttpError(502, "unreachable", f"cannot talk to the ticketing server at {url}: {exc}; check the "
                         f"address and that it runs; {PAID}") from None  # fmt: skip
