@@ -27,7 +27,8 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 from cardnet.protocols.errors import ProtocolError
@@ -222,7 +223,6 @@ class FunctionSpec:
     render_result: Callable[[bytes], str]
     result_to_json: Callable[[bytes], object]
     params: bytes = b""
-    code_hash: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or NAME_PATTERN.fullmatch(self.name) is None:
@@ -231,9 +231,13 @@ class FunctionSpec:
             raise ValueError(f"{self.name}: need 1 <= min_input_bytes <= max_input_bytes <= {MAX_INPUT_BYTES}")
         if len(self.params) > MAX_PARAMS_BYTES:
             raise ValueError(f"{self.name}: params are at most {MAX_PARAMS_BYTES} bytes")
+
+    @cached_property
+    def code_hash(self) -> bytes:
+        """The hash of the function's code and declared bounds, made when first asked for (hashing the code walks
+        it: a process that never runs this function does not pay for it)."""
         callables = (self.parse_input, self.decode_input, self.compute, self.render_result, self.result_to_json)
-        digest = code_hash_of(callables, name=self.name, max_input_bytes=self.max_input_bytes, params=self.params)
-        object.__setattr__(self, "code_hash", digest)
+        return code_hash_of(callables, name=self.name, max_input_bytes=self.max_input_bytes, params=self.params)
 
     def encode_input(self, value: object, *, max_input_bytes: int | None = None) -> bytes:
         """The input bytes for ``value``, refused if longer than the agreed bound (or the registered one)."""
