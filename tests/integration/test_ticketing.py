@@ -15,6 +15,8 @@ import base64
 import contextlib
 import json
 import os
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +41,7 @@ from cardnet.host.local import LocalCard
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
-from cardnet.services.speed.customer import Customer, PurchaseError, install_key, load
+from cardnet.services.speed.customer import Customer, Journal, PurchaseError, install_key, load
 from cardnet.services.ticketing.buyer import TicketError, _relay, buy_ticket, receive_ticket, server_address
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
@@ -48,9 +50,11 @@ from cardnet.transport import BrokenError, ClosedError
 from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
 
-BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay")  # carol's purse stays empty: her bill is never paid
+BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay", "gus")  # carol's purse stays empty: her bill is never paid
+KILLS = int(os.environ.get("CARDNET_TICKETING_KILLS", "4"))  # SIGKILLs of the ticketing server (the issue asks 50)
 PRICE = sm.Price("EUR", 2500)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4")
+TRIES = 3 * KILLS  # purchases at most, until KILLS kills landed while one was under way
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", *(f"K{i}" for i in range(TRIES + 1)))
 
 
 @dataclass
@@ -105,7 +109,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sb.init_broker(bstore, bkey, bcert, roots)
     sb.add_vendor(bstore, "V-1", vcert)
     for b in BUYERS:
-        sb.add_customer(bstore, f"C-{b}", net.uids[b], sm.Price("EUR", 100_000))
+        sb.add_customer(bstore, f"C-{b}", net.uids[b], sm.Price("EUR", max(100_000, 2_500 * (TRIES + 2))))
     bstore.close()
     broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
                      str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
@@ -140,7 +144,8 @@ async def _setup(w: World, device_cert: bytes) -> None:
         async with await _wallet(w, b) as wallet:
             assert await install_key(wallet, w.broker_addr)
             if b != "carol":
-                assert await load(wallet, w.broker_addr, sm.Price("EUR", 10_000), f"C-{b}") == 1
+                amount = 2_500 * (TRIES + 1) if b == "gus" else 10_000  # gus buys once a try
+                assert await load(wallet, w.broker_addr, sm.Price("EUR", amount), f"C-{b}") == 1
 
 
 async def _wallet(w: World, buyer: str) -> Wallet:
@@ -411,3 +416,68 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"
     r = cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
     assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_ticketing_server_killed_at_random_points_of_purchases_owes_nothing_and_sells_nothing_unpaid(
+    world: World,
+) -> None:
+    """SIGKILL the ticketing server at a random point of each of KILLS purchases (SPEED delivery, the receipt, the
+    mint, the transfer), start it again, and let the buyer finish (the SPEED journal pays a delivered purchase,
+    the retry keyed by the payment brings the ticket). Then: the purse paid exactly for the sales whose tickets
+    are on the card, every paid ticket is there, no unpaid one is, and no seat is sold twice."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    journal = Journal(world.net.tmp / "gus-journal")
+    socket = world.net.hosts["gus"].socket
+
+    async def go() -> None:
+        start = await _balance(world, "gus")
+        async with await _wallet(world, "gus") as wallet:
+            how: dict[str, Any] = {
+                "card": wallet,
+                "app_socket": socket,
+                "broker": world.broker_addr,
+                "broker_cert": world.broker_cert,
+                "roots": world.roots,
+                "journal": journal,
+            }
+            t0 = time.monotonic()
+            await buy_ticket(world.url, "final", "K0", **how)  # a purchase undisturbed: how long one takes
+            window_s = time.monotonic() - t0
+            landed = 0
+            for i in range(1, TRIES + 1):
+                if landed >= KILLS:
+                    break
+                task = asyncio.create_task(buy_ticket(world.url, "final", f"K{i}", timeout_s=10, **how))
+                await asyncio.sleep(rng.uniform(0.0, window_s))
+                landed += not task.done()
+                await asyncio.to_thread(world.tickets.kill)
+                with contextlib.suppress(Exception):
+                    await task
+                await asyncio.to_thread(world.tickets.restart)
+                await Customer(wallet, b"", world.roots, journal=journal).recover()  # pays a delivered purchase
+                for rec in journal.all():
+                    if rec.poid is not None and rec.receipt is not None:  # paid: the ticket is owed
+                        relayed = await receive_ticket(world.url, rec.poid, socket, receipt=rec.receipt)
+                        await _enabled(world, "gus", relayed.oid)
+            assert landed >= KILLS, f"seed {seed}: only {landed} kills of {TRIES} landed during a purchase"
+        sold = {seat: poid for seat, poid in (await _sales(world)).items() if seat.startswith("K")}
+        paid = {rec.poid for rec in journal.all() if rec.poid is not None and rec.receipt is not None}
+        held = await world.net.tokens("gus")
+        assert paid <= set(sold.values()), f"seed {seed}: a payment for a sale the server does not have"
+        for poid in sold.values():
+            want = "enabled" if poid in paid else None
+            assert held.get(ticket_oid(poid)) == want, f"seed {seed}: sale {poid.hex()} paid={poid in paid}"
+        assert start - await _balance(world, "gus") == PRICE.amount * len(paid), f"seed {seed}"
+
+    asyncio.run(go())
+
+
+async def _sales(w: World) -> dict[str, bytes]:
+    """Seat -> the sale holding it, from the server's store (one sale a seat: the store's key)."""
+    store = SqliteStore(str(w.net.tmp / "tickets.db"))
+    try:
+        with store.transaction() as txn:
+            return {k.decode().removeprefix("final/"): v for k, v in txn.scan("tk.seat", b"final/")}
+    finally:
+        store.close()
