@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from cardnet.card import Applet
@@ -35,6 +35,12 @@ def _factory(module: str, cls: str) -> Callable[[], Applet]:
 
 
 APPLETS: dict[str, Callable[[], Applet]] = {name: _factory(*where) for name, where in _WHERE.items()}
+
+
+def import_applets(names: Iterable[str]) -> None:
+    """Import these applets' modules, which registers their message types (e.g. to look one up by name)."""
+    for name in names:
+        importlib.import_module(_WHERE[name][0])
 
 
 def make_applets(names: list[str]) -> list[Applet]:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardnet.applets.registry import APPLETS
+from cardnet.applets.registry import APPLETS, import_applets
 from cardnet.host.adversary import AdversaryConfig
 from cardnet.host.errors import HostError
 from cardnet.transport.base import DEFAULT_SERVER_LIMITS, ServerLimits
@@ -249,11 +249,11 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
         resend_after_s,
         server_limits,
         app_max_connections,
-        _adversary(data),
+        _adversary(data, [a for c in cards for a in c.applets]),
     )
 
 
-def _adversary(data: dict[str, Any]) -> AdversaryConfig | None:
+def _adversary(data: dict[str, Any], applets: list[str]) -> AdversaryConfig | None:
     raw = data.get("adversary")
     if raw is None:
         return None
@@ -271,6 +271,7 @@ def _adversary(data: dict[str, Any]) -> AdversaryConfig | None:
     mtypes = raw.get("mtypes", list(AdversaryConfig.mtypes))
     if not isinstance(mtypes, list) or not mtypes or not all(isinstance(m, str) for m in mtypes):
         raise _bad("adversary.mtypes", f'a list of message type names such as ["smc.frame"], got {mtypes!r}')
+    import_applets(applets)  # their message types are looked up by name
     for m in mtypes:
         try:
             by_name(m)
