@@ -66,6 +66,7 @@ async def one_run(net: SmcNet, modules: list[Module], victim: int, rng: random.R
     return ("in" if victim not in got["missing"] else "out"), killed_at
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_module_host_mid_run_leaves_the_others_agreeing(net: SmcNet) -> None:
     rng = random.Random(20261207)
 

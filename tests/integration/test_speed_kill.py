@@ -91,6 +91,7 @@ def victim_of(net: SpeedNet, name: str) -> Any:
     return {"customer": net.customers["alice"].host, "vendor": net.vendor, "broker": net.broker}[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["customer", "vendor", "broker"])
 def test_sigkill_at_random_points_of_purchases(net: SpeedNet, victim: str) -> None:
     rng = random.Random(f"speed-kill-{victim}")

@@ -4,6 +4,7 @@ broker that skips the SAM's check of S3 and a conductor that pays any price are 
 from __future__ import annotations
 
 import cbor2
+import pytest
 
 from cardnet.protocols.speed import frames as fr
 from cardnet.sim.faults import FAULT_KINDS
@@ -16,6 +17,7 @@ CARRIER = ("tamper", "forge", "reflect", "redirect", "replay", "inject")
 HOST = ("replay_pay", "pay_twice", "tamper_bill", "replay_debit", "replay_order")
 
 
+@pytest.mark.slow
 def test_speed_holds_its_invariants_under_every_fault_and_attack() -> None:
     summary = run_many("speed", range(300), jobs=2)
     assert summary.violations == 0, summary.first_failure and summary.first_failure.trace
