@@ -149,8 +149,9 @@ def _ticketing(net: TrnNet) -> tuple[HostProc, Service, bytes]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     net = TrnNet(tmp_path_factory.mktemp("web"), wallets=("a", "b"), ttp=True)
-    hb = net.hosts["b"]  # b's card pays with SPEED too
-    hb.config.write_text(hb.config.read_text().replace('applets = ["trn"]', 'applets = ["trn", "purse", "speed"]'))
+    hb = net.hosts["b"]  # b's card pays with SPEED too; b's host neither resends nor ticks: Recover finishes for it
+    hb.config.write_text("resend_after_s = 0.0\n" + hb.config.read_text().replace(
+        'applets = ["trn"]', 'applets = ["trn", "purse", "speed"]\nticks = {}'))  # fmt: skip
     tickets, broker, device_cert = _ticketing(net)
     uis: list[Ui] = []
     with net, ThreadPoolExecutor(2) as pool:
@@ -315,10 +316,33 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
-            # recover: nothing is left under way
+            # under way, then recovered: a's host is down while b sends T1 there
+            net.hosts["a"].kill()
+            await page.select_option("#send-oid", T1.hex())
+            await page.fill("#send-to", a)
+            await page.click("#send-button")
+            await expect(page.locator("#message.ok")).to_contain_text(f"sending {T1.hex()}")
+            moving = page.locator(f'#under-way tr[data-id="{T1.hex()}"]')
+            await expect(moving).to_contain_text(re.compile("leaving|undeliverable"))
+            await expect(moving).to_contain_text(a)
+            assert (await _listing(net, "b"))[T1.hex()] == "disabled+O"  # as the page says: on its way, not gone
+            net.hosts["a"].restart()
+            await page.click("#recover-button")
+            await expect(page.locator("#message.ok")).to_have_text("finished 1")
+            await expect(page.locator("#recovered li")).to_have_text(
+                f"transfer {T1.hex()}: finished: it left this card"
+            )
+            await expect(page.locator("#nothing-under-way")).to_be_visible()
+            await net.settle("a", T1)
+            assert await _until_page_shows(page, net, "b") == {ticket: "enabled"}
+
+            # b's host goes away: the page says what to do, and carries on once it is back
+            net.hosts["b"].kill()
+            await expect(page.locator("#link")).to_contain_text("is `cardnet host run` running?")
+            net.hosts["b"].restart()
+            await expect(page.locator("#link")).to_have_text("live")
             await page.click("#recover-button")
             await expect(page.locator("#message.ok")).to_have_text("nothing was left to finish")
-            await expect(page.locator("#nothing-under-way")).to_be_visible()
             await browser.close()
 
     asyncio.run(go())

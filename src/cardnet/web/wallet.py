@@ -199,8 +199,8 @@ class WalletWeb:
                             "the page tries again by itself") from None  # fmt: skip
         try:
             yield wallet
-        except WalletError as exc:
-            if exc.reason == "no_host":
+        except (WalletError, TransportError, OSError) as exc:  # a host gone breaks the wallet's connection
+            if not isinstance(exc, WalletError) or exc.reason == "no_host":
                 await self._drop(wallet)
                 raise HttpError(502, "no_host", f"{exc}: is your host (`cardnet host run`) still running? the page "
                                 "reconnects by itself once it is back") from None  # fmt: skip
@@ -287,15 +287,26 @@ class WalletWeb:
         return {"card": str(wallet.card), "tickets": tickets, "offers": offers, "under_way": under_way,
                 "purse": purse_view}  # fmt: skip
 
+    async def _read_once(self) -> dict[str, Any]:
+        """The card read; once more on a new connection if the host's was gone (it may be back: a restart)."""
+        try:
+            async with self._card() as wallet:
+                return await self._read(wallet)
+        except HttpError as exc:
+            if exc.reason != "no_host":
+                raise
+        async with self._card() as wallet:
+            return await self._read(wallet)
+
     async def current(self) -> dict[str, Any]:
         """The state (read again if the card changed, after an action, or ``refresh_s`` after the last read)."""
         loop = asyncio.get_running_loop()
         async with self._reading:
-            if self._state is None or self._stale or loop.time() - self._read_at >= self.refresh_s:
+            gone = self._wallet is not None and self._wallet.app.conn.closed  # the host went away: say so now
+            if self._state is None or self._stale or gone or loop.time() - self._read_at >= self.refresh_s:
                 self._stale = False  # (a change pushed while the card is read makes it stale again)
                 try:
-                    async with self._card() as wallet:
-                        fresh = await self._read(wallet)
+                    fresh = await self._read_once()
                 except BaseException:
                     self._stale = True
                     raise
