@@ -13,17 +13,19 @@ The stores of the broker, the vendor and the ticketing device are made with the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import click
 import httpx
@@ -42,12 +44,13 @@ from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.cli.main import run
+from cardnet.cli.speed import JOURNAL
 from cardnet.crypto import pki, profile
 from cardnet.host.local import LocalCard
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
-from cardnet.services.speed.customer import install_key, load
+from cardnet.services.speed.customer import Customer, Journal, install_key, load
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore, open_store
@@ -55,6 +58,7 @@ from cardnet.web.wallet import WalletWeb
 from cardnet.wire import Uid
 
 CHROMIUM = "/usr/bin/chromium"
+T = TypeVar("T")
 T1 = bytes.fromhex("a1" * 16)  # a's voucher: a offers it to b for T2
 T2 = bytes.fromhex("b2" * 16)  # b's voucher
 T3 = bytes.fromhex("b3" * 16)  # b's ticket: b's page sends it to a, then a offers it back for T1 (b rejects)
@@ -94,6 +98,7 @@ class World:
     ui_a: Ui
     ui_b: Ui
     tickets_url: str
+    broker_at: str
 
 
 def _service(ca: pki.CertificateAuthority, name: str) -> tuple[profile.PrivateKey, bytes]:
@@ -165,7 +170,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 f'broker = "{broker_at}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\naccount = "C-b"\n'
             )
             uis += list(pool.map(lambda card: start_ui(net, card), ("a", "b")))
-            yield World(net, *uis, f"http://127.0.0.1:{tickets.port}")
+            yield World(net, *uis, f"http://127.0.0.1:{tickets.port}", broker_at)
         finally:
             for ui in uis:
                 stop_process(ui.proc)
@@ -218,6 +223,28 @@ async def _balance(net: TrnNet, card: str) -> int:
     return int({a["currency"]: a["balance"] for a in got["accounts"]}.get("EUR", 0))
 
 
+async def _pay_only(w: World, seat: str) -> bytes:
+    """b's card buys ``seat`` with SPEED and pays (the receipt kept in b's wallet journal), nothing delivered."""
+    async with httpx.AsyncClient(base_url=w.tickets_url) as c:
+        info = (await c.get("/")).json()
+    ca = pki.CertificateAuthority.load(w.net.tmp / "ca.cnca")
+    bcert = pki.cert_to_der(pki.chain_from_pem((w.net.tmp / "broker.pem").read_bytes())[0])
+    journal = Journal(w.net.tmp / "purchases" / JOURNAL)
+    async with await _wallet(w.net, "b") as wallet:
+        got = await Customer(wallet, b"", [pki.cert_to_der(ca.certificate)], journal=journal).buy(
+            info["speed"], w.broker_at, [f"final/{seat}"], broker_cert=bcert, mode="aggressive",
+            vendor_cert=base64.b64decode(info["vendor_cert"]), price=sm.Price("EUR", 2500),
+        )  # fmt: skip
+    return got.poid
+
+
+async def _until(read: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout_s: float = 20.0) -> T:
+    async with asyncio.timeout(timeout_s):
+        while not ok(got := await read()):
+            await asyncio.sleep(0.1)
+    return got
+
+
 async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float = 20.0) -> dict[str, str]:
     """The page's tickets once they equal the card's own listing (all settled: enabled); the listing."""
     async with asyncio.timeout(timeout_s):
@@ -266,6 +293,21 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 assert (await c.get(f"/tickets/{shown['poid']}")).json()["state"] == "delivered"
             await expect(page.locator("#purse")).to_have_text("75.00 EUR")
             assert await _balance(net, "b") == 7_500
+            await page.fill("#deliver-poid", shown["poid"])  # finishing that delivery again: nothing more to send
+            await page.click("#deliver-button")
+            await expect(page.locator("#message.ok")).to_contain_text("was delivered already")
+            # seat B1 paid (with the wallet library, into the wallet's journal) and never delivered: the page brings it
+            sale = await _pay_only(world, "B1")
+            b1 = ticket_oid(sale).hex()
+            assert b1 not in await _listing(net, "b")
+            await page.fill("#deliver-poid", sale.hex())
+            await page.click("#deliver-button")
+            await expect(page.locator("#message.ok")).to_contain_text("is on its way to your card")
+            await expect(page.locator(f'#tickets tr[data-oid="{b1}"]')).to_have_count(1)
+            assert (await _listing(net, "b"))[b1] in ("trustless", "enabled")
+            await _until(lambda: _listing(net, "b"), lambda got: got.get(b1) == "enabled")
+            await expect(page.locator("#purse")).to_have_text("50.00 EUR")
+            assert await _balance(net, "b") == 5_000
 
             # an error says what to do, and nothing moves
             await page.select_option("#send-oid", T3.hex())
@@ -280,7 +322,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             await expect(page.locator("#message.ok")).to_contain_text(f"sending {T3.hex()} to {a}")
             await expect(page.locator(f'#tickets tr[data-oid="{T3.hex()}"]')).to_have_count(0)
             await net.settle("a", T3)
-            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", ticket: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", ticket: "enabled", b1: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # a offers T1 for T2: b's page shows the offer before b's card takes anything
@@ -293,15 +335,13 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 await expect(offer).to_contain_text(a)
                 async with await _wallet(net, "b") as wb:
                     assert (await wb.status(x.n1)).phase == "proposed"
-                    assert {v.oid.hex(): v.status for v in await wb.vouchers()} == {
-                        T2.hex(): "enabled",
-                        ticket: "enabled",
-                    }  # nothing taken
+                    held = {v.oid.hex(): v.status for v in await wb.vouchers()}
+                    assert held == {T2.hex(): "enabled", ticket: "enabled", b1: "enabled"}  # nothing taken yet
                 await offer.locator("button.accept").click()
                 await expect(page.locator("#message.ok")).to_contain_text("accepted")
                 assert (await wa.wait(x.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
             assert (await _listing(net, "a")) == {T2.hex(): "enabled", T3.hex(): "enabled", T4.hex(): "enabled"}
 
             # a offers T3 for T1; b's page rejects: nothing moves, a's T3 is usable again
@@ -313,7 +353,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 await expect(page.locator("#message.ok")).to_contain_text("rejected")
                 assert not (await wa.wait(y.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # under way, then recovered: a's host is down while b sends T1 there
@@ -334,7 +374,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             )
             await expect(page.locator("#nothing-under-way")).to_be_visible()
             await net.settle("a", T1)
-            assert await _until_page_shows(page, net, "b") == {ticket: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {ticket: "enabled", b1: "enabled"}
 
             # b's host goes away: the page says what to do, and carries on once it is back
             net.hosts["b"].kill()

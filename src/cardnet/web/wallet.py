@@ -42,7 +42,7 @@ from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchase
 from cardnet.crypto import pki
 from cardnet.protocols.speed.messages import Price
 from cardnet.services.speed.customer import Journal, PurchaseError
-from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, server_address
+from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
 from cardnet.services.wallet import MOVING, Wallet, WalletError
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
@@ -173,6 +173,7 @@ class WalletWeb:
             ("POST", "/api/recover", self.recover),
             ("POST", "/api/shop", self.shop),
             ("POST", "/api/buy", self.buy),
+            ("POST", "/api/deliver", self.deliver),
         ):
             r.add(method, path, _guarded(self._check, handler))
         return r
@@ -442,13 +443,48 @@ class WalletWeb:
         if self.app_socket is None:
             raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
                             "`cardnet wallet ui` with --socket")  # fmt: skip
-        with _ticketing(url):
-            async with self._order() as wallet:
-                bought = await buy_ticket(url, event, seat, card=wallet, app_socket=self.app_socket, broker=broker,
-                                          broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+        try:
+            with _ticketing(url):
+                async with self._order() as wallet:
+                    bought = await buy_ticket(url, event, seat, card=wallet, app_socket=self.app_socket,
+                                              broker=broker, broker_cert=broker_cert, roots=[ca_cert],
+                                              journal=journal)  # fmt: skip
+        except TicketError as exc:  # paid, not delivered: the page offers to finish the delivery of that sale
+            if exc.reason != "not_delivered":
+                raise
+            sale = next((r.poid for r in reversed(journal.all()) if r.poid and r.products == [f"{event}/{seat}"]), None)
+            message = f"{exc}; your ticket is paid and kept for you: press Finish the delivery (it is safe to repeat)"
+            return _json({"error": "not_delivered", "message": message, "url": url,
+                          "poid": None if sale is None else sale.hex()}, 502)  # fmt: skip
         return _json({"message": f"bought seat {bought.seat} of {bought.event} for {bought.price}: the ticket is on "
                       "its way to your card (the list shows it once it is yours)", "oid": bought.oid.hex(),
                       "poid": bought.poid.hex()})  # fmt: skip
+
+    async def deliver(self, request: Request) -> Response:
+        """Finish the delivery of a paid sale (as ``cardnet wallet buy URL --poid``): the ticket relayed again."""
+        body = _body(request)
+        url = _url(body.get("url"))
+        value = body.get("poid")
+        try:
+            poid = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            poid = b""
+        if not poid or len(poid) > 64:
+            raise HttpError(400, "bad_poid", "give the sale's id (its PaymentOrderID, in hex, as the page named it)")
+        if self.app_socket is None:
+            raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
+                            "`cardnet wallet ui` with --socket")  # fmt: skip
+        journal = self._journal()
+        receipt = next((r.receipt for r in journal.all() if r.poid == poid and r.receipt), None)
+        with _ticketing(url):
+            shown = await get_json(url, f"/tickets/{poid.hex()}")
+            if shown.get("state") == "delivered":
+                return _json({"message": f"the ticket of sale {poid.hex()[:16]}… was delivered already: it is on "
+                              "the card it was bought for"})  # fmt: skip
+            async with self._order():
+                relayed = await receive_ticket(url, poid, self.app_socket, receipt=receipt)
+        return _json({"message": f"the ticket of sale {poid.hex()[:16]}… is on its way to your card (the list shows "
+                      "it once it is yours)", "oid": relayed.oid.hex()})  # fmt: skip
 
     def _speed_settings(self) -> tuple[str, bytes, bytes, Journal]:
         cfg = self.config
@@ -460,12 +496,16 @@ class WalletWeb:
                             f"`cardnet wallet config --set {missing[0]}=...`, then restart "
                             "`cardnet wallet ui`")  # fmt: skip
         certs = [_certificate(Path(str(values[k])), k) for k in ("broker_cert", "ca_cert")]
+        return str(values["broker"]), certs[0], certs[1], self._journal()
+
+    def _journal(self) -> Journal:
+        """The wallet's SPEED journal (the purchases folder of the wallet config, as `cardnet wallet` keeps it)."""
+        folder = Path((self.config.get("purchases") if self.config is not None else None) or "purchases")
         try:
-            journal = Journal(Path(cfg.get("purchases") or "purchases") / JOURNAL)
+            return Journal(folder / JOURNAL)
         except OSError as exc:
-            raise HttpError(500, "no_journal", f"cannot keep the purchases folder: {exc}; check `purchases` in "
-                            f"{cfg.path}") from None  # fmt: skip
-        return str(values["broker"]), certs[0], certs[1], journal
+            raise HttpError(500, "no_journal", f"cannot keep the purchases folder {folder}: {exc.strerror or exc}; "
+                            "choose another: `cardnet wallet config --set purchases=DIR`") from None  # fmt: skip
 
 
 class _GuardedRouter(Router):

@@ -38,7 +38,9 @@ async function api(path, body) {
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   if (!r.ok) {
-    throw new Error((data && data.message) || `the wallet answered ${r.status}: reload the page`);
+    const err = new Error((data && data.message) || `the wallet answered ${r.status}: reload the page`);
+    err.data = data;
+    throw err;
   }
   return data;
 }
@@ -150,8 +152,8 @@ async function poll() {
   }
 }
 
-async function act(path, body) {
-  if (busy) return;
+async function act(path, body, onError) {
+  if (busy) return null;
   busy = true;
   for (const b of document.querySelectorAll("button")) b.disabled = true;
   try {
@@ -160,6 +162,7 @@ async function act(path, body) {
     return got;
   } catch (e) {
     say(e.message, false);
+    if (onError) onError(e.data || {});
     return null;
   } finally {
     busy = false;
@@ -208,15 +211,28 @@ $("shop-form").addEventListener("submit", async (ev) => {
   events.replaceChildren();
   for (const e of got.events) events.append(el("option", { value: e.id }, `${e.name} (${e.date})`));
   $("buy-form").hidden = false;
+  $("deliver-form").hidden = false;
   showSeats();
 });
 
 $("buy-event").addEventListener("change", showSeats);
 
+$("deliver-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  say("Receiving the ticket of your paid sale…", true);
+  await act("/api/deliver", { url: shop.url, poid: $("deliver-poid").value.trim() });
+});
+
 $("buy-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   say("Buying: paying through your broker, then receiving the ticket…", true);
-  const got = await act("/api/buy", { url: shop.url, event: $("buy-event").value, seat: $("buy-seat").value });
+  const got = await act("/api/buy", { url: shop.url, event: $("buy-event").value, seat: $("buy-seat").value },
+    (data) => {
+      if (data.error === "not_delivered" && data.poid) {
+        $("deliver-poid").value = data.poid;
+        $("deliver-form").hidden = false;
+      }
+    });
   if (got) {
     const event = shop.events.find((e) => e.id === $("buy-event").value);
     if (event) event.free = event.free.filter((s) => s !== $("buy-seat").value);
