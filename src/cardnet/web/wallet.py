@@ -155,7 +155,8 @@ class WalletWeb:
         if self._server is not None:
             await self._server.aclose()
         if self._wallet is not None:
-            await self._wallet.close()
+            with contextlib.suppress(Exception):  # (its host may be gone already)
+                await self._wallet.close()
             self._wallet = None
 
     def router(self) -> Router:
@@ -200,6 +201,9 @@ class WalletWeb:
                             "the page tries again by itself") from None  # fmt: skip
         try:
             yield wallet
+        except TimeoutError:  # (before OSError, of which it is a kind)
+            raise HttpError(504, "timeout", "your card's host did not answer in time: try again; if it keeps "
+                            "happening, restart `cardnet host run`") from None  # fmt: skip
         except (WalletError, TransportError, OSError) as exc:  # a host gone breaks the wallet's connection
             if not isinstance(exc, WalletError) or exc.reason == "no_host":
                 await self._drop(wallet)
@@ -208,9 +212,6 @@ class WalletWeb:
             words = str(exc)
             hint = HINTS.get(exc.reason, HINTS["refused"])
             raise HttpError(409, exc.reason, f"the card refused: {words}; {hint}") from None
-        except TimeoutError:
-            raise HttpError(504, "timeout", "your card's host did not answer in time: try again; if it keeps "
-                            "happening, restart `cardnet host run`") from None  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _order(self) -> AsyncIterator[Wallet]:
@@ -242,7 +243,7 @@ class WalletWeb:
                             async with asyncio.timeout(self.refresh_s):
                                 await changes.get()
                                 self._stale = True
-            except (WalletError, TimeoutError, OSError) as exc:
+            except Exception as exc:  # (a host gone: the wallet is opened again by the next request) never ends it
                 log.info("web wallet: watching the card failed (%s); trying again", exc)
                 await asyncio.sleep(self.refresh_s)
 
