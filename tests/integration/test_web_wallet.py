@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,6 +56,7 @@ from cardnet.services.speed.customer import Customer, Journal, install_key, load
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore, open_store
+from cardnet.transport.http import HttpServer, Request, Response, Router
 from cardnet.web.wallet import WalletWeb
 from cardnet.wire import Uid
 
@@ -246,6 +248,28 @@ async def _until(read: Callable[[], Awaitable[T]], ok: Callable[[T], bool], time
     return got
 
 
+async def _cross_site_form(page: Page, wallet_url: str, fields: dict[str, str]) -> None:
+    """Open a page served from another port that submits a form (a text/plain body that reads as JSON) to the
+    wallet's /api/send, as an attacker's page would."""
+    body = json.dumps(fields)[:-1] + ', "x": "'
+    form = (f"<!doctype html><form id='f' method='post' enctype='text/plain' action='{wallet_url}api/send'>"
+            f"<input type='hidden' name='{escape(body)}' value='\"}}'></form>"
+            "<script>document.getElementById('f').submit()</script>")  # fmt: skip
+    router = Router()
+
+    async def evil(request: Request) -> Response:
+        return Response.html(form)
+
+    router.add("GET", "/", evil)
+    server = HttpServer(router)
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        async with page.expect_navigation(url=f"{wallet_url}api/send"):
+            await page.goto(f"http://{host}:{port}/")
+    finally:
+        await server.aclose()
+
+
 async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float = 20.0) -> dict[str, str]:
     """The page's tickets once they equal the card's own listing (all settled: enabled); the listing."""
     async with asyncio.timeout(timeout_s):
@@ -384,6 +408,12 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             await expect(page.locator("#link")).to_have_text("live")
             await page.click("#recover-button")
             await expect(page.locator("#message.ok")).to_have_text("nothing was left to finish")
+
+            # a page of another site on this machine (another port: the same site for SameSite, so the browser
+            # sends the session cookie) posts a form to the wallet: refused, nothing moves
+            await _cross_site_form(page, world.ui_b.url, {"oid": ticket, "to": a})
+            await expect(page.locator("body")).to_contain_text("a request from another site was refused")
+            assert (await _listing(net, "b"))[ticket] == "enabled"
             await browser.close()
 
     asyncio.run(go())
