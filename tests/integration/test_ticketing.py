@@ -51,9 +51,9 @@ from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay", "gus")  # carol's purse stays empty: her bill is never paid
-KILLS = int(os.environ.get("CARDNET_TICKETING_KILLS", "4"))  # SIGKILLs of the ticketing server (the issue asks 50)
+KILLS = int(os.environ.get("CARDNET_TICKETING_KILLS", "2"))  # landed SIGKILLs of each process (the issue asks 50)
 PRICE = sm.Price("EUR", 2500)
-TRIES = 3 * KILLS  # purchases at most, until KILLS kills landed while one was under way
+TRIES = 6 * KILLS  # purchases at most, until KILLS kills of each process landed while one was under way
 SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", *(f"K{i}" for i in range(TRIES + 1)))
 
 
@@ -418,49 +418,53 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_the_ticketing_server_killed_at_random_points_of_purchases_owes_nothing_and_sells_nothing_unpaid(
-    world: World,
-) -> None:
-    """SIGKILL the ticketing server at a random point of each of KILLS purchases (SPEED delivery, the receipt, the
-    mint, the transfer), start it again, and let the buyer finish (the SPEED journal pays a delivered purchase,
-    the retry keyed by the payment brings the ticket). Then: the purse paid exactly for the sales whose tickets
-    are on the card, every paid ticket is there, no unpaid one is, and no seat is sold twice."""
+def test_the_server_or_the_buyers_host_killed_at_random_points_of_purchases_loses_nothing(world: World) -> None:
+    """SIGKILL the ticketing server or the buyer's host (in turn) at a random point of purchases (the pages, the
+    SPEED delivery and payment, the receipt, the mint, the transfer) until KILLS kills of each landed during a
+    purchase; start it again and let the buyer finish (the SPEED journal pays a delivered purchase, the retry
+    keyed by the payment brings the ticket). Then the purse paid exactly for the sales whose tickets are on the
+    card, every paid ticket is there, no unpaid one is, and no seat is sold twice (one sale a seat: the store's
+    key)."""
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     journal = Journal(world.net.tmp / "gus-journal")
     socket = world.net.hosts["gus"].socket
+    victims = {"server": world.tickets, "buyer's host": world.net.hosts["gus"]}
 
     async def go() -> None:
         start = await _balance(world, "gus")
-        async with await _wallet(world, "gus") as wallet:
-            how: dict[str, Any] = {
-                "card": wallet,
-                "app_socket": socket,
-                "broker": world.broker_addr,
-                "broker_cert": world.broker_cert,
-                "roots": world.roots,
-                "journal": journal,
-            }
+        wallet = await _wallet(world, "gus")
+        how: dict[str, Any] = {"app_socket": socket, "broker": world.broker_addr, "broker_cert": world.broker_cert,
+                               "roots": world.roots, "journal": journal}  # fmt: skip
+        landed = dict.fromkeys(victims, 0)
+        try:
             t0 = time.monotonic()
-            await buy_ticket(world.url, "final", "K0", **how)  # a purchase undisturbed: how long one takes
+            await buy_ticket(world.url, "final", "K0", card=wallet, **how)  # undisturbed: how long one takes
             window_s = time.monotonic() - t0
-            landed = 0
             for i in range(1, TRIES + 1):
-                if landed >= KILLS:
+                if min(landed.values()) >= KILLS:
                     break
-                task = asyncio.create_task(buy_ticket(world.url, "final", f"K{i}", timeout_s=10, **how))
+                victim = list(victims)[i % 2]
+                task = asyncio.create_task(buy_ticket(world.url, "final", f"K{i}", card=wallet, timeout_s=10, **how))
                 await asyncio.sleep(rng.uniform(0.0, window_s))
-                landed += not task.done()
-                await asyncio.to_thread(world.tickets.kill)
+                landed[victim] += not task.done()
+                await asyncio.to_thread(victims[victim].kill)
                 with contextlib.suppress(Exception):
                     await task
-                await asyncio.to_thread(world.tickets.restart)
+                await asyncio.to_thread(victims[victim].restart)
+                if victim != "server":  # the wallet's connection died with the host
+                    with contextlib.suppress(Exception):
+                        await wallet.close()
+                    wallet = await _wallet(world, "gus")
                 await Customer(wallet, b"", world.roots, journal=journal).recover()  # pays a delivered purchase
                 for rec in journal.all():
                     if rec.poid is not None and rec.receipt is not None:  # paid: the ticket is owed
                         relayed = await receive_ticket(world.url, rec.poid, socket, receipt=rec.receipt)
                         await _enabled(world, "gus", relayed.oid)
-            assert landed >= KILLS, f"seed {seed}: only {landed} kills of {TRIES} landed during a purchase"
+        finally:
+            with contextlib.suppress(Exception):
+                await wallet.close()
+        assert min(landed.values()) >= KILLS, f"seed {seed}: kills landed during a purchase: {landed}"
         sold = {seat: poid for seat, poid in (await _sales(world)).items() if seat.startswith("K")}
         paid = {rec.poid for rec in journal.all() if rec.poid is not None and rec.receipt is not None}
         held = await world.net.tokens("gus")
