@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -264,8 +265,8 @@ class WalletWeb:
                 yours = mine.get(x.give.hex(), {})
                 offers.append({
                     "kind": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
-                    "get_oid": x.want.hex(), "get_body": _text(x.body),
-                    "give_oid": x.give.hex(), "give_body": yours.get("body", ""),
+                    "get_oid": x.want.hex(), "get_body": _what(_text(x.body)),
+                    "give_oid": x.give.hex(), "give_body": _what(yours.get("body", "")),
                     "holds_it": yours.get("status") == "enabled",
                 })  # fmt: skip
             else:
@@ -273,7 +274,7 @@ class WalletWeb:
                                   "state": PHASE_WORDS.get(x.phase, x.phase)})  # fmt: skip
         for r in rows:
             if r["status"] == "offered":
-                offers.append({"kind": "ticket", "oid": r["oid"], "body": r["body"], "peer": r["peer"]})
+                offers.append({"kind": "ticket", "oid": r["oid"], "body": _what(r["body"]), "peer": r["peer"]})
             elif r["status"] in MOVING:
                 under_way.append({"what": "transfer", "id": r["oid"], "peer": r["peer"], "state": r["state"]})
         if loads:
@@ -576,8 +577,20 @@ def _text(body: bytes | None) -> str:
     return "" if body is None else body.decode("utf-8", "replace")
 
 
+def _what(body: str) -> str:
+    """A ticket's body for a person: a ticketing server's ``{"event", "seat", ...}`` as "event, seat S"."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict) and isinstance(data.get("event"), str) and isinstance(data.get("seat"), str):
+        return f"{data['event']}, seat {data['seat']}"
+    return body
+
+
 def _ticket(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: row[k] for k in ("oid", "status", "body", "state", "peer") if k in row}
+    out["what"] = _what(row.get("body", ""))
     out["movable"] = row["status"] == "enabled"
     if "hint" in row:
         out["hint"] = row["hint"]

@@ -98,8 +98,9 @@ function renderTickets(tickets) {
   for (const t of tickets) {
     const state = el("td", { class: "state" }, t.state);
     if (t.hint) state.append(el("div", { class: "help" }, t.hint));
-    body.append(el("tr", { "data-oid": t.oid, "data-status": t.status },
-      el("td", { class: "id" }, t.oid), el("td", { class: "body" }, t.body), state));
+    body.append(el("tr", { "data-oid": t.oid, "data-status": t.status, "data-body": t.body },
+      el("td", { class: "id", title: t.oid }, `${t.oid.slice(0, 12)}…`),
+      el("td", { class: "body", title: t.body }, t.what), state));
   }
   $("tickets").hidden = tickets.length === 0;
   $("no-tickets").hidden = tickets.length > 0;
@@ -107,7 +108,8 @@ function renderTickets(tickets) {
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "choose a ticket"));
   for (const t of tickets.filter((t) => t.movable)) {
-    select.append(el("option", { value: t.oid }, `${t.body || "(no description)"} (${t.oid.slice(0, 8)}…)`));
+    const what = t.what.length > 48 ? `${t.what.slice(0, 47)}…` : t.what;
+    select.append(el("option", { value: t.oid }, `${what || "(no description)"} (${t.oid.slice(0, 8)}…)`));
   }
   select.value = tickets.some((t) => t.movable && t.oid === chosen) ? chosen : "";
 }
