@@ -25,10 +25,10 @@ from cardnet.transport.http import (
     Router,
     Upgrade,
     UpgradedStream,
-    request,
     upgrade_required,
 )
 from cardnet.transport.http import error as http_error
+from cardnet.transport.http_client import request
 from cardnet.transport.http_upgrade import TRN, UpgradeRefused, dial_trn, trn_connection
 from cardnet.wire import Message, Uid
 

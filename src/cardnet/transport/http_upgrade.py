@@ -11,7 +11,7 @@ waiting for the ``101``.
   ``Upgrade(TRN, run)``; ``run`` gets an :class:`~.http.UpgradedStream` and
   calls :func:`trn_connection` on it.
 * Client side: :func:`dial_trn` sends one request with ``Connection: Upgrade``
-  and ``Upgrade: TRN`` (:func:`~.http.request`, h11) and returns the message connection (and the
+  and ``Upgrade: TRN`` (:func:`~.http_client.request`, h11) and returns the message connection (and the
   ``101``'s headers) on ``101``; any other answer raises :class:`UpgradeRefused` carrying the
   status and the server's message.
 """
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from cardnet.transport.base import DEFAULT_LIMITS, Limits
 from cardnet.transport.errors import TransportError
-from cardnet.transport.http import UpgradedStream, request
+from cardnet.transport.http import UpgradedStream
+from cardnet.transport.http_client import request
 from cardnet.transport.tcp import TcpConnection
 
 TRN = "TRN"

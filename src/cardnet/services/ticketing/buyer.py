@@ -28,7 +28,7 @@ from cardnet.host.errors import HostError
 from cardnet.services.speed.customer import CardOrders, Customer, Journal
 from cardnet.services.ticketing.config import parse_price
 from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection
-from cardnet.transport.http import request
+from cardnet.transport.http_client import request
 from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
 
