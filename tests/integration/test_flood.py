@@ -31,6 +31,7 @@ from hostprocs import HostProc, make_hosts
 from cardnet.host.client import AppClient
 from cardnet.protocols.echo import REPLY, REQUEST
 from cardnet.transport import DEFAULT_LIMITS, encode_frame
+from cardnet.transport.tcp import ACCEPT_BACKLOG
 from cardnet.wire import Uid
 
 pytestmark = pytest.mark.slow
@@ -45,9 +46,10 @@ TLS_BUFFER = 256 * 1024  # asyncio's SSLProtocol allocates this per TLS connecti
 PER_CONNECTION = 2 * DEFAULT_LIMITS.read_chunk_bytes + TLS_BUFFER + 64 * 1024  # generous per held connection
 SLACK = 48 * 1024 * 1024  # allocator and interpreter noise on top of the baseline
 FD_SLACK = 16  # descriptors the host opens besides connections (links, stores, log)
-# asyncio accepts up to its backlog (100) per loop pass; an over-cap one is aborted in the next pass and its
-# descriptor closed in the one after, while the next batch is accepted: two batches may be open at once.
-ACCEPT_BATCHES = 2 * 100
+# asyncio accepts up to the server's backlog per loop pass; an over-cap connection is aborted by the accept
+# callback a pass or two later and its descriptor closed in the pass after, while new batches are accepted:
+# up to four batches may be open at once (tcp.ACCEPT_BACKLOG).
+ACCEPT_BATCHES = 4 * ACCEPT_BACKLOG
 
 LIMITS = f"""
 [limits]

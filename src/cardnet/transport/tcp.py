@@ -57,6 +57,11 @@ from cardnet.wire import DecodeError, Message
 log = logging.getLogger(LOGGER_NAME)
 
 REFUSAL_LOG_EVERY_S = 10.0  # a server logs connections refused over its caps at most this often (with a count)
+# Connections asyncio accepts in one pass of the loop (and the kernel's listen queue). An accepted connection
+# over a cap is aborted by the accept callback, which runs a pass or two later, and its descriptor is closed a
+# pass after that: up to about four passes' accepts are open beyond the cap at once under a flood, so the
+# batch is kept small (asyncio's default is 100). A peer that finds the queue full retries its connect.
+ACCEPT_BACKLOG = 32
 COLLECT_AFTER = 64  # a server runs a full garbage collection each time this many of its connections have ended
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
@@ -393,7 +398,7 @@ class TcpServer:
         self._begin(on_connection, f"tcp server {host}:{port}")
         try:
             server = await asyncio.start_server(
-                self._accepter(ssl_context), host, port, limit=self._limits.read_chunk_bytes
+                self._accepter(ssl_context), host, port, limit=self._limits.read_chunk_bytes, backlog=ACCEPT_BACKLOG
             )
         except OSError as exc:
             raise BrokenError(f"could not listen on {host}:{port}: {exc}; is the port in use?") from exc
@@ -424,7 +429,7 @@ class TcpServer:
             st = os.stat(where)
             self._unix = (where, st.st_dev, st.st_ino)
             server = await asyncio.start_unix_server(
-                self._accepter(None), sock=sock, limit=self._limits.read_chunk_bytes
+                self._accepter(None), sock=sock, limit=self._limits.read_chunk_bytes, backlog=ACCEPT_BACKLOG
             )
         except OSError as exc:
             sock.close()
