@@ -38,8 +38,12 @@ def _listen(text: str) -> tuple[str, int]:
     "ui",
     click.option("--listen", default="127.0.0.1:8471", show_default=True,
                  help="Where to serve the page: a loopback address and a port (0: any free one)."),
+    click.option("--recover-wait", "recover_wait_s", type=click.FloatRange(0, 600), default=10.0, show_default=True,
+                 help="Seconds the page's Recover resends before it reports what is still under way."),
+    click.option("--ttp-after", "ttp_after_s", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+                 help="Seconds of resending before Recover puts an interrupted exchange to the TTP."),
 )  # fmt: skip
-def wallet_ui(target: Target, listen: str, as_json: bool) -> None:
+def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: float, as_json: bool) -> None:
     """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; buy a ticket,
     send one, answer exchange offers, recover. Prints a one-time login link: open it in your browser (it works
     once; every other request needs the session it opens). Runs until Ctrl-C."""
@@ -55,7 +59,9 @@ def wallet_ui(target: Target, listen: str, as_json: bool) -> None:
         return await Wallet.open(socket, pin=pin, card=card)
 
     async def main() -> None:
-        web = WalletWeb(open_wallet, target.config, app_socket=socket)
+        web = WalletWeb(
+            open_wallet, target.config, app_socket=socket, recover_wait_s=recover_wait_s, ttp_after_s=ttp_after_s
+        )
         try:
             served = await web.start(host, port)
         except WalletError as exc:
