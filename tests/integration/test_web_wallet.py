@@ -285,6 +285,8 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
     net = world.net
     a, b = str(net.uids["a"]), str(net.uids["b"])
 
+    assert Path(CHROMIUM).exists(), f"no {CHROMIUM}: install Debian's chromium (apt-get install -y chromium)"
+
     async def go() -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM)
