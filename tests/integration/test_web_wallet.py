@@ -385,6 +385,17 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
+            # b's own offer (made with the wallet library) waits for a's owner: the page takes it back
+            async with await _wallet(net, "b") as wb:
+                z = await wb.offer(T1, T3, net.uids["a"])
+                mine = page.locator(f'#under-way tr[data-id="{z.n1.hex()}"]')
+                await expect(mine).to_contain_text("waiting for the other owner")
+                await mine.locator("button.give-up").click()
+                await expect(page.locator("#message.ok")).to_contain_text("taken back")
+                assert (await wb.status(z.n1)).phase == "gave_up"
+            await expect(mine).to_have_count(0)
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
+
             # under way while a's host is down: the page says so as b's card does, and so does Recover
             net.hosts["a"].kill()
             await page.select_option("#send-oid", T1.hex())

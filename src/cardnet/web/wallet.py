@@ -170,6 +170,7 @@ class WalletWeb:
             ("POST", "/api/send", self.send),
             ("POST", "/api/exchange/accept", self.accept_exchange),
             ("POST", "/api/exchange/reject", self.reject_exchange),
+            ("POST", "/api/exchange/give-up", self.give_up_exchange),
             ("POST", "/api/ticket/accept", self.accept_ticket),
             ("POST", "/api/ticket/reject", self.reject_ticket),
             ("POST", "/api/recover", self.recover),
@@ -271,7 +272,8 @@ class WalletWeb:
                 })  # fmt: skip
             else:
                 under_way.append({"what": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
-                                  "state": PHASE_WORDS.get(x.phase, x.phase)})  # fmt: skip
+                                  "state": PHASE_WORDS.get(x.phase, x.phase),
+                                  "can_give_up": x.role == "initiator" and x.phase == "offered"})  # fmt: skip
         for r in rows:
             if r["status"] == "offered":
                 offers.append({"kind": "ticket", "oid": r["oid"], "body": _what(r["body"]), "peer": r["peer"]})
@@ -377,6 +379,12 @@ class WalletWeb:
         async with self._order() as wallet:
             x = await wallet.reject(n1)
         return _json({"message": "rejected: nothing of yours moved", "phase": x.phase})
+
+    async def give_up_exchange(self, request: Request) -> Response:
+        n1 = _hex16(_body(request).get("id"), "the exchange's id")
+        async with self._order() as wallet:
+            x = await wallet.give_up(n1)
+        return _json({"message": f"taken back: {PHASE_WORDS.get(x.phase, x.phase)}", "phase": x.phase})
 
     async def accept_ticket(self, request: Request) -> Response:
         return await self._answer_ticket(request, accept=True)

@@ -118,9 +118,13 @@ function renderUnderWay(rows) {
   const body = $("under-way").tBodies[0];
   body.replaceChildren();
   for (const r of rows) {
+    const state = el("td", {}, r.state);
+    if (r.can_give_up) {
+      state.append(" ", el("button", { type: "button", className: "give-up",
+        onclick: () => act("/api/exchange/give-up", { id: r.id }) }, "Take back"));
+    }
     body.append(el("tr", { "data-id": r.id },
-      el("td", {}, r.what), el("td", { class: "id" }, r.id), el("td", { class: "id" }, short(r.peer)),
-      el("td", {}, r.state)));
+      el("td", {}, r.what), el("td", { class: "id" }, r.id), el("td", { class: "id" }, short(r.peer)), state));
   }
   $("under-way").hidden = rows.length === 0;
   $("nothing-under-way").hidden = rows.length > 0;
