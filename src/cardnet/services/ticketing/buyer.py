@@ -101,7 +101,7 @@ async def buy_ticket(
     anything is paid.
     """
     info = await get_json(url, "/")
-    shown = await get_json(url, f"/events/{quote(event, safe='')}")
+    shown = await get_json(url, f"/events/{quote(event, safe='')}?seat={quote(seat, safe='')}")  # not the seat map
     seats = {s["seat"]: s for s in shown.get("seats", [])}
     if seat not in seats:
         raise TicketError("no_seat", f"{event} has no seat {seat!r}: choose one of {', '.join(list(seats)[:20])}")

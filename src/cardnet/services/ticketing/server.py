@@ -225,9 +225,13 @@ class TicketingServer:
     async def event(self, request: Request) -> Response:
         event = self._event(request)
         assert self.store is not None
+        only = request.query.get("seat")  # ?seat=S: that seat alone (a buyer's program needs no seat map)
+        if only is not None and only not in event.seats:
+            raise HttpError(404, "no_seat", f"{event.id} has no seat {only!r}: see /events/{event.id} for its seats")
         sold = await self._db(sales.sold_seats, self.store, event.id)
-        seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in event.seats]
-        data = self._event_summary(event) | {"seats": seats, "free": sum(1 for s in seats if s["free"])}
+        listed = event.seats if only is None else (only,)
+        seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in listed]
+        data = self._event_summary(event) | {"seats": seats, "free": sum(1 for s in event.seats if s not in sold)}
         if not request.wants_html:
             return Response.json(data)
         rows = "".join(
