@@ -33,7 +33,7 @@ from cardnet.cli.output import (
     progress,
     say,
 )
-from cardnet.cli.trn import PIN, STATUS_WORDS, hex16, parse_oid, parse_uid, run_on_wallet, token_rows
+from cardnet.cli.trn import PIN, STATUS_WORDS, hex16, parse_domain, parse_oid, parse_uid, run_on_wallet, token_rows
 from cardnet.cli.wallet_pending import (
     OWNER_WAITS,
     balances,
@@ -131,6 +131,7 @@ def wallet() -> None:
       cardnet host run --config ~/.cardnet/host.toml &
       cardnet wallet show                      everything on the card, and what is under way
       cardnet wallet send OID --to UID         give a ticket to another card
+      cardnet wallet enter OID --gate UID      walk through a gate with a ticket
       cardnet wallet recover                   finish whatever a crash or a lost network interrupted
 
     The host, the card and the broker come from the wallet config (~/.cardnet/wallet.toml,
@@ -169,6 +170,7 @@ def _route(text: str) -> tuple[str, str]:
               help="The CA file you were given (`cardnet ca create`): it certifies the new card.")  # fmt: skip
 @click.option("--pin", default=None, help="The new card's PIN (default: $CARDNET_PIN, else asked for twice).")
 @click.option("--name", default=None, help="Your name, put into the card's certificate.")
+@click.option("--domain", default=None, help="The new card's domain, 24 hex digits (default: a random one).")
 @click.option("--authority", default=None, help="The authority card's Uid: it traces your tickets.")
 @click.option("--ttp", default=None, help="The TTP card's Uid: it settles interrupted exchanges.")
 @click.option("--listen", default=None, help="HOST:PORT where other hosts reach yours (default: none).")
@@ -178,9 +180,10 @@ def _route(text: str) -> tuple[str, str]:
 @click.option("--ca-cert", default=None, help="The CA certificate, PEM (kept in the config).")
 @click.option("--account", default=None, help="SPEED: your account at the broker (kept in the config).")
 @json_option
-def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: str | None, authority: str | None,
-                ttp: str | None, listen: str | None, routes: tuple[str, ...], broker: str | None,
-                broker_cert: str | None, ca_cert: str | None, account: str | None, as_json: bool) -> None:  # fmt: skip
+def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: str | None, domain: str | None,
+                authority: str | None, ttp: str | None, listen: str | None, routes: tuple[str, ...],
+                broker: str | None, broker_cert: str | None, ca_cert: str | None, account: str | None,
+                as_json: bool) -> None:  # fmt: skip
     """Make a new card for this machine, personalised under the CA you were given, with its host's config and the
     wallet config beside it (in the wallet config's folder: card.db, host.toml, wallet.toml).
 
@@ -205,6 +208,7 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
     route_pairs = [_route(r) for r in routes]
     if listen is not None:
         _address(listen, "--listen")
+    raw_domain = parse_domain(domain)
     auth_uid = parse_uid(authority) if authority else None
     ttp_uid = parse_uid(ttp) if ttp else None
     pin = new_card_pin(pin)
@@ -216,7 +220,7 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
         fail_os(exc, "make the wallet's folder", folder)
     card = Card.open("sqlite:///" + str(store.resolve()), applets=make_applets(list(APPLETS)))
     try:
-        uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name)
+        uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name, domain=raw_domain)
         local = LocalCard(card, pin)  # the card's first orders, before any host runs it
         if auth_uid is not None:
             local.ask(trn.SET_AUTHORITY, trn.RESULT, authority=auth_uid)
@@ -428,6 +432,30 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
         text = (f"sending {raw.hex()} to {dst}: {STATUS_WORDS.get(status, status)}; it goes on by itself while "
                 "both hosts run, and `cardnet wallet recover` finishes it")  # fmt: skip
     say(as_json, out, text)
+
+
+# -- enter (walk through a gate) ----------------------------------------------------------------------------------
+@wallet_command(
+    wallet,
+    "enter",
+    click.argument("oid"),
+    click.option("--gate", "gate", required=True, help="The gate card's Uid (DOMAIN:00000000; the gate shows it)."),
+    click.option("--wait", "wait_s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+                 help="Seconds to wait for the gate's answer; then the ticket is taken back."),
+)  # fmt: skip
+def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bool) -> None:
+    """Walk through a gate: present a ticket to the gate's card, which takes it (you are admitted and the ticket
+    is used up) or refuses it with its reason (the ticket stays yours)."""
+    from cardnet.cli import wallet_gate
+
+    raw, dst = parse_oid(oid), parse_uid(gate)
+    got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s), wallet_gate.HINTS)
+    if not got.taken:
+        words, hint = wallet_gate.refusal(got.reason)
+        fail(f"the gate {dst} refused ticket {raw.hex()}: {words}; the ticket is still on your card",
+             reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
+    out = {"oid": raw.hex(), "gate": str(dst), "admitted": True, "reason": got.reason}
+    say(as_json, out, f"admitted: the gate {dst} took ticket {raw.hex()} (it is used up now: walk in)")
 
 
 # -- exchange -----------------------------------------------------------------------------------------------------

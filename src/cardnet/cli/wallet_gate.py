@@ -1,0 +1,74 @@
+"""Walking through a gate from ``cardnet wallet enter``: the ticket presented with ``Wallet.redeem``, and the
+gate's answer in the words of the person holding the ticket (the operator's words are in :mod:`cardnet.cli.gate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cardnet.cli.output import fail, progress
+from cardnet.cli.trn import STATUS_WORDS
+
+# Why a gate refused a ticket (docs/gate.md), for the person at the gate: what happened, and what to do. The
+# ticket stays on their card in every case.
+REFUSALS: dict[str, tuple[str, str]] = {
+    "already_admitted": (
+        "this ticket was already used at this gate: a copy of it went in before",
+        "if you did not go in with it, your card or its ticket was copied: show this to the gate's staff or the "
+        "ticket office (the ticket's issuer can reissue a lost ticket)",
+    ),
+    "refused_before": (
+        "this gate refused this ticket before: the authority disowned it",
+        "ask the ticket office: the ticket may have been revoked or reissued",
+    ),
+    "issuer_not_accepted": (
+        "this gate does not take tickets of this ticket's issuer",
+        "check that this is the gate of your event (`cardnet wallet show OID` shows the ticket)",
+    ),
+    "forged": (
+        "the issuer's signature on this ticket does not verify: it is forged or altered",
+        "ask the ticket office where you bought it",
+    ),
+    "untraceable": (
+        "this ticket travels untraced, and the gate reports every admission to the authority",
+        "ask the ticket office for a traced ticket",
+    ),
+    "blocked_device": (
+        "your card is on the authority's blocklist",
+        "ask the ticket office: a card is blocked when the authority saw a ticket spent twice from it",
+    ),
+}
+HINTS = {
+    "no_answer": "is the gate running, and does your host have a route to the gate's domain (host.toml, [routes])? "
+    "a card on the authority's blocklist gets no answer either",
+}
+
+
+def refusal(reason: str) -> tuple[str, str | None]:
+    """A gate's refusal ``reason`` (``code`` or ``code: detail``) in the holder's words, and what to do."""
+    code, _, detail = reason.partition(":")
+    words, hint = REFUSALS.get(code.strip(), (f"the gate refused it ({reason})", None))
+    if detail.strip() and code.strip() in REFUSALS:
+        words += f" ({detail.strip()})"
+    return words, hint
+
+
+async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float) -> Any:
+    """Present ticket ``oid`` at ``gate`` (its card's Uid) and wait up to ``wait_s`` for its answer: the
+    :class:`~cardnet.services.wallet.Redemption`. A ticket this card cannot present, or a gate its host cannot
+    reach, fails in words before anything moves."""
+    held = {v.oid: v for v in await wallet.vouchers()}
+    if oid not in held:
+        fail(f"this card does not hold ticket {oid.hex()}", reason="not_held",
+             hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
+    if held[oid].status != "enabled":
+        words = STATUS_WORDS.get(held[oid].status, held[oid].status)
+        fail(f"ticket {oid.hex()} cannot be presented now: {words}", reason="not_movable",
+             hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+    if gate.domain != wallet.card.domain and (await wallet.route(gate.domain))["where"] == "none":
+        fail(f"this host cannot reach the gate {gate}: no route to its domain {gate.domain.hex()}; the ticket "
+             "stays on your card", reason="no_route",
+             hint=f'add "{gate.domain.hex()}" = "HOST:PORT" (the gate\'s address) to [routes] in your host.toml and '
+             "restart your host")  # fmt: skip
+    with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
+        return await wallet.redeem(oid, gate, timeout_s=wait_s)
