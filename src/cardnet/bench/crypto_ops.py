@@ -1,8 +1,10 @@
 """What a unit of work costs in cryptography: counting the operations one run makes, timing each here, and the
-bounds they give (shared by the benchmarks of fair exchange and SPEED).
+bounds they give (shared by the benchmarks of fair exchange, SPEED and ticketing).
 
 * :func:`counting`: counts, in this process, the signatures, verifications, certificate-chain checks, HPKE seals
-  and opens, AES-GCM record seals and opens and durable SQLite commits made meanwhile;
+  and opens, AES-GCM record seals and opens and durable SQLite commits made meanwhile: ``commit`` for the card
+  steps' writes (``SqliteStore.write``), ``service_commit`` for the services' transactions that changed a row
+  (a vendor's, a broker's store; read-only transactions are not counted);
 * :func:`op_rates`: each operation's rate on this machine, one core, on inputs of a protocol message's sizes;
 * :func:`bounds`: the *crypto bound* (that CPU time spread over the machine's cores: what group commit leaves
   as the limit) and the *serial bound* (one core, plus one durable commit per write, nothing overlapped).
@@ -49,6 +51,18 @@ def counting() -> Iterator[Counter[str]]:
     wrap(profile.CounterAead, "seal", "aead_seal")
     wrap(profile.CounterAead, "open", "aead_open")
     wrap(SqliteStore, "write", "commit")
+    transaction = SqliteStore.transaction
+    saved.append((SqliteStore, "transaction", transaction))
+
+    @contextlib.contextmanager
+    def counted_transaction(store: SqliteStore) -> Iterator[Any]:
+        before = store._c.total_changes
+        with transaction(store) as txn:
+            yield txn
+        if store._c.total_changes != before:
+            counts["service_commit"] += 1
+
+    SqliteStore.transaction = counted_transaction  # type: ignore[assignment,method-assign]
     try:
         yield counts
     finally:
@@ -96,7 +110,15 @@ def op_rates(seconds: float) -> dict[str, float]:
     }
 
 
-def bounds(ops: dict[str, int], rates: dict[str, float], commit_rate: float, cpus: int) -> tuple[float, float]:
-    """(crypto bound, serial bound) in units of work per second."""
+def bounds(
+    ops: dict[str, int],
+    rates: dict[str, float],
+    commit_rate: float,
+    cpus: int,
+    *,
+    commits: tuple[str, ...] = ("commit",),
+) -> tuple[float, float]:
+    """(crypto bound, serial bound) in units of work per second; the serial bound adds one durable commit per
+    counted operation named in ``commits``."""
     crypto_s = sum(ops[op] / rates[op] for op in OPS if ops.get(op))
-    return cpus / crypto_s, 1.0 / (crypto_s + ops.get("commit", 0) / commit_rate)
+    return cpus / crypto_s, 1.0 / (crypto_s + sum(ops.get(c, 0) for c in commits) / commit_rate)

@@ -135,7 +135,9 @@ class Net:
             s.close()
 
 
-class _Proc:
+class ServiceProc:
+    """``cardnet ARGS --listen 127.0.0.1:0`` (a SPEED broker or vendor), ready once it prints its address."""
+
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cardnet.cli.main", *args, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
@@ -207,9 +209,9 @@ async def _concurrent(net: Net, customers: int, mode: str, seconds: float) -> fl
 async def _live(net: Net, seconds: float, idle: int, say: Progress) -> dict[str, Any]:
     say("starting the broker and vendor processes")
     net.sam_card.close()
-    broker = _Proc("speed", "broker", "run", "--store", str(net.tmp / "broker.db"), "--sam-store",
-                   str(net.tmp / "sam.db"))  # fmt: skip
-    vendor = _Proc("speed", "vendor", "run", "--store", str(net.tmp / "vendor.db"))
+    broker = ServiceProc("speed", "broker", "run", "--store", str(net.tmp / "broker.db"), "--sam-store",
+                         str(net.tmp / "sam.db"))  # fmt: skip
+    vendor = ServiceProc("speed", "vendor", "run", "--store", str(net.tmp / "vendor.db"))
     net.broker_addr, net.vendor_addr = broker.address, vendor.address
     try:
         say(f"keying and loading {len(net.cards)} purses")

@@ -229,6 +229,53 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
     _report("cardnet bench speed", rows, r["targets"], (f"one purchase (counted in process) = {ops}",))
 
 
+@bench.command("ticketing")
+@AS_JSON
+@click.option("--buyers", type=click.IntRange(1, 64), default=32, show_default=True,
+              help="Buyers buying at once (each a host process of its own), then holders at the gate.")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(1.0), default=10.0, show_default=True,
+              help="Seconds of the busy sale round, and of the busy gate round.")  # fmt: skip
+@click.option("--idle", type=click.IntRange(1), default=20, show_default=True, help="Purchases timed one at a time.")
+def bench_ticketing(as_json: bool, buyers: int, seconds: float, idle: int) -> None:
+    """Tickets sold end to end by a ticketing server process, and admitted at a gate, vs their crypto bounds."""
+    from cardnet.bench import ticketing
+
+    if as_json:
+        emit_json(ticketing.run(buyers=buyers, seconds=seconds, idle=idle))
+        return
+    with console.status("starting…") as status:
+        r = ticketing.run(buyers=buyers, seconds=seconds, idle=idle, progress=status.update)
+    rows: list[Row] = [
+        ("tickets_per_s", f"{r['tickets_per_s']:,}", f"sold end to end, {buyers} buyers at once, enabled on the card"),
+        ("  crypto_bound_tickets_per_s", f"{r['crypto_bound_tickets_per_s']:,}",
+         f"CPU of one sale's crypto over {r['cpus']} cores (bound); ratio {r['tickets_vs_crypto_bound']}"),
+        ("  serial_bound_tickets_per_s", f"{r['serial_bound_tickets_per_s']:,}",
+         "the same on one core, plus one durable commit per counted commit"),
+        ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "one purchase on an idle system, page to enabled"),
+        ("  crypto_bound_ticket_ms", str(r["crypto_bound_ticket_ms"]), "one sale's crypto on one core (bound)"),
+        ("admissions_per_s", f"{r['admissions_per_s']:,}", f"verdicts at one gate, {buyers} holders presenting"),
+        ("  crypto_bound_admissions_per_s", f"{r['crypto_bound_admissions_per_s']:,}",
+         f"CPU of one admission's crypto over {r['cpus']} cores (bound); ratio {r['admissions_vs_crypto_bound']}"),
+        ("  serial_bound_admissions_per_s", f"{r['serial_bound_admissions_per_s']:,}",
+         "the same on one core, plus one durable commit per counted commit"),
+    ]  # fmt: skip
+    sale = " + ".join(f"{n} {op}" for op, n in r["ops_per_ticket"].items())
+    adm = " + ".join(f"{n} {op}" for op, n in r["ops_per_admission"].items())
+    cpu_t = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_ticket"].items())
+    cpu_a = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_admission"].items())
+    notes = (
+        f"one sale (counted in process) = {sale}",
+        f"one admission (counted in process) = {adm}",
+        f"CPU ms per ticket: {cpu_t}",
+        f"CPU ms per admission: {cpu_a}",
+        f"books: {r['tickets_bought']} bought, {r['sales_recorded']} sales recorded, {r['tickets_delivered']} "
+        f"delivered, {r['tickets_on_cards']} on the cards ({r['tickets_on_two_cards']} on two); gate admitted "
+        f"{r['gate_admitted']}, refused {r['gate_refused']}",
+        f"load average (1 min) before / after: {r['load_avg_1min'][0]} / {r['load_avg_1min'][1]} on {r['cpus']} cores",
+    )
+    _report("cardnet bench ticketing", rows, r["targets"], notes)
+
+
 @bench.command("smc")
 @AS_JSON
 @click.option("--n", "ns", type=click.IntRange(3, 16), multiple=True, help="Parties (repeat; default: 3, 5 and 7).")
