@@ -215,6 +215,19 @@ def test_a_ticket_goes_from_one_wallet_to_another(world: World) -> None:
     assert "32 hex digits" in refused(*alice.cmd("send", "1234", "--to", bob.uid))["message"]
 
 
+def test_enter_says_what_is_wrong_before_the_ticket_moves(world: World) -> None:
+    """`cardnet wallet enter` (the gate itself: docs/walkthrough-ticketing.md and its test) refuses a ticket this
+    card does not hold and a gate its host cannot reach, in words, and the ticket stays usable."""
+    alice = world.people["alice"]
+    oid, gate = "9a7e000000000000000000000000000a", "9a7e009a7e009a7e009a7e00:00000000"
+    world.issue(oid, "alice", "Final, seat 9")
+    gone = refused(*alice.cmd("enter", "9a7e000000000000000000000000000b", "--gate", gate))
+    assert gone["reason"] == "not_held" and "cardnet wallet list" in gone["hint"], gone
+    nowhere = refused(*alice.cmd("enter", oid, "--gate", gate))
+    assert nowhere["reason"] == "no_route" and "9a7e009a7e009a7e009a7e00" in nowhere["hint"], nowhere
+    assert alice.tickets()[oid] == "enabled"
+
+
 def test_an_exchange_offered_and_accepted(world: World) -> None:
     alice, bob = world.people["alice"], world.people["bob"]
     ticket, coffee = "e0c1000000000000000000000000000a", "e0c1000000000000000000000000000b"

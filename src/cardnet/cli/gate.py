@@ -69,7 +69,7 @@ def gate() -> None:
     Set up:   cardnet gate setup --socket S --issuer-cert agent.pem --authority UID
     Run:      CARDNET_PIN=... cardnet gate run --config gate.toml
     Look:     cardnet gate status --socket S;  cardnet gate admissions --socket S
-    A holder presents a ticket by sending it to the gate's card: cardnet trn send --oid OID --to GATE_UID
+    A holder presents a ticket by sending it to the gate's card: cardnet wallet enter OID --gate GATE_UID
     """
 
 
