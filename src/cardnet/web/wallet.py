@@ -10,9 +10,10 @@ behind the session of :mod:`.session`:
   the card again when the card pushed a change (the wallet library's events: a token or an exchange changed),
   after every action, and otherwise every ``refresh_s`` (the e-purse's balance and the purchases are not
   pushed); so a second's polling costs the card nothing when nothing happened;
-* ``POST /api/send``, ``/api/exchange/accept``, ``/api/exchange/reject``, ``/api/ticket/accept``,
-  ``/api/ticket/reject``, ``/api/recover``: one order each, answered ``{"message": ...}`` in words, or an error
-  ``{"error": reason, "message": what happened and what to do}`` the page shows as it is.
+* ``POST /api/send``, ``/api/exchange/accept``, ``/reject``, ``/give-up``, ``/api/ticket/accept``, ``/reject``,
+  ``/api/recover``, and buying (:mod:`.shop`: ``/api/shop``, ``/api/buy``, ``/api/deliver``): one order each,
+  answered ``{"message": ...}`` in words, or an error ``{"error": reason, "message": what happened and what to
+  do}`` the page shows as it is.
 
 An exchange offered to this card is held by the card as *proposed* (nothing locked, the offered voucher not
 taken) until the owner answers: the page is the prompt of TENeT's approach 2a, shown before the card takes the
@@ -26,29 +27,23 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from importlib import resources
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from cardnet.cli.fairx import PHASE_WORDS
-from cardnet.cli.speed import JOURNAL
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
-from cardnet.crypto import pki
 from cardnet.protocols.speed.messages import Price
-from cardnet.services.speed.customer import Journal, PurchaseError
-from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
 from cardnet.services.wallet import MOVING, Wallet, WalletError
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
-from cardnet.transport.http_upgrade import UpgradeRefused
 from cardnet.web.session import Session, loopback
+from cardnet.web.shop import Shop, parse_url
 from cardnet.wire import DecodeError, Uid
 
 log = logging.getLogger("cardnet.web")
@@ -63,8 +58,6 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
                     ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))  # fmt: skip
-MAX_EVENTS = 20  # a ticketing server's events the page lists
-SHOP_TIMEOUT_S = 20.0  # reading a ticketing server's events and seats
 STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css; charset=utf-8"}
 
 # what the person does about a card's refusal (the card's reason -> a sentence for the page)
@@ -76,21 +69,6 @@ HINTS = {
     "privileged": "the card no longer takes the owner's orders from this page: restart `cardnet wallet ui`",
     "refused": "the card refused it: the page shows how the ticket or exchange stands now",
 }
-PAID = (
-    "if your card paid, nothing is lost: the server keeps the paid sale, and `cardnet wallet buy URL --poid POID` "
-    "finishes its delivery"
-)
-BUY_HINTS = {
-    "seat_sold": "someone bought that seat first (nothing was paid): choose another",
-    "no_seat": "choose a seat the list shows free (Show events reads it again)",
-    "no_event": "choose an event the list shows (Show events reads it again)",
-    "insufficient": "your e-purse holds too little: load it with `cardnet wallet load --amount '50.00 EUR'`",
-    "no_key": "your e-purse was never loaded: load it with `cardnet wallet load --amount '50.00 EUR'`",
-    "unpaid": "the payment did not reach the server: press Recover (it pays a delivered purchase, never twice), then "
-    "finish the delivery with `cardnet wallet buy URL --poid POID`",
-    "unreachable": "the broker does not answer: if your card paid, Recover finishes the purchase once it is back",
-}
-
 Opener = Callable[[], Awaitable[Wallet]]
 
 
@@ -118,7 +96,7 @@ class WalletWeb:
     ) -> None:
         self._open = open_wallet
         self.config = config
-        self.app_socket = app_socket  # the host's application socket: the ticketing server's delivery is relayed there
+        self._shop = Shop(config, app_socket)
         self.limits = limits
         self.refresh_s = refresh_s
         self.recover_wait_s = recover_wait_s
@@ -418,104 +396,33 @@ class WalletWeb:
         shown = [{"what": r["what"], "id": r["id"], "outcome": r["outcome"], "finished": r["finished"]} for r in rows]
         return _json({"message": message, "recovered": shown})
 
-    # -- buying a ticket from a ticketing server (services/ticketing/buyer.py) -----------------------------------------
+    # -- buying a ticket from a ticketing server (web/shop.py) -----------------------------------------------------
     async def shop(self, request: Request) -> Response:
         """A ticketing server's events and their free seats (the page cannot ask another server itself)."""
-        url = _url(_body(request).get("url"))
-        with _ticketing(url):
-            async with asyncio.timeout(SHOP_TIMEOUT_S):
-                return await self._shop(url)
-
-    async def _shop(self, url: str) -> Response:
-        info = await get_json(url, "/")
-        events = []
-        try:
-            for e in list(info.get("events") or [])[:MAX_EVENTS]:
-                shown = await get_json(url, f"/events/{quote(str(e['id']), safe='')}")
-                free = [str(t["seat"]) for t in shown.get("seats") or [] if t.get("free")]
-                events.append({"id": str(shown["id"]), "name": str(shown.get("name", "")),
-                               "date": str(shown.get("date", "")), "price": str(shown.get("price", "")),
-                               "free": free})  # fmt: skip
-            name = str(info.get("name", ""))
-        except (AttributeError, KeyError, TypeError):
-            raise HttpError(502, "not_ticketing", f"{url} does not answer like a cardnet ticketing server (its events "
-                            "and seats are not there): check the address") from None  # fmt: skip
-        return _json({"name": name, "url": url, "events": events})
+        return _json(await self._shop.events(parse_url(_body(request).get("url"))))
 
     async def buy(self, request: Request) -> Response:
         """Buy a seat: SPEED at the list price from the e-purse, then the ticket relayed to the card."""
         body = _body(request)
-        url = _url(body.get("url"))
-        event, seat = body.get("event"), body.get("seat")
+        url, event, seat = parse_url(body.get("url")), body.get("event"), body.get("seat")
         if not isinstance(event, str) or not event or not isinstance(seat, str) or not seat:
             raise HttpError(400, "bad_request", "choose an event and a seat (Show events lists them)")
-        broker, broker_cert, ca_cert, journal = self._speed_settings()
-        if self.app_socket is None:
-            raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
-                            "`cardnet wallet ui` with --socket")  # fmt: skip
-        try:
-            with _ticketing(url):
-                async with self._order() as wallet:
-                    bought = await buy_ticket(url, event, seat, card=wallet, app_socket=self.app_socket,
-                                              broker=broker, broker_cert=broker_cert, roots=[ca_cert],
-                                              journal=journal)  # fmt: skip
-        except TicketError as exc:  # paid, not delivered: the page offers to finish the delivery of that sale
-            if exc.reason != "not_delivered":
-                raise
-            sale = next((r.poid for r in reversed(journal.all()) if r.poid and r.products == [f"{event}/{seat}"]), None)
-            message = f"{exc}; your ticket is paid and kept for you: press Finish the delivery (it is safe to repeat)"
-            return _json({"error": "not_delivered", "message": message, "url": url,
-                          "poid": None if sale is None else sale.hex()}, 502)  # fmt: skip
-        return _json({"message": f"bought seat {bought.seat} of {bought.event} for {bought.price}: the ticket is on "
-                      "its way to your card (the list shows it once it is yours)", "oid": bought.oid.hex(),
-                      "poid": bought.poid.hex()})  # fmt: skip
+        async with self._order() as wallet:
+            got = await self._shop.buy(wallet, url, event, seat)
+        return _json(got, 502 if "error" in got else 200)
 
     async def deliver(self, request: Request) -> Response:
         """Finish the delivery of a paid sale (as ``cardnet wallet buy URL --poid``): the ticket relayed again."""
         body = _body(request)
-        url = _url(body.get("url"))
-        value = body.get("poid")
+        url, value = parse_url(body.get("url")), body.get("poid")
         try:
             poid = bytes.fromhex(value) if isinstance(value, str) else b""
         except ValueError:
             poid = b""
         if not poid or len(poid) > 64:
             raise HttpError(400, "bad_poid", "give the sale's id (its PaymentOrderID, in hex, as the page named it)")
-        if self.app_socket is None:
-            raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
-                            "`cardnet wallet ui` with --socket")  # fmt: skip
-        journal = self._journal()
-        receipt = next((r.receipt for r in journal.all() if r.poid == poid and r.receipt), None)
-        with _ticketing(url):
-            shown = await get_json(url, f"/tickets/{poid.hex()}")
-            if shown.get("state") == "delivered":
-                return _json({"message": f"the ticket of sale {poid.hex()[:16]}… was delivered already: it is on "
-                              "the card it was bought for"})  # fmt: skip
-            async with self._order():
-                relayed = await receive_ticket(url, poid, self.app_socket, receipt=receipt)
-        return _json({"message": f"the ticket of sale {poid.hex()[:16]}… is on its way to your card (the list shows "
-                      "it once it is yours)", "oid": relayed.oid.hex()})  # fmt: skip
-
-    def _speed_settings(self) -> tuple[str, bytes, bytes, Journal]:
-        cfg = self.config
-        values = {k: cfg.get(k) if cfg is not None else None for k in ("broker", "broker_cert", "ca_cert")}
-        missing = [k for k, v in values.items() if v is None]
-        if missing or cfg is None:
-            where = f" ({cfg.path})" if cfg is not None else ""
-            raise HttpError(409, "not_configured", f"to pay, the wallet config{where} needs {', '.join(missing)}: "
-                            f"`cardnet wallet config --set {missing[0]}=...`, then restart "
-                            "`cardnet wallet ui`")  # fmt: skip
-        certs = [_certificate(Path(str(values[k])), k) for k in ("broker_cert", "ca_cert")]
-        return str(values["broker"]), certs[0], certs[1], self._journal()
-
-    def _journal(self) -> Journal:
-        """The wallet's SPEED journal (the purchases folder of the wallet config, as `cardnet wallet` keeps it)."""
-        folder = Path((self.config.get("purchases") if self.config is not None else None) or "purchases")
-        try:
-            return Journal(folder / JOURNAL)
-        except OSError as exc:
-            raise HttpError(500, "no_journal", f"cannot keep the purchases folder {folder}: {exc.strerror or exc}; "
-                            "choose another: `cardnet wallet config --set purchases=DIR`") from None  # fmt: skip
+        async with self._order():
+            return _json(await self._shop.deliver(url, poid))
 
 
 class _GuardedRouter(Router):
@@ -603,46 +510,3 @@ def _ticket(row: dict[str, Any]) -> dict[str, Any]:
     if "hint" in row:
         out["hint"] = row["hint"]
     return out
-
-
-def _url(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise HttpError(400, "bad_url", "give the ticketing server's address, e.g. http://tickets.example:8080")
-    url = value.strip().rstrip("/")
-    try:
-        server_address(url)
-    except ValueError as exc:
-        raise HttpError(400, "bad_url", f"{exc}: give it as http://HOST:PORT") from None
-    return url if "://" in url else f"http://{url}"
-
-
-@contextlib.contextmanager
-def _ticketing(url: str) -> Iterator[None]:
-    """A ticketing server's or a purchase's failure as an error the page shows, with what to do."""
-    try:
-        yield
-    except TicketError as exc:
-        raise HttpError(409, exc.reason, f"{exc}; {BUY_HINTS.get(exc.reason, 'the server refused')}") from None
-    except PurchaseError as exc:
-        hint = BUY_HINTS.get(exc.reason, "nothing was paid unless the page shows a purchase under way")
-        raise HttpError(409, exc.reason, f"the purchase did not happen: {exc}; {hint}") from None
-    except UpgradeRefused as exc:
-        hint = BUY_HINTS.get(exc.error, PAID)
-        raise HttpError(502, exc.error, f"the ticketing server did not deliver: {exc}; {hint}") from None
-    except TimeoutError:
-        raise HttpError(504, "timeout", f"the ticketing server at {url} is too slow to answer: try again later; "
-                        f"{PAID}") from None  # fmt: skip
-    except TransportError as exc:
-        raise HttpError(502, "unreachable", f"cannot talk to the ticketing server at {url}: {exc}; check the "
-                        f"address and that it runs; {PAID}") from None  # fmt: skip
-
-
-def _certificate(path: Path, key: str) -> bytes:
-    try:
-        return pki.cert_to_der(pki.chain_from_pem(path.read_bytes())[0])
-    except OSError as exc:
-        raise HttpError(409, "not_configured", f"cannot read {key} {path}: {exc.strerror or exc}; fix it with "
-                        f"`cardnet wallet config --set {key}=FILE`") from None  # fmt: skip
-    except (ValueError, IndexError):
-        raise HttpError(409, "not_configured", f"{path} ({key}) holds no PEM certificate: `cardnet wallet config "
-                        f"--set {key}=FILE`") from None  # fmt: skip

@@ -1,0 +1,184 @@
+"""Buying a ticket from a ticketing server through the web wallet (services/ticketing/buyer.py behind the page).
+
+The page cannot ask another server itself (its Content-Security-Policy allows its own origin only), so the web
+wallet reads a ticketing server's events and free seats for it (:meth:`Shop.events`, bounded in time and in
+events), buys a seat with the buyer library's ``buy_ticket`` (SPEED at the list price from the e-purse through
+the wallet config's broker, then the ticket over ``Upgrade: TRN`` relayed to the host's application socket;
+the purchase journal is the one ``cardnet wallet`` keeps) and finishes the delivery of a paid sale
+(:meth:`Shop.deliver`, as ``cardnet wallet buy URL --poid``). Every failure becomes an
+:class:`~cardnet.transport.http.HttpError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cardnet.cli.speed import JOURNAL
+from cardnet.cli.wallet_config import WalletConfig
+from cardnet.crypto import pki
+from cardnet.host.errors import HostError
+from cardnet.services.speed.customer import Journal, PurchaseError
+from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
+from cardnet.services.wallet import Wallet
+from cardnet.transport.errors import TransportError
+from cardnet.transport.http import HttpError
+from cardnet.transport.http_upgrade import UpgradeRefused
+
+MAX_EVENTS = 20  # a ticketing server's events the page lists
+SHOP_TIMEOUT_S = 20.0  # reading a ticketing server's events and seats
+PAID = (
+    "if your card paid, nothing is lost: the server keeps the paid sale, and Finish the delivery (on this page, or "
+    "`cardnet wallet buy URL --poid POID`) brings the ticket"
+)
+BUY_HINTS = {
+    "seat_sold": "someone bought that seat first (nothing was paid): choose another",
+    "no_seat": "choose a seat the list shows free (Show events reads it again)",
+    "no_event": "choose an event the list shows (Show events reads it again)",
+    "insufficient": "your e-purse holds too little: load it with `cardnet wallet load --amount '50.00 EUR'`",
+    "no_key": "your e-purse was never loaded: load it with `cardnet wallet load --amount '50.00 EUR'`",
+    "unpaid": "the payment did not reach the server: press Recover (it pays a delivered purchase, never twice), then "
+    "finish the delivery with `cardnet wallet buy URL --poid POID`",
+    "unreachable": "the broker does not answer: if your card paid, Recover finishes the purchase once it is back",
+}
+
+
+class Shop:
+    """Buying for one wallet: its config (broker, certificates, purchases folder) and its host's socket."""
+
+    def __init__(self, config: WalletConfig | None, app_socket: str | None) -> None:
+        self.config = config
+        self.app_socket = app_socket  # the ticketing server's delivery is relayed there
+
+    async def events(self, url: str) -> dict[str, Any]:
+        """The server's name and its events with their free seats."""
+        with _ticketing(url):
+            async with asyncio.timeout(SHOP_TIMEOUT_S):
+                return await self._events(url)
+
+    async def _events(self, url: str) -> dict[str, Any]:
+        info = await get_json(url, "/")
+        events = []
+        try:
+            for e in list(info.get("events") or [])[:MAX_EVENTS]:
+                shown = await get_json(url, f"/events/{quote(str(e['id']), safe='')}")
+                free = [str(t["seat"]) for t in shown.get("seats") or [] if t.get("free")]
+                events.append({"id": str(shown["id"]), "name": str(shown.get("name", "")),
+                               "date": str(shown.get("date", "")), "price": str(shown.get("price", "")),
+                               "free": free})  # fmt: skip
+            name = str(info.get("name", ""))
+        except (AttributeError, KeyError, TypeError):
+            raise HttpError(502, "not_ticketing", f"{url} does not answer like a cardnet ticketing server (its events "
+                            "and seats are not there): check the address") from None  # fmt: skip
+        return {"name": name, "url": url, "events": events}
+
+    async def buy(self, wallet: Wallet, url: str, event: str, seat: str) -> dict[str, Any]:
+        """Buy ``seat`` of ``event`` with ``wallet``'s card: ``{message, oid, poid}``, or, paid but not delivered,
+        ``{error: not_delivered, message, url, poid}`` (the page then offers to finish the delivery)."""
+        broker, broker_cert, ca_cert, journal = self._settings()
+        socket = self._socket()
+        try:
+            with _ticketing(url):
+                bought = await buy_ticket(url, event, seat, card=wallet, app_socket=socket, broker=broker,
+                                          broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+        except TicketError as exc:  # paid, not delivered: the page offers to finish the delivery of that sale
+            if exc.reason != "not_delivered":
+                raise
+            sale = next((r.poid for r in reversed(journal.all()) if r.poid and r.products == [f"{event}/{seat}"]), None)
+            message = f"{exc}; your ticket is paid and kept for you: press Finish the delivery (it is safe to repeat)"
+            return {"error": "not_delivered", "message": message, "url": url,
+                    "poid": None if sale is None else sale.hex()}  # fmt: skip
+        return {"message": f"bought seat {bought.seat} of {bought.event} for {bought.price}: the ticket is on its "
+                "way to your card (the list shows it once it is yours)", "oid": bought.oid.hex(),
+                "poid": bought.poid.hex()}  # fmt: skip
+
+    async def deliver(self, url: str, poid: bytes) -> dict[str, Any]:
+        """Finish the delivery of sale ``poid`` (the receipt from the journal, if it is there): ``{message}``."""
+        socket = self._socket()
+        receipt = next((r.receipt for r in self.journal().all() if r.poid == poid and r.receipt), None)
+        with _ticketing(url):
+            shown = await get_json(url, f"/tickets/{poid.hex()}")
+            if shown.get("state") == "delivered":
+                return {"message": f"the ticket of sale {poid.hex()[:16]}… was delivered already: it is on the card "
+                        "it was bought for"}  # fmt: skip
+            relayed = await receive_ticket(url, poid, socket, receipt=receipt)
+        return {"message": f"the ticket of sale {poid.hex()[:16]}… is on its way to your card (the list shows it "
+                "once it is yours)", "oid": relayed.oid.hex()}  # fmt: skip
+
+    def _socket(self) -> str:
+        if self.app_socket is None:
+            raise HttpError(409, "not_configured", "this page was started without the host's socket: restart "
+                            "`cardnet wallet ui` with --socket")  # fmt: skip
+        return self.app_socket
+
+    def _settings(self) -> tuple[str, bytes, bytes, Journal]:
+        cfg = self.config
+        values = {k: cfg.get(k) if cfg is not None else None for k in ("broker", "broker_cert", "ca_cert")}
+        missing = [k for k, v in values.items() if v is None]
+        if missing or cfg is None:
+            where = f" ({cfg.path})" if cfg is not None else ""
+            raise HttpError(409, "not_configured", f"to pay, the wallet config{where} needs {', '.join(missing)}: "
+                            f"`cardnet wallet config --set {missing[0]}=...`, then restart "
+                            "`cardnet wallet ui`")  # fmt: skip
+        certs = [_certificate(Path(str(values[k])), k) for k in ("broker_cert", "ca_cert")]
+        return str(values["broker"]), certs[0], certs[1], self.journal()
+
+    def journal(self) -> Journal:
+        """The wallet's SPEED journal (the purchases folder of the wallet config, as `cardnet wallet` keeps it)."""
+        folder = Path((self.config.get("purchases") if self.config is not None else None) or "purchases")
+        try:
+            return Journal(folder / JOURNAL)
+        except OSError as exc:
+            raise HttpError(500, "no_journal", f"cannot keep the purchases folder {folder}: {exc.strerror or exc}; "
+                            "choose another: `cardnet wallet config --set purchases=DIR`") from None  # fmt: skip
+
+
+def parse_url(value: Any) -> str:
+    """A ticketing server's address from the page (``http://HOST:PORT``), or 400 saying how to give it."""
+    if not isinstance(value, str) or not value.strip():
+        raise HttpError(400, "bad_url", "give the ticketing server's address, e.g. http://tickets.example:8080")
+    url = value.strip().rstrip("/")
+    try:
+        server_address(url)
+    except ValueError as exc:
+        raise HttpError(400, "bad_url", f"{exc}: give it as http://HOST:PORT") from None
+    return url if "://" in url else f"http://{url}"
+
+
+@contextlib.contextmanager
+def _ticketing(url: str) -> Iterator[None]:
+    """A ticketing server's or a purchase's failure as an error the page shows, with what to do."""
+    try:
+        yield
+    except TicketError as exc:
+        raise HttpError(409, exc.reason, f"{exc}; {BUY_HINTS.get(exc.reason, 'the server refused')}") from None
+    except PurchaseError as exc:
+        hint = BUY_HINTS.get(exc.reason, "nothing was paid unless the page shows a purchase under way")
+        raise HttpError(409, exc.reason, f"the purchase did not happen: {exc}; {hint}") from None
+    except UpgradeRefused as exc:
+        hint = BUY_HINTS.get(exc.error, PAID)
+        raise HttpError(502, exc.error, f"the ticketing server did not deliver: {exc}; {hint}") from None
+    except TimeoutError:
+        raise HttpError(504, "timeout", f"the ticketing server at {url} is too slow to answer: try again later; "
+                        f"{PAID}") from None  # fmt: skip
+    except TransportError as exc:
+        raise HttpError(502, "unreachable", f"cannot talk to the ticketing server at {url}: {exc}; check the "
+                        f"address and that it runs; {PAID}") from None  # fmt: skip
+    except HostError as exc:  # the relay to this wallet's own host
+        raise HttpError(502, "no_host", f"the ticket cannot be passed to your card: {exc}; is your host "
+                        f"(`cardnet host run`) running? {PAID}") from None  # fmt: skip
+
+
+def _certificate(path: Path, key: str) -> bytes:
+    try:
+        return pki.cert_to_der(pki.chain_from_pem(path.read_bytes())[0])
+    except OSError as exc:
+        raise HttpError(409, "not_configured", f"cannot read {key} {path}: {exc.strerror or exc}; fix it with "
+                        f"`cardnet wallet config --set {key}=FILE`") from None  # fmt: skip
+    except (ValueError, IndexError):
+        raise HttpError(409, "not_configured", f"{path} ({key}) holds no PEM certificate: `cardnet wallet config "
+                        f"--set {key}=FILE`") from None  # fmt: skip
