@@ -5,8 +5,8 @@ The page is parsed, not copied: ``<!-- file: NAME -->`` before a fenced block wr
 
 * ``export K=V`` sets the environment; a line ending in `` \\`` goes on on the next.
 * A command ending in ``&`` starts in the background, as bash job 1, 2, ..., and must print its ``ready``
-  line; ``kill %N`` stops job N. The lines after its ``ready`` line are what it shows later: they are checked
-  once it is stopped.
+  line; ``kill %N`` (``; wait %N``) stops job N. The lines after its ``ready`` line are what it shows later:
+  they are checked once it is stopped.
 * ``…`` elides a line, or a part of one (the parts around it must appear in that order); a table row matches
   cell by cell, ``…`` for any cell; an output line starting ``error:`` (or, under ``--json``, an
   ``"error"`` object) means a non-zero exit.
@@ -188,7 +188,7 @@ def run_page(doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_comman
             if m := re.fullmatch(r"export (\w+)=(\S+)", command):
                 env[m.group(1)] = m.group(2)
                 continue
-            if m := re.fullmatch(r"kill %(\d+)", command):
+            if m := re.fullmatch(r"kill %(\d+)(?:; wait %\1)?", command):
                 stop(int(m.group(1)))
                 continue
             assert command.startswith(COMMANDS), command
