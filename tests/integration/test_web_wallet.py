@@ -36,6 +36,10 @@ from hostprocs import Service
 from playwright.async_api import Page, async_playwright, expect
 
 from cardnet.applets.authority import ADD_AGENT
+from cardnet.applets.gate import ADMISSIONS as GATE_ADMISSIONS
+from cardnet.applets.gate import LIST as GATE_LIST
+from cardnet.applets.gate import SETUP as GATE_SETUP
+from cardnet.applets.gate import STATE as GATE_STATE
 from cardnet.applets.registry import make_applets
 from cardnet.applets.speed import purse as pa
 from cardnet.applets.speed import sam as sa
@@ -156,7 +160,7 @@ def _ticketing(net: TrnNet) -> tuple[HostProc, Service, bytes]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    net = TrnNet(tmp_path_factory.mktemp("web"), wallets=("a", "b"), ttp=True)
+    net = TrnNet(tmp_path_factory.mktemp("web"), wallets=("a", "b"), ttp=True, gates=("g",))
     hb = net.hosts["b"]  # b's card pays with SPEED too; b's host neither resends nor ticks: Recover finishes for it
     hb.config.write_text("resend_after_s = 0.0\n" + hb.config.read_text().replace(
         'applets = ["trn"]', 'applets = ["trn", "purse", "speed"]\nticks = {}'))  # fmt: skip
@@ -194,8 +198,11 @@ async def _issue(net: TrnNet) -> None:
 
 
 async def _purse(net: TrnNet, broker_at: str, device_cert: bytes) -> None:
-    """The authority knows the ticketing device; b's e-purse is keyed and holds 100.00 EUR."""
+    """The authority knows the ticketing device, and the gate takes its tickets (only); b's e-purse is keyed and
+    holds 100.00 EUR."""
     assert (await net.ask("authority", ADD_AGENT, cert=device_cert))["ok"]
+    assert (await net.ask("g", SET_AUTHORITY, authority=net.uids["authority"]))["ok"]
+    await net.ask("g", GATE_SETUP, GATE_STATE, issuers=[device_cert], wait_ms=1500)
     async with await _wallet(net, "b") as w:
         assert await install_key(w, broker_at)
         assert await load(w, broker_at, sm.Price("EUR", 10_000), "C-b") == 1
@@ -338,6 +345,24 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             await expect(page.locator("#purse")).to_have_text("50.00 EUR")
             assert await _balance(net, "b") == 5_000
 
+            # walk through a gate, which takes the ticketing server's tickets only
+            await page.select_option("#enter-oid", T3.hex())
+            await page.fill("#enter-gate", str(net.uids["g"]))
+            await page.click("#enter-button")
+            await expect(page.locator("#message.error")).to_contain_text(
+                f"the gate refused {T3.hex()}: this gate does not take tickets of this ticket's issuer"
+            )
+            assert (await _listing(net, "b"))[T3.hex()] == "enabled"  # still b's, as the page says
+            await page.select_option("#enter-oid", b1)
+            await page.click("#enter-button")
+            await expect(page.locator("#message.ok")).to_have_text(
+                f"admitted: the gate took {b1} (it is used up now: walk in)"
+            )
+            await expect(page.locator(f'#tickets tr[data-oid="{b1}"]')).to_have_count(0)
+            assert b1 not in await _listing(net, "b")
+            seen = (await net.ask("g", GATE_LIST, GATE_ADMISSIONS))["items"]  # the gate's own record
+            assert {(i.get("oid", b"").hex(), i["verdict"]) for i in seen if i.get("oid")} >= {(b1, "admitted")}
+
             # an error says what to do, and nothing moves
             await page.select_option("#send-oid", T3.hex())
             await page.fill("#send-to", "not a uid")
@@ -351,7 +376,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             await expect(page.locator("#message.ok")).to_contain_text(f"sending {T3.hex()} to {a}")
             await expect(page.locator(f'#tickets tr[data-oid="{T3.hex()}"]')).to_have_count(0)
             await net.settle("a", T3)
-            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", ticket: "enabled", b1: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # a offers T1 for T2: b's page shows the offer before b's card takes anything
@@ -365,12 +390,12 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 async with await _wallet(net, "b") as wb:
                     assert (await wb.status(x.n1)).phase == "proposed"
                     held = {v.oid.hex(): v.status for v in await wb.vouchers()}
-                    assert held == {T2.hex(): "enabled", ticket: "enabled", b1: "enabled"}  # nothing taken yet
+                    assert held == {T2.hex(): "enabled", ticket: "enabled"}  # nothing taken yet
                 await offer.locator("button.accept").click()
                 await expect(page.locator("#message.ok")).to_contain_text("accepted")
                 assert (await wa.wait(x.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a")) == {T2.hex(): "enabled", T3.hex(): "enabled", T4.hex(): "enabled"}
 
             # a offers T3 for T1; b's page rejects: nothing moves, a's T3 is usable again
@@ -382,7 +407,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 await expect(page.locator("#message.ok")).to_contain_text("rejected")
                 assert not (await wa.wait(y.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
             assert (await _listing(net, "a"))[T3.hex()] == "enabled"
 
             # b's own offer (made with the wallet library) waits for a's owner: the page takes it back
@@ -394,7 +419,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 await expect(page.locator("#message.ok")).to_contain_text("taken back")
                 assert (await wb.status(z.n1)).phase == "gave_up"
             await expect(mine).to_have_count(0)
-            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled", b1: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
 
             # under way while a's host is down: the page says so as b's card does, and so does Recover
             net.hosts["a"].kill()
@@ -429,7 +454,7 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
                 )
             await expect(page.locator("#nothing-under-way")).to_be_visible()
             await net.settle("a", T1)
-            assert await _until_page_shows(page, net, "b") == {ticket: "enabled", b1: "enabled"}
+            assert await _until_page_shows(page, net, "b") == {ticket: "enabled"}
             await page.click("#recover-button")
             await expect(page.locator("#message.ok")).to_have_text("nothing was left to finish")
 

@@ -37,6 +37,8 @@ from typing import Any
 from cardnet.cli.fairx import PHASE_WORDS
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig
+from cardnet.cli.wallet_gate import HINTS as GATE_HINTS
+from cardnet.cli.wallet_gate import refusal
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
 from cardnet.protocols.speed.messages import Price
 from cardnet.services.wallet import MOVING, Wallet, WalletError
@@ -54,6 +56,7 @@ LIMITS = HttpLimits(max_connections=16, max_per_peer=16, max_header_bytes=8 * 10
 REFRESH_S = 3.0  # the card is read at least this often while the page polls (balances are not pushed)
 RECOVER_WAIT_S = 10.0  # how long the page's recover resends before it reports what is still under way
 TTP_AFTER_S = 5.0
+GATE_WAIT_S = 10.0  # how long a gate may take to answer a ticket shown to it (then the ticket is taken back)
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
@@ -93,6 +96,7 @@ class WalletWeb:
         refresh_s: float = REFRESH_S,
         recover_wait_s: float = RECOVER_WAIT_S,
         ttp_after_s: float = TTP_AFTER_S,
+        gate_wait_s: float = GATE_WAIT_S,
     ) -> None:
         self._open = open_wallet
         self.config = config
@@ -101,6 +105,7 @@ class WalletWeb:
         self.refresh_s = refresh_s
         self.recover_wait_s = recover_wait_s
         self.ttp_after_s = ttp_after_s
+        self.gate_wait_s = gate_wait_s
         self.session: Session | None = None
         self._server: HttpServer | None = None
         self._wallet: Wallet | None = None
@@ -146,6 +151,7 @@ class WalletWeb:
             ("GET", "/static/{name}", self.static),
             ("GET", "/api/state", self.state),
             ("POST", "/api/send", self.send),
+            ("POST", "/api/enter", self.enter),
             ("POST", "/api/exchange/accept", self.accept_exchange),
             ("POST", "/api/exchange/reject", self.reject_exchange),
             ("POST", "/api/exchange/give-up", self.give_up_exchange),
@@ -328,22 +334,29 @@ class WalletWeb:
         oid = _hex16(body.get("oid"), "the ticket to send (choose one in the list)")
         to = _uid(body.get("to"))
         async with self._order() as wallet:
-            held = {v.oid: v for v in await wallet.vouchers()}.get(oid)
-            if held is None:
-                raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows "
-                                "what it holds")  # fmt: skip
-            if held.status != "enabled":
-                words = STATUS_WORDS.get(held.status, held.status)
-                raise HttpError(409, "not_movable", f"{oid.hex()} cannot be sent now: {words}; wait for it, or "
-                                "press Recover")  # fmt: skip
-            if to.card_uid() == wallet.card:
-                raise HttpError(400, "to_self", "that Uid is this card: give the other card's Uid")
-            if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
-                raise HttpError(409, "no_route", f"your host cannot reach {to}: check the Uid, or add "
-                                f'"{to.domain.hex()}" = "HOST:PORT" to [routes] in your host\'s config and restart it; '
-                                "the ticket was not sent")  # fmt: skip
+            await _movable(wallet, oid, to, "sent")
             await wallet.transfer(oid, to)
         return _json({"message": f"sending {oid.hex()} to {to}: it leaves your list once the other card has it"})
+
+    async def enter(self, request: Request) -> Response:
+        """Walk through a gate (as ``cardnet wallet enter``): the gate's card takes the ticket, or refuses it."""
+        body = _body(request)
+        oid = _hex16(body.get("oid"), "the ticket to show at the gate (choose one in the list)")
+        gate = _uid(body.get("gate"))
+        async with self._order() as wallet:
+            await _movable(wallet, oid, gate, "presented")
+            try:
+                got = await wallet.redeem(oid, gate, timeout_s=self.gate_wait_s)
+            except WalletError as exc:
+                if exc.reason != "no_answer":
+                    raise
+                raise HttpError(504, "no_answer", f"{exc}; {GATE_HINTS['no_answer']}") from None
+        if not got.taken:
+            words, hint = refusal(got.reason)
+            raise HttpError(409, got.reason.partition(":")[0].strip() or "refused",
+                            f"the gate refused {oid.hex()}: {words}; the ticket is still on your card"
+                            + (f"; {hint}" if hint else ""))  # fmt: skip
+        return _json({"message": f"admitted: the gate took {oid.hex()} (it is used up now: walk in)"})
 
     async def accept_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
@@ -455,6 +468,24 @@ def _guarded(check: Callable[[Request], None], handler: Callable[[Request], Awai
         return await handler(request)
 
     return guarded
+
+
+async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str) -> None:
+    """409 (what to do) unless ``oid`` is usable on this card and ``to`` another card its host can reach."""
+    held = {v.oid: v for v in await wallet.vouchers()}.get(oid)
+    if held is None:
+        raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows what it "
+                        "holds")  # fmt: skip
+    if held.status != "enabled":
+        words = STATUS_WORDS.get(held.status, held.status)
+        raise HttpError(409, "not_movable", f"{oid.hex()} cannot be {done} now: {words}; wait for it, or press "
+                        "Recover")  # fmt: skip
+    if to.card_uid() == wallet.card:
+        raise HttpError(400, "to_self", "that Uid is this card: give the other card's Uid")
+    if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
+        raise HttpError(409, "no_route", f"your host cannot reach {to}: check the Uid, or add "
+                        f'"{to.domain.hex()}" = "HOST:PORT" to [routes] in your host\'s config and restart it; '
+                        f"the ticket was not {done}")  # fmt: skip
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:

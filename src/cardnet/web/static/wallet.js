@@ -104,14 +104,16 @@ function renderTickets(tickets) {
   }
   $("tickets").hidden = tickets.length === 0;
   $("no-tickets").hidden = tickets.length > 0;
-  const select = $("send-oid");
-  const chosen = select.value;
-  select.replaceChildren(el("option", { value: "" }, "choose a ticket"));
-  for (const t of tickets.filter((t) => t.movable)) {
-    const what = t.what.length > 48 ? `${t.what.slice(0, 47)}…` : t.what;
-    select.append(el("option", { value: t.oid }, `${what || "(no description)"} (${t.oid.slice(0, 8)}…)`));
+  for (const id of ["send-oid", "enter-oid"]) {
+    const select = $(id);
+    const chosen = select.value;
+    select.replaceChildren(el("option", { value: "" }, "choose a ticket"));
+    for (const t of tickets.filter((t) => t.movable)) {
+      const what = t.what.length > 48 ? `${t.what.slice(0, 47)}…` : t.what;
+      select.append(el("option", { value: t.oid }, `${what || "(no description)"} (${t.oid.slice(0, 8)}…)`));
+    }
+    select.value = tickets.some((t) => t.movable && t.oid === chosen) ? chosen : "";
   }
-  select.value = tickets.some((t) => t.movable && t.oid === chosen) ? chosen : "";
 }
 
 function renderUnderWay(rows) {
@@ -185,6 +187,16 @@ $("send-form").addEventListener("submit", async (ev) => {
   if (!to) { say("Give the receiving card's Uid (its owner sees it at the top of their wallet).", false); return; }
   const got = await act("/api/send", { oid, to });
   if (got) $("send-to").value = "";
+});
+
+$("enter-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const oid = $("enter-oid").value;
+  const gate = $("enter-gate").value.trim();
+  if (!oid) { say("Choose the ticket to show at the gate.", false); return; }
+  if (!gate) { say("Give the gate's Uid (the gate shows it).", false); return; }
+  say("Showing the ticket at the gate…", true);
+  await act("/api/enter", { oid, gate });
 });
 
 $("recover-button").addEventListener("click", async () => {
