@@ -32,6 +32,7 @@ from collections.abc import Callable
 from html import escape
 from typing import Any, TypeVar
 
+from cardnet.applets.trn import GONE
 from cardnet.crypto.errors import CryptoError, PkiError
 from cardnet.host.config import load_config as load_host_config
 from cardnet.host.server import HostServer
@@ -319,8 +320,8 @@ class TicketingServer:
             async with asyncio.timeout(self.config.transfer_timeout_s), self.wallet.subscription() as changes:
                 t = await self._send(t)
                 await self.wallet.recover()  # a retry: resend at once what the transfer waits for
+                v = await self._device_token(t.oid)
                 while not carry.done():
-                    v = await self._device_token(t.oid)
                     if v is None:
                         t = await self._db(sales.advance, self.store, t, "delivered")
                         log.info("%s: ticket %s/%s delivered to %s", self.config.name, t.event, t.seat, t.card)
@@ -329,7 +330,13 @@ class TicketingServer:
                         log.warning("%s: the buyer's card refused ticket %s/%s: %s (a retry sends it again)",
                                     self.config.name, t.event, t.seat, v.refused)  # fmt: skip
                         break
-                    await _change_of(t.oid, changes, carry)
+                    # the device pushes the token's new state (the list would cost O(tokens on the device) a
+                    # change); asked for only when a push was missed or none came
+                    e = await _change_of(t.oid, changes, carry)
+                    if e is not None and e.voucher is not None:
+                        v = None if e.voucher.status == GONE else e.voucher
+                    elif not carry.done():
+                        v = await self._device_token(t.oid)
         except TimeoutError:
             log.info("%s: ticket %s/%s not delivered within %g s; a retry resumes it", self.config.name, t.event,
                      t.seat, self.config.transfer_timeout_s)  # fmt: skip
@@ -382,9 +389,9 @@ class TicketingServer:
         return t
 
 
-async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asyncio.Task[None]) -> None:
-    """Return once the device pushed a change of token ``oid`` (or may have missed one), the connection ended,
-    or ``CHECK_EVERY_S`` passed (a lost push costs a second, not the delivery)."""
+async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asyncio.Task[None]) -> WalletEvent | None:
+    """The device's next pushed change of token ``oid`` (or ``missed``: it may have missed one); None once the
+    connection ended or ``CHECK_EVERY_S`` passed (a lost push costs a second, not the delivery)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CHECK_EVERY_S
     while not carry.done() and (left := deadline - loop.time()) > 0:
@@ -392,10 +399,11 @@ async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asy
         done, _ = await asyncio.wait({got, carry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         if got not in done:
             got.cancel()
-            return
+            return None
         event = got.result()
         if event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid):
-            return
+            return event
+    return None
 
 
 def _page(title: str, body: str) -> str:
