@@ -325,7 +325,7 @@ async def _run(tmp: Path, buyers: int, seconds: float, idle: int, per_buyer: int
 
 
 def run(
-    *, buyers: int = 32, seconds: float = 10.0, idle: int = 20, per_buyer: int | None = None,
+    *, buyers: int = 32, seconds: float = 15.0, idle: int = 20, per_buyer: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     say = progress or (lambda _: None)

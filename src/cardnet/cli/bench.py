@@ -233,7 +233,7 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
 @AS_JSON
 @click.option("--buyers", type=click.IntRange(1, 64), default=32, show_default=True,
               help="Buyers buying at once (each a host process of its own), then holders at the gate.")  # fmt: skip
-@click.option("--seconds", type=click.FloatRange(1.0), default=10.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(1.0), default=15.0, show_default=True,
               help="Seconds of the busy sale round, and of the busy gate round.")  # fmt: skip
 @click.option("--idle", type=click.IntRange(1), default=20, show_default=True, help="Purchases timed one at a time.")
 def bench_ticketing(as_json: bool, buyers: int, seconds: float, idle: int) -> None:
