@@ -142,7 +142,14 @@ function render(s) {
   else $("purse").textContent = s.purse.balances.length ? s.purse.balances.join(", ") : "empty";
 }
 
+let timer = null;
+let polling = false;
+let again = false;
+
 async function poll() {
+  if (polling) { again = true; return; } // (one request at a time; asked again meanwhile: once more after it)
+  polling = true;
+  clearTimeout(timer);
   try {
     const s = await api("/api/state");
     $("link").textContent = "live";
@@ -156,7 +163,8 @@ async function poll() {
     $("link").textContent = e.message;
     $("link").className = "link down";
   } finally {
-    setTimeout(poll, POLL_MS);
+    polling = false;
+    if (again) { again = false; timer = setTimeout(poll, 0); } else timer = setTimeout(poll, POLL_MS);
   }
 }
 
@@ -175,7 +183,8 @@ async function act(path, body, onError) {
   } finally {
     busy = false;
     for (const b of document.querySelectorAll("button")) b.disabled = false;
-    shown = -1; // redraw with what the card says now
+    shown = -1; // redraw with what the card says now, at once
+    poll();
   }
 }
 
