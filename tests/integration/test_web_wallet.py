@@ -473,6 +473,7 @@ def session_a(world: World) -> Iterator[tuple[httpx.Client, str]]:
     """a's page logged in once (the login link works once): a client with the session cookie, and the CSRF token."""
     with httpx.Client(base_url=world.ui_a.url, timeout=30) as c:
         token = world.ui_a.login.rsplit("/", 1)[1]
+        assert c.head(f"/login/{token}").status_code == 200 and not c.cookies  # a HEAD spends nothing
         r = c.get(f"/login/{token}")
         assert r.status_code == 303 and r.headers["location"] == "/"
         cookie = r.headers["set-cookie"]

@@ -311,6 +311,9 @@ class WalletWeb:
     async def login(self, request: Request) -> Response:
         if self.session is None:
             raise HttpError(503, "starting", "the wallet is starting: reload in a moment")
+        if request.method == "HEAD":  # (a link preview's HEAD must not spend the one-time link)
+            self.session.check_host(request)
+            return Response(200, b"", "text/plain", SECURITY_HEADERS)
         cookie = self.session.login(request, request.params["token"])
         return Response(303, b"", "text/plain", (("Location", "/"), ("Set-Cookie", cookie), *SECURITY_HEADERS))
 
