@@ -169,7 +169,10 @@ async function poll() {
 }
 
 async function act(path, body, onError) {
-  if (busy) return null;
+  if (busy) {
+    say("Wait a moment: the last order is still under way.", false);
+    return null;
+  }
   busy = true;
   for (const b of document.querySelectorAll("button")) b.disabled = true;
   try {
