@@ -3,12 +3,11 @@ devices, foreign and forged tickets; admit offline and report later; a clone adm
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from trnkit import drop, recover, status
-from trnworld import PIN, TrnWorld, issue, standard, uid
+from trnworld import PIN, TrnWorld, clone_store, issue, standard, uid
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, REVOKE
 from cardnet.applets.gate import ADMISSIONS, EVENT, LIST, SETUP, STATE, TICK, GateApplet
@@ -51,15 +50,6 @@ def refused_back(w: TrnWorld, holder: str, oid: bytes) -> str | None:
     return t.get("refused")
 
 
-def copy_store(w: TrnWorld, name: str) -> Path:
-    dst = w.tmp / f"{name}-copy.db"
-    with sqlite3.connect(w.tmp / f"{name}.db") as src, sqlite3.connect(dst) as out:
-        src.backup(out)
-    src.close()
-    out.close()
-    return dst
-
-
 def swap_in(w: TrnWorld, name: str, card: Card) -> None:
     w.host.replace_card(card)
     w.cards[name] = card
@@ -69,7 +59,7 @@ def swap_in(w: TrnWorld, name: str, card: Card) -> None:
 def test_a_ticket_is_admitted_once_and_consumed(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     w = gate_world(tmp_path, ca)
     issue(w, T1, "alice", b"Final, seat 7")
-    clone = Card(SqliteStore(str(copy_store(w, "alice"))), applets=[TrnApplet()])  # alice's EEPROM, copied
+    clone = Card(SqliteStore(str(clone_store(w, "alice"))), applets=[TrnApplet()])  # alice's EEPROM, copied
     present(w, "alice", T1)
     assert status(w, "alice", T1) is None
     adm = admissions(w)[T1]
@@ -150,7 +140,7 @@ def test_offline_admission_is_reported_and_a_clone_admitted_at_two_gates_is_caug
 ) -> None:
     w = gate_world(tmp_path, ca, ("g1", "g2"))
     issue(w, T1, "alice")
-    clone = Card(SqliteStore(str(copy_store(w, "alice"))), applets=[TrnApplet()])
+    clone = Card(SqliteStore(str(clone_store(w, "alice"))), applets=[TrnApplet()])
     # the authority is unreachable: everything the gates send it is lost
     cut = [drop(w, g, "authority", *range(1, 10_000)) for g in ("g1", "g2")]
     cut += [drop(w, g, "authority", *range(1, 10_000), mtype=sess.HELLO.code) for g in ("g1", "g2")]

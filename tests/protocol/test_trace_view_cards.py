@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_trn_attacks import blocked, clone_store, send, swap_in
+from test_trn_attacks import blocked, send, swap_in
 from test_trn_blame import NamesAnotherSender
 from trnkit import recover, status
-from trnworld import TrnWorld, issue, standard, uid
+from trnworld import TrnWorld, clone_store, issue, standard, uid
 
 from cardnet.applets import authority as auth
 from cardnet.applets.authority import CHAIN, GRAPH, GRAPH_Q, QUERY

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from trnkit import clear_guards, drop, recover, rewrite, status, statuses
-from trnworld import PIN, TrnWorld, issue, standard, uid
+from trnworld import PIN, TrnWorld, clone_store, issue, standard, uid
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY, REVOKE
 from cardnet.applets.trn import BLOCKLIST, MINT, SEND, SET_AUTHORITY, TrnApplet
@@ -44,16 +43,6 @@ def deliver_blocklist(w: TrnWorld, name: str, raw: bytes) -> list[Message]:
     w.apps[name].send(uid(w, name), BLOCKLIST, blocklist=raw)
     w.run()
     return w.apps[name].receive_all()
-
-
-def clone_store(w: TrnWorld, name: str) -> Path:
-    """Copy a wallet's SQLite EEPROM while it is in use (sqlite's online backup: a consistent snapshot)."""
-    dst = w.tmp / f"{name}-clone.db"
-    with sqlite3.connect(w.tmp / f"{name}.db") as src, sqlite3.connect(dst) as out:
-        src.backup(out)
-    src.close()
-    out.close()
-    return dst
 
 
 def test_cloned_card_spending_twice_is_caught_and_blocked(tmp_path: Path, ca: pki.CertificateAuthority) -> None:

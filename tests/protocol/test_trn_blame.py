@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from test_trn_attacks import blocked, clone_store, send, swap_in
+from test_trn_attacks import blocked, send, swap_in
 from trnkit import drop, recover, status, statuses
-from trnworld import TrnWorld, issue, standard, uid
+from trnworld import TrnWorld, clone_store, issue, standard, uid
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import RECOVER, TrnApplet

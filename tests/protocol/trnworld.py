@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,13 @@ def issue(w: TrnWorld, oid: bytes, to: str, body: bytes = b"seat 12A") -> None:
 
 def uid(w: TrnWorld, name: str) -> Uid:
     return w.cards[name].uid
+
+
+def clone_store(w: TrnWorld, name: str) -> Path:
+    """Copy a wallet's SQLite EEPROM while it is in use (sqlite's online backup: a consistent snapshot)."""
+    dst = w.tmp / f"{name}-clone.db"
+    with sqlite3.connect(w.tmp / f"{name}.db") as src, sqlite3.connect(dst) as out:
+        src.backup(out)
+    src.close()
+    out.close()
+    return dst
