@@ -547,6 +547,29 @@ async def case_reconnect(env: Env) -> None:
         await link.send(m(1))
 
 
+async def case_poke(env: Env) -> None:
+    """A link waiting out a long backoff dials at once when poked (its peer was heard from), not seconds later."""
+    slow = BackoffPolicy(initial_s=0.02, max_s=60.0, multiplier=100.0, jitter=0.0)  # 0.02 s, then 2 s, then 60 s
+    link = ReconnectingLink(env.connect, rng=random.Random(7), policy=slow, label="test link")
+    async with link:
+        await asyncio.wait_for(link.wait_connected(), GUARD_S)
+        await env.next_accepted()
+        link.poke()  # connected: nothing to do
+        await env.stop()
+        async with asyncio.timeout(GUARD_S):
+            while link.connected:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # the retry after 0.02 s failed: the next one is 2 s away
+        await env.start()
+        await asyncio.sleep(0.3)
+        assert not link.connected, "the link dialled before its backoff delay without a poke"
+        t0 = asyncio.get_running_loop().time()
+        link.poke()
+        await asyncio.wait_for(link.wait_connected(), 1.0)
+        assert asyncio.get_running_loop().time() - t0 < 0.5
+        assert link.connections == 2 and link.failed is None
+
+
 CASES: dict[str, Callable[[Env], Awaitable[None]]] = {
     "order": case_order,
     "many": case_many,
@@ -555,6 +578,7 @@ CASES: dict[str, Callable[[Env], Awaitable[None]]] = {
     "bad_frames": case_bad_frames,
     "backpressure": case_backpressure,
     "reconnect": case_reconnect,
+    "poke": case_poke,
 }
 
 

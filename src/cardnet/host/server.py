@@ -329,8 +329,21 @@ class HostServer:
         origin = Origin("remote", conn.peer.label)
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
-                self.host.receive_many(await conn.recv_many(), origin)
+                msgs = await conn.recv_many()
+                self.host.receive_many(msgs, origin)
                 self.wake()
+                self._heard_from(msgs)
+
+    def _heard_from(self, msgs: Sequence[Message]) -> None:
+        """A remote host spoke to us: a link to it that is waiting out a backoff (it was down, e.g. restarted) dials
+        now instead of up to a backoff delay later, when a reply to what it just sent would be waiting."""
+        if all(link.connected for link in self._links.values()):
+            return
+        routes = self.host.routes
+        for address in {routes.get(m.src.domain) for m in msgs}:
+            link = self._links.get(address) if address is not None else None
+            if link is not None:
+                link.poke()
 
     async def carry(self, conn: Connection, domains: Iterable[bytes], *, label: str) -> None:
         """Carry the remote traffic of ``domains`` over ``conn`` until it ends (TRN paper 5.1).

@@ -29,6 +29,7 @@ end to end and resend (the card's outbox), and they tolerate duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -70,6 +71,8 @@ class ReconnectingLink:
             raise TransportError("bad_config", f"max_queue and max_inbox must be >= 1, got {max_queue}, {max_inbox}")
         self._dial = dial
         self._backoff = Backoff(policy, rng)
+        self._policy = policy
+        self._poked = asyncio.Event()  # set by poke(): the peer is back, dial without waiting out the backoff
         self._max_queue = max_queue
         self._max_inbox = max_inbox
         self._max_frame = check_max_frame(max_frame)
@@ -198,6 +201,13 @@ class ReconnectingLink:
     async def __anext__(self) -> Message:
         return await self.recv()
 
+    def poke(self) -> None:
+        """The peer was heard from (e.g. its host dialled ours after a restart): if waiting to reconnect, dial now
+        rather than after the rest of the backoff delay (but no sooner than ``initial_s`` after the last failure,
+        so a peer heard from often cannot make the link dial in a hot loop). A no-op while connected."""
+        if self._conn is None:
+            self._poked.set()
+
     def unsent(self) -> list[Message]:
         """Take back every message still queued (e.g. after the link gave up)."""
         out = list(self._outbox)
@@ -257,7 +267,12 @@ class ReconnectingLink:
             self._give_up(exc, backoff.failures)
             return False
         log.debug("%s: reconnecting in %.3f s (failure %d): %s", self.label, delay_s, backoff.failures, exc)
-        await asyncio.sleep(delay_s)
+        loop = asyncio.get_running_loop()
+        soonest = loop.time() + min(delay_s, self._policy.initial_s)
+        self._poked.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._poked.wait(), delay_s)
+            await asyncio.sleep(max(0.0, soonest - loop.time()))  # poked
         return True
 
     def _give_up(self, exc: BaseException | None, failures: int) -> None:
