@@ -6,6 +6,7 @@ import importlib
 import logging
 import re
 import sys
+from typing import Any
 
 import click
 
@@ -31,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "speed": "cardnet.cli.speed:speed",
     "smc": "cardnet.cli.smc:smc",
     "ticketing": "cardnet.cli.ticketing:ticketing",
-    "wallet": "cardnet.cli.wallet_ui:wallet",  # the wallet group, with `ui` (the web wallet) added
+    "wallet": "cardnet.cli.wallet:wallet",
 }
 
 
@@ -43,14 +44,19 @@ def _load(target: str) -> click.Command:
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are named in :data:`COMMANDS` and imported on first use."""
+    """A group whose subcommands named in ``lazy`` (name -> ``"module:attribute"``) are imported on first use:
+    :data:`COMMANDS` for ``cardnet`` itself, a group's own table for its subcommands (``cardnet wallet``)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *COMMANDS})
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in COMMANDS:
-            self.add_command(_load(COMMANDS[cmd_name]), cmd_name)
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(_load(self.lazy[cmd_name]), cmd_name)
         return super().get_command(ctx, cmd_name)
 
 
@@ -61,7 +67,7 @@ def subcommands(group: click.Group) -> dict[str, click.Command]:
     return {name: command for name, command in found.items() if command is not None}
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cardnet")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:

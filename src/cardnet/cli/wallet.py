@@ -5,11 +5,15 @@ whatever was interrupted: each command is the protocol's own command-line code (
 ``speed``, ``millicent``), reached without repeating ``--socket``, ``--card`` and the broker on every command:
 those come from the wallet config (:mod:`cardnet.cli.wallet_config`), which ``init`` writes. The PIN is never
 kept there (``--pin``, ``$CARDNET_PIN`` or a prompt).
+
+This module holds the group, what every command shares (:class:`Target`, :func:`wallet_command`) and the
+commands on the card's own tickets; the rest are imported when they run (:data:`SUBCOMMANDS`): the exchanges
+(:mod:`.wallet_exchange`), payments and the e-purse (:mod:`.wallet_pay`), buying a ticket (:mod:`.wallet_buy`)
+and the web wallet (:mod:`.wallet_ui`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +25,8 @@ import click
 
 from cardnet.cli import wallet_config
 from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
-from cardnet.cli.fairx import exchange_row, offer_exchange, order_exchange, report_exchange
+from cardnet.cli.fairx import exchange_row
+from cardnet.cli.main import LazyGroup
 from cardnet.cli.output import (
     console,
     emit_json,
@@ -102,9 +107,12 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 WAIT_S = click.FloatRange(0, 3600)
 
 
-def wallet_command(group: click.Group, name: str, *options: Decorator) -> Callable[[Callable[..., Any]], click.Command]:
+def wallet_command(
+    group: click.Group | None, name: str, *options: Decorator
+) -> Callable[[Callable[..., Any]], click.Command]:
     """``group``'s command ``name`` on the person's card: ``--config``, ``--socket``, ``--card``, ``--pin``, then
-    ``options``, then ``--json``; the function gets a :class:`Target` as ``target`` instead of the first four."""
+    ``options``, then ``--json``; the function gets a :class:`Target` as ``target`` instead of the first four.
+    With no ``group``, a command of its own (one of :data:`SUBCOMMANDS`)."""
 
     def wrap(f: Callable[..., Any]) -> click.Command:
         @functools.wraps(f)
@@ -116,12 +124,22 @@ def wallet_command(group: click.Group, name: str, *options: Decorator) -> Callab
         stack: tuple[Decorator, ...] = (CONFIG, SOCKET, CARD, PIN, *options, json_option)
         for option in reversed(stack):
             g = option(g)
-        return group.command(name)(g)
+        return (click.command(name) if group is None else group.command(name))(g)
 
     return wrap
 
 
-@click.group()
+# The subcommands kept in modules of their own, imported only when they run (or `cardnet wallet --help` lists them).
+SUBCOMMANDS: dict[str, str] = {
+    "exchange": "cardnet.cli.wallet_exchange:wallet_exchange",
+    "pay": "cardnet.cli.wallet_pay:wallet_pay",
+    "load": "cardnet.cli.wallet_pay:wallet_load",
+    "buy": "cardnet.cli.wallet_buy:wallet_buy",
+    "ui": "cardnet.cli.wallet_ui:wallet_ui",
+}
+
+
+@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
 def wallet() -> None:
     """Your card: tickets and vouchers, exchanges, payments and the e-purse, in one place.
 
@@ -388,6 +406,19 @@ def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
 
 
 # -- send ---------------------------------------------------------------------------------------------------------
+async def usable_ticket(wallet: Any, oid: bytes, doing: str) -> None:
+    """Fail in words unless this card holds ticket ``oid`` and it is usable now (``enabled``), before it is
+    ``doing`` ("sent", "presented"): nothing has moved then."""
+    held = {v.oid: v for v in await wallet.vouchers()}
+    if oid not in held:
+        fail(f"this card does not hold ticket {oid.hex()}", reason="not_held",
+             hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
+    if held[oid].status != "enabled":
+        words = STATUS_WORDS.get(held[oid].status, held[oid].status)
+        fail(f"ticket {oid.hex()} cannot be {doing} now: {words}", reason="not_movable",
+             hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+
+
 @wallet_command(
     wallet,
     "send",
@@ -404,14 +435,7 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
     raw, dst = parse_oid(oid), parse_uid(to)
 
     async def work(wallet: Any) -> str | None:
-        held = {v.oid: v for v in await wallet.vouchers()}
-        if raw not in held:
-            fail(f"this card does not hold ticket {raw.hex()}", reason="not_held",
-                 hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
-        if held[raw].status != "enabled":
-            words = STATUS_WORDS.get(held[raw].status, held[raw].status)
-            fail(f"ticket {raw.hex()} cannot be sent now: {words}", reason="not_movable",
-                 hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+        await usable_ticket(wallet, raw, "sent")
         await send_token(wallet, raw, dst, traceable=not untraceable)
         if wait_s <= 0:
             return "disabled+O"
@@ -458,171 +482,6 @@ def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bo
     say(as_json, out, f"admitted: the gate {dst} took ticket {raw.hex()} (it is used up now: walk in)")
 
 
-# -- exchange -----------------------------------------------------------------------------------------------------
-@wallet.group("exchange")
-def wallet_exchange() -> None:
-    """Swap a voucher of yours for one on another card, fairly: both swap, or neither loses anything."""
-
-
-def _exchange_id(text: str) -> bytes:
-    return hex16(text, "an exchange id (as `cardnet wallet exchange offer` prints it)")
-
-
-WAIT = click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
-                    help="Seconds to wait for the exchange to end (0: do not wait).")  # fmt: skip
-
-
-@wallet_command(
-    wallet_exchange,
-    "offer",
-    click.option("--give", required=True, help="Your voucher (oid, 32 hex), on this card."),
-    click.option("--want", required=True, help="The voucher you want (oid, 32 hex), on the other card."),
-    click.option("--to", "to", required=True, help="The other card's Uid (DOMAIN:00000000)."),
-    click.option("--wait", "wait_s", type=WAIT_S, default=0.0, show_default=True,
-                 help="Seconds to wait for the other owner's answer and the swap."),
-)  # fmt: skip
-def exchange_offer(target: Target, give: str, want: str, to: str, wait_s: float, as_json: bool) -> None:
-    """Offer your voucher for theirs: yours is locked until the other owner accepts (the swap) or rejects."""
-    g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
-    x = target.run(lambda wallet: offer_exchange(wallet, g, w, dst, wait_s))
-    then = f"the other owner accepts it with `cardnet wallet exchange accept {x.n1.hex()}`"
-    report_exchange(as_json, x, f"Offered {g.hex()} for {w.hex()} held by {dst}; {then}.")
-
-
-def _exchange_order(name: str, doc: str, method: str, done: str, *, wait: bool) -> None:
-    options = (click.argument("xid", metavar="EXCHANGE_ID"), *((WAIT,) if wait else ()))
-
-    @wallet_command(wallet_exchange, name, *options)
-    def command(target: Target, xid: str, as_json: bool, wait_s: float = 0.0) -> None:
-        n1 = _exchange_id(xid)
-        hints = {"refused": f"`cardnet wallet exchange status {n1.hex()}` shows how this exchange stands"}
-        x = target.run(lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
-        report_exchange(as_json, x, done)
-
-    command.help = doc
-
-
-_exchange_order("accept", "Accept an offer made to you: your voucher goes, theirs comes (both or neither).",
-                "accept", "Accepted.", wait=True)  # fmt: skip
-_exchange_order("reject", "Reject an offer made to you: nothing of yours moves.", "reject", "Rejected.", wait=False)
-_exchange_order("give-up", "Take back an offer you made that the other owner has not answered: your voucher is "
-                "yours again (a late acceptance is refused).", "give_up", "Given up.", wait=True)  # fmt: skip
-
-
-@wallet_command(wallet_exchange, "status", click.argument("xid", metavar="EXCHANGE_ID"))
-def exchange_status(target: Target, xid: str, as_json: bool) -> None:
-    """How one exchange stands."""
-    n1 = _exchange_id(xid)
-    x = target.run(lambda wallet: wallet.status(n1))
-    report_exchange(as_json, x, f"{x.role} of an exchange with {x.peer}.")
-
-
-@wallet_command(wallet_exchange, "list")
-def exchange_list(target: Target, as_json: bool) -> None:
-    """Your exchanges (offers made, offers received) and how each stands."""
-    rows = [exchange_row(x) for x in target.run(lambda wallet: wallet.exchanges())]
-    if as_json:
-        emit_json({"exchanges": rows})
-        return
-    print_rows(rows, ("id", "role", "peer", "give", "want", "state"), title="exchanges", empty="no exchanges")
-
-
-# -- payments: SPEED, the e-purse, Millicent -------------------------------------------------------------------------
-@wallet.group("pay")
-def wallet_pay() -> None:
-    """Pay a vendor: SPEED (from the e-purse, through the broker) or Millicent (with scrip)."""
-
-
-@wallet_command(
-    wallet_pay,
-    "speed",
-    click.option("--vendor", "vendor_addr", required=True, help="The vendor's HOST:PORT."),
-    click.option("--product", "products", required=True, multiple=True, help="A product id (repeat for several)."),
-    click.option("--limit", required=True, help="The most you pay, e.g. '3.00 EUR'."),
-    click.option("--aggressive", is_flag=True, help="No negotiation: buy at the list price (small products)."),
-    click.option("--from-account", is_flag=True, help="Pay from your account at the broker, not the e-purse."),
-    click.option("--broker", default=None, help="The broker's HOST:PORT (default: the wallet config's)."),
-)
-def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit: str, aggressive: bool,
-              from_account: bool, broker: str | None, as_json: bool) -> None:  # fmt: skip
-    """Buy products from a SPEED vendor: negotiate, receive them encrypted, pay, get the key with the receipt.
-    They are written, with the receipt, to the wallet's purchases folder."""
-    from cardnet.cli.speed import purchase
-
-    cfg = target.config
-    broker = broker or cfg.need("broker", "--broker", "broker")
-    bcert = Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
-    ca_cert = Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
-    account = cfg.need("account", "--account", "account at the broker") if from_account else None
-    out = Path(cfg.get("purchases") or "purchases")
-    later = {"unreachable": "if the vendor delivered, the purchase waits in your wallet (`cardnet wallet show`): "
-             "`cardnet wallet recover` pays it once the broker is back, never twice"}  # fmt: skip
-    result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
-                      aggressive, account, out, later)  # fmt: skip
-    if as_json:
-        emit_json(result)
-        return
-    console.print(f"paid {result['price']} (receipt {result['poid']})", markup=False)
-    print_rows([{"product": p, "file": f} for p, f in zip(products, result["files"], strict=True)],
-               ("product", "file"), title="bought", empty="nothing bought")  # fmt: skip
-
-
-@wallet_command(
-    wallet_pay,
-    "millicent",
-    click.option("--vendor", required=True, help="The vendor's id, 16 hex digits."),
-    click.option("--at", "address", required=True, help="The vendor's HOST:PORT."),
-    click.option("--product", required=True),
-    click.option("--price", type=click.IntRange(1), required=True, help="In scrip units."),
-    click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True, help="Protection level."),
-    click.option("--top-up", default=100, show_default=True, help="Scrip to buy from the broker when short."),
-)
-def pay_millicent(target: Target, vendor: str, address: str, product: str, price: int, level: int, top_up: int,
-                  as_json: bool) -> None:  # fmt: skip
-    """Buy a product with Millicent scrip (change is kept; scrip is bought from your broker when short)."""
-    from cardnet.cli.millicent import spend_scrip
-
-    where = target.config.get("millicent")
-    if where is None or not Path(where).exists():
-        fail(f"no Millicent wallet at {where}: open an account at a broker first", reason="no_scrip_wallet",
-             hint=f"cardnet millicent open --wallet {where} --broker HOST:PORT")  # fmt: skip
-    r = spend_scrip(where, vendor, address, product, price, level, top_up)
-    content = r.content.decode("utf-8", "replace")
-    if as_json:
-        emit_json({"status": r.status.name.lower(), "change": r.change, "content": content})
-        return
-    console.print(content, markup=False, highlight=False)
-    console.print(f"paid {price}; change {r.change}", style="dim", markup=False)
-
-
-@wallet_command(
-    wallet,
-    "load",
-    click.option("--amount", required=True, help="e.g. '10.00 EUR'."),
-    click.option("--broker", default=None, help="The broker's HOST:PORT (default: the wallet config's)."),
-    click.option("--account", default=None, help="Your account at the broker (default: the wallet config's)."),
-)
-def wallet_load(target: Target, amount: str, broker: str | None, account: str | None, as_json: bool) -> None:
-    """Load your e-purse from your account at the broker (its key is fetched first, the first time)."""
-    from cardnet.cli.speed import _price, _run, balance_words, load_purse, purse_balances
-    from cardnet.services.speed.customer import install_key
-
-    cfg = target.config
-    broker = broker or cfg.need("broker", "--broker", "broker")
-    account = account or cfg.need("account", "--account", "account at the broker")
-    price = _price(amount, "--amount")
-
-    async def work(wallet: Any) -> dict[str, Any]:
-        with progress(f"loading {price} from account {account} at {broker} …"):
-            if not (await purse_balances(wallet))["keyed"]:
-                await install_key(wallet, broker)
-            return await load_purse(wallet, broker, price, account)
-
-    later = {"unreachable": "is the broker running? a load it did not answer is credited by `cardnet wallet recover`"}
-    got = _run(target.socket, target.pin, target.card, work, later)
-    say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
-
-
 # -- recover ------------------------------------------------------------------------------------------------------
 @wallet_command(
     wallet,
@@ -651,120 +510,3 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
     if any(not r["finished"] for r in rows):
         console.print("some things are still under way: repeat `cardnet wallet recover` once the other side is "
                       "reachable", markup=False)  # fmt: skip
-
-
-# -- buy a ticket (issue 14 item 1) ------------------------------------------------------------------------------
-BUY_HINTS = {
-    "seat_sold": "someone bought that seat first (nothing was paid): choose another; the server's page lists the "
-    "free ones",
-    "no_seat": "the server's page lists the event's seats",
-    "no_event": "the server's page lists its events",
-    "unpaid": "this sale is not paid: `cardnet wallet recover` pays a delivered purchase, then buy with --poid again",
-    "insufficient": "load your e-purse first: `cardnet wallet load --amount '50.00 EUR'`",
-    "not_delivered": "your ticket is paid and kept for you: repeat with --poid SALE (the sale named above) once the "
-    "server and your host are reachable",
-}
-
-
-@wallet_command(
-    wallet,
-    "buy",
-    click.argument("url"),
-    click.option("--event", default=None, help="The event's id (the server's page lists them)."),
-    click.option("--seat", default=None, help="The seat, e.g. A12."),
-    click.option("--limit", default=None, help="The most you pay, e.g. '30.00 EUR' (default: the server's price)."),
-    click.option("--poid", default=None, help="Finish the delivery of a ticket you paid before (its PaymentOrderID)."),
-    click.option("--broker", default=None, help="The broker's HOST:PORT (default: the wallet config's)."),
-    click.option("--wait", "wait_s", type=WAIT_S, default=30.0, show_default=True,
-                 help="Seconds to wait for the ticket to be usable on your card."),
-)  # fmt: skip
-def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, limit: str | None, poid: str | None,
-               broker: str | None, wait_s: float, as_json: bool) -> None:  # fmt: skip
-    """Buy a ticket from a ticketing server: pay its seat with your e-purse (SPEED, through the broker), then
-    receive the ticket on your card over the same connection switched to TRN.
-
-    \b
-      cardnet wallet buy http://tickets.example:8080 --event final --seat A12
-      cardnet wallet buy http://tickets.example:8080 --poid POID     finish a delivery a lost connection cut
-    """
-    from cardnet.cli.speed import JOURNAL, _pem_file, _price
-    from cardnet.services.speed.customer import Journal, PurchaseError
-    from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
-    from cardnet.transport import TransportError
-    from cardnet.transport.http_upgrade import UpgradeRefused
-
-    try:
-        server_address(url)
-    except ValueError as exc:
-        fail(str(exc), reason="bad_url", hint="give the server's address as http://HOST:PORT")
-    if poid is None and (event is None or seat is None):
-        fail("say which seat: --event and --seat (or --poid to finish a delivery)", reason="usage",
-             hint=f"the server's page lists the events and seats: {url.rstrip('/')}/events/EVENT")  # fmt: skip
-    cfg = target.config
-    journal = Journal(Path(cfg.get("purchases") or "purchases") / JOURNAL)
-    cap = _price(limit, "--limit") if limit else None
-
-    async def work(wallet: Any) -> dict[str, Any]:
-        try:
-            if poid is not None:
-                sale = _hex_poid(poid)
-                receipt = next((r.receipt for r in journal.all() if r.poid == sale and r.receipt), None)
-                with progress(f"receiving the ticket of sale {poid[-16:]} from {url} …"):
-                    relayed = await receive_ticket(url, sale, target.socket, receipt=receipt)
-                shown = await get_json(url, f"/tickets/{sale.hex()}")
-                got = {"poid": sale.hex(), "oid": relayed.oid.hex(), "event": shown["event"], "seat": shown["seat"],
-                       "price": None}  # fmt: skip
-            else:
-                assert event is not None and seat is not None
-                if cap is not None:
-                    asked = _price(str((await get_json(url, f"/events/{event}"))["price"]), "the server's price")
-                    if asked.currency != cap.currency or asked.amount > cap.amount:
-                        fail(f"the server asks {asked} a seat, over your limit of {cap}", reason="over_limit",
-                             hint="raise --limit, or leave it out to pay the server's price")  # fmt: skip
-                with progress(f"buying seat {seat} of {event} from {url} …"):
-                    bought = await buy_ticket(
-                        url, event, seat, card=wallet, app_socket=target.socket, broker=broker_addr,
-                        broker_cert=_pem_file(bcert, "the broker's certificate"),
-                        roots=[_pem_file(ca_cert, "the CA certificate")], journal=journal,
-                    )  # fmt: skip
-                got = {"poid": bought.poid.hex(), "oid": bought.oid.hex(), "event": event, "seat": seat,
-                       "price": bought.price}  # fmt: skip
-            with progress("waiting for the ticket to be usable on your card …"):
-                got["state"] = await _settled(wallet, bytes.fromhex(got["oid"]), wait_s)
-            return got
-        except (TicketError, PurchaseError, UpgradeRefused) as exc:
-            reason = exc.error if isinstance(exc, UpgradeRefused) else exc.reason
-            fail(str(exc), reason=reason, hint=BUY_HINTS.get(reason))
-        except TransportError as exc:
-            hint = "is the ticketing server running at that address? (nothing was paid if no sale is named)"
-            fail(str(exc), reason=exc.reason, hint=hint)
-
-    broker_addr = "" if poid is not None else (broker or cfg.need("broker", "--broker", "broker"))
-    bcert = Path("") if poid is not None else Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
-    ca_cert = Path("") if poid is not None else Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
-    got = target.run(work, BUY_HINTS)
-    if as_json:
-        emit_json(got)
-        return
-    paid = f" for {got['price']}" if got["price"] else ""
-    where = "is on your card" if got["state"] == "enabled" else f"is on its way ({got['state']}): `cardnet wallet show`"
-    console.print(f"ticket {got['event']} {got['seat']}{paid} {where} (oid {got['oid']})", markup=False)
-
-
-def _hex_poid(text: str) -> bytes:
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        fail(f"--poid {text!r} is not hex", reason="usage", hint="give the PaymentOrderID as printed (80 hex)")
-
-
-async def _settled(wallet: Any, oid: bytes, wait_s: float) -> str:
-    """How the ticket stands on the card once usable (``enabled``), or when ``wait_s`` ran out."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    state = "missing"
-    while True:
-        state = next((v.status for v in await wallet.vouchers() if v.oid == oid), "missing")
-        if state == "enabled" or loop.time() >= deadline:
-            return state
-        await asyncio.sleep(0.05)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from cardnet.cli.output import fail, progress
-from cardnet.cli.trn import STATUS_WORDS
+from cardnet.cli.wallet import usable_ticket
 
 # Why a gate refused a ticket (docs/gate.md), for the person at the gate: what happened, and what to do. The
 # ticket stays on their card in every case.
@@ -57,14 +57,7 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float) -> Any:
     """Present ticket ``oid`` at ``gate`` (its card's Uid) and wait up to ``wait_s`` for its answer: the
     :class:`~cardnet.services.wallet.Redemption`. A ticket this card cannot present, or a gate its host cannot
     reach, fails in words before anything moves."""
-    held = {v.oid: v for v in await wallet.vouchers()}
-    if oid not in held:
-        fail(f"this card does not hold ticket {oid.hex()}", reason="not_held",
-             hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
-    if held[oid].status != "enabled":
-        words = STATUS_WORDS.get(held[oid].status, held[oid].status)
-        fail(f"ticket {oid.hex()} cannot be presented now: {words}", reason="not_movable",
-             hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+    await usable_ticket(wallet, oid, "presented")
     if gate.domain != wallet.card.domain and (await wallet.route(gate.domain))["where"] == "none":
         fail(f"this host cannot reach the gate {gate}: no route to its domain {gate.domain.hex()}; the ticket "
              "stays on your card", reason="no_route",

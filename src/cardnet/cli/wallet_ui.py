@@ -1,7 +1,6 @@
 """``cardnet wallet ui``: the web wallet on 127.0.0.1 (the page itself is :mod:`cardnet.web.wallet`).
 
-This module adds the ``ui`` command to the ``cardnet wallet`` group of :mod:`cardnet.cli.wallet` (the entry point
-loads the group from here, docs/web-wallet.md).
+A subcommand of the ``cardnet wallet`` group (:mod:`cardnet.cli.wallet`), imported when it runs; docs/web-wallet.md.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail
-from cardnet.cli.wallet import Target, wallet, wallet_command
+from cardnet.cli.wallet import Target, wallet_command
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -34,7 +33,7 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 @wallet_command(
-    wallet,
+    None,
     "ui",
     click.option("--listen", default="127.0.0.1:8471", show_default=True,
                  help="Where to serve the page: a loopback address and a port (0: any free one)."),
