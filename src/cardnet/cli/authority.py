@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,9 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
     exits with reason wrong_pin and the tries left). The host may run other cards too (e.g. the
     agent's): the signer logs in to the one card whose config lists the `authority` applet.
     """
+    from cardnet.cli.host import run_host_service
     from cardnet.crypto import pki
-    from cardnet.host.client import AppClient
     from cardnet.host.config import load_config
-    from cardnet.host.server import HostServer
     from cardnet.services.authority import BlocklistSigner
 
     pin = os.environ.get("CARDNET_PIN")
@@ -48,60 +48,20 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
         fail("set CARDNET_PIN to the authority card's PIN", hint="the service logs in to its own card with it")
     config = load_config(config_path)
     ca = pki.CertificateAuthority.load(ca_path)
+    # The signer logs in to the authority card by name: the host may run other cards too (an agent).
+    cards = [c for c in config.cards if "authority" in c.applets]
+    if len(cards) != 1:
+        fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    async def main() -> None:
-        server = HostServer(config)
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+    def service(domain: bytes) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+        return BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=domain, refresh_s=refresh_s).run
 
-        def shutdown() -> None:
-            stop.set()
-            server.stop()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, shutdown)
-        # The signer logs in to the authority card by name: the host may run other cards too (an agent).
-        cards = [c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if "authority" in cc.applets]
-        if len(cards) != 1:
-            server.stop()
-            await server.aclose()
-            fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
-        try:  # the PIN is checked before `ready`: a wrong one stops here, once, and says how many tries remain
-            async with await AppClient.connect(str(config.app_socket), card=cards[0]) as app:
-                await verify_pin(app, pin, hint="set CARDNET_PIN to the authority card's PIN; at 0 tries it locks")
-        except BaseException:
-            server.stop()
-            await server.aclose()
-            raise
-        signer = BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=cards[0], refresh_s=refresh_s)
-        task = asyncio.create_task(signer.run(stop))
-
-        def signer_done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None:  # a silent signer would never block anyone
-                logging.getLogger("cardnet.authority").error("the blocklist signer failed", exc_info=t.exception())
-                shutdown()
-
-        task.add_done_callback(signer_done)
-        addr = server.listen_address
-        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
-        if as_json:
-            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}}, line=True)
-        else:
-            console.print(f"ready {config.name} {listen}", markup=False)
-        console.file.flush()
-        try:
-            await server.serve_forever()
-        finally:
-            stop.set()
-            await asyncio.gather(task, return_exceptions=True)
-            await server.aclose()
-        if not task.cancelled() and task.exception() is not None:
-            fail(f"the blocklist signer failed: {task.exception()}", hint="see the log above")
-
-    asyncio.run(main())
+    run_host_service(config, applet="authority", pin=pin,
+                     pin_hint="set CARDNET_PIN to the authority card's PIN; at 0 tries it locks", service=service,
+                     failed=("the blocklist signer failed", None), log_failure="cardnet.authority",
+                     as_json=as_json)  # fmt: skip
 
 
 @card_command(

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
-from cardnet.cli.trn import card_command, parse_uid, run_on_wallet, verify_pin
+from cardnet.cli.trn import card_command, parse_uid, run_on_wallet
 
 # What the gate decided, for the operator's screen: the word, and what it means.
 VERDICT_WORDS = {
@@ -85,8 +85,8 @@ def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
     The operator PIN of the gate card comes from $CARDNET_PIN and is checked before `ready`. Admissions are
     recorded on the gate card (durable); `cardnet gate admissions` lists them.
     """
+    from cardnet.cli.host import run_host_service
     from cardnet.host.config import load_config
-    from cardnet.host.server import HostServer
     from cardnet.services.gate import GateService
 
     pin = os.environ.get("CARDNET_PIN")
@@ -107,50 +107,13 @@ def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
             console.print(event_line(event), markup=False, highlight=False)
             console.file.flush()
 
-    async def main() -> None:
-        from cardnet.host.client import AppClient
+    def service(domain: bytes) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+        return GateService(str(config.app_socket), pin, show, card=domain, refresh_s=refresh_s).run
 
-        server = HostServer(config)
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def shutdown() -> None:
-            stop.set()
-            server.stop()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, shutdown)
-        domain = next(c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if "gate" in cc.applets)
-        try:  # the PIN is checked before `ready`: a wrong one stops here, once, and says how many tries remain
-            async with await AppClient.connect(str(config.app_socket), card=domain) as app:
-                await verify_pin(app, pin, hint="set CARDNET_PIN to the gate card's PIN; at 0 tries it locks")
-        except BaseException:
-            server.stop()
-            await server.aclose()
-            raise
-        service = GateService(str(config.app_socket), pin, show, card=domain, refresh_s=refresh_s)
-        task = asyncio.create_task(service.run(stop))
-        task.add_done_callback(lambda t: shutdown() if not t.cancelled() and t.exception() is not None else None)
-        addr = server.listen_address
-        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
-        uid = f"{domain.hex()}:00000000"
-        if as_json:
-            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen, "gate": uid}},
-                      line=True)  # fmt: skip
-        else:
-            console.print(f"ready {config.name} {listen} gate {uid}", markup=False)
-        console.file.flush()
-        try:
-            await server.serve_forever()
-        finally:
-            stop.set()
-            await asyncio.gather(task, return_exceptions=True)
-            await server.aclose()
-        if not task.cancelled() and task.exception() is not None:
-            fail(f"the gate service stopped: {task.exception()}", reason="gate_failed", hint="see the log above")
-
-    asyncio.run(main())
+    run_host_service(config, applet="gate", pin=pin,
+                     pin_hint="set CARDNET_PIN to the gate card's PIN; at 0 tries it locks", service=service,
+                     failed=("the gate service stopped", "gate_failed"),
+                     ready_extra=lambda domain: ("gate", f"{domain.hex()}:00000000"), as_json=as_json)  # fmt: skip
 
 
 def _der(path: Path) -> bytes:

@@ -6,12 +6,13 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, json_option
+from cardnet.cli.output import console, emit_json, fail, json_option
 
 # The host process allocates a few short-lived objects per message. Collect the
 # young generation every GC_GEN0 net allocations rather than every 700, and keep
@@ -70,5 +71,79 @@ def run_host(config: Any, as_json: bool) -> None:
             await server.serve_forever()
         finally:
             await server.aclose()
+
+    asyncio.run(main())
+
+
+def run_host_service(
+    config: Any,
+    *,
+    applet: str,
+    pin: str,
+    pin_hint: str,
+    service: Callable[[bytes], Callable[[asyncio.Event], Coroutine[Any, Any, None]]],
+    failed: tuple[str, str | None],
+    ready_extra: Callable[[bytes], tuple[str, str]] | None = None,
+    log_failure: str | None = None,
+    as_json: bool,
+) -> None:
+    """Run the host of ``config`` and, beside it, a service logged in to its one card with ``applet`` (the gate,
+    the authority's blocklist signer) until SIGINT/SIGTERM; the caller checked that there is exactly one.
+
+    The PIN is checked before ``ready`` (a wrong one stops here, once, and says how many tries remain).
+    ``service(domain)`` is the service's ``run(stop)``; ``ready_extra(domain)`` a field the ``ready`` line adds
+    (``ready NAME LISTEN KEY VALUE``). A service that fails stops the host (logged to ``log_failure`` if named),
+    and the command fails with ``failed``: what stopped (e.g. "the gate service stopped") and the error's reason."""
+    from cardnet.cli.trn import verify_pin
+    from cardnet.host.client import AppClient
+    from cardnet.host.server import HostServer
+
+    async def main() -> None:
+        server = HostServer(config)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def shutdown() -> None:
+            stop.set()
+            server.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, shutdown)
+        domain = next(c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if applet in cc.applets)
+        try:
+            async with await AppClient.connect(str(config.app_socket), card=domain) as app:
+                await verify_pin(app, pin, hint=pin_hint)
+        except BaseException:
+            server.stop()
+            await server.aclose()
+            raise
+        task = asyncio.create_task(service(domain)(stop))
+
+        def service_done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                if log_failure is not None:  # a silent service would never do its work
+                    logging.getLogger(log_failure).error(failed[0], exc_info=t.exception())
+                shutdown()
+
+        task.add_done_callback(service_done)
+        addr = server.listen_address
+        listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        extra = None if ready_extra is None else ready_extra(domain)
+        if as_json:
+            ready = {"name": config.name, "listen": None if addr is None else listen}
+            emit_json({"ready": ready if extra is None else {**ready, extra[0]: extra[1]}}, line=True)
+        else:
+            console.print(f"ready {config.name} {listen}" + ("" if extra is None else f" {extra[0]} {extra[1]}"),
+                          markup=False)  # fmt: skip
+        console.file.flush()
+        try:
+            await server.serve_forever()
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.aclose()
+        if not task.cancelled() and task.exception() is not None:
+            fail(f"{failed[0]}: {task.exception()}", reason=failed[1], hint="see the log above")
 
     asyncio.run(main())
