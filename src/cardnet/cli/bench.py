@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from cardnet.cli.output import console, emit_json, json_option, print_table, table
@@ -30,6 +33,16 @@ def _report(
         console.print(note)
     for target, ok in targets.items():
         console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
+
+
+def _measured(as_json: bool, run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """A benchmark's ``run(*args, **kwargs)``: with --json its figures printed as JSON (None returned, nothing more to
+    print), else its figures, measured under a status line that shows its progress."""
+    if as_json:
+        emit_json(run(*args, **kwargs))
+        return None
+    with console.status("starting…") as status:
+        return run(*args, **kwargs, progress=status.update)
 
 
 @click.group()
@@ -90,11 +103,9 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
         window = etp.DEFAULT_WINDOW
     if seconds <= 0 or not 1 <= window <= etp.MAX_WINDOW:
         raise click.BadParameter(f"--seconds must be > 0 and --window 1..{etp.MAX_WINDOW}")
-    if as_json:
-        emit_json(etp.run(seconds, window, directory=directory))
+    r = _measured(as_json, etp.run, seconds, window, directory=directory)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = etp.run(seconds, window, directory=directory, progress=status.update)
     rows: list[Row] = [
         ("header_bytes", str(r["header_bytes"]), "eTP header: src 16 + dst 16 + mtype 2"),
         ("msgs_per_s", f"{r['msgs_per_s']:,}", "one-way card A -> card B, durable steps on both"),
@@ -132,11 +143,9 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
         in_flight = transfer.DEFAULT_IN_FLIGHT
     if seconds <= 0 or not 2 <= in_flight <= transfer.MAX_IN_FLIGHT or in_flight % 2:
         raise click.BadParameter(f"--seconds must be > 0 and --in-flight an even number 2..{transfer.MAX_IN_FLIGHT}")
-    if as_json:
-        emit_json(transfer.run(seconds, in_flight, directory=directory))
+    r = _measured(as_json, transfer.run, seconds, in_flight, directory=directory)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = transfer.run(seconds, in_flight, directory=directory, progress=status.update)
     rows: list[Row] = [
         ("transfers_per_s", f"{r['transfers_per_s']:,}", f"traced transfers a <-> b, {in_flight} in flight, durable"),
         ("untraced_transfers_per_s", f"{r['untraced_transfers_per_s']:,}", "the same, traceable=false"),
@@ -169,11 +178,9 @@ def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
 
     if not 1 <= in_flight <= 128 or rounds < 1 or idle < 1:
         raise click.BadParameter("--in-flight 1..128, --rounds >= 1, --idle >= 1")
-    if as_json:
-        emit_json(fairx.run(in_flight=in_flight, rounds=rounds, idle=idle))
+    r = _measured(as_json, fairx.run, in_flight=in_flight, rounds=rounds, idle=idle)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = fairx.run(in_flight=in_flight, rounds=rounds, idle=idle, progress=status.update)
     rows: list[Row] = [
         ("exchanges_per_s", f"{r['exchanges_per_s']:,}", f"complete exchanges a <-> b, {in_flight} at once"),
         ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "one exchange on an idle system, offer to complete"),
@@ -203,11 +210,9 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
     """SPEED purchases: purchases_per_s, p50, delivery MB/s vs the crypto bound and the AES-GCM rate."""
     from cardnet.bench import speed
 
-    if as_json:
-        emit_json(speed.run(seconds=seconds, customers=customers, idle=idle))
+    r = _measured(as_json, speed.run, seconds=seconds, customers=customers, idle=idle)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = speed.run(seconds=seconds, customers=customers, idle=idle, progress=status.update)
     rows: list[Row] = [
         ("purchases_per_s", f"{r['purchases_per_s']:,}", "complete purchases, normal mode, the better of 5 and "
          f"{customers} customers"),
@@ -240,11 +245,9 @@ def bench_ticketing(as_json: bool, buyers: int, seconds: float, idle: int) -> No
     """Tickets sold end to end by a ticketing server process, and admitted at a gate, vs their crypto bounds."""
     from cardnet.bench import ticketing
 
-    if as_json:
-        emit_json(ticketing.run(buyers=buyers, seconds=seconds, idle=idle))
+    r = _measured(as_json, ticketing.run, buyers=buyers, seconds=seconds, idle=idle)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = ticketing.run(buyers=buyers, seconds=seconds, idle=idle, progress=status.update)
     rows: list[Row] = [
         ("tickets_per_s", f"{r['tickets_per_s']:,}", f"sold end to end, {buyers} buyers at once, enabled on the card"),
         ("  crypto_bound_tickets_per_s", f"{r['crypto_bound_tickets_per_s']:,}",
@@ -302,11 +305,9 @@ def bench_smc(as_json: bool, ns: tuple[int, ...], reps: int, round_ms: float, se
     from cardnet.bench import smc
 
     ns = tuple(dict.fromkeys(ns)) or smc.DEFAULT_NS
-    if as_json:
-        emit_json(smc.run(ns=ns, reps=reps, round_ms=round_ms, seed=seed))
+    r = _measured(as_json, smc.run, ns=ns, reps=reps, round_ms=round_ms, seed=seed)
+    if r is None:
         return
-    with console.status("starting…") as status:
-        r = smc.run(ns=ns, reps=reps, round_ms=round_ms, seed=seed, progress=status.update)
     t = table("function", "n", "t", "rounds x deadline", "join_ms", "smc_ms (p90)", "mpyc_ms (p90)", "smc / mpyc",
               title="cardnet bench smc")  # fmt: skip
     for column in t.columns[1:]:
