@@ -34,7 +34,7 @@ from cardnet.applets.speed import purse as pa
 from cardnet.applets.speed import sam as sa
 from cardnet.applets.trn import RESULT as TRN_RESULT
 from cardnet.applets.trn import SET_AUTHORITY
-from cardnet.bench.procs import HostProc, free_port
+from cardnet.bench.procs import HostProc
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
@@ -64,11 +64,16 @@ SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", *(f"K
 class World:
     net: TrnNet
     tickets: HostProc
-    url: str
     broker: Service
     broker_cert: bytes
     vendor_cert: bytes
     roots: list[bytes]
+
+    @property
+    def url(self) -> str:
+        """The ticketing server's address: it listens on ports the OS picks, new ones at every start (none can be
+        taken by another test between a pick and the bind), and says them on its ready line."""
+        return str(json.loads(self.tickets.ready_line)["ready"]["http"])
 
     @property
     def broker_addr(self) -> str:
@@ -119,16 +124,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
     sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
     vstore.close()
-    http_port, speed_port = free_port(), free_port()
-    tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
+    tickets = HostProc("tickets", tmp, 0, device.domain, ("ticketing", "run", "--json"), {"CARDNET_PIN": PIN})
     seats = ", ".join(f'"{s}"' for s in SEATS)
     tickets.config.write_text(
-        f'name = "Cup final tickets"\nlisten = "127.0.0.1:{http_port}"\nspeed_listen = "127.0.0.1:{speed_port}"\n'
+        'name = "Cup final tickets"\nlisten = "127.0.0.1:0"\nspeed_listen = "127.0.0.1:0"\n'
         f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = 20\n\n'
         f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
         f"seats = [{seats}]\n"
     )
-    w = World(net, tickets, f"http://127.0.0.1:{http_port}", broker, bcert, vcert, roots)
+    w = World(net, tickets, broker, bcert, vcert, roots)
     with net:
         try:
             broker.start()

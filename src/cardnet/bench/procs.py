@@ -85,6 +85,7 @@ class HostProc:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     start_timeout_s: float = START_TIMEOUT_S
+    ready_line: str = ""  # what the last start printed once ready: the addresses it serves (port 0: the OS's pick)
 
     @property
     def card(self) -> Uid:
@@ -137,6 +138,7 @@ class HostProc:
                 break
         else:
             line = ""
+        self.ready_line = line.strip()
         if not line.startswith(READY):
             self.stop()
             raise ProcError(
