@@ -145,13 +145,13 @@ def _ticketing(net: TrnNet) -> tuple[HostProc, Service, bytes]:
     vstore.close()
     broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
                      str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
-    http_port, speed_port = free_port(), free_port()
-    tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
+    # ports the OS picks (said on the --json ready line): none can be taken by another test before the server binds
+    tickets = HostProc("tickets", tmp, 0, device.domain, ("ticketing", "run", "--json"), {"CARDNET_PIN": PIN})
     tickets.config.write_text(
-        f'name = "Cup final tickets"\nlisten = "127.0.0.1:{http_port}"\nspeed_listen = "127.0.0.1:{speed_port}"\n'
-        f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = 20\n\n'
-        f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
-        f'seats = ["A1", "A2", "B1"]\n'
+        'name = "Cup final tickets"\nlisten = "127.0.0.1:0"\nspeed_listen = "127.0.0.1:0"\n'
+        'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = 20\n\n'
+        '[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
+        'seats = ["A1", "A2", "B1"]\n'
     )
     (tmp / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(bcert)]))
     (tmp / "ca.pem").write_bytes(pki.chain_to_pem([ca.certificate]))
@@ -177,7 +177,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 f'broker = "{broker_at}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\naccount = "C-b"\n'
             )
             uis += list(pool.map(lambda card: start_ui(net, card), ("a", "b")))
-            yield World(net, *uis, f"http://127.0.0.1:{tickets.port}", broker_at)
+            yield World(net, *uis, json.loads(tickets.ready_line)["ready"]["http"], broker_at)
         finally:
             for ui in uis:
                 stop_process(ui.proc)
