@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option, say
+from cardnet.cli.output import console, emit_json, fail, json_option, say, say_ready
 from cardnet.cli.trn import answer, card_command, parse_domain, parse_oid, run_on_card, run_order, verify_pin
 
 
@@ -254,11 +254,7 @@ def authority_web(socket: str, pin: str | None, card: str | None, listen: str, a
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if as_json:
-            emit_json({"ready": {"url": url}}, line=True)
-        else:
-            console.print(f"ready {url}", markup=False)
-        console.file.flush()
+        say_ready(as_json, {"url": url}, f"ready {url}")
         try:
             await stop.wait()
         finally:

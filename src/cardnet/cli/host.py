@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option
+from cardnet.cli.output import fail, json_option, say_ready
 
 # The host process allocates a few short-lived objects per message. Collect the
 # young generation every GC_GEN0 net allocations rather than every 700, and keep
@@ -62,11 +62,8 @@ def run_host(config: Any, as_json: bool) -> None:
             loop.add_signal_handler(sig, server.stop)
         addr = server.listen_address
         listen = f"{addr[0]}:{addr[1]}" if addr else "-"
-        if as_json:
-            emit_json({"ready": {"name": config.name, "listen": None if addr is None else listen}}, line=True)
-        else:
-            console.print(f"ready {config.name} {listen}", markup=False)
-            console.file.flush()
+        say_ready(as_json, {"name": config.name, "listen": None if addr is None else listen},
+                  f"ready {config.name} {listen}")  # fmt: skip
         try:
             await server.serve_forever()
         finally:
@@ -130,13 +127,9 @@ def run_host_service(
         addr = server.listen_address
         listen = f"{addr[0]}:{addr[1]}" if addr else "-"
         extra = None if ready_extra is None else ready_extra(domain)
-        if as_json:
-            ready = {"name": config.name, "listen": None if addr is None else listen}
-            emit_json({"ready": ready if extra is None else {**ready, extra[0]: extra[1]}}, line=True)
-        else:
-            console.print(f"ready {config.name} {listen}" + ("" if extra is None else f" {extra[0]} {extra[1]}"),
-                          markup=False)  # fmt: skip
-        console.file.flush()
+        ready = {"name": config.name, "listen": None if addr is None else listen}
+        say_ready(as_json, ready if extra is None else {**ready, extra[0]: extra[1]},
+                  f"ready {config.name} {listen}" + ("" if extra is None else f" {extra[0]} {extra[1]}"))  # fmt: skip
         try:
             await server.serve_forever()
         finally:

@@ -25,6 +25,7 @@ from cardnet.cli.output import (
     print_table,
     progress,
     say,
+    say_ready,
     spend_refusal,
     table,
 )
@@ -646,11 +647,7 @@ def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: b
         server = make()
         addr = await server.start(host, port)
         listen = f"{addr[0]}:{addr[1]}"
-        if as_json:
-            emit_json({"ready": {"name": label, "listen": listen}}, line=True)
-        else:
-            console.print(f"ready {label} {listen}", markup=False)
-            console.file.flush()
+        say_ready(as_json, {"name": label, "listen": listen}, f"ready {label} {listen}")
         try:
             await asyncio.Event().wait()
         finally:

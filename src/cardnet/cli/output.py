@@ -68,6 +68,17 @@ def emit_json(obj: Any, *, line: bool = False) -> None:
     sys.stdout.flush()
 
 
+def say_ready(as_json: bool, fields: dict[str, Any], *lines: str) -> None:
+    """What a service prints once it serves (launchers and tests wait for it): ``{"ready": fields}`` on one JSON
+    line, or ``lines`` (the first ``ready ...``) for a person; flushed at once."""
+    if as_json:
+        emit_json({"ready": fields}, line=True)
+    else:
+        for text in lines:
+            console.print(text, markup=False)
+    console.file.flush()
+
+
 def say(as_json: bool, result: dict[str, Any], text: str) -> None:
     """The outcome of a command: ``result`` as one JSON object, or ``text`` (printed literally) for a person."""
     if as_json:

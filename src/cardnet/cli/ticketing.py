@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option
+from cardnet.cli.output import fail, json_option, say_ready
 
 
 @click.group()
@@ -52,12 +52,8 @@ def run(config_path: Path, as_json: bool) -> None:
             loop.add_signal_handler(sig, server.stop)
         http = "http://{}:{}".format(*server.http_address)
         speed = "{}:{}".format(*server.speed_address)
-        if as_json:
-            ready = {"name": config.name, "http": http, "speed": speed, "device": server.device_domain.hex()}
-            emit_json({"ready": ready}, line=True)
-        else:
-            console.print(f"ready {config.name} {http} speed {speed}", markup=False)
-            console.file.flush()
+        ready = {"name": config.name, "http": http, "speed": speed, "device": server.device_domain.hex()}
+        say_ready(as_json, ready, f"ready {config.name} {http} speed {speed}")
         try:
             await server.serve_forever()
         finally:

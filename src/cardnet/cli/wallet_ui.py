@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail
+from cardnet.cli.output import fail, say_ready
 from cardnet.cli.wallet import Target, wallet_command
 
 
@@ -74,13 +73,8 @@ def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: f
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        ready: dict[str, Any] = {"url": served.url, "login": served.login_url}
-        if as_json:
-            emit_json({"ready": ready}, line=True)
-        else:
-            console.print(f"ready {served.url}", markup=False)
-            console.print(f"open {served.login_url} in your browser (the link works once)", markup=False)
-        console.file.flush()
+        say_ready(as_json, {"url": served.url, "login": served.login_url}, f"ready {served.url}",
+                  f"open {served.login_url} in your browser (the link works once)")  # fmt: skip
         try:
             await stop.wait()
         finally:
