@@ -34,6 +34,26 @@ COMMANDS: dict[str, str] = {
     "ticketing": "cardnet.cli.ticketing:ticketing",
     "wallet": "cardnet.cli.wallet:wallet",
 }
+# What `cardnet --help` says of each group, whole (a group's own help is cut at the terminal's width), without
+# importing any of them.
+SUMMARIES: dict[str, str] = {
+    "authority": "The TRN authority: traces tokens, blocks cloned devices.",
+    "bench": "Measure cardnet against this machine's own limits.",
+    "ca": "The certification authority that personalises cards.",
+    "card": "Cards: manufacture and personalise them, look inside.",
+    "demo": "Three cards under a CA, their applets talking.",
+    "exchange": "Swap two vouchers fairly: both swap or neither loses.",
+    "gate": "Admit each ticket once at a gate; refuse copies.",
+    "host": "Run a host: cards, an app socket, links to other hosts.",
+    "millicent": "Millicent scrip: vendors, brokers, a customer's wallet.",
+    "sim": "A protocol under seeded faults, its invariants checked.",
+    "smc": "Secure multiparty computation by security modules.",
+    "speed": "SPEED purchases: vendor, broker, e-purse, buy, recover.",
+    "ticketing": "Sell seats over HTTP, paid by SPEED, delivered by TRN.",
+    "trn": "TRN tokens on a card: mint, send, list, answer, recover.",
+    "ttp": "Run the TTP that settles interrupted fair exchanges.",
+    "wallet": "Your card: tickets, exchanges, payments, a web page.",
+}
 
 
 def _load(target: str) -> click.Command:
@@ -47,9 +67,31 @@ class LazyGroup(click.Group):
     """A group whose subcommands named in ``lazy`` (name -> ``"module:attribute"``) are imported on first use:
     :data:`COMMANDS` for ``cardnet`` itself, a group's own table for its subcommands (``cardnet wallet``)."""
 
-    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, str], summaries: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.lazy = lazy
+        self.summaries = summaries or {}
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The subcommands and what each does: a line from ``summaries`` where it has one (nothing imported for it),
+        else the command's own short help, as click writes it."""
+        if not self.summaries:
+            super().format_commands(ctx, formatter)
+            return
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            if name in self.summaries:
+                rows.append((name, self.summaries[name]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
@@ -67,7 +109,9 @@ def subcommands(group: click.Group) -> dict[str, click.Command]:
     return {name: command for name, command in found.items() if command is not None}
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=COMMANDS, summaries=SUMMARIES, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="cardnet")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
