@@ -512,6 +512,7 @@ def test_the_server_or_the_buyers_host_killed_at_random_points_of_purchases_lose
         for poid in sold.values():
             want = "enabled" if poid in paid else None
             assert held.get(ticket_oid(poid)) == want, f"seed {seed}: sale {poid.hex()} paid={poid in paid}"
+        assert set(held) == {ticket_oid(poid) for poid in paid}, f"seed {seed}: a token on the card is no paid ticket"
         assert start - await _balance(world, "gus") == PRICE.amount * len(paid), f"seed {seed}"
 
     asyncio.run(go())
