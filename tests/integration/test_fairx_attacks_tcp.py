@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from fairx_mitm import Rule, Tap, altered, failures, is_record, passes, record_bytes, tapped_net
+from waiting import wait_for
 
 from cardnet.applets.authority import CHAIN, QUERY
 from cardnet.applets.trn import MINT, SEND
@@ -87,7 +88,7 @@ class Scene:
 
     async def ends(self, swapped: dict[bytes, str]) -> None:
         """Each voucher usable on exactly the one card named, recorded there by the authority (traces are async)."""
-        await until(lambda: self._settled(swapped), "every voucher usable on its one card")
+        await wait_for("every voucher usable on its one card", lambda: self._settled(swapped))
         for oid, card in swapped.items():
             first = "a" if oid in (T1, T3) else "b"
             assert await self.holders(oid) == ([first] if card == first else [first, card]), oid.hex()
@@ -107,15 +108,6 @@ async def wallet(net: TrnNet, card: str) -> Wallet:
     w = await Wallet.open(net.host_of(card).socket, pin=PIN, card=net.uids[card].domain)
     await w.set_ttp(net.uids["ttp"])
     return w
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:g} s: {what}") from None
 
 
 @contextlib.asynccontextmanager
@@ -163,7 +155,7 @@ def run(tmp: Path, vouchers: dict[bytes, str], body: Callable[[Scene], Awaitable
 async def offered(s: Scene, give: bytes, want: bytes) -> bytes:
     """a offers ``give`` for ``want``; returns n1 once b's card holds the offer for its owner."""
     x = await s.a.offer(give, want, s.uid("b"))
-    await until(lambda: _proposed(s, x.n1), "the offer reaches b")
+    await wait_for("the offer reaches b", lambda: _proposed(s, x.n1))
     return x.n1
 
 
@@ -214,8 +206,8 @@ def test_a_replayed_offer_and_an_abort_cannot_undo_an_exchange_the_responder_com
         ba.rule = lambda m: [] if commit_record(m) else [m]  # b's host eats every m4
         n1 = await offered(s, T1, T2)
         assert (await s.b.accept(n1)).phase == "agreed"
-        await until(lambda: _phases(s, n1, "confirmed", "done"), "a confirmed, b stored v1")
-        await until(lambda: _usable_on(s, T1, "b"), "v1 usable on b (traced)")
+        await wait_for("a confirmed, b stored v1", lambda: _phases(s, n1, "confirmed", "done"))
+        await wait_for("v1 usable on b (traced)", lambda: _usable_on(s, T1, "b"))
         ab.rule = lambda m: []  # b's host takes nothing more from a (a's resends of m3 would get m4 answers)
         # the attack
         sent = list(ab.seen)
@@ -311,7 +303,7 @@ def test_a_responder_that_takes_the_offer_and_stops_leaves_the_initiator_its_vou
         assert not await s.holds("b", T1)
         assert (await s.b.status(n1)).phase == "proposed"  # (the offer survived the crash)
         assert (await s.b.accept(n1)).phase == "agreed"
-        await until(lambda: _phase_is(s, "a", n1, "aborted"), "a refuses the late m2 and the TTP aborts")
+        await wait_for("a refuses the late m2 and the TTP aborts", lambda: _phase_is(s, "a", n1, "aborted"))
         assert not any(confirm_record(m) for m in s.taps["a->b"].seen)  # a never confirmed
         assert (await s.b.status(n1)).phase == "agreed"
         assert (await s.b.abort(n1)).phase == "aborting"
@@ -346,10 +338,10 @@ def test_an_initiator_whose_m3_never_comes_cannot_get_the_swap_after_the_respond
         ab.rule = holding(ab, is_record)
         tb.rule = holding(tb, is_record)
         assert (await s.b.accept(n1)).phase == "agreed"
-        await until(lambda: _phase_is(s, "a", n1, "confirmed"), "a has m2 and confirms")
-        await until(lambda: _any(ab.held, confirm_record), "m3 is withheld")
+        await wait_for("a has m2 and confirms", lambda: _phase_is(s, "a", n1, "confirmed"))
+        await wait_for("m3 is withheld", lambda: _any(ab.held, confirm_record))
         assert (await s.b.abort(n1)).phase == "aborting"
-        await until(lambda: _any(tb.held, is_record), "the TTP decided (its admission is held)")
+        await wait_for("the TTP decided (its admission is held)", lambda: _any(tb.held, is_record))
         late = await ab.release()
         ab.rule = passes
         assert any(confirm_record(m) for m in late)
@@ -358,7 +350,7 @@ def test_an_initiator_whose_m3_never_comes_cannot_get_the_swap_after_the_respond
         assert failures(s.taps["b->a"].seen, s.uid("b")) == []  # b's card took the late records, then ignored m3
         await tb.release(lambda held: [altered(held[0])])
         tb.rule = passes
-        await until(lambda: _any(s.taps["b->ttp"].seen, _failed_bad_record), "b refuses the altered admission")
+        await wait_for("b refuses the altered admission", lambda: _any(s.taps["b->ttp"].seen, _failed_bad_record))
         assert await s.phase("b", n1) == "aborting"
         assert (await s.b.wait(n1, timeout_s=WAIT_S)).phase == "aborted"
         assert (await s.a.resolve(n1)).phase == "resolving"
@@ -394,12 +386,12 @@ def test_resolve_and_abort_reaching_the_ttp_at_once_get_one_decision_on_both_sid
         ab.rule = holding(ab, is_record)
         for n1, _, _ in pairs:
             assert (await s.b.accept(n1)).phase == "agreed"
-        await until(lambda: _all_phases(s, [n1 for n1, _, _ in pairs], "confirmed", "agreed"), "a confirmed, no m3")
+        await wait_for("a confirmed, no m3", lambda: _all_phases(s, [n1 for n1, _, _ in pairs], "confirmed", "agreed"))
         at.rule = holding(at, is_record)
         bt.rule = holding(bt, is_record)
         asked = await asyncio.gather(*(o(n1) for n1, _, _ in pairs for o in (s.a.resolve, s.b.abort)))
         assert [x.phase for x in asked] == ["resolving", "aborting"] * 2
-        await until(lambda: _both_held(at, bt), "both sides' requests at the TTP's door")
+        await wait_for("both sides' requests at the TTP's door", lambda: _both_held(at, bt))
         at.rule = bt.rule = passes
         await asyncio.gather(at.release(), bt.release())
         ends: dict[bytes, str] = {}

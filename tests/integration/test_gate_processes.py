@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, REVOKE
 from cardnet.applets.gate import SETUP, STATE
@@ -120,15 +121,6 @@ def route(net: TrnNet, host: str, card: str, port: int) -> None:
                            for ln in cfg.read_text().splitlines()))  # fmt: skip
 
 
-async def wait_until(what: str, cond: Callable[[], Any], timeout_s: float = WAIT_S) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not await cond():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 def test_gate_admits_once_refuses_a_clone_a_revoked_ticket_and_a_blocked_device_and_admits_offline(
     tmp_path: Path,
 ) -> None:
@@ -181,7 +173,7 @@ async def _online_then_offline(net: TrnNet, screen: Screen) -> None:
             epoch = (await net.ask("g", SETUP, STATE))["epoch"]
             return net.uids["a"] in blocked and epoch >= 1
 
-        await wait_until("a blocked and the gate holding a blocklist", blocked_at_the_gate)
+        await wait_for("a blocked and the gate holding a blocklist", blocked_at_the_gate, WAIT_S, every_s=0.1)
         # ... and a blocked device presenting a ticket is refused at the gate's handshake: T3 never leaves it
         with pytest.raises(WalletError) as refused:
             await redeem(net, clone, T3, "g", timeout_s=1.5)

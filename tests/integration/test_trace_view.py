@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
-from test_trn_kill import add_clone, route_to, setup, status, wait_for
+from test_trn_kill import add_clone, route_to, setup, status
 from test_trn_processes import OID, TrnNet
 from test_trn_reissue import reissued
+from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import MINT, RECOVER, SEND

@@ -53,6 +53,7 @@ from pathlib import Path
 import pytest
 from killwindow import KillWindow
 from test_trn_processes import OID, TrnNet
+from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import CANCEL, MINT, RECOVER, SEND
@@ -208,17 +209,6 @@ def stored_blocklist(tmp: Path, card: str, table: str = "a.trn") -> pki.Blocklis
     finally:
         c._store.close()
     return None if raw is None else pki.Blocklist.decode(raw)
-
-
-async def wait_for(what: str, cond: object, timeout_s: float = 30.0, every_s: float = 0.05) -> None:
-    """Poll the coroutine function ``cond`` until it returns true; fail after ``timeout_s``."""
-    assert callable(cond)
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not await cond():
-                await asyncio.sleep(every_s)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def add_clone(net: TrnNet, original: str, clone: str, port: int) -> HostProc:
