@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -23,17 +24,42 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
-from rich.console import Console, RenderableType
-from rich.markup import escape
-from rich.style import StyleType
-from rich.table import Table
-from rich.text import Text
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)  # never fold a path or a field name
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use: importing rich costs a process some 20 ms of CPU, and a host, or a
+    command that answers in JSON, may never print through it (host processes restart hundreds of times in the
+    SIGKILL tests)."""
+
+    def __init__(self, **options: Any) -> None:
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_console", None)
+
+    def _real(self) -> Console:
+        real = object.__getattribute__(self, "_console")
+        if real is None:
+            from rich.console import Console
+
+            real = Console(**object.__getattribute__(self, "_options"))
+            object.__setattr__(self, "_console", real)
+        return cast("Console", real)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._real(), name, value)
+
+
+console = cast("Console", _LazyConsole(soft_wrap=True))
+err_console = cast("Console", _LazyConsole(stderr=True, soft_wrap=True))  # never fold a path or a field name
 
 T = TypeVar("T")
 
@@ -100,6 +126,8 @@ def progress(text: str) -> Iterator[None]:
     _progress_up.append(True)
     try:
         if err_console.is_terminal:
+            from rich.text import Text
+
             with err_console.status(Text(text)):
                 yield
         else:
@@ -123,6 +151,8 @@ def report_error(
     if as_json:
         emit_json(error_object(message, reason=reason or "error", hint=hint))
         return
+    from rich.markup import escape
+
     tail = f" [dim](reason: {escape(reason)})[/]" if reason else ""
     err_console.print(f"[bold red]error:[/] {escape(message)}{tail}")
     if hint:
@@ -309,17 +339,26 @@ def new_file_then(path: Path, mode: int, record: Callable[[Callable[[bytes], Non
         Path(tmp).unlink(missing_ok=True)
 
 
-class LiteralTable(Table):
-    """A rich table whose text is printed as it is: a cell, header or title that is a ``str`` is never read as
-    markup (a token body such as ``[/] seat [b]9`` would otherwise raise ``MarkupError`` or change style)."""
+@functools.cache
+def _literal_table() -> type[Table]:
+    """The table class :func:`table` makes (defined on first use: rich is imported only when something prints)."""
+    from rich.style import StyleType
+    from rich.table import Table
+    from rich.text import Text
 
-    def add_row(self, *renderables: RenderableType | None, style: StyleType | None = None,
-                end_section: bool = False) -> None:  # fmt: skip
-        super().add_row(*(_literal(r) for r in renderables), style=style, end_section=end_section)
+    def literal(cell: RenderableType | None) -> RenderableType | None:
+        return Text(cell) if isinstance(cell, str) else cell
 
+    class LiteralTable(Table):
+        """A rich table whose text is printed as it is: a cell, header or title that is a ``str`` is never read
+        as markup (a token body such as ``[/] seat [b]9`` would otherwise raise ``MarkupError`` or change
+        style)."""
 
-def _literal(cell: RenderableType | None) -> RenderableType | None:
-    return Text(cell) if isinstance(cell, str) else cell
+        def add_row(self, *renderables: RenderableType | None, style: StyleType | None = None,
+                    end_section: bool = False) -> None:  # fmt: skip
+            super().add_row(*(literal(r) for r in renderables), style=style, end_section=end_section)
+
+    return LiteralTable
 
 
 def table(*columns: str, title: str | None = None) -> Table:
@@ -330,7 +369,9 @@ def table(*columns: str, title: str | None = None) -> Table:
     :func:`print_table` gives each column its full width and lets the line run past the edge instead,
     so identifiers stay copyable whole. Every ``str`` put in it (cells, headers, title) prints literally.
     """
-    t = LiteralTable(title=None if title is None else Text(title), expand=False)
+    from rich.text import Text
+
+    t = _literal_table()(title=None if title is None else Text(title), expand=False)
     for name in columns:
         t.add_column(Text(name), overflow="fold", no_wrap=True)
     return t
