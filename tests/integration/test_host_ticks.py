@@ -61,3 +61,40 @@ def test_a_transfer_cut_by_a_receiver_crash_is_finished_by_the_senders_host_time
         await until(net, {"a": "enabled", "agent": None}, OID)
 
     asyncio.run(go())
+
+
+def test_a_restarted_host_resumes_its_cards_unfinished_transfer_at_once(tmp_path: Path) -> None:
+    """Wallet a sends a token to b (their session is open) while b's host is down: the copy waits in the link of
+    a's host, which then dies (SIGKILL) with it; the card counts it sent, and once enough later steps have deleted it
+    from the card's outbox (acknowledged rows go in batches of 32) nothing re-emits it. Restarted, a's host runs its
+    card's tick (``trn.recover``) at once, not one period later (60 s here): the token reaches b within seconds."""
+    net = TrnNet(tmp_path, ("a", "b"))
+    ha = net.host_of("a")
+    ha.config.write_text(
+        ha.config.read_text().replace('applets = ["trn"]', 'applets = ["trn"]\nticks = { "trn.recover" = 60.0 }')
+    )
+
+    async def go() -> None:
+        await net.setup_trace()
+        for oid in (WARM, OID):
+            assert (await net.ask("agent", MINT, oid=oid, body=b"seat"))["ok"]
+            assert (await net.ask("agent", SEND, oid=oid, to=net.uids["a"]))["ok"]
+            await until(net, {"a": "enabled", "agent": None}, oid)
+        assert (await net.ask("a", SEND, oid=WARM, to=net.uids["b"]))["ok"]  # opens the session a-b
+        await until(net, {"b": "enabled", "a": None}, WARM)
+        net.host_of("b").stop()
+        assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]  # the copy: into the link's queue
+        for _ in range(40):  # later steps of a's card (each answer one outbox row): the copy's row is deleted
+            await net.tokens("a")
+        ha.kill()
+        net.host_of("b").restart()
+        ha.restart()
+        async with asyncio.timeout(10):
+            while (await net.tokens("b")).get(OID) is None:
+                await asyncio.sleep(0.05)
+
+    try:
+        net.start()
+        asyncio.run(go())
+    finally:
+        net.stop()

@@ -18,7 +18,8 @@ A timer task owns the host's periodic jobs (:class:`~cardnet.host.core.Schedule`
 on the event loop's monotonic clock): each card's ``ticks`` from the config
 (by default ``trn.recover`` every 2 s for a card with the ``trn`` applet, so
 unfinished transfers, traces and handshakes are resent without any
-application asking) and, every ``resend_after_s``, the re-emission of card
+application asking; ``trn.recover`` also runs once at start, so a restarted
+host resumes at once) and, every ``resend_after_s``, the re-emission of card
 outputs the host could not pass on (``Host.resend_unacked``).
 
 Every arrival wakes one pump task; a pump steps each card once for everything
@@ -74,6 +75,9 @@ APP_QUEUE = 4096  # messages waiting for a slow application before the host drop
 MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
 LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
+
+
+START_TICKS = frozenset({"trn.recover"})  # ticks that also run at start (not e.g. session.rekey: a start is no rekey)
 
 
 @dataclass(frozen=True)
@@ -259,19 +263,29 @@ class HostServer:
         """Ticks and re-emission, on the loop's monotonic clock (the core reads none)."""
         loop = asyncio.get_running_loop()
         schedule = Schedule(self._jobs, loop.time())
+        # A card's recovery tick runs once at start too: what a crash interrupted resumes now, not one period
+        # later (the outputs a link had taken but not yet written died with the process, and only the card's
+        # recovery sends them again)
+        for job in self._jobs:
+            if isinstance(job, _Tick) and lookup(job.mtype).name in START_TICKS:
+                self._run_job(job)
+        self.wake()
         while not self._stopping.is_set():
             deadline = schedule.deadline()
             assert deadline is not None
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             for job in schedule.due(loop.time()):
-                try:
-                    if isinstance(job, _Tick):
-                        self.host.tick(job.domain, lookup(job.mtype))
-                    else:
-                        self.host.resend_unacked()
-                except Exception:  # a failed job must not stop the others (it runs again next period)
-                    log.exception("%s: timer job %s failed", self.config.name, job)
+                self._run_job(job)
             self.wake()
+
+    def _run_job(self, job: object) -> None:
+        try:
+            if isinstance(job, _Tick):
+                self.host.tick(job.domain, lookup(job.mtype))
+            else:
+                self.host.resend_unacked()
+        except Exception:  # a failed job must not stop the others (it runs again next period)
+            log.exception("%s: timer job %s failed", self.config.name, job)
 
     def _link(self, address: str) -> ReconnectingLink:
         link = self._links.get(address)
