@@ -19,7 +19,15 @@ Kinds:
   card A between two in-process host cores (pingpong applet, durable SQLite
   stores), each message framed and decoded as the TCP transport does, the hosts
   pumping with the servers' ``MAX_GROUP``: what ``cardnet bench etp``'s hosts do
-  per round trip, without the sockets and the event loop.
+  per round trip, without the sockets and the event loop;
+* ``fairx``: one complete fair exchange of vouchers between two in-process wallet cards, the authority, agent
+  and TTP cards beside them on one in-process host (durable SQLite stores, sessions already open): what
+  ``cardnet bench fairx`` counts its operations on (:func:`cardnet.bench.fairx.exchange_rig`), so the card
+  runtime, the session layer and the fairx, trn and trace protocols, without sockets and event loops;
+* ``speed``: one normal-mode SPEED purchase of a 16-byte product by one in-process customer card, the vendor and
+  the broker in the same process over loopback TCP (durable SQLite stores, connections open, certificates
+  checked): what ``cardnet bench speed`` counts its operations on (:func:`cardnet.bench.speed.purchase_rig`),
+  so the event loop and the framing are in, the kernel's share of the sockets is not.
 
 ``count`` runs ``run`` under ``valgrind --tool=callgrind`` twice, with N and 2N
 operations, and prints ``(I(2N) - I(N)) / N``: set-up, imports and the
@@ -31,6 +39,7 @@ files (open them with ``callgrind_annotate``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -45,6 +54,8 @@ from pathlib import Path
 
 from cardnet.applets.pingpong import PING_DONE, PING_START, PingPongApplet
 from cardnet.bench.card import bare_commit, card_steps
+from cardnet.bench.fairx import exchange_rig
+from cardnet.bench.speed import Net, purchase_rig
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
@@ -54,9 +65,10 @@ from cardnet.store import SqliteStore
 from cardnet.transport.framing import FrameDecoder, encode_frame
 from cardnet.wire import Message
 
-KINDS = ("card", "commit", "commit-x", "etp")
+KINDS = ("card", "commit", "commit-x", "etp", "fairx", "speed")
 ETP_WINDOW = 64  # pings in flight in the in-process round trips
 APP = Origin("app")
+_PER = {"etp": "round trip", "fairx": "exchange", "speed": "purchase"}
 _TOTAL = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
 
@@ -110,6 +122,16 @@ def etp_round_trips(directory: str) -> Iterator[Callable[[int], int]]:
         b.close()
 
 
+async def _purchases(tmp: Path, n: int) -> None:
+    net = Net(tmp, 1)
+    try:
+        async with purchase_rig(net, "normal") as buy:
+            for _ in range(n):
+                await buy()
+    finally:
+        net.close()
+
+
 def run(kind: str, n: int) -> None:
     tmp = tempfile.mkdtemp(prefix="cardnet-profile-")
     try:
@@ -117,6 +139,16 @@ def run(kind: str, n: int) -> None:
             with etp_round_trips(tmp) as trips:
                 if n:
                     trips(n)
+            return
+        if kind == "fairx":
+            with exchange_rig(Path(tmp)) as exchange:
+                vouchers = [b"\x01" * 16, b"\x02" * 16]
+                for _ in range(n + 1):  # one to warm up; card a gives what it holds, wants what b holds
+                    exchange(vouchers[0], vouchers[1])
+                    vouchers.reverse()
+            return
+        if kind == "speed":
+            asyncio.run(_purchases(Path(tmp), n))
             return
         ops = {
             "card": lambda: card_steps(tmp, 1),
@@ -194,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             if key == "card_vs_commit_x":
                 print(f"{key:>18}  {value:>10}  (a card step's instructions / a bare exclusive commit's)")
             else:
-                print(f"{key:>18}  {value:>10,}  instructions per {'round trip' if key == 'etp' else 'op'}")
+                print(f"{key:>18}  {value:>10,}  instructions per {_PER.get(key, 'op')}")
     return 0
 
 

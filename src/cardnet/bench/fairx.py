@@ -30,7 +30,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,10 @@ class BenchError(CardnetError):
 # -- counting one exchange's operations, in process ------------------------------------------------------
 
 
-def ops_per_exchange(tmp: Path) -> dict[str, int]:
-    """Run one exchange between two in-process wallet cards (authority, agent and TTP beside them) and count."""
+@contextlib.contextmanager
+def exchange_rig(tmp: Path) -> Iterator[Callable[[bytes, bytes], None]]:
+    """Two in-process wallet cards (authority, agent and TTP beside them) on one host, each holding a voucher,
+    sessions open: yields ``exchange(give, want)``, one complete exchange card a -> card b (a gives ``give``)."""
     now_dt = datetime.now(UTC)
     ca = pki.CertificateAuthority.create("bench fairx CA", now=now_dt)
     host = Host(name="count")
@@ -97,27 +99,37 @@ def ops_per_exchange(tmp: Path) -> dict[str, int]:
         apps[name].send(cards[name].uid, mtype, **fields)
         run()
 
-    run()
-    order("authority", ADD_AGENT, cert=cards["agent"].certificate_der)
-    for name in ("agent", "a", "b"):
-        order(name, SET_AUTHORITY, authority=cards["authority"].uid)
-    for name in ("a", "b"):
-        order(name, fa.SET_TTP, ttp=cards["ttp"].uid)
-    for oid, to in ((b"\x01" * 16, "a"), (b"\x02" * 16, "b")):
-        order("agent", MINT, oid=oid, body=b"voucher")
-        order("agent", SEND, oid=oid, to=cards[to].uid)
-    # (sessions a-b and a,b-TTP open once and carry many exchanges: open them before counting)
-    order("a", fa.START, give=b"\x01" * 16, want=b"\x02" * 16, to=cards["b"].uid)
-    order("a", fa.GIVE_UP, n1=_n1(apps["a"]))
-    for app in apps.values():
-        app.receive_all()
-    with counting() as counts:
-        order("a", fa.START, give=b"\x01" * 16, want=b"\x02" * 16, to=cards["b"].uid)
+    def exchange(give: bytes, want: bytes) -> None:
+        order("a", fa.START, give=give, want=want, to=cards["b"].uid)
         n1 = _n1(apps["a"])
         order("b", fa.ACCEPT, n1=n1)
         run()
-    for card in cards.values():
-        card.close()
+
+    try:
+        run()
+        order("authority", ADD_AGENT, cert=cards["agent"].certificate_der)
+        for name in ("agent", "a", "b"):
+            order(name, SET_AUTHORITY, authority=cards["authority"].uid)
+        for name in ("a", "b"):
+            order(name, fa.SET_TTP, ttp=cards["ttp"].uid)
+        for oid, to in ((b"\x01" * 16, "a"), (b"\x02" * 16, "b")):
+            order("agent", MINT, oid=oid, body=b"voucher")
+            order("agent", SEND, oid=oid, to=cards[to].uid)
+        # (sessions a-b and a,b-TTP open once and carry many exchanges: open them before counting)
+        order("a", fa.START, give=b"\x01" * 16, want=b"\x02" * 16, to=cards["b"].uid)
+        order("a", fa.GIVE_UP, n1=_n1(apps["a"]))
+        for app in apps.values():
+            app.receive_all()
+        yield exchange
+    finally:
+        for card in cards.values():
+            card.close()
+
+
+def ops_per_exchange(tmp: Path) -> dict[str, int]:
+    """Run one exchange between two in-process wallet cards (authority, agent and TTP beside them) and count."""
+    with exchange_rig(tmp) as exchange, counting() as counts:
+        exchange(b"\x01" * 16, b"\x02" * 16)
     return {op: counts[op] for op in (*OPS, "commit")}
 
 

@@ -25,13 +25,14 @@ crypto_bound_purchases_per_s``; ``delivery_mb_per_s >= 0.5 x aes_gcm_mb_per_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -153,26 +154,34 @@ class ServiceProc:
         stop_process(self.proc)
 
 
+@contextlib.asynccontextmanager
+async def purchase_rig(net: Net, mode: str) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """Vendor and broker in this process (over loopback TCP), customer 0 keyed, loaded and warm (certificates
+    checked once, connections open): yields ``buy()``, one purchase of the small product in ``mode``."""
+    vs = sv.VendorServer(sv.VendorCore(net.stores[1], clock=time.time))
+    sam = LocalCard(net.sam_card, PIN)
+    bs = sb.BrokerServer(sb.BrokerCore(net.stores[0], sam, clock=time.time))
+    vh, vp = await vs.start()
+    bh, bp = await bs.start()
+    net.vendor_addr, net.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"
+    try:
+        await net.key_and_load(0)
+        await net.buy(0, SMALL, mode)
+        yield lambda: net.buy(0, SMALL, mode)
+    finally:
+        await net.forget_links()
+        await vs.aclose()
+        await bs.aclose()
+
+
 def ops_per_purchase(net: Net, mode: str) -> dict[str, int]:
     """Count one purchase's operations: vendor and broker in this process (over loopback TCP), one customer."""
 
     async def go() -> dict[str, int]:
-        vs = sv.VendorServer(sv.VendorCore(net.stores[1], clock=time.time))
-        sam = LocalCard(net.sam_card, PIN)
-        bs = sb.BrokerServer(sb.BrokerCore(net.stores[0], sam, clock=time.time))
-        vh, vp = await vs.start()
-        bh, bp = await bs.start()
-        net.vendor_addr, net.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"
-        try:
-            await net.key_and_load(0)
-            await net.buy(0, SMALL, mode)  # certificates checked once, connections warm
+        async with purchase_rig(net, mode) as buy:
             with counting() as counts:
-                await net.buy(0, SMALL, mode)
+                await buy()
             return dict(counts)
-        finally:
-            await net.forget_links()
-            await vs.aclose()
-            await bs.aclose()
 
     return asyncio.run(go())
 
