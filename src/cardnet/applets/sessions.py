@@ -31,7 +31,7 @@ peers the applet :meth:`~SessionApplet.wants_cert` (none by default).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from cardnet.card import Applet, Refused, StepContext
 from cardnet.card.applet import SYS
@@ -48,6 +48,7 @@ MAX_QUEUE = 64  # inner messages waiting for one peer's session
 # every later step (the recovery that would reopen the session, a mere list) was then refused: stuck for good.
 MAX_QUEUE_BYTES = 16 * 1024
 QUIET = frozenset({"replay", "duplicate", "rekeying"})
+MEMO_ENTRIES = 256  # decoded session states and policies kept by their exact bytes (then the memo starts over)
 POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA, privileged=True)
 POLICY_IS = register(
     0x0207,
@@ -81,7 +82,11 @@ class SessionApplet(Applet):
     # -- freshness policy ----------------------------------------------------------------------
     def policy(self, ctx: StepContext) -> sess.Policy:
         """The personalised policy tightened by every ``session.policy`` this card accepted."""
-        return sess.Policy.decode(ctx.get(b"policy", table=SYS)).tighter(sess.Policy.decode(ctx.get(b"pol")))
+        raws = (ctx.get(b"policy", table=SYS), ctx.get(b"pol"))
+        policy = _POLICIES.get(raws)
+        if policy is None:
+            policy = _remember(_POLICIES, raws, sess.Policy.decode(raws[0]).tighter(sess.Policy.decode(raws[1])))
+        return policy
 
     def authority(self, ctx: StepContext) -> Uid | None:
         """The card's authority (exempt from the blocklist-age check: it is where fresh blocklists come from)."""
@@ -142,10 +147,18 @@ class SessionApplet(Applet):
         return ctx.get(b"c:" + bytes(peer))
 
     def session(self, ctx: StepContext, peer: Uid) -> sess.Session | None:
-        return sess.decode_state(ctx.get(b"s:" + bytes(peer)))
+        raw = ctx.get(b"s:" + bytes(peer))
+        if raw is None:
+            return None
+        state = _STATES.get(raw)
+        if state is None:
+            state = _remember(_STATES, raw, sess.Session.decode(raw))
+        return state
 
     def _save(self, ctx: StepContext, state: sess.Session) -> None:
-        ctx.put(b"s:" + bytes(state.peer), state.encode())
+        raw = state.encode()
+        _remember(_STATES, raw, state)
+        ctx.put(b"s:" + bytes(state.peer), raw)
 
     def blocklist(self, ctx: StepContext) -> pki.Blocklist | None:
         raw = ctx.get(b"bl")
@@ -352,6 +365,23 @@ class SessionApplet(Applet):
         """The peer refused something of ours: forget the session; recovery opens a new one."""
         if ctx.get(b"s:" + bytes(peer)) is not None:
             ctx.delete(b"s:" + bytes(peer))
+
+
+# A record decodes its session's state, then encodes it advanced; a reply sent in the same step decodes it again,
+# and the next record decodes what the last one encoded. States and policies are frozen values, so they are kept
+# here by their exact bytes (in the card's state: integrity-checked when read) and decoded once: what a lookup
+# returns is what decoding those bytes returns.
+K = TypeVar("K")
+V = TypeVar("V")
+_STATES: dict[bytes, sess.Session] = {}
+_POLICIES: dict[tuple[bytes | None, bytes | None], sess.Policy] = {}
+
+
+def _remember(memo: dict[K, V], key: K, value: V) -> V:
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _verifies(bl: pki.Blocklist, root_der: bytes) -> bool:
