@@ -125,9 +125,12 @@ class Text(FieldType):
         return "a text string"
 
     def fast_in(self, value: object) -> Any:
-        if type(value) is str and 4 * len(value) <= self.max_len:
+        # at most 4 bytes of UTF-8 a character; an ASCII string's UTF-8 is one byte a character
+        if type(value) is str and (4 * len(value) <= self.max_len or (value.isascii() and len(value) <= self.max_len)):
             return value
         return SLOW
+
+    fast_out = fast_in
 
     def check(self, value: object, path: str, depth: int) -> str:
         if not isinstance(value, str):
