@@ -106,6 +106,7 @@ class Card:
         self._pending_used = 0
         self._acks: set[int] = set()
         self._mem: dict[TableKey, bytes] = {}
+        self._roots: tuple[bytes, list[bytes]] | None = None  # the roots row and its decoded list (see roots_der)
         self._where = store.url
         with store.transaction() as txn:
             claim_kind(txn, STORE_KIND, STORE_VERSION, self._where)
@@ -215,7 +216,12 @@ class Card:
     @property
     def roots_der(self) -> list[bytes]:
         raw = self._mem.get((SYS, b"roots"))
-        return [] if raw is None else _unpack_list(raw)
+        if raw is None:
+            return []
+        memo = self._roots
+        if memo is None or memo[0] is not raw:  # decoded once per row written, not on every read
+            memo = self._roots = (raw, _unpack_list(raw))
+        return list(memo[1])
 
     @property
     def used_bytes(self) -> int:
