@@ -57,6 +57,17 @@ class _LazyConsole:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._real(), name, value)
 
+    def __enter__(self) -> Console:  # (special methods are looked up on the type, not through __getattr__)
+        return self._real().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._real().__exit__(*exc)
+
+
+def real_console(c: Console) -> Console:
+    """The rich ``Console`` itself, for rich objects that take one (``Progress(console=...)``)."""
+    return c._real() if isinstance(c, _LazyConsole) else c
+
 
 console = cast("Console", _LazyConsole(soft_wrap=True))
 err_console = cast("Console", _LazyConsole(stderr=True, soft_wrap=True))  # never fold a path or a field name

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.progress import Progress
 
-from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
+from cardnet.cli.output import console, emit_json, fail, json_option, print_table, real_console, table
 
 
 @click.command()
@@ -87,7 +87,7 @@ def sim(
         summary = run_many(protocol, seed_range, jobs=jobs)
         emit_json(summary.as_dict())
     else:
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=real_console(console), transient=True) as progress:
             task = progress.add_task(f"simulating {protocol}", total=seeds)
             summary = run_many(protocol, seed_range, progress=lambda n: progress.advance(task, n), jobs=jobs)
         d = summary.as_dict()
