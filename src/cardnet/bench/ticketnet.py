@@ -59,6 +59,10 @@ PRICE = "1.00 EUR"
 CREDIT = sm.Price("EUR", 10**12)  # each buyer's credit at the broker
 PURSE = sm.Price("EUR", 10**9)  # loaded into each buyer's purse: ten million tickets at 1.00 EUR
 GATE_WAIT_MS = 1500  # the gate's default wait for the authority's answer
+# A gate card keeps every ticket it admitted (consumed, with its admission record): a few hundred bytes each, so
+# the host default of 256 KiB fills after some 800 admissions, which a quiet machine's benchmark round passes.
+# Every card of this world gets room for a stadium's event (a card's capacity is a bound, not an allocation).
+CARD_CAPACITY_BYTES = 16 * 1024 * 1024
 
 
 def _service(ca: pki.CertificateAuthority, name: str, now: datetime) -> tuple[profile.PrivateKey, bytes]:
@@ -72,7 +76,7 @@ class TicketNet(TrnNet):
 
     def __init__(self, tmp: Path, buyers: tuple[str, ...], seats: list[str], *, gates: tuple[str, ...] = ("gate",),
                  gate_refresh_s: float = 10.0, transfer_timeout_s: float = 60.0) -> None:  # fmt: skip
-        super().__init__(tmp, buyers, gates=gates, gate_refresh_s=gate_refresh_s)
+        super().__init__(tmp, buyers, gates=gates, gate_refresh_s=gate_refresh_s, capacity_bytes=CARD_CAPACITY_BYTES)
         now = datetime.now(UTC)
         for b in buyers:  # the buyers' cards pay with SPEED too
             hp = self.hosts[b]
