@@ -19,7 +19,6 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +28,19 @@ from hostprocs import Service, cardnet
 from killwindow import PointWindow
 
 from cardnet.applets.authority import ADD_AGENT
-from cardnet.applets.registry import make_applets
 from cardnet.applets.speed import purse as pa
-from cardnet.applets.speed import sam as sa
-from cardnet.applets.trn import RESULT as TRN_RESULT
-from cardnet.applets.trn import SET_AUTHORITY
 from cardnet.bench.procs import HostProc
+from cardnet.bench.ticketnet import make_ticketing
 from cardnet.bench.trnnet import PIN, TrnNet
-from cardnet.card import Card
-from cardnet.card.personalise import personalise
-from cardnet.crypto import pki, profile
-from cardnet.host.local import LocalCard
+from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
-from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer, Journal, PurchaseError, install_key, load
 from cardnet.services.ticketing.buyer import TicketError, _relay, buy_ticket, receive_ticket, server_address
 from cardnet.services.ticketing.sales import Ticket, ticket_oid
 from cardnet.services.wallet import Wallet
-from cardnet.store import SqliteStore, open_store
+from cardnet.store import SqliteStore
 from cardnet.transport import BrokenError, ClosedError
 from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
-from cardnet.wire import Uid
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay", "gus")  # carol's purse stays empty: her bill is never paid
 KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILLs of each process during purchases
@@ -80,50 +70,19 @@ class World:
         return self.broker.address
 
 
-def _service(ca: pki.CertificateAuthority, name: str, now: datetime) -> tuple[profile.PrivateKey, bytes]:
-    key = profile.generate_private_key()
-    cert = ca.issue(pki.Role.SERVICE, Uid(os.urandom(12), 0), key.public_key(), now=now, name=name)
-    return key, pki.cert_to_der(cert)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("ticketing")
-    now = datetime.now(UTC)
     net = TrnNet(tmp, BUYERS)
     for b in BUYERS:  # the buyers' cards pay with SPEED too
         hp = net.hosts[b]
         hp.config.write_text(hp.config.read_text().replace('applets = ["trn"]', 'applets = ["trn", "purse", "speed"]'))
-    ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
-    roots = [pki.cert_to_der(ca.certificate)]
-    # the ticketing server's device: an agent card, its authority set before the server runs
-    card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
-    device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
-    device_cert = card.certificate_der
-    local = LocalCard(card, PIN)
-    assert local.ask(SET_AUTHORITY, TRN_RESULT, authority=net.uids["authority"])["ok"]
-    local.close()
-    (tmp / "device.toml").write_text(
-        f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
-        f'applets = ["trn"]\n\n[routes]\n"{net.uids["authority"].domain.hex()}" = "127.0.0.1:{net.ports["auth"]}"\n'
-    )
-    # SPEED: the broker (served by the test) and the vendor's store, which the ticketing server sells from
-    bkey, bcert = _service(ca, "broker", now)
-    vkey, vcert = _service(ca, "tickets", now)
-    sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
-    personalise(sam_card, ca, pin=PIN, now=now, role=pki.Role.SERVICE, name="sam")
-    sam_card.close()
-    bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
-    sb.init_broker(bstore, bkey, bcert, roots)
-    sb.add_vendor(bstore, "V-1", vcert)
-    for b in BUYERS:
-        sb.add_customer(bstore, f"C-{b}", net.uids[b], sm.Price("EUR", max(100_000, 2_500 * (TRIES + 2))))
-    bstore.close()
+    # the ticketing server's device, the broker's store (and SAM) and the vendor's store
+    made = make_ticketing(net, {b: sm.Price("EUR", max(100_000, 2_500 * (TRIES + 2))) for b in BUYERS}, sam_pin=PIN)
+    device, device_cert, bcert, vcert, roots = (made.device, made.device_cert, made.broker_cert, made.vendor_cert,
+                                                made.roots)  # fmt: skip
     broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
                      str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
-    vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
-    sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
-    vstore.close()
     tickets = HostProc("tickets", tmp, 0, device.domain, ("ticketing", "run", "--json"), {"CARDNET_PIN": PIN})
     seats = ", ".join(f'"{s}"' for s in SEATS)
     tickets.config.write_text(

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import TypeVar
@@ -40,29 +39,20 @@ from cardnet.applets.gate import ADMISSIONS as GATE_ADMISSIONS
 from cardnet.applets.gate import LIST as GATE_LIST
 from cardnet.applets.gate import SETUP as GATE_SETUP
 from cardnet.applets.gate import STATE as GATE_STATE
-from cardnet.applets.registry import make_applets
 from cardnet.applets.speed import purse as pa
-from cardnet.applets.speed import sam as sa
 from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY
-from cardnet.applets.trn import RESULT as TRN_RESULT
 from cardnet.bench.procs import HostProc, free_port, readline, stop_process
+from cardnet.bench.ticketnet import make_ticketing
 from cardnet.bench.trnnet import PIN, TrnNet
-from cardnet.card import Card
-from cardnet.card.personalise import personalise
 from cardnet.cli.main import run
 from cardnet.cli.speed import JOURNAL
-from cardnet.crypto import pki, profile
-from cardnet.host.local import LocalCard
+from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
-from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer, Journal, install_key, load
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
-from cardnet.store import SqliteStore, open_store
 from cardnet.transport.http import HttpServer, Request, Response, Router
 from cardnet.web.wallet import WalletWeb
-from cardnet.wire import Uid
 
 CHROMIUM = "/usr/bin/chromium"
 T = TypeVar("T")
@@ -108,41 +98,13 @@ class World:
     broker_at: str
 
 
-def _service(ca: pki.CertificateAuthority, name: str) -> tuple[profile.PrivateKey, bytes]:
-    key = profile.generate_private_key()
-    cert = ca.issue(pki.Role.SERVICE, Uid(os.urandom(12), 0), key.public_key(), now=datetime.now(UTC), name=name)
-    return key, pki.cert_to_der(cert)
-
-
 def _ticketing(net: TrnNet) -> tuple[HostProc, Service, bytes]:
     """The ticketing server (its device an agent card on its own host inside it) and its SPEED broker, made with
     the libraries; b's account at the broker. The processes are not started."""
-    tmp, now = net.tmp, datetime.now(UTC)
+    tmp = net.tmp
+    made = make_ticketing(net, {"b": sm.Price("EUR", 100_000)}, sam_pin=PIN)
+    device, device_cert, bcert = made.device, made.device_cert, made.broker_cert
     ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
-    roots = [pki.cert_to_der(ca.certificate)]
-    card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
-    device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
-    device_cert = card.certificate_der
-    local = LocalCard(card, PIN)
-    assert local.ask(SET_AUTHORITY, TRN_RESULT, authority=net.uids["authority"])["ok"]
-    local.close()
-    (tmp / "device.toml").write_text(
-        f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
-        f'applets = ["trn"]\n\n[routes]\n"{net.uids["authority"].domain.hex()}" = "127.0.0.1:{net.ports["auth"]}"\n'
-    )
-    bkey, bcert = _service(ca, "broker")
-    vkey, vcert = _service(ca, "tickets")
-    sam_card = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
-    personalise(sam_card, ca, pin=PIN, now=now, role=pki.Role.SERVICE, name="sam")
-    sam_card.close()
-    bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
-    sb.init_broker(bstore, bkey, bcert, roots)
-    sb.add_vendor(bstore, "V-1", vcert)
-    sb.add_customer(bstore, "C-b", net.uids["b"], sm.Price("EUR", 100_000))
-    bstore.close()
-    vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
-    sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
-    vstore.close()
     broker = Service(tmp, "speed", "broker", "run", "--store", str(tmp / "broker.db"), "--sam-store",
                      str(tmp / "sam.db"), "--pin", PIN, "--listen", "127.0.0.1:0")  # fmt: skip
     # ports the OS picks (said on the --json ready line): none can be taken by another test before the server binds

@@ -24,6 +24,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,49 +72,70 @@ def _service(ca: pki.CertificateAuthority, name: str, now: datetime) -> tuple[pr
     return key, pki.cert_to_der(cert)
 
 
+@dataclass(frozen=True)
+class TicketingFiles:
+    """What :func:`make_ticketing` made: the server's device card and the SPEED parties' certificates."""
+
+    device: Uid
+    device_cert: bytes
+    broker_cert: bytes
+    vendor_cert: bytes
+    roots: list[bytes]
+
+
+def make_ticketing(net: TrnNet, credits: dict[str, sm.Price], *, sam_pin: str) -> TicketingFiles:
+    """In ``net.tmp``, under its CA: the ticketing server's device (an agent card in ``device.card.db``, its
+    authority set, and ``device.toml``, the host config the server runs it with), the SPEED broker's store
+    (``broker.db``: vendor ``V-1`` and an account ``C-<name>`` with ``credits[name]`` for each buyer's card) with its
+    SAM card (``sam.db``, PIN ``sam_pin``), and the vendor's store (``tickets.db``), which the server sells from."""
+    tmp, now = net.tmp, datetime.now(UTC)
+    ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
+    roots = [pki.cert_to_der(ca.certificate)]
+    card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
+    device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
+    device_cert = card.certificate_der
+    local = LocalCard(card, PIN)
+    try:
+        if not local.ask(SET_AUTHORITY, TRN_RESULT, authority=net.uids["authority"])["ok"]:
+            raise TrnNetError("refused", "the ticketing device refused trn.set_authority")
+    finally:
+        local.close()
+    (tmp / "device.toml").write_text(
+        f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
+        f'applets = ["trn"]\n\n[routes]\n"{net.uids["authority"].domain.hex()}" = "127.0.0.1:{net.ports["auth"]}"\n'
+    )
+    bkey, broker_cert = _service(ca, "broker", now)
+    vkey, vendor_cert = _service(ca, "tickets", now)
+    sam = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
+    personalise(sam, ca, pin=sam_pin, now=now, role=pki.Role.SERVICE, name="sam")
+    sam.close()
+    bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
+    sb.init_broker(bstore, bkey, broker_cert, roots)
+    sb.add_vendor(bstore, "V-1", vendor_cert)
+    for name, credit in credits.items():
+        sb.add_customer(bstore, f"C-{name}", net.uids[name], credit)
+    bstore.close()
+    vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
+    sv.init_vendor(vstore, vkey, vendor_cert, roots, account="V-1", broker_cert=broker_cert)
+    vstore.close()
+    return TicketingFiles(device, device_cert, broker_cert, vendor_cert, roots)
+
+
 class TicketNet(TrnNet):
     """See the module. ``buyers`` name the buyers' hosts, ``seats`` the event's seats."""
 
     def __init__(self, tmp: Path, buyers: tuple[str, ...], seats: list[str], *, gates: tuple[str, ...] = ("gate",),
                  gate_refresh_s: float = 10.0, transfer_timeout_s: float = 60.0) -> None:  # fmt: skip
         super().__init__(tmp, buyers, gates=gates, gate_refresh_s=gate_refresh_s, capacity_bytes=CARD_CAPACITY_BYTES)
-        now = datetime.now(UTC)
         for b in buyers:  # the buyers' cards pay with SPEED too
             hp = self.hosts[b]
             hp.config.write_text(
                 hp.config.read_text().replace('applets = ["trn"]', 'applets = ["trn", "purse", "speed"]')
             )
-        ca = pki.CertificateAuthority.load(tmp / "ca.cnca")
-        self.roots = [pki.cert_to_der(ca.certificate)]
-        card = Card(SqliteStore(str(tmp / "device.card.db")), applets=make_applets(["trn"]))
-        device = personalise(card, ca, pin=PIN, now=now, role=pki.Role.AGENT, name="tickets")
-        self.device_cert = card.certificate_der
-        local = LocalCard(card, PIN)
-        try:
-            if not local.ask(SET_AUTHORITY, TRN_RESULT, authority=self.uids["authority"])["ok"]:
-                raise TrnNetError("refused", "the ticketing device refused trn.set_authority")
-        finally:
-            local.close()
-        self.uids["device"] = device
-        (tmp / "device.toml").write_text(
-            f'name = "device"\napp_socket = "device.sock"\n\n[[cards]]\nstore = "sqlite:///device.card.db"\n'
-            f'applets = ["trn"]\n\n[routes]\n"{self.uids["authority"].domain.hex()}" = '
-            f'"127.0.0.1:{self.ports["auth"]}"\n'
-        )
-        bkey, self.broker_cert = _service(ca, "broker", now)
-        vkey, self.vendor_cert = _service(ca, "tickets", now)
-        sam = Card(SqliteStore(str(tmp / "sam.db")), applets=[sa.SamApplet()])
-        personalise(sam, ca, pin=SAM_PIN, now=now, role=pki.Role.SERVICE, name="sam")
-        sam.close()
-        bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
-        sb.init_broker(bstore, bkey, self.broker_cert, self.roots)
-        sb.add_vendor(bstore, "V-1", self.vendor_cert)
-        for b in buyers:
-            sb.add_customer(bstore, f"C-{b}", self.uids[b], CREDIT)
-        bstore.close()
-        vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
-        sv.init_vendor(vstore, vkey, self.vendor_cert, self.roots, account="V-1", broker_cert=self.broker_cert)
-        vstore.close()
+        made = make_ticketing(self, {b: CREDIT for b in buyers}, sam_pin=SAM_PIN)
+        self.roots, self.device_cert = made.roots, made.device_cert
+        self.broker_cert, self.vendor_cert = made.broker_cert, made.vendor_cert
+        device = self.uids["device"] = made.device
         http_port, speed_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{http_port}"
         tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
