@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cardnet.cli.gate import event_line
+from cardnet.cli.wallet_gate import refusal
 from cardnet.services.gate import GateEvent
 from cardnet.wire import Uid
 
@@ -29,6 +30,13 @@ def test_each_outcome_says_what_happened_and_why() -> None:
     assert "FLAGGED" in flagged and "branch" in flagged
     assert "REPORTED" in line(kind="report", verdict="admitted_offline", report="traced")
     assert str(HOLDER) in refused and OID.hex() in refused
+    full = line(kind="refused", verdict="refused", reason="out of memory")
+    assert "card is full" in full and "capacity_bytes" in full and "stays with its holder" in full
+
+
+def test_a_holder_turned_away_by_a_full_gate_is_told_what_to_do() -> None:
+    words, hint = refusal("out of memory")
+    assert "full" in words and hint is not None and "stays on your card" in hint
 
 
 def test_json_form_is_plain_text() -> None:

@@ -30,6 +30,8 @@ REFUSAL_WORDS = {
     "forged": "the issuer's signature does not verify (a forged or altered ticket)",
     "untraceable": "an untraceable ticket (the gate reports every admission)",
     "blocked_device": "the presenting device is on the authority's blocklist",
+    "out of memory": "this gate's card is full: give it a larger capacity_bytes in its host config (docs/gate.md: "
+    "about 600 bytes a ticket) and restart the gate",
 }
 
 

@@ -37,6 +37,10 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "your card is on the authority's blocklist",
         "ask the ticket office: a card is blocked when the authority saw a ticket spent twice from it",
     ),
+    "out of memory": (
+        "the gate's card is full and cannot take more tickets",
+        "tell the gate's staff (the gate needs more capacity); your ticket stays on your card",
+    ),
 }
 HINTS = {
     "no_answer": "is the gate running, and does your host have a route to the gate's domain (host.toml, [routes])? "
