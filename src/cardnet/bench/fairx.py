@@ -167,14 +167,28 @@ async def _complete(giver: Wallet, changes: asyncio.Queue[Event], pending: dict[
 
 
 async def _accepting(taker: Wallet, changes: asyncio.Queue[Event]) -> None:
-    """The other owner: accepts every offer as soon as the card tells of it."""
-    while True:
-        e = await changes.get()
-        if e.kind == "offer_received" and e.exchange is not None:
-            await taker.accept(e.exchange.n1)
-        elif e.kind == "missed":
-            for x in await taker.offers():
-                await taker.accept(x.n1)
+    """The other owner: accepts every offer as soon as the card tells of it, without waiting for the answers
+    to earlier accepts (the wallet pipelines its orders: accepts that reach the host together share a commit)."""
+    accepts: set[asyncio.Task[Any]] = set()
+
+    def accept(n1: bytes) -> None:
+        task = asyncio.create_task(taker.accept(n1))
+        accepts.add(task)
+        task.add_done_callback(accepts.discard)
+
+    try:
+        while True:
+            e = await changes.get()
+            if e.kind == "offer_received" and e.exchange is not None:
+                accept(e.exchange.n1)
+            elif e.kind == "missed":
+                for x in await taker.offers():
+                    accept(x.n1)
+            for task in [t for t in accepts if t.done()]:
+                task.result()  # a refused accept fails the round
+    finally:
+        for task in accepts:
+            task.cancel()
 
 
 async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: str, peer: Uid) -> float:
@@ -184,7 +198,7 @@ async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: 
         taker = asyncio.create_task(_accepting(w[other], theirs))
         t0 = time.perf_counter()
         try:
-            offers = [await w[first].offer(give, want, peer) for give, want in pairs]
+            offers = await asyncio.gather(*(w[first].offer(give, want, peer) for give, want in pairs))
             await _complete(w[first], mine, {x.n1: x.want for x in offers})
         finally:
             taker.cancel()

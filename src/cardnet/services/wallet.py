@@ -7,8 +7,11 @@ method sends one order to the card and returns its answer as a value (:class:`Vo
 refusal raises :class:`WalletError` with the card's reason. The card does the protocol; what the library adds
 is waiting (:meth:`Wallet.wait`, driving recovery meanwhile) and events (:meth:`Wallet.events`): the card
 pushes every change of a token or an exchange to the applications watching it (``trn.watch``), so nothing
-polls. One task reads the connection: answers go to the order waiting for them (orders are taken in turn),
-pushed changes to every subscriber.
+polls. One task reads the connection: answers go to the order waiting for them, pushed changes to every
+subscriber. Orders are pipelined: concurrent callers do not wait for each other's answers. The card takes a
+connection's orders in the order they were sent and answers each once (its answer, or ``card.refused``
+naming the order's mtype), so an answer belongs to the oldest order still waiting for that answer's type
+(a refusal: for that mtype); the host steps orders that arrive together in one transaction (one fsync).
 
 Operations and RFC 4154 (VTS-API): docs/wallet-api.md.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +46,19 @@ MOVING = frozenset({"disabled+O", "disabled", "trustless_disabled", "trustless"}
 
 class WalletError(CardnetError):
     """The card refused an order (``reason`` is the card's), or the host could not be reached."""
+
+
+def _no_host(exc: BaseException) -> WalletError:
+    return WalletError("no_host", f"the connection to the host is gone: {exc}")
+
+
+@dataclass(frozen=True)
+class _Order:
+    """An order sent to the card, waiting for its answer (``reply``) or a refusal naming ``mtype``."""
+
+    mtype: int
+    reply: MType
+    answer: asyncio.Future[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -142,8 +159,8 @@ class Wallet:
 
     def __init__(self, app: AppClient) -> None:
         self.app = app
-        self._one_at_a_time = asyncio.Lock()  # a connection answers orders in turn: concurrent callers queue
-        self._answers: asyncio.Queue[Message | BaseException] = asyncio.Queue()
+        self._waiting: deque[_Order] = deque()  # orders sent and not yet answered, oldest first
+        self._gone: BaseException | None = None  # why the connection ended (every later order fails the same way)
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._watching = False
         self._reader: asyncio.Task[None] | None = None
@@ -274,9 +291,7 @@ class Wallet:
 
     async def route(self, domain: bytes) -> dict[str, Any]:
         """What the host knows about reaching ``domain`` (``host.route_is``: where, and a recent failure)."""
-        async with self._one_at_a_time:
-            await self.app.send(Uid(self.app.uid.domain, HOST_PORT), hm.ROUTE, domain=domain)
-            return await self._answer(hm.ROUTE_IS)
+        return await self._order(Uid(self.app.uid.domain, HOST_PORT), hm.ROUTE, hm.ROUTE_IS, {"domain": domain})
 
     async def recover(self) -> None:
         """Resend whatever transfers and exchanges wait for (the host also does it on its timer; no answer)."""
@@ -390,29 +405,47 @@ class Wallet:
         SPEED's customer side, drive the card through this); a refusal raises :class:`WalletError`."""
         return await self._ask(mtype, reply, **fields)
 
-    async def _ask(self, mtype: MType, reply: MType, **fields: Any) -> dict[str, Any]:
-        async with self._one_at_a_time:
-            await self.app.send(self.card, mtype, **fields)
-            got = await self._answer(reply)
+    async def _ask(self, mtype: MType, reply: MType, /, **fields: Any) -> dict[str, Any]:
+        return await self._order(self.card, mtype, reply, fields)
+
+    async def _order(self, dst: Uid, mtype: MType, reply: MType, fields: dict[str, Any]) -> dict[str, Any]:
+        """Send an order to ``dst`` (the card, or the host's port) and wait for its answer."""
+        if self._gone is not None:
+            raise _no_host(self._gone)
+        order = _Order(mtype.code, reply, asyncio.get_running_loop().create_future())
+        self._waiting.append(order)  # before the send: the sends leave in this order (the connection's send lock)
+        try:
+            await self.app.send(dst, mtype, **fields)
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                got = await order.answer
+        finally:
+            if not order.answer.done():
+                order.answer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(order)
         if reply is RESULT and not got.get("ok", True):
             raise WalletError("refused", str(got.get("reason", "refused")))
         return got
 
-    async def _answer(self, reply: MType) -> dict[str, Any]:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            while True:
-                msg = await self._answers.get()
-                if isinstance(msg, BaseException):
-                    self._answers.put_nowait(msg)  # (every later order fails the same way)
-                    raise WalletError("no_host", f"the connection to the host is gone: {msg}")
-                if msg.mtype == cm.REFUSED.code:
-                    p = cm.REFUSED.parse(msg)
-                    raise WalletError(p["reason"], p["detail"] or p["reason"])
-                if msg.mtype == reply.code:
-                    return dict(reply.parse(msg))
+    def _deliver(self, msg: Message) -> None:
+        """An answer to the oldest order waiting for it (see the module); one that no order waits for is dropped."""
+        refused = msg.mtype == cm.REFUSED.code
+        p = cm.REFUSED.parse(msg) if refused else None
+        for order in self._waiting:
+            if order.answer.done() or (order.mtype != p["mtype"] if p is not None else order.reply.code != msg.mtype):
+                continue
+            self._waiting.remove(order)
+            if p is not None:
+                order.answer.set_exception(WalletError(p["reason"], p["detail"] or p["reason"]))
+            else:
+                try:
+                    order.answer.set_result(dict(order.reply.parse(msg)))
+                except CardnetError as exc:
+                    order.answer.set_exception(WalletError("bad_answer", f"the card's answer did not decode: {exc}"))
+            return
 
     async def _read(self) -> None:
-        """The one reader of the connection: pushed changes to the subscribers, everything else to the orders."""
+        """The one reader of the connection: pushed changes to the subscribers, answers to the orders."""
         try:
             while True:
                 msg = await self.app.recv()
@@ -422,11 +455,15 @@ class Wallet:
                     if event is not None:
                         self._publish(event)
                 else:
-                    self._answers.put_nowait(msg)
+                    self._deliver(msg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the host went away (or sent what no order understands): orders fail, not hang
-            self._answers.put_nowait(exc)
+            self._gone = exc
+            while self._waiting:
+                order = self._waiting.popleft()
+                if not order.answer.done():
+                    order.answer.set_exception(_no_host(exc))
 
     def _publish(self, event: Event) -> None:
         for queue in self._subscribers:
