@@ -237,6 +237,22 @@ class TearingStore:
             self.torn = True
             raise Torn("io", f"card {self.label} torn after commit")
 
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """The inner store's group; torn (before or after its one commit) as a transaction is. A transaction torn
+        inside the group loses the whole group: nothing of it was committed."""
+        if self.torn:
+            raise Torn("io", f"card {self.label} is without power until reopened")
+        when = self.world.draw_tear(self.label) if self.armed else None
+        with self.inner.group():
+            yield
+            if self.torn or when == "before":
+                self.torn = True
+                raise Torn("io", f"card {self.label} torn before commit")
+        if when == "after":
+            self.torn = True
+            raise Torn("io", f"card {self.label} torn after commit")
+
     def close(self) -> None:
         """A card closing its store does not destroy the simulated EEPROM."""
 

@@ -17,6 +17,12 @@ checks both.
   (``synchronous=FULL`` for SQLite) before ``transaction()`` exits.
 * ``Txn.savepoint()`` nests a sub-transaction that can fail alone, which
   group commit uses to step several messages in one transaction.
+* ``group()`` is group commit across code that opens transactions of its
+  own: inside it, every ``transaction()`` and ``write()`` of this thread is a
+  savepoint (all or nothing on its own) of one transaction that commits, once
+  and durably, at the end of the block (or rolls back whole if the block
+  raises). Other threads wait for the group's end. The SPEED vendor and broker
+  answer every request waiting at once inside one group.
 """
 
 from __future__ import annotations
@@ -79,6 +85,11 @@ class Store(Protocol):
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """One transaction that puts and deletes these rows of ``table`` (the card's hot path)."""
+        ...
+
+    def group(self) -> AbstractContextManager[None]:
+        """Group commit: one transaction, committed durably once at the end, for everything this thread does in
+        the block; each ``transaction()`` / ``write()`` inside is a savepoint of it. Groups do not nest."""
         ...
 
     def close(self) -> None: ...

@@ -8,4 +8,4 @@ from cardnet.errors import CardnetError
 class StoreError(CardnetError):
     """A store could not be opened, migrated or written; ``reason`` says why
     (``bad_url``, ``unsupported``, ``newer_schema``, ``io``, ``closed``, ``busy``, ``in_use``,
-    ``missing``, ``empty``, ``foreign``, ``unknown_version``, ``damaged``)."""
+    ``missing``, ``empty``, ``foreign``, ``unknown_version``, ``damaged``, ``nested``)."""

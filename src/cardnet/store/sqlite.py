@@ -5,6 +5,12 @@ URL says ``?durable=0`` (then ``NORMAL``: a crash may lose the last
 transactions but never tears one). Writers take ``BEGIN IMMEDIATE``. The
 schema is versioned by ``PRAGMA user_version`` and migrated forward on open;
 a file written by a newer cardnet is refused rather than guessed at.
+
+Group commit (:meth:`SqliteStore.group`): one ``BEGIN IMMEDIATE`` for a whole
+block of one thread; every ``transaction()`` and ``write()`` of that thread
+inside it is a SAVEPOINT (all or nothing on its own) and the block's end is
+the one COMMIT (one fsync). The group holds the store's lock: other threads
+wait for its end.
 """
 
 from __future__ import annotations
@@ -194,6 +200,9 @@ class SqliteStore:
         self.url = url or f"sqlite:///{path}"
         self._lock = threading.RLock()
         self._closed = False
+        self._in_group = False  # a group() is open (on the thread that holds _lock: others wait for it)
+        self._group_lost = False  # SQLite rolled the group's transaction back under it: its end must fail
+        self._group_depth = 0  # savepoints open inside the group
         if path != ":memory:":
             parent = Path(path).parent
             if not parent.is_dir():
@@ -266,8 +275,91 @@ class SqliteStore:
         return self._c
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """One durable transaction for everything this thread does in the block (group commit).
+
+        Holds the store's lock for the whole block (other threads' transactions wait for its end).
+        Each ``transaction()`` and ``write()`` inside is a SAVEPOINT of the group: released when it
+        succeeds, rolled back alone when its block raises. The end of the block commits once (one
+        fsync with ``synchronous=FULL``): nothing of the group is durable, or visible to another
+        connection, before that. If the block raises, everything of the group is rolled back and
+        the exception propagates; a failed COMMIT rolls everything back and raises
+        ``StoreError("io")``. A group inside a group is refused (``nested``).
+        """
+        with self._lock:
+            if self._in_group:
+                raise StoreError(
+                    "nested",
+                    f"a group is open on {self.url} already: groups do not nest (open one per batch of work)",
+                )
+            c = self._begin()
+            self._in_group, self._group_lost, self._group_depth = True, False, 0
+            try:
+                try:
+                    yield
+                except BaseException:
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                    raise
+                if self._group_lost:
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                    raise StoreError("io", f"group commit failed on {self.url}: its transaction was lost")
+                try:
+                    c.execute("COMMIT")
+                except sqlite3.DatabaseError as exc:
+                    if c.in_transaction:
+                        c.execute("ROLLBACK")
+                    raise StoreError("io", f"group commit failed on {self.url}: {exc}") from None
+            finally:
+                self._in_group = False
+
+    @contextmanager
+    def _grouped(self) -> Iterator[sqlite3.Connection]:
+        """A SAVEPOINT of the open group (call with the lock held, inside ``group()``): released when the
+        block returns, rolled back (and released) when it raises, whose exception then propagates."""
+        c = self._c
+        if self._closed:
+            raise StoreError("closed", f"store {self.url} is closed")
+        self._group_depth += 1
+        name = f"g{self._group_depth}"
+        try:
+            self._in_group_exec(c, f"SAVEPOINT {name}")
+            try:
+                yield c
+            except BaseException:
+                try:
+                    if c.in_transaction:
+                        c.execute(f"ROLLBACK TO {name}")
+                        c.execute(f"RELEASE {name}")
+                    else:
+                        self._group_lost = True
+                except sqlite3.DatabaseError:
+                    self._group_lost = True
+                raise
+            self._in_group_exec(c, f"RELEASE {name}")
+        finally:
+            self._group_depth -= 1
+
+    def _in_group_exec(self, c: sqlite3.Connection, sql: str) -> None:
+        """``sql`` (a savepoint's start or release) inside the group's transaction; a failure, or a transaction
+        SQLite already rolled back (e.g. a full disk), fails the whole group (``io``)."""
+        if self._group_lost or not c.in_transaction:
+            self._group_lost = True  # a SAVEPOINT outside it would begin (and commit) a transaction of its own
+            raise StoreError("io", f"the group's transaction on {self.url} was lost: the whole group fails")
+        try:
+            c.execute(sql)
+        except sqlite3.DatabaseError as exc:
+            self._group_lost = True
+            raise StoreError("io", f"transaction failed on {self.url}: {exc}") from None
+
+    @contextmanager
     def transaction(self) -> Iterator[SqliteTxn]:
         with self._lock:
+            if self._in_group:
+                with self._grouped() as gc:
+                    yield SqliteTxn(gc)
+                return
             c = self._begin()
             try:
                 yield SqliteTxn(c)
@@ -284,6 +376,15 @@ class SqliteStore:
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """``transaction()`` with puts then deletes, without the context-manager machinery (hot path)."""
         with self._lock:
+            if self._in_group:
+                try:
+                    with self._grouped() as gc:
+                        txn = SqliteTxn(gc)
+                        txn.put_many(table, puts)
+                        txn.delete_many(table, deletes)
+                except sqlite3.DatabaseError as exc:
+                    raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+                return
             if not deletes and 0 < len(puts) <= _MULTI_ROWS:
                 self._write_one_statement(table, puts)
                 return
