@@ -6,12 +6,13 @@ and wallet hosts a and b over TCP on 127.0.0.1, every card in its own durable SQ
 
 Figures (all measured in one run):
 
-* ``exchanges_per_s``: ``in_flight`` exchanges at once, each a voucher of one wallet for one of the other's,
-  through the wallet library: the initiator offers, the other owner accepts as soon as the offer is listed.
-  An exchange is *complete* when both cards' records say ``done`` and both vouchers are enabled on their new
-  cards (traced by the authority). Rounds alternate the initiator. Rate = exchanges completed / the round's time.
-* ``p50_ms``, ``p99_ms``: one exchange at a time on an otherwise idle system, offer to complete (the accept
-  follows the offer as soon as the other wallet lists it).
+* ``exchanges_per_s``: a closed loop of ``in_flight`` exchanges always under way, each a voucher of one wallet for
+  one of the other's, through the wallet library: the initiator offers, the other owner accepts as soon as its
+  card tells of the offer; each pair of vouchers is exchanged again (the initiator alternating) as soon as its
+  last exchange completed. An exchange is *complete* when both cards' records say ``done`` and both vouchers are
+  enabled on their new cards (traced by the authority). Rate = completions per second in each of ``rounds``
+  one-second windows after a warm-up second; the median.
+* ``p50_ms``, ``p99_ms``: the same loop with one exchange at a time (an otherwise idle system), offer to complete.
 * ``crypto_bound_exchanges_per_s``: the CPU time of every signature, verification, certificate check, HPKE seal
   and open and record seal and open that one exchange needs, counted by running one exchange in this process on
   in-process cards and timed here, spread over the machine's cores.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import tempfile
@@ -47,11 +49,13 @@ from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.errors import CardnetError
 from cardnet.host import Host
+from cardnet.protocols import fairx as fx
 from cardnet.services.wallet import Event, Wallet
 from cardnet.store import SqliteStore
 from cardnet.wire import MType, Uid
 
 PAPER_EXCHANGE_MS = 1788
+WINDOW_S = 1.0  # one measurement window of the closed loop
 CAPACITY_BYTES = DEFAULT_CAPACITY_BYTES  # the hosts' default: a wallet keeps its 16 latest finished exchanges
 PIN = "1357"
 Progress = Callable[[str], None]
@@ -143,68 +147,113 @@ def _n1(app: Any) -> bytes:
 # -- exchanges between host processes --------------------------------------------------------------------------
 
 
-async def _complete(giver: Wallet, changes: asyncio.Queue[Event], pending: dict[bytes, bytes]) -> None:
-    """Until every exchange of ``pending`` (n1 -> the voucher got) is done on the initiator ``giver`` and the
-    voucher got is enabled there, as the card pushes its changes (nothing polls)."""
-    done: set[bytes] = set()
-    arrived: set[bytes] = set()
-    while pending:
-        e = await changes.get()
-        if e.kind == "missed":  # (read too slowly: resync from the lists)
-            done |= {x.n1 for x in await giver.exchanges() if x.swapped}
-            arrived |= {v.oid for v in await giver.vouchers() if v.status == "enabled"}
-        elif e.exchange is not None and e.exchange.n1 in pending:
-            if e.exchange.swapped:
-                done.add(e.exchange.n1)
-            elif e.exchange.finished:
-                x = e.exchange
-                raise BenchError("failed", f"exchange {x.n1.hex()} ended without a swap ({x.phase}: {x.why})")
-        elif e.kind == "token_arrived" and e.voucher is not None:
-            arrived.add(e.voucher.oid)
-        for n1, gets in list(pending.items()):
-            if n1 in done and gets in arrived:
-                del pending[n1]
+class _Seen:
+    """What each wallet's card pushed: exchanges swapped (by n1) and vouchers that became usable (by oid)."""
+
+    def __init__(self) -> None:
+        self.swapped: dict[str, set[bytes]] = {"a": set(), "b": set()}
+        self.usable: dict[str, set[bytes]] = {"a": set(), "b": set()}
+        self.changed = asyncio.Condition()
 
 
-async def _accepting(taker: Wallet, changes: asyncio.Queue[Event]) -> None:
-    """The other owner: accepts every offer as soon as the card tells of it, without waiting for the answers
-    to earlier accepts (the wallet pipelines its orders: accepts that reach the host together share a commit)."""
+async def _watch(name: str, wallet: Wallet, changes: asyncio.Queue[Event], seen: _Seen) -> None:
+    """One wallet's events into ``seen``; every offer accepted at once (its owner always agrees), without waiting
+    for the answers to earlier accepts (the wallet pipelines its orders)."""
     accepts: set[asyncio.Task[Any]] = set()
 
     def accept(n1: bytes) -> None:
-        task = asyncio.create_task(taker.accept(n1))
+        task = asyncio.create_task(wallet.accept(n1))
         accepts.add(task)
         task.add_done_callback(accepts.discard)
 
     try:
         while True:
             e = await changes.get()
-            if e.kind == "offer_received" and e.exchange is not None:
+            if e.kind == "missed":  # (read too slowly: resync from the lists)
+                for x in await wallet.exchanges():
+                    if x.swapped:
+                        seen.swapped[name].add(x.n1)
+                    elif x.role == fx.RESPONDER and x.phase == fx.Phase.PROPOSED.value:
+                        accept(x.n1)
+                seen.usable[name] |= {v.oid for v in await wallet.vouchers() if v.status == "enabled"}
+            elif e.kind == "offer_received" and e.exchange is not None:
                 accept(e.exchange.n1)
-            elif e.kind == "missed":
-                for x in await taker.offers():
-                    accept(x.n1)
+            elif e.exchange is not None and e.exchange.swapped:
+                seen.swapped[name].add(e.exchange.n1)
+            elif e.exchange is not None and e.exchange.finished:
+                x = e.exchange
+                raise BenchError("failed", f"exchange {x.n1.hex()} ended without a swap ({x.phase}: {x.why})")
+            elif e.kind == "token_arrived" and e.voucher is not None:
+                seen.usable[name].add(e.voucher.oid)
             for task in [t for t in accepts if t.done()]:
-                task.result()  # a refused accept fails the round
+                task.result()  # a refused accept fails the run
+            async with seen.changed:
+                seen.changed.notify_all()
     finally:
         for task in accepts:
             task.cancel()
 
 
-async def _round(w: dict[str, Wallet], pairs: list[tuple[bytes, bytes]], first: str, peer: Uid) -> float:
-    """Every pair (``first``'s voucher, the other's) exchanged at once; exchanges per second."""
-    other = "b" if first == "a" else "a"
-    async with w[first].subscription() as mine, w[other].subscription() as theirs:
-        taker = asyncio.create_task(_accepting(w[other], theirs))
-        t0 = time.perf_counter()
+def _complete(seen: _Seen, n1: bytes, first: str, other: str, give: bytes, want: bytes) -> bool:
+    return (n1 in seen.swapped[first] and n1 in seen.swapped[other]
+            and want in seen.usable[first] and give in seen.usable[other])  # fmt: skip
+
+
+async def _flow(w: dict[str, Wallet], uid: dict[str, Uid], pairs: list[tuple[bytes, bytes]], *, seconds: float = 0.0,
+                cycles: int = 0) -> list[tuple[float, float]]:  # fmt: skip
+    """Closed loop: ``len(pairs)`` exchanges always under way, each pair (a's voucher, b's) exchanged again as
+    soon as its last exchange completed, the initiator alternating, for ``seconds`` (or ``cycles`` exchanges of
+    each pair); every exchange's (offer, complete) times. ``pairs`` is updated as vouchers change hands.
+
+    An exchange is complete when both cards' records say it swapped and both vouchers are usable (enabled,
+    traced) on their new cards, as the cards push their changes (nothing polls). The exchanges under way are at
+    different steps at once, so the hosts work in parallel, as a busy system's would (exchanges that all start
+    together would move in lockstep, one host at a time)."""
+    seen = _Seen()
+    times: list[tuple[float, float]] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def cycle(i: int) -> None:
+        held = {"a": pairs[i][0], "b": pairs[i][1]}
+        first, other = "a", "b"
+        n = 0
+        while (n < cycles) if cycles else (time.perf_counter() < stop_at):
+            give, want = held[first], held[other]
+            seen.usable[first].discard(want)  # (markers of an earlier cycle: this one's arrivals are new)
+            seen.usable[other].discard(give)
+            t0 = time.perf_counter()
+            x = await w[first].offer(give, want, uid[other])
+            async with seen.changed:
+                await seen.changed.wait_for(functools.partial(_complete, seen, x.n1, first, other, give, want))
+            times.append((t0, time.perf_counter()))
+            held[first], held[other] = want, give
+            pairs[i] = (held["a"], held["b"])  # (who holds what now, for the caller's next flow)
+            first, other = other, first
+            n += 1
+
+    async with w["a"].subscription() as qa, w["b"].subscription() as qb:
+        watchers = [asyncio.create_task(_watch("a", w["a"], qa, seen)),
+                    asyncio.create_task(_watch("b", w["b"], qb, seen))]  # fmt: skip
         try:
-            offers = await asyncio.gather(*(w[first].offer(give, want, peer) for give, want in pairs))
-            await _complete(w[first], mine, {x.n1: x.want for x in offers})
+            cycles_done: asyncio.Future[list[None]] = asyncio.gather(*(cycle(i) for i in range(len(pairs))))
+            waiting: set[asyncio.Future[Any]] = {cycles_done, *watchers}
+            while not cycles_done.done():
+                finished, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()  # a watcher's failure (an exchange ended without a swap) ends the run
         finally:
-            taker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await taker
-        return len(pairs) / (time.perf_counter() - t0)
+            for task in watchers:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BenchError):
+                await asyncio.gather(*watchers)
+    return times
+
+
+def _rates(times: list[tuple[float, float]], start: float, windows: int, window_s: float) -> list[float]:
+    """Completions per second in each of ``windows`` consecutive windows from ``start``."""
+    ends = [end for _, end in times]
+    return [sum(1 for t in ends if start + i * window_s <= t < start + (i + 1) * window_s) / window_s
+            for i in range(windows)]  # fmt: skip
 
 
 async def _run(tmp: Path, in_flight: int, rounds: int, samples_idle: int, progress: Progress) -> dict[str, Any]:
@@ -228,26 +277,18 @@ async def _run(tmp: Path, in_flight: int, rounds: int, samples_idle: int, progre
         for name in ("a", "b"):
             w[name] = await Wallet.open(net.host_of(name).socket, pin=PIN, card=net.uids[name].domain)
             await w[name].set_ttp(net.uids["ttp"])
-        uid = {"a": net.uids["b"], "b": net.uids["a"]}
+        cards = {"a": net.uids["a"], "b": net.uids["b"]}
+        pairs = list(zip(mine["a"], mine["b"], strict=True))
         progress("warming up (opens the sessions)")
-        await _round(w, [(mine["a"][0], mine["b"][0])], "a", uid["a"])
-        mine["a"][0], mine["b"][0] = mine["b"][0], mine["a"][0]
-        latencies = []
-        for i in range(samples_idle):
-            progress(f"idle exchange {i + 1}/{samples_idle}")
-            first = "a" if i % 2 == 0 else "b"
-            other = "b" if first == "a" else "a"
-            t0 = time.perf_counter()
-            await _round(w, [(mine[first][0], mine[other][0])], first, uid[first])
-            latencies.append(1e3 * (time.perf_counter() - t0))
-            mine[first][0], mine[other][0] = mine[other][0], mine[first][0]
-        rates_live = []
-        for r in range(rounds):
-            first = "a" if r % 2 == 0 else "b"
-            other = "b" if first == "a" else "a"
-            progress(f"round {r + 1}/{rounds}: {in_flight} exchanges at once")
-            rates_live.append(await _round(w, list(zip(mine[first], mine[other], strict=True)), first, uid[first]))
-            mine[first], mine[other] = mine[other], mine[first]
+        await _flow(w, cards, pairs[:1], cycles=2)
+        progress(f"{samples_idle} exchanges one at a time (idle)")
+        one = pairs[:1]
+        latencies = [1e3 * (end - start) for start, end in await _flow(w, cards, one, cycles=samples_idle)]
+        pairs[0] = one[0]
+        progress(f"{in_flight} exchanges always under way: a warm-up second, then {rounds} windows of {WINDOW_S} s")
+        t0 = time.perf_counter()
+        times = await _flow(w, cards, pairs, seconds=(rounds + 1) * WINDOW_S)
+        rates_live = _rates(times, t0 + WINDOW_S, rounds, WINDOW_S)
     except TimeoutError:
         raise BenchError("failed", f"an exchange did not end; logs:\n{net.logs()}") from None
     finally:

@@ -170,7 +170,7 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
 @bench.command("fairx")
 @AS_JSON
 @click.option("--in-flight", "in_flight", type=int, default=16, show_default=True, help="Exchanges at once.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds of in-flight exchanges (median).")
+@click.option("--rounds", type=int, default=3, show_default=True, help="One-second windows measured (median).")
 @click.option("--idle", type=int, default=20, show_default=True, help="Single exchanges timed on an idle system.")
 def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
     """Fair exchanges between wallet host processes: exchanges_per_s and p50/p99 vs the crypto and serial bounds."""
@@ -182,7 +182,7 @@ def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
     if r is None:
         return
     rows: list[Row] = [
-        ("exchanges_per_s", f"{r['exchanges_per_s']:,}", f"complete exchanges a <-> b, {in_flight} at once"),
+        ("exchanges_per_s", f"{r['exchanges_per_s']:,}", f"complete exchanges a <-> b, {in_flight} always under way"),
         ("p50_ms / p99_ms", f"{r['p50_ms']} / {r['p99_ms']}", "one exchange on an idle system, offer to complete"),
         (
             "crypto_bound_exchanges_per_s",
