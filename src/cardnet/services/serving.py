@@ -1,43 +1,170 @@
-"""A service core over TCP, one request at a time: the shape the SPEED vendor and broker share.
+"""A service core over TCP with group commit: the shape the SPEED vendor and broker share.
 
-Each connection's requests are read in turn; a request is answered by ``answer(msg)`` (the core's decision,
-which may write its store durably) in a worker thread, under one lock for the whole service, so the core sees
-one request at a time whatever the number of connections. The frames it returns are sent in order, after it
-returned: nothing leaves before the core's write has committed.
+Theory of operation
+-------------------
+Each connection reads its requests in turn: a request is queued, and the connection waits for its answer
+before it reads the next one. A batcher takes every request waiting at that moment, from all connections (at
+most :data:`MAX_GROUP`), and answers them one after another, in arrival order, in one worker-thread call,
+inside one ``group()`` of the core's store (:meth:`~cardnet.store.sqlite.SqliteStore.group`): each request's
+transactions are savepoints of one transaction that commits once, with one fsync for the whole group. Only
+after that commit are the answers handed back, and each connection sends its request's frames, in order.
+So nothing leaves before the write that decided it is durable, as when every request committed alone, and
+the core still sees one request at a time (one thread, one after another): its in-memory state needs no lock.
+
+* A request whose ``answer`` raises does not take the others down: its transactions rolled back alone
+  (savepoints), and its exception goes to its own connection, which fails as it would have alone (the TCP
+  server logs it and closes that connection).
+* If the group's commit fails, nothing of it was kept: every request of the group gets the error, and no
+  frame of any of them is sent.
+* :attr:`GroupCommitServer.lock` is held while a group runs; subclasses take it for core calls of their own
+  (the broker's settlement), which then never run inside or beside a group.
+* :meth:`GroupCommitServer.call` lets the service's owner run other store work in the next group (the
+  ticketing server's pages and receipts): its result comes back after that group's commit.
+
+With one customer at a time a group holds one request, and the cost is one thread hand-off as before; with
+many, the fsync (and the hand-off) is shared by everything that waited while the last group ran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
 from cardnet.wire import Message
 
+log = logging.getLogger("cardnet.services.serving")
 
-class SerialServer:
-    """``answer`` served over TCP, one request at a time (see the module)."""
+T = TypeVar("T")
+MAX_GROUP = 64  # requests answered in one group (one transaction, one fsync)
+MAX_WAITING = 1024  # requests queued for the next groups (a connection queues one at a time)
+
+Group = Callable[[], AbstractContextManager[None]]
+"""``store.group``: one transaction, committed once at the end of the block, for everything done inside."""
+
+_Work = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+
+
+class GroupCommitServer:
+    """``answer`` served over TCP, requests waiting at once answered in one group commit (see the module)."""
 
     def __init__(
-        self, answer: Callable[[Message], list[Message]], *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS
+        self,
+        answer: Callable[[Message], list[Message]],
+        *,
+        group: Group,
+        server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+        max_group: int = MAX_GROUP,
     ) -> None:
+        if max_group < 1:
+            raise ValueError(f"max_group is at least 1, got {max_group}")
         self._answer = answer
+        self._group = group
+        self._max_group = max_group
         self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
-        self.lock = asyncio.Lock()  # held while the core works (subclasses take it for their own core calls)
+        self._waiting: asyncio.Queue[_Work] = asyncio.Queue(maxsize=MAX_WAITING)
+        self._batcher: asyncio.Task[None] | None = None
+        self._taken: list[_Work] = []  # what the batcher took from the queue for the group it forms or runs
+        self.lock = asyncio.Lock()  # held while a group runs (subclasses take it for their own core calls)
+        self.groups = 0  # groups committed
+        self.grouped = 0  # requests (and calls) answered in them
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        await self._server.start(host, port, self._serve)
+        if self._batcher is None:
+            self._batcher = asyncio.get_running_loop().create_task(self._batching())
+        try:
+            await self._server.start(host, port, self._serve)
+        except BaseException:
+            await self.aclose()
+            raise
         return self._server.address
 
     async def aclose(self) -> None:
         await self._server.aclose()
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+            self._batcher = None
+        left = self._taken
+        while not self._waiting.empty():
+            left.append(self._waiting.get_nowait())
+        for _, fut in left:  # taken or queued, and not run: they will not run now
+            if not fut.done():
+                fut.set_exception(ClosedError("the service closed before this request was answered; try again"))
+        self._taken = []
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the worker thread inside the next group; its result (or exception) once that group
+        has committed."""
+        if self._batcher is None:
+            raise ClosedError("the service is not running: start() it first")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._waiting.put((functools.partial(fn, *args), fut))
+        return await fut  # type: ignore[no-any-return]
 
     async def _serve(self, conn: TcpConnection) -> None:
         with contextlib.suppress(BrokenError, ClosedError):
             while True:
                 msg = await conn.recv()
-                async with self.lock:
-                    frames = await asyncio.to_thread(self._answer, msg)
-                for frame in frames:
-                    await conn.send(frame)
+                frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
+                await conn.send_many(frames)  # frames of one request: in order, after its group committed
+
+    async def _batching(self) -> None:
+        """Take what waits (up to ``max_group``), answer it in one group under the lock, hand the results back."""
+        q = self._waiting
+        loop = asyncio.get_running_loop()
+        while True:
+            work = self._taken = [await q.get()]
+            async with self.lock:  # what arrives while the lock is busy (a group, settlement) joins this group
+                while len(work) < self._max_group and not q.empty():
+                    work.append(q.get_nowait())
+                work[:] = [(fn, fut) for fn, fut in work if not fut.done()]  # callers that went away
+                if not work:
+                    continue
+                running = loop.run_in_executor(None, self._run_group, [fn for fn, _ in work])
+                try:
+                    results = await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    # closing: let the group finish (its commit) before the store may be closed under it
+                    with contextlib.suppress(Exception):
+                        self._deliver(work, await running)
+                    raise
+                except Exception as exc:  # the group's commit failed: nothing of it was kept, nothing is sent
+                    log.error("a group of %d request(s) failed to commit: %s", len(work), exc)
+                    for _, fut in work:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+            self._deliver(work, results)
+            # let the connections write these answers before the next group's thread competes for the interpreter
+            await asyncio.sleep(0)
+
+    def _deliver(self, work: list[_Work], results: list[tuple[bool, Any]]) -> None:
+        """Hand a committed group's results to their callers."""
+        self.groups += 1
+        self.grouped += len(work)
+        for (_, fut), (ok, value) in zip(work, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _run_group(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """In the worker thread: each of ``fns`` in turn inside one group; (True, result) or (False, exception)
+        for each. Raises when the group's commit fails."""
+        out: list[tuple[bool, Any]] = []
+        with self._group():
+            for fn in fns:
+                try:
+                    out.append((True, fn()))
+                except Exception as exc:  # its own savepoints rolled back; the others go on
+                    out.append((False, exc))
+        return out

@@ -24,6 +24,26 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
 A crash between the SAM's step and the broker's transaction leaves the SAM ahead: the customer's retry (the
 same S1 or S3: the card keeps them) gets the SAM's same answer and the broker catches up; :meth:`settle`
 credits whatever the SAM logged that the register does not show paid.
+
+Group commit (:class:`BrokerServer`, :mod:`cardnet.services.serving`) moves the broker's commit, not the SAM's.
+The SAM is a card with its own store: each of its steps is durable when ``sam.ask`` returns. The broker's own
+records (a paid order, the vendor's credit, a load's account debit) are savepoints of the transaction of the
+group of requests being answered, durable at the end of that group, after the SAM's steps of every request of
+the group. So the window above lasts a group instead of one request, and may hold several payments at once.
+The argument holds for each PaymentOrderID as it did:
+
+1. nothing of a group is sent before it commits, so a customer whose paid record (or load) was lost with its
+   group holds no receipt (or L2) from it, and retries;
+2. the retry (recovery sends the payment order again: the card gives the same order and S1) meets the SAM
+   ahead, as after a crash: the same S1 gets the same S2 and the same S3 is not logged twice (the same L1 gets
+   the same L2), or :meth:`settle` credited the vendor first (``sb.settled``) and :meth:`_paid` credits nothing;
+3. settlement runs under the server's lock, never inside or beside a group, so it reads committed records
+   only (a group not committed then is one that failed: its SAM-logged debits are settled once, as a crash's).
+
+A failed group commit with the process alive has popped its S3s' orders from ``_authorised``: an S3 sent again
+alone gets ``no_order``; recovery sends the payment order again, and 2 applies. Requests of one group see each
+other's records (a duplicate S3 or a ``speed.resend`` answered from a paid record not yet committed): their
+answers leave with the group's commit, or none does.
 """
 
 from __future__ import annotations
@@ -46,7 +66,7 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
-from cardnet.services.serving import SerialServer
+from cardnet.services.serving import MAX_GROUP, GroupCommitServer
 from cardnet.services.speed.stored import Identity, get, save_identity, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
@@ -451,12 +471,18 @@ def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:
         {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(bal.items())]}))  # fmt: skip
 
 
-class BrokerServer(SerialServer):
-    """:class:`BrokerCore` over TCP: one request at a time, and settlement (see :meth:`BrokerCore.settle`) when it
-    starts and every :data:`SETTLE_EVERY_S` seconds."""
+class BrokerServer(GroupCommitServer):
+    """:class:`BrokerCore` over TCP with group commit (:mod:`cardnet.services.serving`: the requests waiting at once
+    answered one after another in one transaction of the broker's store, nothing sent before it committed), and
+    settlement (see :meth:`BrokerCore.settle`) when it starts and every :data:`SETTLE_EVERY_S` seconds, under
+    :attr:`lock` (never beside a group)."""
 
-    def __init__(self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
-        super().__init__(lambda msg: [core.handle(msg)], server_limits=server_limits)
+    def __init__(
+        self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
+    ) -> None:
+        super().__init__(
+            lambda msg: [core.handle(msg)], group=core.store.group, server_limits=server_limits, max_group=max_group
+        )
         self.core = core
         self._settler: asyncio.Task[None] | None = None
 

@@ -23,6 +23,11 @@ certificate and the catalogue (each entry signed: product id, list price, floor,
   once with the bill sealed to the customer's card.
 
 The sale (K, RecKey, price) is kept so the vendor can open the broker's receipts (:meth:`take_receipt`).
+
+:class:`VendorServer` answers the requests waiting at once in one transaction of the store (group commit,
+:mod:`cardnet.services.serving`): a delivery's record is a savepoint of it, seen by the later requests of the
+group (a replayed Handshake in the same group gets no second delivery) and durable when the group commits,
+before any frame of the delivery leaves. A vendor killed before that commit delivered nothing of the group.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNegotiation
-from cardnet.services.serving import SerialServer
+from cardnet.services.serving import MAX_GROUP, GroupCommitServer
 from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
 from cardnet.store import Store, Txn
 from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
@@ -127,7 +132,8 @@ class _Open:
 
 
 class VendorCore:
-    """The vendor's decisions over its store (see the module). Not thread-safe: one request at a time."""
+    """The vendor's decisions over its store (see the module). Not thread-safe: one request at a time (the server
+    answers a group's requests one after another in one thread)."""
 
     def __init__(
         self,
@@ -335,9 +341,13 @@ def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[
     return sm.decode(sm.RECEIPT, sm.signed(raw, "receipt", cert_der=broker_cert).content, "receipt")
 
 
-class VendorServer(SerialServer):
-    """:class:`VendorCore` over TCP: one request at a time per vendor, frames sent once made."""
+class VendorServer(GroupCommitServer):
+    """:class:`VendorCore` over TCP with group commit (:mod:`cardnet.services.serving`): the requests waiting at
+    once are answered one after another in one transaction of the vendor's store (each delivery's record a
+    savepoint of it), and every frame of an answer leaves only after that transaction committed."""
 
-    def __init__(self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
-        super().__init__(core.frames, server_limits=server_limits)
+    def __init__(
+        self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
+    ) -> None:
+        super().__init__(core.frames, group=core.store.group, server_limits=server_limits, max_group=max_group)
         self.core = core
