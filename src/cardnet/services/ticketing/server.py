@@ -15,8 +15,10 @@ Theory of operation. One process runs four things on one event loop:
   ``Upgrade: TRN`` and hands the connection to the device's host (:meth:`HostServer.carry`) as the route to
   the buyer's card: the device's transfer runs over it, relayed by the buyer's program to its own host.
 
-The store is used only in worker threads under the vendor's lock, one call at a time, like the vendor's own
-requests. See docs/ticketing.md.
+The store is used only inside the vendor's group commits (:meth:`~cardnet.services.serving.GroupCommitServer.call`):
+a page's read or a receipt's record runs in the vendor's worker thread, one call at a time between the vendor's
+own requests, in the same transaction as the other work waiting with it, and its result comes back once that
+transaction has committed. See docs/ticketing.md.
 """
 
 from __future__ import annotations
@@ -171,10 +173,10 @@ class TicketingServer:
 
     # -- helpers ----------------------------------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker thread under the vendor's lock (the store's one user at a time)."""
+        """``fn(*args)`` in the vendor's next group commit (the store's one user, one call at a time); its result
+        once that group has committed."""
         assert self.vendor is not None
-        async with self.vendor.lock:
-            return await asyncio.to_thread(fn, *args)
+        return await self.vendor.call(fn, *args)
 
     def _event(self, request: Request) -> Event:
         event = self.config.event(request.params["event"])
