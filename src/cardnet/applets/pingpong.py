@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from cardnet.card import Applet, StepContext
@@ -61,6 +62,9 @@ def _b(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
+_RUN = struct.Struct(">QQQ")  # a ping run's state, one record: pings sent, pongs received, pings to send in all
+
+
 class PingPongApplet(Applet):
     name = "pingpong"
     handles = (PING_START, PING, PONG, BLAST, STREAM)
@@ -70,22 +74,22 @@ class PingPongApplet(Applet):
         if code == PING.code:
             ctx.reply(PONG, i=params["i"])
         elif code == PONG.code:
-            received = _int(ctx.get(b"received")) + 1
-            sent = _int(ctx.get(b"sent"))
-            total = _int(ctx.get(b"total"))
-            ctx.put(b"received", _b(received))
+            raw = ctx.get(b"run")
+            if raw is None:
+                return  # a pong of no run (a late duplicate): nothing to count
+            sent, received, total = _RUN.unpack(raw)
+            received += 1
             if sent < total:
-                ctx.put(b"sent", _b(sent + 1))
                 ctx.emit(PING, msg.src, i=sent)
+                sent += 1
+            ctx.put(b"run", _RUN.pack(sent, received, total))
             if received == total:
                 notify = ctx.get(b"notify")
                 assert notify is not None
                 ctx.emit(PING_DONE, Uid.from_bytes(notify), count=received)
         elif code == PING_START.code:
             window = min(params["window"], params["count"])
-            ctx.put(b"total", _b(params["count"]))
-            ctx.put(b"sent", _b(window))
-            ctx.put(b"received", _b(0))
+            ctx.put(b"run", _RUN.pack(window, 0, params["count"]))
             ctx.put(b"notify", bytes(params["notify"]))
             for i in range(window):
                 ctx.emit(PING, params["peer"], i=i)
