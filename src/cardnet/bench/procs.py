@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import selectors
 import socket
 import subprocess
@@ -34,11 +35,30 @@ class ProcError(CardnetError):
     """A host process did not start (its log says why) or was asked to start twice."""
 
 
+# Ports handed to processes that bind them later: below Linux's ephemeral range (32768-60999), so that no
+# outgoing connection of any process takes one as its local port meanwhile (a port the OS picked with bind(0) is
+# an ephemeral one, and was seen taken by a connection before the host it was meant for could listen on it).
+PORT_RANGE = (20_000, 32_000)
+_handed: set[int] = set()  # ports this process handed out (never twice)
+_pick = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a process that will listen on it: a random one
+    of :data:`PORT_RANGE` (never one this process handed out before) that a bind without ``SO_REUSEADDR``
+    accepts (so none in use, nor in ``TIME_WAIT``)."""
+    for _ in range(1000):
+        port = _pick.randrange(*PORT_RANGE)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise ProcError("no_port", f"no free TCP port in {PORT_RANGE[0]}..{PORT_RANGE[1]} on 127.0.0.1")
 
 
 def readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
