@@ -21,8 +21,9 @@ and if granted durably revokes the old oid, records the new oid's issuer and
 the holder and body hash it is destined for, and answers ``reissued`` with that
 holder. A resend gets the same answer.
 
-State: ``agent:<uid>`` certificates, ``chain:<oid>`` issuer + movements (each
-with its sender's signed statement), ``revoked:<oid>``, ``blocked:<uid>`` (with
+State: ``agent:<uid>`` certificates, each token's chain (:mod:`cardnet.applets.authority_chain`:
+``chain:<oid>`` its issuer and length, ``move:<oid><index>`` each movement with its sender's signed
+statement, ``mvn:<oid><nonce>`` the movements by transfer nonce), ``revoked:<oid>``, ``blocked:<uid>`` (with
 the statements that convict it), ``cert:<uid>`` the certificate each card
 presented in its own seekfor (to check its statements when it sends on),
 ``suspect:<uid>`` (the last refused unproven
@@ -32,8 +33,10 @@ claim of that receiver), ``reissued:<old oid>`` and
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
+from cardnet.applets import authority_chain
 from cardnet.applets.sessions import SessionApplet
 from cardnet.applets.trn import BLOCKLIST, RESULT
 from cardnet.card import Refused, StepContext
@@ -146,44 +149,22 @@ GRAPH = register(
 )
 
 
-MAX_DECODED = 4096  # decoded chains remembered, by their stored bytes (volatile; cleared when full)
-_decoded: dict[bytes, tuple[Uid, tuple[trace.Movement, ...]]] = {}
+def _chain(ctx: StepContext, oid: bytes) -> tuple[Uid | None, authority_chain.StoredChain | None]:
+    """The issuer and the chain recorded for ``oid`` (None, None: nothing recorded)."""
+    chain = authority_chain.load(ctx.get, oid)
+    return (None, None) if chain is None else (chain.issuer, chain)
 
 
-def _chain(ctx: StepContext, oid: bytes) -> tuple[Uid | None, list[trace.Movement]]:
-    """The issuer and the movements recorded for ``oid``. A chain grows with every movement of its token, and
-    each trace reads it: a decoding is remembered by the stored bytes (the same bytes decode the same way), so a
-    trace decodes only what it has not seen (usually nothing: the authority wrote it last)."""
-    raw = ctx.get(b"chain:" + oid)
-    if raw is None:
-        return None, []
-    hit = _decoded.get(raw)
-    if hit is None:
-        data = loads_one(raw)
-        assert isinstance(data, list)
-        hit = (Uid.from_bytes(data[0]), tuple(_movement(m) for m in data[1:]))
-        _remember(raw, hit)
-    return hit[0], list(hit[1])
+class _Blocked:
+    """``uid in blocked``: one lookup of ``blocked:<uid>`` (a trace reads no list of every blocked device)."""
 
+    __slots__ = ("_get",)
 
-def _remember(raw: bytes, decoded: tuple[Uid, tuple[trace.Movement, ...]]) -> None:
-    if len(_decoded) >= MAX_DECODED:
-        _decoded.clear()
-    _decoded[raw] = decoded
+    def __init__(self, ctx: StepContext) -> None:
+        self._get = ctx.get
 
-
-def _movement(m: list[bytes]) -> trace.Movement:
-    return trace.Movement(Uid.from_bytes(m[0]), Uid.from_bytes(m[1]), m[2], m[3] if len(m) > 3 else b"")
-
-
-def _moved(m: trace.Movement) -> list[bytes]:
-    return [bytes(m.frm), bytes(m.to), m.nonce, m.sig]
-
-
-def _save_chain(ctx: StepContext, oid: bytes, issuer: Uid, chain: list[trace.Movement]) -> None:
-    raw = dumps([bytes(issuer), *[_moved(m) for m in chain]])
-    ctx.put(b"chain:" + oid, raw)
-    _remember(raw, (issuer, tuple(chain)))
+    def __contains__(self, who: object) -> bool:
+        return isinstance(who, Uid) and self._get(b"blocked:" + who.raw) is not None
 
 
 def _reissue_of(raw: bytes | None) -> trace.Reissue | None:
@@ -214,7 +195,8 @@ class AuthorityApplet(SessionApplet):
             ctx.reply(RESULT, ok=True, reason="revoked", oid=params["oid"])
         elif code == QUERY.code:
             issuer, chain = _chain(ctx, params["oid"])
-            fields: dict[str, Any] = {"oid": params["oid"], "holders": [m.to for m in chain]}
+            moves = [] if chain is None else chain.span(0, len(chain))
+            fields: dict[str, Any] = {"oid": params["oid"], "holders": [m.to for m in moves]}
             if issuer is not None:
                 fields["issuer"] = issuer
             if ctx.get(b"revoked:" + params["oid"]) is not None:
@@ -255,7 +237,8 @@ class AuthorityApplet(SessionApplet):
         oid = p["oid"]
         verdict, cert = self._judge(ctx, peer, p)
         for uid in verdict.block:  # with the signed statements that convict it
-            ctx.put(b"blocked:" + bytes(uid), dumps(["branch", oid, [_moved(m) for m in verdict.evidence]]))
+            evidence = [authority_chain.movement_cbor(m) for m in verdict.evidence]
+            ctx.put(b"blocked:" + bytes(uid), dumps(["branch", oid, evidence]))
         if verdict.suspect is not None:  # recorded and reported (auth.blocked), never blocked on its own
             ctx.put(b"suspect:" + bytes(verdict.suspect), dumps([verdict.reason[:200], oid]))
         reply: dict[str, Any] = {
@@ -294,19 +277,19 @@ class AuthorityApplet(SessionApplet):
                 return trace.Verdict(False, "the body differs from the one declared when this oid was reissued"), None
             destined = reissue.holder if reissue.holder != token.issuer else None
         verdict = trace.decide(
-            chain, claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked,
+            chain or (), claim, token.issuer, revoked=ctx.get(b"revoked:" + oid) is not None, blocked=blocked,
             destined=destined, unproven=trace.check_statement(oid, claim, self._cert_of(ctx, claim.frm)),
         )  # fmt: skip
         if verdict.record is not None:
-            _save_chain(ctx, oid, token.issuer, [*chain, verdict.record])
+            authority_chain.append(ctx, oid, token.issuer, chain, verdict.record)
         return verdict, cert
 
     def _cert_of(self, ctx: StepContext, sender: Uid) -> bytes | None:
         """The sender's certificate: a registered agent's, or the one the sender presented when it traced."""
         return ctx.get(b"agent:" + bytes(sender)) or ctx.get(b"cert:" + bytes(sender.card_uid()))
 
-    def _blocked(self, ctx: StepContext) -> set[Uid]:
-        return {Uid.from_bytes(k[8:]) for k, _ in ctx.scan(b"blocked:")}
+    def _blocked(self, ctx: StepContext) -> Container[Uid]:
+        return _Blocked(ctx)
 
     # -- reissue -------------------------------------------------------------------------------
     def _reissue(self, ctx: StepContext, peer: Uid, p: dict[str, Any]) -> None:
@@ -323,7 +306,7 @@ class AuthorityApplet(SessionApplet):
         else:
             in_use = any(ctx.get(k + new) is not None for k in (b"chain:", b"revoked:", b"reissued:", b"dest:"))
             verdict = trace.decide_reissue(
-                request, peer, issuer=issuer, chain=chain, revoked=ctx.get(b"revoked:" + old) is not None,
+                request, peer, issuer=issuer, chain=chain or (), revoked=ctx.get(b"revoked:" + old) is not None,
                 previous=_reissue_of(ctx.get(b"reissued:" + old)), new_in_use=in_use, blocked=self._blocked(ctx),
             )  # fmt: skip
         grant = verdict.grant
@@ -332,9 +315,9 @@ class AuthorityApplet(SessionApplet):
             ctx.put(b"revoked:" + old, b"\x01")
             ctx.put(b"reissued:" + old, _encode_reissue(grant))
             ctx.put(b"dest:" + new, _encode_reissue(grant))
-            _save_chain(ctx, new, issuer, [])
+            authority_chain.start(ctx, new, issuer)
             if not chain:  # (an oid it never traced: remember its issuer too)
-                _save_chain(ctx, old, issuer, [])
+                authority_chain.start(ctx, old, issuer)
         reply: dict[str, Any] = {"oid": old, "new_oid": new, "ok": verdict.ok, "reason": verdict.reason[:200]}
         if grant is not None:
             reply["holder"] = grant.holder
@@ -394,9 +377,9 @@ def _graph_page(ctx: StepContext, only: bytes | None, at: bytes, start: int) -> 
         if key.startswith(b"chain:"):
             oid = key[6:]
             issuer, chain = _chain(ctx, oid)
-            assert issuer is not None
+            assert issuer is not None and chain is not None
             room = max(1, (GRAPH_PAGE_BYTES - used - 120) // 64)
-            moves = chain[first : first + min(room, 256)]
+            moves = chain.span(first, first + min(room, 256))
             part: dict[str, Any] = {
                 "oid": oid, "issuer": issuer, "start": first, "total": len(chain),
                 "moves": [{"from": m.frm, "to": m.to, "nonce": m.nonce} for m in moves],
@@ -416,7 +399,7 @@ def _graph_page(ctx: StepContext, only: bytes | None, at: bytes, start: int) -> 
         elif key.startswith(b"blocked:"):
             signer = Uid.from_bytes(key[8:])
             _, oid, evidence = _entry(raw)
-            shown = [_movement(m) for m in evidence[-MAX_EVIDENCE:]]
+            shown = [authority_chain.movement_of(m) for m in evidence[-MAX_EVIDENCE:]]
             moves_ = [{"from": m.frm, "to": m.to, "nonce": m.nonce} for m in shown]
             branches.append({"signer": signer, "oid": oid, "moves": moves_, "evidence": len(evidence)})
             named.update([signer, *(m.frm for m in shown), *(m.to for m in shown)])

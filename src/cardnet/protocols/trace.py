@@ -19,7 +19,11 @@ it had already moved on (two statements by one signer moving one oid from one
 holding to two devices: a cloned card), or moved a token it never held: the
 signer is blocked and the claim refused, so the second recipient never gets
 an enabled token. A repeated ``seekfor`` for a recorded movement is answered
-again (idempotent). Revoked oids and blocked devices are refused.
+again (idempotent). Revoked oids and blocked devices are refused. A decision reads
+the chain through a few lookups (:class:`Chain`: the claim's position, the last
+movement, and only for a branch the signer's earlier movements), so the
+authority keeps each movement in a record of its own and a trace costs the same
+however long the chain.
 
 Reissue (TRN 4.2 "Recovery"): the issuing agent of a lost token asks the
 authority, over its own session, to revoke the old oid and reissue the token
@@ -34,8 +38,9 @@ surviving copy of the old oid then fails its trace (revoked).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import CryptoError, PkiError
@@ -59,6 +64,50 @@ class Verdict:
     block: tuple[Uid, ...] = ()  # block these devices (each signed the statement that convicts it)
     suspect: Uid | None = None  # the claimant of an unproven claim: recorded and reported, not blocked
     evidence: tuple[Movement, ...] = ()  # the signed movements behind ``block``
+
+
+class Chain(Protocol):
+    """A token's recorded movements as the decisions read them: a few lookups, never the whole chain.
+
+    The authority's card answers each from its records (``applets/authority_chain.py``: a header, one record per
+    movement, an index by transfer nonce); :class:`ListChain` answers from a list (tests, old records).
+    """
+
+    def __len__(self) -> int: ...
+
+    def last(self) -> Movement | None:
+        """The last recorded movement (None: the token never moved)."""
+
+    def position(self, claim: Movement) -> int | None:
+        """The index of the last recorded movement equal to ``claim`` (frm, to, nonce; not sig), None if none."""
+
+    def sent_by(self, sender: Uid) -> tuple[Movement, ...]:
+        """Every recorded movement from ``sender``, in chain order (asked only for a branch: its evidence)."""
+
+
+@dataclass(frozen=True)
+class ListChain:
+    """A :class:`Chain` over a list of movements."""
+
+    movements: Sequence[Movement]
+
+    def __len__(self) -> int:
+        return len(self.movements)
+
+    def last(self) -> Movement | None:
+        return self.movements[-1] if self.movements else None
+
+    def position(self, claim: Movement) -> int | None:
+        moves = self.movements
+        return next((i for i in range(len(moves) - 1, -1, -1) if moves[i] == claim), None)
+
+    def sent_by(self, sender: Uid) -> tuple[Movement, ...]:
+        return tuple(m for m in self.movements if m.frm == sender)
+
+
+def as_chain(chain: Chain | Sequence[Movement]) -> Chain:
+    """``chain`` itself, or a list of movements as a :class:`Chain`."""
+    return ListChain(chain) if isinstance(chain, Sequence) else chain
 
 
 def _certified(cert_der: bytes, roots_der: Sequence[bytes], now: float) -> pki.VerifiedPeer:
@@ -100,17 +149,19 @@ def check_statement(oid: bytes, claim: Movement, cert_der: bytes | None) -> str 
 
 
 def decide(
-    chain: list[Movement],
+    chain: Chain | Sequence[Movement],
     claim: Movement,
     issuer: Uid,
     *,
     revoked: bool,
-    blocked: set[Uid],
+    blocked: Container[Uid],
     destined: Uid | None = None,
     unproven: str | None = None,
 ) -> Verdict:
     """Whether ``claim`` extends ``chain`` of a token issued by ``issuer``.
 
+    ``chain`` is read through a few lookups (:class:`Chain`): the claim's position, the last movement, and only
+    for a branch the sender's earlier movements. ``blocked`` answers ``uid in blocked`` (a set, or a lookup).
     ``destined``: the oid is a reissue for that holder, so its first movement must go there.
     ``unproven``: why the claim's statement did not verify (:func:`check_statement`), None if it did.
     """
@@ -121,27 +172,30 @@ def decide(
             return Verdict(False, f"blocked device {who}")
     if unproven is not None:
         return Verdict(False, f"claim refused: {unproven} (claimant {claim.to} suspected)", suspect=claim.to)
-    if claim in chain:
-        if claim == chain[-1]:
+    chain = as_chain(chain)
+    length = len(chain)
+    at = chain.position(claim)
+    if at is not None:
+        if at == length - 1:
             return Verdict(True, "already recorded")
         # An old movement claimed again after the token moved on: its receiver holds it again only because the
         # sender re-sent a transfer that already happened (a cloned or rolled-back card). Not a new branch to
         # blame on anyone, but never a second enabled copy.
         return Verdict(False, "stale: this movement was recorded, and the token has moved on since")
-    if not chain and destined is not None and claim.to != destined:
+    if not length and destined is not None and claim.to != destined:
         return Verdict(False, f"this token was reissued for {destined}: its first movement must go there")
-    holder = chain[-1].to if chain else issuer
-    if claim.frm == holder:
+    if claim.frm == last_holder(chain, issuer):
         return Verdict(True, "recorded", record=claim)
-    earlier = tuple(m for m in chain if m.frm == claim.frm)
+    earlier = chain.sent_by(claim.frm)
     why = "left its holder twice" if earlier else "left a device that does not hold it"
     return Verdict(
         False, f"branch: the token {why} (signer {claim.frm} blocked)", block=(claim.frm,), evidence=(*earlier, claim)
     )
 
 
-def last_holder(chain: list[Movement], issuer: Uid) -> Uid:
-    return chain[-1].to if chain else issuer
+def last_holder(chain: Chain | Sequence[Movement], issuer: Uid) -> Uid:
+    last = as_chain(chain).last()
+    return issuer if last is None else last.to
 
 
 @dataclass(frozen=True)
@@ -167,11 +221,11 @@ def decide_reissue(
     requester: Uid,
     *,
     issuer: Uid | None,
-    chain: list[Movement],
+    chain: Chain | Sequence[Movement],
     revoked: bool,
     previous: Reissue | None,
     new_in_use: bool,
-    blocked: set[Uid],
+    blocked: Container[Uid],
 ) -> ReissueVerdict:
     """Whether ``requester`` may revoke ``request.old`` and reissue it as ``request.new``.
 

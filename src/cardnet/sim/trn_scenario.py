@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from cardnet.applets import authority_chain
 from cardnet.applets.authority import ADD_AGENT, AuthorityApplet
 from cardnet.applets.trn import BLOCKLIST, CANCEL, MINT, RECOVER, RESULT, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.card import Applet, Card
@@ -49,7 +50,6 @@ from cardnet.protocols import transfer as tr
 from cardnet.sim.world import RESEND, SIM_EPOCH, SimHost, Tick, World
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, MType, Uid
-from cardnet.wire.cbor import loads_one
 
 SETUP_S = 0.5
 _AUTH = "a.authority"  # the authority applet's table on its card
@@ -566,13 +566,11 @@ class TransferScenario:
         return bad
 
     @staticmethod
-    def _chain(auth: dict[Any, bytes], oid: bytes) -> list[Any]:
-        raw = auth.get((_AUTH, b"chain:" + oid))
-        if raw is None:
-            return []
-        data = loads_one(raw)
-        assert isinstance(data, list)
-        return data[1:]
+    def _chain(auth: dict[Any, bytes], oid: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """The authority's chain for ``oid``, each movement as (from, to, nonce, statement)."""
+        chain = authority_chain.load(lambda key: auth.get((_AUTH, key)), oid)
+        moves = [] if chain is None else chain.span(0, len(chain))
+        return [(m.frm.raw, m.to.raw, m.nonce, m.sig) for m in moves]
 
     def _authority(self, world: World) -> Card:
         assert self.authority is not None
@@ -580,18 +578,17 @@ class TransferScenario:
 
     def _chain_problems(self, world: World, oid: bytes, holder: Uid) -> list[str]:
         """The authority's chain for ``oid``: from the agent, each movement from the previous holder, to ``holder``."""
-        raw = self._authority(world)._mem.get((_AUTH, b"chain:" + oid))
-        if raw is None:
+        auth = self._authority(world)._mem
+        chain = authority_chain.load(lambda key: auth.get((_AUTH, key)), oid)
+        if chain is None:
             return [f"token {oid.hex()[:8]}: the authority has no chain for it"]
-        data = loads_one(raw)
-        assert isinstance(data, list)
-        at = Uid.from_bytes(data[0])
+        at = chain.issuer
         if at != Uid.card(self.agent_domain):
             return [f"token {oid.hex()[:8]}: the authority records issuer {at.short()}, not the agent"]
-        for frm, to, *_ in data[1:]:  # (nonce, statement)
-            if Uid.from_bytes(frm) != at:
+        for m in chain.span(0, len(chain)):
+            if m.frm != at:
                 return [f"token {oid.hex()[:8]}: the chain branches at {at.short()}"]
-            at = Uid.from_bytes(to)
+            at = m.to
         if at != holder:
             return [f"token {oid.hex()[:8]}: the chain ends at {at.short()}, the token is on {holder.short()}"]
         return []
