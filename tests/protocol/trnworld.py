@@ -15,7 +15,7 @@ from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.host import Capability, Host
-from cardnet.store import SqliteStore
+from cardnet.store import SqliteStore, Store
 from cardnet.wire import Message, MType, Uid
 from conftest import NOW
 
@@ -41,12 +41,15 @@ class TrnWorld:
         policy: bytes = b"",
         valid_days: int = 3 * 365,
         applet: Applet | None = None,
+        store: Store | None = None,
     ) -> Card:
         """A personalised card (the authority's applet on a service card, else a wallet, unless ``applet``);
-        its certificate is valid from NOW for ``valid_days``."""
+        its certificate is valid from NOW for ``valid_days``; its store ``<name>.db`` unless ``store``."""
         if applet is None:
             applet = AuthorityApplet() if role is pki.Role.SERVICE else TrnApplet()
-        c = Card(SqliteStore(str(self.tmp / f"{name}.db")), applets=[applet], capacity_bytes=capacity_bytes)
+        if store is None:
+            store = SqliteStore(str(self.tmp / f"{name}.db"))
+        c = Card(store, applets=[applet], capacity_bytes=capacity_bytes)
         personalise(c, self.ca, pin=PIN, now=NOW, role=role, name=name, policy=policy, valid_days=valid_days)
         self.cards[name] = c
         self.host.add_card(c)
@@ -85,9 +88,9 @@ def standard(
     tmp: Path, ca: pki.CertificateAuthority, wallets: tuple[str, ...] = ("alice", "bob"), **applets: Applet
 ) -> TrnWorld:
     """The authority, the agent and ``wallets``, each wallet naming the authority; ``applets`` replaces a
-    wallet's genuine applet (changed card code, for attacks)."""
+    wallet's (or the authority's) genuine applet (changed card code, for attacks)."""
     w = TrnWorld(tmp, ca)
-    w.card("authority", pki.Role.SERVICE)
+    w.card("authority", pki.Role.SERVICE, applet=applets.get("authority"))
     agent = w.card("agent", pki.Role.AGENT)
     for name in wallets:
         w.card(name, applet=applets.get(name))
