@@ -5,7 +5,8 @@ TTP, wallet hosts a and b; b's card also has an e-purse), a ticketing server (``
 SPEED broker (``cardnet speed broker run``), and two ``cardnet wallet ui`` processes: b's page is driven by
 headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright: it buys a ticket, sends one and answers
 exchange offers a's card makes with the wallet library, and what it shows is compared with the card's own
-listing); a's is spoken to with httpx to check who may use it (the session, the CSRF checks, the Host check).
+listing); a's is spoken to with httpx to check who may use it (the session header, the Origin and Host checks),
+and visited by the browser beside a server on another port of 127.0.0.1, which must get nothing the wallet takes.
 The stores of the broker, the vendor and the ticketing device are made with the libraries (as in
 ``test_ticketing.py``).
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import click
 import httpx
 import pytest
 from hostprocs import Service
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.gate import ADMISSIONS as GATE_ADMISSIONS
@@ -63,6 +65,8 @@ T4 = bytes.fromhex("a4" * 16)  # a's ticket: the forged requests try to send it 
 BODIES = {T1: b"voucher: one coffee", T2: b"voucher: one tea", T3: b"Cup final, seat A1",
           T4: b"Cup final, seat B2"}  # fmt: skip
 TIMEOUT_MS = 20_000
+KEY = "cardnet-wallet-session"  # where the page keeps its tab's session secret (sessionStorage)
+NOT_LOGGED_IN = "This tab is not logged in: open the login link"
 
 
 @dataclass
@@ -72,6 +76,13 @@ class Ui:
     proc: subprocess.Popen[str]
     url: str
     login: str
+
+    @property
+    def token(self) -> str:
+        """The one-time login token of the printed link (in its fragment: ``/#login=TOKEN``)."""
+        url, sep, token = self.login.partition("#login=")
+        assert sep and url == self.url and token, self.login
+        return token
 
 
 def start_ui(net: TrnNet, card: str) -> Ui:
@@ -240,6 +251,75 @@ async def _cross_site_form(page: Page, wallet_url: str, fields: dict[str, str]) 
         await server.aclose()
 
 
+async def _tab_session(page: Page) -> str:
+    """The session secret the page keeps for its tab (its origin's sessionStorage), '' if none."""
+    return str(await page.evaluate(f"sessionStorage.getItem({KEY!r}) || ''"))
+
+
+async def _two_wallets_in_one_browser(
+    context: BrowserContext, page_b: Page, world: World, session_a: tuple[httpx.Client, str]
+) -> None:
+    """a's wallet (another port) logged in beside b's in the same browser: each tab keeps its own session (a
+    cookie of each would have replaced the other's: cookies do not tell ports apart)."""
+    c, _ = session_a
+    link = c.post("/api/link", json={}).json()["login"]  # a one-time link for a tab, drawn by a's session
+    page_a = await context.new_page()
+    await page_a.goto(link)
+    await expect(page_a.locator("#card")).to_have_text(str(world.net.uids["a"]))
+    await expect(page_a.locator("#link")).to_have_text("live")
+    await page_b.reload()
+    await expect(page_b.locator("#link")).to_have_text("live")
+    await expect(page_b.locator("#card")).to_have_text(str(world.net.uids["b"]))
+    await page_a.reload()
+    await expect(page_a.locator("#link")).to_have_text("live")
+    await expect(page_a.locator("#card")).to_have_text(str(world.net.uids["a"]))
+    assert await _tab_session(page_a) != await _tab_session(page_b)
+    assert not await context.cookies()
+    await page_a.close()
+
+
+@contextlib.asynccontextmanager
+async def _other_port() -> AsyncIterator[tuple[str, list[Request]]]:
+    """Another local web server (another port of 127.0.0.1, as another user's or a malicious program's): it
+    answers every request with a small page and records what the browser sent it."""
+    seen: list[Request] = []
+
+    async def record(request: Request) -> Response:
+        seen.append(request)
+        return Response.html("<!doctype html><title>another server</title><p>another local server</p>")
+
+    class Everything(Router):
+        def route(self, method: str, path: str) -> tuple[Callable[[Request], Awaitable[Response]], dict[str, str]]:
+            return record, {}
+
+    server = HttpServer(Everything())
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        yield f"http://{host}:{port}/", seen
+    finally:
+        await server.aclose()
+
+
+# what a script of another origin tries against the wallet (the secret given to it: the worst case)
+CROSS_ORIGIN_FETCHES = """async ([wallet, secret, oid, to]) => {
+  const send = JSON.stringify({ oid, to });
+  const tries = {
+    state_with_the_secret: () => fetch(wallet + "api/state", { headers: { Authorization: "Bearer " + secret } }),
+    send_with_the_secret: () => fetch(wallet + "api/send", { method: "POST", body: send,
+      headers: { Authorization: "Bearer " + secret, "Content-Type": "application/json" } }),
+    link_with_the_secret: () => fetch(wallet + "api/link", { method: "POST", body: "{}",
+      headers: { Authorization: "Bearer " + secret, "Content-Type": "application/json" } }),
+    state: () => fetch(wallet + "api/state"),
+    send_no_cors: () => fetch(wallet + "api/send", { method: "POST", mode: "no-cors", body: send }),
+  };
+  const out = {};
+  for (const [name, go] of Object.entries(tries)) {
+    try { const r = await go(); out[name] = `${r.type} ${r.status}`; } catch (e) { out[name] = "blocked"; }
+  }
+  return out;
+}"""
+
+
 async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float = 20.0) -> dict[str, str]:
     """The page's tickets once they equal the card's own listing (all settled: enabled); the listing."""
     async with asyncio.timeout(timeout_s):
@@ -250,7 +330,7 @@ async def _until_page_shows(page: Page, net: TrnNet, card: str, timeout_s: float
             await asyncio.sleep(0.2)
 
 
-def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
+def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a: tuple[httpx.Client, str]) -> None:
     net = world.net
     a, b = str(net.uids["a"]), str(net.uids["b"])
 
@@ -259,12 +339,18 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
     async def go() -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM)
-            page = await browser.new_page()
+            context = await browser.new_context()
+            page = await context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             await page.goto(world.ui_b.login)
-            assert page.url == world.ui_b.url  # the login link answered with the session and went to the page
             await expect(page.locator("#card")).to_have_text(b)
             await expect(page.locator("#link")).to_have_text("live")
+            assert page.url == world.ui_b.url  # the page took the login token out of the address bar
+            assert await _tab_session(page) and not await context.cookies()  # the tab's secret, and no cookie
+            await page.reload()  # a reload keeps the tab's session
+            await expect(page.locator("#link")).to_have_text("live")
+            await expect(page.locator("#card")).to_have_text(b)
+            await _two_wallets_in_one_browser(context, page, world, session_a)
             assert await _until_page_shows(page, net, "b") == {T2.hex(): "enabled", T3.hex(): "enabled"}
             assert await page.locator(f'#tickets tr[data-oid="{T3.hex()}"] td.body').inner_text() == BODIES[T3].decode()
             await expect(page.locator("#purse")).to_have_text("100.00 EUR")
@@ -419,12 +505,6 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
             assert await _until_page_shows(page, net, "b") == {ticket: "enabled"}
             await page.click("#recover-button")
             await expect(page.locator("#message.ok")).to_have_text("nothing was left to finish")
-
-            # a page of another site on this machine (another port: the same site for SameSite, so the browser
-            # sends the session cookie) posts a form to the wallet: refused, nothing moves
-            await _cross_site_form(page, world.ui_b.url, {"oid": ticket, "to": a})
-            await expect(page.locator("body")).to_contain_text("a request from another site was refused")
-            assert (await _listing(net, "b"))[ticket] == "enabled"
             await browser.close()
 
     asyncio.run(go())
@@ -432,63 +512,187 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World) -> None:
 
 @pytest.fixture(scope="module")
 def session_a(world: World) -> Iterator[tuple[httpx.Client, str]]:
-    """a's page logged in once (the login link works once): a client with the session cookie, and the CSRF token."""
+    """a's wallet logged in once, as its page's script does (the printed token exchanged at ``/api/login``): a
+    client sending the session's ``Authorization`` header, and the session secret."""
     with httpx.Client(base_url=world.ui_a.url, timeout=30) as c:
-        token = world.ui_a.login.rsplit("/", 1)[1]
-        assert c.head(f"/login/{token}").status_code == 200 and not c.cookies  # a HEAD spends nothing
-        r = c.get(f"/login/{token}")
-        assert r.status_code == 303 and r.headers["location"] == "/"
-        cookie = r.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
-        page = c.get("/")
+        page = c.get("/")  # the page is served to anyone (it holds nothing secret) and spends nothing
         assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
-        found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
-        assert found is not None
-        yield c, found.group(1)
+        assert world.ui_a.token not in page.text and "set-cookie" not in page.headers
+        r = c.post("/api/login", json={"token": world.ui_a.token})
+        assert r.status_code == 200 and "set-cookie" not in r.headers, r.text
+        secret = r.json()["session"]
+        assert len(secret) >= 43 and secret != world.ui_a.token
+        c.headers["Authorization"] = f"Bearer {secret}"
+        yield c, secret
+
+
+def test_another_port_gets_nothing_the_wallet_takes(world: World, session_a: tuple[httpx.Client, str]) -> None:
+    """The browser logged in to a's wallet visits another local server (another port): it gets no cookie and
+    nothing else of the wallet's, and what it got, replayed to the wallet, is refused; its page's script cannot
+    use the wallet either, not even with the session secret, and its form is refused; nothing moves."""
+    net, ui = world.net, world.ui_a
+    c, _ = session_a
+    link = c.post("/api/link", json={}).json()["login"]
+    wallet_port = ui.url.rsplit(":", 1)[1].strip("/")
+    send = {"oid": T4.hex(), "to": str(net.uids["b"])}
+
+    async def go() -> None:
+        async with async_playwright() as p, _other_port() as (other, seen):
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            context = await browser.new_context()
+            page = await context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            await page.goto(link)
+            await expect(page.locator("#card")).to_have_text(str(net.uids["a"]))
+            await expect(page.locator("#link")).to_have_text("live")
+            secret = await _tab_session(page)
+            token = link.partition("#login=")[2]
+            assert secret and page.url == ui.url and not await context.cookies()
+            assert await page.evaluate("document.cookie") == ""
+
+            # the same tab visits the other server: it gets no cookie and nothing that names the tab's secrets
+            await page.goto(other)
+            await expect(page.locator("p")).to_have_text("another local server")
+            assert seen
+            for request in seen:
+                names = {name for name, _ in request.headers}
+                assert not names & {"cookie", "authorization"}, request.headers
+                assert not any(secret in v or token in v for _, v in request.headers), request.headers
+            assert await page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]") == [0, 0, ""]
+            # what it got, replayed to the wallet (as the other server's own HTTP client would): refused
+            with httpx.Client(base_url=ui.url, timeout=30) as replay:
+                for request in seen:
+                    heads = {k: v for k, v in request.headers if k not in ("host", "content-length", "connection")}
+                    for host in (f"127.0.0.1:{wallet_port}", request.header("host") or ""):
+                        r = replay.get("/api/state", headers={**heads, "Host": host})
+                        assert r.status_code in (401, 403), (host, r.status_code)
+                        r = replay.post("/api/send", json=send, headers={**heads, "Host": host})
+                        assert r.status_code in (401, 403), (host, r.status_code)
+                        r = replay.post("/api/link", json={}, headers={**heads, "Host": host})
+                        assert r.status_code in (401, 403), (host, r.status_code)
+
+            # the other server's page tries the wallet's API from its origin, even with the session secret
+            got = await page.evaluate(CROSS_ORIGIN_FETCHES, [ui.url, secret, T4.hex(), str(net.uids["b"])])
+            blocked = ("state_with_the_secret", "send_with_the_secret", "link_with_the_secret", "state")
+            assert got == {**dict.fromkeys(blocked, "blocked"), "send_no_cors": "opaque 0"}, got
+            # (the preflight the browser sent first was answered without any Access-Control-Allow-* header)
+            with httpx.Client(base_url=ui.url, timeout=30) as plain:
+                preflight = plain.options("/api/send", headers={
+                    "Origin": other.rstrip("/"), "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization,content-type"})  # fmt: skip
+            assert preflight.status_code in (401, 403)
+            assert not [h for h in preflight.headers if h.lower().startswith("access-control-")]
+            # and its form (a text/plain body that reads as JSON) is refused
+            await _cross_site_form(page, ui.url, send)
+            await expect(page.locator("body")).to_contain_text("a request from another site was refused")
+            assert (await _listing(net, "a"))[T4.hex()] == "enabled"  # nothing moved
+
+            # back in the wallet, the tab is still logged in (its sessionStorage is the wallet origin's own)
+            await page.goto(ui.url)
+            await expect(page.locator("#link")).to_have_text("live")
+            assert await _tab_session(page) == secret
+            # a new link pasted into that tab (only the fragment changes: no reload) logs it in afresh
+            await page.goto(c.post("/api/link", json={}).json()["login"])
+            renewed = await _until(lambda: _tab_session(page), lambda got: got not in ("", secret))
+            await expect(page.locator("#link")).to_have_text("live")
+            assert page.url == ui.url
+            secret = renewed
+            # a new tab is not logged in: it shows nothing of the card and says what to do
+            fresh = await context.new_page()
+            await fresh.goto(ui.url)
+            await expect(fresh.locator("#link")).to_have_text("not logged in")
+            await expect(fresh.locator("#message.error")).to_contain_text(NOT_LOGGED_IN)
+            await expect(fresh.locator("#card")).to_have_text("…")
+            # nor by the spent link: it says so
+            await fresh.goto(link)
+            await expect(fresh.locator("#message.error")).to_contain_text("this login link was used already")
+            await expect(fresh.locator("#link")).to_have_text("not logged in")
+            assert fresh.url == ui.url and not await _tab_session(fresh)
+            await fresh.close()
+            # "Open in another tab": a new tab logged in with a one-time link of its own
+            async with context.expect_page() as opened:
+                await page.click("#new-tab")
+            other_tab = await opened.value
+            await expect(other_tab.locator("#link")).to_have_text("live")
+            await expect(other_tab.locator("#card")).to_have_text(str(net.uids["a"]))
+            assert other_tab.url == ui.url and await _tab_session(other_tab) not in ("", secret)
+            assert not await context.cookies()
+            await browser.close()
+
+    asyncio.run(go())
 
 
 def test_requests_without_the_session_are_refused(world: World, session_a: tuple[httpx.Client, str]) -> None:
-    logged_in, _ = session_a
+    logged_in, secret = session_a
+    token = world.ui_a.token
+    send = {"oid": T4.hex(), "to": str(world.net.uids["b"])}
     with httpx.Client(base_url=world.ui_a.url, timeout=30) as stranger:
-        for path in ("/", "/api/state", "/static/wallet.js", "/nothing-here", "/login"):
+        for path in ("/", "/static/wallet.js", "/static/wallet.css"):  # the same for everyone: no secret in them
             r = stranger.get(path)
-            assert r.status_code == 403, (path, r.status_code)
-        r = stranger.post("/api/send", json={"oid": T4.hex(), "to": str(world.net.uids["b"])})
-        assert r.status_code == 403 and r.json()["error"] == "no_session"
+            assert r.status_code == 200 and secret not in r.text and token not in r.text, path
+        for path in ("/api/state", "/nothing-here", f"/login/{token}", "/api/login"):
+            r = stranger.get(path)
+            assert r.status_code == 401 and r.json()["error"] == "no_session", (path, r.status_code)
+            assert r.headers["www-authenticate"] == 'Bearer realm="cardnet wallet"'
+        for path in ("/api/send", "/api/link"):
+            r = stranger.post(path, json=send)
+            assert r.status_code == 401 and r.json()["error"] == "no_session", path
         assert "cardnet wallet ui" in r.json()["message"]  # it says what to do
-        token = world.ui_a.login.rsplit("/", 1)[1]
-        r = stranger.get(f"/login/{token}")  # spent by the fixture's browser
-        assert r.status_code == 403 and r.json()["error"] == "bad_login"
-        assert stranger.get("/login/" + "x" * 43).status_code == 403
-        stranger.cookies.set("cardnet_wallet", "guessed")
-        assert stranger.get("/api/state").status_code == 403
+        wrong = [f"Bearer {secret[:-1]}", f"Bearer {token}", secret, f"Basic {secret}", "Bearer", f"Bearer {secret}x"]
+        for auth in wrong:  # a wrong header, the login token as the session, the secret without its scheme
+            for r in (stranger.get("/api/state", headers={"Authorization": auth}),
+                      stranger.post("/api/send", json=send, headers={"Authorization": auth})):  # fmt: skip
+                assert r.status_code == 401 and r.json()["error"] == "no_session", (auth, r.text)
+        stranger.cookies.set("cardnet_wallet", secret)  # no cookie is taken, whatever it holds
+        assert stranger.get("/api/state").status_code == 401
+        stranger.cookies.clear()
+        r = stranger.post("/api/login", json={"token": token})  # spent by the fixture
+        assert r.status_code == 403 and r.json()["error"] == "bad_login" and "used already" in r.json()["message"]
+        r = stranger.post("/api/login", json={"token": "x" * 43})
+        assert r.status_code == 403 and "not valid" in r.json()["message"]
+        r = stranger.post("/api/login", content=json.dumps({"token": token}), headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415
+    assert asyncio.run(_listing(world.net, "a"))[T4.hex()] == "enabled"  # nothing moved
     # the session's own requests pass, but only under this server's name (no DNS rebinding)
     state = logged_in.get("/api/state")
     assert state.status_code == 200 and state.json()["card"] == str(world.net.uids["a"])
     assert {t["oid"] for t in state.json()["tickets"]} >= {T4.hex()}
-    r = logged_in.get("/api/state", headers={"Host": f"evil.example:{world.ui_a.url.rsplit(':', 1)[1][:-1]}"})
-    assert r.status_code == 403 and r.json()["error"] == "wrong_host"
+    port = world.ui_a.url.rsplit(":", 1)[1][:-1]
+    for path in ("/api/state", "/"):
+        r = logged_in.get(path, headers={"Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and r.json()["error"] == "wrong_host"
 
 
 def test_a_cross_site_post_is_refused(world: World, session_a: tuple[httpx.Client, str]) -> None:
-    c, csrf = session_a
+    c, secret = session_a
     send = {"oid": T4.hex(), "to": str(world.net.uids["b"])}
     own = world.ui_a.url.rstrip("/")
+    other = f"http://127.0.0.1:{int(own.rsplit(':', 1)[1]) + 1}"
     forged = [
-        ({"Origin": "http://evil.example", "X-CSRF-Token": csrf}, "cross_site"),
-        ({"Origin": own, "Sec-Fetch-Site": "cross-site", "X-CSRF-Token": csrf}, "cross_site"),
-        ({"Origin": own}, "csrf"),  # no token: what a form on another site can send at most
-        ({"Origin": own, "X-CSRF-Token": "0" * len(csrf)}, "csrf"),
+        ({"Origin": "http://evil.example"}, 403, "cross_site"),  # with the session: still not from another origin
+        ({"Origin": other}, 403, "cross_site"),  # another port of this machine
+        ({"Origin": "null"}, 403, "cross_site"),
+        ({"Origin": own, "Sec-Fetch-Site": "cross-site"}, 403, "cross_site"),
+        ({"Origin": own, "Sec-Fetch-Site": "same-site"}, 403, "cross_site"),
+        ({"Origin": own, "Authorization": ""}, 401, "no_session"),  # what a form on another site can send at most
+        ({"Origin": own, "Authorization": f"Bearer {'0' * len(secret)}"}, 401, "no_session"),
     ]
-    for headers, reason in forged:
+    for headers, status, reason in forged:
         r = c.post("/api/send", json=send, headers=headers)
-        assert r.status_code == 403 and r.json()["error"] == reason, (headers, r.text)
-    r = c.post("/api/send", data={"oid": T4.hex(), "to": send["to"]}, headers={"X-CSRF-Token": csrf, "Origin": own})
+        assert r.status_code == status and r.json()["error"] == reason, (headers, r.text)
+        assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+    r = c.post("/api/send", data={"oid": T4.hex(), "to": send["to"]}, headers={"Origin": own})
     assert r.status_code == 415  # a form's body
+    for path in ("/api/send", "/api/state", "/"):  # a CORS preflight is never granted, not even to the session
+        r = c.options(path, headers={"Origin": other, "Access-Control-Request-Method": "POST",
+                                     "Access-Control-Request-Headers": "authorization, content-type"})  # fmt: skip
+        assert r.status_code == 403 and not [h for h in r.headers if h.lower().startswith("access-control-")]
+        r = c.options(path)
+        assert r.status_code == 405 and not [h for h in r.headers if h.lower().startswith("access-control-")]
     assert asyncio.run(_listing(world.net, "a"))[T4.hex()] == "enabled"  # nothing moved
     # the page's own request passes every check (and the card's answer comes back in words)
-    r = c.post("/api/send", json={**send, "to": str(world.net.uids["a"])}, headers={"X-CSRF-Token": csrf,
-               "Origin": own})  # fmt: skip
+    r = c.post("/api/send", json={**send, "to": str(world.net.uids["a"])}, headers={"Origin": own,
+               "Sec-Fetch-Site": "same-origin"})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"] == "to_self"
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cardnet.transport.http import HttpError, Request
-from cardnet.web.session import COOKIE, Session, loopback
+from cardnet.web.session import MAX_SESSIONS, Session, loopback
 
 
-def request(method: str = "GET", headers: dict[str, str] | None = None, path: str = "/api/state") -> Request:
+def request(
+    method: str = "GET", headers: dict[str, str] | None = None, path: str = "/api/state", body: object = None
+) -> Request:
     heads = tuple((k.lower(), v) for k, v in (headers or {}).items())
-    return Request(method=method, path=path, query={}, headers=heads, body=b"{}", peer="127.0.0.1:5000")
+    raw = b"{}" if body is None else json.dumps(body).encode()
+    return Request(method=method, path=path, query={}, headers=heads, body=raw, peer="127.0.0.1:5000")
 
 
 def refused(session: Session, req: Request) -> str:
@@ -18,6 +23,15 @@ def refused(session: Session, req: Request) -> str:
         session.check(req)
     assert info.value.message  # every refusal says what to do
     return f"{info.value.status} {info.value.reason}"
+
+
+def login(session: Session, token: object, headers: dict[str, str] | None = None) -> str:
+    here = {"Host": f"127.0.0.1:{session.port}", "Content-Type": "application/json", **(headers or {})}
+    return session.login(request("POST", here, "/api/login", {"token": token}))
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Host": "127.0.0.1:8471", "Authorization": f"Bearer {secret}"}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]"])
@@ -31,45 +45,98 @@ def test_other_addresses_are_refused(host: str) -> None:
         loopback(host)
 
 
-def test_the_login_link_works_once_and_gives_a_strict_http_only_cookie() -> None:
+def test_the_login_link_works_once_and_gives_a_session_secret() -> None:
     s = Session("127.0.0.1", 8471)
-    here = {"Host": "127.0.0.1:8471"}
-    assert s.login_url == f"http://127.0.0.1:8471/login/{s.login_token}"
+    token = s.login_token
+    assert token is not None and s.login_url == f"http://127.0.0.1:8471/#login={token}"  # a fragment: never sent
     with pytest.raises(HttpError, match="not valid"):
-        s.login(request(headers=here), s.login_token[:-1] + "x")
-    cookie = s.login(request(headers=here), s.login_token)
-    assert cookie == f"{COOKIE}={s.cookie}; Path=/; HttpOnly; SameSite=Strict"
+        login(s, token[:-1] + ("x" if token[-1] != "x" else "y"))
+    for bad in (None, 42, "", "a b", token + "/"):
+        with pytest.raises(HttpError, match="not valid"):
+            login(s, bad)
+    assert s.login_token == token and not s.sessions  # wrong tokens spend nothing
+    secret = login(s, token)
+    assert s.sessions == [secret] and s.login_token is None and s.login_url == ""
     with pytest.raises(HttpError, match="used already"):
-        s.login(request(headers=here), s.login_token)
-    other = Session("127.0.0.1", 8471)
-    with pytest.raises(HttpError, match="open it by that address"):  # a rebound name never logs in
-        other.login(request(headers={"Host": "evil.example:8471"}), other.login_token)
-    assert len({s.login_token, s.cookie, s.csrf}) == 3 and len(s.cookie) >= 43  # 256 bits each
+        login(s, token)
+    assert len({token, secret}) == 2 and len(secret) >= 43  # 256 bits each
+    s.check(request(headers=bearer(secret)))
+    assert refused(s, request(headers=bearer(token))) == "401 no_session"  # the login token is no session
 
 
-def test_requests_need_the_cookie_and_this_server_s_name() -> None:
+def test_the_login_needs_this_server_its_origin_and_json() -> None:
     s = Session("127.0.0.1", 8471)
-    good = {"Host": "127.0.0.1:8471", "Cookie": f"other=1; {COOKIE}={s.cookie}"}
+    token = s.login_token
+    for headers, why in (
+        ({"Host": "evil.example:8471"}, "open it by that address"),  # a rebound name never logs in
+        ({"Origin": "http://127.0.0.1:9999"}, "another site"),  # a page of another port
+        ({"Sec-Fetch-Site": "same-site"}, "another site"),
+        ({"Content-Type": "text/plain"}, "takes JSON"),  # a form, or a fetch without a preflight
+    ):
+        with pytest.raises(HttpError, match=why):
+            login(s, token, headers)
+    assert s.login_token == token  # none of them spent it
+    login(s, token, {"Origin": "http://127.0.0.1:8471", "Sec-Fetch-Site": "same-origin"})
+
+
+def test_a_new_link_replaces_the_pending_one_and_logs_in_another_tab() -> None:
+    s = Session("127.0.0.1", 8471)
+    first = s.login_token
+    tab1 = login(s, first)
+    s.new_link()
+    second = s.login_token
+    s.new_link()  # drawn again before it was used: only the newest works
+    third = s.login_token
+    assert len({first, second, third}) == 3
+    with pytest.raises(HttpError, match="used already"):
+        login(s, second)
+    tab2 = login(s, third)
+    s.check(request(headers=bearer(tab1)))
+    s.check(request(headers=bearer(tab2)))
+    for _ in range(MAX_SESSIONS - 1):  # the oldest tab is logged out when too many are
+        s.new_link()
+        login(s, s.login_token)
+    assert refused(s, request(headers=bearer(tab1))) == "401 no_session"
+    s.check(request(headers=bearer(tab2)))
+
+
+def test_requests_need_the_bearer_header_and_this_server_s_name() -> None:
+    s = Session("127.0.0.1", 8471)
+    secret = login(s, s.login_token)
+    good = bearer(secret)
     s.check(request(headers=good))
     s.check(request(headers={**good, "Host": "localhost:8471"}))
-    assert refused(s, request(headers={"Host": "127.0.0.1:8471"})) == "403 no_session"
-    assert refused(s, request(headers={**good, "Cookie": f"{COOKIE}={s.cookie[:-1]}"})) == "403 no_session"
+    s.check(request(headers={**good, "Authorization": f"bearer  {secret} "}))
+    s.check(request(headers={**good, "Sec-Fetch-Site": "same-origin"}))
+    s.check(request(headers={**good, "Sec-Fetch-Site": "none"}))  # typed into the address bar (no header then)
+    assert refused(s, request(headers={"Host": "127.0.0.1:8471"})) == "401 no_session"
+    for wrong in (secret[:-1], f"Bearer {secret[:-1]}", f"Basic {secret}", secret, f"Bearer {secret}x", "Bearer "):
+        assert refused(s, request(headers={**good, "Authorization": wrong})) == "401 no_session", wrong
+    with pytest.raises(HttpError) as info:
+        s.check(request(headers={"Host": "127.0.0.1:8471"}))
+    assert ("WWW-Authenticate", 'Bearer realm="cardnet wallet"') in info.value.headers
+    # no cookie is read, whatever it holds
+    cookie = {"Host": "127.0.0.1:8471", "Cookie": f"cardnet_wallet={secret}; session={secret}"}
+    assert refused(s, request(headers=cookie)) == "401 no_session"
     assert refused(s, request(headers={**good, "Host": "127.0.0.1:8472"})) == "403 wrong_host"
     assert refused(s, request(headers={**good, "Host": "attacker.example:8471"})) == "403 wrong_host"
-    assert refused(s, request(headers={"Cookie": good["Cookie"]})) == "403 wrong_host"
+    assert refused(s, request(headers={"Authorization": good["Authorization"]})) == "403 wrong_host"
+    assert refused(s, request(headers={**good, "Origin": "http://127.0.0.1:9999"})) == "403 cross_site"
+    assert refused(s, request(headers={**good, "Sec-Fetch-Site": "cross-site"})) == "403 cross_site"
 
 
-def test_a_post_needs_the_csrf_token_json_and_this_origin() -> None:
+def test_a_post_needs_json_and_this_origin() -> None:
     s = Session("::1", 8471)
     assert s.url == "http://[::1]:8471/"
-    base = {"Host": "[::1]:8471", "Cookie": f"{COOKIE}={s.cookie}", "Content-Type": "application/json",
-            "X-CSRF-Token": s.csrf}  # fmt: skip
+    secret = s.login(request("POST", {"Host": "[::1]:8471", "Content-Type": "application/json"}, "/api/login",
+                             {"token": s.login_token}))  # fmt: skip
+    base = {"Host": "[::1]:8471", "Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     s.check(request("POST", base))  # a client that sends neither Origin nor Sec-Fetch-Site
     s.check(request("POST", {**base, "Origin": "http://[::1]:8471", "Sec-Fetch-Site": "same-origin"}))
+    s.check(request("POST", {**base, "Origin": "http://localhost:8471"}))
     assert refused(s, request("POST", {**base, "Origin": "http://evil.example"})) == "403 cross_site"
     assert refused(s, request("POST", {**base, "Origin": "http://[::1]:9999"})) == "403 cross_site"
+    assert refused(s, request("POST", {**base, "Origin": "null"})) == "403 cross_site"
     assert refused(s, request("POST", {**base, "Sec-Fetch-Site": "same-site"})) == "403 cross_site"
-    assert refused(s, request("POST", {**base, "X-CSRF-Token": ""})) == "403 csrf"
-    assert refused(s, request("POST", {k: v for k, v in base.items() if k != "X-CSRF-Token"})) == "403 csrf"
     assert refused(s, request("POST", {**base, "Content-Type": "text/plain"})) == "415 not_json"
-    assert refused(s, request("POST", {**base, "Cookie": ""})) == "403 no_session"
+    assert refused(s, request("POST", {k: v for k, v in base.items() if k != "Authorization"})) == "401 no_session"

@@ -44,7 +44,9 @@ def _listen(text: str) -> tuple[str, int]:
 def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: float, as_json: bool) -> None:
     """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; buy a ticket,
     send one, walk through a gate, answer exchange offers, recover. Prints a one-time login link: open it in your
-    browser (it works once; every other request needs the session it opens). Runs until Ctrl-C."""
+    browser (it works once and logs in that tab, which keeps its session across reloads until it is closed; the
+    page's "Open in another tab" logs in more tabs; with no tab logged in left, start this command again). Runs
+    until Ctrl-C."""
     from cardnet.cli.trn import card_pin, parse_domain
     from cardnet.services.wallet import Wallet, WalletError
     from cardnet.transport.errors import TransportError
@@ -74,7 +76,7 @@ def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: f
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         say_ready(as_json, {"url": served.url, "login": served.login_url}, f"ready {served.url}",
-                  f"open {served.login_url} in your browser (the link works once)")  # fmt: skip
+                  f"open {served.login_url} in your browser (the link works once, in one tab)")  # fmt: skip
         try:
             await stop.wait()
         finally:

@@ -1,36 +1,50 @@
-"""Who may use the web wallet: one browser session per run, opened by a one-time login link.
+"""Who may use the web wallet: tabs holding a session secret, each opened by a one-time login link.
 
-Theory of operation. The page moves the card's value, so it answers only the browser the person opened the
-login link in. Each run of ``cardnet wallet ui`` draws three random secrets (``secrets``, 256 bits each):
+Theory of operation. The page moves the card's value, so its API answers only the page the person opened a login
+link in. Browsers do not separate cookies by port (a cookie set by ``127.0.0.1:PORT`` goes to every port of
+127.0.0.1, so to any other local server the browser visits), so there is **no cookie**: the credential lives in
+the page's own origin (scheme, host *and port*), which no other port's script can read.
 
-* the **login token**, printed in the link ``http://127.0.0.1:PORT/login/TOKEN``; it works once: it answers
-  ``303`` to ``/`` with the session cookie and is then spent (a copy of the link in a shell history or a second
-  browser opens nothing);
-* the **session cookie** (``HttpOnly``: no script reads it; ``SameSite=Strict``: the browser does not send it
-  with a request another site started; no ``Max-Age``: it ends with the browser session, and with this process,
-  which forgets it). Every request without it is refused ``403``, whatever its path;
-* the **CSRF token**, written into the page (a ``<meta>``) and sent back by the page's script in the
-  ``X-CSRF-Token`` header of every ``POST``. Only ``POST`` changes anything, and a ``POST`` must carry the cookie,
-  the token, ``Content-Type: application/json`` and, when the browser says where it comes from (``Origin``,
-  ``Sec-Fetch-Site``), come from this page's own origin.
+* The **login token** (``secrets``, 256 bits) is printed in the link ``http://127.0.0.1:PORT/#login=TOKEN``. The
+  token is in the URL's fragment, which the browser never sends (no request line, no ``Referer``, no server log
+  holds it). The page's script takes it out of the address bar and exchanges it, ``POST /api/login {"token"}``,
+  for a **session secret** (256 bits), kept in the tab's ``sessionStorage`` (it survives a reload of that tab;
+  another tab, and every other origin, has its own). The login token is then spent. One login token is
+  pending at a time: a tab that is logged in can have a new one drawn for another tab (``POST /api/link``).
+* **Every API request** (``/api/*``: ``GET`` too, and unknown paths) must carry ``Authorization: Bearer
+  SECRET``, else ``401 no_session``. Cookies are never read. A page of another origin cannot send that header
+  without a CORS preflight, which this server never grants (it sends no ``Access-Control-Allow-*`` header): the
+  header is the CSRF protection too, so there is no separate CSRF token.
+* An API request that says where it comes from (``Origin``; ``Sec-Fetch-Site`` ``cross-site`` or ``same-site``)
+  must come from this page's origin (``403 cross_site``), and a ``POST`` must be JSON (``415``): both hold even
+  for a client that somehow holds the secret inside a browser.
+* Every request, the page and its script included, must name this server in ``Host`` (``127.0.0.1:PORT`` or
+  ``localhost:PORT``): a page of another site whose name was rebound to 127.0.0.1 (DNS rebinding) is refused
+  before anything else. The page and its script hold no secret and nothing of the card: they are served without
+  the session (a browser's navigation cannot carry the header).
 
-Every request must also name this server in ``Host`` (``127.0.0.1:PORT`` or ``localhost:PORT``): a page of
-another site whose name was rebound to 127.0.0.1 (DNS rebinding) is refused before anything else. The secrets
-are compared in constant time. The server listens on a loopback address only (:func:`loopback`).
+The secrets are compared in constant time and forgotten when the process ends. The server listens on a loopback
+address only (:func:`loopback`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass, field
 
 from cardnet.transport.http import HttpError, Request
 
-COOKIE = "cardnet_wallet"
-CSRF_HEADER = "X-CSRF-Token"
+SCHEME = "Bearer"
 SECRET_BYTES = 32
-RESTART = "run `cardnet wallet ui` again and open the login link it prints"
+MAX_SESSIONS = 16  # tabs logged in at once; the oldest is logged out by the next login
+RESTART = (
+    "open the login link `cardnet wallet ui` printed (it works once, in one tab), press \u201cOpen in another "
+    "tab\u201d in a tab of this wallet that is logged in, or stop `cardnet wallet ui` and start it again"
+)
+CHALLENGE = (("WWW-Authenticate", f'{SCHEME} realm="cardnet wallet"'),)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def loopback(host: str) -> str:
@@ -51,16 +65,27 @@ def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def _among(value: str, known: list[str]) -> bool:
+    """Whether ``value`` is one of ``known``, comparing each in constant time."""
+    found = False
+    for k in known:
+        found |= secrets.compare_digest(value.encode(), k.encode())
+    return found
+
+
 @dataclass
 class Session:
     """The secrets of one run and the checks of every request (see the module)."""
 
     host: str
     port: int
-    login_token: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
-    cookie: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(SECRET_BYTES))
-    logged_in: bool = False
+    login_token: str | None = field(default_factory=_secret)  # the one pending login token (None: none)
+    sessions: list[str] = field(default_factory=list)  # the session secrets of the tabs logged in, oldest first
+    _spent: list[str] = field(default_factory=list, init=False, repr=False)  # tokens used or replaced (for words)
 
     @property
     def hosts(self) -> frozenset[str]:
@@ -77,16 +102,36 @@ class Session:
 
     @property
     def login_url(self) -> str:
-        return f"{self.url}login/{self.login_token}"
+        """The link of the pending login token ('' when there is none)."""
+        return f"{self.url}#login={self.login_token}" if self.login_token else ""
 
-    def login(self, request: Request, token: str) -> str:
-        """The ``Set-Cookie`` value for the one-time login ``token``; 403 if it is wrong or spent."""
+    def new_link(self) -> str:
+        """A new one-time login token (the pending one, if any, no longer works); its link."""
+        if self.login_token is not None:
+            self._spent = [*self._spent[-(MAX_SESSIONS - 1) :], self.login_token]
+        self.login_token = _secret()
+        return self.login_url
+
+    def login(self, request: Request) -> str:
+        """A new session secret for ``POST /api/login`` ``{"token": the pending one-time login token}`` (which is
+        then spent); 403 if the token is wrong or spent, or the request not from this server's page (as
+        :meth:`check`), 415 if it is not JSON."""
         self.check_host(request)
-        if self.logged_in or not secrets.compare_digest(token.encode(), self.login_token.encode()):
-            why = "was used already (a login link opens one browser session)" if self.logged_in else "is not valid"
+        self.check_origin(request)
+        _check_json(request)
+        body = request.json()
+        token = body.get("token") if isinstance(body, dict) else None
+        given = token if isinstance(token, str) and _TOKEN.fullmatch(token) else ""
+        pending = self.login_token
+        if not given or pending is None or not secrets.compare_digest(given.encode(), pending.encode()):
+            used = bool(given) and _among(given, self._spent)
+            why = "was used already (a login link opens one tab)" if used else "is not valid"
             raise HttpError(403, "bad_login", f"this login link {why}: {RESTART}")
-        self.logged_in = True
-        return f"{COOKIE}={self.cookie}; Path=/; HttpOnly; SameSite=Strict"
+        self._spent = [*self._spent[-(MAX_SESSIONS - 1) :], pending]
+        self.login_token = None
+        secret = _secret()
+        self.sessions = [*self.sessions[-(MAX_SESSIONS - 1) :], secret]
+        return secret
 
     def check_host(self, request: Request) -> None:
         if (request.header("host") or "").lower() not in self.hosts:
@@ -94,30 +139,25 @@ class Session:
                 403, "wrong_host", f"this is the web wallet at {self.url}: open it by that address, not another name"
             )
 
-    def check(self, request: Request) -> None:
-        """403 unless the request names this server and carries the session cookie; for a ``POST`` also the CSRF
-        checks (403) and a JSON body (415)."""
-        self.check_host(request)
-        if not secrets.compare_digest(_cookie(request).encode(), self.cookie.encode()):
-            raise HttpError(403, "no_session", f"this page needs the session of the browser that logged in: {RESTART}")
-        if request.method in ("GET", "HEAD"):
-            return
+    def check_origin(self, request: Request) -> None:
+        """403 if the browser says the request comes from a page of another origin."""
         origin = request.header("origin")
-        site = request.header("sec-fetch-site")
-        if (origin is not None and origin not in self.origins) or (site is not None and site != "same-origin"):
+        site = (request.header("sec-fetch-site") or "").lower()
+        if (origin is not None and origin not in self.origins) or site in ("cross-site", "same-site"):
             raise HttpError(403, "cross_site", "a request from another site was refused: use the wallet's own page")
-        if not secrets.compare_digest((request.header(CSRF_HEADER) or "").encode(), self.csrf.encode()):
-            raise HttpError(403, "csrf", "the page's token is missing or old: reload the page and try again")
-        if (request.header("content-type") or "").split(";")[0].strip().lower() != "application/json":
-            raise HttpError(415, "not_json", "the wallet takes JSON (send with the page's buttons)")
+
+    def check(self, request: Request) -> None:
+        """An API request: 403 unless it names this server and comes from this page's origin (when it says),
+        401 without a session's ``Authorization`` header, and for a ``POST`` 415 unless it is JSON."""
+        self.check_host(request)
+        self.check_origin(request)
+        scheme, _, secret = (request.header("authorization") or "").strip().partition(" ")
+        if scheme.lower() != SCHEME.lower() or not _among(secret.strip(), self.sessions):
+            raise HttpError(401, "no_session", f"this tab is not logged in to the wallet: {RESTART}", CHALLENGE)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):  # (an OPTIONS is answered 405: nothing is routed)
+            _check_json(request)
 
 
-def _cookie(request: Request) -> str:
-    """This server's session cookie as the request carries it ('' if it does not)."""
-    for name, value in request.headers:
-        if name == "cookie":
-            for pair in value.split(";"):
-                key, sep, got = pair.strip().partition("=")
-                if sep and key == COOKIE:
-                    return got.strip()
-    return ""
+def _check_json(request: Request) -> None:
+    if (request.header("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        raise HttpError(415, "not_json", "the wallet takes JSON (send with the page's buttons)")

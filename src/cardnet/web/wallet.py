@@ -4,7 +4,10 @@ Theory of operation. One process holds one logged-in :class:`~cardnet.services.w
 card (the PIN was given when it started; it is never sent to the browser) and serves, on a loopback address,
 behind the session of :mod:`.session`:
 
-* ``GET /`` the page (plain HTML; ``/static/wallet.js`` and ``/static/wallet.css`` from this package, no CDN);
+* ``GET /`` the page (plain HTML; ``/static/wallet.js`` and ``/static/wallet.css`` from this package, no CDN): the
+  same for everyone, holding no secret and nothing of the card, so it is served without the session;
+* ``POST /api/login`` a one-time login token (from the link's fragment) exchanged for a tab's session secret, and
+  ``POST /api/link`` a new login token drawn for another tab; every other ``/api`` route needs the session;
 * ``GET /api/state`` what the card holds and what is under way, as JSON with a ``version`` that changes when
   any of it changes. The page asks for it every second and redraws when the version moved. The server reads
   the card again when the card pushed a change (the wallet library's events: a token or an exchange changed),
@@ -30,7 +33,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html import escape
 from importlib import resources
 from typing import Any
 
@@ -145,11 +147,14 @@ class WalletWeb:
 
     def router(self) -> Router:
         r = _GuardedRouter(self._check)
-        r.add("GET", "/login/{token}", self.login)  # the one route without the session: it opens it
+        # without the session: the page and its script and style (the same for everyone: no secret in them, a
+        # browser's navigation cannot carry the session's header), and the login that opens a session
+        r.add("GET", "/", _guarded(self._check_host, self.page))
+        r.add("GET", "/static/{name}", _guarded(self._check_host, self.static))
+        r.add("POST", "/api/login", self.login)
         for method, path, handler in (
-            ("GET", "/", self.page),
-            ("GET", "/static/{name}", self.static),
             ("GET", "/api/state", self.state),
+            ("POST", "/api/link", self.link),
             ("POST", "/api/send", self.send),
             ("POST", "/api/enter", self.enter),
             ("POST", "/api/exchange/accept", self.accept_exchange),
@@ -165,10 +170,16 @@ class WalletWeb:
             r.add(method, path, _guarded(self._check, handler))
         return r
 
-    def _check(self, request: Request) -> None:
+    def _session(self) -> Session:
         if self.session is None:
             raise HttpError(503, "starting", "the wallet is starting: reload in a moment")
-        self.session.check(request)
+        return self.session
+
+    def _check(self, request: Request) -> None:
+        self._session().check(request)
+
+    def _check_host(self, request: Request) -> None:
+        self._session().check_host(request)
 
     # -- the card -------------------------------------------------------------------------------------------------
     async def _wallet_now(self) -> Wallet:
@@ -309,18 +320,19 @@ class WalletWeb:
 
     # -- pages ----------------------------------------------------------------------------------------------------
     async def login(self, request: Request) -> Response:
-        if self.session is None:
-            raise HttpError(503, "starting", "the wallet is starting: reload in a moment")
-        if request.method == "HEAD":  # (a link preview's HEAD must not spend the one-time link)
-            self.session.check_host(request)
-            return Response(200, b"", "text/plain", SECURITY_HEADERS)
-        cookie = self.session.login(request, request.params["token"])
-        return Response(303, b"", "text/plain", (("Location", "/"), ("Set-Cookie", cookie), *SECURITY_HEADERS))
+        """``{"token"}`` of a login link -> ``{"session"}``, the tab's secret for the ``Authorization`` header."""
+        secret = self._session().login(request)
+        return _json({"session": secret, "message": "logged in: this tab holds its session until it is closed"})
+
+    async def link(self, request: Request) -> Response:
+        """A new one-time login token for another tab (the page opens ``/#login=TOKEN`` in it)."""
+        session = self._session()
+        url = session.new_link()
+        return _json({"token": session.login_token, "login": url,
+                      "message": "another tab opens with its own one-time login"})  # fmt: skip
 
     async def page(self, request: Request) -> Response:
-        assert self.session is not None
-        text = self._page.replace("{{csrf}}", escape(self.session.csrf))
-        return Response.html(text, headers=(("Content-Security-Policy", PAGE_CSP), *SECURITY_HEADERS))
+        return Response.html(self._page, headers=(("Content-Security-Policy", PAGE_CSP), *SECURITY_HEADERS))
 
     async def static(self, request: Request) -> Response:
         name = request.params["name"]
@@ -442,8 +454,9 @@ class WalletWeb:
 
 
 class _GuardedRouter(Router):
-    """A router whose unknown paths and methods are refused like every other request without the session (403),
-    and only then answered 404 or 405."""
+    """A router whose unknown paths and methods (a CORS preflight's ``OPTIONS`` among them) are refused like every
+    API request without the session (401; 403 from another origin), and only then answered 404 or 405: never
+    with an ``Access-Control-Allow-*`` header."""
 
     def __init__(self, check: Callable[[Request], None]) -> None:
         super().__init__()

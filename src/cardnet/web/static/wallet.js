@@ -1,14 +1,32 @@
-// The web wallet's page (cardnet wallet ui, docs/web-wallet.md): polls /api/state every second, redraws when its
-// version moved, and sends each order as a POST with the page's CSRF token. Text from the card (ticket bodies)
-// is only ever set as textContent, never parsed as HTML.
+// The web wallet's page (cardnet wallet ui, docs/web-wallet.md). It logs in with the one-time token of the link it
+// was opened with (in the URL's fragment, which the browser never sends to a server), keeps the session secret it
+// gets for this tab in sessionStorage (this origin's, scheme + host + port: no page of another port reads it) and
+// sends it as `Authorization: Bearer ...` with every API request; no cookie is used. It polls /api/state every
+// second and redraws when its version moved. Text from the card (ticket bodies) is only ever set as textContent,
+// never parsed as HTML.
 "use strict";
 
 const POLL_MS = 1000;
-const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const KEY = "cardnet-wallet-session";
+const NOT_LOGGED_IN = "This tab is not logged in: open the login link `cardnet wallet ui` printed (it works once, in "
+  + "one tab), or press “Open in another tab” in a tab of this wallet that is logged in.";
+let session = stored();
 let shown = -1;
 let busy = false;
 
 const $ = (id) => document.getElementById(id);
+
+function stored() {
+  try { return sessionStorage.getItem(KEY); } catch (e) { return null; }
+}
+
+function keep(secret) {
+  session = secret;
+  try {
+    if (secret) sessionStorage.setItem(KEY, secret);
+    else sessionStorage.removeItem(KEY);
+  } catch (e) { /* storage refused: the session lives in this page's memory only (a reload loses it) */ }
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -21,11 +39,16 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-async function api(path, body) {
-  const init = { credentials: "same-origin", cache: "no-store" };
+// One request to the wallet's API: JSON in and out; with this tab's session unless `auth` is false (the login).
+async function api(path, body, auth = true) {
+  const init = { credentials: "omit", cache: "no-store", headers: {} };
+  if (auth) {
+    if (!session) throw new Error(NOT_LOGGED_IN);
+    init.headers.Authorization = `Bearer ${session}`;
+  }
   if (body !== undefined) {
     init.method = "POST";
-    init.headers = { "Content-Type": "application/json", "X-CSRF-Token": csrf };
+    init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   let r;
@@ -38,6 +61,7 @@ async function api(path, body) {
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   if (!r.ok) {
+    if (auth && r.status === 401) keep(null); // the wallet does not know this tab's session (restarted?)
     const err = new Error((data && data.message) || `the wallet answered ${r.status}: reload the page`);
     err.data = data;
     throw err;
@@ -146,7 +170,16 @@ let timer = null;
 let polling = false;
 let again = false;
 
+function notLoggedIn(text) {
+  clearTimeout(timer);
+  $("link").textContent = "not logged in";
+  $("link").className = "link down";
+  if (text) say(text, false);
+  else if ($("message").hidden) say(NOT_LOGGED_IN, false);
+}
+
 async function poll() {
+  if (!session) { notLoggedIn(); return; }
   if (polling) { again = true; return; } // (one request at a time; asked again meanwhile: once more after it)
   polling = true;
   clearTimeout(timer);
@@ -162,9 +195,11 @@ async function poll() {
   } catch (e) {
     $("link").textContent = e.message;
     $("link").className = "link down";
+    if (!session) notLoggedIn(e.message);
   } finally {
     polling = false;
-    if (again) { again = false; timer = setTimeout(poll, 0); } else timer = setTimeout(poll, POLL_MS);
+    if (!session) again = false;
+    else if (again) { again = false; timer = setTimeout(poll, 0); } else timer = setTimeout(poll, POLL_MS);
   }
 }
 
@@ -190,6 +225,14 @@ async function act(path, body, onError) {
     poll();
   }
 }
+
+$("new-tab").addEventListener("click", async () => {
+  const got = await act("/api/link", {});
+  if (!got) return;
+  const tab = window.open(`${location.origin}/#login=${got.token}`, "_blank");
+  if (tab) tab.opener = null;
+  else say("Your browser blocked the new tab: allow pop-ups for this page and press “Open in another tab” again.", false);
+});
 
 $("send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -270,4 +313,28 @@ $("buy-form").addEventListener("submit", async (ev) => {
   }
 });
 
-poll();
+// The login link's token: taken out of the address bar at once (a reload, a bookmark or the history never hold it),
+// then exchanged for this tab's session (the token is spent by it).
+function linkToken() {
+  const found = /^#login=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  return found ? found[1] : null;
+}
+
+async function start() {
+  const token = linkToken();
+  if (token) {
+    try {
+      const got = await api("/api/login", { token }, false);
+      keep(got.session);
+      shown = -1;
+      $("message").hidden = true;
+    } catch (e) {
+      say(session ? `${e.message} (this tab is still logged in)` : e.message, false);
+    }
+  }
+  poll();
+}
+
+window.addEventListener("hashchange", start); // a login link pasted into this tab's address bar
+start();
