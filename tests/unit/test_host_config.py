@@ -95,6 +95,21 @@ def test_a_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
     assert card.applets == () and card.capacity_bytes == 256 * 1024
 
 
+@pytest.mark.parametrize(("applets", "expected"), [
+    ('["trn"]', 256 * 1024), ('["notes", "trn"]', 256 * 1024),
+    ('["authority"]', 64 << 20), ('["ttp"]', 64 << 20), ('["sam"]', 64 << 20), ('["gate"]', 64 << 20),
+    ('["trn", "authority"]', 64 << 20),
+])  # fmt: skip
+def test_a_service_card_gets_a_security_module_s_memory_by_default(tmp_path: Path, applets: str, expected: int) -> None:
+    """A person's card holds 256 KiB; the authority, the TTP, a SAM and a gate keep records that grow with the
+    system's traffic and get 64 MiB unless the config says otherwise."""
+    text = MINIMAL + f"applets = {applets}\n"
+    [card] = load_config(write(tmp_path, text)).cards
+    assert card.capacity_bytes == expected
+    [card] = load_config(write(tmp_path, text + "capacity_bytes = 4096\n")).cards
+    assert card.capacity_bytes == 4096
+
+
 def _replace(old: str, new: str, text: str = GOOD) -> str:
     assert old in text
     return text.replace(old, new, 1)

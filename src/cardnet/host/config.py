@@ -11,7 +11,7 @@
     [[cards]]                           # one or more personalised cards
     store = "sqlite:///alice.card.db"
     applets = ["notes", "trn"]
-    capacity_bytes = 262144             # optional
+    capacity_bytes = 262144             # optional (default 256 KiB; 64 MiB for a service card, see below)
     ticks = { "trn.recover" = 2.0 }     # optional: mtype -> seconds; the host sends it to the card that often
     exclusive = true                    # optional: the host holds the card's store alone while it runs
 
@@ -71,6 +71,12 @@ KNOWN_TOP = {
 KNOWN_ADVERSARY = ("drop_out", "drop_in", "mtypes", "seed", "stop_round")
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "handshake_timeout_s", "idle_timeout_s", "app_max_connections")
 KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
+# A card's memory when the config does not say: a person's smart card holds 256 KiB; a service's security module
+# (the trace authority, the TTP, a broker's SAM, a gate keeping what it admitted) keeps records that grow with
+# the system's traffic (about 160 bytes a traced movement), and gets 64 MiB (docs/decisions.md).
+CARD_CAPACITY = 256 * 1024
+SERVICE_CAPACITY = 64 * 1024 * 1024
+SERVICE_APPLETS = frozenset({"authority", "ttp", "sam", "gate"})
 DEFAULT_TICKS: dict[str, tuple[tuple[str, float], ...]] = {
     # resending is harmless and a lost copy/commit/seekfor or handshake is only ever resent by recovery
     "trn": (("trn.recover", 2.0),),
@@ -208,7 +214,8 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
                 f"{where}applets",
                 f"unknown applet(s) {', '.join(unknown_applets)}; known: {', '.join(sorted(APPLETS))}",
             )
-        capacity = _int(c, "capacity_bytes", where, 256 * 1024, 1024, 1 << 34)
+        default = SERVICE_CAPACITY if SERVICE_APPLETS & set(applets) else CARD_CAPACITY
+        capacity = _int(c, "capacity_bytes", where, default, 1024, 1 << 34)
         exclusive = c.get("exclusive", True)
         if not isinstance(exclusive, bool):
             raise _bad(f"{where}exclusive", f"must be true or false, got {exclusive!r}")
