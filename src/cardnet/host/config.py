@@ -11,7 +11,7 @@
     [[cards]]                           # one or more personalised cards
     store = "sqlite:///alice.card.db"
     applets = ["notes", "trn"]
-    capacity_bytes = 262144             # optional (default 256 KiB; 64 MiB for a service card, see below)
+    capacity_bytes = 262144             # optional (default 256 KiB; 64 MiB for an agent's or service's card)
     ticks = { "trn.recover" = 2.0 }     # optional: mtype -> seconds; the host sends it to the card that often
     exclusive = true                    # optional: the host holds the card's store alone while it runs
 
@@ -72,8 +72,10 @@ KNOWN_ADVERSARY = ("drop_out", "drop_in", "mtypes", "seed", "stop_round")
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "handshake_timeout_s", "idle_timeout_s", "app_max_connections")
 KNOWN_CARD = ("store", "applets", "capacity_bytes", "ticks", "exclusive")
 # A card's memory when the config does not say: a person's smart card holds 256 KiB; a service's security module
-# (the trace authority, the TTP, a broker's SAM, a gate keeping what it admitted) keeps records that grow with
-# the system's traffic (about 160 bytes a traced movement), and gets 64 MiB (docs/decisions.md).
+# (the trace authority, the TTP, a broker's SAM, a gate keeping what it admitted) and an issuing agent's card (it
+# keeps every token it minted) keep records that grow with the system's traffic (about 160 bytes a traced
+# movement, some 400 a minted ticket), and get 64 MiB (docs/decisions.md): by their applets here, by their
+# certificate's role (agent, service) when the host opens them (host/server.py).
 CARD_CAPACITY = 256 * 1024
 SERVICE_CAPACITY = 64 * 1024 * 1024
 SERVICE_APPLETS = frozenset({"authority", "ttp", "sam", "gate"})
@@ -96,6 +98,7 @@ class CardConfig:
     capacity_bytes: int
     ticks: tuple[tuple[str, float], ...] = ()  # (mtype name, every seconds)
     exclusive: bool = True  # hold the store alone (docs/store.md); false lets others read it while the host runs
+    capacity_given: bool = True  # false: the config left it out (a host raises an agent's or service's default)
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,16 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
         exclusive = c.get("exclusive", True)
         if not isinstance(exclusive, bool):
             raise _bad(f"{where}exclusive", f"must be true or false, got {exclusive!r}")
-        cards.append(CardConfig(store, tuple(applets), capacity, _ticks(c, applets, where), exclusive))
+        cards.append(
+            CardConfig(
+                store,
+                tuple(applets),
+                capacity,
+                _ticks(c, applets, where),
+                exclusive=exclusive,
+                capacity_given="capacity_bytes" in c,
+            )
+        )
     routes: dict[bytes, tuple[str, int]] = {}
     raw_routes = data.get("routes", {})
     if not isinstance(raw_routes, dict):

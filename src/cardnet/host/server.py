@@ -47,9 +47,11 @@ from typing import Any
 
 from cardnet.applets.registry import make_applets
 from cardnet.card import Card
+from cardnet.crypto import pki
+from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.adversary import Adversary
-from cardnet.host.config import CardConfig, HostConfig
+from cardnet.host.config import SERVICE_CAPACITY, CardConfig, HostConfig
 from cardnet.host.core import Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
 from cardnet.store import StoreError, open_store
@@ -122,7 +124,16 @@ def _open_card(i: int, cc: CardConfig) -> Card:
             "bad_config",
             f"cards[{i}].store: the card in {cc.store} is not personalised; run `cardnet card create` first",
         )
+    if not cc.capacity_given and _role(card) in (pki.Role.AGENT, pki.Role.SERVICE):
+        card.capacity_bytes = max(card.capacity_bytes, SERVICE_CAPACITY)  # (host/config.py: why)
     return card
+
+
+def _role(card: Card) -> pki.Role | None:
+    try:
+        return pki.role_of(pki.cert_from_der(card.certificate_der))
+    except CardnetError:
+        return None
 
 
 class Carrier:
