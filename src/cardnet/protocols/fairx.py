@@ -289,7 +289,7 @@ class Exchange:
     offer: dict[str, Any] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "offer", OFFER_SCHEMA.decode(self.m1))
+        object.__setattr__(self, "offer", _offer_of(self.m1))
 
     @property
     def n1(self) -> bytes:
@@ -338,6 +338,24 @@ class Exchange:
     def decode(cls, raw: bytes) -> Exchange:
         d = _RECORD.decode(raw)
         return cls(role=d.pop("role"), phase=Phase(d.pop("phase")), **d)
+
+
+# An exchange's record is rebuilt at every step (decoded from the card's state, then advanced), and every rebuild
+# decodes the same offer m1. Decoding is a function of the bytes, so decoded offers are kept here by their exact
+# bytes (bounded: the memo starts over when full) and shared: nothing changes an offer's fields once decoded.
+MEMO_ENTRIES = 256
+_OFFERS: dict[bytes, dict[str, Any]] = {}
+
+
+def _offer_of(m1: bytes) -> dict[str, Any]:
+    offer = _OFFERS.get(m1) if type(m1) is bytes else None
+    if offer is None:
+        offer = OFFER_SCHEMA.decode(m1)
+        if type(m1) is bytes:
+            if len(_OFFERS) >= MEMO_ENTRIES:
+                _OFFERS.clear()
+            _OFFERS[m1] = offer
+    return offer
 
 
 # -- effects ------------------------------------------------------------------------------------------
