@@ -332,19 +332,38 @@ class Exchange:
         for name in ("m2", "n2", "token_in", "st_in", "st_out", "why"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
-        return _RECORD.encode(d)
+        raw = _RECORD.encode(d)
+        if type(self) is Exchange:
+            _remember(_RECORDS, raw, self)  # the next step decodes what this one stored
+        return raw
 
     @classmethod
     def decode(cls, raw: bytes) -> Exchange:
+        if cls is Exchange and type(raw) is bytes:
+            x = _RECORDS.get(raw)
+            if x is not None:
+                return x
         d = _RECORD.decode(raw)
-        return cls(role=d.pop("role"), phase=Phase(d.pop("phase")), **d)
+        x = cls(role=d.pop("role"), phase=Phase(d.pop("phase")), **d)
+        if cls is Exchange and type(raw) is bytes:
+            _remember(_RECORDS, raw, x)
+        return x
 
 
 # An exchange's record is rebuilt at every step (decoded from the card's state, then advanced), and every rebuild
 # decodes the same offer m1. Decoding is a function of the bytes, so decoded offers are kept here by their exact
 # bytes (bounded: the memo starts over when full) and shared: nothing changes an offer's fields once decoded.
+# Records themselves are frozen values, kept the same way by the bytes they were decoded from or encoded to (each
+# step decodes what the last one stored): what a lookup returns is what decoding those bytes returns.
 MEMO_ENTRIES = 256
 _OFFERS: dict[bytes, dict[str, Any]] = {}
+_RECORDS: dict[bytes, Exchange] = {}
+
+
+def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
 
 
 def _offer_of(m1: bytes) -> dict[str, Any]:
@@ -352,9 +371,7 @@ def _offer_of(m1: bytes) -> dict[str, Any]:
     if offer is None:
         offer = OFFER_SCHEMA.decode(m1)
         if type(m1) is bytes:
-            if len(_OFFERS) >= MEMO_ENTRIES:
-                _OFFERS.clear()
-            _OFFERS[m1] = offer
+            _remember(_OFFERS, m1, offer)
     return offer
 
 
