@@ -67,6 +67,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from cardnet.crypto import profile
@@ -319,7 +320,7 @@ class Exchange:
     def peer(self) -> Uid:
         return self.b if self.role == INITIATOR else self.a
 
-    @property
+    @cached_property  # (m2 is decoded once a record, not at every look: an initiator never has n2)
     def xid(self) -> bytes | None:
         if self.n2 is not None:
             return xid_of(self.n2)
