@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -320,6 +320,18 @@ class Exchange:
     def peer(self) -> Uid:
         return self.b if self.role == INITIATOR else self.a
 
+    def evolve(self, **changes: Any) -> Exchange:
+        """This record with ``changes`` (``dataclasses.replace`` without its walk over every field and without
+        deriving the offer again: m1 never changes)."""
+        if not changes.keys() <= _CHANGEABLE:
+            raise TypeError(f"an exchange record has no changeable field {sorted(changes.keys() - _CHANGEABLE)}")
+        y = object.__new__(Exchange)
+        d = y.__dict__
+        mine = self.__dict__
+        for name in _FIELDS:
+            d[name] = changes[name] if name in changes else mine[name]
+        return y
+
     @cached_property  # (m2 is decoded once a record, not at every look: an initiator never has n2)
     def xid(self) -> bytes | None:
         if self.n2 is not None:
@@ -374,6 +386,11 @@ def _offer_of(m1: bytes) -> dict[str, Any]:
         if type(m1) is bytes:
             _remember(_OFFERS, m1, offer)
     return offer
+
+
+_FIELDS = ("role", "phase", "m1", "peer_cert", "m2", "n2", "token_in", "st_in", "st_out", "why", "offer")
+_CHANGEABLE = frozenset(_FIELDS) - {"m1", "offer"}
+assert tuple(f.name for f in fields(Exchange)) == _FIELDS, "Exchange.evolve copies every field"
 
 
 # -- effects ------------------------------------------------------------------------------------------
@@ -490,13 +507,13 @@ def on_agree(
         _verify(b_key, m2["st"], statement_bytes(x.gets, x.b, x.a, move_nonce(xid)), "b's movement statement")
         st_out = sign(statement_bytes(x.gives, x.a, x.b, move_nonce(xid)))
         m2_raw = AGREE_SCHEMA.encode(m2)
-        y = replace(x, phase=Phase.CONFIRMED, m2=m2_raw, token_in=token_in, st_in=bytes(m2["st"]), st_out=st_out)
+        y = x.evolve(phase=Phase.CONFIRMED, m2=m2_raw, token_in=token_in, st_in=bytes(m2["st"]), st_out=st_out)
         return Outcome(y, [("peer", CONFIRM, _confirm(y, sign))], note="confirmed")
     if x.phase is Phase.CONFIRMED and x.xid == xid:
         return Outcome(x, [("peer", CONFIRM, _confirm(x, sign))])  # m2 resent: m3 lost
     if x.phase is Phase.GAVE_UP and x.m2 is None:
         # a gave up before m3: it refuses the late m2 and asks the TTP to abort (b then gets v2 back sooner)
-        y = replace(x, m2=AGREE_SCHEMA.encode(m2))
+        y = x.evolve(m2=AGREE_SCHEMA.encode(m2))
         return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign, my_cert))], note="abort asked")
     if x.phase is Phase.GAVE_UP and x.xid == xid:
         return Outcome(x, [("ttp", REQUEST, request(x, ABORTED, sign, my_cert))])
@@ -524,7 +541,7 @@ def give_up(x: Exchange) -> Outcome:
         raise ProtocolError(
             "refused", f"only an offer not yet confirmed can be given up (this exchange is {x.phase.value})"
         )
-    return Outcome(replace(x, phase=Phase.GAVE_UP, why="gave up"), unlock=x.gives, note="gave up")
+    return Outcome(x.evolve(phase=Phase.GAVE_UP, why="gave up"), unlock=x.gives, note="gave up")
 
 
 def resolve(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
@@ -533,7 +550,7 @@ def resolve(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
         raise ProtocolError(
             "refused", f"resolve is for a confirmed exchange waiting for b (this one is {x.phase.value})"
         )
-    y = replace(x, phase=Phase.RESOLVING)
+    y = x.evolve(phase=Phase.RESOLVING)
     return Outcome(y, [("ttp", REQUEST, request(y, RESOLVED, sign, my_cert))], note="resolve asked")
 
 
@@ -571,7 +588,7 @@ def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: by
     st_out = sign(statement_bytes(x.gives, x.b, x.a, move_nonce(xid)))
     f = {"xid": xid, "m1h": m1h, "box": box, "st": st_out, "sig": sign(agree_bytes(xid, m1h, box))}
     f["issuer_cert"] = issuer_cert
-    y = replace(x, phase=Phase.AGREED, m2=AGREE_SCHEMA.encode(f), n2=n2, st_out=st_out)
+    y = x.evolve(phase=Phase.AGREED, m2=AGREE_SCHEMA.encode(f), n2=n2, st_out=st_out)
     return Outcome(y, [("peer", AGREE, f)], lock=x.gives, note="agreed")
 
 
@@ -579,7 +596,7 @@ def reject(x: Exchange, reason: str = "rejected") -> Outcome:
     """b's owner rejects the offer (or b cannot take part): a is told and unlocks v1; nothing was locked here."""
     if x.role != RESPONDER or x.phase is not Phase.PROPOSED:
         raise ProtocolError("refused", f"this offer was already answered ({x.phase.value})")
-    y = replace(x, phase=Phase.ABORTED, why=reason[:64])
+    y = x.evolve(phase=Phase.ABORTED, why=reason[:64])
     return Outcome(y, [("peer", REFUSAL, {"n1": x.n1, "reason": reason[:64]})], note=reason)
 
 
@@ -587,7 +604,7 @@ def on_refusal(x: Exchange, reason: str) -> Outcome:
     """b refused the offer before agreeing: a unlocks v1 (only while nothing was confirmed)."""
     if x.role != INITIATOR or x.phase is not Phase.OFFERED:
         return Outcome(x)
-    return Outcome(replace(x, phase=Phase.ABORTED, why=reason[:64]), unlock=x.gives, note=reason)
+    return Outcome(x.evolve(phase=Phase.ABORTED, why=reason[:64]), unlock=x.gives, note=reason)
 
 
 def on_confirm(x: Exchange, m3: dict[str, Any], *, a_key: profile.PublicKey) -> Outcome:
@@ -601,7 +618,7 @@ def on_confirm(x: Exchange, m3: dict[str, Any], *, a_key: profile.PublicKey) -> 
     xid = bytes(m3["xid"])
     _verify(a_key, m3["sig"], confirm_bytes(xid, profile.sha256(x.m1)), "the confirmation")
     _verify(a_key, m3["st"], statement_bytes(x.gets, x.a, x.b, move_nonce(xid)), "a's movement statement")
-    y = replace(x, st_in=bytes(m3["st"]))
+    y = x.evolve(st_in=bytes(m3["st"]))
     out = _swapped(y, "done")
     return replace(out, send=[("peer", COMMITMENT, _commitment(y))])
 
@@ -615,7 +632,7 @@ def abort(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
     """b's recovery after m2 without m3: ask the TTP to abort (repeatable); from now on m3 is ignored."""
     if x.role != RESPONDER or x.phase not in (Phase.AGREED, Phase.ABORTING):
         raise ProtocolError("refused", f"abort is for an agreed exchange waiting for a (this one is {x.phase.value})")
-    y = replace(x, phase=Phase.ABORTING)
+    y = x.evolve(phase=Phase.ABORTING)
     return Outcome(y, [("ttp", REQUEST, request(y, ABORTED, sign, my_cert))], note="abort asked")
 
 
@@ -650,19 +667,19 @@ def on_admission(x: Exchange, adm: dict[str, Any], *, ttp_key: profile.PublicKey
     if x.role == INITIATOR and x.phase in (Phase.CONFIRMED, Phase.RESOLVING):
         if decision == RESOLVED:
             return _swapped(x, "resolved by the TTP")
-        return Outcome(replace(x, phase=Phase.ABORTED, why="aborted by the TTP"), unlock=x.gives, note="aborted")
+        return Outcome(x.evolve(phase=Phase.ABORTED, why="aborted by the TTP"), unlock=x.gives, note="aborted")
     if x.role == INITIATOR and x.phase is Phase.GAVE_UP:
         # v1 came back when a gave up; an abort just closes the record. (A resolve cannot be: a never asked one
         # without m3, and b asks only abort; a TTP that says so anyway is not followed: v1 stays here.)
-        return Outcome(replace(x, phase=Phase.ABORTED), note="aborted")
+        return Outcome(x.evolve(phase=Phase.ABORTED), note="aborted")
     if x.role == RESPONDER and x.phase in (Phase.AGREED, Phase.ABORTING):
         if decision == RESOLVED:
             st = adm.get("st")
             if st is None:
                 raise ProtocolError("bad_admission", "a resolve admission without a's movement statement")
-            out = _swapped(replace(x, st_in=bytes(st)), "resolved by the TTP")
+            out = _swapped(x.evolve(st_in=bytes(st)), "resolved by the TTP")
             return out
-        return Outcome(replace(x, phase=Phase.ABORTED, why="aborted by the TTP"), unlock=x.gives, note="aborted")
+        return Outcome(x.evolve(phase=Phase.ABORTED, why="aborted by the TTP"), unlock=x.gives, note="aborted")
     return Outcome(x)
 
 
@@ -671,7 +688,7 @@ def _swapped(x: Exchange, note: str) -> Outcome:
     xid = x.xid
     assert xid is not None and x.token_in is not None and x.st_in is not None
     got = Receive(x.gets, x.token_in, x.peer, move_nonce(xid), x.st_in)
-    return Outcome(replace(x, phase=Phase.DONE, why=None), drop=x.gives, receive=got, note=note)
+    return Outcome(x.evolve(phase=Phase.DONE, why=None), drop=x.gives, receive=got, note=note)
 
 
 # -- the TTP ----------------------------------------------------------------------------------------------
