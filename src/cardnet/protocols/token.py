@@ -43,10 +43,20 @@ class Token:
 
     @classmethod
     def decode(cls, raw: bytes) -> Token:
+        memo = cls is Token and type(raw) is bytes and len(raw) <= _MEMO_TOKEN_BYTES
+        if memo:
+            got = _TOKENS.get(raw)
+            if got is not None:
+                return got
         try:
-            return cls(**TOKEN.decode(raw))
+            token = cls(**TOKEN.decode(raw))
         except DecodeError as exc:
             raise ProtocolError("bad_token", f"not a token object: {exc}") from None
+        if memo:
+            if len(_TOKENS) >= _MEMO_TOKENS:
+                _TOKENS.clear()
+            _TOKENS[raw] = token
+        return token
 
     def verify(self, issuer_key: profile.PublicKey) -> None:
         try:
@@ -55,6 +65,14 @@ class Token:
             raise ProtocolError(
                 "bad_token", f"token {self.oid.hex()} is not signed by its issuer {self.issuer} (altered?)"
             ) from None
+
+
+# A token is decoded wherever it is looked at (its issuer, its oid), several times a step. Decoding is a function of
+# the bytes and a Token is frozen, so small tokens are kept here by their exact bytes (bounded in entries and size:
+# the memo starts over when full): what a lookup returns is what decoding those bytes returns.
+_MEMO_TOKENS = 256
+_MEMO_TOKEN_BYTES = 4096
+_TOKENS: dict[bytes, Token] = {}
 
 
 def signed_bytes(oid: bytes, issuer: Uid, body: bytes) -> bytes:
