@@ -202,10 +202,29 @@ class Holding:
 
     @classmethod
     def decode(cls, oid: bytes, raw: bytes) -> Holding:
+        key = (oid, raw)
+        memo = cls is Holding and type(oid) is bytes and type(raw) is bytes and len(raw) <= _MEMO_HOLDING_BYTES
+        if memo:
+            got = _HOLDINGS.get(key)
+            if got is not None:
+                return got
         d = _HOLDING.decode(raw)
         d.pop("since", None)
         d["also"] = tuple((Uid.from_bytes(p), n) for p, n in d.get("also", ()))
-        return cls(oid=oid, status=Status(d.pop("status")), **d)
+        h = cls(oid=oid, status=Status(d.pop("status")), **d)
+        if memo:
+            if len(_HOLDINGS) >= _MEMO_HOLDINGS:
+                _HOLDINGS.clear()
+            _HOLDINGS[key] = h
+        return h
+
+
+# A holding is read several times a step (its status, its token). Decoding is a function of the oid and the bytes
+# and a Holding is frozen, so small ones are kept here by them (bounded in entries and size: the memo starts over
+# when full): what a lookup returns is what decoding those bytes returns.
+_MEMO_HOLDINGS = 256
+_MEMO_HOLDING_BYTES = 4096
+_HOLDINGS: dict[tuple[bytes, bytes], Holding] = {}
 
 
 # -- events and the move table -----------------------------------------------------------------
