@@ -160,6 +160,9 @@ class Session:
         return self.phase == OPEN
 
     def encode(self) -> bytes:
+        fast = self._encode_advanced()
+        if fast is not None:
+            return fast
         d: dict[str, Any] = {
             "peer": self.peer,
             "initiator": int(self.initiator),
@@ -173,13 +176,51 @@ class Session:
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
-        return _STATE.encode(d)
+        raw = _STATE.encode(d)
+        # Where the two counters sit in these bytes, for the states :func:`_advanced` derives from this one: only a
+        # counter changes from record to record, and every other item keeps its encoding and its place.
+        mid = _counters(self.send_ctr, self.recv_ctr)
+        tail = b"".join(dumps(key) + dumps(d[name]) for key, name in _AFTER_COUNTERS if name in d)
+        if mid is not None and raw.endswith(mid + tail):
+            self.__dict__["_around_counters"] = (raw[: len(raw) - len(mid) - len(tail)], tail)
+        return raw
+
+    def _encode_advanced(self) -> bytes | None:
+        """This state's encoding from the one it was advanced from (None: encode it in full)."""
+        around = self.__dict__.get("_around_counters")
+        mid = None if around is None else _counters(self.send_ctr, self.recv_ctr)
+        return None if mid is None or around is None else around[0] + mid + around[1]
 
     @classmethod
     def decode(cls, raw: bytes) -> Session:
         d = _STATE.decode(raw)
         d["initiator"] = bool(d["initiator"])
         return cls(**d)
+
+
+_COUNTER_MAX = 2**64 - 1  # _STATE's UInt()
+_AFTER_COUNTERS = ((12, "eph_a"), (13, "cert_a"), (14, "opened"), (15, "peer_until"))
+assert [(f.key, f.name) for f in _STATE.fields if f.key > 11] == list(_AFTER_COUNTERS)
+assert [(f.key, f.name) for f in _STATE.fields if f.key in (10, 11)] == [(10, "send_ctr"), (11, "recv_ctr")]
+
+
+def _counters(send_ctr: object, recv_ctr: object) -> bytes | None:
+    """The encoding of keys 10 and 11 of a state (None if a counter is not one :data:`_STATE` takes)."""
+    for ctr in (send_ctr, recv_ctr):
+        if type(ctr) is not int or not 0 <= ctr <= _COUNTER_MAX:
+            return None
+    return b"\x0a" + dumps(send_ctr) + b"\x0b" + dumps(recv_ctr)
+
+
+def _advanced(state: Session, *, send_ctr: int | None = None, recv_ctr: int | None = None) -> Session:
+    """``state`` with a counter moved on (``dataclasses.replace``, keeping where the counters sit in its encoding)."""
+    new = object.__new__(Session)
+    new.__dict__.update(state.__dict__)
+    if send_ctr is not None:
+        new.__dict__["send_ctr"] = send_ctr
+    if recv_ctr is not None:
+        new.__dict__["recv_ctr"] = recv_ctr
+    return new
 
 
 @dataclass(frozen=True)
@@ -520,7 +561,7 @@ def seal(state: Session, me: Uid, inner: bytes) -> tuple[Session, dict[str, Any]
     ctr = state.send_ctr + 1
     prefix = _DIR_AB if state.initiator else _DIR_BA
     ct = profile.CounterAead(state.k_send, prefix).seal(ctr, inner, _aad(me, state.peer, ctr))
-    return replace(state, send_ctr=ctr), {"ctr": ctr, "ct": ct}
+    return _advanced(state, send_ctr=ctr), {"ctr": ctr, "ct": ct}
 
 
 def open_record(state: Session, me: Uid, record: dict[str, Any]) -> tuple[Session, bytes]:
@@ -537,7 +578,7 @@ def open_record(state: Session, me: Uid, record: dict[str, Any]) -> tuple[Sessio
         raise ProtocolError(
             "bad_record", "record failed authentication (forged, reflected or from another session)"
         ) from None
-    return replace(state, recv_ctr=ctr), inner
+    return _advanced(state, recv_ctr=ctr), inner
 
 
 # --- blocklist helpers ----------------------------------------------------------------------------

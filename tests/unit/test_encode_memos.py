@@ -1,0 +1,60 @@
+"""The shortcuts of the hot paths give exactly what the plain code gives: a session state advanced record by record
+encodes to the bytes a fresh state encodes to, and memoized decodes answer only for the exact bytes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from cardnet.protocols import session as sess
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.token import Token, mint
+from cardnet.wire.ids import Uid
+
+
+def _state(**extra: object) -> sess.Session:
+    fields: dict[str, object] = {
+        "peer": Uid(b"\x01" * 12),
+        "initiator": True,
+        "phase": sess.OPEN,
+        "nonce_a": b"\x02" * 16,
+        "eph_a": b"\x04" + b"\x03" * 64,
+        "k_send": b"\x05" * 32,
+        "k_recv": b"\x06" * 32,
+    }
+    fields.update(extra)
+    return sess.Session(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("extra", [{}, {"opened": 1_700_000_000, "peer_until": 1_800_000_000}, {"cert_a": b"c" * 300}])
+def test_advanced_state_encodes_as_a_fresh_one(extra: dict[str, object]) -> None:
+    state = _state(**extra)
+    state.encode()
+    for ctr in (*range(1, 30), 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1):
+        state = sess._advanced(state, send_ctr=ctr)
+        assert state.encode() == replace(state).encode()
+        state = sess._advanced(state, recv_ctr=ctr)
+        raw = state.encode()
+        assert raw == replace(state).encode()
+        assert sess.Session.decode(raw) == state
+
+
+def test_advanced_state_out_of_range_is_refused_as_before() -> None:
+    state = _state()
+    state.encode()
+    with pytest.raises(ValueError):
+        sess._advanced(state, send_ctr=2**64).encode()
+    with pytest.raises(ValueError):
+        replace(state, send_ctr=2**64).encode()
+
+
+def test_token_memo_answers_only_for_the_exact_bytes() -> None:
+    token = mint(b"\x07" * 16, Uid(b"\x08" * 12), b"body", lambda data: b"\x09" * 64)
+    raw = token.encode()
+    assert Token.decode(raw) == token
+    assert Token.decode(raw) == token
+    with pytest.raises(ProtocolError):
+        Token.decode(raw[:-1])
+    other = raw[:-1] + b"x"
+    assert Token.decode(other).body == b"bodx"
