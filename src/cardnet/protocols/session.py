@@ -554,13 +554,31 @@ def _aad(src: Uid, dst: Uid, ctr: int) -> bytes:
     return bytes(src) + bytes(dst) + ctr.to_bytes(8, "big")
 
 
+# A session's record keys serve many records: their AES-GCM contexts are kept by (key, direction) while in use
+# (bounded: the memo starts over when full). The nonces stay the callers' (prefix || counter), as before.
+MAX_AEADS = 64
+_AEADS: dict[tuple[bytes, bytes], profile.CounterAead] = {}
+
+
+def _aead(key: bytes, prefix: bytes) -> profile.CounterAead:
+    memo = type(key) is bytes
+    aead = _AEADS.get((key, prefix)) if memo else None
+    if aead is None:
+        aead = profile.CounterAead(key, prefix)
+        if memo:
+            if len(_AEADS) >= MAX_AEADS:
+                _AEADS.clear()
+            _AEADS[(key, prefix)] = aead
+    return aead
+
+
 def seal(state: Session, me: Uid, inner: bytes) -> tuple[Session, dict[str, Any]]:
     """Encrypt ``inner`` for the peer; returns the advanced state and the record fields."""
     if not state.open or state.k_send is None:
         raise ProtocolError("no_session", f"no open session with {state.peer}")
     ctr = state.send_ctr + 1
     prefix = _DIR_AB if state.initiator else _DIR_BA
-    ct = profile.CounterAead(state.k_send, prefix).seal(ctr, inner, _aad(me, state.peer, ctr))
+    ct = _aead(state.k_send, prefix).seal(ctr, inner, _aad(me, state.peer, ctr))
     return _advanced(state, send_ctr=ctr), {"ctr": ctr, "ct": ct}
 
 
@@ -573,7 +591,7 @@ def open_record(state: Session, me: Uid, record: dict[str, Any]) -> tuple[Sessio
         raise ProtocolError("replay", f"record {ctr} is not after record {state.recv_ctr}: replayed or reordered")
     prefix = _DIR_BA if state.initiator else _DIR_AB
     try:
-        inner = profile.CounterAead(state.k_recv, prefix).open(ctr, record["ct"], _aad(state.peer, me, ctr))
+        inner = _aead(state.k_recv, prefix).open(ctr, record["ct"], _aad(state.peer, me, ctr))
     except CryptoError:
         raise ProtocolError(
             "bad_record", "record failed authentication (forged, reflected or from another session)"
