@@ -409,13 +409,13 @@ class ExchangeWallet(SessionApplet):
             ctx.delete(b"xo:" + x.n1)
         xid = x.xid
         if x.role == fx.INITIATOR and xid is None:
-            key = b"xh:" + profile.sha256(x.m1)
+            key = b"xh:" + fx.offer_hash(x.m1)
             if ctx.get(key) is None:
                 ctx.put(key, x.n1)
         elif xid is not None and ctx.get(b"xi:" + xid) is None:
             ctx.put(b"xi:" + xid, x.n1)
             if x.role == fx.INITIATOR:
-                ctx.delete(b"xh:" + profile.sha256(x.m1))
+                ctx.delete(b"xh:" + fx.offer_hash(x.m1))
         if x.phase not in fx.FINISHED and x.phase is not fx.Phase.GAVE_UP:
             # (an initiator that gave up has its voucher back for good: its record is done with too, even while it
             # still asks the TTP to abort for a late m2; kept forever, given-up offers filled a card after ~80)
@@ -434,7 +434,7 @@ class ExchangeWallet(SessionApplet):
     @staticmethod
     def _forget(ctx: StepContext, x: fx.Exchange) -> None:
         ctx.delete(b"x:" + x.n1)
-        ctx.delete(b"xh:" + profile.sha256(x.m1))
+        ctx.delete(b"xh:" + fx.offer_hash(x.m1))
         if x.xid is not None:
             ctx.delete(b"xi:" + x.xid)
         ctx.delete(b"xo:" + x.n1)
@@ -460,7 +460,7 @@ class ExchangeWallet(SessionApplet):
             elif x.phase is fx.Phase.AGREED and x.m2 is not None:
                 sends.append((x.peer, fx.AGREE, fx.AGREE_SCHEMA.decode(x.m2)))
             elif x.phase is fx.Phase.CONFIRMED and x.xid is not None and x.st_out is not None:
-                m3 = {"xid": x.xid, "st": x.st_out, "sig": ctx.sign(fx.confirm_bytes(x.xid, profile.sha256(x.m1)))}
+                m3 = {"xid": x.xid, "st": x.st_out, "sig": ctx.sign(fx.confirm_bytes(x.xid, fx.offer_hash(x.m1)))}
                 sends.append((x.peer, fx.CONFIRM, m3))
             elif ttp is not None and (x.phase in fx.WAITING_FOR_TTP or (x.phase is fx.Phase.GAVE_UP and x.m2)):
                 kind = fx.RESOLVED if x.phase is fx.Phase.RESOLVING else fx.ABORTED

@@ -371,12 +371,23 @@ class Exchange:
 MEMO_ENTRIES = 256
 _OFFERS: dict[bytes, dict[str, Any]] = {}
 _RECORDS: dict[bytes, Exchange] = {}
+_OFFER_HASHES: dict[bytes, bytes] = {}
 
 
 def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
     if len(memo) >= MEMO_ENTRIES:
         memo.clear()
     memo[key] = value
+
+
+def offer_hash(m1: bytes) -> bytes:
+    """``h(m1)``: how m2 names the offer it answers (and a card indexes an offer until m2)."""
+    h = _OFFER_HASHES.get(m1) if type(m1) is bytes else None
+    if h is None:
+        h = profile.sha256(m1)
+        if type(m1) is bytes:
+            _remember(_OFFER_HASHES, m1, h)
+    return h
 
 
 def _offer_of(m1: bytes) -> dict[str, Any]:
@@ -491,7 +502,7 @@ def on_agree(
     """m2 reached a. Offered: check it, give v1 up, confirm (m3). Gave up: refuse it and ask the TTP to abort."""
     if x.role != INITIATOR:
         raise ProtocolError("wrong_peer", "an agreement reached the responder of this exchange")
-    m1h = profile.sha256(x.m1)
+    m1h = offer_hash(x.m1)
     if m2["m1h"] != m1h:
         raise ProtocolError("bad_agree", "the agreement answers another offer")
     _verify(b_key, m2["sig"], agree_bytes(m2["xid"], m1h, m2["box"]), "the agreement")
@@ -523,7 +534,7 @@ def on_agree(
 def _confirm(x: Exchange, sign: Signer) -> dict[str, Any]:
     xid = x.xid
     assert xid is not None and x.st_out is not None
-    return {"xid": xid, "st": x.st_out, "sig": sign(confirm_bytes(xid, profile.sha256(x.m1)))}
+    return {"xid": xid, "st": x.st_out, "sig": sign(confirm_bytes(xid, offer_hash(x.m1)))}
 
 
 def on_commitment(x: Exchange, m4: dict[str, Any]) -> Outcome:
@@ -584,7 +595,7 @@ def accept(x: Exchange, *, n2: bytes, seal: Sealer, sign: Signer, want_token: by
         raise ProtocolError("bad_offer", "the voucher given is not the one the offer wants")
     xid = xid_of(n2)
     box = seal(want_token, box_info(b"v2", xid))
-    m1h = profile.sha256(x.m1)
+    m1h = offer_hash(x.m1)
     st_out = sign(statement_bytes(x.gives, x.b, x.a, move_nonce(xid)))
     f = {"xid": xid, "m1h": m1h, "box": box, "st": st_out, "sig": sign(agree_bytes(xid, m1h, box))}
     f["issuer_cert"] = issuer_cert
@@ -616,7 +627,7 @@ def on_confirm(x: Exchange, m3: dict[str, Any], *, a_key: profile.PublicKey) -> 
     if x.phase is not Phase.AGREED:
         return Outcome(x)  # aborting or aborted: after asking the TTP to abort, b ignores m3
     xid = bytes(m3["xid"])
-    _verify(a_key, m3["sig"], confirm_bytes(xid, profile.sha256(x.m1)), "the confirmation")
+    _verify(a_key, m3["sig"], confirm_bytes(xid, offer_hash(x.m1)), "the confirmation")
     _verify(a_key, m3["st"], statement_bytes(x.gets, x.a, x.b, move_nonce(xid)), "a's movement statement")
     y = x.evolve(st_in=bytes(m3["st"]))
     out = _swapped(y, "done")
