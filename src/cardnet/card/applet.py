@@ -109,20 +109,29 @@ class StepContext:
     # -- state -----------------------------------------------------------------
     def get(self, key: bytes, *, table: str | None = None) -> bytes | None:
         tk = (table or self._table, key)
-        if tk in self._overlay:
-            return self._overlay[tk]
-        return self._card._read(tk)
+        overlay = self._overlay
+        if tk in overlay:
+            return overlay[tk]
+        pending = self._card._pending  # Card._read, inlined
+        if tk in pending:
+            return pending[tk]
+        return self._card._mem.get(tk)
 
     def put(self, key: bytes, value: bytes, *, table: str | None = None) -> None:
         tk = (table or self._table, key)
+        overlay = self._overlay
         if tk[0] != SYS:
-            old = self.get(key, table=table)
+            if tk in overlay:  # self.get(key, table=table), inlined
+                old = overlay[tk]
+            else:
+                card = self._card
+                old = card._pending[tk] if tk in card._pending else card._mem.get(tk)
             used = self._used + len(value) - (-len(key) if old is None else len(old))
             card = self._card
             if card._used + card._pending_used + used > card.capacity_bytes:
                 card._reserve(used)  # raises out_of_memory
             self._used = used
-        self._overlay[tk] = value
+        overlay[tk] = value
 
     def delete(self, key: bytes, *, table: str | None = None) -> None:
         tk = (table or self._table, key)
