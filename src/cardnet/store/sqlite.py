@@ -135,6 +135,9 @@ def _put_rows_sql(n: int) -> str:
     return "INSERT OR REPLACE INTO kv (tbl, k, v) VALUES " + ", ".join(["(?, ?, ?)"] * n)
 
 
+_PUT_2_ROWS = _put_rows_sql(2)
+
+
 @functools.cache
 def _delete_rows_sql(n: int) -> str:
     return "DELETE FROM kv WHERE tbl=? AND k IN (" + ", ".join(["?"] * n) + ")"
@@ -385,6 +388,17 @@ class SqliteStore:
                 except sqlite3.DatabaseError as exc:
                     raise StoreError("io", f"write failed on {self.url}: {exc}") from None
                 return
+            if not deletes and len(puts) == 2:  # a card step (state row, outbox row): _write_one_statement, inlined
+                if self._closed:
+                    raise StoreError("closed", f"store {self.url} is closed")
+                (k1, v1), (k2, v2) = puts
+                try:
+                    self._c.execute(
+                        _PUT_2_ROWS, [table, bytearray(k1), bytearray(v1), table, bytearray(k2), bytearray(v2)]
+                    )
+                except sqlite3.DatabaseError as exc:
+                    raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+                return
             if not deletes and 0 < len(puts) <= _MULTI_ROWS:
                 self._write_one_statement(table, puts)
                 return
@@ -416,11 +430,7 @@ class SqliteStore:
         if self._closed:
             raise StoreError("closed", f"store {self.url} is closed")
         try:
-            if len(puts) == 2:  # a card step: its state row and its outbox row
-                (k1, v1), (k2, v2) = puts
-                params = [table, bytearray(k1), bytearray(v1), table, bytearray(k2), bytearray(v2)]
-            else:
-                params = [x for k, v in puts for x in (table, bytearray(k), bytearray(v))]
+            params = [x for k, v in puts for x in (table, bytearray(k), bytearray(v))]
             self._c.execute(_put_rows_sql(len(puts)), params)
         except sqlite3.DatabaseError as exc:
             raise StoreError("io", f"write failed on {self.url}: {exc}") from None
