@@ -150,7 +150,8 @@ class StepContext:
     def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:
         """Queue a message from this card; it leaves only after the step commits."""
         card = self._card
-        msg = mtype.make_from(card.uid, dst, fields)
+        src = card._uid  # set whenever a step runs (the uid property, without its call)
+        msg = mtype.make_from(card.uid if src is None else src, dst, fields)
         # its outbox share: the encoded message, a 4-byte length, part of the row key
         used = self._used + HEADER_BYTES + len(msg.param) + 8
         if card._used + card._pending_used + used > card.capacity_bytes:

@@ -403,7 +403,7 @@ class Card:
 
     def _run(self, msg: Message, now: float) -> tuple[StepContext | None, Message | None]:
         """Run one message's applet into an overlay; return (ctx, None) or (None, refusal)."""
-        if msg.mtype == cm.REFUSED.code and msg.mtype not in self._applets:
+        if msg.mtype == _REFUSED_CODE and msg.mtype not in self._applets:
             return None, _SILENT  # never answer a refusal with a refusal
         uid = self._uid
         if uid is None:
@@ -586,6 +586,7 @@ class Card:
 
 
 _outgoing = tuple.__new__
+_REFUSED_CODE = cm.REFUSED.code
 _SILENT = Message(Uid(bytes(12)), Uid(bytes(12)), cm.REFUSED.code, b"")
 
 
