@@ -273,6 +273,15 @@ class Nested(FieldType):
         return self.schema.to_cbor(value, path)
 
 
+def _fast_kind(ftype: FieldType) -> int:
+    """How the schema fast paths check a field of this type: 1 a plain UInt, 2 a plain Bytes, 0 by its methods."""
+    if type(ftype) is UInt:
+        return 1
+    if type(ftype) is Bytes:
+        return 2
+    return 0
+
+
 @dataclass(frozen=True)
 class Field:
     """One map entry: wire ``key`` (0..23 keeps it one byte), Python ``name``, type."""
@@ -293,6 +302,10 @@ class Schema:
     by_name: Mapping[str, Field] = field(init=False, repr=False, compare=False)
     _required: frozenset[str] = field(init=False, repr=False, compare=False)
     _sorted: tuple[Field, ...] = field(init=False, repr=False, compare=False)
+    # the fast paths' view of the fields: key -> (name, type, kind) and, in key order, (name, key, optional, type,
+    # kind); kind 1 is a plain UInt, 2 a plain Bytes (checked inline, without a call), 0 any other type
+    _fast_in: Mapping[int, tuple[str, FieldType, int]] = field(init=False, repr=False, compare=False)
+    _fast_out: tuple[tuple[str, int, bool, FieldType, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_key = {f.key: f for f in self.fields}
@@ -303,6 +316,11 @@ class Schema:
         object.__setattr__(self, "by_name", by_name)
         object.__setattr__(self, "_sorted", tuple(sorted(self.fields, key=lambda f: f.key)))
         object.__setattr__(self, "_required", frozenset(f.name for f in self.fields if not f.optional))
+        kinds = {f.key: _fast_kind(f.type) for f in self.fields}
+        object.__setattr__(self, "_fast_in", {f.key: (f.name, f.type, kinds[f.key]) for f in self.fields})
+        object.__setattr__(
+            self, "_fast_out", tuple((f.name, f.key, f.optional, f.type, kinds[f.key]) for f in self._sorted)
+        )
 
     def check(self, obj: object, path: str, depth: int = 0) -> dict[str, Any]:
         out = self._fast_check(obj)
@@ -312,18 +330,28 @@ class Schema:
         """The decoded fields if ``obj`` is plainly valid with keys in increasing order, else None."""
         if type(obj) is not dict:
             return None
-        out = {}
-        by_key = self.by_key
+        out: dict[str, Any] = {}
+        fast = self._fast_in
         prev = -1
         for key, value in obj.items():
-            spec = by_key.get(key) if type(key) is int and key > prev else None
-            if spec is None:
+            entry = fast.get(key) if type(key) is int and key > prev else None
+            if entry is None:
                 return None
             prev = key
-            v = spec.type.fast_in(value)
-            if v is SLOW:
-                return None
-            out[spec.name] = v
+            name, ftype, kind = entry
+            if kind == 1:  # UInt.fast_in, inlined
+                if type(value) is not int or not 0 <= value <= ftype.max_value:  # type: ignore[attr-defined]
+                    return None
+                out[name] = value
+            elif kind == 2:  # Bytes.fast_in, inlined
+                if type(value) is not bytes or not ftype.min_len <= len(value) <= ftype.max_len:  # type: ignore[attr-defined]
+                    return None
+                out[name] = value
+            else:
+                v = ftype.fast_in(value)
+                if v is SLOW:
+                    return None
+                out[name] = v
         return out if self._required.issubset(out.keys()) else None
 
     def _check_slow(self, obj: object, path: str, depth: int) -> dict[str, Any]:
@@ -345,16 +373,23 @@ class Schema:
         if type(values) is dict:
             out: dict[int, object] = {}
             found = 0
-            for spec in self._sorted:
-                value = values.get(spec.name)
+            for name, key, optional, ftype, kind in self._fast_out:
+                value = values.get(name)
                 if value is None:
-                    if spec.optional:
+                    if optional:
                         continue
                     break
-                v = spec.type.fast_out(value)
-                if v is SLOW:
-                    break
-                out[spec.key] = v
+                if kind == 1:  # UInt.fast_out, inlined
+                    if type(value) is not int or not 0 <= value <= ftype.max_value:  # type: ignore[attr-defined]
+                        break
+                elif kind == 2:  # Bytes.fast_out, inlined
+                    if type(value) is not bytes or not ftype.min_len <= len(value) <= ftype.max_len:  # type: ignore[attr-defined]
+                        break
+                else:
+                    value = ftype.fast_out(value)
+                    if value is SLOW:
+                        break
+                out[key] = value
                 found += 1
             else:
                 if found == len(values):
