@@ -417,6 +417,7 @@ class Schema:
 
         Maps are built in increasing key order and every other item has one
         encoding in cbor2, so the plain encoder yields RFC 8949 section 4.2 bytes.
+        (``StepContext.emit`` inlines this line: change both.)
         """
         return cbor2.dumps(self.to_cbor(values, self.name))
 
