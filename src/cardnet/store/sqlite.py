@@ -308,12 +308,7 @@ class SqliteStore:
                     if c.in_transaction:
                         c.execute("ROLLBACK")
                     raise StoreError("io", f"group commit failed on {self.url}: its transaction was lost")
-                try:
-                    c.execute("COMMIT")
-                except sqlite3.DatabaseError as exc:
-                    if c.in_transaction:
-                        c.execute("ROLLBACK")
-                    raise StoreError("io", f"group commit failed on {self.url}: {exc}") from None
+                self._commit_or_roll_back(c, "group commit")
             finally:
                 self._in_group = False
 
@@ -369,12 +364,16 @@ class SqliteStore:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            try:
-                c.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise StoreError("io", f"commit failed on {self.url}: {exc}") from None
+            self._commit_or_roll_back(c, "commit")
+
+    def _commit_or_roll_back(self, c: sqlite3.Connection, what: str) -> None:
+        """COMMIT; if it fails, what is left of the transaction is rolled back and ``io`` raised."""
+        try:
+            c.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise StoreError("io", f"{what} failed on {self.url}: {exc}") from None
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """``transaction()`` with puts then deletes, without the context-manager machinery (hot path)."""
