@@ -323,22 +323,7 @@ class Card:
                     self._pending_used += 8 + len(value) - reserved
             if ctx._auth:
                 self._auth_pending.update(ctx._auth)
-        if pending or self._done:
-            try:
-                self._commit(row)
-            except BaseException:
-                pending.clear()
-                self._pending_used = 0
-                self._auth_pending.clear()
-                self._next_seq = first_seq
-                raise
-        if self._auth_pending:
-            for uid, member in self._auth_pending.items():
-                if member:
-                    self._authenticated.add(uid)
-                else:
-                    self._authenticated.discard(uid)
-            self._auth_pending.clear()
+        self._settle(row, first_seq)
         if ctx is not None and ctx._after:
             for fn in ctx._after:
                 fn()
@@ -381,11 +366,19 @@ class Card:
             value = _pack_row(row)
             pending[(OUT, first_seq.to_bytes(8, "big"))] = value
             self._pending_used += 8 + len(value) - reserved  # exact size instead of the per-output reservation
-        if pending or self._done:
+        self._settle(row, first_seq)
+        for fn in after:
+            fn()
+        return results
+
+    def _settle(self, row: list[tuple[int, bytes]], first_seq: int) -> None:
+        """Commit what the step (or group) left pending, then make its authentication changes the card's; if the
+        commit fails, nothing of it happened (the outputs from ``first_seq`` on are not the card's)."""
+        if self._pending or self._done:
             try:
                 self._commit(row)
             except BaseException:
-                pending.clear()
+                self._pending.clear()
                 self._pending_used = 0
                 self._auth_pending.clear()
                 self._next_seq = first_seq
@@ -397,9 +390,6 @@ class Card:
                 else:
                     self._authenticated.discard(uid)
             self._auth_pending.clear()
-        for fn in after:
-            fn()
-        return results
 
     def _run(self, msg: Message, now: float) -> tuple[StepContext | None, Message | None]:
         """Run one message's applet into an overlay; return (ctx, None) or (None, refusal)."""
