@@ -31,7 +31,7 @@ peers the applet :meth:`~SessionApplet.wants_cert` (none by default).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from cardnet.card import Applet, Refused, StepContext
 from cardnet.card.applet import SYS
@@ -41,6 +41,7 @@ from cardnet.protocols import session as sess
 from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import DecodeError, Field, Message, MType, Schema, Text, Uid, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
+from cardnet.wire.memo import Memo
 
 MAX_QUEUE = 64  # inner messages waiting for one peer's session
 # ... and their bytes: recovery resends a waiting exchange's request (m1, m2 and certificates: ~3.5 kB) on every
@@ -48,7 +49,6 @@ MAX_QUEUE = 64  # inner messages waiting for one peer's session
 # every later step (the recovery that would reopen the session, a mere list) was then refused: stuck for good.
 MAX_QUEUE_BYTES = 16 * 1024
 QUIET = frozenset({"replay", "duplicate", "rekeying"})
-MEMO_ENTRIES = 256  # decoded session states and policies kept by their exact bytes (then the memo starts over)
 POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA, privileged=True)
 POLICY_IS = register(
     0x0207,
@@ -85,7 +85,7 @@ class SessionApplet(Applet):
         raws = (ctx.get(b"policy", table=SYS), ctx.get(b"pol"))
         policy = _POLICIES.get(raws)
         if policy is None:
-            policy = _remember(_POLICIES, raws, sess.Policy.decode(raws[0]).tighter(sess.Policy.decode(raws[1])))
+            policy = _POLICIES.remember(raws, sess.Policy.decode(raws[0]).tighter(sess.Policy.decode(raws[1])))
         return policy
 
     def authority(self, ctx: StepContext) -> Uid | None:
@@ -152,12 +152,12 @@ class SessionApplet(Applet):
             return None
         state = _STATES.get(raw)
         if state is None:
-            state = _remember(_STATES, raw, sess.Session.decode(raw))
+            state = _STATES.remember(raw, sess.Session.decode(raw))
         return state
 
     def _save(self, ctx: StepContext, state: sess.Session) -> None:
         raw = state.encode()
-        _remember(_STATES, raw, state)
+        _STATES.remember(raw, state)
         ctx.put(b"s:" + bytes(state.peer), raw)
 
     def blocklist(self, ctx: StepContext) -> pki.Blocklist | None:
@@ -371,17 +371,8 @@ class SessionApplet(Applet):
 # and the next record decodes what the last one encoded. States and policies are frozen values, so they are kept
 # here by their exact bytes (in the card's state: integrity-checked when read) and decoded once: what a lookup
 # returns is what decoding those bytes returns.
-K = TypeVar("K")
-V = TypeVar("V")
-_STATES: dict[bytes, sess.Session] = {}
-_POLICIES: dict[tuple[bytes | None, bytes | None], sess.Policy] = {}
-
-
-def _remember(memo: dict[K, V], key: K, value: V) -> V:
-    if len(memo) >= MEMO_ENTRIES:
-        memo.clear()
-    memo[key] = value
-    return value
+_STATES: Memo[bytes, sess.Session] = Memo()
+_POLICIES: Memo[tuple[bytes | None, bytes | None], sess.Policy] = Memo()
 
 
 def _verifies(bl: pki.Blocklist, root_der: bytes) -> bool:

@@ -78,6 +78,7 @@ from cardnet.protocols.transfer import MAX_CERT, MAX_TOKEN, TRANSFER_NONCE_BYTES
 from cardnet.wire import Bytes, DecodeError, Field, Schema, Text, UidType
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
+from cardnet.wire.memo import Memo
 
 NONCE_BYTES = 16  # n1, n2
 XID_BYTES = 32  # h(n2)
@@ -347,7 +348,7 @@ class Exchange:
                 d[name] = getattr(self, name)
         raw = _RECORD.encode(d)
         if type(self) is Exchange:
-            _remember(_RECORDS, raw, self)  # the next step decodes what this one stored
+            _RECORDS.remember(raw, self)  # the next step decodes what this one stored
         return raw
 
     @classmethod
@@ -359,7 +360,7 @@ class Exchange:
         d = _RECORD.decode(raw)
         x = cls(role=d.pop("role"), phase=Phase(d.pop("phase")), **d)
         if cls is Exchange and type(raw) is bytes:
-            _remember(_RECORDS, raw, x)
+            _RECORDS.remember(raw, x)
         return x
 
 
@@ -368,16 +369,9 @@ class Exchange:
 # bytes (bounded: the memo starts over when full) and shared: nothing changes an offer's fields once decoded.
 # Records themselves are frozen values, kept the same way by the bytes they were decoded from or encoded to (each
 # step decodes what the last one stored): what a lookup returns is what decoding those bytes returns.
-MEMO_ENTRIES = 256
-_OFFERS: dict[bytes, dict[str, Any]] = {}
-_RECORDS: dict[bytes, Exchange] = {}
-_OFFER_HASHES: dict[bytes, bytes] = {}
-
-
-def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
-    if len(memo) >= MEMO_ENTRIES:
-        memo.clear()
-    memo[key] = value
+_OFFERS: Memo[bytes, dict[str, Any]] = Memo()
+_RECORDS: Memo[bytes, Exchange] = Memo()
+_OFFER_HASHES: Memo[bytes, bytes] = Memo()
 
 
 def offer_hash(m1: bytes) -> bytes:
@@ -386,7 +380,7 @@ def offer_hash(m1: bytes) -> bytes:
     if h is None:
         h = profile.sha256(m1)
         if type(m1) is bytes:
-            _remember(_OFFER_HASHES, m1, h)
+            _OFFER_HASHES.remember(m1, h)
     return h
 
 
@@ -395,7 +389,7 @@ def _offer_of(m1: bytes) -> dict[str, Any]:
     if offer is None:
         offer = OFFER_SCHEMA.decode(m1)
         if type(m1) is bytes:
-            _remember(_OFFERS, m1, offer)
+            _OFFERS.remember(m1, offer)
     return offer
 
 

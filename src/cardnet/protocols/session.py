@@ -45,6 +45,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import Bytes, DecodeError, Field, Schema, Text, UidType, UInt, register
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
+from cardnet.wire.memo import Memo
 
 NONCE_BYTES = 16
 CONFIRM_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: a key-confirmation tag, not a long-lived MAC
@@ -557,7 +558,7 @@ def _aad(src: Uid, dst: Uid, ctr: int) -> bytes:
 # A session's record keys serve many records: their AES-GCM contexts are kept by (key, direction) while in use
 # (bounded: the memo starts over when full). The nonces stay the callers' (prefix || counter), as before.
 MAX_AEADS = 64
-_AEADS: dict[tuple[bytes, bytes], profile.CounterAead] = {}
+_AEADS: Memo[tuple[bytes, bytes], profile.CounterAead] = Memo(MAX_AEADS)
 
 
 def _aead(key: bytes, prefix: bytes) -> profile.CounterAead:
@@ -566,9 +567,7 @@ def _aead(key: bytes, prefix: bytes) -> profile.CounterAead:
     if aead is None:
         aead = profile.CounterAead(key, prefix)
         if memo:
-            if len(_AEADS) >= MAX_AEADS:
-                _AEADS.clear()
-            _AEADS[(key, prefix)] = aead
+            _AEADS.remember((key, prefix), aead)
     return aead
 
 

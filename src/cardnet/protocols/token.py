@@ -16,6 +16,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import Bytes, DecodeError, Field, Schema, UidType
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
+from cardnet.wire.memo import Memo
 
 OID_BYTES = 16
 MAX_BODY = 64 * 1024
@@ -53,9 +54,7 @@ class Token:
         except DecodeError as exc:
             raise ProtocolError("bad_token", f"not a token object: {exc}") from None
         if memo:
-            if len(_TOKENS) >= _MEMO_TOKENS:
-                _TOKENS.clear()
-            _TOKENS[raw] = token
+            _TOKENS.remember(raw, token)
         return token
 
     def verify(self, issuer_key: profile.PublicKey) -> None:
@@ -70,9 +69,8 @@ class Token:
 # A token is decoded wherever it is looked at (its issuer, its oid), several times a step. Decoding is a function of
 # the bytes and a Token is frozen, so small tokens are kept here by their exact bytes (bounded in entries and size:
 # the memo starts over when full): what a lookup returns is what decoding those bytes returns.
-_MEMO_TOKENS = 256
 _MEMO_TOKEN_BYTES = 4096
-_TOKENS: dict[bytes, Token] = {}
+_TOKENS: Memo[bytes, Token] = Memo()
 
 
 def signed_bytes(oid: bytes, issuer: Uid, body: bytes) -> bytes:

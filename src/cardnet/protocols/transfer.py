@@ -46,6 +46,7 @@ from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
 from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Text, UidType, UInt
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
+from cardnet.wire.memo import Memo
 
 TRANSFER_NONCE_BYTES = 4
 MAX_ALSO = 4  # superseded pending copies a receiver remembers for one oid
@@ -213,18 +214,15 @@ class Holding:
         d["also"] = tuple((Uid.from_bytes(p), n) for p, n in d.get("also", ()))
         h = cls(oid=oid, status=Status(d.pop("status")), **d)
         if memo:
-            if len(_HOLDINGS) >= _MEMO_HOLDINGS:
-                _HOLDINGS.clear()
-            _HOLDINGS[key] = h
+            _HOLDINGS.remember(key, h)
         return h
 
 
 # A holding is read several times a step (its status, its token). Decoding is a function of the oid and the bytes
 # and a Holding is frozen, so small ones are kept here by them (bounded in entries and size: the memo starts over
 # when full): what a lookup returns is what decoding those bytes returns.
-_MEMO_HOLDINGS = 256
 _MEMO_HOLDING_BYTES = 4096
-_HOLDINGS: dict[tuple[bytes, bytes], Holding] = {}
+_HOLDINGS: Memo[tuple[bytes, bytes], Holding] = Memo()
 
 
 # -- events and the move table -----------------------------------------------------------------
