@@ -58,3 +58,27 @@ def test_token_memo_answers_only_for_the_exact_bytes() -> None:
         Token.decode(raw[:-1])
     other = raw[:-1] + b"x"
     assert Token.decode(other).body == b"bodx"
+
+
+def test_a_memo_keeps_what_was_worked_out_and_starts_over_when_full() -> None:
+    from cardnet.wire.memo import Memo
+
+    calls: list[bytes] = []
+
+    def work(key: bytes) -> int:
+        calls.append(key)
+        return len(key)
+
+    memo: Memo[bytes, int] = Memo(entries=2)
+    assert memo.worked(b"ab", work) == 2 and memo.worked(b"ab", work) == 2 and calls == [b"ab"]
+    memo.worked(b"abc", work)
+    memo.worked(b"abcd", work)  # full: starts over with this one
+    assert list(memo) == [b"abcd"]
+    assert memo.worked(b"ab", work) == 2 and calls == [b"ab", b"abc", b"abcd", b"ab"]
+
+    def fails(key: bytes) -> int:
+        raise ValueError("damaged")
+
+    with pytest.raises(ValueError):
+        memo.worked(b"xyz", fails)
+    assert b"xyz" not in memo  # a failure is never remembered

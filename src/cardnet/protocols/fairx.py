@@ -376,21 +376,11 @@ _OFFER_HASHES: Memo[bytes, bytes] = Memo()
 
 def offer_hash(m1: bytes) -> bytes:
     """``h(m1)``: how m2 names the offer it answers (and a card indexes an offer until m2)."""
-    h = _OFFER_HASHES.get(m1) if type(m1) is bytes else None
-    if h is None:
-        h = profile.sha256(m1)
-        if type(m1) is bytes:
-            _OFFER_HASHES.remember(m1, h)
-    return h
+    return _OFFER_HASHES.worked(m1, profile.sha256) if type(m1) is bytes else profile.sha256(m1)
 
 
 def _offer_of(m1: bytes) -> dict[str, Any]:
-    offer = _OFFERS.get(m1) if type(m1) is bytes else None
-    if offer is None:
-        offer = OFFER_SCHEMA.decode(m1)
-        if type(m1) is bytes:
-            _OFFERS.remember(m1, offer)
-    return offer
+    return _OFFERS.worked(m1, OFFER_SCHEMA.decode) if type(m1) is bytes else OFFER_SCHEMA.decode(m1)
 
 
 _FIELDS = ("role", "phase", "m1", "peer_cert", "m2", "n2", "token_in", "st_in", "st_out", "why", "offer")

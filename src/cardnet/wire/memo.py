@@ -9,6 +9,7 @@ are remembered, and different or damaged bytes are a different key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -32,3 +33,8 @@ class Memo(dict[K, V]):
             self.clear()
         self[key] = value
         return value
+
+    def worked(self, key: K, work: Callable[[K], V]) -> V:
+        """The value for ``key``: remembered, or ``work(key)`` (then remembered; an exception is not)."""
+        got = self.get(key)
+        return got if got is not None else self.remember(key, work(key))
