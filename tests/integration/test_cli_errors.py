@@ -7,13 +7,14 @@ a non-zero exit, else prose on stderr; never a traceback (unless asked for with 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from hostprocs import make_hosts
+from hostprocs import PINS, make_hosts
 from test_cli import cardnet
 
 from cardnet.cli.main import cli, subcommands
@@ -195,3 +196,51 @@ def test_host_run_with_json_says_ready_as_one_json_line_and_its_errors_as_json(t
     e = json_error(cardnet("host", "run", "--config", str(bad), "--json"))
     assert e["reason"] == "bad_config" and "app_socket" in e["message"]
     assert json.loads(cardnet("sim", "--list", "--json").stdout)["protocols"][0]
+
+
+def _no_terminal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``cardnet ARGS`` as a script runs it: stdin not a terminal, no $CARDNET_PIN."""
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def test_no_pin_and_no_terminal_fails_at_once_and_a_missing_host_is_said_before_any_pin(tmp_path: Path) -> None:
+    (host,) = make_hosts(tmp_path, ["a"], ["trn"])
+    socket = str(tmp_path / "a.sock")
+    # no host yet: said first, with no PIN prompt (a person would otherwise type the PIN for nothing)
+    for args in (("wallet", "list", "--socket", socket), ("trn", "list", "--socket", socket)):
+        r = _no_terminal(*args, cwd=tmp_path)
+        assert r.returncode != 0 and "cannot reach the host" in r.stderr, r.stderr
+        assert "PIN" not in r.stderr and "Traceback" not in r.stderr and "GetPassWarning" not in r.stderr
+        assert json_error(_no_terminal(*args, "--json", cwd=tmp_path))["reason"] == "no_host"
+    host.start()
+    try:
+        for args in (("wallet", "list", "--socket", socket), ("trn", "list", "--socket", socket)):
+            r = _no_terminal(*args, cwd=tmp_path)
+            assert r.returncode != 0, r.stdout
+            assert "no PIN given" in r.stderr and "CARDNET_PIN" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr and "GetPassWarning" not in r.stderr and "aborted" not in r.stderr
+            e = json_error(_no_terminal(*args, "--json", cwd=tmp_path))
+            assert e["reason"] == "no_pin" and "--pin" in e["hint"]
+        # and with the PIN given the same command works
+        ok = subprocess.run(
+            [sys.executable, "-m", "cardnet.cli.main", "trn", "list", "--socket", socket, "--pin", PINS["a"]],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        host.stop()
+    # a new card's PIN likewise, before any store is made
+    assert _no_terminal("ca", "create", "ca.cnca", cwd=tmp_path).returncode == 0
+    new = _no_terminal("card", "create", "--ca", "ca.cnca", "--store", "sqlite:///n.db", cwd=tmp_path)
+    assert new.returncode != 0 and "no PIN given" in new.stderr and "Traceback" not in new.stderr, new.stderr
+    assert not (tmp_path / "n.db").exists()

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import errno
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_table, table, write_new_files
+from cardnet.cli.output import (
+    ask_pin,
+    console,
+    emit_json,
+    fail,
+    fail_os,
+    json_option,
+    print_table,
+    table,
+    write_new_files,
+)
 
 VALID_DAYS = click.IntRange(1, 36600)  # as pki.CertificateAuthority checks: at most about a century
 SECONDS = click.IntRange(0, 2**32 - 1)
@@ -31,9 +40,7 @@ def new_card_pin(pin: str | None) -> str:
     """The PIN of a new card: ``pin``, else $CARDNET_PIN, else asked for twice; a PIN the card would refuse fails."""
     from cardnet.card import mtypes as cm
 
-    pin = pin or os.environ.get("CARDNET_PIN")
-    if pin is None:
-        pin = click.prompt("PIN for the new card", hide_input=True, confirmation_prompt=True)
+    pin = ask_pin(pin, "PIN for the new card", confirm=True)
     if not 1 <= len(pin.encode()) <= cm.PIN_MAX_BYTES:
         fail(f"the PIN must be 1 to {cm.PIN_MAX_BYTES} bytes, got {len(pin.encode())}", reason="bad_pin")
     return pin

@@ -176,6 +176,21 @@ def fail(message: str, *, hint: str | None = None, reason: str | None = None, co
     raise SystemExit(code or 2)
 
 
+def ask_pin(pin: str | None, prompt: str = "card PIN", *, confirm: bool = False) -> str:
+    """``pin``, else $CARDNET_PIN, else asked for on the terminal (twice when ``confirm``); with no terminal to ask
+    on (a script, a pipe, a service) it fails at once with what to do instead of waiting on a prompt nobody sees."""
+    value = pin or os.environ.get("CARDNET_PIN")
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        fail(
+            f"no PIN given, and there is no terminal to ask for the {prompt} on",
+            reason="no_pin",
+            hint="pass --pin PIN, or set CARDNET_PIN in the environment",
+        )
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
 OS_REASONS = {
     errno.ENOENT: ("not_found", "check the path: its folder must exist"),
     errno.ENOTDIR: ("not_found", "check the path: a part of it is a file, not a folder"),

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
-from cardnet.cli.output import emit_json, fail, json_option, print_rows, progress, say
+from cardnet.cli.output import ask_pin, emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
 from cardnet.store import Store
 
@@ -197,8 +197,7 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
     from cardnet.host.local import LocalCard
     from cardnet.services.speed.broker import BrokerError, init_broker
 
-    pin = pin or os.environ.get("CARDNET_PIN") or click.prompt("PIN for the SAM card", hide_input=True,
-                                                                confirmation_prompt=True)  # fmt: skip
+    pin = ask_pin(pin, "PIN for the SAM card", confirm=True)
     key, cert, roots = _service_identity(ca_path, name)
     card = Card.open(_card_url(sam_store), applets=[SamApplet()])
     try:

@@ -17,16 +17,23 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import card_refusal, console, emit_json, fail, json_option, print_table, say, table
+from cardnet.cli.output import ask_pin, card_refusal, console, emit_json, fail, json_option, print_table, say, table
 
 ANSWER_TIMEOUT_S = 30.0
 
 
 def card_pin(pin: str | None) -> str:
-    value = pin or os.environ.get("CARDNET_PIN")
-    if value is None:
-        value = click.prompt("card PIN", hide_input=True)
-    return value
+    """The card's PIN: ``pin``, $CARDNET_PIN, or asked for (:func:`~cardnet.cli.output.ask_pin`)."""
+    return ask_pin(pin)
+
+
+def check_socket(socket: str) -> None:
+    """Fail as an unreachable host when ``socket`` does not exist: before the PIN is asked for, not after."""
+    if not os.path.exists(socket):
+        fail(f"cannot reach the host at {socket}: No such file or directory", reason="no_host", hint=NO_HOST_HINT)
+
+
+NO_HOST_HINT = "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?"
 
 
 def run_on_card(
@@ -45,11 +52,7 @@ def run_on_card(
         try:
             app = await AppClient.connect(socket, card=card)
         except OSError as exc:
-            fail(
-                f"cannot reach the host at {socket}: {exc.strerror or exc}",
-                reason="no_host",
-                hint="is `cardnet host run` (or `cardnet authority run`) running with that app_socket?",
-            )
+            fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
         except HostError as exc:
             hint = "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)"
             fail(f"the host refused: {exc}", reason=exc.reason, hint=hint)
@@ -75,12 +78,16 @@ def run_on_wallet(
     command's hint for that reason if ``hints`` has one."""
     from cardnet.services.wallet import Wallet, WalletError
 
+    if login:
+        check_socket(socket)
+    code = card_pin(pin) if login else None
+
     async def go() -> Any:
         try:
-            wallet = await Wallet.open(socket, pin=card_pin(pin) if login else None, card=parse_domain(card))
+            wallet = await Wallet.open(socket, pin=code, card=parse_domain(card))
         except WalletError as exc:
             opening = {
-                "no_host": "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?",
+                "no_host": NO_HOST_HINT,
                 "wrong_pin": "check the PIN; at 0 tries the card locks",
                 "no_port": "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)",
             }
