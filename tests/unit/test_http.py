@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cardnet.transport import encode_frame
+from cardnet.transport import TransportError, encode_frame
 from cardnet.transport.http import (
     HttpLimits,
     HttpServer,
@@ -69,6 +69,9 @@ def make_router() -> Router:
         await asyncio.sleep(0.2)
         return Response.json({"slow": True})
 
+    async def own(request: Request) -> Response:
+        return Response.json({"own": True}, headers=[("Cache-Control", "max-age=60")])
+
     async def trn(request: Request) -> Response | Upgrade:
         if request.upgrade != TRN:
             return upgrade_required(TRN, "this route only works upgraded to TRN", request)
@@ -80,17 +83,18 @@ def make_router() -> Router:
     router.add("GET", "/boom", boom)
     router.add("GET", "/slow", slow)
     router.add("POST", "/trn", trn)
+    router.add("GET", "/own", own)
     return router
 
 
 class ThreadServer:
     """An HttpServer on its own event loop in a thread, so tests can use blocking clients."""
 
-    def __init__(self, limits: HttpLimits = FAST) -> None:
+    def __init__(self, limits: HttpLimits = FAST, **server: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = HttpServer(make_router(), limits=limits, upgrades=[TRN])
+        self.server = HttpServer(make_router(), limits=limits, upgrades=[TRN], **server)
         self.host, self.port = self.run(self.server.start())
         self.url = f"http://{self.host}:{self.port}"
 
@@ -105,8 +109,8 @@ class ThreadServer:
 
 
 @contextmanager
-def serving(limits: HttpLimits = FAST) -> Iterator[ThreadServer]:
-    srv = ThreadServer(limits)
+def serving(limits: HttpLimits = FAST, **server: Any) -> Iterator[ThreadServer]:
+    srv = ThreadServer(limits, **server)
     try:
         yield srv
     finally:
@@ -277,6 +281,66 @@ def test_connections_beyond_the_cap_get_503_and_the_held_ones_still_work() -> No
         finally:
             for s in held:
                 s.close()
+
+
+EVERY = (("Cache-Control", "no-store"), ("X-Frame-Options", "DENY"))
+
+
+def head_of(answer: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """A raw answer's status and its headers (names lower case)."""
+    lines = answer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    return status_of(answer), [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
+
+
+def test_the_servers_headers_are_on_every_answer_errors_included() -> None:
+    """``headers`` on every answer (a handler's own header wins), ``answer_headers`` on every answer to a request
+    whose head was read: the routed ones, 404, 405, 400, 413, 431, 408, a handler's 500, and the 503 of a full
+    server (``headers`` only: nothing was read)."""
+    limits = HttpLimits(max_connections=2, max_per_peer=2, max_header_bytes=2048, max_body_bytes=1024,
+                        request_timeout_s=0.4, idle_timeout_s=0.4, send_timeout_s=2.0)  # fmt: skip
+
+    def per_request(request: Request) -> list[tuple[str, str]]:
+        return [("X-Path", request.path)]
+
+    cases = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200, "/"),
+        (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 200, "/"),
+        (b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404, "/nothing"),
+        (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "/"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nnot", 400, "/echo"),
+        (b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n", 500, "/boom"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413, "/echo"),
+        (b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2100 + b"\r\n\r\n", 431, "/big"),  # (one read)
+        (b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000, 431, None),  # (h11: the head never ends)
+        (b"GET /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n1", 408, "/slow"),  # the body never comes
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, None),
+        (b"GET /trn HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400, "/trn"),
+    ]
+    with serving(limits, headers=EVERY, answer_headers=per_request) as srv:
+        for data, status, path in cases:
+            got, headers = head_of(raw(srv, data, shut=False))
+            assert got == status, (data[:40], got)
+            for name, value in EVERY:
+                assert headers.count((name.lower(), value)) == 1, (status, headers)
+            assert [v for k, v in headers if k == "x-path"] == ([path] if path else [])
+        with socket.create_connection((srv.host, srv.port), timeout=5) as s:  # a handler's own header wins
+            s.sendall(b"GET /own HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got, headers = head_of(read_all(s))
+        assert got == 200 and [v for k, v in headers if k == "cache-control"] == ["max-age=60"]
+        assert ("x-frame-options", "DENY") in headers
+        held = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 2
+            while srv.server.held < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            got, headers = head_of(raw(srv, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            assert got == 503 and all(headers.count((k.lower(), v)) == 1 for k, v in EVERY), headers
+            assert "x-path" not in dict(headers)
+        finally:
+            for s in held:
+                s.close()
+    with pytest.raises(TransportError, match="not an HTTP header"):
+        HttpServer(Router(), headers=[("X-Evil", "a\r\nSet-Cookie: x=1")])
 
 
 def test_many_concurrent_clients_are_all_served() -> None:

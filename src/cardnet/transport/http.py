@@ -34,6 +34,15 @@ API (what other services use)::
         if request.wants_html: return Response.html("<h1>...</h1>")
         return Response.json({...})                        # or error(404, "no_event", "...", request)
 
+Headers on every answer. ``HttpServer(..., headers=...)`` names headers
+sent with every answer this server gives, errors included (the ``4xx`` of bad
+HTTP, ``408``, ``413``, ``431``, a handler's ``500``, the ``503`` of a full
+server), unless the answer sets that header itself (e.g. a page's own
+``Content-Security-Policy``); ``answer_headers(request)`` adds headers that
+depend on the request (e.g. expiring a cookie it carries) to every answer to a
+request whose head was read (not the ``400`` of a head that does not parse,
+nor the ``503``, which reads nothing).
+
 A path that no route matches is ``404``; a path routed for other methods is
 ``405`` with ``Allow``. ``HEAD`` runs the ``GET`` handler and sends no body.
 Requests are JSON by default; a person's browser (``Accept`` preferring
@@ -275,10 +284,19 @@ def _match(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None
 
 
 _BUSY_BODY = b'{"error": "busy", "message": "too many connections: retry in a moment"}\n'
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nServer: cardnet\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
-)
+AnswerHeaders = Callable[[Request], Iterable[tuple[str, str]]]
+
+
+def _busy(headers: Iterable[tuple[str, str]]) -> bytes:
+    """The canned ``503`` of a full server, with the server's ``headers``."""
+    extra = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nServer: cardnet\r\nContent-Type: application/json\r\n"
+        b"Retry-After: 1\r\n%sConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (extra, len(_BUSY_BODY), _BUSY_BODY)
+    )
+
+
+_Head = h11.Request  # (in _Conn, the name h11 is its field)
 
 
 class _Close(Exception):
@@ -291,17 +309,30 @@ class _Conn:
     writer: asyncio.StreamWriter
     peer: str
     h11: h11.Connection
+    head: _Head | None = None  # the head of the request being read (for the answer to a refused one)
 
 
 class HttpServer:
     """Serves ``router`` on one port within ``limits``; see the module docstring."""
 
     def __init__(
-        self, router: Router, *, limits: HttpLimits = DEFAULT_HTTP_LIMITS, upgrades: Iterable[str] = ()
+        self,
+        router: Router,
+        *,
+        limits: HttpLimits = DEFAULT_HTTP_LIMITS,
+        upgrades: Iterable[str] = (),
+        headers: Iterable[tuple[str, str]] = (),
+        answer_headers: AnswerHeaders | None = None,
     ) -> None:
         self.router = router
         self.limits = limits
         self.upgrades = {p.lower(): p for p in upgrades}
+        self.headers = tuple(headers)  # on every answer (see the module)
+        self.answer_headers = answer_headers
+        for name, value in self.headers:
+            if not name or any(c in name + value for c in "\r\n\0"):
+                raise TransportError("bad_config", f"not an HTTP header: {name!r}: {value!r}")
+        self._busy = _busy(self.headers)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_peer: dict[str, int] = {}
@@ -365,7 +396,7 @@ class HttpServer:
         """503, then read (and drop) what the client sent for a moment: closing over unread bytes resets the
         connection, and the client would lose the answer."""
         try:
-            writer.write(_BUSY)
+            writer.write(self._busy)
             if writer.can_write_eof():
                 writer.write_eof()
             async with asyncio.timeout(REFUSAL_LINGER_S):
@@ -414,10 +445,17 @@ class HttpServer:
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in REASONS else 400
             reason = {431: "headers_too_large", 501: "not_implemented"}.get(status, "bad_request")
-            await self._respond(conn, error(status, reason, f"bad HTTP request: {exc}"), close=True)
+            await self._respond(
+                conn, error(status, reason, f"bad HTTP request: {exc}"), close=True, request=self._head(conn)
+            )
             return False
         except HttpError as exc:  # 408, 413 while reading
-            await self._respond(conn, error(exc.status, exc.reason, exc.message, None, exc.headers), close=True)
+            await self._respond(
+                conn,
+                error(exc.status, exc.reason, exc.message, None, exc.headers),
+                close=True,
+                request=self._head(conn),
+            )
             return False
         if request is None:
             raise _Close
@@ -428,7 +466,9 @@ class HttpServer:
                     "http: a handler answered Upgrade to %s to a request that did not ask for it", answer.protocol
                 )
                 self.failures += 1
-                await self._respond(conn, error(500, "internal", "the server answered wrongly", request), close=True)
+                await self._respond(
+                    conn, error(500, "internal", "the server answered wrongly", request), close=True, request=request
+                )
                 return False
             headers = [("Upgrade", answer.protocol), ("Connection", "Upgrade"), *answer.headers]
             switching = h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
@@ -440,8 +480,13 @@ class HttpServer:
             finally:
                 await self._close(conn.writer)
             return True
-        await self._respond(conn, answer, head=request.method == "HEAD")
+        await self._respond(conn, answer, head=request.method == "HEAD", request=request)
         return False
+
+    @staticmethod
+    def _head(conn: _Conn) -> Request | None:
+        """The request whose head was read before it was refused (its body not kept), or None."""
+        return None if conn.head is None else _request(conn.head, b"", conn.peer)
 
     async def _dispatch(self, request: Request) -> Response | Upgrade:
         asked = request.upgrade
@@ -485,6 +530,7 @@ class HttpServer:
         h = conn.h11
         started: float | None = loop.time() if first else None  # the first request's deadline runs from accept
         head: h11.Request | None = None
+        conn.head = None
         body = bytearray()
         while True:
             event = h.next_event()
@@ -508,7 +554,7 @@ class HttpServer:
                 h.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
-                head = event
+                head = conn.head = event
                 # h11 bounds a head that arrives in pieces; one that arrived whole in a read is measured here
                 size = len(event.method) + len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
                 if size > limits.max_header_bytes:
@@ -532,16 +578,22 @@ class HttpServer:
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
-    async def _respond(self, conn: _Conn, response: Response, *, close: bool = False, head: bool = False) -> None:
+    async def _respond(
+        self, conn: _Conn, response: Response, *, close: bool = False, head: bool = False, request: Request | None
+    ) -> None:
         h = conn.h11
         if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             raise _Close  # nothing can be said any more (e.g. the parser failed after we answered)
+        own = {k.lower() for k, _ in response.headers}
         headers = [
             ("Server", SERVER_NAME),
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
+            *((k, v) for k, v in self.headers if k.lower() not in own),
         ]
+        if request is not None and self.answer_headers is not None:
+            headers += self.answer_headers(request)
         if close:
             headers.append(("Connection", "close"))
         reason = REASONS.get(response.status, "").encode()

@@ -61,8 +61,11 @@ TTP_AFTER_S = 5.0
 GATE_WAIT_S = 10.0  # how long a gate may take to answer a ticket shown to it (then the ticket is taken back)
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
+# on every answer, errors included (the server's own 400, 408, 413, 431, 500 and 503 too); the page has its own CSP
+ANSWER_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 SECURITY_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-                    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))  # fmt: skip
+                    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+                    ("Content-Security-Policy", ANSWER_CSP))  # fmt: skip
 STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css; charset=utf-8"}
 
 # what the person does about a card's refusal (the card's reason -> a sentence for the page)
@@ -127,7 +130,7 @@ class WalletWeb:
         """Open the wallet and listen on ``host:port`` (a loopback address, else :class:`ValueError`)."""
         host = loopback(host)
         await self._wallet_now()
-        self._server = HttpServer(self.router(), limits=self.limits)
+        self._server = HttpServer(self.router(), limits=self.limits, headers=SECURITY_HEADERS)
         bound = await self._server.start(host, port)
         self.session = Session(host, bound[1])
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -332,13 +335,13 @@ class WalletWeb:
                       "message": "another tab opens with its own one-time login"})  # fmt: skip
 
     async def page(self, request: Request) -> Response:
-        return Response.html(self._page, headers=(("Content-Security-Policy", PAGE_CSP), *SECURITY_HEADERS))
+        return Response.html(self._page, headers=(("Content-Security-Policy", PAGE_CSP),))
 
     async def static(self, request: Request) -> Response:
         name = request.params["name"]
         if name not in self._static:
             raise HttpError(404, "not_found", f"there is no /static/{name}")
-        return Response(200, self._static[name], STATIC[name], SECURITY_HEADERS)
+        return Response(200, self._static[name], STATIC[name])
 
     async def state(self, request: Request) -> Response:
         return _json(await self.current())
@@ -505,7 +508,7 @@ async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str) -> None:
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:
-    return Response.json(data, status, SECURITY_HEADERS)
+    return Response.json(data, status)  # (with SECURITY_HEADERS, as every answer of the server)
 
 
 def _body(request: Request) -> dict[str, Any]:

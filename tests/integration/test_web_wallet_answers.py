@@ -1,0 +1,197 @@
+"""Every answer of the web wallet, errors included, carries ``Cache-Control: no-store`` and the security headers.
+
+Through the real server: the ``cardnet wallet ui`` process of card a (on its own host process), spoken to with
+httpx and raw sockets, and, for the answers that need tight bounds or a failing handler (``408``, ``503``, ``500``),
+a :class:`~cardnet.web.wallet.WalletWeb` in this process on a real socket, on the same card and host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from test_web_wallet import Ui, start_ui
+
+from cardnet.bench.procs import stop_process
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.services.wallet import Wallet
+from cardnet.transport.http import HttpLimits, Request, Response
+from cardnet.web.wallet import WalletWeb
+
+SECURITY = {"cache-control": "no-store", "x-content-type-options": "nosniff", "x-frame-options": "DENY",
+            "referrer-policy": "no-referrer"}  # fmt: skip
+
+
+@dataclass
+class Net:
+    net: TrnNet
+    ui: Ui
+    client: httpx.Client  # logged in (its session's Authorization header)
+    secret: str
+
+    @property
+    def port(self) -> int:
+        return int(self.ui.url.rstrip("/").rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    net = TrnNet(tmp_path_factory.mktemp("answers"), wallets=("a",))
+    with net:
+        ui = start_ui(net, "a")
+        try:
+            with httpx.Client(base_url=ui.url, timeout=30) as c:
+                secret = c.post("/api/login", json={"token": ui.token}).json()["session"]
+                c.headers["Authorization"] = f"Bearer {secret}"
+                yield Net(net, ui, c, secret)
+        finally:
+            stop_process(ui.proc)
+
+
+def secured(headers: httpx.Headers, what: object, *, page: bool = False) -> None:
+    """``headers`` carry no-store and the security headers once each, a CSP that no page may frame, and no CORS."""
+    for name, value in SECURITY.items():
+        assert headers.get_list(name) == [value], (what, name, headers)
+    (csp,) = headers.get_list("content-security-policy")
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, (what, csp)
+    assert ("script-src 'self'" in csp) == page, (what, csp)
+    assert not [h for h in headers if h.lower().startswith("access-control-")], (what, headers)
+
+
+def raw(port: int, data: bytes, *, timeout_s: float = 15.0) -> tuple[int, httpx.Headers, bytes]:
+    """``data`` sent on a new connection to 127.0.0.1:``port``; the answer's status, headers and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return parse(answer)
+
+
+def parse(answer: bytes) -> tuple[int, httpx.Headers, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), answer[:80]
+    pairs = [(k.strip(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
+    return int(lines[0][9:12]), httpx.Headers(pairs), body
+
+
+def test_every_answer_of_the_wallet_process_carries_no_store_and_the_security_headers(a: Net) -> None:
+    c, uid = a.client, str(a.net.uids["a"])
+    to = f"{'0' * 23}1:00000000"
+    with httpx.Client(base_url=a.ui.url, timeout=30) as stranger:
+        answers = [
+            (stranger.get("/"), 200, None),
+            (stranger.head("/"), 200, None),
+            (stranger.get("/static/wallet.js"), 200, None),
+            (c.get("/api/state"), 200, None),
+            (stranger.get("/api/state"), 401, "no_session"),
+            (stranger.post("/api/send", json={"oid": "00" * 16, "to": to}), 401, "no_session"),
+            (stranger.get("/nothing-here"), 401, "no_session"),
+            (c.get("/api/state", headers={"Host": f"evil.example:{a.port}"}), 403, "wrong_host"),
+            (c.post("/api/send", json={}, headers={"Origin": "http://evil.example"}), 403, "cross_site"),
+            (stranger.post("/api/login", json={"token": "x" * 43}), 403, "bad_login"),
+            (stranger.get("/static/nothing.js"), 404, "not_found"),
+            (c.get("/api/nothing-here"), 404, "not_found"),
+            (c.get("/api/send"), 405, "method_not_allowed"),
+            (c.options("/api/state"), 405, "method_not_allowed"),
+            (c.post("/api/send", content=b"{", headers={"Content-Type": "application/json"}), 400, "bad_json"),
+            (c.post("/api/send", json={"oid": "zz", "to": to}), 400, "bad_id"),
+            (c.post("/api/send", json={"oid": "00" * 16, "to": "zz"}), 400, "bad_uid"),
+            (c.post("/api/send", json={"oid": "00" * 16, "to": uid}), 409, "not_held"),
+            (c.post("/api/send", content=b"{}", headers={"Content-Type": "text/plain"}), 415, "not_json"),
+            (stranger.get("/api/state", headers={"Accept": "text/html"}), 401, "html"),  # a browser's error page
+        ]
+    for r, status, reason in answers:
+        what = (r.request.method, r.request.url.path, status)
+        assert r.status_code == status, (what, r.text)
+        if reason == "html":
+            assert r.headers["content-type"].startswith("text/html") and "not logged in" in r.text
+        elif reason is not None:
+            assert r.json()["error"] == reason, (what, r.text)
+        secured(r.headers, what, page=r.request.url.path == "/" and status == 200)
+    # what the HTTP server answers itself: a request that is not HTTP, a head over 8 KiB (whole, or never ending),
+    # a body over 4 KiB (refused on its Content-Length, before a byte of it is read; none is sent here: unread
+    # bytes at the close would reset the connection and could lose the answer)
+    host = f"Host: 127.0.0.1:{a.port}\r\n".encode()
+    auth = f"Authorization: Bearer {a.secret}\r\n".encode()
+    for data, status in ((b"NOT HTTP AT ALL\r\n\r\n", 400),
+                         (b"GET /api/state HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+                         (b"GET /api/state HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 9000, 431),
+                         (b"POST /api/send HTTP/1.1\r\n" + host + auth + b"Content-Type: application/json\r\n"
+                          b"Content-Length: 5000\r\n\r\n", 413)):  # fmt: skip
+        got, headers, _ = raw(a.port, data)
+        assert got == status, (data[:30], got)
+        secured(headers, (data[:30], status))
+
+    # the host gone: 502, as the page reports it; back: answered again
+    a.net.hosts["a"].kill()
+    try:
+        r = c.get("/api/state")
+        assert r.status_code == 502 and r.json()["error"] == "no_host", r.text
+        secured(r.headers, "502")
+    finally:
+        a.net.hosts["a"].restart()
+    assert c.get("/api/state").status_code == 200
+
+
+def test_the_answers_that_need_tight_bounds_or_a_failing_handler_carry_them_too(a: Net) -> None:
+    """408 (a request that never ends), 503 (a connection over the cap), 500 (a handler that fails): a WalletWeb
+    in this process with small bounds, on a real socket, on card a's host."""
+    limits = HttpLimits(max_connections=2, max_per_peer=2, max_header_bytes=8 * 1024, max_body_bytes=4 * 1024,
+                        request_timeout_s=0.5, idle_timeout_s=5.0, send_timeout_s=5.0)  # fmt: skip
+
+    async def open_wallet() -> Wallet:
+        return await Wallet.open(a.net.hosts["a"].socket, pin=PIN, card=a.net.uids["a"].domain)
+
+    async def exchange(port: int, data: bytes) -> tuple[int, httpx.Headers, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                return parse(await reader.read())
+        finally:
+            writer.close()
+
+    async def go() -> None:
+        web = WalletWeb(open_wallet, limits=limits)
+
+        async def fails(request: Request) -> Response:
+            raise RuntimeError("a bug in a handler")
+
+        web.recover = fails  # type: ignore[method-assign]
+        served = await web.start("127.0.0.1", 0)
+        port = int(served.url.rstrip("/").rsplit(":", 1)[1])
+        try:
+            async with httpx.AsyncClient(base_url=served.url, timeout=10) as c:
+                token = served.login_url.partition("#login=")[2]
+                secret = (await c.post("/api/login", json={"token": token})).json()["session"]
+                r = await c.post("/api/recover", json={}, headers={"Authorization": f"Bearer {secret}"})
+                assert r.status_code == 500 and r.json()["error"] == "internal", r.text
+                secured(r.headers, "500")
+            host = f"Host: 127.0.0.1:{port}\r\n".encode()
+            got, headers, body = await exchange(port, b"POST /api/send HTTP/1.1\r\n" + host + b"Content-Length: 9\r\n"
+                                                b"Content-Type: application/json\r\n\r\n{")  # fmt: skip
+            assert got == 408 and json.loads(body)["error"] == "request_timeout", body
+            secured(headers, "408")
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            try:
+                async with asyncio.timeout(5):
+                    while web._server is not None and web._server.held < 2:
+                        await asyncio.sleep(0.01)
+                got, headers, body = await exchange(port, b"GET /api/state HTTP/1.1\r\n" + host + b"\r\n")
+                assert got == 503 and json.loads(body)["error"] == "busy", body
+                secured(headers, "503")
+            finally:
+                for _, writer in held:
+                    writer.close()
+        finally:
+            await web.aclose()
+
+    asyncio.run(go())
