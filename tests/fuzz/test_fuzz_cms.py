@@ -132,3 +132,43 @@ def test_a_mutated_certificate_given_never_verifies(cert_der: bytes) -> None:
 def test_sign_then_verify(content: bytes) -> None:
     der = cms.sign(content, CERT_DER, lambda data: profile.sign(KEY, data))
     assert cms.verify(der) == cms.Signed(content, CERT_DER)
+
+
+def _parsed(raw: bytes, cert_der: bytes | None) -> cms.Signed | str:
+    try:
+        return cms._verify_parsed(raw, cert_der)
+    except CryptoError as err:
+        return err.reason
+
+
+@FUZZ
+@given(
+    st.sampled_from([(SIGNED, None), (SIGNED_NO_CERT, CERT_DER), (SIGNED, CERT_DER)]).flatmap(
+        lambda pair: st.tuples(st.one_of(st.just(pair[0]), mutations(pair[0])), st.just(pair[1]))
+    )
+)
+def test_the_fast_path_accepts_exactly_what_the_full_parse_accepts(case: tuple[bytes, bytes | None]) -> None:
+    """``verify`` first recognises the one encoding ``sign`` makes by its element headers and a rebuild; whatever
+    it accepts so, the full asn1crypto parse accepts with the same result (and what it passes on, the parse judges)."""
+    raw, cert_der = case
+    fast = cms._verify_canonical(raw, cert_der)
+    if fast is not None:
+        assert _parsed(raw, cert_der) == fast
+    if raw in (SIGNED, SIGNED_NO_CERT):
+        assert fast == cms.Signed(BILL, CERT_DER)  # the encoding sign makes takes the fast path
+    _judge(raw, SIGNED if raw[: len(SIGNED)] == SIGNED[: len(raw)] else SIGNED_NO_CERT, cert_der)
+
+
+def test_the_fast_path_passes_a_changed_or_foreign_certificate_on_to_the_full_parse() -> None:
+    other_key = profile.generate_private_key(random.Random(4).randbytes)
+    other = pki.cert_to_der(CA.issue(Role.DEVICE, Uid(bytes(range(1, 13)), 0), other_key.public_key(), now=NOW))
+    assert cms._verify_canonical(SIGNED, other) is None  # embedded cert is not the one given
+    assert cms._verify_canonical(SIGNED_NO_CERT, other) is None  # another key: the signature fails
+    assert cms._verify_canonical(SIGNED_NO_CERT, None) is None  # no certificate at all
+    for cert in (other, None):
+        try:
+            cms.verify(SIGNED_NO_CERT, cert_der=cert)
+        except CryptoError as err:
+            assert err.reason == "bad_cms"
+        else:
+            raise AssertionError("verified under the wrong certificate")
