@@ -195,3 +195,69 @@ def test_the_answers_that_need_tight_bounds_or_a_failing_handler_carry_them_too(
             await web.aclose()
 
     asyncio.run(go())
+
+
+STALE = "cardnet_wallet"  # the session cookie of older versions
+EXPIRED = f"{STALE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+
+
+def test_a_stale_session_cookie_is_expired_and_never_honoured(a: Net) -> None:
+    """Older versions kept the session in the cookie ``cardnet_wallet``: every answer to a request carrying it
+    expires it, errors included, and it never logs anyone in (not even holding a live session secret)."""
+    c, secret = a.client, a.secret
+    with httpx.Client(base_url=a.ui.url, timeout=30) as stranger:
+        for cookie in (f"{STALE}={secret}", f"theme=dark; {STALE}=old", f"{STALE}="):
+            r = stranger.get("/api/state", headers={"Cookie": cookie})
+            assert r.status_code == 401 and r.json()["error"] == "no_session", (cookie, r.text)
+            assert r.headers.get_list("set-cookie") == [EXPIRED], (cookie, r.headers)
+            secured(r.headers, cookie)
+        old = {"Cookie": f"{STALE}=old"}
+        for r in (stranger.get("/", headers=old), stranger.get("/static/nothing.js", headers=old),
+                  c.get("/api/state", headers=old), c.post("/api/send", json={"oid": "zz"}, headers=old),
+                  c.get("/api/state", headers={**old, "Host": f"evil.example:{a.port}"})):  # fmt: skip
+            assert r.headers.get_list("set-cookie") == [EXPIRED], (r.request.url.path, r.status_code, r.headers)
+        assert [r.status_code for r in (c.get("/api/state"), stranger.get("/"))] == [200, 200]
+        for cookie in (None, "theme=dark", f"{STALE}_x=1", f"x{STALE}=1"):  # no stale cookie: no Set-Cookie at all
+            headers = {"Cookie": cookie} if cookie else {}
+            for r in (c.get("/api/state", headers=headers), stranger.get("/", headers=headers)):
+                assert "set-cookie" not in r.headers, (cookie, r.headers)
+    # a refused request whose head was read (a body over 4 KiB) expires it too
+    host = f"Host: 127.0.0.1:{a.port}\r\nCookie: {STALE}=old\r\n".encode()
+    got, headers, _ = raw(a.port, b"POST /api/send HTTP/1.1\r\n" + host + b"Content-Length: 5000\r\n\r\n")
+    assert got == 413 and headers.get_list("set-cookie") == [EXPIRED]
+
+
+def test_the_browser_drops_a_stale_session_cookie(a: Net) -> None:
+    """Chromium holding the old versions' cookie (as they set it) opens the wallet: the cookie is gone after the
+    first answer, a tab without a login is not logged in by it, and a login link logs the tab in without it."""
+    from playwright.async_api import async_playwright, expect
+    from test_web_wallet import CHROMIUM, NOT_LOGGED_IN, TIMEOUT_MS, _tab_session
+
+    link = a.client.post("/api/link", json={}).json()["login"]
+
+    async def go() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            context = await browser.new_context()
+            stale = {"name": STALE, "value": a.secret, "domain": "127.0.0.1", "path": "/", "httpOnly": True,
+                     "sameSite": "Strict"}  # fmt: skip
+            await context.add_cookies([stale])  # (holding a live session secret: the worst case)
+            page = await context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            answer = await page.goto(a.ui.url)
+            assert answer is not None
+            assert f"{STALE}=" in (await answer.request.all_headers()).get("cookie", "")  # the browser sent it
+            assert await answer.header_value("set-cookie") == EXPIRED
+            await expect(page.locator("#link")).to_have_text("not logged in")
+            await expect(page.locator("#message.error")).to_contain_text(NOT_LOGGED_IN)
+            await expect(page.locator("#card")).to_have_text("…")
+            assert not await context.cookies()  # expired by the page's own answer
+            await context.add_cookies([stale])  # back (another old tab?): a login link logs in without it
+            await page.goto(link)
+            await expect(page.locator("#link")).to_have_text("live")
+            await expect(page.locator("#card")).to_have_text(str(a.net.uids["a"]))
+            assert await _tab_session(page) not in ("", a.secret)
+            assert not await context.cookies()
+            await browser.close()
+
+    asyncio.run(go())

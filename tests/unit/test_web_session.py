@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cardnet.transport.http import HttpError, Request
-from cardnet.web.session import MAX_SESSIONS, Session, loopback
+from cardnet.web.session import EXPIRE_STALE_COOKIE, MAX_SESSIONS, Session, expire_stale_cookie, loopback
 
 
 def request(
@@ -140,3 +140,26 @@ def test_a_post_needs_json_and_this_origin() -> None:
     assert refused(s, request("POST", {**base, "Sec-Fetch-Site": "same-site"})) == "403 cross_site"
     assert refused(s, request("POST", {**base, "Content-Type": "text/plain"})) == "415 not_json"
     assert refused(s, request("POST", {k: v for k, v in base.items() if k != "Authorization"})) == "401 no_session"
+
+
+@pytest.mark.parametrize(
+    ("cookies", "expired"),
+    [
+        ([], False),
+        (["theme=dark"], False),
+        (["cardnet_wallet=abc"], True),
+        (["cardnet_wallet="], True),
+        (["theme=dark; cardnet_wallet=abc; lang=en"], True),
+        (["theme=dark", " cardnet_wallet = abc"], True),  # (two Cookie headers)
+        (["cardnet_wallet_x=1; xcardnet_wallet=2", "a=cardnet_wallet"], False),
+    ],
+)
+def test_the_old_versions_session_cookie_is_expired_and_never_read(cookies: list[str], expired: bool) -> None:
+    s = Session("127.0.0.1", 8471)
+    secret = login(s, s.login_token)
+    heads = (*(("cookie", c) for c in cookies), ("host", "127.0.0.1:8471"))
+    req = Request(method="GET", path="/api/state", query={}, headers=heads, body=b"", peer="127.0.0.1:5000")
+    assert expire_stale_cookie(req) == ((EXPIRE_STALE_COOKIE,) if expired else ())
+    assert EXPIRE_STALE_COOKIE == ("Set-Cookie", "cardnet_wallet=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict")
+    with_secret = request(headers={"Host": "127.0.0.1:8471", "Cookie": f"cardnet_wallet={secret}"})
+    assert refused(s, with_secret) == "401 no_session"  # a cookie holding a live secret is no session

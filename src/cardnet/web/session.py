@@ -25,6 +25,11 @@ the page's own origin (scheme, host *and port*), which no other port's script ca
 
 The secrets are compared in constant time and forgotten when the process ends. The server listens on a loopback
 address only (:func:`loopback`).
+
+Older versions kept the session in a cookie, ``cardnet_wallet`` (``Path=/; HttpOnly; SameSite=Strict``), which a
+browser may still hold (and send to every port of 127.0.0.1). It is never honoured (no cookie is read for the
+session), and every answer to a request that carries it expires it (:func:`expire_stale_cookie`), so it stops
+travelling.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ RESTART = (
     "tab\u201d in a tab of this wallet that is logged in, or stop `cardnet wallet ui` and start it again"
 )
 CHALLENGE = (("WWW-Authenticate", f'{SCHEME} realm="cardnet wallet"'),)
+STALE_COOKIE = "cardnet_wallet"  # the session cookie of older versions
+EXPIRE_STALE_COOKIE = ("Set-Cookie", f"{STALE_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -59,6 +66,15 @@ def loopback(host: str) -> str:
             "machine only (give 127.0.0.1 or ::1)"
         )
     return host.strip("[]")
+
+
+def expire_stale_cookie(request: Request) -> tuple[tuple[str, str], ...]:
+    """The ``Set-Cookie`` that expires the old versions' session cookie if ``request`` carries it, else nothing
+    (its value is never looked at: it is no credential any more)."""
+    for name, value in request.headers:
+        if name == "cookie" and any(c.partition("=")[0].strip() == STALE_COOKIE for c in value.split(";")):
+            return (EXPIRE_STALE_COOKIE,)
+    return ()
 
 
 def _netloc(host: str, port: int) -> str:

@@ -46,7 +46,7 @@ from cardnet.protocols.speed.messages import Price
 from cardnet.services.wallet import MOVING, Wallet, WalletError
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
-from cardnet.web.session import Session, loopback
+from cardnet.web.session import Session, expire_stale_cookie, loopback
 from cardnet.web.shop import Shop, parse_url
 from cardnet.wire import DecodeError, Uid
 
@@ -130,7 +130,9 @@ class WalletWeb:
         """Open the wallet and listen on ``host:port`` (a loopback address, else :class:`ValueError`)."""
         host = loopback(host)
         await self._wallet_now()
-        self._server = HttpServer(self.router(), limits=self.limits, headers=SECURITY_HEADERS)
+        self._server = HttpServer(
+            self.router(), limits=self.limits, headers=SECURITY_HEADERS, answer_headers=expire_stale_cookie
+        )
         bound = await self._server.start(host, port)
         self.session = Session(host, bound[1])
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
