@@ -217,14 +217,16 @@ def test_no_pin_and_no_terminal_fails_at_once_and_a_missing_host_is_said_before_
     (host,) = make_hosts(tmp_path, ["a"], ["trn"])
     socket = str(tmp_path / "a.sock")
     # no host yet: said first, with no PIN prompt (a person would otherwise type the PIN for nothing)
-    for args in (("wallet", "list", "--socket", socket), ("trn", "list", "--socket", socket)):
+    commands = (("wallet", "list", "--socket", socket), ("trn", "list", "--socket", socket),
+                ("wallet", "ui", "--socket", socket, "--listen", "127.0.0.1:0"))  # fmt: skip
+    for args in commands:
         r = _no_terminal(*args, cwd=tmp_path)
         assert r.returncode != 0 and "cannot reach the host" in r.stderr, r.stderr
         assert "PIN" not in r.stderr and "Traceback" not in r.stderr and "GetPassWarning" not in r.stderr
         assert json_error(_no_terminal(*args, "--json", cwd=tmp_path))["reason"] == "no_host"
     host.start()
     try:
-        for args in (("wallet", "list", "--socket", socket), ("trn", "list", "--socket", socket)):
+        for args in commands:
             r = _no_terminal(*args, cwd=tmp_path)
             assert r.returncode != 0, r.stdout
             assert "no PIN given" in r.stderr and "CARDNET_PIN" in r.stderr, r.stderr

@@ -47,12 +47,13 @@ def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: f
     browser (it works once and logs in that tab, which keeps its session across reloads until it is closed; the
     page's "Open in another tab" logs in more tabs; with no tab logged in left, start this command again). Runs
     until Ctrl-C."""
-    from cardnet.cli.trn import card_pin, parse_domain
+    from cardnet.cli.trn import card_pin, check_socket, parse_domain
     from cardnet.services.wallet import Wallet, WalletError
     from cardnet.transport.errors import TransportError
     from cardnet.web.wallet import WalletWeb
 
     host, port = _listen(listen)
+    check_socket(target.socket)  # an absent host is said before the PIN is asked for
     socket, card, pin = target.socket, parse_domain(target.card), card_pin(target.pin)
 
     async def open_wallet() -> Wallet:
