@@ -82,3 +82,28 @@ def test_a_memo_keeps_what_was_worked_out_and_starts_over_when_full() -> None:
     with pytest.raises(ValueError):
         memo.worked(b"xyz", fails)
     assert b"xyz" not in memo  # a failure is never remembered
+
+
+def test_a_token_check_is_remembered_only_for_that_token_and_key_and_only_when_good() -> None:
+    from cardnet.bench.crypto_ops import counting
+    from cardnet.crypto import profile
+
+    key, other = profile.generate_private_key(), profile.generate_private_key()
+    token = mint(b"\x07" * 16, Uid(b"\x01" * 12, 0), b"seat 12", lambda data: profile.sign(key, data))
+    with counting() as counts:
+        token.verify(key.public_key())
+        token.verify(key.public_key())  # the same token under the same key: remembered
+        Token.decode(token.encode()).verify(key.public_key())  # equal bytes decode to an equal token
+    assert counts["verify"] == 1
+    bad = [
+        (token, other.public_key()),  # another key
+        (replace(token, body=b"seat 13"), key.public_key()),  # altered body, same signature
+        (replace(token, oid=b"\x08" * 16), key.public_key()),
+        (replace(token, issuer=Uid(b"\x02" * 12, 0)), key.public_key()),
+        (replace(token, sig=profile.sign(other, b"x")), key.public_key()),
+    ]
+    for _ in range(2):  # a failed check is not remembered: it fails again, and does the work again
+        for altered, public in bad:
+            with counting() as counts, pytest.raises(ProtocolError) as exc:
+                altered.verify(public)
+            assert exc.value.reason == "bad_token" and counts["verify"] == 1

@@ -58,12 +58,22 @@ class Token:
         return token
 
     def verify(self, issuer_key: profile.PublicKey) -> None:
+        """Return None if ``issuer_key`` signed this token as it is, else raise ``bad_token``.
+
+        A token is checked wherever it arrives and again when the authority answers its trace (and the authority
+        checks it at every movement): a successful check is remembered for the exact token and key (a pure
+        function of them, like a decoding: :data:`_VERIFIED`), and a failed one is not, so it fails again.
+        """
+        key = (self, profile.public_bytes(issuer_key))
+        if key in _VERIFIED:
+            return
         try:
             profile.verify(issuer_key, self.sig, signed_bytes(self.oid, self.issuer, self.body))
         except CryptoError:
             raise ProtocolError(
                 "bad_token", f"token {self.oid.hex()} is not signed by its issuer {self.issuer} (altered?)"
             ) from None
+        _VERIFIED.remember(key, True)
 
 
 # A token is decoded wherever it is looked at (its issuer, its oid), several times a step. Decoding is a function of
@@ -71,6 +81,9 @@ class Token:
 # the memo starts over when full): what a lookup returns is what decoding those bytes returns.
 _MEMO_TOKEN_BYTES = 4096
 _TOKENS: Memo[bytes, Token] = Memo()
+# Tokens whose issuer signature was found good, with the key it was checked under (a token's equality and hash
+# cover all its fields: oid, issuer, signature and body).
+_VERIFIED: Memo[tuple[Token, bytes], bool] = Memo()
 
 
 def signed_bytes(oid: bytes, issuer: Uid, body: bytes) -> bytes:
