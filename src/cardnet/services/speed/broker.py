@@ -40,10 +40,13 @@ The argument holds for each PaymentOrderID as it did:
 3. settlement runs under the server's lock, never inside or beside a group, so it reads committed records
    only (a group not committed then is one that failed: its SAM-logged debits are settled once, as a crash's).
 
-A failed group commit with the process alive has popped its S3s' orders from ``_authorised``: an S3 sent again
-alone gets ``no_order``; recovery sends the payment order again, and 2 applies. Requests of one group see each
-other's records (a duplicate S3 or a ``speed.resend`` answered from a paid record not yet committed): their
-answers leave with the group's commit, or none does.
+Memory follows the store, never leads it: a paid record is built on a copy of the authorised one and written in
+the transaction, and the order leaves ``_authorised`` only once that transaction committed (inside
+:meth:`BrokerCore.group`, once the group did). A failed commit (a store error, a group rolled back) leaves the
+order authorised in memory and not paid in the store, as before the request: the same S3 sent again gets the
+SAM's same answer and is paid then, once; a payment order sent again gets the same S2, and 2 applies. Requests
+of one group see each other's records (a duplicate S3 or a ``speed.resend`` answered from a paid record not yet
+committed): their answers leave with the group's commit, or none does.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cardnet.applets.speed import sam as sa
@@ -180,6 +183,31 @@ class BrokerCore:
         self.key, self.cert, self.roots = me.key, me.cert, me.roots
         sam.ask(sa.INIT, sa.READY)
         self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
+        self._after_commit: list[Callable[[], object]] | None = None  # inside group(): what waits for its commit
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """The store's group commit (:meth:`~cardnet.store.Store.group`) for the requests handled in the block, whose
+        changes to this broker's memory are made only once the group has committed: a group that fails leaves
+        memory as the store, as it was before the group."""
+        if self._after_commit is not None:
+            raise BrokerError("nested", "a group of this broker is open already: groups do not nest")
+        after: list[Callable[[], object]] = []
+        self._after_commit = after
+        try:
+            with self.store.group():
+                yield
+        finally:
+            self._after_commit = None
+        for fn in after:
+            fn()
+
+    def _on_commit(self, fn: Callable[[], object]) -> None:
+        """``fn()`` once what was written so far is durable: now outside a group, at the group's commit inside."""
+        if self._after_commit is None:
+            fn()
+        else:
+            self._after_commit.append(fn)
 
     def handle(self, msg: Message) -> Message:
         try:
@@ -301,19 +329,19 @@ class BrokerCore:
         return sm.sym_seal(rec["rec_key"], sm.NONCE_RECEIPT, 0, signed)
 
     def _paid(self, txn: Any, poid: bytes, rec: dict[str, Any]) -> bytes:
-        """Mark ``rec`` paid, credit the vendor (unless settlement did, from the SAM's log), keep the receipt (in
-        ``txn``); the sealed receipt."""
+        """Record ``rec`` paid, credit the vendor (unless settlement did, from the SAM's log), keep the receipt (in
+        ``txn``); the sealed receipt. ``rec`` itself is left as it was (it may be the authorised record in memory,
+        which must not say paid unless ``txn`` commits)."""
         price = sm.Price.of(rec["price"])
         if txn.get(SETTLED, poid) is None:
             vendor = self._account(txn, rec["account"])
             bal = _balances(vendor)
             bal[price.currency] = bal.get(price.currency, 0) + price.amount
             _put_txn(txn, rec["account"], vendor["owner"], bal)
-        rec["state"] = "paid"
-        rec["receipt"] = self._receipt(poid, rec)
-        txn.put(ORDERS, poid, _ORDER.encode(rec))
-        txn.append(RECEIPTS, fr.RECEIPT.schema.encode({"poid": poid, "sealed": rec["receipt"]}))
-        return bytes(rec["receipt"])
+        receipt = self._receipt(poid, rec)
+        txn.put(ORDERS, poid, _ORDER.encode({**rec, "state": "paid", "receipt": receipt}))
+        txn.append(RECEIPTS, fr.RECEIPT.schema.encode({"poid": poid, "sealed": receipt}))
+        return receipt
 
     def _pay_from_account(self, msg: Message, poid: bytes, rec: dict[str, Any], account: str | None,
                           customer: Uid, price: sm.Price) -> Message:  # fmt: skip
@@ -345,7 +373,7 @@ class BrokerCore:
         self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
         with self.store.transaction() as txn:
             receipt = self._paid(txn, poid, o)
-        self._authorised.pop(poid, None)
+        self._on_commit(lambda: self._authorised.pop(poid, None))  # a failed commit leaves it authorised
         return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=receipt)
 
     def _load(self, msg: Message, l1_raw: bytes, account: str) -> Message:
@@ -410,8 +438,7 @@ class BrokerCore:
                 bal = _balances(acct)
                 bal[price.currency] = bal.get(price.currency, 0) + delta
                 _put_txn(txn, name, acct["owner"], bal)
-            o["verdict"] = why
-            txn.put(ORDERS, poid, _ORDER.encode(o))
+            txn.put(ORDERS, poid, _ORDER.encode({**o, "verdict": why}))
         return fr.reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
     # -- settlement ---------------------------------------------------------------------------------------------
@@ -481,7 +508,7 @@ class BrokerServer(GroupCommitServer):
         self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
     ) -> None:
         super().__init__(
-            lambda msg: [core.handle(msg)], group=core.store.group, server_limits=server_limits, max_group=max_group
+            lambda msg: [core.handle(msg)], group=core.group, server_limits=server_limits, max_group=max_group
         )
         self.core = core
         self._settler: asyncio.Task[None] | None = None
