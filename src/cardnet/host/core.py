@@ -37,6 +37,13 @@ The host reads no clock: ``now`` is an argument of ``pump``. It does no I/O:
 remote traffic leaves as effects; the asyncio driver and the simulator feed
 arrivals in through ``receive_remote`` (or ``receive_many`` for a batch).
 
+A card's memory is bounded (``capacity_bytes`` in its host config entry): the
+host logs a warning when a card's records first fill ``CAPACITY_WARN`` of it,
+an error at ``CAPACITY_ALARM``, and an error (at most once a minute a card)
+when a card refuses a message ``out_of_memory``, each saying which card and
+what to do; a card that falls back under ``CAPACITY_CLEAR`` is warned again
+when it next fills up.
+
 Timers are the driver's too: :class:`Schedule` says when periodic jobs are
 due (``deadline()``, ``due(now)``); for each, the driver calls ``tick`` (send
 a card a message such as ``trn.recover`` from the host port) or
@@ -67,7 +74,13 @@ log = logging.getLogger("cardnet.host")
 HOST_PORT = 0xFFFFFFFF  # the host itself, when it asks its card for a port
 DEFAULT_MAX_QUEUE = 100_000
 MAX_PUMP_ROUNDS = 10_000
+CAPACITY_WARN = 0.80  # a card's records fill this share of its capacity: a warning
+CAPACITY_ALARM = 0.95  # ... this share: an error
+CAPACITY_CLEAR = 0.75  # back under this share, the card is warned again when it next fills up
+FULL_LOG_EVERY_S = 60.0  # out_of_memory refusals are logged at most this often per card
+CAPACITY_HINT = "raise capacity_bytes in the card's [[cards]] entry of the host config and restart the host"
 MAX_UNDELIVERABLE = 4096  # (card, destination domain) pairs remembered; forgotten all at once beyond
+_CARD_REFUSED = cm.REFUSED.code
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
 _NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
@@ -163,6 +176,8 @@ class Host:
         self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
         # (local card domain, destination domain) -> (reason, host time) of the last undeliverable notice
         self.undeliverable: dict[tuple[bytes, bytes], tuple[str, float]] = {}
+        self._fill_level: dict[bytes, int] = {}  # card domain -> 1 (warned), 2 (alarmed)
+        self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
         self.dropped = 0
         for card in cards:
@@ -404,7 +419,12 @@ class Host:
                 e.ack[0].ack((e.ack[1],))
             for out in outs:  # the card's outputs enter the table like any arrival
                 msg = out.msg
-                ack = None if out.seq is None else (card, out.seq)
+                if out.seq is None:  # a refusal (never stored)
+                    ack = None
+                    if msg.mtype == _CARD_REFUSED:
+                        self._refused(card, msg)
+                else:
+                    ack = (card, out.seq)
                 if not admit(msg, CARD, ack):
                     continue
                 domain = msg.dst.domain
@@ -413,6 +433,42 @@ class Host:
                     outgoing.append(SendRemote(address, msg, ack))
                 else:
                     self._enqueue(_Entry(msg, CARD, ack))
+
+        if card.used_bytes >= CAPACITY_CLEAR * card.capacity_bytes or card.uid.domain in self._fill_level:
+            self._watch_fill(card)
+
+    def _watch_fill(self, card: Card) -> None:
+        """Warn once when ``card`` fills ``CAPACITY_WARN`` of its capacity, once more at ``CAPACITY_ALARM``."""
+        domain, used, capacity = card.uid.domain, card.used_bytes, card.capacity_bytes
+        level = 2 if used >= CAPACITY_ALARM * capacity else 1 if used >= CAPACITY_WARN * capacity else 0
+        before = self._fill_level.get(domain, 0)
+        if level > before:
+            (log.error if level == 2 else log.warning)(
+                "%s: card %s holds %d of its %d bytes (%.0f %%): at 100 %% it refuses whatever needs more; %s, "
+                "or free records (tokens moved on, acknowledged outputs)",
+                self.name, card.uid, used, capacity, 100 * used / capacity, CAPACITY_HINT,
+            )  # fmt: skip
+            self._fill_level[domain] = level
+        elif used < CAPACITY_CLEAR * capacity:
+            self._fill_level.pop(domain, None)
+
+    def _refused(self, card: Card, refusal: Message) -> None:
+        """Log a card's ``out_of_memory`` refusal (at most once a minute a card): the operator must act."""
+        try:
+            p = cm.REFUSED.parse(refusal)
+        except DecodeError:
+            return
+        if p["reason"] != "out_of_memory":
+            return
+        domain = card.uid.domain
+        last = self._full_logged.get(domain)
+        if last is not None and self._now - last < FULL_LOG_EVERY_S:
+            return
+        self._full_logged[domain] = self._now
+        log.error(
+            "%s: card %s is full and refused 0x%04x from %s: %s; %s",
+            self.name, card.uid, p["mtype"], refusal.dst, p["detail"], CAPACITY_HINT,
+        )  # fmt: skip
 
     def _done(self, e: _Entry) -> None:
         if e.ack is not None:
