@@ -32,7 +32,9 @@ batch's CPU work on the event loop (:meth:`VendorCore.prepare_batch`); a
 committer runs the batch's transaction (:meth:`VendorCore.commit_batch`) and
 releases the replies after the commit. Quick commits run on the event loop;
 slow ones (a busy disk) in a worker thread, the next batch being prepared
-during their fsync.
+during their fsync. A connection's replies leave in order, several at once; one
+above the connection's frame limit costs only itself: a plain ``malformed``
+refusal to the same request id goes in its place (:func:`too_large`).
 """
 
 from __future__ import annotations
@@ -56,14 +58,17 @@ from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store, StoreError
 from cardnet.transport import (
+    DEFAULT_LIMITS,
     DEFAULT_SERVER_LIMITS,
     BrokenError,
     ClosedError,
+    Limits,
     ServerLimits,
     TcpConnection,
     TcpServer,
     TransportError,
     dial,
+    send_batch,
 )
 from cardnet.wire import DecodeError, Message, Uid
 
@@ -618,6 +623,7 @@ class VendorServer:
         failpoint: str | None = None,
         slow_commit_s: float = SLOW_COMMIT_S,
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.core = core
         self.clock = clock
@@ -628,7 +634,7 @@ class VendorServer:
         self._prepared: asyncio.Queue[tuple[Batch, list[_Item]]] = asyncio.Queue(maxsize=1)  # one waits, one commits
         self._quiet = asyncio.Event()  # set while no transaction is writing (see _preparer)
         self._quiet.set()
-        self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
+        self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
 
@@ -664,7 +670,7 @@ class VendorServer:
                 out = list(await pending.popleft())
                 while pending and pending[0].done():
                     out.extend(pending.popleft().result())
-                await conn.send_many(out)
+                await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
 
         task = asyncio.create_task(sender())
         try:
@@ -779,6 +785,30 @@ class VendorServer:
                     pass
             except CardnetError as exc:
                 log.warning("pruning the spent list failed: %s", exc)
+
+
+TOO_LARGE = "the vendor's reply is above this connection's frame limit and was not sent: ask the vendor to raise it"
+
+
+def too_large(reply: Message) -> Message | None:
+    """What the server sends in place of ``reply`` when it is above the connection's frame limit: a plain (not
+    MACed) ``malformed`` refusal, saying so, to the same request id (or bulk order); None for a reply that names
+    none (it is then left out)."""
+    try:
+        if reply.mtype == mc.BULK_SOLD.code:
+            order = mc.BULK_SOLD_SCHEMA.decode(reply.param)["order"]
+            f = {"order": order, "status": int(mc.Status.MALFORMED), "detail": TOO_LARGE}
+            return Message(reply.src, reply.dst, mc.BULK_SOLD.code, mc.BULK_SOLD_SCHEMA.encode(f))
+        if reply.mtype == mc.REPLY.code:
+            rid = mc.REPLY_CODEC.decode(reply.param)["rid"]
+        elif reply.mtype == mc.SEALED_REPLY.code:
+            rid = mc.SEALED_CODEC.decode(reply.param)["rid"]
+        else:
+            return None
+    except DecodeError:
+        return None
+    f = {"rid": rid, "status": int(mc.Status.MALFORMED), "detail": TOO_LARGE}
+    return Message(reply.src, reply.dst, mc.REPLY.code, mc.REPLY_CODEC.encode(f))
 
 
 def _is_ok(param: bytes) -> bool:

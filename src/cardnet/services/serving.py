@@ -16,6 +16,10 @@ the core still sees one request at a time (one thread, one after another): its i
   server logs it and closes that connection).
 * If the group's commit fails, nothing of it was kept: every request of the group gets the error, and no
   frame of any of them is sent.
+* A frame of an answer above the connection's frame limit costs only itself
+  (:func:`~cardnet.transport.send_batch`): the answer's other frames are sent, in order, with ``oversize(request,
+  frame)`` in its place (the protocol's refusal; nothing when there is no ``oversize`` or it gives None), it is
+  logged, and the connection goes on.
 * :attr:`GroupCommitServer.lock` is held while a group runs; subclasses take it for core calls of their own
   (the broker's settlement), which then never run inside or beside a group.
 * :meth:`GroupCommitServer.call` lets the service's owner run other store work in the next group (the
@@ -35,7 +39,18 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from cardnet.transport import DEFAULT_SERVER_LIMITS, BrokenError, ClosedError, ServerLimits, TcpConnection, TcpServer
+from cardnet.transport import (
+    DEFAULT_LIMITS,
+    DEFAULT_SERVER_LIMITS,
+    BrokenError,
+    ClosedError,
+    Instead,
+    Limits,
+    ServerLimits,
+    TcpConnection,
+    TcpServer,
+    send_batch,
+)
 from cardnet.wire import Message
 
 log = logging.getLogger("cardnet.services.serving")
@@ -49,6 +64,10 @@ Group = Callable[[], AbstractContextManager[None]]
 
 _Work = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
+Oversize = Callable[[Message, Message], Message | None]
+"""``oversize(request, frame)``: what to send instead of a frame of the request's answer that is above the
+connection's frame limit (the protocol's refusal), or None to leave it out."""
+
 
 class GroupCommitServer:
     """``answer`` served over TCP, requests waiting at once answered in one group commit (see the module)."""
@@ -60,13 +79,17 @@ class GroupCommitServer:
         group: Group,
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
         max_group: int = MAX_GROUP,
+        limits: Limits = DEFAULT_LIMITS,
+        oversize: Oversize | None = None,
     ) -> None:
+        """``limits``: each connection's bounds (its frame limit among them); ``oversize``: see the module."""
         if max_group < 1:
             raise ValueError(f"max_group is at least 1, got {max_group}")
         self._answer = answer
         self._group = group
         self._max_group = max_group
-        self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
+        self._oversize = oversize
+        self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
         self._waiting: asyncio.Queue[_Work] = asyncio.Queue(maxsize=MAX_WAITING)
         self._batcher: asyncio.Task[None] | None = None
         self._taken: list[_Work] = []  # what the batcher took from the queue for the group it forms or runs
@@ -113,7 +136,14 @@ class GroupCommitServer:
             while True:
                 msg = await conn.recv()
                 frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
-                await conn.send_many(frames)  # frames of one request: in order, after its group committed
+                # frames of one request: in order, after its group committed; one above the frame limit costs itself
+                await send_batch(conn, frames, self._instead(msg))
+
+    def _instead(self, request: Message) -> Instead | None:
+        oversize = self._oversize
+        if oversize is None:
+            return None
+        return lambda _i, frame, _err: oversize(request, frame)
 
     async def _batching(self) -> None:
         """Take what waits (up to ``max_group``), answer it in one group under the lock, hand the results back."""

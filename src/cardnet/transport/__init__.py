@@ -11,10 +11,13 @@ from cardnet.transport.base import (
     LOGGER_NAME,
     Connection,
     Dialer,
+    Instead,
     Limits,
     OnConnection,
     PeerInfo,
     ServerLimits,
+    fit_batch,
+    send_batch,
 )
 from cardnet.transport.errors import BrokenError, ClosedError, TransportError
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, encode_frame
@@ -37,6 +40,7 @@ __all__ = [
     "Connection",
     "Dialer",
     "FrameDecoder",
+    "Instead",
     "Limits",
     "MemoryConnection",
     "MemoryListener",
@@ -52,6 +56,8 @@ __all__ = [
     "host_port",
     "dialer",
     "encode_frame",
+    "fit_batch",
     "memory_pair",
+    "send_batch",
     "tls_contexts",
 ]

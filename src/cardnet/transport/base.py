@@ -17,7 +17,10 @@ Semantics shared by every implementation:
 - ``await send_many(msgs)`` is ``send`` for each message in order (one
   pending send; a transport may write them together). An oversize message
   raises ``oversize`` before any of them is sent; a cancelled ``send_many``
-  has sent a prefix of ``msgs`` (whole messages).
+  has sent a prefix of ``msgs`` (whole messages). A caller whose batch holds
+  answers to several requests uses :func:`send_batch` instead: there an
+  oversize message costs only itself (replaced by the protocol's refusal, or
+  dropped and logged) and the others are sent, in order.
 - ``await recv()`` returns the next message; ``async for msg in conn`` does
   the same and stops when the peer closed cleanly. ``await recv_many()``
   returns the next message and those already received after it (a batch,
@@ -44,6 +47,7 @@ from cardnet.transport.framing import DEFAULT_MAX_FRAME, check_max_frame
 from cardnet.wire import Message
 
 LOGGER_NAME = "cardnet.transport"
+_log = logging.getLogger(LOGGER_NAME)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -142,6 +146,11 @@ class Connection(Protocol):
         """Sends waiting for room right now (at most ``Limits.max_pending_sends``)."""
         ...
 
+    @property
+    def limits(self) -> Limits:
+        """This connection's bounds (``max_frame``: the largest message it sends or takes)."""
+        ...
+
     async def send(self, msg: Message) -> None: ...
 
     async def send_many(self, msgs: Sequence[Message]) -> None: ...
@@ -163,6 +172,50 @@ class Connection(Protocol):
     async def aclose(self) -> None:
         """``close()`` then ``wait_closed()``."""
         ...
+
+
+Instead = Callable[[int, Message, TransportError], Message | None]
+"""What to send in place of message ``i`` of a batch, which is above the frame limit (the error says so): the
+protocol's refusal or error answer for it, or None (it is left out)."""
+
+
+def fit_batch(
+    msgs: Sequence[Message], max_frame: int, instead: Instead | None = None, *, to: str = "the peer"
+) -> list[Message]:
+    """``msgs`` made sendable as one batch: each message above ``max_frame`` costs only itself.
+
+    It is replaced by ``instead(i, msg, error)`` (``i`` its index in ``msgs``), the protocol's refusal or error
+    answer where it has one, or left out when there is no ``instead``, it gives None or its answer is above the
+    limit too; either way it is logged (warning) on ``cardnet.transport``, naming ``to``. The other messages
+    keep their order. A batch that fits is returned as it is (a new list).
+    """
+    out: list[Message] | None = None
+    for i, msg in enumerate(msgs):
+        if msg.size <= max_frame:
+            if out is not None:
+                out.append(msg)
+            continue
+        if out is None:
+            out = list(msgs[:i])
+        err = TransportError(
+            "oversize", f"message {i} of a batch to {to} (mtype 0x{msg.mtype:04x}) is {msg.size} bytes, "
+            f"the frame limit is {max_frame}",
+        )  # fmt: skip
+        other = None if instead is None else instead(i, msg, err)
+        if other is not None and other.size > max_frame:
+            other = None
+        if other is None:
+            _log.warning("%s: left out, the others of its batch are sent", err)
+        else:
+            _log.warning("%s: sent 0x%04x in its place, and the others of its batch", err, other.mtype)
+            out.append(other)
+    return list(msgs) if out is None else out
+
+
+async def send_batch(conn: Connection, msgs: Sequence[Message], instead: Instead | None = None) -> None:
+    """``conn.send_many(msgs)``, where a message above the connection's frame limit costs only itself instead of
+    the whole batch: see :func:`fit_batch`. The connection stays open; its errors are ``send_many``'s."""
+    await conn.send_many(fit_batch(msgs, conn.limits.max_frame, instead, to=conn.peer.label))
 
 
 Dialer = Callable[[], Awaitable[Connection]]

@@ -164,3 +164,10 @@ def reply(msg: Message, mtype: MType, /, **fields: Any) -> Message:
 def refused(msg: Message, reason: str, detail: str) -> Message:
     """``speed.refused`` answering ``msg`` (reason and detail cut to their bounds)."""
     return reply(msg, REFUSED, reason=reason[:64], detail=detail[:1024])
+
+
+def too_large(msg: Message, frame: Message) -> Message:
+    """``speed.refused`` (``oversize``) answering ``msg`` in place of ``frame``, a frame of its answer that is above
+    the connection's frame limit (a server sends this instead, and the answer's other frames)."""
+    return refused(msg, "oversize", f"a frame of the answer (mtype 0x{frame.mtype:04x}, {frame.size} bytes) is above "
+                   "this connection's frame limit and was not sent: ask the operator to raise it")  # fmt: skip

@@ -508,7 +508,11 @@ class BrokerServer(GroupCommitServer):
         self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
     ) -> None:
         super().__init__(
-            lambda msg: [core.handle(msg)], group=core.group, server_limits=server_limits, max_group=max_group
+            lambda msg: [core.handle(msg)],
+            group=core.group,
+            server_limits=server_limits,
+            max_group=max_group,
+            oversize=fr.too_large,
         )
         self.core = core
         self._settler: asyncio.Task[None] | None = None

@@ -349,5 +349,6 @@ class VendorServer(GroupCommitServer):
     def __init__(
         self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
     ) -> None:
-        super().__init__(core.frames, group=core.store.group, server_limits=server_limits, max_group=max_group)
+        super().__init__(core.frames, group=core.store.group, server_limits=server_limits, max_group=max_group,
+                         oversize=fr.too_large)  # fmt: skip
         self.core = core
