@@ -46,6 +46,7 @@ from cardnet.applets.trn import MINT, SEND, SET_AUTHORITY
 from cardnet.bench.procs import HostProc, free_port, readline, stop_process
 from cardnet.bench.ticketnet import make_ticketing
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli import wallet_config
 from cardnet.cli.main import run
 from cardnet.cli.speed import JOURNAL
 from cardnet.crypto import pki
@@ -54,7 +55,7 @@ from cardnet.services.speed.customer import Customer, Journal, install_key, load
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.transport.http import HttpServer, Request, Response, Router
-from cardnet.web.wallet import WalletWeb
+from cardnet.web.wallet import Served, WalletWeb
 
 CHROMIUM = "/usr/bin/chromium"
 T = TypeVar("T")
@@ -62,8 +63,10 @@ T1 = bytes.fromhex("a1" * 16)  # a's voucher: a offers it to b for T2
 T2 = bytes.fromhex("b2" * 16)  # b's voucher
 T3 = bytes.fromhex("b3" * 16)  # b's ticket: b's page sends it to a, then a offers it back for T1 (b rejects)
 T4 = bytes.fromhex("a4" * 16)  # a's ticket: the forged requests try to send it away
+T5 = bytes.fromhex("a5" * 16)  # a's voucher: a's page offers it for T6 (minted by the test that offers it)
+T6 = bytes.fromhex("b6" * 16)  # b's voucher: b's page accepts a's offer
 BODIES = {T1: b"voucher: one coffee", T2: b"voucher: one tea", T3: b"Cup final, seat A1",
-          T4: b"Cup final, seat B2"}  # fmt: skip
+          T4: b"Cup final, seat B2", T5: b"voucher: one lemonade", T6: b"voucher: one juice"}  # fmt: skip
 TIMEOUT_MS = 20_000
 KEY = "cardnet-wallet-session"  # where the page keeps its tab's session secret (sessionStorage)
 NOT_LOGGED_IN = "This tab is not logged in: open the login link"
@@ -141,16 +144,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     uis: list[Ui] = []
     with net, ThreadPoolExecutor(2) as pool:
         try:
-            started = [pool.submit(broker.start), pool.submit(tickets.start)]
+            broker_started, tickets_started = pool.submit(broker.start), pool.submit(tickets.start)
             asyncio.run(_issue(net))
-            broker_at = started[0].result()
-            started[1].result()
+            broker_at = broker_started.result()
+            tickets_started.result()
             asyncio.run(_purse(net, broker_at, device_cert))
             (net.tmp / "b-wallet.toml").write_text(
                 f'broker = "{broker_at}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\naccount = "C-b"\n'
             )
             uis += list(pool.map(lambda card: start_ui(net, card), ("a", "b")))
-            yield World(net, *uis, json.loads(tickets.ready_line)["ready"]["http"], broker_at)
+            yield World(net, uis[0], uis[1], json.loads(tickets.ready_line)["ready"]["http"], broker_at)
         finally:
             for ui in uis:
                 stop_process(ui.proc)
@@ -721,3 +724,195 @@ def test_the_command_is_in_the_wallet_group() -> None:
 
     group = subcommands(cli)["wallet"]
     assert isinstance(group, click.Group) and {"ui", "send", "show"} <= set(group.commands)
+
+
+@contextlib.asynccontextmanager
+async def _web(net: TrnNet, card: str, config: wallet_config.WalletConfig) -> AsyncIterator[Served]:
+    """``card``'s web wallet in the test's process (a :class:`WalletWeb` on a real socket, on the card's real
+    host) with ``config``: where the printed link of that card's ``cardnet wallet ui`` may be spent already."""
+
+    async def open_wallet() -> Wallet:
+        return await _wallet(net, card)
+
+    web = WalletWeb(open_wallet, config, app_socket=net.hosts[card].socket, recover_wait_s=1.0)
+    try:
+        yield await web.start("127.0.0.1", 0)
+    finally:
+        await web.aclose()
+
+
+async def _logged_in(context: BrowserContext, login: str, card: str) -> Page:
+    """A tab of ``context`` logged in with the one-time link ``login``, once it shows ``card``."""
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(login)
+    await expect(page.locator("#card")).to_have_text(card)
+    await expect(page.locator("#link")).to_have_text("live")
+    return page
+
+
+def test_the_page_offers_an_exchange_and_loads_the_e_purse(world: World, session_a: tuple[httpx.Client, str]) -> None:
+    """a's page (its ``cardnet wallet ui``) offers T5 for b's T6; b's page (b's web wallet in this process, with
+    b's wallet config) accepts it: both cards' holdings are checked against both pages. b's page then loads its
+    e-purse from b's account at the broker."""
+    net = world.net
+    a, b = str(net.uids["a"]), str(net.uids["b"])
+    c, _ = session_a
+    link_a = c.post("/api/link", json={}).json()["login"]
+
+    async def go() -> None:
+        for oid, to in ((T5, "a"), (T6, "b")):
+            assert (await net.ask("agent", MINT, oid=oid, body=BODIES[oid]))["ok"]
+            assert (await net.ask("agent", SEND, oid=oid, to=net.uids[to]))["ok"]
+            await net.settle(to, oid)
+        b_config = wallet_config.load(net.tmp / "b-wallet.toml")
+        async with _web(net, "b", b_config) as served_b, async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            context = await browser.new_context()
+            page_a = await _logged_in(context, link_a, a)
+            page_b = await _logged_in(context, served_b.login_url, b)
+            assert T5.hex() in await _until_page_shows(page_a, net, "a")
+            assert T6.hex() in await _until_page_shows(page_b, net, "b")
+
+            # a's page offers T5 for T6: first to a card its host cannot reach (refused, nothing locked), then to b
+            await page_a.select_option("#offer-give", T5.hex())
+            await page_a.fill("#offer-want", T6.hex())
+            await page_a.fill("#offer-to", "ee" * 12 + ":00000000")
+            await page_a.click("#offer-button")
+            await expect(page_a.locator("#message.error")).to_contain_text(
+                f"your host cannot reach {'ee' * 12}:00000000: check the Uid"
+            )
+            assert (await _listing(net, "a"))[T5.hex()] == "enabled"
+            await page_a.fill("#offer-to", b)
+            await page_a.click("#offer-button")
+            await expect(page_a.locator("#message.ok")).to_contain_text(
+                f"offered your {T5.hex()} for {T6.hex()} of {b}: it is swapped once the other owner accepts"
+            )
+            async with await _wallet(net, "a") as wa:
+                (x,) = [x for x in await wa.exchanges() if x.give == T5 and not x.finished]
+            assert (x.role, x.want, x.peer) == ("initiator", T6, net.uids["b"])
+            mine = page_a.locator(f'#under-way tr[data-id="{x.n1.hex()}"]')  # a's page: under way, Take back
+            await expect(mine).to_contain_text("waiting for the other owner")
+            await expect(mine.locator("button.give-up")).to_be_visible()
+            await expect(page_a.locator(f'#tickets tr[data-oid="{T5.hex()}"]')).to_have_attribute(
+                "data-status", "exchanging"
+            )
+            assert (await _listing(net, "a"))[T5.hex()] == "exchanging"  # locked on a's card, as the page says
+            await expect(page_a.locator(f'#offer-give option[value="{T5.hex()}"]')).to_have_count(0)
+
+            # b's page shows the offer (b's card took nothing yet) and accepts it
+            offer = page_b.locator(f'#offers li[data-id="{x.n1.hex()}"]')
+            await expect(offer.locator("strong.get")).to_have_text(BODIES[T5].decode())
+            await expect(offer.locator("strong.give")).to_have_text(BODIES[T6].decode())
+            await expect(offer).to_contain_text(a)
+            assert T5.hex() not in await _listing(net, "b")
+            await offer.locator("button.accept").click()
+            await expect(page_b.locator("#message.ok")).to_contain_text("accepted")
+            async with await _wallet(net, "a") as wa:
+                assert (await wa.wait(x.n1, timeout_s=20)).swapped
+            held_a = await _until_page_shows(page_a, net, "a")  # both pages as both cards list them
+            held_b = await _until_page_shows(page_b, net, "b")
+            assert held_a[T6.hex()] == "enabled" and T5.hex() not in held_a
+            assert held_b[T5.hex()] == "enabled" and T6.hex() not in held_b
+            await expect(mine).to_have_count(0)
+            await expect(offer).to_have_count(0)
+            await expect(page_a.locator(f'#tickets tr[data-oid="{T6.hex()}"] td.body')).to_have_text(
+                BODIES[T6].decode()
+            )
+
+            # b's page loads the e-purse (b's account at the broker); a's card has none: no Load on its page
+            await expect(page_a.locator("#load-form")).to_be_hidden()
+            before = await _balance(net, "b")
+            await expect(page_b.locator("#purse")).to_have_text(str(sm.Price("EUR", before)))
+            await page_b.fill("#load-amount", "ten euros")
+            await page_b.click("#load-button")
+            await expect(page_b.locator("#message.error")).to_contain_text("write it like '10.00 EUR'")
+            await page_b.fill("#load-amount", "10.00 EUR")
+            await page_b.click("#load-button")
+            after = str(sm.Price("EUR", before + 1_000))
+            await expect(page_b.locator("#message.ok")).to_have_text(f"loaded 10.00 EUR: your e-purse holds {after}")
+            await expect(page_b.locator("#purse")).to_have_text(after)
+            assert await _balance(net, "b") == before + 1_000
+            async with await _wallet(net, "b") as wb:
+                assert not (await wb.ask(pa.PENDING_LOADS, pa.L1S))["l1"]  # credited, nothing left under way
+            await browser.close()
+
+    asyncio.run(go())
+
+
+def test_the_offer_and_load_routes_refuse_what_they_cannot_do(
+    world: World, session_a: tuple[httpx.Client, str]
+) -> None:
+    """``/api/exchange/offer`` and ``/api/load`` refuse as ``/api/send`` does: no session, another origin, bad
+    input (each with a message saying what to do), a voucher this card does not hold, a card its host cannot
+    reach; a load on a card without an e-purse, or without a broker in the wallet config. Nothing moves."""
+    net = world.net
+    c, _ = session_a
+    own = world.ui_a.url.rstrip("/")
+    b = str(net.uids["b"])
+    listing = asyncio.run(_listing(net, "a"))
+    other = next(oid for oid in listing if oid != T4.hex())  # (a holds T4 and always another voucher)
+    offer = {"give": T4.hex(), "want": T2.hex() if T2.hex() != other else T1.hex(), "to": b}
+    exchanges = len(asyncio.run(_exchanges(net, "a")))
+    with httpx.Client(base_url=world.ui_a.url, timeout=30) as stranger:
+        for path, body in (("/api/exchange/offer", offer), ("/api/load", {"amount": "10.00 EUR"})):
+            r = stranger.post(path, json=body)
+            assert r.status_code == 401 and r.json()["error"] == "no_session", (path, r.text)
+            r = c.post(path, json=body, headers={"Origin": "http://evil.example"})
+            assert r.status_code == 403 and r.json()["error"] == "cross_site", (path, r.text)
+            r = c.post(path, json=body, headers={"Origin": f"{own.rsplit(':', 1)[0]}:1"})  # another port
+            assert r.status_code == 403 and r.json()["error"] == "cross_site", (path, r.text)
+            r = c.post(path, content=json.dumps(body), headers={"Content-Type": "text/plain"})
+            assert r.status_code == 415, (path, r.text)
+    refused: list[tuple[object, int, str, str]] = [
+        ({**offer, "give": "zz"}, 400, "bad_id", "the voucher you give (choose one in the list): 32 hex digits"),
+        ({**offer, "want": None}, 400, "bad_id", "the voucher you want: its id as the other card's owner sees it"),
+        ({**offer, "to": ""}, 400, "bad_uid", "give the other card's Uid"),
+        ({**offer, "to": "zz"}, 400, "bad_uid", "'zz' is not a card's Uid: it is 24 hex digits"),
+        ({**offer, "want": T4.hex()}, 400, "same_voucher", "an exchange swaps two different vouchers"),
+        ({**offer, "to": str(net.uids["a"])}, 400, "to_self", "that Uid is this card: give the other card's Uid"),
+        ({**offer, "give": "00" * 16}, 409, "not_held", f"this card does not hold {'00' * 16}"),
+        ({**offer, "want": other}, 409, "have_it", f"this card holds {other} already"),
+        ({**offer, "to": "ee" * 12 + ":00000000"}, 409, "no_route",
+         f'add "{"ee" * 12}" = "HOST:PORT" to [routes] in your host\'s config and restart it; the ticket was not '
+         "offered"),
+        ([offer], 400, "bad_request", "the wallet takes a JSON object"),
+    ]  # fmt: skip
+    for sent, status, reason, said in refused:
+        r = c.post("/api/exchange/offer", json=sent, headers={"Origin": own})
+        assert (r.status_code, r.json()["error"]) == (status, reason), (sent, r.text)
+        assert said in r.json()["message"], (sent, r.text)
+    assert asyncio.run(_listing(net, "a"))[T4.hex()] == "enabled"  # nothing locked, nothing offered
+    assert len(asyncio.run(_exchanges(net, "a"))) == exchanges
+    how = "write it like '10.00 EUR'"
+    for amount, needed in (("10,00", ("a price is an amount and an ISO 4217 code", how)),
+                          ("", ("give the amount to load", how)), (10, ("give the amount to load", how)),
+                          ("1.234 EUR", ("at most two decimals", how)),
+                          ("0.00 EUR", ("an amount is 1..", "got 0", how))):  # fmt: skip
+        r = c.post("/api/load", json={"amount": amount})
+        assert (r.status_code, r.json()["error"]) == (400, "bad_amount"), (amount, r.text)
+        assert all(w in r.json()["message"] for w in needed), (amount, r.text)
+    r = c.post("/api/load", json={"amount": "10.00 EUR"})  # a's card has no e-purse
+    assert (r.status_code, r.json()["error"]) == (409, "no_purse") and "this card has no e-purse" in r.text
+
+    # b's card has one, but a wallet config without a broker: the page says what to set
+    async def unconfigured() -> None:
+        nowhere = wallet_config.load(net.tmp / "no-broker.toml")
+        async with _web(net, "b", nowhere) as served, httpx.AsyncClient(base_url=served.url, timeout=30) as web:
+            token = served.login_url.partition("#login=")[2]
+            web.headers["Authorization"] = (
+                "Bearer " + (await web.post("/api/login", json={"token": token})).json()["session"]
+            )
+            before = await _balance(net, "b")
+            r = await web.post("/api/load", json={"amount": "10.00 EUR"})
+            assert (r.status_code, r.json()["error"]) == (409, "not_configured"), r.text
+            assert "needs broker and account: `cardnet wallet config --set broker=...`" in r.json()["message"]
+            assert str(nowhere.path) in r.json()["message"]
+            assert await _balance(net, "b") == before
+
+    asyncio.run(unconfigured())
+
+
+async def _exchanges(net: TrnNet, card: str) -> list[bytes]:
+    async with await _wallet(net, card) as w:
+        return [x.n1 for x in await w.exchanges()]

@@ -43,10 +43,10 @@ def _listen(text: str) -> tuple[str, int]:
 )  # fmt: skip
 def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: float, as_json: bool) -> None:
     """Your wallet as a web page on this machine: tickets, vouchers, the e-purse, what is under way; buy a ticket,
-    send one, walk through a gate, answer exchange offers, recover. Prints a one-time login link: open it in your
-    browser (it works once and logs in that tab, which keeps its session across reloads until it is closed; the
-    page's "Open in another tab" logs in more tabs; with no tab logged in left, start this command again). Runs
-    until Ctrl-C."""
+    send one, walk through a gate, offer exchanges and answer them, load the e-purse, recover. Prints a one-time
+    login link: open it in your browser (it works once and logs in that tab, which keeps its session across reloads
+    until it is closed; the page's "Open in another tab" logs in more tabs; with no tab logged in left, start this
+    command again). Runs until Ctrl-C."""
     from cardnet.cli.trn import card_pin, check_socket, parse_domain
     from cardnet.services.wallet import Wallet, WalletError
     from cardnet.transport.errors import TransportError

@@ -13,10 +13,11 @@ behind the session of :mod:`.session`:
   the card again when the card pushed a change (the wallet library's events: a token or an exchange changed),
   after every action, and otherwise every ``refresh_s`` (the e-purse's balance and the purchases are not
   pushed); so a second's polling costs the card nothing when nothing happened;
-* ``POST /api/send``, ``/api/exchange/accept``, ``/reject``, ``/give-up``, ``/api/ticket/accept``, ``/reject``,
-  ``/api/recover``, and buying (:mod:`.shop`: ``/api/shop``, ``/api/buy``, ``/api/deliver``): one order each,
-  answered ``{"message": ...}`` in words, or an error ``{"error": reason, "message": what happened and what to
-  do}`` the page shows as it is.
+* ``POST /api/send``, ``/api/exchange/offer``, ``/accept``, ``/reject``, ``/give-up``, ``/api/ticket/accept``,
+  ``/reject``, ``/api/load`` (the e-purse, from the wallet config's account at its broker), ``/api/recover``, and
+  buying (:mod:`.shop`: ``/api/shop``, ``/api/buy``, ``/api/deliver``): one order each, answered
+  ``{"message": ...}`` in words, or an error ``{"error": reason, "message": what happened and what to do}`` the
+  page shows as it is.
 
 An exchange offered to this card is held by the card as *proposed* (nothing locked, the offered voucher not
 taken) until the owner answers: the page is the prompt of TENeT's approach 2a, shown before the card takes the
@@ -42,7 +43,10 @@ from cardnet.cli.wallet_config import WalletConfig
 from cardnet.cli.wallet_gate import HINTS as GATE_HINTS
 from cardnet.cli.wallet_gate import refusal
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
-from cardnet.protocols.speed.messages import Price
+from cardnet.protocols.errors import ProtocolError
+from cardnet.protocols.speed.messages import Price, parse_price
+from cardnet.services.speed.customer import PurchaseError, install_key
+from cardnet.services.speed.customer import load as purse_load
 from cardnet.services.wallet import MOVING, Wallet, WalletError
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
@@ -76,6 +80,18 @@ HINTS = {
     "`cardnet exchange set-ttp`",
     "privileged": "the card no longer takes the owner's orders from this page: restart `cardnet wallet ui`",
     "refused": "the card refused it: the page shows how the ticket or exchange stands now",
+}
+# what the person does about the broker's answer to an e-purse load (its reason -> a sentence for the page)
+LOAD_HINTS = {
+    "unreachable": "is the broker running? a load it did not answer is credited by Recover once it is back",
+    "unknown_account": "check `account` in the wallet config (`cardnet wallet config --set account=...`), then "
+    "restart `cardnet wallet ui`",
+    "not_your_account": "that account at the broker belongs to another card: check `account` in the wallet config "
+    "(`cardnet wallet config --set account=...`), then restart `cardnet wallet ui`",
+    "insufficient": "your account at the broker holds too little: load less (the card keeps this load and asks "
+    "again at Recover and the next load: it is credited once the account holds enough)",
+    "bad_address": "fix `broker` in the wallet config (`cardnet wallet config --set broker=HOST:PORT`), then restart "
+    "`cardnet wallet ui`",
 }
 Opener = Callable[[], Awaitable[Wallet]]
 
@@ -162,12 +178,14 @@ class WalletWeb:
             ("POST", "/api/link", self.link),
             ("POST", "/api/send", self.send),
             ("POST", "/api/enter", self.enter),
+            ("POST", "/api/exchange/offer", self.offer_exchange),
             ("POST", "/api/exchange/accept", self.accept_exchange),
             ("POST", "/api/exchange/reject", self.reject_exchange),
             ("POST", "/api/exchange/give-up", self.give_up_exchange),
             ("POST", "/api/ticket/accept", self.accept_ticket),
             ("POST", "/api/ticket/reject", self.reject_ticket),
             ("POST", "/api/recover", self.recover),
+            ("POST", "/api/load", self.load),
             ("POST", "/api/shop", self.shop),
             ("POST", "/api/buy", self.buy),
             ("POST", "/api/deliver", self.deliver),
@@ -272,7 +290,8 @@ class WalletWeb:
                 })  # fmt: skip
             else:
                 under_way.append({"what": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
-                                  "state": PHASE_WORDS.get(x.phase, x.phase),
+                                  "state": PHASE_WORDS.get(x.phase, x.phase), "give": x.give.hex(),
+                                  "want": x.want.hex(),
                                   "can_give_up": x.role == "initiator" and x.phase == "offered"})  # fmt: skip
         for r in rows:
             if r["status"] == "offered":
@@ -378,6 +397,26 @@ class WalletWeb:
                             + (f"; {hint}" if hint else ""))  # fmt: skip
         return _json({"message": f"admitted: the gate took {oid.hex()} (it is used up now: walk in)"})
 
+    async def offer_exchange(self, request: Request) -> Response:
+        """Offer a voucher of this card for one of another card (as ``cardnet wallet exchange offer``): it is
+        locked until the other owner accepts (the swap) or rejects, or this owner takes it back."""
+        body = _body(request)
+        give = _hex16(body.get("give"), "the voucher you give (choose one in the list)")
+        want = _hex16(body.get("want"), "the voucher you want: its id as the other card's owner sees it in their list")
+        to = _uid(body.get("to"), "the other card's Uid (its owner sees it at the top of their wallet)")
+        if give == want:
+            raise HttpError(400, "same_voucher", "an exchange swaps two different vouchers: give the id of the other "
+                            "card's voucher you want")  # fmt: skip
+        async with self._order() as wallet:
+            await _movable(wallet, give, to, "offered")
+            if any(v.oid == want for v in await wallet.vouchers()):
+                raise HttpError(409, "have_it", f"this card holds {want.hex()} already: ask for a voucher the other "
+                                "card holds")  # fmt: skip
+            x = await wallet.offer(give, want, to)
+        return _json({"message": f"offered your {give.hex()} for {want.hex()} of {to}: it is swapped once the other "
+                      "owner accepts (until then Take back, under way, gives it back to you)", "id": x.n1.hex(),
+                      "phase": x.phase})  # fmt: skip
+
     async def accept_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
         async with self._order() as wallet:
@@ -409,6 +448,41 @@ class WalletWeb:
             await wallet.answer_offer(oid, accept=accept)
         done = "taken: it is yours once traced" if accept else "refused: it goes back to the sender"
         return _json({"message": f"{oid.hex()} {done}"})
+
+    async def load(self, request: Request) -> Response:
+        """Load the e-purse from the wallet config's account at its broker (as ``cardnet wallet load``; the purse's
+        key is fetched from the broker's SAM first, the first time)."""
+        price = _amount(_body(request).get("amount"))
+        async with self._order() as wallet:
+            purse = await balances(wallet)
+            if purse is None:
+                raise HttpError(409, "no_purse", "this card has no e-purse: its host runs one with the applets "
+                                '"purse" and "speed" (applets in the host\'s config)')  # fmt: skip
+            broker, account = self._load_settings()
+            try:
+                if not purse["keyed"]:
+                    await install_key(wallet, broker)
+                await purse_load(wallet, broker, price, account)
+            except PurchaseError as exc:
+                status = 502 if exc.reason == "unreachable" else 409
+                hint = LOAD_HINTS.get(exc.reason, "nothing was loaded: the page shows what is under way")
+                raise HttpError(status, exc.reason, f"the e-purse was not loaded: {exc}; {hint}") from None
+            purse = await balances(wallet) or {"balances": {}}
+        words = ", ".join(str(Price(c, a)) for c, a in sorted(purse["balances"].items())) or "nothing"
+        return _json({"message": f"loaded {price}: your e-purse holds {words}",
+                      "balances": [str(Price(c, a)) for c, a in sorted(purse["balances"].items())]})  # fmt: skip
+
+    def _load_settings(self) -> tuple[str, str]:
+        """The broker and the account an e-purse load uses (the wallet config's), or 409 saying how to set them."""
+        cfg = self.config
+        values = {k: cfg.get(k) if cfg is not None else None for k in ("broker", "account")}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            where = f" ({cfg.path})" if cfg is not None else ""
+            raise HttpError(409, "not_configured", f"to load the e-purse, the wallet config{where} needs "
+                            f"{' and '.join(missing)}: `cardnet wallet config --set {missing[0]}=...`, then restart "
+                            "`cardnet wallet ui`")  # fmt: skip
+        return str(values["broker"]), str(values["account"])
 
     async def recover(self, request: Request) -> Response:
         async with self._order() as wallet:
@@ -530,14 +604,25 @@ def _hex16(value: Any, what: str) -> bytes:
     return raw
 
 
-def _uid(value: Any) -> Uid:
+def _uid(value: Any, what: str = "the receiving card's Uid (its owner sees it at the top of their wallet)") -> Uid:
     if not isinstance(value, str) or not value.strip():
-        raise HttpError(400, "bad_uid", "give the receiving card's Uid (its owner sees it at the top of their wallet)")
+        raise HttpError(400, "bad_uid", f"give {what}")
     try:
         return Uid.parse(value.strip())
     except DecodeError:
         raise HttpError(400, "bad_uid", f"{value.strip()[:80]!r} is not a card's Uid: it is 24 hex digits, a colon "
                         "and 8 hex digits (e.g. 0123456789abcdef01234567:00000000)") from None  # fmt: skip
+
+
+def _amount(value: Any) -> Price:
+    """An amount to load from the page (``"10.00 EUR"``), or 400 saying how to write it."""
+    how = "write it like '10.00 EUR' (an amount with at most two decimals and a currency code)"
+    if not isinstance(value, str) or not value.strip():
+        raise HttpError(400, "bad_amount", f"give the amount to load: {how}")
+    try:
+        return parse_price(value.strip())  # (more than 0: a Price is at least 1 minor unit)
+    except ProtocolError as exc:
+        raise HttpError(400, "bad_amount", f"{exc}: {how}") from None
 
 
 def _text(body: bytes | None) -> str:

@@ -128,7 +128,7 @@ function renderTickets(tickets) {
   }
   $("tickets").hidden = tickets.length === 0;
   $("no-tickets").hidden = tickets.length > 0;
-  for (const id of ["send-oid", "enter-oid"]) {
+  for (const id of ["send-oid", "enter-oid", "offer-give"]) {
     const select = $(id);
     const chosen = select.value;
     select.replaceChildren(el("option", { value: "" }, "choose a ticket"));
@@ -149,8 +149,12 @@ function renderUnderWay(rows) {
       state.append(" ", el("button", { type: "button", className: "give-up",
         onclick: () => act("/api/exchange/give-up", { id: r.id }) }, "Take back"));
     }
+    const what = el("td", {}, r.what);
+    if (r.give && r.want) {
+      what.append(el("div", { class: "help" }, `your ${r.give.slice(0, 8)}… for ${r.want.slice(0, 8)}…`));
+    }
     body.append(el("tr", { "data-id": r.id },
-      el("td", {}, r.what), el("td", { class: "id" }, r.id), el("td", { class: "id" }, short(r.peer)), state));
+      what, el("td", { class: "id" }, r.id), el("td", { class: "id" }, short(r.peer)), state));
   }
   $("under-way").hidden = rows.length === 0;
   $("nothing-under-way").hidden = rows.length > 0;
@@ -162,8 +166,9 @@ function render(s) {
   renderTickets(s.tickets);
   renderUnderWay(s.under_way);
   if (s.purse === null) $("purse").textContent = "This card has no e-purse.";
-  else if (!s.purse.keyed) $("purse").textContent = "Not loaded yet (`cardnet wallet load` loads it from your broker).";
+  else if (!s.purse.keyed) $("purse").textContent = "Not loaded yet: Load fetches its key from your broker first.";
   else $("purse").textContent = s.purse.balances.length ? s.purse.balances.join(", ") : "empty";
+  $("load-form").hidden = s.purse === null;
 }
 
 let timer = null;
@@ -252,6 +257,27 @@ $("enter-form").addEventListener("submit", async (ev) => {
   if (!gate) { say("Give the gate's Uid (the gate shows it).", false); return; }
   say("Showing the ticket at the gate…", true);
   await act("/api/enter", { oid, gate });
+});
+
+$("offer-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const give = $("offer-give").value;
+  const want = $("offer-want").value.trim();
+  const to = $("offer-to").value.trim();
+  if (!give) { say("Choose the voucher you give.", false); return; }
+  if (!want) { say("Give the id of the voucher you want (its owner sees it in their list).", false); return; }
+  if (!to) { say("Give the other card's Uid (its owner sees it at the top of their wallet).", false); return; }
+  const got = await act("/api/exchange/offer", { give, want, to });
+  if (got) { $("offer-want").value = ""; $("offer-to").value = ""; }
+});
+
+$("load-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const amount = $("load-amount").value.trim();
+  if (!amount) { say("Give the amount to load, like 10.00 EUR.", false); return; }
+  say("Loading: your broker pays it from your account…", true);
+  const got = await act("/api/load", { amount });
+  if (got) $("load-amount").value = "";
 });
 
 $("recover-button").addEventListener("click", async () => {
