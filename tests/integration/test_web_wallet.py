@@ -7,7 +7,9 @@ headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright: it buys a 
 exchange offers a's card makes with the wallet library, and what it shows is compared with the card's own
 listing); a's is spoken to with httpx to check who may use it (the session header, the Origin and Host checks),
 and visited by the browser beside a server on another port of 127.0.0.1, which must get nothing the wallet takes.
-The stores of the broker, the vendor and the ticketing device are made with the libraries (as in
+a's page also offers an exchange that b's page accepts (b's web wallet then a :class:`WalletWeb` in the test's
+process on a real socket, since b's printed link is spent), and b's page loads its e-purse at the broker. The
+stores of the broker, the vendor and the ticketing device are made with the libraries (as in
 ``test_ticketing.py``).
 """
 
