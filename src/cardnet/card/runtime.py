@@ -26,6 +26,7 @@ them.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -106,6 +107,9 @@ class Card:
         self._pending_used = 0
         self._acks: set[int] = set()
         self._mem: dict[TableKey, bytes] = {}
+        # Each scanned table's keys in order, kept with the mirror from its first scan on: a scan reads only the
+        # keys with its prefix, not the whole card (see _scan).
+        self._index: dict[str, list[bytes]] = {}
         self._roots: tuple[bytes, list[bytes]] | None = None  # the roots row and its decoded list (see roots_der)
         self._where = store.url
         with store.transaction() as txn:
@@ -264,7 +268,7 @@ class Card:
             for tk, v in rows.items():
                 sk = _skey(tk)
                 txn.put(STORE_TABLE, sk, self._mac.tag(sk, v) + v)
-        self._mem.update(rows)
+        self._mem_put(rows)
         self._uid = uid
         return uid
 
@@ -479,12 +483,19 @@ class Card:
         if dels:
             for tk, v in pending.items():
                 if v is None:
-                    mem.pop(tk, None)
+                    if mem.pop(tk, None) is not None and tk[0] in self._index:
+                        self._unindex(tk)
                 else:
+                    if tk not in mem and tk[0] in self._index:
+                        insort(self._index[tk[0]], tk[1])
                     mem[tk] = v
+        elif self._index:
+            self._mem_put(pending)  # type: ignore[arg-type]  # no None values: no deletions
         else:
-            mem.update(pending)  # type: ignore[arg-type]  # no None values: no deletions
+            mem.update(pending)  # type: ignore[arg-type]  # (nothing scanned yet: no index to keep)
         if write_next:
+            if _NEXT_TK not in mem and NEXT in self._index:
+                insort(self._index[NEXT], _NEXT_TK[1])
             mem[_NEXT_TK] = next_raw
         for first in done_rows:
             for seq, _ in self._rows.pop(first):
@@ -551,9 +562,38 @@ class Card:
         return self._mem.get(tk)
 
     def _scan(self, table: str, prefix: bytes) -> dict[bytes, bytes]:
-        """Committed entries of ``table`` with ``prefix``, with this group's pending writes applied."""
-        base = {k: v for (t, k), v in self._mem.items() if t == table and k.startswith(prefix)}
+        """Committed entries of ``table`` with ``prefix`` (in key order), with this group's pending writes applied.
+
+        Read through the table's sorted keys (made at its first scan, then kept by every commit): the cost is the
+        entries found, not the card's size (an authority's or a gate's card holds many thousands of records).
+        """
+        keys = self._index.get(table)
+        mem = self._mem
+        if keys is None:
+            keys = self._index[table] = sorted(k for t, k in mem if t == table)
+        base = {}
+        i, n = bisect_left(keys, prefix), len(keys)
+        while i < n:
+            k = keys[i]
+            if not k.startswith(prefix):
+                break
+            base[k] = mem[(table, k)]
+            i += 1
         return overlay_scan(base, self._pending, table, prefix)
+
+    def _mem_put(self, rows: dict[TableKey, bytes]) -> None:
+        """Write ``rows`` into the mirror, adding new keys to the index of each scanned table."""
+        mem, index = self._mem, self._index
+        for tk, v in rows.items():
+            if tk not in mem and tk[0] in index:
+                insort(index[tk[0]], tk[1])
+            mem[tk] = v
+
+    def _unindex(self, tk: TableKey) -> None:
+        keys = self._index[tk[0]]
+        i = bisect_left(keys, tk[1])
+        if i < len(keys) and keys[i] == tk[1]:
+            del keys[i]
 
     def _reserve(self, step_delta: int) -> None:
         total = self._used + self._pending_used + step_delta
