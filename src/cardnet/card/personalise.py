@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from cryptography.x509.oid import NameOID
+
 from cardnet.card.runtime import Card
 from cardnet.crypto import pki, profile
 from cardnet.wire import Uid
@@ -39,3 +41,21 @@ def personalise(
     uid = Uid.card(domain if domain is not None else (rng or profile.system_rng)(DOMAIN_BYTES))
     cert = ca.issue(role, uid, card.public_key, now=now, valid_days=valid_days, name=name, rng=rng)
     return card.personalise(pki.cert_to_der(cert), [pki.cert_to_der(ca.certificate)], pin, policy=policy)
+
+
+def renew(
+    card: Card,
+    ca: pki.CertificateAuthority,
+    *,
+    now: datetime,
+    valid_days: int = 3 * 365,
+    rng: profile.Rng | None = None,
+) -> tuple[datetime, datetime]:
+    """Certify ``card``'s key again under ``ca``: the same Uid, role and name, valid from ``now`` for ``valid_days``;
+    install it (:meth:`Card.renew_certificate` checks it). Returns (old, new) end of validity."""
+    old = pki.cert_from_der(card.certificate_der)
+    names = old.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    name = str(names[0].value) if names else None
+    cert = ca.issue(pki.role_of(old), card.uid, card.public_key, now=now, valid_days=valid_days, name=name, rng=rng)
+    card.renew_certificate(pki.cert_to_der(cert), now)
+    return old.not_valid_after_utc, cert.not_valid_after_utc

@@ -39,6 +39,7 @@ from cardnet.card.applet import SYS, Applet, StepContext, overlay_scan
 from cardnet.card.errors import CardError
 from cardnet.card.manager import CardManager
 from cardnet.crypto import pki, profile
+from cardnet.crypto.errors import PkiError
 from cardnet.errors import CardnetError
 from cardnet.store import Store, StoreError, open_store
 from cardnet.store.base import claim_kind
@@ -226,6 +227,38 @@ class Card:
         if memo is None or memo[0] is not raw:  # decoded once per row written, not on every read
             memo = self._roots = (raw, _unpack_list(raw))
         return list(memo[1])
+
+    def renew_certificate(self, certificate_der: bytes, now: datetime) -> None:
+        """Replace this card's certificate by a renewed one: for this card's key and Uid, in the same role, under
+        the card's trusted roots, valid at ``now``, and lasting longer than the one it replaces (so an old
+        certificate cannot be put back). Everything else of the card stays: its key, tokens, PIN and records.
+
+        A certificate runs out (``personalise`` gives three years): then every peer refuses the card. The CA that
+        certified it renews it before that (``cardnet card renew``, docs/card.md "Renewal").
+        """
+        if self._uid is None:
+            raise CardError("not_personalised", "this card has no certificate yet: personalise it with a CA first")
+        try:
+            cert = pki.cert_from_der(certificate_der)
+            old = pki.cert_from_der(self.certificate_der)
+            if not self._certifies_me(cert):
+                raise CardError("refused", "the new certificate is for another key: certify this card's public_key")
+            if pki.uid_of(cert) != self._uid:
+                raise CardError("refused", f"the new certificate names {pki.uid_of(cert)}, this card is {self._uid}")
+            role = pki.role_of(old)
+            pki.verify_chain([cert], [pki.cert_from_der(r) for r in self.roots_der], now=now, role=role, uid=self._uid)
+        except PkiError as exc:
+            raise CardError("refused", f"the new certificate is not acceptable: {exc}") from None
+        if cert.not_valid_after_utc <= old.not_valid_after_utc:
+            raise CardError(
+                "refused",
+                f"the new certificate ends {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not after the current one "
+                f"({old.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): a renewal must last longer",
+            )
+        sk, der = _skey((SYS, b"cert")), bytes(certificate_der)
+        with self._store.transaction() as txn:
+            txn.put(STORE_TABLE, sk, self._mac.tag(sk, der) + der)
+        self._mem_put({(SYS, b"cert"): der})
 
     @property
     def used_bytes(self) -> int:

@@ -43,11 +43,13 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cardnet.applets.registry import make_applets
 from cardnet.card import Card
 from cardnet.crypto import pki
+from cardnet.crypto.errors import PkiError
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.adversary import Adversary
@@ -126,7 +128,26 @@ def _open_card(i: int, cc: CardConfig) -> Card:
         )
     if not cc.capacity_given and _role(card) in (pki.Role.AGENT, pki.Role.SERVICE):
         card.capacity_bytes = max(card.capacity_bytes, SERVICE_CAPACITY)  # (host/config.py: why)
+    _say_expiry(card, cc.store, datetime.now(UTC))
     return card
+
+
+RENEW_WITHIN = timedelta(days=30)  # a card whose certificate ends sooner is warned of when its host starts
+
+
+def _say_expiry(card: Card, store: str, now: datetime) -> None:
+    """Log when ``card``'s certificate has run out (every peer refuses it) or runs out within ``RENEW_WITHIN``."""
+    try:
+        until = pki.cert_from_der(card.certificate_der).not_valid_after_utc
+    except PkiError:
+        return  # (the card checked its certificate when it opened)
+    how = f"renew it while this host is stopped: `cardnet card renew --ca CA --store {store}`"
+    if until <= now:
+        log.error("card %s: its certificate ran out at %s UTC: other cards refuse it; %s", card.uid,
+                  f"{until:%Y-%m-%d %H:%M}", how)  # fmt: skip
+    elif until - now <= RENEW_WITHIN:
+        log.warning("card %s: its certificate runs out at %s UTC (in %d days); %s", card.uid,
+                    f"{until:%Y-%m-%d %H:%M}", (until - now).days, how)  # fmt: skip
 
 
 def _role(card: Card) -> pki.Role | None:
