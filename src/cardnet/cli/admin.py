@@ -216,6 +216,43 @@ def card_create(
             console.print(f"freshness policy: {_policy_words(policy)}", markup=False)
 
 
+@card.command("renew")
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--store", required=True, help="The card's store URL (its host stopped: the card has one owner).")
+@click.option(
+    "--valid-days", default=3 * 365, show_default=True, type=VALID_DAYS, help="How long the new certificate is valid."
+)
+@json_option
+def card_renew(ca_path: Path, store: str, valid_days: int, as_json: bool) -> None:
+    """Renew the card's certificate before it runs out (then every other card refuses it).
+
+    The CA that certified the card certifies its own key again, for the same Uid, role and name, valid from
+    now for --valid-days; the card takes it only if it lasts longer than the one it has. Nothing else of the
+    card changes (key, tokens, PIN). Stop the card's host first, and start it again afterwards. An issuing
+    agent's card is then registered again at the authority: `cardnet authority add-agent` with the new
+    certificate (`cardnet card show --store STORE --cert`).
+    """
+    from cardnet.card import Card
+    from cardnet.card.personalise import renew
+    from cardnet.crypto import pki
+
+    authority = pki.CertificateAuthority.load(ca_path)
+    c = Card.open(store, create=False)
+    try:
+        if not c.personalised:
+            fail(f"the card in {store} is not personalised: there is no certificate to renew",
+                 hint="personalise it with `cardnet card create`", reason="not_personalised")  # fmt: skip
+        uid = c.uid
+        old, new = renew(c, authority, now=datetime.now(UTC), valid_days=valid_days)
+    finally:
+        c.close()
+    if as_json:
+        emit_json({"uid": str(uid), "store": store, "was_valid_until": old.isoformat(), "valid_until": new.isoformat()})
+    else:
+        console.print(f"card {uid}: certificate renewed, valid until {new:%Y-%m-%d %H:%M} UTC "
+                      f"(was {old:%Y-%m-%d %H:%M} UTC)", markup=False)  # fmt: skip
+
+
 @card.command("show")
 @click.option("--store", required=True, help="The card's store URL.")
 @json_option
@@ -237,9 +274,11 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
             click.echo(pem, nl=False)
         return
     try:
+        until = pki.cert_from_der(c.certificate_der).not_valid_after_utc if c.personalised else None
         info: dict[str, Any] = {
             "uid": str(c.uid) if c.personalised else None,
             "domain": c.uid.domain.hex() if c.personalised else None,
+            "valid_until": until.isoformat() if until else None,
             "used_bytes": c.used_bytes,
             "capacity_bytes": c.capacity_bytes,
             "outbox": len(c.outbox()),
@@ -254,6 +293,9 @@ def card_show(store: str, as_json: bool, show_cert: bool) -> None:
     t.add_row("store", store)
     t.add_row("uid", info["uid"] or "not personalised yet (cardnet card create)")
     t.add_row("domain", info["domain"] or "-")
+    if until is not None:
+        left = "ran out: renew it (cardnet card renew)" if until <= datetime.now(UTC) else f"{until:%Y-%m-%d %H:%M} UTC"
+        t.add_row("certificate valid until", left)
     t.add_row("memory used", f"{info['used_bytes']:,} of {info['capacity_bytes']:,} bytes")
     t.add_row("outbox", f"{info['outbox']} output(s) not yet acknowledged" if info["outbox"] else "empty")
     print_table(t)
