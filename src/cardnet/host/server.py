@@ -68,6 +68,7 @@ from cardnet.transport import (
     TcpServer,
     TransportError,
     dialer,
+    send_batch,
     tls_contexts,
 )
 from cardnet.wire import DecodeError, Message, Uid
@@ -161,7 +162,9 @@ class Carrier:
     """Sends remote traffic over a connection this host did not dial (see :meth:`HostServer.carry`).
 
     Like a link's queue: at most ``LINK_QUEUE`` messages wait; what does not fit stays unacknowledged in its card's
-    outbox and is re-emitted later (``resend_unacked``).
+    outbox and is re-emitted later (``resend_unacked``). A message above the connection's frame limit costs only
+    itself (:func:`~cardnet.transport.send_batch`): it is left out and logged, the others are written in order and
+    the writer goes on (the cards' protocols resend what got no answer).
     """
 
     def __init__(self, conn: Connection, label: str) -> None:
@@ -182,6 +185,7 @@ class Carrier:
             raise TransportError("queue_full", f"{self.label} already queues {len(self._queue)} messages")
 
     async def write(self) -> None:
+        """Write what is queued until the connection ends (an oversize message is left out, see the class)."""
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
                 while not self._queue:
@@ -189,7 +193,7 @@ class Carrier:
                     await self._ready.wait()
                 batch = list(self._queue)
                 self._queue.clear()
-                await self.conn.send_many(batch)
+                await send_batch(self.conn, batch)  # no refusal to put in an oversize message's place: left out
 
 
 class HostServer:
