@@ -14,7 +14,7 @@ from cardnet.card import Applet, Card, CardError, StepContext
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.store import SqliteStore
-from cardnet.wire import Bytes, Field, ListOf, Message, Schema, Text, UInt, Uid, register
+from cardnet.wire import Bytes, Field, ListOf, Message, Schema, Uid, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
 
 OPS = register(
@@ -38,7 +38,8 @@ class OpsApplet(Applet):
 
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         found = []
-        for table, op, key, *value in loads_one(params["ops"]):
+        ops: list[list[Any]] = loads_one(params["ops"])  # type: ignore[assignment]
+        for table, op, key, *value in ops:
             tbl = "a.ops." + table
             if op == "put":
                 ctx.put(key, value[0], table=tbl)
@@ -61,7 +62,10 @@ STEP = st.tuples(st.lists(OP, max_size=8), st.booleans())  # (ops, refused)
 RUN = st.lists(st.tuples(st.lists(STEP, min_size=1, max_size=4), st.booleans()), max_size=12)  # (group, reopen after)
 
 
-def _expected(model: dict[tuple[str, bytes], bytes], ops: list[Any]) -> tuple[dict[tuple[str, bytes], bytes], list]:
+Model = dict[tuple[str, bytes], bytes]
+
+
+def _expected(model: Model, ops: list[Any]) -> tuple[Model, list[list[tuple[bytes, bytes]]]]:
     """What a step does to the model (a copy) and what its scans answer, by walking every record."""
     m = dict(model)
     found = []
@@ -96,7 +100,8 @@ def test_scans_answer_what_a_walk_over_every_record_would(tmp_path: Path, run: l
                     continue
                 model = after
                 [out] = outs
-                got = [[(bytes(k), bytes(v)) for k, v in loads_one(raw)] for raw in SCANNED.parse(out.msg)["found"]]
+                scans: list[list[list[bytes]]] = [loads_one(raw) for raw in SCANNED.parse(out.msg)["found"]]  # type: ignore[misc]
+                got = [[(bytes(k), bytes(v)) for k, v in scan] for scan in scans]
                 assert got == found
             card.ack([o.seq for outs in results for o in outs if o.seq is not None])
             if reopen:
