@@ -34,7 +34,9 @@ releases the replies after the commit. Quick commits run on the event loop;
 slow ones (a busy disk) in a worker thread, the next batch being prepared
 during their fsync. A connection's replies leave in order, several at once; one
 above the connection's frame limit costs only itself: a plain ``malformed``
-refusal to the same request id goes in its place (:func:`too_large`).
+refusal to the same request id goes in its place (:func:`too_large`). A batch
+that fails (nothing of it was accepted) closes the connections it had requests
+of, after their earlier replies: their clients send the requests again.
 """
 
 from __future__ import annotations
@@ -654,23 +656,47 @@ class VendorServer:
         await self._server.aclose()
 
     async def _serve(self, conn: TcpConnection) -> None:
-        """Read batches of requests; each batch joins the commit queue; replies leave in order."""
+        """Read batches of requests; each batch joins the commit queue; replies leave in order.
+
+        A batch of this connection's requests that failed (its transaction did not commit, or its serial numbers
+        could not be reserved: nothing of it was accepted) ends the connection: the replies before it are sent,
+        the failure is logged and the connection is closed at once, so the client sees it and sends the request
+        again (the same bytes: a request that was accepted meanwhile is answered from its stored reply).
+        Millicent has no reply saying "not decided, ask again": a ``malformed`` refusal would make a wallet at
+        the validation level forget scrip that is still good. A connection is never left open without its sender.
+        """
         pending: deque[asyncio.Future[list[Message]]] = deque()
         wake = asyncio.Event()
         done = False
         loop = asyncio.get_running_loop()
 
         async def sender() -> None:
-            while True:
-                while not pending:
-                    if done:
+            try:
+                while True:
+                    while not pending:
+                        if done:
+                            return
+                        wake.clear()
+                        await wake.wait()
+                    out: list[Message] = []
+                    failed: Exception | None = None
+                    try:
+                        out.extend(await pending.popleft())
+                        while pending and pending[0].done():
+                            out.extend(pending.popleft().result())
+                    except Exception as exc:  # the batch failed (the committer or preparer logged it)
+                        failed = exc
+                    if out:
+                        await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
+                    if failed is not None:
+                        log.warning(
+                            "closing the connection from %s: a batch of its requests failed (%s); nothing of it was "
+                            "accepted, the client sends it again", conn.peer.label, failed,
+                        )  # fmt: skip
                         return
-                    wake.clear()
-                    await wake.wait()
-                out = list(await pending.popleft())
-                while pending and pending[0].done():
-                    out.extend(pending.popleft().result())
-                await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
+            finally:
+                if not done:  # the sender stops before the reader: no reply would leave, so the connection ends
+                    conn.close()
 
         task = asyncio.create_task(sender())
         try:
@@ -689,6 +715,9 @@ class VendorServer:
             with contextlib.suppress(BrokenError, ClosedError, TransportError):
                 await task
             task.cancel()
+            for fut in pending:  # replies no one will send (the connection ended first)
+                if not fut.cancel() and not fut.cancelled():
+                    fut.exception()  # a failed batch's error, logged by the committer: retrieved here
 
     async def _preparer(self) -> None:
         """Take everything queued (up to ``MAX_BATCH``), prepare it on the event loop, hand it to the committer.
