@@ -1,11 +1,12 @@
-"""A carried connection's writer: one message above the connection's frame limit costs only itself.
+"""A host's writers: one message above the connection's frame limit costs only itself.
 
 A real HostServer (one card with the echo applet) carries a remote domain's traffic over a real TCP connection
 accepted with a small frame limit (as :meth:`HostServer.carry` does for the ticketing server's upgraded HTTP
 connections and ``host.relay``). A request of exactly the frame limit gets a reply a few bytes above it: that
 reply is left out (logged), and the replies before and after it still go out on the same connection. The
 writer used ``send_many``, whose ``oversize`` ended it: every later message for the carried domain was lost
-while the connection stayed open.
+while the connection stayed open. The writer to an application on the host's socket (frame limit: the host's
+``max_frame``) likewise used ``send``, whose ``oversize`` ended it.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import pytest
 from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
+from cardnet.host import mtypes as hm
 from cardnet.host.config import load_config
 from cardnet.host.server import HostServer
 from cardnet.protocols.echo import REPLY, REQUEST
 from cardnet.store import SqliteStore
-from cardnet.transport import Limits, TcpConnection, TcpServer, dial
+from cardnet.transport import DEFAULT_LIMITS, Limits, TcpConnection, TcpServer, dial
 from cardnet.wire import Message, Uid
 from conftest import NOW
 
 LIMIT = 1024  # the carried connection's frame limit (an echo body is at most 1024 bytes)
 WAIT_S = 5.0
+NOBODY = Uid(bytes(12), 0)
 
 
 def at_limit(src: Uid, dst: Uid, rid: int) -> Message:
@@ -42,6 +45,14 @@ def at_limit(src: Uid, dst: Uid, rid: int) -> Message:
     return msg
 
 
+async def replies(conn: TcpConnection, n: int) -> list[int]:
+    got: list[int] = []
+    async with asyncio.timeout(WAIT_S):
+        while len(got) < n:
+            got.extend(REPLY.parse(m)["rid"] for m in await conn.recv_many())
+    return got
+
+
 def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_rest(
     tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -52,13 +63,6 @@ def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_res
     (tmp_path / "h.toml").write_text(
         'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
     )
-
-    async def replies(conn: TcpConnection, n: int) -> list[int]:
-        got: list[int] = []
-        async with asyncio.timeout(WAIT_S):
-            while len(got) < n:
-                got.extend(REPLY.parse(m)["rid"] for m in await conn.recv_many())
-        return got
 
     async def go() -> None:
         server = HostServer(load_config(tmp_path / "h.toml"))
@@ -83,6 +87,41 @@ def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_res
                 await peer.aclose()
         finally:
             await carried.aclose()
+            await server.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="cardnet.transport"):
+        asyncio.run(go())
+    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert f"mtype 0x{REPLY.code:04x}" in left_out and f"the frame limit is {LIMIT}" in left_out
+
+
+def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the_rest(
+    tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = Card(SqliteStore(str(tmp_path / "c.card.db")))
+    uid = personalise(card, ca, pin="1357", now=NOW)
+    card.close()
+    (tmp_path / "h.toml").write_text(
+        f'name = "h"\napp_socket = "h.sock"\nmax_frame = {LIMIT}\n\n'
+        '[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
+    )
+
+    async def go() -> None:
+        server = HostServer(load_config(tmp_path / "h.toml"))
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "h.sock"))
+            app = TcpConnection(reader, writer, DEFAULT_LIMITS)  # the application could take the big reply
+            try:
+                await app.send(hm.ACQUIRE.make(NOBODY, NOBODY))
+                me = hm.ACQUIRED.parse(await asyncio.wait_for(app.recv(), WAIT_S))["uid"]
+                await app.send_many([at_limit(me, uid, 1), REQUEST.make(me, uid, rid=2, body=b"after")])
+                assert await replies(app, 1) == [2]
+                await app.send(REQUEST.make(me, uid, rid=3, body=b"later"))  # the writer went on
+                assert await replies(app, 1) == [3]
+            finally:
+                await app.aclose()
+        finally:
             await server.aclose()
 
     with caplog.at_level(logging.WARNING, logger="cardnet.transport"):

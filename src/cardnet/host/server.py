@@ -510,9 +510,11 @@ class HostServer:
         await self.carry(conn, [domain], label=f"relay of {domain.hex()}")
 
     async def _app_writer(self, conn: TcpConnection, queue: asyncio.Queue[Message]) -> None:
+        """Send an application what the host has for it, in order; a message above the connection's frame limit
+        is left out and logged, and the writer goes on (it used to end, the connection staying open)."""
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
-                await conn.send(await queue.get())
+                await send_batch(conn, [await queue.get()])
 
     # -- life cycle --------------------------------------------------------------------
     async def serve_forever(self) -> None:
