@@ -24,7 +24,8 @@ counters are 4 bytes big-endian in keys, so the kept proofs sort oldest first.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from cardnet.card import Applet, CardError, Refused, StepContext
 from cardnet.crypto import profile
@@ -139,10 +140,13 @@ _PENDING_LOAD = Schema(
     "purse.pending_load", [Field(0, "rc", _NONCE), Field(1, "currency", _CURRENCY), Field(2, "amount", _AMOUNT)]
 )
 _CTR_BYTES = 4
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-# Kept proofs never change once kept, and every step reads the whole purse: their decoding and encoding are
-# remembered (by bytes, and by value: both are immutable), which saves ~1.5 ms a step on a purse with full lists.
+# Kept proofs never change once kept, and every step reads the whole purse: their decoding is remembered (by
+# bytes), which saves ~1.5 ms a step on a purse with full lists; a step encodes only the proofs it adds
+# (save_state), records() encodes them all (remembered by value: both are immutable).
 @functools.lru_cache(maxsize=4 * pp.MAX_KEPT)
 def _s3(raw: bytes) -> pp.S3:
     return pp.S3.decode(raw)
@@ -207,23 +211,53 @@ def _state(rows: list[tuple[bytes, bytes]]) -> pp.PurseState:
     )
 
 
-def load_state(ctx: StepContext) -> tuple[dict[bytes, bytes], pp.PurseState]:
-    """The purse's records (but the key) and its state, read in ``ctx``'s step."""
-    rows = [(k, v) for k, v in ctx.scan(table=TABLE) if k != b"key"]
+def load_state(ctx: StepContext) -> pp.PurseState:
+    """The purse's state (every record but the key), read in ``ctx``'s step."""
     try:
-        return dict(rows), _state(rows)
+        return _state(ctx.scan(table=TABLE))
     except (DecodeError, ProtocolError, UnicodeDecodeError, ValueError) as exc:  # written only by this applet
         raise CardError("bad_state", f"the purse's stored state is damaged: {exc}") from None
 
 
-def save_state(ctx: StepContext, old: dict[bytes, bytes], state: pp.PurseState) -> None:
-    """Write what changed from the records ``old`` to ``state`` (in ``ctx``'s step: all or nothing)."""
-    new = records(state)
-    for k, v in new.items():
-        if old.get(k) != v:
-            ctx.put(k, v, table=TABLE)
-    for k in old.keys() - new.keys():
-        ctx.delete(k, table=TABLE)
+def save_state(ctx: StepContext, old: pp.PurseState, new: pp.PurseState) -> None:
+    """Write the records in which ``new`` differs from ``old``, the state this step read (in ``ctx``'s step: all or
+    nothing). The records written are those of :func:`records`: a step writes what it changed (a debit: the
+    counters or the account, the pending debit, the kept proof and the one it drops) instead of encoding and
+    comparing the whole purse, whose kept proofs alone are up to 2 x 64 records."""
+    if new is old:
+        return
+    if new.n != old.n or new.m != old.m:
+        ctx.put(b"ctr", _CTR.encode({"n": new.n, "m": new.m}), table=TABLE)
+    for cur, acc in new.accounts.items():
+        if old.accounts.get(cur) != acc:
+            rec = {"balance": acc.balance, "loaded": acc.loaded, "debited": acc.debited}
+            ctx.put(b"a:" + cur.encode(), _BALANCE_REC.encode(rec), table=TABLE)
+    for cur in old.accounts.keys() - new.accounts.keys():
+        ctx.delete(b"a:" + cur.encode(), table=TABLE)
+    _diff(ctx, b"pd:", old.debits, new.debits, lambda p, d: (p, _PENDING_DEBIT.encode(
+        {"n": d.n, "rc": d.rc, "currency": d.currency, "amount": d.amount})))  # fmt: skip
+    _diff(ctx, b"pl:", old.loads, new.loads, lambda m, ld: (_ctr(m), _PENDING_LOAD.encode(
+        {"rc": ld.rc, "currency": ld.currency, "amount": ld.amount})))  # fmt: skip
+    _diff(ctx, b"kd:", old.proofs, new.proofs, lambda _, s3: (_ctr(s3.n), _encoded(s3)))
+    _diff(ctx, b"kl:", old.load_proofs, new.load_proofs, lambda m, l3: (_ctr(m), _encoded(l3)))
+
+
+Record = Callable[[K, V], tuple[bytes, bytes]]  # an entry -> its record's key (after the prefix) and value
+
+
+def _diff(ctx: StepContext, prefix: bytes, old: Mapping[K, V], new: Mapping[K, V], record: Record[K, V]) -> None:
+    """Delete the records of the entries of ``old`` that ``new`` dropped or changed, then write ``new``'s entries
+    that ``old`` did not hold as they are (a value object: unchanged entries are the very objects read)."""
+    if new is old:
+        return
+    puts = [(k, v) for k, v in new.items() if (was := old.get(k)) is not v and was != v]
+    for k, v in old.items():
+        got = new.get(k)
+        if got is not v and got != v:
+            ctx.delete(prefix + record(k, v)[0], table=TABLE)
+    for k, v in puts:
+        key, value = record(k, v)
+        ctx.put(prefix + key, value, table=TABLE)
 
 
 def _key(ctx: StepContext) -> bytes:
@@ -248,14 +282,14 @@ def begin_debit(ctx: StepContext, poid: bytes, currency: str, amount: int) -> by
     unless the caller catches it.
     """
     key = _key(ctx)
-    old, state = load_state(ctx)
+    state = load_state(ctx)
     try:
         new, s1 = pp.begin_debit(
             state, key=key, uid=ctx.card_uid, poid=poid, currency=currency, amount=amount, rc=ctx.random(pp.NONCE_BYTES)
         )
     except ProtocolError as exc:
         raise _refused(exc) from None
-    save_state(ctx, old, new)
+    save_state(ctx, state, new)
     return s1.encode()
 
 
@@ -264,26 +298,26 @@ def finish_debit(ctx: StepContext, s2: bytes) -> bytes:
     encoded S3. An S2 already applied gives the same S3 and debits nothing. Raises
     :class:`~cardnet.card.Refused` (``bad_mac``, ``no_pending``, ``mismatch``, ``insufficient``, ...)."""
     key = _key(ctx)
-    old, state = load_state(ctx)
+    state = load_state(ctx)
     try:
         new, s3 = pp.apply_s2(state, key=key, uid=ctx.card_uid, s2=pp.S2.decode(s2))
     except (ProtocolError, DecodeError) as exc:
         raise _refused(exc) from None
-    save_state(ctx, old, new)
+    save_state(ctx, state, new)
     return s3.encode()
 
 
 def begin_load(ctx: StepContext, currency: str, amount: int) -> bytes:
     """Ask for a credit of ``amount`` of ``currency`` in ``ctx``'s step; the encoded L1."""
     key = _key(ctx)
-    old, state = load_state(ctx)
+    state = load_state(ctx)
     try:
         new, l1 = pp.begin_load(
             state, key=key, uid=ctx.card_uid, currency=currency, amount=amount, rc=ctx.random(pp.NONCE_BYTES)
         )
     except ProtocolError as exc:
         raise _refused(exc) from None
-    save_state(ctx, old, new)
+    save_state(ctx, state, new)
     return l1.encode()
 
 
@@ -291,12 +325,12 @@ def finish_load(ctx: StepContext, l2: bytes) -> bytes:
     """Credit on the SAM's encoded ``l2`` in ``ctx``'s step; the encoded L3 (the same again for an L2
     already applied, and no second credit)."""
     key = _key(ctx)
-    old, state = load_state(ctx)
+    state = load_state(ctx)
     try:
         new, l3 = pp.apply_l2(state, key=key, uid=ctx.card_uid, l2=pp.L2.decode(l2))
     except (ProtocolError, DecodeError) as exc:
         raise _refused(exc) from None
-    save_state(ctx, old, new)
+    save_state(ctx, state, new)
     return l3.encode()
 
 
@@ -321,10 +355,10 @@ class PurseApplet(Applet):
         elif code == DEBIT.code:
             ctx.reply(S3_IS, s3=finish_debit(ctx, params["s2"]))
         elif code == PENDING_LOADS.code:
-            _, state = load_state(ctx)
+            state = load_state(ctx)
             ctx.reply(L1S, l1=[x.encode() for x in pp.pending_l1s(state, key=_key(ctx), uid=ctx.card_uid)])
         else:  # PROOFS
-            _, state = load_state(ctx)
+            state = load_state(ctx)
             s3s = sorted(state.proofs.values(), key=lambda s: s.n)
             l3s = [state.load_proofs[m] for m in sorted(state.load_proofs)]
             ctx.reply(KEPT, s3=[s.encode() for s in s3s], l3=[lp.encode() for lp in l3s])
@@ -346,7 +380,7 @@ class PurseApplet(Applet):
         ctx.reply(INSTALLED, fresh=True)
 
     def _balance(self, ctx: StepContext) -> None:
-        _, state = load_state(ctx)
+        state = load_state(ctx)
         accounts = [
             {"currency": cur, "balance": acc.balance, "loaded": acc.loaded, "debited": acc.debited}
             for cur, acc in sorted(state.accounts.items())
