@@ -41,6 +41,8 @@ def test_one_seat_is_answered_alone_and_a_purchase_asks_for_no_more(tmp_path: Pa
                     await buy_ticket(net.url, EVENT, "B1", **how)
                 one = (await c.get(f"/events/{EVENT}", params={"seat": "B1"})).json()
                 assert one["seats"][0]["free"] is False and one["free"] == 3
+                whole = (await c.get(f"/events/{EVENT}")).json()  # the seat's sale read alone, the sold ones counted
+                assert one | {"seats": []} == whole | {"seats": []} and whole["free"] == 3
                 assert (await c.get(f"/events/{EVENT}", params={"seat": "A1"})).json()["seats"][0]["free"] is True
 
     asyncio.run(go())

@@ -204,6 +204,8 @@ def test_scan_order_and_prefix(store: Store) -> None:
         assert t.scan("t", b"zz") == []
         assert t.scan("empty") == []
         assert [k for k, _ in t.scan("t", b"\x00")] == [b"\x00"]
+        assert [t.count("t", p) for p in (b"", b"a", b"ab", b"abcd", b"\xff", b"\x00")] == [len(keys), 6, 2, 0, 1, 1]
+        assert t.count("empty", b"a") == 0
 
 
 def test_scan_limit(store: Store) -> None:
@@ -246,6 +248,7 @@ def test_scan_prefix_of_ff_bytes(store: Store, prefix: bytes) -> None:
     with store.transaction() as t:
         assert [k for k, _ in t.scan("t", prefix)] == sorted(k for k in candidates if k.startswith(prefix))
         assert [k for k, _ in t.scan("t", prefix, limit=1)] == sorted(k for k in candidates if k.startswith(prefix))[:1]
+        assert t.count("t", prefix) == sum(1 for k in candidates if k.startswith(prefix))
 
 
 def test_count(store: Store) -> None:
@@ -296,6 +299,7 @@ def test_kv_matches_a_dict_model(
         expected = sorted((k, v) for k, v in model.items() if k.startswith(prefix))
         assert t.scan(table, prefix, limit) == (expected if limit is None else expected[:limit])
         assert t.count(table) == len(model)
+        assert t.count(table, prefix) == len(expected)  # counted with the same bounds as the scan
 
 
 # --------------------------------------------------------------------------- logs

@@ -61,7 +61,9 @@ class Txn(Protocol):
         """Entries whose key starts with ``prefix``, in key order."""
         ...
 
-    def count(self, table: str) -> int: ...
+    def count(self, table: str, prefix: bytes = b"") -> int:
+        """How many entries have a key starting with ``prefix`` (counted by the store: no entry is read out)."""
+        ...
 
     def append(self, log: str, value: bytes) -> int:
         """Append to a log; returns its sequence number (increasing within the store)."""

@@ -88,8 +88,17 @@ class SqliteTxn:
             rows = self._c.execute("SELECT k, v FROM kv WHERE tbl=? ORDER BY k LIMIT ?", (table, lim))
         return [(bytes(k), bytes(v)) for k, v in rows]
 
-    def count(self, table: str) -> int:
-        return int(self._c.execute("SELECT count(*) FROM kv WHERE tbl=?", (table,)).fetchone()[0])
+    def count(self, table: str, prefix: bytes = b"") -> int:
+        if not prefix:
+            return int(self._c.execute("SELECT count(*) FROM kv WHERE tbl=?", (table,)).fetchone()[0])
+        upper = _prefix_upper(prefix)
+        if upper is None:
+            row = self._c.execute("SELECT count(*) FROM kv WHERE tbl=? AND k>=?", (table, prefix)).fetchone()
+        else:
+            row = self._c.execute(
+                "SELECT count(*) FROM kv WHERE tbl=? AND k>=? AND k<?", (table, prefix, upper)
+            ).fetchone()
+        return int(row[0])
 
     def append(self, log: str, value: bytes) -> int:
         cur = self._c.execute("INSERT INTO log (name, v) VALUES (?, ?)", (log, value))

@@ -81,6 +81,14 @@ def sold_seats(store: Store, event: str) -> dict[str, bytes]:
         return {k[len(prefix) :].decode(): v for k, v in txn.scan(SEATS, prefix)}
 
 
+def seat_sale(store: Store, event: str, seat: str) -> tuple[bytes | None, int]:
+    """The PaymentOrderID of the sale that holds ``seat`` of ``event`` (None: the seat is free), and how many seats
+    of ``event`` are sold (counted by the store: one seat's page reads no other seat's sale)."""
+    prefix = f"{event}/".encode()
+    with store.transaction() as txn:
+        return txn.get(SEATS, prefix + seat.encode()), txn.count(SEATS, prefix)
+
+
 def ticket(store: Store, poid: bytes) -> Ticket | None:
     with store.transaction() as txn:
         raw = txn.get(TICKETS, poid)

@@ -231,10 +231,15 @@ class TicketingServer:
         only = request.query.get("seat")  # ?seat=S: that seat alone (a buyer's program needs no seat map)
         if only is not None and only not in event.seats:
             raise HttpError(404, "no_seat", f"{event.id} has no seat {only!r}: see /events/{event.id} for its seats")
-        sold = await self._db(sales.sold_seats, self.store, event.id)
-        listed = event.seats if only is None else (only,)
-        seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in listed]
-        data = self._event_summary(event) | {"seats": seats, "free": sum(1 for s in event.seats if s not in sold)}
+        if only is None:
+            sold = await self._db(sales.sold_seats, self.store, event.id)
+            seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in event.seats]
+            free = sum(1 for s in event.seats if s not in sold)
+        else:  # one seat's sale and a count: a purchase's page costs the same however many seats are sold
+            poid, n_sold = await self._db(sales.seat_sale, self.store, event.id, only)
+            seats = [{"seat": only, "product": event.product(only), "free": poid is None}]
+            free = max(0, len(event.seats) - n_sold)
+        data = self._event_summary(event) | {"seats": seats, "free": free}
         if not request.wants_html:
             return Response.json(data)
         rows = "".join(
