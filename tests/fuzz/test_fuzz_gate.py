@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cardnet.applets.gate import ADMISSIONS, EVENT, LIST, REFRESH, SETUP, STATE, TICK, GateApplet
+from cardnet.applets.gate import ADMISSIONS, EVENT, LIST, PRUNE, PRUNED, REFRESH, SETUP, STATE, TICK, GateApplet
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
@@ -48,6 +48,20 @@ def test_admission_decoder(body: bytes) -> None:
         assert exc.reason == "bad_admission"
         return
     assert gate.Admission.decode(OID, adm.encode()) == adm
+
+
+@FUZZ
+@given(raw | st.binary(min_size=9, max_size=9))
+def test_admission_record_decoder(body: bytes) -> None:
+    """``adm:<oid>`` holds a full record or a pruned one's marker: either round-trips, or ``bad_admission``."""
+    try:
+        rec = gate.decode_record(OID, body)
+    except ProtocolError as exc:
+        assert exc.reason == "bad_admission"
+        return
+    assert gate.decode_record(OID, rec.encode()) == rec
+    if isinstance(rec, gate.Pruned):
+        assert len(body) == gate.PRUNED_BYTES and rec.report != gate.WAITING and rec.verdict != gate.PENDING
 
 
 @FUZZ
@@ -88,6 +102,12 @@ def test_the_rules_never_undo_a_decision(
     if adm.report != gate.WAITING:
         assert after.report == adm.report and after.report_reason == adm.report_reason
     assert gate.on_trace(after, not ok, "again") == after or after.report == gate.WAITING
+    if gate.prunable(after, now_ms):  # what pruning keeps: the outcome and the time, read back as they were
+        kept = gate.decode_record(OID, gate.prune(after).encode())
+        assert isinstance(kept, gate.Pruned) and (kept.verdict, kept.report, kept.at_ms) == (
+            after.verdict, after.report, after.at_ms,
+        )  # fmt: skip
+        assert kept.admitted == after.admitted
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +118,7 @@ def gate_card(ca: pki.CertificateAuthority, tmp_path_factory: pytest.TempPathFac
     return card
 
 
-GATE_MTYPES = [SETUP, LIST, TICK, REFRESH]
+GATE_MTYPES = [SETUP, LIST, TICK, REFRESH, PRUNE]
 
 
 @FUZZ
@@ -112,7 +132,8 @@ def test_a_gate_card_never_crashes(gate_card: Card, mtype: MType, body: bytes, v
     if valid:  # well-formed params with random content
         options: dict[int, dict[str, Any]] = {
             SETUP.code: {"issuers": [body[:600]], "wait_ms": len(body) * 300, "strict": bool(body[:1] == b"\0")},
-            LIST.code: {"after": body[:16].ljust(16, b"\0")},
+            LIST.code: {"after": body[:16].ljust(16, b"\0"), "pruned": bool(body[:1] == b"\1")},
+            PRUNE.code: {"before_ms": int.from_bytes(body[:8], "big")},
             TICK.code: {},
             REFRESH.code: {},
         }
@@ -123,14 +144,14 @@ def test_a_gate_card_never_crashes(gate_card: Card, mtype: MType, body: bytes, v
         if out.msg.mtype == cm.REFUSED.code:
             assert cm.REFUSED.parse(out.msg)["reason"] != "applet_error", cm.REFUSED.parse(out.msg)
         else:
-            assert out.msg.mtype in (STATE.code, ADMISSIONS.code, EVENT.code), out.msg
+            assert out.msg.mtype in (STATE.code, ADMISSIONS.code, EVENT.code, PRUNED.code), out.msg
 
 
 @FUZZ
 @given(raw)
 def test_gate_answers_decode_strictly(body: bytes) -> None:
     """What a gate card pushes or answers, decoded by the gate service and the CLI: DecodeError or a round-trip."""
-    for mtype in (STATE, ADMISSIONS, EVENT):
+    for mtype in (STATE, ADMISSIONS, EVENT, PRUNED):
         try:
             fields = mtype.schema.decode(body)
         except DecodeError:

@@ -6,14 +6,25 @@ never lets a ticket leave: ``trn.send`` and exchanges are refused (``consumed``)
 
 Operator orders (privileged: the gate service logs in with the PIN): ``gate.setup {issuers?, wait_ms?,
 strict?}`` (the agents' certificates whose tickets this gate admits, checked against the card's CA, and how long
-a person waits for the authority) -> ``gate.state``; ``gate.list {after?}`` -> ``gate.admissions`` (by oid, 256
-at a time); ``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
+a person waits for the authority) -> ``gate.state``; ``gate.list {after?, pruned?}`` -> ``gate.admissions`` (by
+oid, 256 at a time; pruned admissions only with ``pruned``); ``gate.prune {before_ms}`` -> ``gate.pruned`` (below);
+``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
 ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
 new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
 under way or an answer of the authority is awaited). Changes are pushed to the watching applications as
 ``gate.event``.
 
-State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`),
+Pruning: ``gate.prune {before_ms}`` drops, for every *final* admission (:func:`~cardnet.protocols.gate.prunable`:
+decided, its report answered by the authority) whose commit is older than ``before_ms`` (host time) and whose
+ticket is settled on the card (traced, or disowned), the ticket's holding ``t:<oid>`` and shrinks ``adm:<oid>`` to a
+:class:`~cardnet.protocols.gate.Pruned` marker (9 bytes): a second copy of the oid is still refused, offline too.
+The memory of the committed transfer (``d:<peer><nonce>``, the TRN wallet's) stays: a holder card that missed the
+gate's ``committed`` resends its commit and must hear ``committed ok``. It also ends the open sessions with holders'
+cards (not the authority's) opened before ``before_ms`` with nothing queued for them, as ``session.rekey`` would: a
+card that comes back handshakes again. At most :data:`PRUNE_BATCH` admissions an order (``more``: order again).
+
+State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`,
+or the :class:`~cardnet.protocols.gate.Pruned` marker),
 ``ap:<oid>`` the pending ones, ``rw:<oid>`` those whose report waits, ``gi:<issuer uid>`` the issuers'
 certificates, ``gs`` the settings, ``nref`` how many presentations were refused (8 bytes, big endian).
 """
@@ -37,6 +48,7 @@ from cardnet.wire.ids import Uid
 _OID = Bytes(OID_BYTES, OID_BYTES)
 MAX_CERT = tr.MAX_CERT
 LIST_PAGE = 256  # admissions per gate.admissions answer
+PRUNE_BATCH = 4096  # admissions pruned by one gate.prune order (one card step)
 
 SETUP = register(
     0x0370,
@@ -70,19 +82,24 @@ STATE = register(
             Field(8, "reports_waiting", UInt()),  # admission reports the authority has not answered yet
             Field(9, "disowned", UInt()),  # admissions the authority refused afterwards
             Field(10, "refused", UInt()),  # presentations refused (the ticket stayed with its holder)
+            Field(11, "pruned", UInt(), optional=True),  # admissions pruned (counted above too; none: 0)
         ],
     ),
 )
 TICK = register(0x0372, "gate.tick", "gate", Schema("gate.tick", []))
 REFRESH = register(0x0373, "gate.refresh", "gate", Schema("gate.refresh", []))
 LIST = register(
-    0x0374, "gate.list", "gate", Schema("gate.list", [Field(0, "after", _OID, optional=True)]), privileged=True
+    0x0374,
+    "gate.list",
+    "gate",
+    Schema("gate.list", [Field(0, "after", _OID, optional=True), Field(1, "pruned", Bool(), optional=True)]),
+    privileged=True,
 )
 ITEM = Schema(
     "gate.item",
     [
         Field(0, "oid", _OID, optional=True),  # (none: a refused handshake, before any ticket was shown)
-        Field(1, "from", UidType()),
+        Field(1, "from", UidType(), optional=True),  # (none: a pruned admission)
         Field(2, "at_ms", UInt()),
         Field(3, "verdict", Text(24)),
         Field(4, "reason", Text(200)),
@@ -90,6 +107,7 @@ ITEM = Schema(
         Field(6, "report_reason", Text(200), optional=True),
         Field(7, "body", Bytes(MAX_BODY), optional=True),
         Field(8, "kind", Text(16), optional=True),  # events: refused, verdict, report
+        Field(9, "pruned", Bool(), optional=True),  # a pruned admission: oid, at_ms, verdict and report are left
     ],
 )
 ADMISSIONS = register(
@@ -99,13 +117,30 @@ ADMISSIONS = register(
     Schema("gate.admissions", [Field(0, "items", ListOf(Nested(ITEM), LIST_PAGE)), Field(1, "more", Bool())]),
 )
 EVENT = register(0x0376, "gate.event", "gate", ITEM)
+PRUNE = register(0x0377, "gate.prune", "gate", Schema("gate.prune", [Field(0, "before_ms", UInt())]), privileged=True)
+PRUNED = register(
+    0x0378,
+    "gate.pruned",
+    "gate",
+    Schema(
+        "gate.pruned",
+        [
+            Field(0, "pruned", UInt()),  # admissions pruned by this order
+            Field(1, "freed_bytes", UInt()),  # of the card's memory (keys and values, as its capacity counts them)
+            Field(2, "sessions", UInt()),  # idle sessions with holders' cards ended
+            Field(3, "kept", UInt()),  # admissions older than before_ms that are not final yet (kept)
+            Field(4, "more", Bool()),  # more to prune: order again
+        ],
+    ),
+)
+PRUNED_REASON = "pruned"  # the reason a pruned admission is listed with (its own is gone)
 REFUSED_KIND, VERDICT_KIND, REPORT_KIND = "refused", "verdict", "report"
 _NO_EXCHANGE = frozenset({fairx.START.code, fairx.ACCEPT.code})
 
 
 class GateApplet(TrnApplet):
     name = "gate"
-    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST)
+    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST, PRUNE)
 
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         code = msg.mtype
@@ -116,7 +151,9 @@ class GateApplet(TrnApplet):
         elif code == REFRESH.code:
             self._refresh(ctx)
         elif code == LIST.code:
-            self._list_admissions(ctx, params.get("after"))
+            self._list_admissions(ctx, params.get("after"), params.get("pruned", False))
+        elif code == PRUNE.code:
+            self._prune(ctx, params["before_ms"])
         else:
             super().handle(ctx, msg, params)
 
@@ -180,12 +217,14 @@ class GateApplet(TrnApplet):
     def _state(self, ctx: StepContext) -> None:
         settings = self.settings(ctx)
         counts = {"admitted": 0, "pending": 0, "reports_waiting": 0, "disowned": 0}
+        pruned = 0
         for key, raw in ctx.scan(b"adm:"):
-            adm = gate.Admission.decode(key[4:], raw)
+            adm = gate.decode_record(key[4:], raw)
             counts["admitted"] += adm.admitted
             counts["pending"] += adm.verdict == gate.PENDING
             counts["reports_waiting"] += adm.report == gate.WAITING
             counts["disowned"] += adm.report == gate.DISOWNED
+            pruned += isinstance(adm, gate.Pruned)
         bl = self.blocklist(ctx)
         fields: dict[str, Any] = {
             "issuers": [Uid.from_bytes(k[3:]) for k, _ in ctx.scan(b"gi:")], "wait_ms": settings.wait_ms,
@@ -196,6 +235,8 @@ class GateApplet(TrnApplet):
             fields["authority"] = authority
         if bl is not None:
             fields["blocklist_at"] = bl.issued_at
+        if pruned:
+            fields["pruned"] = pruned
         ctx.reply(STATE, **fields)
 
     # -- the copy: judged on the gate's own knowledge ----------------------------------------------------
@@ -225,7 +266,7 @@ class GateApplet(TrnApplet):
         if ctx.get(b"n:" + bytes(peer) + nonce) is not None:
             return ""  # a resent copy of a transfer refused before: the same answer again (the TRN wallet's memory)
         raw = ctx.get(b"adm:" + token.oid)
-        admitted = None if raw is None else gate.Admission.decode(token.oid, raw)
+        admitted = None if raw is None else gate.decode_record(token.oid, raw)
         bl = self.blocklist(ctx)
         key = self._gate_issuer_key(ctx, token.issuer)
         blocked = bl is not None and bl.is_blocked(peer)
@@ -291,7 +332,10 @@ class GateApplet(TrnApplet):
             if raw is None:
                 ctx.delete(key)
                 continue
-            adm = gate.Admission.decode(oid, raw)
+            adm = gate.decode_record(oid, raw)
+            if isinstance(adm, gate.Pruned):  # (never: a pending admission is not pruned)
+                ctx.delete(key)
+                continue
             after = gate.on_tick(adm, now_ms, settings)
             if after != adm:
                 self._save_admission(ctx, after, VERDICT_KIND)
@@ -299,7 +343,7 @@ class GateApplet(TrnApplet):
     # -- the trace: the admission report ------------------------------------------------------------------
     def _trace(self, ctx: StepContext, oid: bytes, h: tr.Holding) -> None:
         raw = ctx.get(b"adm:" + oid)
-        if raw is not None and gate.Admission.decode(oid, raw).report == gate.DISOWNED:
+        if raw is not None and gate.decode_record(oid, raw).report == gate.DISOWNED:
             return  # the authority answered for good: nothing more to report
         super()._trace(ctx, oid, h)
 
@@ -314,8 +358,8 @@ class GateApplet(TrnApplet):
         raw = ctx.get(b"adm:" + oid)
         if raw is None:
             return
-        adm = gate.Admission.decode(oid, raw)
-        if adm.frm != p["from"] or adm.nonce != p["nonce"]:
+        adm = gate.decode_record(oid, raw)
+        if isinstance(adm, gate.Pruned) or adm.frm != p["from"] or adm.nonce != p["nonce"]:
             return
         after = holding_of(ctx, oid)
         ok = after is not None and after.status is tr.Status.ENABLED
@@ -326,11 +370,74 @@ class GateApplet(TrnApplet):
             self._save_admission(ctx, new, kind)
 
     # -- listing ---------------------------------------------------------------------------------------------
-    def _list_admissions(self, ctx: StepContext, after: bytes | None) -> None:
+    def _list_admissions(self, ctx: StepContext, after: bytes | None, pruned: bool) -> None:
         rows = [(k[4:], v) for k, v in ctx.scan(b"adm:") if after is None or k[4:] > after]
-        page = rows[:LIST_PAGE]
-        items = [self._admission_item(ctx, gate.Admission.decode(oid, raw)) for oid, raw in page]
-        ctx.reply(ADMISSIONS, items=items, more=len(rows) > LIST_PAGE)
+        records = (gate.decode_record(oid, raw) for oid, raw in rows)
+        items: list[dict[str, Any]] = []
+        more = False
+        for rec in records:
+            if isinstance(rec, gate.Pruned) and not pruned:
+                continue
+            if len(items) == LIST_PAGE:
+                more = True
+                break
+            items.append(self._admission_item(ctx, rec) if isinstance(rec, gate.Admission) else _pruned_item(rec))
+        ctx.reply(ADMISSIONS, items=items, more=more)
+
+    # -- pruning ---------------------------------------------------------------------------------------------
+    def _prune(self, ctx: StepContext, before_ms: int) -> None:
+        """Prune the final admissions older than ``before_ms`` and end the idle sessions opened before it (see the
+        module); answers ``gate.pruned``."""
+        pruned = freed = kept = 0
+        more = False
+        for key, raw in ctx.scan(b"adm:"):
+            oid = key[4:]
+            rec = gate.decode_record(oid, raw)
+            if isinstance(rec, gate.Pruned) or rec.at_ms >= before_ms:
+                continue
+            held_key = b"t:" + oid
+            held = ctx.get(held_key)
+            waiting = ctx.get(b"ap:" + oid) is not None or ctx.get(b"rw:" + oid) is not None
+            if waiting or not gate.prunable(rec, before_ms) or (held is not None and not _settled(oid, held, rec)):
+                kept += 1
+                continue
+            if pruned == PRUNE_BATCH:
+                more = True
+                continue  # (counted on: kept stays exact)
+            marker = gate.prune(rec).encode()
+            ctx.put(key, marker)
+            freed += len(raw) - len(marker)
+            if held is not None:
+                ctx.delete(held_key)
+                freed += len(held_key) + len(held)
+            pruned += 1
+        sessions = 0
+        authority = self.authority(ctx)
+        for key, raw in ctx.scan(b"s:"):
+            peer = Uid.from_bytes(key[2:])
+            if peer == authority or ctx.get(b"q:" + key[2:]) is not None:
+                continue
+            state = self.session(ctx, peer)
+            if state is not None and state.open and state.opened is not None and state.opened * 1000 < before_ms:
+                ctx.delete(key)
+                freed += len(key) + len(raw)
+                sessions += 1
+        ctx.reply(PRUNED, pruned=pruned, freed_bytes=freed, sessions=sessions, kept=kept, more=more)
+
+
+def _settled(oid: bytes, held: bytes, rec: gate.Admission) -> bool:
+    """The ticket's holding is at rest: enabled after the trace, or trustless with its report disowned (dead)."""
+    h = tr.Holding.decode(oid, held)
+    if h.status is tr.Status.ENABLED:
+        return h.peer is None
+    return h.status is tr.Status.TRUSTLESS and rec.report == gate.DISOWNED
+
+
+def _pruned_item(rec: gate.Pruned) -> dict[str, Any]:
+    return {
+        "oid": rec.oid, "at_ms": rec.at_ms, "verdict": rec.verdict, "reason": PRUNED_REASON, "report": rec.report,
+        "pruned": True,
+    }  # fmt: skip
 
 
 def _ms(ctx: StepContext) -> int:
@@ -341,4 +448,6 @@ def _count(raw: bytes | None) -> int:
     return 0 if raw is None else int.from_bytes(raw, "big")
 
 
-__all__ = ["ADMISSIONS", "EVENT", "LIST", "REFRESH", "RESULT", "SETUP", "STATE", "TICK", "GateApplet"]
+__all__ = [
+    "ADMISSIONS", "EVENT", "LIST", "PRUNE", "PRUNED", "REFRESH", "RESULT", "SETUP", "STATE", "TICK", "GateApplet",
+]  # fmt: skip

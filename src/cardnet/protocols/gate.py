@@ -26,6 +26,13 @@ a ticket twice:
 :func:`copy_refusal`, :func:`on_commit`, :func:`on_trace` and :func:`on_tick`
 are the rules; :class:`Admission` is the durable record the gate card keeps
 per admitted oid. Time is the host's (milliseconds), given as an argument.
+
+**Pruning** (``gate.prune``): an admission is *final* once it is decided and
+the authority answered its report (:func:`prunable`); nothing of the protocol
+waits on it any more. The gate may then drop the ticket and keep only a
+:class:`Pruned` marker (the outcome and the time, 9 bytes): enough to go on
+refusing a second copy of the oid offline (``already_admitted``, or
+``refused_before``) and to count it.
 """
 
 from __future__ import annotations
@@ -125,6 +132,68 @@ class Admission:
                    d.get("report_reason"))  # fmt: skip
 
 
+# A pruned admission's outcome, one byte (1..6): (verdict, report) -> code. (A full record is a CBOR map, whose
+# first byte is 0xa0..0xbf: the two never look alike.)
+_OUTCOMES = [(v, r) for v in (ADMITTED, ADMITTED_OFFLINE, REFUSED) for r in (TRACED, DISOWNED)]
+_OUTCOME_CODE = {outcome: code for code, outcome in enumerate(_OUTCOMES, 1)}
+PRUNED_BYTES = 9
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What the gate card keeps of an admission it pruned (``adm:<oid>``, :data:`PRUNED_BYTES` bytes): the outcome
+    (verdict and report, one byte) and the host time of the commit in ms (8 bytes, big endian). The ticket, the
+    holder, the transfer nonce and the reasons are gone."""
+
+    oid: bytes
+    at_ms: int
+    verdict: str
+    report: str
+
+    def __post_init__(self) -> None:
+        if len(self.oid) != OID_BYTES:
+            raise ProtocolError("bad_admission", f"an oid is {OID_BYTES} bytes")
+        if (self.verdict, self.report) not in _OUTCOME_CODE:
+            raise ProtocolError("bad_admission", f"not a final outcome {self.verdict!r}/{self.report!r}")
+        if not 0 <= self.at_ms < 1 << 64:
+            raise ProtocolError("bad_admission", "at_ms is 0..2**64-1")
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict in (ADMITTED, ADMITTED_OFFLINE)
+
+    def encode(self) -> bytes:
+        return bytes([_OUTCOME_CODE[self.verdict, self.report]]) + self.at_ms.to_bytes(8, "big")
+
+    @classmethod
+    def decode(cls, oid: bytes, raw: bytes) -> Pruned:
+        if len(raw) != PRUNED_BYTES or not 1 <= raw[0] <= len(_OUTCOMES):
+            raise ProtocolError("bad_admission", f"a pruned admission is {PRUNED_BYTES} bytes, outcome 1..6")
+        verdict, report = _OUTCOMES[raw[0] - 1]
+        return cls(oid, int.from_bytes(raw[1:], "big"), verdict, report)
+
+
+def decode_record(oid: bytes, raw: bytes) -> Admission | Pruned:
+    """What ``adm:<oid>`` holds: the full record, or the marker of a pruned one; bad bytes raise ``bad_admission``."""
+    if raw[:1] and raw[0] <= len(_OUTCOMES):
+        return Pruned.decode(oid, raw)
+    return Admission.decode(oid, raw)
+
+
+def prunable(adm: Admission, before_ms: int) -> bool:
+    """Whether the gate may prune ``adm`` (``gate.prune {before_ms}``): it is final — decided (not pending) and its
+    report answered by the authority (traced or disowned: nothing is resent for it) — and older than ``before_ms``.
+    (The applet checks the ticket's holding too: settled, nothing of a transfer under way.)"""
+    return adm.verdict != PENDING and adm.report != WAITING and adm.at_ms < before_ms
+
+
+def prune(adm: Admission) -> Pruned:
+    """The marker that replaces a :func:`prunable` admission."""
+    if adm.verdict == PENDING or adm.report == WAITING:
+        raise ProtocolError("not_final", f"admission {adm.oid.hex()} is not final: it cannot be pruned")
+    return Pruned(adm.oid, adm.at_ms, adm.verdict, adm.report)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The gate operator's settings: how long a person waits for the authority before the gate admits on its own
@@ -157,14 +226,14 @@ def copy_refusal(
     *,
     traceable: bool,
     issuer_key: profile.PublicKey | None,
-    admitted: Admission | None,
+    admitted: Admission | Pruned | None,
     blocked: bool,
 ) -> str:
     """Why the gate refuses a copy of ``token`` from ``sender`` ("" to take it).
 
     ``issuer_key``: the key of the token's issuer if it is one of the gate's issuers (None: it is not);
-    ``admitted``: the gate's record of this oid, if it took it before; ``blocked``: the sender is on the gate's
-    newest blocklist.
+    ``admitted``: the gate's record of this oid (or what pruning left of it), if it took it before; ``blocked``:
+    the sender is on the gate's newest blocklist.
     """
     if blocked:
         return BLOCKED_DEVICE
