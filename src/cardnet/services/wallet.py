@@ -52,7 +52,7 @@ def _no_host(exc: BaseException) -> WalletError:
     return WalletError("no_host", f"the connection to the host is gone: {exc}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each order is itself: found in the waiting line by identity
 class _Order:
     """An order sent to the card, waiting for its answer (``reply``) or a refusal naming ``mtype``."""
 
@@ -421,7 +421,7 @@ class Wallet:
         finally:
             if not order.answer.done():
                 order.answer.cancel()
-            with contextlib.suppress(ValueError):
+            if order in self._waiting:  # answered orders left it already (a missed deque.remove formats repr(order))
                 self._waiting.remove(order)
         if reply is RESULT and not got.get("ok", True):
             raise WalletError("refused", str(got.get("reason", "refused")))
