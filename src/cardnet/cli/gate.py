@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,9 @@ REFUSAL_WORDS = {
     "forged": "the issuer's signature does not verify (a forged or altered ticket)",
     "untraceable": "an untraceable ticket (the gate reports every admission)",
     "blocked_device": "the presenting device is on the authority's blocklist",
-    "out of memory": "this gate's card is full: give it a larger capacity_bytes in its host config (docs/gate.md: "
-    "about 600 bytes a ticket) and restart the gate",
+    "out of memory": "this gate's card is full: prune the admissions of past events (`cardnet gate prune --before "
+    "DAYS`), or give it a larger capacity_bytes in its host config (docs/gate.md: about 600 bytes a ticket) and "
+    "restart the gate",
 }
 
 
@@ -71,6 +74,7 @@ def gate() -> None:
     Set up:   cardnet gate setup --socket S --issuer-cert agent.pem --authority UID
     Run:      CARDNET_PIN=... cardnet gate run --config gate.toml
     Look:     cardnet gate status --socket S;  cardnet gate admissions --socket S
+    Free:     cardnet gate prune --socket S --before 30   (the admissions of 30 days ago and older)
     A holder presents a ticket by sending it to the gate's card: cardnet wallet enter OID --gate GATE_UID
     """
 
@@ -131,6 +135,7 @@ def _state_dict(s: dict[str, Any]) -> dict[str, Any]:
         "authority": str(s["authority"]) if "authority" in s else None, "blocklist_epoch": s["epoch"],
         "blocklist_at": s.get("blocklist_at"), "admitted": s["admitted"], "pending": s["pending"],
         "reports_waiting": s["reports_waiting"], "disowned": s["disowned"], "refused": s["refused"],
+        "pruned": s.get("pruned", 0),
     }  # fmt: skip
 
 
@@ -145,6 +150,8 @@ def _print_state(d: dict[str, Any]) -> None:
         f"admitted: {d['admitted']} ({d['reports_waiting']} not yet reported to the authority, {d['disowned']} "
         f"disowned by it); waiting now: {d['pending']}; refused presentations: {d['refused']}",
     ]
+    if d["pruned"]:
+        lines.append(f"pruned: {d['pruned']} of those admissions (only their verdict and time are kept)")
     for line in lines:
         console.print(line, markup=False, highlight=False)
 
@@ -217,38 +224,146 @@ def gate_status(socket: str, pin: str | None, card: str | None, as_json: bool) -
         _print_state(d)
 
 
-@card_command(gate, "admissions")
-def gate_admissions(socket: str, pin: str | None, card: str | None, as_json: bool) -> None:
-    """Every ticket the gate took: when, from which device, the verdict and the authority's answer to its report."""
-    from cardnet.applets.gate import ADMISSIONS, LIST
+@card_command(
+    gate,
+    "admissions",
+    click.option(
+        "--pruned",
+        "with_pruned",
+        is_flag=True,
+        help="List the pruned admissions too (their time, verdict and report: the rest was dropped).",
+    ),
+)
+def gate_admissions(socket: str, pin: str | None, card: str | None, with_pruned: bool, as_json: bool) -> None:
+    """Every ticket the gate took: when, from which device, the verdict and the authority's answer to its report.
 
-    async def work(wallet: Any) -> list[dict[str, Any]]:
+    Admissions pruned by `cardnet gate prune` are left out (counted at the end) unless --pruned.
+    """
+    from cardnet.applets.gate import ADMISSIONS, LIST, SETUP, STATE
+
+    async def work(wallet: Any) -> tuple[list[dict[str, Any]], int]:
         items: list[dict[str, Any]] = []
-        after: dict[str, Any] = {}
+        after: dict[str, Any] = {"pruned": True} if with_pruned else {}
         while True:
             page = await wallet.ask(LIST, ADMISSIONS, **after)
             items += page["items"]
             if not page["more"] or not page["items"]:
-                return items
-            after = {"after": page["items"][-1]["oid"]}
+                break
+            after = {**after, "after": page["items"][-1]["oid"]}
+        state = await wallet.ask(SETUP, STATE)
+        return items, state.get("pruned", 0)
 
+    items, pruned = run_on_wallet(socket, pin, card, work)
     rows = []
-    for it in run_on_wallet(socket, pin, card, work):
+    for it in items:
         rows.append({
-            "oid": it["oid"].hex(), "holder": str(it["from"]), "at_ms": it["at_ms"], "verdict": it["verdict"],
-            "reason": it["reason"], "report": it.get("report"), "report_reason": it.get("report_reason"),
-            "body": it.get("body", b"").decode("utf-8", "replace"),
+            "oid": it["oid"].hex(), "holder": str(it["from"]) if "from" in it else None, "at_ms": it["at_ms"],
+            "verdict": it["verdict"], "reason": it["reason"], "report": it.get("report"),
+            "report_reason": it.get("report_reason"), "body": it.get("body", b"").decode("utf-8", "replace"),
+            "pruned": it.get("pruned", False),
         })  # fmt: skip
     rows.sort(key=lambda r: r["at_ms"])
     if as_json:
-        emit_json({"admissions": rows})
+        emit_json({"admissions": rows, "pruned": pruned})
         return
+    note = "" if not pruned or with_pruned else f"{pruned} pruned admission(s) not shown (--pruned lists them)"
     if not rows:
-        console.print("no ticket taken at this gate yet")
+        console.print(note or "no ticket taken at this gate yet", markup=False, highlight=False)
         return
     t = table("time", "oid", "body", "holder", "verdict", "report", title="tickets taken at this gate")
     for r in rows:
         clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at_ms"] / 1000))
-        report = r["report"] + (f": {r['report_reason']}" if r["report_reason"] else "")
-        t.add_row(clock, r["oid"], r["body"], r["holder"], r["verdict"], report)
+        report = (r["report"] or "") + (f": {r['report_reason']}" if r["report_reason"] else "")
+        body = "(pruned)" if r["pruned"] else r["body"]
+        t.add_row(clock, r["oid"], body, r["holder"] or "-", r["verdict"], report)
     print_table(t)
+    if note:
+        console.print(note, markup=False, highlight=False)
+
+
+MAX_PRUNE_ORDERS = 100_000  # gate.prune orders one command sends (each prunes at most PRUNE_BATCH admissions)
+BEFORE_HINT = "give a number of days ago (--before 30; 0: now) or a local date (--before 2026-11-01, 2026-11-01T18:00)"
+
+
+def parse_before(text: str, now_s: float) -> int:
+    """``--before``: a number of days before ``now_s`` ("30", "0.5") or an ISO date or date-time (local time unless
+    it names its offset), as host time in milliseconds; a negative number, nonsense or the future fails in words."""
+    try:
+        days = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            fail(f"--before {text!r} is neither a number of days nor a date", reason="bad_before", hint=BEFORE_HINT)
+        before_ms = int(when.timestamp() * 1000)  # (a date without an offset is local time)
+    else:
+        if not math.isfinite(days) or days < 0:
+            fail(f"--before {text}: the number of days ago must be 0 or more", reason="bad_before", hint=BEFORE_HINT)
+        before_ms = int((now_s - days * 86400) * 1000)
+    if before_ms > now_s * 1000:
+        fail(f"--before {text} is in the future", reason="bad_before",
+             hint="an admission is pruned once it is over; " + BEFORE_HINT)  # fmt: skip
+    return max(0, before_ms)
+
+
+@card_command(
+    gate,
+    "prune",
+    click.option(
+        "--before",
+        "before",
+        required=True,
+        metavar="DAYS-or-DATE",
+        help="Prune the admissions taken before this: a number of days ago (30; 0: now) or a date or date-time, "
+        "local time (2026-11-01, 2026-11-01T18:00).",
+    ),
+)
+def gate_prune(socket: str, pin: str | None, card: str | None, before: str, as_json: bool) -> None:
+    """Free the gate card's memory: drop the tickets of final admissions taken before --before.
+
+    \b
+    An admission is final once it was decided and the authority answered its report (traced or disowned). For
+    each one the gate card drops the ticket and the details and keeps a 9-byte marker (its time, verdict and
+    report): a second copy of the oid is still refused, offline too. Admissions waiting for the authority are
+    kept (prune again once `cardnet gate status` shows no report waiting). Idle sessions with holders' cards
+    opened before that time end too (a card that comes back handshakes again).
+    """
+    from cardnet.applets.gate import PRUNE, PRUNED
+
+    before_ms = parse_before(before, time.time())
+
+    async def work(wallet: Any) -> dict[str, int]:
+        total = {"pruned": 0, "freed_bytes": 0, "sessions": 0, "kept": 0}
+        for _ in range(MAX_PRUNE_ORDERS):
+            got = await wallet.ask(PRUNE, PRUNED, before_ms=before_ms)
+            for k in ("pruned", "freed_bytes", "sessions"):
+                total[k] += got[k]
+            total["kept"] = got["kept"]
+            if not got["more"] or not got["pruned"]:
+                break
+        return total
+
+    hints = {"no_applet": "is this the gate's card? `cardnet gate status --socket S` shows it; name it with --card"}
+    d: dict[str, Any] = {"before_ms": before_ms, **run_on_wallet(socket, pin, card, work, hints)}
+    if as_json:
+        emit_json(d)
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before_ms / 1000))
+    if d["pruned"]:
+        console.print(
+            f"pruned {d['pruned']} admission(s) taken before {when}: their tickets are dropped, a copy is still "
+            f"refused; freed {d['freed_bytes']} bytes of the gate card"
+            + (f" ({d['sessions']} idle session(s) ended)" if d["sessions"] else ""),
+            markup=False, highlight=False,
+        )  # fmt: skip
+    elif d["sessions"]:
+        console.print(f"no admission to prune before {when}; {d['sessions']} idle session(s) ended, "
+                      f"{d['freed_bytes']} bytes freed", markup=False, highlight=False)  # fmt: skip
+    else:
+        console.print(f"nothing to prune before {when}", markup=False, highlight=False)
+    if d["kept"]:
+        console.print(
+            f"kept {d['kept']} admission(s) from before then that are not final yet (the authority has not answered "
+            "their reports): prune again once `cardnet gate status` shows no report waiting",
+            markup=False, highlight=False,
+        )  # fmt: skip
