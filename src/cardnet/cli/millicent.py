@@ -642,11 +642,13 @@ def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) 
 
 def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: bool) -> None:
     """Run a service server (``start(host, port)`` / ``aclose()``) until interrupted; print "ready" once listening."""
+    from cardnet.cli.host import settle_heap
 
     async def main() -> None:
         server = make()
         addr = await server.start(host, port)
         listen = f"{addr[0]}:{addr[1]}"
+        settle_heap()
         say_ready(as_json, {"name": label, "listen": listen}, f"ready {label} {listen}")
         try:
             await asyncio.Event().wait()

@@ -33,6 +33,7 @@ def run(config_path: Path, as_json: bool) -> None:
     People browse http://LISTEN/ (HTML); programs get JSON. Prints "ready NAME http://HOST:PORT speed HOST:PORT"
     once it serves (with --json: {"ready": {"name", "http", "speed", "device"}} on one line).
     """
+    from cardnet.cli.host import settle_heap
     from cardnet.services.ticketing.config import load_config
     from cardnet.services.ticketing.server import TicketingServer
 
@@ -53,6 +54,7 @@ def run(config_path: Path, as_json: bool) -> None:
         http = "http://{}:{}".format(*server.http_address)
         speed = "{}:{}".format(*server.speed_address)
         ready = {"name": config.name, "http": http, "speed": speed, "device": server.device_domain.hex()}
+        settle_heap()
         say_ready(as_json, ready, f"ready {config.name} {http} speed {speed}")
         try:
             await server.serve_forever()
