@@ -325,8 +325,9 @@ class TicketingServer:
         )
         try:
             async with asyncio.timeout(self.config.transfer_timeout_s), self.wallet.subscription() as changes:
-                t = await self._send(t)
-                await self.wallet.recover()  # a retry: resend at once what the transfer waits for
+                t, started = await self._send(t)
+                if not started:  # a retry: resend at once what the transfer waits for (recover re-signs and resends
+                    await self.wallet.recover()  # every transfer under way on the device: not for a new one)
                 v = await self._device_token(t.oid)
                 while not carry.done():
                     if v is None:
@@ -355,9 +356,10 @@ class TicketingServer:
             if task is not None:
                 self._transfers.discard(task)
 
-    async def _send(self, t: sales.Ticket) -> sales.Ticket:
+    async def _send(self, t: sales.Ticket) -> tuple[sales.Ticket, bool]:
         """Mint the ticket and start its transfer, each once (a retry resumes where the last try stopped); one
-        connection at a time per sale (two retries at once must not both mint)."""
+        connection at a time per sale (two retries at once must not both mint). With the ticket, whether this call
+        started the transfer of a ticket recorded ``minted`` (False: the transfer may have been under way before)."""
         assert self.store is not None
         lock = self._sending.setdefault(t.poid, asyncio.Lock())
         try:
@@ -373,8 +375,9 @@ class TicketingServer:
         assert self.wallet is not None
         return next((v for v in await self.wallet.vouchers() if v.oid == oid), None)
 
-    async def _mint_and_send(self, t: sales.Ticket) -> sales.Ticket:
+    async def _mint_and_send(self, t: sales.Ticket) -> tuple[sales.Ticket, bool]:
         assert self.wallet is not None and self.store is not None
+        started = False
         if t.state == "paid":
             held = {v.oid: v.status for v in await self.wallet.vouchers()}
             if t.oid not in held:
@@ -388,12 +391,13 @@ class TicketingServer:
         if t.state == "minted":
             try:
                 await self.wallet.transfer(t.oid, t.card)
+                started = True
             except WalletError:
                 held = {v.oid: v.status for v in await self.wallet.vouchers()}
                 if held.get(t.oid) == "enabled":
                     raise  # the device refused to send it at all
             t = await self._db(sales.advance, self.store, t, "sent")
-        return t
+        return t, started
 
 
 async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asyncio.Task[None]) -> WalletEvent | None:
