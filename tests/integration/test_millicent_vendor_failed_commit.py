@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 from pathlib import Path
 
 import pytest
+from failing_commits import fail_commits
 
 from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_vendor as mv
@@ -34,19 +34,7 @@ WAIT_S = 5.0  # far above a commit on loopback: the client must not need its own
 
 def fail_spent_commits(db: Path, on: bool) -> None:
     """While ``on``, every transaction that adds to the vendor's spent list fails at its COMMIT."""
-    c = sqlite3.connect(db, isolation_level=None)
-    try:
-        if on:
-            c.executescript(f"""
-                CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY);
-                CREATE TABLE IF NOT EXISTS child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
-                CREATE TRIGGER fail_spent AFTER INSERT ON kv WHEN NEW.tbl = '{mv.SPENT}'
-                BEGIN INSERT INTO child (p) VALUES (42); END;
-            """)  # fmt: skip
-        else:
-            c.execute("DROP TRIGGER fail_spent")
-    finally:
-        c.close()
+    fail_commits(db, on, trigger="fail_spent", table="kv", when=f"NEW.tbl = '{mv.SPENT}'")
 
 
 def test_a_failed_batch_closes_its_connection_at_once_and_the_request_is_served_again(

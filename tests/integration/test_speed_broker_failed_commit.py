@@ -9,11 +9,11 @@ same payment retried must be paid, once: the purse debited once, the SAM's log a
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from failing_commits import fail_commits
 from speedworld import EUR, T0, World, load_purse, opened, serve
 
 from cardnet.applets.speed import conductor as co
@@ -43,19 +43,7 @@ def world(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
 
 def fail_receipt_commits(db: Path, on: bool) -> None:
     """While ``on``, every transaction that appends to the broker's receipts log fails at its COMMIT."""
-    c = sqlite3.connect(db, isolation_level=None)
-    try:
-        if on:
-            c.executescript(f"""
-                CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY);
-                CREATE TABLE IF NOT EXISTS child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
-                CREATE TRIGGER fail_receipts AFTER INSERT ON log WHEN NEW.name = '{sb.RECEIPTS}'
-                BEGIN INSERT INTO child (p) VALUES (42); END;
-            """)  # fmt: skip
-        else:
-            c.execute("DROP TRIGGER fail_receipts")
-    finally:
-        c.close()
+    fail_commits(db, on, trigger="fail_receipts", table="log", when=f"NEW.name = '{sb.RECEIPTS}'")
 
 
 async def agreed_not_paid(w: World) -> Pending:
