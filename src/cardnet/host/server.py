@@ -77,6 +77,7 @@ from cardnet.wire.mtypes import by_name, lookup
 log = logging.getLogger("cardnet.host")
 
 APP_QUEUE = 4096  # messages waiting for a slow application before the host drops them
+APP_WRITE_BATCH = 256  # messages written to an application at once
 MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
 LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
@@ -510,11 +511,15 @@ class HostServer:
         await self.carry(conn, [domain], label=f"relay of {domain.hex()}")
 
     async def _app_writer(self, conn: TcpConnection, queue: asyncio.Queue[Message]) -> None:
-        """Send an application what the host has for it, in order; a message above the connection's frame limit
+        """Send an application what the host has for it, in order, everything waiting at once (one write, not one
+        a message: a busy card pushes hundreds of changes a second); a message above the connection's frame limit
         is left out and logged, and the writer goes on (it used to end, the connection staying open)."""
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
-                await send_batch(conn, [await queue.get()])
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < APP_WRITE_BATCH:
+                    batch.append(queue.get_nowait())
+                await send_batch(conn, batch)
 
     # -- life cycle --------------------------------------------------------------------
     async def serve_forever(self) -> None:

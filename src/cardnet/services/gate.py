@@ -106,24 +106,26 @@ class GateService:
             await app.send(card, WATCH, on=True)
             await app.recv_type(RESULT)
             refresher = asyncio.create_task(self._refresh(app, card, stop))
+            reader = asyncio.create_task(self._read(app))
+            stopping = asyncio.create_task(stop.wait())
             try:
-                while not stop.is_set():
-                    recv = asyncio.ensure_future(app.recv())
-                    stopping = asyncio.ensure_future(stop.wait())
-                    done, _ = await asyncio.wait({recv, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    stopping.cancel()
-                    if recv not in done:
-                        recv.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await recv
-                        break
-                    msg = recv.result()
-                    if msg.mtype == EVENT.code:
-                        self._hand_over(GateEvent.of(dict(EVENT.parse(msg))))
+                await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    reader.result()  # the connection ended: raise why (the service logs in again)
             finally:
-                refresher.cancel()
+                for task in (refresher, reader, stopping):
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                    await asyncio.gather(refresher, reader, stopping)
+
+    async def _read(self, app: AppClient) -> None:
+        """Hand over every gate event the card pushes, a batch of messages at a time (a busy gate pushes hundreds a
+        second: a reader slower than the card would lose them to the host's bound on what waits for it)."""
+        code = EVENT.code
+        while True:
+            for msg in await app.conn.recv_many():
+                if msg.mtype == code:
+                    self._hand_over(GateEvent.of(dict(EVENT.parse(msg))))
 
     async def _refresh(self, app: AppClient, card: Uid, stop: asyncio.Event) -> None:
         while not stop.is_set():
