@@ -9,7 +9,8 @@ same payment retried must be paid, once: the purse debited once, the SAM's log a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,25 @@ def order_msg(w: World, rec: Pending) -> tuple[bytes, Message]:
     return order["poid"], fr.ORDER.make(ME, ME, sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER))
 
 
+@contextlib.asynccontextmanager
+async def an_agreed_order(w: World) -> AsyncIterator[tuple[Pending, bytes, Message]]:
+    """Vendor and broker serving, the purse loaded with 1000, a purchase agreed and not paid: (its journal record,
+    its PaymentOrderID, the payment order as the broker gets it); the servers close afterwards."""
+    vs, bs = await serve(w)
+    try:
+        await load_purse(w, 1000)
+        rec = await agreed_not_paid(w)
+        poid, order = order_msg(w, rec)
+        yield rec, poid, order
+    finally:
+        await vs.aclose()
+        await bs.aclose()
+
+
+def receipts_db(w: World) -> Path:
+    return Path(w.broker.store.url.removeprefix("sqlite:///"))
+
+
 def s3_msg(w: World, rec: Pending, poid: bytes, answer: Message) -> Message:
     """The card's proof of debit for the broker's ``| POID, S2 |`` answer, as the broker gets it."""
     step = sm.decode(sm.PURSE_STEP, sm.sym_open(rec.benc, sm.NONCE_B_PURSE, 0, fr.PURSE.parse(answer)["sealed"],
@@ -102,14 +122,10 @@ async def finish(w: World, rec: Pending, receipt: bytes | None) -> None:
 def test_a_failed_commit_leaves_the_order_unpaid_in_memory_and_the_retry_pays_once(world: World) -> None:
     """Each transaction commits alone (the core called directly): the S3's transaction fails at COMMIT."""
     w = world
-    db = Path(w.broker.store.url.removeprefix("sqlite:///"))
+    db = receipts_db(w)
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
-            await load_purse(w, 1000)
-            rec = await agreed_not_paid(w)
-            poid, order = order_msg(w, rec)
+        async with an_agreed_order(w) as (rec, poid, order):
             s3 = s3_msg(w, rec, poid, w.broker.handle(order))
             fail_receipt_commits(db, True)
             with pytest.raises(StoreError) as e:
@@ -129,9 +145,6 @@ def test_a_failed_commit_leaves_the_order_unpaid_in_memory_and_the_retry_pays_on
             assert fr.RECEIPT.parse(w.broker.handle(s3))["sealed"] == receipt  # a retry: the same receipt
             await finish(w, rec, receipt)
             assert_paid_once(w, poid)
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -140,14 +153,10 @@ def test_a_failed_group_commit_leaves_the_order_authorised_and_the_same_s3_is_pa
     """Through the broker server (group commit): the group that holds the S3 fails at its COMMIT; the customer's
     connection is dropped with nothing sent, and the same S3 sent again on a new connection is paid, once."""
     w = world
-    db = Path(w.broker.store.url.removeprefix("sqlite:///"))
+    db = receipts_db(w)
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
-            await load_purse(w, 1000)
-            rec = await agreed_not_paid(w)
-            poid, order = order_msg(w, rec)
+        async with an_agreed_order(w) as (rec, poid, order):
             host, port = host_port(w.broker_addr)
             conn = await dial(host, port)
             try:
@@ -172,8 +181,5 @@ def test_a_failed_group_commit_leaves_the_order_authorised_and_the_same_s3_is_pa
             assert_paid_once(w, poid)
             await finish(w, rec, receipt)
             assert_paid_once(w, poid)
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
