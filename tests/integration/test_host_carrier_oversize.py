@@ -53,12 +53,25 @@ async def replies(conn: TcpConnection, n: int) -> list[int]:
     return got
 
 
+def echo_card(tmp: Path, ca: pki.CertificateAuthority) -> Uid:
+    """A personalised card in ``tmp/c.card.db`` for a host running the echo applet; its Uid."""
+    card = Card(SqliteStore(str(tmp / "c.card.db")))
+    try:
+        return personalise(card, ca, pin="1357", now=NOW)
+    finally:
+        card.close()
+
+
+def assert_left_out_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The transport said once that it left out the oversize echo reply, and why."""
+    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert f"mtype 0x{REPLY.code:04x}" in left_out and f"the frame limit is {LIMIT}" in left_out
+
+
 def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_rest(
     tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
-    card = Card(SqliteStore(str(tmp_path / "c.card.db")))
-    uid = personalise(card, ca, pin="1357", now=NOW)
-    card.close()
+    uid = echo_card(tmp_path, ca)
     remote = Uid(os.urandom(12), 0)
     (tmp_path / "h.toml").write_text(
         'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
@@ -91,16 +104,13 @@ def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_res
 
     with caplog.at_level(logging.WARNING, logger="cardnet.transport"):
         asyncio.run(go())
-    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert f"mtype 0x{REPLY.code:04x}" in left_out and f"the frame limit is {LIMIT}" in left_out
+    assert_left_out_once(caplog)
 
 
 def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the_rest(
     tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
-    card = Card(SqliteStore(str(tmp_path / "c.card.db")))
-    uid = personalise(card, ca, pin="1357", now=NOW)
-    card.close()
+    uid = echo_card(tmp_path, ca)
     (tmp_path / "h.toml").write_text(
         f'name = "h"\napp_socket = "h.sock"\nmax_frame = {LIMIT}\n\n'
         '[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
@@ -126,5 +136,4 @@ def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the
 
     with caplog.at_level(logging.WARNING, logger="cardnet.transport"):
         asyncio.run(go())
-    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert f"mtype 0x{REPLY.code:04x}" in left_out and f"the frame limit is {LIMIT}" in left_out
+    assert_left_out_once(caplog)
