@@ -79,6 +79,10 @@ def test_each_kind_of_error_is_one_json_object_with_json(tmp_path: Path) -> None
     # a command's own check (BadParameter) and fail()
     e = json_error(cardnet("bench", "card", "--json", "--group", "1"))
     assert e["reason"] == "usage" and "--group" in e["message"]
+    # more exchanges at once than a wallet card holds offers for: refused before any host starts, saying why (it
+    # used to run, fail on the card's "busy" refusals or a full card, and print a traceback)
+    e = json_error(cardnet("bench", "fairx", "--json", "--in-flight", "33"))
+    assert e["reason"] == "usage" and "1..32" in e["message"] and "busy" in e["message"]
     e = json_error(cardnet("sim", "--protocol", "no-such-protocol", "--json"))
     assert "no-such-protocol" in e["message"] and "echo" in e["hint"]
     # an OSError on the person's path

@@ -58,6 +58,10 @@ PAPER_EXCHANGE_MS = 1788
 WINDOW_S = 1.0  # one measurement window of the closed loop
 CAPACITY_BYTES = DEFAULT_CAPACITY_BYTES  # the hosts' default: a wallet keeps its 16 latest finished exchanges
 PIN = "1357"
+# A card holds at most MAX_PROPOSED offers for its owner at once (more are refused "busy"), and with the hosts'
+# default capacity a wallet card holds the vouchers of about that many exchanges under way: beyond it the run
+# would measure refusals, not exchanges.
+MAX_IN_FLIGHT = fa.MAX_PROPOSED
 Progress = Callable[[str], None]
 
 
@@ -242,10 +246,11 @@ async def _flow(w: dict[str, Wallet], uid: dict[str, Uid], pairs: list[tuple[byt
                 for task in finished:
                     task.result()  # a watcher's failure (an exchange ended without a swap) ends the run
         finally:
+            cycles_done.cancel()  # (a watcher failed: the cycles waiting on it end too, their outcome retrieved)
             for task in watchers:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, BenchError):
-                await asyncio.gather(*watchers)
+                await asyncio.gather(cycles_done, *watchers)
     return times
 
 

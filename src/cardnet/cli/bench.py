@@ -169,15 +169,25 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
 
 @bench.command("fairx")
 @AS_JSON
-@click.option("--in-flight", "in_flight", type=int, default=16, show_default=True, help="Exchanges at once.")
+@click.option(
+    "--in-flight",
+    "in_flight",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Exchanges at once (1..32: a card holds at most 32 offers for its owner).",
+)
 @click.option("--rounds", type=int, default=3, show_default=True, help="One-second windows measured (median).")
 @click.option("--idle", type=int, default=20, show_default=True, help="Single exchanges timed on an idle system.")
 def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
     """Fair exchanges between wallet host processes: exchanges_per_s and p50/p99 vs the crypto and serial bounds."""
     from cardnet.bench import fairx
 
-    if not 1 <= in_flight <= 128 or rounds < 1 or idle < 1:
-        raise click.BadParameter("--in-flight 1..128, --rounds >= 1, --idle >= 1")
+    if not 1 <= in_flight <= fairx.MAX_IN_FLIGHT or rounds < 1 or idle < 1:
+        raise click.BadParameter(
+            f"--in-flight must be 1..{fairx.MAX_IN_FLIGHT} (a wallet card holds at most {fairx.MAX_IN_FLIGHT} offers"
+            " for its owner and refuses more as busy), --rounds >= 1, --idle >= 1"
+        )
     r = _measured(as_json, fairx.run, in_flight=in_flight, rounds=rounds, idle=idle)
     if r is None:
         return
