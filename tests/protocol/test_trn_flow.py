@@ -7,7 +7,7 @@ from pathlib import Path
 from trnworld import issue, standard, uid
 
 from cardnet.applets.authority import CHAIN, QUERY
-from cardnet.applets.trn import SEND
+from cardnet.applets.trn import LIST, SEND, TOKENS
 from cardnet.crypto import pki
 
 OID = bytes(range(16))
@@ -37,3 +37,18 @@ def test_a_token_can_come_back(tmp_path: Path, ca: pki.CertificateAuthority) -> 
         w.run(200)
         assert w.tokens(dst)[OID]["status"] == "enabled", (src, dst)
         assert w.tokens(src) == {}
+
+
+def test_a_list_for_one_oid_reads_that_token_alone(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = standard(tmp_path, ca)
+    oids = [bytes([7, i]) + bytes(14) for i in range(5)]
+    for oid in oids:
+        issue(w, oid, "alice")
+    assert w.result("alice", SEND, oid=oids[2], to=uid(w, "bob"))["ok"]  # (one of them on its way)
+    w.run(200)
+    every = w.tokens("alice")
+    assert set(every) == set(oids) - {oids[2]}  # (sent: now bob's)
+    for oid in oids:
+        one = TOKENS.parse(w.ask("alice", LIST, oid=oid))["tokens"]
+        assert one == ([every[oid]] if oid in every else []), oid  # the same item as in the whole list
+    assert TOKENS.parse(w.ask("alice", LIST, oid=bytes(16)))["tokens"] == []  # a token it does not hold: none

@@ -71,7 +71,10 @@ SEND = register(
 )
 CANCEL = register(0x0312, "trn.cancel", "transfer", Schema("trn.cancel", [Field(0, "oid", _OID)]), privileged=True)
 RECOVER = register(0x0313, "trn.recover", "transfer", Schema("trn.recover", []))
-LIST = register(0x0314, "trn.list", "transfer", Schema("trn.list", []), privileged=True)
+# ``oid``: that token alone (none if this card holds none), a read that costs the same however many the card holds
+LIST = register(
+    0x0314, "trn.list", "transfer", Schema("trn.list", [Field(0, "oid", _OID, optional=True)]), privileged=True
+)
 SET_AUTHORITY = register(
     0x0315,
     "trn.set_authority",
@@ -209,7 +212,7 @@ class TrnApplet(fairx.ExchangeWallet):
         elif code == RECOVER.code:
             self._recover(ctx)
         elif code == LIST.code:
-            self._list(ctx)
+            self._list(ctx, params.get("oid"))
         elif code == MINT.code:
             self._mint(ctx, params["oid"], params["body"])
         elif code == REISSUE.code:
@@ -313,7 +316,11 @@ class TrnApplet(fairx.ExchangeWallet):
     def on_session_open(self, ctx: StepContext, peer: Uid) -> None:
         self.fairx_on_session_open(ctx, peer)
 
-    def _list(self, ctx: StepContext) -> None:
+    def _list(self, ctx: StepContext, oid: bytes | None) -> None:
+        if oid is not None:
+            h = holding_of(ctx, oid)
+            ctx.reply(TOKENS, tokens=[] if h is None else [self._token_item(h)])
+            return
         ctx.reply(TOKENS, tokens=[self._token_item(tr.Holding.decode(key[2:], raw)) for key, raw in ctx.scan(b"t:")])
 
     @staticmethod

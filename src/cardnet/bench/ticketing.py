@@ -83,7 +83,8 @@ async def _enabled(b: Buyer, oid: bytes) -> None:
         while True:
             e = await b.changes.get()
             if e.kind == "missed":
-                if any(v.oid == oid and v.status == "enabled" for v in await b.wallet.vouchers()):
+                v = await b.wallet.voucher(oid)
+                if v is not None and v.status == "enabled":
                     return
             elif e.kind == "token_arrived" and e.voucher is not None and e.voucher.oid == oid:
                 return

@@ -443,7 +443,8 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
             try:
                 v = await wallet.wait_moved(raw, timeout_s=wait_s)
             except TimeoutError:
-                return str({v.oid: v for v in await wallet.vouchers()}[raw].status)
+                held = await wallet.voucher(raw)
+                return "missing" if held is None else str(held.status)
         return None if v is None else str(v.status)
 
     status = target.run(work)

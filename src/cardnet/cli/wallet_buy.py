@@ -123,7 +123,8 @@ async def _settled(wallet: Any, oid: bytes, wait_s: float) -> str:
     deadline = loop.time() + wait_s
     state = "missing"
     while True:
-        state = next((v.status for v in await wallet.vouchers() if v.oid == oid), "missing")
+        v = await wallet.voucher(oid)
+        state = "missing" if v is None else v.status
         if state == "enabled" or loop.time() >= deadline:
             return state
         await asyncio.sleep(0.05)

@@ -216,6 +216,11 @@ class Wallet:
     async def vouchers(self) -> list[Voucher]:
         return [Voucher.of(t) for t in (await self._ask(LIST, TOKENS))["tokens"]]
 
+    async def voucher(self, oid: bytes) -> Voucher | None:
+        """Voucher ``oid`` as this card holds it, None if it holds none (one read, however many it holds)."""
+        tokens = (await self._ask(LIST, TOKENS, oid=oid))["tokens"]
+        return Voucher.of(tokens[0]) if tokens else None
+
     async def issue(self, oid: bytes, body: bytes) -> str:
         """Mint a voucher (an agent card: the issuer); the card's answer in words."""
         return str((await self._ask(trn.MINT, RESULT, oid=oid, body=body))["reason"])
@@ -236,7 +241,7 @@ class Wallet:
         async with self.subscription() as changes:
             await self.transfer(oid, gate)
             while True:
-                mine = {v.oid: v for v in await self.vouchers()}.get(oid)
+                mine = await self.voucher(oid)
                 if mine is None:
                     return Redemption(oid, gate, True, "taken by the gate")
                 if mine.status == "enabled":
@@ -367,7 +372,7 @@ class Wallet:
         meanwhile. Raises TimeoutError after ``timeout_s``: the transfer then still goes on (:meth:`recover`)."""
         async with asyncio.timeout(timeout_s), self.subscription() as changes:
             while True:
-                v = next((v for v in await self.vouchers() if v.oid == oid), None)
+                v = await self.voucher(oid)
                 if v is None or v.status not in MOVING:
                     return v
                 try:

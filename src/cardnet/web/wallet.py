@@ -409,7 +409,7 @@ class WalletWeb:
                             "card's voucher you want")  # fmt: skip
         async with self._order() as wallet:
             await _movable(wallet, give, to, "offered")
-            if any(v.oid == want for v in await wallet.vouchers()):
+            if await wallet.voucher(want) is not None:
                 raise HttpError(409, "have_it", f"this card holds {want.hex()} already: ask for a voucher the other "
                                 "card holds")  # fmt: skip
             x = await wallet.offer(give, want, to)
@@ -567,7 +567,7 @@ def _guarded(check: Callable[[Request], None], handler: Callable[[Request], Awai
 
 async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str) -> None:
     """409 (what to do) unless ``oid`` is usable on this card and ``to`` another card its host can reach."""
-    held = {v.oid: v for v in await wallet.vouchers()}.get(oid)
+    held = await wallet.voucher(oid)
     if held is None:
         raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows what it "
                         "holds")  # fmt: skip

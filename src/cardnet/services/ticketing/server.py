@@ -373,14 +373,13 @@ class TicketingServer:
     async def _device_token(self, oid: bytes) -> Voucher | None:
         """The device's holding of ``oid`` (None: not there: never minted, or delivered)."""
         assert self.wallet is not None
-        return next((v for v in await self.wallet.vouchers() if v.oid == oid), None)
+        return await self.wallet.voucher(oid)
 
     async def _mint_and_send(self, t: sales.Ticket) -> tuple[sales.Ticket, bool]:
         assert self.wallet is not None and self.store is not None
         started = False
         if t.state == "paid":
-            held = {v.oid: v.status for v in await self.wallet.vouchers()}
-            if t.oid not in held:
+            if await self.wallet.voucher(t.oid) is None:
                 body = json.dumps({"event": t.event, "seat": t.seat, "poid": t.poid.hex()}).encode()
                 await self.wallet.issue(t.oid, body)
             t = await self._db(sales.advance, self.store, t, "minted")
@@ -393,8 +392,8 @@ class TicketingServer:
                 await self.wallet.transfer(t.oid, t.card)
                 started = True
             except WalletError:
-                held = {v.oid: v.status for v in await self.wallet.vouchers()}
-                if held.get(t.oid) == "enabled":
+                v = await self.wallet.voucher(t.oid)
+                if v is not None and v.status == "enabled":
                     raise  # the device refused to send it at all
             t = await self._db(sales.advance, self.store, t, "sent")
         return t, started
