@@ -68,6 +68,7 @@ MASTER_SECRET_BYTES = 32  # 256-bit (the paper's 64-bit secrets are too short to
 RID_BYTES = 16  # request id
 MAC_BYTES = 16
 MAX_PROPERTIES = 255
+CONTENT_MAX_BYTES = 60 * 1024  # a product's content in one reply (``millicent.reply.content``): larger is refused
 MAX_SERIAL = 2**56 - 1
 MAX_VALUE = 2**63 - 1
 _HEAD = struct.Struct(">B8sQ8s8sIB")
@@ -97,6 +98,7 @@ class Status(IntEnum):
     MALFORMED = 7
     UNKNOWN_PRODUCT = 8
     LEVEL_TOO_LOW = 9  # the vendor requires a higher protection level
+    TOO_LARGE = 10  # the reply would be too large to deliver (a product above the frame limit): nothing was spent
 
 
 class Op(IntEnum):
@@ -243,7 +245,7 @@ REPLY_SCHEMA = Schema(
         Field(1, "status", UInt(255)),
         Field(2, "scrip_id", Bytes(SCRIP_ID_BYTES, SCRIP_ID_BYTES), optional=True),
         Field(3, "change", _SCRIP, optional=True),
-        Field(4, "content", Bytes(60 * 1024), optional=True),  # _CONTENT_MAX
+        Field(4, "content", Bytes(CONTENT_MAX_BYTES), optional=True),
         Field(5, "issued", _SCRIP, optional=True),
         Field(6, "issued_secret", Bytes(128), optional=True),
         Field(7, "detail", Text(200), optional=True),
@@ -1066,6 +1068,11 @@ class Vendor:
                 c.refusal = (Status.UNKNOWN_PRODUCT, f"no product {product!r}")
             elif price != item.price:
                 c.refusal = (Status.MALFORMED, f"the price of {product!r} is {item.price}")
+            elif len(item.content) > CONTENT_MAX_BYTES:
+                c.refusal = (
+                    Status.TOO_LARGE,
+                    too_large_detail(len(item.content), f"{CONTENT_MAX_BYTES} a reply carries"),
+                )
         elif op == Op.RENEW:
             if price != 0:
                 c.refusal = (Status.MALFORMED, "renewal is free: price 0")
@@ -1173,7 +1180,7 @@ def _buy_reply(macs: profile.HmacKeys, secret: bytes, rid: bytes, sid: bytes, ch
         ),
         MAC_BYTES,
     )
-    if len(rid) != RID_BYTES or len(sid) != SCRIP_ID_BYTES or len(content) > _CONTENT_MAX:
+    if len(rid) != RID_BYTES or len(sid) != SCRIP_ID_BYTES or len(content) > CONTENT_MAX_BYTES:
         return REPLY_SCHEMA.encode(
             {"rid": rid, "status": 0, "scrip_id": sid, "change": change, "content": content, "mac": mac}
         )
@@ -1195,7 +1202,23 @@ def _buy_reply(macs: profile.HmacKeys, secret: bytes, rid: bytes, sid: bytes, ch
     )
 
 
-_CONTENT_MAX = 60 * 1024
+def too_large_detail(size: int, limit: str) -> str:
+    """The detail of a ``too_large`` refusal (at most 200 characters, the reply's bound)."""
+    return f"the product is too large to deliver ({size} bytes, above the {limit}): the scrip was not spent"
+
+
+def max_buy_reply_bytes(content_bytes: int) -> int:
+    """The largest reply (param bytes) accepting a purchase of a product of ``content_bytes`` (at most
+    :data:`CONTENT_MAX_BYTES`): at level 3 (sealed), with change carrying the most properties scrip can have.
+
+    Built for real by :meth:`Vendor.accept` with throwaway keys, so it is the very size a vendor's reply has.
+    """
+    key, cid = bytes(MASTER_SECRET_BYTES), bytes(CUSTOMER_ID_BYTES)
+    vendor = Vendor(bytes(VENDOR_BYTES), {0: key}, 0, {0: key}, {"p": Product(1, bytes(content_bytes))})
+    raw = mint(vendor.scrip_secrets, index=0, vendor=vendor.vendor_id, value=2, serial=0, customer_id=cid,
+               expiry=1, properties=bytes(MAX_PROPERTIES)).encode()  # fmt: skip
+    c = Candidate(raw, bytes(RID_BYTES), Op.BUY, 1, "p", Level.PRIVATE, key, cid, bytes(32))
+    return len(vendor.accept(c, 0, 0)[1])
 
 
 _DETAIL = {

@@ -32,9 +32,11 @@ batch's CPU work on the event loop (:meth:`VendorCore.prepare_batch`); a
 committer runs the batch's transaction (:meth:`VendorCore.commit_batch`) and
 releases the replies after the commit. Quick commits run on the event loop;
 slow ones (a busy disk) in a worker thread, the next batch being prepared
-during their fsync. A connection's replies leave in order, several at once; one
-above the connection's frame limit costs only itself: a plain ``malformed``
-refusal to the same request id goes in its place (:func:`too_large`). A batch
+during their fsync. A connection's replies leave in order, several at once.
+A request whose reply would be above the frame limit is refused ``too_large``
+before the transaction, its scrip unspent; a stored reply above it (accepted
+under a larger limit) costs only itself: a plain ``malformed`` refusal to the
+same request id goes in its place (:func:`too_large`). A batch
 that fails (nothing of it was accepted) closes the connections it had requests
 of, after their earlier replies: their clients send the requests again.
 """
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -61,6 +64,7 @@ from cardnet.protocols import millicent as mc
 from cardnet.store import Store, StoreError
 from cardnet.transport import (
     DEFAULT_LIMITS,
+    DEFAULT_MAX_FRAME,
     DEFAULT_SERVER_LIMITS,
     BrokenError,
     ClosedError,
@@ -72,7 +76,7 @@ from cardnet.transport import (
     dial,
     send_batch,
 )
-from cardnet.wire import DecodeError, Message, Uid
+from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
 
 log = logging.getLogger("cardnet.millicent.vendor")
 
@@ -140,7 +144,40 @@ def rotate_secret(store: Store, *, rng: Callable[[int], bytes] = os.urandom) -> 
         return free[0]
 
 
-def add_product(store: Store, name: str, price: int, content: bytes) -> None:
+@functools.lru_cache(maxsize=16)
+def max_content_bytes(max_frame: int = DEFAULT_MAX_FRAME) -> int:
+    """The largest product content every purchase of which can be delivered in one frame of ``max_frame`` bytes.
+
+    Every reply means the largest one (level 3, sealed, with change carrying the most properties scrip can
+    have: :func:`~cardnet.protocols.millicent.max_buy_reply_bytes`), and never more than the reply itself
+    carries (:data:`~cardnet.protocols.millicent.CONTENT_MAX_BYTES`). -1 if the frame holds no product at all.
+    """
+    lo, hi = -1, mc.CONTENT_MAX_BYTES  # lo fits (or is -1), the answer is in lo..hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if HEADER_BYTES + mc.max_buy_reply_bytes(mid) <= max_frame:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def add_product(store: Store, name: str, price: int, content: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    """Add (or replace) a product; refused (``too_large``) if a purchase of it could not always be delivered.
+
+    A product is sold in one reply, so its content must leave room in a frame of ``max_frame`` bytes (the
+    vendor server's, ``DEFAULT_MAX_FRAME`` as ``vendor run`` uses) for the largest reply it can need; a larger
+    one could be paid for and never delivered (the server refuses such purchases, unspent, but they could
+    never succeed).
+    """
+    most = max_content_bytes(max_frame)
+    if len(content) > most:
+        raise VendorError(
+            "too_large",
+            f"product {name!r} is {len(content)} bytes; a product is delivered in one reply, which carries at most "
+            f"{most} bytes of content (frame limit {max_frame} bytes, reply content limit {mc.CONTENT_MAX_BYTES}): "
+            f"split it into several products of at most {most} bytes each",
+        )
     with store.transaction() as txn:
         txn.put(CATALOGUE, name.encode(), _u64(price) + content)
 
@@ -293,6 +330,7 @@ class Batch:
     held: list[tuple[int, mc.Candidate]] = field(default_factory=list)  # refused unless a re-fetch
     bulk: list[tuple[int, int]] = field(default_factory=list)  # bulk orders: i, first serial reserved for it
     refused: int = 0
+    max_reply_bytes: int | None = None  # replies above this (param bytes) are refused, not accepted
 
 
 class VendorCore:
@@ -350,17 +388,23 @@ class VendorCore:
         self._serial += n
         return first
 
-    def prepare_batch(self, requests: list[tuple[int, bytes]], now: int) -> Batch:
+    def prepare_batch(
+        self, requests: list[tuple[int, bytes]], now: int, *, max_reply_bytes: int | None = None
+    ) -> Batch:
         """What a batch needs no spent list for: the checks and the replies that would accept it (CPU only).
 
         Batches must be committed (:meth:`commit_batch`) in the order they
-        were prepared.
+        were prepared. A request whose accepting reply would be above
+        ``max_reply_bytes`` (param bytes: what the connection's frame limit
+        leaves) is refused ``too_large`` instead, its scrip unspent (unless it
+        is a re-fetch: an identical request accepted before gets its stored
+        reply), so no one pays for a reply that cannot be delivered.
         """
         vendor = self.vendor
         pruned = self.pruned_through
         bulk = mc.BULK_BUY.code
         now = self.judged_time(now)
-        b = Batch(requests, [(0, b"")] * len(requests), now)
+        b = Batch(requests, [(0, b"")] * len(requests), now, max_reply_bytes=max_reply_bytes)
         for i, (mt, p) in enumerate(requests):
             if mt == bulk:
                 try:
@@ -377,6 +421,11 @@ class VendorCore:
                 b.held.append((i, c))
             else:
                 rmt, reply = vendor.accept(c, self._serials(2), now)
+                if max_reply_bytes is not None and len(reply) > max_reply_bytes:
+                    limit = f"vendor's frame limit of {max_reply_bytes + HEADER_BYTES}"
+                    c.refusal = (mc.Status.TOO_LARGE, mc.too_large_detail(len(reply) + HEADER_BYTES, limit))
+                    b.held.append((i, c))
+                    continue
                 b.fresh.append((i, c, rmt, reply))
                 b.rows.append((c.spent_key, spent_record(c.digest, rmt, reply)))
         return b
@@ -398,7 +447,7 @@ class VendorCore:
             for i, c in b.held:
                 out[i] = self._stored_or(txn, c, c.refusal or (mc.Status.MALFORMED, ""))
             for i, first in b.bulk:
-                out[i] = self._bulk_order(txn, b.requests[i][1], first, b.now)
+                out[i] = self._bulk_order(txn, b.requests[i][1], first, b.now, b.max_reply_bytes)
             clash = False
             if b.rows:
                 try:
@@ -434,14 +483,17 @@ class VendorCore:
         self.stats.refused += 1
         return self.vendor.refuse(c, *refusal)
 
-    def _bulk_order(self, txn: Any, param: bytes, serial: int, now: int) -> tuple[int, bytes]:
+    def _bulk_order(
+        self, txn: Any, param: bytes, serial: int, now: int, max_reply_bytes: int | None = None
+    ) -> tuple[int, bytes]:
         """Sell a broker scrip in bulk (``millicent.bulk_buy``); ``serial``: the first of those reserved for it.
 
         The order is MACed with the agreement's order key and names the
         agreed discount; the scrip is minted under the vendor's own index,
         bound to the broker's customer id, and the order is recorded with its
         reply (an identical order gets it again: the broker's re-fetch) and
-        with what the broker owes, in the batch's transaction.
+        with what the broker owes, in the batch's transaction. An answer above
+        ``max_reply_bytes`` is refused ``too_large`` instead, nothing recorded.
         """
         vid = self.vendor_id
 
@@ -498,6 +550,14 @@ class VendorCore:
             serial += 1
         price = mc.bulk_price(f["value"], discount)
         reply = answer({"order": order, "status": 0, "scrip": scrip, "price": price}, key)
+        if max_reply_bytes is not None and len(reply[1]) > max_reply_bytes:
+            return refuse(
+                order,
+                mc.Status.TOO_LARGE,
+                f"the answer would be {len(reply[1]) + HEADER_BYTES} bytes, above the vendor's frame limit of "
+                f"{max_reply_bytes + HEADER_BYTES}: order fewer pieces; nothing was sold",
+                key,
+            )
         txn.put(BULK_ORDERS, broker + order, digest + reply[1])
         sold = txn.get(BULK_LEDGER, broker) or bytes(16)
         total, owed = int.from_bytes(sold[:8], "big") + f["value"], int.from_bytes(sold[8:], "big") + price
@@ -637,10 +697,19 @@ class VendorServer:
         self._quiet = asyncio.Event()  # set while no transaction is writing (see _preparer)
         self._quiet.set()
         self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
+        self._max_frame = limits.max_frame
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        most = max_content_bytes(self._max_frame)
+        for name, product in sorted(self.core.vendor.catalogue.items()):
+            if len(product.content) > most:
+                log.warning(
+                    "product %r is %d bytes, above the %d a reply of this server can carry (frame limit %d): "
+                    "purchases of it may be refused as too_large (nothing is spent); split it into smaller products",
+                    name, len(product.content), most, self._max_frame,
+                )  # fmt: skip
         await self._server.start(host, port, self._serve)
         self._tasks.append(asyncio.create_task(self._preparer()))
         self._tasks.append(asyncio.create_task(self._committer()))
@@ -741,7 +810,9 @@ class VendorServer:
             requests = [(m.mtype, m.param) if m.mtype in _REQUEST_TYPES else (mc.REQUEST.code, b"") for m in msgs]
             await self._quiet.wait()
             try:
-                batch = self.core.prepare_batch(requests, int(self.clock()))
+                batch = self.core.prepare_batch(
+                    requests, int(self.clock()), max_reply_bytes=self._max_frame - HEADER_BYTES
+                )
             except Exception as exc:  # a store failure reserving serial numbers: the customers retry
                 log.error("batch of %d failed: %s", len(msgs), exc)
                 for _, fut in items:
@@ -822,7 +893,12 @@ TOO_LARGE = "the vendor's reply is above this connection's frame limit and was n
 def too_large(reply: Message) -> Message | None:
     """What the server sends in place of ``reply`` when it is above the connection's frame limit: a plain (not
     MACed) ``malformed`` refusal, saying so, to the same request id (or bulk order); None for a reply that names
-    none (it is then left out)."""
+    none (it is then left out).
+
+    The last resort only: a new request whose reply would not fit is refused ``too_large`` before its
+    transaction (:meth:`VendorCore.prepare_batch`), nothing spent. This is left for a stored reply fetched again
+    that was accepted under a larger frame limit (the limit lowered since, or a vendor from before that check);
+    its customer gets it once the vendor's limit is raised again."""
     try:
         if reply.mtype == mc.BULK_SOLD.code:
             order = mc.BULK_SOLD_SCHEMA.decode(reply.param)["order"]

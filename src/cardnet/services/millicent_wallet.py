@@ -46,6 +46,8 @@ RENEW_MARGIN_S = 24 * 3600
 TIMEOUT_S = 10.0
 # A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
 UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending")
+# The vendor's refusals that leave the scrip unspent: the wallet keeps it.
+UNSPENT = (mc.Status.INSUFFICIENT, mc.Status.UNKNOWN_PRODUCT, mc.Status.LEVEL_TOO_LOW, mc.Status.TOO_LARGE)
 
 
 class WalletError(CardnetError):
@@ -389,7 +391,7 @@ class Wallet:
                 txn.put(VENDORS, scrip.vendor, record["to"].encode())  # the vendor answers there
             if out.change is not None:
                 txn.put(SCRIP, out.change.vendor + out.change.scrip_id, out.change.encode())
-            if out.status in (mc.Status.INSUFFICIENT, mc.Status.UNKNOWN_PRODUCT, mc.Status.LEVEL_TOO_LOW):
+            if out.status in UNSPENT:
                 txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())  # not spent: keep it
             elif out.status == mc.Status.MALFORMED and out.detail.startswith("the price"):
                 txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())
