@@ -1,17 +1,23 @@
-"""A host's writers: one message above the connection's frame limit costs only itself.
+"""A host's writers: one message above the connection's frame limit costs only itself, and is not silent.
 
 A real HostServer (one card with the echo applet) carries a remote domain's traffic over a real TCP connection
 accepted with a small frame limit (as :meth:`HostServer.carry` does for the ticketing server's upgraded HTTP
 connections and ``host.relay``). A request of exactly the frame limit gets a reply a few bytes above it: that
-reply is left out (logged), and the replies before and after it still go out on the same connection. The
-writer used ``send_many``, whose ``oversize`` ended it: every later message for the carried domain was lost
-while the connection stayed open. The writer to an application on the host's socket (frame limit: the host's
+reply is left out, and the replies before and after it still go out on the same connection. The writer used
+``send_many``, whose ``oversize`` ended it: every later message for the carried domain was lost while the
+connection stayed open. The writer to an application on the host's socket (frame limit: the host's
 ``max_frame``) likewise used ``send``, whose ``oversize`` ended it.
+
+The card that sent the oversize reply gets a ``host.undeliverable`` notice ("too large for the link"), as for
+any other message its host cannot deliver (it used to be logged and dropped over a carried connection, and over
+a link to a remote host left unacknowledged and re-emitted for ever), so ``host.route`` shows it; an
+application whose reply is too large for its connection gets ``host.missed`` in its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -19,14 +25,17 @@ from pathlib import Path
 import pytest
 
 from cardnet.card import Card
+from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.host import mtypes as hm
+from cardnet.host.client import AppClient
 from cardnet.host.config import load_config
+from cardnet.host.core import HOST_PORT
 from cardnet.host.server import HostServer
 from cardnet.protocols.echo import REPLY, REQUEST
 from cardnet.store import SqliteStore
-from cardnet.transport import DEFAULT_LIMITS, Limits, TcpConnection, TcpServer, dial
+from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Limits, TcpConnection, TcpServer, dial
 from cardnet.wire import Message, Uid
 from conftest import NOW
 
@@ -45,12 +54,35 @@ def at_limit(src: Uid, dst: Uid, rid: int) -> Message:
     return msg
 
 
-async def replies(conn: TcpConnection, n: int) -> list[int]:
+async def replies(conn: TcpConnection, n: int, others: list[Message] | None = None) -> list[int]:
+    """The rids of the next ``n`` echo replies on ``conn``; other messages go to ``others`` (or must not come)."""
     got: list[int] = []
     async with asyncio.timeout(WAIT_S):
         while len(got) < n:
-            got.extend(REPLY.parse(m)["rid"] for m in await conn.recv_many())
+            for m in await conn.recv_many():
+                if m.mtype == REPLY.code:
+                    got.append(REPLY.parse(m)["rid"])
+                else:
+                    assert others is not None, m
+                    others.append(m)
     return got
+
+
+async def last_undeliverable(sock: Path, domain: bytes) -> str | None:
+    """What the host answers an application asking about ``domain`` (``host.route``): its last notice's reason."""
+    async with await AppClient.connect(str(sock)) as app:
+        await app.send(Uid(app.uid.domain, HOST_PORT), hm.ROUTE, domain=domain)
+        got = await app.recv_type(hm.ROUTE_IS, timeout_s=WAIT_S)
+    return got.get("undeliverable")
+
+
+async def assert_told_too_large(server: HostServer, sock: Path, remote: Uid, others: list[Message]) -> None:
+    """The echo card was told that its oversize reply to ``remote`` cannot be delivered, and it is not re-emitted."""
+    reason = await last_undeliverable(sock, remote.domain)
+    assert reason is not None and "too large for the link" in reason and f"the frame limit is {LIMIT}" in reason
+    assert all(out.msg.mtype != REPLY.code for out in server.cards[0].outbox())  # acknowledged: not re-emitted
+    # the card refuses the notice (no applet handles it: see test_host_core); that refusal is all the peer sees
+    assert [cm.REFUSED.parse(m)["mtype"] for m in others] == [hm.UNDELIVERABLE.code]
 
 
 def echo_card(tmp: Path, ca: pki.CertificateAuthority) -> Uid:
@@ -62,14 +94,8 @@ def echo_card(tmp: Path, ca: pki.CertificateAuthority) -> Uid:
         card.close()
 
 
-def assert_left_out_once(caplog: pytest.LogCaptureFixture) -> None:
-    """The transport said once that it left out the oversize echo reply, and why."""
-    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert f"mtype 0x{REPLY.code:04x}" in left_out and f"the frame limit is {LIMIT}" in left_out
-
-
-def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_rest(
-    tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
+def test_a_carried_connection_leaves_out_an_oversize_message_tells_its_card_and_carries_the_rest(
+    tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:
     uid = echo_card(tmp_path, ca)
     remote = Uid(os.urandom(12), 0)
@@ -88,26 +114,80 @@ def test_a_carried_connection_leaves_out_an_oversize_message_and_carries_the_res
         await carried.start("127.0.0.1", 0, carry)
         try:
             peer = await dial(*carried.address)  # the peer could take the big reply: only the carrier's limit refuses
+            others: list[Message] = []
             try:
                 await peer.send(REQUEST.make(remote, uid, rid=1, body=b"before"))
                 assert await replies(peer, 1) == [1]
+                assert await last_undeliverable(tmp_path / "h.sock", remote.domain) is None
                 # the oversize reply and one after it, handed to the writer together or one after the other
                 await peer.send_many([at_limit(remote, uid, 2), REQUEST.make(remote, uid, rid=3, body=b"after")])
-                assert await replies(peer, 1) == [3]
+                assert await replies(peer, 1, others) == [3]
                 await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))  # the writer went on
-                assert await replies(peer, 1) == [4]
+                assert await replies(peer, 1, others) == [4]
+                await assert_told_too_large(server, tmp_path / "h.sock", remote, others)
             finally:
                 await peer.aclose()
         finally:
             await carried.aclose()
             await server.aclose()
 
-    with caplog.at_level(logging.WARNING, logger="cardnet.transport"):
-        asyncio.run(go())
-    assert_left_out_once(caplog)
+    asyncio.run(go())
 
 
-def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the_rest(
+def test_a_link_to_a_remote_host_tells_the_card_of_an_oversize_message_instead_of_re_emitting_it(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """The host's link to a remote host (``[routes]``) refuses a card output above ``max_frame``: it used to be
+    logged and left unacknowledged, so every resend period re-emitted it and it was refused again, for ever."""
+    uid = echo_card(tmp_path, ca)
+    remote = Uid(os.urandom(12), 0)
+
+    async def go() -> None:
+        got: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def collect(conn: TcpConnection) -> None:  # the remote host: what the link writes to it
+            with contextlib.suppress(ClosedError, BrokenError):
+                async for msg in conn:
+                    got.put_nowait(msg)
+
+        far = TcpServer()
+        await far.start("127.0.0.1", 0, collect)
+        (tmp_path / "h.toml").write_text(
+            f'name = "h"\napp_socket = "h.sock"\nlisten = "127.0.0.1:0"\nmax_frame = {LIMIT}\n'
+            'resend_after_s = 0.05\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
+            f'[routes]\n"{remote.domain.hex()}" = "127.0.0.1:{far.address[1]}"\n'
+        )
+        server = HostServer(load_config(tmp_path / "h.toml"))
+        await server.start()
+        try:
+            assert server.listen_address is not None
+            peer = await dial(*server.listen_address)  # the remote host's connection to this one
+            try:
+                await peer.send_many([at_limit(remote, uid, 2), REQUEST.make(remote, uid, rid=3, body=b"after")])
+                others: list[Message] = []
+                async with asyncio.timeout(WAIT_S):
+                    while (msg := await got.get()).mtype != REPLY.code:
+                        others.append(msg)
+                assert REPLY.parse(msg)["rid"] == 3
+                # several resend periods: the oversize reply, acknowledged, is not re-emitted (nor refused again)
+                resent = server.host.resend_unacked() + server.host.resend_unacked()
+                assert resent == 0
+                await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))
+                async with asyncio.timeout(WAIT_S):
+                    while (msg := await got.get()).mtype != REPLY.code:
+                        others.append(msg)
+                assert REPLY.parse(msg)["rid"] == 4
+                await assert_told_too_large(server, tmp_path / "h.sock", remote, others)
+            finally:
+                await peer.aclose()
+        finally:
+            await server.aclose()
+            await far.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_applications_connection_leaves_out_an_oversize_message_says_so_and_sends_the_rest(
     tmp_path: Path, ca: pki.CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
     uid = echo_card(tmp_path, ca)
@@ -126,7 +206,11 @@ def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the
                 await app.send(hm.ACQUIRE.make(NOBODY, NOBODY))
                 me = hm.ACQUIRED.parse(await asyncio.wait_for(app.recv(), WAIT_S))["uid"]
                 await app.send_many([at_limit(me, uid, 1), REQUEST.make(me, uid, rid=2, body=b"after")])
-                assert await replies(app, 1) == [2]
+                others: list[Message] = []
+                assert await replies(app, 1, others) == [2]
+                # in the oversize reply's place: the host says the application missed one message, and which
+                assert [(m.mtype, m.src) for m in others] == [(hm.MISSED.code, uid)]
+                assert hm.MISSED.parse(others[0]) == {"count": 1, "mtype": REPLY.code}
                 await app.send(REQUEST.make(me, uid, rid=3, body=b"later"))  # the writer went on
                 assert await replies(app, 1) == [3]
             finally:
@@ -134,6 +218,7 @@ def test_an_applications_connection_leaves_out_an_oversize_message_and_sends_the
         finally:
             await server.aclose()
 
-    with caplog.at_level(logging.WARNING, logger="cardnet.transport"):
+    with caplog.at_level(logging.WARNING, logger="cardnet.host"):
         asyncio.run(go())
-    assert_left_out_once(caplog)
+    [said] = [r.getMessage() for r in caplog.records if "cannot take" in r.getMessage()]
+    assert f"0x{REPLY.code:04x}" in said and f"the frame limit is {LIMIT}" in said

@@ -8,26 +8,35 @@
         reply = await app.recv()
 
 The host fixes ``src``: this client can only send as ``app.uid``.
+
+An application that does not read its socket fast enough loses messages (the host queues at most 4,096 for it):
+the host then sends ``host.missed {count, mtype}`` in their place, which :meth:`AppClient.recv` returns like any
+message and counts in :attr:`AppClient.missed`. An application that gets it should read its card's state again
+(the wallet library does: ``Wallet.subscription`` gets a ``missed`` event with the card's vouchers and exchanges);
+an order whose answer was among the dropped messages gets none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any
 
 from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
 from cardnet.transport import DEFAULT_LIMITS, Limits, TcpConnection
-from cardnet.wire import Message, MType, Uid
+from cardnet.wire import DecodeError, Message, MType, Uid
 
 _NOBODY = Uid(bytes(12), 0)
+_MISSED = hm.MISSED.code
 
 
 class AppClient:
     def __init__(self, conn: TcpConnection, uid: Uid) -> None:
         self.conn = conn
         self.uid = uid
+        self.missed = 0  # messages the host dropped for this connection, as its host.missed notices said
 
     @classmethod
     async def connect(cls, path: str, *, card: bytes | None = None, limits: Limits = DEFAULT_LIMITS) -> AppClient:
@@ -51,13 +60,18 @@ class AppClient:
         await self.conn.send(msg)
 
     async def recv(self) -> Message:
-        return await self.conn.recv()
+        """The next message from the host (a ``host.missed`` notice too: it is counted in :attr:`missed`)."""
+        msg = await self.conn.recv()
+        if msg.mtype == _MISSED and msg.src == self.uid.card_uid():
+            with contextlib.suppress(DecodeError):
+                self.missed += hm.MISSED.parse(msg)["count"]
+        return msg
 
     async def recv_type(self, mtype: MType, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The params of the next message of ``mtype`` (others are skipped)."""
         async with asyncio.timeout(timeout_s):
             while True:
-                msg = await self.conn.recv()
+                msg = await self.recv()
                 if msg.mtype == mtype.code:
                     return mtype.parse(msg)
 

@@ -489,6 +489,12 @@ class Host:
             self._show(notice, HOST)  # observers see the host's own notices too; the Guards do not judge them
         self._enqueue(_Entry(notice, HOST))
 
+    def cannot_send(self, eff: SendRemote, reason: str) -> None:
+        """The driver will never carry ``eff`` (e.g. it is above its link's frame limit): acknowledge it to its
+        card, which would otherwise re-emit it for ever, and send its sender the ``host.undeliverable`` notice."""
+        ack, eff._ack = eff._ack, None
+        self._undeliverable(_Entry(eff.msg, CARD, ack), reason)
+
     def _remember_undeliverable(self, notice: Message) -> None:
         """Keep the last notice per (card, destination domain); warn once per new reason (the ticks resend)."""
         try:

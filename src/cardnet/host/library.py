@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
 from cardnet.wire import Message, MType, Uid
 
@@ -51,9 +52,12 @@ class Capability:
     def __init__(self, host: Host, uid: Uid) -> None:
         self._host = host
         self._uid = uid
-        self._inbox: deque[Message] = deque(maxlen=MAX_INBOX)
+        self._inbox: deque[Message] = deque()
         self._handlers: list[tuple[Filter, Handler]] = []
         self._closed = False
+        self._missed = 0  # dropped from the inbox since the last host.missed notice
+        self._first_missed = 0
+        self.missed_total = 0
 
     @property
     def uid(self) -> Uid:
@@ -78,11 +82,14 @@ class Capability:
         self._handlers.append((Filter(mtype=code, src=src), handler))
 
     def receive(self) -> Message | None:
-        """The oldest message not taken by a handler, or None."""
+        """The oldest message not taken by a handler, or None (``host.missed`` first if the inbox overflowed)."""
+        if self._missed:
+            return self._missed_notice()
         return self._inbox.popleft() if self._inbox else None
 
     def receive_all(self) -> list[Message]:
-        out = list(self._inbox)
+        out = [self._missed_notice()] if self._missed else []
+        out += self._inbox
         self._inbox.clear()
         return out
 
@@ -91,7 +98,18 @@ class Capability:
             if flt.matches(msg):
                 handler(msg)
                 return
-        self._inbox.append(msg)
+        inbox = self._inbox
+        if len(inbox) >= MAX_INBOX:  # the oldest goes; the application is told (host.missed, in its place)
+            lost = inbox.popleft()
+            if not self._missed:
+                self._first_missed = lost.mtype
+            self._missed += 1
+            self.missed_total += 1
+        inbox.append(msg)
+
+    def _missed_notice(self) -> Message:
+        count, self._missed = self._missed, 0
+        return hm.MISSED.make(self._uid.card_uid(), self._uid, count=min(count, 0xFFFFFFFF), mtype=self._first_missed)
 
     def close(self) -> None:
         if not self._closed:

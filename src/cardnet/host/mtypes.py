@@ -58,3 +58,12 @@ RELAY = register(
 RELAYING = register(
     0x0116, "host.relaying", "host", Schema("host.relaying", [Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES))])
 )
+# The host dropped messages for an application that did not read its socket (its queue was full) or that were
+# above its connection's frame limit: ``count`` of them, the first of type ``mtype``. Sent in their place, as soon
+# as the application's queue has room again; the application should read its card's state again.
+MISSED = register(
+    0x0117,
+    "host.missed",
+    "host",
+    Schema("host.missed", [Field(0, "count", UInt(0xFFFFFFFF)), Field(1, "mtype", UInt(0xFFFF))]),
+)

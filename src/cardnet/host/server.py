@@ -163,9 +163,10 @@ class Carrier:
     """Sends remote traffic over a connection this host did not dial (see :meth:`HostServer.carry`).
 
     Like a link's queue: at most ``LINK_QUEUE`` messages wait; what does not fit stays unacknowledged in its card's
-    outbox and is re-emitted later (``resend_unacked``). A message above the connection's frame limit costs only
-    itself (:func:`~cardnet.transport.send_batch`): it is left out and logged, the others are written in order and
-    the writer goes on (the cards' protocols resend what got no answer).
+    outbox and is re-emitted later (``resend_unacked``). A message above the connection's frame limit is refused
+    when it is queued (``oversize``, as a link does): the host sends its card a ``host.undeliverable`` notice
+    instead. Should one reach the writer anyway, it costs only itself (:func:`~cardnet.transport.send_batch`): it
+    is left out and logged, the others are written in order and the writer goes on.
     """
 
     def __init__(self, conn: Connection, label: str) -> None:
@@ -175,13 +176,27 @@ class Carrier:
         self._ready = asyncio.Event()
 
     def send_many_nowait(self, msgs: Sequence[Message]) -> int:
-        n = max(0, min(len(msgs), LINK_QUEUE - len(self._queue)))
-        self._queue.extend(msgs[:n])
+        """Queue ``msgs`` in order up to the first one :meth:`send_nowait` would refuse; how many (as a link)."""
+        room = LINK_QUEUE - len(self._queue)
+        max_frame = self.conn.limits.max_frame
+        n = 0
+        for msg in msgs:
+            if n >= room or msg.size > max_frame:
+                break
+            n += 1
         if n:
+            self._queue.extend(msgs[:n])
             self._ready.set()
         return n
 
     def send_nowait(self, msg: Message) -> None:
+        """Queue ``msg``; ``TransportError('oversize')`` above the connection's frame limit (it would never fit),
+        ``queue_full`` when ``LINK_QUEUE`` messages wait."""
+        max_frame = self.conn.limits.max_frame
+        if msg.size > max_frame:
+            raise TransportError(
+                "oversize", f"message is {msg.size} bytes, the frame limit is {max_frame}: send it in chunks"
+            )
         if self.send_many_nowait([msg]) != 1:
             raise TransportError("queue_full", f"{self.label} already queues {len(self._queue)} messages")
 
@@ -195,6 +210,73 @@ class Carrier:
                 batch = list(self._queue)
                 self._queue.clear()
                 await send_batch(self.conn, batch)  # no refusal to put in an oversize message's place: left out
+
+
+class AppOutbox:
+    """What the host has for one application on its socket: at most ``APP_QUEUE`` messages wait for its writer.
+
+    An application that does not read its socket fills it; what does not fit is dropped (the card's output was
+    acknowledged already: its sink took it), and so is a message above the connection's frame limit. Neither is
+    silent: the application gets ``host.missed {count, mtype}`` (how many, the first one's type) in their place
+    in the stream, as soon as there is room again (the writer took a batch, or the next message comes), so it
+    knows to read its card's state again. The log says once when an application starts missing messages and once
+    how many it missed when it is told.
+    """
+
+    def __init__(self, uid: Uid, max_frame: int, label: str) -> None:
+        self.uid = uid
+        self.max_frame = max_frame
+        self.label = label
+        self.missed = 0  # dropped since the last notice
+        self.missed_total = 0
+        self._first_missed = 0
+        self._queue: deque[Message] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, msg: Message) -> None:
+        """Queue ``msg`` for the application (never waits), or drop it and count it for the notice."""
+        if self.missed:
+            self._notice()  # in the dropped messages' place, before anything newer
+        if len(self._queue) >= APP_QUEUE:
+            self._drop(msg, "is not reading")
+        elif msg.size > self.max_frame:
+            self._drop(msg, f"cannot take a {msg.size}-byte message (the frame limit is {self.max_frame})")
+            self._notice()
+        else:
+            self._queue.append(msg)
+            self._ready.set()
+
+    async def take(self) -> list[Message]:
+        """The messages waiting (at least one, at most ``APP_WRITE_BATCH``), oldest first."""
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(len(queue), APP_WRITE_BATCH))]
+        if self.missed:
+            self._notice()  # there is room again
+        return batch
+
+    def _drop(self, msg: Message, why: str) -> None:
+        if not self.missed:
+            log.warning("%s: application %s %s: dropped 0x%04x (it is told how many it missed, host.missed)",
+                        self.label, self.uid, why, msg.mtype)  # fmt: skip
+            self._first_missed = msg.mtype
+        self.missed += 1
+        self.missed_total += 1
+
+    def _notice(self) -> None:
+        if len(self._queue) >= APP_QUEUE:
+            return
+        count, self.missed = self.missed, 0
+        log.warning("%s: application %s missed %d message(s) (the first 0x%04x): told it", self.label, self.uid,
+                    count, self._first_missed)  # fmt: skip
+        self._queue.append(hm.MISSED.make(self.uid.card_uid(), self.uid, count=min(count, 0xFFFFFFFF),
+                                          mtype=self._first_missed))  # fmt: skip
+        self._ready.set()
 
 
 class HostServer:
@@ -217,6 +299,7 @@ class HostServer:
         self._links: dict[str, ReconnectingLink] = {}
         self._carriers: dict[str, Carrier] = {}
         self._carried = 0
+        self._app_outboxes: dict[Uid, AppOutbox] = {}  # the connected applications' (for app_missed)
         self._tcp: TcpServer | None = None
         self._unix: TcpServer | None = None
         self._server_tls: ssl.SSLContext | None = None
@@ -233,6 +316,11 @@ class HostServer:
             self._server_tls, self._client_tls = tls_contexts(
                 config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.ca.read_bytes()
             )
+
+    @property
+    def app_missed(self) -> int:
+        """Messages dropped for the applications connected now (each application was or will be told)."""
+        return sum(o.missed_total for o in self._app_outboxes.values())
 
     @property
     def listen_address(self) -> tuple[str, int] | None:
@@ -361,8 +449,11 @@ class HostServer:
                 try:
                     link.send_nowait(eff.msg)
                 except TransportError as exc:
+                    if exc.reason == "oversize":  # it never fits: its sender is told, as for any undeliverable one
+                        self.host.cannot_send(eff, f"too large for the link to {address}: {exc}")
+                        self.wake()
                     failed[str(exc)] = failed.get(str(exc), 0) + 1
-                    continue
+                    continue  # (otherwise unacknowledged: re-emitted later, see resend_after_s)
                 eff.sent()
             for why, n in failed.items():
                 log.warning("%s: cannot send %d message(s) to %s: %s", self.config.name, n, address, why)
@@ -442,7 +533,6 @@ class HostServer:
     # -- applications -----------------------------------------------------------------
     async def _accept_app(self, conn: TcpConnection) -> None:
         uid: Uid | None = None
-        queue: asyncio.Queue[Message] = asyncio.Queue(APP_QUEUE)
         writer_task: asyncio.Task[None] | None = None
         try:
             first = await conn.recv()
@@ -461,32 +551,29 @@ class HostServer:
                 await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=str(exc)[:200]))
                 return
 
-            def sink(msg: Message) -> None:
-                try:
-                    queue.put_nowait(msg)
-                except asyncio.QueueFull:
-                    log.warning("%s: application %s is not reading: dropped 0x%04x", self.config.name, uid, msg.mtype)
-
-            self.host.attach_app(uid, sink)
+            outbox = AppOutbox(uid, conn.limits.max_frame, self.config.name)
+            self.host.attach_app(uid, outbox.put)
             await conn.send(hm.ACQUIRED.make(uid.card_uid(), uid, uid=uid))
-            writer_task = asyncio.get_running_loop().create_task(self._app_writer(conn, queue))
+            self._app_outboxes[uid] = outbox
+            writer_task = asyncio.get_running_loop().create_task(self._app_writer(conn, outbox))
             async for msg in conn:
                 if msg.src != uid:
                     log.warning("%s: application %s tried to send as %s: refused", self.config.name, uid, msg.src)
-                    queue.put_nowait(
+                    outbox.put(  # (a full queue counts it as missed, like anything else for the application)
                         hm.REFUSED.make(uid.card_uid(), uid, mtype=msg.mtype, reason=f"this connection is {uid}")
                     )
                     continue
                 try:
                     self.host.submit(msg, Origin("app", str(uid)))
                 except HostError as exc:
-                    queue.put_nowait(hm.REFUSED.make(uid.card_uid(), uid, mtype=msg.mtype, reason=str(exc)[:200]))
+                    outbox.put(hm.REFUSED.make(uid.card_uid(), uid, mtype=msg.mtype, reason=str(exc)[:200]))
                 self.wake()
         except (ClosedError, BrokenError):
             pass
         finally:
             if uid is not None:
                 self.host._detach_app(uid)
+                self._app_outboxes.pop(uid, None)
             if writer_task is not None:
                 writer_task.cancel()
             await conn.aclose()
@@ -510,16 +597,13 @@ class HostServer:
         log.info("%s: an application relays domain %s", self.config.name, domain.hex())
         await self.carry(conn, [domain], label=f"relay of {domain.hex()}")
 
-    async def _app_writer(self, conn: TcpConnection, queue: asyncio.Queue[Message]) -> None:
+    async def _app_writer(self, conn: TcpConnection, outbox: AppOutbox) -> None:
         """Send an application what the host has for it, in order, everything waiting at once (one write, not one
-        a message: a busy card pushes hundreds of changes a second); a message above the connection's frame limit
-        is left out and logged, and the writer goes on (it used to end, the connection staying open)."""
+        a message: a busy card pushes hundreds of changes a second). A message above the connection's frame limit
+        never gets this far (:class:`AppOutbox`); ``send_batch`` would leave it out, and the writer go on."""
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
-                batch = [await queue.get()]
-                while not queue.empty() and len(batch) < APP_WRITE_BATCH:
-                    batch.append(queue.get_nowait())
-                await send_batch(conn, batch)
+                await send_batch(conn, await outbox.take())
 
     # -- life cycle --------------------------------------------------------------------
     async def serve_forever(self) -> None:
