@@ -186,9 +186,28 @@ class Authenticated:
         except CryptoError:
             raise _fail("bad_mac", f"the {self.NAME} MAC is wrong: not made with this card's purse key") from None
 
-    def _check_mac_field(self) -> None:
-        if not isinstance(self.mac, bytes) or len(self.mac) != MAC_BYTES:
-            raise _fail("bad_mac", f"a {self.NAME} MAC is {MAC_BYTES} bytes")
+    def __post_init__(self) -> None:
+        """Every field's value checked, in the order of the fields (the first bad one is reported)."""
+        for f in fields(self):  # type: ignore[arg-type]  # (each message is a dataclass)
+            name = f.name
+            if name == "mac":
+                if not isinstance(self.mac, bytes) or len(self.mac) != MAC_BYTES:
+                    raise _fail("bad_mac", f"a {self.NAME} MAC is {MAC_BYTES} bytes")
+            else:
+                _FIELD_CHECKS[name](getattr(self, name), name)
+
+
+# how each message field's value is checked (the field's name is passed for the error message)
+_FIELD_CHECKS: dict[str, Callable[[object, str], object]] = {
+    "uid": lambda v, _: _check_uid(v),
+    "n": _check_counter,
+    "m": _check_counter,
+    "rc": _check_nonce,
+    "rs": _check_nonce,
+    "poid": lambda v, _: check_poid(v),
+    "currency": lambda v, _: check_currency(v),
+    "amount": lambda v, _: check_amount(v),
+}
 
 
 def _schemas(name: str, *body: Field) -> tuple[Schema, Schema]:
@@ -209,15 +228,6 @@ class S1(Authenticated):
     amount: int
     mac: bytes
 
-    def __post_init__(self) -> None:
-        _check_uid(self.uid)
-        _check_counter(self.n, "n")
-        _check_nonce(self.rc, "rc")
-        check_poid(self.poid)
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class S2(Authenticated):
@@ -232,15 +242,6 @@ class S2(Authenticated):
     currency: str
     amount: int
     mac: bytes
-
-    def __post_init__(self) -> None:
-        check_poid(self.poid)
-        _check_counter(self.n, "n")
-        _check_nonce(self.rc, "rc")
-        _check_nonce(self.rs, "rs")
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -257,15 +258,6 @@ class S3(Authenticated):
     amount: int
     mac: bytes
 
-    def __post_init__(self) -> None:
-        _check_uid(self.uid)
-        check_poid(self.poid)
-        _check_counter(self.n, "n")
-        _check_nonce(self.rs, "rs")
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class L1(Authenticated):
@@ -279,14 +271,6 @@ class L1(Authenticated):
     currency: str
     amount: int
     mac: bytes
-
-    def __post_init__(self) -> None:
-        _check_uid(self.uid)
-        _check_counter(self.m, "m")
-        _check_nonce(self.rc, "rc")
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -302,14 +286,6 @@ class L2(Authenticated):
     amount: int
     mac: bytes
 
-    def __post_init__(self) -> None:
-        _check_counter(self.m, "m")
-        _check_nonce(self.rc, "rc")
-        _check_nonce(self.rs, "rs")
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class L3(Authenticated):
@@ -323,14 +299,6 @@ class L3(Authenticated):
     currency: str
     amount: int
     mac: bytes
-
-    def __post_init__(self) -> None:
-        _check_uid(self.uid)
-        _check_counter(self.m, "m")
-        _check_nonce(self.rs, "rs")
-        check_currency(self.currency)
-        check_amount(self.amount)
-        self._check_mac_field()
 
 
 MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3)
