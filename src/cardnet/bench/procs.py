@@ -27,6 +27,7 @@ from cardnet.errors import CardnetError
 from cardnet.wire import Uid
 
 START_TIMEOUT_S = 30.0
+START_EACH_S = 3.0  # more time per process started beside it: they share the cores while they import and open
 STOP_TIMEOUT_S = 10.0
 READY = ("ready", '{"ready"')  # how a host's ready line starts (the second with --json)
 
@@ -205,8 +206,11 @@ class HostSet:
         self.stop()
 
     def start(self) -> None:
-        """Start every host at once (each waits for its own ``ready`` line)."""
+        """Start every host at once (each waits for its own ``ready`` line, for longer the more start together:
+        35 processes importing and opening their stores at once on 2 busy cores took more than 30 s)."""
         procs = self.procs()
+        for hp in procs:
+            hp.start_timeout_s = max(hp.start_timeout_s, START_TIMEOUT_S + START_EACH_S * len(procs))
         with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
             list(pool.map(HostProc.start, procs))
 
