@@ -15,6 +15,7 @@ from cardnet.bench.trnnet import TrnNet
 
 T1 = "00112233445566778899aabbccddeeff"
 T2 = "ffeeddccbbaa99887766554433221100"
+T3 = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f"  # held by nobody
 
 
 @pytest.fixture
@@ -68,6 +69,32 @@ def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> Non
     assert again["reason"] == "refused" and "not an offer waiting" in again["message"], again
     bad = error_json(cli("exchange", "status", *args(net, "a"), "--id", "1234", "--json"))
     assert "32 hex digits" in bad["message"], bad
+
+    # an offer wanting a voucher b does not hold: b's accept says to reject it, and the rejection says why it ended
+    offered = ok_json(cli("exchange", "offer", *args(net, "a"), "--give", T2, "--want", T3, "--to",
+                          str(net.uids["b"]), "--json"))  # fmt: skip
+    xid = offered["id"]
+    asyncio.run(until_offered(net, "b", xid))
+    cannot = error_json(cli("exchange", "accept", *args(net, "b"), "--id", xid, "--json"))
+    assert cannot["reason"] == "illegal_move" and f"cardnet exchange reject --id {xid}" in cannot["hint"], cannot
+    rejected = cli("exchange", "reject", *args(net, "b"), "--id", xid)
+    assert rejected.returncode == 0 and "your voucher is yours again (you rejected it)" in rejected.stdout, rejected
+
+    async def told() -> None:
+        async with asyncio.timeout(60):
+            while exchanges(net, "a")[xid]["phase"] != "aborted":
+                await asyncio.sleep(0.2)
+
+    asyncio.run(told())
+    status = cli("exchange", "status", *args(net, "a"), "--id", xid)
+    assert "(the other owner rejected it)" in status.stdout, status
+    asyncio.run(until(net, "a", bytes.fromhex(T2), "enabled"))
+
+
+async def until_offered(net: TrnNet, card: str, xid: str) -> None:
+    async with asyncio.timeout(60):
+        while exchanges(net, card).get(xid, {}).get("phase") != "proposed":
+            await asyncio.sleep(0.2)
 
 
 def test_ttp_run_refuses_a_config_without_a_ttp_card(tmp_path: Path) -> None:

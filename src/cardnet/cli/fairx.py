@@ -36,6 +36,7 @@ def _id(text: str) -> bytes:
     return hex16(text, "an exchange id (as `cardnet exchange offer` prints it)")
 
 
+WAIT_HELP = "Seconds to wait for the exchange to end (0: answer at once; `status` shows how it goes)."
 ID = click.option("--id", "xid", required=True, help="The exchange's id (32 hex, from `offer` or `list`).")
 
 
@@ -62,6 +63,15 @@ HINTS = {
 }
 
 
+# An order's own hints, where the protocol-wide one would mislead.
+ORDER_HINTS = {
+    "accept": {
+        "illegal_move": "the offer wants a voucher this card does not hold usable (`cardnet exchange list` shows "
+        "what it wants, `cardnet trn list` what you hold): reject it with `cardnet exchange reject --id {id}`",
+    },
+}
+
+
 def exchange_row(x: Any) -> dict[str, Any]:
     """An :class:`~cardnet.services.wallet.Exchange` as a row (JSON, tables), its phase in its owner's words."""
     row = {
@@ -72,11 +82,27 @@ def exchange_row(x: Any) -> dict[str, Any]:
         row["offered"] = x.body.decode("utf-8", "replace")
     if x.why:
         row["why"] = x.why
+        row["state"] = f"{row['state']} ({why_words(x.role, x.why)})"
     return row
 
 
+def why_words(role: str, why: str) -> str:
+    """Why an exchange ended without a swap, in its owner's words (a refusal's reason as the card keeps it)."""
+    if why == "refused_by_owner":
+        return "you rejected it" if role == "responder" else "the other owner rejected it"
+    return WHY_WORDS.get(why, why)
+
+
+WHY_WORDS = {
+    "busy": "the other card has too many offers waiting: offer again later",
+    "gave up": "you gave it up",
+    "aborted by the TTP": "the TTP aborted it",
+}
+
+
 def report_exchange(as_json: bool, x: Any, text: str) -> None:
-    say(as_json, exchange_row(x), f"{text}\nexchange {x.n1.hex()}: {PHASE_WORDS.get(x.phase, x.phase)}")
+    row = exchange_row(x)
+    say(as_json, row, f"{text}\nexchange {x.n1.hex()}: {row['state']}")
 
 
 @click.group()
@@ -90,7 +116,7 @@ def exchange() -> None:
     click.option("--give", required=True, help="Your voucher (oid, 32 hex), held enabled on this card."),
     click.option("--want", required=True, help="The voucher you want (oid, 32 hex), held by the other card."),
     click.option("--to", "to", required=True, help="The other card's Uid (DOMAIN:00000000)."),
-    click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for the exchange to end."),
+    click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help=WAIT_HELP),
 )
 def exchange_offer(
     socket: str, pin: str | None, card: str | None, give: str, want: str, to: str, wait_s: float, as_json: bool
@@ -100,7 +126,11 @@ def exchange_offer(
     g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
 
     x = _with_wallet(socket, pin, card, lambda wallet: offer_exchange(wallet, g, w, dst, wait_s))
-    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}.")
+    then = (
+        f"the other owner sees it with `cardnet exchange list` and accepts it with `cardnet exchange accept --id "
+        f"{x.n1.hex()}` (or rejects it)"
+    )
+    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}; {then}.")
 
 
 async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s: float) -> Any:
@@ -133,15 +163,19 @@ def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool)
     if as_json:
         emit_json({"exchanges": rows})
         return
-    print_rows(rows, ("id", "role", "peer", "give", "want", "state"), title="exchanges", empty="no exchanges")
+    columns = ("id", "role", "peer", "give", "want", "offered", "state")  # offered: the body of a voucher offered
+    print_rows(rows, columns, title="exchanges", empty="no exchanges")
 
 
 def _order(name: str, doc: str, method: str, done: str) -> None:
-    @wallet_command(name, ID, click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait."))
+    wait = click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help=WAIT_HELP)
+
+    @wallet_command(name, ID, wait)
     def command(socket: str, pin: str | None, card: str | None, xid: str, wait_s: float, as_json: bool) -> None:
         n1 = _id(xid)
-
-        x = _with_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s))
+        own = {k: v.format(id=n1.hex()) for k, v in ORDER_HINTS.get(name, {}).items()}
+        hints = {**HINTS, "refused": f"`cardnet exchange status --id {n1.hex()}` shows how this exchange stands", **own}
+        x = run_on_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
         report_exchange(as_json, x, done)
 
     command.help = doc

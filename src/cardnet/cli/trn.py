@@ -302,6 +302,7 @@ STATUS_WORDS = {
     "trustless_disabled": "arriving: waiting for the sender's commit",
     "trustless": "arrived: waiting for the authority's trace",
     "offered": "offered to you: `cardnet trn accept` or `reject` it",
+    "exchanging": "locked in an exchange: it goes, or is yours again, when it ends (`cardnet exchange list`)",
 }
 
 
