@@ -39,6 +39,9 @@ under a larger limit) costs only itself: a plain ``malformed`` refusal to the
 same request id goes in its place (:func:`too_large`). A batch
 that fails (nothing of it was accepted) closes the connections it had requests
 of, after their earlier replies: their clients send the requests again.
+:meth:`VendorServer.aclose` stops in order: no request is taken any more, the
+batches taken are committed and their replies written (bounded by
+``close_wait_s``), then the connections are closed.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ SLOW_COMMIT_S = 0.001  # a commit slower than this (moving average) moves to a w
 ROW_ALLOWANCE_S = 10e-6  # what writing one spent record may take before the commit counts as slow
 PROBE_EVERY = 256  # batches committed in the worker before one is timed on the event loop again
 PRUNE_PAGE = 1000
+CLOSE_WAIT_S = 10.0  # how long a stopping server waits for the batches in progress and their replies
 VENDOR_INDEXES = range(0x00, 0x80)  # indexes the vendor mints under; 0x80-0xff are for licensed brokers
 SERVICE_UID = Uid(b"\x00" * 12, 0)
 
@@ -667,6 +671,10 @@ class VendorCore:
 _Item = tuple[list[Message], asyncio.Future[list[Message]]]  # a connection's requests and their replies
 
 
+class _Stopping(Exception):
+    """The server stopped before these requests joined a batch: nothing of them was decided."""
+
+
 class VendorServer:
     """Serves :class:`VendorCore` over TCP with group commit.
 
@@ -674,6 +682,8 @@ class VendorServer:
     after the first batch that accepted scrip has committed and before any
     reply leaves: the integration tests use it to crash between accepting and
     replying.
+
+    :meth:`aclose` stops in order, within ``close_wait_s``: see there.
     """
 
     def __init__(
@@ -686,19 +696,26 @@ class VendorServer:
         slow_commit_s: float = SLOW_COMMIT_S,
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
         limits: Limits = DEFAULT_LIMITS,
+        close_wait_s: float = CLOSE_WAIT_S,
     ) -> None:
         self.core = core
+        self.close_wait_s = close_wait_s
         self.clock = clock
         self.prune_every_s = prune_every_s
         self.failpoint = failpoint
         self.slow_commit_s = slow_commit_s  # commits slower than this run in a worker thread (see _committer)
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=1024)
-        self._prepared: asyncio.Queue[tuple[Batch, list[_Item]]] = asyncio.Queue(maxsize=1)  # one waits, one commits
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=1024)  # None: stop (see aclose)
+        # one waits, one commits; None: stop once the batches before it are committed
+        self._prepared: asyncio.Queue[tuple[Batch, list[_Item]] | None] = asyncio.Queue(maxsize=1)
         self._quiet = asyncio.Event()  # set while no transaction is writing (see _preparer)
         self._quiet.set()
         self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
         self._max_frame = limits.max_frame
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # set by aclose: requests read from now on are not taken
+        self._stop = asyncio.Event()  # ends the pruner's wait
+        self._closed = asyncio.Event()  # aclose has ended
+        self._idle: set[asyncio.Event] = set()  # per connection: set while its sender has nothing left to write
         self.batches = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -717,12 +734,46 @@ class VendorServer:
         return self._server.address
 
     async def aclose(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await self._server.aclose()
+        """Stop in order: take no more requests, commit the batches already taken and write their replies, then
+        close every connection; within ``close_wait_s``.
+
+        A request read after the stop began, or queued but not yet in a batch, is not answered (nothing of it
+        was decided): its connection is closed after the replies before it, and the client sends it again to
+        the vendor once it runs again. A batch whose transaction has begun is committed whatever happens (it
+        cannot be called back); if that, or writing the replies to a slow client, takes longer than
+        ``close_wait_s``, the server closes anyway (logged): those replies are stored with their spent records,
+        and each customer's resend of the same request fetches its own.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._stop.set()
+        try:
+            async with asyncio.timeout(self.close_wait_s):
+                if self._tasks:
+                    await self._queue.put(None)  # the preparer ends here, the committer after what was taken
+                    await asyncio.wait(self._tasks)
+                while not self._queue.empty():  # put by a reader that was waiting for room: never taken
+                    item = self._queue.get_nowait()
+                    if item is not None and not item[1].done():
+                        item[1].set_exception(_Stopping("the vendor stopped before this request was decided"))
+                await asyncio.gather(*(idle.wait() for idle in list(self._idle)))
+        except TimeoutError:
+            log.warning(
+                "stopping after %g s with batches or replies still in progress: what was committed is stored with "
+                "its reply; their customers fetch it when they send the same request again",
+                self.close_wait_s,
+            )
+        try:
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await self._server.aclose()
+        finally:
+            self._closed.set()
 
     async def _serve(self, conn: TcpConnection) -> None:
         """Read batches of requests; each batch joins the commit queue; replies leave in order.
@@ -736,6 +787,9 @@ class VendorServer:
         """
         pending: deque[asyncio.Future[list[Message]]] = deque()
         wake = asyncio.Event()
+        idle = asyncio.Event()  # nothing left to write (what aclose waits for)
+        idle.set()
+        self._idle.add(idle)
         done = False
         loop = asyncio.get_running_loop()
 
@@ -743,6 +797,7 @@ class VendorServer:
             try:
                 while True:
                     while not pending:
+                        idle.set()
                         if done:
                             return
                         wake.clear()
@@ -757,6 +812,10 @@ class VendorServer:
                         failed = exc
                     if out:
                         await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
+                    if isinstance(failed, _Stopping):
+                        log.info("closing the connection from %s: %s; the client sends it again", conn.peer.label,
+                                 failed)  # fmt: skip
+                        return
                     if failed is not None:
                         log.warning(
                             "closing the connection from %s: a batch of its requests failed (%s); nothing of it was "
@@ -764,6 +823,7 @@ class VendorServer:
                         )  # fmt: skip
                         return
             finally:
+                idle.set()
                 if not done:  # the sender stops before the reader: no reply would leave, so the connection ends
                     conn.close()
 
@@ -774,16 +834,23 @@ class VendorServer:
                     msgs = await conn.recv_many()
                 except (BrokenError, ClosedError):
                     break
+                if self._closing:  # not decided, not answered: the client sends it again
+                    break
                 fut: asyncio.Future[list[Message]] = loop.create_future()
                 pending.append(fut)
+                idle.clear()
                 wake.set()
                 await self._queue.put((msgs, fut))
+        except asyncio.CancelledError:  # the server closes this connection: nothing more will be written
+            task.cancel()
+            raise
         finally:
             done = True
             wake.set()
-            with contextlib.suppress(BrokenError, ClosedError, TransportError):
+            with contextlib.suppress(BrokenError, ClosedError, TransportError, asyncio.CancelledError):
                 await task
             task.cancel()
+            self._idle.discard(idle)
             for fut in pending:  # replies no one will send (the connection ended first)
                 if not fut.cancel() and not fut.cancelled():
                     fut.exception()  # a failed batch's error, logged by the committer: retrieved here
@@ -799,11 +866,18 @@ class VendorServer:
         busy event loop; the fsync does not.
         """
         q = self._queue
-        while True:
-            items = [await q.get()]
-            n = len(items[0][0])
+        stopping = False
+        while not stopping:
+            first = await q.get()
+            if first is None:
+                break
+            items = [first]
+            n = len(first[0])
             while n < MAX_BATCH and not q.empty():
                 item = q.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
                 items.append(item)
                 n += len(item[0])
             msgs = [m for ms, _ in items for m in ms]
@@ -820,6 +894,7 @@ class VendorServer:
                         fut.set_exception(exc)
                 continue
             await self._prepared.put((batch, items))
+        await self._prepared.put(None)  # the committer ends after the batches before it
 
     async def _committer(self) -> None:
         """Commit prepared batches in order, one at a time; then release their replies.
@@ -842,7 +917,10 @@ class VendorServer:
             loop.call_soon_threadsafe(quiet.set)
 
         while True:
-            batch, items = await self._prepared.get()
+            got = await self._prepared.get()
+            if got is None:  # the server stops: every batch taken is committed and its replies released
+                return
+            batch, items = got
             quiet.clear()
             try:
                 if measured > self.slow_commit_s and threaded < PROBE_EVERY:
@@ -878,10 +956,18 @@ class VendorServer:
             await asyncio.sleep(0)
 
     async def _pruner(self) -> None:
+        """Prune every ``prune_every_s`` until the server stops (a page being pruned is finished first)."""
         while True:
-            await asyncio.sleep(self.prune_every_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.prune_every_s):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
             try:
-                while await asyncio.to_thread(self.core.prune, int(self.clock())) == PRUNE_PAGE:
+                while (
+                    await asyncio.to_thread(self.core.prune, int(self.clock())) == PRUNE_PAGE
+                    and not self._stop.is_set()
+                ):
                     pass
             except CardnetError as exc:
                 log.warning("pruning the spent list failed: %s", exc)
