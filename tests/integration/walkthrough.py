@@ -5,8 +5,9 @@ The page is parsed, not copied: ``<!-- file: NAME -->`` before a fenced block wr
 
 * ``export K=V`` sets the environment; a line ending in `` \\`` goes on on the next.
 * A command ending in ``&`` starts in the background, as bash job 1, 2, ..., and must print its ``ready``
-  line; ``kill %N`` (``; wait %N``) stops job N. The lines after its ``ready`` line are what it shows later:
-  they are checked once it is stopped.
+  line; ``kill %N`` (``; wait %N``) stops job N; ``wait %N`` alone waits for job N to end by itself (it must, and
+  with exit status 0 unless an expected line says ``error:``). The lines after its ``ready`` line are what it
+  shows later: they are checked once it is stopped or has ended.
 * ``…`` elides a line, or a part of one (the parts around it must appear in that order); a table row matches
   cell by cell, ``…`` for any cell; an output line starting ``error:`` (or, under ``--json``, an
   ``"error"`` object) means a non-zero exit.
@@ -167,8 +168,18 @@ def run_page(doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_comman
     jobs: dict[int, tuple[subprocess.Popen[str], Path, list[str], str]] = {}
     ran: list[Ran] = []
 
-    def stop(number: int) -> None:
+    def stop(number: int, *, wait: bool = False) -> None:
         proc, log, expected, command = jobs.pop(number)
+        if wait:
+            try:
+                code = proc.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+                raise AssertionError(
+                    f"{name}: `{command}` did not end within {WAIT_S:.0f} s:\n{log.read_text()}"
+                ) from None
+            failing = any(e.startswith("error:") for e in expected)
+            assert (code != 0) == failing, f"{name}: `{command}` ended with exit {code}:\n{log.read_text()}"
         stop_process(proc)
         printed = log.read_text()
         missing = shown([learnt.apply(e) for e in expected], printed)
@@ -190,6 +201,9 @@ def run_page(doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_comman
                 continue
             if m := re.fullmatch(r"kill %(\d+)(?:; wait %\1)?", command):
                 stop(int(m.group(1)))
+                continue
+            if m := re.fullmatch(r"wait %(\d+)", command):
+                stop(int(m.group(1)), wait=True)
                 continue
             assert command.startswith(COMMANDS), command
             shell = local(command)

@@ -309,7 +309,13 @@ def _read_run(path: str) -> tuple[Any, float, float]:
 )
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
 @click.option("--round-ms", type=float, default=100.0, show_default=True, help="The round deadline.")
-@click.option("--rho-max", type=click.IntRange(0, MAX_RHO), default=DEFAULT_RHO_MAX, show_default=True)
+@click.option(
+    "--rho-max",
+    type=click.IntRange(0, MAX_RHO),
+    default=DEFAULT_RHO_MAX,
+    show_default=True,
+    help="Fake rounds are 0..rho-max (drawn by the modules, hidden from the hosts).",
+)
 @click.option(
     "--start-in",
     type=float,
@@ -381,6 +387,13 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     from cardnet.services.smc.controller import Module, Party, SmcError
 
     spec, round_s, start_at = _read_run(run_file)
+    if time.time() > start_at:
+        fail(
+            f"run {spec.run.hex()} started at {_clock(start_at)}, {time.time() - start_at:.0f} s ago: a module joins "
+            "and takes its input before the first round",
+            reason="too_late",
+            hint="ask for a new run file (`cardnet smc plan ... --start-in 30`) and join before it starts",
+        )
     fn = REGISTRY.get(spec.terms.function)
     try:
         raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
@@ -392,10 +405,28 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     async def go() -> tuple[Any, float]:
         module = await Module.open(socket, pin=key, card=domain)
         try:
+            if module.card not in spec.members:
+                raise SmcError("not_a_member", f"the card {module.card} is not a member of run {spec.run.hex()}")
+            if not as_json:  # the first line: what this party is waiting for (the rounds start for all at once)
+                console.print(
+                    f"joining run {spec.run.hex()} as module {spec.members.index(module.card)} of {spec.n} "
+                    f"({fn.name}, t={spec.terms.t}): the rounds start at {_clock(start_at)}, in "
+                    f"{max(0.0, start_at - time.time()):.0f} s; every member must join by then",
+                    markup=False,
+                )
             party = Party(module, spec)
             ready = await party.prepare(max(0.5, start_at - time.time() - round_s))
-            if not ready and not as_json:
-                console.print(f"not every member joined by the start ({party.state.get('joined')} of {spec.n})")
+            joined, least = int(party.state.get("joined", 0)), spec.n - spec.terms.t
+            if not ready and not as_json and party.agreed:
+                console.print(
+                    f"{joined} of {spec.n} members joined by the start: the run goes on without the others "
+                    f"(at least n - t = {least} must join), whose inputs count as missing"
+                )
+            elif not ready and not as_json:
+                console.print(
+                    f"only {joined} of {spec.n} members joined by the start, fewer than n - t = {least}: this "
+                    "module takes no input and no part in the run"
+                )
             if party.agreed:
                 await party.give_input(raw)
             t0 = time.perf_counter()
@@ -435,11 +466,23 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     if as_json:
         emit_json(report)
     elif outcome.result is None:
-        console.print(f"module {outcome.me}: {outcome.status}, no result (its host failed, or more than t did)")
+        why = {
+            "halted": "it found itself cut off from the others (its host, or more than t hosts, dropped its "
+            "frames), so it decided nothing rather than something different",
+            "out": "it took no part (too few members had joined when the rounds began)",
+        }
+        console.print(f"module {outcome.me}: {outcome.status}, no result: {why.get(outcome.status, '')}".rstrip(": "))
     else:
         console.print(f"module {outcome.me}: {fn.render(outcome.result)}", markup=False)
         for item in received or []:
             console.print(f"received from party {item['from']}: {item['item']}", markup=False)
+
+
+def _clock(at: float) -> str:
+    """A unix time as the wall clock, e.g. ``14:33:05 UTC``."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S UTC")
 
 
 def _my_items(function: str, result: bytes | None, me: int, my_input: bytes) -> list[dict[str, Any]] | None:
