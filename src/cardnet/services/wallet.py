@@ -38,6 +38,7 @@ from cardnet.wire import Message, MType, Uid
 
 ANSWER_TIMEOUT_S = 30.0
 EVENT_QUEUE = 4096  # changes a subscriber may have unread; past that it is told it missed some (and resyncs)
+MAX_RESYNCS = 8  # readings of the card's state in a row after host.missed notices (then the next notice starts over)
 RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
 UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
@@ -123,11 +124,16 @@ class Exchange:
 class Event:
     """Something the application may want to react to: ``offer_received``, ``exchange_done``, ``resolved`` (done
     by the TTP's decision), ``aborted``, ``token_arrived`` (a voucher became usable on the card), ``token_left``;
-    ``missed`` when the application read too slowly and changes were dropped (list again to resync)."""
+    ``missed`` when changes were dropped: the application read its subscription too slowly (list again to resync),
+    or the wallet fell behind reading its connection and the host dropped messages for it (``host.missed``): the
+    wallet then read the card's state again, and the event carries it (``vouchers``, ``exchanges``: every voucher
+    and exchange the card holds, None where the card could not be read)."""
 
     kind: str
     exchange: Exchange | None = None
     voucher: Voucher | None = None
+    vouchers: tuple[Voucher, ...] | None = None
+    exchanges: tuple[Exchange, ...] | None = None
 
 
 def event_of(msg_type: int, item: dict[str, Any]) -> Event | None:
@@ -164,6 +170,8 @@ class Wallet:
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._watching = False
         self._reader: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None  # reads the card's state again after a host.missed notice
+        self._resync_again = False
 
     @classmethod
     async def open(cls, socket: str, *, pin: str | None, card: bytes | None = None) -> Wallet:
@@ -196,10 +204,11 @@ class Wallet:
                 async with asyncio.timeout(UNWATCH_TIMEOUT_S):
                     await self._ask(trn.WATCH, RESULT, on=False)
             self._watching = False
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._resync, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.app.aclose()
 
     async def __aenter__(self) -> Wallet:
@@ -259,7 +268,7 @@ class Wallet:
                     )
                 try:
                     async with asyncio.timeout(min(left, recover_every_s)):
-                        while (e := await changes.get()).voucher is None or e.voucher.oid != oid:
+                        while not _about(await changes.get(), oid):
                             pass
                 except TimeoutError:
                     await self.recover()
@@ -354,8 +363,9 @@ class Wallet:
                     async with asyncio.timeout(recover_every_s):
                         while True:
                             e = await changes.get()
-                            if e.kind == "missed":
-                                x = await self.status(n1)
+                            if e.kind == "missed":  # (with the card's exchanges when the wallet read them again)
+                                known = {y.n1: y for y in e.exchanges} if e.exchanges is not None else {}
+                                x = known[n1] if n1 in known else await self.status(n1)
                             elif e.exchange is not None and e.exchange.n1 == n1:
                                 x = e.exchange
                             if x.finished:
@@ -459,6 +469,8 @@ class Wallet:
                     event = event_of(msg.mtype, dict(schema.parse(msg)))
                     if event is not None:
                         self._publish(event)
+                elif msg.mtype == hm.MISSED.code and msg.src == self.card:
+                    self._missed()
                 else:
                     self._deliver(msg)
         except asyncio.CancelledError:
@@ -469,6 +481,30 @@ class Wallet:
                 order = self._waiting.popleft()
                 if not order.answer.done():
                     order.answer.set_exception(_no_host(exc))
+
+    def _missed(self) -> None:
+        """The host dropped messages for this wallet (it read its connection too slowly): pushed changes among them
+        are lost, so the card's state is read again and handed to the subscribers as a ``missed`` event. (An order
+        whose answer was dropped gets none: it times out after ``ANSWER_TIMEOUT_S``.)"""
+        if not self._subscribers:
+            return  # nobody follows the changes; the next subscription starts from the card's state anyway
+        if self._resync is not None and not self._resync.done():
+            self._resync_again = True  # read once more after the reading under way: it may predate this notice
+            return
+        self._resync = asyncio.get_running_loop().create_task(self._read_again())
+
+    async def _read_again(self) -> None:
+        for _ in range(MAX_RESYNCS):
+            self._resync_again = False
+            vouchers: tuple[Voucher, ...] | None = None
+            exchanges: tuple[Exchange, ...] | None = None
+            with contextlib.suppress(WalletError, TimeoutError):
+                vouchers = tuple(await self.vouchers())
+            with contextlib.suppress(WalletError, TimeoutError):  # (a card without the fairx applet refuses)
+                exchanges = tuple(await self.exchanges())
+            self._publish(Event("missed", vouchers=vouchers, exchanges=exchanges))
+            if not self._resync_again:
+                return
 
     def _publish(self, event: Event) -> None:
         for queue in self._subscribers:
