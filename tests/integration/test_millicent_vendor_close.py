@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_vendor as mv
@@ -166,3 +168,38 @@ def test_a_reply_left_unsent_past_the_close_bound_is_fetched_by_the_wallets_retr
     assert [(q["outcome"], q["detail"]) for q in rows] == [("ok", "change 7")]
     assert wallet.pending() == [] and [s.value for s in wallet.scrip(VID)] == [7]
     assert spent(store) == 1
+
+
+def test_vendor_run_stops_in_order_on_sigterm(tmp_path: Path) -> None:
+    """``cardnet millicent vendor run`` stopped with SIGTERM (what a service manager sends) goes through the same
+    orderly stop as Ctrl-C and exits 0; it used to die on the signal at once, whatever it was committing."""
+    v = str(tmp_path / "vendor.db")
+    cardnet("millicent", "vendor", "init", "--store", v, "--id", VID.hex())
+    cardnet("millicent", "vendor", "add-page", "--store", v, "--name", "page", "--price", "3", "--text", "hello")
+    store = SqliteStore(v)
+    try:
+        core = mv.VendorCore(store)
+        secret = mc.customer_secret(core.vendor.customer_masters, ALICE)
+        scrip = mc.mint(core.vendor.scrip_secrets, index=0, vendor=VID, value=10, serial=100, customer_id=ALICE,
+                        expiry=int(time.time()) + 3600)  # fmt: skip
+    finally:
+        store.close()
+    rid = b"q" * 16
+    request = Message(ME, ME, *mc.make_request(scrip, rid=rid, level=mc.Level.THEFT, secret=secret, price=3,
+                                               product="page"))  # fmt: skip
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    host, port = vendor.start().rsplit(":", 1)
+    try:
+
+        async def buy() -> mc.Outcome:
+            async with asyncio.timeout(WAIT_S), await dial(host, int(port)) as conn:
+                await conn.send(request)
+                m = await conn.recv()
+            return mc.open_reply(m.mtype, m.param, rid=rid, level=mc.Level.THEFT, secret=secret)
+
+        assert asyncio.run(buy()).content == b"hello"
+        assert vendor.proc is not None
+        vendor.proc.send_signal(signal.SIGTERM)
+        assert vendor.proc.wait(WAIT_S) == 0
+    finally:
+        vendor.stop()

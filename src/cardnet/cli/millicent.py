@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -641,17 +642,23 @@ def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) 
 
 
 def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: bool) -> None:
-    """Run a service server (``start(host, port)`` / ``aclose()``) until interrupted; print "ready" once listening."""
+    """Run a service server (``start(host, port)`` / ``aclose()``) until SIGINT or SIGTERM; print "ready" once
+    listening. Either signal stops it in order (its ``aclose``: the vendor writes the replies of what it has
+    committed) and the process exits 0."""
     from cardnet.cli.host import settle_heap
 
     async def main() -> None:
         server = make()
         addr = await server.start(host, port)
-        listen = f"{addr[0]}:{addr[1]}"
-        settle_heap()
-        say_ready(as_json, {"name": label, "listen": listen}, f"ready {label} {listen}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.Event().wait()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            listen = f"{addr[0]}:{addr[1]}"
+            settle_heap()
+            say_ready(as_json, {"name": label, "listen": listen}, f"ready {label} {listen}")
+            await stop.wait()
         finally:
             await server.aclose()
 
