@@ -387,10 +387,10 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     from cardnet.services.smc.controller import Module, Party, SmcError
 
     spec, round_s, start_at = _read_run(run_file)
-    if time.time() > start_at:
+    if time.time() > start_at + spec.rounds * round_s:  # (a join late by less may still catch up: it tries)
         fail(
-            f"run {spec.run.hex()} started at {_clock(start_at)}, {time.time() - start_at:.0f} s ago: a module joins "
-            "and takes its input before the first round",
+            f"run {spec.run.hex()} started at {_clock(start_at)}, {time.time() - start_at:.0f} s ago, and its "
+            f"{spec.rounds} rounds are over: a module joins and takes its input before the first round",
             reason="too_late",
             hint="ask for a new run file (`cardnet smc plan ... --start-in 30`) and join before it starts",
         )
