@@ -173,10 +173,16 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_j
 
 @vendor.command("add-page")
 @STORE
-@click.option("--name", required=True)
-@click.option("--price", type=click.IntRange(1), required=True, help="Price in scrip units.")
+@click.option("--name", required=True, help="The product's name, as customers ask for it (spend --product).")
+@click.option("--price", type=click.IntRange(1), required=True, help="Price in this vendor's scrip units.")
 @click.option("--text", default=None, help="The page's content.")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None, help="Content file.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A file whose bytes are the page's content (instead of --text).",
+)
 @JSON
 def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None, as_json: bool) -> None:
     """Add (or replace) a product in the vendor's catalogue."""
@@ -186,7 +192,8 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
         fail("give exactly one of --text and --file")
     content = text.encode() if text is not None else Path(path or "").read_bytes()
     add_product(_vendor(store), name, price, content)
-    say(as_json, {"product": name, "price": price}, f"{name}: {price}")
+    then = "a vendor already running reads its catalogue at start: restart it to sell this"
+    say(as_json, {"product": name, "price": price}, f"{name}: {price} ({then})")
 
 
 @vendor.command("licence")
@@ -329,7 +336,13 @@ def broker() -> None:
 
 @broker.command("add-licence")
 @STORE
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="The licence file `cardnet millicent vendor licence` wrote.",
+)
 @click.option("--discount", default=10, show_default=True, help="Percent the broker keeps at redemption.")
 @JSON
 def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> None:
@@ -414,7 +427,7 @@ def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: b
 @broker.command("deposit")
 @STORE
 @click.option("--customer", required=True, help="Customer id, 16 hex digits.")
-@click.option("--amount", type=click.IntRange(1), required=True)
+@click.option("--amount", type=click.IntRange(1), required=True, help="Added to the balance (scrip units).")
 @JSON
 def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> None:
     """Credit a customer's prepaid balance."""
@@ -486,11 +499,18 @@ def open_account(wallet: str, broker: str, as_json: bool) -> None:
 @millicent.command("buy")
 @WALLET
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
-@click.option("--value", type=click.IntRange(1), required=True)
+@click.option(
+    "--value",
+    type=click.IntRange(1),
+    required=True,
+    help="The scrip's value in the vendor's units, taken from your balance; one piece, spent on "
+    "purchases up to its value (the vendor gives change).",
+)
 @JSON
 def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
     """Buy scrip of a vendor from the broker (paid from the prepaid balance)."""
-    s = asyncio.run(_wallet(wallet).buy(_hex(vendor, 8, "--vendor"), value))
+    w = _wallet(wallet)
+    s = _hinted(w, lambda: asyncio.run(w.buy(_hex(vendor, 8, "--vendor"), value)), vendor=vendor, value=value)
     say(
         as_json,
         {"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry},
@@ -533,10 +553,28 @@ def list_scrip(wallet: str, as_json: bool) -> None:
 @WALLET
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--at", "address", required=True, help="The vendor's HOST:PORT.")
-@click.option("--product", required=True)
-@click.option("--price", type=click.IntRange(1), required=True)
-@click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True)
-@click.option("--top-up", default=100, show_default=True, help="Scrip to buy from the broker when short.")
+@click.option("--product", required=True, help="The product's name at the vendor.")
+@click.option(
+    "--price",
+    type=click.IntRange(1),
+    required=True,
+    help="The vendor's price for it (another price is refused, nothing spent).",
+)
+@click.option(
+    "--level",
+    type=click.IntRange(1, 3),
+    default=2,
+    show_default=True,
+    help="1: the scrip in the clear; 2: the request MACed with your customer secret (stolen scrip is "
+    "useless); 3: also encrypted.",
+)
+@click.option(
+    "--top-up",
+    default=100,
+    show_default=True,
+    help="When no scrip piece of yours covers the price: the value of one piece to buy from the broker "
+    "first (at least the price).",
+)
 @JSON
 def spend(
     wallet: str, vendor: str, address: str, product: str, price: int, level: int, top_up: int, as_json: bool
@@ -559,13 +597,46 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     from cardnet.protocols.millicent import Level
 
     vid = _hex(vendor, 8, "--vendor")
+    w = _wallet(wallet)
     with progress(f"buying {product} from vendor {vendor} at {address} …"):
-        r = asyncio.run(_wallet(wallet).spend(vid, address, product, price, int(time.time()), level=Level(level),
-                                              top_up=top_up))  # fmt: skip
+        r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()), level=Level(level),
+                                                   top_up=top_up)), vendor=vendor, value=price)  # fmt: skip
     if r.status != 0:
-        message, hint = spend_refusal(r.status.name.lower(), r.detail, product=product, price=price)
-        fail(message, reason=r.status.name.lower(), hint=hint)
+        status = r.status.name.lower()
+        message, hint = spend_refusal(status, r.detail, product=product, price=price)
+        if status == "malformed" and (asked := _price_of(r.detail, product)) is not None and asked != price:
+            message = (f"the vendor sells {product} at {asked}, not {price}: it refused the purchase, and your "
+                       "scrip was not spent (the wallet keeps it)")  # fmt: skip
+            hint = f"spend again with --price {asked} if that is what you mean to pay"
+        fail(message, reason=status, hint=hint)
     return r
+
+
+def _price_of(detail: str, product: str) -> int | None:
+    """The price a vendor's refusal names for ``product`` ("the price of 'P' is N"), if it names one."""
+    import re
+
+    m = re.fullmatch(r"the price of '(.*)' is (\d+)", detail)
+    return int(m.group(2)) if m and m.group(1) == product else None
+
+
+def _hinted(w: Any, work: Callable[[], Any], *, vendor: str, value: int) -> Any:
+    """``work()``, its wallet's refusals with what to do: a balance too small, no scrip that covers a price."""
+    from cardnet.services.millicent_wallet import WalletError
+
+    try:
+        return work()
+    except WalletError as exc:
+        cid = w.customer_id
+        if exc.reason == "refused" and "does not cover" in str(exc) and cid is not None:
+            hint = (f"your prepaid balance at the broker is too small: its operator credits it with `cardnet "
+                    f"millicent broker deposit --customer {cid.hex()} --amount N`")  # fmt: skip
+        elif exc.reason == "short":
+            hint = (f"one piece of scrip must cover the price: buy one worth at least {value} (`cardnet millicent "
+                    f"buy --vendor {vendor} --value {value}`), or spend with --top-up {value}")  # fmt: skip
+        else:
+            raise
+        fail(str(exc), reason=exc.reason, hint=hint)
 
 
 @millicent.command("renew")
