@@ -212,3 +212,35 @@ def test_a_stored_reply_above_a_lowered_frame_limit_is_fetched_again_once_the_li
     last = asyncio.run(ask(Limits()))
     assert last.status == mc.Status.OK and last.change == first.change and last.content == first.content
     assert len(spent(vendor_store)) == 1
+
+
+def test_a_bulk_order_whose_answer_would_not_fit_is_refused_and_nothing_is_sold(vendor_store: SqliteStore) -> None:
+    """A broker's bulk order of more pieces than the answer's frame can carry: refused ``too_large`` (naming the
+    limit), nothing recorded (the broker owes nothing), and an order that fits is then sold."""
+    agreement = mv.add_bulk_broker(vendor_store, "bob", discount_pct=10, rng=random.Random(2).randbytes)
+    key, broker = bytes.fromhex(agreement["order_key"]), bytes.fromhex(agreement["customer_id"])
+    core = mv.VendorCore(vendor_store)
+
+    def order(oid: bytes, pieces: int) -> Message:
+        p = mc.make_bulk_order(key, vendor=VID, broker=broker, order=oid, value=1000, pieces=pieces, discount_pct=10)
+        return Message(Uid(b"\x00" * 12, 1), Uid(b"\x00" * 12, 0), mc.BULK_BUY.code, p)
+
+    async def go() -> list[mc.BulkSale]:
+        server = mv.VendorServer(core, limits=Limits(max_frame=LIMIT))
+        host, port = await server.start("127.0.0.1", 0)
+        sales = []
+        try:
+            async with asyncio.timeout(WAIT_S), await dial(host, port) as conn:
+                for oid, pieces in ((b"a" * 16, 100), (b"b" * 16, 10)):
+                    await conn.send(order(oid, pieces))
+                    m = await conn.recv()
+                    sales.append(mc.open_bulk_sold(m.param, key=key, vendor=VID, broker=broker, order=oid, value=1000,
+                                                   pieces=pieces))  # fmt: skip
+        finally:
+            await server.aclose()
+        return sales
+
+    big, small = asyncio.run(go())
+    assert big.status == mc.Status.TOO_LARGE and f"frame limit of {LIMIT}" in big.detail and big.scrip == []
+    assert small.status == mc.Status.OK and len(small.scrip) == 10
+    assert core.bulk_sales()[broker.hex()] == {"broker": "bob", "value": 1000, "owed": 900}
