@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,8 @@ class World:
         return {a["currency"]: a["balance"] for a in got["accounts"]}.get(EUR, 0)
 
 
-def build(tmp: Path, ca: pki.CertificateAuthority) -> World:
+def build(tmp: Path, ca: pki.CertificateAuthority, clock: Callable[[], float] = clock) -> World:
+    """The network, every party on ``clock`` (the fixed :func:`clock` unless a test moves time)."""
     roots = [pki.cert_to_der(ca.certificate)]
     bkey, bcert = service(ca, "broker")
     vkey, vcert = service(ca, "vendor")
@@ -83,9 +84,9 @@ def build(tmp: Path, ca: pki.CertificateAuthority) -> World:
 
 
 @contextlib.contextmanager
-def opened(tmp: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
+def opened(tmp: Path, ca: pki.CertificateAuthority, clock: Callable[[], float] = clock) -> Iterator[World]:
     """:func:`build`, closed afterwards (each test module's ``world`` fixture)."""
-    w = build(tmp, ca)
+    w = build(tmp, ca, clock)
     try:
         yield w
     finally:

@@ -56,3 +56,22 @@ def test_refusals_say_what_to_do(net: SpeedNet) -> None:
     assert broke["error"]["reason"] == "insufficient" and "load" in broke["error"]["hint"]
     assert alice.balance() == {"EUR": 2000}  # nothing was paid
     assert net.accounts()["V-1"] == {}
+
+
+def test_broker_prune_needs_the_broker_stopped_and_keeps_the_days_not_yet_due(net: SpeedNet) -> None:
+    """`cardnet speed broker prune` / `days` (docs/speed.md, "Pruning the SAM"). Today's purchases are never due,
+    so nothing is pruned here: tests/integration/test_speed_broker_prune.py moves time on the same code."""
+    alice = net.customers["alice"]
+    assert alice.buy(net, NEWS, limit="1.00 EUR")["price"] == "0.80 EUR"
+    t = str(net.tmp)
+    stores = ("--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db")
+    busy = run("speed", "broker", "prune", *stores, check=False)
+    assert busy["error"]["reason"] == "in_use" and "stop the broker" in busy["error"]["hint"]
+    net.broker.stop()
+    got = run("speed", "broker", "prune", *stores, "--keep-days", "1")
+    assert {k: got[k] for k in ("days", "settled", "entries", "open")} == {"days": [], "settled": 0, "entries": 0,
+                                                                          "open": 0}  # fmt: skip
+    assert run("speed", "broker", "days", "--store", f"{t}/broker.db") == {"days": []}
+    net.broker.start()  # the broker serves on with today's log in its SAM
+    assert alice.buy(net, NEWS, limit="1.00 EUR")["price"] == "0.80 EUR"
+    assert net.accounts()["V-1"] == {"EUR": 160}

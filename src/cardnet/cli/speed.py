@@ -28,7 +28,11 @@ CA = click.option(
     help="The CA file (`cardnet ca init`): it certifies this service's new key.",
 )  # fmt: skip
 SAM_STORE = click.option("--sam-store", required=True, help="The SAM card's store (its EEPROM), e.g. sam.db.")
-SAM_CAPACITY = 64 * 1024 * 1024  # a security module's store, not a smartcard's 256 KiB (about 170 bytes a payment)
+SAM_CAPACITY = 64 * 1024 * 1024  # a security module's store, not a smartcard's 256 KiB (about 220 bytes a payment)
+KEEP_DAYS = click.option(
+    "--keep-days", type=click.IntRange(1), default=2, show_default=True,
+    help="Whole days the SAM keeps after they end (besides today) before their log is settled and pruned.",
+)  # fmt: skip
 JOURNAL = ".purchases"  # under --out: the purchases under way (docs/speed.md, "Crashes")
 BROKER = click.option("--broker", required=True, help="The broker's HOST:PORT.")
 HINTS = {
@@ -286,11 +290,13 @@ def broker_accounts(store: str, as_json: bool) -> None:
 @click.option("--pin", default=None, help="The SAM card's PIN (default: $CARDNET_PIN, else asked for).")
 @click.option("--listen", default="127.0.0.1:7400", show_default=True, help="HOST:PORT (port 0 picks one).")
 @click.option("--sam-capacity", type=click.IntRange(64 * 1024), default=SAM_CAPACITY, show_default=True,
-              help="Bytes the SAM card may hold (its daily log grows with each payment; not pruned yet).")  # fmt: skip
+              help="Bytes the SAM card may hold (the days not pruned: about 220 bytes a payment).")  # fmt: skip
+@KEEP_DAYS
+@click.option("--no-prune", is_flag=True, help="Never prune the SAM's settled days (its card fills up).")
 @_server_limits
 @json_option
-def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_capacity: int, as_json: bool,
-               **limits: Any) -> None:  # fmt: skip
+def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_capacity: int, keep_days: int,
+               no_prune: bool, as_json: bool, **limits: Any) -> None:  # fmt: skip
     """Serve payment orders, purse keys and loads over TCP. Prints "ready broker HOST:PORT" when listening."""
     import time
 
@@ -309,10 +315,66 @@ def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_cap
         fail(str(exc), reason=exc.reason, hint="check the SAM card's PIN")
     core = BrokerCore(_broker_store(store), sam, clock=time.time)
     bounds = _limits_from(**limits)
+    keep = None if no_prune else keep_days
     try:
-        _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port, as_json)
+        _serve("broker", lambda: BrokerServer(core, server_limits=bounds, keep_days=keep), host, port, as_json)
     finally:
         card.close()
+
+
+@broker.command("prune")
+@STORE
+@SAM_STORE
+@click.option("--pin", default=None, help="The SAM card's PIN (default: $CARDNET_PIN, else asked for).")
+@click.option("--sam-capacity", type=click.IntRange(64 * 1024), default=SAM_CAPACITY, show_default=True,
+              help="Bytes the SAM card may hold.")  # fmt: skip
+@KEEP_DAYS
+@json_option
+def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int, keep_days: int,
+                 as_json: bool) -> None:  # fmt: skip
+    """Settle the days the SAM holds that ended more than --keep-days ago, then prune them from the SAM (the
+    broker's run does this once a day; this is for a broker that is stopped)."""
+    import time
+
+    from cardnet.applets.speed.sam import SamApplet
+    from cardnet.card import Card
+    from cardnet.errors import CardnetError
+    from cardnet.host.local import LocalCard
+    from cardnet.services.speed.broker import BrokerCore
+
+    try:
+        card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
+    except CardnetError as exc:
+        fail(str(exc), reason=exc.reason, hint="stop the broker first: its SAM card has one owner")
+    try:
+        core = BrokerCore(_broker_store(store), LocalCard(card, card_pin(pin)), clock=time.time)
+        got = core.prune(keep_days=keep_days)
+    except CardnetError as exc:
+        fail(str(exc), reason=exc.reason)
+    finally:
+        card.close()
+    out = {"before_day": got.before_day, "days": got.days, "settled": got.settled, "entries": got.entries,
+           "open": got.open, "freed_bytes": got.freed_bytes}  # fmt: skip
+    say(as_json, out, f"pruned {got.entries} log entries of {len(got.days)} day(s) from the SAM (it holds no day "
+        f"before {got.before_day} now), {got.freed_bytes} bytes freed; {got.settled} debit(s) settled first; "
+        f"{got.open} open authorisation(s) kept")  # fmt: skip
+
+
+@broker.command("days")
+@STORE
+@json_option
+def broker_days(store: str, as_json: bool) -> None:
+    """The days the broker settled and had the SAM prune: the SAM's totals of each then."""
+    from cardnet.services.speed.broker import settled_days
+
+    days = settled_days(_broker_store(store))
+    if as_json:
+        emit_json({"days": [{"day": d, **v} for d, v in days.items()]})
+        return
+    rows = [{"day": str(d), "entries": str(v["entries"]), "settled": str(v["settled"]),
+             "debits": " ".join(f"{a} {c}" for c, a in v["debits"].items()),
+             "loads": " ".join(f"{a} {c}" for c, a in v["loads"].items())} for d, v in days.items()]  # fmt: skip
+    print_rows(rows, ("day", "entries", "settled", "debits", "loads"), title="settled days", empty="no day pruned yet")
 
 
 # --- the customer ------------------------------------------------------------------------------------------------

@@ -17,15 +17,28 @@ sends it privileged orders (only an application that verified the PIN):
   ``sam.loaded {uid, m, currency, amount, day}``: the same for loads (the broker has taken the money).
 * ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
   (per currency, the debits and the loads logged that day: what settlement pays and collects).
+* ``sam.days`` -> ``sam.held {days, pruned_before?, open}``: the days whose log the SAM holds, the first day it
+  has not pruned, and how many authorisations are still open (S2 or L2 given, no S3 or L3 yet).
+* ``sam.prune {before_day}`` -> ``sam.pruned {before_day, entries, days, more}``: after the broker settled the
+  days before ``before_day`` (never today), drops their log, their totals and the debit, order and load records
+  of what they logged, keeping per card only the lowest counter it has not pruned (``h:``); at most
+  :data:`PRUNE_BATCH` log entries a step (``more``: order again). Those days are closed: nothing is logged on
+  them again, and ``sam.log`` and ``sam.totals`` of them are refused ``pruned``. An S1, S3, L1 or L3 whose record
+  was pruned, or any of a counter below the card's floor that the SAM holds no record of, is refused ``pruned``
+  (after its MAC is checked): it is never authorised or logged twice. Open authorisations are never pruned: a
+  late S3 or L3 must still find them.
 
 Records (table ``a.sam``): ``master``; ``d:<uid><n>`` (a debit authorised, with its ``day`` once logged),
 ``o:<poid>`` (the (uid, n) an order was authorised for), ``l:<uid><m>`` (a load authorised), ``g:<day><seq>``
-(the log: kind, uid, counter), ``gseq``, ``t:<day><kind><currency>`` (the day's running totals).
+(the log: kind, uid, counter), ``gseq``, ``t:<day><kind><currency>`` (the day's running totals), ``h:<uid>``
+(the card's floors: the debit and the load counters below which everything logged was pruned, 5 bytes each),
+``pb`` (the first day not pruned).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cardnet.applets.speed.purse import KEY_INFO, SEALED_KEY_BYTES
@@ -55,8 +68,11 @@ from cardnet.wire.ids import UID_BYTES
 P = "speed"
 DAY_S = 86400
 MAX_ENTRIES = 256  # log entries in one sam.entries answer
+MAX_DAYS = 1024  # days in one sam.held answer (the oldest first)
+PRUNE_BATCH = 4096  # log entries one sam.prune step drops, with their records
 MAX_DAY = 2**32 - 1
 _CTR_BYTES = 4
+_FLOOR_BYTES = 5  # a floor is a counter + 1: up to 2**32
 _DEBIT, _LOAD = b"d", b"l"
 
 _MSG = Bytes(pp.MAX_MESSAGE_BYTES, 1)
@@ -177,7 +193,36 @@ SUMS = register(
         ],
     ),
 )
-ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS)
+DAYS = register(0x0660, "sam.days", P, Schema("sam.days", []), privileged=True)
+HELD = register(
+    0x0661,
+    "sam.held",
+    P,
+    Schema(
+        "sam.held",
+        [
+            Field(0, "days", ListOf(_DAY, MAX_DAYS)),  # the days whose log is held, oldest first
+            Field(1, "pruned_before", _DAY, optional=True),  # the first day not pruned, once a day was
+            Field(2, "open", UInt()),  # authorisations without their S3 (L3) yet: kept until it comes
+        ],
+    ),
+)
+PRUNE = register(0x0662, "sam.prune", P, Schema("sam.prune", [Field(0, "before_day", _DAY)]), privileged=True)
+PRUNED = register(
+    0x0663,
+    "sam.pruned",
+    P,
+    Schema(
+        "sam.pruned",
+        [
+            Field(0, "before_day", _DAY),
+            Field(1, "entries", UInt(PRUNE_BATCH)),  # log entries dropped by this step, with their records
+            Field(2, "days", UInt(MAX_DAY)),  # days whose whole log and totals this step dropped
+            Field(3, "more", Bool()),  # entries before ``before_day`` are left: order again
+        ],
+    ),
+)
+ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE)
 
 # --- records ------------------------------------------------------------------------------------------------
 _DEBIT_REC = Schema(
@@ -224,6 +269,51 @@ def _today(ctx: StepContext) -> int:
     return int(ctx.now // DAY_S)
 
 
+def _pruned_before(ctx: StepContext) -> int:
+    """The first day this SAM has not pruned (0 if it never pruned)."""
+    raw = ctx.get(b"pb")
+    return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+def _log_day(ctx: StepContext) -> int:
+    """Today, the day a proof is logged under; refused when the host's time is in a day already pruned."""
+    day = _today(ctx)
+    closed = _pruned_before(ctx)
+    if day < closed:
+        raise Refused(
+            "bad_time",
+            f"the host's day {day} was settled and pruned (the SAM pruned every day before {closed}): "
+            "present the proof again with the host's true time",
+        )
+    return day
+
+
+def _floors(ctx: StepContext, uid: Uid) -> tuple[int, int]:
+    """The card's debit and load floors: every counter below them that the SAM holds no record of was pruned."""
+    raw = ctx.get(b"h:" + bytes(uid))
+    if raw is None:
+        return 0, 0
+    return int.from_bytes(raw[:_FLOOR_BYTES], "big"), int.from_bytes(raw[_FLOOR_BYTES:], "big")
+
+
+def _check_not_pruned(
+    ctx: StepContext, uid: Uid, kind: bytes, ctr: int, authentic: Callable[[], None] | None = None
+) -> None:
+    """Refuse ``pruned`` a counter of ``uid`` below its floor (called when the SAM holds no record of it), once
+    ``authentic()`` (the message's MAC check, when the caller has not made it yet) passed."""
+    debit_floor, load_floor = _floors(ctx, uid)
+    if ctr < (debit_floor if kind == _DEBIT else load_floor):
+        if authentic is not None:
+            authentic()
+        what = "debit" if kind == _DEBIT else "load"
+        raise Refused(
+            "pruned",
+            f"{what} {ctr} of {uid} is below the counters this SAM pruned after settlement (its {what}s below "
+            f"{debit_floor if kind == _DEBIT else load_floor}): it was logged and settled, or never reached the SAM "
+            "in time; nothing is authorised or logged again for it",
+        )
+
+
 def _log(ctx: StepContext, day: int, kind: bytes, uid: Uid, ctr: int, currency: str, amount: int) -> None:
     """Append one entry to ``day``'s log and add it to that day's totals (all in the caller's step)."""
     tkey = b"t:" + _ctr(day) + kind + currency.encode()
@@ -260,9 +350,13 @@ class SamApplet(Applet):
             elif code == LOAD_FINISH.code:
                 self._load_finish(ctx, params["l3"])
             elif code == LOG.code:
-                self._entries(ctx, params["day"], params.get("start", 0))
-            else:  # TOTALS
-                self._totals(ctx, params["day"])
+                self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
+            elif code == TOTALS.code:
+                self._totals(ctx, _held_day(ctx, params["day"]))
+            elif code == DAYS.code:
+                self._days(ctx)
+            else:  # PRUNE
+                self._prune(ctx, params["before_day"])
         except (ProtocolError, DecodeError) as exc:
             raise _refused(exc) from None
 
@@ -297,6 +391,7 @@ class SamApplet(Applet):
             ctx.reply(S2_IS, s2=s2.encode())
             return
         s2 = pp.sam_answer_s1(key, s1, poid=poid, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        _check_not_pruned(ctx, s1.uid, _DEBIT, s1.n)
         owner = ctx.get(b"o:" + poid)
         if owner is not None:
             who = Uid.from_bytes(owner[:UID_BYTES])
@@ -318,6 +413,7 @@ class SamApplet(Applet):
         rkey = b"d:" + bytes(s3.uid) + _ctr(s3.n)
         old = ctx.get(rkey)
         if old is None:
+            _check_not_pruned(ctx, s3.uid, _DEBIT, s3.n, lambda: s3.check(key))
             raise Refused("no_pending", f"this SAM authorised no debit {s3.n} of {s3.uid}")
         rec = _DEBIT_REC.decode(old)
         s2 = pp.S2.make(
@@ -326,7 +422,7 @@ class SamApplet(Applet):
         pp.sam_check_s3(key, s3, uid=s3.uid, s2=s2)
         day = rec.get("day")
         if day is None:
-            day = _today(ctx)
+            day = _log_day(ctx)
             _log(ctx, day, _DEBIT, s3.uid, s3.n, s3.currency, s3.amount)
             ctx.put(rkey, _DEBIT_REC.encode({**rec, "day": day}))
         ctx.reply(DEBITED, uid=s3.uid, n=s3.n, poid=s3.poid, currency=s3.currency, amount=s3.amount, day=day)
@@ -346,6 +442,7 @@ class SamApplet(Applet):
             ctx.reply(L2_IS, l2=l2.encode())
             return
         l2 = pp.sam_answer_l1(key, l1, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        _check_not_pruned(ctx, l1.uid, _LOAD, l1.m)
         ctx.put(rkey, _LOAD_REC.encode({"rc": l1.rc, "rs": l2.rs, "currency": currency, "amount": amount}))
         ctx.reply(L2_IS, l2=l2.encode())
 
@@ -356,13 +453,14 @@ class SamApplet(Applet):
         rkey = b"l:" + bytes(l3.uid) + _ctr(l3.m)
         old = ctx.get(rkey)
         if old is None:
+            _check_not_pruned(ctx, l3.uid, _LOAD, l3.m, lambda: l3.check(key))
             raise Refused("no_pending", f"this SAM authorised no load {l3.m} of {l3.uid}")
         rec = _LOAD_REC.decode(old)
         l2 = pp.L2.make(key, m=l3.m, rc=rec["rc"], rs=rec["rs"], currency=rec["currency"], amount=rec["amount"])
         pp.sam_check_l3(key, l3, uid=l3.uid, l2=l2)
         day = rec.get("day")
         if day is None:
-            day = _today(ctx)
+            day = _log_day(ctx)
             _log(ctx, day, _LOAD, l3.uid, l3.m, l3.currency, l3.amount)
             ctx.put(rkey, _LOAD_REC.encode({**rec, "day": day}))
         ctx.reply(LOADED, uid=l3.uid, m=l3.m, currency=l3.currency, amount=l3.amount, day=day)
@@ -401,6 +499,66 @@ class SamApplet(Applet):
             kind, cur = k[len(prefix) : len(prefix) + 1], k[len(prefix) + 1 :].decode("ascii")
             sums[kind].append({"currency": cur, "amount": int.from_bytes(v, "big")})
         ctx.reply(SUMS, day=day, debits=sums[_DEBIT], loads=sums[_LOAD])
+
+    # -- pruning (after the broker settled the days) ---------------------------------------------------------------
+    def _days(self, ctx: StepContext) -> None:
+        days = sorted({int.from_bytes(k[2 : 2 + _CTR_BYTES], "big") for k, _ in ctx.scan(b"t:")})
+        # each logged record has one log entry while it is held (both are pruned together): the rest are open
+        opened = len(ctx.scan(b"d:")) + len(ctx.scan(b"l:")) - len(ctx.scan(b"g:"))
+        closed = ctx.get(b"pb")
+        ctx.reply(
+            HELD, days=days[:MAX_DAYS], pruned_before=None if closed is None else _pruned_before(ctx), open=opened
+        )
+
+    def _prune(self, ctx: StepContext, before_day: int) -> None:
+        today = _today(ctx)
+        if before_day > today:
+            raise Refused("bad_day", f"day {before_day} is after today ({today}): only days that ended are pruned")
+        if before_day > _pruned_before(ctx):
+            ctx.put(b"pb", _ctr(before_day))  # those days are closed from now on, even before their log is gone
+        floors: dict[bytes, list[int]] = {}
+        entries = gone = 0
+        days = sorted({int.from_bytes(k[2 : 2 + _CTR_BYTES], "big") for k, _ in ctx.scan(b"t:")})
+        due = [d for d in days if d < before_day]
+        for day in due:
+            rows = ctx.scan(b"g:" + _ctr(day))
+            take = rows[: PRUNE_BATCH - entries]
+            for k, v in take:
+                kind, uid, ctr = v[:1], v[1 : 1 + UID_BYTES], v[1 + UID_BYTES :]
+                rkey = (b"d:" if kind == _DEBIT else b"l:") + uid + ctr
+                if kind == _DEBIT:
+                    ctx.delete(b"o:" + _DEBIT_REC.decode(_must(ctx.get(rkey)))["poid"])
+                ctx.delete(rkey)
+                ctx.delete(k)
+                floor = floors.get(uid)
+                if floor is None:
+                    floor = floors[uid] = list(_floors(ctx, Uid.from_bytes(uid)))
+                i = 0 if kind == _DEBIT else 1
+                floor[i] = max(floor[i], int.from_bytes(ctr, "big") + 1)
+            entries += len(take)
+            if len(take) < len(rows):
+                break  # the batch is full inside this day: its totals stay until its whole log is gone
+            for k, _ in ctx.scan(b"t:" + _ctr(day)):
+                ctx.delete(k)
+            gone += 1
+            if entries == PRUNE_BATCH:
+                break
+        for uid, (debit_floor, load_floor) in floors.items():
+            ctx.put(b"h:" + uid, debit_floor.to_bytes(_FLOOR_BYTES, "big") + load_floor.to_bytes(_FLOOR_BYTES, "big"))
+        more = len(due) > gone
+        ctx.reply(PRUNED, before_day=before_day, entries=entries, days=gone, more=more)
+
+
+def _held_day(ctx: StepContext, day: int) -> int:
+    """``day``, unless the SAM pruned it (refused ``pruned``: the broker settled it and keeps its totals)."""
+    closed = _pruned_before(ctx)
+    if day < closed:
+        raise Refused(
+            "pruned",
+            f"day {day} was settled and pruned (the SAM pruned every day before {closed}): "
+            "the broker keeps its totals (`cardnet speed broker days`)",
+        )
+    return day
 
 
 def _must(raw: bytes | None) -> bytes:

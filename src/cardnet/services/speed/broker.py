@@ -40,6 +40,12 @@ The argument holds for each PaymentOrderID as it did:
 3. settlement runs under the server's lock, never inside or beside a group, so it reads committed records
    only (a group not committed then is one that failed: its SAM-logged debits are settled once, as a crash's).
 
+Pruning (:meth:`BrokerCore.prune`, once a day after settlement): a day that ended ``keep_days`` whole days ago is
+settled once more, its SAM totals are recorded (``sb.day``), and only then does the SAM drop its log and the records
+of what it logged (``sam.prune``), keeping per card a floor below which it refuses every counter it holds no record
+of. The register (``sb.order``, ``sb.settled``) is never pruned: it answers a paid or settled PaymentOrderID before
+the SAM is asked, so an order is paid once and a proof sent again gets its receipt whatever the SAM still holds.
+
 Memory follows the store, never leads it: a paid record is built on a copy of the authorised one and written in
 the transaction, and the order leaves ``_authorised`` only once that transaction committed (inside
 :meth:`BrokerCore.group`, once the group did). A failed commit (a store error, a group rolled back) leaves the
@@ -56,6 +62,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cardnet.applets.speed import sam as sa
@@ -79,7 +86,9 @@ log = logging.getLogger("cardnet.speed.broker")
 
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
+DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
 SETTLE_EVERY_S = 60.0
+KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
 MAX_RECEIPTS_PAGE = 256
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
@@ -124,6 +133,30 @@ _SETTLED = Schema(
         Field(3, "day", UInt()),
     ],
 )
+
+
+_SUM = Schema("sb.sum", [Field(0, "currency", Text(3)), Field(1, "amount", UInt())])
+_DAY = Schema(
+    "sb.day",
+    [
+        Field(0, "debits", ListOf(Nested(_SUM), 256)),  # the SAM's totals of the day, per currency
+        Field(1, "loads", ListOf(Nested(_SUM), 256)),
+        Field(2, "entries", UInt()),  # the log entries the SAM held for the day when it was settled
+        Field(3, "settled", UInt()),  # debits credited then from the log (the register did not show them paid)
+    ],
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneReport:
+    """What :meth:`BrokerCore.prune` did: the days settled and recorded, what the SAM dropped."""
+
+    before_day: int  # the SAM holds no log of a day before this one now
+    days: list[int]  # the days settled, recorded in ``sb.day`` and pruned by this call
+    settled: int  # purse debits credited from those days' logs (lost by the broker, see settle)
+    entries: int  # log entries the SAM dropped, with their debit, order and load records
+    open: int  # authorisations still open at the SAM (kept: their S3 or L3 may still come)
+    freed_bytes: int  # how much less the SAM card holds
 
 
 class BrokerError(CardnetError):
@@ -370,7 +403,8 @@ class BrokerCore:
                                                     what="S3 message"), "S3 message")  # fmt: skip
         if step["poid"] != poid:
             raise _Refusal("wrong_order", "the S3 message is for another PaymentOrderID")
-        self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
+        if get(self.store, SETTLED, poid) is None:  # settled: the SAM logged it (and may have pruned it since)
+            self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
         with self.store.transaction() as txn:
             receipt = self._paid(txn, poid, o)
         self._on_commit(lambda: self._authorised.pop(poid, None))  # a failed commit leaves it authorised
@@ -448,10 +482,15 @@ class BrokerCore:
         and the customer has not come back: the purse was debited, so the vendor is paid (the SAM's log is the
         evidence); a customer who comes back with the payment order gets the receipt, and nothing is paid twice.
         """
-        settled = 0
+        return self._settle_day(day)[0]
+
+    def _settle_day(self, day: int) -> tuple[int, int]:
+        """:meth:`settle` of ``day``: (debits settled, log entries read)."""
+        settled = entries = 0
         start: int | None = None
         while True:
             page = self.sam.ask(sa.LOG, sa.ENTRIES, day=day, **({} if start is None else {"start": start}))
+            entries += len(page["entries"])
             for e in page["entries"]:
                 if e["kind"] != "debit" or "poid" not in e:
                     continue
@@ -470,7 +509,44 @@ class BrokerCore:
                 settled += 1
             start = page.get("next")
             if start is None:
-                return settled
+                return settled, entries
+
+    def prune(self, *, keep_days: int = KEEP_DAYS) -> PruneReport:
+        """Settle every day the SAM holds that ended more than ``keep_days`` whole days ago, record each one's
+        totals (``sb.day``), then have the SAM prune them (``sam.prune``): their log, totals and logged debit,
+        order and load records go, each card's floor stays. The SAM's card gets its room back; a PaymentOrderID
+        stays paid once by this broker's register (never pruned), which answers before the SAM is asked (see
+        docs/speed.md, "Pruning the SAM"). Run it where :meth:`settle` runs: never beside a group."""
+        if keep_days < 1:
+            raise BrokerError("bad_keep", "the SAM keeps at least yesterday (keep_days >= 1): it is still settled")
+        cut = int(self.clock() // sa.DAY_S) - keep_days
+        held = self.sam.ask(sa.DAYS, sa.HELD)
+        closed = held.get("pruned_before", 0)
+        days = [d for d in held["days"] if d < cut]
+        if len(held["days"]) == sa.MAX_DAYS and days == held["days"]:
+            cut = days[-1] + 1  # more days than one answer lists: the rest at the next call
+        settled = 0
+        for day in days:
+            if day < closed:  # recorded before a prune that stopped part way: its log is going
+                continue
+            n, entries = self._settle_day(day)
+            settled += n
+            got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
+            rec = _DAY.encode({"debits": got["debits"], "loads": got["loads"], "entries": entries, "settled": n})
+            with self.store.transaction() as txn:
+                txn.put(DAYS, day.to_bytes(4, "big"), rec)
+        before = self.sam.card.used_bytes
+        entries = 0
+        if days or cut > closed:
+            while True:
+                got = self.sam.ask(sa.PRUNE, sa.PRUNED, before_day=max(cut, closed))
+                entries += got["entries"]
+                if not got["more"]:
+                    break
+        self.sam.card.flush()
+        after = self.sam.ask(sa.DAYS, sa.HELD)
+        return PruneReport(before_day=max(cut, closed), days=days, settled=settled, entries=entries,
+                           open=after["open"], freed_bytes=before - self.sam.card.used_bytes)  # fmt: skip
 
     @staticmethod
     def _vendor_account(txn: Any, vid: bytes) -> str:
@@ -487,6 +563,25 @@ class BrokerCore:
         got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
         return {s["currency"]: s["amount"] for s in got["debits"]}
 
+    def settled_days(self) -> dict[int, dict[str, Any]]:
+        """The days settled and pruned, by day: the SAM's totals then (debits, loads: currency -> amount), the
+        log entries and the debits settled from them."""
+        return settled_days(self.store)
+
+
+def settled_days(store: Store) -> dict[int, dict[str, Any]]:
+    """What :meth:`BrokerCore.settled_days` reads (also without a SAM, from the broker's store alone)."""
+    out = {}
+    for k, v in scan(store, DAYS):
+        rec = _DAY.decode(v)
+        out[int.from_bytes(k, "big")] = {
+            "debits": {p["currency"]: p["amount"] for p in rec["debits"]},
+            "loads": {p["currency"]: p["amount"] for p in rec["loads"]},
+            "entries": rec["entries"],
+            "settled": rec["settled"],
+        }
+    return out
+
 
 def balances(store: Store) -> dict[str, dict[str, int]]:
     """Every account's balances, by account number."""
@@ -502,11 +597,19 @@ class BrokerServer(GroupCommitServer):
     """:class:`BrokerCore` over TCP with group commit (:mod:`cardnet.services.serving`: the requests waiting at once
     answered one after another in one transaction of the broker's store, nothing sent before it committed), and
     settlement (see :meth:`BrokerCore.settle`) when it starts and every :data:`SETTLE_EVERY_S` seconds, under
-    :attr:`lock` (never beside a group)."""
+    :attr:`lock` (never beside a group), followed once a day by :meth:`BrokerCore.prune` (the SAM keeps
+    ``keep_days`` whole days besides today; ``None``: never prune)."""
 
     def __init__(
-        self, core: BrokerCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
+        self,
+        core: BrokerCore,
+        *,
+        server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+        max_group: int = MAX_GROUP,
+        keep_days: int | None = KEEP_DAYS,
     ) -> None:
+        if keep_days is not None and keep_days < 1:
+            raise BrokerError("bad_keep", "the SAM keeps at least yesterday (keep_days >= 1): it is still settled")
         super().__init__(
             lambda msg: [core.handle(msg)],
             group=core.group,
@@ -515,6 +618,8 @@ class BrokerServer(GroupCommitServer):
             oversize=fr.too_large,
         )
         self.core = core
+        self.keep_days = keep_days
+        self._pruned_on: int | None = None  # the day this server last pruned the SAM (once a day is enough)
         self._settler: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -531,13 +636,26 @@ class BrokerServer(GroupCommitServer):
         await super().aclose()
 
     async def _settle(self) -> None:
-        """Settle yesterday and today."""
+        """Settle yesterday and today; then, on a new day, settle and prune the days the SAM need not keep."""
         today = int(self.core.clock() // sa.DAY_S)
         async with self.lock:
             for day in (today - 1, today):
                 n = await asyncio.to_thread(self.core.settle, day)
                 if n:
                     log.warning("settled %d purse debit(s) of day %d from the SAM's log", n, day)
+            if self.keep_days is None or self._pruned_on == today:
+                return
+            try:
+                got = await asyncio.to_thread(self.core.prune, keep_days=self.keep_days)
+            except (CardnetError, _Refusal) as exc:  # payments go on; the next day tries again
+                log.error("could not prune the SAM's settled days: %s", exc)
+                return
+            self._pruned_on = today
+            if got.settled:
+                log.warning("settled %d purse debit(s) of days %s from the SAM's log", got.settled, got.days)
+            if got.entries:
+                log.info("pruned %d log entries of days before %d from the SAM (%d bytes freed, %d open kept)",
+                         got.entries, got.before_day, got.freed_bytes, got.open)  # fmt: skip
 
     async def _settling(self) -> None:
         while True:

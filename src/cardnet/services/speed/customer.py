@@ -76,7 +76,8 @@ class Purchase:
 
 PERMANENT = frozenset(
     {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
-     "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate"}
+     "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
+     "pruned"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
 
 

@@ -1,0 +1,332 @@
+"""Pruning the broker's SAM (``sam.prune``) on real cards (durable SQLite stores): what a purchase costs the SAM's
+card, that pruning settled days gives that room back, and that it keeps every guarantee: a proof or an order
+replayed after pruning is refused (never authorised or logged twice), an open authorisation still takes its late
+proof, the purse never goes negative, and the purse's debits and loads equal the SAM's log of the days it holds
+plus the totals of the days it pruned (which the broker recorded before)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from test_speed_purse_cards import DAY0, FATE, POID, World, make_world, sam_applets
+
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.card import Card
+from cardnet.crypto import pki
+from cardnet.protocols.speed import purse as pp
+from cardnet.store import SqliteStore
+from cardnet.wire import MType
+
+DAY_S = sa.DAY_S
+PURCHASE_BYTES = 211  # docs/speed.md, "Pruning the SAM": d: 114, o: 62, g: 35 (40-byte poid, 2.50, n < 2**32)
+
+
+def used(card: Card) -> int:
+    card.flush()  # acknowledged outbox rows count until deleted: measure the records alone
+    return card.used_bytes
+
+
+def sam(w: World) -> Card:
+    return w.slots["broker"].card
+
+
+@pytest.fixture
+def w2(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
+    w = make_world(tmp_path, ca, ("alice", "bob"))
+    yield w
+    w.close()
+
+
+def test_a_purchase_costs_the_sam_211_bytes_until_its_day_is_pruned(w2: World) -> None:
+    w = w2
+    start = used(sam(w))  # the master key
+    w.load("alice", "EUR", 10**9)
+    w.pay("alice", os.urandom(40), "EUR", 250)  # the first debit writes the totals' record
+    before = used(sam(w))
+    n = 200
+    for _ in range(n):
+        w.pay("alice", os.urandom(40), "EUR", 250)  # a PaymentOrderID is 40 bytes (VendorID || NID)
+    grown = used(sam(w)) - before
+    assert grown == n * PURCHASE_BYTES
+    # the days that ended are settled (here: read) and pruned; the SAM keeps one floor per card and the marker
+    w.now += 3 * DAY_S
+    got = w.ok("broker", sa.PRUNE, before_day=DAY0 + 1)
+    assert got == {"before_day": DAY0 + 1, "entries": n + 2, "days": 1, "more": False}  # the load and 201 debits
+    # all that is left beside the master key: the log's sequence (12 bytes), alice's floors (28), the marker (6)
+    assert used(sam(w)) - start == 12 + 28 + 6
+    rows = {k[:2] for (t, k) in sam(w)._mem if t == "a.sam"}
+    assert rows == {b"ma", b"gs", b"h:", b"pb"}  # master, gseq, alice's floors, the first day not pruned
+    assert w.ok("broker", sa.DAYS) == {"days": [], "pruned_before": DAY0 + 1, "open": 0}
+
+
+def test_a_full_sam_refuses_payments_and_takes_them_again_once_pruned(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    w = make_world(tmp_path, ca)
+    try:
+        w.load("alice", "EUR", 10**9)
+        slot = w.slots["broker"]
+        capacity = used(slot.card) + 40 * PURCHASE_BYTES  # room for about 40 payments
+        slot.card.close()
+        slot.card = Card(SqliteStore(str(slot.path)), applets=sam_applets(), capacity_bytes=capacity)
+        w.login("broker")
+        paid = 0
+        while True:
+            s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=b"po-%d" % paid, currency="EUR", amount=1)["s1"]
+            got = w.order("broker", sa.DEBIT_START, s1=s1, poid=b"po-%d" % paid, currency="EUR", amount=1)
+            if "refused" in got:
+                assert got["refused"] == "out_of_memory", got
+                break
+            s3 = w.ok("alice", pa.DEBIT, s2=got["s2"])["s3"]
+            w.ok("broker", sa.DEBIT_FINISH, s3=s3)
+            paid += 1
+            assert paid < 60
+        assert paid >= 30
+        w.now += 2 * DAY_S
+        assert w.ok("broker", sa.PRUNE, before_day=DAY0 + 1)["entries"] == paid + 1
+        for i in range(paid):  # the room is back: as many payments again
+            w.pay("alice", b"re-%d" % i, "EUR", 1)
+    finally:
+        w.close()
+
+
+def test_after_pruning_replays_are_refused_and_an_open_authorisation_still_logs(w2: World) -> None:
+    w = w2
+    w.load("alice", "EUR", 1000)
+    l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=5)["l1"]  # a load authorised on day 0 ...
+    l2 = w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=5)["l2"]
+    l3 = w.ok("alice", pa.LOAD, l2=l2)["l3"]  # ... credited, its L3 held back: open at the SAM
+    s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=250)["s1"]
+    s2 = w.ok("broker", sa.DEBIT_START, s1=s1, poid=POID, currency="EUR", amount=250)["s2"]
+    s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]
+    done = w.ok("broker", sa.DEBIT_FINISH, s3=s3)
+    open_s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=b"open", currency="EUR", amount=100)["s1"]
+    open_s2 = w.ok("broker", sa.DEBIT_START, s1=open_s1, poid=b"open", currency="EUR", amount=100)["s2"]
+    open_s3 = w.ok("alice", pa.DEBIT, s2=open_s2)["s3"]  # debited on the card, its S3 lost (for now)
+    bob_load = w.load("bob", "EUR", 10)
+    assert w.ok("broker", sa.DAYS) == {"days": [DAY0], "open": 2}
+
+    w.now += 3 * DAY_S  # day 0 is settled by the broker (its totals read), then pruned
+    assert w.sums(DAY0) == ({"EUR": 250}, {"EUR": 1010})
+    with_day0 = used(sam(w))
+    assert w.ok("broker", sa.PRUNE, before_day=DAY0 + 2)["entries"] == 3
+    assert used(sam(w)) < with_day0
+    assert w.ok("broker", sa.DAYS) == {"days": [], "pruned_before": DAY0 + 2, "open": 2}
+    assert w.order("broker", sa.TOTALS, day=DAY0)["refused"] == "pruned"
+    assert w.order("broker", sa.LOG, day=DAY0)["refused"] == "pruned"
+
+    # what was logged and pruned is refused, not authorised or logged again
+    for mtype, fields in (
+        (sa.DEBIT_START, {"s1": s1, "poid": POID, "currency": "EUR", "amount": 250}),
+        (sa.DEBIT_FINISH, {"s3": s3}),
+        (sa.LOAD_FINISH, {"l3": w.ok("bob", pa.PROOFS)["l3"][0]}),
+    ):
+        got = w.order("broker", mtype, **fields)
+        assert got["refused"] == "pruned", (mtype, got)
+    first_l1 = pp.L1.make(
+        pp.diversify(bytes(32), w.slots["alice"].card.uid), uid=w.slots["alice"].card.uid, m=0, rc=bytes(16),
+        currency="EUR", amount=1000,
+    ).encode()  # fmt: skip
+    assert w.order("broker", sa.LOAD_START, l1=first_l1, currency="EUR", amount=1000)["refused"] == "bad_mac"
+    assert w.ok("alice", pa.DEBIT, s2=s2)["s3"] == s3  # the purse's own answer is unchanged: nothing debited twice
+    assert w.accounts("alice")["EUR"] == {"balance": 655, "loaded": 1005, "debited": 350}
+
+    # the open ones still find their records, and are logged today
+    assert w.ok("broker", sa.DEBIT_START, s1=open_s1, poid=b"open", currency="EUR", amount=100)["s2"] == open_s2
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=open_s3)["day"] == DAY0 + 3
+    assert w.ok("broker", sa.LOAD_FINISH, l3=l3)["day"] == DAY0 + 3
+    assert w.sums(DAY0 + 3) == ({"EUR": 100}, {"EUR": 5})
+    assert w.ok("broker", sa.DAYS) == {"days": [DAY0 + 3], "pruned_before": DAY0 + 2, "open": 0}
+    assert done["day"] == bob_load["day"] == DAY0
+
+    # new payments go on with fresh counters; today cannot be pruned; a host back in a pruned day logs nothing
+    w.pay("alice", b"new", "EUR", 5)
+    assert w.order("broker", sa.PRUNE, before_day=DAY0 + 4)["refused"] == "bad_day"
+    s3_late = w.ok("alice", pa.DEBIT, s2=w.s2_for("alice", b"late", "EUR", 5))["s3"]
+    w.now -= 3 * DAY_S
+    assert w.order("broker", sa.DEBIT_FINISH, s3=s3_late)["refused"] == "bad_time"
+    w.now += 3 * DAY_S
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=s3_late)["day"] == DAY0 + 3
+
+
+def test_a_prune_drops_at_most_a_batch_a_step_and_keeps_a_day_s_totals_until_its_log_is_gone(
+    w2: World, monkeypatch: Any
+) -> None:
+    w = w2
+    monkeypatch.setattr(sa, "PRUNE_BATCH", 4)
+    w.load("alice", "EUR", 1000)
+    for i in range(5):
+        w.pay("alice", b"a-%d" % i, "EUR", 1)
+    w.now += DAY_S
+    for i in range(2):
+        w.pay("alice", b"b-%d" % i, "EUR", 2)
+    w.now += 2 * DAY_S
+    got = w.ok("broker", sa.PRUNE, before_day=DAY0 + 2)
+    assert got == {"before_day": DAY0 + 2, "entries": 4, "days": 0, "more": True}
+    assert w.ok("broker", sa.DAYS)["days"] == [DAY0, DAY0 + 1]  # day 0's totals stay while its log is not gone
+    got = w.ok("broker", sa.PRUNE, before_day=DAY0 + 2)
+    assert got == {"before_day": DAY0 + 2, "entries": 4, "days": 2, "more": False}
+    assert w.ok("broker", sa.DAYS) == {"days": [], "pruned_before": DAY0 + 2, "open": 0}
+    assert w.ok("broker", sa.PRUNE, before_day=DAY0 + 2) == {"before_day": DAY0 + 2, "entries": 0, "days": 0,
+                                                              "more": False}  # fmt: skip
+
+
+# --- the property: conservation across pruning, under drops, duplicates, replays and restarts --------------------
+
+OP = st.one_of(
+    st.tuples(st.just("load"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, FATE),
+    st.tuples(st.just("debit"), st.sampled_from(["EUR", "USD"]), st.integers(1, 600), FATE, FATE),
+    st.tuples(st.just("replay"), st.integers(0, 2**16), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("restart"), st.sampled_from(["alice", "broker"]), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("later"), st.integers(DAY_S // 2, 2 * DAY_S), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("prune"), st.integers(1, 2), st.just(""), st.just(""), st.just("")),
+)
+ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(OP, min_size=4, max_size=40))
+def test_purse_debits_equal_the_sams_log_plus_the_pruned_days_totals(
+    ops: list[tuple[Any, ...]], ca: pki.CertificateAuthority
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = make_world(Path(tmp), ca)
+        try:
+            run_ops(w, ops)
+        finally:
+            w.close()
+
+
+def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
+    """The hosts' moves of test_speed_purse_cards.run_ops, and ``prune``: the broker settles the days that ended
+    ``keep`` days ago (records their totals and their log's (kind, counter)) and has the SAM prune them."""
+    to_card: list[tuple[MType, str, bytes]] = []
+    to_sam: list[tuple[MType, str, bytes]] = []
+    debits: dict[int, tuple[str, int]] = {}  # n -> what the card debited
+    credits: dict[int, tuple[str, int]] = {}
+    pruned_totals: dict[tuple[str, str], int] = {}  # (kind, currency) -> what the pruned days logged
+    pruned_log: set[tuple[str, int]] = set()  # (kind, counter) of what the pruned days logged
+    logged: set[tuple[str, int]] = set()  # every (kind, counter) the SAM answered as logged
+
+    def to_purse(mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
+        out = None
+        for _ in range(times):
+            got = w.order("alice", mtype, **{field_name: raw})
+            if "refused" in got:
+                assert got["refused"] in ALLOWED, got
+                return None
+            proof_raw = bytes(got["s3"] if "s3" in got else got["l3"])
+            assert out is None or proof_raw == out
+            out = proof_raw
+            if "s3" in got:
+                s3 = pp.S3.decode(proof_raw)
+                assert debits.setdefault(s3.n, (s3.currency, s3.amount)) == (s3.currency, s3.amount)
+                to_sam.append((sa.DEBIT_FINISH, "s3", proof_raw))
+            else:
+                l3 = pp.L3.decode(proof_raw)
+                assert credits.setdefault(l3.m, (l3.currency, l3.amount)) == (l3.currency, l3.amount)
+                to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
+        return out
+
+    def finish(mtype: MType, raw: bytes, times: int) -> None:
+        field_name = "s3" if mtype is sa.DEBIT_FINISH else "l3"
+        kind, ctr = ("debit", pp.S3.decode(raw).n) if field_name == "s3" else ("load", pp.L3.decode(raw).m)
+        for _ in range(times):
+            got = w.order("broker", mtype, **{field_name: raw})
+            if "refused" in got:  # only what was logged and then pruned is refused
+                assert got["refused"] == "pruned" and (kind, ctr) in pruned_log, got
+            else:
+                assert (kind, ctr) not in pruned_log
+                logged.add((kind, ctr))
+
+    def prune(keep: int) -> None:
+        today = int(w.now // DAY_S)
+        held = w.ok("broker", sa.DAYS)
+        for day in (d for d in held["days"] if d < today - keep):
+            sums = w.ok("broker", sa.TOTALS, day=day)
+            for kind in ("debits", "loads"):
+                for s in sums[kind]:
+                    key = (kind, s["currency"])
+                    pruned_totals[key] = pruned_totals.get(key, 0) + s["amount"]
+            for e in w.ok("broker", sa.LOG, day=day)["entries"]:
+                pruned_log.add((e["kind"], e["ctr"]))
+        before = used(w.slots["broker"].card)
+        got = w.ok("broker", sa.PRUNE, before_day=max(today - keep, held.get("pruned_before", 0)))
+        assert not got["more"]
+        assert used(w.slots["broker"].card) <= before + 6  # at most the marker (``pb``) is new
+
+    reps = {"deliver": 1, "drop": 0, "dup": 2}
+    for i, (kind, a, b, fate1, fate2) in enumerate(ops):
+        if kind == "load":
+            l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
+            if "refused" in l1:
+                assert l1["refused"] == "overflow"
+                continue
+            l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
+            to_card.append((pa.LOAD, "l2", l2))
+            l3 = to_purse(pa.LOAD, "l2", l2, reps[fate1])
+            if l3 is not None:
+                finish(sa.LOAD_FINISH, l3, reps[fate2])
+        elif kind == "debit":
+            poid = b"po-%d" % i
+            s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
+            if "refused" in s1:
+                assert s1["refused"] == "insufficient"
+                continue
+            s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
+            to_card.append((pa.DEBIT, "s2", s2))
+            s3 = to_purse(pa.DEBIT, "s2", s2, reps[fate1])
+            if s3 is not None:
+                finish(sa.DEBIT_FINISH, s3, reps[fate2])
+        elif kind == "replay":
+            pool = to_card + to_sam
+            if pool:
+                mtype, field_name, raw = pool[a % len(pool)]
+                if mtype in (pa.LOAD, pa.DEBIT):
+                    to_purse(mtype, field_name, raw, 1)
+                else:
+                    finish(mtype, raw, 1)
+        elif kind == "restart":
+            w.restart(a)
+        elif kind == "later":
+            w.now += a
+        else:
+            prune(a)
+        for cur, acc in w.accounts("alice").items():  # never below zero, and what the card proved
+            assert acc["balance"] >= 0 and acc["balance"] == acc["loaded"] - acc["debited"]
+            model = sum(x for c, x in credits.values() if c == cur) - sum(x for c, x in debits.values() if c == cur)
+            assert acc["balance"] == model
+
+    # the broker settles and prunes what ended, and the purse's host presents every kept proof again: pruned ones
+    # are refused, the others logged once
+    event("pruned entries before the end" if pruned_log else "nothing pruned before the end")
+    w.now += 2 * DAY_S
+    prune(1)
+    kept = w.ok("alice", pa.PROOFS)
+    for raw in kept["s3"]:
+        finish(sa.DEBIT_FINISH, raw, 1)
+    for raw in kept["l3"]:
+        finish(sa.LOAD_FINISH, raw, 1)
+    # value adds up: the purse's debits and loads = the pruned days' totals + the SAM's held days
+    held = w.ok("broker", sa.DAYS)
+    sam_totals = dict(pruned_totals)
+    entries = len(pruned_log)
+    for day in held["days"]:
+        sums = w.ok("broker", sa.TOTALS, day=day)
+        for kind in ("debits", "loads"):
+            for s in sums[kind]:
+                sam_totals[(kind, s["currency"])] = sam_totals.get((kind, s["currency"]), 0) + s["amount"]
+        entries += len(w.ok("broker", sa.LOG, day=day)["entries"])
+    accounts = w.accounts("alice")
+    for kind, field_name in (("debits", "debited"), ("loads", "loaded")):
+        purse = {c: a[field_name] for c, a in accounts.items() if a[field_name]}
+        assert purse == {c: x for (k, c), x in sam_totals.items() if k == kind and x}
+    assert entries == len(debits) + len(credits) == len(logged | pruned_log)
