@@ -242,6 +242,8 @@ def test_an_exchange_offered_and_accepted(world: World) -> None:
         time.sleep(0.1)
     text = human(*bob.cmd("show"))
     assert xid in text and "offered to you: accept or reject it" in text, text
+    listed = human(*bob.cmd("exchange", "list"))  # what is offered, in the voucher's words
+    assert "Final, seat 9" in listed and "offered" in listed, listed
     done = ok(*bob.cmd("exchange", "accept", xid, "--wait", WAIT_S))
     assert done["phase"] == "done", done
     bob.until(ticket, "enabled")

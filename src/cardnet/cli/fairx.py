@@ -100,6 +100,10 @@ WHY_WORDS = {
 }
 
 
+# An exchange list's columns for people; offered: the body of a voucher offered to this card.
+EXCHANGE_COLUMNS = ("id", "role", "peer", "give", "want", "offered", "state")
+
+
 def report_exchange(as_json: bool, x: Any, text: str) -> None:
     row = exchange_row(x)
     say(as_json, row, f"{text}\nexchange {x.n1.hex()}: {row['state']}")
@@ -163,8 +167,7 @@ def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool)
     if as_json:
         emit_json({"exchanges": rows})
         return
-    columns = ("id", "role", "peer", "give", "want", "offered", "state")  # offered: the body of a voucher offered
-    print_rows(rows, columns, title="exchanges", empty="no exchanges")
+    print_rows(rows, EXCHANGE_COLUMNS, title="exchanges", empty="no exchanges")
 
 
 def _order(name: str, doc: str, method: str, done: str) -> None:

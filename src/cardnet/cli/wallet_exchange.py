@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from cardnet.cli.fairx import exchange_row, offer_exchange, order_exchange, report_exchange
+from cardnet.cli.fairx import EXCHANGE_COLUMNS, exchange_row, offer_exchange, order_exchange, report_exchange
 from cardnet.cli.output import emit_json, print_rows
 from cardnet.cli.trn import hex16, parse_oid, parse_uid
 from cardnet.cli.wallet import WAIT_S, Target, wallet_command
@@ -76,4 +76,4 @@ def exchange_list(target: Target, as_json: bool) -> None:
     if as_json:
         emit_json({"exchanges": rows})
         return
-    print_rows(rows, ("id", "role", "peer", "give", "want", "state"), title="exchanges", empty="no exchanges")
+    print_rows(rows, EXCHANGE_COLUMNS, title="exchanges", empty="no exchanges")
