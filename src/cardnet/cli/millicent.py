@@ -288,7 +288,11 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
 
     host, port = _listen(broker)
     r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
-    say(as_json, r, f"redeemed {r['items']} scrip: paid {r['paid']}, {r['duplicates']} already redeemed")
+    if not r["items"]:
+        say(as_json, r, "nothing to redeem: no broker-minted scrip was received since the last redemption")
+        return
+    say(as_json, r, f"redeemed {r['items']} scrip: the broker owes this vendor {r['paid']} more for them (its "
+        f"discount kept; `broker status` shows the total), {r['duplicates']} of them redeemed before")  # fmt: skip
 
 
 @vendor.command("status")
@@ -434,7 +438,7 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
     from cardnet.services.millicent_broker import deposit
 
     balance = deposit(_broker(store), _hex(customer, 8, "--customer"), amount)
-    say(as_json, {"customer": customer, "balance": balance}, f"balance {balance}")
+    say(as_json, {"customer": customer, "balance": balance}, f"customer {customer}: prepaid balance {balance}")
 
 
 @broker.command("run")
