@@ -25,7 +25,7 @@ from cardnet.store import Store
 STORE = click.option("--store", required=True, help="The service's store: a file path or a store URL.")
 CA = click.option(
     "--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The CA file (`cardnet ca init`): it certifies this service's new key.",
+    help="The CA file (`cardnet ca create`): it certifies this service's new key.",
 )  # fmt: skip
 SAM_STORE = click.option("--sam-store", required=True, help="The SAM card's store (its EEPROM), e.g. sam.db.")
 SAM_CAPACITY = 64 * 1024 * 1024  # a security module's store, not a smartcard's 256 KiB (about 220 bytes a payment)
@@ -40,6 +40,7 @@ HINTS = {
     "insufficient": "load the purse first: cardnet speed purse load --amount '10.00 EUR' ...",
     "unknown_product": "`cardnet speed catalogue --vendor HOST:PORT` lists what the vendor sells",
     "no_agreement": "raise --limit, or try again later",
+    "over_limit": "raise --limit; without --aggressive the vendor may come down to its floor",
     "unreachable": "is the service running at that HOST:PORT?",
 }
 
@@ -159,7 +160,11 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
         add_product(_vendor_store(store), product, p, path.read_bytes(), floor=f)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason)
-    say(as_json, {"product": product, "price": str(p)}, f"{product!r} at {p} is in the catalogue")
+    say(
+        as_json,
+        {"product": product, "price": str(p)},
+        f"{product!r} at {p} is in the catalogue (a running `cardnet speed vendor run` serves it once restarted)",
+    )
 
 
 @vendor.command("run")
@@ -273,15 +278,22 @@ def broker_add_customer(store: str, account: str, card: str, deposit: str | None
 @STORE
 @json_option
 def broker_accounts(store: str, as_json: bool) -> None:
-    """Every account's balances (minor units)."""
+    """Every account's balances (with --json: in minor units, e.g. 250 for 2.50 EUR)."""
     from cardnet.services.speed.broker import balances
 
-    rows = [{"account": a, **{c: str(v) for c, v in b.items()}} for a, b in balances(_broker_store(store)).items()]
-    if as_json:
-        emit_json({"accounts": balances(_broker_store(store))})
+    got = balances(_broker_store(store))
+    if as_json:  # minor units, as the broker keeps them
+        emit_json({"accounts": got})
         return
+    rows = [{"account": a, **{c: _amount(c, v) for c, v in b.items()}} for a, b in got.items()]
     cols = tuple(sorted({k for r in rows for k in r if k != "account"}))
     print_rows(rows, ("account", *cols), title="broker accounts", empty="no accounts yet")
+
+
+def _amount(currency: str, minor: int) -> str:
+    """Minor units in words, e.g. ``2.50 EUR`` for 250 (``0.00 EUR``, and a sign, too)."""
+    sign, minor = ("-", -minor) if minor < 0 else ("", minor)
+    return f"{sign}{minor // 100}.{minor % 100:02d} {currency}"
 
 
 @broker.command("run")
@@ -505,8 +517,11 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None, out: Path,
         as_json: bool) -> None:  # fmt: skip
     """Buy products: negotiate (or not), receive them encrypted, pay, and get the key with the receipt."""
+    later = {"insufficient": f"load the purse (`cardnet speed purse load --amount ...`), then `cardnet speed recover "
+             f"--out {out} ...` pays this purchase, delivered and waiting (buying again would make a second order, "
+             "which recover would pay too)"}  # fmt: skip
     result = purchase(socket, pin, card, vendor_addr, broker, broker_cert, ca_cert, products, limit, aggressive,
-                      account, out)  # fmt: skip
+                      account, out, later)  # fmt: skip
     say(as_json, result, f"paid {result['price']}; {len(result['files'])} product(s) in {out}: "
         + ", ".join(result["files"]))  # fmt: skip
 
