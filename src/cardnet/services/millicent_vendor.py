@@ -734,15 +734,15 @@ class VendorServer:
         return self._server.address
 
     async def aclose(self) -> None:
-        """Stop in order: take no more requests, commit the batches already taken and write their replies, then
-        close every connection; within ``close_wait_s``.
+        """Stop in order: take no more requests, decide those already queued, commit their batches and write
+        their replies, then close every connection; within ``close_wait_s``.
 
-        A request read after the stop began, or queued but not yet in a batch, is not answered (nothing of it
-        was decided): its connection is closed after the replies before it, and the client sends it again to
-        the vendor once it runs again. A batch whose transaction has begun is committed whatever happens (it
-        cannot be called back); if that, or writing the replies to a slow client, takes longer than
-        ``close_wait_s``, the server closes anyway (logged): those replies are stored with their spent records,
-        and each customer's resend of the same request fetches its own.
+        A request read after the stop began (or queued behind it by a reader that was waiting for room) is not
+        answered, nothing of it decided: its connection is closed after the replies before it, and the client
+        sends it again to the vendor once it runs again. A batch whose transaction has begun is committed
+        whatever happens (it cannot be called back); if that, or writing the replies to a slow client, takes
+        longer than ``close_wait_s``, the server closes anyway (logged): those replies are stored with their
+        spent records, and each customer's resend of the same request fetches its own.
         """
         if self._closing:
             await self._closed.wait()
