@@ -574,7 +574,10 @@ def _written(out: Path, got: Any) -> dict[str, Any]:
 def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, as_json: bool) -> None:
     """Finish the purchases a crash or a lost connection interrupted (paid once, whatever happened)."""
     done = finish_purchases(socket, pin, card, ca_cert, out)
-    say(as_json, {"finished": done}, f"{len(done)} purchase(s) finished" if done else "nothing was left to finish")
+    words = [f"{len(done)} purchase(s) finished"] + [
+        f"paid {d['price']}; {len(d['files'])} product(s) in {out}: " + ", ".join(d["files"]) for d in done
+    ]
+    say(as_json, {"finished": done}, "\n".join(words) if done else "nothing was left to finish")
 
 
 def finish_purchases(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path) -> list[dict[str, Any]]:
