@@ -53,3 +53,9 @@ def test_a_run_that_started_is_refused_at_once_with_what_to_do(tmp_path: Path) -
 def test_every_plan_option_says_what_it_is() -> None:
     text = cardnet("smc", "plan", "--help").stdout
     assert "--rho-max" in text and "Fake rounds are 0..rho-max" in " ".join(text.split())
+
+
+def test_every_reason_join_fails_for_says_what_to_do() -> None:
+    from cardnet.cli.smc import JOIN_HINTS
+
+    assert set(JOIN_HINTS) >= {"no_host", "wrong_pin", "not_a_member", "restarted", "too_late", "terms_differ"}

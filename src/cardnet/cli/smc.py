@@ -373,6 +373,18 @@ def smc_plan(
         console.print(f"run {run.hex()} ({function}, n={n}, t={t}) starts in {start_in:g} s: written to {out}")
 
 
+JOIN_HINTS = {  # what to do when `smc join` fails, by reason
+    "no_host": "is `cardnet host run` running with that app_socket?",
+    "wrong_pin": "check the PIN; at 0 tries the card locks",
+    "not_a_member": "this card is not in the run file's members (use --card if the host runs several cards)",
+    "restarted": "this module restarted during the run: it takes no further part; plan a new run",
+    "too_late": "the run's first round had passed: join before it (ask for a new run file: `cardnet smc plan ... "
+    "--start-in 30`)",
+    "terms_differ": "every party must join with the same run file, and have the same function (`cardnet smc "
+    "functions --json` shows its code hash)",
+}
+
+
 @smc.command("join")
 @click.option("--run", "run_file", required=True, type=click.Path(dir_okay=False), help="The run file (`smc plan`).")
 @click.option("--socket", required=True, help="Your host's application socket (app_socket in its config).")
@@ -441,13 +453,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     try:
         outcome, took = asyncio.run(go())
     except SmcError as exc:
-        hints = {
-            "no_host": "is `cardnet host run` running with that app_socket?",
-            "wrong_pin": "check the PIN; at 0 tries the card locks",
-            "not_a_member": "this card is not in the run file's members",
-            "restarted": "this module restarted during the run: it takes no further part; plan a new run",
-        }
-        fail(str(exc), reason=exc.reason, hint=hints.get(exc.reason))
+        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason))
     finally:
         if status is not None:
             status.stop()
