@@ -26,7 +26,11 @@ State (in the applet's key-value space): ``s:<peer>`` the session,
 ``q:<peer>`` the queue (CBOR list of inner messages), ``bl`` the newest
 blocklist this card has seen, ``pol`` the tightenings received, and
 ``c:<peer>`` a peer's certificate as its last handshake showed it, for the
-peers the applet :meth:`~SessionApplet.wants_cert` (none by default).
+peers the applet :meth:`~SessionApplet.wants_cert` (none by default), and
+``sf:<peer>`` while this card has told the peer to forget their session
+(``session.failed``) and not yet opened a new one: the peer's records already
+on their way still open in the old session, this card's next message opens a
+new one.
 """
 
 from __future__ import annotations
@@ -194,7 +198,11 @@ class SessionApplet(Applet):
     # -- sending -----------------------------------------------------------------------------
     def send_inner(self, ctx: StepContext, peer: Uid, raw: bytes) -> None:
         state = self.session(ctx, peer)
-        if state is not None and state.open and self._due(ctx, state, 1) is not None:
+        if (
+            state is not None
+            and state.open
+            and (self._due(ctx, state, 1) is not None or ctx.get(b"sf:" + bytes(peer)) is not None)
+        ):
             ctx.delete(b"s:" + bytes(peer))  # re-key: the message waits in the queue for the new session
             state = None
         if state is not None and state.open:
@@ -211,6 +219,7 @@ class SessionApplet(Applet):
 
     def start_session(self, ctx: StepContext, peer: Uid) -> None:
         ctx.delete(b"stale:" + bytes(peer))
+        ctx.delete(b"sf:" + bytes(peer))
         state, hello = sess.initiate(peer, ctx.random(48), ctx.random(16), ctx.certificate_der)
         bl = self.blocklist(ctx)
         if bl is not None:
@@ -280,6 +289,11 @@ class SessionApplet(Applet):
             # which any host can do anyway).
             if msg.mtype != sess.FAILED.code and exc.reason not in QUIET:
                 ctx.emit(sess.FAILED, peer, reason=exc.reason[:64], detail=str(exc)[:300])
+                # The peer forgets its session when this answer reaches it. This card keeps its own for the peer's
+                # records already on their way (they still open), but its next message opens a new session
+                # (``sf:``): sent in this one it would be refused (no_session) and lost until recovery.
+                if self.session(ctx, peer) is not None:
+                    ctx.put(b"sf:" + bytes(peer), b"")
             self.on_refused(ctx, peer, exc)
 
     def on_refused(self, ctx: StepContext, peer: Uid, exc: ProtocolError) -> None:
@@ -307,6 +321,7 @@ class SessionApplet(Applet):
         self.adopt_blocklist(ctx, verified.blocklist)
         self._stale(ctx, peer, verified.blocklist)
         self._save(ctx, state)
+        ctx.delete(b"sf:" + bytes(peer))  # (a new session: whatever this card refused was in the old one)
         ctx.emit(sess.ACCEPT, peer, **accept)
 
     def _accept(self, ctx: StepContext, peer: Uid, accept: dict[str, Any]) -> None:
