@@ -27,10 +27,10 @@ State (in the applet's key-value space): ``s:<peer>`` the session,
 blocklist this card has seen, ``pol`` the tightenings received, and
 ``c:<peer>`` a peer's certificate as its last handshake showed it, for the
 peers the applet :meth:`~SessionApplet.wants_cert` (none by default), and
-``sf:<peer>`` while this card has told the peer to forget their session
-(``session.failed``) and not yet opened a new one: the peer's records already
-on their way still open in the old session, this card's next message opens a
-new one.
+``sf:<peer>`` once this card refused an inner message the peer's card sent
+(the peer forgets the session on the ``session.failed`` that follows), until
+a new session opens: the peer's records already on their way still open in the
+old session, this card's next message opens a new one.
 """
 
 from __future__ import annotations
@@ -289,11 +289,6 @@ class SessionApplet(Applet):
             # which any host can do anyway).
             if msg.mtype != sess.FAILED.code and exc.reason not in QUIET:
                 ctx.emit(sess.FAILED, peer, reason=exc.reason[:64], detail=str(exc)[:300])
-                # The peer forgets its session when this answer reaches it. This card keeps its own for the peer's
-                # records already on their way (they still open), but its next message opens a new session
-                # (``sf:``): sent in this one it would be refused (no_session) and lost until recovery.
-                if self.session(ctx, peer) is not None:
-                    ctx.put(b"sf:" + bytes(peer), b"")
             self.on_refused(ctx, peer, exc)
 
     def on_refused(self, ctx: StepContext, peer: Uid, exc: ProtocolError) -> None:
@@ -344,6 +339,7 @@ class SessionApplet(Applet):
         self.adopt_blocklist(ctx, verified.blocklist)
         self._stale(ctx, peer, verified.blocklist)
         self._save(ctx, opened)
+        ctx.delete(b"sf:" + bytes(peer))  # (a new session: whatever this card refused was in the old one)
         ctx.emit(sess.FINISH, peer, **fin)
         self._keep_cert(ctx, peer, accept["cert"])
         self._flush(ctx, peer)
@@ -356,6 +352,7 @@ class SessionApplet(Applet):
             raise ProtocolError("no_session", f"no handshake with {peer} is waiting for a finish")
         key = sess.peer_key_of(state, ctx.roots_der, ctx.now)
         self._save(ctx, sess.complete(state, fin, key, ctx.now))
+        ctx.delete(b"sf:" + bytes(peer))
         if state.cert_a is not None:
             self._keep_cert(ctx, peer, state.cert_a)
         self._flush(ctx, peer)
@@ -374,7 +371,16 @@ class SessionApplet(Applet):
             raise ProtocolError("session_expired", f"{why}: open a new session")
         state, inner = sess.open_record(state, ctx.card_uid, rec)
         self._save(ctx, state)
-        self.on_inner(ctx, peer, inner)
+        try:
+            self.on_inner(ctx, peer, inner)
+        except ProtocolError as exc:
+            if exc.reason not in QUIET:
+                # The peer card sent this (it opened in their session) and forgets the session when this refusal's
+                # session.failed reaches it. This card keeps its own for the peer's records already on their way
+                # (they still open), but its next message opens a new session (``sf:``): sent in this one it would
+                # be refused (no_session) and lost until recovery.
+                ctx.put(b"sf:" + bytes(peer), b"")
+            raise
 
     def _failed(self, ctx: StepContext, peer: Uid) -> None:
         """The peer refused something of ours: forget the session; recovery opens a new one."""
