@@ -33,6 +33,9 @@ async def _setup(net: TrnNet) -> None:
         assert (await net.ask("agent", SEND, oid=oid, to=net.uids[to]))["ok"]
     for oid, at in ((T1, "a"), (T2, "b"), (T3, "a")):
         await net.settle(at, oid)
+    for name in ("a", "b"):  # (both follow the one TTP: an offer names it, and no card exchanges without one)
+        async with await wallet(net, name) as w:
+            await w.set_ttp(net.uids["ttp"])
 
 
 async def wallet(net: TrnNet, card: str) -> Wallet:

@@ -32,6 +32,7 @@ def _key(seed: int) -> profile.PrivateKey:
 
 KA, KB, KT, KI, KX = (_key(s) for s in (1, 2, 3, 4, 5))  # a, b, the TTP, the vouchers' issuer, a stranger
 ISSUER = Uid(bytes.fromhex("11" * 12), 0)
+TTP = Uid(bytes.fromhex("77" * 12), 0)  # the TTP both cards follow (the offer names it)
 V1 = mint(OID1, ISSUER, b"concert, seat 7", lambda d: profile.sign(KI, d)).encode()
 V2 = mint(OID2, ISSUER, b"voucher: one coffee", lambda d: profile.sign(KI, d)).encode()
 ISSUER_CERT = b"cert of the issuer"
@@ -72,6 +73,7 @@ class Ttp:
             prior=self.decisions.get(req.xid),
             sign=signer(KT),
             my_cert=b"cert of the ttp",
+            me=TTP,
         )
         self.decisions.setdefault(req.xid, decision)
         return adm
@@ -81,6 +83,7 @@ def offer(n1: bytes = b"n" * 16) -> tuple[fx.Outcome, fx.Outcome]:
     """a starts; the offer reaches b: (a's outcome, b's outcome)."""
     oa = fx.start(
         a=A,
+        ttp=TTP,
         b=B,
         my_cert=b"cert of a",
         give_token=V1,
@@ -384,6 +387,7 @@ def test_the_ttp_refuses_what_it_cannot_attribute_to_a_party_of_that_exchange() 
 def test_the_offer_must_come_from_the_session_peer_it_names() -> None:
     oa = fx.start(
         a=A,
+        ttp=TTP,
         b=B,
         my_cert=b"cert of a",
         give_token=V1,
@@ -416,6 +420,7 @@ def test_the_offer_must_come_from_the_session_peer_it_names() -> None:
     with pytest.raises(ProtocolError, match="two different vouchers"):
         fx.start(
             a=A,
+            ttp=TTP,
             b=B,
             my_cert=b"cert of a",
             give_token=V1,
@@ -458,6 +463,7 @@ class Explorer:
     def initial(self) -> World:
         oa = fx.start(
             a=A,
+            ttp=TTP,
             b=B,
             my_cert=b"cert of a",
             give_token=V1,
@@ -532,6 +538,7 @@ class Explorer:
                 prior=decisions.get(req.xid),
                 sign=signer(KT),
                 my_cert=b"ct",
+                me=TTP,
             )
             decisions.setdefault(req.xid, decision)
             ttp = tuple(sorted((xid, v, st or b"") for xid, (v, st) in decisions.items()))
@@ -654,3 +661,29 @@ def test_every_schedule_is_safe_and_recovery_always_ends_fair() -> None:
         fx.Phase.PROPOSED, fx.Phase.AGREED, fx.Phase.ABORTING, fx.Phase.DONE, fx.Phase.ABORTED
     }  # fmt: skip
     assert {v for w in seen for _, v, _ in w.ttp} == {fx.RESOLVED, fx.ABORTED}
+
+
+def test_the_offer_names_the_ttp_and_only_that_ttp_decides() -> None:
+    """Each card acts on its own TTP's admissions only: were the two cards to follow different TTPs, one could
+    resolve and the other abort the same exchange (a voucher on both cards). So the offer names a's TTP under a's
+    signature, b takes part only if it follows that one (``same_ttp``), and another TTP refuses to decide."""
+    oa, ob = offer()
+    m1 = sent(oa, fx.OFFER)
+    assert m1["ttp"] == TTP and fx.same_ttp(m1, TTP)
+    assert not fx.same_ttp(m1, C) and not fx.same_ttp(m1, None)  # b follows another TTP, or none: b refuses
+    with pytest.raises(ProtocolError, match="not signed"):  # the TTP is signed: a host cannot swap it
+        fx.on_offer(dict(m1, ttp=C), me=B, peer=A, a_key=KA.public_key(), open_=opener(KB), issuer_key=issuer_key)
+    assert ob.exchange is not None
+    a, ob2 = agreed()
+    assert ob2.exchange is not None
+    oa2 = confirm(a, ob2)
+    assert oa2.exchange is not None
+    abort = sent(fx.abort(ob2.exchange, signer(KB), b"cert of b"), fx.REQUEST)
+    req = fx.parse_request(abort)
+    with pytest.raises(ProtocolError) as caught:
+        fx.ttp_decide(req, requester=B, a_key=KA.public_key(), b_key=KB.public_key(), prior=None, sign=signer(KT),
+                      my_cert=b"cert of another ttp", me=C)  # fmt: skip
+    assert caught.value.reason == "not_my_exchange"
+    decision, _ = fx.ttp_decide(req, requester=B, a_key=KA.public_key(), b_key=KB.public_key(), prior=None,
+                                sign=signer(KT), my_cert=b"cert of the ttp", me=TTP)  # fmt: skip
+    assert decision == (fx.ABORTED, None)

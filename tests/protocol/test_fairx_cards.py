@@ -254,3 +254,32 @@ def test_given_up_offers_are_pruned_like_finished_ones(tmp_path: Path, ca: pki.C
                 order(w, "bob", fa.REJECT, n1=n1)
         w.run(100)
     assert len(exchanges(w, "alice")) <= fa.KEEP_FINISHED
+
+
+def test_an_offer_naming_another_ttp_is_refused_and_nothing_stays_locked(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Two cards that follow different TTPs could have one exchange resolved by one TTP and aborted by the other:
+    the offer names alice's TTP, and bob, following another, refuses it (alice gets her voucher back at once)."""
+    w = world(tmp_path, ca)
+    w.card("ttp2", pki.Role.SERVICE, applet=fa.TtpApplet())
+    assert fa.TTP_IS.parse(w.ask("bob", fa.SET_TTP, ttp=uid(w, "ttp2")))["ttp"] == uid(w, "ttp2")
+    started = order(w, "alice", fa.START, give=T1, want=T2, to=uid(w, "bob"))
+    w.run(300)
+    [x] = exchanges(w, "alice").values()
+    assert x["n1"] == started["n1"] and x["phase"] == "aborted" and x["why"] == "ttp_mismatch", x
+    assert exchanges(w, "bob") == {}  # no offer held for bob's owner
+    assert status(w, "alice", T1) == "enabled" and status(w, "bob", T2) == "enabled"
+    # the same TTP again: the exchange goes through
+    assert fa.TTP_IS.parse(w.ask("bob", fa.SET_TTP, ttp=uid(w, "ttp")))["ttp"] == uid(w, "ttp")
+    n1 = offered(w)
+    assert order(w, "bob", fa.ACCEPT, n1=n1).get("phase") == "agreed"
+    w.run(400)
+    assert (status(w, "alice", T2), status(w, "bob", T1)) == ("enabled", "enabled")
+
+
+def test_no_exchange_starts_without_a_ttp(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    w = fairx_world(tmp_path, ca, {})
+    w.card("carol")
+    refused = order(w, "carol", fa.START, give=T1, want=T2, to=uid(w, "bob"))
+    assert refused.get("refused") and refused["reason"] == "no_ttp" and "fairx.set_ttp" in refused["detail"], refused

@@ -206,6 +206,7 @@ class ExchangeWallet(SessionApplet):
             raise Refused("refused", "exchange with another card (a Uid with port 0)")
         if give == want:
             raise Refused("refused", "an exchange swaps two different vouchers")
+        self._ttp(ctx)  # (the offer names it: no exchange without one)
         self._issuer_cert(ctx, self._usable_token(ctx, give))
         self._check_free(ctx, want, "get")
         n1 = ctx.random(fx.NONCE_BYTES)
@@ -236,7 +237,7 @@ class ExchangeWallet(SessionApplet):
         out = fx.start(
             a=ctx.card_uid, b=to, give_token=h.token, want=p["want"], n1=n1, my_cert=ctx.certificate_der,
             peer_cert=cert, seal=self._sealer(ctx, to, cert), sign=ctx.sign,
-            issuer_cert=self._issuer_cert(ctx, h.token),
+            issuer_cert=self._issuer_cert(ctx, h.token), ttp=self._ttp(ctx),
         )  # fmt: skip
         ctx.delete(b"xs:" + n1)
         if not self.wants_cert(ctx, to):  # (the exchange keeps it; c: holds certificates still needed only)
@@ -347,6 +348,10 @@ class ExchangeWallet(SessionApplet):
             return  # a duplicate (or a replay): this offer was held or answered already
         if len(ctx.scan(b"xo:")) >= MAX_PROPOSED:
             self.send_inner(ctx, peer, fx.encode_inner(fx.REFUSAL, {"n1": n1, "reason": "busy"}))
+            return
+        ttp = ctx.get(b"ttp")
+        if not fx.same_ttp(m1, None if ttp is None else Uid.from_bytes(ttp)):  # (nothing locked here: refused)
+            self.send_inner(ctx, peer, fx.encode_inner(fx.REFUSAL, {"n1": n1, "reason": fx.TTP_MISMATCH}))
             return
         a_key = _peer_key(m1["cert"], peer, ctx)
         out = fx.on_offer(
@@ -523,8 +528,9 @@ class TtpApplet(SessionApplet):
             assert isinstance(kept, list) and len(kept) == 2
             prior = (str(kept[0]), bytes(kept[1]) or None)
         decision, adm = fx.ttp_decide(
-            req, requester=peer, a_key=a_key, b_key=b_key, prior=prior, sign=ctx.sign, my_cert=ctx.certificate_der
-        )
+            req, requester=peer, a_key=a_key, b_key=b_key, prior=prior, sign=ctx.sign, my_cert=ctx.certificate_der,
+            me=ctx.card_uid,
+        )  # fmt: skip
         if prior is None:
             ctx.put(b"d:" + req.xid, dumps([decision[0], decision[1] or b""]))
         self.send_inner(ctx, peer, fx.encode_inner(fx.ADMISSION, adm))

@@ -95,6 +95,8 @@ def why_words(role: str, why: str) -> str:
 
 WHY_WORDS = {
     "busy": "the other card has too many offers waiting: offer again later",
+    "ttp_mismatch": "the other card follows another TTP (or none): both owners must set the same one "
+    "(cardnet exchange set-ttp)",
     "gave up": "you gave it up",
     "aborted by the TTP": "the TTP aborted it",
 }

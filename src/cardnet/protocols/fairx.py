@@ -109,8 +109,12 @@ OFFER_SCHEMA = Schema(
         Field(6, "sig", _SIG),  # a's, over offer_bytes
         Field(7, "cert", Bytes(MAX_CERT)),  # a's certificate (b checks it against its CA and a's Uid)
         Field(8, "issuer_cert", Bytes(MAX_CERT)),  # the certificate of v1's issuer (an agent card): b checks v1
+        # the TTP a follows, signed: b takes part only if it follows the same one (see same_ttp), and that TTP
+        # decides only exchanges that name it. (Optional to decode for offers stored before it existed.)
+        Field(9, "ttp", UidType(), optional=True),
     ],
 )
+TTP_MISMATCH = "ttp_mismatch"  # b's refusal of an offer naming another TTP than b's (or none)
 AGREE_SCHEMA = Schema(
     "fairx.agree",
     [
@@ -185,17 +189,18 @@ def decode_inner(raw: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def offer_bytes(f: dict[str, Any]) -> bytes:
-    return dumps(
-        [
-            "cardnet/fairx-offer/v1",
-            bytes(f["a"]),
-            bytes(f["b"]),
-            f["n1"],
-            f["give"],
-            f["want"],
-            profile.sha256(f["box"]),
-        ]
-    )
+    signed = ["cardnet/fairx-offer/v1", bytes(f["a"]), bytes(f["b"]), f["n1"], f["give"], f["want"]]
+    signed.append(profile.sha256(f["box"]))
+    if f.get("ttp") is not None:
+        signed.append(bytes(f["ttp"]))
+    return dumps(signed)
+
+
+def same_ttp(m1: dict[str, Any], my_ttp: Uid | None) -> bool:
+    """Whether offer ``m1`` names the TTP this card follows. Each card acts only on its own TTP's admissions, so
+    two cards that followed different TTPs could have one exchange resolved by one and aborted by the other (a
+    voucher on both cards): b takes part only in an exchange whose offer names its own TTP."""
+    return my_ttp is not None and m1.get("ttp") == my_ttp
 
 
 def agree_bytes(xid: bytes, m1h: bytes, box: bytes) -> bytes:
@@ -455,15 +460,16 @@ def start(
     seal: Sealer,
     sign: Signer,
     issuer_cert: bytes,
+    ttp: Uid,
 ) -> Outcome:
     """The owner's ``start``: offer ``give_token`` (held enabled: the applet checked) for ``want`` held by ``b``;
-    ``issuer_cert`` is the certificate of its issuer, for ``b`` to check it."""
+    ``issuer_cert`` is the certificate of its issuer, for ``b`` to check it; ``ttp`` the TTP ``a`` follows."""
     give = Token.decode(give_token).oid
     if give == want:
         raise ProtocolError("refused", "an exchange swaps two different vouchers")
     if not b.is_card or b == a:
         raise ProtocolError("refused", "exchange with another card (a Uid with port 0)")
-    f: dict[str, Any] = {"a": a, "b": b, "n1": n1, "give": give, "want": want}
+    f: dict[str, Any] = {"a": a, "b": b, "n1": n1, "give": give, "want": want, "ttp": ttp}
     f["box"] = seal(give_token, box_info(b"v1", n1))
     f["sig"] = sign(offer_bytes(f))
     f["cert"] = my_cert
@@ -722,8 +728,10 @@ def ttp_decide(
     prior: tuple[str, bytes | None] | None,
     sign: Signer,
     my_cert: bytes,
+    me: Uid,
 ) -> tuple[tuple[str, bytes | None], dict[str, Any]]:
-    """The TTP's answer to ``req`` from ``requester``: ``((decision, a's statement), admission fields)``.
+    """The TTP ``me``'s answer to ``req`` from ``requester``: ``((decision, a's statement), admission fields)``;
+    an exchange whose offer names another TTP is not its to decide (``not_my_exchange``).
 
     ``prior`` is the decision recorded for ``req.xid`` (first-wins: the caller stores a new one durably before
     answering, and never overwrites). Refuses (ProtocolError) a request it cannot attribute to a party of the
@@ -731,6 +739,8 @@ def ttp_decide(
     requester must be a (resolve, abort after giving up) or b (abort), and the request signed by it.
     """
     _verify(a_key, req.m1["sig"], offer_bytes(req.m1), "the offer (m1)")
+    if req.m1.get("ttp", me) != me:  # (an offer of before the field: no TTP named, as then)
+        raise ProtocolError("not_my_exchange", f"exchange {req.xid.hex()} names another TTP ({req.m1['ttp']})")
     m1h = profile.sha256(OFFER_SCHEMA.encode(req.m1))
     if req.m2["m1h"] != m1h:
         raise ProtocolError("bad_request", "the agreement (m2) answers another offer")
