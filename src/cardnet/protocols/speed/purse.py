@@ -389,7 +389,9 @@ def begin_debit(
         s1 = S1.make(key, uid=uid, n=pending.n, rc=pending.rc, poid=poid, currency=currency, amount=amount)
         return state, s1
     if state.balance(currency) < amount:
-        raise _fail("insufficient", f"the purse holds {state.balance(currency)} {currency}, {amount} needed")
+        raise _fail(
+            "insufficient", f"the purse holds {state.balance(currency)} minor units of {currency}, {amount} are needed"
+        )
     if state.n > MAX_COUNTER:
         raise _fail("exhausted", "the purse's debit counter is spent: the purse must be reissued")
     debits = dict(state.debits)
@@ -423,7 +425,9 @@ def apply_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseS
         raise _fail("mismatch", f"the S2 for order {s2.poid.hex()} is not for the debit this purse began")
     acc = state.accounts.get(s2.currency, Account())
     if acc.balance < s2.amount:
-        raise _fail("insufficient", f"the purse holds {acc.balance} {s2.currency}, {s2.amount} needed")
+        raise _fail(
+            "insufficient", f"the purse holds {acc.balance} minor units of {s2.currency}, {s2.amount} are needed"
+        )
     if acc.debited + s2.amount > MAX_TOTAL:  # pragma: no cover - 2**11 maximal debits of one currency
         raise _fail("overflow", f"the purse's cumulated {s2.currency} debits would overflow")
     s3 = S3.make(key, uid=uid, poid=s2.poid, n=s2.n, rs=s2.rs, currency=s2.currency, amount=s2.amount)
