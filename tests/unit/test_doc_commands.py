@@ -39,6 +39,8 @@ def doc_commands(path: Path) -> list[tuple[int, list[str]]]:
             continue
         if lang not in ("sh", "console", "bash", ""):
             continue
+        if lang == "console" and not pending and not line.strip().startswith("$ "):
+            continue  # (in a console block only `$ ` lines are commands: the rest is what they printed)
         text = pending + line.strip()
         if text.endswith("\\"):
             pending = text[:-1] + " "
