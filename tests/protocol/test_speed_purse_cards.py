@@ -450,18 +450,27 @@ def test_purse_debits_and_loads_equal_the_sams_log_under_drops_duplicates_and_re
             w.close()
 
 
-def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
-    to_card: list[tuple[MType, str, bytes]] = []  # every S2 and L2 made, to replay
-    to_sam: list[tuple[MType, str, bytes]] = []  # every S3 and L3 made, to replay
-    debits: dict[int, tuple[str, int]] = {}  # n -> what the card debited (from the S3s it gave)
-    credits: dict[int, tuple[str, int]] = {}
-    days = {DAY0}
+REPS = {"deliver": 1, "drop": 0, "dup": 2}  # a fate: how often a message is delivered
 
-    def to_purse(mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
+
+class PurseMoves:
+    """The purse's and the SAM's hosts' moves in a hypothesis run: each S2 or L2 made is delivered to the purse and
+    each S3 or L3 to the SAM (``finish``) once, twice or not at all, made ones replayed, cards restarted; what the
+    card proved it debited and credited (``debits``, ``credits``: by counter)."""
+
+    def __init__(self, w: World, finish: Callable[[MType, bytes, int], None]) -> None:
+        self.w = w
+        self.finish = finish
+        self.to_card: list[tuple[MType, str, bytes]] = []  # every S2 and L2 made, to replay
+        self.to_sam: list[tuple[MType, str, bytes]] = []  # every S3 and L3 made, to replay
+        self.debits: dict[int, tuple[str, int]] = {}  # n -> what the card debited (from the S3s it gave)
+        self.credits: dict[int, tuple[str, int]] = {}
+
+    def to_purse(self, mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
         """Deliver an S2 or L2 ``times`` times; the proof the card gave (the same each time), if any."""
         out = None
         for _ in range(times):
-            got = w.order("alice", mtype, **{field_name: raw})
+            got = self.w.order("alice", mtype, **{field_name: raw})
             if "refused" in got:
                 assert got["refused"] in ALLOWED, got
                 return None
@@ -470,13 +479,55 @@ def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
             out = proof_raw
             if "s3" in got:
                 s3 = pp.S3.decode(proof_raw)
-                assert debits.setdefault(s3.n, (s3.currency, s3.amount)) == (s3.currency, s3.amount)
-                to_sam.append((sa.DEBIT_FINISH, "s3", proof_raw))
+                assert self.debits.setdefault(s3.n, (s3.currency, s3.amount)) == (s3.currency, s3.amount)
+                self.to_sam.append((sa.DEBIT_FINISH, "s3", proof_raw))
             else:
                 l3 = pp.L3.decode(proof_raw)
-                assert credits.setdefault(l3.m, (l3.currency, l3.amount)) == (l3.currency, l3.amount)
-                to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
+                assert self.credits.setdefault(l3.m, (l3.currency, l3.amount)) == (l3.currency, l3.amount)
+                self.to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
         return out
+
+    def move(self, i: int, kind: str, a: Any, b: Any, fate1: str, fate2: str) -> bool:
+        """Make move number ``i`` (load, debit, replay or restart); False for another kind (the caller's)."""
+        w, reps, finish = self.w, REPS, self.finish
+        if kind == "load":
+            l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
+            if "refused" in l1:
+                assert l1["refused"] == "overflow"
+                return True
+            l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
+            self.to_card.append((pa.LOAD, "l2", l2))
+            l3 = self.to_purse(pa.LOAD, "l2", l2, reps[fate1])
+            if l3 is not None:
+                finish(sa.LOAD_FINISH, l3, reps[fate2])
+        elif kind == "debit":
+            poid = b"po-%d" % i
+            s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
+            if "refused" in s1:
+                assert s1["refused"] == "insufficient"
+                return True
+            s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
+            self.to_card.append((pa.DEBIT, "s2", s2))
+            s3 = self.to_purse(pa.DEBIT, "s2", s2, reps[fate1])
+            if s3 is not None:
+                finish(sa.DEBIT_FINISH, s3, reps[fate2])
+        elif kind == "replay":
+            pool = self.to_card + self.to_sam
+            if pool:
+                mtype, field_name, raw = pool[a % len(pool)]
+                if mtype in (pa.LOAD, pa.DEBIT):
+                    self.to_purse(mtype, field_name, raw, 1)
+                else:
+                    finish(mtype, raw, 1)
+        elif kind == "restart":
+            w.restart(a)
+        else:
+            return False
+        return True
+
+
+def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
+    days = {DAY0}
 
     def finish(mtype: MType, raw: bytes, times: int) -> None:
         field_name = "s3" if mtype is sa.DEBIT_FINISH else "l3"
@@ -485,40 +536,10 @@ def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
             assert "refused" not in got, got
             days.add(got["day"])
 
-    reps = {"deliver": 1, "drop": 0, "dup": 2}
+    moves = PurseMoves(w, finish)
+    debits, credits = moves.debits, moves.credits
     for i, (kind, a, b, fate1, fate2) in enumerate(ops):
-        if kind == "load":
-            l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
-            if "refused" in l1:
-                assert l1["refused"] == "overflow"
-                continue
-            l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
-            to_card.append((pa.LOAD, "l2", l2))
-            l3 = to_purse(pa.LOAD, "l2", l2, reps[fate1])
-            if l3 is not None:
-                finish(sa.LOAD_FINISH, l3, reps[fate2])
-        elif kind == "debit":
-            poid = b"po-%d" % i
-            s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
-            if "refused" in s1:
-                assert s1["refused"] == "insufficient"
-                continue
-            s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
-            to_card.append((pa.DEBIT, "s2", s2))
-            s3 = to_purse(pa.DEBIT, "s2", s2, reps[fate1])
-            if s3 is not None:
-                finish(sa.DEBIT_FINISH, s3, reps[fate2])
-        elif kind == "replay":
-            pool = to_card + to_sam
-            if pool:
-                mtype, field_name, raw = pool[a % len(pool)]
-                if mtype in (pa.LOAD, pa.DEBIT):
-                    to_purse(mtype, field_name, raw, 1)
-                else:
-                    finish(mtype, raw, 1)
-        elif kind == "restart":
-            w.restart(a)
-        else:
+        if not moves.move(i, kind, a, b, fate1, fate2):
             w.now += a
         for acc in w.accounts("alice").values():  # the card's own books add up, never below zero
             assert acc["balance"] >= 0 and acc["balance"] == acc["loaded"] - acc["debited"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_speed_purse_cards import DAY0, FATE, POID, World, make_world, sam_applets
+from test_speed_purse_cards import DAY0, FATE, POID, PurseMoves, World, make_world, sam_applets
 
 from cardnet.applets.speed import purse as pa
 from cardnet.applets.speed import sam as sa
@@ -208,33 +208,9 @@ def test_purse_debits_equal_the_sams_log_plus_the_pruned_days_totals(
 def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
     """The hosts' moves of test_speed_purse_cards.run_ops, and ``prune``: the broker settles the days that ended
     ``keep`` days ago (records their totals and their log's (kind, counter)) and has the SAM prune them."""
-    to_card: list[tuple[MType, str, bytes]] = []
-    to_sam: list[tuple[MType, str, bytes]] = []
-    debits: dict[int, tuple[str, int]] = {}  # n -> what the card debited
-    credits: dict[int, tuple[str, int]] = {}
     pruned_totals: dict[tuple[str, str], int] = {}  # (kind, currency) -> what the pruned days logged
     pruned_log: set[tuple[str, int]] = set()  # (kind, counter) of what the pruned days logged
     logged: set[tuple[str, int]] = set()  # every (kind, counter) the SAM answered as logged
-
-    def to_purse(mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
-        out = None
-        for _ in range(times):
-            got = w.order("alice", mtype, **{field_name: raw})
-            if "refused" in got:
-                assert got["refused"] in ALLOWED, got
-                return None
-            proof_raw = bytes(got["s3"] if "s3" in got else got["l3"])
-            assert out is None or proof_raw == out
-            out = proof_raw
-            if "s3" in got:
-                s3 = pp.S3.decode(proof_raw)
-                assert debits.setdefault(s3.n, (s3.currency, s3.amount)) == (s3.currency, s3.amount)
-                to_sam.append((sa.DEBIT_FINISH, "s3", proof_raw))
-            else:
-                l3 = pp.L3.decode(proof_raw)
-                assert credits.setdefault(l3.m, (l3.currency, l3.amount)) == (l3.currency, l3.amount)
-                to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
-        return out
 
     def finish(mtype: MType, raw: bytes, times: int) -> None:
         field_name = "s3" if mtype is sa.DEBIT_FINISH else "l3"
@@ -263,39 +239,11 @@ def run_ops(w: World, ops: list[tuple[Any, ...]]) -> None:
         assert not got["more"]
         assert used(w.slots["broker"].card) <= before + 6  # at most the marker (``pb``) is new
 
-    reps = {"deliver": 1, "drop": 0, "dup": 2}
+    moves = PurseMoves(w, finish)
+    debits, credits = moves.debits, moves.credits
     for i, (kind, a, b, fate1, fate2) in enumerate(ops):
-        if kind == "load":
-            l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
-            if "refused" in l1:
-                assert l1["refused"] == "overflow"
-                continue
-            l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
-            to_card.append((pa.LOAD, "l2", l2))
-            l3 = to_purse(pa.LOAD, "l2", l2, reps[fate1])
-            if l3 is not None:
-                finish(sa.LOAD_FINISH, l3, reps[fate2])
-        elif kind == "debit":
-            poid = b"po-%d" % i
-            s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
-            if "refused" in s1:
-                assert s1["refused"] == "insufficient"
-                continue
-            s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
-            to_card.append((pa.DEBIT, "s2", s2))
-            s3 = to_purse(pa.DEBIT, "s2", s2, reps[fate1])
-            if s3 is not None:
-                finish(sa.DEBIT_FINISH, s3, reps[fate2])
-        elif kind == "replay":
-            pool = to_card + to_sam
-            if pool:
-                mtype, field_name, raw = pool[a % len(pool)]
-                if mtype in (pa.LOAD, pa.DEBIT):
-                    to_purse(mtype, field_name, raw, 1)
-                else:
-                    finish(mtype, raw, 1)
-        elif kind == "restart":
-            w.restart(a)
+        if moves.move(i, kind, a, b, fate1, fate2):
+            pass  # (a move of the purse's and the SAM's hosts)
         elif kind == "later":
             w.now += a
         else:
