@@ -7,27 +7,13 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
-
-import cbor2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from test_fuzz_trn import FUZZ, raw  # (the same budget and the same bytes: arbitrary, or CBOR maps of any shape)
 
 from cardnet.protocols import fairx as fx
 from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import DecodeError
-
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=N, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
-
-cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=80) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.integers(0, 8), kids, max_size=6),
-    max_leaves=14,
-)
-raw = st.binary(max_size=400) | cbor_values.map(cbor2.dumps)
-
 
 # -- the decoders ------------------------------------------------------------------------------------------------
 
