@@ -283,3 +283,17 @@ def test_no_exchange_starts_without_a_ttp(tmp_path: Path, ca: pki.CertificateAut
     w.card("carol")
     refused = order(w, "carol", fa.START, give=T1, want=T2, to=uid(w, "bob"))
     assert refused.get("refused") and refused["reason"] == "no_ttp" and "fairx.set_ttp" in refused["detail"], refused
+
+
+def test_an_offer_given_up_ends_on_the_other_card_too(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    """alice gives up her offer before bob's owner answered it: bob's card is told and the offer ends there too
+    (it used to stay 'proposed', and an accept locked bob's voucher until the TTP aborted)."""
+    w = world(tmp_path, ca)
+    n1 = offered(w)
+    assert order(w, "alice", fa.GIVE_UP, n1=n1)["phase"] == "gave_up"
+    w.run(300)
+    x = exchanges(w, "bob")[n1]
+    assert x["phase"] == "aborted" and x["why"] == "withdrawn", x
+    refused = order(w, "bob", fa.ACCEPT, n1=n1)
+    assert refused.get("refused"), refused  # nothing to accept any more
+    assert status(w, "alice", T1) == "enabled" and status(w, "bob", T2) == "enabled"

@@ -98,6 +98,7 @@ WHY_WORDS = {
     "ttp_mismatch": "the other card follows another TTP (or none): both owners must set the same one "
     "(cardnet exchange set-ttp)",
     "gave up": "you gave it up",
+    "withdrawn": "the other owner withdrew the offer",
     "aborted by the TTP": "the TTP aborted it",
 }
 

@@ -115,6 +115,7 @@ OFFER_SCHEMA = Schema(
     ],
 )
 TTP_MISMATCH = "ttp_mismatch"  # b's refusal of an offer naming another TTP than b's (or none)
+WITHDRAWN = "withdrawn"  # a's refusal of its own offer: its owner gave it up
 AGREE_SCHEMA = Schema(
     "fairx.agree",
     [
@@ -167,7 +168,9 @@ INNER: dict[int, Schema] = {
     COMMITMENT: COMMITMENT_SCHEMA,
     REQUEST: REQUEST_SCHEMA,
     ADMISSION: ADMISSION_SCHEMA,
-    REFUSAL: REFUSAL_SCHEMA,  # b's owner rejected the offer (or b cannot take part): a unlocks v1
+    # b's owner rejected the offer (or b cannot take part): a unlocks v1; or a's owner gave it up (WITHDRAWN): b's
+    # offer ends if b's owner has not answered it yet
+    REFUSAL: REFUSAL_SCHEMA,
 }
 NAMES = {code: schema.name for code, schema in INNER.items()}
 
@@ -537,12 +540,15 @@ def on_commitment(x: Exchange, m4: dict[str, Any]) -> Outcome:
 
 
 def give_up(x: Exchange) -> Outcome:
-    """a's owner gives up before m3 (timeout or a change of mind): v1 back; a late m2 is refused."""
+    """a's owner gives up before m3 (timeout or a change of mind): v1 back; a late m2 is refused. b is told
+    (``WITHDRAWN``), so that an offer its owner has not answered yet ends there too instead of waiting to be
+    accepted in vain (an accept would lock v2 until the TTP aborts)."""
     if x.role != INITIATOR or x.phase is not Phase.OFFERED:
         raise ProtocolError(
             "refused", f"only an offer not yet confirmed can be given up (this exchange is {x.phase.value})"
         )
-    return Outcome(x.evolve(phase=Phase.GAVE_UP, why="gave up"), unlock=x.gives, note="gave up")
+    told = [("peer", REFUSAL, {"n1": x.n1, "reason": WITHDRAWN})]
+    return Outcome(x.evolve(phase=Phase.GAVE_UP, why="gave up"), told, unlock=x.gives, note="gave up")
 
 
 def resolve(x: Exchange, sign: Signer, my_cert: bytes) -> Outcome:
@@ -602,8 +608,14 @@ def reject(x: Exchange, reason: str = "rejected") -> Outcome:
 
 
 def on_refusal(x: Exchange, reason: str) -> Outcome:
-    """b refused the offer before agreeing: a unlocks v1 (only while nothing was confirmed)."""
-    if x.role != INITIATOR or x.phase is not Phase.OFFERED:
+    """b refused the offer before agreeing: a unlocks v1 (only while nothing was confirmed). Or a withdrew its
+    offer: b's offer ends if its owner has not answered it (nothing is locked on b before an accept; once b
+    agreed, b's voucher comes back through the TTP's abort, which a asks for when the m2 reaches it)."""
+    if x.role == RESPONDER:
+        if x.phase is not Phase.PROPOSED:
+            return Outcome(x)
+        return Outcome(x.evolve(phase=Phase.ABORTED, why=reason[:64]), note=reason)
+    if x.phase is not Phase.OFFERED:
         return Outcome(x)
     return Outcome(x.evolve(phase=Phase.ABORTED, why=reason[:64]), unlock=x.gives, note=reason)
 
