@@ -96,6 +96,20 @@ def test_cardnet_smc_run_prints_the_result_and_refuses_bad_input_cleanly(tmp_pat
     assert json.loads(few.stdout)["error"]["reason"] == "usage"
 
 
+def test_cardnet_smc_run_fails_when_no_module_decided(tmp_path: Path) -> None:
+    """Every host faulty: every module is cut off and none decides. The command says so and exits non-zero (one JSON
+    error under --json), with what to do, instead of printing a table and exiting 0 as if the run had worked."""
+    cmd = ["smc", "run", "-f", "median", "-i", "7", "-i", "2", "-i", "9", "--adversary", "1", "--faulty", "3"]
+    r = cardnet(*cmd, "--seed", "1", "--json")
+    assert r.returncode != 0, r.stdout
+    err = json.loads(r.stdout)["error"]  # (one object: the error, not the report then the error)
+    assert err["reason"] == "no_decision" and "3 halted" in err["message"], err
+    assert "--faulty 1" in err["hint"], err
+    words = cardnet(*cmd, "--seed", "1")
+    assert words.returncode != 0 and "Traceback" not in words.stderr, words
+    assert "│ halted │" in words.stdout and "error: no module decided" in words.stderr, words
+
+
 def join_all(net: SmcNet, tmp_path: Path, function: str, inputs: list[str]) -> list[dict[str, Any]]:
     """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports."""
     plan = tmp_path / f"{function}.toml"

@@ -170,7 +170,28 @@ def smc_run(
     else:
         with tempfile.TemporaryDirectory(prefix="cardnet-smc-") as tmp:
             report = _run(Path(tmp), fn, terms, raws, round_ms, rho_max, adversary, stop_round, bad, rng, as_json)
-    _print(report, fn, as_json)
+    if report["result"] is not None or not as_json:  # (under --json a run without a result is one error object)
+        _print(report, fn, as_json)
+    if report["result"] is None:
+        message, hint = _no_decision(report, len(bad), t)
+        fail(message, reason="no_decision", hint=hint)
+
+
+def _no_decision(report: dict[str, Any], faulty: int, t: int) -> tuple[str, str]:
+    """Why a run ended without any module deciding, and what to do: ``(message, hint)``."""
+    statuses = [m["status"] for m in report["modules"]]
+    n, out, halted = len(statuses), statuses.count("out"), statuses.count("halted")
+    counts = ", ".join(f"{k} {w}" for k, w in ((halted, "halted (cut off)"), (out, "took no part (out)")) if k)
+    message = f"no module decided, so there is no result: of {n} modules, {counts}"
+    if faulty > t:
+        return (
+            message,
+            f"the adversary controlled {faulty} hosts, more than the t = {t} a run tolerates: give "
+            f"--faulty {t} or fewer",
+        )
+    if out == n:
+        return message, f"fewer than n - t = {n - t} modules joined in time: check the host logs (--dir keeps them)"
+    return message, f"the rounds may be too short for these hosts: raise --round-ms (it was {report['round_ms']:g})"
 
 
 def _run(
@@ -248,9 +269,7 @@ def _print(report: dict[str, Any], fn: Any, as_json: bool) -> None:
         host = "faulty (adversary)" if m["module"] in report["faulty_hosts"] else "correct"
         t.add_row(str(m["module"]), host, m["status"])
     print_table(t)
-    if report["result"] is None:
-        console.print("no module decided: too many hosts failed (more than t), or the rounds were too short")
-    else:
+    if report["result"] is not None:  # (without one the command fails next, saying why)
         console.print(f"result: {report['result_text']}", markup=False)
     console.print(
         f"{report['rounds']} rounds (deadline {report['round_ms']:g} ms each) in {report['smc_ms']:.1f} ms "
