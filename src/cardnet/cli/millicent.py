@@ -280,19 +280,32 @@ def vendor_run(
 
 @vendor.command("redeem")
 @STORE
-@click.option("--broker", "broker", required=True, help="The broker's HOST:PORT.")
+@click.option("--broker", "broker", required=True, help="The broker's HOST:PORT: the scrip it minted is sent there.")
 @JSON
 def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
-    """Send the broker-minted scrip received so far to the broker for payment."""
+    """Send a broker the scrip it minted under its licence, received so far, for payment.
+
+    Each broker pays only for its own scrip: the scrip of other brokers this vendor licensed stays, to be
+    redeemed at their addresses (the output names them)."""
     from cardnet.services.millicent_vendor import VendorCore, redeem_at_broker
 
     host, port = _listen(broker)
     r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
-    if not r["items"]:
+    if r["licence"] is None:
         say(as_json, r, "nothing to redeem: no broker-minted scrip was received since the last redemption")
         return
-    say(as_json, r, f"redeemed {r['items']} scrip: the broker owes this vendor {r['paid']} more for them (its "
-        f"discount kept; `broker status` shows the total), {r['duplicates']} of them redeemed before")  # fmt: skip
+    who = f"{r['broker']} (licence {r['licence']})"
+    if not r["items"]:
+        done = f"nothing to redeem at {who}: none of its scrip was received since the last redemption"
+    else:
+        done = (f"redeemed {r['items']} scrip of {who}: the broker owes this vendor {r['paid']} more for them "
+                "(its discount kept; `broker status` shows the total), "
+                f"{r['duplicates']} of them redeemed before")  # fmt: skip
+    left = [f"{x['items']} scrip of {x['broker']} (licence {x['licence']}), worth {x['value']}" for x in r["left"]]
+    if left:
+        done += (f"\nnot sent (each broker pays only for its own scrip): {'; '.join(left)}. Redeem them at their "
+                 f"brokers: cardnet millicent vendor redeem --store {store} --broker HOST:PORT")  # fmt: skip
+    say(as_json, r, done)
 
 
 @vendor.command("status")

@@ -355,6 +355,7 @@ class VendorCore:
             catalogue = {k.decode(): mc.Product(int.from_bytes(v[:8], "big"), v[8:]) for k, v in txn.scan(CATALOGUE)}
             self.licensed = {k[0] for k, _ in txn.scan(LICENCES)}
             self.redeem_keys = {k[0]: v[:32] for k, v in txn.scan(LICENCES)}
+            self.licensees = {k[0]: v[32:].decode("utf-8", "replace") for k, v in txn.scan(LICENCES)}  # names
             self.pruned_through = int.from_bytes(txn.get(CFG, b"pruned") or _u64(0), "big")
             self.clock_mark = int.from_bytes(txn.get(CFG, b"now") or _u64(0), "big")
         self._stored_mark = self.clock_mark  # the mark as the store holds it
@@ -1012,26 +1013,76 @@ def _is_ok(param: bytes) -> bool:
 _REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code))
 
 
-async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, int]:
-    """Send the licence-minted scrip received so far to the broker; forget what it acknowledged."""
+async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, Any]:
+    """Send the broker at ``host:port`` the scrip it minted under its licence, received since the last
+    redemption; forget what it acknowledged. Says what was redeemed, and what is left for other brokers.
+
+    A vendor may license several brokers, each minting under an index of its own, and each pays only for its own
+    scrip. The broker at the address is known by its licence's redeem key: it MACs its answers with it. The scrip of
+    the first licence with scrip to redeem is sent; if the answer checks under another licence's key instead (the
+    broker refused a batch that is not its own, nothing recorded), that licence's scrip is sent in its place. The
+    scrip of the other licences stays redeemable (``left``: each broker's name, licence index, count and value).
+    """
     rows = core.redeemable()
-    paid = dups = 0
-    for index in sorted({v[0] for _, v in rows}):
-        if index not in core.redeem_keys:
-            continue
-        param, seqs = core.redeem_request(rows, index)
-        async with await dial(host, port) as conn:
-            await conn.send(Message(SERVICE_UID, SERVICE_UID, mc.REDEEM.code, param))
-            reply = await conn.recv()
+    by_index: dict[int, list[tuple[int, bytes]]] = {}
+    for row in rows:
+        if row[1][0] in core.redeem_keys:
+            by_index.setdefault(row[1][0], []).append(row)
+    out: dict[str, Any] = {"broker": None, "licence": None, "items": 0, "paid": 0, "duplicates": 0, "left": []}
+    if not by_index:
+        return out
+    at = f"{host}:{port}"
+
+    async def send(index: int) -> tuple[int | None, dict[str, Any] | str, list[int]]:
+        """Send licence ``index``'s batch: the licence the answer is MACed under and its fields (or why none)."""
+        param, seqs = core.redeem_request(by_index.get(index, []), index)
+        batch = mc.REDEEM_SCHEMA.decode(param)["batch"]
         try:
-            f = core.open_redeemed(reply.mtype, reply.param, mc.REDEEM_SCHEMA.decode(param)["batch"], index)
-        except mc.MillicentError as exc:  # nothing is forgotten: the next redeem asks again
-            raise VendorError(
-                "redeem_unanswered", f"the broker's answer does not check ({exc}): run `vendor redeem` again"
-            ) from None
+            async with await dial(host, port) as conn:
+                await conn.send(Message(SERVICE_UID, SERVICE_UID, mc.REDEEM.code, param))
+                reply = await conn.recv()
+        except TransportError as exc:
+            raise VendorError("unreachable", f"no answer from the broker at {at} ({exc}): is that its HOST:PORT? "
+                              "Nothing was marked redeemed") from None  # fmt: skip
+        why = ""
+        for i in [index, *sorted(k for k in core.redeem_keys if k != index)]:
+            try:
+                return i, core.open_redeemed(reply.mtype, reply.param, batch, i), seqs
+            except mc.MillicentError as exc:
+                why = why or str(exc)
+        return None, why, seqs
+
+    first = min(by_index)
+    index, f, seqs = await send(first)
+    if index is None:
+        raise VendorError(
+            "redeem_unanswered",
+            f"the answer from {at} is not MACed with the key of any broker this vendor licensed ({f}): is it a "
+            "licensed broker's address? Nothing was marked redeemed; run `vendor redeem` again with its HOST:PORT",
+        )
+    if index != first and index in by_index:  # the broker there holds another licence: send it its own scrip
+        index, f, seqs = await send(index)
+        if index is None:
+            raise VendorError("redeem_unanswered", f"the answer from {at} no longer checks ({f}): nothing was marked "
+                              "redeemed; run `vendor redeem` again")  # fmt: skip
+    assert isinstance(f, dict)
+    name = core.licensees.get(index, "")
+    out.update(broker=name, licence=index)
+    if index in by_index:
         if f["status"] != 0:
-            raise VendorError("redeem_refused", f"the broker refused the redemption: {f.get('detail', '')}")
-        paid += f.get("paid", 0)
-        dups += f.get("duplicates", 0)
+            raise VendorError("redeem_refused", f"the broker {name} at {at} refused the redemption: "
+                              f"{f.get('detail', '')}; nothing was marked redeemed")  # fmt: skip
         core.forget_redeemed(seqs)
-    return {"paid": paid, "duplicates": dups, "items": len(rows)}
+        out.update(items=len(seqs), paid=f.get("paid", 0), duplicates=f.get("duplicates", 0))
+    out["left"] = [
+        {"broker": core.licensees.get(i, ""), "licence": i, "items": len(r), "value": sum(_value_of(v) for _, v in r)}
+        for i, r in sorted(by_index.items())
+        if i != index
+    ]
+    return out
+
+
+def _value_of(redeemable: bytes) -> int:
+    """The value of a redeemable row (scrip id, then the value as 8 bytes)."""
+    with stored("a redeemable scrip record"):
+        return int.from_bytes(redeemable[mc.SCRIP_ID_BYTES : mc.SCRIP_ID_BYTES + 8], "big")
