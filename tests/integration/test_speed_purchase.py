@@ -238,3 +238,47 @@ def test_a_load_a_crash_interrupted_is_finished_once(world: World) -> None:
             await bs.aclose()
 
     asyncio.run(go())
+
+
+def test_a_load_the_broker_refused_is_never_charged_later_from_another_account(world: World) -> None:
+    """`purse load --account <mistyped>`: the broker refuses, the card's L1 stays pending. The next load, from the
+    right account, sends that L1 again with it: the broker refuses it for good (it was refused before), so the
+    customer pays and is credited once, for the load asked for. A forged L1 (bad MAC) refused for its account
+    leaves no record: it cannot have the card's own load of that counter refused."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.protocols.speed import purse as pp
+    from cardnet.services.speed.customer import AsyncLocalCard, _Link, install_key, load
+
+    w = world
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            card = AsyncLocalCard(w.card)
+            await install_key(card, w.broker_addr)
+            with pytest.raises(PurchaseError) as e:
+                await load(card, w.broker_addr, sm.Price(EUR, 500), "C-9")  # no such account
+            assert e.value.reason == "unknown_account"
+            assert len((await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"]) == 1
+            assert await load(card, w.broker_addr, sm.Price(EUR, 100), "C-1") == 1  # only the load asked for
+            assert w.balance() == 100
+            assert w.broker.balances()["C-1"] == {EUR: 10_000 - 100}
+            old = (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"]
+            async with _Link(w.broker_addr, "broker") as b:
+                with pytest.raises(PurchaseError) as e:
+                    await b.ask(fr.LOAD, fr.LOAD_STEP, l1=old[0], account="C-1")
+                assert e.value.reason == "load_refused"
+                genuine = pp.L1.decode(old[0])
+                forged = pp.L1(uid=genuine.uid, m=genuine.m + 2, rc=bytes(16), currency=EUR, amount=300,
+                               mac=bytes(32))  # fmt: skip  # the card's next counter but one, a wrong MAC
+                with pytest.raises(PurchaseError) as e:
+                    await b.ask(fr.LOAD, fr.LOAD_STEP, l1=forged.encode(), account="C-9")
+                assert e.value.reason == "bad_mac"
+            assert await load(card, w.broker_addr, sm.Price(EUR, 300), "C-1") == 1  # the counter the forgery named
+            assert w.balance() == 400
+            assert w.broker.balances()["C-1"] == {EUR: 10_000 - 400}
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())

@@ -15,6 +15,9 @@ sends it privileged orders (only an application that verified the PIN):
   again gets the same answer and logs nothing more.
 * ``sam.load_start {l1, currency, amount}`` -> ``sam.l2 {l2}`` and ``sam.load_finish {l3}`` ->
   ``sam.loaded {uid, m, currency, amount, day}``: the same for loads (the broker has taken the money).
+* ``sam.check_l1 {l1}`` -> ``sam.l1_genuine {uid, m}``: the L1 is the card's own (its MAC is right), else refused
+  ``bad_mac``; nothing is recorded. The broker asks before it records a load it refused for good, so that no
+  one but the card can have a load of that card refused.
 * ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
   (per currency, the debits and the loads logged that day: what settlement pays and collects).
 * ``sam.days`` -> ``sam.held {days, pruned_before?, open}``: the days whose log the SAM holds, the first day it
@@ -222,7 +225,14 @@ PRUNED = register(
         ],
     ),
 )
-ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE)
+CHECK_L1 = register(0x0664, "sam.check_l1", P, Schema("sam.check_l1", [Field(0, "l1", _MSG)]), privileged=True)
+L1_GENUINE = register(
+    0x0665,
+    "sam.l1_genuine",
+    P,
+    Schema("sam.l1_genuine", [Field(0, "uid", UidType()), Field(1, "m", UInt(pp.MAX_COUNTER))]),
+)
+ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, CHECK_L1)
 
 # --- records ------------------------------------------------------------------------------------------------
 _DEBIT_REC = Schema(
@@ -349,6 +359,10 @@ class SamApplet(Applet):
                 self._load_start(ctx, params["l1"], params["currency"], params["amount"])
             elif code == LOAD_FINISH.code:
                 self._load_finish(ctx, params["l3"])
+            elif code == CHECK_L1.code:
+                l1 = pp.L1.decode(params["l1"])
+                l1.check(pp.diversify(_master(ctx), l1.uid))
+                ctx.reply(L1_GENUINE, uid=l1.uid, m=l1.m)
             elif code == LOG.code:
                 self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
             elif code == TOTALS.code:
