@@ -303,7 +303,9 @@ def test_a_request_refused_as_expired_stays_refused_when_the_clock_goes_back_eve
 
 
 def test_price_and_product_are_checked(vendor: mv.VendorCore) -> None:
-    assert buy(vendor, scrip_for(vendor), price=1)[1].status == mc.Status.MALFORMED
+    _, wrong = buy(vendor, scrip_for(vendor), price=1)
+    assert wrong.status == mc.Status.WRONG_PRICE and wrong.authentic  # MACed: the wallet keeps its scrip
+    assert mc.asked_price(wrong.detail, "page") == 3 and mc.asked_price(wrong.detail, "other") is None
     assert buy(vendor, scrip_for(vendor), product="nope")[1].status == mc.Status.UNKNOWN_PRODUCT
     assert buy(vendor, scrip_for(vendor, value=2))[1].status == mc.Status.INSUFFICIENT
     assert vendor.spent_count() == 0
@@ -316,7 +318,7 @@ def test_a_refetch_still_works_after_the_price_changed(vendor: mv.VendorCore) ->
     [(mt, p)] = core.process_batch([req], NOW)
     assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)) == first
     _, out = buy(core, scrip_for(vendor, serial=8), rid=b"o" * 16)  # a new request at the old price
-    assert out.status == mc.Status.MALFORMED and "price" in out.detail
+    assert out.status == mc.Status.WRONG_PRICE and mc.asked_price(out.detail, "page") == 4
 
 
 def test_validate_batch_checks_binding_and_spends_once(vendor: mv.VendorCore) -> None:

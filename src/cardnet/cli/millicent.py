@@ -611,30 +611,23 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     """Buy ``product`` at ``price`` from ``vendor`` (16 hex) at ``address`` with the scrip of the wallet store
     ``wallet``: the vendor's answer (:class:`~cardnet.services.millicent_wallet.SpendResult`); a refusal fails in
     the customer's words, under --json too (non-zero exit)."""
-    from cardnet.protocols.millicent import Level
+    from cardnet.protocols import millicent as mc
 
     vid = _hex(vendor, 8, "--vendor")
     w = _wallet(wallet)
     with progress(f"buying {product} from vendor {vendor} at {address} …"):
-        r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()), level=Level(level),
-                                                   top_up=top_up)), vendor=vendor, value=price)  # fmt: skip
+        r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()),
+                                                   level=mc.Level(level), top_up=top_up)),
+                    vendor=vendor, value=price)  # fmt: skip
     if r.status != 0:
         status = r.status.name.lower()
         message, hint = spend_refusal(status, r.detail, product=product, price=price)
-        if status == "malformed" and (asked := _price_of(r.detail, product)) is not None and asked != price:
+        if status == "wrong_price" and (asked := mc.asked_price(r.detail, product)) is not None:
             message = (f"the vendor sells {product} at {asked}, not {price}: it refused the purchase, and your "
                        "scrip was not spent (the wallet keeps it)")  # fmt: skip
             hint = f"spend again with --price {asked} if that is what you mean to pay"
         fail(message, reason=status, hint=hint)
     return r
-
-
-def _price_of(detail: str, product: str) -> int | None:
-    """The price a vendor's refusal names for ``product`` ("the price of 'P' is N"), if it names one."""
-    import re
-
-    m = re.fullmatch(r"the price of '(.*)' is (\d+)", detail)
-    return int(m.group(2)) if m and m.group(1) == product else None
 
 
 def _hinted(w: Any, work: Callable[[], Any], *, vendor: str, value: int) -> Any:

@@ -281,6 +281,7 @@ SPEND_REFUSALS: dict[str, tuple[str, str | None]] = {
     "malformed": ("the vendor could not read the request", "check --price and --product"),
     "unknown_product": ("the vendor does not sell {product}", "check --product"),
     "level_too_low": ("the vendor requires a higher protection level", "give --level 3 (or 2)"),
+    "wrong_price": ("the vendor does not sell {product} at {price}: your scrip was not spent", "check --price"),
 }
 
 

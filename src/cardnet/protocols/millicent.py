@@ -99,6 +99,7 @@ class Status(IntEnum):
     UNKNOWN_PRODUCT = 8
     LEVEL_TOO_LOW = 9  # the vendor requires a higher protection level
     TOO_LARGE = 10  # the reply would be too large to deliver (a product above the frame limit): nothing was spent
+    WRONG_PRICE = 11  # the price is not the vendor's (the detail names it: :func:`asked_price`): nothing was spent
 
 
 class Op(IntEnum):
@@ -1067,7 +1068,7 @@ class Vendor:
             if item is None:
                 c.refusal = (Status.UNKNOWN_PRODUCT, f"no product {product!r}")
             elif price != item.price:
-                c.refusal = (Status.MALFORMED, f"the price of {product!r} is {item.price}")
+                c.refusal = (Status.WRONG_PRICE, price_detail(product, item.price))
             elif len(item.content) > CONTENT_MAX_BYTES:
                 c.refusal = (
                     Status.TOO_LARGE,
@@ -1200,6 +1201,18 @@ def _buy_reply(macs: profile.HmacKeys, secret: bytes, rid: bytes, sid: bytes, ch
             mac,
         )
     )
+
+
+def price_detail(product: str, price: int) -> str:
+    """The detail of a ``wrong_price`` refusal: the price the vendor asks (read back by :func:`asked_price`)."""
+    return f"the price of {product!r} is {price}"
+
+
+def asked_price(detail: str, product: str) -> int | None:
+    """The price a ``wrong_price`` refusal's detail names for ``product`` (:func:`price_detail`), if it names one."""
+    head = f"the price of {product!r} is "
+    tail = detail[len(head) :]
+    return int(tail) if detail.startswith(head) and tail.isdigit() else None
 
 
 def too_large_detail(size: int, limit: str) -> str:

@@ -47,7 +47,13 @@ TIMEOUT_S = 10.0
 # A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
 UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending")
 # The vendor's refusals that leave the scrip unspent: the wallet keeps it.
-UNSPENT = (mc.Status.INSUFFICIENT, mc.Status.UNKNOWN_PRODUCT, mc.Status.LEVEL_TOO_LOW, mc.Status.TOO_LARGE)
+UNSPENT = (
+    mc.Status.INSUFFICIENT,
+    mc.Status.UNKNOWN_PRODUCT,
+    mc.Status.LEVEL_TOO_LOW,
+    mc.Status.TOO_LARGE,
+    mc.Status.WRONG_PRICE,
+)
 
 
 class WalletError(CardnetError):
@@ -393,8 +399,6 @@ class Wallet:
                 txn.put(SCRIP, out.change.vendor + out.change.scrip_id, out.change.encode())
             if out.status in UNSPENT:
                 txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())  # not spent: keep it
-            elif out.status == mc.Status.MALFORMED and out.detail.startswith("the price"):
-                txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())
             txn.delete(PENDING, rid)
         return SpendResult(out.status, out.content, out.change.value if out.change else 0, out.detail)
 
