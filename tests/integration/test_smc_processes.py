@@ -114,7 +114,8 @@ def join_all(net: SmcNet, tmp_path: Path, function: str, inputs: list[str]) -> l
     """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports."""
     plan = tmp_path / f"{function}.toml"
     members = [a for u in net.uids for a in ("-m", str(u))]
-    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "300", "--start-in", "6", "--out", str(plan))
+    # A join after the first round is refused (too_late): room for five join processes to start under load.
+    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "300", "--start-in", "12", "--out", str(plan))
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "CARDNET_PIN": PIN}
     procs = [

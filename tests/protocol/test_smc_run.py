@@ -25,6 +25,7 @@ from cardnet.protocols.smc.run import (
     ModuleRun,
     RunSpec,
     frame_bytes,
+    join_wait_s,
 )
 from cardnet.wire import Uid
 
@@ -290,3 +291,43 @@ def test_frames_offered_as_they_arrive_even_a_round_early_count() -> None:
         assert {m.status for m in net.modules} == {DECIDED}
         (result,) = {m.result for m in net.modules}
         assert result is not None and MEDIAN.to_json(result)["median"] == 7
+
+
+def test_a_join_waits_for_the_others_until_the_deadline_itself_and_is_too_late_from_it_on() -> None:
+    """The join deadline is the first round (``start_at``), to the instant: a party joining a moment before it
+    still waits for the others' joins until then (not until a round earlier, which cut a member joining within the
+    last round off: its host stopped waiting and gave no input), and one joining at it or later is ``too_late``."""
+    start_at, round_s = 1_000.0, 0.5
+    assert join_wait_s(start_at - 30, start_at) == 30
+    assert join_wait_s(start_at - round_s / 10, start_at) == pytest.approx(round_s / 10)
+    assert join_wait_s(start_at - 1e-6, start_at) > 0
+    for late in (start_at, start_at + 1e-6, start_at + round_s * 3):  # (the rounds still run: too late anyway)
+        with pytest.raises(ProtocolError) as e:
+            join_wait_s(late, start_at)
+        assert e.value.reason == "too_late" and "before the first round" in str(e.value)
+
+
+def test_a_join_that_reaches_a_module_before_its_first_tick_takes_part_and_one_after_it_does_not() -> None:
+    """What the deadline guards, at the module: member 2's join reaches member 0 just before 0's first tick (it
+    counts: 0 opens 2's frames, and 2's input is in every result) while one reaching it after that tick would not."""
+    rng = random.Random(31)
+    spec = spec_for(MEDIAN, 3, 1, run=rng.randbytes(16))
+    net = build(spec, MEDIAN, rng)
+    join_all(net, lost=lambda i, j: i == 2 and j == 0)  # 2's join to 0 is still on its way
+    assert not net.modules[0].ready and net.modules[0].agreed
+    net.modules[0].accept_join(2, Join.decode(net.modules[2].join_for(0).encode()))  # it arrives: before the tick
+    assert net.modules[0].ready
+    for m, raw in zip(net.modules, inputs_for(MEDIAN, [1, 2, 3]), strict=True):
+        m.give_input(raw)
+    run_rounds(net, rng)
+    assert {m.status for m in net.modules} == {DECIDED}
+    (result,) = {m.result for m in net.modules}
+    assert result is not None and MEDIAN.to_json(result)["missing"] == []
+
+    late = build(spec_for(MEDIAN, 3, 1, run=rng.randbytes(16)), MEDIAN, rng)
+    join_all(late, lost=lambda i, j: i == 2 and j == 0)
+    for m, raw in zip(late.modules, inputs_for(MEDIAN, [1, 2, 3]), strict=True):
+        m.give_input(raw)
+    late.modules[0].tick(1)  # 0's first round began
+    late.modules[0].accept_join(2, Join.decode(late.modules[2].join_for(0).encode()))
+    assert 2 not in late.modules[0].joined  # too late to count: 2's frames never open at 0

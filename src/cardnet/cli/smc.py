@@ -21,7 +21,7 @@ import click
 from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, print_table, table
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
-from cardnet.protocols.smc.run import DEFAULT_RHO_MAX, MAX_RHO
+from cardnet.protocols.smc.run import DEFAULT_RHO_MAX, MAX_RHO, join_wait_s
 
 
 @click.group()
@@ -418,13 +418,10 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     from cardnet.services.smc.controller import Module, Party, SmcError
 
     spec, round_s, start_at = _read_run(run_file)
-    if time.time() > start_at + spec.rounds * round_s:  # (a join late by less may still catch up: it tries)
-        fail(
-            f"run {spec.run.hex()} started at {_clock(start_at)}, {time.time() - start_at:.0f} s ago, and its "
-            f"{spec.rounds} rounds are over: a module joins and takes its input before the first round",
-            reason="too_late",
-            hint="ask for a new run file (`cardnet smc plan ... --start-in 30`) and join before it starts",
-        )
+    try:  # at once, before reaching any host
+        _join_wait_s(spec, start_at)
+    except SmcError as exc:
+        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS[exc.reason])
     fn = REGISTRY.get(spec.terms.function)
     try:
         raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
@@ -446,7 +443,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
                     markup=False,
                 )
             party = Party(module, spec)
-            ready = await party.prepare(max(0.5, start_at - time.time() - round_s))
+            ready = await party.prepare(_join_wait_s(spec, start_at))  # (until the deadline itself: docs/smc.md)
             joined, least = int(party.state.get("joined", 0)), spec.n - spec.terms.t
             if not ready and not as_json and party.agreed:
                 console.print(
@@ -501,6 +498,22 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         console.print(f"module {outcome.me}: {fn.render(outcome.result)}", markup=False)
         for item in received or []:
             console.print(f"received from party {item['from']}: {item['item']}", markup=False)
+
+
+def _join_wait_s(spec: Any, start_at: float) -> float:
+    """How long this party waits for the other members' joins (until the run's first round); ``too_late`` (the
+    deadline printed) once it has passed."""
+    from cardnet.services.smc.controller import SmcError
+
+    now = time.time()
+    try:
+        return join_wait_s(now, start_at)
+    except ProtocolError as exc:
+        raise SmcError(
+            exc.reason,
+            f"run {spec.run.hex()} began at {_clock(start_at)}, {now - start_at:.1f} s ago: every member had to join "
+            "by then (a module joins and takes its input before the first round), so this one can no longer take part",
+        ) from None
 
 
 def _clock(at: float) -> str:

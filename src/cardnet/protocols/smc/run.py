@@ -150,6 +150,25 @@ class RunSpec:
         return hashlib.sha256(self.encode()).digest()
 
 
+def join_wait_s(now: float, start_at: float) -> float:
+    """How long a party that joins a planned run at ``now`` waits for the other members' joins: until ``start_at``,
+    the run's first round, which is the join deadline every party is told (unix seconds on the hosts' clocks, given
+    by the caller: nothing here reads a clock).
+
+    The wait ends at the deadline itself, not a round before it: a join that reaches a module before its first tick
+    counts there (:meth:`ModuleRun.accept_join`), and its host gives the input only after the wait, so a member
+    that joins just before the deadline takes part. At or after the deadline a join is ``too_late``: the other
+    modules have begun their rounds without it, and its own could take no input.
+    """
+    if now >= start_at:
+        raise ProtocolError(
+            "too_late",
+            f"the join deadline (the first round, at {start_at:.3f}) passed {now - start_at:.3f} s ago: a module "
+            "joins and takes its input before the first round",
+        )
+    return start_at - now
+
+
 @dataclass(frozen=True, slots=True)
 class Join:
     """A module's join to one other member: the spec digest, its frame key for that member, its rho share, and
