@@ -12,7 +12,9 @@ oid, 256 at a time; pruned admissions only with ``pruned``); ``gate.prune {befor
 ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
 new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
 under way or an answer of the authority is awaited). Changes are pushed to the watching applications as
-``gate.event``.
+``gate.event``, numbered (``seq``); the card keeps the last :data:`JOURNAL_SIZE` of them (``gj:<seq>``, without the
+ticket's body), and ``gate.journal {after}`` (privileged) -> ``gate.journaled`` reads them again: a watcher the
+host dropped messages for (``host.missed``) gets what it missed.
 
 Pruning: ``gate.prune {before_ms}`` drops, for every *final* admission (:func:`~cardnet.protocols.gate.prunable`:
 decided, its report answered by the authority) whose commit is older than ``before_ms`` (host time) and whose
@@ -26,7 +28,8 @@ card that comes back handshakes again. At most :data:`PRUNE_BATCH` admissions an
 State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`,
 or the :class:`~cardnet.protocols.gate.Pruned` marker),
 ``ap:<oid>`` the pending ones, ``rw:<oid>`` those whose report waits, ``gi:<issuer uid>`` the issuers'
-certificates, ``gs`` the settings, ``nref`` how many presentations were refused (8 bytes, big endian).
+certificates, ``gs`` the settings, ``nref`` how many presentations were refused (8 bytes, big endian), ``gjn`` the
+number of the last event and ``gj:<seq>`` the journal (both written only while an application watches).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from cardnet.wire.ids import Uid
 _OID = Bytes(OID_BYTES, OID_BYTES)
 MAX_CERT = tr.MAX_CERT
 LIST_PAGE = 256  # admissions per gate.admissions answer
+JOURNAL_SIZE = 1024  # the last gate.events the card keeps for a watcher that missed some (gate.journal)
+JOURNAL_PAGE = 256  # events per gate.journaled answer
 PRUNE_BATCH = 4096  # admissions pruned by one gate.prune order (one card step)
 
 SETUP = register(
@@ -108,6 +113,7 @@ ITEM = Schema(
         Field(7, "body", Bytes(MAX_BODY), optional=True),
         Field(8, "kind", Text(16), optional=True),  # events: refused, verdict, report
         Field(9, "pruned", Bool(), optional=True),  # a pruned admission: oid, at_ms, verdict and report are left
+        Field(10, "seq", UInt(), optional=True),  # events: the event's number on this card (1, 2, ...; see journal)
     ],
 )
 ADMISSIONS = register(
@@ -133,6 +139,21 @@ PRUNED = register(
         ],
     ),
 )
+JOURNAL = register(0x0379, "gate.journal", "gate", Schema("gate.journal", [Field(0, "after", UInt())]), privileged=True)
+JOURNALED = register(
+    0x037A,
+    "gate.journaled",
+    "gate",
+    Schema(
+        "gate.journaled",
+        [
+            Field(0, "items", ListOf(Nested(ITEM), JOURNAL_PAGE)),  # the events numbered above ``after``, in order
+            Field(1, "first", UInt()),  # the oldest event the card still keeps (last + 1: none)
+            Field(2, "last", UInt()),  # the newest event's number (0: none yet)
+            Field(3, "more", Bool()),  # more after these: order again after the last item
+        ],
+    ),
+)
 PRUNED_REASON = "pruned"  # the reason a pruned admission is listed with (its own is gone)
 REFUSED_KIND, VERDICT_KIND, REPORT_KIND = "refused", "verdict", "report"
 _NO_EXCHANGE = frozenset({fairx.START.code, fairx.ACCEPT.code})
@@ -140,7 +161,7 @@ _NO_EXCHANGE = frozenset({fairx.START.code, fairx.ACCEPT.code})
 
 class GateApplet(TrnApplet):
     name = "gate"
-    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST, PRUNE)
+    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST, PRUNE, JOURNAL)
 
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         code = msg.mtype
@@ -154,6 +175,8 @@ class GateApplet(TrnApplet):
             self._list_admissions(ctx, params.get("after"), params.get("pruned", False))
         elif code == PRUNE.code:
             self._prune(ctx, params["before_ms"])
+        elif code == JOURNAL.code:
+            self._journal(ctx, params["after"])
         else:
             super().handle(ctx, msg, params)
 
@@ -289,7 +312,7 @@ class GateApplet(TrnApplet):
             }  # fmt: skip
             if token is not None:
                 item |= {"oid": token.oid, "body": token.body}
-            self.notify(ctx, EVENT, item)
+            self._event(ctx, item)
 
     def on_refused(self, ctx: StepContext, peer: Uid, exc: ProtocolError) -> None:
         if exc.reason == "blocked":  # a blocked device's handshake: its ticket never left it
@@ -313,7 +336,44 @@ class GateApplet(TrnApplet):
             else:
                 ctx.delete(index + adm.oid)
         if self._watchers:
-            self.notify(ctx, EVENT, self._admission_item(ctx, adm) | {"kind": kind})
+            self._event(ctx, self._admission_item(ctx, adm) | {"kind": kind})
+
+    # -- events: pushed to the watchers, the last JOURNAL_SIZE kept for one that missed some ------------------------
+    def _event(self, ctx: StepContext, item: dict[str, Any]) -> None:
+        """Number the event, keep it in the journal (``gj:<seq>``, without the ticket's body; the oldest goes) and
+        push it. A card too full to keep it pushes it all the same: a watcher that misses it learns it is lost."""
+        seq = _count(ctx.get(b"gjn")) + 1
+        item = item | {"seq": seq}
+        try:
+            if seq > JOURNAL_SIZE:
+                ctx.delete(_journal_key(seq - JOURNAL_SIZE))
+            ctx.put(b"gjn", seq.to_bytes(8, "big"))
+            ctx.put(_journal_key(seq), ITEM.encode({k: v for k, v in item.items() if k != "body"}))
+        except CardError as exc:
+            if exc.reason != "out_of_memory":
+                raise
+        self.notify(ctx, EVENT, item)
+
+    def _journal(self, ctx: StepContext, after: int) -> None:
+        """``gate.journal {after}``: the kept events numbered above ``after`` (a page), with the body of the ticket an
+        admission's event is about while the card holds it."""
+        last = _count(ctx.get(b"gjn"))
+        rows = ctx.scan(b"gj:")
+        first = int.from_bytes(rows[0][0][3:], "big") if rows else last + 1
+        items: list[dict[str, Any]] = []
+        for key, raw in rows:
+            if int.from_bytes(key[3:], "big") <= after:
+                continue
+            if len(items) == JOURNAL_PAGE:
+                break
+            item = ITEM.decode(raw)
+            if item.get("kind") != REFUSED_KIND and "oid" in item:
+                h = holding_of(ctx, item["oid"])
+                if h is not None and h.token is not None:
+                    item["body"] = Token.decode(h.token).body
+            items.append(item)
+        more = bool(items) and items[-1]["seq"] < last
+        ctx.reply(JOURNALED, items=items, first=first, last=last, more=more)
 
     @staticmethod
     def _admission_item(ctx: StepContext, adm: gate.Admission) -> dict[str, Any]:
@@ -433,6 +493,10 @@ def _settled(oid: bytes, held: bytes, rec: gate.Admission) -> bool:
     return h.status is tr.Status.TRUSTLESS and rec.report == gate.DISOWNED
 
 
+def _journal_key(seq: int) -> bytes:
+    return b"gj:" + seq.to_bytes(8, "big")
+
+
 def _pruned_item(rec: gate.Pruned) -> dict[str, Any]:
     return {
         "oid": rec.oid, "at_ms": rec.at_ms, "verdict": rec.verdict, "reason": PRUNED_REASON, "report": rec.report,
@@ -449,5 +513,6 @@ def _count(raw: bytes | None) -> int:
 
 
 __all__ = [
-    "ADMISSIONS", "EVENT", "LIST", "PRUNE", "PRUNED", "REFRESH", "RESULT", "SETUP", "STATE", "TICK", "GateApplet",
+    "ADMISSIONS", "EVENT", "JOURNAL", "JOURNALED", "LIST", "PRUNE", "PRUNED", "REFRESH", "RESULT", "SETUP", "STATE",
+    "TICK", "GateApplet",
 ]  # fmt: skip
