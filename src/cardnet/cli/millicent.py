@@ -527,7 +527,9 @@ def open_account(wallet: str, broker: str, as_json: bool) -> None:
 def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
     """Buy scrip of a vendor from the broker (paid from the prepaid balance)."""
     w = _wallet(wallet)
-    s = _hinted(w, lambda: asyncio.run(w.buy(_hex(vendor, 8, "--vendor"), value)), vendor=vendor, value=value)
+    s = _hinted(
+        w, lambda: asyncio.run(w.buy(_hex(vendor, 8, "--vendor"), value)), wallet=wallet, vendor=vendor, value=value
+    )
     say(
         as_json,
         {"scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry},
@@ -618,7 +620,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     with progress(f"buying {product} from vendor {vendor} at {address} …"):
         r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()),
                                                    level=mc.Level(level), top_up=top_up)),
-                    vendor=vendor, value=price)  # fmt: skip
+                    wallet=wallet, vendor=vendor, value=price)  # fmt: skip
     if r.status != 0:
         status = r.status.name.lower()
         message, hint = spend_refusal(status, r.detail, product=product, price=price)
@@ -630,7 +632,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     return r
 
 
-def _hinted(w: Any, work: Callable[[], Any], *, vendor: str, value: int) -> Any:
+def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int) -> Any:
     """``work()``, its wallet's refusals with what to do: a balance too small, no scrip that covers a price."""
     from cardnet.services.millicent_wallet import WalletError
 
@@ -642,8 +644,9 @@ def _hinted(w: Any, work: Callable[[], Any], *, vendor: str, value: int) -> Any:
             hint = (f"your prepaid balance at the broker is too small: its operator credits it with `cardnet "
                     f"millicent broker deposit --customer {cid.hex()} --amount N`")  # fmt: skip
         elif exc.reason == "short":
-            hint = (f"one piece of scrip must cover the price: buy one worth at least {value} (`cardnet millicent "
-                    f"buy --vendor {vendor} --value {value}`), or spend with --top-up {value}")  # fmt: skip
+            hint = (f"buy a piece worth at least {value} from the broker: `cardnet millicent buy --wallet {wallet} "
+                    f"--vendor {vendor} --value {value}`, then spend again; or spend with --top-up {value} (it buys "
+                    "that piece first)")  # fmt: skip
         else:
             raise
         fail(str(exc), reason=exc.reason, hint=hint)

@@ -297,13 +297,21 @@ class Wallet:
                     "nothing was bought",
                 )
             if top_up < price:
-                raise WalletError(
-                    "short", f"no scrip of vendor {vendor.hex()} worth {price}: buy some (cardnet millicent buy)"
-                )
+                raise WalletError("short", self._short(vendor, price, now))
             await self.buy(vendor, top_up)
             scrip = self._pick(vendor, price, now)
             assert scrip is not None
         return await self._send(scrip, address, mc.Op.BUY, price, product, level)
+
+    def _short(self, vendor: bytes, price: int, now: int) -> str:
+        """What is missing when no piece of ``vendor``'s scrip covers ``price``, and what to do."""
+        usable = [s.value for s in self.scrip(vendor) if s.expiry > now + 60]
+        held = f"the largest you hold is worth {max(usable)}" if usable else "you hold none"
+        return (
+            f"no piece of vendor {vendor.hex()}'s scrip covers the price, {price} units of its scrip ({held}; a "
+            f"purchase is paid with one piece, the vendor gives change): buy a piece worth at least {price} from "
+            f"the broker (`cardnet millicent buy`), then spend again"
+        )
 
     async def renew(
         self,
