@@ -12,11 +12,11 @@ number of examples (default 200).
 
 from __future__ import annotations
 
-import os
 import random
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import HealthCheck, example, given, settings
+from fuzzing import fuzz_settings, mutations
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cardnet.crypto import cms, pki, profile
@@ -24,12 +24,7 @@ from cardnet.crypto.errors import CryptoError, PkiError
 from cardnet.crypto.pki import CertificateAuthority, Role
 from cardnet.wire.ids import Uid
 
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(
-    max_examples=N,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings(200, deadline_s=None, large_data=True)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
@@ -39,28 +34,6 @@ CERT_DER = pki.cert_to_der(CA.issue(Role.DEVICE, Uid(bytes(range(12)), 0), KEY.p
 BILL = b"SPEED payment order: 12.00 to merchant 7"
 SIGNED = cms.sign(BILL, CERT_DER, lambda data: profile.sign(KEY, data))
 SIGNED_NO_CERT = cms.sign(BILL, CERT_DER, lambda data: profile.sign(KEY, data), with_cert=False)
-
-
-@st.composite
-def mutations(draw: st.DrawFn, original: bytes) -> bytes:
-    """``original`` with one to three random edits."""
-    data = bytearray(original)
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
-        if not data:
-            kind = "insert"
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip":
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set":
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=4))
-        else:
-            del data[at : at + draw(st.integers(1, 4))]
-    return bytes(data)
 
 
 def _chain_refused(cert_der: bytes) -> bool:

@@ -7,17 +7,16 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 
 from __future__ import annotations
 
+from fuzzing import cbor_or_bytes, check_inner_decoder, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
-from test_fuzz_trn import (  # (the same budget and the same bytes: arbitrary, or CBOR maps of any shape)
-    FUZZ,
-    check_inner_decoder,
-    raw,
-)
 
 from cardnet.protocols import fairx as fx
 from cardnet.protocols.errors import ProtocolError
 from cardnet.wire import DecodeError
+
+FUZZ = fuzz_settings(200)
+raw = cbor_or_bytes()
 
 # -- the decoders ------------------------------------------------------------------------------------------------
 

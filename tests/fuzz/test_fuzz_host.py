@@ -12,12 +12,11 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 from __future__ import annotations
 
 import contextlib
-import os
-from datetime import timedelta
 from typing import Any
 
 import cbor2
-from hypothesis import HealthCheck, assume, example, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from cardnet.applets.counter import COUNT, CounterApplet
@@ -36,12 +35,7 @@ from cardnet.wire import DecodeError, Message, MType, Uid
 from cardnet.wire.mtypes import all_mtypes
 from conftest import NOW
 
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(
-    max_examples=N,
-    deadline=timedelta(seconds=5),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings(200, deadline_s=5, large_data=True)
 T = NOW.timestamp()
 REMOTE = b"\x0b" * 12  # routed to another host
 STRANGER = b"\x0c" * 12  # no route

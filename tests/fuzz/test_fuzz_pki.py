@@ -10,13 +10,13 @@ number of examples (default 300).
 
 from __future__ import annotations
 
-import os
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cbor2
-from hypothesis import HealthCheck, example, given, settings
+from fuzzing import fuzz_settings, mutations
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cardnet.crypto import pki, profile
@@ -26,12 +26,7 @@ from cardnet.wire import cbor
 from cardnet.wire.errors import DecodeError
 from cardnet.wire.ids import MAX_PORT, Uid
 
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=N,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings(300, deadline_s=2, large_data=True)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
@@ -45,28 +40,6 @@ BLOCKLIST = CA.sign_blocklist(9, [Uid(bytes(12), 0), Uid(b"\x01" * 12, 4), DEVIC
 BLOCKLIST_RAW = BLOCKLIST.encode()
 
 uids = st.builds(Uid, st.binary(min_size=12, max_size=12), st.integers(0, MAX_PORT))
-
-
-@st.composite
-def mutations(draw: st.DrawFn, original: bytes) -> bytes:
-    """``original`` with one to three random edits."""
-    data = bytearray(original)
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
-        if not data:
-            kind = "insert"
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip":
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set":
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=4))
-        else:
-            del data[at : at + draw(st.integers(1, 4))]
-    return bytes(data)
 
 
 # --- certificates ---------------------------------------------------------------

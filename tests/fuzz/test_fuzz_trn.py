@@ -6,14 +6,12 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 from __future__ import annotations
 
 import contextlib
-import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import cbor_or_bytes, check_inner_decoder, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cardnet.applets.authority import AuthorityApplet
@@ -33,27 +31,10 @@ from cardnet.store import SqliteStore
 from cardnet.wire import DecodeError, Message, MType, Uid
 from conftest import NOW
 
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=N, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(200)
 T = NOW.timestamp()
 
-cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=80) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.integers(0, 6), kids, max_size=5),
-    max_leaves=12,
-)
-raw = st.binary(max_size=300) | cbor_values.map(cbor2.dumps)
-
-
-def check_inner_decoder(decode: Any, encode: Any, raw_inner: bytes) -> None:
-    """An inner message decoder (TRN's, fairx's): ``bad_record`` or a strict round trip (only canonical
-    encodings pass)."""
-    try:
-        got, fields = decode(raw_inner)
-    except ProtocolError as exc:
-        assert exc.reason == "bad_record"
-    else:
-        assert encode(got, fields) == raw_inner
+raw = cbor_or_bytes()
 
 
 @FUZZ

@@ -10,15 +10,15 @@ Set ``CARDNET_FUZZ_EXAMPLES`` (e.g. 20000) for a long hunt.
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
-from datetime import timedelta
 from typing import Any
 
 import cbor2
+import fuzzing
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import cbor_or_bytes, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cardnet.protocols.errors import ProtocolError
@@ -32,17 +32,12 @@ from cardnet.protocols.smc.uic_wire import (
 )
 from conftest import mutate
 
-EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(200)
 BOUND = 8  # a small input bound, so that mutations and random values cross it
 sizes = st.integers(1, 9)
 
-cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=12) | st.text(max_size=8),
-    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.integers(0, 6), kids, max_size=6),
-    max_leaves=16,
-)
-raw_bytes = st.binary(max_size=300) | cbor_values.map(cbor2.dumps)
+cbor_values = fuzzing.cbor_values(binary=12, text=8, items=6, leaves=16)
+raw_bytes = cbor_or_bytes(cbor_values)
 small_ints = st.integers(-2, 2**10) | st.integers(0, 2**64 + 1)
 near_miss_maps = st.fixed_dictionaries(
     {

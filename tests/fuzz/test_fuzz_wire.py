@@ -15,13 +15,13 @@ the CBOR parser into the schema checks), and mutations of valid encodings
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import cbor2
-from hypothesis import HealthCheck, example, given, settings
+from fuzzing import budget, fuzz_settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cardnet.wire import (
@@ -43,13 +43,9 @@ from cardnet.wire.cbor import FieldType, dumps, loads_one
 from cardnet.wire.ids import MAX_PORT
 from cardnet.wire.message import HEADER_BYTES, MAX_MTYPE
 
-N = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
-# A deadline turns a hang (or a quadratic blow-up) into a failure; generous against loaded CI machines.
-FUZZ = settings(
-    max_examples=N,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+N = budget(300)
+
+FUZZ = fuzz_settings(300, deadline_s=2, large_data=True)
 
 # --------------------------------------------------------------------------- a rich schema
 
