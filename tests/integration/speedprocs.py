@@ -34,10 +34,10 @@ class Customer:
     account: str
 
     def buy(self, net: SpeedNet, *products: str, limit: str = "10.00 EUR", aggressive: bool = False,
-            account: bool = False, check: bool = True) -> Any:  # fmt: skip
+            account: bool = False, check: bool = True, broker: str | None = None) -> Any:  # fmt: skip
         args = ["speed", "buy", "--socket", self.host.socket, "--vendor", net.vendor.address, "--broker",
-                net.broker.address, "--broker-cert", str(net.tmp / "broker.pem"), "--ca-cert", str(net.tmp / "ca.pem"),
-                "--limit", limit, "--out", str(net.tmp / f"{self.name}-bought")]  # fmt: skip
+                broker or net.broker.address, "--broker-cert", str(net.tmp / "broker.pem"), "--ca-cert",
+                str(net.tmp / "ca.pem"), "--limit", limit, "--out", str(net.tmp / f"{self.name}-bought")]  # fmt: skip
         for p in products:
             args += ["--product", p]
         if aggressive:
@@ -45,6 +45,11 @@ class Customer:
         if account:
             args += ["--account", self.account]
         return run(*args, check=check)
+
+    def recover(self, net: SpeedNet, *extra: str, check: bool = True) -> Any:
+        """``cardnet speed recover`` of the purchases :meth:`buy` left under way."""
+        return run("speed", "recover", "--socket", self.host.socket, "--ca-cert", str(net.tmp / "ca.pem"), "--out",
+                   str(net.tmp / f"{self.name}-bought"), *extra, check=check)  # fmt: skip
 
     def balance(self) -> dict[str, int]:
         return dict(run("speed", "purse", "balance", "--socket", self.host.socket)["balances"])

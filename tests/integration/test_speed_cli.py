@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostprocs import free_port
 from speedprocs import NEWS, SONG, SpeedNet, build, run
 
 
@@ -53,9 +54,24 @@ def test_refusals_say_what_to_do(net: SpeedNet) -> None:
     assert unknown["error"]["reason"] == "unknown_product" and "catalogue" in unknown["error"]["hint"]
     broke = alice.buy(net, "ppv-1 Match key", "ppv-1 Match key", "ppv-1 Match key", "ppv-1 Match key",
                       "ppv-1 Match key", limit="30.00 EUR", aggressive=True, check=False)  # fmt: skip
-    assert broke["error"]["reason"] == "insufficient" and "load" in broke["error"]["hint"]
+    assert broke["error"]["reason"] == "insufficient" and "then buy again" in broke["error"]["hint"]
     assert alice.balance() == {"EUR": 2000}  # nothing was paid
     assert net.accounts()["V-1"] == {}
+    # that purchase left the journal: once the purse is loaded, a recover does not pay it unasked
+    run("speed", "purse", "load", "--socket", alice.host.socket, "--broker", net.broker.address, "--amount",
+        "10.00 EUR", "--account", alice.account)  # fmt: skip
+    assert alice.recover(net) == {"finished": [], "dropped": []}
+    assert alice.balance() == {"EUR": 3000}
+    # a wrong --broker once the vendor delivered: the error says how to finish, and recover --broker does
+    lost = alice.buy(net, NEWS, limit="1.00 EUR", broker=f"127.0.0.1:{free_port()}", check=False)
+    assert lost["error"]["reason"] == "unreachable" and "speed recover" in lost["error"]["hint"]
+    assert "--broker" in lost["error"]["hint"]
+    done = alice.recover(net, "--broker", net.broker.address)
+    assert [d["price"] for d in done["finished"]] == ["0.80 EUR"]
+    assert Path(done["finished"][0]["files"][0]).read_text() == "the news of the day\n" * 20
+    assert alice.recover(net) == {"finished": [], "dropped": []}
+    assert alice.balance() == {"EUR": 3000 - 80}
+    assert net.accounts()["V-1"] == {"EUR": 80}
 
 
 def test_broker_prune_needs_the_broker_stopped_and_keeps_the_days_not_yet_due(net: SpeedNet) -> None:

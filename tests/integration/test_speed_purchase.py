@@ -9,17 +9,19 @@ SAM logged is what the vendor's account gained.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hostprocs import free_port
 from speedworld import EUR, SONG, T0, World, load_purse, opened, serve
 
 from cardnet.crypto import cms, pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed.customer import PurchaseError
+from cardnet.services.speed.customer import AsyncLocalCard, Journal, PurchaseError, load
 
 
 @pytest.fixture
@@ -277,6 +279,71 @@ def test_a_load_the_broker_refused_is_never_charged_later_from_another_account(w
             assert await load(card, w.broker_addr, sm.Price(EUR, 300), "C-1") == 1  # the counter the forgery named
             assert w.balance() == 400
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - 400}
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_purchase_the_purse_could_not_pay_is_dropped_and_buying_again_pays_once(world: World, tmp_path: Path) -> None:
+    """The card refuses the debit (`insufficient`): nothing moved, and the purchase leaves the journal (dropped,
+    with the reason). The customer loads and buys again: one order, paid once; a later recover pays nothing more
+    (it paid the first order too, the same goods twice)."""
+    w = world
+    journal = Journal(tmp_path / "journal")
+    customer = dataclasses.replace(w.customer, journal=journal)
+    key = "ppv-1 Match key"
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            await load_purse(w, 100)
+            with pytest.raises(PurchaseError) as e:
+                await customer.buy(w.vendor_addr, w.broker_addr, [key], broker_cert=w.broker_cert, mode="aggressive")
+            assert e.value.reason == "insufficient"
+            assert journal.pending() == [] and [r.dropped for r in journal.all()] == ["insufficient"]
+            await load(AsyncLocalCard(w.card), w.broker_addr, sm.Price(EUR, 500), "C-1")
+            got = await customer.buy(w.vendor_addr, w.broker_addr, [key], broker_cert=w.broker_cert,
+                                     mode="aggressive")  # fmt: skip
+            assert got.price == sm.Price(EUR, 499)
+            assert await customer.recover() == []
+            assert w.balance() == 600 - 499
+            assert w.broker.balances()["V-1"] == {EUR: 499}
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_purchase_sent_to_a_wrong_broker_address_is_finished_by_recover_with_the_right_one(
+    world: World, tmp_path: Path
+) -> None:
+    """`buy --broker <wrong address>` after the vendor delivered: the payment cannot reach the broker and the
+    journal keeps the purchase. `recover(broker=...)` pays it through the right address (and keeps that address),
+    once."""
+    w = world
+    journal = Journal(tmp_path / "journal")
+    customer = dataclasses.replace(w.customer, journal=journal)
+    wrong = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            await load_purse(w, 1000)
+            with pytest.raises(PurchaseError) as e:
+                await customer.buy(w.vendor_addr, wrong, ["news-1 Today's paper"], broker_cert=w.broker_cert,
+                                   mode="aggressive")  # fmt: skip
+            assert e.value.reason == "unreachable"
+            assert [r.broker for r in journal.pending()] == [wrong]
+            done = await customer.recover(broker=w.broker_addr)
+            assert [d.price for d in done] == [sm.Price(EUR, 80)]
+            assert done[0].contents == [b"the news of the day" * 10]
+            assert [r.broker for r in journal.all()] == [w.broker_addr]
+            assert await customer.recover() == []
+            assert w.balance() == 1000 - 80
+            assert w.broker.balances()["V-1"] == {EUR: 80}
         finally:
             await vs.aclose()
             await bs.aclose()

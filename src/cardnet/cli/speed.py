@@ -517,9 +517,14 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         ca_cert: Path, products: tuple[str, ...], limit: str, aggressive: bool, account: str | None, out: Path,
         as_json: bool) -> None:  # fmt: skip
     """Buy products: negotiate (or not), receive them encrypted, pay, and get the key with the receipt."""
-    later = {"insufficient": f"load the purse (`cardnet speed purse load --amount ...`), then `cardnet speed recover "
-             f"--out {out} ...` pays this purchase, delivered and waiting (buying again would make a second order, "
-             "which recover would pay too)"}  # fmt: skip
+    short = (f"your account {account} at the broker holds too little: pay from the purse (without --account)"
+             if account else "load the purse (`cardnet speed purse load --amount ...`)")  # fmt: skip
+    later = {
+        "insufficient": f"nothing was paid, and the purchase is dropped: {short}, then buy again",
+        "unreachable": f"is the service running at that HOST:PORT? If the vendor delivered already, the purchase waits "
+        f"in {out}: once the broker is reachable, `cardnet speed recover --out {out} --broker HOST:PORT ...` pays it "
+        "(--broker: the broker's right address, if the one given was wrong)",
+    }
     result = purchase(socket, pin, card, vendor_addr, broker, broker_cert, ca_cert, products, limit, aggressive,
                       account, out, later)  # fmt: skip
     say(as_json, result, f"paid {result['price']}; {len(result['files'])} product(s) in {out}: "
@@ -570,29 +575,47 @@ def _written(out: Path, got: Any) -> dict[str, Any]:
                  help="The CA certificate (PEM, `cardnet ca cert`)."),
     click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                  help="The directory `buy` wrote to: its purchases under way are finished there."),
+    click.option("--broker", default=None,
+                 help="Pay through the broker at this HOST:PORT (default: the address each purchase was bought with)."),
 )  # fmt: skip
-def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, as_json: bool) -> None:
+def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, broker: str | None,
+            as_json: bool) -> None:  # fmt: skip
     """Finish the purchases a crash or a lost connection interrupted (paid once, whatever happened)."""
-    done = finish_purchases(socket, pin, card, ca_cert, out)
+    dropped: list[dict[str, Any]] = []
+    done = finish_purchases(socket, pin, card, ca_cert, out, broker, dropped)
     words = [f"{len(done)} purchase(s) finished"] + [
         f"paid {d['price']}; {len(d['files'])} product(s) in {out}: " + ", ".join(d["files"]) for d in done
     ]
-    say(as_json, {"finished": done}, "\n".join(words) if done else "nothing was left to finish")
+    words += [f"dropped, unpaid: {', '.join(d['products'])} ({d['detail']}): {DROP_HINTS.get(d['reason'], 'buy again')}"
+              for d in dropped]  # fmt: skip
+    nothing = "nothing was left to finish"
+    say(as_json, {"finished": done, "dropped": dropped}, "\n".join(words) if done or dropped else nothing)
 
 
-def finish_purchases(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path) -> list[dict[str, Any]]:
+DROP_HINTS = {"insufficient": "nothing was paid: load the purse (or the account), then buy again"}
+
+
+def finish_purchases(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path,
+                     broker: str | None = None,
+                     dropped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Finish the purchases journalled under ``out`` that were agreed and delivered but not yet paid and receipted:
     what each wrote (:func:`_written`)."""
     roots = [_pem_file(ca_cert, "the CA certificate")]
-    done: list[dict[str, Any]] = _run(socket, pin, card, lambda wallet: finish_journal(wallet, roots, out))
+    done: list[dict[str, Any]] = _run(socket, pin, card, lambda wallet: finish_journal(wallet, roots, out, broker,
+                                                                                       dropped))  # fmt: skip
     return done
 
 
-async def finish_journal(wallet: Any, roots: list[bytes], out: Path) -> list[dict[str, Any]]:
-    """Finish, on ``wallet``'s card, the purchases journalled under ``out`` (:meth:`Customer.recover`): what each
-    wrote there (:func:`_written`). A refusal raises :class:`~cardnet.services.speed.customer.PurchaseError`."""
+async def finish_journal(wallet: Any, roots: list[bytes], out: Path, broker: str | None = None,
+                         dropped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Finish, on ``wallet``'s card, the purchases journalled under ``out`` (:meth:`Customer.recover`), through the
+    broker at ``broker`` if given: what each wrote there (:func:`_written`); the purchases dropped unpaid are
+    appended to ``dropped`` (products, reason, detail). A refusal raises
+    :class:`~cardnet.services.speed.customer.PurchaseError`."""
     from cardnet.services.speed.customer import Customer, Journal
 
     with progress("finishing interrupted purchases …"):
-        finished = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover()
+        finished, gone = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover_all(broker=broker)
+    if dropped is not None:
+        dropped += [{"products": d.products, "reason": d.reason, "detail": d.detail} for d in gone]
     return [_written(out, got) for got in finished]

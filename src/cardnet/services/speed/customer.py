@@ -79,6 +79,10 @@ PERMANENT = frozenset(
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
      "pruned"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
+NOTHING_PAID = frozenset(
+    {"insufficient"}
+)  # refused before any money moved, for now (the purse or the account holds too little): the purchase is dropped
+# all the same, so that no later recover pays it unasked; the customer loads and buys again (docs/speed.md)
 
 
 def check_delivery(bill: dict[str, Any], chunks: list[list[bytes]]) -> None:
@@ -93,6 +97,16 @@ def check_delivery(bill: dict[str, Any], chunks: list[list[bytes]]) -> None:
             h.update(c)
     if h.digest() != bill["hc"]:
         raise PurchaseError("bad_delivery", "the ciphered product is not the one the bill names: not paying")
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A purchase dropped from the journal, unpaid: its products and the refusal that ended it."""
+
+    nid: bytes
+    products: list[str]
+    reason: str
+    detail: str
 
 
 @dataclass
@@ -171,6 +185,12 @@ class Journal:
     def drop(self, nid: bytes, reason: str) -> None:
         rec = self.load(nid)
         rec.dropped = reason
+        self.save(rec)
+
+    def moved(self, nid: bytes, broker: str) -> None:
+        """Pay ``nid`` through the broker at ``broker`` from now on (the address it was bought with was wrong)."""
+        rec = self.load(nid)
+        rec.broker = broker
         self.save(rec)
 
 
@@ -369,24 +389,43 @@ class Customer:
                       bsign=self.rng(32), steps=steps)  # fmt: skip
         if self.journal is not None:
             self.journal.save(rec)
-        return await self._pay(rec, bill)
+        try:
+            return await self._pay(rec, bill)
+        except PurchaseError as exc:
+            self._dropped(rec, exc)
+            raise
 
-    async def recover(self) -> list[Purchase]:
+    async def recover(self, *, broker: str | None = None) -> list[Purchase]:
         """Finish every purchase of the journal that was agreed and delivered but not yet paid and receipted
         (after a crash of this program, the card's host, the broker or the network): the card answers the same
-        payment order again and the broker the same S2 or receipt, so nothing is paid twice."""
+        payment order again and the broker the same S2 or receipt, so nothing is paid twice. ``broker``: pay them
+        through the broker at that address instead of the one each was bought with (kept in the journal)."""
+        return (await self.recover_all(broker=broker))[0]
+
+    async def recover_all(self, *, broker: str | None = None) -> tuple[list[Purchase], list[Dropped]]:
+        """:meth:`recover`, and the purchases it dropped from the journal: refused for good, or refused before any
+        money moved (:data:`NOTHING_PAID`: buy again)."""
         if self.journal is None:
-            return []
-        done = []
+            return [], []
+        done, dropped = [], []
         for rec in self.journal.pending():
+            if broker is not None and broker != rec.broker:
+                self.journal.moved(rec.nid, broker)
+                rec.broker = broker
             try:
                 done.append(await self._pay(rec))
             except PurchaseError as exc:
-                if exc.reason in PERMANENT:
-                    self.journal.drop(rec.nid, exc.reason)
-                else:
+                if not self._dropped(rec, exc):
                     raise
-        return done
+                dropped.append(Dropped(rec.nid, rec.products, exc.reason, str(exc)))
+        return done, dropped
+
+    def _dropped(self, rec: Pending, exc: PurchaseError) -> bool:
+        """Drop ``rec`` from the journal if ``exc`` says nothing was paid and the purchase is over; whether it was."""
+        if self.journal is None or exc.reason not in PERMANENT | NOTHING_PAID:
+            return False
+        self.journal.drop(rec.nid, exc.reason)
+        return True
 
     async def _resent(self, rec: Pending, bill: dict[str, Any]) -> Purchase:
         """The receipt of a purchase the card paid, from the broker's register (paper 5.7)."""
