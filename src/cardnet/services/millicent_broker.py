@@ -50,7 +50,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
+from cardnet.services.millicent_vendor import CLOSE_WAIT_S, stored, stored_json, stored_scrip
 from cardnet.store import Store
 from cardnet.transport import (
     DEFAULT_SERVER_LIMITS,
@@ -718,6 +718,7 @@ class BrokerServer:
 
     Requests are served one at a time (a lock), including a bulk-mode sale's
     calls to the vendor: the broker's ledger sees one purchase at a time.
+    :meth:`aclose` stops in order, within ``close_wait_s``: see there.
     """
 
     def __init__(
@@ -726,29 +727,72 @@ class BrokerServer:
         *,
         clock: Callable[[], float] = time.time,
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+        close_wait_s: float = CLOSE_WAIT_S,
     ) -> None:
         self.core = core
         self.clock = clock
+        self.close_wait_s = close_wait_s
         self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
         self._lock = asyncio.Lock()
+        self._closing = False  # set by aclose: requests read from now on are not taken
+        self._closed = asyncio.Event()  # aclose has ended
+        self._in_flight = 0  # requests taken and not yet answered
+        self._idle = asyncio.Event()  # set while none is
+        self._idle.set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         await self._server.start(host, port, self._serve)
         return self._server.address
 
     async def aclose(self) -> None:
-        await self._server.aclose()
+        """Stop in order: take no more requests, finish those taken and write their replies, then close every
+        connection; within ``close_wait_s``.
+
+        A request read after the stop began is not answered and nothing of it is decided: its connection is
+        closed and the client sends it again once the broker runs again. A request taken before (served, or
+        waiting for its turn) is decided and answered. A step whose transaction has begun cannot be called back:
+        if the requests taken, their vendor calls or writing their replies to a slow client take longer than
+        ``close_wait_s``, the server closes anyway (logged); what was decided is stored, and a customer's resend
+        of the same purchase fetches its answer (no second debit).
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(self.close_wait_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning(
+                "stopping after %g s with %d request(s) still in progress: what was decided is stored; its "
+                "customers fetch the answer when they send the same purchase again",
+                self.close_wait_s,
+                self._in_flight,
+            )
+        try:
+            await self._server.aclose()
+        finally:
+            self._closed.set()
 
     async def _serve(self, conn: TcpConnection) -> None:
         with contextlib.suppress(BrokenError, ClosedError):
             while True:
                 msg = await conn.recv()
-                async with self._lock:
-                    if msg.mtype == mc.PURCHASE.code:
-                        reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
-                    else:
-                        reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
-                await conn.send(reply)
+                if self._closing:  # not decided, not answered: the client sends it again
+                    return
+                self._in_flight += 1
+                self._idle.clear()
+                try:
+                    async with self._lock:
+                        if msg.mtype == mc.PURCHASE.code:
+                            reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
+                        else:
+                            reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
+                    await conn.send(reply)
+                finally:
+                    self._in_flight -= 1
+                    if not self._in_flight:
+                        self._idle.set()
 
     async def _purchase(self, param: bytes) -> bytes:
         """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip)."""
