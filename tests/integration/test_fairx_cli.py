@@ -64,9 +64,15 @@ def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> Non
     asyncio.run(until(net, "a", bytes.fromhex(T1), None))
     status = cli("exchange", "status", *args(net, "a"), "--id", xid)
     assert status.returncode == 0 and "swapped: you have the other voucher" in status.stdout, status
-    # a second accept of the same offer is refused in words, with no traceback
+    # a second accept of the same offer is refused in words (what happened, what to do), with no traceback
     again = error_json(cli("exchange", "accept", *args(net, "b"), "--id", xid, "--json"))
-    assert again["reason"] == "refused" and "not an offer waiting" in again["message"], again
+    assert again["reason"] == "refused", again  # (the reason stays the card's)
+    assert again["message"] == "there is nothing left to accept: this exchange ended in the swap, you have the " \
+        "other voucher", again  # fmt: skip
+    assert "cardnet trn list" in again["hint"], again
+    words = cli("exchange", "give-up", *args(net, "a"), "--id", xid)
+    assert words.returncode != 0 and "Traceback" not in words.stderr, words
+    assert "error: there is nothing left to give up: this exchange ended in the swap" in words.stderr, words
     bad = error_json(cli("exchange", "status", *args(net, "a"), "--id", "1234", "--json"))
     assert "32 hex digits" in bad["message"], bad
 
@@ -75,6 +81,7 @@ def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> Non
                           str(net.uids["b"]), "--json"))  # fmt: skip
     xid = offered["id"]
     asyncio.run(until_offered(net, "b", xid))
+    assert_orders_out_of_turn_say_what_to_do(net, xid)
     cannot = error_json(cli("exchange", "accept", *args(net, "b"), "--id", xid, "--json"))
     assert cannot["reason"] == "illegal_move" and f"cardnet exchange reject --id {xid}" in cannot["hint"], cannot
     rejected = cli("exchange", "reject", *args(net, "b"), "--id", xid)
@@ -89,6 +96,43 @@ def test_two_people_swap_a_ticket_for_a_voucher_with_the_cli(net: TrnNet) -> Non
     status = cli("exchange", "status", *args(net, "a"), "--id", xid)
     assert "(the other owner rejected it)" in status.stdout, status
     asyncio.run(until(net, "a", bytes.fromhex(T2), "enabled"))
+
+
+PHASES = ("offered", "proposed", "agreed", "confirmed", "resolving", "aborting", "gave_up", "aborted", "done")
+JARGON = ("proposed", "agreed", "resolving", "aborting", "gave_up", "m1", "m2", "m3", "m4", "initiator", "responder")
+
+
+def assert_orders_out_of_turn_say_what_to_do(net: TrnNet, xid: str) -> None:
+    """An offer from a waiting for b's answer: every order that does not apply yet says, in words and not in the
+    protocol's phase names, what is happening and what to do instead (the --json reason stays ``refused``)."""
+    cases = (  # (card, order, what it says, what to do)
+        ("a", "resolve", "there is nothing for the TTP to settle yet: the other owner has not accepted your offer",
+         f"`cardnet exchange give-up --id {xid}` takes your voucher back"),
+        ("a", "accept", "this is your own offer: only the other owner accepts or rejects it",
+         f"`cardnet exchange give-up --id {xid}`"),
+        ("a", "abort", "only the owner who accepted the offer asks the TTP to abort it",
+         f"`cardnet exchange status --id {xid}`"),
+        ("b", "abort", "there is nothing to abort: you have not accepted this offer, and nothing of yours is locked",
+         f"`cardnet exchange reject --id {xid}` declines"),
+        ("b", "give-up", "this offer was made to you: only the owner who made it gives it up",
+         f"`cardnet exchange accept --id {xid}` swaps"),
+        ("b", "resolve", "only the owner who made the offer asks the TTP to resolve it",
+         f"`cardnet exchange reject --id {xid}`"),
+    )  # fmt: skip
+    for who, order, says, todo in cases:
+        r = cli("exchange", order, *args(net, who), "--id", xid)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r
+        assert f"error: {says}" in r.stderr and "what to do: " in r.stderr and todo in r.stderr, (order, r.stderr)
+        spoken = r.stderr.replace("(", " ").replace(")", " ").replace(":", " ").split()
+        assert not any(f"({p})" in r.stderr for p in PHASES) and not set(JARGON) & set(spoken), (order, r.stderr)
+        err = error_json(cli("exchange", order, *args(net, who), "--id", xid, "--json"))
+        assert err["reason"] == "refused" and err["message"].startswith(says), err
+    # how it stands, on each side: who offered it, and what to do next
+    mine = cli("exchange", "status", *args(net, "a"), "--id", xid)
+    assert f"An exchange you offered to {net.uids['b']}." in mine.stdout, mine
+    assert "next: the other owner accepts or rejects it" in mine.stdout, mine
+    theirs = cli("exchange", "list", *args(net, "b"))
+    assert "made to you" in theirs.stdout and "responder" not in theirs.stdout, theirs
 
 
 async def until_offered(net: TrnNet, card: str, xid: str) -> None:

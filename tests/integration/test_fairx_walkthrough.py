@@ -8,6 +8,7 @@ the traces take a moment. Ports 7401-7403 are replaced by free ones; the exchang
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from walkthrough import run_page
@@ -21,4 +22,5 @@ def test_the_fairx_walkthrough_runs_as_written(tmp_path: Path) -> None:
     swap, rejected = [r for r in ran if " exchange offer " in r.command]
     assert swap.shell != rejected.shell and swap.printed != rejected.printed  # two exchanges, two ids
     accepted = next(r for r in ran if " exchange accept " in r.command and r.returncode == 0)
-    assert swap.printed.split("exchange ")[-1][:32] in accepted.shell, (swap.printed, accepted.shell)
+    learnt = re.search(r"^exchange ([0-9a-f]{32}): ", swap.printed, re.M)
+    assert learnt is not None and learnt.group(1) in accepted.shell, (swap.printed, accepted.shell)

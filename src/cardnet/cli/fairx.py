@@ -15,21 +15,43 @@ import click
 
 from cardnet.cli.output import emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, hex16, parse_oid, parse_uid, run_on_wallet
+from cardnet.services.wallet import WalletError
 
 WAIT_S = 30.0
 
-# What each phase means for the card's owner, and what may be done.
+# What each phase means for the card's owner (the phase names are the protocol's: a person reads these words).
 PHASE_WORDS = {
     "offered": "offered: waiting for the other owner (give-up takes your voucher back)",
     "proposed": "offered to you: accept or reject it",
-    "agreed": "accepted: waiting for the other card's confirmation (abort asks the TTP)",
-    "confirmed": "confirmed: waiting for the other card's commitment (resolve asks the TTP)",
-    "resolving": "the TTP is asked to resolve",
-    "aborting": "the TTP is asked to abort",
+    "agreed": "accepted: waiting for the other card to finish the swap",
+    "confirmed": "your voucher is handed over: waiting for the other card to hand over theirs",
+    "resolving": "the TTP is asked to finish the swap: waiting for its answer",
+    "aborting": "the TTP is asked to call the swap off: waiting for its answer",
     "done": "swapped: you have the other voucher",
     "aborted": "ended without a swap: your voucher is yours again",
     "gave_up": "given up: your voucher is yours again",
 }
+
+# What the owner may do next, by phase (`cardnet exchange ...`; {id}: the exchange's id). Ended exchanges: nothing.
+NEXT_STEPS = {
+    "offered": "the other owner accepts or rejects it (`cardnet exchange status --id {id}` shows which); until "
+    "then `cardnet exchange give-up --id {id}` takes your voucher back",
+    "proposed": "`cardnet exchange accept --id {id}` swaps, `cardnet exchange reject --id {id}` declines (nothing "
+    "of yours is locked until you accept)",
+    "agreed": "the cards finish by themselves (`cardnet exchange status --id {id}` shows when); if the other card "
+    "stays silent, `cardnet exchange abort --id {id}` asks the TTP to settle it: you get their voucher if their "
+    "card already gave it, else yours back",
+    "confirmed": "the cards finish by themselves (`cardnet exchange status --id {id}` shows when); if the other "
+    "card stays silent, `cardnet exchange resolve --id {id}` asks the TTP to settle it: you get their voucher, or "
+    "yours back",
+    "resolving": "`cardnet exchange status --id {id}` shows the TTP's answer once it came; "
+    "`cardnet exchange resolve --id {id}` asks again (if it stays silent, check this host's route to the TTP)",
+    "aborting": "`cardnet exchange status --id {id}` shows the TTP's answer once it came; "
+    "`cardnet exchange abort --id {id}` asks again (if it stays silent, check this host's route to the TTP)",
+}
+
+# Who made the offer, for people (JSON keeps ``role``: initiator or responder).
+ROLE_WORDS = {"initiator": "made by you", "responder": "made to you"}
 
 
 def _id(text: str) -> bytes:
@@ -51,15 +73,52 @@ def wallet_command(name: str, *options: Callable[..., Any]) -> Callable[[Callabl
     return wrap
 
 
-def _with_wallet(socket: str, pin: str | None, card: str | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Open the wallet on ``card`` at ``socket`` with the PIN, run ``work``; a refusal fails in words."""
-    return run_on_wallet(socket, pin, card, work, HINTS)
+def _with_wallet(
+    socket: str,
+    pin: str | None,
+    card: str | None,
+    work: Callable[[Any], Awaitable[Any]],
+    hints: dict[str, str] | None = None,
+) -> Any:
+    """Open the wallet on ``card`` at ``socket`` with the PIN, run ``work``; a refusal fails in its owner's words
+    (:data:`REFUSAL_WORDS`, an order's :class:`OrderRefused` with what to do next), with ``hints`` by reason."""
+
+    async def guarded(wallet: Any) -> Any:
+        try:
+            return await work(wallet)
+        except OrderRefused as exc:
+            return _Failure(str(exc), exc.reason, next_step(exc.exchange) or _LOOK.format(id=exc.exchange.n1.hex()))
+        except WalletError as exc:
+            if exc.reason not in REFUSAL_WORDS:
+                raise
+            return _Failure(REFUSAL_WORDS[exc.reason], exc.reason, (hints or HINTS).get(exc.reason))
+
+    got = run_on_wallet(socket, pin, card, guarded, hints or HINTS)
+    if isinstance(got, _Failure):
+        fail(got.message, reason=got.reason, hint=got.hint)
+    return got
+
+
+class _Failure:
+    """A refusal worded for the owner, to fail with once the wallet is closed."""
+
+    def __init__(self, message: str, reason: str, hint: str | None) -> None:
+        self.message, self.reason, self.hint = message, reason, hint
+
+
+_LOOK = "`cardnet exchange status --id {id}` shows how it ended, `cardnet trn list` what this card holds now"
 
 
 HINTS = {
-    "no_ttp": "name the TTP first: cardnet exchange set-ttp --ttp UID",
+    "no_ttp": "name the TTP first, the same one as the other owner: cardnet exchange set-ttp --ttp UID",
     "no_exchange": "`cardnet exchange list` shows this card's exchanges and their ids",
     "illegal_move": "`cardnet trn list` shows your tokens: only an enabled one can be offered",
+}
+
+# A card's refusal of an exchange order in its owner's words, where the card's own detail is protocol talk.
+REFUSAL_WORDS = {
+    "no_ttp": "this card has no TTP yet: an exchange needs one, to settle it should it be cut off half-way",
+    "own_card": "--to names this very card: an exchange is with another owner's card",
 }
 
 
@@ -70,6 +129,19 @@ ORDER_HINTS = {
         "what it wants, `cardnet trn list` what you hold): reject it with `cardnet exchange reject --id {id}`",
     },
 }
+
+
+def next_step(x: Any) -> str | None:
+    """What the owner of exchange ``x`` may do now (``cardnet exchange`` commands); None once it ended."""
+    words = NEXT_STEPS.get(x.phase)
+    return None if words is None else words.format(id=x.n1.hex())
+
+
+def who_words(x: Any) -> str:
+    """Who offered exchange ``x`` to whom, for its owner."""
+    if x.role == "initiator":
+        return f"An exchange you offered to {x.peer}."
+    return f"An exchange {x.peer} offered to you."
 
 
 def exchange_row(x: Any) -> dict[str, Any]:
@@ -90,7 +162,7 @@ def why_words(role: str, why: str) -> str:
     """Why an exchange ended without a swap, in its owner's words (a refusal's reason as the card keeps it)."""
     if why == "refused_by_owner":
         return "you rejected it" if role == "responder" else "the other owner rejected it"
-    return WHY_WORDS.get(why, why)
+    return WHY_WORDS.get(why, f"the other card refused it: {why}")
 
 
 WHY_WORDS = {
@@ -107,9 +179,71 @@ WHY_WORDS = {
 EXCHANGE_COLUMNS = ("id", "role", "peer", "give", "want", "offered", "state")
 
 
-def report_exchange(as_json: bool, x: Any, text: str) -> None:
+def report_exchange(as_json: bool, x: Any, text: str, *, steps: bool = False) -> None:
+    """One exchange after a command: ``text``, then how it stands and (``steps``) what its owner may do next."""
     row = exchange_row(x)
-    say(as_json, row, f"{text}\nexchange {x.n1.hex()}: {row['state']}")
+    then = next_step(x) if steps else None
+    say(as_json, row, f"{text}\nexchange {x.n1.hex()}: {row['state']}" + (f"\nnext: {then}" if then else ""))
+
+
+class OrderRefused(WalletError):
+    """The card refused an order (accept, reject, give up, resolve, abort) because exchange ``exchange`` does not
+    stand where that order applies; the message says so in its owner's words."""
+
+    def __init__(self, message: str, exchange: Any) -> None:
+        super().__init__("refused", message)
+        self.exchange = exchange
+
+
+# Where each order applies: (the owner's role, the phases).
+ORDER_APPLIES = {
+    "accept": ("responder", {"proposed"}),
+    "reject": ("responder", {"proposed"}),
+    "give_up": ("initiator", {"offered"}),
+    "resolve": ("initiator", {"confirmed", "resolving"}),
+    "abort": ("responder", {"agreed", "aborting"}),
+}
+
+# Why an order does not apply to an unfinished exchange of the other role: (order, the owner's role) -> words.
+WRONG_ROLE = {
+    ("accept", "initiator"): "this is your own offer: only the other owner accepts or rejects it",
+    ("reject", "initiator"): "this is your own offer: only the other owner accepts or rejects it",
+    ("give_up", "responder"): "this offer was made to you: only the owner who made it gives it up",
+    ("resolve", "responder"): "only the owner who made the offer asks the TTP to resolve it",
+    ("abort", "initiator"): "only the owner who accepted the offer asks the TTP to abort it",
+}
+
+# Why an order does not apply to an unfinished exchange of the right role: (order, phase) -> words.
+WRONG_PHASE = {
+    "accept": "this offer was already accepted: the swap is under way",
+    "reject": "this offer was already accepted: the swap is under way, and only the TTP can call it off now",
+    "give_up": "too late to give it up: the other owner accepted, and your card has already handed over your "
+    "voucher for theirs",
+    "resolve": "there is nothing for the TTP to settle yet: the other owner has not accepted your offer",
+    "abort": "there is nothing to abort: you have not accepted this offer, and nothing of yours is locked",
+}
+
+
+def refused_words(method: str, x: Any) -> str | None:
+    """Why ``method`` (a wallet order) does not apply to exchange ``x`` as it stands, in its owner's words; None
+    if it does (the card refused it for another reason, which its own detail says)."""
+    role, phases = ORDER_APPLIES[method]
+    if x.role == role and x.phase in phases:
+        return None
+    verb = method.replace("_", " ")
+    if x.finished:
+        why = f" ({why_words(x.role, x.why)})" if x.why else ""
+        return f"there is nothing left to {verb}: this exchange {ENDED_WORDS.get(x.phase, x.phase)}{why}"
+    if x.role != role:
+        return f"{WRONG_ROLE[(method, x.role)]} (it stands: {PHASE_WORDS.get(x.phase, x.phase)})"
+    return WRONG_PHASE[method]
+
+
+ENDED_WORDS = {
+    "done": "ended in the swap, you have the other voucher",
+    "aborted": "ended without a swap, your voucher is yours again",
+    "gave_up": "was given up, your voucher is yours again",
+}
 
 
 @click.group()
@@ -131,13 +265,31 @@ def exchange_offer(
     """Offer your voucher for theirs. Yours is locked until the exchange ends; the other owner accepts or
     rejects (`cardnet exchange list` on their card shows the offer)."""
     g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
+    if g == w:
+        raise click.BadParameter(
+            "an exchange swaps two different vouchers: --give and --want are the same", param_hint="--want"
+        )
+    if not dst.is_card:
+        raise click.BadParameter(
+            f"{to} is an application's Uid: give the other card's, DOMAIN:00000000", param_hint="--to"
+        )
 
-    x = _with_wallet(socket, pin, card, lambda wallet: offer_exchange(wallet, g, w, dst, wait_s))
+    async def offer(wallet: Any) -> Any:
+        if dst == wallet.card:
+            raise WalletError("own_card", REFUSAL_WORDS["own_card"])
+        return await offer_exchange(wallet, g, w, dst, wait_s)
+
+    x = _with_wallet(socket, pin, card, offer, {**HINTS, "own_card": "give the other owner's card Uid with --to"})
     then = (
         f"the other owner sees it with `cardnet exchange list` and accepts it with `cardnet exchange accept --id "
         f"{x.n1.hex()}` (or rejects it)"
     )
-    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}; {then}.")
+    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}; {then}.{_still(x, wait_s)}", steps=True)
+
+
+def _still(x: Any, wait_s: float) -> str:
+    """After a ``--wait`` that ran out: that the exchange has not ended yet."""
+    return f" It has not ended after {wait_s:g} s." if wait_s > 0 and not x.finished else ""
 
 
 async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s: float) -> Any:
@@ -147,8 +299,22 @@ async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s:
 
 async def order_exchange(wallet: Any, method: str, n1: bytes, wait_s: float) -> Any:
     """Give exchange ``n1`` the wallet library's order ``method`` (accept, reject, give_up, resolve, abort); the
-    exchange (once ended, if ``wait_s`` allows)."""
-    return await wait_for_end(wallet, await getattr(wallet, method)(n1), wait_s)
+    exchange (once ended, if ``wait_s`` allows). An order the exchange is not at (an offer answered already, a give
+    up after the swap began, ...) raises :class:`OrderRefused`, saying why in its owner's words."""
+    try:
+        x = await getattr(wallet, method)(n1)
+    except WalletError as exc:
+        if exc.reason != "refused":
+            raise
+        try:
+            now = await wallet.status(n1)
+        except WalletError:
+            raise exc from None
+        words = refused_words(method, now)
+        if words is None:
+            raise
+        raise OrderRefused(words, now) from None
+    return await wait_for_end(wallet, x, wait_s)
 
 
 async def wait_for_end(wallet: Any, x: Any, wait_s: float) -> Any:
@@ -170,6 +336,7 @@ def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool)
     if as_json:
         emit_json({"exchanges": rows})
         return
+    rows = [{**row, "role": ROLE_WORDS.get(row["role"], row["role"])} for row in rows]
     print_rows(rows, EXCHANGE_COLUMNS, title="exchanges", empty="no exchanges")
 
 
@@ -181,8 +348,8 @@ def _order(name: str, doc: str, method: str, done: str) -> None:
         n1 = _id(xid)
         own = {k: v.format(id=n1.hex()) for k, v in ORDER_HINTS.get(name, {}).items()}
         hints = {**HINTS, "refused": f"`cardnet exchange status --id {n1.hex()}` shows how this exchange stands", **own}
-        x = run_on_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
-        report_exchange(as_json, x, done)
+        x = _with_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
+        report_exchange(as_json, x, done + _still(x, wait_s), steps=True)
 
     command.help = doc
 
@@ -203,13 +370,17 @@ def exchange_status(socket: str, pin: str | None, card: str | None, xid: str, as
     """How one exchange stands."""
     n1 = _id(xid)
     x = _with_wallet(socket, pin, card, lambda wallet: wallet.status(n1))
-    report_exchange(as_json, x, f"{x.role} of an exchange with {x.peer}.")
+    report_exchange(as_json, x, who_words(x), steps=True)
 
 
 @wallet_command("set-ttp", click.option("--ttp", required=True, help="The TTP card's Uid (DOMAIN:00000000)."))
 def exchange_set_ttp(socket: str, pin: str | None, card: str | None, ttp: str, as_json: bool) -> None:
     """Name the TTP this card asks when an exchange is interrupted (resolve, abort)."""
     uid = parse_uid(ttp)
+    if not uid.is_card:
+        raise click.BadParameter(
+            f"{ttp} is an application's Uid: give the TTP card's, DOMAIN:00000000", param_hint="--ttp"
+        )
 
     async def work(wallet: Any) -> None:
         await wallet.set_ttp(uid)
