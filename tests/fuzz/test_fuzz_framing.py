@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cardnet.transport import PREFIX_BYTES, FrameDecoder, encode_frame
+from cardnet.transport import PREFIX_BYTES, FrameDecoder, SkippedFrame, encode_frame
 from cardnet.wire import DecodeError, Message, Uid
 
 MAX_FRAME = 4096
@@ -69,3 +69,25 @@ def test_valid_prefix_then_junk(msgs: list[Message], junk: bytes, cuts: list[int
     except DecodeError:
         pass
     assert out[: len(msgs)] == msgs[: len(out)]
+
+
+SMALL_LIMIT = 150
+mixed = st.builds(Message, uids, uids, st.integers(min_value=0, max_value=0xFFFF), st.binary(max_size=400))
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgs=st.lists(mixed, max_size=10), cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_frames_above_the_limit_are_read_past_in_any_chunking(msgs: list[Message], cuts: list[int]) -> None:
+    """A peer with a larger frame limit: what fits arrives in order, what does not is reported by its header."""
+    stream = b"".join(encode_frame(m) for m in msgs)
+    dec = FrameDecoder(max_frame=SMALL_LIMIT)
+    out: list[Message] = []
+    skipped: list[SkippedFrame] = []
+    for chunk in chunked(stream, cuts):
+        out += dec.feed(chunk)
+        skipped += dec.take_skipped()
+        assert dec.buffered < PREFIX_BYTES + SMALL_LIMIT
+    dec.eof()
+    assert out == [m for m in msgs if m.size <= SMALL_LIMIT]
+    big = [m for m in msgs if m.size > SMALL_LIMIT]
+    assert skipped == [SkippedFrame(m.src, m.dst, m.mtype, m.size, SMALL_LIMIT) for m in big]

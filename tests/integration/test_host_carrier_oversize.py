@@ -222,3 +222,65 @@ def test_an_applications_connection_leaves_out_an_oversize_message_says_so_and_s
         asyncio.run(go())
     [said] = [r.getMessage() for r in caplog.records if "cannot take" in r.getMessage()]
     assert f"0x{REPLY.code:04x}" in said and f"the frame limit is {LIMIT}" in said
+
+
+def test_a_remote_hosts_message_above_this_hosts_limit_is_read_past_and_its_sender_told(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """A remote host with a larger frame limit (the default) sends this host one message above its own: the
+    connection reads past it and carries on, and the sender gets ``host.undeliverable`` back through its route.
+    It used to break the connection: the message, acknowledged to its card when the remote host wrote it, was lost
+    with everything written after it, and each resend broke the connection again."""
+    uid = echo_card(tmp_path, ca)
+    remote = Uid(os.urandom(12), 0)
+
+    async def go() -> None:
+        got: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def collect(conn: TcpConnection) -> None:  # the remote host's listener: this host's link writes here
+            with contextlib.suppress(ClosedError, BrokenError):
+                async for msg in conn:
+                    got.put_nowait(msg)
+
+        far = TcpServer()
+        await far.start("127.0.0.1", 0, collect)
+        (tmp_path / "h.toml").write_text(
+            f'name = "h"\napp_socket = "h.sock"\nlisten = "127.0.0.1:0"\nmax_frame = {LIMIT}\n\n'
+            '[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
+            f'[routes]\n"{remote.domain.hex()}" = "127.0.0.1:{far.address[1]}"\n'
+        )
+        server = HostServer(load_config(tmp_path / "h.toml"))
+        await server.start()
+        try:
+            assert server.listen_address is not None
+            peer = await dial(*server.listen_address)  # the remote host's connection to this one: default limits
+            try:
+                big = REQUEST.make(remote, uid, rid=2, body=b"z" * 1000)
+                assert big.size > LIMIT
+                small = [REQUEST.make(remote, uid, rid=r, body=b"fits") for r in (1, 3)]
+                await peer.send_many([small[0], big, small[1]])
+                seen: dict[int, Message] = {}
+                async with asyncio.timeout(WAIT_S):
+                    while len(seen) < 3:
+                        msg = await got.get()
+                        seen[REPLY.parse(msg)["rid"] if msg.mtype == REPLY.code else -msg.mtype] = msg
+                assert sorted(seen) == [-hm.UNDELIVERABLE.code, 1, 3]  # the replies before and after it, the notice
+                notice = seen[-hm.UNDELIVERABLE.code]
+                assert (notice.src, notice.dst) == (uid, remote)
+                told = hm.UNDELIVERABLE.parse(notice)
+                assert told["mtype"] == REQUEST.code and told["dst"] == uid
+                assert (
+                    told["reason"] == f"too large for host h: message is {big.size} bytes, its frame limit is {LIMIT}"
+                )
+                await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))  # the same connection goes on
+                async with asyncio.timeout(WAIT_S):
+                    msg = await got.get()
+                assert msg.mtype == REPLY.code and REPLY.parse(msg)["rid"] == 4
+                assert not peer.closed
+            finally:
+                await peer.aclose()
+        finally:
+            await server.aclose()
+            await far.aclose()
+
+    asyncio.run(go())

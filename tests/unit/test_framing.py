@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from cardnet.transport import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, TransportError, encode_frame
+from cardnet.transport import (
+    DEFAULT_MAX_FRAME,
+    MIN_FRAME,
+    PREFIX_BYTES,
+    FrameDecoder,
+    SkippedFrame,
+    TransportError,
+    encode_frame,
+)
 from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
 
 A = Uid(b"\x01" * 12, 0)
@@ -79,13 +87,46 @@ def test_oversize_refused_from_prefix_alone() -> None:
     assert dec.buffered == 0  # nothing kept for the body
 
 
-def test_oversize_prefix_split_and_followed_by_body() -> None:
+def test_above_the_skip_limit_refused_from_the_prefix_even_when_split() -> None:
     dec = FrameDecoder(max_frame=1000)
-    assert dec.feed(prefix(1001)[:2]) == []
+    too_big = prefix(DEFAULT_MAX_FRAME + 1)  # above what any cardnet peer sends: not read past
+    assert dec.feed(too_big[:2]) == []
     with pytest.raises(DecodeError) as err:
-        dec.feed(prefix(1001)[2:] + b"x" * 5000)
+        dec.feed(too_big[2:] + b"x" * 5000)
     assert err.value.reason == "oversize"
     assert dec.buffered == 0
+
+
+def test_a_frame_above_the_limit_is_read_past_reported_and_the_stream_goes_on() -> None:
+    """A peer with a larger frame limit sent a message too big for us: we keep only its header, tell who sent what
+    (take_skipped), and decode the frames after it, however the bytes arrive."""
+    small, big, after = msg(1, 5), msg(2, 3000), msg(3, 7)
+    stream = b"".join(encode_frame(m) for m in (small, big, after))
+    want = SkippedFrame(A, B, 2, big.size, 1000)
+    for step in (1, 7, 33, 34, 35, 1000, len(stream)):
+        dec = FrameDecoder(max_frame=1000)
+        out: list[Message] = []
+        for at in range(0, len(stream), step):
+            out += dec.feed(stream[at : at + step])
+            assert dec.buffered < PREFIX_BYTES + 1000
+        assert out == [small, after], step
+        assert dec.take_skipped() == [want] and dec.take_skipped() == []
+        assert dec.at_boundary
+        dec.eof()
+    for cut in range(len(stream) + 1):
+        dec = FrameDecoder(max_frame=1000)
+        assert dec.feed(stream[:cut]) + dec.feed(stream[cut:]) == [small, after], cut
+        assert dec.take_skipped() == [want]
+
+
+def test_the_stream_ending_inside_a_skipped_frame_is_truncated() -> None:
+    dec = FrameDecoder(max_frame=1000)
+    frame = encode_frame(msg(2, 3000))
+    assert dec.feed(frame[:-1]) == [] and dec.take_skipped() == []
+    assert not dec.at_boundary
+    with pytest.raises(DecodeError) as err:
+        dec.eof()
+    assert err.value.reason == "truncated"
 
 
 def test_limit_is_inclusive() -> None:

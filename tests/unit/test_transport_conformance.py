@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cardnet.transport import (
+    DEFAULT_MAX_FRAME,
     LOGGER_NAME,
     Backoff,
     BackoffPolicy,
@@ -36,11 +37,13 @@ from cardnet.transport import (
     MemoryListener,
     MemoryNetwork,
     ReconnectingLink,
+    SkippedFrame,
     TcpConnection,
     TcpServer,
     TransportError,
     dial,
     dialer,
+    encode_frame,
     memory_pair,
     tls_contexts,
 )
@@ -444,7 +447,7 @@ async def case_bad_frames(env: Env) -> None:
             (b"\x00\x00\x00\x01x", False, "bad_length"),
             (b"\x00\x00\x00\x00", False, "bad_length"),
             (b"\xff\xff\xff\xff", False, "oversize"),  # refused from the prefix alone
-            ((LIMITS.max_frame + 1).to_bytes(4, "big"), False, "oversize"),
+            ((DEFAULT_MAX_FRAME + 1).to_bytes(4, "big"), False, "oversize"),  # above what any cardnet peer sends
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False, "oversize"),
             (frame[:20], True, "truncated"),  # the peer leaves mid-frame
         ]
@@ -473,6 +476,29 @@ async def case_bad_frames(env: Env) -> None:
         assert sum("bad frame" in r.getMessage() for r in records) == len(cases)
     finally:
         logger.removeHandler(handler)
+
+
+async def case_oversize_frame_read_past(env: Env) -> None:
+    """A peer with a larger frame limit sends a message above ours: the connection reads past it, tells its owner
+    who sent what (on_skipped), and goes on (it used to break, losing what came after)."""
+    if not env.has_bytes:
+        raise NotApplicable("this transport carries objects, not bytes")
+    raw = await env.raw()
+    assert raw is not None
+    _, writer = raw
+    big = m(2, LIMITS.max_frame)  # 4 + 34 bytes above the limit
+    writer.write(encode_frame(m(1)) + encode_frame(big, DEFAULT_MAX_FRAME) + encode_frame(m(3)))
+    await writer.drain()
+    victim = await env.next_accepted()
+    told: list[SkippedFrame] = []
+    victim.on_skipped = told.append
+    assert [index(x) for x in [await victim.recv(), await victim.recv()]] == [1, 3]
+    assert told == [SkippedFrame(SRC, DST, 2, big.size, LIMITS.max_frame)]
+    assert not victim.closed
+    writer.write(encode_frame(m(4)))  # the stream is still in step
+    await writer.drain()
+    assert index(await victim.recv()) == 4
+    writer.close()
 
 
 async def case_backpressure(env: Env) -> None:
@@ -576,6 +602,7 @@ CASES: dict[str, Callable[[Env], Awaitable[None]]] = {
     "close": case_close,
     "oversize_send": case_oversize_send,
     "bad_frames": case_bad_frames,
+    "oversize_frame_read_past": case_oversize_frame_read_past,
     "backpressure": case_backpressure,
     "reconnect": case_reconnect,
     "poke": case_poke,
@@ -603,7 +630,8 @@ ENVS = {"memory": make_memory, "tcp": make_tcp, "tls": make_tls}
 
 
 # bad_frames needs a byte stream: the memory transport carries Message objects, so it has no frames to corrupt.
-APPLICABLE = [(kind, case) for kind in ENVS for case in CASES if not (kind == "memory" and case == "bad_frames")]
+BYTES_ONLY = {"bad_frames", "oversize_frame_read_past"}
+APPLICABLE = [(kind, case) for kind in ENVS for case in CASES if not (kind == "memory" and case in BYTES_ONLY)]
 
 
 @pytest.mark.parametrize(("kind", "case"), APPLICABLE)
@@ -611,8 +639,9 @@ def test_conformance(kind: str, case: str) -> None:
     assert asyncio.run(check_transport(ENVS[kind], only=case)) == []
 
 
-def test_memory_transport_declares_bad_frames_not_applicable() -> None:
-    assert asyncio.run(check_transport(ENVS["memory"], only="bad_frames")) == ["bad_frames"]
+@pytest.mark.parametrize("case", sorted(BYTES_ONLY))
+def test_memory_transport_declares_the_byte_stream_cases_not_applicable(case: str) -> None:
+    assert asyncio.run(check_transport(ENVS["memory"], only=case)) == [case]
 
 
 # --- TLS specifics -------------------------------------------------------------------------------

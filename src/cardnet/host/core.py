@@ -495,6 +495,18 @@ class Host:
         ack, eff._ack = eff._ack, None
         self._undeliverable(_Entry(eff.msg, CARD, ack), reason)
 
+    def too_large_here(self, src: Uid, dst: Uid, mtype: int, size: int, limit: int) -> None:
+        """A remote host sent a message above this host's frame limit, which the connection read past: its sender
+        gets the ``host.undeliverable`` notice (the remote host acknowledged it to its card when it wrote it)."""
+        if mtype in NO_NOTICE:
+            return
+        reason = f"too large for host {self.name}: message is {size} bytes, its frame limit is {limit}"
+        log.info("%s: undeliverable 0x%04x to %s: %s", self.name, mtype, dst, reason)
+        notice = hm.UNDELIVERABLE.make_from(dst, src, {"mtype": mtype, "dst": dst, "reason": reason[:200]})
+        if self._observers:
+            self._show(notice, HOST)
+        self._enqueue(_Entry(notice, HOST))
+
     def _remember_undeliverable(self, notice: Message) -> None:
         """Keep the last notice per (card, destination domain); warn once per new reason (the ticks resend)."""
         try:

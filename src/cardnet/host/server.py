@@ -64,6 +64,7 @@ from cardnet.transport import (
     Limits,
     ReconnectingLink,
     ServerLimits,
+    SkippedFrame,
     TcpConnection,
     TcpServer,
     TransportError,
@@ -469,12 +470,18 @@ class HostServer:
     # -- remote hosts ---------------------------------------------------------------
     async def _serve_remote(self, conn: TcpConnection) -> None:
         origin = Origin("remote", conn.peer.label)
+        conn.on_skipped = self._too_large
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
                 msgs = await conn.recv_many()
                 self.host.receive_many(msgs, origin)
                 self.wake()
                 self._heard_from(msgs)
+
+    def _too_large(self, frame: SkippedFrame) -> None:
+        """A remote host sent a message above our frame limit (read past, the connection goes on): tell its sender."""
+        self.host.too_large_here(frame.src, frame.dst, frame.mtype, frame.size, frame.limit)
+        self.wake()
 
     def _heard_from(self, msgs: Sequence[Message]) -> None:
         """A remote host spoke to us: a link to it that is waiting out a backoff (it was down, e.g. restarted) dials
@@ -509,6 +516,7 @@ class HostServer:
             self.host.routes[d] = key
         writer = asyncio.get_running_loop().create_task(carrier.write())
         origin = Origin("remote", label)
+        conn.on_skipped = self._too_large
         try:
             with contextlib.suppress(ClosedError, BrokenError):
                 while not writer.done():

@@ -20,7 +20,14 @@ from cardnet.transport.base import (
     send_batch,
 )
 from cardnet.transport.errors import BrokenError, ClosedError, TransportError
-from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME, PREFIX_BYTES, FrameDecoder, encode_frame
+from cardnet.transport.framing import (
+    DEFAULT_MAX_FRAME,
+    MIN_FRAME,
+    PREFIX_BYTES,
+    FrameDecoder,
+    SkippedFrame,
+    encode_frame,
+)
 from cardnet.transport.link import ReconnectingLink
 from cardnet.transport.memory import MemoryConnection, MemoryListener, MemoryNetwork, memory_pair
 from cardnet.transport.tcp import TcpConnection, TcpServer, dial, dialer, host_port
@@ -40,6 +47,7 @@ __all__ = [
     "Connection",
     "Dialer",
     "FrameDecoder",
+    "SkippedFrame",
     "Instead",
     "Limits",
     "MemoryConnection",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
 from cardnet.transport.errors import BrokenError, ClosedError, TransportError
-from cardnet.transport.framing import DEFAULT_MAX_FRAME, check_max_frame
+from cardnet.transport.framing import DEFAULT_MAX_FRAME, SkippedFrame, check_max_frame
 from cardnet.wire import Message
 
 LOGGER_NAME = "cardnet.transport"
@@ -132,6 +132,9 @@ DEFAULT_SERVER_LIMITS = ServerLimits()
 @runtime_checkable
 class Connection(Protocol):
     """One end of a message connection; see the module docstring for the semantics."""
+
+    # called with each frame the peer sent above our frame limit, which a byte stream reads past and goes on
+    on_skipped: Callable[[SkippedFrame], None] | None
 
     @property
     def peer(self) -> PeerInfo: ...
@@ -242,6 +245,9 @@ class ConnectionBase:
         self._peer_finished = False  # the peer closed cleanly (end of stream at a frame boundary)
         self._pending = 0
         self._finished = asyncio.Event()
+        # told of each frame the peer sent above our frame limit, which a byte stream reads past (framing's
+        # SkippedFrame): its owner answers the sender (a host sends host.undeliverable back)
+        self.on_skipped: Callable[[SkippedFrame], None] | None = None
 
     @property
     def peer(self) -> PeerInfo:

@@ -12,8 +12,18 @@ exactly ``n`` bytes that decode to one :class:`~cardnet.wire.Message` (its
 hands out whole messages. It checks ``n`` as soon as the 4 prefix bytes are in,
 *before* it keeps a single byte of the body: ``n < 34`` or ``n > max_frame``
 fails at once, so a peer cannot make it allocate for a frame it will refuse.
-It never holds more than 3 prefix bytes plus one incomplete body
-(``< max_frame`` bytes); complete frames inside the data being fed are decoded
+A frame above ``max_frame`` but within ``skip_limit`` (the default frame limit
+of any cardnet host, 16 MiB, or ``max_frame`` if larger) is *skipped*: its
+34-byte header is kept, the rest of it read past without being kept, and
+:meth:`FrameDecoder.take_skipped` hands out a :class:`SkippedFrame` (who sent
+what to whom, how big) so that the driver can tell the sender; the stream stays
+in step and the frames after it are decoded as usual (a host with a smaller
+limit than its peer's used to lose the connection, and every message queued
+behind the big one, for each resend of it). A length above ``skip_limit`` is not
+a cardnet peer's: it fails at once (an HTTP request's first bytes read as a
+length of about 1.2 GB). It never holds more than 3 prefix bytes plus one
+incomplete body (``< max_frame`` bytes, or a skipped frame's header);
+complete frames inside the data being fed are decoded
 straight from that data. Every failure is a :class:`~cardnet.wire.DecodeError`
 with a ``reason``; after one the decoder is dead and every further call raises
 (reason ``dead``), because a byte stream cannot be resynchronised after a bad
@@ -30,6 +40,7 @@ feed it bytes.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from cardnet.transport.errors import TransportError
 from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
@@ -45,6 +56,17 @@ MAX_FRAME_LIMIT = 2**32 - 1  # what a uint32 prefix can say
 UID_CACHE = 256  # decoded Uids a FrameDecoder keeps for reuse
 _SRC = slice(0, UID_BYTES)
 _DST = slice(UID_BYTES, 2 * UID_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFrame:
+    """A frame a :class:`FrameDecoder` read past because it was above its frame limit: its header and size."""
+
+    src: Uid
+    dst: Uid
+    mtype: int
+    size: int  # bytes of the message (header + param)
+    limit: int  # the decoder's frame limit
 
 
 def check_max_frame(max_frame: int) -> int:
@@ -76,10 +98,27 @@ def encode_frame(msg: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
 class FrameDecoder:
     """Turns a byte stream into messages; see the module docstring for the guarantees."""
 
-    __slots__ = ("_body", "_body_len", "_error", "_max_frame", "_prefix", "_uids")
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_error",
+        "_max_frame",
+        "_prefix",
+        "_skip_head",
+        "_skip_left",
+        "_skip_limit",
+        "_skip_size",
+        "_skipped",
+        "_uids",
+    )
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._max_frame = check_max_frame(max_frame)
+        self._skip_limit = max(max_frame, DEFAULT_MAX_FRAME)
+        self._skip_left = 0  # bytes of a skipped frame still to read past (its header kept in _skip_head)
+        self._skip_size = 0
+        self._skip_head = bytearray()
+        self._skipped: list[SkippedFrame] = []
         self._prefix = bytearray()  # < PREFIX_BYTES bytes of an incomplete prefix
         self._body_len: int | None = None  # length of the body being read, once its prefix is known
         self._body = bytearray()  # < _body_len bytes of an incomplete body
@@ -92,8 +131,18 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an incomplete frame (always ``< PREFIX_BYTES + max_frame``)."""
-        return len(self._prefix) + len(self._body)
+        """Bytes held for an incomplete frame (always ``< PREFIX_BYTES + max(max_frame, HEADER_BYTES)``)."""
+        return len(self._prefix) + len(self._body) + len(self._skip_head)
+
+    @property
+    def has_skipped(self) -> bool:
+        """Whether :meth:`take_skipped` has frames to hand out."""
+        return bool(self._skipped)
+
+    def take_skipped(self) -> list[SkippedFrame]:
+        """The frames skipped since the last call (above the frame limit, read past), oldest first."""
+        out, self._skipped = self._skipped, []
+        return out
 
     @property
     def failed(self) -> DecodeError | None:
@@ -103,20 +152,18 @@ class FrameDecoder:
     @property
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for the stream to end)."""
-        return self._body_len is None and not self._prefix
+        return self._body_len is None and not self._prefix and not self._skip_left
 
     def feed(self, data: bytes) -> list[Message]:
         """Take the next bytes of the stream; return the messages they complete, in order."""
         self._check_alive()
         try:
-            if type(data) is bytes and self._body_len is None and not self._prefix:
+            if type(data) is bytes and self._body_len is None and not self._prefix and not self._skip_left:
                 return self._feed_whole(data)
             return self._feed(memoryview(data), [])
         except DecodeError as exc:
             self._error = exc
-            self._prefix.clear()
-            self._body.clear()
-            self._body_len = None
+            self._clear()
             raise
 
     def eof(self) -> None:
@@ -127,10 +174,15 @@ class FrameDecoder:
                 "truncated",
                 f"the stream ended inside a frame ({self.buffered} bytes of it buffered): the peer went away mid-send",
             )
-            self._prefix.clear()
-            self._body.clear()
-            self._body_len = None
+            self._clear()
             raise self._error
+
+    def _clear(self) -> None:
+        self._prefix.clear()
+        self._body.clear()
+        self._body_len = None
+        self._skip_head.clear()
+        self._skip_left = 0
 
     def _check_alive(self) -> None:
         if self._error is not None:
@@ -151,7 +203,7 @@ class FrameDecoder:
         while end - pos >= PREFIX_BYTES:
             (length,) = unpack(data, pos)
             if length < MIN_FRAME or length > max_frame:
-                self._check_length(length)  # raises, before a byte of the body is kept
+                break  # refused or skipped: the byte-by-byte path below decides, before a byte of the body is kept
             start = pos + PREFIX_BYTES
             stop = start + length
             if stop > end:
@@ -166,6 +218,9 @@ class FrameDecoder:
         pos = 0
         end = len(view)
         while pos < end:
+            if self._skip_left:
+                pos = self._skip(view, pos, end)
+                continue
             if self._body_len is None:
                 take = min(PREFIX_BYTES - len(self._prefix), end - pos)
                 if not self._prefix and take == PREFIX_BYTES:
@@ -177,6 +232,9 @@ class FrameDecoder:
                     (length,) = PREFIX.unpack(self._prefix)
                     self._prefix.clear()
                 pos += take
+                if length > self._max_frame and MIN_FRAME <= length <= self._skip_limit:
+                    self._skip_left = self._skip_size = length
+                    continue
                 self._body_len = self._check_length(length)
                 continue
             need = self._body_len - len(self._body)
@@ -194,6 +252,25 @@ class FrameDecoder:
             self._body_len = None
             out.append(self._message(raw))
         return out
+
+    def _skip(self, view: memoryview, pos: int, end: int) -> int:
+        """Read past a skipped frame: keep its header, drop the rest; report it once it is all read."""
+        head = self._skip_head
+        if len(head) < HEADER_BYTES:
+            take = min(HEADER_BYTES - len(head), end - pos)
+            head += view[pos : pos + take]
+            pos += take
+            self._skip_left -= take
+        drop = min(self._skip_left, end - pos)
+        pos += drop
+        self._skip_left -= drop
+        if not self._skip_left:
+            raw = bytes(head)
+            head.clear()
+            (mtype,) = _MTYPE.unpack_from(raw, 2 * UID_BYTES)
+            src, dst = self._uid(raw[_SRC]), self._uid(raw[_DST])
+            self._skipped.append(SkippedFrame(src, dst, mtype, self._skip_size, self._max_frame))
+        return pos
 
     def _message(self, raw: bytes) -> Message:
         """``Message.decode(raw)``; its length checks hold already (``MIN_FRAME <= len(raw) <= max_frame``)."""
@@ -226,6 +303,7 @@ class FrameDecoder:
         if length > self._max_frame:
             raise DecodeError(
                 "oversize",
-                f"frame length {length} is above the limit of {self._max_frame} bytes: refused before reading it",
+                f"frame length {length} is above the limit of {self._max_frame} bytes (and above "
+                f"{self._skip_limit}, the most a cardnet peer sends): refused before reading it",
             )
         return length

@@ -51,7 +51,7 @@ from cardnet.transport.base import (
     ServerLimits,
 )
 from cardnet.transport.errors import BrokenError, TransportError
-from cardnet.transport.framing import FrameDecoder, encode_frame
+from cardnet.transport.framing import FrameDecoder, SkippedFrame, encode_frame
 from cardnet.wire import DecodeError, Message
 
 log = logging.getLogger(LOGGER_NAME)
@@ -229,6 +229,17 @@ class TcpConnection(ConnectionBase):
             except DecodeError as exc:
                 self._fail_bad_frame(exc)
                 self._raise()
+            if self._decoder.has_skipped:
+                self._skipped(self._decoder.take_skipped())
+
+    def _skipped(self, frames: list[SkippedFrame]) -> None:
+        for f in frames:
+            log.warning(
+                "%s sent a %d-byte message (mtype 0x%04x, %s -> %s), above this connection's frame limit of %d: "
+                "read past it", self._peer.label, f.size, f.mtype, f.src, f.dst, f.limit,
+            )  # fmt: skip
+            if self.on_skipped is not None:
+                self.on_skipped(f)
 
     def expire(self, why: str) -> None:
         """Disconnect now (a server's handshake or idle timeout): every later call raises :class:`BrokenError`."""
