@@ -349,3 +349,33 @@ def test_a_purchase_sent_to_a_wrong_broker_address_is_finished_by_recover_with_t
             await bs.aclose()
 
     asyncio.run(go())
+
+
+def test_a_running_vendor_sells_a_product_added_to_its_store_since_it_started(world: World, tmp_path: Path) -> None:
+    """`cardnet speed vendor add` while `vendor run` serves: another connection to the vendor's store (as the
+    command is another process) adds a product; the running vendor lists it and sells it at its next request."""
+    from cardnet.services.speed import vendor as sv
+    from cardnet.store import SqliteStore
+
+    w = world
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            await load_purse(w, 1000)
+            _, before = await w.customer.catalogue(w.vendor_addr)
+            other = SqliteStore(str(tmp_path / "vendor.db"))
+            try:
+                sv.add_product(other, "tune-9 So What", sm.Price(EUR, 120), b"so what" * 3)
+            finally:
+                other.close()
+            _, after = await w.customer.catalogue(w.vendor_addr)
+            assert [e["product"] for e in after if e not in before] == ["tune-9 So What"]
+            got = await w.customer.buy(w.vendor_addr, w.broker_addr, ["tune-9 So What"], broker_cert=w.broker_cert,
+                                       mode="aggressive")  # fmt: skip
+            assert got.contents == [b"so what" * 3] and got.price == sm.Price(EUR, 120)
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())

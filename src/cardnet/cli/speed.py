@@ -163,7 +163,7 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
     say(
         as_json,
         {"product": product, "price": str(p)},
-        f"{product!r} at {p} is in the catalogue (a running `cardnet speed vendor run` serves it once restarted)",
+        f"{product!r} at {p} is in the catalogue (a running `cardnet speed vendor run` sells it from its next request)",
     )
 
 

@@ -6,7 +6,9 @@ Theory of operation
 certificate and the catalogue (each entry signed: product id, list price, floor, content hash), in a
 :class:`~cardnet.store.Store`. It answers one request frame with the frames to send back:
 
-* ``speed.catalogue`` -> ``speed.items`` (the vendor's certificate and the signed entries);
+* ``speed.catalogue`` -> ``speed.items`` (the vendor's certificate and the signed entries); this and
+  ``speed.request`` first read the catalogue again if a product was added since (``add_product`` bumps a version
+  in the store, also from another process while this one serves: one record read a purchase);
 * ``speed.request`` (normal): opens the NegotiationRequest (HPKE), checks the customer's signature and
   certificate (role device, the vendor's CA), refuses a request meant for another vendor (VendorID, paper
   5.4) and an NID it has delivered under or is negotiating under, then answers the first
@@ -56,6 +58,7 @@ from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Sch
 log = logging.getLogger("cardnet.speed.vendor")
 
 CFG, CATALOGUE, REGISTER, SALES = "sv.cfg", "sv.cat", "sv.nid", "sv.sale"
+CATALOGUE_VERSION = b"catalogue_version"  # in CFG: 8 bytes, bumped with every product added
 MAX_NEGOTIATIONS = 10_000  # open negotiations held in memory; the oldest is dropped past this
 
 _PRODUCT = Schema(
@@ -117,7 +120,10 @@ def add_product(store: Store, product: str, price: sm.Price, content: bytes, *, 
     me = Identity.load(store, CFG, _NOT_A_VENDOR)
     entry = cms.sign(cat.entry(product, price, content, sm.vendor_id(me.cert)), me.cert, me.sign)
     rec = {"price": price.fields(), "floor": (floor or price).fields(), "content": content, "entry": entry}
-    put(store, CATALOGUE, product.encode(), _PRODUCT.encode(rec))
+    with store.transaction() as txn:
+        txn.put(CATALOGUE, product.encode(), _PRODUCT.encode(rec))
+        was = txn.get(CFG, CATALOGUE_VERSION)
+        txn.put(CFG, CATALOGUE_VERSION, ((0 if was is None else int.from_bytes(was, "big")) + 1).to_bytes(8, "big"))
     return entry
 
 
@@ -154,8 +160,17 @@ class VendorCore:
         self.broker_cert = _cfg(store, b"broker")
         self.vendor_id = sm.vendor_id(self.cert)
         self._open: OrderedDict[bytes, _Open] = OrderedDict()
-        # the catalogue, read once (products added while the vendor runs are sold after a restart)
-        self.catalogue = {k.decode(): dict(_PRODUCT.decode(v)) for k, v in scan(store, CATALOGUE)}
+        self.catalogue: dict[str, dict[str, Any]] = {}
+        self._catalogue_version: bytes | None = b""  # none read yet
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Read the catalogue again if a product was added since it was read (``add_product`` bumps its version, in
+        the vendor's store: also from another process while this one serves). One record read a purchase."""
+        version = get(self.store, CFG, CATALOGUE_VERSION)
+        if version != self._catalogue_version:
+            self.catalogue = {k.decode(): dict(_PRODUCT.decode(v)) for k, v in scan(self.store, CATALOGUE)}
+            self._catalogue_version = version
 
     def _sign(self, content: bytes) -> bytes:
         return cms.sign(content, self.cert, lambda d: profile.sign(self.key, d))
@@ -175,6 +190,8 @@ class VendorCore:
 
     def _handle(self, msg: Message) -> Iterator[Message]:
         code = msg.mtype
+        if code in (fr.CATALOGUE.code, fr.REQUEST.code):  # a purchase starts: the products added since are sold
+            self._refresh()
         if code == fr.CATALOGUE.code:
             entries = [rec["entry"] for rec in self.catalogue.values()]
             yield fr.reply(msg, fr.ITEMS, cert=self.cert, entries=entries)
