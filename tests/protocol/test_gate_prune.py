@@ -7,13 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_gate_cards import present, refused_back, swap_in
 from trnkit import drop, recover, status
 from trnworld import TrnWorld, clone_store, issue, standard, uid
 
+from cardnet.applets import gate as gate_applet
 from cardnet.applets.authority import REVOKE
 from cardnet.applets.gate import ADMISSIONS, LIST, PRUNE, PRUNED, SETUP, STATE, TICK, GateApplet
-from cardnet.applets.trn import SET_AUTHORITY, TrnApplet
+from cardnet.applets.trn import SEND, SET_AUTHORITY, TrnApplet
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
@@ -96,7 +98,7 @@ def test_prune_keeps_a_marker_refuses_copies_keeps_what_is_not_final_and_survive
     got = prune(w, int(w.now * 1000) + 1)
     assert got["pruned"] == 2 and got["kept"] == 2 and not got["more"], got  # T3 (report waiting), T4 (pending)
     assert got["sessions"] == 2, got  # bob's holds nothing queued: ended (his card handshakes again)
-    per_ticket = {o: ticket_bytes[o] + record_bytes[o] - (4 + 16 + gate.PRUNED_BYTES) for o in (T1, T2)}
+    per_ticket = {o: ticket_bytes[o] + record_bytes[o] - (3 + 16 + gate.PRUNED_BYTES) for o in (T1, T2)}  # ax:<oid>
     session_bytes = sum(len(k) + len(rows[k]) for k in sessions)
     assert got["freed_bytes"] == sum(per_ticket.values()) + session_bytes, (got, per_ticket, session_bytes)
     freed_on_card = used_before - used(w)
@@ -104,7 +106,7 @@ def test_prune_keeps_a_marker_refuses_copies_keeps_what_is_not_final_and_survive
     # what is kept per pruned ticket: the 9-byte marker and the TRN wallet's memory of the committed transfer
     rows = records(w)
     for o in (T1, T2):
-        assert b"t:" + o not in rows and len(rows[b"adm:" + o]) == gate.PRUNED_BYTES
+        assert b"t:" + o not in rows and b"adm:" + o not in rows and len(rows[b"ax:" + o]) == gate.PRUNED_BYTES
     assert sum(1 for k, v in rows.items() if k.startswith(b"d:") and v in (T1, T2)) == 2
     for o in (T3, T4):  # not final: untouched
         assert b"t:" + o in rows and gate.Admission.decode(o, rows[b"adm:" + o]).verdict in (gate.ADMITTED_OFFLINE,
@@ -191,3 +193,82 @@ def test_prune_is_privileged(tmp_path: Path, ca: pki.CertificateAuthority) -> No
     w.run()
     (reply,) = stranger.receive_all()
     assert reply.mtype == cm.REFUSED.code and cm.REFUSED.parse(reply)["reason"] == "privileged"
+
+
+def refusals(w: TrnWorld) -> list[bytes]:
+    """The gate card's memory of refused transfers (``n:<holder><nonce>``)."""
+    return [k for k in records(w) if k.startswith(b"n:")]
+
+
+def test_prune_forgets_the_refusals_of_cards_it_holds_no_session_with(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Every refused presentation left ``n:<holder><nonce>`` on the gate card for good. A prune that ends a holder's
+    idle session forgets that card's refusals (a resent copy can only come in a session); a holder whose session
+    was opened since keeps them; and a copy presented again after the prune is judged afresh: the same refusal."""
+    w = gate_world(tmp_path, ca)
+    issue(w, T1, "alice", BODY)
+    issue(w, T2, "bob", BODY)
+    for holder, oid in (("alice", T1), ("bob", T2)):
+        assert w.result(holder, SEND, oid=oid, to=uid(w, "gate"), traceable=False)["ok"]
+        w.run(300)
+        assert refused_back(w, holder, oid) == gate.UNTRACEABLE
+    assert len(refusals(w)) == 2
+    w.now += 10.0
+    got = prune(w, int(w.now * 1000))
+    assert (got["sessions"], got.get("refusals"), got["pruned"]) == (2, 2, 0), got
+    assert refusals(w) == []
+    # alice comes back: a new session, the same answer; her new refusal is kept by a prune older than her session
+    before_ms = int(w.now * 1000)
+    w.now += 10.0
+    assert w.result("alice", SEND, oid=T1, to=uid(w, "gate"), traceable=False)["ok"]
+    recover(w, "alice", "gate")  # (her card's session ended at the gate: refused no_session, resent in a new one)
+    assert refused_back(w, "alice", T1) == gate.UNTRACEABLE
+    got = prune(w, before_ms)
+    assert (got["sessions"], got.get("refusals")) == (0, None), got
+    assert [k[2:18] for k in refusals(w)] == [bytes(uid(w, "alice"))]
+
+
+def test_state_and_list_read_only_what_they_show(
+    tmp_path: Path, ca: pki.CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gate.state`` counts without reading an admission (the counts are kept as they change), and ``gate.list``
+    reads one page (pruned markers apart, under ``ax:``), so a gate of months answers as fast as a new one."""
+    monkeypatch.setattr(gate_applet, "LIST_PAGE", 2)
+    w = gate_world(tmp_path, ca)
+    oids = [bytes([0x60 + n]) * 16 for n in range(5)]
+    for n, oid in enumerate(oids):
+        issue(w, oid, "alice" if n % 2 else "bob", BODY)
+    for n, oid in enumerate(oids[:3]):
+        present(w, "alice" if n % 2 else "bob", oid)
+    w.now += 10.0
+    assert prune(w, int(w.now * 1000))["pruned"] == 3
+    for n, oid in enumerate(oids[3:], start=3):
+        present(w, "alice" if n % 2 else "bob", oid)
+    recover(w, "alice", "bob", "gate")  # (their sessions ended at the gate: resent in new ones)
+    reads: list[bytes] = []
+    real = gate.decode_record
+
+    def counted(oid: bytes, raw: bytes) -> gate.Admission | gate.Pruned:
+        reads.append(oid)
+        return real(oid, raw)
+
+    monkeypatch.setattr(gate, "decode_record", counted)
+    state = STATE.parse(w.ask("gate", SETUP))
+    assert (state["admissions"], state["admitted"], state["pruned"], state["pending"]) == (5, 5, 3, 0), state
+    assert reads == []
+
+    def pages(pruned: bool) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        after: dict[str, Any] = {}
+        while True:
+            reads.clear()
+            page = ADMISSIONS.parse(w.ask("gate", LIST, pruned=pruned, **after))
+            assert len(reads) <= 2, reads  # the page, no more
+            out.append([it["oid"] for it in page["items"]])
+            if not page["more"]:
+                return out
+            after = {"after": page["next"]}
+
+    assert pages(False) == [sorted(oids[3:])]
+    assert pages(True) == [sorted(oids)[:2], sorted(oids)[2:4], sorted(oids)[4:]]

@@ -1,5 +1,6 @@
 """A card's prefix scans read each table's sorted keys (kept by every commit) instead of the whole card: whatever the
-steps, groups, refusals and reopenings, a scan answers exactly what a walk over every record would."""
+steps, groups, refusals and reopenings, a scan (and a page of one, ``scan_page``) answers exactly what a walk over
+every record would."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class OpsApplet(Applet):
                 ctx.put(key, value[0], table=tbl)
             elif op == "del":
                 ctx.delete(key, table=tbl)
+            elif op == "page":
+                found.append(dumps(ctx.scan_page(key, after=value[0] or None, limit=value[1], table=tbl)))
             else:
                 found.append(dumps(ctx.scan(key, table=tbl)))
         if params["fail"]:
@@ -57,6 +60,7 @@ OP = st.one_of(
     st.tuples(st.sampled_from(TABLES), st.just("put"), KEYS.filter(bool), st.binary(max_size=8)),
     st.tuples(st.sampled_from(TABLES), st.just("del"), KEYS.filter(bool)),
     st.tuples(st.sampled_from(TABLES), st.just("scan"), KEYS),
+    st.tuples(st.sampled_from(TABLES), st.just("page"), KEYS, KEYS, st.integers(1, 4)),  # (prefix, after, limit)
 )
 STEP = st.tuples(st.lists(OP, max_size=8), st.booleans())  # (ops, refused)
 RUN = st.lists(st.tuples(st.lists(STEP, min_size=1, max_size=4), st.booleans()), max_size=12)  # (group, reopen after)
@@ -74,6 +78,10 @@ def _expected(model: Model, ops: list[Any]) -> tuple[Model, list[list[tuple[byte
             m[(table, key)] = value[0]
         elif op == "del":
             m.pop((table, key), None)
+        elif op == "page":
+            after, limit = value
+            rows = sorted((k, v) for (t, k), v in m.items() if t == table and k.startswith(key) and k > after)
+            found.append(rows[:limit])
         else:
             found.append(sorted((k, v) for (t, k), v in m.items() if t == table and k.startswith(key)))
     return m, found

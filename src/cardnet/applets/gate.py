@@ -6,8 +6,9 @@ never lets a ticket leave: ``trn.send`` and exchanges are refused (``consumed``)
 
 Operator orders (privileged: the gate service logs in with the PIN): ``gate.setup {issuers?, wait_ms?,
 strict?}`` (the agents' certificates whose tickets this gate admits, checked against the card's CA, and how long
-a person waits for the authority) -> ``gate.state``; ``gate.list {after?, pruned?}`` -> ``gate.admissions`` (by
-oid, 256 at a time; pruned admissions only with ``pruned``); ``gate.prune {before_ms}`` -> ``gate.pruned`` (below);
+a person waits for the authority) -> ``gate.state`` (its counts kept as they change: no admission is read);
+``gate.list {after?, pruned?}`` -> ``gate.admissions`` (by oid, a page of 256 read alone; pruned admissions only
+with ``pruned``); ``gate.prune {before_ms}`` -> ``gate.pruned`` (below);
 ``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
 ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
 new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
@@ -18,15 +19,21 @@ host dropped messages for (``host.missed``) gets what it missed.
 
 Pruning: ``gate.prune {before_ms}`` drops, for every *final* admission (:func:`~cardnet.protocols.gate.prunable`:
 decided, its report answered by the authority) whose commit is older than ``before_ms`` (host time) and whose
-ticket is settled on the card (traced, or disowned), the ticket's holding ``t:<oid>`` and shrinks ``adm:<oid>`` to a
-:class:`~cardnet.protocols.gate.Pruned` marker (9 bytes): a second copy of the oid is still refused, offline too.
+ticket is settled on the card (traced, or disowned), the ticket's holding ``t:<oid>`` and replaces ``adm:<oid>`` by a
+:class:`~cardnet.protocols.gate.Pruned` marker (``ax:<oid>``, 9 bytes): a second copy of the oid is still refused,
+offline too.
 The memory of the committed transfer (``d:<peer><nonce>``, the TRN wallet's) stays: a holder card that missed the
 gate's ``committed`` resends its commit and must hear ``committed ok``. It also ends the open sessions with holders'
 cards (not the authority's) opened before ``before_ms`` with nothing queued for them, as ``session.rekey`` would: a
-card that comes back handshakes again. At most :data:`PRUNE_BATCH` admissions an order (``more``: order again).
+card that comes back handshakes again. Then it forgets the refused transfers (``n:<peer><nonce>``, the TRN wallet's
+memory that gives a resent copy the same answer) of every card it now holds no session with: a copy of a transfer
+can only come inside a session, and one resent in a new session comes from a card that never heard the refusal,
+whose transfer is still open (judged afresh, by the same rules). At most :data:`PRUNE_BATCH` records an order
+(``more``: order again).
 
-State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`,
-or the :class:`~cardnet.protocols.gate.Pruned` marker),
+State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`;
+a card pruned before ``ax:`` existed may still hold markers here, moved by its next prune), ``ax:<oid>`` the
+:class:`~cardnet.protocols.gate.Pruned` marker, ``gc`` the counts (:class:`_Tally`),
 ``ap:<oid>`` the pending ones, ``rw:<oid>`` those whose report waits, ``gi:<issuer uid>`` the issuers'
 certificates, ``gs`` the settings, ``nref`` how many presentations were refused (8 bytes, big endian), ``gjn`` the
 number of the last event and ``gj:<seq>`` the journal (both written only while an application watches).
@@ -34,6 +41,7 @@ number of the last event and ``gj:<seq>`` the journal (both written only while a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cardnet.applets import fairx
@@ -53,7 +61,8 @@ MAX_CERT = tr.MAX_CERT
 LIST_PAGE = 256  # admissions per gate.admissions answer
 JOURNAL_SIZE = 1024  # the last gate.events the card keeps for a watcher that missed some (gate.journal)
 JOURNAL_PAGE = 256  # events per gate.journaled answer
-PRUNE_BATCH = 4096  # admissions pruned by one gate.prune order (one card step)
+PRUNE_BATCH = 4096  # records pruned (admissions, refusals) by one gate.prune order (one card step)
+MARKER = b"ax:"  # the key prefix of a pruned admission's marker
 
 SETUP = register(
     0x0370,
@@ -88,6 +97,7 @@ STATE = register(
             Field(9, "disowned", UInt()),  # admissions the authority refused afterwards
             Field(10, "refused", UInt()),  # presentations refused (the ticket stayed with its holder)
             Field(11, "pruned", UInt(), optional=True),  # admissions pruned (counted above too; none: 0)
+            Field(12, "admissions", UInt(), optional=True),  # admission records held, pruned ones too
         ],
     ),
 )
@@ -120,7 +130,14 @@ ADMISSIONS = register(
     0x0375,
     "gate.admissions",
     "gate",
-    Schema("gate.admissions", [Field(0, "items", ListOf(Nested(ITEM), LIST_PAGE)), Field(1, "more", Bool())]),
+    Schema(
+        "gate.admissions",
+        [
+            Field(0, "items", ListOf(Nested(ITEM), LIST_PAGE)),
+            Field(1, "more", Bool()),
+            Field(2, "next", _OID, optional=True),  # with more: the oid to ask after (the items may end before it)
+        ],
+    ),
 )
 EVENT = register(0x0376, "gate.event", "gate", ITEM)
 PRUNE = register(0x0377, "gate.prune", "gate", Schema("gate.prune", [Field(0, "before_ms", UInt())]), privileged=True)
@@ -136,6 +153,7 @@ PRUNED = register(
             Field(2, "sessions", UInt()),  # idle sessions with holders' cards ended
             Field(3, "kept", UInt()),  # admissions older than before_ms that are not final yet (kept)
             Field(4, "more", Bool()),  # more to prune: order again
+            Field(5, "refusals", UInt(), optional=True),  # refused transfers forgotten (n:; none: 0)
         ],
     ),
 )
@@ -237,17 +255,39 @@ class GateApplet(TrnApplet):
                 ctx.put(b"gs", wanted.encode())
         self._state(ctx)
 
+    @staticmethod
+    def _tally(ctx: StepContext) -> _Tally:
+        """The admission counts (``gc``); a card from before they were kept counts its records once."""
+        raw = ctx.get(b"gc")
+        if raw is not None:
+            return _Tally.decode(raw)
+        tally = _Tally()
+        for prefix in (b"adm:", MARKER):
+            for key, value in ctx.scan(prefix):
+                tally = tally.plus(gate.decode_record(key[len(prefix) :], value), count=True)
+        return tally
+
+    @staticmethod
+    def _admission_record(ctx: StepContext, oid: bytes) -> gate.Admission | gate.Pruned | None:
+        """The gate's record of ``oid``: the admission, or what pruning left of it (the marker), or None."""
+        raw = ctx.get(b"adm:" + oid)
+        if raw is not None:
+            return gate.decode_record(oid, raw)
+        raw = ctx.get(MARKER + oid)
+        return None if raw is None else gate.decode_record(oid, raw)
+
     def _state(self, ctx: StepContext) -> None:
+        """``gate.state``: the counts come from ``gc`` and the small pending and waiting indexes (no admission is
+        read)."""
         settings = self.settings(ctx)
-        counts = {"admitted": 0, "pending": 0, "reports_waiting": 0, "disowned": 0}
-        pruned = 0
-        for key, raw in ctx.scan(b"adm:"):
-            adm = gate.decode_record(key[4:], raw)
-            counts["admitted"] += adm.admitted
-            counts["pending"] += adm.verdict == gate.PENDING
-            counts["reports_waiting"] += adm.report == gate.WAITING
-            counts["disowned"] += adm.report == gate.DISOWNED
-            pruned += isinstance(adm, gate.Pruned)
+        tally = self._tally(ctx)
+        counts = {
+            "admitted": tally.admitted, "disowned": tally.disowned, "admissions": tally.records,
+            "pending": len(ctx.scan(b"ap:")), "reports_waiting": len(ctx.scan(b"rw:")),
+        }  # fmt: skip
+        pruned = tally.pruned
+        if ctx.get(b"gc") is None:  # (counted once on a card from before the counts were kept)
+            ctx.put(b"gc", tally.encode())
         bl = self.blocklist(ctx)
         fields: dict[str, Any] = {
             "issuers": [Uid.from_bytes(k[3:]) for k, _ in ctx.scan(b"gi:")], "wait_ms": settings.wait_ms,
@@ -288,8 +328,7 @@ class GateApplet(TrnApplet):
             return ""  # a resent copy of a transfer this gate knows: answered as the TRN wallet answers it
         if ctx.get(b"n:" + bytes(peer) + nonce) is not None:
             return ""  # a resent copy of a transfer refused before: the same answer again (the TRN wallet's memory)
-        raw = ctx.get(b"adm:" + token.oid)
-        admitted = None if raw is None else gate.decode_record(token.oid, raw)
+        admitted = self._admission_record(ctx, token.oid)
         bl = self.blocklist(ctx)
         key = self._gate_issuer_key(ctx, token.issuer)
         blocked = bl is not None and bl.is_blocked(peer)
@@ -323,12 +362,14 @@ class GateApplet(TrnApplet):
         h = holding_of(ctx, oid)
         if h is None or h.peer != peer or h.nonce != nonce or h.status is not tr.Status.TRUSTLESS:
             return  # not this transfer's first commit (a duplicate, or answered from memory)
-        if ctx.get(b"adm:" + oid) is not None:
+        if self._admission_record(ctx, oid) is not None:
             return
         adm = gate.on_commit(oid, peer, nonce, _ms(ctx), self.settings(ctx), online=self.authority(ctx) is not None)
-        self._save_admission(ctx, adm, VERDICT_KIND)
+        self._save_admission(ctx, adm, VERDICT_KIND, None)
 
-    def _save_admission(self, ctx: StepContext, adm: gate.Admission, kind: str) -> None:
+    def _save_admission(self, ctx: StepContext, adm: gate.Admission, kind: str, before: gate.Admission | None) -> None:
+        tally = self._tally(ctx)
+        ctx.put(b"gc", tally.plus(adm, count=before is None).minus(before).encode())
         ctx.put(b"adm:" + adm.oid, adm.encode())
         for index, on in ((b"ap:", adm.verdict == gate.PENDING), (b"rw:", adm.report == gate.WAITING)):
             if on:
@@ -398,7 +439,7 @@ class GateApplet(TrnApplet):
                 continue
             after = gate.on_tick(adm, now_ms, settings)
             if after != adm:
-                self._save_admission(ctx, after, VERDICT_KIND)
+                self._save_admission(ctx, after, VERDICT_KIND, adm)
 
     # -- the trace: the admission report ------------------------------------------------------------------
     def _trace(self, ctx: StepContext, oid: bytes, h: tr.Holding) -> None:
@@ -427,33 +468,51 @@ class GateApplet(TrnApplet):
         kind = VERDICT_KIND if adm.verdict == gate.PENDING else REPORT_KIND
         new = gate.on_trace(adm, ok, reason)
         if new != adm:
-            self._save_admission(ctx, new, kind)
+            self._save_admission(ctx, new, kind, adm)
 
     # -- listing ---------------------------------------------------------------------------------------------
     def _list_admissions(self, ctx: StepContext, after: bytes | None, pruned: bool) -> None:
-        rows = [(k[4:], v) for k, v in ctx.scan(b"adm:") if after is None or k[4:] > after]
-        records = (gate.decode_record(oid, raw) for oid, raw in rows)
+        """A page of admissions by oid after ``after``, with the pruned ones (``ax:``) if asked: it reads the page
+        alone (at most LIST_PAGE + 1 records of each prefix), however many the card holds."""
+        rows: list[tuple[bytes, bytes]] = []
+        for prefix in (b"adm:", MARKER) if pruned else (b"adm:",):
+            start = None if after is None else prefix + after
+            rows += [(k[len(prefix) :], v) for k, v in ctx.scan_page(prefix, after=start, limit=LIST_PAGE + 1)]
+        rows.sort()
+        more = len(rows) > LIST_PAGE
         items: list[dict[str, Any]] = []
-        more = False
-        for rec in records:
-            if isinstance(rec, gate.Pruned) and not pruned:
-                continue
-            if len(items) == LIST_PAGE:
-                more = True
-                break
-            items.append(self._admission_item(ctx, rec) if isinstance(rec, gate.Admission) else _pruned_item(rec))
-        ctx.reply(ADMISSIONS, items=items, more=more)
+        for oid, raw in rows[:LIST_PAGE]:
+            rec = gate.decode_record(oid, raw)
+            if isinstance(rec, gate.Admission):
+                items.append(self._admission_item(ctx, rec))
+            elif pruned:  # (a marker left under adm: by a card pruned before ax: existed: moved by its next prune)
+                items.append(_pruned_item(rec))
+        fields: dict[str, Any] = {"items": items, "more": more}
+        if more:
+            fields["next"] = rows[LIST_PAGE - 1][0]
+        ctx.reply(ADMISSIONS, **fields)
 
     # -- pruning ---------------------------------------------------------------------------------------------
     def _prune(self, ctx: StepContext, before_ms: int) -> None:
-        """Prune the final admissions older than ``before_ms`` and end the idle sessions opened before it (see the
-        module); answers ``gate.pruned``."""
-        pruned = freed = kept = 0
+        """Prune the final admissions older than ``before_ms`` and end the idle sessions opened before it, then drop
+        the refusals remembered for the holders' cards it holds no session with (see the module); answers
+        ``gate.pruned``."""
+        tally = self._tally(ctx)
+        pruned = freed = kept = steps = 0
         more = False
         for key, raw in ctx.scan(b"adm:"):
             oid = key[4:]
             rec = gate.decode_record(oid, raw)
-            if isinstance(rec, gate.Pruned) or rec.at_ms >= before_ms:
+            if isinstance(rec, gate.Pruned):  # a marker from before ax: existed: moved there
+                if steps == PRUNE_BATCH:
+                    more = True
+                    continue
+                ctx.delete(key)
+                ctx.put(MARKER + oid, raw)
+                freed += len(key) - len(MARKER + oid)
+                steps += 1
+                continue
+            if rec.at_ms >= before_ms:
                 continue
             held_key = b"t:" + oid
             held = ctx.get(held_key)
@@ -461,16 +520,20 @@ class GateApplet(TrnApplet):
             if waiting or not gate.prunable(rec, before_ms) or (held is not None and not _settled(oid, held, rec)):
                 kept += 1
                 continue
-            if pruned == PRUNE_BATCH:
+            if steps == PRUNE_BATCH:
                 more = True
                 continue  # (counted on: kept stays exact)
             marker = gate.prune(rec).encode()
-            ctx.put(key, marker)
-            freed += len(raw) - len(marker)
+            ctx.delete(key)
+            ctx.put(MARKER + oid, marker)
+            freed += len(key) + len(raw) - len(MARKER + oid) - len(marker)
             if held is not None:
                 ctx.delete(held_key)
                 freed += len(held_key) + len(held)
             pruned += 1
+            steps += 1
+        if pruned:
+            ctx.put(b"gc", replace(tally, pruned=tally.pruned + pruned).encode())
         sessions = 0
         authority = self.authority(ctx)
         for key, raw in ctx.scan(b"s:"):
@@ -482,7 +545,57 @@ class GateApplet(TrnApplet):
                 ctx.delete(key)
                 freed += len(key) + len(raw)
                 sessions += 1
-        ctx.reply(PRUNED, pruned=pruned, freed_bytes=freed, sessions=sessions, kept=kept, more=more)
+        refusals = 0
+        for key, raw in ctx.scan(b"n:"):  # a resent copy of a refused transfer can only come in a session held now
+            if ctx.get(b"s:" + key[2:18]) is not None:
+                continue
+            if steps == PRUNE_BATCH:
+                more = True
+                break
+            ctx.delete(key)
+            freed += len(key) + len(raw)
+            refusals += 1
+            steps += 1
+        fields: dict[str, Any] = {"pruned": pruned, "freed_bytes": freed, "sessions": sessions, "kept": kept}
+        if refusals:
+            fields["refusals"] = refusals
+        ctx.reply(PRUNED, **fields, more=more)
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """``gc``: how many admission records the card holds (pruned ones too), how many of them admitted a person,
+    were disowned by the authority, were pruned (4 x 8 bytes, big endian: updated in place, its size never
+    changes)."""
+
+    records: int = 0
+    admitted: int = 0
+    disowned: int = 0
+    pruned: int = 0
+
+    def plus(self, rec: gate.Admission | gate.Pruned, *, count: bool) -> _Tally:
+        """With ``rec`` counted (``count``: a new record, not a changed one)."""
+        return _Tally(
+            self.records + count, self.admitted + rec.admitted, self.disowned + (rec.report == gate.DISOWNED),
+            self.pruned + (count and isinstance(rec, gate.Pruned)),
+        )  # fmt: skip
+
+    def minus(self, rec: gate.Admission | None) -> _Tally:
+        """Without what the old version ``rec`` of a changed record counted."""
+        if rec is None:
+            return self
+        return replace(
+            self, admitted=self.admitted - rec.admitted, disowned=self.disowned - (rec.report == gate.DISOWNED)
+        )
+
+    def encode(self) -> bytes:
+        return b"".join(max(0, n).to_bytes(8, "big") for n in (self.records, self.admitted, self.disowned, self.pruned))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Tally:
+        if len(raw) != 32:
+            raise CardError("bad_state", f"the stored gate counts are damaged ({len(raw)} bytes, not 32)")
+        return cls(*(int.from_bytes(raw[i : i + 8], "big") for i in range(0, 32, 8)))
 
 
 def _settled(oid: bytes, held: bytes, rec: gate.Admission) -> bool:

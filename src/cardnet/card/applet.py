@@ -148,6 +148,27 @@ class StepContext:
         tbl = table or self._table
         return sorted(overlay_scan(self._card._scan(tbl, prefix), self._overlay, tbl, prefix).items())
 
+    def scan_page(
+        self, prefix: bytes, *, after: bytes | None = None, limit: int, table: str | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """At most ``limit`` live entries with ``prefix`` and a key above ``after``, in key order (this step's writes
+        included): a page read for its size, however many entries the prefix holds."""
+        tbl = table or self._table
+        pending = self._card._pending
+        changed = [(k, v) for (t, k), v in (*pending.items(), *self._overlay.items())
+                   if t == tbl and k.startswith(prefix) and (after is None or k > after)]  # fmt: skip
+        deleted = sum(1 for _, v in changed if v is None)
+        keys = set(self._card._keys_after(tbl, prefix, after, limit + deleted))
+        keys.update(k for k, v in changed if v is not None)
+        page: list[tuple[bytes, bytes]] = []
+        for key in sorted(keys):
+            value = self.get(key, table=tbl)
+            if value is not None:
+                page.append((key, value))
+                if len(page) == limit:
+                    break
+        return page
+
     # -- output ----------------------------------------------------------------
     def emit(self, mtype: MType, dst: Uid, /, **fields: Any) -> Message:
         """Queue a message from this card; it leaves only after the step commits."""

@@ -26,7 +26,7 @@ them.
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -613,6 +613,20 @@ class Card:
             base[k] = mem[(table, k)]
             i += 1
         return overlay_scan(base, self._pending, table, prefix)
+
+    def _keys_after(self, table: str, prefix: bytes, after: bytes | None, limit: int) -> list[bytes]:
+        """At most ``limit`` committed keys of ``table`` with ``prefix`` above ``after`` (all if None), in order, read
+        through the table's sorted keys: the cost is the keys returned, not how many the prefix holds."""
+        keys = self._index.get(table)
+        if keys is None:
+            keys = self._index[table] = sorted(k for t, k in self._mem if t == table)
+        i = bisect_right(keys, after) if after is not None and after >= prefix else bisect_left(keys, prefix)
+        out: list[bytes] = []
+        for k in keys[i : i + limit]:
+            if not k.startswith(prefix):
+                break
+            out.append(k)
+        return out
 
     def _mem_put(self, rows: dict[TableKey, bytes]) -> None:
         """Write ``rows`` into the mirror, adding new keys to the index of each scanned table."""

@@ -37,6 +37,8 @@ REFUSAL_WORDS = {
     "restart the gate",
 }
 
+DEFAULT_LIMIT = 100  # admissions `gate admissions` shows unless told
+
 
 def refusal_words(reason: str) -> str:
     code, _, rest = reason.partition(":")
@@ -135,7 +137,7 @@ def _state_dict(s: dict[str, Any]) -> dict[str, Any]:
         "authority": str(s["authority"]) if "authority" in s else None, "blocklist_epoch": s["epoch"],
         "blocklist_at": s.get("blocklist_at"), "admitted": s["admitted"], "pending": s["pending"],
         "reports_waiting": s["reports_waiting"], "disowned": s["disowned"], "refused": s["refused"],
-        "pruned": s.get("pruned", 0),
+        "pruned": s.get("pruned", 0), "admissions": s.get("admissions"),
     }  # fmt: skip
 
 
@@ -233,27 +235,41 @@ def gate_status(socket: str, pin: str | None, card: str | None, as_json: bool) -
         is_flag=True,
         help="List the pruned admissions too (their time, verdict and report: the rest was dropped).",
     ),
-)
-def gate_admissions(socket: str, pin: str | None, card: str | None, with_pruned: bool, as_json: bool) -> None:
-    """Every ticket the gate took: when, from which device, the verdict and the authority's answer to its report.
+    click.option("--limit", default=DEFAULT_LIMIT, show_default=True, type=click.IntRange(min=0),
+                 help="Show at most this many admissions (0: all of them; a gate of months holds many)."),
+    click.option("--after", "after", default=None, metavar="OID",
+                 help="Start after this oid (the next page: the command prints the OID to give)."),
+)  # fmt: skip
+def gate_admissions(
+    socket: str, pin: str | None, card: str | None, with_pruned: bool, limit: int, after: str | None, as_json: bool
+) -> None:
+    """The tickets the gate took, by oid, a page at a time: when, from which device, the verdict and the authority's
+    answer to its report, and how many the gate holds in all.
 
     Admissions pruned by `cardnet gate prune` are left out (counted at the end) unless --pruned.
     """
     from cardnet.applets.gate import ADMISSIONS, LIST, SETUP, STATE
 
-    async def work(wallet: Any) -> tuple[list[dict[str, Any]], int]:
-        items: list[dict[str, Any]] = []
-        after: dict[str, Any] = {"pruned": True} if with_pruned else {}
-        while True:
-            page = await wallet.ask(LIST, ADMISSIONS, **after)
-            items += page["items"]
-            if not page["more"] or not page["items"]:
-                break
-            after = {**after, "after": page["items"][-1]["oid"]}
-        state = await wallet.ask(SETUP, STATE)
-        return items, state.get("pruned", 0)
+    start = _oid(after) if after is not None else None
 
-    items, pruned = run_on_wallet(socket, pin, card, work)
+    async def work(wallet: Any) -> tuple[list[dict[str, Any]], bytes | None, dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        fields: dict[str, Any] = {"pruned": True} if with_pruned else {}
+        cursor = start
+        while True:
+            page = await wallet.ask(LIST, ADMISSIONS, **fields, **({} if cursor is None else {"after": cursor}))
+            items += page["items"]
+            cursor = page.get("next") if page["more"] else None
+            if cursor is None or (limit and len(items) >= limit):
+                break
+        if limit and len(items) > limit:
+            items, cursor = items[:limit], items[limit - 1]["oid"]
+        state: dict[str, Any] = await wallet.ask(SETUP, STATE)
+        return items, cursor, state
+
+    items, cursor, state = run_on_wallet(socket, pin, card, work)
+    pruned = state.get("pruned", 0)
+    total = state.get("admissions", 0) - (0 if with_pruned else pruned)
     rows = []
     for it in items:
         rows.append({
@@ -263,12 +279,17 @@ def gate_admissions(socket: str, pin: str | None, card: str | None, with_pruned:
             "pruned": it.get("pruned", False),
         })  # fmt: skip
     rows.sort(key=lambda r: r["at_ms"])
+    nxt = None if cursor is None else cursor.hex()
     if as_json:
-        emit_json({"admissions": rows, "pruned": pruned})
+        emit_json({"admissions": rows, "pruned": pruned, "total": total, "next": nxt})
         return
-    note = "" if not pruned or with_pruned else f"{pruned} pruned admission(s) not shown (--pruned lists them)"
+    notes = []
+    if nxt is not None:
+        notes.append(f"{len(rows)} of {total} admission(s) shown; the next ones: --after {nxt}")
+    if pruned and not with_pruned:
+        notes.append(f"{pruned} pruned admission(s) not shown (--pruned lists them)")
     if not rows:
-        console.print(note or "no ticket taken at this gate yet", markup=False, highlight=False)
+        console.print("\n".join(notes) or "no ticket taken at this gate yet", markup=False, highlight=False)
         return
     t = table("time", "oid", "body", "holder", "verdict", "report", title="tickets taken at this gate")
     for r in rows:
@@ -277,8 +298,19 @@ def gate_admissions(socket: str, pin: str | None, card: str | None, with_pruned:
         body = "(pruned)" if r["pruned"] else r["body"]
         t.add_row(clock, r["oid"], body, r["holder"] or "-", r["verdict"], report)
     print_table(t)
-    if note:
+    for note in notes:
         console.print(note, markup=False, highlight=False)
+
+
+def _oid(text: str) -> bytes:
+    try:
+        oid = bytes.fromhex(text)
+    except ValueError:
+        oid = b""
+    if len(oid) != 16:
+        fail(f"--after {text!r} is not an oid", reason="bad_oid",
+             hint="give the 32 hex digits the last page ended with (its `--after OID` line)")  # fmt: skip
+    return oid
 
 
 MAX_PRUNE_ORDERS = 100_000  # gate.prune orders one command sends (each prunes at most PRUNE_BATCH admissions)
@@ -333,13 +365,13 @@ def gate_prune(socket: str, pin: str | None, card: str | None, before: str, as_j
     before_ms = parse_before(before, time.time())
 
     async def work(wallet: Any) -> dict[str, int]:
-        total = {"pruned": 0, "freed_bytes": 0, "sessions": 0, "kept": 0}
+        total = {"pruned": 0, "freed_bytes": 0, "sessions": 0, "kept": 0, "refusals": 0}
         for _ in range(MAX_PRUNE_ORDERS):
             got = await wallet.ask(PRUNE, PRUNED, before_ms=before_ms)
-            for k in ("pruned", "freed_bytes", "sessions"):
-                total[k] += got[k]
+            for k in ("pruned", "freed_bytes", "sessions", "refusals"):
+                total[k] += got.get(k, 0)
             total["kept"] = got["kept"]
-            if not got["more"] or not got["pruned"]:
+            if not got["more"]:  # (more: the order did a full batch of work)
                 break
         return total
 
@@ -356,11 +388,14 @@ def gate_prune(socket: str, pin: str | None, card: str | None, before: str, as_j
             + (f" ({d['sessions']} idle session(s) ended)" if d["sessions"] else ""),
             markup=False, highlight=False,
         )  # fmt: skip
-    elif d["sessions"]:
+    elif d["sessions"] or d["refusals"]:
         console.print(f"no admission to prune before {when}; {d['sessions']} idle session(s) ended, "
                       f"{d['freed_bytes']} bytes freed", markup=False, highlight=False)  # fmt: skip
     else:
         console.print(f"nothing to prune before {when}", markup=False, highlight=False)
+    if d["refusals"]:
+        console.print(f"forgot {d['refusals']} refused presentation(s) of cards whose session ended (a card that "
+                      "presents again is judged afresh)", markup=False, highlight=False)  # fmt: skip
     if d["kept"]:
         console.print(
             f"kept {d['kept']} admission(s) from before then that are not final yet (the authority has not answered "
