@@ -565,7 +565,10 @@ def list_scrip(wallet: str, as_json: bool) -> None:
     print_rows(rows, ("vendor", "scrip_id", "value", "expiry"), title="scrip", empty="no scrip in the wallet")
     if pending:
         print_rows(pending, ("request", "kind", "vendor", "to", "reason"), title="pending requests", empty="")
-        console.print("send them again: cardnet millicent retry (--at HOST:PORT to send them elsewhere)")
+        console.print(
+            "send them again: cardnet millicent retry (--at HOST:PORT --vendor V sends a vendor's spends elsewhere, "
+            "--broker HOST:PORT sends purchases to a broker that moved)"
+        )
 
 
 @millicent.command("spend")
@@ -677,12 +680,20 @@ def renew(wallet: str, vendor_id: str | None, address: str | None, as_json: bool
 @click.option("--at", "address", help="Send the pending spends to this HOST:PORT from now on (a wrong address).")
 @click.option("--vendor", "vendor_id", help="With --at: whose pending spends (16 hex digits).")
 @click.option(
+    "--broker",
+    "broker",
+    help="Send the pending purchases of scrip to the broker at this HOST:PORT (it moved); later purchases go there "
+    "too once it answers.",
+)
+@click.option(
     "--give-up",
     is_flag=True,
     help="Forget requests that are still not settled, keeping what can be kept (unexpired scrip comes back).",
 )
 @JSON
-def retry(wallet: str, address: str | None, vendor_id: str | None, give_up: bool, as_json: bool) -> None:
+def retry(
+    wallet: str, address: str | None, vendor_id: str | None, broker: str | None, give_up: bool, as_json: bool
+) -> None:
     """Send pending requests again (their replies were lost): the same bytes fetch the stored reply.
 
     An answer that is not MACed by the broker (or, at levels 2 and 3, by the
@@ -690,7 +701,8 @@ def retry(wallet: str, address: str | None, vendor_id: str | None, give_up: bool
     pending until the peer's own answer arrives, or until you give it up.
     """
     vendor_b = _hex(vendor_id, 8, "--vendor") if vendor_id else None
-    rows = asyncio.run(_wallet(wallet).retry_pending(int(time.time()), give_up=give_up, at=address, vendor=vendor_b))
+    w = _wallet(wallet)
+    rows = asyncio.run(w.retry_pending(int(time.time()), give_up=give_up, at=address, vendor=vendor_b, broker=broker))
     if as_json:
         emit_json({"requests": rows})
         return

@@ -109,6 +109,15 @@ def stored_text(raw: bytes, what: str) -> str:
 
 
 _STAYS = "the request stays pending: `cardnet millicent retry` asks again (`--at HOST:PORT` sends it elsewhere)"
+_STAYS_BUY = (
+    "the purchase stays pending: `cardnet millicent retry` asks again (`cardnet millicent retry --broker HOST:PORT` "
+    "sends it to the broker's new address if it moved)"
+)
+
+
+def _stays(rec: dict[str, Any]) -> str:
+    """What becomes of a pending request that was not settled, and how to send it again (or elsewhere)."""
+    return _STAYS_BUY if rec["kind"] == "buy" else _STAYS
 
 
 class Wallet:
@@ -178,7 +187,7 @@ class Wallet:
                 conn = await dial(host, port)
         except (TransportError, TimeoutError) as exc:
             self._hold(rid, rec, f"cannot reach {rec['to']}")
-            raise WalletError("unreachable", f"cannot reach {rec['to']} ({exc}); {_STAYS}") from None
+            raise WalletError("unreachable", f"cannot reach {rec['to']} ({exc}); {_stays(rec)}") from None
         try:
             if not rec.get("sent"):
                 rec["sent"] = True
@@ -188,7 +197,7 @@ class Wallet:
                 return await conn.recv()
         except (TransportError, TimeoutError) as exc:
             self._hold(rid, rec, f"no answer from {rec['to']}")
-            raise WalletError("no_answer", f"no answer from {rec['to']} ({exc}); {_STAYS}") from None
+            raise WalletError("no_answer", f"no answer from {rec['to']} ({exc}); {_stays(rec)}") from None
 
     # -- buying scrip at the broker -----------------------------------------------------
     async def buy(self, vendor: bytes, value: int, broker: str | None = None) -> mc.Scrip:
@@ -228,11 +237,12 @@ class Wallet:
             raise WalletError(
                 "unauthenticated" if exc.reason == "unauthenticated" else "bad_reply",
                 f"{exc}: the broker MACs its answers with this account's key, so anyone on the network could "
-                f"have sent this one; {_STAYS}",
+                f"have sent this one; {_STAYS_BUY}",
             ) from None
+        self._broker_answers_at(rec["to"])
         if p.status == mc.PURCHASE_PENDING:
             self._hold(rid, rec, f"the broker says: {p.detail}")
-            raise WalletError("pending", f"the broker has not finished the purchase ({p.detail}); {_STAYS}")
+            raise WalletError("pending", f"the broker has not finished the purchase ({p.detail}); {_STAYS_BUY}")
         if p.status != mc.PURCHASE_OK or p.scrip is None:
             with self.store.transaction() as txn:
                 txn.delete(PENDING, rid)
@@ -246,13 +256,19 @@ class Wallet:
                 )
             except CryptoError as exc:
                 self._hold(rid, rec, "the customer secret does not open")
-                raise WalletError("bad_reply", f"cannot open the customer secret ({exc}); {_STAYS}") from None
+                raise WalletError("bad_reply", f"cannot open the customer secret ({exc}); {_STAYS_BUY}") from None
         with self.store.transaction() as txn:
             if secret is not None:
                 txn.put(SECRETS, scrip.vendor, secret)
             txn.put(SCRIP, scrip.vendor + scrip.scrip_id, scrip.encode())
             txn.delete(PENDING, rid)
         return scrip
+
+    def _broker_answers_at(self, address: str) -> None:
+        """The broker answered at ``address`` with its MAC: later purchases go there (it may have moved)."""
+        with self.store.transaction() as txn:
+            if txn.get(CFG, b"broker") != address.encode():
+                txn.put(CFG, b"broker", address.encode())
 
     # -- spending at a vendor -------------------------------------------------------------
     def scrip(self, vendor: bytes | None = None) -> list[mc.Scrip]:
@@ -293,8 +309,8 @@ class Wallet:
                 raise WalletError(
                     "pending",
                     f"{len(waiting)} request(s) about vendor {vendor.hex()} are still pending and may bring scrip "
-                    "back: run `cardnet millicent retry` first (`--at HOST:PORT` if the address was wrong); "
-                    "nothing was bought",
+                    "back: run `cardnet millicent retry` first (`--at HOST:PORT` if the vendor's address was "
+                    "wrong, `--broker HOST:PORT` if the broker moved); nothing was bought",
                 )
             if top_up < price:
                 raise WalletError("short", self._short(vendor, price, now))
@@ -416,16 +432,26 @@ class Wallet:
             return [(k, parse_pending(v)) for k, v in txn.scan(PENDING)]
 
     async def retry_pending(
-        self, now: int, *, give_up: bool = False, at: str | None = None, vendor: bytes | None = None
+        self,
+        now: int,
+        *,
+        give_up: bool = False,
+        at: str | None = None,
+        vendor: bytes | None = None,
+        broker: str | None = None,
     ) -> list[dict[str, Any]]:
         """Send every pending request again (the same bytes: the peer answers from its stored reply).
 
         ``at``: send the pending spends of ``vendor`` (of the one vendor with pending spends, if not given)
-        there from now on (the address was wrong). A request that is still not settled stays pending, unless
-        ``give_up``: then it is forgotten, keeping what can be kept (see :meth:`_give_up`). Returns one row
-        per request: request, kind, vendor, outcome, detail.
+        there from now on (the address was wrong). ``broker``: send the pending purchases of scrip there from
+        now on (the broker listens at another address); once the broker answers there, the wallet buys there
+        later too. A request that is still not settled stays pending, unless ``give_up``: then it is forgotten,
+        keeping what can be kept (see :meth:`_give_up`). Returns one row per request: request, kind, vendor,
+        outcome, detail.
         """
         todo = self.pending()
+        if broker is not None:
+            _addr(broker)
         if at is not None:
             _addr(at)
             if vendor is None:
@@ -440,6 +466,9 @@ class Wallet:
             if at is not None and rec["kind"] == "spend" and vendor is not None and rec.get("vendor") == vendor.hex():
                 rec["to"] = at
                 self._hold(rid, rec, f"re-pointed to {at}")
+            if broker is not None and rec["kind"] == "buy" and rec["to"] != broker:
+                rec["to"] = broker
+                self._hold(rid, rec, f"re-pointed to the broker at {broker}")
             try:
                 if rec["kind"] == "buy":
                     s = await self._finish_buy(rid, rec)
