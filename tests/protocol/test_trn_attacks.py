@@ -212,3 +212,20 @@ def test_a_blocklist_ends_open_sessions_with_blocked_peers(tmp_path: Path, ca: p
     recover(w, "alice")
     assert statuses(w, OID2, "alice", "bob") == {"alice": "disabled+O", "bob": None}
     assert {sess.FAILED.parse(m)["reason"] for m in failed if m.src == uid(w, "bob")} >= {"blocked"}
+
+
+def test_a_send_to_this_card_itself_or_to_an_application_is_refused_saying_which(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Each names what is wrong with the receiver (both used to read 'send a token to another card (a Uid with
+    port 0)', which told someone who named their own card nothing); the token stays, enabled."""
+    w = standard(tmp_path, ca, ("alice", "bob"))
+    issue(w, OID, "alice")
+    own = uid(w, "alice")
+    got = w.result("alice", SEND, oid=OID, to=own)
+    assert not got["ok"] and got["reason"] == "refused"
+    assert got["detail"] == f"{own} is this card itself: send a token to another card"
+    app = Uid(uid(w, "bob").domain, 7)
+    got = w.result("alice", SEND, oid=OID, to=app)
+    assert not got["ok"] and got["detail"].startswith(f"{app} is not a card (a card's Uid ends in :00000000)")
+    assert status(w, "alice", OID) == "enabled"

@@ -202,8 +202,10 @@ class ExchangeWallet(SessionApplet):
         return fx.abort(x, ctx.sign, ctx.certificate_der)
 
     def _start(self, ctx: StepContext, give: bytes, want: bytes, to: Uid) -> None:
-        if not to.is_card or to == ctx.card_uid:
-            raise Refused("refused", "exchange with another card (a Uid with port 0)")
+        if to == ctx.card_uid:
+            raise Refused("refused", f"{to} is this card itself: exchange with another card")
+        if not to.is_card:
+            raise Refused("refused", f"{to} is not a card (a card's Uid ends in :00000000): exchange with a card")
         if give == want:
             raise Refused("refused", "an exchange swaps two different vouchers")
         self._ttp(ctx)  # (the offer names it: no exchange without one)

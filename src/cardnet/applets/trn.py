@@ -233,8 +233,10 @@ class TrnApplet(fairx.ExchangeWallet):
             self.accept_blocklist(ctx, params["blocklist"])
 
     def _command(self, ctx: StepContext, oid: bytes, kind: str, peer: Uid, traceable: bool) -> None:
-        if kind == "start" and (not peer.is_card or peer == ctx.card_uid):
-            raise Refused("refused", "send a token to another card (a Uid with port 0)")
+        if kind == "start" and peer == ctx.card_uid:
+            raise Refused("refused", f"{peer} is this card itself: send a token to another card")
+        if kind == "start" and not peer.is_card:
+            raise Refused("refused", f"{peer} is not a card (a card's Uid ends in :00000000): send a token to a card")
         h = holding_of(ctx, oid)
         nonce = ctx.random(tr.TRANSFER_NONCE_BYTES) if kind == "start" else b""
         try:
