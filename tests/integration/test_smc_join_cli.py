@@ -1,7 +1,8 @@
 """`cardnet smc join` says what is wrong before it waits: a run file whose first round has passed (the join
 deadline) is refused at once (`too_late`, the deadline printed, with what to do), without reaching any host.
-docs/smc-walkthrough.md shows the rest (the first line a join prints, the parties that joined, why a module has no
-result)."""
+A join whose module ends the run with no result (it took no part: too few members joined) fails too, in words and
+as one JSON error. docs/smc-walkthrough.md shows the rest (the first line a join prints, the parties that joined,
+why a module has no result)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cardnet.bench.smcnet import PIN, SmcNet
+
 UIDS = ("a11ce0a11ce0a11ce0a11ce0:00000000", "b0b000b0b000b0b000b0b000:00000000")
 
 
-def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
+def cardnet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "cardnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
 
 
@@ -64,3 +72,36 @@ def test_every_reason_join_fails_for_says_what_to_do() -> None:
     from cardnet.cli.smc import JOIN_HINTS
 
     assert set(JOIN_HINTS) >= {"no_host", "wrong_pin", "not_a_member", "restarted", "too_late", "terms_differ"}
+
+
+def test_a_join_whose_module_took_no_part_fails_saying_why(tmp_path: Path) -> None:
+    """Two module hosts, a run of both (n = 2, t = 0: both must join), and only the first joins: at the first round
+    its module takes no part (``out``) and has no result. `smc join` fails (exit 2, reason ``no_decision``, one
+    JSON error under --json) saying so and what to do, as `smc run` does, instead of exiting 0. A second run
+    shows the same to a person."""
+    import os
+
+    with SmcNet(tmp_path, 2) as net:
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        me = net.hosts[0]
+        for n, as_json in enumerate((True, False)):
+            run = tmp_path / f"run{n}.toml"
+            members = [a for u in net.uids for a in ("-m", str(u))]
+            planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "5", "--round-ms", "100",
+                              "--out", str(run))  # fmt: skip
+            assert planned.returncode == 0, planned.stderr
+            r = cardnet("smc", "join", "--run", str(run), "--socket", me.socket, "--card", me.domain.hex(), "-i", "5",
+                        *(("--json",) if as_json else ()), env=env)  # fmt: skip
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r
+            if as_json:
+                got = json.loads(r.stdout)  # the error alone, no report
+                assert set(got) == {"error"}, got
+                err = got["error"]
+                assert err["reason"] == "no_decision", err
+                assert err["message"].startswith("module 0 of run ") and " ended out with no result" in err["message"]
+                assert "fewer than n - t = 2 of the 2 members had joined" in err["message"], err
+                assert "cardnet smc plan" in err["hint"] and "at least 2 members" in err["hint"], err
+            else:
+                assert "only 1 of 2 members joined by the start" in r.stdout, r
+                assert "error: module 0 of run " in r.stderr and "ended out with no result" in r.stderr, r
+                assert "what to do: plan a new run" in r.stderr, r

@@ -485,19 +485,38 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     received = _my_items(fn.name, outcome.result, outcome.me, raw)
     if received is not None:
         report["received"] = received
+    if outcome.result is None:  # (under --json too: one error object, no report)
+        message, hint = _no_result(outcome, spec)
+        fail(message, reason="no_decision", hint=hint)
     if as_json:
         emit_json(report)
-    elif outcome.result is None:
-        why = {
-            "halted": "it found itself cut off from the others (its host, or more than t hosts, dropped its "
-            "frames), so it decided nothing rather than something different",
-            "out": "it took no part (too few members had joined when the rounds began)",
-        }
-        console.print(f"module {outcome.me}: {outcome.status}, no result: {why.get(outcome.status, '')}".rstrip(": "))
     else:
         console.print(f"module {outcome.me}: {fn.render(outcome.result)}", markup=False)
         for item in received or []:
             console.print(f"received from party {item['from']}: {item['item']}", markup=False)
+
+
+def _no_result(outcome: Any, spec: Any) -> tuple[str, str]:
+    """Why this party's module ended its run without a result (``halted``, ``out``), and what to do: ``(message,
+    hint)``. Like `smc run` without a decision, `join` then fails (reason ``no_decision``)."""
+    least = spec.n - spec.terms.t
+    why = {
+        "halted": "it found itself cut off from the others (its host, or more than t hosts, dropped its frames), so "
+        "it decided nothing rather than something different",
+        "out": f"it took no part: fewer than n - t = {least} of the {spec.n} members had joined when the rounds "
+        "began, so it took no input",
+    }
+    todo = {
+        "halted": "check that this host reaches the other members' hosts ([routes] in its config) and their logs, "
+        "then plan a new run (`cardnet smc plan`; a larger --round-ms if the hosts are slow) and join it",
+        "out": f"plan a new run (`cardnet smc plan ... --start-in 30`) and have at least {least} members join it "
+        "before its first round",
+    }
+    message = f"module {outcome.me} of run {spec.run.hex()} ended {outcome.status} with no result"
+    if outcome.status in why:
+        message += f": {why[outcome.status]}"
+    hint = todo.get(outcome.status, "the host's log says what its module did; plan a new run and join it")
+    return message, hint
 
 
 def _join_wait_s(spec: Any, start_at: float) -> float:
