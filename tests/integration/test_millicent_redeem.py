@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hostprocs import Service, cardnet
 
+from cardnet.protocols import millicent as mc
 from cardnet.services import millicent_broker as mb
 from cardnet.services import millicent_vendor as mv
 from cardnet.services.millicent_wallet import Wallet
@@ -108,3 +109,39 @@ def test_each_brokers_scrip_is_redeemed_at_that_broker(two_brokers: dict[str, st
     assert owed(w, "bob") == {VID.hex(): 90} and owed(w, "carol") == {VID.hex(): 63}
     assert redeemable(w) == 0
     assert "nothing to redeem" in redeem(w, w["bob"])
+
+
+def accept_licence_scrip(world: dict[str, str], licence: int, pieces: int) -> None:
+    """The vendor accepts ``pieces`` pieces of scrip minted under ``licence`` (level 2), in one batch."""
+    now = int(time.time())
+    with SqliteStore(world["vendor_store"]) as store:
+        core = mv.VendorCore(store)
+        v = core.vendor
+        cid = bytes(8)
+        secret = mc.customer_secret(v.customer_masters, cid)
+        requests = []
+        for serial in range(1, pieces + 1):
+            s = mc.mint(v.scrip_secrets, index=licence, vendor=VID, value=5, serial=serial, customer_id=cid,
+                        expiry=now + 3600)  # fmt: skip
+            rid = serial.to_bytes(mc.RID_BYTES, "big")
+            requests.append(mc.make_request(s, rid=rid, level=mc.Level.THEFT, secret=secret, price=3, product="hello"))
+        replies = core.process_batch(requests, now)
+    assert all(mc.REPLY_SCHEMA.decode(p)["status"] == mc.Status.OK for _, p in replies)
+
+
+def test_a_brokers_scrip_behind_more_than_a_batch_of_another_brokers_is_redeemed(two_brokers: dict[str, str]) -> None:
+    """Redemption read the first 10,000 rows of one log of every licence: carol's piece, accepted after 10,001 of
+    bob's, was not among them, and `redeem --broker <carol>` found nothing of hers to send."""
+    w = two_brokers
+    accept_licence_scrip(w, 128, mc.REDEEM_MAX_ITEMS + 1)  # bob's (not minted by bob: paid as duplicates)
+    spend_scrip_of(w, "carol", 50)
+
+    r = json.loads(redeem(w, w["carol"], "--json"))
+    assert (r["broker"], r["items"], r["paid"]) == ("carol", 1, 45)
+    assert r["left"] == [{"broker": "bob", "licence": 128, "items": 10_001, "value": 5 * 10_001}]
+    assert owed(w, "carol") == {VID.hex(): 45}
+
+    # At bob's: all of his, in two batches in one run.
+    r = json.loads(redeem(w, w["bob"], "--json"))
+    assert (r["broker"], r["items"], r["duplicates"], r["left"]) == ("bob", 10_001, 10_001, [])
+    assert redeemable(w) == 0

@@ -429,6 +429,24 @@ def test_the_brokers_answer_to_a_redemption_is_macd_and_a_forged_paid_is_refused
     assert refused["status"] == mb.REFUSED and refused["detail"] == "bad MAC"  # a refusal is MACed too
 
 
+def test_a_store_from_before_per_licence_logs_keeps_its_redeemable_scrip(tmp_path: Path) -> None:
+    """Rows in the one shared redeem log of an older store move to their licences' logs when the vendor opens it:
+    each licence's scrip is then read on its own, none lost (rows of no licence stay where they were)."""
+    store = SqliteStore(str(tmp_path / "vendor.db"))
+    mv.init_vendor(store, VID, rng=rng())
+    bob, carol = (mv.export_licence(store, name, rng=rng(i))["index"] for i, name in ((5, "bob"), (6, "carol")))
+    rows = [mc.scrip_id(i, n) + (n).to_bytes(8, "big") for n in range(1, 1_201) for i in (bob, carol)]
+    with store.transaction() as txn:
+        for row in [*rows, mc.scrip_id(0, 9) + bytes(8)]:
+            txn.append(mv.REDEEM_LOG, row)
+    core = mv.VendorCore(store)
+    assert [v for _, v in core.redeemable(index=carol, limit=5_000)] == rows[1::2]
+    assert [v for _, v in core.redeemable(index=bob, limit=5_000)] == rows[0::2]
+    assert [x["items"] for x in core.redeemable_by_licence()] == [1_200, 1_200]
+    with store.transaction() as txn:
+        assert [v for _, v in txn.read_log(mv.REDEEM_LOG)] == [mc.scrip_id(0, 9) + bytes(8)]
+
+
 def test_broker_refuses_unsigned_purchases_and_forged_redemptions(broker: mb.BrokerCore) -> None:
     _key, cid = open_account(broker)
     mb.deposit(broker.store, cid, 50)

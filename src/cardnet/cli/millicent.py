@@ -316,10 +316,12 @@ def vendor_status(store: str, as_json: bool) -> None:
     from cardnet.services.millicent_vendor import VendorCore
 
     core = VendorCore(_vendor(store))
+    by_licence = core.redeemable_by_licence()
     r: dict[str, Any] = {
         "vendor": core.vendor_id.hex(),
         "spent": core.spent_count(),
-        "redeemable": len(core.redeemable()),
+        "redeemable": sum(x["items"] for x in by_licence),
+        "redeemable_by_broker": by_licence,
         "mint_index": core.vendor.mint_index,
         "products": {k: p.price for k, p in core.vendor.catalogue.items()},
         "bulk_sales": core.bulk_sales(),
@@ -335,6 +337,8 @@ def vendor_status(store: str, as_json: bool) -> None:
             ("mint index", str(r["mint_index"])),
         ],
     )
+    if by_licence:
+        print_rows(by_licence, ("broker", "licence", "items", "value"), title="redeemable, per broker", empty="")
     products = [{"product": k, "price": v} for k, v in sorted(r["products"].items())]
     print_rows(
         products, ("product", "price"), title="catalogue", empty="no products (cardnet millicent vendor add-page)"

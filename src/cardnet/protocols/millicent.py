@@ -288,12 +288,13 @@ PURCHASED_SCHEMA = Schema(
         Field(6, "mac", Bytes(MAC_BYTES, MAC_BYTES), optional=True),  # under the account's reply key
     ],
 )
+REDEEM_MAX_ITEMS = 10_000  # scrip ids in one redemption batch (a vendor with more sends several batches)
 REDEEM_SCHEMA = Schema(
     "millicent.redeem",
     [
         Field(0, "vendor", Bytes(VENDOR_BYTES, VENDOR_BYTES)),
         Field(1, "batch", Bytes(RID_BYTES, RID_BYTES)),
-        Field(2, "items", ListOf(Bytes(SCRIP_ID_BYTES + 8, SCRIP_ID_BYTES + 8), 10_000)),
+        Field(2, "items", ListOf(Bytes(SCRIP_ID_BYTES + 8, SCRIP_ID_BYTES + 8), REDEEM_MAX_ITEMS)),
         Field(3, "mac", Bytes(MAC_BYTES, MAC_BYTES)),
     ],
 )

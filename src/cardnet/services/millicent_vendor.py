@@ -65,6 +65,7 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store, StoreError
+from cardnet.store.base import iter_pages
 from cardnet.transport import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_FRAME,
@@ -84,7 +85,7 @@ from cardnet.wire import HEADER_BYTES, DecodeError, Message, Uid
 log = logging.getLogger("cardnet.millicent.vendor")
 
 CFG, SECRETS, CMASTERS, LICENCES, CATALOGUE, SPENT = "mv.cfg", "mv.sec", "mv.cm", "mv.lic", "mv.cat", "mv.spent"
-REDEEM_LOG = "mv.redeem"
+REDEEM_LOG = "mv.redeem"  # (before per-licence logs: every licence's rows; moved to theirs when the vendor opens)
 BULK, BULK_ORDERS, BULK_LEDGER = "mv.bulk", "mv.border", "mv.bledger"  # agreements, orders (re-fetch), sales
 MAX_BATCH = 4096
 SERIAL_BLOCK = 1 << 16  # serial numbers a vendor process reserves durably at a time (hi/lo)
@@ -107,6 +108,14 @@ class VendorError(CardnetError):
 
 def _u64(v: int) -> bytes:
     return v.to_bytes(8, "big")
+
+
+def redeem_log(index: int) -> str:
+    """The log of the scrip minted under licence ``index`` that the vendor accepted and has not redeemed yet.
+
+    One log per licence, so that each broker's scrip is read on its own (``log (name, seq)`` is indexed): a
+    broker's rows never sit behind another's."""
+    return f"{REDEEM_LOG}.{index:02x}"
 
 
 def init_vendor(
@@ -359,6 +368,7 @@ class VendorCore:
             self.pruned_through = int.from_bytes(txn.get(CFG, b"pruned") or _u64(0), "big")
             self.clock_mark = int.from_bytes(txn.get(CFG, b"now") or _u64(0), "big")
         self._stored_mark = self.clock_mark  # the mark as the store holds it
+        self._move_shared_redeem_log()
         self._serial = self._serial_end = 0  # the reserved block not yet handed out: [_serial, _serial_end)
         self.vendor = mc.Vendor(vid, secrets, mint_index, cms, catalogue, validity, level, grace)
         self.stats = BatchStats()
@@ -469,7 +479,7 @@ class VendorCore:
                 out[i] = (mt, reply)
                 stats.accepted += 1
                 if licensed and c.secret_index in licensed:
-                    txn.append(REDEEM_LOG, c.scrip_id + _u64(c.value))
+                    txn.append(redeem_log(c.secret_index), c.scrip_id + _u64(c.value))
             if b.now > self._stored_mark:  # (at most once a second: batches within one second share it)
                 txn.put(CFG, b"now", _u64(b.now))
             if before_commit is not None:
@@ -646,12 +656,47 @@ class VendorCore:
         with self.store.transaction() as txn:
             return txn.count(SPENT)
 
-    def redeemable(self, limit: int = 10_000) -> list[tuple[int, bytes]]:
+    def _move_shared_redeem_log(self, page: int = PRUNE_PAGE) -> None:
+        """Move the rows of the shared redeem log (a store from before per-licence logs) to their licences' logs,
+        a page per transaction; rows of no licence stay (nothing could redeem them)."""
+        after = 0
+        while True:
+            with self.store.transaction() as txn:
+                rows = txn.read_log(REDEEM_LOG, after, page)
+                moved = [(seq, v) for seq, v in rows if v and v[0] in self.licensed]
+                for _, v in moved:
+                    txn.append(redeem_log(v[0]), v)
+                if moved:
+                    txn.delete_log(REDEEM_LOG, [seq for seq, _ in moved])
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def redeemable(self, limit: int = mc.REDEEM_MAX_ITEMS, *, index: int | None = None) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` rows ``(seq, scrip id || value)`` of accepted licence scrip not redeemed yet, oldest
+        first: of licence ``index``, or of every licence."""
         with self.store.transaction() as txn:
-            return txn.read_log(REDEEM_LOG, 0, limit)
+            if index is not None:
+                return txn.read_log(redeem_log(index), 0, limit)
+            rows = [r for i in sorted(self.licensed) for r in txn.read_log(redeem_log(i), 0, limit)]
+        return sorted(rows)[:limit]
+
+    def redeemable_by_licence(self) -> list[dict[str, Any]]:
+        """Per licence with scrip to redeem: its broker's name, licence index, count and value (read in pages)."""
+        out = []
+        with self.store.transaction() as txn:
+            for i in sorted(self.licensed):
+                items = value = 0
+                for _, v in iter_pages(txn, redeem_log(i)):
+                    items += 1
+                    value += _value_of(v)
+                if items:
+                    out.append({"broker": self.licensees.get(i, ""), "licence": i, "items": items, "value": value})
+        return out
 
     def redeem_request(self, rows: list[tuple[int, bytes]], index: int) -> tuple[bytes, list[int]]:
-        """A redeem message param for the rows minted under licence ``index``; and their sequence numbers."""
+        """A redeem message param for the rows minted under licence ``index`` (at most ``REDEEM_MAX_ITEMS``); and
+        their sequence numbers."""
         mine = [(s, v) for s, v in rows if v[0] == index]
         items = [v for _, v in mine]
         batch = profile.sha256(b"".join(struct.pack(">Q", s) for s, _ in mine))[:16]
@@ -664,9 +709,12 @@ class VendorCore:
         """The broker's answer to the redemption ``batch`` under licence ``index``, if it checks (MillicentError)."""
         return mc.open_redeemed(mtype, param, vendor=self.vendor_id, batch=batch, key=self.redeem_keys[index])
 
-    def forget_redeemed(self, seqs: list[int]) -> None:
+    def forget_redeemed(self, seqs: list[int], index: int | None = None) -> None:
+        """Forget the rows ``seqs`` of licence ``index`` (of any licence: sequence numbers are the store's, never
+        reused): their broker has paid for them."""
         with self.store.transaction() as txn:
-            txn.delete_log(REDEEM_LOG, seqs)
+            for i in sorted(self.licensed) if index is None else [index]:
+                txn.delete_log(redeem_log(i), seqs)
 
 
 _Item = tuple[list[Message], asyncio.Future[list[Message]]]  # a connection's requests and their replies
@@ -1018,24 +1066,28 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
     redemption; forget what it acknowledged. Says what was redeemed, and what is left for other brokers.
 
     A vendor may license several brokers, each minting under an index of its own, and each pays only for its own
-    scrip. The broker at the address is known by its licence's redeem key: it MACs its answers with it. The scrip of
+    scrip. The broker at the address is known by its licence's redeem key: it MACs its answers with it. A batch of
     the first licence with scrip to redeem is sent; if the answer checks under another licence's key instead (the
-    broker refused a batch that is not its own, nothing recorded), that licence's scrip is sent in its place. The
-    scrip of the other licences stays redeemable (``left``: each broker's name, licence index, count and value).
+    broker refused a batch that is not its own, nothing recorded), that licence's scrip is sent in its place. Each
+    licence's scrip is read from a log of its own, in batches of at most ``REDEEM_MAX_ITEMS``, until none is left:
+    every broker's scrip is reached, however much of the others' there is, in bounded memory. The scrip of the
+    other licences stays redeemable (``left``: each broker's name, licence index, count and value).
     """
-    rows = core.redeemable()
-    by_index: dict[int, list[tuple[int, bytes]]] = {}
-    for row in rows:
-        if row[1][0] in core.redeem_keys:
-            by_index.setdefault(row[1][0], []).append(row)
+    waiting = core.redeemable_by_licence()
     out: dict[str, Any] = {"broker": None, "licence": None, "items": 0, "paid": 0, "duplicates": 0, "left": []}
-    if not by_index:
+    if not waiting:
         return out
     at = f"{host}:{port}"
 
+    def so_far() -> str:
+        """What this run redeemed before a batch that failed."""
+        if not out["items"]:
+            return ""
+        return f"; the {out['items']} scrip of the batches before it were redeemed (the broker owes {out['paid']} more)"
+
     async def send(index: int) -> tuple[int | None, dict[str, Any] | str, list[int]]:
-        """Send licence ``index``'s batch: the licence the answer is MACed under and its fields (or why none)."""
-        param, seqs = core.redeem_request(by_index.get(index, []), index)
+        """Send a batch of licence ``index``: the licence the answer is MACed under and its fields (or why none)."""
+        param, seqs = core.redeem_request(core.redeemable(index=index), index)
         batch = mc.REDEEM_SCHEMA.decode(param)["batch"]
         try:
             async with await dial(host, port) as conn:
@@ -1043,7 +1095,7 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
                 reply = await conn.recv()
         except TransportError as exc:
             raise VendorError("unreachable", f"no answer from the broker at {at} ({exc}): is that its HOST:PORT? "
-                              "Nothing was marked redeemed") from None  # fmt: skip
+                              f"This batch was not marked redeemed{so_far()}") from None  # fmt: skip
         why = ""
         for i in [index, *sorted(k for k in core.redeem_keys if k != index)]:
             try:
@@ -1052,7 +1104,8 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
                 why = why or str(exc)
         return None, why, seqs
 
-    first = min(by_index)
+    have = {x["licence"] for x in waiting}
+    first = waiting[0]["licence"]
     index, f, seqs = await send(first)
     if index is None:
         raise VendorError(
@@ -1060,25 +1113,25 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
             f"the answer from {at} is not MACed with the key of any broker this vendor licensed ({f}): is it a "
             "licensed broker's address? Nothing was marked redeemed; run `vendor redeem` again with its HOST:PORT",
         )
-    if index != first and index in by_index:  # the broker there holds another licence: send it its own scrip
-        index, f, seqs = await send(index)
-        if index is None:
-            raise VendorError("redeem_unanswered", f"the answer from {at} no longer checks ({f}): nothing was marked "
-                              "redeemed; run `vendor redeem` again")  # fmt: skip
-    assert isinstance(f, dict)
-    name = core.licensees.get(index, "")
-    out.update(broker=name, licence=index)
-    if index in by_index:
+    licence = index
+    if licence != first and licence in have:  # the broker there holds another licence: send it its own scrip
+        index, f, seqs = await send(licence)
+    name = core.licensees.get(licence, "")
+    out.update(broker=name, licence=licence)
+    while licence in have:
+        if index != licence or not isinstance(f, dict):
+            raise VendorError("redeem_unanswered", f"the answer from {at} no longer checks ({f}): this batch was not "
+                              f"marked redeemed{so_far()}; run `vendor redeem` again")  # fmt: skip
         if f["status"] != 0:
             raise VendorError("redeem_refused", f"the broker {name} at {at} refused the redemption: "
-                              f"{f.get('detail', '')}; nothing was marked redeemed")  # fmt: skip
-        core.forget_redeemed(seqs)
-        out.update(items=len(seqs), paid=f.get("paid", 0), duplicates=f.get("duplicates", 0))
-    out["left"] = [
-        {"broker": core.licensees.get(i, ""), "licence": i, "items": len(r), "value": sum(_value_of(v) for _, v in r)}
-        for i, r in sorted(by_index.items())
-        if i != index
-    ]
+                              f"{f.get('detail', '')}; this batch was not marked redeemed{so_far()}")  # fmt: skip
+        core.forget_redeemed(seqs, licence)
+        out.update(items=out["items"] + len(seqs), paid=out["paid"] + f.get("paid", 0),
+                   duplicates=out["duplicates"] + f.get("duplicates", 0))  # fmt: skip
+        if len(seqs) < mc.REDEEM_MAX_ITEMS or not core.redeemable(index=licence, limit=1):
+            break
+        index, f, seqs = await send(licence)  # more of its scrip than one batch holds: the next batch
+    out["left"] = [x for x in waiting if x["licence"] != out["licence"]]
     return out
 
 
