@@ -119,6 +119,15 @@ def _peer_key(cert: bytes | None, peer: Uid, ctx: StepContext) -> profile.Public
     return got.public_key
 
 
+def rewatched(watchers: list[Uid] | None, app: Uid, on: bool) -> list[Uid] | None:
+    """A list of watching applications once ``app`` asked to watch (``on``) or to stop: at most
+    :data:`MAX_WATCHERS`, the oldest going first; None when empty."""
+    kept = [w for w in (watchers or []) if w != app]
+    if on:
+        kept = [*kept[-(MAX_WATCHERS - 1) :], app]
+    return kept or None
+
+
 class ExchangeWallet(SessionApplet):
     """The wallet's side of fairx (mixed into the TRN wallet applet, which provides ``_store`` and ``_trace``)."""
 
@@ -128,13 +137,10 @@ class ExchangeWallet(SessionApplet):
     _watchers: list[Uid] | None = None
 
     def watch(self, ctx: StepContext, on: bool) -> None:
-        app = ctx.src
-        watchers = [w for w in (self._watchers or []) if w != app]
-        if on:
-            watchers = [*watchers[-(MAX_WATCHERS - 1) :], app]
+        watchers = rewatched(self._watchers, ctx.src, on)
 
         def adopt() -> None:
-            self._watchers = watchers or None
+            self._watchers = watchers
 
         ctx.after_commit(adopt)
 

@@ -9,8 +9,10 @@ strict?}`` (the agents' certificates whose tickets this gate admits, checked aga
 a person waits for the authority) -> ``gate.state`` (its counts kept as they change: no admission is read);
 ``gate.list {after?, pruned?}`` -> ``gate.admissions`` (by oid, a page of 256 read alone; pruned admissions only
 with ``pruned``); ``gate.prune {before_ms}`` -> ``gate.pruned`` (below);
-``trn.set_authority`` and ``trn.watch`` as on any TRN card. Host orders (not privileged, no fields):
-``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
+``trn.set_authority`` and ``trn.watch`` as on any TRN card; ``gate.watch {on}`` (privileged) -> ``trn.result``: push
+this application the gate's events alone (``gate.event``), not ``trn.changed`` for every ticket taken (what a
+``trn.watch`` watcher gets besides the events: the gate service needs none of it). Host orders (not privileged, no
+fields): ``gate.tick`` decides the pending admissions whose wait is over (the host's time), and ``gate.refresh`` opens a
 new session with the authority, whose handshake brings its newest signed blocklist (not while a handshake is
 under way or an answer of the authority is awaited). Changes are pushed to the watching applications as
 ``gate.event``, numbered (``seq``); the card keeps the last :data:`JOURNAL_SIZE` of them (``gj:<seq>``, without the
@@ -157,6 +159,9 @@ PRUNED = register(
         ],
     ),
 )
+WATCH_EVENTS = register(
+    0x037B, "gate.watch", "gate", Schema("gate.watch", [Field(0, "on", Bool())]), privileged=True
+)  # (a watcher of the gate's events alone: the gate service)
 JOURNAL = register(0x0379, "gate.journal", "gate", Schema("gate.journal", [Field(0, "after", UInt())]), privileged=True)
 JOURNALED = register(
     0x037A,
@@ -179,7 +184,9 @@ _NO_EXCHANGE = frozenset({fairx.START.code, fairx.ACCEPT.code})
 
 class GateApplet(TrnApplet):
     name = "gate"
-    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST, PRUNE, JOURNAL)
+    handles = (*TrnApplet.handles, SETUP, TICK, REFRESH, LIST, PRUNE, JOURNAL, WATCH_EVENTS)
+    # Applications that asked (``gate.watch``) for the gate's events alone; volatile, as ``trn.watch``'s watchers.
+    _event_watchers: list[Uid] | None = None
 
     def handle(self, ctx: StepContext, msg: Message, params: dict[str, Any]) -> None:
         code = msg.mtype
@@ -195,6 +202,15 @@ class GateApplet(TrnApplet):
             self._prune(ctx, params["before_ms"])
         elif code == JOURNAL.code:
             self._journal(ctx, params["after"])
+        elif code == WATCH_EVENTS.code:
+            on = params["on"]
+            watchers = fairx.rewatched(self._event_watchers, ctx.src, on)
+
+            def adopt() -> None:
+                self._event_watchers = watchers
+
+            ctx.after_commit(adopt)
+            ctx.reply(RESULT, ok=True, reason="watching the gate's events" if on else "not watching")
         else:
             super().handle(ctx, msg, params)
 
@@ -345,7 +361,7 @@ class GateApplet(TrnApplet):
 
     def _refused(self, ctx: StepContext, peer: Uid, why: str, token: Token | None) -> None:
         ctx.put(b"nref", (_count(ctx.get(b"nref")) + 1).to_bytes(8, "big"))
-        if self._watchers:
+        if self._watched:
             item: dict[str, Any] = {
                 "from": peer, "at_ms": _ms(ctx), "verdict": gate.REFUSED, "reason": why, "kind": REFUSED_KIND,
             }  # fmt: skip
@@ -376,10 +392,15 @@ class GateApplet(TrnApplet):
                 ctx.put(index + adm.oid, b"")
             else:
                 ctx.delete(index + adm.oid)
-        if self._watchers:
+        if self._watched:
             self._event(ctx, self._admission_item(ctx, adm) | {"kind": kind})
 
     # -- events: pushed to the watchers, the last JOURNAL_SIZE kept for one that missed some ------------------------
+    @property
+    def _watched(self) -> bool:
+        """Whether an application watches the gate's events (``trn.watch`` or ``gate.watch``)."""
+        return bool(self._watchers or self._event_watchers)
+
     def _event(self, ctx: StepContext, item: dict[str, Any]) -> None:
         """Number the event, keep it in the journal (``gj:<seq>``, without the ticket's body; the oldest goes) and
         push it. A card too full to keep it pushes it all the same: a watcher that misses it learns it is lost."""
@@ -393,7 +414,9 @@ class GateApplet(TrnApplet):
         except CardError as exc:
             if exc.reason != "out_of_memory":
                 raise
-        self.notify(ctx, EVENT, item)
+        for app in dict.fromkeys([*(self._watchers or ()), *(self._event_watchers or ())]):
+            if ctx.is_authenticated(app):
+                ctx.emit(EVENT, app, **item)
 
     def _journal(self, ctx: StepContext, after: int) -> None:
         """``gate.journal {after}``: the kept events numbered above ``after`` (a page), with the body of the ticket an

@@ -2,7 +2,8 @@
 
 The gate card (applet ``gate``, :mod:`cardnet.applets.gate`) does the admitting: it takes each ticket by TRN,
 judges it, keeps it, records the admission and reports it to the authority. This service, logged in to the card
-with the operator's PIN, is what the operator watches: it asks the card to push its changes (``trn.watch``),
+with the operator's PIN, is what the operator watches: it asks the card to push its events (``gate.watch``: the
+gate's events alone, not ``trn.changed`` for every ticket taken, which would double what it reads),
 hands each one over as a :class:`GateEvent`, and keeps the card's blocklist fresh by asking it to open a new
 session with the authority every ``refresh_s`` (``gate.refresh``: the handshake brings the authority's newest
 signed blocklist; while the authority is unreachable the card keeps the last one). A blocked device retries its
@@ -24,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardnet.applets.gate import EVENT, JOURNAL, JOURNAL_SIZE, JOURNALED, REFRESH, REFUSED_KIND
-from cardnet.applets.trn import RESULT, WATCH
+from cardnet.applets.gate import EVENT, JOURNAL, JOURNAL_SIZE, JOURNALED, REFRESH, REFUSED_KIND, WATCH_EVENTS
+from cardnet.applets.trn import RESULT
 from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
@@ -85,7 +86,8 @@ class GateService:
     """Watches the gate card at ``socket`` (see the module); ``on_event`` gets every :class:`GateEvent`.
 
     ``missed`` counts the messages the host dropped for the service, ``recovered`` the events it read again from
-    the card's journal, ``lost`` those the card no longer kept; ``app`` is the connection while logged in."""
+    the card's journal, ``lost`` those the card no longer kept, ``ignored`` the messages read that it had no use
+    for; ``app`` is the connection while logged in."""
 
     socket: str
     pin: str
@@ -99,6 +101,7 @@ class GateService:
     missed: int = field(default=0, init=False)
     recovered: int = field(default=0, init=False)
     lost: int = field(default=0, init=False)
+    ignored: int = field(default=0, init=False)
     _next: int | None = field(default=None, init=False)  # the number of the next event to hand over
     _held: dict[int, GateEvent] = field(default_factory=dict, init=False)
     _asking: bool = field(default=False, init=False)  # a gate.journal order is out
@@ -122,7 +125,7 @@ class GateService:
             got = await app.recv_type(cm.PIN_RESULT)
             if not got["ok"]:
                 raise GateError("wrong_pin", f"the gate card refused the operator PIN ({got['tries_left']} tries left)")
-            await app.send(card, WATCH, on=True)
+            await app.send(card, WATCH_EVENTS, on=True)
             await app.recv_type(RESULT)
             self.app = app
             # where the card's numbering stands (first login), or what was journaled while logged out
@@ -161,6 +164,8 @@ class GateService:
                     log.warning("gate service: the host dropped %d message(s) for it (it fell behind): reading the "
                                 "gate card's journal for the events among them", count)  # fmt: skip
                     await self._ask_journal(app, card)  # (even if one is out: its answer may be among the dropped)
+                else:
+                    self.ignored += 1
 
     async def _ask_journal(self, app: AppClient, card: Uid) -> None:
         self._asking = True
