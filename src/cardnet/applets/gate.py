@@ -5,8 +5,9 @@ transfer; the gate judges each copy and each trace with :mod:`cardnet.protocols.
 never lets a ticket leave: ``trn.send`` and exchanges are refused (``consumed``).
 
 Operator orders (privileged: the gate service logs in with the PIN): ``gate.setup {issuers?, wait_ms?,
-strict?}`` (the agents' certificates whose tickets this gate admits, checked against the card's CA, and how long
-a person waits for the authority) -> ``gate.state`` (its counts kept as they change: no admission is read);
+strict?, events?}`` (the agents' certificates whose tickets this gate admits, checked against the card's CA, how
+long a person waits for the authority, and the events whose tickets it admits) -> ``gate.state`` (its counts kept
+as they change: no admission is read);
 ``gate.list {after?, pruned?}`` -> ``gate.admissions`` (by oid, a page of 256 read alone; pruned admissions only
 with ``pruned``); ``gate.prune {before_ms}`` -> ``gate.pruned`` (below);
 ``trn.set_authority`` and ``trn.watch`` as on any TRN card; ``gate.watch {on}`` (privileged) -> ``trn.result``: push
@@ -76,6 +77,7 @@ SETUP = register(
             Field(0, "issuers", ListOf(Bytes(MAX_CERT), gate.MAX_ISSUERS), optional=True),  # replaces the list
             Field(1, "wait_ms", UInt(), optional=True),
             Field(2, "strict", Bool(), optional=True),
+            Field(3, "events", gate.EVENT_IDS, optional=True),  # replaces the list (empty: every event)
         ],
     ),
     privileged=True,
@@ -100,6 +102,7 @@ STATE = register(
             Field(10, "refused", UInt()),  # presentations refused (the ticket stayed with its holder)
             Field(11, "pruned", UInt(), optional=True),  # admissions pruned (counted above too; none: 0)
             Field(12, "admissions", UInt(), optional=True),  # admission records held, pruned ones too
+            Field(13, "events", gate.EVENT_IDS, optional=True),  # the events it admits (none: every one)
         ],
     ),
 )
@@ -261,10 +264,12 @@ class GateApplet(TrnApplet):
             for uid, der in certs.items():
                 if ctx.get(b"gi:" + bytes(uid)) != der:
                     ctx.put(b"gi:" + bytes(uid), der)
-        if "wait_ms" in params or "strict" in params:
+        if "wait_ms" in params or "strict" in params or "events" in params:
             current = self.settings(ctx)
+            events = tuple(params["events"]) if "events" in params else current.events
             try:
-                wanted = gate.Settings(params.get("wait_ms", current.wait_ms), params.get("strict", current.strict))
+                wanted = gate.Settings(params.get("wait_ms", current.wait_ms), params.get("strict", current.strict),
+                                       events)  # fmt: skip
             except ProtocolError as exc:
                 raise Refused(exc.reason, str(exc)) from None
             if wanted != current:
@@ -316,6 +321,8 @@ class GateApplet(TrnApplet):
             fields["blocklist_at"] = bl.issued_at
         if pruned:
             fields["pruned"] = pruned
+        if settings.events:
+            fields["events"] = list(settings.events)
         ctx.reply(STATE, **fields)
 
     # -- the copy: judged on the gate's own knowledge ----------------------------------------------------
@@ -349,7 +356,8 @@ class GateApplet(TrnApplet):
         key = self._gate_issuer_key(ctx, token.issuer)
         blocked = bl is not None and bl.is_blocked(peer)
         traceable = bool(p["traceable"])
-        return gate.copy_refusal(token, peer, traceable=traceable, issuer_key=key, admitted=admitted, blocked=blocked)
+        return gate.copy_refusal(token, peer, traceable=traceable, issuer_key=key, admitted=admitted, blocked=blocked,
+                                 events=self.settings(ctx).events)  # fmt: skip
 
     @staticmethod
     def _gate_issuer_key(ctx: StepContext, issuer: Uid) -> profile.PublicKey | None:

@@ -32,6 +32,7 @@ REFUSAL_WORDS = {
     "forged": "the issuer's signature does not verify (a forged or altered ticket)",
     "untraceable": "an untraceable ticket (the gate reports every admission)",
     "blocked_device": "the presenting device is on the authority's blocklist",
+    "wrong_event": "a ticket of another event than this gate's (`cardnet gate setup --event`)",
     "out of memory": "this gate's card is full: prune the admissions of past events (`cardnet gate prune --before "
     "DAYS`), or give it a larger capacity_bytes in its host config (docs/gate.md: about 600 bytes a ticket) and "
     "restart the gate",
@@ -137,7 +138,7 @@ def _state_dict(s: dict[str, Any]) -> dict[str, Any]:
         "authority": str(s["authority"]) if "authority" in s else None, "blocklist_epoch": s["epoch"],
         "blocklist_at": s.get("blocklist_at"), "admitted": s["admitted"], "pending": s["pending"],
         "reports_waiting": s["reports_waiting"], "disowned": s["disowned"], "refused": s["refused"],
-        "pruned": s.get("pruned", 0), "admissions": s.get("admissions"),
+        "pruned": s.get("pruned", 0), "admissions": s.get("admissions"), "events": list(s.get("events", [])),
     }  # fmt: skip
 
 
@@ -145,6 +146,7 @@ def _print_state(d: dict[str, Any]) -> None:
     age = "" if d["blocklist_at"] is None else f", signed {max(0, int(time.time()) - d['blocklist_at'])} s ago"
     lines = [
         f"issuers: {', '.join(d['issuers']) or 'none (set them: cardnet gate setup --issuer-cert FILE)'}",
+        "events: " + (", ".join(d["events"]) or "any of its issuers' (name them: cardnet gate setup --event ID)"),
         f"authority: {d['authority'] or 'none (set it: cardnet gate setup --authority UID)'}",
         f"blocklist: epoch {d['blocklist_epoch']}{age}" if d["blocklist_epoch"] else "blocklist: none yet",
         f"wait for the authority: {d['wait_s']:g} s, then "
@@ -169,6 +171,14 @@ def _print_state(d: dict[str, Any]) -> None:
         help="An agent card's certificate (PEM or DER) whose tickets this gate admits; repeat for several "
         "(replaces the list).",
     ),
+    click.option(
+        "--event",
+        "events",
+        multiple=True,
+        help="An event whose tickets this gate admits (its id, as the ticketing server's page and the ticket name "
+        "it); repeat for several (replaces the list). A ticket of another event of the same issuer is refused.",
+    ),
+    click.option("--any-event", is_flag=True, help="Admit the tickets of every event of the issuers (the default)."),
     click.option("--authority", default=None, help="The authority card's Uid: admissions are reported to it."),
     click.option(
         "--wait",
@@ -185,15 +195,27 @@ def _print_state(d: dict[str, Any]) -> None:
     ),
 )
 def gate_setup(
-    socket: str, pin: str | None, card: str | None, issuer_certs: tuple[Path, ...], authority: str | None,
-    wait_s: float | None, strict: bool | None, as_json: bool,
+    socket: str, pin: str | None, card: str | None, issuer_certs: tuple[Path, ...], events: tuple[str, ...],
+    any_event: bool, authority: str | None, wait_s: float | None, strict: bool | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Set which issuers' tickets the gate admits, its authority, and the offline rule (no option: show them)."""
+    """Set which issuers' tickets the gate admits (of which events), its authority, and the offline rule (no
+    option: show them)."""
     from cardnet.applets.gate import SETUP, STATE
+    from cardnet.protocols.gate import MAX_EVENT_ID, MAX_EVENTS
 
     fields: dict[str, Any] = {}
     if issuer_certs:
         fields["issuers"] = [_der(p) for p in issuer_certs]
+    if events and any_event:
+        fail("give --event or --any-event, not both", reason="bad_option",
+             hint="--event ID admits that event's tickets alone; --any-event every event of the issuers")  # fmt: skip
+    bad = [e for e in events if not 1 <= len(e) <= MAX_EVENT_ID or not e.isprintable() or e != e.strip()]
+    if bad or len(set(events)) > MAX_EVENTS:
+        fail(f"not an event id: {bad[0]!r}" if bad else f"a gate admits at most {MAX_EVENTS} events",
+             reason="bad_option", hint=f"an event's id is 1..{MAX_EVENT_ID} characters, as the ticketing server's "
+             "page shows it (e.g. final)")  # fmt: skip
+    if events or any_event:
+        fields["events"] = list(dict.fromkeys(events))
     if wait_s is not None:
         fields["wait_ms"] = round(wait_s * 1000)
     if strict is not None:

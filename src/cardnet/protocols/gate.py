@@ -8,7 +8,10 @@ a ticket twice:
 
 * **at the copy** (before anything is committed), on what the gate card knows
   by itself, so it works offline: the ticket is traceable, its issuer is one
-  of the gate's issuers and signed it (the gate holds their certificates), the
+  of the gate's issuers and signed it (the gate holds their certificates), it
+  is a ticket of one of the gate's events when the gate names events (the
+  ``event`` of the ticket's body, signed by its issuer: one issuer sells many
+  events, and a ticket of another one must not open this gate), the
   sender is not on the gate's last signed blocklist (the handshake already
   refused a blocked peer), and the oid was never admitted here. A refused
   copy is answered ``copied false <reason>``: the holder keeps the ticket;
@@ -37,6 +40,7 @@ refusing a second copy of the oid offline (``already_admitted``, or
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,7 +48,7 @@ from cardnet.crypto import profile
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.token import OID_BYTES, Token
 from cardnet.protocols.transfer import ISSUER_NOT_ACCEPTED, TRANSFER_NONCE_BYTES
-from cardnet.wire import Bool, Bytes, DecodeError, Field, Schema, Text, UidType, UInt
+from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Text, UidType, UInt
 from cardnet.wire.ids import Uid
 
 # verdicts: what the gate decided about the person at the gate
@@ -63,6 +67,7 @@ REPORTS = (WAITING, TRACED, DISOWNED)
 ALREADY_ADMITTED = "already_admitted"
 REFUSED_BEFORE = "refused_before"  # the gate took this oid before and the authority disowned it
 FORGED = "forged"
+WRONG_EVENT = "wrong_event"  # the gate names its events, and the ticket's body names another one (or none)
 UNTRACEABLE = "untraceable"
 BLOCKED_DEVICE = "blocked_device"
 CONSUMED = "consumed"  # a gate's tickets never leave it (a send or an exchange from the gate card is refused)
@@ -70,6 +75,9 @@ CONSUMED = "consumed"  # a gate's tickets never leave it (a send or an exchange 
 DEFAULT_WAIT_MS = 1500
 MAX_WAIT_MS = 60_000
 MAX_ISSUERS = 64
+MAX_EVENTS = 64  # events one gate admits
+MAX_EVENT_ID = 32  # characters of an event's id
+EVENT_IDS = ListOf(Text(MAX_EVENT_ID), MAX_EVENTS)
 
 ADMISSION = Schema(
     "gate.admission",
@@ -83,7 +91,10 @@ ADMISSION = Schema(
         Field(6, "report_reason", Text(200), optional=True),
     ],
 )
-SETTINGS = Schema("gate.settings", [Field(0, "wait_ms", UInt()), Field(1, "strict", Bool())])
+SETTINGS = Schema(
+    "gate.settings",
+    [Field(0, "wait_ms", UInt()), Field(1, "strict", Bool()), Field(2, "events", EVENT_IDS, optional=True)],
+)
 
 
 @dataclass(frozen=True)
@@ -197,17 +208,28 @@ def prune(adm: Admission) -> Pruned:
 @dataclass(frozen=True)
 class Settings:
     """The gate operator's settings: how long a person waits for the authority before the gate admits on its own
-    checks (``wait_ms``; 0: never wait), and ``strict``: never admit offline (refuse instead)."""
+    checks (``wait_ms``; 0: never wait), ``strict``: never admit offline (refuse instead), and ``events``: the
+    events whose tickets the gate admits (their ids, as a ticket's body names them; none: every ticket of its
+    issuers)."""
 
     wait_ms: int = DEFAULT_WAIT_MS
     strict: bool = False
+    events: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.wait_ms <= MAX_WAIT_MS:
             raise ProtocolError("bad_settings", f"wait_ms is 0..{MAX_WAIT_MS}")
+        if len(self.events) > MAX_EVENTS or len(set(self.events)) != len(self.events):
+            raise ProtocolError("bad_settings", f"a gate admits at most {MAX_EVENTS} events, each named once")
+        for e in self.events:
+            if not 1 <= len(e) <= MAX_EVENT_ID or not e.isprintable() or e != e.strip():
+                raise ProtocolError("bad_settings", f"an event id is 1..{MAX_EVENT_ID} characters, got {e!r}")
 
     def encode(self) -> bytes:
-        return SETTINGS.encode({"wait_ms": self.wait_ms, "strict": self.strict})
+        fields: dict[str, Any] = {"wait_ms": self.wait_ms, "strict": self.strict}
+        if self.events:
+            fields["events"] = list(self.events)
+        return SETTINGS.encode(fields)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Settings:
@@ -217,7 +239,18 @@ class Settings:
             d = SETTINGS.decode(raw)
         except DecodeError as exc:
             raise ProtocolError("bad_settings", f"not gate settings: {exc}") from None
-        return cls(d["wait_ms"], d["strict"])
+        return cls(d["wait_ms"], d["strict"], tuple(d.get("events", ())))
+
+
+def ticket_event(body: bytes) -> str | None:
+    """The event a ticket's body names: the ``event`` string of a JSON object (a ticketing server's ticket is
+    ``{"event", "seat", "poid"}``); None when the body is not such an object."""
+    try:
+        got = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    event = got.get("event") if isinstance(got, dict) else None
+    return event if isinstance(event, str) else None
 
 
 def copy_refusal(
@@ -228,12 +261,14 @@ def copy_refusal(
     issuer_key: profile.PublicKey | None,
     admitted: Admission | Pruned | None,
     blocked: bool,
+    events: tuple[str, ...] = (),
 ) -> str:
     """Why the gate refuses a copy of ``token`` from ``sender`` ("" to take it).
 
     ``issuer_key``: the key of the token's issuer if it is one of the gate's issuers (None: it is not);
     ``admitted``: the gate's record of this oid (or what pruning left of it), if it took it before; ``blocked``:
-    the sender is on the gate's newest blocklist.
+    the sender is on the gate's newest blocklist; ``events``: the events the gate admits (none: any). A ticket of
+    another event is refused ``wrong_event: <its event>`` (checked once the issuer's signature over the body is).
     """
     if blocked:
         return BLOCKED_DEVICE
@@ -245,6 +280,11 @@ def copy_refusal(
         token.verify(issuer_key)
     except ProtocolError:
         return FORGED
+    if events:
+        event = ticket_event(token.body)
+        if event not in events:
+            named = "".join(c if c.isprintable() else "?" for c in (event or "")[:MAX_EVENT_ID])
+            return f"{WRONG_EVENT}: " + (named or "the ticket names no event")
     if not traceable:
         return UNTRACEABLE  # the gate reports every admission: an untraced ticket cannot be reported
     return ""

@@ -1,0 +1,58 @@
+"""A gate admits the tickets of its events alone: one issuer (a ticketing server's device) sells many events, and a
+ticket of another one must not open this gate.
+
+Real processes on 127.0.0.1 (the authority's host, a holder's wallet host, ``cardnet gate run``); the operator sets
+the gate up with ``cardnet gate setup``; the holder presents tickets with the wallet library (``Wallet.redeem``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from test_gate_processes import cli, give, redeem
+
+from cardnet.bench.trnnet import TrnNet
+
+FINAL, YOUTH, PLAIN, LATER = (bytes([n]) * 16 for n in (0x71, 0x72, 0x73, 0x74))
+
+
+def ticket(event: str, seat: str) -> bytes:
+    """A ticket's body as the ticketing server mints it."""
+    return json.dumps({"event": event, "seat": seat, "poid": "00" * 40}).encode()
+
+
+def test_a_gate_refuses_a_ticket_of_another_event_of_its_issuer_and_the_holder_keeps_it(tmp_path: Path) -> None:
+    """The gate of the final (``gate setup --event final``) takes a ticket of the final and refuses one of the youth
+    cup from the same ticketing server, and a token of that issuer that names no event: ``wrong_event``, and both
+    stay usable on the holder's card. Before, a gate knew issuers only, so a 1-euro ticket of any other event of the
+    stadium's ticketing server walked into the final. ``--any-event`` admits every event again."""
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",))
+    with net:
+        asyncio.run(_events(net))
+
+
+async def _events(net: TrnNet) -> None:
+    await net.setup_trace()
+    await net.setup_gates()
+    socket = net.hosts["g"].socket
+    state = cli("gate", "setup", "--socket", socket, "--event", "final", "--json")
+    assert state["events"] == ["final"]
+    for oid, body in ((FINAL, ticket("final", "A1")), (YOUTH, ticket("youth", "Y1")), (PLAIN, b"2 drinks")):
+        await give(net, oid, "a", body)
+    holder = net.hosts["a"]
+    assert (await redeem(net, holder, FINAL, "g")).taken
+    youth = await redeem(net, holder, YOUTH, "g")
+    assert not youth.taken and youth.reason == "wrong_event: youth", youth
+    plain = await redeem(net, holder, PLAIN, "g")
+    assert not plain.taken and plain.reason == "wrong_event: the ticket names no event", plain
+    listed = await net.tokens("a")
+    assert listed.get(YOUTH) == "enabled" and listed.get(PLAIN) == "enabled", listed
+    assert FINAL not in listed
+    status = cli("gate", "status", "--socket", socket, "--json")
+    assert status["admitted"] == 1 and status["refused"] == 2 and status["events"] == ["final"], status
+
+    assert cli("gate", "setup", "--socket", socket, "--any-event", "--json")["events"] == []
+    await give(net, LATER, "a", ticket("youth", "Y2"))
+    assert (await redeem(net, holder, LATER, "g")).taken
