@@ -47,7 +47,7 @@ KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILL
 MAX_KILLS = 2 * KILLS  # of each process at most: kills are added until every point of a purchase was hit
 PRICE = sm.Price("EUR", 2500)
 TRIES = 3 * MAX_KILLS  # purchases of the SIGKILL test at most (one that ends before its kill is not killed)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", *(f"K{i}" for i in range(TRIES + 1)))
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", *(f"K{i}" for i in range(TRIES + 1)))
 
 
 @dataclass
@@ -382,6 +382,21 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"
     r = cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
     assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_purse_that_cannot_pay_is_refused_before_the_seat_is_held(world: World) -> None:
+    """Carol's purse holds nothing (a new user who buys before loading): ``cardnet wallet buy`` says so and what to do,
+    and the seat stays free. Before, the vendor billed her, claiming the seat for that sale, then her card refused to
+    pay: the seat stayed held for good by a bill nobody pays (SPEED bills carry no deadline)."""
+    carol = ("--config", _wallet_config(world, "carol"), "--pin", PIN)
+    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, "--json", check=False)
+    error = json.loads(r.stdout)["error"]
+    assert r.returncode != 0 and error["reason"] == "insufficient", r.stdout
+    assert "holds 0.00 EUR, the seat costs 25.00 EUR" in error["message"] and "wallet load" in error["hint"]
+    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, check=False)
+    assert r.returncode != 0 and "nothing was bought" in r.stderr and "Traceback" not in r.stderr
+    seat = httpx.get(world.url + "/events/final?seat=E1").json()["seats"]
+    assert seat == [{"seat": "E1", "product": "final/E1", "free": True}]
 
 
 POINTS = ("http", "speed", "upgrade", "trn")  # where a kill landed in a purchase, in the order they come

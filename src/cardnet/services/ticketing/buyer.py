@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from cardnet.applets.speed import purse as pa
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
+from cardnet.protocols.speed.messages import Price
 from cardnet.services.speed.customer import CardOrders, Customer, Journal
 from cardnet.services.ticketing.config import parse_price
 from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection, send_batch
@@ -98,7 +100,9 @@ async def buy_ticket(
     ``app_socket``. A purchase interrupted after the payment is finished by :func:`receive_ticket` with the
     PaymentOrderID and the receipt (``journal`` keeps both): a delivery that fails after the payment raises
     ``TicketError('not_delivered')`` naming the sale. A sold seat raises ``PurchaseError('seat_sold')`` before
-    anything is paid.
+    anything is paid; a purse that holds less than the price (or was never loaded) raises
+    ``TicketError('insufficient')`` before the vendor is asked: the vendor holds the seat for the sale it bills,
+    and a bill the purse cannot pay would keep the seat from everyone (SPEED bills carry no deadline).
     """
     info = await get_json(url, "/")
     shown = await get_json(url, f"/events/{quote(event, safe='')}?seat={quote(seat, safe='')}")  # not the seat map
@@ -107,6 +111,7 @@ async def buy_ticket(
         raise TicketError("no_seat", f"{event} has no seat {seat!r}: choose one of {', '.join(list(seats)[:20])}")
     vendor_cert = base64.b64decode(info["vendor_cert"])
     price = parse_price(str(shown["price"]), "the server's price")
+    await _purse_covers(card, price)
     bought = await Customer(card, b"", roots, journal=journal).buy(
         str(info["speed"]), broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
         vendor_cert=vendor_cert, price=price, limit=price,
@@ -119,6 +124,22 @@ async def buy_ticket(
             f"paid {bought.price} (sale {bought.poid.hex()}), but the ticket did not arrive: {exc or 'timed out'}",
         ) from exc
     return Bought(bought.poid, relayed.oid, str(bought.price), event, seat, bought.receipt)
+
+
+async def _purse_covers(card: CardOrders, price: Price) -> None:
+    """Raise ``TicketError('insufficient')`` unless the card's e-purse holds ``price`` (a card without a purse applet
+    is left to the purchase to refuse)."""
+    try:
+        got = await card.ask(pa.BALANCE, pa.BALANCES)
+    except CardnetError:
+        return
+    held = next((a["balance"] for a in got["accounts"] if a["currency"] == price.currency), 0)
+    if held < price.amount:
+        raise TicketError(
+            "insufficient",
+            f"your e-purse holds {held // 100}.{held % 100:02d} {price.currency}, the seat costs {price}: nothing "
+            "was bought or paid, and the seat is not held for you",
+        )
 
 
 async def receive_ticket(
