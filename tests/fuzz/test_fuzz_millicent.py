@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from fuzzing import cbor_or_bytes, mutations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ from cardnet.services import millicent_broker as mb
 from cardnet.services import millicent_vendor as mv
 from cardnet.services import millicent_wallet as mw
 from cardnet.store import SqliteStore, StoreError
-from cardnet.wire import DecodeError
+from cardnet.wire import HEADER_BYTES, DecodeError
 from conftest import mutate
 
 EXAMPLES = int(os.environ.get("CARDNET_FUZZ_EXAMPLES", "300"))
@@ -124,6 +125,8 @@ def test_broker_handles_garbage_with_a_refusal(mtype: int, data: bytes) -> None:
             mc.OPENED_SCHEMA,
             mc.BULK_BUY_SCHEMA,
             mc.BULK_SOLD_SCHEMA,
+            mc.CATALOGUE_ASK_SCHEMA,
+            mc.CATALOGUE_SCHEMA,
         ]
     ),
     st.binary(max_size=300),
@@ -135,6 +138,35 @@ def test_every_millicent_schema_decodes_strictly(schema: object, data: bytes) ->
     except DecodeError:
         return
     assert schema.encode(fields) == data  # type: ignore[attr-defined]
+
+
+CATALOGUE_VENDOR = mc.Vendor(
+    VID, SECRETS, 0, MASTERS, {f"p{n}": mc.Product(n + 1, b"x") for n in range(mc.CATALOGUE_PAGE + 5)}, 3600
+)
+ASK_AFTER = mc.CATALOGUE_ASK_SCHEMA.encode({"after": "p1"})
+CATALOGUE_PAGE = CATALOGUE_VENDOR.catalogue_page(ASK_AFTER)[1]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(cbor_or_bytes() | mutations(ASK_AFTER))
+def test_the_vendor_answers_any_catalogue_ask_with_a_catalogue(data: bytes) -> None:
+    mt, param = CATALOGUE_VENDOR.catalogue_page(data)
+    f = mc.CATALOGUE_SCHEMA.decode(param)
+    assert mt == mc.CATALOGUE.code and f["vendor"] == VID
+    assert (f["status"] == mc.Status.OK) == (f.get("detail") is None)
+    assert len(param) + HEADER_BYTES <= 14_252  # docs/millicent.md: the largest catalogue answer
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.sampled_from([mc.CATALOGUE.code, mc.REPLY.code]), cbor_or_bytes() | mutations(CATALOGUE_PAGE))
+def test_open_catalogue_refuses_garbage_with_its_error_only(mtype: int, data: bytes) -> None:
+    try:
+        f = mc.open_catalogue(mtype, data, after="p1")
+    except mc.MillicentError:
+        return
+    names = [p["name"] for p in f["products"]]
+    assert names == sorted(set(names)) and all(n > "p1" for n in names)
+    assert mc.CATALOGUE_SCHEMA.encode(f) == data
 
 
 # --- the hand-rolled fast paths agree with the schemas -------------------------------------------

@@ -541,6 +541,37 @@ def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
     )
 
 
+@millicent.command("catalogue")
+@click.option("--vendor", "address", required=True, help="The vendor's HOST:PORT.")
+@JSON
+def catalogue(address: str, as_json: bool) -> None:
+    """What a vendor sells and at what price (asked of the vendor itself, before paying; no wallet needed).
+
+    The list is not authenticated, and need not be: a purchase at a price that is not the vendor's is refused,
+    nothing spent, and the refusal (MACed) names the vendor's price."""
+    from cardnet.services.millicent_wallet import fetch_catalogue
+
+    r = asyncio.run(fetch_catalogue(address))
+    r["at"] = address
+    if as_json:
+        emit_json(r)
+        return
+    if not r["products"]:
+        console.print(f"vendor {r['vendor']} at {address} sells nothing yet", markup=False, highlight=False)
+        return
+    rows = [{"product": p["name"], "price": p["price"]} for p in r["products"]]
+    print_rows(rows, ("product", "price"), title=f"vendor {r['vendor']} at {address}", empty="")
+    if not r["complete"]:
+        console.print(f"(the first {len(rows)} products only: the vendor sells more)", markup=False)
+    first = rows[0]
+    console.print(
+        f"buy one: cardnet millicent spend --vendor {r['vendor']} --at {address} --product {first['product']} "
+        f"--price {first['price']}",
+        markup=False,
+        highlight=False,
+    )
+
+
 @millicent.command("list")
 @WALLET
 @JSON

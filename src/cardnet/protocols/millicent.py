@@ -47,6 +47,7 @@ serial numbers and request ids come in as arguments.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -55,7 +56,7 @@ from typing import Any
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Schema, Text, UInt, register
+from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Nested, Schema, Text, UInt, register
 
 # --- sizes --------------------------------------------------------------------------
 
@@ -335,6 +336,27 @@ BULK_SOLD_SCHEMA = Schema(
     ],
 )
 
+# Customer <-> vendor, before paying: what the vendor sells and at what price, a page at a time, by name.
+PRODUCT_NAME_MAX_BYTES = 128  # a product's name in UTF-8 (what a request can name)
+CATALOGUE_PAGE = 100  # products in one catalogue answer
+CATALOGUE_ASK_SCHEMA = Schema(
+    "millicent.catalogue_ask", [Field(0, "after", Text(PRODUCT_NAME_MAX_BYTES), optional=True)]
+)
+CATALOGUE_ENTRY_SCHEMA = Schema(
+    "millicent.catalogue_entry",
+    [Field(0, "name", Text(PRODUCT_NAME_MAX_BYTES)), Field(1, "price", UInt(MAX_VALUE))],
+)
+CATALOGUE_SCHEMA = Schema(
+    "millicent.catalogue",
+    [
+        Field(0, "vendor", Bytes(VENDOR_BYTES, VENDOR_BYTES)),
+        Field(1, "status", UInt(255)),
+        Field(2, "products", ListOf(Nested(CATALOGUE_ENTRY_SCHEMA), CATALOGUE_PAGE)),
+        Field(3, "more", Bool()),
+        Field(4, "detail", Text(200), optional=True),
+    ],
+)
+
 P = "millicent"
 REQUEST = register(0x0701, "millicent.request", P, REQUEST_SCHEMA)
 SEALED_REQUEST = register(0x0702, "millicent.sealed_request", P, SEALED_SCHEMA)
@@ -348,6 +370,8 @@ REDEEM = register(0x0714, "millicent.redeem", P, REDEEM_SCHEMA)
 REDEEMED = register(0x0715, "millicent.redeemed", P, REDEEMED_SCHEMA)
 BULK_BUY = register(0x0716, "millicent.bulk_buy", P, BULK_BUY_SCHEMA)
 BULK_SOLD = register(0x0717, "millicent.bulk_sold", P, BULK_SOLD_SCHEMA)
+CATALOGUE_ASK = register(0x0718, "millicent.catalogue_ask", P, CATALOGUE_ASK_SCHEMA)
+CATALOGUE = register(0x0719, "millicent.catalogue", P, CATALOGUE_SCHEMA)
 
 
 class FlatCodec:
@@ -596,6 +620,30 @@ def _box_key(secret: bytes, rid: bytes, customer_id: bytes) -> profile.CounterAe
     """
     key = profile.hkdf(secret, salt=rid, info=b"millicent box\x00" + customer_id)
     return profile.CounterAead(key)
+
+
+def open_catalogue(mtype: int, param: bytes, *, after: str | None = None) -> dict[str, Any]:
+    """A vendor's catalogue page (the answer to a ``millicent.catalogue_ask`` sent with ``after``), checked:
+    fields, status OK, names in increasing order and after ``after`` (so paging ends). MillicentError if not.
+
+    It is neither MACed nor signed, and need not be: a customer may hold no secret of the vendor yet, and a
+    Millicent vendor has no key pair. A forged page can only mislead about what is sold: a purchase at a price
+    that is not the vendor's is refused ``wrong_price`` with the vendor's MACed price, nothing spent.
+    """
+    if mtype != CATALOGUE.code:
+        raise MillicentError("bad_reply", f"expected a catalogue, got mtype 0x{mtype:04x}")
+    try:
+        f = CATALOGUE_SCHEMA.decode(param)
+    except DecodeError as exc:
+        raise MillicentError("bad_reply", f"the catalogue is unreadable: {exc}") from None
+    if f["status"] != Status.OK:
+        raise MillicentError("refused", f"the vendor refused: {f.get('detail', '')}")
+    names = [p["name"] for p in f["products"]]
+    if any(b <= a for a, b in itertools.pairwise(names)) or (after is not None and names and names[0] <= after):
+        raise MillicentError("bad_reply", "the catalogue's products are not in name order after the last page")
+    if f["more"] and not names:
+        raise MillicentError("bad_reply", "the catalogue says more products follow but gave none")
+    return f
 
 
 def redeem_mac_input(vendor: bytes, batch: bytes, items: list[bytes]) -> bytes:
@@ -1136,6 +1184,23 @@ class Vendor:
                 2, self.secret_of(c.for_customer), c.for_customer
             )
         return self._finish(out, c.level, c.secret, c.customer_id)
+
+    def catalogue_page(self, param: bytes) -> tuple[int, bytes]:
+        """The answer to ``millicent.catalogue_ask``: up to ``CATALOGUE_PAGE`` products named after ``after``, in
+        name order, with their prices; ``more`` if others follow. Neither MACed nor signed: see
+        :func:`open_catalogue`. A name a request could not carry (above ``PRODUCT_NAME_MAX_BYTES``) is left out."""
+        out: dict[str, Any] = {"vendor": self.vendor_id, "status": int(Status.OK), "products": [], "more": False}
+        try:
+            after = CATALOGUE_ASK_SCHEMA.decode(param).get("after")
+        except DecodeError as exc:
+            out.update(status=int(Status.MALFORMED), detail=f"malformed catalogue request: {exc.reason}")
+            return CATALOGUE.code, CATALOGUE_SCHEMA.encode(out)
+        names = sorted(n for n in self.catalogue if len(n.encode("utf-8", "surrogatepass")) <= PRODUCT_NAME_MAX_BYTES)
+        if after is not None:
+            names = [n for n in names if n > after]
+        out["products"] = [{"name": n, "price": self.catalogue[n].price} for n in names[:CATALOGUE_PAGE]]
+        out["more"] = len(names) > CATALOGUE_PAGE
+        return CATALOGUE.code, CATALOGUE_SCHEMA.encode(out)
 
     def refuse(self, c: Candidate, status: Status, detail: str) -> tuple[int, bytes]:
         """A MACed (or sealed) refusal for a request that proved its owner (e.g. ``spent``)."""

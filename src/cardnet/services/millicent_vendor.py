@@ -183,6 +183,12 @@ def add_product(store: Store, name: str, price: int, content: bytes, *, max_fram
     one could be paid for and never delivered (the server refuses such purchases, unspent, but they could
     never succeed).
     """
+    if not name or len(name.encode("utf-8", "surrogatepass")) > mc.PRODUCT_NAME_MAX_BYTES:
+        raise VendorError(
+            "bad_name",
+            f"a product's name is 1 to {mc.PRODUCT_NAME_MAX_BYTES} bytes of UTF-8 (what a purchase can name), got "
+            f"{len(name.encode('utf-8', 'surrogatepass'))}: choose a shorter name",
+        )
     most = max_content_bytes(max_frame)
     if len(content) > most:
         raise VendorError(
@@ -421,6 +427,9 @@ class VendorCore:
         now = self.judged_time(now)
         b = Batch(requests, [(0, b"")] * len(requests), now, max_reply_bytes=max_reply_bytes)
         for i, (mt, p) in enumerate(requests):
+            if mt == mc.CATALOGUE_ASK.code:  # answered from memory, in its place among the connection's replies
+                b.replies[i] = vendor.catalogue_page(p)
+                continue
             if mt == bulk:
                 try:
                     pieces = mc.BULK_BUY_SCHEMA.decode(p)["pieces"]
@@ -1058,7 +1067,7 @@ def _is_ok(param: bytes) -> bool:
         return False
 
 
-_REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code))
+_REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code, mc.CATALOGUE_ASK.code))
 
 
 async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, Any]:

@@ -85,6 +85,35 @@ async def _roundtrip(address: str, mtype: int, param: bytes) -> Message:
         raise WalletError("unreachable", f"no answer from {address} ({exc}): is that the right HOST:PORT?") from None
 
 
+CATALOGUE_MAX_PAGES = 100  # pages of a catalogue read at most (10,000 products); the rest is said to be left
+
+
+async def fetch_catalogue(address: str) -> dict[str, Any]:
+    """What the vendor at ``address`` sells and at what price: ``vendor`` (its id, hex), ``products`` (name and
+    price each, in name order) and ``complete`` (False past ``CATALOGUE_MAX_PAGES`` pages), read a page at a time.
+
+    The catalogue is not authenticated (see :func:`~cardnet.protocols.millicent.open_catalogue`): what it says
+    is checked at the purchase, where a price other than the vendor's is refused and nothing spent."""
+    products: list[dict[str, Any]] = []
+    vendor: bytes | None = None
+    after: str | None = None
+    for _ in range(CATALOGUE_MAX_PAGES):
+        ask = mc.CATALOGUE_ASK_SCHEMA.encode({} if after is None else {"after": after})
+        reply = await _roundtrip(address, mc.CATALOGUE_ASK.code, ask)
+        try:
+            f = mc.open_catalogue(reply.mtype, reply.param, after=after)
+        except mc.MillicentError as exc:
+            raise WalletError(exc.reason, f"{exc}: is {address} a Millicent vendor's HOST:PORT?") from None
+        if vendor is not None and f["vendor"] != vendor:
+            raise WalletError("bad_reply", f"the catalogue's pages name two vendors: ask {address} again")
+        vendor = bytes(f["vendor"])
+        products += f["products"]
+        if not f["more"]:
+            return {"vendor": vendor.hex(), "products": products, "complete": True}
+        after = products[-1]["name"]
+    return {"vendor": (vendor or b"").hex(), "products": products, "complete": False}
+
+
 def parse_pending(raw: bytes) -> dict[str, Any]:
     """A pending request as the wallet keeps it (a purchase at the broker or a spend at a vendor), checked."""
     rec = stored_json(raw, "a pending request")

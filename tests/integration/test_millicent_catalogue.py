@@ -1,0 +1,39 @@
+"""``cardnet millicent catalogue --vendor HOST:PORT``: what a vendor sells and at what price, asked of a real vendor
+process before paying, a page at a time over TCP; human and --json output, and errors in the customer's words."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hostprocs import Service, cardnet
+
+from cardnet.protocols import millicent as mc
+from cardnet.services import millicent_vendor as mv
+from cardnet.store import SqliteStore
+
+VID = "00000000000000a1"
+
+
+def test_a_customer_sees_every_product_and_price_before_paying(tmp_path: Path) -> None:
+    v = str(tmp_path / "vendor.db")
+    products = {f"page-{n:03d}": 2 * n + 1 for n in range(mc.CATALOGUE_PAGE + 20)}  # two pages
+    with SqliteStore(v) as store:
+        mv.init_vendor(store, bytes.fromhex(VID))
+        for name, price in products.items():
+            mv.add_product(store, name, price, b"x")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    at = vendor.start()
+    try:
+        got = json.loads(cardnet("millicent", "catalogue", "--vendor", at, "--json").stdout)
+        assert (got["vendor"], got["at"], got["complete"]) == (VID, at, True)
+        assert {p["name"]: p["price"] for p in got["products"]} == products
+        assert [p["name"] for p in got["products"]] == sorted(products)
+
+        text = cardnet("millicent", "catalogue", "--vendor", at).stdout
+        assert f"vendor {VID} at {at}" in text and "│ page-119 │ 239   │" in text, text
+        assert f"buy one: cardnet millicent spend --vendor {VID} --at {at} --product page-000 --price 1" in text
+    finally:
+        vendor.stop()
+    gone = cardnet("millicent", "catalogue", "--vendor", at, "--json", check=False)
+    assert gone.returncode == 2 and json.loads(gone.stdout)["error"]["reason"] == "unreachable", gone.stdout
