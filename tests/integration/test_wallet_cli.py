@@ -242,8 +242,10 @@ def test_an_exchange_offered_and_accepted(world: World) -> None:
         time.sleep(0.1)
     text = human(*bob.cmd("show"))
     assert xid in text and "offered to you: accept or reject it" in text, text
-    listed = human(*bob.cmd("exchange", "list"))  # what is offered, in the voucher's words
-    assert "Final, seat 9" in listed and "offered" in listed, listed
+    listed = human(*bob.cmd("exchange", "list"))  # what is offered, in the voucher's words; who made it, in words
+    assert "Final, seat 9" in listed and "offered" in listed and "made to you" in listed, listed
+    assert "responder" not in listed, listed
+    assert_wallet_exchange_speaks_to_the_owner(alice, bob, xid)
     done = ok(*bob.cmd("exchange", "accept", xid, "--wait", WAIT_S))
     assert done["phase"] == "done", done
     bob.until(ticket, "enabled")
@@ -251,7 +253,43 @@ def test_an_exchange_offered_and_accepted(world: World) -> None:
     assert ticket not in alice.tickets() and coffee not in bob.tickets()
     status = human(*alice.cmd("exchange", "status", xid))
     assert "swapped: you have the other voucher" in status, status
-    assert refused(*bob.cmd("exchange", "accept", xid))["reason"] == "refused"
+    assert f"An exchange you offered to {bob.uid}." in status and "initiator" not in status, status
+    # an answered offer accepted again: what happened, and where to look, in cardnet exchange's words
+    again = refused(*bob.cmd("exchange", "accept", xid))
+    assert again["reason"] == "refused", again
+    assert again["message"] == "there is nothing left to accept: this exchange ended in the swap, you have the " \
+        "other voucher", again  # fmt: skip
+    assert again["hint"] == f"`cardnet wallet exchange status {xid}` shows how it ended, `cardnet wallet list` what " \
+        "this card holds now", again  # fmt: skip
+    code, _, err = call(*bob.cmd("exchange", "accept", xid))
+    assert code != 0 and "error: there is nothing left to accept" in err and "the card refused" not in err, err
+
+
+def assert_wallet_exchange_speaks_to_the_owner(alice: Person, bob: Person, xid: str) -> None:
+    """Alice's offer waits for bob's answer: `cardnet wallet exchange` says what `cardnet exchange` says (who made
+    it, what to do next, why an order does not apply), with the wallet's own commands in it; --json keeps the
+    card's reason and the protocol's role and phase."""
+    mine = human(*alice.cmd("exchange", "status", xid))
+    assert f"An exchange you offered to {bob.uid}." in mine, mine
+    assert f"next: the other owner accepts or rejects it (`cardnet wallet exchange status {xid}` shows which); " \
+        f"until then `cardnet wallet exchange give-up {xid}` takes your voucher back" in mine, mine  # fmt: skip
+    theirs = ok(*bob.cmd("exchange", "status", xid))
+    assert (theirs["role"], theirs["phase"]) == ("responder", "proposed"), theirs  # (JSON: the card's names)
+    cases = (  # (who, order, what it says, what to do)
+        (alice, "accept", "this is your own offer: only the other owner accepts or rejects it",
+         f"`cardnet wallet exchange give-up {xid}` takes your voucher back"),
+        (bob, "give-up", "this offer was made to you: only the owner who made it gives it up",
+         f"`cardnet wallet exchange accept {xid}` swaps, `cardnet wallet exchange reject {xid}` declines"),
+    )  # fmt: skip
+    for who, order, says, todo in cases:
+        err = refused(*who.cmd("exchange", order, xid))
+        assert err["reason"] == "refused" and err["message"].startswith(says) and todo in err["hint"], err
+        code, _, words = call(*who.cmd("exchange", order, xid))
+        assert code != 0 and f"error: {says}" in words and "the card refused" not in words, words
+        assert "(proposed)" not in words and "(offered)" not in words, words
+    own = refused(*alice.cmd("exchange", "offer", "--give", "e0c1000000000000000000000000000c", "--want",
+                             "e0c1000000000000000000000000000d", "--to", alice.uid))  # fmt: skip
+    assert own["reason"] == "own_card" and "--to names this very card" in own["message"], own
 
 
 def test_the_purse_is_loaded_and_a_speed_purchase_paid_from_it(world: World) -> None:

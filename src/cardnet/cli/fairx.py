@@ -8,6 +8,7 @@ Built on the wallet library (:mod:`cardnet.services.wallet`). Every command take
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +33,47 @@ PHASE_WORDS = {
     "gave_up": "given up: your voucher is yours again",
 }
 
-# What the owner may do next, by phase (`cardnet exchange ...`; {id}: the exchange's id). Ended exchanges: nothing.
+# What the owner may do next, by phase; {accept}, {status}, ...: how the owner gives that order where they are
+# (:class:`Spelling`). Ended exchanges: nothing.
 NEXT_STEPS = {
-    "offered": "the other owner accepts or rejects it (`cardnet exchange status --id {id}` shows which); until "
-    "then `cardnet exchange give-up --id {id}` takes your voucher back",
-    "proposed": "`cardnet exchange accept --id {id}` swaps, `cardnet exchange reject --id {id}` declines (nothing "
-    "of yours is locked until you accept)",
-    "agreed": "the cards finish by themselves (`cardnet exchange status --id {id}` shows when); if the other card "
-    "stays silent, `cardnet exchange abort --id {id}` asks the TTP to settle it: you get their voucher if their "
-    "card already gave it, else yours back",
-    "confirmed": "the cards finish by themselves (`cardnet exchange status --id {id}` shows when); if the other "
-    "card stays silent, `cardnet exchange resolve --id {id}` asks the TTP to settle it: you get their voucher, or "
-    "yours back",
-    "resolving": "`cardnet exchange status --id {id}` shows the TTP's answer once it came; "
-    "`cardnet exchange resolve --id {id}` asks again (if it stays silent, check this host's route to the TTP)",
-    "aborting": "`cardnet exchange status --id {id}` shows the TTP's answer once it came; "
-    "`cardnet exchange abort --id {id}` asks again (if it stays silent, check this host's route to the TTP)",
+    "offered": "the other owner accepts or rejects it ({status} shows which); until then {give_up} takes your "
+    "voucher back",
+    "proposed": "{accept} swaps, {reject} declines (nothing of yours is locked until you accept)",
+    "agreed": "the cards finish by themselves ({status} shows when); if the other card stays silent, {abort} asks "
+    "the TTP to settle it: you get their voucher if their card already gave it, else yours back",
+    "confirmed": "the cards finish by themselves ({status} shows when); if the other card stays silent, {resolve} "
+    "asks the TTP to settle it: you get their voucher, or yours back",
+    "resolving": "{status} shows the TTP's answer once it came; {resolve} asks again (if it stays silent, check this "
+    "host's route to the TTP)",
+    "aborting": "{status} shows the TTP's answer once it came; {abort} asks again (if it stays silent, check this "
+    "host's route to the TTP)",
 }
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How an owner gives each exchange order where they are: ``order`` is a command with ``{verb}`` (accept,
+    reject, give-up, resolve, abort, status, list) and ``{id}``; ``settle`` the one command that puts an exchange to
+    the TTP, where resolve and abort have none of their own; ``holdings`` what shows the card's vouchers. The words
+    (:data:`NEXT_STEPS`, refusals, hints) are the same everywhere; only these differ (`cardnet exchange`,
+    `cardnet wallet exchange`, the web wallet's buttons)."""
+
+    order: str = "`cardnet exchange {verb} --id {id}`"
+    settle: str | None = None
+    holdings: str = "`cardnet trn list`"
+    listing: str = "`cardnet exchange list`"
+
+    def words(self, n1: bytes) -> dict[str, str]:
+        """The placeholders of :data:`NEXT_STEPS` and the hints, for exchange ``n1``."""
+        verbs = {"accept": "accept", "reject": "reject", "give_up": "give-up", "resolve": "resolve",
+                 "abort": "abort", "status": "status"}  # fmt: skip
+        got = {k: self.order.format(verb=v, id=n1.hex()) for k, v in verbs.items()}
+        if self.settle is not None:
+            got["resolve"] = got["abort"] = self.settle
+        return {**got, "holdings": self.holdings, "list": self.listing, "id": n1.hex()}
+
+
+EXCHANGE = Spelling()  # `cardnet exchange`
 
 # Who made the offer, for people (JSON keeps ``role``: initiator or responder).
 ROLE_WORDS = {"initiator": "made by you", "responder": "made to you"}
@@ -81,19 +106,32 @@ def _with_wallet(
     hints: dict[str, str] | None = None,
 ) -> Any:
     """Open the wallet on ``card`` at ``socket`` with the PIN, run ``work``; a refusal fails in its owner's words
-    (:data:`REFUSAL_WORDS`, an order's :class:`OrderRefused` with what to do next), with ``hints`` by reason."""
+    (:func:`run_worded`), with ``hints`` by reason."""
+    return run_worded(lambda w, h: run_on_wallet(socket, pin, card, w, h), work, hints or HINTS)
+
+
+Runner = Callable[[Callable[[Any], Awaitable[Any]], dict[str, str]], Any]
+
+
+def run_worded(
+    run: Runner, work: Callable[[Any], Awaitable[Any]], hints: dict[str, str], spelling: Spelling = EXCHANGE
+) -> Any:
+    """``run(work, hints)`` (which opens the wallet, runs ``work`` and fails on a refusal, with ``hints`` by
+    reason), where a refusal of an exchange order fails in its owner's words: an order's :class:`OrderRefused`
+    with what to do next, a refusal in :data:`REFUSAL_WORDS` with its hint; commands as ``spelling`` gives them."""
 
     async def guarded(wallet: Any) -> Any:
         try:
             return await work(wallet)
         except OrderRefused as exc:
-            return _Failure(str(exc), exc.reason, next_step(exc.exchange) or _LOOK.format(id=exc.exchange.n1.hex()))
+            then = next_step(exc.exchange, spelling) or look_words(exc.exchange, spelling)
+            return _Failure(str(exc), exc.reason, then)
         except WalletError as exc:
             if exc.reason not in REFUSAL_WORDS:
                 raise
-            return _Failure(REFUSAL_WORDS[exc.reason], exc.reason, (hints or HINTS).get(exc.reason))
+            return _Failure(REFUSAL_WORDS[exc.reason], exc.reason, hints.get(exc.reason))
 
-    got = run_on_wallet(socket, pin, card, guarded, hints or HINTS)
+    got = run(guarded, hints)
     if isinstance(got, _Failure):
         fail(got.message, reason=got.reason, hint=got.hint)
     return got
@@ -106,7 +144,9 @@ class _Failure:
         self.message, self.reason, self.hint = message, reason, hint
 
 
-_LOOK = "`cardnet exchange status --id {id}` shows how it ended, `cardnet trn list` what this card holds now"
+def look_words(x: Any, spelling: Spelling = EXCHANGE) -> str:
+    """Where the owner of ended exchange ``x`` sees how it ended and what the card holds now."""
+    return "{status} shows how it ended, {holdings} what this card holds now".format(**spelling.words(x.n1))
 
 
 HINTS = {
@@ -122,19 +162,26 @@ REFUSAL_WORDS = {
 }
 
 
-# An order's own hints, where the protocol-wide one would mislead.
+# An order's own hints, where the protocol-wide one would mislead ({reject}, {list}, ...: as :class:`Spelling`).
 ORDER_HINTS = {
     "accept": {
-        "illegal_move": "the offer wants a voucher this card does not hold usable (`cardnet exchange list` shows "
-        "what it wants, `cardnet trn list` what you hold): reject it with `cardnet exchange reject --id {id}`",
+        "illegal_move": "the offer wants a voucher this card does not hold usable ({list} shows what it wants, "
+        "{holdings} what you hold): reject it with {reject}",
     },
 }
 
 
-def next_step(x: Any) -> str | None:
-    """What the owner of exchange ``x`` may do now (``cardnet exchange`` commands); None once it ended."""
+def order_hints(order: str, n1: bytes, spelling: Spelling = EXCHANGE) -> dict[str, str]:
+    """The hints by reason for ``order`` (a command's name: accept, give-up, ...) on exchange ``n1``."""
+    words = spelling.words(n1)
+    own = {k: v.format(**words) for k, v in ORDER_HINTS.get(order, {}).items()}
+    return {"refused": "{status} shows how this exchange stands".format(**words), **own}
+
+
+def next_step(x: Any, spelling: Spelling = EXCHANGE) -> str | None:
+    """What the owner of exchange ``x`` may do now (commands as ``spelling`` gives them); None once it ended."""
     words = NEXT_STEPS.get(x.phase)
-    return None if words is None else words.format(id=x.n1.hex())
+    return None if words is None else words.format(**spelling.words(x.n1))
 
 
 def who_words(x: Any) -> str:
@@ -179,10 +226,10 @@ WHY_WORDS = {
 EXCHANGE_COLUMNS = ("id", "role", "peer", "give", "want", "offered", "state")
 
 
-def report_exchange(as_json: bool, x: Any, text: str, *, steps: bool = False) -> None:
+def report_exchange(as_json: bool, x: Any, text: str, *, steps: bool = False, spelling: Spelling = EXCHANGE) -> None:
     """One exchange after a command: ``text``, then how it stands and (``steps``) what its owner may do next."""
     row = exchange_row(x)
-    then = next_step(x) if steps else None
+    then = next_step(x, spelling) if steps else None
     say(as_json, row, f"{text}\nexchange {x.n1.hex()}: {row['state']}" + (f"\nnext: {then}" if then else ""))
 
 
@@ -264,6 +311,21 @@ def exchange_offer(
 ) -> None:
     """Offer your voucher for theirs. Yours is locked until the exchange ends; the other owner accepts or
     rejects (`cardnet exchange list` on their card shows the offer)."""
+    g, w, dst = offer_terms(give, want, to)
+    x = _with_wallet(socket, pin, card, lambda wallet: offer_exchange(wallet, g, w, dst, wait_s), OFFER_HINTS)
+    then = (
+        f"the other owner sees it with `cardnet exchange list` and accepts it with `cardnet exchange accept --id "
+        f"{x.n1.hex()}` (or rejects it)"
+    )
+    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}; {then}.{still_words(x, wait_s)}", steps=True)
+
+
+OFFER_HINTS = {**HINTS, "own_card": "give the other owner's card Uid with --to"}
+
+
+def offer_terms(give: str, want: str, to: str) -> tuple[bytes, bytes, Any]:
+    """An offer's ``--give``, ``--want`` and ``--to`` read, or a usage error (the same voucher twice, an
+    application's Uid) before anything reaches the card."""
     g, w, dst = parse_oid(give), parse_oid(want), parse_uid(to)
     if g == w:
         raise click.BadParameter(
@@ -273,27 +335,19 @@ def exchange_offer(
         raise click.BadParameter(
             f"{to} is an application's Uid: give the other card's, DOMAIN:00000000", param_hint="--to"
         )
-
-    async def offer(wallet: Any) -> Any:
-        if dst == wallet.card:
-            raise WalletError("own_card", REFUSAL_WORDS["own_card"])
-        return await offer_exchange(wallet, g, w, dst, wait_s)
-
-    x = _with_wallet(socket, pin, card, offer, {**HINTS, "own_card": "give the other owner's card Uid with --to"})
-    then = (
-        f"the other owner sees it with `cardnet exchange list` and accepts it with `cardnet exchange accept --id "
-        f"{x.n1.hex()}` (or rejects it)"
-    )
-    report_exchange(as_json, x, f"Offered {give} for {want} held by {dst}; {then}.{_still(x, wait_s)}", steps=True)
+    return g, w, dst
 
 
-def _still(x: Any, wait_s: float) -> str:
+def still_words(x: Any, wait_s: float) -> str:
     """After a ``--wait`` that ran out: that the exchange has not ended yet."""
     return f" It has not ended after {wait_s:g} s." if wait_s > 0 and not x.finished else ""
 
 
 async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s: float) -> Any:
-    """Offer ``give`` for ``want`` held by card ``to``; the exchange (once ended, if ``wait_s`` allows)."""
+    """Offer ``give`` for ``want`` held by card ``to``; the exchange (once ended, if ``wait_s`` allows). An offer to
+    this very card is refused ``own_card`` before any order."""
+    if to == wallet.card:
+        raise WalletError("own_card", REFUSAL_WORDS["own_card"])
     return await wait_for_end(wallet, await wallet.offer(give, want, to), wait_s)
 
 
@@ -336,8 +390,12 @@ def exchange_list(socket: str, pin: str | None, card: str | None, as_json: bool)
     if as_json:
         emit_json({"exchanges": rows})
         return
-    rows = [{**row, "role": ROLE_WORDS.get(row["role"], row["role"])} for row in rows]
-    print_rows(rows, EXCHANGE_COLUMNS, title="exchanges", empty="no exchanges")
+    print_rows(people_rows(rows), EXCHANGE_COLUMNS, title="exchanges", empty="no exchanges")
+
+
+def people_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`exchange_row` rows for people: who made the offer in words (JSON keeps ``role``)."""
+    return [{**row, "role": ROLE_WORDS.get(row["role"], row["role"])} for row in rows]
 
 
 def _order(name: str, doc: str, method: str, done: str) -> None:
@@ -346,10 +404,9 @@ def _order(name: str, doc: str, method: str, done: str) -> None:
     @wallet_command(name, ID, wait)
     def command(socket: str, pin: str | None, card: str | None, xid: str, wait_s: float, as_json: bool) -> None:
         n1 = _id(xid)
-        own = {k: v.format(id=n1.hex()) for k, v in ORDER_HINTS.get(name, {}).items()}
-        hints = {**HINTS, "refused": f"`cardnet exchange status --id {n1.hex()}` shows how this exchange stands", **own}
+        hints = {**HINTS, **order_hints(name, n1)}
         x = _with_wallet(socket, pin, card, lambda wallet: order_exchange(wallet, method, n1, wait_s), hints)
-        report_exchange(as_json, x, done + _still(x, wait_s), steps=True)
+        report_exchange(as_json, x, done + still_words(x, wait_s), steps=True)
 
     command.help = doc
 

@@ -25,7 +25,7 @@ import click
 
 from cardnet.cli import wallet_config
 from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
-from cardnet.cli.fairx import exchange_row
+from cardnet.cli.fairx import exchange_row, people_rows
 from cardnet.cli.main import LazyGroup
 from cardnet.cli.output import (
     console,
@@ -356,7 +356,7 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
                    + ("" if purse["keyed"] else " (no key yet: `cardnet wallet load` gets it)"))],
                  title="your wallet")  # fmt: skip
     print_rows(got["tickets"], TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
-    print_rows(got["exchanges"], ("id", "role", "give", "want", "state"), title="exchanges under way",
+    print_rows(people_rows(got["exchanges"]), ("id", "role", "give", "want", "state"), title="exchanges under way",
                empty="no exchanges under way")  # fmt: skip
     if got["scrip"] is None:
         console.print("no Millicent scrip wallet yet", markup=False)
@@ -384,13 +384,16 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
 
 
 def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
-    async def work(wallet: Any) -> tuple[str, dict[str, Any]] | None:
+    from cardnet.cli.fairx import next_step
+    from cardnet.cli.wallet_exchange import SPELLING
+
+    async def work(wallet: Any) -> tuple[str, dict[str, Any], str | None] | None:
         for row in await token_rows(wallet):
             if row["oid"] == ident.hex():
-                return "ticket", _ticket(row)
+                return "ticket", _ticket(row), None
         for x in await wallet.exchanges():
             if x.n1 == ident:
-                return "exchange", exchange_row(x)
+                return "exchange", exchange_row(x), next_step(x, SPELLING)
         return None
 
     found = target.run(work)
@@ -398,10 +401,14 @@ def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
         fail(f"this card holds no ticket or voucher {ident.hex()} and has no exchange with that id",
              reason="not_found", hint="`cardnet wallet list` shows your tickets and vouchers, `cardnet wallet show` "
              "your exchanges")  # fmt: skip
-    kind, row = found
+    kind, row, then = found
     if as_json:
         emit_json({kind: row})
         return
+    if kind == "exchange":  # for a person: who made it in words, not the protocol's phase; what to do next
+        (row,) = people_rows([{k: v for k, v in row.items() if k != "phase"}])
+        if then:
+            row["next"] = then
     print_fields([(k.replace("_", " "), str(v)) for k, v in row.items()], title=kind)
 
 
