@@ -72,6 +72,12 @@ BODIES = {T1: b"voucher: one coffee", T2: b"voucher: one tea", T3: b"Cup final, 
 TIMEOUT_MS = 20_000
 KEY = "cardnet-wallet-session"  # where the page keeps its tab's session secret (sessionStorage)
 NOT_LOGGED_IN = "This tab is not logged in: open the login link"
+# what the page says once its owner accepted an offer: how it stands, what to do next (not "accepted: accepted")
+ACCEPTED = re.compile(
+    r"^(accepted: waiting for the other card to finish the swap; next: the cards finish by themselves \(the page "
+    r"shows when\); if the other card stays silent, Recover asks the TTP to settle it: you get their voucher if their "
+    r"card already gave it, else yours back|swapped: you have the other voucher)$"
+)
 
 
 @dataclass
@@ -445,10 +451,16 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
                     held = {v.oid.hex(): v.status for v in await wb.vouchers()}
                     assert held == {T2.hex(): "enabled", ticket: "enabled"}  # nothing taken yet
                 await offer.locator("button.accept").click()
-                await expect(page.locator("#message.ok")).to_contain_text("accepted")
+                await expect(page.locator("#message.ok")).to_have_text(ACCEPTED)  # in cardnet exchange's words
                 assert (await wa.wait(x.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
             assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
+            # the same offer accepted again (a tab that had not redrawn yet): what happened, what to do, in words
+            await page.evaluate("([id]) => act('/api/exchange/accept', { id })", [x.n1.hex()])
+            await expect(page.locator("#message.error")).to_have_text(
+                "there is nothing left to accept: this exchange ended in the swap, you have the other voucher; the "
+                "page shows how it ended, your list what this card holds now"
+            )
             assert (await _listing(net, "a")) == {T2.hex(): "enabled", T3.hex(): "enabled", T4.hex(): "enabled"}
 
             # a offers T3 for T1; b's page rejects: nothing moves, a's T3 is usable again
@@ -457,7 +469,9 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
                 offer = page.locator(f'#offers li[data-id="{y.n1.hex()}"]')
                 await expect(offer.locator("strong.get")).to_have_text(BODIES[T3].decode())
                 await offer.locator("button.reject").click()
-                await expect(page.locator("#message.ok")).to_contain_text("rejected")
+                await expect(page.locator("#message.ok")).to_have_text(
+                    "ended without a swap: your voucher is yours again (you rejected it)"
+                )
                 assert not (await wa.wait(y.n1, timeout_s=20)).swapped
             await expect(offer).to_have_count(0)
             assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
@@ -468,8 +482,12 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
                 z = await wb.offer(T1, T3, net.uids["a"])
                 mine = page.locator(f'#under-way tr[data-id="{z.n1.hex()}"]')
                 await expect(mine).to_contain_text("waiting for the other owner")
+                await expect(mine.locator(".next")).to_have_text(
+                    "next: the other owner accepts or rejects it (the page shows which); until then Take back takes "
+                    "your voucher back"
+                )
                 await mine.locator("button.give-up").click()
-                await expect(page.locator("#message.ok")).to_contain_text("taken back")
+                await expect(page.locator("#message.ok")).to_contain_text("given up: your voucher is yours again")
                 assert (await wb.status(z.n1)).phase == "gave_up"
             await expect(mine).to_have_count(0)
             assert await _until_page_shows(page, net, "b") == {T1.hex(): "enabled", ticket: "enabled"}
@@ -809,7 +827,7 @@ def test_the_page_offers_an_exchange_and_loads_the_e_purse(world: World, session
             await expect(offer).to_contain_text(a)
             assert T5.hex() not in await _listing(net, "b")
             await offer.locator("button.accept").click()
-            await expect(page_b.locator("#message.ok")).to_contain_text("accepted")
+            await expect(page_b.locator("#message.ok")).to_have_text(ACCEPTED)
             async with await _wallet(net, "a") as wa:
                 assert (await wa.wait(x.n1, timeout_s=20)).swapped
             held_a = await _until_page_shows(page_a, net, "a")  # both pages as both cards list them

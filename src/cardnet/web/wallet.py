@@ -37,7 +37,16 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from cardnet.cli.fairx import PHASE_WORDS
+from cardnet.cli.fairx import (
+    PHASE_WORDS,
+    REFUSAL_WORDS,
+    OrderRefused,
+    Spelling,
+    exchange_row,
+    look_words,
+    next_step,
+    order_exchange,
+)
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.cli.wallet_gate import HINTS as GATE_HINTS
@@ -76,8 +85,8 @@ STATIC = {"wallet.js": "text/javascript; charset=utf-8", "wallet.css": "text/css
 HINTS = {
     "illegal_move": "the ticket or exchange is not in a state that allows this: the page shows how it stands",
     "no_exchange": "that exchange is not on this card any more: the page shows the current offers",
-    "no_ttp": "this card has no TTP for exchanges: set one with `cardnet wallet init --ttp` or "
-    "`cardnet exchange set-ttp`",
+    "no_ttp": "name the TTP, the same one as the other owner's: `cardnet exchange set-ttp --socket SOCKET --ttp UID` "
+    "(a wallet made with `cardnet wallet init --ttp UID` has one)",
     "privileged": "the card no longer takes the owner's orders from this page: restart `cardnet wallet ui`",
     "refused": "the card refused it: the page shows how the ticket or exchange stands now",
 }
@@ -94,6 +103,25 @@ LOAD_HINTS = {
     "`cardnet wallet ui`",
 }
 Opener = Callable[[], Awaitable[Wallet]]
+
+
+class _PageSpelling(Spelling):
+    """The exchange words of ``cardnet exchange`` (:mod:`cardnet.cli.fairx`) with this page's buttons for its
+    commands: Accept, Reject, Take back, Recover (which puts an exchange cut off half-way to the TTP)."""
+
+    def words(self, n1: bytes) -> dict[str, str]:
+        return {"accept": "Accept", "reject": "Reject", "give_up": "Take back", "status": "the page",
+                "resolve": "Recover", "abort": "Recover", "holdings": "your list", "list": "the page",
+                "id": n1.hex()}  # fmt: skip
+
+
+PAGE = _PageSpelling()
+
+
+def exchange_words(x: Any) -> str:
+    """How exchange ``x`` stands and what its owner may do next, in the words of ``cardnet exchange``."""
+    then = next_step(x, PAGE)
+    return str(exchange_row(x)["state"]) + (f"; next: {then}" if then else "")
 
 
 @dataclass(frozen=True)
@@ -229,9 +257,13 @@ class WalletWeb:
                 await self._drop(wallet)
                 raise HttpError(502, "no_host", f"{exc}: is your host (`cardnet host run`) still running? the page "
                                 "reconnects by itself once it is back") from None  # fmt: skip
-            words = str(exc)
+            if isinstance(exc, OrderRefused):  # an exchange order out of turn: why, and what to do instead
+                then = next_step(exc.exchange, PAGE) or look_words(exc.exchange, PAGE)
+                raise HttpError(409, exc.reason, f"{exc}; {then}") from None
             hint = HINTS.get(exc.reason, HINTS["refused"])
-            raise HttpError(409, exc.reason, f"the card refused: {words}; {hint}") from None
+            if exc.reason in REFUSAL_WORDS:  # the card's own detail is protocol talk
+                raise HttpError(409, exc.reason, f"{REFUSAL_WORDS[exc.reason]}; {hint}") from None
+            raise HttpError(409, exc.reason, f"the card refused: {exc}; {hint}") from None
 
     @contextlib.asynccontextmanager
     async def _order(self) -> AsyncIterator[Wallet]:
@@ -291,7 +323,7 @@ class WalletWeb:
             else:
                 under_way.append({"what": "exchange", "id": x.n1.hex(), "peer": str(x.peer),
                                   "state": PHASE_WORDS.get(x.phase, x.phase), "give": x.give.hex(),
-                                  "want": x.want.hex(),
+                                  "want": x.want.hex(), "next": next_step(x, PAGE),
                                   "can_give_up": x.role == "initiator" and x.phase == "offered"})  # fmt: skip
         for r in rows:
             if r["status"] == "offered":
@@ -420,21 +452,20 @@ class WalletWeb:
     async def accept_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
         async with self._order() as wallet:
-            x = await wallet.accept(n1)
-        return _json({"message": f"accepted: {PHASE_WORDS.get(x.phase, x.phase)}; the swap finishes by itself",
-                      "phase": x.phase})  # fmt: skip
+            x = await order_exchange(wallet, "accept", n1, 0)
+        return _json({"message": exchange_words(x), "phase": x.phase})
 
     async def reject_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
         async with self._order() as wallet:
-            x = await wallet.reject(n1)
-        return _json({"message": "rejected: nothing of yours moved", "phase": x.phase})
+            x = await order_exchange(wallet, "reject", n1, 0)
+        return _json({"message": exchange_words(x), "phase": x.phase})
 
     async def give_up_exchange(self, request: Request) -> Response:
         n1 = _hex16(_body(request).get("id"), "the exchange's id")
         async with self._order() as wallet:
-            x = await wallet.give_up(n1)
-        return _json({"message": f"taken back: {PHASE_WORDS.get(x.phase, x.phase)}", "phase": x.phase})
+            x = await order_exchange(wallet, "give_up", n1, 0)
+        return _json({"message": exchange_words(x), "phase": x.phase})
 
     async def accept_ticket(self, request: Request) -> Response:
         return await self._answer_ticket(request, accept=True)

@@ -149,6 +149,7 @@ function renderUnderWay(rows) {
       state.append(" ", el("button", { type: "button", className: "give-up",
         onclick: () => act("/api/exchange/give-up", { id: r.id }) }, "Take back"));
     }
+    if (r.next) state.append(el("div", { class: "help next" }, `next: ${r.next}`));
     const what = el("td", {}, r.what);
     if (r.give && r.want) {
       what.append(el("div", { class: "help" }, `your ${r.give.slice(0, 8)}… for ${r.want.slice(0, 8)}…`));
