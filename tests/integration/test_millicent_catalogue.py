@@ -1,4 +1,4 @@
-"""``cardnet millicent catalogue --vendor HOST:PORT``: what a vendor sells and at what price, asked of a real vendor
+"""``cardnet millicent catalogue --at HOST:PORT``: what a vendor sells and at what price, asked of a real vendor
 process before paying, a page at a time over TCP; human and --json output, and errors in the customer's words."""
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ def test_a_customer_sees_every_product_and_price_before_paying(tmp_path: Path) -
     vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
     at = vendor.start()
     try:
-        got = json.loads(cardnet("millicent", "catalogue", "--vendor", at, "--json").stdout)
+        got = json.loads(cardnet("millicent", "catalogue", "--at", at, "--json").stdout)
         assert (got["vendor"], got["at"], got["complete"]) == (VID, at, True)
         assert {p["name"]: p["price"] for p in got["products"]} == products
         assert [p["name"] for p in got["products"]] == sorted(products)
 
-        text = cardnet("millicent", "catalogue", "--vendor", at).stdout
+        text = cardnet("millicent", "catalogue", "--at", at).stdout
         assert f"vendor {VID} at {at}" in text and "│ page-119 │ 239   │" in text, text
         assert f"buy one: cardnet millicent spend --vendor {VID} --at {at} --product page-000 --price 1" in text
     finally:
         vendor.stop()
-    gone = cardnet("millicent", "catalogue", "--vendor", at, "--json", check=False)
+    gone = cardnet("millicent", "catalogue", "--at", at, "--json", check=False)
     assert gone.returncode == 2 and json.loads(gone.stdout)["error"]["reason"] == "unreachable", gone.stdout

@@ -542,7 +542,7 @@ def buy(wallet: str, vendor: str, value: int, as_json: bool) -> None:
 
 
 @millicent.command("catalogue")
-@click.option("--vendor", "address", required=True, help="The vendor's HOST:PORT.")
+@click.option("--at", "address", required=True, help="The vendor's HOST:PORT (as spend --at).")
 @JSON
 def catalogue(address: str, as_json: bool) -> None:
     """What a vendor sells and at what price (asked of the vendor itself, before paying; no wallet needed).
