@@ -12,7 +12,7 @@ from typing import Any
 from cardnet.cli import wallet_config
 from cardnet.cli.fairx import PHASE_WORDS
 from cardnet.cli.trn import STATUS_WORDS
-from cardnet.services.wallet import MOVING
+from cardnet.services.wallet import MOVING, WalletError
 
 OWNER_WAITS = ("offered", "proposed")  # an exchange that waits for a person, not for recovery
 RECOVER_EVERY_S = 1.0
@@ -88,6 +88,7 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
     loop = asyncio.get_running_loop()
     start = loop.time()
     asked: set[bytes] = set()
+    moved_on: set[bytes] = set()
     now_tokens: dict[bytes, Any] = {}
     now_xs: dict[bytes, Any] = {}
     while tokens or xs:
@@ -101,8 +102,14 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
         if loop.time() - start >= ttp_after_s:
             for n1 in open_xs:
                 phase = now_xs[n1].phase
-                if n1 not in asked and phase in ("confirmed", "agreed"):
-                    await (wallet.resolve(n1) if phase == "confirmed" else wallet.abort(n1))
+                if n1 not in asked and n1 not in moved_on and phase in ("confirmed", "agreed"):
+                    try:
+                        await (wallet.resolve(n1) if phase == "confirmed" else wallet.abort(n1))
+                    except WalletError as exc:
+                        if exc.reason != "refused":
+                            raise
+                        moved_on.add(n1)  # the cards went on between the read and the order: read again, ask no more
+                        continue
                     asked.add(n1)
         if loop.time() - start >= wait_s:
             break
