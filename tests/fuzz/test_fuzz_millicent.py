@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
-from cardnet.services import millicent_wallet as mw
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent import wallet as mw
 from cardnet.store import SqliteStore, StoreError
 from cardnet.wire import HEADER_BYTES, DecodeError
 from conftest import mutate

@@ -21,9 +21,9 @@ import pytest
 from hostprocs import Service
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_wallet import Wallet, WalletError
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import Wallet, WalletError
 from cardnet.store import SqliteStore
 from cardnet.transport import BrokenError, ClosedError, dial
 from cardnet.wire import Message, Uid

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from hostprocs import Service, cardnet
 
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_wallet import Wallet
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import Wallet
 from cardnet.store import SqliteStore
 
 VID = "00000000000000a1"

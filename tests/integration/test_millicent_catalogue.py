@@ -9,7 +9,7 @@ from pathlib import Path
 from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_vendor as mv
+from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
 
 VID = "00000000000000a1"

@@ -22,8 +22,8 @@ import pytest
 from hostprocs import cardnet
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_wallet import SCRIP, SECRETS, Wallet
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import SCRIP, SECRETS, Wallet
 from cardnet.store import SqliteStore
 from cardnet.transport import DEFAULT_MAX_FRAME, Limits, dial
 from cardnet.wire import HEADER_BYTES, Message, Uid

@@ -20,7 +20,7 @@ import pytest
 from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_wallet import CFG, SCRIP, SECRETS, Wallet, WalletError
+from cardnet.services.millicent.wallet import CFG, SCRIP, SECRETS, Wallet, WalletError
 from cardnet.store import SqliteStore
 from cardnet.transport import dial, encode_frame
 from cardnet.wire import Message, Uid

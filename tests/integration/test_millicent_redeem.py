@@ -20,9 +20,9 @@ import pytest
 from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_wallet import Wallet
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import Wallet
 from cardnet.store import SqliteStore
 
 VID = bytes.fromhex("00000000000000a1")

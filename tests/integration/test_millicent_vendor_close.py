@@ -24,8 +24,8 @@ import pytest
 from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_wallet import SCRIP, SECRETS, Wallet, WalletError
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import SCRIP, SECRETS, Wallet, WalletError
 from cardnet.store import SqliteStore
 from cardnet.transport import BrokenError, ClosedError, dial
 from cardnet.wire import Message, Uid

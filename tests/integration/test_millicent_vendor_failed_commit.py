@@ -19,7 +19,7 @@ import pytest
 from failing_commits import fail_commits
 
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_vendor as mv
+from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
 from cardnet.transport import BrokenError, ClosedError, dial
 from cardnet.wire import Message, Uid

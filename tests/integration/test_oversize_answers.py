@@ -20,7 +20,7 @@ import pytest
 
 from cardnet.protocols import millicent as mc
 from cardnet.protocols.speed import frames as fr
-from cardnet.services import millicent_vendor as mv
+from cardnet.services.millicent import vendor as mv
 from cardnet.services.serving import GroupCommitServer
 from cardnet.services.ticketing.buyer import _pump
 from cardnet.store import SqliteStore

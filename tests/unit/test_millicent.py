@@ -10,8 +10,8 @@ import pytest
 
 from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, Uid
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_wallet import SCRIP, Wallet, WalletError
+from cardnet.services.millicent.wallet import SCRIP, Wallet, WalletError
 from cardnet.store import SqliteStore
 
 VID = bytes.fromhex("00000000000000a1")

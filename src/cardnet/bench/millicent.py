@@ -38,8 +38,8 @@ from typing import Any
 from cardnet.bench.timing import rate
 from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_vendor as mv
-from cardnet.services.millicent_vendor import VendorCore, VendorServer
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.vendor import VendorCore, VendorServer
 from cardnet.store import SqliteStore
 from cardnet.transport import dial
 from cardnet.wire import Message, Uid

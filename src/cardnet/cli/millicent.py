@@ -164,7 +164,7 @@ def vendor() -> None:
 @JSON
 def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_json: bool) -> None:
     """Create a vendor: master scrip secret 0 and 256 customer master secrets."""
-    from cardnet.services.millicent_vendor import init_vendor
+    from cardnet.services.millicent.vendor import init_vendor
 
     vid = _hex(vendor_id, 8, "--id")
     init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
@@ -186,7 +186,7 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_j
 @JSON
 def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None, as_json: bool) -> None:
     """Add (or replace) a product in the vendor's catalogue."""
-    from cardnet.services.millicent_vendor import add_product
+    from cardnet.services.millicent.vendor import add_product
 
     if (text is None) == (path is None):
         fail("give exactly one of --text and --file")
@@ -203,7 +203,7 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
 @JSON
 def vendor_licence(store: str, broker: str, out: str, as_json: bool) -> None:
     """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets)."""
-    from cardnet.services.millicent_vendor import export_licence
+    from cardnet.services.millicent.vendor import export_licence
 
     vendor_store = _vendor(store)
     lic = _write_secret_file(out, "licence", lambda deliver: export_licence(vendor_store, broker, deliver=deliver))
@@ -224,7 +224,7 @@ def vendor_licence(store: str, broker: str, out: str, as_json: bool) -> None:
 @JSON
 def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str, as_json: bool) -> None:
     """Agree to sell scrip in bulk to a broker at a discount (writes the broker's id, secret and order key)."""
-    from cardnet.services.millicent_vendor import add_bulk_broker
+    from cardnet.services.millicent.vendor import add_bulk_broker
 
     vendor_store = _vendor(store)
     agreement = _write_secret_file(
@@ -245,7 +245,7 @@ def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str, as_j
 @JSON
 def vendor_rotate(store: str, as_json: bool) -> None:
     """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires)."""
-    from cardnet.services.millicent_vendor import rotate_secret
+    from cardnet.services.millicent.vendor import rotate_secret
 
     index = rotate_secret(_vendor(store))
     say(as_json, {"mint_index": index}, f"new scrip is minted under index {index}; restart the vendor")
@@ -263,7 +263,7 @@ def vendor_run(
 ) -> None:
     """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening
     (with --json: {"ready": {"name": "vendor", "listen": "HOST:PORT"}} on one line)."""
-    from cardnet.services.millicent_vendor import VendorCore, VendorServer
+    from cardnet.services.millicent.vendor import VendorCore, VendorServer
 
     host, port = _listen(listen)
     core = VendorCore(_vendor(store))
@@ -287,7 +287,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
 
     Each broker pays only for its own scrip: the scrip of other brokers this vendor licensed stays, to be
     redeemed at their addresses (the output names them)."""
-    from cardnet.services.millicent_vendor import VendorCore, redeem_at_broker
+    from cardnet.services.millicent.vendor import VendorCore, redeem_at_broker
 
     host, port = _listen(broker)
     r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
@@ -313,7 +313,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
 @JSON
 def vendor_status(store: str, as_json: bool) -> None:
     """Spent-list size and redeemable scrip."""
-    from cardnet.services.millicent_vendor import VendorCore
+    from cardnet.services.millicent.vendor import VendorCore
 
     core = VendorCore(_vendor(store))
     by_licence = core.redeemable_by_licence()
@@ -368,7 +368,7 @@ def broker() -> None:
 @JSON
 def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> None:
     """Keep a vendor's licence: the broker then mints that vendor's scrip."""
-    from cardnet.services.millicent_broker import add_licence, licence_record
+    from cardnet.services.millicent.broker import add_licence, licence_record
 
     try:
         lic = json.loads(Path(path).read_text())
@@ -388,7 +388,7 @@ def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> N
 @JSON
 def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pieces: int, as_json: bool) -> None:
     """Keep a vendor's bulk agreement: the broker then buys that vendor's scrip in bulk and resells it."""
-    from cardnet.services.millicent_broker import BrokerError, add_bulk, bulk_record
+    from cardnet.services.millicent.broker import BrokerError, add_bulk, bulk_record
 
     try:
         agreement = json.loads(Path(path).read_text())
@@ -417,7 +417,7 @@ def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pi
 @JSON
 def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
     """Choose how the broker gets a vendor's scrip: mint it under licence, or buy it in bulk."""
-    from cardnet.services.millicent_broker import BrokerError, set_mode
+    from cardnet.services.millicent.broker import BrokerError, set_mode
 
     try:
         set_mode(_broker(store), _hex(vendor, 8, "--vendor"), mode)
@@ -434,7 +434,7 @@ def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
 @JSON
 def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: bool) -> None:
     """Buy a vendor's scrip in bulk now (the running broker also buys by itself when its stock runs short)."""
-    from cardnet.services.millicent_broker import BrokerCore, BrokerError, buy_stock
+    from cardnet.services.millicent.broker import BrokerCore, BrokerError, buy_stock
 
     try:
         outcome = asyncio.run(buy_stock(BrokerCore(_broker(store)), _hex(vendor, 8, "--vendor"), value, pieces))
@@ -452,7 +452,7 @@ def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: b
 @JSON
 def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> None:
     """Credit a customer's prepaid balance."""
-    from cardnet.services.millicent_broker import deposit
+    from cardnet.services.millicent.broker import deposit
 
     balance = deposit(_broker(store), _hex(customer, 8, "--customer"), amount)
     say(as_json, {"customer": customer, "balance": balance}, f"customer {customer}: prepaid balance {balance}")
@@ -466,7 +466,7 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
 def broker_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
     """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"
     (with --json: {"ready": {"name": "broker", "listen": "HOST:PORT"}} on one line)."""
-    from cardnet.services.millicent_broker import BrokerCore, BrokerServer
+    from cardnet.services.millicent.broker import BrokerCore, BrokerServer
 
     host, port = _listen(listen)
     core = BrokerCore(_broker(store))
@@ -480,7 +480,7 @@ def broker_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
 @JSON
 def broker_status(store: str, as_json: bool) -> None:
     """What the broker owes each vendor (redeemed licence scrip; bulk purchases) and its bulk stock."""
-    from cardnet.services.millicent_broker import BrokerCore
+    from cardnet.services.millicent.broker import BrokerCore
 
     core = BrokerCore(_broker(store, create=False))
     r: dict[str, Any] = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
@@ -502,7 +502,7 @@ def broker_status(store: str, as_json: bool) -> None:
 
 
 def _wallet(where: str, *, create: bool = True) -> Any:
-    from cardnet.services.millicent_wallet import Wallet
+    from cardnet.services.millicent.wallet import Wallet
 
     return Wallet(_store(where, "millicent-wallet", create=create))
 
@@ -549,7 +549,7 @@ def catalogue(address: str, as_json: bool) -> None:
 
     The list is not authenticated, and need not be: a purchase at a price that is not the vendor's is refused,
     nothing spent, and the refusal (MACed) names the vendor's price."""
-    from cardnet.services.millicent_wallet import fetch_catalogue
+    from cardnet.services.millicent.wallet import fetch_catalogue
 
     r = asyncio.run(fetch_catalogue(address))
     r["at"] = address
@@ -649,7 +649,7 @@ def spend(
 
 def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int, level: int, top_up: int) -> Any:
     """Buy ``product`` at ``price`` from ``vendor`` (16 hex) at ``address`` with the scrip of the wallet store
-    ``wallet``: the vendor's answer (:class:`~cardnet.services.millicent_wallet.SpendResult`); a refusal fails in
+    ``wallet``: the vendor's answer (:class:`~cardnet.services.millicent.wallet.SpendResult`); a refusal fails in
     the customer's words, under --json too (non-zero exit)."""
     from cardnet.protocols import millicent as mc
 
@@ -672,7 +672,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
 
 def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int) -> Any:
     """``work()``, its wallet's refusals with what to do: a balance too small, no scrip that covers a price."""
-    from cardnet.services.millicent_wallet import WalletError
+    from cardnet.services.millicent.wallet import WalletError
 
     try:
         return work()

@@ -137,7 +137,7 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
 async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
     """Finish e-purse loads, SPEED purchases and Millicent requests a crash interrupted; one row each."""
     from cardnet.cli.speed import _pem_file, finish_journal
-    from cardnet.services.millicent_wallet import WalletError as ScripError
+    from cardnet.services.millicent.wallet import WalletError as ScripError
     from cardnet.services.speed.customer import PurchaseError, finish_loads
 
     rows: list[dict[str, Any]] = []

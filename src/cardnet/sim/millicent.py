@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-The real :class:`~cardnet.services.millicent_vendor.VendorCore` (on a
+The real :class:`~cardnet.services.millicent.vendor.VendorCore` (on a
 :class:`~cardnet.sim.world.TearingStore`: power lost before or after a
-commit) and the real :class:`~cardnet.services.millicent_broker.BrokerCore`
+commit) and the real :class:`~cardnet.services.millicent.broker.BrokerCore`
 run on the world's virtual clock; the network between customers and vendors
 is simulated here from the world's fault plan (loss, duplication, delay that
 reorders), and vendors crash (volatile inbox lost, core rebuilt from the
@@ -43,8 +43,8 @@ from typing import Any
 
 from cardnet.crypto import profile
 from cardnet.protocols import millicent as mc
-from cardnet.services import millicent_broker as mb
-from cardnet.services import millicent_vendor as mv
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent import vendor as mv
 from cardnet.sim.malice import Action, Malice
 from cardnet.sim.scenarios import register
 from cardnet.sim.world import TearingStore, World

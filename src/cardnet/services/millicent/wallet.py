@@ -35,7 +35,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
-from cardnet.services.millicent_vendor import stored, stored_json, stored_scrip
+from cardnet.services.millicent.vendor import stored, stored_json, stored_scrip
 from cardnet.store import Store
 from cardnet.transport import TransportError, dial, host_port
 from cardnet.wire import DecodeError, Message, Uid
