@@ -1,4 +1,4 @@
-"""Fuzzing the e-purse decoders (S1, S2, S3, L1, L2, L3 of :mod:`cardnet.protocols.speed.purse`).
+"""Fuzzing the e-purse decoders (S1, S2, S3, L1, L2, L3, LR of :mod:`cardnet.protocols.speed.purse`).
 
 Random bytes and mutated valid encodings get :class:`DecodeError` or :class:`ProtocolError`, never another
 exception; whatever decodes re-encodes to the same bytes, and its MAC check answers None or ``bad_mac``.
@@ -28,7 +28,10 @@ VALID: dict[type[pp.Authenticated], pp.Authenticated] = {
     pp.L1: pp.L1.make(KEY, uid=UID, m=3, rc=b"c" * 16, currency="USD", amount=2**40),
     pp.L2: pp.L2.make(KEY, m=3, rc=b"c" * 16, rs=b"s" * 16, currency="USD", amount=2**40),
     pp.L3: pp.L3.make(KEY, uid=UID, m=3, rs=b"s" * 16, currency="USD", amount=2**40),
+    pp.LR: pp.LR.make(KEY, uid=UID, m=3, rc=b"c" * 16),
 }
+# a purse whose load 3 (the L1 above) is pending: only the genuine LR for it makes the purse forget it
+PENDING = pp.PurseState(m=4, loads={3: pp.PendingLoad(rc=b"c" * 16, currency="USD", amount=2**40)})
 
 
 def decode_or_refuse(cls: type[pp.Authenticated], raw: bytes) -> None:
@@ -69,3 +72,18 @@ def test_every_valid_message_passes_its_own_decoder_and_no_other(cls: type[pp.Au
         if other is not cls:
             with pytest.raises((DecodeError, ProtocolError)):
                 other.decode(raw).check(KEY)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(seed=st.integers(0, 2**32), raw=st.none() | st.binary(max_size=120))
+def test_no_lr_but_the_sams_makes_the_purse_forget_a_pending_load(seed: int, raw: bytes | None) -> None:
+    """What a host may send as ``purse.drop_load``: random bytes, or any message mutated (an L1 or L2 of that load, the
+    LR itself). The purse refuses it with ``DecodeError`` or ``ProtocolError``, or forgets load 3 on the genuine LR."""
+    if raw is None:
+        r = random.Random(seed)
+        raw = mutate(VALID[r.choice(list(VALID))].encode(), r)
+    try:
+        state, dropped = pp.apply_lr(PENDING, key=KEY, uid=UID, lr=pp.LR.decode(raw))
+    except (DecodeError, ProtocolError):
+        return
+    assert raw == VALID[pp.LR].encode() and dropped and not state.loads

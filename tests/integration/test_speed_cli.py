@@ -57,6 +57,12 @@ def test_refusals_say_what_to_do(net: SpeedNet) -> None:
     assert broke["error"]["reason"] == "insufficient" and "then buy again" in broke["error"]["hint"]
     assert alice.balance() == {"EUR": 2000}  # nothing was paid
     assert net.accounts()["V-1"] == {}
+    # a load from a mistyped account is refused, and ends: the purse forgot it (on the SAM's word), nothing is left
+    purse = ("--socket", alice.host.socket, "--broker", net.broker.address)
+    mistyped = run("speed", "purse", "load", *purse, "--amount", "5.00 EUR", "--account", "C-9", check=False)
+    assert mistyped["error"]["reason"] == "unknown_account" and "the purse forgot this load" in str(mistyped)
+    finished = run("speed", "purse", "finish", *purse, "--account", alice.account)
+    assert (finished["loads"], finished["dropped"], finished["pending_loads"]) == (0, [], 0)
     # that purchase left the journal: once the purse is loaded, a recover does not pay it unasked
     run("speed", "purse", "load", "--socket", alice.host.socket, "--broker", net.broker.address, "--amount",
         "10.00 EUR", "--account", alice.account)  # fmt: skip

@@ -19,6 +19,7 @@ from hostprocs import free_port
 from speedworld import EUR, SONG, T0, World, load_purse, opened, serve
 
 from cardnet.crypto import cms, pki
+from cardnet.errors import CardnetError
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import AsyncLocalCard, Journal, PurchaseError, load
@@ -242,11 +243,11 @@ def test_a_load_a_crash_interrupted_is_finished_once(world: World) -> None:
     asyncio.run(go())
 
 
-def test_a_load_the_broker_refused_is_never_charged_later_from_another_account(world: World) -> None:
-    """`purse load --account <mistyped>`: the broker refuses, the card's L1 stays pending. The next load, from the
-    right account, sends that L1 again with it: the broker refuses it for good (it was refused before), so the
-    customer pays and is credited once, for the load asked for. A forged L1 (bad MAC) refused for its account
-    leaves no record: it cannot have the card's own load of that counter refused."""
+def test_a_load_the_broker_refused_is_never_charged_later_and_the_card_forgets_it(world: World) -> None:
+    """`purse load --account <mistyped>`: the broker refuses the L1 for good and answers the SAM's LR with it; the
+    card forgets the load on that LR only (a host's forged LR is refused), so the refused load is neither charged
+    later from the right account nor left pending for ever. A forged L1 (bad MAC) refused for its account leaves no
+    record: it cannot have the card's own load of that counter refused."""
     from cardnet.applets.speed import purse as pa
     from cardnet.protocols.speed import purse as pp
     from cardnet.services.speed.customer import AsyncLocalCard, _Link, install_key, load
@@ -258,27 +259,70 @@ def test_a_load_the_broker_refused_is_never_charged_later_from_another_account(w
         try:
             card = AsyncLocalCard(w.card)
             await install_key(card, w.broker_addr)
-            with pytest.raises(PurchaseError) as e:
-                await load(card, w.broker_addr, sm.Price(EUR, 500), "C-9")  # no such account
-            assert e.value.reason == "unknown_account"
-            assert len((await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"]) == 1
+            l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500))["l1"]
+            async with _Link(w.broker_addr, "broker") as b:
+                kind, got = await b.ask(fr.LOAD, fr.LOAD_STEP, fr.LOAD_REFUSED, l1=l1, account="C-9")  # no such account
+                assert kind is fr.LOAD_REFUSED and got["reason"] == "unknown_account"
+                lr = pp.LR.decode(got["lr"])
+                forged = pp.LR(uid=lr.uid, m=lr.m + 1, rc=lr.rc, mac=lr.mac)  # a host's try at another load
+                with pytest.raises(CardnetError) as e:
+                    await card.ask(pa.DROP_LOAD, pa.LOAD_DROPPED, lr=forged.encode())
+                assert e.value.reason == "bad_mac"
+            assert (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] == [l1]  # the LR never reached the card
             assert await load(card, w.broker_addr, sm.Price(EUR, 100), "C-1") == 1  # only the load asked for
+            assert (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] == []  # the refused one is forgotten
             assert w.balance() == 100
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - 100}
-            old = (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"]
             async with _Link(w.broker_addr, "broker") as b:
+                kind, got = await b.ask(fr.LOAD, fr.LOAD_STEP, fr.LOAD_REFUSED, l1=l1, account="C-1")
+                assert kind is fr.LOAD_REFUSED and got["reason"] == "load_refused" and got["lr"] == lr.encode()
+                genuine = pp.L1.decode(l1)
+                forged_l1 = pp.L1(uid=genuine.uid, m=genuine.m + 2, rc=bytes(16), currency=EUR, amount=300,
+                                  mac=bytes(32))  # fmt: skip  # the card's next counter, a wrong MAC
                 with pytest.raises(PurchaseError) as e:
-                    await b.ask(fr.LOAD, fr.LOAD_STEP, l1=old[0], account="C-1")
-                assert e.value.reason == "load_refused"
-                genuine = pp.L1.decode(old[0])
-                forged = pp.L1(uid=genuine.uid, m=genuine.m + 2, rc=bytes(16), currency=EUR, amount=300,
-                               mac=bytes(32))  # fmt: skip  # the card's next counter but one, a wrong MAC
-                with pytest.raises(PurchaseError) as e:
-                    await b.ask(fr.LOAD, fr.LOAD_STEP, l1=forged.encode(), account="C-9")
+                    await b.ask(fr.LOAD, fr.LOAD_STEP, fr.LOAD_REFUSED, l1=forged_l1.encode(), account="C-9")
                 assert e.value.reason == "bad_mac"
+            with pytest.raises(PurchaseError) as e:  # refused at once: the card forgets it, nothing was taken
+                await load(card, w.broker_addr, sm.Price(EUR, 700), "C-9")
+            assert e.value.reason == "unknown_account" and "the purse forgot this load" in str(e.value)
+            assert (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] == []
             assert await load(card, w.broker_addr, sm.Price(EUR, 300), "C-1") == 1  # the counter the forgery named
             assert w.balance() == 400
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - 400}
+        finally:
+            await vs.aclose()
+            await bs.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_charged_load_is_never_lost_when_the_card_holds_sixteen_loads_under_way(world: World) -> None:
+    """The broker charged a load whose L2 never reached the card, and 15 more loads were begun: the card refuses a
+    17th (``loads_pending``) instead of forgetting the oldest, and the next `purse load` finishes them all first, so
+    every load the account paid for is credited (it used to drop the charged one: the customer's money was lost)."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.services.speed.customer import AsyncLocalCard, _Link, install_key, load
+
+    w = world
+
+    async def go() -> None:
+        vs, bs = await serve(w)
+        try:
+            card = AsyncLocalCard(w.card)
+            await install_key(card, w.broker_addr)
+            l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500))["l1"]
+            async with _Link(w.broker_addr, "broker") as b:
+                await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account="C-1")  # charged; the L2 is lost on the way
+            for _ in range(15):
+                await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=1)
+            with pytest.raises(CardnetError) as e:
+                await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=1)
+            assert e.value.reason == "loads_pending"
+            assert w.broker.balances()["C-1"] == {EUR: 10_000 - 500} and w.balance() == 0
+            assert await load(card, w.broker_addr, sm.Price(EUR, 100), "C-1") == 17
+            assert w.balance() == 500 + 15 + 100
+            assert w.broker.balances()["C-1"] == {EUR: 10_000 - w.balance()}  # every load paid for is credited
+            assert (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] == []
         finally:
             await vs.aclose()
             await bs.aclose()

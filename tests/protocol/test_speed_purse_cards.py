@@ -400,6 +400,35 @@ def test_the_sam_refuses_the_same_debit_number_for_another_order(world: World, c
     assert got["refused"] == "not_due"
 
 
+def test_a_load_refused_for_good_ends_on_the_card_only_with_the_sams_lr(world: World) -> None:
+    """The SAM's LR for a load it never authorised makes the card forget it (durably), and the SAM never authorises
+    that load afterwards; a load the SAM authorised gets no LR, and no host-made or other card's LR drops a load."""
+    w = world
+    refused = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=500)["l1"]
+    charged = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=300)["l1"]
+    l2 = w.ok("broker", sa.LOAD_START, l1=charged, currency="EUR", amount=300)["l2"]  # the L2 is lost on the way
+    assert w.order("broker", sa.REFUSE_L1, l1=charged)["refused"] == "authorised"
+    lr = w.ok("broker", sa.REFUSE_L1, l1=refused)["lr"]
+    assert w.ok("broker", sa.REFUSE_L1, l1=refused)["lr"] == lr  # the same again
+    good = pp.LR.decode(lr)
+    forged = pp.LR(uid=good.uid, m=1, rc=pp.L1.decode(charged).rc, mac=good.mac).encode()  # the charged one, by a host
+    assert w.order("alice", pa.DROP_LOAD, lr=forged)["refused"] == "bad_mac"
+    assert w.order("bob", pa.DROP_LOAD, lr=lr)["refused"] in ("bad_mac", "mismatch")  # another card's LR
+    assert w.ok("alice", pa.BALANCE)["pending_loads"] == 2
+    w.restart("alice")
+    assert w.ok("alice", pa.DROP_LOAD, lr=lr) == {"m": 0, "dropped": True}
+    w.restart("alice")
+    assert w.ok("alice", pa.DROP_LOAD, lr=lr) == {"m": 0, "dropped": False}  # a replay: nothing more
+    assert w.ok("alice", pa.PENDING_LOADS)["l1"] == [charged]
+    assert w.order("broker", sa.LOAD_START, l1=refused, currency="EUR", amount=500)["refused"] == "load_refused"
+    w.restart("broker")
+    assert w.order("broker", sa.LOAD_START, l1=refused, currency="EUR", amount=500)["refused"] == "load_refused"
+    l3 = w.ok("alice", pa.LOAD, l2=l2)["l3"]  # the charged load is credited, late
+    w.ok("broker", sa.LOAD_FINISH, l3=l3)
+    assert w.accounts("alice")["EUR"] == {"balance": 300, "loaded": 300, "debited": 0}
+    assert w.sums(DAY0)[1] == {"EUR": 300}
+
+
 def test_the_master_key_never_leaves_the_sam(world: World) -> None:
     w = world
     w.load("alice", "EUR", 1000)
@@ -433,6 +462,7 @@ OP = st.one_of(
     st.tuples(st.just("replay"), st.integers(0, 2**16), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("restart"), st.sampled_from(["alice", "broker"]), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("later"), st.integers(1, 40_000), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("refuse"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, st.booleans()),
 )
 ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
 
@@ -467,13 +497,15 @@ class PurseMoves:
         self.credits: dict[int, tuple[str, int]] = {}
 
     def to_purse(self, mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
-        """Deliver an S2 or L2 ``times`` times; the proof the card gave (the same each time), if any."""
+        """Deliver an S2, L2 or LR ``times`` times; the proof the card gave (the same each time), if any."""
         out = None
         for _ in range(times):
             got = self.w.order("alice", mtype, **{field_name: raw})
             if "refused" in got:
                 assert got["refused"] in ALLOWED, got
                 return None
+            if mtype is pa.DROP_LOAD:
+                continue
             proof_raw = bytes(got["s3"] if "s3" in got else got["l3"])
             assert out is None or proof_raw == out
             out = proof_raw
@@ -493,7 +525,7 @@ class PurseMoves:
         if kind == "load":
             l1 = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
             if "refused" in l1:
-                assert l1["refused"] == "overflow"
+                assert l1["refused"] in ("overflow", "loads_pending")
                 return True
             l2 = w.ok("broker", sa.LOAD_START, l1=l1["l1"], currency=a, amount=b)["l2"]
             self.to_card.append((pa.LOAD, "l2", l2))
@@ -511,11 +543,30 @@ class PurseMoves:
             s3 = self.to_purse(pa.DEBIT, "s2", s2, reps[fate1])
             if s3 is not None:
                 finish(sa.DEBIT_FINISH, s3, reps[fate2])
+        elif kind == "refuse":  # a load the broker refuses for good (fate2: the oldest one pending, if any, instead)
+            pending = w.ok("alice", pa.PENDING_LOADS)["l1"]
+            if fate2 and pending:
+                l1 = pending[0]
+            else:
+                got = w.order("alice", pa.LOAD_BEGIN, currency=a, amount=b)
+                if "refused" in got:
+                    assert got["refused"] in ("overflow", "loads_pending")
+                    return True
+                l1 = got["l1"]
+            lr = w.order("broker", sa.REFUSE_L1, l1=l1)
+            if "refused" in lr:  # the SAM authorised it: it is charged, never refused
+                assert lr["refused"] == "authorised" and fate2
+                return True
+            self.to_card.append((pa.DROP_LOAD, "lr", lr["lr"]))
+            self.to_purse(pa.DROP_LOAD, "lr", lr["lr"], reps[fate1])
+            l1m = pp.L1.decode(l1)
+            refused = w.order("broker", sa.LOAD_START, l1=l1, currency=l1m.currency, amount=l1m.amount)
+            assert refused.get("refused") == "load_refused", refused  # never authorised after its LR
         elif kind == "replay":
             pool = self.to_card + self.to_sam
             if pool:
                 mtype, field_name, raw = pool[a % len(pool)]
-                if mtype in (pa.LOAD, pa.DEBIT):
+                if mtype in (pa.LOAD, pa.DEBIT, pa.DROP_LOAD):
                     self.to_purse(mtype, field_name, raw, 1)
                 else:
                     finish(mtype, raw, 1)

@@ -1,4 +1,4 @@
-"""SPEED's e-purse, the pure functions: key diversification, the six messages, the purse's moves, the SAM's checks."""
+"""SPEED's e-purse, the pure functions: key diversification, the seven messages, the purse's moves, the SAM's checks."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "L1": {"uid": UID, "m": 3, "rc": RC, "currency": "USD", "amount": 500},
     "L2": {"m": 3, "rc": RC, "rs": RS, "currency": "USD", "amount": 500},
     "L3": {"uid": UID, "m": 3, "rs": RS, "currency": "USD", "amount": 500},
+    "LR": {"uid": UID, "m": 3, "rc": RC},
 }
 CLASSES = {cls.NAME: cls for cls in pp.MESSAGES}
 
@@ -331,7 +332,7 @@ def test_balances_cannot_overflow_and_currencies_are_bounded() -> None:
     assert e.value.reason == "too_many_currencies"
 
 
-def test_pending_debits_and_loads_are_bounded_the_oldest_dropped() -> None:
+def test_pending_debits_are_bounded_the_oldest_dropped() -> None:
     st = loaded(10_000)
     first: pp.S2 | None = None
     for i in range(pp.MAX_PENDING + 1):
@@ -342,9 +343,57 @@ def test_pending_debits_and_loads_are_bounded_the_oldest_dropped() -> None:
     with pytest.raises(ProtocolError) as e:
         pp.apply_s2(st, key=KEY, uid=UID, s2=first)
     assert e.value.reason == "no_pending"
-    for _ in range(pp.MAX_PENDING + 1):
+
+
+def test_a_17th_pending_load_is_refused_and_none_is_forgotten() -> None:
+    """The broker may have charged any pending load (its L2 lost on the way): the purse never drops one to make room.
+    A 17th is refused ``loads_pending`` with nothing changed, and the first load's L2, however late, is credited."""
+    st, first = pp.begin_load(pp.PurseState(), key=KEY, uid=UID, currency="EUR", amount=500, rc=RC)
+    for _ in range(pp.MAX_PENDING - 1):
         st, _ = pp.begin_load(st, key=KEY, uid=UID, currency="EUR", amount=1, rc=RC)
-    assert len(st.loads) == pp.MAX_PENDING and min(st.loads) == 2  # load 0 was credited, load 1 dropped
+    with pytest.raises(ProtocolError) as e:
+        pp.begin_load(st, key=KEY, uid=UID, currency="EUR", amount=1, rc=RC)
+    assert e.value.reason == "loads_pending"
+    assert len(st.loads) == pp.MAX_PENDING and st.m == pp.MAX_PENDING
+    st, _ = pp.apply_l2(st, key=KEY, uid=UID, l2=pp.sam_answer_l1(KEY, first, currency="EUR", amount=500, rs=RS))
+    assert st.balance("EUR") == 500
+    st, _ = pp.begin_load(st, key=KEY, uid=UID, currency="EUR", amount=1, rc=RC)  # room again
+    assert len(st.loads) == pp.MAX_PENDING
+
+
+def test_a_pending_load_is_forgotten_only_on_the_sams_lr_for_it() -> None:
+    st, l1 = pp.begin_load(pp.PurseState(), key=KEY, uid=UID, currency="EUR", amount=500, rc=RC)
+    st, other = pp.begin_load(st, key=KEY, uid=UID, currency="EUR", amount=7, rc=RS)
+    lr = pp.sam_refuse_l1(KEY, l1)
+    assert (lr.uid, lr.m, lr.rc) == (UID, 0, RC)
+    for forged, reason in [
+        (replace(lr, mac=bytes(32)), "bad_mac"),  # a host cannot make one
+        (pp.LR.make(pp.diversify(MASTER, OTHER), uid=OTHER, m=0, rc=RC), "bad_mac"),  # another card's LR
+        (pp.LR.make(KEY, uid=UID, m=1, rc=RC), "mismatch"),  # not for the L1 this purse began as load 1
+        (pp.LR.make(KEY, uid=UID, m=2, rc=RC), "no_pending"),  # a load never begun
+    ]:
+        with pytest.raises(ProtocolError) as e:
+            pp.apply_lr(st, key=KEY, uid=UID, lr=forged)
+        assert e.value.reason == reason
+    with pytest.raises(ProtocolError) as e:
+        pp.apply_lr(st, key=KEY, uid=OTHER, lr=lr)  # presented to another card
+    assert e.value.reason in ("bad_mac", "mismatch")
+    dropped, was = pp.apply_lr(st, key=KEY, uid=UID, lr=lr)
+    assert was and list(dropped.loads) == [1] and dropped.m == st.m and dropped.accounts == st.accounts
+    again, was = pp.apply_lr(dropped, key=KEY, uid=UID, lr=lr)  # the same LR again: nothing more
+    assert not was and again is dropped
+    with pytest.raises(ProtocolError) as e:  # its L2 cannot exist (the SAM refused it); had it come, nothing credits
+        pp.apply_l2(dropped, key=KEY, uid=UID, l2=pp.sam_answer_l1(KEY, l1, currency="EUR", amount=500, rs=RS))
+    assert e.value.reason == "no_pending"
+    credited, _ = pp.apply_l2(
+        dropped, key=KEY, uid=UID, l2=pp.sam_answer_l1(KEY, other, currency="EUR", amount=7, rs=RS)
+    )
+    with pytest.raises(ProtocolError) as e:  # a load credited is never refused
+        pp.apply_lr(credited, key=KEY, uid=UID, lr=pp.sam_refuse_l1(KEY, other))
+    assert e.value.reason == "conflict"
+    with pytest.raises(ProtocolError) as e:
+        pp.sam_refuse_l1(KEY, replace(l1, amount=1))  # the SAM refuses only the card's own L1
+    assert e.value.reason == "bad_mac"
 
 
 def test_at_most_max_kept_proofs_are_kept_the_oldest_dropped() -> None:
@@ -425,3 +474,4 @@ def test_message_sizes_as_documented(n: int, poid_bytes: int, amount: int, s_byt
         pp.L3.make(KEY, uid=UID, m=n, rs=RS, **common),
     ]
     assert [len(m.encode()) for m in msgs] == [s_bytes] * 3 + [l_bytes] * 3
+    assert len(pp.LR.make(KEY, uid=UID, m=n, rc=RC).encode()) == {0: 74, 5: 74, 1000: 76}.get(n, 78)

@@ -42,6 +42,8 @@ HINTS = {
     "no_agreement": "raise --limit, or try again later",
     "over_limit": "raise --limit; without --aggressive the vendor may come down to its floor",
     "unreachable": "is the service running at that HOST:PORT?",
+    "unknown_account": "check --account: it names your account at the broker (the one opened for your card)",
+    "loads_pending": "finish them when the broker can: cardnet speed purse finish --broker HOST:PORT --account ACCOUNT",
 }
 
 
@@ -421,20 +423,46 @@ def purse_key(socket: str, pin: str | None, card: str | None, broker: str, as_js
                    click.option("--account", required=True, help="Your account at the broker."))  # fmt: skip
 def purse_load(socket: str, pin: str | None, card: str | None, broker: str, amount: str, account: str,
                as_json: bool) -> None:  # fmt: skip
-    """Load the purse from your account at the broker (the SAM authorises the credit). A load a crash
-    interrupted is finished first."""
+    """Load the purse from your account at the broker (the SAM authorises the credit). The loads under way (a crash
+    or the network interrupted them) are finished first, from the same account."""
     price = _price(amount, "--amount")
     got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, price, account))
-    say(as_json, got, f"loaded {price}; the purse holds " + balance_words(got))
+    say(as_json, got, "\n".join([*dropped_words(got), f"loaded {price}; the purse holds " + balance_words(got)]))
+
+
+ACCOUNT = click.option("--account", required=True, help="Your account at the broker.")
+
+
+@_customer_command(purse, "finish", BROKER, ACCOUNT)
+def purse_finish(socket: str, pin: str | None, card: str | None, broker: str, account: str, as_json: bool) -> None:
+    """Finish the loads under way (a crash or the network interrupted them): each is credited (paid from the
+    account, or paid already), or refused for good by the broker and forgotten (nothing was taken for it)."""
+    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, None, account))
+    left = f"{got['pending_loads']} still under way: finish them again later" if got["pending_loads"] else ""
+    done = f"{got['loads']} load(s) credited" if got["loads"] else ""
+    if not (done or left or got["dropped"]):
+        done = "no load was under way"
+    words = [*dropped_words(got), *(w for w in (done, left) if w), "the purse holds " + balance_words(got)]
+    say(as_json, got, "\n".join(words))
 
 
 async def load_purse(wallet: Any, broker: str, price: Any, account: str) -> dict[str, Any]:
-    """Load ``price`` into the purse from ``account`` at ``broker`` (finishing first a load a crash interrupted):
-    the balances after it, and how many loads were credited."""
-    from cardnet.services.speed.customer import load
+    """Finish the loads under way, then load ``price`` (None: nothing new) into the purse, all from ``account`` at
+    ``broker``: the balances after it, how many loads were credited, the loads refused for good and forgotten
+    (``dropped``: m, amount, reason) and how many are still under way."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.services.speed.customer import run_loads
 
-    credited = await load(wallet, broker, price, account)
-    return {**await purse_balances(wallet), "loads": credited}
+    done = await run_loads(wallet, broker, account, price)
+    dropped = [{"m": d.m, "amount": str(d.price), "reason": d.reason} for d in done.dropped]
+    left = (await wallet.ask(pa.BALANCE, pa.BALANCES))["pending_loads"]
+    return {**await purse_balances(wallet), "loads": done.credited, "dropped": dropped, "pending_loads": left}
+
+
+def dropped_words(got: dict[str, Any]) -> list[str]:
+    """One line per load the broker refused for good (the purse forgot it: nothing was taken)."""
+    return [f"load {d['m']} of {d['amount']} was refused by the broker ({d['reason']}): nothing was taken for it, "
+            "and the purse forgot it" for d in got.get("dropped", [])]  # fmt: skip
 
 
 @_customer_command(purse, "balance")

@@ -10,6 +10,9 @@ that verified the PIN):
 * ``purse.debit_begin {poid, currency, amount}`` -> S1; ``purse.debit {s2}`` -> the debit and S3.
 * ``purse.proofs``: the kept S3s and L3s (the newest 64 of each), to present to the SAM again after a crash.
 * ``purse.pending_loads``: the L1 of every load begun and not credited, to send the broker again after a crash.
+* ``purse.drop_load {lr}`` -> ``purse.load_dropped {m, dropped}``: forget a pending load on the SAM's LR (the
+  broker refused it for good; the SAM never authorises it). Nothing else makes the purse forget a pending load: a
+  17th is refused ``loads_pending`` until the ones under way are credited or dropped.
 
 A step that debits (or credits) writes the balance, the pending record's removal and the kept proof together
 (one card step is one transaction), so a crash leaves the purse before or after the whole of it. Another applet
@@ -118,7 +121,14 @@ KEPT = register(
 )
 PENDING_LOADS = register(0x064E, "purse.pending_loads", P, Schema("purse.pending_loads", []), privileged=True)
 L1S = register(0x064F, "purse.l1s", P, Schema("purse.l1s", [Field(0, "l1", ListOf(_MSG, pp.MAX_PENDING))]))
-ORDERS = (INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS)
+DROP_LOAD = register(0x0668, "purse.drop_load", P, Schema("purse.drop_load", [Field(0, "lr", _MSG)]), privileged=True)
+LOAD_DROPPED = register(
+    0x0669,
+    "purse.load_dropped",
+    P,
+    Schema("purse.load_dropped", [Field(0, "m", UInt(pp.MAX_COUNTER)), Field(1, "dropped", Bool())]),
+)
+ORDERS = (INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS, DROP_LOAD)
 
 # --- records ------------------------------------------------------------------------------------------------
 _CTR = Schema("purse.ctr", [Field(0, "n", UInt(pp.MAX_COUNTER + 1)), Field(1, "m", UInt(pp.MAX_COUNTER + 1))])
@@ -334,6 +344,21 @@ def finish_load(ctx: StepContext, l2: bytes) -> bytes:
     return l3.encode()
 
 
+def drop_load(ctx: StepContext, lr: bytes) -> tuple[int, bool]:
+    """Forget the pending load the SAM's encoded ``lr`` refuses, in ``ctx``'s step: its ``m`` and whether it was
+    pending (False: forgotten before). Raises :class:`~cardnet.card.Refused` (``bad_mac``, ``mismatch``,
+    ``conflict``, ``no_pending``)."""
+    key = _key(ctx)
+    state = load_state(ctx)
+    try:
+        got = pp.LR.decode(lr)
+        new, dropped = pp.apply_lr(state, key=key, uid=ctx.card_uid, lr=got)
+    except (ProtocolError, DecodeError) as exc:
+        raise _refused(exc) from None
+    save_state(ctx, state, new)
+    return got.m, dropped
+
+
 class PurseApplet(Applet):
     """The e-purse on the customer's card (see the module's docstring)."""
 
@@ -354,6 +379,9 @@ class PurseApplet(Applet):
             ctx.reply(S1_IS, s1=begin_debit(ctx, params["poid"], params["currency"], params["amount"]))
         elif code == DEBIT.code:
             ctx.reply(S3_IS, s3=finish_debit(ctx, params["s2"]))
+        elif code == DROP_LOAD.code:
+            m, dropped = drop_load(ctx, params["lr"])
+            ctx.reply(LOAD_DROPPED, m=m, dropped=dropped)
         elif code == PENDING_LOADS.code:
             state = load_state(ctx)
             ctx.reply(L1S, l1=[x.encode() for x in pp.pending_l1s(state, key=_key(ctx), uid=ctx.card_uid)])

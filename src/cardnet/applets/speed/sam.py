@@ -15,9 +15,11 @@ sends it privileged orders (only an application that verified the PIN):
   again gets the same answer and logs nothing more.
 * ``sam.load_start {l1, currency, amount}`` -> ``sam.l2 {l2}`` and ``sam.load_finish {l3}`` ->
   ``sam.loaded {uid, m, currency, amount, day}``: the same for loads (the broker has taken the money).
-* ``sam.check_l1 {l1}`` -> ``sam.l1_genuine {uid, m}``: the L1 is the card's own (its MAC is right), else refused
-  ``bad_mac``; nothing is recorded. The broker asks before it records a load it refused for good, so that no
-  one but the card can have a load of that card refused.
+* ``sam.refuse_l1 {l1}`` -> ``sam.l1_refused {lr}``: the broker refused that load for good; the SAM checks the L1
+  is the card's own (else ``bad_mac``: no one but the card can have a load of that card refused), refuses it if
+  it authorised that load (``authorised``: an L2 exists), records the refusal (``r:``) and answers the LR, MACed
+  under the card's key, on which the purse forgets the load. From then on ``sam.load_start`` of that load is
+  refused ``load_refused``: a load the card forgot is never authorised. The same L1 again gets the same LR.
 * ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
   (per currency, the debits and the loads logged that day: what settlement pays and collects).
 * ``sam.days`` -> ``sam.held {days, pruned_before?, open}``: the days whose log the SAM holds, the first day it
@@ -35,7 +37,7 @@ Records (table ``a.sam``): ``master``; ``d:<uid><n>`` (a debit authorised, with 
 ``o:<poid>`` (the (uid, n) an order was authorised for), ``l:<uid><m>`` (a load authorised), ``g:<day><seq>``
 (the log: kind, uid, counter), ``gseq``, ``t:<day><kind><currency>`` (the day's running totals), ``h:<uid>``
 (the card's floors: the debit and the load counters below which everything logged was pruned, 5 bytes each),
-``pb`` (the first day not pruned).
+``pb`` (the first day not pruned), ``r:<uid><m>`` (a load refused for good, never pruned: an LR was made).
 """
 
 from __future__ import annotations
@@ -225,14 +227,9 @@ PRUNED = register(
         ],
     ),
 )
-CHECK_L1 = register(0x0664, "sam.check_l1", P, Schema("sam.check_l1", [Field(0, "l1", _MSG)]), privileged=True)
-L1_GENUINE = register(
-    0x0665,
-    "sam.l1_genuine",
-    P,
-    Schema("sam.l1_genuine", [Field(0, "uid", UidType()), Field(1, "m", UInt(pp.MAX_COUNTER))]),
-)
-ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, CHECK_L1)
+REFUSE_L1 = register(0x0666, "sam.refuse_l1", P, Schema("sam.refuse_l1", [Field(0, "l1", _MSG)]), privileged=True)
+L1_REFUSED = register(0x0667, "sam.l1_refused", P, Schema("sam.l1_refused", [Field(0, "lr", _MSG)]))
+ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1)
 
 # --- records ------------------------------------------------------------------------------------------------
 _DEBIT_REC = Schema(
@@ -359,10 +356,8 @@ class SamApplet(Applet):
                 self._load_start(ctx, params["l1"], params["currency"], params["amount"])
             elif code == LOAD_FINISH.code:
                 self._load_finish(ctx, params["l3"])
-            elif code == CHECK_L1.code:
-                l1 = pp.L1.decode(params["l1"])
-                l1.check(pp.diversify(_master(ctx), l1.uid))
-                ctx.reply(L1_GENUINE, uid=l1.uid, m=l1.m)
+            elif code == REFUSE_L1.code:
+                self._refuse_l1(ctx, params["l1"])
             elif code == LOG.code:
                 self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
             elif code == TOTALS.code:
@@ -456,9 +451,23 @@ class SamApplet(Applet):
             ctx.reply(L2_IS, l2=l2.encode())
             return
         l2 = pp.sam_answer_l1(key, l1, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        if ctx.get(b"r:" + bytes(l1.uid) + _ctr(l1.m)) is not None:
+            raise Refused("load_refused", f"load {l1.m} of {l1.uid} was refused for good: it is never authorised")
         _check_not_pruned(ctx, l1.uid, _LOAD, l1.m)
         ctx.put(rkey, _LOAD_REC.encode({"rc": l1.rc, "rs": l2.rs, "currency": currency, "amount": amount}))
         ctx.reply(L2_IS, l2=l2.encode())
+
+    def _refuse_l1(self, ctx: StepContext, raw: bytes) -> None:
+        """Record that the card's load is never authorised and answer the LR on which the card forgets it. A load
+        below the card's floor that the SAM holds no record of may be refused too: the SAM never authorises it
+        (``pruned``), and if it was authorised and logged, its L3 came, so the card holds it no longer."""
+        master = _master(ctx)
+        l1 = pp.L1.decode(raw)
+        lr = pp.sam_refuse_l1(pp.diversify(master, l1.uid), l1)
+        if ctx.get(b"l:" + bytes(l1.uid) + _ctr(l1.m)) is not None:
+            raise Refused("authorised", f"load {l1.m} of {l1.uid} was authorised (an L2 exists): it is not refused")
+        ctx.put(b"r:" + bytes(l1.uid) + _ctr(l1.m), l1.rc)
+        ctx.reply(L1_REFUSED, lr=lr.encode())
 
     def _load_finish(self, ctx: StepContext, raw: bytes) -> None:
         master = _master(ctx)

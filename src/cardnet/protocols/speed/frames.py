@@ -110,6 +110,15 @@ LOAD = register(
 LOAD_STEP = register(
     0x0625, "speed.load_step", P, Schema("speed.load_step", [Field(0, "l", Bytes(MAX_MESSAGE_BYTES, 1))])
 )
+LOAD_REFUSED = register(  # the answer to speed.load refused for good: the SAM's LR, on which the purse forgets it
+    0x062C,
+    "speed.load_refused",
+    P,
+    Schema(
+        "speed.load_refused",
+        [Field(0, "reason", Text(64)), Field(1, "detail", Text(1024)), Field(2, "lr", Bytes(MAX_MESSAGE_BYTES, 1))],
+    ),
+)
 LOADED = register(
     0x0626, "speed.loaded", P, Schema("speed.loaded", [Field(0, "ok", Bool()), Field(1, "balance", UInt())])
 )

@@ -19,7 +19,14 @@ Decrement (SPEED section 2, the CEN WG10 purchase transaction)::
 (:func:`begin_debit`, :func:`apply_s2`), and in the same atomic step it drops the pending debit and keeps the
 S3; the SAM logs only on an S3 that matches an S2 it made (:func:`sam_answer_s1`, :func:`sam_check_s3`).
 Loading is the same with ``m``, the purse's load counter, and no order id (L1, L2, L3: L3 is the proof of
-credit).
+credit). A load the broker refused for good ends with the SAM's refusal instead of an L2::
+
+    LR SAM -> card  uid, m, rc                             load m is never authorised: the card forgets it
+
+The SAM makes an LR only for a load it never authorised, and never authorises one it made an LR for
+(:func:`sam_refuse_l1`); the card forgets a pending load only on an LR (:func:`apply_lr`), never on its own: a
+load the broker took money for stays pending until its L2 comes, and a 17th pending load is refused
+(``loads_pending``) until the host finishes the ones under way.
 
 Why value is conserved: an S2 (L2) exists only if the SAM recorded that (uid, n) first; the card turns one
 pending (n, rc) into one debit at most (the pending is gone once debited, and a replayed S2 gets the kept S3
@@ -57,9 +64,10 @@ MAX_BALANCE = 2**53  # the largest balance a purse holds per currency
 MAX_TOTAL = 2**64 - 1  # the largest cumulated loaded/debited amount a purse counts per currency
 MAX_COUNTER = 2**32 - 1  # n and m (4 bytes, as in CEN WG10 / CEPS)
 MAX_CURRENCIES = 16  # currencies one purse holds
-MAX_PENDING = 16  # debits (and, separately, loads) begun and not finished; a 17th drops the oldest
+MAX_PENDING = 16  # debits (and, separately, loads) begun and not finished: a 17th debit drops the oldest, a 17th
+# load is refused (loads_pending: a pending load may be charged, and only its L2 or the SAM's LR ends it)
 MAX_KEPT = 64  # proofs of debit (and, separately, of credit) a purse keeps; a 65th drops the oldest
-MAX_MESSAGE_BYTES = 160  # the largest encoded S1, S2 or S3 (a 64-byte poid, the largest n and amount)
+MAX_MESSAGE_BYTES = 160  # the largest encoded S1, S2 or S3 (a 64-byte poid, the largest n and amount); LR: 78 at most
 
 _SALT = b"cardnet/speed/purse"
 _INFO = b"cardnet/speed/purse/card-key/v1\x00"
@@ -129,7 +137,7 @@ def diversify(master_key: bytes, card_uid: Uid) -> bytes:
     return profile.hkdf(master_key, salt=_SALT, info=_INFO + bytes(card_uid), length=KEY_BYTES)
 
 
-# --- the six messages -----------------------------------------------------------------------------------------
+# --- the seven messages -----------------------------------------------------------------------------------------
 _UID = Field(0, "uid", UidType())
 _N = Field(1, "n", UInt(MAX_COUNTER))
 _M = Field(1, "m", UInt(MAX_COUNTER))
@@ -142,7 +150,7 @@ _MAC = Field(7, "mac", Bytes(MAC_BYTES, MAC_BYTES))
 
 
 class Authenticated:
-    """What the six messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
+    """What the seven messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
 
     ``make(key, **fields)`` builds a MACed message; ``decode`` checks form only (:class:`DecodeError` for
     bad CBOR or a wrong field, :class:`ProtocolError` for a bad value); ``check(key)`` checks the MAC.
@@ -301,7 +309,19 @@ class L3(Authenticated):
     mac: bytes
 
 
-MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LR(Authenticated):
+    """SAM -> card: load ``m`` of card ``uid`` (the L1 with nonce ``rc``) was refused and is never authorised."""
+
+    NAME: ClassVar[str] = "LR"
+    BODY, WIRE = _schemas("lr", _UID, _M, _RC)
+    uid: Uid
+    m: int
+    rc: bytes
+    mac: bytes
+
+
+MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3, LR)
 
 
 # --- the purse's state -----------------------------------------------------------------------------------------
@@ -448,8 +468,9 @@ def begin_load(
     """Ask to be credited ``amount`` of ``currency``: the new state (a pending load ``m``) and L1.
 
     Refused: a balance that the amount would push past :data:`MAX_BALANCE` (``overflow``), a currency beyond
-    the purse's :data:`MAX_CURRENCIES` (``too_many_currencies``), a spent counter (``exhausted``). A 17th
-    pending load drops the oldest one (nothing has moved for it; a late L2 for it is refused).
+    the purse's :data:`MAX_CURRENCIES` (``too_many_currencies``), a spent counter (``exhausted``), a 17th
+    pending load (``loads_pending``: the broker may have taken the money for each, so none is forgotten; the
+    host finishes them first, each ends credited on its L2 or forgotten on the SAM's LR).
     """
     _check_key(key)
     _check_uid(uid)
@@ -459,9 +480,13 @@ def begin_load(
     _check_credit(state, currency, amount)
     if state.m > MAX_COUNTER:
         raise _fail("exhausted", "the purse's load counter is spent: the purse must be reissued")
+    if len(state.loads) >= MAX_PENDING:
+        raise _fail(
+            "loads_pending",
+            f"{len(state.loads)} loads of this purse are under way (at most {MAX_PENDING}): finish them first "
+            "(send their L1s to the broker again), each is credited or ended by the broker's refusal",
+        )
     loads = dict(state.loads)
-    if len(loads) >= MAX_PENDING:
-        del loads[min(loads)]
     loads[state.m] = PendingLoad(rc=rc, currency=currency, amount=amount)
     l1 = L1.make(key, uid=uid, m=state.m, rc=rc, currency=currency, amount=amount)
     return replace(state, m=state.m + 1, loads=loads), l1
@@ -520,6 +545,30 @@ def apply_l2(state: PurseState, *, key: bytes, uid: Uid, l2: L2) -> tuple[PurseS
     return replace(state, accounts=accounts, loads=loads, load_proofs=proofs), l3
 
 
+def apply_lr(state: PurseState, *, key: bytes, uid: Uid, lr: LR) -> tuple[PurseState, bool]:
+    """Forget the pending load ``lr`` names, on the SAM's word that it is never authorised: the new state and
+    whether it was pending (False: forgotten before, the same LR again changes nothing).
+
+    Refused, with nothing changed: a wrong MAC (``bad_mac``: a host cannot make one, so it cannot have the card
+    forget a load the broker charged), another card's uid or another L1's nonce (``mismatch``), a load credited
+    (``conflict``: the SAM authorised it) or never begun (``no_pending``).
+    """
+    _check_uid(uid)
+    lr.check(key)
+    if lr.uid != uid:
+        raise _fail("mismatch", f"the LR is for card {lr.uid}, not this one")
+    pending = state.loads.get(lr.m)
+    if pending is None:
+        if lr.m in state.load_proofs:
+            raise _fail("conflict", f"load {lr.m} was credited: the SAM authorised it")
+        if lr.m >= state.m:
+            raise _fail("no_pending", f"this purse began no load {lr.m}")
+        return state, False
+    if pending.rc != lr.rc:
+        raise _fail("mismatch", f"the LR for load {lr.m} is not for the load this purse began")
+    return replace(state, loads={m: p for m, p in state.loads.items() if m != lr.m}), True
+
+
 # --- the SAM's side -------------------------------------------------------------------------------------------
 
 
@@ -558,3 +607,10 @@ def sam_check_l3(key: bytes, l3: L3, *, uid: Uid, l2: L2) -> None:
     l3.check(key)
     if (l3.uid, l3.m, l3.rs, l3.currency, l3.amount) != (uid, l2.m, l2.rs, l2.currency, l2.amount):
         raise _fail("mismatch", "the L3 is not the proof of the load this SAM authorised")
+
+
+def sam_refuse_l1(key: bytes, l1: L1) -> LR:
+    """The SAM's LR for ``l1`` (``bad_mac`` if L1 is not the card's). The SAM makes it only for a load it never
+    authorised and records it, so that it never authorises that load afterwards (the caller's part)."""
+    l1.check(key)
+    return LR.make(key, uid=l1.uid, m=l1.m, rc=l1.rc)

@@ -19,7 +19,7 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
   bytes again for a retry or ``speed.resend``, paper 5.7).
 * ``speed.issue_key``, ``speed.load`` / ``speed.load_step``: a purse's key from the SAM; loading value paid
   from the customer's account; a genuine L1 refused for its account is refused for good (``sb.lref``: never charged
-  later, from any account).
+  later, from any account), answered ``speed.load_refused`` with the SAM's LR, on which the purse forgets it.
 * ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
 
 A crash between the SAM's step and the broker's transaction leaves the SAM ahead: the customer's retry (the
@@ -414,8 +414,9 @@ class BrokerCore:
 
     def _load(self, msg: Message, l1_raw: bytes, account: str) -> Message:
         """Take ``l1``'s amount from ``account`` and answer the SAM's L2, or the L2 given for it before. A genuine L1
-        refused for the account (none, another card's, too little in it) is refused for good (``sb.lref``): the
-        card keeps it pending and sends it again with later loads, and it is never charged, from any account."""
+        refused for the account (none, another card's, too little in it) or one the SAM will never authorise (below
+        its pruned counters) is refused for good (``sb.lref``): it is never charged, from any account, and the
+        answer (``speed.load_refused``) carries the SAM's LR, on which the card forgets it."""
         l1 = pp.L1.decode(l1_raw)
         key = bytes(l1.uid) + l1.m.to_bytes(4, "big")
         with self.store.transaction() as txn:
@@ -424,26 +425,38 @@ class BrokerCore:
                 return fr.reply(msg, fr.LOAD_STEP, l=done)
             was = txn.get(REFUSED_LOADS, key)
             if was is not None:
-                raise _Refusal("load_refused", f"load {l1.m} of this card was refused before ({was.decode()}): it is "
-                               "never charged, from any account")  # fmt: skip
-            try:
-                acct = self._account(txn, account)
-                if acct["owner"] != bytes(l1.uid):
-                    raise _Refusal("not_your_account", f"account {account!r} is not this card's")
-                bal = _balances(acct)
-                if bal.get(l1.currency, 0) < l1.amount:
-                    raise _Refusal("insufficient", f"account {account!r} holds less than {l1.amount} {l1.currency}")
-            except _Refusal as r:
-                self.sam.ask(sa.CHECK_L1, sa.L1_GENUINE, l1=l1_raw)  # a forged L1 (bad_mac) leaves no record
-                txn.put(REFUSED_LOADS, key, r.reason.encode())
-                refusal = r
+                refusal = _Refusal("load_refused", f"load {l1.m} of this card was refused before ({was.decode()}): it "
+                                   "is never charged, from any account")  # fmt: skip
             else:
-                l2 = self.sam.ask(sa.LOAD_START, sa.L2_IS, l1=l1_raw, currency=l1.currency, amount=l1.amount)["l2"]
-                bal[l1.currency] -= l1.amount
-                _put_txn(txn, account, acct["owner"], bal)
-                txn.put(LOADS, key, l2)
-                return fr.reply(msg, fr.LOAD_STEP, l=l2)
-        raise refusal  # recorded with the transaction
+                try:
+                    acct = self._account(txn, account)
+                    if acct["owner"] != bytes(l1.uid):
+                        raise _Refusal("not_your_account", f"account {account!r} is not this card's")
+                    bal = _balances(acct)
+                    if bal.get(l1.currency, 0) < l1.amount:
+                        raise _Refusal("insufficient", f"account {account!r} holds less than {l1.amount} {l1.currency}")
+                    l2 = self.sam.ask(sa.LOAD_START, sa.L2_IS, l1=l1_raw, currency=l1.currency, amount=l1.amount)["l2"]
+                except _Refusal as r:
+                    refusal = r
+                except HostError as exc:
+                    if exc.reason not in ("pruned", "load_refused"):
+                        raise
+                    refusal = _Refusal(exc.reason, f"the SAM never authorises this load: {exc}")
+                else:
+                    bal[l1.currency] -= l1.amount
+                    _put_txn(txn, account, acct["owner"], bal)
+                    txn.put(LOADS, key, l2)
+                    return fr.reply(msg, fr.LOAD_STEP, l=l2)
+            try:  # bad_mac: a forged L1 leaves no record
+                lr = self.sam.ask(sa.REFUSE_L1, sa.L1_REFUSED, l1=l1_raw)["lr"]
+            except HostError as exc:
+                if exc.reason != "authorised":
+                    raise
+                # the SAM gave an L2 in a step whose charge a crash lost: the load stays open (charged when paid)
+                raise refusal from None
+            if was is None:
+                txn.put(REFUSED_LOADS, key, refusal.reason.encode())
+        return fr.reply(msg, fr.LOAD_REFUSED, reason=refusal.reason, detail=refusal.detail[:1024], lr=lr)
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
         """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the

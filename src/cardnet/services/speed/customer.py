@@ -32,6 +32,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
+from cardnet.protocols.speed import purse as pp
 from cardnet.protocols.speed.negotiation import Agreed, CustomerNegotiation, Ended, LimitStrategy, Sent, Strategy
 from cardnet.services.speed.vendor import open_receipt
 from cardnet.transport import TransportError, dial, host_port
@@ -248,31 +249,97 @@ async def install_key(card: CardOrders, broker: str) -> bool:
     return bool((await card.ask(pa.INSTALL_KEY, pa.INSTALLED, sealed=key["sealed"]))["fresh"])
 
 
+@dataclass(frozen=True)
+class DroppedLoad:
+    """A load the broker refused for good: the purse forgot it on the SAM's word (LR), nothing was taken for it."""
+
+    m: int
+    price: sm.Price
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class LoadsDone:
+    """What finishing the purse's loads did: how many were credited, which were refused for good and forgotten."""
+
+    credited: int = 0
+    dropped: tuple[DroppedLoad, ...] = ()
+
+
 async def load(card: CardOrders, broker: str, price: sm.Price, account: str) -> int:
-    """Load ``price`` into the purse, paid from ``account`` at the broker (finishing first any load a crash
-    interrupted); the loads credited."""
-    l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=price.currency, amount=price.amount))["l1"]
-    return await finish_loads(card, broker, account, [l1])
+    """Load ``price`` into the purse, paid from ``account`` at the broker (finishing first the loads under way);
+    the loads credited."""
+    return (await run_loads(card, broker, account, price)).credited
 
 
-async def finish_loads(card: CardOrders, broker: str, account: str, extra: list[bytes] | None = None) -> int:
-    """Credit every load the purse has begun (its pending L1s): the broker answers the L2 it gave for an L1, or
-    takes the money and gives one now; the card credits once; the SAM logs the L3. The loads credited."""
-    new = list(extra or [])
-    pending = [x for x in (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] if x not in new]
-    done = 0
+async def finish_loads(card: CardOrders, broker: str, account: str) -> int:
+    """Finish every load the purse has under way (see :func:`run_loads`); the loads credited."""
+    return (await run_loads(card, broker, account)).credited
+
+
+async def run_loads(card: CardOrders, broker: str, account: str, price: sm.Price | None = None) -> LoadsDone:
+    """Finish every load the purse has begun (its pending L1s, oldest first, each sent with ``account``), then, with
+    ``price``, a new one (begun first, before the broker is reached: under way if it cannot be; or, when the loads
+    under way fill the purse, begun once they are finished). The broker answers the L2 it gave for an L1, or takes
+    the money and gives one now (the card credits once; the SAM logs the L3), or refuses it for good with the SAM's
+    LR, on which the card forgets it (nothing was taken). A pending load refused otherwise stays pending (the card
+    never forgets a load the broker may have charged); the new one's refusal raises :class:`PurchaseError` (after
+    the card forgot it, if the refusal is for good), and so does a card whose loads under way fill it
+    (``loads_pending``)."""
+
+    async def begin(price: sm.Price) -> bytes:
+        return bytes((await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=price.currency, amount=price.amount))["l1"])
+
+    new: bytes | None = None  # begun before the broker is reached (the load is under way: finished once it is)
+    if price is not None:
+        try:
+            new = await begin(price)
+        except CardnetError as exc:
+            if exc.reason != "loads_pending":
+                raise  # (full: the loads under way are finished first, and the new one begun then)
+    pending = [x for x in (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] if x != new]
+    credited, dropped = 0, []
+    left: list[PurchaseError] = []  # why the loads still pending are
     async with _Link(broker, "broker") as b:
-        for l1 in [*pending, *new]:
-            try:
-                _, l2 = await b.ask(fr.LOAD, fr.LOAD_STEP, l1=l1, account=account)
-            except PurchaseError as exc:
-                if l1 in new or exc.reason == "unreachable":
-                    raise
-                continue  # an old load the broker refuses (nothing moved for it): it stays refused
-            l3 = (await card.ask(pa.LOAD, pa.L3_IS, l2=l2["l"]))["l3"]
+
+        async def one(l1: bytes) -> DroppedLoad | None:
+            kind, got = await b.ask(fr.LOAD, fr.LOAD_STEP, fr.LOAD_REFUSED, l1=l1, account=account)
+            if kind is fr.LOAD_REFUSED:
+                m = (await card.ask(pa.DROP_LOAD, pa.LOAD_DROPPED, lr=got["lr"]))["m"]
+                asked = pp.L1.decode(l1)
+                return DroppedLoad(m, sm.Price(asked.currency, asked.amount), got["reason"], got["detail"])
+            l3 = (await card.ask(pa.LOAD, pa.L3_IS, l2=got["l"]))["l3"]
             await b.ask(fr.LOAD_STEP, fr.LOADED, l=l3)
-            done += 1
-    return done
+            return None
+
+        for l1 in pending:
+            try:
+                gone = await one(l1)
+            except PurchaseError as exc:
+                if exc.reason == "unreachable":
+                    raise
+                left.append(exc)  # refused, not for good (the SAM did not say it is never authorised): kept
+                continue
+            if gone is None:
+                credited += 1
+            else:
+                dropped.append(gone)
+        if price is not None:
+            try:
+                l1 = new if new is not None else await begin(price)
+            except CardnetError as exc:
+                if exc.reason != "loads_pending":
+                    raise
+                still, why = len(pending) - credited - len(dropped), f" ({left[-1]})" if left else ""
+                raise PurchaseError("loads_pending", f"nothing was loaded: the purse has {still} loads under way, the "
+                                    f"most it keeps, and none could be finished now{why}") from None  # fmt: skip
+            gone = await one(l1)
+            if gone is not None:
+                raise PurchaseError(gone.reason, f"the broker refused: {gone.detail}; nothing was taken, and the "
+                                    "purse forgot this load")  # fmt: skip
+            credited += 1
+    return LoadsDone(credited, tuple(dropped))
 
 
 @dataclass
