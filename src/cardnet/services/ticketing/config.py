@@ -8,6 +8,8 @@
     store = "tickets.db"                   # the vendor's store (`cardnet speed vendor init`); sales live there too
     host = "device.toml"                   # the host config of the server's device: an agent card, applet trn
     transfer_timeout_s = 30.0              # optional: how long an upgraded connection waits for the transfer
+    max_unpaid_per_card = 8                # optional: sales one card may hold billed and not paid (more: refused)
+    unpaid_window_s = 3600.0               # optional: how long an unpaid sale counts against its card
 
     [limits]                               # optional: bounds on the HTTP port (defaults shown; docs/transport.md)
     max_connections = 256
@@ -37,9 +39,11 @@ from typing import Any
 
 from cardnet.errors import CardnetError
 from cardnet.protocols.speed.messages import Price
+from cardnet.services.ticketing.sales import MAX_UNPAID, UNPAID_WINDOW_S
 from cardnet.transport.http import DEFAULT_HTTP_LIMITS, HttpLimits
 
-KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "events", "limits"}
+KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "max_unpaid_per_card",
+         "unpaid_window_s", "events", "limits"}  # fmt: skip
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "max_header_bytes", "max_body_bytes", "request_timeout_s",
                 "idle_timeout_s")  # fmt: skip
 KNOWN_EVENT = {"id", "name", "date", "price", "seats"}
@@ -77,6 +81,8 @@ class TicketingConfig:
     events: tuple[Event, ...]
     transfer_timeout_s: float = 30.0
     http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
+    max_unpaid_per_card: int = MAX_UNPAID
+    unpaid_window_s: float = UNPAID_WINDOW_S
 
     def event(self, event_id: str) -> Event | None:
         return next((e for e in self.events if e.id == event_id), None)
@@ -124,6 +130,12 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
     timeout = data.get("transfer_timeout_s", 30.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= 3600:
         raise _bad("transfer_timeout_s", f"a number of seconds 0.1..3600, got {timeout!r}")
+    unpaid = data.get("max_unpaid_per_card", MAX_UNPAID)
+    if isinstance(unpaid, bool) or not isinstance(unpaid, int) or not 1 <= unpaid <= 10_000:
+        raise _bad("max_unpaid_per_card", f"a whole number 1..10000 (sales one card may hold unpaid), got {unpaid!r}")
+    window = data.get("unpaid_window_s", UNPAID_WINDOW_S)
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 1 <= window <= 30 * 86400:
+        raise _bad("unpaid_window_s", f"a number of seconds 1..2592000 (30 days), got {window!r}")
     raw = data.get("events")
     if not isinstance(raw, list) or not raw or len(raw) > MAX_EVENTS:
         raise _bad("events", f"list 1..{MAX_EVENTS} events: [[events]] with id, name, date, price, seats")
@@ -166,6 +178,8 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
         events=tuple(events),
         transfer_timeout_s=float(timeout),
         http_limits=_limits(data.get("limits", {})),
+        max_unpaid_per_card=unpaid,
+        unpaid_window_s=float(window),
     )
 
 

@@ -45,7 +45,7 @@ from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.config import Event, TicketingConfig, TicketingError
 from cardnet.services.wallet import Event as WalletEvent
 from cardnet.services.wallet import Voucher, Wallet, WalletError
-from cardnet.store import Store, StoreError, open_store
+from cardnet.store import Store, StoreError, Txn, open_store
 from cardnet.transport import Limits
 from cardnet.transport.http import (
     HttpError,
@@ -111,7 +111,7 @@ class TicketingServer:
         added = await asyncio.to_thread(self._catalogue)
         if added:
             log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
-        self.core = sv.VendorCore(self.store, clock=time.time, on_sale=sales.claim)
+        self.core = sv.VendorCore(self.store, clock=time.time, on_sale=self._claim)
         self.vendor = sv.VendorServer(self.core)
         self._speed_address = await self.vendor.start(*cfg.speed_listen)
         host_config = load_host_config(cfg.host)
@@ -138,6 +138,12 @@ class TicketingServer:
                     sv.add_product(self.store, event.product(seat), event.price, seat_content(event, seat))
                     added += 1
         return added
+
+    def _claim(self, txn: Txn, poid: bytes, products: list[str], customer_cert: bytes) -> None:
+        """The vendor's ``on_sale`` hook: :func:`sales.claim` with the config's bounds on unpaid sales, now."""
+        cfg = self.config
+        sales.claim(txn, poid, products, customer_cert, now=time.time(), max_unpaid=cfg.max_unpaid_per_card,
+                    window_s=cfg.unpaid_window_s)  # fmt: skip
 
     @property
     def http_address(self) -> tuple[str, int]:
