@@ -65,6 +65,10 @@ log = logging.getLogger("cardnet.ticketing")
 T = TypeVar("T")
 CHECK_EVERY_S = 1.0  # an upgraded connection checks the device's tokens at least this often (besides pushes)
 MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
+# bytes of one message on an upgraded connection (a delivery's largest is the session's accept, about 750): a larger
+# one is read past (nothing of it held) and its sender told, so connections held open by a buyer who never lets the
+# ticket arrive hold at most this much each, not the host's frame limit (16 MiB)
+UPGRADED_MAX_FRAME = 64 * 1024
 TRN_DEVICE, TRN_TOKEN = "TRN-Device", "TRN-Token"  # the 101's headers: the device's domain, the ticket's oid
 
 
@@ -325,7 +329,7 @@ class TicketingServer:
         task = asyncio.current_task()
         if task is not None:
             self._transfers.add(task)
-        conn = trn_connection(stream, Limits(max_frame=self.host.config.max_frame))
+        conn = trn_connection(stream, Limits(max_frame=min(self.host.config.max_frame, UPGRADED_MAX_FRAME)))
         carry = asyncio.get_running_loop().create_task(
             self.host.carry(conn, [t.card.domain], label=f"ticket {t.poid.hex()[-16:]} for {stream.peer}")
         )
