@@ -119,7 +119,7 @@ def test_customers_buy_pages_and_double_spends_and_theft_are_refused(world: dict
     # Eve's secret, and the MAC inside checks under it too): refused as stolen, the scrip belongs to Alice.
     rid = b"u" * 16
     _, inner = req(rid, eve_secret)
-    box = mc._box_key(eve_secret, rid, eve_cid).seal(0, inner, eve_cid + rid)
+    box = mc.box_key(eve_secret, rid, eve_cid).seal(0, inner, eve_cid + rid)
     sealed = mc.SEALED_SCHEMA.encode({"customer_id": eve_cid, "rid": rid, "box": box})
     stolen = asyncio.run(send_all(at, [(mc.SEALED_REQUEST.code, sealed)]))[0]
     assert stolen.mtype == mc.REPLY.code and mc.REPLY_SCHEMA.decode(stolen.param)["status"] == mc.Status.STOLEN

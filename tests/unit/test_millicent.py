@@ -13,7 +13,7 @@ from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import broker as mb
 from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
-from cardnet.wire import Message, Uid
+from cardnet.wire import DecodeError, Message, Uid
 
 VID = bytes.fromhex("00000000000000a1")
 OTHER = bytes.fromhex("00000000000000b2")
@@ -101,7 +101,7 @@ def test_scrip_has_the_papers_fields_and_a_compact_encoding(vendor: mv.VendorCor
     ],
 )
 def test_scrip_decode_refuses_malformed(raw: bytes, reason: str) -> None:
-    with pytest.raises(mc.DecodeError) as err:
+    with pytest.raises(DecodeError) as err:
         mc.Scrip.decode(raw)
     assert err.value.reason == reason
 

@@ -95,7 +95,7 @@ def test_a_seed_without_malice_has_no_carrier_and_a_malicious_seed_replays_exact
     assert run_seed("millicent", seed, trace=False).faults == first.faults
 
 
-# -- what the carrier found in the customer's side of the protocol (protocols/millicent.py open_reply) --------
+# -- what the carrier found in the customer's side of the protocol (protocols/millicent/customer.py open_reply) --------
 
 
 def _secret_and_scrip() -> tuple[bytes, mc.Scrip]:

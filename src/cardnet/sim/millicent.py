@@ -380,7 +380,7 @@ class MillicentScenario:
     def _inner(self, a: Actor, vi: int, sealed: bytes) -> bytes:
         outer = mc.SEALED_SCHEMA.decode(sealed)
         secret = a.secrets[VENDOR_IDS[vi]]
-        box = mc._box_key(secret, outer["rid"], outer["customer_id"])
+        box = mc.box_key(secret, outer["rid"], outer["customer_id"])
         return box.open(0, outer["box"], outer["customer_id"] + outer["rid"])
 
     def _shop(self, world: World, a: Actor) -> None:
