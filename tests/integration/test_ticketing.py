@@ -373,6 +373,8 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     got = json.loads(cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin).stdout)
     assert got["state"] == "enabled" and got["price"] == "25.00 EUR" and got["seat"] == "D3"
     assert asyncio.run(world.net.tokens("erin"))[bytes.fromhex(got["oid"])] == "enabled"
+    shown = world.tickets.log()  # the operator's screen: each sale paid, each ticket delivered
+    assert "paid (seat final/D3)" in shown and "ticket final/D3 delivered to" in shown, shown[-2000:]
     again = json.loads(cardnet("wallet", "buy", world.url, "--poid", got["poid"], *erin).stdout)
     assert again["state"] == "enabled" and again["oid"] == got["oid"]  # delivered already: nothing more to do
     fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")

@@ -31,7 +31,8 @@ def run(config_path: Path, as_json: bool) -> None:
       cardnet card create ... --role agent               the device that mints the tickets (applet trn)
     The device's PIN comes from $CARDNET_PIN. Every seat of every event is put in the vendor's catalogue.
     People browse http://LISTEN/ (HTML); programs get JSON. Prints "ready NAME http://HOST:PORT speed HOST:PORT"
-    once it serves (with --json: {"ready": {"name", "http", "speed", "device"}} on one line).
+    once it serves (with --json: {"ready": {"name", "http", "speed", "device"}} on one line), then a line for each
+    sale paid and each ticket delivered.
     """
     from cardnet.cli.host import settle_heap
     from cardnet.services.ticketing.config import load_config
@@ -44,6 +45,9 @@ def run(config_path: Path, as_json: bool) -> None:
     config = load_config(config_path)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sales_log = logging.getLogger("cardnet.ticketing")  # each sale paid and delivered: what the operator watches
+    if sales_log.getEffectiveLevel() > logging.INFO:
+        sales_log.setLevel(logging.INFO)
 
     async def main() -> None:
         server = TicketingServer(config, pin=pin)

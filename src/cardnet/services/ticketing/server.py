@@ -30,13 +30,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from html import escape
 from typing import Any, TypeVar
 
 from cardnet.applets.trn import GONE
 from cardnet.crypto.errors import CryptoError, PkiError
 from cardnet.host.config import load_config as load_host_config
+from cardnet.host.errors import HostError
 from cardnet.host.server import HostServer
 from cardnet.protocols.errors import ProtocolError
 from cardnet.services.speed import vendor as sv
@@ -46,7 +47,7 @@ from cardnet.services.ticketing.config import Event, TicketingConfig, TicketingE
 from cardnet.services.wallet import Event as WalletEvent
 from cardnet.services.wallet import Voucher, Wallet, WalletError
 from cardnet.store import Store, StoreError, Txn, open_store
-from cardnet.transport import Limits
+from cardnet.transport import Limits, TransportError
 from cardnet.transport.http import (
     HttpError,
     HttpServer,
@@ -117,8 +118,14 @@ class TicketingServer:
             log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
         self.core = sv.VendorCore(self.store, clock=time.time, on_sale=self._claim)
         self.vendor = sv.VendorServer(self.core)
-        self._speed_address = await self.vendor.start(*cfg.speed_listen)
-        host_config = load_host_config(cfg.host)
+        with _listening("speed_listen", cfg.speed_listen):
+            self._speed_address = await self.vendor.start(*cfg.speed_listen)
+        try:
+            host_config = load_host_config(cfg.host)
+        except HostError as exc:
+            err = TicketingError(exc.reason, f"the device's host config (host = {str(cfg.host)!r}): {exc}")
+            err.hint = "`host` names the device's host config, relative to the ticketing config (docs/ticketing.md)"
+            raise err from None
         self.host = HostServer(host_config)
         if len(self.host.cards) != 1:
             raise TicketingError("bad_config", f"{cfg.host}: the device's host holds exactly one card (the agent)")
@@ -127,9 +134,13 @@ class TicketingServer:
         try:
             self.wallet = await Wallet.open(str(host_config.app_socket), pin=self.pin, card=self.device_domain)
         except WalletError as exc:
-            raise TicketingError(exc.reason, f"the device refused the ticketing server: {exc}") from None
+            err = TicketingError(exc.reason, f"the device refused the ticketing server: {exc}")
+            if exc.reason == "wrong_pin":
+                err.hint = "set CARDNET_PIN to the device card's PIN; every wrong try counts, and at 0 the card locks"
+            raise err from None
         self.http = HttpServer(self._router(), limits=cfg.http_limits, upgrades=[TRN])
-        await self.http.start(*cfg.listen)
+        with _listening("listen", cfg.listen):
+            await self.http.start(*cfg.listen)
 
     def _catalogue(self) -> int:
         """Put every configured seat into the vendor's catalogue (signed entries), once."""
@@ -424,6 +435,18 @@ async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asy
         if event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid):
             return event
     return None
+
+
+@contextlib.contextmanager
+def _listening(field: str, address: tuple[str, int]) -> Iterator[None]:
+    """A port that cannot be listened on, as a :class:`TicketingError` naming the config's field."""
+    try:
+        yield
+    except TransportError as exc:
+        err = TicketingError("cannot_listen", f'{field} = "{address[0]}:{address[1]}": {exc}')
+        err.hint = (f"another program (another ticketing server?) uses that port: stop it, or choose another port "
+                    f"for {field} in the config")  # fmt: skip
+        raise err from None
 
 
 def _page(title: str, body: str) -> str:
