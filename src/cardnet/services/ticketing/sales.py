@@ -29,7 +29,7 @@ from typing import Any
 
 from cardnet.crypto import pki, profile
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import OID_BYTES
+from cardnet.protocols.trn.token import OID_BYTES
 from cardnet.store import Store, Txn
 from cardnet.wire import Uid
 from cardnet.wire.cbor import dumps, loads_one
@@ -104,11 +104,12 @@ def claim(
     txn.put(UNPAID, card.raw + poid, max(0, now_ms).to_bytes(8, "big"))
 
 
-def sold_seats(store: Store, event: str) -> dict[str, bytes]:
-    """Seat -> the PaymentOrderID of the sale that holds it."""
+def sold_of(store: Store, event: str, seats: list[str]) -> tuple[set[str], int]:
+    """Which of ``seats`` of ``event`` are sold (each read alone: a page of the seat map reads its own seats), and
+    how many seats of ``event`` are sold (counted by the store)."""
     prefix = f"{event}/".encode()
     with store.transaction() as txn:
-        return {k[len(prefix) :].decode(): v for k, v in txn.scan(SEATS, prefix)}
+        return {s for s in seats if txn.get(SEATS, prefix + s.encode()) is not None}, txn.count(SEATS, prefix)
 
 
 def seat_sale(store: Store, event: str, seat: str) -> tuple[bytes | None, int]:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from html import escape
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from cardnet.applets.trn import GONE
 from cardnet.crypto.errors import CryptoError, PkiError
@@ -71,6 +72,7 @@ MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
 # ticket arrive hold at most this much each, not the host's frame limit (16 MiB)
 UPGRADED_MAX_FRAME = 64 * 1024
 TRN_DEVICE, TRN_TOKEN = "TRN-Device", "TRN-Token"  # the 101's headers: the device's domain, the ticket's oid
+SEAT_PAGE = 1000  # seats on one page of an event's seat map (?after=SEAT: the next page; about 75 KB of JSON)
 
 
 def seat_content(event: Event, seat: str) -> bytes:
@@ -95,6 +97,7 @@ class TicketingServer:
         self._stopping = asyncio.Event()
         self._transfers: set[asyncio.Task[Any]] = set()
         self._sending: dict[bytes, asyncio.Lock] = {}  # sales whose ticket a connection is minting or sending
+        self._seat_at = {e.id: {s: i for i, s in enumerate(e.seats)} for e in config.events}  # (for ?after=)
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -252,25 +255,36 @@ class TicketingServer:
         only = request.query.get("seat")  # ?seat=S: that seat alone (a buyer's program needs no seat map)
         if only is not None and only not in event.seats:
             raise HttpError(404, "no_seat", f"{event.id} has no seat {only!r}: see /events/{event.id} for its seats")
-        if only is None:
-            sold = await self._db(sales.sold_seats, self.store, event.id)
-            seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in event.seats]
-            free = sum(1 for s in event.seats if s not in sold)
+        more: str | None = None
+        if only is None:  # a page of the seat map: a large event's whole map would cost the server too much a request
+            after = request.query.get("after")
+            start = 0 if after is None else self._seat_at[event.id].get(after, -1) + 1
+            if start == 0 and after is not None:
+                raise HttpError(404, "no_seat", f"{event.id} has no seat {after!r}: see /events/{event.id}")
+            page = list(event.seats[start : start + SEAT_PAGE])
+            sold, n_sold = await self._db(sales.sold_of, self.store, event.id, page)
+            seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in page]
+            free = max(0, len(event.seats) - n_sold)
+            if start + SEAT_PAGE < len(event.seats):
+                more = page[-1]
         else:  # one seat's sale and a count: a purchase's page costs the same however many seats are sold
             poid, n_sold = await self._db(sales.seat_sale, self.store, event.id, only)
             seats = [{"seat": only, "product": event.product(only), "free": poid is None}]
             free = max(0, len(event.seats) - n_sold)
         data = self._event_summary(event) | {"seats": seats, "free": free}
+        if more is not None:
+            data["next"] = more  # more seats: ask again with ?after=<next>
         if not request.wants_html:
             return Response.json(data)
         rows = "".join(
             f"<tr><td>{escape(str(s['seat']))}</td><td>{'free' if s['free'] else 'sold'}</td></tr>" for s in seats
         )
+        link = "" if more is None else f'<p><a href="/events/{quote(event.id)}?after={quote(more)}">more seats</a></p>'
         return Response.html(
             _page(
                 f"{event.name}, {event.date}",
                 f"<p>{escape(str(event.price))} a seat; {data['free']} free</p>"
-                f"<table><tr><th>seat</th><th></th></tr>{rows}</table>",
+                f"<table><tr><th>seat</th><th></th></tr>{rows}</table>{link}",
             )
         )
 
