@@ -23,10 +23,10 @@ from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.host.core import HOST_PORT
 from cardnet.protocols import session as sess
-from cardnet.protocols import trace
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import Token
+from cardnet.protocols.trn import trace
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import Token
 from cardnet.store import SqliteStore
 from cardnet.wire import DecodeError, Message, MType, Uid
 from conftest import NOW

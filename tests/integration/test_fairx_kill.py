@@ -81,7 +81,7 @@ from cardnet.card import Card
 from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
 from cardnet.protocols import fairx as fx
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import transfer as tr
 from cardnet.services.wallet import RECOVER_EVERY_S, Event, Exchange, Wallet, WalletError
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid

@@ -62,7 +62,7 @@ from cardnet.card import Card
 from cardnet.crypto import pki
 from cardnet.host.client import AppClient
 from cardnet.protocols import session as sess
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import transfer as tr
 from cardnet.store import SqliteStore
 from cardnet.transport import TransportError
 

@@ -16,8 +16,8 @@ import pytest
 from cardnet.crypto import profile
 from cardnet.protocols import fairx as fx
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import Token, mint
-from cardnet.protocols.transfer import statement_bytes
+from cardnet.protocols.trn.token import Token, mint
+from cardnet.protocols.trn.transfer import statement_bytes
 from cardnet.wire.ids import Uid
 
 A = Uid(bytes.fromhex("aa" * 12), 0)

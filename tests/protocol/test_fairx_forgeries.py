@@ -34,9 +34,9 @@ from cardnet.crypto import pki, profile
 from cardnet.host.core import Origin
 from cardnet.protocols import fairx as fx
 from cardnet.protocols import session as sess
-from cardnet.protocols import transfer as tr
-from cardnet.protocols.token import Token, mint
-from cardnet.protocols.transfer import statement_bytes
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import Token, mint
+from cardnet.protocols.trn.transfer import statement_bytes
 from cardnet.wire import Message, MType, Uid
 from conftest import NOW
 

@@ -17,7 +17,7 @@ from cardnet.card import mtypes as cm
 from cardnet.crypto import pki, profile
 from cardnet.protocols import gate
 from cardnet.protocols import session as sess
-from cardnet.protocols.token import Token
+from cardnet.protocols.trn.token import Token
 from cardnet.store import SqliteStore
 from cardnet.wire import Message
 from conftest import NOW

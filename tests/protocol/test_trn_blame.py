@@ -16,7 +16,7 @@ from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import RECOVER, TrnApplet
 from cardnet.card import Card, StepContext
 from cardnet.crypto import pki
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import transfer as tr
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, Uid
 

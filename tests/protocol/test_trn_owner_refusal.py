@@ -19,7 +19,7 @@ from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.host.core import HOST_PORT
 from cardnet.protocols import session as sess
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import transfer as tr
 from cardnet.wire import Message, Uid
 
 OID = bytes(range(16))

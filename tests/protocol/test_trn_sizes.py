@@ -15,8 +15,8 @@ from cardnet.applets.trn import SEND
 from cardnet.crypto import pki
 from cardnet.host.core import Origin
 from cardnet.protocols import session as sess
-from cardnet.protocols import transfer as tr
-from cardnet.protocols.token import Token
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import Token
 from cardnet.wire import HEADER_BYTES, Message, Uid
 
 BODIES = (64, 256, 1024, 4096)

@@ -1,6 +1,6 @@
 """The authority's chain records (applets/authority_chain.py): the decisions read them as they read a list.
 
-Every movement goes to records of a fixed size; the trace decision (protocols/trace.py) gives the same verdict
+Every movement goes to records of a fixed size; the trace decision (protocols/trn/trace.py) gives the same verdict
 over the records as over the list they came from, nonce collisions and cycles included; a chain in the old
 single-record form reads the same and is converted by the next movement.
 """
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cardnet.applets import authority_chain as ac
-from cardnet.protocols import trace
+from cardnet.protocols.trn import trace
 from cardnet.wire import Uid
 from cardnet.wire.cbor import dumps
 

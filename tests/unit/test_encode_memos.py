@@ -9,7 +9,7 @@ import pytest
 
 from cardnet.protocols import session as sess
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import Token, mint
+from cardnet.protocols.trn.token import Token, mint
 from cardnet.wire.ids import Uid
 
 

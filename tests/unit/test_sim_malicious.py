@@ -21,7 +21,7 @@ from cardnet.protocols.echo import REQUEST
 from cardnet.sim.faults import FAULT_KINDS
 from cardnet.sim.malice import Action, Malice
 from cardnet.sim.runner import HEAL_S, SAFETY_S, run_many, run_seed
-from cardnet.sim.trn_scenario import TransferScenario
+from cardnet.sim.trn import TransferScenario
 from cardnet.sim.world import World, plan_for
 from cardnet.wire import Message, Uid
 

@@ -1,8 +1,8 @@
-"""The authority's reissue decision (protocols/trace.py), pure: every refusal and the idempotent resend."""
+"""The authority's reissue decision (protocols/trn/trace.py), pure: every refusal and the idempotent resend."""
 
 from __future__ import annotations
 
-from cardnet.protocols import trace
+from cardnet.protocols.trn import trace
 from cardnet.wire import Uid
 
 AGENT, OTHER = Uid(b"\x0a" * 12), Uid(b"\x0b" * 12)

@@ -1,4 +1,4 @@
-"""The TRN 2PC move table (protocols/transfer.py): every (state, event) pair, and properties of the table."""
+"""The TRN 2PC move table (protocols/trn/transfer.py): every (state, event) pair, and properties of the table."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import Token
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import Token
 from cardnet.wire import Uid
 
 OID = bytes(range(16))

@@ -2,7 +2,7 @@
 
 Cards open TRN sessions with the authority and send ``seekfor``; the applet
 checks the token's issuer (agents are registered by the operator), records the
-movement if it extends the chain (:mod:`cardnet.protocols.trace`), blocks the
+movement if it extends the chain (:mod:`cardnet.protocols.trn.trace`), blocks the
 sender of a branch, and answers ``seeked`` with the issuer's certificate. The
 authority service signs blocklists with the CA and feeds them back with
 ``trn.blocklist``; the applet then hands them to every card it meets.
@@ -42,10 +42,10 @@ from cardnet.applets.trn import BLOCKLIST, RESULT
 from cardnet.card import Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
-from cardnet.protocols import trace
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import OID_BYTES, Token
+from cardnet.protocols.trn import trace
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import OID_BYTES, Token
 from cardnet.wire import Bool, Bytes, Field, ListOf, Message, Nested, Schema, Text, UidType, UInt, register
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid

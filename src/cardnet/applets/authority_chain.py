@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A token's chain ``issuer -> d1 -> d2 -> ...`` (:mod:`cardnet.protocols.trace`) lives in the authority applet's
+A token's chain ``issuer -> d1 -> d2 -> ...`` (:mod:`cardnet.protocols.trn.trace`) lives in the authority applet's
 table as::
 
     chain:<oid>                     CBOR [issuer, length]                   the header
@@ -13,7 +13,7 @@ table as::
 Recording a movement (:func:`append`) writes one movement, one index entry and the header: a constant number of
 small records, however long the chain (the card's capacity is counted in bytes, and every record carries its own
 integrity tag). A decision reads the chain through :class:`RecordChain`, the :class:`trace.Chain
-<cardnet.protocols.trace.Chain>` over these records: the header, the claim's nonce index and a movement or two.
+<cardnet.protocols.trn.trace.Chain>` over these records: the header, the claim's nonce index and a movement or two.
 Only a branch reads the whole chain (the sender's earlier movements: the evidence that blocks it), once per
 signer, since a blocked signer's later claims are refused before that.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cardnet.card import CardError
-from cardnet.protocols import trace
+from cardnet.protocols.trn import trace
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid
 
@@ -68,7 +68,7 @@ def _header(issuer: Uid, length: int) -> bytes:
 
 
 class RecordChain:
-    """One token's chain in the card's records (a :class:`trace.Chain <cardnet.protocols.trace.Chain>`), read
+    """One token's chain in the card's records (a :class:`trace.Chain <cardnet.protocols.trn.trace.Chain>`), read
     on demand through ``get``; each movement read is decoded once per instance (an instance lives for one step)."""
 
     __slots__ = ("_get", "_read", "issuer", "length", "oid")

@@ -29,9 +29,9 @@ from cardnet.card import CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import fairx as fx
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import OID_BYTES, Token
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import OID_BYTES, Token
 from cardnet.wire import Bytes, Field, ListOf, MType, Nested, Schema, Text, UidType, register
 from cardnet.wire.cbor import dumps, loads_one
 from cardnet.wire.ids import Uid

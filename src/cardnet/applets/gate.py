@@ -53,9 +53,9 @@ from cardnet.card import CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import gate
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import MAX_BODY, OID_BYTES, Token
 from cardnet.wire import Bool, Bytes, Field, ListOf, Message, Nested, Schema, Text, UidType, UInt, register
 from cardnet.wire.ids import Uid
 

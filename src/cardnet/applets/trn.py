@@ -18,7 +18,7 @@ and reports the state (``trn.reissue_state``); recovery resends a pending
 request.
 
 Refusing tokens (TRN 3.3.2, "owner's rejection"): ``trn.accept_policy
-{issuers?, ask?}`` sets the card's :class:`~cardnet.protocols.transfer.AcceptPolicy`
+{issuers?, ask?}`` sets the card's :class:`~cardnet.protocols.trn.transfer.AcceptPolicy`
 (omitted fields are kept; no field: just report it). A copy of a token from an
 issuer not listed is answered ``copied false "issuer_not_accepted"``; with
 ``ask`` a copy is held as ``offered`` (listed by ``trn.list``) until the owner's
@@ -28,7 +28,7 @@ sender then re-enables its token and ``trn.list`` shows why (``refused``). Both
 are privileged: a host can neither loosen nor tighten what its owner takes, nor
 accept in the owner's place.
 
-State: ``t:<oid>`` the holding (:class:`~cardnet.protocols.transfer.Holding`),
+State: ``t:<oid>`` the holding (:class:`~cardnet.protocols.trn.transfer.Holding`),
 ``d:<peer><nonce>`` transfers this card committed as receiver, ``a`` the
 authority's Uid, ``acc`` the acceptance policy, ``n:<peer><nonce>`` transfers
 the owner rejected (a resent copy gets the same answer), ``m:<oid>`` every token this card minted (as minted; empty
@@ -46,9 +46,9 @@ from cardnet.applets.sessions import SessionApplet
 from cardnet.card import CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
-from cardnet.protocols import transfer as tr
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token, mint
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import MAX_BODY, OID_BYTES, Token, mint
 from cardnet.wire import Bool, Bytes, Field, ListOf, Message, Nested, Schema, Text, UidType, register
 from cardnet.wire.ids import Uid
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cardnet.bench.timing import rate
 from cardnet.crypto import pki, profile
-from cardnet.protocols.token import mint
+from cardnet.protocols.trn.token import mint
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 

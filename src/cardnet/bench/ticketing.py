@@ -50,7 +50,7 @@ from typing import Any
 from cardnet.bench.card import sqlite_commit_rate
 from cardnet.bench.crypto_ops import OPS, bounds, counting, op_rates
 from cardnet.bench.ticketnet import EVENT, TicketNet
-from cardnet.bench.transfer import cpu_s
+from cardnet.bench.trn import cpu_s
 from cardnet.errors import CardnetError
 from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.buyer import buy_ticket, get_json

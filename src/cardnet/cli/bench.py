@@ -137,7 +137,7 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
 @STORE_DIR
 def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directory: str | None) -> None:
     """Durable TRN token transfers between host processes: transfers_per_s vs bound_transfers_per_s."""
-    from cardnet.bench import transfer
+    from cardnet.bench import trn as transfer
 
     if in_flight is None:
         in_flight = transfer.DEFAULT_IN_FLIGHT

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Card ``a`` (the initiator, the paper's S_A) holds voucher v1 and wants v2, held
-by card ``b`` (S_B). The vouchers are TRN token objects (``protocols/token.py``);
+by card ``b`` (S_B). The vouchers are TRN token objects (``protocols/trn/token.py``);
 the messages travel as inner messages of the TRN session between the two cards
 (and between each card and the TTP's card), so they are already authenticated
 and confidential on the wire. They are *also* signed and self-contained, because
@@ -73,8 +73,8 @@ from typing import Any
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import OID_BYTES, Token
-from cardnet.protocols.transfer import MAX_CERT, MAX_TOKEN, TRANSFER_NONCE_BYTES, statement_bytes
+from cardnet.protocols.trn.token import OID_BYTES, Token
+from cardnet.protocols.trn.transfer import MAX_CERT, MAX_TOKEN, TRANSFER_NONCE_BYTES, statement_bytes
 from cardnet.wire import Bytes, DecodeError, Field, Schema, Text, UidType
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid

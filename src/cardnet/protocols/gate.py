@@ -46,8 +46,8 @@ from typing import Any
 
 from cardnet.crypto import profile
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import OID_BYTES, Token
-from cardnet.protocols.transfer import ISSUER_NOT_ACCEPTED, TRANSFER_NONCE_BYTES
+from cardnet.protocols.trn.token import OID_BYTES, Token
+from cardnet.protocols.trn.transfer import ISSUER_NOT_ACCEPTED, TRANSFER_NONCE_BYTES
 from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Text, UidType, UInt
 from cardnet.wire.ids import Uid
 

@@ -30,7 +30,7 @@ from cardnet.applets.trn import MINT, RECOVER, SEND, SET_AUTHORITY, TrnApplet
 from cardnet.card import Card, StepContext
 from cardnet.crypto import pki
 from cardnet.protocols import fairx as fx
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import transfer as tr
 from cardnet.sim.scenarios import register
 from cardnet.sim.world import RESEND, SimHost, Tick, World
 from cardnet.wire import Message, MType, Uid

@@ -18,7 +18,7 @@ from cardnet.applets.echo import EchoApplet, ForgetfulEchoApplet, request_key
 from cardnet.applets.trn import SenderKeepsTokenApplet
 from cardnet.card import Applet
 from cardnet.protocols.echo import EchoClient
-from cardnet.sim.trn_scenario import (
+from cardnet.sim.trn import (
     AcksBeforeStepHost,
     BlamesReceiverAuthority,
     DomainOnlyCard,

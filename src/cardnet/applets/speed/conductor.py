@@ -42,7 +42,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.protocols.speed.purse import MAX_MESSAGE_BYTES
-from cardnet.protocols.transfer import MAX_CERT
+from cardnet.protocols.trn.transfer import MAX_CERT
 from cardnet.wire import Bytes, DecodeError, Field, Message, Nested, Schema, Text, UInt, register
 
 P = "speed"

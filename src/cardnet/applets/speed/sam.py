@@ -52,7 +52,7 @@ from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed import purse as pp
-from cardnet.protocols.transfer import MAX_CERT
+from cardnet.protocols.trn.transfer import MAX_CERT
 from cardnet.wire import (
     Bool,
     Bytes,

@@ -12,7 +12,7 @@ from typing import Any
 
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.purse import MAX_MESSAGE_BYTES
-from cardnet.protocols.transfer import MAX_CERT
+from cardnet.protocols.trn.transfer import MAX_CERT
 from cardnet.wire import Bool, Bytes, Field, ListOf, Message, MType, Schema, Text, UInt, register
 
 P = "speed"

@@ -45,8 +45,8 @@ from cardnet.crypto import pki
 from cardnet.host import Host
 from cardnet.host.core import _Entry
 from cardnet.protocols import session as sess
-from cardnet.protocols import trace
-from cardnet.protocols import transfer as tr
+from cardnet.protocols.trn import trace
+from cardnet.protocols.trn import transfer as tr
 from cardnet.sim.world import RESEND, SIM_EPOCH, SimHost, Tick, World
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, MType, Uid
@@ -456,7 +456,7 @@ class TransferScenario:
         or overtook the copy.
 
         It can never be enabled, and nothing tells the receiver to discard it until another transfer of the oid
-        supersedes it (protocols/transfer.py, ``_copy_pending``): a leftover the invariants tolerate.
+        supersedes it (protocols/trn/transfer.py, ``_copy_pending``): a leftover the invariants tolerate.
         """
         if (
             h.status is not tr.Status.TRUSTLESS_DISABLED

@@ -81,8 +81,8 @@ from cardnet.crypto import pki, profile
 from cardnet.errors import CardnetError
 from cardnet.host.client import AppClient
 from cardnet.protocols import session as sess
-from cardnet.protocols import transfer as tr
-from cardnet.protocols.token import Token, mint
+from cardnet.protocols.trn import transfer as tr
+from cardnet.protocols.trn.token import Token, mint
 from cardnet.transport import TransportError
 from cardnet.wire import HEADER_BYTES, Uid
 

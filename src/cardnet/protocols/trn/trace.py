@@ -9,7 +9,7 @@ the first movement must leave the issuing agent, and every later one must
 leave the last recorded holder. ``to`` is the session peer that asked (the
 authority's own view); ``from`` rests on the **sender's own word**: the
 sender's card signed the movement statement (:func:`statement_bytes
-<cardnet.protocols.transfer.statement_bytes>`) when it committed, and the
+<cardnet.protocols.trn.transfer.statement_bytes>`) when it committed, and the
 receiver forwards it with the sender's certificate. :func:`check_statement`
 verifies it; without a valid statement the claim is refused and the
 *claimant* (the receiver that asked) is suspected — recorded and reported,
@@ -44,7 +44,7 @@ from typing import Protocol
 
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import CryptoError, PkiError
-from cardnet.protocols.transfer import statement_bytes
+from cardnet.protocols.trn.transfer import statement_bytes
 from cardnet.wire.ids import Uid
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cardnet.protocols.errors import ProtocolError
-from cardnet.protocols.token import MAX_BODY, OID_BYTES, Token
+from cardnet.protocols.trn.token import MAX_BODY, OID_BYTES, Token
 from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Schema, Text, UidType, UInt
 from cardnet.wire.cbor import dumps
 from cardnet.wire.ids import Uid
