@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from test_gate_processes import cli, give, redeem
@@ -56,3 +59,18 @@ async def _events(net: TrnNet) -> None:
     assert cli("gate", "setup", "--socket", socket, "--any-event", "--json")["events"] == []
     await give(net, LATER, "a", ticket("youth", "Y2"))
     assert (await redeem(net, holder, LATER, "g")).taken
+
+
+def test_gate_commands_before_the_gate_runs_say_to_start_it(tmp_path: Path) -> None:
+    """`cardnet gate setup` (status, admissions, prune) before `cardnet gate run`: the hint names the gate's own
+    command. Before, it asked whether `cardnet host run` or `cardnet authority run` was running (found following the
+    ticketing walkthrough, which sets the gate up after starting it)."""
+    sock = str(tmp_path / "gate.sock")
+    for command in (("setup", "--wait", "5"), ("status",), ("admissions",), ("prune", "--before", "30")):
+        r = subprocess.run(
+            [sys.executable, "-m", "cardnet.cli.main", "gate", *command[:1], "--socket", sock, *command[1:], "--json"],
+            capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "CARDNET_PIN": "1234"},
+        )  # fmt: skip
+        error = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and error["reason"] == "no_host", (command, r.stdout, r.stderr)
+        assert "cardnet gate run --config" in error["hint"], error

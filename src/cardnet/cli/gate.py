@@ -125,6 +125,14 @@ def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
                      ready_extra=lambda domain: ("gate", f"{domain.hex()}:00000000"), as_json=as_json)  # fmt: skip
 
 
+def _gate_socket(socket: str) -> str:
+    """``socket``, or fail in the gate operator's words when nothing listens there (the gate is not running)."""
+    if not os.path.exists(socket):
+        fail(f"cannot reach the gate's host at {socket}: no such socket", reason="no_host",
+             hint="start the gate first: `cardnet gate run --config GATE.toml` (its app_socket)")  # fmt: skip
+    return socket
+
+
 def _der(path: Path) -> bytes:
     from cardnet.crypto import pki
 
@@ -229,7 +237,7 @@ def gate_setup(
         state: dict[str, Any] = await wallet.ask(SETUP, STATE, **fields)
         return state
 
-    d = _state_dict(run_on_wallet(socket, pin, card, work, hints))
+    d = _state_dict(run_on_wallet(_gate_socket(socket), pin, card, work, hints))
     if as_json:
         emit_json(d)
     else:
@@ -241,7 +249,7 @@ def gate_status(socket: str, pin: str | None, card: str | None, as_json: bool) -
     """How the gate stands: issuers, authority, blocklist, admissions and reports not yet answered."""
     from cardnet.applets.gate import SETUP, STATE
 
-    d = _state_dict(run_on_wallet(socket, pin, card, lambda wallet: wallet.ask(SETUP, STATE)))
+    d = _state_dict(run_on_wallet(_gate_socket(socket), pin, card, lambda wallet: wallet.ask(SETUP, STATE)))
     if as_json:
         emit_json(d)
     else:
@@ -289,7 +297,7 @@ def gate_admissions(
         state: dict[str, Any] = await wallet.ask(SETUP, STATE)
         return items, cursor, state
 
-    items, cursor, state = run_on_wallet(socket, pin, card, work)
+    items, cursor, state = run_on_wallet(_gate_socket(socket), pin, card, work)
     pruned = state.get("pruned", 0)
     total = state.get("admissions", 0) - (0 if with_pruned else pruned)
     rows = []
@@ -398,7 +406,7 @@ def gate_prune(socket: str, pin: str | None, card: str | None, before: str, as_j
         return total
 
     hints = {"no_applet": "is this the gate's card? `cardnet gate status --socket S` shows it; name it with --card"}
-    d: dict[str, Any] = {"before_ms": before_ms, **run_on_wallet(socket, pin, card, work, hints)}
+    d: dict[str, Any] = {"before_ms": before_ms, **run_on_wallet(_gate_socket(socket), pin, card, work, hints)}
     if as_json:
         emit_json(d)
         return
