@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,41 @@ async def assert_told_too_large(server: HostServer, sock: Path, remote: Uid, oth
     assert [cm.REFUSED.parse(m)["mtype"] for m in others] == [hm.UNDELIVERABLE.code]
 
 
+@contextlib.asynccontextmanager
+async def routed_host(
+    tmp: Path, remote: Uid
+) -> AsyncIterator[tuple[HostServer, TcpConnection, asyncio.Queue[Message]]]:
+    """The echo card's host (frame limit ``LIMIT``, listening), routing ``remote`` to a stand-in remote host whose
+    listener puts what the host's link writes on the queue; and a connection to the host as that remote host (default
+    limits)."""
+    got: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def collect(conn: TcpConnection) -> None:
+        with contextlib.suppress(ClosedError, BrokenError):
+            async for msg in conn:
+                got.put_nowait(msg)
+
+    far = TcpServer()
+    await far.start("127.0.0.1", 0, collect)
+    (tmp / "h.toml").write_text(
+        f'name = "h"\napp_socket = "h.sock"\nlisten = "127.0.0.1:0"\nmax_frame = {LIMIT}\n'
+        'resend_after_s = 0.05\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
+        f'[routes]\n"{remote.domain.hex()}" = "127.0.0.1:{far.address[1]}"\n'
+    )
+    server = HostServer(load_config(tmp / "h.toml"))
+    await server.start()
+    try:
+        assert server.listen_address is not None
+        peer = await dial(*server.listen_address)
+        try:
+            yield server, peer, got
+        finally:
+            await peer.aclose()
+    finally:
+        await server.aclose()
+        await far.aclose()
+
+
 def echo_card(tmp: Path, ca: pki.CertificateAuthority) -> Uid:
     """A personalised card in ``tmp/c.card.db`` for a host running the echo applet; its Uid."""
     card = Card(SqliteStore(str(tmp / "c.card.db")))
@@ -143,46 +179,22 @@ def test_a_link_to_a_remote_host_tells_the_card_of_an_oversize_message_instead_o
     remote = Uid(os.urandom(12), 0)
 
     async def go() -> None:
-        got: asyncio.Queue[Message] = asyncio.Queue()
-
-        async def collect(conn: TcpConnection) -> None:  # the remote host: what the link writes to it
-            with contextlib.suppress(ClosedError, BrokenError):
-                async for msg in conn:
-                    got.put_nowait(msg)
-
-        far = TcpServer()
-        await far.start("127.0.0.1", 0, collect)
-        (tmp_path / "h.toml").write_text(
-            f'name = "h"\napp_socket = "h.sock"\nlisten = "127.0.0.1:0"\nmax_frame = {LIMIT}\n'
-            'resend_after_s = 0.05\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
-            f'[routes]\n"{remote.domain.hex()}" = "127.0.0.1:{far.address[1]}"\n'
-        )
-        server = HostServer(load_config(tmp_path / "h.toml"))
-        await server.start()
-        try:
-            assert server.listen_address is not None
-            peer = await dial(*server.listen_address)  # the remote host's connection to this one
-            try:
-                await peer.send_many([at_limit(remote, uid, 2), REQUEST.make(remote, uid, rid=3, body=b"after")])
-                others: list[Message] = []
-                async with asyncio.timeout(WAIT_S):
-                    while (msg := await got.get()).mtype != REPLY.code:
-                        others.append(msg)
-                assert REPLY.parse(msg)["rid"] == 3
-                # several resend periods: the oversize reply, acknowledged, is not re-emitted (nor refused again)
-                resent = server.host.resend_unacked() + server.host.resend_unacked()
-                assert resent == 0
-                await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))
-                async with asyncio.timeout(WAIT_S):
-                    while (msg := await got.get()).mtype != REPLY.code:
-                        others.append(msg)
-                assert REPLY.parse(msg)["rid"] == 4
-                await assert_told_too_large(server, tmp_path / "h.sock", remote, others)
-            finally:
-                await peer.aclose()
-        finally:
-            await server.aclose()
-            await far.aclose()
+        async with routed_host(tmp_path, remote) as (server, peer, got):
+            await peer.send_many([at_limit(remote, uid, 2), REQUEST.make(remote, uid, rid=3, body=b"after")])
+            others: list[Message] = []
+            async with asyncio.timeout(WAIT_S):
+                while (msg := await got.get()).mtype != REPLY.code:
+                    others.append(msg)
+            assert REPLY.parse(msg)["rid"] == 3
+            # several resend periods: the oversize reply, acknowledged, is not re-emitted (nor refused again)
+            resent = server.host.resend_unacked() + server.host.resend_unacked()
+            assert resent == 0
+            await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))
+            async with asyncio.timeout(WAIT_S):
+                while (msg := await got.get()).mtype != REPLY.code:
+                    others.append(msg)
+            assert REPLY.parse(msg)["rid"] == 4
+            await assert_told_too_large(server, tmp_path / "h.sock", remote, others)
 
     asyncio.run(go())
 
@@ -235,52 +247,26 @@ def test_a_remote_hosts_message_above_this_hosts_limit_is_read_past_and_its_send
     remote = Uid(os.urandom(12), 0)
 
     async def go() -> None:
-        got: asyncio.Queue[Message] = asyncio.Queue()
-
-        async def collect(conn: TcpConnection) -> None:  # the remote host's listener: this host's link writes here
-            with contextlib.suppress(ClosedError, BrokenError):
-                async for msg in conn:
-                    got.put_nowait(msg)
-
-        far = TcpServer()
-        await far.start("127.0.0.1", 0, collect)
-        (tmp_path / "h.toml").write_text(
-            f'name = "h"\napp_socket = "h.sock"\nlisten = "127.0.0.1:0"\nmax_frame = {LIMIT}\n\n'
-            '[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n\n'
-            f'[routes]\n"{remote.domain.hex()}" = "127.0.0.1:{far.address[1]}"\n'
-        )
-        server = HostServer(load_config(tmp_path / "h.toml"))
-        await server.start()
-        try:
-            assert server.listen_address is not None
-            peer = await dial(*server.listen_address)  # the remote host's connection to this one: default limits
-            try:
-                big = REQUEST.make(remote, uid, rid=2, body=b"z" * 1000)
-                assert big.size > LIMIT
-                small = [REQUEST.make(remote, uid, rid=r, body=b"fits") for r in (1, 3)]
-                await peer.send_many([small[0], big, small[1]])
-                seen: dict[int, Message] = {}
-                async with asyncio.timeout(WAIT_S):
-                    while len(seen) < 3:
-                        msg = await got.get()
-                        seen[REPLY.parse(msg)["rid"] if msg.mtype == REPLY.code else -msg.mtype] = msg
-                assert sorted(seen) == [-hm.UNDELIVERABLE.code, 1, 3]  # the replies before and after it, the notice
-                notice = seen[-hm.UNDELIVERABLE.code]
-                assert (notice.src, notice.dst) == (uid, remote)
-                told = hm.UNDELIVERABLE.parse(notice)
-                assert told["mtype"] == REQUEST.code and told["dst"] == uid
-                assert (
-                    told["reason"] == f"too large for host h: message is {big.size} bytes, its frame limit is {LIMIT}"
-                )
-                await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))  # the same connection goes on
-                async with asyncio.timeout(WAIT_S):
+        async with routed_host(tmp_path, remote) as (_, peer, got):  # the peer has the default frame limit
+            big = REQUEST.make(remote, uid, rid=2, body=b"z" * 1000)
+            assert big.size > LIMIT
+            small = [REQUEST.make(remote, uid, rid=r, body=b"fits") for r in (1, 3)]
+            await peer.send_many([small[0], big, small[1]])
+            seen: dict[int, Message] = {}
+            async with asyncio.timeout(WAIT_S):
+                while len(seen) < 3:
                     msg = await got.get()
-                assert msg.mtype == REPLY.code and REPLY.parse(msg)["rid"] == 4
-                assert not peer.closed
-            finally:
-                await peer.aclose()
-        finally:
-            await server.aclose()
-            await far.aclose()
+                    seen[REPLY.parse(msg)["rid"] if msg.mtype == REPLY.code else -msg.mtype] = msg
+            assert sorted(seen) == [-hm.UNDELIVERABLE.code, 1, 3]  # the replies before and after it, the notice
+            notice = seen[-hm.UNDELIVERABLE.code]
+            assert (notice.src, notice.dst) == (uid, remote)
+            told = hm.UNDELIVERABLE.parse(notice)
+            assert told["mtype"] == REQUEST.code and told["dst"] == uid
+            assert told["reason"] == f"too large for host h: message is {big.size} bytes, its frame limit is {LIMIT}"
+            await peer.send(REQUEST.make(remote, uid, rid=4, body=b"later"))  # the same connection goes on
+            async with asyncio.timeout(WAIT_S):
+                msg = await got.get()
+            assert msg.mtype == REPLY.code and REPLY.parse(msg)["rid"] == 4
+            assert not peer.closed
 
     asyncio.run(go())
