@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,17 @@ def make_card(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[CardFact
     yield make
     for card in opened:
         card.close()  # idempotent
+
+
+@pytest.fixture
+def purse_world(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[Any]:
+    """The SPEED purse cards' world (tests/protocol/test_speed_purse_cards.py ``World``): the broker's SAM, alice's
+    and bob's purses; shared by that module and test_speed_sam_prune.py."""
+    from test_speed_purse_cards import make_world
+
+    w = make_world(tmp_path, ca, ("alice", "bob"))
+    yield w
+    w.close()
 
 
 def mutate(data: bytes, r: random.Random) -> bytes:

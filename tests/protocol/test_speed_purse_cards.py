@@ -8,12 +8,11 @@ purses' debits and loads equal the SAM's log, and no balance ever went negative.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,18 +178,11 @@ def make_world(tmp: Path, ca: pki.CertificateAuthority, purses: tuple[str, ...] 
     return w
 
 
-@pytest.fixture
-def world(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
-    w = make_world(tmp_path, ca, ("alice", "bob"))
-    yield w
-    w.close()
-
-
 # --- the story --------------------------------------------------------------------------------------------------
 
 
-def test_load_and_debit_show_in_the_balances_and_in_the_sams_log_and_totals(world: World) -> None:
-    w = world
+def test_load_and_debit_show_in_the_balances_and_in_the_sams_log_and_totals(purse_world: World) -> None:
+    w = purse_world
     assert w.ok("broker", sa.INIT) == {"fresh": False}  # drawn once
     assert w.load("alice", "EUR", 1000) == {
         "uid": w.slots["alice"].card.uid,
@@ -242,8 +234,8 @@ def test_load_and_debit_show_in_the_balances_and_in_the_sams_log_and_totals(worl
     assert w.sums(DAY0) == ({"EUR": 250}, {"EUR": 1000, "USD": 500})
 
 
-def test_a_replayed_s2_after_a_restart_gives_the_same_proof_and_debits_nothing(world: World) -> None:
-    w = world
+def test_a_replayed_s2_after_a_restart_gives_the_same_proof_and_debits_nothing(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 1000)
     s2 = w.s2_for("alice", POID, "EUR", 250)
     s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]  # the S3 is lost on the way, and alice's host crashes
@@ -263,8 +255,8 @@ def test_a_replayed_s2_after_a_restart_gives_the_same_proof_and_debits_nothing(w
     assert len(w.ok("broker", sa.LOG, day=DAY0)["entries"]) == 2
 
 
-def test_a_second_purse_cannot_use_the_first_cards_s2(world: World) -> None:
-    w = world
+def test_a_second_purse_cannot_use_the_first_cards_s2(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 1000)
     w.load("bob", "EUR", 1000)
     s2 = w.s2_for("alice", POID, "EUR", 250)
@@ -280,8 +272,8 @@ def test_a_second_purse_cannot_use_the_first_cards_s2(world: World) -> None:
     assert w.accounts("alice")["EUR"]["balance"] == 750
 
 
-def test_the_same_s3_or_l3_gives_the_same_answer_and_an_unknown_one_is_refused(world: World) -> None:
-    w = world
+def test_the_same_s3_or_l3_gives_the_same_answer_and_an_unknown_one_is_refused(purse_world: World) -> None:
+    w = purse_world
     l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=1000)["l1"]
     l2 = w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=1000)["l2"]
     assert w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=1000)["l2"] == l2  # the same L1: the same L2
@@ -307,8 +299,8 @@ def test_the_same_s3_or_l3_gives_the_same_answer_and_an_unknown_one_is_refused(w
     assert len(w.ok("broker", sa.LOG, day=DAY0)["entries"]) == 2
 
 
-def test_a_debit_larger_than_the_balance_is_refused_on_the_card(world: World) -> None:
-    w = world
+def test_a_debit_larger_than_the_balance_is_refused_on_the_card(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 300)
     before = w.ok("alice", pa.BALANCE)
     got = w.order("alice", pa.DEBIT_BEGIN, poid=POID, currency="EUR", amount=301)
@@ -325,8 +317,8 @@ def test_a_debit_larger_than_the_balance_is_refused_on_the_card(world: World) ->
     assert w.accounts("alice")["EUR"] == {"balance": 0, "loaded": 400, "debited": 400}
 
 
-def test_unprivileged_orders_are_refused(world: World) -> None:
-    w = world
+def test_unprivileged_orders_are_refused(purse_world: World) -> None:
+    w = purse_world
     for name, orders in (("alice", pa.ORDERS), ("broker", sa.ORDERS)):
         card = w.slots[name].card
         grant = w._step(card, cm.PORT_REQUEST.make(Uid(card.uid.domain, 2**32 - 1), card.uid))
@@ -336,8 +328,8 @@ def test_unprivileged_orders_are_refused(world: World) -> None:
             assert cm.REFUSED.parse(reply)["reason"] == "privileged", mt.name
 
 
-def test_a_purse_takes_one_key_once(world: World) -> None:
-    w = world
+def test_a_purse_takes_one_key_once(purse_world: World) -> None:
+    w = purse_world
     alice = w.slots["alice"].card
     sealed = w.ok("broker", sa.ISSUE_KEY, card_cert=alice.certificate_der)["sealed"]
     assert w.ok("alice", pa.INSTALL_KEY, sealed=sealed) == {"fresh": False}  # the same key again
@@ -362,8 +354,8 @@ def test_a_purse_without_a_key_and_a_sam_without_a_master_refuse(tmp_path: Path,
         w.close()
 
 
-def test_the_sam_issues_keys_only_to_cards_of_its_ca(world: World, ca: pki.CertificateAuthority) -> None:
-    w = world
+def test_the_sam_issues_keys_only_to_cards_of_its_ca(purse_world: World, ca: pki.CertificateAuthority) -> None:
+    w = purse_world
     broker_cert = w.slots["broker"].card.certificate_der  # a service card, not a purse
     assert w.order("broker", sa.ISSUE_KEY, card_cert=broker_cert)["refused"] == "wrong_usage"
     stranger_ca = pki.CertificateAuthority.create("another CA", now=NOW)
@@ -374,9 +366,11 @@ def test_the_sam_issues_keys_only_to_cards_of_its_ca(world: World, ca: pki.Certi
     assert w.order("broker", sa.ISSUE_KEY, card_cert=b"not a certificate")["refused"] not in ("applet_error", None)
 
 
-def test_the_sam_refuses_the_same_debit_number_for_another_order(world: World, ca: pki.CertificateAuthority) -> None:
+def test_the_sam_refuses_the_same_debit_number_for_another_order(
+    purse_world: World, ca: pki.CertificateAuthority
+) -> None:
     """A host that holds a genuine card's key (here: a key certified by the CA outside any card) forges S1s."""
-    w = world
+    w = purse_world
     w.load("alice", "EUR", 1000)
     key = profile.generate_private_key()
     uid = Uid.card(b"\x0e" * 12)
@@ -400,10 +394,10 @@ def test_the_sam_refuses_the_same_debit_number_for_another_order(world: World, c
     assert got["refused"] == "not_due"
 
 
-def test_a_load_refused_for_good_ends_on_the_card_only_with_the_sams_lr(world: World) -> None:
+def test_a_load_refused_for_good_ends_on_the_card_only_with_the_sams_lr(purse_world: World) -> None:
     """The SAM's LR for a load it never authorised makes the card forget it (durably), and the SAM never authorises
     that load afterwards; a load the SAM authorised gets no LR, and no host-made or other card's LR drops a load."""
-    w = world
+    w = purse_world
     refused = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=500)["l1"]
     charged = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=300)["l1"]
     l2 = w.ok("broker", sa.LOAD_START, l1=charged, currency="EUR", amount=300)["l2"]  # the L2 is lost on the way
@@ -429,8 +423,8 @@ def test_a_load_refused_for_good_ends_on_the_card_only_with_the_sams_lr(world: W
     assert w.sums(DAY0)[1] == {"EUR": 300}
 
 
-def test_the_master_key_never_leaves_the_sam(world: World) -> None:
-    w = world
+def test_the_master_key_never_leaves_the_sam(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 1000)
     w.pay("alice", POID, "EUR", 250)
     w.ok("broker", sa.LOG, day=DAY0)
@@ -440,8 +434,8 @@ def test_the_master_key_never_leaves_the_sam(world: World) -> None:
     assert not [m for m in w.answers if master in m.param]
 
 
-def test_another_applet_pays_inside_its_own_step(world: World) -> None:
-    w = world
+def test_another_applet_pays_inside_its_own_step(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 1000)
     s1 = w.ok("alice", PAY, poid=POID, currency="EUR", amount=250)["s1"]
     assert w.ok("alice", pa.BALANCE)["pending_debits"] == 1

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from test_speed_purse_cards import DAY0, FATE, POID, PurseMoves, World, make_world, sam_applets
@@ -38,15 +36,8 @@ def sam(w: World) -> Card:
     return w.slots["broker"].card
 
 
-@pytest.fixture
-def w2(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
-    w = make_world(tmp_path, ca, ("alice", "bob"))
-    yield w
-    w.close()
-
-
-def test_a_purchase_costs_the_sam_211_bytes_until_its_day_is_pruned(w2: World) -> None:
-    w = w2
+def test_a_purchase_costs_the_sam_211_bytes_until_its_day_is_pruned(purse_world: World) -> None:
+    w = purse_world
     start = used(sam(w))  # the master key
     w.load("alice", "EUR", 10**9)
     w.pay("alice", os.urandom(40), "EUR", 250)  # the first debit writes the totals' record
@@ -98,8 +89,8 @@ def test_a_full_sam_refuses_payments_and_takes_them_again_once_pruned(
         w.close()
 
 
-def test_after_pruning_replays_are_refused_and_an_open_authorisation_still_logs(w2: World) -> None:
-    w = w2
+def test_after_pruning_replays_are_refused_and_an_open_authorisation_still_logs(purse_world: World) -> None:
+    w = purse_world
     w.load("alice", "EUR", 1000)
     l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=5)["l1"]  # a load authorised on day 0 ...
     l2 = w.ok("broker", sa.LOAD_START, l1=l1, currency="EUR", amount=5)["l2"]
@@ -158,9 +149,9 @@ def test_after_pruning_replays_are_refused_and_an_open_authorisation_still_logs(
 
 
 def test_a_prune_drops_at_most_a_batch_a_step_and_keeps_a_day_s_totals_until_its_log_is_gone(
-    w2: World, monkeypatch: Any
+    purse_world: World, monkeypatch: Any
 ) -> None:
-    w = w2
+    w = purse_world
     monkeypatch.setattr(sa, "PRUNE_BATCH", 4)
     w.load("alice", "EUR", 1000)
     for i in range(5):
