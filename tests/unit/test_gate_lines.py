@@ -34,6 +34,15 @@ def test_each_outcome_says_what_happened_and_why() -> None:
     assert "card is full" in full and "capacity_bytes" in full and "stays with its holder" in full
 
 
+def test_a_ticketing_servers_ticket_shows_its_event_and_seat_not_its_sale() -> None:
+    """The ticketing server's ticket body is JSON with the sale's PaymentOrderID (80 hex), which opens the sale's page
+    at the server (the buyer's card, the seat): the screen shows "final A2" instead of the whole body."""
+    poid = "40bc47af" * 10
+    shown = line(kind="verdict", body=b'{"event": "final", "seat": "A2", "poid": "' + poid.encode() + b'"}')
+    assert '"final A2"' in shown and poid not in shown
+    assert '"2 drinks"' in line(kind="verdict", body=b"2 drinks")
+
+
 def test_a_holder_turned_away_by_a_full_gate_is_told_what_to_do() -> None:
     words, hint = refusal("out of memory")
     assert "full" in words and hint is not None and "stays on your card" in hint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -49,11 +50,23 @@ def refusal_words(reason: str) -> str:
     return words + (f" ({rest.strip()})" if rest.strip() else "")
 
 
+def ticket_words(body: bytes) -> str:
+    """A ticket's body for the operator's screen: a ticketing server's ticket (JSON with event and seat) as
+    ``event seat`` (its PaymentOrderID, which opens the sale's page at the server, is left out); any other as is."""
+    try:
+        got = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        got = None
+    if isinstance(got, dict) and isinstance(got.get("event"), str) and isinstance(got.get("seat"), str):
+        return f"{got['event']} {got['seat']}"
+    return body.decode("utf-8", "replace")
+
+
 def event_line(e: Any) -> str:
     """One line for a person watching the gate: the time it is shown, verdict, ticket, holder, why."""
     clock = time.strftime("%H:%M:%S")
     oid = e.oid.hex() if e.oid is not None else "-" * 32
-    body = f' "{e.body.decode("utf-8", "replace")}"' if e.body else ""
+    body = f' "{ticket_words(e.body)}"' if e.body else ""
     who = f"from {e.holder}"
     if e.kind == "refused":
         return f"{clock} REFUSED  {oid}{body} {who}: {refusal_words(e.reason)}; the ticket stays with its holder"
