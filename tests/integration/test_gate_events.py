@@ -16,7 +16,9 @@ from pathlib import Path
 
 from test_gate_processes import cli, give, redeem
 
+from cardnet.applets.gate import SETUP, STATE
 from cardnet.bench.trnnet import TrnNet
+from cardnet.services.wallet import WalletError
 
 FINAL, YOUTH, PLAIN, LATER = (bytes([n]) * 16 for n in (0x71, 0x72, 0x73, 0x74))
 
@@ -74,3 +76,27 @@ def test_gate_commands_before_the_gate_runs_say_to_start_it(tmp_path: Path) -> N
         error = json.loads(r.stdout)["error"]
         assert r.returncode == 2 and error["reason"] == "no_host", (command, r.stdout, r.stderr)
         assert "cardnet gate run --config" in error["hint"], error
+
+
+def test_one_ticket_presented_at_two_gates_at_once_goes_into_one(tmp_path: Path) -> None:
+    """A holder (or a script) presents the same ticket at two gates at the same moment: the card sends it to one
+    gate; the other presentation is refused on the card (the ticket is on its way), so exactly one gate admits it
+    and the other never sees it."""
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g1", "g2"))
+    with net:
+        asyncio.run(_two_gates(net))
+
+
+async def _two_gates(net: TrnNet) -> None:
+    await net.setup_trace()
+    await net.setup_gates()
+    await give(net, FINAL, "a", ticket("final", "A1"))
+    holder = net.hosts["a"]
+    got = await asyncio.gather(*(redeem(net, holder, FINAL, g) for g in ("g1", "g2")), return_exceptions=True)
+    taken = [g for g, r in zip(("g1", "g2"), got, strict=True) if not isinstance(r, BaseException) and r.taken]
+    assert len(taken) == 1, got
+    other = next(r for r in got if isinstance(r, BaseException) or not r.taken)
+    assert isinstance(other, WalletError), other  # refused on the holder's card: the ticket is being sent
+    states = {g: (await net.ask(g, SETUP, STATE))["admitted"] for g in ("g1", "g2")}
+    assert sorted(states.values()) == [0, 1], states
+    assert FINAL not in await net.tokens("a")
