@@ -58,3 +58,12 @@ def test_a_bad_field_is_named(change: dict[str, Any], where: str) -> None:
     with pytest.raises(TicketingError) as info:
         parse_config(GOOD | change, Path("/srv"))
     assert info.value.reason == "bad_config" and where in str(info.value)
+
+
+def test_a_hosts_config_given_in_its_place_is_named_as_such() -> None:
+    """`cardnet ticketing run --config device.toml` (or gate.toml): the error says it is a host's config and which file
+    to give. Before: 'app_socket, cards, routes: unknown field(s)' (found following the ticketing walkthrough)."""
+    host = {"name": "device", "app_socket": "device.sock", "cards": [{"store": "sqlite:///d.db"}], "routes": {}}
+    with pytest.raises(TicketingError) as info:
+        parse_config(host, Path("/srv"))
+    assert "a host's config" in str(info.value) and info.value.hint is not None and "`host` field" in info.value.hint

@@ -122,6 +122,11 @@ def parse_price(text: str, where: str) -> Price:
 
 def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
     unknown = set(data) - KNOWN
+    if "cards" in unknown:
+        err = _bad("cards", "this is a host's config (it has [[cards]]), not a ticketing server's")
+        err.hint = ("give the ticketing server's config (name, listen, speed_listen, store, host, [[events]]); its "
+                    "`host` field names the device's host config")  # fmt: skip
+        raise err
     if unknown:
         raise _bad(", ".join(sorted(unknown)), f"unknown field(s); known: {', '.join(sorted(KNOWN))}")
     store = _text(data, "store", "")
