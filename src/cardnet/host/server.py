@@ -300,6 +300,8 @@ class HostServer:
         self._links: dict[str, ReconnectingLink] = {}
         self._carriers: dict[str, Carrier] = {}
         self._carried = 0
+        # domain -> (the route its first carrier replaced, None: none; its open carriers' keys, oldest first)
+        self._carrying: dict[bytes, tuple[str | None, list[str]]] = {}
         self._app_outboxes: dict[Uid, AppOutbox] = {}  # the connected applications' (for app_missed)
         self._tcp: TcpServer | None = None
         self._unix: TcpServer | None = None
@@ -511,8 +513,10 @@ class HostServer:
         key = f"carrier#{self._carried} ({label})"
         carrier = Carrier(conn, key)
         self._carriers[key] = carrier
-        previous = {d: self.host.routes.get(d) for d in wanted}
         for d in wanted:
+            if d not in self._carrying:  # the first carrier of d: remember the route it replaces (configured, or none)
+                self._carrying[d] = (self.host.routes.get(d), [])
+            self._carrying[d][1].append(key)
             self.host.routes[d] = key
         writer = asyncio.get_running_loop().create_task(carrier.write())
         origin = Origin("remote", label)
@@ -531,12 +535,23 @@ class HostServer:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             self._carriers.pop(key, None)
-            for d, before in previous.items():
-                if self.host.routes.get(d) == key:
-                    if before is None:
-                        self.host.routes.pop(d, None)
-                    else:
-                        self.host.routes[d] = before
+            for d in wanted:
+                self._uncarry(d, key)
+
+    def _uncarry(self, domain: bytes, key: str) -> None:
+        """Carrier ``key`` of ``domain`` ended: the route goes to the newest carrier of it still open, else back to
+        the one the first carrier replaced. (Restoring what this carrier replaced would, when two carriers of one
+        domain end in the order they began, route to the first, already gone.)"""
+        before, open_keys = self._carrying[domain]
+        open_keys.remove(key)
+        if open_keys:
+            self.host.routes[domain] = open_keys[-1]
+            return
+        del self._carrying[domain]
+        if before is None:
+            self.host.routes.pop(domain, None)
+        else:
+            self.host.routes[domain] = before
 
     # -- applications -----------------------------------------------------------------
     async def _accept_app(self, conn: TcpConnection) -> None:
