@@ -48,6 +48,12 @@ def test_a_holder_turned_away_by_a_full_gate_is_told_what_to_do() -> None:
     assert "full" in words and hint is not None and "stays on your card" in hint
 
 
+def test_a_ticket_of_another_event_is_turned_away_saying_which_and_where_to_go() -> None:
+    words, hint = refusal("wrong_event: youth")
+    assert words.startswith("this gate admits another event's tickets") and words.endswith("(youth)")
+    assert hint is not None and "gate of your ticket's event" in hint
+
+
 def test_json_form_is_plain_text() -> None:
     item = {"from": HOLDER, "at_ms": 5, "verdict": "refused", "reason": "forged", "kind": "refused"}
     d = GateEvent.of(item).as_dict()

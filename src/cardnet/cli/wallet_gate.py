@@ -25,6 +25,10 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "this gate does not take tickets of this ticket's issuer",
         "check that this is the gate of your event (`cardnet wallet show OID` shows the ticket)",
     ),
+    "wrong_event": (
+        "this gate admits another event's tickets: your ticket is for the event in parentheses",
+        "go to the gate of your ticket's event (`cardnet wallet show OID` shows the ticket); it stays on your card",
+    ),
     "forged": (
         "the issuer's signature on this ticket does not verify: it is forged or altered",
         "ask the ticket office where you bought it",
