@@ -475,3 +475,26 @@ def test_renew_sends_each_vendors_scrip_to_that_vendor_and_goes_on_past_a_dead_o
         broker.stop()
         for v in vendors:
             v.stop()
+
+
+def test_a_running_vendor_sells_a_page_added_since_it_started_at_its_price(world: dict[str, object]) -> None:
+    """`vendor add-page` while `vendor run` serves (another process writing the vendor's store): the running
+    vendor lists the new page and sells it, and sells a page added again at its new price, without a restart."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    v = str(world["vendor_store"])
+    alice = customer(world, "alice")
+    spend = ["millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--json"]
+    add = ["millicent", "vendor", "add-page", "--store", v]
+    out = cardnet(*add, "--name", "news", "--price", "4", "--text", "today's paper").stdout
+    assert out == "news: 4 (a running `cardnet millicent vendor run` sells it at this price from its next batch of " \
+        "requests)\n"  # fmt: skip
+    listed = json.loads(cardnet("millicent", "catalogue", "--at", at, "--json").stdout)
+    assert {p["name"]: p["price"] for p in listed["products"]} == {"hello": 3, "news": 4}
+    got = json.loads(cardnet(*spend, "--product", "news", "--price", "4").stdout)
+    assert (got["status"], got["content"]) == ("ok", "today's paper")
+
+    cardnet(*add, "--name", "hello", "--price", "5", "--text", "hello again", "--json")  # repriced
+    got = json.loads(cardnet(*spend, "--product", "hello", "--price", "5").stdout)
+    assert (got["status"], got["content"]) == ("ok", "hello again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,42 @@ def test_a_refetch_still_works_after_the_price_changed(vendor: mv.VendorCore) ->
     assert mc.open_reply(mt, p, rid=b"r" * 16, level=mc.Level.THEFT, secret=secret(vendor)) == first
     _, out = buy(core, scrip_for(vendor, serial=8), rid=b"o" * 16)  # a new request at the old price
     assert out.status == mc.Status.WRONG_PRICE and mc.asked_price(out.detail, "page") == 4
+
+
+def test_a_batch_prepared_while_a_commit_holds_the_store_gets_the_page_added_before_that_commit(
+    vendor: mv.VendorCore, tmp_path: Path
+) -> None:
+    """The server prepares the next batch during a slow commit (in a worker thread, which holds the store until
+    its fsync ends). That preparation does not wait for the store, and still sells a page another process added
+    before the commit: the commit's own transaction read the catalogue's version for it."""
+    page = mc.make_request(scrip_for(vendor, serial=8), rid=b"p" * 16, level=mc.Level.THEFT, secret=secret(vendor),
+                           price=3, product="page")  # fmt: skip
+    first = vendor.prepare_batch([page], NOW)  # the catalogue as it was, no "news" (and serial numbers reserved)
+    other = SqliteStore(str(tmp_path / "vendor.db"))  # `vendor add-page` from another process
+    mv.add_product(other, "news", 4, b"today's paper")
+    other.close()
+    committing, released = threading.Event(), threading.Event()
+    waited: list[bool] = []
+
+    def before_commit() -> None:  # in the worker, the store held: only the fsync is left
+        committing.set()
+        waited.append(released.wait(10))  # False: the batch below waited for the store instead of being prepared
+
+    worker = threading.Thread(target=vendor.commit_batch, args=(first, before_commit))
+    worker.start()
+    assert committing.wait(10)
+    ask = (mc.CATALOGUE_ASK.code, mc.CATALOGUE_ASK_SCHEMA.encode({}))
+    req = mc.make_request(
+        scrip_for(vendor), rid=b"n" * 16, level=mc.Level.THEFT, secret=secret(vendor), price=4, product="news"
+    )
+    second = vendor.prepare_batch([ask, req], NOW)
+    released.set()
+    worker.join()
+    assert waited == [True]
+    assert [p["name"] for p in mc.open_catalogue(*second.replies[0])["products"]] == ["news", "page"]
+    [(mt, param)] = vendor.commit_batch(second)[1:]
+    got = mc.open_reply(mt, param, rid=b"n" * 16, level=mc.Level.THEFT, secret=secret(vendor))
+    assert (got.status, got.content) == (mc.Status.OK, b"today's paper")
 
 
 def test_validate_batch_checks_binding_and_spends_once(vendor: mv.VendorCore) -> None:

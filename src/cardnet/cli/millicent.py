@@ -185,14 +185,16 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_j
 )
 @JSON
 def vendor_add_page(store: str, name: str, price: int, text: str | None, path: str | None, as_json: bool) -> None:
-    """Add (or replace) a product in the vendor's catalogue."""
+    """Add (or replace) a product in the vendor's catalogue.
+
+    Also while the vendor runs: it sells the product, at this price, from its next batch of requests."""
     from cardnet.services.millicent.vendor import add_product
 
     if (text is None) == (path is None):
         fail("give exactly one of --text and --file")
     content = text.encode() if text is not None else Path(path or "").read_bytes()
     add_product(_vendor(store), name, price, content)
-    then = "a vendor already running reads its catalogue at start: restart it to sell this"
+    then = "a running `cardnet millicent vendor run` sells it at this price from its next batch of requests"
     say(as_json, {"product": name, "price": price}, f"{name}: {price} ({then})")
 
 

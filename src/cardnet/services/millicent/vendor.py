@@ -19,6 +19,12 @@ order is expiry order) and raises the durable ``pruned_through`` mark: scrip
 expiring at or before it is refused even if the clock is set back, which is
 what makes pruning safe.
 
+The catalogue is kept in memory and read again when it changed: :func:`add_product` bumps a version in the
+store (``mv.cfg catalogue``) in the product's transaction, also from another process (``vendor add-page``) while
+this one serves. :meth:`VendorCore.prepare_batch` checks it once a batch (one record read), so a product added or
+repriced is sold from the next batch on; while a commit runs in the worker thread (which holds the store: a read
+would wait for its fsync), that commit's transaction reads the version for the next batch instead.
+
 Expiry is judged on :meth:`VendorCore.judged_time`: the host's clock, but never
 earlier than a time the vendor judged on before. That mark is kept durably
 with each batch, so a host whose clock is stepped back (a lying host, a bad
@@ -87,6 +93,7 @@ log = logging.getLogger("cardnet.millicent.vendor")
 CFG, SECRETS, CMASTERS, LICENCES, CATALOGUE, SPENT = "mv.cfg", "mv.sec", "mv.cm", "mv.lic", "mv.cat", "mv.spent"
 REDEEM_LOG = "mv.redeem"  # (before per-licence logs: every licence's rows; moved to theirs when the vendor opens)
 BULK, BULK_ORDERS, BULK_LEDGER = "mv.bulk", "mv.border", "mv.bledger"  # agreements, orders (re-fetch), sales
+CATALOGUE_VERSION = b"catalogue"  # in CFG: 8 bytes, bumped by every add_product (a vendor reads the catalogue again)
 MAX_BATCH = 4096
 SERIAL_BLOCK = 1 << 16  # serial numbers a vendor process reserves durably at a time (hi/lo)
 SLOW_COMMIT_S = 0.001  # a commit slower than this (moving average) moves to a worker thread
@@ -197,8 +204,20 @@ def add_product(store: Store, name: str, price: int, content: bytes, *, max_fram
             f"{most} bytes of content (frame limit {max_frame} bytes, reply content limit {mc.CONTENT_MAX_BYTES}): "
             f"split it into several products of at most {most} bytes each",
         )
-    with store.transaction() as txn:
+    with store.transaction() as txn:  # a running vendor sees the new version and reads its catalogue again
         txn.put(CATALOGUE, name.encode(), _u64(price) + content)
+        txn.put(CFG, CATALOGUE_VERSION, _u64(_catalogue_version(txn) + 1))
+
+
+def _catalogue_version(txn: Any) -> int:
+    """The catalogue's version (0 in a store from before versions, or with no product yet)."""
+    with stored("the catalogue's version"):
+        return int.from_bytes(txn.get(CFG, CATALOGUE_VERSION) or _u64(0), "big")
+
+
+def _catalogue(txn: Any) -> dict[str, mc.Product]:
+    with stored("the vendor's catalogue"):
+        return {k.decode(): mc.Product(int.from_bytes(v[:8], "big"), v[8:]) for k, v in txn.scan(CATALOGUE)}
 
 
 def export_licence(
@@ -367,7 +386,8 @@ class VendorCore:
             grace = int.from_bytes(txn.get(CFG, b"grace") or _u64(24 * 3600), "big")
             secrets = {k[0]: v for k, v in txn.scan(SECRETS)}
             cms = {k[0]: v for k, v in txn.scan(CMASTERS)}
-            catalogue = {k.decode(): mc.Product(int.from_bytes(v[:8], "big"), v[8:]) for k, v in txn.scan(CATALOGUE)}
+            catalogue = _catalogue(txn)
+            self.catalogue_version = _catalogue_version(txn)
             self.licensed = {k[0] for k, _ in txn.scan(LICENCES)}
             self.redeem_keys = {k[0]: v[:32] for k, v in txn.scan(LICENCES)}
             self.licensees = {k[0]: v[32:].decode("utf-8", "replace") for k, v in txn.scan(LICENCES)}  # names
@@ -378,6 +398,27 @@ class VendorCore:
         self._serial = self._serial_end = 0  # the reserved block not yet handed out: [_serial, _serial_end)
         self.vendor = mc.Vendor(vid, secrets, mint_index, cms, catalogue, validity, level, grace)
         self.stats = BatchStats()
+        self._committing = False  # a commit_batch is running (in the worker thread, while a batch is prepared)
+        self._newer: tuple[int, dict[str, mc.Product]] | None = None  # read by such a commit, for the next batch
+
+    def _refresh_catalogue(self) -> None:
+        """Before a batch: the catalogue as the store holds it now, if a product was added since it was read.
+
+        One record read (the version); the catalogue itself only when the version changed. Not while a commit
+        runs in the worker thread: it holds the store (a read would wait for its fsync, on the event loop), and
+        its own transaction reads the version for this (:meth:`commit_batch`). Called on the thread that
+        prepares batches: the catalogue is swapped between batches, never during one.
+        """
+        newer, self._newer = self._newer, None  # (one overwritten meanwhile is read again at the next batch)
+        if newer is not None and newer[0] > self.catalogue_version:
+            self.catalogue_version, self.vendor.catalogue = newer
+            log.info("catalogue read again (version %d): %d products", newer[0], len(newer[1]))
+        if not self._committing:
+            with self.store.transaction() as txn:
+                version = _catalogue_version(txn)
+                if version > self.catalogue_version:
+                    self.catalogue_version, self.vendor.catalogue = version, _catalogue(txn)
+                    log.info("catalogue read again (version %d): %d products", version, len(self.vendor.catalogue))
 
     @property
     def vendor_id(self) -> bytes:
@@ -421,6 +462,7 @@ class VendorCore:
         is a re-fetch: an identical request accepted before gets its stored
         reply), so no one pays for a reply that cannot be delivered.
         """
+        self._refresh_catalogue()
         vendor = self.vendor
         pruned = self.pruned_through
         bulk = mc.BULK_BUY.code
@@ -462,12 +504,25 @@ class VendorCore:
         rare), that insert is rolled back and the records are inserted one by
         one, in request order, to learn which. Bulk orders are decided in the
         same transaction. ``before_commit`` is called when everything is
-        written and only the commit (the fsync) is left.
+        written and only the commit (the fsync) is left: the next batch is
+        then prepared during the fsync, so this transaction reads the
+        catalogue's version for it (see :meth:`_refresh_catalogue`).
         """
+        self._committing = True
+        try:
+            return self._commit_batch(b, before_commit)
+        finally:
+            self._committing = False
+
+    def _commit_batch(self, b: Batch, before_commit: Callable[[], None] | None) -> list[tuple[int, bytes]]:
         out = b.replies
         stats = self.stats
         stats.refused += b.refused
         with self.store.transaction() as txn:
+            if before_commit is not None:  # (read here, under the lock this transaction holds anyway)
+                version = _catalogue_version(txn)
+                if version > self.catalogue_version:
+                    self._newer = (version, _catalogue(txn))
             for i, c in b.held:
                 out[i] = self._stored_or(txn, c, c.refusal or (mc.Status.MALFORMED, ""))
             for i, first in b.bulk:
