@@ -49,15 +49,19 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import forkhost
 import pytest
+from forkhost import Forker
 from killwindow import KillWindow
 from test_trn_processes import OID, TrnNet
 from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
-from cardnet.applets.trn import CANCEL, MINT, RECOVER, SEND
+from cardnet.applets.trn import CANCEL, LIST, MINT, RECOVER, RESULT, SEND, TOKENS
 from cardnet.bench.procs import HostProc, free_port
+from cardnet.bench.trnnet import ASK_TIMEOUT_S
 from cardnet.card import Card
 from cardnet.crypto import pki
 from cardnet.host.client import AppClient
@@ -65,6 +69,7 @@ from cardnet.protocols import session as sess
 from cardnet.protocols.trn import transfer as tr
 from cardnet.store import SqliteStore
 from cardnet.transport import TransportError
+from cardnet.wire import MType
 
 KILLS = 100
 MAX_KILLS = 2 * KILLS  # a loaded machine may need more kills to land enough inside transfers (see kill_loop)
@@ -115,8 +120,34 @@ def landed(victim_is_sender: bool, seen: str | None) -> tuple[bool, bool]:
 
 
 class KillNet:
+    """The test's reads and recovery orders, each card's over one logged-in application connection kept open (a new
+    one per read cost a connection, a port and a PIN check on the card: some 20 ms, 7 of them a recovery round);
+    :meth:`drop` forgets those of a killed host's cards."""
+
     def __init__(self, net: TrnNet) -> None:
         self.net = net
+        self._apps: dict[str, AppClient] = {}
+
+    async def ask(self, card: str, mtype: MType, reply: MType = RESULT, **fields: Any) -> dict[str, Any]:
+        """As :meth:`TrnNet.ask`: ``card``'s reply to one command (none for trn.recover)."""
+        if card not in self._apps:
+            self._apps[card] = await self.net.app(card)
+        app = self._apps[card]
+        await app.send(self.net.uids[card], mtype, **fields)
+        return {} if mtype is RECOVER else await app.recv_type(reply, timeout_s=ASK_TIMEOUT_S)
+
+    async def status(self, card: str) -> str | None:
+        return {t["oid"]: t["status"] for t in (await self.ask(card, LIST, TOKENS))["tokens"]}.get(OID)
+
+    async def drop(self, host: str) -> None:
+        """Close the connections to the cards of ``host`` (killed: the next read connects to its new process)."""
+        for card in [c for c in self._apps if self.net.where[c] == host]:
+            with contextlib.suppress(TransportError, OSError):
+                await self._apps.pop(card).aclose()
+
+    async def aclose(self) -> None:
+        for host in {self.net.where[c] for c in self._apps}:
+            await self.drop(host)
 
     async def order_send(self, sender: str, receiver: str) -> AppClient:
         """Order trn.send without waiting for the card's answer; the caller closes the client."""
@@ -125,9 +156,9 @@ class KillNet:
         return app
 
     async def checked_views(self, kill: int, sender: str, receiver: str) -> dict[str, str | None]:
-        r1 = await status(self.net, receiver)
-        s = await status(self.net, sender)
-        r2 = await status(self.net, receiver)
+        r1 = await self.status(receiver)
+        s = await self.status(sender)
+        r2 = await self.status(receiver)
         check_pair(kill, sender, s, receiver, r1, r2)
         return {sender: s, receiver: r2}
 
@@ -137,12 +168,12 @@ class KillNet:
         async with asyncio.timeout(timeout_s):
             while True:
                 for card in (sender, receiver):
-                    await net.ask(card, RECOVER)
+                    await self.ask(card, RECOVER)
                 views = await self.checked_views(kill, sender, receiver)
-                views["agent"] = await status(net, "agent")
+                views["agent"] = await self.status("agent")
                 holders = [c for c, st in views.items() if st is not None]
                 if len(holders) == 1 and views[holders[0]] == "enabled":
-                    chain = await net.ask("authority", QUERY, CHAIN, oid=OID)
+                    chain = await self.ask("authority", QUERY, CHAIN, oid=OID)
                     if chain["holders"][-1] == net.uids[holders[0]]:
                         return holders[0]
                 await asyncio.sleep(0.02)
@@ -166,19 +197,21 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
         hp.kill()
         with contextlib.suppress(TransportError, OSError):
             await app.aclose()
+        await kn.drop(victim)
         if victim in ("a", "b"):  # the dead card's store is frozen: any read order is one instant for it
             dead = stored_status(net.tmp, victim)
-            live = await status(net, receiver if victim == sender else sender)
+            live = await kn.status(receiver if victim == sender else sender)
             s_st, r_st = (dead, live) if victim == sender else (live, dead)
             check_pair(kill, sender, s_st, receiver, r_st, r_st)
             half = (sender, s_st) if victim == sender else (receiver, r_st)
         hp.restart()
         if victim not in ("a", "b"):
-            half = (receiver, await status(net, receiver))
+            half = (receiver, await kn.status(receiver))
         in_flight += half[1] not in (None, "enabled")
         window.saw(*landed(half[0] == sender, half[1]))
         holder = await kn.recover(kill, sender, receiver)
         moved += holder == receiver
+    await kn.aclose()
     chain = await net.ask("authority", QUERY, CHAIN, oid=OID)
     assert len(chain["holders"]) == 1 + moved, "the chain does not count every completed transfer once"
     print(
@@ -190,9 +223,17 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
     assert moved >= KILLS // 10, f"only {moved} transfers completed"
 
 
+@pytest.fixture(scope="module")
+def forker() -> Iterator[Forker]:
+    with forkhost.forker() as f:
+        yield f
+
+
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[TrnNet]:
-    with TrnNet(tmp_path) as n:
+def net(tmp_path: Path, forker: Forker) -> Iterator[TrnNet]:
+    n = TrnNet(tmp_path)
+    forkhost.forked(n.hosts, forker)  # (the loop restarts hosts 100 times and more: see forkhost)
+    with n:
         yield n
 
 
