@@ -69,7 +69,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import forkhost
 import pytest
+from forkhost import Forker
 from killwindow import KillWindow
 
 from cardnet.applets import fairx as fa
@@ -531,9 +533,16 @@ async def kill_loop(net: TrnNet, victim: str, seed: int) -> None:
     assert ends["aborted"] >= KILLS // 20, f"only {ends['aborted']} exchanges ended aborted"
 
 
+@pytest.fixture(scope="module")
+def forker() -> Iterator[Forker]:
+    with forkhost.forker() as f:
+        yield f
+
+
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[TrnNet]:
+def net(tmp_path: Path, forker: Forker) -> Iterator[TrnNet]:
     n = TrnNet(tmp_path, ("a", "b"), ttp=True, ttp_host=True)  # (cards at the hosts' default capacity)
+    forkhost.forked(n.hosts, forker)  # (the loop restarts hosts 100 times and more: see forkhost)
     try:
         with ThreadPoolExecutor(len(n.hosts)) as pool:  # (the hosts start at once: each waits for its own)
             list(pool.map(HostProc.start, n.hosts.values()))
