@@ -13,7 +13,9 @@ The page is parsed, not copied: ``<!-- file: NAME -->`` before a fenced block wr
   ``"error"`` object) means a non-zero exit.
 * Read commands (``reads``) are repeated for a while until their output shows, since transfers and traces take
   a moment.
-* Ports 7401-7499 are replaced by free ones. A value that differs every run (an oid a server makes, an
+* Ports 7401-7499 are replaced by free ones, and a test may replace other text of the page (``replace``: in its
+  commands, files and expected output alike), e.g. a planned start a person needs 20 s to reach, which the test
+  reaches in a few. A value that differs every run (an oid a server makes, an
   exchange id) is named before its first use by ``<!-- learn: VALUE -->``: it is learnt from the first output
   line that shows it, and replaced by what was learnt everywhere after.
 """
@@ -152,10 +154,15 @@ class Learnt:
                     break
 
 
-def run_page(doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_commands: int) -> list[Ran]:
+def run_page(
+    doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_commands: int, replace: dict[str, str] | None = None
+) -> list[Ran]:
     """Run every step of the page ``doc_path`` in ``folder`` (see the module); what each command printed."""
     doc = doc_path.read_text(encoding="utf-8")
     name = f"docs/{doc_path.name}"
+    for page, run in (replace or {}).items():
+        assert page in doc, f"{name} no longer says {page!r}: the test's replace is stale"
+        doc = doc.replace(page, run)
     ports = {p: str(free_port()) for p in sorted(set(re.findall(r"127\.0\.0\.1:(74\d\d)", doc)))}
     learnt = Learnt()
 
