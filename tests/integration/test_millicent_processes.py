@@ -498,3 +498,36 @@ def test_a_running_vendor_sells_a_page_added_since_it_started_at_its_price(world
     cardnet(*add, "--name", "hello", "--price", "5", "--text", "hello again", "--json")  # repriced
     got = json.loads(cardnet(*spend, "--product", "hello", "--price", "5").stdout)
     assert (got["status"], got["content"]) == ("ok", "hello again")
+
+
+def test_a_running_vendor_accepts_the_scrip_of_a_broker_licensed_since_it_started(world: dict[str, object]) -> None:
+    """`vendor licence` while `vendor run` serves: the new broker's scrip is accepted (not refused as forged) and
+    logged for redemption at that broker; `vendor rotate` meanwhile makes the change minted under the new index.
+    """
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    tmp, v = world["tmp"], str(world["vendor_store"])
+    assert isinstance(tmp, Path)
+    lic, c = str(tmp / "carol.json"), str(tmp / "carol.db")
+    cardnet("millicent", "vendor", "licence", "--store", v, "--broker", "carol", "--out", lic)
+    cardnet("millicent", "broker", "add-licence", "--store", c, "--file", lic)
+    carol = Service(tmp, "millicent", "broker", "run", "--store", c, "--listen", "127.0.0.1:0")
+    spend = ["millicent", "spend", "--vendor", VID, "--at", at, "--product", "hello", "--price", "3", "--json"]
+    try:
+        carols = carol.start()
+        dave = customer({**world, "broker": carol, "broker_store": c}, "dave")
+        got = json.loads(cardnet(*spend, "--wallet", dave).stdout)  # bought from carol first (a top-up)
+        assert (got["status"], got["content"]) == ("ok", "hello, world")
+        r = cardnet("millicent", "vendor", "redeem", "--store", v, "--broker", carols, "--json")
+        assert json.loads(r.stdout)["items"] == 1
+    finally:
+        carol.stop()
+
+    out = cardnet("millicent", "vendor", "rotate", "--store", v).stdout
+    assert out == "new scrip is minted under index 1 (a running `cardnet millicent vendor run` mints under it from " \
+        "its next batch of requests)\n"  # fmt: skip
+    alice = customer(world, "alice")
+    assert json.loads(cardnet(*spend, "--wallet", alice).stdout)["status"] == "ok"
+    [change] = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)["scrip"]
+    assert change["scrip_id"][:2] == "01"  # (the first byte of a scrip id is its master secret's index)

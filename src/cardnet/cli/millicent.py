@@ -204,7 +204,9 @@ def vendor_add_page(store: str, name: str, price: int, text: str | None, path: s
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="New licence file to write (0600).")
 @JSON
 def vendor_licence(store: str, broker: str, out: str, as_json: bool) -> None:
-    """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets)."""
+    """License a broker to mint this vendor's scrip under an index of its own (writes the shared secrets).
+
+    Also while the vendor runs: it accepts the broker's scrip from its next batch of requests."""
     from cardnet.services.millicent.vendor import export_licence
 
     vendor_store = _vendor(store)
@@ -246,11 +248,14 @@ def vendor_bulk_agreement(store: str, broker: str, discount: int, out: str, as_j
 @STORE
 @JSON
 def vendor_rotate(store: str, as_json: bool) -> None:
-    """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires)."""
+    """Make new scrip under a fresh master scrip secret (old scrip stays valid until it expires).
+
+    Also while the vendor runs: it mints its change under the new index from its next batch of requests."""
     from cardnet.services.millicent.vendor import rotate_secret
 
     index = rotate_secret(_vendor(store))
-    say(as_json, {"mint_index": index}, f"new scrip is minted under index {index}; restart the vendor")
+    then = "a running `cardnet millicent vendor run` mints under it from its next batch of requests"
+    say(as_json, {"mint_index": index}, f"new scrip is minted under index {index} ({then})")
 
 
 @vendor.command("run")

@@ -19,11 +19,13 @@ order is expiry order) and raises the durable ``pruned_through`` mark: scrip
 expiring at or before it is refused even if the clock is set back, which is
 what makes pruning safe.
 
-The catalogue is kept in memory and read again when it changed: :func:`add_product` bumps a version in the
-store (``mv.cfg catalogue``) in the product's transaction, also from another process (``vendor add-page``) while
-this one serves. :meth:`VendorCore.prepare_batch` checks it once a batch (one record read), so a product added or
-repriced is sold from the next batch on; while a commit runs in the worker thread (which holds the store: a read
-would wait for its fsync), that commit's transaction reads the version for the next batch instead.
+The catalogue, master scrip secrets, licences and mint index are kept in memory and read again when they
+changed: :func:`add_product`, :func:`export_licence` and :func:`rotate_secret` bump a version in the store
+(``mv.cfg version``) in their transaction, also from another process (``vendor add-page``, ``vendor licence``,
+``vendor rotate``) while this one serves. :meth:`VendorCore.prepare_batch` checks it once a batch (one record
+read), so a product added or repriced is sold, a new broker's scrip accepted and change minted under a new index
+from the next batch on; while a commit runs in the worker thread (which holds the store: a read would wait for its
+fsync), that commit's transaction reads the version for the next batch instead.
 
 Expiry is judged on :meth:`VendorCore.judged_time`: the host's clock, but never
 earlier than a time the vendor judged on before. That mark is kept durably
@@ -93,7 +95,7 @@ log = logging.getLogger("cardnet.millicent.vendor")
 CFG, SECRETS, CMASTERS, LICENCES, CATALOGUE, SPENT = "mv.cfg", "mv.sec", "mv.cm", "mv.lic", "mv.cat", "mv.spent"
 REDEEM_LOG = "mv.redeem"  # (before per-licence logs: every licence's rows; moved to theirs when the vendor opens)
 BULK, BULK_ORDERS, BULK_LEDGER = "mv.bulk", "mv.border", "mv.bledger"  # agreements, orders (re-fetch), sales
-CATALOGUE_VERSION = b"catalogue"  # in CFG: 8 bytes, bumped by every add_product (a vendor reads the catalogue again)
+VERSION = b"version"  # in CFG: 8 bytes, bumped by every change to what a vendor keeps in memory (see _Loaded)
 MAX_BATCH = 4096
 SERIAL_BLOCK = 1 << 16  # serial numbers a vendor process reserves durably at a time (hi/lo)
 SLOW_COMMIT_S = 0.001  # a commit slower than this (moving average) moves to a worker thread
@@ -161,6 +163,7 @@ def rotate_secret(store: Store, *, rng: Callable[[int], bytes] = os.urandom) -> 
             raise VendorError("no_index", "all vendor indexes are in use: drop a retired secret first")
         txn.put(SECRETS, bytes([free[0]]), rng(mc.MASTER_SECRET_BYTES))
         txn.put(CFG, b"mint", bytes([free[0]]))
+        _bump_version(txn)  # a running vendor mints under it from its next batch
         return free[0]
 
 
@@ -204,20 +207,42 @@ def add_product(store: Store, name: str, price: int, content: bytes, *, max_fram
             f"{most} bytes of content (frame limit {max_frame} bytes, reply content limit {mc.CONTENT_MAX_BYTES}): "
             f"split it into several products of at most {most} bytes each",
         )
-    with store.transaction() as txn:  # a running vendor sees the new version and reads its catalogue again
+    with store.transaction() as txn:
         txn.put(CATALOGUE, name.encode(), _u64(price) + content)
-        txn.put(CFG, CATALOGUE_VERSION, _u64(_catalogue_version(txn) + 1))
+        _bump_version(txn)  # a running vendor sells it from its next batch
 
 
-def _catalogue_version(txn: Any) -> int:
-    """The catalogue's version (0 in a store from before versions, or with no product yet)."""
-    with stored("the catalogue's version"):
-        return int.from_bytes(txn.get(CFG, CATALOGUE_VERSION) or _u64(0), "big")
+@dataclass(frozen=True)
+class _Loaded:
+    """What a vendor keeps in memory of its store, as of one ``version`` of it (read again when that changed)."""
+
+    version: int
+    catalogue: dict[str, mc.Product]
+    secrets: dict[int, bytes]  # master scrip secrets: the vendor's own and its licensed brokers'
+    mint_index: int
+    licences: dict[int, tuple[bytes, str]]  # index -> (redeem key, broker's name)
 
 
-def _catalogue(txn: Any) -> dict[str, mc.Product]:
-    with stored("the vendor's catalogue"):
-        return {k.decode(): mc.Product(int.from_bytes(v[:8], "big"), v[8:]) for k, v in txn.scan(CATALOGUE)}
+def _version(txn: Any) -> int:
+    """The version of what a vendor keeps in memory (0 in a store from before versions, or never changed)."""
+    with stored("the vendor's version"):
+        return int.from_bytes(txn.get(CFG, VERSION) or _u64(0), "big")
+
+
+def _bump_version(txn: Any) -> None:
+    """In the transaction of a change to a :class:`_Loaded` field: a running vendor reads them again."""
+    txn.put(CFG, VERSION, _u64(_version(txn) + 1))
+
+
+def _load(txn: Any, version: int | None = None) -> _Loaded:
+    with stored("the vendor's catalogue, secrets or licences"):
+        return _Loaded(
+            _version(txn) if version is None else version,
+            {k.decode(): mc.Product(int.from_bytes(v[:8], "big"), v[8:]) for k, v in txn.scan(CATALOGUE)},
+            {k[0]: v for k, v in txn.scan(SECRETS)},
+            (txn.get(CFG, b"mint") or b"\x00")[0],
+            {k[0]: (v[:32], v[32:].decode("utf-8", "replace")) for k, v in txn.scan(LICENCES)},
+        )
 
 
 def export_licence(
@@ -252,6 +277,7 @@ def export_licence(
         secret, redeem_key = rng(mc.MASTER_SECRET_BYTES), rng(32)
         txn.put(SECRETS, bytes([index]), secret)
         txn.put(LICENCES, bytes([index]), redeem_key + broker.encode())
+        _bump_version(txn)  # a running vendor accepts the broker's scrip from its next batch
         cms = {k[0]: v for k, v in txn.scan(CMASTERS)}
         licence = {
             "vendor": vid.hex(),
@@ -380,45 +406,58 @@ class VendorCore:
             vid = txn.get(CFG, b"id")
             if vid is None:
                 raise VendorError("no_vendor", "the store holds no vendor: run `cardnet millicent vendor init`")
-            mint_index = (txn.get(CFG, b"mint") or b"\x00")[0]
             validity = int.from_bytes(txn.get(CFG, b"validity") or _u64(7 * 24 * 3600), "big")
             level = mc.Level((txn.get(CFG, b"level") or b"\x02")[0])
             grace = int.from_bytes(txn.get(CFG, b"grace") or _u64(24 * 3600), "big")
-            secrets = {k[0]: v for k, v in txn.scan(SECRETS)}
             cms = {k[0]: v for k, v in txn.scan(CMASTERS)}
-            catalogue = _catalogue(txn)
-            self.catalogue_version = _catalogue_version(txn)
-            self.licensed = {k[0] for k, _ in txn.scan(LICENCES)}
-            self.redeem_keys = {k[0]: v[:32] for k, v in txn.scan(LICENCES)}
-            self.licensees = {k[0]: v[32:].decode("utf-8", "replace") for k, v in txn.scan(LICENCES)}  # names
+            loaded = _load(txn)
             self.pruned_through = int.from_bytes(txn.get(CFG, b"pruned") or _u64(0), "big")
             self.clock_mark = int.from_bytes(txn.get(CFG, b"now") or _u64(0), "big")
         self._stored_mark = self.clock_mark  # the mark as the store holds it
+        self.vendor = mc.Vendor(vid, {}, 0, cms, {}, validity, level, grace)
+        self._use(loaded)
         self._move_shared_redeem_log()
         self._serial = self._serial_end = 0  # the reserved block not yet handed out: [_serial, _serial_end)
-        self.vendor = mc.Vendor(vid, secrets, mint_index, cms, catalogue, validity, level, grace)
         self.stats = BatchStats()
         self._committing = False  # a commit_batch is running (in the worker thread, while a batch is prepared)
-        self._newer: tuple[int, dict[str, mc.Product]] | None = None  # read by such a commit, for the next batch
+        self._newer: _Loaded | None = None  # read by such a commit, for the next batch
 
-    def _refresh_catalogue(self) -> None:
-        """Before a batch: the catalogue as the store holds it now, if a product was added since it was read.
+    def _use(self, loaded: _Loaded) -> None:
+        """Sell, accept and mint as ``loaded`` says from the next batch on.
 
-        One record read (the version); the catalogue itself only when the version changed. Not while a commit
-        runs in the worker thread: it holds the store (a read would wait for its fsync, on the event loop), and
-        its own transaction reads the version for this (:meth:`commit_batch`). Called on the thread that
-        prepares batches: the catalogue is swapped between batches, never during one.
+        The licences go first: a commit running meanwhile (in the worker thread) logs a broker's scrip for
+        redemption if its licence is known, and this batch's accepted scrip is committed after this returns.
+        """
+        self.version = loaded.version
+        self.licensed = set(loaded.licences)
+        self.redeem_keys = {i: key for i, (key, _) in loaded.licences.items()}
+        self.licensees = {i: name for i, (_, name) in loaded.licences.items()}
+        v = self.vendor
+        v.catalogue, v.scrip_secrets, v.mint_index = loaded.catalogue, loaded.secrets, loaded.mint_index
+
+    def _refresh(self) -> None:
+        """Before a batch: catalogue, secrets, licences and mint index as the store holds them now, if changed.
+
+        One record read (the version); the rest only when the version changed. Not while a commit runs in the
+        worker thread: it holds the store (a read would wait for its fsync, on the event loop), and its own
+        transaction reads the version for this (:meth:`commit_batch`). Called on the thread that prepares
+        batches: what the vendor knows is swapped between batches, never during one.
         """
         newer, self._newer = self._newer, None  # (one overwritten meanwhile is read again at the next batch)
-        if newer is not None and newer[0] > self.catalogue_version:
-            self.catalogue_version, self.vendor.catalogue = newer
-            log.info("catalogue read again (version %d): %d products", newer[0], len(newer[1]))
+        if newer is not None and newer.version > self.version:
+            self._read_again(newer)
         if not self._committing:
             with self.store.transaction() as txn:
-                version = _catalogue_version(txn)
-                if version > self.catalogue_version:
-                    self.catalogue_version, self.vendor.catalogue = version, _catalogue(txn)
-                    log.info("catalogue read again (version %d): %d products", version, len(self.vendor.catalogue))
+                version = _version(txn)
+                if version > self.version:
+                    self._read_again(_load(txn, version))
+
+    def _read_again(self, loaded: _Loaded) -> None:
+        self._use(loaded)
+        log.info(
+            "store read again (version %d): %d products, %d licences, minting under index %d",
+            loaded.version, len(loaded.catalogue), len(loaded.licences), loaded.mint_index,
+        )  # fmt: skip
 
     @property
     def vendor_id(self) -> bytes:
@@ -462,7 +501,7 @@ class VendorCore:
         is a re-fetch: an identical request accepted before gets its stored
         reply), so no one pays for a reply that cannot be delivered.
         """
-        self._refresh_catalogue()
+        self._refresh()
         vendor = self.vendor
         pruned = self.pruned_through
         bulk = mc.BULK_BUY.code
@@ -506,7 +545,7 @@ class VendorCore:
         same transaction. ``before_commit`` is called when everything is
         written and only the commit (the fsync) is left: the next batch is
         then prepared during the fsync, so this transaction reads the
-        catalogue's version for it (see :meth:`_refresh_catalogue`).
+        vendor's version for it (see :meth:`_refresh`).
         """
         self._committing = True
         try:
@@ -520,9 +559,9 @@ class VendorCore:
         stats.refused += b.refused
         with self.store.transaction() as txn:
             if before_commit is not None:  # (read here, under the lock this transaction holds anyway)
-                version = _catalogue_version(txn)
-                if version > self.catalogue_version:
-                    self._newer = (version, _catalogue(txn))
+                version = _version(txn)
+                if version > self.version:
+                    self._newer = _load(txn, version)
             for i, c in b.held:
                 out[i] = self._stored_or(txn, c, c.refusal or (mc.Status.MALFORMED, ""))
             for i, first in b.bulk:
