@@ -29,7 +29,7 @@ from killwindow import PointWindow
 
 from cardnet.applets.authority import ADD_AGENT
 from cardnet.applets.speed import purse as pa
-from cardnet.bench.procs import HostProc
+from cardnet.bench.procs import HostProc, free_port
 from cardnet.bench.ticketnet import make_ticketing
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.crypto import pki
@@ -400,6 +400,98 @@ def test_a_purse_that_cannot_pay_is_refused_before_the_seat_is_held(world: World
     assert r.returncode != 0 and "nothing was bought" in r.stderr and "Traceback" not in r.stderr
     seat = httpx.get(world.url + "/events/final?seat=E1").json()["seats"]
     assert seat == [{"seat": "E1", "product": "final/E1", "free": True}]
+
+
+def test_wallet_buy_at_an_address_where_no_ticketing_server_answers_says_so(world: World) -> None:
+    """A host's TCP port and the ticketing server's own SPEED port (both speak cardnet frames: they close the
+    connection on an HTTP request), a program that answers with bytes that are not HTTP, and a closed port, given as
+    the server's address: one error that says the address does not answer as a ticketing server (or that nothing
+    answers there) and what to do, for people and for --json. Before, h11's words: 'can't handle event type
+    ConnectionClosed when role=SERVER and state=SEND_RESPONSE', 'illegal request line'."""
+    dan = ("--config", _wallet_config(world, "dan"), "--pin", PIN)
+    buy = ("--event", "final", "--seat", "E1")
+    speed = str(json.loads(world.tickets.ready_line)["ready"]["speed"])
+
+    def refused(address: str, *how: str) -> tuple[dict[str, Any], str]:
+        r = cardnet("wallet", "buy", f"http://{address}", *how, *dan, "--json", check=False)
+        error = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and "check the address" in error["hint"], r.stdout
+        human = cardnet("wallet", "buy", f"http://{address}", *how, *dan, check=False)
+        assert human.returncode == 2 and error["message"] in human.stderr and error["hint"] in human.stderr
+        for internals in ("Traceback", "h11", "event type", "illegal", "Errno"):
+            assert internals not in r.stdout + human.stderr, internals
+        return error, human.stderr
+
+    for address in (f"127.0.0.1:{world.net.ports['alice']}", speed):
+        error, _ = refused(address, *buy)
+        assert error["reason"] == "broken" and error["message"] == (
+            f"http://{address} does not answer as a ticketing server: {address} closed the connection without an "
+            "answer: no HTTP server answers there (another program's port, e.g. a host's?), or it stopped"
+        ), error
+        error, _ = refused(address, "--poid", "ab" * 40)  # finishing a delivery: the upgrade's request
+        assert error["reason"] == "broken" and "closed the connection without an answer" in error["message"], error
+    closed = f"127.0.0.1:{free_port()}"
+    error, _ = refused(closed, *buy)
+    assert error["message"].endswith(f"does not answer as a ticketing server: nothing answers at {closed} (connection "
+                                     "refused)"), error  # fmt: skip
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # another protocol's greeting
+        await reader.read(1024)
+        writer.close()
+
+    async def other_protocol() -> None:
+        server = await asyncio.start_server(banner, "127.0.0.1", 0)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server:
+            for how in (buy, ("--poid", "ab" * 40)):
+                error, human = await asyncio.to_thread(refused, address, *how)
+                assert error["reason"] == "not_ticketing", error
+                assert error["message"] == f"http://{address} does not answer as a ticketing server: what answers " \
+                    "there does not speak HTTP (another program's port?)"  # fmt: skip
+                assert "(reason: not_ticketing)" in human
+
+    asyncio.run(other_protocol())
+
+
+def test_wallet_buy_with_a_limit_reads_no_page_of_the_seat_map(world: World) -> None:
+    """``--limit`` is checked against the price the purchase reads anyway (``/events/E?seat=S``, one seat's sale),
+    not a page of the seat map fetched first for its price (1,000 seats' sales read by the server a purchase). The
+    requests go through a TCP relay that notes each request line."""
+    lines: list[str] = []
+    host, port = server_address(world.url)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.readline()
+        lines.append(first.decode("latin-1").strip())
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        up_writer.write(first)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def go() -> None:
+        server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")
+        async with server:
+            r = await asyncio.to_thread(cardnet, "wallet", "buy", url, "--event", "final", "--seat", "E1",
+                                        "--limit", "5.00 EUR", *fay, check=False)  # fmt: skip
+        error = json.loads(r.stdout)["error"]
+        assert error["reason"] == "over_limit" and "asks 25.00 EUR a seat, over your limit of 5.00 EUR" in error[
+            "message"], error  # fmt: skip
+        assert "GET /events/final?seat=E1 HTTP/1.1" in lines, lines
+        assert not [x for x in lines if x.startswith("GET /events/") and "?" not in x.split()[1]], lines
+
+    asyncio.run(go())
+    seat = httpx.get(world.url + "/events/final?seat=E1").json()["seats"]
+    assert seat == [{"seat": "E1", "product": "final/E1", "free": True}]  # nothing bought
 
 
 POINTS = ("http", "speed", "upgrade", "trn")  # where a kill landed in a purchase, in the order they come

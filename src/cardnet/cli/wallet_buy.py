@@ -20,6 +20,9 @@ BUY_HINTS = {
     "no_event": "the server's page lists its events",
     "unpaid": "this sale is not paid: `cardnet wallet recover` pays a delivered purchase, then buy with --poid again",
     "insufficient": "load your e-purse first: `cardnet wallet load --amount '50.00 EUR'`",
+    "over_limit": "raise --limit, or leave it out to pay the server's price",
+    "not_ticketing": "check the address: give the ticketing server's http://HOST:PORT (`cardnet ticketing run` "
+    "prints it: 'ready NAME http://HOST:PORT speed ...'), not its speed port or a host's port",
     "not_delivered": "your ticket is paid and kept for you: repeat with --poid SALE (the sale named above) once the "
     "server and your host are reachable",
 }
@@ -75,16 +78,11 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
                        "price": None}  # fmt: skip
             else:
                 assert event is not None and seat is not None
-                if cap is not None:
-                    asked = _price(str((await get_json(url, f"/events/{event}"))["price"]), "the server's price")
-                    if asked.currency != cap.currency or asked.amount > cap.amount:
-                        fail(f"the server asks {asked} a seat, over your limit of {cap}", reason="over_limit",
-                             hint="raise --limit, or leave it out to pay the server's price")  # fmt: skip
                 with progress(f"buying seat {seat} of {event} from {url} …"):
                     bought = await buy_ticket(
                         url, event, seat, card=wallet, app_socket=target.socket, broker=broker_addr,
                         broker_cert=_pem_file(bcert, "the broker's certificate"),
-                        roots=[_pem_file(ca_cert, "the CA certificate")], journal=journal,
+                        roots=[_pem_file(ca_cert, "the CA certificate")], journal=journal, limit=cap,
                     )  # fmt: skip
                 got = {"poid": bought.poid.hex(), "oid": bought.oid.hex(), "event": event, "seat": seat,
                        "price": bought.price}  # fmt: skip
@@ -95,7 +93,9 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
             reason = exc.error if isinstance(exc, UpgradeRefused) else exc.reason
             fail(str(exc), reason=reason, hint=BUY_HINTS.get(reason))
         except TransportError as exc:
-            hint = "is the ticketing server running at that address? (nothing was paid if no sale is named)"
+            hint = ("check the address (the ticketing server's http://HOST:PORT, as `cardnet ticketing run` prints "
+                    "it, not its speed port or a host's port) and that the server runs; nothing was paid if no sale "
+                    "is named")  # fmt: skip
             fail(str(exc), reason=exc.reason, hint=hint)
 
     broker_addr = "" if poid is not None else (broker or cfg.need("broker", "--broker", "broker"))

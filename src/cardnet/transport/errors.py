@@ -10,7 +10,8 @@ Other reasons are raised as plain :class:`TransportError`: ``oversize`` (we
 tried to send a message above the frame limit), ``queue_full`` (a bounded
 queue is full; retry later or slow down), ``bad_config`` (a limit or option
 out of range), ``tls`` (certificates or keys that ``ssl`` refuses to load),
-``in_use`` (a Unix socket path another process listens on).
+``in_use`` (a Unix socket path another process listens on), ``not_http``
+(what answers at an address an HTTP client asked is no HTTP server).
 Bytes from a peer that do not decode raise ``cardnet.wire.DecodeError`` in the
 sans-I/O framing; a connection turns that into :class:`BrokenError`.
 """
@@ -22,7 +23,7 @@ from cardnet.errors import CardnetError
 
 class TransportError(CardnetError):
     """A connection, link or listener could not do what was asked; ``reason`` says why
-    (``closed``, ``broken``, ``oversize``, ``queue_full``, ``bad_config``, ``tls``, ``in_use``)."""
+    (``closed``, ``broken``, ``oversize``, ``queue_full``, ``bad_config``, ``tls``, ``in_use``, ``not_http``)."""
 
 
 class ClosedError(TransportError):

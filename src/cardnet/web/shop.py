@@ -30,6 +30,8 @@ from cardnet.transport.http import HttpError
 from cardnet.transport.http_upgrade import UpgradeRefused
 
 MAX_EVENTS = 20  # a ticketing server's events the page lists
+MAX_FREE = 2000  # free seats of one event the page lists (the first ones, in the event's order)
+MAX_SEAT_PAGES = 10  # pages of one event's seat map read to find them (the server sends 1,000 seats a page)
 SHOP_TIMEOUT_S = 20.0  # reading a ticketing server's events and seats
 PAID = (
     "if your card paid, nothing is lost: the server keeps the paid sale, and Finish the delivery (on this page, or "
@@ -43,6 +45,8 @@ BUY_HINTS = {
     "no_key": "your e-purse was never loaded: load it with `cardnet wallet load --amount '50.00 EUR'`",
     "unpaid": "the payment did not reach the server: press Recover (it pays a delivered purchase, never twice), then "
     "finish the delivery with `cardnet wallet buy URL --poid POID`",
+    "not_ticketing": "check the address: it is the ticketing server's http://HOST:PORT, not its speed port or a "
+    "host's port",
     "unreachable": "the broker does not answer: if your card paid, Recover finishes the purchase once it is back",
 }
 
@@ -50,9 +54,11 @@ BUY_HINTS = {
 class Shop:
     """Buying for one wallet: its config (broker, certificates, purchases folder) and its host's socket."""
 
-    def __init__(self, config: WalletConfig | None, app_socket: str | None) -> None:
+    def __init__(self, config: WalletConfig | None, app_socket: str | None, *, seat_pages: int = MAX_SEAT_PAGES,
+                 max_free: int = MAX_FREE) -> None:  # fmt: skip
         self.config = config
         self.app_socket = app_socket  # the ticketing server's delivery is relayed there
+        self.seat_pages, self.max_free = seat_pages, max_free  # the bounds of one event's free seats listed
 
     async def events(self, url: str) -> dict[str, Any]:
         """The server's name and its events with their free seats."""
@@ -65,16 +71,33 @@ class Shop:
         events = []
         try:
             for e in list(info.get("events") or [])[:MAX_EVENTS]:
-                shown = await get_json(url, f"/events/{quote(str(e['id']), safe='')}")
-                free = [str(t["seat"]) for t in shown.get("seats") or [] if t.get("free")]
+                shown, free = await self._free_seats(url, str(e["id"]))
+                count = int(shown.get("free", len(free)))  # the server's count of the whole event's free seats
                 events.append({"id": str(shown["id"]), "name": str(shown.get("name", "")),
                                "date": str(shown.get("date", "")), "price": str(shown.get("price", "")),
-                               "free": free})  # fmt: skip
+                               "free": free, "free_count": count, "more": count > len(free)})  # fmt: skip
             name = str(info.get("name", ""))
         except (AttributeError, KeyError, TypeError):
             raise HttpError(502, "not_ticketing", f"{url} does not answer like a cardnet ticketing server (its events "
                             "and seats are not there): check the address") from None  # fmt: skip
         return {"name": name, "url": url, "events": events}
+
+    async def _free_seats(self, url: str, event: str) -> tuple[dict[str, Any], list[str]]:
+        """``event``'s first page and its first free seats: at most ``max_free``, from at most ``seat_pages`` pages
+        of its seat map (the server sends a page at a time, ``next`` naming the seat to ask ``?after=``)."""
+        target = f"/events/{quote(event, safe='')}"
+        first: dict[str, Any] | None = None
+        free: list[str] = []
+        after: str | None = None
+        for _ in range(max(1, self.seat_pages)):
+            shown = await get_json(url, target if after is None else f"{target}?after={quote(after, safe='')}")
+            first = first or shown
+            free += [str(t["seat"]) for t in shown.get("seats") or [] if t.get("free")]
+            after = None if shown.get("next") is None else str(shown["next"])
+            if after is None or len(free) >= self.max_free:
+                break
+        assert first is not None  # one page at least
+        return first, free[: self.max_free]
 
     async def buy(self, wallet: Wallet, url: str, event: str, seat: str) -> dict[str, Any]:
         """Buy ``seat`` of ``event`` with ``wallet``'s card: ``{message, oid, poid}``, or, paid but not delivered,
@@ -155,7 +178,8 @@ def _ticketing(url: str) -> Iterator[None]:
     try:
         yield
     except TicketError as exc:
-        raise HttpError(409, exc.reason, f"{exc}; {BUY_HINTS.get(exc.reason, 'the server refused')}") from None
+        status = 502 if exc.reason == "not_ticketing" else 409
+        raise HttpError(status, exc.reason, f"{exc}; {BUY_HINTS.get(exc.reason, 'the server refused')}") from None
     except PurchaseError as exc:
         hint = BUY_HINTS.get(exc.reason, "nothing was paid unless the page shows a purchase under way")
         raise HttpError(409, exc.reason, f"the purchase did not happen: {exc}; {hint}") from None

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -29,7 +30,15 @@ from cardnet.host.errors import HostError
 from cardnet.protocols.speed.messages import Price
 from cardnet.services.speed.customer import CardOrders, Customer, Journal
 from cardnet.services.ticketing.config import parse_price
-from cardnet.transport import DEFAULT_LIMITS, BrokenError, ClosedError, Connection, TcpConnection, send_batch
+from cardnet.transport import (
+    DEFAULT_LIMITS,
+    BrokenError,
+    ClosedError,
+    Connection,
+    TcpConnection,
+    TransportError,
+    send_batch,
+)
 from cardnet.transport.http_client import request
 from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
 from cardnet.wire import Uid
@@ -76,21 +85,48 @@ class Bought:
     receipt: bytes
 
 
+def not_ticketing(url: str, why: str) -> TicketError:
+    """``TicketError('not_ticketing')``: ``url`` does not answer as a ticketing server, ``why`` says how."""
+    return TicketError("not_ticketing", f"{url} does not answer as a ticketing server: {why}")
+
+
+@contextlib.contextmanager
+def _speaking_http(url: str) -> Iterator[None]:
+    """An address where something that does not speak HTTP answers as ``TicketError('not_ticketing')``; the
+    transport's own words for the rest (nothing answers, the connection closed without an answer: an address of
+    no HTTP server, or a server that stopped)."""
+    try:
+        yield
+    except TransportError as exc:
+        if exc.reason != "not_http":
+            raise
+        raise not_ticketing(url, "what answers there does not speak HTTP (another program's port?)") from exc
+
+
 async def get_json(url: str, target: str, *, timeout_s: float = 30.0) -> Any:
-    """``GET target`` of the server at ``url``, as JSON; a refusal raises :class:`TicketError` with its words."""
+    """``GET target`` of the server at ``url``, as JSON; a refusal raises :class:`TicketError` with its words, an
+    address that does not answer with JSON ``TicketError('not_ticketing')``, one where nothing answers (or the
+    connection closes without an answer) :class:`BrokenError` saying it does not answer as a ticketing server."""
     host, port = server_address(url)
-    answer = await request(host, port, "GET", target, headers=[("Accept", "application/json")], timeout_s=timeout_s)
+    try:
+        with _speaking_http(url):
+            answer = await request(host, port, "GET", target, headers=[("Accept", "application/json")],
+                                   timeout_s=timeout_s)  # fmt: skip
+    except BrokenError as exc:  # nothing answers, or it closed the connection without an answer
+        raise BrokenError(f"{url} does not answer as a ticketing server: {exc}") from exc
     got = answer.json()
     if answer.status != 200 or got is None:
         err = got if isinstance(got, dict) else {}
-        raise TicketError(str(err.get("error", "refused")),
+        if "error" not in err:
+            raise not_ticketing(url, f"it answered {target} with {answer.status} and no ticketing server's words")
+        raise TicketError(str(err["error"]),
                           f"{url}{target}: {err.get('message', f'the server answered {answer.status}')}")  # fmt: skip
     return got
 
 
 async def buy_ticket(
     url: str, event: str, seat: str, *, card: CardOrders, app_socket: str, broker: str, broker_cert: bytes,
-    roots: list[bytes], journal: Journal | None = None, timeout_s: float = TIMEOUT_S,
+    roots: list[bytes], journal: Journal | None = None, limit: Price | None = None, timeout_s: float = TIMEOUT_S,
 ) -> Bought:  # fmt: skip
     """Buy ``seat`` of ``event`` from the ticketing server at ``url`` and bring the ticket to the card.
 
@@ -102,18 +138,26 @@ async def buy_ticket(
     ``TicketError('not_delivered')`` naming the sale. A sold seat raises ``PurchaseError('seat_sold')`` before
     anything is paid; a purse that holds less than the price (or was never loaded) raises
     ``TicketError('insufficient')`` before the vendor is asked: the vendor holds the seat for the sale it bills,
-    and a bill the purse cannot pay would keep the seat from everyone (SPEED bills carry no deadline).
+    and a bill the purse cannot pay would keep the seat from everyone (SPEED bills carry no deadline). A price
+    above ``limit`` (or in another currency) raises ``TicketError('over_limit')`` before anything is bought. An
+    address where no ticketing server answers raises ``TicketError('not_ticketing')``.
     """
     info = await get_json(url, "/")
     shown = await get_json(url, f"/events/{quote(event, safe='')}?seat={quote(seat, safe='')}")  # not the seat map
-    seats = {s["seat"]: s for s in shown.get("seats", [])}
+    try:
+        seats = {s["seat"]: s for s in shown.get("seats", [])}
+        speed, vendor_cert = str(info["speed"]), base64.b64decode(info["vendor_cert"])
+        price = parse_price(str(shown["price"]), "the server's price")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise not_ticketing(url, "its answers lack a ticketing server's SPEED address, certificate or price") from None
     if seat not in seats:
         raise TicketError("no_seat", f"{event} has no seat {seat!r}: choose one of {', '.join(list(seats)[:20])}")
-    vendor_cert = base64.b64decode(info["vendor_cert"])
-    price = parse_price(str(shown["price"]), "the server's price")
+    if limit is not None and (price.currency != limit.currency or price.amount > limit.amount):
+        raise TicketError("over_limit", f"the server asks {price} a seat, over your limit of {limit}: nothing was "
+                          "bought or paid")  # fmt: skip
     await _purse_covers(card, price)
     bought = await Customer(card, b"", roots, journal=journal).buy(
-        str(info["speed"]), broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
+        speed, broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
         vendor_cert=vendor_cert, price=price, limit=price,
     )  # fmt: skip
     try:
@@ -149,11 +193,15 @@ async def receive_ticket(
     host, port = server_address(url)
     body = json.dumps({} if receipt is None else {"receipt": base64.b64encode(receipt).decode()}).encode()
     try:
-        up = await dial_trn(
-            host, port, "POST", f"/tickets/{poid.hex()}", headers=[("Content-Type", "application/json")], body=body
-        )
+        with _speaking_http(url):
+            up = await dial_trn(
+                host, port, "POST", f"/tickets/{poid.hex()}", headers=[("Content-Type", "application/json")], body=body
+            )
     except UpgradeRefused as exc:
-        shown = json.loads(exc.body) if exc.status == 200 else None
+        try:
+            shown = json.loads(exc.body) if exc.status == 200 else None
+        except ValueError:
+            shown = None
         if isinstance(shown, dict) and shown.get("state") == "delivered":  # it left the server already
             return Relayed(bytes.fromhex(str(shown["oid"])), b"", 0, 0)
         raise

@@ -296,7 +296,13 @@ function showSeats() {
   const seats = $("buy-seat");
   seats.replaceChildren();
   for (const seat of (event && event.free) || []) seats.append(el("option", { value: seat }, seat));
-  $("buy-price").textContent = event ? (event.free.length ? event.price : "sold out") : "";
+  let price = "";
+  if (event && event.free.length) {
+    price = event.more ? `${event.price} (the first ${event.free.length} of ${event.free_count} free seats)` : event.price;
+  } else if (event) {
+    price = event.more ? `${event.free_count} free seats, none among the first ones listed` : "sold out";
+  }
+  $("buy-price").textContent = price;
   $("buy-button").disabled = !event || event.free.length === 0;
 }
 
