@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -51,6 +52,7 @@ HOST_MODULES = (
     "cardnet.store",
 )
 START_TIMEOUT_S = 60.0  # the forker's own imports, on a loaded machine
+STOP_S = 10.0
 REQUEST_BYTES = 1 << 16
 
 
@@ -112,12 +114,52 @@ class Forker:
             self.close()
             raise ProcError("not_started", "the forker did not start (its error is above)")
 
-    def spawn(self, args: list[str], env: dict[str, str], stdout_fd: int, stderr_fd: int) -> int:
-        """Fork ``cardnet ARGS`` with ``env`` added to the environment; its pid."""
-        request = json.dumps({"args": args, "env": env, "cwd": os.getcwd()}).encode()
+    def spawn(self, args: list[str], env: dict[str, str], stdout_fd: int, stderr_fd: int, *,
+              cwd: str | None = None, whole_env: bool = False, status_fd: int | None = None) -> int:  # fmt: skip
+        """Fork ``cardnet ARGS`` with ``env`` added to the environment (``whole_env``: as the environment), in ``cwd``
+        (default: this process's); its pid. With ``status_fd`` the fork writes its exit status there as it exits."""
+        request = {"args": args, "env": env, "whole_env": whole_env, "cwd": cwd or os.getcwd()}
+        fds = [stdout_fd, stderr_fd, *([] if status_fd is None else [status_fd])]
         with self._lock:
-            socket.send_fds(self._sock, [request], [stdout_fd, stderr_fd])
+            socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
             return int(self._sock.recv(64))
+
+    def run(self, args: list[str], env: dict[str, str], cwd: str, timeout_s: float) -> tuple[int, str, str]:
+        """Fork ``cardnet ARGS`` in ``cwd`` with the environment ``env`` and wait for it to exit, as
+        ``subprocess.run(..., capture_output=True, text=True)`` would run ``python -m cardnet.cli.main ARGS``:
+        (exit status, stdout, stderr). Killed (-9) after ``timeout_s``."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        st_r, st_w = os.pipe()
+        try:
+            pid = self.spawn(args, env, out_w, err_w, cwd=cwd, whole_env=True, status_fd=st_w)
+        finally:
+            for fd in (out_w, err_w, st_w):
+                os.close(fd)
+        proc = Forked(pid, open(os.devnull))  # noqa: SIM115 (closed below)
+        got: dict[int, bytes] = {out_r: b"", err_r: b"", st_r: b""}
+        deadline = time.monotonic() + timeout_s
+        try:
+            with selectors.DefaultSelector() as sel:
+                for fd in got:
+                    sel.register(fd, selectors.EVENT_READ)
+                while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+                    for key, _ in sel.select(left):
+                        chunk = os.read(key.fd, 65536)
+                        got[key.fd] += chunk
+                        if not chunk:
+                            sel.unregister(key.fd)
+                timed_out = bool(sel.get_map())
+            if timed_out:
+                proc.kill()
+            proc.wait(STOP_S)
+        finally:
+            assert proc.stdout is not None
+            proc.stdout.close()
+            for fd in got:
+                os.close(fd)
+        code = -9 if timed_out or not got[st_r] else int(got[st_r])
+        return code, got[out_r].decode(errors="replace"), got[err_r].decode(errors="replace")
 
     def close(self) -> None:
         self._sock.close()
@@ -128,9 +170,13 @@ class Forker:
             self.proc.wait()
 
 
+# ... and what the walkthroughs' other commands import (tests/integration/walkthrough.py)
+CLI_MODULES = (*HOST_MODULES, "cardnet.cli.admin", "cardnet.cli.trn", "cardnet.cli.millicent", "cardnet.cli.wallet")
+
+
 @contextlib.contextmanager
-def forker() -> Iterator[Forker]:
-    f = Forker()
+def forker(modules: tuple[str, ...] = HOST_MODULES) -> Iterator[Forker]:
+    f = Forker(modules)
     try:
         yield f
     finally:
@@ -196,7 +242,7 @@ def forked(hosts: dict[str, HostProc], forker: Forker) -> None:
 # -- the forker process ------------------------------------------------------------------------------------------
 
 
-def _run_fork(sock: socket.socket, request: dict[str, Any], out_fd: int, err_fd: int) -> None:
+def _run_fork(sock: socket.socket, request: dict[str, Any], out_fd: int, err_fd: int, status_fd: int = -1) -> None:
     """In the fork: become ``cardnet ARGS`` (never returns)."""
     code = 1
     try:
@@ -205,6 +251,8 @@ def _run_fork(sock: socket.socket, request: dict[str, Any], out_fd: int, err_fd:
         for fd, to in ((null, 0), (out_fd, 1), (err_fd, 2)):
             os.dup2(fd, to)
             os.close(fd)
+        if request["whole_env"]:
+            os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         from cardnet.cli.main import run
@@ -216,6 +264,9 @@ def _run_fork(sock: socket.socket, request: dict[str, Any], out_fd: int, err_fd:
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
+        if status_fd >= 0:
+            with contextlib.suppress(BaseException):
+                os.write(status_fd, str(code).encode())
         os._exit(code)
 
 
@@ -237,7 +288,7 @@ def serve(sock: socket.socket, modules: list[str]) -> None:
         _reap()  # (an ended fork stays a zombie until then: its pid is not reused under the test's pidfd)
         if not ready:
             continue
-        msg, fds, _, _ = socket.recv_fds(sock, REQUEST_BYTES, 2)
+        msg, fds, _, _ = socket.recv_fds(sock, REQUEST_BYTES, 3)
         if not msg:
             return
         pid = os.fork()

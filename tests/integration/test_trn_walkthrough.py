@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forkhost import CLI_MODULES, forker
 from walkthrough import run_page
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trn-walkthrough.md"
@@ -16,4 +17,5 @@ READS = (" trn list ", " authority chain ")
 
 
 def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    run_page(DOC, tmp_path, reads=READS, min_commands=30)
+    with forker(CLI_MODULES) as f:  # (most commands forked: see walkthrough.run_page)
+        run_page(DOC, tmp_path, reads=READS, forker=f, min_commands=30)

@@ -31,10 +31,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forkhost import Forker
+
 from cardnet.bench.procs import free_port, stop_process
 
 WAIT_S = 60.0
 COMMANDS = ("cardnet ", "cp ")  # what a page may run (besides export and kill %N)
+FRESH_EVERY = 4  # with a forker: every 4th foreground command is a new process all the same (run_page)
+SHELL = re.compile(r"[|&;<>()$`*?\[\]{}~!#\\\n]")  # bash would do more than split words (forks: run_page)
 
 
 @dataclass
@@ -155,9 +159,21 @@ class Learnt:
 
 
 def run_page(
-    doc_path: Path, folder: Path, *, reads: tuple[str, ...], min_commands: int, replace: dict[str, str] | None = None
+    doc_path: Path,
+    folder: Path,
+    *,
+    reads: tuple[str, ...],
+    min_commands: int,
+    replace: dict[str, str] | None = None,
+    forker: Forker | None = None,
 ) -> list[Ran]:
-    """Run every step of the page ``doc_path`` in ``folder`` (see the module); what each command printed."""
+    """Run every step of the page ``doc_path`` in ``folder`` (see the module); what each command printed.
+
+    With a ``forker`` (tests/integration/forkhost.py), a ``cardnet`` command run in the foreground that bash would
+    only split into words (no quoting but quotes, no redirection, pipe, variable or pattern) runs as a fork of the
+    forker, not as a new Python process importing cardnet, but for every ``FRESH_EVERY``-th command run, which
+    bash runs as before: the same arguments to the same entry point, its own process, its exit status and output.
+    """
     doc = doc_path.read_text(encoding="utf-8")
     name = f"docs/{doc_path.name}"
     for page, run in (replace or {}).items():
@@ -174,6 +190,7 @@ def run_page(
     env = {**os.environ, "COLUMNS": "250"}
     jobs: dict[int, tuple[subprocess.Popen[str], Path, list[str], str]] = {}
     ran: list[Ran] = []
+    runs = 0  # foreground commands run (a read repeated counts each time)
 
     def stop(number: int, *, wait: bool = False) -> None:
         proc, log, expected, command = jobs.pop(number)
@@ -233,10 +250,20 @@ def run_page(
                 continue
             deadline = time.monotonic() + (WAIT_S if any(r in f" {command} " for r in reads) else 0)
             while True:
-                r = subprocess.run(
-                    ["bash", "-c", shell], cwd=folder, env=env, capture_output=True, text=True, timeout=120,
-                    check=False,
-                )  # fmt: skip
+                runs += 1
+                if (
+                    forker is not None
+                    and runs % FRESH_EVERY
+                    and shell.startswith(cardnet + " ")
+                    and not SHELL.search(shell[len(cardnet) :])
+                ):
+                    code, out, err = forker.run(shlex.split(shell)[3:], env, str(folder), 120.0)
+                    r = subprocess.CompletedProcess(shell, code, out, err)
+                else:
+                    r = subprocess.run(
+                        ["bash", "-c", shell], cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+                        check=False,
+                    )  # fmt: skip
                 printed = r.stdout + r.stderr
                 learnt.learn(expected, printed)
                 expected = [learnt.apply(e) for e in expected]
