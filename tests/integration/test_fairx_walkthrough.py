@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from forkhost import CLI_MODULES, forker
 from walkthrough import run_page
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "fairx-walkthrough.md"
@@ -18,7 +19,8 @@ READS = (" trn list ", " exchange list ", " exchange status ")
 
 
 def test_the_fairx_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    ran = run_page(DOC, tmp_path, reads=READS, min_commands=30)
+    with forker(CLI_MODULES) as f:  # (most commands forked: see walkthrough.run_page)
+        ran = run_page(DOC, tmp_path, reads=READS, forker=f, min_commands=30)
     swap, rejected = [r for r in ran if " exchange offer " in r.command]
     assert swap.shell != rejected.shell and swap.printed != rejected.printed  # two exchanges, two ids
     accepted = next(r for r in ran if " exchange accept " in r.command and r.returncode == 0)
