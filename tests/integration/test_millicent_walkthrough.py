@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from forkhost import CLI_MODULES, forker
 from walkthrough import run_page
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "millicent-walkthrough.md"
@@ -21,7 +22,8 @@ READS = (" millicent list ", " broker status ", " vendor status ")
 
 
 def test_the_millicent_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    ran = run_page(DOC, tmp_path, reads=READS, min_commands=18)
+    with forker(CLI_MODULES) as f:  # (most commands forked: see walkthrough.run_page)
+        ran = run_page(DOC, tmp_path, reads=READS, forker=f, min_commands=18)
     refused = [r for r in ran if " spend " in r.command and r.returncode != 0]
     assert len(refused) == 2 and all("Traceback" not in r.printed for r in refused), refused
     held = subprocess.run(
