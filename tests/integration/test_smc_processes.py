@@ -10,9 +10,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import forkhost
 import pytest
 
 from cardnet.bench.smcnet import PIN, SmcNet
@@ -22,7 +24,7 @@ from cardnet.protocols.smc.registry import FunctionSpec
 from cardnet.services.smc.controller import Outcome, run_parties
 
 FAULTY = (1, 3)
-JOIN = (sys.executable, "-m", "cardnet.cli.main", "smc", "join")
+JOIN = ("smc", "join")  # (forked: see join_all)
 
 
 @pytest.fixture
@@ -111,27 +113,27 @@ def test_cardnet_smc_run_fails_when_no_module_decided(tmp_path: Path) -> None:
 
 
 def join_all(net: SmcNet, tmp_path: Path, function: str, inputs: list[str]) -> list[dict[str, Any]]:
-    """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports."""
+    """`cardnet smc plan`, then one `cardnet smc join` process per party against its own host; their reports.
+
+    The joins are forks of a forker that imported cardnet (tests/integration/forkhost.py: the same arguments through
+    the same entry point, each its own process), so that they start in a fraction of a second each instead of five
+    Python processes importing cardnet at once, and the run is planned 5 s ahead instead of 12: a join after the
+    first round is refused (too_late) and fails the test."""
     plan = tmp_path / f"{function}.toml"
     members = [a for u in net.uids for a in ("-m", str(u))]
-    # A join after the first round is refused (too_late): room for five join processes to start under load.
-    r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "300", "--start-in", "12", "--out", str(plan))
-    assert r.returncode == 0, r.stderr
-    env = {**os.environ, "CARDNET_PIN": PIN}
-    procs = [
-        subprocess.Popen(
-            [*JOIN, "--run", str(plan), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", v, "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for hp, v in zip(net.hosts, inputs, strict=True)
-    ]
+    with forkhost.forker((*forkhost.CLI_MODULES, "cardnet.cli.smc")) as f:
+        r = cardnet("smc", "plan", "-f", function, *members, "--round-ms", "300", "--start-in", "5", "--out", str(plan))
+        assert r.returncode == 0, r.stderr
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        args = [
+            [*JOIN, "--run", str(plan), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", v, "--json"]
+            for hp, v in zip(net.hosts, inputs, strict=True)
+        ]
+        with ThreadPoolExecutor(len(args)) as pool:
+            ran = list(pool.map(lambda a: f.run(a, env, str(tmp_path), 120.0), args))
     reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+    for code, out, err in ran:
+        assert code == 0, err
         reports.append(json.loads(out))
     again = cardnet("smc", "plan", "-f", function, *members, "--out", str(plan))
     assert again.returncode != 0 and "exists" in again.stderr
