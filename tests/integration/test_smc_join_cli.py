@@ -13,6 +13,8 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import forkhost
+
 from cardnet.bench.smcnet import PIN, SmcNet
 
 UIDS = ("a11ce0a11ce0a11ce0a11ce0:00000000", "b0b000b0b000b0b000b0b000:00000000")
@@ -81,17 +83,21 @@ def test_a_join_whose_module_took_no_part_fails_saying_why(tmp_path: Path) -> No
     shows the same to a person."""
     import os
 
-    with SmcNet(tmp_path, 2) as net:
+    # The join is a fork of a forker that imported cardnet (tests/integration/forkhost.py: the same arguments through
+    # the same entry point, its own process), ready in a fraction of a second: the run starts 2 s after it is
+    # planned, not 5 (a join after the first round is refused too_late, and fails the test).
+    with SmcNet(tmp_path, 2) as net, forkhost.forker((*forkhost.CLI_MODULES, "cardnet.cli.smc")) as f:
         env = {**os.environ, "CARDNET_PIN": PIN}
         me = net.hosts[0]
         for n, as_json in enumerate((True, False)):
             run = tmp_path / f"run{n}.toml"
             members = [a for u in net.uids for a in ("-m", str(u))]
-            planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "5", "--round-ms", "100",
+            planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "2", "--round-ms", "100",
                               "--out", str(run))  # fmt: skip
             assert planned.returncode == 0, planned.stderr
-            r = cardnet("smc", "join", "--run", str(run), "--socket", me.socket, "--card", me.domain.hex(), "-i", "5",
-                        *(("--json",) if as_json else ()), env=env)  # fmt: skip
+            args = ["smc", "join", "--run", str(run), "--socket", me.socket, "--card", me.domain.hex(), "-i", "5"]
+            args += ["--json"] if as_json else []
+            r = subprocess.CompletedProcess(args, *f.run(args, env, str(tmp_path), 60.0))
             assert r.returncode == 2 and "Traceback" not in r.stderr, r
             if as_json:
                 got = json.loads(r.stdout)  # the error alone, no report
