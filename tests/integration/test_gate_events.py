@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from test_gate_processes import cli, give, redeem
+from waiting import wait_for
 
 from cardnet.applets.gate import SETUP, STATE
 from cardnet.bench.trnnet import TrnNet
@@ -97,6 +98,11 @@ async def _two_gates(net: TrnNet) -> None:
     assert len(taken) == 1, got
     other = next(r for r in got if isinstance(r, BaseException) or not r.taken)
     assert isinstance(other, WalletError), other  # refused on the holder's card: the ticket is being sent
+
+    async def settled() -> bool:  # taken is the transfer's commit: the verdict waits for the authority's answer
+        return [(await net.ask(g, SETUP, STATE))["pending"] for g in ("g1", "g2")] == [0, 0]
+
+    await wait_for("both gates' verdicts (none pending)", settled)
     states = {g: (await net.ask(g, SETUP, STATE))["admitted"] for g in ("g1", "g2")}
     assert sorted(states.values()) == [0, 1], states
     assert FINAL not in await net.tokens("a")
