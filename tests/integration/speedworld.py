@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,17 @@ async def serve(w: World) -> tuple[sv.VendorServer, sb.BrokerServer]:
     bh, bp = await bs.start()
     w.vendor_addr, w.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"
     return vs, bs
+
+
+@contextlib.asynccontextmanager
+async def served(w: World) -> AsyncIterator[tuple[sv.VendorServer, sb.BrokerServer]]:
+    """:func:`serve`, closing both servers when the block ends."""
+    vs, bs = await serve(w)
+    try:
+        yield vs, bs
+    finally:
+        await vs.aclose()
+        await bs.aclose()
 
 
 async def load_purse(w: World, amount: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from hostprocs import free_port
-from speedworld import EUR, SONG, T0, World, load_purse, opened, serve
+from speedworld import EUR, SONG, T0, World, load_purse, opened, serve, served
 
 from cardnet.crypto import cms, pki
 from cardnet.errors import CardnetError
@@ -35,8 +35,7 @@ def test_normal_mode_purse_payment_delivers_the_song_and_conserves_value(world: 
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 1000)
             assert w.balance() == 1000
             got = await w.customer.buy(w.vendor_addr, w.broker_addr, ["song-1 Blue in Green"],
@@ -51,9 +50,6 @@ def test_normal_mode_purse_payment_delivers_the_song_and_conserves_value(world: 
             # the bill, the payment order and the receipt are CMS SignedData a stock tool checks
             po = sm.decode(sm.PAYMENT_ORDER, cms.verify(got.payment_order).content, "po")
             assert po["mode"]["kind"] == "purse" and po["bill"] == got.bill
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -62,8 +58,7 @@ def test_negotiation_down_to_the_floor_then_account_payment(world: World) -> Non
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             got = await w.customer.buy(w.vendor_addr, w.broker_addr, ["song-1 Blue in Green"],
                                        broker_cert=w.broker_cert, limit=sm.Price(EUR, 210),
                                        payment="account", account="C-1")  # fmt: skip
@@ -76,9 +71,6 @@ def test_negotiation_down_to_the_floor_then_account_payment(world: World) -> Non
                 await w.customer.buy(w.vendor_addr, w.broker_addr, ["song-1 Blue in Green"],
                                      broker_cert=w.broker_cert, limit=sm.Price(EUR, 150))  # fmt: skip
             assert e.value.reason == "no_agreement"
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -87,8 +79,7 @@ def test_aggressive_mode_several_products_paid_from_the_purse(world: World) -> N
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 1000)
             names = ["news-1 Today's paper", "ppv-1 Match key"]
             got = await w.customer.buy(w.vendor_addr, w.broker_addr, names, broker_cert=w.broker_cert,
@@ -97,9 +88,6 @@ def test_aggressive_mode_several_products_paid_from_the_purse(world: World) -> N
             assert got.contents[0] == b"the news of the day" * 10 and len(got.contents[1]) == 16
             assert w.balance() == 1000 - 579
             assert w.broker.balances()["V-1"] == {EUR: 579}
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -176,14 +164,10 @@ def test_the_bill_the_payment_order_and_the_receipt_pass_openssl_cms_verify(
     w = world
 
     async def go() -> Any:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 1000)
             return await w.customer.buy(w.vendor_addr, w.broker_addr, ["ppv-1 Match key"], broker_cert=w.broker_cert,
                                         limit=sm.Price(EUR, 1000))  # fmt: skip
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     got = asyncio.run(go())
     bill = sm.decode(sm.BILL, cms.verify(got.bill).content, "bill")
@@ -222,8 +206,7 @@ def test_a_load_a_crash_interrupted_is_finished_once(world: World) -> None:
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             card = AsyncLocalCard(w.card)
             await install_key(card, w.broker_addr)
             l1 = w.card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500)["l1"]
@@ -236,9 +219,6 @@ def test_a_load_a_crash_interrupted_is_finished_once(world: World) -> None:
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - 600}
             sums = w.broker.sam.ask(sa.TOTALS, sa.SUMS, day=int(T0 // 86400))
             assert {s["currency"]: s["amount"] for s in sums["loads"]} == {EUR: 600}
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -255,8 +235,7 @@ def test_a_load_the_broker_refused_is_never_charged_later_and_the_card_forgets_i
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             card = AsyncLocalCard(w.card)
             await install_key(card, w.broker_addr)
             l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500))["l1"]
@@ -289,9 +268,6 @@ def test_a_load_the_broker_refused_is_never_charged_later_and_the_card_forgets_i
             assert await load(card, w.broker_addr, sm.Price(EUR, 300), "C-1") == 1  # the counter the forgery named
             assert w.balance() == 400
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - 400}
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -306,8 +282,7 @@ def test_a_charged_load_is_never_lost_when_the_card_holds_sixteen_loads_under_wa
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             card = AsyncLocalCard(w.card)
             await install_key(card, w.broker_addr)
             l1 = (await card.ask(pa.LOAD_BEGIN, pa.L1_IS, currency=EUR, amount=500))["l1"]
@@ -323,9 +298,6 @@ def test_a_charged_load_is_never_lost_when_the_card_holds_sixteen_loads_under_wa
             assert w.balance() == 500 + 15 + 100
             assert w.broker.balances()["C-1"] == {EUR: 10_000 - w.balance()}  # every load paid for is credited
             assert (await card.ask(pa.PENDING_LOADS, pa.L1S))["l1"] == []
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -340,8 +312,7 @@ def test_a_purchase_the_purse_could_not_pay_is_dropped_and_buying_again_pays_onc
     key = "ppv-1 Match key"
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 100)
             with pytest.raises(PurchaseError) as e:
                 await customer.buy(w.vendor_addr, w.broker_addr, [key], broker_cert=w.broker_cert, mode="aggressive")
@@ -354,9 +325,6 @@ def test_a_purchase_the_purse_could_not_pay_is_dropped_and_buying_again_pays_onc
             assert await customer.recover() == []
             assert w.balance() == 600 - 499
             assert w.broker.balances()["V-1"] == {EUR: 499}
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -373,8 +341,7 @@ def test_a_purchase_sent_to_a_wrong_broker_address_is_finished_by_recover_with_t
     wrong = f"127.0.0.1:{free_port()}"  # nothing listens there
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 1000)
             with pytest.raises(PurchaseError) as e:
                 await customer.buy(w.vendor_addr, wrong, ["news-1 Today's paper"], broker_cert=w.broker_cert,
@@ -388,9 +355,6 @@ def test_a_purchase_sent_to_a_wrong_broker_address_is_finished_by_recover_with_t
             assert await customer.recover() == []
             assert w.balance() == 1000 - 80
             assert w.broker.balances()["V-1"] == {EUR: 80}
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
 
@@ -404,8 +368,7 @@ def test_a_running_vendor_sells_a_product_added_to_its_store_since_it_started(wo
     w = world
 
     async def go() -> None:
-        vs, bs = await serve(w)
-        try:
+        async with served(w):
             await load_purse(w, 1000)
             _, before = await w.customer.catalogue(w.vendor_addr)
             other = SqliteStore(str(tmp_path / "vendor.db"))
@@ -418,8 +381,5 @@ def test_a_running_vendor_sells_a_product_added_to_its_store_since_it_started(wo
             got = await w.customer.buy(w.vendor_addr, w.broker_addr, ["tune-9 So What"], broker_cert=w.broker_cert,
                                        mode="aggressive")  # fmt: skip
             assert got.contents == [b"so what" * 3] and got.price == sm.Price(EUR, 120)
-        finally:
-            await vs.aclose()
-            await bs.aclose()
 
     asyncio.run(go())
