@@ -87,6 +87,30 @@ async def assert_told_too_large(server: HostServer, sock: Path, remote: Uid, oth
 
 
 @contextlib.asynccontextmanager
+async def carrying_host(
+    tmp: Path, remote: Uid, limits: Limits = DEFAULT_LIMITS
+) -> AsyncIterator[tuple[HostServer, TcpServer]]:
+    """The echo card's host (no route, no listener) and a server whose every connection (``limits``) the host
+    carries for ``remote``'s domain."""
+    (tmp / "h.toml").write_text(
+        'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
+    )
+    server = HostServer(load_config(tmp / "h.toml"))
+    await server.start()
+    carried = TcpServer(limits=limits)
+
+    async def carry(conn: TcpConnection) -> None:
+        await server.carry(conn, [remote.domain], label="test carrier")
+
+    try:
+        await carried.start("127.0.0.1", 0, carry)
+        yield server, carried
+    finally:
+        await carried.aclose()
+        await server.aclose()
+
+
+@contextlib.asynccontextmanager
 async def routed_host(
     tmp: Path, remote: Uid
 ) -> AsyncIterator[tuple[HostServer, TcpConnection, asyncio.Queue[Message]]]:
@@ -135,20 +159,10 @@ def test_a_carried_connection_leaves_out_an_oversize_message_tells_its_card_and_
 ) -> None:
     uid = echo_card(tmp_path, ca)
     remote = Uid(os.urandom(12), 0)
-    (tmp_path / "h.toml").write_text(
-        'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
-    )
 
     async def go() -> None:
-        server = HostServer(load_config(tmp_path / "h.toml"))
-        await server.start()
-        carried = TcpServer(limits=Limits(max_frame=LIMIT))  # the connection the host carries: small frames
-
-        async def carry(conn: TcpConnection) -> None:
-            await server.carry(conn, [remote.domain], label="test carrier")
-
-        await carried.start("127.0.0.1", 0, carry)
-        try:
+        # the connection the host carries has small frames
+        async with carrying_host(tmp_path, remote, Limits(max_frame=LIMIT)) as (server, carried):
             peer = await dial(*carried.address)  # the peer could take the big reply: only the carrier's limit refuses
             others: list[Message] = []
             try:
@@ -163,9 +177,6 @@ def test_a_carried_connection_leaves_out_an_oversize_message_tells_its_card_and_
                 await assert_told_too_large(server, tmp_path / "h.sock", remote, others)
             finally:
                 await peer.aclose()
-        finally:
-            await carried.aclose()
-            await server.aclose()
 
     asyncio.run(go())
 

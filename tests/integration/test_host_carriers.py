@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from test_host_carrier_oversize import WAIT_S, echo_card, replies
+from test_host_carrier_oversize import carrying_host, echo_card, replies
+from waiting import wait_for
 
 from cardnet.crypto import pki
-from cardnet.host.config import load_config
 from cardnet.host.server import HostServer
 from cardnet.protocols.echo import REQUEST
-from cardnet.transport import TcpConnection, TcpServer, dial
+from cardnet.transport import dial
 from cardnet.wire import Uid
 
 
-async def until(check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not check():
-            await asyncio.sleep(0.01)
+async def carriers(server: HostServer, n: int) -> None:
+    async def now() -> bool:
+        return len(server._carriers) == n
+
+    await wait_for(f"{n} carrier(s)", now)
 
 
 def test_a_domain_carried_twice_is_routed_to_a_carrier_still_open_whichever_ends_first(
@@ -32,21 +32,10 @@ def test_a_domain_carried_twice_is_routed_to_a_carrier_still_open_whichever_ends
 ) -> None:
     uid = echo_card(tmp_path, ca)
     remote = Uid(os.urandom(12), 0)
-    (tmp_path / "h.toml").write_text(
-        'name = "h"\napp_socket = "h.sock"\n\n[[cards]]\nstore = "sqlite:///c.card.db"\napplets = ["echo"]\n'
-    )
 
     async def go() -> None:
-        server = HostServer(load_config(tmp_path / "h.toml"))
-        await server.start()
-        carried = TcpServer()
-
-        async def carry(conn: TcpConnection) -> None:
-            await server.carry(conn, [remote.domain], label="delivery")
-
-        await carried.start("127.0.0.1", 0, carry)
-        routes = server.host.routes
-        try:
+        async with carrying_host(tmp_path, remote) as (server, carried):
+            routes = server.host.routes
             for first_ends_first in (True, False):
                 first = await dial(*carried.address)
                 await first.send(REQUEST.make(remote, uid, rid=1, body=b"one"))  # the carrier begins with its traffic
@@ -54,18 +43,15 @@ def test_a_domain_carried_twice_is_routed_to_a_carrier_still_open_whichever_ends
                 second = await dial(*carried.address)
                 await second.send(REQUEST.make(remote, uid, rid=2, body=b"two"))
                 assert await replies(second, 1) == [2]
-                await until(lambda: len(server._carriers) == 2)
+                await carriers(server, 2)
                 ending, staying = (first, second) if first_ends_first else (second, first)
                 await ending.aclose()
-                await until(lambda: len(server._carriers) == 1)
+                await carriers(server, 1)
                 await staying.send(REQUEST.make(remote, uid, rid=3, body=b"still routed"))
                 assert await replies(staying, 1) == [3]  # the reply goes out on the carrier still open
                 assert routes[remote.domain] in server._carriers
                 await staying.aclose()
-                await until(lambda: not server._carriers)
+                await carriers(server, 0)
                 assert remote.domain not in routes  # back to no route, as before the first carrier
-        finally:
-            await carried.aclose()
-            await server.aclose()
 
     asyncio.run(go())
