@@ -13,12 +13,12 @@ import asyncio
 import logging
 import random
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hostprocs import Service
+from waiting import Held
 
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import broker as mb
@@ -33,27 +33,12 @@ WAIT_S = 10.0
 ME = Uid(b"\x00" * 12, 1)
 
 
-class HeldPurchases(mb.BrokerCore):
+class HeldPurchases(Held, mb.BrokerCore):
     """The broker's core whose next purchase, once ``hold()`` is called, waits in the worker thread for
     ``release()`` before it is decided: a slow step at a moment the test chooses."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        super().__init__(store)
-        self.entered = threading.Event()
-        self._release = threading.Event()
-        self._held = False
-
-    def hold(self) -> None:
-        self._held = True
-
-    def release(self) -> None:
-        self._release.set()
-
     def begin_purchase(self, param: bytes, now: int) -> bytes | mb.VendorCall:
-        if self._held:
-            self._held = False
-            self.entered.set()
-            assert self._release.wait(WAIT_S), "the test never released the held purchase"
+        self.wait_if_held("purchase", WAIT_S)
         return super().begin_purchase(param, now)
 
 

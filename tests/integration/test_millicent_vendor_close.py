@@ -15,13 +15,13 @@ import asyncio
 import logging
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hostprocs import Service, cardnet
+from waiting import Held
 
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import vendor as mv
@@ -37,27 +37,12 @@ WAIT_S = 10.0
 ME = Uid(b"\x00" * 12, 1)
 
 
-class HeldCommits(mv.VendorCore):
+class HeldCommits(Held, mv.VendorCore):
     """The vendor's core whose next transaction, once ``hold()`` is called, waits in the committing thread for
     ``release()`` before it runs: a commit that is slow (a busy disk) at a moment the test chooses."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        super().__init__(store)
-        self.entered = threading.Event()
-        self._release = threading.Event()
-        self._held = False
-
-    def hold(self) -> None:
-        self._held = True
-
-    def release(self) -> None:
-        self._release.set()
-
     def commit_batch(self, b: mv.Batch, before_commit: Callable[[], None] | None = None) -> list[tuple[int, bytes]]:
-        if self._held:
-            self._held = False
-            self.entered.set()
-            assert self._release.wait(WAIT_S), "the test never released the held commit"
+        self.wait_if_held("commit", WAIT_S)
         return super().commit_batch(b, before_commit)
 
 
