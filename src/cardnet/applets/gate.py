@@ -27,12 +27,13 @@ ticket is settled on the card (traced, or disowned), the ticket's holding ``t:<o
 offline too.
 The memory of the committed transfer (``d:<peer><nonce>``, the TRN wallet's) stays: a holder card that missed the
 gate's ``committed`` resends its commit and must hear ``committed ok``. It also ends the open sessions with holders'
-cards (not the authority's) opened before ``before_ms`` with nothing queued for them, as ``session.rekey`` would: a
-card that comes back handshakes again. Then it forgets the refused transfers (``n:<peer><nonce>``, the TRN wallet's
-memory that gives a resent copy the same answer) of every card it now holds no session with: a copy of a transfer
-can only come inside a session, and one resent in a new session comes from a card that never heard the refusal,
-whose transfer is still open (judged afresh, by the same rules). At most :data:`PRUNE_BATCH` records an order
-(``more``: order again).
+cards (not the authority's) opened before ``before_ms`` with nothing queued for them, as ``session.rekey`` would, and
+tells each card (``session.failed session_ended``): its next presentation handshakes again at once, instead of going
+in the ended session and waiting for its recovery to resend it. Then it forgets the refused transfers
+(``n:<peer><nonce>``, the TRN wallet's memory that gives a resent copy the same answer) of every card it now holds no
+session with: a copy of a transfer can only come inside a session, and one resent in a new session comes from a card
+that never heard the refusal, whose transfer is still open (judged afresh, by the same rules). At most
+:data:`PRUNE_BATCH` records an order (``more``: order again).
 
 State (besides the TRN wallet's): ``adm:<oid>`` the admission record (:class:`~cardnet.protocols.gate.Admission`;
 a card pruned before ``ax:`` existed may still hold markers here, moved by its next prune), ``ax:<oid>`` the
@@ -53,6 +54,7 @@ from cardnet.card import CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import gate
+from cardnet.protocols import session as sess
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.trn import transfer as tr
 from cardnet.protocols.trn.token import MAX_BODY, OID_BYTES, Token
@@ -180,6 +182,7 @@ JOURNALED = register(
         ],
     ),
 )
+SESSION_ENDED = "session_ended"  # session.failed to a holder's card whose idle session a prune ended
 PRUNED_REASON = "pruned"  # the reason a pruned admission is listed with (its own is gone)
 REFUSED_KIND, VERDICT_KIND, REPORT_KIND = "refused", "verdict", "report"
 _NO_EXCHANGE = frozenset({fairx.START.code, fairx.ACCEPT.code})
@@ -576,6 +579,11 @@ class GateApplet(TrnApplet):
                 ctx.delete(key)
                 freed += len(key) + len(raw)
                 sessions += 1
+                # tell the holder's card, or its next presentation would go in the ended session: refused
+                # (no_session), the copy lost until its recovery resends it (seconds at a gate, with a person waiting)
+                ctx.emit(
+                    sess.FAILED, peer, reason=SESSION_ENDED, detail="the gate pruned this idle session: open a new one"
+                )
         refusals = 0
         for key, raw in ctx.scan(b"n:"):  # a resent copy of a refused transfer can only come in a session held now
             if ctx.get(b"s:" + key[2:18]) is not None:
