@@ -9,6 +9,8 @@ from cardnet.transport import (
     MIN_FRAME,
     PREFIX_BYTES,
     FrameDecoder,
+    FrameRefused,
+    RecvLimit,
     SkippedFrame,
     TransportError,
     encode_frame,
@@ -117,6 +119,45 @@ def test_a_frame_above_the_limit_is_read_past_reported_and_the_stream_goes_on() 
         dec = FrameDecoder(max_frame=1000)
         assert dec.feed(stream[:cut]) + dec.feed(stream[cut:]) == [small, after], cut
         assert dec.take_skipped() == [want]
+
+
+def test_a_frame_above_a_receive_limit_is_refused_at_its_header_without_keeping_its_body() -> None:
+    """A server's RecvLimit: the frames within it (by mtype) are decoded, the first above it is refused once its
+    34-byte header is in, whatever the split, with the whole messages before it handed out with the error."""
+    limit = RecvLimit(100, ((9, 2000),))
+    small, allowed, big = msg(1, 50), msg(9, 1500), msg(2, 3000)
+    stream = b"".join(encode_frame(m) for m in (small, allowed, big)) + b"never read"
+    want = SkippedFrame(A, B, 2, big.size, 100)
+    end_of_head = len(stream) - len(b"never read") - big.size + HEADER_BYTES  # where big's header ends
+    for step in (1, 7, 33, 34, 35, 1000, len(stream)):
+        dec = FrameDecoder(recv_limit=limit)
+        out: list[Message] = []
+        with pytest.raises(FrameRefused) as e:
+            for at in range(0, len(stream), step):
+                out += dec.feed(stream[at : at + step])
+                assert dec.buffered < PREFIX_BYTES + 2000
+        assert at < end_of_head <= at + step, step  # refused in the feed that completed its header
+        assert e.value.reason == "too_large" and e.value.frame == want
+        assert out + e.value.decoded == [small, allowed], step
+        assert "3034-byte message (mtype 0x0002)" in str(e.value) and "limit of 100 bytes" in str(e.value)
+        with pytest.raises(DecodeError, match="already failed"):
+            dec.feed(b"x")
+    assert limit.largest == 2000 and limit.for_mtype(9) == 2000 and limit.for_mtype(10) == 100
+
+
+def test_a_receive_limit_announced_past_while_the_header_trickles_holds_only_the_header() -> None:
+    dec = FrameDecoder(recv_limit=RecvLimit(100))
+    frame = prefix(DEFAULT_MAX_FRAME) + A.raw + B.raw + b"\x00\x05"
+    for i, byte in enumerate(frame[:-1]):
+        assert dec.feed(bytes([byte])) == []
+        assert dec.buffered <= HEADER_BYTES and not dec.at_boundary
+        assert dec.partial_size == (None if i < PREFIX_BYTES - 1 else DEFAULT_MAX_FRAME)
+    with pytest.raises(FrameRefused):
+        dec.feed(frame[-1:])
+    dec = FrameDecoder(recv_limit=RecvLimit(100))  # above any cardnet peer's frame: not cardnet, refused at once
+    with pytest.raises(DecodeError) as e:
+        dec.feed(prefix(DEFAULT_MAX_FRAME + 1))
+    assert e.value.reason == "oversize" and not isinstance(e.value, FrameRefused)
 
 
 def test_the_stream_ending_inside_a_skipped_frame_is_truncated() -> None:

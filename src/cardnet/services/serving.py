@@ -20,6 +20,10 @@ the core still sees one request at a time (one thread, one after another): its i
   (:func:`~cardnet.transport.send_batch`): the answer's other frames are sent, in order, with ``oversize(request,
   frame)`` in its place (the protocol's refusal; nothing when there is no ``oversize`` or it gives None), it is
   logged, and the connection goes on.
+* A request above the server's receive limit (``recv_limit``: the largest request the service takes, by mtype)
+  is refused at its 34-byte header, its body never read (:class:`~cardnet.transport.TooLarge`): the answers to
+  the requests before it are sent, then ``too_large(frame)`` (the protocol's refusal, saying the limit), and the
+  connection is closed; the others go on. The send limit stays the connection's ``max_frame``.
 * :attr:`GroupCommitServer.lock` is held while a group runs; subclasses take it for core calls of their own
   (the broker's settlement), which then never run inside or beside a group.
 * :meth:`GroupCommitServer.call` lets the service's owner run other store work in the next group (the
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -46,9 +51,12 @@ from cardnet.transport import (
     ClosedError,
     Instead,
     Limits,
+    RecvLimit,
     ServerLimits,
+    SkippedFrame,
     TcpConnection,
     TcpServer,
+    TooLarge,
     send_batch,
 )
 from cardnet.wire import Message
@@ -68,6 +76,10 @@ Oversize = Callable[[Message, Message], Message | None]
 """``oversize(request, frame)``: what to send instead of a frame of the request's answer that is above the
 connection's frame limit (the protocol's refusal), or None to leave it out."""
 
+Refuse = Callable[[SkippedFrame], Message | None]
+"""``too_large(frame)``: what to send the peer that began ``frame`` (its header and size), a request above the
+server's receive limit, before the connection is closed (the protocol's refusal), or None to send nothing."""
+
 
 class GroupCommitServer:
     """``answer`` served over TCP, requests waiting at once answered in one group commit (see the module)."""
@@ -81,10 +93,16 @@ class GroupCommitServer:
         max_group: int = MAX_GROUP,
         limits: Limits = DEFAULT_LIMITS,
         oversize: Oversize | None = None,
+        recv_limit: RecvLimit | None = None,
+        too_large: Refuse | None = None,
     ) -> None:
-        """``limits``: each connection's bounds (its frame limit among them); ``oversize``: see the module."""
+        """``limits``: each connection's bounds (its frame limit among them); ``oversize``, ``recv_limit`` (replaces
+        ``limits.recv_limit``) and ``too_large``: see the module."""
         if max_group < 1:
             raise ValueError(f"max_group is at least 1, got {max_group}")
+        if recv_limit is not None:
+            limits = dataclasses.replace(limits, recv_limit=recv_limit)
+        self._too_large = too_large
         self._answer = answer
         self._group = group
         self._max_group = max_group
@@ -134,7 +152,13 @@ class GroupCommitServer:
     async def _serve(self, conn: TcpConnection) -> None:
         with contextlib.suppress(BrokenError, ClosedError):
             while True:
-                msg = await conn.recv()
+                try:
+                    msg = await conn.recv()
+                except TooLarge as exc:  # refused at its header, unread: tell the peer, then close
+                    refusal = None if self._too_large is None else self._too_large(exc.frame)
+                    if refusal is not None:
+                        await send_batch(conn, [refusal])
+                    return
                 frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
                 # frames of one request: in order, after its group committed; one above the frame limit costs itself
                 await send_batch(conn, frames, self._instead(msg))

@@ -19,12 +19,14 @@ from cardnet.transport.base import (
     fit_batch,
     send_batch,
 )
-from cardnet.transport.errors import BrokenError, ClosedError, TransportError
+from cardnet.transport.errors import BrokenError, ClosedError, TooLarge, TransportError
 from cardnet.transport.framing import (
     DEFAULT_MAX_FRAME,
     MIN_FRAME,
     PREFIX_BYTES,
     FrameDecoder,
+    FrameRefused,
+    RecvLimit,
     SkippedFrame,
     encode_frame,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "Connection",
     "Dialer",
     "FrameDecoder",
+    "FrameRefused",
+    "RecvLimit",
     "SkippedFrame",
     "Instead",
     "Limits",
@@ -59,6 +63,7 @@ __all__ = [
     "ServerLimits",
     "TcpConnection",
     "TcpServer",
+    "TooLarge",
     "TransportError",
     "dial",
     "host_port",

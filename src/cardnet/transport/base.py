@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
 from cardnet.transport.errors import BrokenError, ClosedError, TransportError
-from cardnet.transport.framing import DEFAULT_MAX_FRAME, SkippedFrame, check_max_frame
+from cardnet.transport.framing import DEFAULT_MAX_FRAME, RecvLimit, SkippedFrame, check_max_frame
 from cardnet.wire import Message
 
 LOGGER_NAME = "cardnet.transport"
@@ -77,9 +77,16 @@ class Limits:
     inbox_messages: int = 256  # memory: messages waiting at the receiver before the sender waits
     linger_s: float = 5.0  # a graceful close that has not finished by then is aborted
     connect_timeout_s: float = 10.0  # TCP: connect + TLS handshake
+    # TCP: a server's receive limit (the largest request it takes, by mtype), None: max_frame. A frame above it is
+    # refused at its 34-byte header, never read: recv() raises TooLarge and the connection only sends and closes.
+    recv_limit: RecvLimit | None = None
 
     def __post_init__(self) -> None:
         check_max_frame(self.max_frame)
+        if self.recv_limit is not None and not isinstance(self.recv_limit, RecvLimit):
+            raise TransportError(
+                "bad_config", f"Limits.recv_limit must be a RecvLimit or None, got {self.recv_limit!r}"
+            )
         for name in ("max_pending_sends", "write_buffer_bytes", "read_chunk_bytes", "inbox_messages"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,20 +110,26 @@ class ServerLimits:
     not arrived ``handshake_timeout_s`` after it was accepted is closed, and so
     is one whose handler has waited ``idle_timeout_s`` for a whole frame
     (None: never — for sockets whose clients legitimately wait, such as the
-    host's application socket).
+    host's application socket). A frame whose first bytes arrived must be whole
+    within ``frame_timeout_s`` plus one second per ``min_recv_bytes_per_s``
+    bytes of it (its announced size) of the handler waiting for it, whatever
+    the idle timeout: a peer that sends half a request and trickles the rest is
+    disconnected.
     """
 
     max_connections: int = 512  # connections held at once on this socket
     max_per_peer: int = 64  # connections held at once from one peer address (IP); Unix sockets: no per-peer cap
     handshake_timeout_s: float = 10.0  # accept -> TLS handshake done and the first whole frame in
     idle_timeout_s: float | None = 600.0  # a handler waiting this long for a whole frame is disconnected
+    frame_timeout_s: float = 30.0  # a frame begun must be whole this long after (plus its size's share below)
+    min_recv_bytes_per_s: int = 64 * 1024  # the slowest a frame begun may arrive (bytes a second)
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_per_peer"):
+        for name in ("max_connections", "max_per_peer", "min_recv_bytes_per_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TransportError("bad_config", f"ServerLimits.{name} must be a positive int, got {value!r}")
-        for name in ("handshake_timeout_s", "idle_timeout_s"):
+        for name in ("handshake_timeout_s", "idle_timeout_s", "frame_timeout_s"):
             value = getattr(self, name)
             if value is None and name == "idle_timeout_s":
                 continue

@@ -6,6 +6,10 @@
   away, reset the connection, failed the TLS handshake or sent a bad frame.
   The underlying exception is chained as ``__cause__`` when there is one.
 
+:class:`TooLarge` (reason ``too_large``): the peer began a message above
+this side's receive limit (``Limits.recv_limit``); it was refused unread, the
+connection takes nothing more but can still send (the refusal) and close.
+
 Other reasons are raised as plain :class:`TransportError`: ``oversize`` (we
 tried to send a message above the frame limit), ``queue_full`` (a bounded
 queue is full; retry later or slow down), ``bad_config`` (a limit or option
@@ -18,7 +22,12 @@ sans-I/O framing; a connection turns that into :class:`BrokenError`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cardnet.errors import CardnetError
+
+if TYPE_CHECKING:
+    from cardnet.transport.framing import SkippedFrame
 
 
 class TransportError(CardnetError):
@@ -43,3 +52,16 @@ class BrokenError(TransportError):
 
     def __init__(self, message: str = "the connection is broken; reconnect") -> None:
         super().__init__("broken", message)
+
+
+class TooLarge(TransportError):
+    """The peer began a message above this side's receive limit: refused at its header, its body never read.
+
+    ``frame`` is its header and size (who sent what to whom, how big, the limit). The connection receives
+    nothing more; it can still send (tell the peer) and close, which then reads past what the peer still sends
+    for at most ``Limits.linger_s``, keeping none of it.
+    """
+
+    def __init__(self, frame: SkippedFrame, message: str) -> None:
+        super().__init__("too_large", message)
+        self.frame = frame

@@ -21,10 +21,17 @@ in step and the frames after it are decoded as usual (a host with a smaller
 limit than its peer's used to lose the connection, and every message queued
 behind the big one, for each resend of it). A length above ``skip_limit`` is not
 a cardnet peer's: it fails at once (an HTTP request's first bytes read as a
-length of about 1.2 GB). It never holds more than 3 prefix bytes plus one
-incomplete body (``< max_frame`` bytes, or a skipped frame's header);
-complete frames inside the data being fed are decoded
-straight from that data. Every failure is a :class:`~cardnet.wire.DecodeError`
+length of about 1.2 GB). A server that knows the requests it takes gives a
+:class:`RecvLimit` instead: a frame above its limit (for the frame's mtype),
+and within ``skip_limit``, is *refused* once its 34-byte header is in — never read past — with
+:class:`FrameRefused` (reason ``too_large``), which carries the header so that
+the server can tell the sender, and the decoder is dead after it (the whole
+messages before it in the same ``feed`` are handed out with the error, in
+``FrameRefused.decoded``: they were in step). It never holds more than 3
+prefix bytes plus one incomplete body (``< max_frame`` bytes, or with a
+RecvLimit the limit of the frame's mtype, or a skipped or refused frame's
+header); complete frames inside the data being fed are decoded straight from
+that data. Every failure is a :class:`~cardnet.wire.DecodeError`
 with a ``reason``; after one the decoder is dead and every further call raises
 (reason ``dead``), because a byte stream cannot be resynchronised after a bad
 length. Frames that were complete in the same ``feed`` as a bad one are
@@ -60,13 +67,53 @@ _DST = slice(UID_BYTES, 2 * UID_BYTES)
 
 @dataclass(frozen=True, slots=True)
 class SkippedFrame:
-    """A frame a :class:`FrameDecoder` read past because it was above its frame limit: its header and size."""
+    """A frame a :class:`FrameDecoder` read past (or refused) because it was above its frame limit: its header
+    and size."""
 
     src: Uid
     dst: Uid
     mtype: int
     size: int  # bytes of the message (header + param)
-    limit: int  # the decoder's frame limit
+    limit: int  # the decoder's frame limit (for this mtype)
+
+
+@dataclass(frozen=True, slots=True)
+class RecvLimit:
+    """A receive limit: the largest message taken, ``max_frame`` bytes, or ``by_mtype[mtype]`` for the mtypes it
+    names (header + param, prefix excluded). A frame above it is refused at its header, never read."""
+
+    max_frame: int
+    by_mtype: tuple[tuple[int, int], ...] = ()  # (mtype, limit) pairs
+
+    def __post_init__(self) -> None:
+        check_max_frame(self.max_frame)
+        for _, limit in self.by_mtype:
+            check_max_frame(limit)
+
+    @property
+    def largest(self) -> int:
+        """The most bytes of one message this limit lets in."""
+        return max([self.max_frame, *(limit for _, limit in self.by_mtype)])
+
+    def for_mtype(self, mtype: int) -> int:
+        for code, limit in self.by_mtype:
+            if code == mtype:
+                return limit
+        return self.max_frame
+
+
+class FrameRefused(DecodeError):
+    """A frame above a :class:`RecvLimit`, refused at its header (reason ``too_large``); ``frame`` is its header
+    and size."""
+
+    def __init__(self, frame: SkippedFrame) -> None:
+        super().__init__(
+            "too_large",
+            f"a {frame.size}-byte message (mtype 0x{frame.mtype:04x}) is above the receive limit of {frame.limit} "
+            "bytes: refused unread",
+        )
+        self.frame = frame
+        self.decoded: list[Message] = []  # the whole messages before it in the data fed with it, in order
 
 
 def check_max_frame(max_frame: int) -> int:
@@ -102,8 +149,10 @@ class FrameDecoder:
         "_body",
         "_body_len",
         "_error",
+        "_head_len",
         "_max_frame",
         "_prefix",
+        "_recv",
         "_skip_head",
         "_skip_left",
         "_skip_limit",
@@ -112,9 +161,15 @@ class FrameDecoder:
         "_uids",
     )
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, recv_limit: RecvLimit | None = None) -> None:
+        """``recv_limit``: refuse frames above it at their header (see the module) instead of reading past those
+        above ``max_frame``; its ``max_frame`` is then the decoder's."""
+        self._recv = recv_limit
+        if recv_limit is not None:
+            max_frame = recv_limit.max_frame
         self._max_frame = check_max_frame(max_frame)
         self._skip_limit = max(max_frame, DEFAULT_MAX_FRAME)
+        self._head_len = 0  # with a RecvLimit: the length of a frame above max_frame whose header is being read
         self._skip_left = 0  # bytes of a skipped frame still to read past (its header kept in _skip_head)
         self._skip_size = 0
         self._skip_head = bytearray()
@@ -130,8 +185,19 @@ class FrameDecoder:
         return self._max_frame
 
     @property
+    def partial_size(self) -> int | None:
+        """Bytes of the message being read (as its prefix announced it), or None at a frame boundary or while the
+        prefix itself is incomplete."""
+        if self._body_len is not None:
+            return self._body_len
+        if self._skip_left:
+            return self._skip_size
+        return self._head_len or None
+
+    @property
     def buffered(self) -> int:
-        """Bytes held for an incomplete frame (always ``< PREFIX_BYTES + max(max_frame, HEADER_BYTES)``)."""
+        """Bytes held for an incomplete frame (always ``< PREFIX_BYTES + max(max_frame, HEADER_BYTES)``, with a
+        :class:`RecvLimit` its ``largest`` in place of ``max_frame``)."""
         return len(self._prefix) + len(self._body) + len(self._skip_head)
 
     @property
@@ -152,15 +218,27 @@ class FrameDecoder:
     @property
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for the stream to end)."""
-        return self._body_len is None and not self._prefix and not self._skip_left
+        return self._body_len is None and not self._prefix and not self._skip_left and not self._head_len
 
     def feed(self, data: bytes) -> list[Message]:
         """Take the next bytes of the stream; return the messages they complete, in order."""
         self._check_alive()
+        out: list[Message] = []
         try:
-            if type(data) is bytes and self._body_len is None and not self._prefix and not self._skip_left:
-                return self._feed_whole(data)
-            return self._feed(memoryview(data), [])
+            if (
+                type(data) is bytes
+                and self._body_len is None
+                and not self._prefix
+                and not self._skip_left
+                and not self._head_len
+            ):
+                return self._feed_whole(data, out)
+            return self._feed(memoryview(data), out)
+        except FrameRefused as exc:
+            exc.decoded = out  # the messages before it are whole and in step: its receiver may still answer them
+            self._error = exc
+            self._clear()
+            raise
         except DecodeError as exc:
             self._error = exc
             self._clear()
@@ -183,6 +261,7 @@ class FrameDecoder:
         self._body_len = None
         self._skip_head.clear()
         self._skip_left = 0
+        self._head_len = 0
 
     def _check_alive(self) -> None:
         if self._error is not None:
@@ -192,9 +271,8 @@ class FrameDecoder:
                 "close the connection",
             ) from self._error
 
-    def _feed_whole(self, data: bytes) -> list[Message]:
+    def _feed_whole(self, data: bytes, out: list[Message]) -> list[Message]:
         """At a frame boundary: decode the complete frames straight from ``data``, then buffer the rest."""
-        out: list[Message] = []
         pos = 0
         end = len(data)
         unpack = PREFIX.unpack_from
@@ -221,6 +299,9 @@ class FrameDecoder:
             if self._skip_left:
                 pos = self._skip(view, pos, end)
                 continue
+            if self._head_len:
+                pos = self._check_head(view, pos, end)
+                continue
             if self._body_len is None:
                 take = min(PREFIX_BYTES - len(self._prefix), end - pos)
                 if not self._prefix and take == PREFIX_BYTES:
@@ -232,6 +313,9 @@ class FrameDecoder:
                     (length,) = PREFIX.unpack(self._prefix)
                     self._prefix.clear()
                 pos += take
+                if self._recv is not None and self._max_frame < length <= self._skip_limit:
+                    self._head_len = length  # its header decides (the limit of its mtype), before its body is kept
+                    continue
                 if length > self._max_frame and MIN_FRAME <= length <= self._skip_limit:
                     self._skip_left = self._skip_size = length
                     continue
@@ -252,6 +336,28 @@ class FrameDecoder:
             self._body_len = None
             out.append(self._message(raw))
         return out
+
+    def _check_head(self, view: memoryview, pos: int, end: int) -> int:
+        """Read the header of a frame above ``max_frame`` (a RecvLimit's); take its body if its mtype's limit allows
+        it, else refuse it (:class:`FrameRefused`) without keeping a byte of its body."""
+        head = self._skip_head
+        take = min(HEADER_BYTES - len(head), end - pos)
+        head += view[pos : pos + take]
+        pos += take
+        if len(head) < HEADER_BYTES:
+            return pos
+        assert self._recv is not None
+        length = self._head_len
+        (mtype,) = _MTYPE.unpack_from(head, 2 * UID_BYTES)
+        limit = self._recv.for_mtype(mtype)
+        if length > limit:
+            src, dst = self._uid(bytes(head[_SRC])), self._uid(bytes(head[_DST]))
+            raise FrameRefused(SkippedFrame(src, dst, mtype, length, limit))
+        self._head_len = 0
+        self._body_len = length
+        self._body += head  # the header is the start of the body
+        head.clear()
+        return pos
 
     def _skip(self, view: memoryview, pos: int, end: int) -> int:
         """Read past a skipped frame: keep its header, drop the rest; report it once it is all read."""

@@ -16,7 +16,13 @@ the peer); ``recv_many`` hands out everything decoded from the chunks read
 so far at once. A frame the decoder refuses is logged on ``cardnet.transport``
 with its reason, the connection is aborted and the reader gets
 :class:`BrokenError` with the :class:`~cardnet.wire.DecodeError` chained;
-other connections are untouched. Closing is graceful — buffered frames are
+other connections are untouched. A frame above ``Limits.recv_limit`` (a
+server's receive limit) is refused at its header instead: ``recv`` raises
+:class:`~.errors.TooLarge` (after the messages before it), nothing more is read,
+sends still work (the server tells the peer), and closing then half-closes
+(FIN after what was sent) and reads past, keeping nothing, whatever the peer
+still sends for at most ``Limits.linger_s`` before closing the socket, so that
+the peer reads the refusal instead of a reset. Closing is graceful — buffered frames are
 flushed — but never takes longer than ``Limits.linger_s``: then the transport
 is aborted.
 
@@ -50,8 +56,8 @@ from cardnet.transport.base import (
     PeerInfo,
     ServerLimits,
 )
-from cardnet.transport.errors import BrokenError, TransportError
-from cardnet.transport.framing import FrameDecoder, SkippedFrame, encode_frame
+from cardnet.transport.errors import BrokenError, TooLarge, TransportError
+from cardnet.transport.framing import FrameDecoder, FrameRefused, SkippedFrame, encode_frame
 from cardnet.wire import DecodeError, Message
 
 log = logging.getLogger(LOGGER_NAME)
@@ -104,14 +110,21 @@ class TcpConnection(ConnectionBase):
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder(limits.max_frame)
+        self._decoder = FrameDecoder(limits.max_frame, recv_limit=limits.recv_limit)
+        self._too_large: TooLarge | None = None  # a frame above recv_limit was refused: nothing more is read
         self._inbox: deque[Message] = deque()  # decoded, not yet returned (bounded by one read chunk)
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
         self._closer: asyncio.Task[None] | None = None
         self.waiting_since: float | None = None  # loop time recv() began waiting for a whole frame (None: not waiting)
         self.got_frame = False  # recv() has returned a message (a server's handshake is over)
+        self.frame_since: float | None = None  # loop time the first bytes of the frame being read came (None: none)
         writer.transport.set_write_buffer_limits(high=limits.write_buffer_bytes)
+
+    @property
+    def frame_bytes(self) -> int | None:
+        """Bytes of the message being read, as its length prefix announced them (None: none, or prefix incomplete)."""
+        return self._decoder.partial_size
 
     @property
     def write_buffer_bytes(self) -> int:
@@ -195,6 +208,8 @@ class TcpConnection(ConnectionBase):
             self._raise()
         async with self._recv_lock:
             if not self._inbox:
+                if self._too_large is not None:
+                    raise TooLarge(self._too_large.frame, str(self._too_large))
                 self.waiting_since = self._loop.time()
                 await self._fill()
                 self.waiting_since = None
@@ -225,10 +240,20 @@ class TcpConnection(ConnectionBase):
                     self._release()
                 self._raise()
             try:
-                self._inbox.extend(self._decoder.feed(data))
+                got = self._decoder.feed(data)
+            except FrameRefused as exc:
+                self._refuse(exc)
+                if not self._inbox:
+                    raise TooLarge(exc.frame, str(self._too_large)) from None
+                return  # the messages before it first
             except DecodeError as exc:
                 self._fail_bad_frame(exc)
                 self._raise()
+            if got:
+                self._inbox.extend(got)
+                self.frame_since = None
+            if self.frame_since is None and not self._decoder.at_boundary:
+                self.frame_since = self._loop.time()
             if self._decoder.has_skipped:
                 self._skipped(self._decoder.take_skipped())
 
@@ -240,6 +265,19 @@ class TcpConnection(ConnectionBase):
             )  # fmt: skip
             if self.on_skipped is not None:
                 self.on_skipped(f)
+
+    def _refuse(self, exc: FrameRefused) -> None:
+        f = exc.frame
+        log.warning(
+            "%s began a %d-byte message (mtype 0x%04x, %s -> %s), above this connection's receive limit of %d: "
+            "refused unread", self._peer.label, f.size, f.mtype, f.src, f.dst, f.limit,
+        )  # fmt: skip
+        self._inbox.extend(exc.decoded)
+        self.frame_since = None
+        self._too_large = TooLarge(
+            f, f"{self._peer.label} began a {f.size}-byte message (mtype 0x{f.mtype:04x}), above the receive limit "
+            f"of {f.limit} bytes: refused unread; tell the peer and close the connection",
+        )  # fmt: skip
 
     def expire(self, why: str) -> None:
         """Disconnect now (a server's handshake or idle timeout): every later call raises :class:`BrokenError`."""
@@ -266,8 +304,25 @@ class TcpConnection(ConnectionBase):
         """Close the stream (flushing for at most linger_s) once, in the background."""
         if self._closer is not None or self._loop.is_closed():
             return
+        if self._too_large is not None and self._broken_why is None:
+            self._closer = self._loop.create_task(self._read_past_then_linger())
+            return
         self._writer.close()
         self._closer = self._loop.create_task(self._linger())
+
+    async def _read_past_then_linger(self) -> None:
+        """After a refused frame: send FIN after what was written, read past (dropping it) what the peer still sends
+        until it closes, for at most linger_s, then close. Closing with its bytes unread would send a reset, on
+        which the peer may drop the refusal before reading it."""
+        writer = self._writer
+        with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+            async with asyncio.timeout(self._limits.linger_s):
+                if writer.can_write_eof():
+                    writer.write_eof()
+                while await self._reader.read(self._limits.read_chunk_bytes):
+                    pass
+        writer.close()
+        await self._linger()
 
     async def _linger(self) -> None:
         # Wait for the graceful close in a separate task: cancelling a wait on
@@ -374,8 +429,11 @@ class TcpServer:
     ``max_per_peer`` from one IP address it is aborted at once, before any TLS
     handshake (no TLS buffers are allocated for it); then the TLS handshake
     and the first whole frame must arrive within ``handshake_timeout_s`` of
-    the accept, and a handler that waits ``idle_timeout_s`` for a whole frame
-    has its connection aborted. So a listening socket holds at most
+    the accept, a handler that waits ``idle_timeout_s`` for a whole frame
+    has its connection aborted, and so has one whose peer began a frame and
+    has not finished it ``frame_timeout_s`` (plus a second per
+    ``min_recv_bytes_per_s`` bytes of it) after the handler began waiting for
+    it (a slow-sending peer). So a listening socket holds at most
     ``max_connections`` connections, each with bounded buffers (:class:`Limits`
     and one frame), and none of them for long unless it carries frames.
     """
@@ -548,10 +606,11 @@ class TcpServer:
             self._refusal_logged_at = now
 
     async def _sweep(self) -> None:
-        """Abort connections past their handshake or idle timeout (one pass every quarter of the shorter one)."""
+        """Abort connections past their handshake, idle or frame timeout (one pass every quarter of the shortest)."""
         limits = self._server_limits
-        handshake_s, idle_s = limits.handshake_timeout_s, limits.idle_timeout_s
-        period = min(max(min(handshake_s, idle_s or handshake_s) / 4, 0.05), 1.0)
+        handshake_s, idle_s, frame_s = limits.handshake_timeout_s, limits.idle_timeout_s, limits.frame_timeout_s
+        rate = limits.min_recv_bytes_per_s
+        period = min(max(min(handshake_s, idle_s or handshake_s, frame_s) / 4, 0.05), 1.0)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
@@ -561,8 +620,20 @@ class TcpServer:
                 if conn is None or not conn.got_frame:
                     if now - slot.accepted_at > handshake_s:
                         self._expire(slot, f"no message within handshake_timeout_s={handshake_s:g}")
-                elif idle_s is not None and conn.waiting_since is not None and now - conn.waiting_since > idle_s:
+                    continue
+                waiting = conn.waiting_since
+                if waiting is None:
+                    continue
+                if idle_s is not None and now - waiting > idle_s:
                     self._expire(slot, f"idle for idle_timeout_s={idle_s:g}")
+                elif conn.frame_since is not None:
+                    allowed_s = frame_s + (conn.frame_bytes or 0) / rate
+                    if now - max(conn.frame_since, waiting) > allowed_s:
+                        self._expire(
+                            slot,
+                            f"a frame begun ({conn.frame_bytes} bytes announced) was not whole within "
+                            f"{allowed_s:g} s (frame_timeout_s={frame_s:g}, min_recv_bytes_per_s={rate})",
+                        )
 
     def _expire(self, slot: _Slot, why: str) -> None:
         self.expired += 1

@@ -1,6 +1,19 @@
 """Wire layer: identities, eTP messages, deterministic CBOR params, mtype registry."""
 
-from cardnet.wire.cbor import Bool, Bytes, Field, Int, ListOf, Nested, Schema, Text, UidType, UInt
+from cardnet.wire.cbor import (
+    Bool,
+    Bytes,
+    Field,
+    Int,
+    ListOf,
+    Nested,
+    Schema,
+    Text,
+    UidType,
+    UInt,
+    head_bytes,
+    max_encoded_bytes,
+)
 from cardnet.wire.errors import DecodeError
 from cardnet.wire.ids import Uid
 from cardnet.wire.message import HEADER_BYTES, Message
@@ -23,6 +36,8 @@ __all__ = [
     "Uid",
     "UidType",
     "by_name",
+    "head_bytes",
     "lookup",
+    "max_encoded_bytes",
     "register",
 ]

@@ -454,3 +454,33 @@ class Schema:
                 "use shortest lengths, definite lengths and sorted keys",
             )
         return out
+
+
+def head_bytes(n: int) -> int:
+    """Bytes of the deterministic CBOR head that carries the argument ``n`` (a length, a count or an integer)."""
+    return 1 if n < 24 else 2 if n < 2**8 else 3 if n < 2**16 else 5 if n < 2**32 else 9
+
+
+def max_encoded_bytes(kind: FieldType | Schema) -> int:
+    """The most bytes a value of ``kind`` (a field type or a whole schema's map) takes in deterministic CBOR.
+
+    An upper bound computed from the declared sizes alone (every field present, every string and list at its
+    maximum): what a receiver can size its limits by without looking at any message.
+    """
+    if isinstance(kind, Schema):
+        return head_bytes(len(kind.fields)) + sum(head_bytes(f.key) + max_encoded_bytes(f.type) for f in kind.fields)
+    if isinstance(kind, (Bytes, Text)):
+        return head_bytes(kind.max_len) + kind.max_len
+    if isinstance(kind, UInt):
+        return head_bytes(kind.max_value)
+    if isinstance(kind, Int):
+        return max(head_bytes(max(kind.max_value, 0)), head_bytes(max(-1 - kind.min_value, 0)))
+    if isinstance(kind, Bool):
+        return 1
+    if isinstance(kind, UidType):
+        return head_bytes(UID_BYTES) + UID_BYTES
+    if isinstance(kind, ListOf):
+        return head_bytes(kind.max_items) + kind.max_items * max_encoded_bytes(kind.item)
+    if isinstance(kind, Nested):
+        return max_encoded_bytes(kind.schema)
+    raise TypeError(f"no size bound known for the field type {type(kind).__name__}")

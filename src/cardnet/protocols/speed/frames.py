@@ -4,16 +4,37 @@ Each carries one of the paper's messages (already signed, sealed or encrypted: s
 :mod:`cardnet.protocols.speed.messages`) with what the receiver needs to find its state (the NID, the
 PaymentOrderID). Every request gets exactly one answer frame except the delivery, which is a header, the
 ciphertext chunks and the sealed bill; a refusal is ``speed.refused {reason, detail}`` from either service.
+
+Receive limits: each service takes the requests it answers and nothing larger than the largest of them, computed
+here from their schemas (:func:`~cardnet.wire.max_encoded_bytes`: every field at its declared maximum, plus the
+34-byte header): :data:`VENDOR_MAX_REQUEST` and :data:`BROKER_MAX_REQUEST`, and for a complaint, which carries
+the deciphered products, :data:`BROKER_MAX_COMPLAINT` (its contents at most ``MAX_COMPLAINT_BYTES`` in all). A
+larger request is refused unread with :func:`request_too_large`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed.purse import MAX_MESSAGE_BYTES
 from cardnet.protocols.trn.transfer import MAX_CERT
-from cardnet.wire import Bool, Bytes, Field, ListOf, Message, MType, Schema, Text, UInt, register
+from cardnet.wire import (
+    HEADER_BYTES,
+    Bool,
+    Bytes,
+    Field,
+    ListOf,
+    Message,
+    MType,
+    Schema,
+    Text,
+    Uid,
+    UInt,
+    head_bytes,
+    max_encoded_bytes,
+    register,
+)
 
 P = "speed"
 _NID = Field(0, "nid", Bytes(sm.NID_BYTES, sm.NID_BYTES))
@@ -164,6 +185,28 @@ VERDICT = register(
     ),
 )
 
+# --- receive limits (bytes of one message: header + param) ------------------------------------------------------
+VENDOR_REQUESTS = (CATALOGUE, REQUEST, STEP, HANDSHAKE)  # what a vendor answers
+BROKER_REQUESTS = (ORDER, PURSE, RESEND, ISSUE_KEY, LOAD, LOAD_STEP, RECEIPT_FOR_VENDOR, COMPLAINT)  # a broker
+
+
+def max_request_bytes(mtype: MType) -> int:
+    """The largest ``mtype`` message its schema lets through (header included)."""
+    return HEADER_BYTES + max_encoded_bytes(mtype.schema)
+
+
+_CONTENTS = COMPLAINT.schema.by_name["contents"].type
+VENDOR_MAX_REQUEST = max(max_request_bytes(m) for m in VENDOR_REQUESTS)  # speed.request: 24,714 bytes
+BROKER_MAX_REQUEST = max(max_request_bytes(m) for m in BROKER_REQUESTS if m is not COMPLAINT)  # order: 24,696
+# a complaint with MAX_PRODUCTS entries and contents of MAX_COMPLAINT_BYTES in all: 12,718,407 bytes
+BROKER_MAX_COMPLAINT = (
+    max_request_bytes(COMPLAINT)
+    - max_encoded_bytes(_CONTENTS)
+    + head_bytes(sm.MAX_PRODUCTS)
+    + sm.MAX_PRODUCTS * head_bytes(sm.MAX_COMPLAINT_BYTES)
+    + sm.MAX_COMPLAINT_BYTES
+)
+
 
 def reply(msg: Message, mtype: MType, /, **fields: Any) -> Message:
     """The answer to ``msg``: an ``mtype`` frame with ``fields``."""
@@ -180,3 +223,29 @@ def too_large(msg: Message, frame: Message) -> Message:
     the connection's frame limit (a server sends this instead, and the answer's other frames)."""
     return refused(msg, "oversize", f"a frame of the answer (mtype 0x{frame.mtype:04x}, {frame.size} bytes) is above "
                    "this connection's frame limit and was not sent: ask the operator to raise it")  # fmt: skip
+
+
+class Unread(Protocol):
+    """The header and size of a request refused unread (the transport's ``SkippedFrame``)."""
+
+    @property
+    def src(self) -> Uid: ...
+    @property
+    def dst(self) -> Uid: ...
+    @property
+    def mtype(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+
+
+def request_too_large(frame: Unread) -> Message:
+    """``speed.refused`` (``too_large``) to the sender of ``frame``, a request begun above the service's receive
+    limit: the service read none of it and closes the connection."""
+    return Message(frame.dst, frame.src, REFUSED.code, REFUSED.schema.encode({
+        "reason": "too_large",
+        "detail": f"the request (mtype 0x{frame.mtype:04x}) is {frame.size} bytes, above this service's receive "
+        f"limit of {frame.limit} bytes: it was not read, and the connection is closed; no SPEED request is that "
+        "large (docs/speed.md)",
+    }))  # fmt: skip

@@ -26,6 +26,9 @@ A crash between the SAM's step and the broker's transaction leaves the SAM ahead
 same S1 or S3: the card keeps them) gets the SAM's same answer and the broker catches up; :meth:`settle`
 credits whatever the SAM logged that the register does not show paid.
 
+:class:`BrokerServer` takes no request above :data:`RECV_LIMIT` (a broker's largest request; a complaint's is larger):
+a larger one is refused unread (``speed.refused`` ``too_large``) and its connection closed.
+
 Group commit (:class:`BrokerServer`, :mod:`cardnet.services.serving`) moves the broker's commit, not the SAM's.
 The SAM is a card with its own store: each of its steps is durable when ``sam.ask`` returns. The broker's own
 records (a paid order, the vendor's credit, a load's account debit) are savepoints of the transaction of the
@@ -80,7 +83,7 @@ from cardnet.protocols.speed import purse as pp
 from cardnet.services.serving import MAX_GROUP, GroupCommitServer
 from cardnet.services.speed.stored import Identity, get, save_identity, scan
 from cardnet.store import Store
-from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
+from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
 
 log = logging.getLogger("cardnet.speed.broker")
@@ -623,6 +626,11 @@ def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:
         {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(bal.items())]}))  # fmt: skip
 
 
+RECV_LIMIT = RecvLimit(fr.BROKER_MAX_REQUEST, ((fr.COMPLAINT.code, fr.BROKER_MAX_COMPLAINT),))
+"""A broker's receive limit: its largest request (``speed.order_msg``, 24,696 bytes), a complaint excepted (it carries
+the deciphered products: 12,718,407 bytes); larger ones are refused unread. Its send limit stays the transport's."""
+
+
 class BrokerServer(GroupCommitServer):
     """:class:`BrokerCore` over TCP with group commit (:mod:`cardnet.services.serving`: the requests waiting at once
     answered one after another in one transaction of the broker's store, nothing sent before it committed), and
@@ -646,6 +654,8 @@ class BrokerServer(GroupCommitServer):
             server_limits=server_limits,
             max_group=max_group,
             oversize=fr.too_large,
+            recv_limit=RECV_LIMIT,
+            too_large=fr.request_too_large,
         )
         self.core = core
         self.keep_days = keep_days

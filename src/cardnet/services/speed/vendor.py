@@ -26,7 +26,9 @@ certificate and the catalogue (each entry signed: product id, list price, floor,
 
 The sale (K, RecKey, price) is kept so the vendor can open the broker's receipts (:meth:`take_receipt`).
 
-:class:`VendorServer` answers the requests waiting at once in one transaction of the store (group commit,
+:class:`VendorServer` takes no request above :data:`RECV_LIMIT` (the largest a vendor answers): a larger one is
+refused unread (``speed.refused`` ``too_large``) and its connection closed. It answers the requests waiting at
+once in one transaction of the store (group commit,
 :mod:`cardnet.services.serving`): a delivery's record is a savepoint of it, seen by the later requests of the
 group (a replayed Handshake in the same group gets no second delivery) and durable when the group commits,
 before any frame of the delivery leaves. A vendor killed before that commit delivered nothing of the group.
@@ -52,7 +54,7 @@ from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNe
 from cardnet.services.serving import MAX_GROUP, GroupCommitServer
 from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
 from cardnet.store import Store, Txn
-from cardnet.transport import DEFAULT_SERVER_LIMITS, ServerLimits
+from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text
 
 log = logging.getLogger("cardnet.speed.vendor")
@@ -367,5 +369,10 @@ class VendorServer(GroupCommitServer):
         self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
     ) -> None:
         super().__init__(core.frames, group=core.store.group, server_limits=server_limits, max_group=max_group,
-                         oversize=fr.too_large)  # fmt: skip
+                         oversize=fr.too_large, recv_limit=RECV_LIMIT, too_large=fr.request_too_large)  # fmt: skip
         self.core = core
+
+
+RECV_LIMIT = RecvLimit(fr.VENDOR_MAX_REQUEST)
+"""A vendor's receive limit: its largest request (``speed.request``, 24,714 bytes); larger ones are refused unread.
+Its send limit stays the transport's frame limit (delivery chunks are 256 KiB)."""
