@@ -5,8 +5,8 @@ One mutant at a time, in a temporary copy of ``src``: flip a comparison operator
 ``cardnet sim --protocol P --seeds N`` (and ``pytest -q -x ARGS`` if given); it is *caught* if any of them
 reports a violation, fails or crashes. Slow: not part of the test suite.
 
-    python tools/mutate.py --sample 30 --seeds 100 --protocol transfer
-    python tools/mutate.py --sample 20 --seeds 50 --protocol transfer --pytest tests/protocol -- -k attacks
+    python tools/mutate.py --sample 30 --seeds 100 --protocol trn
+    python tools/mutate.py --sample 20 --seeds 50 --protocol trn --pytest tests/protocol -- -k attacks
 
 The sample is drawn with ``--rng`` from every mutation site of ``--module`` (default: the protocol, trace,
 card, host and Millicent modules), so two runs with the same options mutate the same sites.
@@ -28,9 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = (
-    "src/cardnet/protocols/transfer.py",
-    "src/cardnet/protocols/trace.py",
-    "src/cardnet/protocols/millicent.py",
+    "src/cardnet/protocols/trn/transfer.py",
+    "src/cardnet/protocols/trn/trace.py",
+    "src/cardnet/protocols/millicent/scrip.py",
+    "src/cardnet/protocols/millicent/vendor.py",
+    "src/cardnet/protocols/millicent/broker.py",
     "src/cardnet/applets/trn.py",
     "src/cardnet/applets/authority.py",
     "src/cardnet/card/runtime.py",
@@ -112,7 +114,7 @@ def main() -> None:
     ap.add_argument("--module", action="append", help="a file under src/ to mutate (repeatable)")
     ap.add_argument("--sample", type=int, default=20, help="how many mutants")
     ap.add_argument("--seeds", type=int, default=100, help="simulator seeds per mutant")
-    ap.add_argument("--protocol", action="append", help="scenario(s) to run (default: transfer)")
+    ap.add_argument("--protocol", action="append", help="scenario(s) to run (default: trn)")
     ap.add_argument("--pytest", nargs="*", help="also run pytest -q -x with these arguments")
     ap.add_argument("--rng", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1)
@@ -131,7 +133,7 @@ def main() -> None:
             target = Path(tmp) / site.path
             target.write_text(mutate((ROOT / site.path).read_text(), site, random.Random(f"{args.rng}:{site}")))
             caught_by = []
-            for protocol in args.protocol or ["transfer"]:
+            for protocol in args.protocol or ["trn"]:
                 cmd = [sys.executable, "-m", "cardnet.cli.main", "sim", "--protocol", protocol]
                 cmd += ["--seeds", str(args.seeds), "-j", str(args.jobs), "--json"]
                 bad, _ = run(cmd, src, args.timeout)

@@ -15,13 +15,13 @@ from cardnet.sim.runner import run_many, run_seed
     ("broken", "honest", "seeds", "what"),
     [
         # a blocked device never gains an enabled token after the authority blocked it
-        ("transfer-enable-blocked-broken", "transfer", 100, "gained an enabled copy of token"),
+        ("trn-enable-blocked-broken", "trn", 100, "gained an enabled copy of token"),
         # a privileged order from an application port that never verified the PIN moves nothing
-        ("transfer-privilege-broken", "transfer", 30, "a card obeyed a privileged order from a port"),
+        ("trn-privilege-broken", "trn", 30, "a card obeyed a privileged order from a port"),
         # every card output is delivered or still in the outbox: none lost by a host
-        ("transfer-ack-early-broken", "transfer", 30, "lost by the host"),
+        ("trn-ack-early-broken", "trn", 30, "lost by the host"),
         # nothing expired is accepted by a party that judges expiry on its own clock (a card on an honest host)
-        ("transfer-expiry-broken", "transfer", 30, "whose certificate expired at"),
+        ("trn-expiry-broken", "trn", 30, "whose certificate expired at"),
         # nothing expired is accepted by a party that judges expiry on its own clock (the vendor)
         ("millicent-expiry-broken", "millicent", 30, "expired at"),
         # ... nor by a vendor whose host set its clock back after it answered at a later time
@@ -49,7 +49,7 @@ def test_the_millicent_summary_counts_expiry_replays_forgeries_redemptions_and_s
 
 
 def test_the_transfer_summary_counts_expiries_clock_lies_and_sends_to_an_expired_card() -> None:
-    d = run_many("transfer", range(30)).as_dict()
+    d = run_many("trn", range(30)).as_dict()
     assert d["violations"] == 0
     for what in ("expiry", "clock_lie", "send_to_expired", "cancel", "forged_order"):
         assert d["exercised"].get(what, 0) > 0, (what, d["exercised"])
@@ -69,7 +69,7 @@ def test_a_lying_vendor_clock_set_back_accepts_no_pruned_scrip_again() -> None:
 
 def test_forged_orders_in_the_transfer_workload_are_refused_as_privileged() -> None:
     for seed in range(10):
-        r = run_seed("transfer", seed, trace=True)
+        r = run_seed("trn", seed, trace=True)
         assert r.violations == []
         assert r.exercised["forged_order"] >= 1
         trace = "\n".join(r.trace or [])
@@ -90,4 +90,4 @@ def test_forged_orders_in_the_transfer_workload_are_refused_as_privileged() -> N
 )
 def test_the_transfer_seeds_the_20000_seed_run_found_stay_clean(seed: int, what: str) -> None:
     """Each of these seeds failed in the 2026-12-06 20,000-seed transfer run, for the reason given."""
-    assert run_seed("transfer", seed, trace=False).violations == [], what
+    assert run_seed("trn", seed, trace=False).violations == [], what

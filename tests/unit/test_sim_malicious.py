@@ -21,7 +21,7 @@ from cardnet.protocols.echo import REQUEST
 from cardnet.sim.faults import FAULT_KINDS
 from cardnet.sim.malice import Action, Malice
 from cardnet.sim.runner import HEAL_S, SAFETY_S, run_many, run_seed
-from cardnet.sim.trn import TransferScenario
+from cardnet.sim.trn import TrnScenario
 from cardnet.sim.world import World, plan_for
 from cardnet.wire import Message, Uid
 
@@ -52,7 +52,7 @@ def test_malicious_hosts_replay_forge_tamper_reflect_and_inject_and_the_cards_re
     refusals: Counter[str] = Counter()
     guard_drops = 0
     for seed in MALICIOUS[:6]:
-        result = run_seed("transfer", seed)
+        result = run_seed("trn", seed)
         assert result.violations == [], (seed, result.violations)
         assert result.trace is not None and result.faults["malicious"] > 0
         assert any(line.split()[1:3] == ["malicious", "hosts:"] for line in result.trace)
@@ -72,7 +72,7 @@ def test_replaying_everything_a_host_saw_changes_no_token() -> None:
     replayed mint and send orders are refused, the tokens end on one card each with a consistent chain."""
     seed = 3
     world = World(seed, replace(plan_for(seed, calm=True), malicious_p=0.0))  # no random faults: only the flood
-    scenario = TransferScenario()
+    scenario = TrnScenario()
     scenario.build(world)
     world.turn_malicious("h0")
     h1_card = Uid.card(next(iter(world.hosts["h1"].cards)))
@@ -114,7 +114,7 @@ def test_a_replayed_mint_of_a_reissued_oid_is_refused() -> None:
     owner's original ``trn.mint`` of the old oid: the card refuses, no second usable copy appears."""
     seed = 5
     world = World(seed, replace(plan_for(seed, calm=True), malicious_p=0.0))
-    scenario = TransferScenario(transfers=0, forgeries=0)  # (a revoked oid that moves on stays trustless)
+    scenario = TrnScenario(transfers=0, forgeries=0)  # (a revoked oid that moves on stays trustless)
     scenario.build(world)
     world.turn_malicious("h0")
     old, new = scenario.oids[0], bytes(16)
@@ -166,13 +166,13 @@ def test_a_malicious_host_never_makes_up_an_order_in_its_owners_name() -> None:
 
 def test_a_malicious_seed_gives_the_same_trace_in_this_process_and_another() -> None:
     seed = MALICIOUS[0]
-    first, again = run_seed("transfer", seed), run_seed("transfer", seed)
+    first, again = run_seed("trn", seed), run_seed("trn", seed)
     assert first.trace is not None and first.trace == again.trace
     assert first.faults == again.faults and first.faults["malicious"] > 0
-    quiet = run_seed("transfer", seed, trace=False)  # tracing changes nothing
+    quiet = run_seed("trn", seed, trace=False)  # tracing changes nothing
     assert (quiet.faults, quiet.violations, quiet.sim_time_s) == (first.faults, first.violations, first.sim_time_s)
     result = subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", "sim", "--protocol", "transfer", "--seed", str(seed), "--json"],
+        [sys.executable, "-m", "cardnet.cli.main", "sim", "--protocol", "trn", "--seed", str(seed), "--json"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -194,10 +194,10 @@ def test_echo_holds_under_malicious_hosts_over_hundreds_of_seeds() -> None:
 
 def test_transfer_holds_under_malicious_hosts() -> None:
     for seed in MALICIOUS[:60]:
-        result = run_seed("transfer", seed, trace=False)
+        result = run_seed("trn", seed, trace=False)
         assert result.violations == [], (seed, result.violations)
 
 
 def test_the_broken_variants_are_still_caught() -> None:
     assert run_many("echo-broken", range(50), stop_at_first=True).violations == 1
-    assert run_many("transfer-broken", range(10), stop_at_first=True).violations == 1
+    assert run_many("trn-broken", range(10), stop_at_first=True).violations == 1

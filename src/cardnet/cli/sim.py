@@ -8,7 +8,16 @@ import click
 from rich.markup import escape
 from rich.progress import Progress
 
-from cardnet.cli.output import console, emit_json, fail, json_option, print_table, real_console, table
+from cardnet.cli.output import (
+    console,
+    emit_json,
+    err_console,
+    fail,
+    json_option,
+    print_table,
+    real_console,
+    table,
+)
 
 
 @click.command()
@@ -43,10 +52,10 @@ def sim(
       cardnet sim --protocol echo --seeds 10000 --json
       cardnet sim --protocol echo-broken --seeds 1000     # a deliberately broken variant: caught
       cardnet sim --protocol echo --seed 42               # replay one seed with its trace
-      cardnet sim --protocol transfer --seeds 20000 -j 0  # every CPU
+      cardnet sim --protocol trn --seeds 20000 -j 0       # every CPU
     """
     from cardnet.sim.runner import run_many, run_seed
-    from cardnet.sim.scenarios import SCENARIOS
+    from cardnet.sim.scenarios import SCENARIOS, resolve
 
     if list_protocols:
         if as_json:
@@ -55,6 +64,10 @@ def sim(
             for name in sorted(SCENARIOS):
                 console.print(name, markup=False)
         return
+    if resolve(protocol) != protocol:  # an old name: it runs, and says the new one (one line, on stderr)
+        err_console.print(f"note: --protocol {protocol} is deprecated: it is now {resolve(protocol)} (TRN's scenarios "
+                          "are named trn in every layer)", markup=False, highlight=False)  # fmt: skip
+        protocol = resolve(protocol)
     if protocol not in SCENARIOS:
         fail(f"unknown protocol {protocol!r}", hint=f"choose one of: {', '.join(sorted(SCENARIOS))}")
     if seed is not None:

@@ -25,7 +25,7 @@ from cardnet.sim.trn import (
     EnablesBlockedAuthority,
     IgnoresBlocklistAuthority,
     IgnoresPeerExpiryApplet,
-    TransferScenario,
+    TrnScenario,
 )
 from cardnet.sim.world import World
 from cardnet.wire import Message, Uid
@@ -126,23 +126,33 @@ register("echo", EchoScenario)
 register("echo-broken", lambda: EchoScenario(name="echo-broken", applet=ForgetfulEchoApplet))
 
 
-def _transfer() -> Scenario:
-    return TransferScenario()
+def _trn() -> Scenario:
+    return TrnScenario()
 
 
-register("transfer", _transfer)
-# the broken variants of ``transfer``: each replaces one class of the scenario with a deliberately broken one
-_TRANSFER_VARIANTS: dict[str, dict[str, Any]] = {
-    "transfer-broken": {"wallet_applet": SenderKeepsTokenApplet},
-    "transfer-blocking-broken": {"authority_applet": IgnoresBlocklistAuthority},
-    "transfer-blame-broken": {"authority_applet": BlamesReceiverAuthority},
-    "transfer-enable-blocked-broken": {"authority_applet": EnablesBlockedAuthority},
-    "transfer-ack-early-broken": {"host_cls": AcksBeforeStepHost},
-    "transfer-expiry-broken": {"wallet_applet": IgnoresPeerExpiryApplet},
-    "transfer-privilege-broken": {"card_cls": DomainOnlyCard},
+register("trn", _trn)
+# the broken variants of ``trn``: each replaces one class of the scenario with a deliberately broken one
+_TRN_VARIANTS: dict[str, dict[str, Any]] = {
+    "trn-broken": {"wallet_applet": SenderKeepsTokenApplet},
+    "trn-blocking-broken": {"authority_applet": IgnoresBlocklistAuthority},
+    "trn-blame-broken": {"authority_applet": BlamesReceiverAuthority},
+    "trn-enable-blocked-broken": {"authority_applet": EnablesBlockedAuthority},
+    "trn-ack-early-broken": {"host_cls": AcksBeforeStepHost},
+    "trn-expiry-broken": {"wallet_applet": IgnoresPeerExpiryApplet},
+    "trn-privilege-broken": {"card_cls": DomainOnlyCard},
 }
-for _name, _classes in _TRANSFER_VARIANTS.items():
-    register(_name, functools.partial(TransferScenario, name=_name, **_classes))
+for _name, _classes in _TRN_VARIANTS.items():
+    register(_name, functools.partial(TrnScenario, name=_name, **_classes))
+
+# Old names that still run (``cardnet sim`` says which name to use instead): TRN's scenarios were ``transfer``
+# and ``transfer-*-broken`` before every layer called the protocol ``trn`` (docs/decisions.md).
+ALIASES: dict[str, str] = {"transfer": "trn"} | {"transfer" + name.removeprefix("trn"): name for name in _TRN_VARIANTS}
+
+
+def resolve(name: str) -> str:
+    """The registered name of scenario ``name`` (itself, or what an old name in :data:`ALIASES` now is)."""
+    return ALIASES.get(name, name)
+
 
 from cardnet.sim import fairx as _fairx  # noqa: E402  (registers the fairx scenarios)
 from cardnet.sim import millicent as _millicent  # noqa: E402  (registers the millicent scenarios)

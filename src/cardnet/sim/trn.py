@@ -1,4 +1,4 @@
-"""The ``transfer`` scenario: TRN tokens moving among wallets under every fault kind.
+"""The ``trn`` scenario: TRN tokens moving among wallets under every fault kind.
 
 An agent mints tokens and issues them to wallets; during the safety phase
 owners order random transfers between wallets on different hosts; every
@@ -80,14 +80,14 @@ class CountingAuthorityApplet(AuthorityApplet):
 
 
 class IgnoresBlocklistAuthority(CountingAuthorityApplet):
-    """Broken on purpose (``transfer-blocking-broken``): judges traces as if no device were blocked."""
+    """Broken on purpose (``trn-blocking-broken``): judges traces as if no device were blocked."""
 
     def _blocked(self, ctx: Any) -> set[Uid]:
         return set()
 
 
 class BlamesReceiverAuthority(CountingAuthorityApplet):
-    """Broken on purpose (``transfer-blame-broken``): on a branch it blocks the receiver who traced it too."""
+    """Broken on purpose (``trn-blame-broken``): on a branch it blocks the receiver who traced it too."""
 
     def _judge(self, ctx: Any, peer: Uid, p: dict[str, Any]) -> tuple[trace.Verdict, bytes | None]:
         verdict, cert = super()._judge(ctx, peer, p)
@@ -97,7 +97,7 @@ class BlamesReceiverAuthority(CountingAuthorityApplet):
 
 
 class EnablesBlockedAuthority(CountingAuthorityApplet):
-    """Broken on purpose (``transfer-enable-blocked-broken``): answers a blocked device's trace ok, unrecorded."""
+    """Broken on purpose (``trn-enable-blocked-broken``): answers a blocked device's trace ok, unrecorded."""
 
     def _judge(self, ctx: Any, peer: Uid, p: dict[str, Any]) -> tuple[trace.Verdict, bytes | None]:
         verdict, cert = super()._judge(ctx, peer, p)
@@ -108,7 +108,7 @@ class EnablesBlockedAuthority(CountingAuthorityApplet):
 
 
 class AcksBeforeStepHost(Host):
-    """Broken on purpose (``transfer-ack-early-broken``): acknowledges a card's output to the sending card before
+    """Broken on purpose (``trn-ack-early-broken``): acknowledges a card's output to the sending card before
     the receiving card stepped it, so a receiving card whose step fails (a torn commit) loses it."""
 
     def _step_card(self, card: Card, batch: list[_Entry], now: float) -> None:
@@ -119,7 +119,7 @@ class AcksBeforeStepHost(Host):
 
 
 class IgnoresPeerExpiryApplet(TrnApplet):
-    """Broken on purpose (``transfer-expiry-broken``): keeps using a session after the peer's certificate expired
+    """Broken on purpose (``trn-expiry-broken``): keeps using a session after the peer's certificate expired
     (the new handshake still checks the certificate)."""
 
     def _due(self, ctx: Any, state: Any, slack: int) -> str | None:
@@ -127,15 +127,15 @@ class IgnoresPeerExpiryApplet(TrnApplet):
 
 
 class DomainOnlyCard(Card):
-    """Broken on purpose (``transfer-privilege-broken``): any port of a domain that verified the PIN is trusted."""
+    """Broken on purpose (``trn-privilege-broken``): any port of a domain that verified the PIN is trusted."""
 
     def _is_authenticated(self, uid: Uid) -> bool:
         return super()._is_authenticated(uid) or any(u.domain == uid.domain for u in self._authenticated)
 
 
 @dataclass
-class TransferScenario:
-    name: str = "transfer"
+class TrnScenario:
+    name: str = "trn"
     hosts: int = 3
     wallets: int = 4
     tokens: int = 3
