@@ -1,6 +1,6 @@
 """One launcher for cardnet host processes (``cardnet host run``, ``cardnet authority run``).
 
-Used by the benchmarks (``cardnet bench etp``, ``cardnet bench transfer``) and
+Used by the benchmarks (``cardnet bench etp``, ``cardnet bench trn``) and
 by the integration tests that run real host processes on 127.0.0.1. A
 :class:`HostProc` is one OS process (``python -m cardnet.cli.main <command>
 --config <dir>/<name>.toml``) with its log in ``<dir>/<name>.log``; it is ready

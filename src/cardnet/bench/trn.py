@@ -1,4 +1,4 @@
-"""``cardnet bench transfer``: durable TRN token transfers between host processes, against their bound.
+"""``cardnet bench trn`` (or ``transfer``): durable TRN token transfers between host processes, against their bound.
 
 Setup, made and removed by the benchmark in a temporary directory
 (:class:`~cardnet.bench.trnnet.TrnNet`): a CA; the authority host (``cardnet

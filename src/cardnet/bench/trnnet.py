@@ -14,7 +14,7 @@ Made in a directory (stores, configs, logs, the CA file):
   blocklist signer) and one host per wallet (``cardnet host run``),
   each routing every other card's domain to its host's TCP port.
 
-Used by ``cardnet bench transfer`` and by the integration tests
+Used by ``cardnet bench trn`` and by the integration tests
 (``tests/integration/test_trn_processes.py``, ``test_trn_kill.py``).
 """
 

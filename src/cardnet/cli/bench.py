@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,7 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
     _report("cardnet bench etp", rows, r["targets"], (note,))
 
 
-@bench.command("transfer")
+@bench.command("trn")
 @AS_JSON
 @click.option("--seconds", default=6.0, show_default=True, help="How long to measure each figure (over all rounds).")
 @click.option(
@@ -135,8 +136,10 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
     help="Tokens moving at once (an even number; half start at each wallet). Default: 32.",
 )
 @STORE_DIR
-def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directory: str | None) -> None:
-    """Durable TRN token transfers between host processes: transfers_per_s vs bound_transfers_per_s."""
+def bench_trn(as_json: bool, seconds: float, in_flight: int | None, directory: str | None) -> None:
+    """Durable TRN token transfers between host processes: transfers_per_s vs bound_transfers_per_s.
+
+    `cardnet bench transfer` (the name the issues give it) runs the same benchmark."""
     from cardnet.bench import trn as transfer
 
     if in_flight is None:
@@ -164,7 +167,14 @@ def bench_transfer(as_json: bool, seconds: float, in_flight: int | None, directo
     ]
     ops = " + ".join(f"{n} {op}" for op, n in r["traced_ops_per_transfer"].items())
     note = f"one traced transfer = {ops} (no group commit assumed); medians of {r['rounds']} rounds"
-    _report("cardnet bench transfer", rows, r["targets"], (note,))
+    _report("cardnet bench trn", rows, r["targets"], (note,))
+
+
+# ``cardnet bench transfer``: the issues' name for ``bench trn`` (the protocol's name in every layer), kept working,
+# without a note (scripts and docs/benchmarks.md's history name it), and left out of ``cardnet bench --help``
+_bench_transfer = copy.copy(bench_trn)
+_bench_transfer.hidden = True
+bench.add_command(_bench_transfer, "transfer")
 
 
 @bench.command("fairx")
