@@ -15,14 +15,18 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import speedprocs
 from speedworld import EUR, World, load_purse, opened, served
 
+from cardnet.bench.ticketnet import EVENT, TicketNet
 from cardnet.crypto import pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
+from cardnet.services.ticketing.buyer import buy_ticket
 from cardnet.transport import DEFAULT_MAX_FRAME, FrameDecoder, ServerLimits, encode_frame
 from cardnet.wire import Message, Uid
 from cardnet.wire.mtypes import all_mtypes
@@ -207,5 +211,47 @@ def test_a_half_sent_request_trickled_a_byte_at_a_time_is_cut_off_even_without_a
                 assert vs._server.expired >= 1
             finally:
                 await vs.aclose()
+
+    asyncio.run(go())
+
+
+def test_the_cli_vendor_and_broker_processes_refuse_a_huge_request_unread_and_sell_on(tmp_path: Path) -> None:
+    """`cardnet speed vendor run` and `cardnet speed broker run` as processes: eight connections to each announce
+    16 MiB requests and stop after their header; each is refused and closed, and alice buys meanwhile."""
+    net = speedprocs.build(tmp_path)
+    try:
+        alice = net.customers["alice"]
+
+        async def go() -> None:
+            attacks = [
+                _attack(net.vendor.address, DEFAULT_MAX_FRAME, fr.REQUEST.code, fr.VENDOR_MAX_REQUEST),
+                _attack(net.broker.address, DEFAULT_MAX_FRAME, fr.ORDER.code, fr.BROKER_MAX_REQUEST),
+            ] * 8
+            buying = asyncio.to_thread(alice.buy, net, speedprocs.NEWS, limit="1.00 EUR")
+            *_, got = await asyncio.gather(*attacks, buying)
+            assert got["price"] == "0.80 EUR", got
+
+        asyncio.run(go())
+        assert alice.balance() == {"EUR": 2000 - 80}
+    finally:
+        net.stop()
+
+
+def test_the_ticketing_servers_speed_port_refuses_a_huge_request_unread_and_sells_on(tmp_path: Path) -> None:
+    """The ticketing server's SPEED port (`speed_listen`, a vendor): a request announcing 16 MiB is refused unread
+    and its connection closed, while bob buys a seat (SPEED purchase and ticket) on others."""
+    net = TicketNet(tmp_path, ("bob",), ["A1"])
+
+    async def go() -> None:
+        async with net.in_process():
+            await net.setup()
+            async with httpx.AsyncClient(base_url=net.url) as c:
+                info = (await c.get("/")).json()
+            attacks = [_attack(str(info["speed"]), DEFAULT_MAX_FRAME, fr.REQUEST.code, fr.VENDOR_MAX_REQUEST)] * 8
+            async with await net.wallet("bob") as w:
+                how = {"card": w, "app_socket": net.hosts["bob"].socket, "broker": net.broker_addr,
+                       "broker_cert": net.broker_cert, "roots": net.roots}  # fmt: skip
+                *_, ticket = await asyncio.gather(*attacks, buy_ticket(net.url, EVENT, "A1", **how))
+            assert (ticket.event, ticket.seat) == (EVENT, "A1") and ticket.oid
 
     asyncio.run(go())
