@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cardnet.transport import PREFIX_BYTES, FrameDecoder, SkippedFrame, encode_frame
+from cardnet.transport import PREFIX_BYTES, FrameDecoder, FrameRefused, RecvLimit, SkippedFrame, encode_frame
 from cardnet.wire import DecodeError, Message, Uid
 
 MAX_FRAME = 4096
@@ -91,3 +91,39 @@ def test_frames_above_the_limit_are_read_past_in_any_chunking(msgs: list[Message
     assert out == [m for m in msgs if m.size <= SMALL_LIMIT]
     big = [m for m in msgs if m.size > SMALL_LIMIT]
     assert skipped == [SkippedFrame(m.src, m.dst, m.mtype, m.size, SMALL_LIMIT) for m in big]
+
+
+BIG_MTYPE = 7  # the mtype a RecvLimit lets in up to BIG_LIMIT
+BIG_LIMIT = 300
+limited = st.builds(
+    Message, uids, uids, st.sampled_from([1, BIG_MTYPE, 0xFFFF]), st.binary(max_size=400)
+)  # some within SMALL_LIMIT, some within BIG_LIMIT for BIG_MTYPE, some above both
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgs=st.lists(limited, max_size=10), cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_a_receive_limit_refuses_the_first_frame_above_it_in_any_chunking(msgs: list[Message], cuts: list[int]) -> None:
+    """A server's RecvLimit: the frames before the first one above the limit of its mtype arrive in order (some of
+    them with the error), that one is refused by its header, and nothing more than the limit is ever held."""
+    limit = RecvLimit(SMALL_LIMIT, ((BIG_MTYPE, BIG_LIMIT),))
+    stream = b"".join(encode_frame(m) for m in msgs)
+    dec = FrameDecoder(recv_limit=limit)
+    out: list[Message] = []
+    refused: FrameRefused | None = None
+    try:
+        for chunk in chunked(stream, cuts):
+            out += dec.feed(chunk)
+            assert dec.buffered < PREFIX_BYTES + BIG_LIMIT
+        dec.eof()
+    except FrameRefused as exc:
+        refused = exc
+        out += exc.decoded
+    first_big = next((i for i, m in enumerate(msgs) if m.size > limit.for_mtype(m.mtype)), None)
+    if first_big is None:
+        assert refused is None and out == msgs
+    else:
+        m = msgs[first_big]
+        assert refused is not None and refused.frame == SkippedFrame(
+            m.src, m.dst, m.mtype, m.size, limit.for_mtype(m.mtype)
+        )
+        assert out == msgs[:first_big]
