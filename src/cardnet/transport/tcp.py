@@ -315,12 +315,16 @@ class TcpConnection(ConnectionBase):
         until it closes, for at most linger_s, then close. Closing with its bytes unread would send a reset, on
         which the peer may drop the refusal before reading it."""
         writer = self._writer
-        with contextlib.suppress(OSError, TimeoutError, RuntimeError):
-            async with asyncio.timeout(self._limits.linger_s):
-                if writer.can_write_eof():
-                    writer.write_eof()
-                while await self._reader.read(self._limits.read_chunk_bytes):
-                    pass
+        try:
+            with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+                async with asyncio.timeout(self._limits.linger_s):
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    while await self._reader.read(self._limits.read_chunk_bytes):
+                        pass
+        except BaseException:  # cancelled (the loop is closing): no lingering
+            writer.transport.abort()
+            raise
         writer.close()
         await self._linger()
 
