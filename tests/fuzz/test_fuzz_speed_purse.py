@@ -1,4 +1,4 @@
-"""Fuzzing the e-purse decoders (S1, S2, S3, L1, L2, L3, LR of :mod:`cardnet.protocols.speed.purse`).
+"""Fuzzing the e-purse decoders (S1, S2, S3, L1, L2, L3, LR, SR of :mod:`cardnet.protocols.speed.purse`).
 
 Random bytes and mutated valid encodings get :class:`DecodeError` or :class:`ProtocolError`, never another
 exception; whatever decodes re-encodes to the same bytes, and its MAC check answers None or ``bad_mac``.
@@ -29,9 +29,12 @@ VALID: dict[type[pp.Authenticated], pp.Authenticated] = {
     pp.L2: pp.L2.make(KEY, m=3, rc=b"c" * 16, rs=b"s" * 16, currency="USD", amount=2**40),
     pp.L3: pp.L3.make(KEY, uid=UID, m=3, rs=b"s" * 16, currency="USD", amount=2**40),
     pp.LR: pp.LR.make(KEY, uid=UID, m=3, rc=b"c" * 16),
+    pp.SR: pp.SR.make(KEY, uid=UID, n=41, rc=b"c" * 16, poid=b"PO-7"),
 }
 # a purse whose load 3 (the L1 above) is pending: only the genuine LR for it makes the purse forget it
 PENDING = pp.PurseState(m=4, loads={3: pp.PendingLoad(rc=b"c" * 16, currency="USD", amount=2**40)})
+# and one whose debit 41 (the S1 above) is pending: only the genuine SR for it makes the purse forget it
+PENDING_DEBIT = pp.PurseState(n=42, debits={b"PO-7": pp.PendingDebit(n=41, rc=b"c" * 16, currency="EUR", amount=250)})
 
 
 def decode_or_refuse(cls: type[pp.Authenticated], raw: bytes) -> None:
@@ -87,3 +90,17 @@ def test_no_lr_but_the_sams_makes_the_purse_forget_a_pending_load(seed: int, raw
     except (DecodeError, ProtocolError):
         return
     assert raw == VALID[pp.LR].encode() and dropped and not state.loads
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(seed=st.integers(0, 2**32), raw=st.none() | st.binary(max_size=160))
+def test_no_sr_but_the_sams_makes_the_purse_forget_a_pending_debit(seed: int, raw: bytes | None) -> None:
+    """The same for ``purse.drop_debit``: the purse forgets debit 41 on the genuine SR only."""
+    if raw is None:
+        r = random.Random(seed)
+        raw = mutate(VALID[r.choice(list(VALID))].encode(), r)
+    try:
+        state, dropped = pp.apply_sr(PENDING_DEBIT, key=KEY, uid=UID, sr=pp.SR.decode(raw))
+    except (DecodeError, ProtocolError):
+        return
+    assert raw == VALID[pp.SR].encode() and dropped and not state.debits

@@ -7,12 +7,15 @@ broker's accounts and the purse.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostprocs import free_port
-from speedprocs import NEWS, SONG, SpeedNet, build, run
+from speedprocs import NEWS, PIN, SONG, SpeedNet, build, run
 
 
 @pytest.fixture
@@ -97,3 +100,38 @@ def test_broker_prune_needs_the_broker_stopped_and_keeps_the_days_not_yet_due(ne
     net.broker.start()  # the broker serves on with today's log in its SAM
     assert alice.buy(net, NEWS, limit="1.00 EUR")["price"] == "0.80 EUR"
     assert net.accounts()["V-1"] == {"EUR": 160}
+
+
+def test_a_purse_full_of_payments_under_way_says_which_commands_finish_them(net: SpeedNet) -> None:
+    """Sixteen purchases whose payment never reached the broker (a wrong --broker) fill the purse's debits under way:
+    the 17th `buy` is refused `debits_pending` before anything is bought, and the advice names `speed recover` and
+    `speed purse end-debits`. end-debits ends them on the SAM's word (nothing was paid for any), recover then drops
+    their purchases (`debit_refused`), and the purse pays again."""
+    import forkhost
+
+    alice = net.customers["alice"]
+    wrong = f"127.0.0.1:{free_port()}"
+    out = str(net.tmp / f"{alice.name}-bought")
+    buy = ["speed", "buy", "--socket", alice.host.socket, "--vendor", net.vendor.address, "--broker-cert",
+           str(net.tmp / "broker.pem"), "--ca-cert", str(net.tmp / "ca.pem"), "--limit", "1.00 EUR", "--out", out,
+           "--product", NEWS, "--aggressive"]  # fmt: skip
+    with forkhost.forker((*forkhost.HOST_MODULES, "cardnet.cli.speed")) as f:
+
+        def forked(*args: str) -> Any:  # `cardnet ... --json` as a fork of f: the same entry point, its own process
+            code, stdout, stderr = f.run([*args, "--json"], {**os.environ, "CARDNET_PIN": PIN}, os.getcwd(), 120.0)
+            return json.loads(stdout) if stdout.strip() else {"stderr": stderr, "code": code}
+
+        for _ in range(16):
+            lost = forked(*buy, "--broker", wrong)
+            assert lost["error"]["reason"] == "unreachable"
+        full = forked(*buy, "--broker", net.broker.address)
+    assert full["error"]["reason"] == "debits_pending" and "nothing was bought" in str(full)
+    hint = full["error"]["hint"]
+    assert "cardnet speed recover" in hint and "cardnet speed purse end-debits" in hint
+    ended = run("speed", "purse", "end-debits", "--socket", alice.host.socket, "--broker", net.broker.address)
+    assert len(ended["ended"]) == 16 and ended["authorised"] == 0 and ended["balances"] == {"EUR": 2000}
+    again = alice.recover(net, "--broker", net.broker.address)
+    assert again["finished"] == [] and {d["reason"] for d in again["dropped"]} == {"debit_refused"}
+    assert len(again["dropped"]) == 16
+    assert alice.buy(net, NEWS, limit="1.00 EUR", aggressive=True)["price"] == "0.80 EUR"
+    assert alice.balance() == {"EUR": 2000 - 80} and net.accounts()["V-1"] == {"EUR": 80}

@@ -383,3 +383,139 @@ def test_a_running_vendor_sells_a_product_added_to_its_store_since_it_started(wo
             assert got.contents == [b"so what" * 3] and got.price == sm.Price(EUR, 120)
 
     asyncio.run(go())
+
+
+async def _bought_unpaid(w: World, customer: Any, count: int) -> None:
+    """``count`` purchases delivered whose payment could not reach the broker: each card debit is under way."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    for _ in range(count):
+        with pytest.raises(PurchaseError) as e:
+            await customer.buy(w.vendor_addr, nowhere, ["news-1 Today's paper"], broker_cert=w.broker_cert,
+                               mode="aggressive")  # fmt: skip
+        assert e.value.reason == "unreachable"
+
+
+async def _authorise_and_lose_the_s2(w: World, journal: Journal) -> bytes:
+    """The broker (over TCP) authorises the one purchase of ``journal`` under way, and its S2 never reaches the card
+    (the customer's host crashed): the SAM's authorisation is open. Its PaymentOrderID."""
+    from cardnet.applets.speed import conductor as co
+    from cardnet.services.speed.customer import _Link
+
+    [rec] = journal.pending()
+    order = w.card.ask(co.PAY, co.ORDER, bill=rec.bill, vendor_cert=rec.vendor_cert, kind="purse", benc=rec.benc,
+                       bsign=rec.bsign)  # fmt: skip
+    async with _Link(w.broker_addr, "broker") as b:
+        kind, _ = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
+                              sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
+    assert kind is fr.PURSE  # the S2, lost on the way
+    return bytes(order["poid"])
+
+
+def test_a_payment_the_sam_authorised_is_finished_when_the_card_holds_sixteen_debits_under_way(
+    world: World, tmp_path: Path
+) -> None:
+    """Sixteen purchases delivered and not paid (the broker unreachable), the oldest authorised by the SAM and its S2
+    lost: a 17th purchase is refused ``debits_pending`` before anything is bought, the card keeps every debit, and
+    recovery pays all sixteen, once each. (The purse used to drop the oldest debit at the 17th: the SAM's
+    authorisation stayed open for ever and that purchase could never be finished.)"""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.applets.speed import sam as sa
+
+    w = world
+    journal = Journal(tmp_path / "journal")
+    customer = dataclasses.replace(w.customer, journal=journal)
+
+    async def go() -> None:
+        async with served(w):
+            await load_purse(w, 5000)
+            await _bought_unpaid(w, customer, 1)
+            oldest = await _authorise_and_lose_the_s2(w, journal)
+            await _bought_unpaid(w, customer, 15)
+            with pytest.raises(PurchaseError) as e:
+                await customer.buy(w.vendor_addr, w.broker_addr, ["news-1 Today's paper"], broker_cert=w.broker_cert,
+                                   mode="aggressive")  # fmt: skip
+            assert e.value.reason == "debits_pending" and "nothing was bought" in str(e.value)
+            with pytest.raises(CardnetError) as e2:  # the card itself refuses, whatever its host does
+                w.card.ask(pa.DEBIT_BEGIN, pa.S1_IS, poid=b"one-more", currency=EUR, amount=1)
+            assert e2.value.reason == "debits_pending"
+            assert len(journal.pending()) == 16 and w.balance() == 5000
+            done = await customer.recover(broker=w.broker_addr)
+            assert len(done) == 16 and {d.price for d in done} == {sm.Price(EUR, 80)}
+            assert oldest in {d.poid for d in done}
+            assert all(d.contents == [b"the news of the day" * 10] for d in done)
+            assert w.card.ask(pa.BALANCE, pa.BALANCES)["pending_debits"] == 0
+            got = await customer.buy(w.vendor_addr, w.broker_addr, ["news-1 Today's paper"],
+                                     broker_cert=w.broker_cert, mode="aggressive")  # fmt: skip
+            assert got.price == sm.Price(EUR, 80)
+            assert w.balance() == 5000 - 17 * 80
+            assert w.broker.balances()["V-1"] == {EUR: 17 * 80}  # each paid once
+            assert w.broker.sam.ask(sa.DAYS, sa.HELD)["open"] == 0  # no authorisation left open
+
+    asyncio.run(go())
+
+
+def test_a_payment_under_way_is_still_finished_after_sixteen_later_purchases(world: World, tmp_path: Path) -> None:
+    """The card keeps the whole payment order of its 16 newest payments for recovery; one whose debit is still under
+    way (authorised, the S2 lost) is never the one it forgets, however many purchases come after it, so recovery
+    still pays it. (It used to be forgotten after 16 later payments: recovery failed not_paid for ever.)"""
+    from cardnet.applets.speed import purse as pa
+
+    w = world
+    journal = Journal(tmp_path / "journal")
+    customer = dataclasses.replace(w.customer, journal=journal)
+
+    async def go() -> None:
+        async with served(w):
+            await load_purse(w, 2000)
+            await _bought_unpaid(w, customer, 1)
+            oldest = await _authorise_and_lose_the_s2(w, journal)
+            for _ in range(16):
+                await customer.buy(w.vendor_addr, w.broker_addr, ["news-1 Today's paper"],
+                                   broker_cert=w.broker_cert, mode="aggressive")  # fmt: skip
+            [done] = await customer.recover(broker=w.broker_addr)
+            assert done.poid == oldest and done.contents == [b"the news of the day" * 10]
+            assert w.card.ask(pa.BALANCE, pa.BALANCES)["pending_debits"] == 0
+            assert w.balance() == 2000 - 17 * 80 and w.broker.balances()["V-1"] == {EUR: 17 * 80}
+
+    asyncio.run(go())
+
+
+def test_debits_no_purchase_will_finish_end_on_the_sams_sr_and_the_authorised_one_is_paid(
+    world: World, tmp_path: Path
+) -> None:
+    """Sixteen purchases under way fill the purse; the customer ends the debits (`purse end-debits`): the broker's
+    SAM refuses for good each it never authorised and the card forgets it on the SAM's SR (nothing was paid), the
+    one it authorised stays. Recovery then pays that one and drops the others (``debit_refused``: the SAM never
+    authorises them), and the purse pays again."""
+    from cardnet.applets.speed import purse as pa
+    from cardnet.applets.speed import sam as sa
+    from cardnet.services.speed.customer import end_debits
+
+    w = world
+    journal = Journal(tmp_path / "journal")
+    customer = dataclasses.replace(w.customer, journal=journal)
+
+    async def go() -> None:
+        async with served(w):
+            await load_purse(w, 5000)
+            await _bought_unpaid(w, customer, 1)
+            oldest = await _authorise_and_lose_the_s2(w, journal)
+            await _bought_unpaid(w, customer, 15)
+            done = await end_debits(AsyncLocalCard(w.card), w.broker_addr)
+            assert len(done.ended) == 15 and done.authorised == 1 and oldest not in {d.poid for d in done.ended}
+            assert {d.price for d in done.ended} == {sm.Price(EUR, 80)}
+            pending = w.card.ask(pa.PENDING_DEBITS, pa.S1S)["s1"]
+            assert len(pending) == 1
+            again = await end_debits(AsyncLocalCard(w.card), w.broker_addr)  # the authorised one stays
+            assert (again.ended, again.authorised) == ((), 1)
+            paid, dropped = await customer.recover_all(broker=w.broker_addr)
+            assert [p.poid for p in paid] == [oldest]
+            assert len(dropped) == 15 and {d.reason for d in dropped} == {"debit_refused"}
+            assert journal.pending() == [] and w.card.ask(pa.BALANCE, pa.BALANCES)["pending_debits"] == 0
+            assert w.balance() == 5000 - 80 and w.broker.balances()["V-1"] == {EUR: 80}
+            assert w.broker.sam.ask(sa.DAYS, sa.HELD)["open"] == 0
+            await customer.buy(w.vendor_addr, w.broker_addr, ["news-1 Today's paper"], broker_cert=w.broker_cert,
+                               mode="aggressive")  # fmt: skip
+            assert w.balance() == 5000 - 160
+
+    asyncio.run(go())

@@ -423,6 +423,60 @@ def test_a_load_refused_for_good_ends_on_the_card_only_with_the_sams_lr(purse_wo
     assert w.sums(DAY0)[1] == {"EUR": 300}
 
 
+def test_a_17th_pending_debit_is_refused_and_the_oldest_authorised_one_is_still_debited(purse_world: World) -> None:
+    """Sixteen debits under way, the SAM authorised the first (its S2 lost on the way): the card refuses a 17th
+    (``debits_pending``) and keeps every one, across a restart, so the first one's S2, late, still debits and its S3
+    is logged; room comes back once a debit ends. (The purse used to drop the oldest: its S2 was refused no_pending,
+    the SAM's authorisation stayed open for ever and the purchase could never be finished.)"""
+    w = purse_world
+    w.load("alice", "EUR", 1000)
+    first = w.s2_for("alice", b"first", "EUR", 250)
+    for i in range(1, pp.MAX_PENDING):
+        w.ok("alice", pa.DEBIT_BEGIN, poid=b"p-%d" % i, currency="EUR", amount=1)
+    got = w.order("alice", pa.DEBIT_BEGIN, poid=b"one-more", currency="EUR", amount=1)
+    assert got["refused"] == "debits_pending" and "finish them first" in got["detail"]
+    w.restart("alice")
+    assert w.ok("alice", pa.BALANCE)["pending_debits"] == pp.MAX_PENDING
+    assert pp.S1.decode(w.ok("alice", pa.PENDING_DEBITS)["s1"][0]).poid == b"first"
+    s3 = w.ok("alice", pa.DEBIT, s2=first)["s3"]
+    assert w.ok("broker", sa.DEBIT_FINISH, s3=s3)["amount"] == 250
+    assert w.accounts("alice")["EUR"]["balance"] == 750 and w.sums(DAY0)[0] == {"EUR": 250}
+    assert "s1" in w.ok("alice", pa.DEBIT_BEGIN, poid=b"one-more", currency="EUR", amount=1)
+
+
+def test_a_debit_refused_for_good_ends_on_the_card_only_with_the_sams_sr(purse_world: World) -> None:
+    """The SAM's SR for a debit it never authorised makes the card forget it (durably), and the SAM never authorises
+    that debit afterwards; a debit the SAM authorised gets no SR, and no host-made or other card's SR drops a debit."""
+    w = purse_world
+    w.load("alice", "EUR", 1000)
+    refused = w.ok("alice", pa.DEBIT_BEGIN, poid=b"refused", currency="EUR", amount=500)["s1"]
+    s2 = w.s2_for("alice", b"authorised", "EUR", 300)  # the S2 is lost on the way
+    authorised = w.ok("alice", pa.PENDING_DEBITS)["s1"][1]
+    assert w.order("broker", sa.REFUSE_S1, s1=authorised)["refused"] == "authorised"
+    sr = w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"]
+    assert w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"] == sr  # the same again
+    good = pp.SR.decode(sr)
+    forged = pp.SR(uid=good.uid, n=1, rc=pp.S1.decode(authorised).rc, poid=b"authorised", mac=good.mac).encode()
+    assert w.order("alice", pa.DROP_DEBIT, sr=forged)["refused"] == "bad_mac"
+    assert w.order("bob", pa.DROP_DEBIT, sr=sr)["refused"] in ("bad_mac", "mismatch")  # another card's SR
+    assert w.ok("alice", pa.BALANCE)["pending_debits"] == 2
+    w.restart("alice")
+    assert w.ok("alice", pa.DROP_DEBIT, sr=sr) == {"n": 0, "dropped": True}
+    w.restart("alice")
+    assert w.ok("alice", pa.DROP_DEBIT, sr=sr) == {"n": 0, "dropped": False}  # a replay: nothing more
+    assert w.ok("alice", pa.PENDING_DEBITS)["s1"] == [authorised]
+    got = w.order("broker", sa.DEBIT_START, s1=refused, poid=b"refused", currency="EUR", amount=500)
+    assert got["refused"] == "debit_refused"
+    w.restart("broker")
+    got = w.order("broker", sa.DEBIT_START, s1=refused, poid=b"refused", currency="EUR", amount=500)
+    assert got["refused"] == "debit_refused"
+    s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]  # the authorised debit is made, late
+    w.ok("broker", sa.DEBIT_FINISH, s3=s3)
+    assert w.order("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"])["dropped"] is False
+    assert w.accounts("alice")["EUR"] == {"balance": 700, "loaded": 1000, "debited": 300}
+    assert w.sums(DAY0)[0] == {"EUR": 300}
+
+
 def test_the_master_key_never_leaves_the_sam(purse_world: World) -> None:
     w = purse_world
     w.load("alice", "EUR", 1000)
@@ -457,8 +511,11 @@ OP = st.one_of(
     st.tuples(st.just("restart"), st.sampled_from(["alice", "broker"]), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("later"), st.integers(1, 40_000), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("refuse"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, st.booleans()),
+    st.tuples(st.just("end"), st.sampled_from(["EUR", "USD"]), st.integers(1, 600), FATE, st.booleans()),
 )
 ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
+# a start of a load or debit the SAM refused for good: its record, or (once the SAM pruned it) the card's floor
+NEVER = {"load_refused", "debit_refused", "pruned"}
 
 
 @settings(max_examples=60, deadline=None)
@@ -491,14 +548,14 @@ class PurseMoves:
         self.credits: dict[int, tuple[str, int]] = {}
 
     def to_purse(self, mtype: MType, field_name: str, raw: bytes, times: int) -> bytes | None:
-        """Deliver an S2, L2 or LR ``times`` times; the proof the card gave (the same each time), if any."""
+        """Deliver an S2, L2, LR or SR ``times`` times; the proof the card gave (the same each time), if any."""
         out = None
         for _ in range(times):
             got = self.w.order("alice", mtype, **{field_name: raw})
             if "refused" in got:
                 assert got["refused"] in ALLOWED, got
                 return None
-            if mtype is pa.DROP_LOAD:
+            if mtype in (pa.DROP_LOAD, pa.DROP_DEBIT):
                 continue
             proof_raw = bytes(got["s3"] if "s3" in got else got["l3"])
             assert out is None or proof_raw == out
@@ -530,7 +587,7 @@ class PurseMoves:
             poid = b"po-%d" % i
             s1 = w.order("alice", pa.DEBIT_BEGIN, poid=poid, currency=a, amount=b)
             if "refused" in s1:
-                assert s1["refused"] == "insufficient"
+                assert s1["refused"] in ("insufficient", "debits_pending")  # (16 pending: none is ever dropped)
                 return True
             s2 = w.ok("broker", sa.DEBIT_START, s1=s1["s1"], poid=poid, currency=a, amount=b)["s2"]
             self.to_card.append((pa.DEBIT, "s2", s2))
@@ -555,12 +612,31 @@ class PurseMoves:
             self.to_purse(pa.DROP_LOAD, "lr", lr["lr"], reps[fate1])
             l1m = pp.L1.decode(l1)
             refused = w.order("broker", sa.LOAD_START, l1=l1, currency=l1m.currency, amount=l1m.amount)
-            assert refused.get("refused") == "load_refused", refused  # never authorised after its LR
+            assert refused.get("refused") in NEVER, refused  # never authorised after its LR
+        elif kind == "end":  # a debit whose purchase is over ends by the SAM's SR (fate2: the oldest pending instead)
+            pending = w.ok("alice", pa.PENDING_DEBITS)["s1"]
+            if fate2 and pending:
+                s1 = pending[0]
+            else:
+                got = w.order("alice", pa.DEBIT_BEGIN, poid=b"end-%d" % i, currency=a, amount=b)
+                if "refused" in got:
+                    assert got["refused"] in ("insufficient", "debits_pending")
+                    return True
+                s1 = got["s1"]
+            sr = w.order("broker", sa.REFUSE_S1, s1=s1)
+            if "refused" in sr:  # the SAM authorised it (its S2 exists): it ends by debiting, never refused
+                assert sr["refused"] == "authorised" and fate2
+                return True
+            self.to_card.append((pa.DROP_DEBIT, "sr", sr["sr"]))
+            self.to_purse(pa.DROP_DEBIT, "sr", sr["sr"], reps[fate1])
+            s1m = pp.S1.decode(s1)
+            refused = w.order("broker", sa.DEBIT_START, s1=s1, poid=s1m.poid, currency=s1m.currency, amount=s1m.amount)
+            assert refused.get("refused") in NEVER, refused  # never authorised after its SR
         elif kind == "replay":
             pool = self.to_card + self.to_sam
             if pool:
                 mtype, field_name, raw = pool[a % len(pool)]
-                if mtype in (pa.LOAD, pa.DEBIT, pa.DROP_LOAD):
+                if mtype in (pa.LOAD, pa.DEBIT, pa.DROP_LOAD, pa.DROP_DEBIT):
                     self.to_purse(mtype, field_name, raw, 1)
                 else:
                     finish(mtype, raw, 1)

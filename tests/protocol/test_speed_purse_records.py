@@ -60,10 +60,11 @@ def test_records_stay_the_whole_state_past_the_kept_and_pending_limits(
         for _ in range(3):  # loads begun and never credited stay pending
             w.ok("alice", pa.LOAD_BEGIN, currency="USD", amount=1)
         s2s = []
-        for i in range(pp.MAX_PENDING + 4):  # a 17th pending debit drops the oldest
+        for i in range(pp.MAX_PENDING):  # 16 pending debits: a 17th is refused, none is dropped
             s2s.append(w.s2_for("alice", b"pend-%d" % i, "EUR", 1))
         assert w.ok("alice", pa.BALANCE)["pending_debits"] == pp.MAX_PENDING
-        assert w.order("alice", pa.DEBIT, s2=s2s[0])["refused"] == "no_pending"  # dropped: nothing debited
+        got = w.order("alice", pa.DEBIT_BEGIN, poid=b"pend-16", currency="EUR", amount=1)
+        assert got["refused"] == "debits_pending"  # and it wrote nothing (check_records below)
         first = w.ok("alice", pa.DEBIT, s2=s2s[-1])["s3"]
         for i in range(pp.MAX_KEPT + 5):
             w.pay("alice", b"po-%d" % i, "EUR", 2)

@@ -170,6 +170,95 @@ def test_a_prune_drops_at_most_a_batch_a_step_and_keeps_a_day_s_totals_until_its
                                                               "more": False}  # fmt: skip
 
 
+REFUSAL_BYTES = {"load": 22 + 20 + 27, "debit": 22 + 20 + 27}  # r:/x: (key 22, rc + day 20) and its q: entry (27)
+
+
+def test_refusal_records_are_kept_until_their_day_is_pruned_and_the_statements_are_answered_again_after(
+    purse_world: World, monkeypatch: Any
+) -> None:
+    """The SAM's refusal records (``r:`` a load, ``x:`` a debit: what makes it refuse a start of them and answer the
+    same LR or SR again) are kept until the broker prunes their day, then dropped with the card's floor raised past
+    them: from then on a start is refused ``pruned`` and the same L1 or S1 still gets the same LR or SR, written
+    nowhere. They used to be kept for ever: a SAM's card filled with them."""
+    w = purse_world
+    monkeypatch.setattr(sa, "PRUNE_BATCH", 3)
+    w.load("alice", "EUR", 1000)
+    w.now += 3 * DAY_S
+    assert w.ok("broker", sa.PRUNE, before_day=DAY0 + 1)["entries"] == 1  # the load: alice has floors now
+    base = used(sam(w))
+    refused: list[tuple[str, bytes, bytes]] = []  # (kind, L1 or S1, its LR or SR) made on the same day
+    for i in range(2):
+        l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=100 + i)["l1"]
+        refused.append(("load", l1, w.ok("broker", sa.REFUSE_L1, l1=l1)["lr"]))
+        s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=b"gone-%d" % i, currency="EUR", amount=5)["s1"]
+        refused.append(("debit", s1, w.ok("broker", sa.REFUSE_S1, s1=s1)["sr"]))
+    day = int(w.now // DAY_S)
+    assert used(sam(w)) - base == sum(REFUSAL_BYTES[k] for k, _, _ in refused)
+    held = used(sam(w))
+
+    def asked_again(kind: str, raw: bytes) -> tuple[bytes, str]:
+        """The statement the SAM answers for ``raw`` again, and how it refuses a start of it now."""
+        if kind == "load":
+            l1 = pp.L1.decode(raw)
+            start = w.order("broker", sa.LOAD_START, l1=raw, currency=l1.currency, amount=l1.amount)
+            return w.ok("broker", sa.REFUSE_L1, l1=raw)["lr"], start["refused"]
+        s1 = pp.S1.decode(raw)
+        start = w.order("broker", sa.DEBIT_START, s1=raw, poid=s1.poid, currency=s1.currency, amount=s1.amount)
+        return w.ok("broker", sa.REFUSE_S1, s1=raw)["sr"], start["refused"]
+
+    # within the window (the day and keep_days after it, not pruned): the record answers
+    w.now += DAY_S
+    assert w.ok("broker", sa.PRUNE, before_day=day)["more"] is False  # their day is not pruned
+    for kind, raw, statement in refused:
+        assert asked_again(kind, raw) == (statement, f"{kind}_refused")
+    assert used(sam(w)) == held  # answering again writes nothing
+    # the broker prunes their day: at most PRUNE_BATCH records a step, then none is left
+    w.now += 2 * DAY_S
+    first = w.ok("broker", sa.PRUNE, before_day=day + 1)
+    assert first == {"before_day": day + 1, "entries": 0, "days": 0, "more": True, "refusals": 3}
+    assert w.ok("broker", sa.PRUNE, before_day=day + 1) == {"before_day": day + 1, "entries": 0, "days": 0,
+                                                            "more": False, "refusals": 1}  # fmt: skip
+    assert used(sam(w)) == base
+    assert not {k[:2] for (t, k) in sam(w)._mem if t == "a.sam"} & {b"r:", b"x:", b"q:"}
+    # after it: the same statement again, from the MAC key alone, and a start is refused by the floor
+    for kind, raw, statement in refused:
+        assert asked_again(kind, raw) == (statement, "pruned")
+    assert used(sam(w)) == base
+    # the purse that lost the SAM's first answer gets it now: it forgets the load and the debit
+    assert w.ok("alice", pa.BALANCE)["pending_loads"] == 2 and w.ok("alice", pa.BALANCE)["pending_debits"] == 2
+    for kind, _, statement in refused:
+        if kind == "load":
+            assert w.ok("alice", pa.DROP_LOAD, lr=statement)["dropped"]
+        else:
+            assert w.ok("alice", pa.DROP_DEBIT, sr=statement)["dropped"]
+    bal = w.ok("alice", pa.BALANCE)
+    assert (bal["pending_loads"], bal["pending_debits"]) == (0, 0)
+    assert w.accounts("alice")["EUR"] == {"balance": 1000, "loaded": 1000, "debited": 0}
+
+
+def test_refusal_records_stay_bounded_by_the_days_the_sam_keeps(purse_world: World) -> None:
+    """A card whose loads and debits are refused day after day: with the broker pruning each day after keep_days,
+    the SAM holds the refusals of the last days only, not of all time."""
+    w = purse_world
+    w.load("alice", "EUR", 10_000)
+    keep, per_day, most = 2, 6, 0
+    for _ in range(10):
+        for i in range(per_day // 2):
+            l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=1 + i)["l1"]
+            w.ok("alice", pa.DROP_LOAD, lr=w.ok("broker", sa.REFUSE_L1, l1=l1)["lr"])
+            s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=os.urandom(8), currency="EUR", amount=1)["s1"]
+            w.ok("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.REFUSE_S1, s1=s1)["sr"])
+        w.now += DAY_S
+        today = int(w.now // DAY_S)
+        while w.ok("broker", sa.PRUNE, before_day=today - keep)["more"]:
+            pass
+        held = [k for (t, k) in sam(w)._mem if t == "a.sam" and k[:2] in (b"r:", b"x:")]
+        most = max(most, len(held))
+    assert most == keep * per_day  # after each day's prune: the refusals of the keep days before today, no more
+    bal = w.ok("alice", pa.BALANCE)
+    assert (bal["pending_loads"], bal["pending_debits"]) == (0, 0)
+
+
 # --- the property: conservation across pruning, under drops, duplicates, replays and restarts --------------------
 
 OP = st.one_of(
@@ -179,6 +268,8 @@ OP = st.one_of(
     st.tuples(st.just("restart"), st.sampled_from(["alice", "broker"]), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("later"), st.integers(DAY_S // 2, 2 * DAY_S), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("prune"), st.integers(1, 2), st.just(""), st.just(""), st.just("")),
+    st.tuples(st.just("refuse"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, st.booleans()),
+    st.tuples(st.just("end"), st.sampled_from(["EUR", "USD"]), st.integers(1, 600), FATE, st.booleans()),
 )
 ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
 

@@ -332,17 +332,58 @@ def test_balances_cannot_overflow_and_currencies_are_bounded() -> None:
     assert e.value.reason == "too_many_currencies"
 
 
-def test_pending_debits_are_bounded_the_oldest_dropped() -> None:
+def test_a_17th_pending_debit_is_refused_and_none_is_forgotten() -> None:
+    """The SAM may have authorised any pending debit (its S2 lost on the way: the purchase it pays is finished by
+    recovery, which presents that S2): the purse never drops one to make room. A 17th is refused ``debits_pending``
+    with nothing changed, and the first debit's S2, however late, is debited (it used to be refused no_pending)."""
     st = loaded(10_000)
-    first: pp.S2 | None = None
-    for i in range(pp.MAX_PENDING + 1):
-        st, _, s2 = debit_s2(st, poid=b"p%d" % i, amount=1)
-        first = first or s2
-    assert len(st.debits) == pp.MAX_PENDING and b"p0" not in st.debits
-    assert first is not None
+    st, _, first = debit_s2(st, poid=b"p0", amount=300)
+    for i in range(1, pp.MAX_PENDING):
+        st, _, _ = debit_s2(st, poid=b"p%d" % i, amount=1)
     with pytest.raises(ProtocolError) as e:
-        pp.apply_s2(st, key=KEY, uid=UID, s2=first)
+        pp.begin_debit(st, key=KEY, uid=UID, poid=b"p16", currency="EUR", amount=1, rc=RC)
+    assert e.value.reason == "debits_pending" and "finish them first" in str(e.value)
+    assert len(st.debits) == pp.MAX_PENDING and st.n == pp.MAX_PENDING
+    st, s3 = pp.apply_s2(st, key=KEY, uid=UID, s2=first)
+    assert st.balance("EUR") == 10_000 - 300 and s3.n == 0
+    st, _, _ = debit_s2(st, poid=b"p16", amount=1)  # room again
+    assert len(st.debits) == pp.MAX_PENDING
+
+
+def test_a_pending_debit_is_forgotten_only_on_the_sams_sr_for_it() -> None:
+    st = loaded(1000)
+    st, s1, _ = debit_s2(st, poid=b"p0", amount=300)
+    st, other, other_s2 = debit_s2(st, poid=b"p1", amount=7)
+    sr = pp.sam_refuse_s1(KEY, s1)
+    assert (sr.uid, sr.n, sr.rc, sr.poid) == (UID, 0, RC, b"p0")
+    assert len(sr.encode()) <= pp.MAX_MESSAGE_BYTES
+    for forged, reason in [
+        (replace(sr, mac=bytes(32)), "bad_mac"),  # a host cannot make one
+        (pp.SR.make(pp.diversify(MASTER, OTHER), uid=OTHER, n=0, rc=RC, poid=b"p0"), "bad_mac"),  # another card's
+        (pp.SR.make(KEY, uid=UID, n=1, rc=RC, poid=b"p0"), "mismatch"),  # not the debit p0 has under way
+        (pp.SR.make(KEY, uid=UID, n=2, rc=RC, poid=b"p9"), "no_pending"),  # a debit never begun
+    ]:
+        with pytest.raises(ProtocolError) as e:
+            pp.apply_sr(st, key=KEY, uid=UID, sr=forged)
+        assert e.value.reason == reason
+    with pytest.raises(ProtocolError) as e:
+        pp.apply_sr(st, key=KEY, uid=OTHER, sr=sr)  # presented to another card
+    assert e.value.reason in ("bad_mac", "mismatch")
+    assert [x.n for x in pp.pending_s1s(st, key=KEY, uid=UID)] == [0, 1]
+    assert pp.pending_s1s(st, key=KEY, uid=UID) == [s1, other]  # the same bytes as the first time
+    dropped, was = pp.apply_sr(st, key=KEY, uid=UID, sr=sr)
+    assert was and list(dropped.debits) == [b"p1"] and dropped.n == st.n and dropped.accounts == st.accounts
+    again, was = pp.apply_sr(dropped, key=KEY, uid=UID, sr=sr)  # the same SR again: nothing more
+    assert not was and again is dropped
+    with pytest.raises(ProtocolError) as e:  # its S2 cannot exist (the SAM refused it); had it come, nothing debits
+        pp.apply_s2(dropped, key=KEY, uid=UID, s2=pp.sam_answer_s1(KEY, s1, poid=b"p0", currency="EUR", amount=300,
+                                                                  rs=RS))  # fmt: skip
     assert e.value.reason == "no_pending"
+    debited, _ = pp.apply_s2(dropped, key=KEY, uid=UID, s2=other_s2)
+    with pytest.raises(ProtocolError) as e:  # a debit made is never refused
+        pp.apply_sr(debited, key=KEY, uid=UID, sr=pp.sam_refuse_s1(KEY, other))
+    assert e.value.reason == "conflict"
+    assert debited.balance("EUR") == 1000 - 7
 
 
 def test_a_17th_pending_load_is_refused_and_none_is_forgotten() -> None:
@@ -475,3 +516,4 @@ def test_message_sizes_as_documented(n: int, poid_bytes: int, amount: int, s_byt
     ]
     assert [len(m.encode()) for m in msgs] == [s_bytes] * 3 + [l_bytes] * 3
     assert len(pp.LR.make(KEY, uid=UID, m=n, rc=RC).encode()) == {0: 74, 5: 74, 1000: 76}.get(n, 78)
+    assert len(pp.SR.make(KEY, uid=UID, n=n, rc=RC, poid=poid).encode()) == {0: 77, 5: 92, 1000: 111}.get(n, 145)

@@ -44,6 +44,9 @@ HINTS = {
     "unreachable": "is the service running at that HOST:PORT?",
     "unknown_account": "check --account: it names your account at the broker (the one opened for your card)",
     "loads_pending": "finish them when the broker can: cardnet speed purse finish --broker HOST:PORT --account ACCOUNT",
+    "debits_pending": "finish the payments under way first: cardnet speed recover --out DIR --ca-cert CA_PEM (DIR: "
+    "each --out you bought with); then cardnet speed purse end-debits --broker HOST:PORT ends the debits no "
+    "purchase is left to finish (nothing was paid for them)",
 }
 
 
@@ -463,6 +466,29 @@ def dropped_words(got: dict[str, Any]) -> list[str]:
     """One line per load the broker refused for good (the purse forgot it: nothing was taken)."""
     return [f"load {d['m']} of {d['amount']} was refused by the broker ({d['reason']}): nothing was taken for it, "
             "and the purse forgot it" for d in got.get("dropped", [])]  # fmt: skip
+
+
+@_customer_command(purse, "end-debits", BROKER)
+def purse_end_debits(socket: str, pin: str | None, card: str | None, broker: str, as_json: bool) -> None:
+    """End the debits the purse has under way that no purchase will finish (run `cardnet speed recover` first): the
+    broker's SAM refuses each for good and the purse forgets it, nothing was paid for it. A debit the SAM authorised
+    stays: recovering its purchase finishes it."""
+    from cardnet.services.speed.customer import end_debits
+
+    async def work(wallet: Any) -> dict[str, Any]:
+        done = await end_debits(wallet, broker)
+        ended = [{"n": d.n, "poid": d.poid.hex(), "amount": str(d.price)} for d in done.ended]
+        return {**await purse_balances(wallet), "ended": ended, "authorised": done.authorised}
+
+    got = _run(socket, pin, card, work)
+    words = [f"debit {d['n']} of {d['amount']} ended: nothing was paid for it, and the purse forgot it"
+             for d in got["ended"]]  # fmt: skip
+    if got["authorised"]:
+        words.append(f"{got['authorised']} debit(s) authorised by the broker stay under way: finish their purchases "
+                     "with cardnet speed recover --out DIR --ca-cert CA_PEM")  # fmt: skip
+    if not words:
+        words.append("no debit was under way")
+    say(as_json, got, "\n".join([*words, "the purse holds " + balance_words(got)]))
 
 
 @_customer_command(purse, "balance")

@@ -271,15 +271,24 @@ class ConductorApplet(Applet):
     @staticmethod
     def _remember(ctx: StepContext, poid: bytes, rec: dict[str, Any]) -> None:
         """Register ``poid`` as paid for good (``p:``, a few bytes) and keep its whole payment order for the
-        newest :data:`MAX_KEPT` (``f:``, ~3 KB each, ordered by ``q:<seq>``): what a crash-recovery asks again."""
+        newest :data:`MAX_KEPT` (``f:``, ~3 KB each, ordered by ``q:<seq>``): what a crash-recovery asks again.
+        The order of a purse debit still pending is never the one dropped (its purchase is finished only by that
+        order's S1 sent again): the oldest order whose debit is not pending goes instead. There is always one, as a
+        purse has at most :data:`~cardnet.protocols.speed.purse.MAX_PENDING` (= MAX_KEPT) debits pending."""
         ctx.put(b"p:" + poid, b"", table=TABLE)
         ctx.put(b"f:" + poid, _PAID.encode(rec), table=TABLE)
         queue = ctx.scan(b"q:", table=TABLE)
         seq = _next_seq(queue)
         ctx.put(b"q:" + seq.to_bytes(4, "big"), poid, table=TABLE)
-        for key, old in queue[: max(0, len(queue) + 1 - MAX_KEPT)]:
+        excess = len(queue) + 1 - MAX_KEPT
+        for key, old in queue:
+            if excess <= 0:
+                break
+            if ctx.get(b"pd:" + old, table=pa.TABLE) is not None:
+                continue  # its debit is under way: its order is what finishes it
             ctx.delete(key, table=TABLE)
             ctx.delete(b"f:" + old, table=TABLE)
+            excess -= 1
 
     def _answer(self, ctx: StepContext, rec: dict[str, Any], bill: dict[str, Any]) -> None:
         out: dict[str, Any] = {"po": rec["po"], "poid": bill["poid"], "price": bill["price"], "bill": rec["bill"]}

@@ -13,6 +13,10 @@ that verified the PIN):
 * ``purse.drop_load {lr}`` -> ``purse.load_dropped {m, dropped}``: forget a pending load on the SAM's LR (the
   broker refused it for good; the SAM never authorises it). Nothing else makes the purse forget a pending load: a
   17th is refused ``loads_pending`` until the ones under way are credited or dropped.
+* ``purse.pending_debits``: the S1 of every debit begun and not debited (oldest first), to end them at the broker.
+* ``purse.drop_debit {sr}`` -> ``purse.debit_dropped {n, dropped}``: forget a pending debit on the SAM's SR (the SAM
+  never authorises it). Nothing else makes the purse forget a pending debit but its S2: a 17th is refused
+  ``debits_pending`` until the ones under way are debited (their purchases recovered) or dropped.
 
 A step that debits (or credits) writes the balance, the pending record's removal and the kept proof together
 (one card step is one transaction), so a crash leaves the purse before or after the whole of it. Another applet
@@ -128,7 +132,21 @@ LOAD_DROPPED = register(
     P,
     Schema("purse.load_dropped", [Field(0, "m", UInt(pp.MAX_COUNTER)), Field(1, "dropped", Bool())]),
 )
-ORDERS = (INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS, DROP_LOAD)
+PENDING_DEBITS = register(0x066A, "purse.pending_debits", P, Schema("purse.pending_debits", []), privileged=True)
+S1S = register(0x066B, "purse.s1s", P, Schema("purse.s1s", [Field(0, "s1", ListOf(_MSG, pp.MAX_PENDING))]))
+DROP_DEBIT = register(
+    0x066C, "purse.drop_debit", P, Schema("purse.drop_debit", [Field(0, "sr", _MSG)]), privileged=True
+)
+DEBIT_DROPPED = register(
+    0x066D,
+    "purse.debit_dropped",
+    P,
+    Schema("purse.debit_dropped", [Field(0, "n", UInt(pp.MAX_COUNTER)), Field(1, "dropped", Bool())]),
+)
+ORDERS = (
+    INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS, DROP_LOAD, PENDING_DEBITS,
+    DROP_DEBIT,
+)  # fmt: skip
 
 # --- records ------------------------------------------------------------------------------------------------
 _CTR = Schema("purse.ctr", [Field(0, "n", UInt(pp.MAX_COUNTER + 1)), Field(1, "m", UInt(pp.MAX_COUNTER + 1))])
@@ -359,6 +377,21 @@ def drop_load(ctx: StepContext, lr: bytes) -> tuple[int, bool]:
     return got.m, dropped
 
 
+def drop_debit(ctx: StepContext, sr: bytes) -> tuple[int, bool]:
+    """Forget the pending debit the SAM's encoded ``sr`` refuses, in ``ctx``'s step: its ``n`` and whether it was
+    pending (False: forgotten before). Raises :class:`~cardnet.card.Refused` (``bad_mac``, ``mismatch``,
+    ``conflict``, ``no_pending``)."""
+    key = _key(ctx)
+    state = load_state(ctx)
+    try:
+        got = pp.SR.decode(sr)
+        new, dropped = pp.apply_sr(state, key=key, uid=ctx.card_uid, sr=got)
+    except (ProtocolError, DecodeError) as exc:
+        raise _refused(exc) from None
+    save_state(ctx, state, new)
+    return got.n, dropped
+
+
 class PurseApplet(Applet):
     """The e-purse on the customer's card (see the module's docstring)."""
 
@@ -382,6 +415,12 @@ class PurseApplet(Applet):
         elif code == DROP_LOAD.code:
             m, dropped = drop_load(ctx, params["lr"])
             ctx.reply(LOAD_DROPPED, m=m, dropped=dropped)
+        elif code == DROP_DEBIT.code:
+            n, dropped = drop_debit(ctx, params["sr"])
+            ctx.reply(DEBIT_DROPPED, n=n, dropped=dropped)
+        elif code == PENDING_DEBITS.code:
+            state = load_state(ctx)
+            ctx.reply(S1S, s1=[x.encode() for x in pp.pending_s1s(state, key=_key(ctx), uid=ctx.card_uid)])
         elif code == PENDING_LOADS.code:
             state = load_state(ctx)
             ctx.reply(L1S, l1=[x.encode() for x in pp.pending_l1s(state, key=_key(ctx), uid=ctx.card_uid)])

@@ -20,6 +20,10 @@ sends it privileged orders (only an application that verified the PIN):
   it authorised that load (``authorised``: an L2 exists), records the refusal (``r:``) and answers the LR, MACed
   under the card's key, on which the purse forgets the load. From then on ``sam.load_start`` of that load is
   refused ``load_refused``: a load the card forgot is never authorised. The same L1 again gets the same LR.
+* ``sam.refuse_s1 {s1}`` -> ``sam.s1_refused {sr}``: the same for a debit (the purchase it pays is over without
+  it): the SAM checks the S1 is the card's own, refuses it if it authorised that debit (``authorised``: an S2
+  exists, the card ends it by debiting), records the refusal (``x:``) and answers the SR, on which the purse
+  forgets the pending debit. From then on ``sam.debit_start`` of that debit is refused ``debit_refused``.
 * ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
   (per currency, the debits and the loads logged that day: what settlement pays and collects).
 * ``sam.days`` -> ``sam.held {days, pruned_before?, open}``: the days whose log the SAM holds, the first day it
@@ -31,13 +35,18 @@ sends it privileged orders (only an application that verified the PIN):
   them again, and ``sam.log`` and ``sam.totals`` of them are refused ``pruned``. An S1, S3, L1 or L3 whose record
   was pruned, or any of a counter below the card's floor that the SAM holds no record of, is refused ``pruned``
   (after its MAC is checked): it is never authorised or logged twice. Open authorisations are never pruned: a
-  late S3 or L3 must still find them.
+  late S3 or L3 must still find them. The same step drops the refusal records (``r:``, ``x:``) made on those days
+  and raises the card's floor past each: a start of that load or debit is refused ``pruned`` from then on, and the
+  same L1 or S1 sent to be refused again still gets its LR or SR (made again from the MAC key: the SAM never
+  authorised a counter below the floor it holds no record of). See docs/speed.md, "Pruning the SAM".
 
 Records (table ``a.sam``): ``master``; ``d:<uid><n>`` (a debit authorised, with its ``day`` once logged),
 ``o:<poid>`` (the (uid, n) an order was authorised for), ``l:<uid><m>`` (a load authorised), ``g:<day><seq>``
 (the log: kind, uid, counter), ``gseq``, ``t:<day><kind><currency>`` (the day's running totals), ``h:<uid>``
 (the card's floors: the debit and the load counters below which everything logged was pruned, 5 bytes each),
-``pb`` (the first day not pruned), ``r:<uid><m>`` (a load refused for good, never pruned: an LR was made).
+``pb`` (the first day not pruned), ``r:<uid><m>`` (a load refused for good: an LR was made) and ``x:<uid><n>`` (a
+debit refused for good: an SR was made), each the S1's or L1's nonce and the day it was made, and ``q:<day><kind>
+<uid><counter>`` (those refusals by day: what ``sam.prune`` drops them by).
 """
 
 from __future__ import annotations
@@ -224,12 +233,17 @@ PRUNED = register(
             Field(1, "entries", UInt(PRUNE_BATCH)),  # log entries dropped by this step, with their records
             Field(2, "days", UInt(MAX_DAY)),  # days whose whole log and totals this step dropped
             Field(3, "more", Bool()),  # entries before ``before_day`` are left: order again
+            Field(4, "refusals", UInt(PRUNE_BATCH), optional=True),  # refusal records (r:, x:) this step dropped
         ],
     ),
 )
 REFUSE_L1 = register(0x0666, "sam.refuse_l1", P, Schema("sam.refuse_l1", [Field(0, "l1", _MSG)]), privileged=True)
 L1_REFUSED = register(0x0667, "sam.l1_refused", P, Schema("sam.l1_refused", [Field(0, "lr", _MSG)]))
-ORDERS = (INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1)
+REFUSE_S1 = register(0x066E, "sam.refuse_s1", P, Schema("sam.refuse_s1", [Field(0, "s1", _MSG)]), privileged=True)
+S1_REFUSED = register(0x066F, "sam.s1_refused", P, Schema("sam.s1_refused", [Field(0, "sr", _MSG)]))
+ORDERS = (
+    INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, REFUSE_S1
+)  # fmt: skip
 
 # --- records ------------------------------------------------------------------------------------------------
 _DEBIT_REC = Schema(
@@ -335,6 +349,23 @@ def _log(ctx: StepContext, day: int, kind: bytes, uid: Uid, ctr: int, currency: 
     ctx.put(b"g:" + _ctr(day) + seq.to_bytes(8, "big"), kind + bytes(uid) + _ctr(ctr))
 
 
+def _refusal(ctx: StepContext, kind: bytes, uid: Uid, ctr: int, rc: bytes) -> bool:
+    """Record that ``kind``'s counter ``ctr`` of ``uid`` is refused for good (``r:`` a load, ``x:`` a debit), with
+    the day it was made and its index entry by day (``q:``, what :meth:`SamApplet._prune` drops it by); whether a
+    record was written. None is for a counter below the card's floor: the SAM never authorises one it holds no
+    record of (``pruned``), so the statement is answered again without one."""
+    rkey = (b"r:" if kind == _LOAD else b"x:") + bytes(uid) + _ctr(ctr)
+    if ctx.get(rkey) is not None:
+        return False
+    debit_floor, load_floor = _floors(ctx, uid)
+    if ctr < (debit_floor if kind == _DEBIT else load_floor):
+        return False
+    day = max(_today(ctx), _pruned_before(ctx))  # a day not pruned yet: the refusal is held until its day is
+    ctx.put(rkey, rc + _ctr(day))
+    ctx.put(b"q:" + _ctr(day) + kind + bytes(uid) + _ctr(ctr), b"")
+    return True
+
+
 class SamApplet(Applet):
     """The broker's SAM (see the module's docstring)."""
 
@@ -358,6 +389,8 @@ class SamApplet(Applet):
                 self._load_finish(ctx, params["l3"])
             elif code == REFUSE_L1.code:
                 self._refuse_l1(ctx, params["l1"])
+            elif code == REFUSE_S1.code:
+                self._refuse_s1(ctx, params["s1"])
             elif code == LOG.code:
                 self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
             elif code == TOTALS.code:
@@ -400,6 +433,8 @@ class SamApplet(Applet):
             ctx.reply(S2_IS, s2=s2.encode())
             return
         s2 = pp.sam_answer_s1(key, s1, poid=poid, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
+        if ctx.get(b"x:" + bytes(s1.uid) + _ctr(s1.n)) is not None:
+            raise Refused("debit_refused", f"debit {s1.n} of {s1.uid} was refused for good: it is never authorised")
         _check_not_pruned(ctx, s1.uid, _DEBIT, s1.n)
         owner = ctx.get(b"o:" + poid)
         if owner is not None:
@@ -466,8 +501,19 @@ class SamApplet(Applet):
         lr = pp.sam_refuse_l1(pp.diversify(master, l1.uid), l1)
         if ctx.get(b"l:" + bytes(l1.uid) + _ctr(l1.m)) is not None:
             raise Refused("authorised", f"load {l1.m} of {l1.uid} was authorised (an L2 exists): it is not refused")
-        ctx.put(b"r:" + bytes(l1.uid) + _ctr(l1.m), l1.rc)
+        _refusal(ctx, _LOAD, l1.uid, l1.m, l1.rc)
         ctx.reply(L1_REFUSED, lr=lr.encode())
+
+    def _refuse_s1(self, ctx: StepContext, raw: bytes) -> None:
+        """Record that the card's debit is never authorised and answer the SR on which the card forgets it (as
+        :meth:`_refuse_l1` for a load): refused ``authorised`` if an S2 exists (the card ends that debit with it)."""
+        master = _master(ctx)
+        s1 = pp.S1.decode(raw)
+        sr = pp.sam_refuse_s1(pp.diversify(master, s1.uid), s1)
+        if ctx.get(b"d:" + bytes(s1.uid) + _ctr(s1.n)) is not None:
+            raise Refused("authorised", f"debit {s1.n} of {s1.uid} was authorised (an S2 exists): it is not refused")
+        _refusal(ctx, _DEBIT, s1.uid, s1.n, s1.rc)
+        ctx.reply(S1_REFUSED, sr=sr.encode())
 
     def _load_finish(self, ctx: StepContext, raw: bytes) -> None:
         master = _master(ctx)
@@ -566,10 +612,38 @@ class SamApplet(Applet):
             gone += 1
             if entries == PRUNE_BATCH:
                 break
+        refusals, left = self._prune_refusals(ctx, before_day, PRUNE_BATCH - entries, floors)
         for uid, (debit_floor, load_floor) in floors.items():
             ctx.put(b"h:" + uid, debit_floor.to_bytes(_FLOOR_BYTES, "big") + load_floor.to_bytes(_FLOOR_BYTES, "big"))
-        more = len(due) > gone
-        ctx.reply(PRUNED, before_day=before_day, entries=entries, days=gone, more=more)
+        more = len(due) > gone or left
+        ctx.reply(PRUNED, before_day=before_day, entries=entries, days=gone, more=more,
+                  refusals=refusals or None)  # fmt: skip
+
+    @staticmethod
+    def _prune_refusals(ctx: StepContext, before_day: int, budget: int, floors: dict[bytes, list[int]]) -> tuple[
+            int, bool]:  # fmt: skip
+        """Drop at most ``budget`` refusal records made on days before ``before_day`` (oldest first), raising the
+        card's floor (in ``floors``) past each counter; how many, and whether more of those days are left."""
+        if budget <= 0:
+            first = ctx.scan_page(b"q:", limit=1)
+            return 0, bool(first) and _index_day(first[0][0]) < before_day
+        rows = [(k, v) for k, v in ctx.scan_page(b"q:", limit=budget + 1) if _index_day(k) < before_day]
+        take = rows[:budget]
+        for k, _ in take:
+            kind, uid, ctr = k[6:7], k[7 : 7 + UID_BYTES], k[7 + UID_BYTES :]
+            ctx.delete((b"r:" if kind == _LOAD else b"x:") + uid + ctr)
+            ctx.delete(k)
+            floor = floors.get(uid)
+            if floor is None:
+                floor = floors[uid] = list(_floors(ctx, Uid.from_bytes(uid)))
+            i = 0 if kind == _DEBIT else 1
+            floor[i] = max(floor[i], int.from_bytes(ctr, "big") + 1)
+        return len(take), len(rows) > budget
+
+
+def _index_day(key: bytes) -> int:
+    """The day of a refusal's index entry ``q:<day><kind><uid><counter>``."""
+    return int.from_bytes(key[2 : 2 + _CTR_BYTES], "big")
 
 
 def _held_day(ctx: StepContext, day: int) -> int:

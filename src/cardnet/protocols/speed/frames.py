@@ -140,6 +140,18 @@ LOAD_REFUSED = register(  # the answer to speed.load refused for good: the SAM's
         [Field(0, "reason", Text(64)), Field(1, "detail", Text(1024)), Field(2, "lr", Bytes(MAX_MESSAGE_BYTES, 1))],
     ),
 )
+END_DEBIT = register(  # C -> B: end a debit the purse has under way that no purchase will finish (the S1)
+    0x062D, "speed.end_debit", P, Schema("speed.end_debit", [Field(0, "s1", Bytes(MAX_MESSAGE_BYTES, 1))])
+)
+DEBIT_REFUSED = register(  # the answer to speed.end_debit: the SAM's SR, on which the purse forgets the debit
+    0x062E,
+    "speed.debit_refused",
+    P,
+    Schema(
+        "speed.debit_refused",
+        [Field(0, "reason", Text(64)), Field(1, "detail", Text(1024)), Field(2, "sr", Bytes(MAX_MESSAGE_BYTES, 1))],
+    ),
+)
 LOADED = register(
     0x0626, "speed.loaded", P, Schema("speed.loaded", [Field(0, "ok", Bool()), Field(1, "balance", UInt())])
 )
@@ -187,7 +199,9 @@ VERDICT = register(
 
 # --- receive limits (bytes of one message: header + param) ------------------------------------------------------
 VENDOR_REQUESTS = (CATALOGUE, REQUEST, STEP, HANDSHAKE)  # what a vendor answers
-BROKER_REQUESTS = (ORDER, PURSE, RESEND, ISSUE_KEY, LOAD, LOAD_STEP, RECEIPT_FOR_VENDOR, COMPLAINT)  # a broker
+BROKER_REQUESTS = (  # what a broker answers
+    ORDER, PURSE, RESEND, ISSUE_KEY, LOAD, LOAD_STEP, END_DEBIT, RECEIPT_FOR_VENDOR, COMPLAINT,
+)  # fmt: skip
 
 
 def max_request_bytes(mtype: MType) -> int:

@@ -19,14 +19,17 @@ Decrement (SPEED section 2, the CEN WG10 purchase transaction)::
 (:func:`begin_debit`, :func:`apply_s2`), and in the same atomic step it drops the pending debit and keeps the
 S3; the SAM logs only on an S3 that matches an S2 it made (:func:`sam_answer_s1`, :func:`sam_check_s3`).
 Loading is the same with ``m``, the purse's load counter, and no order id (L1, L2, L3: L3 is the proof of
-credit). A load the broker refused for good ends with the SAM's refusal instead of an L2::
+credit). A load (a debit) the broker refused for good ends with the SAM's refusal instead of an L2 (S2)::
 
     LR SAM -> card  uid, m, rc                             load m is never authorised: the card forgets it
+    SR SAM -> card  uid, n, rc, poid                       debit n is never authorised: the card forgets it
 
-The SAM makes an LR only for a load it never authorised, and never authorises one it made an LR for
-(:func:`sam_refuse_l1`); the card forgets a pending load only on an LR (:func:`apply_lr`), never on its own: a
-load the broker took money for stays pending until its L2 comes, and a 17th pending load is refused
-(``loads_pending``) until the host finishes the ones under way.
+The SAM makes an LR (SR) only for a load (debit) it never authorised, and never authorises one it made an LR
+(SR) for (:func:`sam_refuse_l1`, :func:`sam_refuse_s1`); the card forgets a pending load only on an LR
+(:func:`apply_lr`) and a pending debit only on an SR (:func:`apply_sr`), never on its own: a load the broker
+took money for stays pending until its L2 comes, a debit the SAM authorised until its S2 comes (the purchase
+it pays is finished by recovery), and a 17th pending load (debit) is refused ``loads_pending``
+(``debits_pending``) until the host finishes the ones under way.
 
 Why value is conserved: an S2 (L2) exists only if the SAM recorded that (uid, n) first; the card turns one
 pending (n, rc) into one debit at most (the pending is gone once debited, and a replayed S2 gets the kept S3
@@ -64,10 +67,10 @@ MAX_BALANCE = 2**53  # the largest balance a purse holds per currency
 MAX_TOTAL = 2**64 - 1  # the largest cumulated loaded/debited amount a purse counts per currency
 MAX_COUNTER = 2**32 - 1  # n and m (4 bytes, as in CEN WG10 / CEPS)
 MAX_CURRENCIES = 16  # currencies one purse holds
-MAX_PENDING = 16  # debits (and, separately, loads) begun and not finished: a 17th debit drops the oldest, a 17th
-# load is refused (loads_pending: a pending load may be charged, and only its L2 or the SAM's LR ends it)
+MAX_PENDING = 16  # debits (and, separately, loads) begun and not finished: a 17th is refused (debits_pending,
+# loads_pending: a pending one may be authorised, and only its S2/L2 or the SAM's SR/LR ends it)
 MAX_KEPT = 64  # proofs of debit (and, separately, of credit) a purse keeps; a 65th drops the oldest
-MAX_MESSAGE_BYTES = 160  # the largest encoded S1, S2 or S3 (a 64-byte poid, the largest n and amount); LR: 78 at most
+MAX_MESSAGE_BYTES = 160  # the largest encoded S1, S2 or S3 (a 64-byte poid, the largest n and amount); LR: 78, SR: 145
 
 _SALT = b"cardnet/speed/purse"
 _INFO = b"cardnet/speed/purse/card-key/v1\x00"
@@ -137,7 +140,7 @@ def diversify(master_key: bytes, card_uid: Uid) -> bytes:
     return profile.hkdf(master_key, salt=_SALT, info=_INFO + bytes(card_uid), length=KEY_BYTES)
 
 
-# --- the seven messages -----------------------------------------------------------------------------------------
+# --- the eight messages -----------------------------------------------------------------------------------------
 _UID = Field(0, "uid", UidType())
 _N = Field(1, "n", UInt(MAX_COUNTER))
 _M = Field(1, "m", UInt(MAX_COUNTER))
@@ -150,7 +153,7 @@ _MAC = Field(7, "mac", Bytes(MAC_BYTES, MAC_BYTES))
 
 
 class Authenticated:
-    """What the seven messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
+    """What the eight messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
 
     ``make(key, **fields)`` builds a MACed message; ``decode`` checks form only (:class:`DecodeError` for
     bad CBOR or a wrong field, :class:`ProtocolError` for a bad value); ``check(key)`` checks the MAC.
@@ -321,7 +324,21 @@ class LR(Authenticated):
     mac: bytes
 
 
-MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3, LR)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SR(Authenticated):
+    """SAM -> card: debit ``n`` of card ``uid`` for order ``poid`` (the S1 with nonce ``rc``) was refused and is
+    never authorised."""
+
+    NAME: ClassVar[str] = "SR"
+    BODY, WIRE = _schemas("sr", _UID, _N, _RC, _POID)
+    uid: Uid
+    n: int
+    rc: bytes
+    poid: bytes
+    mac: bytes
+
+
+MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3, LR, SR)
 
 
 # --- the purse's state -----------------------------------------------------------------------------------------
@@ -388,8 +405,9 @@ def begin_debit(
     Beginning again the debit of a pending poid (same currency and amount) gives the same S1 back (``rc`` is
     then ignored). Refused: a poid already paid (``already_paid``, while its proof is kept), the same poid
     with another currency or amount (``conflict``), a balance short of ``amount`` (``insufficient``: checked
-    again when S2 comes), a spent counter (``exhausted``). A 17th pending debit drops the oldest one (safe:
-    nothing has moved for it; a late S2 for it is refused).
+    again when S2 comes), a spent counter (``exhausted``), a 17th pending debit (``debits_pending``: the SAM may
+    have authorised each, and the purchase it pays can be finished only while it is pending, so none is forgotten;
+    the host finishes them first, each ends debited on its S2 or forgotten on the SAM's SR).
     """
     _check_key(key)
     _check_uid(uid)
@@ -414,10 +432,13 @@ def begin_debit(
         )
     if state.n > MAX_COUNTER:
         raise _fail("exhausted", "the purse's debit counter is spent: the purse must be reissued")
+    if len(state.debits) >= MAX_PENDING:
+        raise _fail(
+            "debits_pending",
+            f"{len(state.debits)} debits of this purse are under way (at most {MAX_PENDING}): finish them first "
+            "(recover the purchases they pay), each is debited on its S2 or ended by the SAM's refusal (SR)",
+        )
     debits = dict(state.debits)
-    if len(debits) >= MAX_PENDING:
-        oldest = min(debits, key=lambda p: debits[p].n)
-        del debits[oldest]
     debits[poid] = PendingDebit(n=state.n, rc=rc, currency=currency, amount=amount)
     s1 = S1.make(key, uid=uid, n=state.n, rc=rc, poid=poid, currency=currency, amount=amount)
     return replace(state, n=state.n + 1, debits=debits), s1
@@ -460,6 +481,40 @@ def apply_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseS
     if len(proofs) > MAX_KEPT:
         del proofs[min(proofs, key=lambda p: proofs[p].n)]
     return replace(state, accounts=accounts, debits=debits, proofs=proofs), s3
+
+
+def pending_s1s(state: PurseState, *, key: bytes, uid: Uid) -> list[S1]:
+    """The S1 of every debit begun and not yet debited, oldest first: what a host sends the broker again to end
+    them (the same bytes as the first time: S1's MAC is a function of its fields)."""
+    return [
+        S1.make(key, uid=uid, n=d.n, rc=d.rc, poid=poid, currency=d.currency, amount=d.amount)
+        for poid, d in sorted(state.debits.items(), key=lambda item: item[1].n)
+    ]
+
+
+def apply_sr(state: PurseState, *, key: bytes, uid: Uid, sr: SR) -> tuple[PurseState, bool]:
+    """Forget the pending debit ``sr`` names, on the SAM's word that it is never authorised: the new state and
+    whether it was pending (False: forgotten before, the same SR again changes nothing).
+
+    Refused, with nothing changed: a wrong MAC (``bad_mac``: a host cannot make one, so it cannot have the card
+    forget a debit the SAM authorised), another card's uid, another S1's counter or nonce (``mismatch``), an order
+    debited (``conflict``: the SAM authorised it) or a debit never begun (``no_pending``).
+    """
+    _check_uid(uid)
+    sr.check(key)
+    if sr.uid != uid:
+        raise _fail("mismatch", f"the SR is for card {sr.uid}, not this one")
+    pending = state.debits.get(sr.poid)
+    if pending is None:
+        kept = state.proofs.get(sr.poid)
+        if kept is not None and kept.n == sr.n:
+            raise _fail("conflict", f"debit {sr.n} was made: the SAM authorised it")
+        if sr.n >= state.n:
+            raise _fail("no_pending", f"this purse began no debit {sr.n}")
+        return state, False
+    if (pending.n, pending.rc) != (sr.n, sr.rc):
+        raise _fail("mismatch", f"the SR for debit {sr.n} is not for the debit this purse has under way")
+    return replace(state, debits={p: d for p, d in state.debits.items() if p != sr.poid}), True
 
 
 def begin_load(
@@ -614,3 +669,10 @@ def sam_refuse_l1(key: bytes, l1: L1) -> LR:
     authorised and records it, so that it never authorises that load afterwards (the caller's part)."""
     l1.check(key)
     return LR.make(key, uid=l1.uid, m=l1.m, rc=l1.rc)
+
+
+def sam_refuse_s1(key: bytes, s1: S1) -> SR:
+    """The SAM's SR for ``s1`` (``bad_mac`` if S1 is not the card's). The SAM makes it only for a debit it never
+    authorised and records it, so that it never authorises that debit afterwards (the caller's part)."""
+    s1.check(key)
+    return SR.make(key, uid=s1.uid, n=s1.n, rc=s1.rc, poid=s1.poid)

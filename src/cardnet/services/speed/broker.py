@@ -20,6 +20,10 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
 * ``speed.issue_key``, ``speed.load`` / ``speed.load_step``: a purse's key from the SAM; loading value paid
   from the customer's account; a genuine L1 refused for its account is refused for good (``sb.lref``: never charged
   later, from any account), answered ``speed.load_refused`` with the SAM's LR, on which the purse forgets it.
+* ``speed.end_debit {s1}``: a debit the purse has under way that no purchase will finish (the broker refused its
+  order for good, or the purchase was dropped): the SAM refuses it for good unless it authorised it, and the answer
+  ``speed.debit_refused`` carries the SAM's SR, on which the purse forgets it; refused ``authorised`` if the SAM
+  gave its S2 (the purchase is finished by the customer's recovery, which debits once).
 * ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
 
 A crash between the SAM's step and the broker's transaction leaves the SAM ahead: the customer's retry (the
@@ -278,6 +282,8 @@ class BrokerCore:
         if code == fr.LOAD.code:
             p = fr.LOAD.parse(msg)
             return self._load(msg, p["l1"], p["account"])
+        if code == fr.END_DEBIT.code:
+            return self._end_debit(msg, fr.END_DEBIT.parse(msg)["s1"])
         if code == fr.LOAD_STEP.code:
             got = self.sam.ask(sa.LOAD_FINISH, sa.LOADED, l3=fr.LOAD_STEP.parse(msg)["l"])
             return fr.reply(msg, fr.LOADED, ok=True, balance=got["amount"])
@@ -460,6 +466,19 @@ class BrokerCore:
             if was is None:
                 txn.put(REFUSED_LOADS, key, refusal.reason.encode())
         return fr.reply(msg, fr.LOAD_REFUSED, reason=refusal.reason, detail=refusal.detail[:1024], lr=lr)
+
+    def _end_debit(self, msg: Message, s1_raw: bytes) -> Message:
+        """The SAM's SR for a debit it never authorised (recorded: it never authorises it afterwards), on which the
+        purse forgets it; ``authorised`` if the SAM gave its S2. Nothing of the broker's changes: an order refused
+        for good is never paid, and a payment order naming that S1 later is refused ``debit_refused`` by the SAM."""
+        try:
+            sr = self.sam.ask(sa.REFUSE_S1, sa.S1_REFUSED, s1=s1_raw)["sr"]
+        except HostError as exc:
+            if exc.reason != "authorised":
+                raise
+            raise _Refusal("authorised", "the SAM authorised this debit (its S2 exists): it ends when the card debits "
+                           "it; finish the purchase it pays (cardnet speed recover)") from None  # fmt: skip
+        return fr.reply(msg, fr.DEBIT_REFUSED, reason="ended", detail="the SAM never authorises this debit", sr=sr)
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
         """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the

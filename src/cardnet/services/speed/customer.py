@@ -78,7 +78,7 @@ class Purchase:
 PERMANENT = frozenset(
     {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
-     "pruned"}
+     "pruned", "debit_refused"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
 NOTHING_PAID = frozenset(
     {"insufficient"}
@@ -267,6 +267,52 @@ class LoadsDone:
     dropped: tuple[DroppedLoad, ...] = ()
 
 
+@dataclass(frozen=True)
+class EndedDebit:
+    """A debit the purse had under way that the SAM refused for good: the purse forgot it, nothing was paid."""
+
+    n: int
+    poid: bytes
+    price: sm.Price
+
+
+@dataclass(frozen=True)
+class DebitsEnded:
+    """What :func:`end_debits` did: the debits ended, and how many the SAM authorised (left: recover them)."""
+
+    ended: tuple[EndedDebit, ...] = ()
+    authorised: int = 0
+
+
+async def end_debit(card: CardOrders, b: Any, s1: bytes) -> EndedDebit:
+    """Have the broker's SAM refuse the debit ``s1`` for good and the card forget it on the SAM's SR (``b``: a link
+    to the broker). Raises :class:`PurchaseError` ``authorised`` if the SAM gave its S2 (it stays pending)."""
+    _, got = await b.ask(fr.END_DEBIT, fr.DEBIT_REFUSED, s1=s1)
+    n = (await card.ask(pa.DROP_DEBIT, pa.DEBIT_DROPPED, sr=got["sr"]))["n"]
+    asked = pp.S1.decode(s1)
+    return EndedDebit(n, asked.poid, sm.Price(asked.currency, asked.amount))
+
+
+async def end_debits(card: CardOrders, broker: str) -> DebitsEnded:
+    """End every debit the purse has under way that the SAM never authorised (its SR: the card forgets it, and the
+    SAM never authorises it afterwards, so the purchase it was begun for is never paid). Run it after
+    :meth:`Customer.recover` finished what it could: a debit the SAM authorised stays (``authorised``), to be
+    finished by recovering its purchase."""
+    pending = (await card.ask(pa.PENDING_DEBITS, pa.S1S))["s1"]
+    ended, authorised = [], 0
+    if not pending:
+        return DebitsEnded()
+    async with _Link(broker, "broker") as b:
+        for s1 in pending:
+            try:
+                ended.append(await end_debit(card, b, s1))
+            except PurchaseError as exc:
+                if exc.reason != "authorised":
+                    raise
+                authorised += 1
+    return DebitsEnded(tuple(ended), authorised)
+
+
 async def load(card: CardOrders, broker: str, price: sm.Price, account: str) -> int:
     """Load ``price`` into the purse, paid from ``account`` at the broker (finishing first the loads under way);
     the loads credited."""
@@ -399,6 +445,11 @@ class Customer:
         vendor's catalogue first. Normal mode negotiates with ``strategy`` (default: accept at or below
         ``limit``); aggressive mode buys at the vendor's list price, which must not exceed ``limit``.
         """
+        if payment == "purse":  # before the vendor delivers: a full purse could not pay (begin_debit refuses it)
+            pending = (await self._card(pa.BALANCE, pa.BALANCES))["pending_debits"]
+            if pending >= pp.MAX_PENDING:
+                raise PurchaseError("debits_pending", f"nothing was bought: the purse has {pending} payments under "
+                                    "way, the most it keeps; finish them first")  # fmt: skip
         entries: list[dict[str, Any]] = []
         if vendor_cert is None or (mode == "aggressive" and price is None):
             vendor_cert, entries = await self.catalogue(vendor)
@@ -547,8 +598,14 @@ class Customer:
             return await self._resent(rec, bill)  # paid long ago (the card keeps only the register entry)
         poid, benc, bsign = order["poid"], rec.benc, rec.bsign
         async with self._connected(rec.broker, "broker") as b:
-            kind, got = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
-                                    sealed=sm.seal_to(rec.broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
+            try:
+                kind, got = await b.ask(fr.ORDER, fr.PURSE, fr.RECEIPT,
+                                        sealed=sm.seal_to(rec.broker_cert, order["po"], sm.INFO_ORDER))  # fmt: skip
+            except PurchaseError as exc:
+                if exc.reason in PERMANENT and "s1" in order:  # the purchase is over: end its debit on the card
+                    with contextlib.suppress(CardnetError):  # (else `purse end-debits` ends it later)
+                        await end_debit(self.card, b, order["s1"])
+                raise
             if kind is fr.PURSE:
                 step = sm.decode(sm.PURSE_STEP, sm.sym_open(benc, sm.NONCE_B_PURSE, 0, got["sealed"], sign_key=bsign,
                                                             what="S2 message"), "S2 message")  # fmt: skip
