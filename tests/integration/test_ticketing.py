@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forkhost
 import httpx
 import pytest
+from forkhost import Forker
 from hostprocs import Service, cardnet
 from killwindow import PointWindow
 
@@ -35,7 +37,14 @@ from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer, Journal, PurchaseError, install_key, load
-from cardnet.services.ticketing.buyer import TicketError, _relay, buy_ticket, receive_ticket, server_address
+from cardnet.services.ticketing.buyer import (
+    TicketError,
+    _relay,
+    buy_ticket,
+    receipt_header,
+    receive_ticket,
+    server_address,
+)
 from cardnet.services.ticketing.sales import Ticket, ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore
@@ -70,8 +79,24 @@ class World:
         return self.broker.address
 
 
+# what the ticketing server and the buyers' hosts import, for the forker they restart from
+MODULES = (
+    *forkhost.HOST_MODULES,
+    "cardnet.cli.ticketing",
+    "cardnet.services.ticketing.server",
+    "cardnet.applets.speed.purse",
+    "cardnet.applets.speed.conductor",
+)
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def forker() -> Iterator[Forker]:
+    with forkhost.forker(MODULES) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, forker: Forker) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("ticketing")
     net = TrnNet(tmp, BUYERS)
     for b in BUYERS:  # the buyers' cards pay with SPEED too
@@ -92,6 +117,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         f'[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01 20:00"\nprice = "25.00 EUR"\n'
         f"seats = [{seats}]\n"
     )
+    # The SIGKILL test restarts the server and gus's host 100 times and more: every start but the first and every
+    # tenth is a fork of the forker (tests/integration/forkhost.py), a process of its own all the same
+    forkhost.forked(net.hosts, forker)
+    tickets = forkhost.ForkedHost.of(tickets, forker)
     w = World(net, tickets, broker, bcert, vcert, roots)
     with net:
         try:
@@ -129,6 +158,11 @@ async def _buy(w: World, buyer: str, seat: str) -> bytes:
     return got.poid + got.receipt
 
 
+def _mine(receipt: bytes) -> dict[str, str]:
+    """The header that shows a sale's receipt: its page and its delivery open only with it."""
+    return dict([receipt_header(receipt)])
+
+
 def _speed(w: World) -> str:
     return str(httpx.get(w.url + "/").json()["speed"])
 
@@ -157,7 +191,8 @@ def test_pages_for_people_and_json_for_programs(world: World) -> None:
         assert [s["seat"] for s in seats["seats"]] == list(SEATS) and seats["price"] == "25.00 EUR"
         assert c.get("/events/nope").status_code == 404
         assert c.get("/tickets/zz").status_code == 400
-        assert c.get("/tickets/" + "00" * 40).json()["error"] == "no_sale"
+        assert c.get("/tickets/" + "00" * 40).json()["error"] == "unpaid"  # no receipt: the same for any sale
+        assert c.get("/tickets/" + "00" * 40, headers=_mine(b"r")).json()["error"] == "no_sale"
         assert c.post("/events/final").status_code == 405
         r = c.get("/", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
         assert r.status_code == 400 and r.json()["error"] == "bad_upgrade"
@@ -177,14 +212,14 @@ def test_a_purchase_paid_with_speed_is_delivered_over_the_upgraded_connection(wo
             body = {"receipt": base64.b64encode(receipt).decode()}
             r = await c.post(f"/tickets/{poid.hex()}", json=body)  # paid now, but a ticket needs TRN
             assert r.status_code == 426 and r.headers["upgrade"] == "TRN"
-            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "paid"
-        # the retry (keyed by the payment) needs no receipt any more; the buyer's program relays the frames
-        done = await receive_ticket(world.url, poid, world.net.hosts["alice"].socket)
+            assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] == "paid"
+        # the retry (keyed by the payment, opened by the receipt); the buyer's program relays the frames
+        done = await receive_ticket(world.url, poid, world.net.hosts["alice"].socket, receipt=receipt)
         assert done.oid == ticket_oid(poid) and done.to_card > 0 and done.to_server > 0
         await _enabled(world, "alice", done.oid)
         async with httpx.AsyncClient(base_url=world.url) as c:
-            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
-            r = await c.post(f"/tickets/{poid.hex()}")  # asked again: delivered already, nothing more to send
+            assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] == "delivered"
+            r = await c.post(f"/tickets/{poid.hex()}", json=body)  # asked again: delivered already, nothing to send
             assert r.status_code == 200 and r.json()["state"] == "delivered"
 
     asyncio.run(go())
@@ -206,10 +241,23 @@ def test_an_unpaid_sale_is_never_delivered(world: World) -> None:
             await receive_ticket(world.url, carol_poid, world.net.hosts["carol"].socket, receipt=paid[40:])
         assert info.value.status == 402 and info.value.error == "bad_receipt"
         async with httpx.AsyncClient(base_url=world.url) as c:
-            assert (await c.get(f"/tickets/{carol_poid.hex()}")).json()["state"] == "sold"
+            assert (await c.get(f"/tickets/{carol_poid.hex()}")).json()["error"] == "unpaid"
+        assert _ticket(world, carol_poid).state == "sold"
         assert ticket_oid(carol_poid) not in await world.net.tokens("carol")
 
     asyncio.run(go())
+
+
+def _ticket(w: World, poid: bytes) -> Ticket:
+    """The sale's ticket as the server's store holds it."""
+    store = SqliteStore(str(w.net.tmp / "tickets.db"))
+    try:
+        with store.transaction() as txn:
+            raw = txn.get("tk.ticket", poid)
+    finally:
+        store.close()
+    assert raw is not None
+    return Ticket.decode(poid, raw)
 
 
 async def _poid_of_seat(w: World, seat: str) -> bytes:
@@ -243,11 +291,11 @@ def test_concurrent_buyers_of_one_seat_one_gets_it_the_others_pay_nothing(world:
     asyncio.run(go())
 
 
-async def _cut_relay(w: World, buyer: str, poid: bytes, frames_to_card: int) -> None:
+async def _cut_relay(w: World, buyer: str, poid: bytes, receipt: bytes, frames_to_card: int) -> None:
     """Like the buyer's program, but the connection drops once ``frames_to_card`` frames reached the card, and the
     card's answers to the last of them are lost with it. With a fresh session the frames to the card are
     session.hello, session.finish, the copy and the commit."""
-    up = await dial_trn(*server_address(w.url), "POST", f"/tickets/{poid.hex()}")
+    up = await dial_trn(*server_address(w.url), "POST", f"/tickets/{poid.hex()}", headers=[receipt_header(receipt)])
     local = await _relay(w.net.hosts[buyer].socket, bytes.fromhex(up.headers["trn-device"]))
     passed = 0
 
@@ -285,13 +333,13 @@ def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(worl
         async with httpx.AsyncClient(base_url=world.url) as c:  # the receipt is recorded, no ticket yet
             assert (await c.post(f"/tickets/{poid.hex()}", json={"receipt": base64.b64encode(receipt).decode()})
                     ).status_code == 426  # fmt: skip
-        await _cut_relay(world, buyer, poid, cut_after)
+        await _cut_relay(world, buyer, poid, receipt, cut_after)
         async with httpx.AsyncClient(base_url=world.url) as c:
-            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] in ("minted", "sent")
-        done = await receive_ticket(world.url, poid, world.net.hosts[buyer].socket)
+            assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] in ("minted", "sent")
+        done = await receive_ticket(world.url, poid, world.net.hosts[buyer].socket, receipt=receipt)
         await _enabled(world, buyer, done.oid)
         async with httpx.AsyncClient(base_url=world.url) as c:
-            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
+            assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] == "delivered"
 
     asyncio.run(go())
 
@@ -311,16 +359,16 @@ def test_a_ticket_the_buyers_card_refuses_comes_back_and_a_retry_sends_it_again(
             async with asyncio.timeout(10):  # ended by the refusal, not by the server's 20 s transfer timeout
                 relayed = await receive_ticket(world.url, poid, socket, receipt=receipt)
             async with httpx.AsyncClient(base_url=world.url) as c:
-                shown = (await c.get(f"/tickets/{poid.hex()}")).json()
+                shown = (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()
             assert shown["state"] == "sent" and shown["refused"] == "issuer_not_accepted"
             assert relayed.oid not in await world.net.tokens("alice")
         finally:
             async with await _wallet(world, "alice") as wallet:
                 await wallet.policy(issuers=[])  # any issuer again
-        relayed = await receive_ticket(world.url, poid, socket)
+        relayed = await receive_ticket(world.url, poid, socket, receipt=receipt)
         await _enabled(world, "alice", relayed.oid)
         async with httpx.AsyncClient(base_url=world.url) as c:
-            assert (await c.get(f"/tickets/{poid.hex()}")).json()["state"] == "delivered"
+            assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] == "delivered"
 
     asyncio.run(go())
 
@@ -344,11 +392,15 @@ def test_buy_ticket_does_the_whole_purchase_from_the_servers_pages(world: World)
             assert got.price == "25.00 EUR" and got.oid == ticket_oid(got.poid)
             await _enabled(world, "dan", got.oid)
             # paid, and then the delivery fails (here: no host at the relay's socket): the error names the sale
+            journal = Journal(world.net.tmp / "dan-d4-purchases")
             with pytest.raises(TicketError) as info:
-                await buy_ticket(world.url, "final", "D4", **(how | {"app_socket": str(world.net.tmp / "gone.sock")}))
+                await buy_ticket(world.url, "final", "D4", **(how | {"app_socket": str(world.net.tmp / "gone.sock"),
+                                                                     "journal": journal}))  # fmt: skip
         assert info.value.reason == "not_delivered"
         sale = bytes.fromhex(str(info.value).split("(sale ")[1].split(")")[0])
-        relayed = await receive_ticket(world.url, sale, world.net.hosts["dan"].socket)  # the retry brings it
+        receipt = next(r.receipt for r in journal.all() if r.poid == sale)  # kept by the purchase
+        assert receipt is not None
+        relayed = await receive_ticket(world.url, sale, world.net.hosts["dan"].socket, receipt=receipt)  # brings it
         await _enabled(world, "dan", relayed.oid)
 
     asyncio.run(go())

@@ -6,14 +6,27 @@ hosts run in this process (:meth:`cardnet.bench.ticketnet.TicketNet.in_process`)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cardnet.bench.ticketnet import EVENT, TicketNet
+from cardnet.crypto import profile
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed.customer import Customer
 from cardnet.services.ticketing import sales
-from cardnet.services.ticketing.buyer import buy_ticket, receive_ticket
+from cardnet.services.ticketing.buyer import (
+    _relay,
+    buy_ticket,
+    get_json,
+    receipt_header,
+    receive_ticket,
+    server_address,
+)
+from cardnet.transport import BrokenError, ClosedError
+from cardnet.transport.http_upgrade import dial_trn
 
 SEATS = ["A1", "A2", "B1", "B2"]
 
@@ -28,13 +41,13 @@ def test_new_sales_send_their_tickets_without_a_recovery_and_a_retry_recovers(
             await net.setup()
             assert server.wallet is not None and server.store is not None
             recovers = [0]
-            recover = server.wallet.recover
+            recover = server._recover
 
-            async def counted() -> Any:
+            async def counted(oid: bytes) -> Any:
                 recovers[0] += 1
-                return await recover()
+                return await recover(oid)
 
-            monkeypatch.setattr(server.wallet, "recover", counted)
+            monkeypatch.setattr(server, "_recover", counted)
             bought = []
             async with await net.wallet("b0") as w0, await net.wallet("b1") as w1:
                 for w, name, seats in ((w0, "b0", ("A1", "A2")), (w1, "b1", ("B1", "B2"))):
@@ -52,8 +65,91 @@ def test_new_sales_send_their_tickets_without_a_recovery_and_a_retry_recovers(
                 assert t is not None
                 with server.store.transaction() as txn:
                     txn.put(sales.TICKETS, b.poid, sales.Ticket(t.poid, t.event, t.seat, t.card, "sent").encode())
-                relayed = await receive_ticket(net.url, b.poid, net.hosts[name].socket, timeout_s=30)
+                relayed = await receive_ticket(net.url, b.poid, net.hosts[name].socket, receipt=b.receipt, timeout_s=30)
                 assert relayed.oid == b.oid and recovers[0] == 1
                 assert sales.ticket(server.store, b.poid).state == "delivered"  # type: ignore[union-attr]
+
+    asyncio.run(go())
+
+
+async def _cut_relay(net: TicketNet, buyer: str, poid: bytes, receipt: bytes, frames_to_card: int) -> None:
+    """The buyer's program, but the connection drops once ``frames_to_card`` frames reached the card, and the card's
+    answers to the last of them are lost with it (with a fresh session: hello, finish, the copy, the commit)."""
+    up = await dial_trn(*server_address(net.url), "POST", f"/tickets/{poid.hex()}", headers=[receipt_header(receipt)])
+    local = await _relay(net.hosts[buyer].socket, bytes.fromhex(up.headers["trn-device"]))
+    passed = 0
+
+    async def back() -> None:
+        with contextlib.suppress(BrokenError, ClosedError):
+            while True:
+                msgs = await local.recv_many()
+                if passed < frames_to_card:
+                    await up.conn.send_many(msgs)
+
+    task = asyncio.create_task(back())
+    try:
+        async with asyncio.timeout(10):
+            while passed < frames_to_card:
+                msg = await up.conn.recv()
+                passed += 1
+                await local.send(msg)
+            await asyncio.sleep(0.1)  # the card answers what it got (and the answer is lost)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await up.conn.aclose()
+        await local.aclose()
+
+
+def test_a_retried_delivery_re_signs_its_own_transfer_alone(tmp_path: Path) -> None:
+    """Three buyers' deliveries drop after the commit reached their cards (the device's card holds three transfers
+    at the commit, ``disabled``); one buyer retries. The device re-signs and resends that buyer's commit alone: no
+    other transfer's movement statement is signed during the retry. Before, the retry's ``trn.recover`` re-signed
+    and resent every transfer under way on the device (one signature, session record and commit each; the other
+    buyers' connections are gone, so each was for nothing). The device's host runs no recovery timer here (``ticks =
+    {}``), so what is signed is the retry's doing."""
+    buyers = ("b0", "b1", "b2")
+    net = TicketNet(tmp_path, buyers, SEATS)
+    device = tmp_path / "device.toml"
+    device.write_text(device.read_text().replace('applets = ["trn"]', 'applets = ["trn"]\nticks = {}'))
+
+    async def go() -> None:
+        async with net.in_process() as server:
+            await net.setup()
+            assert server.store is not None
+            speed = str((await get_json(net.url, "/"))["speed"])
+            paid: dict[str, tuple[bytes, bytes]] = {}
+            for name, seat in zip(buyers, SEATS, strict=False):
+                async with await net.wallet(name) as w:
+                    got = await Customer(w, b"", net.roots).buy(
+                        speed, net.broker_addr, [f"{EVENT}/{seat}"], broker_cert=net.broker_cert, mode="aggressive",
+                        vendor_cert=net.vendor_cert, price=sm.Price("EUR", 100),
+                    )  # fmt: skip
+                paid[name] = (got.poid, got.receipt)
+                await _cut_relay(net, name, got.poid, got.receipt, 4)  # the commit reached the card, its answer lost
+            for name, (poid, _) in paid.items():
+                v = await server.wallet.voucher(sales.ticket_oid(poid))  # type: ignore[union-attr]
+                assert v is not None and v.status == "disabled" and v.peer == net.uids[name], (name, v)
+            signed: list[bytes] = []
+            sign = profile.sign
+
+            def noted(key: profile.PrivateKey, data: bytes) -> bytes:
+                signed.append(data)
+                return sign(key, data)
+
+            profile.sign = noted  # type: ignore[assignment]
+            try:
+                poid, receipt = paid["b0"]
+                await receive_ticket(net.url, poid, net.hosts["b0"].socket, receipt=receipt, timeout_s=30)
+            finally:
+                profile.sign = sign  # type: ignore[assignment]
+            assert sales.ticket(server.store, poid).state == "delivered"  # type: ignore[union-attr]
+            mine = sales.ticket_oid(poid)
+            assert any(mine in data for data in signed)  # its commit, re-signed
+            for name in ("b1", "b2"):
+                other = sales.ticket_oid(paid[name][0])
+                assert not any(other in data for data in signed), f"{name}'s transfer was re-signed by b0's retry"
+                v = await server.wallet.voucher(other)  # type: ignore[union-attr]
+                assert v is not None and v.status == "disabled"  # still waiting for its own buyer's retry
 
     asyncio.run(go())

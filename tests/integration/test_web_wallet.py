@@ -54,6 +54,7 @@ from cardnet.cli.speed import JOURNAL
 from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer, Journal, install_key, load
+from cardnet.services.ticketing.buyer import receipt_header
 from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.transport.http import HttpServer, Request, Response, Router
@@ -383,9 +384,13 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
             (ticket,) = set(listing) - {T2.hex(), T3.hex()}
             await expect(page.locator(f'#tickets tr[data-oid="{ticket}"] td.body')).to_have_text("final, seat A1")
             shown = json.loads(await _body(page, ticket))  # the ticket's body, as the page has it
-            assert shown["seat"] == "A1" and ticket_oid(bytes.fromhex(shown["poid"])) == bytes.fromhex(ticket)
+            assert shown == {"event": "final", "seat": "A1"}  # not the sale's id (what opens its page: the receipt)
+            (a1,) = [r for r in Journal(net.tmp / "purchases" / JOURNAL).all() if r.products == ["final/A1"]]
+            assert a1.poid is not None and a1.receipt is not None and ticket_oid(a1.poid) == bytes.fromhex(ticket)
+            shown["poid"] = a1.poid.hex()
             async with httpx.AsyncClient(base_url=world.tickets_url) as c:  # the server's own word on the sale
-                assert (await c.get(f"/tickets/{shown['poid']}")).json()["state"] == "delivered"
+                mine = dict([receipt_header(a1.receipt)])
+                assert (await c.get(f"/tickets/{shown['poid']}", headers=mine)).json()["state"] == "delivered"
             await expect(page.locator("#purse")).to_have_text("75.00 EUR")
             assert await _balance(net, "b") == 7_500
             await page.fill("#deliver-poid", shown["poid"])  # finishing that delivery again: nothing more to send

@@ -70,7 +70,8 @@ SEND = register(
     privileged=True,
 )
 CANCEL = register(0x0312, "trn.cancel", "transfer", Schema("trn.cancel", [Field(0, "oid", _OID)]), privileged=True)
-RECOVER = register(0x0313, "trn.recover", "transfer", Schema("trn.recover", []))
+# ``oid``: that token's transfer alone (its resend, its trace, its peer's session nudged); none: everything under way
+RECOVER = register(0x0313, "trn.recover", "transfer", Schema("trn.recover", [Field(0, "oid", _OID, optional=True)]))
 # ``oid``: that token alone (none if this card holds none), a read that costs the same however many the card holds
 LIST = register(
     0x0314, "trn.list", "transfer", Schema("trn.list", [Field(0, "oid", _OID, optional=True)]), privileged=True
@@ -210,7 +211,10 @@ class TrnApplet(fairx.ExchangeWallet):
             peer = h.peer if h is not None and h.peer is not None else ctx.card_uid
             self._command(ctx, params["oid"], "cancel", peer, True)
         elif code == RECOVER.code:
-            self._recover(ctx)
+            if params.get("oid") is None:
+                self._recover(ctx)
+            else:
+                self._recover_one(ctx, params["oid"])
         elif code == LIST.code:
             self._list(ctx, params.get("oid"))
         elif code == MINT.code:
@@ -314,6 +318,20 @@ class TrnApplet(fairx.ExchangeWallet):
                 self._ask_reissue(ctx, key[2:], rec)
         self.fairx_recover(ctx)
         self.restart_sessions(ctx)
+
+    def _recover_one(self, ctx: StepContext, oid: bytes) -> None:
+        """Recovery of one token's transfer: what :meth:`_recover` does for it alone (a retried delivery needs its
+        own transfer resent, not every other one under way re-signed and resent), and its peer's session nudged."""
+        h = holding_of(ctx, oid)
+        if h is None:
+            return
+        if h.status is tr.Status.DISABLED and h.peer is not None:
+            out = tr.apply(h, tr.Event("recover", h.peer, sign=self._signer(ctx)), oid)
+            self._send_all(ctx, h.peer, oid, out.send)
+            if ctx.get(b"q:" + bytes(h.peer)) is not None:
+                self.nudge_session(ctx, h.peer)
+        elif h.status is tr.Status.TRUSTLESS:
+            self._trace(ctx, oid, h)
 
     def on_session_open(self, ctx: StepContext, peer: Uid) -> None:
         self.fairx_on_session_open(ctx, peer)

@@ -5,6 +5,7 @@ e-purse (SPEED, through the broker), the ticket received on the card over the sa
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ BUY_HINTS = {
     "over_limit": "raise --limit, or leave it out to pay the server's price",
     "not_ticketing": "check the address: give the ticketing server's http://HOST:PORT (`cardnet ticketing run` "
     "prints it: 'ready NAME http://HOST:PORT speed ...'), not its speed port or a host's port",
+    "unknown_sale": "give --poid as `cardnet wallet buy` printed it (`cardnet wallet pending` lists your "
+    "purchases); a sale bought with another wallet is finished from that wallet",
+    "wrong_server": "give the address of the ticketing server you bought the seat from (its http://HOST:PORT, as "
+    "`cardnet ticketing run` prints it)",
     "not_delivered": "your ticket is paid and kept for you: repeat with --poid SALE (the sale named above) once the "
     "server and your host are reachable",
 }
@@ -51,7 +56,7 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
     """
     from cardnet.cli.speed import JOURNAL, _pem_file, _price
     from cardnet.services.speed.customer import Journal, PurchaseError
-    from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
+    from cardnet.services.ticketing.buyer import TicketError, buy_ticket, receive_ticket, server_address, show_ticket
     from cardnet.transport import TransportError
     from cardnet.transport.http_upgrade import UpgradeRefused
 
@@ -70,10 +75,10 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
         try:
             if poid is not None:
                 sale = _hex_poid(poid)
-                receipt = next((r.receipt for r in journal.all() if r.poid == sale and r.receipt), None)
+                receipt = await _paid_at(url, sale, journal)
                 with progress(f"receiving the ticket of sale {poid[-16:]} from {url} …"):
                     relayed = await receive_ticket(url, sale, target.socket, receipt=receipt)
-                shown = await get_json(url, f"/tickets/{sale.hex()}")
+                shown = await show_ticket(url, sale, receipt)
                 got = {"poid": sale.hex(), "oid": relayed.oid.hex(), "event": shown["event"], "seat": shown["seat"],
                        "price": None}  # fmt: skip
             else:
@@ -93,9 +98,12 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
             reason = exc.error if isinstance(exc, UpgradeRefused) else exc.reason
             fail(str(exc), reason=reason, hint=BUY_HINTS.get(reason))
         except TransportError as exc:
-            hint = ("check the address (the ticketing server's http://HOST:PORT, as `cardnet ticketing run` prints "
-                    "it, not its speed port or a host's port) and that the server runs; nothing was paid if no sale "
-                    "is named")  # fmt: skip
+            hint = (
+                "check the address (the ticketing server's http://HOST:PORT, as `cardnet ticketing run` prints "
+                "it, not its speed port or a host's port) and that the server runs; "
+            )
+            hint += ("repeat with the right address: a paid sale stays kept for you" if poid
+                     else "nothing was paid if no sale is named")  # fmt: skip
             fail(str(exc), reason=exc.reason, hint=hint)
 
     broker_addr = "" if poid is not None else (broker or cfg.need("broker", "--broker", "broker"))
@@ -108,6 +116,34 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
     paid = f" for {got['price']}" if got["price"] else ""
     where = "is on your card" if got["state"] == "enabled" else f"is on its way ({got['state']}): `cardnet wallet show`"
     console.print(f"ticket {got['event']} {got['seat']}{paid} {where} (oid {got['oid']})", markup=False)
+
+
+async def _paid_at(url: str, sale: bytes, journal: Any) -> bytes:
+    """The broker's receipt of ``sale`` from the wallet's purchases journal (what opens the sale at its server), once
+    ``url`` is known to be the server that sold it (its vendor certificate is the one the sale was bought from). An
+    address where no ticketing server answers, a sale the journal does not hold, one not paid yet, or another
+    ticketing server's address, each said as such (before, another server's address answered "no sale has that
+    PaymentOrderID: buy a seat first", to a buyer who had paid)."""
+    from cardnet.services.ticketing.buyer import TicketError, get_json
+
+    info = await get_json(url, "/")
+    try:
+        vendor_cert = base64.b64decode(str(info["vendor_cert"]))
+    except (KeyError, TypeError, ValueError):
+        raise TicketError("not_ticketing", f"{url} does not answer as a ticketing server: no vendor "
+                          "certificate on its page") from None  # fmt: skip
+    rec = next((r for r in journal.all() if r.poid == sale), None)
+    if rec is None:
+        raise TicketError("unknown_sale", f"your wallet's purchases journal ({journal.path}) has no sale "
+                          f"{sale.hex()}: nothing of it can be asked for")  # fmt: skip
+    if rec.receipt is None:
+        raise TicketError("unpaid", f"sale {sale.hex()} is not paid yet (your journal holds no broker's receipt "
+                          "for it)")  # fmt: skip
+    if vendor_cert != rec.vendor_cert:
+        raise TicketError("wrong_server", f"{url} did not sell sale {sale.hex()[:16]}…: it is another vendor (its "
+                          "certificate is not the one on your bill); your sale stays paid and kept for "
+                          "you")  # fmt: skip
+    return bytes(rec.receipt)
 
 
 def _hex_poid(text: str) -> bytes:

@@ -244,7 +244,7 @@ class Settings:
 
 def ticket_event(body: bytes) -> str | None:
     """The event a ticket's body names: the ``event`` string of a JSON object (a ticketing server's ticket is
-    ``{"event", "seat", "poid"}``); None when the body is not such an object."""
+    ``{"event", "seat"}``); None when the body is not such an object."""
     try:
         got = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -23,7 +23,14 @@ from cardnet.cli.wallet_config import WalletConfig
 from cardnet.crypto import pki
 from cardnet.host.errors import HostError
 from cardnet.services.speed.customer import Journal, PurchaseError
-from cardnet.services.ticketing.buyer import TicketError, buy_ticket, get_json, receive_ticket, server_address
+from cardnet.services.ticketing.buyer import (
+    TicketError,
+    buy_ticket,
+    get_json,
+    receive_ticket,
+    server_address,
+    show_ticket,
+)
 from cardnet.services.wallet import Wallet
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError
@@ -124,7 +131,7 @@ class Shop:
         socket = self._socket()
         receipt = next((r.receipt for r in self.journal().all() if r.poid == poid and r.receipt), None)
         with _ticketing(url):
-            shown = await get_json(url, f"/tickets/{poid.hex()}")
+            shown = {} if receipt is None else await show_ticket(url, poid, receipt)  # (without it: refused unpaid)
             if shown.get("state") == "delivered":
                 return {"message": f"the ticket of sale {poid.hex()[:16]}… was delivered already: it is on the card "
                         "it was bought for"}  # fmt: skip

@@ -1,15 +1,15 @@
 """The buyer's side of a ticket's delivery: the untrusted program that relays between the ticketing server's
 upgraded connection and its own host (TRN paper 5.1, "the server and the wallet never trust the mediating PC").
 
-:func:`buy_ticket` does a whole purchase: the server's pages, the SPEED purchase of the seat (the card pays),
-then :func:`receive_ticket`, which asks ``POST /tickets/{poid}`` with ``Upgrade: TRN`` (and the broker's
-receipt, for a sale the server does not know paid yet). On ``101`` it opens its host's application socket as
-a relay for the device's domain (``host.relay``, the ``TRN-Device`` header) and moves frames both ways until
-the server closes the connection: the device's card and the buyer's card run the session and the transfer
-through it, and the buyer's card traces the ticket with the authority over its own host's routes. Any other
-answer raises :class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``,
-``bad_receipt``, ``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection
-interrupted; for a ticket that left the server already it returns at once (no frames relayed).
+:func:`buy_ticket` does a whole purchase: the server's pages, the SPEED purchase of the seat (the card pays), then
+:func:`receive_ticket`, which asks ``POST /tickets/{poid}`` with ``Upgrade: TRN`` and the broker's receipt (every time:
+a sale's page and its delivery open only with it, :func:`show_ticket`). On ``101`` it opens its host's application
+socket as a relay for the device's domain (``host.relay``, the ``TRN-Device`` header) and moves frames both ways until
+the server closes the connection: the device's card and the buyer's card run the session and the transfer through it,
+and the buyer's card traces the ticket with the authority over its own host's routes. Any other answer raises
+:class:`~cardnet.transport.http_upgrade.UpgradeRefused` with the server's reason (``unpaid``, ``bad_receipt``,
+``no_sale``, ...). Calling it again for the same sale resumes a delivery a dropped connection interrupted; for a ticket
+that left the server already it returns at once (no frames relayed).
 """
 
 from __future__ import annotations
@@ -103,14 +103,14 @@ def _speaking_http(url: str) -> Iterator[None]:
         raise not_ticketing(url, "what answers there does not speak HTTP (another program's port?)") from exc
 
 
-async def get_json(url: str, target: str, *, timeout_s: float = 30.0) -> Any:
+async def get_json(url: str, target: str, *, timeout_s: float = 30.0, headers: tuple[tuple[str, str], ...] = ()) -> Any:
     """``GET target`` of the server at ``url``, as JSON; a refusal raises :class:`TicketError` with its words, an
     address that does not answer with JSON ``TicketError('not_ticketing')``, one where nothing answers (or the
     connection closes without an answer) :class:`BrokenError` saying it does not answer as a ticketing server."""
     host, port = server_address(url)
     try:
         with _speaking_http(url):
-            answer = await request(host, port, "GET", target, headers=[("Accept", "application/json")],
+            answer = await request(host, port, "GET", target, headers=[("Accept", "application/json"), *headers],
                                    timeout_s=timeout_s)  # fmt: skip
     except BrokenError as exc:  # nothing answers, or it closed the connection without an answer
         raise BrokenError(f"{url} does not answer as a ticketing server: {exc}") from exc
@@ -121,6 +121,20 @@ async def get_json(url: str, target: str, *, timeout_s: float = 30.0) -> Any:
             raise not_ticketing(url, f"it answered {target} with {answer.status} and no ticketing server's words")
         raise TicketError(str(err["error"]),
                           f"{url}{target}: {err.get('message', f'the server answered {answer.status}')}")  # fmt: skip
+    return got
+
+
+def receipt_header(receipt: bytes) -> tuple[str, str]:
+    """The header that shows the broker's receipt of a sale to the ticketing server: a sale's page and its delivery
+    open only with it (the PaymentOrderID alone, which the ticket's later holders may learn, opens nothing)."""
+    return "Authorization", "Receipt " + base64.b64encode(receipt).decode()
+
+
+async def show_ticket(url: str, poid: bytes, receipt: bytes, *, timeout_s: float = 30.0) -> dict[str, Any]:
+    """``GET /tickets/{poid}`` with the sale's receipt: ``{poid, event, seat, card, oid, state[, refused]}``."""
+    got = await get_json(url, f"/tickets/{poid.hex()}", timeout_s=timeout_s, headers=(receipt_header(receipt),))
+    if not isinstance(got, dict):
+        raise not_ticketing(url, "its answer about a sale is not a ticket")
     return got
 
 
@@ -189,7 +203,8 @@ async def _purse_covers(card: CardOrders, price: Price) -> None:
 async def receive_ticket(
     url: str, poid: bytes, app_socket: str, *, receipt: bytes | None = None, timeout_s: float = TIMEOUT_S
 ) -> Relayed:
-    """Relay the delivery of sale ``poid``'s ticket from the server at ``url`` to the card of ``app_socket``'s host."""
+    """Relay the delivery of sale ``poid``'s ticket from the server at ``url`` to the card of ``app_socket``'s host;
+    ``receipt``: the broker's receipt for the sale (without it the server refuses ``unpaid``)."""
     host, port = server_address(url)
     body = json.dumps({} if receipt is None else {"receipt": base64.b64encode(receipt).decode()}).encode()
     try:

@@ -35,7 +35,7 @@ from html import escape
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from cardnet.applets.trn import GONE
+from cardnet.applets.trn import GONE, RECOVER
 from cardnet.crypto.errors import CryptoError, PkiError
 from cardnet.host.config import load_config as load_host_config
 from cardnet.host.errors import HostError
@@ -72,6 +72,8 @@ MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
 # ticket arrive hold at most this much each, not the host's frame limit (16 MiB)
 UPGRADED_MAX_FRAME = 64 * 1024
 TRN_DEVICE, TRN_TOKEN = "TRN-Device", "TRN-Token"  # the 101's headers: the device's domain, the ticket's oid
+# a request about a sale shows the broker's receipt for it: "Authorization: Receipt BASE64" (or {"receipt"} in a POST)
+AUTHORIZATION, RECEIPT_SCHEME = "Authorization", "Receipt"
 SEAT_PAGE = 1000  # seats on one page of an event's seat map (?after=SEAT: the next page; about 75 KB of JSON)
 
 
@@ -289,14 +291,28 @@ class TicketingServer:
         )
 
     async def _ticket(self, request: Request) -> sales.Ticket:
+        """The sale the path names, for its buyer alone: the request shows the broker's receipt for it (what the
+        buyer's program got for paying, kept in its SPEED journal), not just the PaymentOrderID, which the ticket's
+        later holders, the gates and anyone they show it to may learn. The same refusal for any PaymentOrderID
+        without a receipt (it says nothing of whether there is such a sale)."""
         try:
             poid = bytes.fromhex(request.params["poid"])
         except ValueError:
             raise HttpError(400, "bad_poid", "a ticket is named by its PaymentOrderID in hex") from None
-        assert self.store is not None
+        sealed = _receipt_of(request)
+        if sealed is None:
+            raise HttpError(402, "unpaid", "a sale's page and its ticket open only with the broker's receipt for it "
+                            f"(header {AUTHORIZATION}: {RECEIPT_SCHEME} BASE64, or {{\"receipt\": BASE64}} in a POST): "
+                            "pay the sale (SPEED) and send the receipt your wallet kept")  # fmt: skip
+        assert self.store is not None and self.core is not None
         t = await self._db(sales.ticket, self.store, poid)
         if t is None:
-            raise HttpError(404, "no_sale", "no sale has that PaymentOrderID: buy a seat first (SPEED)")
+            raise HttpError(404, "no_sale", "no sale of this server has that PaymentOrderID: check the server's "
+                            "address and the PaymentOrderID (a new ticket: buy a seat first, with SPEED)")  # fmt: skip
+        try:  # opens under the sale's RecKey, the broker signed it, names this sale (recorded: again, if taken before)
+            await self._db(self.core.take_receipt, poid, sealed)
+        except (ProtocolError, CryptoError, PkiError, DecodeError) as exc:
+            raise HttpError(402, "bad_receipt", f"that receipt does not pay this sale: {exc}") from None
         return t
 
     async def show_ticket(self, request: Request) -> Response:
@@ -312,10 +328,13 @@ class TicketingServer:
         return Response.json(data)
 
     async def deliver(self, request: Request) -> Response | Upgrade:
-        """Check the payment (the broker's receipt, once), then switch to TRN and send the ticket."""
+        """Check the payment (the broker's receipt, every time: it shows the buyer), then switch to TRN and send
+        the ticket."""
         t = await self._ticket(request)
         if t.state == "sold":
-            t = await self._paid(t, request)
+            assert self.store is not None
+            log.info("%s: sale %s paid (seat %s/%s)", self.config.name, t.poid.hex()[-16:], t.event, t.seat)
+            t = await self._db(sales.advance, self.store, t, "paid")
         if t.state == "delivered":
             return Response.json(t.public() | {"note": "the ticket left this server already"})
         if request.upgrade != TRN:
@@ -326,27 +345,6 @@ class TicketingServer:
             await self._transfer(t, stream)
 
         return Upgrade(TRN, run, headers)
-
-    async def _paid(self, t: sales.Ticket, request: Request) -> sales.Ticket:
-        assert self.core is not None and self.store is not None
-        body = request.json() if request.body else {}
-        receipt = body.get("receipt") if isinstance(body, dict) else None
-        if not isinstance(receipt, str):
-            if await self._db(self.core.is_paid, t.poid):  # the receipt was taken, the ticket not yet moved on
-                return await self._db(sales.advance, self.store, t, "paid")
-            raise HttpError(402, "unpaid", "this sale is not paid: pay it (SPEED) and send the broker's receipt")
-        try:
-            sealed = base64.b64decode(receipt, validate=True)
-        except (binascii.Error, ValueError):
-            raise HttpError(400, "bad_receipt", "the receipt is base64 of the broker's sealed receipt") from None
-        if len(sealed) > MAX_RECEIPT:
-            raise HttpError(400, "bad_receipt", f"a receipt is at most {MAX_RECEIPT} bytes")
-        try:
-            await self._db(self.core.take_receipt, t.poid, sealed)
-        except (ProtocolError, CryptoError, PkiError, DecodeError) as exc:
-            raise HttpError(402, "bad_receipt", f"that receipt does not pay this sale: {exc}") from None
-        log.info("%s: sale %s paid (seat %s/%s)", self.config.name, t.poid.hex()[-16:], t.event, t.seat)
-        return await self._db(sales.advance, self.store, t, "paid")
 
     async def _transfer(self, t: sales.Ticket, stream: UpgradedStream) -> None:
         """Carry the device's traffic to the buyer's card over the upgraded connection until the ticket left."""
@@ -361,8 +359,8 @@ class TicketingServer:
         try:
             async with asyncio.timeout(self.config.transfer_timeout_s), self.wallet.subscription() as changes:
                 t, started = await self._send(t)
-                if not started:  # a retry: resend at once what the transfer waits for (recover re-signs and resends
-                    await self.wallet.recover()  # every transfer under way on the device: not for a new one)
+                if not started:  # a retry: resend at once what this ticket's transfer waits for (its own alone: a
+                    await self._recover(t.oid)  # full recover re-signs every transfer under way on the device)
                 v = await self._device_token(t.oid)
                 while not carry.done():
                     if v is None:
@@ -405,6 +403,12 @@ class TicketingServer:
             if not lock.locked():
                 self._sending.pop(t.poid, None)
 
+    async def _recover(self, oid: bytes) -> None:
+        """``trn.recover {oid}`` to the device: ticket ``oid``'s transfer alone resent (re-signed if at the commit),
+        its trace or its peer's session restarted; not every other transfer under way (no answer)."""
+        assert self.wallet is not None
+        await self.wallet.app.send(self.wallet.card, RECOVER, oid=oid)
+
     async def _device_token(self, oid: bytes) -> Voucher | None:
         """The device's holding of ``oid`` (None: not there: never minted, or delivered)."""
         assert self.wallet is not None
@@ -415,7 +419,7 @@ class TicketingServer:
         started = False
         if t.state == "paid":
             if await self.wallet.voucher(t.oid) is None:
-                body = json.dumps({"event": t.event, "seat": t.seat, "poid": t.poid.hex()}).encode()
+                body = json.dumps({"event": t.event, "seat": t.seat}).encode()  # not what opens the sale
                 await self.wallet.issue(t.oid, body)
             t = await self._db(sales.advance, self.store, t, "minted")
         if t.state == "sent":
@@ -449,6 +453,29 @@ async def _change_of(oid: bytes, changes: asyncio.Queue[WalletEvent], carry: asy
         if event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid):
             return event
     return None
+
+
+def _receipt_of(request: Request) -> bytes | None:
+    """The broker's sealed receipt the request shows: ``Authorization: Receipt BASE64``, or ``{"receipt": BASE64}``
+    in a POST's body (None: neither)."""
+    given: object = None
+    scheme, _, value = (request.header(AUTHORIZATION) or "").partition(" ")
+    if scheme.lower() == RECEIPT_SCHEME.lower():
+        given = value.strip()
+    elif request.method == "POST" and request.body:
+        body = request.json()
+        given = body.get("receipt") if isinstance(body, dict) else None
+    if given is None:
+        return None
+    try:
+        sealed = base64.b64decode(given, validate=True) if isinstance(given, str) else b""
+    except (binascii.Error, ValueError):
+        sealed = b""
+    if not sealed:
+        raise HttpError(400, "bad_receipt", "the receipt is base64 of the broker's sealed receipt")
+    if len(sealed) > MAX_RECEIPT:
+        raise HttpError(400, "bad_receipt", f"a receipt is at most {MAX_RECEIPT} bytes")
+    return sealed
 
 
 @contextlib.contextmanager
