@@ -55,3 +55,15 @@ def test_the_benchmark_is_bench_trn_and_bench_transfer_still_runs_it() -> None:
         assert got.returncode == 0 and "Durable TRN token transfers" in got.stdout and "--in-flight" in got.stdout, got
         bad = cardnet("bench", name, "--in-flight", "3", "--json")  # checked before anything starts: the same check
         assert bad.returncode != 0 and "--in-flight an even number" in bad.stdout + bad.stderr, bad
+
+
+def test_trns_message_types_name_trn_as_their_protocol() -> None:
+    """The registry names each mtype's protocol: TRN's (``trn.*``, and the authority's ``auth.*``: the trace registry
+    in protocols/trn/trace.py) say ``trn``, not the old ``transfer`` and ``trace``."""
+    import cardnet.applets.authority
+    import cardnet.applets.trn  # noqa: F401  (register TRN's mtypes)
+    from cardnet.wire.mtypes import all_mtypes
+
+    trn = {mt.name: mt.protocol for mt in all_mtypes() if mt.name.split(".")[0] in ("trn", "auth")}
+    assert len(trn) >= 24 and set(trn.values()) == {"trn"}, trn
+    assert not [mt.name for mt in all_mtypes() if mt.protocol in ("transfer", "trace")]

@@ -52,14 +52,14 @@ from cardnet.wire.ids import Uid
 
 _OID = Bytes(OID_BYTES, OID_BYTES)
 ADD_AGENT = register(
-    0x0330, "auth.add_agent", "trace", Schema("auth.add_agent", [Field(0, "cert", Bytes(8192))]), privileged=True
+    0x0330, "auth.add_agent", "trn", Schema("auth.add_agent", [Field(0, "cert", Bytes(8192))]), privileged=True
 )
-REVOKE = register(0x0331, "auth.revoke", "trace", Schema("auth.revoke", [Field(0, "oid", _OID)]), privileged=True)
-QUERY = register(0x0332, "auth.query", "trace", Schema("auth.query", [Field(0, "oid", _OID)]), privileged=True)
+REVOKE = register(0x0331, "auth.revoke", "trn", Schema("auth.revoke", [Field(0, "oid", _OID)]), privileged=True)
+QUERY = register(0x0332, "auth.query", "trn", Schema("auth.query", [Field(0, "oid", _OID)]), privileged=True)
 CHAIN = register(
     0x0333,
     "auth.chain",
-    "trace",
+    "trn",
     Schema(
         "auth.chain",
         [
@@ -71,11 +71,11 @@ CHAIN = register(
         ],
     ),
 )
-BLOCKED_LIST = register(0x0334, "auth.blocked_list", "trace", Schema("auth.blocked_list", []), privileged=True)
+BLOCKED_LIST = register(0x0334, "auth.blocked_list", "trn", Schema("auth.blocked_list", []), privileged=True)
 BLOCKED = register(
     0x0335,
     "auth.blocked",
-    "trace",
+    "trn",
     Schema(
         "auth.blocked",
         [
@@ -119,7 +119,7 @@ _ROLE = Schema("auth.role", [Field(0, "uid", UidType()), Field(1, "role", Text(1
 GRAPH_Q = register(
     0x0336,
     "auth.graph_q",
-    "trace",
+    "trn",
     Schema(
         "auth.graph_q",
         [
@@ -133,7 +133,7 @@ GRAPH_Q = register(
 GRAPH = register(
     0x0337,
     "auth.graph",
-    "trace",
+    "trn",
     Schema(
         "auth.graph",
         [

@@ -56,40 +56,36 @@ _OID = Bytes(OID_BYTES, OID_BYTES)
 MINT = register(
     0x0310,
     "trn.mint",
-    "transfer",
+    "trn",
     Schema("trn.mint", [Field(0, "oid", _OID), Field(1, "body", Bytes(MAX_BODY))]),
     privileged=True,
 )
 SEND = register(
     0x0311,
     "trn.send",
-    "transfer",
+    "trn",
     Schema(
         "trn.send", [Field(0, "oid", _OID), Field(1, "to", UidType()), Field(2, "traceable", Bool(), optional=True)]
     ),
     privileged=True,
 )
-CANCEL = register(0x0312, "trn.cancel", "transfer", Schema("trn.cancel", [Field(0, "oid", _OID)]), privileged=True)
+CANCEL = register(0x0312, "trn.cancel", "trn", Schema("trn.cancel", [Field(0, "oid", _OID)]), privileged=True)
 # ``oid``: that token's transfer alone (its resend, its trace, its peer's session nudged); none: everything under way
-RECOVER = register(0x0313, "trn.recover", "transfer", Schema("trn.recover", [Field(0, "oid", _OID, optional=True)]))
+RECOVER = register(0x0313, "trn.recover", "trn", Schema("trn.recover", [Field(0, "oid", _OID, optional=True)]))
 # ``oid``: that token alone (none if this card holds none), a read that costs the same however many the card holds
-LIST = register(
-    0x0314, "trn.list", "transfer", Schema("trn.list", [Field(0, "oid", _OID, optional=True)]), privileged=True
-)
+LIST = register(0x0314, "trn.list", "trn", Schema("trn.list", [Field(0, "oid", _OID, optional=True)]), privileged=True)
 SET_AUTHORITY = register(
     0x0315,
     "trn.set_authority",
-    "transfer",
+    "trn",
     Schema("trn.set_authority", [Field(0, "authority", UidType())]),
     privileged=True,
 )
-BLOCKLIST = register(
-    0x0316, "trn.blocklist", "transfer", Schema("trn.blocklist", [Field(0, "blocklist", Bytes(1 << 20))])
-)
+BLOCKLIST = register(0x0316, "trn.blocklist", "trn", Schema("trn.blocklist", [Field(0, "blocklist", Bytes(1 << 20))]))
 RESULT = register(
     0x0317,
     "trn.result",
-    "transfer",
+    "trn",
     Schema("trn.result", [Field(0, "ok", Bool()), Field(1, "reason", Text(200)), Field(2, "oid", _OID, optional=True)]),
 )
 _ITEM = Schema(
@@ -103,13 +99,11 @@ _ITEM = Schema(
         Field(5, "refused", Text(64), optional=True),  # enabled after a refused transfer: the receiver's reason
     ],
 )
-TOKENS = register(
-    0x0318, "trn.tokens", "transfer", Schema("trn.tokens", [Field(0, "tokens", ListOf(Nested(_ITEM), 4096))])
-)
+TOKENS = register(0x0318, "trn.tokens", "trn", Schema("trn.tokens", [Field(0, "tokens", ListOf(Nested(_ITEM), 4096))]))
 REISSUE = register(
     0x0319,
     "trn.reissue",
-    "transfer",
+    "trn",
     Schema(
         "trn.reissue",
         [
@@ -123,7 +117,7 @@ REISSUE = register(
 REISSUE_STATE = register(
     0x031A,
     "trn.reissue_state",
-    "transfer",
+    "trn",
     Schema(
         "trn.reissue_state",
         [
@@ -139,20 +133,20 @@ _ISSUERS = ListOf(UidType(), tr.MAX_ISSUERS)
 ACCEPT_POLICY = register(
     0x031B,
     "trn.accept_policy",
-    "transfer",
+    "trn",
     Schema("trn.accept_policy", [Field(0, "issuers", _ISSUERS, optional=True), Field(1, "ask", Bool(), optional=True)]),
     privileged=True,
 )
 ACCEPT_POLICY_IS = register(
     0x031C,
     "trn.accept_policy_is",
-    "transfer",
+    "trn",
     Schema("trn.accept_policy_is", [Field(0, "issuers", _ISSUERS), Field(1, "ask", Bool())]),
 )
 ANSWER = register(
     0x031D,
     "trn.answer",
-    "transfer",
+    "trn",
     Schema("trn.answer", [Field(0, "oid", _OID), Field(1, "accept", Bool())]),
     privileged=True,
 )
@@ -172,11 +166,11 @@ _REISSUE_REC = Schema(
 WATCH = register(
     0x031E,
     "trn.watch",
-    "transfer",
+    "trn",
     Schema("trn.watch", [Field(0, "on", Bool())]),
     privileged=True,
 )
-CHANGED = register(0x031F, "trn.changed", "transfer", _ITEM)  # pushed to the watching applications
+CHANGED = register(0x031F, "trn.changed", "trn", _ITEM)  # pushed to the watching applications
 GONE = "gone"  # the status trn.changed gives a token that left the card
 
 MAX_HINTS = 4096  # transfer -> oid hints a trn applet keeps in volatile memory
