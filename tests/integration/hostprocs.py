@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from forkhost import Forked, Forker
 
 from cardnet.bench.procs import HostProc, free_port
 from cardnet.card import Card
@@ -21,7 +22,7 @@ from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
-__all__ = ["PINS", "HostProc", "Service", "cardnet", "free_port", "make_hosts", "write_host_tls"]
+__all__ = ["PINS", "ForkedService", "HostProc", "Service", "cardnet", "free_port", "make_hosts", "write_host_tls"]
 
 PINS = {"a": "1111", "b": "2222", "c": "3333"}
 
@@ -77,19 +78,24 @@ class Service:
         self.address = ""
 
     def start(self, *extra: str) -> str:
+        """Start ``cardnet ARGS EXTRA`` and wait for its ``ready`` line; the address it says it serves."""
+        self.proc = self.spawn(*extra)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), f"{self.args} did not start: {self.log.read_text()}"
+        self.address = line.split()[-1]
+        return self.address
+
+    def spawn(self, *extra: str) -> subprocess.Popen[str]:
+        """The new process, its stdout a pipe to this one, its stderr appended to the log."""
         with open(self.log, "a") as err:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "cardnet.cli.main", *self.args, *extra],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), f"{self.args} did not start: {self.log.read_text()}"
-        self.address = line.split()[-1]
-        return self.address
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -98,3 +104,32 @@ class Service:
             self.proc.wait(10)
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+
+
+class ForkedService(Service):
+    """A :class:`Service` whose starts are forks of ``forker`` (tests/integration/forkhost.py: the same command line
+    through the same entry point, a process of its own, its stdout a pipe to the test, killed with a real SIGKILL),
+    but for every ``fresh_every``-th start, from the first on, which is a new ``python -m cardnet.cli.main`` process
+    as :class:`Service` starts it. For the tests that restart a service a hundred times and more."""
+
+    def __init__(self, tmp: Path, *args: str, forker: Forker, fresh_every: int = 10) -> None:
+        super().__init__(tmp, *args)
+        self.forker = forker
+        self.fresh_every = fresh_every
+        self.starts = 0
+
+    def spawn(self, *extra: str) -> subprocess.Popen[str]:
+        self.starts += 1
+        if (self.starts - 1) % self.fresh_every == 0:
+            return super().spawn(*extra)
+        r, w = os.pipe()
+        try:
+            with open(self.log, "a") as err:
+                pid = self.forker.spawn([*self.args, *extra], {**os.environ, "PYTHONUNBUFFERED": "1"}, w,
+                                        err.fileno(), whole_env=True)  # fmt: skip
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        return Forked(pid, open(r))  # type: ignore[return-value]  # (stop() closes it, as a Popen's)

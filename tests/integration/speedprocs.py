@@ -12,19 +12,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostprocs import HostProc, Service, cardnet, free_port
+from forkhost import CLI_MODULES, ForkedHost, Forker
+from hostprocs import ForkedService, HostProc, Service, cardnet, free_port
 
 PIN = "2580"
 SONG = "song-1 Blue in Green"
 NEWS = "news-1 Today's paper"
 KEY = "ppv-1 Match key"
+# what a forker imports for the SPEED commands and services (tests/integration/forkhost.py)
+MODULES = (
+    *CLI_MODULES,
+    "cardnet.cli.speed",
+    "cardnet.services.speed.broker",
+    "cardnet.services.speed.vendor",
+    "cardnet.services.speed.customer",
+    "cardnet.applets.speed.purse",
+    "cardnet.applets.speed.conductor",
+    "cardnet.applets.speed.sam",
+)
 
 
-def run(*args: str, check: bool = True) -> Any:
-    """``cardnet ... --json`` with the PIN in the environment; the parsed JSON (or the error object)."""
+def run(*args: str, check: bool = True, forker: Forker | None = None) -> Any:
+    """``cardnet ... --json`` with the PIN in the environment; the parsed JSON (or the error object). With a
+    ``forker``, the command is a fork of it (tests/integration/forkhost.py), not a new Python process."""
     os.environ["CARDNET_PIN"] = PIN
-    r = cardnet(*args, "--json", check=check)
-    return json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
+    if forker is None:
+        r = cardnet(*args, "--json", check=check)
+        code, out, err = r.returncode, r.stdout, r.stderr
+    else:
+        code, out, err = forker.run([*args, "--json"], dict(os.environ), os.getcwd(), 120.0)
+        assert code == 0 or not check, f"cardnet {' '.join(args)} failed: {out}{err}"
+    return json.loads(out) if out.strip() else {"stderr": err}
 
 
 @dataclass
@@ -74,15 +92,26 @@ class SpeedNet:
 
 
 def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int = 300_000, load: str = "20.00 EUR",
-          deposit: str = "100.00 EUR") -> SpeedNet:  # fmt: skip
+          deposit: str = "100.00 EUR", forker: Forker | None = None) -> SpeedNet:  # fmt: skip
+    """The network, every process started. With a ``forker`` (tests/integration/forkhost.py, with :data:`MODULES`)
+    for the tests that restart the processes a hundred times: the set-up's commands are forks of it, and the
+    broker, the vendor and the customers' hosts start as new processes and restart as forks of it but for every
+    tenth start (:class:`~hostprocs.ForkedService`, :class:`~forkhost.ForkedHost`)."""
     t = str(tmp)
-    run("ca", "create", f"{t}/ca.file")
-    (tmp / "ca.pem").write_text(run("ca", "cert", f"{t}/ca.file")["pem"])
-    run("speed", "broker", "init", "--store", f"{t}/broker.db", "--ca", f"{t}/ca.file", "--sam-store", f"{t}/sam.db")
-    (tmp / "broker.pem").write_text(run("speed", "broker", "cert", "--store", f"{t}/broker.db")["pem"])
-    run("speed", "vendor", "init", "--store", f"{t}/vendor.db", "--ca", f"{t}/ca.file", "--account", "V-1",
+
+    def cmd(*args: str) -> Any:
+        return run(*args, forker=forker)
+
+    def service(*args: str) -> Service:
+        return Service(tmp, *args) if forker is None else ForkedService(tmp, *args, forker=forker)
+
+    cmd("ca", "create", f"{t}/ca.file")
+    (tmp / "ca.pem").write_text(cmd("ca", "cert", f"{t}/ca.file")["pem"])
+    cmd("speed", "broker", "init", "--store", f"{t}/broker.db", "--ca", f"{t}/ca.file", "--sam-store", f"{t}/sam.db")
+    (tmp / "broker.pem").write_text(cmd("speed", "broker", "cert", "--store", f"{t}/broker.db")["pem"])
+    cmd("speed", "vendor", "init", "--store", f"{t}/vendor.db", "--ca", f"{t}/ca.file", "--account", "V-1",
         "--broker-cert", f"{t}/broker.pem")  # fmt: skip
-    (tmp / "vendor.pem").write_text(run("speed", "vendor", "cert", "--store", f"{t}/vendor.db")["pem"])
+    (tmp / "vendor.pem").write_text(cmd("speed", "vendor", "cert", "--store", f"{t}/vendor.db")["pem"])
     song = os.urandom(song_bytes)
     (tmp / "song.bin").write_bytes(song)
     (tmp / "news.txt").write_text("the news of the day\n" * 20)
@@ -94,29 +123,31 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
     )
     for product, price, floor, path in catalogue:
         extra = ["--floor", floor] if floor else []
-        run("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", product, "--price", price,
+        cmd("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", product, "--price", price,
             "--file", f"{t}/{path}", *extra)  # fmt: skip
-    run("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
+    cmd("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
         f"{t}/vendor.pem")  # fmt: skip
-    broker = Service(tmp, "speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
+    broker = service("speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
                      "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip  # a fixed port: it restarts there
-    vendor = Service(tmp, "speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}")
+    vendor = service("speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}")
     broker.start()
     vendor.start()
     net = SpeedNet(tmp, broker, vendor, song=song)
     for i, name in enumerate(customers):
-        made = run("card", "create", "--ca", f"{t}/ca.file", "--store", f"sqlite:///{t}/{name}.card.db")
+        made = cmd("card", "create", "--ca", f"{t}/ca.file", "--store", f"sqlite:///{t}/{name}.card.db")
         host = HostProc(name, tmp, free_port(), bytes.fromhex(made["domain"]))
+        if forker is not None:
+            host = ForkedHost.of(host, forker)
         host.config.write_text(
             f'name = "{name}"\nlisten = "127.0.0.1:{host.port}"\napp_socket = "{name}.sock"\n\n'
             f'[[cards]]\nstore = "sqlite:///{name}.card.db"\napplets = ["purse", "speed"]\n'
         )
         host.start()
         account = f"C-{i + 1}"
-        run("speed", "broker", "add-customer", "--store", f"{t}/broker.db", "--account", account, "--card",
+        cmd("speed", "broker", "add-customer", "--store", f"{t}/broker.db", "--account", account, "--card",
             made["domain"], "--deposit", deposit)  # fmt: skip
-        run("speed", "purse", "key", "--socket", host.socket, "--broker", broker.address)
-        run("speed", "purse", "load", "--socket", host.socket, "--broker", broker.address, "--amount", load,
+        cmd("speed", "purse", "key", "--socket", host.socket, "--broker", broker.address)
+        cmd("speed", "purse", "load", "--socket", host.socket, "--broker", broker.address, "--amount", load,
             "--account", account)  # fmt: skip
         net.customers[name] = Customer(name, host, account)
     return net

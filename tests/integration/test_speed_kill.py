@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forkhost
 import pytest
+from forkhost import Forker
 from killwindow import KillWindow
-from speedprocs import NEWS, PIN, SONG, SpeedNet, build
+from speedprocs import MODULES, NEWS, PIN, SONG, SpeedNet, build
 
 from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
@@ -37,9 +39,17 @@ MAX_KILLS = 2 * KILLS  # a loaded machine may need more kills to land enough ins
 PRICES = {NEWS: 80, SONG: 250}
 
 
+@pytest.fixture(scope="module")
+def forker() -> Iterator[Forker]:
+    with forkhost.forker(MODULES) as f:
+        yield f
+
+
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[SpeedNet]:
-    n = build(tmp_path, song_bytes=200_000, load="1000.00 EUR", deposit="1000.00 EUR")
+def net(tmp_path: Path, forker: Forker) -> Iterator[SpeedNet]:
+    # (the loop restarts the victim 100 times and more: its restarts are forks of the forker but every tenth, and so
+    # are the set-up's commands; see tests/integration/forkhost.py)
+    n = build(tmp_path, song_bytes=200_000, load="1000.00 EUR", deposit="1000.00 EUR", forker=forker)
     yield n
     n.stop()
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forkhost import forker
+from speedprocs import MODULES
 from walkthrough import run_page
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "speed-walkthrough.md"
 
 
 def test_the_speed_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    ran = run_page(DOC, tmp_path, reads=(), min_commands=30)
+    with forker(MODULES) as f:  # (most commands forked: see walkthrough.run_page)
+        ran = run_page(DOC, tmp_path, reads=(), forker=f, min_commands=30)
     bought = tmp_path / "bought"
     got = sorted(p.read_bytes() for p in bought.glob("*-0.bin"))
     assert got == sorted((tmp_path / f).read_bytes() for f in ("song.txt", "news.txt", "film.txt")), got

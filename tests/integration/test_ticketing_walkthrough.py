@@ -13,6 +13,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from forkhost import forker
+from speedprocs import MODULES as SPEED_MODULES
 from walkthrough import run_page
 
 from cardnet.protocols import trace_view as tv
@@ -23,10 +25,14 @@ READS = (" wallet list ", " authority trace ")
 SVG = "{http://www.w3.org/2000/svg}"
 BOB = "b0b000b0b000b0b000b0b000:00000000"
 ALICE = "a11ce0a11ce0a11ce0a11ce0:00000000"
+# what the page's commands import, for the forker most of them are forks of (walkthrough.run_page)
+MODULES = (*SPEED_MODULES, "cardnet.cli.gate", "cardnet.cli.ticketing", "cardnet.cli.wallet_buy",
+           "cardnet.cli.wallet_exchange", "cardnet.cli.wallet_gate")  # fmt: skip
 
 
 def test_the_ticketing_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    ran = run_page(DOC, tmp_path, reads=READS, min_commands=40)
+    with forker(MODULES) as f:  # (most commands forked: see walkthrough.run_page)
+        ran = run_page(DOC, tmp_path, reads=READS, forker=f, min_commands=40)
     refused = next(r for r in ran if " wallet enter " in r.command and "mallory.sock" in r.command)
     assert refused.returncode != 0 and "already used at this gate" in refused.printed, refused
     groups = {}
