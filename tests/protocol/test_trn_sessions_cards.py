@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from trnkit import recover, statuses
+from trnkit import statuses
 from trnworld import PIN, TrnWorld, issue, standard, uid
 
 from cardnet.applets.trn import CANCEL, MINT, SEND, TrnApplet
@@ -62,14 +62,34 @@ def test_session_lost_on_one_side_recovers_and_old_records_are_refused(
     lose_sessions(w, "bob")
     send(w, "alice", "bob", OIDS[2])  # sealed in alice's old session: bob cannot open it and says so
     assert any(m.src == b and sess.FAILED.parse(m)["reason"] == "no_session" for m in failed)
-    assert statuses(w, OIDS[2], "alice", "bob") == {"alice": "disabled+O", "bob": None}
-    recover(w, "alice", "bob")  # alice opens a new session and resends
+    # told that her open session is unknown there, alice opens a new one and resends at once (no recovery round)
     assert statuses(w, OIDS[2], "alice", "bob") == {"alice": None, "bob": "enabled"}
 
     failed.clear()
     w.host.submit(old, HOST)  # a record of the old session, replayed into the new one
     w.run(300)
     assert [sess.FAILED.parse(m)["reason"] for m in failed if m.src == b] == ["bad_record"]
+    for oid in OIDS:
+        assert statuses(w, oid, "alice", "bob") == {"alice": None, "bob": "enabled"}
+
+
+def test_every_record_of_a_lost_session_refused_still_leaves_one_new_session_and_both_transfers_done(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Two transfers sealed in a session bob lost: bob refuses both records (two ``no_session``); the first makes
+    alice start a new session and resend both, the second (about the old session) leaves that handshake alone. Both
+    end without a recovery round."""
+    w = standard(tmp_path, ca)
+    for oid in OIDS:
+        issue(w, oid, "alice")
+    failed: list[Message] = []
+    w.host.observe(lambda m, o: failed.append(m) if m.mtype == sess.FAILED.code else None)
+    send(w, "alice", "bob", OIDS[0])  # a session between them
+    lose_sessions(w, "bob")
+    for oid in OIDS[1:]:  # both sealed in the old session before bob's first refusal comes back
+        w.apps["alice"].send(uid(w, "alice"), SEND, oid=oid, to=uid(w, "bob"))
+    w.run(300)
+    assert [sess.FAILED.parse(m)["reason"] for m in failed if m.src == uid(w, "bob")] == ["no_session"] * 2
     for oid in OIDS:
         assert statuses(w, oid, "alice", "bob") == {"alice": None, "bob": "enabled"}
 

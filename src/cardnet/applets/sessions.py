@@ -6,7 +6,10 @@ at once, otherwise it is queued (in the card's state, so it survives a tear)
 and a handshake is started. When the session opens, the queue is flushed in
 order. Incoming records are opened and handed to ``on_inner``. A peer that
 lost or replaced the session answers ``session.failed``; the card then drops
-its session and starts a new one, keeping the queue.
+its session and starts a new one, keeping the queue; if the peer says it holds
+no session with the card (``no_session``, ``session_ended``) while the card's
+was open, the applet resends what it had under way with the peer at once
+(``on_session_lost``), not at its next recovery.
 
 Freshness (docs/trn.md, "Freshness"): the card's policy is the one written
 at personalisation (the system row ``policy``) tightened by the owner's
@@ -53,6 +56,7 @@ MAX_QUEUE = 64  # inner messages waiting for one peer's session
 # every later step (the recovery that would reopen the session, a mere list) was then refused: stuck for good.
 MAX_QUEUE_BYTES = 16 * 1024
 QUIET = frozenset({"replay", "duplicate", "rekeying"})
+LOST = frozenset({"no_session", "session_ended"})  # session.failed reasons: the peer holds no session with this card
 POLICY = register(0x0206, "session.policy", "session", sess.POLICY_SCHEMA, privileged=True)
 POLICY_IS = register(
     0x0207,
@@ -82,6 +86,11 @@ class SessionApplet(Applet):
 
     def on_blocklist(self, ctx: StepContext, bl: pki.Blocklist) -> None:
         """Called when a newer blocklist was adopted."""
+
+    def on_session_lost(self, ctx: StepContext, peer: Uid) -> None:
+        """Called when ``peer`` said it holds no session with this card while this card's was open (it ended it, or
+        lost it): what this card sent in it was never read. Resend what is under way with ``peer`` (``send_inner``
+        queues it and opens a new session) instead of leaving it to the next recovery."""
 
     # -- freshness policy ----------------------------------------------------------------------
     def policy(self, ctx: StepContext) -> sess.Policy:
@@ -282,7 +291,7 @@ class SessionApplet(Applet):
             elif msg.mtype == sess.RECORD.code:
                 self._record(ctx, peer, params)
             else:
-                self._failed(ctx, peer)
+                self._failed(ctx, peer, str(params.get("reason", "")))
         except ProtocolError as exc:
             # A replayed or reordered record is normal on a lossy network: drop it quietly.
             # Anything else tells the peer to start over (an unauthenticated hint: at worst a DoS,
@@ -382,10 +391,21 @@ class SessionApplet(Applet):
                 ctx.put(b"sf:" + bytes(peer), b"")
             raise
 
-    def _failed(self, ctx: StepContext, peer: Uid) -> None:
-        """The peer refused something of ours: forget the session; recovery opens a new one."""
-        if ctx.get(b"s:" + bytes(peer)) is not None:
-            ctx.delete(b"s:" + bytes(peer))
+    def _failed(self, ctx: StepContext, peer: Uid, reason: str) -> None:
+        """The peer refused something of ours: forget the session; recovery opens a new one.
+
+        If the peer says it holds no session with this card (:data:`LOST`) while this card's was open, what this card
+        sent in it was never read: the applet resends what it has under way with the peer now
+        (:meth:`on_session_lost`). A handshake is never answered that way (a hello is refused for what it shows), so
+        such a refusal while this card's own hello waits is about an older session's record: the handshake stays."""
+        state = self.session(ctx, peer)
+        if state is None:
+            return
+        if reason in LOST and state.initiator and state.phase == sess.WAIT_ACCEPT:
+            return
+        ctx.delete(b"s:" + bytes(peer))
+        if reason in LOST and state.open:
+            self.on_session_lost(ctx, peer)
 
 
 # A record decodes its session's state, then encodes it advanced; a reply sent in the same step decodes it again,

@@ -330,6 +330,19 @@ class TrnApplet(fairx.ExchangeWallet):
     def on_session_open(self, ctx: StepContext, peer: Uid) -> None:
         self.fairx_on_session_open(ctx, peer)
 
+    def on_session_lost(self, ctx: StepContext, peer: Uid) -> None:
+        """The transfers under way with ``peer`` resent (and, if it is the authority, the traces awaited), as recovery
+        would resend them: a gate that pruned the session, say, decides the copy now, not at the next recovery."""
+        authority = self.authority(ctx)
+        for key, raw in ctx.scan(b"t:"):
+            oid = key[2:]
+            h = tr.Holding.decode(oid, raw)
+            if h.status is tr.Status.DISABLED and h.peer == peer:
+                out = tr.apply(h, tr.Event("recover", h.peer, sign=self._signer(ctx)), oid)
+                self._send_all(ctx, peer, oid, out.send)
+            elif h.status is tr.Status.TRUSTLESS and peer == authority:
+                self._trace(ctx, oid, h)
+
     def _list(self, ctx: StepContext, oid: bytes | None) -> None:
         if oid is not None:
             h = holding_of(ctx, oid)
