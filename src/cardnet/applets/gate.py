@@ -29,7 +29,7 @@ The memory of the committed transfer (``d:<peer><nonce>``, the TRN wallet's) sta
 gate's ``committed`` resends its commit and must hear ``committed ok``. It also ends the open sessions with holders'
 cards (not the authority's) opened before ``before_ms`` with nothing queued for them, as ``session.rekey`` would, and
 tells each card (``session.failed session_ended``): its next presentation handshakes again at once, instead of going
-in the ended session and waiting for its recovery to resend it. Then it forgets the refused transfers
+in the ended session first. Then it forgets the refused transfers
 (``n:<peer><nonce>``, the TRN wallet's memory that gives a resent copy the same answer) of every card it now holds no
 session with: a copy of a transfer can only come inside a session, and one resent in a new session comes from a card
 that never heard the refusal, whose transfer is still open (judged afresh, by the same rules). At most
@@ -579,8 +579,8 @@ class GateApplet(TrnApplet):
                 ctx.delete(key)
                 freed += len(key) + len(raw)
                 sessions += 1
-                # tell the holder's card, or its next presentation would go in the ended session: refused
-                # (no_session), the copy lost until its recovery resends it (seconds at a gate, with a person waiting)
+                # tell the holder's card: its next presentation opens a new session (untold, it goes in the ended one,
+                # is refused no_session, and is sent again in a new session: a round trip later)
                 ctx.emit(
                     sess.FAILED, peer, reason=SESSION_ENDED, detail="the gate pruned this idle session: open a new one"
                 )
