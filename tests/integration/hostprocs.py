@@ -22,7 +22,17 @@ from cardnet.crypto import pki, profile
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 
-__all__ = ["PINS", "ForkedService", "HostProc", "Service", "cardnet", "free_port", "make_hosts", "write_host_tls"]
+__all__ = [
+    "PINS",
+    "ForkedCli",
+    "ForkedService",
+    "HostProc",
+    "Service",
+    "cardnet",
+    "free_port",
+    "make_hosts",
+    "write_host_tls",
+]
 
 PINS = {"a": "1111", "b": "2222", "c": "3333"}
 
@@ -68,6 +78,27 @@ def cardnet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check:
         assert r.returncode == 0, f"cardnet {' '.join(args)} failed: {r.stdout}{r.stderr}"
     return r
+
+
+class ForkedCli:
+    """``cardnet ARGS`` as :func:`cardnet` runs it, but as a fork of ``forker`` (tests/integration/forkhost.py,
+    ``Forker.run``: the same arguments through the same entry point, in this directory and environment, a process of
+    its own, its exit status and output), not a new Python process importing cardnet; every ``fresh_every``-th
+    command is a new process all the same."""
+
+    def __init__(self, forker: Forker, fresh_every: int = 4) -> None:
+        self.forker = forker
+        self.fresh_every = fresh_every
+        self.runs = 0
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        self.runs += 1
+        if self.runs % self.fresh_every == 0:
+            return cardnet(*args, check=check)
+        code, out, err = self.forker.run(list(args), dict(os.environ), os.getcwd(), 120.0)
+        if check:
+            assert code == 0, f"cardnet {' '.join(args)} failed: {out}{err}"
+        return subprocess.CompletedProcess(["cardnet", *args], code, out, err)
 
 
 class Service:

@@ -16,8 +16,9 @@ import contextlib
 import json
 import os
 import random
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import forkhost
 import httpx
 import pytest
 from forkhost import Forker
-from hostprocs import Service, cardnet
+from hostprocs import ForkedCli, Service, cardnet
 from killwindow import PointWindow
 
 from cardnet.applets.authority import ADD_AGENT
@@ -67,6 +68,7 @@ class World:
     broker_cert: bytes
     vendor_cert: bytes
     roots: list[bytes]
+    cardnet: Callable[..., subprocess.CompletedProcess[str]] = cardnet  # `cardnet ARGS` (the fixture's: forked)
 
     @property
     def url(self) -> str:
@@ -79,9 +81,10 @@ class World:
         return self.broker.address
 
 
-# what the ticketing server and the buyers' hosts import, for the forker they restart from
+# what the ticketing server, the buyers' hosts and `cardnet wallet buy` import, for the forker they start from
 MODULES = (
-    *forkhost.HOST_MODULES,
+    *forkhost.CLI_MODULES,
+    "cardnet.cli.wallet_buy",
     "cardnet.cli.ticketing",
     "cardnet.services.ticketing.server",
     "cardnet.applets.speed.purse",
@@ -121,7 +124,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, forker: Forker) -> Iterator[
     # tenth is a fork of the forker (tests/integration/forkhost.py), a process of its own all the same
     forkhost.forked(net.hosts, forker)
     tickets = forkhost.ForkedHost.of(tickets, forker)
-    w = World(net, tickets, broker, bcert, vcert, roots)
+    w = World(net, tickets, broker, bcert, vcert, roots, ForkedCli(forker))  # (and 3 of 4 commands: forks)
     with net:
         try:
             broker.start()
@@ -422,20 +425,20 @@ def _wallet_config(w: World, buyer: str) -> str:
 
 def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: World) -> None:
     erin = ("--config", _wallet_config(world, "erin"), "--pin", PIN, "--json")
-    got = json.loads(cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin).stdout)
+    got = json.loads(world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin).stdout)
     assert got["state"] == "enabled" and got["price"] == "25.00 EUR" and got["seat"] == "D3"
     assert asyncio.run(world.net.tokens("erin"))[bytes.fromhex(got["oid"])] == "enabled"
     shown = world.tickets.log()  # the operator's screen: each sale paid, each ticket delivered
     assert "paid (seat final/D3)" in shown and "ticket final/D3 delivered to" in shown, shown[-2000:]
-    again = json.loads(cardnet("wallet", "buy", world.url, "--poid", got["poid"], *erin).stdout)
+    again = json.loads(world.cardnet("wallet", "buy", world.url, "--poid", got["poid"], *erin).stdout)
     assert again["state"] == "enabled" and again["oid"] == got["oid"]  # delivered already: nothing more to do
     fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")
-    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *fay, check=False)
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *fay, check=False)
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "seat_sold"
-    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", "--limit", "5.00 EUR", *fay,
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", "--limit", "5.00 EUR", *fay,
                 check=False)  # fmt: skip
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"
-    r = cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
+    r = world.cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
     assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -444,11 +447,11 @@ def test_a_purse_that_cannot_pay_is_refused_before_the_seat_is_held(world: World
     and the seat stays free. Before, the vendor billed her, claiming the seat for that sale, then her card refused to
     pay: the seat stayed held for good by a bill nobody pays (SPEED bills carry no deadline)."""
     carol = ("--config", _wallet_config(world, "carol"), "--pin", PIN)
-    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, "--json", check=False)
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, "--json", check=False)
     error = json.loads(r.stdout)["error"]
     assert r.returncode != 0 and error["reason"] == "insufficient", r.stdout
     assert "holds 0.00 EUR, the seat costs 25.00 EUR" in error["message"] and "wallet load" in error["hint"]
-    r = cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, check=False)
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "E1", *carol, check=False)
     assert r.returncode != 0 and "nothing was bought" in r.stderr and "Traceback" not in r.stderr
     seat = httpx.get(world.url + "/events/final?seat=E1").json()["seats"]
     assert seat == [{"seat": "E1", "product": "final/E1", "free": True}]
@@ -465,10 +468,10 @@ def test_wallet_buy_at_an_address_where_no_ticketing_server_answers_says_so(worl
     speed = str(json.loads(world.tickets.ready_line)["ready"]["speed"])
 
     def refused(address: str, *how: str) -> tuple[dict[str, Any], str]:
-        r = cardnet("wallet", "buy", f"http://{address}", *how, *dan, "--json", check=False)
+        r = world.cardnet("wallet", "buy", f"http://{address}", *how, *dan, "--json", check=False)
         error = json.loads(r.stdout)["error"]
         assert r.returncode == 2 and "check the address" in error["hint"], r.stdout
-        human = cardnet("wallet", "buy", f"http://{address}", *how, *dan, check=False)
+        human = world.cardnet("wallet", "buy", f"http://{address}", *how, *dan, check=False)
         assert human.returncode == 2 and error["message"] in human.stderr and error["hint"] in human.stderr
         for internals in ("Traceback", "h11", "event type", "illegal", "Errno"):
             assert internals not in r.stdout + human.stderr, internals
