@@ -36,6 +36,16 @@ def check_socket(socket: str) -> None:
 NO_HOST_HINT = "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?"
 
 
+_NAME_CARD = "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)"
+# What to do when the host gives no port on the card (host.refused's code, the host's HostError reason).
+OPENING_HINTS = {
+    "no_card": _NAME_CARD,
+    "no_port": _NAME_CARD,
+    "store_failed": "free space on the disk that holds the card's store (the host's log names it), then repeat the "
+    "command",
+}
+
+
 def run_on_card(
     socket: str,
     pin: str | None,
@@ -54,8 +64,7 @@ def run_on_card(
         except OSError as exc:
             fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
         except HostError as exc:
-            hint = "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)"
-            fail(f"the host refused: {exc}", reason=exc.reason, hint=hint)
+            fail(f"the host refused: {exc}", reason=exc.reason, hint=OPENING_HINTS.get(exc.reason))
         async with app:
             if login:
                 await verify_pin(app, card_pin(pin))
@@ -86,11 +95,8 @@ def run_on_wallet(
         try:
             wallet = await Wallet.open(socket, pin=code, card=parse_domain(card))
         except WalletError as exc:
-            opening = {
-                "no_host": NO_HOST_HINT,
-                "wrong_pin": "check the PIN; at 0 tries the card locks",
-                "no_port": "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)",
-            }
+            opening = {"no_host": NO_HOST_HINT, "wrong_pin": "check the PIN; at 0 tries the card locks"}
+            opening.update(OPENING_HINTS)
             if exc.reason in opening:
                 fail(str(exc), reason=exc.reason, hint=opening[exc.reason])
             message, refusal_hint = card_refusal(exc.reason, str(exc))
@@ -126,10 +132,14 @@ async def answer(app: Any, mtype: Any, hints: dict[str, str] | None = None) -> d
     """The card's answer of ``mtype`` (other messages are skipped); a refusal fails in its owner's words
     (:func:`~cardnet.cli.output.card_refusal`), with this command's hint for that reason if ``hints`` has one."""
     from cardnet.card import mtypes as cm
+    from cardnet.host import mtypes as hm
 
     async with asyncio.timeout(ANSWER_TIMEOUT_S):
         while True:
             msg = await app.recv()
+            if msg.mtype == hm.UNDELIVERABLE.code and msg.src == app.uid.card_uid():
+                why = hm.UNDELIVERABLE.parse(msg)["reason"]
+                fail(f"the host could not give the order to the card: {why}", reason="undeliverable")
             if msg.mtype == cm.REFUSED.code:
                 p = cm.REFUSED.parse(msg)
                 message, hint = card_refusal(p["reason"], p["detail"])

@@ -47,8 +47,8 @@ class AppClient:
         answer = await conn.recv()
         if answer.mtype != hm.ACQUIRED.code:
             await conn.aclose()
-            reason = hm.REFUSED.parse(answer)["reason"] if answer.mtype == hm.REFUSED.code else "no answer"
-            raise HostError("no_port", f"the host gave no port: {reason}")
+            refused = hm.REFUSED.parse(answer) if answer.mtype == hm.REFUSED.code else {"reason": "no answer"}
+            raise HostError(refused.get("code") or "no_port", f"the host gave no port: {refused['reason']}")
         return cls(conn, hm.ACQUIRED.parse(answer)["uid"])
 
     async def send(self, dst: Uid, mtype: MType, /, **fields: Any) -> Message:

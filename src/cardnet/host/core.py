@@ -99,6 +99,14 @@ CARD = Origin("card")
 HOST = Origin("host")
 
 
+def store_failed(card: Card, exc: StoreError) -> str:
+    """Why a card could not take a step whose commit failed, and what to do (the reason a refusal carries)."""
+    return (
+        f"card {card.uid} cannot write its store: free space on its disk (or mend the disk) and try again; "
+        f"nothing was lost ({exc})"
+    )
+
+
 @dataclass(slots=True)
 class _Entry:
     msg: Message
@@ -216,7 +224,10 @@ class Host:
 
     def allocate_port(self, domain: bytes | None = None, now: float = 0.0) -> Uid:
         card = self.card(domain)
-        outs = card.step(cm.PORT_REQUEST.make(Uid(card.uid.domain, HOST_PORT), card.uid), now)
+        try:
+            outs = card.step(cm.PORT_REQUEST.make(Uid(card.uid.domain, HOST_PORT), card.uid), now)
+        except StoreError as exc:
+            raise HostError("store_failed", store_failed(card, exc)) from None
         for out in outs:
             if out.seq is not None:
                 card.ack([out.seq])
@@ -408,7 +419,7 @@ class Host:
         try:
             results = card.step_many([e.msg for e in batch], now)
         except StoreError as exc:
-            log.error("%s: card %s could not step (%s): %d messages lost", self.name, card.uid, exc, len(batch))
+            self._store_failed(card, batch, exc)
             return
         admit = self._admit
         cards = self.cards
@@ -436,6 +447,22 @@ class Host:
 
         if card.used_bytes >= CAPACITY_CLEAR * card.capacity_bytes or card.uid.domain in self._fill_level:
             self._watch_fill(card)
+
+    def _store_failed(self, card: Card, batch: list[_Entry], exc: StoreError) -> None:
+        """``card`` could not commit ``batch`` (its store cannot be written: a full disk, an I/O error); the card is
+        as it was before the batch. Nothing in it is acknowledged: a card's or a remote host's message stays in its
+        sender's outbox and comes again (``resend_unacked``); an application's order is answered with
+        ``host.undeliverable`` saying why, as the application sent it once."""
+        reason = store_failed(card, exc)
+        told = 0
+        for e in batch:
+            if e.origin.kind == "app":
+                self._undeliverable(e, reason)
+                told += 1
+        log.error(
+            "%s: %s; %d message(s) not taken (their senders send them again), %d application order(s) refused",
+            self.name, reason, len(batch) - told, told,
+        )  # fmt: skip
 
     def _watch_fill(self, card: Card) -> None:
         """Warn once when ``card`` fills ``CAPACITY_WARN`` of its capacity, once more at ``CAPACITY_ALARM``."""

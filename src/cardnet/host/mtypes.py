@@ -26,7 +26,10 @@ REFUSED = register(
     0x0112,
     "host.refused",
     "host",
-    Schema("host.refused", [Field(0, "mtype", UInt(0xFFFF)), Field(1, "reason", Text(200))]),
+    Schema(
+        "host.refused",
+        [Field(0, "mtype", UInt(0xFFFF)), Field(1, "reason", Text(200)), Field(2, "code", Text(32), optional=True)],
+    ),
 )
 # An application asks its host (dst: its card's domain, port 0xffffffff) whether a card domain can be reached:
 # ``where`` is ``local`` (a card of this host), ``route`` (a configured route; ``address``) or ``none``; and

@@ -571,7 +571,8 @@ class HostServer:
             try:
                 uid = self.host.allocate_port(domain, time.time())
             except HostError as exc:
-                await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=str(exc)[:200]))
+                why = str(exc)[:200]
+                await conn.send(hm.REFUSED.make(first.dst, first.src, mtype=first.mtype, reason=why, code=exc.reason))
                 return
 
             outbox = AppOutbox(uid, conn.limits.max_frame, self.config.name)

@@ -443,15 +443,23 @@ class Wallet:
         return got
 
     def _deliver(self, msg: Message) -> None:
-        """An answer to the oldest order waiting for it (see the module); one that no order waits for is dropped."""
-        refused = msg.mtype == cm.REFUSED.code
-        p = cm.REFUSED.parse(msg) if refused else None
+        """An answer to the oldest order waiting for it (see the module); one that no order waits for is dropped.
+        A card's refusal, or the host's ``host.undeliverable`` notice for an order it could not give the card (its
+        store cannot be written, say), fails the oldest order of that type."""
+        failed: WalletError | None = None
+        if msg.mtype == cm.REFUSED.code:
+            p = cm.REFUSED.parse(msg)
+            failed = WalletError(p["reason"], p["detail"] or p["reason"])
+        elif msg.mtype == hm.UNDELIVERABLE.code and msg.src == self.card:
+            p = hm.UNDELIVERABLE.parse(msg)
+            failed = WalletError("undeliverable", f"the host could not give the order to the card: {p['reason']}")
+        code = msg.mtype if failed is None else p["mtype"]  # the answer's type, or the failed order's
         for order in self._waiting:
-            if order.answer.done() or (order.mtype != p["mtype"] if p is not None else order.reply.code != msg.mtype):
+            if order.answer.done() or (order.reply.code if failed is None else order.mtype) != code:
                 continue
             self._waiting.remove(order)
-            if p is not None:
-                order.answer.set_exception(WalletError(p["reason"], p["detail"] or p["reason"]))
+            if failed is not None:
+                order.answer.set_exception(failed)
             else:
                 try:
                     order.answer.set_result(dict(order.reply.parse(msg)))
