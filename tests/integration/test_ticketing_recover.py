@@ -41,13 +41,13 @@ def test_new_sales_send_their_tickets_without_a_recovery_and_a_retry_recovers(
             await net.setup()
             assert server.wallet is not None and server.store is not None
             recovers = [0]
-            recover = server._recover
+            recover = server.wallet.recover
 
-            async def counted(oid: bytes) -> Any:
+            async def counted(oid: bytes | None = None) -> Any:
                 recovers[0] += 1
                 return await recover(oid)
 
-            monkeypatch.setattr(server, "_recover", counted)
+            monkeypatch.setattr(server.wallet, "recover", counted)
             bought = []
             async with await net.wallet("b0") as w0, await net.wallet("b1") as w1:
                 for w, name, seats in ((w0, "b0", ("A1", "A2")), (w1, "b1", ("B1", "B2"))):

@@ -307,9 +307,10 @@ class Wallet:
         """What the host knows about reaching ``domain`` (``host.route_is``: where, and a recent failure)."""
         return await self._order(Uid(self.app.uid.domain, HOST_PORT), hm.ROUTE, hm.ROUTE_IS, {"domain": domain})
 
-    async def recover(self) -> None:
-        """Resend whatever transfers and exchanges wait for (the host also does it on its timer; no answer)."""
-        await self.app.send(self.card, RECOVER)
+    async def recover(self, oid: bytes | None = None) -> None:
+        """Resend whatever transfers and exchanges wait for (the host also does it on its timer; no answer); with
+        ``oid``, what token ``oid``'s transfer waits for alone (re-signed if at the commit), not every other one."""
+        await self.app.send(self.card, RECOVER, **({} if oid is None else {"oid": oid}))
 
     # -- exchanges (fairx) -----------------------------------------------------------------------------
     async def offer(self, give: bytes, want: bytes, to: Uid) -> Exchange:

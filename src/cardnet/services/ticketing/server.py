@@ -35,7 +35,7 @@ from html import escape
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from cardnet.applets.trn import GONE, RECOVER
+from cardnet.applets.trn import GONE
 from cardnet.crypto.errors import CryptoError, PkiError
 from cardnet.host.config import load_config as load_host_config
 from cardnet.host.errors import HostError
@@ -360,7 +360,7 @@ class TicketingServer:
             async with asyncio.timeout(self.config.transfer_timeout_s), self.wallet.subscription() as changes:
                 t, started = await self._send(t)
                 if not started:  # a retry: resend at once what this ticket's transfer waits for (its own alone: a
-                    await self._recover(t.oid)  # full recover re-signs every transfer under way on the device)
+                    await self.wallet.recover(t.oid)  # full recover re-signs every transfer under way on the device)
                 v = await self._device_token(t.oid)
                 while not carry.done():
                     if v is None:
@@ -402,12 +402,6 @@ class TicketingServer:
         finally:
             if not lock.locked():
                 self._sending.pop(t.poid, None)
-
-    async def _recover(self, oid: bytes) -> None:
-        """``trn.recover {oid}`` to the device: ticket ``oid``'s transfer alone resent (re-signed if at the commit),
-        its trace or its peer's session restarted; not every other transfer under way (no answer)."""
-        assert self.wallet is not None
-        await self.wallet.app.send(self.wallet.card, RECOVER, oid=oid)
 
     async def _device_token(self, oid: bytes) -> Voucher | None:
         """The device's holding of ``oid`` (None: not there: never minted, or delivered)."""
