@@ -499,3 +499,26 @@ def test_a_wallet_without_config_or_with_a_pin_in_it_says_what_to_do(tmp_path: P
                         "--pin", "1234", *bad)  # fmt: skip
         assert usage["reason"] == "usage" and bad[0] in usage["message"], usage
     assert not (tmp_path / "w").exists()  # nothing was made
+
+
+def test_a_purse_full_of_payments_under_way_says_in_wallet_words_what_finishes_them(world: World) -> None:
+    """Sixteen `wallet pay speed` whose payments never reached the broker (a wrong --broker) fill carol's purse's
+    debits under way: the 17th is refused `debits_pending`, and the advice names `cardnet wallet recover` (this
+    wallet's command, not `cardnet speed recover --out DIR`) and `cardnet speed purse end-debits`; after those the
+    purse pays again."""
+    carol = world.people["carol"]
+    assert ok(*carol.cmd("load", "--amount", "20.00 EUR"))["balances"]["EUR"] >= 2000
+    wrong = f"127.0.0.1:{free_port()}"
+    pay = (*carol.cmd("pay", "speed", "--vendor", world.vendor.address, "--product", SONG, "--limit", "3.00 EUR",
+                      "--aggressive"),)  # fmt: skip
+    for _ in range(16):
+        assert refused(*pay, "--broker", wrong)["reason"] == "unreachable"
+    full = refused(*pay)
+    assert full["reason"] == "debits_pending", full
+    assert "cardnet wallet recover" in full["hint"] and "cardnet speed purse end-debits" in full["hint"], full
+    assert "--out DIR" not in full["hint"], full
+    broker = str(world.broker.address)
+    ended = ok("speed", "purse", "end-debits", "--socket", carol.host.socket, "--broker", broker)
+    assert len(ended["ended"]) == 16 and ended["authorised"] == 0, ended
+    ok(*carol.cmd("recover"))  # drops the 16 purchases whose debits ended (nothing was paid for them)
+    assert ok(*pay)["price"] == "2.50 EUR"

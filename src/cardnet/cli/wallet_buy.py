@@ -14,6 +14,12 @@ import click
 from cardnet.cli.output import console, emit_json, fail, progress
 from cardnet.cli.wallet import WAIT_S, Target, wallet_command
 
+# The e-purse holds 16 debits under way at most (docs/speed.md, "A debit no purchase will finish").
+DEBITS_PENDING_HINT = (
+    "your e-purse has 16 payments under way: `cardnet wallet recover` finishes those of your purchases; then "
+    "`cardnet speed purse end-debits --socket SOCKET --broker HOST:PORT` ends those no purchase is left to finish "
+    "(nothing was paid for them)"
+)
 BUY_HINTS = {
     "seat_sold": "someone bought that seat first (nothing was paid): choose another; the server's page lists the "
     "free ones",
@@ -21,6 +27,7 @@ BUY_HINTS = {
     "no_event": "the server's page lists its events",
     "unpaid": "this sale is not paid: `cardnet wallet recover` pays a delivered purchase, then buy with --poid again",
     "insufficient": "load your e-purse first: `cardnet wallet load --amount '50.00 EUR'`",
+    "debits_pending": DEBITS_PENDING_HINT,
     "over_limit": "raise --limit, or leave it out to pay the server's price",
     "not_ticketing": "check the address: give the ticketing server's http://HOST:PORT (`cardnet ticketing run` "
     "prints it: 'ready NAME http://HOST:PORT speed ...'), not its speed port or a host's port",

@@ -33,6 +33,7 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
     """Buy products from a SPEED vendor: negotiate, receive them encrypted, pay, get the key with the receipt.
     They are written, with the receipt, to the wallet's purchases folder."""
     from cardnet.cli.speed import purchase
+    from cardnet.cli.wallet_buy import DEBITS_PENDING_HINT
 
     cfg = target.config
     broker = broker or cfg.need("broker", "--broker", "broker")
@@ -41,7 +42,8 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
     account = cfg.need("account", "--account", "account at the broker") if from_account else None
     out = Path(cfg.get("purchases") or "purchases")
     later = {"unreachable": "if the vendor delivered, the purchase waits in your wallet (`cardnet wallet show`): "
-             "`cardnet wallet recover` pays it once the broker is back, never twice"}  # fmt: skip
+             "`cardnet wallet recover` pays it once the broker is back, never twice",
+             "debits_pending": DEBITS_PENDING_HINT}  # fmt: skip
     result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
                       aggressive, account, out, later)  # fmt: skip
     if as_json:
