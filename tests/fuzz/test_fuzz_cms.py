@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from fuzzing import fuzz_settings, mutations
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -145,3 +146,59 @@ def test_the_fast_path_passes_a_changed_or_foreign_certificate_on_to_the_full_pa
             assert err.reason == "bad_cms"
         else:
             raise AssertionError("verified under the wrong certificate")
+
+
+# A second signer whose certificate has other lengths (a long name): templates are per certificate.
+LONG_KEY = profile.generate_private_key(random.Random(5).randbytes)
+LONG_CERT_DER = pki.cert_to_der(
+    CA.issue(Role.DEVICE, Uid(b"\x05" * 12, 0), LONG_KEY.public_key(), now=NOW, name="a till " + "x" * 56)
+)
+SIGNERS = [(CERT_DER, KEY), (LONG_CERT_DER, LONG_KEY)]
+
+
+def _contents() -> st.SearchStrategy[bytes]:
+    """Any content: short ones drawn byte by byte, long ones (past DER's 1-, 2- and 3-byte lengths) at random."""
+    big = st.integers(0, 70_000).flatmap(lambda n: st.randoms(use_true_random=False).map(lambda r: r.randbytes(n)))
+    return st.binary(max_size=400) | big
+
+
+@FUZZ
+@given(
+    _contents(),
+    st.sampled_from(SIGNERS),
+    st.booleans(),
+    st.integers(1, 2**256 - 1) | st.integers(1, 2**64),  # r and s: DER drops their leading zeros
+    st.integers(1, 2**256 - 1) | st.integers(1, 2**64),
+    st.one_of(st.none(), st.binary(max_size=200)),  # or any bytes (what verify's fast path rebuilds from)
+)
+def test_the_encoding_is_byte_for_byte_what_asn1crypto_builds(
+    content: bytes, signer: tuple[bytes, profile.PrivateKey], with_cert: bool, r: int, s: int, other: bytes | None
+) -> None:
+    """``cms._encode`` fills the certificate's one template (lengths recomputed) instead of building the
+    SignedData with asn1crypto: for any content and signature it is asn1crypto's encoding exactly."""
+    cert_der, _ = signer
+    signature = encode_dss_signature(r, s) if other is None else other
+    cert, _, _ = cms._asn1_cert(cert_der)
+    expected = cms._build(content, cert, signature, with_cert=with_cert)
+    assert cms._encode(content, cert_der, signature, with_cert=with_cert) == expected
+
+
+@fuzz_settings(50, deadline_s=None, large_data=True)
+@given(_contents(), st.sampled_from(SIGNERS), st.booleans())
+def test_sign_makes_what_asn1crypto_builds_and_verify_takes_it(
+    content: bytes, signer: tuple[bytes, profile.PrivateKey], with_cert: bool
+) -> None:
+    cert_der, key = signer
+    made: list[bytes] = []
+
+    def sign(data: bytes) -> bytes:
+        made.append(profile.sign(key, data))
+        return made[-1]
+
+    der = cms.sign(content, cert_der, sign, with_cert=with_cert)
+    half = len(made[0]) // 2
+    signature = encode_dss_signature(int.from_bytes(made[0][:half], "big"), int.from_bytes(made[0][half:], "big"))
+    cert, _, _ = cms._asn1_cert(cert_der)
+    assert der == cms._build(content, cert, signature, with_cert=with_cert)
+    assert cms.verify(der, cert_der=None if with_cert else cert_der) == cms.Signed(content, cert_der)
+    assert cms._verify_parsed(der, None if with_cert else cert_der) == cms.Signed(content, cert_der)

@@ -17,7 +17,9 @@ The one shape :func:`sign` makes and :func:`verify` accepts (anything else is re
 Without signed attributes the signature is over the content itself (RFC 5652 section 5.4), so a card signs
 the content with its own key (``StepContext.sign``) and the result is deterministic: no signing time, no clock.
 
-The structure is built and parsed with ``asn1crypto``; nothing here encodes ASN.1 by hand. :func:`verify`
+The structure is built and parsed with ``asn1crypto``: built once per certificate as a template whose two OCTET
+STRING values (content, signature) are filled in and whose enclosing DER lengths are recomputed (checked against
+asn1crypto's own encoding when made, so the bytes are asn1crypto's for any length). :func:`verify`
 accepts exactly the bytes :func:`sign` would make for the same content, certificate and signature (strict DER,
 one encoding per object) and does not check the certificate chain: callers do that with
 :mod:`cardnet.crypto.pki`.
@@ -112,39 +114,95 @@ def _build(content: bytes, cert: Any, signature_der: bytes, *, with_cert: bool) 
     return out
 
 
-_MIN_SPLICE = 16  # shorter content or signature: built whole (a marker that short might occur elsewhere)
+# A template: the DER of one element as (tag, parts), each part constant bytes, a slot (0: the content, 1: the
+# signature) or an inner template whose length is worked out again when encoded.
+_Tpl = tuple[int, list[Any]]
+_CONTENT, _SIGNATURE = 0, 1
+_MARK_CONTENT, _MARK_SIGNATURE = 300, 72  # the markers' lengths when the template is made (any would do)
 
 
-@functools.lru_cache(maxsize=1024)
-def _template(cert_der: bytes, with_cert: bool, content_len: int, signature_len: int) -> tuple[bytes, int, int] | None:
-    """asn1crypto's encoding of this shape for a content and a signature of these lengths (random markers in
-    their place) and where the two lie in it; None if a marker is not found exactly once.
+def _der_length(n: int) -> bytes:
+    """DER's length octets: short form below 128, else the fewest big-endian bytes after 0x80 | their count."""
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
 
-    DER encodes an OCTET STRING's bytes as they are and its length in its header, so the encoding of any content
-    and signature of the same lengths is this template with the two ranges replaced: building it costs a splice
-    instead of asn1crypto's object building (the SPEED benchmark signs and checks several of these a purchase).
+
+def _fill(tpl: _Tpl, slots: tuple[bytes, bytes]) -> bytes:
+    """The element ``tpl`` describes with ``slots`` in its slots (every enclosing length recomputed)."""
+    tag, parts = tpl
+    body = b"".join(p if isinstance(p, bytes) else slots[p] if isinstance(p, int) else _fill(p, slots) for p in parts)
+    return bytes((tag,)) + _der_length(len(body)) + body
+
+
+def _split(der: bytes, start: int, end: int, slots: dict[int, tuple[int, int]]) -> list[Any] | None:
+    """The elements in ``der[start:end]`` as template parts, given where each slot's value lies (slot -> its
+    start and end); None if a slot is not exactly one element's value (the template cannot be made)."""
+    parts: list[Any] = []
+    pos = start
+    while pos < end:
+        tag, vs, ve = _tlv(der, pos, end)
+        if tag & 0x1F == 0x1F:  # a high tag number: not in this shape
+            return None
+        inside = [k for k, (a, b) in slots.items() if pos < b and a < ve]  # slots overlapping this element
+        if not inside:
+            if parts and isinstance(parts[-1], bytes):
+                parts[-1] += der[pos:ve]
+            else:
+                parts.append(der[pos:ve])
+        elif len(inside) == 1 and slots[inside[0]] == (vs, ve):
+            parts.append((tag, [inside[0]]))
+        elif tag & 0x20 and all(vs <= slots[k][0] and slots[k][1] <= ve for k in inside):  # constructed: go in
+            inner = _split(der, vs, ve, slots)
+            if inner is None:
+                return None
+            parts.append((tag, inner))
+        else:
+            return None
+        pos = ve
+    return parts
+
+
+@functools.lru_cache(maxsize=256)
+def _template(cert_der: bytes, with_cert: bool) -> _Tpl | None:
+    """The shape asn1crypto encodes for this certificate, with the content's and the signature's OCTET STRING
+    values as slots; None if it cannot be made (then :func:`_encode` has asn1crypto build every encoding).
+
+    DER encodes an OCTET STRING's bytes as they are, and every length as the minimal count of the bytes inside,
+    so the encoding of any content and signature is this template filled: the two values, and the lengths of
+    the elements that hold them recomputed. It is made once per certificate from asn1crypto's own encoding (with
+    random markers in the slots) and checked against asn1crypto for markers of two other lengths, so sign and
+    verify never need asn1crypto's object building whatever the content's or the signature's length.
     """
-    if content_len < _MIN_SPLICE or signature_len < _MIN_SPLICE:
-        return None
     cert, _, _ = _asn1_cert(cert_der)
-    mark_c, mark_s = os.urandom(content_len), os.urandom(signature_len)
+    mark_c, mark_s = os.urandom(_MARK_CONTENT), os.urandom(_MARK_SIGNATURE)
     built = _build(mark_c, cert, mark_s, with_cert=with_cert)
     if built.count(mark_c) != 1 or built.count(mark_s) != 1:
-        return None
+        return None  # (random markers this long: never)
     i, j = built.find(mark_c), built.find(mark_s)
-    if not i + content_len <= j:  # the content comes before the SignerInfo's signature
+    try:
+        tag, vs, ve = _tlv(built, 0, len(built))
+        parts = _split(built, vs, ve, {_CONTENT: (i, i + len(mark_c)), _SIGNATURE: (j, j + len(mark_s))})
+    except ValueError:
         return None
-    return built, i, j
+    if parts is None or ve != len(built):
+        return None
+    tpl: _Tpl = (tag, parts)
+    for c_len, s_len in ((0, 70), (130, 3)):  # other lengths, across DER's short/long length forms
+        c, s = os.urandom(c_len), os.urandom(s_len)
+        if _fill(tpl, (c, s)) != _build(c, cert, s, with_cert=with_cert):
+            return None
+    return tpl if _fill(tpl, (mark_c, mark_s)) == built else None
 
 
 def _encode(content: bytes, cert_der: bytes, signature_der: bytes, *, with_cert: bool) -> bytes:
-    """The DER ContentInfo :func:`_build` makes, from a cached template when one fits."""
-    tpl = _template(cert_der, with_cert, len(content), len(signature_der))
+    """The DER ContentInfo :func:`_build` makes, from the certificate's template (asn1crypto only if none)."""
+    tpl = _template(cert_der, with_cert)
     if tpl is None:
         cert, _, _ = _asn1_cert(cert_der)
         return _build(content, cert, signature_der, with_cert=with_cert)
-    t, i, j = tpl
-    return t[:i] + content + t[i + len(content) : j] + signature_der + t[j + len(signature_der) :]
+    return _fill(tpl, (content, signature_der))
 
 
 @functools.lru_cache(maxsize=256)
@@ -421,7 +479,7 @@ def _verify_canonical(der: bytes, cert_der: bytes | None) -> Signed | None:
     except (ValueError, IndexError):
         return None
     signer_der = cert_der if cert_der is not None else embedded
-    if signer_der is None or len(content) < _MIN_SPLICE or len(signature) < _MIN_SPLICE:
+    if signer_der is None:
         return None
     try:
         if _encode(content, signer_der, signature, with_cert=embedded is not None) != der:
