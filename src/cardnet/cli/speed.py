@@ -42,6 +42,8 @@ HINTS = {
     "no_agreement": "raise --limit, or try again later",
     "over_limit": "raise --limit; without --aggressive the vendor may come down to its floor",
     "unreachable": "is the service running at that HOST:PORT?",
+    "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: try again "
+    "once its operator has freed space; a load under way stays in the purse (cardnet speed purse finish ...)",
     "unknown_account": "check --account: it names your account at the broker (the one opened for your card)",
     "loads_pending": "finish them when the broker can: cardnet speed purse finish --broker HOST:PORT --account ACCOUNT",
     "debits_pending": "finish the payments under way first: cardnet speed recover --out DIR --ca-cert CA_PEM (DIR: "
@@ -578,6 +580,9 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         "unreachable": f"is the service running at that HOST:PORT? If the vendor delivered already, the purchase waits "
         f"in {out}: once the broker is reachable, `cardnet speed recover --out {out} --broker HOST:PORT ...` pays it "
         "(--broker: the broker's right address, if the one given was wrong)",
+        "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: once its "
+        f"operator has freed space, buy again, or, if the broker refused, `cardnet speed recover --out {out} ...` pays "
+        "the purchase the vendor delivered (it waits there)",
     }
     result = purchase(socket, pin, card, vendor_addr, broker, broker_cert, ca_cert, products, limit, aggressive,
                       account, out, later)  # fmt: skip

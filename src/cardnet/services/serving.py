@@ -16,6 +16,13 @@ the core still sees one request at a time (one thread, one after another): its i
   server logs it and closes that connection).
 * If the group's commit fails, nothing of it was kept: every request of the group gets the error, and no
   frame of any of them is sent.
+* A request that fails because the store cannot be written (a :class:`~cardnet.store.StoreError`: a full disk, a
+  file-size limit, a failing disk; the group's commit or the request's own write) is answered with
+  ``refused(request, "store_failed", words)`` (the protocol's refusal; :func:`store_failed_words`: nothing of
+  that request was kept, try it again later) and the connection goes on: the client is told at once, in words,
+  instead of seeing its connection closed without a reason, and may send the same request again. The store's
+  own error goes to the log alone (it names the server's files). Without ``refused`` (or when it gives None)
+  the connection fails as for any other error.
 * A frame of an answer above the connection's frame limit costs only itself
   (:func:`~cardnet.transport.send_batch`): the answer's other frames are sent, in order, with ``oversize(request,
   frame)`` in its place (the protocol's refusal; nothing when there is no ``oversize`` or it gives None), it is
@@ -44,6 +51,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+from cardnet.store import StoreError
 from cardnet.transport import (
     DEFAULT_LIMITS,
     DEFAULT_SERVER_LIMITS,
@@ -80,6 +88,19 @@ Refuse = Callable[[SkippedFrame], Message | None]
 """``too_large(frame)``: what to send the peer that began ``frame`` (its header and size), a request above the
 server's receive limit, before the connection is closed (the protocol's refusal), or None to send nothing."""
 
+Refused = Callable[[Message, str, str], Message | None]
+"""``refused(request, reason, detail)``: the protocol's refusal of ``request`` (its reason code and its words), or
+None to send nothing and close the connection."""
+
+STORE_FAILED = "store_failed"
+"""The reason code of a request refused because the service's store cannot be written (as the host's)."""
+
+
+def store_failed_words() -> str:
+    """What a client is told when its request failed because the service cannot write its store."""
+    return ("the service cannot write its store (its disk may be full): nothing of this request was kept; send it "
+            "again later, once the service's operator has freed space on its disk")  # fmt: skip
+
 
 class GroupCommitServer:
     """``answer`` served over TCP, requests waiting at once answered in one group commit (see the module)."""
@@ -95,14 +116,16 @@ class GroupCommitServer:
         oversize: Oversize | None = None,
         recv_limit: RecvLimit | None = None,
         too_large: Refuse | None = None,
+        refused: Refused | None = None,
     ) -> None:
         """``limits``: each connection's bounds (its frame limit among them); ``oversize``, ``recv_limit`` (replaces
-        ``limits.recv_limit``) and ``too_large``: see the module."""
+        ``limits.recv_limit``), ``too_large`` and ``refused``: see the module."""
         if max_group < 1:
             raise ValueError(f"max_group is at least 1, got {max_group}")
         if recv_limit is not None:
             limits = dataclasses.replace(limits, recv_limit=recv_limit)
         self._too_large = too_large
+        self._refused = refused
         self._answer = answer
         self._group = group
         self._max_group = max_group
@@ -159,7 +182,16 @@ class GroupCommitServer:
                     if refusal is not None:
                         await send_batch(conn, [refusal])
                     return
-                frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
+                try:
+                    frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
+                except StoreError as exc:  # the store cannot be written: nothing of it was kept; say so, go on
+                    refusal = None if self._refused is None else self._refused(msg, STORE_FAILED, store_failed_words())
+                    if refusal is None:
+                        raise
+                    log.error("refused a request (mtype 0x%04x) from %s: the store cannot be written (%s); free "
+                              "space on its disk", msg.mtype, conn.peer.label, exc)  # fmt: skip
+                    await send_batch(conn, [refusal])
+                    continue
                 # frames of one request: in order, after its group committed; one above the frame limit costs itself
                 await send_batch(conn, frames, self._instead(msg))
 

@@ -675,6 +675,7 @@ class BrokerServer(GroupCommitServer):
             oversize=fr.too_large,
             recv_limit=RECV_LIMIT,
             too_large=fr.request_too_large,
+            refused=fr.refused,
         )
         self.core = core
         self.keep_days = keep_days

@@ -369,7 +369,8 @@ class VendorServer(GroupCommitServer):
         self, core: VendorCore, *, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS, max_group: int = MAX_GROUP
     ) -> None:
         super().__init__(core.frames, group=core.store.group, server_limits=server_limits, max_group=max_group,
-                         oversize=fr.too_large, recv_limit=RECV_LIMIT, too_large=fr.request_too_large)  # fmt: skip
+                         oversize=fr.too_large, recv_limit=RECV_LIMIT, too_large=fr.request_too_large,
+                         refused=fr.refused)  # fmt: skip
         self.core = core
 
 
