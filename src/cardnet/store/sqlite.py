@@ -15,6 +15,7 @@ wait for its end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -169,9 +170,9 @@ def _prefix_upper(prefix: bytes) -> bytes | None:
     return bytes(p)
 
 
-def _prepare_file(path: str, create: bool) -> None:
+def _prepare_file(path: str, create: bool) -> bool:
     """Before SQLite opens ``path``: refuse a missing file unless ``create`` (then make it 0600, so that
-    SQLite gives its -wal and -shm files the same mode), and refuse an existing empty one."""
+    SQLite gives its -wal and -shm files the same mode), and refuse an existing empty one. True: made here."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if create else -1
     except FileExistsError:
@@ -181,7 +182,7 @@ def _prepare_file(path: str, create: bool) -> None:
     if fd >= 0:
         os.fchmod(fd, 0o600)  # whatever the umask
         os.close(fd)
-        return  # a new store: SQLite writes its header on open
+        return True  # a new store: SQLite writes its header on open
     if not os.path.exists(path):
         raise StoreError("missing", f"there is no store {path}: check the path (this command creates no store)")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -190,6 +191,36 @@ def _prepare_file(path: str, create: bool) -> None:
             f"store {path} is empty (0 bytes): it was truncated or is not a cardnet store; "
             "restore it from a backup, or delete it and create a new one",
         )
+    return False
+
+
+def _unmake(path: str) -> None:
+    """Remove the store ``path`` that this open made and could not set up (a full disk): no half-made file is left to
+    refuse the next try as empty or damaged."""
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+DISK_HINT = "free space on the disk that holds the store (or mend the disk), then try again: nothing was written"
+
+
+def _disk_failed(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite could not write the file: a full disk (``SQLITE_FULL``), a file-size limit or a failing disk
+    (``SQLITE_IOERR``)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _open_failed(path: str, exc: sqlite3.DatabaseError) -> StoreError:
+    """``io``: SQLite could not open (or set up) the store at ``path``; with what to do when the disk is to blame."""
+    if _disk_failed(exc):
+        return StoreError("io", f"cannot open store {path}: {exc}", hint=DISK_HINT)
+    return StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)")
+
+
+def _io_failed(what: str, url: str, exc: sqlite3.DatabaseError) -> StoreError:
+    """``io``: ``what`` (a write, a commit) failed on ``url``; with what to do when the disk is to blame."""
+    return StoreError("io", f"{what} failed on {url}: {exc}", hint=DISK_HINT if _disk_failed(exc) else None)
 
 
 class SqliteStore:
@@ -219,7 +250,17 @@ class SqliteStore:
             parent = Path(path).parent
             if not parent.is_dir():
                 raise StoreError("io", f"cannot open store {path}: directory {parent} does not exist")
-            _prepare_file(path, create)
+            made = _prepare_file(path, create)
+        else:
+            made = False
+        try:
+            self._open(path, durable, kind, version)
+        except BaseException as exc:
+            if made and not (isinstance(exc, StoreError) and exc.reason == "in_use"):  # (in use: not ours alone)
+                _unmake(path)
+            raise
+
+    def _open(self, path: str, durable: bool, kind: str | None, version: int) -> None:
         try:
             self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
             try:
@@ -248,9 +289,9 @@ class SqliteStore:
                     f"store {path} is open elsewhere, and a card's store has one owner (the host running the card): "
                     "stop that host, then try again",
                 ) from None
-            raise StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)") from None
+            raise _open_failed(path, exc) from None
         except sqlite3.DatabaseError as exc:
-            raise StoreError("io", f"cannot open store {path}: {exc} (is it a cardnet store?)") from None
+            raise _open_failed(path, exc) from None
 
     def _migrate(self) -> None:
         version = int(self._c.execute("PRAGMA user_version").fetchone()[0])
@@ -269,7 +310,8 @@ class SqliteStore:
                 self._c.execute(f"PRAGMA user_version={version}")
                 self._c.execute("COMMIT")
             except BaseException:
-                self._c.execute("ROLLBACK")
+                if self._c.in_transaction:  # (SQLite rolled back itself on a full disk: the first error stands)
+                    self._c.execute("ROLLBACK")
                 raise
 
     @property
@@ -358,7 +400,7 @@ class SqliteStore:
             c.execute(sql)
         except sqlite3.DatabaseError as exc:
             self._group_lost = True
-            raise StoreError("io", f"transaction failed on {self.url}: {exc}") from None
+            raise _io_failed("transaction", self.url, exc) from None
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTxn]:
@@ -371,7 +413,8 @@ class SqliteStore:
             try:
                 yield SqliteTxn(c)
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # (SQLite rolled back itself on a full disk: the first error stands)
+                    c.execute("ROLLBACK")
                 raise
             self._commit_or_roll_back(c, "commit")
 
@@ -382,7 +425,7 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             if c.in_transaction:
                 c.execute("ROLLBACK")
-            raise StoreError("io", f"{what} failed on {self.url}: {exc}") from None
+            raise _io_failed(what, self.url, exc) from None
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         """``transaction()`` with puts then deletes, without the context-manager machinery (hot path)."""
@@ -394,7 +437,7 @@ class SqliteStore:
                         txn.put_many(table, puts)
                         txn.delete_many(table, deletes)
                 except sqlite3.DatabaseError as exc:
-                    raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+                    raise _io_failed("write", self.url, exc) from None
                 return
             if not deletes and len(puts) == 2:  # a card step (state row, outbox row): _write_one_statement, inlined
                 if self._closed:
@@ -405,7 +448,7 @@ class SqliteStore:
                         _PUT_2_ROWS, [table, bytearray(k1), bytearray(v1), table, bytearray(k2), bytearray(v2)]
                     )
                 except sqlite3.DatabaseError as exc:
-                    raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+                    raise _io_failed("write", self.url, exc) from None
                 return
             if not deletes and 0 < len(puts) <= _MULTI_ROWS:
                 self._write_one_statement(table, puts)
@@ -429,7 +472,7 @@ class SqliteStore:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.DatabaseError):
-                    raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+                    raise _io_failed("write", self.url, exc) from None
                 raise
 
     def _write_one_statement(self, table: str, puts: list[tuple[bytes, bytes]]) -> None:
@@ -441,7 +484,7 @@ class SqliteStore:
             params = [x for k, v in puts for x in (table, bytearray(k), bytearray(v))]
             self._c.execute(_put_rows_sql(len(puts)), params)
         except sqlite3.DatabaseError as exc:
-            raise StoreError("io", f"write failed on {self.url}: {exc}") from None
+            raise _io_failed("write", self.url, exc) from None
 
     def close(self) -> None:
         with self._lock:

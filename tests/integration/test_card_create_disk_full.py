@@ -1,0 +1,55 @@
+"""`cardnet card create` on a disk that cannot take the store: a clear error that says what to do, and nothing
+half-made (the same command succeeds on the same path once the disk has room).
+
+The fault is the kernel's: the command runs as a process whose soft ``RLIMIT_FSIZE`` is a few KiB, so its writes past
+that size fail (``EFBIG``) as SQLite's writes to a full disk do. With 1 byte the store's set-up (its schema) fails;
+with more, the personalisation's commit does. Before, the set-up's failure was reported as SQLite's "cannot rollback
+- no transaction is active (is it a cardnet store?)": its own rollback after SQLite had rolled back already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cardnet.cli.main import run
+
+PIN = "2468"
+
+
+def _create(ca: Path, store: Path, fsize: int | None) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "card", "create", "--ca", str(ca), "--store", f"sqlite:///{store}",
+         "--name", "dana", "--json"],
+        preexec_fn=limit, capture_output=True, text=True, env={**os.environ, "CARDNET_PIN": PIN}, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fsize", [1, 24 * 1024])
+def test_card_create_on_a_full_disk_says_what_to_do_and_leaves_nothing_half_made(tmp_path: Path, fsize: int) -> None:
+    ca = tmp_path / "ca.cnca"
+    assert run(["ca", "create", str(ca), "--name", "disk CA"]) == 0
+    store = tmp_path / "dana.card.db"
+    full = _create(ca, store, fsize)
+    assert full.returncode == 2, full.stdout
+    error = json.loads(full.stdout)["error"]
+    assert error["reason"] == "io" and "rollback" not in error["message"], error
+    assert "free space" in (error["hint"] or ""), error
+    assert "Traceback" not in full.stderr, full.stderr
+    made = _create(ca, store, None)  # the disk has room again: the same command, the same path
+    assert made.returncode == 0, (made.stdout, made.stderr)
+    uid = json.loads(made.stdout)["uid"]
+    shown = subprocess.run([sys.executable, "-m", "cardnet.cli.main", "card", "show", "--store", f"sqlite:///{store}",
+                            "--json"], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert shown.returncode == 0 and json.loads(shown.stdout)["uid"] == uid, shown.stdout
