@@ -236,28 +236,34 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         fail_os(exc, "make the wallet's folder", folder)
-    card = Card.open("sqlite:///" + str(store.resolve()), applets=make_applets(list(APPLETS)))
-    try:
-        uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name, domain=raw_domain)
-        local = LocalCard(card, pin)  # the card's first orders, before any host runs it
-        if auth_uid is not None:
-            local.ask(trn.SET_AUTHORITY, trn.RESULT, authority=auth_uid)
-        if ttp_uid is not None:
-            local.ask(fa.SET_TTP, fa.TTP_IS, ttp=ttp_uid)
-    finally:
-        card.close()
-    lines = ['name = "wallet"']
-    if listen:
-        lines.append(f'listen = "{listen}"')
-    lines += ['app_socket = "host.sock"', "", "[[cards]]", 'store = "sqlite:///card.db"',
-              f"applets = [{', '.join(f'{a!r}' for a in APPLETS)}]".replace("'", '"'), "", "[routes]",
-              *(f'"{d}" = "{a}"' for d, a in route_pairs)]  # fmt: skip
-    host_config.write_text("\n".join(lines) + "\n")
-    values = {"socket": "host.sock", "card": uid.domain.hex()}
-    for key, value in (("broker", broker), ("broker_cert", broker_cert), ("ca_cert", ca_cert), ("account", account)):
-        if value is not None:
-            values[key] = str(Path(value).resolve()) if key in wallet_config.PATHS else value
-    wallet_config.save(path, values)
+    try:  # what init makes, all or nothing: a half-made wallet would refuse the next init as "already made"
+        card = Card.open("sqlite:///" + str(store.resolve()), applets=make_applets(list(APPLETS)))
+        try:
+            uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name, domain=raw_domain)
+            local = LocalCard(card, pin)  # the card's first orders, before any host runs it
+            if auth_uid is not None:
+                local.ask(trn.SET_AUTHORITY, trn.RESULT, authority=auth_uid)
+            if ttp_uid is not None:
+                local.ask(fa.SET_TTP, fa.TTP_IS, ttp=ttp_uid)
+        finally:
+            card.close()
+        lines = ['name = "wallet"']
+        if listen:
+            lines.append(f'listen = "{listen}"')
+        lines += ['app_socket = "host.sock"', "", "[[cards]]", 'store = "sqlite:///card.db"',
+                  f"applets = [{', '.join(f'{a!r}' for a in APPLETS)}]".replace("'", '"'), "", "[routes]",
+                  *(f'"{d}" = "{a}"' for d, a in route_pairs)]  # fmt: skip
+        host_config.write_text("\n".join(lines) + "\n")
+        values = {"socket": "host.sock", "card": uid.domain.hex()}
+        kept = (("broker", broker), ("broker_cert", broker_cert), ("ca_cert", ca_cert), ("account", account))
+        for key, value in kept:
+            if value is not None:
+                values[key] = str(Path(value).resolve()) if key in wallet_config.PATHS else value
+        wallet_config.save(path, values)
+    except BaseException:
+        for made in (path, host_config, store, *(store.with_name(store.name + x) for x in ("-wal", "-shm"))):
+            made.unlink(missing_ok=True)
+        raise
     result = {"uid": str(uid), "domain": uid.domain.hex(), "store": str(store), "host_config": str(host_config),
               "config": str(path), "socket": str(folder / "host.sock")}  # fmt: skip
     if as_json:

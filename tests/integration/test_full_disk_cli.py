@@ -1,5 +1,5 @@
-"""`cardnet card create` on a disk that cannot take the store: a clear error that says what to do, and nothing
-half-made (the same command succeeds on the same path once the disk has room).
+"""`cardnet card create` and `cardnet wallet init` on a disk that cannot take the store: a clear error that says
+what to do, and nothing half-made (the same command succeeds on the same path once the disk has room).
 
 The fault is the kernel's: the command runs as a process whose soft ``RLIMIT_FSIZE`` is a few KiB, so its writes past
 that size fail (``EFBIG``) as SQLite's writes to a full disk do. With 1 byte the store's set-up (its schema) fails;
@@ -24,13 +24,18 @@ PIN = "2468"
 
 
 def _create(ca: Path, store: Path, fsize: int | None) -> subprocess.CompletedProcess[str]:
+    return _cardnet(["card", "create", "--ca", str(ca), "--store", f"sqlite:///{store}", "--name", "dana"], fsize)
+
+
+def _cardnet(args: list[str], fsize: int | None) -> subprocess.CompletedProcess[str]:
+    """``cardnet ARGS --json`` as a process whose files cannot grow past ``fsize`` bytes (None: no limit)."""
+
     def limit() -> None:
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     return subprocess.run(
-        [sys.executable, "-m", "cardnet.cli.main", "card", "create", "--ca", str(ca), "--store", f"sqlite:///{store}",
-         "--name", "dana", "--json"],
+        [sys.executable, "-m", "cardnet.cli.main", *args, "--json"],
         preexec_fn=limit, capture_output=True, text=True, env={**os.environ, "CARDNET_PIN": PIN}, timeout=120,
         check=False,
     )  # fmt: skip
@@ -53,3 +58,20 @@ def test_card_create_on_a_full_disk_says_what_to_do_and_leaves_nothing_half_made
     shown = subprocess.run([sys.executable, "-m", "cardnet.cli.main", "card", "show", "--store", f"sqlite:///{store}",
                             "--json"], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert shown.returncode == 0 and json.loads(shown.stdout)["uid"] == uid, shown.stdout
+
+
+def test_wallet_init_on_a_full_disk_makes_nothing_and_the_next_init_makes_the_wallet(tmp_path: Path) -> None:
+    """The card's personalisation cannot be committed: before, init left its card.db behind, and every later init
+    refused the folder as 'a wallet is already made there'."""
+    ca = tmp_path / "ca.cnca"
+    assert run(["ca", "create", str(ca), "--name", "disk CA"]) == 0
+    config = tmp_path / "zed" / "wallet.toml"
+    init = ["wallet", "init", "--config", str(config), "--ca", str(ca), "--name", "zed"]
+    full = _cardnet(init, 24 * 1024)
+    assert full.returncode == 2, full.stdout
+    error = json.loads(full.stdout)["error"]
+    assert error["reason"] == "io" and "free space" in (error["hint"] or ""), error
+    assert list(config.parent.iterdir()) == []
+    made = _cardnet(init, None)
+    assert made.returncode == 0, (made.stdout, made.stderr)
+    assert {p.name for p in config.parent.iterdir()} >= {"card.db", "host.toml", "wallet.toml"}
