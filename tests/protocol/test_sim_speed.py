@@ -105,3 +105,20 @@ def test_a_receipts_cursor_past_any_log_is_refused_not_a_crash() -> None:
     assert reply.mtype == fr.REFUSED.code and fr.REFUSED.parse(reply)["reason"] == "oversize"
     top = sc.broker.core.handle(fr.RECEIPT_FOR_VENDOR.make(BROKER, BROKER, after=2**63 - 1))
     assert fr.RECEIPTS.parse(top)["items"] == []
+
+
+def test_a_tampered_bill_whose_bit_flips_undo_each_other_is_tampered_again_and_refused() -> None:
+    """Seed 502928: customer 2's malicious host drew ``tamper_bill`` by bit flips for its owner's paid bill, and two
+    of its flips were the same bit of the same byte: the "tampered" bill was the genuine bill, byte for byte, with
+    the vendor's own certificate. The card answered it as it answers any ``speed.pay`` of a bill it paid (the same
+    PaymentOrder again, what a wallet that lost the answer needs) and the checker, which took every ``tamper_bill``
+    as tampered, reported that it signed for a tampered bill. The flips that undo each other are now followed by
+    one more (so the move tampers for real, and the card refuses it), and a presented bill counts as tampered only
+    when its bytes or its certificate are not the ones the host carried."""
+    result = run_seed("speed", 502928)
+    assert result.violations == [], result.trace
+    assert result.exercised["host_tamper_flips_undone"] == 1, dict(result.exercised)
+    assert result.trace is not None
+    assert any(
+        line.split()[1:] == ["malicious", "host", "of", "customer", "2:", "tamper_bill"] for line in result.trace
+    )
