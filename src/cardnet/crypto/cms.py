@@ -132,8 +132,9 @@ def _der_length(n: int) -> bytes:
 def _fill(tpl: _Tpl, slots: tuple[bytes, bytes]) -> bytes:
     """The element ``tpl`` describes with ``slots`` in its slots (every enclosing length recomputed)."""
     tag, parts = tpl
-    body = b"".join(p if isinstance(p, bytes) else slots[p] if isinstance(p, int) else _fill(p, slots) for p in parts)
-    return bytes((tag,)) + _der_length(len(body)) + body
+    body = b"".join([p if type(p) is bytes else slots[p] if type(p) is int else _fill(p, slots) for p in parts])
+    n = len(body)
+    return bytes((tag, n)) + body if n < 0x80 else bytes((tag,)) + _der_length(n) + body
 
 
 def _split(der: bytes, start: int, end: int, slots: dict[int, tuple[int, int]]) -> list[Any] | None:
@@ -172,8 +173,8 @@ def _template(cert_der: bytes, with_cert: bool) -> _Tpl | None:
     DER encodes an OCTET STRING's bytes as they are, and every length as the minimal count of the bytes inside,
     so the encoding of any content and signature is this template filled: the two values, and the lengths of
     the elements that hold them recomputed. It is made once per certificate from asn1crypto's own encoding (with
-    random markers in the slots) and checked against asn1crypto for markers of two other lengths, so sign and
-    verify never need asn1crypto's object building whatever the content's or the signature's length.
+    random markers in the slots) and checked against asn1crypto for a content and a signature of other lengths, so
+    sign and verify never need asn1crypto's object building whatever the content's or the signature's length.
     """
     cert, _, _ = _asn1_cert(cert_der)
     mark_c, mark_s = os.urandom(_MARK_CONTENT), os.urandom(_MARK_SIGNATURE)
@@ -189,11 +190,10 @@ def _template(cert_der: bytes, with_cert: bool) -> _Tpl | None:
     if parts is None or ve != len(built):
         return None
     tpl: _Tpl = (tag, parts)
-    for c_len, s_len in ((0, 70), (130, 3)):  # other lengths, across DER's short/long length forms
-        c, s = os.urandom(c_len), os.urandom(s_len)
-        if _fill(tpl, (c, s)) != _build(c, cert, s, with_cert=with_cert):
-            return None
-    return tpl if _fill(tpl, (mark_c, mark_s)) == built else None
+    if _fill(tpl, (mark_c, mark_s)) != built:
+        return None
+    c, s = os.urandom(5), os.urandom(200)  # other lengths, each across DER's short/long length forms from its marker's
+    return tpl if _fill(tpl, (c, s)) == _build(c, cert, s, with_cert=with_cert) else None
 
 
 def _encode(content: bytes, cert_der: bytes, signature_der: bytes, *, with_cert: bool) -> bytes:
