@@ -6,9 +6,15 @@ scenario holds on the very seed that caught it, and the summary counts what the 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from cardnet.sim.runner import run_many, run_seed
+from cardnet.protocols.trn import transfer as tr
+from cardnet.sim import trn as trn_sim
+from cardnet.sim.runner import HEAL_S, SAFETY_S, run_many, run_seed
+from cardnet.sim.world import World, plan_for
+from cardnet.wire import Uid
 
 
 @pytest.mark.parametrize(
@@ -91,3 +97,48 @@ def test_forged_orders_in_the_transfer_workload_are_refused_as_privileged() -> N
 def test_the_transfer_seeds_the_20000_seed_run_found_stay_clean(seed: int, what: str) -> None:
     """Each of these seeds failed in the 2026-12-06 20,000-seed transfer run, for the reason given."""
     assert run_seed("trn", seed, trace=False).violations == [], what
+
+
+def test_a_rolled_back_card_retaking_a_movement_recorded_before_its_block_is_no_gain() -> None:
+    """Seed 501410 (1 of seeds 501000..503999): a checker's error, not the protocol's.
+
+    Wallet w1 received token dae0fa02 (w2 -> w1, traced: the authority recorded the movement and answered ok), the
+    thief wrote back w1's image from before that copy, spent another token again and got w1 blocked. Then w2's and
+    the authority's hosts resent their old outputs: the rolled-back card took the very same movement again (same
+    transfer id) and the authority's old ``ok`` for it enabled the copy. That is where the authority's chain says
+    the token is; the oracle knew no transfer id for the enabled copy (an enabled holding keeps none, and the card
+    held nothing at the block) and called it a gain. The same seed must run clean, through that very moment, and
+    the blocklist still holds: the thief's spend of the token from the blocked card is refused at its trace.
+    """
+    seed = 501410
+    scenario = trn_sim.TrnScenario()
+    world = World(seed, plan_for(seed), trace=False)
+    scenario.build(world)
+    [oid] = [o for o in scenario.oids if o.hex().startswith("dae0fa02")]
+    enabled_at: list[float] = []  # when the blocked card held the token enabled
+
+    def check(w: World, final: bool) -> list[str]:
+        bad = scenario.check(w, final)
+        held = scenario._holding(w, scenario.victim, oid) if scenario.victim else None
+        if scenario.blocked_seen and held is not None and held.status is tr.Status.ENABLED:
+            enabled_at.append(w.now)
+        return bad
+
+    quiet = logging.getLogger("cardnet")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # tears and crashes are expected here (as in run_seed)
+    try:
+        world.run(safety_s=SAFETY_S, heal_s=HEAL_S, check=check, quiescent=scenario.quiescent)
+    finally:
+        quiet.setLevel(level)
+    assert world.violations == []
+    assert scenario.rolled_back and scenario.victim is not None
+    [blocked] = scenario.blocked_seen
+    assert Uid.from_bytes(blocked).domain == scenario.victim
+    assert scenario.blocked_held[blocked].get(oid) is None  # it held nothing of the token at the block...
+    assert enabled_at  # ... later held it enabled, having taken it (its one commit of it since the block) by
+    [(sender, nonce)] = scenario.blocked_arrivals[blocked][oid]  # the movement recorded before the block:
+    recorded = scenario._chain(scenario._authority(world)._mem, oid)[: scenario.blocked_seen[blocked][oid]]
+    assert recorded[-1][:3] == (sender, bytes(Uid.card(scenario.victim)), nonce)
+    # and could not pass it on: its receiver's trace is refused (a blocked sender), its copy stays trustless
+    assert [h.status for d, h in scenario._holdings(world, oid)] == [tr.Status.TRUSTLESS]

@@ -160,6 +160,10 @@ class TrnScenario:
     cancelled: set[tuple[bytes, bytes]] = field(default_factory=set)  # (sender, oid) of every cancel ordered
     card_cls: type[Card] = Card
     blocked_held: dict[bytes, dict[bytes, tuple[str, bytes | None]]] = field(default_factory=dict)  # at block time
+    # a blocked device's card: the transfers it remembers committing (sender, nonce) as at the last check, and per
+    # oid those of the latest check that found new ones (how its newest copy of the oid arrived)
+    blocked_commits: dict[bytes, set[tuple[bytes, bytes]]] = field(default_factory=dict)
+    blocked_arrivals: dict[bytes, dict[bytes, set[tuple[bytes, bytes]]]] = field(default_factory=dict)
     strangers: dict[bytes, tuple[str, Uid]] = field(default_factory=dict)  # domain -> an app port that never verified
     forged_ok: list[str] = field(default_factory=list)
     host_cls: type[Host] = Host
@@ -528,12 +532,15 @@ class TrnScenario:
                     for oid in self.oids
                     if (h := self._holding(world, Uid.from_bytes(uid).domain, oid)) is not None
                 }
+                self.blocked_commits[uid] = set(self._commits(world, Uid.from_bytes(uid).domain))
+                self.blocked_arrivals[uid] = {}
                 world.exercised["block"] += 1
                 world.log(f"the authority has blocked {uid.hex()[:8]}")
                 # an owner who does not know sends the blocked device a token: it must never be recorded there
                 later = functools.partial(self._random_transfer, world, None, Uid.from_bytes(uid).domain)
                 world.at(world.now + 0.05, later, "transfer to blocked")
                 continue
+            self._note_arrivals(world, uid)
             bad.extend(self._gained(world, auth, uid, seen))
             for oid in self.oids:
                 for _frm, to, *_ in self._chain(auth, oid)[seen[oid] :]:
@@ -545,8 +552,11 @@ class TrnScenario:
         """A blocked device never gains an enabled token after the authority blocked it.
 
         Allowed: what it held enabled then, or held while sending it (``disabled+O``: a refusal or a cancel gives
-        the sender its copy back), and a movement to it the authority recorded before the block (its answer may
-        still be on its way).
+        the sender its copy back), and a copy that arrived by a movement the authority recorded before the block:
+        the authority's ``ok`` for it is its word of then, and may reach the card later (on its way, or resent by
+        a host; a rolled-back card takes that very movement again from the sender's and the authority's replayed
+        messages, seed 501410). The authority answers ``ok`` only for a movement it records, and records none to
+        a device it blocked, so any other enabled copy is a gain the blocklist should have prevented.
         """
         bad = []
         domain = Uid.from_bytes(uid).domain
@@ -557,13 +567,43 @@ class TrnScenario:
             then = self.blocked_held[uid].get(oid)
             if then == (h.state, h.nonce) or (then is not None and then[0] == "disabled+O"):
                 continue  # (what it held then, or sent and got back on a refusal or cancel: its own copy, not gained)
-            # (an enabled holding keeps no nonce: the copy it held then is the one a recorded movement names)
-            nonces = {h.nonce, None if then is None else then[1]} - {None}
-            recorded = self._chain(auth, oid)[: seen[oid]]
-            if any(Uid.from_bytes(to).domain == domain and nonce in nonces for _f, to, nonce, *_ in recorded):
+            # Which movement the enabled copy arrived by: an enabled holding keeps no transfer id, so it is the
+            # newest transfer of the oid the card committed since the block (its memory of committed transfers),
+            # else the copy it held then (trustless, waiting for the authority's answer).
+            arrived = self.blocked_arrivals[uid].get(oid)
+            recorded = [
+                (frm, n) for frm, to, n, _ in self._chain(auth, oid)[: seen[oid]] if Uid.from_bytes(to).domain == domain
+            ]
+            if arrived:
+                if arrived <= set(recorded):
+                    continue
+            elif then is not None and then[1] is not None and any(n == then[1] for _, n in recorded):
                 continue
             bad.append(f"blocked device {uid.hex()[:8]} gained an enabled copy of token {oid.hex()[:8]}")
         return bad
+
+    def _commits(self, world: World, domain: bytes) -> dict[tuple[bytes, bytes], bytes]:
+        """The transfers ``domain``'s card remembers committing, (sender Uid, nonce) -> oid (the applet's ``d:``)."""
+        out = {}
+        for (table, key), value in world.card_of(domain)._mem.items():
+            if table == "a.trn" and key[:2] == b"d:" and len(key) == 2 + 16 + tr.TRANSFER_NONCE_BYTES:
+                out[(key[2:18], key[18:])] = value
+        return out
+
+    def _note_arrivals(self, world: World, uid: bytes) -> None:
+        """Transfers the blocked card committed since the last check: per oid, the newest way a copy arrived.
+
+        (Checked after every event, so these are one event's commits: one per oid, as a card commits a second
+        transfer of an oid only after the first copy left it again. Should one event hold two, both must be
+        recorded movements for a copy to be allowed.)
+        """
+        now = self._commits(world, Uid.from_bytes(uid).domain)
+        new: dict[bytes, set[tuple[bytes, bytes]]] = {}
+        for transfer, oid in now.items():
+            if transfer not in self.blocked_commits[uid]:
+                new.setdefault(oid, set()).add(transfer)
+        self.blocked_arrivals[uid].update(new)
+        self.blocked_commits[uid] = set(now)
 
     @staticmethod
     def _chain(auth: dict[Any, bytes], oid: bytes) -> list[tuple[bytes, bytes, bytes, bytes]]:
