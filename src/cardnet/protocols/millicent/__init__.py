@@ -351,6 +351,9 @@ from cardnet.protocols.millicent.vendor import (
     max_buy_reply_bytes as max_buy_reply_bytes,
 )
 from cardnet.protocols.millicent.vendor import (
+    not_decided as not_decided,
+)
+from cardnet.protocols.millicent.vendor import (
     price_detail as price_detail,
 )
 from cardnet.protocols.millicent.vendor import (

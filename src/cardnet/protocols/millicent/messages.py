@@ -446,7 +446,8 @@ def open_catalogue(mtype: int, param: bytes, *, after: str | None = None) -> dic
     except DecodeError as exc:
         raise MillicentError("bad_reply", f"the catalogue is unreadable: {exc}") from None
     if f["status"] != Status.OK:
-        raise MillicentError("refused", f"the vendor refused: {f.get('detail', '')}")
+        why = "store_failed" if f["status"] == Status.UNAVAILABLE else "refused"
+        raise MillicentError(why, f"the vendor refused: {f.get('detail', '')}")
     names = [p["name"] for p in f["products"]]
     if any(b <= a for a, b in itertools.pairwise(names)) or (after is not None and names and names[0] <= after):
         raise MillicentError("bad_reply", "the catalogue's products are not in name order after the last page")

@@ -11,6 +11,7 @@ from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.protocols.millicent.messages import (
     CATALOGUE,
+    CATALOGUE_ASK,
     CATALOGUE_ASK_SCHEMA,
     CATALOGUE_PAGE,
     CATALOGUE_SCHEMA,
@@ -18,6 +19,7 @@ from cardnet.protocols.millicent.messages import (
     REPLY,
     REPLY_CODEC,
     REPLY_SCHEMA,
+    REQUEST,
     REQUEST_CODEC,
     SEALED_CODEC,
     SEALED_REPLY,
@@ -420,6 +422,25 @@ _DETAIL = {
     Status.WRONG_VENDOR: "this scrip is for another vendor",
     Status.MALFORMED: "the scrip is malformed",
 }
+
+
+def not_decided(mtype: int, param: bytes, detail: str) -> tuple[int, bytes]:
+    """``(mtype, param)`` of the answer to a request the vendor could not decide (its store cannot be written):
+    status ``unavailable``, plain (the vendor keeps no secret it could not read), for the request's ``rid`` (in
+    the clear in a sealed request too). A catalogue request gets a catalogue page with that status and nothing
+    in it. Nothing was spent: the customer keeps the request and sends it again."""
+    if mtype == CATALOGUE_ASK.code:
+        return CATALOGUE.code, CATALOGUE_SCHEMA.encode({"vendor": bytes(VENDOR_BYTES), "status": int(
+            Status.UNAVAILABLE), "products": [], "more": False, "detail": detail[:200]})  # fmt: skip
+    rid = bytes(RID_BYTES)
+    try:
+        if mtype == SEALED_REQUEST.code:
+            rid = SEALED_CODEC.decode(param)["rid"]
+        elif mtype == REQUEST.code:
+            rid = REQUEST_CODEC.decode(param)["rid"]
+    except DecodeError:
+        pass  # a malformed request: answered for no rid (it would be refused as malformed anyway)
+    return REPLY.code, REPLY_CODEC.encode({"rid": rid, "status": int(Status.UNAVAILABLE), "detail": detail[:200]})
 
 
 def refusal(prepared: tuple[bytes, bytes]) -> tuple[int, bytes]:

@@ -51,7 +51,7 @@ from cardnet.crypto.errors import CryptoError
 from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent.vendor import CLOSE_WAIT_S, stored, stored_json, stored_scrip
-from cardnet.store import Store
+from cardnet.store import Store, StoreError
 from cardnet.transport import (
     DEFAULT_SERVER_LIMITS,
     BrokenError,
@@ -636,6 +636,36 @@ class BrokerCore:
         with self.store.transaction() as txn:
             return {k.hex(): int.from_bytes(v, "big") for k, v in txn.scan(VENDORS)}
 
+    def not_decided(self, msg: Message) -> Message:
+        """The answer to ``msg`` when the broker cannot write its store (a full disk): nothing of it was kept. A
+        purchase is answered ``pending`` (MACed with the account's reply key: the wallet keeps it and sends it
+        again), an account opening and a redemption are refused with those words (MACed with the licence's key);
+        nothing is written."""
+        words = NOT_DECIDED[:200]
+        if msg.mtype == mc.OPEN.code:
+            return msg.reply(mc.OPENED.code, mc.OPENED_SCHEMA.encode({"status": REFUSED, "detail": words}))
+        if msg.mtype == mc.REDEEM.code:
+            try:
+                f = mc.REDEEM_SCHEMA.decode(msg.param)
+            except DecodeError:
+                return self.handle(msg, 0)  # refused as malformed: nothing to write
+            g: dict[str, Any] = {"batch": f["batch"], "status": REFUSED, "detail": words}
+            with self.store.transaction() as txn:
+                lic = self._licence(txn, f["vendor"])
+            if lic is not None:
+                g["mac"] = profile.hmac_sha256(lic.redeem_key, mc.redeemed_mac_input(f["vendor"], g), mc.MAC_BYTES)
+            return msg.reply(mc.REDEEMED.code, mc.REDEEMED_SCHEMA.encode(g))
+        if msg.mtype != mc.PURCHASE.code:
+            return self.handle(msg, 0)  # refused unread: nothing to write
+        try:
+            f = mc.PURCHASE_SCHEMA.decode(msg.param)
+        except DecodeError:
+            return self.handle(msg, 0)  # refused as malformed: nothing to write
+        with self.store.transaction() as txn:
+            rkey = txn.get(REPLY_KEYS, f["customer_id"])
+        return msg.reply(mc.PURCHASED.code, _purchased(f["rid"], words, status=PENDING, key=rkey,
+                                                       digest=profile.sha256(msg.param)))  # fmt: skip
+
     def handle(self, msg: Message, now: int) -> Message:
         if msg.mtype == mc.PURCHASE.code:
             return msg.reply(mc.PURCHASED.code, self.purchase(msg.param, now))
@@ -650,6 +680,12 @@ class BrokerCore:
         return msg.reply(
             mc.PURCHASED.code, _purchased(b"\x00" * 16, f"the broker does not serve mtype 0x{msg.mtype:04x}")
         )
+
+
+NOT_DECIDED = (
+    "the broker cannot write its store (its disk may be full): nothing of this request was kept; send it again "
+    "later (`cardnet millicent retry`), once its operator has freed space"
+)  # (a reply's detail holds 200 characters)
 
 
 def _stock_key(s: mc.Scrip) -> bytes:
@@ -784,10 +820,15 @@ class BrokerServer:
                 self._idle.clear()
                 try:
                     async with self._lock:
-                        if msg.mtype == mc.PURCHASE.code:
-                            reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
-                        else:
-                            reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
+                        try:
+                            if msg.mtype == mc.PURCHASE.code:
+                                reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
+                            else:
+                                reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
+                        except StoreError as exc:  # nothing of it was kept: say so in words, and go on
+                            log.error("a request (mtype 0x%04x) from %s failed: the store cannot be written (%s); "
+                                      "free space on its disk", msg.mtype, conn.peer.label, exc)  # fmt: skip
+                            reply = await asyncio.to_thread(self.core.not_decided, msg)
                     await conn.send(reply)
                 finally:
                     self._in_flight -= 1

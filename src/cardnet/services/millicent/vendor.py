@@ -931,11 +931,14 @@ class VendorServer:
         """Read batches of requests; each batch joins the commit queue; replies leave in order.
 
         A batch of this connection's requests that failed (its transaction did not commit, or its serial numbers
-        could not be reserved: nothing of it was accepted) ends the connection: the replies before it are sent,
-        the failure is logged and the connection is closed at once, so the client sees it and sends the request
-        again (the same bytes: a request that was accepted meanwhile is answered from its stored reply).
-        Millicent has no reply saying "not decided, ask again": a ``malformed`` refusal would make a wallet at
-        the validation level forget scrip that is still good. A connection is never left open without its sender.
+        could not be reserved: nothing of it was accepted) because the store cannot be written (a full disk) is
+        answered ``unavailable`` request by request (:func:`~cardnet.protocols.millicent.not_decided`: not
+        decided, nothing spent; the wallet keeps the request and sends it again), and the connection goes on. On
+        any other failure the connection ends: the replies before it are sent, the failure is logged and the
+        connection is closed at once, so the client sees it and sends the request again (the same bytes: a
+        request that was accepted meanwhile is answered from its stored reply). A ``malformed`` refusal would
+        make a wallet at the validation level forget scrip that is still good. A connection is never left open
+        without its sender.
         """
         pending: deque[asyncio.Future[list[Message]]] = deque()
         wake = asyncio.Event()
@@ -1040,10 +1043,7 @@ class VendorServer:
                     requests, int(self.clock()), max_reply_bytes=self._max_frame - HEADER_BYTES
                 )
             except Exception as exc:  # a store failure reserving serial numbers: the customers retry
-                log.error("batch of %d failed: %s", len(msgs), exc)
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                _failed(items, exc)
                 continue
             await self._prepared.put((batch, items))
         await self._prepared.put(None)  # the committer ends after the batches before it
@@ -1085,10 +1085,7 @@ class VendorServer:
                     measured = took if threaded else 0.8 * measured + 0.2 * took
                     threaded = 0
             except Exception as exc:  # a store failure: nothing was accepted; the customers retry
-                log.error("batch of %d failed: %s", len(batch.requests), exc)
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                _failed(items, exc)
                 continue
             finally:
                 quiet.set()
@@ -1126,6 +1123,30 @@ class VendorServer:
 
 
 TOO_LARGE = "the vendor's reply is above this connection's frame limit and was not sent: ask the vendor to raise it"
+
+NOT_DECIDED = (
+    "the vendor cannot write its store (its disk may be full): nothing was decided or spent; send the same request "
+    "again later (`cardnet millicent retry`), once its operator has freed space"
+)  # (a reply's detail holds 200 characters)
+
+
+def _failed(items: list[_Item], exc: Exception) -> None:
+    """A batch that was not committed (nothing of it accepted): each request is answered ``unavailable`` (not
+    decided, nothing spent: the customer keeps it and sends it again) when the store could not be written, and its
+    connection goes on; on any other error its connection is closed (the customer sends it again)."""
+    n = sum(len(ms) for ms, _ in items)
+    if isinstance(exc, StoreError):
+        log.error("batch of %d failed: the store cannot be written (%s): answered 'unavailable'; free space on its "
+                  "disk", n, exc)  # fmt: skip
+    else:
+        log.error("batch of %d failed: %s", n, exc)
+    for ms, fut in items:
+        if fut.done():
+            continue
+        if isinstance(exc, StoreError):
+            fut.set_result([m.reply(*mc.not_decided(m.mtype, m.param, NOT_DECIDED)) for m in ms])
+        else:
+            fut.set_exception(exc)
 
 
 def too_large(reply: Message) -> Message | None:

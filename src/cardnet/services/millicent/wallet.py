@@ -45,7 +45,7 @@ ME = Uid(b"\x00" * 12, 1)
 RENEW_MARGIN_S = 24 * 3600
 TIMEOUT_S = 10.0
 # A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
-UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending")
+UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending", "store_failed")
 # The vendor's refusals that leave the scrip unspent: the wallet keeps it.
 UNSPENT = (
     mc.Status.INSUFFICIENT,
@@ -433,6 +433,9 @@ class Wallet:
         except (mc.MillicentError, DecodeError) as exc:
             self._hold(rid, record, f"an answer that does not check: {exc}")
             raise WalletError("bad_reply", f"{exc}; {_STAYS}") from None
+        if out.status == mc.Status.UNAVAILABLE:  # not decided, nothing spent (MACed or not: the request is kept)
+            self._hold(rid, record, f"the vendor could not decide it: {out.detail}")
+            raise WalletError("store_failed", f"the vendor refused: {out.detail}; {_STAYS}")
         if record["level"] >= mc.Level.THEFT and out.status != mc.Status.OK and not out.authentic:
             # Anyone who saw the request on the wire can answer it with a plain refusal; believing it would
             # forget a purchase the vendor may have accepted (and its change). A vendor that accepted it
