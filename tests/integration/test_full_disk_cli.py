@@ -75,3 +75,35 @@ def test_wallet_init_on_a_full_disk_makes_nothing_and_the_next_init_makes_the_wa
     made = _cardnet(init, None)
     assert made.returncode == 0, (made.stdout, made.stderr)
     assert {p.name for p in config.parent.iterdir()} >= {"card.db", "host.toml", "wallet.toml"}
+
+
+def test_service_inits_on_a_full_disk_make_nothing_and_the_next_init_makes_the_service(tmp_path: Path) -> None:
+    """`speed broker init` (the broker's store and its SAM card) and `millicent vendor init`,
+    with their files' growth stopped at several sizes, so that they fail at different points (the stores' set-up, the
+    SAM's personalisation, its first orders): each failure says what to do and leaves no file behind, and the same
+    command then makes the service. Before, a broker whose SAM was personalised when its store's write failed was
+    refused ever after as 'the card in sam.db is personalised already'."""
+    ca = tmp_path / "ca.cnca"
+    assert run(["ca", "create", str(ca), "--name", "disk CA"]) == 0
+    failed: dict[str, list[int]] = {}
+    for fsize in (8 * 1024, 24 * 1024, 32 * 1024, 40 * 1024, 48 * 1024, 56 * 1024):
+        for what in ("speed broker", "millicent vendor"):
+            d = tmp_path / f"{what.replace(' ', '-')}-{fsize}"
+            d.mkdir()
+            args = {
+                "speed broker": ["speed", "broker", "init", "--store", str(d / "broker.db"), "--ca", str(ca),
+                                 "--sam-store", str(d / "sam.db")],
+                "millicent vendor": ["millicent", "vendor", "init", "--store", str(d / "mv.db"), "--id",
+                                     "00000000000000a1"],
+            }[what]  # fmt: skip
+            done = _cardnet(args, fsize)
+            if done.returncode == 0:
+                continue  # it fitted
+            error = json.loads(done.stdout)["error"]
+            assert "free space" in (error["hint"] or ""), (what, fsize, error)
+            assert list(d.iterdir()) == [], (what, fsize, list(d.iterdir()))
+            failed.setdefault(what, []).append(fsize)
+            again = _cardnet(args, None)
+            assert again.returncode == 0, (what, fsize, again.stdout)
+    assert len(failed.get("speed broker", [])) >= 3, failed  # at different points of the init
+    assert failed.get("millicent vendor"), failed

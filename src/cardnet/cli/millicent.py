@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import (
+    all_or_nothing,
     console,
     emit_json,
     fail,
@@ -167,7 +168,8 @@ def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_j
     from cardnet.services.millicent.vendor import init_vendor
 
     vid = _hex(vendor_id, 8, "--id")
-    init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
+    with all_or_nothing(store):
+        init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
     say(as_json, {"vendor": vid.hex(), "store": store}, f"vendor {vid.hex()} created in {store}")
 
 

@@ -435,3 +435,28 @@ def print_table(t: Table) -> None:
         console.print(t, crop=False)
     finally:
         console._width = saved
+
+
+@contextlib.contextmanager
+def all_or_nothing(*stores: str | Path) -> Iterator[None]:
+    """What a command makes, all or nothing: each file among ``stores`` (a path, or a store's ``sqlite:///`` URL) that
+    does not exist before the block is removed again, with its WAL files, if the block fails (a full disk, a refusal
+    half-way): a half-made store would refuse the next try ("personalised already", "already made"). Other URLs
+    (``:memory:``, a server's) are left alone."""
+    new: list[Path] = []
+    for where in stores:
+        text = str(where)
+        if text.startswith("sqlite:///") and ":memory:" not in text:
+            text = text[len("sqlite:///") :].partition("?")[0]
+        elif "://" in text:
+            continue
+        path = Path(text)
+        if not path.exists():
+            new.append(path)
+    try:
+        yield
+    except BaseException:
+        for path in new:
+            for made in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                made.unlink(missing_ok=True)
+        raise

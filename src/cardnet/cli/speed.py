@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
-from cardnet.cli.output import ask_pin, emit_json, fail, json_option, print_rows, progress, say
+from cardnet.cli.output import all_or_nothing, ask_pin, emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
 from cardnet.store import Store
 
@@ -129,7 +129,8 @@ def vendor_init(store: str, ca_path: Path, account: str, broker_cert: Path, name
     bcert = _pem_file(broker_cert, "the broker's certificate")
     key, cert, roots = _service_identity(ca_path, name)
     try:
-        init_vendor(_vendor_store(store, create=True), key, cert, roots, account=account, broker_cert=bcert)
+        with all_or_nothing(_card_url(store)):
+            init_vendor(_vendor_store(store, create=True), key, cert, roots, account=account, broker_cert=bcert)
     except VendorError as exc:
         fail(str(exc), reason=exc.reason, hint="use another --store")
     say(as_json, {"store": store, "account": account}, f"vendor made in {store} (account {account} at the broker)")
@@ -215,19 +216,20 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
 
     pin = ask_pin(pin, "PIN for the SAM card", confirm=True)
     key, cert, roots = _service_identity(ca_path, name)
-    card = Card.open(_card_url(sam_store), applets=[SamApplet()])
-    try:
-        if card.personalised:
-            fail(f"the card in {sam_store} is personalised already", hint="use another --sam-store")
+    with all_or_nothing(_card_url(store), _card_url(sam_store)):  # a half-made SAM is "personalised already"
+        card = Card.open(_card_url(sam_store), applets=[SamApplet()])
         try:
-            init_broker(_broker_store(store, create=True), key, cert, roots)
-        except BrokerError as exc:
-            fail(str(exc), reason=exc.reason, hint="use another --store")
-        personalise(card, pki.CertificateAuthority.load(ca_path), pin=pin, now=datetime.now(UTC),
-                    role=pki.Role.SERVICE, name=f"{name} SAM")  # fmt: skip
-        LocalCard(card, pin).ask(INIT, READY)
-    finally:
-        card.close()
+            if card.personalised:
+                fail(f"the card in {sam_store} is personalised already", hint="use another --sam-store")
+            try:
+                init_broker(_broker_store(store, create=True), key, cert, roots)
+            except BrokerError as exc:
+                fail(str(exc), reason=exc.reason, hint="use another --store")
+            personalise(card, pki.CertificateAuthority.load(ca_path), pin=pin, now=datetime.now(UTC),
+                        role=pki.Role.SERVICE, name=f"{name} SAM")  # fmt: skip
+            LocalCard(card, pin).ask(INIT, READY)
+        finally:
+            card.close()
     say(as_json, {"store": store, "sam_store": sam_store}, f"broker made in {store}, its SAM in {sam_store}")
 
 

@@ -28,6 +28,7 @@ from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
 from cardnet.cli.fairx import exchange_row, people_rows
 from cardnet.cli.main import LazyGroup
 from cardnet.cli.output import (
+    all_or_nothing,
     console,
     emit_json,
     fail,
@@ -236,7 +237,7 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         fail_os(exc, "make the wallet's folder", folder)
-    try:  # what init makes, all or nothing: a half-made wallet would refuse the next init as "already made"
+    with all_or_nothing(path, host_config, store):  # a half-made wallet would refuse the next init as "already made"
         card = Card.open("sqlite:///" + str(store.resolve()), applets=make_applets(list(APPLETS)))
         try:
             uid = personalise(card, authority_ca, pin=pin, now=datetime.now(UTC), name=name, domain=raw_domain)
@@ -260,10 +261,6 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
             if value is not None:
                 values[key] = str(Path(value).resolve()) if key in wallet_config.PATHS else value
         wallet_config.save(path, values)
-    except BaseException:
-        for made in (path, host_config, store, *(store.with_name(store.name + x) for x in ("-wal", "-shm"))):
-            made.unlink(missing_ok=True)
-        raise
     result = {"uid": str(uid), "domain": uid.domain.hex(), "store": str(store), "host_config": str(host_config),
               "config": str(path), "socket": str(folder / "host.sock")}  # fmt: skip
     if as_json:
