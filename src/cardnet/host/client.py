@@ -30,6 +30,20 @@ from cardnet.wire import DecodeError, Message, MType, Uid
 
 _NOBODY = Uid(bytes(12), 0)
 _MISSED = hm.MISSED.code
+_UNDELIVERABLE = hm.UNDELIVERABLE.code
+
+
+def undeliverable(msg: Message, uid: Uid) -> None:
+    """Raise :class:`HostError` ``undeliverable`` if ``msg`` is the host's notice that an order of the application
+    at ``uid`` could not be given to its card (``host.undeliverable`` from that card), with the host's reason."""
+    if msg.mtype != _UNDELIVERABLE or msg.src != uid.card_uid():
+        return
+    try:
+        p = hm.UNDELIVERABLE.parse(msg)
+    except DecodeError:
+        return
+    raise HostError("undeliverable", f"the host could not give the order (mtype 0x{p['mtype']:04x}) to the card: "
+                    f"{p['reason']}")  # fmt: skip
 
 
 class AppClient:
@@ -68,12 +82,15 @@ class AppClient:
         return msg
 
     async def recv_type(self, mtype: MType, *, timeout_s: float = 10.0) -> dict[str, Any]:
-        """The params of the next message of ``mtype`` (others are skipped)."""
+        """The params of the next message of ``mtype`` (others are skipped). The host's ``host.undeliverable`` for
+        an order of this connection (its card could not take it: its store cannot be written, say) raises
+        :class:`HostError` ``undeliverable`` at once, with the host's reason, instead of waiting for the timeout."""
         async with asyncio.timeout(timeout_s):
             while True:
                 msg = await self.recv()
                 if msg.mtype == mtype.code:
                     return mtype.parse(msg)
+                undeliverable(msg, self.uid)
 
     async def aclose(self) -> None:
         await self.conn.aclose()
