@@ -912,7 +912,7 @@ def test_the_offer_and_load_routes_refuse_what_they_cannot_do(
     how = "write it like '10.00 EUR'"
     for amount, needed in (("10,00", ("a price is an amount and an ISO 4217 code", how)),
                           ("", ("give the amount to load", how)), (10, ("give the amount to load", how)),
-                          ("1.234 EUR", ("at most two decimals", how)),
+                          ("1.234 EUR", ("at most 2 decimals", how)),
                           ("0.00 EUR", ("an amount is 1..", "got 0", how))):  # fmt: skip
         r = c.post("/api/load", json={"amount": amount})
         assert (r.status_code, r.json()["error"]) == (400, "bad_amount"), (amount, r.text)

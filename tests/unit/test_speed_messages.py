@@ -43,7 +43,8 @@ def reason_of(fn: Any, *args: Any, **kwargs: Any) -> str:
 
 def test_a_price_is_a_currency_and_minor_units() -> None:
     assert str(EUR250) == "2.50 EUR"
-    assert str(sm.Price("JPY", 1)) == "0.01 JPY"
+    assert str(sm.Price("JPY", 1)) == "1 JPY"  # ISO 4217: the yen has no minor unit (it was "0.01 JPY")
+    assert str(sm.Price("KWD", 1)) == "0.001 KWD"  # the dinar's is the thousandth
     assert sm.Price.of(EUR250.fields()) == EUR250
     assert EUR250.fields() == {"currency": "EUR", "amount": 250}
     assert sm.Price("EUR", 100) < EUR250 < sm.Price("EUR", 251)
@@ -56,7 +57,8 @@ def test_a_price_prints_exactly_up_to_the_largest_amount() -> None:
     assert str(sm.Price("EUR", 9007199254738993)) == "90071992547389.93 EUR"
     assert str(sm.Price("EUR", MAX_AMOUNT)) == "90071992547409.92 EUR"
     for amount in [*range(1, 1000), *range(MAX_AMOUNT - 1000, MAX_AMOUNT + 1)]:
-        assert sm.parse_price(str(sm.Price("USD", amount))).amount == amount
+        for currency in ("USD", "JPY", "KWD", "CLF"):
+            assert sm.parse_price(str(sm.Price(currency, amount))).amount == amount
 
 
 @pytest.mark.parametrize(
@@ -89,6 +91,10 @@ def test_a_price_refuses_a_bad_currency_or_amount(currency: str, amount: int, re
         ("  3.07\tGBP  ", sm.Price("GBP", 307)),
         ("1234567.89 CHF", sm.Price("CHF", 123456789)),
         ("90071992547409.92 EUR", sm.Price("EUR", 2**53)),
+        ("250 JPY", sm.Price("JPY", 250)),  # ISO 4217's minor unit: the yen has none, the dinar the thousandth
+        ("JPY 9007199254740992", sm.Price("JPY", 2**53)),
+        ("1.234 KWD", sm.Price("KWD", 1234)),
+        ("1.2 KWD", sm.Price("KWD", 1200)),
     ],
 )
 def test_parse_price_reads_amount_and_code_in_either_order(text: str, want: sm.Price) -> None:
@@ -105,7 +111,9 @@ def test_parse_price_reads_amount_and_code_in_either_order(text: str, want: sm.P
         ("2.50 EUR now", "bad_price"),
         ("2.505 EUR", "bad_price"),
         ("2,50 EUR", "bad_price"),
-        ("-2.50 EUR", "bad_price"),
+        ("-2.50 EUR", "bad_amount"),
+        ("2.50 JPY", "bad_price"),  # the yen has no minor unit (ISO 4217)
+        ("1.2345 KWD", "bad_price"),  # the dinar's is the thousandth
         (".50 EUR", "bad_price"),
         ("1e3 EUR", "bad_price"),
         ("2.5x EUR", "bad_price"),

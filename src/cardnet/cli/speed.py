@@ -301,8 +301,9 @@ def broker_accounts(store: str, as_json: bool) -> None:
 
 def _amount(currency: str, minor: int) -> str:
     """Minor units in words, e.g. ``2.50 EUR`` for 250 (``0.00 EUR``, and a sign, too)."""
-    sign, minor = ("-", -minor) if minor < 0 else ("", minor)
-    return f"{sign}{minor // 100}.{minor % 100:02d} {currency}"
+    from cardnet.protocols.speed.messages import format_amount
+
+    return format_amount(minor, currency)
 
 
 @broker.command("run")

@@ -122,23 +122,56 @@ class Price:
         return cls(f["currency"], f["amount"])
 
     def __str__(self) -> str:
-        return f"{self.amount // 100}.{self.amount % 100:02d} {self.currency}"  # exact: no float near 2^53
+        return format_amount(self.amount, self.currency)
+
+
+# ISO 4217's minor unit of the currencies whose minor unit is not the hundredth (the list's "minor unit" column);
+# every other code, and a code not on the list, counts in hundredths.
+_DIGITS = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV",
+                     "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}  # fmt: skip
+
+
+def minor_digits(currency: str) -> int:
+    """How many decimals ``currency``'s minor unit is (ISO 4217): 2 for EUR (cents), 0 for JPY, 3 for KWD."""
+    return _DIGITS.get(currency, 2)
+
+
+def format_amount(minor: int, currency: str) -> str:
+    """``minor`` units of ``currency`` in words: ``2.50 EUR`` for 250, ``250 JPY`` for 250, ``-0.10 EUR`` for -10
+    (exact: integers only, no float near 2^53)."""
+    sign, minor = ("-", -minor) if minor < 0 else ("", minor)
+    digits = minor_digits(currency)
+    if digits == 0:
+        return f"{sign}{minor} {currency}"
+    whole, frac = divmod(minor, 10**digits)
+    return f"{sign}{whole}.{frac:0{digits}d} {currency}"
 
 
 def parse_price(text: str) -> Price:
-    """``"2.50 EUR"`` or ``"EUR 2.50"`` (two decimals: minor units are cents) -> :class:`Price`."""
+    """``"2.50 EUR"`` or ``"EUR 2.50"`` -> :class:`Price`, in the currency's minor units (ISO 4217: cents for EUR,
+    yen for JPY: ``"250 JPY"``; :func:`minor_digits`)."""
     parts = text.split()
     if len(parts) != 2:
         raise _fail("bad_price", f"a price is an amount and an ISO 4217 code, like '2.50 EUR', got {text!r}")
     a, b = parts
-    cur, num = (b, a) if a[:1].isdigit() else (a, b)
+    cur, num = (a, b) if a[:1].isalpha() else (b, a)
+    cur = check_currency(cur)
+    digits = minor_digits(cur)
+    if num.startswith("-"):
+        raise _fail("bad_amount", f"an amount is more than zero, got {num!r:.40}")
     whole, _, frac = num.partition(".")
-    if not _digits(whole) or not (frac == "" or (_digits(frac) and len(frac) <= 2)):
-        raise _fail("bad_price", f"an amount has at most two decimals, like 2.50, got {num!r:.40}")
+    if not _digits(whole) or not (frac == "" or (_digits(frac) and len(frac) <= digits)):
+        like = format_amount(250 * 10 ** max(digits - 2, 0), cur)
+        most = f"at most {digits} decimals" if digits else "no decimals"
+        raise _fail("bad_price", f"an amount of {cur} has {most}, like {like}, got {num!r:.40}")
     whole = whole.lstrip("0") or "0"
     if len(whole) > len(str(MAX_AMOUNT)):  # (and int() refuses strings of over 4300 digits)
         raise _fail("bad_amount", f"an amount is at most {MAX_AMOUNT} minor units, got {num:.40}...")
-    return Price(check_currency(cur), int(whole) * 100 + int(frac.ljust(2, "0") or "0"))
+    return Price(cur, int(whole) * 10**digits + int(frac.ljust(digits, "0") or "0"))
 
 
 def _digits(text: str) -> bool:

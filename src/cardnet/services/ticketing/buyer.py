@@ -27,7 +27,7 @@ from cardnet.applets.speed import purse as pa
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.errors import HostError
-from cardnet.protocols.speed.messages import Price
+from cardnet.protocols.speed.messages import Price, format_amount
 from cardnet.services.speed.customer import CardOrders, Customer, Journal
 from cardnet.services.ticketing.config import parse_price
 from cardnet.transport import (
@@ -195,7 +195,7 @@ async def _purse_covers(card: CardOrders, price: Price) -> None:
     if held < price.amount:
         raise TicketError(
             "insufficient",
-            f"your e-purse holds {held // 100}.{held % 100:02d} {price.currency}, the seat costs {price}: nothing "
+            f"your e-purse holds {format_amount(held, price.currency)}, the seat costs {price}: nothing "
             "was bought or paid, and the seat is not held for you",
         )
 

@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from cardnet.errors import CardnetError
+from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price
+from cardnet.protocols.speed.messages import parse_price as speed_price
 from cardnet.services.ticketing.sales import MAX_UNPAID, UNPAID_WINDOW_S
 from cardnet.transport.http import DEFAULT_HTTP_LIMITS, HttpLimits
 
@@ -109,15 +111,11 @@ def _text(d: dict[str, Any], key: str, where: str) -> str:
 
 
 def parse_price(text: str, where: str) -> Price:
-    """``"25.00 EUR"`` as a SPEED price (minor units)."""
-    parts = text.split()
-    if len(parts) != 2 or not re.fullmatch(r"\d+(\.\d{1,2})?", parts[0]) or not re.fullmatch(r"[A-Z]{3}", parts[1]):
-        raise _bad(where, f'write an amount and an ISO 4217 currency, e.g. "25.00 EUR", got {text!r}')
-    whole, _, cents = parts[0].partition(".")
-    amount = int(whole) * 100 + int((cents + "00")[:2])
-    if amount < 1:
-        raise _bad(where, "a price is more than zero")
-    return Price(parts[1], amount)
+    """``"25.00 EUR"`` as a SPEED price, in the currency's minor units (SPEED's own parser)."""
+    try:
+        return speed_price(text)
+    except ProtocolError as exc:
+        raise _bad(where, f'{exc}: write an amount and an ISO 4217 currency, e.g. "25.00 EUR"') from None
 
 
 def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
