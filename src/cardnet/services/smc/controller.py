@@ -27,7 +27,8 @@ from typing import Any, Final
 from cardnet.applets.smc import FINISHED, INPUT, PREPARE, STATE, STATE_IS, TICK
 from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
-from cardnet.host.client import AppClient
+from cardnet.host.client import AppClient, undeliverable
+from cardnet.host.errors import HostError
 from cardnet.protocols.smc.run import RunSpec
 from cardnet.wire import Message, MType
 
@@ -133,6 +134,10 @@ class Module:
                         raise SmcError(p["reason"], f"the module refused {mtype.name}: {p['detail'] or p['reason']}")
                     if msg.mtype == reply.code:
                         return dict(reply.parse(msg))
+                    try:
+                        undeliverable(msg, self.app.uid)
+                    except HostError as exc:  # the host could not give the card this order: at once, not at timeout
+                        raise SmcError(exc.reason, f"{mtype.name}: {exc}") from None
 
 
 class Party:
