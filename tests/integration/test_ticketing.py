@@ -26,6 +26,7 @@ from typing import Any
 import forkhost
 import httpx
 import pytest
+from cutrelay import cut_relay
 from forkhost import Forker
 from hostprocs import ForkedCli, Service, cardnet
 from killwindow import PointWindow
@@ -40,7 +41,6 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer, Journal, PurchaseError, install_key, load
 from cardnet.services.ticketing.buyer import (
     TicketError,
-    _relay,
     buy_ticket,
     receipt_header,
     receive_ticket,
@@ -49,8 +49,7 @@ from cardnet.services.ticketing.buyer import (
 from cardnet.services.ticketing.sales import Ticket, ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore
-from cardnet.transport import BrokenError, ClosedError
-from cardnet.transport.http_upgrade import UpgradeRefused, dial_trn
+from cardnet.transport.http_upgrade import UpgradeRefused
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay", "gus")  # carol's purse stays empty: her bill is never paid
 KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILLs of each process during purchases
@@ -294,36 +293,6 @@ def test_concurrent_buyers_of_one_seat_one_gets_it_the_others_pay_nothing(world:
     asyncio.run(go())
 
 
-async def _cut_relay(w: World, buyer: str, poid: bytes, receipt: bytes, frames_to_card: int) -> None:
-    """Like the buyer's program, but the connection drops once ``frames_to_card`` frames reached the card, and the
-    card's answers to the last of them are lost with it. With a fresh session the frames to the card are
-    session.hello, session.finish, the copy and the commit."""
-    up = await dial_trn(*server_address(w.url), "POST", f"/tickets/{poid.hex()}", headers=[receipt_header(receipt)])
-    local = await _relay(w.net.hosts[buyer].socket, bytes.fromhex(up.headers["trn-device"]))
-    passed = 0
-
-    async def back() -> None:
-        with contextlib.suppress(BrokenError, ClosedError):
-            while True:
-                msgs = await local.recv_many()
-                if passed < frames_to_card:
-                    await up.conn.send_many(msgs)
-
-    task = asyncio.create_task(back())
-    try:
-        async with asyncio.timeout(10):
-            while passed < frames_to_card:
-                msg = await up.conn.recv()
-                passed += 1
-                await local.send(msg)
-            await asyncio.sleep(0.1)  # the card answers what it got (and the answer is lost)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await up.conn.aclose()
-        await local.aclose()
-
-
 @pytest.mark.parametrize("cut_after", [0, 3, 4])
 def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(world: World, cut_after: int) -> None:
     """The connection drops after the receipt (before the session, after it, after the copy reached the card):
@@ -336,7 +305,7 @@ def test_a_paid_ticket_survives_a_dropped_connection_and_a_retry_resumes_it(worl
         async with httpx.AsyncClient(base_url=world.url) as c:  # the receipt is recorded, no ticket yet
             assert (await c.post(f"/tickets/{poid.hex()}", json={"receipt": base64.b64encode(receipt).decode()})
                     ).status_code == 426  # fmt: skip
-        await _cut_relay(world, buyer, poid, receipt, cut_after)
+        await cut_relay(world.url, world.net.hosts[buyer].socket, poid, receipt, cut_after)
         async with httpx.AsyncClient(base_url=world.url) as c:
             assert (await c.get(f"/tickets/{poid.hex()}", headers=_mine(receipt))).json()["state"] in ("minted", "sent")
         done = await receive_ticket(world.url, poid, world.net.hosts[buyer].socket, receipt=receipt)

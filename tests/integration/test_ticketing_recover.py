@@ -6,11 +6,11 @@ hosts run in this process (:meth:`cardnet.bench.ticketnet.TicketNet.in_process`)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cutrelay import cut_relay
 
 from cardnet.bench.ticketnet import EVENT, TicketNet
 from cardnet.crypto import profile
@@ -18,15 +18,10 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer
 from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.buyer import (
-    _relay,
     buy_ticket,
     get_json,
-    receipt_header,
     receive_ticket,
-    server_address,
 )
-from cardnet.transport import BrokenError, ClosedError
-from cardnet.transport.http_upgrade import dial_trn
 
 SEATS = ["A1", "A2", "B1", "B2"]
 
@@ -72,35 +67,6 @@ def test_new_sales_send_their_tickets_without_a_recovery_and_a_retry_recovers(
     asyncio.run(go())
 
 
-async def _cut_relay(net: TicketNet, buyer: str, poid: bytes, receipt: bytes, frames_to_card: int) -> None:
-    """The buyer's program, but the connection drops once ``frames_to_card`` frames reached the card, and the card's
-    answers to the last of them are lost with it (with a fresh session: hello, finish, the copy, the commit)."""
-    up = await dial_trn(*server_address(net.url), "POST", f"/tickets/{poid.hex()}", headers=[receipt_header(receipt)])
-    local = await _relay(net.hosts[buyer].socket, bytes.fromhex(up.headers["trn-device"]))
-    passed = 0
-
-    async def back() -> None:
-        with contextlib.suppress(BrokenError, ClosedError):
-            while True:
-                msgs = await local.recv_many()
-                if passed < frames_to_card:
-                    await up.conn.send_many(msgs)
-
-    task = asyncio.create_task(back())
-    try:
-        async with asyncio.timeout(10):
-            while passed < frames_to_card:
-                msg = await up.conn.recv()
-                passed += 1
-                await local.send(msg)
-            await asyncio.sleep(0.1)  # the card answers what it got (and the answer is lost)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await up.conn.aclose()
-        await local.aclose()
-
-
 def test_a_retried_delivery_re_signs_its_own_transfer_alone(tmp_path: Path) -> None:
     """Three buyers' deliveries drop after the commit reached their cards (the device's card holds three transfers
     at the commit, ``disabled``); one buyer retries. The device re-signs and resends that buyer's commit alone: no
@@ -126,7 +92,8 @@ def test_a_retried_delivery_re_signs_its_own_transfer_alone(tmp_path: Path) -> N
                         vendor_cert=net.vendor_cert, price=sm.Price("EUR", 100),
                     )  # fmt: skip
                 paid[name] = (got.poid, got.receipt)
-                await _cut_relay(net, name, got.poid, got.receipt, 4)  # the commit reached the card, its answer lost
+                # the commit reached the card, its answer lost:
+                await cut_relay(net.url, net.hosts[name].socket, got.poid, got.receipt, 4)
             for name, (poid, _) in paid.items():
                 v = await server.wallet.voucher(sales.ticket_oid(poid))  # type: ignore[union-attr]
                 assert v is not None and v.status == "disabled" and v.peer == net.uids[name], (name, v)
