@@ -65,6 +65,11 @@ from cardnet.wire import DecodeError
 log = logging.getLogger("cardnet.ticketing")
 
 T = TypeVar("T")
+STORE_FAILED = (
+    "the ticketing server cannot write its store (its disk may be full): nothing of this request was kept; send it "
+    "again later, once its operator has freed space (a paid sale stays owed: `cardnet wallet buy URL --poid SALE` "
+    "brings its ticket then)"
+)
 CHECK_EVERY_S = 1.0  # an upgraded connection checks the device's tokens at least this often (besides pushes)
 MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
 # bytes of one message on an upgraded connection (a delivery's largest is the session's accept, about 750): a larger
@@ -204,6 +209,16 @@ class TicketingServer:
         assert self.vendor is not None
         return await self.vendor.call(fn, *args)
 
+    async def _answer_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`_db` for a request being answered: a store that cannot be written (a full disk) is answered ``503``
+        ``store_failed`` in words (nothing of the request was kept; send it again later), not ``500``; logged."""
+        try:
+            return await self._db(fn, *args)
+        except StoreError as exc:
+            log.error("%s: a request failed: the store cannot be written (%s); free space on its disk",
+                      self.config.name, exc)  # fmt: skip
+            raise HttpError(503, "store_failed", STORE_FAILED) from None
+
     def _event(self, request: Request) -> Event:
         event = self.config.event(request.params["event"])
         if event is None:
@@ -264,13 +279,13 @@ class TicketingServer:
             if start == 0 and after is not None:
                 raise HttpError(404, "no_seat", f"{event.id} has no seat {after!r}: see /events/{event.id}")
             page = list(event.seats[start : start + SEAT_PAGE])
-            sold, n_sold = await self._db(sales.sold_of, self.store, event.id, page)
+            sold, n_sold = await self._answer_db(sales.sold_of, self.store, event.id, page)
             seats = [{"seat": s, "product": event.product(s), "free": s not in sold} for s in page]
             free = max(0, len(event.seats) - n_sold)
             if start + SEAT_PAGE < len(event.seats):
                 more = page[-1]
         else:  # one seat's sale and a count: a purchase's page costs the same however many seats are sold
-            poid, n_sold = await self._db(sales.seat_sale, self.store, event.id, only)
+            poid, n_sold = await self._answer_db(sales.seat_sale, self.store, event.id, only)
             seats = [{"seat": only, "product": event.product(only), "free": poid is None}]
             free = max(0, len(event.seats) - n_sold)
         data = self._event_summary(event) | {"seats": seats, "free": free}
@@ -305,12 +320,12 @@ class TicketingServer:
                             f"(header {AUTHORIZATION}: {RECEIPT_SCHEME} BASE64, or {{\"receipt\": BASE64}} in a POST): "
                             "pay the sale (SPEED) and send the receipt your wallet kept")  # fmt: skip
         assert self.store is not None and self.core is not None
-        t = await self._db(sales.ticket, self.store, poid)
+        t = await self._answer_db(sales.ticket, self.store, poid)
         if t is None:
             raise HttpError(404, "no_sale", "no sale of this server has that PaymentOrderID: check the server's "
                             "address and the PaymentOrderID (a new ticket: buy a seat first, with SPEED)")  # fmt: skip
         try:  # opens under the sale's RecKey, the broker signed it, names this sale (recorded: again, if taken before)
-            await self._db(self.core.take_receipt, poid, sealed)
+            await self._answer_db(self.core.take_receipt, poid, sealed)
         except (ProtocolError, CryptoError, PkiError, DecodeError) as exc:
             raise HttpError(402, "bad_receipt", f"that receipt does not pay this sale: {exc}") from None
         return t
@@ -334,7 +349,7 @@ class TicketingServer:
         if t.state == "sold":
             assert self.store is not None
             log.info("%s: sale %s paid (seat %s/%s)", self.config.name, t.poid.hex()[-16:], t.event, t.seat)
-            t = await self._db(sales.advance, self.store, t, "paid")
+            t = await self._answer_db(sales.advance, self.store, t, "paid")
         if t.state == "delivered":
             return Response.json(t.public() | {"note": "the ticket left this server already"})
         if request.upgrade != TRN:
