@@ -395,6 +395,16 @@ async def _bought_unpaid(w: World, customer: Any, count: int) -> None:
         assert e.value.reason == "unreachable"
 
 
+async def _sixteen_under_way(w: World, customer: Any, journal: Journal) -> bytes:
+    """A loaded purse with sixteen debits under way: the oldest authorised by the SAM and its S2 lost, fifteen
+    whose payments never reached the broker. The oldest's PaymentOrderID."""
+    await load_purse(w, 5000)
+    await _bought_unpaid(w, customer, 1)
+    oldest = await _authorise_and_lose_the_s2(w, journal)
+    await _bought_unpaid(w, customer, 15)
+    return oldest
+
+
 async def _authorise_and_lose_the_s2(w: World, journal: Journal) -> bytes:
     """The broker (over TCP) authorises the one purchase of ``journal`` under way, and its S2 never reaches the card
     (the customer's host crashed): the SAM's authorisation is open. Its PaymentOrderID."""
@@ -427,10 +437,7 @@ def test_a_payment_the_sam_authorised_is_finished_when_the_card_holds_sixteen_de
 
     async def go() -> None:
         async with served(w):
-            await load_purse(w, 5000)
-            await _bought_unpaid(w, customer, 1)
-            oldest = await _authorise_and_lose_the_s2(w, journal)
-            await _bought_unpaid(w, customer, 15)
+            oldest = await _sixteen_under_way(w, customer, journal)
             with pytest.raises(PurchaseError) as e:
                 await customer.buy(w.vendor_addr, w.broker_addr, ["news-1 Today's paper"], broker_cert=w.broker_cert,
                                    mode="aggressive")  # fmt: skip
@@ -497,10 +504,7 @@ def test_debits_no_purchase_will_finish_end_on_the_sams_sr_and_the_authorised_on
 
     async def go() -> None:
         async with served(w):
-            await load_purse(w, 5000)
-            await _bought_unpaid(w, customer, 1)
-            oldest = await _authorise_and_lose_the_s2(w, journal)
-            await _bought_unpaid(w, customer, 15)
+            oldest = await _sixteen_under_way(w, customer, journal)
             done = await end_debits(AsyncLocalCard(w.card), w.broker_addr)
             assert len(done.ended) == 15 and done.authorised == 1 and oldest not in {d.poid for d in done.ended}
             assert {d.price for d in done.ended} == {sm.Price(EUR, 80)}
