@@ -210,9 +210,13 @@ class TearingStore:
         self.label = label
         self.armed = False
         self.torn = False
+        # Transactions, writes and groups begun: each may change the store; while this stays the same it holds what it
+        # held (what a check reads from it, or a card's mirror of it, need not be read again).
+        self.writes = 0
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTxn]:
+        self.writes += 1
         if self.torn:
             raise Torn("io", f"card {self.label} is without power until reopened")
         when = self.world.draw_tear(self.label) if self.armed else None
@@ -226,6 +230,7 @@ class TearingStore:
             raise Torn("io", f"card {self.label} torn after commit")
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        self.writes += 1
         if self.torn:
             raise Torn("io", f"card {self.label} is without power until reopened")
         when = self.world.draw_tear(self.label) if self.armed else None
@@ -241,6 +246,7 @@ class TearingStore:
     def group(self) -> Iterator[None]:
         """The inner store's group; torn (before or after its one commit) as a transaction is. A transaction torn
         inside the group loses the whole group: nothing of it was committed."""
+        self.writes += 1
         if self.torn:
             raise Torn("io", f"card {self.label} is without power until reopened")
         when = self.world.draw_tear(self.label) if self.armed else None
