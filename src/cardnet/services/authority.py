@@ -70,11 +70,23 @@ class BlocklistSigner:
                     await asyncio.wait_for(stop.wait(), self.every_s)
 
     async def once(self, app: AppClient) -> pki.Blocklist | None:
+        """One poll: read the card's blocked set, and sign and hand it a new epoch if it changed (or is stale, or
+        the card does not hold the last epoch signed)."""
+        return await self.hand(app, await self.poll(app))
+
+    async def poll(self, app: AppClient) -> dict[str, Any]:
+        """The card's ``auth.blocked``: its blocked set and the epoch of the blocklist it holds."""
         await app.send(app.uid.card_uid(), BLOCKED_LIST)
-        got = await app.recv_type(BLOCKED)
+        return await app.recv_type(BLOCKED)
+
+    async def hand(self, app: AppClient, got: dict[str, Any]) -> pki.Blocklist | None:
+        """Sign and hand the card a new epoch if what :meth:`poll` ``got`` calls for it; the blocklist handed."""
         blocked = frozenset(got["uids"])
         stale = self.refresh_s > 0 and time.time() - self.signed_at >= self.refresh_s
-        if blocked == self.signed and not stale:
+        # the card holds an older epoch than the last one signed: it never took it (its host could not give it the
+        # order: its store could not be written, say), so sign it again rather than think it delivered
+        taken = got.get("epoch", 0) >= self.epoch
+        if blocked == self.signed and not stale and taken:
             return None
         # Epochs only grow: after a restart of the service, continue above what the card already holds
         # (else cards that have a higher epoch would ignore every new blocklist).
