@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cardnet.services.serving import GroupCommitServer
+from cardnet.services.serving import GroupCommitServer, Refused
 from cardnet.store import SqliteStore, StoreError
 from cardnet.transport import BrokenError, TcpConnection, dial
 from cardnet.wire import Message, Uid
@@ -25,7 +25,7 @@ from cardnet.wire import Message, Uid
 R = TypeVar("R")
 ME = Uid(b"\x00" * 12, 1)
 T = "t"
-ASK, ANSWER, MORE = 0x7F01, 0x7F02, 0x7F03
+ASK, ANSWER, MORE, REFUSED = 0x7F01, 0x7F02, 0x7F03, 0x7F04
 
 
 class Boom(Exception):
@@ -35,14 +35,14 @@ class Boom(Exception):
 class Rig:
     """A store, an ``answer`` that records each request durably, and the server around them."""
 
-    def __init__(self, tmp: Path, *, max_group: int = 64) -> None:
+    def __init__(self, tmp: Path, *, max_group: int = 64, refused: Refused | None = None) -> None:
         self.path = str(tmp / "served.db")
         self.store = SqliteStore(self.path)
         self.commits = 0
         self.store._c.set_trace_callback(self._trace)
         self.fail_commit = threading.Event()  # the next group's commit fails
         self.lock_held: list[bool] = []
-        self.server = GroupCommitServer(self.answer, group=self.group, max_group=max_group)
+        self.server = GroupCommitServer(self.answer, group=self.group, max_group=max_group, refused=refused)
 
     def _trace(self, sql: str) -> None:
         if sql == "COMMIT":
@@ -184,6 +184,50 @@ def test_a_group_whose_commit_fails_sends_nothing(tmp_path: Path) -> None:
             c.close()
 
     run(tmp_path, body)
+
+
+def fail_commits(db: str, on: bool) -> None:
+    """While ``on``, every transaction that writes a record fails at its COMMIT (SQLite checks a deferred foreign
+    key there, which a trigger on the records breaks; as tests/integration/failing_commits.py)."""
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        if on:
+            c.executescript("""
+                CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY);
+                CREATE TABLE IF NOT EXISTS child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+                CREATE TRIGGER fail_all AFTER INSERT ON kv BEGIN INSERT INTO child (p) VALUES (42); END;
+            """)  # fmt: skip
+        else:
+            c.execute("DROP TRIGGER fail_all")
+    finally:
+        c.close()
+
+
+def test_a_store_that_cannot_be_written_is_refused_in_words_and_the_connection_goes_on(tmp_path: Path) -> None:
+    """The group's COMMIT fails for real (SQLite: a deferred foreign key broken by a trigger): the request is
+    answered with the protocol's refusal, ``store_failed``, and the same connection's next request is served. A
+    store error that is not a failed write (the store closed) closes the connection as before: no words about a
+    disk that is not to blame."""
+
+    def refused(msg: Message, reason: str, detail: str) -> Message:
+        return msg.reply(REFUSED, f"{reason}: {detail}".encode())
+
+    async def body(rig: Rig, host: str, port: int) -> None:
+        conn = await dial(host, port)
+        fail_commits(rig.path, True)
+        await conn.send(Message(ME, ME, ASK, b"k1"))
+        got = await conn.recv()
+        assert got.mtype == REFUSED and got.param.startswith(b"store_failed: the service cannot write its store")
+        assert rig.committed() == set()
+        fail_commits(rig.path, False)
+        assert await ask(conn, b"k1", rig) == [b"k1", b"k1"]  # the same connection, the same request again
+        rig.store.close()
+        await conn.send(Message(ME, ME, ASK, b"k2"))
+        with pytest.raises(BrokenError):
+            await conn.recv()
+        conn.close()
+
+    run(tmp_path, body, refused=refused)
 
 
 def test_a_group_holds_at_most_max_group_requests(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ the core still sees one request at a time (one thread, one after another): its i
   server logs it and closes that connection).
 * If the group's commit fails, nothing of it was kept: every request of the group gets the error, and no
   frame of any of them is sent.
-* A request that fails because the store cannot be written (a :class:`~cardnet.store.StoreError`: a full disk, a
-  file-size limit, a failing disk; the group's commit or the request's own write) is answered with
+* A request that fails because the store cannot be written (a :class:`~cardnet.store.StoreError` ``io``: a full
+  disk, a file-size limit, a failing disk; the group's commit or the request's own write) is answered with
   ``refused(request, "store_failed", words)`` (the protocol's refusal; :func:`store_failed_words`: nothing of
   that request was kept, try it again later) and the connection goes on: the client is told at once, in words,
   instead of seeing its connection closed without a reason, and may send the same request again. The store's
@@ -185,6 +185,8 @@ class GroupCommitServer:
                 try:
                     frames = await self.call(self._answer, msg)  # raises the request's error, or the group's
                 except StoreError as exc:  # the store cannot be written: nothing of it was kept; say so, go on
+                    if exc.reason != "io":  # (a damaged or closed store: not a write that failed)
+                        raise
                     refusal = None if self._refused is None else self._refused(msg, STORE_FAILED, store_failed_words())
                     if refusal is None:
                         raise
