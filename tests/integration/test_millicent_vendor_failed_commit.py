@@ -6,7 +6,7 @@ again once the trigger is dropped. The vendor's per-connection sender used to di
 the connection stayed open: that reply and every later one on the connection were never sent, and the client
 waited for its own timeout. Then the connection was closed at once (logged); now each request of the failed batch
 is answered ``unavailable`` at once (not decided, nothing spent), the connection goes on, and the same request
-sent again is served.
+sent again is served. A store error that is not a failed write (a closed store) still closes the connection.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from failing_commits import fail_commits
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
-from cardnet.transport import dial
+from cardnet.transport import BrokenError, ClosedError, dial
 from cardnet.wire import Message, Uid
 
 ME = Uid(b"\x00" * 12, 1)
@@ -86,6 +86,17 @@ def test_a_failed_batch_is_answered_unavailable_at_once_and_the_request_is_serve
                 finally:
                     await conn.aclose()
             assert spent() == 3
+            # a store error that is not a failed write (the store closed under the vendor) says nothing of a disk:
+            # the connection is closed, as for any other failed batch
+            store.close()
+            async with asyncio.timeout(WAIT_S):
+                conn = await dial(host, port)
+                try:
+                    await conn.send(request(3))
+                    with pytest.raises((ClosedError, BrokenError)):
+                        await conn.recv()
+                finally:
+                    await conn.aclose()
         finally:
             await server.aclose()
 

@@ -1130,12 +1130,17 @@ NOT_DECIDED = (
 )  # (a reply's detail holds 200 characters)
 
 
+def _write_failed(exc: Exception) -> bool:
+    """Whether ``exc`` says the store could not be written (``io``: a full disk, a failing disk)."""
+    return isinstance(exc, StoreError) and exc.reason == "io"
+
+
 def _failed(items: list[_Item], exc: Exception) -> None:
     """A batch that was not committed (nothing of it accepted): each request is answered ``unavailable`` (not
     decided, nothing spent: the customer keeps it and sends it again) when the store could not be written, and its
     connection goes on; on any other error its connection is closed (the customer sends it again)."""
     n = sum(len(ms) for ms, _ in items)
-    if isinstance(exc, StoreError):
+    if _write_failed(exc):
         log.error("batch of %d failed: the store cannot be written (%s): answered 'unavailable'; free space on its "
                   "disk", n, exc)  # fmt: skip
     else:
@@ -1143,7 +1148,7 @@ def _failed(items: list[_Item], exc: Exception) -> None:
     for ms, fut in items:
         if fut.done():
             continue
-        if isinstance(exc, StoreError):
+        if _write_failed(exc):
             fut.set_result([m.reply(*mc.not_decided(m.mtype, m.param, NOT_DECIDED)) for m in ms])
         else:
             fut.set_exception(exc)
