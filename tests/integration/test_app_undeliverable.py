@@ -11,10 +11,10 @@ lowered to one byte with ``prlimit``, then raised again, and the same connection
 from __future__ import annotations
 
 import asyncio
-import resource
 from pathlib import Path
 
 import pytest
+from diskfull import disk_full
 
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.card import mtypes as cm
@@ -33,14 +33,12 @@ async def _run(net: TrnNet) -> None:
     a = net.host_of("a")
     assert a.proc is not None
     pid = a.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     app = await AppClient.connect(a.socket, card=net.uids["a"].domain)
     try:
         card = app.uid.card_uid()
         await app.send(card, cm.PIN_VERIFY, pin=PIN)
         assert (await app.recv_type(cm.PIN_RESULT))["ok"]
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the host's "disk" fails
-        try:
+        with disk_full(pid):  # the host's "disk" fails
             await app.send(card, cm.PIN_VERIFY, pin=PIN)
             with pytest.raises(HostError) as order:
                 await app.recv_type(cm.PIN_RESULT, timeout_s=WAIT_S)
@@ -48,8 +46,6 @@ async def _run(net: TrnNet) -> None:
             assert "cannot write its store" in str(order.value) and "free space" in str(order.value)
             assert f"0x{cm.PIN_VERIFY.code:04x}" in str(order.value)
             assert a.running
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # mended
         await app.send(card, cm.PIN_VERIFY, pin=PIN)  # the same connection, the same order: answered now
         assert (await app.recv_type(cm.PIN_RESULT, timeout_s=WAIT_S))["ok"]
     finally:

@@ -12,9 +12,9 @@ token twice). The fault is the kernel's: the running host's soft ``RLIMIT_FSIZE`
 from __future__ import annotations
 
 import asyncio
-import resource
 from pathlib import Path
 
+from diskfull import disk_full
 from test_trn_kill import add_clone, route_to, setup
 from test_trn_processes import OID
 from waiting import wait_for
@@ -60,7 +60,6 @@ async def _run(net: TrnNet, clone_port: int) -> None:
     auth = net.hosts["auth"]
     assert auth.proc is not None
     pid = auth.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     ca = pki.CertificateAuthority.load(net.tmp / "ca.cnca")
     signer = BlocklistSigner(ca, auth.socket, PIN, card=net.uids["authority"].domain)
     app = await AppClient.connect(auth.socket, card=net.uids["authority"].domain)
@@ -68,12 +67,9 @@ async def _run(net: TrnNet, clone_port: int) -> None:
         await app.send(app.uid.card_uid(), cm.PIN_VERIFY, pin=PIN)
         assert (await app.recv_type(cm.PIN_RESULT))["ok"]
         polled = await signer.poll(app)  # a is blocked: a new epoch is due
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the authority host's "disk" fails just then
-        try:
+        with disk_full(pid):  # the authority host's "disk" fails just then
             signed = await signer.hand(app, polled)  # signed and handed; the card cannot take it
             assert signed is not None and signed.is_blocked(net.uids["a"])
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # mended
         for _ in range(2):  # the signer's next polls (its run loop logs in again after an error)
             try:
                 await signer.once(app)

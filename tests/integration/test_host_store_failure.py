@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from diskfull import disk_full
 
 from cardnet.applets.trn import MINT, SEND
 from cardnet.bench.trnnet import PIN, TrnNet
@@ -35,7 +35,6 @@ def test_a_card_whose_store_cannot_be_written_refuses_in_words_and_loses_nothing
         b = net.host_of("b")
         assert b.proc is not None
         pid = b.proc.pid
-        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
 
         async def go() -> None:
             await net.setup_trace()
@@ -45,8 +44,7 @@ def test_a_card_whose_store_cannot_be_written_refuses_in_words_and_loses_nothing
             wallet = await Wallet.open(b.socket, pin=PIN, card=net.uids["b"].domain)
             try:
                 assert [v.oid for v in await wallet.vouchers()] == []
-                resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the "disk" of b's host fails
-                try:
+                with disk_full(pid):  # the "disk" of b's host fails
                     # a's card gives the token up; b's card cannot take it yet
                     assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]
                     with pytest.raises(WalletError) as order:
@@ -65,8 +63,6 @@ def test_a_card_whose_store_cannot_be_written_refuses_in_words_and_loses_nothing
                     error = json.loads(cli.stdout)["error"]
                     assert error["reason"] == "store_failed" and "free space" in error["hint"], error
                     assert b.running
-                finally:
-                    resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # mended
                 await net.settle("b", OID)  # the transfer sent while b's store failed completes: nothing lost
                 assert [v.oid for v in await wallet.vouchers()] == [OID]
             finally:

@@ -12,12 +12,10 @@ written: the scrip bought once, the account debited once, the scrip spent once w
 from __future__ import annotations
 
 import json
-import resource
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from diskfull import disk_full
 from hostprocs import Service, cardnet
 
 from cardnet.services.millicent.broker import BrokerCore
@@ -26,17 +24,9 @@ from cardnet.store import SqliteStore
 VID = "00000000000000a1"
 
 
-@contextmanager
-def disk_full(service: Service) -> Iterator[None]:
-    """While inside, no write of ``service``'s process to a file succeeds."""
+def _pid(service: Service) -> int:
     assert service.proc is not None
-    pid = service.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
-    try:
-        yield
-    finally:
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+    return service.proc.pid
 
 
 def mc(*args: str) -> Any:
@@ -68,7 +58,7 @@ def test_a_broker_or_vendor_that_cannot_write_its_store_says_so_and_the_retry_fi
         cid = out.split("customer id ")[1].split()[0]
         cardnet("millicent", "broker", "deposit", "--store", b, "--customer", cid, "--amount", "100")
 
-        with disk_full(broker):  # the purchase is answered pending, in words; a new account refused
+        with disk_full(_pid(broker)):  # the purchase is answered pending, in words; a new account refused
             got = mc("buy", "--wallet", wallet, "--vendor", VID, "--value", "20")["error"]
             assert got["reason"] == "pending" and "broker cannot write its store" in got["message"], got
             assert "millicent retry" in got["message"], got
@@ -84,7 +74,7 @@ def test_a_broker_or_vendor_that_cannot_write_its_store_says_so_and_the_retry_fi
         assert balance(b, cid) == 80  # debited once
 
         spend = ["spend", "--wallet", wallet, "--vendor", VID, "--at", at, "--product", "hello", "--price", "3"]
-        with disk_full(vendor):  # the spend is answered unavailable, in words; the scrip stays pending
+        with disk_full(_pid(vendor)):  # the spend is answered unavailable, in words; the scrip stays pending
             got = mc(*spend)["error"]
             assert got["reason"] == "store_failed" and "vendor cannot write its store" in got["message"], got
             assert "nothing was decided or spent" in got["message"], got

@@ -10,10 +10,10 @@ A real module host process over its Unix socket; the fault is the kernel's: the 
 from __future__ import annotations
 
 import asyncio
-import resource
 from pathlib import Path
 
 import pytest
+from diskfull import disk_full
 
 from cardnet.bench.smcnet import PIN, SmcNet
 from cardnet.card import mtypes as cm
@@ -29,18 +29,14 @@ async def _run(net: SmcNet) -> None:
     [hp] = net.hosts
     assert hp.proc is not None
     pid = hp.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     module = await Module.open(hp.socket, pin=PIN, card=hp.domain)
     try:
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the host's "disk" fails
-        try:
+        with disk_full(pid):  # the host's "disk" fails
             with pytest.raises(SmcError) as order:
                 await module.ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=PIN)
             assert order.value.reason == "undeliverable"
             assert "cannot write its store" in str(order.value) and "free space" in str(order.value)
             assert hp.running
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # mended
         assert (await module.ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=PIN))["ok"]
     finally:
         await module.close()

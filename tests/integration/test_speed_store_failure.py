@@ -11,15 +11,19 @@ purchase the broker refused is paid once by ``cardnet speed recover``, the load 
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from diskfull import disk_full
 from hostprocs import Service
 from speedprocs import NEWS, SpeedNet, build, run
+
+
+def _pid(service: Service) -> int:
+    assert service.proc is not None
+    return service.proc.pid
 
 
 @pytest.fixture
@@ -27,19 +31,6 @@ def net(tmp_path: Path) -> Iterator[SpeedNet]:
     n = build(tmp_path)
     yield n
     n.stop()
-
-
-@contextmanager
-def disk_full(service: Service) -> Iterator[None]:
-    """While inside, no write of ``service``'s process to a file succeeds."""
-    assert service.proc is not None
-    pid = service.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
-    try:
-        yield
-    finally:
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
 
 
 def refused_store_failed(got: Any, who: str) -> None:
@@ -53,7 +44,7 @@ def test_a_broker_or_vendor_that_cannot_write_its_store_refuses_in_words_and_los
     alice = net.customers["alice"]
     assert alice.balance() == {"EUR": 2000}
     # the broker's store (and its SAM's) fails: the payment and a load are refused; paid and credited once after
-    with disk_full(net.broker):
+    with disk_full(_pid(net.broker)):
         bought = alice.buy(net, NEWS, limit="1.00 EUR", check=False)  # delivered, its payment refused
         refused_store_failed(bought, "broker")
         assert "speed recover" in bought["error"]["hint"]
@@ -72,7 +63,7 @@ def test_a_broker_or_vendor_that_cannot_write_its_store_refuses_in_words_and_los
     assert net.accounts() == {"C-1": {"EUR": 8000 - 500}, "V-1": {"EUR": 80}}
 
     # the vendor's store fails: the purchase is refused before anything was delivered; bought again after
-    with disk_full(net.vendor):
+    with disk_full(_pid(net.vendor)):
         refused_store_failed(alice.buy(net, NEWS, limit="1.00 EUR", check=False), "vendor")
         assert net.vendor.proc is not None and net.vendor.proc.poll() is None
     assert alice.recover(net)["finished"] == []  # nothing was delivered, nothing waits to be paid

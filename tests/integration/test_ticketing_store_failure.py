@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import resource
 from pathlib import Path
 
 import httpx
 import pytest
+from diskfull import disk_full
 
 from cardnet.bench.ticketnet import EVENT, PRICE, TicketNet
 from cardnet.services.speed.customer import Customer
@@ -42,7 +42,6 @@ async def _run(net: TicketNet) -> None:
     tickets = net.hosts["tickets"]
     assert tickets.proc is not None
     pid = tickets.proc.pid
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     async with httpx.AsyncClient(base_url=net.url) as c:
         info = (await c.get("/")).json()
     price = parse_price(PRICE, "price")
@@ -52,8 +51,7 @@ async def _run(net: TicketNet) -> None:
             str(info["speed"]), net.broker_addr, [f"{EVENT}/A1"], broker_cert=net.broker_cert, mode="aggressive",
             vendor_cert=base64.b64decode(info["vendor_cert"]), price=price, limit=price,
         )  # fmt: skip
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the server's "disk" fails
-        try:
+        with disk_full(pid):  # the server's "disk" fails
             with pytest.raises(UpgradeRefused) as refused:
                 await receive_ticket(net.url, bought.poid, bob, receipt=bought.receipt, timeout_s=WAIT_S)
             assert refused.value.status == 503 and refused.value.error == "store_failed", refused.value
@@ -61,8 +59,6 @@ async def _run(net: TicketNet) -> None:
             assert "cannot write its store" in said and "nothing of this request was kept" in said, said
             assert json.loads(refused.value.body)["error"] == "store_failed"
             assert tickets.running
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # mended
         got = await receive_ticket(net.url, bought.poid, bob, receipt=bought.receipt, timeout_s=WAIT_S)
         assert [v.oid for v in await w.vouchers()] == [got.oid]  # the ticket on bob's card, once
     assert "paid (seat bench/A1)" in tickets.log() and "delivered" in tickets.log()
