@@ -366,30 +366,39 @@ def drop_load(ctx: StepContext, lr: bytes) -> tuple[int, bool]:
     """Forget the pending load the SAM's encoded ``lr`` refuses, in ``ctx``'s step: its ``m`` and whether it was
     pending (False: forgotten before). Raises :class:`~cardnet.card.Refused` (``bad_mac``, ``mismatch``,
     ``conflict``, ``no_pending``)."""
-    key = _key(ctx)
-    state = load_state(ctx)
-    try:
-        got = pp.LR.decode(lr)
-        new, dropped = pp.apply_lr(state, key=key, uid=ctx.card_uid, lr=got)
-    except (ProtocolError, DecodeError) as exc:
-        raise _refused(exc) from None
-    save_state(ctx, state, new)
+    got, dropped = _drop(ctx, pp.LR.decode, lr, lambda state, key, g: pp.apply_lr(state, key=key, uid=ctx.card_uid,
+                                                                                  lr=g))  # fmt: skip
     return got.m, dropped
 
 
 def drop_debit(ctx: StepContext, sr: bytes) -> tuple[int, bool]:
-    """Forget the pending debit the SAM's encoded ``sr`` refuses, in ``ctx``'s step: its ``n`` and whether it was
-    pending (False: forgotten before). Raises :class:`~cardnet.card.Refused` (``bad_mac``, ``mismatch``,
-    ``conflict``, ``no_pending``)."""
+    """Forget the pending debit the SAM's encoded ``sr`` refuses (as :func:`drop_load`): its ``n`` and whether it
+    was pending."""
+    got, dropped = _drop(ctx, pp.SR.decode, sr, lambda state, key, g: pp.apply_sr(state, key=key, uid=ctx.card_uid,
+                                                                                  sr=g))  # fmt: skip
+    return got.n, dropped
+
+
+_Statement = TypeVar("_Statement")
+
+
+def _drop(
+    ctx: StepContext,
+    decode: Callable[[bytes], _Statement],
+    raw: bytes,
+    apply: Callable[[pp.PurseState, bytes, _Statement], tuple[pp.PurseState, bool]],
+) -> tuple[_Statement, bool]:
+    """Decode the SAM's refusal statement ``raw`` and ``apply`` it to the purse's state in ``ctx``'s step: the
+    statement and whether its load or debit was pending; a bad statement is refused as the protocol says why."""
     key = _key(ctx)
     state = load_state(ctx)
     try:
-        got = pp.SR.decode(sr)
-        new, dropped = pp.apply_sr(state, key=key, uid=ctx.card_uid, sr=got)
+        got = decode(raw)
+        new, dropped = apply(state, key, got)
     except (ProtocolError, DecodeError) as exc:
         raise _refused(exc) from None
     save_state(ctx, state, new)
-    return got.n, dropped
+    return got, dropped
 
 
 class PurseApplet(Applet):

@@ -349,6 +349,15 @@ def _log(ctx: StepContext, day: int, kind: bytes, uid: Uid, ctr: int, currency: 
     ctx.put(b"g:" + _ctr(day) + seq.to_bytes(8, "big"), kind + bytes(uid) + _ctr(ctr))
 
 
+def _refuse_unauthorised(ctx: StepContext, kind: bytes, uid: Uid, ctr: int, rc: bytes) -> None:
+    """Refuse ``kind``'s counter ``ctr`` of ``uid`` for good (:func:`_refusal`), unless the SAM authorised it already
+    (an L2 or S2 under ``l:`` / ``d:``): then ``authorised``, and the card ends it with that authorisation."""
+    if ctx.get(kind + b":" + bytes(uid) + _ctr(ctr)) is not None:
+        what, proof = ("load", "an L2") if kind == _LOAD else ("debit", "an S2")
+        raise Refused("authorised", f"{what} {ctr} of {uid} was authorised ({proof} exists): it is not refused")
+    _refusal(ctx, kind, uid, ctr, rc)
+
+
 def _refusal(ctx: StepContext, kind: bytes, uid: Uid, ctr: int, rc: bytes) -> bool:
     """Record that ``kind``'s counter ``ctr`` of ``uid`` is refused for good (``r:`` a load, ``x:`` a debit), with
     the day it was made and its index entry by day (``q:``, what :meth:`SamApplet._prune` drops it by); whether a
@@ -499,9 +508,7 @@ class SamApplet(Applet):
         master = _master(ctx)
         l1 = pp.L1.decode(raw)
         lr = pp.sam_refuse_l1(pp.diversify(master, l1.uid), l1)
-        if ctx.get(b"l:" + bytes(l1.uid) + _ctr(l1.m)) is not None:
-            raise Refused("authorised", f"load {l1.m} of {l1.uid} was authorised (an L2 exists): it is not refused")
-        _refusal(ctx, _LOAD, l1.uid, l1.m, l1.rc)
+        _refuse_unauthorised(ctx, _LOAD, l1.uid, l1.m, l1.rc)
         ctx.reply(L1_REFUSED, lr=lr.encode())
 
     def _refuse_s1(self, ctx: StepContext, raw: bytes) -> None:
@@ -510,9 +517,7 @@ class SamApplet(Applet):
         master = _master(ctx)
         s1 = pp.S1.decode(raw)
         sr = pp.sam_refuse_s1(pp.diversify(master, s1.uid), s1)
-        if ctx.get(b"d:" + bytes(s1.uid) + _ctr(s1.n)) is not None:
-            raise Refused("authorised", f"debit {s1.n} of {s1.uid} was authorised (an S2 exists): it is not refused")
-        _refusal(ctx, _DEBIT, s1.uid, s1.n, s1.rc)
+        _refuse_unauthorised(ctx, _DEBIT, s1.uid, s1.n, s1.rc)
         ctx.reply(S1_REFUSED, sr=sr.encode())
 
     def _load_finish(self, ctx: StepContext, raw: bytes) -> None:
