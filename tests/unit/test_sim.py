@@ -18,10 +18,13 @@ import pytest
 
 from cardnet import __file__ as cardnet_init
 from cardnet.applets.echo import EchoApplet
+from cardnet.host import mtypes as hm
+from cardnet.protocols import echo
 from cardnet.sim.faults import FAULT_KINDS, FaultPlan
 from cardnet.sim.runner import run_many, run_seed
 from cardnet.sim.scenarios import EchoScenario, register
 from cardnet.sim.world import World, plan_for
+from cardnet.wire import Message
 
 SEEDS = [0, 1, 2, 3, 7, 42, 1234]
 
@@ -233,3 +236,25 @@ def test_cardnet_sim_catches_the_broken_echo_and_says_how_to_reproduce() -> None
 def test_cardnet_sim_list() -> None:
     result = cardnet("sim", "--list")
     assert result.returncode == 0 and {"echo", "echo-broken"} <= set(result.stdout.split())
+
+
+# --------------------------------------------------------------------------- what a tear is called
+
+
+def test_an_order_to_a_torn_card_is_answered_as_a_simulated_power_loss_not_a_full_disk() -> None:
+    """A tear is the simulator cutting a card's power at a commit: the host's notice to the application whose order
+    the torn step carried says so, with no advice to free space on a disk that is not to blame (a real full disk
+    keeps that advice: tests/integration/test_host_store_failure.py)."""
+    plan = FaultPlan(0.0, 0.0, 0.0, 0.0, 0.0, tear_p=1.0, crash_p=0.0)  # every commit tears
+    world = World(0, plan, trace=True)
+    sh = world.add_host("h0")
+    card = world.add_card(sh, "card0", lambda: [EchoApplet()])
+    got: list[Message] = []
+    app = world.attach_app(sh, got.append)
+    world.at(0.1, lambda: world.submit("h0", echo.REQUEST.make(app, card.uid, rid=1, body=b"hi")), "order")
+    world.run(safety_s=0.5, heal_s=1.0, check=lambda w, final: [], quiescent=lambda w: bool(got))
+    notices = [hm.UNDELIVERABLE.parse(m) for m in got if m.mtype == hm.UNDELIVERABLE.code]
+    assert world.faults["tear"] >= 1 and notices, (world.faults, got)
+    reason = notices[0]["reason"]
+    assert "cannot write its store" in reason and "simulated power loss" in reason, reason
+    assert "disk" not in reason and "free space" not in reason, reason

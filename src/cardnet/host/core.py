@@ -100,11 +100,12 @@ HOST = Origin("host")
 
 
 def store_failed(card: Card, exc: StoreError) -> str:
-    """Why a card could not take a step whose commit failed, and what to do (the reason a refusal carries)."""
-    return (
-        f"card {card.uid} cannot write its store: free space on its disk (or mend the disk) and try again; "
-        f"nothing was lost ({exc})"
-    )
+    """Why a card could not take a step whose commit failed, and what to do (the reason a refusal carries).
+
+    The disk is named only when the store blames it (its error has a ``hint``: SQLite could not write the file, a
+    full or failing disk); any other store error (a simulated power loss, a closed store) is given as it is."""
+    advice = "free space on its disk (or mend the disk) and try again" if exc.hint is not None else "try again"
+    return f"card {card.uid} cannot write its store: {advice}; nothing was lost ({exc})"
 
 
 @dataclass(slots=True)

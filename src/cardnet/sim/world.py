@@ -76,7 +76,19 @@ _CA_CACHE: dict[str, pki.CertificateAuthority] = {}
 
 
 class Torn(StoreError):
-    """The card lost power during a commit (simulated)."""
+    """The card lost power during a commit (simulated). No ``hint``: the disk is not to blame, so the host's words
+    for it (``host.core.store_failed``) give no advice about a disk."""
+
+
+_TORN = {
+    "before": "torn before commit (a simulated power loss: nothing of the commit was written)",
+    "after": "torn after commit (a simulated power loss: the commit was written, its outputs never left)",
+    "off": "is without power until reopened (a simulated tear)",
+}
+
+
+def _torn(label: str, when: str) -> Torn:
+    return Torn("io", f"card {label} {_TORN[when]}")
 
 
 _MsgKey = tuple[Uid, Uid, int, bytes]
@@ -218,29 +230,29 @@ class TearingStore:
     def transaction(self) -> Iterator[SqliteTxn]:
         self.writes += 1
         if self.torn:
-            raise Torn("io", f"card {self.label} is without power until reopened")
+            raise _torn(self.label, "off")
         when = self.world.draw_tear(self.label) if self.armed else None
         with self.inner.transaction() as txn:
             yield txn
             if when == "before":
                 self.torn = True
-                raise Torn("io", f"card {self.label} torn before commit")
+                raise _torn(self.label, "before")
         if when == "after":
             self.torn = True
-            raise Torn("io", f"card {self.label} torn after commit")
+            raise _torn(self.label, "after")
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         self.writes += 1
         if self.torn:
-            raise Torn("io", f"card {self.label} is without power until reopened")
+            raise _torn(self.label, "off")
         when = self.world.draw_tear(self.label) if self.armed else None
         if when == "before":
             self.torn = True
-            raise Torn("io", f"card {self.label} torn before commit")
+            raise _torn(self.label, "before")
         self.inner.write(table, puts, deletes)
         if when == "after":
             self.torn = True
-            raise Torn("io", f"card {self.label} torn after commit")
+            raise _torn(self.label, "after")
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -248,16 +260,16 @@ class TearingStore:
         inside the group loses the whole group: nothing of it was committed."""
         self.writes += 1
         if self.torn:
-            raise Torn("io", f"card {self.label} is without power until reopened")
+            raise _torn(self.label, "off")
         when = self.world.draw_tear(self.label) if self.armed else None
         with self.inner.group():
             yield
             if self.torn or when == "before":
                 self.torn = True
-                raise Torn("io", f"card {self.label} torn before commit")
+                raise _torn(self.label, "before")
         if when == "after":
             self.torn = True
-            raise Torn("io", f"card {self.label} torn after commit")
+            raise _torn(self.label, "after")
 
     def close(self) -> None:
         """A card closing its store does not destroy the simulated EEPROM."""
