@@ -111,3 +111,56 @@ def test_a_join_whose_module_took_no_part_fails_saying_why(tmp_path: Path) -> No
                 assert "only 1 of 2 members joined by the start" in r.stdout, r
                 assert "error: module 0 of run " in r.stderr and "ended out with no result" in r.stderr, r
                 assert "what to do: plan a new run" in r.stderr, r
+
+
+def test_a_join_interrupted_after_giving_its_input_is_taken_up_by_the_next_join(tmp_path: Path) -> None:
+    """Ctrl-C on `smc join` once its module has the party's input leaves the module joined, with its input, and no
+    one to drive its rounds. Joining again before the first round (what a person does) goes on with that input and
+    prints the result, instead of the module's refusal of a second input (``input_given``, no next step) and a run
+    that goes on without this party."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from cardnet.cli.smc import _read_run
+    from cardnet.services.smc.controller import Module, Party
+
+    with SmcNet(tmp_path, 2) as net:
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        run = tmp_path / "run.toml"
+        members = [a for u in net.uids for a in ("-m", str(u))]
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "10", "--round-ms", "100",
+                          "--out", str(run))  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        spec = _read_run(str(run))[0]
+
+        def join(i: int, value: str) -> subprocess.Popen[str]:
+            hp = net.hosts[i]
+            args = ["smc", "join", "--run", str(run), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", value]
+            return subprocess.Popen([sys.executable, "-m", "cardnet.cli.main", *args], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+        async def has_input(i: int) -> bool:
+            module = await Module.open(net.hosts[i].socket, pin=PIN, card=net.hosts[i].domain)
+            try:
+                return bool((await Party(module, spec).status()).get("has_input"))
+            except Exception:  # (no such run on the card yet)
+                return False
+            finally:
+                await module.close()
+
+        other, first = join(1, "61"), join(0, "52")
+        deadline = time.monotonic() + 8
+        while not asyncio.run(has_input(0)):
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.1)
+        first.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = first.communicate(timeout=30)
+        assert first.returncode == 130 and "interrupted" in err, (out, err)
+        again = join(0, "52")
+        out, err = again.communicate(timeout=60)
+        assert again.returncode == 0, (out, err)
+        assert "has its input for this run already" in out and "module 0: median = 52 of 2 inputs" in out, out
+        out, err = other.communicate(timeout=60)
+        assert other.returncode == 0 and "module 1: median = 52 of 2 inputs" in out, (out, err)

@@ -455,7 +455,14 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
                     f"only {joined} of {spec.n} members joined by the start, fewer than n - t = {least}: this "
                     "module takes no input and no part in the run"
                 )
-            if party.agreed:
+            if party.agreed and party.state.get("has_input"):  # an earlier join of this run (interrupted) gave it
+                if not as_json:
+                    console.print(
+                        "this module has its input for this run already (an earlier join gave it, and a module takes "
+                        "one input): the run goes on with that one",
+                        markup=False,
+                    )
+            elif party.agreed:
                 await party.give_input(raw)
             t0 = time.perf_counter()
             outcome = await party.run_rounds(start_at, round_s)
