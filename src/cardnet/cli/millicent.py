@@ -74,7 +74,8 @@ STORE = click.option("--store", required=True, help="The service's store: a file
 
 
 def _server_limits(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--max-connections, --max-per-peer, --handshake-timeout, --idle-timeout (docs/transport.md, Listening)."""
+    """--max-connections, --max-per-peer, --handshake-timeout, --idle-timeout, --send-timeout (docs/transport.md,
+    Listening)."""
     from cardnet.transport import DEFAULT_SERVER_LIMITS as D
 
     for opt in reversed(
@@ -87,13 +88,17 @@ def _server_limits(fn: Callable[..., Any]) -> Callable[..., Any]:
                          show_default=True, help="Seconds from connect to the first whole request."),
             click.option("--idle-timeout", type=click.FloatRange(0), default=D.idle_timeout_s, show_default=True,
                          help="Seconds a connection may wait without a request (0: never)."),
+            click.option("--send-timeout", type=click.FloatRange(0), default=D.send_timeout_s, show_default=True,
+                         help="Seconds an answer may wait for a client that does not read it (0: never)."),
         )
     ):  # fmt: skip
         fn = opt(fn)
     return fn
 
 
-def _limits_from(max_connections: int, max_per_peer: int, handshake_timeout: float, idle_timeout: float) -> Any:
+def _limits_from(
+    max_connections: int, max_per_peer: int, handshake_timeout: float, idle_timeout: float, send_timeout: float
+) -> Any:
     from cardnet.transport import ServerLimits
 
     return ServerLimits(
@@ -101,6 +106,7 @@ def _limits_from(max_connections: int, max_per_peer: int, handshake_timeout: flo
         max_per_peer=max_per_peer,
         handshake_timeout_s=handshake_timeout,
         idle_timeout_s=idle_timeout or None,
+        send_timeout_s=send_timeout or None,
     )
 
 

@@ -344,6 +344,7 @@ class HostServer:
             max_per_peer=self.config.app_max_connections,
             handshake_timeout_s=self.config.server_limits.handshake_timeout_s,
             idle_timeout_s=None,  # applications wait for messages as long as they like; the socket is 0600
+            send_timeout_s=None,  # and read them when they like: what waits for a slow one is APP_QUEUE, then dropped
         )
         self._unix = TcpServer(limits=self.limits, server_limits=app_limits)
         try:

@@ -114,7 +114,8 @@ class ServerLimits:
     within ``frame_timeout_s`` plus one second per ``min_recv_bytes_per_s``
     bytes of it (its announced size) of the handler waiting for it, whatever
     the idle timeout: a peer that sends half a request and trickles the rest is
-    disconnected.
+    disconnected. A send that has waited ``send_timeout_s`` for room (the peer
+    does not read what it is sent) disconnects too (None: never).
     """
 
     max_connections: int = 512  # connections held at once on this socket
@@ -123,15 +124,16 @@ class ServerLimits:
     idle_timeout_s: float | None = 600.0  # a handler waiting this long for a whole frame is disconnected
     frame_timeout_s: float = 30.0  # a frame begun must be whole this long after (plus its size's share below)
     min_recv_bytes_per_s: int = 64 * 1024  # the slowest a frame begun may arrive (bytes a second)
+    send_timeout_s: float | None = 30.0  # a send waiting this long for room (the peer does not read) disconnects
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_per_peer", "min_recv_bytes_per_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TransportError("bad_config", f"ServerLimits.{name} must be a positive int, got {value!r}")
-        for name in ("handshake_timeout_s", "idle_timeout_s", "frame_timeout_s"):
+        for name in ("handshake_timeout_s", "idle_timeout_s", "frame_timeout_s", "send_timeout_s"):
             value = getattr(self, name)
-            if value is None and name == "idle_timeout_s":
+            if value is None and name in ("idle_timeout_s", "send_timeout_s"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise TransportError(

@@ -119,6 +119,7 @@ class TcpConnection(ConnectionBase):
         self.waiting_since: float | None = None  # loop time recv() began waiting for a whole frame (None: not waiting)
         self.got_frame = False  # recv() has returned a message (a server's handshake is over)
         self.frame_since: float | None = None  # loop time the first bytes of the frame being read came (None: none)
+        self.sending_since: float | None = None  # loop time a send began waiting for room (None: none waits)
         writer.transport.set_write_buffer_limits(high=limits.write_buffer_bytes)
 
     @property
@@ -139,7 +140,7 @@ class TcpConnection(ConnectionBase):
             async with self._send_lock:
                 self._check()
                 try:
-                    await self._writer.drain()  # wait for room below the high-water mark
+                    await self._drain()
                 except OSError as exc:
                     self._fail(f"sending failed: {exc}", exc)
                     self._raise()
@@ -174,7 +175,7 @@ class TcpConnection(ConnectionBase):
                 while i < n:
                     self._check()
                     try:
-                        await writer.drain()  # wait for room below the high-water mark
+                        await self._drain()
                     except OSError as exc:
                         self._fail(f"sending failed: {exc}", exc)
                         self._raise()
@@ -192,6 +193,15 @@ class TcpConnection(ConnectionBase):
                     i = j
         finally:
             self._leave_send()
+
+    async def _drain(self) -> None:
+        """Wait for room below the high-water mark; :attr:`sending_since` says since when while it waits (a
+        server's sweeper disconnects a peer that does not read, see ``ServerLimits.send_timeout_s``)."""
+        self.sending_since = self._loop.time()
+        try:
+            await self._writer.drain()  # returns at once (without yielding) while there is room
+        finally:
+            self.sending_since = None
 
     async def recv_many(self) -> list[Message]:
         """The next message and every message already decoded after it (at most what one read chunk held)."""
@@ -439,7 +449,9 @@ class TcpServer:
     ``min_recv_bytes_per_s`` bytes of it) after the handler began waiting for
     it (a slow-sending peer). So a listening socket holds at most
     ``max_connections`` connections, each with bounded buffers (:class:`Limits`
-    and one frame), and none of them for long unless it carries frames.
+    and one frame), and none of them for long unless it carries frames. A
+    send that has waited ``send_timeout_s`` for room (a peer that sends
+    requests and never reads the answers) aborts its connection too.
     """
 
     def __init__(self, *, limits: Limits = DEFAULT_LIMITS, server_limits: ServerLimits = DEFAULT_SERVER_LIMITS) -> None:
@@ -613,8 +625,9 @@ class TcpServer:
         """Abort connections past their handshake, idle or frame timeout (one pass every quarter of the shortest)."""
         limits = self._server_limits
         handshake_s, idle_s, frame_s = limits.handshake_timeout_s, limits.idle_timeout_s, limits.frame_timeout_s
+        send_s = limits.send_timeout_s
         rate = limits.min_recv_bytes_per_s
-        period = min(max(min(handshake_s, idle_s or handshake_s, frame_s) / 4, 0.05), 1.0)
+        period = min(max(min(handshake_s, idle_s or handshake_s, frame_s, send_s or handshake_s) / 4, 0.05), 1.0)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
@@ -624,6 +637,10 @@ class TcpServer:
                 if conn is None or not conn.got_frame:
                     if now - slot.accepted_at > handshake_s:
                         self._expire(slot, f"no message within handshake_timeout_s={handshake_s:g}")
+                    continue
+                sending = conn.sending_since
+                if send_s is not None and sending is not None and now - sending > send_s:
+                    self._expire(slot, f"a send waited send_timeout_s={send_s:g} for room: the peer does not read")
                     continue
                 waiting = conn.waiting_since
                 if waiting is None:

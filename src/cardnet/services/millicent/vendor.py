@@ -103,6 +103,10 @@ ROW_ALLOWANCE_S = 10e-6  # what writing one spent record may take before the com
 PROBE_EVERY = 256  # batches committed in the worker before one is timed on the event loop again
 PRUNE_PAGE = 1000
 CLOSE_WAIT_S = 10.0  # how long a stopping server waits for the batches in progress and their replies
+# requests of one connection read and not yet answered (their replies not yet written): at this many its reader
+# waits for the replies to leave, so a client that sends and never reads holds at most this many replies (and one
+# read's requests), and the kernel pushes back on it
+MAX_UNANSWERED = 1024
 VENDOR_INDEXES = range(0x00, 0x80)  # indexes the vendor mints under; 0x80-0xff are for licensed brokers
 SERVICE_UID = Uid(b"\x00" * 12, 0)
 
@@ -939,8 +943,14 @@ class VendorServer:
         request that was accepted meanwhile is answered from its stored reply). A ``malformed`` refusal would
         make a wallet at the validation level forget scrip that is still good. A connection is never left open
         without its sender.
+
+        A connection holds at most :data:`MAX_UNANSWERED` requests whose replies are not yet written (and one
+        read's): beyond them it reads nothing more until the client has taken replies, so a client that sends
+        requests and never reads the replies makes the vendor hold a bounded number of them, not every one.
         """
-        pending: deque[asyncio.Future[list[Message]]] = deque()
+        pending: deque[tuple[asyncio.Future[list[Message]], int]] = deque()  # a batch's replies, its size
+        unanswered = 0  # requests of the batches in pending and of those the sender is writing
+        room = asyncio.Event()  # set when unanswered fell (the reader waits on it above MAX_UNANSWERED)
         wake = asyncio.Event()
         idle = asyncio.Event()  # nothing left to write (what aclose waits for)
         idle.set()
@@ -949,6 +959,7 @@ class VendorServer:
         loop = asyncio.get_running_loop()
 
         async def sender() -> None:
+            nonlocal unanswered
             try:
                 while True:
                     while not pending:
@@ -959,14 +970,21 @@ class VendorServer:
                         await wake.wait()
                     out: list[Message] = []
                     failed: Exception | None = None
+                    taken = 0
                     try:
-                        out.extend(await pending.popleft())
-                        while pending and pending[0].done():
-                            out.extend(pending.popleft().result())
+                        fut, taken = pending[0]
+                        out.extend(await fut)
+                        pending.popleft()
+                        while pending and pending[0][0].done():
+                            fut, n = pending.popleft()
+                            taken += n
+                            out.extend(fut.result())
                     except Exception as exc:  # the batch failed (the committer or preparer logged it)
                         failed = exc
                     if out:
                         await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
+                    unanswered -= taken
+                    room.set()
                     if isinstance(failed, _Stopping):
                         log.info("closing the connection from %s: %s; the client sends it again", conn.peer.label,
                                  failed)  # fmt: skip
@@ -979,12 +997,16 @@ class VendorServer:
                         return
             finally:
                 idle.set()
+                room.set()  # (a reader waiting for room finds the connection closed)
                 if not done:  # the sender stops before the reader: no reply would leave, so the connection ends
                     conn.close()
 
         task = asyncio.create_task(sender())
         try:
             while True:
+                while unanswered >= MAX_UNANSWERED and not task.done():  # the client does not read its replies
+                    room.clear()
+                    await room.wait()
                 try:
                     msgs = await conn.recv_many()
                 except (BrokenError, ClosedError):
@@ -992,7 +1014,8 @@ class VendorServer:
                 if self._closing:  # not decided, not answered: the client sends it again
                     break
                 fut: asyncio.Future[list[Message]] = loop.create_future()
-                pending.append(fut)
+                pending.append((fut, len(msgs)))
+                unanswered += len(msgs)
                 idle.clear()
                 wake.set()
                 await self._queue.put((msgs, fut))
@@ -1006,7 +1029,7 @@ class VendorServer:
                 await task
             task.cancel()
             self._idle.discard(idle)
-            for fut in pending:  # replies no one will send (the connection ended first)
+            for fut, _ in pending:  # replies no one will send (the connection ended first)
                 if not fut.cancel() and not fut.cancelled():
                     fut.exception()  # a failed batch's error, logged by the committer: retrieved here
 

@@ -1,0 +1,183 @@
+"""A client that sends requests at full speed and never reads the replies, against the real Millicent vendor and
+broker processes over loopback TCP.
+
+The attacker's socket has a small receive buffer and is never read: the server's replies fill it, then the server's
+send buffer, then the server must stop reading (so that the kernel pushes back on the attacker) and, after
+``--send-timeout``, close the connection. Before, the vendor went on reading and kept every reply it could not send,
+in memory, for ever (its resident memory grew by about 11 MB a second from one connection, without end), and a
+server whose send waited for room held the connection for ever (its sweeper only timed connections waiting to
+receive). Meanwhile a real spend on another connection succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hostprocs import Service, cardnet
+
+from cardnet.protocols import millicent as mc
+from cardnet.services.millicent import vendor as mv
+from cardnet.services.millicent.wallet import SCRIP, SECRETS, Wallet
+from cardnet.store import SqliteStore
+from cardnet.transport import encode_frame
+from cardnet.wire import Message, Uid
+
+VID = bytes.fromhex("00000000000000a1")
+ALICE = bytes.fromhex("0100000000000001")
+REQUESTS = 1_500_000  # what the attacker sends at most (39 bytes each): far more than the server may hold replies for
+STALL_S = 2.0  # the attacker stops once the kernel has taken none of its bytes for this long (pushed back)
+GROWTH = 32 * 1024 * 1024  # what the vendor's peak resident memory may grow by under the attack (without: ~190 MB)
+GUARD_S = 120.0  # a test that waits longer than this for the server has failed (no assertion on time)
+TCP_ESTABLISHED = 1
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+@dataclass
+class Flood:
+    """Request frames written as fast as the kernel takes them, on a socket that is never read."""
+
+    address: str
+    sock: socket.socket | None = None
+    sent: int = 0
+    pushed_back: bool = False
+    reset: bool = False  # the server closed the connection under a send
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the replies fill it at once
+        sock.connect((host, int(port)))
+        sock.settimeout(STALL_S)
+        self.sock = sock
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        assert self.sock is not None
+        me, them = Uid(os.urandom(12), 1), Uid(bytes(12), 0)
+        each = 2000
+        chunk = encode_frame(Message(me, them, mc.REQUEST.code, b"\xa0")) * each  # a request with nothing in it
+        try:
+            while self.sent < REQUESTS:
+                self.sock.sendall(chunk)
+                self.sent += each
+        except TimeoutError:
+            self.pushed_back = True
+        except OSError:  # the server closed the connection
+            self.reset = True
+
+    def join(self) -> None:
+        assert self.thread is not None
+        self.thread.join(GUARD_S)
+        assert not self.thread.is_alive(), "the attacker's sends neither finished nor stalled"
+
+    def state(self) -> int:
+        """The attacker's socket's TCP state (1: established)."""
+        assert self.sock is not None
+        return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.close()
+
+
+@pytest.fixture
+def vendor_store(tmp_path: Path) -> Iterator[str]:
+    """A vendor with a page "hello" at 3, and Alice's wallet holding 10 of its scrip."""
+    v = str(tmp_path / "vendor.db")
+    cardnet("millicent", "vendor", "init", "--store", v, "--id", VID.hex())
+    cardnet("millicent", "vendor", "add-page", "--store", v, "--name", "hello", "--price", "3", "--text", "hello")
+    store = SqliteStore(v)
+    wallet = Wallet(SqliteStore(str(tmp_path / "alice.db")))
+    try:
+        vendor = mv.VendorCore(store).vendor
+        with wallet.store.transaction() as txn:
+            txn.put(SECRETS, VID, mc.customer_secret(vendor.customer_masters, ALICE))
+            s = mc.mint(vendor.scrip_secrets, index=0, vendor=VID, value=10, serial=100, customer_id=ALICE,
+                        expiry=int(time.time()) + 3600)  # fmt: skip
+            txn.put(SCRIP, VID + s.scrip_id, s.encode())
+    finally:
+        wallet.store.close()
+        store.close()
+    yield v
+
+
+def test_a_vendor_holds_a_bounded_number_of_replies_for_a_client_that_never_reads(
+    tmp_path: Path, vendor_store: str
+) -> None:
+    """The vendor (no send timeout, so only the bound on unanswered requests can save it) stops reading the
+    attacker's requests once it holds ``MAX_UNANSWERED`` unsent replies: the attacker's writes stall, the vendor's
+    peak memory grows by little, and Alice's spend succeeds meanwhile."""
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
+                     "--send-timeout", "0")  # fmt: skip
+    flood: Flood | None = None
+    try:
+        at = vendor.start()
+        assert vendor.proc is not None
+        pid = vendor.proc.pid
+        before = _status(pid, "VmRSS")
+        flood = Flood(at)
+        flood.start()
+        deadline = time.monotonic() + GUARD_S
+        while flood.sent < 50_000 and not flood.pushed_back and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
+                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
+        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
+        flood.join()
+        assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
+        grown = _status(pid, "VmHWM") - before
+        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
+        assert vendor.proc.poll() is None
+    finally:
+        if flood is not None:
+            flood.close()
+        vendor.stop()
+
+
+@pytest.mark.parametrize("service", ["vendor", "broker"])
+def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
+    tmp_path: Path, vendor_store: str, service: str
+) -> None:
+    """The server's send waits for room for ``--send-timeout`` seconds, then the server closes the connection
+    (a reset: the attacker's requests are unread); the server goes on serving."""
+    store = vendor_store if service == "vendor" else str(tmp_path / "broker.db")
+    server = Service(tmp_path, "millicent", service, "run", "--store", store, "--listen", "127.0.0.1:0",
+                     "--send-timeout", "1")  # fmt: skip
+    flood: Flood | None = None
+    try:
+        at = server.start()
+        flood = Flood(at)
+        flood.start()
+        flood.join()
+        assert flood.pushed_back or flood.reset, f"the {service} read all {flood.sent} requests of a silent client"
+        deadline = time.monotonic() + GUARD_S
+        while flood.state() == TCP_ESTABLISHED:
+            assert time.monotonic() < deadline, f"the {service} kept a silent client"
+            time.sleep(0.1)
+        if service == "vendor":
+            spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
+                            "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
+            assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        if flood is not None:
+            flood.close()
+        server.stop()
