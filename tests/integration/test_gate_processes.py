@@ -50,12 +50,14 @@ def cli(*args: str) -> Any:
 
 class Screen:
     """What a gate operator sees: the JSON lines ``cardnet gate run --json`` prints (read by a thread of its own: a
-    select() on the pipe would miss lines already in the reader's buffer)."""
+    select() on the pipe would miss lines already in the reader's buffer): its events, and the gate's status when
+    it closes or opens again (``statuses``)."""
 
     def __init__(self, hp: HostProc) -> None:
         assert hp.proc is not None and hp.proc.stdout is not None
         self.hp = hp
         self.seen: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
         self.lines: queue.Queue[str] = queue.Queue()
         out = hp.proc.stdout
         threading.Thread(target=lambda: [self.lines.put(line) for line in out], daemon=True).start()
@@ -63,7 +65,7 @@ class Screen:
     async def wait(
         self, what: str, match: Callable[[dict[str, Any]], bool], timeout_s: float = WAIT_S
     ) -> dict[str, Any]:
-        for e in self.seen:
+        for e in (*self.seen, *self.statuses):
             if match(e):
                 return e
         loop = asyncio.get_running_loop()
@@ -73,11 +75,18 @@ class Screen:
                 line = await asyncio.to_thread(self.lines.get, True, 0.2)
             except queue.Empty:
                 continue
-            e = json.loads(line)["event"]
-            self.seen.append(e)
+            got = json.loads(line)
+            if "status" in got:  # (kind "status" for the matchers)
+                e = {"kind": "status", "oid": None} | got["status"]
+                self.statuses.append(e)
+            else:
+                e = got["event"]
+                self.seen.append(e)
             if match(e):
                 return e
-        raise AssertionError(f"gate {self.hp.name} never showed {what}; it showed {self.seen}\n{self.hp.log_tail()}")
+        raise AssertionError(
+            f"gate {self.hp.name} never showed {what}; it showed {self.seen} {self.statuses}\n{self.hp.log_tail()}"
+        )
 
 
 def event(kind: str, oid: bytes | None, **fields: Any) -> Callable[[dict[str, Any]], bool]:

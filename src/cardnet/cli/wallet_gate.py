@@ -41,6 +41,10 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "your card is on the authority's blocklist",
         "ask the ticket office: a card is blocked when the authority saw a ticket spent twice from it",
     ),
+    "gate_store_failed": (
+        "the gate's card cannot write its store (its disk is full or failing), so it could not take your ticket",
+        "tell the gate's staff; your ticket stays on your card: present it again once they have mended the gate",
+    ),
     "out of memory": (
         "the gate's card is full and cannot take more tickets",
         "tell the gate's staff (the gate needs more capacity); your ticket stays on your card",

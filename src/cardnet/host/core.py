@@ -82,6 +82,7 @@ CAPACITY_HINT = "raise capacity_bytes in the card's [[cards]] entry of the host 
 MAX_UNDELIVERABLE = 4096  # (card, destination domain) pairs remembered; forgotten all at once beyond
 _CARD_REFUSED = cm.REFUSED.code
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
+STORE_FAILED = "store_failed"  # a notice's code: the destination card's store cannot be written (nothing was kept)
 _NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
 
@@ -106,6 +107,17 @@ def store_failed(card: Card, exc: StoreError) -> str:
     full or failing disk); any other store error (a simulated power loss, a closed store) is given as it is."""
     advice = "free space on its disk (or mend the disk) and try again" if exc.hint is not None else "try again"
     return f"card {card.uid} cannot write its store: {advice}; nothing was lost ({exc})"
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """The last ``host.undeliverable`` notice a local card got about a destination domain: its ``reason`` and
+    ``code``, the host time ``at`` it came, and ``count``, how many such notices the card got about that domain."""
+
+    reason: str
+    at: float
+    code: str | None
+    count: int
 
 
 @dataclass(slots=True)
@@ -183,8 +195,8 @@ class Host:
         self._observers: list[tuple[Filter, Callable[[Message, Origin], None]]] = []
         self._outgoing: list[SendRemote] = []
         self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
-        # (local card domain, destination domain) -> (reason, host time) of the last undeliverable notice
-        self.undeliverable: dict[tuple[bytes, bytes], tuple[str, float]] = {}
+        # (local card domain, destination domain) -> the last undeliverable notice the card got about it
+        self.undeliverable: dict[tuple[bytes, bytes], Undelivered] = {}
         self._fill_level: dict[bytes, int] = {}  # card domain -> 1 (warned), 2 (alarmed)
         self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
@@ -452,14 +464,22 @@ class Host:
     def _store_failed(self, card: Card, batch: list[_Entry], exc: StoreError) -> None:
         """``card`` could not commit ``batch`` (its store cannot be written: a full disk, an I/O error); the card is
         as it was before the batch. Nothing in it is acknowledged: a card's or a remote host's message stays in its
-        sender's outbox and comes again (``resend_unacked``); an application's order is answered with
-        ``host.undeliverable`` saying why, as the application sent it once."""
+        sender's outbox and comes again (``resend_unacked``, the sender's recovery); an application's order is
+        answered with ``host.undeliverable`` saying why, as the application sent it once. Every sender hears of it
+        at once (code ``store_failed``): a remote card through its host, which remembers it (``host.route``), so
+        that whoever waits there for this card (a holder at a gate) learns why instead of waiting for a timeout; a
+        local card's notice is remembered here (the card itself has no use for it)."""
         reason = store_failed(card, exc)
         told = 0
         for e in batch:
-            if e.origin.kind == "app":
-                self._undeliverable(e, reason)
+            kind = e.origin.kind
+            if kind == "app":
+                self._undeliverable(e, reason, STORE_FAILED)
                 told += 1
+            elif kind == "remote":
+                self._notify(e.msg, reason, STORE_FAILED)
+            elif kind == "card" and e.msg.mtype not in NO_NOTICE:
+                self._remember_undeliverable(self._notice(e.msg, reason, STORE_FAILED))
         log.error(
             "%s: %s; %d message(s) not taken (their senders send them again), %d application order(s) refused",
             self.name, reason, len(batch) - told, told,
@@ -502,15 +522,24 @@ class Host:
         if e.ack is not None:
             e.ack[0].ack([e.ack[1]])
 
-    def _undeliverable(self, e: _Entry, reason: str) -> None:
+    def _undeliverable(self, e: _Entry, reason: str, code: str | None = None) -> None:
         self._done(e)
-        msg = e.msg
+        self._notify(e.msg, reason, code)
+
+    @staticmethod
+    def _notice(msg: Message, reason: str, code: str | None) -> Message:
+        """``host.undeliverable`` for ``msg``, to its sender, from its destination."""
+        fields: dict[str, object] = {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
+        if code is not None:
+            fields["code"] = code
+        return hm.UNDELIVERABLE.make_from(msg.dst, msg.src, fields)
+
+    def _notify(self, msg: Message, reason: str, code: str | None = None) -> None:
+        """Send ``msg``'s sender the ``host.undeliverable`` notice (none for a notice or a refusal)."""
         if msg.mtype in NO_NOTICE:
             return
         log.info("%s: undeliverable 0x%04x to %s: %s", self.name, msg.mtype, msg.dst, reason)
-        notice = hm.UNDELIVERABLE.make_from(
-            msg.dst, msg.src, {"mtype": msg.mtype, "dst": msg.dst, "reason": reason[:200]}
-        )
+        notice = self._notice(msg, reason, code)
         if msg.src.port == 0 and msg.src.domain in self.cards:
             self._remember_undeliverable(notice)
         if self._observers:
@@ -526,14 +555,8 @@ class Host:
     def too_large_here(self, src: Uid, dst: Uid, mtype: int, size: int, limit: int) -> None:
         """A remote host sent a message above this host's frame limit, which the connection read past: its sender
         gets the ``host.undeliverable`` notice (the remote host acknowledged it to its card when it wrote it)."""
-        if mtype in NO_NOTICE:
-            return
         reason = f"too large for host {self.name}: message is {size} bytes, its frame limit is {limit}"
-        log.info("%s: undeliverable 0x%04x to %s: %s", self.name, mtype, dst, reason)
-        notice = hm.UNDELIVERABLE.make_from(dst, src, {"mtype": mtype, "dst": dst, "reason": reason[:200]})
-        if self._observers:
-            self._show(notice, HOST)
-        self._enqueue(_Entry(notice, HOST))
+        self._notify(Message(src, dst, mtype, b""), reason)
 
     def _remember_undeliverable(self, notice: Message) -> None:
         """Keep the last notice per (card, destination domain); warn once per new reason (the ticks resend)."""
@@ -543,14 +566,15 @@ class Host:
             return
         key = (notice.dst.domain, p["dst"].domain)
         before = self.undeliverable.get(key)
-        if before is None or before[0] != p["reason"]:
+        if before is None or before.reason != p["reason"]:
             log.warning(
                 "%s: card %s cannot reach %s: %s (a transfer to it waits; `cardnet trn list` shows it)",
                 self.name, notice.dst, p["dst"], p["reason"],
             )  # fmt: skip
         if len(self.undeliverable) >= MAX_UNDELIVERABLE and key not in self.undeliverable:
             self.undeliverable.clear()
-        self.undeliverable[key] = (p["reason"], self._now)
+        count = 1 if before is None else before.count + 1
+        self.undeliverable[key] = Undelivered(p["reason"], self._now, p.get("code"), count)
 
     def _answer_route(self, msg: Message) -> None:
         """``host.route {domain}`` from a local application: can this host reach that domain, and how did it go."""
@@ -568,7 +592,10 @@ class Host:
             fields["where"] = "none"
         last = self.undeliverable.get((msg.dst.domain, domain))
         if last is not None:
-            fields |= {"undeliverable": last[0][:200], "undeliverable_at": max(0, int(last[1]))}
+            fields |= {"undeliverable": last.reason[:200], "undeliverable_at": max(0, int(last.at)),
+                       "undeliverable_count": last.count}  # fmt: skip
+            if last.code is not None:
+                fields["undeliverable_code"] = last.code
         self._enqueue(_Entry(hm.ROUTE_IS.make_from(msg.dst, msg.src, fields), HOST))
 
     # -- timers (the driver owns the clock: see Schedule) ---------------------------------------

@@ -11,7 +11,14 @@ UNDELIVERABLE = register(
     "host",
     Schema(
         "host.undeliverable",
-        [Field(0, "mtype", UInt(0xFFFF)), Field(1, "dst", UidType()), Field(2, "reason", Text(200))],
+        [
+            Field(0, "mtype", UInt(0xFFFF)),
+            Field(1, "dst", UidType()),
+            Field(2, "reason", Text(200)),
+            # why, as a word (absent: the message is dropped for good): ``store_failed``, the destination card could
+            # not take it because its store cannot be written (nothing was kept; a card sender resends it)
+            Field(3, "code", Text(32), optional=True),
+        ],
     ),
 )
 # The local application socket: the first frame asks for a port, the answer names the Uid.
@@ -33,7 +40,9 @@ REFUSED = register(
 )
 # An application asks its host (dst: its card's domain, port 0xffffffff) whether a card domain can be reached:
 # ``where`` is ``local`` (a card of this host), ``route`` (a configured route; ``address``) or ``none``; and
-# ``undeliverable``: the last host.undeliverable notice this card got about that domain (reason, host seconds).
+# ``undeliverable``: the last host.undeliverable notice this card got about that domain (reason, host seconds, its
+# code if it had one), and ``undeliverable_count``: how many such notices the card got (since the host started or
+# last forgot them), so an application can tell a notice that came after it looked from an older one.
 ROUTE = register(
     0x0113, "host.route", "host", Schema("host.route", [Field(0, "domain", Bytes(DOMAIN_BYTES, DOMAIN_BYTES))])
 )
@@ -49,6 +58,8 @@ ROUTE_IS = register(
             Field(2, "address", Text(200), optional=True),
             Field(3, "undeliverable", Text(200), optional=True),
             Field(4, "undeliverable_at", UInt(), optional=True),
+            Field(5, "undeliverable_code", Text(32), optional=True),
+            Field(6, "undeliverable_count", UInt(), optional=True),
         ],
     ),
 )

@@ -32,7 +32,7 @@ from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.client import AppClient
-from cardnet.host.core import HOST_PORT
+from cardnet.host.core import HOST_PORT, STORE_FAILED
 from cardnet.protocols import fairx as fx
 from cardnet.wire import Message, MType, Uid
 
@@ -40,6 +40,8 @@ ANSWER_TIMEOUT_S = 30.0
 EVENT_QUEUE = 4096  # changes a subscriber may have unread; past that it is told it missed some (and resyncs)
 MAX_RESYNCS = 8  # readings of the card's state in a row after host.missed notices (then the next notice starts over)
 RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
+NOTICE_EVERY_S = 0.25  # how often redeem() asks the host whether the gate's host sent word (host.route: no card step)
+GATE_STORE_FAILED = "gate_store_failed"  # redeem(): the gate's card cannot write its store (the voucher stays here)
 UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
 MOVING = frozenset({"disabled+O", "disabled", "trustless_disabled", "trustless"})  # a voucher on its way in or out
@@ -244,19 +246,26 @@ class Wallet:
         """Consume voucher ``oid`` at a gate (docs/gate.md): send it to the gate's card ``gate`` and wait for the
         gate's answer, resending meanwhile. If the gate has not answered within ``timeout_s`` the transfer is
         cancelled (the voucher is usable here again) and ``WalletError no_answer`` raised; once the gate copied
-        it, it is the gate's (``taken``): only the commit can follow."""
+        it, it is the gate's (``taken``): only the commit can follow. If the gate's host says its card cannot write
+        its store (``host.undeliverable`` code ``store_failed``, which this host remembers: :meth:`route`), the
+        transfer is cancelled at once and the redemption is refused ``gate_store_failed``: the voucher is usable
+        here again (if the gate took the copy after all, the cancel is refused and the gate's answer decides)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         async with self.subscription() as changes:
+            seen = await self._gate_notices(gate.domain)
             await self.transfer(oid, gate)
+            recover_at = loop.time() + recover_every_s
+            look = True
             while True:
-                mine = await self.voucher(oid)
-                if mine is None:
-                    return Redemption(oid, gate, True, "taken by the gate")
-                if mine.status == "enabled":
-                    return Redemption(oid, gate, False, mine.refused or "refused")
-                if mine.status == "disabled":  # the gate copied it and the commit is sent: it is the gate's
-                    return Redemption(oid, gate, True, "taken by the gate (its acknowledgement is on its way)")
+                if look:
+                    mine = await self.voucher(oid)
+                    if mine is None:
+                        return Redemption(oid, gate, True, "taken by the gate")
+                    if mine.status == "enabled":
+                        return Redemption(oid, gate, False, mine.refused or "refused")
+                    if mine.status == "disabled":  # the gate copied it and the commit is sent: it is the gate's
+                        return Redemption(oid, gate, True, "taken by the gate (its acknowledgement is on its way)")
                 left = deadline - loop.time()
                 if left <= 0:
                     with contextlib.suppress(WalletError):
@@ -266,12 +275,31 @@ class Wallet:
                         f"the gate {gate} did not answer in {timeout_s:g} s: the voucher "
                         "was taken back (check the gate's Uid and route; a blocked device is refused)",
                     )
+                notices = await self._gate_notices(gate.domain)
+                if notices != seen:
+                    seen = notices
+                    if notices[1] == STORE_FAILED:
+                        try:
+                            await self.cancel(oid)
+                        except WalletError:  # (the gate copied it meanwhile: its answer decides)
+                            look = True
+                            continue
+                        return Redemption(oid, gate, False, GATE_STORE_FAILED)
                 try:
-                    async with asyncio.timeout(min(left, recover_every_s)):
+                    async with asyncio.timeout(min(left, NOTICE_EVERY_S)):
                         while not _about(await changes.get(), oid):
                             pass
+                    look = True
                 except TimeoutError:
-                    await self.recover()
+                    look = loop.time() >= recover_at
+                    if look:
+                        await self.recover()
+                        recover_at = loop.time() + recover_every_s
+
+    async def _gate_notices(self, domain: bytes) -> tuple[int, str | None]:
+        """How many ``host.undeliverable`` notices this card got about ``domain``, and the last one's code."""
+        got = await self.route(domain)
+        return got.get("undeliverable_count", 0), got.get("undeliverable_code")
 
     async def cancel(self, oid: bytes) -> str:
         """Take back a voucher being sent, while its transfer cannot have been committed."""

@@ -1,0 +1,72 @@
+"""A gate whose card cannot write its store (a full or failing disk), with real processes on 127.0.0.1.
+
+``cardnet gate run --json`` beside ``cardnet authority run`` and a wallet host; the fault is the kernel's: the
+gate's process gets a soft ``RLIMIT_FSIZE`` of one byte (``diskfull.disk_full``), so every write of its card's store
+fails as on a full disk, and the limit is put back to mend the "disk". A holder presenting a ticket meanwhile is
+refused at once in words (not after the timeout: the gate's host tells the holder's host) and keeps the ticket,
+which the gate admits once when it is presented again after the mend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from diskfull import disk_full
+from test_gate_processes import Screen, cli, event, give, redeem
+
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.services.wallet import Wallet
+
+T1 = bytes([0x51]) * 16
+WAIT_S = 30.0
+
+
+def test_a_holder_at_a_gate_whose_card_cannot_write_is_refused_at_once_and_the_ticket_is_admitted_once_later(
+    tmp_path: Path,
+) -> None:
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
+    with net:
+        screen = Screen(net.hosts["g"])
+        a, proc = net.hosts["a"], net.hosts["g"].proc
+        assert proc is not None
+        gate = str(net.uids["g"])
+
+        async def go() -> None:
+            await net.setup_trace()
+            await net.setup_gates()
+            await give(net, T1, "a", b"Final, seat 4")
+            with disk_full(proc.pid):
+                # the holder walks up with `cardnet wallet enter`, willing to wait WAIT_S for the gate's answer
+                r = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "cardnet.cli.main", "wallet", "enter", T1.hex(), "--gate", gate,
+                     "--socket", a.socket, "--card", net.uids["a"].domain.hex(), "--wait", str(WAIT_S), "--json"],
+                    capture_output=True, text=True, timeout=120, env={**os.environ, "CARDNET_PIN": PIN},
+                )  # fmt: skip
+                assert r.returncode != 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+                error = json.loads(r.stdout)["error"]
+                assert error["reason"] == "gate_store_failed", (error, a.log_tail())
+                assert "cannot write its store" in error["message"] and "still on your card" in error["message"]
+                assert "staff" in error["hint"], error
+                async with await Wallet.open(a.socket, pin=PIN) as wallet:  # the ticket is usable on a's card
+                    mine = await wallet.voucher(T1)
+                    assert mine is not None and mine.status == "enabled", mine
+                    # ... and so says the wallet library to a program presenting it
+                    got = await wallet.redeem(T1, net.uids["g"], timeout_s=WAIT_S, recover_every_s=0.3)
+                    assert not got.taken and got.reason == "gate_store_failed", got
+                    mine = await wallet.voucher(T1)
+                    assert mine is not None and mine.status == "enabled", mine
+            got = await redeem(net, a, T1, "g", timeout_s=WAIT_S)  # the gate mended: admitted, once
+            assert got.taken, got
+            await screen.wait("T1 admitted", event("verdict", T1, verdict="admitted"))
+            async with await Wallet.open(a.socket, pin=PIN) as wallet:
+                assert await wallet.voucher(T1) is None
+            rows = cli("gate", "admissions", "--socket", net.hosts["g"].socket, "--json")["admissions"]
+            assert [(r["oid"], r["verdict"]) for r in rows] == [(T1.hex(), "admitted")], rows
+
+        asyncio.run(go())
