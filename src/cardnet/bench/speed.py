@@ -137,11 +137,12 @@ class Net:
 
 
 class ServiceProc:
-    """``cardnet ARGS --listen 127.0.0.1:0`` (a SPEED broker or vendor), ready once it prints its address."""
+    """``cardnet ARGS --listen 127.0.0.1:PORT`` (a SPEED broker or vendor; ``port`` 0: the OS picks one), ready once
+    it prints its address."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cardnet.cli.main", *args, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+            [sys.executable, "-m", "cardnet.cli.main", *args, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "CARDNET_PIN": PIN},
         )  # fmt: skip
         line = readline(self.proc, 30.0)

@@ -136,14 +136,15 @@ class TicketNet(TrnNet):
         self.roots, self.device_cert = made.roots, made.device_cert
         self.broker_cert, self.vendor_cert = made.broker_cert, made.vendor_cert
         device = self.uids["device"] = made.device
-        http_port, speed_port = free_port(), free_port()
+        http_port, speed_port, self.broker_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{http_port}"
         tickets = HostProc("tickets", tmp, http_port, device.domain, ("ticketing", "run"), {"CARDNET_PIN": PIN})
         tickets.start_timeout_s = 120.0  # its first start signs every seat into the catalogue
         listed = ", ".join(f'"{s}"' for s in seats)
         tickets.config.write_text(
             f'name = "bench tickets"\nlisten = "127.0.0.1:{http_port}"\nspeed_listen = "127.0.0.1:{speed_port}"\n'
-            f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = {transfer_timeout_s}\n\n'
+            f'store = "tickets.db"\nhost = "device.toml"\ntransfer_timeout_s = {transfer_timeout_s}\n'
+            f'broker = "127.0.0.1:{self.broker_port}"\n\n'
             f"[limits]\nmax_per_peer = 256\n\n"
             f'[[events]]\nid = "{EVENT}"\nname = "Benchmark"\ndate = "2027-05-01 20:00"\nprice = "{PRICE}"\n'
             f"seats = [{listed}]\n"
@@ -153,9 +154,9 @@ class TicketNet(TrnNet):
         self.broker_addr = ""
 
     def start_broker(self) -> None:
-        """``cardnet speed broker run`` (its SAM card in it), on a port the OS picks."""
+        """``cardnet speed broker run`` (its SAM card in it), on the port the ticketing server's config names."""
         self.broker = ServiceProc("speed", "broker", "run", "--store", str(self.tmp / "broker.db"), "--sam-store",
-                                  str(self.tmp / "sam.db"))  # fmt: skip
+                                  str(self.tmp / "sam.db"), port=self.broker_port)  # fmt: skip
         self.broker_addr = self.broker.address
 
     def stop(self) -> None:
@@ -204,7 +205,7 @@ class TicketNet(TrnNet):
             for h in hosts:
                 await h.start()
                 started.append(h)
-            self.broker_addr = "{}:{}".format(*await broker.start())
+            self.broker_addr = "{}:{}".format(*await broker.start("127.0.0.1", self.broker_port))
             started.append(broker)
             await server.start()
             started.append(server)

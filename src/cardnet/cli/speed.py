@@ -49,6 +49,8 @@ HINTS = {
     "debits_pending": "finish the payments under way first: cardnet speed recover --out DIR --ca-cert CA_PEM (DIR: "
     "each --out you bought with); then cardnet speed purse end-debits --broker HOST:PORT ends the debits no "
     "purchase is left to finish (nothing was paid for them)",
+    "bill_expired": "nothing was paid: the vendor's deadline for that bill passed (it may sell the goods again); buy "
+    "again for a new bill",
 }
 
 
@@ -654,7 +656,10 @@ def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: 
     say(as_json, {"finished": done, "dropped": dropped}, "\n".join(words) if done or dropped else nothing)
 
 
-DROP_HINTS = {"insufficient": "nothing was paid: load the purse (or the account), then buy again"}
+DROP_HINTS = {
+    "insufficient": "nothing was paid: load the purse (or the account), then buy again",
+    "bill_expired": "nothing was paid, and the vendor may sell the goods again: buy again for a new bill",
+}
 
 
 def finish_purchases(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path,

@@ -27,7 +27,9 @@ The messages (C customer, V vendor, B broker; sizes in docs/speed.md):
 ====  ========  ======================  ===================================================================
 
 ``Bill = {AccountNumber, K}_B, H(|Product|_K), H(ProductIDs), PaymentOrderID, Price, RecKey`` (and the chunk
-layout of the delivery, so the customer can check every byte before paying). ``PaymentOrderID = VendorID ||
+layout of the delivery, so the customer can check every byte before paying, and optionally the vendor's deadline
+``pay_by``: the broker refuses the bill after it, :func:`check_pay_by`, so a vendor holding scarce goods for a
+bill can release them once it passed). ``PaymentOrderID = VendorID ||
 NID``, ``VendorID = SHA-256(vendor's public key)``: unique as long as a vendor never reuses an NID (it keeps a
 register and refuses one it has seen).
 
@@ -42,6 +44,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from cardnet.crypto import cms, pki, profile
@@ -74,6 +77,7 @@ TAG_BYTES: Final = 16
 MAX_COMPLAINT_BYTES: Final = 12 * 1024 * 1024  # the deciphered products one complaint may carry (one frame)
 MAX_SIGNED: Final = 8 * 1024  # one signed content with its embedded certificate
 MAX_SEALED_SIGNED: Final = MAX_SIGNED + profile.HPKE_OVERHEAD
+MAX_PAY_BY: Final = 2**40  # a bill's deadline, Unix seconds (year 36812)
 
 MODES: Final = ("normal", "aggressive")
 PAYMENT_MODES: Final = ("purse", "account")
@@ -294,6 +298,8 @@ BILL = Schema(
         Field(6, "sizes", ListOf(UInt(MAX_PRODUCT_BYTES), MAX_PRODUCTS)),  # plaintext bytes of each product
         Field(7, "chunk", UInt(MAX_PRODUCT_BYTES)),  # plaintext bytes per chunk
         Field(8, "mode", Text(16)),
+        # the vendor's deadline (Unix seconds): the broker pays the bill only until then (absent: no deadline)
+        Field(9, "pay_by", UInt(MAX_PAY_BY), optional=True),
     ],
 )
 PAYMENT_MODE = Schema(
@@ -465,6 +471,30 @@ class Agreement:
     @property
     def poid(self) -> bytes:
         return make_poid(self.vendor_id, self.nid)
+
+
+def pay_by(now: float, within_s: float | None) -> int | None:
+    """The deadline a vendor writes into a bill made at ``now`` to be paid within ``within_s`` seconds (None: no
+    deadline), in whole Unix seconds rounded up."""
+    if within_s is None:
+        return None
+    return min(MAX_PAY_BY, max(0, -int(-(now + within_s) // 1)))
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_pay_by(bill: dict[str, Any], now: float) -> None:
+    """A bill past its deadline (``pay_by``, Unix seconds, inclusive) is refused ``bill_expired``; one without a
+    deadline is payable at any time."""
+    deadline = bill.get("pay_by")
+    if deadline is not None and now > deadline:
+        raise _fail(
+            "bill_expired",
+            f"the bill had to be paid by {_utc(deadline)} (the vendor's deadline), it is now {_utc(now)}: nothing "
+            "was paid and the vendor may sell the goods again; buy again for a new bill",
+        )
 
 
 def check_bill(bill: dict[str, Any], agreement: Agreement) -> None:

@@ -95,6 +95,7 @@ log = logging.getLogger("cardnet.speed.broker")
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
+AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised and not paid yet -> when authorised
 DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
 SETTLE_EVERY_S = 60.0
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
@@ -351,21 +352,37 @@ class BrokerCore:
                 sealed = self._paid(txn, poid, rec)
             return fr.reply(msg, fr.RECEIPT, poid=poid, sealed=sealed)
         if mode["kind"] == "account":
+            sm.check_pay_by(bill, now)
             return self._pay_from_account(msg, poid, rec, mode.get("account"), customer, price)
         if mode["kind"] != "purse" or not {"benc", "bsign", "s1"} <= mode.keys():
             raise _Refusal("bad_mode", "a payment is by purse (BEncKey, BSignKey, S1) or by account")
         s1 = pp.S1.decode(mode["s1"])
         if s1.uid != customer:
             raise _Refusal("not_your_purse", "the S1 is from another card than the one that signed the order")
+        self._before_deadline(bill, now, poid)
         s2 = self.sam.ask(sa.DEBIT_START, sa.S2_IS, s1=mode["s1"], poid=poid, currency=price.currency,
                           amount=price.amount)["s2"]  # fmt: skip
         answer = sm.sym_seal(mode["benc"], sm.NONCE_B_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s2}),
                              sign_key=mode["bsign"])  # fmt: skip
         rec.update(s1=mode["s1"], answer=answer, benc=mode["benc"], bsign=mode["bsign"])
+        if "pay_by" in bill:  # (durable before the S2 leaves: a group's answers leave after its commit)
+            with self.store.transaction() as txn:
+                txn.put(AUTHORISED, poid, int(now).to_bytes(8, "big"))
         self._authorised[poid] = rec
         while len(self._authorised) > MAX_AUTHORISED:
             self._authorised.pop(next(iter(self._authorised)))
         return fr.reply(msg, fr.PURSE, poid=poid, sealed=answer)
+
+    def _before_deadline(self, bill: dict[str, Any], now: float, poid: bytes) -> None:
+        """Refuse (``bill_expired``) a purse payment of a bill past its deadline, unless this broker authorised it
+        before the deadline (``sb.auth``, durable before its S2 left: the purse may have debited on that S2, and its
+        payment is finished whenever it comes, as any other). So nothing is paid for a bill after its deadline but
+        what was under way at it, and the vendor may sell its goods again (docs/decisions.md)."""
+        if "pay_by" in bill and get(self.store, AUTHORISED, poid) is None:
+            try:
+                sm.check_pay_by(bill, now)
+            except ProtocolError as expired:
+                raise _Refusal(expired.reason, str(expired)) from None
 
     def _receipt(self, poid: bytes, rec: dict[str, Any]) -> bytes:
         content = sm.RECEIPT.encode({"poid": poid, "price": rec["price"], "k": rec["k"]})
@@ -384,6 +401,7 @@ class BrokerCore:
             _put_txn(txn, rec["account"], vendor["owner"], bal)
         receipt = self._receipt(poid, rec)
         txn.put(ORDERS, poid, _ORDER.encode({**rec, "state": "paid", "receipt": receipt}))
+        txn.delete(AUTHORISED, poid)
         txn.append(RECEIPTS, fr.RECEIPT.schema.encode({"poid": poid, "sealed": receipt}))
         return receipt
 

@@ -78,7 +78,7 @@ class Purchase:
 PERMANENT = frozenset(
     {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
-     "pruned", "debit_refused"}
+     "pruned", "debit_refused", "bill_expired"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
 NOTHING_PAID = frozenset(
     {"insufficient"}

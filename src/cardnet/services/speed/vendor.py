@@ -36,6 +36,7 @@ before any frame of the delivery leaves. A vendor killed before that commit deli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import OrderedDict
@@ -54,8 +55,8 @@ from cardnet.protocols.speed.negotiation import Ended, PriceList, Sent, VendorNe
 from cardnet.services.serving import MAX_GROUP, GroupCommitServer
 from cardnet.services.speed.stored import Identity, get, put, required, save_identity, scan
 from cardnet.store import Store, Txn
-from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text
+from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits, TransportError, dial
+from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UInt
 
 log = logging.getLogger("cardnet.speed.vendor")
 
@@ -79,6 +80,7 @@ _SALE = Schema(
         Field(1, "rec_key", Bytes(32, 32)),
         Field(2, "price", Nested(sm.PRICE)),
         Field(3, "paid", Bytes(sm.MAX_SIGNED + 64), optional=True),  # the broker's sealed receipt, once taken
+        Field(4, "pay_by", UInt(sm.MAX_PAY_BY), optional=True),  # the bill's deadline (Unix seconds), if it has one
     ],
 )
 _NID_REC = Schema(
@@ -86,10 +88,11 @@ _NID_REC = Schema(
 )
 
 
-OnSale = Callable[[Txn, bytes, list[str], bytes], None]
-"""``on_sale(txn, poid, products, customer_cert)``: runs inside the transaction that records a delivery, before
-anything of it is sent (e.g. the ticketing server claims the seats, first wins); raising a
-:class:`~cardnet.protocols.errors.ProtocolError` refuses the purchase with its reason and records nothing."""
+OnSale = Callable[[Txn, bytes, list[str], bytes, "int | None"], None]
+"""``on_sale(txn, poid, products, customer_cert, pay_by)``: runs inside the transaction that records a delivery,
+before anything of it is sent (e.g. the ticketing server claims the seats, first wins, until the bill's deadline
+``pay_by``, Unix seconds, or None: no deadline); raising a :class:`~cardnet.protocols.errors.ProtocolError` refuses
+the purchase with its reason and records nothing."""
 
 
 class VendorError(CardnetError):
@@ -150,9 +153,11 @@ class VendorCore:
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float],
         on_sale: OnSale | None = None,
+        pay_within_s: float | None = None,
     ) -> None:
         self.store = store
         self.on_sale = on_sale
+        self.pay_within_s = pay_within_s  # each bill's deadline, from when it is made (None: bills carry none)
         self._customer = b""  # the certificate of the card buying in the request being answered (for on_sale)
         self.rng = rng
         self.clock = clock
@@ -257,7 +262,7 @@ class VendorCore:
         if nid in self._open or get(self.store, REGISTER, nid) is not None:
             raise _Refusal("nid_used", "this vendor has seen that NID: draw another (PaymentOrderIDs are unique)")
 
-    def _delivered(self, nid: bytes, products: list[str], sale: tuple[bytes, bytes]) -> None:
+    def _delivered(self, nid: bytes, products: list[str], sale: tuple[bytes, bytes], pay_by: int | None) -> None:
         """Record the delivery under ``nid`` and its sale (PaymentOrderID, record) durably, first wins, before
         anything of it is sent: a PaymentOrderID names one delivery, and a replayed Handshake gets none. The
         ``on_sale`` hook runs in the same transaction (its refusal undoes the delivery)."""
@@ -266,7 +271,7 @@ class VendorCore:
                 raise _Refusal("handshake_seen", "that NID has had its delivery already: no second one (paper 5.3)")
             txn.put(SALES, *sale)
             if self.on_sale is not None:
-                self.on_sale(txn, sale[0], products, self._customer)
+                self.on_sale(txn, sale[0], products, self._customer, pay_by)
 
     def _request(self, msg: Message, sealed: bytes) -> Message:
         f, customer = self._signed_request(sealed, sm.INFO_REQUEST, sm.NEGOTIATION_REQUEST, "NegotiationRequest")
@@ -314,8 +319,12 @@ class VendorCore:
         contents = [self.catalogue[p]["content"] for p in products]
         sizes = [len(c) for c in contents]
         poid = sm.make_poid(self.vendor_id, nid)
-        sale = (poid, _SALE.encode({"k": k, "rec_key": rec_key, "price": price.fields()}))
-        self._delivered(nid, products, sale)
+        pay_by = sm.pay_by(self.clock(), self.pay_within_s)
+        sale_rec: dict[str, Any] = {"k": k, "rec_key": rec_key, "price": price.fields()}
+        if pay_by is not None:
+            sale_rec["pay_by"] = pay_by
+        sale = (poid, _SALE.encode(sale_rec))
+        self._delivered(nid, products, sale, pay_by)
         yield fr.reply(msg, fr.DELIVERY, nid=nid, sizes=sizes, chunk=sm.CHUNK_BYTES)
         h = sm.DeliveryHash()
         for i, content in enumerate(contents):
@@ -324,10 +333,13 @@ class VendorCore:
                 yield fr.reply(msg, fr.CHUNK, nid=nid, product=i, index=j, data=c)
         secret = sm.seal_to(self.broker_cert, sm.BILL_SECRET.encode({"account": self.account, "k": k}),
                             sm.INFO_BILL_SECRET)  # fmt: skip
-        bill = sm.BILL.encode({
+        fields = {
             "secret": secret, "hc": h.digest(), "hp": sm.products_hash(products), "poid": poid,
             "price": price.fields(), "rec_key": rec_key, "sizes": sizes, "chunk": sm.CHUNK_BYTES, "mode": mode,
-        })  # fmt: skip
+        }  # fmt: skip
+        if pay_by is not None:
+            fields["pay_by"] = pay_by
+        bill = sm.BILL.encode(fields)
         yield fr.reply(msg, fr.BILL, nid=nid, sealed=seal(self._sign(bill)))
 
     # -- receipts ----------------------------------------------------------------------------------------------
@@ -358,6 +370,34 @@ def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[
     raw = sm.sym_open(rec_key, sm.NONCE_RECEIPT, 0, sealed, what="receipt")
     pki.verified(broker_cert, roots, now=now, role=pki.Role.SERVICE)
     return sm.decode(sm.RECEIPT, sm.signed(raw, "receipt", cert_der=broker_cert).content, "receipt")
+
+
+_ANYONE = Uid(b"\x00" * 12, 0)
+
+
+async def broker_receipts(
+    broker: tuple[str, int], after: int, *, timeout_s: float = 10.0
+) -> tuple[list[tuple[bytes, bytes]], int]:
+    """One page of the broker's receipts after log position ``after`` (``speed.vendor_receipts``): (PaymentOrderID,
+    sealed receipt) each, in the order paid, and the position to ask after next. Each opens only under its sale's
+    RecKey: :meth:`VendorCore.take_receipt` takes this vendor's. ``VendorError('unreachable')`` if the broker does not
+    answer, ``VendorError(reason)`` if it refuses."""
+    try:
+        conn = await asyncio.wait_for(dial(*broker), timeout_s)
+        try:
+            await conn.send(fr.RECEIPT_FOR_VENDOR.make(_ANYONE, _ANYONE, after=after))
+            msg = await asyncio.wait_for(conn.recv(), timeout_s)
+        finally:
+            await conn.aclose()
+    except (OSError, TransportError, TimeoutError) as exc:
+        raise VendorError("unreachable", f"cannot read the broker's receipts at {broker[0]}:{broker[1]}: "
+                          f"{exc or 'timeout'}") from None  # fmt: skip
+    if msg.mtype == fr.REFUSED.code:
+        p = fr.REFUSED.parse(msg)
+        raise VendorError(p["reason"], f"the broker refused to list its receipts: {p['detail']}")
+    page = fr.RECEIPTS.parse(msg)
+    items = [fr.RECEIPT.schema.decode(raw) for raw in page["items"]]
+    return [(i["poid"], i["sealed"]) for i in items], page["last"]
 
 
 class VendorServer(GroupCommitServer):

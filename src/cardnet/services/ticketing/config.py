@@ -10,6 +10,9 @@
     transfer_timeout_s = 30.0              # optional: how long an upgraded connection waits for the transfer
     max_unpaid_per_card = 8                # optional: sales one card may hold billed and not paid (more: refused)
     unpaid_window_s = 3600.0               # optional: how long an unpaid sale counts against its card
+    pay_within_s = 900.0                   # optional: each bill's deadline, from when it is made
+    release_margin_s = 300.0               # optional: after a deadline, before an unpaid seat is sold again
+    broker = "127.0.0.1:7400"              # optional: the SPEED broker, asked for its receipts before a release
 
     [limits]                               # optional: bounds on the HTTP port (defaults shown; docs/transport.md)
     max_connections = 256
@@ -41,11 +44,11 @@ from cardnet.errors import CardnetError
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price
 from cardnet.protocols.speed.messages import parse_price as speed_price
-from cardnet.services.ticketing.sales import MAX_UNPAID, UNPAID_WINDOW_S
+from cardnet.services.ticketing.sales import MAX_UNPAID, PAY_WITHIN_S, RELEASE_MARGIN_S, UNPAID_WINDOW_S
 from cardnet.transport.http import DEFAULT_HTTP_LIMITS, HttpLimits
 
 KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "max_unpaid_per_card",
-         "unpaid_window_s", "events", "limits"}  # fmt: skip
+         "unpaid_window_s", "pay_within_s", "release_margin_s", "broker", "events", "limits"}  # fmt: skip
 KNOWN_LIMITS = ("max_connections", "max_per_peer", "max_header_bytes", "max_body_bytes", "request_timeout_s",
                 "idle_timeout_s")  # fmt: skip
 KNOWN_EVENT = {"id", "name", "date", "price", "seats"}
@@ -85,6 +88,9 @@ class TicketingConfig:
     http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
     max_unpaid_per_card: int = MAX_UNPAID
     unpaid_window_s: float = UNPAID_WINDOW_S
+    pay_within_s: float = PAY_WITHIN_S
+    release_margin_s: float = RELEASE_MARGIN_S
+    broker: tuple[str, int] | None = None  # where the receipts are read before unpaid seats are released (None: never)
 
     def event(self, event_id: str) -> Event | None:
         return next((e for e in self.events if e.id == event_id), None)
@@ -139,6 +145,9 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
     window = data.get("unpaid_window_s", UNPAID_WINDOW_S)
     if isinstance(window, bool) or not isinstance(window, int | float) or not 1 <= window <= 30 * 86400:
         raise _bad("unpaid_window_s", f"a number of seconds 1..2592000 (30 days), got {window!r}")
+    pay_within = _seconds(data, "pay_within_s", PAY_WITHIN_S, 1, 30 * 86400, "a bill's deadline, from when it is made")
+    margin = _seconds(data, "release_margin_s", RELEASE_MARGIN_S, 0, 86400,
+                      "the wait after a bill's deadline before its unpaid seat is sold again")  # fmt: skip
     raw = data.get("events")
     if not isinstance(raw, list) or not raw or len(raw) > MAX_EVENTS:
         raise _bad("events", f"list 1..{MAX_EVENTS} events: [[events]] with id, name, date, price, seats")
@@ -183,7 +192,17 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
         http_limits=_limits(data.get("limits", {})),
         max_unpaid_per_card=unpaid,
         unpaid_window_s=float(window),
+        pay_within_s=pay_within,
+        release_margin_s=margin,
+        broker=None if data.get("broker") is None else _address(data.get("broker"), "broker"),
     )
+
+
+def _seconds(data: dict[str, Any], key: str, default: float, low: float, high: float, what: str) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _bad(key, f"a number of seconds {low:g}..{high:g} ({what}), got {value!r}")
+    return float(value)
 
 
 def _limits(raw: object) -> HttpLimits:

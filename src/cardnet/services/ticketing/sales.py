@@ -7,8 +7,12 @@ transaction that records the SPEED delivery (before the bill leaves the vendor),
 are refused ``seat_sold`` before they could pay anything. The ticket is then recorded under the
 PaymentOrderID with the buyer's card (the card that signed the purchase), so only that card can receive it.
 
-A claimed seat stays with its sale until the sale is paid (a bill can be paid at any time: SPEED bills carry no
-deadline), so a card that asks for bills and never pays them would hold seats from everyone. Each card may hold at
+A claimed seat stays with its sale until the sale is paid or its bill's deadline passed: the vendor writes a
+deadline (``pay_by``) into each bill and the broker pays no bill after it, so :func:`release` gives back, once the
+deadline and a margin for a payment already under way at the broker passed, the seat of every sale with no receipt
+(``tk.due``: deadline + PaymentOrderID, in deadline order). A receipt that still comes for a released sale (a payment
+the broker authorised before the deadline and finished after the margin) takes the seat back if nobody bought it
+since (:func:`reclaim`). Until the deadline a card could hold seats it never pays for, so each card may hold at
 most ``max_unpaid`` sales billed within the last ``window_s`` and not known paid (``tk.unpaid``: card +
 PaymentOrderID -> when billed; dropped when the sale is paid, or by the card's next claim once older than the
 window); one more is refused ``unpaid_sales`` before it is billed. Holding every seat then takes many certified
@@ -34,10 +38,15 @@ from cardnet.store import Store, Txn
 from cardnet.wire import Uid
 from cardnet.wire.cbor import dumps, loads_one
 
-SEATS, TICKETS, UNPAID = "tk.seat", "tk.ticket", "tk.unpaid"
+SEATS, TICKETS, UNPAID, DUE = "tk.seat", "tk.ticket", "tk.unpaid", "tk.due"
+BROKER_LOG = "tk.broker"  # b"after": how far the broker's receipts were read (8 bytes)
 MAX_UNPAID = 8  # sales a card may hold billed within UNPAID_WINDOW_S and not known paid (max_unpaid_per_card)
 UNPAID_WINDOW_S = 3600.0  # how long an unpaid sale counts against its card (unpaid_window_s)
 STATES = ("sold", "paid", "minted", "sent", "delivered")
+RELEASED = "released"  # a sale whose bill passed its deadline unpaid: its seat went back on sale (not in STATES)
+PAY_WITHIN_S = 900.0  # a bill's deadline, from when it is made (pay_within_s)
+RELEASE_MARGIN_S = 300.0  # after the deadline, for a payment already at the broker, before the seat is released
+RELEASE_BATCH = 256  # sales released in one transaction at most
 _OID_LABEL = b"cardnet/ticketing/oid/v1\x00"
 
 
@@ -53,6 +62,11 @@ class Ticket:
     seat: str
     card: Uid  # the buyer's card: the one that signed the purchase
     state: str
+
+    @property
+    def product(self) -> str:
+        """The SPEED product id of the seat (``tk.seat``'s key)."""
+        return f"{self.event}/{self.seat}"
 
     @property
     def oid(self) -> bytes:
@@ -73,12 +87,13 @@ class Ticket:
 
 
 def claim(
-    txn: Txn, poid: bytes, products: list[str], customer_cert: bytes, *, now: float, max_unpaid: int = MAX_UNPAID,
-    window_s: float = UNPAID_WINDOW_S,
+    txn: Txn, poid: bytes, products: list[str], customer_cert: bytes, pay_by: int | None = None, *, now: float,
+    max_unpaid: int = MAX_UNPAID, window_s: float = UNPAID_WINDOW_S,
 ) -> None:  # fmt: skip
     """The vendor's ``on_sale`` hook (``now`` and the bounds bound by the server): claim every seat of the purchase
-    for this sale, first wins; refused ``unpaid_sales`` when the buying card holds ``max_unpaid`` sales billed since
-    ``now - window_s`` and not known paid."""
+    for this sale, first wins, until the bill's deadline ``pay_by`` (Unix seconds; None: until it is paid); refused
+    ``unpaid_sales`` when the buying card holds ``max_unpaid`` sales billed since ``now - window_s`` and not known
+    paid."""
     seats = [p for p in products if "/" in p]
     if len(seats) != 1 or len(products) != 1:
         raise ProtocolError("one_seat", "a ticket purchase names exactly one seat (event/seat)")
@@ -102,6 +117,69 @@ def claim(
         raise ProtocolError("seat_sold", f"seat {seat} of {event} is sold: choose another seat")
     txn.put(TICKETS, poid, Ticket(poid, event, seat, card, "sold").encode())
     txn.put(UNPAID, card.raw + poid, max(0, now_ms).to_bytes(8, "big"))
+    if pay_by is not None:
+        txn.put(DUE, pay_by.to_bytes(8, "big") + poid, b"")
+
+
+def due(store: Store, before: float) -> bool:
+    """Whether a sale's bill deadline is before ``before`` and the sale is still to be looked at by :func:`release`."""
+    with store.transaction() as txn:
+        first = txn.scan(DUE, limit=1)
+    return bool(first) and int.from_bytes(first[0][0][:8], "big") < before
+
+
+def broker_read(store: Store) -> int:
+    """How far the broker's receipts have been read (its log position)."""
+    with store.transaction() as txn:
+        raw = txn.get(BROKER_LOG, b"after")
+    return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+def broker_read_to(store: Store, after: int) -> None:
+    with store.transaction() as txn:
+        txn.put(BROKER_LOG, b"after", after.to_bytes(8, "big"))
+
+
+def release(store: Store, before: float) -> list[Ticket]:
+    """Give back the seats of the sales whose bill's deadline is before ``before`` (the server's clock less the
+    margin) and that have no receipt (``sold``): each such sale is marked ``released``, its seat freed (so it can be
+    sold again) and it no longer counts against its card. The broker refuses their bills now, so none of them can be
+    paid any more but by a payment it authorised before the deadline (:func:`reclaim`). At most
+    :data:`RELEASE_BATCH` sales a call, oldest deadline first; the sales released."""
+    out: list[Ticket] = []
+    with store.transaction() as txn:
+        for key, _ in txn.scan(DUE, limit=RELEASE_BATCH):
+            if int.from_bytes(key[:8], "big") >= before:
+                break
+            txn.delete(DUE, key)
+            poid = key[8:]
+            raw = txn.get(TICKETS, poid)
+            t = None if raw is None else Ticket.decode(poid, raw)
+            if t is None or t.state != "sold":  # paid (or released) meanwhile
+                continue
+            if txn.get(SEATS, t.product.encode()) == poid:
+                txn.delete(SEATS, t.product.encode())
+            txn.delete(UNPAID, t.card.raw + poid)
+            t = replace(t, state=RELEASED)
+            txn.put(TICKETS, poid, t.encode())
+            out.append(t)
+    return out
+
+
+def reclaim(store: Store, t: Ticket) -> Ticket:
+    """A released sale whose receipt came after all (the broker authorised its payment before the deadline and
+    finished it after the margin): its seat back for it, paid, if nobody has bought the seat since; else
+    ``seat_resold``."""
+    with store.transaction() as txn:
+        if not txn.insert(SEATS, t.product.encode(), t.poid) and txn.get(SEATS, t.product.encode()) != t.poid:
+            raise ProtocolError(
+                "seat_resold",
+                f"seat {t.seat} of {t.event} was released at its bill's deadline and sold again before this payment "
+                "came: ask the seller for a refund, showing this receipt",
+            )
+        t = replace(t, state="paid")
+        txn.put(TICKETS, t.poid, t.encode())
+    return t
 
 
 def sold_of(store: Store, event: str, seats: list[str]) -> tuple[set[str], int]:
@@ -127,8 +205,8 @@ def ticket(store: Store, poid: bytes) -> Ticket | None:
 
 
 def advance(store: Store, t: Ticket, state: str) -> Ticket:
-    """Record that ticket ``t`` reached ``state`` (never backwards)."""
-    if STATES.index(state) <= STATES.index(t.state):
+    """Record that ticket ``t`` reached ``state`` (never backwards; a released sale only by :func:`reclaim`)."""
+    if t.state == RELEASED or STATES.index(state) <= STATES.index(t.state):
         return t
     new = replace(t, state=state)
     with store.transaction() as txn:

@@ -70,6 +70,7 @@ STORE_FAILED = (
     "again later, once its operator has freed space (a paid sale stays owed: `cardnet wallet buy URL --poid SALE` "
     "brings its ticket then)"
 )
+RELEASE_EVERY_S = 1.0  # how often the seats of bills past their deadline (and the margin) are looked for
 CHECK_EVERY_S = 1.0  # an upgraded connection checks the device's tokens at least this often (besides pushes)
 MAX_RECEIPT = 8192  # bytes of a receipt (about 900 in practice)
 # bytes of one message on an upgraded connection (a delivery's largest is the session's accept, about 750): a larger
@@ -105,6 +106,7 @@ class TicketingServer:
         self._transfers: set[asyncio.Task[Any]] = set()
         self._sending: dict[bytes, asyncio.Lock] = {}  # sales whose ticket a connection is minting or sending
         self._seat_at = {e.id: {s: i for i, s in enumerate(e.seats)} for e in config.events}  # (for ?after=)
+        self._releaser: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,7 +128,7 @@ class TicketingServer:
         added = await asyncio.to_thread(self._catalogue)
         if added:
             log.info("%s: %d seat(s) put in the catalogue", cfg.name, added)
-        self.core = sv.VendorCore(self.store, clock=time.time, on_sale=self._claim)
+        self.core = sv.VendorCore(self.store, clock=time.time, on_sale=self._claim, pay_within_s=cfg.pay_within_s)
         self.vendor = sv.VendorServer(self.core)
         with _listening("speed_listen", cfg.speed_listen):
             self._speed_address = await self.vendor.start(*cfg.speed_listen)
@@ -151,6 +153,7 @@ class TicketingServer:
         self.http = HttpServer(self._router(), limits=cfg.http_limits, upgrades=[TRN])
         with _listening("listen", cfg.listen):
             await self.http.start(*cfg.listen)
+        self._releaser = asyncio.get_running_loop().create_task(self._release_due())
 
     def _catalogue(self) -> int:
         """Put every configured seat into the vendor's catalogue (signed entries), once."""
@@ -164,11 +167,60 @@ class TicketingServer:
                     added += 1
         return added
 
-    def _claim(self, txn: Txn, poid: bytes, products: list[str], customer_cert: bytes) -> None:
+    def _claim(self, txn: Txn, poid: bytes, products: list[str], customer_cert: bytes, pay_by: int | None) -> None:
         """The vendor's ``on_sale`` hook: :func:`sales.claim` with the config's bounds on unpaid sales, now."""
         cfg = self.config
-        sales.claim(txn, poid, products, customer_cert, now=time.time(), max_unpaid=cfg.max_unpaid_per_card,
+        sales.claim(txn, poid, products, customer_cert, pay_by, now=time.time(), max_unpaid=cfg.max_unpaid_per_card,
                     window_s=cfg.unpaid_window_s)  # fmt: skip
+
+    async def _release_due(self) -> None:
+        """Every :data:`RELEASE_EVERY_S`, :meth:`_release`; a failure is logged and tried again the next time."""
+        while not self._stopping.is_set():
+            try:
+                await self._release()
+            except (StoreError, sv.VendorError) as exc:
+                log.warning("%s: unpaid seats not released now: %s (tried again)", self.config.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RELEASE_EVERY_S)
+
+    async def _release(self) -> None:
+        """Give back the seats of the sales whose bill passed its deadline, and the margin after it, unpaid
+        (:func:`sales.release`): first every receipt the broker issued until now is taken (a buyer who paid and has
+        not come back yet is paid), then the sales still without one are released (the broker refuses their bills
+        now: docs/decisions.md). Without a broker to ask (``broker`` in the config) nothing is released."""
+        assert self.store is not None and self.core is not None
+        now = time.time()
+        before = now - self.config.release_margin_s
+        if self.config.broker is None or not await self._db(sales.due, self.store, before):
+            return
+        after = await self._db(sales.broker_read, self.store)
+        while True:
+            items, last = await sv.broker_receipts(self.config.broker, after)
+            await self._db(self._take_receipts, items, last)
+            if not items or last == after:
+                break
+            after = last
+        while released := await self._db(sales.release, self.store, before):
+            for t in released:
+                log.info("%s: seat %s/%s released: sale %s was not paid by its bill's deadline", self.config.name,
+                         t.event, t.seat, t.poid.hex()[-16:])  # fmt: skip
+
+    def _take_receipts(self, items: list[tuple[bytes, bytes]], last: int) -> None:
+        """Take the broker's receipts for this server's sales (others' are skipped), and how far they were read."""
+        assert self.store is not None and self.core is not None
+        for poid, sealed in items:
+            t = sales.ticket(self.store, poid)
+            if t is None or t.state not in ("sold", sales.RELEASED):
+                continue
+            try:
+                self.core.take_receipt(poid, sealed)
+            except (ProtocolError, CryptoError, PkiError, DecodeError) as exc:
+                log.warning("%s: the broker's receipt for sale %s does not pay it: %s", self.config.name,
+                            poid.hex()[-16:], exc)  # fmt: skip
+                continue
+            if t.state == "sold":
+                sales.advance(self.store, t, "paid")
+        sales.broker_read_to(self.store, last)
 
     @property
     def http_address(self) -> tuple[str, int]:
@@ -188,6 +240,8 @@ class TicketingServer:
 
     async def aclose(self) -> None:
         self.stop()
+        if self._releaser is not None:
+            await asyncio.gather(self._releaser, return_exceptions=True)
         if self.http is not None:
             await self.http.aclose()
         for task in list(self._transfers):
@@ -346,6 +400,14 @@ class TicketingServer:
         """Check the payment (the broker's receipt, every time: it shows the buyer), then switch to TRN and send
         the ticket."""
         t = await self._ticket(request)
+        if t.state == sales.RELEASED:  # paid after all (authorised by the broker before the deadline): the seat back
+            assert self.store is not None
+            try:
+                t = await self._answer_db(sales.reclaim, self.store, t)
+            except ProtocolError as exc:
+                log.error("%s: sale %s paid after its seat %s/%s was sold again: refund it", self.config.name,
+                          t.poid.hex()[-16:], t.event, t.seat)  # fmt: skip
+                raise HttpError(409, exc.reason, str(exc)) from None
         if t.state == "sold":
             assert self.store is not None
             log.info("%s: sale %s paid (seat %s/%s)", self.config.name, t.poid.hex()[-16:], t.event, t.seat)
