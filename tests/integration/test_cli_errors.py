@@ -250,3 +250,46 @@ def test_no_pin_and_no_terminal_fails_at_once_and_a_missing_host_is_said_before_
     new = _no_terminal("card", "create", "--ca", "ca.cnca", "--store", "sqlite:///n.db", cwd=tmp_path)
     assert new.returncode != 0 and "no PIN given" in new.stderr and "Traceback" not in new.stderr, new.stderr
     assert not (tmp_path / "n.db").exists()
+
+
+def test_ctrl_c_in_the_middle_says_what_to_do_next_as_json_too(tmp_path: Path) -> None:
+    """Ctrl-C while a command waits on a peer that never answers (a listener that reads nothing): exit 130 and one
+    report saying it stopped part-way and what to do now, for the command that was stopped (a TRN send may have
+    left its token on the way: list, recover), as one JSON error object under --json."""
+    import signal
+    import socket
+    import time
+
+    from cardnet.cli.main import INTERRUPTED_HINTS
+
+    silent = socket.create_server(("127.0.0.1", 0))  # a vendor that accepts (the backlog) and never answers
+    host = socket.socket(socket.AF_UNIX)  # a host's application socket, the same
+    host.bind(str(tmp_path / "host.sock"))
+    host.listen()
+    send = ["trn", "send", "--socket", str(tmp_path / "host.sock"), "--pin", "1234"]
+    send += ["--oid", "00112233445566778899aabbccddeeff", "--to", "b0b000b0b000b0b000b0b000:00000000"]
+    catalogue = ["speed", "catalogue", "--vendor", f"127.0.0.1:{silent.getsockname()[1]}"]
+    catalogue += ["--ca-cert", str(tmp_path / "ca.pem")]
+    assert cardnet("ca", "create", str(tmp_path / "ca.cnca")).returncode == 0
+    (tmp_path / "ca.pem").write_text(cardnet("ca", "cert", str(tmp_path / "ca.cnca")).stdout)
+    try:
+        for args, hint in ((catalogue, INTERRUPTED_HINTS[()]), (send, INTERRUPTED_HINTS[("trn",)])):
+            for as_json in (True, False):
+                argv = [sys.executable, "-m", "cardnet.cli.main", *args, *(["--json"] if as_json else [])]
+                p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                time.sleep(3)  # (imports, then the connection: it waits for an answer that never comes)
+                assert p.poll() is None, p.communicate()
+                p.send_signal(signal.SIGINT)
+                out, err = p.communicate(timeout=30)
+                r = subprocess.CompletedProcess(argv, p.returncode, out, err)
+                assert r.returncode == 130, r
+                if as_json:
+                    e = json_error(r)
+                    assert e["reason"] == "interrupted" and e["hint"] == hint, e
+                    assert "stopped part-way" in e["message"], e
+                else:
+                    assert "Traceback" not in err and "error: interrupted: the command stopped part-way" in err, r
+                    assert f"what to do: {hint}" in " ".join(err.split()), r
+    finally:
+        silent.close()
+        host.close()

@@ -146,6 +146,48 @@ def _verbosity(args: list[str]) -> int:
     return n
 
 
+# What to do after Ctrl-C, by the longest command words that match (else the default):
+INTERRUPTED_HINTS: dict[tuple[str, ...], str] = {
+    (): "run the command again when you are ready",
+    ("speed", "buy"): "a purchase may have been under way: `cardnet speed recover --socket S --ca-cert CA --out DIR` "
+    "finishes it (paid once at most), then `cardnet speed purse balance` shows the purse",
+    ("speed", "recover"): "run it again: it finishes each purchase once, whatever was done already",
+    ("speed", "purse", "load"): "a load may have been under way: `cardnet speed purse finish --socket S --broker "
+    "HOST:PORT --account A` finishes it (credited once, or refused and forgotten)",
+    ("wallet",): "`cardnet wallet recover` finishes whatever was under way (each once); `cardnet wallet show` shows "
+    "where things stand",
+    **{
+        ("millicent", name): "`cardnet millicent list` shows any request left pending; `cardnet millicent retry` sends "
+        "it again (its scrip is spent once at most)"
+        for name in ("buy", "spend", "renew", "retry")
+    },
+    ("smc", "join"): "join again before the first round: the join goes on with the input the module has",
+    ("trn",): "`cardnet trn list` shows how each token stands; `cardnet trn recover` resends what is unfinished",
+    ("exchange",): "`cardnet exchange list` shows how each exchange stands and what to do next",
+}
+
+
+def _command_words(args: list[str]) -> tuple[str, ...]:
+    """The command's words in ``args`` (``("speed", "buy")``), for the hint after an interruption: each word that
+    names a subcommand of the one before; options and their values are skipped."""
+    words: list[str] = []
+    command: click.Command = cli
+    for w in args[: args.index("--")] if "--" in args else args:
+        if not isinstance(command, click.Group):
+            break
+        sub = None if w.startswith("-") else command.get_command(click.Context(command), w)
+        if sub is not None:
+            words.append(w)
+            command = sub
+    return tuple(words)
+
+
+def interrupted_hint(args: list[str]) -> str:
+    """What to do after Ctrl-C stopped ``cardnet ARGS`` part-way (:data:`INTERRUPTED_HINTS`)."""
+    words = _command_words(args)
+    return next(INTERRUPTED_HINTS[words[:n]] for n in range(len(words), -1, -1) if words[:n] in INTERRUPTED_HINTS)
+
+
 def run(args: list[str]) -> int:
     """Run ``cardnet ARGS`` and return its exit code; every error becomes one clean report.
 
@@ -175,7 +217,12 @@ def run(args: list[str]) -> int:
         report_error("aborted", reason="aborted", as_json=as_json())
         return 1
     except KeyboardInterrupt:
-        report_error("interrupted", reason="interrupted", as_json=as_json())
+        report_error(
+            "interrupted: the command stopped part-way",
+            reason="interrupted",
+            hint=interrupted_hint(args),
+            as_json=as_json(),
+        )
         return 130
     except click.ClickException as exc:
         if not as_json():
