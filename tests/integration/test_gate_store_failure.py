@@ -2,9 +2,10 @@
 
 ``cardnet gate run --json`` beside ``cardnet authority run`` and a wallet host; the fault is the kernel's: the
 gate's process gets a soft ``RLIMIT_FSIZE`` of one byte (``diskfull.disk_full``), so every write of its card's store
-fails as on a full disk, and the limit is put back to mend the "disk". A holder presenting a ticket meanwhile is
-refused at once in words (not after the timeout: the gate's host tells the holder's host) and keeps the ticket,
-which the gate admits once when it is presented again after the mend.
+fails as on a full disk, and the limit is put back to mend the "disk". The operator is told in words that the gate
+admits nothing and what to do, and again when it admits again; a holder presenting a ticket meanwhile is refused at
+once in words (not after the timeout: the gate's host tells the holder's host) and keeps the ticket, which the gate
+admits once when it is presented again after the mend.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from diskfull import disk_full
 from test_gate_processes import Screen, cli, event, give, redeem
@@ -24,6 +27,36 @@ from cardnet.services.wallet import Wallet
 
 T1 = bytes([0x51]) * 16
 WAIT_S = 30.0
+
+
+def status(state: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["kind"] == "status" and e["state"] == state
+
+
+def test_the_gate_says_its_card_cannot_write_and_admits_again_once_it_can(tmp_path: Path) -> None:
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
+    with net:
+        screen = Screen(net.hosts["g"])
+        proc = net.hosts["g"].proc
+        assert proc is not None
+
+        async def go() -> None:
+            await net.setup_trace()
+            await net.setup_gates()
+            await give(net, T1, "a", b"Final, seat 3")
+            with disk_full(proc.pid):
+                closed = await screen.wait("the gate closed", status("closed"))
+                assert closed["reason"] == "store_failed", closed
+                assert "cannot write its store" in closed["message"] and "admits no ticket" in closed["message"]
+                assert "free space" in closed["hint"] and "opens again" in closed["hint"], closed
+                assert net.hosts["g"].running
+            await screen.wait("the gate open again", status("open"))
+            assert [s["state"] for s in screen.statuses] == ["closed", "open"], screen.statuses  # said once each
+            got = await redeem(net, net.hosts["a"], T1, "g")
+            assert got.taken, got
+            await screen.wait("T1 admitted", event("verdict", T1, verdict="admitted"))
+
+        asyncio.run(go())
 
 
 def test_a_holder_at_a_gate_whose_card_cannot_write_is_refused_at_once_and_the_ticket_is_admitted_once_later(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cardnet.cli.gate import event_line
+from cardnet.cli.gate import event_line, status_line
 from cardnet.cli.wallet_gate import refusal
-from cardnet.services.gate import GateEvent
+from cardnet.services.gate import OPEN, GateEvent, closed_status
 from cardnet.wire import Uid
 
 HOLDER = Uid.card(bytes.fromhex("0123456789abcdef01234567"))
@@ -58,3 +58,12 @@ def test_json_form_is_plain_text() -> None:
     item = {"from": HOLDER, "at_ms": 5, "verdict": "refused", "reason": "forged", "kind": "refused"}
     d = GateEvent.of(item).as_dict()
     assert d["holder"] == str(HOLDER) and d["oid"] is None and d["body"] is None and d["kind"] == "refused"
+
+
+def test_a_gate_whose_card_cannot_write_says_it_is_closed_what_to_do_and_when_it_opens_again() -> None:
+    closed = status_line(closed_status("card X cannot write its store: ..."))
+    assert "CLOSED" in closed and "cannot write its store" in closed and "admits no ticket" in closed
+    assert "free space" in closed and "opens again by itself" in closed
+    assert closed_status("the host's words").as_dict()["detail"] == "the host's words"
+    opened = status_line(OPEN)
+    assert "OPEN" in opened and "admits tickets again" in opened

@@ -81,6 +81,13 @@ def event_line(e: Any) -> str:
     return f"{clock} {word:<8} {oid}{body} {who}: {meaning}"
 
 
+def status_line(status: Any) -> str:
+    """One line for a person watching the gate when it closes (its card cannot write its store) or opens again."""
+    word = "CLOSED" if status.state == "closed" else "OPEN"
+    hint = f": {status.hint}" if status.hint else ""
+    return f"{time.strftime('%H:%M:%S')} {word:<8} {status.message}{hint}"
+
+
 @click.group()
 def gate() -> None:
     """A gate: admits each ticket once (it is transferred to the gate's card and consumed there), refuses copies,
@@ -129,8 +136,16 @@ def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
             console.print(event_line(event), markup=False, highlight=False)
             console.file.flush()
 
+    def show_status(status: Any) -> None:  # the gate closes (its card cannot write its store) or opens again
+        if as_json:
+            emit_json({"status": status.as_dict()}, line=True)
+        else:
+            console.print(status_line(status), markup=False, highlight=False)
+            console.file.flush()
+
     def service(domain: bytes) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
-        return GateService(str(config.app_socket), pin, show, card=domain, refresh_s=refresh_s).run
+        return GateService(str(config.app_socket), pin, show, card=domain, refresh_s=refresh_s,
+                           on_status=show_status).run  # fmt: skip
 
     run_host_service(config, applet="gate", pin=pin,
                      pin_hint="set CARDNET_PIN to the gate card's PIN; at 0 tries it locks", service=service,

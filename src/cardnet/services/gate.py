@@ -13,6 +13,14 @@ Events are numbered by the card (``seq``) and handed over in that order. A servi
 drops what it cannot queue for it and says so with ``host.missed``), or that sees a number skipped, reads the
 card's journal of its last events (``gate.journal``) and hands over what it missed; what the card no longer keeps
 is logged and counted as lost (:attr:`GateService.lost`).
+
+A gate card whose store cannot be written (a full or failing disk) takes no ticket: its host refuses the steps, tells
+the holders' hosts (``host.undeliverable`` code ``store_failed``: the holder is refused at once and keeps the ticket)
+and answers the service's own orders with the same notice. The service then hands over a :class:`GateStatus`
+``closed`` (what failed, what to do) and logs it, asks the card every ``probe_s`` whether it can write again (an
+order that is answered only once the card wrote its answer: ``gate.setup`` without fields, answered ``gate.state``;
+it asks that every ``refresh_s`` anyway, so a failure is seen even while the refresh writes nothing), and hands over
+``open`` once it can.
 """
 
 from __future__ import annotations
@@ -25,21 +33,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardnet.applets.gate import EVENT, JOURNAL, JOURNAL_SIZE, JOURNALED, REFRESH, REFUSED_KIND, WATCH_EVENTS
+from cardnet.applets.gate import (
+    EVENT,
+    JOURNAL,
+    JOURNAL_SIZE,
+    JOURNALED,
+    REFRESH,
+    REFUSED_KIND,
+    SETUP,
+    STATE,
+    WATCH_EVENTS,
+)
 from cardnet.applets.trn import RESULT
 from cardnet.card import mtypes as cm
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.client import AppClient
+from cardnet.host.core import STORE_FAILED
+from cardnet.host.errors import HostError
 from cardnet.wire import Uid
 
 log = logging.getLogger("cardnet.gate")
 
 DEFAULT_REFRESH_S = 10.0
+PROBE_S = 1.0  # while the gate card cannot write its store: how often the service asks whether it can again
 QUIET_S = 30.0  # the same refusal (device, ticket, reason) is handed over once per this many seconds
 MAX_QUIET = 4096  # refusals remembered for that
 MAX_HELD = 4096  # events that arrived ahead of a missed one, held until the journal fills the gap
 _NOW = 2**63  # gate.journal after this: no event, only where the card's numbering stands
+_WRITTEN = frozenset({EVENT.code, JOURNALED.code, STATE.code})  # answers the card writes: it can write its store
 
 
 class GateError(CardnetError):
@@ -81,13 +103,45 @@ class GateEvent:
         return d
 
 
+@dataclass(frozen=True)
+class GateStatus:
+    """Whether the gate admits tickets: ``state`` ``closed`` (``reason`` ``store_failed``: its card cannot write
+    its store) or ``open`` again; ``message`` says what happened, ``hint`` what to do, ``detail`` the host's words."""
+
+    state: str
+    reason: str
+    message: str
+    hint: str | None = None
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "message": self.message, "hint": self.hint,
+                "detail": self.detail}  # fmt: skip
+
+
+def closed_status(detail: str) -> GateStatus:
+    """The gate card cannot write its store (``detail``: the host's words): closed, and what to do."""
+    return GateStatus(
+        "closed", STORE_FAILED,
+        "the gate card cannot write its store: it admits no ticket until it can (a holder presenting one is told so "
+        "at once and keeps the ticket)",
+        "free space on the disk that holds the gate card's store (or mend the disk): the gate opens again by itself "
+        "once its card can write (restarting `cardnet gate run` also does); nothing it admitted is lost",
+        detail,
+    )  # fmt: skip
+
+
+OPEN = GateStatus("open", STORE_FAILED, "the gate card can write its store again: the gate admits tickets again")
+
+
 @dataclass
 class GateService:
     """Watches the gate card at ``socket`` (see the module); ``on_event`` gets every :class:`GateEvent`.
 
     ``missed`` counts the messages the host dropped for the service, ``recovered`` the events it read again from
     the card's journal, ``lost`` those the card no longer kept, ``ignored`` the messages read that it had no use
-    for; ``app`` is the connection while logged in."""
+    for; ``app`` is the connection while logged in. ``on_status`` gets a :class:`GateStatus` when the gate closes
+    (its card cannot write its store) and when it opens again; ``closed`` is the status while closed."""
 
     socket: str
     pin: str
@@ -96,6 +150,9 @@ class GateService:
     refresh_s: float = DEFAULT_REFRESH_S
     quiet_s: float = QUIET_S
     retry_s: float = 0.5
+    on_status: Callable[[GateStatus], None] | None = None
+    probe_s: float = PROBE_S
+    closed: GateStatus | None = field(default=None, init=False)
     _quiet: dict[tuple[bytes, bytes, str], float] = field(default_factory=dict)
     app: AppClient | None = field(default=None, init=False)
     missed: int = field(default=0, init=False)
@@ -114,6 +171,8 @@ class GateService:
             except GateError:
                 raise
             except (CardnetError, OSError, TimeoutError) as exc:
+                if isinstance(exc, HostError) and exc.reason == STORE_FAILED:  # (the login is a write of the card)
+                    self._close(str(exc))
                 log.warning("gate service: %s: logging in again", exc or type(exc).__name__)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.retry_s)
@@ -127,6 +186,7 @@ class GateService:
                 raise GateError("wrong_pin", f"the gate card refused the operator PIN ({got['tries_left']} tries left)")
             await app.send(card, WATCH_EVENTS, on=True)
             await app.recv_type(RESULT)
+            self._open()  # (the card wrote its answers)
             self.app = app
             # where the card's numbering stands (first login), or what was journaled while logged out
             await self._ask_journal(app, card)
@@ -152,6 +212,10 @@ class GateService:
         card = app.uid.card_uid()
         while True:
             for msg in await app.conn.recv_many():
+                if self.closed is not None and msg.mtype in _WRITTEN and msg.src == card:
+                    self._open()
+                    if not self._asking:  # (what a failed gate.journal order asked for)
+                        await self._ask_journal(app, card)
                 if msg.mtype == EVENT.code:
                     if self._take(GateEvent.of(dict(EVENT.parse(msg)))) and not self._asking:
                         await self._ask_journal(app, card)
@@ -164,8 +228,37 @@ class GateService:
                     log.warning("gate service: the host dropped %d message(s) for it (it fell behind): reading the "
                                 "gate card's journal for the events among them", count)  # fmt: skip
                     await self._ask_journal(app, card)  # (even if one is out: its answer may be among the dropped)
-                else:
+                elif msg.mtype == hm.UNDELIVERABLE.code and msg.src == card:
+                    self._not_taken(dict(hm.UNDELIVERABLE.parse(msg)))
+                elif msg.mtype != STATE.code:  # (gate.state: the answer to the probe, taken above)
                     self.ignored += 1
+
+    def _not_taken(self, notice: dict[str, Any]) -> None:
+        """The host could not give the card an order of the service (``host.undeliverable``)."""
+        if notice["mtype"] == JOURNAL.code:
+            self._asking = False  # its answer will not come: asked again once the card can write
+        if notice.get("code") == STORE_FAILED:
+            self._close(notice["reason"])
+        else:
+            log.warning("gate service: the host could not give the gate card its order 0x%04x: %s", notice["mtype"],
+                        notice["reason"])  # fmt: skip
+
+    def _close(self, detail: str) -> None:
+        """The gate card cannot write its store: say so once (and again only after it opened meanwhile)."""
+        if self.closed is not None:
+            return
+        self.closed = status = closed_status(detail)
+        log.error("gate service: %s (%s); %s", status.message, detail, status.hint)
+        if self.on_status is not None:
+            self.on_status(status)
+
+    def _open(self) -> None:
+        if self.closed is None:
+            return
+        self.closed = None
+        log.warning("gate service: %s", OPEN.message)
+        if self.on_status is not None:
+            self.on_status(OPEN)
 
     async def _ask_journal(self, app: AppClient, card: Uid) -> None:
         self._asking = True
@@ -231,10 +324,16 @@ class GateService:
             self._next += 1
 
     async def _refresh(self, app: AppClient, card: Uid, stop: asyncio.Event) -> None:
+        """Every ``refresh_s``: a new session with the authority, and the probe (``gate.setup`` without fields:
+        answered ``gate.state`` once the card wrote the answer, else the host's notice); while closed, the probe
+        alone every ``probe_s``."""
         while not stop.is_set():
-            await app.send(card, REFRESH)
+            if self.closed is None:
+                await app.send(card, REFRESH)
+            await app.send(card, SETUP)
+            wait_s = self.refresh_s if self.closed is None else min(self.refresh_s, self.probe_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.refresh_s)
+                await asyncio.wait_for(stop.wait(), wait_s)
 
     def _hand_over(self, event: GateEvent) -> None:
         if event.kind == REFUSED_KIND:
