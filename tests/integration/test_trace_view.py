@@ -226,3 +226,23 @@ def test_the_web_view_serves_the_graph_and_a_chain(net: TrnNet, web: str, tmp_pa
 def test_the_web_view_listens_on_loopback_only(net: TrnNet) -> None:
     r = cardnet(net, "web", "--listen", "0.0.0.0:8470")
     assert r.returncode == 2 and "loopback" in r.stderr
+
+
+def test_the_web_view_refuses_a_page_of_another_name_rebound_to_loopback(net: TrnNet, web: str) -> None:
+    """DNS rebinding: a web site's name that resolves to 127.0.0.1 once its page is loaded lets that page's script
+    read what the view serves, as the same origin, with ``Host: its-name:PORT``. The view answers only requests
+    that name it (127.0.0.1:PORT or localhost:PORT): before, it served the authority's whole graph to any name."""
+    port = web.rstrip("/").rsplit(":", 1)[1]
+    with httpx.Client(base_url=web, timeout=30) as http:
+        for path in (
+            "/",
+            "/graph.svg",
+            "/token?oid=" + OID.hex(),
+            f"/token/{OID.hex()}",
+            f"/token/{OID.hex()}/chain.svg",
+        ):
+            got = http.get(path, headers={"Host": f"rebound.example:{port}", "Accept": "text/html"})
+            assert got.status_code == 403 and str(net.uids["a"]) not in got.text and "<svg" not in got.text, got.text
+            assert http.get(path, headers={"Host": f"rebound.example:{port}"}).json()["error"] == "wrong_host"
+        assert http.get("/", headers={"Host": f"localhost:{port}"}).json()["blocked"] == [str(net.uids["a"])]
+        assert http.get("/").status_code == 200

@@ -244,11 +244,13 @@ def authority_web(socket: str, pin: str | None, card: str | None, listen: str, a
                     await apps.pop().aclose()
                     raise
 
-        server = HttpServer(TraceWeb(fetch).router(), limits=HttpLimits(max_connections=32, max_body_bytes=1024))
+        view = TraceWeb(fetch)
+        server = HttpServer(view.router(), limits=HttpLimits(max_connections=32, max_body_bytes=1024))
         try:
             where = await server.start(host, port)
         except TransportError as exc:
             fail(str(exc), reason="cannot_listen", hint="choose another port with --listen 127.0.0.1:PORT")
+        view.address = where
         url = f"http://{where[0]}:{where[1]}/"
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from typing import Any
 from cardnet.errors import CardnetError
 from cardnet.protocols.trace_view import Graph, to_dot
 from cardnet.transport.http import HttpError, Request, Response, Router
+from cardnet.web.session import check_host
 from cardnet.wire import Uid
 
 RENDER_TIMEOUT_S = 60.0
@@ -150,18 +151,30 @@ class TraceWeb:
 
     def __init__(self, fetch: Fetch, *, keep: int = 16) -> None:
         self.fetch = fetch
+        self.address: tuple[str, int] | None = None  # where it is served (set once listening): the Host it answers
         self.keep = keep  # drawings kept, by their DOT text
         self._drawn: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
     def router(self) -> Router:
+        """The routes; each answers only a request naming :attr:`address` in ``Host`` (403 ``wrong_host``
+        otherwise, as the web wallet: a site's name rebound to 127.0.0.1 reads nothing of the authority's)."""
         r = Router()
-        r.add("GET", "/", self.index)
-        r.add("GET", "/graph.svg", self.graph_svg)
-        r.add("GET", "/token", self.token_form)
-        r.add("GET", "/token/{oid}", self.token)
-        r.add("GET", "/token/{oid}/chain.svg", self.token_svg)
+        r.add("GET", "/", self._named(self.index))
+        r.add("GET", "/graph.svg", self._named(self.graph_svg))
+        r.add("GET", "/token", self._named(self.token_form))
+        r.add("GET", "/token/{oid}", self._named(self.token))
+        r.add("GET", "/token/{oid}/chain.svg", self._named(self.token_svg))
         return r
+
+    def _named(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def named(request: Request) -> Response:
+            if self.address is None:
+                raise HttpError(503, "starting", "the trace view is not listening yet: try again in a moment")
+            check_host(request, *self.address, "the authority's trace view")
+            return await handler(request)
+
+        return named
 
     async def _svg(self, graph: Graph, title: str) -> Response:
         text = to_dot(graph, title=title)

@@ -81,6 +81,21 @@ def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def served_hosts(host: str, port: int) -> frozenset[str]:
+    """The ``Host`` values a loopback server at ``host:port`` answers: its address and ``localhost:PORT``."""
+    return frozenset({_netloc(host, port), f"localhost:{port}"})
+
+
+def check_host(request: Request, host: str, port: int, what: str) -> None:
+    """403 ``wrong_host`` unless ``request`` names the loopback server ``what`` at ``host:port`` in ``Host``: a page
+    of another site whose name was rebound to 127.0.0.1 (DNS rebinding) would otherwise read what it serves."""
+    if (request.header("host") or "").lower() not in served_hosts(host, port):
+        raise HttpError(
+            403, "wrong_host", f"this is {what} at http://{_netloc(host, port)}/: open it by that address, not another "
+            "name",
+        )  # fmt: skip
+
+
 def _secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
@@ -106,7 +121,7 @@ class Session:
     @property
     def hosts(self) -> frozenset[str]:
         """The ``Host`` values this server answers."""
-        return frozenset({_netloc(self.host, self.port), f"localhost:{self.port}"})
+        return served_hosts(self.host, self.port)
 
     @property
     def origins(self) -> frozenset[str]:
@@ -150,10 +165,7 @@ class Session:
         return secret
 
     def check_host(self, request: Request) -> None:
-        if (request.header("host") or "").lower() not in self.hosts:
-            raise HttpError(
-                403, "wrong_host", f"this is the web wallet at {self.url}: open it by that address, not another name"
-            )
+        check_host(request, self.host, self.port, "the web wallet")
 
     def check_origin(self, request: Request) -> None:
         """403 if the browser says the request comes from a page of another origin."""
