@@ -30,6 +30,7 @@ VALID: dict[type[pp.Authenticated], pp.Authenticated] = {
     pp.L3: pp.L3.make(KEY, uid=UID, m=3, rs=b"s" * 16, currency="USD", amount=2**40),
     pp.LR: pp.LR.make(KEY, uid=UID, m=3, rc=b"c" * 16),
     pp.SR: pp.SR.make(KEY, uid=UID, n=41, rc=b"c" * 16, poid=b"PO-7"),
+    pp.SE: pp.SE.make(KEY, uid=UID, n=41, rc=b"c" * 16, declined=True, poid=b"PO-7"),
 }
 # a purse whose load 3 (the L1 above) is pending: only the genuine LR for it makes the purse forget it
 PENDING = pp.PurseState(m=4, loads={3: pp.PendingLoad(rc=b"c" * 16, currency="USD", amount=2**40)})

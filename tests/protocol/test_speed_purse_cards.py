@@ -477,6 +477,60 @@ def test_a_debit_refused_for_good_ends_on_the_card_only_with_the_sams_sr(purse_w
     assert w.sums(DAY0)[0] == {"EUR": 300}
 
 
+def test_an_s2_the_purse_cannot_pay_is_declined_and_the_sams_sr_frees_its_place(purse_world: World) -> None:
+    """Two debits authorised at once draw the balance down: the second S2 is refused ``insufficient``. The card
+    declines it (durably: that S2 is never applied), the SAM drops its authorisation on the card's SE and answers the
+    SR, on which the card forgets the debit: its place is free, nothing was debited or logged for it, and the
+    SAM holds no open authorisation. Without the decline the SAM refuses to end an authorised debit."""
+    w = purse_world
+    w.load("alice", "EUR", 1000)
+    first = w.s2_for("alice", b"first", "EUR", 700)
+    second = w.s2_for("alice", b"second", "EUR", 600)
+    w.ok("broker", sa.DEBIT_FINISH, s3=w.ok("alice", pa.DEBIT, s2=first)["s3"])
+    assert w.order("alice", pa.DEBIT, s2=second)["refused"] == "insufficient"
+    plain = w.ok("alice", pa.END_DEBIT, poid=b"second")["se"]  # the owner's SE, not declining the S2
+    assert w.order("broker", sa.END_DEBIT, se=plain)["refused"] == "authorised"
+    se = w.ok("alice", pa.DECLINE_DEBIT, s2=second)["se"]
+    w.restart("alice")
+    assert w.ok("alice", pa.DECLINE_DEBIT, s2=second)["se"] == se  # the same again
+    assert w.ok("alice", pa.END_DEBIT, poid=b"second")["se"] == se  # what `end-debits` sends after a lost answer
+    w.load("alice", "EUR", 500)
+    assert w.order("alice", pa.DEBIT, s2=second)["refused"] == "debit_refused"  # declined: never applied
+    assert w.ok("alice", pa.BALANCE)["pending_debits"] == 1  # the place is held until the SAM's SR
+    assert w.ok("broker", sa.DAYS)["open"] == 1
+    w.restart("broker")
+    sr = w.ok("broker", sa.END_DEBIT, se=se)["sr"]
+    assert w.ok("broker", sa.END_DEBIT, se=se)["sr"] == sr  # the same again
+    assert w.ok("broker", sa.DAYS)["open"] == 0  # the authorisation is gone: no S3 of it can exist
+    got = w.order("broker", sa.DEBIT_START, s1=w.ok("alice", pa.PENDING_DEBITS)["s1"][0], poid=b"second",
+                  currency="EUR", amount=600)  # fmt: skip
+    assert got["refused"] == "debit_refused"
+    assert w.ok("alice", pa.DROP_DEBIT, sr=sr) == {"n": 1, "dropped": True}
+    assert w.ok("alice", pa.BALANCE)["pending_debits"] == 0 and w.ok("alice", pa.PENDING_DEBITS)["s1"] == []
+    assert w.order("alice", pa.DEBIT, s2=second)["refused"] == "no_pending"
+    assert w.accounts("alice")["EUR"] == {"balance": 800, "loaded": 1500, "debited": 700}
+    assert w.sums(DAY0)[0] == {"EUR": 700}  # purse debits = the SAM's log
+
+
+def test_only_the_cards_own_se_ends_a_debit_an_s1_does_not(purse_world: World) -> None:
+    """Whoever holds a debit's S1 (it travels to the broker) cannot have the SAM end it: the SAM ends a debit only on
+    the card's SE, which the card makes on its owner's (PIN-verified) order; an S1 or an altered SE does not pass
+    for one, and the payment is then made as usual."""
+    w = purse_world
+    w.load("alice", "EUR", 1000)
+    s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=b"in-flight", currency="EUR", amount=250)["s1"]
+    assert w.order("broker", sa.END_DEBIT, se=s1)["refused"] == "unknown_key"  # an S1 is no SE
+    se = pp.SE.decode(w.ok("alice", pa.END_DEBIT, poid=b"in-flight")["se"])
+    for forged in (
+        pp.SE(uid=se.uid, n=se.n, rc=se.rc, declined=True, poid=se.poid, mac=se.mac),  # says the card declined
+        pp.SE(uid=se.uid, n=se.n + 1, rc=se.rc, declined=False, poid=se.poid, mac=se.mac),  # another debit
+    ):
+        assert w.order("broker", sa.END_DEBIT, se=forged.encode())["refused"] == "bad_mac"
+    got = w.ok("broker", sa.DEBIT_START, s1=s1, poid=b"in-flight", currency="EUR", amount=250)  # not ended
+    w.ok("broker", sa.DEBIT_FINISH, s3=w.ok("alice", pa.DEBIT, s2=got["s2"])["s3"])
+    assert w.accounts("alice")["EUR"]["debited"] == 250 and w.sums(DAY0)[0] == {"EUR": 250}
+
+
 def test_the_master_key_never_leaves_the_sam(purse_world: World) -> None:
     w = purse_world
     w.load("alice", "EUR", 1000)
@@ -512,8 +566,10 @@ OP = st.one_of(
     st.tuples(st.just("later"), st.integers(1, 40_000), st.just(""), st.just(""), st.just("")),
     st.tuples(st.just("refuse"), st.sampled_from(["EUR", "USD"]), st.integers(1, 800), FATE, st.booleans()),
     st.tuples(st.just("end"), st.sampled_from(["EUR", "USD"]), st.integers(1, 600), FATE, st.booleans()),
+    st.tuples(st.just("decline"), st.integers(0, 2**16), st.just(""), FATE, st.just("")),
 )
-ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow"}
+# (debit_refused: an S2 presented again after the card declined it)
+ALLOWED = {"insufficient", "no_pending", "mismatch", "conflict", "overflow", "debit_refused"}
 # a start of a load or debit the SAM refused for good: its record, or (once the SAM pruned it) the card's floor
 NEVER = {"load_refused", "debit_refused", "pruned"}
 
@@ -570,6 +626,14 @@ class PurseMoves:
                 self.to_sam.append((sa.LOAD_FINISH, "l3", proof_raw))
         return out
 
+    def _ended(self, s1: bytes, sr: bytes, times: int) -> None:
+        """Deliver the SAM's ``sr`` for the debit of ``s1`` ``times`` times; the SAM never authorises it after."""
+        self.to_card.append((pa.DROP_DEBIT, "sr", sr))
+        self.to_purse(pa.DROP_DEBIT, "sr", sr, times)
+        s1m = pp.S1.decode(s1)
+        refused = self.w.order("broker", sa.DEBIT_START, s1=s1, poid=s1m.poid, currency=s1m.currency, amount=s1m.amount)
+        assert refused.get("refused") in NEVER, refused  # never authorised after its SR
+
     def move(self, i: int, kind: str, a: Any, b: Any, fate1: str, fate2: str) -> bool:
         """Make move number ``i`` (load, debit, replay or restart); False for another kind (the caller's)."""
         w, reps, finish = self.w, REPS, self.finish
@@ -623,15 +687,24 @@ class PurseMoves:
                     assert got["refused"] in ("insufficient", "debits_pending")
                     return True
                 s1 = got["s1"]
-            sr = w.order("broker", sa.REFUSE_S1, s1=s1)
-            if "refused" in sr:  # the SAM authorised it (its S2 exists): it ends by debiting, never refused
+            if i % 2:  # the card's owner ends it (its SE), or the broker refuses it for good on its own account
+                se = w.ok("alice", pa.END_DEBIT, poid=pp.S1.decode(s1).poid)["se"]
+                sr = w.order("broker", sa.END_DEBIT, se=se)
+            else:
+                sr = w.order("broker", sa.REFUSE_S1, s1=s1)
+            if "refused" in sr:  # the SAM authorised it (its S2 exists, not declined): it ends by debiting
                 assert sr["refused"] == "authorised" and fate2
                 return True
-            self.to_card.append((pa.DROP_DEBIT, "sr", sr["sr"]))
-            self.to_purse(pa.DROP_DEBIT, "sr", sr["sr"], reps[fate1])
-            s1m = pp.S1.decode(s1)
-            refused = w.order("broker", sa.DEBIT_START, s1=s1, poid=s1m.poid, currency=s1m.currency, amount=s1m.amount)
-            assert refused.get("refused") in NEVER, refused  # never authorised after its SR
+            self._ended(s1, sr["sr"], reps[fate1])
+        elif kind == "decline":  # the card declines an S2 it has not applied (too little in the purse, say)
+            pending = {pp.S1.decode(x).poid: x for x in w.ok("alice", pa.PENDING_DEBITS)["s1"]}
+            s2s = [raw for mtype, _, raw in self.to_card if mtype is pa.DEBIT and pp.S2.decode(raw).poid in pending]
+            if not s2s:
+                return True
+            s2 = s2s[a % len(s2s)]
+            se = w.ok("alice", pa.DECLINE_DEBIT, s2=s2)["se"]
+            assert w.order("alice", pa.DEBIT, s2=s2)["refused"] == "debit_refused"  # never applied from now on
+            self._ended(pending[pp.S2.decode(s2).poid], w.ok("broker", sa.END_DEBIT, se=se)["sr"], reps[fate1])
         elif kind == "replay":
             pool = self.to_card + self.to_sam
             if pool:

@@ -67,6 +67,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "L2": {"m": 3, "rc": RC, "rs": RS, "currency": "USD", "amount": 500},
     "L3": {"uid": UID, "m": 3, "rs": RS, "currency": "USD", "amount": 500},
     "LR": {"uid": UID, "m": 3, "rc": RC},
+    "SE": {"uid": UID, "n": 7, "rc": RC, "declined": True, "poid": POID},
 }
 CLASSES = {cls.NAME: cls for cls in pp.MESSAGES}
 
@@ -79,6 +80,8 @@ def _tampered(value: object) -> object:
         return bytes([value[0] ^ 1]) + value[1:]
     if isinstance(value, str):
         return "USD" if value != "USD" else "EUR"
+    if isinstance(value, bool):
+        return not value
     assert isinstance(value, int)
     return value + 1
 
@@ -384,6 +387,45 @@ def test_a_pending_debit_is_forgotten_only_on_the_sams_sr_for_it() -> None:
         pp.apply_sr(debited, key=KEY, uid=UID, sr=pp.sam_refuse_s1(KEY, other))
     assert e.value.reason == "conflict"
     assert debited.balance("EUR") == 1000 - 7
+
+
+def test_an_s2_the_purse_declines_is_never_applied_and_the_debit_ends_only_on_the_sams_sr() -> None:
+    """The owner declines an S2 the purse cannot pay: the debit is marked declined (its S2 is refused from then on,
+    so its S3 never exists) and stays pending, holding its place, until the SAM's SR; the card's SE says so."""
+    st = loaded(1000)
+    st, s1, s2 = debit_s2(st, poid=b"p0", amount=300)
+    plain = pp.end_debit(st, key=KEY, uid=UID, poid=b"p0")
+    assert (plain.uid, plain.n, plain.rc, plain.declined, plain.poid) == (UID, 0, RC, False, b"p0")
+    declined, se = pp.decline_s2(st, key=KEY, uid=UID, s2=s2)
+    assert se.declined and (se.n, se.rc, se.poid) == (0, RC, b"p0") and se.mac != plain.mac
+    assert pp.decline_s2(declined, key=KEY, uid=UID, s2=s2) == (declined, se)  # the same again, nothing more
+    assert pp.end_debit(declined, key=KEY, uid=UID, poid=b"p0") == se
+    assert len(se.encode()) <= pp.MAX_MESSAGE_BYTES
+    assert declined.balance("EUR") == 1000 and list(declined.debits) == [b"p0"]
+    for refused in (
+        lambda: pp.apply_s2(declined, key=KEY, uid=UID, s2=s2),
+        lambda: pp.begin_debit(declined, key=KEY, uid=UID, poid=b"p0", currency="EUR", amount=300, rc=RC),
+    ):
+        with pytest.raises(ProtocolError) as e:
+            refused()
+        assert e.value.reason == "debit_refused"
+    with pytest.raises(ProtocolError) as e:  # a host cannot make the SAM's S2 for a decline of its own
+        pp.decline_s2(st, key=KEY, uid=UID, s2=replace(s2, mac=bytes(32)))
+    assert e.value.reason == "bad_mac"
+    debited, _ = pp.apply_s2(st, key=KEY, uid=UID, s2=s2)
+    with pytest.raises(ProtocolError) as e:  # a debit made is never declined
+        pp.decline_s2(debited, key=KEY, uid=UID, s2=s2)
+    assert e.value.reason == "conflict"
+    with pytest.raises(ProtocolError) as e:
+        pp.end_debit(debited, key=KEY, uid=UID, poid=b"p0")
+    assert e.value.reason == "no_pending"
+    sr = pp.sam_end_debit(KEY, se)
+    with pytest.raises(ProtocolError) as e:  # the SAM takes the card's SE only
+        pp.sam_end_debit(pp.diversify(MASTER, OTHER), se)
+    assert e.value.reason == "bad_mac"
+    gone, was = pp.apply_sr(declined, key=KEY, uid=UID, sr=sr)
+    assert was and not gone.debits and gone.accounts == st.accounts
+    assert s1.n == sr.n
 
 
 def test_a_17th_pending_load_is_refused_and_none_is_forgotten() -> None:

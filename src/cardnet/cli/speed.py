@@ -478,8 +478,9 @@ def dropped_words(got: dict[str, Any]) -> list[str]:
 @_customer_command(purse, "end-debits", BROKER)
 def purse_end_debits(socket: str, pin: str | None, card: str | None, broker: str, as_json: bool) -> None:
     """End the debits the purse has under way that no purchase will finish (run `cardnet speed recover` first): the
-    broker's SAM refuses each for good and the purse forgets it, nothing was paid for it. A debit the SAM authorised
-    stays: recovering its purchase finishes it."""
+    card asks for each (its SE), the broker's SAM refuses it for good and the purse forgets it, nothing was paid for
+    it. A debit the SAM authorised stays, unless the purse declined its S2 (it could not pay it): recovering its
+    purchase finishes it."""
     from cardnet.services.speed.customer import end_debits
 
     async def work(wallet: Any) -> dict[str, Any]:

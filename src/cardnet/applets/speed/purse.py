@@ -14,9 +14,15 @@ that verified the PIN):
   broker refused it for good; the SAM never authorises it). Nothing else makes the purse forget a pending load: a
   17th is refused ``loads_pending`` until the ones under way are credited or dropped.
 * ``purse.pending_debits``: the S1 of every debit begun and not debited (oldest first), to end them at the broker.
+* ``purse.end_debit {poid}`` -> ``purse.se {se}``: the SE (MACed under the purse key: only the card makes one, on
+  its owner's order) that asks the broker's SAM to end that pending debit; nothing changes on the card.
+* ``purse.decline_debit {s2}`` -> ``purse.se {se}``: decline the SAM's S2 (the purse holds too little, or the
+  purchase is over): the pending debit is marked declined (its S2 is refused ``debit_refused`` from then on, so its
+  S3 never exists) and the SE names the S2, on which the SAM drops its authorisation.
 * ``purse.drop_debit {sr}`` -> ``purse.debit_dropped {n, dropped}``: forget a pending debit on the SAM's SR (the SAM
-  never authorises it). Nothing else makes the purse forget a pending debit but its S2: a 17th is refused
-  ``debits_pending`` until the ones under way are debited (their purchases recovered) or dropped.
+  never authorises it, or dropped its authorisation on the card's decline). Nothing else makes the purse forget a
+  pending debit but its S2: a 17th is refused ``debits_pending`` until the ones under way are debited (their
+  purchases recovered) or dropped.
 
 A step that debits (or credits) writes the balance, the pending record's removal and the kept proof together
 (one card step is one transaction), so a crash leaves the purse before or after the whole of it. Another applet
@@ -143,9 +149,20 @@ DEBIT_DROPPED = register(
     P,
     Schema("purse.debit_dropped", [Field(0, "n", UInt(pp.MAX_COUNTER)), Field(1, "dropped", Bool())]),
 )
+END_DEBIT = register(
+    0x0670,
+    "purse.end_debit",
+    P,
+    Schema("purse.end_debit", [Field(0, "poid", Bytes(pp.POID_MAX_BYTES, pp.POID_MIN_BYTES))]),
+    privileged=True,
+)
+DECLINE_DEBIT = register(
+    0x0671, "purse.decline_debit", P, Schema("purse.decline_debit", [Field(0, "s2", _MSG)]), privileged=True
+)
+SE_IS = register(0x0672, "purse.se", P, Schema("purse.se", [Field(0, "se", _MSG)]))
 ORDERS = (
     INSTALL_KEY, BALANCE, LOAD_BEGIN, LOAD, DEBIT_BEGIN, DEBIT, PROOFS, PENDING_LOADS, DROP_LOAD, PENDING_DEBITS,
-    DROP_DEBIT,
+    DROP_DEBIT, END_DEBIT, DECLINE_DEBIT,
 )  # fmt: skip
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -162,6 +179,7 @@ _PENDING_DEBIT = Schema(
         Field(1, "rc", _NONCE),
         Field(2, "currency", _CURRENCY),
         Field(3, "amount", _AMOUNT),
+        Field(4, "declined", Bool(), optional=True),  # the card declined its S2 (present only when true)
     ],
 )
 _PENDING_LOAD = Schema(
@@ -194,6 +212,11 @@ def _ctr(value: int) -> bytes:
     return value.to_bytes(_CTR_BYTES, "big")
 
 
+def _pending_debit(d: pp.PendingDebit) -> bytes:
+    rec = {"n": d.n, "rc": d.rc, "currency": d.currency, "amount": d.amount, "declined": True if d.declined else None}
+    return _PENDING_DEBIT.encode(rec)
+
+
 def records(state: pp.PurseState) -> dict[bytes, bytes]:
     """The purse's records for ``state`` (every one but the key)."""
     out = {b"ctr": _CTR.encode({"n": state.n, "m": state.m})}
@@ -202,7 +225,7 @@ def records(state: pp.PurseState) -> dict[bytes, bytes]:
             {"balance": acc.balance, "loaded": acc.loaded, "debited": acc.debited}
         )
     for poid, d in state.debits.items():
-        out[b"pd:" + poid] = _PENDING_DEBIT.encode({"n": d.n, "rc": d.rc, "currency": d.currency, "amount": d.amount})
+        out[b"pd:" + poid] = _pending_debit(d)
     for m, ld in state.loads.items():
         out[b"pl:" + _ctr(m)] = _PENDING_LOAD.encode({"rc": ld.rc, "currency": ld.currency, "amount": ld.amount})
     for s3 in state.proofs.values():
@@ -226,7 +249,8 @@ def _state(rows: list[tuple[bytes, bytes]]) -> pp.PurseState:
         elif k.startswith(b"a:"):
             accounts[pp.check_currency(k[2:].decode("ascii"))] = pp.Account(**_BALANCE_REC.decode(v))
         elif k.startswith(b"pd:"):
-            debits[k[3:]] = pp.PendingDebit(**_PENDING_DEBIT.decode(v))
+            d = _PENDING_DEBIT.decode(v)
+            debits[k[3:]] = pp.PendingDebit(**{**d, "declined": d.get("declined", False)})
         elif k.startswith(b"pl:"):
             loads[int.from_bytes(k[3:], "big")] = pp.PendingLoad(**_PENDING_LOAD.decode(v))
         elif k.startswith(b"kd:"):
@@ -262,8 +286,7 @@ def save_state(ctx: StepContext, old: pp.PurseState, new: pp.PurseState) -> None
             ctx.put(b"a:" + cur.encode(), _BALANCE_REC.encode(rec), table=TABLE)
     for cur in old.accounts.keys() - new.accounts.keys():
         ctx.delete(b"a:" + cur.encode(), table=TABLE)
-    _diff(ctx, b"pd:", old.debits, new.debits, lambda p, d: (p, _PENDING_DEBIT.encode(
-        {"n": d.n, "rc": d.rc, "currency": d.currency, "amount": d.amount})))  # fmt: skip
+    _diff(ctx, b"pd:", old.debits, new.debits, lambda p, d: (p, _pending_debit(d)))
     _diff(ctx, b"pl:", old.loads, new.loads, lambda m, ld: (_ctr(m), _PENDING_LOAD.encode(
         {"rc": ld.rc, "currency": ld.currency, "amount": ld.amount})))  # fmt: skip
     _diff(ctx, b"kd:", old.proofs, new.proofs, lambda _, s3: (_ctr(s3.n), _encoded(s3)))
@@ -325,14 +348,27 @@ def finish_debit(ctx: StepContext, s2: bytes) -> bytes:
     """Debit on the SAM's encoded ``s2`` in ``ctx``'s step (balance, pending and kept proof together); the
     encoded S3. An S2 already applied gives the same S3 and debits nothing. Raises
     :class:`~cardnet.card.Refused` (``bad_mac``, ``no_pending``, ``mismatch``, ``insufficient``, ...)."""
-    key = _key(ctx)
-    state = load_state(ctx)
-    try:
-        new, s3 = pp.apply_s2(state, key=key, uid=ctx.card_uid, s2=pp.S2.decode(s2))
-    except (ProtocolError, DecodeError) as exc:
-        raise _refused(exc) from None
-    save_state(ctx, state, new)
+    _, s3 = _apply(ctx, pp.S2.decode, s2, lambda state, key, got: pp.apply_s2(state, key=key, uid=ctx.card_uid,
+                                                                                 s2=got))  # fmt: skip
     return s3.encode()
+
+
+def decline_debit(ctx: StepContext, s2: bytes) -> bytes:
+    """Decline the SAM's encoded ``s2`` in ``ctx``'s step (the pending debit is marked declined: that S2 is never
+    applied); the encoded SE on which the SAM drops its authorisation and answers the SR. Raises
+    :class:`~cardnet.card.Refused` (``bad_mac``, ``no_pending``, ``mismatch``, ``conflict``)."""
+    _, se = _apply(ctx, pp.S2.decode, s2, lambda state, key, got: pp.decline_s2(state, key=key, uid=ctx.card_uid,
+                                                                                   s2=got))  # fmt: skip
+    return se.encode()
+
+
+def end_debit(ctx: StepContext, poid: bytes) -> bytes:
+    """The encoded SE asking the SAM to end the pending debit of ``poid`` (read in ``ctx``'s step, nothing
+    written). Raises :class:`~cardnet.card.Refused` (``no_pending``)."""
+    try:
+        return pp.end_debit(load_state(ctx), key=_key(ctx), uid=ctx.card_uid, poid=poid).encode()
+    except ProtocolError as exc:
+        raise _refused(exc) from None
 
 
 def begin_load(ctx: StepContext, currency: str, amount: int) -> bytes:
@@ -352,13 +388,8 @@ def begin_load(ctx: StepContext, currency: str, amount: int) -> bytes:
 def finish_load(ctx: StepContext, l2: bytes) -> bytes:
     """Credit on the SAM's encoded ``l2`` in ``ctx``'s step; the encoded L3 (the same again for an L2
     already applied, and no second credit)."""
-    key = _key(ctx)
-    state = load_state(ctx)
-    try:
-        new, l3 = pp.apply_l2(state, key=key, uid=ctx.card_uid, l2=pp.L2.decode(l2))
-    except (ProtocolError, DecodeError) as exc:
-        raise _refused(exc) from None
-    save_state(ctx, state, new)
+    _, l3 = _apply(ctx, pp.L2.decode, l2, lambda state, key, got: pp.apply_l2(state, key=key, uid=ctx.card_uid,
+                                                                                 l2=got))  # fmt: skip
     return l3.encode()
 
 
@@ -366,7 +397,7 @@ def drop_load(ctx: StepContext, lr: bytes) -> tuple[int, bool]:
     """Forget the pending load the SAM's encoded ``lr`` refuses, in ``ctx``'s step: its ``m`` and whether it was
     pending (False: forgotten before). Raises :class:`~cardnet.card.Refused` (``bad_mac``, ``mismatch``,
     ``conflict``, ``no_pending``)."""
-    got, dropped = _drop(ctx, pp.LR.decode, lr, lambda state, key, g: pp.apply_lr(state, key=key, uid=ctx.card_uid,
+    got, dropped = _apply(ctx, pp.LR.decode, lr, lambda state, key, g: pp.apply_lr(state, key=key, uid=ctx.card_uid,
                                                                                   lr=g))  # fmt: skip
     return got.m, dropped
 
@@ -374,31 +405,33 @@ def drop_load(ctx: StepContext, lr: bytes) -> tuple[int, bool]:
 def drop_debit(ctx: StepContext, sr: bytes) -> tuple[int, bool]:
     """Forget the pending debit the SAM's encoded ``sr`` refuses (as :func:`drop_load`): its ``n`` and whether it
     was pending."""
-    got, dropped = _drop(ctx, pp.SR.decode, sr, lambda state, key, g: pp.apply_sr(state, key=key, uid=ctx.card_uid,
+    got, dropped = _apply(ctx, pp.SR.decode, sr, lambda state, key, g: pp.apply_sr(state, key=key, uid=ctx.card_uid,
                                                                                   sr=g))  # fmt: skip
     return got.n, dropped
 
 
 _Statement = TypeVar("_Statement")
+_Out = TypeVar("_Out")
 
 
-def _drop(
+def _apply(
     ctx: StepContext,
     decode: Callable[[bytes], _Statement],
     raw: bytes,
-    apply: Callable[[pp.PurseState, bytes, _Statement], tuple[pp.PurseState, bool]],
-) -> tuple[_Statement, bool]:
-    """Decode the SAM's refusal statement ``raw`` and ``apply`` it to the purse's state in ``ctx``'s step: the
-    statement and whether its load or debit was pending; a bad statement is refused as the protocol says why."""
+    apply: Callable[[pp.PurseState, bytes, _Statement], tuple[pp.PurseState, _Out]],
+) -> tuple[_Statement, _Out]:
+    """Decode the SAM's statement ``raw`` (an S2, L2, SR or LR) and ``apply`` it to the purse's state in ``ctx``'s
+    step, writing what changed: the statement and what ``apply`` answered (a proof, an SE, whether the load or debit
+    was pending); a bad statement is refused as the protocol says why."""
     key = _key(ctx)
     state = load_state(ctx)
     try:
         got = decode(raw)
-        new, dropped = apply(state, key, got)
+        new, out = apply(state, key, got)
     except (ProtocolError, DecodeError) as exc:
         raise _refused(exc) from None
     save_state(ctx, state, new)
-    return got, dropped
+    return got, out
 
 
 class PurseApplet(Applet):
@@ -427,6 +460,10 @@ class PurseApplet(Applet):
         elif code == DROP_DEBIT.code:
             n, dropped = drop_debit(ctx, params["sr"])
             ctx.reply(DEBIT_DROPPED, n=n, dropped=dropped)
+        elif code == END_DEBIT.code:
+            ctx.reply(SE_IS, se=end_debit(ctx, params["poid"]))
+        elif code == DECLINE_DEBIT.code:
+            ctx.reply(SE_IS, se=decline_debit(ctx, params["s2"]))
         elif code == PENDING_DEBITS.code:
             state = load_state(ctx)
             ctx.reply(S1S, s1=[x.encode() for x in pp.pending_s1s(state, key=_key(ctx), uid=ctx.card_uid)])

@@ -20,10 +20,17 @@ sends it privileged orders (only an application that verified the PIN):
   it authorised that load (``authorised``: an L2 exists), records the refusal (``r:``) and answers the LR, MACed
   under the card's key, on which the purse forgets the load. From then on ``sam.load_start`` of that load is
   refused ``load_refused``: a load the card forgot is never authorised. The same L1 again gets the same LR.
-* ``sam.refuse_s1 {s1}`` -> ``sam.s1_refused {sr}``: the same for a debit (the purchase it pays is over without
-  it): the SAM checks the S1 is the card's own, refuses it if it authorised that debit (``authorised``: an S2
-  exists, the card ends it by debiting), records the refusal (``x:``) and answers the SR, on which the purse
-  forgets the pending debit. From then on ``sam.debit_start`` of that debit is refused ``debit_refused``.
+* ``sam.refuse_s1 {s1}`` -> ``sam.s1_refused {sr}``: the broker refuses a debit for good on its own account (a
+  bill past its deadline): the SAM checks the S1 is the card's own, refuses it if it authorised that debit
+  (``authorised``: an S2 exists, the card ends it by debiting), records the refusal (``x:``) and answers the SR.
+  Only the broker's host orders it (privileged); a customer's request to end a debit comes as the card's SE:
+* ``sam.end_debit {se}`` -> ``sam.debit_ended {sr}``: the card's owner ends a debit (the purchase it pays is over
+  without it). The SAM checks the SE is the card's own (else ``bad_mac``: the card makes an SE only on its owner's
+  order, so whoever holds an S1 cannot have the debit ended), refuses it if it authorised that debit and the SE
+  does not decline that S2 (``authorised``: the card ends it by debiting), drops the authorisation of one whose S2
+  the card declined (its ``d:`` and ``o:``: the card never applies that S2, so no S3 of it exists), records the
+  refusal (``x:``) and answers the SR, on which the purse forgets the pending debit. From then on
+  ``sam.debit_start`` of that debit is refused ``debit_refused`` and its S3 can exist nowhere.
 * ``sam.log {day, start?}`` -> ``sam.entries`` (at most 256 a page) and ``sam.totals {day}`` -> ``sam.sums``
   (per currency, the debits and the loads logged that day: what settlement pays and collects).
 * ``sam.days`` -> ``sam.held {days, pruned_before?, open}``: the days whose log the SAM holds, the first day it
@@ -241,8 +248,11 @@ REFUSE_L1 = register(0x0666, "sam.refuse_l1", P, Schema("sam.refuse_l1", [Field(
 L1_REFUSED = register(0x0667, "sam.l1_refused", P, Schema("sam.l1_refused", [Field(0, "lr", _MSG)]))
 REFUSE_S1 = register(0x066E, "sam.refuse_s1", P, Schema("sam.refuse_s1", [Field(0, "s1", _MSG)]), privileged=True)
 S1_REFUSED = register(0x066F, "sam.s1_refused", P, Schema("sam.s1_refused", [Field(0, "sr", _MSG)]))
+END_DEBIT = register(0x0673, "sam.end_debit", P, Schema("sam.end_debit", [Field(0, "se", _MSG)]), privileged=True)
+DEBIT_ENDED = register(0x0674, "sam.debit_ended", P, Schema("sam.debit_ended", [Field(0, "sr", _MSG)]))
 ORDERS = (
-    INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, REFUSE_S1
+    INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, REFUSE_S1,
+    END_DEBIT,
 )  # fmt: skip
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -400,6 +410,8 @@ class SamApplet(Applet):
                 self._refuse_l1(ctx, params["l1"])
             elif code == REFUSE_S1.code:
                 self._refuse_s1(ctx, params["s1"])
+            elif code == END_DEBIT.code:
+                self._end_debit(ctx, params["se"])
             elif code == LOG.code:
                 self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
             elif code == TOTALS.code:
@@ -512,13 +524,36 @@ class SamApplet(Applet):
         ctx.reply(L1_REFUSED, lr=lr.encode())
 
     def _refuse_s1(self, ctx: StepContext, raw: bytes) -> None:
-        """Record that the card's debit is never authorised and answer the SR on which the card forgets it (as
-        :meth:`_refuse_l1` for a load): refused ``authorised`` if an S2 exists (the card ends that debit with it)."""
+        """The broker's own refusal of the card's debit for good (as :meth:`_refuse_l1` for a load): refused
+        ``authorised`` if an S2 exists (the card ends that debit with it)."""
         master = _master(ctx)
         s1 = pp.S1.decode(raw)
         sr = pp.sam_refuse_s1(pp.diversify(master, s1.uid), s1)
         _refuse_unauthorised(ctx, _DEBIT, s1.uid, s1.n, s1.rc)
         ctx.reply(S1_REFUSED, sr=sr.encode())
+
+    def _end_debit(self, ctx: StepContext, raw: bytes) -> None:
+        """Record that the card's debit is never authorised (or logged) and answer the SR on which the card forgets
+        it (as :meth:`_refuse_l1` for a load), on the card's own SE. An S2 given is refused ``authorised`` (the
+        card ends that debit with it), unless the SE declines that very S2: the card never applies it, so its S3
+        never exists, and the authorisation (``d:``, ``o:``) is dropped."""
+        master = _master(ctx)
+        se = pp.SE.decode(raw)
+        sr = pp.sam_end_debit(pp.diversify(master, se.uid), se)
+        rkey = b"d:" + bytes(se.uid) + _ctr(se.n)
+        old = ctx.get(rkey)
+        if old is not None and se.declined:
+            rec = _DEBIT_REC.decode(old)
+            if (rec["poid"], rec["rc"]) != (se.poid, se.rc):
+                raise Refused(
+                    "mismatch", f"the SE declines another debit than this SAM authorised as {se.n} of {se.uid}"
+                )
+            if rec.get("day") is not None:  # pragma: no cover - its S3 came: the card debited, it cannot decline
+                raise Refused("conflict", f"debit {se.n} of {se.uid} was logged: it is not ended")
+            ctx.delete(rkey)
+            ctx.delete(b"o:" + rec["poid"])
+        _refuse_unauthorised(ctx, _DEBIT, se.uid, se.n, se.rc)
+        ctx.reply(DEBIT_ENDED, sr=sr.encode())
 
     def _load_finish(self, ctx: StepContext, raw: bytes) -> None:
         master = _master(ctx)

@@ -140,8 +140,8 @@ LOAD_REFUSED = register(  # the answer to speed.load refused for good: the SAM's
         [Field(0, "reason", Text(64)), Field(1, "detail", Text(1024)), Field(2, "lr", Bytes(MAX_MESSAGE_BYTES, 1))],
     ),
 )
-END_DEBIT = register(  # C -> B: end a debit the purse has under way that no purchase will finish (the S1)
-    0x062D, "speed.end_debit", P, Schema("speed.end_debit", [Field(0, "s1", Bytes(MAX_MESSAGE_BYTES, 1))])
+END_DEBIT = register(  # C -> B: end a debit the purse has under way that no purchase will finish (the card's SE)
+    0x062D, "speed.end_debit", P, Schema("speed.end_debit", [Field(0, "se", Bytes(MAX_MESSAGE_BYTES, 1))])
 )
 DEBIT_REFUSED = register(  # the answer to speed.end_debit: the SAM's SR, on which the purse forgets the debit
     0x062E,

@@ -22,14 +22,20 @@ Loading is the same with ``m``, the purse's load counter, and no order id (L1, L
 credit). A load (a debit) the broker refused for good ends with the SAM's refusal instead of an L2 (S2)::
 
     LR SAM -> card  uid, m, rc                             load m is never authorised: the card forgets it
-    SR SAM -> card  uid, n, rc, poid                       debit n is never authorised: the card forgets it
+    SE card -> SAM  uid, n, rc, declined, poid             the card's owner asks to end debit n (declined: the
+                                                           card declined its S2 and never applies it)
+    SR SAM -> card  uid, n, rc, poid                       debit n is never debited: the card forgets it
 
-The SAM makes an LR (SR) only for a load (debit) it never authorised, and never authorises one it made an LR
-(SR) for (:func:`sam_refuse_l1`, :func:`sam_refuse_s1`); the card forgets a pending load only on an LR
-(:func:`apply_lr`) and a pending debit only on an SR (:func:`apply_sr`), never on its own: a load the broker
-took money for stays pending until its L2 comes, a debit the SAM authorised until its S2 comes (the purchase
-it pays is finished by recovery), and a 17th pending load (debit) is refused ``loads_pending``
-(``debits_pending``) until the host finishes the ones under way.
+The SAM makes an LR only for a load it never authorised, and never authorises one it made an LR for
+(:func:`sam_refuse_l1`). A debit ends on the card's own SE, which only its owner's order makes
+(:func:`end_debit`; an S1 alone ends nothing: whoever holds one cannot cancel the payment it begins): the SAM
+answers the SR for a debit it never authorised, and for one it authorised whose S2 the card *declined*
+(:func:`decline_s2`: the card then never applies that S2, so no S3 of it ever exists and the SAM drops the
+authorisation); it never authorises one it made an SR for (:func:`sam_end_debit`). The card forgets a pending
+load only on an LR (:func:`apply_lr`) and a pending debit only on an SR (:func:`apply_sr`), never on its own: a
+load the broker took money for stays pending until its L2 comes, a debit the SAM authorised until its S2 comes
+(the purchase it pays is finished by recovery) or the card declines that S2, and a 17th pending load (debit) is
+refused ``loads_pending`` (``debits_pending``) until the host finishes the ones under way.
 
 Why value is conserved: an S2 (L2) exists only if the SAM recorded that (uid, n) first; the card turns one
 pending (n, rc) into one debit at most (the pending is gone once debited, and a replayed S2 gets the kept S3
@@ -53,7 +59,7 @@ from typing import Any, ClassVar, Self
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.protocols.errors import ProtocolError
-from cardnet.wire import Bytes, Field, Schema, Text, UidType, UInt
+from cardnet.wire import Bool, Bytes, Field, Schema, Text, UidType, UInt
 from cardnet.wire.ids import Uid
 
 # --- sizes and bounds ----------------------------------------------------------------------------------------
@@ -118,6 +124,11 @@ def _check_counter(value: object, name: str) -> None:
         raise _fail("bad_counter", f"{name} is a counter 0..{MAX_COUNTER}, got {value!r}")
 
 
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise _fail("bad_flag", f"{name} is true or false, got {value!r}")
+
+
 def _check_uid(value: object) -> None:
     if not isinstance(value, Uid):
         raise _fail("bad_uid", f"uid is a Uid, got {type(value).__name__}")
@@ -140,7 +151,7 @@ def diversify(master_key: bytes, card_uid: Uid) -> bytes:
     return profile.hkdf(master_key, salt=_SALT, info=_INFO + bytes(card_uid), length=KEY_BYTES)
 
 
-# --- the eight messages -----------------------------------------------------------------------------------------
+# --- the nine messages -----------------------------------------------------------------------------------------
 _UID = Field(0, "uid", UidType())
 _N = Field(1, "n", UInt(MAX_COUNTER))
 _M = Field(1, "m", UInt(MAX_COUNTER))
@@ -150,10 +161,11 @@ _POID = Field(4, "poid", Bytes(POID_MAX_BYTES, POID_MIN_BYTES))
 _CURRENCY = Field(5, "currency", Text(CURRENCY_BYTES))
 _AMOUNT = Field(6, "amount", UInt(MAX_AMOUNT))
 _MAC = Field(7, "mac", Bytes(MAC_BYTES, MAC_BYTES))
+_DECLINED = Field(3, "declined", Bool())  # SE: the card declined the debit's S2 (it never applies it)
 
 
 class Authenticated:
-    """What the eight messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
+    """What the nine messages share: a wire schema (the body's fields and ``mac``), a MAC label, the checks.
 
     ``make(key, **fields)`` builds a MACed message; ``decode`` checks form only (:class:`DecodeError` for
     bad CBOR or a wrong field, :class:`ProtocolError` for a bad value); ``check(key)`` checks the MAC.
@@ -215,6 +227,7 @@ _FIELD_CHECKS: dict[str, Callable[[object, str], object]] = {
     "m": _check_counter,
     "rc": _check_nonce,
     "rs": _check_nonce,
+    "declined": _check_flag,
     "poid": lambda v, _: check_poid(v),
     "currency": lambda v, _: check_currency(v),
     "amount": lambda v, _: check_amount(v),
@@ -338,7 +351,22 @@ class SR(Authenticated):
     mac: bytes
 
 
-MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3, LR, SR)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SE(Authenticated):
+    """Card -> SAM: the card's owner asks to end debit ``n`` for order ``poid`` (the S1 with nonce ``rc``).
+    ``declined``: the card declined the S2 of that debit (it never applies it)."""
+
+    NAME: ClassVar[str] = "SE"
+    BODY, WIRE = _schemas("se", _UID, _N, _RC, _DECLINED, _POID)
+    uid: Uid
+    n: int
+    rc: bytes
+    declined: bool
+    poid: bytes
+    mac: bytes
+
+
+MESSAGES: tuple[type[Authenticated], ...] = (S1, S2, S3, L1, L2, L3, LR, SR, SE)
 
 
 # --- the purse's state -----------------------------------------------------------------------------------------
@@ -364,6 +392,7 @@ class PendingDebit:
     rc: bytes
     currency: str
     amount: int
+    declined: bool = False  # the card declined its S2 (it never applies it): the debit ends on the SAM's SR
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -419,6 +448,8 @@ def begin_debit(
         raise _fail("already_paid", f"order {poid.hex()} is paid already (its proof of debit is kept)")
     pending = state.debits.get(poid)
     if pending is not None:
+        if pending.declined:
+            raise _fail("debit_refused", f"the debit of order {poid.hex()} was declined: it is never paid")
         if (pending.currency, pending.amount) != (currency, amount):
             raise _fail(
                 "conflict",
@@ -449,8 +480,9 @@ def apply_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseS
 
     An S2 for an order already debited gives the kept S3 again and debits nothing. Refused, with nothing
     changed: a wrong MAC (``bad_mac``), no pending debit for that poid (``no_pending``), an S2 that differs
-    from the debit begun in n, rc, currency or amount (``mismatch``), a balance short of the amount
-    (``insufficient``; the debit stays pending: load and present the S2 again).
+    from the debit begun in n, rc, currency or amount (``mismatch``), a debit the card declined
+    (``debit_refused``), a balance short of the amount (``insufficient``; the debit stays pending: load and
+    present the S2 again, or decline it, :func:`decline_s2`).
     """
     _check_uid(uid)
     s2.check(key)
@@ -459,11 +491,9 @@ def apply_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseS
         if (kept.n, kept.rs, kept.currency, kept.amount) != (s2.n, s2.rs, s2.currency, s2.amount):
             raise _fail("conflict", f"order {s2.poid.hex()} was debited under another S2")
         return state, kept
-    pending = state.debits.get(s2.poid)
-    if pending is None:
-        raise _fail("no_pending", f"no debit for order {s2.poid.hex()} is pending on this purse")
-    if (pending.n, pending.rc, pending.currency, pending.amount) != (s2.n, s2.rc, s2.currency, s2.amount):
-        raise _fail("mismatch", f"the S2 for order {s2.poid.hex()} is not for the debit this purse began")
+    pending = _pending_for(state, s2)
+    if pending.declined:
+        raise _fail("debit_refused", f"the card declined the S2 of order {s2.poid.hex()}: it is never debited")
     acc = state.accounts.get(s2.currency, Account())
     if acc.balance < s2.amount:
         raise _fail(
@@ -481,6 +511,47 @@ def apply_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseS
     if len(proofs) > MAX_KEPT:
         del proofs[min(proofs, key=lambda p: proofs[p].n)]
     return replace(state, accounts=accounts, debits=debits, proofs=proofs), s3
+
+
+def _pending_for(state: PurseState, s2: S2) -> PendingDebit:
+    """The pending debit the (authentic) ``s2`` authorises: ``no_pending`` or ``mismatch`` if there is none."""
+    pending = state.debits.get(s2.poid)
+    if pending is None:
+        raise _fail("no_pending", f"no debit for order {s2.poid.hex()} is pending on this purse")
+    if (pending.n, pending.rc, pending.currency, pending.amount) != (s2.n, s2.rc, s2.currency, s2.amount):
+        raise _fail("mismatch", f"the S2 for order {s2.poid.hex()} is not for the debit this purse began")
+    return pending
+
+
+def decline_s2(state: PurseState, *, key: bytes, uid: Uid, s2: S2) -> tuple[PurseState, SE]:
+    """Decline the SAM's S2 (the owner will not pay it: the purse holds too little, or the purchase is over): the
+    new state (the pending debit marked declined: :func:`apply_s2` refuses that S2 from now on, so its S3 never
+    exists) and the SE that asks the SAM to drop its authorisation. The debit stays pending, holding its place,
+    until the SAM's SR comes (:func:`apply_sr`). Declining again gives the same SE. Refused, with nothing changed:
+    ``bad_mac``, ``no_pending``, ``mismatch`` (as :func:`apply_s2`), an order debited (``conflict``)."""
+    _check_uid(uid)
+    s2.check(key)
+    if s2.poid in state.proofs:
+        raise _fail("conflict", f"order {s2.poid.hex()} was debited: its S2 cannot be declined")
+    pending = _pending_for(state, s2)
+    marked = replace(pending, declined=True)
+    new = state if marked == pending else replace(state, debits={**state.debits, s2.poid: marked})
+    return new, _se(key, uid, s2.poid, marked)
+
+
+def end_debit(state: PurseState, *, key: bytes, uid: Uid, poid: bytes) -> SE:
+    """The SE that asks the SAM to end the pending debit of ``poid`` (its owner's order: nothing but the card makes
+    one). The SAM ends it if it never authorised it, or if the card declined its S2 (the SE then says so); the
+    card forgets it only on the SAM's SR. Nothing changes on the card. Refused: ``no_pending``."""
+    _check_uid(uid)
+    pending = state.debits.get(check_poid(poid))
+    if pending is None:
+        raise _fail("no_pending", f"no debit for order {poid.hex()} is pending on this purse")
+    return _se(key, uid, poid, pending)
+
+
+def _se(key: bytes, uid: Uid, poid: bytes, pending: PendingDebit) -> SE:
+    return SE.make(key, uid=uid, n=pending.n, rc=pending.rc, declined=pending.declined, poid=poid)
 
 
 def pending_s1s(state: PurseState, *, key: bytes, uid: Uid) -> list[S1]:
@@ -672,7 +743,17 @@ def sam_refuse_l1(key: bytes, l1: L1) -> LR:
 
 
 def sam_refuse_s1(key: bytes, s1: S1) -> SR:
-    """The SAM's SR for ``s1`` (``bad_mac`` if S1 is not the card's). The SAM makes it only for a debit it never
-    authorised and records it, so that it never authorises that debit afterwards (the caller's part)."""
+    """The SAM's SR for ``s1`` on the broker's own refusal (``bad_mac`` if S1 is not the card's). The SAM makes it
+    only for a debit it never authorised and records it, so that it never authorises that debit afterwards (the
+    caller's part). A customer's request to end a debit is the card's SE (:func:`sam_end_debit`), not an S1."""
     s1.check(key)
     return SR.make(key, uid=s1.uid, n=s1.n, rc=s1.rc, poid=s1.poid)
+
+
+def sam_end_debit(key: bytes, se: SE) -> SR:
+    """The SAM's SR for the card's ``se`` (``bad_mac`` if SE is not the card's: an S1 or any other message does
+    not pass for one). The SAM makes it only for a debit it never authorised, or one whose S2 the card declined
+    (``se.declined``), and records it, so that it never authorises (or logs) that debit
+    afterwards (the caller's part)."""
+    se.check(key)
+    return SR.make(key, uid=se.uid, n=se.n, rc=se.rc, poid=se.poid)

@@ -20,8 +20,9 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
 * ``speed.issue_key``, ``speed.load`` / ``speed.load_step``: a purse's key from the SAM; loading value paid
   from the customer's account; a genuine L1 refused for its account is refused for good (``sb.lref``: never charged
   later, from any account), answered ``speed.load_refused`` with the SAM's LR, on which the purse forgets it.
-* ``speed.end_debit {s1}``: a debit the purse has under way that no purchase will finish (the broker refused its
-  order for good, or the purchase was dropped): the SAM refuses it for good unless it authorised it, and the answer
+* ``speed.end_debit {se}``: a debit the purse has under way that no purchase will finish (the broker refused its
+  order for good, or the purchase was dropped), in the card's SE (only the card's owner has one made): the SAM
+  refuses it for good unless it authorised it and the card did not decline that S2, and the answer
   ``speed.debit_refused`` carries the SAM's SR, on which the purse forgets it; refused ``authorised`` if the SAM
   gave its S2 (the purchase is finished by the customer's recovery, which debits once).
 * ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
@@ -284,7 +285,7 @@ class BrokerCore:
             p = fr.LOAD.parse(msg)
             return self._load(msg, p["l1"], p["account"])
         if code == fr.END_DEBIT.code:
-            return self._end_debit(msg, fr.END_DEBIT.parse(msg)["s1"])
+            return self._end_debit(msg, fr.END_DEBIT.parse(msg)["se"])
         if code == fr.LOAD_STEP.code:
             got = self.sam.ask(sa.LOAD_FINISH, sa.LOADED, l3=fr.LOAD_STEP.parse(msg)["l"])
             return fr.reply(msg, fr.LOADED, ok=True, balance=got["amount"])
@@ -485,12 +486,12 @@ class BrokerCore:
                 txn.put(REFUSED_LOADS, key, refusal.reason.encode())
         return fr.reply(msg, fr.LOAD_REFUSED, reason=refusal.reason, detail=refusal.detail[:1024], lr=lr)
 
-    def _end_debit(self, msg: Message, s1_raw: bytes) -> Message:
+    def _end_debit(self, msg: Message, se_raw: bytes) -> Message:
         """The SAM's SR for a debit it never authorised (recorded: it never authorises it afterwards), on which the
         purse forgets it; ``authorised`` if the SAM gave its S2. Nothing of the broker's changes: an order refused
         for good is never paid, and a payment order naming that S1 later is refused ``debit_refused`` by the SAM."""
         try:
-            sr = self.sam.ask(sa.REFUSE_S1, sa.S1_REFUSED, s1=s1_raw)["sr"]
+            sr = self.sam.ask(sa.END_DEBIT, sa.DEBIT_ENDED, se=se_raw)["sr"]
         except HostError as exc:
             if exc.reason != "authorised":
                 raise

@@ -284,18 +284,25 @@ class DebitsEnded:
     authorised: int = 0
 
 
-async def end_debit(card: CardOrders, b: Any, s1: bytes) -> EndedDebit:
-    """Have the broker's SAM refuse the debit ``s1`` for good and the card forget it on the SAM's SR (``b``: a link
-    to the broker). Raises :class:`PurchaseError` ``authorised`` if the SAM gave its S2 (it stays pending)."""
-    _, got = await b.ask(fr.END_DEBIT, fr.DEBIT_REFUSED, s1=s1)
-    n = (await card.ask(pa.DROP_DEBIT, pa.DEBIT_DROPPED, sr=got["sr"]))["n"]
+async def end_debit(card: CardOrders, b: Any, s1: bytes, s2: bytes | None = None) -> EndedDebit:
+    """Have the broker's SAM refuse the debit of ``s1`` for good and the card forget it on the SAM's SR (``b``: a
+    link to the broker): the card makes the SE that asks it (declining ``s2`` first, if given: an S2 the purse could
+    not pay). Raises :class:`PurchaseError` ``authorised`` if the SAM gave its S2 and the card did not decline it
+    (it stays pending)."""
     asked = pp.S1.decode(s1)
+    if s2 is None:
+        se = (await card.ask(pa.END_DEBIT, pa.SE_IS, poid=asked.poid))["se"]
+    else:
+        se = (await card.ask(pa.DECLINE_DEBIT, pa.SE_IS, s2=s2))["se"]
+    _, got = await b.ask(fr.END_DEBIT, fr.DEBIT_REFUSED, se=se)
+    n = (await card.ask(pa.DROP_DEBIT, pa.DEBIT_DROPPED, sr=got["sr"]))["n"]
     return EndedDebit(n, asked.poid, sm.Price(asked.currency, asked.amount))
 
 
 async def end_debits(card: CardOrders, broker: str) -> DebitsEnded:
-    """End every debit the purse has under way that the SAM never authorised (its SR: the card forgets it, and the
-    SAM never authorises it afterwards, so the purchase it was begun for is never paid). Run it after
+    """End every debit the purse has under way that the SAM never authorised, or whose S2 the card declined (the
+    card's SE; the SAM's SR: the card forgets it, and the SAM never authorises it afterwards, so the purchase it was
+    begun for is never paid). Run it after
     :meth:`Customer.recover` finished what it could: a debit the SAM authorised stays (``authorised``), to be
     finished by recovering its purchase."""
     pending = (await card.ask(pa.PENDING_DEBITS, pa.S1S))["s1"]
@@ -609,7 +616,13 @@ class Customer:
             if kind is fr.PURSE:
                 step = sm.decode(sm.PURSE_STEP, sm.sym_open(benc, sm.NONCE_B_PURSE, 0, got["sealed"], sign_key=bsign,
                                                             what="S2 message"), "S2 message")  # fmt: skip
-                s3 = (await self._card(pa.DEBIT, pa.S3_IS, s2=step["s"]))["s3"]
+                try:
+                    s3 = (await self._card(pa.DEBIT, pa.S3_IS, s2=step["s"]))["s3"]
+                except PurchaseError as exc:
+                    if exc.reason == "insufficient":  # dropped unpaid: decline the S2, the SAM's SR frees the place
+                        with contextlib.suppress(CardnetError):  # (else `purse end-debits` ends it later)
+                            await end_debit(self.card, b, order["s1"], step["s"])
+                    raise
                 sealed_s3 = sm.sym_seal(benc, sm.NONCE_C_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s3}),
                                         sign_key=bsign)  # fmt: skip
                 _, got = await b.ask(fr.PURSE, fr.RECEIPT, poid=poid, sealed=sealed_s3)
