@@ -36,7 +36,7 @@ def check_socket(socket: str) -> None:
 NO_HOST_HINT = "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?"
 
 
-_NAME_CARD = "name the card with --card DOMAIN (24 hex; `cardnet card show --store ...` prints it)"
+_NAME_CARD = "name the card with --card DOMAIN (one of the domains the host named)"
 # What to do when the host gives no port on the card (host.refused's code, the host's HostError reason).
 OPENING_HINTS = {
     "no_card": _NAME_CARD,

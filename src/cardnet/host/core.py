@@ -220,12 +220,19 @@ class Host:
     def card(self, domain: bytes | None = None) -> Card:
         if domain is None:
             if len(self.cards) != 1:
-                raise HostError("no_card", "this host has several cards: name the card's domain")
+                raise HostError("no_card", f"this host has several cards ({self._domains()}): name the card's domain")
             return next(iter(self.cards.values()))
         try:
             return self.cards[domain]
         except KeyError:
-            raise HostError("no_card", f"no card of domain {domain.hex()} on this host") from None
+            raise HostError(
+                "no_card", f"no card of domain {domain.hex()} on this host (it has {self._domains()})"
+            ) from None
+
+    def _domains(self) -> str:
+        """This host's card domains, for a refusal that must say which to name (its owner cannot open a store the
+        host holds to read them)."""
+        return ", ".join(sorted(d.hex() for d in self.cards)) or "no card"
 
     # -- messaging library -------------------------------------------------------
     def acquire(self, domain: bytes | None = None, now: float = 0.0) -> Capability:
