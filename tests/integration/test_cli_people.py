@@ -8,6 +8,7 @@ policy can be set when a card is personalised.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,35 @@ def test_a_file_that_is_no_licence_or_agreement_makes_no_broker_store(tmp_path: 
             if shape.startswith("{"):  # a missing field is named in words, not as Python's bare 'vendor'
                 assert "it has no 'vendor' field" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_a_wallet_whose_host_is_not_running_says_the_command_that_starts_it(tmp_path: Path) -> None:
+    """A new wallet's owner runs `cardnet wallet list` before starting the host (the wrong order): the error names
+    the host config `wallet init` wrote and the command that starts it, and that command, run as written, is the
+    next step that works (the hint said "is `cardnet host run` (or `cardnet authority run`) running with that
+    app_socket?", naming neither)."""
+    import shlex
+
+    from cardnet.bench.procs import READY, free_port, stop_process
+
+    env = {"CARDNET_HOME": str(tmp_path / "home"), "CARDNET_PIN": "4321"}
+    assert cardnet("ca", "create", str(tmp_path / "ca.cnca")).returncode == 0
+    made = cardnet("wallet", "init", "--ca", str(tmp_path / "ca.cnca"), "--name", "Alice",
+                   "--listen", f"127.0.0.1:{free_port()}", env=env)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    err = json_error(cardnet("wallet", "list", "--json", env=env))
+    host_toml = tmp_path / "home" / "host.toml"
+    assert err["reason"] == "no_host" and "your host is not running" in err["message"], err
+    assert f"`cardnet host run --config {host_toml}`" in err["hint"], err
+    words = cardnet("wallet", "list", env=env)
+    _clean_failure(words, "error: your host is not running", "what to do: start it with `cardnet host run --config")
+    start = shlex.split(err["hint"].split("`")[1])  # the command, as the hint gives it
+    assert start[0] == "cardnet"
+    host = subprocess.Popen([sys.executable, "-m", "cardnet.cli.main", *start[1:]], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        assert host.stdout is not None and host.stdout.readline().startswith(READY)
+        listed = cardnet("wallet", "list", env=env)
+        assert listed.returncode == 0 and "no tickets or vouchers on this card" in listed.stdout, listed
+    finally:
+        stop_process(host)

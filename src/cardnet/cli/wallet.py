@@ -75,6 +75,14 @@ class Target:
                 reason="no_wallet",
                 hint="make a wallet with `cardnet wallet init --ca CA_FILE`, or give --socket (and --card)",
             )
+        host_config = self.config.folder / "host.toml"  # (where `wallet init` wrote it, beside the wallet config)
+        if self.socket_option is None and not Path(value).exists() and host_config.exists():
+            fail(
+                f"your host is not running: there is no socket at {value}",
+                reason="no_host",
+                hint=f"start it with `cardnet host run --config {host_config}` (and leave it running), then repeat "
+                "the command",
+            )
         return value
 
     @property
