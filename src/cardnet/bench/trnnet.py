@@ -21,7 +21,7 @@ Used by ``cardnet bench trn`` and by the integration tests
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,8 @@ class TrnNet(HostSet):
         self.tmp = tmp
         self.wallets = wallets
         self.gates = gates
-        ca = pki.CertificateAuthority.create("trn CA", now=now)
+        # valid since yesterday: a test can have it issue a certificate whose day of validity ends soon
+        ca = pki.CertificateAuthority.create("trn CA", now=now - timedelta(days=1))
         ca.save(tmp / "ca.cnca")
         self.uids: dict[str, Uid] = {}
         self.agent_cert = b""

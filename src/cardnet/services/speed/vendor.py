@@ -344,12 +344,22 @@ class VendorCore:
 
     # -- receipts ----------------------------------------------------------------------------------------------
     def take_receipt(self, poid: bytes, sealed: bytes) -> sm.Price:
-        """Record the broker's receipt for one of this vendor's sales; the price paid."""
+        """Record the broker's receipt for one of this vendor's sales; the price paid.
+
+        The receipt recorded is trusted for that sale from then on: the same bytes again are the payment checked
+        when they were recorded, whatever has happened to the broker's certificate since (it may have expired: a
+        buyer who was paid must still get what was paid for). A receipt not recorded yet is checked with the
+        broker's certificate valid now, or, for a bill with a deadline, at the deadline if that is earlier: the
+        broker pays no bill after it, so a genuine receipt was signed while the certificate was valid then."""
         raw = get(self.store, SALES, poid)
         if raw is None:
             raise ProtocolError("unknown_sale", "no sale of this vendor has that PaymentOrderID")
         sale = dict(_SALE.decode(raw))
-        receipt = open_receipt(sale["rec_key"], sealed, self.broker_cert, self.roots, self.clock())
+        if sale.get("paid") == sealed:
+            return sm.Price.of(sale["price"])
+        now = self.clock()
+        at = now if "pay_by" not in sale else min(now, float(sale["pay_by"]))
+        receipt = open_receipt(sale["rec_key"], sealed, self.broker_cert, self.roots, at)
         if receipt["poid"] != poid or receipt["k"] != sale["k"]:
             raise ProtocolError("bad_receipt", "the receipt is for another sale")
         sale["paid"] = sealed
