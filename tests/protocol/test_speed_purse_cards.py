@@ -147,6 +147,10 @@ class World:
         s1 = self.ok(name, pa.DEBIT_BEGIN, poid=poid, currency=currency, amount=amount)["s1"]
         return bytes(self.ok("broker", sa.DEBIT_START, s1=s1, poid=poid, currency=currency, amount=amount)["s2"])
 
+    def se(self, name: str, s1: bytes) -> bytes:
+        """The card's SE asking the SAM to end its pending debit of ``s1`` (its owner's order)."""
+        return bytes(self.ok(name, pa.END_DEBIT, poid=pp.S1.decode(s1).poid)["se"])
+
     def pay(self, name: str, poid: bytes, currency: str, amount: int) -> dict[str, Any]:
         s3 = self.ok(name, pa.DEBIT, s2=self.s2_for(name, poid, currency, amount))["s3"]
         return self.ok("broker", sa.DEBIT_FINISH, s3=s3)
@@ -452,9 +456,10 @@ def test_a_debit_refused_for_good_ends_on_the_card_only_with_the_sams_sr(purse_w
     refused = w.ok("alice", pa.DEBIT_BEGIN, poid=b"refused", currency="EUR", amount=500)["s1"]
     s2 = w.s2_for("alice", b"authorised", "EUR", 300)  # the S2 is lost on the way
     authorised = w.ok("alice", pa.PENDING_DEBITS)["s1"][1]
-    assert w.order("broker", sa.REFUSE_S1, s1=authorised)["refused"] == "authorised"
-    sr = w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"]
-    assert w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"] == sr  # the same again
+    assert w.order("broker", sa.END_DEBIT, se=w.se("alice", authorised))["refused"] == "authorised"
+    se = w.se("alice", refused)
+    sr = w.ok("broker", sa.END_DEBIT, se=se)["sr"]
+    assert w.ok("broker", sa.END_DEBIT, se=se)["sr"] == sr  # the same again
     good = pp.SR.decode(sr)
     forged = pp.SR(uid=good.uid, n=1, rc=pp.S1.decode(authorised).rc, poid=b"authorised", mac=good.mac).encode()
     assert w.order("alice", pa.DROP_DEBIT, sr=forged)["refused"] == "bad_mac"
@@ -472,7 +477,7 @@ def test_a_debit_refused_for_good_ends_on_the_card_only_with_the_sams_sr(purse_w
     assert got["refused"] == "debit_refused"
     s3 = w.ok("alice", pa.DEBIT, s2=s2)["s3"]  # the authorised debit is made, late
     w.ok("broker", sa.DEBIT_FINISH, s3=s3)
-    assert w.order("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.REFUSE_S1, s1=refused)["sr"])["dropped"] is False
+    assert w.order("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.END_DEBIT, se=se)["sr"])["dropped"] is False
     assert w.accounts("alice")["EUR"] == {"balance": 700, "loaded": 1000, "debited": 300}
     assert w.sums(DAY0)[0] == {"EUR": 300}
 
@@ -687,11 +692,7 @@ class PurseMoves:
                     assert got["refused"] in ("insufficient", "debits_pending")
                     return True
                 s1 = got["s1"]
-            if i % 2:  # the card's owner ends it (its SE), or the broker refuses it for good on its own account
-                se = w.ok("alice", pa.END_DEBIT, poid=pp.S1.decode(s1).poid)["se"]
-                sr = w.order("broker", sa.END_DEBIT, se=se)
-            else:
-                sr = w.order("broker", sa.REFUSE_S1, s1=s1)
+            sr = w.order("broker", sa.END_DEBIT, se=w.se("alice", s1))  # the card's owner ends it (its SE)
             if "refused" in sr:  # the SAM authorised it (its S2 exists, not declined): it ends by debiting
                 assert sr["refused"] == "authorised" and fate2
                 return True

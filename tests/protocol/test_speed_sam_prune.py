@@ -191,7 +191,7 @@ def test_refusal_records_are_kept_until_their_day_is_pruned_and_the_statements_a
         l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=100 + i)["l1"]
         refused.append(("load", l1, w.ok("broker", sa.REFUSE_L1, l1=l1)["lr"]))
         s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=b"gone-%d" % i, currency="EUR", amount=5)["s1"]
-        refused.append(("debit", s1, w.ok("broker", sa.REFUSE_S1, s1=s1)["sr"]))
+        refused.append(("debit", s1, w.ok("broker", sa.END_DEBIT, se=w.se("alice", s1))["sr"]))
     day = int(w.now // DAY_S)
     assert used(sam(w)) - base == sum(REFUSAL_BYTES[k] for k, _, _ in refused)
     held = used(sam(w))
@@ -204,7 +204,7 @@ def test_refusal_records_are_kept_until_their_day_is_pruned_and_the_statements_a
             return w.ok("broker", sa.REFUSE_L1, l1=raw)["lr"], start["refused"]
         s1 = pp.S1.decode(raw)
         start = w.order("broker", sa.DEBIT_START, s1=raw, poid=s1.poid, currency=s1.currency, amount=s1.amount)
-        return w.ok("broker", sa.REFUSE_S1, s1=raw)["sr"], start["refused"]
+        return w.ok("broker", sa.END_DEBIT, se=w.se("alice", raw))["sr"], start["refused"]
 
     # within the window (the day and keep_days after it, not pruned): the record answers
     w.now += DAY_S
@@ -247,7 +247,7 @@ def test_refusal_records_stay_bounded_by_the_days_the_sam_keeps(purse_world: Wor
             l1 = w.ok("alice", pa.LOAD_BEGIN, currency="EUR", amount=1 + i)["l1"]
             w.ok("alice", pa.DROP_LOAD, lr=w.ok("broker", sa.REFUSE_L1, l1=l1)["lr"])
             s1 = w.ok("alice", pa.DEBIT_BEGIN, poid=os.urandom(8), currency="EUR", amount=1)["s1"]
-            w.ok("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.REFUSE_S1, s1=s1)["sr"])
+            w.ok("alice", pa.DROP_DEBIT, sr=w.ok("broker", sa.END_DEBIT, se=w.se("alice", s1))["sr"])
         w.now += DAY_S
         today = int(w.now // DAY_S)
         while w.ok("broker", sa.PRUNE, before_day=today - keep)["more"]:

@@ -357,7 +357,7 @@ def test_a_pending_debit_is_forgotten_only_on_the_sams_sr_for_it() -> None:
     st = loaded(1000)
     st, s1, _ = debit_s2(st, poid=b"p0", amount=300)
     st, other, other_s2 = debit_s2(st, poid=b"p1", amount=7)
-    sr = pp.sam_refuse_s1(KEY, s1)
+    sr = pp.sam_end_debit(KEY, pp.end_debit(st, key=KEY, uid=UID, poid=b"p0"))
     assert (sr.uid, sr.n, sr.rc, sr.poid) == (UID, 0, RC, b"p0")
     assert len(sr.encode()) <= pp.MAX_MESSAGE_BYTES
     for forged, reason in [
@@ -384,7 +384,7 @@ def test_a_pending_debit_is_forgotten_only_on_the_sams_sr_for_it() -> None:
     assert e.value.reason == "no_pending"
     debited, _ = pp.apply_s2(dropped, key=KEY, uid=UID, s2=other_s2)
     with pytest.raises(ProtocolError) as e:  # a debit made is never refused
-        pp.apply_sr(debited, key=KEY, uid=UID, sr=pp.sam_refuse_s1(KEY, other))
+        pp.apply_sr(debited, key=KEY, uid=UID, sr=pp.sam_end_debit(KEY, pp.end_debit(st, key=KEY, uid=UID, poid=b"p1")))
     assert e.value.reason == "conflict"
     assert debited.balance("EUR") == 1000 - 7
 

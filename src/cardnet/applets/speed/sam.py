@@ -20,10 +20,6 @@ sends it privileged orders (only an application that verified the PIN):
   it authorised that load (``authorised``: an L2 exists), records the refusal (``r:``) and answers the LR, MACed
   under the card's key, on which the purse forgets the load. From then on ``sam.load_start`` of that load is
   refused ``load_refused``: a load the card forgot is never authorised. The same L1 again gets the same LR.
-* ``sam.refuse_s1 {s1}`` -> ``sam.s1_refused {sr}``: the broker refuses a debit for good on its own account (a
-  bill past its deadline): the SAM checks the S1 is the card's own, refuses it if it authorised that debit
-  (``authorised``: an S2 exists, the card ends it by debiting), records the refusal (``x:``) and answers the SR.
-  Only the broker's host orders it (privileged); a customer's request to end a debit comes as the card's SE:
 * ``sam.end_debit {se}`` -> ``sam.debit_ended {sr}``: the card's owner ends a debit (the purchase it pays is over
   without it). The SAM checks the SE is the card's own (else ``bad_mac``: the card makes an SE only on its owner's
   order, so whoever holds an S1 cannot have the debit ended), refuses it if it authorised that debit and the SE
@@ -44,7 +40,7 @@ sends it privileged orders (only an application that verified the PIN):
   (after its MAC is checked): it is never authorised or logged twice. Open authorisations are never pruned: a
   late S3 or L3 must still find them. The same step drops the refusal records (``r:``, ``x:``) made on those days
   and raises the card's floor past each: a start of that load or debit is refused ``pruned`` from then on, and the
-  same L1 or S1 sent to be refused again still gets its LR or SR (made again from the MAC key: the SAM never
+  same L1 or SE sent to be refused again still gets its LR or SR (made again from the MAC key: the SAM never
   authorised a counter below the floor it holds no record of). See docs/speed.md, "Pruning the SAM".
 
 Records (table ``a.sam``): ``master``; ``d:<uid><n>`` (a debit authorised, with its ``day`` once logged),
@@ -246,13 +242,11 @@ PRUNED = register(
 )
 REFUSE_L1 = register(0x0666, "sam.refuse_l1", P, Schema("sam.refuse_l1", [Field(0, "l1", _MSG)]), privileged=True)
 L1_REFUSED = register(0x0667, "sam.l1_refused", P, Schema("sam.l1_refused", [Field(0, "lr", _MSG)]))
-REFUSE_S1 = register(0x066E, "sam.refuse_s1", P, Schema("sam.refuse_s1", [Field(0, "s1", _MSG)]), privileged=True)
-S1_REFUSED = register(0x066F, "sam.s1_refused", P, Schema("sam.s1_refused", [Field(0, "sr", _MSG)]))
+# 0x066E/0x066F (sam.refuse_s1 {s1} -> sam.s1_refused): retired, an S1 ends no debit (whoever holds one could)
 END_DEBIT = register(0x0673, "sam.end_debit", P, Schema("sam.end_debit", [Field(0, "se", _MSG)]), privileged=True)
 DEBIT_ENDED = register(0x0674, "sam.debit_ended", P, Schema("sam.debit_ended", [Field(0, "sr", _MSG)]))
 ORDERS = (
-    INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, REFUSE_S1,
-    END_DEBIT,
+    INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, END_DEBIT
 )  # fmt: skip
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -408,8 +402,6 @@ class SamApplet(Applet):
                 self._load_finish(ctx, params["l3"])
             elif code == REFUSE_L1.code:
                 self._refuse_l1(ctx, params["l1"])
-            elif code == REFUSE_S1.code:
-                self._refuse_s1(ctx, params["s1"])
             elif code == END_DEBIT.code:
                 self._end_debit(ctx, params["se"])
             elif code == LOG.code:
@@ -522,15 +514,6 @@ class SamApplet(Applet):
         lr = pp.sam_refuse_l1(pp.diversify(master, l1.uid), l1)
         _refuse_unauthorised(ctx, _LOAD, l1.uid, l1.m, l1.rc)
         ctx.reply(L1_REFUSED, lr=lr.encode())
-
-    def _refuse_s1(self, ctx: StepContext, raw: bytes) -> None:
-        """The broker's own refusal of the card's debit for good (as :meth:`_refuse_l1` for a load): refused
-        ``authorised`` if an S2 exists (the card ends that debit with it)."""
-        master = _master(ctx)
-        s1 = pp.S1.decode(raw)
-        sr = pp.sam_refuse_s1(pp.diversify(master, s1.uid), s1)
-        _refuse_unauthorised(ctx, _DEBIT, s1.uid, s1.n, s1.rc)
-        ctx.reply(S1_REFUSED, sr=sr.encode())
 
     def _end_debit(self, ctx: StepContext, raw: bytes) -> None:
         """Record that the card's debit is never authorised (or logged) and answer the SR on which the card forgets

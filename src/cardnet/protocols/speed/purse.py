@@ -742,14 +742,6 @@ def sam_refuse_l1(key: bytes, l1: L1) -> LR:
     return LR.make(key, uid=l1.uid, m=l1.m, rc=l1.rc)
 
 
-def sam_refuse_s1(key: bytes, s1: S1) -> SR:
-    """The SAM's SR for ``s1`` on the broker's own refusal (``bad_mac`` if S1 is not the card's). The SAM makes it
-    only for a debit it never authorised and records it, so that it never authorises that debit afterwards (the
-    caller's part). A customer's request to end a debit is the card's SE (:func:`sam_end_debit`), not an S1."""
-    s1.check(key)
-    return SR.make(key, uid=s1.uid, n=s1.n, rc=s1.rc, poid=s1.poid)
-
-
 def sam_end_debit(key: bytes, se: SE) -> SR:
     """The SAM's SR for the card's ``se`` (``bad_mac`` if SE is not the card's: an S1 or any other message does
     not pass for one). The SAM makes it only for a debit it never authorised, or one whose S2 the card declined
