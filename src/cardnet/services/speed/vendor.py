@@ -319,7 +319,7 @@ class VendorCore:
         contents = [self.catalogue[p]["content"] for p in products]
         sizes = [len(c) for c in contents]
         poid = sm.make_poid(self.vendor_id, nid)
-        pay_by = sm.pay_by(self.clock(), self.pay_within_s)
+        pay_by = None if self.pay_within_s is None else sm.pay_by(self.clock(), self.pay_within_s)
         sale_rec: dict[str, Any] = {"k": k, "rec_key": rec_key, "price": price.fields()}
         if pay_by is not None:
             sale_rec["pay_by"] = pay_by
