@@ -1,8 +1,10 @@
-"""The ticketing server's seat claims (``services/ticketing/sales.py``) on a real SQLite store: first wins, and a
-card's unpaid sales count against it for ``window_s`` (the time is an argument)."""
+"""The ticketing server's seat claims (``services/ticketing/sales.py``) on a real SQLite store: first wins, a card's
+unpaid sales count against it for ``window_s``, and a seat unpaid at its bill's deadline is released (the time is an
+argument)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -56,4 +58,45 @@ def test_unpaid_sales_count_against_their_card_for_the_window_alone(
     assert refused("A4", mallory, T0 + WINDOW_S + 0.6) == "unpaid_sales"  # A2 and A3
     with store.transaction() as txn:  # A1's entry went with the claim that no longer counted it
         assert txn.count(sales.UNPAID, pki.uid_of(pki.cert_from_der(mallory)).raw) == 2
+    store.close()
+
+
+def test_a_seat_is_released_after_its_deadline_unpaid_and_a_late_receipt_takes_it_back_only_if_still_free(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """Sales past their bill's deadline (``before``: the server's clock less the margin) that are still ``sold`` are
+    released, oldest deadline first, their seats free and their cards' unpaid counts dropped; a paid sale is not. A
+    receipt that comes for a released sale takes the seat back if it is free (``reclaim``), and is refused
+    ``seat_resold`` if another sale holds it."""
+    store = SqliteStore(str(tmp_path / "tickets.db"))
+    mallory, bob = _card(ca, 1), _card(ca, 2)
+
+    def claim(seat: str, card: bytes, pay_by: int) -> sales.Ticket:
+        poid = (seat + card[-4:].hex()).encode().ljust(40, b"\0")
+        with store.transaction() as txn:
+            sales.claim(txn, poid, [f"final/{seat}"], card, pay_by, now=T0, max_unpaid=8, window_s=WINDOW_S)
+        t = sales.ticket(store, poid)
+        assert t is not None
+        return t
+
+    a1 = claim("A1", mallory, int(T0) + 60)
+    claim("A2", mallory, int(T0) + 120)
+    b1 = claim("B1", bob, int(T0) + 30)
+    sales.advance(store, b1, "paid")  # paid in time
+    assert not sales.due(store, T0 + 30) and sales.due(store, T0 + 31)
+    assert sales.release(store, T0 + 61) == [dataclasses.replace(a1, state=sales.RELEASED)]  # A2's deadline is later
+    assert sales.sold_of(store, "final", ["A1", "A2", "B1"]) == ({"A2", "B1"}, 2)
+    with store.transaction() as txn:
+        assert txn.count(sales.UNPAID, pki.uid_of(pki.cert_from_der(mallory)).raw) == 1  # A1 no longer counts
+    assert sales.release(store, T0 + 61) == [] and not sales.due(store, T0 + 61)
+
+    late = sales.reclaim(store, sales.ticket(store, a1.poid))  # type: ignore[arg-type]
+    assert late.state == "paid" and sales.seat_sale(store, "final", "A1")[0] == a1.poid
+    (a2_released,) = sales.release(store, T0 + 121)
+    assert a2_released.seat == "A2"
+    a2_bob = claim("A2", bob, int(T0) + 500)  # sold again
+    with pytest.raises(ProtocolError) as resold:
+        sales.reclaim(store, a2_released)
+    assert resold.value.reason == "seat_resold" and "refund" in str(resold.value)
+    assert sales.seat_sale(store, "final", "A2")[0] == a2_bob.poid
     store.close()
