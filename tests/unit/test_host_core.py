@@ -31,7 +31,7 @@ from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.host import Filter, Guard, Host, HostError, Origin, SendRemote, Verdict
 from cardnet.host import mtypes as hm
-from cardnet.host.core import CARD, HOST_PORT
+from cardnet.host.core import CARD, HOST_PORT, REMOTE_LOG_BURST, REMOTE_LOG_EVERY_S
 from cardnet.protocols.echo import REPLY, REQUEST
 from cardnet.store import SqliteStore
 from cardnet.wire import Message, Uid
@@ -330,6 +330,25 @@ def test_the_default_guard_drops_remote_messages_claiming_a_local_domain(two: Tw
     stranger = Uid(two.card_b.uid.domain, 77)  # remote messages from other domains pass
     assert a.receive_remote(REQUEST.make(stranger, card_a.uid, rid=1, body=b""), "b") is True
     assert a.dropped == 2
+
+
+def test_a_flood_of_dropped_messages_is_logged_a_few_times_a_window_with_the_count_left_out(
+    two: Two, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote peer decides how often a guard drops: each window of ``REMOTE_LOG_EVERY_S`` logs at most
+    ``REMOTE_LOG_BURST`` drops, and the first line of the next window says how many were left out."""
+    a, card_a = two.a, two.card_a
+    forged = REQUEST.make(card_a.uid, card_a.uid, rid=1, body=b"")
+    with caplog.at_level("WARNING", "cardnet.host"):
+        a.pump(1000.0)
+        for _ in range(3 * REMOTE_LOG_BURST):
+            a.receive_remote(forged, "b")
+        a.pump(1000.0 + REMOTE_LOG_EVERY_S)
+        a.receive_remote(forged, "b")
+    lines = [r.getMessage() for r in caplog.records if "guard forged-local-domain dropped" in r.getMessage()]
+    assert a.dropped == 3 * REMOTE_LOG_BURST + 1 and len(lines) == REMOTE_LOG_BURST + 1
+    assert lines[-1].endswith(f"(and {2 * REMOTE_LOG_BURST} more since the last such line, not logged)")
+    assert "more since" not in "".join(lines[:-1])
 
 
 def test_a_user_guard_holds_messages_until_released_or_discarded(two: Two) -> None:

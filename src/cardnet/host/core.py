@@ -80,11 +80,42 @@ CAPACITY_CLEAR = 0.75  # back under this share, the card is warned again when it
 FULL_LOG_EVERY_S = 60.0  # out_of_memory refusals are logged at most this often per card
 CAPACITY_HINT = "raise capacity_bytes in the card's [[cards]] entry of the host config and restart the host"
 MAX_UNDELIVERABLE = 4096  # (card, destination domain) pairs remembered; forgotten all at once beyond
+# A warning remote traffic can repeat at will (a guard's drop, a new undeliverable notice) is logged at most
+# REMOTE_LOG_BURST times every REMOTE_LOG_EVERY_S, with the count of those left out: a peer sending forged messages at
+# full speed made a host write 3 bytes of log for each byte it received (6.5 MB a second from one connection), until
+# its disk (and with it its cards' stores) was full.
+REMOTE_LOG_EVERY_S = 10.0
+REMOTE_LOG_BURST = 10
 _CARD_REFUSED = cm.REFUSED.code
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
 STORE_FAILED = "store_failed"  # a notice's code: the destination card's store cannot be written (nothing was kept)
 _NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
+
+
+class _Throttle:
+    """One warning logged at most ``burst`` times in each ``every_s`` of the host's clock; the others are counted,
+    and the next line logged says how many were left out."""
+
+    __slots__ = ("_burst", "_every_s", "_left_out", "_logged", "_since")
+
+    def __init__(self, every_s: float, burst: int) -> None:
+        self._every_s = every_s
+        self._burst = burst
+        self._since: float | None = None  # when the current window began
+        self._logged = 0  # lines logged in it
+        self._left_out = 0  # lines left out since the last one logged
+
+    def due(self, now: float) -> str | None:
+        """None: leave this one out (counted); else log it now, with this suffix saying how many were left out."""
+        if self._since is None or not 0 <= now - self._since < self._every_s:  # (a clock set back: a new window)
+            self._since, self._logged = now, 0
+        if self._logged >= self._burst:
+            self._left_out += 1
+            return None
+        self._logged += 1
+        left_out, self._left_out = self._left_out, 0
+        return f" (and {left_out} more since the last such line, not logged)" if left_out else ""
 
 
 @dataclass(frozen=True)
@@ -201,6 +232,8 @@ class Host:
         self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
         self.dropped = 0
+        self._drop_log = _Throttle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # guards' drops
+        self._notice_log = _Throttle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # new reasons a card cannot reach a domain
         for card in cards:
             self.add_card(card)
 
@@ -299,9 +332,12 @@ class Host:
                 continue
             if verdict is _DROP:
                 self.dropped += 1
-                log.warning(
-                    "%s: guard %s dropped 0x%04x from %s (%s)", self.name, guard.name, msg.mtype, msg.src, origin.kind
-                )
+                more = self._drop_log.due(self._now)
+                if more is not None:
+                    log.warning(
+                        "%s: guard %s dropped 0x%04x from %s (%s)%s",
+                        self.name, guard.name, msg.mtype, msg.src, origin.kind, more,
+                    )  # fmt: skip
                 if ack is not None:
                     ack[0].ack([ack[1]])
                 return False
@@ -574,10 +610,12 @@ class Host:
         key = (notice.dst.domain, p["dst"].domain)
         before = self.undeliverable.get(key)
         if before is None or before.reason != p["reason"]:
-            log.warning(
-                "%s: card %s cannot reach %s: %s (a transfer to it waits; `cardnet trn list` shows it)",
-                self.name, notice.dst, p["dst"], p["reason"],
-            )  # fmt: skip
+            more = self._notice_log.due(self._now)
+            if more is not None:
+                log.warning(
+                    "%s: card %s cannot reach %s: %s (a transfer to it waits; `cardnet trn list` shows it)%s",
+                    self.name, notice.dst, p["dst"], p["reason"], more,
+                )  # fmt: skip
         if len(self.undeliverable) >= MAX_UNDELIVERABLE and key not in self.undeliverable:
             self.undeliverable.clear()
         count = 1 if before is None else before.count + 1
