@@ -145,14 +145,24 @@ def test_the_card_refuses_garbage_params_with_bad_param(
 
 @FUZZ
 @given(param=params, domain=st.binary(min_size=12, max_size=12), where=st.sampled_from(["local", "route", "none"]),
-       reason=st.none() | st.text(max_size=200), at=st.integers(0, 2**40))  # fmt: skip
-def test_route_messages_decode_or_refuse(param: bytes, domain: bytes, where: str, reason: str | None, at: int) -> None:
-    """host.route and host.route_is: garbage raises DecodeError only; what the host sends decodes to itself."""
-    for mtype in (hm.ROUTE, hm.ROUTE_IS):
+       reason=st.none() | st.text(max_size=200), at=st.integers(0, 2**40),
+       code=st.none() | st.text("abcdefghijklmnopqrstuvwxyz_", max_size=32), count=st.integers(1, 2**40))  # fmt: skip
+def test_route_messages_decode_or_refuse(
+    param: bytes, domain: bytes, where: str, reason: str | None, at: int, code: str | None, count: int
+) -> None:
+    """host.route, host.route_is and host.undeliverable: garbage raises DecodeError only; what the host sends
+    decodes to itself (a notice's code, and the code and count of the last notice, too)."""
+    for mtype in (hm.ROUTE, hm.ROUTE_IS, hm.UNDELIVERABLE):
         with contextlib.suppress(DecodeError):
             mtype.schema.decode(param)
     fields: dict[str, Any] = {"domain": domain, "where": where}
     if reason is not None:
-        fields |= {"undeliverable": reason, "undeliverable_at": at}
+        fields |= {"undeliverable": reason, "undeliverable_at": at, "undeliverable_count": count}
+        if code is not None:
+            fields["undeliverable_code"] = code
     assert hm.ROUTE_IS.schema.decode(hm.ROUTE_IS.schema.encode(fields)) == fields
+    notice: dict[str, Any] = {"mtype": at & 0xFFFF, "dst": Uid(domain, 0), "reason": reason or ""}
+    if code is not None:
+        notice["code"] = code
+    assert hm.UNDELIVERABLE.schema.decode(hm.UNDELIVERABLE.schema.encode(notice)) == notice
     assert hm.ROUTE.schema.decode(hm.ROUTE.schema.encode({"domain": domain})) == {"domain": domain}
