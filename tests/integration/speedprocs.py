@@ -92,7 +92,8 @@ class SpeedNet:
 
 
 def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int = 300_000, load: str = "20.00 EUR",
-          deposit: str = "100.00 EUR", forker: Forker | None = None) -> SpeedNet:  # fmt: skip
+          deposit: str = "100.00 EUR", forker: Forker | None = None,
+          vendor_args: tuple[str, ...] = ()) -> SpeedNet:  # fmt: skip
     """The network, every process started. With a ``forker`` (tests/integration/forkhost.py, with :data:`MODULES`)
     for the tests that restart the processes a hundred times: the set-up's commands are forks of it, and the
     broker, the vendor and the customers' hosts start as new processes and restart as forks of it but for every
@@ -129,7 +130,8 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
         f"{t}/vendor.pem")  # fmt: skip
     broker = service("speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",
                      "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip  # a fixed port: it restarts there
-    vendor = service("speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}")
+    vendor = service("speed", "vendor", "run", "--store", f"{t}/vendor.db", "--listen", f"127.0.0.1:{free_port()}",
+                     *vendor_args)  # fmt: skip
     broker.start()
     vendor.start()
     net = SpeedNet(tmp, broker, vendor, song=song)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,27 @@ def test_a_purse_full_of_payments_under_way_says_which_commands_finish_them(net:
     assert len(again["dropped"]) == 16
     assert alice.buy(net, NEWS, limit="1.00 EUR", aggressive=True)["price"] == "0.80 EUR"
     assert alice.balance() == {"EUR": 2000 - 80} and net.accounts()["V-1"] == {"EUR": 80}
+
+
+def test_a_vendor_run_with_pay_within_signs_a_deadline_into_its_bills(tmp_path: Path) -> None:
+    """``cardnet speed vendor run --pay-within 600``: the bill of a purchase left unpaid (the broker could not be
+    reached) carries the deadline, 600 s after it was made, and is paid before it by ``cardnet speed recover``.
+    Before, the option did not exist."""
+    from cardnet.cli.speed import JOURNAL
+    from cardnet.crypto import cms
+    from cardnet.protocols.speed import messages as sm
+    from cardnet.services.speed.customer import Journal
+
+    n = build(tmp_path, vendor_args=("--pay-within", "600"))
+    try:
+        alice = n.customers["alice"]
+        before = time.time()
+        refused = alice.buy(n, NEWS, limit="1.00 EUR", check=False, broker=f"127.0.0.1:{free_port()}")
+        assert refused["error"]["reason"] == "unreachable", refused
+        (pending,) = Journal(tmp_path / "alice-bought" / JOURNAL).pending()
+        bill = sm.decode(sm.BILL, cms.verify(pending.bill).content, "bill")
+        assert before + 600 <= bill["pay_by"] <= time.time() + 601, bill["pay_by"]
+        got = alice.recover(n, "--broker", n.broker.address)
+        assert len(got["finished"]) == 1 and got["dropped"] == [], got
+    finally:
+        n.stop()

@@ -180,16 +180,19 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
 @vendor.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7300", show_default=True, help="HOST:PORT (port 0 picks one).")
+@click.option("--pay-within", type=click.FloatRange(1, 30 * 86400), default=None,
+              help="Give each bill a deadline this many seconds after it is made: the broker refuses it after that "
+              "(default: bills carry no deadline).")  # fmt: skip
 @_server_limits
 @json_option
-def vendor_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
+def vendor_run(store: str, listen: str, pay_within: float | None, as_json: bool, **limits: Any) -> None:
     """Serve negotiations and deliveries over TCP. Prints "ready vendor HOST:PORT" when listening."""
     import time
 
     from cardnet.services.speed.vendor import VendorCore, VendorServer
 
     host, port = _listen(listen)
-    core = VendorCore(_vendor_store(store), clock=time.time)
+    core = VendorCore(_vendor_store(store), clock=time.time, pay_within_s=pay_within)
     bounds = _limits_from(**limits)
     _serve("vendor", lambda: VendorServer(core, server_limits=bounds), host, port, as_json)
 
