@@ -225,6 +225,7 @@ def test_enter_says_what_is_wrong_before_the_ticket_moves(world: World) -> None:
     assert gone["reason"] == "not_held" and "cardnet wallet list" in gone["hint"], gone
     nowhere = refused(*alice.cmd("enter", oid, "--gate", gate))
     assert nowhere["reason"] == "no_route" and "9a7e009a7e009a7e009a7e00" in nowhere["hint"], nowhere
+    assert nowhere["hint"].startswith("check the gate's Uid"), nowhere  # (a typo is likelier than a missing route)
     assert alice.tickets()[oid] == "enabled"
 
 

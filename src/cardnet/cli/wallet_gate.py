@@ -73,7 +73,8 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float) -> Any:
     if gate.domain != wallet.card.domain and (await wallet.route(gate.domain))["where"] == "none":
         fail(f"this host cannot reach the gate {gate}: no route to its domain {gate.domain.hex()}; the ticket "
              "stays on your card", reason="no_route",
-             hint=f'add "{gate.domain.hex()}" = "HOST:PORT" (the gate\'s address) to [routes] in your host.toml and '
-             "restart your host")  # fmt: skip
+             hint=f"check the gate's Uid (the gate's sign or staff give it: a mistyped one has no route), or add "
+             f'"{gate.domain.hex()}" = "HOST:PORT" (the gate\'s address) to [routes] in your host.toml and restart '
+             "your host")  # fmt: skip
     with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
         return await wallet.redeem(oid, gate, timeout_s=wait_s)
