@@ -104,8 +104,9 @@ def test_cardnet_trn_reissue(net: TrnNet) -> None:
 
     unknown = cli("trn", "reissue", "--socket", sock, "--card", agent, "--oid", "11" * 16, "--body", "seat ?")
     assert unknown.returncode == 2 and "unknown oid" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert "what to do: check --oid (a typo?)" in unknown.stderr, unknown.stderr  # (not: give another --new-oid)
     no_body = cli("trn", "reissue", "--socket", sock, "--card", agent, "--oid", "22" * 16)
-    assert no_body.returncode == 2 and "--body" in no_body.stderr
+    assert no_body.returncode == 2 and "--body" in no_body.stderr and "what to do: check --oid" in no_body.stderr
     several = cli("trn", "reissue", "--socket", sock, "--oid", OLD.hex())
     assert several.returncode == 2 and "--card" in several.stderr
     authority = net.uids["authority"].domain.hex()

@@ -457,7 +457,8 @@ def trn_reissue(
     old = parse_oid(oid)
     new = None if new_oid is None else parse_oid(new_oid)
     hints = {
-        "need_body": "give the new token's body with --body",
+        "need_body": "check --oid (a mistyped oid is one this card never minted); for a token it minted and "
+        "forgot, give the new token's body with --body",
         "no_authority": "run `cardnet trn set-authority` on the agent's card first",
         "wrong_usage": "run this against the issuing agent's card (--card DOMAIN if the host has several)",
     }
@@ -485,8 +486,8 @@ def trn_reissue(
         "holder": str(state.get("holder") or ""),
     }
     if state["state"] == "refused":
-        retry = "to try again once the cause is fixed, give another --new-oid"
-        fail(f"the authority refused to reissue {oid}: {state['reason']}", reason="refused", hint=retry)
+        fail(f"the authority refused to reissue {oid}: {state['reason']}", reason="refused",
+             hint=_reissue_refused_hint(state["reason"]))  # fmt: skip
     if state["state"] == "pending":
         later = "the card keeps the request and resends it; repeat this command to see the outcome"
         fail(
@@ -495,6 +496,21 @@ def trn_reissue(
             hint=later,
         )
     say(as_json, out, f"reissued {oid} as {out['new_oid']}: {out['reason']} ({out['holder']})")
+
+
+# What to do when the authority refuses a reissue, by how its reason begins (trn.trace.decide_reissue words it).
+REISSUE_REFUSED_HINTS = (
+    ("unknown oid", "check --oid (a typo?): `cardnet authority chain --oid OID` on the authority's host shows what "
+     "it recorded of a token"),
+    ("not the issuer", "run it against the card of the agent that minted the token (--card DOMAIN)"),
+    ("already revoked", "nothing left to do: the old oid is revoked (`cardnet authority chain --oid OID` shows it)"),
+    ("new oid", "give another --new-oid, or none (the card draws one)"),
+)  # fmt: skip
+
+
+def _reissue_refused_hint(reason: str) -> str:
+    default = "to try again once the cause is fixed, give another --new-oid"
+    return next((hint for start, hint in REISSUE_REFUSED_HINTS if reason.startswith(start)), default)
 
 
 @card_command(trn, "set-authority", click.option("--authority", required=True, help="The authority card's Uid."))
