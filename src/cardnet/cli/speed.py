@@ -39,7 +39,8 @@ HINTS = {
     "no_key": "get the purse's key first: cardnet speed purse key --broker HOST:PORT ...",
     "insufficient": "load the purse first: cardnet speed purse load --amount '10.00 EUR' ...",
     "unknown_product": "`cardnet speed catalogue --vendor HOST:PORT` lists what the vendor sells",
-    "no_agreement": "raise --limit, or try again later",
+    "no_agreement": "raise --limit (in the currency of the vendor's price: `cardnet speed catalogue` shows it), or try "
+    "again later",
     "over_limit": "raise --limit; without --aggressive the vendor may come down to its floor",
     "unreachable": "is the service running at that HOST:PORT?",
     "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: try again "
