@@ -413,3 +413,25 @@ def test_link_send_many_nowait_raises_once_the_link_gave_up() -> None:
             assert [index(x) for x in link.unsent()] == [1, 2]  # nothing more was queued
 
     run(main)
+
+
+def test_a_link_queue_is_bounded_in_bytes_as_well_as_in_messages() -> None:
+    """``max_queue_bytes``: a link whose peer is down holds at most that many bytes of messages (one message of any
+    size in an empty queue), whatever the message count allows: what does not fit is refused ``queue_full``."""
+
+    async def main() -> None:
+        link = ReconnectingLink(dialer("127.0.0.1", 9, limits=LIMITS), rng=random.Random(5), max_queue=100,
+                                max_queue_bytes=1000, label="bytes link")  # fmt: skip
+        big = m(1, 400)  # 438 bytes
+        assert link.send_many_nowait([big, m(2, 400), m(3, 400), m(4)]) == 2  # 876 bytes: the third would pass 1000
+        assert link.queued == 2 and link.queued_bytes == 2 * big.size
+        with pytest.raises(TransportError) as err:
+            link.send_nowait(m(3, 400))
+        assert err.value.reason == "queue_full" and f"{2 * big.size} bytes" in str(err.value)
+        link.send_nowait(m(4, 50))  # what still fits is taken
+        assert link.queued_bytes == 2 * big.size + m(4, 50).size
+        assert [index(x) for x in link.unsent()] == [1, 2, 4] and link.queued_bytes == 0
+        assert link.send_many_nowait([m(5, 5000), m(6)]) == 1  # alone in an empty queue, a message of any size
+        assert link.queued_bytes == m(5, 5000).size
+
+    run(main)

@@ -11,7 +11,7 @@ the logic. Three kinds of traffic:
 * **remote hosts** connect to ``listen`` (TCP, optionally mutual TLS); what
   they send is submitted as remote traffic, so the default Guard applies.
 * **outgoing** remote traffic goes through one reconnecting link per address
-  (its queue holds ``LINK_QUEUE`` messages; what does not fit is logged and
+  (its queue holds ``LINK_QUEUE`` messages, ``LINK_QUEUE_BYTES`` bytes; what does not fit is logged and
   stays unacknowledged in its card's outbox).
 
 A timer task owns the host's periodic jobs (:class:`~cardnet.host.core.Schedule`
@@ -69,6 +69,7 @@ from cardnet.transport import (
     TcpServer,
     TransportError,
     dialer,
+    fit_queue,
     send_batch,
     tls_contexts,
 )
@@ -81,6 +82,9 @@ APP_QUEUE = 4096  # messages waiting for a slow application before the host drop
 APP_WRITE_BATCH = 256  # messages written to an application at once
 MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
 LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
+# bytes of the messages waiting for one remote address: a remote peer sending messages for a route that is down (or
+# slow) at full speed could otherwise fill the host's memory (LINK_QUEUE messages of up to max_frame bytes each)
+LINK_QUEUE_BYTES = 64 * 1024 * 1024
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
 
 
@@ -163,30 +167,28 @@ def _role(card: Card) -> pki.Role | None:
 class Carrier:
     """Sends remote traffic over a connection this host did not dial (see :meth:`HostServer.carry`).
 
-    Like a link's queue: at most ``LINK_QUEUE`` messages wait; what does not fit stays unacknowledged in its card's
-    outbox and is re-emitted later (``resend_unacked``). A message above the connection's frame limit is refused
-    when it is queued (``oversize``, as a link does): the host sends its card a ``host.undeliverable`` notice
-    instead. Should one reach the writer anyway, it costs only itself (:func:`~cardnet.transport.send_batch`): it
-    is left out and logged, the others are written in order and the writer goes on.
+    Like a link's queue: at most ``LINK_QUEUE`` messages (``LINK_QUEUE_BYTES`` bytes) wait; what does not fit stays
+    unacknowledged in its card's outbox and is re-emitted later (``resend_unacked``). A message above the
+    connection's frame limit is refused when it is queued (``oversize``, as a link does): the host sends its card a
+    ``host.undeliverable`` notice instead. Should one reach the writer anyway, it costs only itself
+    (:func:`~cardnet.transport.send_batch`): it is left out and logged, the others are written in order and the
+    writer goes on.
     """
 
     def __init__(self, conn: Connection, label: str) -> None:
         self.conn = conn
         self.label = label
         self._queue: deque[Message] = deque()
+        self._queued_bytes = 0
         self._ready = asyncio.Event()
 
     def send_many_nowait(self, msgs: Sequence[Message]) -> int:
         """Queue ``msgs`` in order up to the first one :meth:`send_nowait` would refuse; how many (as a link)."""
-        room = LINK_QUEUE - len(self._queue)
-        max_frame = self.conn.limits.max_frame
-        n = 0
-        for msg in msgs:
-            if n >= room or msg.size > max_frame:
-                break
-            n += 1
+        n, size = fit_queue(msgs, LINK_QUEUE - len(self._queue), LINK_QUEUE_BYTES, self._queued_bytes,
+                            self.conn.limits.max_frame)  # fmt: skip
         if n:
             self._queue.extend(msgs[:n])
+            self._queued_bytes += size
             self._ready.set()
         return n
 
@@ -199,7 +201,9 @@ class Carrier:
                 "oversize", f"message is {msg.size} bytes, the frame limit is {max_frame}: send it in chunks"
             )
         if self.send_many_nowait([msg]) != 1:
-            raise TransportError("queue_full", f"{self.label} already queues {len(self._queue)} messages")
+            raise TransportError(
+                "queue_full", f"{self.label} already queues {len(self._queue)} messages, {self._queued_bytes} bytes"
+            )
 
     async def write(self) -> None:
         """Write what is queued until the connection ends (an oversize message is left out, see the class)."""
@@ -210,6 +214,7 @@ class Carrier:
                     await self._ready.wait()
                 batch = list(self._queue)
                 self._queue.clear()
+                self._queued_bytes = 0
                 await send_batch(self.conn, batch)  # no refusal to put in an oversize message's place: left out
 
 
@@ -424,6 +429,7 @@ class HostServer:
                 dialer(host, int(port), self._client_tls, limits=self.limits),
                 rng=self._rng,
                 max_queue=LINK_QUEUE,
+                max_queue_bytes=LINK_QUEUE_BYTES,
                 max_frame=self.config.max_frame,
                 label=f"{self.config.name}->{address}",
             )

@@ -30,7 +30,7 @@ from cardnet.transport.framing import (
     SkippedFrame,
     encode_frame,
 )
-from cardnet.transport.link import ReconnectingLink
+from cardnet.transport.link import ReconnectingLink, fit_queue
 from cardnet.transport.memory import MemoryConnection, MemoryListener, MemoryNetwork, memory_pair
 from cardnet.transport.tcp import TcpConnection, TcpServer, dial, dialer, host_port
 from cardnet.transport.tls import tls_contexts
@@ -70,6 +70,7 @@ __all__ = [
     "dialer",
     "encode_frame",
     "fit_batch",
+    "fit_queue",
     "memory_pair",
     "send_batch",
     "tls_contexts",

@@ -13,7 +13,8 @@ one that carried a message resets the backoff. After
 call then raises :class:`BrokenError` and :meth:`unsent` hands back what was
 queued (a host turns it into delivery-failure notices).
 
-Bounds: at most ``max_queue`` messages wait to be sent (one more raises
+Bounds: at most ``max_queue`` messages, and ``max_queue_bytes`` bytes of them
+(one message whatever its size), wait to be sent (one more raises
 ``TransportError('queue_full')`` — the queue never grows past it, whether
 the link is down or the peer is slow) and at most ``max_inbox`` received
 messages wait for :meth:`recv` (beyond that the reader stops reading, which
@@ -47,6 +48,23 @@ log = logging.getLogger(LOGGER_NAME)
 
 DEFAULT_BACKOFF = BackoffPolicy()
 SEND_BATCH = 1024  # messages handed to the connection in one send_many
+DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024  # bytes of messages waiting to be sent (besides a first one of any size)
+
+
+def fit_queue(
+    msgs: Sequence[Message], room: int, max_bytes: int, queued_bytes: int, max_frame: int | None = None
+) -> tuple[int, int]:
+    """How many of ``msgs`` (a prefix) fit a queue with ``room`` messages of room that holds ``queued_bytes`` of
+    ``max_bytes`` (a first message of any size fits an empty one), none above ``max_frame``; and their bytes."""
+    n = size = 0
+    for msg in msgs:
+        if n >= room or (max_frame is not None and msg.size > max_frame):
+            break
+        if queued_bytes + size + msg.size > max_bytes and (queued_bytes or n):
+            break
+        n += 1
+        size += msg.size
+    return n, size
 
 
 class ReconnectingLink:
@@ -63,17 +81,24 @@ class ReconnectingLink:
         rng: random.Random,
         policy: BackoffPolicy = DEFAULT_BACKOFF,
         max_queue: int = 1024,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         max_inbox: int = 256,
         max_frame: int = DEFAULT_MAX_FRAME,
         label: str = "link",
     ) -> None:
-        if max_queue < 1 or max_inbox < 1:
-            raise TransportError("bad_config", f"max_queue and max_inbox must be >= 1, got {max_queue}, {max_inbox}")
+        if max_queue < 1 or max_inbox < 1 or max_queue_bytes < 1:
+            raise TransportError(
+                "bad_config",
+                f"max_queue, max_queue_bytes and max_inbox must be >= 1, got {max_queue}, {max_queue_bytes}, "
+                f"{max_inbox}",
+            )
         self._dial = dial
         self._backoff = Backoff(policy, rng)
         self._policy = policy
         self._poked = asyncio.Event()  # set by poke(): the peer is back, dial without waiting out the backoff
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0  # bytes of the messages in _outbox
         self._max_inbox = max_inbox
         self._max_frame = check_max_frame(max_frame)
         self.label = label
@@ -104,6 +129,11 @@ class ReconnectingLink:
     def queued(self) -> int:
         """Messages waiting to be sent."""
         return len(self._outbox)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages waiting to be sent (at most ``max_queue_bytes``, or one message's)."""
+        return self._queued_bytes
 
     @property
     def failed(self) -> BrokenError | None:
@@ -154,15 +184,11 @@ class ReconnectingLink:
         Raises like :meth:`send` if the link was closed or gave up (nothing queued).
         """
         self._check()
-        room = self._max_queue - len(self._outbox)
-        n = 0
-        max_frame = self._max_frame
-        for msg in msgs:
-            if n >= room or msg.size > max_frame:
-                break
-            n += 1
+        n, size = fit_queue(msgs, self._max_queue - len(self._outbox), self._max_queue_bytes, self._queued_bytes,
+                            self._max_frame)  # fmt: skip
         if n:
             self._outbox.extend(msgs[:n] if n < len(msgs) else msgs)
+            self._queued_bytes += size
             self._has_out.set()
         return n
 
@@ -173,13 +199,15 @@ class ReconnectingLink:
             raise TransportError(
                 "oversize", f"message is {msg.size} bytes, the frame limit is {self._max_frame}: send it in chunks"
             )
-        if len(self._outbox) >= self._max_queue:
+        if not fit_queue([msg], self._max_queue - len(self._outbox), self._max_queue_bytes, self._queued_bytes)[0]:
             state = "connected, the peer is slow" if self.connected else "disconnected"
             raise TransportError(
                 "queue_full",
-                f"{self.label} already queues {len(self._outbox)} messages ({state}): retry later or send less",
+                f"{self.label} already queues {len(self._outbox)} messages, {self._queued_bytes} bytes ({state}): "
+                "retry later or send less",
             )
         self._outbox.append(msg)
+        self._queued_bytes += msg.size
         self._has_out.set()
 
     async def recv(self) -> Message:
@@ -212,6 +240,7 @@ class ReconnectingLink:
         """Take back every message still queued (e.g. after the link gave up)."""
         out = list(self._outbox)
         self._outbox.clear()
+        self._queued_bytes = 0
         return out
 
     def close(self) -> None:
@@ -326,7 +355,7 @@ class ReconnectingLink:
                 await self._send_each(conn, batch)
             if outbox and outbox[0] is batch[0]:  # unless unsent() took them meanwhile
                 for _ in batch:
-                    outbox.popleft()
+                    self._queued_bytes -= outbox.popleft().size
             carried[0] = True
 
     async def _send_each(self, conn: Connection, batch: list[Message]) -> None:
