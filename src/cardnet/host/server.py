@@ -79,6 +79,7 @@ from cardnet.wire.mtypes import by_name, lookup
 log = logging.getLogger("cardnet.host")
 
 APP_QUEUE = 4096  # messages waiting for a slow application before the host drops them
+APP_QUEUE_BYTES = 32 * 1024 * 1024  # ... and bytes of them (one message of any size fits an empty queue)
 APP_WRITE_BATCH = 256  # messages written to an application at once
 MAX_GROUP = 256  # messages a card steps in one transaction at most (then its outputs are sent first)
 LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few group commits' outputs)
@@ -219,7 +220,9 @@ class Carrier:
 
 
 class AppOutbox:
-    """What the host has for one application on its socket: at most ``APP_QUEUE`` messages wait for its writer.
+    """What the host has for one application on its socket: at most ``APP_QUEUE`` messages, ``APP_QUEUE_BYTES``
+    bytes of them, wait for its writer (a remote peer may send to an application's Uid: a count alone let one make
+    the host hold ``APP_QUEUE`` messages of up to a frame each).
 
     An application that does not read its socket fills it; what does not fit is dropped (the card's output was
     acknowledged already: its sink took it), and so is a message above the connection's frame limit. Neither is
@@ -237,6 +240,7 @@ class AppOutbox:
         self.missed_total = 0
         self._first_missed = 0
         self._queue: deque[Message] = deque()
+        self._queued_bytes = 0
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
@@ -244,15 +248,18 @@ class AppOutbox:
 
     def put(self, msg: Message) -> None:
         """Queue ``msg`` for the application (never waits), or drop it and count it for the notice."""
-        if self.missed:
-            self._notice()  # in the dropped messages' place, before anything newer
-        if len(self._queue) >= APP_QUEUE:
-            self._drop(msg, "is not reading")
-        elif msg.size > self.max_frame:
+        if msg.size > self.max_frame:
+            if self.missed:
+                self._notice()  # in the dropped messages' place, before anything newer
             self._drop(msg, f"cannot take a {msg.size}-byte message (the frame limit is {self.max_frame})")
             self._notice()
+        elif not fit_queue([msg], APP_QUEUE - len(self._queue), APP_QUEUE_BYTES, self._queued_bytes)[0]:
+            self._drop(msg, "is not reading")  # (no notice while full: one, with the count, once there is room)
         else:
+            if self.missed:
+                self._notice()  # in the dropped messages' place, before this one
             self._queue.append(msg)
+            self._queued_bytes += msg.size
             self._ready.set()
 
     async def take(self) -> list[Message]:
@@ -262,6 +269,7 @@ class AppOutbox:
             await self._ready.wait()
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(len(queue), APP_WRITE_BATCH))]
+        self._queued_bytes -= sum(m.size for m in batch)
         if self.missed:
             self._notice()  # there is room again
         return batch
@@ -280,8 +288,9 @@ class AppOutbox:
         count, self.missed = self.missed, 0
         log.warning("%s: application %s missed %d message(s) (the first 0x%04x): told it", self.label, self.uid,
                     count, self._first_missed)  # fmt: skip
-        self._queue.append(hm.MISSED.make(self.uid.card_uid(), self.uid, count=min(count, 0xFFFFFFFF),
-                                          mtype=self._first_missed))  # fmt: skip
+        notice = hm.MISSED.make(self.uid.card_uid(), self.uid, count=min(count, 0xFFFFFFFF), mtype=self._first_missed)
+        self._queue.append(notice)
+        self._queued_bytes += notice.size
         self._ready.set()
 
 
