@@ -235,3 +235,41 @@ def test_a_wallet_whose_host_is_not_running_says_the_command_that_starts_it(tmp_
         assert listed.returncode == 0 and "no tickets or vouchers on this card" in listed.stdout, listed
     finally:
         stop_process(host)
+
+
+def test_the_setup_mistakes_of_a_new_user_say_what_to_do(tmp_path: Path) -> None:
+    """A domain one digit short, a floor above the price, an account opened twice, a vendor made twice: each is one
+    JSON error with a hint saying what to do (each was an error with the hint null) and a person reads it too."""
+    ca = str(tmp_path / "ca.cnca")
+    assert cardnet("ca", "create", ca).returncode == 0
+    short = ["card", "create", "--ca", ca, "--store", f"sqlite:///{tmp_path / 'x.card.db'}", "--pin", "1234",
+             "--domain", "a11ce0a11ce0a11ce0a11ce"]  # fmt: skip
+    err = json_error(cardnet(*short, "--json"))
+    assert err["reason"] == "bad_domain" and "give 24 hex digits" in err["hint"], err
+    _clean_failure(cardnet(*short), "is not 24 hex digits", "what to do: give 24 hex digits")
+
+    (tmp_path / "song.txt").write_text("la la")
+    vendor, broker = str(tmp_path / "vendor.db"), str(tmp_path / "broker.db")
+    env = {"CARDNET_PIN": "1234"}
+    made = cardnet("speed", "broker", "init", "--store", broker, "--ca", ca, "--sam-store", str(tmp_path / "sam.db"),
+                   env=env)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "broker.pem").write_text(cardnet("speed", "broker", "cert", "--store", broker).stdout)
+    made = cardnet("speed", "vendor", "init", "--store", vendor, "--ca", ca, "--account", "V-1",
+                   "--broker-cert", str(tmp_path / "broker.pem"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    floor = ["speed", "vendor", "add", "--store", vendor, "--product", "song-1", "--price", "2.00 EUR",
+             "--floor", "3.00 EUR", "--file", str(tmp_path / "song.txt"), "--json"]  # fmt: skip
+    err = json_error(cardnet(*floor))
+    assert err["reason"] == "bad_floor" and "--floor '2.00 EUR'" in err["hint"], err
+    customer = ["speed", "broker", "add-customer", "--store", broker, "--account", "C-1", "--card", "a1" * 12]
+    assert cardnet(*customer).returncode == 0
+    err = json_error(cardnet(*customer, "--json"))
+    assert err["reason"] == "exists" and "choose another --account" in err["hint"], err
+
+    mvendor = ["millicent", "vendor", "init", "--store", str(tmp_path / "mv.db"), "--id", "00000000000000a1"]
+    assert cardnet(*mvendor).returncode == 0
+    err = json_error(cardnet(*mvendor, "--json"))
+    assert err["reason"] == "exists" and "use another --store" in err["hint"], err
+    status = cardnet("millicent", "vendor", "status", "--store", str(tmp_path / "mv.db"))
+    assert status.returncode == 0 and "00000000000000a1" in status.stdout, status  # (the vendor there, untouched)

@@ -101,6 +101,10 @@ def test_cardnet_trn_reissue(net: TrnNet) -> None:
     assert again.returncode == 0 and json.loads(again.stdout) == out
     tokens = asyncio.run(net.tokens("agent"))
     assert tokens.get(NEW) == "enabled" and OLD not in tokens
+    twice = cli("trn", "mint", "--socket", sock, "--card", agent, "--oid", NEW.hex(), "--body", "seat 2", "--json")
+    err = json.loads(twice.stdout)["error"]  # an oid already on the card: what to do, not hint null
+    assert twice.returncode == 2 and "already exists" in err["message"], err
+    assert err["hint"].startswith("choose another --oid"), err
 
     unknown = cli("trn", "reissue", "--socket", sock, "--card", agent, "--oid", "11" * 16, "--body", "seat ?")
     assert unknown.returncode == 2 and "unknown oid" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -190,7 +190,9 @@ def card_create(
         except ValueError:
             dom = b""
         if len(dom) != 12:
-            fail(f"--domain {domain!r} is not 24 hex digits")
+            fail(f"--domain {domain!r} is not 24 hex digits", reason="bad_domain",
+                 hint="give 24 hex digits (12 bytes), e.g. a11ce0a11ce0a11ce0a11ce0, or leave --domain out for a "
+                 "random one")  # fmt: skip
     authority = pki.CertificateAuthority.load(ca_path)
     c = Card.open(store)
     try:

@@ -171,11 +171,15 @@ def vendor() -> None:
 @JSON
 def vendor_init(store: str, vendor_id: str, validity_days: int, level: int, as_json: bool) -> None:
     """Create a vendor: master scrip secret 0 and 256 customer master secrets."""
-    from cardnet.services.millicent.vendor import init_vendor
+    from cardnet.services.millicent.vendor import VendorError, init_vendor
 
     vid = _hex(vendor_id, 8, "--id")
-    with all_or_nothing(store):
-        init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
+    try:
+        with all_or_nothing(store):
+            init_vendor(_vendor(store, create=True), vid, validity_s=validity_days * 86400, min_level=level)
+    except VendorError as exc:
+        hint = f"use another --store (`cardnet millicent vendor status --store {store}` shows the vendor there)"
+        fail(str(exc), reason=exc.reason, hint=hint if exc.reason == "exists" else None)
     say(as_json, {"vendor": vid.hex(), "store": store}, f"vendor {vid.hex()} created in {store}")
 
 

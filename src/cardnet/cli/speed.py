@@ -55,6 +55,11 @@ HINTS = {
 }
 
 
+ACCOUNT_HINTS = {  # what to do when the broker refuses to open an account
+    "exists": "choose another --account (`cardnet speed broker accounts --store S` lists them)",
+}
+
+
 def _price(text: str, what: str) -> Any:
     from cardnet.protocols.errors import ProtocolError
     from cardnet.protocols.speed.messages import parse_price
@@ -166,7 +171,11 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
 
     p, f = _price(price, "--price"), _price(floor, "--floor") if floor else None
     if f is not None and (f.currency != p.currency or f.amount > p.amount):
-        fail("--floor must be in the price's currency and not above it", reason="bad_floor")
+        fail(
+            "--floor must be in the price's currency and not above it",
+            reason="bad_floor",
+            hint="e.g. --price '2.50 EUR' --floor '2.00 EUR' (or no --floor: the vendor does not come down)",
+        )
     try:
         add_product(_vendor_store(store), product, p, path.read_bytes(), floor=f)
     except ProtocolError as exc:
@@ -264,7 +273,7 @@ def broker_add_vendor(store: str, account: str, vendor_cert: Path, as_json: bool
     try:
         add_vendor(_broker_store(store), account, _pem_file(vendor_cert, "the vendor's certificate"))
     except BrokerError as exc:
-        fail(str(exc), reason=exc.reason)
+        fail(str(exc), reason=exc.reason, hint=ACCOUNT_HINTS.get(exc.reason))
     say(as_json, {"account": account}, f"vendor account {account} opened")
 
 
@@ -285,7 +294,7 @@ def broker_add_customer(store: str, account: str, card: str, deposit: str | None
     try:
         add_customer(_broker_store(store), account, Uid(domain, 0), _price(deposit, "--deposit") if deposit else None)
     except BrokerError as exc:
-        fail(str(exc), reason=exc.reason)
+        fail(str(exc), reason=exc.reason, hint=ACCOUNT_HINTS.get(exc.reason))
     say(as_json, {"account": account}, f"customer account {account} opened")
 
 

@@ -269,7 +269,8 @@ def trn() -> None:
 def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str, as_json: bool) -> None:
     """Create a token on an agent's card (the card signs oid and body)."""
     raw = parse_oid(oid)
-    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.issue(raw, body.encode()))
+    taken = {"refused": "choose another --oid (each token's is unique: `cardnet trn list` shows this card's)"}
+    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.issue(raw, body.encode()), taken)
     then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"
     say(as_json, {"oid": oid, "reason": reason}, f"Minted token {oid} on this card: it is enabled here; {then}.")
 
