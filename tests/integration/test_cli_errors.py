@@ -69,6 +69,20 @@ def test_every_command_takes_json_and_answers_errors_in_json() -> None:
             assert e["hint"] == f"see `cardnet {p} --help`", (p, e)
 
 
+def test_every_option_of_every_command_says_in_its_help_what_it_is() -> None:
+    """`--help` teaches: each option has a line saying what it is (ten said only ``[required]``: `trn send --oid`,
+    `host run --config`, `card create --ca`, ...), shown by the real command."""
+    bare = sorted(
+        f"{p} {o.opts[0]}"
+        for p, c in leaf_commands().items()
+        for o in c.params
+        if isinstance(o, click.Option) and o.name != "help" and not (o.help or "").strip()
+    )
+    assert not bare, "options without help: " + ", ".join(bare)
+    shown = " ".join(cardnet("trn", "send", "--help").stdout.split())
+    assert "--oid TEXT The token to send (32 hex digits" in shown, shown
+
+
 def test_each_kind_of_error_is_one_json_object_with_json(tmp_path: Path) -> None:
     # a CardnetError from the store layer
     e = json_error(cardnet("card", "show", "--store", "mysql://nowhere", "--json"))

@@ -115,7 +115,8 @@ def card() -> None:
 
 
 @card.command("create")
-@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA file (`cardnet ca create`): it signs the card's certificate.")  # fmt: skip
 @click.option("--store", required=True, help="Where the card's EEPROM lives, e.g. sqlite:///alice.card.db")
 @click.option("--pin", default=None, help="The card's PIN (1-16 bytes); default: $CARDNET_PIN, else asked for.")
 @click.option("--domain", default=None, help="24 hex digits; default: a random domain.")
@@ -219,7 +220,8 @@ def card_create(
 
 
 @card.command("renew")
-@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CA file (`cardnet ca create`): it signs the card's certificate.")  # fmt: skip
 @click.option("--store", required=True, help="The card's store URL (its host stopped: the card has one owner).")
 @click.option(
     "--valid-days", default=3 * 365, show_default=True, type=VALID_DAYS, help="How long the new certificate is valid."

@@ -22,7 +22,8 @@ def authority() -> None:
 
 
 @authority.command("run")
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The host config (TOML, docs/host.md) with the authority's card.")  # fmt: skip
 @click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA file: the service signs blocklists with it.")  # fmt: skip
 @click.option("--every", "every_s", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -87,7 +88,7 @@ def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_pat
     say(as_json, {"reason": r["reason"]}, f"{r['reason']}: the tokens it issues can now be traced here")
 
 
-@card_command(authority, "chain", click.option("--oid", required=True))
+@card_command(authority, "chain", click.option("--oid", required=True, help="The token's oid (32 hex digits)."))
 def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """The recorded movements of a token: issuer, then every holder in order."""
     from cardnet.applets.authority import CHAIN, QUERY

@@ -35,7 +35,8 @@ def host() -> None:
 
 
 @host.command("run")
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The host config (TOML: its cards, listen, app_socket, routes; docs/host.md).")  # fmt: skip
 @json_option
 def host_run(config_path: Path, as_json: bool) -> None:
     """Run a host as configured in a TOML file until SIGINT/SIGTERM.

@@ -400,7 +400,8 @@ def broker_add_licence(store: str, path: str, discount: int, as_json: bool) -> N
 
 @broker.command("add-bulk")
 @STORE
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The bulk agreement file (`cardnet millicent vendor bulk-agreement` wrote it).")  # fmt: skip
 @click.option("--vendor-at", required=True, help="The vendor's HOST:PORT (where the broker buys and issues).")
 @click.option("--denomination", type=click.IntRange(1), default=100, show_default=True, help="Value of a stock piece.")
 @click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True, help="Pieces per bulk order.")
@@ -432,7 +433,8 @@ def broker_add_bulk(store: str, path: str, vendor_at: str, denomination: int, pi
 @broker.command("mode")
 @STORE
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
-@click.option("--mode", type=click.Choice(["licence", "bulk"]), required=True)
+@click.option("--mode", type=click.Choice(["licence", "bulk"]), required=True,
+              help="licence: the broker makes the scrip; bulk: it buys the vendor's scrip and resells it.")  # fmt: skip
 @JSON
 def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
     """Choose how the broker gets a vendor's scrip: mint it under licence, or buy it in bulk."""
@@ -449,7 +451,8 @@ def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
 @STORE
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--value", type=click.IntRange(1), required=True, help="Face value to buy.")
-@click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="How many pieces the value is cut into.")  # fmt: skip
 @JSON
 def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: bool) -> None:
     """Buy a vendor's scrip in bulk now (the running broker also buys by itself when its stock runs short)."""

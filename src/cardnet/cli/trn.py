@@ -278,7 +278,7 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
 @card_command(
     trn,
     "send",
-    click.option("--oid", required=True),
+    click.option("--oid", required=True, help="The token to send (32 hex digits, as `cardnet trn list` shows it)."),
     click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000)."),
     click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens)."),
 )

@@ -59,7 +59,7 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
     "millicent",
     click.option("--vendor", required=True, help="The vendor's id, 16 hex digits."),
     click.option("--at", "address", required=True, help="The vendor's HOST:PORT."),
-    click.option("--product", required=True),
+    click.option("--product", required=True, help="The product's name (`cardnet millicent catalogue` lists them)."),
     click.option("--price", type=click.IntRange(1), required=True, help="In scrip units."),
     click.option("--level", type=click.IntRange(1, 3), default=2, show_default=True, help="Protection level."),
     click.option("--top-up", default=100, show_default=True, help="Scrip to buy from the broker when short."),
