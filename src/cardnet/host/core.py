@@ -67,6 +67,7 @@ from cardnet.host.errors import HostError
 from cardnet.host.guard import Guard, Verdict, forged_local_domain_guard
 from cardnet.host.library import Capability, Filter
 from cardnet.store import StoreError
+from cardnet.transport.base import LogThrottle
 from cardnet.wire import DecodeError, Message, MType, Uid
 
 log = logging.getLogger("cardnet.host")
@@ -91,31 +92,6 @@ NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
 STORE_FAILED = "store_failed"  # a notice's code: the destination card's store cannot be written (nothing was kept)
 _NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
-
-
-class _Throttle:
-    """One warning logged at most ``burst`` times in each ``every_s`` of the host's clock; the others are counted,
-    and the next line logged says how many were left out."""
-
-    __slots__ = ("_burst", "_every_s", "_left_out", "_logged", "_since")
-
-    def __init__(self, every_s: float, burst: int) -> None:
-        self._every_s = every_s
-        self._burst = burst
-        self._since: float | None = None  # when the current window began
-        self._logged = 0  # lines logged in it
-        self._left_out = 0  # lines left out since the last one logged
-
-    def due(self, now: float) -> str | None:
-        """None: leave this one out (counted); else log it now, with this suffix saying how many were left out."""
-        if self._since is None or not 0 <= now - self._since < self._every_s:  # (a clock set back: a new window)
-            self._since, self._logged = now, 0
-        if self._logged >= self._burst:
-            self._left_out += 1
-            return None
-        self._logged += 1
-        left_out, self._left_out = self._left_out, 0
-        return f" (and {left_out} more since the last such line, not logged)" if left_out else ""
 
 
 @dataclass(frozen=True)
@@ -232,8 +208,8 @@ class Host:
         self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
         self.dropped = 0
-        self._drop_log = _Throttle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # guards' drops
-        self._notice_log = _Throttle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # new reasons a card cannot reach a domain
+        self._drop_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # guards' drops
+        self._notice_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # new reasons a card cannot reach a domain
         for card in cards:
             self.add_card(card)
 

@@ -100,6 +100,32 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+class LogThrottle:
+    """A warning a peer can repeat at will, logged at most ``burst`` times in each ``every_s`` of the caller's clock;
+    the others are counted, and the next line logged says how many were left out (so a flood cannot fill the disk
+    with the log)."""
+
+    __slots__ = ("_burst", "_every_s", "_left_out", "_logged", "_since")
+
+    def __init__(self, every_s: float, burst: int) -> None:
+        self._every_s = every_s
+        self._burst = burst
+        self._since: float | None = None  # when the current window began
+        self._logged = 0  # lines logged in it
+        self._left_out = 0  # lines left out since the last one logged
+
+    def due(self, now: float) -> str | None:
+        """None: leave this one out (counted); else log it now, with this suffix saying how many were left out."""
+        if self._since is None or not 0 <= now - self._since < self._every_s:  # (a clock set back: a new window)
+            self._since, self._logged = now, 0
+        if self._logged >= self._burst:
+            self._left_out += 1
+            return None
+        self._logged += 1
+        left_out, self._left_out = self._left_out, 0
+        return f" (and {left_out} more since the last such line, not logged)" if left_out else ""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServerLimits:
     """Bounds on what one listening socket accepts (every one of them finite, except an idle timeout of None).

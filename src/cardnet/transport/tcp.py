@@ -53,6 +53,7 @@ from cardnet.transport.base import (
     ConnectionBase,
     HandlerSet,
     Limits,
+    LogThrottle,
     PeerInfo,
     ServerLimits,
 )
@@ -69,6 +70,11 @@ REFUSAL_LOG_EVERY_S = 10.0  # a server logs connections refused over its caps at
 # batch is kept small (asyncio's default is 100). A peer that finds the queue full retries its connect.
 ACCEPT_BACKLOG = 32
 COLLECT_AFTER = 64  # a server runs a full garbage collection each time this many of its connections have ended
+# A server's connections closed for a bad frame, or whose frame was refused as too large, are logged at most
+# BAD_FRAME_LOG_BURST times every BAD_FRAME_LOG_EVERY_S (the next line says how many were left out): one line each let
+# a peer that connects again and again write the server's log as fast as it could connect.
+BAD_FRAME_LOG_EVERY_S = 10.0
+BAD_FRAME_LOG_BURST = 20
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
@@ -102,10 +108,19 @@ class TcpConnection(ConnectionBase):
     """A message connection over one TCP (or TLS) stream; made by :func:`dial` or :class:`TcpServer`."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits, *, initial: bytes = b""
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: Limits,
+        *,
+        initial: bytes = b"",
+        bad_frame_log: LogThrottle | None = None,
     ) -> None:
-        """``initial``: stream bytes read already by someone else (an HTTP parser before an Upgrade), decoded first."""
+        """``initial``: stream bytes read already by someone else (an HTTP parser before an Upgrade), decoded first;
+        ``bad_frame_log``: how often its bad or refused frames are logged, shared by a server's connections (None:
+        each time)."""
         super().__init__(_peer_info(writer), limits)
+        self._bad_frame_log = bad_frame_log or LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)
         self._initial = initial
         self._reader = reader
         self._writer = writer
@@ -278,10 +293,12 @@ class TcpConnection(ConnectionBase):
 
     def _refuse(self, exc: FrameRefused) -> None:
         f = exc.frame
-        log.warning(
-            "%s began a %d-byte message (mtype 0x%04x, %s -> %s), above this connection's receive limit of %d: "
-            "refused unread", self._peer.label, f.size, f.mtype, f.src, f.dst, f.limit,
-        )  # fmt: skip
+        more = self._bad_frame_log.due(self._loop.time())
+        if more is not None:
+            log.warning(
+                "%s began a %d-byte message (mtype 0x%04x, %s -> %s), above this connection's receive limit of %d: "
+                "refused unread%s", self._peer.label, f.size, f.mtype, f.src, f.dst, f.limit, more,
+            )  # fmt: skip
         self._inbox.extend(exc.decoded)
         self.frame_since = None
         self._too_large = TooLarge(
@@ -294,7 +311,9 @@ class TcpConnection(ConnectionBase):
         self._fail(why)
 
     def _fail_bad_frame(self, exc: DecodeError) -> None:
-        log.warning("closing connection from %s: bad frame (%s): %s", self._peer.label, exc.reason, exc)
+        more = self._bad_frame_log.due(self._loop.time())
+        if more is not None:
+            log.warning("closing connection from %s: bad frame (%s): %s%s", self._peer.label, exc.reason, exc, more)
         self._fail(f"the peer sent a bad frame ({exc.reason})", exc)
 
     def _fail(self, why: str, cause: BaseException | None = None) -> None:
@@ -469,6 +488,7 @@ class TcpServer:
         self._refused_unlogged = 0
         self._refusal_logged_at = -1e9
         self._ended = 0  # connections ended since the last garbage collection (see _sweep)
+        self._bad_frame_log = LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)  # its connections' bad frames
         self.refused = 0  # connections aborted at accept for being over a cap
         self.expired = 0  # connections aborted by the handshake or idle timeout
 
@@ -582,7 +602,7 @@ class TcpServer:
                     # and the writer's __del__ then fails: give it back the raw one (aborted).
                     setattr(slot.writer, "_transport", raw)  # noqa: B010
                     return
-            slot.conn = TcpConnection(reader, slot.writer, self._limits)
+            slot.conn = TcpConnection(reader, slot.writer, self._limits, bad_frame_log=self._bad_frame_log)
             assert self._handlers is not None
             await self._handlers.run(slot.conn)
         finally:
