@@ -67,6 +67,11 @@ def test_refusals_say_what_to_do(net: SpeedNet) -> None:
     assert mistyped["error"]["reason"] == "unknown_account" and "the purse forgot this load" in str(mistyped)
     finished = run("speed", "purse", "finish", *purse, "--account", alice.account)
     assert (finished["loads"], finished["dropped"], finished["pending_loads"]) == (0, [], 0)
+    # more than the account holds (here: of a currency it has none of): the account is short, not the purse, so the
+    # hint is not "load the purse first" (the very thing refused)
+    short = run("speed", "purse", "load", *purse, "--amount", "5.00 USD", "--account", alice.account, check=False)
+    assert short["error"]["reason"] == "insufficient", short
+    assert short["error"]["hint"].startswith("your account at the broker holds less than that"), short
     # that purchase left the journal: once the purse is loaded, a recover does not pay it unasked
     run("speed", "purse", "load", "--socket", alice.host.socket, "--broker", net.broker.address, "--amount",
         "10.00 EUR", "--account", alice.account)  # fmt: skip

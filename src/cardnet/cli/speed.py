@@ -55,6 +55,10 @@ HINTS = {
 }
 
 
+LOAD_HINTS = {  # a load's refusals: its "insufficient" is the account at the broker's, not the purse's
+    "insufficient": "your account at the broker holds less than that in that currency: load less, in the account's "
+    "currency (the broker's operator sees the account: `cardnet speed broker accounts`)",
+}
 ACCOUNT_HINTS = {  # what to do when the broker refuses to open an account
     "exists": "choose another --account (`cardnet speed broker accounts --store S` lists them)",
 }
@@ -449,7 +453,7 @@ def purse_load(socket: str, pin: str | None, card: str | None, broker: str, amou
     """Load the purse from your account at the broker (the SAM authorises the credit). The loads under way (a crash
     or the network interrupted them) are finished first, from the same account."""
     price = _price(amount, "--amount")
-    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, price, account))
+    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, price, account), LOAD_HINTS)
     say(as_json, got, "\n".join([*dropped_words(got), f"loaded {price}; the purse holds " + balance_words(got)]))
 
 
@@ -460,7 +464,7 @@ ACCOUNT = click.option("--account", required=True, help="Your account at the bro
 def purse_finish(socket: str, pin: str | None, card: str | None, broker: str, account: str, as_json: bool) -> None:
     """Finish the loads under way (a crash or the network interrupted them): each is credited (paid from the
     account, or paid already), or refused for good by the broker and forgotten (nothing was taken for it)."""
-    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, None, account))
+    got = _run(socket, pin, card, lambda wallet: load_purse(wallet, broker, None, account), LOAD_HINTS)
     left = f"{got['pending_loads']} still under way: finish them again later" if got["pending_loads"] else ""
     done = f"{got['loads']} load(s) credited" if got["loads"] else ""
     if not (done or left or got["dropped"]):

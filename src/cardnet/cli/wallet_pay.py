@@ -92,7 +92,7 @@ def pay_millicent(target: Target, vendor: str, address: str, product: str, price
 )
 def wallet_load(target: Target, amount: str, broker: str | None, account: str | None, as_json: bool) -> None:
     """Load your e-purse from your account at the broker (its key is fetched first, the first time)."""
-    from cardnet.cli.speed import _price, _run, balance_words, load_purse, purse_balances
+    from cardnet.cli.speed import LOAD_HINTS, _price, _run, balance_words, load_purse, purse_balances
     from cardnet.services.speed.customer import install_key
 
     cfg = target.config
@@ -107,5 +107,5 @@ def wallet_load(target: Target, amount: str, broker: str | None, account: str | 
             return await load_purse(wallet, broker, price, account)
 
     later = {"unreachable": "is the broker running? a load it did not answer is credited by `cardnet wallet recover`"}
-    got = _run(target.socket, target.pin, target.card, work, later)
+    got = _run(target.socket, target.pin, target.card, work, {**LOAD_HINTS, **later})
     say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
