@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from hostprocs import HostProc, make_hosts
+from procstatus import proc_status
 
 from cardnet.host.client import AppClient
 from cardnet.protocols.echo import REPLY, REQUEST
@@ -58,13 +59,6 @@ max_per_peer = {MAX_PER_PEER}
 handshake_timeout_s = {HANDSHAKE_S}
 idle_timeout_s = {IDLE_S}
 """
-
-
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
 
 
 def _fds(pid: int) -> int:
@@ -183,7 +177,7 @@ def test_a_flood_of_idle_connections_is_bounded(tmp_path: Path, tls: bool, nofil
         assert b.proc is not None
         pid = b.proc.pid
         asyncio.run(_echo(a, b, b"before"))  # links up both ways
-        base_fds, base_rss = _fds(pid), _status(pid, "VmRSS")
+        base_fds, base_rss = _fds(pid), proc_status(pid, "VmRSS")
         ctx = _client_ctx(tmp_path) if tls else None
         peak_fds = [0]
         watching = threading.Event()
@@ -226,7 +220,7 @@ def test_a_flood_of_idle_connections_is_bounded(tmp_path: Path, tls: bool, nofil
         watching.set()
         watcher.join()
 
-        peak_rss = _status(pid, "VmHWM")
+        peak_rss = proc_status(pid, "VmHWM")
         rss_bound = base_rss + MAX_CONNECTIONS * PER_CONNECTION + SLACK
         print(
             f"\n{'tls' if tls else 'tcp'}: opened {few.opened + many.opened} flood connections, "

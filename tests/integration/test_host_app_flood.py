@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 
 from hostprocs import make_hosts
+from procstatus import proc_status
 
 from cardnet.host import mtypes as hm
 from cardnet.host.client import AppClient
@@ -30,19 +31,12 @@ SLACK = 96 * 1024 * 1024  # b's peak memory may grow by the queue, what its sock
 GUARD_S = 120.0  # a test that waits longer than this for the host has failed (no assertion on time)
 
 
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
 def test_messages_for_an_application_that_does_not_read_are_held_up_to_a_byte_bound(tmp_path: Path) -> None:
     [b] = make_hosts(tmp_path, ["b"], ["echo"])
 
     async def main(pid: int) -> None:
         async with await AppClient.connect(b.socket) as app:  # it reads nothing until the flood is over
-            before = _status(pid, "VmRSS")
+            before = proc_status(pid, "VmRSS")
             frame = encode_frame(Message(Uid(os.urandom(12), 5), app.uid, REQUEST.code, bytes(BIG - 34)))
             with socket.create_connection(("127.0.0.1", b.port), timeout=GUARD_S) as sock:
                 for _ in range(COUNT):
@@ -50,7 +44,7 @@ def test_messages_for_an_application_that_does_not_read_are_held_up_to_a_byte_bo
                 sock.shutdown(socket.SHUT_WR)
                 while await asyncio.to_thread(sock.recv, 65536):  # b read everything and closed
                     pass
-            grown = _status(pid, "VmHWM") - before
+            grown = proc_status(pid, "VmHWM") - before
             assert grown < APP_QUEUE_BYTES + SLACK, f"b's peak memory grew by {grown >> 20} MiB"
             async with asyncio.timeout(GUARD_S):
                 while (msg := await app.recv()).mtype != hm.MISSED.code:  # what it was sent, then the notice

@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 from hostprocs import make_hosts
+from procstatus import proc_status
 
 from cardnet.host.client import AppClient
 from cardnet.host.server import LINK_QUEUE_BYTES
@@ -28,13 +29,6 @@ BIG = 1024 * 1024  # bytes of each message
 COUNT = 600  # messages the attacker sends: 600 MiB, far above what b may hold for a
 SLACK = 96 * 1024 * 1024  # b's peak memory may grow by the queue, one message in reading and this much
 GUARD_S = 120.0  # a test that waits longer than this for the host has failed (no assertion on time)
-
-
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
 
 
 async def _echo(app_socket: str, to: Uid) -> None:
@@ -56,7 +50,7 @@ def test_messages_for_a_route_that_is_down_are_held_up_to_a_byte_bound(tmp_path:
     try:
         b.start()
         assert b.proc is not None
-        before = _status(b.proc.pid, "VmRSS")
+        before = proc_status(b.proc.pid, "VmRSS")
         frame = encode_frame(Message(Uid(os.urandom(12), 5), a.card, REQUEST.code, bytes(BIG - 34)))
         with socket.create_connection(("127.0.0.1", b.port), timeout=GUARD_S) as sock:
             for _ in range(COUNT):
@@ -64,7 +58,7 @@ def test_messages_for_a_route_that_is_down_are_held_up_to_a_byte_bound(tmp_path:
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(65536):  # b read everything and closed
                 pass
-        grown = _status(b.proc.pid, "VmHWM") - before
+        grown = proc_status(b.proc.pid, "VmHWM") - before
         assert grown < LINK_QUEUE_BYTES + BIG + SLACK, f"b's peak memory grew by {grown >> 20} MiB"
         a.start()
         asyncio.run(_echo(b.socket, a.card))

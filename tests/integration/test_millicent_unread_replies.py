@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from hostprocs import Service, cardnet
+from procstatus import proc_status
 
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import vendor as mv
@@ -38,13 +39,6 @@ STALL_S = 2.0  # the attacker stops once the kernel has taken none of its bytes 
 GROWTH = 32 * 1024 * 1024  # what the vendor's peak resident memory may grow by under the attack (without: ~190 MB)
 GUARD_S = 120.0  # a test that waits longer than this for the server has failed (no assertion on time)
 TCP_ESTABLISHED = 1
-
-
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
 
 
 @dataclass
@@ -132,7 +126,7 @@ def test_a_vendor_holds_a_bounded_number_of_replies_for_a_client_that_never_read
         at = vendor.start()
         assert vendor.proc is not None
         pid = vendor.proc.pid
-        before = _status(pid, "VmRSS")
+        before = proc_status(pid, "VmRSS")
         flood = Flood(at)
         flood.start()
         deadline = time.monotonic() + GUARD_S
@@ -143,7 +137,7 @@ def test_a_vendor_holds_a_bounded_number_of_replies_for_a_client_that_never_read
         assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
         flood.join()
         assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
-        grown = _status(pid, "VmHWM") - before
+        grown = proc_status(pid, "VmHWM") - before
         assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
         assert vendor.proc.poll() is None
     finally:
