@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hostprocs import free_port
 from speedprocs import NEWS, PIN, SONG, SpeedNet, build, run
+from test_cli import cardnet
 
 
 @pytest.fixture
@@ -165,3 +166,34 @@ def test_a_vendor_run_with_pay_within_signs_a_deadline_into_its_bills(tmp_path: 
         assert len(got["finished"]) == 1 and got["dropped"] == [], got
     finally:
         n.stop()
+
+
+def test_an_operator_tops_up_a_customer_account_while_the_broker_runs(net: SpeedNet) -> None:
+    alice = net.customers["alice"]
+    purse = ("--socket", alice.host.socket, "--broker", net.broker.address, "--account", alice.account)
+    assert net.accounts()[alice.account] == {"EUR": 8000}  # 100.00 deposited, 20.00 loaded into the purse
+    short = run("speed", "purse", "load", *purse, "--amount", "90.00 EUR", check=False)
+    assert short["error"]["reason"] == "insufficient", short
+    run("speed", "purse", "finish", *purse)
+    store = ("--store", str(net.tmp / "broker.db"))
+    got = run("speed", "broker", "deposit", *store, "--account", alice.account, "--amount", "15.00 EUR")
+    assert got == {"account": alice.account, "balances": {"EUR": 9500}}
+    run("speed", "purse", "load", *purse, "--amount", "90.00 EUR")  # the running broker sees the deposit
+    assert alice.balance() == {"EUR": 2000 + 9000}
+    assert net.accounts()[alice.account] == {"EUR": 500}
+    # refusals in words, nothing changed: bad amounts, an unknown account, a vendor's account, too much
+    for amount, reason in (("0.00 EUR", "bad_amount"), ("-5 EUR", "bad_amount"), ("5", "bad_price"),
+                           ("1.234 EUR", "bad_price"), ("5 EURO", "bad_currency")):  # fmt: skip
+        e = run("speed", "broker", "deposit", *store, "--account", alice.account, "--amount", amount, check=False)
+        assert e["error"]["reason"] == reason and e["error"]["hint"], (amount, e)
+    for account, reason, words in (("C-9", "unknown_account", "speed broker accounts"),
+                                   ("V-1", "not_customer", "customer")):  # fmt: skip
+        e = run("speed", "broker", "deposit", *store, "--account", account, "--amount", "1.00 EUR", check=False)
+        assert e["error"]["reason"] == reason and words in e["error"]["hint"], e
+    e = run(
+        "speed", "broker", "deposit", *store, "--account", alice.account, "--amount", f"{2**53 // 100} EUR", check=False
+    )
+    assert e["error"]["reason"] == "too_much" and "deposit less" in e["error"]["hint"], e
+    assert net.accounts() == {alice.account: {"EUR": 500}, "V-1": {}}
+    words = cardnet("speed", "broker", "deposit", *store, "--account", alice.account, "--amount", "0.25 EUR")
+    assert words.returncode == 0 and words.stdout.strip() == f"customer account {alice.account}: 5.25 EUR", words

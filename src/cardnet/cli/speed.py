@@ -302,6 +302,32 @@ def broker_add_customer(store: str, account: str, card: str, deposit: str | None
     say(as_json, {"account": account}, f"customer account {account} opened")
 
 
+DEPOSIT_HINTS = {  # what to do when a deposit is refused
+    "unknown_account": "check --account (`cardnet speed broker accounts --store S` lists them; `cardnet speed broker "
+    "add-customer` opens one)",
+    "not_customer": "name a customer's account: vendors are paid by their sales",
+    "too_much": "deposit less",
+    "too_many_currencies": "deposit in a currency the account holds already (`cardnet speed broker accounts`)",
+}
+
+
+@broker.command("deposit")
+@STORE
+@click.option("--account", required=True, help="The customer's account number (from add-customer).")
+@click.option("--amount", required=True, help="Added to the account's balance, e.g. '100.00 EUR'.")
+@json_option
+def broker_deposit(store: str, account: str, amount: str, as_json: bool) -> None:
+    """Credit a customer's account (the customer paid outside cardnet); also while the broker runs."""
+    from cardnet.services.speed.broker import BrokerError, deposit
+
+    try:
+        got = deposit(_broker_store(store), account, _price(amount, "--amount"))
+    except BrokerError as exc:
+        fail(str(exc), reason=exc.reason, hint=DEPOSIT_HINTS.get(exc.reason))
+    words = ", ".join(_amount(c, v) for c, v in sorted(got.items()))
+    say(as_json, {"account": account, "balances": got}, f"customer account {account}: {words}")
+
+
 @broker.command("accounts")
 @STORE
 @json_option

@@ -90,6 +90,7 @@ from cardnet.services.speed.stored import Identity, get, save_identity, scan
 from cardnet.store import Store
 from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits
 from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
+from cardnet.wire.ids import UID_BYTES
 
 log = logging.getLogger("cardnet.speed.broker")
 
@@ -103,11 +104,12 @@ KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before t
 MAX_RECEIPTS_PAGE = 256
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
+_MAX_CURRENCIES = 16  # an account's balances: one per currency
 _ACCOUNT = Schema(
     "sb.account",
     [
         Field(0, "owner", Bytes(32)),  # a vendor's VendorID, or a customer card's Uid (16 bytes)
-        Field(1, "balances", ListOf(Nested(sm.PRICE), 16)),
+        Field(1, "balances", ListOf(Nested(sm.PRICE), _MAX_CURRENCIES)),
     ],
 )
 _ORDER = Schema(
@@ -194,6 +196,31 @@ def add_vendor(store: Store, account: str, vendor_cert: bytes) -> None:
 def add_customer(store: Store, account: str, card: Uid, deposit: sm.Price | None = None) -> None:
     """Open ``account`` for the customer card ``card`` (optionally with a first deposit)."""
     _put_account(store, account, bytes(card), {deposit.currency: deposit.amount} if deposit else {}, create=True)
+
+
+def deposit(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
+    """Credit a customer's account (an operator's action: the customer paid outside cardnet). Returns its balances.
+    Refused with nothing changed: no such account (``unknown_account``), a vendor's (``not_customer``), a balance
+    that would pass :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` (``too_much``), a 17th currency
+    (``too_many_currencies``)."""
+    with store.transaction() as txn:
+        raw = txn.get(ACCOUNTS, account.encode())
+        if raw is None:
+            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
+        acct = dict(_ACCOUNT.decode(raw))
+        if len(acct["owner"]) != UID_BYTES:  # a vendor account's owner is its VendorID (32 bytes)
+            raise BrokerError("not_customer", f"account {account!r} is a vendor's: deposits go to customer accounts")
+        bal = _balances(acct)
+        if amount.currency not in bal and len(bal) >= _MAX_CURRENCIES:
+            most = f"account {account!r} holds {_MAX_CURRENCIES} currencies already, the most it can"
+            raise BrokerError("too_many_currencies", most)
+        new = bal.get(amount.currency, 0) + amount.amount
+        if new > pp.MAX_AMOUNT:
+            raise BrokerError("too_much", f"account {account!r} would hold more than {pp.MAX_AMOUNT} minor units of "
+                              f"{amount.currency}, the most an account holds")  # fmt: skip
+        bal[amount.currency] = new
+        _put_txn(txn, account, acct["owner"], bal)
+        return bal
 
 
 def _put_account(store: Store, account: str, owner: bytes, balances: dict[str, int], *, create: bool) -> None:
