@@ -142,6 +142,15 @@ class ServerLimits:
     the idle timeout: a peer that sends half a request and trickles the rest is
     disconnected. A send that has waited ``send_timeout_s`` for room (the peer
     does not read what it is sent) disconnects too (None: never).
+
+    A frame above ``large_frame_bytes`` (as its length prefix announces it) is
+    read only while its connection holds one of ``max_large_frames`` places
+    (``max_large_frames_per_peer`` from one peer address): a connection that
+    begins one while none is free is read no further (the kernel pushes back on
+    its sender) until a place frees, and its frame's time allowance starts then.
+    So the frames being read on one socket hold at most ``max_connections x
+    large_frame_bytes + max_large_frames x`` the largest frame taken, however many
+    peers trickle large frames at once.
     """
 
     max_connections: int = 512  # connections held at once on this socket
@@ -151,9 +160,19 @@ class ServerLimits:
     frame_timeout_s: float = 30.0  # a frame begun must be whole this long after (plus its size's share below)
     min_recv_bytes_per_s: int = 64 * 1024  # the slowest a frame begun may arrive (bytes a second)
     send_timeout_s: float | None = 30.0  # a send waiting this long for room (the peer does not read) disconnects
+    large_frame_bytes: int = 256 * 1024  # a frame above this is read only in one of the places below
+    max_large_frames: int = 8  # connections reading a large frame at once on this socket
+    max_large_frames_per_peer: int = 2  # of them from one peer address (IP); Unix sockets: no per-peer cap
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_per_peer", "min_recv_bytes_per_s"):
+        for name in (
+            "max_connections",
+            "max_per_peer",
+            "min_recv_bytes_per_s",
+            "large_frame_bytes",
+            "max_large_frames",
+            "max_large_frames_per_peer",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TransportError("bad_config", f"ServerLimits.{name} must be a positive int, got {value!r}")
@@ -168,6 +187,63 @@ class ServerLimits:
 
 
 DEFAULT_SERVER_LIMITS = ServerLimits()
+
+
+class LargeFrames:
+    """A listening socket's places for reading large frames (:class:`ServerLimits` ``large_frame_bytes``,
+    ``max_large_frames``, ``max_large_frames_per_peer``), shared by its connections. A connection takes a place
+    before it reads more of a frame above ``threshold`` and gives it back once that frame is whole (or the
+    connection ends); one that finds none free waits, reading nothing meanwhile."""
+
+    __slots__ = ("_by_peer", "_holders", "_per_peer", "_total", "_waiters", "threshold")
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.threshold = limits.large_frame_bytes
+        self._total = limits.max_large_frames
+        self._per_peer = limits.max_large_frames_per_peer
+        self._holders: dict[object, str | None] = {}  # connection -> its peer address (None: a Unix socket)
+        self._by_peer: dict[str, int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def held(self) -> int:
+        """Places taken right now."""
+        return len(self._holders)
+
+    def _free_for(self, peer: str | None) -> bool:
+        return len(self._holders) < self._total and (peer is None or self._by_peer.get(peer, 0) < self._per_peer)
+
+    async def take(self, holder: object, peer: str | None) -> None:
+        """Take a place for ``holder`` (a connection from ``peer``), waiting until one is free."""
+        while holder not in self._holders:
+            if self._free_for(peer):
+                self._holders[holder] = peer
+                if peer is not None:
+                    self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def give_back(self, holder: object) -> None:
+        """``holder``'s place (if it has one) is free again: every waiter looks again."""
+        if holder not in self._holders:
+            return
+        peer = self._holders.pop(holder)
+        if peer is not None:
+            n = self._by_peer[peer] - 1
+            if n:
+                self._by_peer[peer] = n
+            else:
+                del self._by_peer[peer]
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @runtime_checkable

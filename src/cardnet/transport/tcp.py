@@ -52,6 +52,7 @@ from cardnet.transport.base import (
     LOGGER_NAME,
     ConnectionBase,
     HandlerSet,
+    LargeFrames,
     Limits,
     LogThrottle,
     PeerInfo,
@@ -115,10 +116,11 @@ class TcpConnection(ConnectionBase):
         *,
         initial: bytes = b"",
         bad_frame_log: LogThrottle | None = None,
+        large_frames: LargeFrames | None = None,
     ) -> None:
         """``initial``: stream bytes read already by someone else (an HTTP parser before an Upgrade), decoded first;
         ``bad_frame_log``: how often its bad or refused frames are logged, shared by a server's connections (None:
-        each time)."""
+        each time); ``large_frames``: a server's places for reading large frames (None: no such bound)."""
         super().__init__(_peer_info(writer), limits)
         self._bad_frame_log = bad_frame_log or LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)
         self._initial = initial
@@ -127,6 +129,8 @@ class TcpConnection(ConnectionBase):
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(limits.max_frame, recv_limit=limits.recv_limit)
         self._too_large: TooLarge | None = None  # a frame above recv_limit was refused: nothing more is read
+        self._large = large_frames
+        self._large_peer = self.peer.address[0] if self.peer.address is not None else None
         self._inbox: deque[Message] = deque()  # decoded, not yet returned (bounded by one read chunk)
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
@@ -245,6 +249,14 @@ class TcpConnection(ConnectionBase):
         """Read until the inbox holds a message (or raise)."""
         while not self._inbox:
             self._check()
+            large = self._large
+            if large is not None:
+                size = self._decoder.partial_size
+                if size is not None and size > large.threshold:  # read more of it only in a place of the server's
+                    self.frame_since = None
+                    await large.take(self, self._large_peer)
+                    self._check()
+                    self.frame_since = self._loop.time()  # its time allowance starts now
             if self._initial:
                 data, self._initial = self._initial, b""
             else:
@@ -277,6 +289,10 @@ class TcpConnection(ConnectionBase):
             if got:
                 self._inbox.extend(got)
                 self.frame_since = None
+                if large is not None:
+                    size = self._decoder.partial_size
+                    if size is None or size <= large.threshold:
+                        large.give_back(self)  # its large frame is whole (no other begun)
             if self.frame_since is None and not self._decoder.at_boundary:
                 self.frame_since = self._loop.time()
             if self._decoder.has_skipped:
@@ -331,6 +347,8 @@ class TcpConnection(ConnectionBase):
 
     def _release(self) -> None:
         """Close the stream (flushing for at most linger_s) once, in the background."""
+        if self._large is not None:
+            self._large.give_back(self)
         if self._closer is not None or self._loop.is_closed():
             return
         if self._too_large is not None and self._broken_why is None:
@@ -489,6 +507,7 @@ class TcpServer:
         self._refusal_logged_at = -1e9
         self._ended = 0  # connections ended since the last garbage collection (see _sweep)
         self._bad_frame_log = LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)  # its connections' bad frames
+        self._large_frames = LargeFrames(server_limits)  # its connections' places for reading large frames
         self.refused = 0  # connections aborted at accept for being over a cap
         self.expired = 0  # connections aborted by the handshake or idle timeout
 
@@ -602,7 +621,9 @@ class TcpServer:
                     # and the writer's __del__ then fails: give it back the raw one (aborted).
                     setattr(slot.writer, "_transport", raw)  # noqa: B010
                     return
-            slot.conn = TcpConnection(reader, slot.writer, self._limits, bad_frame_log=self._bad_frame_log)
+            slot.conn = TcpConnection(
+                reader, slot.writer, self._limits, bad_frame_log=self._bad_frame_log, large_frames=self._large_frames
+            )
             assert self._handlers is not None
             await self._handlers.run(slot.conn)
         finally:
