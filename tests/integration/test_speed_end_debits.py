@@ -19,8 +19,10 @@ from speedworld import EUR, World, load_purse, opened, served
 
 from cardnet.applets.speed import purse as pa
 from cardnet.applets.speed import sam as sa
-from cardnet.crypto import pki
+from cardnet.crypto import cms, pki
 from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import AsyncLocalCard, Journal, PurchaseError, _Link
 from cardnet.wire.mtypes import MType
 
@@ -47,13 +49,20 @@ class _MeanwhileCard:
         return await self.card.ask(mtype, reply, **fields)
 
 
-def test_a_payment_whose_s2_the_purse_cannot_pay_frees_its_place_on_the_sams_sr(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pay_within_s", [None, 600.0])
+def test_a_payment_whose_s2_the_purse_cannot_pay_frees_its_place_on_the_sams_sr(
+    world: World, tmp_path: Path, pay_within_s: float | None
+) -> None:
     """The purse holds 1.00 and two purchases of 0.80 run at once: the one paid first is debited, the other's S2 is
     refused ``insufficient``. That purchase is dropped (nothing paid) and its debit ends at once: the card declines
     the S2, the SAM drops its authorisation and answers the SR, the card forgets the debit. So no place of the 16 is
     held by a debit no purchase will finish (before, each such one held a place until the purse was locked), the
-    SAM holds no open authorisation, and value adds up: purse debits = the SAM's log = the vendor's credit."""
+    SAM holds no open authorisation, and value adds up: purse debits = the SAM's log = the vendor's credit. With a
+    deadline in the bills, the broker's ``speed.order_states`` says the declined order's authorisation ended
+    (``none``: the vendor may release what it held for it; before, ``sb.auth`` kept it ``authorised`` for good) and
+    the other one paid, with its receipt."""
     w = world
+    w.vendor.pay_within_s = pay_within_s
     journal = Journal(tmp_path / "journal")
 
     async def go() -> None:
@@ -75,6 +84,12 @@ def test_a_payment_whose_s2_the_purse_cannot_pay_frees_its_place_on_the_sams_sr(
             assert w.balance() == 100 - 80 and w.broker.balances()["V-1"] == {EUR: 80}
             [day] = w.broker.sam.ask(sa.DAYS, sa.HELD)["days"]
             assert w.broker.sam.ask(sa.TOTALS, sa.SUMS, day=day)["debits"] == [{"currency": EUR, "amount": 80}]
+            if pay_within_s is not None:
+                [declined] = [sm.decode(sm.BILL, cms.verify(r.bill).content, "bill")["poid"] for r in journal.all()]
+                [paid] = Journal(tmp_path / "other").all()
+                host, port = w.broker_addr.rsplit(":", 1)
+                states = await sv.order_states((host, int(port)), [declined, paid.poid])  # type: ignore[list-item]
+                assert states == {declined: ("none", None), paid.poid: ("paid", paid.receipt)}, states
 
     asyncio.run(go())
 

@@ -10,20 +10,17 @@ run in this process (:meth:`cardnet.bench.ticketnet.TicketNet.in_process`); Mall
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+from billdeadline import deadline_net, speed_cli
 
 from cardnet.applets.speed import purse as pa
-from cardnet.bench.ticketnet import EVENT, PRICE, TicketNet
-from cardnet.bench.trnnet import PIN
+from cardnet.bench.ticketnet import EVENT, PRICE
 from cardnet.cli.speed import JOURNAL
-from cardnet.crypto import cms, pki
+from cardnet.crypto import cms
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer, Journal
 from cardnet.services.ticketing import sales
@@ -31,19 +28,6 @@ from cardnet.services.ticketing.buyer import buy_ticket, receive_ticket
 from conftest import openssl
 
 SEATS = ["A1", "A2"]
-PAY_WITHIN_S = 3
-MARGIN_S = 1
-
-
-async def _cli(*args: str) -> tuple[int, dict[str, Any]]:
-    """``cardnet speed ARGS --json`` as a process (the hosts it talks to run on this event loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cardnet.cli.main", "speed", *args, "--json", stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env={**os.environ, "CARDNET_PIN": PIN},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert out.strip(), err.decode()
-    return proc.returncode or 0, json.loads(out)
 
 
 def test_an_unpaid_seat_is_released_at_its_bills_deadline_and_the_late_bill_is_refused_unpaid(tmp_path: Path) -> None:
@@ -54,13 +38,7 @@ def test_an_unpaid_seat_is_released_at_its_bills_deadline_and_the_late_bill_is_r
     gets its ticket. Bob, who paid A2 in time and whose program stopped before it showed the server the receipt, keeps
     A2 (the server read his receipt from the broker) and gets its ticket later. Before, bills had no deadline: A1
     stayed held for good and Mallory could pay it at any time."""
-    net = TicketNet(tmp_path, ("mallory", "bob"), SEATS)
-    cfg = net.hosts["tickets"].config
-    cfg.write_text(cfg.read_text().replace(
-        "transfer_timeout_s", f"pay_within_s = {PAY_WITHIN_S}\nrelease_margin_s = {MARGIN_S}\ntransfer_timeout_s"
-    ))  # fmt: skip
-    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
-    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(r) for r in net.roots]))
+    net = deadline_net(tmp_path, ("mallory", "bob"), SEATS)
     out = tmp_path / "mallory-bought"
 
     async def balance() -> int:
@@ -78,9 +56,9 @@ def test_an_unpaid_seat_is_released_at_its_bills_deadline_and_the_late_bill_is_r
             before = await balance()
             common = ("--socket", str(net.hosts["mallory"].socket), "--ca-cert", str(tmp_path / "ca.pem"),
                       "--out", str(out))  # fmt: skip
-            rc, got = await _cli("buy", *common, "--vendor", speed, "--broker", "127.0.0.1:1", "--broker-cert",
-                                 str(tmp_path / "broker.pem"), "--product", f"{EVENT}/A1", "--aggressive",
-                                 "--limit", PRICE)  # fmt: skip
+            rc, got = await speed_cli("buy", *common, "--vendor", speed, "--broker", "127.0.0.1:1", "--broker-cert",
+                                      str(tmp_path / "broker.pem"), "--product", f"{EVENT}/A1", "--aggressive",
+                                      "--limit", PRICE)  # fmt: skip
             assert rc != 0 and got["error"]["reason"] == "unreachable", got
             assert not await seat_free(c, "A1")
             (pending,) = Journal(out / JOURNAL).pending()
@@ -113,7 +91,7 @@ def test_an_unpaid_seat_is_released_at_its_bills_deadline_and_the_late_bill_is_r
             assert [t.state for t in _tickets(server.store) if t.seat == "A2"] == ["paid"]
             got_a2 = await receive_ticket(net.url, paid.poid, net.hosts["bob"].socket, receipt=paid.receipt)
 
-            rc, got = await _cli("recover", *common, "--broker", net.broker_addr)
+            rc, got = await speed_cli("recover", *common, "--broker", net.broker_addr)
             assert rc == 0, got
             assert got["finished"] == [], got
             (dropped,) = got["dropped"]

@@ -83,16 +83,24 @@ def test_a_seat_is_released_after_its_deadline_unpaid_and_a_late_receipt_takes_i
     claim("A2", mallory, int(T0) + 120)
     b1 = claim("B1", bob, int(T0) + 30)
     sales.advance(store, b1, "paid")  # paid in time
-    assert not sales.due(store, T0 + 30) and sales.due(store, T0 + 31)
-    assert sales.release(store, T0 + 61) == [dataclasses.replace(a1, state=sales.RELEASED)]  # A2's deadline is later
+    assert sales.due_sales(store, T0 + 30) == []
+    assert [k[8:] for k in sales.due_sales(store, T0 + 61)] == [b1.poid, a1.poid]  # A2's deadline is later
+    # the broker authorised A1's payment before its deadline: A1 keeps its seat, looked at again at T0 + 71
+    assert sales.release(store, sales.due_sales(store, T0 + 61), {a1.poid}, int(T0) + 71) == []
+    assert sales.due_sales(store, T0 + 61) == [] and len(sales.due_sales(store, T0 + 72)) == 1
+    assert sales.sold_of(store, "final", ["A1", "A2", "B1"]) == ({"A1", "A2", "B1"}, 3)
+    # then that authorisation ended (the card declined the broker's S2): A1 is released
+    assert sales.release(store, sales.due_sales(store, T0 + 72), set(), int(T0) + 82) == [
+        dataclasses.replace(a1, state=sales.RELEASED)
+    ]
     assert sales.sold_of(store, "final", ["A1", "A2", "B1"]) == ({"A2", "B1"}, 2)
     with store.transaction() as txn:
         assert txn.count(sales.UNPAID, pki.uid_of(pki.cert_from_der(mallory)).raw) == 1  # A1 no longer counts
-    assert sales.release(store, T0 + 61) == [] and not sales.due(store, T0 + 61)
+    assert sales.due_sales(store, T0 + 72) == []
 
     late = sales.reclaim(store, sales.ticket(store, a1.poid))  # type: ignore[arg-type]
     assert late.state == "paid" and sales.seat_sale(store, "final", "A1")[0] == a1.poid
-    (a2_released,) = sales.release(store, T0 + 121)
+    (a2_released,) = sales.release(store, sales.due_sales(store, T0 + 121), set(), 0)
     assert a2_released.seat == "A2"
     a2_bob = claim("A2", bob, int(T0) + 500)  # sold again
     with pytest.raises(ProtocolError) as resold:

@@ -27,6 +27,7 @@ from cardnet.wire import (
     ListOf,
     Message,
     MType,
+    Nested,
     Schema,
     Text,
     Uid,
@@ -108,6 +109,21 @@ RECEIPT_FOR_VENDOR = register(
     P,
     Schema("speed.vendor_receipts", [Field(0, "after", UInt(2**63 - 1))]),  # a log position (SQLite: signed 64-bit)
 )
+MAX_ORDER_STATES = 256  # PaymentOrderIDs one speed.order_states asks about
+ORDER_STATES = register(  # V -> B: what became of these payment orders (before the vendor releases their goods)
+    0x061B,
+    "speed.order_states",
+    P,
+    Schema("speed.order_states", [Field(0, "poids", ListOf(Bytes(sm.POID_BYTES, sm.POID_BYTES), MAX_ORDER_STATES))]),
+)
+ORDER_STATE = Schema(
+    "speed.order_state",
+    [
+        _POID,
+        Field(1, "state", Text(16)),  # paid | authorised (the broker pays it whenever it comes) | none
+        Field(2, "sealed", Bytes(sm.MAX_SIGNED + 64, 1), optional=True),  # paid: the sealed receipt
+    ],
+)
 
 # --- customer <-> broker ---------------------------------------------------------------------------------------
 ORDER = register(0x0620, "speed.order_msg", P, Schema("speed.order_msg", [Field(0, "sealed", _SEALED)]))
@@ -167,6 +183,12 @@ RECEIPTS = register(
         ],
     ),
 )
+STATES = register(
+    0x062F,
+    "speed.states",
+    P,
+    Schema("speed.states", [Field(0, "items", ListOf(Nested(ORDER_STATE), MAX_ORDER_STATES))]),
+)
 ISSUE_KEY = register(
     0x0628, "speed.issue_key", P, Schema("speed.issue_key", [Field(0, "card_cert", Bytes(MAX_CERT, 1))])
 )
@@ -200,7 +222,7 @@ VERDICT = register(
 # --- receive limits (bytes of one message: header + param) ------------------------------------------------------
 VENDOR_REQUESTS = (CATALOGUE, REQUEST, STEP, HANDSHAKE)  # what a vendor answers
 BROKER_REQUESTS = (  # what a broker answers
-    ORDER, PURSE, RESEND, ISSUE_KEY, LOAD, LOAD_STEP, END_DEBIT, RECEIPT_FOR_VENDOR, COMPLAINT,
+    ORDER, PURSE, RESEND, ISSUE_KEY, LOAD, LOAD_STEP, END_DEBIT, RECEIPT_FOR_VENDOR, ORDER_STATES, COMPLAINT,
 )  # fmt: skip
 
 

@@ -26,6 +26,8 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
   ``speed.debit_refused`` carries the SAM's SR, on which the purse forgets it; refused ``authorised`` if the SAM
   gave its S2 (the purchase is finished by the customer's recovery, which debits once).
 * ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
+* ``speed.order_states {poids}``: for each, ``paid`` (and its sealed receipt), ``authorised`` (paid whenever it comes,
+  deadline or not) or ``none``: what a vendor asks before it releases what it held for an unpaid bill.
 
 A crash between the SAM's step and the broker's transaction leaves the SAM ahead: the customer's retry (the
 same S1 or S3: the card keeps them) gets the SAM's same answer and the broker catches up; :meth:`settle`
@@ -97,7 +99,7 @@ log = logging.getLogger("cardnet.speed.broker")
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
-AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised and not paid yet -> when authorised
+AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised, not paid -> when (8 bytes), the debit
 DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
 SETTLE_EVERY_S = 60.0
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
@@ -321,6 +323,8 @@ class BrokerCore:
             with self.store.transaction() as txn:
                 rows = txn.read_log(RECEIPTS, after, MAX_RECEIPTS_PAGE)
             return fr.reply(msg, fr.RECEIPTS, items=[v for _, v in rows], last=rows[-1][0] if rows else after)
+        if code == fr.ORDER_STATES.code:
+            return fr.reply(msg, fr.STATES, items=[self._state(p) for p in fr.ORDER_STATES.parse(msg)["poids"]])
         raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
 
     def _get_order(self, poid: bytes) -> dict[str, Any] | None:
@@ -330,6 +334,18 @@ class BrokerCore:
         if raw is not None:
             return dict(_ORDER.decode(raw))
         return self._authorised.get(poid)
+
+    def _state(self, poid: bytes) -> dict[str, Any]:
+        """What became of payment order ``poid`` (``speed.order_states``, for a vendor about to release what it held
+        for an unpaid bill): ``paid`` with the sealed receipt (it opens only under the sale's RecKey, as in
+        ``speed.vendor_receipts``); ``authorised``: this broker gave its S2 (``sb.auth``, or in memory) or settled the
+        purse's debit, and pays it whenever the customer comes back, deadline or not; ``none``: neither."""
+        o = self._get_order(poid)
+        if o is not None and o["state"] == "paid":
+            return {"poid": poid, "state": "paid", "sealed": o["receipt"]}
+        if o is not None or get(self.store, AUTHORISED, poid) is not None or get(self.store, SETTLED, poid) is not None:
+            return {"poid": poid, "state": "authorised"}
+        return {"poid": poid, "state": "none"}
 
     def _account(self, txn: Any, account: str) -> dict[str, Any]:
         raw = txn.get(ACCOUNTS, account.encode())
@@ -395,7 +411,7 @@ class BrokerCore:
         rec.update(s1=mode["s1"], answer=answer, benc=mode["benc"], bsign=mode["bsign"])
         if "pay_by" in bill:  # (durable before the S2 leaves: a group's answers leave after its commit)
             with self.store.transaction() as txn:
-                txn.put(AUTHORISED, poid, int(now).to_bytes(8, "big"))
+                txn.put(AUTHORISED, poid, int(now).to_bytes(8, "big") + _debit_of(s1.uid, s1.n, s1.rc))
         self._authorised[poid] = rec
         while len(self._authorised) > MAX_AUTHORISED:
             self._authorised.pop(next(iter(self._authorised)))
@@ -524,6 +540,13 @@ class BrokerCore:
                 raise
             raise _Refusal("authorised", "the SAM authorised this debit (its S2 exists): it ends when the card debits "
                            "it; finish the purchase it pays (cardnet speed recover)") from None  # fmt: skip
+        se = pp.SE.decode(se_raw)
+        if se.declined:  # the card declined the S2 of this very debit: the SAM dropped it, so the order's authorisation
+            with self.store.transaction() as txn:  # ended (the vendor may release its goods: ``speed.order_states``)
+                held = txn.get(AUTHORISED, se.poid)
+                if held is not None and held[8:] == _debit_of(se.uid, se.n, se.rc):
+                    txn.delete(AUTHORISED, se.poid)
+                    self._on_commit(lambda: self._authorised.pop(se.poid, None))
         return fr.reply(msg, fr.DEBIT_REFUSED, reason="ended", detail="the SAM never authorises this debit", sr=sr)
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
@@ -684,6 +707,11 @@ def settled_days(store: Store) -> dict[int, dict[str, Any]]:
 def balances(store: Store) -> dict[str, dict[str, int]]:
     """Every account's balances, by account number."""
     return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(store, ACCOUNTS)}
+
+
+def _debit_of(uid: Uid, n: int, rc: bytes) -> bytes:
+    """The purse debit an ``sb.auth`` record names after its time: the card, its counter and the S1's nonce."""
+    return bytes(uid) + n.to_bytes(4, "big") + rc
 
 
 def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:

@@ -385,29 +385,28 @@ def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[
 _ANYONE = Uid(b"\x00" * 12, 0)
 
 
-async def broker_receipts(
-    broker: tuple[str, int], after: int, *, timeout_s: float = 10.0
-) -> tuple[list[tuple[bytes, bytes]], int]:
-    """One page of the broker's receipts after log position ``after`` (``speed.vendor_receipts``): (PaymentOrderID,
-    sealed receipt) each, in the order paid, and the position to ask after next. Each opens only under its sale's
-    RecKey: :meth:`VendorCore.take_receipt` takes this vendor's. ``VendorError('unreachable')`` if the broker does not
+async def order_states(
+    broker: tuple[str, int], poids: list[bytes], *, timeout_s: float = 10.0
+) -> dict[bytes, tuple[str, bytes | None]]:
+    """What the broker says became of each payment order of ``poids`` (at most
+    :data:`~cardnet.protocols.speed.frames.MAX_ORDER_STATES`; ``speed.order_states``): PaymentOrderID -> (``paid``, the
+    sealed receipt: :meth:`VendorCore.take_receipt` takes it) | (``authorised``, None: the broker pays it whenever the
+    customer comes back, deadline or not) | (``none``, None). ``VendorError('unreachable')`` if the broker does not
     answer, ``VendorError(reason)`` if it refuses."""
     try:
         conn = await asyncio.wait_for(dial(*broker), timeout_s)
         try:
-            await conn.send(fr.RECEIPT_FOR_VENDOR.make(_ANYONE, _ANYONE, after=after))
+            await conn.send(fr.ORDER_STATES.make(_ANYONE, _ANYONE, poids=poids))
             msg = await asyncio.wait_for(conn.recv(), timeout_s)
         finally:
             await conn.aclose()
     except (OSError, TransportError, TimeoutError) as exc:
-        raise VendorError("unreachable", f"cannot read the broker's receipts at {broker[0]}:{broker[1]}: "
-                          f"{exc or 'timeout'}") from None  # fmt: skip
+        raise VendorError("unreachable", f"cannot ask the broker at {broker[0]}:{broker[1]} about its payment "
+                          f"orders: {exc or 'timeout'}") from None  # fmt: skip
     if msg.mtype == fr.REFUSED.code:
         p = fr.REFUSED.parse(msg)
-        raise VendorError(p["reason"], f"the broker refused to list its receipts: {p['detail']}")
-    page = fr.RECEIPTS.parse(msg)
-    items = [fr.RECEIPT.schema.decode(raw) for raw in page["items"]]
-    return [(i["poid"], i["sealed"]) for i in items], page["last"]
+        raise VendorError(p["reason"], f"the broker refused to say what became of its payment orders: {p['detail']}")
+    return {i["poid"]: (i["state"], i.get("sealed")) for i in fr.STATES.parse(msg)["items"]}
 
 
 class VendorServer(GroupCommitServer):

@@ -12,7 +12,7 @@
     unpaid_window_s = 3600.0               # optional: how long an unpaid sale counts against its card
     pay_within_s = 900.0                   # optional: each bill's deadline, from when it is made
     release_margin_s = 300.0               # optional: after a deadline, before an unpaid seat is sold again
-    broker = "127.0.0.1:7400"              # optional: the SPEED broker, asked for its receipts before a release
+    broker = "127.0.0.1:7400"              # optional: the SPEED broker, asked about each sale before a release
 
     [limits]                               # optional: bounds on the HTTP port (defaults shown; docs/transport.md)
     max_connections = 256
@@ -90,7 +90,7 @@ class TicketingConfig:
     unpaid_window_s: float = UNPAID_WINDOW_S
     pay_within_s: float = PAY_WITHIN_S
     release_margin_s: float = RELEASE_MARGIN_S
-    broker: tuple[str, int] | None = None  # where the receipts are read before unpaid seats are released (None: never)
+    broker: tuple[str, int] | None = None  # asked about each sale before its seat is released (None: never released)
 
     def event(self, event_id: str) -> Event | None:
         return next((e for e in self.events if e.id == event_id), None)

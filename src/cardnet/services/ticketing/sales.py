@@ -9,15 +9,18 @@ PaymentOrderID with the buyer's card (the card that signed the purchase), so onl
 
 A claimed seat stays with its sale until the sale is paid or its bill's deadline passed: the vendor writes a
 deadline (``pay_by``) into each bill and the broker pays no bill after it, so :func:`release` gives back, once the
-deadline and a margin for a payment already under way at the broker passed, the seat of every sale with no receipt
-(``tk.due``: deadline + PaymentOrderID, in deadline order). A receipt that still comes for a released sale (a payment
-the broker authorised before the deadline and finished after the margin) takes the seat back if nobody bought it
-since (:func:`reclaim`). Until the deadline a card could hold seats it never pays for, so each card may hold at
-most ``max_unpaid`` sales billed within the last ``window_s`` and not known paid (``tk.unpaid``: card +
-PaymentOrderID -> when billed; dropped when the sale is paid, or by the card's next claim once older than the
-window); one more is refused ``unpaid_sales`` before it is billed. Holding every seat then takes many certified
-cards, or a long time; and an honest card that a crash left with unpaid sales (a delivery recorded but never sent)
-is not shut out for good.
+deadline and a margin passed, the seat of every sale with no receipt whose payment the broker did not authorise
+(``tk.due``: when to look + PaymentOrderID, in that order; first the deadline). The broker says, asked about each
+sale, whether it paid it (the receipt), authorised it before the deadline (its S2 given: the buyer's purse may have
+debited, and the broker pays it whenever the buyer comes back) or neither; an authorised sale keeps its seat and is
+asked about again, until it is paid or the broker says the authorisation ended. A receipt that still comes for a
+released sale takes the seat back if nobody bought it since (:func:`reclaim`).
+
+Until the deadline a card could hold seats it never pays for, so each card may hold at most ``max_unpaid`` sales
+billed within the last ``window_s`` and not known paid (``tk.unpaid``: card + PaymentOrderID -> when billed; dropped
+when the sale is paid, or by the card's next claim once older than the window); one more is refused
+``unpaid_sales`` before it is billed. Holding every seat then takes many certified cards, or a long time; and an
+honest card that a crash left with unpaid sales (a delivery recorded but never sent) is not shut out for good.
 
 A ticket moves ``sold`` (billed, not known paid) -> ``paid`` (the broker's receipt, checked by the vendor) ->
 ``minted`` (the device holds the token) -> ``sent`` (the TRN transfer to the buyer's card started) ->
@@ -39,14 +42,14 @@ from cardnet.wire import Uid
 from cardnet.wire.cbor import dumps, loads_one
 
 SEATS, TICKETS, UNPAID, DUE = "tk.seat", "tk.ticket", "tk.unpaid", "tk.due"
-BROKER_LOG = "tk.broker"  # b"after": how far the broker's receipts were read (8 bytes)
 MAX_UNPAID = 8  # sales a card may hold billed within UNPAID_WINDOW_S and not known paid (max_unpaid_per_card)
 UNPAID_WINDOW_S = 3600.0  # how long an unpaid sale counts against its card (unpaid_window_s)
 STATES = ("sold", "paid", "minted", "sent", "delivered")
 RELEASED = "released"  # a sale whose bill passed its deadline unpaid: its seat went back on sale (not in STATES)
 PAY_WITHIN_S = 900.0  # a bill's deadline, from when it is made (pay_within_s)
 RELEASE_MARGIN_S = 300.0  # after the deadline, for a payment already at the broker, before the seat is released
-RELEASE_BATCH = 256  # sales released in one transaction at most
+RELEASE_BATCH = 256  # sales looked at in one transaction at most (and asked about in one speed.order_states)
+LOOK_AGAIN_S = 10.0  # how often a due sale whose payment the broker authorised is asked about again
 _OID_LABEL = b"cardnet/ticketing/oid/v1\x00"
 
 
@@ -121,41 +124,34 @@ def claim(
         txn.put(DUE, pay_by.to_bytes(8, "big") + poid, b"")
 
 
-def due(store: Store, before: float) -> bool:
-    """Whether a sale's bill deadline is before ``before`` and the sale is still to be looked at by :func:`release`."""
+def due_sales(store: Store, before: float) -> list[bytes]:
+    """The ``tk.due`` keys (when to look + PaymentOrderID) before ``before``, at most :data:`RELEASE_BATCH`, oldest
+    first: the sales :func:`release` is to look at, once the broker said what became of their payments."""
     with store.transaction() as txn:
-        first = txn.scan(DUE, limit=1)
-    return bool(first) and int.from_bytes(first[0][0][:8], "big") < before
+        rows = txn.scan(DUE, limit=RELEASE_BATCH)
+    return [k for k, _ in rows if int.from_bytes(k[:8], "big") < before]
 
 
-def broker_read(store: Store) -> int:
-    """How far the broker's receipts have been read (its log position)."""
-    with store.transaction() as txn:
-        raw = txn.get(BROKER_LOG, b"after")
-    return 0 if raw is None else int.from_bytes(raw, "big")
-
-
-def broker_read_to(store: Store, after: int) -> None:
-    with store.transaction() as txn:
-        txn.put(BROKER_LOG, b"after", after.to_bytes(8, "big"))
-
-
-def release(store: Store, before: float) -> list[Ticket]:
-    """Give back the seats of the sales whose bill's deadline is before ``before`` (the server's clock less the
-    margin) and that have no receipt (``sold``): each such sale is marked ``released``, its seat freed (so it can be
+def release(store: Store, due: list[bytes], authorised: set[bytes], look_again: int) -> list[Ticket]:
+    """Give back the seats of the sales of ``due`` (keys from :func:`due_sales`) that have no receipt (``sold``) and
+    whose payment the broker did not authorise: each such sale is marked ``released``, its seat freed (so it can be
     sold again) and it no longer counts against its card. The broker refuses their bills now, so none of them can be
-    paid any more but by a payment it authorised before the deadline (:func:`reclaim`). At most
-    :data:`RELEASE_BATCH` sales a call, oldest deadline first; the sales released."""
+    paid any more. A sale whose PaymentOrderID is in ``authorised`` (the broker gave its S2 before the deadline and
+    pays it whenever the buyer comes back) keeps its seat and is looked at again at ``look_again`` (Unix seconds):
+    until it is paid, or the broker says that authorisation ended. The sales released."""
     out: list[Ticket] = []
     with store.transaction() as txn:
-        for key, _ in txn.scan(DUE, limit=RELEASE_BATCH):
-            if int.from_bytes(key[:8], "big") >= before:
-                break
+        for key in due:
+            if txn.get(DUE, key) is None:  # looked at meanwhile
+                continue
             txn.delete(DUE, key)
             poid = key[8:]
             raw = txn.get(TICKETS, poid)
             t = None if raw is None else Ticket.decode(poid, raw)
             if t is None or t.state != "sold":  # paid (or released) meanwhile
+                continue
+            if poid in authorised:
+                txn.put(DUE, max(0, look_again).to_bytes(8, "big") + poid, b"")
                 continue
             if txn.get(SEATS, t.product.encode()) == poid:
                 txn.delete(SEATS, t.product.encode())

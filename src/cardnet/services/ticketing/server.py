@@ -185,32 +185,31 @@ class TicketingServer:
 
     async def _release(self) -> None:
         """Give back the seats of the sales whose bill passed its deadline, and the margin after it, unpaid
-        (:func:`sales.release`): first every receipt the broker issued until now is taken (a buyer who paid and has
-        not come back yet is paid), then the sales still without one are released (the broker refuses their bills
+        (:func:`sales.release`): the broker is first asked about each (``speed.order_states``): its receipt pays a
+        sale (a buyer who paid and has not come back yet), and a sale whose payment it authorised before the deadline
+        keeps its seat (the buyer's purse may have debited: the broker pays it whenever the buyer comes back) and is
+        asked about again every :data:`sales.LOOK_AGAIN_S`; the others are released (the broker refuses their bills
         now: docs/decisions.md). Without a broker to ask (``broker`` in the config) nothing is released."""
         assert self.store is not None and self.core is not None
         now = time.time()
         before = now - self.config.release_margin_s
-        if self.config.broker is None or not await self._db(sales.due, self.store, before):
+        if self.config.broker is None:
             return
-        after = await self._db(sales.broker_read, self.store)
-        while True:
-            items, last = await sv.broker_receipts(self.config.broker, after)
-            await self._db(self._take_receipts, items, last)
-            if not items or last == after:
-                break
-            after = last
-        while released := await self._db(sales.release, self.store, before):
-            for t in released:
+        while due := await self._db(sales.due_sales, self.store, before):
+            states = await sv.order_states(self.config.broker, [k[8:] for k in due])
+            await self._db(self._take_receipts, [(p, r) for p, (state, r) in states.items() if r and state == "paid"])
+            authorised = {p for p, (state, _) in states.items() if state == "authorised"}
+            look_again = int(before + sales.LOOK_AGAIN_S)
+            for t in await self._db(sales.release, self.store, due, authorised, look_again):
                 log.info("%s: seat %s/%s released: sale %s was not paid by its bill's deadline", self.config.name,
                          t.event, t.seat, t.poid.hex()[-16:])  # fmt: skip
 
-    def _take_receipts(self, items: list[tuple[bytes, bytes]], last: int) -> None:
-        """Take the broker's receipts for this server's sales (others' are skipped), and how far they were read."""
+    def _take_receipts(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Take the broker's receipts for this server's sales."""
         assert self.store is not None and self.core is not None
         for poid, sealed in items:
             t = sales.ticket(self.store, poid)
-            if t is None or t.state not in ("sold", sales.RELEASED):
+            if t is None or t.state != "sold":
                 continue
             try:
                 self.core.take_receipt(poid, sealed)
@@ -218,9 +217,7 @@ class TicketingServer:
                 log.warning("%s: the broker's receipt for sale %s does not pay it: %s", self.config.name,
                             poid.hex()[-16:], exc)  # fmt: skip
                 continue
-            if t.state == "sold":
-                sales.advance(self.store, t, "paid")
-        sales.broker_read_to(self.store, last)
+            sales.advance(self.store, t, "paid")
 
     @property
     def http_address(self) -> tuple[str, int]:
