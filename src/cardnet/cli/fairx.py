@@ -153,6 +153,8 @@ HINTS = {
     "no_ttp": "name the TTP first, the same one as the other owner: cardnet exchange set-ttp --ttp UID",
     "no_exchange": "`cardnet exchange list` shows this card's exchanges and their ids",
     "illegal_move": "`cardnet trn list` shows your tokens: only an enabled one can be offered",
+    "peer_store_failed": "ask the other owner to free space on the disk of their card's host (or mend it): the "
+    "exchange then goes on by itself while both hosts run; list your exchanges to see what you may do meanwhile",
 }
 
 # A card's refusal of an exchange order in its owner's words, where the card's own detail is protocol talk.

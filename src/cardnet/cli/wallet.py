@@ -49,7 +49,7 @@ from cardnet.cli.wallet_pending import (
     recover_payments,
     scrip,
 )
-from cardnet.services.wallet import MOVING
+from cardnet.services.wallet import MOVING, PEER_STORE_FAILED, WalletError
 
 APPLETS = ("trn", "purse", "speed")  # a person's card: tickets, vouchers and exchanges; the e-purse; SPEED payments
 TICKET_COLUMNS = ("oid", "body", "state", "peer")
@@ -463,6 +463,15 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
             except TimeoutError:
                 held = await wallet.voucher(raw)
                 return "missing" if held is None else str(held.status)
+            except WalletError as exc:
+                if exc.reason != PEER_STORE_FAILED:
+                    raise
+                held = await wallet.voucher(raw)  # (its words say how it stands: nothing is cancelled)
+                cancel = f"`cardnet trn cancel --oid {raw.hex()}` takes it back now, or " if (
+                    held is not None and held.status == "disabled+O") else ""  # fmt: skip
+                fail(str(exc), reason=exc.reason, hint=f"{cancel}ask the receiver's owner to free space on the "
+                     "disk of their card's host (or mend it): the transfer then finishes by itself while both hosts "
+                     "run (`cardnet wallet list` shows how it stands)")  # fmt: skip
         return None if v is None else str(v.status)
 
     status = target.run(work)

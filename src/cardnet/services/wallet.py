@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,9 @@ ANSWER_TIMEOUT_S = 30.0
 EVENT_QUEUE = 4096  # changes a subscriber may have unread; past that it is told it missed some (and resyncs)
 MAX_RESYNCS = 8  # readings of the card's state in a row after host.missed notices (then the next notice starts over)
 RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
-NOTICE_EVERY_S = 0.25  # how often redeem() asks the host whether the gate's host sent word (host.route: no card step)
+NOTICE_EVERY_S = 0.25  # how often a wait asks the host whether the other card's host sent word (no card step)
 GATE_STORE_FAILED = "gate_store_failed"  # redeem(): the gate's card cannot write its store (the voucher stays here)
+PEER_STORE_FAILED = "peer_store_failed"  # wait_moved(), wait(): the other card cannot write its store (nothing lost)
 UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
 MOVING = frozenset({"disabled+O", "disabled", "trustless_disabled", "trustless"})  # a voucher on its way in or out
@@ -162,6 +163,75 @@ def _about(event: Event, oid: bytes) -> bool:
     return event.kind == "missed" or (event.voucher is not None and event.voucher.oid == oid)
 
 
+@dataclass
+class _Waiting:
+    """One wait of the library for another card (``peer``, a card domain): :meth:`Wallet.redeem`,
+    :meth:`Wallet.wait_moved`, :meth:`Wallet.wait`. :meth:`next` returns what the waiter should do next, resending
+    what the card waits for every ``recover_every_s`` meanwhile, and asking the host every ``NOTICE_EVERY_S``
+    whether the peer's host sent word that the peer's card cannot write its store (``host.undeliverable`` code
+    ``store_failed``, which the host remembers and counts: ``seen`` is the count and code when last asked), so that
+    the waiter learns it at once instead of at its deadline (host.route: no card step)."""
+
+    wallet: Wallet
+    changes: asyncio.Queue[Event]
+    peer: bytes
+    deadline: float  # loop time
+    recover_every_s: float
+    seen: tuple[int, str | None]
+    recover_at: float
+
+    async def next(self, about: Callable[[Event], bool]) -> str:
+        """``look`` (an event ``about`` what is waited for came, or a resend went out: read it again),
+        ``store_failed`` (a new notice: the peer's card cannot write its store) or ``timeout`` (the deadline)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            left = self.deadline - loop.time()
+            if left <= 0:
+                return "timeout"
+            notices = await self.wallet._notices(self.peer)
+            if notices != self.seen:
+                self.seen = notices
+                if notices[1] == STORE_FAILED:
+                    return "store_failed"
+            try:
+                async with asyncio.timeout(min(left, NOTICE_EVERY_S)):
+                    while not about(await self.changes.get()):
+                        pass
+                return "look"
+            except TimeoutError:
+                if loop.time() >= self.recover_at:
+                    await self.wallet.recover()
+                    self.recover_at = loop.time() + self.recover_every_s
+                    return "look"
+
+
+def _cannot_write(peer: Uid | None) -> str:
+    return f"the other card {peer} cannot write its store (its disk is full or failing; its host said so)"
+
+
+def _transfer_store_failed(v: Voucher) -> str:
+    """Why :meth:`Wallet.wait_moved` stopped: voucher ``v`` (still on its way) cannot reach a card that cannot
+    write; how it stands (TRN: a transfer whose commit is sent is the receiver's, docs/trn.md)."""
+    head = f"{_cannot_write(v.peer)}, so it has not taken {v.oid.hex()}: nothing was lost"
+    if v.status == "disabled+O":  # no commit sent: the card may cancel
+        return (f"{head}; it is still yours: it moves by itself once their disk is mended (this card resends it), "
+                "or cancel the transfer to have it usable here again")  # fmt: skip
+    if v.status == "disabled":  # committed: it is the receiver's, whatever happens
+        return (f"{head}; the transfer is committed: it finishes by itself once their disk is mended (this card "
+                "resends the commit) and cannot be taken back")  # fmt: skip
+    return f"{head}; the transfer finishes by itself once that card can write again"
+
+
+def _exchange_store_failed(x: Exchange) -> str:
+    """Why :meth:`Wallet.wait` stopped: exchange ``x`` waits on a card that cannot write; how it stands."""
+    head = f"{_cannot_write(x.peer)}, so exchange {x.n1.hex()} cannot go on now: nothing was lost"
+    if x.phase == fx.Phase.OFFERED.value:
+        return (f"{head}; your voucher is still yours, locked in the offer: the offer reaches them by itself once "
+                "their disk is mended (this card resends it), or give it up to have your voucher back now")  # fmt: skip
+    return (f"{head}; the exchange ends by itself once their disk is mended (this card resends), both vouchers "
+            "swapped or neither; until then the TTP can settle it (resolve, abort)")  # fmt: skip
+
+
 class Wallet:
     """A person's wallet over their card (see the module)."""
 
@@ -250,15 +320,13 @@ class Wallet:
         its store (``host.undeliverable`` code ``store_failed``, which this host remembers: :meth:`route`), the
         transfer is cancelled at once and the redemption is refused ``gate_store_failed``: the voucher is usable
         here again (if the gate took the copy after all, the cancel is refused and the gate's answer decides)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         async with self.subscription() as changes:
-            seen = await self._gate_notices(gate.domain)
+            waiting = await self._wait_for(changes, gate.domain, timeout_s, recover_every_s)
             await self.transfer(oid, gate)
-            recover_at = loop.time() + recover_every_s
-            look = True
+            about = lambda e: _about(e, oid)  # noqa: E731
+            step = "look"
             while True:
-                if look:
+                if step == "look":
                     mine = await self.voucher(oid)
                     if mine is None:
                         return Redemption(oid, gate, True, "taken by the gate")
@@ -266,8 +334,7 @@ class Wallet:
                         return Redemption(oid, gate, False, mine.refused or "refused")
                     if mine.status == "disabled":  # the gate copied it and the commit is sent: it is the gate's
                         return Redemption(oid, gate, True, "taken by the gate (its acknowledgement is on its way)")
-                left = deadline - loop.time()
-                if left <= 0:
+                elif step == "timeout":
                     with contextlib.suppress(WalletError):
                         await self.cancel(oid)
                     raise WalletError(
@@ -275,28 +342,25 @@ class Wallet:
                         f"the gate {gate} did not answer in {timeout_s:g} s: the voucher "
                         "was taken back (check the gate's Uid and route; a blocked device is refused)",
                     )
-                notices = await self._gate_notices(gate.domain)
-                if notices != seen:
-                    seen = notices
-                    if notices[1] == STORE_FAILED:
-                        try:
-                            await self.cancel(oid)
-                        except WalletError:  # (the gate copied it meanwhile: its answer decides)
-                            look = True
-                            continue
-                        return Redemption(oid, gate, False, GATE_STORE_FAILED)
-                try:
-                    async with asyncio.timeout(min(left, NOTICE_EVERY_S)):
-                        while not _about(await changes.get(), oid):
-                            pass
-                    look = True
-                except TimeoutError:
-                    look = loop.time() >= recover_at
-                    if look:
-                        await self.recover()
-                        recover_at = loop.time() + recover_every_s
+                else:  # store_failed
+                    try:
+                        await self.cancel(oid)
+                    except WalletError:  # (the gate copied it meanwhile: its answer decides)
+                        step = "look"
+                        continue
+                    return Redemption(oid, gate, False, GATE_STORE_FAILED)
+                step = await waiting.next(about)
 
-    async def _gate_notices(self, domain: bytes) -> tuple[int, str | None]:
+    async def _wait_for(
+        self, changes: asyncio.Queue[Event], peer: bytes, timeout_s: float, recover_every_s: float
+    ) -> _Waiting:
+        """A wait of ``timeout_s`` for card domain ``peer`` (:class:`_Waiting`), from this host's notices now."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        seen = await self._notices(peer)
+        return _Waiting(self, changes, peer, now + timeout_s, recover_every_s, seen, now + recover_every_s)
+
+    async def _notices(self, domain: bytes) -> tuple[int, str | None]:
         """How many ``host.undeliverable`` notices this card got about ``domain``, and the last one's code."""
         got = await self.route(domain)
         return got.get("undeliverable_count", 0), got.get("undeliverable_code")
@@ -383,43 +447,47 @@ class Wallet:
         """The exchange once it ended (swapped, aborted or given up), resending what it waits for meanwhile.
 
         Raises TimeoutError after ``timeout_s``: the exchange then still waits; the recovery order its phase
-        allows (:meth:`give_up`, :meth:`resolve`, :meth:`abort`) ends it with the TTP's help.
+        allows (:meth:`give_up`, :meth:`resolve`, :meth:`abort`) ends it with the TTP's help. Raises
+        ``WalletError peer_store_failed`` at once when the other card's host says that card cannot write its store
+        (a full or failing disk): nothing was lost, the exchange stands as it is (the message says what may end it).
         """
         async with asyncio.timeout(timeout_s), self.subscription() as changes:
             x = await self.status(n1)
-            while not x.finished:
-                try:
-                    async with asyncio.timeout(recover_every_s):
-                        while True:
-                            e = await changes.get()
-                            if e.kind == "missed":  # (with the card's exchanges when the wallet read them again)
-                                known = {y.n1: y for y in e.exchanges} if e.exchanges is not None else {}
-                                x = known[n1] if n1 in known else await self.status(n1)
-                            elif e.exchange is not None and e.exchange.n1 == n1:
-                                x = e.exchange
-                            if x.finished:
-                                break
-                except TimeoutError:
-                    await self.recover()
-                    x = await self.status(n1)
-            return x
+            if x.finished:
+                return x
+            waiting = await self._wait_for(changes, x.peer.domain, timeout_s, recover_every_s)
+            about = lambda e: e.kind == "missed" or (e.exchange is not None and e.exchange.n1 == n1)  # noqa: E731
+            while True:
+                step = await waiting.next(about)
+                x = await self.status(n1)
+                if x.finished:
+                    return x
+                if step == "timeout":
+                    raise TimeoutError
+                if step == "store_failed":
+                    raise WalletError(PEER_STORE_FAILED, _exchange_store_failed(x))
 
     async def wait_moved(self, oid: bytes, *, timeout_s: float = 30.0,
                          recover_every_s: float = RECOVER_EVERY_S) -> Voucher | None:  # fmt: skip
         """Voucher ``oid`` once it is no longer on its way: None if it left this card (the receiver has it), else
         as it stands here (``enabled`` again after a refusal or a cancel), resending what its transfer waits for
-        meanwhile. Raises TimeoutError after ``timeout_s``: the transfer then still goes on (:meth:`recover`)."""
+        meanwhile. Raises TimeoutError after ``timeout_s``: the transfer then still goes on (:meth:`recover`).
+        Raises ``WalletError peer_store_failed`` at once when the other card's host says that card cannot write its
+        store (a full or failing disk): nothing was lost and nothing is cancelled (the message says how it stands)."""
         async with asyncio.timeout(timeout_s), self.subscription() as changes:
+            v = await self.voucher(oid)
+            if v is None or v.status not in MOVING or v.peer is None:
+                return v
+            waiting = await self._wait_for(changes, v.peer.domain, timeout_s, recover_every_s)
             while True:
+                step = await waiting.next(lambda e: _about(e, oid))
                 v = await self.voucher(oid)
                 if v is None or v.status not in MOVING:
                     return v
-                try:
-                    async with asyncio.timeout(recover_every_s):
-                        while not _about(await changes.get(), oid):
-                            pass
-                except TimeoutError:
-                    await self.recover()
+                if step == "timeout":
+                    raise TimeoutError
+                if step == "store_failed":
+                    raise WalletError(PEER_STORE_FAILED, _transfer_store_failed(v))
 
     async def events(self) -> AsyncIterator[Event]:
         """What changes on the card, as events, as the card pushes them; runs until the caller stops iterating."""
