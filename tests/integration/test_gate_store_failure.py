@@ -19,14 +19,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from diskfull import disk_full
 from test_gate_processes import Screen, cli, event, give, redeem
 
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli import wallet_config
 from cardnet.services.wallet import Wallet
+from cardnet.web.wallet import WalletWeb
 
 T1 = bytes([0x51]) * 16
 WAIT_S = 30.0
+
+
+async def web_enter(net: TrnNet, oid: bytes, gate: str) -> httpx.Response:
+    """Holder a presents ``oid`` at ``gate`` from its web wallet (in this process, on a's real host): the answer."""
+
+    async def open_wallet() -> Wallet:
+        return await Wallet.open(net.hosts["a"].socket, pin=PIN)
+
+    config = wallet_config.load(net.tmp / "a-wallet.toml")
+    web = WalletWeb(open_wallet, config, app_socket=net.hosts["a"].socket, gate_wait_s=WAIT_S)
+    try:
+        served = await web.start("127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+            token = served.login_url.partition("#login=")[2]
+            session = (await client.post("/api/login", json={"token": token})).json()["session"]
+            client.headers["Authorization"] = f"Bearer {session}"
+            return await client.post("/api/enter", json={"oid": oid.hex(), "gate": gate})
+    finally:
+        await web.aclose()
 
 
 def status(state: str) -> Callable[[dict[str, Any]], bool]:
@@ -92,6 +114,14 @@ def test_a_holder_at_a_gate_whose_card_cannot_write_is_refused_at_once_and_the_t
                     # ... and so says the wallet library to a program presenting it
                     got = await wallet.redeem(T1, net.uids["g"], timeout_s=WAIT_S, recover_every_s=0.3)
                     assert not got.taken and got.reason == "gate_store_failed", got
+                    mine = await wallet.voucher(T1)
+                    assert mine is not None and mine.status == "enabled", mine
+                # ... and so does the web wallet, 503 (the gate cannot take tickets now: try later), not 409
+                answer = await web_enter(net, T1, gate)
+                assert (answer.status_code, answer.json()["error"]) == (503, "gate_store_failed"), answer.text
+                assert "cannot write its store" in answer.json()["message"], answer.text
+                assert "still on your card" in answer.json()["message"], answer.text
+                async with await Wallet.open(a.socket, pin=PIN) as wallet:
                     mine = await wallet.voucher(T1)
                     assert mine is not None and mine.status == "enabled", mine
             got = await redeem(net, a, T1, "g", timeout_s=WAIT_S)  # the gate mended: admitted, once

@@ -56,7 +56,7 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price, parse_price
 from cardnet.services.speed.customer import PurchaseError, install_key
 from cardnet.services.speed.customer import load as purse_load
-from cardnet.services.wallet import MOVING, Wallet, WalletError
+from cardnet.services.wallet import GATE_STORE_FAILED, MOVING, Wallet, WalletError
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
 from cardnet.web.session import Session, expire_stale_cookie, loopback
@@ -422,9 +422,10 @@ class WalletWeb:
                 if exc.reason != "no_answer":
                     raise
                 raise HttpError(504, "no_answer", f"{exc}; {GATE_HINTS['no_answer']}") from None
-        if not got.taken:
+        if not got.taken:  # (503: the gate cannot take tickets now, try later; 409: this ticket is refused)
             words, hint = refusal(got.reason)
-            raise HttpError(409, got.reason.partition(":")[0].strip() or "refused",
+            status = 503 if got.reason == GATE_STORE_FAILED else 409
+            raise HttpError(status, got.reason.partition(":")[0].strip() or "refused",
                             f"the gate refused {oid.hex()}: {words}; the ticket is still on your card"
                             + (f"; {hint}" if hint else ""))  # fmt: skip
         return _json({"message": f"admitted: the gate took {oid.hex()} (it is used up now: walk in)"})
