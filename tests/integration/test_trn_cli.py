@@ -161,6 +161,8 @@ def test_a_mistyped_destination_strands_nothing(net: TrnNet) -> None:
 
 def test_every_trn_and_authority_command_takes_card_on_a_host_with_two_cards(net: TrnNet) -> None:
     auth = net.hosts["auth"].socket
+    cert = net.tmp / "agent.der"  # a certificate (a file that holds none is refused before any card is chosen)
+    cert.write_bytes(net.agent_cert)
     # without --card, a host with two cards cannot tell which: one clear error naming --card, for every command
     for cmd in (
         ("trn", "mint", "--oid", OID, "--body", "x"),
@@ -171,7 +173,7 @@ def test_every_trn_and_authority_command_takes_card_on_a_host_with_two_cards(net
         ("trn", "recover"),
         ("trn", "reissue", "--oid", OID),
         ("authority", "chain", "--oid", OID),
-        ("authority", "add-agent", "--cert", str(net.hosts["auth"].config)),
+        ("authority", "add-agent", "--cert", str(cert)),
     ):
         err = error_json(cli(*cmd, "--socket", auth, "--json"))
         assert "--card" in err["hint"] and "several cards" in err["message"], (cmd, err)

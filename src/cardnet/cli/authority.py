@@ -13,7 +13,16 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail, json_option, say, say_ready
-from cardnet.cli.trn import answer, card_command, parse_domain, parse_oid, run_on_card, run_order, verify_pin
+from cardnet.cli.trn import (
+    answer,
+    card_command,
+    cert_file_der,
+    parse_domain,
+    parse_oid,
+    run_on_card,
+    run_order,
+    verify_pin,
+)
 
 
 @click.group()
@@ -79,12 +88,8 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
 def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_path: Path, as_json: bool) -> None:
     """Register a ticketing agent: tokens it issues can then be traced."""
     from cardnet.applets.authority import ADD_AGENT
-    from cardnet.crypto import pki
 
-    raw = cert_path.read_bytes()
-    der = pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
-
-    r = run_order(socket, pin, card, ADD_AGENT, cert=der)
+    r = run_order(socket, pin, card, ADD_AGENT, cert=cert_file_der(cert_path, "--cert"))
     say(as_json, {"reason": r["reason"]}, f"{r['reason']}: the tokens it issues can now be traced here")
 
 
@@ -106,7 +111,11 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
             {"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain, "reissued_as": reissued}
         )
     else:
-        console.print(" -> ".join([issuer, *holders]) if issuer else "no movement recorded", markup=False)
+        if issuer:
+            console.print(" -> ".join([issuer, *holders]), markup=False)
+        else:  # nothing recorded: a token not traced yet, or a mistyped oid (exit 0: the answer is "nothing")
+            hint = "check the oid: `cardnet trn list` on a card that holds the token shows it"
+            console.print(f"no movement recorded for {oid}; {hint}", markup=False)
         if "reissued_as" in chain:
             console.print(f"revoked: reissued as {chain['reissued_as'].hex()}")
         elif "revoked" in chain:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
-from cardnet.cli.trn import card_command, parse_uid, run_on_wallet
+from cardnet.cli.trn import card_command, cert_file_der, parse_uid, run_on_wallet
 
 # What the gate decided, for the operator's screen: the word, and what it means.
 VERDICT_WORDS = {
@@ -161,13 +161,6 @@ def _gate_socket(socket: str) -> str:
     return socket
 
 
-def _der(path: Path) -> bytes:
-    from cardnet.crypto import pki
-
-    raw = path.read_bytes()
-    return pki.cert_to_der(pki.cert_from_pem(raw)) if raw.startswith(b"-----") else raw
-
-
 def _state_dict(s: dict[str, Any]) -> dict[str, Any]:
     return {
         "issuers": [str(u) for u in s["issuers"]], "wait_s": s["wait_ms"] / 1000, "strict": s["strict"],
@@ -241,7 +234,7 @@ def gate_setup(
 
     fields: dict[str, Any] = {}
     if issuer_certs:
-        fields["issuers"] = [_der(p) for p in issuer_certs]
+        fields["issuers"] = [cert_file_der(p, "--issuer-cert") for p in issuer_certs]
     if events and any_event:
         fail("give --event or --any-event, not both", reason="bad_option",
              hint="--event ID admits that event's tickets alone; --any-event every event of the issuers")  # fmt: skip

@@ -680,7 +680,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     with progress(f"buying {product} from vendor {vendor} at {address} …"):
         r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()),
                                                    level=mc.Level(level), top_up=top_up)),
-                    wallet=wallet, vendor=vendor, value=price)  # fmt: skip
+                    wallet=wallet, vendor=vendor, value=price, at=address)  # fmt: skip
     if r.status != 0:
         status = r.status.name.lower()
         message, hint = spend_refusal(status, r.detail, product=product, price=price)
@@ -692,7 +692,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     return r
 
 
-def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int) -> Any:
+def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int, at: str = "--at") -> Any:
     """``work()``, its wallet's refusals with what to do: a balance too small, no scrip that covers a price."""
     from cardnet.services.millicent.wallet import WalletError
 
@@ -703,6 +703,11 @@ def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value:
         if exc.reason == "refused" and "does not cover" in str(exc) and cid is not None:
             hint = (f"your prepaid balance at the broker is too small: its operator credits it with `cardnet "
                     f"millicent broker deposit --customer {cid.hex()} --amount N`")  # fmt: skip
+        elif exc.reason == "not_a_vendor":  # --at names the broker's port: the spend is pending, nothing spent
+            words = f"{at} answered as a Millicent broker, not a vendor: check --at (the vendor's HOST:PORT, as "
+            hint = (f"`cardnet millicent retry --at VENDOR_HOST:PORT --vendor {vendor}` sends the pending spend to "
+                    "the vendor (the wallet keeps its scrip until then)")  # fmt: skip
+            fail(words + "`cardnet millicent vendor run` printed it)", reason=exc.reason, hint=hint)
         elif exc.reason == "short":
             hint = (f"buy a piece worth at least {value} from the broker: `cardnet millicent buy --wallet {wallet} "
                     f"--vendor {vendor} --value {value}`, then spend again; or spend with --top-up {value} (it buys "

@@ -238,6 +238,11 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
     with all_or_nothing(_card_url(store), _card_url(sam_store)):  # a half-made SAM is "personalised already"
         card = Card.open(_card_url(sam_store), applets=[SamApplet()])
         try:
+            if card.personalised and _holds_broker(store):  # broker init run again: name both files
+                run = f"run it: `cardnet speed broker run --store {store} --sam-store {sam_store}`"
+                fail(f"{store} holds a broker already and the card in {sam_store} is personalised already: this "
+                     "broker was made before", reason="exists",
+                     hint=f"{run}; for another broker give a new --store and --sam-store")  # fmt: skip
             if card.personalised:
                 fail(f"the card in {sam_store} is personalised already", hint="use another --sam-store")
             try:
@@ -250,6 +255,18 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
         finally:
             card.close()
     say(as_json, {"store": store, "sam_store": sam_store}, f"broker made in {store}, its SAM in {sam_store}")
+
+
+def _holds_broker(where: str) -> bool:
+    """Whether the store at ``where`` exists and holds a broker (``broker init`` made it)."""
+    from cardnet.services.speed.broker import CFG
+    from cardnet.services.speed.stored import get
+    from cardnet.store import StoreError
+
+    try:
+        return get(_broker_store(where), CFG, b"cert") is not None
+    except StoreError:  # none there (missing), or not a broker's store
+        return False
 
 
 @broker.command("cert")

@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -181,6 +182,20 @@ def parse_oid(text: str) -> bytes:
     return hex16(text, "an oid")
 
 
+def cert_file_der(path: Path, option: str) -> bytes:
+    """The certificate in the file ``path`` (PEM or DER) as DER, checked here: a file that holds none fails in the
+    person's words, naming ``option``, before any card sees it."""
+    from cardnet.crypto import pki
+    from cardnet.crypto.errors import PkiError
+
+    raw = path.read_bytes()
+    try:
+        return pki.cert_to_der(pki.cert_from_pem(raw) if raw.lstrip().startswith(b"-----") else pki.cert_from_der(raw))
+    except PkiError:
+        what = f"give {option} the card's certificate: `cardnet card show --store STORE --cert > FILE` writes it"
+        fail(f"{path} is not a certificate (PEM or DER)", reason="bad_certificate", hint=what)
+
+
 def parse_domain(text: str | None) -> bytes | None:
     if text is None:
         return None
@@ -240,7 +255,19 @@ def undeliverable_hint(oid: str, cancellable: bool) -> str:
 
 async def send_token(wallet: Any, oid: bytes, dst: Any, *, traceable: bool = True) -> str:
     """Start moving token ``oid`` to card ``dst`` (the card's answer in words), after asking the host whether it
-    can reach ``dst``: a Uid it cannot route fails (``no_route``) and the token stays where it is."""
+    can reach ``dst``: a Uid it cannot route fails (``no_route``) and the token stays where it is. A token that is
+    being sent already fails in words that say to whom and what to do (the card would refuse it: ``illegal_move``)."""
+    held = await wallet.voucher(oid)
+    if held is not None and held.status in ("disabled+O", "disabled"):
+        to = f" to {held.peer}" if held.peer is not None else ""
+        if held.status == "disabled+O":
+            words, hint = "waiting for the receiver's copy", (
+                "wait for the receiver to take it (`cardnet trn list` shows how it goes), or take it back with "
+                f"`cardnet trn cancel --oid {oid.hex()}` and send it again")  # fmt: skip
+        else:
+            words, hint = "this card has committed the transfer", (
+                "wait: it is the receiver's once it acknowledges (`cardnet trn recover` finishes it)")  # fmt: skip
+        fail(f"token {oid.hex()} is already being sent{to} ({words})", reason="illegal_move", hint=hint)
     if dst.is_card and dst.domain != wallet.card.domain:
         where = await wallet.route(dst.domain)
         if where["where"] == "none":

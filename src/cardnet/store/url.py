@@ -31,11 +31,20 @@ def open_store(
         if rest in (":memory:", "/:memory:", ""):
             return SqliteStore(":memory:", durable=durable, url=url, kind=kind, version=version)
         if not rest.startswith("/") or rest == "/":
-            raise StoreError("bad_url", f"{url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
+            here = f"sqlite:///{rest.strip('/') or 'relative.db'}"
+            raise StoreError(
+                "bad_url",
+                f"{url!r}: write sqlite:///relative.db or sqlite:////absolute.db",
+                hint=f"three slashes before a path from here ({here}), four before an absolute path",
+            )
         return SqliteStore(
             rest[1:], durable=durable, url=url, exclusive=exclusive, kind=kind, version=version, create=create
         )
     scheme = urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
         raise StoreError("unsupported", "PostgreSQL stores arrive with the scale-out issue; use sqlite:/// for now")
-    raise StoreError("bad_url", f"{url!r} is not a store URL: use sqlite:///path.db")
+    raise StoreError(
+        "bad_url",
+        f"{url!r} is not a store URL: use sqlite:///path.db",
+        hint="write sqlite:///path.db (a path from here) or sqlite:////abs/path.db (an absolute one)",
+    )

@@ -10,6 +10,10 @@ from typing import Any
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
 from cardnet.protocols.millicent.messages import (
+    BULK_SOLD,
+    OPENED,
+    PURCHASED,
+    REDEEMED,
     REPLY,
     REPLY_SCHEMA,
     REQUEST,
@@ -69,6 +73,9 @@ def make_request(
     return REQUEST.code, param
 
 
+_BROKER_REPLIES = frozenset(m.code for m in (OPENED, PURCHASED, REDEEMED, BULK_SOLD))
+
+
 def open_reply(mtype: int, param: bytes, *, rid: bytes, level: Level, secret: bytes | None) -> Outcome:
     """Check and open a vendor reply to request ``rid``; raises :class:`MillicentError` if it does not check."""
     try:
@@ -77,6 +84,8 @@ def open_reply(mtype: int, param: bytes, *, rid: bytes, level: Level, secret: by
             if secret is None or outer["rid"] != rid:
                 raise MillicentError("bad_reply", "a sealed reply to another request or without a secret")
             param = box_key(secret, rid, outer["customer_id"]).open(1, outer["box"], outer["customer_id"] + rid)
+        elif mtype in _BROKER_REPLIES:  # a vendor address mistyped as the broker's (the two ports are alike)
+            raise MillicentError("not_a_vendor", "the address answered as a Millicent broker, not a vendor")
         elif mtype != REPLY.code:
             raise MillicentError("bad_reply", f"mtype 0x{mtype:04x} is not a Millicent reply")
         f = REPLY_SCHEMA.decode(param)

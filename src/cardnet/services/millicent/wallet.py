@@ -45,7 +45,7 @@ ME = Uid(b"\x00" * 12, 1)
 RENEW_MARGIN_S = 24 * 3600
 TIMEOUT_S = 10.0
 # A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
-UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "pending", "store_failed")
+UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "not_a_vendor", "pending", "store_failed")
 # The vendor's refusals that leave the scrip unspent: the wallet keeps it.
 UNSPENT = (
     mc.Status.INSUFFICIENT,
@@ -432,7 +432,8 @@ class Wallet:
             out = mc.open_reply(reply.mtype, reply.param, rid=rid, level=mc.Level(record["level"]), secret=secret)
         except (mc.MillicentError, DecodeError) as exc:
             self._hold(rid, record, f"an answer that does not check: {exc}")
-            raise WalletError("bad_reply", f"{exc}; {_STAYS}") from None
+            reason = exc.reason if isinstance(exc, mc.MillicentError) and exc.reason == "not_a_vendor" else "bad_reply"
+            raise WalletError(reason, f"{exc}; {_STAYS}") from None
         if out.status == mc.Status.UNAVAILABLE:  # not decided, nothing spent (MACed or not: the request is kept)
             self._hold(rid, record, f"the vendor could not decide it: {out.detail}")
             raise WalletError("store_failed", f"the vendor refused: {out.detail}; {_STAYS}")

@@ -1,0 +1,93 @@
+"""What a new user's trial of the command line met (real ``cardnet`` processes, real hosts, brokers and files): a
+mistake is answered by what was wrong, in the user's words, and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_cli import cardnet
+from test_cli_errors import json_error
+from test_millicent_processes import VID, Service, customer, world  # noqa: F401  (world: a pytest fixture)
+from test_trn_cli import (
+    ELSEWHERE,
+    OID,
+    args,
+    cli,
+    error_json,
+    give_a_token,
+    net,  # noqa: F401  (a pytest fixture: host a routes ELSEWHERE to host b, which lacks it)
+    ok_json,
+    setup,
+    tokens,
+)
+
+from cardnet.bench.trnnet import PIN, TrnNet
+
+
+def test_trn_and_authority_mistakes_say_what_was_wrong_and_what_to_do(net: TrnNet, tmp_path: Path) -> None:  # noqa: F811
+    # authority add-agent with a file that is no certificate: said so, not the parser's words; the card saw nothing
+    for name, raw in (("notes.txt", b"not a certificate\n"), ("bad.pem", b"-----BEGIN CERTIFICATE-----\nAA==\n")):
+        (tmp_path / name).write_bytes(raw)
+        e = error_json(cli("authority", "add-agent", *args(net, "authority"), "--cert", str(tmp_path / name), "--json"))
+        assert e["reason"] == "bad_certificate" and "ParseError" not in e["message"], e
+        assert e["message"] == f"{tmp_path / name} is not a certificate (PEM or DER)", e
+        assert "cardnet card show" in e["hint"] and "--cert" in e["hint"], e
+    setup(net)  # the agent's real certificate (DER) is taken
+    give_a_token(net, OID)
+
+    # authority chain of an oid it never recorded: exit 0 (the answer is "nothing"), with a hint about the oid
+    unknown = "0123456789abcdef0123456789abcdef"
+    r = cli("authority", "chain", *args(net, "authority"), "--oid", unknown)
+    assert r.returncode == 0, r.stderr
+    assert f"no movement recorded for {unknown}" in r.stdout and "check the oid" in r.stdout, r.stdout
+    assert "cardnet trn list" in r.stdout, r.stdout
+    got = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", unknown, "--json"))
+    assert got == {"oid": unknown, "issuer": "", "holders": [], "revoked": False, "reissued_as": None}
+
+    # a token sent again while its first send waits: it is being sent, to whom, and what to do
+    ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(ELSEWHERE), "--json"))
+    assert tokens(net, "a")[OID]["status"] == "disabled+O"
+    e = error_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(net.uids["b"]), "--json"))
+    assert e["message"].startswith(f"token {OID} is already being sent to {ELSEWHERE}"), e
+    assert "wait" in e["hint"] and f"cardnet trn cancel --oid {OID}" in e["hint"], e
+    assert tokens(net, "a")[OID]["peer"] == str(ELSEWHERE)  # nothing changed
+    human = cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(net.uids["b"]))
+    assert human.returncode != 0 and "already being sent to" in human.stderr and "trn cancel" in human.stderr
+
+
+def test_spend_at_the_brokers_address_says_it_answered_as_a_broker(world: dict[str, object]) -> None:  # noqa: F811
+    vendor, broker = world["vendor"], world["broker"]
+    assert isinstance(vendor, Service) and isinstance(broker, Service)
+    at = vendor.start()
+    alice = customer(world, "alice")
+    spend = ("millicent", "spend", "--wallet", alice, "--vendor", VID, "--product", "hello", "--price", "3")
+    e = json_error(cardnet(*spend, "--at", broker.address, "--json"))
+    assert e["reason"] == "not_a_vendor", e
+    assert f"{broker.address} answered as a Millicent broker, not a vendor: check --at" in e["message"], e
+    assert f"cardnet millicent retry --at VENDOR_HOST:PORT --vendor {VID}" in e["hint"], e
+    # the spend waits, its scrip kept: retry sends it to the vendor, once
+    r = cardnet("millicent", "retry", "--wallet", alice, "--at", at, "--vendor", VID, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
+    assert listed["pending"] == [] and sum(s["value"] for s in listed["scrip"]) == 100 - 3, listed
+
+
+def test_store_mistakes_name_the_files_and_what_to_write(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.file"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    env = {"CARDNET_PIN": PIN}
+    # card create with sqlite://x.db (two slashes): a hint that writes it right
+    e = json_error(
+        cardnet("card", "create", "--ca", str(ca), "--store", "sqlite://x.db", "--json", cwd=tmp_path, env=env)
+    )
+    assert e["reason"] == "bad_url" and e["hint"] and "sqlite:///x.db" in e["hint"], e
+    assert not (tmp_path / "x.db").exists()
+    # speed broker init run twice: both files are named, and how to run the broker they hold
+    init = ("speed", "broker", "init", "--store", "broker.db", "--ca", str(ca), "--sam-store", "sam.db")
+    assert cardnet(*init, cwd=tmp_path, env=env).returncode == 0
+    e = json_error(cardnet(*init, "--json", cwd=tmp_path, env=env))
+    assert e["reason"] == "exists" and "broker.db" in e["message"] and "sam.db" in e["message"], e
+    assert "cardnet speed broker run --store broker.db --sam-store sam.db" in e["hint"], e
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.db", "ca.file", "sam.db"]
