@@ -152,7 +152,8 @@ async def buy_ticket(
     ``TicketError('not_delivered')`` naming the sale. A sold seat raises ``PurchaseError('seat_sold')`` before
     anything is paid; a purse that holds less than the price (or was never loaded) raises
     ``TicketError('insufficient')`` before the vendor is asked: the vendor holds the seat for the sale it bills,
-    and a bill the purse cannot pay would keep the seat from everyone (SPEED bills carry no deadline). A price
+    and a bill the purse cannot pay would keep the seat from everyone until the bill's deadline and the server's
+    release margin pass (``pay_within_s`` and ``release_margin_s``, 15 and 5 minutes by default). A price
     above ``limit`` (or in another currency) raises ``TicketError('over_limit')`` before anything is bought. An
     address where no ticketing server answers raises ``TicketError('not_ticketing')``.
     """
