@@ -5,6 +5,9 @@ mistake is answered by what was wrong, in the user's words, and what to do.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from test_cli import cardnet
@@ -90,4 +93,28 @@ def test_store_mistakes_name_the_files_and_what_to_write(tmp_path: Path) -> None
     e = json_error(cardnet(*init, "--json", cwd=tmp_path, env=env))
     assert e["reason"] == "exists" and "broker.db" in e["message"] and "sam.db" in e["message"], e
     assert "cardnet speed broker run --store broker.db --sam-store sam.db" in e["hint"], e
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.db", "ca.file", "sam.db"]
+
+
+def test_speed_broker_init_made_before_is_refused_before_any_pin_is_asked(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.file"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    init = ("speed", "broker", "init", "--ca", str(ca))
+    made = cardnet(*init, "--store", "broker.db", "--sam-store", "sam.db", cwd=tmp_path, env={"CARDNET_PIN": PIN})
+    assert made.returncode == 0, made.stderr
+    # run again with no PIN given (nor a terminal to ask on): refused for what exists, not for the missing PIN
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}
+
+    def again(*stores: str) -> dict[str, str]:
+        argv = [sys.executable, "-m", "cardnet.cli.main", *init, *stores, "--json"]
+        run = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=120, check=False)  # fmt: skip
+        return json_error(run)
+
+    e = again("--store", "broker.db", "--sam-store", "sam.db")
+    assert e["reason"] == "exists" and "broker.db" in e["message"] and "sam.db" in e["message"], e
+    e = again("--store", "broker.db", "--sam-store", "sam2.db")  # a new SAM for a broker made before
+    assert e["reason"] == "exists" and e["message"] == "broker.db holds a broker already", e
+    e = again("--store", "broker2.db", "--sam-store", "sam.db")  # a new broker with a SAM made before
+    assert "personalised already" in e["message"], e
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.db", "ca.file", "sam.db"]

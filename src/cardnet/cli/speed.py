@@ -233,11 +233,9 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
     from cardnet.host.local import LocalCard
     from cardnet.services.speed.broker import BrokerError, init_broker
 
-    pin = ask_pin(pin, "PIN for the SAM card", confirm=True)
-    key, cert, roots = _service_identity(ca_path, name)
     with all_or_nothing(_card_url(store), _card_url(sam_store)):  # a half-made SAM is "personalised already"
         card = Card.open(_card_url(sam_store), applets=[SamApplet()])
-        try:
+        try:  # what was made before is refused before the PIN is asked for
             if card.personalised and _holds_broker(store):  # broker init run again: name both files
                 run = f"run it: `cardnet speed broker run --store {store} --sam-store {sam_store}`"
                 fail(f"{store} holds a broker already and the card in {sam_store} is personalised already: this "
@@ -245,6 +243,10 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
                      hint=f"{run}; for another broker give a new --store and --sam-store")  # fmt: skip
             if card.personalised:
                 fail(f"the card in {sam_store} is personalised already", hint="use another --sam-store")
+            if _holds_broker(store):
+                fail(f"{store} holds a broker already", reason="exists", hint="use another --store")
+            pin = ask_pin(pin, "PIN for the SAM card", confirm=True)
+            key, cert, roots = _service_identity(ca_path, name)
             try:
                 init_broker(_broker_store(store, create=True), key, cert, roots)
             except BrokerError as exc:
