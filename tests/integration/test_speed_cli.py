@@ -197,3 +197,34 @@ def test_an_operator_tops_up_a_customer_account_while_the_broker_runs(net: Speed
     assert net.accounts() == {alice.account: {"EUR": 500}, "V-1": {}}
     words = cardnet("speed", "broker", "deposit", *store, "--account", alice.account, "--amount", "0.25 EUR")
     assert words.returncode == 0 and words.stdout.strip() == f"customer account {alice.account}: 5.25 EUR", words
+
+
+def _set_vendor_balance(net: SpeedNet, minor: int) -> None:
+    """The operator's side of the broker's store: V-1 holds ``minor`` EUR (as months of sales would make it)."""
+    from cardnet.services.speed import broker as sb
+    from cardnet.store import open_store
+
+    store = open_store(f"sqlite:///{net.tmp / 'broker.db'}", kind="speed-broker", create=False)
+    with store.transaction() as txn:
+        owner = sb._ACCOUNT.decode(txn.get(sb.ACCOUNTS, b"V-1"))["owner"]
+        sb._put_txn(txn, "V-1", owner, {"EUR": minor})
+    store.close()
+
+
+def test_a_sale_the_vendors_account_cannot_take_is_refused_in_words_with_nothing_paid(net: SpeedNet) -> None:
+    from cardnet.protocols.speed.purse import MAX_AMOUNT
+
+    alice = net.customers["alice"]
+    _set_vendor_balance(net, MAX_AMOUNT - 50)  # 0.80 EUR more would pass the most an account holds
+    before = net.accounts()
+    for kind in ({}, {"aggressive": True}, {"account": True}):
+        e = alice.buy(net, NEWS, limit="1.00 EUR", check=False, **kind)
+        assert e["error"]["reason"] == "vendor_account_full", (kind, e)
+        assert "nothing was paid" in e["error"]["message"] and str(MAX_AMOUNT) in e["error"]["message"], e
+        assert "speed recover" in e["error"]["hint"], e
+    assert net.accounts() == before and alice.balance() == {"EUR": 2000}  # nothing half-written
+    _set_vendor_balance(net, MAX_AMOUNT - 3 * 80)  # paid out: room for the three, the cap reached, not passed
+    got = alice.recover(net)  # the purchases waited in --out, as the hint says
+    assert len(got["finished"]) == 3 and got["dropped"] == [], got
+    assert net.accounts()["V-1"] == {"EUR": MAX_AMOUNT}
+    assert alice.balance() == {"EUR": 2000 - 2 * 80}

@@ -651,6 +651,8 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
         "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: once its "
         f"operator has freed space, buy again, or, if the broker refused, `cardnet speed recover --out {out} ...` pays "
         "the purchase the vendor delivered (it waits there)",
+        "vendor_account_full": f"tell the vendor: its account at the broker is full; the purchase waits in {out}, and "
+        f"once the vendor's operator has paid the account out, `cardnet speed recover --out {out} ...` pays it",
     }
     result = purchase(socket, pin, card, vendor_addr, broker, broker_cert, ca_cert, products, limit, aggressive,
                       account, out, later)  # fmt: skip

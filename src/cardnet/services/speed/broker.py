@@ -240,6 +240,21 @@ def _balances(rec: dict[str, Any]) -> dict[str, int]:
     return {b["currency"]: b["amount"] for b in rec["balances"]}
 
 
+def _credited(acct: dict[str, Any], account: str, price: sm.Price, then: str) -> dict[str, int]:
+    """The vendor's account record ``acct`` (number ``account``) with ``price`` credited: its balances. A balance that
+    would pass :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` (as a customer's, see :func:`deposit`) or a 17th
+    currency is refused (``vendor_account_full``, with ``then``: what became of the payment)."""
+    bal = _balances(acct)
+    new = bal.get(price.currency, 0) + price.amount
+    if new > pp.MAX_AMOUNT or (price.currency not in bal and len(bal) >= _MAX_CURRENCIES):
+        raise _Refusal("vendor_account_full", f"the vendor's account {account!r} at this broker cannot take {price} "
+                       f"more (an account holds at most {pp.MAX_AMOUNT} minor units of a currency, and "
+                       f"{_MAX_CURRENCIES} currencies): {then}; try again once the vendor's operator has paid the "
+                       "account out")  # fmt: skip
+    bal[price.currency] = new
+    return bal
+
+
 class BrokerCore:
     """The broker's decisions (see the module). Not thread-safe: one request at a time."""
 
@@ -376,6 +391,8 @@ class BrokerCore:
             raise _Refusal("unknown_vendor", "the bill's account is not that vendor's: refused (no payment made)")
         poid, price, mode = bill["poid"], sm.Price.of(bill["price"]), po["mode"]
         old = self._get_order(poid)
+        if old is None and get(self.store, SETTLED, poid) is None:  # one the vendor's account cannot take: refused
+            _credited(vendor_acct, secret["account"], price, "nothing was paid")
         if old is not None:
             if old["state"] == "paid":
                 if old["customer"] != customer:
@@ -440,8 +457,7 @@ class BrokerCore:
         price = sm.Price.of(rec["price"])
         if txn.get(SETTLED, poid) is None:
             vendor = self._account(txn, rec["account"])
-            bal = _balances(vendor)
-            bal[price.currency] = bal.get(price.currency, 0) + price.amount
+            bal = _credited(vendor, rec["account"], price, "nothing was paid")
             _put_txn(txn, rec["account"], vendor["owner"], bal)
         receipt = self._receipt(poid, rec)
         txn.put(ORDERS, poid, _ORDER.encode({**rec, "state": "paid", "receipt": receipt}))
@@ -477,6 +493,9 @@ class BrokerCore:
         if step["poid"] != poid:
             raise _Refusal("wrong_order", "the S3 message is for another PaymentOrderID")
         if get(self.store, SETTLED, poid) is None:  # settled: the SAM logged it (and may have pruned it since)
+            with self.store.transaction() as txn:  # the vendor's account takes it, or the SAM logs nothing
+                _credited(self._account(txn, o["account"]), o["account"], sm.Price.of(o["price"]),
+                          "your purse's debit is kept: finish this purchase later (cardnet speed recover)")  # fmt: skip
             self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
         with self.store.transaction() as txn:
             receipt = self._paid(txn, poid, o)
