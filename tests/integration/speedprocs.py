@@ -6,6 +6,8 @@ Shared by the command-line walkthrough, the attack tests and the SIGKILL tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +16,9 @@ from typing import Any
 
 from forkhost import CLI_MODULES, ForkedHost, Forker
 from hostprocs import ForkedService, HostProc, Service, cardnet, free_port
+
+from cardnet.protocols.speed import frames as fr
+from cardnet.transport.framing import FrameDecoder
 
 PIN = "2580"
 SONG = "song-1 Blue in Green"
@@ -106,7 +111,8 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
     def service(*args: str) -> Service:
         return Service(tmp, *args) if forker is None else ForkedService(tmp, *args, forker=forker)
 
-    cmd("ca", "create", f"{t}/ca.file")
+    if not (tmp / "ca.file").exists():  # (a test may bring its own: expiring.backdated_ca)
+        cmd("ca", "create", f"{t}/ca.file")
     (tmp / "ca.pem").write_text(cmd("ca", "cert", f"{t}/ca.file")["pem"])
     cmd("speed", "broker", "init", "--store", f"{t}/broker.db", "--ca", f"{t}/ca.file", "--sam-store", f"{t}/sam.db")
     (tmp / "broker.pem").write_text(cmd("speed", "broker", "cert", "--store", f"{t}/broker.db")["pem"])
@@ -153,3 +159,41 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
             "--account", account)  # fmt: skip
         net.customers[name] = Customer(name, host, account)
     return net
+
+
+@contextlib.asynccontextmanager
+async def relay_that_loses_s3(broker: str) -> Any:
+    """A TCP relay to ``broker`` that passes every frame but the purse's S3 (``speed.purse_msg``): on it, both
+    connections are closed, as when the buyer's program stops after the broker's go-ahead (its S2)."""
+    host, port = broker.rsplit(":", 1)
+    lost: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(host, int(port))
+
+        async def down() -> None:
+            while data := await up_r.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+
+        back = asyncio.create_task(down())
+        decoder = FrameDecoder()
+        try:
+            while data := await reader.read(1 << 16):
+                for msg in decoder.feed(data):
+                    if msg.mtype == fr.PURSE.code:
+                        lost.append(fr.PURSE.parse(msg)["poid"])
+                        return
+                up_w.write(data)  # (a frame's bytes go on whole: the program sends one request at a time)
+                await up_w.drain()
+        finally:
+            back.cancel()
+            for w in (writer, up_w):
+                w.close()
+
+    port_here = free_port()
+    server = await asyncio.start_server(serve, "127.0.0.1", port_here)
+    try:
+        yield f"127.0.0.1:{port_here}", lost
+    finally:
+        server.close()

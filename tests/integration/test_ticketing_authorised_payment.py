@@ -11,64 +11,23 @@ S3 comes (her program stopped after the broker's go-ahead)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from billdeadline import deadline_net, speed_cli
+from speedprocs import relay_that_loses_s3
 
 from cardnet.applets.speed import purse as pa
-from cardnet.bench.procs import free_port
 from cardnet.bench.ticketnet import EVENT, PRICE
 from cardnet.cli.speed import JOURNAL
-from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Journal, PurchaseError
 from cardnet.services.ticketing import sales
 from cardnet.services.ticketing.buyer import buy_ticket, receive_ticket
-from cardnet.transport.framing import FrameDecoder
 
 SEATS = ["A1", "A2"]
-
-
-@contextlib.asynccontextmanager
-async def _relay_that_loses_s3(broker: str) -> Any:
-    """A TCP relay to ``broker`` that passes every frame but the purse's S3 (``speed.purse_msg``): on it, both
-    connections are closed, as when the buyer's program stops after the broker's go-ahead (its S2)."""
-    host, port = broker.rsplit(":", 1)
-    lost: list[bytes] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(host, int(port))
-
-        async def down() -> None:
-            while data := await up_r.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-
-        back = asyncio.create_task(down())
-        decoder = FrameDecoder()
-        try:
-            while data := await reader.read(1 << 16):
-                for msg in decoder.feed(data):
-                    if msg.mtype == fr.PURSE.code:
-                        lost.append(fr.PURSE.parse(msg)["poid"])
-                        return
-                up_w.write(data)  # (a frame's bytes go on whole: the program sends one request at a time)
-                await up_w.drain()
-        finally:
-            back.cancel()
-            for w in (writer, up_w):
-                w.close()
-
-    port_here = free_port()
-    server = await asyncio.start_server(serve, "127.0.0.1", port_here)
-    try:
-        yield f"127.0.0.1:{port_here}", lost
-    finally:
-        server.close()
 
 
 def test_a_payment_authorised_before_the_deadline_keeps_its_seat_past_the_margin_until_it_is_paid(
@@ -107,7 +66,7 @@ def test_a_payment_authorised_before_the_deadline_keeps_its_seat_past_the_margin
             assert server.store is not None
             speed = (await c.get("/")).json()["speed"]
             full = {who: await balance(who) for who in ("alice", "bob")}
-            async with _relay_that_loses_s3(net.broker_addr) as (relay, lost):
+            async with relay_that_loses_s3(net.broker_addr) as (relay, lost):
                 await buy("alice", relay, "A1", speed)
             (alice_poid,) = lost
             assert await balance("alice") < full["alice"]  # her purse debited on the broker's S2

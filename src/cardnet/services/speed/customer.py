@@ -129,6 +129,14 @@ class Pending:
     poid: bytes | None = None
     receipt: bytes | None = None
     dropped: str | None = None
+    paying_at: float | None = None  # the wallet's clock when it was written here, before the card was asked to pay
+
+    def receipt_time(self, bill: dict[str, Any], now: float) -> float:
+        """When the broker's certificate must have been valid for this purchase's receipt: now, or, if earlier, the
+        time the wallet began paying it (:attr:`paying_at`, recorded before the card made its PaymentOrder) or the
+        bill's deadline (the broker pays no bill after it). The customer chose this broker, with this certificate,
+        then: its receipt for that payment stays good after the certificate expired (docs/speed.md, "Crashes")."""
+        return min(t for t in (now, self.paying_at, bill.get("pay_by")) if t is not None)
 
     def encode(self) -> bytes:
         return dumps({k: v for k, v in self.__dict__.items() if v is not None})
@@ -511,7 +519,7 @@ class Customer:
         check_delivery(bill, chunks)  # every byte, before anything is paid
         rec = Pending(nid=nid, vendor_cert=vendor_cert, broker=broker, broker_cert=broker_cert, bill=signed_bill,
                       chunks=chunks, products=products, payment=payment, account=account, benc=self.rng(32),
-                      bsign=self.rng(32), steps=steps)  # fmt: skip
+                      bsign=self.rng(32), steps=steps, paying_at=self.clock())  # fmt: skip
         if self.journal is not None:
             self.journal.save(rec)
         try:
@@ -630,7 +638,8 @@ class Customer:
 
     def _finish(self, rec: Pending, bill: dict[str, Any], poid: bytes, sealed_receipt: bytes, signed_bill: bytes,
                 po: bytes) -> Purchase:  # fmt: skip
-        receipt = open_receipt(bill["rec_key"], sealed_receipt, rec.broker_cert, self.roots, self.clock())
+        at = rec.receipt_time(bill, self.clock())
+        receipt = open_receipt(bill["rec_key"], sealed_receipt, rec.broker_cert, self.roots, at)
         if receipt["poid"] != poid:
             raise PurchaseError("bad_receipt", "the broker's receipt is for another order")
         contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(rec.chunks)]
