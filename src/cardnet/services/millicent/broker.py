@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cardnet.crypto import profile
 from cardnet.crypto.errors import CryptoError
@@ -74,6 +74,8 @@ LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
 VENDOR_TIMEOUT_S = 10.0
 MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; with a retry)
+
+_T = TypeVar("_T")
 
 OK, REFUSED, PENDING = mc.PURCHASE_OK, mc.PURCHASE_REFUSED, mc.PURCHASE_PENDING
 
@@ -752,8 +754,19 @@ async def buy_stock(core: BrokerCore, vendor: bytes, value: int, pieces: int) ->
 class BrokerServer:
     """Serves :class:`BrokerCore` over TCP: one durable transaction per step, in a worker thread.
 
-    Requests are served one at a time (a lock), including a bulk-mode sale's
-    calls to the vendor: the broker's ledger sees one purchase at a time.
+    Each step on the store (deciding a request, applying a vendor's answer)
+    runs alone, one at a time (a lock: the ledger sees one step at a time),
+    but a bulk-mode sale's calls to the vendor are carried outside that lock:
+    a vendor that is slow or never answers (up to ``VENDOR_TIMEOUT_S`` a call)
+    holds up only the purchases that need it, not the broker's other
+    customers. Every call is durable before it is sent and its answer applied
+    in one transaction that reads the pending record again, so purchases in
+    flight at once stay exact: two purchases needing the same vendor carry
+    the same pending order (the vendor answers a repeat from its record; the
+    second to apply it finds it settled), each sale reserves its own stock
+    piece and debit in the transaction that records it, and the same purchase
+    sent again while its vendor call is out carries the same recorded request
+    (answered once by the vendor's spent list; the second finds it settled).
     :meth:`aclose` stops in order, within ``close_wait_s``: see there.
     """
 
@@ -769,7 +782,7 @@ class BrokerServer:
         self.clock = clock
         self.close_wait_s = close_wait_s
         self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # held by one step on the store at a time, never across a vendor call
         self._closing = False  # set by aclose: requests read from now on are not taken
         self._closed = asyncio.Event()  # aclose has ended
         self._in_flight = 0  # requests taken and not yet answered
@@ -819,37 +832,43 @@ class BrokerServer:
                 self._in_flight += 1
                 self._idle.clear()
                 try:
-                    async with self._lock:
-                        try:
-                            if msg.mtype == mc.PURCHASE.code:
-                                reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
-                            else:
-                                reply = await asyncio.to_thread(self.core.handle, msg, int(self.clock()))
-                        except StoreError as exc:  # nothing of it was kept: say so in words, and go on
-                            log.error("a request (mtype 0x%04x) from %s failed: the store cannot be written (%s); "
-                                      "free space on its disk", msg.mtype, conn.peer.label, exc)  # fmt: skip
-                            reply = await asyncio.to_thread(self.core.not_decided, msg)
+                    try:
+                        if msg.mtype == mc.PURCHASE.code:
+                            reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
+                        else:
+                            reply = await self._step(self.core.handle, msg, int(self.clock()))
+                    except StoreError as exc:  # nothing of it was kept: say so in words, and go on
+                        log.error("a request (mtype 0x%04x) from %s failed: the store cannot be written (%s); "
+                                  "free space on its disk", msg.mtype, conn.peer.label, exc)  # fmt: skip
+                        reply = await self._step(self.core.not_decided, msg)
                     await conn.send(reply)
                 finally:
                     self._in_flight -= 1
                     if not self._in_flight:
                         self._idle.set()
 
+    async def _step(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """One step on the store, in a worker thread, under the lock (never held across a vendor call)."""
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
     async def _purchase(self, param: bytes) -> bytes:
-        """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip)."""
+        """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip).
+
+        The calls are carried outside the lock: other requests are served meanwhile."""
         for _ in range(MAX_VENDOR_CALLS):
-            step = await asyncio.to_thread(self.core.begin_purchase, param, int(self.clock()))
+            step = await self._step(self.core.begin_purchase, param, int(self.clock()))
             if isinstance(step, bytes):
                 return step
             reply = await call_vendor(step)
             if step.kind == "order":
-                outcome = await asyncio.to_thread(self.core.finish_order, step, reply)
+                outcome = await self._step(self.core.finish_order, step, reply)
                 if not outcome.bought:
                     return _purchased(
                         _rid_of(param), f"cannot buy stock from the vendor ({outcome}): try again later", status=PENDING
                     )
                 continue
-            done = await asyncio.to_thread(self.core.finish_issue, step, reply)
+            done = await self._step(self.core.finish_issue, step, reply)
             if done is None:
                 return _purchased(
                     _rid_of(param), "the vendor did not answer: send the same purchase again", status=PENDING
