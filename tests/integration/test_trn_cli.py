@@ -213,6 +213,9 @@ def test_authority_run_refresh_re_signs_an_unchanged_blocklist(tmp_path: Path) -
                     await asyncio.sleep(0.2)
 
         asyncio.run(epochs(3))  # nothing blocked, yet epochs 1, 2, 3 are signed
+    # at the default verbosity each epoch is shown as routine (INFO), and a routine run warns of nothing
+    assert "INFO cardnet.authority: blocklist epoch 1 signed: 0 blocked device(s)" in auth.log(), auth.log()
+    assert "WARNING" not in auth.log() and "ERROR" not in auth.log(), auth.log()
     bad = cli("authority", "run", "--config", str(auth.config), "--ca", str(tmp_path / "ca.cnca"), "--refresh", "-1")
     assert bad.returncode == 2 and "--refresh" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -64,6 +64,9 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
         fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    signer_log = logging.getLogger("cardnet.authority")  # each epoch signed, at INFO: what the operator watches
+    if signer_log.getEffectiveLevel() > logging.INFO:
+        signer_log.setLevel(logging.INFO)
 
     def service(domain: bytes) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
         return BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=domain, refresh_s=refresh_s).run

@@ -95,7 +95,7 @@ class BlocklistSigner:
         await app.send(app.uid.card_uid(), BLOCKLIST, blocklist=bl.encode())
         self.signed = blocked
         self.signed_at = time.time()
-        log.warning("blocklist epoch %d signed: %d blocked device(s)", self.epoch, len(blocked))
+        log.info("blocklist epoch %d signed: %d blocked device(s)", self.epoch, len(blocked))  # routine: not a warning
         return bl
 
 
