@@ -504,6 +504,26 @@ def test_the_dispatch_table_is_bounded(make_card: CardFactory) -> None:
     assert [COUNTED.parse(m)["n"] for m in app.receive_all()] == [5]
 
 
+def test_the_dispatch_table_is_bounded_in_bytes_too(make_card: CardFactory) -> None:
+    """``max_queue_bytes``: beyond it a remote arrival is dropped and an application is told ``busy``, whatever
+    the count allows; one message of any size fits an empty table; a pump that takes the table frees its bytes."""
+    card = make_card("bytes", applets=applets())
+    host = Host([card], max_queue_bytes=1000)
+    app = host.acquire()
+    big = Message(Uid(NOWHERE, 1), card.uid, REQUEST.code, bytes(2000))  # above the bound: fits the empty table
+    assert host.receive_remote(big, "x")
+    assert not host.receive_remote(REQUEST.make(Uid(NOWHERE, 1), card.uid, rid=2, body=b""), "x")
+    with pytest.raises(HostError) as err:
+        app.send(card.uid, COUNT, n=0)
+    assert err.value.reason == "busy" and host.dropped == 2
+    host.pump(T)
+    for n in range(3):  # room again: small messages fit until their bytes reach the bound
+        app.send(card.uid, COUNT, n=n)
+    assert not host.receive_remote(Message(Uid(NOWHERE, 1), card.uid, REQUEST.code, bytes(1000)), "x")
+    host.pump(T)
+    assert [COUNTED.parse(m)["n"] for m in app.receive_all()] == [0, 1, 2]
+
+
 def test_a_privileged_mtype_from_a_remote_sender_is_refused_by_the_card(two: Two) -> None:
     app_b = two.b.acquire()
     login(two, app_b, PIN_B)  # authenticated on its own card b

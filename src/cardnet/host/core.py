@@ -74,6 +74,11 @@ log = logging.getLogger("cardnet.host")
 
 HOST_PORT = 0xFFFFFFFF  # the host itself, when it asks its card for a port
 DEFAULT_MAX_QUEUE = 100_000
+# bytes of the messages in the dispatch table (one message of any size fits an empty one). A pump steps at most
+# max_group messages a card while that card's outputs wait to be sent, but reads go on between pumps: a remote peer
+# sending 60 KB messages to a card whose answers go to a routed domain from 512 connections made the table grow by
+# 100 MB a second, up to the count bound (100,000 messages of up to a frame each: 2.9 GB of 30 KB ones).
+DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
 MAX_PUMP_ROUNDS = 10_000
 CAPACITY_WARN = 0.80  # a card's records fill this share of its capacity: a warning
 CAPACITY_ALARM = 0.95  # ... this share: an error
@@ -187,6 +192,7 @@ class Host:
         routes: dict[bytes, str] | None = None,
         guards: Iterable[Guard] = (),
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         name: str = "host",
     ) -> None:
         self.name = name
@@ -195,6 +201,8 @@ class Host:
         self._forged_guard = forged_local_domain_guard(self.cards.keys)
         self.guards: list[Guard] = [self._forged_guard, *guards]
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0  # bytes of the messages in _queue
         self.held: dict[int, Held] = {}
         self._held_ids = 0
         self._queue: deque[_Entry] = deque()
@@ -209,6 +217,7 @@ class Host:
         self._now = 0.0
         self.dropped = 0
         self._drop_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # guards' drops
+        self._full_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # drops of a full dispatch table
         self._notice_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)  # new reasons a card cannot reach a domain
         for card in cards:
             self.add_card(card)
@@ -224,6 +233,7 @@ class Host:
         """A card was reopened (after a crash or tear): forget what the old object queued, re-emit."""
         domain = card.uid.domain
         self._queue = deque(e for e in self._queue if e.ack is None or e.ack[0].uid.domain != domain)
+        self._queued_bytes = sum(e.msg.size for e in self._queue)
         self.add_card(card)
 
     def card(self, domain: bytes | None = None) -> Card:
@@ -285,8 +295,10 @@ class Host:
         """Guard, then queue a message. Returns False if a guard dropped or held it, or the table was full."""
         if not self._admit(msg, origin, ack):
             return False
-        if len(self._queue) < self.max_queue:
+        size = msg.size
+        if len(self._queue) < self.max_queue and self._queued_bytes + size <= self.max_queue_bytes:
             self._queue.append(_Entry(msg, origin, ack))
+            self._queued_bytes += size
             return True
         return self._enqueue(_Entry(msg, origin, ack))
 
@@ -358,14 +370,23 @@ class Host:
             h.ack[0].ack([h.ack[1]])
 
     def _enqueue(self, entry: _Entry) -> bool:
-        """Queue ``entry``; False if the dispatch table is full (an application gets ``HostError('busy')``)."""
-        if len(self._queue) >= self.max_queue:
+        """Queue ``entry``; False if the dispatch table is full (``max_queue`` messages, or ``max_queue_bytes`` bytes
+        with ``entry``, which fits an empty table whatever its size): it is dropped as a lossy network would (a card's
+        output stays unacknowledged in its outbox and comes again), and an application gets ``HostError('busy')``."""
+        size = entry.msg.size
+        if len(self._queue) >= self.max_queue or (self._queue and self._queued_bytes + size > self.max_queue_bytes):
             self.dropped += 1
-            log.warning("%s: dispatch table full (%d): dropped 0x%04x", self.name, self.max_queue, entry.msg.mtype)
+            more = self._full_log.due(self._now)
+            if more is not None:
+                log.warning(
+                    "%s: dispatch table full (%d messages, %d bytes): dropped 0x%04x from %s%s",
+                    self.name, len(self._queue), self._queued_bytes, entry.msg.mtype, entry.origin.kind, more,
+                )  # fmt: skip
             if entry.origin.kind == "app":
                 raise HostError("busy", "the host's dispatch table is full: retry later")
             return False
         self._queue.append(entry)
+        self._queued_bytes += size
         return True
 
     # -- the pump ------------------------------------------------------------------
@@ -395,6 +416,7 @@ class Host:
             rounds += 1
             entries = list(queue)
             queue.clear()
+            self._queued_bytes = 0
             for_cards: dict[bytes, list[_Entry]] = {}
             cards = self.cards
             for e in entries:
@@ -412,7 +434,7 @@ class Host:
                     self._step_card(self.cards[domain], batch, now)
                 continue
             if stepped and for_cards and self._outgoing:  # send first; these stay queued ahead of anything newer
-                queue.extendleft(reversed([e for batch in for_cards.values() for e in batch]))
+                self._requeue([e for batch in for_cards.values() for e in batch])
                 break
             later: list[_Entry] = []
             for domain, batch in for_cards.items():
@@ -421,9 +443,15 @@ class Host:
                 self._step_card(self.cards[domain], batch[:max_group], now)
                 stepped = True
             if later:
-                queue.extendleft(reversed(later))
+                self._requeue(later)
         out, self._outgoing = self._outgoing, []
         return out
+
+    def _requeue(self, entries: list[_Entry]) -> None:
+        """Put ``entries``, taken from the table by this pump and not stepped yet, back at its head, in order (they
+        were admitted already: no bound refuses them)."""
+        self._queue.extendleft(reversed(entries))
+        self._queued_bytes += sum(e.msg.size for e in entries)
 
     def _route(self, e: _Entry, for_cards: dict[bytes, list[_Entry]]) -> None:
         dst = e.msg.dst
