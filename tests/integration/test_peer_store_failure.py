@@ -16,15 +16,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from diskfull import disk_full
 from test_gate_processes import give
 
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli import wallet_config
 from cardnet.services.wallet import Wallet, WalletError
+from cardnet.web.wallet import WalletWeb
 
 T1 = bytes([0x61]) * 16
 T2, T3 = bytes([0x62]) * 16, bytes([0x63]) * 16
@@ -122,5 +126,76 @@ def test_an_exchange_offered_to_a_card_that_cannot_write_says_so_at_once_and_goe
             async with await Wallet.open(net.hosts["a"].socket, pin=PIN) as wallet:
                 done = await wallet.wait(x.n1, timeout_s=WAIT_S, recover_every_s=0.3)
                 assert done.swapped, done
+
+        asyncio.run(go())
+
+
+T4, T5, T6 = bytes([0x64]) * 16, bytes([0x65]) * 16, bytes([0x66]) * 16
+
+
+def test_the_web_wallet_answers_at_once_and_its_list_under_way_says_the_other_card_cannot_write(
+    tmp_path: Path,
+) -> None:
+    """``/api/send`` and ``/api/exchange/offer`` of ``cardnet wallet ui`` (a WalletWeb on a's real host) answer at
+    once, as ever (the page never hangs on the other card); the page's poll (``/api/state``) then shows the transfer
+    and the offer under way with the other card's failure in words (``error`` peer_store_failed), as the CLI's
+    ``--wait`` says it; once the disk is mended the transfer ends and its row goes."""
+    net = TrnNet(tmp_path, wallets=("a", "b"), ttp=True)
+    with net:
+        b = net.hosts["b"].proc
+        assert b is not None
+
+        async def open_wallet() -> Wallet:
+            return await Wallet.open(net.hosts["a"].socket, pin=PIN)
+
+        async def go() -> None:
+            await net.setup_trace()
+            await give(net, T4, "a", b"Final, seat 8")
+            await give(net, T5, "a", b"Final, seat 9")
+            await give(net, T6, "b", b"Final, seat 10")
+            for card in ("a", "b"):
+                async with await Wallet.open(net.hosts[card].socket, pin=PIN) as w:
+                    await w.set_ttp(net.uids["ttp"])
+            config = wallet_config.load(net.tmp / "a-wallet.toml")
+            web = WalletWeb(open_wallet, config, app_socket=net.hosts["a"].socket, refresh_s=0.2)
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    token = served.login_url.partition("#login=")[2]
+                    session = (await client.post("/api/login", json={"token": token})).json()["session"]
+                    client.headers["Authorization"] = f"Bearer {session}"
+
+                    async def row(what: str, rid: str, wanted: Callable[[dict[str, Any] | None], bool]) -> Any:
+                        for _ in range(300):  # the page's poll, until the row is as wanted
+                            state = (await client.get("/api/state")).json()
+                            got = next((r for r in state["under_way"] if r["what"] == what and r["id"] == rid), None)
+                            if wanted(got):
+                                return got
+                            await asyncio.sleep(0.1)
+                        raise AssertionError(f"{what} {rid}: {got}; a's host: {net.hosts['a'].log_tail()}")
+
+                    failed: Callable[[dict[str, Any] | None], bool] = lambda r: bool(r and r.get("error"))  # noqa: E731
+                    with disk_full(b.pid):
+                        sent = await client.post("/api/send", json={"oid": T4.hex(), "to": str(net.uids["b"])})
+                        assert sent.status_code == 200, sent.text
+                        got = await row("transfer", T4.hex(), failed)
+                        assert got["error"] == "peer_store_failed", got
+                        assert "cannot write its store" in got["problem"] and "nothing was lost" in got["problem"]
+                        assert (
+                            "still yours" in got["problem"] and f"cardnet trn cancel --oid {T4.hex()}" in got["problem"]
+                        )
+                        offered = await client.post(
+                            "/api/exchange/offer", json={"give": T5.hex(), "want": T6.hex(), "to": str(net.uids["b"])}
+                        )
+                        assert offered.status_code == 200, offered.text
+                        got = await row("exchange", offered.json()["id"], failed)
+                        assert got["error"] == "peer_store_failed" and got["state"], got
+                        assert "your voucher is still yours" in got["problem"] and "give it up" in got["problem"]
+                    async with await Wallet.open(net.hosts["a"].socket, pin=PIN) as wallet:  # mended: it moves
+                        assert await wallet.wait_moved(T4, timeout_s=WAIT_S, recover_every_s=0.3) is None
+                    await row("transfer", T4.hex(), lambda r: r is None)
+            finally:
+                await web.aclose()
+            await net.settle("b", T4)
 
         asyncio.run(go())

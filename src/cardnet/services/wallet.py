@@ -209,7 +209,7 @@ def _cannot_write(peer: Uid | None) -> str:
     return f"the other card {peer} cannot write its store (its disk is full or failing; its host said so)"
 
 
-def _transfer_store_failed(v: Voucher) -> str:
+def transfer_store_failed(v: Voucher) -> str:
     """Why :meth:`Wallet.wait_moved` stopped: voucher ``v`` (still on its way) cannot reach a card that cannot
     write; how it stands (TRN: a transfer whose commit is sent is the receiver's, docs/trn.md)."""
     head = f"{_cannot_write(v.peer)}, so it has not taken {v.oid.hex()}: nothing was lost"
@@ -222,7 +222,7 @@ def _transfer_store_failed(v: Voucher) -> str:
     return f"{head}; the transfer finishes by itself once that card can write again"
 
 
-def _exchange_store_failed(x: Exchange) -> str:
+def exchange_store_failed(x: Exchange) -> str:
     """Why :meth:`Wallet.wait` stopped: exchange ``x`` waits on a card that cannot write; how it stands."""
     head = f"{_cannot_write(x.peer)}, so exchange {x.n1.hex()} cannot go on now: nothing was lost"
     if x.phase == fx.Phase.OFFERED.value:
@@ -360,6 +360,12 @@ class Wallet:
         seen = await self._notices(peer)
         return _Waiting(self, changes, peer, now + timeout_s, recover_every_s, seen, now + recover_every_s)
 
+    async def peer_store_failed(self, domain: bytes) -> bool:
+        """Whether the last ``host.undeliverable`` notice this card got about card domain ``domain`` said that card
+        cannot write its store (its disk full or failing). The host keeps the last notice: a transfer or exchange
+        with a card mended since ends by itself, so a caller asks about the peers of what is still under way."""
+        return (await self._notices(domain))[1] == STORE_FAILED
+
     async def _notices(self, domain: bytes) -> tuple[int, str | None]:
         """How many ``host.undeliverable`` notices this card got about ``domain``, and the last one's code."""
         got = await self.route(domain)
@@ -465,7 +471,7 @@ class Wallet:
                 if step == "timeout":
                     raise TimeoutError
                 if step == "store_failed":
-                    raise WalletError(PEER_STORE_FAILED, _exchange_store_failed(x))
+                    raise WalletError(PEER_STORE_FAILED, exchange_store_failed(x))
 
     async def wait_moved(self, oid: bytes, *, timeout_s: float = 30.0,
                          recover_every_s: float = RECOVER_EVERY_S) -> Voucher | None:  # fmt: skip
@@ -487,7 +493,7 @@ class Wallet:
                 if step == "timeout":
                     raise TimeoutError
                 if step == "store_failed":
-                    raise WalletError(PEER_STORE_FAILED, _transfer_store_failed(v))
+                    raise WalletError(PEER_STORE_FAILED, transfer_store_failed(v))
 
     async def events(self) -> AsyncIterator[Event]:
         """What changes on the card, as events, as the card pushes them; runs until the caller stops iterating."""

@@ -12,7 +12,9 @@ behind the session of :mod:`.session`:
   any of it changes. The page asks for it every second and redraws when the version moved. The server reads
   the card again when the card pushed a change (the wallet library's events: a token or an exchange changed),
   after every action, and otherwise every ``refresh_s`` (the e-purse's balance and the purchases are not
-  pushed); so a second's polling costs the card nothing when nothing happened;
+  pushed); so a second's polling costs the card nothing when nothing happened. A transfer or exchange under way
+  whose other card cannot write its store (its host said so: :meth:`Wallet.peer_store_failed`) carries ``error``
+  ``peer_store_failed`` and ``problem`` in words: the actions below never wait for the other card;
 * ``POST /api/send``, ``/api/exchange/offer``, ``/accept``, ``/reject``, ``/give-up``, ``/api/ticket/accept``,
   ``/reject``, ``/api/load`` (the e-purse, from the wallet config's account at its broker), ``/api/recover``, and
   buying (:mod:`.shop`: ``/api/shop``, ``/api/buy``, ``/api/deliver``): one order each, answered
@@ -56,7 +58,15 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price, parse_price
 from cardnet.services.speed.customer import PurchaseError, install_key
 from cardnet.services.speed.customer import load as purse_load
-from cardnet.services.wallet import GATE_STORE_FAILED, MOVING, Wallet, WalletError
+from cardnet.services.wallet import (
+    GATE_STORE_FAILED,
+    MOVING,
+    PEER_STORE_FAILED,
+    Wallet,
+    WalletError,
+    exchange_store_failed,
+    transfer_store_failed,
+)
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
 from cardnet.web.session import Session, expire_stale_cookie, loopback
@@ -309,6 +319,13 @@ class WalletWeb:
         tickets = [_ticket(r) for r in rows if r["status"] != "offered"]
         offers: list[dict[str, Any]] = []
         under_way: list[dict[str, Any]] = []
+        said: dict[bytes, bool] = {}
+
+        async def cannot_write(peer: bytes) -> bool:  # the peer's host said it cannot write (host.route: no card step)
+            if peer not in said:
+                said[peer] = await wallet.peer_store_failed(peer)
+            return said[peer]
+
         for x in xs:
             if x.finished:
                 continue
@@ -325,11 +342,19 @@ class WalletWeb:
                                   "state": PHASE_WORDS.get(x.phase, x.phase), "give": x.give.hex(),
                                   "want": x.want.hex(), "next": next_step(x, PAGE),
                                   "can_give_up": x.role == "initiator" and x.phase == "offered"})  # fmt: skip
+                if x.peer is not None and await cannot_write(x.peer.domain):
+                    under_way[-1] |= {"error": PEER_STORE_FAILED, "problem": exchange_store_failed(x)}
         for r in rows:
             if r["status"] == "offered":
                 offers.append({"kind": "ticket", "oid": r["oid"], "body": _what(r["body"]), "peer": r["peer"]})
             elif r["status"] in MOVING:
                 under_way.append({"what": "transfer", "id": r["oid"], "peer": r["peer"], "state": r["state"]})
+                if r["peer"] and await cannot_write(Uid.parse(r["peer"]).domain):
+                    v = await wallet.voucher(bytes.fromhex(r["oid"]))  # how it stands says what becomes of it
+                    if v is not None and v.status in MOVING:
+                        how = (f" (to cancel it: `cardnet trn cancel --oid {r['oid']}`)"
+                               if v.status == "disabled+O" else "")  # fmt: skip
+                        under_way[-1] |= {"error": PEER_STORE_FAILED, "problem": transfer_store_failed(v) + how}
         if loads:
             under_way.append({"what": "e-purse load", "id": f"{len(loads)} load(s)",
                               "state": "not credited yet: recover finishes it"})  # fmt: skip

@@ -150,6 +150,7 @@ function renderUnderWay(rows) {
         onclick: () => act("/api/exchange/give-up", { id: r.id }) }, "Take back"));
     }
     if (r.next) state.append(el("div", { class: "help next" }, `next: ${r.next}`));
+    if (r.problem) state.append(el("div", { class: "problem" }, r.problem));  // e.g. the other card cannot write
     const what = el("td", {}, r.what);
     if (r.give && r.want) {
       what.append(el("div", { class: "help" }, `your ${r.give.slice(0, 8)}… for ${r.want.slice(0, 8)}…`));
