@@ -29,7 +29,7 @@ from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import vendor as mv
 from cardnet.services.millicent.wallet import SCRIP, SECRETS, Wallet
 from cardnet.store import SqliteStore
-from cardnet.transport import encode_frame
+from cardnet.transport import FrameDecoder, encode_frame
 from cardnet.wire import Message, Uid
 
 VID = bytes.fromhex("00000000000000a1")
@@ -39,6 +39,7 @@ STALL_S = 2.0  # the attacker stops once the kernel has taken none of its bytes 
 GROWTH = 32 * 1024 * 1024  # what the vendor's peak resident memory may grow by under the attack (without: ~190 MB)
 GUARD_S = 120.0  # a test that waits longer than this for the server has failed (no assertion on time)
 TCP_ESTABLISHED = 1
+CLIENTS = 8  # connections re-sending one accepted purchase, never reading (without the byte bound: 62 MB each)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Flood:
     """Request frames written as fast as the kernel takes them, on a socket that is never read."""
 
     address: str
+    frame: bytes = encode_frame(Message(Uid(bytes(12), 1), Uid(bytes(12), 0), mc.REQUEST.code, b"\xa0"))
+    each: int = 2000  # frames in one sendall
     sock: socket.socket | None = None
     sent: int = 0
     pushed_back: bool = False
@@ -64,13 +67,11 @@ class Flood:
 
     def _run(self) -> None:
         assert self.sock is not None
-        me, them = Uid(os.urandom(12), 1), Uid(bytes(12), 0)
-        each = 2000
-        chunk = encode_frame(Message(me, them, mc.REQUEST.code, b"\xa0")) * each  # a request with nothing in it
+        chunk = self.frame * self.each  # by default a request with nothing in it
         try:
             while self.sent < REQUESTS:
                 self.sock.sendall(chunk)
-                self.sent += each
+                self.sent += self.each
         except TimeoutError:
             self.pushed_back = True
         except OSError:  # the server closed the connection
@@ -175,3 +176,62 @@ def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
         if flood is not None:
             flood.close()
         server.stop()
+
+
+def _accepted_purchase(vendor_store: str) -> bytes:
+    """A frame buying the vendor's largest product ("big", at 3) with Alice's fresh scrip (level 2)."""
+    store = SqliteStore(vendor_store)
+    try:
+        mv.add_product(store, "big", 3, os.urandom(mv.max_content_bytes()))
+        vendor = mv.VendorCore(store).vendor
+        scrip = mc.mint(vendor.scrip_secrets, index=0, vendor=VID, value=10, serial=200, customer_id=ALICE,
+                        expiry=int(time.time()) + 3600)  # fmt: skip
+        secret = mc.customer_secret(vendor.customer_masters, ALICE)
+    finally:
+        store.close()
+    mtype, param = mc.make_request(scrip, rid=os.urandom(mc.RID_BYTES), level=mc.Level.THEFT, secret=secret, price=3,
+                                   product="big")  # fmt: skip
+    return encode_frame(Message(Uid(os.urandom(12), 1), Uid(bytes(12), 0), mtype, param))
+
+
+def test_a_vendor_holds_a_bounded_number_of_reply_bytes_for_clients_that_resend_a_large_purchase(
+    tmp_path: Path, vendor_store: str
+) -> None:
+    """A re-fetch is answered from the stored reply: a client that bought a 60 KB product once and sends that very
+    request again and again on connections it never reads gets the whole reply for each. The vendor (no send
+    timeout) holds at most ``MAX_UNSENT_BYTES`` of replies a connection; before, it held ``MAX_UNANSWERED``
+    replies a connection (62 MB each)."""
+    frame = _accepted_purchase(vendor_store)
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
+                     "--send-timeout", "0")  # fmt: skip
+    floods: list[Flood] = []
+    try:
+        at = vendor.start()
+        assert vendor.proc is not None
+        pid = vendor.proc.pid
+        host, port = at.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:  # bought once, for real
+            sock.sendall(frame)
+            decoder, got = FrameDecoder(), []
+            while not got:
+                data = sock.recv(65536)
+                assert data, "the vendor closed the connection without a reply"
+                got = decoder.feed(data)
+        assert got[0].size > mv.max_content_bytes()  # the reply carries the content
+        before = proc_status(pid, "VmRSS")
+        floods = [Flood(at, frame=frame, each=50) for _ in range(CLIENTS)]
+        for flood in floods:
+            flood.start()
+        for flood in floods:
+            flood.join()
+            assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
+        grown = proc_status(pid, "VmHWM") - before
+        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
+        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
+                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
+        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
+        assert vendor.proc.poll() is None
+    finally:
+        for flood in floods:
+            flood.close()
+        vendor.stop()

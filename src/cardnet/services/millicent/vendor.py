@@ -107,6 +107,10 @@ CLOSE_WAIT_S = 10.0  # how long a stopping server waits for the batches in progr
 # waits for the replies to leave, so a client that sends and never reads holds at most this many replies (and one
 # read's requests), and the kernel pushes back on it
 MAX_UNANSWERED = 1024
+# ... and bytes of their replies (those not yet made counted at the largest buy reply the catalogue allows): a client
+# that re-sends one accepted purchase of a 60 KB product gets its stored reply each time, so the count alone let
+# each connection hold 1024 of them (62 MB; 512 connections: 32 GB). One request fits whatever its reply's size.
+MAX_UNSENT_BYTES = 256 * 1024
 VENDOR_INDEXES = range(0x00, 0x80)  # indexes the vendor mints under; 0x80-0xff are for licensed brokers
 SERVICE_UID = Uid(b"\x00" * 12, 0)
 
@@ -169,6 +173,12 @@ def rotate_secret(store: Store, *, rng: Callable[[int], bytes] = os.urandom) -> 
         txn.put(CFG, b"mint", bytes([free[0]]))
         _bump_version(txn)  # a running vendor mints under it from its next batch
         return free[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _buy_reply_bytes(content_bytes: int) -> int:
+    """The largest buy reply, header included, for a product of ``content_bytes`` (cached: it is built for real)."""
+    return HEADER_BYTES + mc.max_buy_reply_bytes(min(content_bytes, mc.CONTENT_MAX_BYTES))
 
 
 @functools.lru_cache(maxsize=16)
@@ -873,6 +883,7 @@ class VendorServer:
         self._closed = asyncio.Event()  # aclose has ended
         self._idle: set[asyncio.Event] = set()  # per connection: set while its sender has nothing left to write
         self.batches = 0
+        self._reply_each = (-1, 0)  # (catalogue version, the largest buy reply it allows): see _reply_bytes
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         most = max_content_bytes(self._max_frame)
@@ -931,6 +942,15 @@ class VendorServer:
         finally:
             self._closed.set()
 
+    def _reply_bytes(self) -> int:
+        """The largest buy reply the catalogue allows now (what a request whose reply is not made yet counts)."""
+        version, each = self._reply_each
+        if version != self.core.version:
+            most = max((len(p.content) for p in self.core.vendor.catalogue.values()), default=0)
+            version, each = self.core.version, _buy_reply_bytes(most)
+            self._reply_each = (version, each)
+        return each
+
     async def _serve(self, conn: TcpConnection) -> None:
         """Read batches of requests; each batch joins the commit queue; replies leave in order.
 
@@ -944,12 +964,17 @@ class VendorServer:
         make a wallet at the validation level forget scrip that is still good. A connection is never left open
         without its sender.
 
-        A connection holds at most :data:`MAX_UNANSWERED` requests whose replies are not yet written (and one
-        read's): beyond them it reads nothing more until the client has taken replies, so a client that sends
-        requests and never reads the replies makes the vendor hold a bounded number of them, not every one.
+        A connection holds at most :data:`MAX_UNANSWERED` requests whose replies are not yet written, and
+        :data:`MAX_UNSENT_BYTES` of their replies (a reply not made yet counted at the largest buy reply the
+        catalogue allows; at least one request): beyond them it takes no more requests (the rest of a read waits,
+        at most a read chunk) and reads nothing more until the client has taken replies, so a client that sends
+        requests and never reads the replies makes the vendor hold a bounded number of bytes for it, not every
+        reply.
         """
         pending: deque[tuple[asyncio.Future[list[Message]], int]] = deque()  # a batch's replies, its size
         unanswered = 0  # requests of the batches in pending and of those the sender is writing
+        held = 0  # bytes of their replies: made and not yet written, or (not made yet) counted at _reply_bytes
+        backlog: list[Message] = []  # read, not yet taken (no room): at most one read's
         room = asyncio.Event()  # set when unanswered fell (the reader waits on it above MAX_UNANSWERED)
         wake = asyncio.Event()
         idle = asyncio.Event()  # nothing left to write (what aclose waits for)
@@ -958,8 +983,14 @@ class VendorServer:
         done = False
         loop = asyncio.get_running_loop()
 
+        def made(fut: asyncio.Future[list[Message]], counted: int) -> None:  # a batch's replies are made
+            nonlocal held
+            actual = 0 if fut.cancelled() or fut.exception() is not None else sum(m.size for m in fut.result())
+            held += actual - counted
+            room.set()
+
         async def sender() -> None:
-            nonlocal unanswered
+            nonlocal unanswered, held
             try:
                 while True:
                     while not pending:
@@ -984,6 +1015,7 @@ class VendorServer:
                     if out:
                         await send_batch(conn, out, lambda _i, reply, _err: too_large(reply))
                     unanswered -= taken
+                    held -= sum(m.size for m in out)
                     room.set()
                     if isinstance(failed, _Stopping):
                         log.info("closing the connection from %s: %s; the client sends it again", conn.peer.label,
@@ -1004,18 +1036,27 @@ class VendorServer:
         task = asyncio.create_task(sender())
         try:
             while True:
-                while unanswered >= MAX_UNANSWERED and not task.done():  # the client does not read its replies
+                # the client does not read its replies
+                while (unanswered >= MAX_UNANSWERED or held >= MAX_UNSENT_BYTES) and not task.done():
                     room.clear()
                     await room.wait()
-                try:
-                    msgs = await conn.recv_many()
-                except (BrokenError, ClosedError):
+                if task.done():  # the sender ended: the connection is closing
                     break
+                if not backlog:
+                    try:
+                        backlog = await conn.recv_many()
+                    except (BrokenError, ClosedError):
+                        break
                 if self._closing:  # not decided, not answered: the client sends it again
                     break
+                each = self._reply_bytes()
+                n = min(len(backlog), MAX_UNANSWERED - unanswered, max(1, (MAX_UNSENT_BYTES - held) // each))
+                msgs, backlog = backlog[:n], backlog[n:]
                 fut: asyncio.Future[list[Message]] = loop.create_future()
+                fut.add_done_callback(functools.partial(made, counted=n * each))
                 pending.append((fut, len(msgs)))
                 unanswered += len(msgs)
+                held += n * each
                 idle.clear()
                 wake.set()
                 await self._queue.put((msgs, fut))
