@@ -13,14 +13,13 @@ back, an echo from ``b``'s card to ``a``'s goes through.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from pathlib import Path
 
 from hostprocs import make_hosts
 from procstatus import proc_status
-from test_host_relay_flood import GUARD_S, _echo
+from test_host_relay_flood import GUARD_S, back_and_echo
 
 from cardnet.host.core import DEFAULT_MAX_QUEUE_BYTES
 from cardnet.host.server import LINK_QUEUE_BYTES
@@ -85,9 +84,7 @@ def test_messages_for_a_card_that_answers_a_route_are_held_in_the_dispatch_table
         grown = proc_status(b.proc.pid, "VmHWM") - before
         assert grown < DEFAULT_MAX_QUEUE_BYTES + LINK_QUEUE_BYTES + SLACK, f"b's peak memory grew by {grown >> 20} MiB"
         assert "dispatch table full" in b.log_path.read_text()
-        a.start()
-        asyncio.run(_echo(b.socket, a.card))
-        assert b.running
+        back_and_echo(a, b)
     finally:
         a.stop()
         b.stop()

@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from hostprocs import make_hosts
+from hostprocs import HostProc, make_hosts
 from procstatus import proc_status
 
 from cardnet.host.client import AppClient
@@ -45,6 +45,13 @@ async def _echo(app_socket: str, to: Uid) -> None:
             return
 
 
+def back_and_echo(a: HostProc, b: HostProc) -> None:
+    """The stopped host ``a`` starts again; an echo from ``b``'s application to ``a``'s card goes through."""
+    a.start()
+    asyncio.run(_echo(b.socket, a.card))
+    assert b.running
+
+
 def test_messages_for_a_route_that_is_down_are_held_up_to_a_byte_bound(tmp_path: Path) -> None:
     a, b = make_hosts(tmp_path, ["a", "b"], ["echo"])
     try:
@@ -60,9 +67,7 @@ def test_messages_for_a_route_that_is_down_are_held_up_to_a_byte_bound(tmp_path:
                 pass
         grown = proc_status(b.proc.pid, "VmHWM") - before
         assert grown < LINK_QUEUE_BYTES + BIG + SLACK, f"b's peak memory grew by {grown >> 20} MiB"
-        a.start()
-        asyncio.run(_echo(b.socket, a.card))
-        assert b.running
+        back_and_echo(a, b)
     finally:
         a.stop()
         b.stop()
