@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import pickle
@@ -9,6 +10,7 @@ import random
 import shutil
 import stat
 import subprocess
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -837,3 +839,26 @@ def test_openssl_reads_the_saved_ca_file(ca: CertificateAuthority, tmp_path: Pat
     assert key.returncode == 0, key.stderr
     expected = ca.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert key.stdout == expected
+
+
+def test_a_certificate_the_parser_warns_about_is_refused_without_a_word_on_stderr() -> None:
+    """A negative serial makes cryptography warn at the parse itself (``CryptographyDeprecationWarning``): the
+    certificate is refused and the warning is never shown (found by the simulator's malicious hosts, whose tampered
+    certificates printed it into ``cardnet sim``'s output)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "negative serial")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(0x7F).not_valid_before(NOW).not_valid_after(LATER).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+    at = der.index(bytes([0xA0, 3, 2, 1, 2, 2, 1, 0x7F]))  # version v3, then the serial INTEGER 0x7f
+    der[at + 7] = 0xFF  # the serial is now -1
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE-----\n"
+    for parse, data in ((pki.cert_from_der, bytes(der)), (pki.chain_from_pem, pem)):
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            with pytest.raises(PkiError) as refused:
+                parse(data)  # type: ignore[operator]
+        assert refused.value.reason == "bad_certificate" and "serial" in str(refused.value)
+        assert [str(w.message) for w in shown] == []

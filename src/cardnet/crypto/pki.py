@@ -197,6 +197,16 @@ def _ext(cert: x509.Certificate, cls: type[_ExtT]) -> _ExtT | None:
         _bad(cert, f"has malformed extensions ({exc})")
 
 
+def _refuse_warned(caught: list[warnings.WarningMessage]) -> None:
+    """A certificate the parser warned about (recorded, never shown: a peer's bytes must not write to stderr) is
+    refused."""
+    if caught:
+        raise PkiError(
+            "bad_certificate",
+            f"a certificate is malformed ({caught[0].message}): send it exactly as the CA issued it",
+        )
+
+
 def _check_structure(cert: x509.Certificate) -> None:
     """Every part cardnet reads parses cleanly, and no critical extension is unknown (RFC 5280 section 4.2)."""
     # catch_warnings swaps process-global state (not thread-safe before Python 3.14); at
@@ -213,11 +223,7 @@ def _check_structure(cert: x509.Certificate) -> None:
             raise PkiError(
                 "bad_certificate", f"a certificate cannot be parsed ({exc}): send it exactly as the CA issued it"
             ) from None
-    if caught:
-        raise PkiError(
-            "bad_certificate",
-            f"a certificate is malformed ({caught[0].message}): send it exactly as the CA issued it",
-        )
+    _refuse_warned(caught)
     if version is not x509.Version.v3:
         _bad(cert, "is not an X.509 v3 certificate")
     if serial <= 0:
@@ -285,12 +291,15 @@ def cert_from_der(raw: bytes | bytearray | memoryview) -> x509.Certificate:
 def _parsed(raw: bytes) -> x509.Certificate:
     """The strict parse of :func:`cert_from_der`, remembered by DER bytes (a certificate object is immutable, and
     cards parse the same few certificates, their roots above all, on every message). Failures are not kept."""
-    try:
-        cert = x509.load_der_x509_certificate(raw)
-    except _PARSE_ERRORS as exc:
-        raise PkiError(
-            "bad_certificate", f"not a DER X.509 certificate ({exc}): send the certificate exactly as issued"
-        ) from None
+    with warnings.catch_warnings(record=True) as caught:  # (its quirks warn at the parse too: refused below)
+        warnings.simplefilter("always")
+        try:
+            cert = x509.load_der_x509_certificate(raw)
+        except _PARSE_ERRORS as exc:
+            raise PkiError(
+                "bad_certificate", f"not a DER X.509 certificate ({exc}): send the certificate exactly as issued"
+            ) from None
+    _refuse_warned(caught)
     _check_structure(cert)
     return cert
 
@@ -310,10 +319,13 @@ def chain_to_pem(chain: Sequence[x509.Certificate]) -> bytes:
 
 def chain_from_pem(data: bytes) -> list[x509.Certificate]:
     """Every ``CERTIFICATE`` block in ``data``, in order; only :class:`PkiError` escapes."""
-    try:
-        certs = x509.load_pem_x509_certificates(bytes(data))
-    except _PARSE_ERRORS as exc:
-        raise PkiError("bad_certificate", f"no readable PEM certificate ({exc})") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            certs = x509.load_pem_x509_certificates(bytes(data))
+        except _PARSE_ERRORS as exc:
+            raise PkiError("bad_certificate", f"no readable PEM certificate ({exc})") from None
+    _refuse_warned(caught)
     for cert in certs:
         _check_structure(cert)
     return certs
