@@ -24,6 +24,11 @@ PIN = "2580"
 SONG = "song-1 Blue in Green"
 NEWS = "news-1 Today's paper"
 KEY = "ppv-1 Match key"
+CATALOGUE = (  # product, price, floor, file
+    (SONG, "2.50 EUR", "2.00 EUR", "song.bin"),
+    (NEWS, "0.80 EUR", None, "news.txt"),
+    (KEY, "4.99 EUR", None, "key.bin"),
+)
 # what a forker imports for the SPEED commands and services (tests/integration/forkhost.py)
 MODULES = (
     *CLI_MODULES,
@@ -96,6 +101,15 @@ class SpeedNet:
         self.vendor.stop()
 
 
+def add_catalogue(tmp: Path, cmd: Any = run) -> None:
+    """Put :data:`CATALOGUE` into the vendor's store (again: each entry signed anew, with the vendor's certificate
+    as it is now)."""
+    for product, price, floor, path in CATALOGUE:
+        extra = ["--floor", floor] if floor else []
+        cmd("speed", "vendor", "add", "--store", f"{tmp}/vendor.db", "--product", product, "--price", price,
+            "--file", f"{tmp}/{path}", *extra)  # fmt: skip
+
+
 def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int = 300_000, load: str = "20.00 EUR",
           deposit: str = "100.00 EUR", forker: Forker | None = None,
           vendor_args: tuple[str, ...] = ()) -> SpeedNet:  # fmt: skip
@@ -123,15 +137,7 @@ def build(tmp: Path, customers: tuple[str, ...] = ("alice",), *, song_bytes: int
     (tmp / "song.bin").write_bytes(song)
     (tmp / "news.txt").write_text("the news of the day\n" * 20)
     (tmp / "key.bin").write_bytes(os.urandom(16))
-    catalogue = (
-        (SONG, "2.50 EUR", "2.00 EUR", "song.bin"),
-        (NEWS, "0.80 EUR", None, "news.txt"),
-        (KEY, "4.99 EUR", None, "key.bin"),
-    )
-    for product, price, floor, path in catalogue:
-        extra = ["--floor", floor] if floor else []
-        cmd("speed", "vendor", "add", "--store", f"{t}/vendor.db", "--product", product, "--price", price,
-            "--file", f"{t}/{path}", *extra)  # fmt: skip
+    add_catalogue(tmp, cmd)
     cmd("speed", "broker", "add-vendor", "--store", f"{t}/broker.db", "--account", "V-1", "--vendor-cert",
         f"{t}/vendor.pem")  # fmt: skip
     broker = service("speed", "broker", "run", "--store", f"{t}/broker.db", "--sam-store", f"{t}/sam.db",

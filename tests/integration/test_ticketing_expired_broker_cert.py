@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from expiring import recertify
 
 from cardnet.bench.ticketnet import EVENT, PRICE, TicketNet
 from cardnet.crypto import pki
@@ -25,7 +25,6 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer
-from cardnet.services.speed.stored import Identity
 from cardnet.services.ticketing.buyer import receipt_header, receive_ticket
 from cardnet.store import open_store
 
@@ -35,24 +34,15 @@ LEFT_S = 20  # the broker's certificate expires this long after it is issued
 def _short_lived_broker_cert(net: TicketNet) -> float:
     """Certify the broker's key again, valid until ``LEFT_S`` from now, in the broker's and the vendor's stores; when
     it expires (Unix time)."""
-    ca = pki.CertificateAuthority.load(net.tmp / "ca.cnca")
-    bstore = open_store("sqlite:///" + str(net.tmp / "broker.db"), kind="speed-broker", create=False)
+    der, expires = recertify(net.tmp / "ca.cnca", net.tmp / "broker.db", "speed-broker", sb.CFG, "broker", LEFT_S)
     vstore = open_store("sqlite:///" + str(net.tmp / "tickets.db"), kind="speed-vendor", create=False)
     try:
-        me = Identity.load(bstore, sb.CFG, sb.BrokerError("missing", "no broker"))
-        old = pki.cert_from_der(me.cert)
-        start = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=LEFT_S)
-        cert = ca.issue(pki.Role.SERVICE, pki.uid_of(old), me.key.public_key(), now=start, valid_days=1, name="broker")
-        der = pki.cert_to_der(cert)
-        with bstore.transaction() as txn:
-            txn.put(sb.CFG, b"cert", der)
         with vstore.transaction() as txn:
             txn.put(sv.CFG, b"broker", der)
     finally:
-        bstore.close()
         vstore.close()
     net.broker_cert = der
-    return cert.not_valid_after_utc.timestamp()
+    return expires
 
 
 def test_a_paid_sale_gets_its_ticket_after_the_brokers_certificate_expired(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ verified the PIN):
   count are what it agreed (paper 5.6); then it marks the PaymentOrderID paid, begins the purse debit (S1,
   purse mode) in the same step, and answers the signed PaymentOrder (``speed.order``). A second ``speed.pay``
   of the same bill gets the same PaymentOrder back (a crash lost the answer; the same S1, so the SAM debits
-  once); any other bill for a PaymentOrderID already paid is refused ``already_paid`` (paper 5.3).
+  once), without a look at the certificate's time: the card checked it when it made that order, and a purchase
+  paid must be finished after the vendor's certificate expired; any other bill for a PaymentOrderID already paid
+  is refused ``already_paid`` (paper 5.3).
 
 The S2/S3 exchange itself is the purse's (``purse.debit``). Records (table ``a.speed``): ``g:<poid>`` a
 negotiation or agreement (at most :data:`MAX_OPEN`; ``h:<seq>`` their order, oldest first), ``p:<poid>`` the
@@ -224,7 +226,6 @@ class ConductorApplet(Applet):
 
     def _pay(self, ctx: StepContext, p: dict[str, Any]) -> None:
         vendor_cert = p["vendor_cert"]
-        pki.verified(vendor_cert, ctx.roots_der, now=ctx.now, role=pki.Role.SERVICE)
         signed_bill = p["bill"]
         if signed_bill[:1] != b"\x30":  # not DER: the aggressive mode's envelope, sealed to this card
             signed_bill = sm.open_with(ctx.hpke_open, signed_bill, sm.INFO_BILL, "bill")
@@ -241,8 +242,9 @@ class ConductorApplet(Applet):
             rec = dict(_PAID.decode(paid))
             if rec["bill"] != signed_bill:
                 raise Refused("already_paid", "this card paid that PaymentOrderID already: a bill is paid once")
-            self._answer(ctx, rec, bill)
-            return
+            self._answer(ctx, rec, bill)  # the order this card made (the certificate checked then, whatever its
+            return  # time now: a vendor's certificate that expired since must not leave a paid purchase unfinished)
+        pki.verified(vendor_cert, ctx.roots_der, now=ctx.now, role=pki.Role.SERVICE)
         g = self._agreement(ctx, poid)
         if "price" not in g:
             raise Refused("not_agreed", "the customer has not shaken hands on a price for that purchase")

@@ -135,6 +135,7 @@ _ORDER = Schema(
         Field(15, "chunk", UInt(sm.MAX_PRODUCT_BYTES)),
         Field(16, "vendor_cert", Bytes(4096, 1)),
         Field(17, "verdict", Text(1024), optional=True),  # a complaint upheld (the refund was made)
+        Field(18, "taken", UInt(), optional=True),  # when this broker took the order (Unix s): its certificates' time
     ],
 )
 
@@ -372,11 +373,12 @@ class BrokerCore:
         now = self.clock()
         raw = sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), sealed, sm.INFO_ORDER, "PaymentOrder")
         po_signed = sm.signed(raw, "PaymentOrder")
-        customer = pki.verified(po_signed.signer_cert_der, self.roots, now=now, role=pki.Role.DEVICE).uid
         po = sm.decode(sm.PAYMENT_ORDER, po_signed.content, "PaymentOrder")
         bill_signed = sm.signed(po["bill"], "bill")
-        pki.verified(bill_signed.signer_cert_der, self.roots, now=now, role=pki.Role.SERVICE)
         bill = sm.decode(sm.BILL, bill_signed.content, "bill")
+        at = self._taken_at(bill, now)
+        customer = pki.verified(po_signed.signer_cert_der, self.roots, now=at, role=pki.Role.DEVICE).uid
+        pki.verified(bill_signed.signer_cert_der, self.roots, now=at, role=pki.Role.SERVICE)
         vid, _ = sm.split_poid(bill["poid"])
         if vid != sm.vendor_id(bill_signed.signer_cert_der):
             raise _Refusal("wrong_vendor", "the bill's VendorID is not the key that signed it")
@@ -405,6 +407,7 @@ class BrokerCore:
             "state": "authorised", "customer": customer, "price": price.fields(), "account": secret["account"],
             "k": secret["k"], "rec_key": bill["rec_key"], "kind": mode["kind"], "hp": bill["hp"], "hc": bill["hc"],
             "sizes": bill["sizes"], "chunk": bill["chunk"], "vendor_cert": bill_signed.signer_cert_der,
+            "taken": int(at),
         }  # fmt: skip
         if mode["kind"] == "purse" and get(self.store, SETTLED, poid) is not None:
             # settled from the SAM's log (the broker lost this payment between the SAM's log and its own record):
@@ -433,6 +436,23 @@ class BrokerCore:
         while len(self._authorised) > MAX_AUTHORISED:
             self._authorised.pop(next(iter(self._authorised)))
         return fr.reply(msg, fr.PURSE, poid=poid, sealed=answer)
+
+    def _taken_at(self, bill: dict[str, Any], now: float) -> float:
+        """When the certificates of a payment order for ``bill`` must have been valid: now for an order new to this
+        broker; for one it took already (paid, authorised, or settled from the SAM's log), the time it took it
+        (``taken``, or the time ``sb.auth`` recorded), else the bill's deadline if earlier than now (nothing is taken
+        after it). The certificates were checked then: a customer who was debited gets the receipt after the
+        vendor's or the card's certificate expired (docs/speed.md, "Crashes")."""
+        poid = bill["poid"]
+        old = self._get_order(poid)
+        if old is not None and "taken" in old:
+            return min(now, float(old["taken"]))
+        auth = get(self.store, AUTHORISED, poid)
+        if auth is not None:
+            return min(now, float(int.from_bytes(auth[:8], "big")))
+        if (old is not None or get(self.store, SETTLED, poid) is not None) and "pay_by" in bill:
+            return min(now, float(bill["pay_by"]))
+        return now
 
     def _before_deadline(self, bill: dict[str, Any], now: float, poid: bytes) -> None:
         """Refuse (``bill_expired``) a purse payment of a bill past its deadline, unless this broker authorised it

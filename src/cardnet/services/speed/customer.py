@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from cardnet.applets.speed import conductor as co
 from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
+from cardnet.crypto.errors import PkiError
 from cardnet.errors import CardnetError
 from cardnet.host.local import LocalCard
 from cardnet.protocols.errors import ProtocolError
@@ -517,9 +518,14 @@ class Customer:
             signed_bill = (await self._card(co.OPEN_BILL, co.BILL, sealed=sealed_bill))["bill"]
         bill = sm.decode(sm.BILL, sm.signed(signed_bill, "bill", cert_der=vendor_cert).content, "bill")
         check_delivery(bill, chunks)  # every byte, before anything is paid
+        paying_at = self.clock()
+        try:  # its receipt is checked with this certificate as it is now (Pending.receipt_time): refused, not paid
+            pki.verified(broker_cert, self.roots, now=paying_at, role=pki.Role.SERVICE)
+        except PkiError as exc:
+            raise PurchaseError(exc.reason, f"nothing was paid: the broker's certificate is refused ({exc})") from None
         rec = Pending(nid=nid, vendor_cert=vendor_cert, broker=broker, broker_cert=broker_cert, bill=signed_bill,
                       chunks=chunks, products=products, payment=payment, account=account, benc=self.rng(32),
-                      bsign=self.rng(32), steps=steps, paying_at=self.clock())  # fmt: skip
+                      bsign=self.rng(32), steps=steps, paying_at=paying_at)  # fmt: skip
         if self.journal is not None:
             self.journal.save(rec)
         try:
