@@ -81,6 +81,7 @@ _SALE = Schema(
         Field(2, "price", Nested(sm.PRICE)),
         Field(3, "paid", Bytes(sm.MAX_SIGNED + 64), optional=True),  # the broker's sealed receipt, once taken
         Field(4, "pay_by", UInt(sm.MAX_PAY_BY), optional=True),  # the bill's deadline (Unix seconds), if it has one
+        Field(5, "made", UInt(sm.MAX_PAY_BY), optional=True),  # the vendor's clock when it made the bill (Unix s)
     ],
 )
 _NID_REC = Schema(
@@ -319,8 +320,10 @@ class VendorCore:
         contents = [self.catalogue[p]["content"] for p in products]
         sizes = [len(c) for c in contents]
         poid = sm.make_poid(self.vendor_id, nid)
-        pay_by = None if self.pay_within_s is None else sm.pay_by(self.clock(), self.pay_within_s)
-        sale_rec: dict[str, Any] = {"k": k, "rec_key": rec_key, "price": price.fields()}
+        now = self.clock()
+        pay_by = None if self.pay_within_s is None else sm.pay_by(now, self.pay_within_s)
+        made = min(sm.MAX_PAY_BY, max(0, int(now)))  # take_receipt checks the broker's certificate at this time
+        sale_rec: dict[str, Any] = {"k": k, "rec_key": rec_key, "price": price.fields(), "made": made}
         if pay_by is not None:
             sale_rec["pay_by"] = pay_by
         sale = (poid, _SALE.encode(sale_rec))
@@ -349,8 +352,11 @@ class VendorCore:
         The receipt recorded is trusted for that sale from then on: the same bytes again are the payment checked
         when they were recorded, whatever has happened to the broker's certificate since (it may have expired: a
         buyer who was paid must still get what was paid for). A receipt not recorded yet is checked with the
-        broker's certificate valid now, or, for a bill with a deadline, at the deadline if that is earlier: the
-        broker pays no bill after it, so a genuine receipt was signed while the certificate was valid then."""
+        broker's certificate as it was when this vendor made the sale's bill (``made``, its clock then; now if
+        earlier), as the broker checks an order at the time it took it: a buyer who paid and shows the receipt for
+        the first time after the certificate expired, before the bill's deadline, is paid for. A certificate not
+        valid then, or from another CA, is refused. A sale recorded without that time (before it was kept) is
+        checked now, or at the bill's deadline if that is earlier (the broker pays no bill after it)."""
         raw = get(self.store, SALES, poid)
         if raw is None:
             raise ProtocolError("unknown_sale", "no sale of this vendor has that PaymentOrderID")
@@ -358,7 +364,7 @@ class VendorCore:
         if sale.get("paid") == sealed:
             return sm.Price.of(sale["price"])
         now = self.clock()
-        at = now if "pay_by" not in sale else min(now, float(sale["pay_by"]))
+        at = min(now, float(sale.get("made", sale.get("pay_by", now))))
         receipt = open_receipt(sale["rec_key"], sealed, self.broker_cert, self.roots, at)
         if receipt["poid"] != poid or receipt["k"] != sale["k"]:
             raise ProtocolError("bad_receipt", "the receipt is for another sale")
