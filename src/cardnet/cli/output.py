@@ -148,19 +148,28 @@ def progress(text: str) -> Iterator[None]:
         _progress_up.clear()
 
 
-def error_object(message: str, *, reason: str, hint: str | None = None) -> dict[str, Any]:
-    """The JSON shape of every error: ``{"error": {"reason", "message", "hint"}}``."""
-    return {"error": {"reason": reason, "message": message, "hint": hint}}
+def error_object(
+    message: str, *, reason: str, hint: str | None = None, fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON shape of every error: ``{"error": {"reason", "message", "hint"}}``, and ``fields`` if any (what
+    the message says, for a program)."""
+    return {"error": {"reason": reason, "message": message, "hint": hint, **(fields or {})}}
 
 
 def report_error(
-    message: str, *, reason: str | None = None, hint: str | None = None, as_json: bool | None = None
+    message: str,
+    *,
+    reason: str | None = None,
+    hint: str | None = None,
+    as_json: bool | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> None:
-    """Print an error: a JSON object on stdout under ``--json``, else prose on stderr (literal, never markup)."""
+    """Print an error: a JSON object on stdout under ``--json`` (with ``fields``), else prose on stderr (literal,
+    never markup)."""
     if as_json is None:
         as_json = wants_json()
     if as_json:
-        emit_json(error_object(message, reason=reason or "error", hint=hint))
+        emit_json(error_object(message, reason=reason or "error", hint=hint, fields=fields))
         return
     from rich.markup import escape
 
@@ -170,9 +179,17 @@ def report_error(
         err_console.print(f"[yellow]what to do:[/] {escape(hint)}")
 
 
-def fail(message: str, *, hint: str | None = None, reason: str | None = None, code: int = 2) -> NoReturn:
-    """Report an error (JSON under ``--json``, else for a person) and exit with ``code`` (never 0)."""
-    report_error(message, reason=reason, hint=hint)
+def fail(
+    message: str,
+    *,
+    hint: str | None = None,
+    reason: str | None = None,
+    code: int = 2,
+    fields: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Report an error (JSON under ``--json``, with ``fields``; else for a person) and exit with ``code`` (never
+    0)."""
+    report_error(message, reason=reason, hint=hint, fields=fields)
     raise SystemExit(code or 2)
 
 

@@ -31,6 +31,7 @@ from cardnet.cli.output import (
     all_or_nothing,
     console,
     emit_json,
+    err_console,
     fail,
     fail_os,
     json_option,
@@ -49,11 +50,13 @@ from cardnet.cli.wallet_pending import (
     recover_payments,
     scrip,
 )
+from cardnet.services.admissions import Admission, AdmissionMemory, AdmissionsError
 from cardnet.services.wallet import MOVING, PEER_STORE_FAILED, WalletError
 
 APPLETS = ("trn", "purse", "speed")  # a person's card: tickets, vouchers and exchanges; the e-purse; SPEED payments
 TICKET_COLUMNS = ("oid", "body", "state", "peer")
 NO_TICKETS = "no tickets or vouchers on this card"
+USED_SHOWN = 10  # `wallet list`: the newest admissions shown to a person (--json: every one remembered)
 
 
 @dataclass(frozen=True)
@@ -319,17 +322,50 @@ def _ticket(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("oid", "status", "body", "state", "peer", "refused", "hint") if k in row}
 
 
+def remembered(memory: AdmissionMemory | None, card: bytes, oid: bytes) -> Admission | None:
+    """What this wallet remembers of card ``card`` giving ticket ``oid`` to a gate (``wallet_config.admissions``),
+    if anything; a damaged memory is said on stderr and remembers nothing."""
+    if memory is None:
+        return None
+    try:
+        return memory.find(card, oid)
+    except AdmissionsError as exc:
+        err_console.print(f"note: {exc}", markup=False)
+        return None
+
+
+def _used(memory: AdmissionMemory | None, card: bytes, held: set[str]) -> list[dict[str, str]]:
+    """The tickets this card gave to gates (the wallet's memory) that it no longer holds, newest first."""
+    try:
+        gone = [] if memory is None else [a for a in memory.of_card(card) if a.oid not in held]
+    except AdmissionsError as exc:
+        err_console.print(f"note: {exc}", markup=False)
+        return []
+    return [{"oid": a.oid, **a.fields()} for a in reversed(gone)]
+
+
 @wallet_command(wallet, "list")
 def wallet_list(target: Target, as_json: bool) -> None:
-    """The tickets and vouchers on your card, and how each stands."""
-    rows = [_ticket(r) for r in target.run(token_rows)]
+    """The tickets and vouchers on your card, and how each stands; and the tickets it used at gates."""
+
+    async def work(wallet: Any) -> tuple[bytes, list[dict[str, Any]]]:
+        return wallet.card.domain, await token_rows(wallet)
+
+    card, tokens = target.run(work)
+    rows = [_ticket(r) for r in tokens]
+    used = _used(wallet_config.admissions(target.config), card, {r["oid"] for r in rows})
     if as_json:
-        emit_json({"tickets": rows})
+        emit_json({"tickets": rows, "admissions": used})
         return
     print_rows(rows, TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
     for r in rows:
         if "hint" in r:
             console.print(f"{r['oid']}: {r['hint']}", markup=False)
+    if used:
+        print_rows(used[:USED_SHOWN], ("oid", "gate", "at"), title="used at gates (this wallet's own record)",
+                   empty="")  # fmt: skip
+        if len(used) > USED_SHOWN:
+            console.print(f"({len(used) - USED_SHOWN} earlier: --json lists them all)", markup=False)
 
 
 @wallet_command(wallet, "show", click.argument("item", required=False, metavar="[OID|EXCHANGE_ID]"))
@@ -398,17 +434,22 @@ def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
     from cardnet.cli.fairx import next_step
     from cardnet.cli.wallet_exchange import SPELLING
 
-    async def work(wallet: Any) -> tuple[str, dict[str, Any], str | None] | None:
+    async def work(wallet: Any) -> tuple[str, dict[str, Any], str | None] | bytes:
         for row in await token_rows(wallet):
             if row["oid"] == ident.hex():
                 return "ticket", _ticket(row), None
         for x in await wallet.exchanges():
             if x.n1 == ident:
                 return "exchange", exchange_row(x), next_step(x, SPELLING)
-        return None
+        return bytes(wallet.card.domain)
 
     found = target.run(work)
-    if found is None:
+    if isinstance(found, bytes):
+        used = remembered(wallet_config.admissions(target.config), found, ident)
+        if used is not None:
+            say(as_json, {"admission": {"oid": used.oid, **used.fields()}},
+                f"{used.words()} (this wallet's own record): this card no longer holds it")  # fmt: skip
+            return
         fail(f"this card holds no ticket or voucher {ident.hex()} and has no exchange with that id",
              reason="not_found", hint="`cardnet wallet list` shows your tickets and vouchers, `cardnet wallet show` "
              "your exchanges")  # fmt: skip
@@ -424,10 +465,18 @@ def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
 
 
 # -- send ---------------------------------------------------------------------------------------------------------
-async def usable_ticket(wallet: Any, oid: bytes, doing: str) -> None:
+async def usable_ticket(wallet: Any, oid: bytes, doing: str, memory: AdmissionMemory | None = None) -> None:
     """Fail in words unless this card holds ticket ``oid`` and it is usable now (``enabled``), before it is
-    ``doing`` ("sent", "presented"): nothing has moved then."""
+    ``doing`` ("sent", "presented"): nothing has moved then. A ticket it no longer holds that ``memory`` (the
+    wallet's record of its admissions) shows admitted at a gate is said so (``--json``: ``admission``)."""
     held = {v.oid: v for v in await wallet.vouchers()}
+    usable = oid in held and held[oid].status == "enabled"  # (else a record says why: admitted, ack on its way)
+    used = None if usable else remembered(memory, wallet.card.domain, oid)
+    if used is not None:
+        fail(f"{used.words()} (this wallet's own record): this card no longer holds it, so it cannot be {doing} "
+             "again", reason="not_held", fields={"admission": used.fields()},
+             hint="a ticket is used up at the gate that took it; if you did not go in with it, show this to the "
+             "gate's staff or the ticket office")  # fmt: skip
     if oid not in held:
         fail(f"this card does not hold ticket {oid.hex()}", reason="not_held",
              hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
@@ -453,7 +502,7 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
     raw, dst = parse_oid(oid), parse_uid(to)
 
     async def work(wallet: Any) -> str | None:
-        await usable_ticket(wallet, raw, "sent")
+        await usable_ticket(wallet, raw, "sent", wallet_config.admissions(target.config))
         await send_token(wallet, raw, dst, traceable=not untraceable)
         if wait_s <= 0:
             return "disabled+O"
@@ -501,12 +550,15 @@ def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bo
     from cardnet.cli import wallet_gate
 
     raw, dst = parse_oid(oid), parse_uid(gate)
-    got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s), wallet_gate.HINTS)
+    memory = wallet_config.admissions(target.config)
+    got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory), wallet_gate.HINTS)
     if not got.taken:
         words, hint = wallet_gate.refusal(got.reason)
         fail(f"the gate {dst} refused ticket {raw.hex()}: {words}; the ticket is still on your card",
              reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
     out = {"oid": raw.hex(), "gate": str(dst), "admitted": True, "reason": got.reason}
+    if got.unremembered is not None:  # (the admission stands: only the wallet's own record of it is missing)
+        err_console.print(f"note: this admission is not in your wallet's record: {got.unremembered}", markup=False)
     say(as_json, out, f"admitted: the gate {dst} took ticket {raw.hex()} (it is used up now: walk in)")
 
 

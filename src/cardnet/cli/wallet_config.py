@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cardnet.cli.output import fail, fail_os
+from cardnet.services.admissions import FILE as ADMISSIONS
+from cardnet.services.admissions import AdmissionMemory
 
 FILE = "wallet.toml"
 HOME_ENV = "CARDNET_HOME"
@@ -75,6 +77,12 @@ class WalletConfig:
                 hint=f"cardnet wallet config --set {key}=VALUE",
             )
         return value
+
+
+def admissions(config: WalletConfig) -> AdmissionMemory | None:
+    """The wallet's memory of its admissions at gates, beside the config (None without a config: a wallet run
+    with ``--socket`` alone keeps no files)."""
+    return AdmissionMemory(config.folder / ADMISSIONS) if config.exists else None
 
 
 def load(path: Path | None) -> WalletConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 from cardnet.cli.output import fail, progress
 from cardnet.cli.wallet import usable_ticket
+from cardnet.services.admissions import AdmissionMemory
 
 # Why a gate refused a ticket (docs/gate.md), for the person at the gate: what happened, and what to do. The
 # ticket stays on their card in every case.
@@ -65,11 +66,12 @@ def refusal(reason: str) -> tuple[str, str | None]:
     return words, hint
 
 
-async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float) -> Any:
+async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float, memory: AdmissionMemory | None = None) -> Any:
     """Present ticket ``oid`` at ``gate`` (its card's Uid) and wait up to ``wait_s`` for its answer: the
-    :class:`~cardnet.services.wallet.Redemption`. A ticket this card cannot present, or a gate its host cannot
-    reach, fails in words before anything moves."""
-    await usable_ticket(wallet, oid, "presented")
+    :class:`~cardnet.services.wallet.Redemption`, the admission written to ``memory`` (the wallet's own record).
+    A ticket this card cannot present (one ``memory`` shows admitted: said so), or a gate its host cannot reach,
+    fails in words before anything moves."""
+    await usable_ticket(wallet, oid, "presented", memory)
     if gate.domain != wallet.card.domain and (await wallet.route(gate.domain))["where"] == "none":
         fail(f"this host cannot reach the gate {gate}: no route to its domain {gate.domain.hex()}; the ticket "
              "stays on your card", reason="no_route",
@@ -77,4 +79,4 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float) -> Any:
              f'"{gate.domain.hex()}" = "HOST:PORT" (the gate\'s address) to [routes] in your host.toml and restart '
              "your host")  # fmt: skip
     with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
-        return await wallet.redeem(oid, gate, timeout_s=wait_s)
+        return await wallet.redeem(oid, gate, timeout_s=wait_s, memory=memory)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from cardnet.host import mtypes as hm
 from cardnet.host.client import AppClient
 from cardnet.host.core import HOST_PORT, STORE_FAILED
 from cardnet.protocols import fairx as fx
+from cardnet.services.admissions import AdmissionMemory, AdmissionsError
 from cardnet.wire import Message, MType, Uid
 
 ANSWER_TIMEOUT_S = 30.0
@@ -42,6 +44,7 @@ MAX_RESYNCS = 8  # readings of the card's state in a row after host.missed notic
 RECOVER_EVERY_S = 1.0  # how often wait() resends what an exchange waits for
 NOTICE_EVERY_S = 0.25  # how often a wait asks the host whether the other card's host sent word (no card step)
 GATE_STORE_FAILED = "gate_store_failed"  # redeem(): the gate's card cannot write its store (the voucher stays here)
+TAKEN = "taken by the gate"  # redeem(): the voucher left this card for the gate's (its acknowledgement came)
 PEER_STORE_FAILED = "peer_store_failed"  # wait_moved(), wait(): the other card cannot write its store (nothing lost)
 UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
@@ -86,12 +89,14 @@ class Voucher:
 class Redemption:
     """How a gate answered a voucher presented to it (:meth:`Wallet.redeem`): ``taken`` (the transfer committed:
     the voucher left this card for good, and the gate's operator sees the verdict) or refused with the gate's
-    ``reason`` (the voucher is usable on this card again)."""
+    ``reason`` (the voucher is usable on this card again). ``unremembered``: why an admission could not be written
+    to the wallet's memory (:mod:`cardnet.services.admissions`), if it could not (the admission stands)."""
 
     oid: bytes
     gate: Uid
     taken: bool
     reason: str
+    unremembered: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +316,13 @@ class Wallet:
         return str((await self._ask(SEND, RESULT, oid=oid, to=to, traceable=traceable))["reason"])
 
     async def redeem(
-        self, oid: bytes, gate: Uid, *, timeout_s: float = 10.0, recover_every_s: float = RECOVER_EVERY_S
+        self,
+        oid: bytes,
+        gate: Uid,
+        *,
+        timeout_s: float = 10.0,
+        recover_every_s: float = RECOVER_EVERY_S,
+        memory: AdmissionMemory | None = None,
     ) -> Redemption:
         """Consume voucher ``oid`` at a gate (docs/gate.md): send it to the gate's card ``gate`` and wait for the
         gate's answer, resending meanwhile. If the gate has not answered within ``timeout_s`` the transfer is
@@ -319,7 +330,18 @@ class Wallet:
         it, it is the gate's (``taken``): only the commit can follow. If the gate's host says its card cannot write
         its store (``host.undeliverable`` code ``store_failed``, which this host remembers: :meth:`route`), the
         transfer is cancelled at once and the redemption is refused ``gate_store_failed``: the voucher is usable
-        here again (if the gate took the copy after all, the cancel is refused and the gate's answer decides)."""
+        here again (if the gate took the copy after all, the cancel is refused and the gate's answer decides).
+        An admission is written to ``memory`` (the holder's own record: :mod:`cardnet.services.admissions`)."""
+        got = await self._redeem(oid, gate, timeout_s, recover_every_s)
+        if got.taken and memory is not None:
+            verdict = "admitted" if got.reason == TAKEN else "admitted_unacknowledged"
+            try:
+                memory.record(self.card.domain, oid, str(gate), verdict)
+            except AdmissionsError as exc:
+                return dataclasses.replace(got, unremembered=str(exc))
+        return got
+
+    async def _redeem(self, oid: bytes, gate: Uid, timeout_s: float, recover_every_s: float) -> Redemption:
         async with self.subscription() as changes:
             waiting = await self._wait_for(changes, gate.domain, timeout_s, recover_every_s)
             await self.transfer(oid, gate)
@@ -329,7 +351,7 @@ class Wallet:
                 if step == "look":
                     mine = await self.voucher(oid)
                     if mine is None:
-                        return Redemption(oid, gate, True, "taken by the gate")
+                        return Redemption(oid, gate, True, TAKEN)
                     if mine.status == "enabled":
                         return Redemption(oid, gate, False, mine.refused or "refused")
                     if mine.status == "disabled":  # the gate copied it and the commit is sent: it is the gate's

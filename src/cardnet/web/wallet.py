@@ -50,7 +50,7 @@ from cardnet.cli.fairx import (
     order_exchange,
 )
 from cardnet.cli.trn import STATUS_WORDS, token_rows
-from cardnet.cli.wallet_config import WalletConfig
+from cardnet.cli.wallet_config import WalletConfig, admissions
 from cardnet.cli.wallet_gate import HINTS as GATE_HINTS
 from cardnet.cli.wallet_gate import refusal
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
@@ -442,7 +442,8 @@ class WalletWeb:
         async with self._order() as wallet:
             await _movable(wallet, oid, gate, "presented")
             try:
-                got = await wallet.redeem(oid, gate, timeout_s=self.gate_wait_s)
+                memory = None if self.config is None else admissions(self.config)  # (the holder's own record)
+                got = await wallet.redeem(oid, gate, timeout_s=self.gate_wait_s, memory=memory)
             except WalletError as exc:
                 if exc.reason != "no_answer":
                     raise

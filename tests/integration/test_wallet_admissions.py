@@ -1,0 +1,111 @@
+"""The wallet remembers its own admissions at gates (docs/wallet.md, "Walk through a gate"), with real processes on
+127.0.0.1: ``cardnet gate run`` beside ``cardnet authority run`` and a wallet host, and ``cardnet wallet`` processes
+on a wallet config beside which the record is written (``admissions.json``, 0600).
+
+Presented a second time, a ticket the gate took is no longer on the card: ``wallet enter`` says when and at which
+gate it was admitted (not just "this card does not hold it"), and ``wallet show OID`` and ``wallet list`` say so too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from test_gate_processes import Screen, event, give
+from waiting import wait_for
+
+from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli import wallet_config
+
+T1 = bytes([0x61]) * 16
+WAIT_S = 30.0
+
+
+def wallet(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """``cardnet wallet ARGS --config CONFIG --json`` as a process of its own: exit code and its JSON."""
+    r = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "wallet", *args, "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "CARDNET_PIN": PIN}, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_a_ticket_entered_again_is_said_admitted_at_its_gate_and_time(tmp_path: Path) -> None:
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
+    with net:
+        screen = Screen(net.hosts["g"])
+        gate = str(net.uids["g"])
+        config = tmp_path / "alice" / "wallet.toml"
+        config.parent.mkdir()
+        wallet_config.save(config, {"socket": net.hosts["a"].socket, "card": net.uids["a"].domain.hex()})
+
+        async def go() -> None:
+            await net.setup_trace()
+            await net.setup_gates()
+            await give(net, T1, "a", b"Final, seat 4")
+
+        asyncio.run(go())
+        before = datetime.now(UTC).replace(microsecond=0)
+        code, got = wallet(config, "enter", T1.hex(), "--gate", gate, "--wait", str(WAIT_S))
+        assert code == 0 and got["admitted"], got
+        after = datetime.now(UTC)
+        asyncio.run(screen.wait("T1 admitted", event("verdict", T1, verdict="admitted")))
+
+        async def gone() -> bool:  # the gate's acknowledgement reached the card: T1 is no longer on it
+            return T1 not in await net.tokens("a")
+
+        asyncio.run(wait_for("the card to drop T1", gone))
+
+        record = config.parent / "admissions.json"  # beside the wallet config, the owner's alone
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600, oct(record.stat().st_mode)
+
+        # the holder tries again: told where and when it went in, not only that the card lacks it
+        code, got = wallet(config, "enter", T1.hex(), "--gate", gate, "--wait", str(WAIT_S))
+        error = got["error"]
+        assert code != 0 and error["reason"] == "not_held", got
+        assert f"ticket {T1.hex()} was admitted at gate {gate} at " in error["message"], error
+        admission = error["admission"]
+        assert admission["gate"] == gate, admission
+        assert admission["verdict"] in ("admitted", "admitted_unacknowledged"), admission
+        at = datetime.strptime(admission["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert before <= at <= after, (before, at, after)
+        assert admission["at"] in error["message"], error
+
+        code, shown = wallet(config, "show", T1.hex())
+        assert code == 0 and shown == {"admission": {"oid": T1.hex(), **admission}}, shown
+        code, listed = wallet(config, "list")
+        assert code == 0 and listed["tickets"] == [], listed
+        assert listed["admissions"] == [{"oid": T1.hex(), **admission}], listed
+        for args in (("show", T1.hex()), ("list",)):  # and in words for a person
+            r = subprocess.run(
+                [sys.executable, "-m", "cardnet.cli.main", "wallet", *args, "--config", str(config)],
+                capture_output=True, text=True, timeout=120, env={**os.environ, "CARDNET_PIN": PIN}, check=False,
+            )  # fmt: skip
+            assert r.returncode == 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+            assert T1.hex() in r.stdout and admission["at"] in r.stdout, r.stdout
+
+
+def test_the_memory_keeps_the_last_admissions_and_one_per_ticket(tmp_path: Path) -> None:
+    from cardnet.services.admissions import FILE, AdmissionMemory
+
+    memory = AdmissionMemory(tmp_path / FILE, keep=3)
+    card, other = bytes(12), bytes([1]) * 12
+    start = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+    for n in range(5):
+        memory.record(card, bytes([n]) * 16, f"gate-{n}", "admitted", at=start + timedelta(minutes=n))
+    memory.record(card, bytes([4]) * 16, "gate-9", "admitted_unacknowledged", at=start + timedelta(hours=1))
+    kept = [(a.oid[:2], a.gate) for a in memory.of_card(card)]
+    assert kept == [("02", "gate-2"), ("03", "gate-3"), ("04", "gate-9")], kept
+    assert memory.find(card, bytes([0]) * 16) is None  # forgotten, oldest first
+    found = memory.find(card, bytes([3]) * 16)
+    assert found is not None and found.at == "2026-12-07T20:03:00Z", found
+    assert memory.find(other, bytes([3]) * 16) is None  # another card's ticket is not this card's
+    assert stat.S_IMODE((tmp_path / FILE).stat().st_mode) == 0o600
