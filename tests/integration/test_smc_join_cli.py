@@ -1,15 +1,18 @@
 """`cardnet smc join` says what is wrong before it waits: a run file whose first round has passed (the join
-deadline) is refused at once (`too_late`, the deadline printed, with what to do), without reaching any host.
+deadline) is refused (`too_late`, the deadline printed, with what to do) unless the party's module is in the run
+already (an earlier join, stopped): then the join follows it to its result. A host it cannot reach: `too_late`.
 A join whose module ends the run with no result (it took no part: too few members joined) fails too, in words and
 as one JSON error. docs/smc-walkthrough.md shows the rest (the first line a join prints, the parties that joined,
 why a module has no result)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,7 +45,7 @@ def plan(tmp_path: Path, round_ms: str) -> Path:
 
 def test_a_run_that_started_is_refused_at_once_with_what_to_do(tmp_path: Path) -> None:
     run = plan(tmp_path, "1")
-    nowhere = str(tmp_path / "no-host.sock")  # never reached: the run file alone says it is too late
+    nowhere = str(tmp_path / "no-host.sock")  # no host to ask whether its module is in the run: too_late
     r = cardnet("smc", "join", "--run", str(run), "--socket", nowhere, "--pin", "1234", "-i", "5", "--json")
     err = json.loads(r.stdout)["error"]
     assert r.returncode != 0 and err["reason"] == "too_late", r
@@ -164,3 +167,89 @@ def test_a_join_interrupted_after_giving_its_input_is_taken_up_by_the_next_join(
         assert "has its input for this run already" in out and "module 0: median = 52 of 2 inputs" in out, out
         out, err = other.communicate(timeout=60)
         assert other.returncode == 0 and "module 1: median = 52 of 2 inputs" in out, (out, err)
+
+
+def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_the_next_join(tmp_path: Path) -> None:
+    """Ctrl-C on `smc join` after its module ticked the first round: the module is still in the run (it ends a
+    round by itself once the others' frames are in, and its frames travel card to card through its host without the
+    CLI), so it computes the result, but nobody shows it. Joining again with the same run file (what a person does)
+    follows the module's run and prints that result, giving no input, instead of the refusal ``too_late`` (which
+    said the member could no longer take part). A join whose module never joined the run is still refused
+    ``too_late``, saying so."""
+    import os
+    import signal
+    import time
+
+    from cardnet.cli.smc import _read_run
+    from cardnet.services.smc.controller import Module, Party
+
+    with SmcNet(tmp_path, 2) as net:
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        run = tmp_path / "run.toml"
+        members = [a for u in net.uids for a in ("-m", str(u))]
+        # rounds of 5 s (the deadlines never come: the modules end each round once its frames are in), no fake rounds
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "10", "--round-ms", "5000",
+                          "--rho-max", "0", "--out", str(run))  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        spec = _read_run(str(run))[0]
+
+        def join(i: int, value: str, *extra: str) -> subprocess.Popen[str]:
+            hp = net.hosts[i]
+            args = ["smc", "join", "--run", str(run), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", value]
+            return subprocess.Popen([sys.executable, "-m", "cardnet.cli.main", *args, *extra], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+        def state(i: int) -> dict[str, object]:
+            async def ask() -> dict[str, object]:
+                module = await Module.open(net.hosts[i].socket, pin=PIN, card=net.hosts[i].domain)
+                try:
+                    return await Party(module, spec).status()
+                except Exception:  # (no such run on the card yet)
+                    return {}
+                finally:
+                    await module.close()
+
+            return asyncio.run(ask())
+
+        def until(what: str, ok: Callable[[], bool], *procs: subprocess.Popen[str]) -> None:
+            deadline = time.monotonic() + 20
+            while not ok():
+                assert time.monotonic() < deadline, what
+                for p in procs:
+                    assert p.poll() is None, (what, p.communicate())
+                time.sleep(0.05)
+
+        other, first = join(1, "61"), join(0, "52")
+        until("module 1 has its input", lambda: bool(state(1).get("has_input")), other, first)
+        other.send_signal(signal.SIGSTOP)  # its Clock holds module 1 before the first round: the run waits for it
+        try:
+            until("module 0 ticked the first round", lambda: int(str(state(0).get("ticks", 0))) >= 1, first)
+            first.send_signal(signal.SIGINT)  # Ctrl-C after the first round
+            out, err = first.communicate(timeout=30)
+            assert first.returncode == 130 and "interrupted" in err and "module 0:" not in out, (out, err)
+            assert "after it, join again to follow the module's run to its result" in err, err
+        finally:
+            other.send_signal(signal.SIGCONT)
+        out, err = other.communicate(timeout=60)  # module 0 took part with no CLI: frames through its host alone
+        assert other.returncode == 0 and "module 1: median = 52 of 2 inputs" in out, (out, err)
+        again = join(0, "52")
+        out, err = again.communicate(timeout=60)
+        assert again.returncode == 0, (out, err)
+        assert "is in it with the input an earlier join gave it, at tick 3 of 3" in out, out
+        assert "module 0: median = 52 of 2 inputs" in out, out
+        as_json = join(0, "52", "--json")
+        out, err = as_json.communicate(timeout=60)
+        report = json.loads(out)
+        assert as_json.returncode == 0 and report["followed"] is True and report["status"] == "decided", (out, err)
+        assert report["result"] is not None and report["module"] == 0, report
+
+        # a run module 0 never joined, past its first round: refused too_late, its host asked and saying so
+        never = tmp_path / "never.toml"
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "0", "--out", str(never))
+        assert planned.returncode == 0, planned.stderr
+        hp = net.hosts[0]
+        r = cardnet("smc", "join", "--run", str(never), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", "5",
+                    "--json", env=env)  # fmt: skip
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode != 0 and err["reason"] == "too_late", r
+        assert "module 0 never joined it" in err["message"] and "cardnet smc plan" in err["hint"], err

@@ -34,8 +34,6 @@ def test_the_smc_walkthrough_runs_as_written(tmp_path: Path) -> None:
         run = tomllib.loads((tmp_path / name).read_text())
         assert run["function"] == function and run["members"] == MEMBERS and run["t"] == 1, run
     refused = [r for r in ran if " smc join " in r.command and r.returncode != 0]
-    assert [("salaries.toml" in r.command, "carol.sock" in r.command) for r in refused] == [
-        (True, False),
-        (False, True),
-    ]
+    # (alice's join after the salaries run follows her module to its result; only carol's, host down, fails)
+    assert [("salaries.toml" in r.command, "carol.sock" in r.command) for r in refused] == [(False, True)]
     assert all("Traceback" not in r.printed for r in ran)

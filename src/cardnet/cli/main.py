@@ -161,7 +161,8 @@ INTERRUPTED_HINTS: dict[tuple[str, ...], str] = {
         "it again (its scrip is spent once at most)"
         for name in ("buy", "spend", "renew", "retry")
     },
-    ("smc", "join"): "join again before the first round: the join goes on with the input the module has",
+    ("smc", "join"): "join again before the first round: the join goes on with the input the module has; after "
+    "it, join again to follow the module's run to its result",
     ("trn",): "`cardnet trn list` shows how each token stands; `cardnet trn recover` resends what is unfinished",
     ("exchange",): "`cardnet exchange list` shows how each exchange stands and what to do next",
 }

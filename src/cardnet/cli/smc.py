@@ -413,15 +413,18 @@ JOIN_HINTS = {  # what to do when `smc join` fails, by reason
 @json_option
 def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, value: str, as_json: bool) -> None:
     """Take part in a planned run with your module card: join (until the run starts), give your input, drive
-    the rounds, and print the result every module that decided computed."""
+    the rounds, and print the result every module that decided computed. After the first round, a join gives no
+    input: it follows your module to its result if an earlier join put it in the run (e.g. one stopped with
+    Ctrl-C), else it is refused."""
     from cardnet.cli.trn import card_pin, parse_domain
     from cardnet.services.smc.controller import Module, Party, SmcError
 
     spec, round_s, start_at = _read_run(run_file)
-    try:  # at once, before reaching any host
+    late: SmcError | None = None
+    try:  # past the first round, a join only follows a module already in the run (_follow)
         _join_wait_s(spec, start_at)
     except SmcError as exc:
-        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS[exc.reason])
+        late = exc
     fn = REGISTRY.get(spec.terms.function)
     try:
         raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
@@ -431,10 +434,18 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     domain = parse_domain(card)
 
     async def go() -> tuple[Any, float]:
-        module = await Module.open(socket, pin=key, card=domain)
+        try:
+            module = await Module.open(socket, pin=key, card=domain)
+        except SmcError as exc:
+            if late is not None and exc.reason == "no_host":  # (the run file alone says the join came too late)
+                raise late from None
+            raise
         try:
             if module.card not in spec.members:
                 raise SmcError("not_a_member", f"the card {module.card} is not a member of run {spec.run.hex()}")
+            if late is not None:
+                t0 = time.perf_counter()
+                return await _follow(Party(module, spec), late, start_at, round_s, as_json), time.perf_counter() - t0
             if not as_json:  # the first line: what this party is waiting for (the rounds start for all at once)
                 console.print(
                     f"joining run {spec.run.hex()} as module {spec.members.index(module.card)} of {spec.n} "
@@ -488,6 +499,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         "result": result,
         "rounds": outcome.rounds,
         "smc_ms": round(took * 1000, 1),
+        "followed": late is not None,  # (a join after the first round follows the module's run; no input given)
     }
     received = _my_items(fn.name, outcome.result, outcome.me, raw)
     if received is not None:
@@ -524,6 +536,38 @@ def _no_result(outcome: Any, spec: Any) -> tuple[str, str]:
         message += f": {why[outcome.status]}"
     hint = todo.get(outcome.status, "the host's log says what its module did; plan a new run and join it")
     return message, hint
+
+
+async def _follow(party: Any, late: Any, start_at: float, round_s: float, as_json: bool) -> Any:
+    """A join after the run's first round: if an earlier join of this card (stopped, e.g. Ctrl-C) put its module in
+    the run with its input, the module still takes part (it ends a round by itself once the others' frames are in,
+    and its frames travel through the host without the CLI); this join follows it to its result, giving no input,
+    and is its Clock again from the round it reached (a late tick ends the rounds before it, as for a slow host).
+    Otherwise ``late`` (``too_late``), saying what the module did."""
+    from cardnet.services.smc.controller import SmcError
+
+    spec = party.spec
+    me = spec.members.index(party.module.card)
+    try:
+        state = await party.status()
+    except SmcError as exc:
+        if exc.reason != "no_run":
+            raise  # restarted: the module takes no further part in the run
+        raise SmcError(late.reason, f"{late}; module {me} never joined it (no earlier join reached it)") from None
+    if not state.get("has_input"):
+        raise SmcError(
+            late.reason,
+            f"{late}; module {me} joined it but was given no input before the first round (its join stopped before "
+            "that), so it takes no part in it",
+        )
+    if not as_json:
+        console.print(
+            f"run {spec.run.hex()} began at {_clock(start_at)}: module {me} of {spec.n} is in it with the input an "
+            f"earlier join gave it, at tick {state['ticks']} of {spec.rounds + 1}; following it to its result (this "
+            "-i is not given: a module takes one input, before the first round)",
+            markup=False,
+        )
+    return await party.run_rounds(start_at, round_s)
 
 
 def _join_wait_s(spec: Any, start_at: float) -> float:
