@@ -724,6 +724,7 @@ def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: 
 DROP_HINTS = {
     "insufficient": "nothing was paid: load the purse (or the account), then buy again",
     "bill_expired": "nothing was paid, and the vendor may sell the goods again: buy again for a new bill",
+    "vendor_cert_expired": "buy again once the vendor's certificate is renewed (its catalogue signed anew)",
 }
 
 

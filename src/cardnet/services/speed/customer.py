@@ -79,7 +79,7 @@ class Purchase:
 PERMANENT = frozenset(
     {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
-     "pruned", "debit_refused", "bill_expired"}
+     "pruned", "debit_refused", "bill_expired", "vendor_cert_expired"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
 NOTHING_PAID = frozenset(
     {"insufficient"}
@@ -614,6 +614,11 @@ class Customer:
         try:
             order = await self._card(co.PAY, co.ORDER, **fields)  # the card checks the bill against its agreement
         except PurchaseError as exc:
+            if exc.reason == "expired":  # the card checks the certificate's time only before a payment it has not made
+                words = "nothing was paid: the vendor's certificate expired before the card paid this purchase"
+                raise PurchaseError(
+                    "vendor_cert_expired", f"{words}, and a card pays no new order under it ({exc})"
+                ) from None
             if exc.reason != "already_paid" or self.journal is None:
                 raise
             return await self._resent(rec, bill)  # paid long ago (the card keeps only the register entry)
