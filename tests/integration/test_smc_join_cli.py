@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import forkhost
+import pytest
 
 from cardnet.bench.smcnet import PIN, SmcNet
 
@@ -169,13 +170,17 @@ def test_a_join_interrupted_after_giving_its_input_is_taken_up_by_the_next_join(
         assert other.returncode == 0 and "module 1: median = 52 of 2 inputs" in out, (out, err)
 
 
-def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_the_next_join(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [False, True], ids=["after_the_run", "while_it_waits"])
+def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_the_next_join(
+    tmp_path: Path, held: bool
+) -> None:
     """Ctrl-C on `smc join` after its module ticked the first round: the module is still in the run (it ends a
     round by itself once the others' frames are in, and its frames travel card to card through its host without the
     CLI), so it computes the result, but nobody shows it. Joining again with the same run file (what a person does)
     follows the module's run and prints that result, giving no input, instead of the refusal ``too_late`` (which
     said the member could no longer take part). A join whose module never joined the run is still refused
-    ``too_late``, saying so."""
+    ``too_late``, saying so. ``while_it_waits``: the join comes while the run waits for the other member (held
+    before its first round); it says the module is at tick 1, and prints the result once the run goes on."""
     import os
     import signal
     import time
@@ -187,8 +192,8 @@ def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_t
         env = {**os.environ, "CARDNET_PIN": PIN}
         run = tmp_path / "run.toml"
         members = [a for u in net.uids for a in ("-m", str(u))]
-        # rounds of 5 s (the deadlines never come: the modules end each round once its frames are in), no fake rounds
-        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "10", "--round-ms", "5000",
+        # rounds of 10 s (the deadlines never come: the modules end each round once its frames are in), no fake rounds
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "10", "--round-ms", "10000",
                           "--rho-max", "0", "--out", str(run))  # fmt: skip
         assert planned.returncode == 0, planned.stderr
         spec = _read_run(str(run))[0]
@@ -228,14 +233,20 @@ def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_t
             out, err = first.communicate(timeout=30)
             assert first.returncode == 130 and "interrupted" in err and "module 0:" not in out, (out, err)
             assert "after it, join again to follow the module's run to its result" in err, err
+            if held:  # joined again while module 1 is held: module 0 is at its first tick, the join follows it
+                again = join(0, "52")
+                assert again.stdout is not None
+                said = again.stdout.readline()
+                assert "is in it with the input an earlier join gave it, at tick 1 of 3" in said, said
         finally:
             other.send_signal(signal.SIGCONT)
-        out, err = other.communicate(timeout=60)  # module 0 took part with no CLI: frames through its host alone
+        out, err = other.communicate(timeout=60)  # module 0 took part with no CLI of its own running
         assert other.returncode == 0 and "module 1: median = 52 of 2 inputs" in out, (out, err)
-        again = join(0, "52")
+        if not held:  # joined again after the run: module 0 finished it with no CLI (frames through its host alone)
+            again = join(0, "52")
         out, err = again.communicate(timeout=60)
         assert again.returncode == 0, (out, err)
-        assert "is in it with the input an earlier join gave it, at tick 3 of 3" in out, out
+        assert held or "is in it with the input an earlier join gave it, at tick 3 of 3" in out, out
         assert "module 0: median = 52 of 2 inputs" in out, out
         as_json = join(0, "52", "--json")
         out, err = as_json.communicate(timeout=60)
