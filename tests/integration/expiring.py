@@ -4,10 +4,14 @@ before it is made; a test of ``speedprocs`` makes its own, backdated, before ``b
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from cardnet.crypto import pki
+from cardnet.crypto.errors import PkiError
 from cardnet.errors import CardnetError
 from cardnet.services.speed.stored import Identity
 from cardnet.store import open_store
@@ -35,3 +39,12 @@ def recertify(ca_file: Path, db: Path, kind: str, table: str, name: str, left_s:
     finally:
         store.close()
     return der, cert.not_valid_after_utc.timestamp()
+
+
+def wait_until_expired(cert: bytes, roots: list[bytes], expires: float) -> None:
+    """Wait (a real wait) until a second after ``expires``, then check that ``cert`` (DER) has really expired."""
+    while time.time() <= expires + 1:
+        time.sleep(0.2)
+    with pytest.raises(PkiError) as expired:
+        pki.verified(cert, roots, now=time.time(), role=pki.Role.SERVICE)
+    assert expired.value.reason == "expired"

@@ -203,3 +203,17 @@ async def relay_that_loses_s3(broker: str) -> Any:
         yield f"127.0.0.1:{port_here}", lost
     finally:
         server.close()
+
+
+def buy_losing_s3(net: SpeedNet, customer: Customer, product: str) -> bytes:
+    """``customer`` buys ``product`` (aggressive mode) through :func:`relay_that_loses_s3`: the purse debits on the
+    broker's S2 and the program stops before the broker has the S3 (``unreachable``); the PaymentOrderID."""
+
+    async def pay() -> tuple[Any, list[bytes]]:
+        async with relay_that_loses_s3(net.broker.address) as (relay, lost):
+            got = await asyncio.to_thread(customer.buy, net, product, aggressive=True, broker=relay, check=False)
+        return got, lost
+
+    stopped, lost = asyncio.run(pay())
+    assert len(lost) == 1 and stopped["error"]["reason"] == "unreachable", stopped
+    return lost[0]
