@@ -321,6 +321,16 @@ def _floors(ctx: StepContext, uid: Uid) -> tuple[int, int]:
     return int.from_bytes(raw[:_FLOOR_BYTES], "big"), int.from_bytes(raw[_FLOOR_BYTES:], "big")
 
 
+def _raise_floor(ctx: StepContext, floors: dict[bytes, list[int]], uid: bytes, kind: bytes, ctr: bytes) -> None:
+    """Raise card ``uid``'s debit or load floor (``kind``), kept in ``floors`` until the prune writes them, past the
+    pruned counter ``ctr``."""
+    floor = floors.get(uid)
+    if floor is None:
+        floor = floors[uid] = list(_floors(ctx, Uid.from_bytes(uid)))
+    i = 0 if kind == _DEBIT else 1
+    floor[i] = max(floor[i], int.from_bytes(ctr, "big") + 1)
+
+
 def _check_not_pruned(
     ctx: StepContext, uid: Uid, kind: bytes, ctr: int, authentic: Callable[[], None] | None = None
 ) -> None:
@@ -622,11 +632,7 @@ class SamApplet(Applet):
                     ctx.delete(b"o:" + _DEBIT_REC.decode(_must(ctx.get(rkey)))["poid"])
                 ctx.delete(rkey)
                 ctx.delete(k)
-                floor = floors.get(uid)
-                if floor is None:
-                    floor = floors[uid] = list(_floors(ctx, Uid.from_bytes(uid)))
-                i = 0 if kind == _DEBIT else 1
-                floor[i] = max(floor[i], int.from_bytes(ctr, "big") + 1)
+                _raise_floor(ctx, floors, uid, kind, ctr)
             entries += len(take)
             if len(take) < len(rows):
                 break  # the batch is full inside this day: its totals stay until its whole log is gone
@@ -656,11 +662,7 @@ class SamApplet(Applet):
             kind, uid, ctr = k[6:7], k[7 : 7 + UID_BYTES], k[7 + UID_BYTES :]
             ctx.delete((b"r:" if kind == _LOAD else b"x:") + uid + ctr)
             ctx.delete(k)
-            floor = floors.get(uid)
-            if floor is None:
-                floor = floors[uid] = list(_floors(ctx, Uid.from_bytes(uid)))
-            i = 0 if kind == _DEBIT else 1
-            floor[i] = max(floor[i], int.from_bytes(ctr, "big") + 1)
+            _raise_floor(ctx, floors, uid, kind, ctr)
         return len(take), len(rows) > budget
 
 
