@@ -15,12 +15,10 @@ import asyncio
 from pathlib import Path
 
 from diskfull import disk_full
-from test_trn_kill import add_clone, route_to, setup
-from test_trn_processes import OID
+from test_trn_kill import clone_spends_twice, route_to
 from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST
-from cardnet.applets.trn import RECOVER, SEND
 from cardnet.bench.procs import free_port
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.card import mtypes as cm
@@ -42,21 +40,7 @@ def test_a_blocklist_the_card_could_not_take_is_signed_again_once_it_can(tmp_pat
 
 
 async def _run(net: TrnNet, clone_port: int) -> None:
-    await setup(net, "a")
-    net.hosts["a"].stop()
-    clone = add_clone(net, "a", "a2", clone_port)
-    net.hosts["a"].restart()
-    clone.start()
-    assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]
-    await net.settle("b", OID)
-    assert (await net.ask("a2", SEND, oid=OID, to=net.uids["c"]))["ok"]  # the clone spends it again
-
-    async def a_blocked() -> bool:
-        for card in ("a2", "c"):
-            await net.ask(card, RECOVER)
-        return net.uids["a"] in (await net.ask("authority", BLOCKED_LIST, BLOCKED))["uids"]
-
-    await wait_for("the authority to block a", a_blocked, WAIT_S)
+    await clone_spends_twice(net, clone_port, WAIT_S)
     auth = net.hosts["auth"]
     assert auth.proc is not None
     pid = auth.proc.pid

@@ -24,13 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_trn_kill import add_clone, route_to, setup, status
+from test_trn_kill import clone_spends_twice, route_to, status
 from test_trn_processes import OID, TrnNet
 from test_trn_reissue import reissued
-from waiting import wait_for
 
-from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
-from cardnet.applets.trn import MINT, RECOVER, SEND
+from cardnet.applets.authority import CHAIN, QUERY
+from cardnet.applets.trn import MINT, SEND
 from cardnet.bench.procs import free_port, readline, stop_process
 from cardnet.bench.trnnet import PIN
 from cardnet.protocols import trace_view as tv
@@ -51,21 +50,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrnNet]:
 
 
 async def make_history(net: TrnNet, clone_port: int) -> None:
-    await setup(net, "a")
-    net.hosts["a"].stop()
-    clone = add_clone(net, "a", "a2", clone_port)
-    net.hosts["a"].restart()
-    clone.start()
-    assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]
-    await net.settle("b", OID)
-    assert (await net.ask("a2", SEND, oid=OID, to=net.uids["c"]))["ok"]
-
-    async def a_blocked() -> bool:
-        for card in ("a2", "c"):
-            await net.ask(card, RECOVER)
-        return net.uids["a"] in (await net.ask("authority", BLOCKED_LIST, BLOCKED))["uids"]
-
-    await wait_for("the authority to block a (the clone spent OID again)", a_blocked)
+    await clone_spends_twice(net, clone_port)
     assert await status(net, "c") == "trustless"
     assert (await net.ask("agent", MINT, oid=OID2, body=b"Final, seat 8"))["ok"]
     assert (await net.ask("agent", SEND, oid=OID2, to=net.uids["b"]))["ok"]

@@ -56,7 +56,7 @@ import pytest
 from forkhost import Forker
 from killwindow import KillWindow
 from test_trn_processes import OID, TrnNet
-from waiting import wait_for
+from waiting import WAIT_S, wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST, CHAIN, QUERY
 from cardnet.applets.trn import CANCEL, LIST, MINT, RECOVER, RESULT, SEND, TOKENS
@@ -270,6 +270,26 @@ def add_clone(net: TrnNet, original: str, clone: str, port: int) -> HostProc:
     net.where[clone] = clone
     net.uids[clone] = net.uids[original]
     return hp
+
+
+async def clone_spends_twice(net: TrnNet, clone_port: int, timeout_s: float = WAIT_S) -> None:
+    """``a`` holds OID; a clone of its card (host ``a2`` on ``clone_port``) is made, ``a`` sends OID to ``b`` and the
+    clone sends it again to ``c``; returns once the authority blocked ``a`` (the cards asked to recover meanwhile)."""
+    await setup(net, "a")
+    net.hosts["a"].stop()
+    clone = add_clone(net, "a", "a2", clone_port)
+    net.hosts["a"].restart()
+    clone.start()
+    assert (await net.ask("a", SEND, oid=OID, to=net.uids["b"]))["ok"]
+    await net.settle("b", OID)
+    assert (await net.ask("a2", SEND, oid=OID, to=net.uids["c"]))["ok"]  # the clone spends it again
+
+    async def a_blocked() -> bool:
+        for card in ("a2", "c"):
+            await net.ask(card, RECOVER)
+        return net.uids["a"] in (await net.ask("authority", BLOCKED_LIST, BLOCKED))["uids"]
+
+    await wait_for("the authority to block a (the clone spent OID again)", a_blocked, timeout_s)
 
 
 def route_to(net: TrnNet, host: str, card: str, port: int) -> None:
