@@ -103,7 +103,7 @@ def test_a_receipts_cursor_past_any_log_is_refused_not_a_crash() -> None:
     msg = Message(BROKER, BROKER, fr.RECEIPT_FOR_VENDOR.code, cbor2.dumps({0: 2**63}))
     reply = sc.broker.core.handle(msg)
     assert reply.mtype == fr.REFUSED.code and fr.REFUSED.parse(reply)["reason"] == "oversize"
-    top = sc.broker.core.handle(fr.RECEIPT_FOR_VENDOR.make(BROKER, BROKER, after=2**63 - 1))
+    top = sc.broker.core.handle(sc.vendor.core.receipts_request(2**63 - 1))
     assert fr.RECEIPTS.parse(top)["items"] == []
 
 

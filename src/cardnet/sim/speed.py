@@ -1302,7 +1302,7 @@ class SpeedScenario:
         """The vendor fetches the broker's receipts (``speed.vendor_receipts``) and takes each for its sale: it
         holds a receipt for every paid order, at the price it billed."""
         prices = {poid: amount for poid, state, _c, amount, _k in self._orders() if state == "paid"}
-        reply = self.broker.core.handle(fr.RECEIPT_FOR_VENDOR.make(VENDOR, BROKER, after=0))
+        reply = self.broker.core.handle(self.vendor.core.receipts_request(0))
         bad = []
         try:
             for item in fr.RECEIPTS.parse(reply)["items"]:

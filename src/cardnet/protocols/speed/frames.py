@@ -107,7 +107,13 @@ RECEIPT_FOR_VENDOR = register(
     0x061A,
     "speed.vendor_receipts",
     P,
-    Schema("speed.vendor_receipts", [Field(0, "after", UInt(2**63 - 1))]),  # a log position (SQLite: signed 64-bit)
+    Schema(
+        "speed.vendor_receipts",
+        [
+            Field(0, "after", UInt(2**63 - 1)),  # a log position (SQLite: signed 64-bit)
+            Field(1, "signed", Bytes(sm.MAX_SIGNED, 1)),  # the vendor's signed speed.receipts_ask (the same after)
+        ],
+    ),
 )
 MAX_ORDER_STATES = 256  # PaymentOrderIDs one speed.order_states asks about
 ORDER_STATES = register(  # V -> B: what became of these payment orders (before the vendor releases their goods)

@@ -326,6 +326,17 @@ RECEIPT = Schema(
 )
 
 
+RECEIPTS_ASK = Schema(  # signed by a vendor: its own receipts at one broker, from a log position, now
+    "speed.receipts_ask",
+    [
+        Field(0, "after", UInt(2**63 - 1)),  # a log position (SQLite: signed 64-bit)
+        Field(1, "broker", Bytes(VENDOR_ID_BYTES, VENDOR_ID_BYTES)),  # the broker's key (SHA-256, as a VendorID)
+        Field(2, "at", UInt()),  # when the vendor asked (Unix s): the broker takes it within RECEIPTS_ASK_WINDOW_S
+    ],
+)
+RECEIPTS_ASK_WINDOW_S: Final = 300
+
+
 def decode(schema: Schema, raw: bytes, what: str) -> dict[str, Any]:
     """``schema``'s strict decoding of ``raw``: a :class:`DecodeError` says what is wrong with ``what``."""
     try:

@@ -25,7 +25,8 @@ the broker's own card (:class:`~cardnet.host.local.LocalCard`): the purse master
   refuses it for good unless it authorised it and the card did not decline that S2, and the answer
   ``speed.debit_refused`` carries the SAM's SR, on which the purse forgets it; refused ``authorised`` if the SAM
   gave its S2 (the purchase is finished by the customer's recovery, which debits once).
-* ``speed.vendor_receipts {after}``: the receipts in order (for the vendor; they open only under RecKey).
+* ``speed.vendor_receipts {after, signed}``: the receipts in order of the vendor that signed the request (a
+  ``speed.receipts_ask`` for this broker, made within five minutes of the broker's time); anyone else is refused.
 * ``speed.order_states {poids}``: for each, ``paid`` (and its sealed receipt), ``authorised`` (paid whenever it comes,
   deadline or not) or ``none``: what a vendor asks before it releases what it held for an unpaid bill.
 
@@ -104,6 +105,7 @@ DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the S
 SETTLE_EVERY_S = 60.0
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
 MAX_RECEIPTS_PAGE = 256
+RECEIPT_SCAN_PAGES = 16  # log pages one speed.vendor_receipts reads (other vendors' receipts skipped) before it answers
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
 _MAX_CURRENCIES = 16  # an account's balances: one per currency
@@ -335,13 +337,46 @@ class BrokerCore:
             got = self.sam.ask(sa.LOAD_FINISH, sa.LOADED, l3=fr.LOAD_STEP.parse(msg)["l"])
             return fr.reply(msg, fr.LOADED, ok=True, balance=got["amount"])
         if code == fr.RECEIPT_FOR_VENDOR.code:
-            after = fr.RECEIPT_FOR_VENDOR.parse(msg)["after"]
-            with self.store.transaction() as txn:
-                rows = txn.read_log(RECEIPTS, after, MAX_RECEIPTS_PAGE)
-            return fr.reply(msg, fr.RECEIPTS, items=[v for _, v in rows], last=rows[-1][0] if rows else after)
+            return self._vendor_receipts(msg, fr.RECEIPT_FOR_VENDOR.parse(msg))
         if code == fr.ORDER_STATES.code:
             return fr.reply(msg, fr.STATES, items=[self._state(p) for p in fr.ORDER_STATES.parse(msg)["poids"]])
         raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
+
+    def _vendor_receipts(self, msg: Message, p: dict[str, Any]) -> Message:
+        """``speed.vendor_receipts``: the receipts of the vendor that signed the request (its ``speed.receipts_ask``,
+        made for this broker within :data:`~cardnet.protocols.speed.messages.RECEIPTS_ASK_WINDOW_S` of now), after
+        log position ``after``, and the position to ask from next. Only that vendor's: the receipts of the others
+        (how many purchases they made, and when) are none of its business, nor of anyone else who connects."""
+        now = self.clock()
+        signed = sm.signed(p["signed"], "receipts request")
+        ask = sm.decode(sm.RECEIPTS_ASK, signed.content, "receipts request")
+        pki.verified(signed.signer_cert_der, self.roots, now=now, role=pki.Role.SERVICE)
+        if ask["broker"] != sm.vendor_id(self.cert):
+            raise _Refusal("not_for_me", "that receipts request was signed for another broker: sign one for this one")
+        if abs(ask["at"] - now) > sm.RECEIPTS_ASK_WINDOW_S:
+            raise _Refusal("stale_request", f"that receipts request was signed at {ask['at']} (Unix s), more than "
+                           f"{sm.RECEIPTS_ASK_WINDOW_S} s from this broker's time {int(now)}: sign a new one (check "
+                           "the vendor's clock)")  # fmt: skip
+        if ask["after"] != p["after"]:
+            raise _Refusal("bad_request", "the receipts request's signed position is not the one it asks from")
+        vid = sm.vendor_id(signed.signer_cert_der)
+        with self.store.transaction() as txn:
+            if not any(_ACCOUNT.decode(v)["owner"] == vid for _, v in txn.scan(ACCOUNTS)):
+                raise _Refusal("unknown_vendor", "the key that signed that receipts request owns no vendor account "
+                               "at this broker: only a vendor reads its own receipts")  # fmt: skip
+            items: list[bytes] = []
+            last = p["after"]
+            for _ in range(RECEIPT_SCAN_PAGES):  # the others' receipts are skipped, a bounded number of them a call
+                rows = txn.read_log(RECEIPTS, last, MAX_RECEIPTS_PAGE)
+                for pos, raw in rows:
+                    last = pos
+                    if fr.RECEIPT.schema.decode(raw)["poid"][: sm.VENDOR_ID_BYTES] == vid:
+                        items.append(raw)
+                        if len(items) == MAX_RECEIPTS_PAGE:
+                            return fr.reply(msg, fr.RECEIPTS, items=items, last=last)
+                if len(rows) < MAX_RECEIPTS_PAGE:
+                    break
+        return fr.reply(msg, fr.RECEIPTS, items=items, last=last)
 
     def _get_order(self, poid: bytes) -> dict[str, Any] | None:
         """A paid order (durable), or one authorised since this broker started (in memory: the SAM holds what

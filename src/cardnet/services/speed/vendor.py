@@ -183,6 +183,12 @@ class VendorCore:
     def _sign(self, content: bytes) -> bytes:
         return cms.sign(content, self.cert, lambda d: profile.sign(self.key, d))
 
+    def receipts_request(self, after: int) -> Message:
+        """``speed.vendor_receipts`` from log position ``after``, signed by this vendor for its broker now: the broker
+        answers this vendor's receipts alone (:func:`vendor_receipts`)."""
+        ask = {"after": after, "broker": sm.vendor_id(self.broker_cert), "at": int(self.clock())}
+        return fr.RECEIPT_FOR_VENDOR.make(_ANYONE, _ANYONE, after=after, signed=self._sign(sm.RECEIPTS_ASK.encode(ask)))
+
     # -- requests ----------------------------------------------------------------------------------------------
     def handle(self, msg: Message) -> Iterator[Message]:
         """The frames that answer ``msg`` (a refusal is one ``speed.refused``)."""
@@ -413,6 +419,31 @@ async def order_states(
         p = fr.REFUSED.parse(msg)
         raise VendorError(p["reason"], f"the broker refused to say what became of its payment orders: {p['detail']}")
     return {i["poid"]: (i["state"], i.get("sealed")) for i in fr.STATES.parse(msg)["items"]}
+
+
+async def vendor_receipts(
+    core: VendorCore, broker: tuple[str, int], after: int = 0, *, timeout_s: float = 10.0
+) -> tuple[list[tuple[bytes, bytes]], int]:
+    """One page of the broker's receipts for ``core``'s sales after log position ``after`` (``speed.vendor_receipts``,
+    signed by the vendor): ([(PaymentOrderID, sealed receipt)], the position to ask from next; the same position
+    again: none are left). :meth:`VendorCore.take_receipt` takes each. ``VendorError('unreachable')`` if the broker
+    does not answer, ``VendorError(reason)`` if it refuses."""
+    try:
+        conn = await asyncio.wait_for(dial(*broker), timeout_s)
+        try:
+            await conn.send(core.receipts_request(after))
+            msg = await asyncio.wait_for(conn.recv(), timeout_s)
+        finally:
+            await conn.aclose()
+    except (OSError, TransportError, TimeoutError) as exc:
+        raise VendorError("unreachable", f"cannot ask the broker at {broker[0]}:{broker[1]} for its receipts: "
+                          f"{exc or 'timeout'}") from None  # fmt: skip
+    if msg.mtype == fr.REFUSED.code:
+        p = fr.REFUSED.parse(msg)
+        raise VendorError(p["reason"], f"the broker refused this vendor's receipts: {p['detail']}")
+    got = fr.RECEIPTS.parse(msg)
+    items = [fr.RECEIPT.schema.decode(i) for i in got["items"]]
+    return [(i["poid"], i["sealed"]) for i in items], got["last"]
 
 
 class VendorServer(GroupCommitServer):
