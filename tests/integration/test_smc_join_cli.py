@@ -264,3 +264,64 @@ def test_a_join_interrupted_after_the_first_round_is_followed_to_its_result_by_t
         err = json.loads(r.stdout)["error"]
         assert r.returncode != 0 and err["reason"] == "too_late", r
         assert "module 0 never joined it" in err["message"] and "cardnet smc plan" in err["hint"], err
+
+
+@pytest.mark.parametrize("start_in", ["0", "600"], ids=["late", "in_time"])
+def test_the_host_is_checked_before_the_pin_is_asked_for(tmp_path: Path, start_in: str) -> None:
+    """No --pin and no $CARDNET_PIN: `smc join` would ask for the PIN. With no host at --socket it says so first
+    (``too_late`` for a run that began, its deadline alone decides; ``no_host`` before it), instead of asking for a
+    PIN that could only be typed for nothing. (Here stdin is no terminal: asking would fail ``no_pin``.)"""
+    import os
+
+    run = tmp_path / "run.toml"
+    planned = cardnet("smc", "plan", "-f", "median", "-m", UIDS[0], "-m", UIDS[1], "--start-in", start_in,
+                      "--out", str(run))  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}
+    nowhere = str(tmp_path / "no-host.sock")
+    args = ["smc", "join", "--run", str(run), "--socket", nowhere, "-i", "5", "--json"]
+    r = subprocess.run([sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True,
+                       timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    err = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and err["reason"] == ("too_late" if start_in == "0" else "no_host"), r
+    assert "PIN" not in err["message"], err
+
+
+def test_a_run_the_module_dropped_to_make_room_says_so_and_what_to_do(tmp_path: Path) -> None:
+    """A module keeps 8 runs in memory at once; a 9th prepared on it drops the oldest. Joining the dropped run again
+    is refused ``made_room`` in those words (the module made room for newer runs, nothing restarted), with what to
+    do, instead of ``restarted``: the host never restarted."""
+    import os
+
+    from cardnet.applets.smc import MAX_RUNS
+    from cardnet.cli.smc import _read_run
+    from cardnet.protocols.smc.functions import MEDIAN
+    from cardnet.services.smc.controller import Module, Party
+
+    with SmcNet(tmp_path, 2) as net:
+        run = tmp_path / "run.toml"
+        members = [a for u in net.uids for a in ("-m", str(u))]
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "600", "--out", str(run))
+        assert planned.returncode == 0, planned.stderr
+        me = net.hosts[0]
+        terms = _read_run(str(run))[0].terms
+        assert terms.code_hash == MEDIAN.code_hash
+
+        async def crowd() -> None:  # the planned run, then 8 newer ones, prepared on module 0 (no join from m1)
+            module = await Module.open(me.socket, pin=PIN, card=me.domain)
+            try:
+                for spec in [_read_run(str(run))[0], *(net.spec(terms) for _ in range(MAX_RUNS))]:
+                    await Party(module, spec).prepare(0.0)
+            finally:
+                await module.close()
+
+        asyncio.run(crowd())
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        args = ["smc", "join", "--run", str(run), "--socket", me.socket, "--card", me.domain.hex(), "-i", "5"]
+        r = cardnet(*args, "--json", env=env)
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and err["reason"] == "made_room", r
+        assert "to make room for newer runs" in err["message"] and "restarted" not in err["message"], err
+        assert "plan a new run" in err["hint"] and "no more than 8 runs" in err["hint"], err
+        words = cardnet(*args, env=env)
+        assert "Traceback" not in words.stderr and "what to do: plan a new run" in words.stderr, words

@@ -23,7 +23,8 @@ state, frames kept) lives in the card's volatile memory, as on a smart card's RA
 finds ``r:<run>`` but no run in memory and takes no further part in it (``restarted``); it never sends a
 frame that could contradict one it sent before. A step whose commit fails after a tick advanced the run has
 sent nothing: a send omission, which UIC tolerates. At most :data:`MAX_RUNS` runs are live at once (finished
-ones make room first) and :data:`MAX_KEPT` run ids are remembered.
+ones make room first, then the oldest: an order for a run dropped so is refused ``made_room``) and
+:data:`MAX_KEPT` run ids are remembered.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class SmcApplet(SessionApplet):
     def __init__(self) -> None:
         self._live: OrderedDict[bytes, _Live] = OrderedDict()
         self._early: OrderedDict[tuple[bytes, Uid], bytes] = OrderedDict()
+        self._dropped: OrderedDict[bytes, bool] = OrderedDict()  # runs dropped to make room: run -> it had finished
 
     # --- orders ------------------------------------------------------------------------------------------------
 
@@ -154,6 +156,13 @@ class SmcApplet(SessionApplet):
         live = self._live.get(run)
         if live is not None:
             return live
+        if run in self._dropped:
+            ended = "it had ended; its result went with it" if self._dropped[run] else "it had not ended"
+            raise Refused(
+                "made_room",
+                f"this module dropped run {run.hex()} from its memory to make room for newer runs (it holds "
+                f"{MAX_RUNS} at once; {ended}): it takes no further part in it (a module never rejoins a run)",
+            )
         if ctx.get(b"r:" + run) is not None:
             raise Refused(
                 "restarted",
@@ -201,7 +210,10 @@ class SmcApplet(SessionApplet):
         """After the prepare's commit: the run enters memory (finished runs, then the oldest, make room)."""
         while len(self._live) >= MAX_RUNS:
             done = next((k for k, v in self._live.items() if v.run.finished), None)
-            self._live.pop(done if done is not None else next(iter(self._live)))
+            gone = done if done is not None else next(iter(self._live))
+            self._dropped[gone] = self._live.pop(gone).run.finished
+            while len(self._dropped) > MAX_KEPT:  # (remembered in memory, as the runs were: a restart says restarted)
+                self._dropped.popitem(last=False)
         self._live[run] = live
         for (r, peer), raw in list(self._early.items()):
             if r == run:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from cardnet.applets.smc import MAX_RUNS as SMC_MAX_RUNS
 from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, print_table, table
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
@@ -397,6 +398,8 @@ JOIN_HINTS = {  # what to do when `smc join` fails, by reason
     "wrong_pin": "check the PIN; at 0 tries the card locks",
     "not_a_member": "this card is not in the run file's members (use --card if the host runs several cards)",
     "restarted": "this module restarted during the run: it takes no further part; plan a new run",
+    "made_room": f"plan a new run and join it; a module keeps {SMC_MAX_RUNS} runs at once (a finished one makes "
+    f"room first, else the oldest): have no more than {SMC_MAX_RUNS} runs on it until this one ends",
     "too_late": "the run's first round had passed: join before it (ask for a new run file: `cardnet smc plan ... "
     "--start-in 30`)",
     "terms_differ": "every party must join with the same run file, and have the same function (`cardnet smc "
@@ -416,7 +419,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     the rounds, and print the result every module that decided computed. After the first round, a join gives no
     input: it follows your module to its result if an earlier join put it in the run (e.g. one stopped with
     Ctrl-C), else it is refused."""
-    from cardnet.cli.trn import card_pin, parse_domain
+    from cardnet.cli.trn import OPENING_HINTS, card_pin, parse_domain
     from cardnet.services.smc.controller import Module, Party, SmcError
 
     spec, round_s, start_at = _read_run(run_file)
@@ -430,8 +433,14 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason)
-    key = card_pin(pin)
     domain = parse_domain(card)
+    try:  # the host first: a PIN typed for a host that is not there (or a run already lost) is typed for nothing
+        asyncio.run(_reach(socket, domain))
+    except SmcError as exc:
+        if late is not None and exc.reason == "no_host":  # (the run file alone says the join came too late)
+            fail(str(late), reason=late.reason, hint=JOIN_HINTS.get(late.reason))
+        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason) or OPENING_HINTS.get(exc.reason))
+    key = card_pin(pin)
 
     async def go() -> tuple[Any, float]:
         try:
@@ -515,6 +524,22 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
             console.print(f"received from party {item['from']}: {item['item']}", markup=False)
 
 
+async def _reach(socket: str, card: bytes | None) -> None:
+    """Whether the module's host answers at ``socket`` and has the card (a port on it, then closed): checked before
+    the PIN is asked for. ``SmcError`` ``no_host`` (or the host's reason for giving no port) if not."""
+    from cardnet.host.client import AppClient
+    from cardnet.host.errors import HostError
+    from cardnet.services.smc.controller import SmcError
+
+    try:
+        app = await AppClient.connect(socket, card=card)
+    except OSError as exc:
+        raise SmcError("no_host", f"cannot reach the module's host at {socket}: {exc.strerror or exc}") from None
+    except HostError as exc:
+        raise SmcError(exc.reason, f"the module's host at {socket} gave no port on its card: {exc}") from None
+    await app.aclose()
+
+
 def _no_result(outcome: Any, spec: Any) -> tuple[str, str]:
     """Why this party's module ended its run without a result (``halted``, ``out``), and what to do: ``(message,
     hint)``. Like `smc run` without a decision, `join` then fails (reason ``no_decision``)."""
@@ -552,7 +577,7 @@ async def _follow(party: Any, late: Any, start_at: float, round_s: float, as_jso
         state = await party.status()
     except SmcError as exc:
         if exc.reason != "no_run":
-            raise  # restarted: the module takes no further part in the run
+            raise  # restarted, made_room: the module takes no further part in the run
         raise SmcError(late.reason, f"{late}; module {me} never joined it (no earlier join reached it)") from None
     if not state.get("has_input"):
         raise SmcError(
