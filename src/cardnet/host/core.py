@@ -212,6 +212,10 @@ class Host:
         self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
         # (local card domain, destination domain) -> the last undeliverable notice the card got about it
         self.undeliverable: dict[tuple[bytes, bytes], Undelivered] = {}
+        # destination domains some local card's last notice about says ``store_failed``: the first sign that such a
+        # card can write again (a message from it, which it committed first, or a step of it here) clears them
+        self._failed_stores: set[bytes] = set()
+        self._cleared_counts: dict[tuple[bytes, bytes], int] = {}  # a cleared notice's count (counts never go back)
         self._fill_level: dict[bytes, int] = {}  # card domain -> 1 (warned), 2 (alarmed)
         self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
@@ -344,6 +348,8 @@ class Host:
         """A message arrived from a remote host (the default Guard applies)."""
         if msg.mtype == _NOTICE:
             self._remote_notice(msg)
+        elif self._failed_stores:
+            self._heard_from_stores((msg,))
         return self.submit(msg, Origin("remote", peer))
 
     def receive_many(self, msgs: Iterable[Message], origin: Origin) -> None:
@@ -353,6 +359,30 @@ class Host:
             if msg.mtype == _NOTICE:
                 self._remote_notice(msg)
             submit(msg, origin)
+        if self._failed_stores:
+            self._heard_from_stores(msgs)
+
+    def _heard_from_stores(self, msgs: Iterable[Message]) -> None:
+        """A remote card whose store could not be written (a notice ``store_failed`` about it is remembered here)
+        sent a message of its own: it committed the step that made it, so its store works again."""
+        failed = self._failed_stores
+        for msg in msgs:
+            src = msg.src
+            if src.port == 0 and src.domain in failed and msg.mtype not in NO_NOTICE:
+                self._store_works(src.domain)
+                if not failed:
+                    return
+
+    def _store_works(self, domain: bytes) -> None:
+        """The card of ``domain`` committed a step: forget the ``store_failed`` notices about it (their counts stay,
+        so a waiter comparing counts still sees a later failure as new)."""
+        self._failed_stores.discard(domain)
+        if len(self._cleared_counts) >= MAX_UNDELIVERABLE:
+            self._cleared_counts.clear()
+        for key in [k for k, u in self.undeliverable.items() if k[1] == domain and u.code == STORE_FAILED]:
+            self._cleared_counts[key] = self.undeliverable.pop(key).count
+        log.info("%s: card domain %s can write its store again: its store_failed notice is cleared", self.name,
+                 domain.hex())  # fmt: skip
 
     def _remote_notice(self, msg: Message) -> None:
         """A remote host's notice that a local card's message could not be delivered there: remember it."""
@@ -507,6 +537,8 @@ class Host:
 
         if card.used_bytes >= CAPACITY_CLEAR * card.capacity_bytes or card.uid.domain in self._fill_level:
             self._watch_fill(card)
+        if self._failed_stores and card.uid.domain in self._failed_stores:
+            self._store_works(card.uid.domain)
 
     def _store_failed(self, card: Card, batch: list[_Entry], exc: StoreError) -> None:
         """``card`` could not commit ``batch`` (its store cannot be written: a full disk, an I/O error); the card is
@@ -622,8 +654,13 @@ class Host:
                 )  # fmt: skip
         if len(self.undeliverable) >= MAX_UNDELIVERABLE and key not in self.undeliverable:
             self.undeliverable.clear()
-        count = 1 if before is None else before.count + 1
-        self.undeliverable[key] = Undelivered(p["reason"], self._now, p.get("code"), count)
+            self._cleared_counts.clear()
+            self._failed_stores.clear()
+        count = (self._cleared_counts.pop(key, 0) if before is None else before.count) + 1
+        code = p.get("code")
+        self.undeliverable[key] = Undelivered(p["reason"], self._now, code, count)
+        if code == STORE_FAILED:
+            self._failed_stores.add(key[1])
 
     def _answer_route(self, msg: Message) -> None:
         """``host.route {domain}`` from a local application: can this host reach that domain, and how did it go."""
