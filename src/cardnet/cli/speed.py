@@ -351,16 +351,24 @@ def broker_deposit(store: str, account: str, amount: str, as_json: bool) -> None
 @STORE
 @json_option
 def broker_accounts(store: str, as_json: bool) -> None:
-    """Every account's balances (with --json: in minor units, e.g. 250 for 2.50 EUR)."""
-    from cardnet.services.speed.broker import balances
+    """Every account's balances (with --json: in minor units, e.g. 250 for 2.50 EUR), and the settled purse debits
+    whose credit the broker holds for a vendor whose account could not take it."""
+    from cardnet.services.speed.broker import balances, held
 
-    got = balances(_broker_store(store))
+    st = _broker_store(store)
+    got, kept = balances(st), held(st)
     if as_json:  # minor units, as the broker keeps them
-        emit_json({"accounts": got})
+        emit_json({"accounts": got, "held": kept})
         return
     rows = [{"account": a, **{c: _amount(c, v) for c, v in b.items()}} for a, b in got.items()]
     cols = tuple(sorted({k for r in rows for k in r if k != "account"}))
     print_rows(rows, ("account", *cols), title="broker accounts", empty="no accounts yet")
+    if kept:
+        print_rows([{"account": h["account"], "held": _amount(h["currency"], h["amount"]), "day": h["day"],
+                     "payment order": h["poid"][:16], "why": h["why"]} for h in kept],
+                   ("account", "held", "day", "payment order", "why"),
+                   empty="", title="credits held (settled purse debits the vendor's account could not take; "
+                   "credited by the running broker once it has room)")  # fmt: skip
 
 
 def _amount(currency: str, minor: int) -> str:

@@ -149,6 +149,7 @@ _SETTLED = Schema(
         Field(1, "currency", Text(3)),
         Field(2, "amount", UInt(pp.MAX_AMOUNT)),
         Field(3, "day", UInt()),
+        Field(4, "held", Text(1024), optional=True),  # not credited yet: why (the vendor's account could not take it)
     ],
 )
 
@@ -676,10 +677,40 @@ class BrokerCore:
         and the customer has not come back: the purse was debited, so the vendor is paid (the SAM's log is the
         evidence); a customer who comes back with the payment order gets the receipt, and nothing is paid twice.
         """
+        self.credit_held()
         return self._settle_day(day)[0]
 
+    def credit_held(self) -> int:
+        """Credit each settled debit held for its vendor (its account could not take it when it was settled: see
+        :meth:`_settle_day`) that the account can take now; the number credited. The others stay held, logged."""
+        credited = 0
+        for poid, raw in scan(self.store, SETTLED):
+            rec = dict(_SETTLED.decode(raw))
+            if "held" not in rec:
+                continue
+            price = sm.Price(rec["currency"], rec["amount"])
+            with self.store.transaction() as txn:
+                vendor = self._account(txn, rec["account"])
+                try:
+                    bal = _credited(vendor, rec["account"], price, "still held")
+                except _Refusal as r:
+                    log.error("purse debit %s (%s) settled for account %r is still held: %s", poid.hex()[:16], price,
+                              rec["account"], r.detail)  # fmt: skip
+                    continue
+                _put_txn(txn, rec["account"], vendor["owner"], bal)
+                del rec["held"]
+                txn.put(SETTLED, poid, _SETTLED.encode(rec))
+            log.warning("credited account %r the %s of purse debit %s held since its settlement", rec["account"],
+                        price, poid.hex()[:16])  # fmt: skip
+            credited += 1
+        return credited
+
     def _settle_day(self, day: int) -> tuple[int, int]:
-        """:meth:`settle` of ``day``: (debits settled, log entries read)."""
+        """:meth:`settle` of ``day``: (debits settled, log entries read). A debit whose vendor's account cannot take
+        it (past :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` of its currency, or a 17th currency) is settled
+        all the same, its credit held (``sb.settled`` says why, :func:`held` lists it, the log says so): the purse
+        paid, so the money is the vendor's and is neither wrapped nor dropped; :meth:`credit_held` credits it once
+        the account has room (docs/decisions.md, "A settled debit the vendor's account cannot take is held")."""
         settled = entries = 0
         start: int | None = None
         while True:
@@ -695,11 +726,15 @@ class BrokerCore:
                     vid, _ = sm.split_poid(poid)
                     account = self._vendor_account(txn, vid)
                     vendor = self._account(txn, account)
-                    bal = _balances(vendor)
-                    bal[e["currency"]] = bal.get(e["currency"], 0) + e["amount"]
-                    _put_txn(txn, account, vendor["owner"], bal)
-                    txn.put(SETTLED, poid, _SETTLED.encode({"account": account, "currency": e["currency"],
-                                                            "amount": e["amount"], "day": day}))  # fmt: skip
+                    rec = {"account": account, "currency": e["currency"], "amount": e["amount"], "day": day}
+                    try:
+                        _put_txn(txn, account, vendor["owner"], _credited(vendor, account, sm.Price(e["currency"],
+                                 e["amount"]), "held for the vendor"))  # fmt: skip
+                    except _Refusal as r:  # the purse paid: the money is the vendor's, held until its account has room
+                        rec["held"] = r.detail[:1024]
+                        log.error("settled purse debit %s of day %d for account %r but held its credit: %s",
+                                  poid.hex()[:16], day, account, r.detail)  # fmt: skip
+                    txn.put(SETTLED, poid, _SETTLED.encode(rec))
                 settled += 1
             start = page.get("next")
             if start is None:
@@ -775,6 +810,19 @@ def settled_days(store: Store) -> dict[int, dict[str, Any]]:
             "entries": rec["entries"],
             "settled": rec["settled"],
         }
+    return out
+
+
+def held(store: Store) -> list[dict[str, Any]]:
+    """The purse debits settled from the SAM's log whose credit is held (the vendor's account could not take it then,
+    see :meth:`BrokerCore._settle_day`): for each, its PaymentOrderID (hex), account, currency, amount (minor units),
+    day and why. Settlement credits each once the account can take it (:meth:`BrokerCore.credit_held`)."""
+    out = []
+    for poid, raw in scan(store, SETTLED):
+        rec = _SETTLED.decode(raw)
+        if "held" in rec:
+            out.append({"poid": poid.hex(), "account": rec["account"], "currency": rec["currency"],
+                        "amount": rec["amount"], "day": rec["day"], "why": rec["held"]})  # fmt: skip
     return out
 
 
