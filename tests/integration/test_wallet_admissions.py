@@ -84,13 +84,17 @@ def test_a_ticket_entered_again_is_said_admitted_at_its_gate_and_time(tmp_path: 
         code, listed = wallet(config, "list")
         assert code == 0 and listed["tickets"] == [], listed
         assert listed["admissions"] == [{"oid": T1.hex(), **admission}], listed
-        for args in (("show", T1.hex()), ("list",)):  # and in words for a person
+        code, overview = wallet(config, "show")  # the whole wallet: its admissions too
+        assert code == 0 and overview["tickets"] == [], overview
+        assert overview["admissions"] == [{"oid": T1.hex(), **admission}], overview
+        for args in (("show", T1.hex()), ("list",), ("show",)):  # and in words for a person
             r = subprocess.run(
                 [sys.executable, "-m", "cardnet.cli.main", "wallet", *args, "--config", str(config)],
                 capture_output=True, text=True, timeout=120, env={**os.environ, "CARDNET_PIN": PIN}, check=False,
             )  # fmt: skip
             assert r.returncode == 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
             assert T1.hex() in r.stdout and admission["at"] in r.stdout, r.stdout
+            assert args[0] != "show" or len(args) > 1 or "used at gates" in r.stdout, r.stdout
 
 
 def test_the_memory_keeps_the_last_admissions_and_one_per_ticket(tmp_path: Path) -> None:

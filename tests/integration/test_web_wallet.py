@@ -424,6 +424,13 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
             )
             await expect(page.locator(f'#tickets tr[data-oid="{b1}"]')).to_have_count(0)
             assert b1 not in await _listing(net, "b")
+            used = page.locator(f'#admissions tr[data-oid="{b1}"]')  # the wallet's own record of it, on the page
+            await expect(used).to_have_count(1)
+            await expect(page.locator("#admissions-part")).to_be_visible()
+            assert await used.get_attribute("data-gate") == str(net.uids["g"])
+            (record,) = json.loads((net.tmp / "admissions.json").read_text())["admissions"]
+            assert record["oid"] == b1 and await used.get_attribute("data-at") == record["at"], record
+            await expect(used.locator("td").nth(2)).to_contain_text(record["at"].replace("T", " ").replace("Z", ""))
             seen = (await net.ask("g", GATE_LIST, GATE_ADMISSIONS))["items"]  # the gate's own record
             assert {(i.get("oid", b"").hex(), i["verdict"]) for i in seen if i.get("oid")} >= {(b1, "admitted")}
 

@@ -361,6 +361,11 @@ def wallet_list(target: Target, as_json: bool) -> None:
     for r in rows:
         if "hint" in r:
             console.print(f"{r['oid']}: {r['hint']}", markup=False)
+    _print_used(used)
+
+
+def _print_used(used: list[dict[str, str]]) -> None:
+    """The tickets this card gave to gates (newest first, :data:`USED_SHOWN` of them), if any, for a person."""
     if used:
         print_rows(used[:USED_SHOWN], ("oid", "gate", "at"), title="used at gates (this wallet's own record)",
                    empty="")  # fmt: skip
@@ -378,13 +383,15 @@ def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
         _show_one(target, hex16(item, "a ticket's oid or an exchange id"), as_json)
         return
 
-    async def work(wallet: Any) -> dict[str, Any]:
+    async def work(wallet: Any) -> tuple[bytes, dict[str, Any]]:
         tickets = [_ticket(r) for r in await token_rows(wallet)]
         exchanges = [exchange_row(x) for x in await wallet.exchanges() if not x.finished]
-        return {"card": str(wallet.card), "tickets": tickets, "purse": await balances(wallet),
-                "exchanges": exchanges, "loads_pending": len(await pending_loads(wallet))}  # fmt: skip
+        return bytes(wallet.card.domain), {"card": str(wallet.card), "tickets": tickets,
+                                           "purse": await balances(wallet), "exchanges": exchanges,
+                                           "loads_pending": len(await pending_loads(wallet))}  # fmt: skip
 
-    got = target.run(work)
+    card, got = target.run(work)
+    got["admissions"] = _used(wallet_config.admissions(target.config), card, {t["oid"] for t in got["tickets"]})
     held = scrip(target.config)
     got["purchases_pending"] = pending_purchases(target.config)
     got["scrip"], got["scrip_pending"] = held if held is not None else (None, [])
@@ -403,6 +410,7 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
                    + ("" if purse["keyed"] else " (no key yet: `cardnet wallet load` gets it)"))],
                  title="your wallet")  # fmt: skip
     print_rows(got["tickets"], TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
+    _print_used(got["admissions"])
     print_rows(people_rows(got["exchanges"]), ("id", "role", "give", "want", "state"), title="exchanges under way",
                empty="no exchanges under way")  # fmt: skip
     if got["scrip"] is None:

@@ -56,6 +56,7 @@ from cardnet.cli.wallet_gate import refusal
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price, parse_price
+from cardnet.services.admissions import AdmissionsError
 from cardnet.services.speed.customer import PurchaseError, install_key
 from cardnet.services.speed.customer import load as purse_load
 from cardnet.services.wallet import (
@@ -81,6 +82,7 @@ LIMITS = HttpLimits(max_connections=16, max_per_peer=16, max_header_bytes=8 * 10
 REFRESH_S = 3.0  # the card is read at least this often while the page polls (balances are not pushed)
 RECOVER_WAIT_S = 10.0  # how long the page's recover resends before it reports what is still under way
 TTP_AFTER_S = 5.0
+ADMISSIONS_SHOWN = 10  # the newest tickets used at gates the page lists (`cardnet wallet list --json`: all)
 GATE_WAIT_S = 10.0  # how long a gate may take to answer a ticket shown to it (then the ticket is taken back)
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
@@ -366,7 +368,19 @@ class WalletWeb:
             purse_view = {"keyed": purse["keyed"],
                           "balances": [str(Price(c, a)) for c, a in sorted(purse["balances"].items())]}  # fmt: skip
         return {"card": str(wallet.card), "tickets": tickets, "offers": offers, "under_way": under_way,
-                "purse": purse_view}  # fmt: skip
+                "purse": purse_view, "admissions": self._admissions(wallet.card.domain, set(mine))}  # fmt: skip
+
+    def _admissions(self, card: bytes, held: set[str]) -> dict[str, Any]:
+        """The tickets this card gave to gates, from the wallet's own record (as ``cardnet wallet list``): the newest
+        :data:`ADMISSIONS_SHOWN` (newest first) and how many more there are; a damaged record says so in
+        ``problem`` (the admissions stand: only the wallet's memory of them is unreadable)."""
+        memory = None if self.config is None else admissions(self.config)
+        try:
+            gone = [] if memory is None else [a for a in memory.of_card(card) if a.oid not in held]
+        except AdmissionsError as exc:
+            return {"rows": [], "earlier": 0, "problem": f"{exc}; the gates' own records still hold the admissions"}
+        rows = [{"oid": a.oid, **a.fields()} for a in reversed(gone)]
+        return {"rows": rows[:ADMISSIONS_SHOWN], "earlier": max(0, len(rows) - ADMISSIONS_SHOWN), "problem": None}
 
     async def _read_once(self) -> dict[str, Any]:
         """The card read; once more on a new connection if the host's was gone (it may be back: a restart)."""

@@ -140,6 +140,23 @@ function renderTickets(tickets) {
   }
 }
 
+function renderAdmissions(a) {
+  const body = $("admissions").tBodies[0];
+  body.replaceChildren();
+  for (const r of a.rows) {
+    const verdict = r.verdict === "admitted" ? "" : " (the gate's acknowledgement was on its way)";
+    body.append(el("tr", { "data-oid": r.oid, "data-gate": r.gate, "data-at": r.at },
+      el("td", { class: "id", title: r.oid }, `${r.oid.slice(0, 12)}…`),
+      el("td", { class: "id", title: r.gate }, short(r.gate)),
+      el("td", {}, `${r.at.replace("T", " ").replace("Z", "")}${verdict}`)));
+  }
+  $("admissions-part").hidden = a.rows.length === 0;
+  $("admissions-more").hidden = a.earlier === 0;
+  $("admissions-more").textContent = `${a.earlier} earlier: \`cardnet wallet list --json\` lists them all`;
+  $("admissions-problem").hidden = !a.problem;
+  $("admissions-problem").textContent = a.problem || "";
+}
+
 function renderUnderWay(rows) {
   const body = $("under-way").tBodies[0];
   body.replaceChildren();
@@ -166,6 +183,7 @@ function render(s) {
   $("card").textContent = s.card;
   renderOffers(s.offers);
   renderTickets(s.tickets);
+  renderAdmissions(s.admissions);
   renderUnderWay(s.under_way);
   if (s.purse === null) $("purse").textContent = "This card has no e-purse.";
   else if (!s.purse.keyed) $("purse").textContent = "Not loaded yet: Load fetches its key from your broker first.";
