@@ -68,7 +68,7 @@ REFUSAL_LOG_EVERY_S = 10.0  # a server logs connections refused over its caps at
 # Connections asyncio accepts in one pass of the loop (and the kernel's listen queue). An accepted connection
 # over a cap is aborted by the accept callback, which runs a pass or two later, and its descriptor is closed a
 # pass after that: up to about four passes' accepts are open beyond the cap at once under a flood, so the
-# batch is kept small (asyncio's default is 100). A peer that finds the queue full retries its connect.
+# batch is kept small (asyncio's default is 100). The kernel's queue is not: see TcpServer._listening.
 ACCEPT_BACKLOG = 32
 COLLECT_AFTER = 64  # a server runs a full garbage collection each time this many of its connections have ended
 # A server's connections closed for a bad frame, or whose frame was refused as too large, are logged at most
@@ -575,6 +575,16 @@ class TcpServer:
         self._handlers = HandlerSet(handle, log, what)
 
     def _listening(self, server: asyncio.Server) -> None:
+        # The kernel's queue of connections not yet accepted holds a burst of max_connections: asyncio accepts at
+        # most ACCEPT_BACKLOG of them a pass (its batch is the backlog it was given), and listen() again on a
+        # listening socket only changes the kernel's queue. With the queue as small as the batch, a burst of
+        # connects overflowed it; with SYN cookies (Linux's default) the peer's handshake still completes, so it
+        # sent its first message on a connection the kernel then reset (8 peers x 64 connections at once: 20 to
+        # 600 resets; tests/integration/test_host_connect_burst.py).
+        queue = max(ACCEPT_BACKLOG, self._server_limits.max_connections)
+        for sock in server.sockets:  # (asyncio's wrapper has no listen(): a duplicate descriptor of the same socket)
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(sock.fileno())) as same:
+                same.listen(queue)  # (the kernel caps it at net.core.somaxconn)
         self._server = server
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
