@@ -55,8 +55,10 @@ The argument holds for each PaymentOrderID as it did:
 Pruning (:meth:`BrokerCore.prune`, once a day after settlement): a day that ended ``keep_days`` whole days ago is
 settled once more, its SAM totals are recorded (``sb.day``), and only then does the SAM drop its log and the records
 of what it logged (``sam.prune``), keeping per card a floor below which it refuses every counter it holds no record
-of. The register (``sb.order``, ``sb.settled``) is never pruned: it answers a paid or settled PaymentOrderID before
-the SAM is asked, so an order is paid once and a proof sent again gets its receipt whatever the SAM still holds.
+of; the ``sb.auth`` records of payments settled from the SAM's log go too (finished: see
+:meth:`BrokerCore.end_settled_authorisations`). The register (``sb.order``, ``sb.settled``) is never pruned: it
+answers a paid or settled PaymentOrderID before the SAM is asked, so an order is paid once and a proof sent again gets
+its receipt whatever the SAM still holds.
 
 Memory follows the store, never leads it: a paid record is built on a copy of the authorised one and written in
 the transaction, and the order leaves ``_authorised`` only once that transaction committed (inside
@@ -150,6 +152,7 @@ _SETTLED = Schema(
         Field(2, "amount", UInt(pp.MAX_AMOUNT)),
         Field(3, "day", UInt()),
         Field(4, "held", Text(1024), optional=True),  # not credited yet: why (the vendor's account could not take it)
+        Field(5, "taken", UInt(), optional=True),  # when the broker authorised it (from sb.auth, which then goes)
     ],
 )
 
@@ -176,6 +179,7 @@ class PruneReport:
     entries: int  # log entries the SAM dropped, with their debit, order and load records
     open: int  # authorisations still open at the SAM (kept: their S3 or L3 may still come)
     freed_bytes: int  # how much less the SAM card holds
+    authorisations_ended: int = 0  # sb.auth records of payments settled from the SAM's log (finished), dropped
 
 
 class BrokerError(CardnetError):
@@ -486,7 +490,10 @@ class BrokerCore:
         auth = get(self.store, AUTHORISED, poid)
         if auth is not None:
             return min(now, float(int.from_bytes(auth[:8], "big")))
-        if (old is not None or get(self.store, SETTLED, poid) is not None) and "pay_by" in bill:
+        settled = get(self.store, SETTLED, poid)
+        if settled is not None and "taken" in (was := _SETTLED.decode(settled)):  # its sb.auth's time, moved there
+            return min(now, float(was["taken"]))
+        if (old is not None or settled is not None) and "pay_by" in bill:
             return min(now, float(bill["pay_by"]))
         return now
 
@@ -734,6 +741,7 @@ class BrokerCore:
                         rec["held"] = r.detail[:1024]
                         log.error("settled purse debit %s of day %d for account %r but held its credit: %s",
                                   poid.hex()[:16], day, account, r.detail)  # fmt: skip
+                    _end_authorisation(txn, poid, rec)
                     txn.put(SETTLED, poid, _SETTLED.encode(rec))
                 settled += 1
             start = page.get("next")
@@ -764,6 +772,7 @@ class BrokerCore:
             rec = _DAY.encode({"debits": got["debits"], "loads": got["loads"], "entries": entries, "settled": n})
             with self.store.transaction() as txn:
                 txn.put(DAYS, day.to_bytes(4, "big"), rec)
+        ended = self.end_settled_authorisations()
         self.sam.card.flush()  # acknowledged outputs count until deleted: compare the records alone
         before = self.sam.card.used_bytes
         entries = 0
@@ -776,7 +785,29 @@ class BrokerCore:
         self.sam.card.flush()
         after = self.sam.ask(sa.DAYS, sa.HELD)
         return PruneReport(before_day=max(cut, closed), days=days, settled=settled, entries=entries,
-                           open=after["open"], freed_bytes=before - self.sam.card.used_bytes)  # fmt: skip
+                           open=after["open"], freed_bytes=before - self.sam.card.used_bytes,
+                           authorisations_ended=ended)  # fmt: skip
+
+    def end_settled_authorisations(self) -> int:
+        """Drop the ``sb.auth`` record of every payment that is finished but was not paid through the broker's
+        register: its debit was settled from the SAM's log (``sb.settled``, whose ``taken`` keeps the record's time
+        for the certificates of a customer who comes back) or, for a record older than that rule, is paid. The
+        number dropped. Every other record stays, past the bill's deadline too: the SAM gave its S2, the purse may
+        have debited on it, and its S3 is paid whenever it comes (docs/decisions.md, "Which sb.auth records go")."""
+        ended = 0
+        for poid, _ in scan(self.store, AUTHORISED):
+            with self.store.transaction() as txn:
+                raw = txn.get(SETTLED, poid)
+                if raw is not None:
+                    rec = dict(_SETTLED.decode(raw))
+                    _end_authorisation(txn, poid, rec)
+                    txn.put(SETTLED, poid, _SETTLED.encode(rec))
+                elif (o := txn.get(ORDERS, poid)) is not None and _ORDER.decode(o)["state"] == "paid":
+                    txn.delete(AUTHORISED, poid)
+                else:
+                    continue
+            ended += 1
+        return ended
 
     @staticmethod
     def _vendor_account(txn: Any, vid: bytes) -> str:
@@ -834,6 +865,15 @@ def balances(store: Store) -> dict[str, dict[str, int]]:
 def _debit_of(uid: Uid, n: int, rc: bytes) -> bytes:
     """The purse debit an ``sb.auth`` record names after its time: the card, its counter and the S1's nonce."""
     return bytes(uid) + n.to_bytes(4, "big") + rc
+
+
+def _end_authorisation(txn: Any, poid: bytes, settled: dict[str, Any]) -> None:
+    """The ``sb.auth`` record of ``poid``, settled from the SAM's log, dropped in ``txn``: its time goes to
+    ``settled`` (``taken``: what :meth:`BrokerCore._taken_at` reads for a customer who comes back)."""
+    auth = txn.get(AUTHORISED, poid)
+    if auth is not None:
+        settled.setdefault("taken", int.from_bytes(auth[:8], "big"))
+        txn.delete(AUTHORISED, poid)
 
 
 def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:

@@ -1,0 +1,108 @@
+"""Which ``sb.auth`` records go (the broker's record that it authorised a purse payment of a bill with a deadline).
+
+On a real SQLite broker store: a payment whose debit the SAM logged and the broker lost is settled from the SAM's log;
+its record then goes (the payment is finished: the vendor was credited), its time kept with the settlement, and the
+customer who comes back long after the deadline still gets the receipt, once. A payment the SAM authorised whose S3
+never reached it keeps its record past the deadline and a prune (the purse debited: it is paid whenever it comes),
+and is paid when the customer comes back. Before, the settled payment's record stayed for ever."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from speedworld import EUR, T0, World, load_purse, opened, serve
+
+from cardnet.applets.speed import conductor as co
+from cardnet.applets.speed import purse as pa
+from cardnet.applets.speed import sam as sa
+from cardnet.crypto import pki
+from cardnet.protocols.speed import frames as fr
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import broker as sb
+from cardnet.services.speed.customer import Journal, Pending, PurchaseError
+from cardnet.wire import Uid
+
+NEWS = "news-1 Today's paper"
+NOW = [T0]
+
+
+def clock() -> float:
+    return NOW[0]
+
+
+async def _authorised_and_debited(w: World) -> tuple[Pending, bytes, bytes]:
+    """A purchase whose broker was unreachable, its payment order then taken by the broker by hand: the SAM's S2,
+    the card debited on it. The journal's record, the PaymentOrderID and the S3."""
+    assert w.customer.journal is not None
+    try:
+        await w.customer.buy(w.vendor_addr, "127.0.0.1:1", [NEWS], broker_cert=w.broker_cert,
+                             limit=sm.Price(EUR, 100))  # fmt: skip
+    except PurchaseError as e:
+        assert e.reason == "unreachable"
+    [rec] = [r for r in w.customer.journal.pending() if r.nid not in _done]
+    _done.append(rec.nid)
+    order = w.card.ask(co.PAY, co.ORDER, bill=rec.bill, vendor_cert=rec.vendor_cert, kind="purse", benc=rec.benc,
+                       bsign=rec.bsign)  # fmt: skip
+    me = Uid(bytes(12), 0)
+    got = w.broker.handle(fr.ORDER.make(me, me, sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER)))
+    s2 = sm.decode(sm.PURSE_STEP, sm.sym_open(rec.benc, sm.NONCE_B_PURSE, 0, fr.PURSE.parse(got)["sealed"],
+                                              sign_key=rec.bsign, what="S2"), "S2")["s"]  # fmt: skip
+    poid = sm.decode(sm.BILL, sm.signed(rec.bill, "bill").content, "bill")["poid"]
+    return rec, poid, w.card.ask(pa.DEBIT, pa.S3_IS, s2=s2)["s3"]
+
+
+_done: list[bytes] = []
+
+
+def _auth(w: World) -> set[bytes]:
+    return {k for k, _ in sb.scan(w.broker.store, sb.AUTHORISED)}
+
+
+def test_a_settled_payments_record_goes_and_an_open_ones_stays_past_the_deadline(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    with opened(tmp_path, ca, clock) as w:
+        w.vendor.pay_within_s = 600  # bills carry a deadline: the broker records what it authorises (sb.auth)
+        w.customer.journal = Journal(tmp_path / "journal")
+
+        async def go() -> None:
+            vs, bs = await serve(w)
+            try:
+                await load_purse(w, 1000)
+                settled_rec, settled_poid, s3 = await _authorised_and_debited(w)
+                w.broker.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=s3)  # the SAM logged it ... the broker stopped
+                open_rec, open_poid, _lost = await _authorised_and_debited(w)  # this S3 never reaches the SAM
+                assert _auth(w) == {settled_poid, open_poid} and w.balance() == 1000 - 160
+                await bs.aclose()
+
+                NOW[0] = T0 + 3 * 86400  # days past both bills' deadlines
+                day = int(T0 // 86400)
+                broker = sb.BrokerCore(w.broker.store, w.broker.sam, clock=clock)
+                assert broker.settle(day) == 1
+                got: Any = broker.prune(keep_days=1)
+                assert day in got.days
+                assert _auth(w) == {open_poid}  # the finished payment's record went, the open one's stays
+                [(_, raw)] = list(sb.scan(w.broker.store, sb.SETTLED))
+                assert sb._SETTLED.decode(raw)["taken"] == int(T0)  # its time kept
+                assert broker.end_settled_authorisations() == 0
+                assert broker.balances()["V-1"] == {EUR: 80}
+
+                # the customer comes back, days after the deadlines: both finished, each paid once
+                w.broker = broker
+                bs2 = sb.BrokerServer(broker, keep_days=None)
+                host, port = await bs2.start()
+                try:
+                    done = await w.customer.recover(broker=f"{host}:{port}")
+                finally:
+                    await bs2.aclose()
+                assert sorted(p.poid for p in done) == sorted([settled_poid, open_poid])
+                assert broker.balances()["V-1"] == {EUR: 160} and w.balance() == 1000 - 160
+                assert _auth(w) == set()  # the open one is paid: its record went with it
+                assert settled_rec.nid != open_rec.nid
+            finally:
+                await vs.aclose()
+                await bs.aclose()
+
+        asyncio.run(go())
