@@ -639,7 +639,14 @@ def test_bulk_broker_buys_stock_sells_from_it_and_the_customer_spends_at_the_ven
     assert out.status == mc.Status.OK and out.change is not None and out.change.value == 17
     # Value: the broker bought 150 (owes 135); 20 went to the customer, 130 is in stock as 2 x 50 + 30 change.
     assert bulk_broker.stock() == {
-        VID.hex(): {"pieces": 3, "stock_value": 130, "bought_value": 150, "owed": 135, "pending_orders": 0}
+        VID.hex(): {
+            "pieces": 3,
+            "stock_value": 130,
+            "reserved_value": 0,
+            "bought_value": 150,
+            "owed": 135,
+            "pending_orders": 0,
+        }
     }
     # A second sale comes out of the stock, without a new order.
     call = bulk_broker.begin_purchase(signed_purchase(key, cid, 30, b"t" * 16, 0), NOW)
@@ -744,7 +751,11 @@ def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
     assert carry(vendor, again) == answer  # the vendor answers from its record: nothing sold twice
     assert bulk_broker.finish_order(again, answer).bought
     assert bulk_broker.finish_order(again, answer) == mb.OrderOutcome(True, "the order was already settled")
-    assert bulk_broker.stock()[VID.hex()]["stock_value"] == 150
+    # A piece of it is reserved for the purchase that ordered it; the rest is stock.
+    assert {k: bulk_broker.stock()[VID.hex()][k] for k in ("stock_value", "reserved_value")} == {
+        "stock_value": 100,
+        "reserved_value": 50,
+    }
     [sales] = vendor.bulk_sales().values()
     assert sales["value"] == 150 and sales["owed"] == 135
     # A forged answer (not MACed with the order key) is not taken.

@@ -483,9 +483,18 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
 @broker.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7100", show_default=True, help="HOST:PORT (port 0 picks one).")
+@click.option(
+    "--vendor-timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,  # (VENDOR_TIMEOUT_S of services/millicent/broker.py)
+    show_default=True,
+    help="Seconds a purchase of a bulk vendor's scrip may wait for that vendor, all its calls together (buying "
+    "stock, issuing the scrip); past it the customer is answered 'pending' and her wallet sends it again "
+    "(`millicent retry`). A wallet waits 10 s for the broker's answer.",
+)
 @_server_limits
 @JSON
-def broker_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
+def broker_run(store: str, listen: str, vendor_timeout: float, as_json: bool, **limits: Any) -> None:
     """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"
     (with --json: {"ready": {"name": "broker", "listen": "HOST:PORT"}} on one line)."""
     from cardnet.services.millicent.broker import BrokerCore, BrokerServer
@@ -494,7 +503,10 @@ def broker_run(store: str, listen: str, as_json: bool, **limits: Any) -> None:
     core = BrokerCore(_broker(store))
     bounds = _limits_from(**limits)
 
-    _serve("broker", lambda: BrokerServer(core, server_limits=bounds), host, port, as_json)
+    def server() -> BrokerServer:
+        return BrokerServer(core, server_limits=bounds, vendor_timeout_s=vendor_timeout)
+
+    _serve("broker", server, host, port, as_json)
 
 
 @broker.command("status")
@@ -514,7 +526,7 @@ def broker_status(store: str, as_json: bool) -> None:
     bulk = [{"vendor": v, **row} for v, row in sorted(r["bulk"].items())]
     print_rows(
         bulk,
-        ("vendor", "pieces", "stock_value", "bought_value", "owed", "pending_orders"),
+        ("vendor", "pieces", "stock_value", "reserved_value", "bought_value", "owed", "pending_orders"),
         title="bulk vendors",
         empty="no bulk vendors",
     )

@@ -70,10 +70,15 @@ CFG, LICENCES, ACCOUNTS, KEYS, REQUESTS = "mb.cfg", "mb.lic", "mb.acct", "mb.pub
 MINTED, REDEEMED, VENDORS = "mb.minted", "mb.red", "mb.vend"
 MODES, BULK, STOCK, ORDERS, ISSUES, BOUGHT = "mb.mode", "mb.bulk", "mb.stock", "mb.order", "mb.issue", "mb.bought"
 REPLY_KEYS = "mb.rkey"  # customer id -> the account's reply key (MACs every answer to its purchases)
+# A sale that ordered stock: customer id + request id -> what it waits on ({"order": vendor + order id}), then what
+# that order left it ({"piece": a stock piece reserved for it} or {"refused": the vendor's words}) ...
+WAITS = "mb.wait"
+# ... and the index of who waits on an order: vendor + order id + customer id + request id -> the sale's value
+WAITERS = "mb.waiter"
 LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
-VENDOR_TIMEOUT_S = 10.0
-MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; with a retry)
+VENDOR_TIMEOUT_S = 10.0  # the default bound on all the vendor calls of one purchase (`broker run --vendor-timeout`)
+MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; each with a retry)
 
 _T = TypeVar("_T")
 
@@ -276,10 +281,13 @@ class VendorCall:
 
 @dataclass(frozen=True)
 class OrderOutcome:
-    """What became of a bulk order: ``bought`` (the stock grew), and a sentence for a person."""
+    """What became of a bulk order: ``bought`` (the stock grew), and a sentence for a person.
+
+    ``refused``: the vendor refused it (settled: sending it again changes nothing); neither: it stays pending."""
 
     bought: bool
     detail: str
+    refused: bool = False
 
     def __str__(self) -> str:
         return self.detail
@@ -373,6 +381,7 @@ class BrokerCore:
             elif (bulk if mode == BULK_MODE else lic) is None:
                 refusal = f"no {mode} agreement with vendor {vendor.hex()}"
             if refusal is not None:  # final: stored, so a replay of this purchase never succeeds later
+                self._release(txn, cid + rid)
                 reply = _purchased(rid, refusal, balance, key=rkey, digest=digest)
                 txn.put(REQUESTS, cid + rid, reply)
                 return reply
@@ -412,17 +421,50 @@ class BrokerCore:
 
     def _sell_from_stock(
         self, txn: Any, f: dict[str, Any], bulk: _Bulk, pub_raw: bytes, balance: int, now: int, digest: bytes
-    ) -> VendorCall:
-        """Reserve a stock piece and the customer's money, record the vendor request: or order stock first."""
+    ) -> bytes | VendorCall:
+        """Reserve a stock piece and the customer's money, record the vendor request: or order stock first.
+
+        A sale that had to order stock gets a piece of that order (reserved for it when the order's answer is
+        applied, whoever applies it): a concurrent sale cannot take it. If the vendor refused the order, the sale
+        is refused in words (nothing debited)."""
         vendor, value, cid, rid = f["vendor"], f["value"], f["customer_id"], f["rid"]
-        piece: tuple[bytes, bytes] | None = None
-        for key, raw in txn.scan(STOCK, vendor):  # key order = expiry order: the oldest usable piece first
-            s = stored_scrip(raw, "a stock piece")
-            if s.value >= value and s.expiry > now + self.stock_margin_s:
-                piece = (key, raw)
-                break
+        piece: tuple[bytes | None, bytes] | None = None
+        reason: str | None = None
+        waiting = txn.get(WAITS, cid + rid)
+        if waiting is not None:
+            note = stored_json(waiting, "a sale waiting for stock")
+            with stored("a sale waiting for stock"):
+                if "order" in note:
+                    okey = bytes.fromhex(note["order"])
+                    param = txn.get(ORDERS, okey)
+                    if param is not None:  # not answered yet: carry the same order again
+                        return self._vendor_order(vendor, bulk, param, okey)
+                elif "piece" in note:
+                    piece = (None, bytes.fromhex(note["piece"]))
+                else:
+                    reason = str(note["refused"])
+            txn.delete(WAITS, cid + rid)
+            if reason is not None:
+                reply = _purchased(rid, _refused_order_words(reason), balance, key=txn.get(REPLY_KEYS, cid),
+                                   digest=digest)  # fmt: skip
+                txn.put(REQUESTS, cid + rid, reply)  # final: nothing was debited, a new purchase may be bought
+                return reply
+            if piece is not None:
+                s = stored_scrip(piece[1], "a stock piece")
+                if s.value < value or s.expiry <= now + self.stock_margin_s:  # (cannot serve this sale: stock)
+                    txn.put(STOCK, _stock_key(s), piece[1])
+                    piece = None
         if piece is None:
-            return self._order_call(txn, vendor, bulk, max(bulk.denomination, value) * bulk.pieces)
+            for key, raw in txn.scan(STOCK, vendor):  # key order = expiry order: the oldest usable piece first
+                s = stored_scrip(raw, "a stock piece")
+                if s.value >= value and s.expiry > now + self.stock_margin_s:
+                    piece = (key, raw)
+                    break
+        if piece is None:
+            call = self._order_for_sale(txn, vendor, bulk, value)
+            txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex()}).encode())
+            txn.put(WAITERS, call.key + cid + rid, _u64(value))
+            return call
         issue_rid = self.rng(mc.RID_BYTES)
         mtype, request = mc.make_request(
             piece[1],
@@ -444,15 +486,43 @@ class BrokerCore:
             "want_secret": f["want_secret"],
             "digest": digest.hex(),  # of the customer's purchase: the answer's MAC covers it
         }
-        txn.delete(STOCK, piece[0])
+        if piece[0] is not None:
+            txn.delete(STOCK, piece[0])
         txn.put(ACCOUNTS, cid, pub_raw + _u64(balance - value))
         txn.put(ISSUES, cid + rid, json.dumps(record).encode())
         return _issue_call(cid + rid, record)
+
+    def _release(self, txn: Any, sale: bytes) -> None:
+        """A sale that ends without its stock: the piece reserved for it back to stock, or it waits no more."""
+        raw = txn.get(WAITS, sale)
+        if raw is None:
+            return
+        note = stored_json(raw, "a sale waiting for stock")
+        with stored("a sale waiting for stock"):
+            if "piece" in note:
+                piece = bytes.fromhex(note["piece"])
+                txn.put(STOCK, _stock_key(stored_scrip(piece, "a stock piece")), piece)
+            elif "order" in note:
+                txn.delete(WAITERS, bytes.fromhex(note["order"]) + sale)
+        txn.delete(WAITS, sale)
+
+    def _order_for_sale(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
+        """A pending order with a piece of at least ``value`` no other sale waits for (joined), else a new one."""
+        for key, param in txn.scan(ORDERS, vendor):
+            with stored("a pending bulk order"):
+                f = mc.BULK_BUY_SCHEMA.decode(param)
+            waiting = sum(1 for _ in txn.scan(WAITERS, key))
+            if waiting < f["pieces"] and f["value"] // f["pieces"] >= value:  # (the smallest piece covers it)
+                return self._vendor_order(vendor, bulk, param, key)
+        return self._new_order(txn, vendor, bulk, max(bulk.denomination, value) * bulk.pieces, bulk.pieces)
 
     def _order_call(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int, pieces: int | None = None) -> VendorCall:
         """The pending order to ``vendor`` (its reply was lost: ask again first), else a new one, recorded."""
         for key, param in txn.scan(ORDERS, vendor):
             return self._vendor_order(vendor, bulk, param, key)
+        return self._new_order(txn, vendor, bulk, value, bulk.pieces if pieces is None else pieces)
+
+    def _new_order(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int, pieces: int) -> VendorCall:
         order = self.rng(mc.RID_BYTES)
         param = mc.make_bulk_order(
             bulk.key,
@@ -460,7 +530,7 @@ class BrokerCore:
             broker=bulk.cid,
             order=order,
             value=value,
-            pieces=bulk.pieces if pieces is None else pieces,
+            pieces=pieces,
             discount_pct=bulk.discount_pct,
         )
         txn.put(ORDERS, vendor + order, param)
@@ -512,10 +582,23 @@ class BrokerCore:
                 log.warning("bulk order %s: %s", f["order"].hex(), exc)
                 return OrderOutcome(False, f"the vendor's answer does not check ({exc}): the order stays pending")
             txn.delete(ORDERS, call.key)
+            waiters = [(k[len(call.key) :], int.from_bytes(v, "big")) for k, v in txn.scan(WAITERS, call.key)]
+            for sale_key, _ in waiters:
+                txn.delete(WAITERS, call.key + sale_key)
             if sale.status != mc.Status.OK:
                 log.warning("vendor %s refused bulk order: %s", call.vendor.hex(), sale.detail)
-                return OrderOutcome(False, f"the vendor refused the order: {sale.detail}")
-            for s in sale.scrip:
+                for sale_key, _ in waiters:  # each sale that waited on it is told why (see _sell_from_stock)
+                    txn.put(WAITS, sale_key, json.dumps({"refused": sale.detail}).encode())
+                return OrderOutcome(False, f"the vendor refused the order: {sale.detail}", refused=True)
+            left = list(sale.scrip)
+            for sale_key, want in waiters:  # each sale that waited on it gets a piece of it, reserved for it
+                got = next((s for s in left if s.value >= want), None)
+                if got is None:  # (cannot happen: a sale joins an order only if a piece of it covers it)
+                    txn.delete(WAITS, sale_key)  # it orders again
+                    continue
+                left.remove(got)
+                txn.put(WAITS, sale_key, json.dumps({"piece": got.encode().hex()}).encode())
+            for s in left:
                 txn.put(STOCK, _stock_key(s), s.encode())
             row = txn.get(BOUGHT, call.vendor) or bytes(16)
             value = int.from_bytes(row[:8], "big") + f["value"]
@@ -583,9 +666,17 @@ class BrokerCore:
         return reply_param
 
     def stock(self) -> dict[str, dict[str, int]]:
-        """Per bulk vendor: stock pieces and value, face value bought and what the broker owes for it."""
+        """Per bulk vendor: stock pieces and value, face value bought and what the broker owes for it, and the value of
+        pieces bought for sales that have not taken them yet (bought = stock + reserved + sold)."""
         with self.store.transaction() as txn:
             out: dict[str, dict[str, int]] = {}
+            reserved: dict[bytes, int] = {}  # pieces bought for a sale that has not taken them yet
+            for _, raw in txn.scan(WAITS):
+                note = stored_json(raw, "a sale waiting for stock")
+                if "piece" in note:
+                    with stored("a sale waiting for stock"):
+                        p = stored_scrip(bytes.fromhex(note["piece"]), "a stock piece")
+                    reserved[p.vendor] = reserved.get(p.vendor, 0) + p.value
             for vendor, _ in txn.scan(BULK):
                 pieces = [stored_scrip(v, "a stock piece").value for _, v in txn.scan(STOCK, vendor)]
                 row = txn.get(BOUGHT, vendor) or bytes(16)
@@ -595,6 +686,7 @@ class BrokerCore:
                     "bought_value": int.from_bytes(row[:8], "big"),
                     "owed": int.from_bytes(row[8:], "big"),
                     "pending_orders": sum(1 for _ in txn.scan(ORDERS, vendor)),
+                    "reserved_value": reserved.get(vendor, 0),
                 }
             return out
 
@@ -668,6 +760,17 @@ class BrokerCore:
         return msg.reply(mc.PURCHASED.code, _purchased(f["rid"], words, status=PENDING, key=rkey,
                                                        digest=profile.sha256(msg.param)))  # fmt: skip
 
+    def not_finished(self, param: bytes, detail: str) -> bytes:
+        """The answer ``pending`` to purchase ``param`` (its vendor calls did not settle it yet), MACed with the
+        account's reply key when the purchase names an account: the wallet shows ``detail`` and sends it again."""
+        try:
+            f = mc.PURCHASE_SCHEMA.decode(param)
+        except DecodeError:
+            return _purchased(b"\x00" * 16, detail, status=PENDING)
+        with self.store.transaction() as txn:
+            rkey = txn.get(REPLY_KEYS, f["customer_id"])
+        return _purchased(f["rid"], detail, status=PENDING, key=rkey, digest=profile.sha256(param))
+
     def handle(self, msg: Message, now: int) -> Message:
         if msg.mtype == mc.PURCHASE.code:
             return msg.reply(mc.PURCHASED.code, self.purchase(msg.param, now))
@@ -688,6 +791,13 @@ NOT_DECIDED = (
     "the broker cannot write its store (its disk may be full): nothing of this request was kept; send it again "
     "later (`cardnet millicent retry`), once its operator has freed space"
 )  # (a reply's detail holds 200 characters)
+
+
+def _refused_order_words(reason: str) -> str:
+    """A sale refused because the vendor refused the broker's order of its scrip, in words (at most 200)."""
+    head, tail = "the vendor refused the broker's order of its scrip (", "): nothing was debited; buy again later"
+    room = 200 - len(head) - len(tail)
+    return head + (reason if len(reason) <= room else reason[: room - 3] + "...") + tail
 
 
 def _stock_key(s: mc.Scrip) -> bytes:
@@ -757,16 +867,19 @@ class BrokerServer:
     Each step on the store (deciding a request, applying a vendor's answer)
     runs alone, one at a time (a lock: the ledger sees one step at a time),
     but a bulk-mode sale's calls to the vendor are carried outside that lock:
-    a vendor that is slow or never answers (up to ``VENDOR_TIMEOUT_S`` a call)
-    holds up only the purchases that need it, not the broker's other
-    customers. Every call is durable before it is sent and its answer applied
-    in one transaction that reads the pending record again, so purchases in
-    flight at once stay exact: two purchases needing the same vendor carry
-    the same pending order (the vendor answers a repeat from its record; the
-    second to apply it finds it settled), each sale reserves its own stock
-    piece and debit in the transaction that records it, and the same purchase
-    sent again while its vendor call is out carries the same recorded request
-    (answered once by the vendor's spent list; the second finds it settled).
+    a vendor that is slow or never answers holds up only the purchases that
+    need it, not the broker's other customers, and each of those for at most
+    ``vendor_timeout_s`` (default ``VENDOR_TIMEOUT_S``) in all its calls.
+    Every call is durable before it is sent and its answer applied in one
+    transaction that reads the pending record again, so purchases in flight
+    at once stay exact: purchases needing the same vendor's stock carry the
+    same pending order while it has a piece for each (the vendor answers a
+    repeat from its record; the first to apply it reserves a piece for each
+    sale that waited on it, the others find it settled), each sale reserves
+    its own stock piece and debit in the transaction that records it, and the
+    same purchase sent again while its vendor call is out carries the same
+    recorded request (answered once by the vendor's spent list; the second
+    finds it settled).
     :meth:`aclose` stops in order, within ``close_wait_s``: see there.
     """
 
@@ -777,10 +890,12 @@ class BrokerServer:
         clock: Callable[[], float] = time.time,
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
         close_wait_s: float = CLOSE_WAIT_S,
+        vendor_timeout_s: float = VENDOR_TIMEOUT_S,
     ) -> None:
         self.core = core
         self.clock = clock
         self.close_wait_s = close_wait_s
+        self.vendor_timeout_s = vendor_timeout_s  # all the vendor calls of one purchase, together
         self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
         self._lock = asyncio.Lock()  # held by one step on the store at a time, never across a vendor call
         self._closing = False  # set by aclose: requests read from now on are not taken
@@ -855,25 +970,33 @@ class BrokerServer:
     async def _purchase(self, param: bytes) -> bytes:
         """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip).
 
-        The calls are carried outside the lock: other requests are served meanwhile."""
+        The calls are carried outside the lock: other requests are served meanwhile. All of one purchase's calls
+        together take at most ``vendor_timeout_s``: past it the purchase is answered ``pending`` (its call stays
+        recorded; the same purchase again goes on from there)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.vendor_timeout_s
+        slow = (
+            f"the vendor did not answer the broker within {self.vendor_timeout_s:g} s: nothing more was debited; "
+            "send the same purchase again (`cardnet millicent retry`)"
+        )
         for _ in range(MAX_VENDOR_CALLS):
             step = await self._step(self.core.begin_purchase, param, int(self.clock()))
             if isinstance(step, bytes):
                 return step
-            reply = await call_vendor(step)
+            left = deadline - loop.time()
+            reply = await call_vendor(step, timeout_s=left) if left > 0 else None
             if step.kind == "order":
+                if reply is None:  # (the order stays pending: the same purchase again carries it)
+                    return await self._step(self.core.not_finished, param, slow)
                 outcome = await self._step(self.core.finish_order, step, reply)
-                if not outcome.bought:
-                    return _purchased(
-                        _rid_of(param), f"cannot buy stock from the vendor ({outcome}): try again later", status=PENDING
-                    )
+                if not (outcome.bought or outcome.refused):  # settled: the next step says what it left this sale
+                    words = f"cannot buy stock from the vendor ({outcome}): send the same purchase again later"
+                    return await self._step(self.core.not_finished, param, words[:200])
                 continue
             done = await self._step(self.core.finish_issue, step, reply)
             if done is None:
-                return _purchased(
-                    _rid_of(param), "the vendor did not answer: send the same purchase again", status=PENDING
-                )
+                unsettled = "the vendor's answer did not check: send the same purchase again"
+                return await self._step(self.core.not_finished, param, slow if reply is None else unsettled)
             return done
-        return _purchased(
-            _rid_of(param), "the vendor's stock ran out while buying: send the same purchase again", status=PENDING
-        )
+        words = "the vendor's answers did not settle this sale: send the same purchase again"
+        return await self._step(self.core.not_finished, param, words)

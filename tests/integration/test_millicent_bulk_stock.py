@@ -1,0 +1,118 @@
+"""Sales that need the broker to buy a bulk vendor's stock, many at once, with real broker and vendor processes.
+
+Before, the purchases needing stock shared one pending order and the stock it brought went to whichever sale came
+to the store first: a sale that had ordered stock could find it taken by a concurrent sale, order again, and after
+four vendor calls end ``pending`` ("the vendor's stock ran out while buying") though the vendor sold every order.
+Now each sale that waited on an order gets a piece of it, reserved for it when the order's answer is applied (by
+whichever sale applies it). And when the vendor refuses an order that several sales waited on, each of them is told
+so with the vendor's reason (before: some were told "the stock ran out", others "try again later").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from hostprocs import Service, cardnet
+from test_millicent_hung_vendor import GUARD_S, B, add_bulk, agreement, customer, signed_purchase, status
+
+from cardnet.protocols import millicent as mc
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent.wallet import Wallet
+from cardnet.store import SqliteStore
+from cardnet.transport import dial
+from cardnet.wire import Message, Uid
+
+CUSTOMERS = 8  # buying at once, each once; orders of one piece: before, at most 3 of them could be sold
+
+
+async def buy_once(address: str, purchases: list[tuple[Wallet, bytes, bytes]]) -> list[mc.Purchased]:
+    """Every purchase sent once, all at once, on its own connection: the broker's first answer to each."""
+    host, port = address.rsplit(":", 1)
+
+    async def send(param: bytes, rkey: bytes) -> mc.Purchased:
+        async with await dial(host, int(port)) as conn:
+            await conn.send(Message(Uid(b"\x00" * 12, 9), Uid(b"\x00" * 12, 0), mc.PURCHASE.code, param))
+            reply = await asyncio.wait_for(conn.recv(), GUARD_S)
+        return mc.open_purchased(reply.mtype, reply.param, purchase=param, key=rkey)
+
+    return list(await asyncio.gather(*(send(param, rkey) for _, param, rkey in purchases)))
+
+
+def run_sales(tmp_path: Path, b: str, n: int) -> tuple[list[mc.Purchased], list[int | None]]:
+    """``n`` customers with 100 each buy 20 of vendor B's scrip at once through a broker process on ``b``."""
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+    broker.start()
+    try:
+        wallets = [Wallet(SqliteStore(customer(tmp_path, b, broker.address, f"c{i}", 100))) for i in range(n)]
+        try:
+            purchases = [signed_purchase(w, bytes([i + 1]) * mc.RID_BYTES) for i, w in enumerate(wallets)]
+            cids = [w.customer_id for w in wallets]
+            results = asyncio.run(buy_once(broker.address, purchases))
+        finally:
+            for w in wallets:
+                w.store.close()
+    finally:
+        broker.stop()
+    with SqliteStore(b) as store:
+        core = mb.BrokerCore(store)
+        balances = [core.account(cid) for cid in cids if cid is not None]
+    return results, balances
+
+
+def test_every_sale_that_ordered_stock_gets_it_though_others_buy_at_once(tmp_path: Path) -> None:
+    """Eight customers buy at once; the broker's orders are of one piece each: every first answer is the sale."""
+    v, file = agreement(tmp_path, B)
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    vendor.start()
+    try:
+        add_bulk(b, file, vendor.address, 1)
+        results, balances = run_sales(tmp_path, b, CUSTOMERS)
+    finally:
+        vendor.stop()
+    details = [r.detail for r in results if r.status != mc.PURCHASE_OK]
+    assert details == [], f"{len(details)} of {CUSTOMERS} sales were not made: {details}"
+    assert all(r.scrip is not None and r.scrip.value == 20 for r in results)
+    assert len({r.scrip for r in results}) == CUSTOMERS
+    assert balances == [80] * CUSTOMERS  # debited once each
+    bulk = status(b)[B]
+    # Every order was answered and every piece bought went to a sale (bought = stock + reserved + sold).
+    assert bulk["pending_orders"] == 0 and bulk["reserved_value"] == 0
+    assert bulk["stock_value"] + CUSTOMERS * 20 == bulk["bought_value"]
+
+
+def test_sales_waiting_on_an_order_the_vendor_refused_are_told_why(tmp_path: Path) -> None:
+    """The broker's copy of the agreement names a discount the vendor did not agree to: the vendor refuses its
+    orders. Four customers buying at once are each refused in words with the vendor's reason, nothing debited,
+    and the wallet does not keep the purchase to send again (it cannot succeed until the operators settle it)."""
+    v, file = agreement(tmp_path, B)
+    terms = json.loads(file.read_text())
+    terms["discount_pct"] = 20  # the vendor agreed to 10 %
+    file.write_text(json.dumps(terms))
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    vendor.start()
+    try:
+        add_bulk(b, file, vendor.address, 1)
+        results, balances = run_sales(tmp_path, b, 4)
+        broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+        broker.start()
+        try:  # a customer's own wallet, through the CLI
+            wallet = customer(tmp_path, b, broker.address, "dora", 100)
+            out = cardnet("millicent", "buy", "--wallet", wallet, "--vendor", B, "--value", "20", check=False)
+        finally:
+            broker.stop()
+    finally:
+        vendor.stop()
+    refused = "the vendor refused the broker's order of its scrip (the agreed discount is 10 %): nothing was debited"
+    for r in results:
+        assert r.status == mc.PURCHASE_REFUSED, r.detail
+        assert r.detail.startswith(refused), r.detail
+    assert balances == [100] * 4
+    assert out.returncode != 0 and refused in out.stderr + out.stdout, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    listed = json.loads(cardnet("millicent", "list", "--wallet", wallet, "--json").stdout)
+    assert listed["pending"] == [] and listed["scrip"] == []
+    assert status(b)[B]["pending_orders"] == 0

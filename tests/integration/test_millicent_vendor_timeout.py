@@ -1,0 +1,116 @@
+"""A slow bulk vendor holds a customer's purchase at most ``broker run --vendor-timeout`` seconds, all calls together.
+
+Before, the bound was a constant 10 s for each vendor call, and a bulk-mode sale makes two (buy stock, then issue the
+customer's scrip), up to four: a vendor answering each call just inside the bound held the customer's purchase past
+her wallet's own wait. Here a relay between the broker process and a real vendor process holds each of the vendor's
+answers back ``DELAY_S``; the broker's bound is ``TIMEOUT_S``, more than one call takes and less than the two of a
+sale: the customer is answered ``pending`` in words (the broker's own, MACed answer), and once the vendor is quick
+again her wallet's retry finishes the same purchase, debited once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from hostprocs import Service, cardnet
+from test_millicent_hung_vendor import GUARD_S, B, add_bulk, agreement, customer, status
+
+from cardnet.services.millicent import broker as mb
+from cardnet.services.millicent.wallet import Wallet, WalletError
+from cardnet.store import SqliteStore
+
+DELAY_S = 2.0  # each vendor answer is held back this long while the relay is slow
+TIMEOUT_S = 3.0  # the broker's bound: one call fits in it, the two of a sale do not
+
+
+class SlowRelay:
+    """A TCP relay to ``target`` that forwards requests at once and, while ``slow``, each answer ``DELAY_S`` late."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.slow = True
+        self.answers = 0  # answers relayed (held back or not)
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, late: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if late:
+                        self.answers += 1
+                        if self.slow:
+                            await asyncio.sleep(DELAY_S)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):  # (the relay closes with the test)
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def test_a_slow_vendor_holds_a_purchase_no_longer_than_the_brokers_vendor_timeout(tmp_path: Path) -> None:
+    v, file = agreement(tmp_path, B)
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0",
+                     "--vendor-timeout", str(TIMEOUT_S))  # fmt: skip
+    vendor.start()
+
+    async def go() -> None:
+        relay = SlowRelay(vendor.address)
+        try:
+            add_bulk(b, file, await relay.start(), 2)
+            broker.start()
+            with SqliteStore(customer(tmp_path, b, broker.address, "alice", 100)) as store:
+                alice = Wallet(store)
+                try:
+                    await asyncio.wait_for(alice.buy(bytes.fromhex(B), 20), GUARD_S)
+                except WalletError as exc:
+                    pending = exc
+                else:
+                    raise AssertionError("the purchase was sold though the vendor took longer than the bound")
+                # The broker's own answer (MACed: the wallet believes it), in words, after the order was answered
+                # and while the issue call waited: both of a sale's calls did not fit in the bound.
+                assert pending.reason == "pending", pending
+                assert f"the vendor did not answer the broker within {TIMEOUT_S:g} s" in str(pending), pending
+                assert relay.answers >= 1  # (the order's answer came; the bound ran out on the next call)
+                assert [r["kind"] for _, r in alice.pending()] == ["buy"]
+                relay.slow = False  # the vendor is quick again: the same purchase, sent again, is finished
+                await asyncio.wait_for(alice.retry_pending(int(time.time())), GUARD_S)
+                assert alice.pending() == []
+                [scrip] = alice.scrip(bytes.fromhex(B))
+                assert scrip.value == 20
+                cid = alice.customer_id
+            assert cid is not None
+            with SqliteStore(b) as bstore:
+                assert mb.BrokerCore(bstore).account(cid) == 80  # debited once
+        finally:
+            relay.close()
+
+    try:
+        asyncio.run(go())
+        bulk = status(b)[B]
+        assert bulk["stock_value"] + bulk["reserved_value"] + 20 == bulk["bought_value"] == 40
+        help_text = " ".join(cardnet("millicent", "broker", "run", "--help").stdout.split())
+        assert "--vendor-timeout" in help_text and "all its calls together" in help_text
+    finally:
+        broker.stop()
+        vendor.stop()
