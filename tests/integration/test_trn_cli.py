@@ -93,12 +93,19 @@ def setup(net: TrnNet) -> None:
     """Register the agent and set every card's authority, with the CLI only (the auth host has two cards)."""
     cert = net.tmp / "agent.der"  # (`cardnet card show --cert` prints it while no host runs the card)
     cert.write_bytes(net.agent_cert)
-    ok_json(cli("authority", "add-agent", *args(net, "authority"), "--cert", str(cert), "--json"))
+    added = ok_json(cli("authority", "add-agent", *args(net, "authority"), "--cert", str(cert), "--json"))
+    agent = str(net.uids["agent"])  # a success names what was done, as other commands do ("reason" is for errors)
+    assert added == {
+        "agent": agent,
+        "registered": True,
+        "message": f"agent {agent} registered: the tokens it issues can now be traced here",
+    }, added
     for card in ("agent", "a", "b"):
         got = ok_json(
             cli("trn", "set-authority", *args(net, card), "--authority", str(net.uids["authority"]), "--json")
         )
-        assert got["authority"] == str(net.uids["authority"])
+        authority = str(net.uids["authority"])
+        assert got == {"authority": authority, "message": f"the tokens on this card are now traced by {authority}"}
 
 
 def test_a_mistyped_destination_strands_nothing(net: TrnNet) -> None:

@@ -91,9 +91,13 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
 def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_path: Path, as_json: bool) -> None:
     """Register a ticketing agent: tokens it issues can then be traced."""
     from cardnet.applets.authority import ADD_AGENT
+    from cardnet.crypto import pki
 
-    r = run_order(socket, pin, card, ADD_AGENT, cert=cert_file_der(cert_path, "--cert"))
-    say(as_json, {"reason": r["reason"]}, f"{r['reason']}: the tokens it issues can now be traced here")
+    der = cert_file_der(cert_path, "--cert")
+    run_order(socket, pin, card, ADD_AGENT, cert=der)  # (a refusal fails in words, with its reason)
+    agent = pki.uid_of(pki.cert_from_der(der))  # (the card checked it: an agent certificate of its CA)
+    message = f"agent {agent} registered: the tokens it issues can now be traced here"
+    say(as_json, {"agent": str(agent), "registered": True, "message": message}, message)
 
 
 @card_command(authority, "chain", click.option("--oid", required=True, help="The token's oid (32 hex digits)."))

@@ -545,8 +545,9 @@ def _reissue_refused_hint(reason: str) -> str:
 def trn_set_authority(socket: str, pin: str | None, card: str | None, authority: str, as_json: bool) -> None:
     """Tell the card which authority traces its tokens."""
     uid = parse_uid(authority)
-    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.set_authority(uid))
-    say(as_json, {"authority": str(uid), "reason": reason}, f"the tokens on this card are now traced by {uid}")
+    run_on_wallet(socket, pin, card, lambda wallet: wallet.set_authority(uid))  # (a refusal fails, with its reason)
+    message = f"the tokens on this card are now traced by {uid}"
+    say(as_json, {"authority": str(uid), "message": message}, message)
 
 
 @card_command(trn, "recover", pin=False)
