@@ -74,10 +74,16 @@ REJECT = register(0x0505, "fairx.reject", "fairx", _BY_N1, privileged=True)
 GIVE_UP = register(0x0506, "fairx.give_up", "fairx", _BY_N1, privileged=True)
 RESOLVE = register(0x0507, "fairx.resolve", "fairx", _BY_N1, privileged=True)
 ABORT = register(0x0508, "fairx.abort", "fairx", _BY_N1, privileged=True)
+# ``fairx.set_ttp {ttp}`` sets the TTP this card follows; without ``ttp`` it only reads it (``fairx.ttp_is``
+# without ``ttp``: none set yet).
 SET_TTP = register(
-    0x0509, "fairx.set_ttp", "fairx", Schema("fairx.set_ttp", [Field(0, "ttp", UidType())]), privileged=True
+    0x0509,
+    "fairx.set_ttp",
+    "fairx",
+    Schema("fairx.set_ttp", [Field(0, "ttp", UidType(), optional=True)]),
+    privileged=True,
 )
-TTP_IS = register(0x050A, "fairx.ttp_is", "fairx", Schema("fairx.ttp_is", [Field(0, "ttp", UidType())]))
+TTP_IS = register(0x050A, "fairx.ttp_is", "fairx", Schema("fairx.ttp_is", [Field(0, "ttp", UidType(), optional=True)]))
 CHANGED = register(0x050B, "fairx.changed", "fairx", _ITEM)  # pushed to the watching applications (trn.watch)
 ORDERS = (START, LIST, ACCEPT, REJECT, GIVE_UP, RESOLVE, ABORT, SET_TTP)
 MAX_WATCHERS = 8  # applications a wallet pushes its changes to (volatile; the oldest goes first)
@@ -167,7 +173,11 @@ class ExchangeWallet(SessionApplet):
         elif code == LIST.code:
             self._list_exchanges(ctx)
         elif code == SET_TTP.code:
-            ttp: Uid = params["ttp"]
+            ttp: Uid | None = params.get("ttp")
+            if ttp is None:  # a read
+                raw = ctx.get(b"ttp")
+                ctx.reply(TTP_IS, **({} if raw is None else {"ttp": Uid.from_bytes(raw)}))
+                return
             if not ttp.is_card:
                 raise Refused("refused", "the TTP is a card's Uid (port 0)")
             ctx.put(b"ttp", bytes(ttp))

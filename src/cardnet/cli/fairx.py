@@ -155,6 +155,8 @@ HINTS = {
     "illegal_move": "`cardnet trn list` shows your tokens: only an enabled one can be offered",
     "peer_store_failed": "ask the other owner to free space on the disk of their card's host (or mend it): the "
     "exchange then goes on by itself while both hosts run; list your exchanges to see what you may do meanwhile",
+    "ttp_store_failed": "ask the TTP's operator to free space on the disk of its host (or mend it), then ask again "
+    "with the same order and --wait (`cardnet exchange resolve` or `abort`): the exchange ends then",
 }
 
 # A card's refusal of an exchange order in its owner's words, where the card's own detail is protocol talk.

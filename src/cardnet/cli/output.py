@@ -284,7 +284,7 @@ def card_refusal(reason: str, detail: str) -> tuple[str, str | None]:
         return TOKEN_STATE_REFUSALS[m.group(2)], "`cardnet trn list` shows the tokens on this card and how each stands"
     if reason in CARD_REFUSALS:
         return CARD_REFUSALS[reason]
-    if reason in ("undeliverable", "peer_store_failed"):  # the host's words (the wallet library's): not a refusal
+    if reason in ("undeliverable", "peer_store_failed", "ttp_store_failed"):  # the host's words: not a refusal
         return detail, None
     return f"the card refused: {detail or reason}", None
 

@@ -46,8 +46,10 @@ NOTICE_EVERY_S = 0.25  # how often a wait asks the host whether the other card's
 GATE_STORE_FAILED = "gate_store_failed"  # redeem(): the gate's card cannot write its store (the voucher stays here)
 TAKEN = "taken by the gate"  # redeem(): the voucher left this card for the gate's (its acknowledgement came)
 PEER_STORE_FAILED = "peer_store_failed"  # wait_moved(), wait(): the other card cannot write its store (nothing lost)
+TTP_STORE_FAILED = "ttp_store_failed"  # wait(): the TTP asked to settle cannot write its store (nothing lost)
 UNWATCH_TIMEOUT_S = 2.0
 FINISHED = frozenset(p.value for p in (*fx.FINISHED, fx.Phase.GAVE_UP))
+WAITING_FOR_TTP = frozenset(p.value for p in fx.WAITING_FOR_TTP)
 MOVING = frozenset({"disabled+O", "disabled", "trustless_disabled", "trustless"})  # a voucher on its way in or out
 
 
@@ -170,20 +172,22 @@ def _about(event: Event, oid: bytes) -> bool:
 
 @dataclass
 class _Waiting:
-    """One wait of the library for another card (``peer``, a card domain): :meth:`Wallet.redeem`,
-    :meth:`Wallet.wait_moved`, :meth:`Wallet.wait`. :meth:`next` returns what the waiter should do next, resending
-    what the card waits for every ``recover_every_s`` meanwhile, and asking the host every ``NOTICE_EVERY_S``
-    whether the peer's host sent word that the peer's card cannot write its store (``host.undeliverable`` code
-    ``store_failed``, which the host remembers and counts: ``seen`` is the count and code when last asked), so that
-    the waiter learns it at once instead of at its deadline (host.route: no card step)."""
+    """One wait of the library for other cards (``peers``, card domains: the other party, and for an exchange the
+    TTP): :meth:`Wallet.redeem`, :meth:`Wallet.wait_moved`, :meth:`Wallet.wait`. :meth:`next` returns what the
+    waiter should do next, resending what the card waits for every ``recover_every_s`` meanwhile, and asking the
+    host every ``NOTICE_EVERY_S`` whether a peer's host sent word that the peer's card cannot write its store
+    (``host.undeliverable`` code ``store_failed``, which the host remembers and counts: ``seen`` is each peer's
+    count and code when last asked; ``failed`` the peer of the last such word), so that the waiter learns it at once
+    instead of at its deadline (host.route: no card step)."""
 
     wallet: Wallet
     changes: asyncio.Queue[Event]
-    peer: bytes
+    peers: tuple[bytes, ...]
     deadline: float  # loop time
     recover_every_s: float
-    seen: tuple[int, str | None]
+    seen: list[tuple[int, str | None]]
     recover_at: float
+    failed: bytes | None = None
 
     async def next(self, about: Callable[[Event], bool]) -> str:
         """``look`` (an event ``about`` what is waited for came, or a resend went out: read it again),
@@ -193,11 +197,13 @@ class _Waiting:
             left = self.deadline - loop.time()
             if left <= 0:
                 return "timeout"
-            notices = await self.wallet._notices(self.peer)
-            if notices != self.seen:
-                self.seen = notices
-                if notices[1] == STORE_FAILED:
-                    return "store_failed"
+            for i, peer in enumerate(self.peers):
+                notices = await self.wallet._notices(peer)
+                if notices != self.seen[i]:
+                    self.seen[i] = notices
+                    if notices[1] == STORE_FAILED:
+                        self.failed = peer
+                        return "store_failed"
             try:
                 async with asyncio.timeout(min(left, NOTICE_EVERY_S)):
                     while not about(await self.changes.get()):
@@ -235,6 +241,15 @@ def exchange_store_failed(x: Exchange) -> str:
                 "their disk is mended (this card resends it), or give it up to have your voucher back now")  # fmt: skip
     return (f"{head}; the exchange ends by itself once their disk is mended (this card resends), both vouchers "
             "swapped or neither; until then the TTP can settle it (resolve, abort)")  # fmt: skip
+
+
+def ttp_store_failed(x: Exchange, ttp: Uid) -> str:
+    """Why :meth:`Wallet.wait` stopped: exchange ``x`` waits for the decision of TTP ``ttp``, whose card cannot
+    write its store; how it stands."""
+    return (f"the TTP {ttp} cannot write its store (its disk is full or failing; its host said so), so it has not "
+            f"decided exchange {x.n1.hex()}: nothing was lost; your request stands: this card asks the TTP again by "
+            "itself, and the exchange ends once the TTP's disk is mended (both vouchers swapped or neither); ask the "
+            "TTP's operator to free space on its disk")  # fmt: skip
 
 
 class Wallet:
@@ -343,7 +358,7 @@ class Wallet:
 
     async def _redeem(self, oid: bytes, gate: Uid, timeout_s: float, recover_every_s: float) -> Redemption:
         async with self.subscription() as changes:
-            waiting = await self._wait_for(changes, gate.domain, timeout_s, recover_every_s)
+            waiting = await self._wait_for(changes, (gate.domain,), timeout_s, recover_every_s)
             await self.transfer(oid, gate)
             about = lambda e: _about(e, oid)  # noqa: E731
             step = "look"
@@ -374,13 +389,13 @@ class Wallet:
                 step = await waiting.next(about)
 
     async def _wait_for(
-        self, changes: asyncio.Queue[Event], peer: bytes, timeout_s: float, recover_every_s: float
+        self, changes: asyncio.Queue[Event], peers: tuple[bytes, ...], timeout_s: float, recover_every_s: float
     ) -> _Waiting:
-        """A wait of ``timeout_s`` for card domain ``peer`` (:class:`_Waiting`), from this host's notices now."""
+        """A wait of ``timeout_s`` for card domains ``peers`` (:class:`_Waiting`), from this host's notices now."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        seen = await self._notices(peer)
-        return _Waiting(self, changes, peer, now + timeout_s, recover_every_s, seen, now + recover_every_s)
+        seen = [await self._notices(peer) for peer in peers]
+        return _Waiting(self, changes, peers, now + timeout_s, recover_every_s, seen, now + recover_every_s)
 
     async def peer_store_failed(self, domain: bytes) -> bool:
         """Whether the last ``host.undeliverable`` notice this card got about card domain ``domain`` said that card
@@ -471,19 +486,28 @@ class Wallet:
     async def set_ttp(self, ttp: Uid) -> None:
         await self._ask(fa.SET_TTP, fa.TTP_IS, ttp=ttp)
 
+    async def ttp(self) -> Uid | None:
+        """The TTP this card follows (:meth:`set_ttp`); None while none is set."""
+        got: Uid | None = (await self._ask(fa.SET_TTP, fa.TTP_IS)).get("ttp")
+        return got
+
     async def wait(self, n1: bytes, *, timeout_s: float = 30.0, recover_every_s: float = RECOVER_EVERY_S) -> Exchange:
         """The exchange once it ended (swapped, aborted or given up), resending what it waits for meanwhile.
 
         Raises TimeoutError after ``timeout_s``: the exchange then still waits; the recovery order its phase
         allows (:meth:`give_up`, :meth:`resolve`, :meth:`abort`) ends it with the TTP's help. Raises
         ``WalletError peer_store_failed`` at once when the other card's host says that card cannot write its store
-        (a full or failing disk): nothing was lost, the exchange stands as it is (the message says what may end it).
+        (a full or failing disk), and ``ttp_store_failed`` when the exchange waits for the TTP's decision (resolve,
+        abort) and the TTP's host says the same of the TTP's card: nothing was lost, the exchange stands as it is
+        (the message says what may end it).
         """
         async with asyncio.timeout(timeout_s), self.subscription() as changes:
             x = await self.status(n1)
             if x.finished:
                 return x
-            waiting = await self._wait_for(changes, x.peer.domain, timeout_s, recover_every_s)
+            ttp = await self.ttp()
+            peers = (x.peer.domain,) if ttp is None else (x.peer.domain, ttp.domain)
+            waiting = await self._wait_for(changes, peers, timeout_s, recover_every_s)
             about = lambda e: e.kind == "missed" or (e.exchange is not None and e.exchange.n1 == n1)  # noqa: E731
             while True:
                 step = await waiting.next(about)
@@ -492,8 +516,12 @@ class Wallet:
                     return x
                 if step == "timeout":
                     raise TimeoutError
-                if step == "store_failed":
+                if step != "store_failed":
+                    continue
+                if waiting.failed == x.peer.domain:
                     raise WalletError(PEER_STORE_FAILED, exchange_store_failed(x))
+                if ttp is not None and x.phase in WAITING_FOR_TTP:  # (else word of another exchange's request)
+                    raise WalletError(TTP_STORE_FAILED, ttp_store_failed(x, ttp))
 
     async def wait_moved(self, oid: bytes, *, timeout_s: float = 30.0,
                          recover_every_s: float = RECOVER_EVERY_S) -> Voucher | None:  # fmt: skip
@@ -506,7 +534,7 @@ class Wallet:
             v = await self.voucher(oid)
             if v is None or v.status not in MOVING or v.peer is None:
                 return v
-            waiting = await self._wait_for(changes, v.peer.domain, timeout_s, recover_every_s)
+            waiting = await self._wait_for(changes, (v.peer.domain,), timeout_s, recover_every_s)
             while True:
                 step = await waiting.next(lambda e: _about(e, oid))
                 v = await self.voucher(oid)
