@@ -235,3 +235,62 @@ def test_a_vendor_holds_a_bounded_number_of_reply_bytes_for_clients_that_resend_
         for flood in floods:
             flood.close()
         vendor.stop()
+
+
+def _accepted_bulk_order(vendor_store: str) -> bytes:
+    """A frame of a bulk order of 1000 pieces under a real bulk agreement (its answer: 56 KB of scrip)."""
+    store = SqliteStore(vendor_store)
+    try:
+        agreement = mv.add_bulk_broker(store, "bob", discount_pct=10)
+    finally:
+        store.close()
+    param = mc.make_bulk_order(bytes.fromhex(agreement["order_key"]), vendor=VID,
+                               broker=bytes.fromhex(agreement["customer_id"]), order=os.urandom(mc.RID_BYTES),
+                               value=mc.MAX_PIECES, pieces=mc.MAX_PIECES, discount_pct=10)  # fmt: skip
+    return encode_frame(Message(Uid(os.urandom(12), 1), Uid(bytes(12), 0), mc.BULK_BUY.code, param))
+
+
+def test_a_vendor_holds_a_bounded_number_of_reply_bytes_for_clients_that_resend_a_bulk_order(
+    tmp_path: Path, vendor_store: str
+) -> None:
+    """A broker's bulk order of 1000 pieces is answered with 56 KB of scrip (a re-sent order gets its stored
+    answer again). A client that sends it again and again on connections it never reads: the vendor (no send
+    timeout) holds at most ``MAX_UNSENT_BYTES`` of answers a connection. Before, a bulk order not answered yet was
+    counted at the largest *buy* reply (here under 500 bytes), so a connection took hundreds of them at once and
+    the vendor held their answers (about 30 MB a connection)."""
+    frame = _accepted_bulk_order(vendor_store)
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
+                     "--send-timeout", "0")  # fmt: skip
+    floods: list[Flood] = []
+    try:
+        at = vendor.start()
+        assert vendor.proc is not None
+        pid = vendor.proc.pid
+        host, port = at.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:  # sold once, for real
+            sock.sendall(frame)
+            decoder, got = FrameDecoder(), []
+            while not got:
+                data = sock.recv(65536)
+                assert data, "the vendor closed the connection without a reply"
+                got = decoder.feed(data)
+        assert got[0].mtype == mc.BULK_SOLD.code
+        assert len(mc.BULK_SOLD_SCHEMA.decode(got[0].param)["scrip"]) == mc.MAX_PIECES
+        assert got[0].size > 50_000 > 10 * mv._buy_reply_bytes(5)  # far more than a buy reply of this vendor
+        before = proc_status(pid, "VmRSS")
+        floods = [Flood(at, frame=frame, each=50) for _ in range(CLIENTS)]
+        for flood in floods:
+            flood.start()
+        for flood in floods:
+            flood.join()
+            assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
+        grown = proc_status(pid, "VmHWM") - before
+        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
+        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
+                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
+        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
+        assert vendor.proc.poll() is None
+    finally:
+        for flood in floods:
+            flood.close()
+        vendor.stop()

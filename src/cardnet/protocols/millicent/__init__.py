@@ -90,6 +90,9 @@ from cardnet.protocols.millicent.broker import (
     make_purchased as make_purchased,
 )
 from cardnet.protocols.millicent.broker import (
+    max_bulk_sold_bytes as max_bulk_sold_bytes,
+)
+from cardnet.protocols.millicent.broker import (
     open_bulk_sold as open_bulk_sold,
 )
 from cardnet.protocols.millicent.broker import (

@@ -20,7 +20,18 @@ from cardnet.protocols.millicent.messages import (
     broker_macd,
     length_prefixed,
 )
-from cardnet.protocols.millicent.scrip import MAC_BYTES, MillicentError, Scrip, Status
+from cardnet.protocols.millicent.scrip import (
+    CUSTOMER_ID_BYTES,
+    MAC_BYTES,
+    MASTER_SECRET_BYTES,
+    MAX_VALUE,
+    RID_BYTES,
+    VENDOR_BYTES,
+    MillicentError,
+    Scrip,
+    Status,
+    mint,
+)
 from cardnet.wire import DecodeError
 
 # --- bulk purchase (broker <-> vendor) ----------------------------------------------------
@@ -73,6 +84,18 @@ def make_bulk_order(
     }
     f["mac"] = profile.hmac_sha256(key, bulk_buy_mac_input(vendor, f), MAC_BYTES)
     return BULK_BUY_SCHEMA.encode(f)
+
+
+def max_bulk_sold_bytes(pieces: int) -> int:
+    """The largest ``millicent.bulk_sold`` (param bytes) answering an order of ``pieces`` pieces: the sale (scrip
+    as the vendor mints it in bulk, without properties) or a refusal with the longest detail, whichever is larger.
+    Built for real with throwaway keys; a vendor counts a bulk order's reply not made yet at this size."""
+    raw = mint({0: bytes(MASTER_SECRET_BYTES)}, index=0, vendor=bytes(VENDOR_BYTES), value=MAX_VALUE, serial=0,
+               customer_id=bytes(CUSTOMER_ID_BYTES), expiry=2**32 - 1).encode()  # fmt: skip
+    head = {"order": bytes(RID_BYTES), "mac": bytes(MAC_BYTES)}
+    sold = BULK_SOLD_SCHEMA.encode({**head, "status": 0, "scrip": [raw] * pieces, "price": MAX_VALUE})
+    refused = BULK_SOLD_SCHEMA.encode({**head, "status": 255, "detail": "x" * 200})
+    return max(len(sold), len(refused))
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,8 @@ CLOSE_WAIT_S = 10.0  # how long a stopping server waits for the batches in progr
 # waits for the replies to leave, so a client that sends and never reads holds at most this many replies (and one
 # read's requests), and the kernel pushes back on it
 MAX_UNANSWERED = 1024
-# ... and bytes of their replies (those not yet made counted at the largest buy reply the catalogue allows): a client
+# ... and bytes of their replies (those not yet made counted at the largest buy reply the catalogue allows, a bulk
+# order at the largest answer to its pieces: up to 56 KB, where a buy reply may be 500 bytes): a client
 # that re-sends one accepted purchase of a 60 KB product gets its stored reply each time, so the count alone let
 # each connection hold 1024 of them (62 MB; 512 connections: 32 GB). One request fits whatever its reply's size.
 MAX_UNSENT_BYTES = 256 * 1024
@@ -179,6 +180,31 @@ def rotate_secret(store: Store, *, rng: Callable[[int], bytes] = os.urandom) -> 
 def _buy_reply_bytes(content_bytes: int) -> int:
     """The largest buy reply, header included, for a product of ``content_bytes`` (cached: it is built for real)."""
     return HEADER_BYTES + mc.max_buy_reply_bytes(min(content_bytes, mc.CONTENT_MAX_BYTES))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bulk_reply_bytes(pieces: int) -> int:
+    """The largest answer to a bulk order of ``pieces`` pieces, header included (cached: it is built for real)."""
+    return HEADER_BYTES + mc.max_bulk_sold_bytes(pieces)
+
+
+def _counted_with_bulk(msgs: list[Message], held: int, each: int) -> tuple[int, int]:
+    """How many of ``msgs`` (at least one) fit in what a connection may hold, and the bytes their replies are
+    counted at: a bulk order at the largest answer to its pieces (up to 1000 pieces of scrip, far more than a buy
+    reply), any other request at ``each``."""
+    counted = 0
+    for i, m in enumerate(msgs):
+        cost = each
+        if m.mtype == mc.BULK_BUY.code:
+            try:
+                pieces = mc.BULK_BUY_SCHEMA.decode(m.param)["pieces"]
+            except DecodeError:
+                pieces = 0  # refused as malformed: a short answer
+            cost = max(each, _bulk_reply_bytes(pieces))
+        if i and held + counted + cost > MAX_UNSENT_BYTES:
+            return i, counted
+        counted += cost
+    return len(msgs), counted
 
 
 @functools.lru_cache(maxsize=16)
@@ -966,7 +992,7 @@ class VendorServer:
 
         A connection holds at most :data:`MAX_UNANSWERED` requests whose replies are not yet written, and
         :data:`MAX_UNSENT_BYTES` of their replies (a reply not made yet counted at the largest buy reply the
-        catalogue allows; at least one request): beyond them it takes no more requests (the rest of a read waits,
+        catalogue allows, a bulk order's at the largest answer to its pieces; at least one request): beyond them it takes no more requests (the rest of a read waits,
         at most a read chunk) and reads nothing more until the client has taken replies, so a client that sends
         requests and never reads the replies makes the vendor hold a bounded number of bytes for it, not every
         reply.
@@ -1052,11 +1078,15 @@ class VendorServer:
                 each = self._reply_bytes()
                 n = min(len(backlog), MAX_UNANSWERED - unanswered, max(1, (MAX_UNSENT_BYTES - held) // each))
                 msgs, backlog = backlog[:n], backlog[n:]
+                counted = n * each
+                if any(m.mtype == _BULK_BUY for m in msgs):  # a bulk order's answer is counted at its own size
+                    n, counted = _counted_with_bulk(msgs, held, each)
+                    msgs, backlog = msgs[:n], msgs[n:] + backlog
                 fut: asyncio.Future[list[Message]] = loop.create_future()
-                fut.add_done_callback(functools.partial(made, counted=n * each))
+                fut.add_done_callback(functools.partial(made, counted=counted))
                 pending.append((fut, len(msgs)))
                 unanswered += len(msgs)
-                held += n * each
+                held += counted
                 idle.clear()
                 wake.set()
                 await self._queue.put((msgs, fut))
@@ -1251,6 +1281,7 @@ def _is_ok(param: bytes) -> bool:
         return False
 
 
+_BULK_BUY = mc.BULK_BUY.code
 _REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code, mc.CATALOGUE_ASK.code))
 
 
