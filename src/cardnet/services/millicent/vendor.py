@@ -992,10 +992,10 @@ class VendorServer:
 
         A connection holds at most :data:`MAX_UNANSWERED` requests whose replies are not yet written, and
         :data:`MAX_UNSENT_BYTES` of their replies (a reply not made yet counted at the largest buy reply the
-        catalogue allows, a bulk order's at the largest answer to its pieces; at least one request): beyond them it takes no more requests (the rest of a read waits,
-        at most a read chunk) and reads nothing more until the client has taken replies, so a client that sends
-        requests and never reads the replies makes the vendor hold a bounded number of bytes for it, not every
-        reply.
+        catalogue allows, a bulk order's at the largest answer to its pieces; at least one request): beyond them it
+        takes no more requests (the rest of a read waits, at most a read chunk) and reads nothing more until the
+        client has taken replies, so a client that sends requests and never reads the replies makes the vendor hold
+        a bounded number of bytes for it, not every reply.
         """
         pending: deque[tuple[asyncio.Future[list[Message]], int]] = deque()  # a batch's replies, its size
         unanswered = 0  # requests of the batches in pending and of those the sender is writing
