@@ -372,3 +372,43 @@ def test_mint_send_and_refusals_speak_in_sentences(tmp_path: Path) -> None:
         # a wallet's card cannot mint: the role said in words, with this command's hint
         err = error_json(cli("trn", "mint", *args(net, "a"), "--oid", OID2, "--body", "x", "--json"))
         assert err["reason"] == "wrong_usage" and "only a ticketing agent's card" in err["message"], err
+
+
+def test_send_wait_returns_once_the_token_moved_and_says_why_when_it_did_not(net: TrnNet) -> None:
+    """`trn send --wait` returns when the transfer is complete (the token has left the sender: the receiver
+    holds it), with a progress line meanwhile; a token the receiver refuses comes back and the command fails
+    ``refused`` in words; one whose receiver never answers fails ``timeout`` after --timeout, saying how it stands
+    and what to do, and nothing is cancelled (the token is still on its way)."""
+    setup(net)
+    give_a_token(net, OID)
+    b = str(net.uids["b"])
+
+    # 1. moved: when the command returns, the token is no longer on a (it is b's); the wait is shown to a person
+    sent = ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", b, "--wait", "--timeout", "60",
+                       "--json"))  # fmt: skip
+    assert sent["status"] == "sent" and sent["to"] == b and "reason" not in sent, sent
+    assert OID not in tokens(net, "a"), tokens(net, "a")
+    assert OID in tokens(net, "b")
+    asyncio.run(until(net, "b", bytes.fromhex(OID), "enabled"))
+    human = cli("trn", "send", *args(net, "b"), "--oid", OID, "--to", str(net.uids["a"]), "--wait")
+    assert human.returncode == 0 and "waiting for the receiving card" in human.stderr, (human.stdout, human.stderr)
+    assert f"sent {OID} to {net.uids['a']}: the receiving card has it" in human.stdout, human.stdout
+    assert OID not in tokens(net, "b")
+    asyncio.run(until(net, "a", bytes.fromhex(OID), "enabled"))
+
+    # 2. refused: b takes tokens of another issuer only; the token comes back to a, and --wait says so
+    ok_json(cli("trn", "policy", *args(net, "b"), "--issuer", str(net.uids["a"]), "--json"))
+    err = error_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", b, "--wait", "--json"))
+    assert err["reason"] == "refused" and "came back to this card" in err["message"], err
+    assert tokens(net, "a")[OID]["status"] == "enabled"
+
+    # 3. no answer: routed to a host without that card; after --timeout the command fails saying how it stands
+    err = error_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(ELSEWHERE), "--wait",
+                         "--timeout", "2", "--json"))  # fmt: skip
+    assert err["reason"] == "timeout" and f"is not yet at {ELSEWHERE} after 2 s" in err["message"], err
+    assert "nothing was cancelled" in err["message"] and f"cardnet trn cancel --oid {OID}" in err["hint"], err
+    assert tokens(net, "a")[OID]["status"] == "disabled+O"  # still on its way: the wait gave up, not the transfer
+
+    # --timeout alone is a mistake, said before anything moves
+    err = error_json(cli("trn", "send", *args(net, "b"), "--oid", OID2, "--to", b, "--timeout", "5", "--json"))
+    assert err["reason"] == "usage" and "--wait" in err["message"], err

@@ -18,7 +18,18 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import ask_pin, card_refusal, console, emit_json, fail, json_option, print_table, say, table
+from cardnet.cli.output import (
+    ask_pin,
+    card_refusal,
+    console,
+    emit_json,
+    fail,
+    json_option,
+    print_table,
+    progress,
+    say,
+    table,
+)
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -308,28 +319,109 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     click.option("--oid", required=True, help="The token to send (32 hex digits, as `cardnet trn list` shows it)."),
     click.option("--to", "to", required=True, help="The receiving card's Uid (<24 hex>:00000000)."),
     click.option("--untraceable", is_flag=True, help="Skip the trace at the authority (untraceable tokens)."),
-)
+    click.option("--wait", "wait", is_flag=True,
+                 help="Wait until the transfer is complete: the receiving card has the token and this card has let "
+                 "it go (or it came back, refused), showing how it goes."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=None,
+                 help="With --wait: seconds to wait before giving up the wait (the transfer goes on)  [default: 30]"),
+)  # fmt: skip
 def trn_send(
-    socket: str, pin: str | None, card: str | None, oid: str, to: str, untraceable: bool, as_json: bool
+    socket: str,
+    pin: str | None,
+    card: str | None,
+    oid: str,
+    to: str,
+    untraceable: bool,
+    wait: bool,
+    timeout_s: float | None,
+    as_json: bool,
 ) -> None:
     """Start moving a token to another card (two-phase commit; the host carries it).
 
     The host is asked first whether it can reach the receiver: a Uid that is neither a card of this host nor
-    routed (`[routes]` in its config) is refused, and the token stays where it is.
+    routed (`[routes]` in its config) is refused, and the token stays where it is. With --wait, the command
+    returns once the transfer is complete.
     """
+    if timeout_s is not None and not wait:
+        fail("--timeout is how long --wait waits: give --wait too", reason="usage",
+             hint=f"cardnet trn send --oid {oid} --to {to} --wait --timeout {timeout_s:g}")  # fmt: skip
     raw, dst = parse_oid(oid), parse_uid(to)
-    reason = run_on_wallet(socket, pin, card, lambda wallet: send_token(wallet, raw, dst, traceable=not untraceable))
-    if as_json:
-        emit_json({"oid": oid, "to": str(dst), "reason": reason})
-        return
+
+    async def work(wallet: Any) -> str:
+        reason = await send_token(wallet, raw, dst, traceable=not untraceable)
+        if wait:
+            await wait_sent(wallet, raw, dst, DEFAULT_SEND_WAIT_S if timeout_s is None else timeout_s)
+        return reason
+
+    reason = run_on_wallet(socket, pin, card, work)
     # (untraceable is sticky: a token sent once untraceable is never traced again, so "for a traced token")
     trace = " (untraceable: the authority is not told)" if untraceable else (
         " and, for a traced token, the authority has recorded the move")  # fmt: skip
+    if wait:
+        done = (f"sent {oid} to {dst}: the receiving card has it and this card has let it go; it is usable there "
+                + ("now" if untraceable else "once its authority has recorded the move (the receiving card asks "
+                   "it; `cardnet authority chain --oid` on the authority's host shows it)"))  # fmt: skip
+        say(as_json, {"oid": oid, "to": str(dst), "status": "sent", "message": done}, done)
+        return
+    if as_json:
+        emit_json({"oid": oid, "to": str(dst), "reason": reason})
+        return
     then = "this card has committed the transfer" + trace
     console.print(f"Sending token {oid} to {dst}: this card has disabled it and is sending the receiver a copy; "
                   f"it is enabled at the receiver once {then}.", markup=False)  # fmt: skip
     console.print("`cardnet trn list` shows how it goes; until the receiver has copied it, `cardnet trn cancel` "
                   "takes it back.", markup=False)  # fmt: skip
+
+
+DEFAULT_SEND_WAIT_S = 30.0
+
+
+async def wait_sent(wallet: Any, oid: bytes, dst: Any, timeout_s: float) -> None:
+    """`trn send --wait`: wait (a progress line up) until token ``oid`` has left this card for ``dst``. A token that
+    came back (the receiver refused it, or it was taken back), a receiver whose card cannot write its store, or
+    the time running out, fails in words saying how the token stands and what to do; nothing is cancelled."""
+    from cardnet.services.wallet import PEER_STORE_FAILED, WalletError
+
+    with progress(f"sending {oid.hex()} to {dst}: waiting for the receiving card (up to {timeout_s:g} s) …"):
+        try:
+            v = await wallet.wait_moved(oid, timeout_s=timeout_s)
+        except TimeoutError:
+            v = await wallet.voucher(oid)
+            if v is None:  # (it left in the last instant)
+                return
+            if v.status == "disabled+O":
+                words = "the receiving card has not copied it yet (or its owner has not yet accepted the offer)"
+                hint = (f"check that the receiver's host runs and that this host routes to it (`cardnet trn list` "
+                        f"says if it is undeliverable); wait again with `cardnet trn list`, or take it back with "
+                        f"`cardnet trn cancel --oid {oid.hex()}`")  # fmt: skip
+            elif v.status == "disabled":
+                words = "this card has committed it and waits for the receiving card's acknowledgement"
+                hint = ("nothing to undo: it is the receiver's; it finishes by itself while both hosts run "
+                        "(`cardnet trn recover` resends, `cardnet trn list` shows it)")  # fmt: skip
+            else:
+                words, hint = STATUS_WORDS.get(v.status, v.status), "`cardnet trn list` shows how it stands"
+            fail(f"{oid.hex()} is not yet at {dst} after {timeout_s:g} s: {words}; the transfer goes on (nothing "
+                 "was cancelled)", reason="timeout", hint=hint)  # fmt: skip
+        except WalletError as exc:
+            if exc.reason != PEER_STORE_FAILED:
+                raise
+            held = await wallet.voucher(oid)
+            cancel = f"`cardnet trn cancel --oid {oid.hex()}` takes it back now, or " if (
+                held is not None and held.status == "disabled+O") else ""  # fmt: skip
+            fail(str(exc), reason=exc.reason, hint=f"{cancel}ask the receiver's owner to free space on the disk of "
+                 "their card's host: the transfer then finishes by itself while both hosts run")  # fmt: skip
+    if v is not None and v.status == "enabled":
+        why = refusal_words(v.refused) if v.refused else "it was taken back (cancelled)"
+        fail(f"{oid.hex()} came back to this card: {why}; it is enabled here again", reason="refused",
+             hint="`cardnet trn list` shows it; check the receiver's Uid and what it takes (`cardnet trn policy` on "
+             "the receiving card)")  # fmt: skip
+    if v is not None:
+        fail(
+            f"{oid.hex()} is {STATUS_WORDS.get(v.status, v.status)}",
+            reason="not_sent",
+            hint="`cardnet trn list` shows how it stands",
+        )
+    return None
 
 
 # What a status means for the card's owner, and what to do.
