@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from diskfull import disk_full
 from fairx_mitm import is_record
@@ -27,7 +29,9 @@ from test_fairx_attacks_tcp import T1, T2, WAIT_S, Scene, _all_phases, holding, 
 from test_trn_cli import args, cli, error_json
 from waiting import wait_for
 
-from cardnet.services.wallet import TTP_STORE_FAILED, WalletError
+from cardnet.bench.trnnet import PIN
+from cardnet.services.wallet import TTP_STORE_FAILED, Wallet, WalletError
+from cardnet.web.wallet import WalletWeb
 
 NOTICE_WAIT_S = 20.0  # far above a notice's way back (a few seconds at most); nothing is measured
 
@@ -59,6 +63,8 @@ def test_a_ttp_that_cannot_write_is_named_at_once_and_settles_the_exchange_once_
             assert "cannot write its store" in human.stderr + human.stdout, (human.stdout, human.stderr)
             assert (await s.a.status(n1)).phase == "resolving"
             assert (await s.b.status(n1)).phase == "aborting"
+            row = await _web_row(s, n1)  # the web wallet's list under way says the same
+            assert row["error"] == TTP_STORE_FAILED and str(s.uid("ttp")) in row["problem"], row
         got = await asyncio.gather(s.a.wait(n1, timeout_s=WAIT_S), s.b.wait(n1, timeout_s=WAIT_S))
         phases = {x.phase for x in got}
         assert len(phases) == 1 and phases <= {"done", "aborted"}, [x.phase for x in got]
@@ -66,3 +72,29 @@ def test_a_ttp_that_cannot_write_is_named_at_once_and_settles_the_exchange_once_
         await s.ends({T1: "b" if swapped else "a", T2: "a" if swapped else "b"})
 
     run(tmp_path, {T1: "a", T2: "b"}, body)
+
+
+async def _web_row(s: Scene, n1: bytes) -> dict[str, Any]:
+    """Exchange ``n1``'s row under way in a's web wallet (``cardnet wallet ui``'s server on a's real host), once
+    it carries an error."""
+
+    async def open_wallet() -> Wallet:
+        return await Wallet.open(s.net.hosts["a"].socket, pin=PIN)
+
+    web = WalletWeb(open_wallet, None, app_socket=s.net.hosts["a"].socket, refresh_s=0.2)
+    served = await web.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
+            token = served.login_url.partition("#login=")[2]
+            session = (await client.post("/api/login", json={"token": token})).json()["session"]
+            client.headers["Authorization"] = f"Bearer {session}"
+            got: dict[str, Any] | None = None
+            for _ in range(200):  # the page's poll, until the row says what went wrong
+                state = (await client.get("/api/state")).json()
+                got = next((r for r in state["under_way"] if r["what"] == "exchange" and r["id"] == n1.hex()), None)
+                if got is not None and got.get("error"):
+                    return got
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"no error on the exchange's row: {got}")
+    finally:
+        await web.aclose()

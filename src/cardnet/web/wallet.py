@@ -14,7 +14,8 @@ behind the session of :mod:`.session`:
   after every action, and otherwise every ``refresh_s`` (the e-purse's balance and the purchases are not
   pushed); so a second's polling costs the card nothing when nothing happened. A transfer or exchange under way
   whose other card cannot write its store (its host said so: :meth:`Wallet.peer_store_failed`) carries ``error``
-  ``peer_store_failed`` and ``problem`` in words: the actions below never wait for the other card;
+  ``peer_store_failed`` and ``problem`` in words, an exchange waiting for the decision of a TTP whose card cannot
+  write ``ttp_store_failed``: the actions below never wait for the other card;
 * ``POST /api/send``, ``/api/exchange/offer``, ``/accept``, ``/reject``, ``/give-up``, ``/api/ticket/accept``,
   ``/reject``, ``/api/load`` (the e-purse, from the wallet config's account at its broker), ``/api/recover``, and
   buying (:mod:`.shop`: ``/api/shop``, ``/api/buy``, ``/api/deliver``): one order each, answered
@@ -63,10 +64,13 @@ from cardnet.services.wallet import (
     GATE_STORE_FAILED,
     MOVING,
     PEER_STORE_FAILED,
+    TTP_STORE_FAILED,
+    WAITING_FOR_TTP,
     Wallet,
     WalletError,
     exchange_store_failed,
     transfer_store_failed,
+    ttp_store_failed,
 )
 from cardnet.transport.errors import TransportError
 from cardnet.transport.http import HttpError, HttpLimits, HttpServer, Request, Response, Router
@@ -322,6 +326,7 @@ class WalletWeb:
         offers: list[dict[str, Any]] = []
         under_way: list[dict[str, Any]] = []
         said: dict[bytes, bool] = {}
+        ttp: list[Uid | None] = []  # the card's TTP, read once, when an exchange waits for its decision
 
         async def cannot_write(peer: bytes) -> bool:  # the peer's host said it cannot write (host.route: no card step)
             if peer not in said:
@@ -346,6 +351,11 @@ class WalletWeb:
                                   "can_give_up": x.role == "initiator" and x.phase == "offered"})  # fmt: skip
                 if x.peer is not None and await cannot_write(x.peer.domain):
                     under_way[-1] |= {"error": PEER_STORE_FAILED, "problem": exchange_store_failed(x)}
+                elif x.phase in WAITING_FOR_TTP:
+                    if not ttp:
+                        ttp.append(await wallet.ttp())
+                    if ttp[0] is not None and await cannot_write(ttp[0].domain):
+                        under_way[-1] |= {"error": TTP_STORE_FAILED, "problem": ttp_store_failed(x, ttp[0])}
         for r in rows:
             if r["status"] == "offered":
                 offers.append({"kind": "ticket", "oid": r["oid"], "body": _what(r["body"]), "peer": r["peer"]})
