@@ -767,6 +767,29 @@ def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
     assert bulk_broker.stock()[VID.hex()]["pending_orders"] == 1
 
 
+def test_a_forged_plain_refusal_of_a_bulk_order_keeps_it_pending_and_the_vendors_answer_settles_it(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """A refusal of a bulk order not MACed with the order key could come from anyone on the wire: believing it
+    would forget an order the vendor may have sold (and refuse the sale waiting on it). The order stays pending,
+    the same purchase carries it again, and the vendor's own answer settles it and the sale gets its piece."""
+    _, cid, param, order = first_purchase(bulk_broker, 20)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order"
+    genuine = carry(vendor, order)  # the vendor sells the order ...
+    oid = mc.BULK_BUY_SCHEMA.decode(order.param)["order"]
+    fake = {"order": oid, "status": int(mc.Status.STOLEN), "detail": "no bulk agreement with this broker id"}
+    forged = Message(U, U, mc.BULK_SOLD.code, mc.BULK_SOLD_SCHEMA.encode(fake))  # ... a man in the middle answers
+    outcome = bulk_broker.finish_order(order, forged)
+    assert not outcome.bought and not outcome.refused and "not MACed" in outcome.detail
+    assert bulk_broker.stock()[VID.hex()]["pending_orders"] == 1
+    assert bulk_broker.begin_purchase(param, NOW) == order  # the same order again, not a refusal
+    assert bulk_broker.finish_order(order, genuine).bought
+    issue = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")
+    assert r["status"] == 0 and r["balance"] == 80 and bulk_broker.account(cid) == 80
+
+
 def test_serial_blocks_are_reserved_durably_so_two_vendor_processes_never_share_one(vendor: mv.VendorCore) -> None:
     other = mv.VendorCore(vendor.store)  # a second vendor process on the same store
     changes = []

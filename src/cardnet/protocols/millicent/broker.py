@@ -106,6 +106,7 @@ class BulkSale:
     scrip: list[Scrip]
     price: int
     detail: str
+    authentic: bool = True  # a refusal MACed with the order key (a sale always is, or it does not open)
 
 
 def open_bulk_sold(
@@ -124,7 +125,11 @@ def open_bulk_sold(
         raise MillicentError("bad_reply", f"the vendor's bulk reply is unreadable: {exc}") from None
     if f["order"] != order:
         raise MillicentError("bad_reply", "the bulk reply answers another order")
-    if status != Status.OK:
+    if status != Status.OK:  # (a vendor that does not know the broker or its key cannot MAC its refusal)
+        try:
+            profile.hmac_verify(key, bulk_sold_mac_input(vendor, f), f.get("mac", b""))
+        except CryptoError:
+            return BulkSale(status, [], 0, f.get("detail", ""), authentic=False)
         return BulkSale(status, [], 0, f.get("detail", ""))
     try:
         profile.hmac_verify(key, bulk_sold_mac_input(vendor, f), f.get("mac", b""))

@@ -581,6 +581,14 @@ class BrokerCore:
             except mc.MillicentError as exc:
                 log.warning("bulk order %s: %s", f["order"].hex(), exc)
                 return OrderOutcome(False, f"the vendor's answer does not check ({exc}): the order stays pending")
+            if sale.status != mc.Status.OK and not sale.authentic:
+                # Not MACed with the order key: anyone on the wire could have sent it, and forgetting the order
+                # would lose stock the vendor may have sold. The same order again fetches the vendor's own answer.
+                log.warning("bulk order %s: a refusal without the vendor's MAC (%s)", f["order"].hex(), sale.detail)
+                return OrderOutcome(
+                    False, f"the vendor's refusal is not MACed with the order key ({sale.detail}): the order stays "
+                    "pending",
+                )  # fmt: skip
             txn.delete(ORDERS, call.key)
             waiters = [(k[len(call.key) :], int.from_bytes(v, "big")) for k, v in txn.scan(WAITERS, call.key)]
             for sale_key, _ in waiters:
