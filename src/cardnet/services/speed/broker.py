@@ -103,6 +103,7 @@ CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acc
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
 AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised, not paid -> when (8 bytes), the debit
+LATE = "sb.late"  # payment orders of bills past their deadline this broker never took, refused for good -> when
 DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
 SETTLE_EVERY_S = 60.0
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
@@ -417,11 +418,13 @@ class BrokerCore:
         bill_signed = sm.signed(po["bill"], "bill")
         bill = sm.decode(sm.BILL, bill_signed.content, "bill")
         at = self._taken_at(bill, now)
-        customer = pki.verified(po_signed.signer_cert_der, self.roots, now=at, role=pki.Role.DEVICE).uid
-        pki.verified(bill_signed.signer_cert_der, self.roots, now=at, role=pki.Role.SERVICE)
         vid, _ = sm.split_poid(bill["poid"])
         if vid != sm.vendor_id(bill_signed.signer_cert_der):
             raise _Refusal("wrong_vendor", "the bill's VendorID is not the key that signed it")
+        if self._late(bill, now):
+            self._refuse_late(bill, now, po_signed.signer_cert_der, bill_signed.signer_cert_der)
+        customer = pki.verified(po_signed.signer_cert_der, self.roots, now=at, role=pki.Role.DEVICE).uid
+        pki.verified(bill_signed.signer_cert_der, self.roots, now=at, role=pki.Role.SERVICE)
         secret = sm.decode(
             sm.BILL_SECRET,
             sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), bill["secret"], sm.INFO_BILL_SECRET, "bill"),
@@ -496,6 +499,40 @@ class BrokerCore:
         if (old is not None or settled is not None) and "pay_by" in bill:
             return min(now, float(bill["pay_by"]))
         return now
+
+    def _late(self, bill: dict[str, Any], now: float) -> bool:
+        """Whether ``bill`` is past its deadline and this broker never took a payment order for it (none paid,
+        authorised, or settled from the SAM's log), or refused one so before (``sb.late``): it never takes one."""
+        poid = bill["poid"]
+        if get(self.store, LATE, poid) is not None:
+            return True
+        if "pay_by" not in bill or now <= bill["pay_by"]:
+            return False
+        return self._get_order(poid) is None and all(get(self.store, t, poid) is None for t in (AUTHORISED, SETTLED))
+
+    def _refuse_late(self, bill: dict[str, Any], now: float, customer_cert: bytes, vendor_cert: bytes) -> None:
+        """Refuse for good (``bill_expired``) a payment order of a bill :meth:`_late`: nothing of it was ever taken,
+        so nothing was paid, and the customer may end the purse's debit (its SE: the SAM never authorised it). The
+        signatures are checked (the bill's by the VendorID's key): the refusal is recorded (``sb.late``: never taken
+        later, whatever the clock says) when the certificates were also valid at the deadline (a stranger's bills
+        make no record). The certificates' time is not checked now: one that expired since changes nothing."""
+        poid = bill["poid"]
+        if get(self.store, LATE, poid) is None:
+            try:
+                for cert, role in ((customer_cert, pki.Role.DEVICE), (vendor_cert, pki.Role.SERVICE)):
+                    pki.verified(cert, self.roots, now=float(bill["pay_by"]), role=role)
+            except PkiError:
+                pass
+            else:
+                with self.store.transaction() as txn:
+                    txn.put(LATE, poid, int(now).to_bytes(8, "big"))
+        try:
+            sm.check_pay_by(bill, now)
+        except ProtocolError as expired:
+            words = "this broker never took a payment order for it and never will (end the purse's debit)"
+            raise _Refusal(expired.reason, f"{expired}; {words}") from None
+        raise _Refusal("bill_expired", "this broker refused a payment order of that bill past its deadline before, "
+                       "and never takes one: nothing was paid")  # fmt: skip
 
     def _before_deadline(self, bill: dict[str, Any], now: float, poid: bytes) -> None:
         """Refuse (``bill_expired``) a purse payment of a bill past its deadline, unless this broker authorised it
