@@ -767,6 +767,34 @@ def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
     assert bulk_broker.stock()[VID.hex()]["pending_orders"] == 1
 
 
+def test_stock_a_sale_ordered_is_reserved_for_it_and_goes_back_to_stock_if_the_sale_is_refused(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """Two purchases of one customer (balance 100) wait on orders of their own: 20 (3 pieces of 50) and 90 (3 of
+    90). Applying each order reserves a piece for its sale; the 90 is sold first, so the 20 no longer fits the
+    balance: it is refused and its reserved piece goes back to stock (bought = stock + reserved + sold)."""
+    key, cid, small, order1 = first_purchase(bulk_broker, 20)
+    big = signed_purchase(key, cid, 90, b"b" * 16)
+    order2 = bulk_broker.begin_purchase(big, NOW)
+    assert isinstance(order1, mb.VendorCall) and isinstance(order2, mb.VendorCall) and order1 != order2
+    assert bulk_broker.finish_order(order1, carry(vendor, order1)).bought
+    assert bulk_broker.finish_order(order2, carry(vendor, order2)).bought
+    assert {k: bulk_broker.stock()[VID.hex()][k] for k in ("stock_value", "reserved_value", "bought_value")} == {
+        "stock_value": 100 + 180,
+        "reserved_value": 50 + 90,
+        "bought_value": 150 + 270,
+    }
+    issue = bulk_broker.begin_purchase(big, NOW)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    assert mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")["status"] == 0
+    refused = bulk_broker.begin_purchase(small, NOW)
+    assert isinstance(refused, bytes)
+    r = mc.PURCHASED_SCHEMA.decode(refused)
+    assert r["status"] == mc.PURCHASE_REFUSED and r["detail"] == "balance 10 does not cover 20"
+    stock = bulk_broker.stock()[VID.hex()]
+    assert stock["reserved_value"] == 0 and stock["stock_value"] == 150 + 180 == stock["bought_value"] - 90
+
+
 def test_a_forged_plain_refusal_of_a_bulk_order_keeps_it_pending_and_the_vendors_answer_settles_it(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
