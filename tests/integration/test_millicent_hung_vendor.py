@@ -213,7 +213,7 @@ async def buy_all(
 
     async def twice(w: Wallet, param: bytes, rkey: bytes) -> tuple[mc.Purchased, mc.Purchased]:
         first, second = await asyncio.gather(send(w, param, rkey), send(w, param, rkey))
-        for _ in range(10):  # "pending": the stock ran out under it while buying; the same bytes again
+        for _ in range(10):  # "pending": a vendor answer did not come in time; the same bytes again
             if first.status != mc.PURCHASE_PENDING:
                 break
             first = await send(w, param, rkey)
