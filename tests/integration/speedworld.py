@@ -16,10 +16,11 @@ from cardnet.card import Card
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki, profile
 from cardnet.host.local import LocalCard
+from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
 from cardnet.services.speed import vendor as sv
-from cardnet.services.speed.customer import AsyncLocalCard, Customer, install_key, load
+from cardnet.services.speed.customer import AsyncLocalCard, Customer, Pending, PurchaseError, install_key, load
 from cardnet.store import SqliteStore
 from cardnet.wire import Uid
 from conftest import NOW
@@ -118,3 +119,23 @@ async def load_purse(w: World, amount: int) -> None:
     card = AsyncLocalCard(w.card)
     assert await install_key(card, w.broker_addr)
     assert await load(card, w.broker_addr, sm.Price(EUR, amount), "C-1") == 1
+
+
+async def authorised_and_debited(w: World, product: str) -> tuple[Pending, bytes, bytes]:
+    """``product`` bought while the broker cannot be reached, then its payment order taken by ``w.broker`` directly:
+    the SAM's S2 given, the card debited on it, the S3 left with the caller (to hand the SAM, or to lose). The
+    journal's record (``w.customer.journal`` must be set), the PaymentOrderID and the S3."""
+    assert w.customer.journal is not None
+    seen = {r.nid for r in w.customer.journal.pending()}
+    with contextlib.suppress(PurchaseError):  # unreachable: the card made its payment order
+        await w.customer.buy(w.vendor_addr, "127.0.0.1:1", [product], broker_cert=w.broker_cert,
+                             limit=sm.Price(EUR, 1000))  # fmt: skip
+    [rec] = [r for r in w.customer.journal.pending() if r.nid not in seen]
+    order = w.card.ask(co.PAY, co.ORDER, bill=rec.bill, vendor_cert=rec.vendor_cert, kind="purse", benc=rec.benc,
+                       bsign=rec.bsign)  # fmt: skip
+    me = Uid(bytes(12), 0)
+    got = w.broker.handle(fr.ORDER.make(me, me, sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER)))
+    s2 = sm.decode(sm.PURSE_STEP, sm.sym_open(rec.benc, sm.NONCE_B_PURSE, 0, fr.PURSE.parse(got)["sealed"],
+                                              sign_key=rec.bsign, what="S2"), "S2")["s"]  # fmt: skip
+    poid = sm.decode(sm.BILL, sm.signed(rec.bill, "bill").content, "bill")["poid"]
+    return rec, poid, w.card.ask(pa.DEBIT, pa.S3_IS, s2=s2)["s3"]

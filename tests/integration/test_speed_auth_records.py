@@ -12,17 +12,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from speedworld import EUR, T0, World, load_purse, opened, serve
+from speedworld import EUR, T0, World, authorised_and_debited, load_purse, opened, serve
 
-from cardnet.applets.speed import conductor as co
-from cardnet.applets.speed import purse as pa
 from cardnet.applets.speed import sam as sa
 from cardnet.crypto import pki
-from cardnet.protocols.speed import frames as fr
-from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
-from cardnet.services.speed.customer import Journal, Pending, PurchaseError
-from cardnet.wire import Uid
+from cardnet.services.speed.customer import Journal
 
 NEWS = "news-1 Today's paper"
 NOW = [T0]
@@ -30,30 +25,6 @@ NOW = [T0]
 
 def clock() -> float:
     return NOW[0]
-
-
-async def _authorised_and_debited(w: World) -> tuple[Pending, bytes, bytes]:
-    """A purchase whose broker was unreachable, its payment order then taken by the broker by hand: the SAM's S2,
-    the card debited on it. The journal's record, the PaymentOrderID and the S3."""
-    assert w.customer.journal is not None
-    try:
-        await w.customer.buy(w.vendor_addr, "127.0.0.1:1", [NEWS], broker_cert=w.broker_cert,
-                             limit=sm.Price(EUR, 100))  # fmt: skip
-    except PurchaseError as e:
-        assert e.reason == "unreachable"
-    [rec] = [r for r in w.customer.journal.pending() if r.nid not in _done]
-    _done.append(rec.nid)
-    order = w.card.ask(co.PAY, co.ORDER, bill=rec.bill, vendor_cert=rec.vendor_cert, kind="purse", benc=rec.benc,
-                       bsign=rec.bsign)  # fmt: skip
-    me = Uid(bytes(12), 0)
-    got = w.broker.handle(fr.ORDER.make(me, me, sealed=sm.seal_to(w.broker_cert, order["po"], sm.INFO_ORDER)))
-    s2 = sm.decode(sm.PURSE_STEP, sm.sym_open(rec.benc, sm.NONCE_B_PURSE, 0, fr.PURSE.parse(got)["sealed"],
-                                              sign_key=rec.bsign, what="S2"), "S2")["s"]  # fmt: skip
-    poid = sm.decode(sm.BILL, sm.signed(rec.bill, "bill").content, "bill")["poid"]
-    return rec, poid, w.card.ask(pa.DEBIT, pa.S3_IS, s2=s2)["s3"]
-
-
-_done: list[bytes] = []
 
 
 def _auth(w: World) -> set[bytes]:
@@ -71,9 +42,9 @@ def test_a_settled_payments_record_goes_and_an_open_ones_stays_past_the_deadline
             vs, bs = await serve(w)
             try:
                 await load_purse(w, 1000)
-                settled_rec, settled_poid, s3 = await _authorised_and_debited(w)
+                settled_rec, settled_poid, s3 = await authorised_and_debited(w, NEWS)
                 w.broker.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=s3)  # the SAM logged it ... the broker stopped
-                open_rec, open_poid, _lost = await _authorised_and_debited(w)  # this S3 never reaches the SAM
+                open_rec, open_poid, _lost = await authorised_and_debited(w, NEWS)  # this S3 never reaches the SAM
                 assert _auth(w) == {settled_poid, open_poid} and w.balance() == 1000 - 160
                 await bs.aclose()
 
