@@ -374,6 +374,28 @@ def test_mint_send_and_refusals_speak_in_sentences(tmp_path: Path) -> None:
         assert err["reason"] == "wrong_usage" and "only a ticketing agent's card" in err["message"], err
 
 
+def test_add_agent_given_a_certificate_that_is_no_agents_says_so(tmp_path: Path) -> None:
+    """``authority add-agent --cert`` given the CA file (its first PEM block is the CA's certificate, not an agent
+    card's) is refused ``wrong_usage`` in the card's own words, about the certificate: not the words of a mint on a
+    card that is no agent's ("only a ticketing agent's card mints ...", "run it against the agent's card"), which
+    sent a person to another --card while the card named was the right one."""
+    with TrnNet(tmp_path, wallets=("a",)) as net:
+        mistaken = ("authority", "add-agent", *args(net, "authority"), "--cert", str(tmp_path / "ca.cnca"))
+        err = error_json(cli(*mistaken, "--json"))
+        assert err["reason"] == "wrong_usage", err
+        assert "not an agent certificate" in err["message"] and "is a CA certificate" in err["message"], err
+        assert "mints" not in err["message"] and "cardnet card show --store STORE --cert" in err["hint"], err
+        human = cli(*mistaken)
+        assert human.returncode == 2 and "not an agent certificate" in human.stderr, human.stderr
+        assert "agent's card (--card DOMAIN)" not in human.stderr and "Traceback" not in human.stderr, human.stderr
+        # the agent's own certificate is still taken, and a mint on a wallet's card keeps its words
+        (tmp_path / "agent.der").write_bytes(net.agent_cert)
+        added = cli("authority", "add-agent", *args(net, "authority"), "--cert", str(tmp_path / "agent.der"))
+        assert added.returncode == 0 and "registered" in added.stdout, added
+        err = error_json(cli("trn", "mint", *args(net, "a"), "--oid", OID2, "--body", "x", "--json"))
+        assert err["reason"] == "wrong_usage" and "only a ticketing agent's card" in err["message"], err
+
+
 def test_send_wait_returns_once_the_token_moved_and_says_why_when_it_did_not(net: TrnNet) -> None:
     """`trn send --wait` returns when the transfer is complete (the token has left the sender: the receiver
     holds it), with a progress line meanwhile; a token the receiver refuses comes back and the command fails

@@ -264,6 +264,15 @@ CARD_REFUSALS: dict[str, tuple[str, str | None]] = {
     "bad_signature": ("the card found a signature that does not verify", None),
 }
 
+# ``wrong_usage`` is the TRN applet's refusal of a mint or reissue on a card that is no agent's (its detail starts
+# with AGENT_ONLY: the words above), and also a certificate of the wrong role or usage (``cardnet authority
+# add-agent --cert`` given the CA's certificate or a wallet's, say): that one is worded by the card's own detail.
+AGENT_ONLY = "only a ticketing agent's card"
+WRONG_USAGE_HINT = (
+    "check the certificate you gave: it must be that of a card of the role named (`cardnet card show --store STORE "
+    "--cert > FILE` writes a card's, while no host runs it)"
+)
+
 # An ``illegal_move`` refusal names the token's state: what that state means for its owner.
 TOKEN_STATE_REFUSALS: dict[str, str] = {
     "null": "this card does not hold that token",
@@ -282,6 +291,8 @@ def card_refusal(reason: str, detail: str) -> tuple[str, str | None]:
     """A card's refusal in its owner's words: ``(message, what to do)``; the card's detail when no words fit."""
     if reason == "illegal_move" and (m := _ILLEGAL_MOVE.match(detail)) and m.group(2) in TOKEN_STATE_REFUSALS:
         return TOKEN_STATE_REFUSALS[m.group(2)], "`cardnet trn list` shows the tokens on this card and how each stands"
+    if reason == "wrong_usage" and not detail.startswith(AGENT_ONLY):  # e.g. a certificate of the wrong role
+        return f"the card refused: {detail}", WRONG_USAGE_HINT
     if reason in CARD_REFUSALS:
         return CARD_REFUSALS[reason]
     if reason in ("undeliverable", "peer_store_failed", "ttp_store_failed"):  # the host's words: not a refusal
