@@ -113,3 +113,40 @@ def test_the_memory_keeps_the_last_admissions_and_one_per_ticket(tmp_path: Path)
     assert found is not None and found.at == "2026-12-07T20:03:00Z", found
     assert memory.find(other, bytes([3]) * 16) is None  # another card's ticket is not this card's
     assert stat.S_IMODE((tmp_path / FILE).stat().st_mode) == 0o600
+
+
+def test_a_ticket_sent_to_a_gate_with_trn_send_gate_is_remembered_too(tmp_path: Path) -> None:
+    """`cardnet trn send --to GATE --gate` presents the ticket as `wallet enter` does and writes the admission to
+    the wallet's own record (the wallet config named by $CARDNET_WALLET_CONFIG, beside which it lives): `wallet
+    show` and `wallet list` then name the gate, and a second send is said admitted there. (A card cannot tell a
+    gate from another card, so the person says it with --gate.)"""
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
+    with net:
+        gate = str(net.uids["g"])
+        config = tmp_path / "alice" / "wallet.toml"
+        config.parent.mkdir()
+        wallet_config.save(config, {"socket": net.hosts["a"].socket, "card": net.uids["a"].domain.hex()})
+
+        async def go() -> None:
+            await net.setup_trace()
+            await net.setup_gates()
+            await give(net, T1, "a", b"Final, seat 9")
+
+        asyncio.run(go())
+        env = {**os.environ, "CARDNET_PIN": PIN, "CARDNET_WALLET_CONFIG": str(config)}
+        send = [sys.executable, "-m", "cardnet.cli.main", "trn", "send", "--socket", net.hosts["a"].socket,
+                "--card", net.uids["a"].domain.hex(), "--oid", T1.hex(), "--to", gate, "--gate", "--timeout",
+                str(WAIT_S), "--json"]  # fmt: skip
+        r = subprocess.run(send, capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+        got = json.loads(r.stdout)
+        assert got["admitted"] is True and got["gate"] == gate, got
+
+        record = json.loads((config.parent / "admissions.json").read_text())["admissions"]
+        assert [(a["oid"], a["gate"], a["card"]) for a in record] == [(T1.hex(), gate, net.uids["a"].domain.hex())]
+        code, overview = wallet(config, "show")
+        assert code == 0 and [a["oid"] for a in overview["admissions"]] == [T1.hex()], overview
+        again = subprocess.run(send, capture_output=True, text=True, timeout=120, env=env, check=False)
+        error = json.loads(again.stdout)["error"]
+        assert again.returncode != 0 and error["reason"] == "not_held", error
+        assert f"ticket {T1.hex()} was admitted at gate {gate} at " in error["message"], error

@@ -323,7 +323,12 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
                  help="Wait until the transfer is complete: the receiving card has the token and this card has let "
                  "it go (or it came back, refused), showing how it goes."),
     click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=None,
-                 help="With --wait: seconds to wait before giving up the wait (the transfer goes on)  [default: 30]"),
+                 help="With --wait: seconds to wait before giving up the wait (the transfer goes on)  [default: 30]; "
+                 "with --gate: for the gate's answer, then the token is taken back  [default: 10]"),
+    click.option("--gate", "gate", is_flag=True,
+                 help="The receiver is a gate: present the token there as `cardnet wallet enter` does (wait for the "
+                 "gate's answer) and write the admission to your wallet's own record (admissions.json beside the "
+                 "wallet config: $CARDNET_WALLET_CONFIG, else ~/.cardnet/wallet.toml, if it exists)."),
 )  # fmt: skip
 def trn_send(
     socket: str,
@@ -334,6 +339,7 @@ def trn_send(
     untraceable: bool,
     wait: bool,
     timeout_s: float | None,
+    gate: bool,
     as_json: bool,
 ) -> None:
     """Start moving a token to another card (two-phase commit; the host carries it).
@@ -342,6 +348,9 @@ def trn_send(
     routed (`[routes]` in its config) is refused, and the token stays where it is. With --wait, the command
     returns once the transfer is complete.
     """
+    if gate:
+        _present(socket, pin, card, oid, to, untraceable, 10.0 if timeout_s is None else timeout_s, as_json)
+        return
     if timeout_s is not None and not wait:
         fail("--timeout is how long --wait waits: give --wait too", reason="usage",
              hint=f"cardnet trn send --oid {oid} --to {to} --wait --timeout {timeout_s:g}")  # fmt: skip
@@ -374,6 +383,24 @@ def trn_send(
 
 
 DEFAULT_SEND_WAIT_S = 30.0
+
+
+def _present(
+    socket: str, pin: str | None, card: str | None, oid: str, to: str, untraceable: bool, wait_s: float, as_json: bool
+) -> None:
+    """`trn send --gate`: the token presented at the gate ``to`` by the code of `cardnet wallet enter` (its answer
+    awaited, the token taken back if none comes), the admission written to the wallet's own record beside the
+    wallet config when there is one (a card cannot tell a gate from another card: the person says it)."""
+    from cardnet.cli import wallet_config, wallet_gate
+
+    if untraceable:
+        fail("a gate takes traced tickets only (it reports every admission to the authority): --untraceable and "
+             "--gate do not go together", reason="usage", hint="leave out --untraceable")  # fmt: skip
+    raw, dst = parse_oid(oid), parse_uid(to)
+    memory = wallet_config.admissions(wallet_config.load(None))
+    got = run_on_wallet(socket, pin, card, lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory),
+                        wallet_gate.HINTS)  # fmt: skip
+    wallet_gate.report(got, raw, dst, as_json)
 
 
 async def wait_sent(wallet: Any, oid: bytes, dst: Any, timeout_s: float) -> None:

@@ -560,14 +560,7 @@ def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bo
     raw, dst = parse_oid(oid), parse_uid(gate)
     memory = wallet_config.admissions(target.config)
     got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory), wallet_gate.HINTS)
-    if not got.taken:
-        words, hint = wallet_gate.refusal(got.reason)
-        fail(f"the gate {dst} refused ticket {raw.hex()}: {words}; the ticket is still on your card",
-             reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
-    out = {"oid": raw.hex(), "gate": str(dst), "admitted": True, "reason": got.reason}
-    if got.unremembered is not None:  # (the admission stands: only the wallet's own record of it is missing)
-        err_console.print(f"note: this admission is not in your wallet's record: {got.unremembered}", markup=False)
-    say(as_json, out, f"admitted: the gate {dst} took ticket {raw.hex()} (it is used up now: walk in)")
+    wallet_gate.report(got, raw, dst, as_json)
 
 
 # -- recover ------------------------------------------------------------------------------------------------------

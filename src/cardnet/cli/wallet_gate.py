@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cardnet.cli.output import fail, progress
+from cardnet.cli.output import err_console, fail, progress, say
 from cardnet.cli.wallet import usable_ticket
 from cardnet.services.admissions import AdmissionMemory
 
@@ -80,3 +80,17 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float, memory: Admis
              "your host")  # fmt: skip
     with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
         return await wallet.redeem(oid, gate, timeout_s=wait_s, memory=memory)
+
+
+def report(got: Any, oid: bytes, gate: Any, as_json: bool) -> None:
+    """What a presentation at ``gate`` came to (a :class:`~cardnet.services.wallet.Redemption`), for `cardnet wallet
+    enter` and `cardnet trn send --gate`: admitted (and whether the wallet's record has it), or the gate's refusal
+    in the holder's words."""
+    if not got.taken:
+        words, hint = refusal(got.reason)
+        fail(f"the gate {gate} refused ticket {oid.hex()}: {words}; the ticket is still on your card",
+             reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
+    out = {"oid": oid.hex(), "gate": str(gate), "admitted": True, "reason": got.reason}
+    if got.unremembered is not None:  # (the admission stands: only the wallet's own record of it is missing)
+        err_console.print(f"note: this admission is not in your wallet's record: {got.unremembered}", markup=False)
+    say(as_json, out, f"admitted: the gate {gate} took ticket {oid.hex()} (it is used up now: walk in)")

@@ -9,8 +9,8 @@ wallet config: written whole (a temporary file, fsync, rename, the folder fsynce
 ``cardnet wallet enter`` at once keep both records.
 
 This is the holder's own memory, not proof: nothing signs it, the holder can edit it, and an admission made by
-another program on the same card (``cardnet trn send`` to a gate) is not in it. Only the gate's records (and the
-authority's trace) prove an admission.
+another program on the same card (``cardnet trn send`` to a gate without ``--gate``) is not in it. Only the gate's
+records (and the authority's trace) prove an admission.
 """
 
 from __future__ import annotations
