@@ -9,6 +9,7 @@ from pathlib import Path
 from hostprocs import Service, cardnet
 
 from cardnet.protocols import millicent as mc
+from cardnet.services.millicent import broker as mb
 from cardnet.services.millicent import vendor as mv
 from cardnet.store import SqliteStore
 
@@ -37,3 +38,28 @@ def test_a_customer_sees_every_product_and_price_before_paying(tmp_path: Path) -
         vendor.stop()
     gone = cardnet("millicent", "catalogue", "--at", at, "--json", check=False)
     assert gone.returncode == 2 and json.loads(gone.stdout)["error"]["reason"] == "unreachable", gone.stdout
+
+
+def test_a_catalogue_asked_of_the_broker_says_to_check_the_address(tmp_path: Path) -> None:
+    """``catalogue --at`` the broker's port (the walkthrough's other address, an easy slip): the broker answers
+    something that is no catalogue, and the error says what to do (check --at: the vendor's HOST:PORT, as its
+    ``vendor run`` printed it); before, it named only the message type the broker sent, with no hint."""
+    v, b = str(tmp_path / "vendor.db"), str(tmp_path / "broker.db")
+    with SqliteStore(v) as store:
+        mv.init_vendor(store, bytes.fromhex(VID))
+        lic = mv.export_licence(store, "bob")
+    with SqliteStore(b) as store:
+        mb.add_licence(store, lic, discount_pct=10)
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+    at = broker.start()
+    try:
+        got = cardnet("millicent", "catalogue", "--at", at, "--json", check=False)
+        assert got.returncode == 2, (got.stdout, got.stderr)
+        err = json.loads(got.stdout)["error"]
+        assert err["reason"] == "bad_reply" and at in err["message"], err
+        assert err["hint"] is not None and "check --at" in err["hint"] and "vendor run" in err["hint"], err
+        human = cardnet("millicent", "catalogue", "--at", at, check=False)
+        assert human.returncode == 2 and "what to do: check --at" in human.stderr, human.stderr
+        assert "Traceback" not in human.stderr
+    finally:
+        broker.stop()

@@ -583,9 +583,14 @@ def catalogue(address: str, as_json: bool) -> None:
 
     The list is not authenticated, and need not be: a purchase at a price that is not the vendor's is refused,
     nothing spent, and the refusal (MACed) names the vendor's price."""
-    from cardnet.services.millicent.wallet import fetch_catalogue
+    from cardnet.services.millicent.wallet import WalletError, fetch_catalogue
 
-    r = asyncio.run(fetch_catalogue(address))
+    try:
+        r = asyncio.run(fetch_catalogue(address))
+    except WalletError as exc:
+        if exc.reason != "bad_reply":  # (unreachable, a vendor that refused: their words say what to do)
+            raise
+        fail(str(exc), reason=exc.reason, hint=CATALOGUE_AT_HINT)
     r["at"] = address
     if as_json:
         emit_json(r)
@@ -604,6 +609,12 @@ def catalogue(address: str, as_json: bool) -> None:
         markup=False,
         highlight=False,
     )
+
+
+CATALOGUE_AT_HINT = (
+    "check --at: it is the vendor's HOST:PORT, as `cardnet millicent vendor run` printed it (ready vendor "
+    "HOST:PORT); a broker's port, or another program's, answers something else"
+)
 
 
 @millicent.command("list")
