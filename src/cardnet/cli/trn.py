@@ -328,7 +328,7 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     click.option("--gate", "gate", is_flag=True,
                  help="The receiver is a gate: present the token there as `cardnet wallet enter` does (wait for the "
                  "gate's answer) and write the admission to your wallet's own record (admissions.json beside the "
-                 "wallet config: $CARDNET_WALLET_CONFIG, else ~/.cardnet/wallet.toml, if it exists)."),
+                 "wallet config `cardnet wallet` uses without --config, if it exists)."),
 )  # fmt: skip
 def trn_send(
     socket: str,
