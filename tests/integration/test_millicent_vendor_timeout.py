@@ -90,7 +90,7 @@ def test_a_slow_vendor_holds_a_purchase_no_longer_than_the_brokers_vendor_timeou
                 # The broker's own answer (MACed: the wallet believes it), in words, after the order was answered
                 # and while the issue call waited: both of a sale's calls did not fit in the bound.
                 assert pending.reason == "pending", pending
-                assert f"the vendor did not answer the broker within {TIMEOUT_S:g} s" in str(pending), pending
+                assert f"the vendor did not answer the broker within its {TIMEOUT_S:g} s bound" in str(pending), pending
                 assert relay.answers >= 1  # (the order's answer came; the bound ran out on the next call)
                 assert [r["kind"] for _, r in alice.pending()] == ["buy"]
                 relay.slow = False  # the vendor is quick again: the same purchase, sent again, is finished

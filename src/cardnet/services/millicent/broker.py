@@ -984,8 +984,8 @@ class BrokerServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.vendor_timeout_s
         slow = (
-            f"the vendor did not answer the broker within {self.vendor_timeout_s:g} s: nothing more was debited; "
-            "send the same purchase again (`cardnet millicent retry`)"
+            f"the vendor did not answer the broker within its {self.vendor_timeout_s:g} s bound (slow, or not "
+            "reachable): nothing more was debited; send the same purchase again (`cardnet millicent retry`)"
         )
         for _ in range(MAX_VENDOR_CALLS):
             step = await self._step(self.core.begin_purchase, param, int(self.clock()))
@@ -997,7 +997,7 @@ class BrokerServer:
                 if reply is None:  # (the order stays pending: the same purchase again carries it)
                     return await self._step(self.core.not_finished, param, slow)
                 outcome = await self._step(self.core.finish_order, step, reply)
-                if not (outcome.bought or outcome.refused):  # settled: the next step says what it left this sale
+                if not (outcome.bought or outcome.refused):  # an answer that does not check: the order stays
                     words = f"cannot buy stock from the vendor ({outcome}): send the same purchase again later"
                     return await self._step(self.core.not_finished, param, words[:200])
                 continue
