@@ -111,6 +111,7 @@ def test_a_slow_vendor_holds_a_purchase_no_longer_than_the_brokers_vendor_timeou
         assert bulk["stock_value"] + bulk["reserved_value"] + 20 == bulk["bought_value"] == 40
         help_text = " ".join(cardnet("millicent", "broker", "run", "--help").stdout.split())
         assert "--vendor-timeout" in help_text and "all its calls together" in help_text
+        assert f"[default: {mb.VENDOR_TIMEOUT_S};" in help_text  # the CLI's default is the broker's
     finally:
         broker.stop()
         vendor.stop()
