@@ -448,10 +448,12 @@ def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int,
     finally:
         card.close()
     out = {"before_day": got.before_day, "days": got.days, "settled": got.settled, "entries": got.entries,
-           "open": got.open, "freed_bytes": got.freed_bytes}  # fmt: skip
+           "open": got.open, "freed_bytes": got.freed_bytes,
+           "authorisations_ended": got.authorisations_ended}  # fmt: skip
     say(as_json, out, f"pruned {got.entries} log entries of {len(got.days)} day(s) from the SAM (it holds no day "
         f"before {got.before_day} now), {got.freed_bytes} bytes freed; {got.settled} debit(s) settled first; "
-        f"{got.open} open authorisation(s) kept")  # fmt: skip
+        f"{got.open} open authorisation(s) kept; {got.authorisations_ended} record(s) of settled payments' "
+        "authorisations dropped")  # fmt: skip
 
 
 @broker.command("days")

@@ -504,9 +504,11 @@ class BrokerCore:
         """Whether ``bill`` is past its deadline and this broker never took a payment order for it (none paid,
         authorised, or settled from the SAM's log), or refused one so before (``sb.late``): it never takes one."""
         poid = bill["poid"]
+        if "pay_by" not in bill:  # (a bill without a deadline is never refused so: one store read less an order)
+            return False
         if get(self.store, LATE, poid) is not None:
             return True
-        if "pay_by" not in bill or now <= bill["pay_by"]:
+        if now <= bill["pay_by"]:
             return False
         return self._get_order(poid) is None and all(get(self.store, t, poid) is None for t in (AUTHORISED, SETTLED))
 
@@ -989,6 +991,9 @@ class BrokerServer(GroupCommitServer):
             if got.entries:
                 log.info("pruned %d log entries of days before %d from the SAM (%d bytes freed, %d open kept)",
                          got.entries, got.before_day, got.freed_bytes, got.open)  # fmt: skip
+            if got.authorisations_ended:
+                log.info("dropped %d sb.auth record(s) of payments settled from the SAM's log",
+                         got.authorisations_ended)  # fmt: skip
 
     async def _settling(self) -> None:
         while True:
