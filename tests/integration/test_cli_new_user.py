@@ -118,3 +118,21 @@ def test_speed_broker_init_made_before_is_refused_before_any_pin_is_asked(tmp_pa
     e = again("--store", "broker2.db", "--sam-store", "sam.db")  # a new broker with a SAM made before
     assert "personalised already" in e["message"], e
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.db", "ca.file", "sam.db"]
+
+
+def test_a_millicent_command_given_no_wallet_says_so_and_makes_none(tmp_path: Path) -> None:
+    """``cardnet millicent buy`` (or spend, renew, retry) with a --wallet path that holds no wallet (a typo, or
+    $CARDNET_WALLET not set in this shell) fails ``missing`` naming the path, as ``list`` does, and leaves no file:
+    before, they made an empty wallet at the typo and answered "open an account first" to a customer who had one."""
+    typo = tmp_path / "alice.walet.db"
+    spend = ("spend", "--vendor", VID, "--at", "127.0.0.1:9", "--product", "hello", "--price", "3")
+    for command in (("buy", "--vendor", VID, "--value", "100"), spend, ("list",), ("renew",), ("retry",)):
+        e = json_error(cardnet("millicent", *command, "--wallet", str(typo), "--json"))
+        assert e["reason"] == "missing" and f"there is no store {typo}" in e["message"], (command, e)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], (command, list(tmp_path.iterdir()))
+    # $CARDNET_WALLET unset, no wallet.db here: the default path named, and still no file made
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_WALLET"}
+    argv = [sys.executable, "-m", "cardnet.cli.main", "millicent", "buy", "--vendor", VID, "--value", "100"]
+    run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2 and f"there is no store {tmp_path / 'wallet.db'}" in run.stderr, run.stderr
+    assert "open an account first" not in run.stderr and not (tmp_path / "wallet.db").exists(), run.stderr

@@ -447,19 +447,31 @@ def broker_mode(store: str, vendor: str, mode: str, as_json: bool) -> None:
     say(as_json, {"vendor": vendor, "mode": mode}, f"vendor {vendor}: {mode}")
 
 
+VENDOR_TIMEOUT_DEFAULT = 10.0  # (VENDOR_TIMEOUT_S of services/millicent/broker.py: the CLI stays light to import)
+
+
 @broker.command("bulk-buy")
 @STORE
 @click.option("--vendor", required=True, help="Vendor id, 16 hex digits.")
 @click.option("--value", type=click.IntRange(1), required=True, help="Face value to buy.")
 @click.option("--pieces", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many pieces the value is cut into.")  # fmt: skip
+@click.option(
+    "--vendor-timeout",
+    type=click.FloatRange(0.1),
+    default=VENDOR_TIMEOUT_DEFAULT,
+    show_default=True,
+    help="Seconds to wait for the vendor's answer to the order (as `broker run --vendor-timeout`); past it the "
+    "order stays pending and the next bulk-buy, or the broker's next sale of this vendor's scrip, sends it again.",
+)
 @JSON
-def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, as_json: bool) -> None:
+def broker_bulk_buy(store: str, vendor: str, value: int, pieces: int, vendor_timeout: float, as_json: bool) -> None:
     """Buy a vendor's scrip in bulk now (the running broker also buys by itself when its stock runs short)."""
     from cardnet.services.millicent.broker import BrokerCore, BrokerError, buy_stock
 
+    core = BrokerCore(_broker(store))
     try:
-        outcome = asyncio.run(buy_stock(BrokerCore(_broker(store)), _hex(vendor, 8, "--vendor"), value, pieces))
+        outcome = asyncio.run(buy_stock(core, _hex(vendor, 8, "--vendor"), value, pieces, timeout_s=vendor_timeout))
     except BrokerError as exc:
         fail(str(exc), reason=exc.reason)
     if not outcome.bought:
@@ -486,21 +498,39 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
 @click.option(
     "--vendor-timeout",
     type=click.FloatRange(0.1),
-    default=10.0,  # (VENDOR_TIMEOUT_S of services/millicent/broker.py)
+    default=VENDOR_TIMEOUT_DEFAULT,
     show_default=True,
     help="Seconds a purchase of a bulk vendor's scrip may wait for that vendor, all its calls together (buying "
     "stock, issuing the scrip); past it the customer is answered 'pending' and her wallet sends it again "
     "(`millicent retry`). A wallet waits 10 s for the broker's answer.",
 )
+@click.option(
+    "--reservation-hold",
+    type=click.IntRange(1),
+    default=24 * 3600,  # (RESERVATION_HOLD_S of services/millicent/broker.py)
+    show_default=True,
+    help="Seconds stock bought for a bulk-mode sale stays reserved for it after its customer last sent the "
+    "purchase (answered 'pending'); then it goes back to stock (`broker status`: released_value; logged). "
+    "Nothing was debited: a customer who comes back later is served as a new sale. Longer than --vendor-timeout.",
+)
 @_server_limits
 @JSON
-def broker_run(store: str, listen: str, vendor_timeout: float, as_json: bool, **limits: Any) -> None:
+def broker_run(
+    store: str, listen: str, vendor_timeout: float, reservation_hold: int, as_json: bool, **limits: Any
+) -> None:
     """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"
     (with --json: {"ready": {"name": "broker", "listen": "HOST:PORT"}} on one line)."""
     from cardnet.services.millicent.broker import BrokerCore, BrokerServer
 
+    if reservation_hold <= vendor_timeout:
+        fail(
+            f"--reservation-hold {reservation_hold} is not longer than --vendor-timeout {vendor_timeout:g}: a sale "
+            "would lose its stock while the broker still buys it",
+            reason="usage",
+            hint="give a --reservation-hold of more seconds than --vendor-timeout (the default is a day)",
+        )
     host, port = _listen(listen)
-    core = BrokerCore(_broker(store))
+    core = BrokerCore(_broker(store), reservation_hold_s=reservation_hold)
     bounds = _limits_from(**limits)
 
     def server() -> BrokerServer:
@@ -526,7 +556,16 @@ def broker_status(store: str, as_json: bool) -> None:
     bulk = [{"vendor": v, **row} for v, row in sorted(r["bulk"].items())]
     print_rows(
         bulk,
-        ("vendor", "pieces", "stock_value", "reserved_value", "bought_value", "owed", "pending_orders"),
+        (
+            "vendor",
+            "pieces",
+            "stock_value",
+            "reserved_value",
+            "released_value",
+            "bought_value",
+            "owed",
+            "pending_orders",
+        ),
         title="bulk vendors",
         empty="no bulk vendors",
     )
@@ -535,7 +574,11 @@ def broker_status(store: str, as_json: bool) -> None:
 # --- customer -------------------------------------------------------------------------
 
 
-def _wallet(where: str, *, create: bool = True) -> Any:
+def _wallet(where: str, *, create: bool = False) -> Any:
+    """The customer's wallet at ``where``: only ``open`` makes one (``create``). Any other command given a path
+    that holds none (a mistyped --wallet, or $CARDNET_WALLET unset in this shell) fails ``missing`` naming the path
+    and makes no file, as every read command does: before, buy, spend, renew and retry made an empty wallet there
+    and answered "open an account first" to a customer who had one."""
     from cardnet.services.millicent.wallet import Wallet
 
     return Wallet(_store(where, "millicent-wallet", create=create))
@@ -547,7 +590,7 @@ def _wallet(where: str, *, create: bool = True) -> Any:
 @JSON
 def open_account(wallet: str, broker: str, as_json: bool) -> None:
     """Open an account at a broker (a key is made in the wallet); prints the customer id."""
-    cid = asyncio.run(_wallet(wallet).open_account(broker))
+    cid = asyncio.run(_wallet(wallet, create=True).open_account(broker))
     say(as_json, {"customer_id": cid.hex()}, f"customer id {cid.hex()} (ask the broker to credit it)")
 
 
@@ -622,7 +665,7 @@ CATALOGUE_AT_HINT = (
 @JSON
 def list_scrip(wallet: str, as_json: bool) -> None:
     """The scrip in the wallet, per vendor, and pending requests (with why they are pending)."""
-    w = _wallet(wallet, create=False)
+    w = _wallet(wallet)
     rows = [
         {"vendor": s.vendor.hex(), "scrip_id": s.scrip_id.hex(), "value": s.value, "expiry": s.expiry}
         for s in w.scrip()
