@@ -325,3 +325,52 @@ def test_a_run_the_module_dropped_to_make_room_says_so_and_what_to_do(tmp_path: 
         assert "plan a new run" in err["hint"] and "no more than 8 runs" in err["hint"], err
         words = cardnet(*args, env=env)
         assert "Traceback" not in words.stderr and "what to do: plan a new run" in words.stderr, words
+
+
+def test_a_late_join_whose_module_is_not_in_the_run_asks_for_no_pin(tmp_path: Path) -> None:
+    """After the first round a join only follows a module already in the run. Whether it is, the module says
+    without the PIN to its own host's applications (`smc.known`), so a late join whose module never joined is
+    refused ``too_late`` (the module never joined it) before any PIN is asked for. (Here stdin is no terminal and
+    no PIN is given: asking would fail ``no_pin``.) The same join to a module that holds the run asks for the PIN."""
+    import os
+
+    with SmcNet(tmp_path, 2) as net:
+        me = net.hosts[0]
+        run = tmp_path / "run.toml"
+        members = [a for u in net.uids for a in ("-m", str(u))]
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "0", "--round-ms", "600000",
+                          "--out", str(run))  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}
+        args = ["smc", "join", "--run", str(run), "--socket", me.socket, "--card", me.domain.hex(), "-i", "5"]
+        r = subprocess.run([sys.executable, "-m", "cardnet.cli.main", *args, "--json"], capture_output=True,
+                           text=True, timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and err["reason"] == "too_late", r
+        assert "module 0 never joined it" in err["message"] and "cardnet smc plan" in err["hint"], err
+
+        async def prepare() -> None:  # now the module holds the run (as after an earlier join, stopped)
+            from cardnet.cli.smc import _read_run
+            from cardnet.services.smc.controller import Module, Party
+
+            module = await Module.open(me.socket, pin=PIN, card=me.domain)
+            try:
+                await Party(module, _read_run(str(run))[0]).prepare(0.0)
+            finally:
+                await module.close()
+
+        asyncio.run(prepare())
+        r = subprocess.run([sys.executable, "-m", "cardnet.cli.main", *args, "--json"], capture_output=True,
+                           text=True, timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and err["reason"] == "no_pin", r  # the module is in the run: the PIN is needed
+
+        other = tmp_path / "other.toml"  # a run of other cards: this card is no member, said before the PIN too
+        planned = cardnet("smc", "plan", "-f", "median", "-m", UIDS[0], "-m", UIDS[1], "--start-in", "600",
+                          "--out", str(other))  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        args[3] = str(other)
+        r = subprocess.run([sys.executable, "-m", "cardnet.cli.main", *args, "--json"], capture_output=True,
+                           text=True, timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and err["reason"] == "not_a_member", r

@@ -11,7 +11,9 @@ The module is a card of its own (the applet owns the card's TRN sessions). Its h
 * ``smc.tick {run, round}`` (privileged): the host's Clock, at each round's deadline: complete the rounds before
   ``round`` still open with the frames that arrived, send every other member this round's frame (``smc.frame``),
   and at the last tick compute the result. ``smc.state {run}`` (privileged) reports. Every order is answered
-  with ``smc.state_is``.
+  with ``smc.state_is``. ``smc.known {run}`` (not privileged; from an application of the host only) ->
+  ``smc.known_is {run, held}``: whether the module holds the run (``live``, ``made_room``, ``restarted``,
+  ``no_run``), so that a late join asks for no PIN for a run the module is not in.
 * ``smc.frame {run, round, ct}`` from the other modules: opened at once under the sender's key and kept for its
   round if authentic; anything else is dropped without an answer (an answer would be traffic that depends on
   the module's state). When every other member's frame of the current round is in, the module ends the round
@@ -96,6 +98,10 @@ STATE_IS = register(
     ),
 )
 FINISHED = register(0x0807, "smc.finished", "smc", STATE_IS.schema)  # pushed to the host at a run's end
+KNOWN = register(0x0808, "smc.known", "smc", _BY_RUN)  # not privileged: asked before the PIN (applications only)
+KNOWN_IS = register(
+    0x0809, "smc.known_is", "smc", Schema("smc.known_is", [Field(0, "run", _RUN), Field(1, "held", Text(16))])
+)
 FRAME = register(
     0x0806,
     "smc.frame",
@@ -122,7 +128,7 @@ class SmcApplet(SessionApplet):
     """The security module (see the module docstring)."""
 
     name = "smc"
-    handles = (*SessionApplet.handles, PREPARE, INPUT, TICK, STATE, FRAME)
+    handles = (*SessionApplet.handles, PREPARE, INPUT, TICK, STATE, FRAME, KNOWN)
 
     def __init__(self) -> None:
         self._live: OrderedDict[bytes, _Live] = OrderedDict()
@@ -149,6 +155,8 @@ class SmcApplet(SessionApplet):
             self._report(ctx, live)
         elif code == STATE.code:
             self._report(ctx, self._get(ctx, params["run"]))
+        elif code == KNOWN.code:
+            self._known(ctx, msg.src, params["run"])
         else:
             super().handle(ctx, msg, params)
 
@@ -170,6 +178,21 @@ class SmcApplet(SessionApplet):
                 "rejoins a run, so it cannot contradict what it sent); start a new run",
             )
         raise Refused("no_run", f"this module was not prepared for run {run.hex()}: send smc.prepare first")
+
+    def _known(self, ctx: StepContext, src: Uid, run: bytes) -> None:
+        """Whether this module holds ``run``: ``live``, ``made_room`` (dropped for newer runs), ``restarted`` or
+        ``no_run``, asked by an application of the module's host before it asks its person for the PIN (`smc join`
+        after the first round). The host knows all of it already (it gave the orders and restarted the card); another
+        card asking is dropped without an answer, as any traffic that would depend on the module's state."""
+        if src.is_card:
+            return
+        if run in self._live:
+            held = "live"
+        elif run in self._dropped:
+            held = "made_room"
+        else:
+            held = "restarted" if ctx.get(b"r:" + run) is not None else "no_run"
+        ctx.reply(KNOWN_IS, run=run, held=held)
 
     def _prepare(self, ctx: StepContext, raw: bytes) -> None:
         try:

@@ -20,6 +20,7 @@ import click
 
 from cardnet.applets.smc import MAX_RUNS as SMC_MAX_RUNS
 from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, print_table, table
+from cardnet.errors import CardnetError
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
 from cardnet.protocols.smc.run import DEFAULT_RHO_MAX, MAX_RHO, join_wait_s
@@ -435,11 +436,18 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
         fail(str(exc), reason=exc.reason)
     domain = parse_domain(card)
     try:  # the host first: a PIN typed for a host that is not there (or a run already lost) is typed for nothing
-        asyncio.run(_reach(socket, domain))
+        held, uid = asyncio.run(_reach(socket, domain, spec.run))
     except SmcError as exc:
         if late is not None and exc.reason == "no_host":  # (the run file alone says the join came too late)
             fail(str(late), reason=late.reason, hint=JOIN_HINTS.get(late.reason))
         fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason) or OPENING_HINTS.get(exc.reason))
+    if uid not in spec.members:  # (said before the PIN too)
+        fail(f"the card {uid} is not a member of run {spec.run.hex()}", reason="not_a_member",
+             hint=JOIN_HINTS["not_a_member"])  # fmt: skip
+    if late is not None and held in LATE_HELD:  # a late join follows a module in the run: this one is not
+        why, reason = LATE_HELD[held]
+        reason = reason or late.reason
+        fail(f"{late}; module {spec.members.index(uid)} {why}", reason=reason, hint=JOIN_HINTS.get(reason))
     key = card_pin(pin)
 
     async def go() -> tuple[Any, float]:
@@ -524,9 +532,14 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
             console.print(f"received from party {item['from']}: {item['item']}", markup=False)
 
 
-async def _reach(socket: str, card: bytes | None) -> None:
-    """Whether the module's host answers at ``socket`` and has the card (a port on it, then closed): checked before
-    the PIN is asked for. ``SmcError`` ``no_host`` (or the host's reason for giving no port) if not."""
+async def _reach(socket: str, card: bytes | None, run: bytes) -> tuple[str | None, Any]:
+    """Checked before the PIN is asked for: the module's host answers at ``socket`` and has the card (else
+    ``SmcError`` ``no_host``, or the host's reason for giving no port), and whether the module holds ``run``
+    (``smc.known``: ``live``, ``made_room``, ``restarted``, ``no_run``; None if the card does not say), with the
+    card's Uid."""
+    from cardnet.applets.smc import KNOWN, KNOWN_IS
+    from cardnet.card import mtypes as cm
+    from cardnet.host import mtypes as hm
     from cardnet.host.client import AppClient
     from cardnet.host.errors import HostError
     from cardnet.services.smc.controller import SmcError
@@ -537,7 +550,27 @@ async def _reach(socket: str, card: bytes | None) -> None:
         raise SmcError("no_host", f"cannot reach the module's host at {socket}: {exc.strerror or exc}") from None
     except HostError as exc:
         raise SmcError(exc.reason, f"the module's host at {socket} gave no port on its card: {exc}") from None
-    await app.aclose()
+    try:
+        await app.send(app.uid.card_uid(), KNOWN, run=run)
+        async with asyncio.timeout(KNOWN_WAIT_S):
+            while True:
+                msg = await app.recv()
+                if msg.mtype == KNOWN_IS.code:
+                    return str(KNOWN_IS.parse(msg)["held"]), app.uid.card_uid()
+                if msg.mtype in (cm.REFUSED.code, hm.UNDELIVERABLE.code):  # (a card made before smc.known, or
+                    return None, app.uid.card_uid()  # one its host could not give it: the PIN, then smc.state)
+    except (TimeoutError, OSError, CardnetError):  # (the join asks again once logged in, and says why it fails)
+        return None, app.uid.card_uid()
+    finally:
+        await app.aclose()
+
+
+KNOWN_WAIT_S = 10.0
+LATE_HELD = {  # a late join whose module is not in the run: why, in words, and the reason (before the PIN)
+    "no_run": ("never joined it (no earlier join reached it)", None),
+    "made_room": ("dropped it since, to make room for newer runs: it takes no further part in it", "made_room"),
+    "restarted": ("restarted since: it takes no further part in it", "restarted"),
+}
 
 
 def _no_result(outcome: Any, spec: Any) -> tuple[str, str]:
