@@ -136,3 +136,27 @@ def test_a_millicent_command_given_no_wallet_says_so_and_makes_none(tmp_path: Pa
     run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 2 and f"there is no store {tmp_path / 'wallet.db'}" in run.stderr, run.stderr
     assert "open an account first" not in run.stderr and not (tmp_path / "wallet.db").exists(), run.stderr
+
+
+def test_gate_setup_given_the_ca_certificate_names_a_command_that_writes_the_agents(tmp_path: Path) -> None:
+    """``cardnet gate setup --issuer-cert ca.pem`` (the CA's certificate, not the ticketing agent card's) is refused
+    ``bad_issuer``, and the command its hint names, run as written (its placeholders filled in), writes a card's
+    certificate. Before, the hint said ``cardnet card show --store AGENT.db --cert FILE``: a store that is no URL
+    and a --cert that takes no file, both refused."""
+    ca_pem = tmp_path / "ca.pem"
+    with TrnNet(tmp_path, wallets=(), gates=("g",)) as gated:  # (TrnNet makes the CA, ca.cnca)
+        ca_pem.write_text(cardnet("ca", "cert", str(tmp_path / "ca.cnca")).stdout)
+        socket = gated.hosts["g"].socket
+        e = json_error(cardnet("gate", "setup", "--socket", socket, "--issuer-cert", str(ca_pem), "--json",
+                               env={"CARDNET_PIN": PIN}))  # fmt: skip
+        assert e["reason"] == "bad_issuer" and "is a CA certificate" in e["message"], e
+    # the card the hint means is one no host runs: a spare agent card made here
+    made = cardnet("card", "create", "--ca", str(tmp_path / "ca.cnca"), "--store", "sqlite:///spare.card.db",
+                   "--role", "agent", cwd=tmp_path, env={"CARDNET_PIN": PIN})  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    command = e["hint"].split("`")[1]
+    assert command.startswith("cardnet card show "), e["hint"]
+    shell = command.replace("cardnet ", f"{sys.executable} -m cardnet.cli.main ", 1).replace("AGENT", "spare")
+    run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, (shell, run.stderr)
+    assert (tmp_path / "spare.pem").read_text().startswith("-----BEGIN CERTIFICATE-----"), shell

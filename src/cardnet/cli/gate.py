@@ -250,7 +250,8 @@ def gate_setup(
     if strict is not None:
         fields["strict"] = strict
     auth = None if authority is None else parse_uid(authority)
-    hints = {"bad_issuer": "give the agent card's certificate (`cardnet card show --store AGENT.db --cert FILE`)"}
+    hints = {"bad_issuer": "give the agent card's certificate: `cardnet card show --store sqlite:///AGENT.card.db "
+             "--cert > AGENT.pem` writes it (while no host runs that card)"}  # fmt: skip
 
     async def work(wallet: Any) -> dict[str, Any]:
         if auth is not None:
