@@ -28,10 +28,12 @@ host cannot reach before the token is disabled, and ``cardnet trn list`` shows a
 transfer stuck on an undeliverable destination.
 
 A card output is acknowledged to its card only once it has left the host
-(stepped by a local card, taken by an application sink, or handed to the
-transport: ``SendRemote.sent()``, or ``all_sent`` for a batch): a host crash
-before that loses nothing, because the reopened card re-emits its
-unacknowledged outbox.
+(stepped by a local card, taken by an application sink, or taken by the remote
+host: ``SendRemote.sent()``, or ``all_sent`` for a batch, which the driver calls
+once the remote host confirmed it, ``host.taken``): a host crash before that
+loses nothing, because the reopened card re-emits its unacknowledged outbox. A
+message from a remote host is acknowledged the same way, to a :class:`Taker`
+of its connection (``receive_many(..., taken=)``), once it left this host.
 
 The host reads no clock: ``now`` is an argument of ``pump``. It does no I/O:
 remote traffic leaves as effects; the asyncio driver and the simulator feed
@@ -58,7 +60,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
@@ -132,11 +134,21 @@ class Undelivered:
     count: int
 
 
+class Taker(Protocol):
+    """Who is told that messages left the host: a card (its outbox sequence numbers) or, for messages from a remote
+    host, that host's connection (their numbers on it: ``host.taken``)."""
+
+    def ack(self, seqs: Iterable[int]) -> None: ...
+
+
+Ack = tuple[Taker, int]  # (who, number) to acknowledge once the message left this host
+
+
 @dataclass(slots=True)
 class _Entry:
     msg: Message
     origin: Origin
-    ack: tuple[Card, int] | None = None  # (card, outbox seq) to acknowledge once the message left
+    ack: Ack | None = None  # (card, outbox seq) to acknowledge once the message left (or a remote host's number)
 
 
 @dataclass
@@ -145,7 +157,7 @@ class SendRemote:
 
     address: str
     msg: Message
-    _ack: tuple[Card, int] | None = field(default=None, repr=False)
+    _ack: Ack | None = field(default=None, repr=False)
 
     def sent(self) -> None:
         if self._ack is not None:
@@ -156,7 +168,7 @@ class SendRemote:
 
 def all_sent(effects: Iterable[SendRemote]) -> None:
     """``sent()`` for each effect, with one acknowledgement per card (for drivers that hand over batches)."""
-    seqs: dict[Card, list[int]] = {}
+    seqs: dict[Taker, list[int]] = {}
     for eff in effects:
         ack = eff._ack
         if ack is not None:
@@ -176,7 +188,7 @@ class Held:
     msg: Message
     origin: Origin
     guard: str
-    ack: tuple[Card, int] | None
+    ack: Ack | None
 
 
 Sink = Callable[[Message], None]
@@ -210,6 +222,8 @@ class Host:
         self._observers: list[tuple[Filter, Callable[[Message, Origin], None]]] = []
         self._outgoing: list[SendRemote] = []
         self._suspects: set[tuple[Card, int]] = set()  # unacknowledged, not queued, at the last resend sweep
+        # the acknowledgements of outputs the driver took and holds (a link's, until the remote host confirms them)
+        self.passed_on: Callable[[], Iterable[Ack]] = tuple
         # (local card domain, destination domain) -> the last undeliverable notice the card got about it
         self.undeliverable: dict[tuple[bytes, bytes], Undelivered] = {}
         # destination domains some local card's last notice about says ``store_failed``: the first sign that such a
@@ -236,7 +250,9 @@ class Host:
     def replace_card(self, card: Card) -> None:
         """A card was reopened (after a crash or tear): forget what the old object queued, re-emit."""
         domain = card.uid.domain
-        self._queue = deque(e for e in self._queue if e.ack is None or e.ack[0].uid.domain != domain)
+        self._queue = deque(
+            e for e in self._queue if e.ack is None or not isinstance(e.ack[0], Card) or e.ack[0].uid.domain != domain
+        )
         self._queued_bytes = sum(e.msg.size for e in self._queue)
         self.add_card(card)
 
@@ -295,7 +311,7 @@ class Host:
         self.submit(msg, APP)
 
     # -- arrivals ------------------------------------------------------------------
-    def submit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None = None) -> bool:
+    def submit(self, msg: Message, origin: Origin, ack: Ack | None = None) -> bool:
         """Guard, then queue a message. Returns False if a guard dropped or held it, or the table was full."""
         if not self._admit(msg, origin, ack):
             return False
@@ -306,7 +322,7 @@ class Host:
             return True
         return self._enqueue(_Entry(msg, origin, ack))
 
-    def _admit(self, msg: Message, origin: Origin, ack: tuple[Card, int] | None) -> bool:
+    def _admit(self, msg: Message, origin: Origin, ack: Ack | None) -> bool:
         """Show ``msg`` to the observers and the guards; False if a guard dropped or held it."""
         if self._observers:
             self._show(msg, origin)
@@ -352,13 +368,25 @@ class Host:
             self._heard_from_stores((msg,))
         return self.submit(msg, Origin("remote", peer))
 
-    def receive_many(self, msgs: Iterable[Message], origin: Origin) -> None:
-        """Messages arrived together from one origin: ``submit`` each, in order (e.g. a remote host's batch)."""
+    def receive_many(self, msgs: Iterable[Message], origin: Origin, taken: Ack | None = None) -> None:
+        """Messages arrived together from one origin: ``submit`` each, in order (e.g. a remote host's batch).
+
+        With ``taken`` (``(taker, n)``), the i-th message is acknowledged to ``taker`` as number ``n + i`` once it
+        left the host (stepped and committed by a card, given to an application or a link, or dropped by a Guard):
+        a remote host's connection, which confirms them to that host (``host.taken``)."""
         submit = self.submit
-        for msg in msgs:
-            if msg.mtype == _NOTICE:
-                self._remote_notice(msg)
-            submit(msg, origin)
+        if taken is None:
+            for msg in msgs:
+                if msg.mtype == _NOTICE:
+                    self._remote_notice(msg)
+                submit(msg, origin)
+        else:
+            taker, n = taken
+            for msg in msgs:
+                if msg.mtype == _NOTICE:
+                    self._remote_notice(msg)
+                submit(msg, origin, (taker, n))
+                n += 1
         if self._failed_stores:
             self._heard_from_stores(msgs)
 
@@ -709,9 +737,11 @@ class Host:
         would otherwise wait for the card to be reopened. Only outputs found so
         at two sweeps in a row are re-emitted, so a ``SendRemote`` the driver
         has not reported ``sent()`` yet gets a whole period first. Call it
-        every few seconds; protocols tolerate the duplicates.
+        every few seconds; protocols tolerate the duplicates. Outputs the driver holds (:attr:`passed_on`: a
+        link's, until the remote host confirms them) are not re-emitted either.
         """
         live = {e.ack for e in self._queue if e.ack is not None}
+        live.update(self.passed_on())
         live.update(h.ack for h in self.held.values() if h.ack is not None)
         suspects: set[tuple[Card, int]] = set()
         resent = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cardnet.wire import Bytes, Field, Schema, Text, UidType, UInt, register
+from cardnet.wire import Bytes, Field, ListOf, Schema, Text, UidType, UInt, register
 from cardnet.wire.ids import DOMAIN_BYTES
 
 UNDELIVERABLE = register(
@@ -81,3 +81,9 @@ MISSED = register(
     "host",
     Schema("host.missed", [Field(0, "count", UInt(0xFFFFFFFF)), Field(1, "mtype", UInt(0xFFFF))]),
 )
+# Host to host, on a connection a remote host's link made: the messages of that connection (numbered 0, 1, ... in the
+# order they came) this host has taken: stepped and committed by the destination card, given to an application or
+# passed on, or dropped for good (a Guard). ``runs`` is ``[first, count, ...]``. The sending host acknowledges its
+# cards' outputs only then, and sends again what a connection that ended did not confirm (docs/host.md "Delivery").
+TAKEN_RUNS = 4096  # numbers a notice carries at most (2048 runs)
+TAKEN = register(0x0118, "host.taken", "host", Schema("host.taken", [Field(0, "runs", ListOf(UInt(), TAKEN_RUNS))]))

@@ -12,7 +12,9 @@ the logic. Three kinds of traffic:
   they send is submitted as remote traffic, so the default Guard applies.
 * **outgoing** remote traffic goes through one reconnecting link per address
   (its queue holds ``LINK_QUEUE`` messages, ``LINK_QUEUE_BYTES`` bytes; what does not fit is logged and
-  stays unacknowledged in its card's outbox).
+  stays unacknowledged in its card's outbox). A card's output is acknowledged to it once the remote host
+  confirmed it took it (``host.taken``, :class:`Taken` on the other side); the link writes what a connection did
+  not confirm again (docs/host.md, "Host to host").
 
 A timer task owns the host's periodic jobs (:class:`~cardnet.host.core.Schedule`
 on the event loop's monotonic clock): each card's ``ticks`` from the config
@@ -54,7 +56,7 @@ from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.adversary import Adversary
 from cardnet.host.config import SERVICE_CAPACITY, CardConfig, HostConfig
-from cardnet.host.core import Host, Origin, Schedule, SendRemote, all_sent
+from cardnet.host.core import Ack, Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
 from cardnet.store import StoreError, open_store
 from cardnet.transport import (
@@ -87,6 +89,7 @@ LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few 
 # slow) at full speed could otherwise fill the host's memory (LINK_QUEUE messages of up to max_frame bytes each)
 LINK_QUEUE_BYTES = 64 * 1024 * 1024
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
+_NOBODY = Uid(bytes(12), 0)  # src and dst of host.taken (host to host: no card's)
 
 
 START_TICKS = frozenset({"trn.recover"})  # ticks that also run at start (not e.g. session.rekey: a start is no rekey)
@@ -219,6 +222,52 @@ class Carrier:
                 await send_batch(self.conn, batch)  # no refusal to put in an oversize message's place: left out
 
 
+def _taken_runs(msg: Message) -> list[int]:
+    """``host.taken``'s runs (none if it does not parse: the messages stay in flight and are sent again)."""
+    try:
+        runs: list[int] = hm.TAKEN.parse(msg)["runs"]
+    except DecodeError:
+        return []
+    return runs
+
+
+def _all_taken(tokens: list[object]) -> None:
+    all_sent(tokens)  # type: ignore[arg-type]  # (a link's tokens are this host's SendRemote effects)
+
+
+class Taken:
+    """The messages a remote host sent on one connection that this host has taken (``host.taken``): the host
+    acknowledges each by its number on the connection (``ack``, like a card's outbox); a writer task sends them to
+    the remote host in runs, after the pump that took them."""
+
+    __slots__ = ("_done", "_ready", "next")
+
+    def __init__(self) -> None:
+        self.next = 0  # the number of the connection's next message
+        self._done: list[int] = []
+        self._ready = asyncio.Event()
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        self._done.extend(seqs)
+        self._ready.set()
+
+    async def write(self, conn: Connection) -> None:
+        """Confirm what was taken, as it is, until the connection ends."""
+        with contextlib.suppress(ClosedError, BrokenError):
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                done, self._done = sorted(self._done), []
+                runs: list[int] = []
+                for k in done:
+                    if runs and runs[-2] + runs[-1] == k:
+                        runs[-1] += 1
+                    else:
+                        runs += (k, 1)
+                for i in range(0, len(runs), hm.TAKEN_RUNS):
+                    await conn.send(hm.TAKEN.make(_NOBODY, _NOBODY, runs=runs[i : i + hm.TAKEN_RUNS]))
+
+
 class AppOutbox:
     """What the host has for one application on its socket: at most ``APP_QUEUE`` messages, ``APP_QUEUE_BYTES``
     bytes of them, wait for its writer (a remote peer may send to an application's Uid: a count alone let one make
@@ -300,6 +349,7 @@ class HostServer:
         self.cards = open_cards(config)
         routes = {d: f"{h}:{p}" for d, (h, p) in config.routes.items()}
         self.host = Host(self.cards, routes=routes, name=config.name)
+        self.host.passed_on = self._passed_on
         self.adversary: Adversary | None = None
         if config.adversary is not None:
             a = config.adversary
@@ -426,9 +476,20 @@ class HostServer:
             if isinstance(job, _Tick):
                 self.host.tick(job.domain, lookup(job.mtype))
             else:
+                for link in self._links.values():
+                    link.sweep()
                 self.host.resend_unacked()
         except Exception:  # a failed job must not stop the others (it runs again next period)
             log.exception("%s: timer job %s failed", self.config.name, job)
+
+    def _passed_on(self) -> list[Ack]:
+        """The acknowledgements of card outputs the links hold until the remote hosts confirm them."""
+        return [
+            eff._ack
+            for link in self._links.values()
+            for eff in link.tokens()
+            if isinstance(eff, SendRemote) and eff._ack is not None
+        ]
 
     def _link(self, address: str) -> ReconnectingLink:
         link = self._links.get(address)
@@ -441,6 +502,9 @@ class HostServer:
                 max_queue_bytes=LINK_QUEUE_BYTES,
                 max_frame=self.config.max_frame,
                 label=f"{self.config.name}->{address}",
+                confirm_mtype=hm.TAKEN.code,
+                parse_confirm=_taken_runs,
+                on_taken=_all_taken,
             )
             link.start()
             self._links[address] = link
@@ -448,7 +512,8 @@ class HostServer:
         return link
 
     def _send_remote(self, effects: list[SendRemote]) -> None:
-        """Queue each message on its address's link (never waits); ack the ones the link took."""
+        """Queue each message on its address's link (never waits); acknowledge them once the remote host confirmed
+        them (``host.taken``: the link calls ``all_sent``), or, on a carrier, once it took them."""
         by_address: dict[str, list[SendRemote]] = {}
         for eff in effects:
             got = by_address.get(eff.address)
@@ -457,23 +522,32 @@ class HostServer:
             else:
                 got.append(eff)
         for address, effs in by_address.items():
-            link: Carrier | ReconnectingLink = self._carriers.get(address) or self._link(address)
+            carrier = self._carriers.get(address)
+            link = self._link(address) if carrier is None else None
             try:
-                taken = link.send_many_nowait([eff.msg for eff in effs])
+                if carrier is not None:
+                    taken = carrier.send_many_nowait([eff.msg for eff in effs])
+                    all_sent(effs[:taken])
+                else:  # acknowledged once the remote host confirms them (host.taken)
+                    assert link is not None
+                    taken = link.send_many_nowait([eff.msg for eff in effs], effs)
             except TransportError:
                 taken = 0
-            all_sent(effs[:taken])
             failed: dict[str, int] = {}
             for eff in effs[taken:]:  # the link is full, closed or gave up, or a message is too big
                 try:
-                    link.send_nowait(eff.msg)
+                    if carrier is not None:
+                        carrier.send_nowait(eff.msg)
+                        eff.sent()
+                    else:
+                        assert link is not None
+                        link.send_nowait(eff.msg, eff)
                 except TransportError as exc:
                     if exc.reason == "oversize":  # it never fits: its sender is told, as for any undeliverable one
                         self.host.cannot_send(eff, f"too large for the link to {address}: {exc}")
                         self.wake()
                     failed[str(exc)] = failed.get(str(exc), 0) + 1
-                    continue  # (otherwise unacknowledged: re-emitted later, see resend_after_s)
-                eff.sent()
+                    # (otherwise unacknowledged: re-emitted later, see resend_after_s)
             for why, n in failed.items():
                 log.warning("%s: cannot send %d message(s) to %s: %s", self.config.name, n, address, why)
 
@@ -488,13 +562,27 @@ class HostServer:
     # -- remote hosts ---------------------------------------------------------------
     async def _serve_remote(self, conn: TcpConnection) -> None:
         origin = Origin("remote", conn.peer.label)
-        conn.on_skipped = self._too_large
-        with contextlib.suppress(ClosedError, BrokenError):
-            while True:
-                msgs = await conn.recv_many()
-                self.host.receive_many(msgs, origin)
-                self.wake()
-                self._heard_from(msgs)
+        taken = Taken()
+
+        def too_large(frame: SkippedFrame) -> None:  # (numbered as it is told: see docs/host.md "Delivery")
+            taken.ack((taken.next,))
+            taken.next += 1
+            self._too_large(frame)
+
+        conn.on_skipped = too_large
+        writer = asyncio.get_running_loop().create_task(taken.write(conn))
+        try:
+            with contextlib.suppress(ClosedError, BrokenError):
+                while True:
+                    msgs = await conn.recv_many()
+                    first = taken.next
+                    taken.next = first + len(msgs)
+                    self.host.receive_many(msgs, origin, (taken, first))
+                    self.wake()
+                    self._heard_from(msgs)
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def _too_large(self, frame: SkippedFrame) -> None:
         """A remote host sent a message above our frame limit (read past, the connection goes on): tell its sender."""

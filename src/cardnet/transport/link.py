@@ -23,8 +23,22 @@ pushes back on the peer).
 Delivery: in order and without duplicates on one connection; a message is
 taken off the queue only when the connection accepted it, so the ones being
 sent when a connection breaks are sent again on the next. Messages accepted by
-a connection that then breaks may be lost: the protocols above acknowledge
-end to end and resend (the card's outbox), and they tolerate duplicates.
+a connection that then breaks may be lost, unless the peer confirms them:
+
+Confirmations. A message may be queued with a *token* (``send_many_nowait(msgs,
+tokens)``; opaque to the link). With ``confirm_mtype`` set, every message
+written on a connection is numbered (0, 1, ... on each new connection) and one
+with a token stays *in flight* until the peer confirms its number (a message
+of ``confirm_mtype`` read on that connection: ``parse_confirm`` gives runs
+``[first, count, ...]``; an empty one, the peer's hello, says it confirms).
+Then ``on_taken(tokens)`` is called (a host acknowledges its cards' outputs
+there). Messages still in flight when a connection ends are sent first on the
+next one, and :meth:`sweep` (called periodically) sends again those in flight
+for two sweeps (the peer did not take them: a full table, a failing store). A
+peer that never confirms anything on a connection that carried messages for a
+whole sweep is taken as one that does not confirm: its tokens are released as
+they are written, as without ``confirm_mtype``. Duplicates are left to the
+peer (a card tolerates them).
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import itertools
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 
 from cardnet.transport.backoff import Backoff, BackoffPolicy
@@ -85,6 +99,9 @@ class ReconnectingLink:
         max_inbox: int = 256,
         max_frame: int = DEFAULT_MAX_FRAME,
         label: str = "link",
+        confirm_mtype: int | None = None,
+        parse_confirm: Callable[[Message], Sequence[int]] | None = None,
+        on_taken: Callable[[list[object]], None] | None = None,
     ) -> None:
         if max_queue < 1 or max_inbox < 1 or max_queue_bytes < 1:
             raise TransportError(
@@ -113,6 +130,15 @@ class ReconnectingLink:
         self._closed = False
         self._failed: BrokenError | None = None
         self._connections = 0
+        # confirmations (see the module docstring)
+        self._confirm_mtype = confirm_mtype
+        self._parse_confirm = parse_confirm
+        self._on_taken = on_taken
+        self._tokens: deque[object] = deque()  # beside _outbox: each message's token (None: none)
+        self._inflight: dict[int, tuple[Message, object, int]] = {}  # number -> (message, token, sweep it was sent)
+        self._written = 0  # messages written on the current connection (the next one's number)
+        self._confirming: bool | None = None if confirm_mtype is not None else False  # None: not known yet
+        self._sweeps = 0
 
     # -- state -------------------------------------------------------------
 
@@ -178,28 +204,34 @@ class ReconnectingLink:
         """
         self.send_nowait(msg)
 
-    def send_many_nowait(self, msgs: Sequence[Message]) -> int:
+    def send_many_nowait(self, msgs: Sequence[Message], tokens: Sequence[object] | None = None) -> int:
         """Queue ``msgs`` in order, up to the first one :meth:`send_nowait` would refuse; return how many.
 
+        ``tokens`` (one per message) come back through ``on_taken`` once the peer took them (see the module).
         Raises like :meth:`send` if the link was closed or gave up (nothing queued).
         """
         self._check()
-        n, size = fit_queue(msgs, self._max_queue - len(self._outbox), self._max_queue_bytes, self._queued_bytes,
-                            self._max_frame)  # fmt: skip
+        room = self._max_queue - len(self._outbox) - len(self._inflight)
+        n, size = fit_queue(msgs, room, self._max_queue_bytes, self._queued_bytes, self._max_frame)
         if n:
             self._outbox.extend(msgs[:n] if n < len(msgs) else msgs)
+            if tokens is None:
+                self._tokens.extend(itertools.repeat(None, n))
+            else:
+                self._tokens.extend(tokens[:n] if n < len(tokens) else tokens)
             self._queued_bytes += size
             self._has_out.set()
         return n
 
-    def send_nowait(self, msg: Message) -> None:
+    def send_nowait(self, msg: Message, token: object = None) -> None:
         """:meth:`send` for callers outside a coroutine: it never waits, and raises the same errors."""
         self._check()
         if msg.size > self._max_frame:
             raise TransportError(
                 "oversize", f"message is {msg.size} bytes, the frame limit is {self._max_frame}: send it in chunks"
             )
-        if not fit_queue([msg], self._max_queue - len(self._outbox), self._max_queue_bytes, self._queued_bytes)[0]:
+        room = self._max_queue - len(self._outbox) - len(self._inflight)
+        if not fit_queue([msg], room, self._max_queue_bytes, self._queued_bytes)[0]:
             state = "connected, the peer is slow" if self.connected else "disconnected"
             raise TransportError(
                 "queue_full",
@@ -207,6 +239,7 @@ class ReconnectingLink:
                 "retry later or send less",
             )
         self._outbox.append(msg)
+        self._tokens.append(token)
         self._queued_bytes += msg.size
         self._has_out.set()
 
@@ -237,11 +270,69 @@ class ReconnectingLink:
             self._poked.set()
 
     def unsent(self) -> list[Message]:
-        """Take back every message still queued (e.g. after the link gave up)."""
-        out = list(self._outbox)
+        """Take back every message still queued or in flight (e.g. after the link gave up); their tokens are
+        dropped."""
+        out = [m for m, _, _ in self._inflight.values()] + list(self._outbox)
+        self._inflight.clear()
         self._outbox.clear()
+        self._tokens.clear()
         self._queued_bytes = 0
         return out
+
+    def tokens(self) -> list[object]:
+        """The tokens of the messages queued or in flight (not yet taken by the peer)."""
+        out = [t for _, t, _ in self._inflight.values()]
+        out += [t for t in self._tokens if t is not None]
+        return out
+
+    @property
+    def in_flight(self) -> int:
+        """Messages written and not yet confirmed by the peer."""
+        return len(self._inflight)
+
+    def sweep(self) -> None:
+        """Call periodically: what the peer has not confirmed for two sweeps is sent again (after what is queued
+        now: it was not taken, so a while later is as good); a peer that confirmed nothing on a connection that
+        carried messages for a whole sweep is taken as one that does not confirm (its tokens are released)."""
+        self._sweeps += 1
+        if not self._inflight or self._conn is None:
+            return
+        if self._confirming is not True:
+            if any(at < self._sweeps - 1 for _, _, at in self._inflight.values()):
+                log.info("%s: the peer confirms nothing: messages count as taken once written", self.label)
+                self._confirming = False
+                self._release([t for _, t, _ in self._inflight.values()])
+                self._inflight.clear()
+            return
+        stale = [k for k, (_, _, at) in self._inflight.items() if at < self._sweeps - 2]
+        if stale:
+            log.info("%s: sending %d message(s) again the peer did not take", self.label, len(stale))
+            for k in stale:
+                msg, token, _ = self._inflight.pop(k)
+                self._outbox.append(msg)
+                self._tokens.append(token)
+                self._queued_bytes += msg.size
+            self._has_out.set()
+
+    def _release(self, tokens: list[object]) -> None:
+        if tokens and self._on_taken is not None:
+            self._on_taken(tokens)
+
+    def _confirmed(self, runs: Sequence[int]) -> None:
+        """The peer took the messages numbered ``runs`` (``[first, count, ...]``) on the current connection."""
+        self._confirming = True
+        inflight = self._inflight
+        if not inflight:
+            return
+        done: list[object] = []
+        written = self._written
+        for i in range(0, len(runs) - 1, 2):
+            first = runs[i]
+            for k in range(first, min(first + runs[i + 1], written)):  # (a peer cannot make us count past it)
+                got = inflight.pop(k, None)
+                if got is not None:
+                    done.append(got[1])
+        self._release(done)
 
     def close(self) -> None:
         """Stop: close the connection, stop reconnecting, drop what is queued."""
@@ -319,6 +410,14 @@ class ReconnectingLink:
         """Run pump and reader on ``conn`` until it breaks; True if it carried a message."""
         self._conn = conn
         self._connections += 1
+        self._written = 0
+        if self._inflight:  # written on the last connection and never confirmed: first on this one
+            again = list(self._inflight.values())
+            self._inflight.clear()
+            self._outbox.extendleft(reversed([m for m, _, _ in again]))
+            self._tokens.extendleft(reversed([t for _, t, _ in again]))
+            self._queued_bytes += sum(m.size for m, _, _ in again)
+            self._has_out.set()
         self._changed()
         carried = [False]
         pump = asyncio.get_running_loop().create_task(self._pump(conn, carried))
@@ -347,19 +446,45 @@ class ReconnectingLink:
                 await self._has_out.wait()
             outbox = self._outbox
             batch = list(itertools.islice(outbox, SEND_BATCH))
+            sent: list[bool] | None = None
             try:
                 await conn.send_many(batch)
             except TransportError as exc:
                 if exc.reason != "oversize":
                     raise
-                await self._send_each(conn, batch)
+                sent = await self._send_each(conn, batch)
             if outbox and outbox[0] is batch[0]:  # unless unsent() took them meanwhile
-                for _ in batch:
-                    self._queued_bytes -= outbox.popleft().size
+                self._written_out(batch, sent)
             carried[0] = True
 
-    async def _send_each(self, conn: Connection, batch: list[Message]) -> None:
-        """One by one, dropping the messages the connection refuses as oversize."""
+    def _written_out(self, batch: list[Message], sent: list[bool] | None) -> None:
+        """``batch`` (the head of the queue) was written (``sent``: which of it, None: all): off the queue, and
+        its tokens in flight (or released, if the peer does not confirm or the message was dropped)."""
+        outbox, tokens = self._outbox, self._tokens
+        confirming = self._confirming
+        inflight = self._inflight
+        k = self._written
+        sweeps = self._sweeps
+        release: list[object] = []
+        for i, msg in enumerate(batch):
+            self._queued_bytes -= outbox.popleft().size
+            token = tokens.popleft()
+            written = sent is None or sent[i]
+            if written:
+                if token is not None:
+                    if confirming is False:
+                        release.append(token)
+                    else:
+                        inflight[k] = (msg, token, sweeps)
+                k += 1
+            elif token is not None:
+                release.append(token)  # (dropped: it never fits; as if taken, it will not come again)
+        self._written = k
+        self._release(release)
+
+    async def _send_each(self, conn: Connection, batch: list[Message]) -> list[bool]:
+        """One by one, dropping the messages the connection refuses as oversize; which were written."""
+        sent: list[bool] = []
         for msg in batch:
             try:
                 await conn.send(msg)
@@ -367,10 +492,18 @@ class ReconnectingLink:
                 if exc.reason != "oversize":
                     raise
                 log.warning("%s: dropping a message the connection refuses: %s", self.label, exc)
+                sent.append(False)
+                continue
+            sent.append(True)
+        return sent
 
     async def _read(self, conn: Connection, carried: list[bool]) -> None:
+        confirm_mtype, parse = self._confirm_mtype, self._parse_confirm
         while True:
             msg = await conn.recv()
+            if msg.mtype == confirm_mtype and parse is not None:
+                self._confirmed(parse(msg))
+                continue
             carried[0] = True
             while len(self._inbox) >= self._max_inbox:
                 self._inbox_space.clear()
