@@ -643,6 +643,7 @@ def test_bulk_broker_buys_stock_sells_from_it_and_the_customer_spends_at_the_ven
             "pieces": 3,
             "stock_value": 130,
             "reserved_value": 0,
+            "released_value": 0,
             "bought_value": 150,
             "owed": 135,
             "pending_orders": 0,
@@ -816,6 +817,109 @@ def test_a_forged_plain_refusal_of_a_bulk_order_keeps_it_pending_and_the_vendors
     assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
     r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")
     assert r["status"] == 0 and r["balance"] == 80 and bulk_broker.account(cid) == 80
+
+
+def stock_row(b: mb.BrokerCore, *keys: str) -> dict[str, int]:
+    row = b.stock()[VID.hex()]
+    return {k: row[k] for k in keys}
+
+
+def test_a_reservation_whose_customer_does_not_come_back_goes_back_to_stock_after_the_hold(
+    tmp_path: Path, bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """A sale ordered stock and was answered pending; the order's answer reserved a piece for it, and its customer
+    did not send the purchase again. Past ``reservation_hold_s`` since she last sent it, the piece is back in
+    stock, in one transaction, counted (released_value) and still so when the store is opened again; a sale whose
+    customer keeps sending it keeps its place. Nothing was debited: the late customer is served as a new sale."""
+    b = mb.BrokerCore(bulk_broker.store, rng=rng(12), validity_s=3600, stock_margin_s=60, reservation_hold_s=600)
+    key, cid, param, order = first_purchase(b, 20)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order"
+    assert b.finish_order(order, carry(vendor, order)).bought  # (by another sale or `broker bulk-buy`)
+    assert stock_row(b, "stock_value", "reserved_value") == {"stock_value": 100, "reserved_value": 50}
+    assert b.release_stale(NOW + 600) == []  # within the hold: kept for her
+    # A second sale of hers waits on an order the vendor has not answered; she sends it again at NOW + 500.
+    waiting = signed_purchase(key, cid, 60, b"w" * 16)
+    order2 = b.begin_purchase(waiting, NOW)
+    assert isinstance(order2, mb.VendorCall) and order2.kind == "order" and order2 != order
+    assert b.begin_purchase(waiting, NOW + 500) == order2
+    released = b.release_stale(NOW + 601)
+    assert released == [{"sale": (cid + b"q" * 16).hex(), "vendor": VID.hex(), "what": "piece", "value": 50}]
+    with SqliteStore(str(tmp_path / "bulk-broker.db")) as again:  # durable: another process sees it
+        assert stock_row(mb.BrokerCore(again), "stock_value", "reserved_value", "released_value", "bought_value") == {
+            "stock_value": 150,
+            "reserved_value": 0,
+            "released_value": 50,
+            "bought_value": 150,
+        }
+    assert b.account(cid) == 100  # nothing was debited for it
+    # Her second sale keeps its place in its order until 600 s after she last sent it.
+    assert b.release_stale(NOW + 1100) == []
+    assert b.release_stale(NOW + 1101) == [
+        {"sale": (cid + b"w" * 16).hex(), "vendor": VID.hex(), "what": "order", "value": 0}
+    ]
+    assert b.finish_order(order2, carry(vendor, order2)).bought  # no sale waits on it: all of it is stock
+    assert stock_row(b, "stock_value", "reserved_value", "bought_value") == {
+        "stock_value": 150 + 180,
+        "reserved_value": 0,
+        "bought_value": 150 + 180,
+    }
+    # She comes back after all: the same purchase is served from stock, debited once.
+    issue = b.begin_purchase(param, NOW + 2000)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    r = mc.PURCHASED_SCHEMA.decode(b.finish_issue(issue, carry(vendor, issue)) or b"")
+    assert r["status"] == 0 and r["balance"] == 80 and b.account(cid) == 80
+    assert b.release_stale(NOW + 10**6) == []
+
+
+def test_switching_a_vendor_to_licence_mode_releases_its_reserved_stock(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """No sale takes a vendor's bulk stock in licence mode: a piece reserved for a sale, or its place in an order,
+    is released when the vendor leaves bulk mode (add-licence, set-mode licence), and the sale's purchase sent
+    again is minted under the licence."""
+    _, cid, param, order = first_purchase(bulk_broker, 20)
+    assert isinstance(order, mb.VendorCall)
+    assert bulk_broker.finish_order(order, carry(vendor, order)).bought
+    assert stock_row(bulk_broker, "reserved_value") == {"reserved_value": 50}
+    mb.add_licence(bulk_broker.store, mv.export_licence(vendor.store, "bob", rng=rng(11)))  # switches to licence
+    assert stock_row(bulk_broker, "stock_value", "reserved_value", "released_value") == {
+        "stock_value": 150,
+        "reserved_value": 0,
+        "released_value": 50,
+    }
+    mb.set_mode(bulk_broker.store, VID, "bulk")
+    key = profile.generate_private_key(rng(13))  # another customer
+    cid2 = mc.OPENED_SCHEMA.decode(bulk_broker.open_account(profile.public_bytes(key.public_key())))["customer_id"]
+    mb.deposit(bulk_broker.store, cid2, 500)
+    big = signed_purchase(key, cid2, 200, b"g" * 16)  # more than any stock piece: it orders
+    order2 = bulk_broker.begin_purchase(big, NOW)
+    assert isinstance(order2, mb.VendorCall) and order2.kind == "order"
+    answer = carry(vendor, order2)
+    mb.set_mode(bulk_broker.store, VID, "licence")  # while the sale waits on its order
+    assert bulk_broker.finish_order(order2, answer).bought
+    assert stock_row(bulk_broker, "stock_value", "reserved_value") == {"stock_value": 150 + 600, "reserved_value": 0}
+    for purchase_, owner, balance in ((param, cid, 80), (big, cid2, 300)):  # each sent again: minted
+        r = mc.PURCHASED_SCHEMA.decode(bulk_broker.purchase(purchase_, NOW))
+        assert r["status"] == 0 and mc.Scrip.decode(r["scrip"]).secret_index >= 0x80 and r["balance"] == balance
+        assert bulk_broker.account(owner) == balance
+    with bulk_broker.store.transaction() as txn:
+        assert txn.scan(mb.WAITS) == [] and txn.scan(mb.WAITERS) == []
+
+
+def test_a_pending_answer_of_the_core_alone_is_macd_like_every_other(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """``BrokerCore.purchase`` (a core served without the server) answers a bulk-mode purchase ``pending``: MACed
+    with the account's reply key over the purchase, as the server's pending answers, so the wallet shows why."""
+    key = profile.generate_private_key(rng(6))
+    opened = mc.OPENED_SCHEMA.decode(bulk_broker.open_account(profile.public_bytes(key.public_key())))
+    cid = opened["customer_id"]
+    rkey = profile.hpke_open(key, opened["key_box"], info=mc.REPLY_KEY_INFO + cid)
+    mb.deposit(bulk_broker.store, cid, 100)
+    mine = signed_purchase(key, cid, 20, b"p" * 16)
+    answer = mc.open_purchased(mc.PURCHASED.code, bulk_broker.purchase(mine, NOW), purchase=mine, key=rkey)
+    assert answer.status == mc.PURCHASE_PENDING and answer.detail == mb.BULK_NEEDS_SERVER
+    assert bulk_broker.account(cid) == 100
 
 
 def test_serial_blocks_are_reserved_durably_so_two_vendor_processes_never_share_one(vendor: mv.VendorCore) -> None:

@@ -71,14 +71,20 @@ MINTED, REDEEMED, VENDORS = "mb.minted", "mb.red", "mb.vend"
 MODES, BULK, STOCK, ORDERS, ISSUES, BOUGHT = "mb.mode", "mb.bulk", "mb.stock", "mb.order", "mb.issue", "mb.bought"
 REPLY_KEYS = "mb.rkey"  # customer id -> the account's reply key (MACs every answer to its purchases)
 # A sale that ordered stock: customer id + request id -> what it waits on ({"order": vendor + order id}), then what
-# that order left it ({"piece": a stock piece reserved for it} or {"refused": the vendor's words}) ...
+# that order left it ({"piece": a stock piece reserved for it} or {"refused": the vendor's words}), with "since":
+# when its customer last sent the purchase (released after ``reservation_hold_s``: :meth:`BrokerCore.release_stale`)
 WAITS = "mb.wait"
 # ... and the index of who waits on an order: vendor + order id + customer id + request id -> the sale's value
 WAITERS = "mb.waiter"
+RELEASED = "mb.released"  # vendor -> value (8) + pieces (8) of reserved stock released back to stock, all told
 LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
 VENDOR_TIMEOUT_S = 10.0  # the default bound on all the vendor calls of one purchase (`broker run --vendor-timeout`)
 MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; each with a retry)
+# A sale's reservation (stock, or a place in an order) whose customer has not sent the purchase again for this long
+# goes back to stock (`broker run --reservation-hold`): docs/decisions.md, "Reserved stock is released".
+RESERVATION_HOLD_S = 24 * 3600
+SWEEP_EVERY_S = 60.0  # the server looks for such reservations this often (more often for a short hold)
 
 _T = TypeVar("_T")
 
@@ -99,6 +105,7 @@ def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10
     with store.transaction() as txn:
         txn.put(LICENCES, vendor, json.dumps(record).encode())
         txn.put(MODES, vendor, LICENCE_MODE.encode())
+        _release_vendor(txn, vendor)
     return vendor
 
 
@@ -195,6 +202,8 @@ def set_mode(store: Store, vendor: bytes, mode: str) -> None:
             what = "add-licence" if mode == LICENCE_MODE else "add-bulk"
             raise BrokerError("no_agreement", f"no {mode} agreement with vendor {vendor.hex()}: run broker {what}")
         txn.put(MODES, vendor, mode.encode())
+        if mode == LICENCE_MODE:
+            _release_vendor(txn, vendor)
 
 
 def deposit(store: Store, customer_id: bytes, amount: int) -> int:
@@ -303,11 +312,13 @@ class BrokerCore:
         rng: Callable[[int], bytes] = os.urandom,
         validity_s: int = 7 * 24 * 3600,
         stock_margin_s: int = STOCK_MARGIN_S,
+        reservation_hold_s: int = RESERVATION_HOLD_S,
     ) -> None:
         self.store = store
         self.rng = rng
         self.validity_s = validity_s
         self.stock_margin_s = stock_margin_s  # bulk stock expiring sooner than this is not sold
+        self.reservation_hold_s = reservation_hold_s  # see release_stale
 
     def _licence(self, txn: Any, vendor: bytes) -> _Licence | None:
         raw = txn.get(LICENCES, vendor)
@@ -339,9 +350,7 @@ class BrokerCore:
         """A purchase that needs no vendor (licence mode, refusals, repeats); bulk mode needs :meth:`begin_purchase`."""
         step = self.begin_purchase(param, now)
         if isinstance(step, VendorCall):
-            return _purchased(
-                _rid_of(param), "this vendor's scrip is sold in bulk mode: the broker server sells it", status=PENDING
-            )
+            return self.not_finished(param, BULK_NEEDS_SERVER)
         return step
 
     def begin_purchase(self, param: bytes, now: int) -> bytes | VendorCall:
@@ -381,7 +390,7 @@ class BrokerCore:
             elif (bulk if mode == BULK_MODE else lic) is None:
                 refusal = f"no {mode} agreement with vendor {vendor.hex()}"
             if refusal is not None:  # final: stored, so a replay of this purchase never succeeds later
-                self._release(txn, cid + rid)
+                self._release_sale(txn, cid + rid)
                 reply = _purchased(rid, refusal, balance, key=rkey, digest=digest)
                 txn.put(REQUESTS, cid + rid, reply)
                 return reply
@@ -389,6 +398,7 @@ class BrokerCore:
                 assert bulk is not None
                 return self._sell_from_stock(txn, f, bulk, pub_raw, balance, now, digest)
             assert lic is not None
+            self._release_sale(txn, cid + rid)  # (it waited for bulk stock before the vendor left bulk mode)
             skey = b"serial" + bytes([lic.index])
             serial = int.from_bytes(txn.get(CFG, skey) or _u64(1), "big")
             scrip = mc.mint(
@@ -438,6 +448,7 @@ class BrokerCore:
                     okey = bytes.fromhex(note["order"])
                     param = txn.get(ORDERS, okey)
                     if param is not None:  # not answered yet: carry the same order again
+                        txn.put(WAITS, cid + rid, json.dumps({**note, "since": now}).encode())  # (she is here)
                         return self._vendor_order(vendor, bulk, param, okey)
                 elif "piece" in note:
                     piece = (None, bytes.fromhex(note["piece"]))
@@ -462,7 +473,7 @@ class BrokerCore:
                     break
         if piece is None:
             call = self._order_for_sale(txn, vendor, bulk, value)
-            txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex()}).encode())
+            txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex(), "since": now}).encode())
             txn.put(WAITERS, call.key + cid + rid, _u64(value))
             return call
         issue_rid = self.rng(mc.RID_BYTES)
@@ -492,19 +503,32 @@ class BrokerCore:
         txn.put(ISSUES, cid + rid, json.dumps(record).encode())
         return _issue_call(cid + rid, record)
 
-    def _release(self, txn: Any, sale: bytes) -> None:
+    @staticmethod
+    def _release_sale(txn: Any, sale: bytes) -> None:
         """A sale that ends without its stock: the piece reserved for it back to stock, or it waits no more."""
         raw = txn.get(WAITS, sale)
-        if raw is None:
-            return
-        note = stored_json(raw, "a sale waiting for stock")
-        with stored("a sale waiting for stock"):
-            if "piece" in note:
-                piece = bytes.fromhex(note["piece"])
-                txn.put(STOCK, _stock_key(stored_scrip(piece, "a stock piece")), piece)
-            elif "order" in note:
-                txn.delete(WAITERS, bytes.fromhex(note["order"]) + sale)
-        txn.delete(WAITS, sale)
+        if raw is not None:
+            _release_note(txn, sale, stored_json(raw, "a sale waiting for stock"))
+
+    def release_stale(self, now: int) -> list[dict[str, Any]]:
+        """Release the reservations of sales whose customer has not sent the purchase again for more than
+        ``reservation_hold_s`` (a piece back to stock, a place in an order given up, a refusal's words dropped),
+        in one transaction, counted per vendor (:meth:`stock`: ``released_value``). Nothing was debited for
+        them: a customer who does come back later is served as a new sale. Returns one row per sale released:
+        sale (customer id + request id), vendor, what (piece, order or refused) and value (a piece's)."""
+        rows: list[dict[str, Any]] = []
+        with self.store.transaction() as txn:
+            for sale, raw in txn.scan(WAITS):
+                note = stored_json(raw, "a sale waiting for stock")
+                with stored("a sale waiting for stock"):
+                    since = int(note.get("since", 0))  # (a note from before "since": released at the first sweep)
+                if now - since <= self.reservation_hold_s:
+                    continue
+                vendor, value = _release_note(txn, sale, note)
+                what = "piece" if "piece" in note else "order" if "order" in note else "refused"
+                rows.append({"sale": sale.hex(), "vendor": vendor.hex() if vendor else "", "what": what,
+                             "value": value})  # fmt: skip
+        return rows
 
     def _order_for_sale(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
         """A pending order with a piece of at least ``value`` no other sale waits for (joined), else a new one."""
@@ -596,7 +620,7 @@ class BrokerCore:
             if sale.status != mc.Status.OK:
                 log.warning("vendor %s refused bulk order: %s", call.vendor.hex(), sale.detail)
                 for sale_key, _ in waiters:  # each sale that waited on it is told why (see _sell_from_stock)
-                    txn.put(WAITS, sale_key, json.dumps({"refused": sale.detail}).encode())
+                    txn.put(WAITS, sale_key, json.dumps({"refused": sale.detail, **_since(txn, sale_key)}).encode())
                 return OrderOutcome(False, f"the vendor refused the order: {sale.detail}", refused=True)
             left = list(sale.scrip)
             for sale_key, want in waiters:  # each sale that waited on it gets a piece of it, reserved for it
@@ -605,7 +629,7 @@ class BrokerCore:
                     txn.delete(WAITS, sale_key)  # it orders again
                     continue
                 left.remove(got)
-                txn.put(WAITS, sale_key, json.dumps({"piece": got.encode().hex()}).encode())
+                txn.put(WAITS, sale_key, json.dumps({"piece": got.encode().hex(), **_since(txn, sale_key)}).encode())
             for s in left:
                 txn.put(STOCK, _stock_key(s), s.encode())
             row = txn.get(BOUGHT, call.vendor) or bytes(16)
@@ -674,8 +698,9 @@ class BrokerCore:
         return reply_param
 
     def stock(self) -> dict[str, dict[str, int]]:
-        """Per bulk vendor: stock pieces and value, face value bought and what the broker owes for it, and the value of
-        pieces bought for sales that have not taken them yet (bought = stock + reserved + sold)."""
+        """Per bulk vendor: stock pieces and value, face value bought and what the broker owes for it, the value of
+        pieces bought for sales that have not taken them yet (bought = stock + reserved + sold), and the value of
+        such pieces released back to stock, all told (their customers did not come back: :meth:`release_stale`)."""
         with self.store.transaction() as txn:
             out: dict[str, dict[str, int]] = {}
             reserved: dict[bytes, int] = {}  # pieces bought for a sale that has not taken them yet
@@ -695,6 +720,7 @@ class BrokerCore:
                     "owed": int.from_bytes(row[8:], "big"),
                     "pending_orders": sum(1 for _ in txn.scan(ORDERS, vendor)),
                     "reserved_value": reserved.get(vendor, 0),
+                    "released_value": int.from_bytes((txn.get(RELEASED, vendor) or bytes(16))[:8], "big"),
                 }
             return out
 
@@ -760,17 +786,15 @@ class BrokerCore:
         if msg.mtype != mc.PURCHASE.code:
             return self.handle(msg, 0)  # refused unread: nothing to write
         try:
-            f = mc.PURCHASE_SCHEMA.decode(msg.param)
+            mc.PURCHASE_SCHEMA.decode(msg.param)
         except DecodeError:
             return self.handle(msg, 0)  # refused as malformed: nothing to write
-        with self.store.transaction() as txn:
-            rkey = txn.get(REPLY_KEYS, f["customer_id"])
-        return msg.reply(mc.PURCHASED.code, _purchased(f["rid"], words, status=PENDING, key=rkey,
-                                                       digest=profile.sha256(msg.param)))  # fmt: skip
+        return msg.reply(mc.PURCHASED.code, self.not_finished(msg.param, words))
 
     def not_finished(self, param: bytes, detail: str) -> bytes:
-        """The answer ``pending`` to purchase ``param`` (its vendor calls did not settle it yet), MACed with the
-        account's reply key when the purchase names an account: the wallet shows ``detail`` and sends it again."""
+        """The answer ``pending`` to purchase ``param`` (not settled yet: its vendor calls, a store that cannot be
+        written, a core served without the server), MACed with the account's reply key when the purchase names an
+        account: the wallet shows ``detail`` and sends it again. Every ``pending`` answer is made here."""
         try:
             f = mc.PURCHASE_SCHEMA.decode(param)
         except DecodeError:
@@ -801,6 +825,55 @@ NOT_DECIDED = (
 )  # (a reply's detail holds 200 characters)
 
 
+BULK_NEEDS_SERVER = (
+    "this vendor's scrip is sold in bulk mode, which needs the broker's server to buy it from the vendor: send the "
+    "same purchase to the running broker (`cardnet millicent retry`)"
+)
+
+
+def _since(txn: Any, sale: bytes) -> dict[str, int]:
+    """The "since" of ``sale``'s note (when its customer last sent it), to keep in the note that replaces it."""
+    raw = txn.get(WAITS, sale)
+    note = {} if raw is None else stored_json(raw, "a sale waiting for stock")
+    with stored("a sale waiting for stock"):
+        return {"since": int(note["since"])} if "since" in note else {}
+
+
+def _release_note(txn: Any, sale: bytes, note: dict[str, Any]) -> tuple[bytes | None, int]:
+    """Release ``sale``'s reservation (its ``note``): a piece back to stock (counted in ``RELEASED``), its place
+    in an order given up; the note deleted. Returns (vendor if known, the piece's value or 0)."""
+    vendor, value = None, 0
+    with stored("a sale waiting for stock"):
+        if "piece" in note:
+            piece = bytes.fromhex(note["piece"])
+            s = stored_scrip(piece, "a stock piece")
+            txn.put(STOCK, _stock_key(s), piece)
+            vendor, value = s.vendor, s.value
+            row = txn.get(RELEASED, vendor) or bytes(16)
+            total, pieces = int.from_bytes(row[:8], "big") + value, int.from_bytes(row[8:], "big") + 1
+            txn.put(RELEASED, vendor, _u64(total) + _u64(pieces))
+        elif "order" in note:
+            okey = bytes.fromhex(note["order"])
+            txn.delete(WAITERS, okey + sale)
+            vendor = okey[: mc.VENDOR_BYTES]
+    txn.delete(WAITS, sale)
+    return vendor, value
+
+
+def _release_vendor(txn: Any, vendor: bytes) -> None:
+    """Release every reservation of ``vendor``'s stock (it leaves bulk mode: no sale will take it)."""
+    for sale, raw in txn.scan(WAITS):
+        note = stored_json(raw, "a sale waiting for stock")
+        with stored("a sale waiting for stock"):
+            if "piece" in note:
+                mine = stored_scrip(bytes.fromhex(note["piece"]), "a stock piece").vendor == vendor
+            else:
+                mine = "order" in note and bytes.fromhex(note["order"])[: mc.VENDOR_BYTES] == vendor
+        if mine:
+            _release_note(txn, sale, note)
+            log.warning("vendor %s left bulk mode: the reservation of sale %s is released", vendor.hex(), sale.hex())
+
+
 def _refused_order_words(reason: str) -> str:
     """A sale refused because the vendor refused the broker's order of its scrip, in words (at most 200)."""
     head, tail = "the vendor refused the broker's order of its scrip (", "): nothing was debited; buy again later"
@@ -822,13 +895,6 @@ def _issue_call(key: bytes, rec: dict[str, Any]) -> VendorCall:
         param=bytes.fromhex(rec["request"]),
         key=key,
     )
-
-
-def _rid_of(param: bytes) -> bytes:
-    try:
-        return bytes(mc.PURCHASE_SCHEMA.decode(param)["rid"])
-    except DecodeError:
-        return b"\x00" * 16
 
 
 def _purchased(
@@ -863,10 +929,19 @@ async def call_vendor(call: VendorCall, *, timeout_s: float = VENDOR_TIMEOUT_S) 
         return None
 
 
-async def buy_stock(core: BrokerCore, vendor: bytes, value: int, pieces: int) -> OrderOutcome:
-    """Buy ``value`` of ``vendor``'s scrip in ``pieces`` pieces now (finishing a pending order first)."""
+async def buy_stock(
+    core: BrokerCore, vendor: bytes, value: int, pieces: int, *, timeout_s: float = VENDOR_TIMEOUT_S
+) -> OrderOutcome:
+    """Buy ``value`` of ``vendor``'s scrip in ``pieces`` pieces now (finishing a pending order first), waiting at
+    most ``timeout_s`` for the vendor (`broker bulk-buy --vendor-timeout`, as `broker run`'s)."""
     call = await asyncio.to_thread(core.order_stock, vendor, value, pieces)
-    return await asyncio.to_thread(core.finish_order, call, await call_vendor(call))
+    reply = await call_vendor(call, timeout_s=timeout_s)
+    if reply is None:
+        return OrderOutcome(
+            False, f"the vendor did not answer within {timeout_s:g} s (slow, or not reachable at {call.address}): "
+            "the order stays pending; bulk-buy again (or the broker's next sale of its scrip) sends it again",
+        )  # fmt: skip
+    return await asyncio.to_thread(core.finish_order, call, reply)
 
 
 class BrokerServer:
@@ -888,6 +963,9 @@ class BrokerServer:
     same purchase sent again while its vendor call is out carries the same
     recorded request (answered once by the vendor's spent list; the second
     finds it settled).
+    A sale's reservation whose customer does not come back is released
+    (:meth:`BrokerCore.release_stale`) by a sweep every ``SWEEP_EVERY_S`` at
+    most, as one more step on the store; each release is logged.
     :meth:`aclose` stops in order, within ``close_wait_s``: see there.
     """
 
@@ -911,10 +989,35 @@ class BrokerServer:
         self._in_flight = 0  # requests taken and not yet answered
         self._idle = asyncio.Event()  # set while none is
         self._idle.set()
+        self._sweeper: asyncio.Task[None] | None = None  # releases stale reservations (see _sweep)
+        self._sweep_stop = asyncio.Event()  # set by aclose: the sweeper ends after the step it is in
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         await self._server.start(host, port, self._serve)
+        self._sweeper = asyncio.create_task(self._sweep())
         return self._server.address
+
+    async def _sweep(self) -> None:
+        """Release the reservations whose customers did not come back within the core's ``reservation_hold_s``,
+        at start and then every ``SWEEP_EVERY_S`` (a quarter of the hold, if shorter); log each."""
+        every = min(SWEEP_EVERY_S, max(0.25, self.core.reservation_hold_s / 4))
+        while not self._closing:
+            try:
+                released = await self._step(self.core.release_stale, int(self.clock()))
+            except StoreError as exc:  # (tried again at the next sweep)
+                log.error("cannot release stale stock reservations: %s", exc)
+                released = []
+            for r in released:
+                log.warning(
+                    "sale %s of vendor %s: its customer did not send the purchase again within %d s: %s",
+                    r["sale"], r["vendor"] or "?", self.core.reservation_hold_s,
+                    f"its piece worth {r['value']} is back in stock" if r["what"] == "piece"
+                    else "its place in a pending order is given up" if r["what"] == "order"
+                    else "the vendor's refusal kept for it is forgotten",
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await self._sweep_stop.wait()
 
     async def aclose(self) -> None:
         """Stop in order: take no more requests, finish those taken and write their replies, then close every
@@ -931,6 +1034,9 @@ class BrokerServer:
             await self._closed.wait()
             return
         self._closing = True
+        if self._sweeper is not None:  # (not cancelled: a step under way holds the lock until its thread ends)
+            self._sweep_stop.set()
+            await self._sweeper
         try:
             async with asyncio.timeout(self.close_wait_s):
                 await self._idle.wait()
