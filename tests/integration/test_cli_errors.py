@@ -307,3 +307,42 @@ def test_ctrl_c_in_the_middle_says_what_to_do_next_as_json_too(tmp_path: Path) -
     finally:
         silent.close()
         host.close()
+
+
+def test_ctrl_c_in_a_purchase_or_a_load_names_the_command_to_finish_it_with_its_own_options(tmp_path: Path) -> None:
+    """Ctrl-C in ``cardnet speed buy`` (or ``speed purse load``) while its host never answers: the hint names the
+    command that finishes what may be under way with the options the stopped command was given (socket, card, CA
+    certificate, folder; broker, account), quoted for the shell, so that it can be run as it is. Before, it said
+    ``cardnet speed recover --socket S --ca-cert CA --out DIR``, and a person had to work out S, CA and DIR."""
+    import signal
+    import socket
+    import time
+
+    host = socket.socket(socket.AF_UNIX)  # a host's application socket that accepts and never answers
+    host.bind(str(tmp_path / "host.sock"))
+    host.listen()
+    assert cardnet("ca", "create", str(tmp_path / "ca.cnca")).returncode == 0
+    (tmp_path / "ca.pem").write_text(cardnet("ca", "cert", str(tmp_path / "ca.cnca")).stdout)
+    (tmp_path / "broker.pem").write_text((tmp_path / "ca.pem").read_text())  # (read, and not checked, before)
+    common = ["--socket", "host.sock", "--pin", "1234", "--card", "a11ce0a11ce0a11ce0a11ce0"]
+    buy = ["speed", "buy", *common, "--vendor", "127.0.0.1:9", "--broker", "127.0.0.1:9", "--broker-cert"]
+    buy += ["broker.pem", "--ca-cert=ca.pem", "--product", "song-1", "--limit", "2.00 EUR", "--out", "my bought"]
+    load = ["speed", "purse", "load", *common, "--broker", "127.0.0.1:7450", "--amount", "5.00 EUR", "--account", "C-1"]
+    finish_buy = ("`cardnet speed recover --socket host.sock --card a11ce0a11ce0a11ce0a11ce0 --ca-cert ca.pem --out "
+                  "'my bought'` finishes it")  # fmt: skip
+    finish_load = ("`cardnet speed purse finish --socket host.sock --card a11ce0a11ce0a11ce0a11ce0 --broker "
+                   "127.0.0.1:7450 --account C-1` finishes it")  # fmt: skip
+    try:
+        for args, finish in ((buy, finish_buy), (load, finish_load)):
+            argv = [sys.executable, "-m", "cardnet.cli.main", *args, "--json"]
+            p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(3)  # (imports, then the PIN sent to the host: it waits for an answer that never comes)
+            assert p.poll() is None, p.communicate()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            e = json_error(subprocess.CompletedProcess(argv, p.returncode, out, err))
+            assert p.returncode == 130 and e["reason"] == "interrupted", (e, err)
+            assert finish in e["hint"], e["hint"]
+            assert " S " not in e["hint"] and "DIR" not in e["hint"] and "HOST:PORT" not in e["hint"], e["hint"]
+    finally:
+        host.close()

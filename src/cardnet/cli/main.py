@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import shlex
 import sys
 from typing import Any
 
@@ -149,16 +150,17 @@ def _verbosity(args: list[str]) -> int:
 # What to do after Ctrl-C, by the longest command words that match (else the default):
 INTERRUPTED_HINTS: dict[tuple[str, ...], str] = {
     (): "run the command again when you are ready",
-    ("speed", "buy"): "a purchase may have been under way: `cardnet speed recover --socket S --ca-cert CA --out DIR` "
-    "finishes it (paid once at most), then `cardnet speed purse balance` shows the purse",
+    ("speed", "buy"): "a purchase may have been under way: `cardnet speed recover{--socket S}{--card}{--ca-cert CA}"
+    "{--out DIR}` finishes it (paid once at most), then `cardnet speed purse balance{--socket S}{--card}` shows the "
+    "purse",
     ("speed", "recover"): "run it again: it finishes each purchase once, whatever was done already",
-    ("speed", "purse", "load"): "a load may have been under way: `cardnet speed purse finish --socket S --broker "
-    "HOST:PORT --account A` finishes it (credited once, or refused and forgotten)",
+    ("speed", "purse", "load"): "a load may have been under way: `cardnet speed purse finish{--socket S}{--card}"
+    "{--broker HOST:PORT}{--account A}` finishes it (credited once, or refused and forgotten)",
     ("wallet",): "`cardnet wallet recover` finishes whatever was under way (each once); `cardnet wallet show` shows "
     "where things stand",
     **{
-        ("millicent", name): "`cardnet millicent list` shows any request left pending; `cardnet millicent retry` sends "
-        "it again (its scrip is spent once at most)"
+        ("millicent", name): "`cardnet millicent list{--wallet}` shows any request left pending; `cardnet millicent "
+        "retry{--wallet}` sends it again (its scrip is spent once at most)"
         for name in ("buy", "spend", "renew", "retry")
     },
     ("smc", "join"): "join again before the first round: the join goes on with the input the module has; after "
@@ -183,10 +185,34 @@ def _command_words(args: list[str]) -> tuple[str, ...]:
     return tuple(words)
 
 
+_GIVEN = re.compile(r"\{(--[a-z-]+)( [^}]*)?\}")  # {--out DIR}: the option as given, else DIR; {--card}: or nothing
+
+
+def _option_value(args: list[str], option: str) -> str | None:
+    """The value ``args`` gave ``option`` (``--out DIR`` or ``--out=DIR``; the last one wins), None if none."""
+    value = None
+    for i, a in enumerate(args):
+        if a == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(option + "="):
+            value = a[len(option) + 1 :]
+    return value
+
+
 def interrupted_hint(args: list[str]) -> str:
-    """What to do after Ctrl-C stopped ``cardnet ARGS`` part-way (:data:`INTERRUPTED_HINTS`)."""
+    """What to do after Ctrl-C stopped ``cardnet ARGS`` part-way (:data:`INTERRUPTED_HINTS`), with the values of
+    the interrupted command's own options in the command it names (``{--out DIR}``: ``--out`` as given, else the
+    placeholder ``DIR``; ``{--card}``: ``--card`` as given, else nothing), so that it can be run as it is."""
     words = _command_words(args)
-    return next(INTERRUPTED_HINTS[words[:n]] for n in range(len(words), -1, -1) if words[:n] in INTERRUPTED_HINTS)
+    hint = next(INTERRUPTED_HINTS[words[:n]] for n in range(len(words), -1, -1) if words[:n] in INTERRUPTED_HINTS)
+
+    def given(m: re.Match[str]) -> str:
+        value = _option_value(args, m.group(1))
+        if value is not None:
+            return f" {m.group(1)} {shlex.quote(value)}"
+        return f" {m.group(1)}{m.group(2)}" if m.group(2) else ""
+
+    return _GIVEN.sub(given, hint)
 
 
 def run(args: list[str]) -> int:
