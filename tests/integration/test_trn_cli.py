@@ -84,8 +84,16 @@ def tokens(net: TrnNet, card: str) -> dict[str, dict[str, Any]]:
 
 def give_a_token(net: TrnNet, oid: str) -> None:
     """The agent mints ``oid`` and sends it to wallet a; it is traced and enabled there (all by the CLI)."""
-    ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", oid, "--body", "Final, seat 7", "--json"))
-    ok_json(cli("trn", "send", *args(net, "agent"), "--oid", oid, "--to", str(net.uids["a"]), "--json"))
+    minted = ok_json(cli("trn", "mint", *args(net, "agent"), "--oid", oid, "--body", "Final, seat 7", "--json"))
+    then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"  # ("reason" is for errors)
+    message = f"Minted token {oid} on this card: it is enabled here; {then}."
+    assert minted == {"oid": oid, "minted": True, "message": message}, minted
+    a = str(net.uids["a"])
+    sent = ok_json(cli("trn", "send", *args(net, "agent"), "--oid", oid, "--to", a, "--json"))
+    message = (f"Sending token {oid} to {a}: this card has disabled it and is sending the receiver a copy; it is "
+               "enabled at the receiver once this card has committed the transfer and, for a traced token, the "
+               "authority has recorded the move.")  # fmt: skip
+    assert sent == {"oid": oid, "to": a, "status": "sending", "message": message}, sent
     asyncio.run(until(net, "a", bytes.fromhex(oid), "enabled"))
 
 

@@ -56,7 +56,9 @@ def test_the_owner_refuses_and_accepts_tokens_from_the_command_line(net: TrnNet)
     assert asyncio.run(net.tokens("b")) == {RAW: "offered"}
 
     # reject: back at a, enabled, and a's owner reads why; b holds nothing
-    assert ok_json(cli("trn", "reject", *args(net, "b"), "--oid", OID, "--json"))["reason"] == "refused_by_owner"
+    rejected = ok_json(cli("trn", "reject", *args(net, "b"), "--oid", OID, "--json"))  # ("reason" is for errors)
+    message = f"rejected {OID}: the sender's card takes it back"
+    assert rejected == {"oid": OID, "answer": "rejected", "message": message}, rejected
     asyncio.run(until(net, "a", RAW, "enabled"))
     row = tokens(net, "a")[OID]
     assert row["refused"] == "refused_by_owner" and "owner refused it" in row["state"], row
@@ -80,7 +82,9 @@ def test_the_owner_refuses_and_accepts_tokens_from_the_command_line(net: TrnNet)
     ok_json(cli("trn", "policy", *args(net, "b"), "--any-issuer", "--ask", "--json"))
     ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", b, "--json"))
     asyncio.run(until(net, "b", RAW, "offered"))
-    assert ok_json(cli("trn", "accept", *args(net, "b"), "--oid", OID, "--json"))["reason"] == "accepted"
+    accepted = ok_json(cli("trn", "accept", *args(net, "b"), "--oid", OID, "--json"))
+    message = f"accepted {OID}: the transfer goes on; `cardnet trn list` shows it arrive"
+    assert accepted == {"oid": OID, "answer": "accepted", "message": message}, accepted
     asyncio.run(until(net, "b", RAW, "enabled"))
     asyncio.run(until(net, "a", RAW, None))
     chain = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", OID, "--json"))

@@ -93,9 +93,10 @@ def test_cardnet_trn_reissue(net: TrnNet) -> None:
     r = cli("trn", "reissue", "--socket", sock, "--card", agent, "--oid", OLD.hex(), "--new-oid", NEW.hex(), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    holder = str(net.uids["agent"])  # (a success names what was done: "reason" is the error objects' word)
     assert out == {
-        "oid": OLD.hex(), "new_oid": NEW.hex(), "state": "done", "holder": str(net.uids["agent"]),
-        "reason": "kept: this card is the last recorded holder",
+        "oid": OLD.hex(), "new_oid": NEW.hex(), "state": "done", "holder": holder,
+        "message": f"reissued {OLD.hex()} as {NEW.hex()}: kept: this card is the last recorded holder ({holder})",
     }  # fmt: skip
     again = cli("trn", "reissue", "--socket", sock, "--card", agent, "--oid", OLD.hex(), "--json")  # idempotent
     assert again.returncode == 0 and json.loads(again.stdout) == out

@@ -308,9 +308,10 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     """Create a token on an agent's card (the card signs oid and body)."""
     raw = parse_oid(oid)
     taken = {"refused": "choose another --oid (each token's is unique: `cardnet trn list` shows this card's)"}
-    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.issue(raw, body.encode()), taken)
+    run_on_wallet(socket, pin, card, lambda wallet: wallet.issue(raw, body.encode()), taken)  # (a refusal fails)
     then = f"`cardnet trn send --oid {oid} --to UID` gives it to another card"
-    say(as_json, {"oid": oid, "reason": reason}, f"Minted token {oid} on this card: it is enabled here; {then}.")
+    message = f"Minted token {oid} on this card: it is enabled here; {then}."
+    say(as_json, {"oid": oid, "minted": True, "message": message}, message)
 
 
 @card_command(
@@ -356,13 +357,12 @@ def trn_send(
              hint=f"cardnet trn send --oid {oid} --to {to} --wait --timeout {timeout_s:g}")  # fmt: skip
     raw, dst = parse_oid(oid), parse_uid(to)
 
-    async def work(wallet: Any) -> str:
-        reason = await send_token(wallet, raw, dst, traceable=not untraceable)
+    async def work(wallet: Any) -> None:
+        await send_token(wallet, raw, dst, traceable=not untraceable)  # (a refusal fails, with its reason)
         if wait:
             await wait_sent(wallet, raw, dst, DEFAULT_SEND_WAIT_S if timeout_s is None else timeout_s)
-        return reason
 
-    reason = run_on_wallet(socket, pin, card, work)
+    run_on_wallet(socket, pin, card, work)
     # (untraceable is sticky: a token sent once untraceable is never traced again, so "for a traced token")
     trace = " (untraceable: the authority is not told)" if untraceable else (
         " and, for a traced token, the authority has recorded the move")  # fmt: skip
@@ -372,12 +372,13 @@ def trn_send(
                    "it; `cardnet authority chain --oid` on the authority's host shows it)"))  # fmt: skip
         say(as_json, {"oid": oid, "to": str(dst), "status": "sent", "message": done}, done)
         return
-    if as_json:
-        emit_json({"oid": oid, "to": str(dst), "reason": reason})
-        return
     then = "this card has committed the transfer" + trace
-    console.print(f"Sending token {oid} to {dst}: this card has disabled it and is sending the receiver a copy; "
-                  f"it is enabled at the receiver once {then}.", markup=False)  # fmt: skip
+    sending = (f"Sending token {oid} to {dst}: this card has disabled it and is sending the receiver a copy; "
+               f"it is enabled at the receiver once {then}.")  # fmt: skip
+    if as_json:
+        emit_json({"oid": oid, "to": str(dst), "status": "sending", "message": sending})
+        return
+    console.print(sending, markup=False)
     console.print("`cardnet trn list` shows how it goes; until the receiver has copied it, `cardnet trn cancel` "
                   "takes it back.", markup=False)  # fmt: skip
 
@@ -625,24 +626,21 @@ def trn_reissue(
         return state
 
     state = run_on_wallet(socket, pin, card, work, hints)
-    out = {
-        "oid": oid,
-        "new_oid": state["new_oid"].hex(),
-        "state": state["state"],
-        "reason": state["reason"],
-        "holder": str(state.get("holder") or ""),
-    }
+    new_hex, holder = state["new_oid"].hex(), str(state.get("holder") or "")
     if state["state"] == "refused":
         fail(f"the authority refused to reissue {oid}: {state['reason']}", reason="refused",
              hint=_reissue_refused_hint(state["reason"]))  # fmt: skip
     if state["state"] == "pending":
         later = "the card keeps the request and resends it; repeat this command to see the outcome"
         fail(
-            f"no answer from the authority within {timeout_s:g} s ({oid} -> {out['new_oid']})",
+            f"no answer from the authority within {timeout_s:g} s ({oid} -> {new_hex})",
             reason="pending",
             hint=later,
         )
-    say(as_json, out, f"reissued {oid} as {out['new_oid']}: {out['reason']} ({out['holder']})")
+    # (the card's note, "kept: ..." or "sent to ...", is in the sentence; the holder says which)
+    message = f"reissued {oid} as {new_hex}: {state['reason']} ({holder})"
+    say(as_json, {"oid": oid, "new_oid": new_hex, "state": state["state"], "holder": holder, "message": message},
+        message)  # fmt: skip
 
 
 # What to do when the authority refuses a reissue, by how its reason begins (trn.trace.decide_reissue words it).
@@ -759,12 +757,12 @@ OFFERED_OID = click.option("--oid", required=True, help="The offered token (`car
 def _answer_offer(socket: str, pin: str | None, card: str | None, oid: str, accept: bool, as_json: bool) -> None:
     hints = {"no_offer": "`cardnet trn offers` lists what waits for an answer"}
     raw = parse_oid(oid)
-    reason = run_on_wallet(socket, pin, card, lambda wallet: wallet.answer_offer(raw, accept=accept), hints)
+    run_on_wallet(socket, pin, card, lambda wallet: wallet.answer_offer(raw, accept=accept), hints)
     if accept:
         done = f"accepted {oid}: the transfer goes on; `cardnet trn list` shows it arrive"
     else:
         done = f"rejected {oid}: the sender's card takes it back"
-    say(as_json, {"oid": oid, "reason": reason}, done)
+    say(as_json, {"oid": oid, "answer": "accepted" if accept else "rejected", "message": done}, done)
 
 
 @card_command(trn, "accept", OFFERED_OID)

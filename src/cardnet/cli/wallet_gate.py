@@ -9,6 +9,7 @@ from typing import Any
 from cardnet.cli.output import err_console, fail, progress, say
 from cardnet.cli.wallet import usable_ticket
 from cardnet.services.admissions import AdmissionMemory
+from cardnet.services.wallet import TAKEN
 
 # Why a gate refused a ticket (docs/gate.md), for the person at the gate: what happened, and what to do. The
 # ticket stays on their card in every case.
@@ -90,7 +91,10 @@ def report(got: Any, oid: bytes, gate: Any, as_json: bool) -> None:
         words, hint = refusal(got.reason)
         fail(f"the gate {gate} refused ticket {oid.hex()}: {words}; the ticket is still on your card",
              reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
-    out = {"oid": oid.hex(), "gate": str(gate), "admitted": True, "reason": got.reason}
     if got.unremembered is not None:  # (the admission stands: only the wallet's own record of it is missing)
         err_console.print(f"note: this admission is not in your wallet's record: {got.unremembered}", markup=False)
-    say(as_json, out, f"admitted: the gate {gate} took ticket {oid.hex()} (it is used up now: walk in)")
+    message = f"admitted: the gate {gate} took ticket {oid.hex()} (it is used up now: walk in)"
+    # (the verdict is the wallet's record's word: the gate's acknowledgement came, or was still on its way)
+    verdict = "admitted" if got.reason == TAKEN else "admitted_unacknowledged"
+    say(as_json, {"oid": oid.hex(), "gate": str(gate), "admitted": True, "verdict": verdict, "message": message},
+        message)  # fmt: skip
