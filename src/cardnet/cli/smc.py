@@ -504,7 +504,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     try:
         outcome, took = asyncio.run(go())
     except SmcError as exc:
-        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason))
+        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason) or exc.hint)
     finally:
         if status is not None:
             status.stop()

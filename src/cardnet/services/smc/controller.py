@@ -38,7 +38,20 @@ ANSWER_TIMEOUT_S: Final = 30.0
 
 
 class SmcError(CardnetError):
-    """A module refused an order, or its host went away; ``reason`` says why."""
+    """A module refused an order, or its host went away (or gave no port on the module card); ``reason`` says why,
+    ``hint``, when given, what to do."""
+
+    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(reason, message)
+        self.hint = hint
+
+
+# What to do when the module's host gives no port on the card (its HostError reason), for Module.open.
+_NO_PORT_HINTS: Final = {
+    "no_card": "name the module card by the domain of one of the cards this host runs (the message names them; "
+    "`--card DOMAIN` on the command line)",
+    "store_failed": "free space on the disk that holds the card's store (the host's log names it), then try again",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,12 @@ class Module:
             app = await AppClient.connect(socket, card=card)
         except OSError as exc:
             raise SmcError("no_host", f"cannot reach the module's host at {socket}: {exc.strerror or exc}") from None
+        except HostError as exc:  # (a wrong card domain, a card that cannot write its store: said, with what to do)
+            raise SmcError(
+                exc.reason,
+                f"the module's host at {socket} gave no port on the module card: {exc}",
+                hint=exc.hint or _NO_PORT_HINTS.get(exc.reason),
+            ) from None
         module = cls(app)
         try:
             r = await module.ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=pin)

@@ -1,0 +1,54 @@
+"""`Module.open` (the SMC controller's logged-in connection to a host's module card) fails as an ``SmcError`` in
+words, with what to do, whatever stops it: no host at the socket (``no_host``), a card domain the host does not run
+(``no_card``, the host's cards named), a module card whose store cannot be written (``store_failed``). Before, only
+the first was one: the host's own ``HostError`` escaped the others, so a caller catching ``SmcError`` (`cardnet smc
+join`) let it through with no hint.
+
+A real module host process over its Unix socket; the full disk is the kernel's (the running host's soft
+``RLIMIT_FSIZE`` lowered with ``prlimit``, then raised again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from diskfull import disk_full
+
+from cardnet.bench.smcnet import PIN, SmcNet
+from cardnet.services.smc.controller import Module, SmcError
+
+WRONG = bytes.fromhex("0bad0bad0bad0bad0bad0bad")  # a card domain no host here runs (a mistyped --card)
+
+
+def test_a_module_card_the_host_cannot_give_a_port_on_is_an_smc_error_with_what_to_do(tmp_path: Path) -> None:
+    with SmcNet(tmp_path, 1) as net:
+        asyncio.run(_run(net, tmp_path))
+
+
+async def _run(net: SmcNet, tmp_path: Path) -> None:
+    [hp] = net.hosts
+    assert hp.proc is not None
+
+    with pytest.raises(SmcError) as wrong:
+        await Module.open(hp.socket, pin=PIN, card=WRONG)
+    assert wrong.value.reason == "no_card", repr(wrong.value)
+    assert str(wrong.value) == (
+        f"the module's host at {hp.socket} gave no port on the module card: the host gave no port: no card of "
+        f"domain {WRONG.hex()} on this host (it has {hp.domain.hex()})"
+    ), str(wrong.value)
+    assert wrong.value.hint is not None and "--card DOMAIN" in wrong.value.hint, wrong.value.hint
+
+    with disk_full(hp.proc.pid), pytest.raises(SmcError) as full:  # the card cannot write its store: no port
+        await Module.open(hp.socket, pin=PIN, card=hp.domain)
+    assert full.value.reason == "store_failed", repr(full.value)
+    assert full.value.hint is not None and "free space" in full.value.hint, full.value.hint
+
+    with pytest.raises(SmcError) as gone:  # (as before: no host at all)
+        await Module.open(str(tmp_path / "no-host.sock"), pin=PIN, card=hp.domain)
+    assert gone.value.reason == "no_host", repr(gone.value)
+
+    module = await Module.open(hp.socket, pin=PIN, card=hp.domain)  # the right card, the disk mended: it opens
+    await module.close()
+    assert hp.running
