@@ -11,6 +11,10 @@ A real module host process over its Unix socket; the full disk is the kernel's (
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,24 @@ WRONG = bytes.fromhex("0bad0bad0bad0bad0bad0bad")  # a card domain no host here 
 def test_a_module_card_the_host_cannot_give_a_port_on_is_an_smc_error_with_what_to_do(tmp_path: Path) -> None:
     with SmcNet(tmp_path, 1) as net:
         asyncio.run(_run(net, tmp_path))
+        # and `cardnet smc join --card` with a domain the host does not run says so before any PIN, with what to do
+        [hp] = net.hosts
+        run = tmp_path / "run.toml"
+        other = "b0b000b0b000b0b000b0b000:00000000"
+        planned = cardnet("smc", "plan", "-f", "median", "-m", str(net.uids[0]), "-m", other, "--start-in", "600",
+                          "--out", str(run))  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+        r = cardnet("smc", "join", "--run", str(run), "--socket", hp.socket, "--card", WRONG.hex(), "-i", "5", "--json")
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and "Traceback" not in r.stderr and err["reason"] == "no_card", (r.stdout, r.stderr)
+        assert f"no card of domain {WRONG.hex()} on this host (it has {hp.domain.hex()})" in err["message"], err
+        assert "--card DOMAIN" in err["hint"], err
+
+
+def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}  # (no PIN: the host is checked before one)
+    return subprocess.run([sys.executable, "-m", "cardnet.cli.main", *args], capture_output=True, text=True,
+                          timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 async def _run(net: SmcNet, tmp_path: Path) -> None:
