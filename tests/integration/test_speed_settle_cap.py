@@ -30,8 +30,8 @@ from cardnet.wire import Uid
 NEWS = "news-1 Today's paper"
 
 
-def _set_vendor_balance(w: World, amount: int) -> None:
-    """The vendor's operator paid the account out (or in): its balance set in the broker's store (no command yet)."""
+def _fill_vendor_account(w: World, amount: int) -> None:
+    """The vendor's sales filled its account up to ``amount``: its balance set in the broker's store."""
     sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: amount}, create=False)
 
 
@@ -60,7 +60,7 @@ def test_a_settled_debit_the_vendors_account_cannot_take_is_held_then_credited_o
                 w.broker.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=s3)  # ... and the broker stops here
                 assert w.balance() == 1000 - 80
                 # meanwhile the vendor's account filled up to 10 minor units below its cap
-                _set_vendor_balance(w, pp.MAX_AMOUNT - 10)
+                _fill_vendor_account(w, pp.MAX_AMOUNT - 10)
                 await bs.aclose()
 
                 day = int(T0 // 86400)
@@ -87,7 +87,10 @@ def test_a_settled_debit_the_vendors_account_cannot_take_is_held_then_credited_o
                 assert again.balances()["V-1"] == {EUR: pp.MAX_AMOUNT - 10} and len(sb.held(again.store)) == 1
 
                 # the operator pays the account out: the next settlement credits the held 0.80 EUR, once
-                _set_vendor_balance(w, 0)
+                whole = sm.format_amount(pp.MAX_AMOUNT - 10, EUR)
+                cardnet("speed", "broker", "payout", "--store", str(tmp_path / "broker.db"), "--account", "V-1",
+                        "--amount", whole)  # fmt: skip
+                assert again.balances()["V-1"] == {EUR: 0} and len(sb.held(again.store)) == 1
                 assert again.settle(day) == 0
                 assert again.balances()["V-1"] == {EUR: 80} and sb.held(again.store) == []
                 assert again.settle(day) == 0 and again.balances()["V-1"] == {EUR: 80}

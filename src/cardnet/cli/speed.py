@@ -347,6 +347,34 @@ def broker_deposit(store: str, account: str, amount: str, as_json: bool) -> None
     say(as_json, {"account": account, "balances": got}, f"customer account {account}: {words}")
 
 
+PAYOUT_HINTS = {  # what to do when a payout is refused
+    "unknown_account": "check --account (`cardnet speed broker accounts --store S` lists them)",
+    "not_vendor": "name a vendor's account: a customer's is spent by its card (purchases, purse loads)",
+    "insufficient": "pay out at most what the account holds (`cardnet speed broker accounts --store S` shows it)",
+}
+
+
+@broker.command("payout")
+@STORE
+@click.option("--account", required=True, help="The vendor's account number (from add-vendor).")
+@click.option("--amount", required=True, help="Taken from the account's balance, e.g. '100.00 EUR'.")
+@json_option
+def broker_payout(store: str, account: str, amount: str, as_json: bool) -> None:
+    """Take money out of a vendor's account (the broker paid the vendor outside cardnet); also while the broker runs.
+    Never more than the account holds; credits held for the vendor (`broker accounts`) are credited by the running
+    broker's next settlement once the account has room."""
+    from cardnet.services.speed.broker import BrokerError, payout
+
+    price = _price(amount, "--amount")
+    try:
+        got = payout(_broker_store(store), account, price)
+    except BrokerError as exc:
+        fail(str(exc), reason=exc.reason, hint=PAYOUT_HINTS.get(exc.reason))
+    words = ", ".join(_amount(c, v) for c, v in sorted(got.items()))
+    say(as_json, {"account": account, "paid_out": {price.currency: price.amount}, "balances": got},
+        f"paid out {price} from vendor account {account}; it holds {words}")  # fmt: skip
+
+
 @broker.command("accounts")
 @STORE
 @json_option
@@ -434,7 +462,7 @@ def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int,
     from cardnet.card import Card
     from cardnet.errors import CardnetError
     from cardnet.host.local import LocalCard
-    from cardnet.services.speed.broker import BrokerCore
+    from cardnet.services.speed.broker import SETTLE_HINTS, BrokerCore
 
     try:
         card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
@@ -444,7 +472,7 @@ def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int,
         core = BrokerCore(_broker_store(store), LocalCard(card, card_pin(pin)), clock=time.time)
         got = core.prune(keep_days=keep_days)
     except CardnetError as exc:
-        fail(str(exc), reason=exc.reason)
+        fail(str(exc), reason=exc.reason, hint=SETTLE_HINTS.get(exc.reason))
     finally:
         card.close()
     out = {"before_day": got.before_day, "days": got.days, "settled": got.settled, "entries": got.entries,

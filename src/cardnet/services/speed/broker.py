@@ -102,10 +102,16 @@ log = logging.getLogger("cardnet.speed.broker")
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
+HELD_CREDITS = "sb.held"  # PaymentOrderIDs of the sb.settled records whose credit is held (their index, kept small)
 AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised, not paid -> when (8 bytes), the debit
 LATE = "sb.late"  # payment orders of bills past their deadline this broker never took, refused for good -> when
 DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
 SETTLE_EVERY_S = 60.0
+SETTLE_HINTS = {  # what the operator does when settlement (or pruning, which settles first) stops on a refusal
+    "unknown_vendor": "is the broker's store the one of this SAM's broker? If that vendor's account was lost (a store "
+    "restored from an older copy), open it again: cardnet speed broker add-vendor --store STORE --account ACCOUNT "
+    "--vendor-cert VENDOR_PEM (the vendor's certificate); settlement then credits it",
+}
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
 MAX_RECEIPTS_PAGE = 256
 RECEIPT_SCAN_PAGES = 16  # log pages one speed.vendor_receipts reads (other vendors' receipts skipped) before it answers
@@ -154,6 +160,7 @@ _SETTLED = Schema(
         Field(3, "day", UInt()),
         Field(4, "held", Text(1024), optional=True),  # not credited yet: why (the vendor's account could not take it)
         Field(5, "taken", UInt(), optional=True),  # when the broker authorised it (from sb.auth, which then goes)
+        Field(6, "refunded", UInt(1), optional=True),  # 1: its credit, held, went back to the customer (a complaint)
     ],
 )
 
@@ -234,6 +241,29 @@ def deposit(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
         return bal
 
 
+def payout(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
+    """Take ``amount`` out of a vendor's account (an operator's action: the broker paid the vendor outside cardnet).
+    Returns its balances. Refused with nothing changed: no such account (``unknown_account``), a customer's
+    (``not_vendor``), more than the account holds in that currency (``insufficient``). Credits held for the vendor
+    (:func:`held`) are not touched: settlement credits them once the account has room."""
+    with store.transaction() as txn:
+        raw = txn.get(ACCOUNTS, account.encode())
+        if raw is None:
+            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
+        acct = dict(_ACCOUNT.decode(raw))
+        if len(acct["owner"]) == UID_BYTES:  # a customer's account is owned by its card's Uid
+            raise BrokerError("not_vendor", f"account {account!r} is a customer's: payouts are made from vendor "
+                              "accounts")  # fmt: skip
+        bal = _balances(acct)
+        has = bal.get(amount.currency, 0)
+        if has < amount.amount:
+            raise BrokerError("insufficient", f"account {account!r} holds {sm.format_amount(has, amount.currency)}, "
+                              f"less than {amount}: nothing was taken")  # fmt: skip
+        bal[amount.currency] = has - amount.amount
+        _put_txn(txn, account, acct["owner"], bal)
+        return bal
+
+
 def _put_account(store: Store, account: str, owner: bytes, balances: dict[str, int], *, create: bool) -> None:
     rec = _ACCOUNT.encode(
         {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(balances.items())]}
@@ -259,7 +289,7 @@ def _credited(acct: dict[str, Any], account: str, price: sm.Price, then: str) ->
         raise _Refusal("vendor_account_full", f"the vendor's account {account!r} at this broker cannot take {price} "
                        f"more (an account holds at most {pp.MAX_AMOUNT} minor units of a currency, and "
                        f"{_MAX_CURRENCIES} currencies): {then}; try again once the vendor's operator has paid the "
-                       "account out")  # fmt: skip
+                       "account out (cardnet speed broker payout)")  # fmt: skip
     bal[price.currency] = new
     return bal
 
@@ -278,6 +308,7 @@ class BrokerCore:
             store, CFG, BrokerError("not_initialised", "this store holds no broker: run `cardnet speed broker init`")
         )
         self.key, self.cert, self.roots = me.key, me.cert, me.roots
+        _index_held(store)
         sam.ask(sa.INIT, sa.READY)
         self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
         self._after_commit: list[Callable[[], object]] | None = None  # inside group(): what waits for its commit
@@ -672,8 +703,12 @@ class BrokerCore:
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
         """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the
-        product deciphered to. Upheld (the vendor's account pays the price back to the customer's) when the
-        evidence is the vendor's own and the content is not what its entry commits to."""
+        product deciphered to. Upheld (the price goes back to the customer's account) when the evidence is the
+        vendor's own and the content is not what its entry commits to. The refund comes from the sale's own credit
+        when settlement holds it (``sb.held``: the vendor's account never got it, and never will), else from the
+        vendor's account; one that holds less than the price now (paid out) refunds nothing yet and says so
+        (``refund_unfunded``), as does a customer's account that cannot take it: nothing changes, the complaint may
+        be sent again (docs/decisions.md, "A refund comes from the sale's held credit first")."""
         poid = c["poid"]
         o = self._get_order(poid)
         if o is None or o["state"] != "paid":
@@ -708,11 +743,34 @@ class BrokerCore:
             customer = self._account(txn, c["refund_to"])
             if customer["owner"] != bytes(o["customer"]):
                 raise _Refusal("not_your_account", "a refund goes to an account of the customer who paid")
-            vendor = self._account(txn, o["account"])
-            for acct, name, delta in ((vendor, o["account"], -price.amount), (customer, c["refund_to"], price.amount)):
-                bal = _balances(acct)
-                bal[price.currency] = bal.get(price.currency, 0) + delta
-                _put_txn(txn, name, acct["owner"], bal)
+            raw = txn.get(SETTLED, poid)
+            settled = dict(_SETTLED.decode(raw)) if raw is not None else {}
+            if "held" in settled:  # the vendor's account never got this sale's money: the refund is that money
+                del settled["held"]
+                settled["refunded"] = 1
+                txn.put(SETTLED, poid, _SETTLED.encode(settled))
+                txn.delete(HELD_CREDITS, poid)
+            else:
+                vendor = self._account(txn, o["account"])
+                vbal = _balances(vendor)
+                has = vbal.get(price.currency, 0)
+                if has < price.amount:
+                    raise _Refusal("refund_unfunded", f"the complaint is upheld ({why}), but the vendor's account "
+                                   f"{o['account']!r} holds {sm.format_amount(has, price.currency)} now, less than "
+                                   f"the {price} to refund: nothing was refunded or changed; send the complaint "
+                                   "again later (the vendor's sales are credited to that account), or take it up "
+                                   "with the vendor")  # fmt: skip
+                vbal[price.currency] = has - price.amount
+                _put_txn(txn, o["account"], vendor["owner"], vbal)
+            cbal = _balances(customer)
+            if (cbal.get(price.currency, 0) + price.amount > pp.MAX_AMOUNT
+                    or (price.currency not in cbal and len(cbal) >= _MAX_CURRENCIES)):  # fmt: skip
+                raise _Refusal("refund_account_full", f"the complaint is upheld ({why}), but your account "
+                               f"{c['refund_to']!r} cannot take {price} more (at most {pp.MAX_AMOUNT} minor units "
+                               f"of a currency, and {_MAX_CURRENCIES} currencies): nothing was refunded or changed; "
+                               "send the complaint again naming another of your accounts")  # fmt: skip
+            cbal[price.currency] = cbal.get(price.currency, 0) + price.amount
+            _put_txn(txn, c["refund_to"], customer["owner"], cbal)
             txn.put(ORDERS, poid, _ORDER.encode({**o, "verdict": why}))
         return fr.reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
@@ -723,19 +781,23 @@ class BrokerCore:
         and the customer has not come back: the purse was debited, so the vendor is paid (the SAM's log is the
         evidence); a customer who comes back with the payment order gets the receipt, and nothing is paid twice.
         """
-        self.credit_held()
-        return self._settle_day(day)[0]
+        with _as_broker_error():
+            self.credit_held()
+            return self._settle_day(day)[0]
 
     def credit_held(self) -> int:
         """Credit each settled debit held for its vendor (its account could not take it when it was settled: see
-        :meth:`_settle_day`) that the account can take now; the number credited. The others stay held, logged."""
+        :meth:`_settle_day`) that the account can take now; the number credited. The others stay held, logged. Only
+        the held ones are read (``sb.held``, their index), not every debit ever settled."""
         credited = 0
-        for poid, raw in scan(self.store, SETTLED):
-            rec = dict(_SETTLED.decode(raw))
-            if "held" not in rec:
-                continue
-            price = sm.Price(rec["currency"], rec["amount"])
+        for poid, _ in scan(self.store, HELD_CREDITS):
             with self.store.transaction() as txn:
+                raw = txn.get(SETTLED, poid)
+                rec = dict(_SETTLED.decode(raw)) if raw is not None else {}
+                if "held" not in rec:  # (credited or refunded in the meantime)
+                    txn.delete(HELD_CREDITS, poid)
+                    continue
+                price = sm.Price(rec["currency"], rec["amount"])
                 vendor = self._account(txn, rec["account"])
                 try:
                     bal = _credited(vendor, rec["account"], price, "still held")
@@ -746,6 +808,7 @@ class BrokerCore:
                 _put_txn(txn, rec["account"], vendor["owner"], bal)
                 del rec["held"]
                 txn.put(SETTLED, poid, _SETTLED.encode(rec))
+                txn.delete(HELD_CREDITS, poid)
             log.warning("credited account %r the %s of purse debit %s held since its settlement", rec["account"],
                         price, poid.hex()[:16])  # fmt: skip
             credited += 1
@@ -771,6 +834,13 @@ class BrokerCore:
                         continue
                     vid, _ = sm.split_poid(poid)
                     account = self._vendor_account(txn, vid)
+                    if account is None:
+                        raise BrokerError("unknown_vendor", f"the SAM logged a purse debit of {e['amount']} minor "
+                                          f"units of {e['currency']} on day {day} (payment order "
+                                          f"{poid.hex()[:16]}...) for the vendor {vid.hex()[:16]}..., and this "
+                                          "broker's store holds no account of that vendor: it cannot be settled, so "
+                                          "settlement and pruning stop there (nothing of it was credited, nothing "
+                                          "else changed)")  # fmt: skip
                     vendor = self._account(txn, account)
                     rec = {"account": account, "currency": e["currency"], "amount": e["amount"], "day": day}
                     try:
@@ -778,6 +848,7 @@ class BrokerCore:
                                  e["amount"]), "held for the vendor"))  # fmt: skip
                     except _Refusal as r:  # the purse paid: the money is the vendor's, held until its account has room
                         rec["held"] = r.detail[:1024]
+                        txn.put(HELD_CREDITS, poid, b"")
                         log.error("settled purse debit %s of day %d for account %r but held its credit: %s",
                                   poid.hex()[:16], day, account, r.detail)  # fmt: skip
                     _end_authorisation(txn, poid, rec)
@@ -795,6 +866,10 @@ class BrokerCore:
         docs/speed.md, "Pruning the SAM"). Run it where :meth:`settle` runs: never beside a group."""
         if keep_days < 1:
             raise BrokerError("bad_keep", "the SAM keeps at least yesterday (keep_days >= 1): it is still settled")
+        with _as_broker_error():
+            return self._prune(keep_days)
+
+    def _prune(self, keep_days: int) -> PruneReport:
         cut = int(self.clock() // sa.DAY_S) - keep_days
         held = self.sam.ask(sa.DAYS, sa.HELD)
         closed = held.get("pruned_before", 0)
@@ -849,11 +924,12 @@ class BrokerCore:
         return ended
 
     @staticmethod
-    def _vendor_account(txn: Any, vid: bytes) -> str:
+    def _vendor_account(txn: Any, vid: bytes) -> str | None:
+        """The number of the account the vendor ``vid`` owns, or None."""
         for k, v in txn.scan(ACCOUNTS):
             if _ACCOUNT.decode(v)["owner"] == vid:
                 return str(k.decode())
-        raise _Refusal("unknown_vendor", f"no account belongs to the vendor {vid.hex()[:16]}...")
+        return None
 
     # -- what the operator reads -----------------------------------------------------------------------------
     def balances(self) -> dict[str, dict[str, int]]:
@@ -887,18 +963,42 @@ def held(store: Store) -> list[dict[str, Any]]:
     """The purse debits settled from the SAM's log whose credit is held (the vendor's account could not take it then,
     see :meth:`BrokerCore._settle_day`): for each, its PaymentOrderID (hex), account, currency, amount (minor units),
     day and why. Settlement credits each once the account can take it (:meth:`BrokerCore.credit_held`)."""
+    _index_held(store)
     out = []
-    for poid, raw in scan(store, SETTLED):
-        rec = _SETTLED.decode(raw)
+    for poid, _ in scan(store, HELD_CREDITS):
+        raw = get(store, SETTLED, poid)
+        rec = _SETTLED.decode(raw) if raw is not None else {}
         if "held" in rec:
             out.append({"poid": poid.hex(), "account": rec["account"], "currency": rec["currency"],
                         "amount": rec["amount"], "day": rec["day"], "why": rec["held"]})  # fmt: skip
     return out
 
 
+def _index_held(store: Store) -> None:
+    """Once per store: index (``sb.held``) the held credits a broker recorded in ``sb.settled`` before that index
+    existed, so that settlement reads the held ones alone from then on."""
+    if get(store, CFG, b"held_index") is not None:
+        return
+    with store.transaction() as txn:
+        for poid, raw in txn.scan(SETTLED):
+            if "held" in _SETTLED.decode(raw):
+                txn.put(HELD_CREDITS, poid, b"")
+        txn.put(CFG, b"held_index", b"1")
+
+
 def balances(store: Store) -> dict[str, dict[str, int]]:
     """Every account's balances, by account number."""
     return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(store, ACCOUNTS)}
+
+
+@contextlib.contextmanager
+def _as_broker_error() -> Iterator[None]:
+    """A refusal met by an operator's operation (settlement, pruning), not by a request: raised as a
+    :class:`BrokerError` (what commands and the server catch), its reason and words kept."""
+    try:
+        yield
+    except _Refusal as r:
+        raise BrokerError(r.reason, r.detail) from None
 
 
 def _debit_of(uid: Uid, n: int, rc: bytes) -> bytes:
@@ -975,15 +1075,21 @@ class BrokerServer(GroupCommitServer):
         today = int(self.core.clock() // sa.DAY_S)
         async with self.lock:
             for day in (today - 1, today):
-                n = await asyncio.to_thread(self.core.settle, day)
+                try:
+                    n = await asyncio.to_thread(self.core.settle, day)
+                except CardnetError as exc:  # payments go on (this one waits); the next settlement tries again
+                    log.error("could not settle day %d from the SAM's log: %s (%s)", day, exc,
+                              SETTLE_HINTS.get(exc.reason, "see the error above"))  # fmt: skip
+                    return
                 if n:
                     log.warning("settled %d purse debit(s) of day %d from the SAM's log", n, day)
             if self.keep_days is None or self._pruned_on == today:
                 return
             try:
                 got = await asyncio.to_thread(self.core.prune, keep_days=self.keep_days)
-            except (CardnetError, _Refusal) as exc:  # payments go on; the next day tries again
-                log.error("could not prune the SAM's settled days: %s", exc)
+            except CardnetError as exc:  # payments go on; the next day tries again
+                log.error("could not prune the SAM's settled days: %s (%s)", exc,
+                          SETTLE_HINTS.get(exc.reason, "the next day tries again"))  # fmt: skip
                 return
             self._pruned_on = today
             if got.settled:
@@ -998,5 +1104,5 @@ class BrokerServer(GroupCommitServer):
     async def _settling(self) -> None:
         while True:
             await asyncio.sleep(SETTLE_EVERY_S)
-            with contextlib.suppress(CardnetError, _Refusal):
+            with contextlib.suppress(CardnetError):
                 await self._settle()
