@@ -160,3 +160,21 @@ def test_gate_setup_given_the_ca_certificate_names_a_command_that_writes_the_age
     run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, (shell, run.stderr)
     assert (tmp_path / "spare.pem").read_text().startswith("-----BEGIN CERTIFICATE-----"), shell
+
+
+def test_a_spend_whose_top_up_the_balance_does_not_cover_says_to_lower_it(world: dict[str, object]) -> None:  # noqa: F811
+    """A customer credited 10 spends 3 with no scrip yet: spend buys a piece worth --top-up (100 by default)
+    first, which the balance does not cover. The error names the top-up and says to spend with a smaller one;
+    and that spend goes through. Before, the hint said only that the balance was too small ("balance 10 does not
+    cover 100" for a price of 3), and the customer could not tell where the 100 came from."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice", deposit=10)
+    spend = ("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello", "--price", "3")
+    e = json_error(cardnet(*spend, "--json"))
+    assert e["reason"] == "refused" and "does not cover 100" in e["message"], e
+    assert "--top-up 100" in e["hint"] and "smaller --top-up (at least 3)" in e["hint"], e
+    assert "cardnet millicent broker deposit --customer" in e["hint"], e
+    r = cardnet(*spend, "--top-up", "10")
+    assert r.returncode == 0 and "hello, world" in r.stdout, r.stdout + r.stderr

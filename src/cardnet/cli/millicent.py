@@ -746,7 +746,7 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     with progress(f"buying {product} from vendor {vendor} at {address} …"):
         r = _hinted(w, lambda: asyncio.run(w.spend(vid, address, product, price, int(time.time()),
                                                    level=mc.Level(level), top_up=top_up)),
-                    wallet=wallet, vendor=vendor, value=price, at=address)  # fmt: skip
+                    wallet=wallet, vendor=vendor, value=price, at=address, top_up=top_up)  # fmt: skip
     if r.status != 0:
         status = r.status.name.lower()
         message, hint = spend_refusal(status, r.detail, product=product, price=price)
@@ -758,8 +758,10 @@ def spend_scrip(wallet: str, vendor: str, address: str, product: str, price: int
     return r
 
 
-def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int, at: str = "--at") -> Any:
-    """``work()``, its wallet's refusals with what to do: a balance too small, no scrip that covers a price."""
+def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value: int, at: str = "--at",
+            top_up: int | None = None) -> Any:  # fmt: skip
+    """``work()``, its wallet's refusals with what to do: a balance too small (for a spend: the ``top_up`` piece it
+    buys first when no scrip covers the price ``value``), no scrip that covers a price."""
     from cardnet.services.millicent.wallet import WalletError
 
     try:
@@ -769,6 +771,11 @@ def _hinted(w: Any, work: Callable[[], Any], *, wallet: str, vendor: str, value:
         if exc.reason == "refused" and "does not cover" in str(exc) and cid is not None:
             hint = (f"your prepaid balance at the broker is too small: its operator credits it with `cardnet "
                     f"millicent broker deposit --customer {cid.hex()} --amount N`")  # fmt: skip
+            if top_up is not None and top_up > value:  # a spend buys a piece worth --top-up, not the price
+                hint = (f"no scrip of this vendor in the wallet covers {value}, so spend buys a piece worth --top-up "
+                        f"{top_up} first, and that is more than your prepaid balance at the broker: spend again "
+                        f"with a smaller --top-up (at least {value}), or ask the broker's operator to credit it "
+                        f"(`cardnet millicent broker deposit --customer {cid.hex()} --amount N`)")  # fmt: skip
         elif exc.reason == "not_a_vendor":  # --at names the broker's port: the spend is pending, nothing spent
             words = f"{at} answered as a Millicent broker, not a vendor: check --at (the vendor's HOST:PORT, as "
             hint = (f"`cardnet millicent retry --at VENDOR_HOST:PORT --vendor {vendor}` sends the pending spend to "
