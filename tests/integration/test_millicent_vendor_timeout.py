@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 
 from hostprocs import Service, cardnet
-from test_millicent_hung_vendor import GUARD_S, B, add_bulk, agreement, customer, status
+from test_millicent_hung_vendor import GUARD_S, B, HungVendor, add_bulk, agreement, customer, status
 
 from cardnet.services.millicent import broker as mb
 from cardnet.services.millicent.wallet import Wallet, WalletError
@@ -115,3 +116,47 @@ def test_a_slow_vendor_holds_a_purchase_no_longer_than_the_brokers_vendor_timeou
     finally:
         broker.stop()
         vendor.stop()
+
+
+def test_the_operators_bulk_buy_waits_for_the_vendor_no_longer_than_its_vendor_timeout(tmp_path: Path) -> None:
+    """`broker bulk-buy` waited a fixed 10 s for the vendor; now `--vendor-timeout` (as `broker run`'s): a vendor
+    that never answers is given up after it, in words; the order stays pending and a later bulk-buy, the vendor
+    answering again, finishes the same order (bought once)."""
+    v, file = agreement(tmp_path, B)
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    vendor.start()
+
+    async def go() -> None:
+        hung = HungVendor()
+        try:
+            add_bulk(b, file, await hung.start(), 2)
+            out = await asyncio.to_thread(
+                cardnet, "millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "40",
+                "--vendor-timeout", "0.5", "--json", check=False,
+            )  # fmt: skip
+            assert out.returncode == 2, (out.stdout, out.stderr)
+            error = json.loads(out.stdout)["error"]
+            assert error["reason"] == "not_bought", error
+            assert error["message"].startswith("the vendor did not answer within 0.5 s (slow, or not reachable at")
+            assert "the order stays pending" in error["message"]
+            await asyncio.wait_for(hung.asked.wait(), GUARD_S)  # the order was sent ...
+            await asyncio.wait_for(hung.ended.wait(), GUARD_S)  # ... and given up
+            assert status(b)[B]["pending_orders"] == 1
+            add_bulk(b, file, vendor.address, 2)  # the vendor's right address
+            again = await asyncio.to_thread(
+                cardnet, "millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "999",
+                "--vendor-timeout", "30",
+            )  # fmt: skip
+            assert "bought 40 in 10 pieces" in again.stdout, again.stdout  # the pending order, not a new one
+        finally:
+            hung.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        vendor.stop()
+    bulk = status(b)[B]
+    assert (bulk["pending_orders"], bulk["bought_value"], bulk["stock_value"]) == (0, 40, 40)
+    help_text = " ".join(cardnet("millicent", "broker", "bulk-buy", "--help").stdout.split())
+    assert "--vendor-timeout" in help_text and f"[default: {mb.VENDOR_TIMEOUT_S};" in help_text
