@@ -135,8 +135,16 @@ def test_payout_takes_from_a_vendors_account_never_more_than_it_holds(
         assert r.returncode == 2 and "holds 3.00 EUR, less than 3.01 EUR: nothing was taken" in r.stderr
         assert sb.balances(w.broker.store)["V-1"] == {EUR: 300}  # nothing taken by a refused payout
         assert sb.balances(w.broker.store)["C-1"] == {EUR: 10_000}
-        cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.00 EUR")
-        assert sb.balances(w.broker.store)["V-1"] == {EUR: 0}
+        # a currency paid out whole leaves the account: one of its 16 currencies freed (a held one may come in)
+        many = {EUR: 300, **{c: 1 for c in ("USD", "GBP", "CHF", "JPY", "SEK", "NOK", "DKK", "PLN", "CZK", "HUF",
+                                             "CAD", "AUD", "NZD", "SGD", "HKD")}}  # fmt: skip
+        sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, many, create=False)
+        words = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.00 EUR").stdout
+        assert "paid out 3.00 EUR from vendor account V-1" in words
+        assert sb.balances(w.broker.store)["V-1"] == {c: a for c, a in many.items() if c != EUR}
+        sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 300}, create=False)
+        words = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.00 EUR").stdout
+        assert "it holds nothing" in words and sb.balances(w.broker.store)["V-1"] == {}
 
 
 def test_settlement_reads_the_held_credits_alone(tmp_path: Path, ca: pki.CertificateAuthority) -> None:

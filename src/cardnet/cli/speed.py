@@ -370,7 +370,7 @@ def broker_payout(store: str, account: str, amount: str, as_json: bool) -> None:
         got = payout(_broker_store(store), account, price)
     except BrokerError as exc:
         fail(str(exc), reason=exc.reason, hint=PAYOUT_HINTS.get(exc.reason))
-    words = ", ".join(_amount(c, v) for c, v in sorted(got.items()))
+    words = ", ".join(_amount(c, v) for c, v in sorted(got.items())) or "nothing"
     say(as_json, {"account": account, "paid_out": {price.currency: price.amount}, "balances": got},
         f"paid out {price} from vendor account {account}; it holds {words}")  # fmt: skip
 

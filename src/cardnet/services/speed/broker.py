@@ -244,8 +244,9 @@ def deposit(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
 def payout(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
     """Take ``amount`` out of a vendor's account (an operator's action: the broker paid the vendor outside cardnet).
     Returns its balances. Refused with nothing changed: no such account (``unknown_account``), a customer's
-    (``not_vendor``), more than the account holds in that currency (``insufficient``). Credits held for the vendor
-    (:func:`held`) are not touched: settlement credits them once the account has room."""
+    (``not_vendor``), more than the account holds in that currency (``insufficient``). A currency paid out whole
+    leaves the account (one of its 16 freed). Credits held for the vendor (:func:`held`) are not touched:
+    settlement credits them once the account has room."""
     with store.transaction() as txn:
         raw = txn.get(ACCOUNTS, account.encode())
         if raw is None:
@@ -260,6 +261,8 @@ def payout(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
             raise BrokerError("insufficient", f"account {account!r} holds {sm.format_amount(has, amount.currency)}, "
                               f"less than {amount}: nothing was taken")  # fmt: skip
         bal[amount.currency] = has - amount.amount
+        if not bal[amount.currency]:  # a currency paid out whole leaves the account: room for a 17th (held) one
+            del bal[amount.currency]
         _put_txn(txn, account, acct["owner"], bal)
         return bal
 
