@@ -759,8 +759,8 @@ class BrokerCore:
                 has = vbal.get(price.currency, 0)
                 if has < price.amount:
                     raise _Refusal("refund_unfunded", f"the complaint is upheld ({why}), but the vendor's account "
-                                   f"{o['account']!r} holds {sm.format_amount(has, price.currency)} now, less than "
-                                   f"the {price} to refund: nothing was refunded or changed; send the complaint "
+                                   f"at this broker holds less than the {price} to refund now: nothing was refunded "
+                                   "or changed; send the complaint "
                                    "again later (the vendor's sales are credited to that account), or take it up "
                                    "with the vendor")  # fmt: skip
                 vbal[price.currency] = has - price.amount
