@@ -15,17 +15,17 @@ from typing import Any
 import pytest
 from trnworld import TrnWorld
 
-from cardnet.applets.smc import FINISHED, FRAME, INPUT, PREPARE, STATE, STATE_IS, TICK, SmcApplet
+from cardnet.applets.smc import FINISHED, FRAME, INPUT, KNOWN, KNOWN_IS, PREPARE, STATE, STATE_IS, TICK, SmcApplet
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
-from cardnet.host.core import Origin
+from cardnet.host.core import CARD, Origin
 from cardnet.host.guard import Guard, Verdict
 from cardnet.protocols.smc.functions import AUCTION, MEDIAN, REGISTRY
 from cardnet.protocols.smc.registry import FunctionSpec
 from cardnet.protocols.smc.run import RunSpec, frame_bytes
 from cardnet.store import SqliteStore
-from cardnet.wire import Message
+from cardnet.wire import Message, Uid
 
 NAMES = ("m0", "m1", "m2", "m3", "m4")
 
@@ -194,3 +194,53 @@ def test_members_given_other_terms_are_found_out_before_inputs(
     # m1 has n - 1 >= n - t matching joins: it takes its input; m0, given other terms, matches nobody: it cannot
     assert answer(w, "m1", INPUT, run=spec.run, input=MEDIAN.encode_input(1))["has_input"]
     assert answer(w, "m0", INPUT, run=odd.run, input=MEDIAN.encode_input(1)) == {"refused": "not_agreed"}
+
+
+def test_smc_known_is_answered_to_the_modules_own_applications_only(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """``smc.known`` is answered without the PIN, so only to an application on a port of the module card itself
+    (one its own host connected): a question from another card (on this host, or a remote one through the host's
+    links) or from another host's application is dropped with no answer at all, as any traffic that would depend on
+    the module's state (docs/smc.md). The answer is looked for everywhere it could go: the asker, the links, the
+    host's notices."""
+    w = world(tmp_path, ca, n=2)
+    spec = spec_of(w, MEDIAN, t=0)
+    prepare_all(w, spec)
+    m0, m1 = w.cards["m0"].uid, w.cards["m1"].uid
+    seen: list[Message] = []
+    w.host.observe(lambda msg, origin: seen.append(msg))
+
+    def asked(msg: Message, origin: Origin | None) -> list[Message]:
+        """Everything m0 says after ``msg`` reaches it (from ``origin``, or a remote peer), links included."""
+        seen.clear()
+        if origin is None:
+            assert w.host.receive_remote(msg, "peer-host:7001")
+        else:
+            assert w.host.submit(msg, origin)
+        outs = []
+        for _ in range(50):
+            w.now += 0.01
+            outs += [eff.msg for eff in w.host.pump(w.now)]
+            if w.host.idle:
+                break
+        return [m for m in [*seen, *outs] if m.src == m0]
+
+    # the module's own application (no PIN needed): answered, so an answer would be seen
+    own = w.host.acquire(m0.domain, w.now)
+    own.send(m0, KNOWN, run=spec.run)
+    w.run()
+    (reply,) = own.receive_all()
+    assert reply.mtype == KNOWN_IS.code and KNOWN_IS.parse(reply)["held"] == "live", reply
+    # another card of this host: nothing
+    assert asked(KNOWN.make(m1, m0, run=spec.run), CARD) == []
+    # a remote card, through the links: nothing (not even to the link)
+    remote = Uid(bytes.fromhex("0bad0bad0bad0bad0bad0bad"), 0)
+    assert asked(KNOWN.make(remote, m0, run=spec.run), None) == []
+    # a remote host's application (a port of a card of its own), through the links: nothing either
+    assert asked(KNOWN.make(Uid(remote.domain, 40), m0, run=spec.run), None) == []
+    # an application of this host on the other card's port: not the module's own, nothing
+    other_app = w.host.acquire(m1.domain, w.now)
+    other_app.send(m0, KNOWN, run=spec.run)
+    w.run()
+    assert other_app.receive_all() == []

@@ -11,7 +11,7 @@ The module is a card of its own (the applet owns the card's TRN sessions). Its h
 * ``smc.tick {run, round}`` (privileged): the host's Clock, at each round's deadline: complete the rounds before
   ``round`` still open with the frames that arrived, send every other member this round's frame (``smc.frame``),
   and at the last tick compute the result. ``smc.state {run}`` (privileged) reports. Every order is answered
-  with ``smc.state_is``. ``smc.known {run}`` (not privileged; from an application of the host only) ->
+  with ``smc.state_is``. ``smc.known {run}`` (not privileged; from an application on the module card's own port only) ->
   ``smc.known_is {run, held}``: whether the module holds the run (``live``, ``made_room``, ``restarted``,
   ``no_run``), so that a late join asks for no PIN for a run the module is not in.
 * ``smc.frame {run, round, ct}`` from the other modules: opened at once under the sender's key and kept for its
@@ -182,9 +182,12 @@ class SmcApplet(SessionApplet):
     def _known(self, ctx: StepContext, src: Uid, run: bytes) -> None:
         """Whether this module holds ``run``: ``live``, ``made_room`` (dropped for newer runs), ``restarted`` or
         ``no_run``, asked by an application of the module's host before it asks its person for the PIN (`smc join`
-        after the first round). The host knows all of it already (it gave the orders and restarted the card); another
-        card asking is dropped without an answer, as any traffic that would depend on the module's state."""
-        if src.is_card:
+        after the first round). The host knows all of it already (it gave the orders and restarted the card); anyone
+        else asking is dropped without an answer, as any traffic that would depend on the module's state: another card
+        (of this host or a remote one) and an application on a port of another card (another host's, through the
+        links, as much as this host's). Only the module's own host hands out ports of the module card, and it drops
+        a remote message that claims one (its forged-source guard)."""
+        if src.is_card or src.domain != ctx.card_uid.domain:
             return
         if run in self._live:
             held = "live"
