@@ -284,9 +284,11 @@ def test_altered_agreement_confirmation_and_commitment_records_are_refused_and_t
 
 def test_a_responder_that_takes_the_offer_and_stops_leaves_the_initiator_its_voucher(tmp_path: Path) -> None:
     """b's card holds the offer (v1 sealed to it, inside its record), b locks nothing, and b's host dies
-    (SIGKILL). a's owner gives up: T1 is usable on a at once. b's host comes back and its owner accepts the stale
-    offer: a refuses the late m2 (no m3 ever leaves a) and asks the TTP to abort; b, waiting for m3 in vain,
-    aborts too and gets T2 back. v1 was never usable on b, and the authority recorded no movement.
+    (SIGKILL). a's owner gives up: T1 is usable on a at once. b's host comes back; the attacker on the wire drops
+    a's word that it gave up (the withdrawal a's host delivers to b once b is up: hosts confirm what they took,
+    host.taken), and b's owner accepts the stale offer: a refuses the late m2 (no m3 ever leaves a) and asks the
+    TTP to abort; b, waiting for m3 in vain, aborts too and gets T2 back. v1 was never usable on b, and the
+    authority recorded no movement.
 
     Fails if a confirmed a late m2 after giving up (b would store T1 while a has it back: T1 usable on two
     cards), or if the voucher an offer carries were usable by the responder before m3.
@@ -296,15 +298,25 @@ def test_a_responder_that_takes_the_offer_and_stops_leaves_the_initiator_its_vou
         n1 = await offered(s, T1, T2)
         await s.b.close()
         await asyncio.to_thread(s.net.hosts["b"].kill)
+        ab = s.taps["a->b"]
+        before = len(ab.seen)
+        ab.rule = lambda m: [] if is_record(m) else [m]  # drops a's withdrawal
         assert (await s.a.give_up(n1)).phase == "gave_up"
         assert {v.oid: v.status for v in await s.a.vouchers()}[T1] == "enabled"  # at once, b's host still down
         await asyncio.to_thread(s.net.hosts["b"].restart)
+
+        async def withdrawal_dropped() -> bool:
+            return any(is_record(m) for m in ab.seen[before:])
+
+        await wait_for("a's host sends the withdrawal to b once b is up (the tap drops it)", withdrawal_dropped)
+        ab.rule = passes
+        after = len(ab.seen)  # (the withdrawal is a small record, as m3 is: looked for after it)
         s.b = await wallet(s.net, "b")
         assert not await s.holds("b", T1)
         assert (await s.b.status(n1)).phase == "proposed"  # (the offer survived the crash)
         assert (await s.b.accept(n1)).phase == "agreed"
         await wait_for("a refuses the late m2 and the TTP aborts", lambda: _phase_is(s, "a", n1, "aborted"))
-        assert not any(confirm_record(m) for m in s.taps["a->b"].seen)  # a never confirmed
+        assert not any(confirm_record(m) for m in ab.seen[after:])  # a never confirmed
         assert (await s.b.status(n1)).phase == "agreed"
         assert (await s.b.abort(n1)).phase == "aborting"
         assert (await s.b.wait(n1, timeout_s=WAIT_S)).phase == "aborted"
