@@ -1,7 +1,8 @@
 """What the SPEED broker's operator meets, on real stores and real processes: a settlement that cannot be made says so
 in words (``cardnet speed broker prune``, ``cardnet speed broker run``) instead of an internal error; ``cardnet speed
 broker payout`` takes money out of a vendor's account, never more than it holds; settlement reads the held credits
-alone, not every debit ever settled."""
+alone, not every debit ever settled; a complaint's refund comes from the sale's held credit first and takes no
+account below what it holds."""
 
 from __future__ import annotations
 
