@@ -794,6 +794,7 @@ def test_stock_a_sale_ordered_is_reserved_for_it_and_goes_back_to_stock_if_the_s
     assert r["status"] == mc.PURCHASE_REFUSED and r["detail"] == "balance 10 does not cover 20"
     stock = bulk_broker.stock()[VID.hex()]
     assert stock["reserved_value"] == 0 and stock["stock_value"] == 150 + 180 == stock["bought_value"] - 90
+    assert stock["released_value"] == 0  # (counts only reservations whose customers did not come back)
 
 
 def test_a_forged_plain_refusal_of_a_bulk_order_keeps_it_pending_and_the_vendors_answer_settles_it(

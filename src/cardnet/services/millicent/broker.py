@@ -82,7 +82,7 @@ STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (th
 VENDOR_TIMEOUT_S = 10.0  # the default bound on all the vendor calls of one purchase (`broker run --vendor-timeout`)
 MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; each with a retry)
 # A sale's reservation (stock, or a place in an order) whose customer has not sent the purchase again for this long
-# goes back to stock (`broker run --reservation-hold`): docs/decisions.md, "Reserved stock is released".
+# goes back to stock (`broker run --reservation-hold`): docs/decisions.md, "Reserved bulk stock ... is released".
 RESERVATION_HOLD_S = 24 * 3600
 SWEEP_EVERY_S = 60.0  # the server looks for such reservations this often (more often for a short hold)
 
@@ -508,7 +508,7 @@ class BrokerCore:
         """A sale that ends without its stock: the piece reserved for it back to stock, or it waits no more."""
         raw = txn.get(WAITS, sale)
         if raw is not None:
-            _release_note(txn, sale, stored_json(raw, "a sale waiting for stock"))
+            _release_note(txn, sale, stored_json(raw, "a sale waiting for stock"), count=False)
 
     def release_stale(self, now: int) -> list[dict[str, Any]]:
         """Release the reservations of sales whose customer has not sent the purchase again for more than
@@ -839,9 +839,10 @@ def _since(txn: Any, sale: bytes) -> dict[str, int]:
         return {"since": int(note["since"])} if "since" in note else {}
 
 
-def _release_note(txn: Any, sale: bytes, note: dict[str, Any]) -> tuple[bytes | None, int]:
-    """Release ``sale``'s reservation (its ``note``): a piece back to stock (counted in ``RELEASED``), its place
-    in an order given up; the note deleted. Returns (vendor if known, the piece's value or 0)."""
+def _release_note(txn: Any, sale: bytes, note: dict[str, Any], *, count: bool = True) -> tuple[bytes | None, int]:
+    """Release ``sale``'s reservation (its ``note``): a piece back to stock (counted in ``RELEASED`` if ``count``:
+    not for a sale that ended otherwise), its place in an order given up; the note deleted. Returns (vendor if
+    known, the piece's value or 0)."""
     vendor, value = None, 0
     with stored("a sale waiting for stock"):
         if "piece" in note:
@@ -849,9 +850,10 @@ def _release_note(txn: Any, sale: bytes, note: dict[str, Any]) -> tuple[bytes | 
             s = stored_scrip(piece, "a stock piece")
             txn.put(STOCK, _stock_key(s), piece)
             vendor, value = s.vendor, s.value
-            row = txn.get(RELEASED, vendor) or bytes(16)
-            total, pieces = int.from_bytes(row[:8], "big") + value, int.from_bytes(row[8:], "big") + 1
-            txn.put(RELEASED, vendor, _u64(total) + _u64(pieces))
+            if count:
+                row = txn.get(RELEASED, vendor) or bytes(16)
+                total, pieces = int.from_bytes(row[:8], "big") + value, int.from_bytes(row[8:], "big") + 1
+                txn.put(RELEASED, vendor, _u64(total) + _u64(pieces))
         elif "order" in note:
             okey = bytes.fromhex(note["order"])
             txn.delete(WAITERS, okey + sale)
