@@ -287,7 +287,10 @@ def test_ctrl_c_in_the_middle_says_what_to_do_next_as_json_too(tmp_path: Path) -
     assert cardnet("ca", "create", str(tmp_path / "ca.cnca")).returncode == 0
     (tmp_path / "ca.pem").write_text(cardnet("ca", "cert", str(tmp_path / "ca.cnca")).stdout)
     try:
-        for args, hint in ((catalogue, INTERRUPTED_HINTS[()]), (send, INTERRUPTED_HINTS[("trn",)])):
+        sock = str(tmp_path / "host.sock")  # (the trn hint names the stopped command's own --socket)
+        trn = f"`cardnet trn list --socket {sock}` shows how each token stands; `cardnet trn recover --socket {sock}` "
+        trn += "resends what is unfinished"
+        for args, hint in ((catalogue, INTERRUPTED_HINTS[()]), (send, trn)):
             for as_json in (True, False):
                 argv = [sys.executable, "-m", "cardnet.cli.main", *args, *(["--json"] if as_json else [])]
                 p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -310,10 +313,11 @@ def test_ctrl_c_in_the_middle_says_what_to_do_next_as_json_too(tmp_path: Path) -
 
 
 def test_ctrl_c_in_a_purchase_or_a_load_names_the_command_to_finish_it_with_its_own_options(tmp_path: Path) -> None:
-    """Ctrl-C in ``cardnet speed buy`` (or ``speed purse load``) while its host never answers: the hint names the
-    command that finishes what may be under way with the options the stopped command was given (socket, card, CA
-    certificate, folder; broker, account), quoted for the shell, so that it can be run as it is. Before, it said
-    ``cardnet speed recover --socket S --ca-cert CA --out DIR``, and a person had to work out S, CA and DIR."""
+    """Ctrl-C in ``cardnet speed buy`` (or ``speed purse load``, ``wallet send``) while its host never answers: the
+    hint names the command that finishes what may be under way with the options the stopped command was given
+    (socket, card, CA certificate, folder; broker, account), quoted for the shell, so that it can be run as it is.
+    Before, it said ``cardnet speed recover --socket S --ca-cert CA --out DIR``, and a person had to work out S, CA
+    and DIR (and ``cardnet wallet recover``, which reads the default wallet config, not this host)."""
     import signal
     import socket
     import time
@@ -332,10 +336,15 @@ def test_ctrl_c_in_a_purchase_or_a_load_names_the_command_to_finish_it_with_its_
                   "'my bought'` finishes it")  # fmt: skip
     finish_load = ("`cardnet speed purse finish --socket host.sock --card a11ce0a11ce0a11ce0a11ce0 --broker "
                    "127.0.0.1:7450 --account C-1` finishes it")  # fmt: skip
+    send = ["wallet", "send", "00112233445566778899aabbccddeeff", "--to", "b0b000b0b000b0b000b0b000:00000000"]
+    send += ["--socket", "host.sock", "--pin", "1234"]
+    finish_send = "`cardnet wallet recover --socket host.sock` finishes whatever was under way"
+    env = {**os.environ, "CARDNET_WALLET_CONFIG": str(tmp_path / "none.toml")}  # (no wallet config: --socket alone)
     try:
-        for args, finish in ((buy, finish_buy), (load, finish_load)):
+        for args, finish in ((buy, finish_buy), (load, finish_load), (send, finish_send)):
             argv = [sys.executable, "-m", "cardnet.cli.main", *args, "--json"]
-            p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            p = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)  # fmt: skip
             time.sleep(3)  # (imports, then the PIN sent to the host: it waits for an answer that never comes)
             assert p.poll() is None, p.communicate()
             p.send_signal(signal.SIGINT)

@@ -156,8 +156,8 @@ INTERRUPTED_HINTS: dict[tuple[str, ...], str] = {
     ("speed", "recover"): "run it again: it finishes each purchase once, whatever was done already",
     ("speed", "purse", "load"): "a load may have been under way: `cardnet speed purse finish{--socket S}{--card}"
     "{--broker HOST:PORT}{--account A}` finishes it (credited once, or refused and forgotten)",
-    ("wallet",): "`cardnet wallet recover` finishes whatever was under way (each once); `cardnet wallet show` shows "
-    "where things stand",
+    ("wallet",): "`cardnet wallet recover{--config}{--socket}{--card}` finishes whatever was under way (each once); "
+    "`cardnet wallet show{--config}{--socket}{--card}` shows where things stand",
     **{
         ("millicent", name): "`cardnet millicent list{--wallet}` shows any request left pending; `cardnet millicent "
         "retry{--wallet}` sends it again (its scrip is spent once at most)"
@@ -165,8 +165,9 @@ INTERRUPTED_HINTS: dict[tuple[str, ...], str] = {
     },
     ("smc", "join"): "join again before the first round: the join goes on with the input the module has; after "
     "it, join again to follow the module's run to its result",
-    ("trn",): "`cardnet trn list` shows how each token stands; `cardnet trn recover` resends what is unfinished",
-    ("exchange",): "`cardnet exchange list` shows how each exchange stands and what to do next",
+    ("trn",): "`cardnet trn list{--socket S}{--card}` shows how each token stands; `cardnet trn recover{--socket S}"
+    "{--card}` resends what is unfinished",
+    ("exchange",): "`cardnet exchange list{--socket S}{--card}` shows how each exchange stands and what to do next",
 }
 
 
