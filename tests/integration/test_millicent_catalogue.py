@@ -38,6 +38,7 @@ def test_a_customer_sees_every_product_and_price_before_paying(tmp_path: Path) -
         vendor.stop()
     gone = cardnet("millicent", "catalogue", "--at", at, "--json", check=False)
     assert gone.returncode == 2 and json.loads(gone.stdout)["error"]["reason"] == "unreachable", gone.stdout
+    assert "the vendor must be running" in json.loads(gone.stdout)["error"]["hint"], gone.stdout  # (was None)
 
 
 def test_a_catalogue_asked_of_the_broker_says_to_check_the_address(tmp_path: Path) -> None:

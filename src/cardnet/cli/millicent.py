@@ -631,7 +631,7 @@ def catalogue(address: str, as_json: bool) -> None:
     try:
         r = asyncio.run(fetch_catalogue(address))
     except WalletError as exc:
-        if exc.reason != "bad_reply":  # (unreachable, a vendor that refused: their words say what to do)
+        if exc.reason not in ("bad_reply", "unreachable"):  # (a vendor that refused: its words say what to do)
             raise
         fail(str(exc), reason=exc.reason, hint=CATALOGUE_AT_HINT)
     r["at"] = address
@@ -656,7 +656,7 @@ def catalogue(address: str, as_json: bool) -> None:
 
 CATALOGUE_AT_HINT = (
     "check --at: it is the vendor's HOST:PORT, as `cardnet millicent vendor run` printed it (ready vendor "
-    "HOST:PORT); a broker's port, or another program's, answers something else"
+    "HOST:PORT), and the vendor must be running; a broker's port, or another program's, answers something else"
 )
 
 
