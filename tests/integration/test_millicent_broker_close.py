@@ -141,6 +141,36 @@ def test_an_answer_left_unsent_past_the_close_bound_is_fetched_by_the_wallets_re
     assert core.account(cid) == 60
 
 
+class HeldSweep(Held, mb.BrokerCore):
+    """The broker's core whose next sweep of stale reservations, once ``hold()`` is called, waits in the worker
+    thread for ``release()``: a slow sweep at a moment the test chooses."""
+
+    def release_stale(self, now: int) -> list[dict[str, object]]:
+        self.wait_if_held("sweep", WAIT_S)
+        return super().release_stale(now)
+
+
+def test_a_sweep_under_way_does_not_hold_the_stop_past_its_bound(world: tuple[str, SqliteStore, Wallet]) -> None:
+    """The broker's sweep of stale reservations is one more step on the store: a stop while it runs waits for it
+    within ``close_wait_s``, like a request's step, then closes (before, the stop awaited the sweep unbounded)."""
+    _, store, _ = world
+    core = HeldSweep(store)
+    core.hold()
+
+    async def go() -> None:
+        server = mb.BrokerServer(core, close_wait_s=0.05)
+        await server.start("127.0.0.1", 0)  # sweeps at once: the sweep is held in its thread
+        assert await asyncio.to_thread(core.entered.wait, WAIT_S)
+        try:
+            await asyncio.wait_for(server.aclose(), WAIT_S)  # (a guard on a hang, not a measure)
+        except TimeoutError:
+            pytest.fail("the broker's stop waited for the held sweep past its close bound")
+        finally:
+            core.release()
+
+    asyncio.run(go())  # returns once the worker thread's sweep has ended
+
+
 def test_broker_run_stops_in_order_on_sigterm(world: tuple[str, SqliteStore, Wallet], tmp_path: Path) -> None:
     """``cardnet millicent broker run`` stopped with SIGTERM goes through the same orderly stop and exits 0."""
     b, _, wallet = world

@@ -1036,12 +1036,12 @@ class BrokerServer:
             await self._closed.wait()
             return
         self._closing = True
-        if self._sweeper is not None:  # (not cancelled: a step under way holds the lock until its thread ends)
-            self._sweep_stop.set()
-            await self._sweeper
+        self._sweep_stop.set()  # the sweeper ends after the step it is in (if any)
         try:
             async with asyncio.timeout(self.close_wait_s):
                 await self._idle.wait()
+                if self._sweeper is not None:  # (shielded: a step under way holds the lock until its thread ends)
+                    await asyncio.shield(self._sweeper)
         except TimeoutError:
             log.warning(
                 "stopping after %g s with %d request(s) still in progress: what was decided is stored; its "
