@@ -178,3 +178,33 @@ def test_a_spend_whose_top_up_the_balance_does_not_cover_says_to_lower_it(world:
     assert "cardnet millicent broker deposit --customer" in e["hint"], e
     r = cardnet(*spend, "--top-up", "10")
     assert r.returncode == 0 and "hello, world" in r.stdout, r.stdout + r.stderr
+
+
+def test_speed_recover_with_a_folder_that_holds_no_journal_says_so_and_makes_none(tmp_path: Path) -> None:
+    """``cardnet speed recover --out boughtt`` (a typo of the folder ``speed buy --out bought`` wrote to) says that
+    folder holds no purchase journal and to check --out, exit 2, and makes no folder. Before, it made the empty
+    folder and answered "nothing was left to finish", exit 0, while the purchases under way waited in ``bought``.
+    Against a real host running the customer's card (purse, speed)."""
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    (tmp_path / "ca.pem").write_text(cardnet("ca", "cert", str(ca)).stdout)
+    store = f"sqlite:///{tmp_path / 'alice.card.db'}"
+    assert cardnet("card", "create", "--ca", str(ca), "--store", store, env={"CARDNET_PIN": PIN}).returncode == 0
+    config = tmp_path / "alice.toml"
+    config.write_text(f'name = "alice"\napp_socket = "{tmp_path / "alice.sock"}"\n\n[[cards]]\nstore = "{store}"\n'
+                      'applets = ["purse", "speed"]\n')  # fmt: skip
+    (tmp_path / "bought" / ".purchases").mkdir(parents=True)  # what a `speed buy --out bought` leaves
+    host = Service(tmp_path, "host", "run", "--config", str(config))
+    host.start()
+    try:
+        recover = ("speed", "recover", "--socket", str(tmp_path / "alice.sock"), "--ca-cert", "ca.pem", "--pin", PIN)
+        e = json_error(cardnet(*recover, "--out", "boughtt", "--json", cwd=tmp_path))
+        assert e["reason"] == "no_journal" and "boughtt holds no purchase journal" in e["message"], e
+        assert "check --out" in e["hint"], e
+        assert not (tmp_path / "boughtt").exists()
+        human = cardnet(*recover, "--out", "boughtt", cwd=tmp_path)
+        assert human.returncode == 2 and "nothing was left to finish" not in human.stdout, human.stdout + human.stderr
+        right = cardnet(*recover, "--out", "bought", cwd=tmp_path)  # the folder the purchases are journalled in
+        assert right.returncode == 0 and "nothing was left to finish" in right.stdout, right.stdout + right.stderr
+    finally:
+        host.stop()

@@ -748,6 +748,10 @@ def _written(out: Path, got: Any) -> dict[str, Any]:
 def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: Path, broker: str | None,
             as_json: bool) -> None:  # fmt: skip
     """Finish the purchases a crash or a lost connection interrupted (paid once, whatever happened)."""
+    if not (out / JOURNAL).is_dir():  # a mistyped --out: say so (and make nothing), not "nothing was left to finish"
+        fail(f"{out} holds no purchase journal ({JOURNAL}): no `cardnet speed buy --out {out}` began a purchase there",
+             reason="no_journal", hint="check --out: it is the folder `cardnet speed buy --out` wrote its products to "
+             "(each purchase under way is journalled there)")  # fmt: skip
     dropped: list[dict[str, Any]] = []
     done = finish_purchases(socket, pin, card, ca_cert, out, broker, dropped)
     words = [f"{len(done)} purchase(s) finished"] + [
