@@ -64,3 +64,23 @@ def test_ticketing_run_says_which_field_is_wrong_and_what_to_do(tmp_path: Path) 
             assert f"choose another port for {field}" in err["hint"], err
         r = run(busy, PIN)  # a person's words
         assert r.returncode == 2 and "Traceback" not in r.stderr and "what to do: another program" in r.stderr, r.stderr
+
+
+def test_a_missing_field_is_named_with_its_file_and_a_line_to_add(tmp_path: Path) -> None:
+    """A ticketing config without ``store`` (or an event without ``price``): the error names the field, the file and a
+    line to add. Before: 'store: must be a non-empty line of text (at most 200 characters), got None', no file, no
+    hint (found by a new user writing the file from the page)."""
+    config = tmp_path / "tickets.toml"
+    event = '[[events]]\nid = "final"\nname = "Cup final"\ndate = "2027-05-01"\nprice = "25.00 EUR"\nseats = ["A1"]\n'
+    head = 'name = "stadium"\nlisten = "127.0.0.1:0"\nspeed_listen = "127.0.0.1:0"\nhost = "device.toml"\n'
+    config.write_text(head + event)
+    err = refused(run(config, PIN, "--json"))
+    assert err["reason"] == "bad_config" and str(config) in err["message"], err
+    assert "store: missing: add a line such as store = " in err["message"] and "None" not in err["message"], err
+    assert "name, listen, speed_listen, store, host, events" in err["hint"], err
+
+    config.write_text('store = "tickets.db"\n' + head + event.replace('price = "25.00 EUR"\n', ""))
+    r = run(config, PIN)  # a person's words
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{config}: events[0].price: missing: add a line such as price = " in r.stderr, r.stderr
+    assert "what to do: the ticketing config needs id, name, date, price, seats in every [[events]]" in r.stderr

@@ -67,3 +67,13 @@ def test_a_hosts_config_given_in_its_place_is_named_as_such() -> None:
     with pytest.raises(TicketingError) as info:
         parse_config(host, Path("/srv"))
     assert "a host's config" in str(info.value) and info.value.hint is not None and "`host` field" in info.value.hint
+
+
+@pytest.mark.parametrize("key", ["name", "listen", "speed_listen", "store", "host", "events"])
+def test_a_missing_field_says_missing_and_what_to_write(key: str) -> None:
+    """Before: '<key>: ... got None' (or for events a list's bounds), not that the line is missing nor what to write."""
+    data = {k: v for k, v in GOOD.items() if k != key}
+    with pytest.raises(TicketingError) as info:
+        parse_config(data, Path("/srv"))
+    assert f"{key}: missing: add a line such as " in str(info.value) and "None" not in str(info.value)
+    assert info.value.hint is not None and "docs/ticketing.md" in info.value.hint

@@ -100,6 +100,35 @@ def _bad(where: str, what: str) -> TicketingError:
     return TicketingError("bad_config", f"{where}: {what}")
 
 
+# What to write for each field a ticketing config must have, for the error when it is left out.
+REQUIRED = {
+    "name": ('name = "stadium"', "the server's name, for logs and pages"),
+    "listen": ('listen = "127.0.0.1:8080"', "the HTTP address people and programs use"),
+    "speed_listen": ('speed_listen = "127.0.0.1:8081"', "the SPEED vendor's address (payment)"),
+    "store": ('store = "tickets.db"', "the vendor's store, made by `cardnet speed vendor init --store tickets.db`"),
+    "host": ('host = "device.toml"', "the host config of the server's device (`cardnet host init`)"),
+    "events": ("[[events]]", "one table per event: id, name, date, price, seats"),
+}
+REQUIRED_EVENT = {
+    "id": ('id = "final"', "letters, digits, '-' and '_'"),
+    "name": ('name = "Cup final"', "the event's name"),
+    "date": ('date = "2027-05-01 20:00"', "the event's date, as people read it"),
+    "price": ('price = "25.00 EUR"', "each seat's price: an amount and an ISO 4217 currency"),
+    "seats": ('seats = ["A1", "A2", "B1"]', "the seats for sale"),
+}
+
+
+def _missing(data: dict[str, Any], where: str, required: dict[str, tuple[str, str]]) -> None:
+    """Name the first required field that is not in ``data``, with a line to add and what it is for."""
+    for key, (line, what) in required.items():
+        if key not in data:
+            section = f" to {where.rstrip('.')}" if where else ""
+            err = _bad(f"{where}{key}", f"missing: add a line such as {line}{section} ({what})")
+            err.hint = f"the ticketing config needs {', '.join(required)}{' in every [[events]]' if where else ''}; " \
+                       "docs/ticketing.md shows a whole file"  # fmt: skip
+            raise err
+
+
 def _address(v: object, where: str) -> tuple[str, int]:
     if not isinstance(v, str) or ":" not in v:
         raise _bad(where, f'write host:port, e.g. "127.0.0.1:8080", got {v!r}')
@@ -133,6 +162,7 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
         raise err
     if unknown:
         raise _bad(", ".join(sorted(unknown)), f"unknown field(s); known: {', '.join(sorted(KNOWN))}")
+    _missing(data, "", REQUIRED)
     store = _text(data, "store", "")
     if "://" not in store:
         store = "sqlite:///" + str((base / store).resolve())
@@ -159,6 +189,7 @@ def parse_config(data: dict[str, Any], base: Path) -> TicketingConfig:
         extra = set(e) - KNOWN_EVENT
         if extra:
             raise _bad(f"{where}{sorted(extra)[0]}", f"unknown field; known: {', '.join(sorted(KNOWN_EVENT))}")
+        _missing(e, where, REQUIRED_EVENT)
         eid = e.get("id")
         if not isinstance(eid, str) or not _ID.match(eid):
             raise _bad(f"{where}id", f"1..32 letters, digits, '-' or '_', got {eid!r}")
@@ -229,4 +260,9 @@ def load_config(path: Path) -> TicketingConfig:
         raise TicketingError("bad_config", f"cannot read {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TicketingError("bad_config", f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, path.parent)
+    try:
+        return parse_config(data, path.parent)
+    except TicketingError as exc:  # the field's words, after the file that holds it
+        named = TicketingError(exc.reason, f"{path}: {exc}")
+        named.hint = exc.hint
+        raise named from None
