@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 
 from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, dialer
+from cardnet.transport.link import HOLD_DOWN_SWEEPS
 from cardnet.wire import Message, Uid
 
 GUARD_S = 10.0
@@ -128,5 +129,37 @@ def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silen
                 while silent != ["t5", "t6"]:
                     await asyncio.sleep(0.01)
             hold.set()
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))
+
+
+def test_through_a_long_outage_the_tokens_are_released_and_the_messages_stay_queued() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+
+        async def on_connection(conn: TcpConnection) -> None:
+            accepted.put_nowait(conn)
+            await asyncio.sleep(GUARD_S)
+
+        server = TcpServer()
+        await server.start("127.0.0.1", 0, on_connection)
+        port = server.port
+        await server.aclose()  # nothing listens there: the peer is down
+        taken: list[object] = []
+        link = ReconnectingLink(
+            dialer("127.0.0.1", port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
+            parse_confirm=parse, on_taken=taken.extend,
+        )  # fmt: skip
+        async with link:
+            link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
+            for _ in range(HOLD_DOWN_SWEEPS):
+                link.sweep()
+            assert taken == [] and link.queued == 2  # held for the owner through a short outage
+            link.sweep()
+            assert taken == ["t1", "t2"] and link.queued == 2 and link.tokens() == []  # released, still queued
+            async with TcpServer() as back:  # the peer is back (on the same port): the messages go out
+                await back.start("127.0.0.1", port, on_connection)
+                conn = await accepted.get()
+                assert await read(conn, 2) == [1, 2]
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))

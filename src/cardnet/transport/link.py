@@ -44,6 +44,7 @@ peer (a card tolerates them).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
@@ -63,6 +64,9 @@ log = logging.getLogger(LOGGER_NAME)
 DEFAULT_BACKOFF = BackoffPolicy()
 SEND_BATCH = 1024  # messages handed to the connection in one send_many
 DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024  # bytes of messages waiting to be sent (besides a first one of any size)
+# sweeps in a row without a connection after which the tokens of what waits are released (the messages stay queued):
+# their owner (a host's card outbox) then holds them no longer than this through a long outage (see sweep)
+HOLD_DOWN_SWEEPS = 6
 
 
 def fit_queue(
@@ -136,9 +140,12 @@ class ReconnectingLink:
         self._on_taken = on_taken
         self._tokens: deque[object] = deque()  # beside _outbox: each message's token (None: none)
         self._inflight: dict[int, tuple[Message, object, int]] = {}  # number -> (message, token, sweep it was sent)
+        self._inflight_bytes = 0  # bytes of them: with _queued_bytes, at most max_queue_bytes (a peer that stops
+        # confirming holds them; they were bounded only by count, max_queue times max_frame bytes)
         self._written = 0  # messages written on the current connection (the next one's number)
         self._confirming: bool | None = None if confirm_mtype is not None else False  # None: not known yet
         self._sweeps = 0
+        self._down_sweeps = 0  # sweeps in a row that found no connection
 
     # -- state -------------------------------------------------------------
 
@@ -212,7 +219,8 @@ class ReconnectingLink:
         """
         self._check()
         room = self._max_queue - len(self._outbox) - len(self._inflight)
-        n, size = fit_queue(msgs, room, self._max_queue_bytes, self._queued_bytes, self._max_frame)
+        held = self._queued_bytes + self._inflight_bytes
+        n, size = fit_queue(msgs, room, self._max_queue_bytes, held, self._max_frame)
         if n:
             self._outbox.extend(msgs[:n] if n < len(msgs) else msgs)
             if tokens is None:
@@ -231,11 +239,12 @@ class ReconnectingLink:
                 "oversize", f"message is {msg.size} bytes, the frame limit is {self._max_frame}: send it in chunks"
             )
         room = self._max_queue - len(self._outbox) - len(self._inflight)
-        if not fit_queue([msg], room, self._max_queue_bytes, self._queued_bytes)[0]:
+        if not fit_queue([msg], room, self._max_queue_bytes, self._queued_bytes + self._inflight_bytes)[0]:
             state = "connected, the peer is slow" if self.connected else "disconnected"
             raise TransportError(
                 "queue_full",
-                f"{self.label} already queues {len(self._outbox)} messages, {self._queued_bytes} bytes ({state}): "
+                f"{self.label} already queues {len(self._outbox)} messages, {self._queued_bytes} bytes, and has "
+                f"{len(self._inflight)}, {self._inflight_bytes} bytes, written and not confirmed ({state}): "
                 "retry later or send less",
             )
         self._outbox.append(msg)
@@ -274,6 +283,7 @@ class ReconnectingLink:
         dropped."""
         out = [m for m, _, _ in self._inflight.values()] + list(self._outbox)
         self._inflight.clear()
+        self._inflight_bytes = 0
         self._outbox.clear()
         self._tokens.clear()
         self._queued_bytes = 0
@@ -295,7 +305,13 @@ class ReconnectingLink:
         now: it was not taken, so a while later is as good); a peer that confirmed nothing on a connection that
         carried messages for a whole sweep is taken as one that does not confirm (its tokens are released)."""
         self._sweeps += 1
-        if not self._inflight or self._conn is None:
+        if self._conn is None:
+            self._down_sweeps += 1
+            if self._down_sweeps > HOLD_DOWN_SWEEPS:
+                self._release_waiting()
+            return
+        self._down_sweeps = 0
+        if not self._inflight:
             return
         if self._confirming is not True:
             if any(at < self._sweeps - 1 for _, _, at in self._inflight.values()):
@@ -303,6 +319,7 @@ class ReconnectingLink:
                 self._confirming = False
                 self._release([t for _, t, _ in self._inflight.values()])
                 self._inflight.clear()
+                self._inflight_bytes = 0
             return
         stale = [k for k, (_, _, at) in self._inflight.items() if at < self._sweeps - 2]
         if stale:
@@ -312,7 +329,26 @@ class ReconnectingLink:
                 self._outbox.append(msg)
                 self._tokens.append(token)
                 self._queued_bytes += msg.size
+                self._inflight_bytes -= msg.size
             self._has_out.set()
+
+    def _release_waiting(self) -> None:
+        """The peer has been unreachable for ``HOLD_DOWN_SWEEPS`` sweeps: release the tokens of what waits (a card's
+        outputs would otherwise fill its store through a long outage); the messages stay queued and are sent once
+        the peer is back, without confirmation (a crash of this process until then loses them, as without
+        confirmations)."""
+        if self._inflight:  # (they would be written first on the next connection)
+            again = list(self._inflight.values())
+            self._inflight.clear()
+            self._outbox.extendleft(reversed([m for m, _, _ in again]))
+            self._tokens.extendleft(reversed([t for _, t, _ in again]))
+            self._queued_bytes += sum(m.size for m, _, _ in again)
+        release = [t for t in self._tokens if t is not None]
+        if release:
+            log.info("%s: the peer has been unreachable for %d sweeps: %d message(s) wait here unconfirmed",
+                     self.label, self._down_sweeps, len(release))  # fmt: skip
+            self._tokens = deque(itertools.repeat(None, len(self._outbox)))
+            self._release(release)
 
     def _release(self, tokens: list[object]) -> None:
         if tokens and self._on_taken is not None:
@@ -326,12 +362,26 @@ class ReconnectingLink:
             return
         done: list[object] = []
         written = self._written
-        for i in range(0, len(runs) - 1, 2):
-            first = runs[i]
-            for k in range(first, min(first + runs[i + 1], written)):  # (a peer cannot make us count past it)
-                got = inflight.pop(k, None)
-                if got is not None:
-                    done.append(got[1])
+        freed = 0
+        spans = [(runs[i], min(runs[i] + runs[i + 1], written)) for i in range(0, len(runs) - 1, 2)]
+        # (a peer cannot make us count past what was written; nor, by confirming numbers that are not in flight,
+        # make us look up more numbers than are in flight: then one pass over those, each looked up in the runs)
+        if sum(end - first for first, end in spans if end > first) <= len(inflight):
+            for first, end in spans:
+                for k in range(first, end):
+                    got = inflight.pop(k, None)
+                    if got is not None:
+                        done.append(got[1])
+                        freed += got[0].size
+        else:
+            spans = sorted(span for span in spans if span[1] > span[0])
+            starts = [first for first, _ in spans]
+            ends = list(itertools.accumulate((end for _, end in spans), max))
+            for k in [k for k in inflight if (i := bisect.bisect_right(starts, k)) and ends[i - 1] > k]:
+                msg, token, _ = inflight.pop(k)
+                done.append(token)
+                freed += msg.size
+        self._inflight_bytes -= freed
         self._release(done)
 
     def close(self) -> None:
@@ -414,6 +464,7 @@ class ReconnectingLink:
         if self._inflight:  # written on the last connection and never confirmed: first on this one
             again = list(self._inflight.values())
             self._inflight.clear()
+            self._inflight_bytes = 0
             self._outbox.extendleft(reversed([m for m, _, _ in again]))
             self._tokens.extendleft(reversed([t for _, t, _ in again]))
             self._queued_bytes += sum(m.size for m, _, _ in again)
@@ -466,6 +517,7 @@ class ReconnectingLink:
         k = self._written
         sweeps = self._sweeps
         release: list[object] = []
+        held = 0
         for i, msg in enumerate(batch):
             self._queued_bytes -= outbox.popleft().size
             token = tokens.popleft()
@@ -476,10 +528,12 @@ class ReconnectingLink:
                         release.append(token)
                     else:
                         inflight[k] = (msg, token, sweeps)
+                        held += msg.size
                 k += 1
             elif token is not None:
                 release.append(token)  # (dropped: it never fits; as if taken, it will not come again)
         self._written = k
+        self._inflight_bytes += held
         self._release(release)
 
     async def _send_each(self, conn: Connection, batch: list[Message]) -> list[bool]:
