@@ -417,6 +417,16 @@ def test_a_mistyped_vendor_address_is_re_pointed_and_never_buys_twice(world: dic
     assert r.returncode != 0 and "still pending" in r.stderr + r.stdout  # and no second purchase:
     listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)
     assert listed["scrip"] == [] and len(listed["pending"]) == 1
+    # A retry to the same wrong address leaves it pending: not finished, so not exit 0 (before: exit 0, a table)
+    r = cardnet("millicent", "retry", "--wallet", alice, "--json", check=False)
+    err = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and err["reason"] == "pending", (r.returncode, err)
+    assert err["message"].startswith("1 request still pending: ") and f"cannot reach {wrong}" in err["message"], err
+    assert [q["outcome"] for q in err["requests"]] == ["pending"], err
+    assert "--at HOST:PORT" in err["hint"] and "--give-up" in err["hint"], err
+    r = cardnet("millicent", "retry", "--wallet", alice, check=False)  # a person's words: the table, then why
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "pending requests" in r.stdout, r
+    assert "error: 1 request still pending" in r.stderr and "what to do:" in r.stderr, r.stderr
     out = json.loads(cardnet("millicent", "retry", "--wallet", alice, "--at", at, "--json").stdout)
     assert [(q["outcome"], q["detail"]) for q in out["requests"]] == [("ok", "change 7")]
     listed = json.loads(cardnet("millicent", "list", "--wallet", alice, "--json").stdout)

@@ -834,16 +834,28 @@ def retry(
     An answer that is not MACed by the broker (or, at levels 2 and 3, by the
     vendor) could come from anyone on the network: such a request stays
     pending until the peer's own answer arrives, or until you give it up.
+    While any request stays pending the command fails (exit 2, reason
+    pending, the rows under --json) after showing them.
     """
     vendor_b = _hex(vendor_id, 8, "--vendor") if vendor_id else None
     w = _wallet(wallet)
     rows = asyncio.run(w.retry_pending(int(time.time()), give_up=give_up, at=address, vendor=vendor_b, broker=broker))
+    left = [r for r in rows if r["outcome"] == "pending"]
+    if not as_json:
+        print_rows(
+            rows,
+            ("request", "kind", "vendor", "outcome", "detail"),
+            title="pending requests",
+            empty="nothing is pending",
+        )
+    if left:  # not finished yet: exit 2, reason pending (as `trn reissue` without its answer), the rows too
+        why = "; ".join(dict.fromkeys(str(r["detail"]) for r in left))
+        fail(f"{len(left)} request{'s' if len(left) > 1 else ''} still pending: {why}", reason="pending",
+             hint=f"run `cardnet millicent retry --wallet {wallet}` again once the peer answers; a vendor at another "
+             "address: --at HOST:PORT --vendor ID (spends), a broker that moved: --broker HOST:PORT (purchases); "
+             "to stop waiting: --give-up (unexpired scrip comes back)", fields={"requests": rows})  # fmt: skip
     if as_json:
         emit_json({"requests": rows})
-        return
-    print_rows(
-        rows, ("request", "kind", "vendor", "outcome", "detail"), title="pending requests", empty="nothing is pending"
-    )
 
 
 # --- benchmark (added to `cardnet bench` by cli.bench) -----------------------------------
