@@ -60,13 +60,36 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
     ca = pki.CertificateAuthority.load(ca_path)
     # The signer logs in to the authority card by name: the host may run other cards too (an agent).
     cards = [c for c in config.cards if "authority" in c.applets]
-    if len(cards) != 1:
-        fail("the config needs exactly one card with the `authority` applet", hint=f"found {len(cards)}")
+    if not cards:
+        fail(f"{config_path} has no authority card: none of its [[cards]] lists the `authority` applet, and "
+             "`cardnet authority run` runs the authority's card", reason="no_authority_card",
+             hint='give --config the authority host\'s config, or add "authority" to the applets of its authority '
+             "card's [[cards]] entry (docs/host.md); a host without one runs with `cardnet host run`")  # fmt: skip
+    if len(cards) > 1:
+        fail(
+            f"{config_path} has {len(cards)} cards with the `authority` applet: the blocklist signer logs in to one",
+            reason="bad_config",
+            hint="keep the `authority` applet on one card of the host: the authority's",
+        )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     signer_log = logging.getLogger("cardnet.authority")  # each epoch signed, at INFO: what the operator watches
     if signer_log.getEffectiveLevel() > logging.INFO:
         signer_log.setLevel(logging.INFO)
+
+    def check_ca(card: Any) -> None:
+        """The authority card must take the blocklists signed with --ca: else it would refuse every epoch."""
+        from cardnet.services.authority import ca_names, ca_trusted
+
+        if not ca_trusted(ca, card.roots_der):
+            fail(
+                f"the CA in {ca_path} ({ca.certificate.subject.rfc4514_string()!r}) is not one the authority card "
+                f"{card.uid} trusts (it trusts {ca_names(card.roots_der)}): the card would refuse every blocklist "
+                "signed with it, and no card would learn of a blocked device",
+                reason="wrong_ca",
+                hint="give --ca the CA file of the CA that issued the authority card (the network's CA, the one "
+                "`cardnet card create --ca` used for it)",
+            )
 
     def service(domain: bytes) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
         return BlocklistSigner(ca, str(config.app_socket), pin, every_s, card=domain, refresh_s=refresh_s).run
@@ -74,7 +97,7 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
     run_host_service(config, applet="authority", pin=pin,
                      pin_hint="set CARDNET_PIN to the authority card's PIN; at 0 tries it locks", service=service,
                      failed=("the blocklist signer failed", None), log_failure="cardnet.authority",
-                     as_json=as_json)  # fmt: skip
+                     check=check_ca, as_json=as_json)  # fmt: skip
 
 
 @card_command(

@@ -54,8 +54,10 @@ def host_run(config_path: Path, as_json: bool) -> None:
 
 
 def run_host(config: Any, as_json: bool) -> None:
-    """Run the host of a loaded ``config`` until SIGINT/SIGTERM; print ``ready`` once it accepts connections."""
+    """Run the host of a loaded ``config`` until SIGINT/SIGTERM; print ``ready`` once it accepts connections. Its
+    card stores are claimed first (store/owner.py): a second host on one of them is refused, naming this one."""
     from cardnet.host.server import HostServer
+    from cardnet.store.owner import claimed
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -69,6 +71,7 @@ def run_host(config: Any, as_json: bool) -> None:
             loop.add_signal_handler(sig, server.stop)
         addr = server.listen_address
         listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        claims.serving(listen if addr else f"app socket {config.app_socket}")
         say_ready(as_json, {"name": config.name, "listen": None if addr is None else listen},
                   f"ready {config.name} {listen}")  # fmt: skip
         try:
@@ -76,7 +79,14 @@ def run_host(config: Any, as_json: bool) -> None:
         finally:
             await server.aclose()
 
-    asyncio.run(main())
+    with claimed(card_stores(config), f"host {config.name!r}") as claims:  # one host per card
+        asyncio.run(main())
+
+
+def card_stores(config: Any) -> list[tuple[str, str]]:
+    """The card stores of a host ``config`` to claim (store/owner.py), each with how to give another."""
+    return [(cc.store, f"give this host another card (cards[{i}].store in its config)")
+            for i, cc in enumerate(config.cards)]  # fmt: skip
 
 
 def run_host_service(
@@ -89,6 +99,7 @@ def run_host_service(
     failed: tuple[str, str | None],
     ready_extra: Callable[[bytes], tuple[str, str]] | None = None,
     log_failure: str | None = None,
+    check: Callable[[Any], None] | None = None,
     as_json: bool,
 ) -> None:
     """Run the host of ``config`` and, beside it, a service logged in to its one card with ``applet`` (the gate,
@@ -97,10 +108,13 @@ def run_host_service(
     The PIN is checked before ``ready`` (a wrong one stops here, once, and says how many tries remain).
     ``service(domain)`` is the service's ``run(stop)``; ``ready_extra(domain)`` a field the ``ready`` line adds
     (``ready NAME LISTEN KEY VALUE``). A service that fails stops the host (logged to ``log_failure`` if named),
-    and the command fails with ``failed``: what stopped (e.g. "the gate service stopped") and the error's reason."""
+    and the command fails with ``failed``: what stopped (e.g. "the gate service stopped") and the error's reason.
+    ``check(card)``, if given, looks at the service's card (the host's :class:`~cardnet.card.runtime.Card`) once the
+    host has opened it, before the PIN is checked: it fails (and the host stops) if the service cannot work with it."""
     from cardnet.cli.trn import verify_pin
     from cardnet.host.client import AppClient
     from cardnet.host.server import HostServer
+    from cardnet.store.owner import claimed
 
     async def main() -> None:
         server = HostServer(config)
@@ -114,8 +128,11 @@ def run_host_service(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown)
-        domain = next(c.uid.domain for c, cc in zip(server.cards, config.cards, strict=True) if applet in cc.applets)
+        card = next(c for c, cc in zip(server.cards, config.cards, strict=True) if applet in cc.applets)
+        domain = card.uid.domain
         try:
+            if check is not None:
+                check(card)
             async with await AppClient.connect(str(config.app_socket), card=domain) as app:
                 await verify_pin(app, pin, hint=pin_hint)
         except BaseException:
@@ -133,6 +150,7 @@ def run_host_service(
         task.add_done_callback(service_done)
         addr = server.listen_address
         listen = f"{addr[0]}:{addr[1]}" if addr else "-"
+        claims.serving(listen if addr else f"app socket {config.app_socket}")
         extra = None if ready_extra is None else ready_extra(domain)
         ready = {"name": config.name, "listen": None if addr is None else listen}
         settle_heap()
@@ -147,4 +165,5 @@ def run_host_service(
         if not task.cancelled() and task.exception() is not None:
             fail(f"{failed[0]}: {task.exception()}", reason=failed[1], hint="see the log above")
 
-    asyncio.run(main())
+    with claimed(card_stores(config), f"{applet} host {config.name!r}") as claims:  # one host per card
+        asyncio.run(main())

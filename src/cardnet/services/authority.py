@@ -26,11 +26,42 @@ from cardnet.applets.trn import BLOCKLIST
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.errors import CardnetError
-from cardnet.host.client import AppClient
+from cardnet.host.client import AppClient, undeliverable
 from cardnet.protocols import trace_view
 from cardnet.wire import Uid
 
 log = logging.getLogger("cardnet.authority")
+
+MAX_BACKOFF_S = 300.0  # a blocklist the card refused is signed again at most this far apart (doubling up to it)
+
+
+class BlocklistRefused(CardnetError):
+    """The authority card refused a blocklist the signer handed it (``reason`` ``blocklist_refused``): signed with a
+    CA the card does not trust, say. Signing again at once would be refused again."""
+
+
+def ca_trusted(ca: pki.CertificateAuthority, roots_der: list[bytes]) -> bool:
+    """Whether a card with the trusted roots ``roots_der`` takes a blocklist signed by ``ca`` (the card's own check:
+    the blocklist's signature verifies under one of its roots)."""
+    probe = ca.sign_blocklist(0, [], now=datetime.now(UTC))
+    for root in roots_der:
+        try:
+            probe.verify(pki.cert_from_der(root))
+        except CardnetError:
+            continue
+        return True
+    return False
+
+
+def ca_names(roots_der: list[bytes]) -> str:
+    """The subjects of the CA certificates ``roots_der``, for people ("'CN=net' , 'CN=other'")."""
+    names = []
+    for root in roots_der:
+        try:
+            names.append(repr(pki.cert_from_der(root).subject.rfc4514_string()))
+        except (CardnetError, ValueError):
+            names.append("an unreadable certificate")
+    return ", ".join(names) or "no CA"
 
 
 @dataclass
@@ -46,14 +77,23 @@ class BlocklistSigner:
     card: bytes | None = None  # the authority card's domain (needed when its host runs several cards)
     refresh_s: float = 0.0  # also re-sign an unchanged set this often (0: never), for cards with a max blocklist age
     signed_at: float = 0.0
+    refusals: int = 0  # blocklists the card refused in a row (the wait before the next grows with them)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop``; a slow or lost connection to the card is logged and retried."""
+        """Poll until ``stop``; a slow or lost connection to the card is logged and retried. A blocklist the card
+        refuses is logged as an error and signed again only after a wait that doubles each time, up to
+        :data:`MAX_BACKOFF_S` (the card would refuse it again at once: it does not trust the CA, say)."""
         while not stop.is_set():
             try:
                 await self._session(stop)
             except PermissionError:  # a wrong PIN: retrying would only use up the card's PIN tries
                 raise
+            except BlocklistRefused as exc:
+                self.refusals += 1
+                wait_s = min(MAX_BACKOFF_S, self.every_s * 2**self.refusals)
+                log.error("%s; trying again in %g s", exc, wait_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait_s)
             except (CardnetError, OSError, TimeoutError) as exc:
                 log.warning("blocklist signer: %s: logging in again", exc or type(exc).__name__)
                 with contextlib.suppress(TimeoutError):
@@ -74,10 +114,30 @@ class BlocklistSigner:
         the card does not hold the last epoch signed)."""
         return await self.hand(app, await self.poll(app))
 
-    async def poll(self, app: AppClient) -> dict[str, Any]:
-        """The card's ``auth.blocked``: its blocked set and the epoch of the blocklist it holds."""
+    async def poll(self, app: AppClient, *, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The card's ``auth.blocked``: its blocked set and the epoch of the blocklist it holds. The card answers a
+        connection's orders in order, so a refusal of the blocklist last handed (``trn.blocklist`` has no answer
+        when taken) comes before it: it raises :class:`BlocklistRefused` with the card's words."""
         await app.send(app.uid.card_uid(), BLOCKED_LIST)
-        return await app.recv_type(BLOCKED)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await app.recv()
+                if msg.mtype == BLOCKED.code:
+                    got = dict(BLOCKED.parse(msg))
+                    if got.get("epoch", 0) >= self.epoch:
+                        self.refusals = 0
+                    return got
+                if msg.mtype == cm.REFUSED.code and msg.src == app.uid.card_uid():
+                    p = cm.REFUSED.parse(msg)
+                    if p["mtype"] == BLOCKLIST.code:
+                        raise BlocklistRefused(
+                            "blocklist_refused",
+                            f"the authority card refused blocklist epoch {self.epoch} ({p['reason']}: {p['detail']}): "
+                            "it does not hold it, and the cards it meets do not learn of the blocked devices; if "
+                            "the card does not trust the CA, restart `cardnet authority run` with --ca the CA that "
+                            "issued the authority card",
+                        )
+                undeliverable(msg, app.uid)
 
     async def hand(self, app: AppClient, got: dict[str, Any]) -> pki.Blocklist | None:
         """Sign and hand the card a new epoch if what :meth:`poll` ``got`` calls for it; the blocklist handed."""
