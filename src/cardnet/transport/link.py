@@ -340,6 +340,7 @@ class ReconnectingLink:
         if self._inflight:  # (they would be written first on the next connection)
             again = list(self._inflight.values())
             self._inflight.clear()
+            self._inflight_bytes = 0
             self._outbox.extendleft(reversed([m for m, _, _ in again]))
             self._tokens.extendleft(reversed([t for _, t, _ in again]))
             self._queued_bytes += sum(m.size for m, _, _ in again)

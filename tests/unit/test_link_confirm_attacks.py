@@ -1,0 +1,156 @@
+"""``ReconnectingLink`` confirmations against a peer that abuses them: real TCP connections on 127.0.0.1, the peer
+a test connection writing the confirmation frames an attacker would (a malicious authenticated host, or a man in
+the middle of a link without TLS).
+
+A peer that confirms once and then never again keeps every message written to it in flight: they count against the
+link's byte bound as queued ones do (before, only their number was bounded: ``max_queue`` times ``max_frame``
+bytes). A confirmation frame of numbers that are not in flight (replayed, never written, far behind) costs the link
+at most one look at each message in flight, not one per number it names (before: 2048 runs of up to every number
+written on the connection, each looked up, per frame: minutes of CPU for a few frames). Every wait is bounded by an
+asyncio timeout that only guards against hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from collections.abc import Sequence
+
+import pytest
+
+from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, TransportError, dialer
+from cardnet.transport.link import HOLD_DOWN_SWEEPS
+from cardnet.wire import Message, Uid
+
+GUARD_S = 20.0
+CONFIRM = 0x7FF0  # a test type: runs [first, count, ...] as big-endian 32-bit numbers in the param
+FAST = BackoffPolicy(initial_s=0.005, max_s=0.05)
+A, B = Uid(bytes([1]) * 12, 0), Uid(bytes([2]) * 12, 0)
+
+
+def m(i: int, size: int = 4) -> Message:
+    return Message(A, B, 0x7F01, i.to_bytes(4, "big") + bytes(size - 4))
+
+
+def confirm(*runs: int) -> Message:
+    return Message(B, A, CONFIRM, struct.pack(f">{len(runs)}I", *runs))
+
+
+def parse(msg: Message) -> Sequence[int]:
+    return list(struct.unpack(f">{len(msg.param) // 4}I", msg.param))
+
+
+async def read(conn: TcpConnection, n: int) -> list[int]:
+    got: list[int] = []
+    while len(got) < n:
+        got += [int.from_bytes(msg.param[:4], "big") for msg in await conn.recv_many()]
+    return got
+
+
+def test_a_peer_that_stops_confirming_holds_no_more_than_the_links_byte_bound() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+        hold = asyncio.Event()
+
+        async def on_connection(conn: TcpConnection) -> None:
+            accepted.put_nowait(conn)
+            await hold.wait()
+
+        async with TcpServer() as server:
+            await server.start("127.0.0.1", 0, on_connection)
+            link = ReconnectingLink(
+                dialer("127.0.0.1", server.port), rng=random.Random(1), policy=FAST, max_queue=1000,
+                max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
+            )  # fmt: skip
+            async with link:
+                link.send_nowait(m(0, 1000), "t0")
+                conn = await accepted.get()
+                assert await read(conn, 1) == [0]
+                await conn.send(confirm())  # "I confirm" ... and then never does
+                sent = 1
+                with pytest.raises(TransportError) as refused:
+                    for i in range(1, 50):  # 50 KB in all, one at a time, each written before the next
+                        link.send_nowait(m(i, 1000), f"t{i}")
+                        sent += 1
+                        assert await read(conn, 1) == [i]
+                assert refused.value.reason == "queue_full" and "not confirmed" in str(refused.value)
+                assert sent <= 10 and link.in_flight == sent  # 10 000 bytes: written, unconfirmed, all kept
+                hold.set()
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))
+
+
+def test_confirmations_of_numbers_not_in_flight_cost_no_work_per_number_named() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+        hold = asyncio.Event()
+
+        async def on_connection(conn: TcpConnection) -> None:
+            accepted.put_nowait(conn)
+            await hold.wait()
+
+        taken: list[object] = []
+        n = 20_000
+        async with TcpServer() as server:
+            await server.start("127.0.0.1", 0, on_connection)
+            link = ReconnectingLink(
+                dialer("127.0.0.1", server.port), rng=random.Random(2), policy=FAST, max_queue=n,
+                confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=taken.extend,
+            )  # fmt: skip
+            async with link:
+                assert link.send_many_nowait([m(i) for i in range(n)], list(range(n))) == n
+                conn = await accepted.get()
+                assert await read(conn, n) == list(range(n))
+                await conn.send(confirm(1, n - 1))  # all but number 0, kept in flight
+                while len(taken) < n - 1:
+                    await asyncio.sleep(0.01)
+                assert link.in_flight == 1
+                # the flood: 2048 runs a frame, each naming the 19 999 numbers already confirmed (replays)
+                flood = confirm(*([1, n - 1] * 2048))
+                for _ in range(30):
+                    await conn.send(flood)
+                await conn.send(confirm(0, 1))  # read after the flood, on the same connection
+                while 0 not in taken:
+                    await asyncio.sleep(0.01)
+                assert link.in_flight == 0 and sorted(taken) == list(range(n))  # each released once
+                hold.set()
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))
+
+
+def test_after_a_long_outage_the_messages_that_were_in_flight_count_once_against_the_byte_bound() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+        hold = asyncio.Event()
+
+        async def on_connection(conn: TcpConnection) -> None:
+            accepted.put_nowait(conn)
+            await hold.wait()
+
+        server = TcpServer()
+        await server.start("127.0.0.1", 0, on_connection)
+        port = server.port
+        link = ReconnectingLink(
+            dialer("127.0.0.1", port), rng=random.Random(3), policy=FAST, max_queue=1000,
+            max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
+        )  # fmt: skip
+        async with link:
+            assert link.send_many_nowait([m(i, 1000) for i in range(5)], [f"t{i}" for i in range(5)]) == 5
+            conn = await accepted.get()
+            assert await read(conn, 5) == list(range(5))
+            await conn.send(confirm())  # confirms, but not these: 5 of them in flight
+            while link.in_flight != 5 or link.queued:
+                await asyncio.sleep(0.01)
+            hold.set()
+            await server.aclose()  # the peer is gone for good (nothing listens on its port)
+            while link.connected:
+                await asyncio.sleep(0.01)
+            for _ in range(HOLD_DOWN_SWEEPS + 1):
+                link.sweep()
+            size = m(0, 1000).size  # (1 034 bytes: with its header)
+            assert link.in_flight == 0 and link.queued == 5 and link.queued_bytes == 5 * size
+            # the same bytes, now queued: room for 4 more of them in 10 000, not (counted twice) none
+            assert link.send_many_nowait([m(i, 1000) for i in range(5, 11)]) == 4
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))
