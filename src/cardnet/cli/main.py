@@ -7,6 +7,7 @@ import logging
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -206,14 +207,42 @@ def interrupted_hint(args: list[str]) -> str:
     placeholder ``DIR``; ``{--card}``: ``--card`` as given, else nothing), so that it can be run as it is."""
     words = _command_words(args)
     hint = next(INTERRUPTED_HINTS[words[:n]] for n in range(len(words), -1, -1) if words[:n] in INTERRUPTED_HINTS)
+    return fill_options(hint, lambda option: _option_value(args, option))
+
+
+def fill_options(hint: str, value: Callable[[str], str | None]) -> str:
+    """``hint`` with each ``{--out DIR}`` made `` --out VALUE`` (shell-quoted) when ``value("--out")`` gives one,
+    else `` --out DIR``; each ``{--card}`` `` --card VALUE``, else nothing."""
 
     def given(m: re.Match[str]) -> str:
-        value = _option_value(args, m.group(1))
-        if value is not None:
-            return f" {m.group(1)} {shlex.quote(value)}"
+        got = value(m.group(1))
+        if got is not None:
+            return f" {m.group(1)} {shlex.quote(got)}"
         return f" {m.group(1)}{m.group(2)}" if m.group(2) else ""
 
     return _GIVEN.sub(given, hint)
+
+
+def given_options(hint: str) -> str:
+    """``hint`` (a next step a command names: "then `cardnet wallet show{--config}`") with the options the running
+    command was given on its command line filled in (:func:`fill_options`), so that the next command works on
+    what this one did (the same wallet config, host, card) when typed as shown. An option that came from its default
+    or the environment is left out (the environment carries over)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+
+    def value(option: str) -> str | None:
+        if ctx is None:
+            return None
+        for param in ctx.command.params:
+            if option in param.opts and param.name is not None:
+                got = ctx.params.get(param.name)
+                if got is not None and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+                    return str(got)
+        return None
+
+    return fill_options(hint, value)
 
 
 def run(args: list[str]) -> int:

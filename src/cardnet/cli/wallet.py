@@ -15,6 +15,7 @@ and the web wallet (:mod:`.wallet_ui`).
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ import click
 from cardnet.cli import wallet_config
 from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
 from cardnet.cli.fairx import exchange_row, people_rows
-from cardnet.cli.main import LazyGroup
+from cardnet.cli.main import LazyGroup, given_options
 from cardnet.cli.output import (
     all_or_nothing,
     console,
@@ -94,13 +95,29 @@ class Target:
 
     def run(self, work: Callable[[Any], Awaitable[Any]], hints: dict[str, str] | None = None) -> Any:
         """Open the wallet library on the card (logged in with the PIN) and run ``work``; refusals in words."""
-        return run_on_wallet(self.socket, self.pin, self.card, work, {**HINTS, **(hints or {})})
+        hints = {k: given_options(v) for k, v in {**HINTS, **(hints or {})}.items()}  # (its own --config, ...)
+        return run_on_wallet(self.socket, self.pin, self.card, work, hints)
+
+    def trn_options(self) -> str:
+        """`` --socket S [--card D]`` for a `cardnet trn` command a hint names: they are required there."""
+        card = self.card
+        return f" --socket {shlex.quote(self.socket)}" + ("" if card is None else f" --card {card}")
+
+
+# In the `cardnet wallet` commands a hint names: the options this command was given, filled in by given_options, so
+# that the command named works on the same wallet config, host and card when typed as shown.
+OPTS = "{--config}{--socket}{--card}"
+
+
+def wallet_cmd(words: str) -> str:
+    """```cardnet wallet WORDS``` with this command's own --config/--socket/--card (:data:`OPTS`)."""
+    return given_options(f"`cardnet wallet {words}{OPTS}`")
 
 
 HINTS = {
     **EXCHANGE_HINTS,
-    "no_exchange": "`cardnet wallet show` lists this card's exchanges and their ids",
-    "illegal_move": "`cardnet wallet list` shows your tickets and vouchers and how each stands",
+    "no_exchange": f"`cardnet wallet show{OPTS}` lists this card's exchanges and their ids",
+    "illegal_move": f"`cardnet wallet list{OPTS}` shows your tickets and vouchers and how each stands",
     "no_applet": "this card was not made for that: a wallet card has the applets trn, purse and speed "
     "(`cardnet wallet init` makes one)",
 }
@@ -282,8 +299,9 @@ def wallet_init(config_path: Path | None, ca_path: Path, pin: str | None, name: 
     if not listen:
         console.print("no --listen: other hosts cannot reach yours, so only cards on this host can send to you "
                       f"(add listen = \"HOST:PORT\" to {host_config} to change that)", markup=False)  # fmt: skip
-    console.print(f"next: start your host with `cardnet host run --config {host_config}`, then "
-                  "`cardnet wallet show`", markup=False)  # fmt: skip
+    then = given_options("`cardnet wallet show{--config}`")  # (typed as shown it reads this wallet's config)
+    console.print(f"next: start your host with `cardnet host run --config {shlex.quote(str(host_config))}`, then "
+                  f"{then}", markup=False)  # fmt: skip
 
 
 @wallet.command("config")
@@ -312,7 +330,8 @@ def wallet_config_command(config_path: Path | None, assignments: tuple[str, ...]
         emit_json({"config": str(config.path), "exists": config.exists, "values": shown})
         return
     if not config.exists:
-        console.print(f"no wallet config at {config.path} (`cardnet wallet init` makes one)", markup=False)
+        make = given_options("`cardnet wallet init{--config} --ca CA_FILE`")
+        console.print(f"no wallet config at {config.path} ({make} makes one)", markup=False)
         return
     print_fields([(k, v if v is not None else "(not set)") for k, v in shown.items()], title=str(config.path))
 
@@ -407,7 +426,7 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
     purse = got["purse"]
     print_fields([("card", got["card"]), ("host", target.socket),
                   ("e-purse", "this card has no e-purse" if purse is None else balance_words(purse)
-                   + ("" if purse["keyed"] else " (no key yet: `cardnet wallet load` gets it)"))],
+                   + ("" if purse["keyed"] else f" (no key yet: {wallet_cmd('load')} gets it)"))],
                  title="your wallet")  # fmt: skip
     print_rows(got["tickets"], TICKET_COLUMNS, title="tickets and vouchers", empty=NO_TICKETS)
     _print_used(got["admissions"])
@@ -431,10 +450,10 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
         pending.append({"what": "e-purse load", "id": "-", "state": f"{got['loads_pending']} load(s) not credited"})
     print_rows(pending, ("what", "id", "state"), title="under way", empty="nothing is under way")
     if pending:
-        console.print("`cardnet wallet recover` finishes what was interrupted", markup=False)
+        console.print(f"{wallet_cmd('recover')} finishes what was interrupted", markup=False)
     for x in got["exchanges"]:
         if x["phase"] == "proposed":
-            console.print(f"offered to you: `cardnet wallet exchange accept {x['id']}` takes it, `reject` refuses it",
+            console.print(f"offered to you: {wallet_cmd('exchange accept ' + x['id'])} takes it, `reject` refuses it",
                           markup=False)  # fmt: skip
 
 
@@ -459,7 +478,7 @@ def _show_one(target: Target, ident: bytes, as_json: bool) -> None:
                 f"{used.words()} (this wallet's own record): this card no longer holds it")  # fmt: skip
             return
         fail(f"this card holds no ticket or voucher {ident.hex()} and has no exchange with that id",
-             reason="not_found", hint="`cardnet wallet list` shows your tickets and vouchers, `cardnet wallet show` "
+             reason="not_found", hint=f"{wallet_cmd('list')} shows your tickets and vouchers, {wallet_cmd('show')} "
              "your exchanges")  # fmt: skip
     kind, row, then = found
     if as_json:
@@ -487,11 +506,11 @@ async def usable_ticket(wallet: Any, oid: bytes, doing: str, memory: AdmissionMe
              "gate's staff or the ticket office")  # fmt: skip
     if oid not in held:
         fail(f"this card does not hold ticket {oid.hex()}", reason="not_held",
-             hint="`cardnet wallet list` shows the tickets and vouchers on this card")  # fmt: skip
+             hint=f"{wallet_cmd('list')} shows the tickets and vouchers on this card")  # fmt: skip
     if held[oid].status != "enabled":
         words = STATUS_WORDS.get(held[oid].status, held[oid].status)
         fail(f"ticket {oid.hex()} cannot be {doing} now: {words}", reason="not_movable",
-             hint="`cardnet wallet show` shows what is under way, `cardnet wallet recover` ends it")  # fmt: skip
+             hint=f"{wallet_cmd('show')} shows what is under way, {wallet_cmd('recover')} ends it")  # fmt: skip
 
 
 @wallet_command(
@@ -524,11 +543,11 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
                 if exc.reason != PEER_STORE_FAILED:
                     raise
                 held = await wallet.voucher(raw)  # (its words say how it stands: nothing is cancelled)
-                cancel = f"`cardnet trn cancel --oid {raw.hex()}` takes it back now, or " if (
+                cancel = f"`cardnet trn cancel --oid {raw.hex()}{target.trn_options()}` takes it back now, or " if (
                     held is not None and held.status == "disabled+O") else ""  # fmt: skip
                 fail(str(exc), reason=exc.reason, hint=f"{cancel}ask the receiver's owner to free space on the "
                      "disk of their card's host (or mend it): the transfer then finishes by itself while both hosts "
-                     "run (`cardnet wallet list` shows how it stands)")  # fmt: skip
+                     f"run ({wallet_cmd('list')} shows how it stands)")  # fmt: skip
         return None if v is None else str(v.status)
 
     status = target.run(work)
@@ -539,7 +558,7 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
         text = f"{raw.hex()} came back: the receiving card refused it"
     else:
         text = (f"sending {raw.hex()} to {dst}: {STATUS_WORDS.get(status, status)}; it goes on by itself while "
-                "both hosts run, and `cardnet wallet recover` finishes it")  # fmt: skip
+                f"both hosts run, and {wallet_cmd('recover')} finishes it")  # fmt: skip
     say(as_json, out, text)
 
 
@@ -589,5 +608,5 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
         return
     print_rows(rows, ("what", "id", "outcome"), title="recovery", empty="nothing was left to finish")
     if any(not r["finished"] for r in rows):
-        console.print("some things are still under way: repeat `cardnet wallet recover` once the other side is "
+        console.print(f"some things are still under way: repeat {wallet_cmd('recover')} once the other side is "
                       "reachable", markup=False)  # fmt: skip
