@@ -62,8 +62,9 @@ class Customer:
     account: str
 
     def buy(self, net: SpeedNet, *products: str, limit: str = "10.00 EUR", aggressive: bool = False,
-            account: bool = False, check: bool = True, broker: str | None = None) -> Any:  # fmt: skip
-        args = ["speed", "buy", "--socket", self.host.socket, "--vendor", net.vendor.address, "--broker",
+            account: bool = False, check: bool = True, broker: str | None = None,
+            vendor: str | None = None) -> Any:  # fmt: skip
+        args = ["speed", "buy", "--socket", self.host.socket, "--vendor", vendor or net.vendor.address, "--broker",
                 broker or net.broker.address, "--broker-cert", str(net.tmp / "broker.pem"), "--ca-cert",
                 str(net.tmp / "ca.pem"), "--limit", limit, "--out", str(net.tmp / f"{self.name}-bought")]  # fmt: skip
         for p in products:
@@ -101,11 +102,11 @@ class SpeedNet:
         self.vendor.stop()
 
 
-def add_catalogue(tmp: Path, cmd: Any = run) -> None:
-    """Put :data:`CATALOGUE` into the vendor's store (again: each entry signed anew, with the vendor's certificate
-    as it is now)."""
+def add_catalogue(tmp: Path, cmd: Any = run, *, again: bool = False) -> None:
+    """Put :data:`CATALOGUE` into the vendor's store (``again``: each entry signed anew, with the vendor's
+    certificate as it is now, in place of the one there: ``--replace``)."""
     for product, price, floor, path in CATALOGUE:
-        extra = ["--floor", floor] if floor else []
+        extra = (["--floor", floor] if floor else []) + (["--replace"] if again else [])
         cmd("speed", "vendor", "add", "--store", f"{tmp}/vendor.db", "--product", product, "--price", price,
             "--file", f"{tmp}/{path}", *extra)  # fmt: skip
 

@@ -81,7 +81,16 @@ def test_refusals_say_what_to_do(net: SpeedNet) -> None:
     # a wrong --broker once the vendor delivered: the error says how to finish, and recover --broker does
     lost = alice.buy(net, NEWS, limit="1.00 EUR", broker=f"127.0.0.1:{free_port()}", check=False)
     assert lost["error"]["reason"] == "unreachable" and "speed recover" in lost["error"]["hint"]
-    assert "--broker" in lost["error"]["hint"]
+    assert "--broker" in lost["error"]["hint"] and "the vendor delivered" in lost["error"]["hint"], lost
+    # a wrong --vendor: the hint is the vendor's (nothing paid, check --vendor), not the broker's and recover's
+    # (before: "If the vendor delivered already ... once the broker is reachable, speed recover ...")
+    nowhere = f"127.0.0.1:{free_port()}"
+    gone = alice.buy(net, NEWS, limit="1.00 EUR", vendor=nowhere, check=False)["error"]
+    assert gone["reason"] == "unreachable" and f"cannot reach the vendor at {nowhere}" in gone["message"], gone
+    assert "check --vendor" in gone["hint"] and "nothing was paid" in gone["hint"], gone
+    assert "broker" not in gone["hint"] and "recover" not in gone["hint"], gone
+    listed = run("speed", "catalogue", "--vendor", nowhere, "--ca-cert", str(net.tmp / "ca.pem"), check=False)
+    assert listed["error"]["reason"] == "unreachable" and "check --vendor" in listed["error"]["hint"], listed
     done = alice.recover(net, "--broker", net.broker.address)
     assert [d["price"] for d in done["finished"]] == ["0.80 EUR"]
     assert Path(done["finished"][0]["files"][0]).read_text() == "the news of the day\n" * 20

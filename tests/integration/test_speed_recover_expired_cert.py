@@ -48,7 +48,7 @@ def test_a_customer_who_recovers_after_a_certificate_expired_gets_the_product_an
         cert, expires = recertify(tmp_path / "ca.file", tmp_path / db, kind, table, expiring, LEFT_S)
         (tmp_path / f"{expiring}.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(cert)]))
         if expiring == "vendor":
-            add_catalogue(tmp_path)  # its entries signed again, with the new certificate inside
+            add_catalogue(tmp_path, again=True)  # its entries signed again, with the new certificate inside
         service.start()
         alice = net.customers["alice"]
         before = alice.balance()

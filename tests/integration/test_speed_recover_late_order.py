@@ -38,7 +38,7 @@ def test_recover_drops_a_purchase_the_broker_never_took_before_its_deadline_and_
         cert, expires = recertify(
             tmp_path / "ca.file", tmp_path / "vendor.db", "speed-vendor", sv.CFG, "vendor", LEFT_S
         )
-        add_catalogue(tmp_path)
+        add_catalogue(tmp_path, again=True)
         net.vendor.start()
         alice = net.customers["alice"]
         before = alice.balance()

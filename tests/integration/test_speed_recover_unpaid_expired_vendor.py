@@ -74,7 +74,7 @@ def test_recover_drops_an_unpaid_purchase_whose_vendor_certificate_expired_and_f
         cert, expires = recertify(
             tmp_path / "ca.file", tmp_path / "vendor.db", "speed-vendor", sv.CFG, "vendor", LEFT_S
         )
-        add_catalogue(tmp_path)  # its entries signed again, with the new certificate inside
+        add_catalogue(tmp_path, again=True)  # its entries signed again, with the new certificate inside
         net.vendor.start()
         alice = net.customers["alice"]
         before = alice.balance()

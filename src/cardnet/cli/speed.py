@@ -43,6 +43,11 @@ HINTS = {
     "again later",
     "over_limit": "raise --limit; without --aggressive the vendor may come down to its floor",
     "unreachable": "is the service running at that HOST:PORT?",
+    # (by who could not be reached, PurchaseError.party: "REASON:PARTY" before "REASON")
+    "unreachable:vendor": "check --vendor (the HOST:PORT `cardnet speed vendor run` printed) and that the vendor runs "
+    "there",
+    "unreachable:broker": "check the broker's HOST:PORT (--broker, the one `cardnet speed broker run` printed) and "
+    "that the broker runs there; then run the command again (nothing under way is lost)",
     "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: try again "
     "once its operator has freed space; a load under way stays in the purse (cardnet speed purse finish ...)",
     "unknown_account": "check --account: it names your account at the broker (the one opened for your card)",
@@ -167,11 +172,15 @@ def vendor_cert(store: str, as_json: bool) -> None:
 @click.option("--floor", default=None, help="The least the vendor takes when negotiating (default: the price).")
 @click.option("--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The product's content.")  # fmt: skip
+@click.option("--replace", is_flag=True, help="Replace a product already in the catalogue: price, floor, file.")
 @json_option
-def vendor_add(store: str, product: str, price: str, floor: str | None, path: Path, as_json: bool) -> None:
-    """Put a product into the catalogue (its entry is signed: product id, price, content hash)."""
+def vendor_add(store: str, product: str, price: str, floor: str | None, path: Path, replace: bool,
+               as_json: bool) -> None:  # fmt: skip
+    """Put a product into the catalogue (its entry is signed: product id, price, content hash). A product already
+    there is refused, saying what it is now, unless --replace."""
     from cardnet.protocols.errors import ProtocolError
-    from cardnet.services.speed.vendor import add_product
+    from cardnet.services.speed.stored import get
+    from cardnet.services.speed.vendor import CATALOGUE, VendorError, add_product, product_words
 
     p, f = _price(price, "--price"), _price(floor, "--floor") if floor else None
     if f is not None and (f.currency != p.currency or f.amount > p.amount):
@@ -180,15 +189,22 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
             reason="bad_floor",
             hint="e.g. --price '2.50 EUR' --floor '2.00 EUR' (or no --floor: the vendor does not come down)",
         )
+    vstore, content = _vendor_store(store), path.read_bytes()
+    was = get(vstore, CATALOGUE, product.encode())
     try:
-        add_product(_vendor_store(store), product, p, path.read_bytes(), floor=f)
+        add_product(vstore, product, p, content, floor=f, replace=replace)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason)
-    say(
-        as_json,
-        {"product": product, "price": str(p)},
-        f"{product!r} at {p} is in the catalogue (a running `cardnet speed vendor run` sells it from its next request)",
-    )
+    except VendorError as exc:
+        if exc.reason != "exists":
+            raise
+        hint = ("to sell it at the new price, floor and file, add it again with --replace (a running vendor sells "
+                "the new one from its next request); else choose another --product")  # fmt: skip
+        fail(str(exc), reason="exists", hint=hint)
+    replaced = "" if was is None else f" in place of what it was ({product_words(was)})"
+    message = (f"{product!r} at {p} is in the catalogue{replaced} (a running `cardnet speed vendor run` sells it "
+               "from its next request)")  # fmt: skip
+    say(as_json, {"product": product, "price": str(p), "replaced": was is not None, "message": message}, message)
 
 
 @vendor.command("run")
@@ -629,9 +645,16 @@ def _run(socket: str, pin: str | None, card: str | None, work: Any, hints: dict[
         try:
             return await work(wallet)
         except PurchaseError as exc:
-            fail(str(exc), reason=exc.reason, hint={**HINTS, **(hints or {})}.get(exc.reason))
+            fail(str(exc), reason=exc.reason, hint=purchase_hint(exc, hints))
 
     return run_on_wallet(socket, pin, card, guarded, {**HINTS, **(hints or {})})
+
+
+def purchase_hint(exc: Any, hints: dict[str, str] | None = None) -> str | None:
+    """What to do after a :class:`~cardnet.services.speed.customer.PurchaseError`: ``hints`` (the command's) before
+    :data:`HINTS`, each by ``REASON:PARTY`` (who could not be reached) before ``REASON``."""
+    keys = (f"{exc.reason}:{getattr(exc, 'party', None)}", exc.reason)
+    return next((table[k] for table in (hints or {}, HINTS) for k in keys if k in table), None)
 
 
 @speed.command("catalogue")
@@ -652,7 +675,7 @@ def catalogue(vendor_addr: str, ca_cert: Path, as_json: bool) -> None:
     try:
         entries = asyncio.run(go())
     except PurchaseError as exc:
-        fail(str(exc), reason=exc.reason, hint=HINTS.get(exc.reason))
+        fail(str(exc), reason=exc.reason, hint=purchase_hint(exc))
     rows = [{"product": e["product"], "price": str(Price.of(e["price"])), "bytes": e["size"]} for e in entries]
     if as_json:
         emit_json({"products": rows})
@@ -683,9 +706,11 @@ def buy(socket: str, pin: str | None, card: str | None, vendor_addr: str, broker
              if account else "load the purse (`cardnet speed purse load --amount ...`)")  # fmt: skip
     later = {
         "insufficient": f"nothing was paid, and the purchase is dropped: {short}, then buy again",
-        "unreachable": f"is the service running at that HOST:PORT? If the vendor delivered already, the purchase waits "
-        f"in {out}: once the broker is reachable, `cardnet speed recover --out {out} --broker HOST:PORT ...` pays it "
-        "(--broker: the broker's right address, if the one given was wrong)",
+        "unreachable:vendor": "nothing was paid and nothing waits in --out: check --vendor (the HOST:PORT `cardnet "
+        "speed vendor run` printed) and that the vendor runs there, then buy again",
+        "unreachable:broker": f"the vendor delivered and the purchase waits in {out}, unpaid or without its receipt: "
+        f"once the broker runs, `cardnet speed recover --out {out} --broker HOST:PORT ...` pays it once (--broker: "
+        "the broker's right address, if the one given was wrong)",
         "store_failed": "the service cannot write its store (its disk may be full) and kept nothing of this: once its "
         f"operator has freed space, buy again, or, if the broker refused, `cardnet speed recover --out {out} ...` pays "
         "the purchase the vendor delivered (it waits there)",

@@ -45,7 +45,10 @@ ME = Uid(b"\x00" * 12, 0)
 
 
 class PurchaseError(CardnetError):
-    """A purchase did not happen (``reason``: the vendor's, the broker's or the card's) or cannot be finished."""
+    """A purchase did not happen (``reason``: the vendor's, the broker's or the card's) or cannot be finished.
+    ``party``: for ``unreachable``, who could not be reached (``"vendor"`` or ``"broker"``)."""
+
+    party: str | None = None
 
 
 class CardOrders(Protocol):
@@ -223,8 +226,13 @@ class _Link:
         try:
             self.conn = await asyncio.wait_for(dial(host, port), TIMEOUT_S)
         except (OSError, TransportError, TimeoutError) as exc:
-            raise PurchaseError("unreachable", f"cannot reach the {self.who} at {self.address}: {exc}") from None
+            raise self._unreachable(f"cannot reach the {self.who} at {self.address}: {exc}") from None
         return self
+
+    def _unreachable(self, words: str) -> PurchaseError:
+        err = PurchaseError("unreachable", words)
+        err.party = self.who
+        return err
 
     async def __aexit__(self, *exc: object) -> None:
         await self.conn.aclose()
@@ -236,7 +244,7 @@ class _Link:
         try:
             msg: Message = await asyncio.wait_for(self.conn.recv(), TIMEOUT_S)
         except (TransportError, TimeoutError) as exc:
-            raise PurchaseError("unreachable", f"the {self.who} did not answer ({exc or 'timeout'})") from None
+            raise self._unreachable(f"the {self.who} at {self.address} did not answer ({exc or 'timeout'})") from None
         if msg.mtype == fr.REFUSED.code:
             p = fr.REFUSED.parse(msg)
             raise PurchaseError(p["reason"], f"the {self.who} refused: {p['detail']}")

@@ -120,17 +120,33 @@ def init_vendor(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_de
         txn.put(CFG, b"broker", broker_cert)
 
 
-def add_product(store: Store, product: str, price: sm.Price, content: bytes, *, floor: sm.Price | None = None) -> bytes:
-    """Put ``product`` in the catalogue at ``price`` (negotiable down to ``floor``); the signed entry."""
+def add_product(store: Store, product: str, price: sm.Price, content: bytes, *, floor: sm.Price | None = None,
+                replace: bool = False) -> bytes:  # fmt: skip
+    """Put ``product`` in the catalogue at ``price`` (negotiable down to ``floor``); the signed entry. A product
+    already there is refused (``exists``, saying what it is now), unless ``replace``."""
     sm.check_products([product])
     me = Identity.load(store, CFG, _NOT_A_VENDOR)
     entry = cms.sign(cat.entry(product, price, content, sm.vendor_id(me.cert)), me.cert, me.sign)
     rec = {"price": price.fields(), "floor": (floor or price).fields(), "content": content, "entry": entry}
     with store.transaction() as txn:
+        was = txn.get(CATALOGUE, product.encode())
+        if was is not None and not replace:
+            raise VendorError("exists", f"{product!r} is in the catalogue already: {product_words(was, content)}")
         txn.put(CATALOGUE, product.encode(), _PRODUCT.encode(rec))
         was = txn.get(CFG, CATALOGUE_VERSION)
         txn.put(CFG, CATALOGUE_VERSION, ((0 if was is None else int.from_bytes(was, "big")) + 1).to_bytes(8, "big"))
     return entry
+
+
+def product_words(raw: bytes, content: bytes | None = None) -> str:
+    """What a stored catalogue record is, in words: its price, floor and content (compared with ``content``)."""
+    rec = _PRODUCT.decode(raw)
+    price, floor = sm.Price.of(rec["price"]), sm.Price.of(rec["floor"])
+    now = rec["content"]
+    same = "" if content is None else (", the same as the new file's" if now == content else ", not the new file's")
+    come_down = f", down to {floor} when negotiating" if floor != price else ""
+    digest = profile.sha256(now).hex()[:16]
+    return f"{price}{come_down}; content {len(now):,} bytes (sha256 {digest}...{same})"
 
 
 def _cfg(store: Store, name: bytes) -> bytes:

@@ -1,0 +1,73 @@
+"""More of what a new user's trial of the command line met (real ``cardnet`` processes and files): a command does not
+quietly undo what the user made before, and says what it found.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_cli import cardnet
+from test_cli_errors import json_error
+
+from cardnet.protocols.speed import messages as sm
+from cardnet.services.speed import vendor as sv
+from cardnet.store import SqliteStore
+
+EUR = "EUR"
+
+
+def _vendor(tmp_path: Path) -> str:
+    """A vendor's store made by the commands a person types (a CA, a broker for its certificate, the vendor)."""
+    ca, vendor, broker = str(tmp_path / "ca.cnca"), str(tmp_path / "vendor.db"), str(tmp_path / "broker.db")
+    assert cardnet("ca", "create", ca).returncode == 0
+    made = cardnet("speed", "broker", "init", "--store", broker, "--ca", ca, "--sam-store", str(tmp_path / "sam.db"),
+                   env={"CARDNET_PIN": "1234"})  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "broker.pem").write_text(cardnet("speed", "broker", "cert", "--store", broker).stdout)
+    made = cardnet("speed", "vendor", "init", "--store", vendor, "--ca", ca, "--account", "V-1",
+                   "--broker-cert", str(tmp_path / "broker.pem"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return vendor
+
+
+def _stored(vendor: str, product: str) -> tuple[sm.Price, sm.Price, bytes]:
+    store = SqliteStore(vendor)
+    try:
+        with store.transaction() as txn:
+            raw = txn.get(sv.CATALOGUE, product.encode())
+    finally:
+        store.close()
+    assert raw is not None
+    rec = sv._PRODUCT.decode(raw)
+    return sm.Price.of(rec["price"]), sm.Price.of(rec["floor"]), rec["content"]
+
+
+def test_speed_vendor_add_of_a_product_already_there_is_refused_unless_replace(tmp_path: Path) -> None:
+    """Adding a product id the catalogue has already (a typo'd id of another product, or a second try) is refused
+    ``exists``, saying its price, floor and content now, and the store keeps them; ``--replace`` puts the new ones in
+    and says what it was. Before: exit 0, the price, floor and file silently replaced."""
+    vendor = _vendor(tmp_path)
+    (tmp_path / "song.txt").write_text("la la")
+    (tmp_path / "other.txt").write_text("another song")
+    song = "song-1 Blue in Green"
+    add = ["speed", "vendor", "add", "--store", vendor, "--product", song]
+    made = cardnet(*add, "--price", "2.50 EUR", "--floor", "2.00 EUR", "--file", str(tmp_path / "song.txt"))
+    assert made.returncode == 0 and "in place of" not in made.stdout, made
+
+    again = [*add, "--price", "0.10 EUR", "--file", str(tmp_path / "other.txt")]
+    err = json_error(cardnet(*again, "--json"))
+    assert err["reason"] == "exists", err
+    assert err["message"].startswith(f"{song!r} is in the catalogue already: 2.50 EUR, down to 2.00 EUR"), err
+    assert "5 bytes" in err["message"] and "not the new file's" in err["message"], err
+    assert "--replace" in err["hint"] and "another --product" in err["hint"], err
+    assert _stored(vendor, song) == (sm.Price(EUR, 250), sm.Price(EUR, 200), b"la la")  # untouched
+    person = cardnet(*again)
+    assert person.returncode == 2 and "error: " in person.stderr and "what to do: " in person.stderr, person.stderr
+
+    replaced = cardnet(*again, "--replace", "--json")
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads(replaced.stdout) | {"message": ""} == {"product": song, "price": "0.10 EUR", "replaced": True,
+                                                             "message": ""}  # fmt: skip
+    assert "in place of what it was (2.50 EUR, down to 2.00 EUR" in json.loads(replaced.stdout)["message"]
+    assert _stored(vendor, song) == (sm.Price(EUR, 10), sm.Price(EUR, 10), b"another song")
