@@ -69,6 +69,19 @@ def test_a_join_after_the_deadline_is_refused_even_while_the_rounds_still_run(tm
     assert f"began at {began}" in err["message"] and "every member had to join by then" in err["message"], err
 
 
+def test_a_run_file_that_is_not_there_says_which_file_join_wants(tmp_path: Path) -> None:
+    """`smc join --run` naming no file (a typo, or the plan never copied here): the error names the path and the hint
+    the file `smc plan --out` writes. Before: 'cannot read the run file ...: No such file or directory', no hint."""
+    missing = tmp_path / "salaries.tom"
+    join = ("smc", "join", "--run", str(missing), "--socket", str(tmp_path / "h.sock"), "--pin", "1234", "-i", "5")
+    r = cardnet(*join, "--json")
+    err = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and err["reason"] == "no_file" and str(missing) in err["message"], r
+    assert "check --run" in err["hint"] and "cardnet smc plan --out FILE" in err["hint"], err
+    words = cardnet(*join)
+    assert "Traceback" not in words.stderr and "what to do: check --run" in words.stderr, words.stderr
+
+
 def test_every_plan_option_says_what_it_is() -> None:
     text = cardnet("smc", "plan", "--help").stdout
     assert "--rho-max" in text and "Fake rounds are 0..rho-max" in " ".join(text.split())

@@ -297,7 +297,11 @@ def _read_run(path: str) -> tuple[Any, float, float]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        fail(f"cannot read the run file {path}: {exc.strerror or exc}", reason="no_file")
+        hint = "check the path and its permissions"
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            hint = ("check --run: it is the file `cardnet smc plan --out FILE` wrote (whoever planned the run gives "
+                    "each member a copy); for a new run, plan one")  # fmt: skip
+        fail(f"cannot read the run file {path}: {exc.strerror or exc}", reason="no_file", hint=hint)
     except tomllib.TOMLDecodeError as exc:
         fail(f"the run file {path} is not TOML: {exc}", reason="bad_run", hint="write it with `cardnet smc plan`")
     missing = [k for k in RUN_FIELDS if k not in data]
