@@ -771,29 +771,33 @@ def test_a_lost_bulk_answer_is_fetched_again_and_applied_once(
 def test_stock_a_sale_ordered_is_reserved_for_it_and_goes_back_to_stock_if_the_sale_is_refused(
     bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
 ) -> None:
-    """Two purchases of one customer (balance 100) wait on orders of their own: 20 (3 pieces of 50) and 90 (3 of
-    90). Applying each order reserves a piece for its sale; the 90 is sold first, so the 20 no longer fits the
-    balance: it is refused and its reserved piece goes back to stock (bought = stock + reserved + sold)."""
+    """Two purchases of one customer (balance 100) wait on orders of their own: 20 (3 pieces of 50) and 60 (3 of
+    60; together within her balance, see the next test). Applying each order reserves a piece for its sale; the 60
+    is sold first, then 30 more from stock, so the 20 no longer fits the balance: it is refused and its reserved
+    piece goes back to stock (bought = stock + reserved + sold)."""
     key, cid, small, order1 = first_purchase(bulk_broker, 20)
-    big = signed_purchase(key, cid, 90, b"b" * 16)
+    big = signed_purchase(key, cid, 60, b"b" * 16)
     order2 = bulk_broker.begin_purchase(big, NOW)
     assert isinstance(order1, mb.VendorCall) and isinstance(order2, mb.VendorCall) and order1 != order2
     assert bulk_broker.finish_order(order1, carry(vendor, order1)).bought
     assert bulk_broker.finish_order(order2, carry(vendor, order2)).bought
     assert {k: bulk_broker.stock()[VID.hex()][k] for k in ("stock_value", "reserved_value", "bought_value")} == {
-        "stock_value": 100 + 180,
-        "reserved_value": 50 + 90,
-        "bought_value": 150 + 270,
+        "stock_value": 100 + 120,
+        "reserved_value": 50 + 60,
+        "bought_value": 150 + 180,
     }
-    issue = bulk_broker.begin_purchase(big, NOW)
-    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
-    assert mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")["status"] == 0
+    for purchase_ in (big, signed_purchase(key, cid, 30, b"c" * 16)):  # the 60, then 30 from stock
+        issue = bulk_broker.begin_purchase(purchase_, NOW)
+        assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+        assert mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")["status"] == 0
+    sold = 100 + 120 - bulk_broker.stock()[VID.hex()]["stock_value"]  # the piece the 30 took (of 50 or 60)
     refused = bulk_broker.begin_purchase(small, NOW)
     assert isinstance(refused, bytes)
     r = mc.PURCHASED_SCHEMA.decode(refused)
     assert r["status"] == mc.PURCHASE_REFUSED and r["detail"] == "balance 10 does not cover 20"
     stock = bulk_broker.stock()[VID.hex()]
-    assert stock["reserved_value"] == 0 and stock["stock_value"] == 150 + 180 == stock["bought_value"] - 90
+    assert stock["reserved_value"] == 0 and stock["stock_value"] == 100 + 120 - sold + 50
+    assert stock["stock_value"] == stock["bought_value"] - 60 - sold
     assert stock["released_value"] == 0  # (counts only reservations whose customers did not come back)
 
 
@@ -1024,3 +1028,42 @@ def test_a_product_name_a_purchase_could_not_carry_is_refused(vendor: mv.VendorC
         txn.put(mv.CATALOGUE, b"n" * 129, (3).to_bytes(8, "big") + b"x")
     f = mc.open_catalogue(*mv.VendorCore(vendor.store).vendor.catalogue_page(mc.CATALOGUE_ASK_SCHEMA.encode({})))
     assert [p["name"] for p in f["products"]] == ["page", "é" * 64]
+
+
+def test_one_account_cannot_reserve_more_bulk_stock_than_its_balance_nor_wait_on_more_than_a_bound(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """Denial of stock: nothing is debited while a sale waits for the vendor's stock, so a customer with a balance of
+    100 sent 20 purchases of 50 at once and never came back: the broker ordered stock for all 20 (7 orders, 1 050
+    of stock bought from the vendor) and reserved a piece for each for a day, while her balance stayed 100. Now the
+    sales of an account that wait at once are worth at most its balance, and at most MAX_WAITING_SALES of them: the
+    others are refused in words (final, nothing debited), and the stock she cannot pay for stays for others."""
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+    steps = [bulk_broker.begin_purchase(signed_purchase(key, cid, 50, b"m%015d" % i), NOW) for i in range(20)]
+    orders = {s.key: s for s in steps if isinstance(s, mb.VendorCall)}
+    refused = [mc.PURCHASED_SCHEMA.decode(s) for s in steps if not isinstance(s, mb.VendorCall)]
+    assert len(refused) == 18 and {r["status"] for r in refused} == {1}
+    assert refused[0]["detail"] == (
+        "purchases of yours worth 100 already wait for the vendor's stock; with this 50 they exceed your balance "
+        "100: finish them first (millicent retry); nothing was debited"
+    )
+    for order in orders.values():
+        assert bulk_broker.finish_order(order, carry(vendor, order)).bought
+    assert stock_row(bulk_broker, "reserved_value", "stock_value") == {"reserved_value": 100, "stock_value": 50}
+    assert bulk_broker.account(cid) == 100
+    # Another customer buys from the stock she could not reserve: from stock at once, no order.
+    other = profile.generate_private_key(rng(21))
+    cid2 = mc.OPENED_SCHEMA.decode(bulk_broker.open_account(profile.public_bytes(other.public_key())))["customer_id"]
+    mb.deposit(bulk_broker.store, cid2, 100)
+    issue = bulk_broker.begin_purchase(signed_purchase(other, cid2, 50, b"o" * 16), NOW)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    # A rich account waits on at most MAX_WAITING_SALES sales at once, however small.
+    mb.deposit(bulk_broker.store, cid2, 10_000)
+    small = [bulk_broker.begin_purchase(signed_purchase(other, cid2, 1, b"s%015d" % i), NOW) for i in range(20)]
+    waiting = [s for s in small if isinstance(s, mb.VendorCall)]
+    words = {mc.PURCHASED_SCHEMA.decode(s)["detail"] for s in small if not isinstance(s, mb.VendorCall)}
+    assert len(waiting) == mb.MAX_WAITING_SALES == 16 and words == {
+        "16 purchases of yours already wait for the vendor's stock (at most 16): finish them first (millicent "
+        "retry); nothing was debited"
+    }

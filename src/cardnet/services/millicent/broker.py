@@ -85,6 +85,11 @@ MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issu
 # goes back to stock (`broker run --reservation-hold`): docs/decisions.md, "Reserved bulk stock ... is released".
 RESERVATION_HOLD_S = 24 * 3600
 SWEEP_EVERY_S = 60.0  # the server looks for such reservations this often (more often for a short hold)
+# Sales of one account that wait for stock at once (ordered, or holding a piece reserved for them): nothing is debited
+# until the customer comes back, so without a bound one account could make the broker order and reserve stock without
+# end (docs/decisions.md, "Sales waiting for bulk stock are bounded per account"). Their values together stay within
+# the account's balance as well, so all reservations together are bounded by the balances customers prepaid.
+MAX_WAITING_SALES = 16
 
 _T = TypeVar("_T")
 
@@ -472,8 +477,13 @@ class BrokerCore:
                     piece = (key, raw)
                     break
         if piece is None:
+            bound = self._waiting_bound(txn, cid, value, balance)
+            if bound is not None:  # final: nothing was debited, a new purchase may be bought
+                reply = _purchased(rid, bound, balance, key=txn.get(REPLY_KEYS, cid), digest=digest)
+                txn.put(REQUESTS, cid + rid, reply)
+                return reply
             call = self._order_for_sale(txn, vendor, bulk, value)
-            txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex(), "since": now}).encode())
+            txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex(), "since": now, "value": value}).encode())
             txn.put(WAITERS, call.key + cid + rid, _u64(value))
             return call
         issue_rid = self.rng(mc.RID_BYTES)
@@ -502,6 +512,24 @@ class BrokerCore:
         txn.put(ACCOUNTS, cid, pub_raw + _u64(balance - value))
         txn.put(ISSUES, cid + rid, json.dumps(record).encode())
         return _issue_call(cid + rid, record)
+
+    @staticmethod
+    def _waiting_bound(txn: Any, cid: bytes, value: int, balance: int) -> str | None:
+        """Why a new sale of ``value`` of account ``cid`` may not wait for stock (its words), or None: at most
+        :data:`MAX_WAITING_SALES` of an account's sales wait at once, their values within its balance."""
+        n = waiting = 0
+        for _, raw in txn.scan(WAITS, cid):
+            note = stored_json(raw, "a sale waiting for stock")
+            n += 1
+            with stored("a sale waiting for stock"):
+                waiting += int(note.get("value", 0))
+        done = "finish them first (millicent retry); nothing was debited"
+        if n >= MAX_WAITING_SALES:
+            return f"{n} purchases of yours already wait for the vendor's stock (at most {MAX_WAITING_SALES}): {done}"
+        if waiting + value > balance:
+            return (f"purchases of yours worth {waiting} already wait for the vendor's stock; with this {value} they "
+                    f"exceed your balance {balance}: {done}")  # fmt: skip
+        return None
 
     @staticmethod
     def _release_sale(txn: Any, sale: bytes) -> None:
@@ -832,11 +860,12 @@ BULK_NEEDS_SERVER = (
 
 
 def _since(txn: Any, sale: bytes) -> dict[str, int]:
-    """The "since" of ``sale``'s note (when its customer last sent it), to keep in the note that replaces it."""
+    """The "since" of ``sale``'s note (when its customer last sent it) and its "value", to keep in the note that
+    replaces it."""
     raw = txn.get(WAITS, sale)
     note = {} if raw is None else stored_json(raw, "a sale waiting for stock")
     with stored("a sale waiting for stock"):
-        return {"since": int(note["since"])} if "since" in note else {}
+        return {k: int(note[k]) for k in ("since", "value") if k in note}
 
 
 def _release_note(txn: Any, sale: bytes, note: dict[str, Any], *, count: bool = True) -> tuple[bytes | None, int]:
