@@ -401,9 +401,16 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert "paid (seat final/D3)" in shown and "ticket final/D3 delivered to" in shown, shown[-2000:]
     again = json.loads(world.cardnet("wallet", "buy", world.url, "--poid", got["poid"], *erin).stdout)
     assert again["state"] == "enabled" and again["oid"] == got["oid"]  # delivered already: nothing more to do
+    # buying her own seat again: it is hers (her wallet's purchases say so), not "someone bought that seat first"
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin, check=False)
+    mine = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and mine["reason"] == "seat_sold" and mine["yours"] is True, mine
+    assert mine["message"].startswith("seat D3 of final is yours already") and got["poid"] in mine["message"], mine
+    assert "someone" not in mine["hint"] and f"--poid {got['poid']}" in mine["hint"], mine
     fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")
     r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *fay, check=False)
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "seat_sold"
+    assert json.loads(r.stdout)["error"]["hint"].startswith("someone else bought that seat first"), r.stdout
     r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", "--limit", "5.00 EUR", *fay,
                 check=False)  # fmt: skip
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"

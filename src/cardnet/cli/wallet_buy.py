@@ -13,6 +13,7 @@ import click
 
 from cardnet.cli.output import console, emit_json, fail, progress
 from cardnet.cli.wallet import WAIT_S, Target, wallet_command
+from cardnet.errors import CardnetError
 
 # The e-purse holds 16 debits under way at most (docs/speed.md, "A debit no purchase will finish").
 DEBITS_PENDING_HINT = (
@@ -21,8 +22,8 @@ DEBITS_PENDING_HINT = (
     "(nothing was paid for them)"
 )
 BUY_HINTS = {
-    "seat_sold": "someone bought that seat first (nothing was paid): choose another; the server's page lists the "
-    "free ones",
+    "seat_sold": "someone else bought that seat first (nothing was paid; your wallet's purchases hold no sale of it "
+    "from this server): choose another; the server's page lists the free ones",
     "no_seat": "the server's page lists the event's seats",
     "no_event": "the server's page lists its events",
     "unpaid": "this sale is not paid: `cardnet wallet recover` pays a delivered purchase, then buy with --poid again",
@@ -103,6 +104,8 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
             return got
         except (TicketError, PurchaseError, UpgradeRefused) as exc:
             reason = exc.error if isinstance(exc, UpgradeRefused) else exc.reason
+            if reason == "seat_sold" and event is not None and seat is not None:
+                await _sold_to_you(url, event, seat, journal)
             fail(str(exc), reason=reason, hint=BUY_HINTS.get(reason))
         except TransportError as exc:
             hint = (
@@ -151,6 +154,29 @@ async def _paid_at(url: str, sale: bytes, journal: Any) -> bytes:
                           "certificate is not the one on your bill); your sale stays paid and kept for "
                           "you")  # fmt: skip
     return bytes(rec.receipt)
+
+
+async def _sold_to_you(url: str, event: str, seat: str, journal: Any) -> None:
+    """A seat refused ``seat_sold`` that this wallet bought itself (its purchases journal holds a sale of it from this
+    server, ``url``'s vendor certificate): fail ``seat_sold`` saying it is yours, and what to do; else return."""
+    from cardnet.services.ticketing.buyer import get_json
+
+    try:
+        vendor_cert = base64.b64decode(str((await get_json(url, "/"))["vendor_cert"]))
+    except (KeyError, TypeError, ValueError, OSError, CardnetError):
+        return
+    product = f"{event}/{seat}"
+    mine = [r for r in journal.all() if r.products == [product] and r.vendor_cert == vendor_cert and not r.dropped]
+    paid = next((r for r in mine if r.receipt is not None and r.poid is not None), None)
+    if paid is not None:
+        sale = paid.poid.hex()
+        fail(f"seat {seat} of {event} is yours already: you bought it from {url} (sale {sale}); nothing more was paid",
+             reason="seat_sold", hint=f"your ticket is on your card (`cardnet wallet show`); if it never arrived, "
+             f"`cardnet wallet buy {url} --poid {sale}` brings it", fields={"poid": sale, "yours": True})  # fmt: skip
+    if mine:
+        fail(f"seat {seat} of {event} is held for your own purchase of it from {url}, not paid yet; nothing more was "
+             "paid", reason="seat_sold", hint="`cardnet wallet recover` pays it (it waits in your wallet's purchases), "
+             f"then `cardnet wallet buy {url} --poid POID` brings the ticket", fields={"yours": True})  # fmt: skip
 
 
 def _hex_poid(text: str) -> bytes:
