@@ -57,8 +57,8 @@ async def _run(net: SmcNet, tmp_path: Path) -> None:
         await Module.open(hp.socket, pin=PIN, card=WRONG)
     assert wrong.value.reason == "no_card", repr(wrong.value)
     assert str(wrong.value) == (
-        f"the module's host at {hp.socket} gave no port on the module card: the host gave no port: no card of "
-        f"domain {WRONG.hex()} on this host (it has {hp.domain.hex()})"
+        f"the module's host at {hp.socket} gave no port on the module card: the host at {hp.socket} did not let this "
+        f"program use card {WRONG.hex()}: no card of domain {WRONG.hex()} on this host (it has {hp.domain.hex()})"
     ), str(wrong.value)
     assert wrong.value.hint is not None and "--card DOMAIN" in wrong.value.hint, wrong.value.hint
 

@@ -48,7 +48,7 @@ def check_socket(socket: str) -> None:
 NO_HOST_HINT = "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?"
 
 
-_NAME_CARD = "name the card with --card DOMAIN (one of the domains the host named)"
+_NAME_CARD = "name the card with --card DOMAIN: one of the domains the host has (the message names them)"
 # What to do when the host gives no port on the card (host.refused's code, the host's HostError reason).
 OPENING_HINTS = {
     "no_card": _NAME_CARD,
@@ -76,13 +76,28 @@ def run_on_card(
         except OSError as exc:
             fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
         except HostError as exc:
-            fail(f"the host refused: {exc}", reason=exc.reason, hint=OPENING_HINTS.get(exc.reason))
+            fail(str(exc), reason=exc.reason, hint=OPENING_HINTS.get(exc.reason, exc.hint))
         async with app:
             if login:
                 await verify_pin(app, card_pin(pin))
             return await work(app)
 
     return asyncio.run(go())
+
+
+async def _reach(socket: str, card: bytes | None) -> None:
+    """Fail in words unless the host at ``socket`` answers and lets an application use ``card`` (its card if None):
+    checked before a person is asked for the PIN, so that a stopped host or a mistyped --card is said first."""
+    from cardnet.host.client import AppClient
+    from cardnet.host.errors import HostError
+
+    try:
+        app = await AppClient.connect(socket, card=card)
+    except OSError as exc:
+        fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
+    except HostError as exc:
+        fail(str(exc), reason=exc.reason, hint=OPENING_HINTS.get(exc.reason, exc.hint))
+    await app.aclose()
 
 
 def run_on_wallet(
@@ -99,13 +114,16 @@ def run_on_wallet(
     command's hint for that reason if ``hints`` has one."""
     from cardnet.services.wallet import Wallet, WalletError
 
+    domain = parse_domain(card)  # the arguments first, then the host: only then is the PIN asked for
     if login:
         check_socket(socket)
+        if not (pin or os.environ.get("CARDNET_PIN")):  # (it will be asked for: a person waits for it)
+            asyncio.run(_reach(socket, domain))
     code = card_pin(pin) if login else None
 
     async def go() -> Any:
         try:
-            wallet = await Wallet.open(socket, pin=code, card=parse_domain(card))
+            wallet = await Wallet.open(socket, pin=code, card=domain)
         except WalletError as exc:
             opening = {"no_host": NO_HOST_HINT, "wrong_pin": "check the PIN; at 0 tries the card locks"}
             opening.update(OPENING_HINTS)
@@ -178,19 +196,36 @@ def run_order(
     return result
 
 
-def hex16(text: str, what: str) -> bytes:
-    """``text`` as 16 bytes of hex (an oid, an exchange id), or a usage error naming ``what`` it must be."""
+def given_as(text: str) -> str | None:
+    """The option (or argument) of the running command that was given ``text``, as click names it in a usage error
+    (``'--oid'``, ``'OID'``), so that an error about a value a function checks says which option it was."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    for param in ctx.command.params:
+        if param.name is not None and ctx.params.get(param.name) == text:
+            return param.get_error_hint(ctx)
+    return None
+
+
+def hex16(text: str, what: str, *, example: str = "") -> bytes:
+    """``text`` as 16 bytes of hex (an oid, an exchange id), or a usage error naming the option it was given to and
+    ``what`` it must be (``example``: words after it, e.g. where one is shown)."""
     try:
         raw = bytes.fromhex(text)
     except ValueError:
         raw = b""
     if len(raw) != 16:
-        raise click.BadParameter(f"{text!r}: {what} is 32 hex digits (16 bytes)")
+        got = f"{len(text)} character{'' if len(text) == 1 else 's'}"
+        raise click.BadParameter(f"{text!r} ({got}): {what} is 32 hex digits (16 bytes){example}",
+                                 param_hint=given_as(text))  # fmt: skip
     return raw
 
 
 def parse_oid(text: str) -> bytes:
-    return hex16(text, "an oid")
+    """A token's oid, or a usage error naming the option and saying what an oid looks like."""
+    return hex16(text, "an oid", example=", e.g. 0123456789abcdef0123456789abcdef (`cardnet trn list` shows the "
+                 "oids of a card's tokens)")  # fmt: skip
 
 
 def cert_file_der(path: Path, option: str) -> bytes:
@@ -215,7 +250,8 @@ def parse_domain(text: str | None) -> bytes | None:
     except ValueError:
         raw = b""
     if len(raw) != 12:
-        raise click.BadParameter(f"{text!r}: a card domain is 24 hex digits (a card Uid <24 hex>:00000000 works too)")
+        raise click.BadParameter(f"{text!r}: a card domain is 24 hex digits (a card Uid <24 hex>:00000000 works too)",
+                                 param_hint=given_as(text))  # fmt: skip
     return raw
 
 
@@ -225,7 +261,7 @@ def parse_uid(text: str) -> Any:
     try:
         return Uid.parse(text)
     except DecodeError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=given_as(text)) from None
 
 
 SOCKET = click.option("--socket", required=True, help="The host's application socket (app_socket in its config).")

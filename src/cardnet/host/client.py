@@ -29,6 +29,11 @@ from cardnet.transport import DEFAULT_LIMITS, Limits, TcpConnection
 from cardnet.wire import DecodeError, Message, MType, Uid
 
 _NOBODY = Uid(bytes(12), 0)
+# What to do when the host does not let an application use a card, by the host's reason (host.refused's code).
+CONNECT_HINTS = {
+    "no_card": "name one of the host's cards (the message lists their domains) with --card DOMAIN",
+    "store_failed": "free space on the disk that holds the card's store (the host's log names it), then try again",
+}
 _MISSED = hm.MISSED.code
 _UNDELIVERABLE = hm.UNDELIVERABLE.code
 
@@ -61,8 +66,14 @@ class AppClient:
         answer = await conn.recv()
         if answer.mtype != hm.ACQUIRED.code:
             await conn.aclose()
-            refused = hm.REFUSED.parse(answer) if answer.mtype == hm.REFUSED.code else {"reason": "no answer"}
-            raise HostError(refused.get("code") or "no_port", f"the host gave no port: {refused['reason']}")
+            refused = hm.REFUSED.parse(answer) if answer.mtype == hm.REFUSED.code else {"reason": "it did not answer"}
+            code = refused.get("code") or "no_port"
+            which = "a card" if card is None else f"card {card.hex()}"
+            raise HostError(
+                code,
+                f"the host at {path} did not let this program use {which}: {refused['reason']}",
+                hint=CONNECT_HINTS.get(code, "the host's log says why; try again once it is mended"),
+            )
         return cls(conn, hm.ACQUIRED.parse(answer)["uid"])
 
     async def send(self, dst: Uid, mtype: MType, /, **fields: Any) -> Message:

@@ -274,7 +274,7 @@ class Wallet:
         except OSError as exc:
             raise WalletError("no_host", f"cannot reach the host at {socket}: {exc.strerror or exc}") from None
         except CardnetError as exc:
-            raise WalletError(exc.reason, f"the host refused: {exc}") from None
+            raise WalletError(exc.reason, str(exc)) from None  # (the host's refusal in its words: which card, why)
         wallet = cls(app)
         wallet._reader = asyncio.get_running_loop().create_task(wallet._read())
         if pin is None:
