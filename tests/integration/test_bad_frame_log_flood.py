@@ -55,3 +55,35 @@ def test_connections_with_a_bad_frame_are_logged_a_few_times_a_window(tmp_path: 
         assert b.running
     finally:
         b.stop()
+
+
+async def _http_requests(port: int, count: int) -> list[bytes]:
+    """``count`` HTTP requests to a cardnet port, each on its own connection (a browser trying again); what each got."""
+    answers = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            answers.append(await asyncio.wait_for(reader.read(), GUARD_S))  # the host closes it
+        writer.transport.abort()
+    return answers
+
+
+def test_an_http_request_on_a_hosts_port_is_logged_once_in_words(tmp_path: Path) -> None:
+    """A person points a browser (or curl) at a host's port, again and again: the host closes each connection and logs
+    one line, once for that address, saying what it was. Before: one 'bad frame (oversize): frame length 1195725856
+    is above the limit ...' line per request (the length "GET " spells)."""
+    [b] = make_hosts(tmp_path, ["b"], ["echo"])
+    try:
+        b.start()
+        answers = asyncio.run(_http_requests(b.port, 5))
+        assert all(a == b"" for a in answers), answers  # closed, nothing answered
+        asyncio.run(_echo(b.socket, b.card))
+        log = b.log()
+        said = [line for line in log.splitlines() if "non-cardnet bytes" in line]
+        assert len(said) == 1, said
+        assert "an HTTP request (or other non-cardnet bytes) on a cardnet port from 127.0.0.1: closed" in said[0], said
+        assert "1195725856" not in log and "bad frame" not in log, log[-2000:]
+        assert b.running
+    finally:
+        b.stop()

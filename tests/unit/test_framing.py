@@ -201,7 +201,21 @@ def test_short_length_refused(length: int) -> None:
 
 def test_garbage_refused() -> None:
     with pytest.raises(DecodeError):
-        FrameDecoder().feed(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        FrameDecoder().feed(b"\x7f\x00\x00\x00" + b"\x00" * 40)
+
+
+@pytest.mark.parametrize("first", [b"GET / HTTP/1.1\r\nHost: example\r\n\r\n", b"POST /x", b"SSH-2.0-x\r\n"])
+def test_an_http_request_is_named_as_such_not_as_a_frame_length(first: bytes) -> None:
+    """Before: 'frame length 1195725856 is above the limit ...' (the length "GET " spells), reason oversize."""
+    for dec, data in ((FrameDecoder(), first), (FrameDecoder(max_frame=1000), first)):
+        with pytest.raises(DecodeError) as err:
+            dec.feed(data[:2])
+            dec.feed(data[2:])
+        assert err.value.reason == "not_cardnet" and "an HTTP request (or other non-cardnet bytes)" in str(err.value)
+        assert "frame length" not in str(err.value) and dec.buffered == 0
+    with pytest.raises(DecodeError) as err:  # a length of 4 bytes not all text stays what it was
+        FrameDecoder().feed(b"\x80GET")
+    assert err.value.reason == "oversize"
 
 
 def test_any_header_decodes_params_are_checked_later() -> None:

@@ -407,9 +407,21 @@ class FrameDecoder:
                 "cardnet framing",
             )
         if length > self._max_frame:
+            if _is_text(length):  # (checked only for a length refused anyway: not on a good frame's path)
+                raise DecodeError(
+                    "not_cardnet",
+                    f"an HTTP request (or other non-cardnet bytes) where a frame's length was expected "
+                    f"({length.to_bytes(PREFIX_BYTES, 'big')!r}...): the peer is not speaking cardnet framing",
+                )
             raise DecodeError(
                 "oversize",
                 f"frame length {length} is above the limit of {self._max_frame} bytes (and above "
                 f"{self._skip_limit}, the most a cardnet peer sends): refused before reading it",
             )
         return length
+
+
+def _is_text(length: int) -> bool:
+    """Whether a length prefix is four printable ASCII bytes: ``GET ``, ``POST``, ``HEAD``, ``SSH-``, ... (a text
+    protocol's first line on a cardnet port). Every such value is above the largest frame any cardnet peer sends."""
+    return all(0x20 <= b <= 0x7E for b in length.to_bytes(PREFIX_BYTES, "big"))

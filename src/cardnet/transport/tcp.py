@@ -76,6 +76,9 @@ COLLECT_AFTER = 64  # a server runs a full garbage collection each time this man
 # a peer that connects again and again write the server's log as fast as it could connect.
 BAD_FRAME_LOG_EVERY_S = 10.0
 BAD_FRAME_LOG_BURST = 20
+# An HTTP request (or other text) on a cardnet port is logged once per peer address (a browser or a scanner tries
+# again and again): a server remembers up to this many such addresses, then forgets them all and starts again.
+NOT_CARDNET_PEERS = 1024
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
@@ -117,12 +120,16 @@ class TcpConnection(ConnectionBase):
         initial: bytes = b"",
         bad_frame_log: LogThrottle | None = None,
         large_frames: LargeFrames | None = None,
+        not_cardnet_peers: set[str] | None = None,
     ) -> None:
         """``initial``: stream bytes read already by someone else (an HTTP parser before an Upgrade), decoded first;
         ``bad_frame_log``: how often its bad or refused frames are logged, shared by a server's connections (None:
-        each time); ``large_frames``: a server's places for reading large frames (None: no such bound)."""
+        each time); ``large_frames``: a server's places for reading large frames (None: no such bound);
+        ``not_cardnet_peers``: the peer addresses whose non-cardnet bytes were logged already, shared by a server's
+        connections (None: this connection's own)."""
         super().__init__(_peer_info(writer), limits)
         self._bad_frame_log = bad_frame_log or LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)
+        self._not_cardnet_peers = set() if not_cardnet_peers is None else not_cardnet_peers
         self._initial = initial
         self._reader = reader
         self._writer = writer
@@ -327,10 +334,26 @@ class TcpConnection(ConnectionBase):
         self._fail(why)
 
     def _fail_bad_frame(self, exc: DecodeError) -> None:
+        if exc.reason == "not_cardnet":  # a browser's or a scanner's request: once per peer address, in words
+            self._fail_not_cardnet(exc)
+            return
         more = self._bad_frame_log.due(self._loop.time())
         if more is not None:
             log.warning("closing connection from %s: bad frame (%s): %s%s", self._peer.label, exc.reason, exc, more)
         self._fail(f"the peer sent a bad frame ({exc.reason})", exc)
+
+    def _fail_not_cardnet(self, exc: DecodeError) -> None:
+        peer = self._peer.address[0] if self._peer.address is not None else self._peer.label
+        seen = self._not_cardnet_peers
+        if peer not in seen:
+            if len(seen) >= NOT_CARDNET_PEERS:
+                seen.clear()
+            seen.add(peer)
+            more = self._bad_frame_log.due(self._loop.time())
+            if more is not None:
+                log.warning("an HTTP request (or other non-cardnet bytes) on a cardnet port from %s: closed (logged "
+                            "once for this address)%s", peer, more)  # fmt: skip
+        self._fail("the peer sent an HTTP request (or other non-cardnet bytes)", exc)
 
     def _fail(self, why: str, cause: BaseException | None = None) -> None:
         """The world broke the connection: record why and abort the transport."""
@@ -507,6 +530,7 @@ class TcpServer:
         self._refusal_logged_at = -1e9
         self._ended = 0  # connections ended since the last garbage collection (see _sweep)
         self._bad_frame_log = LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)  # its connections' bad frames
+        self._not_cardnet_peers: set[str] = set()  # peers whose non-cardnet bytes were logged (NOT_CARDNET_PEERS)
         self._large_frames = LargeFrames(server_limits)  # its connections' places for reading large frames
         self.refused = 0  # connections aborted at accept for being over a cap
         self.expired = 0  # connections aborted by the handshake or idle timeout
@@ -632,8 +656,9 @@ class TcpServer:
                     setattr(slot.writer, "_transport", raw)  # noqa: B010
                     return
             slot.conn = TcpConnection(
-                reader, slot.writer, self._limits, bad_frame_log=self._bad_frame_log, large_frames=self._large_frames
-            )
+                reader, slot.writer, self._limits, bad_frame_log=self._bad_frame_log, large_frames=self._large_frames,
+                not_cardnet_peers=self._not_cardnet_peers,
+            )  # fmt: skip
             assert self._handlers is not None
             await self._handlers.run(slot.conn)
         finally:
