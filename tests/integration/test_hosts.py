@@ -214,7 +214,9 @@ def test_a_second_host_on_the_same_card_is_refused_at_once(two_hosts: list[HostP
     twin.config.write_text(a.config.read_text().replace('app_socket = "a.sock"', 'app_socket = "a-twin.sock"'))
     run = _cardnet("host", "run", "--config", str(twin.config))
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "in_use" in run.stderr and "stop that host" in run.stderr, run.stderr
+    assert a.proc is not None  # the running host is named: its pid, where it listens, what to do
+    named = f"a host 'a' (pid {a.proc.pid}, listening on 127.0.0.1:{a.port}) already runs on {a.dir / 'a.card.db'}"
+    assert "in_use" in run.stderr and named in run.stderr and "stop it first" in run.stderr, run.stderr
     store = f"sqlite:///{a.dir / 'a.card.db'}"
     show = _cardnet("card", "show", "--store", store)
     assert show.returncode != 0 and "in_use" in show.stderr and "Traceback" not in show.stderr, show.stderr

@@ -764,7 +764,8 @@ def test_an_exclusive_store_has_one_owner(tmp_path: Path) -> None:
     for exclusive in (True, False):
         with pytest.raises(StoreError) as ei:
             open_store(url, exclusive=exclusive)
-        assert ei.value.reason == "in_use" and "stop that host" in str(ei.value)
+        assert ei.value.reason == "in_use" and "held by another process" in str(ei.value)
+        assert "stop that process, then try again" in str(ei.value)
     owner.close()
     reader = open_store(url)  # the owner let go: anyone may open it now
     with reader.transaction() as t:

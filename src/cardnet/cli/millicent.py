@@ -283,18 +283,21 @@ def vendor_run(
     """Serve purchases over TCP. Prints "ready vendor HOST:PORT" when listening
     (with --json: {"ready": {"name": "vendor", "listen": "HOST:PORT"}} on one line)."""
     from cardnet.services.millicent.vendor import VendorCore, VendorServer
+    from cardnet.store.owner import claimed
 
     host, port = _listen(listen)
-    core = VendorCore(_vendor(store))
-    bounds = _limits_from(**limits)
+    with claimed([(store, "give another --store")], "millicent vendor") as claims:  # one vendor per store
+        core = VendorCore(_vendor(store))
+        bounds = _limits_from(**limits)
 
-    _serve(
-        "vendor",
-        lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint, server_limits=bounds),
-        host,
-        port,
-        as_json,
-    )
+        _serve(
+            "vendor",
+            lambda: VendorServer(core, prune_every_s=prune_every, failpoint=failpoint, server_limits=bounds),
+            host,
+            port,
+            as_json,
+            claims,
+        )
 
 
 @vendor.command("redeem")
@@ -529,14 +532,17 @@ def broker_run(
             reason="usage",
             hint="give a --reservation-hold of more seconds than --vendor-timeout (the default is a day)",
         )
+    from cardnet.store.owner import claimed
+
     host, port = _listen(listen)
-    core = BrokerCore(_broker(store), reservation_hold_s=reservation_hold)
-    bounds = _limits_from(**limits)
+    with claimed([(store, "give another --store")], "millicent broker") as claims:  # one broker per store
+        core = BrokerCore(_broker(store), reservation_hold_s=reservation_hold)
+        bounds = _limits_from(**limits)
 
-    def server() -> BrokerServer:
-        return BrokerServer(core, server_limits=bounds, vendor_timeout_s=vendor_timeout)
+        def server() -> BrokerServer:
+            return BrokerServer(core, server_limits=bounds, vendor_timeout_s=vendor_timeout)
 
-    _serve("broker", server, host, port, as_json)
+        _serve("broker", server, host, port, as_json, claims)
 
 
 @broker.command("status")
@@ -884,10 +890,11 @@ def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) 
         console.print(f"{'[green]met[/]' if ok else '[red]missed[/]'}  {target}")
 
 
-def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: bool) -> None:
+def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: bool, claims: Any = None) -> None:
     """Run a service server (``start(host, port)`` / ``aclose()``) until SIGINT or SIGTERM; print "ready" once
     listening. Either signal stops it in order (its ``aclose``: the vendor writes the replies of what it has
-    committed) and the process exits 0."""
+    committed) and the process exits 0. ``claims`` (store/owner.py: the service's stores, claimed by the caller)
+    are told where it listens, for the words of a second start's refusal."""
     from cardnet.cli.host import settle_heap
 
     async def main() -> None:
@@ -899,6 +906,8 @@ def _serve(label: str, make: Callable[[], Any], host: str, port: int, as_json: b
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             listen = f"{addr[0]}:{addr[1]}"
+            if claims is not None:
+                claims.serving(listen)
             settle_heap()
             say_ready(as_json, {"name": label, "listen": listen}, f"ready {label} {listen}")
             await stop.wait()

@@ -220,11 +220,13 @@ def vendor_run(store: str, listen: str, pay_within: float | None, as_json: bool,
     import time
 
     from cardnet.services.speed.vendor import VendorCore, VendorServer
+    from cardnet.store.owner import claimed
 
     host, port = _listen(listen)
-    core = VendorCore(_vendor_store(store), clock=time.time, pay_within_s=pay_within)
-    bounds = _limits_from(**limits)
-    _serve("vendor", lambda: VendorServer(core, server_limits=bounds), host, port, as_json)
+    with claimed([(store, "give another --store")], "speed vendor") as claims:  # one vendor per store
+        core = VendorCore(_vendor_store(store), clock=time.time, pay_within_s=pay_within)
+        bounds = _limits_from(**limits)
+        _serve("vendor", lambda: VendorServer(core, server_limits=bounds), host, port, as_json, claims)
 
 
 # --- the broker ------------------------------------------------------------------------------------------------
@@ -443,21 +445,25 @@ def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_cap
     from cardnet.host.errors import HostError
     from cardnet.host.local import LocalCard
     from cardnet.services.speed.broker import BrokerCore, BrokerServer
+    from cardnet.store.owner import claimed
 
     host, port = _listen(listen)
-    card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
-    try:
-        sam = LocalCard(card, card_pin(pin))
-    except HostError as exc:
-        card.close()
-        fail(str(exc), reason=exc.reason, hint="check the SAM card's PIN")
-    core = BrokerCore(_broker_store(store), sam, clock=time.time)
-    bounds = _limits_from(**limits)
-    keep = None if no_prune else keep_days
-    try:
-        _serve("broker", lambda: BrokerServer(core, server_limits=bounds, keep_days=keep), host, port, as_json)
-    finally:
-        card.close()
+    stores = [(store, "give another --store"), (_card_url(sam_store), "give another --sam-store")]
+    with claimed(stores, "speed broker") as claims:  # one broker per store and per SAM
+        card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
+        try:
+            sam = LocalCard(card, card_pin(pin))
+        except HostError as exc:
+            card.close()
+            fail(str(exc), reason=exc.reason, hint="check the SAM card's PIN")
+        core = BrokerCore(_broker_store(store), sam, clock=time.time)
+        bounds = _limits_from(**limits)
+        keep = None if no_prune else keep_days
+        try:
+            _serve("broker", lambda: BrokerServer(core, server_limits=bounds, keep_days=keep), host, port, as_json,
+                   claims)  # fmt: skip
+        finally:
+            card.close()
 
 
 @broker.command("prune")

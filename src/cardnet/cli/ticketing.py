@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,6 +39,7 @@ def run(config_path: Path, as_json: bool) -> None:
     from cardnet.cli.host import settle_heap
     from cardnet.services.ticketing.config import load_config
     from cardnet.services.ticketing.server import TicketingServer
+    from cardnet.store.owner import claimed
 
     pin = os.environ.get("CARDNET_PIN")
     if not pin:
@@ -57,6 +60,7 @@ def run(config_path: Path, as_json: bool) -> None:
             loop.add_signal_handler(sig, server.stop)
         http = "http://{}:{}".format(*server.http_address)
         speed = "{}:{}".format(*server.speed_address)
+        claims.serving(f"{http} speed {speed}")
         ready = {"name": config.name, "http": http, "speed": speed, "device": server.device_domain.hex()}
         settle_heap()
         say_ready(as_json, ready, f"ready {config.name} {http} speed {speed}")
@@ -65,4 +69,18 @@ def run(config_path: Path, as_json: bool) -> None:
         finally:
             await server.aclose()
 
-    asyncio.run(main())
+    with claimed(_stores(config), f"ticketing server {config.name!r}") as claims:  # one server per store and card
+        asyncio.run(main())
+
+
+def _stores(config: Any) -> list[tuple[str, str]]:
+    """What the server of ``config`` claims (store/owner.py): its vendor store and its device's card store (a host
+    config it cannot read claims nothing here: the server refuses it in its own words)."""
+    from cardnet.cli.host import card_stores
+    from cardnet.errors import CardnetError
+    from cardnet.host.config import load_config as load_host_config
+
+    stores = [(config.store, "give this server another store (store in its config)")]
+    with contextlib.suppress(CardnetError, OSError):
+        stores += card_stores(load_host_config(config.host))
+    return stores

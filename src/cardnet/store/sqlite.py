@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cardnet.store.base import claim_kind
 from cardnet.store.errors import StoreError
+from cardnet.store.owner import describe, holder
 
 # Each entry migrates from version i to i + 1. Never edit a released entry: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -223,6 +224,20 @@ def _io_failed(what: str, url: str, exc: sqlite3.DatabaseError) -> StoreError:
     return StoreError("io", f"{what} failed on {url}: {exc}", hint=DISK_HINT if _disk_failed(exc) else None)
 
 
+def _in_use(path: str) -> StoreError:
+    """``in_use``: another process holds the store ``path``; naming it when it claimed the store (store/owner.py)."""
+    record = holder(path)
+    if record is not None:
+        return StoreError(
+            "in_use", f"store {path} is held by {describe(record)}, which runs on it: stop it, then try again"
+        )
+    return StoreError(
+        "in_use",
+        f"store {path} is held by another process (a store held this way has one owner: the host running the card, "
+        "or the SPEED broker whose SAM card it is): stop that process, then try again",
+    )
+
+
 class SqliteStore:
     """A store in one SQLite file (or in memory for ``sqlite://:memory:``)."""
 
@@ -284,11 +299,7 @@ class SqliteStore:
                 raise
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
-                raise StoreError(
-                    "in_use",
-                    f"store {path} is open elsewhere, and a card's store has one owner (the host running the card): "
-                    "stop that host, then try again",
-                ) from None
+                raise _in_use(path) from None
             raise _open_failed(path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise _open_failed(path, exc) from None
