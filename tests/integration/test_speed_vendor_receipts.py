@@ -98,3 +98,60 @@ def test_a_vendor_reads_its_own_receipts_alone_and_a_third_party_none(
                 await bs.aclose()
 
         asyncio.run(go())
+
+
+def test_a_copied_receipts_request_learns_nothing_new_and_a_vendor_sends_a_bounded_number_of_them(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    """A man in the middle (the broker's TCP is plain) copies a vendor's signed request and sends it again within its
+    300 s, after the vendor sold again: it gets what the first answer held, not the new receipt (before, each copy
+    listed the vendor's receipts up to now: how many sales and when, to whoever holds the copy). A vendor sends at
+    most ``MAX_RECEIPT_ASKS`` requests within the window (each costs the broker a certificate check and a scan of
+    its accounts): the next is refused ``too_many`` in words, and another vendor is served all the same."""
+    with opened(tmp_path, ca) as w:
+        v2 = _second_vendor(w, tmp_path)
+
+        async def go() -> None:
+            vs, bs = await serve(w)
+            broker = (bs_addr := w.broker_addr.rsplit(":", 1))[0], int(bs_addr[1])
+
+            async def sent(msg: Message) -> Message:
+                conn = await dial(*broker)
+                try:
+                    await conn.send(msg)
+                    return await conn.recv()
+                finally:
+                    await conn.aclose()
+
+            try:
+                await load_purse(w, 1000)
+
+                async def buy() -> bytes:
+                    got = await w.customer.buy(w.vendor_addr, w.broker_addr, [NEWS], broker_cert=w.broker_cert,
+                                               limit=LIMIT)  # fmt: skip
+                    return got.poid
+
+                first = await buy()
+                seen = w.vendor.receipts_request(0)  # what went over the wire
+                answer = fr.RECEIPTS.parse(await sent(seen))
+                assert [fr.RECEIPT.schema.decode(i)["poid"] for i in answer["items"]] == [first]
+                second = await buy()
+                again = await sent(seen)  # the copy, after the vendor's next sale
+                assert again.mtype == fr.RECEIPTS.code and fr.RECEIPTS.parse(again) == answer
+                got, _ = await sv.vendor_receipts(w.vendor, broker, answer["last"])  # the vendor's next request
+                assert [p for p, _ in got] == [second]
+                bid = sm.vendor_id(w.broker_cert)
+                async with _Link(w.broker_addr, "broker") as b:
+                    for n in range(sb.MAX_RECEIPT_ASKS - 2):  # (it sent 2 already; each asks from another position)
+                        signed = _signed_ask(w.vendor.key, w.vendor.cert, broker=bid, at=int(clock()), after=10**6 + n)
+                        await b.ask(fr.RECEIPT_FOR_VENDOR, fr.RECEIPTS, after=10**6 + n, signed=signed)
+                    with pytest.raises(PurchaseError) as e:
+                        signed = _signed_ask(w.vendor.key, w.vendor.cert, broker=bid, at=int(clock()), after=2**40)
+                        await b.ask(fr.RECEIPT_FOR_VENDOR, fr.RECEIPTS, after=2**40, signed=signed)
+                    assert e.value.reason == "too_many" and "ask again in a few minutes" in str(e.value)
+                assert (await sv.vendor_receipts(v2, broker))[0] == []  # another vendor: served (it sold nothing)
+            finally:
+                await vs.aclose()
+                await bs.aclose()
+
+        asyncio.run(go())

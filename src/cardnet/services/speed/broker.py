@@ -115,6 +115,10 @@ SETTLE_HINTS = {  # what the operator does when settlement (or pruning, which se
 KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
 MAX_RECEIPTS_PAGE = 256
 RECEIPT_SCAN_PAGES = 16  # log pages one speed.vendor_receipts reads (other vendors' receipts skipped) before it answers
+# speed.vendor_receipts requests of one vendor answered within a request's window (the broker remembers each until
+# its time is past the window, so a copy sent again, by anyone who saw it on the wire, gets what the first got and
+# nothing newer); the next is refused too_many
+MAX_RECEIPT_ASKS = 256
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
 _MAX_CURRENCIES = 16  # an account's balances: one per currency
@@ -314,6 +318,9 @@ class BrokerCore:
         _index_held(store)
         sam.ask(sa.INIT, sa.READY)
         self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
+        # speed.vendor_receipts requests answered: digest of the signed request -> (its time, the vendor's id, the
+        # log position its answer reached)
+        self._receipt_asks: dict[bytes, tuple[int, bytes, int | None]] = {}
         self._after_commit: list[Callable[[], object]] | None = None  # inside group(): what waits for its commit
 
     @contextlib.contextmanager
@@ -382,21 +389,43 @@ class BrokerCore:
             return fr.reply(msg, fr.STATES, items=[self._state(p) for p in fr.ORDER_STATES.parse(msg)["poids"]])
         raise _Refusal("bad_request", f"a SPEED broker does not take mtype 0x{code:04x}")
 
+    def _remember_ask(self, digest: bytes, at: int, vid: bytes, now: float) -> None:
+        """Remember a receipts request about to be answered until it is too old to be taken (a copy is answered what
+        the first was: :meth:`_vendor_receipts`); a vendor that sent :data:`MAX_RECEIPT_ASKS` within the window is
+        refused ``too_many``."""
+        asks = self._receipt_asks
+        window = sm.RECEIPTS_ASK_WINDOW_S
+        for k in [k for k, (t, _, _) in asks.items() if t + window < now]:
+            del asks[k]
+        if sum(1 for _, v, _ in asks.values() if v == vid) >= MAX_RECEIPT_ASKS:
+            raise _Refusal("too_many", f"this vendor sent {MAX_RECEIPT_ASKS} receipts requests within {window} s: "
+                           f"ask again in a few minutes (a page holds {MAX_RECEIPTS_PAGE} receipts)")  # fmt: skip
+        asks[digest] = (at, vid, None)
+
     def _vendor_receipts(self, msg: Message, p: dict[str, Any]) -> Message:
         """``speed.vendor_receipts``: the receipts of the vendor that signed the request (its ``speed.receipts_ask``,
         made for this broker within :data:`~cardnet.protocols.speed.messages.RECEIPTS_ASK_WINDOW_S` of now), after
         log position ``after``, and the position to ask from next. Only that vendor's: the receipts of the others
-        (how many purchases they made, and when) are none of its business, nor of anyone else who connects."""
+        (how many purchases they made, and when) are none of its business, nor of anyone else who connects.
+
+        The same signed request again (a copy anyone on the wire could send, or the vendor's own: its signatures
+        are deterministic) gets what the first got, the receipts up to the position that answer reached: nothing
+        new, and no signature or account check again."""
         now = self.clock()
+        window = sm.RECEIPTS_ASK_WINDOW_S
+        digest = profile.sha256(p["signed"])
+        seen = self._receipt_asks.get(digest)
+        if seen is not None and abs(seen[0] - now) <= window and seen[2] is not None:
+            return self._receipts_of(msg, seen[1], p["after"], seen[2])
         signed = sm.signed(p["signed"], "receipts request")
         ask = sm.decode(sm.RECEIPTS_ASK, signed.content, "receipts request")
         pki.verified(signed.signer_cert_der, self.roots, now=now, role=pki.Role.SERVICE)
         if ask["broker"] != sm.vendor_id(self.cert):
             raise _Refusal("not_for_me", "that receipts request was signed for another broker: sign one for this one")
-        if abs(ask["at"] - now) > sm.RECEIPTS_ASK_WINDOW_S:
+        if abs(ask["at"] - now) > window:
             raise _Refusal("stale_request", f"that receipts request was signed at {ask['at']} (Unix s), more than "
-                           f"{sm.RECEIPTS_ASK_WINDOW_S} s from this broker's time {int(now)}: sign a new one (check "
-                           "the vendor's clock)")  # fmt: skip
+                           f"{window} s from this broker's time {int(now)}: sign a new one (check the vendor's "
+                           "clock)")  # fmt: skip
         if ask["after"] != p["after"]:
             raise _Refusal("bad_request", "the receipts request's signed position is not the one it asks from")
         vid = sm.vendor_id(signed.signer_cert_der)
@@ -404,11 +433,21 @@ class BrokerCore:
             if not any(_ACCOUNT.decode(v)["owner"] == vid for _, v in txn.scan(ACCOUNTS)):
                 raise _Refusal("unknown_vendor", "the key that signed that receipts request owns no vendor account "
                                "at this broker: only a vendor reads its own receipts")  # fmt: skip
-            items: list[bytes] = []
-            last = p["after"]
+        self._remember_ask(digest, ask["at"], vid, now)
+        reply = self._receipts_of(msg, vid, p["after"], None)
+        self._receipt_asks[digest] = (ask["at"], vid, fr.RECEIPTS.parse(reply)["last"])
+        return reply
+
+    def _receipts_of(self, msg: Message, vid: bytes, after: int, upto: int | None) -> Message:
+        """The answer listing vendor ``vid``'s receipts after log position ``after`` (up to ``upto``, if given)."""
+        items: list[bytes] = []
+        last = after
+        with self.store.transaction() as txn:
             for _ in range(RECEIPT_SCAN_PAGES):  # the others' receipts are skipped, a bounded number of them a call
                 rows = txn.read_log(RECEIPTS, last, MAX_RECEIPTS_PAGE)
                 for pos, raw in rows:
+                    if upto is not None and pos > upto:
+                        return fr.reply(msg, fr.RECEIPTS, items=items, last=last)
                     last = pos
                     if fr.RECEIPT.schema.decode(raw)["poid"][: sm.VENDOR_ID_BYTES] == vid:
                         items.append(raw)
