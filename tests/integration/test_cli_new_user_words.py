@@ -71,3 +71,33 @@ def test_speed_vendor_add_of_a_product_already_there_is_refused_unless_replace(t
                                                              "message": ""}  # fmt: skip
     assert "in place of what it was (2.50 EUR, down to 2.00 EUR" in json.loads(replaced.stdout)["message"]
     assert _stored(vendor, song) == (sm.Price(EUR, 10), sm.Price(EUR, 10), b"another song")
+
+
+def test_ctrl_c_just_after_a_command_printed_its_result_does_not_end_it_by_the_signal() -> None:
+    """SIGINT sent as soon as ``cardnet smc functions`` has begun printing its result (then a little later, up to
+    20 ms): every run ends with an exit status and words: 0 with the whole result, or, caught while printing, 130 with
+    the ``interrupted`` error. Before: most ended by the signal itself during the interpreter's shutdown (killed by
+    SIGINT, the shell's 130, not a word), after the result was out."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    outcomes = []
+    for delay_ms in (0, 0, 1, 1, 2, 2, 3, 5, 8, 12, 20):
+        p = subprocess.Popen([sys.executable, "-m", "cardnet.cli.main", "smc", "functions"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert p.stdout is not None
+        first = os.read(p.stdout.fileno(), 1).decode()  # the result has begun (unbuffered: communicate reads the rest)
+        time.sleep(delay_ms / 1000)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        outcomes.append((p.returncode, first + out, err))
+    for code, out, err in outcomes:
+        assert code >= 0, f"ended by signal {-code} with nothing said: {err!r}"
+        if code == 0:
+            assert "median" in out and err == "", (out, err)
+        else:
+            assert code == 130 and "interrupted" in err and "Traceback" not in err, (code, err)

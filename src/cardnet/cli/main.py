@@ -6,6 +6,7 @@ import importlib
 import logging
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -261,10 +262,12 @@ def run(args: list[str]) -> int:
     def as_json() -> bool:
         return bool(meta.get(JSON_KEY)) or _flag_in_argv(args, "--json")
 
+    finished = False  # the command returned: a Ctrl-C after it (its context's clean-up) stopped nothing
     try:
         with cli.make_context("cardnet", list(args)) as ctx:
             meta = ctx.meta
             cli.invoke(ctx)
+            finished = True
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -274,6 +277,8 @@ def run(args: list[str]) -> int:
         report_error("aborted", reason="aborted", as_json=as_json())
         return 1
     except KeyboardInterrupt:
+        if finished:
+            return 0
         report_error(
             "interrupted: the command stopped part-way",
             reason="interrupted",
@@ -315,7 +320,12 @@ def run(args: list[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    # The command is over (its result or its error printed). A Ctrl-C from here on lands while the interpreter shuts
+    # down, after Python has put SIGINT back to its default: it would end the process by the signal (exit 130, no
+    # word) though nothing was stopped. Ignored instead, so the exit status is the command's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
