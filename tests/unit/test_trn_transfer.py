@@ -89,8 +89,12 @@ def test_receiver_path_and_untraceable() -> None:
     assert done.committed_transfer and done.holding is not None and done.holding.state == "trustless"
     traced = tr.apply(done.holding, tr.Event("traced", P), OID)
     assert traced.holding is not None and traced.holding.state == "enabled" and traced.holding.peer is None
-    refused = tr.apply(done.holding, tr.Event("traced", P, ok=False, reason="branch"), OID)
-    assert refused.holding == done.holding
+    why = "branch: the token left its holder twice (signer 000000000000000000000000:00000000 blocked)"
+    refused = tr.apply(done.holding, tr.Event("traced", P, ok=False, reason=why), OID)
+    # still trustless (the same copy), with the kind of the refusal kept for its owner to see
+    assert refused.holding == replace(done.holding, refused="branch") and refused.holding.state == "trustless"
+    again = tr.apply(refused.holding, tr.Event("traced", P), OID).holding  # recorded after all: enabled, said no more
+    assert again is not None and again.state == "enabled" and again.refused is None
     untraced = tr.apply(None, tr.Event("copy", P, N, token=TOKEN, traceable=False), OID)
     assert untraced.holding is not None
     enabled = tr.apply(untraced.holding, event("commit"), OID).holding

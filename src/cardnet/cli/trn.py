@@ -513,6 +513,35 @@ async def _tokens(wallet: Any) -> list[dict[str, Any]]:
     return [_token(v) for v in await wallet.vouchers()]
 
 
+# Why the authority refused to record a copy's transfer (the kind its answer began with: trace.decide's words), in
+# the receiving owner's words; the copy stays `trustless` on the card (docs/trn.md section 4), never usable.
+TRACE_REFUSALS = (
+    ("branch", "a second copy of a token that had already left its sender: that card was cloned or rolled back"),
+    ("stale", "a copy of a transfer that had already happened once: the token moved on since"),
+    ("revoked", "the token was replaced by a reissue: its agent reissued it to its last recorded holder"),
+    ("blocked device", "the sender's card (or this one) is blocked by the authority"),
+)
+
+
+def trace_refused_words(oid: str, kind: str, sender: str) -> tuple[str, str]:
+    """The state and the hint of a received copy of ``oid`` whose trace the authority refused (``kind``: its reason's
+    kind)."""
+    why = next((words for start, words in TRACE_REFUSALS if kind.startswith(start)), None)
+    state = f"refused by the authority ({why or kind}): this copy is not usable, it cannot be sent, exchanged or shown "
+    state += "at a gate"
+    if why is not None:
+        hint = (
+            f"this copy will never become usable; take it up with whoever gave it to you ({sender}) or the "
+            f"token's issuer (the authority's operator shows its moves with `cardnet authority trace {oid}`)"
+        )
+    else:
+        hint = (
+            f"ask the sender ({sender}) or the token's issuer why; once the authority's operator has mended the "
+            "cause (a registered issuer, say), `cardnet trn recover` asks for the trace again"
+        )
+    return state, hint
+
+
 async def token_rows(wallet: Any) -> list[dict[str, Any]]:
     """The tokens on the card as rows for people and scripts: oid, status, peer, body, ``state`` (the status in
     words) and, for a transfer stuck on an unreachable receiver, what the host reported and what to do."""
@@ -523,7 +552,10 @@ async def token_rows(wallet: Any) -> list[dict[str, Any]]:
         row = {"oid": oid, "status": t["status"], "peer": str(t.get("peer") or ""),
                "body": t.get("body", b"").decode("utf-8", "replace"),
                "state": STATUS_WORDS.get(t["status"], t["status"])}  # fmt: skip
-        if "refused" in t:  # back after a refused transfer (docs/trn.md section 3.1)
+        if "refused" in t and t["status"] == "trustless":  # the authority refused this copy's trace (section 4)
+            row["refused"] = t["refused"]
+            row["state"], row["hint"] = trace_refused_words(oid, t["refused"], str(t.get("peer") or "the sender"))
+        elif "refused" in t:  # back after a refused transfer (docs/trn.md section 3.1)
             row["refused"] = t["refused"]
             row["state"] = f"{row['state']} (back: {refusal_words(t['refused'])})"
         peer = t.get("peer")

@@ -178,7 +178,8 @@ class Holding:
     nonce: bytes | None = None
     token: bytes | None = None  # the object O; None once a sender passed phase (III)
     sig: bytes | None = None  # receiver, once committed: the sender's signed movement statement
-    refused: str | None = None  # sender, back to enabled after copied=false: why the receiver refused
+    refused: str | None = None  # sender, back to enabled after copied=false: why the receiver refused; receiver,
+    # trustless: the kind of the authority's refusal of this copy's trace
     also: tuple[tuple[Uid, bytes], ...] = ()  # receiver: superseded pending copies (peer, nonce), newest first
 
     @property
@@ -505,12 +506,18 @@ def _aborted_ack(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     return Outcome(h, [(ABORTED, {"nonce": e.nonce})])
 
 
+TRACE_REFUSAL_BYTES = 64  # a refused trace's kind kept on the holding (trn.tokens' ``refused`` holds 64 bytes)
+
+
 def _traced(h: Holding | None, e: Event, oid: bytes) -> Outcome:
     assert h is not None
     if e.ok:
-        enabled = replace(h, status=Status.ENABLED, peer=None, nonce=None, sig=None)
+        enabled = replace(h, status=Status.ENABLED, peer=None, nonce=None, sig=None, refused=None)
         return Outcome(enabled, [], note="trace recorded: enabled")
-    return _keep(h, f"trace refused: {e.reason}")
+    # Still trustless (a later trace may yet be recorded: an issuer registered since), but the owner is shown why:
+    # the kind of refusal, before its details ("branch", "revoked", "blocked device X", ...: trace.decide's words).
+    kind = e.reason.split(": ")[0].encode()[:TRACE_REFUSAL_BYTES].decode("utf-8", "ignore") or "refused"
+    return Outcome(replace(h, refused=kind), [], note=f"trace refused: {e.reason}")
 
 
 MOVES: dict[tuple[str, str], Handler] = {
