@@ -32,6 +32,8 @@ from cardnet.applets.trn import MINT, SEND
 from cardnet.bench.procs import HostProc
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.cli.main import run
+from cardnet.host import mtypes as hm
+from cardnet.transport.framing import encode_frame
 from cardnet.wire import Uid
 
 SONG = "song-1 Blue in Green"
@@ -312,9 +314,13 @@ def test_the_purse_is_loaded_and_a_speed_purchase_paid_from_it(world: World) -> 
     assert "17.80 EUR" in r.stdout and "Traceback" not in r.stderr, r
 
 
+NOBODY = Uid(bytes(12), 0)  # src and dst of host.taken (host to host: no card's)
+
+
 class BlackHole:
-    """A listener on a host's port that takes every frame sent to it and does nothing with it: the network (or a
-    host that dies before stepping them) losing messages after the sender's host handed them over."""
+    """A listener on a host's port that takes every frame sent to it, confirms it as a host does (``host.taken``,
+    its number on the connection) and does nothing with it: a host that said it took the messages and lost them
+    (its disk, or a bug): nothing the sender's host can see or resend, only the protocols' own recovery."""
 
     def __init__(self, port: int) -> None:
         self.server = socket.create_server(("127.0.0.1", port))
@@ -327,6 +333,7 @@ class BlackHole:
     def _serve(self) -> None:
         conns: list[socket.socket] = []
         buffers: dict[socket.socket, bytes] = {}
+        numbers: dict[socket.socket, int] = {}  # frames taken on each connection
         while not self.stopped.is_set():
             with contextlib.suppress(TimeoutError):
                 conn, _ = self.server.accept()
@@ -337,10 +344,17 @@ class BlackHole:
                 with contextlib.suppress(BlockingIOError):
                     buffers[conn] += conn.recv(1 << 16)
                 buf = buffers[conn]
+                first = numbers.get(conn, 0)
+                n = first
                 while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
                     buf = buf[4 + int.from_bytes(buf[:4], "big") :]
-                    self.frames += 1
+                    n += 1
                 buffers[conn] = buf
+                if n > first:  # confirmed: taken, as far as the sender's host can tell
+                    numbers[conn] = n
+                    with contextlib.suppress(OSError):
+                        conn.sendall(encode_frame(hm.TAKEN.make(NOBODY, NOBODY, runs=[first, n - first])))
+                    self.frames += n - first
         for conn in conns:
             conn.close()
         self.server.close()
