@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import pytest
 
 from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, TransportError, dialer
-from cardnet.transport.link import HOLD_DOWN_SWEEPS
+from cardnet.transport.link import HOLD_DOWN_SWEEPS, HOLD_LIVE_SWEEPS
 from cardnet.wire import Message, Uid
 
 GUARD_S = 20.0
@@ -152,5 +152,50 @@ def test_after_a_long_outage_the_messages_that_were_in_flight_count_once_against
             assert link.in_flight == 0 and link.queued == 5 and link.queued_bytes == 5 * size
             # the same bytes, now queued: room for 4 more of them in 10 000, not (counted twice) none
             assert link.send_many_nowait([m(i, 1000) for i in range(5, 11)]) == 4
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))
+
+
+def test_a_peer_that_confirms_once_and_then_withholds_gets_the_tokens_released_after_a_bound() -> None:
+    """The owner (a host's card) holds a message's token until the peer confirms it: a peer that said it confirms and
+    then confirmed nothing kept a card's answers to it in the card's outbox for ever, on a live connection (the
+    outbox fills the card's store: out_of_memory for everyone). Now after ``HOLD_LIVE_SWEEPS`` sweeps with such a
+    peer connected the tokens are released, and the messages written once more."""
+
+    async def main() -> None:
+        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+        hold = asyncio.Event()
+
+        async def on_connection(conn: TcpConnection) -> None:
+            accepted.put_nowait(conn)
+            await hold.wait()
+
+        taken: list[object] = []
+        async with TcpServer() as server:
+            await server.start("127.0.0.1", 0, on_connection)
+            link = ReconnectingLink(
+                dialer("127.0.0.1", server.port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
+                parse_confirm=parse, on_taken=taken.extend,
+            )  # fmt: skip
+            async with link:
+                link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
+                conn = await accepted.get()
+                assert await read(conn, 2) == [1, 2]
+                await conn.send(confirm())  # "I confirm" ... and then never does
+                reader = asyncio.create_task(read(conn, 10**9))  # it reads everything, confirms nothing
+                sweeps = 0
+                while not taken:
+                    while link.in_flight != 2:  # (written, or written again)
+                        await asyncio.sleep(0.01)
+                    link.sweep()
+                    sweeps += 1
+                    await asyncio.sleep(0.02)
+                    assert sweeps <= HOLD_LIVE_SWEEPS + 2
+                assert sorted(map(str, taken)) == ["t1", "t2"] and link.tokens() == []
+                while link.in_flight or link.queued:  # written once more, unconfirmed, and no longer held
+                    await asyncio.sleep(0.01)
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))

@@ -67,6 +67,10 @@ DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024  # bytes of messages waiting to be se
 # sweeps in a row without a connection after which the tokens of what waits are released (the messages stay queued):
 # their owner (a host's card outbox) then holds them no longer than this through a long outage (see sweep)
 HOLD_DOWN_SWEEPS = 6
+# sweeps after which a token still waiting for a peer that confirms (on live connections) is released: a peer that
+# confirmed once and then never again would otherwise keep its owner holding them for ever (a card's outbox filled by
+# its answers to that peer); the message is then left to the peer, as without confirmations (see sweep)
+HOLD_LIVE_SWEEPS = 8
 
 
 def fit_queue(
@@ -146,6 +150,8 @@ class ReconnectingLink:
         self._confirming: bool | None = None if confirm_mtype is not None else False  # None: not known yet
         self._sweeps = 0
         self._down_sweeps = 0  # sweeps in a row that found no connection
+        self._seen: dict[int, tuple[object, int]] = {}  # id(token) -> (token, the live sweep that first found it)
+        self._live_sweeps = 0  # sweeps that found a connection to a peer that confirms
 
     # -- state -------------------------------------------------------------
 
@@ -311,6 +317,8 @@ class ReconnectingLink:
                 self._release_waiting()
             return
         self._down_sweeps = 0
+        if self._confirming is True:
+            self._release_old()
         if not self._inflight:
             return
         if self._confirming is not True:
@@ -331,6 +339,41 @@ class ReconnectingLink:
                 self._queued_bytes += msg.size
                 self._inflight_bytes -= msg.size
             self._has_out.set()
+
+    def _release_old(self) -> None:
+        """Release the tokens that have waited :data:`HOLD_LIVE_SWEEPS` sweeps with a connection to a peer that
+        confirms (in flight or queued, over any number of connections; sweeps without one do not count, so a peer
+        that restarts loses nothing): it took none of them, or does not say so. Their messages are written once more,
+        unconfirmed, as without confirmations."""
+        self._live_sweeps += 1
+        sweeps, seen = self._live_sweeps, self._seen
+        now: dict[int, tuple[object, int]] = {}
+        old: list[object] = []
+        for t in itertools.chain((t for _, t, _ in self._inflight.values()), self._tokens):
+            if t is None:
+                continue
+            got = seen.get(id(t))
+            first = got[1] if got is not None and got[0] is t else sweeps
+            if first <= sweeps - HOLD_LIVE_SWEEPS:
+                old.append(t)
+            else:
+                now[id(t)] = (t, first)
+        self._seen = now
+        if not old:
+            return
+        ids = {id(t) for t in old}
+        if any(t is not None and id(t) in ids for t in self._tokens):
+            self._tokens = deque(None if t is not None and id(t) in ids else t for t in self._tokens)
+        for k in [k for k, (_, t, _) in self._inflight.items() if id(t) in ids]:
+            msg = self._inflight.pop(k)[0]
+            self._inflight_bytes -= msg.size
+            self._outbox.append(msg)
+            self._tokens.append(None)
+            self._queued_bytes += msg.size
+            self._has_out.set()
+        log.warning("%s: the peer has not confirmed %d message(s) within %d sweeps: left to it unconfirmed",
+                    self.label, len(old), HOLD_LIVE_SWEEPS)  # fmt: skip
+        self._release(old)
 
     def _release_waiting(self) -> None:
         """The peer has been unreachable for ``HOLD_DOWN_SWEEPS`` sweeps: release the tokens of what waits (a card's
