@@ -19,7 +19,7 @@ from hostprocs import Service, cardnet
 from speedprocs import build
 
 from cardnet.bench.ticketnet import TicketNet
-from cardnet.bench.trnnet import PIN
+from cardnet.bench.trnnet import PIN, TrnNet
 
 VID = "00000000000000a1"
 
@@ -173,5 +173,31 @@ def test_a_ticketing_server_holds_its_vendor_store_and_device_card(
         error, human = refused("ticketing", "run", "--config", str(tickets.config))
         assert error["reason"] == "in_use" and held in error["message"], error
         assert error["hint"].endswith("or give this server another store (store in its config)"), error
+    finally:
+        net.stop()
+
+
+def test_a_second_authority_ttp_or_gate_run_on_its_card_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`authority run`, `ttp run` and `gate run` are hosts: a second one on the card a running one serves is refused,
+    naming it (its cards opened shared, ``exclusive = false``: the claim, not SQLite's lock, refuses it)."""
+    net = TrnNet(tmp_path, (), ttp=True, ttp_host=True, gates=("gate",), exclusive=False)
+    monkeypatch.setenv("CARDNET_PIN", PIN)
+    served = {"auth": ("an authority host 'auth'", "authority"), "ttp": ("a host 'ttp'", "ttp"),
+              "gate": ("a gate host 'gate'", "gate")}  # fmt: skip
+    try:
+        for name, (what, card) in served.items():
+            first = net.hosts[name]
+            first.start()
+            assert first.proc is not None
+            twin = tmp_path / f"{name}-twin.toml"
+            twin.write_text(first.config.read_text().replace(f'app_socket = "{name}.sock"', 'app_socket = "twin.sock"')
+                            .replace(f"listen = \"127.0.0.1:{first.port}\"", 'listen = "127.0.0.1:0"'))  # fmt: skip
+            error, human = refused(*(a for a in first.command if a != "--json"), "--config", str(twin))
+            holder = f"{what} (pid {first.proc.pid}, listening on 127.0.0.1:{first.port}) already runs on {tmp_path}/"
+            assert error["reason"] == "in_use" and holder in error["message"], error
+            assert f"{card}.card.db" in error["message"] and "stop it first" in error["hint"], error
+            assert holder in human, human
     finally:
         net.stop()
