@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,12 @@ def test_a_second_millicent_vendor_or_broker_on_one_store_is_refused_and_a_kille
             again.start()
             error, human = refused(*run[role])
             names_the_first(error, human, f"a millicent {role}", again, v if role == "vendor" else b, "--store")
+        # a SIGKILLed service left its claim file (taken over above); one stopped in order removes it
+        broker = first["broker"].proc
+        assert broker is not None and Path(f"{b}-owner").exists()
+        broker.send_signal(signal.SIGTERM)
+        assert broker.wait(30) == 0 and not Path(f"{b}-owner").exists()
+        assert Path(f"{b}").exists() and Path(f"{v}-owner").exists()  # (the store stays; the vendor runs on)
     finally:
         for s in first.values():
             s.stop()
