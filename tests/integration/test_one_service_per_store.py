@@ -119,6 +119,12 @@ def test_a_second_speed_vendor_or_broker_on_one_store_is_refused_and_the_sam_nam
         holder = f"held by a speed broker (pid {net.broker.proc.pid}, listening on {net.broker.address})"
         assert error["reason"] == "in_use" and holder in error["message"] and "host" not in error["message"], error
         assert holder in human, human
+        # another broker's store with this broker's SAM: the SAM is named, and how to give another
+        cardnet("speed", "broker", "init", "--store", str(t / "broker2.db"), "--ca", str(t / "ca.file"), "--sam-store",
+                str(t / "sam2.db"), "--pin", "2580")  # fmt: skip
+        error, human = refused("speed", "broker", "run", "--store", str(t / "broker2.db"), "--sam-store",
+                               str(t / "sam.db"), "--pin", "2580", "--listen", "127.0.0.1:0")  # fmt: skip
+        names_the_first(error, human, "a speed broker", net.broker, t / "sam.db", "--sam-store")
         killed(net.broker)  # SIGKILLed: it starts again at once
         again = Service(t, *broker)
         net.broker = again
