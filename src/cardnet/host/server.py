@@ -56,7 +56,7 @@ from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
 from cardnet.host.adversary import Adversary
 from cardnet.host.config import SERVICE_CAPACITY, CardConfig, HostConfig
-from cardnet.host.core import Ack, Host, Origin, Schedule, SendRemote, all_sent
+from cardnet.host.core import REMOTE_LOG_BURST, REMOTE_LOG_EVERY_S, Ack, Host, Origin, Schedule, SendRemote, all_sent
 from cardnet.host.errors import HostError
 from cardnet.store import StoreError, open_store
 from cardnet.transport import (
@@ -75,6 +75,7 @@ from cardnet.transport import (
     send_batch,
     tls_contexts,
 )
+from cardnet.transport.base import LogThrottle
 from cardnet.wire import DecodeError, Message, Uid
 from cardnet.wire.mtypes import by_name, lookup
 
@@ -350,6 +351,9 @@ class HostServer:
         routes = {d: f"{h}:{p}" for d, (h, p) in config.routes.items()}
         self.host = Host(self.cards, routes=routes, name=config.name)
         self.host.passed_on = self._passed_on
+        # "cannot send" warnings: a remote peer that makes a card answer toward a route that is down (or full) would
+        # otherwise have one line written per pump, at its speed
+        self._send_log = LogThrottle(REMOTE_LOG_EVERY_S, REMOTE_LOG_BURST)
         self.adversary: Adversary | None = None
         if config.adversary is not None:
             a = config.adversary
@@ -549,7 +553,9 @@ class HostServer:
                     failed[str(exc)] = failed.get(str(exc), 0) + 1
                     # (otherwise unacknowledged: re-emitted later, see resend_after_s)
             for why, n in failed.items():
-                log.warning("%s: cannot send %d message(s) to %s: %s", self.config.name, n, address, why)
+                more = self._send_log.due(time.monotonic())
+                if more is not None:
+                    log.warning("%s: cannot send %d message(s) to %s: %s%s", self.config.name, n, address, why, more)
 
     async def _drain_link(self, link: ReconnectingLink) -> None:
         """Replies could come back on our outgoing connection too; accept them as remote traffic."""
