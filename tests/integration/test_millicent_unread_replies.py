@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +178,47 @@ def test_a_client_that_never_reads_is_disconnected_after_the_send_timeout(
         server.stop()
 
 
+def _flood_with_a_resent_request(
+    tmp_path: Path, vendor_store: str, frame: bytes, check_reply: Callable[[Message], None]
+) -> None:
+    """A real vendor (no send timeout) answers ``frame`` once for real (its reply passed to ``check_reply``), then
+    ``CLIENTS`` connections send that very frame again and again and never read: each is pushed back, the vendor's
+    peak memory grows by less than ``GROWTH``, and a real spend on another connection succeeds."""
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
+                     "--send-timeout", "0")  # fmt: skip
+    floods: list[Flood] = []
+    try:
+        at = vendor.start()
+        assert vendor.proc is not None
+        pid = vendor.proc.pid
+        host, port = at.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:  # answered once, for real
+            sock.sendall(frame)
+            decoder, got = FrameDecoder(), []
+            while not got:
+                data = sock.recv(65536)
+                assert data, "the vendor closed the connection without a reply"
+                got = decoder.feed(data)
+        check_reply(got[0])
+        before = proc_status(pid, "VmRSS")
+        floods = [Flood(at, frame=frame, each=50) for _ in range(CLIENTS)]
+        for flood in floods:
+            flood.start()
+        for flood in floods:
+            flood.join()
+            assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
+        grown = proc_status(pid, "VmHWM") - before
+        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
+        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
+                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
+        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
+        assert vendor.proc.poll() is None
+    finally:
+        for flood in floods:
+            flood.close()
+        vendor.stop()
+
+
 def _accepted_purchase(vendor_store: str) -> bytes:
     """A frame buying the vendor's largest product ("big", at 3) with Alice's fresh scrip (level 2)."""
     store = SqliteStore(vendor_store)
@@ -202,39 +243,11 @@ def test_a_vendor_holds_a_bounded_number_of_reply_bytes_for_clients_that_resend_
     timeout) holds at most ``MAX_UNSENT_BYTES`` of replies a connection; before, it held ``MAX_UNANSWERED``
     replies a connection (62 MB each)."""
     frame = _accepted_purchase(vendor_store)
-    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
-                     "--send-timeout", "0")  # fmt: skip
-    floods: list[Flood] = []
-    try:
-        at = vendor.start()
-        assert vendor.proc is not None
-        pid = vendor.proc.pid
-        host, port = at.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:  # bought once, for real
-            sock.sendall(frame)
-            decoder, got = FrameDecoder(), []
-            while not got:
-                data = sock.recv(65536)
-                assert data, "the vendor closed the connection without a reply"
-                got = decoder.feed(data)
-        assert got[0].size > mv.max_content_bytes()  # the reply carries the content
-        before = proc_status(pid, "VmRSS")
-        floods = [Flood(at, frame=frame, each=50) for _ in range(CLIENTS)]
-        for flood in floods:
-            flood.start()
-        for flood in floods:
-            flood.join()
-            assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
-        grown = proc_status(pid, "VmHWM") - before
-        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
-        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
-                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
-        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
-        assert vendor.proc.poll() is None
-    finally:
-        for flood in floods:
-            flood.close()
-        vendor.stop()
+
+    def large_content(reply: Message) -> None:
+        assert reply.size > mv.max_content_bytes()  # the reply carries the content
+
+    _flood_with_a_resent_request(tmp_path, vendor_store, frame, large_content)
 
 
 def _accepted_bulk_order(vendor_store: str) -> bytes:
@@ -259,38 +272,10 @@ def test_a_vendor_holds_a_bounded_number_of_reply_bytes_for_clients_that_resend_
     counted at the largest *buy* reply (here under 500 bytes), so a connection took hundreds of them at once and
     the vendor held their answers (about 30 MB a connection)."""
     frame = _accepted_bulk_order(vendor_store)
-    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", vendor_store, "--listen", "127.0.0.1:0",
-                     "--send-timeout", "0")  # fmt: skip
-    floods: list[Flood] = []
-    try:
-        at = vendor.start()
-        assert vendor.proc is not None
-        pid = vendor.proc.pid
-        host, port = at.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:  # sold once, for real
-            sock.sendall(frame)
-            decoder, got = FrameDecoder(), []
-            while not got:
-                data = sock.recv(65536)
-                assert data, "the vendor closed the connection without a reply"
-                got = decoder.feed(data)
-        assert got[0].mtype == mc.BULK_SOLD.code
-        assert len(mc.BULK_SOLD_SCHEMA.decode(got[0].param)["scrip"]) == mc.MAX_PIECES
-        assert got[0].size > 50_000 > 10 * mv._buy_reply_bytes(5)  # far more than a buy reply of this vendor
-        before = proc_status(pid, "VmRSS")
-        floods = [Flood(at, frame=frame, each=50) for _ in range(CLIENTS)]
-        for flood in floods:
-            flood.start()
-        for flood in floods:
-            flood.join()
-            assert flood.pushed_back, f"the vendor read all {flood.sent} requests of a client that reads nothing"
-        grown = proc_status(pid, "VmHWM") - before
-        assert grown < GROWTH, f"the vendor's peak memory grew by {grown >> 20} MiB"
-        spend = cardnet("millicent", "spend", "--wallet", str(tmp_path / "alice.db"), "--vendor", VID.hex(),
-                        "--at", at, "--product", "hello", "--price", "3", "--json")  # fmt: skip
-        assert json.loads(spend.stdout) == {"status": "ok", "change": 7, "content": "hello"}
-        assert vendor.proc.poll() is None
-    finally:
-        for flood in floods:
-            flood.close()
-        vendor.stop()
+
+    def scrip_of_a_bulk_order(reply: Message) -> None:
+        assert reply.mtype == mc.BULK_SOLD.code
+        assert len(mc.BULK_SOLD_SCHEMA.decode(reply.param)["scrip"]) == mc.MAX_PIECES
+        assert reply.size > 50_000 > 10 * mv._buy_reply_bytes(5)  # far more than a buy reply of this vendor
+
+    _flood_with_a_resent_request(tmp_path, vendor_store, frame, scrip_of_a_bulk_order)
