@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,6 +30,9 @@ from cardnet.cli.output import (
     say,
     table,
 )
+
+if TYPE_CHECKING:
+    from cardnet.host.client import AppClient
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -67,16 +70,9 @@ def run_on_card(
     login: bool = True,
 ) -> Any:
     """Connect to the host's socket (to ``card`` if given), verify the PIN unless ``login`` is off, run ``work``."""
-    from cardnet.host.client import AppClient
-    from cardnet.host.errors import HostError
 
     async def go() -> Any:
-        try:
-            app = await AppClient.connect(socket, card=card)
-        except OSError as exc:
-            fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
-        except HostError as exc:
-            fail(str(exc), reason=exc.reason, hint=OPENING_HINTS.get(exc.reason, exc.hint))
+        app = await _connect(socket, card)
         async with app:
             if login:
                 await verify_pin(app, card_pin(pin))
@@ -85,19 +81,24 @@ def run_on_card(
     return asyncio.run(go())
 
 
-async def _reach(socket: str, card: bytes | None) -> None:
-    """Fail in words unless the host at ``socket`` answers and lets an application use ``card`` (its card if None):
-    checked before a person is asked for the PIN, so that a stopped host or a mistyped --card is said first."""
+async def _connect(socket: str, card: bytes | None) -> AppClient:
+    """An application's connection to the host at ``socket`` for ``card`` (its card if None); fail in words if the
+    host does not answer or does not let an application use that card."""
     from cardnet.host.client import AppClient
     from cardnet.host.errors import HostError
 
     try:
-        app = await AppClient.connect(socket, card=card)
+        return await AppClient.connect(socket, card=card)
     except OSError as exc:
         fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host", hint=NO_HOST_HINT)
     except HostError as exc:
         fail(str(exc), reason=exc.reason, hint=OPENING_HINTS.get(exc.reason, exc.hint))
-    await app.aclose()
+
+
+async def _reach(socket: str, card: bytes | None) -> None:
+    """Fail in words unless the host at ``socket`` answers and lets an application use ``card`` (its card if None):
+    checked before a person is asked for the PIN, so that a stopped host or a mistyped --card is said first."""
+    await (await _connect(socket, card)).aclose()
 
 
 def run_on_wallet(
