@@ -413,6 +413,28 @@ def open_receipt(rec_key: bytes, sealed: bytes, broker_cert: bytes, roots: list[
 _ANYONE = Uid(b"\x00" * 12, 0)
 
 
+async def _ask_broker(
+    broker: tuple[str, int], request: Message, timeout_s: float, *, asking: str, refused: str
+) -> Message:
+    """The broker's one answer to ``request`` on a connection of its own. ``VendorError('unreachable')`` ("cannot
+    ask the broker ... ``asking``") if it does not answer within ``timeout_s``, ``VendorError(reason)`` ("the broker
+    refused ``refused``") if it refuses."""
+    try:
+        conn = await asyncio.wait_for(dial(*broker), timeout_s)
+        try:
+            await conn.send(request)
+            msg = await asyncio.wait_for(conn.recv(), timeout_s)
+        finally:
+            await conn.aclose()
+    except (OSError, TransportError, TimeoutError) as exc:
+        raise VendorError("unreachable", f"cannot ask the broker at {broker[0]}:{broker[1]} {asking}: "
+                          f"{exc or 'timeout'}") from None  # fmt: skip
+    if msg.mtype == fr.REFUSED.code:
+        p = fr.REFUSED.parse(msg)
+        raise VendorError(p["reason"], f"the broker refused {refused}: {p['detail']}")
+    return msg
+
+
 async def order_states(
     broker: tuple[str, int], poids: list[bytes], *, timeout_s: float = 10.0
 ) -> dict[bytes, tuple[str, bytes | None]]:
@@ -421,19 +443,9 @@ async def order_states(
     sealed receipt: :meth:`VendorCore.take_receipt` takes it) | (``authorised``, None: the broker pays it whenever the
     customer comes back, deadline or not) | (``none``, None). ``VendorError('unreachable')`` if the broker does not
     answer, ``VendorError(reason)`` if it refuses."""
-    try:
-        conn = await asyncio.wait_for(dial(*broker), timeout_s)
-        try:
-            await conn.send(fr.ORDER_STATES.make(_ANYONE, _ANYONE, poids=poids))
-            msg = await asyncio.wait_for(conn.recv(), timeout_s)
-        finally:
-            await conn.aclose()
-    except (OSError, TransportError, TimeoutError) as exc:
-        raise VendorError("unreachable", f"cannot ask the broker at {broker[0]}:{broker[1]} about its payment "
-                          f"orders: {exc or 'timeout'}") from None  # fmt: skip
-    if msg.mtype == fr.REFUSED.code:
-        p = fr.REFUSED.parse(msg)
-        raise VendorError(p["reason"], f"the broker refused to say what became of its payment orders: {p['detail']}")
+    request = fr.ORDER_STATES.make(_ANYONE, _ANYONE, poids=poids)
+    msg = await _ask_broker(broker, request, timeout_s, asking="about its payment orders",
+                            refused="to say what became of its payment orders")  # fmt: skip
     return {i["poid"]: (i["state"], i.get("sealed")) for i in fr.STATES.parse(msg)["items"]}
 
 
@@ -444,19 +456,8 @@ async def vendor_receipts(
     signed by the vendor): ([(PaymentOrderID, sealed receipt)], the position to ask from next; the same position
     again: none are left). :meth:`VendorCore.take_receipt` takes each. ``VendorError('unreachable')`` if the broker
     does not answer, ``VendorError(reason)`` if it refuses."""
-    try:
-        conn = await asyncio.wait_for(dial(*broker), timeout_s)
-        try:
-            await conn.send(core.receipts_request(after))
-            msg = await asyncio.wait_for(conn.recv(), timeout_s)
-        finally:
-            await conn.aclose()
-    except (OSError, TransportError, TimeoutError) as exc:
-        raise VendorError("unreachable", f"cannot ask the broker at {broker[0]}:{broker[1]} for its receipts: "
-                          f"{exc or 'timeout'}") from None  # fmt: skip
-    if msg.mtype == fr.REFUSED.code:
-        p = fr.REFUSED.parse(msg)
-        raise VendorError(p["reason"], f"the broker refused this vendor's receipts: {p['detail']}")
+    msg = await _ask_broker(broker, core.receipts_request(after), timeout_s,
+                            asking="for its receipts", refused="this vendor's receipts")  # fmt: skip
     got = fr.RECEIPTS.parse(msg)
     items = [fr.RECEIPT.schema.decode(i) for i in got["items"]]
     return [(i["poid"], i["sealed"]) for i in items], got["last"]
