@@ -48,21 +48,28 @@ def assert_admitted(got: dict[str, Any], gate: str) -> None:
     assert got == {"oid": T1.hex(), "gate": gate, "admitted": True, "verdict": verdict, "message": message}, got
 
 
+def _alice_holds_t1(net: TrnNet, tmp_path: Path, content: bytes) -> tuple[str, Path]:
+    """Once ``net`` runs: its trace and gate set up, a's card given ticket ``T1`` (``content``); the gate's name and
+    a's wallet config (written in ``tmp_path``/alice)."""
+    gate = str(net.uids["g"])
+    config = tmp_path / "alice" / "wallet.toml"
+    config.parent.mkdir()
+    wallet_config.save(config, {"socket": net.hosts["a"].socket, "card": net.uids["a"].domain.hex()})
+
+    async def go() -> None:
+        await net.setup_trace()
+        await net.setup_gates()
+        await give(net, T1, "a", content)
+
+    asyncio.run(go())
+    return gate, config
+
+
 def test_a_ticket_entered_again_is_said_admitted_at_its_gate_and_time(tmp_path: Path) -> None:
     net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
     with net:
         screen = Screen(net.hosts["g"])
-        gate = str(net.uids["g"])
-        config = tmp_path / "alice" / "wallet.toml"
-        config.parent.mkdir()
-        wallet_config.save(config, {"socket": net.hosts["a"].socket, "card": net.uids["a"].domain.hex()})
-
-        async def go() -> None:
-            await net.setup_trace()
-            await net.setup_gates()
-            await give(net, T1, "a", b"Final, seat 4")
-
-        asyncio.run(go())
+        gate, config = _alice_holds_t1(net, tmp_path, b"Final, seat 4")
         before = datetime.now(UTC).replace(microsecond=0)
         code, got = wallet(config, "enter", T1.hex(), "--gate", gate, "--wait", str(WAIT_S))
         assert code == 0, got
@@ -133,17 +140,7 @@ def test_a_ticket_sent_to_a_gate_with_trn_send_gate_is_remembered_too(tmp_path: 
     gate from another card, so the person says it with --gate.)"""
     net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
     with net:
-        gate = str(net.uids["g"])
-        config = tmp_path / "alice" / "wallet.toml"
-        config.parent.mkdir()
-        wallet_config.save(config, {"socket": net.hosts["a"].socket, "card": net.uids["a"].domain.hex()})
-
-        async def go() -> None:
-            await net.setup_trace()
-            await net.setup_gates()
-            await give(net, T1, "a", b"Final, seat 9")
-
-        asyncio.run(go())
+        gate, config = _alice_holds_t1(net, tmp_path, b"Final, seat 9")
         env = {**os.environ, "CARDNET_PIN": PIN, "CARDNET_WALLET_CONFIG": str(config)}
         send = [sys.executable, "-m", "cardnet.cli.main", "trn", "send", "--socket", net.hosts["a"].socket,
                 "--card", net.uids["a"].domain.hex(), "--oid", T1.hex(), "--to", gate, "--gate", "--timeout",
