@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from hostprocs import Service, cardnet
-from test_millicent_hung_vendor import GUARD_S, B, add_bulk, agreement, customer, signed_purchase, status
+from test_millicent_hung_vendor import GUARD_S, B, add_bulk, agreement, customer, customers_buy, status
 
 from cardnet.protocols import millicent as mc
 from cardnet.services.millicent import broker as mb
@@ -45,14 +45,7 @@ def run_sales(tmp_path: Path, b: str, n: int) -> tuple[list[mc.Purchased], list[
     broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
     broker.start()
     try:
-        wallets = [Wallet(SqliteStore(customer(tmp_path, b, broker.address, f"c{i}", 100))) for i in range(n)]
-        try:
-            purchases = [signed_purchase(w, bytes([i + 1]) * mc.RID_BYTES) for i, w in enumerate(wallets)]
-            cids = [w.customer_id for w in wallets]
-            results = asyncio.run(buy_once(broker.address, purchases))
-        finally:
-            for w in wallets:
-                w.store.close()
+        results, cids = customers_buy(tmp_path, b, broker.address, n, buy_once)
     finally:
         broker.stop()
     with SqliteStore(b) as store:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hostprocs import Service, cardnet
@@ -27,6 +28,8 @@ from cardnet.transport import dial
 from cardnet.wire import Message, Uid
 
 A, B = "00000000000000a1", "00000000000000b2"
+R = TypeVar("R")
+Purchase = tuple[Wallet, bytes, bytes]  # a wallet, its signed purchase, its reply key (signed_purchase)
 GUARD_S = 60.0  # generous: nothing here is timed, each wait only bounds a broken run
 
 
@@ -166,14 +169,7 @@ def test_purchases_in_flight_at_once_from_one_bulk_vendor_debit_once_and_keep_ev
     broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
     broker.start()
     try:
-        wallets = [Wallet(SqliteStore(customer(tmp_path, b, broker.address, f"c{i}", 100))) for i in range(6)]
-        try:
-            purchases = [signed_purchase(w, bytes([i + 1]) * mc.RID_BYTES) for i, w in enumerate(wallets)]
-            cids = [w.customer_id for w in wallets]
-            results = asyncio.run(buy_all(broker.address, purchases))
-        finally:
-            for w in wallets:
-                w.store.close()
+        results, cids = customers_buy(tmp_path, b, broker.address, 6, buy_all)
         for first, second in results:
             assert first.status == second.status == mc.PURCHASE_OK, (first.detail, second.detail)
             assert first.scrip is not None and first.scrip == second.scrip and first.scrip.value == 20
@@ -185,6 +181,21 @@ def test_purchases_in_flight_at_once_from_one_bulk_vendor_debit_once_and_keep_ev
         assert bulk["stock_value"] + 6 * 20 == bulk["bought_value"] and bulk["pending_orders"] == 0
     finally:
         broker.stop()
+
+
+def customers_buy(
+    tmp_path: Path, b: str, broker: str, n: int, buy: Callable[[str, list[Purchase]], Awaitable[list[R]]]
+) -> tuple[list[R], list[bytes | None]]:
+    """``n`` customers with 100 each at the broker on ``b`` (running at ``broker``) buy 20 of vendor B's scrip
+    through ``buy`` (given their signed purchases, each under a rid of its own): what ``buy`` got, their ids."""
+    wallets = [Wallet(SqliteStore(customer(tmp_path, b, broker, f"c{i}", 100))) for i in range(n)]
+    try:
+        purchases = [signed_purchase(w, bytes([i + 1]) * mc.RID_BYTES) for i, w in enumerate(wallets)]
+        cids = [w.customer_id for w in wallets]
+        return asyncio.run(buy(broker, purchases)), cids
+    finally:
+        for w in wallets:
+            w.store.close()
 
 
 def signed_purchase(w: Wallet, rid: bytes) -> tuple[Wallet, bytes, bytes]:
