@@ -15,7 +15,7 @@ import asyncio
 from pathlib import Path
 
 from diskfull import disk_full
-from test_gate_processes import give
+from test_peer_store_failure import tickets_and_ttp
 
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.services.wallet import Wallet
@@ -32,13 +32,9 @@ def test_the_store_failed_notice_about_a_card_is_cleared_once_that_card_can_writ
         b_domain = net.uids["b"].domain
 
         async def go() -> None:
-            await net.setup_trace()
-            await give(net, T1, "a", b"Final, seat 1")
-            await give(net, T2, "a", b"Final, seat 2")
-            await give(net, T3, "b", b"Final, seat 3")
-            for card in ("a", "b"):
-                async with await Wallet.open(net.hosts[card].socket, pin=PIN) as w:
-                    await w.set_ttp(net.uids["ttp"])
+            await tickets_and_ttp(
+                net, (T1, "a", b"Final, seat 1"), (T2, "a", b"Final, seat 2"), (T3, "b", b"Final, seat 3")
+            )
             async with await Wallet.open(net.hosts["a"].socket, pin=PIN) as wallet:
                 assert not await wallet.peer_store_failed(b_domain)
                 with disk_full(b.pid):

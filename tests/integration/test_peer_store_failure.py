@@ -35,6 +35,17 @@ T2, T3 = bytes([0x62]) * 16, bytes([0x63]) * 16
 WAIT_S = 30.0  # the sender is willing to wait this long: it is told long before
 
 
+async def tickets_and_ttp(net: TrnNet, *tickets: tuple[bytes, str, bytes]) -> None:
+    """``net``'s trace set up, each ``(oid, card, body)`` of ``tickets`` given to its card, and cards a and b
+    following the TTP (an exchange needs one)."""
+    await net.setup_trace()
+    for oid, card, body in tickets:
+        await give(net, oid, card, body)
+    for card in ("a", "b"):
+        async with await Wallet.open(net.hosts[card].socket, pin=PIN) as w:
+            await w.set_ttp(net.uids["ttp"])
+
+
 def cli(net: TrnNet, card: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``cardnet ARGS --json`` on ``card``'s host (the sender's side)."""
     hp = net.hosts[card]
@@ -94,12 +105,7 @@ def test_an_exchange_offered_to_a_card_that_cannot_write_says_so_at_once_and_goe
         assert b is not None
 
         async def go() -> None:
-            await net.setup_trace()
-            await give(net, T2, "a", b"Final, seat 6")
-            await give(net, T3, "b", b"Final, seat 7")
-            for card in ("a", "b"):
-                async with await Wallet.open(net.hosts[card].socket, pin=PIN) as w:
-                    await w.set_ttp(net.uids["ttp"])
+            await tickets_and_ttp(net, (T2, "a", b"Final, seat 6"), (T3, "b", b"Final, seat 7"))
             with disk_full(b.pid):
                 args = ("--give", T2.hex(), "--want", T3.hex(), "--to", str(net.uids["b"]), "--wait", str(WAIT_S))
                 r = await asyncio.to_thread(cli, net, "a", "exchange", "offer", *args)
@@ -149,13 +155,9 @@ def test_the_web_wallet_answers_at_once_and_its_list_under_way_says_the_other_ca
             return await Wallet.open(net.hosts["a"].socket, pin=PIN)
 
         async def go() -> None:
-            await net.setup_trace()
-            await give(net, T4, "a", b"Final, seat 8")
-            await give(net, T5, "a", b"Final, seat 9")
-            await give(net, T6, "b", b"Final, seat 10")
-            for card in ("a", "b"):
-                async with await Wallet.open(net.hosts[card].socket, pin=PIN) as w:
-                    await w.set_ttp(net.uids["ttp"])
+            await tickets_and_ttp(
+                net, (T4, "a", b"Final, seat 8"), (T5, "a", b"Final, seat 9"), (T6, "b", b"Final, seat 10")
+            )
             config = wallet_config.load(net.tmp / "a-wallet.toml")
             web = WalletWeb(open_wallet, config, app_socket=net.hosts["a"].socket, refresh_s=0.2)
             served = await web.start("127.0.0.1", 0)
