@@ -104,7 +104,7 @@ def test_a_frame_above_the_limit_is_read_past_reported_and_the_stream_goes_on() 
     (take_skipped), and decode the frames after it, however the bytes arrive."""
     small, big, after = msg(1, 5), msg(2, 3000), msg(3, 7)
     stream = b"".join(encode_frame(m) for m in (small, big, after))
-    want = SkippedFrame(A, B, 2, big.size, 1000)
+    want = SkippedFrame(A, B, 2, big.size, 1000, after=1)  # read past after the one message before it
     for step in (1, 7, 33, 34, 35, 1000, len(stream)):
         dec = FrameDecoder(max_frame=1000)
         out: list[Message] = []

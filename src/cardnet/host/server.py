@@ -241,10 +241,9 @@ class Taken:
     acknowledges each by its number on the connection (``ack``, like a card's outbox); a writer task sends them to
     the remote host in runs, after the pump that took them."""
 
-    __slots__ = ("_done", "_ready", "next")
+    __slots__ = ("_done", "_ready")
 
     def __init__(self) -> None:
-        self.next = 0  # the number of the connection's next message
         self._done: list[int] = []
         self._ready = asyncio.Event()
 
@@ -567,12 +566,18 @@ class HostServer:
 
     # -- remote hosts ---------------------------------------------------------------
     async def _serve_remote(self, conn: TcpConnection) -> None:
+        """A remote host's connection: its messages numbered in the order they came, a frame read past (above the
+        frame limit, docs/host.md "Delivery") at its own place among them, so that ``host.taken`` confirms to the
+        sender exactly what it took."""
         origin = Origin("remote", conn.peer.label)
         taken = Taken()
+        count = 0  # messages numbered so far
+        before = 0  # frames read past that came before message ``count``
+        skips: deque[int] = deque()  # the places (``after``) of frames read past, told and not yet passed
 
-        def too_large(frame: SkippedFrame) -> None:  # (numbered as it is told: see docs/host.md "Delivery")
-            taken.ack((taken.next,))
-            taken.next += 1
+        def too_large(frame: SkippedFrame) -> None:  # told in order, before the messages after it are handed out
+            taken.ack((frame.after + before + len(skips),))  # the messages and the frames read past before it
+            skips.append(frame.after)
             self._too_large(frame)
 
         conn.on_skipped = too_large
@@ -581,9 +586,18 @@ class HostServer:
             with contextlib.suppress(ClosedError, BrokenError):
                 while True:
                     msgs = await conn.recv_many()
-                    first = taken.next
-                    taken.next = first + len(msgs)
-                    self.host.receive_many(msgs, origin, (taken, first))
+                    if not skips:
+                        self.host.receive_many(msgs, origin, (taken, count + before))
+                    else:  # numbers around the frames read past among these messages
+                        i = 0
+                        while i < len(msgs):
+                            while skips and skips[0] <= count + i:
+                                skips.popleft()
+                                before += 1
+                            j = len(msgs) if not skips else min(len(msgs), skips[0] - count)
+                            self.host.receive_many(msgs[i:j], origin, (taken, count + i + before))
+                            i = j
+                    count += len(msgs)
                     self.wake()
                     self._heard_from(msgs)
         finally:

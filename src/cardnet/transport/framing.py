@@ -75,6 +75,7 @@ class SkippedFrame:
     mtype: int
     size: int  # bytes of the message (header + param)
     limit: int  # the decoder's frame limit (for this mtype)
+    after: int = -1  # read past after this many messages of the stream (its place among them); -1: refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +149,11 @@ class FrameDecoder:
     __slots__ = (
         "_body",
         "_body_len",
+        "_decoded",
         "_error",
         "_head_len",
         "_max_frame",
+        "_out",
         "_prefix",
         "_recv",
         "_skip_head",
@@ -174,6 +177,8 @@ class FrameDecoder:
         self._skip_size = 0
         self._skip_head = bytearray()
         self._skipped: list[SkippedFrame] = []
+        self._decoded = 0  # messages of the stream handed out by the feeds before the current one
+        self._out: list[Message] = []  # the current feed's messages so far (a skipped frame's place: after them)
         self._prefix = bytearray()  # < PREFIX_BYTES bytes of an incomplete prefix
         self._body_len: int | None = None  # length of the body being read, once its prefix is known
         self._body = bytearray()  # < _body_len bytes of an incomplete body
@@ -224,6 +229,7 @@ class FrameDecoder:
         """Take the next bytes of the stream; return the messages they complete, in order."""
         self._check_alive()
         out: list[Message] = []
+        self._out = out
         try:
             if (
                 type(data) is bytes
@@ -232,8 +238,11 @@ class FrameDecoder:
                 and not self._skip_left
                 and not self._head_len
             ):
-                return self._feed_whole(data, out)
-            return self._feed(memoryview(data), out)
+                got = self._feed_whole(data, out)
+            else:
+                got = self._feed(memoryview(data), out)
+            self._decoded += len(got)
+            return got
         except FrameRefused as exc:
             exc.decoded = out  # the messages before it are whole and in step: its receiver may still answer them
             self._error = exc
@@ -375,7 +384,8 @@ class FrameDecoder:
             head.clear()
             (mtype,) = _MTYPE.unpack_from(raw, 2 * UID_BYTES)
             src, dst = self._uid(raw[_SRC]), self._uid(raw[_DST])
-            self._skipped.append(SkippedFrame(src, dst, mtype, self._skip_size, self._max_frame))
+            after = self._decoded + len(self._out)
+            self._skipped.append(SkippedFrame(src, dst, mtype, self._skip_size, self._max_frame, after))
         return pos
 
     def _message(self, raw: bytes) -> Message:
