@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hostprocs import Service, cardnet
@@ -33,18 +33,31 @@ Purchase = tuple[Wallet, bytes, bytes]  # a wallet, its signed purchase, its rep
 GUARD_S = 60.0  # generous: nothing here is timed, each wait only bounds a broken run
 
 
-class HungVendor:
+class Listener:
+    """A TCP listener on 127.0.0.1 (a port of its own) serving each connection with ``_serve``."""
+
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen; its HOST:PORT."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class HungVendor(Listener):
     """A TCP listener that accepts, reads whatever comes and never writes: a vendor that never answers."""
 
     def __init__(self) -> None:
         self.asked = asyncio.Event()  # a request's bytes arrived
         self.ended = asyncio.Event()  # the caller closed its connection (it gave up)
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -53,10 +66,6 @@ class HungVendor:
         finally:
             self.ended.set()
             writer.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 def agreement(tmp: Path, vid: str) -> tuple[str, Path]:
@@ -184,7 +193,7 @@ def test_purchases_in_flight_at_once_from_one_bulk_vendor_debit_once_and_keep_ev
 
 
 def customers_buy(
-    tmp_path: Path, b: str, broker: str, n: int, buy: Callable[[str, list[Purchase]], Awaitable[list[R]]]
+    tmp_path: Path, b: str, broker: str, n: int, buy: Callable[[str, list[Purchase]], Coroutine[Any, Any, list[R]]]
 ) -> tuple[list[R], list[bytes | None]]:
     """``n`` customers with 100 each at the broker on ``b`` (running at ``broker``) buy 20 of vendor B's scrip
     through ``buy`` (given their signed purchases, each under a rid of its own): what ``buy`` got, their ids."""

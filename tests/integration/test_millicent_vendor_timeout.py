@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hostprocs import Service, cardnet
-from test_millicent_hung_vendor import GUARD_S, B, HungVendor, add_bulk, agreement, customer, status
+from test_millicent_hung_vendor import GUARD_S, B, HungVendor, Listener, add_bulk, agreement, customer, status
 
 from cardnet.services.millicent import broker as mb
 from cardnet.services.millicent.wallet import Wallet, WalletError
@@ -27,19 +27,13 @@ DELAY_S = 2.0  # each vendor answer is held back this long while the relay is sl
 TIMEOUT_S = 3.0  # the broker's bound: one call fits in it, the two of a sale do not
 
 
-class SlowRelay:
+class SlowRelay(Listener):
     """A TCP relay to ``target`` that forwards requests at once and, while ``slow``, each answer ``DELAY_S`` late."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.slow = True
         self.answers = 0  # answers relayed (held back or not)
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, port = self.target.rsplit(":", 1)
@@ -61,10 +55,6 @@ class SlowRelay:
 
         with contextlib.suppress(asyncio.CancelledError):  # (the relay closes with the test)
             await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 def test_a_slow_vendor_holds_a_purchase_no_longer_than_the_brokers_vendor_timeout(tmp_path: Path) -> None:
