@@ -28,6 +28,7 @@ from fairx_mitm import is_record
 from test_fairx_attacks_tcp import T1, T2, WAIT_S, Scene, _all_phases, holding, offered, run
 from test_trn_cli import args, cli, error_json
 from waiting import wait_for
+from webwallet import log_in, under_way_row
 
 from cardnet.bench.trnnet import PIN
 from cardnet.services.wallet import TTP_STORE_FAILED, Wallet, WalletError
@@ -85,16 +86,11 @@ async def _web_row(s: Scene, n1: bytes) -> dict[str, Any]:
     served = await web.start("127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
-            token = served.login_url.partition("#login=")[2]
-            session = (await client.post("/api/login", json={"token": token})).json()["session"]
-            client.headers["Authorization"] = f"Bearer {session}"
-            got: dict[str, Any] | None = None
-            for _ in range(200):  # the page's poll, until the row says what went wrong
-                state = (await client.get("/api/state")).json()
-                got = next((r for r in state["under_way"] if r["what"] == "exchange" and r["id"] == n1.hex()), None)
-                if got is not None and got.get("error"):
-                    return got
-                await asyncio.sleep(0.1)
-            raise AssertionError(f"no error on the exchange's row: {got}")
+            await log_in(client, served)
+            row: dict[str, Any] = await under_way_row(  # the page's poll, until the row says what went wrong
+                client, "exchange", n1.hex(), lambda got: got is not None and bool(got.get("error")), tries=200,
+                failure=lambda got: f"no error on the exchange's row: {got}",
+            )  # fmt: skip
+            return row
     finally:
         await web.aclose()

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from diskfull import disk_full
 from test_gate_processes import give
+from webwallet import log_in, under_way_row
 
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.cli import wallet_config
@@ -163,18 +164,13 @@ def test_the_web_wallet_answers_at_once_and_its_list_under_way_says_the_other_ca
             served = await web.start("127.0.0.1", 0)
             try:
                 async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
-                    token = served.login_url.partition("#login=")[2]
-                    session = (await client.post("/api/login", json={"token": token})).json()["session"]
-                    client.headers["Authorization"] = f"Bearer {session}"
+                    await log_in(client, served)
 
                     async def row(what: str, rid: str, wanted: Callable[[dict[str, Any] | None], bool]) -> Any:
-                        for _ in range(300):  # the page's poll, until the row is as wanted
-                            state = (await client.get("/api/state")).json()
-                            got = next((r for r in state["under_way"] if r["what"] == what and r["id"] == rid), None)
-                            if wanted(got):
-                                return got
-                            await asyncio.sleep(0.1)
-                        raise AssertionError(f"{what} {rid}: {got}; a's host: {net.hosts['a'].log_tail()}")
+                        return await under_way_row(  # the page's poll, until the row is as wanted
+                            client, what, rid, wanted, tries=300,
+                            failure=lambda got: f"{what} {rid}: {got}; a's host: {net.hosts['a'].log_tail()}",
+                        )  # fmt: skip
 
                     failed: Callable[[dict[str, Any] | None], bool] = lambda r: bool(r and r.get("error"))  # noqa: E731
                     with disk_full(b.pid):
