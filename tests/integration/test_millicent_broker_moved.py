@@ -12,22 +12,16 @@ import json
 from pathlib import Path
 
 from hostprocs import Service, cardnet
+from test_millicent_catalogue import VID, licensed_broker
 
 from cardnet.services.millicent import broker as mb
-from cardnet.services.millicent import vendor as mv
 from cardnet.services.millicent.wallet import Wallet
 from cardnet.store import SqliteStore
-
-VID = "00000000000000a1"
 
 
 def test_a_purchase_pending_at_a_broker_that_moved_is_retried_at_its_new_address(tmp_path: Path) -> None:
     v, b, wallet = str(tmp_path / "vendor.db"), str(tmp_path / "broker.db"), str(tmp_path / "alice.db")
-    with SqliteStore(v) as store:
-        mv.init_vendor(store, bytes.fromhex(VID))
-        lic = mv.export_licence(store, "bob")
-    with SqliteStore(b) as store:
-        mb.add_licence(store, lic, discount_pct=10)
+    licensed_broker(v, b)
     first = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
     old = first.start()
     try:

@@ -16,6 +16,15 @@ from cardnet.store import SqliteStore
 VID = "00000000000000a1"
 
 
+def licensed_broker(v: str, b: str) -> None:
+    """A vendor store ``v`` (vendor ``VID``) and a broker store ``b`` holding its licence for broker bob (10 %)."""
+    with SqliteStore(v) as store:
+        mv.init_vendor(store, bytes.fromhex(VID))
+        lic = mv.export_licence(store, "bob")
+    with SqliteStore(b) as store:
+        mb.add_licence(store, lic, discount_pct=10)
+
+
 def test_a_customer_sees_every_product_and_price_before_paying(tmp_path: Path) -> None:
     v = str(tmp_path / "vendor.db")
     products = {f"page-{n:03d}": 2 * n + 1 for n in range(mc.CATALOGUE_PAGE + 20)}  # two pages
@@ -46,11 +55,7 @@ def test_a_catalogue_asked_of_the_broker_says_to_check_the_address(tmp_path: Pat
     something that is no catalogue, and the error says what to do (check --at: the vendor's HOST:PORT, as its
     ``vendor run`` printed it); before, it named only the message type the broker sent, with no hint."""
     v, b = str(tmp_path / "vendor.db"), str(tmp_path / "broker.db")
-    with SqliteStore(v) as store:
-        mv.init_vendor(store, bytes.fromhex(VID))
-        lic = mv.export_licence(store, "bob")
-    with SqliteStore(b) as store:
-        mb.add_licence(store, lic, discount_pct=10)
+    licensed_broker(v, b)
     broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
     at = broker.start()
     try:
