@@ -11,15 +11,13 @@ token twice). The fault is the kernel's: the running host's soft ``RLIMIT_FSIZE`
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from diskfull import disk_full
-from test_trn_kill import clone_spends_twice, route_to
+from test_trn_kill import after_a_clone_spent_twice
 from waiting import wait_for
 
 from cardnet.applets.authority import BLOCKED, BLOCKED_LIST
-from cardnet.bench.procs import free_port
 from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
@@ -33,14 +31,10 @@ WAIT_S = 30.0  # a bound far above what must happen; nothing is measured
 def test_a_blocklist_the_card_could_not_take_is_signed_again_once_it_can(tmp_path: Path) -> None:
     net = TrnNet(tmp_path, wallets=("a", "b", "c"))
     net.hosts["auth"].command = ("host", "run")  # the authority's host alone: its signer runs in this test
-    clone_port = free_port()
-    route_to(net, "c", "a", clone_port)  # c reaches "a" at the clone's address
-    with net:
-        asyncio.run(_run(net, clone_port))
+    after_a_clone_spent_twice(net, _then, WAIT_S)
 
 
-async def _run(net: TrnNet, clone_port: int) -> None:
-    await clone_spends_twice(net, clone_port, WAIT_S)
+async def _then(net: TrnNet) -> None:
     auth = net.hosts["auth"]
     assert auth.proc is not None
     pid = auth.proc.pid

@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,20 @@ def add_clone(net: TrnNet, original: str, clone: str, port: int) -> HostProc:
     net.where[clone] = clone
     net.uids[clone] = net.uids[original]
     return hp
+
+
+def after_a_clone_spent_twice(net: TrnNet, then: Callable[[TrnNet], Awaitable[None]], timeout_s: float) -> None:
+    """Run ``net`` with c reaching "a" at a clone of a's card (a free port): once the clone spent OID a second time
+    and the authority blocked ``a`` (:func:`clone_spends_twice`, bounded by ``timeout_s``), ``then(net)``."""
+    clone_port = free_port()
+    route_to(net, "c", "a", clone_port)  # c reaches "a" at the clone's address
+
+    async def go() -> None:
+        await clone_spends_twice(net, clone_port, timeout_s)
+        await then(net)
+
+    with net:
+        asyncio.run(go())
 
 
 async def clone_spends_twice(net: TrnNet, clone_port: int, timeout_s: float = WAIT_S) -> None:

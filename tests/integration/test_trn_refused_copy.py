@@ -9,34 +9,26 @@ host of its own) and spends the token a second time, to c; `cardnet trn list` ru
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from test_trn_kill import OID, clone_spends_twice, route_to
+from test_trn_kill import OID, after_a_clone_spent_twice
 from waiting import wait_for
 
 from cardnet.applets.trn import LIST, TOKENS
-from cardnet.bench.procs import free_port
 from cardnet.bench.trnnet import PIN, TrnNet
 
 WAIT_S = 60.0  # a bound far above what must happen; nothing is measured
 
 
 def test_a_copy_the_authority_refused_is_said_to_be_refused_and_unusable(tmp_path: Path) -> None:
-    net = TrnNet(tmp_path, wallets=("a", "b", "c"))
-    clone_port = free_port()
-    route_to(net, "c", "a", clone_port)  # c reaches "a" at the clone's address
-    with net:
-        asyncio.run(_run(net, clone_port))
+    after_a_clone_spent_twice(TrnNet(tmp_path, wallets=("a", "b", "c")), _then, WAIT_S)
 
 
-async def _run(net: TrnNet, clone_port: int) -> None:
-    await clone_spends_twice(net, clone_port, WAIT_S)
-
+async def _then(net: TrnNet) -> None:
     async def c_heard_the_refusal() -> bool:  # (the authority's answer to c's trace travels back to c)
         got = await net.ask("c", LIST, TOKENS)
         return any(t["oid"] == OID and t.get("refused") for t in got["tokens"])
