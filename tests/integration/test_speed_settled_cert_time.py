@@ -50,7 +50,7 @@ def test_a_settled_debit_gets_its_receipt_after_the_vendors_certificate_expired(
         for name, raw in list(sv.scan(w.vendor.store, sv.CATALOGUE)):
             p = sv._PRODUCT.decode(raw)
             sv.add_product(w.vendor.store, name.decode(), sm.Price.of(p["price"]), p["content"],
-                           floor=sm.Price.of(p["floor"]))  # fmt: skip
+                           floor=sm.Price.of(p["floor"]), replace=True)  # fmt: skip
         w.vendor = sv.VendorCore(w.vendor.store, clock=clock, pay_within_s=600)
         w.customer.journal = Journal(tmp_path / "journal")
 
