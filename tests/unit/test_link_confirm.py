@@ -12,7 +12,9 @@ import asyncio
 import random
 from collections.abc import Sequence
 
-from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, dialer
+from linkpeer import Peer
+
+from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, dialer
 from cardnet.transport.link import HOLD_DOWN_SWEEPS
 from cardnet.wire import Message, Uid
 
@@ -43,23 +45,15 @@ async def read(conn: TcpConnection, n: int) -> list[int]:
 
 def test_unconfirmed_messages_are_written_again_first_on_the_next_connection_and_released_once_confirmed() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
         taken: list[object] = []
-        async with TcpServer() as server:
-            await server.start("127.0.0.1", 0, on_connection)
+        async with Peer() as peer:
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(1), policy=FAST, confirm_mtype=CONFIRM,
+                dialer("127.0.0.1", peer.port), rng=random.Random(1), policy=FAST, confirm_mtype=CONFIRM,
                 parse_confirm=parse, on_taken=taken.extend,
             )  # fmt: skip
             async with link:
                 assert link.send_many_nowait([m(1), m(2), m(3)], ["t1", "t2", "t3"]) == 3
-                first = await accepted.get()
+                first = await peer.accepted.get()
                 assert await read(first, 3) == [1, 2, 3]
                 await first.send(confirm(0, 1))  # the peer took the first one only, then its connection dies
                 while taken != ["t1"]:
@@ -67,37 +61,29 @@ def test_unconfirmed_messages_are_written_again_first_on_the_next_connection_and
                 assert link.in_flight == 2 and sorted(map(str, link.tokens())) == ["t2", "t3"]
                 first.close()
                 link.send_nowait(m(4), "t4")
-                second = await accepted.get()
+                second = await peer.accepted.get()
                 assert await read(second, 3) == [2, 3, 4]  # the unconfirmed ones first, numbered 0, 1 on it
                 await second.send(confirm(0, 3, 200, 50))  # (numbers never written are ignored)
                 while len(taken) < 4:
                     await asyncio.sleep(0.01)
                 assert taken == ["t1", "t2", "t3", "t4"] and link.in_flight == 0 and link.tokens() == []
-                hold.set()
+                peer.hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))
 
 
 def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silent_peer_never_confirms() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
-        async with TcpServer() as server:
-            await server.start("127.0.0.1", 0, on_connection)
+        async with Peer() as peer:
             # a peer that confirms: what it leaves unconfirmed for two sweeps is written again
             taken: list[object] = []
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(2), policy=FAST, confirm_mtype=CONFIRM,
+                dialer("127.0.0.1", peer.port), rng=random.Random(2), policy=FAST, confirm_mtype=CONFIRM,
                 parse_confirm=parse, on_taken=taken.extend,
             )  # fmt: skip
             async with link:
                 link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
-                conn = await accepted.get()
+                conn = await peer.accepted.get()
                 assert await read(conn, 2) == [1, 2]
                 await conn.send(confirm(1, 1))  # takes the second, not the first (say its table was full)
                 while taken != ["t2"]:
@@ -113,12 +99,12 @@ def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silen
             # a peer that never confirms: released at the first sweep after a whole one with messages in flight
             silent: list[object] = []
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(3), policy=FAST, confirm_mtype=CONFIRM,
+                dialer("127.0.0.1", peer.port), rng=random.Random(3), policy=FAST, confirm_mtype=CONFIRM,
                 parse_confirm=parse, on_taken=silent.extend,
             )  # fmt: skip
             async with link:
                 link.send_many_nowait([m(5)], ["t5"])
-                conn = await accepted.get()
+                conn = await peer.accepted.get()
                 assert await read(conn, 1) == [5]
                 link.sweep()
                 assert silent == [] and link.in_flight == 1
@@ -128,23 +114,16 @@ def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silen
                 assert await read(conn, 1) == [6]
                 while silent != ["t5", "t6"]:
                     await asyncio.sleep(0.01)
-            hold.set()
+            peer.hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))
 
 
 def test_through_a_long_outage_the_tokens_are_released_and_the_messages_stay_queued() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await asyncio.sleep(GUARD_S)
-
-        server = TcpServer()
-        await server.start("127.0.0.1", 0, on_connection)
-        port = server.port
-        await server.aclose()  # nothing listens there: the peer is down
+        down = await Peer().start()
+        port = down.port
+        await down.aclose()  # nothing listens there: the peer is down
         taken: list[object] = []
         link = ReconnectingLink(
             dialer("127.0.0.1", port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
@@ -157,9 +136,8 @@ def test_through_a_long_outage_the_tokens_are_released_and_the_messages_stay_que
             assert taken == [] and link.queued == 2  # held for the owner through a short outage
             link.sweep()
             assert taken == ["t1", "t2"] and link.queued == 2 and link.tokens() == []  # released, still queued
-            async with TcpServer() as back:  # the peer is back (on the same port): the messages go out
-                await back.start("127.0.0.1", port, on_connection)
-                conn = await accepted.get()
+            async with Peer(port) as back:  # the peer is back (on the same port): the messages go out
+                conn = await back.accepted.get()
                 assert await read(conn, 2) == [1, 2]
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))

@@ -18,8 +18,9 @@ import struct
 from collections.abc import Sequence
 
 import pytest
+from linkpeer import Peer
 
-from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, TransportError, dialer
+from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TransportError, dialer
 from cardnet.transport.link import HOLD_DOWN_SWEEPS, HOLD_LIVE_SWEEPS
 from cardnet.wire import Message, Uid
 
@@ -50,22 +51,14 @@ async def read(conn: TcpConnection, n: int) -> list[int]:
 
 def test_a_peer_that_stops_confirming_holds_no_more_than_the_links_byte_bound() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
-        async with TcpServer() as server:
-            await server.start("127.0.0.1", 0, on_connection)
+        async with Peer() as peer:
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(1), policy=FAST, max_queue=1000,
+                dialer("127.0.0.1", peer.port), rng=random.Random(1), policy=FAST, max_queue=1000,
                 max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
             )  # fmt: skip
             async with link:
                 link.send_nowait(m(0, 1000), "t0")
-                conn = await accepted.get()
+                conn = await peer.accepted.get()
                 assert await read(conn, 1) == [0]
                 await conn.send(confirm())  # "I confirm" ... and then never does
                 sent = 1
@@ -76,31 +69,23 @@ def test_a_peer_that_stops_confirming_holds_no_more_than_the_links_byte_bound() 
                         assert await read(conn, 1) == [i]
                 assert refused.value.reason == "queue_full" and "not confirmed" in str(refused.value)
                 assert sent <= 10 and link.in_flight == sent  # 10 000 bytes: written, unconfirmed, all kept
-                hold.set()
+                peer.hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))
 
 
 def test_confirmations_of_numbers_not_in_flight_cost_no_work_per_number_named() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
         taken: list[object] = []
         n = 20_000
-        async with TcpServer() as server:
-            await server.start("127.0.0.1", 0, on_connection)
+        async with Peer() as peer:
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(2), policy=FAST, max_queue=n,
+                dialer("127.0.0.1", peer.port), rng=random.Random(2), policy=FAST, max_queue=n,
                 confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=taken.extend,
             )  # fmt: skip
             async with link:
                 assert link.send_many_nowait([m(i) for i in range(n)], list(range(n))) == n
-                conn = await accepted.get()
+                conn = await peer.accepted.get()
                 assert await read(conn, n) == list(range(n))
                 await conn.send(confirm(1, n - 1))  # all but number 0, kept in flight
                 while len(taken) < n - 1:
@@ -114,36 +99,28 @@ def test_confirmations_of_numbers_not_in_flight_cost_no_work_per_number_named() 
                 while 0 not in taken:
                     await asyncio.sleep(0.01)
                 assert link.in_flight == 0 and sorted(taken) == list(range(n))  # each released once
-                hold.set()
+                peer.hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))
 
 
 def test_after_a_long_outage_the_messages_that_were_in_flight_count_once_against_the_byte_bound() -> None:
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
-        server = TcpServer()
-        await server.start("127.0.0.1", 0, on_connection)
-        port = server.port
+        peer = await Peer().start()
+        port = peer.port
         link = ReconnectingLink(
             dialer("127.0.0.1", port), rng=random.Random(3), policy=FAST, max_queue=1000,
             max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
         )  # fmt: skip
         async with link:
             assert link.send_many_nowait([m(i, 1000) for i in range(5)], [f"t{i}" for i in range(5)]) == 5
-            conn = await accepted.get()
+            conn = await peer.accepted.get()
             assert await read(conn, 5) == list(range(5))
             await conn.send(confirm())  # confirms, but not these: 5 of them in flight
             while link.in_flight != 5 or link.queued:
                 await asyncio.sleep(0.01)
-            hold.set()
-            await server.aclose()  # the peer is gone for good (nothing listens on its port)
+            peer.hold.set()
+            await peer.aclose()  # the peer is gone for good (nothing listens on its port)
             while link.connected:
                 await asyncio.sleep(0.01)
             for _ in range(HOLD_DOWN_SWEEPS + 1):
@@ -163,23 +140,15 @@ def test_a_peer_that_confirms_once_and_then_withholds_gets_the_tokens_released_a
     peer connected the tokens are released, and the messages written once more."""
 
     async def main() -> None:
-        accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
-        hold = asyncio.Event()
-
-        async def on_connection(conn: TcpConnection) -> None:
-            accepted.put_nowait(conn)
-            await hold.wait()
-
         taken: list[object] = []
-        async with TcpServer() as server:
-            await server.start("127.0.0.1", 0, on_connection)
+        async with Peer() as peer:
             link = ReconnectingLink(
-                dialer("127.0.0.1", server.port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
+                dialer("127.0.0.1", peer.port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
                 parse_confirm=parse, on_taken=taken.extend,
             )  # fmt: skip
             async with link:
                 link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
-                conn = await accepted.get()
+                conn = await peer.accepted.get()
                 assert await read(conn, 2) == [1, 2]
                 await conn.send(confirm())  # "I confirm" ... and then never does
                 reader = asyncio.create_task(read(conn, 10**9))  # it reads everything, confirms nothing
@@ -196,6 +165,6 @@ def test_a_peer_that_confirms_once_and_then_withholds_gets_the_tokens_released_a
                     await asyncio.sleep(0.01)
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-                hold.set()
+                peer.hold.set()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))

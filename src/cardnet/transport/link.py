@@ -375,18 +375,25 @@ class ReconnectingLink:
                     self.label, len(old), HOLD_LIVE_SWEEPS)  # fmt: skip
         self._release(old)
 
+    def _requeue_inflight(self) -> bool:
+        """Put what is in flight (written, not confirmed) back at the head of the queue, in order; False if nothing
+        was."""
+        if not self._inflight:
+            return False
+        again = list(self._inflight.values())
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self._outbox.extendleft(reversed([m for m, _, _ in again]))
+        self._tokens.extendleft(reversed([t for _, t, _ in again]))
+        self._queued_bytes += sum(m.size for m, _, _ in again)
+        return True
+
     def _release_waiting(self) -> None:
         """The peer has been unreachable for ``HOLD_DOWN_SWEEPS`` sweeps: release the tokens of what waits (a card's
         outputs would otherwise fill its store through a long outage); the messages stay queued and are sent once
         the peer is back, without confirmation (a crash of this process until then loses them, as without
         confirmations)."""
-        if self._inflight:  # (they would be written first on the next connection)
-            again = list(self._inflight.values())
-            self._inflight.clear()
-            self._inflight_bytes = 0
-            self._outbox.extendleft(reversed([m for m, _, _ in again]))
-            self._tokens.extendleft(reversed([t for _, t, _ in again]))
-            self._queued_bytes += sum(m.size for m, _, _ in again)
+        self._requeue_inflight()  # (they would be written first on the next connection)
         release = [t for t in self._tokens if t is not None]
         if release:
             log.info("%s: the peer has been unreachable for %d sweeps: %d message(s) wait here unconfirmed",
@@ -505,13 +512,7 @@ class ReconnectingLink:
         self._conn = conn
         self._connections += 1
         self._written = 0
-        if self._inflight:  # written on the last connection and never confirmed: first on this one
-            again = list(self._inflight.values())
-            self._inflight.clear()
-            self._inflight_bytes = 0
-            self._outbox.extendleft(reversed([m for m, _, _ in again]))
-            self._tokens.extendleft(reversed([t for _, t, _ in again]))
-            self._queued_bytes += sum(m.size for m, _, _ in again)
+        if self._requeue_inflight():  # written on the last connection and never confirmed: first on this one
             self._has_out.set()
         self._changed()
         carried = [False]
