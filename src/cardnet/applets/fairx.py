@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from cardnet.applets.sessions import SessionApplet
-from cardnet.card import CardError, Refused, StepContext
+from cardnet.card import Card, CardError, Refused, StepContext
 from cardnet.crypto import pki, profile
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols import fairx as fx
@@ -132,6 +132,15 @@ def rewatched(watchers: list[Uid] | None, app: Uid, on: bool) -> list[Uid] | Non
     if on:
         kept = [*kept[-(MAX_WATCHERS - 1) :], app]
     return kept or None
+
+
+def followed_ttp(card: Card) -> Uid | None:
+    """The TTP ``card``'s wallet follows (``fairx.set_ttp``), read outside a step; None if none is set or the card
+    has no wallet. For the host's words about a message of the card's that cannot reach its TTP: on that failure
+    path only, never on the delivery path."""
+    entry = card._applets.get(SET_TTP.code)  # (applet, its table, mtype): the wallet's table on this card
+    raw = None if entry is None else card._read((entry[1], b"ttp"))
+    return None if raw is None else Uid.from_bytes(raw)
 
 
 class ExchangeWallet(SessionApplet):

@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from cardnet.applets.fairx import followed_ttp
 from cardnet.card import Card
 from cardnet.card import mtypes as cm
 from cardnet.host import mtypes as hm
@@ -70,7 +71,7 @@ from cardnet.host.guard import Guard, Verdict, forged_local_domain_guard
 from cardnet.host.library import Capability, Filter
 from cardnet.store import StoreError
 from cardnet.transport.base import LogThrottle
-from cardnet.wire import DecodeError, Message, MType, Uid
+from cardnet.wire import DecodeError, Message, MType, Uid, lookup
 
 log = logging.getLogger("cardnet.host")
 
@@ -96,6 +97,10 @@ REMOTE_LOG_EVERY_S = 10.0
 REMOTE_LOG_BURST = 10
 _CARD_REFUSED = cm.REFUSED.code
 NO_NOTICE = {hm.UNDELIVERABLE.code, cm.REFUSED.code, hm.REFUSED.code}
+# What waits on a card whose message cannot reach its destination, by the message's protocol (Host._what_waits)
+TRANSFER_WAITS = " (a transfer to it waits; `cardnet trn list` shows it)"
+EXCHANGE_WAITS = " (an exchange with it waits; `cardnet exchange list` shows it)"
+TTP_WAITS = " (a request of an exchange to this TTP waits; `cardnet exchange list` shows it)"
 STORE_FAILED = "store_failed"  # a notice's code: the destination card's store cannot be written (nothing was kept)
 _NOTICE, _ROUTE = hm.UNDELIVERABLE.code, hm.ROUTE.code
 _PASS, _DROP, _HOLD = Verdict.PASS, Verdict.DROP, Verdict.HOLD  # (an Enum attribute lookup is slow)
@@ -287,12 +292,15 @@ class Host:
             outs = card.step(cm.PORT_REQUEST.make(Uid(card.uid.domain, HOST_PORT), card.uid), now)
         except StoreError as exc:
             raise HostError("store_failed", store_failed(card, exc)) from None
+        why = "it did not answer"
         for out in outs:
             if out.seq is not None:
                 card.ack([out.seq])
             if out.msg.mtype == cm.PORT_GRANT.code:
                 return Uid(card.uid.domain, cm.PORT_GRANT.parse(out.msg)["port"])
-        raise HostError("no_port", f"card {card.uid} gave no port")
+            if out.msg.mtype == cm.REFUSED.code:
+                why = cm.REFUSED.parse(out.msg)["detail"]
+        raise HostError("no_port", f"card {card.uid.domain.hex()} would not take another program: {why}")
 
     def attach_app(self, uid: Uid, sink: Sink) -> None:
         """Route messages for ``uid`` to ``sink`` (used by the socket server for app processes)."""
@@ -677,8 +685,9 @@ class Host:
             more = self._notice_log.due(self._now)
             if more is not None:
                 log.warning(
-                    "%s: card %s cannot reach %s: %s (a transfer to it waits; `cardnet trn list` shows it)%s",
-                    self.name, notice.dst, p["dst"], p["reason"], more,
+                    "%s: card %s cannot reach %s: %s%s%s",
+                    self.name, notice.dst, p["dst"], p["reason"], self._what_waits(notice.dst, p["mtype"], p["dst"]),
+                    more,
                 )  # fmt: skip
         if len(self.undeliverable) >= MAX_UNDELIVERABLE and key not in self.undeliverable:
             self.undeliverable.clear()
@@ -689,6 +698,22 @@ class Host:
         self.undeliverable[key] = Undelivered(p["reason"], self._now, code, count)
         if code == STORE_FAILED:
             self._failed_stores.add(key[1])
+
+    def _what_waits(self, card: Uid, mtype: int, dst: Uid) -> str:
+        """What waits on ``card`` for ``dst``, in words fitting the message that could not go (its protocol): the
+        warning's ending, on the failure path only. A session's records carry a transfer, or an exchange's request
+        when ``dst`` is the TTP the card follows; an exchange's (fairx) messages an exchange; others say nothing."""
+        try:
+            protocol = lookup(mtype).protocol
+        except DecodeError:
+            return ""
+        if protocol == "fairx":
+            return EXCHANGE_WAITS
+        if protocol == "session":
+            local = self.cards.get(card.domain)
+            ttp = None if local is None else followed_ttp(local)
+            return TTP_WAITS if ttp is not None and ttp.domain == dst.domain else TRANSFER_WAITS
+        return TRANSFER_WAITS if protocol == "trn" else ""
 
     def _answer_route(self, msg: Message) -> None:
         """``host.route {domain}`` from a local application: can this host reach that domain, and how did it go."""

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 from cardnet.applets.speed import purse as pa
 from cardnet.errors import CardnetError
 from cardnet.host import mtypes as hm
+from cardnet.host.client import CONNECT_HINTS
 from cardnet.host.errors import HostError
 from cardnet.protocols.speed.messages import Price, format_amount
 from cardnet.services.speed.customer import CardOrders, Customer, Journal
@@ -250,8 +251,13 @@ async def _relay(app_socket: str, domain: bytes) -> TcpConnection:
     answer = await conn.recv()
     if answer.mtype != hm.RELAYING.code:
         await conn.aclose()
-        why = hm.REFUSED.parse(answer)["reason"] if answer.mtype == hm.REFUSED.code else "no answer"
-        raise HostError("refused", f"the host will not relay the ticketing server's device: {why}")
+        refused = hm.REFUSED.parse(answer) if answer.mtype == hm.REFUSED.code else {"reason": "it did not answer"}
+        raise HostError(  # (in the words of host/client.py's AppClient.connect)
+            "refused",
+            f"the host at {app_socket} did not let this program carry the ticketing server's card {domain.hex()} "
+            f"to yours: {refused['reason']}",
+            hint=CONNECT_HINTS.get(refused.get("code") or "", "the host's log says why; try again once it is mended"),
+        )
     return conn
 
 
