@@ -36,6 +36,7 @@ from cardnet.applets.speed import purse as pa
 from cardnet.bench.procs import HostProc, free_port
 from cardnet.bench.ticketnet import make_ticketing
 from cardnet.bench.trnnet import PIN, TrnNet
+from cardnet.cli.wallet_config import load as load_wallet_config
 from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed.customer import Customer, Journal, PurchaseError, install_key, load
@@ -49,7 +50,9 @@ from cardnet.services.ticketing.buyer import (
 from cardnet.services.ticketing.sales import Ticket, ticket_oid
 from cardnet.services.wallet import Wallet
 from cardnet.store import SqliteStore
+from cardnet.transport.http import HttpError
 from cardnet.transport.http_upgrade import UpgradeRefused
+from cardnet.web.shop import Shop
 
 BUYERS = ("alice", "bob", "carol", "dan", "erin", "fay", "gus")  # carol's purse stays empty: her bill is never paid
 KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILLs of each process during purchases
@@ -392,6 +395,19 @@ def _wallet_config(w: World, buyer: str) -> str:
     return str(path)
 
 
+async def _web_shop_buys(w: World, config: str, buyer: str, seat: str) -> HttpError:
+    """What the web wallet's shop (``POST /api/shop/buy``: web/shop.py) answers ``buyer`` buying ``seat`` of final,
+    a seat it cannot have."""
+    socket = w.net.hosts[buyer].socket
+    wallet = await Wallet.open(socket, pin=PIN)
+    try:
+        with pytest.raises(HttpError) as err:
+            await Shop(load_wallet_config(Path(config)), socket).buy(wallet, w.url, "final", seat)
+        return err.value
+    finally:
+        await wallet.close()
+
+
 def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: World) -> None:
     erin = ("--config", _wallet_config(world, "erin"), "--pin", PIN, "--json")
     got = json.loads(world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *erin).stdout)
@@ -407,10 +423,15 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert r.returncode == 2 and mine["reason"] == "seat_sold" and mine["yours"] is True, mine
     assert mine["message"].startswith("seat D3 of final is yours already") and got["poid"] in mine["message"], mine
     assert "someone" not in mine["hint"] and f"--poid {got['poid']}" in mine["hint"], mine
+    said = asyncio.run(_web_shop_buys(world, erin[1], "erin", "D3"))  # the web wallet's shop says so too
+    assert said.reason == "seat_sold" and said.message.startswith("seat D3 of final is yours already"), said.message
+    assert got["poid"] in said.message and "someone" not in said.message, said.message
     fay = ("--config", _wallet_config(world, "fay"), "--pin", PIN, "--json")
     r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", *fay, check=False)
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "seat_sold"
     assert json.loads(r.stdout)["error"]["hint"].startswith("someone else bought that seat first"), r.stdout
+    said = asyncio.run(_web_shop_buys(world, fay[1], "fay", "D3"))
+    assert said.reason == "seat_sold" and "someone else bought that seat first" in said.message, said.message
     r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "D3", "--limit", "5.00 EUR", *fay,
                 check=False)  # fmt: skip
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"

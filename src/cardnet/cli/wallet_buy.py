@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,26 +158,52 @@ async def _paid_at(url: str, sale: bytes, journal: Any) -> bytes:
 
 
 async def _sold_to_you(url: str, event: str, seat: str, journal: Any) -> None:
+    """A seat refused ``seat_sold`` that this wallet bought itself: fail ``seat_sold`` saying it is yours, and what
+    to do (:func:`sold_to_you`); else return."""
+    mine = await sold_to_you(url, event, seat, journal)
+    if mine is not None:
+        fail(mine.message, reason="seat_sold", hint=mine.hint, fields=mine.fields)
+
+
+@dataclass(frozen=True)
+class SoldToYou:
+    """Why a seat refused ``seat_sold`` is this wallet's own: the words, what to do, and the JSON fields."""
+
+    message: str
+    hint: str
+    fields: dict[str, Any]
+
+
+async def sold_to_you(url: str, event: str, seat: str, journal: Any) -> SoldToYou | None:
     """A seat refused ``seat_sold`` that this wallet bought itself (its purchases journal holds a sale of it from this
-    server, ``url``'s vendor certificate): fail ``seat_sold`` saying it is yours, and what to do; else return."""
+    server, ``url``'s vendor certificate): the words saying it is yours, and what to do; None for another's seat.
+    Shared by `cardnet wallet buy` and the web wallet's shop (web/shop.py)."""
     from cardnet.services.ticketing.buyer import get_json
 
     try:
         vendor_cert = base64.b64decode(str((await get_json(url, "/"))["vendor_cert"]))
     except (KeyError, TypeError, ValueError, OSError, CardnetError):
-        return
+        return None
     product = f"{event}/{seat}"
     mine = [r for r in journal.all() if r.products == [product] and r.vendor_cert == vendor_cert and not r.dropped]
     paid = next((r for r in mine if r.receipt is not None and r.poid is not None), None)
     if paid is not None:
         sale = paid.poid.hex()
-        fail(f"seat {seat} of {event} is yours already: you bought it from {url} (sale {sale}); nothing more was paid",
-             reason="seat_sold", hint=f"your ticket is on your card (`cardnet wallet show`); if it never arrived, "
-             f"`cardnet wallet buy {url} --poid {sale}` brings it", fields={"poid": sale, "yours": True})  # fmt: skip
+        return SoldToYou(
+            f"seat {seat} of {event} is yours already: you bought it from {url} (sale {sale}); nothing more was paid",
+            f"your ticket is on your card (`cardnet wallet show`); if it never arrived, "
+            f"`cardnet wallet buy {url} --poid {sale}` brings it",
+            {"poid": sale, "yours": True},
+        )
     if mine:
-        fail(f"seat {seat} of {event} is held for your own purchase of it from {url}, not paid yet; nothing more was "
-             "paid", reason="seat_sold", hint="`cardnet wallet recover` pays it (it waits in your wallet's purchases), "
-             f"then `cardnet wallet buy {url} --poid POID` brings the ticket", fields={"yours": True})  # fmt: skip
+        return SoldToYou(
+            f"seat {seat} of {event} is held for your own purchase of it from {url}, not paid yet; nothing more was "
+            "paid",
+            "`cardnet wallet recover` pays it (it waits in your wallet's purchases), "
+            f"then `cardnet wallet buy {url} --poid POID` brings the ticket",
+            {"yours": True},
+        )
+    return None
 
 
 def _hex_poid(text: str) -> bytes:

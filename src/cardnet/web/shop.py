@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cardnet.cli.speed import JOURNAL
+from cardnet.cli.wallet_buy import sold_to_you
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.crypto import pki
 from cardnet.host.errors import HostError
@@ -45,7 +46,8 @@ PAID = (
     "`cardnet wallet buy URL --poid POID`) brings the ticket"
 )
 BUY_HINTS = {
-    "seat_sold": "someone bought that seat first (nothing was paid): choose another",
+    "seat_sold": "someone else bought that seat first (nothing was paid; your wallet's purchases hold no sale of it "
+    "from this server): choose another",
     "no_seat": "choose a seat the list shows free (Show events reads it again)",
     "no_event": "choose an event the list shows (Show events reads it again)",
     "insufficient": "your e-purse holds too little: load it with `cardnet wallet load --amount '50.00 EUR'`",
@@ -115,6 +117,11 @@ class Shop:
             with _ticketing(url):
                 bought = await buy_ticket(url, event, seat, card=wallet, app_socket=socket, broker=broker,
                                           broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+        except HttpError as exc:  # a seat this wallet bought itself is said to be yours (as `cardnet wallet buy` does)
+            mine = await sold_to_you(url, event, seat, journal) if exc.reason == "seat_sold" else None
+            if mine is None:
+                raise
+            raise HttpError(exc.status, exc.reason, f"{mine.message}; {mine.hint}") from None
         except TicketError as exc:  # paid, not delivered: the page offers to finish the delivery of that sale
             if exc.reason != "not_delivered":
                 raise
