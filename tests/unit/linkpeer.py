@@ -4,8 +4,11 @@ connections wait in ``accepted`` and stay open until ``hold`` is set (or the pee
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Callable, Sequence
 
-from cardnet.transport import TcpConnection, TcpServer
+from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TcpServer, dialer
+from cardnet.wire import Message
 
 
 class Peer:
@@ -37,3 +40,22 @@ class Peer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+CONFIRM = 0x7FF0  # the link tests' confirmation type (each test file encodes its runs its own way: ``parse``)
+FAST = BackoffPolicy(initial_s=0.005, max_s=0.05)
+
+
+def confirming_link(
+    port: int,
+    seed: int,
+    parse: Callable[[Message], Sequence[int]],
+    on_taken: Callable[[list[object]], None],
+    **limits: int,
+) -> ReconnectingLink:
+    """A link to 127.0.0.1:``port`` whose peer confirms with :data:`CONFIRM` frames (read by ``parse``), its owner
+    told by ``on_taken``; ``limits`` (``max_queue``, ``max_queue_bytes``) as the test needs."""
+    return ReconnectingLink(
+        dialer("127.0.0.1", port), rng=random.Random(seed), policy=FAST, confirm_mtype=CONFIRM,
+        parse_confirm=parse, on_taken=on_taken, **limits,
+    )  # fmt: skip

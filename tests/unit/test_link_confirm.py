@@ -9,18 +9,15 @@ asyncio timeout that only guards against hangs.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Sequence
 
-from linkpeer import Peer
+from linkpeer import CONFIRM, Peer, confirming_link
 
-from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, dialer
+from cardnet.transport import TcpConnection
 from cardnet.transport.link import HOLD_DOWN_SWEEPS
 from cardnet.wire import Message, Uid
 
 GUARD_S = 10.0
-CONFIRM = 0x7FF0  # a test type: runs [first, count, ...] as one byte each in the param
-FAST = BackoffPolicy(initial_s=0.005, max_s=0.05)
 A, B = Uid(bytes([1]) * 12, 0), Uid(bytes([2]) * 12, 0)
 
 
@@ -28,7 +25,7 @@ def m(i: int) -> Message:
     return Message(A, B, 0x7F01, bytes([i]))
 
 
-def confirm(*runs: int) -> Message:
+def confirm(*runs: int) -> Message:  # runs [first, count, ...] as one byte each in the param
     return Message(B, A, CONFIRM, bytes(runs))
 
 
@@ -47,10 +44,7 @@ def test_unconfirmed_messages_are_written_again_first_on_the_next_connection_and
     async def main() -> None:
         taken: list[object] = []
         async with Peer() as peer:
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(1), policy=FAST, confirm_mtype=CONFIRM,
-                parse_confirm=parse, on_taken=taken.extend,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 1, parse, taken.extend)
             async with link:
                 assert link.send_many_nowait([m(1), m(2), m(3)], ["t1", "t2", "t3"]) == 3
                 first = await peer.accepted.get()
@@ -77,10 +71,7 @@ def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silen
         async with Peer() as peer:
             # a peer that confirms: what it leaves unconfirmed for two sweeps is written again
             taken: list[object] = []
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(2), policy=FAST, confirm_mtype=CONFIRM,
-                parse_confirm=parse, on_taken=taken.extend,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 2, parse, taken.extend)
             async with link:
                 link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
                 conn = await peer.accepted.get()
@@ -98,10 +89,7 @@ def test_sweeps_write_again_what_a_confirming_peer_left_and_release_what_a_silen
                     await asyncio.sleep(0.01)
             # a peer that never confirms: released at the first sweep after a whole one with messages in flight
             silent: list[object] = []
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(3), policy=FAST, confirm_mtype=CONFIRM,
-                parse_confirm=parse, on_taken=silent.extend,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 3, parse, silent.extend)
             async with link:
                 link.send_many_nowait([m(5)], ["t5"])
                 conn = await peer.accepted.get()
@@ -125,10 +113,7 @@ def test_through_a_long_outage_the_tokens_are_released_and_the_messages_stay_que
         port = down.port
         await down.aclose()  # nothing listens there: the peer is down
         taken: list[object] = []
-        link = ReconnectingLink(
-            dialer("127.0.0.1", port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
-            parse_confirm=parse, on_taken=taken.extend,
-        )  # fmt: skip
+        link = confirming_link(port, 4, parse, taken.extend)
         async with link:
             link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
             for _ in range(HOLD_DOWN_SWEEPS):

@@ -13,20 +13,17 @@ asyncio timeout that only guards against hangs.
 from __future__ import annotations
 
 import asyncio
-import random
 import struct
 from collections.abc import Sequence
 
 import pytest
-from linkpeer import Peer
+from linkpeer import CONFIRM, Peer, confirming_link
 
-from cardnet.transport import BackoffPolicy, ReconnectingLink, TcpConnection, TransportError, dialer
+from cardnet.transport import TcpConnection, TransportError
 from cardnet.transport.link import HOLD_DOWN_SWEEPS, HOLD_LIVE_SWEEPS
 from cardnet.wire import Message, Uid
 
 GUARD_S = 20.0
-CONFIRM = 0x7FF0  # a test type: runs [first, count, ...] as big-endian 32-bit numbers in the param
-FAST = BackoffPolicy(initial_s=0.005, max_s=0.05)
 A, B = Uid(bytes([1]) * 12, 0), Uid(bytes([2]) * 12, 0)
 
 
@@ -34,7 +31,7 @@ def m(i: int, size: int = 4) -> Message:
     return Message(A, B, 0x7F01, i.to_bytes(4, "big") + bytes(size - 4))
 
 
-def confirm(*runs: int) -> Message:
+def confirm(*runs: int) -> Message:  # runs [first, count, ...] as big-endian 32-bit numbers in the param
     return Message(B, A, CONFIRM, struct.pack(f">{len(runs)}I", *runs))
 
 
@@ -52,10 +49,7 @@ async def read(conn: TcpConnection, n: int) -> list[int]:
 def test_a_peer_that_stops_confirming_holds_no_more_than_the_links_byte_bound() -> None:
     async def main() -> None:
         async with Peer() as peer:
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(1), policy=FAST, max_queue=1000,
-                max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 1, parse, lambda _: None, max_queue=1000, max_queue_bytes=10_000)
             async with link:
                 link.send_nowait(m(0, 1000), "t0")
                 conn = await peer.accepted.get()
@@ -79,10 +73,7 @@ def test_confirmations_of_numbers_not_in_flight_cost_no_work_per_number_named() 
         taken: list[object] = []
         n = 20_000
         async with Peer() as peer:
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(2), policy=FAST, max_queue=n,
-                confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=taken.extend,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 2, parse, taken.extend, max_queue=n)
             async with link:
                 assert link.send_many_nowait([m(i) for i in range(n)], list(range(n))) == n
                 conn = await peer.accepted.get()
@@ -108,10 +99,7 @@ def test_after_a_long_outage_the_messages_that_were_in_flight_count_once_against
     async def main() -> None:
         peer = await Peer().start()
         port = peer.port
-        link = ReconnectingLink(
-            dialer("127.0.0.1", port), rng=random.Random(3), policy=FAST, max_queue=1000,
-            max_queue_bytes=10_000, confirm_mtype=CONFIRM, parse_confirm=parse, on_taken=lambda _: None,
-        )  # fmt: skip
+        link = confirming_link(port, 3, parse, lambda _: None, max_queue=1000, max_queue_bytes=10_000)
         async with link:
             assert link.send_many_nowait([m(i, 1000) for i in range(5)], [f"t{i}" for i in range(5)]) == 5
             conn = await peer.accepted.get()
@@ -142,10 +130,7 @@ def test_a_peer_that_confirms_once_and_then_withholds_gets_the_tokens_released_a
     async def main() -> None:
         taken: list[object] = []
         async with Peer() as peer:
-            link = ReconnectingLink(
-                dialer("127.0.0.1", peer.port), rng=random.Random(4), policy=FAST, confirm_mtype=CONFIRM,
-                parse_confirm=parse, on_taken=taken.extend,
-            )  # fmt: skip
+            link = confirming_link(peer.port, 4, parse, taken.extend)
             async with link:
                 link.send_many_nowait([m(1), m(2)], ["t1", "t2"])
                 conn = await peer.accepted.get()
