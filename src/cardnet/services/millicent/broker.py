@@ -280,7 +280,7 @@ class _Bulk:
 class VendorCall:
     """A message the broker must carry to a vendor; hand the reply (or None if none came) back to the core.
 
-    ``kind`` is ``order`` (a bulk purchase: :meth:`BrokerCore.finish_order`)
+    ``kind`` is ``order`` (a bulk purchase: :meth:`BrokerCore.finish_order`, given an answer only)
     or ``issue`` (a sale from stock: :meth:`BrokerCore.finish_issue`). The
     call is durable before it is returned: sending it again is always safe.
     """
@@ -605,10 +605,11 @@ class BrokerCore:
             except mc.MillicentError as exc:
                 raise BrokerError("bad_order", str(exc)) from None
 
-    def finish_order(self, call: VendorCall, reply: Message | None) -> OrderOutcome:
-        """Apply the vendor's answer to a bulk order: the stock grows. Says what happened."""
-        if reply is None:
-            return OrderOutcome(False, "no answer from the vendor: the order stays pending and is sent again")
+    def finish_order(self, call: VendorCall, reply: Message) -> OrderOutcome:
+        """Apply the vendor's answer to a bulk order: the stock grows. Says what happened.
+
+        Only an answer is applied: when none came the order simply stays pending (nothing to write), and its
+        callers say so in their own words (:func:`buy_stock`, :meth:`BrokerServer._purchase`)."""
         with self.store.transaction() as txn:
             param = txn.get(ORDERS, call.key)
             bulk = self._bulk(txn, call.vendor)
