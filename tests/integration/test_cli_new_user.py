@@ -40,14 +40,20 @@ def test_trn_and_authority_mistakes_say_what_was_wrong_and_what_to_do(net: TrnNe
     setup(net)  # the agent's real certificate (DER) is taken
     give_a_token(net, OID)
 
-    # authority chain of an oid it never recorded: exit 0 (the answer is "nothing"), with a hint about the oid
+    # authority chain and trace of an oid it never recorded: an error (exit non-zero), saying the authority knows
+    # no movement of it and what to check; --json gives the error object
     unknown = "0123456789abcdef0123456789abcdef"
-    r = cli("authority", "chain", *args(net, "authority"), "--oid", unknown)
-    assert r.returncode == 0, r.stderr
-    assert f"no movement recorded for {unknown}" in r.stdout and "check the oid" in r.stdout, r.stdout
-    assert "cardnet trn list" in r.stdout, r.stdout
-    got = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", unknown, "--json"))
-    assert got == {"oid": unknown, "issuer": "", "holders": [], "revoked": False, "reissued_as": None}
+    for command in (("chain", "--oid", unknown), ("trace", unknown)):
+        r = cli("authority", command[0], *args(net, "authority"), *command[1:])
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert f"the authority knows no movement of token {unknown}" in r.stderr, r.stderr
+        assert "check the oid" in r.stderr and "cardnet trn list" in r.stderr, r.stderr
+        assert "cardnet authority graph" in r.stderr and "--socket" in r.stderr, r.stderr
+        e = error_json(cli("authority", command[0], *args(net, "authority"), *command[1:], "--json"))
+        assert e["reason"] == "unknown_oid" and e["oid"] == unknown and "cardnet trn list" in e["hint"], e
+    # a token it did record: its chain, exit 0
+    got = ok_json(cli("authority", "chain", *args(net, "authority"), "--oid", OID, "--json"))
+    assert got["oid"] == OID and got["issuer"] == str(net.uids["agent"]) and got["holders"], got
 
     # a token sent again while its first send waits: it is being sent, to whom, and what to do
     ok_json(cli("trn", "send", *args(net, "a"), "--oid", OID, "--to", str(ELSEWHERE), "--json"))

@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -123,6 +123,18 @@ def authority_add_agent(socket: str, pin: str | None, card: str | None, cert_pat
     say(as_json, {"agent": str(agent), "registered": True, "message": message}, message)
 
 
+def unknown_oid(oid: str) -> NoReturn:
+    """Fail for a token the authority never traced (a mistyped oid, one not sent yet, or another authority)."""
+    fail(
+        f"the authority knows no movement of token {oid}: it never recorded one",
+        reason="unknown_oid",
+        hint="check the oid (`cardnet trn list` on a card that holds the token shows it) and the authority "
+        "(--socket, --card): it learns of a token at its first send; `cardnet authority graph` lists every "
+        "token it traced",
+        fields={"oid": oid},
+    )
+
+
 @card_command(authority, "chain", click.option("--oid", required=True, help="The token's oid (32 hex digits)."))
 def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as_json: bool) -> None:
     """The recorded movements of a token: issuer, then every holder in order."""
@@ -135,17 +147,15 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
     chain = run_on_card(socket, pin, work, parse_domain(card))
     issuer = str(chain.get("issuer") or "")
     holders = [str(h) for h in chain["holders"]]
+    if not issuer and not holders and "revoked" not in chain and "reissued_as" not in chain:
+        unknown_oid(oid)
     if as_json:
         reissued = chain["reissued_as"].hex() if "reissued_as" in chain else None
         emit_json(
             {"oid": oid, "issuer": issuer, "holders": holders, "revoked": "revoked" in chain, "reissued_as": reissued}
         )
     else:
-        if issuer:
-            console.print(" -> ".join([issuer, *holders]), markup=False)
-        else:  # nothing recorded: a token not traced yet, or a mistyped oid (exit 0: the answer is "nothing")
-            hint = "check the oid: `cardnet trn list` on a card that holds the token shows it"
-            console.print(f"no movement recorded for {oid}; {hint}", markup=False)
+        console.print(" -> ".join([issuer, *holders]) if issuer else f"no movement recorded for {oid}", markup=False)
         if "reissued_as" in chain:
             console.print(f"revoked: reissued as {chain['reissued_as'].hex()}")
         elif "revoked" in chain:
@@ -188,8 +198,7 @@ def authority_trace(
     raw = parse_oid(oid)
     graph = _fetch_graph(socket, pin, card, raw)
     if not graph.chains and not graph.branches and not graph.suspects:
-        hint = "it learns of a token at its first trace: check the oid, or the authority (--socket, --card)"
-        fail(f"the authority has no record of token {oid}", reason="unknown_oid", hint=hint)
+        unknown_oid(oid)
     written = write_views(graph, f"cardnet trace of token {oid}", svg_path, dot_path)
     if as_json:
         emit_json({"oid": oid, **graph_json(graph), "written": written})
