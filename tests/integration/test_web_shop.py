@@ -2,19 +2,30 @@
 
 The ticketing server, its device's host, the broker and a buyer's host run in this process
 (:meth:`cardnet.bench.ticketnet.TicketNet.in_process`); :class:`~cardnet.web.shop.Shop` is what ``POST /api/shop``
-of ``cardnet wallet ui`` answers with."""
+of ``cardnet wallet ui`` answers with, and a :class:`~cardnet.web.wallet.WalletWeb` (its page in headless Chromium)
+buys through it."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
+from playwright.async_api import async_playwright, expect
+from webwallet import log_in
 
-from cardnet.bench.ticketnet import TicketNet
+from cardnet.bench.ticketnet import EVENT, TicketNet
+from cardnet.cli import wallet_config
+from cardnet.crypto import pki
 from cardnet.services.ticketing.server import SEAT_PAGE
+from cardnet.services.wallet import Wallet
 from cardnet.transport.http import HttpError
 from cardnet.web.shop import Shop
+from cardnet.web.wallet import WalletWeb
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 20_000
 
 
 def test_the_shop_lists_the_free_seats_past_the_first_page_of_a_large_event(tmp_path: Path) -> None:
@@ -60,3 +71,78 @@ def test_the_shop_at_a_port_that_speaks_no_http_says_it_is_no_ticketing_server(t
                 assert "check the address" in said and "h11" not in said and "event type" not in said, said
 
     asyncio.run(go())
+
+
+def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_the_page_finishes_it(
+    tmp_path: Path,
+) -> None:
+    """A buyer pays through the page, but the ticket cannot be passed on: the socket the page relays the ticketing
+    server's delivery to (the host's, here a link to it) is gone. The page is answered 502 ``not_delivered`` with the
+    sale's PaymentOrderID and how to finish; in Chromium it fills the sale into Finish the delivery, which (the socket
+    back) brings the ticket to the card. Before, ``_ticketing`` turned ``buy_ticket``'s ``not_delivered`` into a 409
+    without the sale, so the branch that names it never ran and the page offered no way to finish."""
+    net = TicketNet(tmp_path, ("b0",), ["A1", "A2"])
+    relay = tmp_path / "relay.sock"  # the socket the page relays deliveries to: a link to b0's host's
+    config = tmp_path / "b0-wallet.toml"
+    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
+    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
+
+    async def open_wallet() -> Wallet:
+        return await net.wallet("b0")
+
+    async def go() -> None:
+        async with net.in_process():
+            await net.setup()
+            config.write_text(f'broker = "{net.broker_addr}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
+                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=str(relay))
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    await log_in(client, served)
+                    r = await client.post("/api/buy", json={"url": net.url, "event": EVENT, "seat": "A1"})
+                    got = r.json()
+                    assert r.status_code == 502 and got["error"] == "not_delivered", r.text
+                    poid = got["poid"]
+                    assert isinstance(poid, str) and len(bytes.fromhex(poid)) > 0, got
+                    assert f"paid 1.00 EUR (sale {poid})" in got["message"], got
+                    assert "press Finish the delivery" in got["message"], got
+                    assert f"cardnet wallet buy {net.url} --poid {poid}" in got["message"], got
+                    relay.symlink_to(net.hosts["b0"].socket)  # the socket is back: Finish the delivery brings it
+                    r = await client.post("/api/deliver", json={"url": net.url, "poid": poid})
+                    assert r.status_code == 200 and "is on its way to your card" in r.json()["message"], r.text
+                    oid = bytes.fromhex(r.json()["oid"])
+                    async with asyncio.timeout(30):
+                        while (await net.tokens("b0")).get(oid) != "enabled":
+                            await asyncio.sleep(0.05)
+                    relay.unlink()  # and in the browser (a tab of its own: a new login link), A2 failing likewise
+                    login = (await client.post("/api/link", json={})).json()["login"]
+                    await _the_page_offers_to_finish(login, net.url, relay, net.hosts["b0"].socket)
+            finally:
+                await web.aclose()
+
+    asyncio.run(go())
+
+
+async def _the_page_offers_to_finish(login_url: str, url: str, relay: Path, socket: str) -> None:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            await page.goto(login_url)
+            await expect(page.locator("#link")).to_have_text("live")
+            await page.fill("#shop-url", url)
+            await page.click("#shop-button")
+            await expect(page.locator("#buy-seat option")).to_have_text(["A2"])
+            await page.click("#buy-button")
+            await expect(page.locator("#message.error")).to_contain_text("press Finish the delivery")
+            await expect(page.locator("#deliver-form")).to_be_visible()
+            poid = await page.locator("#deliver-poid").input_value()
+            assert len(bytes.fromhex(poid)) > 0 and poid in await page.locator("#message").inner_text()
+            relay.symlink_to(socket)
+            await page.click("#deliver-button")
+            await expect(page.locator("#message.ok")).to_contain_text("is on its way to your card")
+        finally:
+            await browser.close()

@@ -115,20 +115,18 @@ class Shop:
         socket = self._socket()
         try:
             with _ticketing(url):
-                bought = await buy_ticket(url, event, seat, card=wallet, app_socket=socket, broker=broker,
-                                          broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+                try:
+                    bought = await buy_ticket(url, event, seat, card=wallet, app_socket=socket, broker=broker,
+                                              broker_cert=broker_cert, roots=[ca_cert], journal=journal)  # fmt: skip
+                except TicketError as exc:  # (before _ticketing makes it a 409 without the sale)
+                    if exc.reason != "not_delivered":
+                        raise
+                    return _not_delivered(exc, url)
         except HttpError as exc:  # a seat this wallet bought itself is said to be yours (as `cardnet wallet buy` does)
             mine = await sold_to_you(url, event, seat, journal) if exc.reason == "seat_sold" else None
             if mine is None:
                 raise
             raise HttpError(exc.status, exc.reason, f"{mine.message}; {mine.hint}") from None
-        except TicketError as exc:  # paid, not delivered: the page offers to finish the delivery of that sale
-            if exc.reason != "not_delivered":
-                raise
-            sale = next((r.poid for r in reversed(journal.all()) if r.poid and r.products == [f"{event}/{seat}"]), None)
-            message = f"{exc}; your ticket is paid and kept for you: press Finish the delivery (it is safe to repeat)"
-            return {"error": "not_delivered", "message": message, "url": url,
-                    "poid": None if sale is None else sale.hex()}  # fmt: skip
         return {"message": f"bought seat {bought.seat} of {bought.event} for {bought.price}: the ticket is on its "
                 "way to your card (the list shows it once it is yours)", "oid": bought.oid.hex(),
                 "poid": bought.poid.hex()}  # fmt: skip
@@ -172,6 +170,16 @@ class Shop:
         except OSError as exc:
             raise HttpError(500, "no_journal", f"cannot keep the purchases folder {folder}: {exc.strerror or exc}; "
                             "choose another: `cardnet wallet config --set purchases=DIR`") from None  # fmt: skip
+
+
+def _not_delivered(exc: TicketError, url: str) -> dict[str, Any]:
+    """A sale paid whose ticket did not arrive, as the page shows it: what happened, its PaymentOrderID and how to
+    finish the delivery (the page fills the sale into Finish the delivery)."""
+    poid = None if exc.poid is None else exc.poid.hex()
+    how = f"`cardnet wallet buy {url} --poid {poid}`" if poid else f"`cardnet wallet buy {url} --poid POID`"
+    message = (f"{exc}; your ticket is paid and kept for you: press Finish the delivery below (or run {how}); it is "
+               "safe to repeat, and if your host was down, start it (`cardnet host run`) first")  # fmt: skip
+    return {"error": "not_delivered", "message": message, "url": url, "poid": poid}
 
 
 def parse_url(value: Any) -> str:

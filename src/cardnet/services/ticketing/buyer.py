@@ -48,7 +48,10 @@ TIMEOUT_S = 60.0
 
 
 class TicketError(CardnetError):
-    """The ticketing server refused (``reason`` is its word: ``no_event``, ``no_seat``, ...)."""
+    """The ticketing server refused (``reason`` is its word: ``no_event``, ``no_seat``, ...); ``poid``: the sale paid
+    but not delivered (``not_delivered``), else None."""
+
+    poid: bytes | None = None
 
 
 _NOBODY = Uid(bytes(12), 0)
@@ -179,10 +182,12 @@ async def buy_ticket(
     try:
         relayed = await receive_ticket(url, bought.poid, app_socket, receipt=bought.receipt, timeout_s=timeout_s)
     except (CardnetError, TimeoutError) as exc:  # paid: the ticket is owed, and a retry with the sale brings it
-        raise TicketError(
+        owed = TicketError(
             "not_delivered",
             f"paid {bought.price} (sale {bought.poid.hex()}), but the ticket did not arrive: {exc or 'timed out'}",
-        ) from exc
+        )
+        owed.poid = bought.poid
+        raise owed from exc
     return Bought(bought.poid, relayed.oid, str(bought.price), event, seat, bought.receipt)
 
 
