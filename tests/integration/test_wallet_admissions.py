@@ -45,7 +45,8 @@ def assert_admitted(got: dict[str, Any], gate: str) -> None:
     verdict = got.get("verdict")
     assert verdict in ("admitted", "admitted_unacknowledged"), got
     message = f"admitted: the gate {gate} took ticket {T1.hex()} (it is used up now: walk in)"
-    assert got == {"oid": T1.hex(), "gate": gate, "admitted": True, "verdict": verdict, "message": message}, got
+    assert got == {"oid": T1.hex(), "gate": gate, "admitted": True, "verdict": verdict, "recorded": True,
+                   "record_note": None, "message": message}, got  # fmt: skip
 
 
 def _alice_holds_t1(net: TrnNet, tmp_path: Path, content: bytes) -> tuple[str, Path]:
@@ -157,3 +158,36 @@ def test_a_ticket_sent_to_a_gate_with_trn_send_gate_is_remembered_too(tmp_path: 
         error = json.loads(again.stdout)["error"]
         assert again.returncode != 0 and error["reason"] == "not_held", error
         assert f"ticket {T1.hex()} was admitted at gate {gate} at " in error["message"], error
+
+
+T2 = bytes([0x62]) * 16
+
+
+def test_enter_says_whether_the_admission_was_recorded_in_json_as_in_words(tmp_path: Path) -> None:
+    """An admission the wallet's record could not take (its admissions.json unreadable), or a wallet that keeps no
+    record (run with --socket and no wallet config): the admission stands (exit 0, admitted), and `--json` says
+    ``recorded: false`` with the note a person reads on stderr (``record_note``)."""
+    net = TrnNet(tmp_path, wallets=("a",), gates=("g",), gate_refresh_s=0.5)
+    with net:
+        gate, config = _alice_holds_t1(net, tmp_path, b"Final, seat 5")
+        asyncio.run(give(net, T2, "a", b"Final, seat 6"))
+        (config.parent / "admissions.json").mkdir()  # the record cannot be read, so not written either
+        code, got = wallet(config, "enter", T1.hex(), "--gate", gate, "--wait", str(WAIT_S))
+        assert code == 0 and got["admitted"] is True and got["recorded"] is False, got
+        note = got["record_note"]
+        assert note.startswith("this admission is not in your wallet's record: cannot read "), got
+        assert "admissions.json" in note, got
+
+        # no wallet config (--socket alone): admitted, in words, with a note that nothing was recorded
+        socket, card = net.hosts["a"].socket, net.uids["a"].domain.hex()
+        env = {**os.environ, "CARDNET_PIN": PIN, "CARDNET_WALLET_CONFIG": str(tmp_path / "none.toml")}
+        r = subprocess.run(
+            [sys.executable, "-m", "cardnet.cli.main", "wallet", "enter", T2.hex(), "--gate", gate, "--socket",
+             socket, "--card", card, "--wait", str(WAIT_S)],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+        assert f"admitted: the gate {gate} took ticket {T2.hex()}" in r.stdout, r.stdout
+        words = " ".join(r.stderr.split())
+        assert "note: this wallet keeps no record of its admissions (no wallet config: `cardnet wallet init`" in words
+        assert not (tmp_path / "none.toml").exists()

@@ -438,7 +438,7 @@ def _present(
     memory = wallet_config.admissions(wallet_config.load(None))
     got = run_on_wallet(socket, pin, card, lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory),
                         wallet_gate.HINTS)  # fmt: skip
-    wallet_gate.report(got, raw, dst, as_json)
+    wallet_gate.report(got, raw, dst, as_json, memory)
 
 
 async def wait_sent(wallet: Any, oid: bytes, dst: Any, timeout_s: float) -> None:

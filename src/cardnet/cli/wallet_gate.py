@@ -83,18 +83,27 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float, memory: Admis
         return await wallet.redeem(oid, gate, timeout_s=wait_s, memory=memory)
 
 
-def report(got: Any, oid: bytes, gate: Any, as_json: bool) -> None:
+def report(got: Any, oid: bytes, gate: Any, as_json: bool, memory: AdmissionMemory | None) -> None:
     """What a presentation at ``gate`` came to (a :class:`~cardnet.services.wallet.Redemption`), for `cardnet wallet
-    enter` and `cardnet trn send --gate`: admitted (and whether the wallet's record has it), or the gate's refusal
-    in the holder's words."""
+    enter` and `cardnet trn send --gate`: admitted, and whether the wallet's own record (``memory``, None: the
+    wallet keeps none) has it, or the gate's refusal in the holder's words."""
     if not got.taken:
         words, hint = refusal(got.reason)
         fail(f"the gate {gate} refused ticket {oid.hex()}: {words}; the ticket is still on your card",
              reason=got.reason.partition(":")[0].strip() or "refused", hint=hint)  # fmt: skip
-    if got.unremembered is not None:  # (the admission stands: only the wallet's own record of it is missing)
-        err_console.print(f"note: this admission is not in your wallet's record: {got.unremembered}", markup=False)
+    # (the admission stands either way: only the wallet's own record of it may be missing)
+    if memory is None:
+        note: str | None = ("this wallet keeps no record of its admissions (no wallet config: `cardnet wallet init` "
+                            "makes one); the gate's admissions are the proof")  # fmt: skip
+    elif got.unremembered is not None:
+        note = f"this admission is not in your wallet's record: {got.unremembered}"
+    else:
+        note = None
     message = f"admitted: the gate {gate} took ticket {oid.hex()} (it is used up now: walk in)"
     # (the verdict is the wallet's record's word: the gate's acknowledgement came, or was still on its way)
     verdict = "admitted" if got.reason == TAKEN else "admitted_unacknowledged"
-    say(as_json, {"oid": oid.hex(), "gate": str(gate), "admitted": True, "verdict": verdict, "message": message},
-        message)  # fmt: skip
+    if note is not None and not as_json:
+        err_console.print(f"note: {note}", markup=False)
+    result = {"oid": oid.hex(), "gate": str(gate), "admitted": True, "verdict": verdict, "recorded": note is None,
+              "record_note": note, "message": message}  # fmt: skip
+    say(as_json, result, message)
