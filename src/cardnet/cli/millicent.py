@@ -549,11 +549,12 @@ def broker_run(
 @STORE
 @JSON
 def broker_status(store: str, as_json: bool) -> None:
-    """What the broker owes each vendor (redeemed licence scrip; bulk purchases) and its bulk stock."""
-    from cardnet.services.millicent.broker import BrokerCore
+    """What the broker owes each vendor (redeemed licence scrip; bulk purchases), its bulk stock, and the sales'
+    reservations of stock it released lately (newest first), with when and why."""
+    from cardnet.services.millicent.broker import BrokerCore, releases
 
     core = BrokerCore(_broker(store, create=False))
-    r: dict[str, Any] = {"owed_to_vendors": core.vendors(), "bulk": core.stock()}
+    r: dict[str, Any] = {"owed_to_vendors": core.vendors(), "bulk": core.stock(), "releases": releases(core.store)}
     if as_json:
         emit_json(r)
         return
@@ -575,6 +576,23 @@ def broker_status(store: str, as_json: bool) -> None:
         title="bulk vendors",
         empty="no bulk vendors",
     )
+    shown = [{**row, "at": _when(row["at"])} for row in r["releases"][:RELEASES_SHOWN]]
+    print_rows(
+        shown,
+        ("at", "vendor", "customer", "what", "value", "why"),
+        title="reservations released (newest first)",
+        empty="no reservation released",
+    )
+    if len(r["releases"]) > RELEASES_SHOWN:
+        console.print(f"... and {len(r['releases']) - RELEASES_SHOWN} older ones (--json lists them)", markup=False)
+
+
+RELEASES_SHOWN = 20  # `broker status` shows this many releases to a person; --json all the broker keeps
+
+
+def _when(at: int) -> str:
+    """A Unix time for people: UTC, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 # --- customer -------------------------------------------------------------------------

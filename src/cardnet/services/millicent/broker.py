@@ -77,6 +77,10 @@ WAITS = "mb.wait"
 # ... and the index of who waits on an order: vendor + order id + customer id + request id -> the sale's value
 WAITERS = "mb.waiter"
 RELEASED = "mb.released"  # vendor -> value (8) + pieces (8) of reserved stock released back to stock, all told
+# Each release of a sale's reservation, for the operator (`broker status`: releases): when (8) + sale -> JSON (sale,
+# vendor, what, value, why); the newest KEEP_RELEASES are kept (the totals above are kept for ever).
+RELEASES = "mb.relrec"
+KEEP_RELEASES = 200
 LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
 VENDOR_TIMEOUT_S = 10.0  # the default bound on all the vendor calls of one purchase (`broker run --vendor-timeout`)
@@ -110,7 +114,7 @@ def add_licence(store: Store, licence: dict[str, Any], *, discount_pct: int = 10
     with store.transaction() as txn:
         txn.put(LICENCES, vendor, json.dumps(record).encode())
         txn.put(MODES, vendor, LICENCE_MODE.encode())
-        _release_vendor(txn, vendor)
+        _release_vendor(txn, vendor, int(time.time()))
     return vendor
 
 
@@ -208,7 +212,7 @@ def set_mode(store: Store, vendor: bytes, mode: str) -> None:
             raise BrokerError("no_agreement", f"no {mode} agreement with vendor {vendor.hex()}: run broker {what}")
         txn.put(MODES, vendor, mode.encode())
         if mode == LICENCE_MODE:
-            _release_vendor(txn, vendor)
+            _release_vendor(txn, vendor, int(time.time()))
 
 
 def deposit(store: Store, customer_id: bytes, amount: int) -> int:
@@ -556,6 +560,10 @@ class BrokerCore:
                 what = "piece" if "piece" in note else "order" if "order" in note else "refused"
                 rows.append({"sale": sale.hex(), "vendor": vendor.hex() if vendor else "", "what": what,
                              "value": value})  # fmt: skip
+                why = f"its customer did not send the purchase again within {self.reservation_hold_s} s"
+                _record_release(txn, now, rows[-1], why)
+            if rows:
+                _prune_releases(txn)
         return rows
 
     def _order_for_sale(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
@@ -892,8 +900,45 @@ def _release_note(txn: Any, sale: bytes, note: dict[str, Any], *, count: bool = 
     return vendor, value
 
 
-def _release_vendor(txn: Any, vendor: bytes) -> None:
-    """Release every reservation of ``vendor``'s stock (it leaves bulk mode: no sale will take it)."""
+def _record_release(txn: Any, now: int, row: dict[str, Any], why: str) -> None:
+    """Keep a release (``row``: sale, vendor, what, value) for the operator's ``broker status``, with when and why."""
+    sale = bytes.fromhex(row["sale"])
+    txn.put(RELEASES, _u64(max(now, 0)) + sale, json.dumps({**row, "at": now, "why": why}).encode())
+
+
+def _prune_releases(txn: Any) -> None:
+    """Keep the newest :data:`KEEP_RELEASES` release records (the per-vendor totals are kept for ever)."""
+    extra = txn.count(RELEASES) - KEEP_RELEASES
+    if extra > 0:
+        for key, _ in txn.scan(RELEASES, limit=extra):  # (key order = time order: the oldest first)
+            txn.delete(RELEASES, key)
+
+
+def releases(store: Store) -> list[dict[str, Any]]:
+    """The reservations released lately, newest first (at most :data:`KEEP_RELEASES`): for each the sale (customer
+    id + request id), customer, vendor, what was released (piece, order or refused), value (a piece's), at (Unix
+    time) and why, in words."""
+    with store.transaction() as txn:
+        rows = [stored_json(raw, "a release record") for _, raw in txn.scan(RELEASES)]
+    out = []
+    for r in reversed(rows):
+        with stored("a release record"):
+            out.append({
+                "at": int(r["at"]),
+                "sale": str(r["sale"]),
+                "customer": str(r["sale"])[: 2 * mc.CUSTOMER_ID_BYTES],
+                "vendor": str(r["vendor"]),
+                "what": str(r["what"]),
+                "value": int(r["value"]),
+                "why": str(r["why"]),
+            })  # fmt: skip
+    return out
+
+
+def _release_vendor(txn: Any, vendor: bytes, now: int) -> None:
+    """Release every reservation of ``vendor``'s stock (it leaves bulk mode: no sale will take it), kept for the
+    operator (:func:`releases`)."""
+    released = False
     for sale, raw in txn.scan(WAITS):
         note = stored_json(raw, "a sale waiting for stock")
         with stored("a sale waiting for stock"):
@@ -902,8 +947,14 @@ def _release_vendor(txn: Any, vendor: bytes) -> None:
             else:
                 mine = "order" in note and bytes.fromhex(note["order"])[: mc.VENDOR_BYTES] == vendor
         if mine:
-            _release_note(txn, sale, note)
+            _, value = _release_note(txn, sale, note)
+            what = "piece" if "piece" in note else "order"
+            row = {"sale": sale.hex(), "vendor": vendor.hex(), "what": what, "value": value}
+            _record_release(txn, now, row, "the vendor left bulk mode (its scrip is minted under licence now)")
+            released = True
             log.warning("vendor %s left bulk mode: the reservation of sale %s is released", vendor.hex(), sale.hex())
+    if released:
+        _prune_releases(txn)
 
 
 def _refused_order_words(reason: str) -> str:
