@@ -100,6 +100,9 @@ from cardnet.wire.ids import UID_BYTES
 log = logging.getLogger("cardnet.speed.broker")
 
 CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
+# VENDORS: a vendor's VendorID -> the number of its account (the least, if it has several): the index that answers
+# "which account is this vendor's" without reading every account; complete once CFG holds VENDOR_INDEX
+VENDOR_INDEX = b"vendor_index"
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
 HELD_CREDITS = "sb.held"  # PaymentOrderIDs of the sb.settled records whose credit is held (their index, kept small)
@@ -212,7 +215,39 @@ def init_broker(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_de
 
 def add_vendor(store: Store, account: str, vendor_cert: bytes) -> None:
     """Open ``account`` for the vendor of ``vendor_cert`` (its VendorID owns it)."""
-    _put_account(store, account, sm.vendor_id(vendor_cert), {}, create=True)
+    vid = sm.vendor_id(vendor_cert)
+    with store.transaction() as txn:
+        if not txn.insert(ACCOUNTS, account.encode(), _ACCOUNT.encode({"owner": vid, "balances": []})):
+            raise BrokerError("exists", f"account {account!r} exists already")
+        _index_vendor(txn, vid, account)
+
+
+def _index_vendor(txn: Any, vid: bytes, account: str) -> None:
+    """Name ``account`` in the vendor index (:data:`VENDORS`) for ``vid`` unless it names a lesser account of it that
+    still exists (the answer a scan of every account in order gave: the least)."""
+    was = txn.get(VENDORS, vid)
+    if was is not None and was.decode() < account:
+        raw = txn.get(ACCOUNTS, was)
+        if raw is not None and _ACCOUNT.decode(raw)["owner"] == vid:
+            return
+    txn.put(VENDORS, vid, account.encode())
+
+
+def index_vendors(store: Store) -> int:
+    """Build the vendor index (:data:`VENDORS`) of a store made before it existed, once: one read of every account,
+    then never again (:data:`VENDOR_INDEX` in the configuration says it is complete; :func:`add_vendor` keeps it so).
+    The number of vendor accounts indexed (0 when it was complete already)."""
+    with store.transaction() as txn:
+        if txn.get(CFG, VENDOR_INDEX) is not None:
+            return 0
+        n = 0
+        for k, v in txn.scan(ACCOUNTS):  # in account order: the least account of a vendor is named
+            owner = _ACCOUNT.decode(v)["owner"]
+            if len(owner) != UID_BYTES and txn.get(VENDORS, owner) is None:
+                txn.put(VENDORS, owner, k)
+                n += 1
+        txn.put(CFG, VENDOR_INDEX, b"1")
+        return n
 
 
 def add_customer(store: Store, account: str, card: Uid, deposit: sm.Price | None = None) -> None:
@@ -316,6 +351,7 @@ class BrokerCore:
         )
         self.key, self.cert, self.roots = me.key, me.cert, me.roots
         _index_held(store)
+        index_vendors(store)
         sam.ask(sa.INIT, sa.READY)
         self._authorised: dict[bytes, dict[str, Any]] = {}  # purse payments between S2 and S3, oldest first
         # speed.vendor_receipts requests answered: digest of the signed request -> (its time, the vendor's id, the
@@ -430,7 +466,7 @@ class BrokerCore:
             raise _Refusal("bad_request", "the receipts request's signed position is not the one it asks from")
         vid = sm.vendor_id(signed.signer_cert_der)
         with self.store.transaction() as txn:
-            if not any(_ACCOUNT.decode(v)["owner"] == vid for _, v in txn.scan(ACCOUNTS)):
+            if self._vendor_account(txn, vid) is None:
                 raise _Refusal("unknown_vendor", "the key that signed that receipts request owns no vendor account "
                                "at this broker: only a vendor reads its own receipts")  # fmt: skip
         self._remember_ask(digest, ask["at"], vid, now)
@@ -967,11 +1003,15 @@ class BrokerCore:
 
     @staticmethod
     def _vendor_account(txn: Any, vid: bytes) -> str | None:
-        """The number of the account the vendor ``vid`` owns, or None."""
-        for k, v in txn.scan(ACCOUNTS):
-            if _ACCOUNT.decode(v)["owner"] == vid:
-                return str(k.decode())
-        return None
+        """The number of the account the vendor ``vid`` owns (the least, if several), or None: two reads by key
+        (the vendor index, :data:`VENDORS`, then the account it names), whatever the number of accounts."""
+        account = txn.get(VENDORS, vid)
+        if account is None:
+            return None
+        raw = txn.get(ACCOUNTS, account)
+        if raw is None or _ACCOUNT.decode(raw)["owner"] != vid:  # (its account gone: a store restored, an operator)
+            return None
+        return str(account.decode())
 
     # -- what the operator reads -----------------------------------------------------------------------------
     def balances(self) -> dict[str, dict[str, int]]:
