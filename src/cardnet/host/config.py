@@ -63,6 +63,7 @@ from cardnet.host.adversary import AdversaryConfig
 from cardnet.host.errors import HostError
 from cardnet.transport.base import DEFAULT_SERVER_LIMITS, ServerLimits
 from cardnet.transport.framing import DEFAULT_MAX_FRAME, MIN_FRAME
+from cardnet.transport.tcp import port_number
 from cardnet.wire import DecodeError, by_name
 
 KNOWN_TOP = {
@@ -130,10 +131,11 @@ def _bad(where: str, what: str) -> HostError:
 def parse_address(text: object, where: str) -> tuple[str, int]:
     if not isinstance(text, str) or ":" not in text:
         raise _bad(where, f'write host:port, e.g. "127.0.0.1:7101", got {text!r}')
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+    host, _, digits = text.rpartition(":")
+    port = port_number(digits)
+    if port is None or not host:
         raise _bad(where, f"write host:port with a port 0..65535, got {text!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), port
 
 
 def _str(d: dict[str, Any], key: str, where: str, default: str | None = None) -> str:

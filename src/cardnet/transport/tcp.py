@@ -82,12 +82,22 @@ NOT_CARDNET_PEERS = 1024
 UNIX_PROBE_TIMEOUT_S = 2.0  # how long start_unix waits for a socket already at the path to answer
 
 
+def port_number(text: str) -> int | None:
+    """A port written as ASCII digits, 0..65535, or None (``str.isdigit`` alone also passes superscripts, which
+    ``int`` refuses, and other scripts' digits, which it reads)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 5:
+        return None
+    port = int(text)
+    return port if port <= 65535 else None
+
+
 def host_port(address: str) -> tuple[str, int]:
     """``HOST:PORT`` as (host, port); an empty host is 127.0.0.1. ``ValueError`` saying so if it is not."""
-    host, _, port = address.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
+    host, _, text = address.rpartition(":")
+    port = port_number(text)
+    if port is None:
         raise ValueError(f"{address!r} is not HOST:PORT")
-    return host or "127.0.0.1", int(port)
+    return host or "127.0.0.1", port
 
 
 def _address(value: Any) -> tuple[str, int] | None:

@@ -392,7 +392,7 @@ def asked_price(detail: str, product: str) -> int | None:
     """The price a ``wrong_price`` refusal's detail names for ``product`` (:func:`price_detail`), if it names one."""
     head = f"the price of {product!r} is "
     tail = detail[len(head) :]
-    return int(tail) if detail.startswith(head) and tail.isdigit() else None
+    return int(tail) if detail.startswith(head) and tail.isascii() and tail.isdigit() else None
 
 
 def too_large_detail(size: int, limit: str) -> str:

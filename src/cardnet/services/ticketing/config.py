@@ -46,6 +46,7 @@ from cardnet.protocols.speed.messages import Price
 from cardnet.protocols.speed.messages import parse_price as speed_price
 from cardnet.services.ticketing.sales import MAX_UNPAID, PAY_WITHIN_S, RELEASE_MARGIN_S, UNPAID_WINDOW_S
 from cardnet.transport.http import DEFAULT_HTTP_LIMITS, HttpLimits
+from cardnet.transport.tcp import port_number
 
 KNOWN = {"name", "listen", "speed_listen", "store", "host", "transfer_timeout_s", "max_unpaid_per_card",
          "unpaid_window_s", "pay_within_s", "release_margin_s", "broker", "events", "limits"}  # fmt: skip
@@ -132,10 +133,11 @@ def _missing(data: dict[str, Any], where: str, required: dict[str, tuple[str, st
 def _address(v: object, where: str) -> tuple[str, int]:
     if not isinstance(v, str) or ":" not in v:
         raise _bad(where, f'write host:port, e.g. "127.0.0.1:8080", got {v!r}')
-    host, _, port = v.rpartition(":")
-    if not port.isdigit() or int(port) > 65535 or not host:
+    host, _, digits = v.rpartition(":")
+    port = port_number(digits)
+    if port is None or not host:
         raise _bad(where, f"write host:port with a port 0..65535, got {v!r}")
-    return host, int(port)
+    return host, port
 
 
 def _text(d: dict[str, Any], key: str, where: str) -> str:
