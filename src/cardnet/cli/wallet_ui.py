@@ -6,12 +6,53 @@ A subcommand of the ``cardnet wallet`` group (:mod:`cardnet.cli.wallet`), import
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from typing import TYPE_CHECKING
 
 import click
 
 from cardnet.cli.output import fail, say_ready
 from cardnet.cli.wallet import Target, wallet_command
+
+if TYPE_CHECKING:
+    from cardnet.store.owner import Claim
+    from cardnet.wire import Uid
+
+SERVICE = "wallet ui"  # who holds a card's page claim (store/owner.py's record)
+
+
+def claim_key(socket: str, card: Uid) -> str:
+    """What a page claims (store/owner.py; its file is this with ``-owner``): ``card`` at the host of ``socket``,
+    beside the socket (the host's folder), whichever wallet config or ``--card`` named it."""
+    return f"{os.path.realpath(socket)}.ui-{card.domain.hex()}"
+
+
+def page_claim(socket: str, card: Uid) -> Claim | None:
+    """Claim ``card``'s page for this process until it ends (None: the socket's folder is not ours to write, and
+    nothing is claimed); a page already running on it is refused, naming it (pid, URL) and what to do."""
+    from cardnet.store.errors import StoreError
+    from cardnet.store.owner import claim, holder
+
+    key = claim_key(socket, card)
+    try:
+        return claim(key, SERVICE)
+    except StoreError as exc:
+        if exc.reason != "in_use":
+            return None
+    record = holder(key) or {}
+    pid = record.get("pid") if isinstance(record.get("pid"), int) else None
+    url = record.get("listening") if isinstance(record.get("listening"), str) else None
+    who = ", ".join([*([f"pid {pid}"] if pid else []), f"at {url}" if url else "starting"])
+    stop = f"Ctrl-C in its terminal, or kill {pid}" if pid else "Ctrl-C in its terminal"
+    fail(
+        f"the wallet page of card {card} already runs ({who}): one card has one `cardnet wallet ui` (two would each "
+        "send the card's orders and recover the same transfers and purchases)",
+        reason="in_use",
+        hint=f'use that page (a tab logged in there opens more with "Open in another tab"), or stop it ({stop}) '
+        "and start `cardnet wallet ui` again for a new login link",
+        fields={"pid": pid, "url": url},
+    )
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -56,22 +97,42 @@ def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: f
     check_socket(target.socket)  # an absent host is said before the PIN is asked for
     socket, card, pin = target.socket, parse_domain(target.card), card_pin(target.pin)
 
+    opened: list[Wallet] = []  # the wallet opened to learn the card (the page's first), then each one it reopens
+
     async def open_wallet() -> Wallet:
-        return await Wallet.open(socket, pin=pin, card=card)
+        return opened.pop() if opened else await Wallet.open(socket, pin=pin, card=card)
 
     async def main() -> None:
+        try:
+            opened.append(await open_wallet())
+        except WalletError as exc:
+            hints = {"no_host": "is `cardnet host run` running with that app_socket?",
+                     "wrong_pin": "check the PIN; at 0 tries the card locks"}  # fmt: skip
+            fail(str(exc), reason=exc.reason, hint=hints.get(exc.reason))
+        try:
+            claim = page_claim(socket, opened[0].card)
+        except SystemExit:
+            await opened.pop().close()
+            raise
+        try:
+            await serve(claim)
+        finally:
+            if claim is not None:
+                claim.release()
+
+    async def serve(claim: Claim | None) -> None:
         web = WalletWeb(
             open_wallet, target.config, app_socket=socket, recover_wait_s=recover_wait_s, ttp_after_s=ttp_after_s
         )
         try:
             served = await web.start(host, port)
         except WalletError as exc:
-            hints = {"no_host": "is `cardnet host run` running with that app_socket?",
-                     "wrong_pin": "check the PIN; at 0 tries the card locks"}  # fmt: skip
-            fail(str(exc), reason=exc.reason, hint=hints.get(exc.reason))
+            fail(str(exc), reason=exc.reason, hint="is `cardnet host run` still running? start it, then try again")
         except TransportError as exc:
             await web.aclose()
             fail(str(exc), reason="cannot_listen", hint="choose another port with --listen 127.0.0.1:PORT")
+        if claim is not None:
+            claim.serving(served.url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
