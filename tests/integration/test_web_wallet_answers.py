@@ -261,3 +261,34 @@ def test_the_browser_drops_a_stale_session_cookie(a: Net) -> None:
             await browser.close()
 
     asyncio.run(go())
+
+
+def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None:
+    """What a person (or a stray script) may type or send, to the ``cardnet wallet ui`` process: JSON nested deeper
+    than the decoder goes (a few KiB of ``[``, within the body bound), a ticketing server's address whose host is no
+    host name (a label of 64 letters, a space in it) or whose port is 0: each a 400 saying what is wrong. Before:
+    ``500 internal`` for the first two (RecursionError; the idna codec's UnicodeError from the name's lookup), 'nothing
+    answers at exa mple.com:80 (unknown error -2)' for the space, and port 0 quietly read as port 80. And Show events
+    at an address where nothing answers says to check it, not that a paid sale is not lost (nothing is paid there)."""
+    c = a.client
+    r = c.post("/api/send", content=b"[" * 4000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_json" and "nested too deep" in r.json()["message"], r.text
+    for url, said in (
+        (f"http://{'a' * 64}:8080", "is not a host name"),
+        ("http://exa mple.com:8080", "is not a host name"),
+        ("http://127.0.0.1:0", "has no valid port (a number from 1 to 65535)"),
+        ("http://127.0.0.1:99999", "has no valid port"),
+    ):
+        for path, extra in (("/api/shop", {}), ("/api/buy", {"event": "final", "seat": "A1"}),
+                            ("/api/deliver", {"poid": "ab" * 40})):  # fmt: skip
+            r = c.post(path, json={"url": url, **extra})
+            got = r.json()
+            assert r.status_code == 400 and got["error"] == "bad_url", (path, url, r.text)
+            assert said in got["message"] and "give it as http://HOST:PORT" in got["message"], (path, url, r.text)
+    with socket.socket() as s:  # a port where nothing answers
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    r = c.post("/api/shop", json={"url": f"http://127.0.0.1:{closed}"})
+    got = r.json()
+    assert r.status_code == 502 and got["error"] == "unreachable" and "check the address" in got["message"], r.text
+    assert "paid" not in got["message"], r.text

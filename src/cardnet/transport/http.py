@@ -165,6 +165,8 @@ class Request:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, "bad_json", f"the request body is not JSON: {exc}") from None
+        except RecursionError:  # (a body of a few KiB of '[' nests deeper than the decoder goes)
+            raise HttpError(400, "bad_json", "the request body is JSON nested too deep") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,7 @@ class Shop:
 
     async def events(self, url: str) -> dict[str, Any]:
         """The server's name and its events with their free seats."""
-        with _ticketing(url):
+        with _ticketing(url, paying=False):
             async with asyncio.timeout(SHOP_TIMEOUT_S):
                 return await self._events(url)
 
@@ -195,8 +195,10 @@ def parse_url(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _ticketing(url: str) -> Iterator[None]:
-    """A ticketing server's or a purchase's failure as an error the page shows, with what to do."""
+def _ticketing(url: str, *, paying: bool = True) -> Iterator[None]:
+    """A ticketing server's or a purchase's failure as an error the page shows, with what to do (``paying``: a
+    purchase or a delivery, whose failure also says that a paid sale is not lost; not when reading events)."""
+    paid = f"; {PAID}" if paying else ""
     try:
         yield
     except TicketError as exc:
@@ -209,14 +211,14 @@ def _ticketing(url: str) -> Iterator[None]:
         hint = BUY_HINTS.get(exc.error, PAID)
         raise HttpError(502, exc.error, f"the ticketing server did not deliver: {exc}; {hint}") from None
     except TimeoutError:
-        raise HttpError(504, "timeout", f"the ticketing server at {url} is too slow to answer: try again later; "
-                        f"{PAID}") from None  # fmt: skip
+        raise HttpError(504, "timeout", f"the ticketing server at {url} is too slow to answer: try again "
+                        f"later{paid}") from None  # fmt: skip
     except TransportError as exc:
         raise HttpError(502, "unreachable", f"cannot talk to the ticketing server at {url}: {exc}; check the "
-                        f"address and that it runs; {PAID}") from None  # fmt: skip
+                        f"address and that it runs{paid}") from None  # fmt: skip
     except HostError as exc:  # the relay to this wallet's own host
         raise HttpError(502, "no_host", f"the ticket cannot be passed to your card: {exc}; is your host "
-                        f"(`cardnet host run`) running? {PAID}") from None  # fmt: skip
+                        f"(`cardnet host run`) running?{paid[1:]}") from None  # fmt: skip
 
 
 def _certificate(path: Path, key: str) -> bytes:

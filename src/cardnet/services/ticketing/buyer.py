@@ -74,7 +74,21 @@ def server_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// address of a ticketing server")
-    return parts.hostname, parts.port or 80
+    host = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{url!r} has no valid port (a number from 1 to 65535)")
+    try:  # (else the name's lookup fails with the codec's words, or a lookup error that names nothing)
+        if any(c.isspace() or not c.isprintable() for c in host):
+            raise UnicodeError
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{host[:80]!r} in {url[:120]!r} is not a host name (parts between dots of 1 to 63 letters, "
+                         "digits or hyphens, or an IP address)") from None  # fmt: skip
+    return host, port or 80
 
 
 @dataclass(frozen=True)
