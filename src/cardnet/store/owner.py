@@ -13,6 +13,12 @@ listens): a second start is refused with ``in_use`` in those words. The store it
 commands (``cardnet millicent broker deposit``, ``cardnet speed vendor add``, ...) write to it while the service
 runs, which SQLite's exclusive locking mode (as a host holds a card's store) would forbid. A file left by a process
 that was killed is not held: it is taken over, not refused. A store in memory has nothing to claim.
+
+Who holds it is read with care: the holder writes its record only once it has the lock, over whatever the file held
+(nothing, when it made the file; the record of a process killed before it, when it took one over), and a reader
+(:func:`holder`) takes the lock shared for an instant. So a start that finds the lock held, and a :func:`holder`
+that does, trust the record only when it names a process that is alive; otherwise they try the lock again (the
+holder writes its record at once; a reader lets go at once) for up to ``RECORD_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +35,8 @@ from cardnet.store.errors import StoreError
 
 SUFFIX = "-owner"
 MAX_RECORD = 4096  # a longer file is not a claim record: read as unknown
+RECORD_WAIT_S = 2.0  # how long a held lock may go without a record naming a live process before it is named unknown
+RETRY_S = 0.002
 
 
 def owner_path(store: str) -> str | None:
@@ -58,12 +67,47 @@ def _read(fd: int) -> dict[str, Any] | None:
         raw = os.pread(fd, MAX_RECORD, 0)
         record = json.loads(raw.decode()) if raw else None
     except (OSError, ValueError):
-        return None
+        return None  # (nothing yet, or read while it was being written)
     return record if isinstance(record, dict) else None
 
 
+def _alive(record: dict[str, Any] | None) -> bool:
+    """``record`` names a process that runs: the holder's own, not one a killed holder left in the file."""
+    pid = record.get("pid") if record else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # (another user's process: it runs)
+    return True
+
+
+def _holding(fd: int, mode: int) -> dict[str, Any] | None:
+    """Lock ``fd`` (``LOCK_EX`` or ``LOCK_SH``, without waiting): None once locked; else the record of the process
+    that holds it (``{}``: it does not say who). A record that does not name a live process is not trusted at once:
+    the holder may not have written its own yet, or a reader (:func:`holder`) holds it shared for an instant; the
+    lock is tried again until one or the other (see the module docstring). Raises ``OSError`` but for a held lock."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        record = _read(fd)
+        if _alive(record):
+            return record
+        if time.monotonic() >= deadline:
+            return {}  # (held all along by one that does not say who: its record is not its own)
+        time.sleep(RETRY_S)
+
+
 def holder(store: str) -> dict[str, Any] | None:
-    """The record of the running service that claims ``store``, or None (no claim file, or nobody holds it)."""
+    """The record of the running service that claims ``store`` (``{}``: it does not say which), or None (no claim
+    file, or nobody holds it)."""
     path = owner_path(store)
     if path is None:
         return None
@@ -73,11 +117,11 @@ def holder(store: str) -> dict[str, Any] | None:
         return None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read(fd) or {}
+            record = _holding(fd, fcntl.LOCK_SH)
         except OSError:
             return None
+        if record is not None:
+            return record
         fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: a file left by a process that ended
         return None
     finally:
@@ -157,21 +201,20 @@ def _lock(path: str, shown: str, service: str, other: str) -> int:
     except OSError as exc:
         raise StoreError("io", f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        record = _read(fd)
-        os.close(fd)
-        pid = record.get("pid") if record else None
-        stop = f"stop it first (kill {pid})" if isinstance(pid, int) else "stop it first"
-        raise StoreError(
-            "in_use",
-            f"{describe(record)} already runs on {shown}: one store serves one running service (two would each keep "
-            "their own memory of it)",
-            hint=f"{stop}, or {other}",
-        ) from None
+        record = _holding(fd, fcntl.LOCK_EX)
     except OSError as exc:
         os.close(fd)
         raise StoreError("io", f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}") from None
+    if record is not None:
+        os.close(fd)
+        pid = record.get("pid")
+        stop = f"stop it first (kill {pid})" if isinstance(pid, int) else "stop it first"
+        raise StoreError(
+            "in_use",
+            f"{describe(record or None)} already runs on {shown}: one store serves one running service (two would "
+            "each keep their own memory of it)",
+            hint=f"{stop}, or {other}",
+        )
     return fd
 
 

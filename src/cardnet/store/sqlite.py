@@ -229,7 +229,7 @@ def _in_use(path: str) -> StoreError:
     record = holder(path)
     if record is not None:
         return StoreError(
-            "in_use", f"store {path} is held by {describe(record)}, which runs on it: stop it, then try again"
+            "in_use", f"store {path} is held by {describe(record or None)}, which runs on it: stop it, then try again"
         )
     return StoreError(
         "in_use",
