@@ -1067,3 +1067,44 @@ def test_one_account_cannot_reserve_more_bulk_stock_than_its_balance_nor_wait_on
         "16 purchases of yours already wait for the vendor's stock (at most 16): finish them first (millicent "
         "retry); nothing was debited"
     }
+
+
+def test_a_piece_reserved_for_a_sale_never_exceeds_what_the_sale_can_be_worth(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """A sale that waits for stock gets a piece of the order it waits on, reserved for it. Before, that piece was a
+    piece of ``denomination`` (50 here) whatever the customer could pay, or of any pending order whose smallest piece
+    covered the sale: a sale of 20 by a customer with 30 joined the operator's pending `bulk-buy` of 3 pieces of
+    1 000 and had 1 000 of stock reserved for it. Now a piece reserved for a sale is worth at most what the sale can
+    be worth: her balance less her other waiting sales' values (and at least the sale's value)."""
+    # The operator's order of big pieces is out (its answer not applied yet) when the customer buys.
+    big = bulk_broker.order_stock(VID, 3000, 3)
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 30)
+    param = signed_purchase(key, cid, 20, b"w" * 16)
+    order = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order" and order.key != big.key  # not the 1 000s
+    assert mc.BULK_BUY_SCHEMA.decode(order.param)["value"] == 3 * 30  # pieces of 30 (her balance), not of 50
+    assert bulk_broker.finish_order(big, carry(vendor, big)).bought
+    assert bulk_broker.finish_order(order, carry(vendor, order)).bought
+    assert stock_row(bulk_broker, "reserved_value", "stock_value") == {"reserved_value": 30, "stock_value": 3000 + 60}
+    # Her sale takes its piece: 20 to her, the change (10) back to stock; debited 20 once.
+    issue = bulk_broker.begin_purchase(param, NOW)
+    assert isinstance(issue, mb.VendorCall) and issue.kind == "issue"
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, carry(vendor, issue)) or b"")
+    assert r["status"] == 0 and r["balance"] == 10 and mc.Scrip.decode(r["scrip"]).value == 20
+    assert stock_row(bulk_broker, "reserved_value", "stock_value") == {"reserved_value": 0, "stock_value": 3070}
+    # Two sales of one account waiting at once: each piece within what that sale can be worth (100 - the other's).
+    key2 = profile.generate_private_key(rng(23))
+    cid2 = mc.OPENED_SCHEMA.decode(bulk_broker.open_account(profile.public_bytes(key2.public_key())))["customer_id"]
+    mb.deposit(bulk_broker.store, cid2, 100)
+    with bulk_broker.store.transaction() as txn:  # the stock is someone else's now: empty it
+        for k, _ in txn.scan(mb.STOCK, VID):
+            txn.delete(mb.STOCK, k)
+    o1 = bulk_broker.begin_purchase(signed_purchase(key2, cid2, 60, b"x" * 16), NOW)
+    o2 = bulk_broker.begin_purchase(signed_purchase(key2, cid2, 20, b"y" * 16), NOW)
+    assert isinstance(o1, mb.VendorCall) and isinstance(o2, mb.VendorCall) and o1.key != o2.key
+    assert [mc.BULK_BUY_SCHEMA.decode(o.param)["value"] // 3 for o in (o1, o2)] == [60, 40]  # 20 <= 40 <= 100 - 60
+    for o in (o1, o2):
+        assert bulk_broker.finish_order(o, carry(vendor, o)).bought
+    assert stock_row(bulk_broker, "reserved_value")["reserved_value"] == 60 + 40  # within her balance

@@ -481,12 +481,12 @@ class BrokerCore:
                     piece = (key, raw)
                     break
         if piece is None:
-            bound = self._waiting_bound(txn, cid, value, balance)
+            bound, free = self._waiting_bound(txn, cid, value, balance)
             if bound is not None:  # final: nothing was debited, a new purchase may be bought
                 reply = _purchased(rid, bound, balance, key=txn.get(REPLY_KEYS, cid), digest=digest)
                 txn.put(REQUESTS, cid + rid, reply)
                 return reply
-            call = self._order_for_sale(txn, vendor, bulk, value)
+            call = self._order_for_sale(txn, vendor, bulk, value, free)
             txn.put(WAITS, cid + rid, json.dumps({"order": call.key.hex(), "since": now, "value": value}).encode())
             txn.put(WAITERS, call.key + cid + rid, _u64(value))
             return call
@@ -518,9 +518,11 @@ class BrokerCore:
         return _issue_call(cid + rid, record)
 
     @staticmethod
-    def _waiting_bound(txn: Any, cid: bytes, value: int, balance: int) -> str | None:
-        """Why a new sale of ``value`` of account ``cid`` may not wait for stock (its words), or None: at most
-        :data:`MAX_WAITING_SALES` of an account's sales wait at once, their values within its balance."""
+    def _waiting_bound(txn: Any, cid: bytes, value: int, balance: int) -> tuple[str | None, int]:
+        """Why a new sale of ``value`` of account ``cid`` may not wait for stock (its words), or None; and what the
+        sale can be worth: the account's balance less the values of its other waiting sales (at least ``value``
+        when it may wait), the most a piece reserved for it may be worth. At most :data:`MAX_WAITING_SALES` of an
+        account's sales wait at once, their values within its balance."""
         n = waiting = 0
         for _, raw in txn.scan(WAITS, cid):
             note = stored_json(raw, "a sale waiting for stock")
@@ -529,11 +531,12 @@ class BrokerCore:
                 waiting += int(note.get("value", 0))
         done = "finish them first (millicent retry); nothing was debited"
         if n >= MAX_WAITING_SALES:
-            return f"{n} purchases of yours already wait for the vendor's stock (at most {MAX_WAITING_SALES}): {done}"
+            words = f"{n} purchases of yours already wait for the vendor's stock (at most {MAX_WAITING_SALES}): {done}"
+            return words, 0
         if waiting + value > balance:
             return (f"purchases of yours worth {waiting} already wait for the vendor's stock; with this {value} they "
-                    f"exceed your balance {balance}: {done}")  # fmt: skip
-        return None
+                    f"exceed your balance {balance}: {done}"), 0  # fmt: skip
+        return None, balance - waiting
 
     @staticmethod
     def _release_sale(txn: Any, sale: bytes) -> None:
@@ -566,15 +569,20 @@ class BrokerCore:
                 _prune_releases(txn)
         return rows
 
-    def _order_for_sale(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int) -> VendorCall:
-        """A pending order with a piece of at least ``value`` no other sale waits for (joined), else a new one."""
+    def _order_for_sale(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int, most: int) -> VendorCall:
+        """The order a sale of ``value`` waits on: a pending order with a piece no other sale waits for, whose
+        pieces are worth at least ``value`` and at most ``most`` (what the sale can be worth: see
+        :meth:`_waiting_bound`), joined; else a new one of ``pieces`` pieces of ``denomination`` (or ``value`` if
+        larger), each at most ``most``. So the piece reserved for the sale never exceeds what it can be worth."""
         for key, param in txn.scan(ORDERS, vendor):
             with stored("a pending bulk order"):
                 f = mc.BULK_BUY_SCHEMA.decode(param)
             waiting = sum(1 for _ in txn.scan(WAITERS, key))
-            if waiting < f["pieces"] and f["value"] // f["pieces"] >= value:  # (the smallest piece covers it)
+            smallest, largest = f["value"] // f["pieces"], -(-f["value"] // f["pieces"])
+            if waiting < f["pieces"] and value <= smallest and largest <= most:
                 return self._vendor_order(vendor, bulk, param, key)
-        return self._new_order(txn, vendor, bulk, max(bulk.denomination, value) * bulk.pieces, bulk.pieces)
+        each = min(max(bulk.denomination, value), most)
+        return self._new_order(txn, vendor, bulk, each * bulk.pieces, bulk.pieces)
 
     def _order_call(self, txn: Any, vendor: bytes, bulk: _Bulk, value: int, pieces: int | None = None) -> VendorCall:
         """The pending order to ``vendor`` (its reply was lost: ask again first), else a new one, recorded."""
@@ -661,7 +669,7 @@ class BrokerCore:
                 return OrderOutcome(False, f"the vendor refused the order: {sale.detail}", refused=True)
             left = list(sale.scrip)
             for sale_key, want in waiters:  # each sale that waited on it gets a piece of it, reserved for it
-                got = next((s for s in left if s.value >= want), None)
+                got = min((s for s in left if s.value >= want), key=lambda s: s.value, default=None)  # the least
                 if got is None:  # (cannot happen: a sale joins an order only if a piece of it covers it)
                     txn.delete(WAITS, sale_key)  # it orders again
                     continue
