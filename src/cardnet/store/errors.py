@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from cardnet.errors import CardnetError
 
 
@@ -14,3 +18,21 @@ class StoreError(CardnetError):
     def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(reason, message)
         self.hint = hint
+
+
+# What decoding a record's bytes raises when they are not what was written (DecodeError is a ValueError).
+DECODING_FAULTS: tuple[type[BaseException], ...] = (
+    ValueError, KeyError, IndexError, TypeError, AttributeError, struct.error,
+)  # fmt: skip
+
+
+@contextmanager
+def damaged(what: str, *also: type[BaseException]) -> Iterator[None]:
+    """Decoding a record read from a store: any fault in its bytes (:data:`DECODING_FAULTS` and ``also``) is the
+    store's error, ``damaged``, naming ``what`` the record is."""
+    try:
+        yield
+    except (*DECODING_FAULTS, *also) as exc:
+        raise StoreError(
+            "damaged", f"{what} in the store is damaged ({type(exc).__name__}: {exc}): restore it from a backup"
+        ) from None

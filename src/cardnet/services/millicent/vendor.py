@@ -64,7 +64,7 @@ import signal
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ from cardnet.errors import CardnetError
 from cardnet.protocols import millicent as mc
 from cardnet.store import Store, StoreError
 from cardnet.store.base import iter_pages
+from cardnet.store.errors import damaged
 from cardnet.transport import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_FRAME,
@@ -382,15 +383,10 @@ class BatchStats:
     refused: int = 0
 
 
-@contextlib.contextmanager
-def stored(what: str) -> Iterator[None]:
-    """Decoding a record read from a store: any fault in its bytes is the store's error (``damaged``)."""
-    try:
-        yield
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, struct.error, CryptoError) as exc:
-        raise StoreError(
-            "damaged", f"{what} in the store is damaged ({type(exc).__name__}: {exc}): restore it from a backup"
-        ) from None
+def stored(what: str) -> contextlib.AbstractContextManager[None]:
+    """Decoding a record read from a store: any fault in its bytes, a bad key or certificate among them, is the
+    store's error (``damaged``)."""
+    return damaged(what, CryptoError)
 
 
 def stored_json(raw: bytes, what: str) -> dict[str, Any]:

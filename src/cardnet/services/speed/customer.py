@@ -82,7 +82,7 @@ class Purchase:
 PERMANENT = frozenset(
     {"wrong_price", "wrong_product", "wrong_bill", "wrong_vendor", "already_paid", "not_agreed", "no_negotiation",
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
-     "pruned", "debit_refused", "bill_expired", "vendor_cert_expired"}
+     "pruned", "debit_refused", "bill_expired", "vendor_cert_expired", "vendor_removed"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
 NOTHING_PAID = frozenset(
     {"insufficient"}
@@ -147,13 +147,38 @@ class Pending:
 
     @classmethod
     def decode(cls, raw: bytes, where: str) -> Pending:
+        """A journal file as :meth:`encode` wrote it, every field of its type; ``damaged_journal`` if it is not."""
         try:
             f = loads_one(raw)
             if not isinstance(f, dict):
                 raise TypeError("not a map")
+            for key, value in f.items():
+                if not _PENDING_FIELD.get(key, _never)(value):
+                    raise TypeError(f"its field {key!r} is not what a purchase keeps there")
             return cls(**f)
         except (DecodeError, TypeError) as exc:
             raise PurchaseError("damaged_journal", f"{where} is damaged ({exc}): move it away") from None
+
+
+def _never(value: object) -> bool:
+    return False
+
+
+def _bytes_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(c, bytes) for c in value)
+
+
+# What each field of a journal file may hold (an absent optional field is None; bool is no number here).
+_PENDING_FIELD: dict[str, Callable[[object], bool]] = {
+    **dict.fromkeys(("nid", "vendor_cert", "broker_cert", "bill", "benc", "bsign"), lambda v: isinstance(v, bytes)),
+    **dict.fromkeys(("broker", "payment"), lambda v: isinstance(v, str)),
+    **dict.fromkeys(("poid", "receipt"), lambda v: v is None or isinstance(v, bytes)),
+    **dict.fromkeys(("account", "dropped"), lambda v: v is None or isinstance(v, str)),
+    "chunks": lambda v: isinstance(v, list) and all(_bytes_list(per) for per in v),
+    "products": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "paying_at": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v == v),
+}
 
 
 class Journal:

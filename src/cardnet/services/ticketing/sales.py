@@ -38,6 +38,7 @@ from cardnet.crypto import pki, profile
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.trn.token import OID_BYTES
 from cardnet.store import Store, Txn
+from cardnet.store.errors import damaged
 from cardnet.wire import Uid
 from cardnet.wire.cbor import dumps, loads_one
 
@@ -80,9 +81,15 @@ class Ticket:
 
     @classmethod
     def decode(cls, poid: bytes, raw: bytes) -> Ticket:
-        f = loads_one(raw)
-        assert isinstance(f, dict)
-        return cls(poid, f["event"], f["seat"], Uid.from_bytes(f["card"]), f["state"])
+        """The sale's record as :meth:`encode` wrote it; the store's error (``damaged``) if it is not."""
+        with damaged(f"the record of sale {poid.hex()}"):
+            f = loads_one(raw)
+            if not isinstance(f, dict) or set(f) != {"event", "seat", "card", "state"}:
+                raise ValueError("not a map of event, seat, card and state")
+            event, seat, card, state = f["event"], f["seat"], f["card"], f["state"]
+            if not all(isinstance(v, str) for v in (event, seat, state)) or state not in (*STATES, RELEASED):
+                raise ValueError(f"event, seat or state is not one a sale has (state {state!r})")
+            return cls(poid, event, seat, Uid.from_bytes(card), state)
 
     def public(self) -> dict[str, Any]:
         return {"poid": self.poid.hex(), "event": self.event, "seat": self.seat, "card": str(self.card),
