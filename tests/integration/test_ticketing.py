@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 import random
+import re
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +61,8 @@ KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILL
 MAX_KILLS = 2 * KILLS  # of each process at most: kills are added until every point of a purchase was hit
 PRICE = sm.Price("EUR", 2500)
 TRIES = 3 * MAX_KILLS  # purchases of the SIGKILL test at most (one that ends before its kill is not killed)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", *(f"K{i}" for i in range(TRIES + 1)))
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", "F1")
+SEATS += tuple(f"K{i}" for i in range(TRIES + 1))
 
 
 @dataclass
@@ -679,3 +682,32 @@ async def _sales(w: World) -> dict[str, bytes]:
             return {k.decode().removeprefix("final/"): v for k, v in txn.scan("tk.seat", b"final/")}
     finally:
         store.close()
+
+
+def test_wallet_buy_whose_broker_does_not_answer_names_it_and_what_pays_the_purchase(world: World) -> None:
+    """A wrong --broker (nothing answers there): the error names the broker and that address, and the hint's
+    commands, followed, finish the purchase: `cardnet speed recover --broker RIGHT` (the purchase is journalled with
+    the address given, where `wallet recover` would ask again), then `wallet buy --poid` brings the ticket. Before:
+    no hint at all (BUY_HINTS had no `unreachable`)."""
+    config = _wallet_config(world, "fay")
+    fay = ("--config", config, "--pin", PIN)
+    closed = f"127.0.0.1:{free_port()}"
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "F1", "--broker", closed, *fay,
+                      "--json", check=False)  # fmt: skip
+    error = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and error["reason"] == "unreachable", error
+    assert error["message"].startswith(f"cannot reach the broker at {closed}"), error
+    hint = error["hint"]
+    assert hint.startswith(f"check that the broker runs at {closed} (--broker); "), hint
+    assert f"`cardnet wallet buy {world.url} --poid POID` brings the ticket" in hint, hint
+    [recover] = re.findall(r"`(cardnet speed recover [^`]*)`", hint)
+    assert "--broker HOST:PORT" in recover and "--socket" in recover, hint
+    shown = json.loads(world.cardnet("wallet", "show", *fay, "--json").stdout)
+    assert len(shown["purchases_pending"]) == 1, shown  # delivered, waiting to be paid
+    argv = shlex.split(recover.replace("HOST:PORT", world.broker_addr))[1:]
+    done = world.cardnet(*argv, "--pin", PIN, "--json", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [paid] = json.loads(done.stdout)["finished"]
+    poid = paid["poid"]
+    got = json.loads(world.cardnet("wallet", "buy", world.url, "--poid", poid, *fay, "--json").stdout)
+    assert got["seat"] == "F1" and got["state"] == "enabled", got

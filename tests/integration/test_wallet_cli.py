@@ -15,6 +15,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shlex
 import socket
 import threading
 import time
@@ -537,3 +539,41 @@ def test_a_purse_full_of_payments_under_way_says_in_wallet_words_what_finishes_t
     assert len(ended["ended"]) == 16 and ended["authorised"] == 0, ended
     ok(*carol.cmd("recover"))  # drops the 16 purchases whose debits ended (nothing was paid for them)
     assert ok(*pay)["price"] == "2.50 EUR"
+
+
+def test_who_could_not_be_reached_is_named_with_its_address_and_what_to_do(world: World) -> None:
+    """A vendor, a broker or a gate that does not answer: each hint names which, at which address, and what to do;
+    the hints' commands, followed, finish what waits. Before: a vendor not answering was told "once the broker is
+    back", a broker "is the broker running?", a gate "is the gate running?", none with the address."""
+    alice = world.people["alice"]
+    nowhere = f"127.0.0.1:{free_port()}"
+    ok(*alice.cmd("load", "--amount", "5.00 EUR"))  # (her purse keyed, to pay)
+    # the vendor: nothing was paid; its address and --vendor
+    e = refused(*alice.cmd("pay", "speed", "--vendor", nowhere, "--product", SONG, "--limit", "3.00 EUR"))
+    assert e["reason"] == "unreachable" and e["message"].startswith(f"cannot reach the vendor at {nowhere}"), e
+    assert e["hint"].startswith(f"nothing was paid: check the vendor's address {nowhere} (--vendor"), e
+    assert "broker" not in e["hint"], e
+    # the broker of a load (--broker): its address; `wallet recover` credits it through the config's broker
+    e = refused(*alice.cmd("load", "--amount", "1.00 EUR", "--broker", nowhere))
+    assert e["reason"] == "unreachable" and e["hint"].startswith(f"check that the broker runs at {nowhere} (--broker)")
+    assert "cardnet wallet recover" in e["hint"], e
+    done = ok(*alice.cmd("recover"))
+    assert [r["outcome"] for r in done["recovered"]] == ["finished: 1 credited"], done
+    # the broker of a purchase (--broker): its address, and how to pay through the right one
+    e = refused(*alice.cmd("pay", "speed", "--vendor", world.vendor.address, "--product", SONG, "--limit", "3.00 EUR",
+                           "--broker", nowhere))  # fmt: skip
+    assert e["reason"] == "unreachable" and e["hint"].startswith(f"check that the broker runs at {nowhere} (--broker)")
+    [recover] = re.findall(r"`(cardnet speed recover [^`]*)`", e["hint"])
+    argv = shlex.split(recover.replace("HOST:PORT", world.broker.address))[1:]
+    paid = ok(*argv)["finished"]
+    assert [p["price"] for p in paid] == ["2.50 EUR"], paid
+    assert ok(*alice.cmd("show"))["purchases_pending"] == []
+    # a gate that does not answer (a card with no gate, on the authority's host): the gate, where it is sent
+    oid = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0"
+    world.issue(oid, "alice", "Final, seat 1")
+    gate = world.net.uids["authority"]
+    e = refused(*alice.cmd("enter", oid, "--gate", gate, "--wait", "1"))
+    assert e["reason"] == "no_answer", e
+    auth = f"127.0.0.1:{world.net.hosts['auth'].port}"
+    assert e["hint"].startswith(f"is the gate {gate} running (your host sends to it at {auth} ([routes]"), e
+    alice.until(oid, "enabled")  # taken back

@@ -436,8 +436,7 @@ def _present(
              "--gate do not go together", reason="usage", hint="leave out --untraceable")  # fmt: skip
     raw, dst = parse_oid(oid), parse_uid(to)
     memory = wallet_config.admissions(wallet_config.load(None))
-    got = run_on_wallet(socket, pin, card, lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory),
-                        wallet_gate.HINTS)  # fmt: skip
+    got = run_on_wallet(socket, pin, card, lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory))
     wallet_gate.report(got, raw, dst, as_json, memory)
 
 

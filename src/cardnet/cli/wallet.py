@@ -578,7 +578,7 @@ def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bo
 
     raw, dst = parse_oid(oid), parse_uid(gate)
     memory = wallet_config.admissions(target.config)
-    got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory), wallet_gate.HINTS)
+    got = target.run(lambda wallet: wallet_gate.enter(wallet, raw, dst, wait_s, memory))
     wallet_gate.report(got, raw, dst, as_json, memory)
 
 

@@ -33,13 +33,28 @@ BUY_HINTS = {
     "over_limit": "raise --limit, or leave it out to pay the server's price",
     "not_ticketing": "check the address: give the ticketing server's http://HOST:PORT (`cardnet ticketing run` "
     "prints it: 'ready NAME http://HOST:PORT speed ...'), not its speed port or a host's port",
-    "unknown_sale": "give --poid as `cardnet wallet buy` printed it (`cardnet wallet pending` lists your "
-    "purchases); a sale bought with another wallet is finished from that wallet",
+    "unknown_sale": "give --poid as `cardnet wallet buy` printed it (`cardnet wallet show` lists your "
+    "purchases under way); a sale bought with another wallet is finished from that wallet",
     "wrong_server": "give the address of the ticketing server you bought the seat from (its http://HOST:PORT, as "
     "`cardnet ticketing run` prints it)",
     "not_delivered": "your ticket is paid and kept for you: repeat with --poid SALE (the sale named above) once the "
     "server and your host are reachable",
 }
+
+
+def broker_source(given: str | None, cfg: Any) -> str:
+    """Where the broker's address a command used came from, for a hint: ``--broker`` or the wallet config."""
+    return "--broker" if given else f"broker in {cfg.path}"
+
+
+def wrong_broker(target: Any, given: str | None, out: Path, ca_cert: Path) -> str:
+    """The end of a hint for a purchase whose broker did not answer: a purchase is journalled with the broker's
+    address it was given, and `cardnet wallet recover` pays it there; one given a wrong --broker is paid through
+    the right one by `cardnet speed recover --broker`."""
+    if not given:
+        return ""
+    return (f"; if {given} is not the broker's address, `cardnet speed recover --out {out} --ca-cert {ca_cert} "
+            f"--broker HOST:PORT{target.trn_options()}` pays it through the right one")  # fmt: skip
 
 
 @wallet_command(
@@ -107,7 +122,8 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
             reason = exc.error if isinstance(exc, UpgradeRefused) else exc.reason
             if reason == "seat_sold" and event is not None and seat is not None:
                 await _sold_to_you(url, event, seat, journal)
-            fail(str(exc), reason=reason, hint=BUY_HINTS.get(reason))
+            party = getattr(exc, "party", None) if isinstance(exc, PurchaseError) else None
+            fail(str(exc), reason=reason, hint=reach.get(f"{reason}:{party}", BUY_HINTS.get(reason)))
         except TransportError as exc:
             hint = (
                 "check the address (the ticketing server's http://HOST:PORT, as `cardnet ticketing run` prints "
@@ -120,6 +136,15 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
     broker_addr = "" if poid is not None else (broker or cfg.need("broker", "--broker", "broker"))
     bcert = Path("") if poid is not None else Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
     ca_cert = Path("") if poid is not None else Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
+    # who could not be reached (PurchaseError.party), by name and address, and what to do
+    reach = {
+        "unreachable:broker": f"check that the broker runs at {broker_addr} ({broker_source(broker, cfg)}); if the "
+        "ticketing server delivered, the purchase waits in your wallet (`cardnet wallet show`): `cardnet wallet "
+        f"recover` pays it once the broker answers there, then `cardnet wallet buy {url} --poid POID` brings the "
+        "ticket" + wrong_broker(target, broker, Path(cfg.get("purchases") or "purchases"), ca_cert),
+        "unreachable:vendor": f"the ticketing server at {url} stopped answering: nothing was paid if no sale is "
+        "named; check that it runs (`cardnet ticketing run` prints its address), then buy again",
+    }
     got = target.run(work, BUY_HINTS)
     if as_json:
         emit_json(got)

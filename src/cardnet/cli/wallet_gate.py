@@ -9,7 +9,7 @@ from typing import Any
 from cardnet.cli.output import err_console, fail, progress, say
 from cardnet.cli.wallet import usable_ticket
 from cardnet.services.admissions import AdmissionMemory
-from cardnet.services.wallet import TAKEN
+from cardnet.services.wallet import TAKEN, WalletError
 
 # Why a gate refused a ticket (docs/gate.md), for the person at the gate: what happened, and what to do. The
 # ticket stays on their card in every case.
@@ -52,6 +52,8 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "tell the gate's staff (the gate needs more capacity); your ticket stays on your card",
     ),
 }
+
+# (the web wallet's words for a gate that did not answer; the command line's name the gate: :func:`no_answer_hint`)
 HINTS = {
     "no_answer": "is the gate running, and does your host have a route to the gate's domain (host.toml, [routes])? "
     "a card on the authority's blocklist gets no answer either",
@@ -73,14 +75,35 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float, memory: Admis
     A ticket this card cannot present (one ``memory`` shows admitted: said so), or a gate its host cannot reach,
     fails in words before anything moves."""
     await usable_ticket(wallet, oid, "presented", memory)
-    if gate.domain != wallet.card.domain and (await wallet.route(gate.domain))["where"] == "none":
+    route = None if gate.domain == wallet.card.domain else await wallet.route(gate.domain)
+    if route is not None and route["where"] == "none":
         fail(f"this host cannot reach the gate {gate}: no route to its domain {gate.domain.hex()}; the ticket "
              "stays on your card", reason="no_route",
              hint=f"check the gate's Uid (the gate's sign or staff give it: a mistyped one has no route), or add "
              f'"{gate.domain.hex()}" = "HOST:PORT" (the gate\'s address) to [routes] in your host.toml and restart '
              "your host")  # fmt: skip
-    with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
-        return await wallet.redeem(oid, gate, timeout_s=wait_s, memory=memory)
+    try:
+        with progress(f"presenting {oid.hex()} at the gate {gate} (up to {wait_s:g} s) …"):
+            return await wallet.redeem(oid, gate, timeout_s=wait_s, memory=memory)
+    except WalletError as exc:
+        if exc.reason != "no_answer":
+            raise
+        fail(str(exc), reason=exc.reason, hint=no_answer_hint(gate, route))
+
+
+def no_answer_hint(gate: Any, route: dict[str, Any] | None) -> str:
+    """What to do when the gate ``gate`` did not answer: which gate, where this host sends to it (``route``, the
+    host's ``host.route_is``; None: a card of this host), and what to check."""
+    if route is None:
+        where = "a card of your own host"
+    else:
+        where = f"your host sends to it at {route.get('address') or '?'} ([routes] in your host.toml)"
+        if route.get("undeliverable"):
+            where += f", and could not deliver there lately: {route['undeliverable']}"
+    return (
+        f"is the gate {gate} running ({where})? check the gate's Uid and address with the gate's staff, then "
+        "present the ticket again; a card on the authority's blocklist gets no answer either"
+    )
 
 
 def report(got: Any, oid: bytes, gate: Any, as_json: bool, memory: AdmissionMemory | None) -> None:

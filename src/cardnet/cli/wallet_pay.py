@@ -33,16 +33,20 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
     """Buy products from a SPEED vendor: negotiate, receive them encrypted, pay, get the key with the receipt.
     They are written, with the receipt, to the wallet's purchases folder."""
     from cardnet.cli.speed import purchase
-    from cardnet.cli.wallet_buy import DEBITS_PENDING_HINT
+    from cardnet.cli.wallet_buy import DEBITS_PENDING_HINT, broker_source, wrong_broker
 
     cfg = target.config
+    source, given = broker_source(broker, cfg), broker
     broker = broker or cfg.need("broker", "--broker", "broker")
     bcert = Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
     ca_cert = Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
     account = cfg.need("account", "--account", "account at the broker") if from_account else None
     out = Path(cfg.get("purchases") or "purchases")
-    later = {"unreachable": "if the vendor delivered, the purchase waits in your wallet (`cardnet wallet show`): "
-             "`cardnet wallet recover` pays it once the broker is back, never twice",
+    later = {"unreachable:vendor": f"nothing was paid: check the vendor's address {vendor_addr} (--vendor: the "
+             "HOST:PORT `cardnet speed vendor run` printed) and that the vendor runs there, then pay again",
+             "unreachable:broker": f"check that the broker runs at {broker} ({source}); the vendor "
+             "delivered, so the purchase waits in your wallet (`cardnet wallet show`): `cardnet wallet recover` "
+             "pays it once the broker answers there, never twice" + wrong_broker(target, given, out, ca_cert),
              "debits_pending": DEBITS_PENDING_HINT}  # fmt: skip
     result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
                       aggressive, account, out, later)  # fmt: skip
@@ -93,9 +97,11 @@ def pay_millicent(target: Target, vendor: str, address: str, product: str, price
 def wallet_load(target: Target, amount: str, broker: str | None, account: str | None, as_json: bool) -> None:
     """Load your e-purse from your account at the broker (its key is fetched first, the first time)."""
     from cardnet.cli.speed import LOAD_HINTS, _price, _run, balance_words, load_purse, purse_balances
+    from cardnet.cli.wallet_buy import broker_source
     from cardnet.services.speed.customer import install_key
 
     cfg = target.config
+    source = broker_source(broker, cfg)
     broker = broker or cfg.need("broker", "--broker", "broker")
     account = account or cfg.need("account", "--account", "account at the broker")
     price = _price(amount, "--amount")
@@ -106,6 +112,9 @@ def wallet_load(target: Target, amount: str, broker: str | None, account: str | 
                 await install_key(wallet, broker)
             return await load_purse(wallet, broker, price, account)
 
-    later = {"unreachable": "is the broker running? a load it did not answer is credited by `cardnet wallet recover`"}
+    later = {
+        "unreachable": f"check that the broker runs at {broker} ({source}); a load it did not answer is "
+        "credited by `cardnet wallet recover` (through the broker in your wallet config) once it answers"
+    }
     got = _run(target.socket, target.pin, target.card, work, {**LOAD_HINTS, **later})
     say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
