@@ -41,6 +41,12 @@ def test_a_module_card_the_host_cannot_give_a_port_on_is_an_smc_error_with_what_
         assert r.returncode == 2 and "Traceback" not in r.stderr and err["reason"] == "no_card", (r.stdout, r.stderr)
         assert f"no card of domain {WRONG.hex()} on this host (it has {hp.domain.hex()})" in err["message"], err
         assert "--card DOMAIN" in err["hint"], err
+        # and for a person: what was wrong and what to do, without the host's jargon ("gave no port")
+        r = cardnet("smc", "join", "--run", str(run), "--socket", hp.socket, "--card", WRONG.hex(), "-i", "5")
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 2 and "Traceback" not in said and "gave no port" not in said, said
+        assert f"error: cannot open the module card: the host at {hp.socket} did not let this program use card" in said
+        assert "what to do:" in said and "--card DOMAIN" in said, said
 
 
 def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,8 +63,8 @@ async def _run(net: SmcNet, tmp_path: Path) -> None:
         await Module.open(hp.socket, pin=PIN, card=WRONG)
     assert wrong.value.reason == "no_card", repr(wrong.value)
     assert str(wrong.value) == (
-        f"the module's host at {hp.socket} gave no port on the module card: the host at {hp.socket} did not let this "
-        f"program use card {WRONG.hex()}: no card of domain {WRONG.hex()} on this host (it has {hp.domain.hex()})"
+        f"cannot open the module card: the host at {hp.socket} did not let this program use card {WRONG.hex()}: no "
+        f"card of domain {WRONG.hex()} on this host (it has {hp.domain.hex()})"
     ), str(wrong.value)
     assert wrong.value.hint is not None and "--card DOMAIN" in wrong.value.hint, wrong.value.hint
 
@@ -66,6 +72,7 @@ async def _run(net: SmcNet, tmp_path: Path) -> None:
         await Module.open(hp.socket, pin=PIN, card=hp.domain)
     assert full.value.reason == "store_failed", repr(full.value)
     assert full.value.hint is not None and "free space" in full.value.hint, full.value.hint
+    assert str(full.value).startswith("cannot open the module card: the host at "), str(full.value)
 
     with pytest.raises(SmcError) as gone:  # (as before: no host at all)
         await Module.open(str(tmp_path / "no-host.sock"), pin=PIN, card=hp.domain)

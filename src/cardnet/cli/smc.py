@@ -444,7 +444,8 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     except SmcError as exc:
         if late is not None and exc.reason == "no_host":  # (the run file alone says the join came too late)
             fail(str(late), reason=late.reason, hint=JOIN_HINTS.get(late.reason))
-        fail(str(exc), reason=exc.reason, hint=JOIN_HINTS.get(exc.reason) or OPENING_HINTS.get(exc.reason))
+        hint = JOIN_HINTS.get(exc.reason) or OPENING_HINTS.get(exc.reason) or exc.hint
+        fail(str(exc), reason=exc.reason, hint=hint)
     if uid not in spec.members:  # (said before the PIN too)
         fail(f"the card {uid} is not a member of run {spec.run.hex()}", reason="not_a_member",
              hint=JOIN_HINTS["not_a_member"])  # fmt: skip
@@ -538,22 +539,22 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
 
 async def _reach(socket: str, card: bytes | None, run: bytes) -> tuple[str | None, Any]:
     """Checked before the PIN is asked for: the module's host answers at ``socket`` and has the card (else
-    ``SmcError`` ``no_host``, or the host's reason for giving no port), and whether the module holds ``run``
-    (``smc.known``: ``live``, ``made_room``, ``restarted``, ``no_run``; None if the card does not say), with the
-    card's Uid."""
+    ``SmcError`` ``no_host``, or the host's reason for not letting this program use the card), and whether the
+    module holds ``run`` (``smc.known``: ``live``, ``made_room``, ``restarted``, ``no_run``; None if the card does not
+    say), with the card's Uid."""
     from cardnet.applets.smc import KNOWN, KNOWN_IS
     from cardnet.card import mtypes as cm
     from cardnet.host import mtypes as hm
     from cardnet.host.client import AppClient
     from cardnet.host.errors import HostError
-    from cardnet.services.smc.controller import SmcError
+    from cardnet.services.smc.controller import SmcError, card_refused
 
     try:
         app = await AppClient.connect(socket, card=card)
     except OSError as exc:
         raise SmcError("no_host", f"cannot reach the module's host at {socket}: {exc.strerror or exc}") from None
     except HostError as exc:
-        raise SmcError(exc.reason, f"the module's host at {socket} gave no port on its card: {exc}") from None
+        raise card_refused(exc) from None
     try:
         await app.send(app.uid.card_uid(), KNOWN, run=run)
         async with asyncio.timeout(KNOWN_WAIT_S):

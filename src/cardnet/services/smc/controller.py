@@ -38,20 +38,26 @@ ANSWER_TIMEOUT_S: Final = 30.0
 
 
 class SmcError(CardnetError):
-    """A module refused an order, or its host went away (or gave no port on the module card); ``reason`` says why,
-    ``hint``, when given, what to do."""
+    """A module refused an order, or its host went away (or would not let this program use the module card);
+    ``reason`` says why, ``hint``, when given, what to do."""
 
     def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(reason, message)
         self.hint = hint
 
 
-# What to do when the module's host gives no port on the card (its HostError reason), for Module.open.
+# What to do when the module's host will not let this program use the module card (its HostError reason).
 _NO_PORT_HINTS: Final = {
     "no_card": "name the module card by the domain of one of the cards this host runs (the message names them; "
     "`--card DOMAIN` on the command line)",
     "store_failed": "free space on the disk that holds the card's store (the host's log names it), then try again",
 }
+
+
+def card_refused(exc: HostError) -> SmcError:
+    """The module's host would not let this program use the module card (``exc``: the host's words, which name
+    the host, the card and why): an :class:`SmcError` of the host's reason, with what to do."""
+    return SmcError(exc.reason, f"cannot open the module card: {exc}", hint=exc.hint or _NO_PORT_HINTS.get(exc.reason))
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,7 @@ class Module:
         except OSError as exc:
             raise SmcError("no_host", f"cannot reach the module's host at {socket}: {exc.strerror or exc}") from None
         except HostError as exc:  # (a wrong card domain, a card that cannot write its store: said, with what to do)
-            raise SmcError(
-                exc.reason,
-                f"the module's host at {socket} gave no port on the module card: {exc}",
-                hint=exc.hint or _NO_PORT_HINTS.get(exc.reason),
-            ) from None
+            raise card_refused(exc) from None
         module = cls(app)
         try:
             r = await module.ask(cm.PIN_VERIFY, cm.PIN_RESULT, pin=pin)
