@@ -269,7 +269,9 @@ def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None
     host name (a label of 64 letters, a space in it) or whose port is 0: each a 400 saying what is wrong. Before:
     ``500 internal`` for the first two (RecursionError; the idna codec's UnicodeError from the name's lookup), 'nothing
     answers at exa mple.com:80 (unknown error -2)' for the space, and port 0 quietly read as port 80. And Show events
-    at an address where nothing answers says to check it, not that a paid sale is not lost (nothing is paid there)."""
+    at an address where nothing answers says to check it, not that a paid sale is not lost (nothing is paid there),
+    and at a name that does not resolve says so (before: 'nothing answers at tickets.invalid:8080 (unknown error
+    -2)', os.strerror of the resolver's code)."""
     c = a.client
     r = c.post("/api/send", content=b"[" * 4000, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "bad_json" and "nested too deep" in r.json()["message"], r.text
@@ -292,3 +294,7 @@ def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None
     got = r.json()
     assert r.status_code == 502 and got["error"] == "unreachable" and "check the address" in got["message"], r.text
     assert "paid" not in got["message"], r.text
+    r = c.post("/api/shop", json={"url": "http://tickets.invalid:8080"})  # a name that resolves nowhere (RFC 6761)
+    got = r.json()
+    assert r.status_code == 502 and "the name tickets.invalid does not resolve" in got["message"], r.text
+    assert "unknown error" not in got["message"], r.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ async def request(
             reader, writer = await asyncio.open_connection(host, port, limit=read_chunk_bytes)
     except TimeoutError as exc:
         raise BrokenError(f"nothing answers at {host}:{port} within {connect_timeout_s:g} s") from exc
+    except socket.gaierror as exc:  # (its errno is the resolver's, which os.strerror calls 'Unknown error -2')
+        raise BrokenError(f"nothing answers at {host}:{port} (the name {host} does not resolve: "
+                          f"{(exc.strerror or str(exc)).lower()})") from exc  # fmt: skip
     except OSError as exc:
         why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise BrokenError(f"nothing answers at {host}:{port} ({why})") from exc
