@@ -57,6 +57,8 @@ HINTS = {
     "purchase is left to finish (nothing was paid for them)",
     "bill_expired": "nothing was paid: the vendor's deadline for that bill passed (it may sell the goods again); buy "
     "again for a new bill",
+    "vendor_removed": "nothing was paid and the purchase is dropped: this broker no longer pays that vendor (ask the "
+    "vendor which broker takes its bills now)",
 }
 
 
@@ -318,6 +320,35 @@ def broker_add_vendor(store: str, account: str, vendor_cert: Path, as_json: bool
     say(as_json, {"account": account}, f"vendor account {account} opened")
 
 
+REMOVE_HINTS = {  # what to do when removing a vendor is refused
+    "unknown_account": "check --account (`cardnet speed broker accounts --store S` lists them)",
+    "not_vendor": "name a vendor's account (the one `cardnet speed broker add-vendor` opened)",
+}
+
+
+@broker.command("remove-vendor")
+@STORE
+@click.option("--account", required=True, help="The vendor's account number (from add-vendor).")
+@json_option
+def broker_remove_vendor(store: str, account: str, as_json: bool) -> None:
+    """Stop paying the vendor's new bills; also while the broker runs. Payments the broker took before are finished
+    (a purse payment it authorised, a debit its SAM logged), the account keeps its balance for `broker payout`, and
+    the vendor still reads its receipts and answers complaints."""
+    import time
+
+    from cardnet.services.speed.broker import BrokerError, remove_vendor
+
+    try:
+        when, before = remove_vendor(_broker_store(store), account, time.time())
+    except BrokerError as exc:
+        fail(str(exc), reason=exc.reason, hint=REMOVE_HINTS.get(exc.reason))
+    at = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    words = (f"vendor account {account} was removed already, on {at}" if before else
+             f"vendor account {account} removed: the broker pays no new bill of that vendor; what it took before is "
+             "finished, and the account keeps its balance (cardnet speed broker payout)")  # fmt: skip
+    say(as_json, {"account": account, "removed_at": int(when), "removed_before": before}, words)
+
+
 @broker.command("add-customer")
 @STORE
 @click.option("--account", required=True, help="The customer's account number.")
@@ -399,14 +430,15 @@ def broker_payout(store: str, account: str, amount: str, as_json: bool) -> None:
 def broker_accounts(store: str, as_json: bool) -> None:
     """Every account's balances (with --json: in minor units, e.g. 250 for 2.50 EUR), and the settled purse debits
     whose credit the broker holds for a vendor whose account could not take it."""
-    from cardnet.services.speed.broker import balances, held
+    from cardnet.services.speed.broker import balances, held, removed_vendors
 
     st = _broker_store(store)
-    got, kept = balances(st), held(st)
+    got, kept, gone = balances(st), held(st), removed_vendors(st)
     if as_json:  # minor units, as the broker keeps them
-        emit_json({"accounts": got, "held": kept})
+        emit_json({"accounts": got, "held": kept, "removed": gone})
         return
-    rows = [{"account": a, **{c: _amount(c, v) for c, v in b.items()}} for a, b in got.items()]
+    rows = [{"account": a + (" (vendor removed)" if a in gone else ""), **{c: _amount(c, v) for c, v in b.items()}}
+            for a, b in got.items()]  # fmt: skip
     cols = tuple(sorted({k for r in rows for k in r if k != "account"}))
     print_rows(rows, ("account", *cols), title="broker accounts", empty="no accounts yet")
     if kept:

@@ -128,7 +128,14 @@ DEBIT_START = register(
     P,
     Schema(
         "sam.debit_start",
-        [Field(0, "s1", _MSG), Field(1, "poid", _POID), Field(2, "currency", _CURRENCY), Field(3, "amount", _AMOUNT)],
+        [
+            Field(0, "s1", _MSG),
+            Field(1, "poid", _POID),
+            Field(2, "currency", _CURRENCY),
+            Field(3, "amount", _AMOUNT),
+            # only an S2 given before: a debit this SAM never authorised is refused ``not_authorised``, nothing written
+            Field(4, "known", Bool(), optional=True),
+        ],
     ),
     privileged=True,
 )
@@ -403,7 +410,9 @@ class SamApplet(Applet):
             elif code == ISSUE_KEY.code:
                 self._issue_key(ctx, params["card_cert"])
             elif code == DEBIT_START.code:
-                self._debit_start(ctx, params["s1"], params["poid"], params["currency"], params["amount"])
+                self._debit_start(
+                    ctx, params["s1"], params["poid"], params["currency"], params["amount"], params.get("known", False)
+                )
             elif code == DEBIT_FINISH.code:
                 self._debit_finish(ctx, params["s3"])
             elif code == LOAD_START.code:
@@ -442,7 +451,9 @@ class SamApplet(Applet):
         ctx.reply(KEY, uid=peer.uid, sealed=sealed)
 
     # -- debits ------------------------------------------------------------------------------------------------
-    def _debit_start(self, ctx: StepContext, raw: bytes, poid: bytes, currency: str, amount: int) -> None:
+    def _debit_start(
+        self, ctx: StepContext, raw: bytes, poid: bytes, currency: str, amount: int, known: bool = False
+    ) -> None:
         master = _master(ctx)
         s1 = pp.S1.decode(raw)
         key = pp.diversify(master, s1.uid)
@@ -455,6 +466,8 @@ class SamApplet(Applet):
                 raise Refused("conflict", f"debit {s1.n} of {s1.uid} was authorised for another order or amount")
             ctx.reply(S2_IS, s2=s2.encode())
             return
+        if known:  # (the broker's question for an order it may have lost: did you authorise it?)
+            raise Refused("not_authorised", f"this SAM authorised no debit {s1.n} of {s1.uid}")
         s2 = pp.sam_answer_s1(key, s1, poid=poid, currency=currency, amount=amount, rs=ctx.random(pp.NONCE_BYTES))
         if ctx.get(b"x:" + bytes(s1.uid) + _ctr(s1.n)) is not None:
             raise Refused("debit_refused", f"debit {s1.n} of {s1.uid} was refused for good: it is never authorised")

@@ -77,6 +77,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cardnet.applets.speed import sam as sa
@@ -103,6 +104,7 @@ CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acc
 # VENDORS: a vendor's VendorID -> the number of its account (the least, if it has several): the index that answers
 # "which account is this vendor's" without reading every account; complete once CFG holds VENDOR_INDEX
 VENDOR_INDEX = b"vendor_index"
+REMOVED = "sb.gone"  # vendor accounts whose vendor was removed (remove_vendor) -> when (8 bytes, Unix s)
 REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
 SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
 HELD_CREDITS = "sb.held"  # PaymentOrderIDs of the sb.settled records whose credit is held (their index, kept small)
@@ -248,6 +250,31 @@ def index_vendors(store: Store) -> int:
                 n += 1
         txn.put(CFG, VENDOR_INDEX, b"1")
         return n
+
+
+def remove_vendor(store: Store, account: str, now: float) -> tuple[float, bool]:
+    """Stop paying new bills of the vendor whose account is ``account``: from now on the broker refuses a payment
+    order it has not taken for that account (``vendor_removed``, nothing paid). What it took before is finished (a
+    purse payment it authorised, a debit its SAM logged: settled and credited, a held credit: credited), the account
+    keeps its balance (paid out with :func:`payout`), its receipts are read and its complaints judged as before.
+    Returns (when the vendor was removed, whether it was removed before). Refused: no such account
+    (``unknown_account``), a customer's (``not_vendor``)."""
+    with store.transaction() as txn:
+        raw = txn.get(ACCOUNTS, account.encode())
+        if raw is None:
+            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
+        if len(_ACCOUNT.decode(raw)["owner"]) == UID_BYTES:
+            raise BrokerError("not_vendor", f"account {account!r} is a customer's: only a vendor's account is removed")
+        was = txn.get(REMOVED, account.encode())
+        if was is not None:
+            return float(int.from_bytes(was, "big")), True
+        txn.put(REMOVED, account.encode(), int(now).to_bytes(8, "big"))
+        return float(int(now)), False
+
+
+def removed_vendors(store: Store) -> dict[str, int]:
+    """The vendor accounts whose vendor was removed (:func:`remove_vendor`) -> when (Unix s)."""
+    return {k.decode(): int.from_bytes(v, "big") for k, v in scan(store, REMOVED)}
 
 
 def add_customer(store: Store, account: str, card: Uid, deposit: sm.Price | None = None) -> None:
@@ -545,8 +572,14 @@ class BrokerCore:
             raise _Refusal("unknown_vendor", "the bill's account is not that vendor's: refused (no payment made)")
         poid, price, mode = bill["poid"], sm.Price.of(bill["price"]), po["mode"]
         old = self._get_order(poid)
+        known_only, gone = False, None  # the vendor was removed: only a purse payment the SAM authorised is finished
         if old is None and get(self.store, SETTLED, poid) is None:  # one the vendor's account cannot take: refused
             _credited(vendor_acct, secret["account"], price, "nothing was paid")
+            gone = get(self.store, REMOVED, secret["account"].encode())
+            if gone is not None and get(self.store, AUTHORISED, poid) is None:
+                if mode["kind"] != "purse":
+                    raise _removed(secret["account"], gone)
+                known_only = True
         if old is not None:
             if old["state"] == "paid":
                 if old["customer"] != customer:
@@ -576,8 +609,13 @@ class BrokerCore:
         if s1.uid != customer:
             raise _Refusal("not_your_purse", "the S1 is from another card than the one that signed the order")
         self._before_deadline(bill, now, poid)
-        s2 = self.sam.ask(sa.DEBIT_START, sa.S2_IS, s1=mode["s1"], poid=poid, currency=price.currency,
-                          amount=price.amount)["s2"]  # fmt: skip
+        try:
+            s2 = self.sam.ask(sa.DEBIT_START, sa.S2_IS, s1=mode["s1"], poid=poid, currency=price.currency,
+                              amount=price.amount, **({"known": True} if known_only else {}))["s2"]  # fmt: skip
+        except HostError as exc:  # (a payment this broker authorised before it restarted is finished: the same S2)
+            if known_only and exc.reason == "not_authorised":
+                raise _removed(secret["account"], gone) from None
+            raise
         answer = sm.sym_seal(mode["benc"], sm.NONCE_B_PURSE, 0, sm.PURSE_STEP.encode({"poid": poid, "s": s2}),
                              sign_key=mode["bsign"])  # fmt: skip
         rec.update(s1=mode["s1"], answer=answer, benc=mode["benc"], bsign=mode["bsign"])
@@ -1081,6 +1119,13 @@ def _as_broker_error() -> Iterator[None]:
         yield
     except _Refusal as r:
         raise BrokerError(r.reason, r.detail) from None
+
+
+def _removed(account: str, when: bytes | None) -> _Refusal:
+    at = datetime.fromtimestamp(int.from_bytes(when or bytes(8), "big"), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return _Refusal("vendor_removed", f"this broker no longer pays that vendor's bills (its account {account!r} was "
+                    f"removed on {at} by the broker's operator): nothing was paid; buy from the vendor again once "
+                    "it is paid through a broker that takes it")  # fmt: skip
 
 
 def _debit_of(uid: Uid, n: int, rc: bytes) -> bytes:
