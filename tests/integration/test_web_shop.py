@@ -80,7 +80,9 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
     server's delivery to (the host's, here a link to it) is gone. The page is answered 502 ``not_delivered`` with the
     sale's PaymentOrderID and how to finish; in Chromium it fills the sale into Finish the delivery, which (the socket
     back) brings the ticket to the card. Before, ``_ticketing`` turned ``buy_ticket``'s ``not_delivered`` into a 409
-    without the sale, so the branch that names it never ran and the page offered no way to finish."""
+    without the sale, so the branch that names it never ran and the page offered no way to finish. A sale this
+    wallet's purchases do not hold is refused ``unknown_sale`` (before: the server's ``unpaid``, with 'press
+    Recover', which has nothing to recover)."""
     net = TicketNet(tmp_path, ("b0",), ["A1", "A2"])
     relay = tmp_path / "relay.sock"  # the socket the page relays deliveries to: a link to b0's host's
     config = tmp_path / "b0-wallet.toml"
@@ -108,6 +110,11 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
                     assert f"paid 1.00 EUR (sale {poid})" in got["message"], got
                     assert "press Finish the delivery" in got["message"], got
                     assert f"cardnet wallet buy {net.url} --poid {poid}" in got["message"], got
+                    other = "ab" * 40  # a sale this wallet never bought: said so, the server not asked
+                    r = await client.post("/api/deliver", json={"url": net.url, "poid": other})
+                    got = r.json()
+                    assert r.status_code == 409 and got["error"] == "unknown_sale", r.text
+                    assert "hold no sale abababababababab" in got["message"] and "Recover" not in got["message"], r.text
                     relay.symlink_to(net.hosts["b0"].socket)  # the socket is back: Finish the delivery brings it
                     r = await client.post("/api/deliver", json={"url": net.url, "poid": poid})
                     assert r.status_code == 200 and "is on its way to your card" in r.json()["message"], r.text

@@ -134,7 +134,13 @@ class Shop:
     async def deliver(self, url: str, poid: bytes) -> dict[str, Any]:
         """Finish the delivery of sale ``poid`` (the receipt from the journal, if it is there): ``{message}``."""
         socket = self._socket()
-        receipt = next((r.receipt for r in self.journal().all() if r.poid == poid and r.receipt), None)
+        journal = self.journal()
+        kept = [r for r in journal.all() if r.poid == poid]
+        if not kept:  # (the server gives a sale's ticket only with its receipt, which only the buyer's journal holds)
+            raise HttpError(409, "unknown_sale", f"this wallet's purchases ({journal.path}) hold no sale "
+                            f"{poid.hex()[:16]}…: check the id (the page named it when the delivery failed), or "
+                            "finish it with the wallet that bought it; nothing was asked of the server")  # fmt: skip
+        receipt = next((r.receipt for r in kept if r.receipt), None)
         with _ticketing(url):
             shown = {} if receipt is None else await show_ticket(url, poid, receipt)  # (without it: refused unpaid)
             if shown.get("state") == "delivered":
