@@ -298,3 +298,32 @@ def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None
     got = r.json()
     assert r.status_code == 502 and "the name tickets.invalid does not resolve" in got["message"], r.text
     assert "unknown error" not in got["message"], r.text
+
+
+def test_the_page_says_what_to_do_when_what_was_typed_is_too_long(a: Net) -> None:
+    """Chromium, logged in to the ``cardnet wallet ui`` process: 5,000 characters pasted into the ticketing server's
+    address (the request is then over the wallet's 4 KiB body bound, 413) are said to be too long, with what to
+    check. Before, the page showed the HTTP server's words: 'the body is 5017 bytes, this server takes 4096'."""
+    from playwright.async_api import async_playwright, expect
+    from test_web_wallet import CHROMIUM, TIMEOUT_MS
+
+    link = a.client.post("/api/link", json={}).json()["login"]
+
+    async def go() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            try:
+                page = await browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                await page.goto(link)
+                await expect(page.locator("#link")).to_have_text("live")
+                await page.fill("#shop-url", "http://" + "x" * 5000)
+                await page.click("#shop-button")
+                said = page.locator("#message.error")
+                await expect(said).to_contain_text("What you typed is too long for the wallet", timeout=TIMEOUT_MS)
+                await expect(said).to_contain_text("check what you pasted")
+                assert "bytes" not in await said.inner_text()
+            finally:
+                await browser.close()
+
+    asyncio.run(go())

@@ -10,6 +10,8 @@ const POLL_MS = 1000;
 const KEY = "cardnet-wallet-session";
 const NOT_LOGGED_IN = "This tab is not logged in: open the login link `cardnet wallet ui` printed (it works once, in "
   + "one tab), or press “Open in another tab” in a tab of this wallet that is logged in.";
+const TOO_LONG = "What you typed is too long for the wallet (it takes at most 4 KiB an order): check what you pasted; "
+  + "a card's Uid is 33 characters, a ticket's or voucher's id 32, a server's address http://HOST:PORT.";
 let session = stored();
 let shown = -1;
 let busy = false;
@@ -62,7 +64,8 @@ async function api(path, body, auth = true) {
   try { data = await r.json(); } catch (e) { data = null; }
   if (!r.ok) {
     if (auth && r.status === 401) keep(null); // the wallet does not know this tab's session (restarted?)
-    const err = new Error((data && data.message) || `the wallet answered ${r.status}: reload the page`);
+    const words = r.status === 413 ? TOO_LONG : (data && data.message); // (413: the HTTP server's words, in bytes)
+    const err = new Error(words || `the wallet answered ${r.status}: reload the page`);
     err.data = data;
     throw err;
   }
