@@ -37,6 +37,17 @@ def test_trn_and_authority_mistakes_say_what_was_wrong_and_what_to_do(net: TrnNe
         assert e["reason"] == "bad_certificate" and "ParseError" not in e["message"], e
         assert e["message"] == f"{tmp_path / name} is not a certificate (PEM or DER)", e
         assert "cardnet card show" in e["hint"] and "--cert" in e["hint"], e
+    # trn set-authority to an authority this host cannot reach (a mistyped Uid): refused before the card changes,
+    # saying which authority and what to do; an application's Uid is no authority card's
+    nowhere = "0badc0de0badc0de0badc0de:00000000"
+    for fmt in ((), ("--json",)):
+        r = cli("trn", "set-authority", *args(net, "a"), "--authority", nowhere, *fmt)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    e = error_json(r)
+    assert e["reason"] == "no_route" and e["message"].startswith(f"this host cannot reach the authority {nowhere}"), e
+    assert "the card's authority was not changed" in e["message"] and "[routes]" in e["hint"], e
+    r = cli("trn", "set-authority", *args(net, "a"), "--authority", str(net.uids["authority"])[:-1] + "1")
+    assert r.returncode == 2 and "an application's Uid: give the authority card's" in r.stderr, r.stderr
     setup(net)  # the agent's real certificate (DER) is taken
     give_a_token(net, OID)
 

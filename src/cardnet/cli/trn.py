@@ -730,7 +730,21 @@ def _reissue_refused_hint(reason: str) -> str:
 def trn_set_authority(socket: str, pin: str | None, card: str | None, authority: str, as_json: bool) -> None:
     """Tell the card which authority traces its tokens."""
     uid = parse_uid(authority)
-    run_on_wallet(socket, pin, card, lambda wallet: wallet.set_authority(uid))  # (a refusal fails, with its reason)
+    if not uid.is_card:
+        raise click.BadParameter(f"{authority} is an application's Uid: give the authority card's, DOMAIN:00000000",
+                                 param_hint="--authority")  # fmt: skip
+
+    async def work(wallet: Any) -> None:
+        # an authority this host cannot reach would leave every traced token it sends waiting: said before
+        if uid.domain != wallet.card.domain and (await wallet.route(uid.domain))["where"] == "none":
+            fail(f"this host cannot reach the authority {uid}: no card of domain {uid.domain.hex()} here and no route "
+                 "to it; the card's authority was not changed", reason="no_route",
+                 hint="check the authority's Uid (its operator gives it: `cardnet card show --store STORE` on the "
+                 f'authority card prints it), or add "{uid.domain.hex()}" = "HOST:PORT" (the authority\'s host) to '
+                 "[routes] in this host's config and restart it")  # fmt: skip
+        await wallet.set_authority(uid)  # (a refusal fails, with its reason)
+
+    run_on_wallet(socket, pin, card, work)
     message = f"the tokens on this card are now traced by {uid}"
     say(as_json, {"authority": str(uid), "message": message}, message)
 
