@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from cardnet.cli.main import LazyGroup
 from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
 from cardnet.cli.output import all_or_nothing, ask_pin, emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
@@ -122,7 +123,11 @@ def _broker_store(where: str, *, create: bool = False) -> Store:
     return _store(where, "speed-broker", create=create)
 
 
-@click.group()
+# The subcommands kept in modules of their own, imported only when they run.
+SUBCOMMANDS = {"complain": "cardnet.cli.speed_complain:complain"}
+
+
+@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
 def speed() -> None:
     """SPEED: negotiate, receive the product encrypted, pay from the e-purse, get the key with the receipt."""
 
