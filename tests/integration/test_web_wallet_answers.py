@@ -268,7 +268,8 @@ def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None
     than the decoder goes (a few KiB of ``[``, within the body bound), a ticketing server's address whose host is no
     host name (a label of 64 letters, a space in it) or whose port is 0: each a 400 saying what is wrong. Before:
     ``500 internal`` for the first two (RecursionError; the idna codec's UnicodeError from the name's lookup), 'nothing
-    answers at exa mple.com:80 (unknown error -2)' for the space, and port 0 quietly read as port 80. And Show events
+    answers at exa mple.com:80 (unknown error -2)' for the space, and port 0 quietly read as port 80; an amount to load
+    written with a decimal comma (before: 'an amount of EUR has at most 2 decimals, ..., got '10,50''). And Show events
     at an address where nothing answers says to check it, not that a paid sale is not lost (nothing is paid there),
     and at a name that does not resolve says so (before: 'nothing answers at tickets.invalid:8080 (unknown error
     -2)', os.strerror of the resolver's code)."""
@@ -287,6 +288,10 @@ def test_bad_inputs_in_the_forms_are_answered_in_words_never_500(a: Net) -> None
             got = r.json()
             assert r.status_code == 400 and got["error"] == "bad_url", (path, url, r.text)
             assert said in got["message"] and "give it as http://HOST:PORT" in got["message"], (path, url, r.text)
+    r = c.post("/api/load", json={"amount": "10,50 EUR"})  # a decimal comma, as many write euros
+    got = r.json()
+    assert r.status_code == 400 and got["error"] == "bad_amount" and "(no comma), got '10,50'" in got["message"], r.text
+    assert "at most 2 decimals" not in got["message"], r.text
     with socket.socket() as s:  # a port where nothing answers
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]

@@ -167,6 +167,9 @@ def parse_price(text: str) -> Price:
     digits = minor_digits(cur)
     if num.startswith("-"):
         raise _fail("bad_amount", f"an amount is more than zero, got {num!r:.40}")
+    if "," in num:  # a decimal comma (2,50) or a thousands separator (1,000): either is read wrongly if guessed
+        raise _fail("bad_price", f"write an amount with digits and a decimal point only, like 2.50 {cur} or 1000.00 "
+                    f"{cur} (no comma), got {num!r:.40}")  # fmt: skip
     whole, _, frac = num.partition(".")
     if not _digits(whole) or not (frac == "" or (_digits(frac) and len(frac) <= digits)):
         like = format_amount(250 * 10 ** max(digits - 2, 0), cur)
