@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from cardnet.applets.smc import MAX_RUNS as SMC_MAX_RUNS
-from cardnet.cli.output import console, emit_json, fail, json_option, print_rows, print_table, table
+from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_rows, print_table, table
 from cardnet.errors import CardnetError
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
@@ -368,14 +368,29 @@ def smc_plan(
     from cardnet.cli.trn import parse_uid
 
     uids = [parse_uid(m) for m in members]
+    for u in uids:
+        if not u.is_card:
+            raise click.BadParameter(f"{u} is an application's Uid: give the module card's, DOMAIN:00000000",
+                                     param_hint="-m/--member")  # fmt: skip
+    twice = sorted({str(u) for u in uids if uids.count(u) > 1})
+    if twice:
+        fail(f"{', '.join(twice)} given more than once with -m: each party is a module card of its own, on a host of "
+             "its own", reason="usage",
+             hint="give each party's module card once, in order: a card takes part in a run once, so its "
+             "second place would be a party that never joins (counted among the faulty hosts the run tolerates, "
+             "-t)")  # fmt: skip
     n = len(uids)
     t = (n - 1) // 2 if t is None else t
     try:
         terms = REGISTRY.terms(function, n=n, t=t)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason, hint="`cardnet smc functions` lists the functions")
-    if round_ms <= 0 or start_in < 0:
-        fail("--round-ms must be positive and --start-in not negative", reason="usage")
+    if round_ms <= 0:
+        fail(f"--round-ms {round_ms:g}: a round lasts a positive number of milliseconds", reason="usage",
+             hint="leave it out for the default (100), or give more for hosts far apart")  # fmt: skip
+    if start_in < 0:
+        fail(f"--start-in {start_in:g}: the first round cannot be in the past", reason="usage",
+             hint="give the seconds from now every party needs to join, e.g. --start-in 60")  # fmt: skip
     run = os.urandom(16)
     start_at = time.time() + start_in
     text = (
@@ -390,7 +405,7 @@ def smc_plan(
     except FileExistsError:
         fail(f"{out} exists: a run file is written once (each run has its own id)", reason="exists")
     except OSError as exc:
-        fail(f"cannot write {out}: {exc.strerror or exc}", reason="no_file")
+        fail_os(exc, "write the run file", out)
     report = {"run": run.hex(), "file": out, "n": n, "t": t, "start_at": round(start_at, 3)}
     if as_json:
         emit_json(report)
