@@ -374,7 +374,8 @@ def test_validate_batch_checks_binding_and_spends_once(vendor: mv.VendorCore) ->
 
 def test_issue_for_another_customer_bulk_mode(vendor: mv.VendorCore) -> None:
     """A broker holding bulk scrip pays with it for scrip bound to a customer, and learns her secret."""
-    broker_cid = bytes.fromhex("0300000000000003")
+    agreement = mv.add_bulk_broker(vendor.store, "bob", discount_pct=10, rng=rng(9))
+    broker_cid = bytes.fromhex(agreement["customer_id"])
     bulk = scrip_for(vendor, customer=broker_cid, value=100)
     k = secret(vendor, broker_cid)
     req = mc.make_request(

@@ -336,6 +336,9 @@ from cardnet.protocols.millicent.scrip import (
     scrip_id as scrip_id,
 )
 from cardnet.protocols.millicent.vendor import (
+    NOT_AN_ISSUER as NOT_AN_ISSUER,
+)
+from cardnet.protocols.millicent.vendor import (
     Candidate as Candidate,
 )
 from cardnet.protocols.millicent.vendor import (

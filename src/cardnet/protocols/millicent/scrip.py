@@ -53,6 +53,7 @@ class Status(IntEnum):
     LEVEL_TOO_LOW = 9  # the vendor requires a higher protection level
     TOO_LARGE = 10  # the reply would be too large to deliver (a product above the frame limit): nothing was spent
     WRONG_PRICE = 11  # the price is not the vendor's (the detail names it: :func:`asked_price`): nothing was spent
+    NOT_ALLOWED = 12  # op ISSUE from a customer that is not one of the vendor's bulk brokers: nothing was spent
     UNAVAILABLE = 12  # not decided: the vendor cannot write its store (a full disk); nothing was spent, send it again
 
 

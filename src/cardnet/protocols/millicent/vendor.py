@@ -121,6 +121,9 @@ class Vendor:
     scrip is made under (rotation = pick a new one; keep the old secret until
     the last scrip under it has expired). ``customer_masters``: index ->
     customer master secret. ``min_level``: the lowest level accepted.
+    ``issuers``: the customer ids of the vendor's bulk brokers, the only
+    customers whose scrip may pay for scrip issued to another customer
+    (``Op.ISSUE``): its answer carries that customer's secret.
     """
 
     vendor_id: bytes
@@ -131,6 +134,7 @@ class Vendor:
     validity_s: int = 7 * 24 * 3600
     min_level: Level = Level.THEFT
     refetch_grace_s: int = 24 * 3600  # spent records (and replies) are kept this long after the scrip expires
+    issuers: frozenset[bytes] = frozenset()  # customer ids of the bulk brokers (Op.ISSUE)
     _secrets_cache: dict[bytes, bytes] = field(default_factory=dict, repr=False)
     _macs: profile.HmacKeys = field(default_factory=profile.HmacKeys, repr=False)
 
@@ -242,6 +246,8 @@ class Vendor:
                 c.refusal = (Status.MALFORMED, "renewal is free: price 0")
         elif "for_customer" not in f or price == 0 or secret is None:
             c.refusal = (Status.MALFORMED, "issue needs for_customer, a price and level 2 or 3")
+        elif cid not in self.issuers:  # (else any customer could buy another's secret, and so spend her scrip)
+            c.refusal = (Status.NOT_ALLOWED, NOT_AN_ISSUER)
         if c.refusal is None:
             value = int.from_bytes(raw[9:17], "big")
             if value < price:
@@ -333,6 +339,12 @@ class Vendor:
     @staticmethod
     def _plain_reply(rid: bytes, status: Status, detail: str) -> tuple[bytes, bytes]:
         return rid, REPLY_CODEC.encode({"rid": rid, "status": int(status), "detail": detail})
+
+
+NOT_AN_ISSUER = (
+    "only this vendor's bulk brokers may pay for scrip issued to another customer (its answer carries that "
+    "customer's secret): nothing was spent"
+)
 
 
 def _buy_reply(macs: profile.HmacKeys, secret: bytes, rid: bytes, sid: bytes, change: bytes, content: bytes) -> bytes:

@@ -262,6 +262,7 @@ class _Loaded:
     secrets: dict[int, bytes]  # master scrip secrets: the vendor's own and its licensed brokers'
     mint_index: int
     licences: dict[int, tuple[bytes, str]]  # index -> (redeem key, broker's name)
+    issuers: frozenset[bytes]  # customer ids of the bulk brokers: only they may pay for scrip issued to another
 
 
 def _version(txn: Any) -> int:
@@ -283,6 +284,7 @@ def _load(txn: Any, version: int | None = None) -> _Loaded:
             {k[0]: v for k, v in txn.scan(SECRETS)},
             (txn.get(CFG, b"mint") or b"\x00")[0],
             {k[0]: (v[:32], v[32:].decode("utf-8", "replace")) for k, v in txn.scan(LICENCES)},
+            frozenset(k for k, _ in txn.scan(BULK)),
         )
 
 
@@ -363,6 +365,7 @@ def add_bulk_broker(
                 break
         key = rng(mc.BULK_KEY_BYTES)
         txn.put(BULK, cid, key + bytes([discount_pct]) + broker.encode())
+        _bump_version(txn)  # a running vendor issues scrip for the broker from its next batch
         agreement = {
             "vendor": vid.hex(),
             "broker": broker,
@@ -470,6 +473,7 @@ class VendorCore:
         self.licensees = {i: name for i, (_, name) in loaded.licences.items()}
         v = self.vendor
         v.catalogue, v.scrip_secrets, v.mint_index = loaded.catalogue, loaded.secrets, loaded.mint_index
+        v.issuers = loaded.issuers
 
     def _refresh(self) -> None:
         """Before a batch: catalogue, secrets, licences and mint index as the store holds them now, if changed.

@@ -1,0 +1,59 @@
+"""Attacks on running Millicent vendor and broker processes (real processes, real sockets).
+
+A customer asks the vendor to issue scrip to another customer (``Op.ISSUE``, bulk mode's sale) and pays with her
+own scrip: before, any customer could, and the answer carries the other customer's secret sealed to the asker, so
+for one unit Eve learnt Alice's customer secret and then spent Alice's scrip (seen on the wire: a level-2 request
+carries it in the clear) as her own. Now only the vendor's bulk brokers may (``Status.NOT_ALLOWED``, nothing spent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from hostprocs import Service, cardnet
+from test_millicent_processes import VID, customer, send_all, world  # noqa: F401 (world: the fixture)
+
+from cardnet.protocols import millicent as mc
+from cardnet.services.millicent.wallet import CFG, SCRIP, SECRETS
+from cardnet.store import SqliteStore
+
+
+def scrip_and_secret(wallet: str) -> tuple[bytes, bytes, bytes]:
+    """The wallet's one piece of scrip of vendor VID, its customer secret there and its customer id."""
+    with SqliteStore(wallet) as store, store.transaction() as txn:
+        [(_, raw)] = txn.scan(SCRIP)
+        secret, cid = txn.get(SECRETS, bytes.fromhex(VID)), txn.get(CFG, b"cid")
+    assert secret is not None and cid is not None
+    return raw, secret, cid
+
+
+def test_a_customer_cannot_have_scrip_issued_to_another_and_so_learn_her_secret(world: dict[str, object]) -> None:  # noqa: F811
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice, eve = customer(world, "alice"), customer(world, "eve")
+    for wallet in (alice, eve):
+        cardnet("millicent", "buy", "--wallet", wallet, "--vendor", VID, "--value", "20", "--json")
+    alice_scrip, alice_secret, alice_cid = scrip_and_secret(alice)
+    eve_scrip, eve_secret, eve_cid = scrip_and_secret(eve)
+
+    def issue(raw: bytes, secret: bytes, rid: bytes, to: bytes, price: int) -> mc.Outcome:
+        req = mc.make_request(raw, rid=rid, level=mc.Level.THEFT, secret=secret, price=price, op=mc.Op.ISSUE,
+                              for_customer=to)  # fmt: skip
+        [m] = asyncio.run(send_all(at, [req]))
+        return mc.open_reply(m.mtype, m.param, rid=rid, level=mc.Level.THEFT, secret=secret)
+
+    # Eve pays 1 of her scrip for scrip issued to Alice: the answer would carry Alice's secret.
+    out = issue(eve_scrip, eve_secret, b"e" * 16, alice_cid, 1)
+    assert out.issued_secret != alice_secret, "the vendor handed Eve Alice's customer secret"
+    assert (out.status, out.detail, out.authentic) == (mc.Status.NOT_ALLOWED, mc.NOT_AN_ISSUER, True), out
+    assert out.issued is None and out.change is None
+    # Nor can she, with the secret she did not get, turn Alice's scrip into hers: Alice's MAC is needed.
+    theft = issue(alice_scrip, eve_secret, b"f" * 16, eve_cid, 20)
+    assert theft.status == mc.Status.STOLEN and theft.issued is None
+    # Nothing was spent: both spend their scrip on a page as usual.
+    for wallet, change in ((eve, 17), (alice, 17)):
+        args = ("millicent", "spend", "--wallet", wallet, "--vendor", VID, "--at", at, "--product", "hello")
+        r = json.loads(cardnet(*args, "--price", "3", "--json").stdout)
+        assert r == {"status": "ok", "change": change, "content": "hello, world"}, r
