@@ -57,3 +57,24 @@ def test_a_customer_cannot_have_scrip_issued_to_another_and_so_learn_her_secret(
         args = ("millicent", "spend", "--wallet", wallet, "--vendor", VID, "--at", at, "--product", "hello")
         r = json.loads(cardnet(*args, "--price", "3", "--json").stdout)
         assert r == {"status": "ok", "change": change, "content": "hello, world"}, r
+
+
+def test_a_deposit_past_the_largest_balance_is_refused_and_the_account_still_buys(
+    world: dict[str, object],  # noqa: F811
+) -> None:
+    """Before, `broker deposit` took any amount: past 2**63 - 1 every purchase of the account made the broker fail
+    to encode its answer (the wallet: 'no answer', the purchase pending for ever), past 2**64 the command failed
+    with an internal error."""
+    alice = customer(world, "alice")  # 100 prepaid
+    with SqliteStore(alice) as store, store.transaction() as txn:
+        cid = txn.get(CFG, b"cid")
+    assert cid is not None
+    deposit = ("millicent", "broker", "deposit", "--store", str(world["broker_store"]), "--customer", cid.hex())
+    for amount in (mc.MAX_VALUE, 2**64 - 1):
+        r = cardnet(*deposit, "--amount", str(amount), "--json", check=False)
+        assert r.returncode == 2 and json.loads(r.stdout)["error"]["reason"] == "too_much", (r.stdout, r.stderr)
+        assert f"deposit at most {mc.MAX_VALUE - 100}" in json.loads(r.stdout)["error"]["message"]
+    top = json.loads(cardnet(*deposit, "--amount", str(mc.MAX_VALUE - 100), "--json").stdout)
+    assert top["balance"] == mc.MAX_VALUE
+    r = json.loads(cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "20", "--json").stdout)
+    assert r["value"] == 20, r

@@ -222,6 +222,11 @@ def deposit(store: Store, customer_id: bytes, amount: int) -> int:
         if row is None:
             raise BrokerError("no_account", f"no account {customer_id.hex()}: the customer opens one first")
         pub, balance = parse_account(row)
+        if not 0 < amount <= mc.MAX_VALUE - balance:  # (a balance above it could not be told in any answer)
+            raise BrokerError(
+                "too_much", f"customer {customer_id.hex()}'s balance is {balance} and holds at most {mc.MAX_VALUE}: "
+                f"deposit at most {max(0, mc.MAX_VALUE - balance)}",
+            )  # fmt: skip
         balance += amount
         txn.put(ACCOUNTS, customer_id, pub + _u64(balance))
         return balance
