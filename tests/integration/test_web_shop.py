@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,7 +81,9 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
     server's delivery to (the host's, here a link to it) is gone. The page is answered 502 ``not_delivered`` with the
     sale's PaymentOrderID and how to finish; in Chromium it fills the sale into Finish the delivery, which (the socket
     back) brings the ticket to the card. Before, ``_ticketing`` turned ``buy_ticket``'s ``not_delivered`` into a 409
-    without the sale, so the branch that names it never ran and the page offered no way to finish. A sale this
+    without the sale, so the branch that names it never ran and the page offered no way to finish. The sale stays
+    listed under way, with its own Finish the delivery, after the page is reloaded, until the card holds the
+    ticket (before: nowhere once the message was gone). A sale this
     wallet's purchases do not hold is refused ``unknown_sale`` (before: the server's ``unpaid``, with 'press
     Recover', which has nothing to recover)."""
     net = TicketNet(tmp_path, ("b0",), ["A1", "A2"])
@@ -110,6 +113,8 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
                     assert f"paid 1.00 EUR (sale {poid})" in got["message"], got
                     assert "press Finish the delivery" in got["message"], got
                     assert f"cardnet wallet buy {net.url} --poid {poid}" in got["message"], got
+                    row = await _delivery_row(client, poid)  # listed under way (a reload of the page keeps it)
+                    assert row is not None and row["url"] == net.url and "did not arrive" in row["state"], row
                     other = "ab" * 40  # a sale this wallet never bought: said so, the server not asked
                     r = await client.post("/api/deliver", json={"url": net.url, "poid": other})
                     got = r.json()
@@ -122,6 +127,8 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
                     async with asyncio.timeout(30):
                         while (await net.tokens("b0")).get(oid) != "enabled":
                             await asyncio.sleep(0.05)
+                        while await _delivery_row(client, poid) is not None:  # the card holds it: no longer listed
+                            await asyncio.sleep(0.2)
                     relay.unlink()  # and in the browser (a tab of its own: a new login link), A2 failing likewise
                     login = (await client.post("/api/link", json={})).json()["login"]
                     await _the_page_offers_to_finish(login, net.url, relay, net.hosts["b0"].socket)
@@ -129,6 +136,12 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
                 await web.aclose()
 
     asyncio.run(go())
+
+
+async def _delivery_row(client: httpx.AsyncClient, poid: str) -> dict[str, Any] | None:
+    """The row of sale ``poid``'s delivery in the page's list under way (``/api/state``), or None."""
+    state = (await client.get("/api/state")).json()
+    return next((r for r in state["under_way"] if r["what"] == "ticket delivery" and r["id"] == poid), None)
 
 
 async def _the_page_offers_to_finish(login_url: str, url: str, relay: Path, socket: str) -> None:
@@ -148,8 +161,13 @@ async def _the_page_offers_to_finish(login_url: str, url: str, relay: Path, sock
             await expect(page.locator("#deliver-form")).to_be_visible()
             poid = await page.locator("#deliver-poid").input_value()
             assert len(bytes.fromhex(poid)) > 0 and poid in await page.locator("#message").inner_text()
+            await page.reload()  # the message and the filled form are gone: the sale is still listed under way
+            await expect(page.locator("#link")).to_have_text("live")
+            row = page.locator(f'#under-way tr[data-id="{poid}"]')
+            await expect(row).to_contain_text("ticket delivery")
             relay.symlink_to(socket)
-            await page.click("#deliver-button")
+            await row.get_by_role("button", name="Finish the delivery").click()
             await expect(page.locator("#message.ok")).to_contain_text("is on its way to your card")
+            await expect(row).to_have_count(0)  # once the card holds the ticket
         finally:
             await browser.close()

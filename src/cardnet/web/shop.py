@@ -68,6 +68,9 @@ class Shop:
         self.config = config
         self.app_socket = app_socket  # the ticketing server's delivery is relayed there
         self.seat_pages, self.max_free = seat_pages, max_free  # the bounds of one event's free seats listed
+        # sales paid through this page whose ticket did not arrive: PaymentOrderID -> the server's address (the page
+        # lists them under way, with Finish the delivery, until the card holds the ticket or the server says it left)
+        self.undelivered: dict[bytes, str] = {}
 
     async def events(self, url: str) -> dict[str, Any]:
         """The server's name and its events with their free seats."""
@@ -121,6 +124,8 @@ class Shop:
                 except TicketError as exc:  # (before _ticketing makes it a 409 without the sale)
                     if exc.reason != "not_delivered":
                         raise
+                    if exc.poid is not None:
+                        self.undelivered[exc.poid] = url
                     return _not_delivered(exc, url)
         except HttpError as exc:  # a seat this wallet bought itself is said to be yours (as `cardnet wallet buy` does)
             mine = await sold_to_you(url, event, seat, journal) if exc.reason == "seat_sold" else None
@@ -144,6 +149,7 @@ class Shop:
         with _ticketing(url):
             shown = {} if receipt is None else await show_ticket(url, poid, receipt)  # (without it: refused unpaid)
             if shown.get("state") == "delivered":
+                self.undelivered.pop(poid, None)
                 return {"message": f"the ticket of sale {poid.hex()[:16]}… was delivered already: it is on the card "
                         "it was bought for"}  # fmt: skip
             relayed = await receive_ticket(url, poid, socket, receipt=receipt)

@@ -60,6 +60,7 @@ from cardnet.protocols.speed.messages import Price, parse_price
 from cardnet.services.admissions import AdmissionsError
 from cardnet.services.speed.customer import PurchaseError, install_key
 from cardnet.services.speed.customer import load as purse_load
+from cardnet.services.ticketing.sales import ticket_oid
 from cardnet.services.wallet import (
     GATE_STORE_FAILED,
     MOVING,
@@ -373,6 +374,12 @@ class WalletWeb:
         for p in purchases:
             under_way.append({"what": "purchase", "id": p["id"], "state": f"{p['products']}: delivered, not paid yet "
                               "(recover pays it, never twice)"})  # fmt: skip
+        for poid, url in list(self._shop.undelivered.items()):
+            if ticket_oid(poid).hex() in mine:  # it arrived (Finish the delivery, or `cardnet wallet buy --poid`)
+                del self._shop.undelivered[poid]
+                continue
+            under_way.append({"what": "ticket delivery", "id": poid.hex(), "url": url, "state": "paid, the ticket "
+                              "did not arrive: Finish the delivery brings it (it is safe to repeat)"})  # fmt: skip
         purse_view = None
         if purse is not None:
             purse_view = {"keyed": purse["keyed"],

@@ -169,6 +169,10 @@ function renderUnderWay(rows) {
       state.append(" ", el("button", { type: "button", className: "give-up",
         onclick: () => act("/api/exchange/give-up", { id: r.id }) }, "Take back"));
     }
+    if (r.what === "ticket delivery" && r.url) { // a paid sale whose ticket did not arrive (the page's own purchase)
+      state.append(" ", el("button", { type: "button", className: "deliver",
+        onclick: () => act("/api/deliver", { url: r.url, poid: r.id }) }, "Finish the delivery"));
+    }
     if (r.next) state.append(el("div", { class: "help next" }, `next: ${r.next}`));
     if (r.problem) state.append(el("div", { class: "problem" }, r.problem));  // e.g. the other card cannot write
     const what = el("td", {}, r.what);
