@@ -87,7 +87,7 @@ def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: f
     send one, walk through a gate, offer exchanges and answer them, load the e-purse, recover. Prints a one-time
     login link: open it in your browser (it works once and logs in that tab, which keeps its session across reloads
     until it is closed; the page's "Open in another tab" logs in more tabs; with no tab logged in left, start this
-    command again). Runs until Ctrl-C."""
+    command again). One page per card: a second on the same card is refused, naming the first. Runs until Ctrl-C."""
     from cardnet.cli.trn import card_pin, check_socket, parse_domain
     from cardnet.services.wallet import Wallet, WalletError
     from cardnet.transport.errors import TransportError
