@@ -250,7 +250,15 @@ PRUNED = register(
 REFUSE_L1 = register(0x0666, "sam.refuse_l1", P, Schema("sam.refuse_l1", [Field(0, "l1", _MSG)]), privileged=True)
 L1_REFUSED = register(0x0667, "sam.l1_refused", P, Schema("sam.l1_refused", [Field(0, "lr", _MSG)]))
 # 0x066E/0x066F (sam.refuse_s1 {s1} -> sam.s1_refused): retired, an S1 ends no debit (whoever holds one could)
-END_DEBIT = register(0x0673, "sam.end_debit", P, Schema("sam.end_debit", [Field(0, "se", _MSG)]), privileged=True)
+END_DEBIT = register(
+    0x0673,
+    "sam.end_debit",
+    P,
+    # unsent: the broker vouches that the S2 it had this SAM make never left it (its record of sending it never
+    # committed), so the card cannot apply it: the authorisation is dropped as for a declined SE
+    Schema("sam.end_debit", [Field(0, "se", _MSG), Field(1, "unsent", Bool(), optional=True)]),
+    privileged=True,
+)
 DEBIT_ENDED = register(0x0674, "sam.debit_ended", P, Schema("sam.debit_ended", [Field(0, "sr", _MSG)]))
 ORDERS = (
     INIT, ISSUE_KEY, DEBIT_START, DEBIT_FINISH, LOAD_START, LOAD_FINISH, LOG, TOTALS, DAYS, PRUNE, REFUSE_L1, END_DEBIT
@@ -422,7 +430,7 @@ class SamApplet(Applet):
             elif code == REFUSE_L1.code:
                 self._refuse_l1(ctx, params["l1"])
             elif code == END_DEBIT.code:
-                self._end_debit(ctx, params["se"])
+                self._end_debit(ctx, params["se"], params.get("unsent", False))
             elif code == LOG.code:
                 self._entries(ctx, _held_day(ctx, params["day"]), params.get("start", 0))
             elif code == TOTALS.code:
@@ -538,23 +546,24 @@ class SamApplet(Applet):
         _refuse_unauthorised(ctx, _LOAD, l1.uid, l1.m, l1.rc)
         ctx.reply(L1_REFUSED, lr=lr.encode())
 
-    def _end_debit(self, ctx: StepContext, raw: bytes) -> None:
+    def _end_debit(self, ctx: StepContext, raw: bytes, unsent: bool = False) -> None:
         """Record that the card's debit is never authorised (or logged) and answer the SR on which the card forgets
         it (as :meth:`_refuse_l1` for a load), on the card's own SE. An S2 given is refused ``authorised`` (the
-        card ends that debit with it), unless the SE declines that very S2: the card never applies it, so its S3
-        never exists, and the authorisation (``d:``, ``o:``) is dropped."""
+        card ends that debit with it), unless the SE declines that very S2, or the broker says the S2 never left it
+        (``unsent``): the card never applies it, so its S3 never exists, and the authorisation (``d:``, ``o:``) is
+        dropped."""
         master = _master(ctx)
         se = pp.SE.decode(raw)
         sr = pp.sam_end_debit(pp.diversify(master, se.uid), se)
         rkey = b"d:" + bytes(se.uid) + _ctr(se.n)
         old = ctx.get(rkey)
-        if old is not None and se.declined:
+        if old is not None and (se.declined or unsent):
             rec = _DEBIT_REC.decode(old)
             if (rec["poid"], rec["rc"]) != (se.poid, se.rc):
                 raise Refused(
                     "mismatch", f"the SE declines another debit than this SAM authorised as {se.n} of {se.uid}"
                 )
-            if rec.get("day") is not None:  # pragma: no cover - its S3 came: the card debited, it cannot decline
+            if rec.get("day") is not None:  # its S3 came: the card debited, it cannot decline (nor was it unsent)
                 raise Refused("conflict", f"debit {se.n} of {se.uid} was logged: it is not ended")
             ctx.delete(rkey)
             ctx.delete(b"o:" + rec["poid"])

@@ -801,14 +801,15 @@ class BrokerCore:
         """The SAM's SR for a debit it never authorised (recorded: it never authorises it afterwards), on which the
         purse forgets it; ``authorised`` if the SAM gave its S2. Nothing of the broker's changes: an order refused
         for good is never paid, and a payment order naming that S1 later is refused ``debit_refused`` by the SAM."""
+        se = pp.SE.decode(se_raw)
         try:
-            sr = self.sam.ask(sa.END_DEBIT, sa.DEBIT_ENDED, se=se_raw)["sr"]
+            unsent = {"unsent": True} if not se.declined and self._s2_never_sent(se.poid) else {}
+            sr = self.sam.ask(sa.END_DEBIT, sa.DEBIT_ENDED, se=se_raw, **unsent)["sr"]
         except HostError as exc:
             if exc.reason != "authorised":
                 raise
             raise _Refusal("authorised", "the SAM authorised this debit (its S2 exists): it ends when the card debits "
                            "it; finish the purchase it pays (cardnet speed recover)") from None  # fmt: skip
-        se = pp.SE.decode(se_raw)
         if se.declined:  # the card declined the S2 of this very debit: the SAM dropped it, so the order's authorisation
             with self.store.transaction() as txn:  # ended (the vendor may release its goods: ``speed.order_states``)
                 held = txn.get(AUTHORISED, se.poid)
@@ -816,6 +817,18 @@ class BrokerCore:
                     txn.delete(AUTHORISED, se.poid)
                     self._on_commit(lambda: self._authorised.pop(se.poid, None))
         return fr.reply(msg, fr.DEBIT_REFUSED, reason="ended", detail="the SAM never authorises this debit", sr=sr)
+
+    def _s2_never_sent(self, poid: bytes) -> bool:
+        """Whether any S2 the SAM made for ``poid`` surely never left this broker: it refused the order for good past
+        its deadline (``sb.late``), and holds no authorisation of it (``sb.auth``, which is durable before the S2 of a
+        bill with a deadline leaves, and goes only once the order is paid, settled or declined), no paid order and no
+        settled debit. That is a SAM step whose group then failed to commit, and the broker restarted before the
+        customer came back, after the deadline: the card never got the S2, and its debit ends (``unsent``)."""
+        if poid in self._authorised:
+            return False
+        return get(self.store, LATE, poid) is not None and all(
+            get(self.store, t, poid) is None for t in (AUTHORISED, ORDERS, SETTLED)
+        )
 
     def _complaint(self, msg: Message, c: dict[str, Any]) -> Message:
         """Paper 5.7: the customer shows the product ids, the vendor's signed catalogue entries and what the
