@@ -577,3 +577,24 @@ def test_who_could_not_be_reached_is_named_with_its_address_and_what_to_do(world
     auth = f"127.0.0.1:{world.net.hosts['auth'].port}"
     assert e["hint"].startswith(f"is the gate {gate} running (your host sends to it at {auth} ([routes]"), e
     alice.until(oid, "enabled")  # taken back
+
+
+def test_an_offer_to_a_card_the_host_cannot_reach_is_refused_and_locks_nothing(world: World) -> None:
+    """`wallet exchange offer --to` (and `cardnet exchange offer --to`) a card of a domain the host has no route to
+    (a mistyped Uid): refused before the card is asked (reason no_route), saying so and what to do, the voucher
+    still usable. Before: exit 0, an offer no message could carry, the voucher locked until given up."""
+    alice = world.people["alice"]
+    oid = "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1"
+    world.issue(oid, "alice", "Final, seat 2")
+    nowhere = "0badc0de0badc0de0badc0de:00000000"
+    offer = ("--give", oid, "--want", "22" * 16, "--to", nowhere)
+    for e in (refused(*alice.cmd("exchange", "offer", *offer)),
+              refused("exchange", "offer", "--socket", alice.host.socket, *offer)):  # fmt: skip
+        assert e["reason"] == "no_route", e
+        assert e["message"] == (f"this host cannot reach {nowhere}: no card of domain {nowhere[:24]} here and no "
+                                "route to it; nothing was offered: your voucher stays usable"), e  # fmt: skip
+        assert f'"{nowhere[:24]}" = "HOST:PORT"' in e["hint"] and "[routes]" in e["hint"], e
+    assert alice.tickets()[oid] == "enabled"
+    assert all(x["give"] != oid for x in ok(*alice.cmd("exchange", "list"))["exchanges"])
+    code, _, err = call(*alice.cmd("exchange", "offer", *offer))
+    assert code == 2 and "error: this host cannot reach" in err and "the card refused" not in err, err

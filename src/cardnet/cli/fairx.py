@@ -349,9 +349,17 @@ def still_words(x: Any, wait_s: float) -> str:
 
 async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s: float) -> Any:
     """Offer ``give`` for ``want`` held by card ``to``; the exchange (once ended, if ``wait_s`` allows). An offer to
-    this very card is refused ``own_card`` before any order."""
+    this very card is refused ``own_card``, and one to a card its host cannot reach (no route) fails ``no_route``,
+    before any order."""
     if to == wallet.card:
         raise WalletError("own_card", REFUSAL_WORDS["own_card"])
+    if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
+        # (else the voucher would stay locked for an offer no message could carry, until given up)
+        fail(f"this host cannot reach {to}: no card of domain {to.domain.hex()} here and no route to it; nothing was "
+             "offered: your voucher stays usable", reason="no_route",
+             hint="check the other owner's card Uid (--to: they give it), or add "
+             f'"{to.domain.hex()}" = "HOST:PORT" (their host\'s address) to [routes] in your host\'s config and '
+             "restart it")  # fmt: skip
     return await wait_for_end(wallet, await wallet.offer(give, want, to), wait_s)
 
 
