@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -177,7 +178,7 @@ _PENDING_FIELD: dict[str, Callable[[object], bool]] = {
     "chunks": lambda v: isinstance(v, list) and all(_bytes_list(per) for per in v),
     "products": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-    "paying_at": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v == v),
+    "paying_at": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)),
 }
 
 
