@@ -553,6 +553,13 @@ def test_who_could_not_be_reached_is_named_with_its_address_and_what_to_do(world
     assert e["reason"] == "unreachable" and e["message"].startswith(f"cannot reach the vendor at {nowhere}"), e
     assert e["hint"].startswith(f"nothing was paid: check the vendor's address {nowhere} (--vendor"), e
     assert "broker" not in e["hint"], e
+    # a product the vendor does not sell: the catalogue command for that vendor, which runs as given
+    vendor = world.vendor.address
+    e = refused(*alice.cmd("pay", "speed", "--vendor", vendor, "--product", "nope", "--limit", "3.00 EUR"))
+    assert e["reason"] == "unknown_product", e
+    [catalogue] = re.findall(r"`(cardnet speed catalogue [^`]*)`", e["hint"])
+    assert f"--vendor {vendor}" in catalogue, e
+    assert [p["product"] for p in ok(*shlex.split(catalogue)[1:])["products"]] == [SONG]
     # the broker of a load (--broker): its address; `wallet recover` credits it through the config's broker
     e = refused(*alice.cmd("load", "--amount", "1.00 EUR", "--broker", nowhere))
     assert e["reason"] == "unreachable" and e["hint"].startswith(f"check that the broker runs at {nowhere} (--broker)")

@@ -47,6 +47,8 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
              "unreachable:broker": f"check that the broker runs at {broker} ({source}); the vendor "
              "delivered, so the purchase waits in your wallet (`cardnet wallet show`): `cardnet wallet recover` "
              "pays it once the broker answers there, never twice" + wrong_broker(target, given, out, ca_cert),
+             "unknown_product": f"`cardnet speed catalogue --vendor {vendor_addr} --ca-cert {ca_cert}` lists what the "
+             "vendor sells (give --product as it names it)",
              "debits_pending": DEBITS_PENDING_HINT}  # fmt: skip
     result = purchase(target.socket, target.pin, target.card, vendor_addr, broker, bcert, ca_cert, products, limit,
                       aggressive, account, out, later)  # fmt: skip
