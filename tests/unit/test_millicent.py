@@ -1109,3 +1109,11 @@ def test_a_piece_reserved_for_a_sale_never_exceeds_what_the_sale_can_be_worth(
     for o in (o1, o2):
         assert bulk_broker.finish_order(o, carry(vendor, o)).bought
     assert stock_row(bulk_broker, "reserved_value")["reserved_value"] == 60 + 40  # within her balance
+
+
+def test_every_status_is_its_own_value_on_the_wire() -> None:
+    """Two names for one value make one an alias of the other: a vendor's `unavailable` (send it again) was read as
+    `not_allowed` when both were 12."""
+    assert len(set(mc.Status)) == len(mc.Status.__members__)
+    assert (mc.Status(12), mc.Status(13)) == (mc.Status.UNAVAILABLE, mc.Status.NOT_ALLOWED)
+    assert mc.Status(12).name == "UNAVAILABLE"

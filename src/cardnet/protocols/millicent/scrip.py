@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, unique
 
 from cardnet.crypto import profile
 from cardnet.errors import CardnetError
@@ -38,6 +38,7 @@ class Level(IntEnum):
     PRIVATE = 3
 
 
+@unique  # (two names for one value would make one an alias of the other: a wire status read as another)
 class Status(IntEnum):
     """The outcome of a request: accepted, or the reason it was refused."""
 
@@ -53,8 +54,8 @@ class Status(IntEnum):
     LEVEL_TOO_LOW = 9  # the vendor requires a higher protection level
     TOO_LARGE = 10  # the reply would be too large to deliver (a product above the frame limit): nothing was spent
     WRONG_PRICE = 11  # the price is not the vendor's (the detail names it: :func:`asked_price`): nothing was spent
-    NOT_ALLOWED = 12  # op ISSUE from a customer that is not one of the vendor's bulk brokers: nothing was spent
     UNAVAILABLE = 12  # not decided: the vendor cannot write its store (a full disk); nothing was spent, send it again
+    NOT_ALLOWED = 13  # op ISSUE from a customer that is not one of the vendor's bulk brokers: nothing was spent
 
 
 class Op(IntEnum):
