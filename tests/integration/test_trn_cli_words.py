@@ -97,6 +97,12 @@ def test_trn_commands_check_arguments_and_the_host_before_the_pin_and_say_what_i
         assert "an oid is 32 hex digits (16 bytes), e.g. 0123456789abcdef0123456789abcdef" in said, said
         r = cardnet("authority", "trace", "--socket", net.hosts["auth"].socket, "zz")
         assert "Invalid value for 'OID': 'zz'" in _words(r.stderr), r.stderr
+        # a malformed Uid given to an option that repeats names its option too (before: "Invalid value: 'zz'")
+        r = cardnet("trn", "policy", "--socket", socket, "--issuer", to, "--issuer", "zz")
+        assert r.returncode == 2 and "Invalid value for '--issuer': 'zz' is not a Uid" in _words(r.stderr), r.stderr
+        r = cardnet("smc", "plan", "-f", "median", "-m", to, "-m", "zz", "--out", str(tmp_path / "run.toml"))
+        assert r.returncode == 2 and "Invalid value for '-m' / '--member': 'zz' is not a Uid" in _words(r.stderr)
+        assert not (tmp_path / "run.toml").exists()
 
         # the PIN in the environment: the same words for a card the host does not run, after the PIN (the library's
         # path for trn, the application client's for authority)

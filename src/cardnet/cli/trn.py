@@ -204,7 +204,8 @@ def given_as(text: str) -> str | None:
     if ctx is None:
         return None
     for param in ctx.command.params:
-        if param.name is not None and ctx.params.get(param.name) == text:
+        value = ctx.params.get(param.name) if param.name is not None else None
+        if value == text or (isinstance(value, tuple) and text in value):  # (a tuple: an option given repeatedly)
             return param.get_error_hint(ctx)
     return None
 
