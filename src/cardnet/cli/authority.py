@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option, say, say_ready
+from cardnet.cli.output import FiniteRange, console, emit_json, fail, json_option, say, say_ready
 from cardnet.cli.trn import (
     answer,
     card_command,
@@ -35,9 +35,9 @@ def authority() -> None:
               help="The host config (TOML, docs/host.md) with the authority's card.")  # fmt: skip
 @click.option("--ca", "ca_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The CA file: the service signs blocklists with it.")  # fmt: skip
-@click.option("--every", "every_s", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
+@click.option("--every", "every_s", default=1.0, show_default=True, type=FiniteRange(min=0.01),
               help="Seconds between blocklist checks.")  # fmt: skip
-@click.option("--refresh", "refresh_s", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--refresh", "refresh_s", default=0.0, show_default=True, type=FiniteRange(min=0),
               help="Re-sign the blocklist this often (seconds) even when nothing changed, so that cards with a "
               "maximum blocklist age (their freshness policy) keep accepting peers; 0: only on a change.")  # fmt: skip
 @json_option

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, json_option, print_table, table
+from cardnet.cli.output import FiniteRange, console, emit_json, json_option, print_table, table
 
 Row = tuple[str, str, str]  # figure, value, meaning
 AS_JSON = json_option
@@ -58,7 +58,13 @@ def bench() -> None:
 
 @bench.command("card")
 @AS_JSON
-@click.option("--seconds", default=2.0, show_default=True, help="How long to measure each figure.")
+@click.option(
+    "--seconds",
+    type=FiniteRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="How long to measure each figure.",
+)
 @click.option("--group", default=32, show_default=True, help="Messages per transaction for grouped_steps_per_s.")
 @STORE_DIR
 def bench_card(as_json: bool, seconds: float, group: int, directory: str | None) -> None:
@@ -88,7 +94,13 @@ def bench_card(as_json: bool, seconds: float, group: int, directory: str | None)
 
 @bench.command("etp")
 @AS_JSON
-@click.option("--seconds", default=3.0, show_default=True, help="How long to measure each figure (over all rounds).")
+@click.option(
+    "--seconds",
+    type=FiniteRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="How long to measure each figure (over all rounds).",
+)
 @click.option(
     "--window",
     type=int,
@@ -127,7 +139,13 @@ def bench_etp(as_json: bool, seconds: float, window: int | None, directory: str 
 
 @bench.command("trn")
 @AS_JSON
-@click.option("--seconds", default=6.0, show_default=True, help="How long to measure each figure (over all rounds).")
+@click.option(
+    "--seconds",
+    type=FiniteRange(min=0, min_open=True),
+    default=6.0,
+    show_default=True,
+    help="How long to measure each figure (over all rounds).",
+)
 @click.option(
     "--in-flight",
     "in_flight",
@@ -224,7 +242,7 @@ def bench_fairx(as_json: bool, in_flight: int, rounds: int, idle: int) -> None:
 @AS_JSON
 @click.option("--customers", type=click.IntRange(5, 256), default=64, show_default=True,
               help="Customers buying at once in the busy round (the paper's 5 is always measured too).")  # fmt: skip
-@click.option("--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Seconds per round.")
+@click.option("--seconds", type=FiniteRange(0.5), default=3.0, show_default=True, help="Seconds per round.")
 @click.option("--idle", type=click.IntRange(1), default=30, show_default=True, help="Purchases timed one at a time.")
 def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> None:
     """SPEED purchases: purchases_per_s, p50, delivery MB/s vs the crypto bound and the AES-GCM rate."""
@@ -258,7 +276,7 @@ def bench_speed(as_json: bool, customers: int, seconds: float, idle: int) -> Non
 @AS_JSON
 @click.option("--buyers", type=click.IntRange(1, 64), default=32, show_default=True,
               help="Buyers buying at once (each a host process of its own), then holders at the gate.")  # fmt: skip
-@click.option("--seconds", type=click.FloatRange(1.0), default=15.0, show_default=True,
+@click.option("--seconds", type=FiniteRange(1.0), default=15.0, show_default=True,
               help="Seconds of the busy sale round, and of the busy gate round.")  # fmt: skip
 @click.option("--idle", type=click.IntRange(1), default=20, show_default=True, help="Purchases timed one at a time.")
 def bench_ticketing(as_json: bool, buyers: int, seconds: float, idle: int) -> None:
@@ -311,7 +329,7 @@ def bench_ticketing(as_json: bool, buyers: int, seconds: float, idle: int) -> No
 )
 @click.option(
     "--round-ms",
-    type=click.FloatRange(1.0, 10_000.0),
+    type=FiniteRange(1.0, 10_000.0),
     default=50.0,
     show_default=True,
     help="The Clock's round deadline (without faults the frames pace the rounds, not the deadline).",

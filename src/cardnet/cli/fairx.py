@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import emit_json, fail, json_option, print_rows, progress, say
+from cardnet.cli.output import FiniteRange, emit_json, fail, json_option, print_rows, progress, say
 from cardnet.cli.trn import CARD, PIN, SOCKET, hex16, parse_oid, parse_uid, run_on_wallet
 from cardnet.services.wallet import WalletError
 
@@ -308,7 +308,7 @@ def exchange() -> None:
     click.option("--give", required=True, help="Your voucher (oid, 32 hex), held enabled on this card."),
     click.option("--want", required=True, help="The voucher you want (oid, 32 hex), held by the other card."),
     click.option("--to", "to", required=True, help="The other card's Uid (DOMAIN:00000000)."),
-    click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help=WAIT_HELP),
+    click.option("--wait", "wait_s", type=FiniteRange(0, 3600), default=0.0, show_default=True, help=WAIT_HELP),
 )
 def exchange_offer(
     socket: str, pin: str | None, card: str | None, give: str, want: str, to: str, wait_s: float, as_json: bool
@@ -411,7 +411,7 @@ def people_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _order(name: str, doc: str, method: str, done: str) -> None:
-    wait = click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help=WAIT_HELP)
+    wait = click.option("--wait", "wait_s", type=FiniteRange(0, 3600), default=0.0, show_default=True, help=WAIT_HELP)
 
     @wallet_command(name, ID, wait)
     def command(socket: str, pin: str | None, card: str | None, xid: str, wait_s: float, as_json: bool) -> None:

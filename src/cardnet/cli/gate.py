@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cardnet.cli.output import console, emit_json, fail, json_option, print_table, table
+from cardnet.cli.output import FiniteRange, console, emit_json, fail, json_option, print_table, table
 from cardnet.cli.trn import card_command, cert_file_der, parse_uid, run_on_wallet
 
 # What the gate decided, for the operator's screen: the word, and what it means.
@@ -105,7 +105,7 @@ def gate() -> None:
 @gate.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The gate host's config (docs/host.md): one card with applets = [\"gate\"].")  # fmt: skip
-@click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=click.FloatRange(min=0.05),
+@click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=FiniteRange(min=0.05),
               help="Seconds between fetches of the authority's newest blocklist (a new session with it).")  # fmt: skip
 @json_option
 def gate_run(config_path: Path, refresh_s: float, as_json: bool) -> None:
@@ -213,7 +213,7 @@ def _print_state(d: dict[str, Any]) -> None:
         "--wait",
         "wait_s",
         default=None,
-        type=click.FloatRange(0, 60),
+        type=FiniteRange(0, 60),
         help="Seconds a person waits for the authority's answer before the gate decides alone.",
     ),
     click.option(

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from cardnet.cli.output import (
+    FiniteRange,
     all_or_nothing,
     console,
     emit_json,
@@ -84,11 +85,11 @@ def _server_limits(fn: Callable[..., Any]) -> Callable[..., Any]:
                          help="Connections held at once; more are closed at once."),
             click.option("--max-per-peer", type=click.IntRange(1), default=D.max_per_peer, show_default=True,
                          help="Connections held at once from one IP address."),
-            click.option("--handshake-timeout", type=click.FloatRange(0.05), default=D.handshake_timeout_s,
+            click.option("--handshake-timeout", type=FiniteRange(0.05), default=D.handshake_timeout_s,
                          show_default=True, help="Seconds from connect to the first whole request."),
-            click.option("--idle-timeout", type=click.FloatRange(0), default=D.idle_timeout_s, show_default=True,
+            click.option("--idle-timeout", type=FiniteRange(0), default=D.idle_timeout_s, show_default=True,
                          help="Seconds a connection may wait without a request (0: never)."),
-            click.option("--send-timeout", type=click.FloatRange(0), default=D.send_timeout_s, show_default=True,
+            click.option("--send-timeout", type=FiniteRange(0), default=D.send_timeout_s, show_default=True,
                          help="Seconds an answer may wait for a client that does not read it (0: never)."),
         )
     ):  # fmt: skip
@@ -273,7 +274,13 @@ def vendor_rotate(store: str, as_json: bool) -> None:
 @vendor.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7200", show_default=True, help="HOST:PORT (port 0 picks one).")
-@click.option("--prune-every", default=60.0, show_default=True, help="Seconds between spent-list prunes.")
+@click.option(
+    "--prune-every",
+    type=FiniteRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds between spent-list prunes.",
+)
 @click.option("--failpoint", default=None, hidden=True, help="Test only: kill-after-commit.")
 @_server_limits
 @JSON
@@ -461,7 +468,7 @@ VENDOR_TIMEOUT_DEFAULT = 10.0  # (VENDOR_TIMEOUT_S of services/millicent/broker.
               help="How many pieces the value is cut into.")  # fmt: skip
 @click.option(
     "--vendor-timeout",
-    type=click.FloatRange(0.1),
+    type=FiniteRange(0.1),
     default=VENDOR_TIMEOUT_DEFAULT,
     show_default=True,
     help="Seconds to wait for the vendor's answer to the order (as `broker run --vendor-timeout`); past it the "
@@ -500,7 +507,7 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
 @click.option("--listen", default="127.0.0.1:7100", show_default=True, help="HOST:PORT (port 0 picks one).")
 @click.option(
     "--vendor-timeout",
-    type=click.FloatRange(0.1),
+    type=FiniteRange(0.1),
     default=VENDOR_TIMEOUT_DEFAULT,
     show_default=True,
     help="Seconds a purchase of a bulk vendor's scrip may wait for that vendor, all its calls together (buying "
@@ -887,7 +894,13 @@ def retry(
 
 @click.command("millicent")
 @JSON
-@click.option("--seconds", default=3.0, show_default=True, help="Measuring time per figure (over all rounds).")
+@click.option(
+    "--seconds",
+    type=FiniteRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Measuring time per figure (over all rounds).",
+)
 @click.option("--customers", default=2, show_default=True, help="Customer processes for purchases_per_s.")
 @click.option("--window", default=64, show_default=True, help="Purchases in flight per customer process.")
 def bench_millicent(as_json: bool, seconds: float, customers: int, window: int) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -81,6 +82,17 @@ def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     if value:
         ctx.meta[JSON_KEY] = True
     return value
+
+
+class FiniteRange(click.FloatRange):
+    """A number option within a range, and a number: click's ``FloatRange`` lets ``nan`` through (every comparison
+    with it is false), and a plain ``float`` option ``inf`` too, which as a wait or a deadline never ends."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a number: give one such as 1.5", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 json_option = click.option(

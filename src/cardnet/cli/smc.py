@@ -19,7 +19,17 @@ from typing import Any
 import click
 
 from cardnet.applets.smc import MAX_RUNS as SMC_MAX_RUNS
-from cardnet.cli.output import console, emit_json, fail, fail_os, json_option, print_rows, print_table, table
+from cardnet.cli.output import (
+    FiniteRange,
+    console,
+    emit_json,
+    fail,
+    fail_os,
+    json_option,
+    print_rows,
+    print_table,
+    table,
+)
 from cardnet.errors import CardnetError
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
@@ -81,7 +91,7 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
 @click.option(
     "--round-ms",
-    type=float,
+    type=FiniteRange(min=0, min_open=True),
     default=50.0,
     show_default=True,
     help="The Clock's round deadline (without faults a round ends as soon as its frames are in).",
@@ -95,7 +105,7 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
 )
 @click.option(
     "--adversary",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteRange(0.0, 1.0),
     default=None,
     help="Faulty hosts drop each of their modules' frames, in and out, with this probability (1: all).",
 )
@@ -333,7 +343,9 @@ def _read_run(path: str) -> tuple[Any, float, float]:
     "-m", "--member", "members", multiple=True, required=True, help="A module card's Uid, once per party, in order."
 )
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
-@click.option("--round-ms", type=float, default=100.0, show_default=True, help="The round deadline.")
+@click.option(
+    "--round-ms", type=FiniteRange(min=0, min_open=True), default=100.0, show_default=True, help="The round deadline."
+)
 @click.option(
     "--rho-max",
     type=click.IntRange(0, MAX_RHO),
@@ -343,7 +355,7 @@ def _read_run(path: str) -> tuple[Any, float, float]:
 )
 @click.option(
     "--start-in",
-    type=float,
+    type=FiniteRange(min=0),
     default=30.0,
     show_default=True,
     help="Seconds from now to the first round: every party must have joined by then (clocks in sync).",

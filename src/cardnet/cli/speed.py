@@ -19,7 +19,17 @@ import click
 
 from cardnet.cli.main import LazyGroup
 from cardnet.cli.millicent import _limits_from, _listen, _serve, _server_limits, _store
-from cardnet.cli.output import all_or_nothing, ask_pin, emit_json, fail, json_option, print_rows, progress, say
+from cardnet.cli.output import (
+    FiniteRange,
+    all_or_nothing,
+    ask_pin,
+    emit_json,
+    fail,
+    json_option,
+    print_rows,
+    progress,
+    say,
+)
 from cardnet.cli.trn import CARD, PIN, SOCKET, card_pin, run_on_wallet
 from cardnet.store import Store
 
@@ -217,7 +227,7 @@ def vendor_add(store: str, product: str, price: str, floor: str | None, path: Pa
 @vendor.command("run")
 @STORE
 @click.option("--listen", default="127.0.0.1:7300", show_default=True, help="HOST:PORT (port 0 picks one).")
-@click.option("--pay-within", type=click.FloatRange(1, 30 * 86400), default=None,
+@click.option("--pay-within", type=FiniteRange(1, 30 * 86400), default=None,
               help="Give each bill a deadline this many seconds after it is made: the broker refuses it after that "
               "(default: bills carry no deadline).")  # fmt: skip
 @_server_limits

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cardnet.cli.output import (
+    FiniteRange,
     ask_pin,
     card_refusal,
     console,
@@ -361,7 +362,7 @@ def trn_mint(socket: str, pin: str | None, card: str | None, oid: str, body: str
     click.option("--wait", "wait", is_flag=True,
                  help="Wait until the transfer is complete: the receiving card has the token and this card has let "
                  "it go (or it came back, refused), showing how it goes."),
-    click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=None,
+    click.option("--timeout", "timeout_s", type=FiniteRange(0.1, 3600), default=None,
                  help="With --wait: seconds to wait before giving up the wait (the transfer goes on)  [default: 30]; "
                  "with --gate: for the gate's answer, then the token is taken back  [default: 10]"),
     click.option("--gate", "gate", is_flag=True,
@@ -651,7 +652,7 @@ def trn_cancel(socket: str, pin: str | None, card: str | None, oid: str, as_json
         "timeout_s",
         default=30.0,
         show_default=True,
-        type=click.FloatRange(0, 3600),
+        type=FiniteRange(0, 3600),
         help="Seconds to wait for the authority.",
     ),
 )

@@ -29,6 +29,7 @@ from cardnet.cli.fairx import HINTS as EXCHANGE_HINTS
 from cardnet.cli.fairx import exchange_row, people_rows
 from cardnet.cli.main import LazyGroup, given_options
 from cardnet.cli.output import (
+    FiniteRange,
     all_or_nothing,
     console,
     emit_json,
@@ -133,7 +134,7 @@ CONFIG = click.option(
 SOCKET = click.option("--socket", default=None, help="The host's application socket (default: the wallet config's).")
 CARD = click.option("--card", "card", default=None, help="The card's domain, 24 hex (default: the wallet config's).")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-WAIT_S = click.FloatRange(0, 3600)
+WAIT_S = FiniteRange(0, 3600)
 
 
 def wallet_command(
@@ -568,7 +569,7 @@ def wallet_send(target: Target, oid: str, to: str, untraceable: bool, wait_s: fl
     "enter",
     click.argument("oid"),
     click.option("--gate", "gate", required=True, help="The gate card's Uid (DOMAIN:00000000; the gate shows it)."),
-    click.option("--wait", "wait_s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+    click.option("--wait", "wait_s", type=FiniteRange(0.1, 3600), default=10.0, show_default=True,
                  help="Seconds to wait for the gate's answer; then the ticket is taken back."),
 )  # fmt: skip
 def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bool) -> None:
@@ -586,9 +587,9 @@ def wallet_enter(target: Target, oid: str, gate: str, wait_s: float, as_json: bo
 @wallet_command(
     wallet,
     "recover",
-    click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+    click.option("--wait", "wait_s", type=FiniteRange(0, 3600), default=30.0, show_default=True,
                  help="Seconds to wait for transfers and exchanges to finish."),
-    click.option("--ttp-after", "ttp_after_s", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+    click.option("--ttp-after", "ttp_after_s", type=FiniteRange(0, 3600), default=5.0, show_default=True,
                  help="Seconds of resending before an interrupted exchange is put to the TTP."),
 )  # fmt: skip
 def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: bool) -> None:

@@ -27,7 +27,7 @@ from cardnet.cli.fairx import (
     still_words,
     who_words,
 )
-from cardnet.cli.output import emit_json, print_rows
+from cardnet.cli.output import FiniteRange, emit_json, print_rows
 from cardnet.cli.trn import hex16
 from cardnet.cli.wallet import HINTS, WAIT_S, Target, wallet_command
 
@@ -54,7 +54,7 @@ def _run(target: Target, work: Callable[[Any], Awaitable[Any]], hints: dict[str,
     return run_worded(target.run, work, {**HINTS, **(hints or {})}, SPELLING)
 
 
-WAIT = click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+WAIT = click.option("--wait", "wait_s", type=FiniteRange(0, 3600), default=30.0, show_default=True,
                     help="Seconds to wait for the exchange to end (0: do not wait).")  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cardnet.cli.output import fail, say_ready
+from cardnet.cli.output import FiniteRange, fail, say_ready
 from cardnet.cli.wallet import Target, wallet_command
 
 if TYPE_CHECKING:
@@ -77,9 +77,9 @@ def _listen(text: str) -> tuple[str, int]:
     "ui",
     click.option("--listen", default="127.0.0.1:8471", show_default=True,
                  help="Where to serve the page: a loopback address and a port (0: any free one)."),
-    click.option("--recover-wait", "recover_wait_s", type=click.FloatRange(0, 600), default=10.0, show_default=True,
+    click.option("--recover-wait", "recover_wait_s", type=FiniteRange(0, 600), default=10.0, show_default=True,
                  help="Seconds the page's Recover resends before it reports what is still under way."),
-    click.option("--ttp-after", "ttp_after_s", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+    click.option("--ttp-after", "ttp_after_s", type=FiniteRange(0, 600), default=5.0, show_default=True,
                  help="Seconds of resending before Recover puts an interrupted exchange to the TTP."),
 )  # fmt: skip
 def wallet_ui(target: Target, listen: str, recover_wait_s: float, ttp_after_s: float, as_json: bool) -> None:
