@@ -109,3 +109,41 @@ def test_sales_waiting_on_an_order_the_vendor_refused_are_told_why(tmp_path: Pat
     listed = json.loads(cardnet("millicent", "list", "--wallet", wallet, "--json").stdout)
     assert listed["pending"] == [] and listed["scrip"] == []
     assert status(b)[B]["pending_orders"] == 0
+
+
+def test_a_stock_piece_the_vendor_refused_unspent_goes_back_to_stock(tmp_path: Path) -> None:
+    """The vendor wants level 3 and refuses the broker's level-2 `issue` (MACed, nothing spent): the customer gets her
+    money back and the piece stays the broker's stock. Before, each such sale dropped its piece: two refused sales of
+    20 lost all 40 of stock the broker had bought (and owed the vendor for)."""
+    from cardnet.services.millicent.wallet import WalletError
+
+    v, file = str(tmp_path / "vendor.db"), tmp_path / "bulk.json"
+    cardnet("millicent", "vendor", "init", "--store", v, "--id", B, "--level", "3")
+    cardnet("millicent", "vendor", "bulk-agreement", "--store", v, "--broker", "bob", "--out", str(file))
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    vendor.start()
+    try:
+        add_bulk(b, file, vendor.address, 2)
+        cardnet("millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "40", "--pieces", "2")
+        broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+        broker.start()
+        try:
+            wallet = customer(tmp_path, b, broker.address, "alice", 100)
+            with SqliteStore(wallet) as store:
+                for _ in range(2):
+                    try:
+                        asyncio.run(asyncio.wait_for(Wallet(store).buy(bytes.fromhex(B), 20), GUARD_S))
+                    except WalletError as exc:
+                        assert exc.reason == "refused" and "this vendor requires level 3" in str(exc), exc
+                    else:
+                        raise AssertionError("sold at level 2 by a vendor that wants level 3")
+                cid = Wallet(store).customer_id
+        finally:
+            broker.stop()
+    finally:
+        vendor.stop()
+    bulk = status(b)[B]
+    assert (bulk["stock_value"], bulk["pieces"], bulk["bought_value"]) == (40, 2, 40), bulk
+    with SqliteStore(b) as bstore:
+        assert cid is not None and mb.BrokerCore(bstore).account(cid) == 100  # her money back each time

@@ -303,6 +303,9 @@ from cardnet.protocols.millicent.scrip import (
     SCRIP_MIN_BYTES as SCRIP_MIN_BYTES,
 )
 from cardnet.protocols.millicent.scrip import (
+    UNSPENT as UNSPENT,
+)
+from cardnet.protocols.millicent.scrip import (
     VENDOR_BYTES as VENDOR_BYTES,
 )
 from cardnet.protocols.millicent.scrip import (

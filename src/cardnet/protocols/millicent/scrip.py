@@ -58,6 +58,19 @@ class Status(IntEnum):
     NOT_ALLOWED = 13  # op ISSUE from a customer that is not one of the vendor's bulk brokers: nothing was spent
 
 
+# The vendor's refusals that leave the scrip unspent: whoever sent it keeps it (a wallet; a broker, its stock).
+UNSPENT = frozenset(
+    (
+        Status.INSUFFICIENT,
+        Status.UNKNOWN_PRODUCT,
+        Status.LEVEL_TOO_LOW,
+        Status.TOO_LARGE,
+        Status.WRONG_PRICE,
+        Status.NOT_ALLOWED,
+    )
+)
+
+
 class Op(IntEnum):
     BUY = 0  # buy a product; change comes back
     RENEW = 1  # exchange old scrip for new (same value, fresh expiry)

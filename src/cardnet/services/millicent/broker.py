@@ -723,8 +723,12 @@ class BrokerCore:
             if out.change is not None:
                 txn.put(STOCK, _stock_key(out.change), out.change.encode())
             if out.status != mc.Status.OK or out.issued is None or out.issued_secret is None:
-                # The piece is gone (e.g. expired or spent): give the money back; the customer may buy again.
+                # Give the money back; the customer may buy again. The piece is gone (e.g. expired or spent), unless
+                # the refusal left it unspent (say the vendor wants level 3): then it is stock again, not lost.
                 log.warning("vendor %s refused a stock piece: %s %s", call.vendor.hex(), out.status.name, out.detail)
+                if out.status in mc.UNSPENT:
+                    piece = stored_scrip(bytes.fromhex(rec["piece"]), "a stock piece")
+                    txn.put(STOCK, _stock_key(piece), piece.encode())
                 balance += rec["value"]
                 txn.put(ACCOUNTS, cid, pub_raw + _u64(balance))
                 reply_param = _purchased(

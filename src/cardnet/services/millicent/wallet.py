@@ -46,14 +46,7 @@ RENEW_MARGIN_S = 24 * 3600
 TIMEOUT_S = 10.0
 # A pending request is left alone (kept pending, with its reason) for these; anything else is a bug to report.
 UNSETTLED = ("unreachable", "no_answer", "unauthenticated", "bad_reply", "not_a_vendor", "pending", "store_failed")
-# The vendor's refusals that leave the scrip unspent: the wallet keeps it.
-UNSPENT = (
-    mc.Status.INSUFFICIENT,
-    mc.Status.UNKNOWN_PRODUCT,
-    mc.Status.LEVEL_TOO_LOW,
-    mc.Status.TOO_LARGE,
-    mc.Status.WRONG_PRICE,
-)
+UNSPENT = mc.UNSPENT  # the vendor's refusals that leave the scrip unspent: the wallet keeps it
 
 
 class WalletError(CardnetError):
