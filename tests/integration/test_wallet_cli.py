@@ -510,6 +510,18 @@ def test_a_wallet_without_config_or_with_a_pin_in_it_says_what_to_do(tmp_path: P
     no_broker = refused("wallet", "load", "--amount", "1.00 EUR", "--config", tmp_path / "none.toml",
                         "--socket", tmp_path / "x.sock")  # fmt: skip
     assert no_broker["reason"] == "not_configured" and "broker=" in no_broker["hint"], no_broker
+    # a value missing from a wallet config given with --config: the hint's command keeps it in that config (before:
+    # `cardnet wallet config --set broker=VALUE`, which writes the default config, not the one the command read)
+    mine = tmp_path / "mine" / "wallet.toml"
+    mine.parent.mkdir()
+    mine.write_text(f'socket = "{tmp_path / "x.sock"}"\n')
+    load = ("wallet", "load", "--amount", "1.00 EUR", "--config", mine)
+    e = refused(*load)
+    [keep] = re.findall(r"`(cardnet wallet config [^`]*)`", e["hint"])
+    assert keep == f"cardnet wallet config --config {mine} --set broker=HOST:PORT", e
+    ok(*shlex.split(keep.replace("HOST:PORT", "127.0.0.1:7400"))[1:])
+    e = refused(*load)  # the broker is kept there now: the next thing missing is asked for
+    assert "no account at the broker" in e["message"] and f"--config {mine} --set account=ACCOUNT" in e["hint"], e
     ok("ca", "create", tmp_path / "ca.cnca")
     for bad in (("--route", "0123=127.0.0.1:7100"), ("--listen", 'x" = 1')):
         usage = refused("wallet", "init", "--config", tmp_path / "w" / "wallet.toml", "--ca", tmp_path / "ca.cnca",

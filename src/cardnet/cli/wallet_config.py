@@ -21,6 +21,7 @@ are relative to its folder. The PIN is never kept there: a file with a ``pin`` i
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ CONFIG_ENV = "CARDNET_WALLET_CONFIG"
 PATHS = ("socket", "broker_cert", "ca_cert", "purchases", "millicent")  # keys whose values are paths
 KEYS = ("socket", "card", "broker", "broker_cert", "ca_cert", "account", "purchases", "millicent")
 DEFAULTS = {"purchases": "purchases", "millicent": "millicent.db"}
+# What a value looks like, in the hint that asks for a missing one
+EXAMPLES = {"broker": "HOST:PORT", "broker_cert": "BROKER_PEM", "ca_cert": "CA_PEM", "account": "ACCOUNT",
+            "socket": "SOCKET", "card": "DOMAIN"}  # fmt: skip
 
 
 def default_path() -> Path:
@@ -71,10 +75,12 @@ class WalletConfig:
         """The value of ``key``, or a failure saying how to give it (``option`` on the command line, or the config)."""
         value = self.get(key)
         if value is None:
+            example = EXAMPLES.get(key, "VALUE")
+            keep = f"cardnet wallet config --config {shlex.quote(str(self.path))} --set {key}={example}"
             fail(
                 f"no {what}: give {option}, or keep it in the wallet config ({self.path})",
                 reason="not_configured",
-                hint=f"cardnet wallet config --set {key}=VALUE",
+                hint=f"`{keep}` keeps it (in the config this command read), or give {option}",
             )
         return value
 
