@@ -225,3 +225,18 @@ def test_speed_recover_with_a_folder_that_holds_no_journal_says_so_and_makes_non
         assert right.returncode == 0 and "nothing was left to finish" in right.stdout, right.stdout + right.stderr
     finally:
         host.stop()
+
+
+def test_authority_run_without_a_pin_says_how_to_give_it(tmp_path: Path) -> None:
+    """`cardnet authority run` with no $CARDNET_PIN: reason no_pin (before: 'error'), and the command to run it
+    with one (before: 'the service logs in to its own card with it', no command)."""
+    config, ca = tmp_path / "auth.toml", tmp_path / "ca.cnca"
+    config.write_text("")
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "CARDNET_PIN"}
+    argv = [sys.executable, "-m", "cardnet.cli.main", "authority", "run", "--config", str(config), "--ca", str(ca)]
+    r = subprocess.run([*argv, "--json"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=60, check=False)  # fmt: skip
+    e = json_error(r)
+    assert e["reason"] == "no_pin" and e["message"] == "no PIN: set CARDNET_PIN to the authority card's PIN", e
+    assert f"`CARDNET_PIN=... cardnet authority run --config {config} --ca {ca}`" in e["hint"], e

@@ -55,7 +55,9 @@ def authority_run(config_path: Path, ca_path: Path, every_s: float, refresh_s: f
 
     pin = os.environ.get("CARDNET_PIN")
     if not pin:
-        fail("set CARDNET_PIN to the authority card's PIN", hint="the service logs in to its own card with it")
+        fail("no PIN: set CARDNET_PIN to the authority card's PIN", reason="no_pin",
+             hint=f"run it as `CARDNET_PIN=... cardnet authority run --config {config_path} --ca {ca_path}`: the "
+             "service logs in to its own card with it, unattended (it asks no terminal)")  # fmt: skip
     config = load_config(config_path)
     ca = pki.CertificateAuthority.load(ca_path)
     # The signer logs in to the authority card by name: the host may run other cards too (an agent).
