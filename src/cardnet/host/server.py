@@ -61,6 +61,7 @@ from cardnet.host.errors import HostError
 from cardnet.store import StoreError, open_store
 from cardnet.transport import (
     BrokenError,
+    CannotListen,
     ClosedError,
     Connection,
     Limits,
@@ -91,6 +92,15 @@ LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few 
 LINK_QUEUE_BYTES = 64 * 1024 * 1024
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
 _NOBODY = Uid(bytes(12), 0)  # src and dst of host.taken (host to host: no card's)
+# What to do when the config's `listen` cannot be listened on, by CannotListen.why
+LISTEN_HINTS = {
+    "in_use": "another process (another host?) listens on that port: stop it, or choose another port in the "
+    "config's listen",
+    "not_here": "give the config's listen an address of this machine (127.0.0.1 for this machine only, 0.0.0.0 "
+    "for every network)",
+    "not_permitted": "choose a port of 1024 or above in the config's listen",
+    "other": "check the config's listen (HOST:PORT of this machine)",
+}
 
 
 START_TICKS = frozenset({"trn.recover"})  # ticks that also run at start (not e.g. session.rekey: a start is no rekey)
@@ -427,7 +437,11 @@ class HostServer:
         if self.config.listen is not None:
             self._tcp = TcpServer(limits=self.limits, server_limits=self.config.server_limits)
             h, p = self.config.listen
-            await self._tcp.start(h, p, self._serve_remote, self._server_tls)
+            try:
+                await self._tcp.start(h, p, self._serve_remote, self._server_tls)
+            except CannotListen as exc:
+                where = f'cannot listen on {h}:{p} (the config\'s listen = "{h}:{p}")'
+                raise HostError("cannot_listen", f"{where}: {exc.words}", hint=LISTEN_HINTS[exc.why]) from None
         self._spawn(self._pump_loop())
         if self._jobs:
             self._spawn(self._timer_loop())

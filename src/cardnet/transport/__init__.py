@@ -19,7 +19,7 @@ from cardnet.transport.base import (
     fit_batch,
     send_batch,
 )
-from cardnet.transport.errors import BrokenError, ClosedError, TooLarge, TransportError
+from cardnet.transport.errors import BrokenError, CannotListen, ClosedError, TooLarge, TransportError
 from cardnet.transport.framing import (
     DEFAULT_MAX_FRAME,
     MIN_FRAME,
@@ -45,6 +45,7 @@ __all__ = [
     "Backoff",
     "BackoffPolicy",
     "BrokenError",
+    "CannotListen",
     "ClosedError",
     "Connection",
     "Dialer",

@@ -16,13 +16,18 @@ queue is full; retry later or slow down), ``bad_config`` (a limit or option
 out of range), ``tls`` (certificates or keys that ``ssl`` refuses to load),
 ``in_use`` (a Unix socket path another process listens on), ``not_http``
 (what answers at an address an HTTP client asked is no HTTP server).
+:class:`CannotListen` (reason ``cannot_listen``): a server could not listen on
+a TCP address; ``why`` says in a word whether another process holds it, the
+address is not this machine's, or the port is not permitted.
 Bytes from a peer that do not decode raise ``cardnet.wire.DecodeError`` in the
 sans-I/O framing; a connection turns that into :class:`BrokenError`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import errno
+import socket
+from typing import TYPE_CHECKING, Literal
 
 from cardnet.errors import CardnetError
 
@@ -32,7 +37,8 @@ if TYPE_CHECKING:
 
 class TransportError(CardnetError):
     """A connection, link or listener could not do what was asked; ``reason`` says why
-    (``closed``, ``broken``, ``oversize``, ``queue_full``, ``bad_config``, ``tls``, ``in_use``, ``not_http``)."""
+    (``closed``, ``broken``, ``oversize``, ``queue_full``, ``bad_config``, ``tls``, ``in_use``, ``not_http``,
+    ``cannot_listen``)."""
 
 
 class ClosedError(TransportError):
@@ -65,3 +71,30 @@ class TooLarge(TransportError):
     def __init__(self, frame: SkippedFrame, message: str) -> None:
         super().__init__("too_large", message)
         self.frame = frame
+
+
+ListenFailure = Literal["in_use", "not_here", "not_permitted", "other"]
+
+
+class CannotListen(TransportError):
+    """A server could not listen on ``host:port``; ``why`` is ``in_use`` (another process listens there),
+    ``not_here`` (the address is not one of this machine's, or a name it cannot look up), ``not_permitted``
+    (the system refused, e.g. a port below 1024 without privileges) or ``other`` (the system's words say why).
+    The message says it in words, without the system's errno and address tuple."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        where = f"{host}:{port}"
+        self.why: ListenFailure
+        if isinstance(exc, socket.gaierror):
+            self.why, words = "not_here", f"{host!r} is not a name this machine can look up"
+        elif exc.errno == errno.EADDRINUSE:
+            self.why, words = "in_use", "the address is in use: another process is listening on that port"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            self.why, words = "not_here", f"{host} is not an address of this machine"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            below = " (ports below 1024 need administrator rights)" if 0 < port < 1024 else ""
+            self.why, words = "not_permitted", f"this process is not permitted to listen there{below}"
+        else:
+            self.why, words = "other", (exc.strerror or str(exc)).rstrip(".").lower()
+        self.words = words  # why, without the address
+        super().__init__("cannot_listen", f"cannot listen on {where}: {words}")

@@ -77,7 +77,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
-from cardnet.transport.errors import BrokenError, TransportError
+from cardnet.transport.errors import CannotListen, TransportError
 
 log = logging.getLogger("cardnet.http")
 
@@ -350,7 +350,7 @@ class HttpServer:
         try:
             self._server = await asyncio.start_server(self._accept, host, port, limit=self.limits.read_chunk_bytes)
         except OSError as exc:
-            raise BrokenError(f"could not listen on {host}:{port}: {exc}; is the port in use?") from exc
+            raise CannotListen(host, port, exc) from exc
         sock = self._server.sockets[0].getsockname()
         self._address = (str(sock[0]), int(sock[1]))
         return self._address

@@ -58,7 +58,7 @@ from cardnet.transport.base import (
     PeerInfo,
     ServerLimits,
 )
-from cardnet.transport.errors import BrokenError, TooLarge, TransportError
+from cardnet.transport.errors import BrokenError, CannotListen, TooLarge, TransportError
 from cardnet.transport.framing import FrameDecoder, FrameRefused, SkippedFrame, encode_frame
 from cardnet.wire import DecodeError, Message
 
@@ -559,7 +559,7 @@ class TcpServer:
                 self._accepter(ssl_context), host, port, limit=self._limits.read_chunk_bytes, backlog=ACCEPT_BACKLOG
             )
         except OSError as exc:
-            raise BrokenError(f"could not listen on {host}:{port}: {exc}; is the port in use?") from exc
+            raise CannotListen(host, port, exc) from exc
         self._listening(server)
         self._address = _address(server.sockets[0].getsockname()) if server.sockets else None
 
