@@ -90,8 +90,7 @@ def test_every_plan_option_says_what_it_is() -> None:
 def test_plan_mistakes_are_refused_in_words_and_write_nothing(tmp_path: Path) -> None:
     """A module card given twice with -m, an application's Uid, a negative --start-in, --round-ms 0, and --out in a
     folder that does not exist: each refused (exit 2) saying what was wrong and what to do, no run file written.
-    Before: the card given twice made a run file (exit 0); '--round-ms must be positive and --start-in not negative'
-    for either; 'cannot write ...: No such file or directory', no hint."""
+    Before: the card given twice made a run file (exit 0); 'cannot write ...: No such file or directory', no hint."""
     out = tmp_path / "run.toml"
     twice = ("-m", UIDS[0], "-m", UIDS[0], "-m", UIDS[1])
     own = "each party is a module card of its own, on a host of its own"
@@ -99,9 +98,9 @@ def test_plan_mistakes_are_refused_in_words_and_write_nothing(tmp_path: Path) ->
         ((*twice, "--out", str(out)), f"{UIDS[0]} given more than once with -m: {own}",
          "give each party's module card once"),
         (("-m", UIDS[0], "-m", UIDS[1], "--start-in", "-5", "--out", str(out)),
-         "--start-in -5: the first round cannot be in the past", "e.g. --start-in 60"),
+         "Invalid value for '--start-in': -5.0 is not in the range x>=0.", "cardnet smc plan --help"),
         (("-m", UIDS[0], "-m", UIDS[1], "--round-ms", "0", "--out", str(out)),
-         "--round-ms 0: a round lasts a positive number of milliseconds", "leave it out for the default"),
+         "Invalid value for '--round-ms': 0.0 is not in the range x>0.", "cardnet smc plan --help"),
         (("-m", UIDS[0], "-m", UIDS[1], "--out", str(tmp_path / "no" / "run.toml")),
          f"cannot write the run file {tmp_path / 'no' / 'run.toml'}: the folder {tmp_path / 'no'} does not exist",
          "create the folder first"),
@@ -111,11 +110,24 @@ def test_plan_mistakes_are_refused_in_words_and_write_nothing(tmp_path: Path) ->
         err = json.loads(r.stdout)["error"]
         assert r.returncode == 2 and err["message"] == message and hint in err["hint"], (args, err)
         words = cardnet("smc", "plan", "-f", "median", *args)
-        assert words.returncode == 2 and f"error: {message}" in words.stderr and "Traceback" not in words.stderr
+        assert words.returncode == 2 and message in words.stderr and "Traceback" not in words.stderr
     app = UIDS[0][:-1] + "1"
     r = cardnet("smc", "plan", "-f", "median", "-m", app, "-m", UIDS[1], "--out", str(out))
     assert r.returncode == 2 and f"{app} is an application's Uid: give the module card's" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_the_function_cannot_take_says_what_to_give(tmp_path: Path) -> None:
+    """`smc run -i abc` and `smc join -i abc` for median (integers): reason bad_input, the message says what it
+    expects and the hint what to do (before: no hint), before any host or PIN."""
+    run = tmp_path / "run.toml"
+    assert cardnet("smc", "plan", "-f", "median", "-m", UIDS[0], "-m", UIDS[1], "--out", str(run)).returncode == 0
+    for argv in (("smc", "run", "-f", "median", "-i", "abc", "-i", "2", "-i", "3"),
+                 ("smc", "join", "--run", str(run), "--socket", str(tmp_path / "h.sock"), "-i", "abc")):  # fmt: skip
+        r = cardnet(*argv, "--json")
+        err = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and err["reason"] == "bad_input" and "expected an integer" in err["message"], err
+        assert err["hint"] and "cardnet smc functions" in err["hint"], err
 
 
 def test_every_reason_join_fails_for_says_what_to_do() -> None:

@@ -169,7 +169,7 @@ def smc_run(
         terms = REGISTRY.terms(function, n=n, t=t)
         raws = [fn.encode_input(v, max_input_bytes=terms.max_input_bytes) for v in inputs]
     except ProtocolError as exc:
-        fail(str(exc), reason=exc.reason)
+        fail(str(exc), reason=exc.reason, hint=INPUT_HINT)
     if round_ms <= 0:
         fail("--round-ms must be positive", reason="usage")
     rng = random.Random(seed)
@@ -397,12 +397,6 @@ def smc_plan(
         terms = REGISTRY.terms(function, n=n, t=t)
     except ProtocolError as exc:
         fail(str(exc), reason=exc.reason, hint="`cardnet smc functions` lists the functions")
-    if round_ms <= 0:
-        fail(f"--round-ms {round_ms:g}: a round lasts a positive number of milliseconds", reason="usage",
-             hint="leave it out for the default (100), or give more for hosts far apart")  # fmt: skip
-    if start_in < 0:
-        fail(f"--start-in {start_in:g}: the first round cannot be in the past", reason="usage",
-             hint="give the seconds from now every party needs to join, e.g. --start-in 60")  # fmt: skip
     run = os.urandom(16)
     start_at = time.time() + start_in
     text = (
@@ -425,6 +419,10 @@ def smc_plan(
         console.print(f"run {run.hex()} ({function}, n={n}, t={t}) starts in {start_in:g} s: written to {out}")
 
 
+INPUT_HINT = (  # an input the function cannot take (smc run -i, smc join -i): what to give instead
+    "give -i as the function takes it (the message says what it expects); `cardnet smc functions` lists each "
+    "function, what it computes and its input bound"
+)
 JOIN_HINTS = {  # what to do when `smc join` fails, by reason
     "no_host": "is `cardnet host run` running with that app_socket?",
     "wrong_pin": "check the PIN; at 0 tries the card locks",
@@ -464,7 +462,7 @@ def smc_join(run_file: str, socket: str, pin: str | None, card: str | None, valu
     try:
         raw = fn.encode_input(value, max_input_bytes=spec.terms.max_input_bytes)
     except ProtocolError as exc:
-        fail(str(exc), reason=exc.reason)
+        fail(str(exc), reason=exc.reason, hint=INPUT_HINT)
     domain = parse_domain(card)
     try:  # the host first: a PIN typed for a host that is not there (or a run already lost) is typed for nothing
         held, uid = asyncio.run(_reach(socket, domain, spec.run))
