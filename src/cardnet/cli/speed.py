@@ -68,6 +68,8 @@ HINTS = {
     "purchase is left to finish (nothing was paid for them)",
     "bill_expired": "nothing was paid: the vendor's deadline for that bill passed (it may sell the goods again); buy "
     "again for a new bill",
+    "bad_key": "tell the vendor and the broker's operator: the broker holds the key it was given and the bill's hash "
+    "of the ciphered products, and can check them; nothing more is paid for this purchase",
     "vendor_removed": "nothing was paid and the purchase is dropped: this broker no longer pays that vendor (ask the "
     "vendor which broker takes its bills now)",
 }
@@ -830,15 +832,19 @@ def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: 
         fail(f"{out} holds no purchase journal ({JOURNAL}): no `cardnet speed buy --out {out}` began a purchase there",
              reason="no_journal", hint="check --out: it is the folder `cardnet speed buy --out` wrote its products to "
              "(each purchase under way is journalled there)")  # fmt: skip
-    dropped: list[dict[str, Any]] = []
-    done = finish_purchases(socket, pin, card, ca_cert, out, broker, dropped)
+    gone: list[dict[str, Any]] = []
+    done = finish_purchases(socket, pin, card, ca_cert, out, broker, gone)
+    dropped = [d for d in gone if d["reason"] != "bad_key"]
+    unopened = [d for d in gone if d["reason"] == "bad_key"]  # paid: kept in the journal with its receipt
     words = [f"{len(done)} purchase(s) finished"] + [
         f"paid {d['price']}; {len(d['files'])} product(s) in {out}: " + ", ".join(d["files"]) for d in done
     ]
     words += [f"dropped, unpaid: {', '.join(d['products'])} ({d['detail']}): {DROP_HINTS.get(d['reason'], 'buy again')}"
               for d in dropped]  # fmt: skip
+    words += [f"{', '.join(d['products'])}: {d['detail']} ({out / JOURNAL}): {HINTS['bad_key']}" for d in unopened]
     nothing = "nothing was left to finish"
-    say(as_json, {"finished": done, "dropped": dropped}, "\n".join(words) if done or dropped else nothing)
+    got = {"finished": done, "dropped": dropped, **({"unopened": unopened} if unopened else {})}
+    say(as_json, got, "\n".join(words) if done or gone else nothing)
 
 
 DROP_HINTS = {

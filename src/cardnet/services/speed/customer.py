@@ -85,6 +85,8 @@ PERMANENT = frozenset(
      "bad_mode", "unknown_vendor", "not_your_account", "not_your_purse", "bad_signature", "bad_certificate",
      "pruned", "debit_refused", "bill_expired", "vendor_cert_expired", "vendor_removed"}
 )  # fmt: skip  # refusals a retry cannot change: the purchase is dropped from the journal (nothing was paid)
+PAID_UNOPENED = "bad_key"  # paid and receipted, but the receipt's key does not open the products: kept as paid, and
+# recover goes on with the other purchases (it lists it among the ones it did not finish)
 NOTHING_PAID = frozenset(
     {"insufficient"}
 )  # refused before any money moved, for now (the purse or the account holds too little): the purchase is dropped
@@ -577,7 +579,8 @@ class Customer:
 
     async def recover_all(self, *, broker: str | None = None) -> tuple[list[Purchase], list[Dropped]]:
         """:meth:`recover`, and the purchases it dropped from the journal: refused for good, or refused before any
-        money moved (:data:`NOTHING_PAID`: buy again)."""
+        money moved (:data:`NOTHING_PAID`: buy again); and, reason :data:`PAID_UNOPENED`, one paid whose receipt's key
+        does not open its products (kept in the journal as paid, with its receipt: the evidence)."""
         if self.journal is None:
             return [], []
         done, dropped = [], []
@@ -588,7 +591,7 @@ class Customer:
             try:
                 done.append(await self._pay(rec))
             except PurchaseError as exc:
-                if not self._dropped(rec, exc):
+                if exc.reason != PAID_UNOPENED and not self._dropped(rec, exc):
                     raise
                 dropped.append(Dropped(rec.nid, rec.products, exc.reason, str(exc)))
         return done, dropped
@@ -687,7 +690,15 @@ class Customer:
         receipt = open_receipt(bill["rec_key"], sealed_receipt, rec.broker_cert, self.roots, at)
         if receipt["poid"] != poid:
             raise PurchaseError("bad_receipt", "the broker's receipt is for another order")
-        contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(rec.chunks)]
+        try:
+            contents = [sm.decrypt_chunks(receipt["k"], i, per) for i, per in enumerate(rec.chunks)]
+        except ProtocolError as exc:  # paid, receipted, and the vendor's key does not open what it delivered
+            if self.journal is not None:  # (kept as paid: recover does not pay it again, nor stop at it)
+                self.journal.paid(rec.nid, poid, sealed_receipt)
+            paid = sm.Price.of(bill["price"])
+            raise PurchaseError(PAID_UNOPENED, f"paid {paid} (the broker's receipt is good), but the key the vendor "
+                                f"gave the broker does not open the products it delivered ({exc}): the purchase and "
+                                "its receipt are kept in the journal as evidence") from None  # fmt: skip
         if self.journal is not None:
             self.journal.paid(rec.nid, poid, sealed_receipt)
         return Purchase(poid, rec.products, sm.Price.of(bill["price"]), contents, sealed_receipt, signed_bill, po,
