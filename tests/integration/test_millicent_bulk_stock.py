@@ -111,39 +111,55 @@ def test_sales_waiting_on_an_order_the_vendor_refused_are_told_why(tmp_path: Pat
     assert status(b)[B]["pending_orders"] == 0
 
 
-def test_a_stock_piece_the_vendor_refused_unspent_goes_back_to_stock(tmp_path: Path) -> None:
-    """The vendor wants level 3 and refuses the broker's level-2 `issue` (MACed, nothing spent): the customer gets her
-    money back and the piece stays the broker's stock. Before, each such sale dropped its piece: two refused sales of
-    20 lost all 40 of stock the broker had bought (and owed the vendor for)."""
+def test_a_vendor_that_wants_level_3_sells_through_the_bulk_broker_and_an_unspent_refusal_keeps_the_stock(
+    tmp_path: Path,
+) -> None:
+    """The broker's `issue` requests are sealed (level 3). Before, they were level 2, and a vendor that wants level 3
+    refused each (`level_too_low`, MACed, nothing spent) while the broker dropped the piece: two refused sales of 20
+    lost all 40 of stock it had bought. Now such a vendor sells; and a refusal that leaves the piece unspent (here:
+    the vendor's operator dropped the broker's agreement, `not_allowed`) gives the customer her money back and the
+    piece stays the broker's stock."""
+    from cardnet.services.millicent import vendor as mv
     from cardnet.services.millicent.wallet import WalletError
 
     v, file = str(tmp_path / "vendor.db"), tmp_path / "bulk.json"
     cardnet("millicent", "vendor", "init", "--store", v, "--id", B, "--level", "3")
     cardnet("millicent", "vendor", "bulk-agreement", "--store", v, "--broker", "bob", "--out", str(file))
     b = str(tmp_path / "broker.db")
+
+    def buy(wallet: str) -> None:
+        with SqliteStore(wallet) as store:
+            asyncio.run(asyncio.wait_for(Wallet(store).buy(bytes.fromhex(B), 20), GUARD_S))
+
     vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
     vendor.start()
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
     try:
-        add_bulk(b, file, vendor.address, 2)
-        cardnet("millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "40", "--pieces", "2")
-        broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+        add_bulk(b, file, vendor.address, 3)
+        cardnet("millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "60", "--pieces", "3")
         broker.start()
+        wallet = customer(tmp_path, b, broker.address, "alice", 100)
+        buy(wallet)  # sold at level 3 (before: refused, and the piece lost)
+        assert (status(b)[B]["stock_value"], status(b)[B]["bought_value"]) == (40, 60)
+        vendor.stop()  # its operator drops the broker's agreement
+        with SqliteStore(v) as vstore, vstore.transaction() as txn:
+            [(broker_cid, _)] = txn.scan(mv.BULK)
+            txn.delete(mv.BULK, broker_cid)
+        vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+        vendor.start()
+        add_bulk(b, file, vendor.address, 3)  # (its new port)
         try:
-            wallet = customer(tmp_path, b, broker.address, "alice", 100)
-            with SqliteStore(wallet) as store:
-                for _ in range(2):
-                    try:
-                        asyncio.run(asyncio.wait_for(Wallet(store).buy(bytes.fromhex(B), 20), GUARD_S))
-                    except WalletError as exc:
-                        assert exc.reason == "refused" and "this vendor requires level 3" in str(exc), exc
-                    else:
-                        raise AssertionError("sold at level 2 by a vendor that wants level 3")
-                cid = Wallet(store).customer_id
-        finally:
-            broker.stop()
+            buy(wallet)
+        except WalletError as exc:
+            assert exc.reason == "refused" and "only this vendor's bulk brokers" in str(exc), exc
+        else:
+            raise AssertionError("issued for a broker the vendor has no agreement with")
+        with SqliteStore(wallet) as store:
+            cid = Wallet(store).customer_id
     finally:
+        broker.stop()
         vendor.stop()
     bulk = status(b)[B]
-    assert (bulk["stock_value"], bulk["pieces"], bulk["bought_value"]) == (40, 2, 40), bulk
+    assert (bulk["stock_value"], bulk["pieces"], bulk["bought_value"]) == (40, 2, 60), bulk  # the piece kept
     with SqliteStore(b) as bstore:
-        assert cid is not None and mb.BrokerCore(bstore).account(cid) == 100  # her money back each time
+        assert cid is not None and mb.BrokerCore(bstore).account(cid) == 80  # the refused 20 given back

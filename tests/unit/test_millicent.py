@@ -701,7 +701,7 @@ def test_a_refused_stock_piece_gives_the_customer_her_money_back(
 ) -> None:
     cid, _, issue = sale_from_fresh_stock(bulk_broker, vendor)
     # Someone spent the broker's piece first (say its store was copied): the vendor refuses it as spent.
-    rec = mc.REQUEST_SCHEMA.decode(issue.param)
+    rec = issue_request(bulk_broker, issue)
     thief = mc.make_request(
         rec["scrip"],
         rid=b"z" * 16,
@@ -721,7 +721,8 @@ def test_a_forged_plain_refusal_of_a_stock_piece_refunds_nothing_and_the_vendors
 ) -> None:
     cid, param, issue = sale_from_fresh_stock(bulk_broker, vendor)
     genuine = carry(vendor, issue)  # the vendor spends the piece and issues the customer's scrip ...
-    rid = mc.REQUEST_SCHEMA.decode(issue.param)["rid"]
+    assert issue.mtype == mc.SEALED_REQUEST.code  # (level 3: every vendor takes it)
+    rid = mc.SEALED_SCHEMA.decode(issue.param)["rid"]
     fake = {"rid": rid, "status": int(mc.Status.STOLEN), "detail": "this scrip belongs to someone else"}
     forged = Message(U, U, mc.REPLY.code, mc.REPLY_SCHEMA.encode(fake))  # ... a man in the middle answers instead
     assert bulk_broker.finish_issue(issue, forged) is None  # not believed: no refund, the sale stays open
@@ -730,6 +731,13 @@ def test_a_forged_plain_refusal_of_a_stock_piece_refunds_nothing_and_the_vendors
     assert isinstance(again, mb.VendorCall) and again.param == issue.param  # the very same vendor request
     r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(again, genuine) or b"")
     assert r["status"] == 0 and r["balance"] == 90 and mc.Scrip.decode(r["scrip"]).value == 10
+
+
+def issue_request(b: mb.BrokerCore, issue: mb.VendorCall) -> dict[str, Any]:
+    """The broker's sealed `issue` request to the vendor, opened with its secret there."""
+    outer = mc.SEALED_SCHEMA.decode(issue.param)
+    box = mc.box_key(bytes.fromhex(_bulk_secret(b)), outer["rid"], outer["customer_id"])
+    return mc.REQUEST_SCHEMA.decode(box.open(0, outer["box"], outer["customer_id"] + outer["rid"]))
 
 
 def _bulk_secret(b: mb.BrokerCore) -> str:

@@ -84,6 +84,9 @@ KEEP_RELEASES = 200
 LICENCE_MODE, BULK_MODE = "licence", "bulk"
 STOCK_MARGIN_S = 3600  # a stock piece expiring sooner than this is not sold (the customer needs time to spend)
 VENDOR_TIMEOUT_S = 10.0  # the default bound on all the vendor calls of one purchase (`broker run --vendor-timeout`)
+# The broker's `issue` requests are sealed (level 3): every vendor takes them, whatever its lowest level (a vendor
+# that wants level 3 refused the level-2 requests of before, so bulk mode could not sell its scrip at all)
+ISSUE_LEVEL = mc.Level.PRIVATE
 MAX_VENDOR_CALLS = 4  # vendor calls one purchase may need (buy stock, then issue; each with a retry)
 # A sale's reservation (stock, or a place in an order) whose customer has not sent the purchase again for this long
 # goes back to stock (`broker run --reservation-hold`): docs/decisions.md, "Reserved bulk stock ... is released".
@@ -254,6 +257,7 @@ def parse_sale(raw: bytes) -> dict[str, Any]:
                 raise TypeError(f"{k} is not an integer")
         if not isinstance(rec["address"], str):
             raise TypeError("address is not text")
+        mc.Level(rec.setdefault("level", int(mc.Level.THEFT)))  # (a sale recorded before "level" was at level 2)
     return rec
 
 
@@ -499,7 +503,7 @@ class BrokerCore:
         mtype, request = mc.make_request(
             piece[1],
             rid=issue_rid,
-            level=mc.Level.THEFT,
+            level=ISSUE_LEVEL,
             secret=bulk.secret,
             price=value,
             op=mc.Op.ISSUE,
@@ -515,6 +519,7 @@ class BrokerCore:
             "value": value,
             "want_secret": f["want_secret"],
             "digest": digest.hex(),  # of the customer's purchase: the answer's MAC covers it
+            "level": int(ISSUE_LEVEL),
         }
         if piece[0] is not None:
             txn.delete(STOCK, piece[0])
@@ -706,7 +711,7 @@ class BrokerCore:
                     reply.mtype,
                     reply.param,
                     rid=bytes.fromhex(rec["issue_rid"]),
-                    level=mc.Level.THEFT,
+                    level=mc.Level(rec["level"]),
                     secret=bulk.secret,
                 )
             except mc.MillicentError as exc:
