@@ -654,6 +654,11 @@ class TcpServer:
             if ssl_context is not None:
                 left = slot.accepted_at + self._server_limits.handshake_timeout_s - asyncio.get_running_loop().time()
                 raw = slot.writer.transport
+                # Python 3.11's stream protocol learns that it runs over TLS only once start_tls returns; a peer's
+                # close_notify in the handshake's last flight reached it before, and asyncio logged "returning true
+                # from eof_received() has no effect when using ssl": a warning in our log each time a peer
+                # connected (tests/integration/test_tls_close_log.py). Tell it first (the flag start_tls sets).
+                setattr(raw.get_protocol(), "_over_ssl", True)  # noqa: B010
                 try:
                     await slot.writer.start_tls(ssl_context, ssl_handshake_timeout=max(left, 0.001))
                     if slot.writer.transport is None:
