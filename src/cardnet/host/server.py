@@ -140,8 +140,12 @@ def _open_card(i: int, cc: CardConfig) -> Card:
                 hint=f"check cards[{i}].store in the config; a new card is made first with "
                 f"`cardnet card create --ca CA --store {cc.store}`",
             ) from None
-        raise HostError(exc.reason, f"cards[{i}].store: {exc}") from None
-    card = Card(store, applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
+        raise HostError(exc.reason, f"cards[{i}].store: {exc}", hint=exc.hint) from None
+    try:
+        card = Card(store, applets=make_applets(list(cc.applets)), capacity_bytes=cc.capacity_bytes)
+    except StoreError as exc:  # (a store damaged past its header: SQLite opened it, reading the card failed)
+        store.close()
+        raise HostError(exc.reason, f"cards[{i}].store: {exc}", hint=exc.hint) from None
     if not card.personalised:
         card.close()
         raise HostError(

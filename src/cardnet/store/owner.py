@@ -24,6 +24,7 @@ holder writes its record at once; a reader lets go at once) for up to ``RECORD_W
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -183,6 +184,7 @@ def claim(store: str, service: str, *, other: str = "give another --store") -> C
     shown = path[: -len(SUFFIX)]
     if not os.path.isdir(os.path.dirname(path)):
         return None  # no such folder: opening the store says so
+    _writable(shown, service, other)
     for _ in range(100):  # (a retry only when the holder let go and removed the file between our open and lock)
         fd = _lock(path, shown, service, other)
         try:
@@ -194,12 +196,36 @@ def claim(store: str, service: str, *, other: str = "give another --store") -> C
     raise StoreError("in_use", f"cannot claim store {shown} for the {service}: {path} keeps changing")
 
 
+def _writable(store: str, service: str, other: str) -> None:
+    """``io`` when the store file is there and this process may not write it (a running service writes its store;
+    SQLite would open it read-only and the service fail at its first write)."""
+    try:
+        fd = os.open(store, os.O_RDWR)
+    except (FileNotFoundError, IsADirectoryError):
+        return  # (a new store, or a directory: opening the store says so)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return  # (opening the store says what else is wrong)
+        raise StoreError(
+            "io",
+            f"cannot claim store {store} for the {service}: this user may not read and write it ({exc.strerror}), "
+            "and a running service writes its store",
+            hint=f"make {store} writable by the user this runs as, or {other}",
+        ) from None
+    os.close(fd)
+
+
 def _lock(path: str, shown: str, service: str, other: str) -> int:
     """``path`` opened (made if need be) and locked exclusively; ``in_use`` naming its holder if it is held."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StoreError("io", f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}") from None
+        raise StoreError(
+            "io",
+            f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}",
+            hint=f"a running service writes beside its store (this claim file, SQLite's -wal and -shm): make "
+            f"{os.path.dirname(path)} writable by the user this runs as, or {other}",
+        ) from None
     try:
         record = _holding(fd, fcntl.LOCK_EX)
     except OSError as exc:

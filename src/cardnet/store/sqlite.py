@@ -186,6 +186,20 @@ def _prepare_file(path: str, create: bool) -> bool:
         return True  # a new store: SQLite writes its header on open
     if not os.path.exists(path):
         raise StoreError("missing", f"there is no store {path}: check the path (this command creates no store)")
+    if os.path.isdir(path):
+        raise StoreError(
+            "io",
+            f"cannot open store {path}: it is a directory, not a store file",
+            hint=f"give a file's path ({path}/...)",
+        )
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise StoreError(
+            "io",
+            f"cannot open store {path}: {exc.strerror}",
+            hint="give a store this user may read and write (its owner can chmod u+rw it), or run as its owner",
+        ) from None
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise StoreError(
             "empty",
@@ -224,6 +238,21 @@ def _io_failed(what: str, url: str, exc: sqlite3.DatabaseError) -> StoreError:
     return StoreError("io", f"{what} failed on {url}: {exc}", hint=DISK_HINT if _disk_failed(exc) else None)
 
 
+def _txn_failed(url: str, exc: sqlite3.DatabaseError) -> StoreError:
+    """A read or write of a transaction on ``url`` failed in SQLite: ``damaged`` for a file whose pages are not
+    SQLite's (random bytes, a torn copy), ``io`` for one this process may not write, else as :func:`_io_failed`."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreError("damaged", f"store {url} is damaged ({exc}): restore it from a backup")
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(
+            "io",
+            f"cannot write store {url} ({exc})",
+            hint="make the store file and its folder writable by the user this runs as (or give another store)",
+        )
+    return _io_failed("transaction", url, exc)
+
+
 def _in_use(path: str) -> StoreError:
     """``in_use``: another process holds the store ``path``; naming it when it claimed the store (store/owner.py)."""
     record = holder(path)
@@ -236,6 +265,14 @@ def _in_use(path: str) -> StoreError:
         f"store {path} is held by another process (a store held this way has one owner: the host running the card, "
         "or the SPEED broker whose SAM card it is): stop that process, then try again",
     )
+
+
+def _roll_back(c: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction (SQLite rolled it back itself on a full disk: nothing is left;
+    on a damaged file the ROLLBACK can fail too: the first error stands)."""
+    if c.in_transaction:
+        with contextlib.suppress(sqlite3.DatabaseError):
+            c.execute("ROLLBACK")
 
 
 class SqliteStore:
@@ -362,9 +399,10 @@ class SqliteStore:
             try:
                 try:
                     yield
-                except BaseException:
-                    if c.in_transaction:
-                        c.execute("ROLLBACK")
+                except BaseException as exc:
+                    _roll_back(c)
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        raise _txn_failed(self.url, exc) from None
                     raise
                 if self._group_lost:
                     if c.in_transaction:
@@ -417,15 +455,19 @@ class SqliteStore:
     def transaction(self) -> Iterator[SqliteTxn]:
         with self._lock:
             if self._in_group:
-                with self._grouped() as gc:
-                    yield SqliteTxn(gc)
+                try:
+                    with self._grouped() as gc:
+                        yield SqliteTxn(gc)
+                except sqlite3.DatabaseError as exc:  # (a read or write of the block: the group fails with it)
+                    raise _txn_failed(self.url, exc) from None
                 return
             c = self._begin()
             try:
                 yield SqliteTxn(c)
-            except BaseException:
-                if c.in_transaction:  # (SQLite rolled back itself on a full disk: the first error stands)
-                    c.execute("ROLLBACK")
+            except BaseException as exc:
+                _roll_back(c)
+                if isinstance(exc, sqlite3.DatabaseError):  # a read or write of the block: the store's error
+                    raise _txn_failed(self.url, exc) from None
                 raise
             self._commit_or_roll_back(c, "commit")
 
@@ -434,8 +476,7 @@ class SqliteStore:
         try:
             c.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
+            _roll_back(c)
             raise _io_failed(what, self.url, exc) from None
 
     def write(self, table: str, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:

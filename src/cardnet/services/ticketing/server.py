@@ -122,6 +122,7 @@ class TicketingServer:
             self.store = open_store(cfg.store, kind="speed-vendor", create=False)
         except StoreError as exc:
             err = TicketingError(exc.reason, f"the config's store: {exc}")
+            err.hint = exc.hint
             if exc.reason == "missing":
                 err.hint = "make the vendor's store first: `cardnet speed vendor init --store ...`"
             raise err from None
