@@ -1125,3 +1125,21 @@ def test_every_status_is_its_own_value_on_the_wire() -> None:
     assert len(set(mc.Status)) == len(mc.Status.__members__)
     assert (mc.Status(12), mc.Status(13)) == (mc.Status.UNAVAILABLE, mc.Status.NOT_ALLOWED)
     assert mc.Status(12).name == "UNAVAILABLE"
+
+
+def test_a_vendors_long_refusal_of_a_stock_piece_still_answers_the_customer(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """A vendor's refusal may carry 200 characters of detail; the broker's words around it made the customer's
+    answer longer than an answer holds, so applying it failed, every time: the customer, debited, never got an answer
+    nor her money back. Now the vendor's words are cut to fit."""
+    cid, param, issue = sale_from_fresh_stock(bulk_broker, vendor)
+    c = vendor.vendor.prepare(issue.mtype, issue.param, NOW)
+    assert isinstance(c, mc.Candidate)
+    mt, p = vendor.vendor.refuse(c, mc.Status.SPENT, "x" * 200)  # MACed and sealed, as the vendor's own
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.finish_issue(issue, Message(U, U, mt, p)) or b"")
+    assert r["status"] == mc.PURCHASE_REFUSED and r["balance"] == 100 and bulk_broker.account(cid) == 100
+    assert r["detail"].startswith("the vendor refused the broker's stock (xxx") and r["detail"].endswith(
+        "...): buy again"
+    ) and len(r["detail"]) == 200  # fmt: skip
+    assert bulk_broker.begin_purchase(param, NOW) == bulk_broker.finish_issue(issue, Message(U, U, mt, p))  # settled

@@ -738,7 +738,7 @@ class BrokerCore:
                 txn.put(ACCOUNTS, cid, pub_raw + _u64(balance))
                 reply_param = _purchased(
                     rid,
-                    f"the vendor refused the broker's stock ({out.detail}): buy again",
+                    _within("the vendor refused the broker's stock (", out.detail, "): buy again"),
                     balance,
                     key=txn.get(REPLY_KEYS, cid),
                     digest=bytes.fromhex(rec["digest"]),
@@ -981,9 +981,15 @@ def _release_vendor(txn: Any, vendor: bytes, now: int) -> None:
 
 def _refused_order_words(reason: str) -> str:
     """A sale refused because the vendor refused the broker's order of its scrip, in words (at most 200)."""
-    head, tail = "the vendor refused the broker's order of its scrip (", "): nothing was debited; buy again later"
+    return _within(
+        "the vendor refused the broker's order of its scrip (", reason, "): nothing was debited; buy again later"
+    )
+
+
+def _within(head: str, words: str, tail: str) -> str:
+    """``head + words + tail`` in at most 200 characters (an answer's detail): ``words`` (a vendor's) cut to fit."""
     room = 200 - len(head) - len(tail)
-    return head + (reason if len(reason) <= room else reason[: room - 3] + "...") + tail
+    return head + (words if len(words) <= room else words[: room - 3] + "...") + tail
 
 
 def _stock_key(s: mc.Scrip) -> bytes:
