@@ -78,3 +78,28 @@ def test_a_deposit_past_the_largest_balance_is_refused_and_the_account_still_buy
     assert top["balance"] == mc.MAX_VALUE
     r = json.loads(cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "20", "--json").stdout)
     assert r["value"] == 20, r
+
+
+def test_a_request_naming_a_product_of_control_characters_is_refused_in_words(
+    world: dict[str, object],  # noqa: F811
+) -> None:
+    """A product name may be 128 bytes; quoted in the refusal (`no product '\\x01\\x01...'`) each control character
+    takes four. Before, that refusal was too long to encode: the vendor's batch failed and it closed the connection
+    unanswered (the wallet: no answer, the request pending); the vendor's log said so. Now the refusal is cut to fit."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice")
+    cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "20", "--json")
+    raw, secret, _ = scrip_and_secret(alice)
+    for i, product in enumerate(("\x01" * 128, "\\" * 128, "é" * 64)):
+        rid = bytes([i + 1]) * 16
+        req = mc.make_request(raw, rid=rid, level=mc.Level.THEFT, secret=secret, price=3, product=product)
+        [m] = asyncio.run(send_all(at, [req]))
+        out = mc.open_reply(m.mtype, m.param, rid=rid, level=mc.Level.THEFT, secret=secret)
+        assert out.status == mc.Status.UNKNOWN_PRODUCT and out.authentic, out
+        assert out.detail.startswith("no product ") and len(out.detail.encode()) <= 200, out.detail
+    # Nothing was spent: she buys the page with the same scrip.
+    args = ("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello")
+    r = json.loads(cardnet(*args, "--price", "3", "--json").stdout)
+    assert r == {"status": "ok", "change": 17, "content": "hello, world"}, r

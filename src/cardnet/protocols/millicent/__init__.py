@@ -357,6 +357,9 @@ from cardnet.protocols.millicent.vendor import (
     expiry_of_key as expiry_of_key,
 )
 from cardnet.protocols.millicent.vendor import (
+    fit as fit,
+)
+from cardnet.protocols.millicent.vendor import (
     max_buy_reply_bytes as max_buy_reply_bytes,
 )
 from cardnet.protocols.millicent.vendor import (

@@ -324,7 +324,7 @@ class Vendor:
 
     def refuse(self, c: Candidate, status: Status, detail: str) -> tuple[int, bytes]:
         """A MACed (or sealed) refusal for a request that proved its owner (e.g. ``spent``)."""
-        out: dict[str, Any] = {"rid": c.rid, "status": int(status), "scrip_id": c.scrip_id, "detail": detail}
+        out: dict[str, Any] = {"rid": c.rid, "status": int(status), "scrip_id": c.scrip_id, "detail": fit(detail)}
         return self._finish(out, c.level, c.secret, c.customer_id)
 
     def _finish(self, out: dict[str, Any], level: Level, secret: bytes | None, cid: bytes) -> tuple[int, bytes]:
@@ -338,7 +338,20 @@ class Vendor:
 
     @staticmethod
     def _plain_reply(rid: bytes, status: Status, detail: str) -> tuple[bytes, bytes]:
-        return rid, REPLY_CODEC.encode({"rid": rid, "status": int(status), "detail": detail})
+        return rid, REPLY_CODEC.encode({"rid": rid, "status": int(status), "detail": fit(detail)})
+
+
+DETAIL_MAX_BYTES = 200  # a reply's detail, in UTF-8
+
+
+def fit(detail: str) -> str:
+    """A refusal's ``detail`` within :data:`DETAIL_MAX_BYTES` of UTF-8, cut (with "...") if longer: a product name
+    it quotes (``no product '\\x01...'``) can be four times the 128 bytes a request may name. Before, such a
+    refusal could not be encoded, and the request's batch failed (its connection closed, unanswered)."""
+    raw = detail.encode("utf-8", "surrogatepass")
+    if len(raw) <= DETAIL_MAX_BYTES:
+        return detail
+    return raw[: DETAIL_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
 NOT_AN_ISSUER = (
