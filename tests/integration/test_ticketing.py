@@ -61,7 +61,7 @@ KILLS = max(50, int(os.environ.get("CARDNET_TICKETING_KILLS", "50")))  # SIGKILL
 MAX_KILLS = 2 * KILLS  # of each process at most: kills are added until every point of a purchase was hit
 PRICE = sm.Price("EUR", 2500)
 TRIES = 3 * MAX_KILLS  # purchases of the SIGKILL test at most (one that ends before its kill is not killed)
-SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", "F1")
+SEATS = ("A1", "A2", "B1", "B2", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", "F1", "G1")
 SEATS += tuple(f"K{i}" for i in range(TRIES + 1))
 
 
@@ -440,6 +440,51 @@ def test_cardnet_wallet_buy_buys_a_seat_and_the_ticket_lands_on_the_card(world: 
     assert r.returncode != 0 and json.loads(r.stdout)["error"]["reason"] == "over_limit"
     r = world.cardnet("wallet", "buy", world.url, "--config", fay[1], "--pin", PIN, check=False)  # no seat: words
     assert r.returncode != 0 and "--event and --seat" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_paid_ticket_whose_delivery_was_cut_is_shown_owed_and_wallet_recover_brings_it(world: World) -> None:
+    """A purchase paid whose delivery failed (here: no host at the relay's socket; a crash or a lost connection after
+    the receipt alike) is kept with its server's address: `cardnet wallet show` lists it under way and `cardnet
+    wallet recover` fetches the ticket, once, with nothing paid again."""
+    from cardnet.cli.speed import JOURNAL
+
+    tmp = world.net.tmp
+    purchases = tmp / "erin-owed-purchases"
+    config = tmp / "erin-owed-wallet.toml"
+    (tmp / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(world.broker_cert)]))
+    (tmp / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(world.roots[0])]))
+    config.write_text(
+        f'socket = "{world.net.hosts["erin"].socket}"\ncard = "{world.net.uids["erin"].domain.hex()}"\n'
+        f'broker = "{world.broker_addr}"\nbroker_cert = "{tmp / "broker.pem"}"\nca_cert = "{tmp / "ca.pem"}"\n'
+        f'purchases = "{purchases}"\n'
+    )
+    erin = ("--config", str(config), "--pin", PIN, "--json")
+
+    async def cut() -> bytes:
+        async with await _wallet(world, "erin") as wallet:
+            with pytest.raises(TicketError) as info:
+                await buy_ticket(world.url, "final", "G1", card=wallet, app_socket=str(tmp / "gone.sock"),
+                                 broker=world.broker_addr, broker_cert=world.broker_cert, roots=world.roots,
+                                 journal=Journal(purchases / JOURNAL))  # fmt: skip
+        assert info.value.reason == "not_delivered"
+        assert info.value.poid is not None
+        return info.value.poid
+
+    poid = asyncio.run(cut())
+    paid = asyncio.run(_balance(world, "erin"))
+    shown = json.loads(world.cardnet("wallet", "show", *erin).stdout)
+    assert shown["tickets_owed"] == [{"id": poid.hex(), "products": "final/G1", "url": world.url}], shown
+    said = world.cardnet("wallet", "show", *erin[:-1]).stdout  # a person reads it under way, and what to do
+    assert "ticket delivery" in said and "paid, not delivered" in said and "wallet recover" in said, said
+    assert ticket_oid(poid) not in asyncio.run(world.net.tokens("erin"))
+    rows = json.loads(world.cardnet("wallet", "recover", *erin).stdout)["recovered"]
+    got = [r for r in rows if r["what"] == "ticket delivery"]
+    assert len(got) == 1 and got[0]["id"] == poid.hex() and got[0]["finished"], rows
+    asyncio.run(_enabled(world, "erin", ticket_oid(poid)))
+    assert json.loads(world.cardnet("wallet", "show", *erin).stdout)["tickets_owed"] == []
+    again = json.loads(world.cardnet("wallet", "recover", *erin).stdout)["recovered"]
+    assert not [r for r in again if r["what"] == "ticket delivery"], again  # owed no more: nothing fetched twice
+    assert asyncio.run(_balance(world, "erin")) == paid  # and nothing paid again
 
 
 def test_a_purse_that_cannot_pay_is_refused_before_the_seat_is_held(world: World) -> None:

@@ -46,9 +46,11 @@ from cardnet.cli.trn import PIN, STATUS_WORDS, hex16, parse_domain, parse_oid, p
 from cardnet.cli.wallet_pending import (
     OWNER_WAITS,
     balances,
+    owed_tickets,
     pending_loads,
     pending_purchases,
     recover_card,
+    recover_deliveries,
     recover_payments,
     scrip,
 )
@@ -414,6 +416,7 @@ def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
     got["admissions"] = _used(wallet_config.admissions(target.config), card, {t["oid"] for t in got["tickets"]})
     held = scrip(target.config)
     got["purchases_pending"] = pending_purchases(target.config)
+    got["tickets_owed"] = owed_tickets(target.config)
     got["scrip"], got["scrip_pending"] = held if held is not None else (None, [])
     if as_json:
         emit_json(got)
@@ -444,6 +447,8 @@ def _print_overview(target: Target, got: dict[str, Any]) -> None:
            if x["phase"] not in OWNER_WAITS]
         + [{"what": "purchase", "id": p["id"], "state": f"{p['products']}: delivered, not yet paid"}
            for p in got["purchases_pending"]]
+        + [{"what": "ticket delivery", "id": t["id"], "state": f"{t['products']}: paid, not delivered by {t['url']}"}
+           for t in got["tickets_owed"]]
         + [{"what": "scrip request", "id": r["request"], "state": f"{r['kind']} at {r['to']}: {r['reason']}"}
            for r in got["scrip_pending"]]
     )  # fmt: skip
@@ -601,6 +606,7 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
         with progress(f"finishing what was interrupted (up to {wait_s:g} s) …"):
             rows = await recover_card(wallet, wait_s, ttp_after_s)
             rows += await recover_payments(wallet, cfg)
+            rows += await recover_deliveries(target.socket, cfg)
         return rows
 
     rows = target.run(work)

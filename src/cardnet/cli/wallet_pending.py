@@ -58,6 +58,30 @@ def pending_purchases(config: wallet_config.WalletConfig) -> list[dict[str, Any]
             for r in Journal(_journal(config)).pending()]  # fmt: skip
 
 
+def owed_tickets(config: wallet_config.WalletConfig) -> list[dict[str, Any]]:
+    """Tickets paid for whose delivery a lost connection or a crash cut (the journal keeps each with its server)."""
+    from cardnet.services.speed.customer import Journal
+
+    if not _journal(config).is_dir():
+        return []
+    return [{"id": r.poid.hex(), "products": ", ".join(r.products), "url": r.origin}
+            for r in Journal(_journal(config)).owed() if r.poid is not None]  # fmt: skip
+
+
+async def recover_deliveries(socket: str, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
+    """Fetch every ticket paid for and not delivered from its server (after the payments: a purchase paid by
+    :func:`recover_payments` may be one); one row each."""
+    from cardnet.services.speed.customer import Journal
+    from cardnet.services.ticketing.buyer import deliver_owed
+
+    if not _journal(cfg).is_dir():
+        return []
+    return [{"what": "ticket delivery", "id": o.poid.hex(),
+             "outcome": f"finished: {o.product} from {o.url}, ticket {o.oid.hex()} sent to your card" if o.oid
+             else f"still owed by {o.url}: {o.error}", "finished": o.oid is not None}
+            for o in await deliver_owed(Journal(_journal(cfg)), socket)]  # fmt: skip
+
+
 def open_scrip_wallet(config: wallet_config.WalletConfig) -> Any:
     """The Millicent scrip wallet of this config (None: there is none yet)."""
     from cardnet.cli.millicent import _wallet

@@ -78,6 +78,7 @@ class Purchase:
     bill: bytes  # the vendor's signed bill (CMS)
     payment_order: bytes  # the card's signed PaymentOrder (CMS)
     steps: int = 0  # negotiation messages exchanged
+    nid: bytes = b""  # its name in the journal (:class:`Journal`)
 
 
 PERMANENT = frozenset(
@@ -137,6 +138,8 @@ class Pending:
     receipt: bytes | None = None
     dropped: str | None = None
     paying_at: float | None = None  # the wallet's clock when it was written here, before the card was asked to pay
+    origin: str | None = None  # where the goods are fetched once paid (a ticketing server's http:// address)
+    handed: bool | None = None  # the goods fetched from ``origin`` reached the card (True): nothing is owed any more
 
     def receipt_time(self, bill: dict[str, Any], now: float) -> float:
         """When the broker's certificate must have been valid for this purchase's receipt: now, or, if earlier, the
@@ -181,6 +184,8 @@ _PENDING_FIELD: dict[str, Callable[[object], bool]] = {
     "products": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "paying_at": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)),
+    "origin": lambda v: v is None or isinstance(v, str),
+    "handed": lambda v: v is None or isinstance(v, bool),
 }
 
 
@@ -222,6 +227,17 @@ class Journal:
         rec = self.load(nid)
         rec.poid, rec.receipt = poid, receipt
         self.save(rec)
+
+    def handed(self, nid: bytes) -> None:
+        """The goods of paid purchase ``nid``, fetched from its :attr:`Pending.origin`, reached the card."""
+        rec = self.load(nid)
+        rec.handed = True
+        self.save(rec)
+
+    def owed(self) -> list[Pending]:
+        """Paid purchases whose goods are fetched from their origin (a ticket from its server) and have not reached the
+        card yet: a delivery a lost connection or a crash cut after the payment."""
+        return [r for r in self.all() if r.origin and r.receipt is not None and r.poid is not None and not r.handed]
 
     def drop(self, nid: bytes, reason: str) -> None:
         rec = self.load(nid)
@@ -490,12 +506,14 @@ class Customer:
     async def buy(self, vendor: str, broker: str, products: list[str], *, broker_cert: bytes,
                   strategy: Strategy | None = None, limit: sm.Price | None = None, mode: str = "normal",
                   payment: str = "purse", account: str | None = None,
-                  vendor_cert: bytes | None = None, price: sm.Price | None = None) -> Purchase:  # fmt: skip
+                  vendor_cert: bytes | None = None, price: sm.Price | None = None,
+                  origin: str | None = None) -> Purchase:  # fmt: skip
         """Buy ``products`` from ``vendor`` (HOST:PORT) and pay through ``broker``.
 
         ``vendor_cert`` (the vendor's certificate) and ``price`` (the list price, aggressive mode) save asking the
         vendor's catalogue first. Normal mode negotiates with ``strategy`` (default: accept at or below
-        ``limit``); aggressive mode buys at the vendor's list price, which must not exceed ``limit``.
+        ``limit``); aggressive mode buys at the vendor's list price, which must not exceed ``limit``. ``origin``:
+        where the goods are fetched once paid, kept with the purchase in the journal (:meth:`Journal.owed`).
         """
         if payment == "purse":  # before the vendor delivers: a full purse could not pay (begin_debit refuses it)
             pending = (await self._card(pa.BALANCE, pa.BALANCES))["pending_debits"]
@@ -561,7 +579,7 @@ class Customer:
             raise PurchaseError(exc.reason, f"nothing was paid: the broker's certificate is refused ({exc})") from None
         rec = Pending(nid=nid, vendor_cert=vendor_cert, broker=broker, broker_cert=broker_cert, bill=signed_bill,
                       chunks=chunks, products=products, payment=payment, account=account, benc=self.rng(32),
-                      bsign=self.rng(32), steps=steps, paying_at=paying_at)  # fmt: skip
+                      bsign=self.rng(32), steps=steps, paying_at=paying_at, origin=origin)  # fmt: skip
         if self.journal is not None:
             self.journal.save(rec)
         try:
@@ -702,4 +720,4 @@ class Customer:
         if self.journal is not None:
             self.journal.paid(rec.nid, poid, sealed_receipt)
         return Purchase(poid, rec.products, sm.Price.of(bill["price"]), contents, sealed_receipt, signed_bill, po,
-                        rec.steps)  # fmt: skip
+                        rec.steps, rec.nid)  # fmt: skip

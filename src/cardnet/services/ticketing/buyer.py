@@ -191,10 +191,12 @@ async def buy_ticket(
     await _purse_covers(card, price)
     bought = await Customer(card, b"", roots, journal=journal).buy(
         speed, broker, [f"{event}/{seat}"], broker_cert=broker_cert, mode="aggressive",
-        vendor_cert=vendor_cert, price=price, limit=price,
+        vendor_cert=vendor_cert, price=price, limit=price, origin=url,
     )  # fmt: skip
     try:
         relayed = await receive_ticket(url, bought.poid, app_socket, receipt=bought.receipt, timeout_s=timeout_s)
+        if journal is not None:  # owed no more once the server says it left (Journal.owed, deliver_owed)
+            await _handed(journal, url, bought.poid, bought.receipt, bought.nid)
     except (CardnetError, TimeoutError) as exc:  # paid: the ticket is owed, and a retry with the sale brings it
         owed = TicketError(
             "not_delivered",
@@ -203,6 +205,47 @@ async def buy_ticket(
         owed.poid = bought.poid
         raise owed from exc
     return Bought(bought.poid, relayed.oid, str(bought.price), event, seat, bought.receipt)
+
+
+async def _handed(journal: Journal, url: str, poid: bytes, receipt: bytes, nid: bytes) -> str:
+    """The server's word on sale ``poid``'s ticket (its state); ``delivered``: the journal's purchase ``nid`` is owed
+    nothing any more."""
+    state = str((await show_ticket(url, poid, receipt)).get("state"))
+    if state == "delivered":
+        journal.handed(nid)
+    return state
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A ticket paid for and not delivered (a lost connection or a crash cut its delivery), fetched again by
+    :func:`deliver_owed`: ``oid`` once it left the server for the card, else ``error`` says why it did not."""
+
+    poid: bytes
+    url: str
+    product: str
+    oid: bytes | None
+    error: str | None = None
+
+
+async def deliver_owed(journal: Journal, app_socket: str, *, timeout_s: float = TIMEOUT_S) -> list[Owed]:
+    """Fetch every ticket the journal's purchases paid for and did not get (:meth:`Journal.owed`: each kept with its
+    server's address) from its server, over the host at ``app_socket``; one :class:`Owed` each. A delivery the server
+    says is done (``delivered``: now, or earlier, the ticket left it) is owed no more; one that fails stays owed, for
+    the next call. Never pays anything: what was not paid is not owed."""
+    out = []
+    for rec in journal.owed():
+        assert rec.origin is not None and rec.poid is not None and rec.receipt is not None
+        product = ", ".join(rec.products)
+        try:
+            relayed = await receive_ticket(rec.origin, rec.poid, app_socket, receipt=rec.receipt, timeout_s=timeout_s)
+            state = await _handed(journal, rec.origin, rec.poid, rec.receipt, rec.nid)
+        except (CardnetError, TimeoutError, OSError) as exc:
+            out.append(Owed(rec.poid, rec.origin, product, None, str(exc) or "the server did not answer in time"))
+            continue
+        error = None if state == "delivered" else f"the server says the ticket is {state}, not delivered"
+        out.append(Owed(rec.poid, rec.origin, product, relayed.oid if error is None else None, error))
+    return out
 
 
 async def _purse_covers(card: CardOrders, price: Price) -> None:
