@@ -417,6 +417,11 @@ def test_recover_finishes_a_transfer_whose_messages_were_lost(world: World) -> N
         assert oid in pending and "cardnet wallet recover" in pending, pending
         stuck = ok(*alice.cmd("recover", "--wait", "0.3"))
         assert stuck["unfinished"] == 1 and stuck["recovered"][0]["id"] == oid, stuck
+        # which party it waits for, and where alice's host sends to it (before: "once the other side is reachable")
+        waits = f": waiting for the other card {bob.uid} (your host sends to it at 127.0.0.1:{bob.host.port}"
+        assert waits in stuck["recovered"][0]["outcome"], stuck
+        said = " ".join(human(*alice.cmd("recover", "--wait", "0.3")).split())
+        assert str(bob.uid) in said and "once the party each waits for (named above) is reachable" in said, said
         hole.swallowed(lost)
     finally:
         hole.close()

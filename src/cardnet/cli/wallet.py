@@ -615,5 +615,5 @@ def wallet_recover(target: Target, wait_s: float, ttp_after_s: float, as_json: b
         return
     print_rows(rows, ("what", "id", "outcome"), title="recovery", empty="nothing was left to finish")
     if any(not r["finished"] for r in rows):
-        console.print(f"some things are still under way: repeat {wallet_cmd('recover')} once the other side is "
-                      "reachable", markup=False)  # fmt: skip
+        console.print(f"some things are still under way: repeat {wallet_cmd('recover')} once the party each waits "
+                      "for (named above) is reachable", markup=False)  # fmt: skip

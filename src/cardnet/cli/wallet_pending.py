@@ -139,6 +139,7 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
             break
         await asyncio.sleep(RECOVER_EVERY_S / 2)
     rows = []
+    peers = {v.oid: v.peer for v in await wallet.vouchers()} if tokens else {}
     for oid, before in tokens.items():
         status = now_tokens.get(oid)
         if status is None:
@@ -146,16 +147,41 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
         elif status not in MOVING:
             outcome, finished = "finished: it is on this card", True
         else:
-            outcome, finished = f"still {STATUS_WORDS.get(status, status)}", False
+            waits = await waiting_on(wallet, "the other card", peers.get(oid))
+            outcome, finished = f"still {STATUS_WORDS.get(status, status)}{waits}", False
         rows.append({"what": "transfer", "id": oid.hex(), "before": before, "outcome": outcome, "finished": finished})
     for n1, x in xs.items():
         y = now_xs.get(n1, x)
         words = PHASE_WORDS.get(y.phase, y.phase)
         ttp = " (settled by the TTP)" if n1 in asked else ""
-        rows.append({"what": "exchange", "id": n1.hex(), "before": x.phase,
-                     "outcome": (f"finished: {words}{ttp}" if y.finished else f"still {words}"),
+        if y.finished:
+            outcome = f"finished: {words}{ttp}"
+        elif n1 in asked:
+            outcome = f"still {words}" + await waiting_on(wallet, "the TTP", await wallet.ttp())
+        else:
+            outcome = f"still {words}" + await waiting_on(wallet, "the other card", y.peer)
+        rows.append({"what": "exchange", "id": n1.hex(), "before": x.phase, "outcome": outcome,
                      "finished": y.finished})  # fmt: skip
     return rows
+
+
+async def waiting_on(wallet: Any, who: str, uid: Any) -> str:
+    """The end of a "still ..." row: which party (``who``, card ``uid``) has not answered, and where this host sends
+    to it (the host's route to its domain, and why it could not deliver there lately, if it could not)."""
+    if uid is None:
+        return ""
+    if uid.domain == wallet.card.domain:
+        return f": waiting for {who} {uid}"
+    route = await wallet.route(uid.domain)
+    if route["where"] == "local":
+        where = "a card of your own host"
+    elif route["where"] == "route":
+        where = f"your host sends to it at {route.get('address')}"
+    else:
+        where = "your host has no route to its domain: add one to [routes] in your host's config"
+    if route.get("undeliverable"):
+        where += f"; lately: {route['undeliverable']}"
+    return f": waiting for {who} {uid} ({where})"
 
 
 async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
