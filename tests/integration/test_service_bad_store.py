@@ -2,13 +2,13 @@
 store"): `authority run`, `ttp run`, `gate run`, `host run` (a card's store), `speed broker run` (its store and its
 SAM card's), `speed vendor run`, `millicent broker run`, `millicent vendor run` and `ticketing run` (its store), each
 given a store that is a directory, one this user may not read, one in a folder it may not write (new and existing),
-a read-only one, one of random bytes and one whose pages after the first are random bytes. Each exits 2 at once with
-the store's error in words (its reason, what was wrong, what to do), never a traceback and never serving.
+a read-only one, one of random bytes, a FIFO and one whose pages after the first are random bytes. Each exits 2 at
+once with the store's error in words (its reason, what was wrong, what to do), never a traceback and never serving.
 
 Before: a store damaged past its header stopped the hosts and the SPEED broker's SAM with "unexpected internal error:
 DatabaseError" (exit 1), a read-only one stopped `ticketing run` so ("OperationalError") and let `ttp run`, `host run`
 and the authority's agent card serve on a store they could not write; a directory or an unreadable file said "unable
-to open database file (is it a cardnet store?)".
+to open database file (is it a cardnet store?)", a FIFO "disk I/O error" with a hint to free space on the disk.
 
 The folder and file modes are a process's limits only when it is not root: as root the commands run in a user
 namespace of their own (``unshare -U``), where root's files are out of its reach as another user's would be.
@@ -39,6 +39,7 @@ EXPECTED = {
     "read-only folder": ("io", "-owner: Permission denied", "make {folder} writable by the user this runs as"),
     "read-only file": ("io", "this user may not read and write it (Permission denied)", "writable by the user"),
     "random bytes": ("io", "file is not a database (is it a cardnet store?)", None),
+    "a FIFO": ("io", "it is not a regular file (a FIFO, a device or a socket)", "give the path of a store file"),
     "damaged pages": ("damaged", "is damaged (database disk image is malformed): restore it from a backup", None),
 }  # fmt: skip
 
@@ -72,6 +73,8 @@ def broken(tmp: Path, label: str, good: Path) -> dict[str, Path]:
     made["read-only file"].chmod(0o444)
     made["random bytes"] = tmp / f"{label}.random.db"
     made["random bytes"].write_bytes(os.urandom(8192))
+    made["a FIFO"] = tmp / f"{label}.fifo.db"
+    os.mkfifo(made["a FIFO"])
     made["damaged pages"] = shutil.copy(good, tmp / f"{label}.damaged.db")
     with open(made["damaged pages"], "r+b") as f:  # the header page stays: SQLite opens it, reading it fails
         f.seek(4096)
@@ -135,7 +138,7 @@ def test_every_service_on_a_store_it_cannot_serve_says_why_and_exits(tmp_path: P
                                text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
                                env={**os.environ, "CARDNET_PIN": PIN})  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            return "none: it served (killed after 30 s)", str(exc.stdout or "")
+            return "none after 30 s (it served, or hung; killed)", str(exc.stdout or "")
         return r.returncode, r.stderr
 
     # Runs that share a store or an app socket (the other card of a host, the broker's other store) one at a time:

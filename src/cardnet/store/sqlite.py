@@ -192,8 +192,14 @@ def _prepare_file(path: str, create: bool) -> bool:
             f"cannot open store {path}: it is a directory, not a store file",
             hint=f"give a file's path ({path}/...)",
         )
+    if not os.path.isfile(path):
+        raise StoreError(
+            "io",
+            f"cannot open store {path}: it is not a regular file (a FIFO, a device or a socket)",
+            hint="give the path of a store file",
+        )
     try:
-        os.close(os.open(path, os.O_RDONLY))
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # (non-blocking: a FIFO put there since would wait)
     except OSError as exc:
         raise StoreError(
             "io",
