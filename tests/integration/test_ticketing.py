@@ -732,7 +732,7 @@ async def _sales(w: World) -> dict[str, bytes]:
 def test_wallet_buy_whose_broker_does_not_answer_names_it_and_what_pays_the_purchase(world: World) -> None:
     """A wrong --broker (nothing answers there): the error names the broker and that address, and the hint's
     commands, followed, finish the purchase: `cardnet speed recover --broker RIGHT` (the purchase is journalled with
-    the address given, where `wallet recover` would ask again), then `wallet buy --poid` brings the ticket. Before:
+    the address given, where `wallet recover` would ask again), then `wallet recover` brings the ticket. Before:
     no hint at all (BUY_HINTS had no `unreachable`)."""
     config = _wallet_config(world, "fay")
     fay = ("--config", config, "--pin", PIN)
@@ -744,7 +744,7 @@ def test_wallet_buy_whose_broker_does_not_answer_names_it_and_what_pays_the_purc
     assert error["message"].startswith(f"cannot reach the broker at {closed}"), error
     hint = error["hint"]
     assert hint.startswith(f"check that the broker runs at {closed} (--broker); "), hint
-    assert f"`cardnet wallet buy {world.url} --poid POID` brings the ticket" in hint, hint
+    assert "`cardnet wallet recover` pays it once the broker answers there and brings the ticket" in hint, hint
     [recover] = re.findall(r"`(cardnet speed recover [^`]*)`", hint)
     assert "--broker HOST:PORT" in recover and "--socket" in recover, hint
     shown = json.loads(world.cardnet("wallet", "show", *fay, "--json").stdout)
@@ -752,7 +752,10 @@ def test_wallet_buy_whose_broker_does_not_answer_names_it_and_what_pays_the_purc
     argv = shlex.split(recover.replace("HOST:PORT", world.broker_addr))[1:]
     done = world.cardnet(*argv, "--pin", PIN, "--json", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert hint.endswith("pays it through the right one, then `cardnet wallet recover` brings the ticket"), hint
     [paid] = json.loads(done.stdout)["finished"]
-    poid = paid["poid"]
-    got = json.loads(world.cardnet("wallet", "buy", world.url, "--poid", poid, *fay, "--json").stdout)
-    assert got["seat"] == "F1" and got["state"] == "enabled", got
+    brought = json.loads(world.cardnet("wallet", "recover", *fay, "--json").stdout)
+    rows = [r for r in brought["recovered"] if r["what"] == "ticket delivery"]
+    assert [(r["id"], r["finished"]) for r in rows] == [(paid["poid"], True)], brought
+    listed = json.loads(world.cardnet("wallet", "list", *fay, "--json").stdout)
+    assert any(t["status"] == "enabled" and "F1" in str(t) for t in listed["tickets"]), listed

@@ -47,14 +47,14 @@ def broker_source(given: str | None, cfg: Any) -> str:
     return "--broker" if given else f"broker in {cfg.path}"
 
 
-def wrong_broker(target: Any, given: str | None, out: Path, ca_cert: Path) -> str:
+def wrong_broker(target: Any, given: str | None, out: Path, ca_cert: Path, then: str = "") -> str:
     """The end of a hint for a purchase whose broker did not answer: a purchase is journalled with the broker's
     address it was given, and `cardnet wallet recover` pays it there; one given a wrong --broker is paid through
     the right one by `cardnet speed recover --broker`."""
     if not given:
         return ""
     return (f"; if {given} is not the broker's address, `cardnet speed recover --out {out} --ca-cert {ca_cert} "
-            f"--broker HOST:PORT{target.trn_options()}` pays it through the right one")  # fmt: skip
+            f"--broker HOST:PORT{target.trn_options()}` pays it through the right one{then}")  # fmt: skip
 
 
 @wallet_command(
@@ -140,8 +140,14 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
     reach = {
         "unreachable:broker": f"check that the broker runs at {broker_addr} ({broker_source(broker, cfg)}); if the "
         "ticketing server delivered, the purchase waits in your wallet (`cardnet wallet show`): `cardnet wallet "
-        f"recover` pays it once the broker answers there, then `cardnet wallet buy {url} --poid POID` brings the "
-        "ticket" + wrong_broker(target, broker, Path(cfg.get("purchases") or "purchases"), ca_cert),
+        "recover` pays it once the broker answers there and brings the ticket"
+        + wrong_broker(
+            target,
+            broker,
+            Path(cfg.get("purchases") or "purchases"),
+            ca_cert,
+            ", then `cardnet wallet recover` brings the ticket",
+        ),
         "unreachable:vendor": f"the ticketing server at {url} stopped answering: nothing was paid if no sale is "
         "named; check that it runs (`cardnet ticketing run` prints its address), then buy again",
     }
