@@ -44,7 +44,7 @@ host logs a warning when a card's records first fill ``CAPACITY_WARN`` of it,
 an error at ``CAPACITY_ALARM``, and an error (at most once a minute a card)
 when a card refuses a message ``out_of_memory``, each saying which card and
 what to do; a card that falls back under ``CAPACITY_CLEAR`` is warned again
-when it next fills up.
+when it next fills up, at most once per level every ``FILL_LOG_EVERY_S``.
 
 Timers are the driver's too: :class:`Schedule` says when periodic jobs are
 due (``deadline()``, ``due(now)``); for each, the driver calls ``tick`` (send
@@ -87,6 +87,10 @@ CAPACITY_WARN = 0.80  # a card's records fill this share of its capacity: a warn
 CAPACITY_ALARM = 0.95  # ... this share: an error
 CAPACITY_CLEAR = 0.75  # back under this share, the card is warned again when it next fills up
 FULL_LOG_EVERY_S = 60.0  # out_of_memory refusals are logged at most this often per card
+# A card that fell back under CAPACITY_CLEAR and fills again is logged again at most this often per level: a card
+# near CAPACITY_CLEAR whose acknowledged outputs are deleted in batches (card/runtime.py) crossed both thresholds
+# each batch, and whoever sent it traffic made the host log 16 lines a second (tests/integration/test_host_fill_log.py)
+FILL_LOG_EVERY_S = 60.0
 CAPACITY_HINT = "raise capacity_bytes in the card's [[cards]] entry of the host config and restart the host"
 MAX_UNDELIVERABLE = 4096  # (card, destination domain) pairs remembered; forgotten all at once beyond
 # A warning remote traffic can repeat at will (a guard's drop, a new undeliverable notice) is logged at most
@@ -236,6 +240,7 @@ class Host:
         self._failed_stores: set[bytes] = set()
         self._cleared_counts: dict[tuple[bytes, bytes], int] = {}  # a cleared notice's count (counts never go back)
         self._fill_level: dict[bytes, int] = {}  # card domain -> 1 (warned), 2 (alarmed)
+        self._fill_logged: dict[bytes, tuple[int, float]] = {}  # card domain -> (level, when) of its last fill line
         self._full_logged: dict[bytes, float] = {}  # card domain -> when its last out_of_memory refusal was logged
         self._now = 0.0
         self.dropped = 0
@@ -606,11 +611,14 @@ class Host:
         level = 2 if used >= CAPACITY_ALARM * capacity else 1 if used >= CAPACITY_WARN * capacity else 0
         before = self._fill_level.get(domain, 0)
         if level > before:
-            (log.error if level == 2 else log.warning)(
-                "%s: card %s holds %d of its %d bytes (%.0f %%): at 100 %% it refuses whatever needs more; %s, "
-                "or free records (tokens moved on, acknowledged outputs)",
-                self.name, card.uid, used, capacity, 100 * used / capacity, CAPACITY_HINT,
-            )  # fmt: skip
+            last = self._fill_logged.get(domain)
+            if last is None or level > last[0] or self._now - last[1] >= FILL_LOG_EVERY_S:
+                (log.error if level == 2 else log.warning)(
+                    "%s: card %s holds %d of its %d bytes (%.0f %%): at 100 %% it refuses whatever needs more; %s, "
+                    "or free records (tokens moved on, acknowledged outputs)",
+                    self.name, card.uid, used, capacity, 100 * used / capacity, CAPACITY_HINT,
+                )  # fmt: skip
+                self._fill_logged[domain] = (level, self._now)
             self._fill_level[domain] = level
         elif used < CAPACITY_CLEAR * capacity:
             self._fill_level.pop(domain, None)
