@@ -209,6 +209,20 @@ def test_the_web_view_serves_the_graph_and_a_chain(net: TrnNet, web: str, tmp_pa
         assert http.get(f"/token/{'11' * 16}").status_code == 404
 
 
+def test_the_web_view_of_a_card_that_is_not_the_authority_says_so_before_ready(net: TrnNet) -> None:
+    """`authority web --card` naming the agent's card (on the authority's host, beside it): exit 2, reason
+    no_applet, the hint naming --card, and no `ready` (before: it served, and every page failed)."""
+    where = ("--socket", net.hosts["auth"].socket, "--card", net.uids["agent"].domain.hex())
+    r = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "authority", "web", *where, "--listen", "127.0.0.1:0", "--json"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "CARDNET_PIN": PIN},
+        check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "ready" not in r.stdout and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["reason"] == "no_applet" and "name the authority's card with --card DOMAIN" in err["hint"], err
+
+
 def test_the_web_view_listens_on_loopback_only(net: TrnNet) -> None:
     r = cardnet(net, "web", "--listen", "0.0.0.0:8470")
     assert r.returncode == 2 and "loopback" in r.stderr

@@ -164,6 +164,10 @@ def authority_chain(socket: str, pin: str | None, card: str | None, oid: str, as
             console.print("revoked")
 
 
+NOT_THE_AUTHORITY = (  # a card that is not the authority's was named (or the host's only card is not)
+    "name the authority's card with --card DOMAIN (the card of its host whose config lists the `authority` applet)"
+)
+
 _SVG = click.option("--svg", "svg_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
                     help="Draw it to this SVG file (graphviz's dot).")  # fmt: skip
 _DOT = click.option("--dot", "dot_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -178,7 +182,7 @@ def _fetch_graph(socket: str, pin: str | None, card: str | None, oid: bytes | No
     async def work(app: Any) -> Any:
         async def ask(fields: dict[str, Any]) -> dict[str, Any]:
             await app.send(app.uid.card_uid(), GRAPH_Q, **fields)
-            return await answer(app, GRAPH, {"no_applet": "name the authority card with --card DOMAIN"})
+            return await answer(app, GRAPH, {"no_applet": NOT_THE_AUTHORITY})
 
         try:
             return await fetch_graph(ask, oid)
@@ -257,6 +261,7 @@ def _loopback(listen: str) -> tuple[str, int]:
 def authority_web(socket: str, pin: str | None, card: str | None, listen: str, as_json: bool) -> None:
     """Serve the trace view on this host: the movement graph and each token's chain as SVG (graphviz), HTML for
     a browser and JSON for programs. Runs until Ctrl-C; prints `ready URL` when it listens."""
+    from cardnet.applets.authority import CHAIN, QUERY
     from cardnet.card import mtypes as cm
     from cardnet.cli.trace_view import TraceWeb
     from cardnet.cli.trn import card_pin
@@ -277,6 +282,9 @@ def authority_web(socket: str, pin: str | None, card: str | None, listen: str, a
             fail(f"cannot reach the host at {socket}: {exc.strerror or exc}", reason="no_host",
                  hint="is `cardnet authority run` running with that app_socket?")  # fmt: skip
         await verify_pin(first, code)
+        # the card named must be the authority's (else every page would fail): asked once, before `ready`
+        await first.send(first.uid.card_uid(), QUERY, oid=bytes(16))
+        await answer(first, CHAIN, {"no_applet": NOT_THE_AUTHORITY})
         apps: list[AppClient] = [first]
         lock = asyncio.Lock()
 
