@@ -2,13 +2,15 @@
 store"): `authority run`, `ttp run`, `gate run`, `host run` (a card's store), `speed broker run` (its store and its
 SAM card's), `speed vendor run`, `millicent broker run`, `millicent vendor run` and `ticketing run` (its store), each
 given a store that is a directory, one this user may not read, one in a folder it may not write (new and existing),
-a read-only one, one of random bytes, a FIFO and one whose pages after the first are random bytes. Each exits 2 at
-once with the store's error in words (its reason, what was wrong, what to do), never a traceback and never serving.
+one whose claim file is another user's, a read-only one, one of random bytes, a FIFO and one whose pages after the
+first are random bytes. Each exits 2 at once with the store's error in words (its reason, what was wrong, what to
+do), never a traceback and never serving.
 
 Before: a store damaged past its header stopped the hosts and the SPEED broker's SAM with "unexpected internal error:
 DatabaseError" (exit 1), a read-only one stopped `ticketing run` so ("OperationalError") and let `ttp run`, `host run`
 and the authority's agent card serve on a store they could not write; a directory or an unreadable file said "unable
-to open database file (is it a cardnet store?)", a FIFO "disk I/O error" with a hint to free space on the disk.
+to open database file (is it a cardnet store?)", a FIFO "disk I/O error" with a hint to free space on the disk, and
+another user's claim file was to be mended by making the folder writable.
 
 The folder and file modes are a process's limits only when it is not root: as root the commands run in a user
 namespace of their own (``unshare -U``), where root's files are out of its reach as another user's would be.
@@ -37,6 +39,7 @@ EXPECTED = {
                    "writable by the user this runs as"),
     "read-only folder, new": ("io", "-owner: Permission denied", "make {folder} writable by the user this runs as"),
     "read-only folder": ("io", "-owner: Permission denied", "make {folder} writable by the user this runs as"),
+    "another user's claim file": ("io", "-owner: Permission denied", "is another user's (a service ran on"),
     "read-only file": ("io", "this user may not read and write it (Permission denied)", "writable by the user"),
     "random bytes": ("io", "file is not a database (is it a cardnet store?)", None),
     "a FIFO": ("io", "it is not a regular file (a FIFO, a device or a socket)", "give the path of a store file"),
@@ -69,6 +72,10 @@ def broken(tmp: Path, label: str, good: Path) -> dict[str, Path]:
         if old:
             shutil.copy(old, made[case])
         folder.chmod(0o555)
+    made["another user's claim file"] = shutil.copy(good, tmp / f"{label}.claimed.db")
+    claim = tmp / f"{label}.claimed.db-owner"  # (left by a service run as another user: this one may not open it)
+    claim.write_text("{}")
+    claim.chmod(0)
     made["read-only file"] = shutil.copy(good, tmp / f"{label}.readonly.db")
     made["read-only file"].chmod(0o444)
     made["random bytes"] = tmp / f"{label}.random.db"

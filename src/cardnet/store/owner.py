@@ -220,11 +220,18 @@ def _lock(path: str, shown: str, service: str, other: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
+        if os.path.lexists(path) and exc.errno in (errno.EACCES, errno.EPERM):
+            hint = (
+                f"the claim file {path} is another user's (a service ran on {shown} as that user): stop that service "
+                f"if it still runs, or remove the file if none does; or {other}"
+            )
+        else:
+            hint = (
+                "a running service writes beside its store (this claim file, SQLite's -wal and -shm): make "
+                f"{os.path.dirname(path)} writable by the user this runs as, or {other}"
+            )
         raise StoreError(
-            "io",
-            f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}",
-            hint=f"a running service writes beside its store (this claim file, SQLite's -wal and -shm): make "
-            f"{os.path.dirname(path)} writable by the user this runs as, or {other}",
+            "io", f"cannot claim store {shown} for the {service}: {path}: {exc.strerror}", hint=hint
         ) from None
     try:
         record = _holding(fd, fcntl.LOCK_EX)
