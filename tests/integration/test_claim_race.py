@@ -172,4 +172,7 @@ def test_asking_who_holds_a_store_never_refuses_a_start(tmp_path: Path) -> None:
         stop.set()
         for p in askers:
             p.join(30)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
     assert not refused, f"{len(refused)} of 2000 starts refused, e.g. {refused[0]!r}"
