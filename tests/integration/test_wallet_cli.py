@@ -603,6 +603,23 @@ def test_who_could_not_be_reached_is_named_with_its_address_and_what_to_do(world
     alice.until(oid, "enabled")  # taken back
 
 
+def test_a_ticket_sent_to_its_own_card_or_an_application_says_so_before_the_card(world: World) -> None:
+    """`wallet send` (and `trn send`) --to this very card, or to an application's Uid: said before the card is
+    asked, with what to give (before: 'the card refused: ...', no hint); the ticket stays usable."""
+    alice = world.people["alice"]
+    oid = "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2"
+    world.issue(oid, "alice", "Final, seat 3")
+    own, app = str(alice.uid), str(alice.uid)[:-1] + "1"
+    for e in (refused(*alice.cmd("send", oid, "--to", own)),
+              refused("trn", "send", "--socket", alice.host.socket, "--oid", oid, "--to", own)):  # fmt: skip
+        assert e["reason"] == "own_card" and e["message"] == f"{own} is this card itself: {oid} was not sent", e
+        assert "give the receiving card's Uid" in e["hint"], e
+    e = refused(*alice.cmd("send", oid, "--to", app))
+    assert e["reason"] == "usage" and e["message"].startswith(f"{app} is an application's Uid, not a card's"), e
+    assert ":00000000" in e["hint"], e
+    assert alice.tickets()[oid] == "enabled"
+
+
 def test_an_offer_to_a_card_the_host_cannot_reach_is_refused_and_locks_nothing(world: World) -> None:
     """`wallet exchange offer --to` (and `cardnet exchange offer --to`) a card of a domain the host has no route to
     (a mistyped Uid): refused before the card is asked (reason no_route), saying so and what to do, the voucher

@@ -306,7 +306,14 @@ def undeliverable_hint(oid: str, cancellable: bool) -> str:
 async def send_token(wallet: Any, oid: bytes, dst: Any, *, traceable: bool = True) -> str:
     """Start moving token ``oid`` to card ``dst`` (the card's answer in words), after asking the host whether it
     can reach ``dst``: a Uid it cannot route fails (``no_route``) and the token stays where it is. A token that is
-    being sent already fails in words that say to whom and what to do (the card would refuse it: ``illegal_move``)."""
+    being sent already fails in words that say to whom and what to do (the card would refuse it: ``illegal_move``).
+    ``dst`` this very card (``own_card``), or an application's Uid (``usage``), fails before the card is asked."""
+    if not dst.is_card:
+        fail(f"{dst} is an application's Uid, not a card's: {oid.hex()} was not sent", reason="usage",
+             hint="give the receiving card's Uid: its domain and :00000000 (its owner gives it)")  # fmt: skip
+    if dst == wallet.card:
+        fail(f"{dst} is this card itself: {oid.hex()} was not sent", reason="own_card",
+             hint="give the receiving card's Uid (its owner gives it)")  # fmt: skip
     held = await wallet.voucher(oid)
     if held is not None and held.status in ("disabled+O", "disabled"):
         to = f" to {held.peer}" if held.peer is not None else ""
