@@ -240,3 +240,13 @@ def test_authority_run_without_a_pin_says_how_to_give_it(tmp_path: Path) -> None
     e = json_error(r)
     assert e["reason"] == "no_pin" and e["message"] == "no PIN: set CARDNET_PIN to the authority card's PIN", e
     assert f"`CARDNET_PIN=... cardnet authority run --config {config} --ca {ca}`" in e["hint"], e
+
+
+def test_wallet_ui_listen_with_a_port_past_65535_says_so(tmp_path: Path) -> None:
+    """`wallet ui --listen 127.0.0.1:99999`: the port is named as out of range (before: "is not HOST:PORT", which
+    it is); a value with no port still says HOST:PORT. Both before any host or PIN."""
+    for listen, said in (("127.0.0.1:99999", "the port 99999 is past 65535 (give 1..65535, or 0 for any free one)"),
+                         ("127.0.0.1", "'127.0.0.1' is not HOST:PORT (e.g. 127.0.0.1:8471)")):  # fmt: skip
+        r = cardnet("wallet", "ui", "--listen", listen, "--socket", str(tmp_path / "h.sock"))
+        words = " ".join(r.stderr.split())
+        assert r.returncode == 2 and "Invalid value for --listen" in words and said in words, words

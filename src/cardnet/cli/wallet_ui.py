@@ -59,13 +59,12 @@ def _listen(text: str) -> tuple[str, int]:
     from cardnet.web.session import loopback
 
     host, sep, port = text.rpartition(":")
-    try:
-        number = int(port)
-        ok = bool(sep) and 0 <= number <= 65535
-    except ValueError:
-        ok = False
-    if not ok:
+    if not sep or not port.isdigit():
         raise click.BadParameter(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8471)", param_hint="--listen")
+    number = int(port)
+    if number > 65535:
+        raise click.BadParameter(f"{text!r}: the port {number} is past 65535 (give 1..65535, or 0 for any free one)",
+                                 param_hint="--listen")  # fmt: skip
     try:
         return loopback(host), number
     except ValueError as exc:
