@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from hostprocs import Service, cardnet
@@ -163,3 +164,42 @@ def test_a_vendor_that_wants_level_3_sells_through_the_bulk_broker_and_an_unspen
     assert (bulk["stock_value"], bulk["pieces"], bulk["bought_value"]) == (40, 2, 60), bulk  # the piece kept
     with SqliteStore(b) as bstore:
         assert cid is not None and mb.BrokerCore(bstore).account(cid) == 80  # the refused 20 given back
+
+
+def test_a_bulk_sale_the_vendor_could_not_decide_says_so_and_the_retry_sells_it_once(tmp_path: Path) -> None:
+    """The vendor's store cannot be written (a real fault: diskfull) when the broker pays it with a stock piece: it
+    answers `unavailable`, plain. The sale stays pending and the customer is told that, not "the vendor's answer
+    did not check" (words for a forged answer, before); once the vendor can write, the same purchase sells once."""
+    from diskfull import disk_full
+
+    from cardnet.services.millicent.wallet import WalletError
+
+    v, file = agreement(tmp_path, B)
+    b = str(tmp_path / "broker.db")
+    vendor = Service(tmp_path, "millicent", "vendor", "run", "--store", v, "--listen", "127.0.0.1:0")
+    broker = Service(tmp_path, "millicent", "broker", "run", "--store", b, "--listen", "127.0.0.1:0")
+    vendor.start()
+    try:
+        add_bulk(b, file, vendor.address, 2)
+        cardnet("millicent", "broker", "bulk-buy", "--store", b, "--vendor", B, "--value", "40", "--pieces", "2")
+        broker.start()
+        wallet = customer(tmp_path, b, broker.address, "alice", 100)
+        assert vendor.proc is not None
+        with SqliteStore(wallet) as store:
+            alice = Wallet(store)
+            with disk_full(vendor.proc.pid):
+                try:
+                    asyncio.run(asyncio.wait_for(alice.buy(bytes.fromhex(B), 20), GUARD_S))
+                except WalletError as exc:
+                    assert exc.reason == "pending" and mb.VENDOR_UNAVAILABLE in str(exc), exc
+                else:
+                    raise AssertionError("sold by a vendor that cannot write its store")
+            rows = asyncio.run(asyncio.wait_for(alice.retry_pending(int(time.time())), GUARD_S))
+            assert [r["outcome"] for r in rows] == ["bought"], rows
+            assert [s.value for s in alice.scrip(bytes.fromhex(B))] == [20]
+            cid = alice.customer_id
+    finally:
+        broker.stop()
+        vendor.stop()
+    with SqliteStore(b) as bstore:
+        assert cid is not None and mb.BrokerCore(bstore).account(cid) == 80  # debited once

@@ -1027,6 +1027,26 @@ def _purchased(
     return mc.make_purchased(key, digest, out)
 
 
+def _unavailable(reply: Message) -> str | None:
+    """The words for a customer whose sale waits because the vendor could not decide the broker's call (its store
+    cannot be written: a plain ``unavailable`` answer, ``mc.not_decided``), or None for any other answer."""
+    if reply.mtype != mc.REPLY.code:
+        return None
+    try:
+        f = mc.REPLY_SCHEMA.decode(reply.param)
+    except DecodeError:
+        return None
+    if f["status"] != mc.Status.UNAVAILABLE:
+        return None
+    return VENDOR_UNAVAILABLE
+
+
+VENDOR_UNAVAILABLE = (
+    "the vendor cannot write its store (its disk may be full), so it decided nothing: nothing more was debited; send "
+    "the same purchase again later (`cardnet millicent retry`)"
+)  # (a reply's detail holds 200 characters)
+
+
 async def call_vendor(call: VendorCall, *, timeout_s: float = VENDOR_TIMEOUT_S) -> Message | None:
     """Carry ``call`` to its vendor over TCP: the reply, or None if none came (the call stays pending)."""
     host, _, port = call.address.rpartition(":")
@@ -1216,12 +1236,13 @@ class BrokerServer:
                 outcome = await self._step(self.core.finish_order, step, reply)
                 if not (outcome.bought or outcome.refused):  # an answer that does not check: the order stays
                     words = f"cannot buy stock from the vendor ({outcome}): send the same purchase again later"
-                    return await self._step(self.core.not_finished, param, words[:200])
+                    return await self._step(self.core.not_finished, param, _unavailable(reply) or words[:200])
                 continue
             done = await self._step(self.core.finish_issue, step, reply)
             if done is None:
                 unsettled = "the vendor's answer did not check: send the same purchase again"
-                return await self._step(self.core.not_finished, param, slow if reply is None else unsettled)
+                words = slow if reply is None else _unavailable(reply) or unsettled
+                return await self._step(self.core.not_finished, param, words)
             return done
         words = "the vendor's answers did not settle this sale: send the same purchase again"
         return await self._step(self.core.not_finished, param, words)
