@@ -620,6 +620,28 @@ def test_a_ticket_sent_to_its_own_card_or_an_application_says_so_before_the_card
     assert alice.tickets()[oid] == "enabled"
 
 
+def test_recover_of_a_ticket_waiting_for_the_authoritys_trace_does_not_blame_the_other_card(world: World) -> None:
+    """The authority's host is down while alice gives bob a ticket: bob's copy waits for the trace (trustless).
+    `wallet recover` on bob's side says it waits for the authority's trace, not for the other card (the row of a
+    transfer names the other card only when it is that card that has not answered)."""
+    alice, bob = world.people["alice"], world.people["bob"]
+    oid = "e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3"
+    world.issue(oid, "alice", "Final, seat 4")
+    auth = world.net.hosts["auth"]
+    auth.kill()
+    try:
+        ok(*alice.cmd("send", oid, "--to", bob.uid, "--wait", "0"))
+        bob.until(oid, "trustless")
+        stuck = ok(*bob.cmd("recover", "--wait", "0.3"))
+        [row] = [r for r in stuck["recovered"] if r["id"] == oid]
+        assert not row["finished"] and "waiting for the authority's trace" in row["outcome"], row
+        assert "waiting for the other card" not in row["outcome"], row
+    finally:
+        auth.restart()
+    assert ok(*bob.cmd("recover", "--wait", WAIT_S))["unfinished"] == 0
+    bob.until(oid, "enabled")
+
+
 def test_an_offer_to_a_card_the_host_cannot_reach_is_refused_and_locks_nothing(world: World) -> None:
     """`wallet exchange offer --to` (and `cardnet exchange offer --to`) a card of a domain the host has no route to
     (a mistyped Uid): refused before the card is asked (reason no_route), saying so and what to do, the voucher

@@ -147,7 +147,8 @@ async def recover_card(wallet: Any, wait_s: float, ttp_after_s: float) -> list[d
         elif status not in MOVING:
             outcome, finished = "finished: it is on this card", True
         else:
-            waits = await waiting_on(wallet, "the other card", peers.get(oid))
+            # (trustless: it waits for the authority's trace, which its status words say; not for the other card)
+            waits = "" if status == "trustless" else await waiting_on(wallet, "the other card", peers.get(oid))
             outcome, finished = f"still {STATUS_WORDS.get(status, status)}{waits}", False
         rows.append({"what": "transfer", "id": oid.hex(), "before": before, "outcome": outcome, "finished": finished})
     for n1, x in xs.items():
