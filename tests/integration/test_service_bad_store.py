@@ -2,15 +2,16 @@
 store"): `authority run`, `ttp run`, `gate run`, `host run` (a card's store), `speed broker run` (its store and its
 SAM card's), `speed vendor run`, `millicent broker run`, `millicent vendor run` and `ticketing run` (its store), each
 given a store that is a directory, one this user may not read, one in a folder it may not write (new and existing),
-one whose claim file is another user's, a read-only one, one of random bytes, a FIFO and one whose pages after the
-first are random bytes. Each exits 2 at once with the store's error in words (its reason, what was wrong, what to
-do), never a traceback and never serving.
+one in a folder it may not enter, one whose claim file is another user's, a read-only one, one of random bytes, a
+FIFO and one whose pages after the first are random bytes. Each exits 2 at once with the store's error in words (its
+reason, what was wrong, what to do), never a traceback and never serving.
 
 Before: a store damaged past its header stopped the hosts and the SPEED broker's SAM with "unexpected internal error:
 DatabaseError" (exit 1), a read-only one stopped `ticketing run` so ("OperationalError") and let `ttp run`, `host run`
 and the authority's agent card serve on a store they could not write; a directory or an unreadable file said "unable
 to open database file (is it a cardnet store?)", a FIFO "disk I/O error" with a hint to free space on the disk, and
-another user's claim file was to be mended by making the folder writable.
+another user's claim file was to be mended by making the folder writable, a folder it may not enter "may not read
+and write it".
 
 The folder and file modes are a process's limits only when it is not root: as root the commands run in a user
 namespace of their own (``unshare -U``), where root's files are out of its reach as another user's would be.
@@ -39,6 +40,7 @@ EXPECTED = {
                    "writable by the user this runs as"),
     "read-only folder, new": ("io", "-owner: Permission denied", "make {folder} writable by the user this runs as"),
     "read-only folder": ("io", "-owner: Permission denied", "make {folder} writable by the user this runs as"),
+    "folder it may not enter": ("io", "this user may not enter its folder", "searchable by the user this runs as"),
     "another user's claim file": ("io", "-owner: Permission denied", "is another user's (a service ran on"),
     "read-only file": ("io", "this user may not read and write it (Permission denied)", "writable by the user"),
     "random bytes": ("io", "file is not a database (is it a cardnet store?)", None),
@@ -72,6 +74,10 @@ def broken(tmp: Path, label: str, good: Path) -> dict[str, Path]:
         if old:
             shutil.copy(old, made[case])
         folder.chmod(0o555)
+    folder = tmp / f"{label}.closed"
+    folder.mkdir()
+    made["folder it may not enter"] = shutil.copy(good, folder / "store.db")
+    folder.chmod(0)
     made["another user's claim file"] = shutil.copy(good, tmp / f"{label}.claimed.db")
     claim = tmp / f"{label}.claimed.db-owner"  # (left by a service run as another user: this one may not open it)
     claim.write_text("{}")
@@ -172,3 +178,22 @@ def test_every_service_on_a_store_it_cannot_serve_says_why_and_exits(tmp_path: P
                 or (hint and hint not in said.partition("what to do: ")[2]):  # fmt: skip
             wrong.append(f"{service}, {case}: exit {code}: {said}")
     assert not wrong, f"{len(wrong)} of {len(runs)}:\n" + "\n".join(wrong)
+
+
+def test_a_command_reading_a_store_in_a_folder_it_may_not_enter_says_so(tmp_path: Path) -> None:
+    """Not "there is no store": whether it is there is hidden from this user, and the folder is what to mend."""
+    prefix = as_another_user()
+    folder = tmp_path / "closed"
+    folder.mkdir()
+    cardnet("millicent", "vendor", "init", "--store", str(folder / "v.db"), "--id", "00000000000000a1")
+    folder.chmod(0)
+    try:
+        r = subprocess.run([*prefix, sys.executable, "-m", "cardnet.cli.main", "millicent", "vendor", "status",
+                            "--store", str(folder / "v.db")], capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
+    finally:
+        folder.chmod(0o700)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "Traceback" not in said, said
+    assert f"cannot open store {folder / 'v.db'}: this user may not enter its folder {folder} (Permission denied) " \
+        f"(reason: io) what to do: make {folder} searchable by the user this runs as" in said, said  # fmt: skip

@@ -206,6 +206,15 @@ def _writable(store: str, service: str, other: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             return  # (opening the store says what else is wrong)
+        folder = os.path.dirname(store)
+        if exc.errno == errno.EACCES and not os.access(folder, os.X_OK):
+            raise StoreError(
+                "io",
+                f"cannot claim store {store} for the {service}: this user may not enter its folder {folder} "
+                f"({exc.strerror})",
+                hint=f"make {folder} readable, writable and searchable by the user this runs as (chmod u+rwx), or "
+                f"{other}",
+            ) from None
         raise StoreError(
             "io",
             f"cannot claim store {store} for the {service}: this user may not read and write it ({exc.strerror}), "

@@ -184,6 +184,17 @@ def _prepare_file(path: str, create: bool) -> bool:
         os.fchmod(fd, 0o600)  # whatever the umask
         os.close(fd)
         return True  # a new store: SQLite writes its header on open
+    try:
+        os.stat(path)
+    except PermissionError as exc:  # (not "missing": whether it is there is hidden from this user)
+        folder = os.path.dirname(os.path.abspath(path))
+        raise StoreError(
+            "io",
+            f"cannot open store {path}: this user may not enter its folder {folder} ({exc.strerror})",
+            hint=f"make {folder} searchable by the user this runs as (chmod u+x), or run as its owner",
+        ) from None
+    except OSError:
+        pass
     if not os.path.exists(path):
         raise StoreError("missing", f"there is no store {path}: check the path (this command creates no store)")
     if os.path.isdir(path):
