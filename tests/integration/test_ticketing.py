@@ -749,6 +749,13 @@ def test_wallet_buy_whose_broker_does_not_answer_names_it_and_what_pays_the_purc
     assert "--broker HOST:PORT" in recover and "--socket" in recover, hint
     shown = json.loads(world.cardnet("wallet", "show", *fay, "--json").stdout)
     assert len(shown["purchases_pending"]) == 1, shown  # delivered, waiting to be paid
+    # the seat bought again meanwhile: it is held for her own purchase, and what finishes it is said
+    r = world.cardnet("wallet", "buy", world.url, "--event", "final", "--seat", "F1", *fay, "--json", check=False)
+    mine = json.loads(r.stdout)["error"]
+    assert r.returncode == 2 and mine["reason"] == "seat_sold" and mine["yours"] is True, mine
+    assert mine["message"].startswith("seat F1 of final is held for your own purchase of it"), mine
+    assert mine["hint"] == "`cardnet wallet recover` pays it (it waits in your wallet's purchases) and brings the " \
+        "ticket", mine  # fmt: skip
     argv = shlex.split(recover.replace("HOST:PORT", world.broker_addr))[1:]
     done = world.cardnet(*argv, "--pin", PIN, "--json", check=False)
     assert done.returncode == 0, done.stdout + done.stderr

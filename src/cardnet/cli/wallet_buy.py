@@ -230,8 +230,7 @@ async def sold_to_you(url: str, event: str, seat: str, journal: Any) -> SoldToYo
         return SoldToYou(
             f"seat {seat} of {event} is held for your own purchase of it from {url}, not paid yet; nothing more was "
             "paid",
-            "`cardnet wallet recover` pays it (it waits in your wallet's purchases), "
-            f"then `cardnet wallet buy {url} --poid POID` brings the ticket",
+            "`cardnet wallet recover` pays it (it waits in your wallet's purchases) and brings the ticket",
             {"yours": True},
         )
     return None
