@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 from hostprocs import Service, cardnet
 from test_millicent_processes import VID, customer, send_all, world  # noqa: F401 (world: the fixture)
@@ -103,3 +105,32 @@ def test_a_request_naming_a_product_of_control_characters_is_refused_in_words(
     args = ("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello")
     r = json.loads(cardnet(*args, "--price", "3", "--json").stdout)
     assert r == {"status": "ok", "change": 17, "content": "hello, world"}, r
+
+
+def test_vendor_redeem_at_an_address_that_never_answers_gives_up_in_words(
+    world: dict[str, object],  # noqa: F811
+) -> None:
+    """`vendor redeem --broker` at an address that takes the connection and never answers (a hung broker, or another
+    service): before, it waited for ever; now it gives up after --timeout, nothing marked redeemed, and the redemption
+    at the real broker then pays it."""
+    vendor = world["vendor"]
+    assert isinstance(vendor, Service)
+    at = vendor.start()
+    alice = customer(world, "alice")
+    args = ("millicent", "spend", "--wallet", alice, "--vendor", VID, "--at", at, "--product", "hello", "--price", "3")
+    assert json.loads(cardnet(*args, "--json").stdout)["status"] == "ok"  # (the broker's scrip, bought on the way)
+    redeem = ("millicent", "vendor", "redeem", "--store", str(world["vendor_store"]))
+    with socket.socket() as silent:  # listening, never accepting: the kernel takes the connection and the bytes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.monotonic()
+        r = cardnet(*redeem, "--broker", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1", "--json",
+                    check=False)  # fmt: skip
+        assert time.monotonic() - start < 30, "waited past its --timeout"
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    error = json.loads(r.stdout)["error"]
+    assert error["reason"] == "no_answer" and "did not answer within 1 s" in error["message"], error
+    broker = world["broker"]
+    assert isinstance(broker, Service)
+    done = json.loads(cardnet(*redeem, "--broker", broker.address, "--json").stdout)
+    assert (done["items"], done["duplicates"]) == (1, 0), done

@@ -310,8 +310,10 @@ def vendor_run(
 @vendor.command("redeem")
 @STORE
 @click.option("--broker", "broker", required=True, help="The broker's HOST:PORT: the scrip it minted is sent there.")
+@click.option("--timeout", type=FiniteRange(0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the broker's answer to a batch; past it, it stays to redeem.")  # fmt: skip
 @JSON
-def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
+def vendor_redeem(store: str, broker: str, timeout: float, as_json: bool) -> None:
     """Send a broker the scrip it minted under its licence, received so far, for payment.
 
     Each broker pays only for its own scrip: the scrip of other brokers this vendor licensed stays, to be
@@ -319,7 +321,7 @@ def vendor_redeem(store: str, broker: str, as_json: bool) -> None:
     from cardnet.services.millicent.vendor import VendorCore, redeem_at_broker
 
     host, port = _listen(broker)
-    r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port))
+    r = asyncio.run(redeem_at_broker(VendorCore(_vendor(store)), host, port, timeout_s=timeout))
     if r["licence"] is None:
         say(as_json, r, "nothing to redeem: no broker-minted scrip was received since the last redemption")
         return

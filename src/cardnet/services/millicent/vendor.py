@@ -1285,7 +1285,12 @@ _BULK_BUY = mc.BULK_BUY.code
 _REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code, mc.CATALOGUE_ASK.code))
 
 
-async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, Any]:
+REDEEM_TIMEOUT_S = 30.0  # the broker's answer to one redemption batch (it decides a batch in one transaction)
+
+
+async def redeem_at_broker(
+    core: VendorCore, host: str, port: int, *, timeout_s: float = REDEEM_TIMEOUT_S
+) -> dict[str, Any]:
     """Send the broker at ``host:port`` the scrip it minted under its licence, received since the last
     redemption; forget what it acknowledged. Says what was redeemed, and what is left for other brokers.
 
@@ -1314,12 +1319,18 @@ async def redeem_at_broker(core: VendorCore, host: str, port: int) -> dict[str, 
         param, seqs = core.redeem_request(core.redeemable(index=index), index)
         batch = mc.REDEEM_SCHEMA.decode(param)["batch"]
         try:
-            async with await dial(host, port) as conn:
+            async with asyncio.timeout(timeout_s), await dial(host, port) as conn:
                 await conn.send(Message(SERVICE_UID, SERVICE_UID, mc.REDEEM.code, param))
                 reply = await conn.recv()
         except TransportError as exc:
             raise VendorError("unreachable", f"no answer from the broker at {at} ({exc}): is that its HOST:PORT? "
                               f"This batch was not marked redeemed{so_far()}") from None  # fmt: skip
+        except TimeoutError:  # (before, it waited for ever on an address that took the connection and said nothing)
+            raise VendorError(
+                "no_answer", f"the broker at {at} did not answer within {timeout_s:g} s (slow, or not a Millicent "
+                f"broker: is that its HOST:PORT?). This batch was not marked redeemed{so_far()}; run `vendor redeem` "
+                "again (scrip the broker did take is paid once: sent again, it counts as a duplicate)",
+            ) from None  # fmt: skip
         why = ""
         for i in [index, *sorted(k for k in core.redeem_keys if k != index)]:
             try:
