@@ -192,6 +192,38 @@ def test_a_ca_or_host_certificate_to_a_bad_path_is_refused_cleanly_and_writes_no
     assert all(Path(made[k]).read_text().startswith("-----BEGIN ") for k in ("cert", "key", "ca"))
 
 
+def test_a_ca_option_given_a_file_that_is_no_ca_file_says_so_and_a_too_open_ca_file_is_still_refused(
+    tmp_path: Path,
+) -> None:
+    """Before, a group-readable file that is no CA at all (``--ca /etc/hostname``, the CA certificate) was said to
+    hold "a CA private key but is accessible to group/others": the permission check ran before the file was read."""
+    text = tmp_path / "notes.txt"
+    text.write_text("just some text\n")
+    text.chmod(0o644)
+    ca = tmp_path / "ca.cnca"
+    assert cardnet("ca", "create", str(ca)).returncode == 0
+    cert = tmp_path / "ca.pem"
+    made = cardnet("ca", "cert", str(ca))
+    assert made.returncode == 0, made.stderr
+    cert.write_text(made.stdout)
+    cert.chmod(0o644)
+    env = {"CARDNET_HOME": str(tmp_path / "home")}
+    for given, holds in ((text, "no PEM certificate or private key"), (cert, "a certificate but no private key")):
+        for args in (["wallet", "init", "--pin", "1"], ["card", "create", "--store", "sqlite:///c.db", "--pin", "1"]):
+            r = cardnet(*args, "--ca", str(given), cwd=tmp_path, env=env)
+            _no_traceback_and_says(r, f"{given} is not a CA file: it holds {holds}", "cardnet ca create")
+            assert "accessible to group/others" not in r.stderr, r.stderr
+            err = json_error(cardnet(*args, "--ca", str(given), "--json", cwd=tmp_path, env=env))
+            assert err["reason"] == "bad_certificate" and "not a CA file" in err["message"], err
+            assert "cardnet ca create" in err["hint"], err
+    assert not (tmp_path / "home").exists() and not (tmp_path / "c.db").exists()
+    # A real CA file that group or others may read is still refused for that, with what to do.
+    ca.chmod(0o640)
+    err = json_error(cardnet("wallet", "init", "--pin", "1234", "--ca", str(ca), "--json", cwd=tmp_path, env=env))
+    assert err["reason"] == "bad_key" and "accessible to group/others (mode 640)" in err["message"], err
+    assert err["hint"] == f"run chmod 600 {ca}", err
+
+
 def test_host_run_with_json_says_ready_as_one_json_line_and_its_errors_as_json(tmp_path: Path) -> None:
     (host,) = make_hosts(tmp_path, ["a"], ["echo"])
     proc = subprocess.Popen(

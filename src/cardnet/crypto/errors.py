@@ -17,4 +17,7 @@ class CryptoError(CardnetError):
 class PkiError(CardnetError):
     """A certificate, chain or blocklist was refused; ``reason`` says why
     (``unknown_ca``, ``expired``, ``not_yet_valid``, ``wrong_usage``,
-    ``uid_mismatch``, ``bad_signature``, ``blocked``, ``bad_certificate``, ``bad_key``)."""
+    ``uid_mismatch``, ``bad_signature``, ``blocked``, ``bad_certificate``, ``bad_key``); ``hint``, when set, what
+    to do."""
+
+    hint: str | None = None

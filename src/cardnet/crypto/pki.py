@@ -100,6 +100,8 @@ UID_URI_PREFIX: Final = "urn:cardnet:uid:"
 MAX_CHAIN_CERTS: Final = 4
 #: Largest DER certificate accepted (cardnet's are about 600 bytes).
 MAX_CERT_BYTES: Final = 8 * 1024
+#: Largest CA file read (its key and chain as PEM); a larger file is no CA file.
+MAX_CA_FILE_BYTES: Final = (MAX_CHAIN_CERTS + 1) * 3 * MAX_CERT_BYTES
 #: Most Uids one blocklist may hold (about 1.1 MiB encoded).
 MAX_BLOCKLIST_UIDS: Final = 65_536
 #: Upper bound on any validity period, in days.
@@ -1014,19 +1016,42 @@ class CertificateAuthority:
         password: bytes | None = None,
         rng: profile.Rng = profile.system_rng,
     ) -> CertificateAuthority:
-        """Read a file written by :meth:`save`. Refuses a file that group or others may access."""
+        """Read a file written by :meth:`save`. Refuses a file that is no CA file (said so, with how one is made),
+        and a CA file whose private key group or others may access."""
         source = Path(path)
+        with source.open("rb") as fh:  # bounded: --ca /dev/zero is refused, not read for ever
+            data = fh.read(MAX_CA_FILE_BYTES + 1)
+        if len(data) > MAX_CA_FILE_BYTES:
+            data = b""  # far larger than any CA file: said to be none
+        has_key = b"PRIVATE KEY-----" in data
+        has_cert = b"-----BEGIN CERTIFICATE-----" in data
+        if not has_key:
+            what = "a certificate but no private key" if has_cert else "no PEM certificate or private key"
+            err = PkiError(
+                "bad_certificate",
+                f"{source} is not a CA file: it holds {what}, and a CA file holds the CA's certificate and its "
+                "private key (PEM), as `cardnet ca create` writes them",
+            )
+            err.hint = (
+                "give the CA file that `cardnet ca create FILE` wrote (not the CA certificate `cardnet ca cert FILE` "
+                "prints), or make one: cardnet ca create FILE"
+            )
+            raise err
         mode = source.stat().st_mode
         if os.name == "posix" and mode & 0o077:
-            raise PkiError(
+            err = PkiError(
                 "bad_key",
-                f"{source} holds a CA private key but is accessible to group/others (mode {mode & 0o777:o}): "
-                f"run chmod 600 {source}",
+                f"{source} holds a CA private key but is accessible to group/others (mode {mode & 0o777:o})",
             )
-        data = source.read_bytes()
-        certs = chain_from_pem(data)
+            err.hint = f"run chmod 600 {source}"
+            raise err
+        try:
+            certs = chain_from_pem(data)
+        except PkiError as exc:
+            raise PkiError(exc.reason, f"{source} is not a readable CA file: {exc}") from None
         if not certs:
-            raise PkiError("bad_certificate", f"{source} holds no CA certificate: was it written by save()?")
+            raise PkiError("bad_certificate", f"{source} holds a private key but no CA certificate: was it written "
+                           "by `cardnet ca create`?")  # fmt: skip
         try:
             key = serialization.load_pem_private_key(data, password=password)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
