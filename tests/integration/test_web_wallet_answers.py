@@ -33,6 +33,7 @@ class Net:
     ui: Ui
     client: httpx.Client  # logged in (its session's Authorization header)
     secret: str
+    traced: bool = False  # the agent registered and the authority set on the cards (the first ticket issued does it)
 
     @property
     def port(self) -> int:
@@ -332,3 +333,46 @@ def test_the_page_says_what_to_do_when_what_was_typed_is_too_long(a: Net) -> Non
                 await browser.close()
 
     asyncio.run(go())
+
+
+def _holds(a: Net, oid: bytes, body: bytes) -> None:
+    """The agent mints ``oid`` and sends it to card a (settled there)."""
+    from cardnet.applets.trn import MINT, SEND
+
+    async def go() -> None:
+        if not a.traced:
+            await a.net.setup_trace()
+            a.traced = True
+        assert (await a.net.ask("agent", MINT, oid=oid, body=body))["ok"]
+        assert (await a.net.ask("agent", SEND, oid=oid, to=a.net.uids["a"]))["ok"]
+        await a.net.settle("a", oid)
+
+    asyncio.run(go())
+
+
+def _status(a: Net, oid: bytes) -> str | None:
+    """How ticket ``oid`` stands on card a, as its card lists it (None: not held)."""
+
+    async def go() -> str | None:
+        async with await Wallet.open(a.net.hosts["a"].socket, pin=PIN, card=a.net.uids["a"].domain) as w:
+            v = await w.voucher(oid)
+            return None if v is None else str(v.status)
+
+    return asyncio.run(go())
+
+
+def test_a_gate_that_does_not_answer_is_named_with_where_the_host_sends_to_it(a: Net) -> None:
+    """Walk through a gate that does not answer (the authority's card: no gate on it) from the ``cardnet wallet ui``
+    process: 504 no_answer, in the words of ``cardnet wallet enter`` (:func:`cardnet.cli.wallet_gate.no_answer_hint`):
+    the gate's Uid and the address a's host sends to it; the ticket taken back. Before: 'is the gate running, and
+    does your host have a route ...', naming neither."""
+    oid = bytes.fromhex("9e" * 16)
+    _holds(a, oid, b"Cup final, seat G1")
+    gate = a.net.uids["authority"]
+    r = a.client.post("/api/enter", json={"oid": oid.hex(), "gate": str(gate)})
+    got = r.json()
+    assert r.status_code == 504 and got["error"] == "no_answer", r.text
+    auth = f"127.0.0.1:{a.net.hosts['auth'].port}"
+    assert f"is the gate {gate} running (your host sends to it at {auth} ([routes] in your host.toml))? check the " \
+        "gate's Uid and address" in got["message"], r.text  # fmt: skip
+    assert _status(a, oid) == "enabled"  # taken back

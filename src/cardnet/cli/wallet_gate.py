@@ -53,12 +53,6 @@ REFUSALS: dict[str, tuple[str, str]] = {
     ),
 }
 
-# (the web wallet's words for a gate that did not answer; the command line's name the gate: :func:`no_answer_hint`)
-HINTS = {
-    "no_answer": "is the gate running, and does your host have a route to the gate's domain (host.toml, [routes])? "
-    "a card on the authority's blocklist gets no answer either",
-}
-
 
 def refusal(reason: str) -> tuple[str, str | None]:
     """A gate's refusal ``reason`` (``code`` or ``code: detail``) in the holder's words, and what to do."""
@@ -93,7 +87,7 @@ async def enter(wallet: Any, oid: bytes, gate: Any, wait_s: float, memory: Admis
 
 def no_answer_hint(gate: Any, route: dict[str, Any] | None) -> str:
     """What to do when the gate ``gate`` did not answer: which gate, where this host sends to it (``route``, the
-    host's ``host.route_is``; None: a card of this host), and what to check."""
+    host's ``host.route_is``; None: a card of this host), and what to check (the web wallet's words too)."""
     if route is None:
         where = "a card of your own host"
     else:

@@ -52,8 +52,7 @@ from cardnet.cli.fairx import (
 )
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig, admissions
-from cardnet.cli.wallet_gate import HINTS as GATE_HINTS
-from cardnet.cli.wallet_gate import refusal
+from cardnet.cli.wallet_gate import no_answer_hint, refusal
 from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price, parse_price
@@ -478,7 +477,8 @@ class WalletWeb:
             except WalletError as exc:
                 if exc.reason != "no_answer":
                     raise
-                raise HttpError(504, "no_answer", f"{exc}; {GATE_HINTS['no_answer']}") from None
+                route = None if gate.domain == wallet.card.domain else await wallet.route(gate.domain)
+                raise HttpError(504, "no_answer", f"{exc}; {no_answer_hint(gate, route)}") from None
         if not got.taken:  # (503: the gate cannot take tickets now, try later; 409: this ticket is refused)
             words, hint = refusal(got.reason)
             status = 503 if got.reason == GATE_STORE_FAILED else 409
