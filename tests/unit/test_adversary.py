@@ -57,7 +57,7 @@ def test_the_section_parses_with_its_defaults(tmp_path: Path) -> None:
 def test_a_bad_field_is_refused_by_name(tmp_path: Path, section: str, field: str) -> None:
     with pytest.raises(HostError) as err:
         parse(tmp_path, f"\n[adversary]\n{section}\n")
-    assert err.value.reason == "bad_config" and str(err.value).startswith(field), str(err.value)
+    assert err.value.reason == "bad_config" and str(err.value).startswith(f"{tmp_path / 'host.toml'}: {field}")
 
 
 def adversary(config: AdversaryConfig) -> Adversary:

@@ -152,10 +152,11 @@ BAD: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("text", "field"), [(t, f) for _, t, f in BAD], ids=[i for i, _, _ in BAD])
 def test_each_bad_field_is_refused_by_name(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path, text)
     with pytest.raises(HostError) as err:
-        load_config(write(tmp_path, text))
+        load_config(path)
     assert err.value.reason == "bad_config"
-    assert str(err.value).startswith(field), str(err.value)
+    assert str(err.value).startswith(f"{path}: {field}"), str(err.value)  # the file, then the field
 
 
 def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
@@ -209,6 +210,35 @@ def test_host_run_with_a_bad_config_exits_cleanly(tmp_path: Path, text: str, fie
     assert result.stderr.startswith("error: ") and field in result.stderr, result.stderr  # on one line, unfolded
     assert "bad_config" in result.stderr
     assert not (tmp_path / "h.sock").exists()  # it never started serving
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", MINIMAL.replace('app_socket = "h.sock"\n', "")],
+                         ids=["empty", "comments-only", "no-app_socket"])  # fmt: skip
+def test_host_run_with_a_config_missing_app_socket_names_the_file_and_the_line_to_add(
+    tmp_path: Path, text: str
+) -> None:
+    """Before: "app_socket: must be a non-empty string, got None", naming neither the file nor what to write."""
+    path = write(tmp_path, text, name="empty.toml")
+    result = run_host(path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        f'error: {path}: app_socket: missing: add a line such as app_socket = "host.sock" (the Unix socket '
+        "applications connect to, relative to the config's folder) (reason: bad_config)"
+    ), result.stderr
+    assert len(lines) == 2 and lines[1].startswith(
+        "what to do: a host config needs app_socket and at least one [[cards]]"
+    )
+    as_json = subprocess.run(
+        [sys.executable, "-m", "cardnet.cli.main", "host", "run", "--config", str(path), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert as_json.returncode == 2, as_json.stderr
+    err = json.loads(as_json.stdout)["error"]
+    assert err["reason"] == "bad_config", err
+    assert err["message"].startswith(f"{path}: app_socket: missing: add a line such as app_socket = "), err
+    assert 'docs/host.md "Configuration"' in err["hint"], err
+    assert not list(tmp_path.glob("*.sock")) and not list(tmp_path.glob("*.db"))  # it never started
 
 
 def blank_card(tmp_path: Path) -> None:

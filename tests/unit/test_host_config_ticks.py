@@ -95,10 +95,11 @@ BAD = [
 @pytest.mark.parametrize(("text", "message"), [(t, m) for _, t, m in BAD], ids=[i for i, _, _ in BAD])
 def test_bad_timer_values_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
     top, _, cards = text.partition("\n[[cards]]")
+    path = _write(tmp_path, top + "\n" + HEAD + "\n[[cards]]" + cards)
     with pytest.raises(HostError) as err:
-        load_config(_write(tmp_path, top + "\n" + HEAD + "\n[[cards]]" + cards))
+        load_config(path)
     assert err.value.reason == "bad_config"
-    assert str(err.value).startswith(message), str(err.value)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
 
 
 def test_errors_say_what_to_write(tmp_path: Path) -> None:

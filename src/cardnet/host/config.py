@@ -38,7 +38,7 @@
     app_max_connections = 256           # application connections held at once on `app_socket`
 
 A bad file is refused with :class:`HostError` (``bad_config``) naming the
-field, e.g. ``cards[0].applets: unknown applet(s) ech``.
+file and the field, e.g. ``host.toml: cards[0].applets: unknown applet(s) ech``.
 
 ``exclusive`` (default true) makes the host the only process that can open the
 card's store while it runs (a second host, or ``cardnet card show``, is refused
@@ -187,10 +187,25 @@ def _ticks(c: dict[str, Any], applets: list[str], where: str) -> tuple[tuple[str
     return tuple(ticks)
 
 
+# The hint for a host config that leaves out a field it must have.
+MISSING_HINT = (
+    'a host config needs app_socket and at least one [[cards]] (store, applets): docs/host.md "Configuration" '
+    "shows a whole file, and `cardnet wallet init` writes one (host.toml) beside a new card"
+)
+
+
 def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
     unknown = set(data) - KNOWN_TOP
     if unknown:
         raise _bad(", ".join(sorted(unknown)), f"unknown field(s); known: {', '.join(sorted(KNOWN_TOP))}")
+    if "app_socket" not in data:
+        err = _bad(
+            "app_socket",
+            'missing: add a line such as app_socket = "host.sock" (the Unix socket applications connect to, '
+            "relative to the config's folder)",
+        )
+        err.hint = MISSING_HINT
+        raise err
     name = _str(data, "name", "", "host")
     app_socket = base / _str(data, "app_socket", "")
     listen = parse_address(data["listen"], "listen") if "listen" in data else None
@@ -198,7 +213,9 @@ def parse_config(data: dict[str, Any], base: Path) -> HostConfig:
     resend_after_s = _seconds(data.get("resend_after_s", DEFAULT_RESEND_AFTER_S), "resend_after_s", zero_ok=True)
     raw_cards = data.get("cards")
     if not isinstance(raw_cards, list) or not raw_cards:
-        raise _bad("cards", 'list at least one card: [[cards]] with store = "sqlite:///..." and applets = [...]')
+        err = _bad("cards", 'list at least one card: [[cards]] with store = "sqlite:///..." and applets = [...]')
+        err.hint = MISSING_HINT
+        raise err
     cards = []
     for i, c in enumerate(raw_cards):
         where = f"cards[{i}]."
@@ -336,4 +353,7 @@ def load_config(path: Path) -> HostConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HostError("bad_config", f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, path.parent)
+    try:
+        return parse_config(data, path.parent)
+    except HostError as exc:  # the field's words, after the file that holds it
+        raise HostError(exc.reason, f"{path}: {exc}", hint=exc.hint) from None
