@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -376,3 +379,35 @@ def test_a_gate_that_does_not_answer_is_named_with_where_the_host_sends_to_it(a:
     assert f"is the gate {gate} running (your host sends to it at {auth} ([routes] in your host.toml))? check the " \
         "gate's Uid and address" in got["message"], r.text  # fmt: skip
     assert _status(a, oid) == "enabled"  # taken back
+
+
+def test_a_word_that_is_no_address_is_refused_saying_the_form_to_give(a: Net) -> None:
+    """A ticketing server's 'address' with neither ``http://`` nor ``:PORT`` (``notaurl``, ``tickets.example``) is
+    refused bad_url, saying the form to give, by ``cardnet wallet buy`` (a real process, for a person and --json)
+    and by the page's Show events, Buy and Finish the delivery (the ``cardnet wallet ui`` process); ``HOST:PORT``
+    without ``http://`` is still an address. Before: read as HOST, port 80 (the CLI went on to buy there: here it
+    then said the wallet config has no broker; the page asked notaurl:80)."""
+    env = {**os.environ, "CARDNET_PIN": PIN}
+    wallet = ("--config", str(a.net.tmp / "a-wallet.toml"), "--socket", a.net.hosts["a"].socket,
+              "--card", a.net.uids["a"].domain.hex())  # fmt: skip
+    for word in ("notaurl", "tickets.example"):
+        said = f"{word!r} is not a ticketing server's address (it has neither http:// nor a :PORT)"
+        cmd = [sys.executable, "-m", "cardnet.cli.main", "wallet", "buy", word, "--event", "final", "--seat", "A1",
+               *wallet]  # fmt: skip
+        got = subprocess.run([*cmd, "--json"], check=False, capture_output=True, text=True, env=env, timeout=60)
+        assert got.returncode == 2, (got.stdout, got.stderr)
+        e = json.loads(got.stdout)["error"]
+        assert e["reason"] == "bad_url" and e["message"] == said, e
+        assert e["hint"] == "give the server's address as http://HOST:PORT", e
+        got = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=60)
+        assert got.returncode == 2 and f"error: {said}" in got.stderr and "Traceback" not in got.stderr, got.stderr
+        for path, extra in (("/api/shop", {}), ("/api/buy", {"event": "final", "seat": "A1"}),
+                            ("/api/deliver", {"poid": "ab" * 40})):  # fmt: skip
+            r = a.client.post(path, json={"url": word, **extra})
+            assert r.status_code == 400 and r.json() == {"error": "bad_url", "message": f"{said}: give it as "
+                                                         "http://HOST:PORT"}, (path, r.text)  # fmt: skip
+    with socket.socket() as s:  # HOST:PORT is an address: asked (nothing answers there)
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    r = a.client.post("/api/shop", json={"url": f"127.0.0.1:{closed}"})
+    assert r.status_code == 502 and r.json()["error"] == "unreachable", r.text

@@ -70,7 +70,9 @@ class Relayed:
 
 
 def server_address(url: str) -> tuple[str, int]:
-    """``http://host:port`` as (host, port)."""
+    """``http://host:port`` as (host, port): ``http://HOST`` is port 80, ``HOST:PORT`` an http:// address; a bare
+    word (``notaurl``, ``tickets.example``: neither ``http://`` nor ``:PORT``) is no address (:class:`ValueError`),
+    not a guess of port 80 (docs/decisions.md)."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// address of a ticketing server")
@@ -81,6 +83,8 @@ def server_address(url: str) -> tuple[str, int]:
         port = 0
     if port == 0:
         raise ValueError(f"{url!r} has no valid port (a number from 1 to 65535)")
+    if port is None and "://" not in url:
+        raise ValueError(f"{url[:120]!r} is not a ticketing server's address (it has neither http:// nor a :PORT)")
     try:  # (else the name's lookup fails with the codec's words, or a lookup error that names nothing)
         if any(c.isspace() or not c.isprintable() for c in host):
             raise UnicodeError
