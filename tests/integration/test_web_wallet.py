@@ -812,7 +812,8 @@ def test_the_page_offers_an_exchange_and_loads_the_e_purse(world: World, session
             await page_a.fill("#offer-to", "ee" * 12 + ":00000000")
             await page_a.click("#offer-button")
             await expect(page_a.locator("#message.error")).to_contain_text(
-                f"your host cannot reach {'ee' * 12}:00000000: check the Uid"
+                f"this host cannot reach {'ee' * 12}:00000000: no card of domain {'ee' * 12} here and no route to it; "
+                "nothing was offered: your voucher stays usable; check the other owner's card Uid"
             )
             assert (await _listing(net, "a"))[T5.hex()] == "enabled"
             await page_a.fill("#offer-to", b)

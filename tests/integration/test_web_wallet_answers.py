@@ -25,6 +25,7 @@ from cardnet.bench.trnnet import PIN, TrnNet
 from cardnet.services.wallet import Wallet
 from cardnet.transport.http import HttpLimits, Request, Response
 from cardnet.web.wallet import WalletWeb
+from cardnet.wire import Uid
 
 SECURITY = {"cache-control": "no-store", "x-content-type-options": "nosniff", "x-frame-options": "DENY",
             "referrer-policy": "no-referrer"}  # fmt: skip
@@ -411,3 +412,33 @@ def test_a_word_that_is_no_address_is_refused_saying_the_form_to_give(a: Net) ->
         closed = s.getsockname()[1]
     r = a.client.post("/api/shop", json={"url": f"127.0.0.1:{closed}"})
     assert r.status_code == 502 and r.json()["error"] == "unreachable", r.text
+
+
+def test_an_offer_to_a_card_the_host_cannot_reach_is_refused_in_the_words_of_the_command_line(a: Net) -> None:
+    """The page's Offer (the ``cardnet wallet ui`` process) to a card a's host cannot reach (no card of its domain
+    there, no route: a mistyped Uid): 409 no_route before the card is asked, in the words of ``cardnet wallet exchange
+    offer`` (:func:`cardnet.cli.fairx.no_route`, shared): nothing offered, the voucher usable, the [routes] line to
+    add; the card holds no exchange of it. Before: the page's own words ('your host cannot reach ...: check the Uid,
+    ... the ticket was not offered'), not the command line's."""
+    from cardnet.cli.fairx import no_route
+
+    give = bytes.fromhex("9f" * 16)
+    _holds(a, give, b"voucher: one coffee")
+    nowhere = "0badc0de0badc0de0badc0de:00000000"
+    r = a.client.post("/api/exchange/offer", json={"give": give.hex(), "want": "22" * 16, "to": nowhere})
+    got = r.json()
+    assert r.status_code == 409 and got["error"] == "no_route", r.text
+    assert got["message"] == (
+        f"this host cannot reach {nowhere}: no card of domain {nowhere[:24]} here and no route to it; nothing was "
+        "offered: your voucher stays usable; check the other owner's card Uid (they see it at the top of their "
+        f'wallet), or add "{nowhere[:24]}" = "HOST:PORT" (their host\'s address) to [routes] in your host\'s config '
+        "and restart it"
+    ), r.text
+    assert _status(a, give) == "enabled"
+
+    async def exchanges() -> list[bytes]:
+        async with await Wallet.open(a.net.hosts["a"].socket, pin=PIN, card=a.net.uids["a"].domain) as w:
+            assert await no_route(w, Uid.parse(nowhere), "x") is not None  # (the CLI's check, on the same host)
+            return [x.give for x in await w.exchanges()]
+
+    assert give not in asyncio.run(exchanges())

@@ -353,14 +353,24 @@ async def offer_exchange(wallet: Any, give: bytes, want: bytes, to: Any, wait_s:
     before any order."""
     if to == wallet.card:
         raise WalletError("own_card", REFUSAL_WORDS["own_card"])
-    if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
-        # (else the voucher would stay locked for an offer no message could carry, until given up)
-        fail(f"this host cannot reach {to}: no card of domain {to.domain.hex()} here and no route to it; nothing was "
-             "offered: your voucher stays usable", reason="no_route",
-             hint="check the other owner's card Uid (--to: they give it), or add "
-             f'"{to.domain.hex()}" = "HOST:PORT" (their host\'s address) to [routes] in your host\'s config and '
-             "restart it")  # fmt: skip
+    unreachable = await no_route(wallet, to, "--to: they give it")
+    if unreachable is not None:
+        fail(unreachable[0], reason="no_route", hint=unreachable[1])
     return await wait_for_end(wallet, await wallet.offer(give, want, to), wait_s)
+
+
+async def no_route(wallet: Any, to: Any, given: str) -> tuple[str, str] | None:
+    """Why an exchange offered to card ``to`` could not be carried (no card of its domain on this host and no route
+    to it), and what to do (``given``: where the person gave the Uid), or None when the host can reach ``to``; the
+    words of ``cardnet wallet exchange offer`` and the web wallet's Offer. (Else the voucher would stay locked for an
+    offer no message could carry, until given up.)"""
+    if to.domain == wallet.card.domain or (await wallet.route(to.domain))["where"] != "none":
+        return None
+    return (f"this host cannot reach {to}: no card of domain {to.domain.hex()} here and no route to it; nothing was "
+            "offered: your voucher stays usable",
+            f"check the other owner's card Uid ({given}), or add "
+            f'"{to.domain.hex()}" = "HOST:PORT" (their host\'s address) to [routes] in your host\'s config and '
+            "restart it")  # fmt: skip
 
 
 async def order_exchange(wallet: Any, method: str, n1: bytes, wait_s: float) -> Any:

@@ -48,6 +48,7 @@ from cardnet.cli.fairx import (
     exchange_row,
     look_words,
     next_step,
+    no_route,
     order_exchange,
 )
 from cardnet.cli.trn import STATUS_WORDS, token_rows
@@ -498,7 +499,10 @@ class WalletWeb:
             raise HttpError(400, "same_voucher", "an exchange swaps two different vouchers: give the id of the other "
                             "card's voucher you want")  # fmt: skip
         async with self._order() as wallet:
-            await _movable(wallet, give, to, "offered")
+            await _movable(wallet, give, to, "offered", routed=False)
+            unreachable = await no_route(wallet, to, "they see it at the top of their wallet")
+            if unreachable is not None:  # (the words of `cardnet wallet exchange offer`)
+                raise HttpError(409, "no_route", "; ".join(unreachable))
             if await wallet.voucher(want) is not None:
                 raise HttpError(409, "have_it", f"this card holds {want.hex()} already: ask for a voucher the other "
                                 "card holds")  # fmt: skip
@@ -654,8 +658,9 @@ def _guarded(check: Callable[[Request], None], handler: Callable[[Request], Awai
     return guarded
 
 
-async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str) -> None:
-    """409 (what to do) unless ``oid`` is usable on this card and ``to`` another card its host can reach."""
+async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str, *, routed: bool = True) -> None:
+    """409 (what to do) unless ``oid`` is usable on this card and ``to`` another card its host can reach (``routed``
+    False: the caller says that in its own words)."""
     held = await wallet.voucher(oid)
     if held is None:
         raise HttpError(409, "not_held", f"this card does not hold {oid.hex()} (any more): the list shows what it "
@@ -666,7 +671,7 @@ async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str) -> None:
                         "Recover")  # fmt: skip
     if to.card_uid() == wallet.card:
         raise HttpError(400, "to_self", "that Uid is this card: give the other card's Uid")
-    if to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
+    if routed and to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
         raise HttpError(409, "no_route", f"your host cannot reach {to}: check the Uid, or add "
                         f'"{to.domain.hex()}" = "HOST:PORT" to [routes] in your host\'s config and restart it; '
                         f"the ticket was not {done}")  # fmt: skip
