@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from pathlib import Path
@@ -1143,3 +1144,32 @@ def test_a_vendors_long_refusal_of_a_stock_piece_still_answers_the_customer(
         "...): buy again"
     ) and len(r["detail"]) == 200  # fmt: skip
     assert bulk_broker.begin_purchase(param, NOW) == bulk_broker.finish_issue(issue, Message(U, U, mt, p))  # settled
+
+
+def test_a_sale_whose_order_the_vendor_refused_no_longer_counts_against_the_accounts_waiting_bound(
+    bulk_broker: mb.BrokerCore, vendor: mv.VendorCore
+) -> None:
+    """A sale waiting on an order the vendor refused holds no stock and no money: only the vendor's words wait for
+    its customer. Before, its value still counted against her balance in the waiting bound: with 100, a sale of 80
+    whose order was refused (its answer lost on the way to her) made her next purchase of 50 refused 'purchases of
+    yours worth 80 already wait for the vendor's stock'."""
+    key, cid = open_account(bulk_broker)
+    mb.deposit(bulk_broker.store, cid, 100)
+
+    def set_discount(pct: int) -> None:  # the broker's agreement names a discount the vendor did not agree to
+        with bulk_broker.store.transaction() as txn:
+            rec = json.loads(txn.get(mb.BULK, VID) or b"")
+            txn.put(mb.BULK, VID, json.dumps({**rec, "discount_pct": pct}).encode())
+
+    set_discount(50)
+    first = signed_purchase(key, cid, 80, b"a" * 16)
+    order = bulk_broker.begin_purchase(first, NOW)
+    assert isinstance(order, mb.VendorCall) and order.kind == "order"
+    outcome = bulk_broker.finish_order(order, carry(vendor, order))
+    assert outcome.refused and "the agreed discount is 10 %" in outcome.detail
+    set_discount(10)
+    second = bulk_broker.begin_purchase(signed_purchase(key, cid, 50, b"b" * 16), NOW)
+    assert isinstance(second, mb.VendorCall) and second.kind == "order", mc.PURCHASED_SCHEMA.decode(second)
+    # The refused sale, sent again, is told the vendor's words, nothing debited.
+    r = mc.PURCHASED_SCHEMA.decode(bulk_broker.begin_purchase(first, NOW))  # type: ignore[arg-type]
+    assert r["status"] == 1 and "refused the broker's order" in r["detail"] and bulk_broker.account(cid) == 100

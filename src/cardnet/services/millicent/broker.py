@@ -532,10 +532,13 @@ class BrokerCore:
         """Why a new sale of ``value`` of account ``cid`` may not wait for stock (its words), or None; and what the
         sale can be worth: the account's balance less the values of its other waiting sales (at least ``value``
         when it may wait), the most a piece reserved for it may be worth. At most :data:`MAX_WAITING_SALES` of an
-        account's sales wait at once, their values within its balance."""
+        account's sales wait at once, their values within its balance. A sale whose order the vendor refused (its
+        note holds only the vendor's words, for its customer) holds neither stock nor money: it counts for neither."""
         n = waiting = 0
         for _, raw in txn.scan(WAITS, cid):
             note = stored_json(raw, "a sale waiting for stock")
+            if "refused" in note:
+                continue
             n += 1
             with stored("a sale waiting for stock"):
                 waiting += int(note.get("value", 0))
