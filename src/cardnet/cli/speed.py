@@ -839,12 +839,19 @@ def recover(socket: str, pin: str | None, card: str | None, ca_cert: Path, out: 
     words = [f"{len(done)} purchase(s) finished"] + [
         f"paid {d['price']}; {len(d['files'])} product(s) in {out}: " + ", ".join(d["files"]) for d in done
     ]
-    words += [f"dropped, unpaid: {', '.join(d['products'])} ({d['detail']}): {DROP_HINTS.get(d['reason'], 'buy again')}"
-              for d in dropped]  # fmt: skip
-    words += [f"{', '.join(d['products'])}: {d['detail']} ({out / JOURNAL}): {HINTS['bad_key']}" for d in unopened]
+    words += [gone_words(d, out) for d in (*dropped, *unopened)]
     nothing = "nothing was left to finish"
     got = {"finished": done, "dropped": dropped, **({"unopened": unopened} if unopened else {})}
     say(as_json, got, "\n".join(words) if done or gone else nothing)
+
+
+def gone_words(d: dict[str, Any], out: Path) -> str:
+    """What became of a purchase recovery did not finish (an entry of :func:`finish_journal`'s ``dropped``), and
+    what to do: dropped unpaid, or (``bad_key``) paid but its key does not open the products, kept in the journal
+    under ``out`` with its receipt, the evidence. `cardnet speed recover` and `cardnet wallet recover` say it so."""
+    if d["reason"] == "bad_key":
+        return f"{', '.join(d['products'])}: {d['detail']} ({out / JOURNAL}): {HINTS['bad_key']}"
+    return f"dropped, unpaid: {', '.join(d['products'])} ({d['detail']}): {DROP_HINTS.get(d['reason'], 'buy again')}"
 
 
 DROP_HINTS = {
@@ -869,12 +876,13 @@ async def finish_journal(wallet: Any, roots: list[bytes], out: Path, broker: str
                          dropped: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Finish, on ``wallet``'s card, the purchases journalled under ``out`` (:meth:`Customer.recover`), through the
     broker at ``broker`` if given: what each wrote there (:func:`_written`); the purchases dropped unpaid are
-    appended to ``dropped`` (products, reason, detail). A refusal raises
+    appended to ``dropped`` (id: the journal's, products, reason, detail), and so is one paid whose key does not
+    open it (reason ``bad_key``: kept in the journal, with its receipt). A refusal raises
     :class:`~cardnet.services.speed.customer.PurchaseError`."""
     from cardnet.services.speed.customer import Customer, Journal
 
     with progress("finishing interrupted purchases …"):
         finished, gone = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover_all(broker=broker)
     if dropped is not None:
-        dropped += [{"products": d.products, "reason": d.reason, "detail": d.detail} for d in gone]
+        dropped += [{"id": d.nid.hex(), "products": d.products, "reason": d.reason, "detail": d.detail} for d in gone]
     return [_written(out, got) for got in finished]

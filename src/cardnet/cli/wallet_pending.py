@@ -187,7 +187,7 @@ async def waiting_on(wallet: Any, who: str, uid: Any) -> str:
 
 async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
     """Finish e-purse loads, SPEED purchases and Millicent requests a crash interrupted; one row each."""
-    from cardnet.cli.speed import _pem_file, finish_journal
+    from cardnet.cli.speed import _pem_file, finish_journal, gone_words
     from cardnet.services.millicent.wallet import WalletError as ScripError
     from cardnet.services.speed.customer import PurchaseError, finish_loads
 
@@ -211,10 +211,15 @@ async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list
         try:
             if ca_cert is None:
                 raise PurchaseError("not_configured", "keep ca_cert in the wallet config (`cardnet wallet config`)")
-            finished = await finish_journal(wallet, [_pem_file(Path(ca_cert), "the CA certificate")],
-                                            Path(cfg.get("purchases") or "purchases"))  # fmt: skip
+            out = Path(cfg.get("purchases") or "purchases")
+            gone: list[dict[str, Any]] = []
+            finished = await finish_journal(wallet, [_pem_file(Path(ca_cert), "the CA certificate")], out,
+                                            dropped=gone)  # fmt: skip
             rows += [{"what": "purchase", "id": f["poid"], "outcome": f"finished: paid {f['price']}, "
                       f"{len(f['files'])} product(s) written", "finished": True} for f in finished]  # fmt: skip
+            # dropped unpaid, or paid but its key does not open it (kept, the evidence): over, in speed recover's words
+            rows += [{"what": "purchase", "id": d["id"], "outcome": gone_words(d, out), "finished": True,
+                      "reason": d["reason"]} for d in gone]  # fmt: skip
         except PurchaseError as exc:
             rows += [{"what": "purchase", "id": p["id"], "outcome": f"still pending: {exc}", "finished": False}
                      for p in pending]  # fmt: skip
