@@ -907,8 +907,8 @@ def test_the_offer_and_load_routes_refuse_what_they_cannot_do(
         ({**offer, "give": "00" * 16}, 409, "not_held", f"this card does not hold {'00' * 16}"),
         ({**offer, "want": other}, 409, "have_it", f"this card holds {other} already"),
         ({**offer, "to": "ee" * 12 + ":00000000"}, 409, "no_route",
-         f'add "{"ee" * 12}" = "HOST:PORT" to [routes] in your host\'s config and restart it; the ticket was not '
-         "offered"),
+         "nothing was offered: your voucher stays usable; check the other owner's card Uid (they see it at the top "
+         f'of their wallet), or add "{"ee" * 12}" = "HOST:PORT" (their host\'s address) to [routes]'),
         ([offer], 400, "bad_request", "the wallet takes a JSON object"),
     ]  # fmt: skip
     for sent, status, reason, said in refused:
