@@ -339,6 +339,46 @@ def test_the_page_says_what_to_do_when_what_was_typed_is_too_long(a: Net) -> Non
     asyncio.run(go())
 
 
+def test_a_form_with_no_ticket_chosen_says_so_in_the_pages_words(a: Net) -> None:
+    """Chromium, logged in to the ``cardnet wallet ui`` process of a card holding nothing yet (each ticket list holds
+    only 'choose a ticket'): Send, Enter and Offer with every other field filled say the page's own words (Choose the
+    ticket to send, ... to show at the gate, Choose the voucher you give). Before: the lists were ``required``, so
+    the browser stopped the form with its own bubble and the page said nothing."""
+    from playwright.async_api import async_playwright, expect
+    from test_web_wallet import CHROMIUM, TIMEOUT_MS
+
+    link = a.client.post("/api/link", json={}).json()["login"]
+    other = "0badc0de0badc0de0badc0de:00000000"
+
+    async def go() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            try:
+                page = await browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                await page.goto(link)
+                await expect(page.locator("#link")).to_have_text("live")
+                await expect(page.locator("#no-tickets")).to_be_visible()
+                for select in ("#send-oid", "#enter-oid", "#offer-give"):
+                    await expect(page.locator(f"{select} option")).to_have_count(1)  # 'choose a ticket' alone
+                said = page.locator("#message")
+                for fields, button, words in (
+                    ({"#send-to": other}, "#send-button", "Choose the ticket to send."),
+                    ({"#enter-gate": other}, "#enter-button", "Choose the ticket to show at the gate."),
+                    ({"#offer-want": "22" * 16, "#offer-to": other}, "#offer-button", "Choose the voucher you give."),
+                ):
+                    await page.evaluate("document.getElementById('message').hidden = true")
+                    for field, value in fields.items():
+                        await page.fill(field, value)
+                    await page.click(button)
+                    await expect(said).to_have_text(words)
+                    await expect(said).to_have_class("error")
+            finally:
+                await browser.close()
+
+    asyncio.run(go())
+
+
 def _holds(a: Net, oid: bytes, body: bytes) -> None:
     """The agent mints ``oid`` and sends it to card a (settled there)."""
     from cardnet.applets.trn import MINT, SEND
