@@ -84,3 +84,47 @@ def test_a_removed_vendor_is_paid_no_new_bill_and_what_was_taken_is_finished(net
     assert r.returncode == 2 and "is a customer's" in r.stderr and "Traceback" not in r.stderr, r
     assert json.loads(cardnet("speed", "broker", "accounts", *store, "--json").stdout)["removed"] == {
         "V-1": got["removed_at"]}  # fmt: skip
+
+
+def _set_vendor_balance(net: SpeedNet, minor: int) -> None:
+    """The operator's side of the broker's store: V-1 holds ``minor`` EUR (as months of sales would make it)."""
+    from cardnet.services.speed import broker as sb
+    from cardnet.store import open_store
+
+    store = open_store(f"sqlite:///{net.tmp / 'broker.db'}", kind="speed-broker", create=False)
+    with store.transaction() as txn:
+        owner = sb._ACCOUNT.decode(txn.get(sb.ACCOUNTS, b"V-1"))["owner"]
+        sb._put_txn(txn, "V-1", owner, {"EUR": minor})
+    store.close()
+
+
+def test_a_removed_vendor_whose_account_is_full_is_refused_as_removed_and_what_was_taken_waits_for_room(
+    net: SpeedNet,
+) -> None:
+    """Before, the "vendor account full" check ran before the removal's: a new purchase from a removed vendor whose
+    account was full was refused `vendor_account_full` ("try again once paid out"), though no payout would ever let
+    it through; and a purse payment the SAM authorised before the removal was refused "nothing was paid", its purse
+    debited. Now the new purchase is refused `vendor_removed`, and the authorised payment is checked for room at
+    its S3 like any other (its debit kept), and finished once the account is paid out."""
+    from cardnet.protocols.speed.purse import MAX_AMOUNT
+
+    alice = net.customers["alice"]
+    store = ("--store", str(net.tmp / "broker.db"))
+    taken = buy_losing_s3(net, alice, KEY)  # the purse debited on the broker's S2; the S3 never reached it
+    _set_vendor_balance(net, MAX_AMOUNT - 50)  # no room for any sale
+    run("speed", "broker", "remove-vendor", *store, "--account", "V-1")
+    net.broker.stop()  # (the payment it authorised is no longer in its memory)
+    net.broker.start()
+    for kind in ({}, {"aggressive": True}, {"account": True}):
+        e = alice.buy(net, SONG, check=False, **kind)
+        assert e["error"]["reason"] == "vendor_removed", (kind, e)
+        assert "purchase is dropped" in e["error"]["hint"], e
+    assert alice.balance() == {"EUR": 2000 - 499}  # nothing paid for the refused ones
+
+    full = alice.recover(net, "--broker", net.broker.address, check=False)
+    assert full["error"]["reason"] == "vendor_account_full", full
+    assert "your purse's debit is kept" in full["error"]["message"], full  # not "nothing was paid": it was
+    _set_vendor_balance(net, 0)  # paid out
+    done = alice.recover(net, "--broker", net.broker.address)
+    assert [(p["poid"], p["price"]) for p in done["finished"]] == [(taken.hex(), "4.99 EUR")], done
+    assert net.accounts()["V-1"] == {"EUR": 499} and alice.balance() == {"EUR": 2000 - 499}

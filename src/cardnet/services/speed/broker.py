@@ -573,13 +573,14 @@ class BrokerCore:
         poid, price, mode = bill["poid"], sm.Price.of(bill["price"]), po["mode"]
         old = self._get_order(poid)
         known_only, gone = False, None  # the vendor was removed: only a purse payment the SAM authorised is finished
-        if old is None and get(self.store, SETTLED, poid) is None:  # one the vendor's account cannot take: refused
-            _credited(vendor_acct, secret["account"], price, "nothing was paid")
+        if old is None and get(self.store, SETTLED, poid) is None:
             gone = get(self.store, REMOVED, secret["account"].encode())
-            if gone is not None and get(self.store, AUTHORISED, poid) is None:
+            if gone is not None and get(self.store, AUTHORISED, poid) is None:  # removed: said so, full or not
                 if mode["kind"] != "purse":
                     raise _removed(secret["account"], gone)
-                known_only = True
+                known_only = True  # (no new debit: an authorised one's room is checked at its S3, its debit kept)
+            else:  # one the vendor's account cannot take: refused before anything is authorised
+                _credited(vendor_acct, secret["account"], price, "nothing was paid")
         if old is not None:
             if old["state"] == "paid":
                 if old["customer"] != customer:
