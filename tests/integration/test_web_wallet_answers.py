@@ -482,3 +482,23 @@ def test_an_offer_to_a_card_the_host_cannot_reach_is_refused_in_the_words_of_the
             return [x.give for x in await w.exchanges()]
 
     assert give not in asyncio.run(exchanges())
+
+
+def test_a_ticket_sent_offered_or_shown_to_an_applications_uid_is_refused_before_the_card(a: Net) -> None:
+    """Send, Offer and Enter (the ``cardnet wallet ui`` process) naming an application's Uid (a domain and
+    :00000001, not a card's): 400 not_a_card before the card is asked, saying so and to give the card's Uid, as
+    ``cardnet wallet send`` does; the ticket stays usable. Before: 409 'the card refused: ... is not a card (...):
+    send a token to a card; the card refused it: the page shows how the ticket or exchange stands now'."""
+    oid = bytes.fromhex("9d" * 16)
+    _holds(a, oid, b"Cup final, seat D4")
+    app = f"{a.net.uids['authority'].domain.hex()}:00000001"
+    for path, body, done in (
+        ("/api/send", {"oid": oid.hex(), "to": app}, "sent"),
+        ("/api/exchange/offer", {"give": oid.hex(), "want": "22" * 16, "to": app}, "offered"),
+        ("/api/enter", {"oid": oid.hex(), "gate": app}, "presented"),
+    ):
+        r = a.client.post(path, json=body)
+        said = f"{app} is an application's Uid, not a card's: give the card's Uid (its domain and :00000000); "
+        assert r.status_code == 400 and r.json() == {"error": "not_a_card", "message": f"{said}{oid.hex()} was not "
+                                                     f"{done}"}, (path, r.text)  # fmt: skip
+        assert _status(a, oid) == "enabled", path

@@ -669,6 +669,9 @@ async def _movable(wallet: Wallet, oid: bytes, to: Uid, done: str, *, routed: bo
         words = STATUS_WORDS.get(held.status, held.status)
         raise HttpError(409, "not_movable", f"{oid.hex()} cannot be {done} now: {words}; wait for it, or press "
                         "Recover")  # fmt: skip
+    if not to.is_card:  # (as `cardnet wallet send`; the card would refuse it in protocol words)
+        raise HttpError(400, "not_a_card", f"{to} is an application's Uid, not a card's: give the card's Uid (its "
+                        f"domain and :00000000); {oid.hex()} was not {done}")  # fmt: skip
     if to.card_uid() == wallet.card:
         raise HttpError(400, "to_self", "that Uid is this card: give the other card's Uid")
     if routed and to.domain != wallet.card.domain and (await wallet.route(to.domain))["where"] == "none":
