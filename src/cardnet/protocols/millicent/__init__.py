@@ -114,6 +114,18 @@ from cardnet.protocols.millicent.customer import (
     open_reply as open_reply,
 )
 from cardnet.protocols.millicent.messages import (
+    BROKER_MAX_REDEEM as BROKER_MAX_REDEEM,
+)
+from cardnet.protocols.millicent.messages import (
+    BROKER_MAX_REQUEST as BROKER_MAX_REQUEST,
+)
+from cardnet.protocols.millicent.messages import (
+    BROKER_RECV_LIMIT as BROKER_RECV_LIMIT,
+)
+from cardnet.protocols.millicent.messages import (
+    BROKER_REDEEM_RECV_LIMIT as BROKER_REDEEM_RECV_LIMIT,
+)
+from cardnet.protocols.millicent.messages import (
     BULK_BUY as BULK_BUY,
 )
 from cardnet.protocols.millicent.messages import (
@@ -222,6 +234,12 @@ from cardnet.protocols.millicent.messages import (
     SEALED_SCHEMA as SEALED_SCHEMA,
 )
 from cardnet.protocols.millicent.messages import (
+    VENDOR_MAX_REQUEST as VENDOR_MAX_REQUEST,
+)
+from cardnet.protocols.millicent.messages import (
+    VENDOR_RECV_LIMIT as VENDOR_RECV_LIMIT,
+)
+from cardnet.protocols.millicent.messages import (
     FlatCodec as FlatCodec,
 )
 from cardnet.protocols.millicent.messages import (
@@ -259,6 +277,9 @@ from cardnet.protocols.millicent.messages import (
 )
 from cardnet.protocols.millicent.messages import (
     request_mac_input as request_mac_input,
+)
+from cardnet.protocols.millicent.messages import (
+    request_too_large as request_too_large,
 )
 from cardnet.protocols.millicent.scrip import (
     CERT_BYTES as CERT_BYTES,

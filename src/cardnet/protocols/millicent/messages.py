@@ -24,7 +24,21 @@ from cardnet.protocols.millicent.scrip import (
     MillicentError,
     Status,
 )
-from cardnet.wire import Bool, Bytes, DecodeError, Field, ListOf, Nested, Schema, Text, UInt, register
+from cardnet.wire import (
+    HEADER_BYTES,
+    Bool,
+    Bytes,
+    DecodeError,
+    Field,
+    ListOf,
+    Nested,
+    Schema,
+    Text,
+    UInt,
+    head_bytes,
+    max_encoded_bytes,
+    register,
+)
 
 # --- messages -----------------------------------------------------------------------
 
@@ -181,6 +195,52 @@ BULK_BUY = register(0x0716, "millicent.bulk_buy", P, BULK_BUY_SCHEMA)
 BULK_SOLD = register(0x0717, "millicent.bulk_sold", P, BULK_SOLD_SCHEMA)
 CATALOGUE_ASK = register(0x0718, "millicent.catalogue_ask", P, CATALOGUE_ASK_SCHEMA)
 CATALOGUE = register(0x0719, "millicent.catalogue", P, CATALOGUE_SCHEMA)
+
+
+# --- receive limits: the largest request each server takes (bytes of one message, its 34-byte header included) ----
+# A frame above its server's limit is refused at its header, never read (docs/millicent.md, "Receive limits").
+
+
+def _message_bytes(schema: Schema) -> int:
+    return HEADER_BYTES + max_encoded_bytes(schema)
+
+
+_GCM_TAG_BYTES = 16  # a sealed request's box is the level-2 request's params, sealed (AES-256-GCM) with this tag
+_SEALED_BOX_BYTES = max_encoded_bytes(REQUEST_SCHEMA) + _GCM_TAG_BYTES
+VENDOR_MAX_REQUEST = max(
+    _message_bytes(REQUEST_SCHEMA),  # 537: a level-2 request, scrip with 255 bytes of properties, 128-byte product
+    _message_bytes(SEALED_SCHEMA)  # 586: the same, sealed (level 3); the schema's box bound is the reply's
+    - max_encoded_bytes(SEALED_SCHEMA.by_name["box"].type)
+    + head_bytes(_SEALED_BOX_BYTES)
+    + _SEALED_BOX_BYTES,
+    _message_bytes(BULK_BUY_SCHEMA),  # 98
+    _message_bytes(CATALOGUE_ASK_SCHEMA),  # 166
+)
+BROKER_MAX_REQUEST = max(_message_bytes(OPEN_SCHEMA), _message_bytes(PURCHASE_SCHEMA))  # a purchase: 152
+BROKER_MAX_REDEEM = _message_bytes(REDEEM_SCHEMA)  # REDEEM_MAX_ITEMS (10,000) items: 170,085
+# With margin (a message kind may grow a field): any larger frame is no Millicent request.
+VENDOR_RECV_LIMIT = 4096
+BROKER_RECV_LIMIT = 4096
+BROKER_REDEEM_RECV_LIMIT = 256 * 1024
+
+
+def request_too_large(mtype: int, size: int, limit: int, server: str) -> tuple[int, bytes]:
+    """``(mtype, param)`` of the answer to a request begun above ``server``'s receive limit (``vendor`` or
+    ``broker``), refused at its header: unread, for no request id, in words (the connection is then closed). A
+    vendor answers ``millicent.reply`` ``malformed``; a broker answers in the kind of the request
+    (``opened``, ``redeemed``, else ``purchased``), refused."""
+    words = (
+        f"the request (mtype 0x{mtype:04x}) is {size} bytes, above this {server}'s limit of {limit}: it was not "
+        "read and the connection is closed; no Millicent request is that large"
+    )[:200]
+    if server == "vendor":
+        return REPLY.code, REPLY_SCHEMA.encode({"rid": bytes(RID_BYTES), "status": int(Status.MALFORMED),
+                                                "detail": words})  # fmt: skip
+    if mtype == OPEN.code:
+        return OPENED.code, OPENED_SCHEMA.encode({"status": 1, "detail": words})
+    if mtype == REDEEM.code:
+        return REDEEMED.code, REDEEMED_SCHEMA.encode({"batch": bytes(RID_BYTES), "status": 1, "detail": words})
+    return PURCHASED.code, PURCHASED_SCHEMA.encode({"rid": bytes(RID_BYTES), "status": 1, "detail": words})
 
 
 class FlatCodec:

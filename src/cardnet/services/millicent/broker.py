@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -53,12 +54,16 @@ from cardnet.protocols import millicent as mc
 from cardnet.services.millicent.vendor import CLOSE_WAIT_S, stored, stored_json, stored_scrip
 from cardnet.store import Store, StoreError
 from cardnet.transport import (
+    DEFAULT_LIMITS,
     DEFAULT_SERVER_LIMITS,
     BrokenError,
     ClosedError,
+    Limits,
+    RecvLimit,
     ServerLimits,
     TcpConnection,
     TcpServer,
+    TooLarge,
     TransportError,
     dial,
 )
@@ -97,6 +102,10 @@ SWEEP_EVERY_S = 60.0  # the server looks for such reservations this often (more 
 # end (docs/decisions.md, "Sales waiting for bulk stock are bounded per account"). Their values together stay within
 # the account's balance as well, so all reservations together are bounded by the balances customers prepaid.
 MAX_WAITING_SALES = 16
+# The largest request a broker takes: an account opening or a purchase (152 bytes), a redemption batch of
+# REDEEM_MAX_ITEMS (170,085), each with margin. A larger frame is refused at its header, never read, in words
+# (``mc.request_too_large``), and its connection closed.
+RECV_LIMIT = RecvLimit(mc.BROKER_RECV_LIMIT, ((mc.REDEEM.code, mc.BROKER_REDEEM_RECV_LIMIT),))
 
 _T = TypeVar("_T")
 
@@ -1111,12 +1120,15 @@ class BrokerServer:
         server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
         close_wait_s: float = CLOSE_WAIT_S,
         vendor_timeout_s: float = VENDOR_TIMEOUT_S,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.core = core
         self.clock = clock
         self.close_wait_s = close_wait_s
         self.vendor_timeout_s = vendor_timeout_s  # all the vendor calls of one purchase, together
-        self._server = TcpServer(server_limits=server_limits)  # caps and timeouts on the listening port
+        if limits.recv_limit is None:  # a request above it is refused at its header, unread
+            limits = dataclasses.replace(limits, recv_limit=RECV_LIMIT)
+        self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
         self._lock = asyncio.Lock()  # held by one step on the store at a time, never across a vendor call
         self._closing = False  # set by aclose: requests read from now on are not taken
         self._closed = asyncio.Event()  # aclose has ended
@@ -1189,7 +1201,14 @@ class BrokerServer:
     async def _serve(self, conn: TcpConnection) -> None:
         with contextlib.suppress(BrokenError, ClosedError):
             while True:
-                msg = await conn.recv()
+                try:
+                    msg = await conn.recv()
+                except TooLarge as exc:  # unread (the requests before it are answered): say so, then close
+                    f = exc.frame
+                    log.warning("%s began a %d-byte request (mtype 0x%04x), above the receive limit of %d: refused "
+                                "unread, closing", conn.peer.label, f.size, f.mtype, f.limit)  # fmt: skip
+                    await conn.send(Message(f.dst, f.src, *mc.request_too_large(f.mtype, f.size, f.limit, "broker")))
+                    return
                 if self._closing:  # not decided, not answered: the client sends it again
                     return
                 self._in_flight += 1

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -82,9 +83,11 @@ from cardnet.transport import (
     BrokenError,
     ClosedError,
     Limits,
+    RecvLimit,
     ServerLimits,
     TcpConnection,
     TcpServer,
+    TooLarge,
     TransportError,
     dial,
     send_batch,
@@ -901,8 +904,10 @@ class VendorServer:
         self._prepared: asyncio.Queue[tuple[Batch, list[_Item]] | None] = asyncio.Queue(maxsize=1)
         self._quiet = asyncio.Event()  # set while no transaction is writing (see _preparer)
         self._quiet.set()
+        if limits.recv_limit is None:  # a request above it is refused at its header, unread (RECV_LIMIT)
+            limits = dataclasses.replace(limits, recv_limit=RECV_LIMIT)
         self._server = TcpServer(limits=limits, server_limits=server_limits)  # caps and timeouts on the port
-        self._max_frame = limits.max_frame
+        self._max_frame = limits.max_frame  # (what a reply may be: the receive limit bounds requests only)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False  # set by aclose: requests read from now on are not taken
         self._stop = asyncio.Event()  # ends the pruner's wait
@@ -1071,6 +1076,17 @@ class VendorServer:
                 if not backlog:
                     try:
                         backlog = await conn.recv_many()
+                    except TooLarge as exc:  # unread: after the replies before it, say so, then close
+                        f = exc.frame
+                        log.warning("%s began a %d-byte request (mtype 0x%04x), above the receive limit of %d: "
+                                    "refused unread, closing", conn.peer.label, f.size, f.mtype, f.limit)  # fmt: skip
+                        refusal: asyncio.Future[list[Message]] = loop.create_future()
+                        refusal.set_result([Message(f.dst, f.src, *mc.request_too_large(f.mtype, f.size, f.limit,
+                                                                                         "vendor"))])  # fmt: skip
+                        pending.append((refusal, 0))
+                        idle.clear()
+                        wake.set()
+                        break
                     except (BrokenError, ClosedError):
                         break
                 if self._closing:  # not decided, not answered: the client sends it again
@@ -1282,6 +1298,10 @@ def _is_ok(param: bytes) -> bool:
 
 
 _BULK_BUY = mc.BULK_BUY.code
+# The largest request a vendor takes (a sealed request, 586 bytes, with margin): a larger frame is refused at its
+# header, never read, in words (``mc.request_too_large``), and its connection closed. Replies stay bounded by the
+# connection's ``max_frame`` (a product's page may be 60 KiB).
+RECV_LIMIT = RecvLimit(mc.VENDOR_RECV_LIMIT)
 _REQUEST_TYPES = frozenset((mc.REQUEST.code, mc.SEALED_REQUEST.code, mc.BULK_BUY.code, mc.CATALOGUE_ASK.code))
 
 
