@@ -171,3 +171,48 @@ async def _the_page_offers_to_finish(login_url: str, url: str, relay: Path, sock
             await expect(row).to_have_count(0)  # once the card holds the ticket
         finally:
             await browser.close()
+
+
+def test_a_purchase_whose_broker_does_not_answer_names_it_and_what_pays_it(tmp_path: Path) -> None:
+    """The page buys a seat while the wallet config's broker is an address where nothing answers: 502 unreachable
+    naming the broker, its address and where it came from (the wallet config), and that Recover pays the delivered
+    purchase once the broker answers there and brings the ticket, in the words of ``cardnet wallet buy``
+    (:func:`cardnet.cli.wallet_buy.unreachable_hints`, shared); the purchase is listed under way. Before: 'the
+    purchase did not happen: ...; the broker does not answer: if your card paid, Recover finishes the purchase once
+    it is back' (the broker's address and the config not named)."""
+    from cardnet.bench.procs import free_port
+
+    net = TicketNet(tmp_path, ("b0",), ["A1"])
+    config = tmp_path / "b0-wallet.toml"
+    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
+    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
+    nowhere = f"127.0.0.1:{free_port()}"
+
+    async def open_wallet() -> Wallet:
+        return await net.wallet("b0")
+
+    async def go() -> None:
+        async with net.in_process():
+            await net.setup()
+            config.write_text(f'broker = "{nowhere}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
+                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=net.hosts["b0"].socket)
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    await log_in(client, served)
+                    r = await client.post("/api/buy", json={"url": net.url, "event": EVENT, "seat": "A1"})
+                    got = r.json()
+                    assert r.status_code == 502 and got["error"] == "unreachable", r.text
+                    assert got["message"].startswith(f"cannot reach the broker at {nowhere}"), r.text
+                    hint = (f"check that the broker runs at {nowhere} (broker in {config}); if the ticketing server "
+                            "delivered, the purchase waits in your wallet (the page lists it under way): Recover "
+                            "pays it once the broker answers there and brings the ticket")  # fmt: skip
+                    assert hint in got["message"], r.text
+                    assert "did not happen" not in got["message"], r.text
+                    state = (await client.get("/api/state")).json()
+                    assert [u["what"] for u in state["under_way"]] == ["purchase"], state
+            finally:
+                await web.aclose()
+
+    asyncio.run(go())

@@ -42,6 +42,28 @@ BUY_HINTS = {
 }
 
 
+def unreachable_hints(
+    url: str,
+    broker: str,
+    source: str,
+    *,
+    shown: str = "`cardnet wallet show`",
+    recover: str = "`cardnet wallet recover`",
+    then: str = "",
+) -> dict[str, str]:
+    """What to do when a ticket's purchase could not reach a party (``unreachable:`` and ``PurchaseError.party``):
+    the broker (at ``broker``, from ``source``; ``shown``: where the waiting purchase is listed, ``recover``: what
+    pays it, ``then``: more) or the ticketing server's vendor (at ``url``); `cardnet wallet buy`'s words and the
+    web wallet's."""
+    return {
+        "unreachable:broker": f"check that the broker runs at {broker} ({source}); if the ticketing server "
+        f"delivered, the purchase waits in your wallet ({shown}): {recover} pays it once the broker answers there "
+        f"and brings the ticket{then}",
+        "unreachable:vendor": f"the ticketing server at {url} stopped answering: nothing was paid if no sale is "
+        "named; check that it runs (`cardnet ticketing run` prints its address), then buy again",
+    }
+
+
 def broker_source(given: str | None, cfg: Any) -> str:
     """Where the broker's address a command used came from, for a hint: ``--broker`` or the wallet config."""
     return "--broker" if given else f"broker in {cfg.path}"
@@ -137,20 +159,9 @@ def wallet_buy(target: Target, url: str, event: str | None, seat: str | None, li
     bcert = Path("") if poid is not None else Path(cfg.need("broker_cert", "--broker-cert", "broker certificate"))
     ca_cert = Path("") if poid is not None else Path(cfg.need("ca_cert", "--ca-cert", "CA certificate"))
     # who could not be reached (PurchaseError.party), by name and address, and what to do
-    reach = {
-        "unreachable:broker": f"check that the broker runs at {broker_addr} ({broker_source(broker, cfg)}); if the "
-        "ticketing server delivered, the purchase waits in your wallet (`cardnet wallet show`): `cardnet wallet "
-        "recover` pays it once the broker answers there and brings the ticket"
-        + wrong_broker(
-            target,
-            broker,
-            Path(cfg.get("purchases") or "purchases"),
-            ca_cert,
-            ", then `cardnet wallet recover` brings the ticket",
-        ),
-        "unreachable:vendor": f"the ticketing server at {url} stopped answering: nothing was paid if no sale is "
-        "named; check that it runs (`cardnet ticketing run` prints its address), then buy again",
-    }
+    wrong = wrong_broker(target, broker, Path(cfg.get("purchases") or "purchases"), ca_cert,
+                         ", then `cardnet wallet recover` brings the ticket")  # fmt: skip
+    reach = unreachable_hints(url, broker_addr, broker_source(broker, cfg), then=wrong)
     got = target.run(work, BUY_HINTS)
     if as_json:
         emit_json(got)

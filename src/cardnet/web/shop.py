@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cardnet.cli.speed import JOURNAL
-from cardnet.cli.wallet_buy import sold_to_you
+from cardnet.cli.wallet_buy import sold_to_you, unreachable_hints
 from cardnet.cli.wallet_config import WalletConfig
 from cardnet.crypto import pki
 from cardnet.host.errors import HostError
@@ -56,7 +56,6 @@ BUY_HINTS = {
     "finish the delivery with `cardnet wallet buy URL --poid POID`",
     "not_ticketing": "check the address: it is the ticketing server's http://HOST:PORT, not its speed port or a "
     "host's port",
-    "unreachable": "the broker does not answer: if your card paid, Recover finishes the purchase once it is back",
 }
 
 
@@ -127,6 +126,13 @@ class Shop:
                     if exc.poid is not None:
                         self.undelivered[exc.poid] = url
                     return _not_delivered(exc, url)
+                except PurchaseError as exc:  # who did not answer, where, and what pays it (as `cardnet wallet buy`)
+                    source = f"broker in {self.config.path}" if self.config is not None else "the wallet config"
+                    hint = unreachable_hints(url, broker, source, shown="the page lists it under way",
+                                             recover="Recover").get(f"{exc.reason}:{exc.party}")  # fmt: skip
+                    if hint is None:
+                        raise
+                    raise HttpError(502, "unreachable", f"{exc}; {hint}") from None
         except HttpError as exc:  # a seat this wallet bought itself is said to be yours (as `cardnet wallet buy` does)
             mine = await sold_to_you(url, event, seat, journal) if exc.reason == "seat_sold" else None
             if mine is None:
