@@ -881,8 +881,11 @@ async def finish_journal(wallet: Any, roots: list[bytes], out: Path, broker: str
     :class:`~cardnet.services.speed.customer.PurchaseError`."""
     from cardnet.services.speed.customer import Customer, Journal
 
-    with progress("finishing interrupted purchases …"):
-        finished, gone = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover_all(broker=broker)
+    written: list[dict[str, Any]] = []
+    with progress("finishing interrupted purchases …"):  # each written once paid: a later refusal loses none
+        _, gone = await Customer(wallet, b"", roots, journal=Journal(out / JOURNAL)).recover_all(
+            broker=broker, on_finished=lambda got: written.append(_written(out, got))
+        )
     if dropped is not None:
         dropped += [{"id": d.nid.hex(), "products": d.products, "reason": d.reason, "detail": d.detail} for d in gone]
-    return [_written(out, got) for got in finished]
+    return written

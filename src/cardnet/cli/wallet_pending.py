@@ -220,9 +220,9 @@ async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list
             # dropped unpaid, or paid but its key does not open it (kept, the evidence): over, in speed recover's words
             rows += [{"what": "purchase", "id": d["id"], "outcome": gone_words(d, out), "finished": True,
                       "reason": d["reason"]} for d in gone]  # fmt: skip
-        except PurchaseError as exc:
+        except PurchaseError as exc:  # (the ones paid before it stopped are written, and no longer under way)
             rows += [{"what": "purchase", "id": p["id"], "outcome": f"still pending: {exc}", "finished": False}
-                     for p in pending]  # fmt: skip
+                     for p in pending_purchases(cfg)]  # fmt: skip
     scrip_wallet = open_scrip_wallet(cfg)
     if scrip_wallet is not None and scrip_wallet.pending():
         try:

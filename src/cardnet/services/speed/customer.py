@@ -595,10 +595,14 @@ class Customer:
         through the broker at that address instead of the one each was bought with (kept in the journal)."""
         return (await self.recover_all(broker=broker))[0]
 
-    async def recover_all(self, *, broker: str | None = None) -> tuple[list[Purchase], list[Dropped]]:
+    async def recover_all(
+        self, *, broker: str | None = None, on_finished: Callable[[Purchase], object] | None = None
+    ) -> tuple[list[Purchase], list[Dropped]]:
         """:meth:`recover`, and the purchases it dropped from the journal: refused for good, or refused before any
         money moved (:data:`NOTHING_PAID`: buy again); and, reason :data:`PAID_UNOPENED`, one paid whose receipt's key
-        does not open its products (kept in the journal as paid, with its receipt: the evidence)."""
+        does not open its products (kept in the journal as paid, with its receipt: the evidence). ``on_finished`` is
+        given each purchase as soon as it is paid: a refusal that stops recovery later (raised) loses none of them
+        (they are no longer under way, so no later recovery returns them)."""
         if self.journal is None:
             return [], []
         done, dropped = [], []
@@ -607,11 +611,15 @@ class Customer:
                 self.journal.moved(rec.nid, broker)
                 rec.broker = broker
             try:
-                done.append(await self._pay(rec))
+                got = await self._pay(rec)
             except PurchaseError as exc:
                 if exc.reason != PAID_UNOPENED and not self._dropped(rec, exc):
                     raise
                 dropped.append(Dropped(rec.nid, rec.products, exc.reason, str(exc)))
+                continue
+            done.append(got)
+            if on_finished is not None:
+                on_finished(got)
         return done, dropped
 
     def _dropped(self, rec: Pending, exc: PurchaseError) -> bool:
