@@ -516,9 +516,13 @@ def test_the_page_buys_sends_and_answers_exchange_offers(world: World, session_a
             assert (await _listing(net, "b"))[T1.hex()] == "disabled+O"  # as the page says: on its way, not gone
             await page.click("#recover-button")  # (this page's Recover resends for 1 s: --recover-wait 1)
             await expect(page.locator("#message.error, #message.ok")).to_have_text(
-                "1 of 1 still under way: press Recover again once the other side is reachable"
+                "1 of 1 still under way: press Recover again once the party each waits for (named under Recover) is "
+                "reachable"
             )
             await expect(page.locator("#recovered li")).to_contain_text(f"transfer {T1.hex()}: still ")
+            await expect(page.locator("#recovered li")).to_contain_text(  # the party, and where b's host sends to it
+                f"waiting for the other card {a} (your host sends to it at 127.0.0.1:{net.hosts['a'].port}"
+            )
             assert (await _listing(net, "b"))[T1.hex()] == "disabled+O"
             # b's host goes away too: the page says what to do, and carries on once both are back
             net.hosts["b"].kill()

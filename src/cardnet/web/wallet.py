@@ -590,7 +590,10 @@ class WalletWeb:
         if not rows:
             message = "nothing was left to finish"
         elif left:
-            message = f"{left} of {len(rows)} still under way: press Recover again once the other side is reachable"
+            message = (
+                f"{left} of {len(rows)} still under way: press Recover again once the party each waits for "
+                "(named under Recover) is reachable"
+            )  # (as `cardnet wallet recover` ends)
         else:
             message = f"finished {len(rows)}"
         shown = [{"what": r["what"], "id": r["id"], "outcome": r["outcome"], "finished": r["finished"]} for r in rows]
