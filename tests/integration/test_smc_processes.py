@@ -75,6 +75,37 @@ def test_without_faults_every_module_decides_the_same_and_the_run_outpaces_its_d
     assert all(o.ticks == o.rounds + 1 for o in outcomes)
 
 
+def test_a_member_whose_host_is_down_is_not_waited_for_round_by_round(tmp_path: Path) -> None:
+    """Three module hosts, and only two parties join (docs/smc-walkthrough.md section 6: carol's host is down):
+    the two decide as fast as their frames travel, not one deadline per round (5 s here). Before, each round waited
+    for the absent member's frame until its deadline, and under load a frame later than one round (100 ms by
+    default) halted both modules: with n - t joined there is no slack."""
+    import time
+
+    with SmcNet(tmp_path, 3) as net:
+
+        async def go() -> tuple[list[Outcome], float]:
+            modules = await net.modules()
+            try:
+                spec = net.spec(REGISTRY.terms(AUCTION2.name, n=3, t=1))
+                parties = net.parties(modules, spec)[:2]  # (carol's module is never given the run)
+                t0 = time.perf_counter()
+                raws: list[bytes | None] = [AUCTION2.encode_input(v) for v in (120, 95)]
+                out = await run_parties(parties, raws, round_s=5.0, join_timeout_s=1.0)
+                return out, time.perf_counter() - t0
+            finally:
+                for m in modules:
+                    await m.close()
+
+        outcomes, took = asyncio.run(go())
+    assert [o.status for o in outcomes] == ["decided", "decided"], outcomes
+    (result,) = {o.result for o in outcomes}
+    assert result is not None
+    got = AUCTION2.to_json(result)
+    assert (got["winner"], got["price"], got["missing"]) == (0, 95, [2]), got
+    assert took < 1.0 + 5.0, f"{took:.1f} s: the rounds waited for the absent member's deadlines"
+
+
 def cardnet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cardnet.cli.main", *args], check=False, capture_output=True, text=True, timeout=120

@@ -331,3 +331,34 @@ def test_a_join_that_reaches_a_module_before_its_first_tick_takes_part_and_one_a
     late.modules[0].tick(1)  # 0's first round began
     late.modules[0].accept_join(2, Join.decode(late.modules[2].join_for(0).encode()))
     assert 2 not in late.modules[0].joined  # too late to count: 2's frames never open at 0
+
+
+def test_a_member_whose_join_never_came_is_not_waited_for_round_by_round() -> None:
+    """Carol's host is down (docs/smc-walkthrough.md section 6): alice's and bob's modules join each other only.
+    Driven as the applet drives them, by frames alone (a round ends once its frames are in, no deadline tick after
+    the first), they go through every round and decide: a member whose join never came sends no frame that could
+    open, so a round does not wait for it. Before, every round waited for its deadline, and one frame a loaded host
+    sent later than a round (100 ms by default) halted both modules, with no slack left."""
+    rng = random.Random(41)
+    spec = spec_for(AUCTION2, 3, 1, run=rng.randbytes(16))
+    net = build(spec, AUCTION2, rng)
+    join_all(net, lost=lambda i, j: 2 in (i, j))  # (carol's module never joined)
+    alice, bob = net.modules[:2]
+    assert alice.agreed and bob.agreed and not alice.ready
+    for m, raw in zip((alice, bob), inputs_for(AUCTION2, [120, 95]), strict=True):
+        m.give_input(raw)
+    mods = {0: alice, 1: bob}
+    wire = [(i, j, 1, ct) for i, m in mods.items() for j, ct in m.tick(1).items()]  # (the Clock's first tick only)
+    while wire:
+        src, dst, r, ct = wire.pop(0)
+        if dst not in mods:
+            continue  # (to carol's module: her host is down)
+        m = mods[dst]
+        assert m.offer(r, src, ct)
+        while m.round_full:  # (what the applet does when a frame completes a round)
+            nxt = m.ticks + 1
+            wire += [(dst, j, nxt, c) for j, c in m.tick(nxt).items()]
+    assert alice.finished and bob.finished
+    assert {alice.status, bob.status} == {DECIDED}
+    (result,) = {alice.result, bob.result}
+    assert result is not None and AUCTION2.to_json(result)["missing"] == [2], AUCTION2.to_json(result)

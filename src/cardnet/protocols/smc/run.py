@@ -387,15 +387,18 @@ class ModuleRun:
 
     @property
     def round_full(self) -> bool:
-        """Every other member's frame for the round being collected is in: the round can end now.
+        """Every joined member's frame for the round being collected is in: the round can end now.
 
         The host's Clock ends a round at its deadline at the latest; a module whose frames have all arrived ends
         it at once (a communication-closed round): without faults a run goes as fast as the frames travel. A
         module is never more than one round ahead of another: it needs that one's frame of the current round.
+        A member whose join never came (before the first tick) is not waited for: no frame of its can open here
+        (:meth:`offer`), so waiting out every deadline for it would only slow the run, and leave the members that
+        did join no slack for a frame a loaded host sends late (with ``n - t`` joined, one such frame halts them).
         """
         if self._status == OUT or self.finished or self._ticks == 0:
             return False
-        return len(self._inbox.get(self._ticks, ())) == self.spec.n - 1
+        return len(self._inbox.get(self._ticks, ())) == len(self._recv)
 
     def tick(self, r: int, arrived: Mapping[int, bytes] | None = None) -> dict[int, bytes]:
         """Complete round ``r - 1`` with the frames offered (and those in ``arrived``), emit round ``r``'s.
