@@ -216,3 +216,47 @@ def test_a_purchase_whose_broker_does_not_answer_names_it_and_what_pays_it(tmp_p
                 await web.aclose()
 
     asyncio.run(go())
+
+
+def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path: Path) -> None:
+    """A seat paid through the page whose ticket could not be passed on (the relay socket gone: 502 not_delivered);
+    once the socket is back, the page's Recover fetches the owed ticket from its server (as `cardnet wallet recover`
+    does since 48ed2dc: services.ticketing.buyer.deliver_owed) and the card holds it. Before: the page's Recover
+    finished the card's transfers and the payments only, said 'nothing was left to finish', and the ticket stayed
+    at the server (while the page's hints say Recover brings it)."""
+    net = TicketNet(tmp_path, ("b0",), ["A1"])
+    relay = tmp_path / "relay.sock"
+    config = tmp_path / "b0-wallet.toml"
+    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
+    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
+
+    async def open_wallet() -> Wallet:
+        return await net.wallet("b0")
+
+    async def go() -> None:
+        async with net.in_process():
+            await net.setup()
+            config.write_text(f'broker = "{net.broker_addr}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
+                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=str(relay))
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    await log_in(client, served)
+                    r = await client.post("/api/buy", json={"url": net.url, "event": EVENT, "seat": "A1"})
+                    assert r.status_code == 502 and r.json()["error"] == "not_delivered", r.text
+                    poid = r.json()["poid"]
+                    relay.symlink_to(net.hosts["b0"].socket)  # the host's socket is back
+                    r = await client.post("/api/recover", json={})
+                    got = r.json()
+                    assert r.status_code == 200, r.text
+                    (row,) = [x for x in got["recovered"] if x["what"] == "ticket delivery"]
+                    assert row["id"] == poid and row["finished"] and "sent to your card" in row["outcome"], got
+                    oid = bytes.fromhex(row["outcome"].split("ticket ")[-1].split()[0])
+                    async with asyncio.timeout(30):
+                        while (await net.tokens("b0")).get(oid) != "enabled":
+                            await asyncio.sleep(0.1)
+            finally:
+                await web.aclose()
+
+    asyncio.run(go())

@@ -54,7 +54,14 @@ from cardnet.cli.fairx import (
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig, admissions
 from cardnet.cli.wallet_gate import no_answer_hint, refusal
-from cardnet.cli.wallet_pending import balances, pending_loads, pending_purchases, recover_card, recover_payments
+from cardnet.cli.wallet_pending import (
+    balances,
+    pending_loads,
+    pending_purchases,
+    recover_card,
+    recover_deliveries,
+    recover_payments,
+)
 from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.speed.messages import Price, parse_price
 from cardnet.services.admissions import AdmissionsError
@@ -583,6 +590,8 @@ class WalletWeb:
             if self.config is not None:
                 try:
                     rows += await recover_payments(wallet, self.config)
+                    if self._shop.app_socket is not None:  # then the tickets paid for and not delivered (as the CLI)
+                        rows += await recover_deliveries(self._shop.app_socket, self.config)
                 except SystemExit:  # a command-line helper failed (it printed why to this process's output)
                     raise HttpError(500, "recover_failed", "finishing payments failed: see the output of "
                                     "`cardnet wallet ui`, or run `cardnet wallet recover`") from None  # fmt: skip
