@@ -7,8 +7,10 @@ so after each group it steps (at most ``MAX_GROUP`` messages) ``b``'s pump hands
 steps more, while ``b`` goes on reading between pumps: what arrives beyond a group each round waits in the
 dispatch table. Before, the table was bounded by count only (100,000 messages of up to a frame each): ``b``'s
 resident memory grew with the attacker's traffic (2.9 GB after 25 s). Now it holds at most
-``DEFAULT_MAX_QUEUE_BYTES`` (plus one message); what does not fit is dropped as a lossy network would. Once ``a`` is
-back, an echo from ``b``'s card to ``a``'s goes through.
+``DEFAULT_MAX_QUEUE_BYTES`` (plus one message); what does not fit is dropped as a lossy network would. Since remote
+traffic takes turns (docs/host.md), ``b`` does not even read a remote connection while its table holds
+``REMOTE_PAUSE_BYTES``: the attacker waits in its sockets and the table never fills. Once ``a`` is back, an echo from
+``b``'s card to ``a``'s goes through.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def test_messages_for_a_card_that_answers_a_route_are_held_in_the_dispatch_table
         assert not failures, failures[:3]
         grown = proc_status(b.proc.pid, "VmHWM") - before
         assert grown < DEFAULT_MAX_QUEUE_BYTES + LINK_QUEUE_BYTES + SLACK, f"b's peak memory grew by {grown >> 20} MiB"
-        assert "dispatch table full" in b.log_path.read_text()
+        # the table never filled: b read its remote connections only while the table had room (server.REMOTE_PAUSE)
+        assert "dispatch table full" not in b.log_path.read_text()
         back_and_echo(a, b)
     finally:
         a.stop()

@@ -465,6 +465,16 @@ class Host:
     def idle(self) -> bool:
         return not self._queue
 
+    @property
+    def queued(self) -> int:
+        """Messages in the dispatch table now."""
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages in the dispatch table now."""
+        return self._queued_bytes
+
     def pump(self, now: float, *, max_group: int | None = None) -> list[SendRemote]:
         """Deliver everything queued (and what that produces locally); return remote sends.
 

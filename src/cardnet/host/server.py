@@ -90,6 +90,16 @@ LINK_QUEUE = 16_384  # messages waiting to be sent to one remote address (a few 
 # bytes of the messages waiting for one remote address: a remote peer sending messages for a route that is down (or
 # slow) at full speed could otherwise fill the host's memory (LINK_QUEUE messages of up to max_frame bytes each)
 LINK_QUEUE_BYTES = 64 * 1024 * 1024
+# Remote traffic is read only while the dispatch table holds fewer than REMOTE_PAUSE messages and REMOTE_PAUSE_BYTES
+# bytes (then again once the pump brought it under half of that), REMOTE_SLICE messages of a connection's read at a
+# time: a peer sending faster than the cards step waits in its socket (TCP pushes back on it) instead of filling the
+# table, and every remote connection (and the links' replies) gets its turn. Before, the host read everything and
+# dropped what did not fit: 300 connections sending cheap messages kept the table full, so a well-behaved host's
+# messages were dropped and every application's order refused busy for as long as they sent
+# (tests/integration/test_host_remote_fair.py).
+REMOTE_PAUSE = 2048
+REMOTE_PAUSE_BYTES = 16 * 1024 * 1024
+REMOTE_SLICE = 16
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
 _NOBODY = Uid(bytes(12), 0)  # src and dst of host.taken (host to host: no card's)
 # What to do when the config's `listen` cannot be listened on, by CannotListen.why
@@ -378,6 +388,8 @@ class HostServer:
         self.limits = Limits(max_frame=config.max_frame)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set while the dispatch table has room for remote traffic (REMOTE_PAUSE)
+        self._room.set()
         self._links: dict[str, ReconnectingLink] = {}
         self._carriers: dict[str, Carrier] = {}
         self._carried = 0
@@ -467,6 +479,10 @@ class HostServer:
             effects = self.host.pump(time.time(), max_group=MAX_GROUP)
             if effects:
                 self._send_remote(effects)
+            if not self._room.is_set() and (
+                self.host.queued < REMOTE_PAUSE // 2 and self.host.queued_bytes < REMOTE_PAUSE_BYTES // 2
+            ):
+                self._room.set()
             if not self.host.idle:
                 # More card steps are queued: let the links write these sends first, then pump again.
                 # (When idle, waiting for the next wake lets the links write and arrivals gather.)
@@ -574,10 +590,20 @@ class HostServer:
                 if more is not None:
                     log.warning("%s: cannot send %d message(s) to %s: %s%s", self.config.name, n, address, why, more)
 
+    async def _remote_turn(self) -> None:
+        """Return once the dispatch table has room for remote traffic (REMOTE_PAUSE); meanwhile the caller reads
+        nothing from its connection."""
+        host = self.host
+        while host.queued >= REMOTE_PAUSE or host.queued_bytes >= REMOTE_PAUSE_BYTES:
+            self._room.clear()
+            self.wake()
+            await self._room.wait()
+
     async def _drain_link(self, link: ReconnectingLink) -> None:
         """Replies could come back on our outgoing connection too; accept them as remote traffic."""
         with contextlib.suppress(ClosedError, BrokenError):
             while True:
+                await self._remote_turn()
                 msg = await link.recv()
                 self.host.receive_remote(msg, link.label)
                 self.wake()
@@ -588,6 +614,7 @@ class HostServer:
         frame limit, docs/host.md "Delivery") at its own place among them, so that ``host.taken`` confirms to the
         sender exactly what it took."""
         origin = Origin("remote", conn.peer.label)
+        host = self.host
         taken = Taken()
         count = 0  # messages numbered so far
         before = 0  # frames read past that came before message ``count``
@@ -602,8 +629,19 @@ class HostServer:
         writer = asyncio.get_running_loop().create_task(taken.write(conn))
         try:
             with contextlib.suppress(ClosedError, BrokenError):
+                read: list[Message] = []  # read from the connection, not yet submitted (REMOTE_SLICE at a time)
                 while True:
-                    msgs = await conn.recv_many()
+                    if not read:
+                        await self._remote_turn()
+                        read = await conn.recv_many()
+                    elif host.queued >= REMOTE_PAUSE or host.queued_bytes >= REMOTE_PAUSE_BYTES:
+                        await self._remote_turn()
+                    else:
+                        await asyncio.sleep(0)  # the other connections' turn, and the pump's
+                    if len(read) <= REMOTE_SLICE or host.queued < MAX_GROUP:  # the cards want more: all of it
+                        msgs, read = read, []
+                    else:
+                        msgs, read = read[:REMOTE_SLICE], read[REMOTE_SLICE:]
                     if not skips:
                         self.host.receive_many(msgs, origin, (taken, count + before))
                     else:  # numbers around the frames read past among these messages
@@ -666,6 +704,7 @@ class HostServer:
         try:
             with contextlib.suppress(ClosedError, BrokenError):
                 while not writer.done():
+                    await self._remote_turn()
                     msgs = await conn.recv_many()
                     good = [m for m in msgs if m.src.domain in wanted]
                     if len(good) < len(msgs):
