@@ -1173,3 +1173,46 @@ def test_a_sale_whose_order_the_vendor_refused_no_longer_counts_against_the_acco
     # The refused sale, sent again, is told the vendor's words, nothing debited.
     r = mc.PURCHASED_SCHEMA.decode(bulk_broker.begin_purchase(first, NOW))  # type: ignore[arg-type]
     assert r["status"] == 1 and "refused the broker's order" in r["detail"] and bulk_broker.account(cid) == 100
+
+
+def test_accounts_never_credited_are_bounded_the_oldest_dropped_and_credited_ones_kept(
+    tmp_path: Path, vendor: mv.VendorCore
+) -> None:
+    """Opening an account is unauthenticated: before, every opening with a new key stored an account for ever (an
+    attacker opened about 500 a second and filled the broker's disk). Now at most ``max_unfunded`` accounts that were
+    never credited are kept: one more drops the oldest of them (with the purchases it was refused), while an account
+    ever credited is never dropped. A dropped customer opens again (a new customer id) and is served."""
+    store = SqliteStore(str(tmp_path / "b.db"))
+    mb.add_licence(store, mv.export_licence(vendor.store, "bob", rng=rng(4)), discount_pct=10)
+    b = mb.BrokerCore(store, rng=rng(31), max_unfunded=3)
+    keys = [profile.generate_private_key(rng(40 + i)) for i in range(6)]
+
+    def open_(k: profile.PrivateKey) -> bytes:
+        f = mc.OPENED_SCHEMA.decode(b.open_account(profile.public_bytes(k.public_key())))
+        assert f["status"] == 0, f
+        cid: bytes = f["customer_id"]
+        return cid
+
+    a, funded, c = (open_(k) for k in keys[:3])
+    mb.deposit(store, funded, 100)
+    assert purchase(b, keys[0], a, 5, b"r" * 16)["status"] == 1  # refused (balance 0), stored
+    d, e = open_(keys[3]), open_(keys[4])  # four unfunded: the oldest (a) is dropped
+    assert b.account(a) is None and b.account(c) == 0
+    with store.transaction() as txn:
+        assert txn.scan(mb.REQUESTS, a) == [] and txn.get(mb.REPLY_KEYS, a) is None
+    open_(keys[5])  # c goes too; the credited account stays, whatever its age
+    assert b.account(c) is None and b.account(funded) == 100 and b.account(d) == 0 and b.account(e) == 0
+    with pytest.raises(mb.BrokerError, match="opens one first"):
+        mb.deposit(store, a, 10)
+    # Her key opens again: a new account, credited and served.
+    again = open_(keys[0])
+    assert again != a and open_(keys[0]) == again  # the same key again: the same account
+    mb.deposit(store, again, 50)
+    assert purchase(b, keys[0], again, 5, b"s" * 16)["status"] == 0
+    assert purchase(b, keys[1], funded, 5, b"t" * 16)["status"] == 0
+    # A flood of openings stores at most max_unfunded accounts beside the credited ones.
+    for i in range(40):
+        open_(profile.generate_private_key(rng(100 + i)))
+    with store.transaction() as txn:
+        assert txn.count(mb.ACCOUNTS) == 3 + 2 and txn.count(mb.KEYS) == 5 and txn.count(mb.REPLY_KEYS) == 5
+        assert txn.count(mb.UNFUNDED) == txn.count(mb.UNFUNDED_BY_CID) == 3

@@ -525,10 +525,41 @@ def broker_deposit(store: str, customer: str, amount: int, as_json: bool) -> Non
     "purchase (answered 'pending'); then it goes back to stock (`broker status`: released_value; logged). "
     "Nothing was debited: a customer who comes back later is served as a new sale. Longer than --vendor-timeout.",
 )
+@click.option(
+    "--max-unfunded",
+    type=click.IntRange(1),
+    default=100_000,  # (MAX_UNFUNDED of services/millicent/broker.py)
+    show_default=True,
+    help="Accounts opened and never credited (no `broker deposit` yet) the broker keeps; opening one more drops "
+    "the oldest of them (its customer opens again). Credited accounts are never dropped.",
+)
+@click.option(
+    "--open-burst",
+    type=click.IntRange(1),
+    default=64,  # (OPEN_BURST)
+    show_default=True,
+    help="Account openings taken from one address (IPv6: one /64) at once; then --open-rate a second. More are "
+    "refused in words, nothing stored.",
+)
+@click.option(
+    "--open-rate",
+    type=FiniteRange(0.001),
+    default=1.0,  # (OPEN_RATE_PER_S)
+    show_default=True,
+    help="Account openings a second taken from one address once its --open-burst is used.",
+)
 @_server_limits
 @JSON
 def broker_run(
-    store: str, listen: str, vendor_timeout: float, reservation_hold: int, as_json: bool, **limits: Any
+    store: str,
+    listen: str,
+    vendor_timeout: float,
+    reservation_hold: int,
+    max_unfunded: int,
+    open_burst: int,
+    open_rate: float,
+    as_json: bool,
+    **limits: Any,
 ) -> None:
     """Serve accounts, scrip sales and redemptions over TCP. Prints "ready broker HOST:PORT"
     (with --json: {"ready": {"name": "broker", "listen": "HOST:PORT"}} on one line)."""
@@ -545,11 +576,12 @@ def broker_run(
 
     host, port = _listen(listen)
     with claimed([(store, "give another --store")], "millicent broker") as claims:  # one broker per store
-        core = BrokerCore(_broker(store), reservation_hold_s=reservation_hold)
+        core = BrokerCore(_broker(store), reservation_hold_s=reservation_hold, max_unfunded=max_unfunded)
         bounds = _limits_from(**limits)
 
         def server() -> BrokerServer:
-            return BrokerServer(core, server_limits=bounds, vendor_timeout_s=vendor_timeout)
+            return BrokerServer(core, server_limits=bounds, vendor_timeout_s=vendor_timeout, open_burst=open_burst,
+                                open_rate_per_s=open_rate)  # fmt: skip
 
         _serve("broker", server, host, port, as_json, claims)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -75,6 +76,17 @@ CFG, LICENCES, ACCOUNTS, KEYS, REQUESTS = "mb.cfg", "mb.lic", "mb.acct", "mb.pub
 MINTED, REDEEMED, VENDORS = "mb.minted", "mb.red", "mb.vend"
 MODES, BULK, STOCK, ORDERS, ISSUES, BOUGHT = "mb.mode", "mb.bulk", "mb.stock", "mb.order", "mb.issue", "mb.bought"
 REPLY_KEYS = "mb.rkey"  # customer id -> the account's reply key (MACs every answer to its purchases)
+# Accounts opened and never credited (docs/decisions.md, "Unfunded Millicent accounts are bounded"): opening number (8)
+# + customer id -> b"" (key order = opening order: the oldest first), and customer id -> opening number; their count
+# is kept in CFG (UNFUNDED_COUNT). Past max_unfunded the oldest is dropped; the first deposit takes an account out.
+UNFUNDED, UNFUNDED_BY_CID = "mb.unfunded", "mb.unfcid"
+UNFUNDED_COUNT, UNFUNDED_SEQ = b"unfunded", b"unfunded_seq"
+MAX_UNFUNDED = 100_000  # accounts opened and never credited a broker keeps (`broker run --max-unfunded`)
+# Account openings the server takes from one address (an IPv4 address, an IPv6 /64): a burst of OPEN_BURST, then
+# OPEN_RATE_PER_S a second (`broker run --open-burst`, `--open-rate`); more are refused in words, nothing stored.
+OPEN_BURST = 64
+OPEN_RATE_PER_S = 1.0
+OPEN_PEERS = 4096  # addresses whose openings are remembered at once (those back to a full burst are forgotten first)
 # A sale that ordered stock: customer id + request id -> what it waits on ({"order": vendor + order id}), then what
 # that order left it ({"piece": a stock piece reserved for it} or {"refused": the vendor's words}), with "since":
 # when its customer last sent the purchase (released after ``reservation_hold_s``: :meth:`BrokerCore.release_stale`)
@@ -241,7 +253,37 @@ def deposit(store: Store, customer_id: bytes, amount: int) -> int:
             )  # fmt: skip
         balance += amount
         txn.put(ACCOUNTS, customer_id, pub + _u64(balance))
+        _funded(txn, customer_id)
         return balance
+
+
+def _counter(txn: Any, key: bytes) -> int:
+    return int.from_bytes(txn.get(CFG, key) or bytes(8), "big")
+
+
+def _funded(txn: Any, cid: bytes) -> None:
+    """Account ``cid`` was credited: it is no longer an unfunded account (never dropped for a newer one)."""
+    seq = txn.get(UNFUNDED_BY_CID, cid)
+    if seq is not None:
+        txn.delete(UNFUNDED_BY_CID, cid)
+        txn.delete(UNFUNDED, seq + cid)
+        txn.put(CFG, UNFUNDED_COUNT, _u64(max(0, _counter(txn, UNFUNDED_COUNT) - 1)))
+
+
+def _drop_unfunded(txn: Any, seq: bytes, cid: bytes) -> None:
+    """Forget unfunded account ``cid`` (opened as number ``seq``): its key, reply key and the purchases it was
+    refused (it never had money, so it has no sale, debit or stock reservation); opening it again makes a new one."""
+    row = txn.get(ACCOUNTS, cid)
+    if row is not None:
+        pub, _ = parse_account(row)
+        if txn.get(KEYS, pub) == cid:
+            txn.delete(KEYS, pub)
+        txn.delete(ACCOUNTS, cid)
+    txn.delete(REPLY_KEYS, cid)
+    for key, _ in txn.scan(REQUESTS, cid):
+        txn.delete(REQUESTS, key)
+    txn.delete(UNFUNDED, seq + cid)
+    txn.delete(UNFUNDED_BY_CID, cid)
 
 
 def parse_account(row: bytes) -> tuple[bytes, int]:
@@ -340,18 +382,27 @@ class BrokerCore:
         validity_s: int = 7 * 24 * 3600,
         stock_margin_s: int = STOCK_MARGIN_S,
         reservation_hold_s: int = RESERVATION_HOLD_S,
+        max_unfunded: int = MAX_UNFUNDED,
     ) -> None:
+        if max_unfunded < 1:
+            raise ValueError(f"max_unfunded is at least 1, got {max_unfunded}")
         self.store = store
         self.rng = rng
         self.validity_s = validity_s
         self.stock_margin_s = stock_margin_s  # bulk stock expiring sooner than this is not sold
         self.reservation_hold_s = reservation_hold_s  # see release_stale
+        self.max_unfunded = max_unfunded  # accounts opened and never credited kept: see open_account
 
     def _licence(self, txn: Any, vendor: bytes) -> _Licence | None:
         raw = txn.get(LICENCES, vendor)
         return None if raw is None else _Licence(raw)
 
     def open_account(self, pub: bytes) -> bytes:
+        """Open an account for key ``pub`` (the same key again: the same account), answered ``millicent.opened``.
+
+        Opening is unauthenticated, so what it stores is bounded: an account is *unfunded* until its first
+        deposit, and at most ``max_unfunded`` of those are kept; opening one more drops the oldest unfunded account
+        (its customer opens again, and gets a new customer id). Accounts ever credited are never dropped."""
         try:
             profile.load_public(pub)
         except CryptoError:
@@ -366,6 +417,18 @@ class BrokerCore:
                     if txn.insert(ACCOUNTS, cid, pub + _u64(0)):
                         break
                 txn.put(KEYS, pub, cid)
+                seq = _u64(_counter(txn, UNFUNDED_SEQ) + 1)
+                txn.put(CFG, UNFUNDED_SEQ, seq)
+                txn.put(UNFUNDED, seq + cid, b"")
+                txn.put(UNFUNDED_BY_CID, cid, seq)
+                count = _counter(txn, UNFUNDED_COUNT) + 1
+                if count > self.max_unfunded:
+                    for key, _ in txn.scan(UNFUNDED, limit=count - self.max_unfunded):  # the oldest first
+                        _drop_unfunded(txn, key[:8], key[8:])
+                        log.info("dropped unfunded account %s (more than %d accounts opened and never credited)",
+                                 key[8:].hex(), self.max_unfunded)  # fmt: skip
+                        count -= 1
+                txn.put(CFG, UNFUNDED_COUNT, _u64(count))
             rkey = txn.get(REPLY_KEYS, cid)
             if rkey is None:
                 rkey = self.rng(mc.REPLY_KEY_BYTES)
@@ -991,6 +1054,49 @@ def _release_vendor(txn: Any, vendor: bytes, now: int) -> None:
         _prune_releases(txn)
 
 
+class _OpenRate:
+    """Account openings per address (a token bucket each: ``burst`` at once, then ``per_s`` a second). An IPv6
+    address counts by its /64 (one host's usual share); at most :data:`OPEN_PEERS` addresses are remembered, those
+    whose bucket is full again forgotten first, then the oldest."""
+
+    def __init__(self, burst: int, per_s: float) -> None:
+        self.burst, self.per_s = burst, per_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+
+    @staticmethod
+    def _key(address: tuple[str, int] | None) -> str:
+        if address is None:
+            return ""
+        try:
+            ip = ipaddress.ip_address(address[0].split("%")[0])
+        except ValueError:
+            return address[0]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+    def take(self, address: tuple[str, int] | None, now: float) -> float:
+        """Take one opening for ``address`` at ``now``: 0 if it may open, else the seconds until it may."""
+        key = self._key(address)
+        tokens, when = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - when) * self.per_s)
+        if len(self._buckets) >= OPEN_PEERS:
+            full = [k for k, (t, w) in self._buckets.items() if t + (now - w) * self.per_s >= self.burst]
+            for k in full or list(self._buckets)[: len(self._buckets) - OPEN_PEERS + 1]:
+                del self._buckets[k]
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.per_s
+        self._buckets[key] = (tokens - 1, now)
+        return 0.0
+
+    def refusal(self, wait: float) -> bytes:
+        return mc.OPENED_SCHEMA.encode({"status": REFUSED, "detail": (
+            f"too many accounts opened from your address (at most {self.burst} at once, then {self.per_s:g} a "
+            f"second): nothing was opened; try again in {max(1, round(wait + 0.5))} s"
+        )[:200]})  # fmt: skip
+
+
 def _refused_order_words(reason: str) -> str:
     """A sale refused because the vendor refused the broker's order of its scrip, in words (at most 200)."""
     return _within(
@@ -1121,8 +1227,13 @@ class BrokerServer:
         close_wait_s: float = CLOSE_WAIT_S,
         vendor_timeout_s: float = VENDOR_TIMEOUT_S,
         limits: Limits = DEFAULT_LIMITS,
+        open_burst: int = OPEN_BURST,
+        open_rate_per_s: float = OPEN_RATE_PER_S,
     ) -> None:
+        if open_burst < 1 or not open_rate_per_s > 0:
+            raise ValueError(f"open_burst >= 1 and open_rate_per_s > 0, got {open_burst} and {open_rate_per_s}")
         self.core = core
+        self._opens = _OpenRate(open_burst, open_rate_per_s)
         self.clock = clock
         self.close_wait_s = close_wait_s
         self.vendor_timeout_s = vendor_timeout_s  # all the vendor calls of one purchase, together
@@ -1211,6 +1322,11 @@ class BrokerServer:
                     return
                 if self._closing:  # not decided, not answered: the client sends it again
                     return
+                if msg.mtype == mc.OPEN.code:
+                    wait = self._opens.take(conn.peer.address, asyncio.get_running_loop().time())
+                    if wait:  # refused before the store: nothing of it is kept
+                        await conn.send(msg.reply(mc.OPENED.code, self._opens.refusal(wait)))
+                        continue
                 self._in_flight += 1
                 self._idle.clear()
                 try:
