@@ -220,10 +220,11 @@ def test_a_purchase_whose_broker_does_not_answer_names_it_and_what_pays_it(tmp_p
 
 def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path: Path) -> None:
     """A seat paid through the page whose ticket could not be passed on (the relay socket gone: 502 not_delivered);
-    once the socket is back, the page's Recover fetches the owed ticket from its server (as `cardnet wallet recover`
-    does since 48ed2dc: services.ticketing.buyer.deliver_owed) and the card holds it. Before: the page's Recover
-    finished the card's transfers and the payments only, said 'nothing was left to finish', and the ticket stayed
-    at the server (while the page's hints say Recover brings it)."""
+    a page started again lists it under way (from the wallet's purchases, as `cardnet wallet show`'s tickets_owed;
+    before: only the run that bought it did); once the socket is back, the page's Recover fetches the owed ticket
+    from its server (as `cardnet wallet recover` does since 48ed2dc: services.ticketing.buyer.deliver_owed) and the
+    card holds it. Before: the page's Recover finished the card's transfers and the payments only, said 'nothing
+    was left to finish', and the ticket stayed at the server (while the page's hints say Recover brings it)."""
     net = TicketNet(tmp_path, ("b0",), ["A1"])
     relay = tmp_path / "relay.sock"
     config = tmp_path / "b0-wallet.toml"
@@ -246,6 +247,15 @@ def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path:
                     r = await client.post("/api/buy", json={"url": net.url, "event": EVENT, "seat": "A1"})
                     assert r.status_code == 502 and r.json()["error"] == "not_delivered", r.text
                     poid = r.json()["poid"]
+            finally:
+                await web.aclose()
+            web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=str(relay))  # `wallet ui` again
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    await log_in(client, served)
+                    row = await _delivery_row(client, poid)  # the owed ticket, from the wallet's purchases
+                    assert row is not None and row["url"] == net.url and "so does Recover" in row["state"], row
                     relay.symlink_to(net.hosts["b0"].socket)  # the host's socket is back
                     r = await client.post("/api/recover", json={})
                     got = r.json()
@@ -256,6 +266,7 @@ def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path:
                     async with asyncio.timeout(30):
                         while (await net.tokens("b0")).get(oid) != "enabled":
                             await asyncio.sleep(0.1)
+                    assert await _delivery_row(client, poid) is None  # delivered: no longer under way
             finally:
                 await web.aclose()
 

@@ -56,6 +56,7 @@ from cardnet.cli.wallet_config import WalletConfig, admissions
 from cardnet.cli.wallet_gate import no_answer_hint, refusal
 from cardnet.cli.wallet_pending import (
     balances,
+    owed_tickets,
     pending_loads,
     pending_purchases,
     recover_card,
@@ -126,6 +127,10 @@ LOAD_HINTS = {
     "bad_address": "fix `broker` in the wallet config (`cardnet wallet config --set broker=HOST:PORT`), then restart "
     "`cardnet wallet ui`",
 }
+# a ticket paid for that did not arrive, under way (this run's purchase, or the wallet's purchases' owed ones)
+UNDELIVERED = (
+    "paid, the ticket did not arrive: Finish the delivery brings it (it is safe to repeat), and so does Recover"
+)
 Opener = Callable[[], Awaitable[Wallet]]
 
 
@@ -385,8 +390,12 @@ class WalletWeb:
             if ticket_oid(poid).hex() in mine:  # it arrived (Finish the delivery, or `cardnet wallet buy --poid`)
                 del self._shop.undelivered[poid]
                 continue
-            under_way.append({"what": "ticket delivery", "id": poid.hex(), "url": url, "state": "paid, the ticket "
-                              "did not arrive: Finish the delivery brings it (it is safe to repeat)"})  # fmt: skip
+            under_way.append({"what": "ticket delivery", "id": poid.hex(), "url": url, "state": UNDELIVERED})
+        listed = {u["id"] for u in under_way if u["what"] == "ticket delivery"}
+        # the wallet's purchases' owed tickets (an earlier run's too, as `cardnet wallet show`)
+        for o in owed_tickets(self.config) if self.config is not None else []:
+            if o["id"] not in listed and o["url"] and ticket_oid(bytes.fromhex(o["id"])).hex() not in mine:
+                under_way.append({"what": "ticket delivery", "id": o["id"], "url": o["url"], "state": UNDELIVERED})
         purse_view = None
         if purse is not None:
             purse_view = {"keyed": purse["keyed"],
