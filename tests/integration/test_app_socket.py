@@ -14,6 +14,7 @@ from hostprocs import HostProc, make_hosts
 
 from cardnet.bench.procs import ProcError
 from cardnet.card import Card
+from cardnet.card import mtypes as cm
 from cardnet.card.personalise import personalise
 from cardnet.crypto import pki
 from cardnet.host import mtypes as hm
@@ -159,3 +160,36 @@ def test_an_application_that_stops_reading_is_told_how_many_messages_it_missed(
 
     with caplog.at_level(logging.INFO, logger="cardnet.host"):
         asyncio.run(go())
+
+
+def test_a_closed_application_is_logged_out_of_its_card(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    """Applications that prove the PIN on a real host's socket and close (as every ``cardnet trn send`` does): once
+    each connection ended, its Uid is no longer in the card's authenticated set. Before, the card kept every one
+    until it was reopened (ports are never reused, so each was one more entry for the host's lifetime), and a
+    closed connection's Uid stayed privileged on the card. The logout is queued after what the connection sent."""
+    config, card_uid = _echo_host(tmp_path, ca)
+
+    async def go() -> None:
+        server = HostServer(load_config(config))
+        await server.start()
+        try:
+            card = server.cards[0]
+            uids = []
+            for _ in range(20):
+                async with await AppClient.connect(str(tmp_path / "h.sock")) as app:
+                    await app.send(card_uid, cm.PIN_VERIFY, pin="1357")
+                    assert (await app.recv_type(cm.PIN_RESULT))["ok"]
+                    assert app.uid in card._authenticated  # (the card's volatile set: no API reads it)
+                    uids.append(app.uid)
+                    await app.send(card_uid, cm.PIN_VERIFY, pin="1357")  # one more, unanswered when it closes
+            async with asyncio.timeout(WAIT_S):
+                while not server.host.idle or set(uids) & card._authenticated:
+                    await asyncio.sleep(0.01)
+            assert not set(uids) & card._authenticated
+            async with await AppClient.connect(str(tmp_path / "h.sock")) as app:  # the PIN still works
+                await app.send(card_uid, cm.PIN_VERIFY, pin="1357")
+                assert (await app.recv_type(cm.PIN_RESULT))["ok"]
+        finally:
+            await server.aclose()
+
+    asyncio.run(go())

@@ -50,6 +50,7 @@ from typing import Any
 
 from cardnet.applets.registry import make_applets
 from cardnet.card import Card
+from cardnet.card import mtypes as cm
 from cardnet.crypto import pki
 from cardnet.crypto.errors import PkiError
 from cardnet.errors import CardnetError
@@ -101,6 +102,11 @@ REMOTE_PAUSE = 2048
 REMOTE_PAUSE_BYTES = 16 * 1024 * 1024
 REMOTE_SLICE = 16
 _RESEND = "resend"  # the timer job that re-emits unacknowledged card outputs
+# An application connection that tried the PIN is logged out of its card (card.logout, queued after what it sent)
+# when it ends: a card keeps the Uids that proved the PIN until it is reopened, and ports are never reused, so each
+# command that verified the PIN and closed (cardnet trn send, ...) left one more for the host's lifetime
+# (tests/integration/test_app_socket.py::test_a_closed_application_is_logged_out_of_its_card).
+_PIN_VERIFY = cm.PIN_VERIFY.code
 _NOBODY = Uid(bytes(12), 0)  # src and dst of host.taken (host to host: no card's)
 # What to do when the config's `listen` cannot be listened on, by CannotListen.why
 LISTEN_HINTS = {
@@ -737,6 +743,7 @@ class HostServer:
     # -- applications -----------------------------------------------------------------
     async def _accept_app(self, conn: TcpConnection) -> None:
         uid: Uid | None = None
+        verified = False  # it tried the PIN: the card may hold its Uid in its authenticated set
         writer_task: asyncio.Task[None] | None = None
         try:
             first = await conn.recv()
@@ -762,6 +769,8 @@ class HostServer:
             self._app_outboxes[uid] = outbox
             writer_task = asyncio.get_running_loop().create_task(self._app_writer(conn, outbox))
             async for msg in conn:
+                if msg.mtype == _PIN_VERIFY:
+                    verified = True
                 if msg.src != uid:
                     log.warning("%s: application %s tried to send as %s: refused", self.config.name, uid, msg.src)
                     outbox.put(  # (a full queue counts it as missed, like anything else for the application)
@@ -779,6 +788,10 @@ class HostServer:
             if uid is not None:
                 self.host._detach_app(uid)
                 self._app_outboxes.pop(uid, None)
+                if verified:  # the card forgets the connection's Uid, after what it sent (see _PIN_VERIFY)
+                    with contextlib.suppress(HostError):
+                        self.host.submit(cm.LOGOUT.make(uid, uid.card_uid()), Origin("app", str(uid)))
+                    self.wake()
             if writer_task is not None:
                 writer_task.cancel()
             await conn.aclose()
