@@ -271,3 +271,40 @@ def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path:
                 await web.aclose()
 
     asyncio.run(go())
+
+
+def test_a_load_whose_broker_does_not_answer_names_it_and_its_address(tmp_path: Path) -> None:
+    """The page loads the e-purse while the wallet config's broker is an address where nothing answers: 502
+    unreachable in the words of ``cardnet wallet load`` (:func:`cardnet.cli.wallet_pay.load_unreachable_hint`,
+    shared): the broker's address, that it comes from the wallet config, and that Recover credits the load once it
+    answers. Before: 'is the broker running? a load it did not answer is credited by Recover once it is back'
+    (no address, nor where it came from)."""
+    from cardnet.bench.procs import free_port
+
+    net = TicketNet(tmp_path, ("b0",), ["A1"])
+    config = tmp_path / "b0-wallet.toml"
+    nowhere = f"127.0.0.1:{free_port()}"
+
+    async def open_wallet() -> Wallet:
+        return await net.wallet("b0")
+
+    async def go() -> None:
+        async with net.in_process():
+            await net.setup()  # (b0's purse keyed and loaded at the real broker)
+            config.write_text(f'broker = "{nowhere}"\naccount = "C-b0"\npurchases = "{tmp_path / "purchases"}"\n')
+            web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=net.hosts["b0"].socket)
+            served = await web.start("127.0.0.1", 0)
+            try:
+                async with httpx.AsyncClient(base_url=served.url, timeout=120) as client:
+                    await log_in(client, served)
+                    r = await client.post("/api/load", json={"amount": "1.00 EUR"})
+                    got = r.json()
+                    assert r.status_code == 502 and got["error"] == "unreachable", r.text
+                    assert got["message"].endswith(
+                        f"; check that the broker runs at {nowhere} (broker in {config}); a load it did not answer "
+                        "is credited by Recover once it answers"
+                    ), r.text
+            finally:
+                await web.aclose()
+
+    asyncio.run(go())

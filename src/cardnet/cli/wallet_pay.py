@@ -114,9 +114,17 @@ def wallet_load(target: Target, amount: str, broker: str | None, account: str | 
                 await install_key(wallet, broker)
             return await load_purse(wallet, broker, price, account)
 
-    later = {
-        "unreachable": f"check that the broker runs at {broker} ({source}); a load it did not answer is "
-        "credited by `cardnet wallet recover` (through the broker in your wallet config) once it answers"
-    }
+    later = {"unreachable": load_unreachable_hint(broker, source)}
     got = _run(target.socket, target.pin, target.card, work, {**LOAD_HINTS, **later})
     say(as_json, got, f"loaded {price}; your e-purse holds {balance_words(got)}")
+
+
+def load_unreachable_hint(
+    broker: str, source: str, recover: str = "`cardnet wallet recover` (through the broker in your wallet config)"
+) -> str:
+    """What to do when the broker of an e-purse load (at ``broker``, from ``source``) did not answer: `cardnet wallet
+    load`'s words and the web wallet's (``recover``: what credits the load later)."""
+    return (
+        f"check that the broker runs at {broker} ({source}); a load it did not answer is credited by {recover} once "
+        "it answers"
+    )

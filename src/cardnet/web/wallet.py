@@ -54,6 +54,7 @@ from cardnet.cli.fairx import (
 from cardnet.cli.trn import STATUS_WORDS, token_rows
 from cardnet.cli.wallet_config import WalletConfig, admissions
 from cardnet.cli.wallet_gate import no_answer_hint, refusal
+from cardnet.cli.wallet_pay import load_unreachable_hint
 from cardnet.cli.wallet_pending import (
     balances,
     owed_tickets,
@@ -117,7 +118,6 @@ HINTS = {
 }
 # what the person does about the broker's answer to an e-purse load (its reason -> a sentence for the page)
 LOAD_HINTS = {
-    "unreachable": "is the broker running? a load it did not answer is credited by Recover once it is back",
     "unknown_account": "check `account` in the wallet config (`cardnet wallet config --set account=...`), then "
     "restart `cardnet wallet ui`",
     "not_your_account": "that account at the broker belongs to another card: check `account` in the wallet config "
@@ -575,6 +575,9 @@ class WalletWeb:
             except PurchaseError as exc:
                 status = 502 if exc.reason == "unreachable" else 409
                 hint = LOAD_HINTS.get(exc.reason, "nothing was loaded: the page shows what is under way")
+                if exc.reason == "unreachable":  # (as `cardnet wallet load`: the broker, its address, from where)
+                    source = f"broker in {self.config.path}" if self.config is not None else "the wallet config"
+                    hint = load_unreachable_hint(broker, source, "Recover")
                 raise HttpError(status, exc.reason, f"the e-purse was not loaded: {exc}; {hint}") from None
             purse = await balances(wallet) or {"balances": {}}
         words = ", ".join(str(Price(c, a)) for c, a in sorted(purse["balances"].items())) or "nothing"
