@@ -430,3 +430,38 @@ def test_a_late_join_whose_module_is_not_in_the_run_asks_for_no_pin(tmp_path: Pa
                            text=True, timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
         err = json.loads(r.stdout)["error"]
         assert r.returncode == 2 and err["reason"] == "not_a_member", r
+
+
+def test_a_party_whose_clock_is_late_by_a_busy_moment_still_takes_part(tmp_path: Path) -> None:
+    """Three parties join a run planned with the default round deadline; carol's `smc join` is stopped (SIGSTOP)
+    from just before the first round to 0.3 s after it, as a loaded machine holds a process back. Every module
+    still decides the median of all three inputs. Before, the default round was 100 ms: alice's and bob's modules
+    ended the first round without carol's frame and decided without her input, and carol's halted ("cut off"), as
+    docs/smc-walkthrough.md's salaries run did under -n 2."""
+    import os
+    import signal
+    import time
+
+    with SmcNet(tmp_path, 3) as net:
+        env = {**os.environ, "CARDNET_PIN": PIN}
+        run = tmp_path / "run.toml"
+        members = [a for u in net.uids for a in ("-m", str(u))]
+        planned = cardnet("smc", "plan", "-f", "median", *members, "--start-in", "20", "--out", str(run))
+        assert planned.returncode == 0, planned.stderr
+        start_at = tomllib.loads(run.read_text())["start_at"]
+        joins = []
+        for hp, value in zip(net.hosts, ("52", "61", "47"), strict=True):
+            args = ["smc", "join", "--run", str(run), "--socket", hp.socket, "--card", hp.domain.hex(), "-i", value]
+            joins.append(subprocess.Popen([sys.executable, "-m", "cardnet.cli.main", *args], env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+        carol = joins[2]
+        try:
+            time.sleep(max(0.0, start_at - 0.2 - time.time()))
+            carol.send_signal(signal.SIGSTOP)
+            time.sleep(max(0.0, start_at + 0.3 - time.time()))
+        finally:
+            carol.send_signal(signal.SIGCONT)
+        printed = [p.communicate(timeout=60) for p in joins]
+    for i, (p, (out, err)) in enumerate(zip(joins, printed, strict=True)):
+        assert p.returncode == 0, (i, out, err)
+        assert f"module {i}: median = 52 of 3 inputs (none missing)" in out, (i, out, err)

@@ -14,9 +14,10 @@ The page is parsed, not copied: ``<!-- file: NAME -->`` before a fenced block wr
 * Read commands (``reads``) are repeated for a while until their output shows, since transfers and traces take
   a moment.
 * Ports 7401-7499 are replaced by free ones, and a test may replace other text of the page (``replace``: in its
-  commands, files and expected output alike), e.g. a planned start a person needs 20 s to reach, which the test
-  reaches in a few. A value that differs every run (an oid a server makes, an
-  exchange id) is named before its first use by ``<!-- learn: VALUE -->``: it is learnt from the first output
+  commands, files and expected output alike); not a page's planned start, though: on a loaded machine each command
+  takes seconds to start, so a test needs the time the page gives a person (test_smc_walkthrough once planned 10 s
+  where the page said 20, and its joins came too late under -n 2). A value that differs every run (an oid a server
+  makes, an exchange id) is named before its first use by ``<!-- learn: VALUE -->``: it is learnt from the first output
   line that shows it, and replaced by what was learnt everywhere after.
 """
 

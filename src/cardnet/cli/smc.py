@@ -35,6 +35,13 @@ from cardnet.protocols.errors import ProtocolError
 from cardnet.protocols.smc.functions import REGISTRY
 from cardnet.protocols.smc.run import DEFAULT_RHO_MAX, MAX_RHO, join_wait_s
 
+# Round deadlines (ms). Without faults a round ends as soon as its frames are in, so a deadline costs time only when
+# a joined member's frames are lost; too short a one halts a module whose host or Clock a busy machine held back for
+# a moment (a frame later than one round is an omission). `smc run`: every host on this machine; `smc plan`: hosts
+# of their own, whose clocks must agree to well within a round (TrustedPals ran 1 s rounds).
+RUN_ROUND_MS = 500.0
+PLAN_ROUND_MS = 1000.0
+
 
 @click.group()
 def smc() -> None:
@@ -92,7 +99,7 @@ def _pick_faulty(n: int, t: int, faulty: int | None, rng: random.Random) -> list
 @click.option(
     "--round-ms",
     type=FiniteRange(min=0, min_open=True),
-    default=50.0,
+    default=RUN_ROUND_MS,
     show_default=True,
     help="The Clock's round deadline (without faults a round ends as soon as its frames are in).",
 )
@@ -344,7 +351,11 @@ def _read_run(path: str) -> tuple[Any, float, float]:
 )
 @click.option("-t", "t", type=int, default=None, help="Faulty hosts tolerated (default and at most: (n-1)/2).")
 @click.option(
-    "--round-ms", type=FiniteRange(min=0, min_open=True), default=100.0, show_default=True, help="The round deadline."
+    "--round-ms",
+    type=FiniteRange(min=0, min_open=True),
+    default=PLAN_ROUND_MS,
+    show_default=True,
+    help="The round deadline (without faults a round ends as soon as its frames are in).",
 )
 @click.option(
     "--rho-max",
