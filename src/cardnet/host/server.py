@@ -597,10 +597,12 @@ class HostServer:
                     log.warning("%s: cannot send %d message(s) to %s: %s%s", self.config.name, n, address, why, more)
 
     async def _remote_turn(self) -> None:
-        """Return once the dispatch table has room for remote traffic (REMOTE_PAUSE); meanwhile the caller reads
-        nothing from its connection."""
+        """Return at once while the dispatch table has room (REMOTE_PAUSE), else once the pump made room; meanwhile
+        the caller reads nothing from its connection. Every connection woken goes on (one slice, REMOTE_SLICE, before
+        it looks again): one that looked again once woken went back to the end of the line whenever those woken
+        before it had filled the room, and with 200 flooding connections a well-behaved one never got through."""
         host = self.host
-        while host.queued >= REMOTE_PAUSE or host.queued_bytes >= REMOTE_PAUSE_BYTES:
+        if host.queued >= REMOTE_PAUSE or host.queued_bytes >= REMOTE_PAUSE_BYTES:
             self._room.clear()
             self.wake()
             await self._room.wait()
@@ -768,7 +770,17 @@ class HostServer:
             await conn.send(hm.ACQUIRED.make(uid.card_uid(), uid, uid=uid))
             self._app_outboxes[uid] = outbox
             writer_task = asyncio.get_running_loop().create_task(self._app_writer(conn, outbox))
+            host = self.host
+            turn = 0  # messages submitted since this connection last let the others have their turn
             async for msg in conn:
+                if host.queued >= MAX_GROUP:  # the table is busy: take turns, as remote connections do
+                    turn += 1
+                    if host.queued >= REMOTE_PAUSE or host.queued_bytes >= REMOTE_PAUSE_BYTES:
+                        await self._remote_turn()
+                        turn = 0
+                    elif turn >= REMOTE_SLICE:
+                        await asyncio.sleep(0)
+                        turn = 0
                 if msg.mtype == _PIN_VERIFY:
                     verified = True
                 if msg.src != uid:
