@@ -37,9 +37,9 @@ class HeldPurchases(Held, mb.BrokerCore):
     """The broker's core whose next purchase, once ``hold()`` is called, waits in the worker thread for
     ``release()`` before it is decided: a slow step at a moment the test chooses."""
 
-    def begin_purchase(self, param: bytes, now: int) -> bytes | mb.VendorCall:
+    def begin_purchase(self, param: bytes, now: int, *, keep_refusals: bool = True) -> bytes | mb.VendorCall:
         self.wait_if_held("purchase", WAIT_S)
-        return super().begin_purchase(param, now)
+        return super().begin_purchase(param, now, keep_refusals=keep_refusals)
 
 
 @pytest.fixture

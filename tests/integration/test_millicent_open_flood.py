@@ -99,3 +99,72 @@ def test_a_flood_of_account_openings_stores_a_bounded_number_and_honest_customer
     bob = customer(world, "bob")
     r = json.loads(cardnet("millicent", "buy", "--wallet", bob, "--vendor", VID, "--value", "20", "--json").stdout)
     assert r["value"] == 20, r
+
+
+def requests_of(store: str, cid: bytes) -> int:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10) as db:
+        rows = db.execute("SELECT k FROM kv WHERE tbl = 'mb.req'").fetchall()
+    return sum(1 for (k,) in rows if bytes(k).startswith(cid))
+
+
+def test_a_flood_of_purchases_the_broker_refuses_stores_a_bounded_number(
+    world: dict[str, object],  # noqa: F811
+) -> None:
+    """A refused purchase (say, a balance that does not cover it) is stored for ever, so that a replay is refused
+    again after a deposit. Before, an account (opened for free, never credited) had each of its signed purchases
+    refused and stored: 1,000 purchases, 1,000 records, and so on until the disk was full. Now an address is refused
+    (and so stores) at most 64 purchases at once, then one a second; past that a purchase that would be refused is
+    answered `pending`, nothing stored, and decided when it is sent again."""
+    broker = world["broker"]
+    assert isinstance(broker, Service)
+    host, port = broker.address.rsplit(":", 1)
+    store = str(world["broker_store"])
+    key = profile.generate_private_key()
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect((host, int(port)))
+    s.settimeout(10)
+    buf = b""
+
+    def ask(mtype: int, params: list[bytes]) -> list[Message]:
+        nonlocal buf
+        frames = [Message(SRC, DST, mtype, p).encode() for p in params]
+        s.sendall(b"".join(struct.pack(">I", len(f)) + f for f in frames))
+        out = []
+        while len(out) < len(params):
+            while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                chunk = s.recv(65536)
+                assert chunk, "the broker closed the connection"
+                buf += chunk
+            n = struct.unpack(">I", buf[:4])[0]
+            out.append(Message.decode(buf[4 : 4 + n]))
+            buf = buf[4 + n :]
+        return out
+
+    with s:
+        [opened] = ask(mc.OPEN.code, [mc.OPEN_SCHEMA.encode({"pub": profile.public_bytes(key.public_key())})])
+        cid = mc.OPENED_SCHEMA.decode(opened.param)["customer_id"]
+        t0 = time.monotonic()
+        answers = []
+        for batch in range(10):
+            params = []
+            for i in range(100):
+                f = {"customer_id": cid, "vendor": bytes.fromhex(VID), "value": 5, "want_secret": 0,
+                     "rid": b"%016d" % (batch * 100 + i)}  # fmt: skip
+                f["sig"] = profile.sign(key, mc.purchase_sig_input(f))
+                params.append(mc.PURCHASE_SCHEMA.encode(f))
+            answers += [mc.PURCHASED_SCHEMA.decode(m.param) for m in ask(mc.PURCHASE.code, params)]
+        took = time.monotonic() - t0
+    stored = requests_of(store, cid)
+    refused = [a for a in answers if a["status"] == mc.PURCHASE_REFUSED]
+    held = [a for a in answers if a["status"] == mc.PURCHASE_PENDING]
+    assert stored == len(refused) <= 64 + took * 1.0 + 1, (stored, len(refused), took)
+    assert len(held) == 1000 - len(refused) and {a["detail"] for a in held} == {
+        "the broker refused too many purchases from your address lately to decide this one now: nothing was "
+        "debited; send the same purchase again later (`cardnet millicent retry`)"
+    }
+    assert {a["detail"] for a in refused} == {"balance 0 does not cover 5"}
+    # An honest customer at another address is credited and buys meanwhile.
+    alice = customer(world, "alice")
+    r = json.loads(cardnet("millicent", "buy", "--wallet", alice, "--vendor", VID, "--value", "20", "--json").stdout)
+    assert r["value"] == 20, r

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -86,6 +87,10 @@ MAX_UNFUNDED = 100_000  # accounts opened and never credited a broker keeps (`br
 # OPEN_RATE_PER_S a second (`broker run --open-burst`, `--open-rate`); more are refused in words, nothing stored.
 OPEN_BURST = 64
 OPEN_RATE_PER_S = 1.0
+# Purchases refused (and so stored for ever) the server takes from one address: as many at once, then a second; a
+# purchase from an address past them that would be refused is answered `pending` instead, nothing stored.
+REFUSAL_BURST = 64
+REFUSAL_RATE_PER_S = 1.0
 OPEN_PEERS = 4096  # addresses whose openings are remembered at once (those back to a full burst are forgotten first)
 # A sale that ordered stock: customer id + request id -> what it waits on ({"order": vendor + order id}), then what
 # that order left it ({"piece": a stock piece reserved for it} or {"refused": the vendor's words}), with "since":
@@ -443,8 +448,12 @@ class BrokerCore:
             return self.not_finished(param, BULK_NEEDS_SERVER)
         return step
 
-    def begin_purchase(self, param: bytes, now: int) -> bytes | VendorCall:
-        """Decide a purchase: the reply, or the vendor call it needs first (bulk mode)."""
+    def begin_purchase(self, param: bytes, now: int, *, keep_refusals: bool = True) -> bytes | VendorCall:
+        """Decide a purchase: the reply, or the vendor call it needs first (bulk mode).
+
+        ``keep_refusals`` False (the server: its sender's address was refused too many purchases lately): a purchase
+        this would refuse (balance, vendor, agreement) is answered ``pending`` instead, nothing stored, and decided
+        when it is sent again; a refusal is stored for ever, so storing them is what a flood of them costs."""
         try:
             f = mc.PURCHASE_SCHEMA.decode(param)
         except DecodeError as exc:
@@ -479,6 +488,8 @@ class BrokerCore:
                 refusal = f"balance {balance} does not cover {value}"
             elif (bulk if mode == BULK_MODE else lic) is None:
                 refusal = f"no {mode} agreement with vendor {vendor.hex()}"
+            if refusal is not None and not keep_refusals:  # not decided: nothing stored
+                return _purchased(rid, REFUSALS_HELD, status=PENDING, key=rkey, digest=digest)
             if refusal is not None:  # final: stored, so a replay of this purchase never succeeds later
                 self._release_sale(txn, cid + rid)
                 reply = _purchased(rid, refusal, balance, key=rkey, digest=digest)
@@ -959,6 +970,12 @@ NOT_DECIDED = (
 )  # (a reply's detail holds 200 characters)
 
 
+REFUSALS_HELD = (
+    "the broker refused too many purchases from your address lately to decide this one now: nothing was debited; "
+    "send the same purchase again later (`cardnet millicent retry`)"
+)  # (a reply's detail holds 200 characters)
+
+
 BULK_NEEDS_SERVER = (
     "this vendor's scrip is sold in bulk mode, which needs the broker's server to buy it from the vendor: send the "
     "same purchase to the running broker (`cardnet millicent retry`)"
@@ -1055,9 +1072,9 @@ def _release_vendor(txn: Any, vendor: bytes, now: int) -> None:
 
 
 class _OpenRate:
-    """Account openings per address (a token bucket each: ``burst`` at once, then ``per_s`` a second). An IPv6
-    address counts by its /64 (one host's usual share); at most :data:`OPEN_PEERS` addresses are remembered, those
-    whose bucket is full again forgotten first, then the oldest."""
+    """Account openings (or refused purchases) per address (a token bucket each: ``burst`` at once, then ``per_s`` a
+    second). An IPv6 address counts by its /64 (one host's usual share); at most :data:`OPEN_PEERS` addresses are
+    remembered, those whose bucket is full again forgotten first, then the oldest."""
 
     def __init__(self, burst: int, per_s: float) -> None:
         self.burst, self.per_s = burst, per_s
@@ -1090,11 +1107,26 @@ class _OpenRate:
         self._buckets[key] = (tokens - 1, now)
         return 0.0
 
+    def give_back(self, address: tuple[str, int] | None) -> None:
+        """Undo a :meth:`take` (what it counted did not happen)."""
+        key = self._key(address)
+        if key in self._buckets:
+            tokens, when = self._buckets[key]
+            self._buckets[key] = (min(float(self.burst), tokens + 1), when)
+
     def refusal(self, wait: float) -> bytes:
         return mc.OPENED_SCHEMA.encode({"status": REFUSED, "detail": (
             f"too many accounts opened from your address (at most {self.burst} at once, then {self.per_s:g} a "
             f"second): nothing was opened; try again in {max(1, round(wait + 0.5))} s"
         )[:200]})  # fmt: skip
+
+
+def _refused(answer: bytes) -> bool:
+    """Whether ``answer`` (a ``millicent.purchased``) refuses the purchase."""
+    try:
+        return bool(mc.PURCHASED_SCHEMA.decode(answer)["status"] == REFUSED)
+    except DecodeError:
+        return False
 
 
 def _refused_order_words(reason: str) -> str:
@@ -1234,6 +1266,7 @@ class BrokerServer:
             raise ValueError(f"open_burst >= 1 and open_rate_per_s > 0, got {open_burst} and {open_rate_per_s}")
         self.core = core
         self._opens = _OpenRate(open_burst, open_rate_per_s)
+        self._refusals = _OpenRate(REFUSAL_BURST, REFUSAL_RATE_PER_S)  # purchases refused per address
         self.clock = clock
         self.close_wait_s = close_wait_s
         self.vendor_timeout_s = vendor_timeout_s  # all the vendor calls of one purchase, together
@@ -1332,7 +1365,12 @@ class BrokerServer:
                 try:
                     try:
                         if msg.mtype == mc.PURCHASE.code:
-                            reply = msg.reply(mc.PURCHASED.code, await self._purchase(msg.param))
+                            at = conn.peer.address
+                            keep = not self._refusals.take(at, asyncio.get_running_loop().time())
+                            answer = await self._purchase(msg.param, keep_refusals=keep)
+                            if keep and not _refused(answer):  # only a refusal (stored) uses up the address's turn
+                                self._refusals.give_back(at)
+                            reply = msg.reply(mc.PURCHASED.code, answer)
                         else:
                             reply = await self._step(self.core.handle, msg, int(self.clock()))
                     except StoreError as exc:  # nothing of it was kept: say so in words, and go on
@@ -1350,7 +1388,7 @@ class BrokerServer:
         async with self._lock:
             return await asyncio.to_thread(fn, *args)
 
-    async def _purchase(self, param: bytes) -> bytes:
+    async def _purchase(self, param: bytes, *, keep_refusals: bool = True) -> bytes:
         """A purchase, carrying the vendor calls bulk mode needs (buy stock, then issue the customer's scrip).
 
         The calls are carried outside the lock: other requests are served meanwhile. All of one purchase's calls
@@ -1363,7 +1401,9 @@ class BrokerServer:
             "reachable): nothing more was debited; send the same purchase again (`cardnet millicent retry`)"
         )
         for _ in range(MAX_VENDOR_CALLS):
-            step = await self._step(self.core.begin_purchase, param, int(self.clock()))
+            step = await self._step(
+                functools.partial(self.core.begin_purchase, keep_refusals=keep_refusals), param, int(self.clock())
+            )
             if isinstance(step, bytes):
                 return step
             left = deadline - loop.time()
