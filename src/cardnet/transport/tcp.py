@@ -540,6 +540,7 @@ class TcpServer:
         self._refusal_logged_at = -1e9
         self._ended = 0  # connections ended since the last garbage collection (see _sweep)
         self._bad_frame_log = LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)  # its connections' bad frames
+        self._tls_failed_log = LogThrottle(BAD_FRAME_LOG_EVERY_S, BAD_FRAME_LOG_BURST)  # its failed TLS handshakes
         self._not_cardnet_peers: set[str] = set()  # peers whose non-cardnet bytes were logged (NOT_CARDNET_PEERS)
         self._large_frames = LargeFrames(server_limits)  # its connections' places for reading large frames
         self.refused = 0  # connections aborted at accept for being over a cap
@@ -664,7 +665,14 @@ class TcpServer:
                     if slot.writer.transport is None:
                         raise ConnectionResetError("the peer left during the TLS handshake")
                 except Exception as exc:  # a failed or timed-out handshake ends this connection only
-                    log.debug("%s: TLS handshake with %s failed: %s", self._what, slot.peer, exc)
+                    more = self._tls_failed_log.due(asyncio.get_running_loop().time())
+                    if more is not None:  # (an operator whose peer's certificate expired or came from another CA)
+                        log.warning(
+                            "%s: TLS handshake with %s failed (%s): a peer that is not a cardnet host with a "
+                            "certificate from this host's CA, valid now, or one that does not speak TLS; check that "
+                            "peer's [tls] config and certificate (cardnet ca host-cert)%s",
+                            self._what, slot.peer, str(exc) or type(exc).__name__, more,
+                        )  # fmt: skip
                     raw.abort()
                     # Python 3.11's StreamWriter.start_tls leaves no transport when the peer left mid-handshake,
                     # and the writer's __del__ then fails: give it back the raw one (aborted).
