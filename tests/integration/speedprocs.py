@@ -33,6 +33,10 @@ CATALOGUE = (  # product, price, floor, file
 MODULES = (
     *CLI_MODULES,
     "cardnet.cli.speed",
+    "cardnet.cli.speed_vendor",
+    "cardnet.cli.speed_broker",
+    "cardnet.cli.speed_purse",
+    "cardnet.cli.speed_purchase",
     "cardnet.services.speed.broker",
     "cardnet.services.speed.vendor",
     "cardnet.services.speed.customer",

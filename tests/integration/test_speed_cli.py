@@ -131,7 +131,7 @@ def test_a_purse_full_of_payments_under_way_says_which_commands_finish_them(net:
     buy = ["speed", "buy", "--socket", alice.host.socket, "--vendor", net.vendor.address, "--broker-cert",
            str(net.tmp / "broker.pem"), "--ca-cert", str(net.tmp / "ca.pem"), "--limit", "1.00 EUR", "--out", out,
            "--product", NEWS, "--aggressive"]  # fmt: skip
-    with forkhost.forker((*forkhost.HOST_MODULES, "cardnet.cli.speed")) as f:
+    with forkhost.forker((*forkhost.HOST_MODULES, "cardnet.cli.speed", "cardnet.cli.speed_purchase")) as f:
 
         def forked(*args: str) -> Any:  # `cardnet ... --json` as a fork of f: the same entry point, its own process
             code, stdout, stderr = f.run([*args, "--json"], {**os.environ, "CARDNET_PIN": PIN}, os.getcwd(), 120.0)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from cardnet.cli.main import cli
-from cardnet.cli.speed import HINTS, _amount
+from cardnet.cli.speed import HINTS
+from cardnet.cli.speed_broker import _amount
 
 
 def test_the_ca_option_names_the_command_that_makes_a_ca() -> None:

@@ -425,7 +425,7 @@ def wallet_show(target: Target, item: str | None, as_json: bool) -> None:
 
 
 def _print_overview(target: Target, got: dict[str, Any]) -> None:
-    from cardnet.cli.speed import balance_words
+    from cardnet.cli.speed_purse import balance_words
 
     purse = got["purse"]
     print_fields([("card", got["card"]), ("host", target.socket),

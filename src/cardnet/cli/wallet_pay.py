@@ -32,7 +32,7 @@ def pay_speed(target: Target, vendor_addr: str, products: tuple[str, ...], limit
               from_account: bool, broker: str | None, as_json: bool) -> None:  # fmt: skip
     """Buy products from a SPEED vendor: negotiate, receive them encrypted, pay, get the key with the receipt.
     They are written, with the receipt, to the wallet's purchases folder."""
-    from cardnet.cli.speed import purchase
+    from cardnet.cli.speed_purchase import purchase
     from cardnet.cli.wallet_buy import DEBITS_PENDING_HINT, broker_source, wrong_broker
 
     cfg = target.config
@@ -98,7 +98,8 @@ def pay_millicent(target: Target, vendor: str, address: str, product: str, price
 )
 def wallet_load(target: Target, amount: str, broker: str | None, account: str | None, as_json: bool) -> None:
     """Load your e-purse from your account at the broker (its key is fetched first, the first time)."""
-    from cardnet.cli.speed import LOAD_HINTS, _price, _run, balance_words, load_purse, purse_balances
+    from cardnet.cli.speed import _price, _run
+    from cardnet.cli.speed_purse import LOAD_HINTS, balance_words, load_purse, purse_balances
     from cardnet.cli.wallet_buy import broker_source
     from cardnet.services.speed.customer import install_key
 

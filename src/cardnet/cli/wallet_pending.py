@@ -20,7 +20,7 @@ RECOVER_EVERY_S = 1.0
 
 async def balances(wallet: Any) -> dict[str, Any] | None:
     """The e-purse's balances (None: this card has no e-purse)."""
-    from cardnet.cli.speed import purse_balances
+    from cardnet.cli.speed_purse import purse_balances
     from cardnet.services.wallet import WalletError
 
     try:
@@ -187,7 +187,8 @@ async def waiting_on(wallet: Any, who: str, uid: Any) -> str:
 
 async def recover_payments(wallet: Any, cfg: wallet_config.WalletConfig) -> list[dict[str, Any]]:
     """Finish e-purse loads, SPEED purchases and Millicent requests a crash interrupted; one row each."""
-    from cardnet.cli.speed import _pem_file, finish_journal, gone_words
+    from cardnet.cli.speed import _pem_file
+    from cardnet.cli.speed_purchase import finish_journal, gone_words
     from cardnet.services.millicent.wallet import WalletError as ScripError
     from cardnet.services.speed.customer import PurchaseError, finish_loads
 
