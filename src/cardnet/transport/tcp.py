@@ -545,6 +545,7 @@ class TcpServer:
         self._large_frames = LargeFrames(server_limits)  # its connections' places for reading large frames
         self.refused = 0  # connections aborted at accept for being over a cap
         self.expired = 0  # connections aborted by the handshake or idle timeout
+        self.evicted = 0  # idle connections closed to make room for a new one (see _make_room)
 
     async def start(
         self,
@@ -634,7 +635,7 @@ class TcpServer:
             limits = self._server_limits
             if (
                 self._handlers is None
-                or len(self._slots) >= limits.max_connections
+                or (len(self._slots) >= limits.max_connections and not self._make_room())
                 or (peer is not None and self._per_peer.get(peer, 0) >= limits.max_per_peer)
             ):
                 writer.transport.abort()  # at once: an over-cap connection holds nothing
@@ -685,7 +686,7 @@ class TcpServer:
             assert self._handlers is not None
             await self._handlers.run(slot.conn)
         finally:
-            self._slots.discard(slot)
+            self._release(slot)
             self._ended += 1
             if self._ended >= COLLECT_AFTER:
                 # A dead connection is a web of reference cycles (asyncio's protocol, transport and futures,
@@ -694,12 +695,44 @@ class TcpServer:
                 # without this, a flood's dead connections pile up far beyond max_connections.
                 self._ended = 0
                 gc.collect()
-            if slot.peer is not None:
-                n = self._per_peer.get(slot.peer, 0) - 1
-                if n > 0:
-                    self._per_peer[slot.peer] = n
-                else:
-                    self._per_peer.pop(slot.peer, None)
+
+    def _make_room(self) -> bool:
+        """The server is full: close the remote connection idle the longest, if it has been idle at least
+        ``handshake_timeout_s`` (a peer that sent a message and then only holds its place), to let a new one in;
+        whether one was closed. Without it, connections that each sent one message and then waited filled the server
+        for ``idle_timeout_s`` (600 s), every newcomer refused meanwhile."""
+        now = asyncio.get_running_loop().time()
+        idlest, since = None, now - self._server_limits.handshake_timeout_s
+        for slot in self._slots:
+            conn = slot.conn
+            if (
+                slot.peer is not None  # (a remote peer: the application socket's are this machine's own programs)
+                and conn is not None
+                and conn.got_frame
+                and conn.sending_since is None
+                and conn.frame_since is None
+            ):
+                waiting = conn.waiting_since
+                if waiting is not None and waiting <= since:
+                    idlest, since = slot, waiting
+        if idlest is None:
+            return False
+        self._release(idlest)  # (its handler ends on its own; it no longer counts)
+        self.evicted += 1
+        self._expire(idlest, f"the server was full and it was the longest idle ({now - since:.1f} s): made room")
+        return True
+
+    def _release(self, slot: _Slot) -> None:
+        """``slot`` no longer counts against the caps (once only)."""
+        if slot not in self._slots:
+            return
+        self._slots.discard(slot)
+        if slot.peer is not None:
+            n = self._per_peer.get(slot.peer, 0) - 1
+            if n > 0:
+                self._per_peer[slot.peer] = n
+            else:
+                self._per_peer.pop(slot.peer, None)
 
     def _refused(self, peer: str | None) -> None:
         self.refused += 1
