@@ -38,6 +38,7 @@ MODULES = (
     "cardnet.cli.speed_purse",
     "cardnet.cli.speed_purchase",
     "cardnet.services.speed.broker",
+    "cardnet.services.speed.broker_server",
     "cardnet.services.speed.vendor",
     "cardnet.services.speed.customer",
     "cardnet.applets.speed.purse",

@@ -19,6 +19,8 @@ from cardnet.host.local import LocalCard
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_server as sb_server
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import AsyncLocalCard, Customer, Pending, PurchaseError, install_key, load
 from cardnet.store import SqliteStore
@@ -67,8 +69,8 @@ def build(tmp: Path, ca: pki.CertificateAuthority, clock: Callable[[], float] = 
     personalise(sam_card, ca, pin=PIN, now=NOW, role=pki.Role.SERVICE, name="sam")
     sam = LocalCard(sam_card, PIN, clock=clock)
     bstore = SqliteStore(str(tmp / "broker.db"))
-    sb.init_broker(bstore, bkey, bcert, roots)
-    sb.add_vendor(bstore, "V-1", vcert)
+    sb_accounts.init_broker(bstore, bkey, bcert, roots)
+    sb_accounts.add_vendor(bstore, "V-1", vcert)
     broker = sb.BrokerCore(bstore, sam, clock=clock)
     vstore = SqliteStore(str(tmp / "vendor.db"))
     sv.init_vendor(vstore, vkey, vcert, roots, account="V-1", broker_cert=bcert)
@@ -79,7 +81,7 @@ def build(tmp: Path, ca: pki.CertificateAuthority, clock: Callable[[], float] = 
     ccard = Card(SqliteStore(str(tmp / "customer.db")), applets=[pa.PurseApplet(), co.ConductorApplet()])
     uid = personalise(ccard, ca, pin=PIN, now=NOW, name="alice")
     card = LocalCard(ccard, PIN, clock=clock)
-    sb.add_customer(bstore, "C-1", uid, sm.Price(EUR, 10_000))
+    sb_accounts.add_customer(bstore, "C-1", uid, sm.Price(EUR, 10_000))
     customer = Customer(AsyncLocalCard(card), card.certificate_der, roots, clock=clock)
     return World(ca, vendor, broker, customer, card, bcert)
 
@@ -95,8 +97,8 @@ def opened(tmp: Path, ca: pki.CertificateAuthority, clock: Callable[[], float] =
         w.broker.sam.close()
 
 
-async def serve(w: World) -> tuple[sv.VendorServer, sb.BrokerServer]:
-    vs, bs = sv.VendorServer(w.vendor), sb.BrokerServer(w.broker)
+async def serve(w: World) -> tuple[sv.VendorServer, sb_server.BrokerServer]:
+    vs, bs = sv.VendorServer(w.vendor), sb_server.BrokerServer(w.broker)
     vh, vp = await vs.start()
     bh, bp = await bs.start()
     w.vendor_addr, w.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"
@@ -104,7 +106,7 @@ async def serve(w: World) -> tuple[sv.VendorServer, sb.BrokerServer]:
 
 
 @contextlib.asynccontextmanager
-async def served(w: World) -> AsyncIterator[tuple[sv.VendorServer, sb.BrokerServer]]:
+async def served(w: World) -> AsyncIterator[tuple[sv.VendorServer, sb_server.BrokerServer]]:
     """:func:`serve`, closing both servers when the block ends."""
     vs, bs = await serve(w)
     try:

@@ -17,6 +17,9 @@ from speedworld import EUR, T0, World, authorised_and_debited, load_purse, opene
 from cardnet.applets.speed import sam as sa
 from cardnet.crypto import pki
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
+from cardnet.services.speed import broker_server as sb_server
+from cardnet.services.speed import stored as sb_stored
 from cardnet.services.speed.customer import Journal
 
 NEWS = "news-1 Today's paper"
@@ -28,7 +31,7 @@ def clock() -> float:
 
 
 def _auth(w: World) -> set[bytes]:
-    return {k for k, _ in sb.scan(w.broker.store, sb.AUTHORISED)}
+    return {k for k, _ in sb_stored.scan(w.broker.store, sb_records.AUTHORISED)}
 
 
 def test_a_settled_payments_record_goes_and_an_open_ones_stays_past_the_deadline(
@@ -51,26 +54,26 @@ def test_a_settled_payments_record_goes_and_an_open_ones_stays_past_the_deadline
                 NOW[0] = T0 + 3 * 86400  # days past both bills' deadlines
                 day = int(T0 // 86400)
                 broker = sb.BrokerCore(w.broker.store, w.broker.sam, clock=clock)
-                auth_row = sb.get(w.broker.store, sb.AUTHORISED, settled_poid)
+                auth_row = sb_stored.get(w.broker.store, sb_records.AUTHORISED, settled_poid)
                 assert broker.settle(day) == 1
                 assert _auth(w) == {open_poid}  # settlement dropped the finished payment's record
                 # as a broker before this rule left it: the record kept beside the settlement, which has no time
                 with w.broker.store.transaction() as txn:
-                    txn.put(sb.AUTHORISED, settled_poid, auth_row)
-                    rec = dict(sb._SETTLED.decode(txn.get(sb.SETTLED, settled_poid)))
+                    txn.put(sb_records.AUTHORISED, settled_poid, auth_row)
+                    rec = dict(sb_records._SETTLED.decode(txn.get(sb_records.SETTLED, settled_poid)))
                     del rec["taken"]
-                    txn.put(sb.SETTLED, settled_poid, sb._SETTLED.encode(rec))
+                    txn.put(sb_records.SETTLED, settled_poid, sb_records._SETTLED.encode(rec))
                 got: Any = broker.prune(keep_days=1)
                 assert day in got.days and got.authorisations_ended == 1
                 assert _auth(w) == {open_poid}  # the finished payment's record went, the open one's stays
-                [(_, raw)] = list(sb.scan(w.broker.store, sb.SETTLED))
-                assert sb._SETTLED.decode(raw)["taken"] == int(T0)  # its time kept
+                [(_, raw)] = list(sb_stored.scan(w.broker.store, sb_records.SETTLED))
+                assert sb_records._SETTLED.decode(raw)["taken"] == int(T0)  # its time kept
                 assert broker.end_settled_authorisations() == 0
                 assert broker.balances()["V-1"] == {EUR: 80}
 
                 # the customer comes back, days after the deadlines: both finished, each paid once
                 w.broker = broker
-                bs2 = sb.BrokerServer(broker, keep_days=None)
+                bs2 = sb_server.BrokerServer(broker, keep_days=None)
                 host, port = await bs2.start()
                 try:
                     done = await w.customer.recover(broker=f"{host}:{port}")

@@ -22,7 +22,7 @@ from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed.customer import Journal, Pending, PurchaseError
 from cardnet.services.speed.stored import get
 from cardnet.store import StoreError
@@ -44,7 +44,7 @@ def world(tmp_path: Path, ca: pki.CertificateAuthority) -> Iterator[World]:
 
 def fail_receipt_commits(db: Path, on: bool) -> None:
     """While ``on``, every transaction that appends to the broker's receipts log fails at its COMMIT."""
-    fail_commits(db, on, trigger="fail_receipts", table="log", when=f"NEW.name = '{sb.RECEIPTS}'")
+    fail_commits(db, on, trigger="fail_receipts", table="log", when=f"NEW.name = '{sb_records.RECEIPTS}'")
 
 
 async def agreed_not_paid(w: World) -> Pending:
@@ -94,15 +94,15 @@ def s3_msg(w: World, rec: Pending, poid: bytes, answer: Message) -> Message:
 
 
 def assert_not_paid(w: World, poid: bytes) -> None:
-    assert get(w.broker.store, sb.ORDERS, poid) is None
+    assert get(w.broker.store, sb_records.ORDERS, poid) is None
     assert w.broker.balances()["V-1"] == {}
     assert w.balance() == 1000 - PRICE  # the card made its proof of debit, once
     assert w.broker.sam_totals(DAY) == {EUR: PRICE}  # and the SAM logged it
 
 
 def assert_paid_once(w: World, poid: bytes) -> None:
-    raw = get(w.broker.store, sb.ORDERS, poid)
-    assert raw is not None and sb._ORDER.decode(raw)["state"] == "paid"
+    raw = get(w.broker.store, sb_records.ORDERS, poid)
+    assert raw is not None and sb_records._ORDER.decode(raw)["state"] == "paid"
     assert w.broker.balances()["V-1"] == {EUR: PRICE}
     assert w.balance() == 1000 - PRICE
     assert w.broker.sam_totals(DAY) == {EUR: PRICE}

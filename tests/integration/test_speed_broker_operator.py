@@ -20,8 +20,12 @@ from cardnet.crypto import pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_records as sb_records
+from cardnet.services.speed import broker_server as sb_server
+from cardnet.services.speed import broker_settlement as sb_settle
 from cardnet.services.speed import stored
+from cardnet.services.speed import stored as sb_stored
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Journal, PurchaseError, _Link
 
@@ -48,7 +52,7 @@ def _debit_the_broker_lost(w: World) -> bytes:
 def _lose_the_vendor_account(w: World) -> None:
     """The broker's store restored from a copy older than the vendor's account (or another broker's store)."""
     with w.broker.store.transaction() as txn:
-        txn.delete(sb.ACCOUNTS, b"V-1")
+        txn.delete(sb_records.ACCOUNTS, b"V-1")
 
 
 def _pem_of_vendor(w: World, tmp: Path) -> Path:
@@ -110,7 +114,7 @@ def test_payout_takes_from_a_vendors_account_never_more_than_it_holds(
     tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:
     with opened(tmp_path, ca) as w:
-        sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 500}, create=False)  # its sales
+        sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 500}, create=False)  # its sales
         store = ("--store", str(tmp_path / "broker.db"))
 
         assert "--amount" in cardnet("speed", "broker", "payout", "--help").stdout
@@ -119,7 +123,7 @@ def test_payout_takes_from_a_vendors_account_never_more_than_it_holds(
         assert got == {"account": "V-1", "paid_out": {EUR: 120}, "balances": {EUR: 380}}
         words = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "0.80 EUR").stdout
         assert "paid out 0.80 EUR from vendor account V-1; it holds 3.00 EUR" in words
-        assert sb.balances(w.broker.store)["V-1"] == {EUR: 300}  # durable: another process reads it
+        assert sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 300}  # durable: another process reads it
 
         for account, amount, reason, hint in (
             ("V-1", "3.01 EUR", "insufficient", "at most what the account holds"),
@@ -134,18 +138,18 @@ def test_payout_takes_from_a_vendors_account_never_more_than_it_holds(
             assert err["reason"] == reason and hint in err["hint"], err
         r = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.01 EUR", check=False)
         assert r.returncode == 2 and "holds 3.00 EUR, less than 3.01 EUR: nothing was taken" in r.stderr
-        assert sb.balances(w.broker.store)["V-1"] == {EUR: 300}  # nothing taken by a refused payout
-        assert sb.balances(w.broker.store)["C-1"] == {EUR: 10_000}
+        assert sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 300}  # nothing taken by a refused payout
+        assert sb_accounts.balances(w.broker.store)["C-1"] == {EUR: 10_000}
         # a currency paid out whole leaves the account: one of its 16 currencies freed (a held one may come in)
         many = {EUR: 300, **{c: 1 for c in ("USD", "GBP", "CHF", "JPY", "SEK", "NOK", "DKK", "PLN", "CZK", "HUF",
                                              "CAD", "AUD", "NZD", "SGD", "HKD")}}  # fmt: skip
-        sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, many, create=False)
+        sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, many, create=False)
         words = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.00 EUR").stdout
         assert "paid out 3.00 EUR from vendor account V-1" in words
-        assert sb.balances(w.broker.store)["V-1"] == {c: a for c, a in many.items() if c != EUR}
-        sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 300}, create=False)
+        assert sb_accounts.balances(w.broker.store)["V-1"] == {c: a for c, a in many.items() if c != EUR}
+        sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 300}, create=False)
         words = cardnet("speed", "broker", "payout", *store, "--account", "V-1", "--amount", "3.00 EUR").stdout
-        assert "it holds nothing" in words and sb.balances(w.broker.store)["V-1"] == {}
+        assert "it holds nothing" in words and sb_accounts.balances(w.broker.store)["V-1"] == {}
 
 
 def test_settlement_reads_the_held_credits_alone(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
@@ -153,7 +157,7 @@ def test_settlement_reads_the_held_credits_alone(tmp_path: Path, ca: pki.Certifi
         w.customer.journal = Journal(tmp_path / "journal")
         poid = _debit_the_broker_lost(w)
         day = int(T0 // sa.DAY_S)
-        assert w.broker.settle(day) == 1 and sb.held(w.broker.store) == []  # settled, credited: nothing held
+        assert w.broker.settle(day) == 1 and sb_settle.held(w.broker.store) == []  # settled, credited: nothing held
         statements: list[str] = []
         w.broker.store._c.set_trace_callback(statements.append)  # type: ignore[attr-defined]
         try:
@@ -163,7 +167,7 @@ def test_settlement_reads_the_held_credits_alone(tmp_path: Path, ca: pki.Certifi
         scans = [s for s in statements if "'sb.settled'" in s and "AND k=" not in s]
         assert scans == [], scans  # no scan of every settled debit (it grows with every one, never pruned)
         # the register still answers the settled one (a returning customer's receipt and certificate time)
-        assert sb.get(w.broker.store, sb.SETTLED, poid) is not None
+        assert sb_stored.get(w.broker.store, sb_records.SETTLED, poid) is not None
 
 
 # --- a complaint's refund ------------------------------------------------------------------------------------------
@@ -210,29 +214,29 @@ def test_a_refund_of_a_sale_whose_credit_is_held_comes_from_that_credit(
                 w.broker.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=s3)  # ... and the broker stops here
                 await bs.aclose()
                 full = pp.MAX_AMOUNT - 10  # the vendor's sales filled its account meanwhile
-                sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: full}, create=False)
-                assert w.broker.settle(int(T0 // sa.DAY_S)) == 1 and len(sb.held(w.broker.store)) == 1
+                sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: full}, create=False)
+                assert w.broker.settle(int(T0 // sa.DAY_S)) == 1 and len(sb_settle.held(w.broker.store)) == 1
 
-                bs = sb.BrokerServer(w.broker)  # the customer comes back: the receipt (the credit still held)
+                bs = sb_server.BrokerServer(w.broker)  # the customer comes back: the receipt (the credit still held)
                 host, port = await bs.start()
                 w.broker_addr = rec.broker = f"{host}:{port}"
                 w.customer.journal.save(rec)
                 [done] = await w.customer.recover()
                 assert done.contents == [b"a cheap copy"]
-                customer = sb.balances(w.broker.store)["C-1"][EUR]
+                customer = sb_accounts.balances(w.broker.store)["C-1"][EUR]
 
                 verdict = await _complain(w, poid, done.contents)
                 assert verdict["upheld"] and verdict["refund"] == 300
-                after = sb.balances(w.broker.store)
+                after = sb_accounts.balances(w.broker.store)
                 assert after["V-1"] == {EUR: full}  # the vendor's account never got that money: nothing taken
-                assert after["C-1"] == {EUR: customer + 300} and sb.held(w.broker.store) == []
+                assert after["C-1"] == {EUR: customer + 300} and sb_settle.held(w.broker.store) == []
                 assert w.broker.settle(int(T0 // sa.DAY_S)) == 0  # and the refunded credit is never credited
-                sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 0}, create=False)  # room now
+                sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: 0}, create=False)  # room now
                 assert w.broker.settle(int(T0 // sa.DAY_S)) == 0
-                assert sb.balances(w.broker.store)["V-1"] == {EUR: 0}
+                assert sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 0}
                 again = await _complain(w, poid, done.contents)  # upheld once: nothing more
                 assert again["upheld"] and again["refund"] == 0
-                assert sb.balances(w.broker.store)["C-1"] == {EUR: customer + 300}
+                assert sb_accounts.balances(w.broker.store)["C-1"] == {EUR: customer + 300}
             finally:
                 await vs.aclose()
                 await bs.aclose()
@@ -252,32 +256,32 @@ def test_a_refund_the_vendors_account_cannot_pay_now_is_refused_in_words_and_pai
                 await load_purse(w, 1000)
                 got = await w.customer.buy(w.vendor_addr, w.broker_addr, [CD], broker_cert=w.broker_cert,
                                            limit=sm.Price(EUR, 300))  # fmt: skip
-                assert sb.balances(w.broker.store)["V-1"] == {EUR: 300}
+                assert sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 300}
                 cardnet("speed", "broker", "payout", "--store", str(tmp_path / "broker.db"), "--account", "V-1",
                         "--amount", "3.00 EUR")  # fmt: skip
-                before = sb.balances(w.broker.store)
+                before = sb_accounts.balances(w.broker.store)
                 with pytest.raises(PurchaseError) as e:
                     await _complain(w, got.poid, got.contents)
                 assert e.value.reason == "refund_unfunded"
                 assert "upheld" in str(e.value) and "holds less than the 3.00 EUR to refund" in str(e.value)
                 assert "0.00" not in str(e.value)  # the vendor's balance is not the customer's business
                 assert "nothing was refunded" in str(e.value)
-                assert sb.balances(w.broker.store) == before  # no account below what it holds
+                assert sb_accounts.balances(w.broker.store) == before  # no account below what it holds
 
                 # a customer's account that cannot take the refund: refused in words, nothing changed either
-                owner = sb._ACCOUNT.decode(sb.get(w.broker.store, sb.ACCOUNTS, b"C-1"))["owner"]
-                sb._put_account(w.broker.store, "C-1", owner, {EUR: pp.MAX_AMOUNT - 100}, create=False)
+                owner = sb_records._ACCOUNT.decode(sb_stored.get(w.broker.store, sb_records.ACCOUNTS, b"C-1"))["owner"]
+                sb_accounts._put_account(w.broker.store, "C-1", owner, {EUR: pp.MAX_AMOUNT - 100}, create=False)
                 await w.customer.buy(w.vendor_addr, w.broker_addr, [CD], broker_cert=w.broker_cert,
                                      limit=sm.Price(EUR, 300))  # fmt: skip  # the vendor's next sale: 3.00 EUR
                 with pytest.raises(PurchaseError) as e:
                     await _complain(w, got.poid, got.contents)
                 assert e.value.reason == "refund_account_full" and "another of your accounts" in str(e.value)
-                assert sb.balances(w.broker.store)["V-1"] == {EUR: 300}
+                assert sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 300}
 
-                sb._put_account(w.broker.store, "C-1", owner, {EUR: 0}, create=False)
+                sb_accounts._put_account(w.broker.store, "C-1", owner, {EUR: 0}, create=False)
                 verdict = await _complain(w, got.poid, got.contents)  # sent again: paid now
                 assert verdict["upheld"] and verdict["refund"] == 300
-                assert sb.balances(w.broker.store) == {**before, "V-1": {EUR: 0}, "C-1": {EUR: 300}}
+                assert sb_accounts.balances(w.broker.store) == {**before, "V-1": {EUR: 0}, "C-1": {EUR: 300}}
             finally:
                 await vs.aclose()
                 await bs.aclose()

@@ -23,7 +23,7 @@ from cardnet.crypto import pki
 from cardnet.host.errors import HostError
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed.customer import Journal
 from cardnet.services.speed.stored import get
 from cardnet.store import StoreError
@@ -101,8 +101,8 @@ def test_the_broker_settles_and_prunes_a_day_and_every_payment_stays_paid_once(w
             # the lost payment's proof again: its receipt, from the register (the SAM pruned its debit)
             receipt = fr.RECEIPT.parse(w.broker.handle(s3))["sealed"]
             assert fr.RECEIPT.parse(w.broker.handle(s3))["sealed"] == receipt
-            raw = get(w.broker.store, sb.ORDERS, poid)
-            assert raw is not None and sb._ORDER.decode(raw)["state"] == "paid"
+            raw = get(w.broker.store, sb_records.ORDERS, poid)
+            assert raw is not None and sb_records._ORDER.decode(raw)["state"] == "paid"
             # the customer's recovery of it, and the first purchase's payment order again: receipts, no payment
             rec.broker = w.broker_addr
             w.customer.journal.save(rec)  # type: ignore[union-attr]
@@ -146,7 +146,7 @@ def test_the_broker_keeps_the_days_it_is_told_to_and_never_prunes_what_an_open_p
         got = w.broker.prune(keep_days=2)  # day 0 ended two days ago: it is kept
         assert (got.days, got.entries, got.open) == ([], 0, 1)
         assert sam_days(w)["days"] == [DAY]
-        with pytest.raises(sb.BrokerError):
+        with pytest.raises(sb_records.BrokerError):
             w.broker.prune(keep_days=0)  # yesterday is still settled: never pruned
         clock.now += sa.DAY_S
         got = w.broker.prune(keep_days=2)

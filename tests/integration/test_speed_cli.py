@@ -210,13 +210,14 @@ def test_an_operator_tops_up_a_customer_account_while_the_broker_runs(net: Speed
 
 def _set_vendor_balance(net: SpeedNet, minor: int) -> None:
     """The operator's side of the broker's store: V-1 holds ``minor`` EUR (as months of sales would make it)."""
-    from cardnet.services.speed import broker as sb
+    from cardnet.services.speed import broker_accounts as sb_accounts
+    from cardnet.services.speed import broker_records as sb_records
     from cardnet.store import open_store
 
     store = open_store(f"sqlite:///{net.tmp / 'broker.db'}", kind="speed-broker", create=False)
     with store.transaction() as txn:
-        owner = sb._ACCOUNT.decode(txn.get(sb.ACCOUNTS, b"V-1"))["owner"]
-        sb._put_txn(txn, "V-1", owner, {"EUR": minor})
+        owner = sb_records._ACCOUNT.decode(txn.get(sb_records.ACCOUNTS, b"V-1"))["owner"]
+        sb_accounts._put_txn(txn, "V-1", owner, {"EUR": minor})
     store.close()
 
 

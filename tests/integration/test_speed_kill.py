@@ -28,7 +28,7 @@ from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
 from cardnet.errors import CardnetError
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed.customer import Customer, Journal, PurchaseError
 from cardnet.services.speed.vendor import open_receipt
 from cardnet.services.wallet import Wallet
@@ -158,7 +158,7 @@ def test_sigkill_at_random_points_of_purchases(net: SpeedNet, victim: str) -> No
         store = SqliteStore(str(net.tmp / "broker.db"))
         try:
             with store.transaction() as txn:
-                paid = [k for k, v in txn.scan(sb.ORDERS) if sb._ORDER.decode(v)["state"] == "paid"]
+                paid = [k for k, v in txn.scan(sb_records.ORDERS) if sb_records._ORDER.decode(v)["state"] == "paid"]
         finally:
             store.close()
         assert sorted(paid) == sorted(receipts), "the broker's paid orders are not the customer's receipts"

@@ -103,6 +103,7 @@ def test_a_debit_the_broker_lost_is_settled_from_the_sams_log_and_the_customer_s
     from cardnet.applets.speed import sam as sa
     from cardnet.protocols.speed import frames as fr
     from cardnet.services.speed import broker as sb
+    from cardnet.services.speed import broker_server as sb_server
     from cardnet.services.speed.customer import Journal
     from cardnet.wire import Uid
 
@@ -135,7 +136,7 @@ def test_a_debit_the_broker_lost_is_settled_from_the_sams_log_and_the_customer_s
             assert restarted.balances()["V-1"] == {EUR: 80} == restarted.sam_totals(day)
             w.broker = restarted
             await bs.aclose()
-            bs2 = sb.BrokerServer(restarted)
+            bs2 = sb_server.BrokerServer(restarted)
             host, port = await bs2.start()
             rec.broker = f"{host}:{port}"
             w.customer.journal.save(rec)

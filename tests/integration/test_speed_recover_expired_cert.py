@@ -21,12 +21,12 @@ from speedprocs import NEWS, SONG, add_catalogue, build, buy_losing_s3
 
 from cardnet.cli.speed import JOURNAL
 from cardnet.crypto import pki
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Journal
 
 LEFT_S = 20  # the certificate expires this long after it is issued
-STORES = {"broker": ("broker.db", "speed-broker", sb.CFG), "vendor": ("vendor.db", "speed-vendor", sv.CFG)}
+STORES = {"broker": ("broker.db", "speed-broker", sb_records.CFG), "vendor": ("vendor.db", "speed-vendor", sv.CFG)}
 
 
 @pytest.mark.parametrize("expiring", ["broker", "vendor"])

@@ -21,7 +21,7 @@ from speedprocs import NEWS, add_catalogue, build, run
 
 from cardnet.cli.speed import JOURNAL
 from cardnet.crypto import pki
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Journal
 from cardnet.services.speed.stored import get
@@ -71,6 +71,6 @@ def test_recover_drops_a_purchase_the_broker_never_took_before_its_deadline_and_
     store = open_store("sqlite:///" + str(tmp_path / "broker.db"), kind="speed-broker", create=False)
     try:
         poid = sv.sm.decode(sv.sm.BILL, sv.sm.signed(rec.bill, "bill").content, "bill")["poid"]
-        assert get(store, sb.LATE, poid) is not None
+        assert get(store, sb_records.LATE, poid) is not None
     finally:
         store.close()

@@ -24,7 +24,7 @@ from cardnet.bench.ticketnet import EVENT, TicketNet
 from cardnet.crypto import pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_server as sb_server
 from cardnet.services.speed import vendor as sv
 from cardnet.services.ticketing.buyer import buy_ticket
 from cardnet.transport import DEFAULT_MAX_FRAME, FrameDecoder, ServerLimits, encode_frame
@@ -102,7 +102,7 @@ def test_the_limits_are_the_largest_requests_the_schemas_allow() -> None:
     assert biggest.size == fr.VENDOR_MAX_REQUEST == sv.RECV_LIMIT.largest == 24_714
     assert fr.HANDSHAKE.make(ME, THEM, nid=nid, sealed=sealed).size < fr.VENDOR_MAX_REQUEST
     order = fr.ORDER.make(ME, THEM, sealed=sealed)
-    assert order.size == fr.BROKER_MAX_REQUEST == sb.RECV_LIMIT.max_frame == 24_696
+    assert order.size == fr.BROKER_MAX_REQUEST == sb_server.RECV_LIMIT.max_frame == 24_696
     # a complaint at MAX_PRODUCTS entries and contents of MAX_COMPLAINT_BYTES in all
     per = sm.MAX_COMPLAINT_BYTES // sm.MAX_PRODUCTS
     complaint = fr.COMPLAINT.make(
@@ -110,7 +110,7 @@ def test_the_limits_are_the_largest_requests_the_schemas_allow() -> None:
         entries=[b"e" * sm.MAX_SIGNED] * sm.MAX_PRODUCTS, contents=[b"c" * per] * sm.MAX_PRODUCTS,
         refund_to="\U0001f3b5" * (sm.MAX_ACCOUNT // 4),
     )  # fmt: skip
-    assert complaint.size <= fr.BROKER_MAX_COMPLAINT == sb.RECV_LIMIT.for_mtype(fr.COMPLAINT.code) == 12_718_407
+    assert complaint.size <= fr.BROKER_MAX_COMPLAINT == sb_server.RECV_LIMIT.for_mtype(fr.COMPLAINT.code) == 12_718_407
     assert fr.BROKER_MAX_COMPLAINT < DEFAULT_MAX_FRAME
 
 
@@ -118,7 +118,7 @@ def test_the_limits_are_the_largest_requests_the_schemas_allow() -> None:
 def test_every_request_a_service_answers_fits_its_limit(world: World, role: str) -> None:
     # every registered mtype a service does not refuse as not its own (bad_request) fits its receive limit whole
     answer = world.vendor.frames if role == "vendor" else (lambda m: [world.broker.handle(m)])
-    limit = sv.RECV_LIMIT if role == "vendor" else sb.RECV_LIMIT
+    limit = sv.RECV_LIMIT if role == "vendor" else sb_server.RECV_LIMIT
     takes = fr.VENDOR_REQUESTS if role == "vendor" else fr.BROKER_REQUESTS
     answered = []
     for mtype in all_mtypes():

@@ -24,6 +24,9 @@ from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_server as sb_server
+from cardnet.services.speed import broker_settlement as sb_settle
 from cardnet.services.speed.customer import Journal, PurchaseError
 from cardnet.wire import Uid
 
@@ -32,7 +35,7 @@ NEWS = "news-1 Today's paper"
 
 def _fill_vendor_account(w: World, amount: int) -> None:
     """The vendor's sales filled its account up to ``amount``: its balance set in the broker's store."""
-    sb._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: amount}, create=False)
+    sb_accounts._put_account(w.broker.store, "V-1", w.vendor.vendor_id, {EUR: amount}, create=False)
 
 
 def test_a_settled_debit_the_vendors_account_cannot_take_is_held_then_credited_once(
@@ -69,7 +72,7 @@ def test_a_settled_debit_the_vendors_account_cannot_take_is_held_then_credited_o
                     assert restarted.settle(day) == 1  # settled from the SAM's log, its credit held
                 assert "held its credit" in caplog.text and "V-1" in caplog.text
                 assert restarted.balances()["V-1"] == {EUR: pp.MAX_AMOUNT - 10}  # not wrapped, not past the cap
-                [h] = sb.held(restarted.store)
+                [h] = sb_settle.held(restarted.store)
                 assert (h["account"], h["currency"], h["amount"], h["day"]) == ("V-1", EUR, 80, day)
                 poid = sm.decode(sm.BILL, sm.signed(rec.bill, "bill").content, "bill")["poid"]
                 assert h["poid"] == poid.hex() and "cannot take" in h["why"]
@@ -84,20 +87,20 @@ def test_a_settled_debit_the_vendors_account_cannot_take_is_held_then_credited_o
                 # a broker restarted again settles nothing twice; the account still has no room: still held
                 again = sb.BrokerCore(w.broker.store, w.broker.sam, clock=w.broker.clock)
                 assert again.settle(day) == 0
-                assert again.balances()["V-1"] == {EUR: pp.MAX_AMOUNT - 10} and len(sb.held(again.store)) == 1
+                assert again.balances()["V-1"] == {EUR: pp.MAX_AMOUNT - 10} and len(sb_settle.held(again.store)) == 1
 
                 # the operator pays the account out: the next settlement credits the held 0.80 EUR, once
                 whole = sm.format_amount(pp.MAX_AMOUNT - 10, EUR)
                 cardnet("speed", "broker", "payout", "--store", str(tmp_path / "broker.db"), "--account", "V-1",
                         "--amount", whole)  # fmt: skip
-                assert again.balances()["V-1"] == {} and len(sb.held(again.store)) == 1
+                assert again.balances()["V-1"] == {} and len(sb_settle.held(again.store)) == 1
                 assert again.settle(day) == 0
-                assert again.balances()["V-1"] == {EUR: 80} and sb.held(again.store) == []
+                assert again.balances()["V-1"] == {EUR: 80} and sb_settle.held(again.store) == []
                 assert again.settle(day) == 0 and again.balances()["V-1"] == {EUR: 80}
 
                 # the customer comes back: the receipt, and the vendor is not credited twice
                 w.broker = again
-                bs2 = sb.BrokerServer(again)
+                bs2 = sb_server.BrokerServer(again)
                 host, port = await bs2.start()
                 rec.broker = f"{host}:{port}"
                 w.customer.journal.save(rec)

@@ -22,6 +22,9 @@ from cardnet.crypto import pki
 from cardnet.crypto.errors import PkiError
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
+from cardnet.services.speed import broker_server as sb_server
+from cardnet.services.speed import stored as sb_stored
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Journal
 from cardnet.services.speed.stored import Identity
@@ -64,19 +67,19 @@ def test_a_settled_debit_gets_its_receipt_after_the_vendors_certificate_expired(
                 await bs.aclose()
                 broker = sb.BrokerCore(w.broker.store, w.broker.sam, clock=clock)
                 assert broker.settle(int(T0 // 86400)) == 1 and broker.balances()["V-1"] == {EUR: 80}
-                settled = dict(sb._SETTLED.decode(sb.get(broker.store, sb.SETTLED, poid)))
+                settled = dict(sb_records._SETTLED.decode(sb_stored.get(broker.store, sb_records.SETTLED, poid)))
                 assert settled["taken"] == int(T0)
                 if record == "deadline":  # as a broker before sb.settled.taken wrote it: the bill's deadline is used
                     del settled["taken"]
                     with broker.store.transaction() as txn:
-                        txn.put(sb.SETTLED, poid, sb._SETTLED.encode(settled))
+                        txn.put(sb_records.SETTLED, poid, sb_records._SETTLED.encode(settled))
 
                 NOW[0] = T0 + 2 * 86400  # past the bill's deadline and the vendor's certificate
                 with pytest.raises(PkiError) as expired:
                     pki.verified(cert, broker.roots, now=clock(), role=pki.Role.SERVICE)
                 assert expired.value.reason == "expired"
 
-                bs2 = sb.BrokerServer(broker, keep_days=None)
+                bs2 = sb_server.BrokerServer(broker, keep_days=None)
                 host, port = await bs2.start()
                 try:
                     [done] = await w.customer.recover(broker=f"{host}:{port}")

@@ -25,6 +25,8 @@ from cardnet.applets.speed import purse as pa
 from cardnet.crypto import pki
 from cardnet.protocols.speed import frames as fr
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
+from cardnet.services.speed import broker_server as sb_server
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import AsyncLocalCard, Journal, end_debits
 from cardnet.services.speed.stored import get
@@ -48,7 +50,7 @@ def test_an_s2_that_never_left_the_broker_ends_on_the_card_after_the_deadline(
                 await load_purse(w, 1000)
                 rec = await agreed_not_paid(w)
                 poid, order = order_msg(w, rec)  # the card's debit under way (its S1)
-                fail_commits(db, True, trigger="fail_auth", table="kv", when=f"NEW.tbl = '{sb.AUTHORISED}'")
+                fail_commits(db, True, trigger="fail_auth", table="kv", when=f"NEW.tbl = '{sb_records.AUTHORISED}'")
                 conn = await dial(*host_port(w.broker_addr))
                 try:
                     await conn.send(order)
@@ -59,11 +61,11 @@ def test_an_s2_that_never_left_the_broker_ends_on_the_card_after_the_deadline(
                 fail_commits(db, False, trigger="fail_auth", table="kv", when="")
             finally:
                 await bs.aclose()
-            assert get(w.broker.store, sb.AUTHORISED, poid) is None
+            assert get(w.broker.store, sb_records.AUTHORISED, poid) is None
             # the broker restarts (nothing of the order in its memory); the customer comes back after the deadline
             w.broker = sb.BrokerCore(w.broker.store, w.broker.sam, clock=lambda: now[0])
             now[0] = T0 + DEADLINE_S + 1
-            bs = sb.BrokerServer(w.broker)
+            bs = sb_server.BrokerServer(w.broker)
             h, p = await bs.start()
             w.broker_addr = f"{h}:{p}"
             try:

@@ -19,6 +19,8 @@ from cardnet.applets.speed import sam as sa
 from cardnet.crypto import pki
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Journal
 from cardnet.wire import Uid
@@ -45,7 +47,7 @@ def _account_reads(w: World, fn: Callable[[], T]) -> tuple[T, list[str]]:
 
 def _customers(w: World, n: int) -> None:
     for i in range(n):
-        sb.add_customer(w.broker.store, f"C-extra-{i:04d}", Uid(i.to_bytes(12, "big"), 0), sm.Price(EUR, 100))
+        sb_accounts.add_customer(w.broker.store, f"C-extra-{i:04d}", Uid(i.to_bytes(12, "big"), 0), sm.Price(EUR, 100))
 
 
 def test_a_vendors_account_is_found_by_key_whatever_the_number_of_accounts(
@@ -99,7 +101,7 @@ def test_settlement_finds_the_vendors_account_by_key(tmp_path: Path, ca: pki.Cer
         asyncio.run(lost())
         _customers(w, 400)
         settled, reads = _account_reads(w, lambda: w.broker.settle(int(T0 // sa.DAY_S)))
-        assert settled == 1 and sb.balances(w.broker.store)["V-1"] == {EUR: 80}
+        assert settled == 1 and sb_accounts.balances(w.broker.store)["V-1"] == {EUR: 80}
         assert reads and all("AND k=" in s for s in reads), reads  # each a read by key: no scan of 402 accounts
         assert len(reads) <= 3, reads  # the index, the account it names (twice: found, then credited)
 
@@ -110,27 +112,29 @@ def test_a_store_made_before_the_index_is_indexed_once_with_the_same_answers(
     """A broker's store from before the index: the broker indexes it when it starts (one read of every account,
     once), and names the account a scan named, the least of a vendor's; a vendor with no account has none."""
     with opened(tmp_path, ca) as w:
-        sb.add_vendor(w.broker.store, "V-0", w.vendor.cert)  # a second account of the vendor, less than V-1
+        sb_accounts.add_vendor(w.broker.store, "V-0", w.vendor.cert)  # a second account of the vendor, less than V-1
         _, cert2 = service(ca, "vendor-2")
-        sb.add_vendor(w.broker.store, "W-1", cert2)
+        sb_accounts.add_vendor(w.broker.store, "W-1", cert2)
         vid, vid2 = w.vendor.vendor_id, sm.vendor_id(cert2)
         with w.broker.store.transaction() as txn:
-            assert sb.BrokerCore._vendor_account(txn, vid) == "V-0"
-            for k, _ in txn.scan(sb.VENDORS):  # the store as a broker before the index left it
-                txn.delete(sb.VENDORS, k)
-            txn.delete(sb.CFG, sb.VENDOR_INDEX)
-            assert sb.BrokerCore._vendor_account(txn, vid) is None
+            assert sb_accounts._vendor_account(txn, vid) == "V-0"
+            for k, _ in txn.scan(sb_records.VENDORS):  # the store as a broker before the index left it
+                txn.delete(sb_records.VENDORS, k)
+            txn.delete(sb_records.CFG, sb_records.VENDOR_INDEX)
+            assert sb_accounts._vendor_account(txn, vid) is None
         again = sb.BrokerCore(w.broker.store, w.broker.sam, clock=clock)
-        assert sb.index_vendors(w.broker.store) == 0  # complete: never read again
+        assert sb_accounts.index_vendors(w.broker.store) == 0  # complete: never read again
         with again.store.transaction() as txn:
-            assert sb.BrokerCore._vendor_account(txn, vid) == "V-0"
-            assert sb.BrokerCore._vendor_account(txn, vid2) == "W-1"
-            assert sb.BrokerCore._vendor_account(txn, sm.vendor_id(service(ca, "nobody")[1])) is None
-            txn.delete(sb.ACCOUNTS, b"V-0")  # its account gone (an operator's hand): the index names none
-            assert sb.BrokerCore._vendor_account(txn, vid) is None
-        sb.add_vendor(w.broker.store, "V-2", w.vendor.cert)  # a later account of it is indexed (the lesser is gone)
+            assert sb_accounts._vendor_account(txn, vid) == "V-0"
+            assert sb_accounts._vendor_account(txn, vid2) == "W-1"
+            assert sb_accounts._vendor_account(txn, sm.vendor_id(service(ca, "nobody")[1])) is None
+            txn.delete(sb_records.ACCOUNTS, b"V-0")  # its account gone (an operator's hand): the index names none
+            assert sb_accounts._vendor_account(txn, vid) is None
+        sb_accounts.add_vendor(
+            w.broker.store, "V-2", w.vendor.cert
+        )  # a later account of it is indexed (the lesser is gone)
         with again.store.transaction() as txn:
-            assert sb.BrokerCore._vendor_account(txn, vid) == "V-2"
-        sb.add_vendor(w.broker.store, "V-3", w.vendor.cert)  # a greater one leaves the lesser named
+            assert sb_accounts._vendor_account(txn, vid) == "V-2"
+        sb_accounts.add_vendor(w.broker.store, "V-3", w.vendor.cert)  # a greater one leaves the lesser named
         with again.store.transaction() as txn:
-            assert sb.BrokerCore._vendor_account(txn, vid) == "V-2"
+            assert sb_accounts._vendor_account(txn, vid) == "V-2"

@@ -19,6 +19,7 @@ from cardnet.crypto import cms, pki, profile
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import PurchaseError, _Link
 from cardnet.store import SqliteStore
@@ -32,7 +33,7 @@ NOBODY = Uid(b"\x00" * 12, 0)
 
 def _second_vendor(w: World, tmp: Path) -> sv.VendorCore:
     key, cert = service(w.ca, "vendor-2")
-    sb.add_vendor(w.broker.store, "V-2", cert)
+    sb_accounts.add_vendor(w.broker.store, "V-2", cert)
     store = SqliteStore(str(tmp / "vendor2.db"))
     sv.init_vendor(store, key, cert, [pki.cert_to_der(w.ca.certificate)], account="V-2", broker_cert=w.broker_cert)
     sv.add_product(store, NEWS, sm.Price(EUR, 80), b"the other paper" * 10)

@@ -20,7 +20,7 @@ from expiring import recertify, wait_until_expired
 
 from cardnet.bench.ticketnet import EVENT, PRICE, TicketNet
 from cardnet.protocols.speed import messages as sm
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import Customer
 from cardnet.services.ticketing.buyer import receipt_header, receive_ticket
@@ -32,7 +32,9 @@ LEFT_S = 20  # the broker's certificate expires this long after it is issued
 def _short_lived_broker_cert(net: TicketNet) -> float:
     """Certify the broker's key again, valid until ``LEFT_S`` from now, in the broker's and the vendor's stores; when
     it expires (Unix time)."""
-    der, expires = recertify(net.tmp / "ca.cnca", net.tmp / "broker.db", "speed-broker", sb.CFG, "broker", LEFT_S)
+    der, expires = recertify(
+        net.tmp / "ca.cnca", net.tmp / "broker.db", "speed-broker", sb_records.CFG, "broker", LEFT_S
+    )
     vstore = open_store("sqlite:///" + str(net.tmp / "tickets.db"), kind="speed-vendor", create=False)
     try:
         with vstore.transaction() as txn:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.sim.runner import HEAL_S, SAFETY_S
 from cardnet.sim.speed import VENDOR_ACCOUNT, SpeedScenario
 from cardnet.sim.world import World, plan_for
@@ -58,7 +58,7 @@ def test_a_check_after_an_event_that_left_the_stores_alone_reads_none_of_them_an
     assert (len(scans), _CountedMem.reads) == (0, 0), "the check read stores that had not changed"
 
     with sc.broker.store.transaction() as txn:  # the vendor's account goes (as a broken broker's write would do)
-        txn.delete(sb.ACCOUNTS, VENDOR_ACCOUNT.encode())
+        txn.delete(sb_records.ACCOUNTS, VENDOR_ACCOUNT.encode())
     scans.clear()
     sc.changed = True
     assert any("the vendor's account holds None" in bad for bad in sc.check(w, False))

@@ -51,6 +51,8 @@ from cardnet.errors import CardnetError
 from cardnet.host.local import LocalCard
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_server as sb_server
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import AsyncLocalCard, Customer, install_key, load
 from cardnet.store import SqliteStore
@@ -90,8 +92,8 @@ class Net:
         LocalCard(sam, PIN).ask(sa.INIT, sa.READY)
         self.sam_card = sam
         bstore = SqliteStore(str(tmp / "broker.db"))
-        sb.init_broker(bstore, bkey, self.broker_cert, self.roots)
-        sb.add_vendor(bstore, "V-1", self.vendor_cert)
+        sb_accounts.init_broker(bstore, bkey, self.broker_cert, self.roots)
+        sb_accounts.add_vendor(bstore, "V-1", self.vendor_cert)
         vstore = SqliteStore(str(tmp / "vendor.db"))
         sv.init_vendor(vstore, vkey, self.vendor_cert, self.roots, account="V-1", broker_cert=self.broker_cert)
         sv.add_product(vstore, SMALL, sm.Price("EUR", 1), os.urandom(16))
@@ -101,7 +103,7 @@ class Net:
         for i in range(customers):
             card = Card(SqliteStore(str(tmp / f"c{i}.db")), applets=[pa.PurseApplet(), co.ConductorApplet()])
             uid = personalise(card, self.ca, pin=PIN, now=now, name=f"c{i}")
-            sb.add_customer(bstore, f"C-{i}", uid, sm.Price("EUR", 10**12))
+            sb_accounts.add_customer(bstore, f"C-{i}", uid, sm.Price("EUR", 10**12))
             self.cards.append(LocalCard(card, PIN))
         self.stores = (bstore, vstore)
         self._customers: dict[int, Customer] = {}
@@ -161,7 +163,7 @@ async def purchase_rig(net: Net, mode: str) -> AsyncIterator[Callable[[], Awaita
     checked once, connections open): yields ``buy()``, one purchase of the small product in ``mode``."""
     vs = sv.VendorServer(sv.VendorCore(net.stores[1], clock=time.time))
     sam = LocalCard(net.sam_card, PIN)
-    bs = sb.BrokerServer(sb.BrokerCore(net.stores[0], sam, clock=time.time))
+    bs = sb_server.BrokerServer(sb.BrokerCore(net.stores[0], sam, clock=time.time))
     vh, vp = await vs.start()
     bh, bp = await bs.start()
     net.vendor_addr, net.broker_addr = f"{vh}:{vp}", f"{bh}:{bp}"

@@ -47,6 +47,8 @@ from cardnet.host.local import LocalCard
 from cardnet.host.server import HostServer
 from cardnet.protocols.speed import messages as sm
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_server as sb_server
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import install_key, load
 from cardnet.services.ticketing.config import load_config as load_ticketing_config
@@ -110,10 +112,10 @@ def make_ticketing(net: TrnNet, credits: dict[str, sm.Price], *, sam_pin: str) -
     personalise(sam, ca, pin=sam_pin, now=now, role=pki.Role.SERVICE, name="sam")
     sam.close()
     bstore = open_store("sqlite:///" + str(tmp / "broker.db"), kind="speed-broker", create=True)
-    sb.init_broker(bstore, bkey, broker_cert, roots)
-    sb.add_vendor(bstore, "V-1", vendor_cert)
+    sb_accounts.init_broker(bstore, bkey, broker_cert, roots)
+    sb_accounts.add_vendor(bstore, "V-1", vendor_cert)
     for name, credit in credits.items():
-        sb.add_customer(bstore, f"C-{name}", net.uids[name], credit)
+        sb_accounts.add_customer(bstore, f"C-{name}", net.uids[name], credit)
     bstore.close()
     vstore = open_store("sqlite:///" + str(tmp / "tickets.db"), kind="speed-vendor", create=True)
     sv.init_vendor(vstore, vkey, vendor_cert, roots, account="V-1", broker_cert=broker_cert)
@@ -198,7 +200,7 @@ class TicketNet(TrnNet):
         hosts = [HostServer(load_host_config(self.hosts[h].config)) for h in ("auth", *self.wallets, *self.gates)]
         sam = Card.open("sqlite:///" + str(self.tmp / "sam.db"), create=False, applets=[sa.SamApplet()])
         bstore = open_store("sqlite:///" + str(self.tmp / "broker.db"), kind="speed-broker", create=False)
-        broker = sb.BrokerServer(sb.BrokerCore(bstore, LocalCard(sam, SAM_PIN), clock=time.time))
+        broker = sb_server.BrokerServer(sb.BrokerCore(bstore, LocalCard(sam, SAM_PIN), clock=time.time))
         server = TicketingServer(load_ticketing_config(self.hosts["tickets"].config), pin=PIN)
         started: list[Any] = []
         try:

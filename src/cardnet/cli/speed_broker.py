@@ -57,7 +57,8 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
     from cardnet.card.personalise import personalise
     from cardnet.crypto import pki
     from cardnet.host.local import LocalCard
-    from cardnet.services.speed.broker import BrokerError, init_broker
+    from cardnet.services.speed.broker_accounts import init_broker
+    from cardnet.services.speed.broker_records import BrokerError
 
     with all_or_nothing(_card_url(store), _card_url(sam_store)):  # a half-made SAM is "personalised already"
         card = Card.open(_card_url(sam_store), applets=[SamApplet()])
@@ -87,7 +88,7 @@ def broker_init(store: str, ca_path: Path, sam_store: str, pin: str | None, name
 
 def _holds_broker(where: str) -> bool:
     """Whether the store at ``where`` exists and holds a broker (``broker init`` made it)."""
-    from cardnet.services.speed.broker import CFG
+    from cardnet.services.speed.broker_records import CFG
     from cardnet.services.speed.stored import get
     from cardnet.store import StoreError
 
@@ -102,7 +103,7 @@ def _holds_broker(where: str) -> bool:
 @json_option
 def broker_cert(store: str, as_json: bool) -> None:
     """Print the broker's certificate (PEM): vendors and customers need it."""
-    from cardnet.services.speed.broker import CFG
+    from cardnet.services.speed.broker_records import CFG
     from cardnet.services.speed.stored import get
 
     pem = _pem(get(_broker_store(store), CFG, b"cert") or b"")
@@ -117,7 +118,8 @@ def broker_cert(store: str, as_json: bool) -> None:
 @json_option
 def broker_add_vendor(store: str, account: str, vendor_cert: Path, as_json: bool) -> None:
     """Open an account for a vendor: payments for its bills are credited there."""
-    from cardnet.services.speed.broker import BrokerError, add_vendor
+    from cardnet.services.speed.broker_accounts import add_vendor
+    from cardnet.services.speed.broker_records import BrokerError
 
     try:
         add_vendor(_broker_store(store), account, _pem_file(vendor_cert, "the vendor's certificate"))
@@ -142,7 +144,8 @@ def broker_remove_vendor(store: str, account: str, as_json: bool) -> None:
     the vendor still reads its receipts and answers complaints."""
     import time
 
-    from cardnet.services.speed.broker import BrokerError, remove_vendor
+    from cardnet.services.speed.broker_accounts import remove_vendor
+    from cardnet.services.speed.broker_records import BrokerError
 
     try:
         when, before = remove_vendor(_broker_store(store), account, time.time())
@@ -164,7 +167,8 @@ def broker_remove_vendor(store: str, account: str, as_json: bool) -> None:
 def broker_add_customer(store: str, account: str, card: str, deposit: str | None, as_json: bool) -> None:
     """Open an account for a customer's card: it pays purchases (account mode) and loads the purse."""
     from cardnet.cli.trn import parse_domain
-    from cardnet.services.speed.broker import BrokerError, add_customer
+    from cardnet.services.speed.broker_accounts import add_customer
+    from cardnet.services.speed.broker_records import BrokerError
     from cardnet.wire import Uid
 
     domain = parse_domain(card)
@@ -192,7 +196,8 @@ DEPOSIT_HINTS = {  # what to do when a deposit is refused
 @json_option
 def broker_deposit(store: str, account: str, amount: str, as_json: bool) -> None:
     """Credit a customer's account (the customer paid outside cardnet); also while the broker runs."""
-    from cardnet.services.speed.broker import BrokerError, deposit
+    from cardnet.services.speed.broker_accounts import deposit
+    from cardnet.services.speed.broker_records import BrokerError
 
     try:
         got = deposit(_broker_store(store), account, _price(amount, "--amount"))
@@ -218,7 +223,8 @@ def broker_payout(store: str, account: str, amount: str, as_json: bool) -> None:
     """Take money out of a vendor's account (the broker paid the vendor outside cardnet); also while the broker runs.
     Never more than the account holds; credits held for the vendor (`broker accounts`) are credited by the running
     broker's next settlement once the account has room."""
-    from cardnet.services.speed.broker import BrokerError, payout
+    from cardnet.services.speed.broker_accounts import payout
+    from cardnet.services.speed.broker_records import BrokerError
 
     price = _price(amount, "--amount")
     try:
@@ -236,7 +242,8 @@ def broker_payout(store: str, account: str, amount: str, as_json: bool) -> None:
 def broker_accounts(store: str, as_json: bool) -> None:
     """Every account's balances (with --json: in minor units, e.g. 250 for 2.50 EUR), and the settled purse debits
     whose credit the broker holds for a vendor whose account could not take it."""
-    from cardnet.services.speed.broker import balances, held, removed_vendors
+    from cardnet.services.speed.broker_accounts import balances, removed_vendors
+    from cardnet.services.speed.broker_settlement import held
 
     st = _broker_store(store)
     got, kept, gone = balances(st), held(st), removed_vendors(st)
@@ -282,7 +289,8 @@ def broker_run(store: str, sam_store: str, pin: str | None, listen: str, sam_cap
     from cardnet.card import Card
     from cardnet.host.errors import HostError
     from cardnet.host.local import LocalCard
-    from cardnet.services.speed.broker import BrokerCore, BrokerServer
+    from cardnet.services.speed.broker import BrokerCore
+    from cardnet.services.speed.broker_server import BrokerServer
     from cardnet.store.owner import claimed
 
     host, port = _listen(listen)
@@ -322,7 +330,8 @@ def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int,
     from cardnet.card import Card
     from cardnet.errors import CardnetError
     from cardnet.host.local import LocalCard
-    from cardnet.services.speed.broker import SETTLE_HINTS, BrokerCore
+    from cardnet.services.speed.broker import BrokerCore
+    from cardnet.services.speed.broker_settlement import SETTLE_HINTS
 
     try:
         card = Card.open(_card_url(sam_store), create=False, applets=[SamApplet()], capacity_bytes=sam_capacity)
@@ -349,7 +358,7 @@ def broker_prune(store: str, sam_store: str, pin: str | None, sam_capacity: int,
 @json_option
 def broker_days(store: str, as_json: bool) -> None:
     """The days the broker settled and had the SAM prune: the SAM's totals of each then."""
-    from cardnet.services.speed.broker import settled_days
+    from cardnet.services.speed.broker_settlement import settled_days
 
     days = settled_days(_broker_store(store))
     if as_json:

@@ -88,6 +88,8 @@ from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
 from cardnet.protocols.speed.negotiation import Agreed, CustomerNegotiation, Ended, LimitStrategy, Sent
 from cardnet.services.speed import broker as sb
+from cardnet.services.speed import broker_accounts as sb_accounts
+from cardnet.services.speed import broker_records as sb_records
 from cardnet.services.speed import vendor as sv
 from cardnet.services.speed.customer import PurchaseError, check_delivery
 from cardnet.sim.malice import Action, Malice
@@ -400,8 +402,8 @@ class SpeedScenario:
             world.ca.issue(pki.Role.SERVICE, BROKER, bkey.public_key(), now=SIM_EPOCH, name="broker", rng=rng.randbytes)
         )
         bstore, sam_store = TearingStore(world, "broker"), TearingStore(world, "sam")
-        sb.init_broker(bstore, bkey, self.broker_cert, self.roots)
-        sb.add_vendor(bstore, VENDOR_ACCOUNT, self.vendor_cert)
+        sb_accounts.init_broker(bstore, bkey, self.broker_cert, self.roots)
+        sb_accounts.add_vendor(bstore, VENDOR_ACCOUNT, self.vendor_cert)
         sam_rng = random.Random(rng.getrandbits(64))
         sam = Card(sam_store, rng=sam_rng.randbytes, applets=[sa.SamApplet()], capacity_bytes=1 << 22)
         personalise(sam, world.ca, pin=PIN, now=SIM_EPOCH, domain=sam_rng.randbytes(12), rng=sam_rng.randbytes,
@@ -470,7 +472,7 @@ class SpeedScenario:
                           rng=card_rng.randbytes, name=f"customer {i}")  # fmt: skip
         node = CustomerNode(i, b"\x00" * 10 + bytes([0x10, i]), store, card_rng, card, applets, clock,
                             LocalCard(card, PIN, clock=clock), f"C-{i}")  # fmt: skip
-        sb.add_customer(self.broker.store, node.account, uid, sm.Price(EUR, DEPOSIT))
+        sb_accounts.add_customer(self.broker.store, node.account, uid, sm.Price(EUR, DEPOSIT))
         self._load(node)
         for n in range(rng.randint(*INTENTS)):
             node.intents.append(self._intent(rng, n))
@@ -1188,7 +1190,7 @@ class SpeedScenario:
 
     def _read_orders(self) -> list[tuple[bytes, str, bytes, int, str]]:
         with self.broker.store.inner.transaction() as txn:
-            rows = txn.scan(sb.ORDERS)
+            rows = txn.scan(sb_records.ORDERS)
         return [(poid, *self._decoded("order", raw, _order_summary)) for poid, raw in rows]
 
     def _accounts(self) -> dict[str, int]:
@@ -1198,7 +1200,7 @@ class SpeedScenario:
 
     def _read_accounts(self) -> dict[str, int]:
         with self.broker.store.inner.transaction() as txn:
-            rows = txn.scan(sb.ACCOUNTS)
+            rows = txn.scan(sb_records.ACCOUNTS)
         return {k.decode(): self._decoded("account", raw, _euros) for k, raw in rows}
 
     def _adds_up(self) -> list[str]:
@@ -1347,12 +1349,12 @@ def _purse_account(raw: bytes) -> tuple[int, int, int]:
 
 
 def _order_summary(raw: bytes) -> tuple[str, bytes, int, str]:
-    o = sb._ORDER.decode(raw)
+    o = sb_records._ORDER.decode(raw)
     return o["state"], bytes(o["customer"]), o["price"]["amount"], o["kind"]
 
 
 def _euros(raw: bytes) -> int:
-    return next((b["amount"] for b in sb._ACCOUNT.decode(raw)["balances"] if b["currency"] == EUR), 0)
+    return next((b["amount"] for b in sb_records._ACCOUNT.decode(raw)["balances"] if b["currency"] == EUR), 0)
 
 
 def _remember(seen: list[Any], item: Any) -> None:

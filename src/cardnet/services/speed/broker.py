@@ -1,4 +1,8 @@
-"""The SPEED broker: payment orders, the e-purse decrement through its SAM, accounts, receipts, served over TCP.
+"""The SPEED broker's decisions: payment orders, the e-purse decrement through its SAM, loads, receipts, complaints.
+
+The broker's other parts: its store's tables and records (:mod:`.broker_records`), its accounts and the operator's
+operations on them (:mod:`.broker_accounts`), settlement and pruning (:mod:`.broker_settlement`, which
+:class:`BrokerCore` takes in), and the server (:mod:`.broker_server`). This docstring is the theory of all of them.
 
 Theory of operation
 -------------------
@@ -71,19 +75,15 @@ committed): their answers leave with the group's commit, or none does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cardnet.applets.speed import sam as sa
 from cardnet.crypto import cms, pki, profile
 from cardnet.crypto.errors import CryptoError, PkiError
-from cardnet.errors import CardnetError
 from cardnet.host.errors import HostError
 from cardnet.host.local import LocalCard
 from cardnet.protocols.errors import ProtocolError
@@ -91,33 +91,36 @@ from cardnet.protocols.speed import catalogue as cat
 from cardnet.protocols.speed import frames as fr
 from cardnet.protocols.speed import messages as sm
 from cardnet.protocols.speed import purse as pp
-from cardnet.services.serving import MAX_GROUP, GroupCommitServer
-from cardnet.services.speed.stored import Identity, get, save_identity, scan
+from cardnet.services.speed.broker_accounts import (
+    _account,
+    _balances,
+    _credited,
+    _put_txn,
+    _vendor_account,
+    index_vendors,
+)
+from cardnet.services.speed.broker_records import (
+    _MAX_CURRENCIES,
+    _ORDER,
+    _SETTLED,
+    AUTHORISED,
+    CFG,
+    HELD_CREDITS,
+    LATE,
+    LOADS,
+    ORDERS,
+    RECEIPTS,
+    REFUSED_LOADS,
+    REMOVED,
+    SETTLED,
+    BrokerError,
+    _Refusal,
+)
+from cardnet.services.speed.broker_settlement import Settlement, _index_held
+from cardnet.services.speed.stored import Identity, get
 from cardnet.store import Store
-from cardnet.transport import DEFAULT_SERVER_LIMITS, RecvLimit, ServerLimits
-from cardnet.wire import Bytes, DecodeError, Field, ListOf, Message, Nested, Schema, Text, Uid, UidType, UInt
-from cardnet.wire.ids import UID_BYTES
+from cardnet.wire import DecodeError, Message, Uid
 
-log = logging.getLogger("cardnet.speed.broker")
-
-CFG, VENDORS, ACCOUNTS, ORDERS, RECEIPTS, LOADS = "sb.cfg", "sb.vendor", "sb.acct", "sb.order", "sb.rcpt", "sb.load"
-# VENDORS: a vendor's VendorID -> the number of its account (the least, if it has several): the index that answers
-# "which account is this vendor's" without reading every account; complete once CFG holds VENDOR_INDEX
-VENDOR_INDEX = b"vendor_index"
-REMOVED = "sb.gone"  # vendor accounts whose vendor was removed (remove_vendor) -> when (8 bytes, Unix s)
-REFUSED_LOADS = "sb.lref"  # (uid, m) of a genuine L1 refused for its account -> the reason: refused for good
-SETTLED = "sb.settled"  # purse debits credited from the SAM's log (see BrokerCore.settle)
-HELD_CREDITS = "sb.held"  # PaymentOrderIDs of the sb.settled records whose credit is held (their index, kept small)
-AUTHORISED = "sb.auth"  # purse payments of bills with a deadline authorised, not paid -> when (8 bytes), the debit
-LATE = "sb.late"  # payment orders of bills past their deadline this broker never took, refused for good -> when
-DAYS = "sb.day"  # the SAM's totals of each day the broker settled and had the SAM prune (see BrokerCore.prune)
-SETTLE_EVERY_S = 60.0
-SETTLE_HINTS = {  # what the operator does when settlement (or pruning, which settles first) stops on a refusal
-    "unknown_vendor": "is the broker's store the one of this SAM's broker? If that vendor's account was lost (a store "
-    "restored from an older copy), open it again: cardnet speed broker add-vendor --store STORE --account ACCOUNT "
-    "--vendor-cert VENDOR_PEM (the vendor's certificate); settlement then credits it",
-}
-KEEP_DAYS = 2  # whole days the SAM keeps after they end, beside today, before the broker prunes them
 MAX_RECEIPTS_PAGE = 256
 RECEIPT_SCAN_PAGES = 16  # log pages one speed.vendor_receipts reads (other vendors' receipts skipped) before it answers
 # speed.vendor_receipts requests of one vendor answered within a request's window (the broker remembers each until
@@ -126,244 +129,8 @@ RECEIPT_SCAN_PAGES = 16  # log pages one speed.vendor_receipts reads (other vend
 MAX_RECEIPT_ASKS = 256
 MAX_AUTHORISED = 100_000  # purse payments held between S2 and S3; past that the oldest must send its order again
 
-_MAX_CURRENCIES = 16  # an account's balances: one per currency
-_ACCOUNT = Schema(
-    "sb.account",
-    [
-        Field(0, "owner", Bytes(32)),  # a vendor's VendorID, or a customer card's Uid (16 bytes)
-        Field(1, "balances", ListOf(Nested(sm.PRICE), _MAX_CURRENCIES)),
-    ],
-)
-_ORDER = Schema(
-    "sb.order",
-    [
-        Field(0, "state", Text(16)),  # authorised | paid
-        Field(1, "customer", UidType()),
-        Field(2, "price", Nested(sm.PRICE)),
-        Field(3, "account", Text(sm.MAX_ACCOUNT)),  # the vendor's
-        Field(4, "k", Bytes(32, 32)),
-        Field(5, "rec_key", Bytes(32, 32)),
-        Field(6, "kind", Text(8)),
-        Field(7, "s1", Bytes(pp.MAX_MESSAGE_BYTES), optional=True),
-        Field(8, "answer", Bytes(1024), optional=True),  # the sealed | POID, S2 |
-        Field(9, "benc", Bytes(32, 32), optional=True),
-        Field(10, "bsign", Bytes(32, 32), optional=True),
-        Field(11, "receipt", Bytes(sm.MAX_SIGNED + 64), optional=True),
-        Field(12, "hp", Bytes(32, 32)),  # from the bill: what a complaint is checked against
-        Field(13, "hc", Bytes(32, 32)),
-        Field(14, "sizes", ListOf(UInt(sm.MAX_PRODUCT_BYTES), sm.MAX_PRODUCTS)),
-        Field(15, "chunk", UInt(sm.MAX_PRODUCT_BYTES)),
-        Field(16, "vendor_cert", Bytes(4096, 1)),
-        Field(17, "verdict", Text(1024), optional=True),  # a complaint upheld (the refund was made)
-        Field(18, "taken", UInt(), optional=True),  # when this broker took the order (Unix s): its certificates' time
-    ],
-)
 
-
-_SETTLED = Schema(
-    "sb.settled",
-    [
-        Field(0, "account", Text(sm.MAX_ACCOUNT)),
-        Field(1, "currency", Text(3)),
-        Field(2, "amount", UInt(pp.MAX_AMOUNT)),
-        Field(3, "day", UInt()),
-        Field(4, "held", Text(1024), optional=True),  # not credited yet: why (the vendor's account could not take it)
-        Field(5, "taken", UInt(), optional=True),  # when the broker authorised it (from sb.auth, which then goes)
-        Field(6, "refunded", UInt(1), optional=True),  # 1: its credit, held, went back to the customer (a complaint)
-    ],
-)
-
-
-_SUM = Schema("sb.sum", [Field(0, "currency", Text(3)), Field(1, "amount", UInt())])
-_DAY = Schema(
-    "sb.day",
-    [
-        Field(0, "debits", ListOf(Nested(_SUM), 256)),  # the SAM's totals of the day, per currency
-        Field(1, "loads", ListOf(Nested(_SUM), 256)),
-        Field(2, "entries", UInt()),  # the log entries the SAM held for the day when it was settled
-        Field(3, "settled", UInt()),  # debits credited then from the log (the register did not show them paid)
-    ],
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PruneReport:
-    """What :meth:`BrokerCore.prune` did: the days settled and recorded, what the SAM dropped."""
-
-    before_day: int  # the SAM holds no log of a day before this one now
-    days: list[int]  # the days settled, recorded in ``sb.day`` and pruned by this call
-    settled: int  # purse debits credited from those days' logs (lost by the broker, see settle)
-    entries: int  # log entries the SAM dropped, with their debit, order and load records
-    open: int  # authorisations still open at the SAM (kept: their S3 or L3 may still come)
-    freed_bytes: int  # how much less the SAM card holds
-    authorisations_ended: int = 0  # sb.auth records of payments settled from the SAM's log (finished), dropped
-
-
-class BrokerError(CardnetError):
-    """The broker cannot be set up or run as asked."""
-
-
-class _Refusal(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def init_broker(store: Store, key: profile.PrivateKey, cert_der: bytes, roots_der: list[bytes]) -> None:
-    with store.transaction() as txn:
-        if not save_identity(txn, CFG, key, cert_der, roots_der):
-            raise BrokerError("exists", "this store already holds a broker")
-
-
-def add_vendor(store: Store, account: str, vendor_cert: bytes) -> None:
-    """Open ``account`` for the vendor of ``vendor_cert`` (its VendorID owns it)."""
-    vid = sm.vendor_id(vendor_cert)
-    with store.transaction() as txn:
-        if not txn.insert(ACCOUNTS, account.encode(), _ACCOUNT.encode({"owner": vid, "balances": []})):
-            raise BrokerError("exists", f"account {account!r} exists already")
-        _index_vendor(txn, vid, account)
-
-
-def _index_vendor(txn: Any, vid: bytes, account: str) -> None:
-    """Name ``account`` in the vendor index (:data:`VENDORS`) for ``vid`` unless it names a lesser account of it that
-    still exists (the answer a scan of every account in order gave: the least)."""
-    was = txn.get(VENDORS, vid)
-    if was is not None and was.decode() < account:
-        raw = txn.get(ACCOUNTS, was)
-        if raw is not None and _ACCOUNT.decode(raw)["owner"] == vid:
-            return
-    txn.put(VENDORS, vid, account.encode())
-
-
-def index_vendors(store: Store) -> int:
-    """Build the vendor index (:data:`VENDORS`) of a store made before it existed, once: one read of every account,
-    then never again (:data:`VENDOR_INDEX` in the configuration says it is complete; :func:`add_vendor` keeps it so).
-    The number of vendor accounts indexed (0 when it was complete already)."""
-    with store.transaction() as txn:
-        if txn.get(CFG, VENDOR_INDEX) is not None:
-            return 0
-        n = 0
-        for k, v in txn.scan(ACCOUNTS):  # in account order: the least account of a vendor is named
-            owner = _ACCOUNT.decode(v)["owner"]
-            if len(owner) != UID_BYTES and txn.get(VENDORS, owner) is None:
-                txn.put(VENDORS, owner, k)
-                n += 1
-        txn.put(CFG, VENDOR_INDEX, b"1")
-        return n
-
-
-def remove_vendor(store: Store, account: str, now: float) -> tuple[float, bool]:
-    """Stop paying new bills of the vendor whose account is ``account``: from now on the broker refuses a payment
-    order it has not taken for that account (``vendor_removed``, nothing paid). What it took before is finished (a
-    purse payment it authorised, a debit its SAM logged: settled and credited, a held credit: credited), the account
-    keeps its balance (paid out with :func:`payout`), its receipts are read and its complaints judged as before.
-    Returns (when the vendor was removed, whether it was removed before). Refused: no such account
-    (``unknown_account``), a customer's (``not_vendor``)."""
-    with store.transaction() as txn:
-        raw = txn.get(ACCOUNTS, account.encode())
-        if raw is None:
-            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
-        if len(_ACCOUNT.decode(raw)["owner"]) == UID_BYTES:
-            raise BrokerError("not_vendor", f"account {account!r} is a customer's: only a vendor's account is removed")
-        was = txn.get(REMOVED, account.encode())
-        if was is not None:
-            return float(int.from_bytes(was, "big")), True
-        txn.put(REMOVED, account.encode(), int(now).to_bytes(8, "big"))
-        return float(int(now)), False
-
-
-def removed_vendors(store: Store) -> dict[str, int]:
-    """The vendor accounts whose vendor was removed (:func:`remove_vendor`) -> when (Unix s)."""
-    return {k.decode(): int.from_bytes(v, "big") for k, v in scan(store, REMOVED)}
-
-
-def add_customer(store: Store, account: str, card: Uid, deposit: sm.Price | None = None) -> None:
-    """Open ``account`` for the customer card ``card`` (optionally with a first deposit)."""
-    _put_account(store, account, bytes(card), {deposit.currency: deposit.amount} if deposit else {}, create=True)
-
-
-def deposit(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
-    """Credit a customer's account (an operator's action: the customer paid outside cardnet). Returns its balances.
-    Refused with nothing changed: no such account (``unknown_account``), a vendor's (``not_customer``), a balance
-    that would pass :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` (``too_much``), a 17th currency
-    (``too_many_currencies``)."""
-    with store.transaction() as txn:
-        raw = txn.get(ACCOUNTS, account.encode())
-        if raw is None:
-            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
-        acct = dict(_ACCOUNT.decode(raw))
-        if len(acct["owner"]) != UID_BYTES:  # a vendor account's owner is its VendorID (32 bytes)
-            raise BrokerError("not_customer", f"account {account!r} is a vendor's: deposits go to customer accounts")
-        bal = _balances(acct)
-        if amount.currency not in bal and len(bal) >= _MAX_CURRENCIES:
-            most = f"account {account!r} holds {_MAX_CURRENCIES} currencies already, the most it can"
-            raise BrokerError("too_many_currencies", most)
-        new = bal.get(amount.currency, 0) + amount.amount
-        if new > pp.MAX_AMOUNT:
-            raise BrokerError("too_much", f"account {account!r} would hold more than {pp.MAX_AMOUNT} minor units of "
-                              f"{amount.currency}, the most an account holds")  # fmt: skip
-        bal[amount.currency] = new
-        _put_txn(txn, account, acct["owner"], bal)
-        return bal
-
-
-def payout(store: Store, account: str, amount: sm.Price) -> dict[str, int]:
-    """Take ``amount`` out of a vendor's account (an operator's action: the broker paid the vendor outside cardnet).
-    Returns its balances. Refused with nothing changed: no such account (``unknown_account``), a customer's
-    (``not_vendor``), more than the account holds in that currency (``insufficient``). A currency paid out whole
-    leaves the account (one of its 16 freed). Credits held for the vendor (:func:`held`) are not touched:
-    settlement credits them once the account has room."""
-    with store.transaction() as txn:
-        raw = txn.get(ACCOUNTS, account.encode())
-        if raw is None:
-            raise BrokerError("unknown_account", f"the broker holds no account {account!r}")
-        acct = dict(_ACCOUNT.decode(raw))
-        if len(acct["owner"]) == UID_BYTES:  # a customer's account is owned by its card's Uid
-            raise BrokerError("not_vendor", f"account {account!r} is a customer's: payouts are made from vendor "
-                              "accounts")  # fmt: skip
-        bal = _balances(acct)
-        has = bal.get(amount.currency, 0)
-        if has < amount.amount:
-            raise BrokerError("insufficient", f"account {account!r} holds {sm.format_amount(has, amount.currency)}, "
-                              f"less than {amount}: nothing was taken")  # fmt: skip
-        bal[amount.currency] = has - amount.amount
-        if not bal[amount.currency]:  # a currency paid out whole leaves the account: room for a 17th (held) one
-            del bal[amount.currency]
-        _put_txn(txn, account, acct["owner"], bal)
-        return bal
-
-
-def _put_account(store: Store, account: str, owner: bytes, balances: dict[str, int], *, create: bool) -> None:
-    rec = _ACCOUNT.encode(
-        {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(balances.items())]}
-    )
-    with store.transaction() as txn:
-        if create and not txn.insert(ACCOUNTS, account.encode(), rec):
-            raise BrokerError("exists", f"account {account!r} exists already")
-        if not create:
-            txn.put(ACCOUNTS, account.encode(), rec)
-
-
-def _balances(rec: dict[str, Any]) -> dict[str, int]:
-    return {b["currency"]: b["amount"] for b in rec["balances"]}
-
-
-def _credited(acct: dict[str, Any], account: str, price: sm.Price, then: str) -> dict[str, int]:
-    """The vendor's account record ``acct`` (number ``account``) with ``price`` credited: its balances. A balance that
-    would pass :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` (as a customer's, see :func:`deposit`) or a 17th
-    currency is refused (``vendor_account_full``, with ``then``: what became of the payment)."""
-    bal = _balances(acct)
-    new = bal.get(price.currency, 0) + price.amount
-    if new > pp.MAX_AMOUNT or (price.currency not in bal and len(bal) >= _MAX_CURRENCIES):
-        raise _Refusal("vendor_account_full", f"the vendor's account {account!r} at this broker cannot take {price} "
-                       f"more (an account holds at most {pp.MAX_AMOUNT} minor units of a currency, and "
-                       f"{_MAX_CURRENCIES} currencies): {then}; try again once the vendor's operator has paid the "
-                       "account out (cardnet speed broker payout)")  # fmt: skip
-    bal[price.currency] = new
-    return bal
-
-
-class BrokerCore:
+class BrokerCore(Settlement):
     """The broker's decisions (see the module). Not thread-safe: one request at a time."""
 
     def __init__(
@@ -493,7 +260,7 @@ class BrokerCore:
             raise _Refusal("bad_request", "the receipts request's signed position is not the one it asks from")
         vid = sm.vendor_id(signed.signer_cert_der)
         with self.store.transaction() as txn:
-            if self._vendor_account(txn, vid) is None:
+            if _vendor_account(txn, vid) is None:
                 raise _Refusal("unknown_vendor", "the key that signed that receipts request owns no vendor account "
                                "at this broker: only a vendor reads its own receipts")  # fmt: skip
         self._remember_ask(digest, ask["at"], vid, now)
@@ -540,12 +307,6 @@ class BrokerCore:
             return {"poid": poid, "state": "authorised"}
         return {"poid": poid, "state": "none"}
 
-    def _account(self, txn: Any, account: str) -> dict[str, Any]:
-        raw = txn.get(ACCOUNTS, account.encode())
-        if raw is None:
-            raise _Refusal("unknown_account", f"the broker holds no account {account!r}")
-        return dict(_ACCOUNT.decode(raw))
-
     def _order(self, msg: Message, sealed: bytes) -> Message:
         now = self.clock()
         raw = sm.open_with(lambda s, i: profile.hpke_open(self.key, s, i), sealed, sm.INFO_ORDER, "PaymentOrder")
@@ -567,7 +328,7 @@ class BrokerCore:
             "the bill's account and key",
         )
         with self.store.transaction() as txn:
-            vendor_acct = self._account(txn, secret["account"])
+            vendor_acct = _account(txn, secret["account"])
         if vendor_acct["owner"] != vid:
             raise _Refusal("unknown_vendor", "the bill's account is not that vendor's: refused (no payment made)")
         poid, price, mode = bill["poid"], sm.Price.of(bill["price"]), po["mode"]
@@ -706,7 +467,7 @@ class BrokerCore:
         which must not say paid unless ``txn`` commits)."""
         price = sm.Price.of(rec["price"])
         if txn.get(SETTLED, poid) is None:
-            vendor = self._account(txn, rec["account"])
+            vendor = _account(txn, rec["account"])
             bal = _credited(vendor, rec["account"], price, "nothing was paid")
             _put_txn(txn, rec["account"], vendor["owner"], bal)
         receipt = self._receipt(poid, rec)
@@ -720,7 +481,7 @@ class BrokerCore:
         if account is None:
             raise _Refusal("bad_mode", "account payment names the customer's account")
         with self.store.transaction() as txn:
-            acct = self._account(txn, account)
+            acct = _account(txn, account)
             if acct["owner"] != bytes(customer):
                 raise _Refusal("not_your_account", f"account {account!r} is not this customer's")
             bal = _balances(acct)
@@ -744,7 +505,7 @@ class BrokerCore:
             raise _Refusal("wrong_order", "the S3 message is for another PaymentOrderID")
         if get(self.store, SETTLED, poid) is None:  # settled: the SAM logged it (and may have pruned it since)
             with self.store.transaction() as txn:  # the vendor's account takes it, or the SAM logs nothing
-                _credited(self._account(txn, o["account"]), o["account"], sm.Price.of(o["price"]),
+                _credited(_account(txn, o["account"]), o["account"], sm.Price.of(o["price"]),
                           "your purse's debit is kept: finish this purchase later (cardnet speed recover)")  # fmt: skip
             self.sam.ask(sa.DEBIT_FINISH, sa.DEBITED, s3=step["s"])  # the SAM checks it and logs the debit
         with self.store.transaction() as txn:
@@ -769,7 +530,7 @@ class BrokerCore:
                                    "is never charged, from any account")  # fmt: skip
             else:
                 try:
-                    acct = self._account(txn, account)
+                    acct = _account(txn, account)
                     if acct["owner"] != bytes(l1.uid):
                         raise _Refusal("not_your_account", f"account {account!r} is not this card's")
                     bal = _balances(acct)
@@ -870,7 +631,7 @@ class BrokerCore:
         price = sm.Price.of(o["price"])
         why = f"not the catalogued content: {', '.join(wrong)}"
         with self.store.transaction() as txn:
-            customer = self._account(txn, c["refund_to"])
+            customer = _account(txn, c["refund_to"])
             if customer["owner"] != bytes(o["customer"]):
                 raise _Refusal("not_your_account", "a refund goes to an account of the customer who paid")
             raw = txn.get(SETTLED, poid)
@@ -881,7 +642,7 @@ class BrokerCore:
                 txn.put(SETTLED, poid, _SETTLED.encode(settled))
                 txn.delete(HELD_CREDITS, poid)
             else:
-                vendor = self._account(txn, o["account"])
+                vendor = _account(txn, o["account"])
                 vbal = _balances(vendor)
                 has = vbal.get(price.currency, 0)
                 if has < price.amount:
@@ -904,236 +665,6 @@ class BrokerCore:
             txn.put(ORDERS, poid, _ORDER.encode({**o, "verdict": why}))
         return fr.reply(msg, fr.VERDICT, poid=poid, upheld=True, why=why, refund=price.amount)
 
-    # -- settlement ---------------------------------------------------------------------------------------------
-    def settle(self, day: int) -> int:
-        """Credit the vendor of every purse debit the SAM logged on ``day`` that the register does not show paid;
-        the number settled. That happens when the broker stopped between the SAM's log and its own transaction
-        and the customer has not come back: the purse was debited, so the vendor is paid (the SAM's log is the
-        evidence); a customer who comes back with the payment order gets the receipt, and nothing is paid twice.
-        """
-        with _as_broker_error():
-            self.credit_held()
-            return self._settle_day(day)[0]
-
-    def credit_held(self) -> int:
-        """Credit each settled debit held for its vendor (its account could not take it when it was settled: see
-        :meth:`_settle_day`) that the account can take now; the number credited. The others stay held, logged. Only
-        the held ones are read (``sb.held``, their index), not every debit ever settled."""
-        credited = 0
-        for poid, _ in scan(self.store, HELD_CREDITS):
-            with self.store.transaction() as txn:
-                raw = txn.get(SETTLED, poid)
-                rec = dict(_SETTLED.decode(raw)) if raw is not None else {}
-                if "held" not in rec:  # (credited or refunded in the meantime)
-                    txn.delete(HELD_CREDITS, poid)
-                    continue
-                price = sm.Price(rec["currency"], rec["amount"])
-                vendor = self._account(txn, rec["account"])
-                try:
-                    bal = _credited(vendor, rec["account"], price, "still held")
-                except _Refusal as r:
-                    log.error("purse debit %s (%s) settled for account %r is still held: %s", poid.hex()[:16], price,
-                              rec["account"], r.detail)  # fmt: skip
-                    continue
-                _put_txn(txn, rec["account"], vendor["owner"], bal)
-                del rec["held"]
-                txn.put(SETTLED, poid, _SETTLED.encode(rec))
-                txn.delete(HELD_CREDITS, poid)
-            log.warning("credited account %r the %s of purse debit %s held since its settlement", rec["account"],
-                        price, poid.hex()[:16])  # fmt: skip
-            credited += 1
-        return credited
-
-    def _settle_day(self, day: int) -> tuple[int, int]:
-        """:meth:`settle` of ``day``: (debits settled, log entries read). A debit whose vendor's account cannot take
-        it (past :data:`~cardnet.protocols.speed.purse.MAX_AMOUNT` of its currency, or a 17th currency) is settled
-        all the same, its credit held (``sb.settled`` says why, :func:`held` lists it, the log says so): the purse
-        paid, so the money is the vendor's and is neither wrapped nor dropped; :meth:`credit_held` credits it once
-        the account has room (docs/decisions.md, "A settled debit the vendor's account cannot take is held")."""
-        settled = entries = 0
-        start: int | None = None
-        while True:
-            page = self.sam.ask(sa.LOG, sa.ENTRIES, day=day, **({} if start is None else {"start": start}))
-            entries += len(page["entries"])
-            for e in page["entries"]:
-                if e["kind"] != "debit" or "poid" not in e:
-                    continue
-                poid = e["poid"]
-                with self.store.transaction() as txn:
-                    if txn.get(ORDERS, poid) is not None or txn.get(SETTLED, poid) is not None:
-                        continue
-                    vid, _ = sm.split_poid(poid)
-                    account = self._vendor_account(txn, vid)
-                    if account is None:
-                        raise BrokerError("unknown_vendor", f"the SAM logged a purse debit of {e['amount']} minor "
-                                          f"units of {e['currency']} on day {day} (payment order "
-                                          f"{poid.hex()[:16]}...) for the vendor {vid.hex()[:16]}..., and this "
-                                          "broker's store holds no account of that vendor: it cannot be settled, so "
-                                          "settlement and pruning stop there (nothing of it was credited, nothing "
-                                          "else changed)")  # fmt: skip
-                    vendor = self._account(txn, account)
-                    rec = {"account": account, "currency": e["currency"], "amount": e["amount"], "day": day}
-                    try:
-                        _put_txn(txn, account, vendor["owner"], _credited(vendor, account, sm.Price(e["currency"],
-                                 e["amount"]), "held for the vendor"))  # fmt: skip
-                    except _Refusal as r:  # the purse paid: the money is the vendor's, held until its account has room
-                        rec["held"] = r.detail[:1024]
-                        txn.put(HELD_CREDITS, poid, b"")
-                        log.error("settled purse debit %s of day %d for account %r but held its credit: %s",
-                                  poid.hex()[:16], day, account, r.detail)  # fmt: skip
-                    _end_authorisation(txn, poid, rec)
-                    txn.put(SETTLED, poid, _SETTLED.encode(rec))
-                settled += 1
-            start = page.get("next")
-            if start is None:
-                return settled, entries
-
-    def prune(self, *, keep_days: int = KEEP_DAYS) -> PruneReport:
-        """Settle every day the SAM holds that ended more than ``keep_days`` whole days ago, record each one's
-        totals (``sb.day``), then have the SAM prune them (``sam.prune``): their log, totals and logged debit,
-        order and load records go, each card's floor stays. The SAM's card gets its room back; a PaymentOrderID
-        stays paid once by this broker's register (never pruned), which answers before the SAM is asked (see
-        docs/speed.md, "Pruning the SAM"). Run it where :meth:`settle` runs: never beside a group."""
-        if keep_days < 1:
-            raise BrokerError("bad_keep", "the SAM keeps at least yesterday (keep_days >= 1): it is still settled")
-        with _as_broker_error():
-            return self._prune(keep_days)
-
-    def _prune(self, keep_days: int) -> PruneReport:
-        cut = int(self.clock() // sa.DAY_S) - keep_days
-        held = self.sam.ask(sa.DAYS, sa.HELD)
-        closed = held.get("pruned_before", 0)
-        days = [d for d in held["days"] if d < cut]
-        if len(held["days"]) == sa.MAX_DAYS and days == held["days"]:
-            cut = days[-1] + 1  # more days than one answer lists: the rest at the next call
-        settled = 0
-        for day in days:
-            if day < closed:  # recorded before a prune that stopped part way: its log is going
-                continue
-            n, entries = self._settle_day(day)
-            settled += n
-            got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
-            rec = _DAY.encode({"debits": got["debits"], "loads": got["loads"], "entries": entries, "settled": n})
-            with self.store.transaction() as txn:
-                txn.put(DAYS, day.to_bytes(4, "big"), rec)
-        ended = self.end_settled_authorisations()
-        self.sam.card.flush()  # acknowledged outputs count until deleted: compare the records alone
-        before = self.sam.card.used_bytes
-        entries = 0
-        if days or cut > closed:
-            while True:
-                got = self.sam.ask(sa.PRUNE, sa.PRUNED, before_day=max(cut, closed))
-                entries += got["entries"]
-                if not got["more"]:
-                    break
-        self.sam.card.flush()
-        after = self.sam.ask(sa.DAYS, sa.HELD)
-        return PruneReport(before_day=max(cut, closed), days=days, settled=settled, entries=entries,
-                           open=after["open"], freed_bytes=before - self.sam.card.used_bytes,
-                           authorisations_ended=ended)  # fmt: skip
-
-    def end_settled_authorisations(self) -> int:
-        """Drop the ``sb.auth`` record of every payment that is finished but was not paid through the broker's
-        register: its debit was settled from the SAM's log (``sb.settled``, whose ``taken`` keeps the record's time
-        for the certificates of a customer who comes back) or, for a record older than that rule, is paid. The
-        number dropped. Every other record stays, past the bill's deadline too: the SAM gave its S2, the purse may
-        have debited on it, and its S3 is paid whenever it comes (docs/decisions.md, "Which sb.auth records go")."""
-        ended = 0
-        for poid, _ in scan(self.store, AUTHORISED):
-            with self.store.transaction() as txn:
-                raw = txn.get(SETTLED, poid)
-                if raw is not None:
-                    rec = dict(_SETTLED.decode(raw))
-                    _end_authorisation(txn, poid, rec)
-                    txn.put(SETTLED, poid, _SETTLED.encode(rec))
-                elif (o := txn.get(ORDERS, poid)) is not None and _ORDER.decode(o)["state"] == "paid":
-                    txn.delete(AUTHORISED, poid)
-                else:
-                    continue
-            ended += 1
-        return ended
-
-    @staticmethod
-    def _vendor_account(txn: Any, vid: bytes) -> str | None:
-        """The number of the account the vendor ``vid`` owns (the least, if several), or None: two reads by key
-        (the vendor index, :data:`VENDORS`, then the account it names), whatever the number of accounts."""
-        account = txn.get(VENDORS, vid)
-        if account is None:
-            return None
-        raw = txn.get(ACCOUNTS, account)
-        if raw is None or _ACCOUNT.decode(raw)["owner"] != vid:  # (its account gone: a store restored, an operator)
-            return None
-        return str(account.decode())
-
-    # -- what the operator reads -----------------------------------------------------------------------------
-    def balances(self) -> dict[str, dict[str, int]]:
-        return balances(self.store)
-
-    def sam_totals(self, day: int) -> dict[str, int]:
-        got = self.sam.ask(sa.TOTALS, sa.SUMS, day=day)
-        return {s["currency"]: s["amount"] for s in got["debits"]}
-
-    def settled_days(self) -> dict[int, dict[str, Any]]:
-        """The days settled and pruned, by day: the SAM's totals then (debits, loads: currency -> amount), the
-        log entries and the debits settled from them."""
-        return settled_days(self.store)
-
-
-def settled_days(store: Store) -> dict[int, dict[str, Any]]:
-    """What :meth:`BrokerCore.settled_days` reads (also without a SAM, from the broker's store alone)."""
-    out = {}
-    for k, v in scan(store, DAYS):
-        rec = _DAY.decode(v)
-        out[int.from_bytes(k, "big")] = {
-            "debits": {p["currency"]: p["amount"] for p in rec["debits"]},
-            "loads": {p["currency"]: p["amount"] for p in rec["loads"]},
-            "entries": rec["entries"],
-            "settled": rec["settled"],
-        }
-    return out
-
-
-def held(store: Store) -> list[dict[str, Any]]:
-    """The purse debits settled from the SAM's log whose credit is held (the vendor's account could not take it then,
-    see :meth:`BrokerCore._settle_day`): for each, its PaymentOrderID (hex), account, currency, amount (minor units),
-    day and why. Settlement credits each once the account can take it (:meth:`BrokerCore.credit_held`)."""
-    _index_held(store)
-    out = []
-    for poid, _ in scan(store, HELD_CREDITS):
-        raw = get(store, SETTLED, poid)
-        rec = _SETTLED.decode(raw) if raw is not None else {}
-        if "held" in rec:
-            out.append({"poid": poid.hex(), "account": rec["account"], "currency": rec["currency"],
-                        "amount": rec["amount"], "day": rec["day"], "why": rec["held"]})  # fmt: skip
-    return out
-
-
-def _index_held(store: Store) -> None:
-    """Once per store: index (``sb.held``) the held credits a broker recorded in ``sb.settled`` before that index
-    existed, so that settlement reads the held ones alone from then on."""
-    if get(store, CFG, b"held_index") is not None:
-        return
-    with store.transaction() as txn:
-        for poid, raw in txn.scan(SETTLED):
-            if "held" in _SETTLED.decode(raw):
-                txn.put(HELD_CREDITS, poid, b"")
-        txn.put(CFG, b"held_index", b"1")
-
-
-def balances(store: Store) -> dict[str, dict[str, int]]:
-    """Every account's balances, by account number."""
-    return {k.decode(): _balances(dict(_ACCOUNT.decode(v))) for k, v in scan(store, ACCOUNTS)}
-
-
-@contextlib.contextmanager
-def _as_broker_error() -> Iterator[None]:
-    """A refusal met by an operator's operation (settlement, pruning), not by a request: raised as a
-    :class:`BrokerError` (what commands and the server catch), its reason and words kept."""
-    try:
-        yield
-    except _Refusal as r:
-        raise BrokerError(r.reason, r.detail) from None
-
 
 def _removed(account: str, when: bytes | None) -> _Refusal:
     at = datetime.fromtimestamp(int.from_bytes(when or bytes(8), "big"), UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -1145,105 +676,3 @@ def _removed(account: str, when: bytes | None) -> _Refusal:
 def _debit_of(uid: Uid, n: int, rc: bytes) -> bytes:
     """The purse debit an ``sb.auth`` record names after its time: the card, its counter and the S1's nonce."""
     return bytes(uid) + n.to_bytes(4, "big") + rc
-
-
-def _end_authorisation(txn: Any, poid: bytes, settled: dict[str, Any]) -> None:
-    """The ``sb.auth`` record of ``poid``, settled from the SAM's log, dropped in ``txn``: its time goes to
-    ``settled`` (``taken``: what :meth:`BrokerCore._taken_at` reads for a customer who comes back)."""
-    auth = txn.get(AUTHORISED, poid)
-    if auth is not None:
-        settled.setdefault("taken", int.from_bytes(auth[:8], "big"))
-        txn.delete(AUTHORISED, poid)
-
-
-def _put_txn(txn: Any, account: str, owner: bytes, bal: dict[str, int]) -> None:
-    txn.put(ACCOUNTS, account.encode(), _ACCOUNT.encode(
-        {"owner": owner, "balances": [{"currency": c, "amount": a} for c, a in sorted(bal.items())]}))  # fmt: skip
-
-
-RECV_LIMIT = RecvLimit(fr.BROKER_MAX_REQUEST, ((fr.COMPLAINT.code, fr.BROKER_MAX_COMPLAINT),))
-"""A broker's receive limit: its largest request (``speed.order_msg``, 24,696 bytes), a complaint excepted (it carries
-the deciphered products: 12,718,407 bytes); larger ones are refused unread. Its send limit stays the transport's."""
-
-
-class BrokerServer(GroupCommitServer):
-    """:class:`BrokerCore` over TCP with group commit (:mod:`cardnet.services.serving`: the requests waiting at once
-    answered one after another in one transaction of the broker's store, nothing sent before it committed), and
-    settlement (see :meth:`BrokerCore.settle`) when it starts and every :data:`SETTLE_EVERY_S` seconds, under
-    :attr:`lock` (never beside a group), followed once a day by :meth:`BrokerCore.prune` (the SAM keeps
-    ``keep_days`` whole days besides today; ``None``: never prune)."""
-
-    def __init__(
-        self,
-        core: BrokerCore,
-        *,
-        server_limits: ServerLimits = DEFAULT_SERVER_LIMITS,
-        max_group: int = MAX_GROUP,
-        keep_days: int | None = KEEP_DAYS,
-    ) -> None:
-        if keep_days is not None and keep_days < 1:
-            raise BrokerError("bad_keep", "the SAM keeps at least yesterday (keep_days >= 1): it is still settled")
-        super().__init__(
-            lambda msg: [core.handle(msg)],
-            group=core.group,
-            server_limits=server_limits,
-            max_group=max_group,
-            oversize=fr.too_large,
-            recv_limit=RECV_LIMIT,
-            too_large=fr.request_too_large,
-            refused=fr.refused,
-        )
-        self.core = core
-        self.keep_days = keep_days
-        self._pruned_on: int | None = None  # the day this server last pruned the SAM (once a day is enough)
-        self._settler: asyncio.Task[None] | None = None
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        await self._settle()
-        address = await super().start(host, port)
-        self._settler = asyncio.get_running_loop().create_task(self._settling())
-        return address
-
-    async def aclose(self) -> None:
-        if self._settler is not None:
-            self._settler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._settler
-        await super().aclose()
-
-    async def _settle(self) -> None:
-        """Settle yesterday and today; then, on a new day, settle and prune the days the SAM need not keep."""
-        today = int(self.core.clock() // sa.DAY_S)
-        async with self.lock:
-            for day in (today - 1, today):
-                try:
-                    n = await asyncio.to_thread(self.core.settle, day)
-                except CardnetError as exc:  # payments go on (this one waits); the next settlement tries again
-                    log.error("could not settle day %d from the SAM's log: %s (%s)", day, exc,
-                              SETTLE_HINTS.get(exc.reason, "see the error above"))  # fmt: skip
-                    return
-                if n:
-                    log.warning("settled %d purse debit(s) of day %d from the SAM's log", n, day)
-            if self.keep_days is None or self._pruned_on == today:
-                return
-            try:
-                got = await asyncio.to_thread(self.core.prune, keep_days=self.keep_days)
-            except CardnetError as exc:  # payments go on; the next day tries again
-                log.error("could not prune the SAM's settled days: %s (%s)", exc,
-                          SETTLE_HINTS.get(exc.reason, "the next day tries again"))  # fmt: skip
-                return
-            self._pruned_on = today
-            if got.settled:
-                log.warning("settled %d purse debit(s) of days %s from the SAM's log", got.settled, got.days)
-            if got.entries:
-                log.info("pruned %d log entries of days before %d from the SAM (%d bytes freed, %d open kept)",
-                         got.entries, got.before_day, got.freed_bytes, got.open)  # fmt: skip
-            if got.authorisations_ended:
-                log.info("dropped %d sb.auth record(s) of payments settled from the SAM's log",
-                         got.authorisations_ended)  # fmt: skip
-
-    async def _settling(self) -> None:
-        while True:
-            await asyncio.sleep(SETTLE_EVERY_S)
-            with contextlib.suppress(CardnetError):
-                await self._settle()
