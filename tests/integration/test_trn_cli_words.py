@@ -117,3 +117,15 @@ def test_trn_commands_check_arguments_and_the_host_before_the_pin_and_say_what_i
                 r.stdout
             )
             assert "gave no port" not in r.stdout and "the host refused" not in r.stdout, r.stdout
+
+
+def test_a_socket_option_naming_a_folder_or_a_file_is_refused_before_the_pin(tmp_path: Path) -> None:
+    """``--socket`` given a folder (or a plain file) says so at once; before, the PIN was asked for, and only then
+    did the command fail to reach a host there."""
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("x")
+    for path, what in ((tmp_path, "a folder"), (plain, "a file")):
+        said, asked = on_a_terminal("trn", "list", "--socket", str(path))
+        assert not asked, said
+        assert f"cannot reach the host at {path}: it is {what}, not a host's application socket" in said, said
+        assert "app_socket" in said, said

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,9 +45,15 @@ def card_pin(pin: str | None) -> str:
 
 
 def check_socket(socket: str) -> None:
-    """Fail as an unreachable host when ``socket`` does not exist: before the PIN is asked for, not after."""
+    """Fail as an unreachable host when ``socket`` does not exist or is no socket (a folder, a file): before the PIN
+    is asked for, not after."""
     if not os.path.exists(socket):
         fail(f"cannot reach the host at {socket}: No such file or directory", reason="no_host", hint=NO_HOST_HINT)
+    if not stat.S_ISSOCK(os.stat(socket).st_mode):
+        what = "a folder" if os.path.isdir(socket) else "a file"
+        fail(f"cannot reach the host at {socket}: it is {what}, not a host's application socket", reason="no_host",
+             hint="give the app_socket of the host's config (`cardnet host run` prints it in its ready line); "
+             + NO_HOST_HINT)  # fmt: skip
 
 
 NO_HOST_HINT = "is `cardnet host run` (or `cardnet authority run`) running with that app_socket?"

@@ -27,7 +27,8 @@ BUY_HINTS = {
     "from this server): choose another; the server's page lists the free ones",
     "no_seat": "the server's page lists the event's seats",
     "no_event": "the server's page lists its events",
-    "unpaid": "this sale is not paid: `cardnet wallet recover` pays a delivered purchase, then buy with --poid again",
+    "unpaid": "this sale is not paid yet: `cardnet wallet recover` pays a delivered purchase and then fetches its "
+    "ticket",
     "insufficient": "load your e-purse first: `cardnet wallet load --amount '50.00 EUR'`",
     "debits_pending": DEBITS_PENDING_HINT,
     "over_limit": "raise --limit, or leave it out to pay the server's price",
