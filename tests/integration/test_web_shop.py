@@ -29,6 +29,16 @@ CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 20_000
 
 
+def _write_config(config: Path, net: TicketNet, broker: str) -> None:
+    """The buyer's wallet config at ``config`` (what `cardnet wallet init` would write): ``broker`` and its
+    certificate, the CA's, and the purchases folder beside it."""
+    folder = config.parent
+    (folder / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
+    (folder / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
+    config.write_text(f'broker = "{broker}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
+                      f'purchases = "{folder / "purchases"}"\n')  # fmt: skip
+
+
 def test_the_shop_lists_the_free_seats_past_the_first_page_of_a_large_event(tmp_path: Path) -> None:
     """An event of SEAT_PAGE + 1 seats: the server sends its seat map a page at a time (``next``, ``?after=``). The
     shop read the first page only, so seat S1000 was never offered (and an event whose first page is sold out showed
@@ -89,8 +99,6 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
     net = TicketNet(tmp_path, ("b0",), ["A1", "A2"])
     relay = tmp_path / "relay.sock"  # the socket the page relays deliveries to: a link to b0's host's
     config = tmp_path / "b0-wallet.toml"
-    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
-    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
 
     async def open_wallet() -> Wallet:
         return await net.wallet("b0")
@@ -98,8 +106,7 @@ def test_a_paid_ticket_whose_delivery_fails_is_answered_502_with_its_sale_and_th
     async def go() -> None:
         async with net.in_process():
             await net.setup()
-            config.write_text(f'broker = "{net.broker_addr}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
-                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            _write_config(config, net, net.broker_addr)
             web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=str(relay))
             served = await web.start("127.0.0.1", 0)
             try:
@@ -184,8 +191,6 @@ def test_a_purchase_whose_broker_does_not_answer_names_it_and_what_pays_it(tmp_p
 
     net = TicketNet(tmp_path, ("b0",), ["A1"])
     config = tmp_path / "b0-wallet.toml"
-    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
-    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
     nowhere = f"127.0.0.1:{free_port()}"
 
     async def open_wallet() -> Wallet:
@@ -194,8 +199,7 @@ def test_a_purchase_whose_broker_does_not_answer_names_it_and_what_pays_it(tmp_p
     async def go() -> None:
         async with net.in_process():
             await net.setup()
-            config.write_text(f'broker = "{nowhere}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
-                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            _write_config(config, net, nowhere)
             web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=net.hosts["b0"].socket)
             served = await web.start("127.0.0.1", 0)
             try:
@@ -228,8 +232,6 @@ def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path:
     net = TicketNet(tmp_path, ("b0",), ["A1"])
     relay = tmp_path / "relay.sock"
     config = tmp_path / "b0-wallet.toml"
-    (tmp_path / "broker.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.broker_cert)]))
-    (tmp_path / "ca.pem").write_bytes(pki.chain_to_pem([pki.cert_from_der(net.roots[0])]))
 
     async def open_wallet() -> Wallet:
         return await net.wallet("b0")
@@ -237,8 +239,7 @@ def test_the_pages_recover_brings_a_paid_ticket_whose_delivery_was_cut(tmp_path:
     async def go() -> None:
         async with net.in_process():
             await net.setup()
-            config.write_text(f'broker = "{net.broker_addr}"\nbroker_cert = "broker.pem"\nca_cert = "ca.pem"\n'
-                              f'purchases = "{tmp_path / "purchases"}"\n')  # fmt: skip
+            _write_config(config, net, net.broker_addr)
             web = WalletWeb(open_wallet, wallet_config.load(config), app_socket=str(relay))
             served = await web.start("127.0.0.1", 0)
             try:
